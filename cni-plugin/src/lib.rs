@@ -1,0 +1,1 @@
+//! Lotse CNI plugin (skeleton; see the networking issue).

@@ -1,0 +1,1 @@
+//! Lotse controllers (skeleton; see its issue).

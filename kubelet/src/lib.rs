@@ -1,0 +1,1 @@
+//! Lotse kubelet (skeleton; see its issue).

@@ -1,0 +1,1 @@
+//! Lotse scheduler (skeleton; see its issue).
