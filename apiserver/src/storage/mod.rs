@@ -11,6 +11,7 @@
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
+pub mod compactor;
 pub mod conformance;
 pub mod etcd;
 pub mod sqlite;

@@ -204,7 +204,8 @@ impl SqliteStorage {
     fn read_revision(&self, requested: Option<Revision>) -> Result<Revision> {
         let current = self.shared.current.load(Ordering::Acquire);
         match requested {
-            None | Some(0) => Ok(current),
+            None => Ok(current),
+            Some(r) if r <= 0 => Ok(current),
             Some(r) if r > current => Err(StorageError::FutureRevision {
                 requested: r,
                 current,
