@@ -3,8 +3,26 @@
 use super::*;
 use k8s_openapi::api::core::v1 as corev1;
 
+mod core;
+mod pod;
+mod util;
+
+pub use self::core::{ENDPOINTS, EVENTS, LIMITRANGES, NODES, PODS, RESOURCEQUOTAS, SECRETS, SERVICEACCOUNTS, SERVICES};
+
 /// Every served resource.
-pub static ALL: &[ResourceDef] = &[NAMESPACES, CONFIGMAPS];
+pub static ALL: &[ResourceDef] = &[
+    NAMESPACES,
+    PODS,
+    NODES,
+    SERVICES,
+    ENDPOINTS,
+    SERVICEACCOUNTS,
+    CONFIGMAPS,
+    SECRETS,
+    EVENTS,
+    RESOURCEQUOTAS,
+    LIMITRANGES,
+];
 
 /// core/v1 namespaces.
 pub const NAMESPACES: ResourceDef = ResourceDef {

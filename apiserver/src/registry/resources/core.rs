@@ -1,0 +1,1131 @@
+//! core/v1 entries: pods, nodes, services, endpoints, serviceaccounts, secrets, events,
+//! resourcequotas, limitranges (namespaces and configmaps live in `mod.rs`).
+
+use k8s_openapi::api::core::v1 as corev1;
+use serde_json::{Value, json};
+
+use super::pod;
+use super::util::*;
+use crate::registry::*;
+
+// ---------------------------------------------------------------------------------------------
+// pods
+
+/// core/v1 pods.
+pub const PODS: ResourceDef = ResourceDef {
+    group: "",
+    version: "v1",
+    kind: "Pod",
+    plural: "pods",
+    singular: "pod",
+    namespaced: true,
+    short_names: &["po"],
+    categories: &["all"],
+    storage_prefix: "pods",
+    name_rule: NameRule::Subdomain,
+    subresources: &[
+        Subresource::Status,
+        Subresource::Binding,
+        Subresource::Log,
+        Subresource::Exec,
+        Subresource::PortForward,
+        Subresource::Eviction,
+        Subresource::EphemeralContainers,
+    ],
+    has_status: true,
+    normalize: normalize_as::<corev1::Pod>,
+    defaults: pod::pod_defaults,
+    validate: validate_pod,
+    columns: &[
+        NAME_COLUMN,
+        col("Ready", "string", 0, "The aggregate readiness state of this pod for accepting traffic."),
+        col("Status", "string", 0, "The aggregate status of the containers in this pod."),
+        col(
+            "Restarts",
+            "string",
+            0,
+            "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+        ),
+        AGE_COLUMN,
+        col("IP", "string", 1, "podIP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated."),
+        col("Node", "string", 1, "NodeName indicates in which node this pod is scheduled."),
+        col("Nominated Node", "string", 1, "nominatedNodeName is set only when this pod preempts other pods on the node."),
+        col("Readiness Gates", "string", 1, "If specified, all readiness gates will be evaluated for pod readiness."),
+    ],
+    cells: pod_cells,
+    field: pod_field,
+    selectable_fields: &[
+        "spec.nodeName",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "spec.serviceAccountName",
+        "spec.hostNetwork",
+        "status.phase",
+        "status.podIP",
+        "status.nominatedNodeName",
+    ],
+    schema: schema_of::<corev1::Pod>,
+};
+
+fn validate_pod(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    let spec = o.get("spec").cloned().unwrap_or(Value::Null);
+    let mut errs = pod::validate_pod_spec(&spec, "spec");
+    if let Some(old) = old {
+        errs.extend(pod::validate_pod_update(o, old));
+    }
+    errs
+}
+
+fn none_if_empty(v: &str) -> String {
+    if v.is_empty() { "<none>".to_string() } else { v.to_string() }
+}
+
+/// The latest `lastState.terminated.finishedAt` over the pod's container statuses.
+fn last_restart(o: &Value) -> Option<jiff::Timestamp> {
+    arr(o, &["status", "containerStatuses"])
+        .iter()
+        .chain(arr(o, &["status", "initContainerStatuses"]))
+        .filter_map(|c| fields::str_at(c, &["lastState", "terminated", "finishedAt"]))
+        .filter_map(|t| t.parse::<jiff::Timestamp>().ok())
+        .max()
+}
+
+fn pod_cells(o: &Value) -> Vec<Value> {
+    let (ready, status, restarts) = pod::pod_ready_status_restarts(o);
+    let mut restarts_s = restarts.to_string();
+    if restarts != 0
+        && let Some(t) = last_restart(o)
+    {
+        let secs = (jiff::Timestamp::now().as_second() - t.as_second()).max(0);
+        restarts_s = format!("{restarts} ({} ago)", fields::human_duration(secs));
+    }
+    let ip = arr(o, &["status", "podIPs"]).first().map(|p| s(p, &["ip"])).unwrap_or("");
+    vec![
+        name_cell(o),
+        cell(ready),
+        cell(status),
+        cell(restarts_s),
+        age_cell(o),
+        cell(none_if_empty(ip)),
+        cell(none_if_empty(s(o, &["spec", "nodeName"]))),
+        cell(none_if_empty(s(o, &["status", "nominatedNodeName"]))),
+        cell(pod::readiness_gates(o)),
+    ]
+}
+
+fn pod_field(o: &Value, f: &str) -> Option<String> {
+    Some(match f {
+        "spec.nodeName" => s(o, &["spec", "nodeName"]).to_string(),
+        "spec.restartPolicy" => s(o, &["spec", "restartPolicy"]).to_string(),
+        "spec.schedulerName" => s(o, &["spec", "schedulerName"]).to_string(),
+        "spec.serviceAccountName" => s(o, &["spec", "serviceAccountName"]).to_string(),
+        "spec.hostNetwork" => boolean(o, &["spec", "hostNetwork"]).to_string(),
+        "status.phase" => s(o, &["status", "phase"]).to_string(),
+        "status.podIP" => arr(o, &["status", "podIPs"])
+            .first()
+            .map(|p| s(p, &["ip"]))
+            .unwrap_or_else(|| s(o, &["status", "podIP"]))
+            .to_string(),
+        "status.nominatedNodeName" => s(o, &["status", "nominatedNodeName"]).to_string(),
+        _ => return None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// nodes
+
+/// core/v1 nodes (cluster-scoped; stored under `minions` like Kubernetes).
+pub const NODES: ResourceDef = ResourceDef {
+    group: "",
+    version: "v1",
+    kind: "Node",
+    plural: "nodes",
+    singular: "node",
+    namespaced: false,
+    short_names: &["no"],
+    categories: &[],
+    storage_prefix: "minions",
+    name_rule: NameRule::Subdomain,
+    subresources: &[Subresource::Status],
+    has_status: true,
+    normalize: normalize_as::<corev1::Node>,
+    defaults: node_defaults,
+    validate: validate_node,
+    columns: &[
+        NAME_COLUMN,
+        col("Status", "string", 0, "The status of the node"),
+        col("Roles", "string", 0, "The roles of the node"),
+        AGE_COLUMN,
+        col("Version", "string", 0, "Kubelet Version reported by the node."),
+        col("Internal-IP", "string", 1, "List of addresses reachable to the node."),
+        col("External-IP", "string", 1, "List of addresses reachable to the node."),
+        col("OS-Image", "string", 1, "OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 7 (wheezy))."),
+        col("Kernel-Version", "string", 1, "Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64)."),
+        col("Container-Runtime", "string", 1, "ContainerRuntime Version reported by the node through runtime remote API (e.g. containerd://1.4.2)."),
+    ],
+    cells: node_cells,
+    field: |o, f| match f {
+        "spec.unschedulable" => Some(boolean(o, &["spec", "unschedulable"]).to_string()),
+        _ => None,
+    },
+    selectable_fields: &["spec.unschedulable"],
+    schema: schema_of::<corev1::Node>,
+};
+
+fn node_defaults(o: &mut Value) {
+    // SetDefaults_NodeStatus: allocatable defaults to capacity.
+    if let Some(cap) = obj(o, &["status", "capacity"]).cloned()
+        && !present(o, &["status", "allocatable"])
+    {
+        fields::ensure_object(o, &["status"]).insert("allocatable".into(), Value::Object(cap));
+    }
+}
+
+fn validate_node(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    for (i, t) in arr(o, &["spec", "taints"]).iter().enumerate() {
+        let p = format!("spec.taints[{i}]");
+        let key = s(t, &["key"]);
+        if key.is_empty() {
+            errs.push(FieldError::required(format!("{p}.key"), ""));
+        }
+        match s(t, &["effect"]) {
+            "NoSchedule" | "PreferNoSchedule" | "NoExecute" => {}
+            "" => errs.push(FieldError::required(format!("{p}.effect"), "")),
+            other => errs.push(FieldError::not_supported(
+                format!("{p}.effect"),
+                &json!(other),
+                &["NoExecute", "NoSchedule", "PreferNoSchedule"],
+            )),
+        }
+    }
+    if let Some(old) = old {
+        let old_cidrs = arr(old, &["spec", "podCIDRs"]);
+        if !old_cidrs.is_empty() && arr(o, &["spec", "podCIDRs"]) != old_cidrs {
+            errs.push(FieldError::forbidden(
+                "spec.podCIDRs",
+                "node updates may not change podCIDR except from \"\" to valid",
+            ));
+        }
+        let old_pid = s(old, &["spec", "providerID"]);
+        if !old_pid.is_empty() && s(o, &["spec", "providerID"]) != old_pid {
+            errs.push(FieldError::forbidden(
+                "spec.providerID",
+                "node updates may not change providerID except from \"\" to valid",
+            ));
+        }
+    }
+    errs
+}
+
+fn node_address(o: &Value, ty: &str) -> String {
+    arr(o, &["status", "addresses"])
+        .iter()
+        .find(|a| s(a, &["type"]) == ty)
+        .map(|a| s(a, &["address"]).to_string())
+        .unwrap_or_else(|| "<none>".to_string())
+}
+
+/// The node's STATUS cell (`Ready`, `NotReady`, `Unknown`, `,SchedulingDisabled`).
+pub(crate) fn node_status(o: &Value) -> String {
+    let mut status = Vec::new();
+    if let Some(c) = arr(o, &["status", "conditions"]).iter().find(|c| s(c, &["type"]) == "Ready") {
+        status.push(if s(c, &["status"]) == "True" { "Ready" } else { "NotReady" });
+    }
+    if status.is_empty() {
+        status.push("Unknown");
+    }
+    if boolean(o, &["spec", "unschedulable"]) {
+        status.push("SchedulingDisabled");
+    }
+    status.join(",")
+}
+
+fn node_roles(o: &Value) -> String {
+    let mut roles = std::collections::BTreeSet::new();
+    if let Some(labels) = obj(o, &["metadata", "labels"]) {
+        for (k, v) in labels {
+            if let Some(role) = k.strip_prefix("node-role.kubernetes.io/") {
+                if !role.is_empty() {
+                    roles.insert(role.to_string());
+                }
+            } else if k == "kubernetes.io/role" && v.as_str().is_some_and(|v| !v.is_empty()) {
+                roles.insert(v.as_str().unwrap_or("").to_string());
+            }
+        }
+    }
+    if roles.is_empty() { "<none>".to_string() } else { roles.into_iter().collect::<Vec<_>>().join(",") }
+}
+
+fn unknown_if_empty(v: &str) -> String {
+    if v.is_empty() { "<unknown>".to_string() } else { v.to_string() }
+}
+
+fn node_cells(o: &Value) -> Vec<Value> {
+    vec![
+        name_cell(o),
+        cell(node_status(o)),
+        cell(node_roles(o)),
+        age_cell(o),
+        cell(s(o, &["status", "nodeInfo", "kubeletVersion"])),
+        cell(node_address(o, "InternalIP")),
+        cell(node_address(o, "ExternalIP")),
+        cell(unknown_if_empty(s(o, &["status", "nodeInfo", "osImage"]))),
+        cell(unknown_if_empty(s(o, &["status", "nodeInfo", "kernelVersion"]))),
+        cell(unknown_if_empty(s(o, &["status", "nodeInfo", "containerRuntimeVersion"]))),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// services
+
+/// core/v1 services (stored under `services/specs` like Kubernetes).
+pub const SERVICES: ResourceDef = ResourceDef {
+    group: "",
+    version: "v1",
+    kind: "Service",
+    plural: "services",
+    singular: "service",
+    namespaced: true,
+    short_names: &["svc"],
+    categories: &["all"],
+    storage_prefix: "services/specs",
+    name_rule: NameRule::Label1035,
+    subresources: &[Subresource::Status],
+    has_status: true,
+    normalize: normalize_as::<corev1::Service>,
+    defaults: service_defaults,
+    validate: validate_service,
+    columns: &[
+        NAME_COLUMN,
+        col("Type", "string", 0, "type determines how the Service is exposed. Defaults to ClusterIP."),
+        col("Cluster-IP", "string", 0, "clusterIP is the IP address of the service and is usually assigned randomly."),
+        col("External-IP", "string", 0, "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service."),
+        col("Port(s)", "string", 0, "The list of ports that are exposed by this service."),
+        AGE_COLUMN,
+        col("Selector", "string", 1, "Route service traffic to pods with label keys and values matching this selector."),
+    ],
+    cells: service_cells,
+    field: |o, f| match f {
+        "spec.clusterIP" => Some(s(o, &["spec", "clusterIP"]).to_string()),
+        "spec.type" => Some(s(o, &["spec", "type"]).to_string()),
+        _ => None,
+    },
+    selectable_fields: &["spec.clusterIP", "spec.type"],
+    schema: schema_of::<corev1::Service>,
+};
+
+fn service_defaults(o: &mut Value) {
+    let spec = fields::ensure_object(o, &["spec"]);
+    let affinity = spec.get("sessionAffinity").and_then(Value::as_str).unwrap_or("").to_string();
+    if affinity.is_empty() {
+        spec.insert("sessionAffinity".into(), json!("None"));
+    }
+    let affinity = spec.get("sessionAffinity").and_then(Value::as_str).unwrap_or("None").to_string();
+    if affinity == "None" {
+        spec.remove("sessionAffinityConfig");
+    } else if affinity == "ClientIP"
+        && spec.get("sessionAffinityConfig").and_then(|c| c.get("clientIP")).and_then(|c| c.get("timeoutSeconds")).is_none_or(Value::is_null)
+    {
+        spec.insert("sessionAffinityConfig".into(), json!({"clientIP": {"timeoutSeconds": 10800}}));
+    }
+    if spec.get("type").and_then(Value::as_str).is_none_or(str::is_empty) {
+        spec.insert("type".into(), json!("ClusterIP"));
+    }
+    let ty = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
+    if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+        for p in ports.iter_mut() {
+            if let Value::Object(p) = p {
+                if p.get("protocol").and_then(Value::as_str).is_none_or(str::is_empty) {
+                    p.insert("protocol".into(), json!("TCP"));
+                }
+                let tp = p.get("targetPort");
+                let unset = tp.is_none_or(|t| t.is_null() || t == 0 || t == "");
+                if unset && let Some(port) = p.get("port").cloned() {
+                    p.insert("targetPort".into(), port);
+                }
+            }
+        }
+    }
+    let has_external_ips = spec.get("externalIPs").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+    let externally_accessible =
+        ty == "LoadBalancer" || ty == "NodePort" || (ty == "ClusterIP" && has_external_ips);
+    if externally_accessible && spec.get("externalTrafficPolicy").and_then(Value::as_str).is_none_or(str::is_empty) {
+        spec.insert("externalTrafficPolicy".into(), json!("Cluster"));
+    }
+    if matches!(ty.as_str(), "NodePort" | "LoadBalancer" | "ClusterIP") {
+        if spec.get("internalTrafficPolicy").is_none_or(Value::is_null) {
+            spec.insert("internalTrafficPolicy".into(), json!("Cluster"));
+        }
+    }
+    if ty == "LoadBalancer" && spec.get("allocateLoadBalancerNodePorts").is_none_or(Value::is_null) {
+        spec.insert("allocateLoadBalancerNodePorts".into(), json!(true));
+    }
+    // clusterIP / clusterIPs are kept in sync (the service REST layer's normalization).
+    let cip = spec.get("clusterIP").and_then(Value::as_str).unwrap_or("").to_string();
+    let cips_empty = spec.get("clusterIPs").and_then(Value::as_array).is_none_or(Vec::is_empty);
+    if !cip.is_empty() && cips_empty {
+        spec.insert("clusterIPs".into(), json!([cip]));
+    } else if cip.is_empty()
+        && let Some(first) = spec.get("clusterIPs").and_then(Value::as_array).and_then(|a| a.first()).cloned()
+    {
+        spec.insert("clusterIP".into(), first);
+    }
+    // IP family defaults (the service REST layer's initIPFamilyFields on a single-stack IPv4
+    // cluster).
+    if ty != "ExternalName" {
+        let cip = spec.get("clusterIP").and_then(Value::as_str).unwrap_or("").to_string();
+        let has_selector = spec.get("selector").and_then(Value::as_object).is_some_and(|m| !m.is_empty());
+        let headless_no_selector = cip == "None" && !has_selector;
+        if spec.get("ipFamilyPolicy").is_none_or(Value::is_null) {
+            let policy = if headless_no_selector { "RequireDualStack" } else { "SingleStack" };
+            spec.insert("ipFamilyPolicy".into(), json!(policy));
+        }
+        if spec.get("ipFamilies").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+            let fam = if cip.contains(':') { "IPv6" } else { "IPv4" };
+            let mut fams = vec![json!(fam)];
+            if headless_no_selector && spec.get("ipFamilyPolicy").and_then(Value::as_str) != Some("SingleStack") {
+                fams.push(json!(if fam == "IPv4" { "IPv6" } else { "IPv4" }));
+            }
+            spec.insert("ipFamilies".into(), Value::Array(fams));
+        }
+    }
+}
+
+fn validate_service(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let ty = s(o, &["spec", "type"]);
+    let cip = s(o, &["spec", "clusterIP"]);
+    match ty {
+        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName" => {}
+        "" => errs.push(FieldError::required("spec.type", "")),
+        other => errs.push(FieldError::not_supported(
+            "spec.type",
+            &json!(other),
+            &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+        )),
+    }
+    if ty == "ExternalName" {
+        let en = s(o, &["spec", "externalName"]);
+        if en.is_empty() {
+            errs.push(FieldError::required("spec.externalName", ""));
+        } else {
+            push_invalid_all(&mut errs, "spec.externalName", &json!(en), dns1123_subdomain_errors(en.trim_end_matches('.')));
+        }
+    }
+    match s(o, &["spec", "sessionAffinity"]) {
+        "None" | "ClientIP" => {}
+        "" => errs.push(FieldError::required("spec.sessionAffinity", "")),
+        other => errs.push(FieldError::not_supported("spec.sessionAffinity", &json!(other), &["ClientIP", "None"])),
+    }
+    let ports = arr(o, &["spec", "ports"]);
+    let headless = cip == "None";
+    if ports.is_empty() && !headless && ty != "ExternalName" {
+        errs.push(FieldError::required("spec.ports", ""));
+    }
+    let require_name = ports.len() > 1;
+    let mut names = std::collections::HashSet::new();
+    let mut port_protos = std::collections::HashSet::new();
+    for (i, p) in ports.iter().enumerate() {
+        let pp = format!("spec.ports[{i}]");
+        let name = s(p, &["name"]);
+        if name.is_empty() {
+            if require_name {
+                errs.push(FieldError::required(format!("{pp}.name"), ""));
+            }
+        } else {
+            push_invalid_all(&mut errs, &format!("{pp}.name"), &json!(name), dns1123_label_errors(name));
+            if !names.insert(name.to_string()) {
+                errs.push(FieldError::duplicate(format!("{pp}.name"), &json!(name)));
+            }
+        }
+        let port = int(p, &["port"]);
+        push_invalid_all(&mut errs, &format!("{pp}.port"), &json!(port), port_num_errors(port));
+        let proto = s(p, &["protocol"]);
+        match proto {
+            "TCP" | "UDP" | "SCTP" => {}
+            "" => errs.push(FieldError::required(format!("{pp}.protocol"), "")),
+            other => errs.push(FieldError::not_supported(format!("{pp}.protocol"), &json!(other), &["SCTP", "TCP", "UDP"])),
+        }
+        if !port_protos.insert((port, proto.to_string())) {
+            errs.push(FieldError::duplicate(pp.clone(), &json!({"port": port, "protocol": proto})));
+        }
+        match p.get("targetPort") {
+            Some(Value::Number(n)) => {
+                let n = n.as_i64().unwrap_or(0);
+                push_invalid_all(&mut errs, &format!("{pp}.targetPort"), &json!(n), port_num_errors(n));
+            }
+            Some(Value::String(t)) => {
+                push_invalid_all(&mut errs, &format!("{pp}.targetPort"), &json!(t), port_name_errors(t));
+            }
+            _ => {}
+        }
+        let node_port = int(p, &["nodePort"]);
+        if node_port != 0 {
+            if ty == "ClusterIP" || ty == "ExternalName" {
+                errs.push(FieldError::forbidden(
+                    format!("{pp}.nodePort"),
+                    &format!("may not be used when `type` is '{ty}'"),
+                ));
+            } else {
+                push_invalid_all(&mut errs, &format!("{pp}.nodePort"), &json!(node_port), port_num_errors(node_port));
+            }
+        }
+    }
+    if let Some(ports_sel) = obj(o, &["spec", "selector"]) {
+        for (k, v) in ports_sel {
+            if v.as_str().is_none() {
+                errs.push(FieldError::invalid(format!("spec.selector[{k}]"), v, "must be a string"));
+            }
+        }
+    }
+    if let Some(old) = old {
+        let old_ty = s(old, &["spec", "type"]);
+        if ty != "ExternalName" && old_ty != "ExternalName" {
+            let new_ips = arr(o, &["spec", "clusterIPs"]);
+            let old_ips = arr(old, &["spec", "clusterIPs"]);
+            if !new_ips.is_empty() && new_ips.len() == old_ips.len() {
+                for (i, ip) in old_ips.iter().enumerate() {
+                    if new_ips.get(i) != Some(ip) {
+                        errs.push(invalid_raw(
+                            format!("spec.clusterIPs[{i}]"),
+                            &go_string_slice(fields::at(o, &["spec", "clusterIPs"])),
+                            "may not change once set",
+                        ));
+                    }
+                }
+            } else if !new_ips.is_empty() && !old_ips.is_empty() && new_ips.first() != old_ips.first() {
+                errs.push(invalid_raw(
+                    "spec.clusterIPs[0]",
+                    &go_string_slice(fields::at(o, &["spec", "clusterIPs"])),
+                    "may not change once set",
+                ));
+            }
+        }
+    }
+    errs
+}
+
+/// kubectl's `makePortString`: `80/TCP`, `80:30080/TCP`, comma-joined.
+pub(crate) fn service_ports(o: &Value) -> String {
+    arr(o, &["spec", "ports"])
+        .iter()
+        .map(|p| {
+            let port = int(p, &["port"]);
+            let proto = s(p, &["protocol"]);
+            let np = int(p, &["nodePort"]);
+            if np > 0 { format!("{port}:{np}/{proto}") } else { format!("{port}/{proto}") }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn service_external_ip(o: &Value) -> String {
+    let ext: Vec<&str> = arr(o, &["spec", "externalIPs"]).iter().filter_map(Value::as_str).collect();
+    match s(o, &["spec", "type"]) {
+        "ClusterIP" | "NodePort" => {
+            if ext.is_empty() { "<none>".to_string() } else { ext.join(",") }
+        }
+        "LoadBalancer" => {
+            let mut lb: Vec<String> = arr(o, &["status", "loadBalancer", "ingress"])
+                .iter()
+                .filter_map(|i| {
+                    let ip = s(i, &["ip"]);
+                    let host = s(i, &["hostname"]);
+                    if !ip.is_empty() {
+                        Some(ip.to_string())
+                    } else if !host.is_empty() {
+                        Some(host.to_string())
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            lb.sort();
+            lb.dedup();
+            if !ext.is_empty() {
+                lb.extend(ext.iter().map(|e| e.to_string()));
+                return lb.join(",");
+            }
+            if lb.is_empty() { "<pending>".to_string() } else { lb.join(",") }
+        }
+        "ExternalName" => s(o, &["spec", "externalName"]).to_string(),
+        _ => "<unknown>".to_string(),
+    }
+}
+
+fn service_cells(o: &Value) -> Vec<Value> {
+    let cluster_ip = arr(o, &["spec", "clusterIPs"])
+        .first()
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| "<none>".to_string());
+    let ports = service_ports(o);
+    vec![
+        name_cell(o),
+        cell(s(o, &["spec", "type"])),
+        cell(cluster_ip),
+        cell(service_external_ip(o)),
+        cell(if ports.is_empty() { "<none>".to_string() } else { ports }),
+        age_cell(o),
+        cell(format_labels(obj(o, &["spec", "selector"]))),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// endpoints
+
+/// core/v1 endpoints (stored under `services/endpoints` like Kubernetes).
+pub const ENDPOINTS: ResourceDef = ResourceDef {
+    group: "",
+    version: "v1",
+    kind: "Endpoints",
+    plural: "endpoints",
+    singular: "endpoints",
+    namespaced: true,
+    short_names: &["ep"],
+    categories: &[],
+    storage_prefix: "services/endpoints",
+    name_rule: NameRule::Subdomain,
+    subresources: &[],
+    has_status: false,
+    normalize: normalize_as::<corev1::Endpoints>,
+    defaults: |o| {
+        if let Some(Value::Array(subsets)) = o.get_mut("subsets") {
+            for ss in subsets.iter_mut() {
+                if let Some(Value::Array(ports)) = ss.get_mut("ports") {
+                    for p in ports.iter_mut() {
+                        fields::default_at(p, &[], "protocol", json!("TCP"));
+                    }
+                }
+            }
+        }
+    },
+    validate: validate_endpoints,
+    columns: &[
+        NAME_COLUMN,
+        col("Endpoints", "string", 0, "The set of all endpoints is the union of all subsets."),
+        AGE_COLUMN,
+    ],
+    cells: |o| vec![name_cell(o), cell(format_endpoints(o)), age_cell(o)],
+    field: no_fields,
+    selectable_fields: &[],
+    schema: schema_of::<corev1::Endpoints>,
+};
+
+fn validate_endpoints(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    for (i, ss) in arr(o, &["subsets"]).iter().enumerate() {
+        let sp = format!("subsets[{i}]");
+        for key in ["addresses", "notReadyAddresses"] {
+            for (j, a) in arr(ss, &[key]).iter().enumerate() {
+                let ip = s(a, &["ip"]);
+                if ip.parse::<std::net::IpAddr>().is_err() {
+                    errs.push(FieldError::invalid(
+                        format!("{sp}.{key}[{j}].ip"),
+                        &json!(ip),
+                        "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                    ));
+                }
+            }
+        }
+        let ports = arr(ss, &["ports"]);
+        for (j, p) in ports.iter().enumerate() {
+            let pp = format!("{sp}.ports[{j}]");
+            let name = s(p, &["name"]);
+            if name.is_empty() {
+                if ports.len() > 1 {
+                    errs.push(FieldError::required(format!("{pp}.name"), ""));
+                }
+            } else {
+                push_invalid_all(&mut errs, &format!("{pp}.name"), &json!(name), dns1123_label_errors(name));
+            }
+            let port = int(p, &["port"]);
+            push_invalid_all(&mut errs, &format!("{pp}.port"), &json!(port), port_num_errors(port));
+            match s(p, &["protocol"]) {
+                "TCP" | "UDP" | "SCTP" => {}
+                "" => errs.push(FieldError::required(format!("{pp}.protocol"), "")),
+                other => errs.push(FieldError::not_supported(format!("{pp}.protocol"), &json!(other), &["SCTP", "TCP", "UDP"])),
+            }
+        }
+    }
+    errs
+}
+
+/// kubectl's `formatEndpoints` (at most 3 entries, then `+ N more...`).
+pub(crate) fn format_endpoints(o: &Value) -> String {
+    let subsets = arr(o, &["subsets"]);
+    if subsets.is_empty() {
+        return "<none>".to_string();
+    }
+    let max = 3;
+    let mut list: Vec<String> = Vec::new();
+    let mut more = false;
+    let mut count = 0usize;
+    for ss in subsets {
+        let addrs = arr(ss, &["addresses"]);
+        let ports = arr(ss, &["ports"]);
+        if ports.is_empty() {
+            count += addrs.len();
+            for a in addrs {
+                if list.len() == max {
+                    more = true;
+                    break;
+                }
+                list.push(s(a, &["ip"]).to_string());
+            }
+            continue;
+        }
+        for p in ports {
+            count += addrs.len();
+            for a in addrs {
+                if list.len() == max {
+                    more = true;
+                    break;
+                }
+                let ip = s(a, &["ip"]);
+                let port = int(p, &["port"]);
+                list.push(if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") });
+            }
+        }
+    }
+    let ret = list.join(",");
+    if more { format!("{ret} + {} more...", count - max) } else { ret }
+}
+
+// ---------------------------------------------------------------------------------------------
+// serviceaccounts
+
+/// core/v1 serviceaccounts.
+pub const SERVICEACCOUNTS: ResourceDef = ResourceDef {
+    group: "",
+    version: "v1",
+    kind: "ServiceAccount",
+    plural: "serviceaccounts",
+    singular: "serviceaccount",
+    namespaced: true,
+    short_names: &["sa"],
+    categories: &[],
+    storage_prefix: "serviceaccounts",
+    name_rule: NameRule::Subdomain,
+    subresources: &[Subresource::Token],
+    has_status: false,
+    normalize: normalize_as::<corev1::ServiceAccount>,
+    defaults: no_defaults,
+    validate: no_validation,
+    columns: &[
+        NAME_COLUMN,
+        col("Secrets", "string", 0, "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use."),
+        AGE_COLUMN,
+    ],
+    cells: |o| vec![name_cell(o), Value::from(arr(o, &["secrets"]).len()), age_cell(o)],
+    field: no_fields,
+    selectable_fields: &[],
+    schema: schema_of::<corev1::ServiceAccount>,
+};
+
+// ---------------------------------------------------------------------------------------------
+// secrets
+
+/// core/v1 secrets.
+pub const SECRETS: ResourceDef = ResourceDef {
+    group: "",
+    version: "v1",
+    kind: "Secret",
+    plural: "secrets",
+    singular: "secret",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    storage_prefix: "secrets",
+    name_rule: NameRule::Subdomain,
+    subresources: &[],
+    has_status: false,
+    normalize: normalize_as::<corev1::Secret>,
+    defaults: |o| {
+        if let Value::Object(m) = o
+            && m.get("type").and_then(Value::as_str).is_none_or(str::is_empty)
+        {
+            m.insert("type".into(), json!("Opaque"));
+        }
+    },
+    validate: validate_secret,
+    columns: &[
+        NAME_COLUMN,
+        col("Type", "string", 0, "Used to facilitate programmatic handling of secret data."),
+        col("Data", "string", 0, "Data contains the secret data."),
+        AGE_COLUMN,
+    ],
+    cells: |o| {
+        let n = obj(o, &["data"]).map(|m| m.len()).unwrap_or(0);
+        vec![name_cell(o), cell(s(o, &["type"])), Value::from(n), age_cell(o)]
+    },
+    field: |o, f| match f {
+        "type" => Some(s(o, &["type"]).to_string()),
+        _ => None,
+    },
+    selectable_fields: &["type"],
+    schema: schema_of::<corev1::Secret>,
+};
+
+/// `IsConfigMapKey` messages.
+pub(crate) fn config_key_errors(k: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if k.len() > 253 {
+        errs.push(max_len_error(253));
+    }
+    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+        errs.push("a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')".to_string());
+    }
+    if k == "." {
+        errs.push("must not be '.'".to_string());
+    } else if k == ".." {
+        errs.push("must not be '..'".to_string());
+    } else if k.starts_with("..") {
+        errs.push("must not start with '..'".to_string());
+    }
+    errs
+}
+
+fn validate_secret(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    if let Some(data) = obj(o, &["data"]) {
+        for k in data.keys() {
+            push_invalid_all(&mut errs, &format!("data[{k}]"), &json!(k), config_key_errors(k));
+        }
+    }
+    let has = |k: &str| obj(o, &["data"]).is_some_and(|d| d.contains_key(k));
+    match s(o, &["type"]) {
+        "kubernetes.io/service-account-token" => {
+            if s(o, &["metadata", "annotations", "kubernetes.io/service-account.name"]).is_empty() {
+                errs.push(FieldError::required("metadata.annotations[kubernetes.io/service-account.name]", ""));
+            }
+        }
+        "kubernetes.io/dockercfg" => {
+            if !has(".dockercfg") {
+                errs.push(FieldError::required("data[.dockercfg]", ""));
+            }
+        }
+        "kubernetes.io/dockerconfigjson" => {
+            if !has(".dockerconfigjson") {
+                errs.push(FieldError::required("data[.dockerconfigjson]", ""));
+            }
+        }
+        "kubernetes.io/basic-auth" => {
+            if !has("username") && !has("password") {
+                errs.push(FieldError::required(
+                    "data[username]",
+                    "must specify at least one of username or password",
+                ));
+            }
+        }
+        "kubernetes.io/ssh-auth" => {
+            if !has("ssh-privatekey") {
+                errs.push(FieldError::required("data[ssh-privatekey]", ""));
+            }
+        }
+        "kubernetes.io/tls" => {
+            if !has("tls.crt") {
+                errs.push(FieldError::required("data[tls.crt]", ""));
+            }
+            if !has("tls.key") {
+                errs.push(FieldError::required("data[tls.key]", ""));
+            }
+        }
+        _ => {}
+    }
+    if let Some(old) = old {
+        immutable(&mut errs, "type", o.get("type"), old.get("type"));
+        if boolean(old, &["immutable"]) {
+            if !boolean(o, &["immutable"]) {
+                errs.push(FieldError::forbidden("immutable", "field is immutable when `immutable` is set"));
+            }
+            if o.get("data") != old.get("data") {
+                errs.push(FieldError::forbidden("data", "field is immutable when `immutable` is set"));
+            }
+        }
+    }
+    errs
+}
+
+// ---------------------------------------------------------------------------------------------
+// events (core/v1)
+
+/// core/v1 events. Stored under `events` (Kubernetes stores core and events.k8s.io Events as the
+/// same objects; here events.k8s.io has its own prefix, see `events.rs`).
+pub const EVENTS: ResourceDef = ResourceDef {
+    group: "",
+    version: "v1",
+    kind: "Event",
+    plural: "events",
+    singular: "event",
+    namespaced: true,
+    short_names: &["ev"],
+    categories: &[],
+    storage_prefix: "events",
+    name_rule: NameRule::Subdomain,
+    subresources: &[],
+    has_status: false,
+    normalize: normalize_as::<corev1::Event>,
+    defaults: no_defaults,
+    validate: validate_core_event,
+    columns: EVENT_COLUMNS,
+    cells: core_event_cells,
+    field: core_event_field,
+    selectable_fields: EVENT_SELECTABLE,
+    schema: schema_of::<corev1::Event>,
+};
+
+/// The event table columns (shared with events.k8s.io).
+pub(crate) const EVENT_COLUMNS: &[Column] = &[
+    col("Last Seen", "string", 0, "The time at which the most recent occurrence of this event was recorded."),
+    col("Type", "string", 0, "Type of this event (Normal, Warning), new types could be added in the future"),
+    col("Reason", "string", 0, "This should be a short, machine understandable string that gives the reason for the transition into the object's current status."),
+    col("Object", "string", 0, "The object that this event is about."),
+    col("Subobject", "string", 1, "If referring to a piece of an object instead of an entire object, this string should contain a valid JSON/Go field access statement."),
+    col("Source", "string", 1, "The component reporting this event. Should be a short machine understandable string."),
+    col("Message", "string", 0, "A human-readable description of the status of this operation."),
+    col("First Seen", "string", 1, "The time at which the event was first recorded. (Time of server receipt is in TypeMeta.)"),
+    col("Count", "string", 1, "The number of times this event has occurred."),
+    Column { priority: 1, ..NAME_COLUMN },
+];
+
+/// Field selectors of core/v1 events.
+pub(crate) const EVENT_SELECTABLE: &[&str] = &[
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
+];
+
+fn validate_core_event(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let ns = fields::namespace(o);
+    let ino = s(o, &["involvedObject", "namespace"]);
+    if !ns.is_empty() && !ino.is_empty() && ns != ino {
+        errs.push(FieldError::invalid("involvedObject.namespace", &json!(ino), "does not match event.namespace"));
+    }
+    let ty = s(o, &["type"]);
+    if !s(o, &["reportingComponent"]).is_empty() || present(o, &["eventTime"]) {
+        if ty != "Normal" && ty != "Warning" {
+            errs.push(FieldError::invalid("type", &json!(ty), "has invalid value: expected Normal or Warning"));
+        }
+    }
+    errs
+}
+
+fn since(ts: &str) -> String {
+    match ts.parse::<jiff::Timestamp>() {
+        Ok(t) => fields::human_duration((jiff::Timestamp::now().as_second() - t.as_second()).max(0)),
+        Err(_) => "<unknown>".to_string(),
+    }
+}
+
+/// The event row from core/v1-shaped fields (`printEvent`).
+pub(crate) fn core_event_cells(o: &Value) -> Vec<Value> {
+    let first_ts = s(o, &["firstTimestamp"]);
+    let first = if first_ts.is_empty() { since(s(o, &["eventTime"])) } else { since(first_ts) };
+    let last_ts = s(o, &["lastTimestamp"]);
+    let mut last = if last_ts.is_empty() { first.clone() } else { since(last_ts) };
+    let mut count = int(o, &["count"]);
+    if present(o, &["series"]) {
+        last = since(s(o, &["series", "lastObservedTime"]));
+        count = int(o, &["series", "count"]);
+    } else if count == 0 {
+        count = 1;
+    }
+    let kind = lower(s(o, &["involvedObject", "kind"]));
+    let name = s(o, &["involvedObject", "name"]);
+    let target = if name.is_empty() { kind } else { format!("{kind}/{name}") };
+    let component = match s(o, &["source", "component"]) {
+        "" => s(o, &["reportingComponent"]),
+        c => c,
+    };
+    let host = match s(o, &["source", "host"]) {
+        "" => s(o, &["reportingInstance"]),
+        h => h,
+    };
+    let source = if host.is_empty() { component.to_string() } else { format!("{component}, {host}") };
+    vec![
+        cell(last),
+        cell(s(o, &["type"])),
+        cell(s(o, &["reason"])),
+        cell(target),
+        cell(s(o, &["involvedObject", "fieldPath"])),
+        cell(source),
+        cell(s(o, &["message"]).trim()),
+        cell(first),
+        Value::from(count),
+        name_cell(o),
+    ]
+}
+
+/// Field selector values of a core/v1-shaped event.
+pub(crate) fn core_event_field(o: &Value, f: &str) -> Option<String> {
+    let v = match f {
+        "involvedObject.kind" => s(o, &["involvedObject", "kind"]),
+        "involvedObject.namespace" => s(o, &["involvedObject", "namespace"]),
+        "involvedObject.name" => s(o, &["involvedObject", "name"]),
+        "involvedObject.uid" => s(o, &["involvedObject", "uid"]),
+        "involvedObject.apiVersion" => s(o, &["involvedObject", "apiVersion"]),
+        "involvedObject.resourceVersion" => s(o, &["involvedObject", "resourceVersion"]),
+        "involvedObject.fieldPath" => s(o, &["involvedObject", "fieldPath"]),
+        "reason" => s(o, &["reason"]),
+        "reportingComponent" => s(o, &["reportingComponent"]),
+        "source" => match s(o, &["source", "component"]) {
+            "" => s(o, &["reportingComponent"]),
+            c => c,
+        },
+        "type" => s(o, &["type"]),
+        _ => return None,
+    };
+    Some(v.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// resourcequotas
+
+/// core/v1 resourcequotas.
+pub const RESOURCEQUOTAS: ResourceDef = ResourceDef {
+    group: "",
+    version: "v1",
+    kind: "ResourceQuota",
+    plural: "resourcequotas",
+    singular: "resourcequota",
+    namespaced: true,
+    short_names: &["quota"],
+    categories: &[],
+    storage_prefix: "resourcequotas",
+    name_rule: NameRule::Subdomain,
+    subresources: &[Subresource::Status],
+    has_status: true,
+    normalize: normalize_as::<corev1::ResourceQuota>,
+    defaults: no_defaults,
+    validate: validate_quota,
+    columns: &[
+        NAME_COLUMN,
+        col("Request", "string", 0, "Request represents a minimum amount of cpu/memory that a container may consume."),
+        col(
+            "Limit",
+            "string",
+            0,
+            "Limits control the maximum amount of cpu/memory that a container may use independent of contention on the node.",
+        ),
+        AGE_COLUMN,
+    ],
+    cells: quota_cells,
+    field: no_fields,
+    selectable_fields: &[],
+    schema: schema_of::<corev1::ResourceQuota>,
+};
+
+fn validate_quota(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    if let Some(hard) = obj(o, &["spec", "hard"]) {
+        for (k, v) in hard {
+            if v.as_str().is_some_and(|q| q.starts_with('-')) {
+                errs.push(FieldError::invalid(format!("spec.hard[{k}]"), v, "must be greater than or equal to 0"));
+            }
+        }
+    }
+    for (i, sc) in arr(o, &["spec", "scopes"]).iter().enumerate() {
+        let v = sc.as_str().unwrap_or("");
+        const SCOPES: &[&str] =
+            &["BestEffort", "CrossNamespacePodAffinity", "NotBestEffort", "NotTerminating", "PriorityClass", "Terminating"];
+        if !SCOPES.contains(&v) {
+            errs.push(FieldError::not_supported(format!("spec.scopes[{i}]"), sc, SCOPES));
+        }
+    }
+    errs
+}
+
+fn quota_cells(o: &Value) -> Vec<Value> {
+    let hard = obj(o, &["status", "hard"]);
+    let used = obj(o, &["status", "used"]);
+    let mut keys: Vec<&String> = hard.map(|h| h.keys().collect()).unwrap_or_default();
+    keys.sort();
+    let mut req = Vec::new();
+    let mut lim = Vec::new();
+    for k in keys {
+        let h = hard.and_then(|h| h.get(k)).and_then(Value::as_str).unwrap_or("0");
+        let u = used.and_then(|u| u.get(k)).and_then(Value::as_str).unwrap_or("0");
+        let entry = format!("{k}: {u}/{h}");
+        let pieces: Vec<&str> = k.split('.').collect();
+        if pieces.len() > 1 && pieces[0] == "limits" { lim.push(entry) } else { req.push(entry) }
+    }
+    vec![name_cell(o), cell(req.join(", ")), cell(lim.join(", ")), age_cell(o)]
+}
+
+// ---------------------------------------------------------------------------------------------
+// limitranges
+
+/// core/v1 limitranges.
+pub const LIMITRANGES: ResourceDef = ResourceDef {
+    group: "",
+    version: "v1",
+    kind: "LimitRange",
+    plural: "limitranges",
+    singular: "limitrange",
+    namespaced: true,
+    short_names: &["limits"],
+    categories: &[],
+    storage_prefix: "limitranges",
+    name_rule: NameRule::Subdomain,
+    subresources: &[],
+    has_status: false,
+    normalize: normalize_as::<corev1::LimitRange>,
+    defaults: limitrange_defaults,
+    validate: validate_limitrange,
+    columns: &[NAME_COLUMN, CREATED_AT_COLUMN],
+    cells: name_created_cells,
+    field: no_fields,
+    selectable_fields: &[],
+    schema: schema_of::<corev1::LimitRange>,
+};
+
+fn limitrange_defaults(o: &mut Value) {
+    let Some(Value::Array(limits)) = o.get_mut("spec").and_then(|s| s.get_mut("limits")) else { return };
+    for item in limits.iter_mut() {
+        let Value::Object(m) = item else { continue };
+        if m.get("type").and_then(Value::as_str) != Some("Container") {
+            continue;
+        }
+        let get = |m: &serde_json::Map<String, Value>, k: &str| m.get(k).and_then(Value::as_object).cloned().unwrap_or_default();
+        let max = get(m, "max");
+        let min = get(m, "min");
+        let mut default = get(m, "default");
+        let mut default_request = get(m, "defaultRequest");
+        for (k, v) in max {
+            default.entry(k).or_insert(v);
+        }
+        for (k, v) in default.clone() {
+            default_request.entry(k).or_insert(v);
+        }
+        for (k, v) in min {
+            default_request.entry(k).or_insert(v);
+        }
+        if !default.is_empty() {
+            m.insert("default".into(), Value::Object(default));
+        }
+        if !default_request.is_empty() {
+            m.insert("defaultRequest".into(), Value::Object(default_request));
+        }
+    }
+}
+
+fn validate_limitrange(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    for (i, item) in arr(o, &["spec", "limits"]).iter().enumerate() {
+        if s(item, &["type"]).is_empty() {
+            errs.push(FieldError::required(format!("spec.limits[{i}].type"), ""));
+        }
+    }
+    errs
+}
