@@ -1,9 +1,29 @@
 //! Lotse's Kubernetes API server: the Kubernetes REST API over an embedded SQLite store or etcd.
 #![forbid(unsafe_code)]
 
+pub mod alloc;
 pub mod auth;
+pub mod cacher;
+pub mod discovery;
+pub mod error;
+pub mod handlers;
+pub mod list;
+pub mod managed;
+pub mod metrics;
 pub mod openapi;
+pub mod patch;
 pub mod pki;
+pub mod protobuf;
+pub mod proxy;
 pub mod registry;
-pub mod tls;
+pub mod request;
+pub mod reviews;
+pub mod selectors;
+pub mod server;
 pub mod storage;
+pub mod strategic;
+pub mod subresources;
+pub mod table;
+pub mod tls;
+pub mod validation;
+pub mod watch;

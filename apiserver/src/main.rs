@@ -1,1 +1,73 @@
-fn main() {}
+//! `apiserver`: Lotse's Kubernetes API server.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// Lotse's Kubernetes API server.
+///
+/// Serves the Kubernetes REST API over HTTPS. State lives in an embedded SQLite database under
+/// --data-dir, or in etcd when --etcd-servers is given. On first start it creates a cluster CA
+/// and writes <data-dir>/admin.kubeconfig; point kubectl at it:
+///
+///   apiserver --data-dir ./lotse-data &
+///   export KUBECONFIG=./lotse-data/admin.kubeconfig
+///   kubectl get namespaces
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Directory for the PKI, the embedded database and kubeconfigs.
+    #[arg(long, env = "LOTSE_DATA_DIR", default_value = "/var/lib/lotse")]
+    data_dir: PathBuf,
+    /// IP address to listen on (0.0.0.0 for all interfaces).
+    #[arg(long, env = "LOTSE_BIND_ADDRESS", default_value = "127.0.0.1")]
+    bind_address: IpAddr,
+    /// HTTPS port.
+    #[arg(long, env = "LOTSE_SECURE_PORT", default_value_t = 6443)]
+    secure_port: u16,
+    /// Comma-separated etcd client URLs (e.g. http://127.0.0.1:2379). Empty: embedded SQLite.
+    #[arg(long, env = "LOTSE_ETCD_SERVERS", value_delimiter = ',')]
+    etcd_servers: Vec<String>,
+    /// CIDR from which Service ClusterIPs are allocated.
+    #[arg(long, env = "LOTSE_SERVICE_CLUSTER_IP_RANGE", default_value = "10.96.0.0/12")]
+    service_cluster_ip_range: ipnet::Ipv4Net,
+    /// Extra subject alternative names (hostnames or IPs) for the serving certificate.
+    #[arg(long, env = "LOTSE_TLS_SAN", value_delimiter = ',')]
+    tls_san: Vec<String>,
+    /// Seconds between storage compactions (Kubernetes: 300).
+    #[arg(long, env = "LOTSE_COMPACTION_INTERVAL", default_value_t = 300)]
+    compaction_interval_seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let cfg = apiserver::server::Config {
+        data_dir: args.data_dir,
+        bind_address: args.bind_address,
+        secure_port: args.secure_port,
+        etcd_servers: args.etcd_servers.into_iter().filter(|s| !s.is_empty()).collect(),
+        service_cluster_ip_range: args.service_cluster_ip_range,
+        extra_sans: args.tls_san,
+        compaction_interval: Duration::from_secs(args.compaction_interval_seconds.max(1)),
+    };
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+    };
+    let running = apiserver::server::start(cfg, shutdown).await.context("starting the apiserver")?;
+    tracing::info!(addr = %running.addr, kubeconfig = %running.admin_kubeconfig.display(), "apiserver ready");
+    println!("export KUBECONFIG={}", running.admin_kubeconfig.display());
+    running.task.await.context("server task")?.context("serving")?;
+    Ok(())
+}

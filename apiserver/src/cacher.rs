@@ -1,0 +1,380 @@
+//! The per-resource watch cache: one storage watch feeds the current state and a ring buffer of
+//! recent events, from which `resourceVersion=0` lists, consistent lists and all watches are
+//! served, so N watchers cost one storage watch.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::sync::{RwLock, broadcast, watch};
+
+use crate::registry::{ResourceDef, fields};
+use crate::storage::{EventType, KeyValue, ListOptions, Revision, Storage, StorageError};
+
+/// How many recent events each resource keeps for watch replay.
+const RING_CAPACITY: usize = 16 * 1024;
+/// How many live events a watcher may fall behind before it is dropped (and must re-watch).
+const BROADCAST_CAPACITY: usize = 8 * 1024;
+
+/// One object as the cache holds it: the JSON bytes served to clients plus what filters need.
+#[derive(Debug)]
+pub struct CachedObject {
+    /// Storage key.
+    pub key: String,
+    /// JSON with `metadata.resourceVersion` set.
+    pub raw: Bytes,
+    /// resourceVersion (the key's mod revision, or the delete revision for deleted objects).
+    pub rv: Revision,
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+    /// Values of the resource's selectable fields.
+    pub fields: Vec<(&'static str, String)>,
+}
+
+impl CachedObject {
+    /// Decodes a stored value, injecting `resourceVersion`.
+    pub fn decode(def: &ResourceDef, key: &str, value: &[u8], rv: Revision) -> Result<Self, String> {
+        let mut obj: Value = serde_json::from_slice(value).map_err(|e| format!("corrupt object at {key}: {e}"))?;
+        Ok(Self::from_value(def, key, &mut obj, rv))
+    }
+
+    /// Builds a cached object from a decoded value (sets its `resourceVersion`).
+    pub fn from_value(def: &ResourceDef, key: &str, obj: &mut Value, rv: Revision) -> Self {
+        fields::ensure_object(obj, &["metadata"]).insert("resourceVersion".into(), Value::String(rv.to_string()));
+        let labels = obj
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+            .unwrap_or_default();
+        let fields_vals = def
+            .selectable_fields
+            .iter()
+            .map(|f| (*f, (def.field)(obj, f).unwrap_or_default()))
+            .collect();
+        CachedObject {
+            key: key.to_string(),
+            raw: Bytes::from(serde_json::to_vec(obj).unwrap_or_default()),
+            rv,
+            namespace: fields::namespace(obj).to_string(),
+            name: fields::name(obj).to_string(),
+            labels,
+            fields: fields_vals,
+        }
+    }
+
+    /// Value of a field for field selectors.
+    pub fn field(&self, f: &str) -> Option<String> {
+        match f {
+            "metadata.name" => Some(self.name.clone()),
+            "metadata.namespace" => Some(self.namespace.clone()),
+            _ => self.fields.iter().find(|(k, _)| *k == f).map(|(_, v)| v.clone()),
+        }
+    }
+}
+
+/// Kind of a cached event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheEventType {
+    /// Created.
+    Added,
+    /// Updated.
+    Modified,
+    /// Deleted.
+    Deleted,
+}
+
+/// An event in the ring buffer.
+#[derive(Debug)]
+pub struct CacheEvent {
+    /// What happened.
+    pub event_type: CacheEventType,
+    /// The new state (for deletes: the last state, with the delete's revision).
+    pub object: Arc<CachedObject>,
+    /// The previous state (updates and deletes).
+    pub prev: Option<Arc<CachedObject>>,
+}
+
+impl CacheEvent {
+    /// The event's revision.
+    pub fn rv(&self) -> Revision {
+        self.object.rv
+    }
+}
+
+/// A message to live watchers.
+#[derive(Clone, Debug)]
+pub enum Broadcast {
+    /// A new event.
+    Event(Arc<CacheEvent>),
+    /// The cache re-listed from storage; watchers must end (clients re-watch).
+    Reset,
+}
+
+struct State {
+    objects: BTreeMap<String, Arc<CachedObject>>,
+    revision: Revision,
+    ring: VecDeque<Arc<CacheEvent>>,
+    /// Every event with revision > `window_start` is in `ring`.
+    window_start: Revision,
+    ready: bool,
+}
+
+/// What a watch must start with, taken atomically with its subscription.
+pub enum WatchStart {
+    /// Replay these events (revision > requested), then follow the receiver.
+    Replay(Vec<Arc<CacheEvent>>, broadcast::Receiver<Broadcast>),
+    /// Send the current state as ADDED events (at `Revision`), then follow the receiver.
+    Snapshot(Vec<Arc<CachedObject>>, Revision, broadcast::Receiver<Broadcast>),
+}
+
+/// A snapshot list from the cache.
+pub struct CacheList {
+    /// Matching objects, sorted by key.
+    pub items: Vec<Arc<CachedObject>>,
+    /// The cache revision of the snapshot.
+    pub revision: Revision,
+    /// Whether items after the last one were cut off by the limit.
+    pub more: bool,
+}
+
+/// The watch cache of one resource.
+pub struct Cacher {
+    def: &'static ResourceDef,
+    prefix: String,
+    storage: Arc<dyn Storage>,
+    state: RwLock<State>,
+    tx: broadcast::Sender<Broadcast>,
+    rev_tx: watch::Sender<Revision>,
+}
+
+impl Cacher {
+    /// Creates the cache and starts its storage watch loop.
+    pub fn start(def: &'static ResourceDef, storage: Arc<dyn Storage>) -> Arc<Self> {
+        let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let (rev_tx, _) = watch::channel(0);
+        let cacher = Arc::new(Cacher {
+            def,
+            prefix: format!("/registry/{}/", def.storage_prefix),
+            storage,
+            state: RwLock::new(State {
+                objects: BTreeMap::new(),
+                revision: 0,
+                ring: VecDeque::new(),
+                window_start: 0,
+                ready: false,
+            }),
+            tx,
+            rev_tx,
+        });
+        let c = cacher.clone();
+        tokio::spawn(async move { c.run().await });
+        cacher
+    }
+
+    async fn run(self: Arc<Self>) {
+        loop {
+            match self.list_and_watch().await {
+                Ok(()) => tracing::info!(resource = self.def.plural, "storage watch ended; re-listing"),
+                Err(e) => tracing::warn!(resource = self.def.plural, error = %e, "watch cache error; re-listing"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn list_and_watch(&self) -> Result<(), StorageError> {
+        let mut objects = BTreeMap::new();
+        let mut opts = ListOptions { limit: Some(1000), ..Default::default() };
+        let revision = loop {
+            let page = self.storage.list(&self.prefix, opts.clone()).await?;
+            let rev = page.revision;
+            let last = page.items.last().map(|kv| kv.key.clone());
+            for kv in page.items {
+                match CachedObject::decode(self.def, &kv.key, &kv.value, kv.mod_revision) {
+                    Ok(o) => {
+                        objects.insert(kv.key.clone(), Arc::new(o));
+                    }
+                    Err(e) => tracing::error!(error = %e, "skipping undecodable object"),
+                }
+            }
+            if !page.more || last.is_none() {
+                break rev;
+            }
+            opts = ListOptions { revision: Some(rev), start_after: last, limit: Some(1000) };
+        };
+        let mut stream = self.storage.watch(&self.prefix, revision).await?;
+        {
+            let mut st = self.state.write().await;
+            let was_ready = st.ready;
+            st.objects = objects;
+            st.revision = revision;
+            st.ring.clear();
+            st.window_start = revision;
+            st.ready = true;
+            if was_ready {
+                let _ = self.tx.send(Broadcast::Reset);
+            }
+        }
+        self.rev_tx.send_replace(revision);
+        while let Some(ev) = stream.next().await {
+            let ev = ev?;
+            self.apply(ev.event_type, ev.kv).await;
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, event_type: EventType, kv: KeyValue) {
+        let rev = kv.mod_revision;
+        let object = match CachedObject::decode(self.def, &kv.key, &kv.value, rev) {
+            Ok(o) => Arc::new(o),
+            Err(e) => {
+                tracing::error!(error = %e, "skipping undecodable event");
+                return;
+            }
+        };
+        let mut st = self.state.write().await;
+        let prev = match event_type {
+            EventType::Delete => st.objects.remove(&kv.key),
+            EventType::Create | EventType::Update => st.objects.insert(kv.key.clone(), object.clone()),
+        };
+        let event_type = match (event_type, &prev) {
+            (EventType::Delete, _) => CacheEventType::Deleted,
+            (_, Some(_)) => CacheEventType::Modified,
+            (_, None) => CacheEventType::Added,
+        };
+        let ev = Arc::new(CacheEvent { event_type, object, prev });
+        st.ring.push_back(ev.clone());
+        while st.ring.len() > RING_CAPACITY {
+            if let Some(old) = st.ring.pop_front() {
+                st.window_start = old.rv();
+            }
+        }
+        st.revision = rev;
+        let _ = self.tx.send(Broadcast::Event(ev));
+        drop(st);
+        self.rev_tx.send_replace(rev);
+    }
+
+    /// Waits until the cache has seen `rev` (or times out after 3 s, as Kubernetes does).
+    pub async fn wait_for(&self, rev: Revision) -> Result<(), Revision> {
+        let mut rx = self.rev_tx.subscribe();
+        let res = tokio::time::timeout(Duration::from_secs(3), rx.wait_for(|r| *r >= rev)).await;
+        match res {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(*self.rev_tx.borrow()),
+        }
+    }
+
+    /// Waits until the cache is at least as fresh as storage (consistent read from cache).
+    pub async fn wait_fresh(&self) -> Result<Revision, crate::error::ApiError> {
+        let current = self
+            .storage
+            .current_revision()
+            .await
+            .map_err(|e| crate::error::ApiError::internal(e.to_string()))?;
+        self.wait_for(current)
+            .await
+            .map_err(|_| crate::error::ApiError::new(504, "Timeout", "Timeout: too slow waiting for the watch cache to catch up"))?;
+        Ok(current)
+    }
+
+    /// The cache's revision.
+    pub async fn revision(&self) -> Revision {
+        self.state.read().await.revision
+    }
+
+    /// Drops history at or below `compacted` from the replay window (storage was compacted).
+    pub async fn compacted(&self, compacted: Revision) {
+        let mut st = self.state.write().await;
+        while st.ring.front().is_some_and(|e| e.rv() <= compacted) {
+            st.ring.pop_front();
+        }
+        if st.window_start < compacted {
+            st.window_start = compacted.min(st.revision);
+        }
+    }
+
+    /// Lists from the cache: keys under `key_prefix` after `start_after`, filtered, at most
+    /// `limit` (0 = all).
+    pub async fn list(
+        &self,
+        key_prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        filter: &(dyn Fn(&CachedObject) -> bool + Sync),
+    ) -> CacheList {
+        let st = self.state.read().await;
+        let mut items = Vec::new();
+        let mut more = false;
+        let range = match start_after {
+            Some(s) => st.objects.range::<str, _>((std::ops::Bound::Excluded(s), std::ops::Bound::Unbounded)),
+            None => st.objects.range::<str, _>((std::ops::Bound::Included(key_prefix), std::ops::Bound::Unbounded)),
+        };
+        for (k, o) in range {
+            if !k.starts_with(key_prefix) {
+                break;
+            }
+            if !filter(o) {
+                continue;
+            }
+            if limit > 0 && items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(o.clone());
+        }
+        CacheList { items, revision: st.revision, more }
+    }
+
+    /// Starts a watch after revision `after` (None: from the current state as ADDED events).
+    pub async fn watch_from(&self, after: Option<Revision>) -> Result<WatchStart, WatchFromError> {
+        if let Some(rv) = after {
+            let current = self.state.read().await.revision;
+            if rv > current && self.wait_for(rv).await.is_err() {
+                return Err(WatchFromError::TooLarge { requested: rv, current: self.revision().await });
+            }
+        }
+        let st = self.state.read().await;
+        let rx = self.tx.subscribe();
+        match after {
+            None => Ok(WatchStart::Snapshot(st.objects.values().cloned().collect(), st.revision, rx)),
+            Some(rv) => {
+                if rv < st.window_start {
+                    return Err(WatchFromError::TooOld { requested: rv, oldest: st.window_start + 1 });
+                }
+                let replay = st.ring.iter().filter(|e| e.rv() > rv).cloned().collect();
+                Ok(WatchStart::Replay(replay, rx))
+            }
+        }
+    }
+
+    /// The resource this cache serves.
+    pub fn def(&self) -> &'static ResourceDef {
+        self.def
+    }
+}
+
+/// Why a watch could not start at the requested revision.
+#[derive(Debug)]
+pub enum WatchFromError {
+    /// The revision is older than the replay window (client must re-list: 410).
+    TooOld {
+        /// Requested revision.
+        requested: Revision,
+        /// Oldest revision that can be watched from.
+        oldest: Revision,
+    },
+    /// The revision is newer than anything the cache has seen.
+    TooLarge {
+        /// Requested revision.
+        requested: Revision,
+        /// Current revision.
+        current: Revision,
+    },
+}

@@ -1,0 +1,828 @@
+//! REST handlers for resources: get, list, watch, create, update, patch, delete and the
+//! status/scale/binding subresources. Every write goes through one pipeline: decode → metadata
+//! → defaults → validation → admission → guarded storage write.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, ApiResult};
+use crate::registry::{FieldError, NameRule, ResourceDef, fields};
+use crate::request::{self, FieldValidation, Query, ResourcePath, ResponseFormat};
+use crate::server::AppState;
+use crate::storage::{Revision, StorageError};
+use crate::{list, patch, table, validation};
+
+/// Storage key of an object.
+pub fn object_key(def: &ResourceDef, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) if def.namespaced => format!("/registry/{}/{}/{}", def.storage_prefix, ns, name),
+        _ => format!("/registry/{}/{}", def.storage_prefix, name),
+    }
+}
+
+/// A JSON response with the given status.
+pub fn json_response(code: StatusCode, body: Vec<u8>) -> Response {
+    let mut r = (code, body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn value_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
+    let mut r = json_response(code, serde_json::to_vec(v).unwrap_or_default());
+    add_warnings(&mut r, warnings);
+    r
+}
+
+/// Adds `Warning: 299 - "..."` headers.
+pub fn add_warnings(r: &mut Response, warnings: &[String]) {
+    for w in warnings {
+        let escaped = w.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(h) = HeaderValue::from_str(&format!("299 - \"{escaped}\"")) {
+            r.headers_mut().append(header::WARNING, h);
+        }
+    }
+}
+
+/// Reads the current object from storage with its resourceVersion set.
+pub async fn get_current(state: &AppState, def: &ResourceDef, ns: Option<&str>, name: &str) -> ApiResult<(Value, Revision)> {
+    let key = object_key(def, ns, name);
+    let kv = state
+        .storage
+        .get(&key)
+        .await
+        .map_err(|e| ApiError::from_storage(e, def, name))?
+        .ok_or_else(|| ApiError::not_found(def, name))?;
+    let mut obj: Value = serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(format!("corrupt object {key}: {e}")))?;
+    set_rv(&mut obj, kv.mod_revision);
+    Ok((obj, kv.mod_revision))
+}
+
+/// Sets `metadata.resourceVersion`.
+pub fn set_rv(obj: &mut Value, rv: Revision) {
+    fields::ensure_object(obj, &["metadata"]).insert("resourceVersion".into(), Value::String(rv.to_string()));
+}
+
+fn now_rfc3339() -> String {
+    let now = jiff::Timestamp::now();
+    jiff::Timestamp::from_second(now.as_second()).unwrap_or(now).to_string()
+}
+
+/// Resources whose `metadata.generation` tracks spec changes.
+fn tracks_generation(def: &ResourceDef) -> bool {
+    matches!(def.kind, "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" | "NetworkPolicy" | "ResourceQuota" | "CronJob")
+}
+
+/// The request context every handler gets.
+pub struct Ctx<'a> {
+    /// Shared server state.
+    pub state: &'a Arc<AppState>,
+    /// The resource path.
+    pub rp: &'a ResourcePath,
+    /// Query parameters.
+    pub query: &'a Query,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+    /// The authenticated user.
+    pub user: &'a crate::auth::UserInfo,
+}
+
+/// Dispatches a resource request by method and path shape.
+pub async fn handle(ctx: Ctx<'_>, method: &Method, body: Bytes) -> ApiResult<Response> {
+    let rp = ctx.rp;
+    match (&rp.name, rp.subresource.as_deref()) {
+        (None, _) => match *method {
+            Method::GET => {
+                if ctx.query.flag("watch") {
+                    crate::watch::serve(&ctx).await
+                } else {
+                    list::serve(&ctx).await
+                }
+            }
+            Method::POST => create(&ctx, body).await,
+            Method::DELETE => delete_collection(&ctx, body).await,
+            _ => Err(ApiError::method_not_allowed()),
+        },
+        (Some(name), None) => match *method {
+            Method::GET => get(&ctx, name).await,
+            Method::PUT => update(&ctx, name, body, None).await,
+            Method::PATCH => patch(&ctx, name, body, None).await,
+            Method::DELETE => delete(&ctx, name, body).await,
+            _ => Err(ApiError::method_not_allowed()),
+        },
+        (Some(name), Some(sub)) => crate::subresources::handle(&ctx, method, name, sub, body).await,
+    }
+}
+
+async fn get(ctx: &Ctx<'_>, name: &str) -> ApiResult<Response> {
+    let def = ctx.rp.def;
+    let (obj, _) = get_current(ctx.state, def, ctx.rp.namespace.as_deref(), name).await?;
+    match request::response_format(header_str(ctx.headers, header::ACCEPT)) {
+        ResponseFormat::Table => {
+            let t = table::build(def, std::slice::from_ref(&obj), ctx.query, None, None, true);
+            Ok(value_response(StatusCode::OK, &t, &[]))
+        }
+        ResponseFormat::Metadata => Ok(value_response(StatusCode::OK, &table::partial_metadata(&obj), &[])),
+        ResponseFormat::Json => Ok(value_response(StatusCode::OK, &obj, &[])),
+    }
+}
+
+/// A header as &str.
+pub fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Decodes a body into the resource's typed schema, applying `fieldValidation`.
+pub fn decode_typed(def: &ResourceDef, mut obj: Value, fv: FieldValidation, warnings: &mut Vec<String>) -> ApiResult<Value> {
+    // apiVersion/kind: fill when absent, reject a mismatch.
+    let want_av = def.api_version();
+    let av = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
+    if (!av.is_empty() && av != want_av) || (!kind.is_empty() && kind != def.kind) {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({av}) does not match the expected API version ({want_av})"
+        ))
+        .with_kind_mismatch(&kind, def));
+    }
+    if let Value::Object(m) = &mut obj {
+        m.insert("apiVersion".into(), Value::String(want_av));
+        m.insert("kind".into(), Value::String(def.kind.to_string()));
+    }
+    let prefix = format!("{} in version \"{}\" cannot be handled as a {}", def.kind, def.version, def.kind);
+    let n = (def.normalize)(&obj).map_err(|e| ApiError::bad_request(format!("{prefix}: {e}")))?;
+    if !n.unknown_fields.is_empty() {
+        let msgs: Vec<String> = n.unknown_fields.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+        match fv {
+            FieldValidation::Strict => {
+                return Err(ApiError::bad_request(format!("{prefix}: strict decoding error: {}", msgs.join(", "))));
+            }
+            FieldValidation::Warn => warnings.extend(msgs),
+            FieldValidation::Ignore => {}
+        }
+    }
+    Ok(n.object)
+}
+
+impl ApiError {
+    fn with_kind_mismatch(self, kind: &str, def: &ResourceDef) -> Self {
+        if !kind.is_empty() && kind != def.kind {
+            ApiError::bad_request(format!(
+                "the kind in the data ({kind}) does not match the expected kind ({})",
+                def.kind
+            ))
+        } else {
+            self
+        }
+    }
+}
+
+const GENERATE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+fn generate_suffix() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..5).map(|_| GENERATE_ALPHABET[rng.random_range(0..GENERATE_ALPHABET.len())] as char).collect()
+}
+
+/// Validates `metadata` (name rule, namespace, labels, annotations) for create or update.
+pub fn validate_metadata(def: &ResourceDef, obj: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let name = fields::name(obj);
+    if name.is_empty() {
+        errs.push(FieldError::required("metadata.name", "name or generateName is required"));
+    } else {
+        let problems = match def.name_rule {
+            NameRule::Subdomain => validation::dns1123_subdomain(name),
+            NameRule::Label => validation::dns1123_label(name),
+            NameRule::Label1035 => validation::dns1035_label(name),
+            NameRule::PathSegment => validation::path_segment(name),
+        };
+        for p in problems {
+            errs.push(FieldError::invalid("metadata.name", &Value::String(name.to_string()), &p));
+        }
+    }
+    if def.namespaced {
+        let ns = fields::namespace(obj);
+        if ns.is_empty() {
+            errs.push(FieldError::required("metadata.namespace", ""));
+        }
+    }
+    if let Some(labels) = obj.pointer("/metadata/labels").and_then(Value::as_object) {
+        for (k, v) in labels {
+            for p in validation::qualified_name(k) {
+                errs.push(FieldError::invalid("metadata.labels", &Value::String(k.clone()), &p));
+            }
+            let s = v.as_str().unwrap_or_default();
+            for p in validation::label_value(s) {
+                errs.push(FieldError::invalid(format!("metadata.labels"), &Value::String(s.to_string()), &p));
+            }
+        }
+    }
+    if let Some(ann) = obj.pointer("/metadata/annotations").and_then(Value::as_object) {
+        let total: usize = ann.iter().map(|(k, v)| k.len() + v.as_str().map(str::len).unwrap_or(0)).sum();
+        if total > 256 * 1024 {
+            errs.push(FieldError {
+                reason: "FieldValueTooLong",
+                field: "metadata.annotations".into(),
+                message: format!("metadata.annotations: Too long: may not be more than 262144 bytes"),
+            });
+        }
+        for k in ann.keys() {
+            for p in validation::qualified_name(k) {
+                errs.push(FieldError::invalid("metadata.annotations", &Value::String(k.clone()), &p));
+            }
+        }
+    }
+    errs
+}
+
+/// Checks that a namespaced object's namespace exists and is not terminating.
+pub async fn admit_namespace(state: &AppState, def: &ResourceDef, ns: &str, name: &str) -> ApiResult<()> {
+    let ns_def = &crate::registry::resources::NAMESPACES;
+    match get_current(state, ns_def, None, ns).await {
+        Ok((nsobj, _)) => {
+            let terminating = nsobj.pointer("/metadata/deletionTimestamp").is_some()
+                || nsobj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating");
+            if terminating {
+                let why = format!("unable to create new content in namespace {ns} because it is being terminated");
+                let mut e = ApiError::forbidden(def, name, &why);
+                if let Some(Value::Object(d)) = &mut e.details {
+                    d.insert(
+                        "causes".into(),
+                        json!([{"reason": "NamespaceTerminating", "message": why, "field": "metadata.namespace"}]),
+                    );
+                }
+                return Err(e);
+            }
+            Ok(())
+        }
+        Err(e) if e.code == 404 => Err(ApiError::not_found_gr("", "namespaces", ns)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Status a resource gets on create (Kubernetes' PrepareForCreate).
+fn prepare_status_for_create(def: &ResourceDef, obj: &mut Value) {
+    if !def.has_status {
+        return;
+    }
+    match def.kind {
+        // Nodes may carry status on create; namespaces get their phase from defaults.
+        "Node" | "Namespace" => {}
+        "Pod" => {
+            let qos = crate::validation::pod_qos_class(obj);
+            if let Value::Object(m) = obj {
+                m.insert("status".into(), json!({"phase": "Pending", "qosClass": qos}));
+            }
+        }
+        _ => {
+            if let Value::Object(m) = obj {
+                m.remove("status");
+            }
+        }
+    }
+}
+
+async fn create(ctx: &Ctx<'_>, body: Bytes) -> ApiResult<Response> {
+    let def = ctx.rp.def;
+    let fv = FieldValidation::from_query(ctx.query)?;
+    let dry_run = ctx.query.dry_run()?;
+    let raw = request::decode_object(header_str(ctx.headers, header::CONTENT_TYPE), &body)?;
+    let mut warnings = Vec::new();
+    let obj = decode_typed(def, raw, fv, &mut warnings)?;
+    let (obj, _) = create_object(ctx.state, def, ctx.rp.namespace.as_deref(), obj, dry_run, ctx.query.get("fieldManager"), "Update").await?;
+    Ok(value_response(StatusCode::CREATED, &obj, &warnings))
+}
+
+/// Creates a decoded object: metadata, defaults, validation, admission, storage.
+pub async fn create_object(
+    state: &AppState,
+    def: &'static ResourceDef,
+    url_ns: Option<&str>,
+    mut obj: Value,
+    dry_run: bool,
+    field_manager: Option<&str>,
+    operation: &str,
+) -> ApiResult<(Value, Revision)> {
+    let meta = fields::ensure_object(&mut obj, &["metadata"]);
+    // namespace
+    if def.namespaced {
+        let body_ns = meta.get("namespace").and_then(Value::as_str).unwrap_or("").to_string();
+        match url_ns {
+            Some(ns) => {
+                if !body_ns.is_empty() && body_ns != ns {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+                meta.insert("namespace".into(), Value::String(ns.to_string()));
+            }
+            None => return Err(ApiError::method_not_allowed()),
+        }
+    } else {
+        meta.remove("namespace");
+    }
+    // name / generateName
+    let name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+    if name.is_empty()
+        && let Some(gen_name) = meta.get("generateName").and_then(Value::as_str)
+        && !gen_name.is_empty()
+    {
+        let base: String = gen_name.chars().take(58).collect();
+        meta.insert("name".into(), Value::String(format!("{base}{}", generate_suffix())));
+    }
+    // server-set metadata
+    meta.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
+    meta.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
+    for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+        meta.remove(k);
+    }
+    if tracks_generation(def) {
+        meta.insert("generation".into(), json!(1));
+    } else {
+        meta.remove("generation");
+    }
+    meta.remove("managedFields");
+    if let Some(mgr) = field_manager {
+        let fm = crate::managed::entry(mgr, operation, def, &obj);
+        fields::ensure_object(&mut obj, &["metadata"]).insert("managedFields".into(), json!([fm]));
+    }
+    prepare_status_for_create(def, &mut obj);
+    (def.defaults)(&mut obj);
+    let name = fields::name(&obj).to_string();
+    let mut errs = validate_metadata(def, &obj);
+    errs.extend((def.validate)(&obj, None));
+    if !errs.is_empty() {
+        return Err(ApiError::invalid(def, &name, &errs));
+    }
+    if def.namespaced {
+        admit_namespace(state, def, fields::namespace(&obj), &name).await?;
+    }
+    let _alloc_guard = if def.kind == "Service" {
+        Some(state.alloc.allocate(state, def, &mut obj, None).await?)
+    } else {
+        None
+    };
+    let key = object_key(def, url_ns, &name);
+    if dry_run {
+        if state.storage.get(&key).await.map_err(|e| ApiError::from_storage(e, def, &name))?.is_some() {
+            return Err(ApiError::already_exists(def, &name));
+        }
+        return Ok((obj, 0));
+    }
+    let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?;
+    let rev = state.storage.create(&key, bytes).await.map_err(|e| ApiError::from_storage(e, def, &name))?;
+    set_rv(&mut obj, rev);
+    Ok((obj, rev))
+}
+
+/// What part of the object an update may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateScope {
+    /// The main resource: everything except `.status` (when the resource has a status split).
+    Main,
+    /// The `/status` subresource: only `.status` (and not metadata that status may not touch).
+    Status,
+}
+
+async fn update(ctx: &Ctx<'_>, name: &str, body: Bytes, scope: Option<UpdateScope>) -> ApiResult<Response> {
+    let def = ctx.rp.def;
+    let fv = FieldValidation::from_query(ctx.query)?;
+    let dry_run = ctx.query.dry_run()?;
+    let raw = request::decode_object(header_str(ctx.headers, header::CONTENT_TYPE), &body)?;
+    let mut warnings = Vec::new();
+    let new = decode_typed(def, raw, fv, &mut warnings)?;
+    let body_name = fields::name(&new);
+    if !body_name.is_empty() && body_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    if def.namespaced {
+        let body_ns = fields::namespace(&new);
+        if !body_ns.is_empty() && Some(body_ns) != ctx.rp.namespace.as_deref() {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+    }
+    let precondition = fields::str_at(&new, &["metadata", "resourceVersion"])
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<Revision>().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {s:?}"))))
+        .transpose()?;
+    let (old, old_rv) = get_current(ctx.state, def, ctx.rp.namespace.as_deref(), name).await?;
+    if let Some(p) = precondition
+        && p != old_rv
+    {
+        return Err(ApiError::conflict(def, name));
+    }
+    let scope = scope.unwrap_or(UpdateScope::Main);
+    let (obj, code) = write_update(ctx.state, def, ctx.rp.namespace.as_deref(), name, old, old_rv, new, scope, dry_run, ctx.query.get("fieldManager"), "Update").await?;
+    Ok(value_response(code, &obj, &warnings))
+}
+
+/// Merges what the caller may change into the old object, bumps generation, defaults,
+/// validates, and writes guarded by `old_rv`. Returns the stored object.
+#[allow(clippy::too_many_arguments)]
+pub async fn write_update(
+    state: &AppState,
+    def: &'static ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    old: Value,
+    old_rv: Revision,
+    mut new: Value,
+    scope: UpdateScope,
+    dry_run: bool,
+    field_manager: Option<&str>,
+    operation: &str,
+) -> ApiResult<(Value, StatusCode)> {
+    // Fields the caller cannot change.
+    {
+        let old_meta = old.get("metadata").cloned().unwrap_or(Value::Null);
+        let meta = fields::ensure_object(&mut new, &["metadata"]);
+        for k in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+            match old_meta.get(k) {
+                Some(v) => {
+                    meta.insert(k.into(), v.clone());
+                }
+                None => {
+                    meta.remove(k);
+                }
+            }
+        }
+        meta.remove("resourceVersion");
+        if scope == UpdateScope::Status {
+            for k in ["labels", "annotations", "finalizers", "ownerReferences"] {
+                match old_meta.get(k) {
+                    Some(v) => {
+                        meta.insert(k.into(), v.clone());
+                    }
+                    None => {
+                        meta.remove(k);
+                    }
+                }
+            }
+        }
+    }
+    if let Value::Object(m) = &mut new {
+        m.insert("apiVersion".into(), Value::String(def.api_version()));
+        m.insert("kind".into(), Value::String(def.kind.to_string()));
+    }
+    if def.has_status {
+        match scope {
+            UpdateScope::Main => {
+                // The main resource never changes status (except nodes/namespaces? no: Kubernetes
+                // resets status for every resource with a status subresource).
+                if let Value::Object(m) = &mut new {
+                    match old.get("status") {
+                        Some(s) => m.insert("status".into(), s.clone()),
+                        None => m.remove("status"),
+                    };
+                }
+            }
+            UpdateScope::Status => {
+                // Everything but status (and the few metadata fields above) comes from the old object.
+                let status = new.get("status").cloned();
+                let meta = new.get("metadata").cloned();
+                new = old.clone();
+                if let Value::Object(m) = &mut new {
+                    match status {
+                        Some(s) => m.insert("status".into(), s),
+                        None => m.remove("status"),
+                    };
+                    if let Some(meta) = meta {
+                        m.insert("metadata".into(), meta);
+                    }
+                }
+                fields::ensure_object(&mut new, &["metadata"]).remove("resourceVersion");
+            }
+        }
+    }
+    (def.defaults)(&mut new);
+    if tracks_generation(def) && scope == UpdateScope::Main && new.get("spec") != old.get("spec") {
+        let g = fields::i64_at(&old, &["metadata", "generation"]).unwrap_or(0) + 1;
+        fields::ensure_object(&mut new, &["metadata"]).insert("generation".into(), json!(g));
+    }
+    let mut errs = validate_metadata(def, &new);
+    errs.extend((def.validate)(&new, Some(&old)));
+    if !errs.is_empty() {
+        return Err(ApiError::invalid(def, name, &errs));
+    }
+    let _alloc_guard = if def.kind == "Service" {
+        Some(state.alloc.allocate(state, def, &mut new, Some(&old)).await?)
+    } else {
+        None
+    };
+    if let Some(mgr) = field_manager {
+        crate::managed::record(&mut new, &old, mgr, operation, def);
+    } else if let Some(mf) = old.pointer("/metadata/managedFields").cloned() {
+        if new.pointer("/metadata/managedFields").is_none() {
+            fields::ensure_object(&mut new, &["metadata"]).insert("managedFields".into(), mf);
+        }
+    }
+    let mut old_cmp = old.clone();
+    fields::ensure_object(&mut old_cmp, &["metadata"]).remove("resourceVersion");
+    if strip_managed_time(&new) == strip_managed_time(&old_cmp) {
+        // No-op update: nothing is written and no watch event is produced.
+        return Ok((old, StatusCode::OK));
+    }
+    // An object being deleted whose last finalizer is gone is removed now.
+    let deleting = new.pointer("/metadata/deletionTimestamp").is_some();
+    let finalizers_empty = new
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_none_or(|a| a.is_empty());
+    let key = object_key(def, ns, name);
+    if dry_run {
+        set_rv(&mut new, old_rv);
+        return Ok((new, StatusCode::OK));
+    }
+    if deleting && finalizers_empty && !is_graceful_pending(def, &new) {
+        let (rev, _) = state.storage.delete(&key, old_rv).await.map_err(|e| ApiError::from_storage(e, def, name))?;
+        set_rv(&mut new, rev);
+        return Ok((new, StatusCode::OK));
+    }
+    let bytes = serde_json::to_vec(&new).map_err(|e| ApiError::internal(e.to_string()))?;
+    let rev = state.storage.update(&key, old_rv, bytes).await.map_err(|e| ApiError::from_storage(e, def, name))?;
+    set_rv(&mut new, rev);
+    Ok((new, StatusCode::OK))
+}
+
+fn strip_managed_time(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(Value::Array(a)) = v.pointer_mut("/metadata/managedFields") {
+        for e in a {
+            if let Value::Object(m) = e {
+                m.remove("time");
+            }
+        }
+    }
+    v
+}
+
+/// Pods with a pending graceful deletion stay until the kubelet confirms (grace 0).
+fn is_graceful_pending(def: &ResourceDef, obj: &Value) -> bool {
+    def.kind == "Pod" && fields::i64_at(obj, &["metadata", "deletionGracePeriodSeconds"]).unwrap_or(0) > 0
+}
+
+/// PATCH on the main resource or a subresource scope; retries on conflicts unless the patch
+/// carries a resourceVersion precondition (Kubernetes' GuaranteedUpdate).
+pub async fn patch(ctx: &Ctx<'_>, name: &str, body: Bytes, scope: Option<UpdateScope>) -> ApiResult<Response> {
+    let def = ctx.rp.def;
+    let pt = patch::PatchType::from_content_type(header_str(ctx.headers, header::CONTENT_TYPE))?;
+    let fv = FieldValidation::from_query(ctx.query)?;
+    let dry_run = ctx.query.dry_run()?;
+    let patch_doc = patch::parse_patch(pt, &body)?;
+    let ns = ctx.rp.namespace.as_deref();
+    let scope = scope.unwrap_or(UpdateScope::Main);
+    let field_manager = ctx.query.get("fieldManager");
+    if pt == patch::PatchType::Apply {
+        if field_manager.is_none_or(str::is_empty) {
+            return Err(ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
+        }
+    }
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let current = get_current(ctx.state, def, ns, name).await;
+        let mut warnings = Vec::new();
+        let (old, old_rv) = match current {
+            Ok(c) => c,
+            Err(e) if e.code == 404 && pt == patch::PatchType::Apply && scope == UpdateScope::Main => {
+                // Server-side apply creates missing objects.
+                let obj = decode_typed(def, patch_doc.clone(), fv, &mut warnings)?;
+                let (obj, _) = create_object(ctx.state, def, ns, with_name(obj, name), dry_run, field_manager, "Apply").await?;
+                return Ok(value_response(StatusCode::CREATED, &obj, &warnings));
+            }
+            Err(e) => return Err(e),
+        };
+        let precondition = fields::str_at(&patch_doc, &["metadata", "resourceVersion"]).map(str::to_string);
+        if let Some(p) = &precondition
+            && p != &old_rv.to_string()
+        {
+            return Err(ApiError::conflict(def, name));
+        }
+        let patched = if pt == patch::PatchType::Apply {
+            crate::managed::apply(def, &old, &patch_doc, field_manager.unwrap_or_default(), ctx.query.flag("force"))?
+        } else {
+            patch::apply(pt, def, &old, &patch_doc)?
+        };
+        let new = decode_typed(def, patched, fv, &mut warnings)?;
+        let op = if pt == patch::PatchType::Apply { "Apply" } else { "Update" };
+        match write_update(ctx.state, def, ns, name, old, old_rv, new, scope, dry_run, field_manager, op).await {
+            Ok((obj, code)) => return Ok(value_response(code, &obj, &warnings)),
+            Err(e) if e.code == 409 && e.reason == "Conflict" && precondition.is_none() && attempts < 10 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn with_name(mut obj: Value, name: &str) -> Value {
+    let meta = fields::ensure_object(&mut obj, &["metadata"]);
+    if meta.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
+        meta.insert("name".into(), Value::String(name.to_string()));
+    }
+    obj
+}
+
+/// Options of a DELETE, from the body (`DeleteOptions`) and the query.
+#[derive(Debug, Default)]
+pub struct DeleteOpts {
+    /// `propagationPolicy`.
+    pub propagation: Option<String>,
+    /// `gracePeriodSeconds`.
+    pub grace: Option<i64>,
+    /// `preconditions.uid`.
+    pub uid: Option<String>,
+    /// `preconditions.resourceVersion`.
+    pub rv: Option<String>,
+    /// `dryRun=All`.
+    pub dry_run: bool,
+}
+
+fn delete_opts(query: &Query, body: &Bytes) -> ApiResult<DeleteOpts> {
+    let mut o = DeleteOpts {
+        propagation: query.get("propagationPolicy").map(str::to_string),
+        grace: query.int("gracePeriodSeconds")?,
+        dry_run: query.dry_run()?,
+        ..Default::default()
+    };
+    if query.get("orphanDependents") == Some("true") {
+        o.propagation = Some("Orphan".into());
+    }
+    if !body.is_empty() {
+        let b: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?;
+        if let Some(p) = b.get("propagationPolicy").and_then(Value::as_str) {
+            o.propagation = Some(p.to_string());
+        }
+        if b.get("orphanDependents").and_then(Value::as_bool) == Some(true) {
+            o.propagation = Some("Orphan".into());
+        }
+        if let Some(g) = b.get("gracePeriodSeconds").and_then(Value::as_i64) {
+            o.grace = Some(g);
+        }
+        o.uid = b.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string);
+        o.rv = b.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string);
+        if let Some(Value::Array(dr)) = b.get("dryRun") {
+            o.dry_run |= dr.iter().any(|v| v == "All");
+        }
+    }
+    if let Some(p) = &o.propagation
+        && !matches!(p.as_str(), "Orphan" | "Background" | "Foreground")
+    {
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            format!("DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""),
+        ));
+    }
+    if let Some(g) = o.grace
+        && g < 0
+    {
+        o.grace = Some(0);
+    }
+    Ok(o)
+}
+
+async fn delete(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Response> {
+    let opts = delete_opts(ctx.query, &body)?;
+    let (obj, code) = delete_object(ctx.state, ctx.rp.def, ctx.rp.namespace.as_deref(), name, &opts).await?;
+    Ok(value_response(code, &obj, &[]))
+}
+
+/// Deletes one object honouring finalizers, graceful deletion and propagation policy. Returns
+/// the body to send (the object, or a Success Status) and the HTTP code.
+pub async fn delete_object(state: &AppState, def: &'static ResourceDef, ns: Option<&str>, name: &str, opts: &DeleteOpts) -> ApiResult<(Value, StatusCode)> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let (mut obj, rv) = get_current(state, def, ns, name).await?;
+        if let Some(uid) = &opts.uid
+            && fields::str_at(&obj, &["metadata", "uid"]) != Some(uid.as_str())
+        {
+            return Err(ApiError::conflict_msg(def, name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", fields::str_at(&obj, &["metadata", "uid"]).unwrap_or(""))));
+        }
+        if let Some(prv) = &opts.rv
+            && prv != &rv.to_string()
+        {
+            return Err(ApiError::conflict_msg(def, name, &format!("Precondition failed: ResourceVersion in precondition: {prv}, ResourceVersion in object meta: {rv}")));
+        }
+        let mut finalizers: Vec<String> = obj
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        match opts.propagation.as_deref() {
+            Some("Foreground") if !finalizers.iter().any(|f| f == "foregroundDeletion") => {
+                finalizers.retain(|f| f != "orphan");
+                finalizers.push("foregroundDeletion".into());
+            }
+            Some("Orphan") if !finalizers.iter().any(|f| f == "orphan") => {
+                finalizers.retain(|f| f != "foregroundDeletion");
+                finalizers.push("orphan".into());
+            }
+            Some("Background") => finalizers.retain(|f| f != "orphan" && f != "foregroundDeletion"),
+            _ => {}
+        }
+        // Graceful deletion of pods bound to a node: the kubelet finishes it.
+        let graceful = def.kind == "Pod"
+            && fields::str_at(&obj, &["spec", "nodeName"]).is_some_and(|n| !n.is_empty())
+            && !matches!(fields::str_at(&obj, &["status", "phase"]), Some("Succeeded") | Some("Failed"));
+        let grace = if graceful {
+            opts.grace.unwrap_or_else(|| fields::i64_at(&obj, &["spec", "terminationGracePeriodSeconds"]).unwrap_or(30))
+        } else {
+            0
+        };
+        let already_deleting = obj.pointer("/metadata/deletionTimestamp").is_some();
+        if finalizers.is_empty() && grace == 0 {
+            if opts.dry_run {
+                return Ok((obj, StatusCode::OK));
+            }
+            let key = object_key(def, ns, name);
+            match state.storage.delete(&key, rv).await {
+                Ok((drev, _)) => {
+                    set_rv(&mut obj, drev);
+                    let uid = fields::str_at(&obj, &["metadata", "uid"]).unwrap_or("").to_string();
+                    if def.kind == "Pod" {
+                        return Ok((obj, StatusCode::OK));
+                    }
+                    let status = json!({
+                        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                        "details": {"name": name, "group": def.group, "kind": def.plural, "uid": uid},
+                    });
+                    return Ok((status, StatusCode::OK));
+                }
+                Err(StorageError::Conflict { .. }) if attempts < 10 => continue,
+                Err(e) => return Err(ApiError::from_storage(e, def, name)),
+            }
+        }
+        // Mark for deletion; finalizers (or the kubelet) finish it.
+        let meta = fields::ensure_object(&mut obj, &["metadata"]);
+        if !already_deleting {
+            let ts = jiff::Timestamp::now().as_second() + grace;
+            let ts = jiff::Timestamp::from_second(ts).map(|t| t.to_string()).unwrap_or_else(|_| now_rfc3339());
+            meta.insert("deletionTimestamp".into(), Value::String(ts));
+            meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+        } else if graceful {
+            let cur = meta.get("deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(grace);
+            if grace < cur {
+                meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+            }
+        }
+        meta.insert("finalizers".into(), json!(finalizers));
+        if finalizers.is_empty() {
+            meta.remove("finalizers");
+        }
+        meta.remove("resourceVersion");
+        if def.kind == "Namespace"
+            && let Value::Object(m) = &mut obj
+        {
+            fields::ensure_object(&mut Value::Null, &[]);
+            let status = m.entry("status").or_insert_with(|| json!({}));
+            if let Value::Object(s) = status {
+                s.insert("phase".into(), Value::String("Terminating".into()));
+            }
+        }
+        if opts.dry_run {
+            set_rv(&mut obj, rv);
+            return Ok((obj, StatusCode::OK));
+        }
+        let key = object_key(def, ns, name);
+        let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?;
+        match state.storage.update(&key, rv, bytes).await {
+            Ok(nrv) => {
+                set_rv(&mut obj, nrv);
+                return Ok((obj, StatusCode::OK));
+            }
+            Err(StorageError::Conflict { .. }) if attempts < 10 => continue,
+            Err(e) => return Err(ApiError::from_storage(e, def, name)),
+        }
+    }
+}
+
+async fn delete_collection(ctx: &Ctx<'_>, body: Bytes) -> ApiResult<Response> {
+    let def = ctx.rp.def;
+    if def.namespaced && ctx.rp.namespace.is_none() {
+        return Err(ApiError::method_not_allowed());
+    }
+    let opts = delete_opts(ctx.query, &body)?;
+    let items = list::select_all(ctx).await?;
+    let mut deleted = Vec::new();
+    for obj in items {
+        let name = fields::name(&obj).to_string();
+        match delete_object(ctx.state, def, ctx.rp.namespace.as_deref(), &name, &opts).await {
+            Ok((o, _)) => deleted.push(o),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let list = json!({
+        "kind": def.list_kind(), "apiVersion": def.api_version(),
+        "metadata": {}, "items": deleted,
+    });
+    Ok(value_response(StatusCode::OK, &list, &[]))
+}

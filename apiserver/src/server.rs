@@ -1,0 +1,341 @@
+//! Server assembly: configuration, shared state, routing, authentication gate, metrics, and
+//! start-up (PKI, storage backend, watch caches, bootstrap objects).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use ipnet::Ipv4Net;
+use serde_json::{Value, json};
+
+use crate::alloc::ServiceAllocator;
+use crate::auth::{ClientCertIdentity, UserInfo};
+use crate::cacher::Cacher;
+use crate::error::{ApiError, ApiResult};
+use crate::handlers::{self, Ctx, json_response};
+use crate::metrics::{Metrics, RequestLabels};
+use crate::registry::{self, ResourceDef};
+use crate::request::{self, Query};
+use crate::storage::Storage;
+use crate::{discovery, openapi};
+
+/// The Kubernetes version Lotse reports (the minor of the k8s-openapi feature it is built with).
+pub const KUBERNETES_MINOR: &str = "33";
+/// `gitVersion` reported by `/version`.
+pub const GIT_VERSION: &str = "v1.33.0-lotse";
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// PKI could not be created or loaded.
+    #[error("PKI: {0}")]
+    Pki(#[from] crate::pki::PkiError),
+    /// Storage could not be opened.
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    /// Listening failed.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bad configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Shared state of a running apiserver.
+pub struct AppState {
+    /// The storage backend.
+    pub storage: Arc<dyn Storage>,
+    caches: HashMap<(&'static str, &'static str), Arc<Cacher>>,
+    /// Service IP / node port allocator.
+    pub alloc: ServiceAllocator,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Address advertised in `/api` discovery.
+    pub server_address: String,
+}
+
+impl AppState {
+    /// Builds the state and starts one watch cache per resource.
+    pub fn new(storage: Arc<dyn Storage>, service_cidr: Ipv4Net, server_address: String) -> Arc<Self> {
+        let mut caches = HashMap::new();
+        for def in registry::all() {
+            caches.insert((def.group, def.plural), Cacher::start(def, storage.clone()));
+        }
+        Arc::new(AppState {
+            storage,
+            caches,
+            alloc: ServiceAllocator::new(service_cidr),
+            metrics: Arc::new(Metrics::default()),
+            server_address,
+        })
+    }
+
+    /// The watch cache of a resource.
+    pub fn cacher(&self, def: &ResourceDef) -> ApiResult<&Arc<Cacher>> {
+        self.caches
+            .get(&(def.group, def.plural))
+            .ok_or_else(|| ApiError::internal(format!("no watch cache for {}", def.group_resource())))
+    }
+
+    /// All watch caches (for compaction notices).
+    pub fn caches(&self) -> impl Iterator<Item = &Arc<Cacher>> {
+        self.caches.values()
+    }
+}
+
+/// The HTTP router: everything goes through [`dispatch`].
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new().fallback(dispatch).with_state(state)
+}
+
+fn is_public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version" | "/api" | "/apis" | "/openapi/v2" | "/openapi/v3")
+        || path.starts_with("/healthz/")
+        || path.starts_with("/livez/")
+        || path.starts_with("/readyz/")
+        || path.starts_with("/openapi/v3/")
+        || path.starts_with("/version/")
+        || path == "/api/v1"
+        || (path.starts_with("/apis/") && path.trim_end_matches('/').matches('/').count() <= 3)
+}
+
+fn verb_for(method: &Method, has_name: bool, watch: bool) -> &'static str {
+    match (method.clone(), has_name) {
+        (Method::GET, true) => "get",
+        (Method::GET, false) if watch => "watch",
+        (Method::GET, false) => "list",
+        (Method::POST, _) => "create",
+        (Method::PUT, _) => "update",
+        (Method::PATCH, _) => "patch",
+        (Method::DELETE, true) => "delete",
+        (Method::DELETE, false) => "deletecollection",
+        _ => "unknown",
+    }
+}
+
+/// The single entry point: authentication, routing, body limits, metrics.
+pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let started = Instant::now();
+    let mut labels = RequestLabels::default();
+    let resp = match dispatch_inner(&state, req, &mut labels).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    if labels.verb.is_empty() {
+        labels.verb = "other";
+    }
+    state.metrics.observe(&labels, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+async fn dispatch_inner(state: &Arc<AppState>, req: Request, labels: &mut RequestLabels) -> ApiResult<Response> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let query = Query::parse(parts.uri.query());
+    let user: Option<UserInfo> = parts.extensions.get::<ClientCertIdentity>().map(|c| c.0.clone());
+    let user = match user {
+        Some(u) => u,
+        None if is_public(&path) => UserInfo {
+            name: "system:anonymous".into(),
+            groups: vec!["system:unauthenticated".into()],
+            ..Default::default()
+        },
+        None => return Err(ApiError::unauthorized()),
+    };
+    let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    match path.as_str() {
+        "/healthz" | "/livez" | "/readyz" => return Ok(text(StatusCode::OK, "ok")),
+        "/version" => {
+            return Ok(value(&json!({
+                "major": "1", "minor": KUBERNETES_MINOR, "gitVersion": GIT_VERSION,
+                "gitCommit": "lotse", "gitTreeState": "clean", "buildDate": "2026-11-23T00:00:00Z",
+                "goVersion": "rust", "compiler": "rustc", "platform": "linux/amd64",
+            })));
+        }
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, &state.metrics.render());
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            return Ok(r);
+        }
+        "/api" => {
+            return Ok(discovery_response(&accept, true, || discovery::api_versions(&state.server_address)));
+        }
+        "/apis" => return Ok(discovery_response(&accept, false, discovery::api_group_list)),
+        "/openapi/v3" => return Ok(value(&openapi::v3_index())),
+        "/openapi/v2" | "/swagger-2.0.0.pb-v1" | "/swagger.json" => {
+            return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+        }
+        _ => {}
+    }
+    if let Some(gv) = path.strip_prefix("/openapi/v3/") {
+        return match openapi::v3_document(gv) {
+            Some((bytes, etag)) => {
+                let mut r = json_response(StatusCode::OK, bytes.to_vec());
+                if let Ok(h) = HeaderValue::from_str(&format!("\"{etag}\"")) {
+                    r.headers_mut().insert(header::ETAG, h);
+                }
+                Ok(r)
+            }
+            None => Err(ApiError::no_such_resource()),
+        };
+    }
+    let segs: Vec<&str> = path.trim_start_matches('/').trim_end_matches('/').split('/').collect();
+    let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
+        ["api", "v1", rest @ ..] => ("", "v1", rest),
+        ["apis", g, v, rest @ ..] => (g, v, rest),
+        ["apis", g] => {
+            return discovery::api_group(g).map(|v| value(&v)).ok_or_else(ApiError::no_such_resource);
+        }
+        _ => return Err(ApiError::no_such_resource()),
+    };
+    if rest.is_empty() {
+        return discovery::resource_list(group, version).map(|v| value(&v)).ok_or_else(ApiError::no_such_resource);
+    }
+    let rp = request::parse_resource_path(group, version, rest)?;
+    labels.verb = verb_for(&parts.method, rp.name.is_some(), query.flag("watch"));
+    labels.group = group.to_string();
+    labels.version = version.to_string();
+    labels.resource = rp.def.plural.to_string();
+    labels.subresource = rp.subresource.clone().unwrap_or_default();
+    let body = body_bytes(body).await?;
+    let ctx = Ctx { state, rp: &rp, query: &query, headers: &parts.headers, user: &user };
+    handlers::handle(ctx, &parts.method, body).await
+}
+
+/// Reads a request body, enforcing Kubernetes' 3 MiB limit (413 beyond it).
+pub async fn body_bytes(body: Body) -> ApiResult<Bytes> {
+    axum::body::to_bytes(body, request::MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::too_large(request::MAX_BODY_BYTES))
+}
+
+fn text(code: StatusCode, s: &str) -> Response {
+    let mut r = (code, s.to_string()).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn value(v: &Value) -> Response {
+    json_response(StatusCode::OK, serde_json::to_vec(v).unwrap_or_default())
+}
+
+fn discovery_response(accept: &str, core: bool, plain: impl FnOnce() -> Value) -> Response {
+    for part in accept.split(',') {
+        let p = part.replace(' ', "");
+        if p.contains("as=APIGroupDiscoveryList") && p.contains("g=apidiscovery.k8s.io") {
+            let version = if p.contains("v=v2beta1") { "v2beta1" } else if p.contains("v=v2") { "v2" } else { continue };
+            let doc = discovery::aggregated(core, &format!("apidiscovery.k8s.io/{version}"));
+            let mut r = json_response(StatusCode::OK, serde_json::to_vec(&doc).unwrap_or_default());
+            let ct = format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList");
+            if let Ok(h) = HeaderValue::from_str(&ct) {
+                r.headers_mut().insert(header::CONTENT_TYPE, h);
+            }
+            r.headers_mut().insert("Vary", HeaderValue::from_static("Accept"));
+            return r;
+        }
+    }
+    let mut r = value(&plain());
+    r.headers_mut().insert("Vary", HeaderValue::from_static("Accept"));
+    r
+}
+
+/// Apiserver configuration (flags of the `apiserver` binary).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data directory (PKI, SQLite database, kubeconfigs).
+    pub data_dir: PathBuf,
+    /// Address to listen on.
+    pub bind_address: std::net::IpAddr,
+    /// HTTPS port.
+    pub secure_port: u16,
+    /// etcd endpoints; empty means the embedded SQLite store.
+    pub etcd_servers: Vec<String>,
+    /// Service ClusterIP range.
+    pub service_cluster_ip_range: Ipv4Net,
+    /// Extra SANs for the serving certificate.
+    pub extra_sans: Vec<String>,
+    /// How often storage is compacted.
+    pub compaction_interval: Duration,
+}
+
+/// A started apiserver.
+pub struct Running {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Path of the admin kubeconfig.
+    pub admin_kubeconfig: PathBuf,
+    /// Shared state.
+    pub state: Arc<AppState>,
+    /// The PKI.
+    pub pki: Arc<crate::pki::Pki>,
+    /// Resolves when the server stops.
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Opens storage, creates PKI and the admin kubeconfig, bootstraps system objects and serves.
+pub async fn start(cfg: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<Running, ServerError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| ServerError::Config(format!("create {}: {e}", cfg.data_dir.display())))?;
+    let storage: Arc<dyn Storage> = if cfg.etcd_servers.is_empty() {
+        Arc::new(crate::storage::sqlite::SqliteStorage::open(&cfg.data_dir.join("state.db"))?)
+    } else {
+        Arc::new(crate::storage::etcd::EtcdStorage::connect(&cfg.etcd_servers).await?)
+    };
+    let mut sans = cfg.extra_sans.clone();
+    if !cfg.bind_address.is_unspecified() {
+        sans.push(cfg.bind_address.to_string());
+    }
+    let first_ip = ServiceAllocator::new(cfg.service_cluster_ip_range).first_ip();
+    sans.push(first_ip.to_string());
+    let pki = Arc::new(crate::pki::Pki::load_or_create(&cfg.data_dir, &sans)?);
+    let addr = SocketAddr::new(cfg.bind_address, cfg.secure_port);
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { addr, source })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr, source })?;
+    let host = if cfg.bind_address.is_unspecified() { "127.0.0.1".to_string() } else { cfg.bind_address.to_string() };
+    let server_url = format!("https://{host}:{}", addr.port());
+    let admin_kubeconfig = pki.write_admin_kubeconfig(&server_url)?;
+    let state = AppState::new(storage.clone(), cfg.service_cluster_ip_range, format!("{host}:{}", addr.port()));
+    crate::storage::compactor::spawn_compactor(storage.clone(), cfg.compaction_interval, 1000);
+    bootstrap(&state).await;
+    let tls = pki.rustls_server_config()?;
+    let app = router(state.clone());
+    let task = tokio::spawn(crate::tls::serve(listener, app, tls, shutdown));
+    Ok(Running { addr, admin_kubeconfig, state, pki, task })
+}
+
+/// Creates the system namespaces and the `kubernetes` service if missing.
+pub async fn bootstrap(state: &Arc<AppState>) {
+    let ns_def = &registry::resources::NAMESPACES;
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        match handlers::create_object(state, ns_def, None, obj, false, None, "Update").await {
+            Ok(_) => tracing::info!(namespace = ns, "created system namespace"),
+            Err(e) if e.code == 409 => {}
+            Err(e) => tracing::warn!(namespace = ns, error = %e, "could not create system namespace"),
+        }
+    }
+    let svc_def = &registry::resources::SERVICES;
+    let ip = state.alloc.first_ip().to_string();
+    let svc = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}], "sessionAffinity": "None", "type": "ClusterIP"},
+    });
+    match handlers::create_object(state, svc_def, Some("default"), svc, false, None, "Update").await {
+        Ok(_) | Err(ApiError { code: 409, .. }) => {}
+        Err(e) => tracing::warn!(error = %e, "could not create the kubernetes service"),
+    }
+}
