@@ -3,10 +3,24 @@
 use super::*;
 use k8s_openapi::api::core::v1 as corev1;
 
+mod apps;
+mod batch;
+mod coordination;
 mod core;
+mod discovery;
+mod events;
+mod networking;
+mod rbac;
 mod pod;
 mod util;
 
+pub use self::apps::{DAEMONSETS, DEPLOYMENTS, REPLICASETS, STATEFULSETS};
+pub use self::batch::JOBS;
+pub use self::coordination::LEASES;
+pub use self::discovery::ENDPOINTSLICES;
+pub use self::events::{EVENTS_V1, from_core_event, to_core_event};
+pub use self::networking::NETWORKPOLICIES;
+pub use self::rbac::{CLUSTERROLEBINDINGS, CLUSTERROLES, ROLEBINDINGS, ROLES};
 pub use self::core::{ENDPOINTS, EVENTS, LIMITRANGES, NODES, PODS, RESOURCEQUOTAS, SECRETS, SERVICEACCOUNTS, SERVICES};
 
 /// Every served resource.
@@ -22,6 +36,19 @@ pub static ALL: &[ResourceDef] = &[
     EVENTS,
     RESOURCEQUOTAS,
     LIMITRANGES,
+    DEPLOYMENTS,
+    REPLICASETS,
+    STATEFULSETS,
+    DAEMONSETS,
+    JOBS,
+    NETWORKPOLICIES,
+    ROLES,
+    ROLEBINDINGS,
+    CLUSTERROLES,
+    CLUSTERROLEBINDINGS,
+    LEASES,
+    ENDPOINTSLICES,
+    EVENTS_V1,
 ];
 
 /// core/v1 namespaces.

@@ -291,19 +291,6 @@ pub(crate) fn dns1123_subdomain_errors(v: &str) -> Vec<String> {
     errs
 }
 
-/// `validation.IsDNS1035Label` error messages.
-pub(crate) fn dns1035_label_errors(v: &str) -> Vec<String> {
-    let mut errs = Vec::new();
-    if v.len() > 63 {
-        errs.push(max_len_error(63));
-    }
-    let ok = matches_dns1123_label(v) && v.chars().next().is_some_and(|c| c.is_ascii_lowercase());
-    if !ok {
-        errs.push("a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')".to_string());
-    }
-    errs
-}
-
 /// `validation.IsValidPortNum` messages.
 pub(crate) fn port_num_errors(p: i64) -> Vec<String> {
     if (1..=65535).contains(&p) { vec![] } else { vec!["must be between 1 and 65535, inclusive".to_string()] }

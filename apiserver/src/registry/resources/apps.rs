@@ -1,0 +1,555 @@
+//! apps/v1 entries: deployments, replicasets, statefulsets, daemonsets.
+
+use k8s_openapi::api::apps::v1 as appsv1;
+use serde_json::{Value, json};
+
+use super::pod;
+use super::util::*;
+use crate::registry::*;
+
+const TEMPLATE: &[&str] = &["spec", "template"];
+
+/// Go's `%#v` of an `intstr.IntOrString`.
+fn go_intstr(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("intstr.IntOrString{{Type:1, IntVal:0, StrVal:{}}}", go_quote(s)),
+        other => format!("intstr.IntOrString{{Type:0, IntVal:{}, StrVal:\"\"}}", other.as_i64().unwrap_or(0)),
+    }
+}
+
+/// `ValidatePositiveIntOrPercent` + `IsNotMoreThan100Percent` (when `max100`).
+fn validate_int_or_percent(errs: &mut Vec<FieldError>, v: Option<&Value>, path: &str, max100: bool) {
+    let Some(v) = v.filter(|v| !v.is_null()) else { return };
+    match v {
+        Value::String(s) => {
+            let ok = s.strip_suffix('%').is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+            if !ok {
+                errs.push(invalid_raw(path, &go_intstr(v), "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')"));
+            } else if max100 && s.trim_end_matches('%').parse::<i64>().unwrap_or(0) > 100 {
+                errs.push(invalid_raw(path, &go_intstr(v), "must not be greater than 100%"));
+            }
+        }
+        Value::Number(n) => {
+            if n.as_i64().unwrap_or(0) < 0 {
+                errs.push(FieldError::invalid(path, v, "must be greater than or equal to 0"));
+            }
+        }
+        _ => errs.push(invalid_raw(path, &go_intstr(v), "must be an integer or percentage (e.g '5%')")),
+    }
+}
+
+fn int_or_percent_is_zero(v: Option<&Value>) -> bool {
+    match v {
+        Some(Value::String(s)) => s.trim_end_matches('%').parse::<i64>().unwrap_or(0) == 0,
+        Some(Value::Number(n)) => n.as_i64() == Some(0),
+        _ => true,
+    }
+}
+
+/// Selector checks shared by the workloads: required, operator checks, non-empty, and that the
+/// selector matches the template labels. `kind_word` is used in "empty selector is invalid for …".
+fn validate_selector_and_template(
+    errs: &mut Vec<FieldError>,
+    o: &Value,
+    kind_word: &str,
+    require: bool,
+) {
+    let sel = fields::at(o, &["spec", "selector"]).filter(|v| v.is_object());
+    match sel {
+        None if require => errs.push(FieldError::required("spec.selector", "")),
+        None => {}
+        Some(sel) => {
+            validate_label_selector(errs, sel, "spec.selector");
+            if selector_is_empty(sel) {
+                errs.push(invalid_raw(
+                    "spec.selector",
+                    &go_label_selector(sel),
+                    &format!("empty selector is invalid for {kind_word}"),
+                ));
+            }
+        }
+    }
+    let labels = obj(o, &["spec", "template", "metadata", "labels"]);
+    // A nil selector selects nothing; an empty one everything (and is reported above).
+    let mismatch = match sel {
+        None => true,
+        Some(sel) => !selector_is_empty(sel) && !selector_matches(sel, labels),
+    };
+    if mismatch {
+        errs.push(invalid_raw(
+            "spec.template.metadata.labels",
+            &go_string_map(fields::at(o, &["spec", "template", "metadata", "labels"])),
+            "`selector` does not match template `labels`",
+        ));
+    }
+}
+
+/// Template checks for replica-style workloads: pod spec, restartPolicy Always, no
+/// activeDeadlineSeconds.
+fn validate_replica_template(errs: &mut Vec<FieldError>, o: &Value, kind: &str, full_spec: bool) {
+    if full_spec {
+        errs.extend(pod::validate_template(o, TEMPLATE, "spec.template"));
+    }
+    let rp = s(o, &["spec", "template", "spec", "restartPolicy"]);
+    if rp != "Always" {
+        errs.push(FieldError::not_supported("spec.template.spec.restartPolicy", &json!(rp), &["Always"]));
+    }
+    if let Some(ads) = fields::at(o, &["spec", "template", "spec", "activeDeadlineSeconds"]).filter(|v| !v.is_null()) {
+        let msg = format!("activeDeadlineSeconds in {kind} is not Supported");
+        if kind == "StatefulSet" {
+            errs.push(FieldError::forbidden("spec.template.spec.activeDeadlineSeconds", &msg));
+        } else {
+            errs.push(FieldError::invalid("spec.template.spec.activeDeadlineSeconds", ads, &msg));
+        }
+    }
+}
+
+fn selector_immutable(errs: &mut Vec<FieldError>, o: &Value, old: &Value) {
+    let new = fields::at(o, &["spec", "selector"]);
+    let oldv = fields::at(old, &["spec", "selector"]);
+    if new.filter(|v| !v.is_null()) != oldv.filter(|v| !v.is_null()) {
+        let rendered = new.filter(|v| v.is_object()).map(go_label_selector).unwrap_or_else(|| "null".to_string());
+        errs.push(invalid_raw("spec.selector", &rendered, "field is immutable"));
+    }
+}
+
+fn template_cells(o: &Value) -> (Value, Value) {
+    let (names, images) = container_cells(arr(o, &["spec", "template", "spec", "containers"]));
+    (cell(names), cell(images))
+}
+
+// ---------------------------------------------------------------------------------------------
+// deployments
+
+/// apps/v1 deployments.
+pub const DEPLOYMENTS: ResourceDef = ResourceDef {
+    group: "apps",
+    version: "v1",
+    kind: "Deployment",
+    plural: "deployments",
+    singular: "deployment",
+    namespaced: true,
+    short_names: &["deploy"],
+    categories: &["all"],
+    storage_prefix: "deployments",
+    name_rule: NameRule::Subdomain,
+    subresources: &[Subresource::Status, Subresource::Scale],
+    has_status: true,
+    normalize: normalize_as::<appsv1::Deployment>,
+    defaults: deployment_defaults,
+    validate: validate_deployment,
+    columns: &[
+        NAME_COLUMN,
+        col("Ready", "string", 0, "Number of the pod with ready state"),
+        col("Up-to-date", "string", 0, "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
+        col("Available", "string", 0, "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
+        AGE_COLUMN,
+        col("Containers", "string", 1, CONTAINERS_DESC),
+        col("Images", "string", 1, IMAGES_DESC),
+        col("Selector", "string", 1, SELECTOR_DESC),
+    ],
+    cells: |o| {
+        let (c, i) = template_cells(o);
+        vec![
+            name_cell(o),
+            cell(format!("{}/{}", int(o, &["status", "readyReplicas"]), int(o, &["spec", "replicas"]))),
+            Value::from(int(o, &["status", "updatedReplicas"])),
+            Value::from(int(o, &["status", "availableReplicas"])),
+            age_cell(o),
+            c,
+            i,
+            cell(selector_string(fields::at(o, &["spec", "selector"]))),
+        ]
+    },
+    field: no_fields,
+    selectable_fields: &[],
+    schema: schema_of::<appsv1::Deployment>,
+};
+
+fn deployment_defaults(o: &mut Value) {
+    fields::default_at(o, &["spec"], "replicas", json!(1));
+    fields::default_at(o, &["spec", "strategy"], "type", json!("RollingUpdate"));
+    if s(o, &["spec", "strategy", "type"]) == "RollingUpdate" {
+        fields::default_at(o, &["spec", "strategy", "rollingUpdate"], "maxUnavailable", json!("25%"));
+        fields::default_at(o, &["spec", "strategy", "rollingUpdate"], "maxSurge", json!("25%"));
+    }
+    fields::default_at(o, &["spec"], "revisionHistoryLimit", json!(10));
+    fields::default_at(o, &["spec"], "progressDeadlineSeconds", json!(600));
+    pod::default_template(o, TEMPLATE);
+}
+
+fn validate_deployment(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    nonnegative(&mut errs, o, &["spec", "replicas"], "spec.replicas");
+    validate_selector_and_template(&mut errs, o, "deployment", true);
+    validate_replica_template(&mut errs, o, "ReplicaSet", true);
+    let strategy = fields::at(o, &["spec", "strategy"]).cloned().unwrap_or(Value::Null);
+    match s(&strategy, &["type"]) {
+        "Recreate" => {
+            if present(&strategy, &["rollingUpdate"]) {
+                errs.push(FieldError::forbidden(
+                    "spec.strategy.rollingUpdate",
+                    "may not be specified when strategy `type` is 'Recreate'",
+                ));
+            }
+        }
+        "RollingUpdate" => {
+            let ru = strategy.get("rollingUpdate").cloned().unwrap_or(Value::Null);
+            let mu = ru.get("maxUnavailable");
+            let ms = ru.get("maxSurge");
+            validate_int_or_percent(&mut errs, mu, "spec.strategy.rollingUpdate.maxUnavailable", false);
+            validate_int_or_percent(&mut errs, ms, "spec.strategy.rollingUpdate.maxSurge", false);
+            if int_or_percent_is_zero(mu) && int_or_percent_is_zero(ms) {
+                errs.push(invalid_raw(
+                    "spec.strategy.rollingUpdate.maxUnavailable",
+                    &go_intstr(mu.unwrap_or(&json!(0))),
+                    "may not be 0 when `maxSurge` is 0",
+                ));
+            }
+            if let Some(Value::String(p)) = mu
+                && p.trim_end_matches('%').parse::<i64>().unwrap_or(0) > 100
+            {
+                errs.push(invalid_raw(
+                    "spec.strategy.rollingUpdate.maxUnavailable",
+                    &go_intstr(&json!(p)),
+                    "must not be greater than 100%",
+                ));
+            }
+        }
+        other => errs.push(FieldError::not_supported("spec.strategy", &json!(other), &["Recreate", "RollingUpdate"])),
+    }
+    nonnegative(&mut errs, o, &["spec", "minReadySeconds"], "spec.minReadySeconds");
+    nonnegative(&mut errs, o, &["spec", "revisionHistoryLimit"], "spec.revisionHistoryLimit");
+    if let Some(pds) = fields::i64_at(o, &["spec", "progressDeadlineSeconds"]) {
+        nonnegative(&mut errs, o, &["spec", "progressDeadlineSeconds"], "spec.progressDeadlineSeconds");
+        if pds <= int(o, &["spec", "minReadySeconds"]) {
+            errs.push(FieldError::invalid(
+                "spec.progressDeadlineSeconds",
+                &json!(pds),
+                "must be greater than minReadySeconds",
+            ));
+        }
+    }
+    if let Some(old) = old {
+        selector_immutable(&mut errs, o, old);
+    }
+    errs
+}
+
+// ---------------------------------------------------------------------------------------------
+// replicasets
+
+/// apps/v1 replicasets.
+pub const REPLICASETS: ResourceDef = ResourceDef {
+    group: "apps",
+    version: "v1",
+    kind: "ReplicaSet",
+    plural: "replicasets",
+    singular: "replicaset",
+    namespaced: true,
+    short_names: &["rs"],
+    categories: &["all"],
+    storage_prefix: "replicasets",
+    name_rule: NameRule::Subdomain,
+    subresources: &[Subresource::Status, Subresource::Scale],
+    has_status: true,
+    normalize: normalize_as::<appsv1::ReplicaSet>,
+    defaults: |o| {
+        fields::default_at(o, &["spec"], "replicas", json!(1));
+        pod::default_template(o, TEMPLATE);
+    },
+    validate: validate_replicaset,
+    columns: &[
+        NAME_COLUMN,
+        col("Desired", "integer", 0, "Replicas is the number of desired pods."),
+        col("Current", "integer", 0, "Replicas is the most recently observed number of replicas."),
+        col("Ready", "integer", 0, "The number of ready replicas for this replica set."),
+        AGE_COLUMN,
+        col("Containers", "string", 1, CONTAINERS_DESC),
+        col("Images", "string", 1, IMAGES_DESC),
+        col("Selector", "string", 1, SELECTOR_DESC),
+    ],
+    cells: |o| {
+        let (c, i) = template_cells(o);
+        vec![
+            name_cell(o),
+            Value::from(int(o, &["spec", "replicas"])),
+            Value::from(int(o, &["status", "replicas"])),
+            Value::from(int(o, &["status", "readyReplicas"])),
+            age_cell(o),
+            c,
+            i,
+            cell(format_label_selector(fields::at(o, &["spec", "selector"]))),
+        ]
+    },
+    field: |o, f| match f {
+        "status.replicas" => Some(int(o, &["status", "replicas"]).to_string()),
+        _ => None,
+    },
+    selectable_fields: &["status.replicas"],
+    schema: schema_of::<appsv1::ReplicaSet>,
+};
+
+fn validate_replicaset(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    nonnegative(&mut errs, o, &["spec", "replicas"], "spec.replicas");
+    nonnegative(&mut errs, o, &["spec", "minReadySeconds"], "spec.minReadySeconds");
+    validate_selector_and_template(&mut errs, o, "deployment", true);
+    validate_replica_template(&mut errs, o, "ReplicaSet", true);
+    if let Some(old) = old {
+        selector_immutable(&mut errs, o, old);
+    }
+    errs
+}
+
+// ---------------------------------------------------------------------------------------------
+// statefulsets
+
+/// apps/v1 statefulsets.
+pub const STATEFULSETS: ResourceDef = ResourceDef {
+    group: "apps",
+    version: "v1",
+    kind: "StatefulSet",
+    plural: "statefulsets",
+    singular: "statefulset",
+    namespaced: true,
+    short_names: &["sts"],
+    categories: &["all"],
+    storage_prefix: "statefulsets",
+    name_rule: NameRule::Subdomain,
+    subresources: &[Subresource::Status, Subresource::Scale],
+    has_status: true,
+    normalize: normalize_as::<appsv1::StatefulSet>,
+    defaults: statefulset_defaults,
+    validate: validate_statefulset,
+    columns: &[
+        NAME_COLUMN,
+        col("Ready", "string", 0, "Number of the pod with ready state"),
+        AGE_COLUMN,
+        col("Containers", "string", 1, CONTAINERS_DESC),
+        col("Images", "string", 1, IMAGES_DESC),
+    ],
+    cells: |o| {
+        let (c, i) = template_cells(o);
+        vec![
+            name_cell(o),
+            cell(format!("{}/{}", int(o, &["status", "readyReplicas"]), int(o, &["spec", "replicas"]))),
+            age_cell(o),
+            c,
+            i,
+        ]
+    },
+    field: no_fields,
+    selectable_fields: &[],
+    schema: schema_of::<appsv1::StatefulSet>,
+};
+
+fn statefulset_defaults(o: &mut Value) {
+    fields::default_at(o, &["spec"], "podManagementPolicy", json!("OrderedReady"));
+    if s(o, &["spec", "updateStrategy", "type"]).is_empty() {
+        fields::ensure_object(o, &["spec", "updateStrategy"]).insert("type".into(), json!("RollingUpdate"));
+        fields::ensure_object(o, &["spec", "updateStrategy", "rollingUpdate"]);
+    }
+    if s(o, &["spec", "updateStrategy", "type"]) == "RollingUpdate"
+        && present(o, &["spec", "updateStrategy", "rollingUpdate"])
+    {
+        fields::default_at(o, &["spec", "updateStrategy", "rollingUpdate"], "partition", json!(0));
+    }
+    fields::default_at(o, &["spec", "persistentVolumeClaimRetentionPolicy"], "whenDeleted", json!("Retain"));
+    fields::default_at(o, &["spec", "persistentVolumeClaimRetentionPolicy"], "whenScaled", json!("Retain"));
+    fields::default_at(o, &["spec"], "replicas", json!(1));
+    fields::default_at(o, &["spec"], "revisionHistoryLimit", json!(10));
+    if let Some(Value::Array(vcts)) = o.get_mut("spec").and_then(|s| s.get_mut("volumeClaimTemplates")) {
+        for t in vcts.iter_mut() {
+            if t.get("spec").is_some_and(Value::is_object) {
+                fields::default_at(t, &["spec"], "volumeMode", json!("Filesystem"));
+            }
+            fields::default_at(t, &["status"], "phase", json!("Pending"));
+        }
+    }
+    pod::default_template(o, TEMPLATE);
+}
+
+fn validate_statefulset(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    match s(o, &["spec", "podManagementPolicy"]) {
+        "" => errs.push(FieldError::required("spec.podManagementPolicy", "")),
+        "OrderedReady" | "Parallel" => {}
+        other => errs.push(FieldError::invalid(
+            "spec.podManagementPolicy",
+            &json!(other),
+            "must be 'OrderedReady' or 'Parallel'",
+        )),
+    }
+    match s(o, &["spec", "updateStrategy", "type"]) {
+        "" => errs.push(FieldError::required("spec.updateStrategy", "")),
+        "OnDelete" => {
+            if present(o, &["spec", "updateStrategy", "rollingUpdate"]) {
+                let v = fields::at(o, &["spec", "updateStrategy", "rollingUpdate"]).cloned().unwrap_or(Value::Null);
+                errs.push(FieldError::invalid(
+                    "spec.updateStrategy.rollingUpdate",
+                    &v,
+                    "only allowed for updateStrategy 'RollingUpdate'",
+                ));
+            }
+        }
+        "RollingUpdate" => {
+            nonnegative(
+                &mut errs,
+                o,
+                &["spec", "updateStrategy", "rollingUpdate", "partition"],
+                "spec.updateStrategy.rollingUpdate.partition",
+            );
+        }
+        _ => {
+            let v = fields::at(o, &["spec", "updateStrategy"]).cloned().unwrap_or(Value::Null);
+            errs.push(FieldError::invalid("spec.updateStrategy", &v, "must be 'RollingUpdate' or 'OnDelete'"));
+        }
+    }
+    for key in ["whenDeleted", "whenScaled"] {
+        let v = s(o, &["spec", "persistentVolumeClaimRetentionPolicy", key]);
+        if v != "Retain" && v != "Delete" {
+            errs.push(FieldError::not_supported(
+                format!("spec.persistentVolumeClaimRetentionPolicy.{key}"),
+                &json!(v),
+                &["Retain", "Delete"],
+            ));
+        }
+    }
+    nonnegative(&mut errs, o, &["spec", "replicas"], "spec.replicas");
+    nonnegative(&mut errs, o, &["spec", "minReadySeconds"], "spec.minReadySeconds");
+    nonnegative(&mut errs, o, &["spec", "ordinals", "start"], "spec.ordinals.start");
+    validate_selector_and_template(&mut errs, o, "statefulset", true);
+    // Kubernetes does not validate the StatefulSet pod spec (volume claim templates satisfy mounts).
+    validate_replica_template(&mut errs, o, "StatefulSet", false);
+    if let Some(old) = old {
+        let mut new_spec = o.get("spec").cloned().unwrap_or(json!({}));
+        let old_spec = old.get("spec").cloned().unwrap_or(json!({}));
+        if let (Value::Object(n), Value::Object(os)) = (&mut new_spec, &old_spec) {
+            for key in [
+                "replicas",
+                "template",
+                "updateStrategy",
+                "minReadySeconds",
+                "ordinals",
+                "revisionHistoryLimit",
+                "persistentVolumeClaimRetentionPolicy",
+            ] {
+                match os.get(key) {
+                    Some(v) => n.insert(key.into(), v.clone()),
+                    None => n.remove(key),
+                };
+            }
+        }
+        if new_spec != old_spec {
+            errs.push(FieldError::forbidden(
+                "spec",
+                "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+            ));
+        }
+    }
+    errs
+}
+
+// ---------------------------------------------------------------------------------------------
+// daemonsets
+
+/// apps/v1 daemonsets.
+pub const DAEMONSETS: ResourceDef = ResourceDef {
+    group: "apps",
+    version: "v1",
+    kind: "DaemonSet",
+    plural: "daemonsets",
+    singular: "daemonset",
+    namespaced: true,
+    short_names: &["ds"],
+    categories: &["all"],
+    storage_prefix: "daemonsets",
+    name_rule: NameRule::Subdomain,
+    subresources: &[Subresource::Status],
+    has_status: true,
+    normalize: normalize_as::<appsv1::DaemonSet>,
+    defaults: daemonset_defaults,
+    validate: validate_daemonset,
+    columns: &[
+        NAME_COLUMN,
+        col("Desired", "integer", 0, "The total number of nodes that should be running the daemon pod (including nodes correctly running the daemon pod)."),
+        col("Current", "integer", 0, "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod."),
+        col("Ready", "integer", 0, "numberReady is the number of nodes that should be running the daemon pod and have one or more of the daemon pod running with a Ready Condition."),
+        col("Up-to-date", "integer", 0, "The total number of nodes that are running updated daemon pod"),
+        col("Available", "integer", 0, "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available (ready for at least spec.minReadySeconds)"),
+        col("Node Selector", "string", 0, "NodeSelector is a selector which must be true for the pod to fit on a node."),
+        AGE_COLUMN,
+        col("Containers", "string", 1, CONTAINERS_DESC),
+        col("Images", "string", 1, IMAGES_DESC),
+        col("Selector", "string", 1, SELECTOR_DESC),
+    ],
+    cells: |o| {
+        let (c, i) = template_cells(o);
+        vec![
+            name_cell(o),
+            Value::from(int(o, &["status", "desiredNumberScheduled"])),
+            Value::from(int(o, &["status", "currentNumberScheduled"])),
+            Value::from(int(o, &["status", "numberReady"])),
+            Value::from(int(o, &["status", "updatedNumberScheduled"])),
+            Value::from(int(o, &["status", "numberAvailable"])),
+            cell(format_labels(obj(o, &["spec", "template", "spec", "nodeSelector"]))),
+            age_cell(o),
+            c,
+            i,
+            cell(format_label_selector(fields::at(o, &["spec", "selector"]))),
+        ]
+    },
+    field: no_fields,
+    selectable_fields: &[],
+    schema: schema_of::<appsv1::DaemonSet>,
+};
+
+fn daemonset_defaults(o: &mut Value) {
+    fields::default_at(o, &["spec", "updateStrategy"], "type", json!("RollingUpdate"));
+    if s(o, &["spec", "updateStrategy", "type"]) == "RollingUpdate" {
+        fields::default_at(o, &["spec", "updateStrategy", "rollingUpdate"], "maxUnavailable", json!(1));
+        fields::default_at(o, &["spec", "updateStrategy", "rollingUpdate"], "maxSurge", json!(0));
+    }
+    fields::default_at(o, &["spec"], "revisionHistoryLimit", json!(10));
+    pod::default_template(o, TEMPLATE);
+}
+
+fn validate_daemonset(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    validate_selector_and_template(&mut errs, o, "daemonset", false);
+    validate_replica_template(&mut errs, o, "DaemonSet", true);
+    nonnegative(&mut errs, o, &["spec", "minReadySeconds"], "spec.minReadySeconds");
+    nonnegative(&mut errs, o, &["spec", "revisionHistoryLimit"], "spec.revisionHistoryLimit");
+    match s(o, &["spec", "updateStrategy", "type"]) {
+        "OnDelete" => {}
+        "RollingUpdate" => {
+            let mu = fields::at(o, &["spec", "updateStrategy", "rollingUpdate", "maxUnavailable"]);
+            let ms = fields::at(o, &["spec", "updateStrategy", "rollingUpdate", "maxSurge"]);
+            let p = "spec.updateStrategy.rollingUpdate";
+            validate_int_or_percent(&mut errs, mu, &format!("{p}.maxUnavailable"), true);
+            validate_int_or_percent(&mut errs, ms, &format!("{p}.maxSurge"), true);
+            let mu_zero = int_or_percent_is_zero(mu);
+            let ms_zero = int_or_percent_is_zero(ms);
+            if !mu_zero && !ms_zero {
+                errs.push(invalid_raw(
+                    format!("{p}.maxSurge"),
+                    &go_intstr(ms.unwrap_or(&json!(0))),
+                    "may not be set when maxUnavailable is non-zero",
+                ));
+            } else if mu_zero && ms_zero {
+                errs.push(FieldError::required(format!("{p}.maxUnavailable"), "cannot be 0 when maxSurge is 0"));
+            }
+        }
+        "" => errs.push(FieldError::required("spec.updateStrategy.type", "")),
+        other => errs.push(FieldError::not_supported(
+            "spec.updateStrategy.type",
+            &json!(other),
+            &["OnDelete", "RollingUpdate"],
+        )),
+    }
+    if let Some(old) = old {
+        selector_immutable(&mut errs, o, old);
+    }
+    errs
+}

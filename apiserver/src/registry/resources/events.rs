@@ -1,0 +1,141 @@
+//! events.k8s.io/v1 entries: events.
+//!
+//! Kubernetes stores core/v1 and events.k8s.io/v1 Events as the same objects and converts between
+//! the two shapes (`regarding` ↔ `involvedObject`, `note` ↔ `message`, `reportingController` ↔
+//! `reportingComponent`, `deprecated*` ↔ `firstTimestamp`/`lastTimestamp`/`count`/`source`).
+//! [`ResourceDef`] has no conversion hook, so events.k8s.io events get their own storage prefix
+//! (`events.k8s.io-events`); [`to_core_event`] and [`from_core_event`] implement the conversion for
+//! whoever adds a shared view later.
+
+use k8s_openapi::api::events::v1 as eventsv1;
+use serde_json::{Map, Value, json};
+
+use super::core::{EVENT_COLUMNS, core_event_cells};
+use super::util::*;
+use crate::registry::*;
+
+/// events.k8s.io/v1 events (own storage prefix; see the module docs).
+pub const EVENTS_V1: ResourceDef = ResourceDef {
+    group: "events.k8s.io",
+    version: "v1",
+    kind: "Event",
+    plural: "events",
+    singular: "event",
+    namespaced: true,
+    short_names: &["ev"],
+    categories: &[],
+    storage_prefix: "events.k8s.io-events",
+    name_rule: NameRule::Subdomain,
+    subresources: &[],
+    has_status: false,
+    normalize: normalize_as::<eventsv1::Event>,
+    defaults: no_defaults,
+    validate: validate_event_v1,
+    columns: EVENT_COLUMNS,
+    cells: |o| core_event_cells(&to_core_event(o)),
+    field: event_v1_field,
+    selectable_fields: &[
+        "regarding.kind",
+        "regarding.namespace",
+        "regarding.name",
+        "regarding.uid",
+        "regarding.apiVersion",
+        "regarding.resourceVersion",
+        "regarding.fieldPath",
+        "reason",
+        "reportingController",
+        "type",
+    ],
+    schema: schema_of::<eventsv1::Event>,
+};
+
+/// (events.k8s.io/v1 field, core/v1 field) renames.
+const RENAMES: &[(&str, &str)] = &[
+    ("regarding", "involvedObject"),
+    ("note", "message"),
+    ("reportingController", "reportingComponent"),
+    ("deprecatedSource", "source"),
+    ("deprecatedFirstTimestamp", "firstTimestamp"),
+    ("deprecatedLastTimestamp", "lastTimestamp"),
+    ("deprecatedCount", "count"),
+];
+
+fn rename(o: &Value, from_v1: bool, api_version: &str) -> Value {
+    let Some(m) = o.as_object() else { return o.clone() };
+    let mut out = Map::new();
+    for (k, v) in m {
+        let key = RENAMES
+            .iter()
+            .find(|(a, b)| if from_v1 { a == k } else { b == k })
+            .map(|(a, b)| if from_v1 { *b } else { *a })
+            .unwrap_or(k.as_str());
+        out.insert(key.to_string(), v.clone());
+    }
+    out.insert("apiVersion".into(), json!(api_version));
+    Value::Object(out)
+}
+
+/// An events.k8s.io/v1 Event in core/v1 shape.
+pub fn to_core_event(o: &Value) -> Value {
+    rename(o, true, "v1")
+}
+
+/// A core/v1 Event in events.k8s.io/v1 shape.
+pub fn from_core_event(o: &Value) -> Value {
+    rename(o, false, "events.k8s.io/v1")
+}
+
+fn event_v1_field(o: &Value, f: &str) -> Option<String> {
+    let v = match f {
+        "regarding.kind" => s(o, &["regarding", "kind"]),
+        "regarding.namespace" => s(o, &["regarding", "namespace"]),
+        "regarding.name" => s(o, &["regarding", "name"]),
+        "regarding.uid" => s(o, &["regarding", "uid"]),
+        "regarding.apiVersion" => s(o, &["regarding", "apiVersion"]),
+        "regarding.resourceVersion" => s(o, &["regarding", "resourceVersion"]),
+        "regarding.fieldPath" => s(o, &["regarding", "fieldPath"]),
+        "reason" => s(o, &["reason"]),
+        "reportingController" => s(o, &["reportingController"]),
+        "type" => s(o, &["type"]),
+        _ => return None,
+    };
+    Some(v.to_string())
+}
+
+fn validate_event_v1(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    if !present(o, &["eventTime"]) {
+        errs.push(FieldError::required("eventTime", ""));
+    }
+    let ty = s(o, &["type"]);
+    if ty != "Normal" && ty != "Warning" {
+        errs.push(FieldError::invalid("type", &json!(""), &format!("has invalid value: {ty}")));
+    }
+    for f in ["deprecatedFirstTimestamp", "deprecatedLastTimestamp"] {
+        if present(o, &[f]) {
+            errs.push(FieldError::invalid(f, &json!(""), "needs to be unset"));
+        }
+    }
+    if int(o, &["deprecatedCount"]) != 0 {
+        errs.push(FieldError::invalid("deprecatedCount", &json!(""), "needs to be unset"));
+    }
+    if !s(o, &["deprecatedSource", "component"]).is_empty() || !s(o, &["deprecatedSource", "host"]).is_empty() {
+        errs.push(FieldError::invalid("deprecatedSource", &json!(""), "needs to be unset"));
+    }
+    let ns = fields::namespace(o);
+    let rns = s(o, &["regarding", "namespace"]);
+    if !ns.is_empty() && !rns.is_empty() && ns != rns {
+        errs.push(FieldError::invalid("regarding.namespace", &json!(rns), "does not match event.namespace"));
+    }
+    for f in ["reportingController", "reportingInstance", "action", "reason"] {
+        if s(o, &[f]).is_empty() {
+            errs.push(FieldError::required(f, ""));
+        }
+    }
+    if s(o, &["note"]).len() > 1024 {
+        let field = "note".to_string();
+        let message = "note: Too long: may not be more than 1024 bytes".to_string();
+        errs.push(FieldError { reason: "FieldValueTooLong", field, message });
+    }
+    errs
+}
