@@ -144,56 +144,96 @@ pub struct CacheList {
     pub more: bool,
 }
 
-/// The watch cache of one resource.
+/// The watch cache of one resource. Fed by the [`CacheHub`].
 pub struct Cacher {
     def: &'static ResourceDef,
     prefix: String,
     storage: Arc<dyn Storage>,
     state: RwLock<State>,
     tx: broadcast::Sender<Broadcast>,
+    /// The hub's revision: every event up to it has been applied to every cache.
+    hub_rev: watch::Receiver<Revision>,
+}
+
+/// Feeds every watch cache from ONE storage watch on `/registry/`, in global revision order, so
+/// that "the caches have seen revision R" is a single number and consistent reads can be served
+/// from memory.
+pub struct CacheHub {
+    storage: Arc<dyn Storage>,
+    caches: Vec<Arc<Cacher>>,
     rev_tx: watch::Sender<Revision>,
 }
 
-impl Cacher {
-    /// Creates the cache and starts its storage watch loop.
-    pub fn start(def: &'static ResourceDef, storage: Arc<dyn Storage>) -> Arc<Self> {
-        let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
-        let (rev_tx, _) = watch::channel(0);
-        let cacher = Arc::new(Cacher {
-            def,
-            prefix: format!("/registry/{}/", def.storage_prefix),
-            storage,
-            state: RwLock::new(State {
-                objects: BTreeMap::new(),
-                revision: 0,
-                ring: VecDeque::new(),
-                window_start: 0,
-                ready: false,
-            }),
-            tx,
-            rev_tx,
-        });
-        let c = cacher.clone();
-        tokio::spawn(async move { c.run().await });
-        cacher
+impl CacheHub {
+    /// Creates one cache per resource and starts the storage watch loop.
+    pub fn start(defs: &'static [ResourceDef], storage: Arc<dyn Storage>) -> Arc<Self> {
+        let (rev_tx, rev_rx) = watch::channel(0);
+        let caches = defs
+            .iter()
+            .map(|def| {
+                let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
+                Arc::new(Cacher {
+                    def,
+                    prefix: format!("/registry/{}/", def.storage_prefix),
+                    storage: storage.clone(),
+                    state: RwLock::new(State {
+                        objects: BTreeMap::new(),
+                        revision: 0,
+                        ring: VecDeque::new(),
+                        window_start: 0,
+                        ready: false,
+                    }),
+                    tx,
+                    hub_rev: rev_rx.clone(),
+                })
+            })
+            .collect();
+        let hub = Arc::new(CacheHub { storage, caches, rev_tx });
+        let h = hub.clone();
+        tokio::spawn(async move { h.run().await });
+        hub
+    }
+
+    /// The caches.
+    pub fn caches(&self) -> &[Arc<Cacher>] {
+        &self.caches
     }
 
     async fn run(self: Arc<Self>) {
         loop {
             match self.list_and_watch().await {
-                Ok(()) => tracing::info!(resource = self.def.plural, "storage watch ended; re-listing"),
-                Err(e) => tracing::warn!(resource = self.def.plural, error = %e, "watch cache error; re-listing"),
+                Ok(()) => tracing::info!("storage watch ended; re-listing"),
+                Err(e) => tracing::warn!(error = %e, "watch cache error; re-listing"),
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     async fn list_and_watch(&self) -> Result<(), StorageError> {
+        let revision = self.storage.current_revision().await?;
+        for c in &self.caches {
+            c.relist(revision).await?;
+        }
+        self.rev_tx.send_replace(revision);
+        let mut stream = self.storage.watch("/registry/", revision).await?;
+        while let Some(ev) = stream.next().await {
+            let ev = ev?;
+            let rev = ev.kv.mod_revision;
+            for c in self.caches.iter().filter(|c| ev.kv.key.starts_with(&c.prefix)) {
+                c.apply(ev.event_type, &ev.kv).await;
+            }
+            self.rev_tx.send_replace(rev);
+        }
+        Ok(())
+    }
+}
+
+impl Cacher {
+    async fn relist(&self, revision: Revision) -> Result<(), StorageError> {
         let mut objects = BTreeMap::new();
-        let mut opts = ListOptions { limit: Some(1000), ..Default::default() };
-        let revision = loop {
+        let mut opts = ListOptions { revision: Some(revision), limit: Some(1000), ..Default::default() };
+        loop {
             let page = self.storage.list(&self.prefix, opts.clone()).await?;
-            let rev = page.revision;
             let last = page.items.last().map(|kv| kv.key.clone());
             for kv in page.items {
                 match CachedObject::decode(self.def, &kv.key, &kv.value, kv.mod_revision) {
@@ -204,32 +244,24 @@ impl Cacher {
                 }
             }
             if !page.more || last.is_none() {
-                break rev;
+                break;
             }
-            opts = ListOptions { revision: Some(rev), start_after: last, limit: Some(1000) };
-        };
-        let mut stream = self.storage.watch(&self.prefix, revision).await?;
-        {
-            let mut st = self.state.write().await;
-            let was_ready = st.ready;
-            st.objects = objects;
-            st.revision = revision;
-            st.ring.clear();
-            st.window_start = revision;
-            st.ready = true;
-            if was_ready {
-                let _ = self.tx.send(Broadcast::Reset);
-            }
+            opts = ListOptions { revision: Some(revision), start_after: last, limit: Some(1000) };
         }
-        self.rev_tx.send_replace(revision);
-        while let Some(ev) = stream.next().await {
-            let ev = ev?;
-            self.apply(ev.event_type, ev.kv).await;
+        let mut st = self.state.write().await;
+        let was_ready = st.ready;
+        st.objects = objects;
+        st.revision = revision;
+        st.ring.clear();
+        st.window_start = revision;
+        st.ready = true;
+        if was_ready {
+            let _ = self.tx.send(Broadcast::Reset);
         }
         Ok(())
     }
 
-    async fn apply(&self, event_type: EventType, kv: KeyValue) {
+    async fn apply(&self, event_type: EventType, kv: &KeyValue) {
         let rev = kv.mod_revision;
         let object = match CachedObject::decode(self.def, &kv.key, &kv.value, rev) {
             Ok(o) => Arc::new(o),
@@ -257,17 +289,15 @@ impl Cacher {
         }
         st.revision = rev;
         let _ = self.tx.send(Broadcast::Event(ev));
-        drop(st);
-        self.rev_tx.send_replace(rev);
     }
 
-    /// Waits until the cache has seen `rev` (or times out after 3 s, as Kubernetes does).
+    /// Waits until the caches have seen `rev` (or times out after 3 s, as Kubernetes does).
     pub async fn wait_for(&self, rev: Revision) -> Result<(), Revision> {
-        let mut rx = self.rev_tx.subscribe();
+        let mut rx = self.hub_rev.clone();
         let res = tokio::time::timeout(Duration::from_secs(3), rx.wait_for(|r| *r >= rev)).await;
         match res {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(*self.rev_tx.borrow()),
+            _ => Err(*self.hub_rev.borrow()),
         }
     }
 
@@ -278,15 +308,16 @@ impl Cacher {
             .current_revision()
             .await
             .map_err(|e| crate::error::ApiError::internal(e.to_string()))?;
-        self.wait_for(current)
-            .await
-            .map_err(|_| crate::error::ApiError::new(504, "Timeout", "Timeout: too slow waiting for the watch cache to catch up"))?;
+        self.wait_for(current).await.map_err(|_| {
+            crate::error::ApiError::new(504, "Timeout", "Timeout: Too large resource version: the watch cache did not catch up in time")
+        })?;
         Ok(current)
     }
 
-    /// The cache's revision.
+    /// The revision this cache's state is current at.
     pub async fn revision(&self) -> Revision {
-        self.state.read().await.revision
+        let st = self.state.read().await;
+        st.revision.max(*self.hub_rev.borrow())
     }
 
     /// Drops history at or below `compacted` from the replay window (storage was compacted).
@@ -296,7 +327,7 @@ impl Cacher {
             st.ring.pop_front();
         }
         if st.window_start < compacted {
-            st.window_start = compacted.min(st.revision);
+            st.window_start = compacted;
         }
     }
 
@@ -310,6 +341,9 @@ impl Cacher {
         filter: &(dyn Fn(&CachedObject) -> bool + Sync),
     ) -> CacheList {
         let st = self.state.read().await;
+        // Every event up to the hub revision has been applied, and none can be applied while we
+        // hold the read lock, so the state is exactly the state at this revision.
+        let revision = st.revision.max(*self.hub_rev.borrow());
         let mut items = Vec::new();
         let mut more = false;
         let range = match start_after {
@@ -329,21 +363,21 @@ impl Cacher {
             }
             items.push(o.clone());
         }
-        CacheList { items, revision: st.revision, more }
+        CacheList { items, revision, more }
     }
 
     /// Starts a watch after revision `after` (None: from the current state as ADDED events).
     pub async fn watch_from(&self, after: Option<Revision>) -> Result<WatchStart, WatchFromError> {
-        if let Some(rv) = after {
-            let current = self.state.read().await.revision;
-            if rv > current && self.wait_for(rv).await.is_err() {
-                return Err(WatchFromError::TooLarge { requested: rv, current: self.revision().await });
-            }
+        if let Some(rv) = after
+            && self.wait_for(rv).await.is_err()
+        {
+            return Err(WatchFromError::TooLarge { requested: rv, current: *self.hub_rev.borrow() });
         }
         let st = self.state.read().await;
         let rx = self.tx.subscribe();
+        let revision = st.revision.max(*self.hub_rev.borrow());
         match after {
-            None => Ok(WatchStart::Snapshot(st.objects.values().cloned().collect(), st.revision, rx)),
+            None => Ok(WatchStart::Snapshot(st.objects.values().cloned().collect(), revision, rx)),
             Some(rv) => {
                 if rv < st.window_start {
                     return Err(WatchFromError::TooOld { requested: rv, oldest: st.window_start + 1 });

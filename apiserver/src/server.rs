@@ -71,9 +71,10 @@ pub struct AppState {
 impl AppState {
     /// Builds the state and starts one watch cache per resource.
     pub fn new(storage: Arc<dyn Storage>, service_cidr: Ipv4Net, server_address: String) -> Arc<Self> {
+        let hub = crate::cacher::CacheHub::start(registry::all(), storage.clone());
         let mut caches = HashMap::new();
-        for def in registry::all() {
-            caches.insert((def.group, def.plural), Cacher::start(def, storage.clone()));
+        for c in hub.caches() {
+            caches.insert((c.def().group, c.def().plural), c.clone());
         }
         Arc::new(AppState {
             storage,
@@ -187,6 +188,9 @@ async fn dispatch_inner(state: &Arc<AppState>, req: Request, labels: &mut Reques
                 let mut r = json_response(StatusCode::OK, bytes.to_vec());
                 if let Ok(h) = HeaderValue::from_str(&format!("\"{etag}\"")) {
                     r.headers_mut().insert(header::ETAG, h);
+                }
+                if query.get("hash").is_some() {
+                    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, immutable"));
                 }
                 Ok(r)
             }
@@ -310,6 +314,8 @@ pub async fn start(cfg: Config, shutdown: impl std::future::Future<Output = ()> 
     let state = AppState::new(storage.clone(), cfg.service_cluster_ip_range, format!("{host}:{}", addr.port()));
     crate::storage::compactor::spawn_compactor(storage.clone(), cfg.compaction_interval, 1000);
     bootstrap(&state).await;
+    // Build the OpenAPI documents before the first client asks for them.
+    let _ = tokio::task::spawn_blocking(openapi::v3_index).await;
     let tls = pki.rustls_server_config()?;
     let app = router(state.clone());
     let task = tokio::spawn(crate::tls::serve(listener, app, tls, shutdown));

@@ -130,3 +130,107 @@ pub const CONFIGMAPS: ResourceDef = ResourceDef {
     selectable_fields: &[],
     schema: schema_of::<corev1::ConfigMap>,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn minimal(def: &ResourceDef) -> Value {
+        let template = json!({
+            "metadata": {"labels": {"app": "x"}},
+            "spec": {"containers": [{"name": "c", "image": "nginx:1.25"}]}
+        });
+        let mut o = json!({
+            "apiVersion": def.api_version(),
+            "kind": def.kind,
+            "metadata": {"name": "x", "uid": "0000-1111", "creationTimestamp": "2024-01-01T00:00:00Z"},
+        });
+        if def.namespaced {
+            o["metadata"]["namespace"] = json!("default");
+        }
+        let extra = match def.kind {
+            "Pod" => json!({"spec": {"containers": [{"name": "c", "image": "nginx"}]}}),
+            "Service" => json!({"spec": {"ports": [{"port": 80}], "selector": {"app": "x"}}}),
+            "Deployment" | "ReplicaSet" | "DaemonSet" => {
+                json!({"spec": {"selector": {"matchLabels": {"app": "x"}}, "template": template}})
+            }
+            "StatefulSet" => json!({"spec": {"serviceName": "x", "selector": {"matchLabels": {"app": "x"}}, "template": template}}),
+            "Job" => {
+                let mut t = template.clone();
+                t["spec"]["restartPolicy"] = json!("Never");
+                json!({"spec": {"template": t}})
+            }
+            "NetworkPolicy" => json!({"spec": {"podSelector": {}}}),
+            "RoleBinding" | "ClusterRoleBinding" => json!({
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+                "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "default"}]
+            }),
+            "Role" | "ClusterRole" => json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]}),
+            "EndpointSlice" => json!({"addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0.1"]}]}),
+            "Event" if def.group.is_empty() => json!({"involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"}, "reason": "R", "message": "m", "type": "Normal"}),
+            "Event" => json!({
+                "eventTime": "2024-01-01T00:00:00.000000Z", "regarding": {"kind": "Pod", "name": "p"},
+                "reason": "R", "note": "m", "type": "Normal", "action": "A",
+                "reportingController": "c", "reportingInstance": "i"
+            }),
+            "LimitRange" => json!({"spec": {"limits": [{"type": "Container", "max": {"cpu": "1"}}]}}),
+            _ => json!({}),
+        };
+        if let (Value::Object(m), Value::Object(e)) = (&mut o, extra) {
+            m.extend(e);
+        }
+        o
+    }
+
+    fn defaulted(def: &ResourceDef) -> Value {
+        let mut o = minimal(def);
+        (def.defaults)(&mut o);
+        o
+    }
+
+    #[test]
+    fn every_entry_is_consistent() {
+        for def in ALL {
+            let o = defaulted(def);
+            let cells = (def.cells)(&o);
+            assert_eq!(cells.len(), def.columns.len(), "{} cells", def.plural);
+            let n = (def.normalize)(&minimal(def)).unwrap_or_else(|e| panic!("{}: {e}", def.plural));
+            assert!(n.unknown_fields.is_empty(), "{}: {:?}", def.plural, n.unknown_fields);
+            let n = (def.normalize)(&o).unwrap_or_else(|e| panic!("{} defaulted: {e}", def.plural));
+            assert!(n.unknown_fields.is_empty(), "{} defaulted: {:?}", def.plural, n.unknown_fields);
+            let errs = (def.validate)(&o, None);
+            assert!(errs.is_empty(), "{}: {errs:?}", def.plural);
+            let errs = (def.validate)(&o, Some(&o));
+            assert!(errs.is_empty(), "{} update: {errs:?}", def.plural);
+            for f in def.selectable_fields {
+                assert!((def.field)(&o, f).is_some(), "{} field {f}", def.plural);
+            }
+            assert!((def.field)(&o, "spec.nonexistent").is_none());
+            assert_eq!(def.columns.iter().filter(|c| c.format == "name").count(), 1, "{}", def.plural);
+        }
+    }
+
+    #[test]
+    fn defaults_are_idempotent() {
+        for def in ALL {
+            let once = defaulted(def);
+            let mut twice = once.clone();
+            (def.defaults)(&mut twice);
+            assert_eq!(once, twice, "{}", def.plural);
+        }
+    }
+
+    #[test]
+    fn lookup_finds_entries_and_names_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for def in ALL {
+            assert!(seen.insert((def.group, def.plural)), "duplicate {}", def.group_resource());
+        }
+        assert!(lookup("apps", "v1", "deployments").is_some());
+        assert_eq!(lookup("", "v1", "services").map(|d| d.storage_prefix), Some("services/specs"));
+        assert_eq!(lookup("", "v1", "nodes").map(|d| d.storage_prefix), Some("minions"));
+        let all_cat: Vec<&str> = ALL.iter().filter(|d| d.categories.contains(&"all")).map(|d| d.plural).collect();
+        assert_eq!(all_cat, ["pods", "services", "deployments", "replicasets", "statefulsets", "daemonsets", "jobs"]);
+    }
+}

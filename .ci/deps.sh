@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Lotse needs to build and test (idempotent).
+# protobuf-compiler: etcd-client and the CRI client compile .proto files at build time.
+# etcd-server: the etcd storage backend's conformance tests start a real etcd.
+set -euo pipefail
+pkgs=(protobuf-compiler etcd-server)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Debian's etcd-server package starts a system etcd on 2379; tests start their own on free ports.
