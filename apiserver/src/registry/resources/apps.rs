@@ -12,29 +12,56 @@ const TEMPLATE: &[&str] = &["spec", "template"];
 /// Go's `%#v` of an `intstr.IntOrString`.
 fn go_intstr(v: &Value) -> String {
     match v {
-        Value::String(s) => format!("intstr.IntOrString{{Type:1, IntVal:0, StrVal:{}}}", go_quote(s)),
-        other => format!("intstr.IntOrString{{Type:0, IntVal:{}, StrVal:\"\"}}", other.as_i64().unwrap_or(0)),
+        Value::String(s) => format!(
+            "intstr.IntOrString{{Type:1, IntVal:0, StrVal:{}}}",
+            go_quote(s)
+        ),
+        other => format!(
+            "intstr.IntOrString{{Type:0, IntVal:{}, StrVal:\"\"}}",
+            other.as_i64().unwrap_or(0)
+        ),
     }
 }
 
 /// `ValidatePositiveIntOrPercent` + `IsNotMoreThan100Percent` (when `max100`).
-fn validate_int_or_percent(errs: &mut Vec<FieldError>, v: Option<&Value>, path: &str, max100: bool) {
-    let Some(v) = v.filter(|v| !v.is_null()) else { return };
+fn validate_int_or_percent(
+    errs: &mut Vec<FieldError>,
+    v: Option<&Value>,
+    path: &str,
+    max100: bool,
+) {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return;
+    };
     match v {
         Value::String(s) => {
-            let ok = s.strip_suffix('%').is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+            let ok = s
+                .strip_suffix('%')
+                .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
             if !ok {
                 errs.push(invalid_raw(path, &go_intstr(v), "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')"));
             } else if max100 && s.trim_end_matches('%').parse::<i64>().unwrap_or(0) > 100 {
-                errs.push(invalid_raw(path, &go_intstr(v), "must not be greater than 100%"));
+                errs.push(invalid_raw(
+                    path,
+                    &go_intstr(v),
+                    "must not be greater than 100%",
+                ));
             }
         }
         Value::Number(n) => {
             if n.as_i64().unwrap_or(0) < 0 {
-                errs.push(FieldError::invalid(path, v, "must be greater than or equal to 0"));
+                errs.push(FieldError::invalid(
+                    path,
+                    v,
+                    "must be greater than or equal to 0",
+                ));
             }
         }
-        _ => errs.push(invalid_raw(path, &go_intstr(v), "must be an integer or percentage (e.g '5%')")),
+        _ => errs.push(invalid_raw(
+            path,
+            &go_intstr(v),
+            "must be an integer or percentage (e.g '5%')",
+        )),
     }
 }
 
@@ -92,14 +119,27 @@ fn validate_replica_template(errs: &mut Vec<FieldError>, o: &Value, kind: &str, 
     }
     let rp = s(o, &["spec", "template", "spec", "restartPolicy"]);
     if rp != "Always" {
-        errs.push(FieldError::not_supported("spec.template.spec.restartPolicy", &json!(rp), &["Always"]));
+        errs.push(FieldError::not_supported(
+            "spec.template.spec.restartPolicy",
+            &json!(rp),
+            &["Always"],
+        ));
     }
-    if let Some(ads) = fields::at(o, &["spec", "template", "spec", "activeDeadlineSeconds"]).filter(|v| !v.is_null()) {
+    if let Some(ads) = fields::at(o, &["spec", "template", "spec", "activeDeadlineSeconds"])
+        .filter(|v| !v.is_null())
+    {
         let msg = format!("activeDeadlineSeconds in {kind} is not Supported");
         if kind == "StatefulSet" {
-            errs.push(FieldError::forbidden("spec.template.spec.activeDeadlineSeconds", &msg));
+            errs.push(FieldError::forbidden(
+                "spec.template.spec.activeDeadlineSeconds",
+                &msg,
+            ));
         } else {
-            errs.push(FieldError::invalid("spec.template.spec.activeDeadlineSeconds", ads, &msg));
+            errs.push(FieldError::invalid(
+                "spec.template.spec.activeDeadlineSeconds",
+                ads,
+                &msg,
+            ));
         }
     }
 }
@@ -108,8 +148,15 @@ fn selector_immutable(errs: &mut Vec<FieldError>, o: &Value, old: &Value) {
     let new = fields::at(o, &["spec", "selector"]);
     let oldv = fields::at(old, &["spec", "selector"]);
     if new.filter(|v| !v.is_null()) != oldv.filter(|v| !v.is_null()) {
-        let rendered = new.filter(|v| v.is_object()).map(go_label_selector).unwrap_or_else(|| "null".to_string());
-        errs.push(invalid_raw("spec.selector", &rendered, "field is immutable"));
+        let rendered = new
+            .filter(|v| v.is_object())
+            .map(go_label_selector)
+            .unwrap_or_else(|| "null".to_string());
+        errs.push(invalid_raw(
+            "spec.selector",
+            &rendered,
+            "field is immutable",
+        ));
     }
 }
 
@@ -141,8 +188,18 @@ pub const DEPLOYMENTS: ResourceDef = ResourceDef {
     columns: &[
         NAME_COLUMN,
         col("Ready", "string", 0, "Number of the pod with ready state"),
-        col("Up-to-date", "string", 0, "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
-        col("Available", "string", 0, "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
+        col(
+            "Up-to-date",
+            "string",
+            0,
+            "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+        ),
+        col(
+            "Available",
+            "string",
+            0,
+            "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+        ),
         AGE_COLUMN,
         col("Containers", "string", 1, CONTAINERS_DESC),
         col("Images", "string", 1, IMAGES_DESC),
@@ -152,7 +209,11 @@ pub const DEPLOYMENTS: ResourceDef = ResourceDef {
         let (c, i) = template_cells(o);
         vec![
             name_cell(o),
-            cell(format!("{}/{}", int(o, &["status", "readyReplicas"]), int(o, &["spec", "replicas"]))),
+            cell(format!(
+                "{}/{}",
+                int(o, &["status", "readyReplicas"]),
+                int(o, &["spec", "replicas"])
+            )),
             Value::from(int(o, &["status", "updatedReplicas"])),
             Value::from(int(o, &["status", "availableReplicas"])),
             age_cell(o),
@@ -170,8 +231,18 @@ fn deployment_defaults(o: &mut Value) {
     fields::default_at(o, &["spec"], "replicas", json!(1));
     fields::default_at(o, &["spec", "strategy"], "type", json!("RollingUpdate"));
     if s(o, &["spec", "strategy", "type"]) == "RollingUpdate" {
-        fields::default_at(o, &["spec", "strategy", "rollingUpdate"], "maxUnavailable", json!("25%"));
-        fields::default_at(o, &["spec", "strategy", "rollingUpdate"], "maxSurge", json!("25%"));
+        fields::default_at(
+            o,
+            &["spec", "strategy", "rollingUpdate"],
+            "maxUnavailable",
+            json!("25%"),
+        );
+        fields::default_at(
+            o,
+            &["spec", "strategy", "rollingUpdate"],
+            "maxSurge",
+            json!("25%"),
+        );
     }
     fields::default_at(o, &["spec"], "revisionHistoryLimit", json!(10));
     fields::default_at(o, &["spec"], "progressDeadlineSeconds", json!(600));
@@ -183,7 +254,9 @@ fn validate_deployment(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
     nonnegative(&mut errs, o, &["spec", "replicas"], "spec.replicas");
     validate_selector_and_template(&mut errs, o, "deployment", true);
     validate_replica_template(&mut errs, o, "ReplicaSet", true);
-    let strategy = fields::at(o, &["spec", "strategy"]).cloned().unwrap_or(Value::Null);
+    let strategy = fields::at(o, &["spec", "strategy"])
+        .cloned()
+        .unwrap_or(Value::Null);
     match s(&strategy, &["type"]) {
         "Recreate" => {
             if present(&strategy, &["rollingUpdate"]) {
@@ -194,10 +267,18 @@ fn validate_deployment(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
             }
         }
         "RollingUpdate" => {
-            let ru = strategy.get("rollingUpdate").cloned().unwrap_or(Value::Null);
+            let ru = strategy
+                .get("rollingUpdate")
+                .cloned()
+                .unwrap_or(Value::Null);
             let mu = ru.get("maxUnavailable");
             let ms = ru.get("maxSurge");
-            validate_int_or_percent(&mut errs, mu, "spec.strategy.rollingUpdate.maxUnavailable", false);
+            validate_int_or_percent(
+                &mut errs,
+                mu,
+                "spec.strategy.rollingUpdate.maxUnavailable",
+                false,
+            );
             validate_int_or_percent(&mut errs, ms, "spec.strategy.rollingUpdate.maxSurge", false);
             if int_or_percent_is_zero(mu) && int_or_percent_is_zero(ms) {
                 errs.push(invalid_raw(
@@ -216,12 +297,31 @@ fn validate_deployment(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
                 ));
             }
         }
-        other => errs.push(FieldError::not_supported("spec.strategy", &json!(other), &["Recreate", "RollingUpdate"])),
+        other => errs.push(FieldError::not_supported(
+            "spec.strategy",
+            &json!(other),
+            &["Recreate", "RollingUpdate"],
+        )),
     }
-    nonnegative(&mut errs, o, &["spec", "minReadySeconds"], "spec.minReadySeconds");
-    nonnegative(&mut errs, o, &["spec", "revisionHistoryLimit"], "spec.revisionHistoryLimit");
+    nonnegative(
+        &mut errs,
+        o,
+        &["spec", "minReadySeconds"],
+        "spec.minReadySeconds",
+    );
+    nonnegative(
+        &mut errs,
+        o,
+        &["spec", "revisionHistoryLimit"],
+        "spec.revisionHistoryLimit",
+    );
     if let Some(pds) = fields::i64_at(o, &["spec", "progressDeadlineSeconds"]) {
-        nonnegative(&mut errs, o, &["spec", "progressDeadlineSeconds"], "spec.progressDeadlineSeconds");
+        nonnegative(
+            &mut errs,
+            o,
+            &["spec", "progressDeadlineSeconds"],
+            "spec.progressDeadlineSeconds",
+        );
         if pds <= int(o, &["spec", "minReadySeconds"]) {
             errs.push(FieldError::invalid(
                 "spec.progressDeadlineSeconds",
@@ -261,9 +361,24 @@ pub const REPLICASETS: ResourceDef = ResourceDef {
     validate: validate_replicaset,
     columns: &[
         NAME_COLUMN,
-        col("Desired", "integer", 0, "Replicas is the number of desired pods."),
-        col("Current", "integer", 0, "Replicas is the most recently observed number of replicas."),
-        col("Ready", "integer", 0, "The number of ready replicas for this replica set."),
+        col(
+            "Desired",
+            "integer",
+            0,
+            "Replicas is the number of desired pods.",
+        ),
+        col(
+            "Current",
+            "integer",
+            0,
+            "Replicas is the most recently observed number of replicas.",
+        ),
+        col(
+            "Ready",
+            "integer",
+            0,
+            "The number of ready replicas for this replica set.",
+        ),
         AGE_COLUMN,
         col("Containers", "string", 1, CONTAINERS_DESC),
         col("Images", "string", 1, IMAGES_DESC),
@@ -293,7 +408,12 @@ pub const REPLICASETS: ResourceDef = ResourceDef {
 fn validate_replicaset(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let mut errs = Vec::new();
     nonnegative(&mut errs, o, &["spec", "replicas"], "spec.replicas");
-    nonnegative(&mut errs, o, &["spec", "minReadySeconds"], "spec.minReadySeconds");
+    nonnegative(
+        &mut errs,
+        o,
+        &["spec", "minReadySeconds"],
+        "spec.minReadySeconds",
+    );
     validate_selector_and_template(&mut errs, o, "deployment", true);
     validate_replica_template(&mut errs, o, "ReplicaSet", true);
     if let Some(old) = old {
@@ -333,7 +453,11 @@ pub const STATEFULSETS: ResourceDef = ResourceDef {
         let (c, i) = template_cells(o);
         vec![
             name_cell(o),
-            cell(format!("{}/{}", int(o, &["status", "readyReplicas"]), int(o, &["spec", "replicas"]))),
+            cell(format!(
+                "{}/{}",
+                int(o, &["status", "readyReplicas"]),
+                int(o, &["spec", "replicas"])
+            )),
             age_cell(o),
             c,
             i,
@@ -347,19 +471,38 @@ pub const STATEFULSETS: ResourceDef = ResourceDef {
 fn statefulset_defaults(o: &mut Value) {
     fields::default_at(o, &["spec"], "podManagementPolicy", json!("OrderedReady"));
     if s(o, &["spec", "updateStrategy", "type"]).is_empty() {
-        fields::ensure_object(o, &["spec", "updateStrategy"]).insert("type".into(), json!("RollingUpdate"));
+        fields::ensure_object(o, &["spec", "updateStrategy"])
+            .insert("type".into(), json!("RollingUpdate"));
         fields::ensure_object(o, &["spec", "updateStrategy", "rollingUpdate"]);
     }
     if s(o, &["spec", "updateStrategy", "type"]) == "RollingUpdate"
         && present(o, &["spec", "updateStrategy", "rollingUpdate"])
     {
-        fields::default_at(o, &["spec", "updateStrategy", "rollingUpdate"], "partition", json!(0));
+        fields::default_at(
+            o,
+            &["spec", "updateStrategy", "rollingUpdate"],
+            "partition",
+            json!(0),
+        );
     }
-    fields::default_at(o, &["spec", "persistentVolumeClaimRetentionPolicy"], "whenDeleted", json!("Retain"));
-    fields::default_at(o, &["spec", "persistentVolumeClaimRetentionPolicy"], "whenScaled", json!("Retain"));
+    fields::default_at(
+        o,
+        &["spec", "persistentVolumeClaimRetentionPolicy"],
+        "whenDeleted",
+        json!("Retain"),
+    );
+    fields::default_at(
+        o,
+        &["spec", "persistentVolumeClaimRetentionPolicy"],
+        "whenScaled",
+        json!("Retain"),
+    );
     fields::default_at(o, &["spec"], "replicas", json!(1));
     fields::default_at(o, &["spec"], "revisionHistoryLimit", json!(10));
-    if let Some(Value::Array(vcts)) = o.get_mut("spec").and_then(|s| s.get_mut("volumeClaimTemplates")) {
+    if let Some(Value::Array(vcts)) = o
+        .get_mut("spec")
+        .and_then(|s| s.get_mut("volumeClaimTemplates"))
+    {
         for t in vcts.iter_mut() {
             if t.get("spec").is_some_and(Value::is_object) {
                 fields::default_at(t, &["spec"], "volumeMode", json!("Filesystem"));
@@ -385,7 +528,9 @@ fn validate_statefulset(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
         "" => errs.push(FieldError::required("spec.updateStrategy", "")),
         "OnDelete" => {
             if present(o, &["spec", "updateStrategy", "rollingUpdate"]) {
-                let v = fields::at(o, &["spec", "updateStrategy", "rollingUpdate"]).cloned().unwrap_or(Value::Null);
+                let v = fields::at(o, &["spec", "updateStrategy", "rollingUpdate"])
+                    .cloned()
+                    .unwrap_or(Value::Null);
                 errs.push(FieldError::invalid(
                     "spec.updateStrategy.rollingUpdate",
                     &v,
@@ -402,8 +547,14 @@ fn validate_statefulset(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
             );
         }
         _ => {
-            let v = fields::at(o, &["spec", "updateStrategy"]).cloned().unwrap_or(Value::Null);
-            errs.push(FieldError::invalid("spec.updateStrategy", &v, "must be 'RollingUpdate' or 'OnDelete'"));
+            let v = fields::at(o, &["spec", "updateStrategy"])
+                .cloned()
+                .unwrap_or(Value::Null);
+            errs.push(FieldError::invalid(
+                "spec.updateStrategy",
+                &v,
+                "must be 'RollingUpdate' or 'OnDelete'",
+            ));
         }
     }
     for key in ["whenDeleted", "whenScaled"] {
@@ -417,8 +568,18 @@ fn validate_statefulset(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
         }
     }
     nonnegative(&mut errs, o, &["spec", "replicas"], "spec.replicas");
-    nonnegative(&mut errs, o, &["spec", "minReadySeconds"], "spec.minReadySeconds");
-    nonnegative(&mut errs, o, &["spec", "ordinals", "start"], "spec.ordinals.start");
+    nonnegative(
+        &mut errs,
+        o,
+        &["spec", "minReadySeconds"],
+        "spec.minReadySeconds",
+    );
+    nonnegative(
+        &mut errs,
+        o,
+        &["spec", "ordinals", "start"],
+        "spec.ordinals.start",
+    );
     validate_selector_and_template(&mut errs, o, "statefulset", true);
     // Kubernetes does not validate the StatefulSet pod spec (volume claim templates satisfy mounts).
     validate_replica_template(&mut errs, o, "StatefulSet", false);
@@ -473,12 +634,42 @@ pub const DAEMONSETS: ResourceDef = ResourceDef {
     validate: validate_daemonset,
     columns: &[
         NAME_COLUMN,
-        col("Desired", "integer", 0, "The total number of nodes that should be running the daemon pod (including nodes correctly running the daemon pod)."),
-        col("Current", "integer", 0, "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod."),
-        col("Ready", "integer", 0, "numberReady is the number of nodes that should be running the daemon pod and have one or more of the daemon pod running with a Ready Condition."),
-        col("Up-to-date", "integer", 0, "The total number of nodes that are running updated daemon pod"),
-        col("Available", "integer", 0, "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available (ready for at least spec.minReadySeconds)"),
-        col("Node Selector", "string", 0, "NodeSelector is a selector which must be true for the pod to fit on a node."),
+        col(
+            "Desired",
+            "integer",
+            0,
+            "The total number of nodes that should be running the daemon pod (including nodes correctly running the daemon pod).",
+        ),
+        col(
+            "Current",
+            "integer",
+            0,
+            "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod.",
+        ),
+        col(
+            "Ready",
+            "integer",
+            0,
+            "numberReady is the number of nodes that should be running the daemon pod and have one or more of the daemon pod running with a Ready Condition.",
+        ),
+        col(
+            "Up-to-date",
+            "integer",
+            0,
+            "The total number of nodes that are running updated daemon pod",
+        ),
+        col(
+            "Available",
+            "integer",
+            0,
+            "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available (ready for at least spec.minReadySeconds)",
+        ),
+        col(
+            "Node Selector",
+            "string",
+            0,
+            "NodeSelector is a selector which must be true for the pod to fit on a node.",
+        ),
         AGE_COLUMN,
         col("Containers", "string", 1, CONTAINERS_DESC),
         col("Images", "string", 1, IMAGES_DESC),
@@ -493,7 +684,10 @@ pub const DAEMONSETS: ResourceDef = ResourceDef {
             Value::from(int(o, &["status", "numberReady"])),
             Value::from(int(o, &["status", "updatedNumberScheduled"])),
             Value::from(int(o, &["status", "numberAvailable"])),
-            cell(format_labels(obj(o, &["spec", "template", "spec", "nodeSelector"]))),
+            cell(format_labels(obj(
+                o,
+                &["spec", "template", "spec", "nodeSelector"],
+            ))),
             age_cell(o),
             c,
             i,
@@ -506,10 +700,25 @@ pub const DAEMONSETS: ResourceDef = ResourceDef {
 };
 
 fn daemonset_defaults(o: &mut Value) {
-    fields::default_at(o, &["spec", "updateStrategy"], "type", json!("RollingUpdate"));
+    fields::default_at(
+        o,
+        &["spec", "updateStrategy"],
+        "type",
+        json!("RollingUpdate"),
+    );
     if s(o, &["spec", "updateStrategy", "type"]) == "RollingUpdate" {
-        fields::default_at(o, &["spec", "updateStrategy", "rollingUpdate"], "maxUnavailable", json!(1));
-        fields::default_at(o, &["spec", "updateStrategy", "rollingUpdate"], "maxSurge", json!(0));
+        fields::default_at(
+            o,
+            &["spec", "updateStrategy", "rollingUpdate"],
+            "maxUnavailable",
+            json!(1),
+        );
+        fields::default_at(
+            o,
+            &["spec", "updateStrategy", "rollingUpdate"],
+            "maxSurge",
+            json!(0),
+        );
     }
     fields::default_at(o, &["spec"], "revisionHistoryLimit", json!(10));
     pod::default_template(o, TEMPLATE);
@@ -519,12 +728,25 @@ fn validate_daemonset(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let mut errs = Vec::new();
     validate_selector_and_template(&mut errs, o, "daemonset", false);
     validate_replica_template(&mut errs, o, "DaemonSet", true);
-    nonnegative(&mut errs, o, &["spec", "minReadySeconds"], "spec.minReadySeconds");
-    nonnegative(&mut errs, o, &["spec", "revisionHistoryLimit"], "spec.revisionHistoryLimit");
+    nonnegative(
+        &mut errs,
+        o,
+        &["spec", "minReadySeconds"],
+        "spec.minReadySeconds",
+    );
+    nonnegative(
+        &mut errs,
+        o,
+        &["spec", "revisionHistoryLimit"],
+        "spec.revisionHistoryLimit",
+    );
     match s(o, &["spec", "updateStrategy", "type"]) {
         "OnDelete" => {}
         "RollingUpdate" => {
-            let mu = fields::at(o, &["spec", "updateStrategy", "rollingUpdate", "maxUnavailable"]);
+            let mu = fields::at(
+                o,
+                &["spec", "updateStrategy", "rollingUpdate", "maxUnavailable"],
+            );
             let ms = fields::at(o, &["spec", "updateStrategy", "rollingUpdate", "maxSurge"]);
             let p = "spec.updateStrategy.rollingUpdate";
             validate_int_or_percent(&mut errs, mu, &format!("{p}.maxUnavailable"), true);
@@ -538,7 +760,10 @@ fn validate_daemonset(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
                     "may not be set when maxUnavailable is non-zero",
                 ));
             } else if mu_zero && ms_zero {
-                errs.push(FieldError::required(format!("{p}.maxUnavailable"), "cannot be 0 when maxSurge is 0"));
+                errs.push(FieldError::required(
+                    format!("{p}.maxUnavailable"),
+                    "cannot be 0 when maxSurge is 0",
+                ));
             }
         }
         "" => errs.push(FieldError::required("spec.updateStrategy.type", "")),

@@ -33,8 +33,18 @@ pub const JOBS: ResourceDef = ResourceDef {
     columns: &[
         NAME_COLUMN,
         col("Status", "string", 0, "Status of the job."),
-        col("Completions", "string", 0, "The number of pods which reached phase Succeeded."),
-        col("Duration", "string", 0, "Time required to complete the job."),
+        col(
+            "Completions",
+            "string",
+            0,
+            "The number of pods which reached phase Succeeded.",
+        ),
+        col(
+            "Duration",
+            "string",
+            0,
+            "Time required to complete the job.",
+        ),
         AGE_COLUMN,
         col("Containers", "string", 1, CONTAINERS_DESC),
         col("Images", "string", 1, IMAGES_DESC),
@@ -56,14 +66,20 @@ fn job_defaults(o: &mut Value) {
         fields::default_at(o, &["spec"], "completions", json!(1));
     }
     fields::default_at(o, &["spec"], "parallelism", json!(1));
-    let backoff = if present(o, &["spec", "backoffLimitPerIndex"]) { i64::from(i32::MAX) } else { 6 };
+    let backoff = if present(o, &["spec", "backoffLimitPerIndex"]) {
+        i64::from(i32::MAX)
+    } else {
+        6
+    };
     fields::default_at(o, &["spec"], "backoffLimit", json!(backoff));
     fields::default_at(o, &["spec"], "completionMode", json!("NonIndexed"));
     fields::default_at(o, &["spec"], "suspend", json!(false));
     let has_pfp = present(o, &["spec", "podFailurePolicy"]);
     if has_pfp
-        && let Some(Value::Array(rules)) =
-            o.get_mut("spec").and_then(|s| s.get_mut("podFailurePolicy")).and_then(|p| p.get_mut("rules"))
+        && let Some(Value::Array(rules)) = o
+            .get_mut("spec")
+            .and_then(|s| s.get_mut("podFailurePolicy"))
+            .and_then(|p| p.get_mut("rules"))
     {
         for r in rules.iter_mut() {
             if let Some(Value::Array(conds)) = r.get_mut("onPodConditions") {
@@ -75,7 +91,11 @@ fn job_defaults(o: &mut Value) {
             }
         }
     }
-    let prp = if has_pfp { "Failed" } else { "TerminatingOrFailed" };
+    let prp = if has_pfp {
+        "Failed"
+    } else {
+        "TerminatingOrFailed"
+    };
     fields::default_at(o, &["spec"], "podReplacementPolicy", json!(prp));
     // Selector generation (jobStrategy.PrepareForCreate's generateSelector).
     let manual = boolean(o, &["spec", "manualSelector"]);
@@ -129,30 +149,57 @@ fn validate_job(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
         validate_has_label(&mut errs, o, NAME, name);
         let expected = json!({LEGACY_UID: uid, LEGACY_NAME: name, UID: uid, NAME: name});
         if !selector_matches(sel, expected.as_object()) {
-            errs.push(invalid_raw("spec.selector", &go_label_selector(sel), "`selector` not auto-generated"));
+            errs.push(invalid_raw(
+                "spec.selector",
+                &go_label_selector(sel),
+                "`selector` not auto-generated",
+            ));
         }
     }
-    for f in ["parallelism", "completions", "activeDeadlineSeconds", "backoffLimit", "ttlSecondsAfterFinished", "backoffLimitPerIndex", "maxFailedIndexes"] {
+    for f in [
+        "parallelism",
+        "completions",
+        "activeDeadlineSeconds",
+        "backoffLimit",
+        "ttlSecondsAfterFinished",
+        "backoffLimitPerIndex",
+        "maxFailedIndexes",
+    ] {
         nonnegative(&mut errs, o, &["spec", f], &format!("spec.{f}"));
     }
     let mode = s(o, &["spec", "completionMode"]);
     match mode {
         "" | "NonIndexed" => {
             if let Some(v) = fields::i64_at(o, &["spec", "backoffLimitPerIndex"]) {
-                errs.push(FieldError::invalid("spec.backoffLimitPerIndex", &json!(v), "requires indexed completion mode"));
+                errs.push(FieldError::invalid(
+                    "spec.backoffLimitPerIndex",
+                    &json!(v),
+                    "requires indexed completion mode",
+                ));
             }
         }
         "Indexed" => {
             if !present(o, &["spec", "completions"]) {
-                errs.push(FieldError::required("spec.completions", "when completion mode is Indexed"));
+                errs.push(FieldError::required(
+                    "spec.completions",
+                    "when completion mode is Indexed",
+                ));
             }
         }
-        other => errs.push(FieldError::not_supported("spec.completionMode", &json!(other), &["NonIndexed", "Indexed"])),
+        other => errs.push(FieldError::not_supported(
+            "spec.completionMode",
+            &json!(other),
+            &["NonIndexed", "Indexed"],
+        )),
     }
     if let Some(prp) = fields::str_at(o, &["spec", "podReplacementPolicy"]) {
         if present(o, &["spec", "podFailurePolicy"]) {
             if prp != "Failed" {
-                errs.push(FieldError::not_supported("spec.podReplacementPolicy", &json!(prp), &["Failed"]));
+                errs.push(FieldError::not_supported(
+                    "spec.podReplacementPolicy",
+                    &json!(prp),
+                    &["Failed"],
+                ));
             }
         } else if prp != "Failed" && prp != "TerminatingOrFailed" {
             errs.push(FieldError::not_supported(
@@ -165,9 +212,16 @@ fn validate_job(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
     errs.extend(pod::validate_template(o, TEMPLATE, "spec.template"));
     let rp = s(o, &["spec", "template", "spec", "restartPolicy"]);
     if rp == "Always" || rp.is_empty() {
-        errs.push(FieldError::required("spec.template.spec.restartPolicy", "valid values: \"OnFailure\", \"Never\""));
+        errs.push(FieldError::required(
+            "spec.template.spec.restartPolicy",
+            "valid values: \"OnFailure\", \"Never\"",
+        ));
     } else if rp != "OnFailure" && rp != "Never" {
-        errs.push(FieldError::not_supported("spec.template.spec.restartPolicy", &json!(rp), &["OnFailure", "Never"]));
+        errs.push(FieldError::not_supported(
+            "spec.template.spec.restartPolicy",
+            &json!(rp),
+            &["OnFailure", "Never"],
+        ));
     } else if present(o, &["spec", "podFailurePolicy"]) && rp != "Never" {
         errs.push(FieldError::invalid(
             "spec.template.spec.restartPolicy",
@@ -189,19 +243,37 @@ fn validate_job(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
         ));
     }
     if let Some(old) = old {
-        for f in ["completions", "completionMode", "podFailurePolicy", "backoffLimitPerIndex"] {
-            immutable(&mut errs, &format!("spec.{f}"), fields::at(o, &["spec", f]), fields::at(old, &["spec", f]));
+        for f in [
+            "completions",
+            "completionMode",
+            "podFailurePolicy",
+            "backoffLimitPerIndex",
+        ] {
+            immutable(
+                &mut errs,
+                &format!("spec.{f}"),
+                fields::at(o, &["spec", f]),
+                fields::at(old, &["spec", f]),
+            );
         }
         let new_sel = fields::at(o, &["spec", "selector"]).filter(|v| !v.is_null());
         if new_sel != fields::at(old, &["spec", "selector"]).filter(|v| !v.is_null()) {
-            let r = new_sel.map(go_label_selector).unwrap_or_else(|| "null".to_string());
+            let r = new_sel
+                .map(go_label_selector)
+                .unwrap_or_else(|| "null".to_string());
             errs.push(invalid_raw("spec.selector", &r, "field is immutable"));
         }
         // The template is immutable, except for scheduling directives of suspended jobs that never
         // started.
-        let mutable_scheduling = boolean(old, &["spec", "suspend"]) && !present(old, &["status", "startTime"]);
+        let mutable_scheduling =
+            boolean(old, &["spec", "suspend"]) && !present(old, &["status", "startTime"]);
         if !mutable_scheduling {
-            immutable(&mut errs, "spec.template", fields::at(o, TEMPLATE), fields::at(old, TEMPLATE));
+            immutable(
+                &mut errs,
+                "spec.template",
+                fields::at(o, TEMPLATE),
+                fields::at(old, TEMPLATE),
+            );
         }
     }
     errs
@@ -215,7 +287,9 @@ fn job_condition(o: &Value, ty: &str) -> bool {
 }
 
 fn ts(v: &Value, path: &[&str]) -> Option<i64> {
-    fields::str_at(v, path).and_then(|t| t.parse::<jiff::Timestamp>().ok()).map(|t| t.as_second())
+    fields::str_at(v, path)
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.as_second())
 }
 
 fn job_cells(o: &Value) -> Vec<Value> {
@@ -224,12 +298,21 @@ fn job_cells(o: &Value) -> Vec<Value> {
         Some(c) => format!("{succeeded}/{c}"),
         None => {
             let p = int(o, &["spec", "parallelism"]);
-            if p > 1 { format!("{succeeded}/1 of {p}") } else { format!("{succeeded}/1") }
+            if p > 1 {
+                format!("{succeeded}/1 of {p}")
+            } else {
+                format!("{succeeded}/1")
+            }
         }
     };
-    let duration = match (ts(o, &["status", "startTime"]), ts(o, &["status", "completionTime"])) {
+    let duration = match (
+        ts(o, &["status", "startTime"]),
+        ts(o, &["status", "completionTime"]),
+    ) {
         (None, _) => String::new(),
-        (Some(start), None) => fields::human_duration((jiff::Timestamp::now().as_second() - start).max(0)),
+        (Some(start), None) => {
+            fields::human_duration((jiff::Timestamp::now().as_second() - start).max(0))
+        }
         (Some(start), Some(end)) => fields::human_duration((end - start).max(0)),
     };
     let status = if job_condition(o, "Complete") {

@@ -23,8 +23,23 @@ pub const LEASES: ResourceDef = ResourceDef {
     normalize: normalize_as::<coordv1::Lease>,
     defaults: no_defaults,
     validate: validate_lease,
-    columns: &[NAME_COLUMN, col("Holder", "string", 0, "holderIdentity contains the identity of the holder of a current lease."), AGE_COLUMN],
-    cells: |o| vec![name_cell(o), cell(s(o, &["spec", "holderIdentity"])), age_cell(o)],
+    columns: &[
+        NAME_COLUMN,
+        col(
+            "Holder",
+            "string",
+            0,
+            "holderIdentity contains the identity of the holder of a current lease.",
+        ),
+        AGE_COLUMN,
+    ],
+    cells: |o| {
+        vec![
+            name_cell(o),
+            cell(s(o, &["spec", "holderIdentity"])),
+            age_cell(o),
+        ]
+    },
     field: no_fields,
     selectable_fields: &[],
     schema: schema_of::<coordv1::Lease>,
@@ -35,11 +50,23 @@ fn validate_lease(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
     if let Some(d) = fields::i64_at(o, &["spec", "leaseDurationSeconds"])
         && d <= 0
     {
-        errs.push(FieldError::invalid("spec.leaseDurationSeconds", &json!(d), "must be greater than 0"));
+        errs.push(FieldError::invalid(
+            "spec.leaseDurationSeconds",
+            &json!(d),
+            "must be greater than 0",
+        ));
     }
-    nonnegative(&mut errs, o, &["spec", "leaseTransitions"], "spec.leaseTransitions");
+    nonnegative(
+        &mut errs,
+        o,
+        &["spec", "leaseTransitions"],
+        "spec.leaseTransitions",
+    );
     if present(o, &["spec", "preferredHolder"]) && !present(o, &["spec", "strategy"]) {
-        errs.push(FieldError::forbidden("spec.preferredHolder", "may only be specified if `strategy` is defined"));
+        errs.push(FieldError::forbidden(
+            "spec.preferredHolder",
+            "may only be specified if `strategy` is defined",
+        ));
     }
     errs
 }

@@ -38,8 +38,18 @@ pub const PODS: ResourceDef = ResourceDef {
     validate: validate_pod,
     columns: &[
         NAME_COLUMN,
-        col("Ready", "string", 0, "The aggregate readiness state of this pod for accepting traffic."),
-        col("Status", "string", 0, "The aggregate status of the containers in this pod."),
+        col(
+            "Ready",
+            "string",
+            0,
+            "The aggregate readiness state of this pod for accepting traffic.",
+        ),
+        col(
+            "Status",
+            "string",
+            0,
+            "The aggregate status of the containers in this pod.",
+        ),
         col(
             "Restarts",
             "string",
@@ -47,10 +57,30 @@ pub const PODS: ResourceDef = ResourceDef {
             "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
         ),
         AGE_COLUMN,
-        col("IP", "string", 1, "podIP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated."),
-        col("Node", "string", 1, "NodeName indicates in which node this pod is scheduled."),
-        col("Nominated Node", "string", 1, "nominatedNodeName is set only when this pod preempts other pods on the node."),
-        col("Readiness Gates", "string", 1, "If specified, all readiness gates will be evaluated for pod readiness."),
+        col(
+            "IP",
+            "string",
+            1,
+            "podIP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated.",
+        ),
+        col(
+            "Node",
+            "string",
+            1,
+            "NodeName indicates in which node this pod is scheduled.",
+        ),
+        col(
+            "Nominated Node",
+            "string",
+            1,
+            "nominatedNodeName is set only when this pod preempts other pods on the node.",
+        ),
+        col(
+            "Readiness Gates",
+            "string",
+            1,
+            "If specified, all readiness gates will be evaluated for pod readiness.",
+        ),
     ],
     cells: pod_cells,
     field: pod_field,
@@ -77,7 +107,11 @@ fn validate_pod(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
 }
 
 fn none_if_empty(v: &str) -> String {
-    if v.is_empty() { "<none>".to_string() } else { v.to_string() }
+    if v.is_empty() {
+        "<none>".to_string()
+    } else {
+        v.to_string()
+    }
 }
 
 /// The latest `lastState.terminated.finishedAt` over the pod's container statuses.
@@ -99,7 +133,10 @@ fn pod_cells(o: &Value) -> Vec<Value> {
         let secs = (jiff::Timestamp::now().as_second() - t.as_second()).max(0);
         restarts_s = format!("{restarts} ({} ago)", fields::human_duration(secs));
     }
-    let ip = arr(o, &["status", "podIPs"]).first().map(|p| s(p, &["ip"])).unwrap_or("");
+    let ip = arr(o, &["status", "podIPs"])
+        .first()
+        .map(|p| s(p, &["ip"]))
+        .unwrap_or("");
     vec![
         name_cell(o),
         cell(ready),
@@ -156,12 +193,42 @@ pub const NODES: ResourceDef = ResourceDef {
         col("Status", "string", 0, "The status of the node"),
         col("Roles", "string", 0, "The roles of the node"),
         AGE_COLUMN,
-        col("Version", "string", 0, "Kubelet Version reported by the node."),
-        col("Internal-IP", "string", 1, "List of addresses reachable to the node."),
-        col("External-IP", "string", 1, "List of addresses reachable to the node."),
-        col("OS-Image", "string", 1, "OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 7 (wheezy))."),
-        col("Kernel-Version", "string", 1, "Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64)."),
-        col("Container-Runtime", "string", 1, "ContainerRuntime Version reported by the node through runtime remote API (e.g. containerd://1.4.2)."),
+        col(
+            "Version",
+            "string",
+            0,
+            "Kubelet Version reported by the node.",
+        ),
+        col(
+            "Internal-IP",
+            "string",
+            1,
+            "List of addresses reachable to the node.",
+        ),
+        col(
+            "External-IP",
+            "string",
+            1,
+            "List of addresses reachable to the node.",
+        ),
+        col(
+            "OS-Image",
+            "string",
+            1,
+            "OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 7 (wheezy)).",
+        ),
+        col(
+            "Kernel-Version",
+            "string",
+            1,
+            "Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64).",
+        ),
+        col(
+            "Container-Runtime",
+            "string",
+            1,
+            "ContainerRuntime Version reported by the node through runtime remote API (e.g. containerd://1.4.2).",
+        ),
     ],
     cells: node_cells,
     field: |o, f| match f {
@@ -229,8 +296,15 @@ fn node_address(o: &Value, ty: &str) -> String {
 /// The node's STATUS cell (`Ready`, `NotReady`, `Unknown`, `,SchedulingDisabled`).
 pub(crate) fn node_status(o: &Value) -> String {
     let mut status = Vec::new();
-    if let Some(c) = arr(o, &["status", "conditions"]).iter().find(|c| s(c, &["type"]) == "Ready") {
-        status.push(if s(c, &["status"]) == "True" { "Ready" } else { "NotReady" });
+    if let Some(c) = arr(o, &["status", "conditions"])
+        .iter()
+        .find(|c| s(c, &["type"]) == "Ready")
+    {
+        status.push(if s(c, &["status"]) == "True" {
+            "Ready"
+        } else {
+            "NotReady"
+        });
     }
     if status.is_empty() {
         status.push("Unknown");
@@ -254,11 +328,19 @@ fn node_roles(o: &Value) -> String {
             }
         }
     }
-    if roles.is_empty() { "<none>".to_string() } else { roles.into_iter().collect::<Vec<_>>().join(",") }
+    if roles.is_empty() {
+        "<none>".to_string()
+    } else {
+        roles.into_iter().collect::<Vec<_>>().join(",")
+    }
 }
 
 fn unknown_if_empty(v: &str) -> String {
-    if v.is_empty() { "<unknown>".to_string() } else { v.to_string() }
+    if v.is_empty() {
+        "<unknown>".to_string()
+    } else {
+        v.to_string()
+    }
 }
 
 fn node_cells(o: &Value) -> Vec<Value> {
@@ -271,8 +353,14 @@ fn node_cells(o: &Value) -> Vec<Value> {
         cell(node_address(o, "InternalIP")),
         cell(node_address(o, "ExternalIP")),
         cell(unknown_if_empty(s(o, &["status", "nodeInfo", "osImage"]))),
-        cell(unknown_if_empty(s(o, &["status", "nodeInfo", "kernelVersion"]))),
-        cell(unknown_if_empty(s(o, &["status", "nodeInfo", "containerRuntimeVersion"]))),
+        cell(unknown_if_empty(s(
+            o,
+            &["status", "nodeInfo", "kernelVersion"],
+        ))),
+        cell(unknown_if_empty(s(
+            o,
+            &["status", "nodeInfo", "containerRuntimeVersion"],
+        ))),
     ]
 }
 
@@ -298,12 +386,37 @@ pub const SERVICES: ResourceDef = ResourceDef {
     validate: validate_service,
     columns: &[
         NAME_COLUMN,
-        col("Type", "string", 0, "type determines how the Service is exposed. Defaults to ClusterIP."),
-        col("Cluster-IP", "string", 0, "clusterIP is the IP address of the service and is usually assigned randomly."),
-        col("External-IP", "string", 0, "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service."),
-        col("Port(s)", "string", 0, "The list of ports that are exposed by this service."),
+        col(
+            "Type",
+            "string",
+            0,
+            "type determines how the Service is exposed. Defaults to ClusterIP.",
+        ),
+        col(
+            "Cluster-IP",
+            "string",
+            0,
+            "clusterIP is the IP address of the service and is usually assigned randomly.",
+        ),
+        col(
+            "External-IP",
+            "string",
+            0,
+            "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service.",
+        ),
+        col(
+            "Port(s)",
+            "string",
+            0,
+            "The list of ports that are exposed by this service.",
+        ),
         AGE_COLUMN,
-        col("Selector", "string", 1, "Route service traffic to pods with label keys and values matching this selector."),
+        col(
+            "Selector",
+            "string",
+            1,
+            "Route service traffic to pods with label keys and values matching this selector.",
+        ),
     ],
     cells: service_cells,
     field: |o, f| match f {
@@ -317,26 +430,52 @@ pub const SERVICES: ResourceDef = ResourceDef {
 
 fn service_defaults(o: &mut Value) {
     let spec = fields::ensure_object(o, &["spec"]);
-    let affinity = spec.get("sessionAffinity").and_then(Value::as_str).unwrap_or("").to_string();
+    let affinity = spec
+        .get("sessionAffinity")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if affinity.is_empty() {
         spec.insert("sessionAffinity".into(), json!("None"));
     }
-    let affinity = spec.get("sessionAffinity").and_then(Value::as_str).unwrap_or("None").to_string();
+    let affinity = spec
+        .get("sessionAffinity")
+        .and_then(Value::as_str)
+        .unwrap_or("None")
+        .to_string();
     if affinity == "None" {
         spec.remove("sessionAffinityConfig");
     } else if affinity == "ClientIP"
-        && spec.get("sessionAffinityConfig").and_then(|c| c.get("clientIP")).and_then(|c| c.get("timeoutSeconds")).is_none_or(Value::is_null)
+        && spec
+            .get("sessionAffinityConfig")
+            .and_then(|c| c.get("clientIP"))
+            .and_then(|c| c.get("timeoutSeconds"))
+            .is_none_or(Value::is_null)
     {
-        spec.insert("sessionAffinityConfig".into(), json!({"clientIP": {"timeoutSeconds": 10800}}));
+        spec.insert(
+            "sessionAffinityConfig".into(),
+            json!({"clientIP": {"timeoutSeconds": 10800}}),
+        );
     }
-    if spec.get("type").and_then(Value::as_str).is_none_or(str::is_empty) {
+    if spec
+        .get("type")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
         spec.insert("type".into(), json!("ClusterIP"));
     }
-    let ty = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
+    let ty = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
     if let Some(Value::Array(ports)) = spec.get_mut("ports") {
         for p in ports.iter_mut() {
             if let Value::Object(p) = p {
-                if p.get("protocol").and_then(Value::as_str).is_none_or(str::is_empty) {
+                if p.get("protocol")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
                     p.insert("protocol".into(), json!("TCP"));
                 }
                 let tp = p.get("targetPort");
@@ -347,44 +486,84 @@ fn service_defaults(o: &mut Value) {
             }
         }
     }
-    let has_external_ips = spec.get("externalIPs").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+    let has_external_ips = spec
+        .get("externalIPs")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty());
     let externally_accessible =
         ty == "LoadBalancer" || ty == "NodePort" || (ty == "ClusterIP" && has_external_ips);
-    if externally_accessible && spec.get("externalTrafficPolicy").and_then(Value::as_str).is_none_or(str::is_empty) {
+    if externally_accessible
+        && spec
+            .get("externalTrafficPolicy")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+    {
         spec.insert("externalTrafficPolicy".into(), json!("Cluster"));
     }
-    if matches!(ty.as_str(), "NodePort" | "LoadBalancer" | "ClusterIP") {
-        if spec.get("internalTrafficPolicy").is_none_or(Value::is_null) {
-            spec.insert("internalTrafficPolicy".into(), json!("Cluster"));
-        }
+    if matches!(ty.as_str(), "NodePort" | "LoadBalancer" | "ClusterIP")
+        && spec.get("internalTrafficPolicy").is_none_or(Value::is_null)
+    {
+        spec.insert("internalTrafficPolicy".into(), json!("Cluster"));
     }
-    if ty == "LoadBalancer" && spec.get("allocateLoadBalancerNodePorts").is_none_or(Value::is_null) {
+    if ty == "LoadBalancer"
+        && spec
+            .get("allocateLoadBalancerNodePorts")
+            .is_none_or(Value::is_null)
+    {
         spec.insert("allocateLoadBalancerNodePorts".into(), json!(true));
     }
     // clusterIP / clusterIPs are kept in sync (the service REST layer's normalization).
-    let cip = spec.get("clusterIP").and_then(Value::as_str).unwrap_or("").to_string();
-    let cips_empty = spec.get("clusterIPs").and_then(Value::as_array).is_none_or(Vec::is_empty);
+    let cip = spec
+        .get("clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let cips_empty = spec
+        .get("clusterIPs")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty);
     if !cip.is_empty() && cips_empty {
         spec.insert("clusterIPs".into(), json!([cip]));
     } else if cip.is_empty()
-        && let Some(first) = spec.get("clusterIPs").and_then(Value::as_array).and_then(|a| a.first()).cloned()
+        && let Some(first) = spec
+            .get("clusterIPs")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .cloned()
     {
         spec.insert("clusterIP".into(), first);
     }
     // IP family defaults (the service REST layer's initIPFamilyFields on a single-stack IPv4
     // cluster).
     if ty != "ExternalName" {
-        let cip = spec.get("clusterIP").and_then(Value::as_str).unwrap_or("").to_string();
-        let has_selector = spec.get("selector").and_then(Value::as_object).is_some_and(|m| !m.is_empty());
+        let cip = spec
+            .get("clusterIP")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let has_selector = spec
+            .get("selector")
+            .and_then(Value::as_object)
+            .is_some_and(|m| !m.is_empty());
         let headless_no_selector = cip == "None" && !has_selector;
         if spec.get("ipFamilyPolicy").is_none_or(Value::is_null) {
-            let policy = if headless_no_selector { "RequireDualStack" } else { "SingleStack" };
+            let policy = if headless_no_selector {
+                "RequireDualStack"
+            } else {
+                "SingleStack"
+            };
             spec.insert("ipFamilyPolicy".into(), json!(policy));
         }
-        if spec.get("ipFamilies").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+        if spec
+            .get("ipFamilies")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+        {
             let fam = if cip.contains(':') { "IPv6" } else { "IPv4" };
             let mut fams = vec![json!(fam)];
-            if headless_no_selector && spec.get("ipFamilyPolicy").and_then(Value::as_str) != Some("SingleStack") {
+            if headless_no_selector
+                && spec.get("ipFamilyPolicy").and_then(Value::as_str) != Some("SingleStack")
+            {
                 fams.push(json!(if fam == "IPv4" { "IPv6" } else { "IPv4" }));
             }
             spec.insert("ipFamilies".into(), Value::Array(fams));
@@ -410,13 +589,22 @@ fn validate_service(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
         if en.is_empty() {
             errs.push(FieldError::required("spec.externalName", ""));
         } else {
-            push_invalid_all(&mut errs, "spec.externalName", &json!(en), dns1123_subdomain_errors(en.trim_end_matches('.')));
+            push_invalid_all(
+                &mut errs,
+                "spec.externalName",
+                &json!(en),
+                dns1123_subdomain_errors(en.trim_end_matches('.')),
+            );
         }
     }
     match s(o, &["spec", "sessionAffinity"]) {
         "None" | "ClientIP" => {}
         "" => errs.push(FieldError::required("spec.sessionAffinity", "")),
-        other => errs.push(FieldError::not_supported("spec.sessionAffinity", &json!(other), &["ClientIP", "None"])),
+        other => errs.push(FieldError::not_supported(
+            "spec.sessionAffinity",
+            &json!(other),
+            &["ClientIP", "None"],
+        )),
     }
     let ports = arr(o, &["spec", "ports"]);
     let headless = cip == "None";
@@ -434,29 +622,56 @@ fn validate_service(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
                 errs.push(FieldError::required(format!("{pp}.name"), ""));
             }
         } else {
-            push_invalid_all(&mut errs, &format!("{pp}.name"), &json!(name), dns1123_label_errors(name));
+            push_invalid_all(
+                &mut errs,
+                &format!("{pp}.name"),
+                &json!(name),
+                dns1123_label_errors(name),
+            );
             if !names.insert(name.to_string()) {
                 errs.push(FieldError::duplicate(format!("{pp}.name"), &json!(name)));
             }
         }
         let port = int(p, &["port"]);
-        push_invalid_all(&mut errs, &format!("{pp}.port"), &json!(port), port_num_errors(port));
+        push_invalid_all(
+            &mut errs,
+            &format!("{pp}.port"),
+            &json!(port),
+            port_num_errors(port),
+        );
         let proto = s(p, &["protocol"]);
         match proto {
             "TCP" | "UDP" | "SCTP" => {}
             "" => errs.push(FieldError::required(format!("{pp}.protocol"), "")),
-            other => errs.push(FieldError::not_supported(format!("{pp}.protocol"), &json!(other), &["SCTP", "TCP", "UDP"])),
+            other => errs.push(FieldError::not_supported(
+                format!("{pp}.protocol"),
+                &json!(other),
+                &["SCTP", "TCP", "UDP"],
+            )),
         }
         if !port_protos.insert((port, proto.to_string())) {
-            errs.push(FieldError::duplicate(pp.clone(), &json!({"port": port, "protocol": proto})));
+            errs.push(FieldError::duplicate(
+                pp.clone(),
+                &json!({"port": port, "protocol": proto}),
+            ));
         }
         match p.get("targetPort") {
             Some(Value::Number(n)) => {
                 let n = n.as_i64().unwrap_or(0);
-                push_invalid_all(&mut errs, &format!("{pp}.targetPort"), &json!(n), port_num_errors(n));
+                push_invalid_all(
+                    &mut errs,
+                    &format!("{pp}.targetPort"),
+                    &json!(n),
+                    port_num_errors(n),
+                );
             }
             Some(Value::String(t)) => {
-                push_invalid_all(&mut errs, &format!("{pp}.targetPort"), &json!(t), port_name_errors(t));
+                push_invalid_all(
+                    &mut errs,
+                    &format!("{pp}.targetPort"),
+                    &json!(t),
+                    port_name_errors(t),
+                );
             }
             _ => {}
         }
@@ -468,14 +683,23 @@ fn validate_service(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
                     &format!("may not be used when `type` is '{ty}'"),
                 ));
             } else {
-                push_invalid_all(&mut errs, &format!("{pp}.nodePort"), &json!(node_port), port_num_errors(node_port));
+                push_invalid_all(
+                    &mut errs,
+                    &format!("{pp}.nodePort"),
+                    &json!(node_port),
+                    port_num_errors(node_port),
+                );
             }
         }
     }
     if let Some(ports_sel) = obj(o, &["spec", "selector"]) {
         for (k, v) in ports_sel {
             if v.as_str().is_none() {
-                errs.push(FieldError::invalid(format!("spec.selector[{k}]"), v, "must be a string"));
+                errs.push(FieldError::invalid(
+                    format!("spec.selector[{k}]"),
+                    v,
+                    "must be a string",
+                ));
             }
         }
     }
@@ -494,7 +718,10 @@ fn validate_service(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
                         ));
                     }
                 }
-            } else if !new_ips.is_empty() && !old_ips.is_empty() && new_ips.first() != old_ips.first() {
+            } else if !new_ips.is_empty()
+                && !old_ips.is_empty()
+                && new_ips.first() != old_ips.first()
+            {
                 errs.push(invalid_raw(
                     "spec.clusterIPs[0]",
                     &go_string_slice(fields::at(o, &["spec", "clusterIPs"])),
@@ -514,17 +741,28 @@ pub(crate) fn service_ports(o: &Value) -> String {
             let port = int(p, &["port"]);
             let proto = s(p, &["protocol"]);
             let np = int(p, &["nodePort"]);
-            if np > 0 { format!("{port}:{np}/{proto}") } else { format!("{port}/{proto}") }
+            if np > 0 {
+                format!("{port}:{np}/{proto}")
+            } else {
+                format!("{port}/{proto}")
+            }
         })
         .collect::<Vec<_>>()
         .join(",")
 }
 
 fn service_external_ip(o: &Value) -> String {
-    let ext: Vec<&str> = arr(o, &["spec", "externalIPs"]).iter().filter_map(Value::as_str).collect();
+    let ext: Vec<&str> = arr(o, &["spec", "externalIPs"])
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     match s(o, &["spec", "type"]) {
         "ClusterIP" | "NodePort" => {
-            if ext.is_empty() { "<none>".to_string() } else { ext.join(",") }
+            if ext.is_empty() {
+                "<none>".to_string()
+            } else {
+                ext.join(",")
+            }
         }
         "LoadBalancer" => {
             let mut lb: Vec<String> = arr(o, &["status", "loadBalancer", "ingress"])
@@ -547,7 +785,11 @@ fn service_external_ip(o: &Value) -> String {
                 lb.extend(ext.iter().map(|e| e.to_string()));
                 return lb.join(",");
             }
-            if lb.is_empty() { "<pending>".to_string() } else { lb.join(",") }
+            if lb.is_empty() {
+                "<pending>".to_string()
+            } else {
+                lb.join(",")
+            }
         }
         "ExternalName" => s(o, &["spec", "externalName"]).to_string(),
         _ => "<unknown>".to_string(),
@@ -566,7 +808,11 @@ fn service_cells(o: &Value) -> Vec<Value> {
         cell(s(o, &["spec", "type"])),
         cell(cluster_ip),
         cell(service_external_ip(o)),
-        cell(if ports.is_empty() { "<none>".to_string() } else { ports }),
+        cell(if ports.is_empty() {
+            "<none>".to_string()
+        } else {
+            ports
+        }),
         age_cell(o),
         cell(format_labels(obj(o, &["spec", "selector"]))),
     ]
@@ -604,7 +850,12 @@ pub const ENDPOINTS: ResourceDef = ResourceDef {
     validate: validate_endpoints,
     columns: &[
         NAME_COLUMN,
-        col("Endpoints", "string", 0, "The set of all endpoints is the union of all subsets."),
+        col(
+            "Endpoints",
+            "string",
+            0,
+            "The set of all endpoints is the union of all subsets.",
+        ),
         AGE_COLUMN,
     ],
     cells: |o| vec![name_cell(o), cell(format_endpoints(o)), age_cell(o)],
@@ -638,14 +889,28 @@ fn validate_endpoints(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
                     errs.push(FieldError::required(format!("{pp}.name"), ""));
                 }
             } else {
-                push_invalid_all(&mut errs, &format!("{pp}.name"), &json!(name), dns1123_label_errors(name));
+                push_invalid_all(
+                    &mut errs,
+                    &format!("{pp}.name"),
+                    &json!(name),
+                    dns1123_label_errors(name),
+                );
             }
             let port = int(p, &["port"]);
-            push_invalid_all(&mut errs, &format!("{pp}.port"), &json!(port), port_num_errors(port));
+            push_invalid_all(
+                &mut errs,
+                &format!("{pp}.port"),
+                &json!(port),
+                port_num_errors(port),
+            );
             match s(p, &["protocol"]) {
                 "TCP" | "UDP" | "SCTP" => {}
                 "" => errs.push(FieldError::required(format!("{pp}.protocol"), "")),
-                other => errs.push(FieldError::not_supported(format!("{pp}.protocol"), &json!(other), &["SCTP", "TCP", "UDP"])),
+                other => errs.push(FieldError::not_supported(
+                    format!("{pp}.protocol"),
+                    &json!(other),
+                    &["SCTP", "TCP", "UDP"],
+                )),
             }
         }
     }
@@ -685,12 +950,20 @@ pub(crate) fn format_endpoints(o: &Value) -> String {
                 }
                 let ip = s(a, &["ip"]);
                 let port = int(p, &["port"]);
-                list.push(if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") });
+                list.push(if ip.contains(':') {
+                    format!("[{ip}]:{port}")
+                } else {
+                    format!("{ip}:{port}")
+                });
             }
         }
     }
     let ret = list.join(",");
-    if more { format!("{ret} + {} more...", count - max) } else { ret }
+    if more {
+        format!("{ret} + {} more...", count - max)
+    } else {
+        ret
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -715,10 +988,21 @@ pub const SERVICEACCOUNTS: ResourceDef = ResourceDef {
     validate: no_validation,
     columns: &[
         NAME_COLUMN,
-        col("Secrets", "string", 0, "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use."),
+        col(
+            "Secrets",
+            "string",
+            0,
+            "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use.",
+        ),
         AGE_COLUMN,
     ],
-    cells: |o| vec![name_cell(o), Value::from(arr(o, &["secrets"]).len()), age_cell(o)],
+    cells: |o| {
+        vec![
+            name_cell(o),
+            Value::from(arr(o, &["secrets"]).len()),
+            age_cell(o),
+        ]
+    },
     field: no_fields,
     selectable_fields: &[],
     schema: schema_of::<corev1::ServiceAccount>,
@@ -744,7 +1028,9 @@ pub const SECRETS: ResourceDef = ResourceDef {
     normalize: normalize_as::<corev1::Secret>,
     defaults: |o| {
         if let Value::Object(m) = o
-            && m.get("type").and_then(Value::as_str).is_none_or(str::is_empty)
+            && m.get("type")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
         {
             m.insert("type".into(), json!("Opaque"));
         }
@@ -752,13 +1038,23 @@ pub const SECRETS: ResourceDef = ResourceDef {
     validate: validate_secret,
     columns: &[
         NAME_COLUMN,
-        col("Type", "string", 0, "Used to facilitate programmatic handling of secret data."),
+        col(
+            "Type",
+            "string",
+            0,
+            "Used to facilitate programmatic handling of secret data.",
+        ),
         col("Data", "string", 0, "Data contains the secret data."),
         AGE_COLUMN,
     ],
     cells: |o| {
         let n = obj(o, &["data"]).map(|m| m.len()).unwrap_or(0);
-        vec![name_cell(o), cell(s(o, &["type"])), Value::from(n), age_cell(o)]
+        vec![
+            name_cell(o),
+            cell(s(o, &["type"])),
+            Value::from(n),
+            age_cell(o),
+        ]
     },
     field: |o, f| match f {
         "type" => Some(s(o, &["type"]).to_string()),
@@ -774,7 +1070,11 @@ pub(crate) fn config_key_errors(k: &str) -> Vec<String> {
     if k.len() > 253 {
         errs.push(max_len_error(253));
     }
-    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+    if k.is_empty()
+        || !k
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
         errs.push("a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')".to_string());
     }
     if k == "." {
@@ -791,57 +1091,60 @@ fn validate_secret(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let mut errs = Vec::new();
     if let Some(data) = obj(o, &["data"]) {
         for k in data.keys() {
-            push_invalid_all(&mut errs, &format!("data[{k}]"), &json!(k), config_key_errors(k));
+            push_invalid_all(
+                &mut errs,
+                &format!("data[{k}]"),
+                &json!(k),
+                config_key_errors(k),
+            );
         }
     }
     let has = |k: &str| obj(o, &["data"]).is_some_and(|d| d.contains_key(k));
-    match s(o, &["type"]) {
-        "kubernetes.io/service-account-token" => {
-            if s(o, &["metadata", "annotations", "kubernetes.io/service-account.name"]).is_empty() {
-                errs.push(FieldError::required("metadata.annotations[kubernetes.io/service-account.name]", ""));
-            }
+    let ty = s(o, &["type"]);
+    let sa_name = &[
+        "metadata",
+        "annotations",
+        "kubernetes.io/service-account.name",
+    ];
+    let required: &[(&str, &str)] = match ty {
+        "kubernetes.io/service-account-token" if s(o, sa_name).is_empty() => &[(
+            "metadata.annotations[kubernetes.io/service-account.name]",
+            "",
+        )],
+        "kubernetes.io/dockercfg" if !has(".dockercfg") => &[("data[.dockercfg]", "")],
+        "kubernetes.io/dockerconfigjson" if !has(".dockerconfigjson") => {
+            &[("data[.dockerconfigjson]", "")]
         }
-        "kubernetes.io/dockercfg" => {
-            if !has(".dockercfg") {
-                errs.push(FieldError::required("data[.dockercfg]", ""));
-            }
-        }
-        "kubernetes.io/dockerconfigjson" => {
-            if !has(".dockerconfigjson") {
-                errs.push(FieldError::required("data[.dockerconfigjson]", ""));
-            }
-        }
-        "kubernetes.io/basic-auth" => {
-            if !has("username") && !has("password") {
-                errs.push(FieldError::required(
-                    "data[username]",
-                    "must specify at least one of username or password",
-                ));
-            }
-        }
-        "kubernetes.io/ssh-auth" => {
-            if !has("ssh-privatekey") {
-                errs.push(FieldError::required("data[ssh-privatekey]", ""));
-            }
-        }
-        "kubernetes.io/tls" => {
-            if !has("tls.crt") {
-                errs.push(FieldError::required("data[tls.crt]", ""));
-            }
-            if !has("tls.key") {
-                errs.push(FieldError::required("data[tls.key]", ""));
-            }
-        }
-        _ => {}
+        "kubernetes.io/basic-auth" if !has("username") && !has("password") => &[(
+            "data[username]",
+            "must specify at least one of username or password",
+        )],
+        "kubernetes.io/ssh-auth" if !has("ssh-privatekey") => &[("data[ssh-privatekey]", "")],
+        "kubernetes.io/tls" => match (has("tls.crt"), has("tls.key")) {
+            (false, false) => &[("data[tls.crt]", ""), ("data[tls.key]", "")],
+            (false, true) => &[("data[tls.crt]", "")],
+            (true, false) => &[("data[tls.key]", "")],
+            (true, true) => &[],
+        },
+        _ => &[],
+    };
+    for (f, d) in required {
+        errs.push(FieldError::required(*f, d));
     }
     if let Some(old) = old {
         immutable(&mut errs, "type", o.get("type"), old.get("type"));
         if boolean(old, &["immutable"]) {
             if !boolean(o, &["immutable"]) {
-                errs.push(FieldError::forbidden("immutable", "field is immutable when `immutable` is set"));
+                errs.push(FieldError::forbidden(
+                    "immutable",
+                    "field is immutable when `immutable` is set",
+                ));
             }
             if o.get("data") != old.get("data") {
-                errs.push(FieldError::forbidden("data", "field is immutable when `immutable` is set"));
+                errs.push(FieldError::forbidden(
+                    "data",
+                    "field is immutable when `immutable` is set",
+                ));
             }
         }
     }
@@ -878,16 +1181,64 @@ pub const EVENTS: ResourceDef = ResourceDef {
 
 /// The event table columns (shared with events.k8s.io).
 pub(crate) const EVENT_COLUMNS: &[Column] = &[
-    col("Last Seen", "string", 0, "The time at which the most recent occurrence of this event was recorded."),
-    col("Type", "string", 0, "Type of this event (Normal, Warning), new types could be added in the future"),
-    col("Reason", "string", 0, "This should be a short, machine understandable string that gives the reason for the transition into the object's current status."),
-    col("Object", "string", 0, "The object that this event is about."),
-    col("Subobject", "string", 1, "If referring to a piece of an object instead of an entire object, this string should contain a valid JSON/Go field access statement."),
-    col("Source", "string", 1, "The component reporting this event. Should be a short machine understandable string."),
-    col("Message", "string", 0, "A human-readable description of the status of this operation."),
-    col("First Seen", "string", 1, "The time at which the event was first recorded. (Time of server receipt is in TypeMeta.)"),
-    col("Count", "string", 1, "The number of times this event has occurred."),
-    Column { priority: 1, ..NAME_COLUMN },
+    col(
+        "Last Seen",
+        "string",
+        0,
+        "The time at which the most recent occurrence of this event was recorded.",
+    ),
+    col(
+        "Type",
+        "string",
+        0,
+        "Type of this event (Normal, Warning), new types could be added in the future",
+    ),
+    col(
+        "Reason",
+        "string",
+        0,
+        "This should be a short, machine understandable string that gives the reason for the transition into the object's current status.",
+    ),
+    col(
+        "Object",
+        "string",
+        0,
+        "The object that this event is about.",
+    ),
+    col(
+        "Subobject",
+        "string",
+        1,
+        "If referring to a piece of an object instead of an entire object, this string should contain a valid JSON/Go field access statement.",
+    ),
+    col(
+        "Source",
+        "string",
+        1,
+        "The component reporting this event. Should be a short machine understandable string.",
+    ),
+    col(
+        "Message",
+        "string",
+        0,
+        "A human-readable description of the status of this operation.",
+    ),
+    col(
+        "First Seen",
+        "string",
+        1,
+        "The time at which the event was first recorded. (Time of server receipt is in TypeMeta.)",
+    ),
+    col(
+        "Count",
+        "string",
+        1,
+        "The number of times this event has occurred.",
+    ),
+    Column {
+        priority: 1,
+        ..NAME_COLUMN
+    },
 ];
 
 /// Field selectors of core/v1 events.
@@ -910,20 +1261,31 @@ fn validate_core_event(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
     let ns = fields::namespace(o);
     let ino = s(o, &["involvedObject", "namespace"]);
     if !ns.is_empty() && !ino.is_empty() && ns != ino {
-        errs.push(FieldError::invalid("involvedObject.namespace", &json!(ino), "does not match event.namespace"));
+        errs.push(FieldError::invalid(
+            "involvedObject.namespace",
+            &json!(ino),
+            "does not match event.namespace",
+        ));
     }
     let ty = s(o, &["type"]);
-    if !s(o, &["reportingComponent"]).is_empty() || present(o, &["eventTime"]) {
-        if ty != "Normal" && ty != "Warning" {
-            errs.push(FieldError::invalid("type", &json!(ty), "has invalid value: expected Normal or Warning"));
-        }
+    if (!s(o, &["reportingComponent"]).is_empty() || present(o, &["eventTime"]))
+        && ty != "Normal"
+        && ty != "Warning"
+    {
+        errs.push(FieldError::invalid(
+            "type",
+            &json!(ty),
+            "has invalid value: expected Normal or Warning",
+        ));
     }
     errs
 }
 
 fn since(ts: &str) -> String {
     match ts.parse::<jiff::Timestamp>() {
-        Ok(t) => fields::human_duration((jiff::Timestamp::now().as_second() - t.as_second()).max(0)),
+        Ok(t) => {
+            fields::human_duration((jiff::Timestamp::now().as_second() - t.as_second()).max(0))
+        }
         Err(_) => "<unknown>".to_string(),
     }
 }
@@ -931,9 +1293,17 @@ fn since(ts: &str) -> String {
 /// The event row from core/v1-shaped fields (`printEvent`).
 pub(crate) fn core_event_cells(o: &Value) -> Vec<Value> {
     let first_ts = s(o, &["firstTimestamp"]);
-    let first = if first_ts.is_empty() { since(s(o, &["eventTime"])) } else { since(first_ts) };
+    let first = if first_ts.is_empty() {
+        since(s(o, &["eventTime"]))
+    } else {
+        since(first_ts)
+    };
     let last_ts = s(o, &["lastTimestamp"]);
-    let mut last = if last_ts.is_empty() { first.clone() } else { since(last_ts) };
+    let mut last = if last_ts.is_empty() {
+        first.clone()
+    } else {
+        since(last_ts)
+    };
     let mut count = int(o, &["count"]);
     if present(o, &["series"]) {
         last = since(s(o, &["series", "lastObservedTime"]));
@@ -943,7 +1313,11 @@ pub(crate) fn core_event_cells(o: &Value) -> Vec<Value> {
     }
     let kind = lower(s(o, &["involvedObject", "kind"]));
     let name = s(o, &["involvedObject", "name"]);
-    let target = if name.is_empty() { kind } else { format!("{kind}/{name}") };
+    let target = if name.is_empty() {
+        kind
+    } else {
+        format!("{kind}/{name}")
+    };
     let component = match s(o, &["source", "component"]) {
         "" => s(o, &["reportingComponent"]),
         c => c,
@@ -952,7 +1326,11 @@ pub(crate) fn core_event_cells(o: &Value) -> Vec<Value> {
         "" => s(o, &["reportingInstance"]),
         h => h,
     };
-    let source = if host.is_empty() { component.to_string() } else { format!("{component}, {host}") };
+    let source = if host.is_empty() {
+        component.to_string()
+    } else {
+        format!("{component}, {host}")
+    };
     vec![
         cell(last),
         cell(s(o, &["type"])),
@@ -1011,7 +1389,12 @@ pub const RESOURCEQUOTAS: ResourceDef = ResourceDef {
     validate: validate_quota,
     columns: &[
         NAME_COLUMN,
-        col("Request", "string", 0, "Request represents a minimum amount of cpu/memory that a container may consume."),
+        col(
+            "Request",
+            "string",
+            0,
+            "Request represents a minimum amount of cpu/memory that a container may consume.",
+        ),
         col(
             "Limit",
             "string",
@@ -1031,16 +1414,30 @@ fn validate_quota(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
     if let Some(hard) = obj(o, &["spec", "hard"]) {
         for (k, v) in hard {
             if v.as_str().is_some_and(|q| q.starts_with('-')) {
-                errs.push(FieldError::invalid(format!("spec.hard[{k}]"), v, "must be greater than or equal to 0"));
+                errs.push(FieldError::invalid(
+                    format!("spec.hard[{k}]"),
+                    v,
+                    "must be greater than or equal to 0",
+                ));
             }
         }
     }
     for (i, sc) in arr(o, &["spec", "scopes"]).iter().enumerate() {
         let v = sc.as_str().unwrap_or("");
-        const SCOPES: &[&str] =
-            &["BestEffort", "CrossNamespacePodAffinity", "NotBestEffort", "NotTerminating", "PriorityClass", "Terminating"];
+        const SCOPES: &[&str] = &[
+            "BestEffort",
+            "CrossNamespacePodAffinity",
+            "NotBestEffort",
+            "NotTerminating",
+            "PriorityClass",
+            "Terminating",
+        ];
         if !SCOPES.contains(&v) {
-            errs.push(FieldError::not_supported(format!("spec.scopes[{i}]"), sc, SCOPES));
+            errs.push(FieldError::not_supported(
+                format!("spec.scopes[{i}]"),
+                sc,
+                SCOPES,
+            ));
         }
     }
     errs
@@ -1054,13 +1451,28 @@ fn quota_cells(o: &Value) -> Vec<Value> {
     let mut req = Vec::new();
     let mut lim = Vec::new();
     for k in keys {
-        let h = hard.and_then(|h| h.get(k)).and_then(Value::as_str).unwrap_or("0");
-        let u = used.and_then(|u| u.get(k)).and_then(Value::as_str).unwrap_or("0");
+        let h = hard
+            .and_then(|h| h.get(k))
+            .and_then(Value::as_str)
+            .unwrap_or("0");
+        let u = used
+            .and_then(|u| u.get(k))
+            .and_then(Value::as_str)
+            .unwrap_or("0");
         let entry = format!("{k}: {u}/{h}");
         let pieces: Vec<&str> = k.split('.').collect();
-        if pieces.len() > 1 && pieces[0] == "limits" { lim.push(entry) } else { req.push(entry) }
+        if pieces.len() > 1 && pieces[0] == "limits" {
+            lim.push(entry)
+        } else {
+            req.push(entry)
+        }
     }
-    vec![name_cell(o), cell(req.join(", ")), cell(lim.join(", ")), age_cell(o)]
+    vec![
+        name_cell(o),
+        cell(req.join(", ")),
+        cell(lim.join(", ")),
+        age_cell(o),
+    ]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1091,13 +1503,20 @@ pub const LIMITRANGES: ResourceDef = ResourceDef {
 };
 
 fn limitrange_defaults(o: &mut Value) {
-    let Some(Value::Array(limits)) = o.get_mut("spec").and_then(|s| s.get_mut("limits")) else { return };
+    let Some(Value::Array(limits)) = o.get_mut("spec").and_then(|s| s.get_mut("limits")) else {
+        return;
+    };
     for item in limits.iter_mut() {
         let Value::Object(m) = item else { continue };
         if m.get("type").and_then(Value::as_str) != Some("Container") {
             continue;
         }
-        let get = |m: &serde_json::Map<String, Value>, k: &str| m.get(k).and_then(Value::as_object).cloned().unwrap_or_default();
+        let get = |m: &serde_json::Map<String, Value>, k: &str| {
+            m.get(k)
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default()
+        };
         let max = get(m, "max");
         let min = get(m, "min");
         let mut default = get(m, "default");

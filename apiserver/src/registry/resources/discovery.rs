@@ -32,13 +32,34 @@ pub const ENDPOINTSLICES: ResourceDef = ResourceDef {
     validate: validate_endpointslice,
     columns: &[
         NAME_COLUMN,
-        col("AddressType", "string", 0, "addressType specifies the type of address carried by this EndpointSlice."),
-        col("Ports", "string", 0, "ports specifies the list of network ports exposed by each endpoint in this slice."),
-        col("Endpoints", "string", 0, "endpoints is a list of unique endpoints in this slice."),
+        col(
+            "AddressType",
+            "string",
+            0,
+            "addressType specifies the type of address carried by this EndpointSlice.",
+        ),
+        col(
+            "Ports",
+            "string",
+            0,
+            "ports specifies the list of network ports exposed by each endpoint in this slice.",
+        ),
+        col(
+            "Endpoints",
+            "string",
+            0,
+            "endpoints is a list of unique endpoints in this slice.",
+        ),
         AGE_COLUMN,
     ],
     cells: |o| {
-        vec![name_cell(o), cell(s(o, &["addressType"])), cell(slice_ports(o)), cell(slice_endpoints(o)), age_cell(o)]
+        vec![
+            name_cell(o),
+            cell(s(o, &["addressType"])),
+            cell(slice_ports(o)),
+            cell(slice_endpoints(o)),
+            age_cell(o),
+        ]
     },
     field: no_fields,
     selectable_fields: &[],
@@ -78,7 +99,11 @@ pub(crate) fn slice_ports(o: &Value) -> String {
 pub(crate) fn slice_endpoints(o: &Value) -> String {
     let all: Vec<String> = arr(o, &["endpoints"])
         .iter()
-        .flat_map(|e| arr(e, &["addresses"]).iter().map(|a| a.as_str().unwrap_or("").to_string()))
+        .flat_map(|e| {
+            arr(e, &["addresses"])
+                .iter()
+                .map(|a| a.as_str().unwrap_or("").to_string())
+        })
         .collect();
     let count = all.len();
     list_with_more(all.into_iter().take(3).collect(), count)
@@ -90,13 +115,20 @@ fn validate_endpointslice(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
     match at {
         "IPv4" | "IPv6" | "FQDN" => {}
         "" => errs.push(FieldError::required("addressType", "")),
-        other => errs.push(FieldError::not_supported("addressType", &json!(other), &["FQDN", "IPv4", "IPv6"])),
+        other => errs.push(FieldError::not_supported(
+            "addressType",
+            &json!(other),
+            &["FQDN", "IPv4", "IPv6"],
+        )),
     }
     for (i, e) in arr(o, &["endpoints"]).iter().enumerate() {
         let addrs = arr(e, &["addresses"]);
         let ap = format!("endpoints[{i}].addresses");
         if addrs.is_empty() {
-            errs.push(FieldError::required(ap.clone(), "must contain at least 1 address"));
+            errs.push(FieldError::required(
+                ap.clone(),
+                "must contain at least 1 address",
+            ));
         }
         for (j, a) in addrs.iter().enumerate() {
             let a = a.as_str().unwrap_or("");
@@ -118,15 +150,29 @@ fn validate_endpointslice(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
     for (i, p) in arr(o, &["ports"]).iter().enumerate() {
         let pp = format!("ports[{i}]");
         if let Some(n) = fields::i64_at(p, &["port"]) {
-            push_invalid_all(&mut errs, &format!("{pp}.port"), &json!(n), port_num_errors(n));
+            push_invalid_all(
+                &mut errs,
+                &format!("{pp}.port"),
+                &json!(n),
+                port_num_errors(n),
+            );
         }
         match s(p, &["protocol"]) {
             "TCP" | "UDP" | "SCTP" => {}
-            other => errs.push(FieldError::not_supported(format!("{pp}.protocol"), &json!(other), &["SCTP", "TCP", "UDP"])),
+            other => errs.push(FieldError::not_supported(
+                format!("{pp}.protocol"),
+                &json!(other),
+                &["SCTP", "TCP", "UDP"],
+            )),
         }
     }
     if let Some(old) = old {
-        immutable(&mut errs, "addressType", o.get("addressType"), old.get("addressType"));
+        immutable(
+            &mut errs,
+            "addressType",
+            o.get("addressType"),
+            old.get("addressType"),
+        );
     }
     errs
 }

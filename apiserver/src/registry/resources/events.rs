@@ -61,7 +61,9 @@ const RENAMES: &[(&str, &str)] = &[
 ];
 
 fn rename(o: &Value, from_v1: bool, api_version: &str) -> Value {
-    let Some(m) = o.as_object() else { return o.clone() };
+    let Some(m) = o.as_object() else {
+        return o.clone();
+    };
     let mut out = Map::new();
     for (k, v) in m {
         let key = RENAMES
@@ -109,7 +111,11 @@ fn validate_event_v1(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
     }
     let ty = s(o, &["type"]);
     if ty != "Normal" && ty != "Warning" {
-        errs.push(FieldError::invalid("type", &json!(""), &format!("has invalid value: {ty}")));
+        errs.push(FieldError::invalid(
+            "type",
+            &json!(""),
+            &format!("has invalid value: {ty}"),
+        ));
     }
     for f in ["deprecatedFirstTimestamp", "deprecatedLastTimestamp"] {
         if present(o, &[f]) {
@@ -117,17 +123,36 @@ fn validate_event_v1(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
         }
     }
     if int(o, &["deprecatedCount"]) != 0 {
-        errs.push(FieldError::invalid("deprecatedCount", &json!(""), "needs to be unset"));
+        errs.push(FieldError::invalid(
+            "deprecatedCount",
+            &json!(""),
+            "needs to be unset",
+        ));
     }
-    if !s(o, &["deprecatedSource", "component"]).is_empty() || !s(o, &["deprecatedSource", "host"]).is_empty() {
-        errs.push(FieldError::invalid("deprecatedSource", &json!(""), "needs to be unset"));
+    if !s(o, &["deprecatedSource", "component"]).is_empty()
+        || !s(o, &["deprecatedSource", "host"]).is_empty()
+    {
+        errs.push(FieldError::invalid(
+            "deprecatedSource",
+            &json!(""),
+            "needs to be unset",
+        ));
     }
     let ns = fields::namespace(o);
     let rns = s(o, &["regarding", "namespace"]);
     if !ns.is_empty() && !rns.is_empty() && ns != rns {
-        errs.push(FieldError::invalid("regarding.namespace", &json!(rns), "does not match event.namespace"));
+        errs.push(FieldError::invalid(
+            "regarding.namespace",
+            &json!(rns),
+            "does not match event.namespace",
+        ));
     }
-    for f in ["reportingController", "reportingInstance", "action", "reason"] {
+    for f in [
+        "reportingController",
+        "reportingInstance",
+        "action",
+        "reason",
+    ] {
         if s(o, &[f]).is_empty() {
             errs.push(FieldError::required(f, ""));
         }
@@ -135,7 +160,11 @@ fn validate_event_v1(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
     if s(o, &["note"]).len() > 1024 {
         let field = "note".to_string();
         let message = "note: Too long: may not be more than 1024 bytes".to_string();
-        errs.push(FieldError { reason: "FieldValueTooLong", field, message });
+        errs.push(FieldError {
+            reason: "FieldValueTooLong",
+            field,
+            message,
+        });
     }
     errs
 }

@@ -10,18 +10,20 @@ mod core;
 mod discovery;
 mod events;
 mod networking;
-mod rbac;
 mod pod;
+mod rbac;
 mod util;
 
 pub use self::apps::{DAEMONSETS, DEPLOYMENTS, REPLICASETS, STATEFULSETS};
 pub use self::batch::JOBS;
 pub use self::coordination::LEASES;
+pub use self::core::{
+    ENDPOINTS, EVENTS, LIMITRANGES, NODES, PODS, RESOURCEQUOTAS, SECRETS, SERVICEACCOUNTS, SERVICES,
+};
 pub use self::discovery::ENDPOINTSLICES;
 pub use self::events::{EVENTS_V1, from_core_event, to_core_event};
 pub use self::networking::NETWORKPOLICIES;
 pub use self::rbac::{CLUSTERROLEBINDINGS, CLUSTERROLES, ROLEBINDINGS, ROLES};
-pub use self::core::{ENDPOINTS, EVENTS, LIMITRANGES, NODES, PODS, RESOURCEQUOTAS, SECRETS, SERVICEACCOUNTS, SERVICES};
 
 /// Every served resource.
 pub static ALL: &[ResourceDef] = &[
@@ -70,18 +72,32 @@ pub const NAMESPACES: ResourceDef = ResourceDef {
     validate: no_validation,
     columns: &[
         NAME_COLUMN,
-        Column { name: "Status", type_: "string", format: "", priority: 0, description: "The status of the namespace" },
+        Column {
+            name: "Status",
+            type_: "string",
+            format: "",
+            priority: 0,
+            description: "The status of the namespace",
+        },
         AGE_COLUMN,
     ],
     cells: |o| {
         vec![
             Value::String(fields::name(o).to_string()),
-            Value::String(fields::str_at(o, &["status", "phase"]).unwrap_or("").to_string()),
+            Value::String(
+                fields::str_at(o, &["status", "phase"])
+                    .unwrap_or("")
+                    .to_string(),
+            ),
             Value::String(fields::age(o)),
         ]
     },
     field: |o, f| match f {
-        "status.phase" => Some(fields::str_at(o, &["status", "phase"]).unwrap_or("").to_string()),
+        "status.phase" => Some(
+            fields::str_at(o, &["status", "phase"])
+                .unwrap_or("")
+                .to_string(),
+        ),
         _ => None,
     },
     selectable_fields: &["status.phase"],
@@ -89,7 +105,12 @@ pub const NAMESPACES: ResourceDef = ResourceDef {
 };
 
 fn namespace_defaults(o: &mut Value) {
-    fields::default_at(o, &["spec"], "finalizers", serde_json::json!(["kubernetes"]));
+    fields::default_at(
+        o,
+        &["spec"],
+        "finalizers",
+        serde_json::json!(["kubernetes"]),
+    );
     fields::default_at(o, &["status"], "phase", Value::String("Active".into()));
     // Kubernetes labels every namespace with its own name.
     let name = fields::name(o).to_string();
@@ -118,13 +139,30 @@ pub const CONFIGMAPS: ResourceDef = ResourceDef {
     validate: no_validation,
     columns: &[
         NAME_COLUMN,
-        Column { name: "Data", type_: "string", format: "", priority: 0, description: "Number of data entries" },
+        Column {
+            name: "Data",
+            type_: "string",
+            format: "",
+            priority: 0,
+            description: "Number of data entries",
+        },
         AGE_COLUMN,
     ],
     cells: |o| {
-        let n = o.get("data").and_then(Value::as_object).map(|m| m.len()).unwrap_or(0)
-            + o.get("binaryData").and_then(Value::as_object).map(|m| m.len()).unwrap_or(0);
-        vec![Value::String(fields::name(o).to_string()), Value::from(n), Value::String(fields::age(o))]
+        let n = o
+            .get("data")
+            .and_then(Value::as_object)
+            .map(|m| m.len())
+            .unwrap_or(0)
+            + o.get("binaryData")
+                .and_then(Value::as_object)
+                .map(|m| m.len())
+                .unwrap_or(0);
+        vec![
+            Value::String(fields::name(o).to_string()),
+            Value::from(n),
+            Value::String(fields::age(o)),
+        ]
     },
     field: no_fields,
     selectable_fields: &[],
@@ -155,7 +193,9 @@ mod tests {
             "Deployment" | "ReplicaSet" | "DaemonSet" => {
                 json!({"spec": {"selector": {"matchLabels": {"app": "x"}}, "template": template}})
             }
-            "StatefulSet" => json!({"spec": {"serviceName": "x", "selector": {"matchLabels": {"app": "x"}}, "template": template}}),
+            "StatefulSet" => {
+                json!({"spec": {"serviceName": "x", "selector": {"matchLabels": {"app": "x"}}, "template": template}})
+            }
             "Job" => {
                 let mut t = template.clone();
                 t["spec"]["restartPolicy"] = json!("Never");
@@ -166,15 +206,23 @@ mod tests {
                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
                 "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "default"}]
             }),
-            "Role" | "ClusterRole" => json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]}),
-            "EndpointSlice" => json!({"addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0.1"]}]}),
-            "Event" if def.group.is_empty() => json!({"involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"}, "reason": "R", "message": "m", "type": "Normal"}),
+            "Role" | "ClusterRole" => {
+                json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]})
+            }
+            "EndpointSlice" => {
+                json!({"addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0.1"]}]})
+            }
+            "Event" if def.group.is_empty() => {
+                json!({"involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"}, "reason": "R", "message": "m", "type": "Normal"})
+            }
             "Event" => json!({
                 "eventTime": "2024-01-01T00:00:00.000000Z", "regarding": {"kind": "Pod", "name": "p"},
                 "reason": "R", "note": "m", "type": "Normal", "action": "A",
                 "reportingController": "c", "reportingInstance": "i"
             }),
-            "LimitRange" => json!({"spec": {"limits": [{"type": "Container", "max": {"cpu": "1"}}]}}),
+            "LimitRange" => {
+                json!({"spec": {"limits": [{"type": "Container", "max": {"cpu": "1"}}]}})
+            }
             _ => json!({}),
         };
         if let (Value::Object(m), Value::Object(e)) = (&mut o, extra) {
@@ -195,10 +243,21 @@ mod tests {
             let o = defaulted(def);
             let cells = (def.cells)(&o);
             assert_eq!(cells.len(), def.columns.len(), "{} cells", def.plural);
-            let n = (def.normalize)(&minimal(def)).unwrap_or_else(|e| panic!("{}: {e}", def.plural));
-            assert!(n.unknown_fields.is_empty(), "{}: {:?}", def.plural, n.unknown_fields);
+            let n =
+                (def.normalize)(&minimal(def)).unwrap_or_else(|e| panic!("{}: {e}", def.plural));
+            assert!(
+                n.unknown_fields.is_empty(),
+                "{}: {:?}",
+                def.plural,
+                n.unknown_fields
+            );
             let n = (def.normalize)(&o).unwrap_or_else(|e| panic!("{} defaulted: {e}", def.plural));
-            assert!(n.unknown_fields.is_empty(), "{} defaulted: {:?}", def.plural, n.unknown_fields);
+            assert!(
+                n.unknown_fields.is_empty(),
+                "{} defaulted: {:?}",
+                def.plural,
+                n.unknown_fields
+            );
             let errs = (def.validate)(&o, None);
             assert!(errs.is_empty(), "{}: {errs:?}", def.plural);
             let errs = (def.validate)(&o, Some(&o));
@@ -207,7 +266,12 @@ mod tests {
                 assert!((def.field)(&o, f).is_some(), "{} field {f}", def.plural);
             }
             assert!((def.field)(&o, "spec.nonexistent").is_none());
-            assert_eq!(def.columns.iter().filter(|c| c.format == "name").count(), 1, "{}", def.plural);
+            assert_eq!(
+                def.columns.iter().filter(|c| c.format == "name").count(),
+                1,
+                "{}",
+                def.plural
+            );
         }
     }
 
@@ -225,12 +289,37 @@ mod tests {
     fn lookup_finds_entries_and_names_are_unique() {
         let mut seen = std::collections::HashSet::new();
         for def in ALL {
-            assert!(seen.insert((def.group, def.plural)), "duplicate {}", def.group_resource());
+            assert!(
+                seen.insert((def.group, def.plural)),
+                "duplicate {}",
+                def.group_resource()
+            );
         }
         assert!(lookup("apps", "v1", "deployments").is_some());
-        assert_eq!(lookup("", "v1", "services").map(|d| d.storage_prefix), Some("services/specs"));
-        assert_eq!(lookup("", "v1", "nodes").map(|d| d.storage_prefix), Some("minions"));
-        let all_cat: Vec<&str> = ALL.iter().filter(|d| d.categories.contains(&"all")).map(|d| d.plural).collect();
-        assert_eq!(all_cat, ["pods", "services", "deployments", "replicasets", "statefulsets", "daemonsets", "jobs"]);
+        assert_eq!(
+            lookup("", "v1", "services").map(|d| d.storage_prefix),
+            Some("services/specs")
+        );
+        assert_eq!(
+            lookup("", "v1", "nodes").map(|d| d.storage_prefix),
+            Some("minions")
+        );
+        let all_cat: Vec<&str> = ALL
+            .iter()
+            .filter(|d| d.categories.contains(&"all"))
+            .map(|d| d.plural)
+            .collect();
+        assert_eq!(
+            all_cat,
+            [
+                "pods",
+                "services",
+                "deployments",
+                "replicasets",
+                "statefulsets",
+                "daemonsets",
+                "jobs"
+            ]
+        );
     }
 }

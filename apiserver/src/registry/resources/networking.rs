@@ -25,11 +25,23 @@ pub const NETWORKPOLICIES: ResourceDef = ResourceDef {
     validate: validate_netpol,
     columns: &[
         NAME_COLUMN,
-        col("Pod-Selector", "string", 0, "Selects the pods to which this NetworkPolicy object applies."),
+        col(
+            "Pod-Selector",
+            "string",
+            0,
+            "Selects the pods to which this NetworkPolicy object applies.",
+        ),
         AGE_COLUMN,
     ],
     cells: |o| {
-        vec![name_cell(o), cell(format_label_selector(fields::at(o, &["spec", "podSelector"]))), age_cell(o)]
+        vec![
+            name_cell(o),
+            cell(format_label_selector(fields::at(
+                o,
+                &["spec", "podSelector"],
+            ))),
+            age_cell(o),
+        ]
     },
     field: no_fields,
     selectable_fields: &[],
@@ -37,7 +49,9 @@ pub const NETWORKPOLICIES: ResourceDef = ResourceDef {
 };
 
 fn default_ports(rules: Option<&mut Value>) {
-    let Some(Value::Array(rules)) = rules else { return };
+    let Some(Value::Array(rules)) = rules else {
+        return;
+    };
     for r in rules.iter_mut() {
         if let Some(Value::Array(ports)) = r.get_mut("ports") {
             for p in ports.iter_mut() {
@@ -69,7 +83,11 @@ fn validate_rules(errs: &mut Vec<FieldError>, o: &Value, key: &str, peers: &str)
             let pp = format!("{rp}.ports[{j}]");
             match s(p, &["protocol"]) {
                 "TCP" | "UDP" | "SCTP" => {}
-                other => errs.push(FieldError::not_supported(format!("{pp}.protocol"), &json!(other), &["SCTP", "TCP", "UDP"])),
+                other => errs.push(FieldError::not_supported(
+                    format!("{pp}.protocol"),
+                    &json!(other),
+                    &["SCTP", "TCP", "UDP"],
+                )),
             }
             match p.get("port") {
                 Some(Value::Number(n)) => {
@@ -78,29 +96,50 @@ fn validate_rules(errs: &mut Vec<FieldError>, o: &Value, key: &str, peers: &str)
                     if let Some(end) = fields::i64_at(p, &["endPort"])
                         && end < n
                     {
-                        errs.push(FieldError::invalid(format!("{pp}.endPort"), &json!(end), "must be greater than or equal to `port`"));
+                        errs.push(FieldError::invalid(
+                            format!("{pp}.endPort"),
+                            &json!(end),
+                            "must be greater than or equal to `port`",
+                        ));
                     }
                 }
                 Some(Value::String(name)) => {
-                    push_invalid_all(errs, &format!("{pp}.port"), &json!(name), port_name_errors(name));
+                    push_invalid_all(
+                        errs,
+                        &format!("{pp}.port"),
+                        &json!(name),
+                        port_name_errors(name),
+                    );
                     if present(p, &["endPort"]) {
-                        errs.push(FieldError::forbidden(format!("{pp}.endPort"), "may not be specified when `port` is non-numeric"));
+                        errs.push(FieldError::forbidden(
+                            format!("{pp}.endPort"),
+                            "may not be specified when `port` is non-numeric",
+                        ));
                     }
                 }
                 _ => {
                     if present(p, &["endPort"]) {
-                        errs.push(FieldError::required(format!("{pp}.port"), "must be specified when `endPort` is specified"));
+                        errs.push(FieldError::required(
+                            format!("{pp}.port"),
+                            "must be specified when `endPort` is specified",
+                        ));
                     }
                 }
             }
         }
         for (j, peer) in arr(r, &[peers]).iter().enumerate() {
             let pp = format!("{rp}.{peers}[{j}]");
-            let n = ["podSelector", "namespaceSelector", "ipBlock"].iter().filter(|k| present(peer, &[k])).count();
+            let n = ["podSelector", "namespaceSelector", "ipBlock"]
+                .iter()
+                .filter(|k| present(peer, &[k]))
+                .count();
             if n == 0 {
                 errs.push(FieldError::required(pp.clone(), "must specify a peer"));
             } else if present(peer, &["ipBlock"]) && n > 1 {
-                errs.push(FieldError::forbidden(pp.clone(), "may not specify both ipBlock and another peer"));
+                errs.push(FieldError::forbidden(
+                    pp.clone(),
+                    "may not specify both ipBlock and another peer",
+                ));
             }
             if present(peer, &["ipBlock"]) && s(peer, &["ipBlock", "cidr"]).is_empty() {
                 errs.push(FieldError::required(format!("{pp}.ipBlock.cidr"), ""));
@@ -120,7 +159,11 @@ fn validate_netpol(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
     for (i, t) in types.iter().enumerate() {
         let v = t.as_str().unwrap_or("");
         if v != "Ingress" && v != "Egress" {
-            errs.push(FieldError::not_supported(format!("spec.policyTypes[{i}]"), t, &["Ingress", "Egress"]));
+            errs.push(FieldError::not_supported(
+                format!("spec.policyTypes[{i}]"),
+                t,
+                &["Ingress", "Egress"],
+            ));
         }
     }
     if types.len() > 2 {

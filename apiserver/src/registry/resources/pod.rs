@@ -71,9 +71,15 @@ fn default_field_ref(m: &mut Map<String, Value>) {
 
 /// `SetDefaults_Container` and the defaults of its nested structs.
 fn default_container(c: &mut Map<String, Value>) {
-    if c.get("imagePullPolicy").is_none_or(|v| v.is_null() || v == "") {
+    if c.get("imagePullPolicy")
+        .is_none_or(|v| v.is_null() || v == "")
+    {
         let image = c.get("image").and_then(Value::as_str).unwrap_or("");
-        let policy = if image_tag(image) == "latest" { "Always" } else { "IfNotPresent" };
+        let policy = if image_tag(image) == "latest" {
+            "Always"
+        } else {
+            "IfNotPresent"
+        };
         c.insert("imagePullPolicy".into(), json!(policy));
     }
     set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
@@ -124,11 +130,16 @@ const VOLUME_SOURCES: &[&str] = &[
 
 /// `SetDefaults_Volume` and the volume sources' defaults.
 fn default_volume(v: &mut Map<String, Value>) {
-    if !VOLUME_SOURCES.iter().any(|k| v.get(*k).is_some_and(|x| !x.is_null())) {
+    if !VOLUME_SOURCES
+        .iter()
+        .any(|k| v.get(*k).is_some_and(|x| !x.is_null()))
+    {
         v.insert("emptyDir".into(), json!({}));
     }
     with_obj(v, "secret", |s| set_default(s, "defaultMode", json!(420)));
-    with_obj(v, "configMap", |s| set_default(s, "defaultMode", json!(420)));
+    with_obj(v, "configMap", |s| {
+        set_default(s, "defaultMode", json!(420))
+    });
     with_obj(v, "downwardAPI", |s| {
         set_default(s, "defaultMode", json!(420));
         each_in(s, "items", default_field_ref);
@@ -137,14 +148,22 @@ fn default_volume(v: &mut Map<String, Value>) {
     with_obj(v, "projected", |s| {
         set_default(s, "defaultMode", json!(420));
         each_in(s, "sources", |src| {
-            with_obj(src, "serviceAccountToken", |t| set_default(t, "expirationSeconds", json!(3600)));
-            with_obj(src, "downwardAPI", |d| each_in(d, "items", default_field_ref));
+            with_obj(src, "serviceAccountToken", |t| {
+                set_default(t, "expirationSeconds", json!(3600))
+            });
+            with_obj(src, "downwardAPI", |d| {
+                each_in(d, "items", default_field_ref)
+            });
         });
     });
-    with_obj(v, "iscsi", |s| set_default(s, "iscsiInterface", json!("default")));
+    with_obj(v, "iscsi", |s| {
+        set_default(s, "iscsiInterface", json!("default"))
+    });
     with_obj(v, "ephemeral", |e| {
         with_obj(e, "volumeClaimTemplate", |t| {
-            with_obj(t, "spec", |s| set_default(s, "volumeMode", json!("Filesystem")));
+            with_obj(t, "spec", |s| {
+                set_default(s, "volumeMode", json!("Filesystem"))
+            });
         });
     });
 }
@@ -164,21 +183,27 @@ pub(crate) fn default_pod_spec(spec: &mut Value, is_pod: bool) {
     each_in(m, "volumes", default_volume);
     if is_pod {
         set_default(m, "enableServiceLinks", json!(true));
-        let host_network = m.get("hostNetwork").and_then(Value::as_bool).unwrap_or(false);
+        let host_network = m
+            .get("hostNetwork")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         for key in ["containers", "initContainers"] {
             each_in(m, key, |c| {
-                if let Some(limits) = c.get("resources").and_then(|r| r.get("limits")).and_then(Value::as_object).cloned()
+                if let Some(limits) = c
+                    .get("resources")
+                    .and_then(|r| r.get("limits"))
+                    .and_then(Value::as_object)
+                    .cloned()
                     && !limits.is_empty()
+                    && let Some(Value::Object(r)) = c.get_mut("resources")
                 {
-                    if let Some(Value::Object(r)) = c.get_mut("resources") {
-                        let req = r.entry("requests").or_insert_with(|| json!({}));
-                        if !req.is_object() {
-                            *req = json!({});
-                        }
-                        if let Value::Object(req) = req {
-                            for (k, v) in limits {
-                                req.entry(k).or_insert(v);
-                            }
+                    let req = r.entry("requests").or_insert_with(|| json!({}));
+                    if !req.is_object() {
+                        *req = json!({});
+                    }
+                    if let Value::Object(req) = req {
+                        for (k, v) in limits {
+                            req.entry(k).or_insert(v);
                         }
                     }
                 }
@@ -212,7 +237,10 @@ pub(crate) fn default_template(o: &mut Value, template_path: &[&str]) {
 
 /// `GetPodQOS` (simplified: requests were defaulted from limits).
 pub(crate) fn qos_class(spec: &Value) -> &'static str {
-    let containers: Vec<&Value> = arr(spec, &["containers"]).iter().chain(arr(spec, &["initContainers"])).collect();
+    let containers: Vec<&Value> = arr(spec, &["containers"])
+        .iter()
+        .chain(arr(spec, &["initContainers"]))
+        .collect();
     let mut any = false;
     let mut guaranteed = !containers.is_empty();
     for c in &containers {
@@ -252,7 +280,9 @@ pub(crate) fn pod_defaults(o: &mut Value) {
     if gated {
         let conds = status.entry("conditions").or_insert_with(|| json!([]));
         if let Value::Array(a) = conds
-            && !a.iter().any(|c| c.get("type").and_then(Value::as_str) == Some("PodScheduled"))
+            && !a
+                .iter()
+                .any(|c| c.get("type").and_then(Value::as_str) == Some("PodScheduled"))
         {
             a.push(json!({
                 "type": "PodScheduled",
@@ -272,7 +302,12 @@ fn validate_ports(errs: &mut Vec<FieldError>, c: &Value, path: &str) {
         let pp = format!("{path}.ports[{i}]");
         let name = s(p, &["name"]);
         if !name.is_empty() {
-            push_invalid_all(errs, &format!("{pp}.name"), &json!(name), port_name_errors(name));
+            push_invalid_all(
+                errs,
+                &format!("{pp}.name"),
+                &json!(name),
+                port_name_errors(name),
+            );
             if !names.insert(name.to_string()) {
                 errs.push(FieldError::duplicate(format!("{pp}.name"), &json!(name)));
             }
@@ -281,53 +316,102 @@ fn validate_ports(errs: &mut Vec<FieldError>, c: &Value, path: &str) {
         if cp == 0 {
             errs.push(FieldError::required(format!("{pp}.containerPort"), ""));
         } else {
-            push_invalid_all(errs, &format!("{pp}.containerPort"), &json!(cp), port_num_errors(cp));
+            push_invalid_all(
+                errs,
+                &format!("{pp}.containerPort"),
+                &json!(cp),
+                port_num_errors(cp),
+            );
         }
         let hp = int(p, &["hostPort"]);
         if hp != 0 {
-            push_invalid_all(errs, &format!("{pp}.hostPort"), &json!(hp), port_num_errors(hp));
+            push_invalid_all(
+                errs,
+                &format!("{pp}.hostPort"),
+                &json!(hp),
+                port_num_errors(hp),
+            );
         }
         match s(p, &["protocol"]) {
             "" => errs.push(FieldError::required(format!("{pp}.protocol"), "")),
             "TCP" | "UDP" | "SCTP" => {}
-            other => errs.push(FieldError::not_supported(format!("{pp}.protocol"), &json!(other), &["SCTP", "TCP", "UDP"])),
+            other => errs.push(FieldError::not_supported(
+                format!("{pp}.protocol"),
+                &json!(other),
+                &["SCTP", "TCP", "UDP"],
+            )),
         }
     }
 }
 
 fn validate_probe(errs: &mut Vec<FieldError>, c: &Value, key: &str, path: &str) {
-    let Some(p) = c.get(key).filter(|p| p.is_object()) else { return };
+    let Some(p) = c.get(key).filter(|p| p.is_object()) else {
+        return;
+    };
     let pp = format!("{path}.{key}");
-    let handlers = ["exec", "httpGet", "tcpSocket", "grpc"].iter().filter(|h| present(p, &[h])).count();
+    let handlers = ["exec", "httpGet", "tcpSocket", "grpc"]
+        .iter()
+        .filter(|h| present(p, &[h]))
+        .count();
     if handlers == 0 {
-        errs.push(FieldError::required(pp.clone(), "must specify a handler type"));
+        errs.push(FieldError::required(
+            pp.clone(),
+            "must specify a handler type",
+        ));
     } else if handlers > 1 {
-        errs.push(FieldError::forbidden(pp.clone(), "may not specify more than 1 handler type"));
+        errs.push(FieldError::forbidden(
+            pp.clone(),
+            "may not specify more than 1 handler type",
+        ));
     }
-    for f in ["initialDelaySeconds", "timeoutSeconds", "periodSeconds", "successThreshold", "failureThreshold"] {
+    for f in [
+        "initialDelaySeconds",
+        "timeoutSeconds",
+        "periodSeconds",
+        "successThreshold",
+        "failureThreshold",
+    ] {
         nonnegative(errs, p, &[f], &format!("{pp}.{f}"));
     }
     if key != "readinessProbe" {
         let st = int(p, &["successThreshold"]);
         if present(p, &["successThreshold"]) && st != 1 {
-            errs.push(FieldError::invalid(format!("{pp}.successThreshold"), &json!(st), "must be 1"));
+            errs.push(FieldError::invalid(
+                format!("{pp}.successThreshold"),
+                &json!(st),
+                "must be 1",
+            ));
         }
     }
 }
 
-fn validate_container(errs: &mut Vec<FieldError>, c: &Value, path: &str, volumes: &HashSet<String>, is_init: bool) {
+fn validate_container(
+    errs: &mut Vec<FieldError>,
+    c: &Value,
+    path: &str,
+    volumes: &HashSet<String>,
+    is_init: bool,
+) {
     let name = s(c, &["name"]);
     if name.is_empty() {
         errs.push(FieldError::required(format!("{path}.name"), ""));
     } else {
-        push_invalid_all(errs, &format!("{path}.name"), &json!(name), dns1123_label_errors(name));
+        push_invalid_all(
+            errs,
+            &format!("{path}.name"),
+            &json!(name),
+            dns1123_label_errors(name),
+        );
     }
     if s(c, &["image"]).is_empty() {
         errs.push(FieldError::required(format!("{path}.image"), ""));
     }
     match s(c, &["terminationMessagePolicy"]) {
         "File" | "FallbackToLogsOnError" => {}
-        "" => errs.push(FieldError::required(format!("{path}.terminationMessagePolicy"), "")),
+        "" => errs.push(FieldError::required(
+            format!("{path}.terminationMessagePolicy"),
+            "",
+        )),
         other => errs.push(FieldError::not_supported(
             format!("{path}.terminationMessagePolicy"),
             &json!(other),
@@ -352,7 +436,11 @@ fn validate_container(errs: &mut Vec<FieldError>, c: &Value, path: &str, volumes
         } else if !volumes.contains(vname) {
             let field = format!("{mp}.name");
             let message = format!("{field}: Not found: {}", go_quote(vname));
-            errs.push(FieldError { reason: "FieldValueNotFound", field, message });
+            errs.push(FieldError {
+                reason: "FieldValueNotFound",
+                field,
+                message,
+            });
         }
         if s(m, &["mountPath"]).is_empty() {
             errs.push(FieldError::required(format!("{mp}.mountPath"), ""));
@@ -377,7 +465,11 @@ fn validate_container(errs: &mut Vec<FieldError>, c: &Value, path: &str, volumes
         && let Some(rp) = c.get("restartPolicy").and_then(Value::as_str)
         && rp != "Always"
     {
-        errs.push(FieldError::not_supported(format!("{path}.restartPolicy"), &json!(rp), &["Always"]));
+        errs.push(FieldError::not_supported(
+            format!("{path}.restartPolicy"),
+            &json!(rp),
+            &["Always"],
+        ));
     }
 }
 
@@ -424,7 +516,10 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<FieldError> {
     for (i, c) in arr(spec, &["initContainers"]).iter().enumerate() {
         let n = s(c, &["name"]);
         if regular.contains(n) && init_names.contains(n) {
-            errs.push(FieldError::duplicate(format!("{path}.initContainers[{i}].name"), &json!(n)));
+            errs.push(FieldError::duplicate(
+                format!("{path}.initContainers[{i}].name"),
+                &json!(n),
+            ));
         }
     }
     match s(spec, &["restartPolicy"]) {
@@ -465,12 +560,22 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<FieldError> {
     for key in ["hostname", "subdomain"] {
         let v = s(spec, &[key]);
         if !v.is_empty() {
-            push_invalid_all(&mut errs, &format!("{path}.{key}"), &json!(v), dns1123_label_errors(v));
+            push_invalid_all(
+                &mut errs,
+                &format!("{path}.{key}"),
+                &json!(v),
+                dns1123_label_errors(v),
+            );
         }
     }
     let sa = s(spec, &["serviceAccountName"]);
     if !sa.is_empty() {
-        push_invalid_all(&mut errs, &format!("{path}.serviceAccountName"), &json!(sa), dns1123_subdomain_errors(sa));
+        push_invalid_all(
+            &mut errs,
+            &format!("{path}.serviceAccountName"),
+            &json!(sa),
+            dns1123_subdomain_errors(sa),
+        );
     }
     for (i, t) in arr(spec, &["tolerations"]).iter().enumerate() {
         let tp = format!("{path}.tolerations[{i}]");
@@ -485,7 +590,11 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<FieldError> {
                     ));
                 }
             }
-            other => errs.push(FieldError::not_supported(format!("{tp}.operator"), &json!(other), &["Equal", "Exists"])),
+            other => errs.push(FieldError::not_supported(
+                format!("{tp}.operator"),
+                &json!(other),
+                &["Equal", "Exists"],
+            )),
         }
         match s(t, &["effect"]) {
             "" | "NoSchedule" | "PreferNoSchedule" | "NoExecute" => {}
@@ -513,7 +622,10 @@ const POD_UPDATABLE: &str = "pod updates may not change fields other than `spec.
 fn strip_nulls(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
-            m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), strip_nulls(v))).collect(),
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), strip_nulls(v)))
+                .collect(),
         ),
         Value::Array(a) => Value::Array(a.iter().map(strip_nulls).collect()),
         other => other.clone(),
@@ -587,8 +699,16 @@ pub(crate) fn validate_pod_update(new: &Value, old: &Value) -> Vec<FieldError> {
             };
         }
         // Tolerations: additions only.
-        let old_t = om.get("tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
-        let new_t = m.get("tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
+        let old_t = om
+            .get("tolerations")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let new_t = m
+            .get("tolerations")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         if old_t.iter().all(|t| new_t.contains(t)) {
             match om.get("tolerations") {
                 Some(v) => m.insert("tolerations".into(), v.clone()),
@@ -596,16 +716,28 @@ pub(crate) fn validate_pod_update(new: &Value, old: &Value) -> Vec<FieldError> {
             };
         }
         // Scheduling gates: removals only.
-        let old_g = om.get("schedulingGates").and_then(Value::as_array).cloned().unwrap_or_default();
-        let new_g = m.get("schedulingGates").and_then(Value::as_array).cloned().unwrap_or_default();
+        let old_g = om
+            .get("schedulingGates")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let new_g = m
+            .get("schedulingGates")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         if new_g.iter().all(|g| old_g.contains(g)) {
             match om.get("schedulingGates") {
                 Some(v) => m.insert("schedulingGates".into(), v.clone()),
                 None => m.remove("schedulingGates"),
             };
         }
-        let old_tgps = om.get("terminationGracePeriodSeconds").and_then(Value::as_i64);
-        let new_tgps = m.get("terminationGracePeriodSeconds").and_then(Value::as_i64);
+        let old_tgps = om
+            .get("terminationGracePeriodSeconds")
+            .and_then(Value::as_i64);
+        let new_tgps = m
+            .get("terminationGracePeriodSeconds")
+            .and_then(Value::as_i64);
         if old_tgps.is_some_and(|t| t < 0) && new_tgps == Some(1) {
             m.insert("terminationGracePeriodSeconds".into(), json!(old_tgps));
         }
@@ -618,7 +750,9 @@ pub(crate) fn validate_pod_update(new: &Value, old: &Value) -> Vec<FieldError> {
 }
 
 fn cond_true(o: &Value, ty: &str) -> bool {
-    arr(o, &["status", "conditions"]).iter().any(|c| s(c, &["type"]) == ty && s(c, &["status"]) == "True")
+    arr(o, &["status", "conditions"])
+        .iter()
+        .any(|c| s(c, &["type"]) == ty && s(c, &["status"]) == "True")
 }
 
 /// kubectl's pod row: (READY, STATUS, RESTARTS) as `printPod` computes them.
@@ -636,23 +770,37 @@ pub(crate) fn pod_ready_status_restarts(pod: &Value) -> (String, String, i64) {
     }
     let init_specs = arr(pod, &["spec", "initContainers"]);
     let is_restartable = |name: &str| {
-        init_specs.iter().any(|c| s(c, &["name"]) == name && s(c, &["restartPolicy"]) == "Always")
+        init_specs
+            .iter()
+            .any(|c| s(c, &["name"]) == name && s(c, &["restartPolicy"]) == "Always")
     };
     let mut total = arr(pod, &["spec", "containers"]).len() as i64;
-    total += init_specs.iter().filter(|c| s(c, &["restartPolicy"]) == "Always").count() as i64;
+    total += init_specs
+        .iter()
+        .filter(|c| s(c, &["restartPolicy"]) == "Always")
+        .count() as i64;
     let mut ready = 0i64;
     let mut restarts = 0i64;
     let mut restartable_restarts = 0i64;
     let mut initializing = false;
-    for (i, c) in arr(pod, &["status", "initContainerStatuses"]).iter().enumerate() {
+    for (i, c) in arr(pod, &["status", "initContainerStatuses"])
+        .iter()
+        .enumerate()
+    {
         let rc = int(c, &["restartCount"]);
         restarts += rc;
         let restartable = is_restartable(s(c, &["name"]));
         if restartable {
             restartable_restarts += rc;
         }
-        let terminated = c.get("state").and_then(|st| st.get("terminated")).filter(|t| t.is_object());
-        let waiting = c.get("state").and_then(|st| st.get("waiting")).filter(|t| t.is_object());
+        let terminated = c
+            .get("state")
+            .and_then(|st| st.get("terminated"))
+            .filter(|t| t.is_object());
+        let waiting = c
+            .get("state")
+            .and_then(|st| st.get("waiting"))
+            .filter(|t| t.is_object());
         if terminated.is_some_and(|t| int(t, &["exitCode"]) == 0) {
             continue;
         }
@@ -666,11 +814,17 @@ pub(crate) fn pod_ready_status_restarts(pod: &Value) -> (String, String, i64) {
             let r = s(t, &["reason"]);
             reason = if r.is_empty() {
                 let sig = int(t, &["signal"]);
-                if sig != 0 { format!("Init:Signal:{sig}") } else { format!("Init:ExitCode:{}", int(t, &["exitCode"])) }
+                if sig != 0 {
+                    format!("Init:Signal:{sig}")
+                } else {
+                    format!("Init:ExitCode:{}", int(t, &["exitCode"]))
+                }
             } else {
                 format!("Init:{r}")
             };
-        } else if let Some(w) = waiting.filter(|w| !s(w, &["reason"]).is_empty() && s(w, &["reason"]) != "PodInitializing") {
+        } else if let Some(w) = waiting
+            .filter(|w| !s(w, &["reason"]).is_empty() && s(w, &["reason"]) != "PodInitializing")
+        {
             reason = format!("Init:{}", s(w, &["reason"]));
         } else {
             reason = format!("Init:{i}/{}", init_specs.len());
@@ -684,9 +838,15 @@ pub(crate) fn pod_ready_status_restarts(pod: &Value) -> (String, String, i64) {
         for c in arr(pod, &["status", "containerStatuses"]).iter().rev() {
             restarts += int(c, &["restartCount"]);
             let state = c.get("state");
-            let waiting = state.and_then(|st| st.get("waiting")).filter(|t| t.is_object());
-            let terminated = state.and_then(|st| st.get("terminated")).filter(|t| t.is_object());
-            let running = state.and_then(|st| st.get("running")).filter(|t| t.is_object());
+            let waiting = state
+                .and_then(|st| st.get("waiting"))
+                .filter(|t| t.is_object());
+            let terminated = state
+                .and_then(|st| st.get("terminated"))
+                .filter(|t| t.is_object());
+            let running = state
+                .and_then(|st| st.get("running"))
+                .filter(|t| t.is_object());
             if let Some(w) = waiting.filter(|w| !s(w, &["reason"]).is_empty()) {
                 reason = s(w, &["reason"]).to_string();
             } else if let Some(t) = terminated {
@@ -704,7 +864,11 @@ pub(crate) fn pod_ready_status_restarts(pod: &Value) -> (String, String, i64) {
             }
         }
         if reason == "Completed" && has_running {
-            reason = if cond_true(pod, "Ready") { "Running".to_string() } else { "NotReady".to_string() };
+            reason = if cond_true(pod, "Ready") {
+                "Running".to_string()
+            } else {
+                "NotReady".to_string()
+            };
         }
     }
     let deleting = present(pod, &["metadata", "deletionTimestamp"]);
@@ -727,7 +891,10 @@ pub(crate) fn readiness_gates(pod: &Value) -> String {
         .iter()
         .filter(|g| {
             let ty = s(g, &["conditionType"]);
-            conds.iter().find(|c| s(c, &["type"]) == ty).is_some_and(|c| s(c, &["status"]) == "True")
+            conds
+                .iter()
+                .find(|c| s(c, &["type"]) == ty)
+                .is_some_and(|c| s(c, &["status"]) == "True")
         })
         .count();
     format!("{n}/{}", gates.len())

@@ -10,20 +10,40 @@ const GROUP: &str = "rbac.authorization.k8s.io";
 
 const BINDING_COLUMNS: &[Column] = &[
     NAME_COLUMN,
-    col("Role", "string", 0, "RoleRef can reference a Role in the current namespace or a ClusterRole in the global namespace."),
+    col(
+        "Role",
+        "string",
+        0,
+        "RoleRef can reference a Role in the current namespace or a ClusterRole in the global namespace.",
+    ),
     AGE_COLUMN,
     col("Users", "string", 1, "Users in the roleBinding"),
     col("Groups", "string", 1, "Groups in the roleBinding"),
-    col("ServiceAccounts", "string", 1, "ServiceAccounts in the roleBinding"),
+    col(
+        "ServiceAccounts",
+        "string",
+        1,
+        "ServiceAccounts in the roleBinding",
+    ),
 ];
 
 const CLUSTER_BINDING_COLUMNS: &[Column] = &[
     NAME_COLUMN,
-    col("Role", "string", 0, "RoleRef can only reference a ClusterRole in the global namespace."),
+    col(
+        "Role",
+        "string",
+        0,
+        "RoleRef can only reference a ClusterRole in the global namespace.",
+    ),
     AGE_COLUMN,
     col("Users", "string", 1, "Users in the clusterRoleBinding"),
     col("Groups", "string", 1, "Groups in the clusterRoleBinding"),
-    col("ServiceAccounts", "string", 1, "ServiceAccounts in the clusterRoleBinding"),
+    col(
+        "ServiceAccounts",
+        "string",
+        1,
+        "ServiceAccounts in the clusterRoleBinding",
+    ),
 ];
 
 /// rbac.authorization.k8s.io/v1 roles.
@@ -77,7 +97,11 @@ pub const CLUSTERROLES: ResourceDef = ResourceDef {
                 ));
             }
             for (i, sel) in sels.iter().enumerate() {
-                validate_label_selector(&mut errs, sel, &format!("aggregationRule.clusterRoleSelectors[{i}]"));
+                validate_label_selector(
+                    &mut errs,
+                    sel,
+                    &format!("aggregationRule.clusterRoleSelectors[{i}]"),
+                );
             }
         }
         errs
@@ -143,7 +167,10 @@ fn validate_rules(o: &Value, namespaced: bool) -> Vec<FieldError> {
     for (i, r) in arr(o, &["rules"]).iter().enumerate() {
         let p = format!("rules[{i}]");
         if arr(r, &["verbs"]).is_empty() {
-            errs.push(FieldError::required(format!("{p}.verbs"), "verbs must contain at least one value"));
+            errs.push(FieldError::required(
+                format!("{p}.verbs"),
+                "verbs must contain at least one value",
+            ));
         }
         let urls = arr(r, &["nonResourceURLs"]);
         if !urls.is_empty() {
@@ -155,7 +182,10 @@ fn validate_rules(o: &Value, namespaced: bool) -> Vec<FieldError> {
                     "namespaced rules cannot apply to non-resource URLs",
                 ));
             }
-            if !arr(r, &["apiGroups"]).is_empty() || !arr(r, &["resources"]).is_empty() || !arr(r, &["resourceNames"]).is_empty() {
+            if !arr(r, &["apiGroups"]).is_empty()
+                || !arr(r, &["resources"]).is_empty()
+                || !arr(r, &["resourceNames"]).is_empty()
+            {
                 errs.push(invalid_raw(
                     format!("{p}.nonResourceURLs"),
                     &rendered,
@@ -165,10 +195,16 @@ fn validate_rules(o: &Value, namespaced: bool) -> Vec<FieldError> {
             continue;
         }
         if arr(r, &["apiGroups"]).is_empty() {
-            errs.push(FieldError::required(format!("{p}.apiGroups"), "resource rules must supply at least one api group"));
+            errs.push(FieldError::required(
+                format!("{p}.apiGroups"),
+                "resource rules must supply at least one api group",
+            ));
         }
         if arr(r, &["resources"]).is_empty() {
-            errs.push(FieldError::required(format!("{p}.resources"), "resource rules must supply at least one resource"));
+            errs.push(FieldError::required(
+                format!("{p}.resources"),
+                "resource rules must supply at least one resource",
+            ));
         }
     }
     errs
@@ -183,7 +219,9 @@ fn binding_defaults(o: &mut Value) {
         for sub in subjects.iter_mut() {
             if s(sub, &["apiGroup"]).is_empty() {
                 match s(sub, &["kind"]) {
-                    "User" | "Group" => fields::ensure_object(sub, &[]).insert("apiGroup".into(), json!(GROUP)),
+                    "User" | "Group" => {
+                        fields::ensure_object(sub, &[]).insert("apiGroup".into(), json!(GROUP))
+                    }
                     _ => None,
                 };
             }
@@ -195,15 +233,27 @@ fn validate_binding(o: &Value, old: Option<&Value>, namespaced: bool) -> Vec<Fie
     let mut errs = Vec::new();
     let api_group = s(o, &["roleRef", "apiGroup"]);
     if api_group != GROUP {
-        errs.push(FieldError::not_supported("roleRef.apiGroup", &json!(api_group), &[GROUP]));
+        errs.push(FieldError::not_supported(
+            "roleRef.apiGroup",
+            &json!(api_group),
+            &[GROUP],
+        ));
     }
     let kind = s(o, &["roleRef", "kind"]);
     if namespaced {
         if kind != "Role" && kind != "ClusterRole" {
-            errs.push(FieldError::not_supported("roleRef.kind", &json!(kind), &["Role", "ClusterRole"]));
+            errs.push(FieldError::not_supported(
+                "roleRef.kind",
+                &json!(kind),
+                &["Role", "ClusterRole"],
+            ));
         }
     } else if kind != "ClusterRole" {
-        errs.push(FieldError::not_supported("roleRef.kind", &json!(kind), &["ClusterRole"]));
+        errs.push(FieldError::not_supported(
+            "roleRef.kind",
+            &json!(kind),
+            &["ClusterRole"],
+        ));
     }
     let name = s(o, &["roleRef", "name"]);
     if name.is_empty() {
@@ -228,10 +278,19 @@ fn validate_binding(o: &Value, old: Option<&Value>, namespaced: bool) -> Vec<Fie
         match s(sub, &["kind"]) {
             "ServiceAccount" => {
                 if !sname.is_empty() {
-                    push_invalid_all(&mut errs, &format!("{p}.name"), &json!(sname), dns1123_subdomain_errors(sname));
+                    push_invalid_all(
+                        &mut errs,
+                        &format!("{p}.name"),
+                        &json!(sname),
+                        dns1123_subdomain_errors(sname),
+                    );
                 }
                 if !sg.is_empty() {
-                    errs.push(FieldError::not_supported(format!("{p}.apiGroup"), &json!(sg), &[""]));
+                    errs.push(FieldError::not_supported(
+                        format!("{p}.apiGroup"),
+                        &json!(sg),
+                        &[""],
+                    ));
                 }
                 if !namespaced && s(sub, &["namespace"]).is_empty() {
                     errs.push(FieldError::required(format!("{p}.namespace"), ""));
@@ -239,7 +298,11 @@ fn validate_binding(o: &Value, old: Option<&Value>, namespaced: bool) -> Vec<Fie
             }
             "User" | "Group" => {
                 if sg != GROUP {
-                    errs.push(FieldError::not_supported(format!("{p}.apiGroup"), &json!(sg), &[GROUP]));
+                    errs.push(FieldError::not_supported(
+                        format!("{p}.apiGroup"),
+                        &json!(sg),
+                        &[GROUP],
+                    ));
                 }
             }
             other => errs.push(FieldError::not_supported(
@@ -282,7 +345,11 @@ fn binding_cells(o: &Value) -> Vec<Value> {
     let (users, groups, sas) = subjects_strings(o);
     vec![
         name_cell(o),
-        cell(format!("{}/{}", s(o, &["roleRef", "kind"]), s(o, &["roleRef", "name"]))),
+        cell(format!(
+            "{}/{}",
+            s(o, &["roleRef", "kind"]),
+            s(o, &["roleRef", "name"])
+        )),
         age_cell(o),
         cell(users),
         cell(groups),

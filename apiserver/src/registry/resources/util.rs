@@ -6,8 +6,19 @@ use serde_json::{Map, Value};
 use crate::registry::{Column, FieldError, fields};
 
 /// A non-name table column.
-pub(crate) const fn col(name: &'static str, type_: &'static str, priority: i32, description: &'static str) -> Column {
-    Column { name, type_, format: "", priority, description }
+pub(crate) const fn col(
+    name: &'static str,
+    type_: &'static str,
+    priority: i32,
+    description: &'static str,
+) -> Column {
+    Column {
+        name,
+        type_,
+        format: "",
+        priority,
+        description,
+    }
 }
 
 /// Description of the "Containers" wide column.
@@ -29,12 +40,17 @@ pub(crate) fn int(v: &Value, path: &[&str]) -> i64 {
 
 /// The boolean at `path`, or false.
 pub(crate) fn boolean(v: &Value, path: &[&str]) -> bool {
-    fields::at(v, path).and_then(Value::as_bool).unwrap_or(false)
+    fields::at(v, path)
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
 }
 
 /// The array at `path`, or an empty slice.
 pub(crate) fn arr<'a>(v: &'a Value, path: &[&str]) -> &'a [Value] {
-    fields::at(v, path).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    fields::at(v, path)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 /// The object at `path`, if any.
@@ -86,13 +102,21 @@ pub(crate) fn container_cells(containers: &[Value]) -> (String, String) {
 /// `labels.FormatLabels`: `k=v,k2=v2` sorted by key, `<none>` when empty.
 pub(crate) fn format_labels(m: Option<&Map<String, Value>>) -> String {
     let mut pairs: Vec<(String, String)> = m
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                .collect()
+        })
         .unwrap_or_default();
     if pairs.is_empty() {
         return "<none>".to_string();
     }
     pairs.sort();
-    pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `labels.Selector.String()` of a `metav1.LabelSelector` ("" for nil or empty selectors).
@@ -108,7 +132,10 @@ pub(crate) fn selector_string(sel: Option<&Value>) -> String {
     }
     for e in arr(sel, &["matchExpressions"]) {
         let key = s(e, &["key"]);
-        let mut vals: Vec<&str> = arr(e, &["values"]).iter().filter_map(Value::as_str).collect();
+        let mut vals: Vec<&str> = arr(e, &["values"])
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
         vals.sort_unstable();
         vals.dedup();
         let r = match s(e, &["operator"]) {
@@ -121,18 +148,26 @@ pub(crate) fn selector_string(sel: Option<&Value>) -> String {
         reqs.push((key.to_string(), r));
     }
     reqs.sort_by(|a, b| a.0.cmp(&b.0));
-    reqs.into_iter().map(|(_, r)| r).collect::<Vec<_>>().join(",")
+    reqs.into_iter()
+        .map(|(_, r)| r)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `metav1.FormatLabelSelector`: like [`selector_string`] but `<none>` when empty.
 pub(crate) fn format_label_selector(sel: Option<&Value>) -> String {
     let s = selector_string(sel);
-    if s.is_empty() { "<none>".to_string() } else { s }
+    if s.is_empty() {
+        "<none>".to_string()
+    } else {
+        s
+    }
 }
 
 /// Whether a label selector is empty (no matchLabels and no matchExpressions).
 pub(crate) fn selector_is_empty(sel: &Value) -> bool {
-    obj(sel, &["matchLabels"]).is_none_or(|m| m.is_empty()) && arr(sel, &["matchExpressions"]).is_empty()
+    obj(sel, &["matchLabels"]).is_none_or(|m| m.is_empty())
+        && arr(sel, &["matchExpressions"]).is_empty()
 }
 
 /// Whether a `metav1.LabelSelector` matches a label set (`LabelSelectorAsSelector` semantics:
@@ -148,7 +183,10 @@ pub(crate) fn selector_matches(sel: &Value, labels: Option<&Map<String, Value>>)
     }
     for e in arr(sel, &["matchExpressions"]) {
         let key = s(e, &["key"]);
-        let vals: Vec<&str> = arr(e, &["values"]).iter().filter_map(Value::as_str).collect();
+        let vals: Vec<&str> = arr(e, &["values"])
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
         let ok = match s(e, &["operator"]) {
             "In" => get(key).is_some_and(|v| vals.contains(&v)),
             "NotIn" => get(key).is_none_or(|v| !vals.contains(&v)),
@@ -177,7 +215,13 @@ pub(crate) fn go_string_map(m: Option<&Value>) -> String {
             keys.sort();
             let body = keys
                 .iter()
-                .map(|k| format!("{}:{}", go_quote(k), go_quote(m.get(*k).and_then(Value::as_str).unwrap_or(""))))
+                .map(|k| {
+                    format!(
+                        "{}:{}",
+                        go_quote(k),
+                        go_quote(m.get(*k).and_then(Value::as_str).unwrap_or(""))
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ");
             format!("map[string]string{{{body}}}")
@@ -190,7 +234,11 @@ pub(crate) fn go_string_slice(v: Option<&Value>) -> String {
     match v.and_then(Value::as_array) {
         None => "[]string(nil)".to_string(),
         Some(a) => {
-            let body = a.iter().map(|x| go_quote(x.as_str().unwrap_or(""))).collect::<Vec<_>>().join(", ");
+            let body = a
+                .iter()
+                .map(|x| go_quote(x.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(", ");
             format!("[]string{{{body}}}")
         }
     }
@@ -216,21 +264,37 @@ pub(crate) fn go_label_selector(sel: &Value) -> String {
             format!("[]v1.LabelSelectorRequirement{{{body}}}")
         }
     };
-    format!("v1.LabelSelector{{MatchLabels:{}, MatchExpressions:{exprs}}}", go_string_map(sel.get("matchLabels")))
+    format!(
+        "v1.LabelSelector{{MatchLabels:{}, MatchExpressions:{exprs}}}",
+        go_string_map(sel.get("matchLabels"))
+    )
 }
 
 /// An `Invalid value` error whose value is already rendered (Go-style).
 pub(crate) fn invalid_raw(field: impl Into<String>, rendered: &str, detail: &str) -> FieldError {
     let field = field.into();
     let message = format!("{field}: Invalid value: {rendered}: {detail}");
-    FieldError { reason: "FieldValueInvalid", field, message }
+    FieldError {
+        reason: "FieldValueInvalid",
+        field,
+        message,
+    }
 }
 
 /// `Invalid value ... field is immutable` when `new != old`.
-pub(crate) fn immutable(errs: &mut Vec<FieldError>, field: &str, new: Option<&Value>, old: Option<&Value>) {
+pub(crate) fn immutable(
+    errs: &mut Vec<FieldError>,
+    field: &str,
+    new: Option<&Value>,
+    old: Option<&Value>,
+) {
     let norm = |v: Option<&Value>| v.filter(|x| !x.is_null()).cloned();
     if norm(new) != norm(old) {
-        errs.push(FieldError::invalid(field, new.unwrap_or(&Value::Null), "field is immutable"));
+        errs.push(FieldError::invalid(
+            field,
+            new.unwrap_or(&Value::Null),
+            "field is immutable",
+        ));
     }
 }
 
@@ -239,7 +303,11 @@ pub(crate) fn nonnegative(errs: &mut Vec<FieldError>, v: &Value, path: &[&str], 
     if let Some(n) = fields::i64_at(v, path)
         && n < 0
     {
-        errs.push(FieldError::invalid(field, &Value::from(n), "must be greater than or equal to 0"));
+        errs.push(FieldError::invalid(
+            field,
+            &Value::from(n),
+            "must be greater than or equal to 0",
+        ));
     }
 }
 
@@ -253,10 +321,7 @@ fn is_label_char(c: char) -> bool {
 }
 
 fn matches_dns1123_label(v: &str) -> bool {
-    !v.is_empty()
-        && v.chars().all(is_label_char)
-        && !v.starts_with('-')
-        && !v.ends_with('-')
+    !v.is_empty() && v.chars().all(is_label_char) && !v.starts_with('-') && !v.ends_with('-')
 }
 
 fn matches_dns1123_subdomain(v: &str) -> bool {
@@ -293,7 +358,11 @@ pub(crate) fn dns1123_subdomain_errors(v: &str) -> Vec<String> {
 
 /// `validation.IsValidPortNum` messages.
 pub(crate) fn port_num_errors(p: i64) -> Vec<String> {
-    if (1..=65535).contains(&p) { vec![] } else { vec!["must be between 1 and 65535, inclusive".to_string()] }
+    if (1..=65535).contains(&p) {
+        vec![]
+    } else {
+        vec!["must be between 1 and 65535, inclusive".to_string()]
+    }
 }
 
 /// `validation.IsValidPortName` messages (IANA_SVC_NAME).
@@ -302,8 +371,13 @@ pub(crate) fn port_name_errors(port: &str) -> Vec<String> {
     if port.len() > 15 {
         errs.push(max_len_error(15));
     }
-    if !port.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
-        errs.push("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".to_string());
+    if !port
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        errs.push(
+            "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".to_string(),
+        );
     }
     if !port.chars().any(|c| c.is_ascii_lowercase()) {
         errs.push("must contain at least one letter (a-z)".to_string());
@@ -318,7 +392,12 @@ pub(crate) fn port_name_errors(port: &str) -> Vec<String> {
 }
 
 /// Pushes one `Invalid value` error per message.
-pub(crate) fn push_invalid_all(errs: &mut Vec<FieldError>, field: &str, value: &Value, msgs: Vec<String>) {
+pub(crate) fn push_invalid_all(
+    errs: &mut Vec<FieldError>,
+    field: &str,
+    value: &Value,
+    msgs: Vec<String>,
+) {
     for m in msgs {
         errs.push(FieldError::invalid(field, value, &m));
     }
@@ -347,7 +426,11 @@ pub(crate) fn validate_label_selector(errs: &mut Vec<FieldError>, sel: &Value, p
                     ));
                 }
             }
-            _ => errs.push(FieldError::invalid(format!("{p}.operator"), &Value::String(op.into()), "not a valid selector operator")),
+            _ => errs.push(FieldError::invalid(
+                format!("{p}.operator"),
+                &Value::String(op.into()),
+                "not a valid selector operator",
+            )),
         }
     }
 }
