@@ -1548,3 +1548,149 @@ fn validate_limitrange(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
     }
     errs
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msgs(errs: &[FieldError]) -> Vec<&str> {
+        errs.iter().map(|e| e.message.as_str()).collect()
+    }
+
+    #[test]
+    fn service_defaults_and_ports_column() {
+        let mut svc = json!({"metadata": {"name": "web"}, "spec": {"type": "NodePort", "selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 80}, {"name": "https", "port": 443, "targetPort": "https", "nodePort": 30443}]}});
+        service_defaults(&mut svc);
+        let spec = &svc["spec"];
+        assert_eq!(spec["sessionAffinity"], "None");
+        assert_eq!(spec["ports"][0]["protocol"], "TCP");
+        assert_eq!(spec["ports"][0]["targetPort"], 80);
+        assert_eq!(spec["ports"][1]["targetPort"], "https");
+        assert_eq!(spec["externalTrafficPolicy"], "Cluster");
+        assert_eq!(spec["internalTrafficPolicy"], "Cluster");
+        assert_eq!(spec["ipFamilyPolicy"], "SingleStack");
+        assert_eq!(spec["ipFamilies"], json!(["IPv4"]));
+        assert_eq!(service_ports(&svc), "80/TCP,443:30443/TCP");
+        let cells = service_cells(&svc);
+        assert_eq!(cells[2], "<none>");
+        assert_eq!(cells[3], "<none>");
+        assert_eq!(cells[6], "app=web");
+        let mut lb = json!({"spec": {"type": "LoadBalancer", "clusterIP": "10.0.0.5", "ports": [{"port": 80}]}});
+        service_defaults(&mut lb);
+        assert_eq!(lb["spec"]["clusterIPs"], json!(["10.0.0.5"]));
+        assert_eq!(lb["spec"]["allocateLoadBalancerNodePorts"], true);
+        let cells = service_cells(&lb);
+        assert_eq!(cells[2], "10.0.0.5");
+        assert_eq!(cells[3], "<pending>");
+        let mut headless = json!({"spec": {"clusterIP": "None"}});
+        service_defaults(&mut headless);
+        assert_eq!(headless["spec"]["ipFamilyPolicy"], "RequireDualStack");
+        assert_eq!(headless["spec"]["ipFamilies"], json!(["IPv4", "IPv6"]));
+    }
+
+    #[test]
+    fn service_validation_messages() {
+        let mut svc = json!({"spec": {"type": "Foo", "ports": [{"port": 0}, {"port": 81, "nodePort": 30001}]}});
+        service_defaults(&mut svc);
+        assert_eq!(
+            msgs(&validate_service(&svc, None)),
+            [
+                "spec.type: Unsupported value: \"Foo\": supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\"",
+                "spec.ports[0].name: Required value",
+                "spec.ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive",
+                "spec.ports[0].targetPort: Invalid value: 0: must be between 1 and 65535, inclusive",
+                "spec.ports[1].name: Required value",
+            ]
+        );
+        let mut svc = json!({"spec": {"ports": [{"port": 80}]}});
+        service_defaults(&mut svc);
+        assert!(validate_service(&svc, None).is_empty());
+        svc["spec"]["clusterIP"] = json!("10.0.0.1");
+        svc["spec"]["clusterIPs"] = json!(["10.0.0.1"]);
+        let mut new = svc.clone();
+        new["spec"]["clusterIP"] = json!("10.0.0.2");
+        new["spec"]["clusterIPs"] = json!(["10.0.0.2"]);
+        assert_eq!(
+            msgs(&validate_service(&new, Some(&svc))),
+            ["spec.clusterIPs[0]: Invalid value: []string{\"10.0.0.2\"}: may not change once set"]
+        );
+        let nodeport = json!({"spec": {"type": "ClusterIP", "sessionAffinity": "None", "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30000}]}});
+        assert_eq!(
+            msgs(&validate_service(&nodeport, None)),
+            ["spec.ports[0].nodePort: Forbidden: may not be used when `type` is 'ClusterIP'"]
+        );
+    }
+
+    #[test]
+    fn node_and_endpoint_cells() {
+        let node = json!({"metadata": {"name": "n1", "labels": {"node-role.kubernetes.io/control-plane": ""}},
+            "spec": {"unschedulable": true},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}],
+                "nodeInfo": {"kubeletVersion": "v1.33.0"}}});
+        let cells = node_cells(&node);
+        assert_eq!(cells[1], "Ready,SchedulingDisabled");
+        assert_eq!(cells[2], "control-plane");
+        assert_eq!(cells[4], "v1.33.0");
+        assert_eq!(cells[5], "10.0.0.1");
+        assert_eq!(cells[6], "<none>");
+        assert_eq!(cells[7], "<unknown>");
+        let ep = json!({"subsets": [{"addresses": [{"ip": "10.1.0.1"}, {"ip": "10.1.0.2"}],
+            "ports": [{"port": 80}, {"port": 443}]}]});
+        assert_eq!(
+            format_endpoints(&ep),
+            "10.1.0.1:80,10.1.0.2:80,10.1.0.1:443 + 1 more..."
+        );
+        assert_eq!(format_endpoints(&json!({})), "<none>");
+    }
+
+    #[test]
+    fn secret_and_event_rules() {
+        let mut secret = json!({"data": {"bad key": "eA=="}});
+        (SECRETS.defaults)(&mut secret);
+        assert_eq!(secret["type"], "Opaque");
+        assert_eq!(
+            msgs(&validate_secret(&secret, None)),
+            [
+                "data[bad key]: Invalid value: \"bad key\": a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"
+            ]
+        );
+        let tls = json!({"type": "kubernetes.io/tls", "data": {"tls.crt": "eA=="}});
+        assert_eq!(
+            msgs(&validate_secret(&tls, None)),
+            ["data[tls.key]: Required value"]
+        );
+        let mut changed = tls.clone();
+        changed["type"] = json!("Opaque");
+        assert!(
+            msgs(&validate_secret(&changed, Some(&tls)))
+                .contains(&"type: Invalid value: \"Opaque\": field is immutable")
+        );
+        let ev = json!({"metadata": {"name": "e", "namespace": "default"}, "involvedObject": {"kind": "Pod", "name": "p"},
+            "reason": "Started", "message": " hi ", "type": "Normal", "count": 3,
+            "source": {"component": "kubelet", "host": "n1"}});
+        let cells = core_event_cells(&ev);
+        assert_eq!(cells[3], "pod/p");
+        assert_eq!(cells[5], "kubelet, n1");
+        assert_eq!(cells[6], "hi");
+        assert_eq!(cells[8], 3);
+        assert_eq!(core_event_field(&ev, "source").as_deref(), Some("kubelet"));
+    }
+
+    #[test]
+    fn quota_and_limitrange() {
+        let q = json!({"status": {"hard": {"pods": "10", "limits.cpu": "2", "requests.cpu": "1"},
+            "used": {"pods": "1", "limits.cpu": "500m"}}});
+        let cells = quota_cells(&q);
+        assert_eq!(cells[1], "pods: 1/10, requests.cpu: 0/1");
+        assert_eq!(cells[2], "limits.cpu: 500m/2");
+        let mut lr = json!({"spec": {"limits": [{"type": "Container", "max": {"cpu": "2"}, "min": {"memory": "1Mi"}}]}});
+        limitrange_defaults(&mut lr);
+        assert_eq!(lr["spec"]["limits"][0]["default"], json!({"cpu": "2"}));
+        assert_eq!(
+            lr["spec"]["limits"][0]["defaultRequest"],
+            json!({"cpu": "2", "memory": "1Mi"})
+        );
+    }
+}

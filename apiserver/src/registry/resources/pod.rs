@@ -899,3 +899,160 @@ pub(crate) fn readiness_gates(pod: &Value) -> String {
         .count();
     format!("{n}/{}", gates.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_pull_policy_follows_the_tag() {
+        for (image, policy) in [
+            ("nginx", "Always"),
+            ("nginx:latest", "Always"),
+            ("nginx:1.25", "IfNotPresent"),
+            ("localhost:5000/nginx", "Always"),
+            ("localhost:5000/nginx:1.0", "IfNotPresent"),
+            ("nginx@sha256:abcd", "IfNotPresent"),
+            ("nginx:1.0@sha256:abcd", "IfNotPresent"),
+        ] {
+            let mut spec = json!({"containers": [{"name": "c", "image": image}]});
+            default_pod_spec(&mut spec, false);
+            assert_eq!(spec["containers"][0]["imagePullPolicy"], policy, "{image}");
+        }
+    }
+
+    #[test]
+    fn pod_spec_defaults() {
+        let mut pod = json!({"spec": {
+            "hostNetwork": true,
+            "containers": [{
+                "name": "c", "image": "x:1", "ports": [{"containerPort": 80}],
+                "resources": {"limits": {"cpu": "1", "memory": "1Gi"}},
+                "livenessProbe": {"httpGet": {"port": 80}}
+            }],
+            "volumes": [{"name": "v"}, {"name": "s", "secret": {"secretName": "s"}}]
+        }});
+        pod_defaults(&mut pod);
+        let spec = &pod["spec"];
+        assert_eq!(spec["restartPolicy"], "Always");
+        assert_eq!(spec["dnsPolicy"], "ClusterFirst");
+        assert_eq!(spec["schedulerName"], "default-scheduler");
+        assert_eq!(spec["terminationGracePeriodSeconds"], 30);
+        assert_eq!(spec["securityContext"], json!({}));
+        assert_eq!(spec["enableServiceLinks"], true);
+        let c = &spec["containers"][0];
+        assert_eq!(c["terminationMessagePath"], "/dev/termination-log");
+        assert_eq!(c["terminationMessagePolicy"], "File");
+        assert_eq!(
+            c["ports"][0],
+            json!({"containerPort": 80, "hostPort": 80, "protocol": "TCP"})
+        );
+        assert_eq!(
+            c["resources"]["requests"],
+            json!({"cpu": "1", "memory": "1Gi"})
+        );
+        assert_eq!(
+            c["livenessProbe"],
+            json!({"httpGet": {"port": 80, "path": "/", "scheme": "HTTP"}, "timeoutSeconds": 1,
+                   "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3})
+        );
+        assert_eq!(spec["volumes"][0]["emptyDir"], json!({}));
+        assert_eq!(spec["volumes"][1]["secret"]["defaultMode"], 420);
+        assert_eq!(
+            pod["status"],
+            json!({"phase": "Pending", "qosClass": "Guaranteed"})
+        );
+        let mut template = json!({"containers": [{"name": "c", "image": "x"}]});
+        default_pod_spec(&mut template, false);
+        assert!(template.get("enableServiceLinks").is_none());
+    }
+
+    fn msgs(errs: &[FieldError]) -> Vec<&str> {
+        errs.iter().map(|e| e.message.as_str()).collect()
+    }
+
+    #[test]
+    fn pod_spec_validation_messages() {
+        let spec =
+            json!({"restartPolicy": "Always", "dnsPolicy": "ClusterFirst", "containers": []});
+        assert_eq!(
+            msgs(&validate_pod_spec(&spec, "spec")),
+            ["spec.containers: Required value"]
+        );
+        let c = |name: &str, image: &str| json!({"name": name, "image": image, "imagePullPolicy": "Always", "terminationMessagePolicy": "File"});
+        let spec = json!({"restartPolicy": "Sometimes", "dnsPolicy": "ClusterFirst",
+            "containers": [c("Web", "x"), c("a", ""), c("a", "y")]});
+        assert_eq!(
+            msgs(&validate_pod_spec(&spec, "spec")),
+            [
+                "spec.containers[0].name: Invalid value: \"Web\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
+                "spec.containers[1].image: Required value",
+                "spec.containers[2].name: Duplicate value: \"a\"",
+                "spec.restartPolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\"",
+            ]
+        );
+        let mut bad_port = c("a", "x");
+        bad_port["ports"] = json!([{"containerPort": 70000, "protocol": "TCP"}]);
+        let spec = json!({"restartPolicy": "Always", "dnsPolicy": "ClusterFirst", "containers": [bad_port]});
+        assert_eq!(
+            msgs(&validate_pod_spec(&spec, "spec")),
+            [
+                "spec.containers[0].ports[0].containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive"
+            ]
+        );
+    }
+
+    #[test]
+    fn pod_updates_only_change_allowed_fields() {
+        let mut old = json!({"spec": {"containers": [{"name": "c", "image": "x:1"}]}});
+        pod_defaults(&mut old);
+        let mut new = old.clone();
+        new["spec"]["containers"][0]["image"] = json!("x:2");
+        new["spec"]["activeDeadlineSeconds"] = json!(30);
+        new["spec"]["tolerations"] = json!([{"key": "k", "operator": "Exists"}]);
+        assert!(validate_pod_update(&new, &old).is_empty());
+        new["spec"]["containers"][0]["command"] = json!(["sleep"]);
+        let errs = validate_pod_update(&new, &old);
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].field, "spec");
+        assert!(errs[0].message.starts_with("spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)\n"));
+    }
+
+    fn status_of(pod: Value) -> (String, String, i64) {
+        pod_ready_status_restarts(&pod)
+    }
+
+    #[test]
+    fn pod_status_column_is_computed_like_kubectl() {
+        let running = json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}]}, "status": {"phase": "Running",
+        "containerStatuses": [
+            {"name": "a", "ready": true, "restartCount": 2, "state": {"running": {}}},
+            {"name": "b", "ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}
+        ]}});
+        assert_eq!(
+            status_of(running.clone()),
+            ("1/2".into(), "CrashLoopBackOff".into(), 3)
+        );
+        let mut terminating = running.clone();
+        terminating["metadata"] = json!({"deletionTimestamp": "2024-01-01T00:00:00Z"});
+        assert_eq!(status_of(terminating).1, "Terminating");
+        let init = json!({"spec": {"initContainers": [{"name": "i"}, {"name": "j"}], "containers": [{"name": "a"}]},
+            "status": {"phase": "Pending", "initContainerStatuses": [
+                {"name": "i", "state": {"terminated": {"exitCode": 0}}},
+                {"name": "j", "state": {"running": {}}}],
+                "containerStatuses": [{"name": "a", "state": {"waiting": {"reason": "PodInitializing"}}}]}});
+        assert_eq!(status_of(init), ("0/1".into(), "Init:1/2".into(), 0));
+        let init_err = json!({"spec": {"initContainers": [{"name": "i"}], "containers": [{"name": "a"}]},
+            "status": {"phase": "Pending", "initContainerStatuses": [
+                {"name": "i", "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}});
+        assert_eq!(status_of(init_err).1, "Init:Error");
+        let done = json!({"spec": {"containers": [{"name": "a"}]}, "status": {"phase": "Succeeded",
+            "containerStatuses": [{"name": "a", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]}});
+        assert_eq!(status_of(done), ("0/1".into(), "Completed".into(), 0));
+        let evicted = json!({"spec": {"containers": [{"name": "a"}]}, "status": {"phase": "Failed", "reason": "Evicted"}});
+        assert_eq!(status_of(evicted).1, "Evicted");
+        let gated = json!({"spec": {"containers": [{"name": "a"}]}, "status": {"phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "False", "reason": "SchedulingGated"}]}});
+        assert_eq!(status_of(gated).1, "SchedulingGated");
+    }
+}
