@@ -778,3 +778,129 @@ fn validate_daemonset(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
     }
     errs
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msgs(errs: &[FieldError]) -> Vec<String> {
+        errs.iter().map(|e| e.message.clone()).collect()
+    }
+
+    fn deployment() -> Value {
+        let mut d = json!({"metadata": {"name": "web"}, "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}});
+        deployment_defaults(&mut d);
+        d
+    }
+
+    #[test]
+    fn deployment_defaults_match_kubernetes() {
+        let d = deployment();
+        assert_eq!(d["spec"]["replicas"], 1);
+        assert_eq!(
+            d["spec"]["strategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}})
+        );
+        assert_eq!(d["spec"]["revisionHistoryLimit"], 10);
+        assert_eq!(d["spec"]["progressDeadlineSeconds"], 600);
+        assert_eq!(d["spec"]["template"]["spec"]["restartPolicy"], "Always");
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+            "Always"
+        );
+        assert!(validate_deployment(&d, None).is_empty());
+    }
+
+    #[test]
+    fn deployment_validation_messages() {
+        let mut d = deployment();
+        d["spec"]["replicas"] = json!(-1);
+        d["spec"]["template"]["metadata"]["labels"] = json!({"app": "x"});
+        assert_eq!(
+            msgs(&validate_deployment(&d, None)),
+            [
+                "spec.replicas: Invalid value: -1: must be greater than or equal to 0",
+                "spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"x\"}: `selector` does not match template `labels`",
+            ]
+        );
+        let mut d = deployment();
+        d["spec"].as_object_mut().map(|m| m.remove("selector"));
+        assert_eq!(
+            msgs(&validate_deployment(&d, None)),
+            [
+                "spec.selector: Required value",
+                "spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"web\"}: `selector` does not match template `labels`",
+            ]
+        );
+        let old = deployment();
+        let mut new = deployment();
+        new["spec"]["selector"]["matchLabels"] = json!({"app": "web", "tier": "fe"});
+        new["spec"]["template"]["metadata"]["labels"] = json!({"app": "web", "tier": "fe"});
+        assert_eq!(
+            msgs(&validate_deployment(&new, Some(&old))),
+            [
+                "spec.selector: Invalid value: v1.LabelSelector{MatchLabels:map[string]string{\"app\":\"web\", \"tier\":\"fe\"}, MatchExpressions:[]v1.LabelSelectorRequirement(nil)}: field is immutable"
+            ]
+        );
+        let mut d = deployment();
+        d["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
+        d["spec"]["strategy"]["rollingUpdate"] = json!({"maxUnavailable": 0, "maxSurge": 0});
+        assert_eq!(
+            msgs(&validate_deployment(&d, None)),
+            [
+                "spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\"",
+                "spec.strategy.rollingUpdate.maxUnavailable: Invalid value: intstr.IntOrString{Type:0, IntVal:0, StrVal:\"\"}: may not be 0 when `maxSurge` is 0",
+            ]
+        );
+    }
+
+    #[test]
+    fn workload_defaults_and_cells() {
+        let mut sts = json!({"spec": {"selector": {"matchLabels": {"a": "b"}}, "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {}}],
+            "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        statefulset_defaults(&mut sts);
+        assert_eq!(sts["spec"]["podManagementPolicy"], "OrderedReady");
+        assert_eq!(
+            sts["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
+        );
+        assert_eq!(
+            sts["spec"]["persistentVolumeClaimRetentionPolicy"],
+            json!({"whenDeleted": "Retain", "whenScaled": "Retain"})
+        );
+        assert_eq!(
+            sts["spec"]["volumeClaimTemplates"][0]["spec"]["volumeMode"],
+            "Filesystem"
+        );
+        assert_eq!(
+            sts["spec"]["volumeClaimTemplates"][0]["status"]["phase"],
+            "Pending"
+        );
+        let mut new = sts.clone();
+        new["spec"]["serviceName"] = json!("other");
+        assert_eq!(msgs(&validate_statefulset(&new, Some(&sts))).len(), 1);
+        let mut ds = json!({"spec": {"selector": {"matchLabels": {"a": "b"}},
+            "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"nodeSelector": {"k": "v"}, "containers": [{"name": "c", "image": "i"}]}}}});
+        daemonset_defaults(&mut ds);
+        assert_eq!(
+            ds["spec"]["updateStrategy"]["rollingUpdate"],
+            json!({"maxUnavailable": 1, "maxSurge": 0})
+        );
+        assert!(validate_daemonset(&ds, None).is_empty());
+        let cells = (DAEMONSETS.cells)(&ds);
+        assert_eq!(cells[6], "k=v");
+        assert_eq!(cells[10], "a=b");
+        let mut rs = deployment();
+        rs["spec"]["selector"]["matchExpressions"] =
+            json!([{"key": "tier", "operator": "NotIn", "values": ["b", "a"]}]);
+        let cells = (REPLICASETS.cells)(&rs);
+        assert_eq!(cells[7], "app=web,tier notin (a,b)");
+        let cells = (DEPLOYMENTS.cells)(&rs);
+        assert_eq!(cells[1], "0/1");
+        assert_eq!(cells[5], "web");
+        assert_eq!(cells[6], "nginx");
+    }
+}

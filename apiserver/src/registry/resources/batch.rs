@@ -340,3 +340,66 @@ fn job_cells(o: &Value) -> Vec<Value> {
         cell(format_label_selector(fields::at(o, &["spec", "selector"]))),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Value {
+        let mut j = json!({"metadata": {"name": "pi", "uid": "u1"}, "spec": {"template": {"spec": {
+            "restartPolicy": "Never", "containers": [{"name": "pi", "image": "perl"}]}}}});
+        job_defaults(&mut j);
+        j
+    }
+
+    #[test]
+    fn job_defaults_generate_the_selector() {
+        let j = job();
+        assert_eq!(j["spec"]["completions"], 1);
+        assert_eq!(j["spec"]["parallelism"], 1);
+        assert_eq!(j["spec"]["backoffLimit"], 6);
+        assert_eq!(j["spec"]["completionMode"], "NonIndexed");
+        assert_eq!(j["spec"]["suspend"], false);
+        assert_eq!(j["spec"]["podReplacementPolicy"], "TerminatingOrFailed");
+        assert_eq!(j["spec"]["selector"], json!({"matchLabels": {UID: "u1"}}));
+        let labels = json!({LEGACY_NAME: "pi", NAME: "pi", LEGACY_UID: "u1", UID: "u1"});
+        assert_eq!(j["spec"]["template"]["metadata"]["labels"], labels);
+        assert_eq!(j["metadata"]["labels"], labels);
+        assert!(
+            validate_job(&j, None).is_empty(),
+            "{:?}",
+            validate_job(&j, None)
+        );
+        let mut par = json!({"metadata": {"name": "p", "uid": "u"}, "spec": {"parallelism": 3, "template": {}}});
+        job_defaults(&mut par);
+        assert!(par["spec"].get("completions").is_none());
+        assert_eq!(job_cells(&par)[2], "0/1 of 3");
+    }
+
+    #[test]
+    fn job_validation_messages() {
+        let mut j = job();
+        j["spec"]["template"]["spec"]["restartPolicy"] = json!("Always");
+        j["spec"]["backoffLimit"] = json!(-1);
+        let msgs: Vec<String> = validate_job(&j, None)
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        assert_eq!(
+            msgs,
+            [
+                "spec.backoffLimit: Invalid value: -1: must be greater than or equal to 0",
+                "spec.template.spec.restartPolicy: Required value: valid values: \"OnFailure\", \"Never\"",
+            ]
+        );
+        let old = job();
+        let mut new = job();
+        new["spec"]["template"]["spec"]["containers"][0]["image"] = json!("perl:2");
+        new["spec"]["completions"] = json!(2);
+        let fields: Vec<String> = validate_job(&new, Some(&old))
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(fields, ["spec.completions", "spec.template"]);
+    }
+}

@@ -168,3 +168,32 @@ fn validate_event_v1(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
     }
     errs
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversion_round_trips_and_prints() {
+        let ev = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"},
+            "regarding": {"kind": "Pod", "name": "p"}, "note": "hello", "reportingController": "kubelet",
+            "reportingInstance": "n1", "reason": "Started", "type": "Normal", "action": "Start",
+            "eventTime": "2024-01-01T00:00:00.000000Z"});
+        let core = to_core_event(&ev);
+        assert_eq!(core["involvedObject"]["name"], "p");
+        assert_eq!(core["message"], "hello");
+        assert_eq!(core["reportingComponent"], "kubelet");
+        assert_eq!(from_core_event(&core), ev);
+        let cells = (EVENTS_V1.cells)(&ev);
+        assert_eq!(cells[3], "pod/p");
+        assert_eq!(cells[5], "kubelet, n1");
+        assert_eq!(event_v1_field(&ev, "regarding.name").as_deref(), Some("p"));
+        assert!(validate_event_v1(&ev, None).is_empty());
+        let msgs: Vec<String> = validate_event_v1(&json!({"type": "Bad"}), None)
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        assert_eq!(msgs[0], "eventTime: Required value");
+        assert_eq!(msgs[1], "type: Invalid value: \"\": has invalid value: Bad");
+    }
+}

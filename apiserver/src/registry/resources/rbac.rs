@@ -356,3 +356,64 @@ fn binding_cells(o: &Value) -> Vec<Value> {
         cell(sas),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rbac_rules_and_bindings() {
+        let role = json!({"rules": [{"apiGroups": [""], "resources": ["pods"]}, {"nonResourceURLs": ["/healthz"], "verbs": ["get"]}]});
+        let msgs: Vec<String> = validate_rules(&role, true)
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        assert_eq!(
+            msgs,
+            [
+                "rules[0].verbs: Required value: verbs must contain at least one value",
+                "rules[1].nonResourceURLs: Invalid value: []string{\"/healthz\"}: namespaced rules cannot apply to non-resource URLs",
+            ]
+        );
+        assert!(
+            validate_rules(
+                &json!({"rules": [{"nonResourceURLs": ["/healthz"], "verbs": ["get"]}]}),
+                false
+            )
+            .is_empty()
+        );
+        let mut rb = json!({"roleRef": {"kind": "Role", "name": "r"}, "subjects": [
+            {"kind": "User", "name": "alice"}, {"kind": "Group", "name": "devs"},
+            {"kind": "ServiceAccount", "name": "default", "namespace": "ns"}]});
+        binding_defaults(&mut rb);
+        assert_eq!(rb["roleRef"]["apiGroup"], GROUP);
+        assert_eq!(rb["subjects"][0]["apiGroup"], GROUP);
+        assert!(rb["subjects"][2].get("apiGroup").is_none());
+        assert!(validate_binding(&rb, None, true).is_empty());
+        let crb_errs: Vec<String> = validate_binding(&rb, None, false)
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        assert_eq!(
+            crb_errs,
+            ["roleRef.kind: Unsupported value: \"Role\": supported values: \"ClusterRole\""]
+        );
+        let cells = binding_cells(&rb);
+        assert_eq!(cells[1], "Role/r");
+        assert_eq!(cells[3], "alice");
+        assert_eq!(cells[4], "devs");
+        assert_eq!(cells[5], "ns/default");
+        let mut changed = rb.clone();
+        changed["roleRef"]["name"] = json!("other");
+        let errs: Vec<String> = validate_binding(&changed, Some(&rb), true)
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        assert_eq!(
+            errs,
+            [
+                "roleRef: Invalid value: rbac.RoleRef{APIGroup:\"rbac.authorization.k8s.io\", Kind:\"Role\", Name:\"other\"}: cannot change roleRef"
+            ]
+        );
+    }
+}
