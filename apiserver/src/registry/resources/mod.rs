@@ -136,7 +136,7 @@ pub const CONFIGMAPS: ResourceDef = ResourceDef {
     has_status: false,
     normalize: normalize_as::<corev1::ConfigMap>,
     defaults: no_defaults,
-    validate: no_validation,
+    validate: validate_configmap,
     columns: &[
         NAME_COLUMN,
         Column {
@@ -168,6 +168,57 @@ pub const CONFIGMAPS: ResourceDef = ResourceDef {
     selectable_fields: &[],
     schema: schema_of::<corev1::ConfigMap>,
 };
+
+/// ConfigMap validation: data/binaryData keys (`IsConfigMapKey`), no key in both, and the
+/// `immutable` rules on update.
+fn validate_configmap(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let data = o.get("data").and_then(Value::as_object);
+    let binary = o.get("binaryData").and_then(Value::as_object);
+    for (field, m) in [("data", data), ("binaryData", binary)] {
+        for k in m.into_iter().flat_map(|m| m.keys()) {
+            for msg in self::core::config_key_errors(k) {
+                errs.push(FieldError::invalid(
+                    format!("{field}[{k}]"),
+                    &Value::String(k.clone()),
+                    &msg,
+                ));
+            }
+        }
+    }
+    for k in data.into_iter().flat_map(|m| m.keys()) {
+        if binary.is_some_and(|b| b.contains_key(k)) {
+            errs.push(FieldError::invalid(
+                format!("data[{k}]"),
+                &Value::String(k.clone()),
+                "duplicate of key present in binaryData",
+            ));
+        }
+    }
+    if let Some(old) = old
+        && old.get("immutable").and_then(Value::as_bool) == Some(true)
+    {
+        if o.get("immutable").and_then(Value::as_bool) != Some(true) {
+            errs.push(FieldError::forbidden(
+                "immutable",
+                "field is immutable when `immutable` is set",
+            ));
+        }
+        if o.get("data") != old.get("data") {
+            errs.push(FieldError::forbidden(
+                "data",
+                "field is immutable when `immutable` is set",
+            ));
+        }
+        if o.get("binaryData") != old.get("binaryData") {
+            errs.push(FieldError::forbidden(
+                "binaryData",
+                "field is immutable when `immutable` is set",
+            ));
+        }
+    }
+    errs
+}
 
 #[cfg(test)]
 mod tests {
