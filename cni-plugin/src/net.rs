@@ -1,0 +1,142 @@
+//! Link plumbing with iproute2 (`ip`) and `nsenter`: the node bridge and the pod's veth pair.
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+use ipnet::Ipv4Net;
+
+use crate::CniError;
+
+fn run(cmd: &mut Command) -> Result<String, CniError> {
+    let out = cmd
+        .output()
+        .map_err(|e| CniError::Other(format!("run {cmd:?}: {e}")))?;
+    if !out.status.success() {
+        return Err(CniError::Other(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip() -> Command {
+    Command::new("ip")
+}
+
+/// `ip …` run inside the network namespace at `netns`.
+fn ip_in(netns: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={netns}")).arg("ip");
+    c
+}
+
+fn link_exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Creates the bridge if absent, gives it the gateway address and enables forwarding.
+pub fn ensure_bridge(
+    bridge: &str,
+    gateway: Ipv4Addr,
+    cidr: Ipv4Net,
+    mtu: u32,
+) -> Result<(), CniError> {
+    if !link_exists(bridge) {
+        // Another ADD may create it concurrently; the second create fails and is harmless.
+        let _ = run(ip().args(["link", "add", bridge, "type", "bridge"]));
+    }
+    let gw = format!("{gateway}/{}", cidr.prefix_len());
+    let addrs = run(ip().args(["-4", "-o", "addr", "show", "dev", bridge]))?;
+    if !addrs.contains(&format!(" {gw} ")) {
+        run(ip().args(["addr", "add", &gw, "dev", bridge]))?;
+    }
+    run(ip().args(["link", "set", bridge, "mtu", &mtu.to_string(), "up"]))?;
+    let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
+    Ok(())
+}
+
+/// The host-side veth name for a container: stable, so DEL can find it without a netns.
+pub fn host_veth_name(container_id: &str) -> String {
+    let short: String = container_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(11)
+        .collect();
+    format!("veth{short}")
+}
+
+/// Creates the veth pair (pod end `ifname` in `netns`), addresses it and routes via the gateway.
+/// Returns `(host mac, pod mac)`.
+pub fn setup_veth(
+    netns: &str,
+    ifname: &str,
+    host_veth: &str,
+    bridge: &str,
+    addr: Ipv4Net,
+    gateway: Ipv4Addr,
+    mtu: u32,
+) -> Result<(String, String), CniError> {
+    if !link_exists(host_veth) {
+        // Create inside the pod netns and send the peer to this process's netns (the node's).
+        let me = std::process::id().to_string();
+        let mtu_s = mtu.to_string();
+        run(ip_in(netns).args([
+            "link", "add", ifname, "mtu", &mtu_s, "type", "veth", "peer", "name", host_veth, "mtu",
+            &mtu_s, "netns", &me,
+        ]))?;
+    }
+    run(ip().args(["link", "set", host_veth, "master", bridge, "up"]))?;
+    run(ip_in(netns).args(["link", "set", "lo", "up"]))?;
+    let have = run(ip_in(netns).args(["-4", "-o", "addr", "show", "dev", ifname]))?;
+    if !have.contains(&format!(" {addr} ")) {
+        run(ip_in(netns).args(["addr", "add", &addr.to_string(), "dev", ifname]))?;
+    }
+    run(ip_in(netns).args(["link", "set", ifname, "up"]))?;
+    run(ip_in(netns).args([
+        "route",
+        "replace",
+        "default",
+        "via",
+        &gateway.to_string(),
+        "dev",
+        ifname,
+    ]))?;
+    let host_mac = mac(None, host_veth)?;
+    let pod_mac = mac(Some(netns), ifname)?;
+    Ok((host_mac, pod_mac))
+}
+
+fn mac(netns: Option<&str>, ifname: &str) -> Result<String, CniError> {
+    let out = match netns {
+        Some(ns) => run(ip_in(ns).args(["-o", "link", "show", "dev", ifname]))?,
+        None => run(ip().args(["-o", "link", "show", "dev", ifname]))?,
+    };
+    Ok(out
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// Checks that the pod interface exists in `netns` with `addr`.
+pub fn check_veth(netns: &str, ifname: &str, addr: Ipv4Net) -> Result<(), CniError> {
+    let have = run(ip_in(netns).args(["-4", "-o", "addr", "show", "dev", ifname]))?;
+    if !have.contains(&format!(" {addr} ")) {
+        return Err(CniError::Other(format!(
+            "interface {ifname} does not have address {addr}"
+        )));
+    }
+    Ok(())
+}
+
+/// Deletes the veth pair if it still exists (deleting one end removes both); absent is success.
+pub fn teardown_veth(host_veth: &str) -> Result<(), CniError> {
+    if link_exists(host_veth) {
+        let r = run(ip().args(["link", "del", host_veth]));
+        if link_exists(host_veth) {
+            r?;
+        }
+    }
+    Ok(())
+}

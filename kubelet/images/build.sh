@@ -1,0 +1,80 @@
+#!/bin/bash
+# Builds Lotse's base images offline as OCI archives (no registry): one archive per image in OUT_DIR,
+# which the kubelet imports into containerd at start (<root-dir>/images/).
+#
+# Usage: build.sh OUT_DIR [--force] [IMAGE...]     IMAGE: busybox pause nginx debian (default: all four)
+#   busybox  docker.io/library/busybox:latest  from Debian's busybox-static          (~1 s)
+#   pause    registry.k8s.io/pause:3.6         static C pause (gcc), the sandbox image (~1 s)
+#   debian   docker.io/library/debian:bookworm debootstrap minbase from the machine's Debian mirror (~45 s)
+#   nginx    docker.io/library/nginx:latest    the debian rootfs + nginx from the mirror (~15 s more)
+# Needs: tar, sha256sum, jq, gzip; busybox-static (busybox), gcc + libc6-dev (pause), debootstrap (debian, nginx).
+# An archive that already exists is kept unless --force. Build output is deterministic for busybox and pause.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+OUT=${1:?usage: build.sh OUT_DIR [--force] [IMAGE...]}; shift
+FORCE=0; if [ "${1:-}" = "--force" ]; then FORCE=1; shift; fi
+IMAGES=("$@"); [ ${#IMAGES[@]} -eq 0 ] && IMAGES=(busybox pause debian nginx)
+mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
+WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT
+MIRROR=${MIRROR:-$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)}
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+
+need() { command -v "$1" >/dev/null || { echo "build.sh: '$1' not found; install Debian package '$2'" >&2; exit 1; }; }
+skip() { if [ $FORCE = 0 ] && [ -s "$OUT/$1.tar" ]; then echo "$1: $OUT/$1.tar exists (use --force to rebuild)"; return 0; fi; return 1; }
+
+busybox_rootfs() { # DIR
+  local R=$1; need busybox busybox-static
+  local BB; BB=$(command -v busybox)
+  file -L "$BB" 2>/dev/null | grep -q 'dynamically' && { echo "busybox at $BB is not static; install busybox-static" >&2; exit 1; }
+  rm -rf "$R"; mkdir -p "$R"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,etc,tmp,var,root,run}
+  cp "$BB" "$R/bin/busybox"
+  # one symlink per applet (what `busybox --install -s` does, without needing chroot)
+  for a in $("$BB" --list-full); do [ -e "$R/$a" ] || ln -s /bin/busybox "$R/$a"; done
+  printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$R/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\n' > "$R/etc/group"
+  chmod 1777 "$R/tmp"
+}
+
+debian_rootfs() { # DIR
+  local R=$1; need debootstrap debootstrap
+  if [ ! -x "$WORK/debian-cache/bin/sh" ]; then
+    debootstrap --variant=minbase bookworm "$WORK/debian-cache" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 ||
+      { tail -20 "$WORK/debootstrap.log" >&2; exit 1; }
+    rm -rf "$WORK/debian-cache"/var/cache/apt/archives/*.deb "$WORK/debian-cache"/var/lib/apt/lists/*
+  fi
+  rm -rf "$R"; cp -a "$WORK/debian-cache" "$R"
+}
+
+for img in "${IMAGES[@]}"; do
+  T0=$(date +%s)
+  case "$img" in
+    busybox)
+      skip busybox && continue
+      busybox_rootfs "$WORK/busybox"
+      "$HERE/mkimage.sh" "$WORK/busybox" docker.io/library/busybox:latest "$OUT/busybox.tar" -- sh ;;
+    pause)
+      skip pause && continue
+      need gcc gcc
+      mkdir -p "$WORK/pause"
+      gcc -Os -static -o "$WORK/pause/pause" "$HERE/pause.c" && strip "$WORK/pause/pause"
+      "$HERE/mkimage.sh" "$WORK/pause" registry.k8s.io/pause:3.6 "$OUT/pause.tar" -- /pause ;;
+    debian)
+      skip debian && continue
+      debian_rootfs "$WORK/debian"
+      "$HERE/mkimage.sh" "$WORK/debian" docker.io/library/debian:bookworm "$OUT/debian.tar" --gzip -- bash ;;
+    nginx)
+      skip nginx && continue
+      debian_rootfs "$WORK/nginx"
+      R="$WORK/nginx"
+      cp /etc/resolv.conf "$R/etc/resolv.conf"
+      printf '#!/bin/sh\nexit 101\n' > "$R/usr/sbin/policy-rc.d"; chmod +x "$R/usr/sbin/policy-rc.d"
+      chroot "$R" /bin/sh -c 'export DEBIAN_FRONTEND=noninteractive; apt-get update -qq &&
+        apt-get install -y -qq --no-install-recommends nginx curl >/dev/null && apt-get clean && rm -rf /var/lib/apt/lists/*'
+      rm -f "$R/usr/sbin/policy-rc.d" "$R/etc/resolv.conf"; rm -rf "$R"/var/cache/apt/archives/*.deb
+      # logs to the container's stdout/stderr, as the Docker Hub image does
+      ln -sf /dev/stdout "$R/var/log/nginx/access.log"; ln -sf /dev/stderr "$R/var/log/nginx/error.log"
+      "$HERE/mkimage.sh" "$R" docker.io/library/nginx:latest "$OUT/nginx.tar" --gzip -- nginx -g 'daemon off;' ;;
+    *) echo "unknown image '$img' (busybox pause debian nginx)" >&2; exit 2 ;;
+  esac
+  echo "$img: built $OUT/$img.tar in $(( $(date +%s) - T0 )) s"
+done

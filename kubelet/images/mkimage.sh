@@ -1,0 +1,46 @@
+#!/bin/bash
+# Build a single-layer OCI image archive from a rootfs directory, no registry, no daemon.
+# Usage: mkimage.sh ROOTFS_DIR IMAGE_REF OUT.tar [--gzip] -- CMD [ARGS...]
+#   e.g. mkimage.sh ./rootfs-busybox docker.io/library/busybox:latest busybox.tar -- /bin/sh
+# Then:  ctr -a SOCK -n k8s.io images import OUT.tar
+# Needs: tar, sha256sum, jq, (gzip if --gzip).
+set -euo pipefail
+ROOTFS=$1; REF=$2; OUT=$3; shift 3
+GZIP=0; if [ "${1:-}" = "--gzip" ]; then GZIP=1; shift; fi
+[ "${1:-}" = "--" ] && shift
+CMD_JSON=$(jq -cn '$ARGS.positional' --args -- "$@")
+[ "$CMD_JSON" = "[]" ] && CMD_JSON='["/bin/sh"]'
+W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
+mkdir -p "$W/blobs/sha256"
+# 1. layer (deterministic tar of the rootfs)
+tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$ROOTFS" -cf "$W/layer.tar" .
+DIFFID=$(sha256sum "$W/layer.tar" | cut -d' ' -f1)
+if [ $GZIP = 1 ]; then
+  gzip -n -1 "$W/layer.tar"; LAYER="$W/layer.tar.gz"; LMT=application/vnd.oci.image.layer.v1.tar+gzip
+else LAYER="$W/layer.tar"; LMT=application/vnd.oci.image.layer.v1.tar; fi
+LDIG=$(sha256sum "$LAYER" | cut -d' ' -f1); LSIZE=$(stat -c %s "$LAYER")
+mv "$LAYER" "$W/blobs/sha256/$LDIG"
+# 2. config
+jq -cn --arg d "sha256:$DIFFID" --argjson cmd "$CMD_JSON" '{
+  architecture:"amd64", os:"linux",
+  config:{Env:["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], Cmd:$cmd, WorkingDir:"/"},
+  rootfs:{type:"layers", diff_ids:[$d]},
+  history:[{created_by:"mkimage.sh"}] }' > "$W/config.json"
+CDIG=$(sha256sum "$W/config.json" | cut -d' ' -f1); CSIZE=$(stat -c %s "$W/config.json")
+mv "$W/config.json" "$W/blobs/sha256/$CDIG"
+# 3. manifest
+jq -cn --arg c "sha256:$CDIG" --argjson cs $CSIZE --arg l "sha256:$LDIG" --argjson ls $LSIZE --arg lmt $LMT '{
+  schemaVersion:2, mediaType:"application/vnd.oci.image.manifest.v1+json",
+  config:{mediaType:"application/vnd.oci.image.config.v1+json", digest:$c, size:$cs},
+  layers:[{mediaType:$lmt, digest:$l, size:$ls}] }' > "$W/manifest.json"
+MDIG=$(sha256sum "$W/manifest.json" | cut -d' ' -f1); MSIZE=$(stat -c %s "$W/manifest.json")
+mv "$W/manifest.json" "$W/blobs/sha256/$MDIG"
+# 4. index + layout; io.containerd.image.name gives the full tag to `ctr images import`
+jq -cn --arg m "sha256:$MDIG" --argjson ms $MSIZE --arg ref "$REF" '{
+  schemaVersion:2, mediaType:"application/vnd.oci.image.index.v1+json",
+  manifests:[{mediaType:"application/vnd.oci.image.manifest.v1+json", digest:$m, size:$ms,
+    platform:{architecture:"amd64", os:"linux"},
+    annotations:{"io.containerd.image.name":$ref, "org.opencontainers.image.ref.name":($ref|split(":")|last)}}] }' > "$W/index.json"
+echo '{"imageLayoutVersion":"1.0.0"}' > "$W/oci-layout"
+tar -C "$W" -cf "$OUT" oci-layout index.json blobs
+echo "built $OUT ref=$REF manifest=sha256:$MDIG layer=$LSIZE bytes"
