@@ -128,11 +128,11 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 "kind": k,
                 "verbs": subresource_verbs(*s),
             });
-            if g != d.group || v != d.version {
-                if let Value::Object(m) = &mut sr {
-                    m.insert("group".into(), g.into());
-                    m.insert("version".into(), v.into());
-                }
+            if (g != d.group || v != d.version)
+                && let Value::Object(m) = &mut sr
+            {
+                m.insert("group".into(), g.into());
+                m.insert("version".into(), v.into());
             }
             resources.push(sr);
         }

@@ -217,7 +217,7 @@ pub fn validate_metadata(def: &ResourceDef, obj: &Value) -> Vec<FieldError> {
             }
             let s = v.as_str().unwrap_or_default();
             for p in validation::label_value(s) {
-                errs.push(FieldError::invalid(format!("metadata.labels"), &Value::String(s.to_string()), &p));
+                errs.push(FieldError::invalid("metadata.labels", &Value::String(s.to_string()), &p));
             }
         }
     }
@@ -227,7 +227,7 @@ pub fn validate_metadata(def: &ResourceDef, obj: &Value) -> Vec<FieldError> {
             errs.push(FieldError {
                 reason: "FieldValueTooLong",
                 field: "metadata.annotations".into(),
-                message: format!("metadata.annotations: Too long: may not be more than 262144 bytes"),
+                message: "metadata.annotations: Too long: may not be more than 262144 bytes".to_string(),
             });
         }
         for k in ann.keys() {
@@ -519,10 +519,10 @@ pub async fn write_update(
     };
     if let Some(mgr) = field_manager {
         crate::managed::record(&mut new, &old, mgr, operation, def);
-    } else if let Some(mf) = old.pointer("/metadata/managedFields").cloned() {
-        if new.pointer("/metadata/managedFields").is_none() {
-            fields::ensure_object(&mut new, &["metadata"]).insert("managedFields".into(), mf);
-        }
+    } else if let Some(mf) = old.pointer("/metadata/managedFields").cloned()
+        && new.pointer("/metadata/managedFields").is_none()
+    {
+        fields::ensure_object(&mut new, &["metadata"]).insert("managedFields".into(), mf);
     }
     let mut old_cmp = old.clone();
     fields::ensure_object(&mut old_cmp, &["metadata"]).remove("resourceVersion");
@@ -535,7 +535,8 @@ pub async fn write_update(
     let finalizers_empty = new
         .pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .is_none_or(|a| a.is_empty());
+        .is_none_or(|a| a.is_empty())
+        && !namespace_finalizers_pending(def, &new);
     let key = object_key(def, ns, name);
     if dry_run {
         set_rv(&mut new, old_rv);
@@ -564,6 +565,12 @@ fn strip_managed_time(v: &Value) -> Value {
     v
 }
 
+/// A namespace is only removed once its `spec.finalizers` (the namespace controller's
+/// `kubernetes` finalizer) are gone too.
+fn namespace_finalizers_pending(def: &ResourceDef, obj: &Value) -> bool {
+    def.kind == "Namespace" && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty())
+}
+
 /// Pods with a pending graceful deletion stay until the kubelet confirms (grace 0).
 fn is_graceful_pending(def: &ResourceDef, obj: &Value) -> bool {
     def.kind == "Pod" && fields::i64_at(obj, &["metadata", "deletionGracePeriodSeconds"]).unwrap_or(0) > 0
@@ -580,10 +587,8 @@ pub async fn patch(ctx: &Ctx<'_>, name: &str, body: Bytes, scope: Option<UpdateS
     let ns = ctx.rp.namespace.as_deref();
     let scope = scope.unwrap_or(UpdateScope::Main);
     let field_manager = ctx.query.get("fieldManager");
-    if pt == patch::PatchType::Apply {
-        if field_manager.is_none_or(str::is_empty) {
-            return Err(ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
-        }
+    if pt == patch::PatchType::Apply && field_manager.is_none_or(str::is_empty) {
+        return Err(ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
     }
     let mut attempts = 0;
     loop {
@@ -738,7 +743,7 @@ pub async fn delete_object(state: &AppState, def: &'static ResourceDef, ns: Opti
             0
         };
         let already_deleting = obj.pointer("/metadata/deletionTimestamp").is_some();
-        if finalizers.is_empty() && grace == 0 {
+        if finalizers.is_empty() && grace == 0 && !namespace_finalizers_pending(def, &obj) {
             if opts.dry_run {
                 return Ok((obj, StatusCode::OK));
             }
@@ -781,7 +786,6 @@ pub async fn delete_object(state: &AppState, def: &'static ResourceDef, ns: Opti
         if def.kind == "Namespace"
             && let Value::Object(m) = &mut obj
         {
-            fields::ensure_object(&mut Value::Null, &[]);
             let status = m.entry("status").or_insert_with(|| json!({}));
             if let Value::Object(s) = status {
                 s.insert("phase".into(), Value::String("Terminating".into()));
