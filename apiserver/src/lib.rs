@@ -16,6 +16,7 @@ pub mod pki;
 pub mod protobuf;
 pub mod proxy;
 pub mod registry;
+pub mod schema_strategy;
 pub mod request;
 pub mod reviews;
 pub mod selectors;

@@ -33,199 +33,6 @@ use crate::registry::{self, ResourceDef, Subresource};
 
 const SCHEMA_PREFIX: &str = "#/components/schemas/";
 
-/// Patch metadata Kubernetes declares in its Go types (`patchStrategy`, `patchMergeKey` struct
-/// tags) and publishes as `x-kubernetes-patch-strategy` / `x-kubernetes-patch-merge-key`:
-/// (schema, property, strategy, merge key). k8s-openapi's schemas do not carry them.
-const PATCH_META: &[(&str, &str, &str, &str)] = &[
-    (
-        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
-        "finalizers",
-        "merge",
-        "",
-    ),
-    (
-        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
-        "ownerReferences",
-        "merge",
-        "uid",
-    ),
-    ("io.k8s.api.core.v1.PodSpec", "containers", "merge", "name"),
-    (
-        "io.k8s.api.core.v1.PodSpec",
-        "initContainers",
-        "merge",
-        "name",
-    ),
-    (
-        "io.k8s.api.core.v1.PodSpec",
-        "ephemeralContainers",
-        "merge",
-        "name",
-    ),
-    (
-        "io.k8s.api.core.v1.PodSpec",
-        "volumes",
-        "merge,retainKeys",
-        "name",
-    ),
-    (
-        "io.k8s.api.core.v1.PodSpec",
-        "imagePullSecrets",
-        "merge",
-        "name",
-    ),
-    ("io.k8s.api.core.v1.PodSpec", "hostAliases", "merge", "ip"),
-    (
-        "io.k8s.api.core.v1.PodSpec",
-        "topologySpreadConstraints",
-        "merge",
-        "topologyKey",
-    ),
-    (
-        "io.k8s.api.core.v1.PodSpec",
-        "resourceClaims",
-        "merge,retainKeys",
-        "name",
-    ),
-    (
-        "io.k8s.api.core.v1.PodSpec",
-        "schedulingGates",
-        "merge",
-        "name",
-    ),
-    (
-        "io.k8s.api.core.v1.Container",
-        "ports",
-        "merge",
-        "containerPort",
-    ),
-    ("io.k8s.api.core.v1.Container", "env", "merge", "name"),
-    (
-        "io.k8s.api.core.v1.Container",
-        "volumeMounts",
-        "merge",
-        "mountPath",
-    ),
-    (
-        "io.k8s.api.core.v1.Container",
-        "volumeDevices",
-        "merge",
-        "devicePath",
-    ),
-    (
-        "io.k8s.api.core.v1.EphemeralContainer",
-        "ports",
-        "merge",
-        "containerPort",
-    ),
-    (
-        "io.k8s.api.core.v1.EphemeralContainer",
-        "env",
-        "merge",
-        "name",
-    ),
-    (
-        "io.k8s.api.core.v1.EphemeralContainer",
-        "volumeMounts",
-        "merge",
-        "mountPath",
-    ),
-    (
-        "io.k8s.api.core.v1.EphemeralContainer",
-        "volumeDevices",
-        "merge",
-        "devicePath",
-    ),
-    (
-        "io.k8s.api.core.v1.PodStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-    ("io.k8s.api.core.v1.PodStatus", "podIPs", "merge", "ip"),
-    ("io.k8s.api.core.v1.PodStatus", "hostIPs", "merge", "ip"),
-    ("io.k8s.api.core.v1.NodeSpec", "podCIDRs", "merge", ""),
-    (
-        "io.k8s.api.core.v1.NodeStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-    (
-        "io.k8s.api.core.v1.NodeStatus",
-        "addresses",
-        "merge",
-        "type",
-    ),
-    (
-        "io.k8s.api.core.v1.NamespaceStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-    ("io.k8s.api.core.v1.ServiceSpec", "ports", "merge", "port"),
-    (
-        "io.k8s.api.core.v1.ServiceStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-    (
-        "io.k8s.api.core.v1.ServiceAccount",
-        "secrets",
-        "merge",
-        "name",
-    ),
-    (
-        "io.k8s.api.core.v1.PersistentVolumeClaimStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-    (
-        "io.k8s.api.apps.v1.DeploymentSpec",
-        "strategy",
-        "retainKeys",
-        "",
-    ),
-    (
-        "io.k8s.api.apps.v1.DeploymentStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-    (
-        "io.k8s.api.apps.v1.ReplicaSetStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-    (
-        "io.k8s.api.apps.v1.StatefulSetStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-    (
-        "io.k8s.api.apps.v1.DaemonSetStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-    (
-        "io.k8s.api.batch.v1.JobStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-    (
-        "io.k8s.api.policy.v1.PodDisruptionBudgetStatus",
-        "conditions",
-        "merge",
-        "type",
-    ),
-];
-
 /// One published group-version document.
 struct Document {
     json: Bytes,
@@ -450,22 +257,18 @@ fn group_version_document(group: &str, version: &str, defs: &[&ResourceDef]) -> 
             list_schema(n, &list_meta, group, version),
         );
     }
-    for (schema, property, strategy, merge_key) in PATCH_META {
+    // Patch and list metadata from the one table of Kubernetes' struct tags (k8s-openapi's
+    // schemas do not carry them).
+    for rule in crate::schema_strategy::RULES {
         let Some(prop) = schemas
-            .get_mut(*schema)
+            .get_mut(rule.type_name)
             .and_then(|s| s.get_mut("properties"))
-            .and_then(|p| p.get_mut(*property))
+            .and_then(|p| p.get_mut(rule.property))
             .and_then(Value::as_object_mut)
         else {
             continue;
         };
-        prop.insert("x-kubernetes-patch-strategy".into(), Value::from(*strategy));
-        if !merge_key.is_empty() {
-            prop.insert(
-                "x-kubernetes-patch-merge-key".into(),
-                Value::from(*merge_key),
-            );
-        }
+        crate::schema_strategy::annotate(prop, rule);
     }
     schemas.sort_keys();
 
