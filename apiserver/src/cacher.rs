@@ -18,6 +18,8 @@ use crate::storage::{EventType, KeyValue, ListOptions, Revision, Storage, Storag
 const RING_CAPACITY: usize = 16 * 1024;
 /// How many live events a watcher may fall behind before it is dropped (and must re-watch).
 const BROADCAST_CAPACITY: usize = 8 * 1024;
+/// How often the caches check whether storage was compacted.
+const COMPACTION_POLL: Duration = Duration::from_secs(2);
 
 /// One object as the cache holds it: the JSON bytes served to clients plus what filters need.
 #[derive(Debug)]
@@ -191,6 +193,8 @@ impl CacheHub {
         let hub = Arc::new(CacheHub { storage, caches, rev_tx });
         let h = hub.clone();
         tokio::spawn(async move { h.run().await });
+        let h = hub.clone();
+        tokio::spawn(async move { h.follow_compactions().await });
         hub
     }
 
@@ -206,6 +210,27 @@ impl CacheHub {
                 Err(e) => tracing::warn!(error = %e, "watch cache error; re-listing"),
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// History compacted away in storage (by this or another apiserver) is dropped from the
+    /// caches' replay windows too, so a watch from a compacted revision gets 410 Expired and
+    /// the client re-lists, as with Kubernetes.
+    async fn follow_compactions(&self) {
+        let mut seen = 0;
+        let mut tick = tokio::time::interval(COMPACTION_POLL);
+        loop {
+            tick.tick().await;
+            match self.storage.compacted_revision().await {
+                Ok(c) if c > seen => {
+                    seen = c;
+                    for cache in &self.caches {
+                        cache.compacted(c).await;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "reading compacted revision"),
+            }
         }
     }
 

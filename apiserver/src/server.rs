@@ -312,7 +312,8 @@ pub async fn start(cfg: Config, shutdown: impl std::future::Future<Output = ()> 
     let server_url = format!("https://{host}:{}", addr.port());
     let admin_kubeconfig = pki.write_admin_kubeconfig(&server_url)?;
     let state = AppState::new(storage.clone(), cfg.service_cluster_ip_range, format!("{host}:{}", addr.port()));
-    crate::storage::compactor::spawn_compactor(storage.clone(), cfg.compaction_interval, 1000);
+    // As kube-apiserver: each tick compacts to the revision of the previous tick.
+    crate::storage::compactor::spawn_compactor(storage.clone(), cfg.compaction_interval, 0);
     bootstrap(&state).await;
     // Build the OpenAPI documents before the first client asks for them.
     let _ = tokio::task::spawn_blocking(openapi::v3_index).await;
