@@ -66,6 +66,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Address advertised in `/api` discovery.
     pub server_address: String,
+    /// Authentication and authorization state (token authority, RBAC authorizer).
+    pub security: crate::auth::Security,
 }
 
 impl AppState {
@@ -82,6 +84,7 @@ impl AppState {
             alloc: ServiceAllocator::new(service_cidr),
             metrics: Arc::new(Metrics::default()),
             server_address,
+            security: crate::auth::Security::default(),
         })
     }
 
@@ -147,16 +150,17 @@ async fn dispatch_inner(state: &Arc<AppState>, req: Request, labels: &mut Reques
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let query = Query::parse(parts.uri.query());
-    let user: Option<UserInfo> = parts.extensions.get::<ClientCertIdentity>().map(|c| c.0.clone());
-    let user = match user {
+    let cert = parts.extensions.get::<ClientCertIdentity>();
+    let user = match crate::authn::authenticate(state, &parts.headers, cert).await? {
         Some(u) => u,
-        None if is_public(&path) => UserInfo {
-            name: "system:anonymous".into(),
-            groups: vec!["system:unauthenticated".into()],
-            ..Default::default()
-        },
+        None if is_public(&path) => UserInfo::anonymous(),
         None => return Err(ApiError::unauthorized()),
     };
+    let user = crate::impersonation::impersonate(state, &parts.headers, user).await?;
+    state.security.rbac.require(state, &crate::rbac::request_attributes(&user, &parts.method, &path, &query)).await?;
+    if let Some(node) = path.strip_prefix("/lotse/node-kubeconfig/") {
+        return crate::components::node_kubeconfig_response(state, node);
+    }
     let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     match path.as_str() {
         "/healthz" | "/livez" | "/readyz" => return Ok(text(StatusCode::OK, "ok")),
@@ -206,6 +210,10 @@ async fn dispatch_inner(state: &Arc<AppState>, req: Request, labels: &mut Reques
         }
         _ => return Err(ApiError::no_such_resource()),
     };
+    if crate::reviews::is_review_path(group, version, rest) {
+        let body = body_bytes(body).await?;
+        return crate::reviews::handle(state, &user, &parts.method, &parts.headers, group, rest, body).await;
+    }
     if rest.is_empty() {
         return discovery::resource_list(group, version).map(|v| value(&v)).ok_or_else(ApiError::no_such_resource);
     }
@@ -216,8 +224,13 @@ async fn dispatch_inner(state: &Arc<AppState>, req: Request, labels: &mut Reques
     labels.resource = rp.def.plural.to_string();
     labels.subresource = rp.subresource.clone().unwrap_or_default();
     let body = body_bytes(body).await?;
+    let scope = Arc::new(crate::auth::RequestScope { user: user.clone(), warnings: Default::default() });
     let ctx = Ctx { state, rp: &rp, query: &query, headers: &parts.headers, user: &user };
-    handlers::handle(ctx, &parts.method, body).await
+    let mut resp = crate::auth::with_request(scope.clone(), handlers::handle(ctx, &parts.method, body)).await?;
+    if let Ok(ws) = scope.warnings.lock() {
+        handlers::add_warnings(&mut resp, &ws);
+    }
+    Ok(resp)
 }
 
 /// Reads a request body, enforcing Kubernetes' 3 MiB limit (413 beyond it).
@@ -314,7 +327,10 @@ pub async fn start(cfg: Config, shutdown: impl std::future::Future<Output = ()> 
     let state = AppState::new(storage.clone(), cfg.service_cluster_ip_range, format!("{host}:{}", addr.port()));
     // As kube-apiserver: each tick compacts to the revision of the previous tick.
     crate::storage::compactor::spawn_compactor(storage.clone(), cfg.compaction_interval, 0);
+    crate::authn::install(&state, &pki).map_err(|e| ServerError::Config(format!("service-account key: {e}")))?;
+    crate::components::start(&state, &pki, &server_url, &cfg.data_dir).map_err(ServerError::Pki)?;
     bootstrap(&state).await;
+    crate::bootstrap_rbac::ensure(&state).await;
     // Build the OpenAPI documents before the first client asks for them.
     let _ = tokio::task::spawn_blocking(openapi::v3_index).await;
     let tls = pki.rustls_server_config()?;

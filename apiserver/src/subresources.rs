@@ -39,6 +39,7 @@ pub async fn handle(ctx: &Ctx<'_>, method: &Method, name: &str, sub: &str, body:
             Ok(respond(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
         }
         (Subresource::Finalize, Method::PUT) => finalize(ctx, name, body).await,
+        (Subresource::Token, Method::POST) => crate::tokenrequest::create(ctx, name, body).await,
         (Subresource::Log | Subresource::Exec | Subresource::PortForward, _) => crate::proxy::pod_proxy(ctx, method, name, sub).await,
         _ => Err(ApiError::method_not_allowed()),
     }

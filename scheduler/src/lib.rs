@@ -1,1 +1,418 @@
-//! Lotse scheduler (skeleton; see its issue).
+//! Lotse scheduler: places pending pods on nodes the way kube-scheduler's default profile does.
+//!
+//! Watches pending pods (`spec.nodeName=`) addressed to this scheduler, assigned pods and nodes;
+//! keeps per-node aggregates in a [`cache::Cache`]; several worker threads take pods from the
+//! [`queue::SchedulingQueue`] and decide in parallel against the cache, each decision being
+//! *assumed* in the cache (re-validated if the cache changed meanwhile) before its binding is
+//! sent, so parallel decisions never overcommit a node. Bindings run concurrently.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod algorithm;
+pub mod binder;
+pub mod cache;
+pub mod events;
+pub mod framework;
+pub mod leader;
+pub mod plugins;
+pub mod quantity;
+pub mod queue;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::runtime::watcher::{self, Event as WatchEvent};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::algorithm::Profile;
+use crate::binder::BindOutcome;
+use crate::cache::Cache;
+use crate::events::{EventSink, PodEvent};
+use crate::framework::PodInfo;
+use crate::queue::{QueuedPod, SchedulingQueue};
+
+/// Scheduler settings (the flags of the `scheduler` binary).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Pods whose `spec.schedulerName` equals this are ours.
+    pub scheduler_name: String,
+    /// Number of pods decided in parallel (worker threads).
+    pub parallelism: usize,
+    /// Maximum binding requests in flight.
+    pub bind_concurrency: usize,
+    /// Run only while holding the Lease.
+    pub leader_elect: bool,
+    /// Namespace of the Lease.
+    pub lease_namespace: String,
+    /// Name of the Lease.
+    pub lease_name: String,
+    /// Holder identity for the Lease and event reporting instance.
+    pub identity: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into());
+        Config {
+            scheduler_name: "default-scheduler".into(),
+            parallelism: 2,
+            bind_concurrency: 256,
+            leader_elect: false,
+            lease_namespace: "kube-system".into(),
+            lease_name: "kube-scheduler".into(),
+            identity: format!("{host}_{}", uuid::Uuid::new_v4()),
+        }
+    }
+}
+
+/// Why the scheduler stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Leadership was lost; the process should exit so another replica takes over.
+    #[error("lost leader election lease")]
+    LeadershipLost,
+    /// A background task ended unexpectedly.
+    #[error("scheduler task ended: {0}")]
+    TaskEnded(&'static str),
+}
+
+/// What a worker decided for one pod.
+enum Outcome {
+    Bind { qp: QueuedPod, node: String },
+    Unschedulable { qp: QueuedPod, message: String },
+}
+
+struct Shared {
+    config: Config,
+    cache: RwLock<Cache>,
+    queue: SchedulingQueue,
+    profile: Profile,
+    next_start: AtomicUsize,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn cache_read(&self) -> std::sync::RwLockReadGuard<'_, Cache> {
+        self.cache.read().unwrap_or_else(|e| e.into_inner())
+    }
+    fn cache_write(&self) -> std::sync::RwLockWriteGuard<'_, Cache> {
+        self.cache.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Runs the scheduler until leadership is lost (or forever).
+pub async fn run(config: Config, client: Client) -> Result<(), Error> {
+    let elector = config
+        .leader_elect
+        .then(|| leader::LeaderElector::new(client.clone(), &config.lease_namespace, &config.lease_name, &config.identity));
+    if let Some(e) = &elector {
+        e.acquire().await;
+    }
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        cache: RwLock::new(Cache::default()),
+        queue: SchedulingQueue::default(),
+        profile: Profile::default(),
+        next_start: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+    });
+    let result = tokio::select! {
+        r = schedule(shared.clone(), client) => r,
+        _ = async { match &elector { Some(e) => e.hold().await, None => futures::future::pending().await } } => Err(Error::LeadershipLost),
+    };
+    shared.stop.store(true, Ordering::SeqCst);
+    shared.queue.close();
+    result
+}
+
+async fn schedule(shared: Arc<Shared>, client: Client) -> Result<(), Error> {
+    let (synced_tx, mut synced_rx) = watch::channel(0u8);
+    let synced_tx = Arc::new(synced_tx);
+    let nodes = tokio::spawn(watch_nodes(shared.clone(), client.clone(), synced_tx.clone()));
+    let assigned = tokio::spawn(watch_assigned_pods(shared.clone(), client.clone(), synced_tx.clone()));
+    let namespaces = tokio::spawn(watch_namespaces(shared.clone(), client.clone()));
+    // Decide nothing before nodes and assigned pods are known (a restart must not overcommit).
+    while *synced_rx.borrow() < 2 {
+        if synced_rx.changed().await.is_err() {
+            return Err(Error::TaskEnded("cache sync"));
+        }
+    }
+    tracing::info!(nodes = shared.cache_read().nodes().len(), pods = shared.cache_read().pod_count(), "caches synced");
+    let pending = tokio::spawn(watch_pending_pods(shared.clone(), client.clone()));
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<Outcome>();
+    for i in 0..shared.config.parallelism.max(1) {
+        let shared = shared.clone();
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name(format!("sched-worker-{i}"))
+            .spawn(move || worker(shared, tx))
+            .map_err(|_| Error::TaskEnded("worker thread"))?;
+    }
+    drop(tx);
+
+    let events = EventSink::start(client.clone(), shared.config.scheduler_name.clone(), shared.config.identity.clone());
+    let binds = Arc::new(Semaphore::new(shared.config.bind_concurrency.max(1)));
+    let outcomes = async {
+        while let Some(outcome) = rx.recv().await {
+            match outcome {
+                Outcome::Bind { qp, node } => {
+                    let Ok(permit) = binds.clone().acquire_owned().await else { break };
+                    let (shared, client, events) = (shared.clone(), client.clone(), events.clone());
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        finish_binding(&shared, &client, &events, qp, node).await;
+                    });
+                }
+                Outcome::Unschedulable { qp, message } => {
+                    let (client, events) = (client.clone(), events.clone());
+                    tokio::spawn(async move {
+                        tracing::debug!(pod = %qp.info.name, %message, "unschedulable");
+                        if let Err(e) = events::set_unschedulable_condition(&client, &qp.pod, &message).await {
+                            tracing::debug!(error = %e, "could not update PodScheduled condition");
+                        }
+                        events.emit(PodEvent { pod: qp.pod, type_: "Warning", reason: "FailedScheduling", action: "Scheduling", note: message });
+                    });
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = outcomes => Err(Error::TaskEnded("workers")),
+        _ = nodes => Err(Error::TaskEnded("node watch")),
+        _ = assigned => Err(Error::TaskEnded("assigned pod watch")),
+        _ = pending => Err(Error::TaskEnded("pending pod watch")),
+        _ = namespaces => Err(Error::TaskEnded("namespace watch")),
+    }
+}
+
+async fn finish_binding(shared: &Shared, client: &Client, events: &EventSink, qp: QueuedPod, node: String) {
+    match binder::bind(client, &qp.pod, &node).await {
+        BindOutcome::Bound => {
+            let note = format!("Successfully assigned {}/{} to {}", qp.info.namespace, qp.info.name, node);
+            events.emit(PodEvent { pod: qp.pod, type_: "Normal", reason: "Scheduled", action: "Binding", note });
+        }
+        BindOutcome::Gone => {
+            shared.cache_write().forget(&qp.info.uid);
+            shared.queue.move_all_to_active_or_backoff();
+        }
+        BindOutcome::Retry(e) => {
+            tracing::warn!(pod = %qp.info.name, error = %e, "binding failed; retrying");
+            shared.cache_write().forget(&qp.info.uid);
+            shared.queue.retry(qp);
+        }
+    }
+}
+
+/// A scheduling worker: pops, decides, assumes, hands the binding to the async side.
+fn worker(shared: Arc<Shared>, tx: mpsc::UnboundedSender<Outcome>) {
+    let mut rng = rand::rng();
+    while !shared.stop.load(Ordering::Relaxed) {
+        let Some(qp) = shared.queue.pop(Duration::from_millis(500)) else { continue };
+        let outcome = decide(&shared, &qp, &mut rng);
+        let out = match outcome {
+            Ok(node) => {
+                shared.queue.done(&qp.info.uid);
+                Outcome::Bind { qp, node }
+            }
+            Err(Some(message)) => {
+                shared.queue.unschedulable(&qp.info.uid);
+                Outcome::Unschedulable { qp, message }
+            }
+            Err(None) => {
+                shared.queue.retry(qp);
+                continue;
+            }
+        };
+        if tx.send(out).is_err() {
+            return;
+        }
+    }
+}
+
+/// Ok(node) when assumed; Err(Some(message)) when unschedulable; Err(None) to retry later.
+fn decide(shared: &Shared, qp: &QueuedPod, rng: &mut impl rand::Rng) -> Result<String, Option<String>> {
+    for _ in 0..3 {
+        let start = shared.next_start.load(Ordering::Relaxed);
+        let (result, generation) = {
+            let cache = shared.cache_read();
+            if cache.contains_pod(&qp.info.uid) {
+                // Already assumed or bound (duplicate event); nothing to do.
+                return Err(None);
+            }
+            (shared.profile.schedule(&cache, &qp.info, start, rng), cache.generation())
+        };
+        let decision = match result {
+            Ok(d) => d,
+            Err(fit) => return Err(Some(fit.message())),
+        };
+        shared.next_start.store(decision.next_start, Ordering::Relaxed);
+        let mut cache = shared.cache_write();
+        if cache.generation() != generation {
+            // Something changed since we looked: the node must still pass every filter.
+            let still_fits = cache.node(&decision.node).is_some_and(|n| {
+                let state = shared.profile.pre_filter(&cache, &qp.info);
+                shared.profile.filter_node(&state, &qp.info, n).is_ok()
+            });
+            if !still_fits {
+                continue;
+            }
+        }
+        cache.assume(qp.info.clone(), &decision.node);
+        return Ok(decision.node);
+    }
+    Err(None)
+}
+
+fn is_ours(config: &Config, pod: &Pod) -> bool {
+    let spec = pod.spec.as_ref();
+    let name = spec.and_then(|s| s.scheduler_name.as_deref()).unwrap_or("default-scheduler");
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    name == config.scheduler_name
+        && pod.metadata.deletion_timestamp.is_none()
+        && spec.and_then(|s| s.node_name.as_deref()).unwrap_or("").is_empty()
+        && spec.and_then(|s| s.scheduling_gates.as_ref()).is_none_or(|g| g.is_empty())
+        && !matches!(phase, Some("Succeeded") | Some("Failed"))
+}
+
+async fn watch_pending_pods(shared: Arc<Shared>, client: Client) {
+    let api: Api<Pod> = Api::all(client);
+    let cfg = watcher::Config::default().fields("spec.nodeName=");
+    let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(WatchEvent::Apply(pod)) | Ok(WatchEvent::InitApply(pod)) => {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                if is_ours(&shared.config, &pod) {
+                    if !shared.cache_read().contains_pod(&uid) {
+                        let info = Arc::new(PodInfo::new(&pod));
+                        shared.queue.add_or_update(Arc::new(pod), info);
+                    }
+                } else {
+                    shared.queue.delete(&uid);
+                }
+            }
+            Ok(WatchEvent::Delete(pod)) => {
+                // Also sent when the pod gets bound (it leaves the field selector).
+                shared.queue.delete(pod.metadata.uid.as_deref().unwrap_or_default());
+            }
+            Ok(WatchEvent::Init) | Ok(WatchEvent::InitDone) => {}
+            Err(e) => tracing::warn!(error = %e, "pending pod watch error"),
+        }
+    }
+}
+
+async fn watch_assigned_pods(shared: Arc<Shared>, client: Client, synced: Arc<watch::Sender<u8>>) {
+    let api: Api<Pod> = Api::all(client);
+    let cfg = watcher::Config::default().fields("spec.nodeName!=");
+    let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
+    let mut seen: Option<HashSet<String>> = None;
+    let mut first = true;
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(WatchEvent::Init) => seen = Some(HashSet::new()),
+            Ok(WatchEvent::InitApply(pod)) => {
+                if let Some(s) = seen.as_mut() {
+                    s.insert(pod.metadata.uid.clone().unwrap_or_default());
+                }
+                apply_assigned(&shared, &pod);
+            }
+            Ok(WatchEvent::InitDone) => {
+                if let Some(s) = seen.take() {
+                    shared.cache_write().retain_assigned_pods(&s);
+                }
+                shared.queue.move_all_to_active_or_backoff();
+                if first {
+                    first = false;
+                    synced.send_modify(|n| *n += 1);
+                }
+            }
+            Ok(WatchEvent::Apply(pod)) => {
+                if apply_assigned(&shared, &pod) {
+                    shared.queue.move_all_to_active_or_backoff();
+                }
+            }
+            Ok(WatchEvent::Delete(pod)) => {
+                shared.cache_write().remove_pod(pod.metadata.uid.as_deref().unwrap_or_default());
+                shared.queue.move_all_to_active_or_backoff();
+            }
+            Err(e) => tracing::warn!(error = %e, "assigned pod watch error"),
+        }
+    }
+}
+
+/// Returns true if resources were freed (pod finished).
+fn apply_assigned(shared: &Shared, pod: &Pod) -> bool {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded") | Some("Failed")) {
+        let mut c = shared.cache_write();
+        let had = c.contains_pod(&uid);
+        c.remove_pod(&uid);
+        return had;
+    }
+    let info = Arc::new(PodInfo::new(pod).for_assigned());
+    shared.cache_write().upsert_assigned_pod(info);
+    false
+}
+
+async fn watch_nodes(shared: Arc<Shared>, client: Client, synced: Arc<watch::Sender<u8>>) {
+    let api: Api<Node> = Api::all(client);
+    let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let mut seen: Option<HashSet<String>> = None;
+    let mut first = true;
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(WatchEvent::Init) => seen = Some(HashSet::new()),
+            Ok(WatchEvent::InitApply(node)) => {
+                if let Some(s) = seen.as_mut() {
+                    s.insert(node.metadata.name.clone().unwrap_or_default());
+                }
+                shared.cache_write().upsert_node(&node);
+            }
+            Ok(WatchEvent::InitDone) => {
+                if let Some(s) = seen.take() {
+                    shared.cache_write().retain_nodes(&s);
+                }
+                shared.queue.move_all_to_active_or_backoff();
+                if first {
+                    first = false;
+                    synced.send_modify(|n| *n += 1);
+                }
+            }
+            Ok(WatchEvent::Apply(node)) => {
+                if shared.cache_write().upsert_node(&node) {
+                    shared.queue.move_all_to_active_or_backoff();
+                }
+            }
+            Ok(WatchEvent::Delete(node)) => {
+                shared.cache_write().remove_node(node.metadata.name.as_deref().unwrap_or_default());
+            }
+            Err(e) => tracing::warn!(error = %e, "node watch error"),
+        }
+    }
+}
+
+async fn watch_namespaces(shared: Arc<Shared>, client: Client) {
+    let api: Api<Namespace> = Api::all(client);
+    let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(WatchEvent::Apply(ns)) | Ok(WatchEvent::InitApply(ns)) => {
+                let name = ns.metadata.name.clone().unwrap_or_default();
+                shared.cache_write().namespaces.insert(name, ns.metadata.labels.clone().unwrap_or_default());
+            }
+            Ok(WatchEvent::Delete(ns)) => {
+                shared.cache_write().namespaces.remove(ns.metadata.name.as_deref().unwrap_or_default());
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "namespace watch error"),
+        }
+    }
+}

@@ -1,0 +1,589 @@
+//! Kubernetes' bootstrap RBAC policy (`plugin/pkg/auth/authorizer/rbac/bootstrappolicy`):
+//! the user-facing roles (cluster-admin, admin, edit, view with their aggregation), discovery
+//! and self-review roles, and the roles of Lotse's own components, created at start when
+//! missing.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::handlers;
+use crate::registry::resources::{CLUSTERROLEBINDINGS, CLUSTERROLES};
+use crate::server::AppState;
+
+const READ: &[&str] = &["get", "list", "watch"];
+const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
+const READ_WRITE: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> Value {
+    json!({"verbs": verbs, "apiGroups": groups, "resources": resources})
+}
+
+fn url_rule(verbs: &[&str], urls: &[&str]) -> Value {
+    json!({"verbs": verbs, "nonResourceURLs": urls})
+}
+
+fn cluster_role(name: &str, labels: Value, rules: Vec<Value>, aggregate_to: Option<&str>) -> Value {
+    let mut labels = labels;
+    if let Value::Object(m) = &mut labels {
+        m.insert("kubernetes.io/bootstrapping".into(), json!("rbac-defaults"));
+    }
+    let mut role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name, "labels": labels, "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}},
+        "rules": rules,
+    });
+    if let (Some(label), Value::Object(m)) = (aggregate_to, &mut role) {
+        m.insert(
+            "aggregationRule".into(),
+            json!({"clusterRoleSelectors": [{"matchLabels": {format!("rbac.authorization.k8s.io/{label}"): "true"}}]}),
+        );
+    }
+    role
+}
+
+fn binding(name: &str, role: &str, subjects: Vec<Value>) -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}, "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": subjects,
+    })
+}
+
+fn group(name: &str) -> Value {
+    json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": name})
+}
+
+fn user(name: &str) -> Value {
+    json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": name})
+}
+
+/// The bootstrap ClusterRoles.
+pub fn cluster_roles() -> Vec<Value> {
+    let none = json!({});
+    vec![
+        cluster_role(
+            "cluster-admin",
+            none.clone(),
+            vec![rule(&["*"], &["*"], &["*"]), url_rule(&["*"], &["*"])],
+            None,
+        ),
+        cluster_role(
+            "system:discovery",
+            none.clone(),
+            vec![url_rule(
+                &["get"],
+                &[
+                    "/api",
+                    "/api/*",
+                    "/apis",
+                    "/apis/*",
+                    "/healthz",
+                    "/livez",
+                    "/openapi",
+                    "/openapi/*",
+                    "/readyz",
+                    "/version",
+                    "/version/",
+                ],
+            )],
+            None,
+        ),
+        cluster_role(
+            "system:public-info-viewer",
+            none.clone(),
+            vec![url_rule(
+                &["get"],
+                &["/healthz", "/livez", "/readyz", "/version", "/version/"],
+            )],
+            None,
+        ),
+        cluster_role(
+            "system:basic-user",
+            none.clone(),
+            vec![
+                rule(
+                    &["create"],
+                    &["authorization.k8s.io"],
+                    &["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+                ),
+                rule(
+                    &["create"],
+                    &["authentication.k8s.io"],
+                    &["selfsubjectreviews"],
+                ),
+            ],
+            None,
+        ),
+        cluster_role("admin", json!({}), vec![], Some("aggregate-to-admin")),
+        cluster_role(
+            "edit",
+            json!({"rbac.authorization.k8s.io/aggregate-to-admin": "true"}),
+            vec![],
+            Some("aggregate-to-edit"),
+        ),
+        cluster_role(
+            "view",
+            json!({"rbac.authorization.k8s.io/aggregate-to-edit": "true"}),
+            vec![],
+            Some("aggregate-to-view"),
+        ),
+        cluster_role(
+            "system:aggregate-to-admin",
+            json!({"rbac.authorization.k8s.io/aggregate-to-admin": "true"}),
+            vec![
+                rule(
+                    &["create"],
+                    &["authorization.k8s.io"],
+                    &["localsubjectaccessreviews"],
+                ),
+                rule(
+                    READ_WRITE,
+                    &["rbac.authorization.k8s.io"],
+                    &["rolebindings", "roles"],
+                ),
+            ],
+            None,
+        ),
+        cluster_role(
+            "system:aggregate-to-edit",
+            json!({"rbac.authorization.k8s.io/aggregate-to-edit": "true"}),
+            vec![
+                rule(
+                    READ,
+                    &[""],
+                    &[
+                        "pods/attach",
+                        "pods/exec",
+                        "pods/portforward",
+                        "pods/proxy",
+                        "secrets",
+                        "services/proxy",
+                    ],
+                ),
+                rule(&["impersonate"], &[""], &["serviceaccounts"]),
+                rule(
+                    WRITE,
+                    &[""],
+                    &[
+                        "pods",
+                        "pods/attach",
+                        "pods/exec",
+                        "pods/portforward",
+                        "pods/proxy",
+                    ],
+                ),
+                rule(&["create"], &[""], &["pods/eviction"]),
+                rule(
+                    WRITE,
+                    &[""],
+                    &[
+                        "configmaps",
+                        "events",
+                        "persistentvolumeclaims",
+                        "replicationcontrollers",
+                        "replicationcontrollers/scale",
+                        "secrets",
+                        "serviceaccounts",
+                        "services",
+                        "services/proxy",
+                    ],
+                ),
+                rule(&["create"], &[""], &["serviceaccounts/token"]),
+                rule(
+                    WRITE,
+                    &["apps"],
+                    &[
+                        "daemonsets",
+                        "deployments",
+                        "deployments/rollback",
+                        "deployments/scale",
+                        "replicasets",
+                        "replicasets/scale",
+                        "statefulsets",
+                        "statefulsets/scale",
+                    ],
+                ),
+                rule(WRITE, &["autoscaling"], &["horizontalpodautoscalers"]),
+                rule(WRITE, &["batch"], &["cronjobs", "jobs"]),
+                rule(WRITE, &["policy"], &["poddisruptionbudgets"]),
+                rule(
+                    WRITE,
+                    &["networking.k8s.io"],
+                    &["ingresses", "networkpolicies"],
+                ),
+                rule(READ_WRITE, &["coordination.k8s.io"], &["leases"]),
+            ],
+            None,
+        ),
+        cluster_role(
+            "system:aggregate-to-view",
+            json!({"rbac.authorization.k8s.io/aggregate-to-view": "true"}),
+            vec![
+                rule(
+                    READ,
+                    &[""],
+                    &[
+                        "configmaps",
+                        "endpoints",
+                        "persistentvolumeclaims",
+                        "persistentvolumeclaims/status",
+                        "pods",
+                        "replicationcontrollers",
+                        "replicationcontrollers/scale",
+                        "serviceaccounts",
+                        "services",
+                        "services/status",
+                    ],
+                ),
+                rule(
+                    READ,
+                    &[""],
+                    &[
+                        "bindings",
+                        "events",
+                        "limitranges",
+                        "namespaces/status",
+                        "pods/log",
+                        "pods/status",
+                        "replicationcontrollers/status",
+                        "resourcequotas",
+                        "resourcequotas/status",
+                    ],
+                ),
+                rule(READ, &[""], &["namespaces"]),
+                rule(READ, &["discovery.k8s.io"], &["endpointslices"]),
+                rule(
+                    READ,
+                    &["apps"],
+                    &[
+                        "controllerrevisions",
+                        "daemonsets",
+                        "daemonsets/status",
+                        "deployments",
+                        "deployments/scale",
+                        "deployments/status",
+                        "replicasets",
+                        "replicasets/scale",
+                        "replicasets/status",
+                        "statefulsets",
+                        "statefulsets/scale",
+                        "statefulsets/status",
+                    ],
+                ),
+                rule(
+                    READ,
+                    &["autoscaling"],
+                    &[
+                        "horizontalpodautoscalers",
+                        "horizontalpodautoscalers/status",
+                    ],
+                ),
+                rule(
+                    READ,
+                    &["batch"],
+                    &["cronjobs", "cronjobs/status", "jobs", "jobs/status"],
+                ),
+                rule(
+                    READ,
+                    &["policy"],
+                    &["poddisruptionbudgets", "poddisruptionbudgets/status"],
+                ),
+                rule(
+                    READ,
+                    &["networking.k8s.io"],
+                    &["ingresses", "ingresses/status", "networkpolicies"],
+                ),
+            ],
+            None,
+        ),
+        cluster_role(
+            "system:kube-scheduler",
+            none.clone(),
+            vec![
+                rule(
+                    &["create", "patch", "update"],
+                    &["", "events.k8s.io"],
+                    &["events"],
+                ),
+                rule(&["create"], &["coordination.k8s.io"], &["leases"]),
+                rule(&["get", "update"], &["coordination.k8s.io"], &["leases"]),
+                rule(
+                    READ,
+                    &[""],
+                    &[
+                        "nodes",
+                        "namespaces",
+                        "services",
+                        "replicationcontrollers",
+                        "persistentvolumeclaims",
+                        "persistentvolumes",
+                    ],
+                ),
+                rule(&["delete", "get", "list", "watch"], &[""], &["pods"]),
+                rule(&["create"], &[""], &["bindings", "pods/binding"]),
+                rule(&["patch", "update"], &[""], &["pods/status"]),
+                rule(READ, &["apps"], &["replicasets", "statefulsets"]),
+                rule(READ, &["policy"], &["poddisruptionbudgets"]),
+                rule(
+                    READ,
+                    &["storage.k8s.io"],
+                    &[
+                        "csidrivers",
+                        "csinodes",
+                        "csistoragecapacities",
+                        "storageclasses",
+                        "volumeattachments",
+                    ],
+                ),
+                rule(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
+                rule(
+                    &["create"],
+                    &["authorization.k8s.io"],
+                    &["subjectaccessreviews"],
+                ),
+            ],
+            None,
+        ),
+        cluster_role(
+            "system:kube-controller-manager",
+            none.clone(),
+            vec![
+                // Lotse runs all controllers under one identity, so this is the union of
+                // Kubernetes' per-controller roles for the resources Lotse serves.
+                rule(READ, &["*"], &["*"]),
+                rule(
+                    WRITE,
+                    &[""],
+                    &[
+                        "pods",
+                        "pods/status",
+                        "pods/binding",
+                        "pods/eviction",
+                        "endpoints",
+                        "events",
+                        "serviceaccounts",
+                        "services",
+                        "services/status",
+                        "nodes",
+                        "nodes/status",
+                        "namespaces",
+                        "namespaces/status",
+                        "namespaces/finalize",
+                        "resourcequotas/status",
+                        "configmaps",
+                        "secrets",
+                        "persistentvolumeclaims",
+                        "replicationcontrollers",
+                        "replicationcontrollers/status",
+                    ],
+                ),
+                rule(&["create"], &[""], &["serviceaccounts/token"]),
+                rule(
+                    WRITE,
+                    &["apps"],
+                    &[
+                        "controllerrevisions",
+                        "daemonsets",
+                        "daemonsets/status",
+                        "deployments",
+                        "deployments/status",
+                        "deployments/scale",
+                        "replicasets",
+                        "replicasets/status",
+                        "replicasets/scale",
+                        "statefulsets",
+                        "statefulsets/status",
+                        "statefulsets/scale",
+                    ],
+                ),
+                rule(
+                    WRITE,
+                    &["batch"],
+                    &[
+                        "jobs",
+                        "jobs/status",
+                        "jobs/finalizers",
+                        "cronjobs",
+                        "cronjobs/status",
+                    ],
+                ),
+                rule(WRITE, &["discovery.k8s.io"], &["endpointslices"]),
+                rule(WRITE, &["events.k8s.io"], &["events"]),
+                rule(READ_WRITE, &["coordination.k8s.io"], &["leases"]),
+                rule(&["*"], &["*"], &["*/finalizers"]),
+                rule(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
+                rule(
+                    &["create"],
+                    &["authorization.k8s.io"],
+                    &["subjectaccessreviews"],
+                ),
+            ],
+            None,
+        ),
+        cluster_role(
+            "system:node",
+            none.clone(),
+            vec![
+                rule(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
+                rule(
+                    &["create"],
+                    &["authorization.k8s.io"],
+                    &["localsubjectaccessreviews", "subjectaccessreviews"],
+                ),
+                rule(READ, &[""], &["services"]),
+                rule(&["create", "get", "list", "watch"], &[""], &["nodes"]),
+                rule(&["patch", "update"], &[""], &["nodes/status"]),
+                rule(&["patch", "update"], &[""], &["nodes"]),
+                rule(
+                    &["create", "patch", "update"],
+                    &["", "events.k8s.io"],
+                    &["events"],
+                ),
+                rule(READ, &[""], &["pods"]),
+                rule(&["create", "delete"], &[""], &["pods"]),
+                rule(&["patch", "update"], &[""], &["pods/status"]),
+                rule(&["create"], &[""], &["pods/eviction"]),
+                rule(
+                    &["get"],
+                    &[""],
+                    &[
+                        "configmaps",
+                        "secrets",
+                        "persistentvolumeclaims",
+                        "persistentvolumes",
+                        "endpoints",
+                    ],
+                ),
+                rule(&["list", "watch"], &[""], &["configmaps", "secrets"]),
+                rule(&["create"], &[""], &["serviceaccounts/token"]),
+                rule(&["get"], &[""], &["serviceaccounts"]),
+                rule(READ, &["discovery.k8s.io"], &["endpointslices"]),
+                rule(READ, &["networking.k8s.io"], &["networkpolicies"]),
+                rule(READ, &[""], &["namespaces"]),
+                rule(
+                    &["create", "delete", "get", "patch", "update"],
+                    &["coordination.k8s.io"],
+                    &["leases"],
+                ),
+                rule(READ, &["node.k8s.io"], &["runtimeclasses"]),
+            ],
+            None,
+        ),
+    ]
+}
+
+/// The bootstrap ClusterRoleBindings.
+pub fn cluster_role_bindings() -> Vec<Value> {
+    vec![
+        binding(
+            "cluster-admin",
+            "cluster-admin",
+            vec![group(crate::auth::MASTERS)],
+        ),
+        binding(
+            "system:discovery",
+            "system:discovery",
+            vec![group(crate::auth::AUTHENTICATED)],
+        ),
+        binding(
+            "system:basic-user",
+            "system:basic-user",
+            vec![group(crate::auth::AUTHENTICATED)],
+        ),
+        binding(
+            "system:public-info-viewer",
+            "system:public-info-viewer",
+            vec![
+                group(crate::auth::AUTHENTICATED),
+                group(crate::auth::UNAUTHENTICATED),
+            ],
+        ),
+        binding(
+            "system:kube-scheduler",
+            "system:kube-scheduler",
+            vec![user("system:kube-scheduler")],
+        ),
+        binding(
+            "system:kube-controller-manager",
+            "system:kube-controller-manager",
+            vec![user("system:kube-controller-manager")],
+        ),
+        // Kubernetes authorizes kubelets with the Node authorizer; Lotse binds the node role to
+        // the group and confines each kubelet to its own objects in NodeRestriction admission.
+        binding("system:node", "system:node", vec![group("system:nodes")]),
+    ]
+}
+
+/// Creates missing bootstrap roles and bindings.
+pub async fn ensure(state: &Arc<AppState>) {
+    for role in cluster_roles() {
+        let name = crate::registry::fields::name(&role).to_string();
+        match handlers::create_object(state, &CLUSTERROLES, None, role, false, None, "Update").await
+        {
+            Ok(_) => tracing::debug!(clusterrole = %name, "created bootstrap clusterrole"),
+            Err(e) if e.code == 409 => {}
+            Err(e) => {
+                tracing::warn!(clusterrole = %name, error = %e, "could not create bootstrap clusterrole")
+            }
+        }
+    }
+    for b in cluster_role_bindings() {
+        let name = crate::registry::fields::name(&b).to_string();
+        match handlers::create_object(state, &CLUSTERROLEBINDINGS, None, b, false, None, "Update")
+            .await
+        {
+            Ok(_) => {
+                tracing::debug!(clusterrolebinding = %name, "created bootstrap clusterrolebinding")
+            }
+            Err(e) if e.code == 409 => {}
+            Err(e) => {
+                tracing::warn!(clusterrolebinding = %name, error = %e, "could not create bootstrap clusterrolebinding")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rbac::PolicyRule;
+
+    #[test]
+    fn bootstrap_objects_decode_and_aggregate() {
+        let roles = cluster_roles();
+        for r in &roles {
+            let rules: Vec<PolicyRule> = serde_json::from_value(r["rules"].clone()).unwrap();
+            assert!(rules.iter().all(|r| !r.verbs.is_empty()));
+        }
+        let edit = roles
+            .iter()
+            .find(|r| r["metadata"]["name"] == "edit")
+            .unwrap();
+        let rules = crate::rbac::aggregated_rules(edit, &roles).unwrap();
+        assert!(
+            rules
+                .iter()
+                .any(|r| r.resources.contains(&"deployments/scale".to_string())
+                    && r.verbs.contains(&"update".to_string()))
+        );
+        // view's own rules are aggregated into edit through system:aggregate-to-view → view.
+        assert!(
+            cluster_role_bindings()
+                .iter()
+                .all(|b| b["roleRef"]["name"].is_string())
+        );
+    }
+}
