@@ -1,1 +1,568 @@
 //! Shared helpers for Lotse end-to-end tests: start real processes, run real kubectl.
+//!
+//! [`ApiServer`] starts the built `apiserver` binary on a free loopback port with a temporary
+//! data dir, on embedded SQLite or on a real etcd ([`Etcd`]), waits for `/readyz`, and kills
+//! everything on drop. [`Kubectl`] runs one of the versioned kubectl binaries against it.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::fs::File;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// Where the versioned kubectl binaries live (`kubectl.1.27` … `kubectl.1.33`).
+pub const KUBECTL_DIR: &str = "/usr/lib/google-cloud-sdk/bin";
+/// Debian's etcd (package `etcd-server`).
+pub const ETCD_BIN: &str = "/usr/bin/etcd";
+/// How long a starting process may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Directory holding the workspace's built binaries: `$LOTSE_BIN_DIR`, else `target/debug`.
+pub fn bin_dir() -> PathBuf {
+    match std::env::var_os("LOTSE_BIN_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug"),
+    }
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A throwaway single-member etcd on free loopback ports; killed on drop.
+pub struct Etcd {
+    child: Child,
+    endpoint: String,
+    dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Starts etcd and waits until its client port accepts requests.
+    pub async fn start() -> anyhow::Result<Self> {
+        if !Path::new(ETCD_BIN).exists() {
+            bail!("{ETCD_BIN} is missing: install Debian's etcd-server package (.ci/deps.sh does)");
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("lotse-e2e-etcd")
+            .tempdir()?;
+        let (client_port, peer_port) = (free_port()?, free_port()?);
+        let endpoint = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let log = File::create(dir.path().join("etcd.log"))?;
+        let child = Command::new(ETCD_BIN)
+            .args(["--name", "lotse-e2e"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &endpoint])
+            .args(["--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("lotse-e2e={peer}")])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawning etcd")?;
+        let mut etcd = Self {
+            child,
+            endpoint,
+            dir,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = etcd.child.try_wait()? {
+                bail!("etcd exited with {status}:\n{}", etcd.log());
+            }
+            let connect = etcd_client::Client::connect([etcd.endpoint.as_str()], None);
+            if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_secs(2), connect).await
+                && c.status().await.is_ok()
+            {
+                return Ok(etcd);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "etcd did not answer within {READY_TIMEOUT:?}:\n{}",
+                    etcd.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The client URL (`http://127.0.0.1:PORT`).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The process id (for RSS readings).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// etcd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The storage an [`ApiServer`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite under the data dir.
+    Sqlite,
+    /// A real etcd started for this apiserver.
+    Etcd,
+}
+
+/// A running (or stopped, restartable) `apiserver` process with its own data dir and port.
+pub struct ApiServer {
+    binary: PathBuf,
+    data_dir: tempfile::TempDir,
+    port: u16,
+    extra_args: Vec<String>,
+    etcd: Option<Etcd>,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl ApiServer {
+    /// Starts the debug (or `$LOTSE_BIN_DIR`) apiserver on `backend` and waits for `/readyz`.
+    pub async fn start(backend: Backend) -> anyhow::Result<Self> {
+        Self::start_with(bin_dir().join("apiserver"), backend, &[]).await
+    }
+
+    /// Starts `binary` on `backend` with extra command-line flags and waits for `/readyz`.
+    pub async fn start_with(
+        binary: PathBuf,
+        backend: Backend,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        if !binary.exists() {
+            bail!(
+                "{} is missing: run `cargo build --workspace --bins` first (or set LOTSE_BIN_DIR)",
+                binary.display()
+            );
+        }
+        let etcd = match backend {
+            Backend::Sqlite => None,
+            Backend::Etcd => Some(Etcd::start().await?),
+        };
+        let mut server = Self {
+            binary,
+            data_dir: tempfile::Builder::new()
+                .prefix("lotse-e2e-apiserver")
+                .tempdir()?,
+            port: free_port()?,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            etcd,
+            child: None,
+            starts: 0,
+        };
+        server.start_again().await?;
+        Ok(server)
+    }
+
+    /// Which storage this apiserver uses.
+    pub fn backend(&self) -> Backend {
+        if self.etcd.is_some() {
+            Backend::Etcd
+        } else {
+            Backend::Sqlite
+        }
+    }
+
+    /// The HTTPS port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The data dir (PKI, SQLite database, logs).
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// The etcd this apiserver stores into, if any.
+    pub fn etcd(&self) -> Option<&Etcd> {
+        self.etcd.as_ref()
+    }
+
+    /// `<data-dir>/admin.kubeconfig` (cluster-admin client certificate).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data_dir.path().join("admin.kubeconfig")
+    }
+
+    /// The process id of the running apiserver.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The log of the current (or last) run.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.data_dir
+            .path()
+            .join(format!("apiserver.{}.log", self.starts))
+    }
+
+    /// Kills the apiserver (SIGKILL: committed writes must survive) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sets the flags used by the next [`start_again`](Self::start_again).
+    pub fn set_extra_args(&mut self, extra_args: &[&str]) {
+        self.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// Moves the next start to another port (the kubeconfig is rewritten on start).
+    pub fn set_port(&mut self, port: u16) {
+        self.port = port;
+    }
+
+    /// Starts the apiserver (again) on the same data dir and port and waits for `/readyz`.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.starts += 1;
+        let log = File::create(self.log_path())?;
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--data-dir")
+            .arg(self.data_dir.path())
+            .args(["--bind-address", "127.0.0.1"])
+            .args(["--secure-port", &self.port.to_string()])
+            .args(&self.extra_args)
+            .env("NO_COLOR", "1")
+            .env(
+                "RUST_LOG",
+                std::env::var("LOTSE_E2E_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(etcd) = &self.etcd {
+            cmd.args(["--etcd-servers", etcd.endpoint()]);
+        }
+        self.child = Some(
+            cmd.spawn()
+                .with_context(|| format!("spawning {}", self.binary.display()))?,
+        );
+        self.wait_ready().await
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last_error = String::from("not started");
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                bail!("apiserver exited with {status}:\n{}", self.log());
+            }
+            if self.kubeconfig().exists() {
+                match self.readyz().await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last_error = format!("{e:#}"),
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "apiserver not ready within {READY_TIMEOUT:?} ({last_error}):\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn readyz(&self) -> anyhow::Result<()> {
+        let client = self.client().await?;
+        let req = http::Request::get("/readyz").body(Vec::new())?;
+        let text = tokio::time::timeout(Duration::from_secs(2), client.request_text(req)).await??;
+        if text.trim() != "ok" {
+            bail!("/readyz answered {text:?}");
+        }
+        Ok(())
+    }
+
+    /// A kube-rs config from the admin kubeconfig (pointing at the current port).
+    pub async fn kube_config(&self) -> anyhow::Result<kube::Config> {
+        let kubeconfig = Kubeconfig::read_from(self.kubeconfig())?;
+        let mut config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        // The kubeconfig may still name the previous port while a restart rewrites it.
+        config.cluster_url = format!("https://127.0.0.1:{}", self.port).parse()?;
+        Ok(config)
+    }
+
+    /// A kube-rs client authenticated as cluster-admin.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        Ok(kube::Client::try_from(self.kube_config().await?)?)
+    }
+
+    /// A runner for `kubectl.1.<minor>` against this apiserver.
+    pub fn kubectl(&self, minor: u32) -> Kubectl {
+        Kubectl::new(
+            minor,
+            self.kubeconfig(),
+            self.data_dir
+                .path()
+                .join(format!("kubectl-cache-1.{minor}")),
+        )
+    }
+
+    /// Sends one raw request and returns the HTTP status and body (any status, no retries).
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        raw_request(&self.client().await?, method, path, content_type, body).await
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sends one raw request through `client` and returns the HTTP status and the body.
+pub async fn raw_request(
+    client: &kube::Client,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::ACCEPT, "application/json");
+    if let Some(ct) = content_type {
+        req = req.header(http::header::CONTENT_TYPE, ct);
+    }
+    let resp = client
+        .send(req.body(kube::client::Body::from(body))?)
+        .await?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect_bytes().await?;
+    Ok((status, bytes.to_vec()))
+}
+
+/// What one kubectl run produced.
+#[derive(Debug, Clone)]
+pub struct KubectlOutput {
+    /// Exit code (-1 when killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl KubectlOutput {
+    fn from_output(out: Output) -> Self {
+        Self {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Fails (with both streams in the message) unless the exit code is 0.
+    pub fn success(self) -> anyhow::Result<Self> {
+        if self.code != 0 {
+            bail!(
+                "kubectl failed with {}:\nstdout: {}\nstderr: {}",
+                self.code,
+                self.stdout,
+                self.stderr
+            );
+        }
+        Ok(self)
+    }
+
+    /// Fails unless the exit code is non-zero.
+    pub fn failure(self) -> anyhow::Result<Self> {
+        if self.code == 0 {
+            bail!(
+                "kubectl succeeded but should have failed:\nstdout: {}\nstderr: {}",
+                self.stdout,
+                self.stderr
+            );
+        }
+        Ok(self)
+    }
+}
+
+/// Runs one versioned kubectl binary with a fixed kubeconfig and its own discovery cache.
+#[derive(Debug, Clone)]
+pub struct Kubectl {
+    binary: PathBuf,
+    kubeconfig: PathBuf,
+    cache_dir: PathBuf,
+    /// The minor version (27 for kubectl 1.27).
+    pub minor: u32,
+}
+
+impl Kubectl {
+    /// `kubectl.1.<minor>` from [`KUBECTL_DIR`].
+    pub fn new(minor: u32, kubeconfig: PathBuf, cache_dir: PathBuf) -> Self {
+        Self {
+            binary: Path::new(KUBECTL_DIR).join(format!("kubectl.1.{minor}")),
+            kubeconfig,
+            cache_dir,
+            minor,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(&self.cache_dir)
+            .args(args)
+            .env_remove("KUBECONFIG");
+        cmd
+    }
+
+    /// Runs kubectl with `args` (stdin closed) and captures its output.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<KubectlOutput> {
+        let out = self
+            .command(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", self.binary.display()))?;
+        Ok(KubectlOutput::from_output(out))
+    }
+
+    /// Runs kubectl with `args`, feeding `stdin` (for `-f -`).
+    pub fn run_stdin(&self, args: &[&str], stdin: &str) -> anyhow::Result<KubectlOutput> {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {}", self.binary.display()))?;
+        let mut input = child.stdin.take().ok_or_else(|| anyhow!("no stdin pipe"))?;
+        let data = stdin.as_bytes().to_vec();
+        let writer = std::thread::spawn(move || input.write_all(&data));
+        let out = child.wait_with_output()?;
+        writer
+            .join()
+            .map_err(|_| anyhow!("stdin writer panicked"))??;
+        Ok(KubectlOutput::from_output(out))
+    }
+
+    /// Starts kubectl in the background with stdout/stderr going to files (for `get -w`).
+    pub fn spawn(&self, args: &[&str], dir: &Path) -> anyhow::Result<Background> {
+        let stdout = dir.join(format!("bg-{}-{}.out", self.minor, free_port()?));
+        let stderr = stdout.with_extension("err");
+        let child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout)?)
+            .stderr(File::create(&stderr)?)
+            .spawn()?;
+        Ok(Background {
+            child,
+            stdout,
+            stderr,
+        })
+    }
+}
+
+/// A background kubectl; killed on drop.
+pub struct Background {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Background {
+    /// Its output so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// Its error output so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits until stdout satisfies `pred` or `timeout` passes; returns the output either way.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> (bool, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.stdout();
+            if pred(&out) {
+                return (true, out);
+            }
+            if Instant::now() > deadline {
+                return (false, out);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads `VmRSS` of a process from `/proc/<pid>/status`, in KiB.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .ok_or_else(|| anyhow!("no VmRSS for {pid}"))?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| anyhow!("bad VmRSS line"))?
+        .parse()?)
+}
+
+/// The path of a file under `e2e/testdata/`.
+pub fn testdata(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name)
+}
+
+/// The path of a file under the workspace's `manifests/`.
+pub fn manifest(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests")
+        .join(name)
+}
