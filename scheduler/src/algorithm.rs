@@ -28,7 +28,10 @@ fn histogram<'a>(reasons: impl Iterator<Item = &'a str>) -> String {
     for r in reasons {
         *counts.entry(r).or_default() += 1;
     }
-    let mut parts: Vec<String> = counts.into_iter().map(|(r, n)| format!("{n} {r}")).collect();
+    let mut parts: Vec<String> = counts
+        .into_iter()
+        .map(|(r, n)| format!("{n} {r}"))
+        .collect();
     // Go sorts the formatted "<count> <reason>" strings, so the count takes part in the order.
     parts.sort();
     parts.join(", ")
@@ -42,7 +45,11 @@ impl FitError {
             return NO_NODES_AVAILABLE.to_string();
         }
         let mut msg = format!("0/{} nodes are available:", self.num_all_nodes);
-        let filter = histogram(self.statuses.iter().flat_map(|s| s.reasons.iter().map(|r| r.as_ref())));
+        let filter = histogram(
+            self.statuses
+                .iter()
+                .flat_map(|s| s.reasons.iter().map(|r| r.as_ref())),
+        );
         if !filter.is_empty() {
             msg.push_str(&format!(" {filter}."));
         }
@@ -55,8 +62,15 @@ impl FitError {
             });
             // Nodes without a status (none here) count as "not helpful" in Kubernetes as well.
             let missing = self.num_all_nodes.saturating_sub(self.statuses.len());
-            let all = per_node.chain(std::iter::repeat_n("Preemption is not helpful for scheduling", missing));
-            format!("preemption: 0/{} nodes are available: {}.", self.num_all_nodes, histogram(all))
+            let all = per_node.chain(std::iter::repeat_n(
+                "Preemption is not helpful for scheduling",
+                missing,
+            ));
+            format!(
+                "preemption: 0/{} nodes are available: {}.",
+                self.num_all_nodes,
+                histogram(all)
+            )
         };
         msg.push_str(&format!(" {post}."));
         msg
@@ -71,7 +85,10 @@ pub struct Profile {
 
 impl Default for Profile {
     fn default() -> Self {
-        Profile { filters: crate::plugins::default_filters(), scores: crate::plugins::default_scores() }
+        Profile {
+            filters: crate::plugins::default_filters(),
+            scores: crate::plugins::default_scores(),
+        }
     }
 }
 
@@ -98,14 +115,24 @@ impl Profile {
     /// PreFilter: the cycle state for `pod` against the current cache.
     pub fn pre_filter(&self, cache: &Cache, pod: &PodInfo) -> CycleState {
         CycleState {
-            inter_pod_affinity: inter_pod_affinity::pre_filter(pod, cache.nodes().iter(), cache.any_pod_affinity(), &cache.namespaces),
+            inter_pod_affinity: inter_pod_affinity::pre_filter(
+                pod,
+                cache.nodes().iter(),
+                cache.any_pod_affinity(),
+                &cache.namespaces,
+            ),
             topology_spread: pod_topology_spread::pre_filter(pod, cache.nodes().iter()),
             ..Default::default()
         }
     }
 
     /// Runs the filters in order; the first failure is the node's status.
-    pub fn filter_node(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Result<(), Status> {
+    pub fn filter_node(
+        &self,
+        state: &CycleState,
+        pod: &PodInfo,
+        node: &NodeInfo,
+    ) -> Result<(), Status> {
         for f in &self.filters {
             f.filter(state, pod, node)?;
         }
@@ -113,10 +140,20 @@ impl Profile {
     }
 
     /// Schedules one pod against a consistent view of the cache.
-    pub fn schedule(&self, cache: &Cache, pod: &PodInfo, start: usize, rng: &mut impl Rng) -> Result<Decision, FitError> {
+    pub fn schedule(
+        &self,
+        cache: &Cache,
+        pod: &PodInfo,
+        start: usize,
+        rng: &mut impl Rng,
+    ) -> Result<Decision, FitError> {
         let nodes = cache.nodes();
         let n = nodes.len();
-        let fit_error = |statuses| FitError { num_all_nodes: n, statuses, preemption_never: pod.preemption_never };
+        let fit_error = |statuses| FitError {
+            num_all_nodes: n,
+            statuses,
+            preemption_never: pod.preemption_never,
+        };
         if n == 0 {
             return Err(fit_error(Vec::new()));
         }
@@ -143,11 +180,18 @@ impl Profile {
             return Err(fit_error(statuses));
         }
         if feasible.len() == 1 {
-            return Ok(Decision { node: feasible[0].name.clone(), next_start });
+            return Ok(Decision {
+                node: feasible[0].name.clone(),
+                next_start,
+            });
         }
         state.topology_spread_score = pod_topology_spread::pre_score(pod, &feasible, nodes.iter());
-        state.inter_pod_affinity_score =
-            inter_pod_affinity::pre_score(pod, nodes.iter(), cache.any_pod_affinity(), &cache.namespaces);
+        state.inter_pod_affinity_score = inter_pod_affinity::pre_score(
+            pod,
+            nodes.iter(),
+            cache.any_pod_affinity(),
+            &cache.namespaces,
+        );
         let mut total = vec![0i64; feasible.len()];
         let mut raw = vec![0i64; feasible.len()];
         for sp in &self.scores {
@@ -173,7 +217,10 @@ impl Profile {
                 }
             }
         }
-        Ok(Decision { node: feasible[best].name.clone(), next_start })
+        Ok(Decision {
+            node: feasible[best].name.clone(),
+            next_start,
+        })
     }
 }
 
@@ -204,8 +251,11 @@ mod tests {
             json!({"metadata": {"name": "w1"}, "status": {"allocatable": {"cpu": "1", "memory": "8Gi", "pods": "110"}}}),
             json!({"metadata": {"name": "w2"}, "status": {"allocatable": {"cpu": "1", "memory": "8Gi", "pods": "110"}}}),
         ]);
-        let p = pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}]}));
-        let err = Profile::default().schedule(&c, &p, 0, &mut rand::rng()).unwrap_err();
+        let p =
+            pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}]}));
+        let err = Profile::default()
+            .schedule(&c, &p, 0, &mut rand::rng())
+            .unwrap_err();
         assert_eq!(
             err.message(),
             "0/3 nodes are available: 1 node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }, 2 Insufficient cpu. \
@@ -215,26 +265,44 @@ mod tests {
 
     #[test]
     fn resolvable_shortage_mentions_victims() {
-        let mut c = cache_with(vec![json!({"metadata": {"name": "w1"}, "status": {"allocatable": {"cpu": "1", "memory": "1Gi", "pods": "110"}}})]);
-        let hog = crate::plugins::testutil::pod_labeled("hog", json!({}), json!({"nodeName": "w1", "containers": [{"name": "c", "resources": {"requests": {"cpu": "800m"}}}]}));
+        let mut c = cache_with(vec![
+            json!({"metadata": {"name": "w1"}, "status": {"allocatable": {"cpu": "1", "memory": "1Gi", "pods": "110"}}}),
+        ]);
+        let hog = crate::plugins::testutil::pod_labeled(
+            "hog",
+            json!({}),
+            json!({"nodeName": "w1", "containers": [{"name": "c", "resources": {"requests": {"cpu": "800m"}}}]}),
+        );
         c.upsert_assigned_pod(std::sync::Arc::new(hog));
-        let p = pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "500m", "memory": "2Gi"}}}]}));
-        let err = Profile::default().schedule(&c, &p, 0, &mut rand::rng()).unwrap_err();
+        let p = pod(
+            json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "500m", "memory": "2Gi"}}}]}),
+        );
+        let err = Profile::default()
+            .schedule(&c, &p, 0, &mut rand::rng())
+            .unwrap_err();
         assert_eq!(
             err.message(),
             "0/1 nodes are available: 1 Insufficient cpu, 1 Insufficient memory. \
              preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.."
         );
-        let p = pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "500m"}}}]}));
-        let err = Profile::default().schedule(&c, &p, 0, &mut rand::rng()).unwrap_err();
+        let p =
+            pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "500m"}}}]}));
+        let err = Profile::default()
+            .schedule(&c, &p, 0, &mut rand::rng())
+            .unwrap_err();
         assert_eq!(
             err.message(),
             "0/1 nodes are available: 1 Insufficient cpu. \
              preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.."
         );
-        let never = pod(json!({"preemptionPolicy": "Never", "containers": [{"name": "c", "resources": {"requests": {"cpu": "500m"}}}]}));
+        let never = pod(
+            json!({"preemptionPolicy": "Never", "containers": [{"name": "c", "resources": {"requests": {"cpu": "500m"}}}]}),
+        );
         assert_eq!(
-            Profile::default().schedule(&c, &never, 0, &mut rand::rng()).unwrap_err().message(),
+            Profile::default()
+                .schedule(&c, &never, 0, &mut rand::rng())
+                .unwrap_err()
+                .message(),
             "0/1 nodes are available: 1 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never.."
         );
     }
@@ -242,9 +310,19 @@ mod tests {
     #[test]
     fn histogram_sorts_formatted_strings() {
         // "10 x" sorts before "2 y" because Go sorts the strings.
-        let r: Vec<&str> = std::iter::repeat_n("x", 10).chain(std::iter::repeat_n("y", 2)).collect();
+        let r: Vec<&str> = std::iter::repeat_n("x", 10)
+            .chain(std::iter::repeat_n("y", 2))
+            .collect();
         assert_eq!(histogram(r.into_iter()), "10 x, 2 y");
-        assert_eq!(FitError { num_all_nodes: 0, statuses: vec![], preemption_never: false }.message(), NO_NODES_AVAILABLE);
+        assert_eq!(
+            FitError {
+                num_all_nodes: 0,
+                statuses: vec![],
+                preemption_never: false
+            }
+            .message(),
+            NO_NODES_AVAILABLE
+        );
     }
 
     #[test]
@@ -253,8 +331,12 @@ mod tests {
             json!({"metadata": {"name": "small"}, "status": {"allocatable": {"cpu": "1", "memory": "1Gi", "pods": "110"}}}),
             json!({"metadata": {"name": "big"}, "status": {"allocatable": {"cpu": "8", "memory": "8Gi", "pods": "110"}}}),
         ]);
-        let p = pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}}]}));
-        let d = Profile::default().schedule(&c, &p, 0, &mut rand::rng()).unwrap();
+        let p = pod(
+            json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}}]}),
+        );
+        let d = Profile::default()
+            .schedule(&c, &p, 0, &mut rand::rng())
+            .unwrap();
         assert_eq!(d.node, "big");
         assert_eq!(num_feasible_nodes_to_find(50), 50);
         assert_eq!(num_feasible_nodes_to_find(1000), 420);

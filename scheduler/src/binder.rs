@@ -2,8 +2,8 @@
 
 use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 
 /// What the API said about a binding.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,7 +35,15 @@ pub async fn bind(client: &Client, pod: &Pod, node: &str) -> BindOutcome {
         },
     };
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    match api.create_subresource::<Binding, serde_json::Value>("binding", &name, &PostParams::default(), &binding).await {
+    match api
+        .create_subresource::<Binding, serde_json::Value>(
+            "binding",
+            &name,
+            &PostParams::default(),
+            &binding,
+        )
+        .await
+    {
         Ok(_) => BindOutcome::Bound,
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => BindOutcome::Gone,
         Err(e) => BindOutcome::Retry(e.to_string()),

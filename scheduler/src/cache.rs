@@ -54,13 +54,28 @@ impl Cache {
 
     /// Adds or updates a node; returns true if the change could make pending pods fit.
     pub fn upsert_node(&mut self, node: &Node) -> bool {
-        let Some(name) = node.metadata.name.clone() else { return false };
+        let Some(name) = node.metadata.name.clone() else {
+            return false;
+        };
         self.generation += 1;
         if let Some(&i) = self.index.get(&name) {
             let ni = &mut self.nodes[i];
-            let before = (ni.labels.clone(), ni.taints.clone(), ni.unschedulable, ni.allocatable.clone(), ni.allowed_pods);
+            let before = (
+                ni.labels.clone(),
+                ni.taints.clone(),
+                ni.unschedulable,
+                ni.allocatable.clone(),
+                ni.allowed_pods,
+            );
             ni.set_node(node);
-            before != (ni.labels.clone(), ni.taints.clone(), ni.unschedulable, ni.allocatable.clone(), ni.allowed_pods)
+            before
+                != (
+                    ni.labels.clone(),
+                    ni.taints.clone(),
+                    ni.unschedulable,
+                    ni.allocatable.clone(),
+                    ni.allowed_pods,
+                )
         } else {
             let mut ni = NodeInfo::new(node);
             for p in self.orphans.remove(&name).unwrap_or_default() {
@@ -74,7 +89,9 @@ impl Cache {
 
     /// Removes a node; its pods wait as orphans in case it comes back.
     pub fn remove_node(&mut self, name: &str) {
-        let Some(i) = self.index.remove(name) else { return };
+        let Some(i) = self.index.remove(name) else {
+            return;
+        };
         self.generation += 1;
         let ni = self.nodes.swap_remove(i);
         if i < self.nodes.len() {
@@ -87,7 +104,12 @@ impl Cache {
 
     /// Keeps only the named nodes (after a re-list).
     pub fn retain_nodes(&mut self, names: &std::collections::HashSet<String>) {
-        let gone: Vec<String> = self.index.keys().filter(|n| !names.contains(*n)).cloned().collect();
+        let gone: Vec<String> = self
+            .index
+            .keys()
+            .filter(|n| !names.contains(*n))
+            .cloned()
+            .collect();
         for n in gone {
             self.remove_node(&n);
         }
@@ -106,7 +128,11 @@ impl Cache {
     fn detach(&mut self, node: &str, uid: &str) {
         let removed = match self.index.get(node) {
             Some(&i) => {
-                let had_affinity = self.nodes[i].pods.iter().find(|p| p.uid == uid).is_some_and(|p| p.has_pod_affinity());
+                let had_affinity = self.nodes[i]
+                    .pods
+                    .iter()
+                    .find(|p| p.uid == uid)
+                    .is_some_and(|p| p.has_pod_affinity());
                 self.nodes[i].remove_pod(uid).then_some(had_affinity)
             }
             None => self.orphans.get_mut(node).and_then(|v| {
@@ -127,18 +153,24 @@ impl Cache {
             self.detach(&old.node, &uid);
         }
         self.attach(node, pod);
-        self.pods.insert(uid, PodState { node: node.to_string(), assumed: true });
+        self.pods.insert(
+            uid,
+            PodState {
+                node: node.to_string(),
+                assumed: true,
+            },
+        );
     }
 
     /// Undoes an assumption whose binding failed.
     pub fn forget(&mut self, uid: &str) {
-        if let Some(st) = self.pods.get(uid) {
-            if st.assumed {
-                let node = st.node.clone();
-                self.pods.remove(uid);
-                self.generation += 1;
-                self.detach(&node, uid);
-            }
+        if let Some(st) = self.pods.get(uid)
+            && st.assumed
+        {
+            let node = st.node.clone();
+            self.pods.remove(uid);
+            self.generation += 1;
+            self.detach(&node, uid);
         }
     }
 
@@ -156,7 +188,13 @@ impl Cache {
             self.detach(&old.node, &uid);
         }
         self.attach(&node, pod);
-        self.pods.insert(uid, PodState { node, assumed: false });
+        self.pods.insert(
+            uid,
+            PodState {
+                node,
+                assumed: false,
+            },
+        );
     }
 
     /// Removes a pod that was deleted or finished.
@@ -169,8 +207,12 @@ impl Cache {
 
     /// After a re-list of assigned pods: drops assigned (not assumed) pods no longer present.
     pub fn retain_assigned_pods(&mut self, uids: &std::collections::HashSet<String>) {
-        let gone: Vec<String> =
-            self.pods.iter().filter(|(u, st)| !st.assumed && !uids.contains(*u)).map(|(u, _)| u.clone()).collect();
+        let gone: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(u, st)| !st.assumed && !uids.contains(*u))
+            .map(|(u, _)| u.clone())
+            .collect();
         for u in gone {
             self.remove_pod(&u);
         }
@@ -196,7 +238,9 @@ mod tests {
     fn assume_confirm_forget() {
         let mut c = Cache::default();
         c.upsert_node(&node_obj("a"));
-        let p = Arc::new(pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "600m"}}}]})));
+        let p = Arc::new(pod(
+            json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "600m"}}}]}),
+        ));
         c.assume(p.clone(), "a");
         assert_eq!(c.node("a").unwrap().requested.milli_cpu, 600);
         c.forget(&p.uid);
@@ -205,9 +249,17 @@ mod tests {
         let mut bound = (*p).clone();
         bound.node_name = "a".into();
         c.upsert_assigned_pod(Arc::new(bound));
-        assert_eq!(c.node("a").unwrap().pods.len(), 1, "confirmation replaces the assumption");
+        assert_eq!(
+            c.node("a").unwrap().pods.len(),
+            1,
+            "confirmation replaces the assumption"
+        );
         c.forget(&p.uid);
-        assert_eq!(c.node("a").unwrap().pods.len(), 1, "confirmed pods are not forgotten");
+        assert_eq!(
+            c.node("a").unwrap().pods.len(),
+            1,
+            "confirmed pods are not forgotten"
+        );
         c.remove_pod(&p.uid);
         assert_eq!(c.node("a").unwrap().requested.milli_cpu, 0);
     }
@@ -215,7 +267,8 @@ mod tests {
     #[test]
     fn pods_on_unknown_nodes_attach_later() {
         let mut c = Cache::default();
-        let mut p = pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]}));
+        let mut p =
+            pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]}));
         p.node_name = "late".into();
         c.upsert_assigned_pod(Arc::new(p));
         c.upsert_node(&node_obj("late"));

@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodCondition};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::sync::mpsc;
 
 /// One event about a pod.
@@ -63,7 +63,9 @@ impl EventSink {
     }
 }
 
-fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
@@ -80,9 +82,19 @@ pub fn pod_reference(pod: &Pod) -> ObjectReference {
     }
 }
 
-async fn publish(client: &Client, controller: &str, instance: &str, ev: &PodEvent) -> Result<(), kube::Error> {
+async fn publish(
+    client: &Client,
+    controller: &str,
+    instance: &str,
+    ev: &PodEvent,
+) -> Result<(), kube::Error> {
     let now = Timestamp::now();
-    let ns = ev.pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let ns = ev
+        .pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let name = ev.pod.metadata.name.clone().unwrap_or_default();
     let event = Event {
         metadata: ObjectMeta {
@@ -100,17 +112,30 @@ async fn publish(client: &Client, controller: &str, instance: &str, ev: &PodEven
         reporting_instance: Some(instance.into()),
         ..Default::default()
     };
-    Api::<Event>::namespaced(client.clone(), &ns).create(&PostParams::default(), &event).await.map(|_| ())
+    Api::<Event>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &event)
+        .await
+        .map(|_| ())
 }
 
 /// Sets `PodScheduled=False, reason=Unschedulable` with the FailedScheduling message, unless the
 /// pod already carries exactly that condition.
-pub async fn set_unschedulable_condition(client: &Client, pod: &Pod, message: &str) -> Result<(), kube::Error> {
-    let mut conditions = pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
-    if let Some(c) = conditions.iter().find(|c| c.type_ == "PodScheduled") {
-        if c.status == "False" && c.reason.as_deref() == Some("Unschedulable") && c.message.as_deref() == Some(message) {
-            return Ok(());
-        }
+pub async fn set_unschedulable_condition(
+    client: &Client,
+    pod: &Pod,
+    message: &str,
+) -> Result<(), kube::Error> {
+    let mut conditions = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    if let Some(c) = conditions.iter().find(|c| c.type_ == "PodScheduled")
+        && c.status == "False"
+        && c.reason.as_deref() == Some("Unschedulable")
+        && c.message.as_deref() == Some(message)
+    {
+        return Ok(());
     }
     conditions.retain(|c| c.type_ != "PodScheduled");
     conditions.push(PodCondition {

@@ -5,7 +5,9 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Affinity, Node, Pod, Taint, Toleration, TopologySpreadConstraint};
+use k8s_openapi::api::core::v1::{
+    Affinity, Node, Pod, Taint, Toleration, TopologySpreadConstraint,
+};
 
 use crate::quantity::Quantity;
 
@@ -67,11 +69,15 @@ impl Resource {
 
     /// Builds a Resource from a Kubernetes ResourceList; unparseable quantities count as zero
     /// (the apiserver rejects them on admission).
-    pub fn from_list(list: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>) -> Self {
+    pub fn from_list(
+        list: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+    ) -> Self {
         let mut r = Resource::default();
         let Some(list) = list else { return r };
         for (name, q) in list {
-            let Ok(q) = Quantity::parse(&q.0) else { continue };
+            let Ok(q) = Quantity::parse(&q.0) else {
+                continue;
+            };
             match name.as_str() {
                 "cpu" => r.milli_cpu = q.milli_value(),
                 "memory" => r.memory = q.value(),
@@ -91,7 +97,9 @@ impl Resource {
 fn is_scalar_resource(name: &str) -> bool {
     name.starts_with("hugepages-")
         || name.starts_with("attachable-volumes-")
-        || (name.contains('/') && !name.starts_with("kubernetes.io/") && !name.starts_with("requests."))
+        || (name.contains('/')
+            && !name.starts_with("kubernetes.io/")
+            && !name.starts_with("requests."))
 }
 
 /// A host port a pod asks for (`hostIP` defaults to 0.0.0.0, protocol to TCP).
@@ -161,13 +169,25 @@ impl PodInfo {
         let mut host_ports = Vec::new();
         for c in &spec.containers {
             let req = Resource::from_list(c.resources.as_ref().and_then(|r| r.requests.as_ref()));
-            non_zero_cpu += if has(c, "cpu") { req.milli_cpu } else { DEFAULT_MILLI_CPU_REQUEST };
-            non_zero_memory += if has(c, "memory") { req.memory } else { DEFAULT_MEMORY_REQUEST };
+            non_zero_cpu += if has(c, "cpu") {
+                req.milli_cpu
+            } else {
+                DEFAULT_MILLI_CPU_REQUEST
+            };
+            non_zero_memory += if has(c, "memory") {
+                req.memory
+            } else {
+                DEFAULT_MEMORY_REQUEST
+            };
             requests.add(&req);
             for p in c.ports.iter().flatten() {
                 if let Some(hp) = p.host_port.filter(|p| *p > 0) {
                     host_ports.push(HostPort {
-                        ip: p.host_ip.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "0.0.0.0".into()),
+                        ip: p
+                            .host_ip
+                            .clone()
+                            .filter(|s| !s.is_empty())
+                            .unwrap_or_else(|| "0.0.0.0".into()),
                         protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
                         port: hp,
                     });
@@ -208,7 +228,11 @@ impl PodInfo {
             non_zero_cpu,
             non_zero_memory,
             host_ports,
-            affinity: spec.affinity.filter(|a| a.node_affinity.is_some() || a.pod_affinity.is_some() || a.pod_anti_affinity.is_some()),
+            affinity: spec.affinity.filter(|a| {
+                a.node_affinity.is_some()
+                    || a.pod_affinity.is_some()
+                    || a.pod_anti_affinity.is_some()
+            }),
             tolerations: spec.tolerations.unwrap_or_default(),
             node_selector: spec.node_selector.unwrap_or_default(),
             node_name: spec.node_name.unwrap_or_default(),
@@ -228,7 +252,9 @@ impl PodInfo {
 
     /// True if the pod has required or preferred pod (anti-)affinity terms.
     pub fn has_pod_affinity(&self) -> bool {
-        self.affinity.as_ref().is_some_and(|a| a.pod_affinity.is_some() || a.pod_anti_affinity.is_some())
+        self.affinity
+            .as_ref()
+            .is_some_and(|a| a.pod_affinity.is_some() || a.pod_anti_affinity.is_some())
     }
 
     /// True if the pod has required anti-affinity terms (these constrain incoming pods).
@@ -236,13 +262,19 @@ impl PodInfo {
         self.affinity
             .as_ref()
             .and_then(|a| a.pod_anti_affinity.as_ref())
-            .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
             .is_some_and(|t| !t.is_empty())
     }
 }
 
 fn has(c: &k8s_openapi::api::core::v1::Container, res: &str) -> bool {
-    c.resources.as_ref().and_then(|r| r.requests.as_ref()).is_some_and(|r| r.contains_key(res))
+    c.resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .is_some_and(|r| r.contains_key(res))
 }
 
 /// The scheduler's aggregate view of one node: its object plus the sums of what is placed on it.
@@ -325,7 +357,9 @@ impl NodeInfo {
 
     /// Removes a pod by uid; returns whether it was there.
     pub fn remove_pod(&mut self, uid: &str) -> bool {
-        let Some(i) = self.pods.iter().position(|p| p.uid == uid) else { return false };
+        let Some(i) = self.pods.iter().position(|p| p.uid == uid) else {
+            return false;
+        };
         let pod = self.pods.swap_remove(i);
         self.requested.sub(&pod.requests);
         self.non_zero_cpu -= pod.non_zero_cpu;
@@ -363,11 +397,17 @@ pub struct Status {
 impl Status {
     /// A failure preemption could resolve.
     pub fn unschedulable(reason: impl Into<Cow<'static, str>>) -> Self {
-        Status { code: Code::Unschedulable, reasons: vec![reason.into()] }
+        Status {
+            code: Code::Unschedulable,
+            reasons: vec![reason.into()],
+        }
     }
     /// A failure preemption cannot resolve.
     pub fn unresolvable(reason: impl Into<Cow<'static, str>>) -> Self {
-        Status { code: Code::UnschedulableAndUnresolvable, reasons: vec![reason.into()] }
+        Status {
+            code: Code::UnschedulableAndUnresolvable,
+            reasons: vec![reason.into()],
+        }
     }
 }
 
@@ -446,9 +486,19 @@ mod tests {
         assert_eq!(p.requests.milli_cpu, 2010);
         assert_eq!(p.requests.memory, 1 << 30);
         assert_eq!(p.requests.scalar.get("example.com/gpu"), Some(&1));
-        assert_eq!(p.host_ports, vec![HostPort { ip: "0.0.0.0".into(), protocol: "TCP".into(), port: 8080 }]);
+        assert_eq!(
+            p.host_ports,
+            vec![HostPort {
+                ip: "0.0.0.0".into(),
+                protocol: "TCP".into(),
+                port: 8080
+            }]
+        );
         // Container a has no memory request: 200Mi default for scoring.
-        assert_eq!(p.non_zero_memory, (1 << 30).max(DEFAULT_MEMORY_REQUEST + 64 * 1024 * 1024));
+        assert_eq!(
+            p.non_zero_memory,
+            (1 << 30).max(DEFAULT_MEMORY_REQUEST + 64 * 1024 * 1024)
+        );
     }
 
     #[test]

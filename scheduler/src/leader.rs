@@ -6,8 +6,8 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 
 /// How long a lease is valid after its last renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
@@ -26,7 +26,11 @@ pub struct LeaderElector {
 impl LeaderElector {
     /// Elector for lease `namespace/name`.
     pub fn new(client: Client, namespace: &str, name: &str, identity: &str) -> Self {
-        LeaderElector { api: Api::namespaced(client, namespace), name: name.into(), identity: identity.into() }
+        LeaderElector {
+            api: Api::namespaced(client, namespace),
+            name: name.into(),
+            identity: identity.into(),
+        }
     }
 
     /// One acquire-or-renew attempt; true if we hold the lease afterwards.
@@ -35,7 +39,10 @@ impl LeaderElector {
         let existing = self.api.get_opt(&self.name).await?;
         let Some(mut lease) = existing else {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..Default::default()
+                },
                 spec: Some(self.spec(now, now, 0)),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
@@ -46,19 +53,32 @@ impl LeaderElector {
         };
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().unwrap_or_default();
-        let duration = spec.lease_duration_seconds.unwrap_or(LEASE_DURATION.as_secs() as i32);
-        let renewed = spec.renew_time.as_ref().map(|t| t.0).unwrap_or(Timestamp::UNIX_EPOCH);
+        let duration = spec
+            .lease_duration_seconds
+            .unwrap_or(LEASE_DURATION.as_secs() as i32);
+        let renewed = spec
+            .renew_time
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or(Timestamp::UNIX_EPOCH);
         let expired = renewed + SignedDuration::from_secs(i64::from(duration)) < now;
         if holder != self.identity && !holder.is_empty() && !expired {
             return Ok(false);
         }
         let (acquired, transitions) = if holder == self.identity {
-            (spec.acquire_time.map(|t| t.0).unwrap_or(now), spec.lease_transitions.unwrap_or(0))
+            (
+                spec.acquire_time.map(|t| t.0).unwrap_or(now),
+                spec.lease_transitions.unwrap_or(0),
+            )
         } else {
             (now, spec.lease_transitions.unwrap_or(0) + 1)
         };
         lease.spec = Some(self.spec(acquired, now, transitions));
-        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(e),

@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kube::runtime::watcher::{self, Event as WatchEvent};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event as WatchEvent};
 use kube::{Api, Client};
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -58,7 +58,9 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into());
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
         Config {
             scheduler_name: "default-scheduler".into(),
             parallelism: 2,
@@ -108,9 +110,14 @@ impl Shared {
 
 /// Runs the scheduler until leadership is lost (or forever).
 pub async fn run(config: Config, client: Client) -> Result<(), Error> {
-    let elector = config
-        .leader_elect
-        .then(|| leader::LeaderElector::new(client.clone(), &config.lease_namespace, &config.lease_name, &config.identity));
+    let elector = config.leader_elect.then(|| {
+        leader::LeaderElector::new(
+            client.clone(),
+            &config.lease_namespace,
+            &config.lease_name,
+            &config.identity,
+        )
+    });
     if let Some(e) = &elector {
         e.acquire().await;
     }
@@ -134,8 +141,16 @@ pub async fn run(config: Config, client: Client) -> Result<(), Error> {
 async fn schedule(shared: Arc<Shared>, client: Client) -> Result<(), Error> {
     let (synced_tx, mut synced_rx) = watch::channel(0u8);
     let synced_tx = Arc::new(synced_tx);
-    let nodes = tokio::spawn(watch_nodes(shared.clone(), client.clone(), synced_tx.clone()));
-    let assigned = tokio::spawn(watch_assigned_pods(shared.clone(), client.clone(), synced_tx.clone()));
+    let nodes = tokio::spawn(watch_nodes(
+        shared.clone(),
+        client.clone(),
+        synced_tx.clone(),
+    ));
+    let assigned = tokio::spawn(watch_assigned_pods(
+        shared.clone(),
+        client.clone(),
+        synced_tx.clone(),
+    ));
     let namespaces = tokio::spawn(watch_namespaces(shared.clone(), client.clone()));
     // Decide nothing before nodes and assigned pods are known (a restart must not overcommit).
     while *synced_rx.borrow() < 2 {
@@ -143,7 +158,11 @@ async fn schedule(shared: Arc<Shared>, client: Client) -> Result<(), Error> {
             return Err(Error::TaskEnded("cache sync"));
         }
     }
-    tracing::info!(nodes = shared.cache_read().nodes().len(), pods = shared.cache_read().pod_count(), "caches synced");
+    tracing::info!(
+        nodes = shared.cache_read().nodes().len(),
+        pods = shared.cache_read().pod_count(),
+        "caches synced"
+    );
     let pending = tokio::spawn(watch_pending_pods(shared.clone(), client.clone()));
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Outcome>();
@@ -157,13 +176,19 @@ async fn schedule(shared: Arc<Shared>, client: Client) -> Result<(), Error> {
     }
     drop(tx);
 
-    let events = EventSink::start(client.clone(), shared.config.scheduler_name.clone(), shared.config.identity.clone());
+    let events = EventSink::start(
+        client.clone(),
+        shared.config.scheduler_name.clone(),
+        shared.config.identity.clone(),
+    );
     let binds = Arc::new(Semaphore::new(shared.config.bind_concurrency.max(1)));
     let outcomes = async {
         while let Some(outcome) = rx.recv().await {
             match outcome {
                 Outcome::Bind { qp, node } => {
-                    let Ok(permit) = binds.clone().acquire_owned().await else { break };
+                    let Ok(permit) = binds.clone().acquire_owned().await else {
+                        break;
+                    };
                     let (shared, client, events) = (shared.clone(), client.clone(), events.clone());
                     tokio::spawn(async move {
                         let _permit = permit;
@@ -174,10 +199,18 @@ async fn schedule(shared: Arc<Shared>, client: Client) -> Result<(), Error> {
                     let (client, events) = (client.clone(), events.clone());
                     tokio::spawn(async move {
                         tracing::debug!(pod = %qp.info.name, %message, "unschedulable");
-                        if let Err(e) = events::set_unschedulable_condition(&client, &qp.pod, &message).await {
+                        if let Err(e) =
+                            events::set_unschedulable_condition(&client, &qp.pod, &message).await
+                        {
                             tracing::debug!(error = %e, "could not update PodScheduled condition");
                         }
-                        events.emit(PodEvent { pod: qp.pod, type_: "Warning", reason: "FailedScheduling", action: "Scheduling", note: message });
+                        events.emit(PodEvent {
+                            pod: qp.pod,
+                            type_: "Warning",
+                            reason: "FailedScheduling",
+                            action: "Scheduling",
+                            note: message,
+                        });
                     });
                 }
             }
@@ -192,11 +225,26 @@ async fn schedule(shared: Arc<Shared>, client: Client) -> Result<(), Error> {
     }
 }
 
-async fn finish_binding(shared: &Shared, client: &Client, events: &EventSink, qp: QueuedPod, node: String) {
+async fn finish_binding(
+    shared: &Shared,
+    client: &Client,
+    events: &EventSink,
+    qp: QueuedPod,
+    node: String,
+) {
     match binder::bind(client, &qp.pod, &node).await {
         BindOutcome::Bound => {
-            let note = format!("Successfully assigned {}/{} to {}", qp.info.namespace, qp.info.name, node);
-            events.emit(PodEvent { pod: qp.pod, type_: "Normal", reason: "Scheduled", action: "Binding", note });
+            let note = format!(
+                "Successfully assigned {}/{} to {}",
+                qp.info.namespace, qp.info.name, node
+            );
+            events.emit(PodEvent {
+                pod: qp.pod,
+                type_: "Normal",
+                reason: "Scheduled",
+                action: "Binding",
+                note,
+            });
         }
         BindOutcome::Gone => {
             shared.cache_write().forget(&qp.info.uid);
@@ -214,7 +262,9 @@ async fn finish_binding(shared: &Shared, client: &Client, events: &EventSink, qp
 fn worker(shared: Arc<Shared>, tx: mpsc::UnboundedSender<Outcome>) {
     let mut rng = rand::rng();
     while !shared.stop.load(Ordering::Relaxed) {
-        let Some(qp) = shared.queue.pop(Duration::from_millis(500)) else { continue };
+        let Some(qp) = shared.queue.pop(Duration::from_millis(500)) else {
+            continue;
+        };
         let outcome = decide(&shared, &qp, &mut rng);
         let out = match outcome {
             Ok(node) => {
@@ -237,7 +287,11 @@ fn worker(shared: Arc<Shared>, tx: mpsc::UnboundedSender<Outcome>) {
 }
 
 /// Ok(node) when assumed; Err(Some(message)) when unschedulable; Err(None) to retry later.
-fn decide(shared: &Shared, qp: &QueuedPod, rng: &mut impl rand::Rng) -> Result<String, Option<String>> {
+fn decide(
+    shared: &Shared,
+    qp: &QueuedPod,
+    rng: &mut impl rand::Rng,
+) -> Result<String, Option<String>> {
     for _ in 0..3 {
         let start = shared.next_start.load(Ordering::Relaxed);
         let (result, generation) = {
@@ -246,13 +300,18 @@ fn decide(shared: &Shared, qp: &QueuedPod, rng: &mut impl rand::Rng) -> Result<S
                 // Already assumed or bound (duplicate event); nothing to do.
                 return Err(None);
             }
-            (shared.profile.schedule(&cache, &qp.info, start, rng), cache.generation())
+            (
+                shared.profile.schedule(&cache, &qp.info, start, rng),
+                cache.generation(),
+            )
         };
         let decision = match result {
             Ok(d) => d,
             Err(fit) => return Err(Some(fit.message())),
         };
-        shared.next_start.store(decision.next_start, Ordering::Relaxed);
+        shared
+            .next_start
+            .store(decision.next_start, Ordering::Relaxed);
         let mut cache = shared.cache_write();
         if cache.generation() != generation {
             // Something changed since we looked: the node must still pass every filter.
@@ -272,12 +331,19 @@ fn decide(shared: &Shared, qp: &QueuedPod, rng: &mut impl rand::Rng) -> Result<S
 
 fn is_ours(config: &Config, pod: &Pod) -> bool {
     let spec = pod.spec.as_ref();
-    let name = spec.and_then(|s| s.scheduler_name.as_deref()).unwrap_or("default-scheduler");
+    let name = spec
+        .and_then(|s| s.scheduler_name.as_deref())
+        .unwrap_or("default-scheduler");
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     name == config.scheduler_name
         && pod.metadata.deletion_timestamp.is_none()
-        && spec.and_then(|s| s.node_name.as_deref()).unwrap_or("").is_empty()
-        && spec.and_then(|s| s.scheduling_gates.as_ref()).is_none_or(|g| g.is_empty())
+        && spec
+            .and_then(|s| s.node_name.as_deref())
+            .unwrap_or("")
+            .is_empty()
+        && spec
+            .and_then(|s| s.scheduling_gates.as_ref())
+            .is_none_or(|g| g.is_empty())
         && !matches!(phase, Some("Succeeded") | Some("Failed"))
 }
 
@@ -300,7 +366,9 @@ async fn watch_pending_pods(shared: Arc<Shared>, client: Client) {
             }
             Ok(WatchEvent::Delete(pod)) => {
                 // Also sent when the pod gets bound (it leaves the field selector).
-                shared.queue.delete(pod.metadata.uid.as_deref().unwrap_or_default());
+                shared
+                    .queue
+                    .delete(pod.metadata.uid.as_deref().unwrap_or_default());
             }
             Ok(WatchEvent::Init) | Ok(WatchEvent::InitDone) => {}
             Err(e) => tracing::warn!(error = %e, "pending pod watch error"),
@@ -339,7 +407,9 @@ async fn watch_assigned_pods(shared: Arc<Shared>, client: Client, synced: Arc<wa
                 }
             }
             Ok(WatchEvent::Delete(pod)) => {
-                shared.cache_write().remove_pod(pod.metadata.uid.as_deref().unwrap_or_default());
+                shared
+                    .cache_write()
+                    .remove_pod(pod.metadata.uid.as_deref().unwrap_or_default());
                 shared.queue.move_all_to_active_or_backoff();
             }
             Err(e) => tracing::warn!(error = %e, "assigned pod watch error"),
@@ -364,7 +434,9 @@ fn apply_assigned(shared: &Shared, pod: &Pod) -> bool {
 
 async fn watch_nodes(shared: Arc<Shared>, client: Client, synced: Arc<watch::Sender<u8>>) {
     let api: Api<Node> = Api::all(client);
-    let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let mut stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
     let mut seen: Option<HashSet<String>> = None;
     let mut first = true;
     while let Some(ev) = stream.next().await {
@@ -392,7 +464,9 @@ async fn watch_nodes(shared: Arc<Shared>, client: Client, synced: Arc<watch::Sen
                 }
             }
             Ok(WatchEvent::Delete(node)) => {
-                shared.cache_write().remove_node(node.metadata.name.as_deref().unwrap_or_default());
+                shared
+                    .cache_write()
+                    .remove_node(node.metadata.name.as_deref().unwrap_or_default());
             }
             Err(e) => tracing::warn!(error = %e, "node watch error"),
         }
@@ -401,15 +475,23 @@ async fn watch_nodes(shared: Arc<Shared>, client: Client, synced: Arc<watch::Sen
 
 async fn watch_namespaces(shared: Arc<Shared>, client: Client) {
     let api: Api<Namespace> = Api::all(client);
-    let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let mut stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
     while let Some(ev) = stream.next().await {
         match ev {
             Ok(WatchEvent::Apply(ns)) | Ok(WatchEvent::InitApply(ns)) => {
                 let name = ns.metadata.name.clone().unwrap_or_default();
-                shared.cache_write().namespaces.insert(name, ns.metadata.labels.clone().unwrap_or_default());
+                shared
+                    .cache_write()
+                    .namespaces
+                    .insert(name, ns.metadata.labels.clone().unwrap_or_default());
             }
             Ok(WatchEvent::Delete(ns)) => {
-                shared.cache_write().namespaces.remove(ns.metadata.name.as_deref().unwrap_or_default());
+                shared
+                    .cache_write()
+                    .namespaces
+                    .remove(ns.metadata.name.as_deref().unwrap_or_default());
             }
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "namespace watch error"),

@@ -15,7 +15,11 @@ struct Args {
     #[arg(long, env = "LOTSE_SCHEDULER_LEADER_ELECT")]
     leader_elect: bool,
     /// Schedule pods whose spec.schedulerName is this.
-    #[arg(long, env = "LOTSE_SCHEDULER_NAME", default_value = "default-scheduler")]
+    #[arg(
+        long,
+        env = "LOTSE_SCHEDULER_NAME",
+        default_value = "default-scheduler"
+    )]
     scheduler_name: String,
     /// Pods decided in parallel (worker threads).
     #[arg(long, env = "LOTSE_SCHEDULER_PARALLELISM", default_value_t = 2)]
@@ -28,12 +32,15 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let args = Args::parse();
     let client = match &args.kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
             kube::Client::try_from(cfg)?
         }

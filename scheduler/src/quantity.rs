@@ -5,7 +5,9 @@
 
 /// A quantity string that does not follow the Kubernetes grammar.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$': {0:?}")]
+#[error(
+    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$': {0:?}"
+)]
 pub struct QuantityError(pub String);
 
 /// A parsed quantity: `mantissa * 10^exp10 * 2^exp2`.
@@ -30,7 +32,9 @@ impl Quantity {
             b'+' => (false, &t[1..]),
             _ => (false, t),
         };
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         let (num, suffix) = rest.split_at(num_end);
         if num.is_empty() || num == "." || num.matches('.').count() > 1 {
             return Err(err());
@@ -73,7 +77,12 @@ impl Quantity {
                 (exp.parse::<i32>().map_err(|_| err())?, 0)
             }
         };
-        Ok(Quantity { negative, mantissa, exp10: exp10 + add10, exp2 })
+        Ok(Quantity {
+            negative,
+            mantissa,
+            exp10: exp10 + add10,
+            exp2,
+        })
     }
 
     /// The value scaled by `10^scale` (e.g. 3 for milli-units), rounded up; saturates at i64 bounds.

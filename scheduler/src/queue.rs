@@ -53,7 +53,11 @@ struct Inner {
 impl Inner {
     fn push_active(&mut self, uid: &str) {
         self.seq += 1;
-        let prio = self.entries.get(uid).map(|e| e.0.info.priority).unwrap_or(0);
+        let prio = self
+            .entries
+            .get(uid)
+            .map(|e| e.0.info.priority)
+            .unwrap_or(0);
         self.active.push((prio, Reverse(self.seq), uid.to_string()));
         if let Some(e) = self.entries.get_mut(uid) {
             e.1 = Where::Active;
@@ -62,15 +66,23 @@ impl Inner {
 
     fn push_backoff(&mut self, uid: &str) {
         self.seq += 1;
-        let Some(e) = self.entries.get_mut(uid) else { return };
+        let Some(e) = self.entries.get_mut(uid) else {
+            return;
+        };
         e.1 = Where::Backoff;
         let until = e.0.backoff_until;
         self.backoff.insert((until, self.seq), uid.to_string());
     }
 
     fn activate_or_backoff(&mut self, uid: &str, now: Instant) {
-        let Some(e) = self.entries.get(uid) else { return };
-        if e.0.backoff_until <= now { self.push_active(uid) } else { self.push_backoff(uid) }
+        let Some(e) = self.entries.get(uid) else {
+            return;
+        };
+        if e.0.backoff_until <= now {
+            self.push_active(uid)
+        } else {
+            self.push_backoff(uid)
+        }
     }
 
     fn flush_backoff(&mut self, now: Instant) {
@@ -78,7 +90,9 @@ impl Inner {
             if t > now {
                 break;
             }
-            let Some(uid) = self.backoff.remove(&(t, s)) else { break };
+            let Some(uid) = self.backoff.remove(&(t, s)) else {
+                break;
+            };
             if matches!(self.entries.get(&uid), Some((_, Where::Backoff))) {
                 self.push_active(&uid);
             }
@@ -90,7 +104,11 @@ impl Inner {
             .entries
             .iter()
             .filter_map(|(u, (_, w))| match w {
-                Where::Unschedulable(since) if now.duration_since(*since) >= MAX_UNSCHEDULABLE_DURATION => Some(u.clone()),
+                Where::Unschedulable(since)
+                    if now.duration_since(*since) >= MAX_UNSCHEDULABLE_DURATION =>
+                {
+                    Some(u.clone())
+                }
                 _ => None,
             })
             .collect();
@@ -141,7 +159,13 @@ impl SchedulingQueue {
                 }
             }
             None => {
-                let qp = QueuedPod { pod, info, attempts: 0, added: now, backoff_until: now };
+                let qp = QueuedPod {
+                    pod,
+                    info,
+                    attempts: 0,
+                    added: now,
+                    backoff_until: now,
+                };
                 q.entries.insert(uid.clone(), (qp, Where::Active));
                 q.push_active(&uid);
                 self.ready.notify_one();
@@ -172,11 +196,13 @@ impl SchedulingQueue {
             q.flush_unschedulable(now);
             while let Some((_, _, uid)) = q.active.pop() {
                 let move_count = q.move_count;
-                if let Some((e, w)) = q.entries.get_mut(&uid) {
-                    if *w == Where::Active {
-                        *w = Where::InFlight { popped_at_move: move_count };
-                        return Some(e.clone());
-                    }
+                if let Some((e, w)) = q.entries.get_mut(&uid)
+                    && *w == Where::Active
+                {
+                    *w = Where::InFlight {
+                        popped_at_move: move_count,
+                    };
+                    return Some(e.clone());
                 }
             }
             if now >= deadline {
@@ -186,7 +212,11 @@ impl SchedulingQueue {
             if let Some(&(t, _)) = q.backoff.keys().next() {
                 wait = wait.min(t.saturating_duration_since(now));
             }
-            q = self.ready.wait_timeout(q, wait.max(Duration::from_millis(1))).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);
+            q = self
+                .ready
+                .wait_timeout(q, wait.max(Duration::from_millis(1)))
+                .map(|r| r.0)
+                .unwrap_or_else(|e| e.into_inner().0);
         }
     }
 
@@ -201,10 +231,13 @@ impl SchedulingQueue {
         let now = Instant::now();
         let mut q = self.lock();
         let move_count = q.move_count;
-        let Some((e, w)) = q.entries.get_mut(uid) else { return };
+        let Some((e, w)) = q.entries.get_mut(uid) else {
+            return;
+        };
         e.attempts += 1;
         e.backoff_until = now + backoff_for(e.attempts);
-        let moved_meanwhile = matches!(*w, Where::InFlight { popped_at_move } if popped_at_move != move_count);
+        let moved_meanwhile =
+            matches!(*w, Where::InFlight { popped_at_move } if popped_at_move != move_count);
         if moved_meanwhile {
             q.push_backoff(uid);
         } else {
@@ -217,7 +250,12 @@ impl SchedulingQueue {
         let now = Instant::now();
         let mut q = self.lock();
         let uid = qp.info.uid.clone();
-        let attempts = q.entries.get(&uid).map(|e| e.0.attempts).unwrap_or(qp.attempts) + 1;
+        let attempts = q
+            .entries
+            .get(&uid)
+            .map(|e| e.0.attempts)
+            .unwrap_or(qp.attempts)
+            + 1;
         let mut qp = qp;
         qp.attempts = attempts;
         qp.backoff_until = now + backoff_for(attempts);
@@ -232,8 +270,12 @@ impl SchedulingQueue {
         let now = Instant::now();
         let mut q = self.lock();
         q.move_count += 1;
-        let waiting: Vec<String> =
-            q.entries.iter().filter(|(_, (_, w))| matches!(w, Where::Unschedulable(_))).map(|(u, _)| u.clone()).collect();
+        let waiting: Vec<String> = q
+            .entries
+            .iter()
+            .filter(|(_, (_, w))| matches!(w, Where::Unschedulable(_)))
+            .map(|(u, _)| u.clone())
+            .collect();
         for u in waiting {
             q.activate_or_backoff(&u, now);
         }
@@ -267,8 +309,10 @@ mod tests {
     use serde_json::json;
 
     fn pod(name: &str, prio: i32) -> (Arc<Pod>, Arc<PodInfo>) {
-        let p: Pod = serde_json::from_value(json!({"metadata": {"name": name, "uid": name, "resourceVersion": "1"},
-            "spec": {"priority": prio, "containers": [{"name": "c"}]}}))
+        let p: Pod = serde_json::from_value(
+            json!({"metadata": {"name": name, "uid": name, "resourceVersion": "1"},
+            "spec": {"priority": prio, "containers": [{"name": "c"}]}}),
+        )
         .unwrap();
         let i = PodInfo::new(&p);
         (Arc::new(p), Arc::new(i))
@@ -289,7 +333,9 @@ mod tests {
         q.add_or_update(a, ai);
         q.add_or_update(b, bi);
         q.add_or_update(c, ci);
-        let order: Vec<String> = (0..3).map(|_| q.pop(Duration::ZERO).unwrap().info.name.clone()).collect();
+        let order: Vec<String> = (0..3)
+            .map(|_| q.pop(Duration::ZERO).unwrap().info.name.clone())
+            .collect();
         assert_eq!(order, vec!["b", "a", "c"]);
     }
 
@@ -300,7 +346,10 @@ mod tests {
         q.add_or_update(a, ai);
         let p = q.pop(Duration::ZERO).unwrap();
         q.unschedulable(&p.info.uid);
-        assert!(q.pop(Duration::from_millis(20)).is_none(), "waits for an event");
+        assert!(
+            q.pop(Duration::from_millis(20)).is_none(),
+            "waits for an event"
+        );
         q.move_all_to_active_or_backoff();
         assert_eq!(q.lens(), (0, 1, 0), "still backing off");
         let t = Instant::now();

@@ -6,14 +6,17 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use k8s_openapi::api::core::v1::{PodAffinityTerm, WeightedPodAffinityTerm};
 
 use super::label_selector_matches;
-use crate::framework::{CycleState, FilterPlugin, MAX_NODE_SCORE, NodeInfo, PodInfo, ScorePlugin, Status};
+use crate::framework::{
+    CycleState, FilterPlugin, MAX_NODE_SCORE, NodeInfo, PodInfo, ScorePlugin, Status,
+};
 
 /// Reason when the pod's required affinity finds no matching pods in the node's domain.
 pub const ERR_AFFINITY: &str = "node(s) didn't match pod affinity rules";
 /// Reason when the pod's required anti-affinity finds matching pods in the node's domain.
 pub const ERR_ANTI_AFFINITY: &str = "node(s) didn't match pod anti-affinity rules";
 /// Reason when a placed pod's anti-affinity rejects the incoming pod.
-pub const ERR_EXISTING_ANTI_AFFINITY: &str = "node(s) didn't satisfy existing pods anti-affinity rules";
+pub const ERR_EXISTING_ANTI_AFFINITY: &str =
+    "node(s) didn't satisfy existing pods anti-affinity rules";
 
 type TopologyPair = (String, String);
 
@@ -21,8 +24,15 @@ type TopologyPair = (String, String);
 pub type NamespaceLabels = HashMap<String, BTreeMap<String, String>>;
 
 /// Does `term`, declared by a pod in namespace `owner_ns`, select pod `target`?
-pub fn term_matches(term: &PodAffinityTerm, owner_ns: &str, target: &PodInfo, ns_labels: &NamespaceLabels) -> bool {
-    let Some(sel) = &term.label_selector else { return false };
+pub fn term_matches(
+    term: &PodAffinityTerm,
+    owner_ns: &str,
+    target: &PodInfo,
+    ns_labels: &NamespaceLabels,
+) -> bool {
+    let Some(sel) = &term.label_selector else {
+        return false;
+    };
     let names = term.namespaces.as_deref().unwrap_or_default();
     let ns_ok = match &term.namespace_selector {
         None => {
@@ -47,7 +57,10 @@ fn required_affinity(p: &PodInfo) -> &[PodAffinityTerm] {
     p.affinity
         .as_ref()
         .and_then(|a| a.pod_affinity.as_ref())
-        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_deref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_deref()
+        })
         .unwrap_or_default()
 }
 
@@ -55,7 +68,10 @@ fn required_anti_affinity(p: &PodInfo) -> &[PodAffinityTerm] {
     p.affinity
         .as_ref()
         .and_then(|a| a.pod_anti_affinity.as_ref())
-        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_deref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_deref()
+        })
         .unwrap_or_default()
 }
 
@@ -63,7 +79,10 @@ fn preferred_affinity(p: &PodInfo) -> &[WeightedPodAffinityTerm] {
     p.affinity
         .as_ref()
         .and_then(|a| a.pod_affinity.as_ref())
-        .and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_deref())
+        .and_then(|a| {
+            a.preferred_during_scheduling_ignored_during_execution
+                .as_deref()
+        })
         .unwrap_or_default()
 }
 
@@ -71,7 +90,10 @@ fn preferred_anti_affinity(p: &PodInfo) -> &[WeightedPodAffinityTerm] {
     p.affinity
         .as_ref()
         .and_then(|a| a.pod_anti_affinity.as_ref())
-        .and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_deref())
+        .and_then(|a| {
+            a.preferred_during_scheduling_ignored_during_execution
+                .as_deref()
+        })
         .unwrap_or_default()
 }
 
@@ -97,32 +119,44 @@ pub fn pre_filter<'a>(
         return None;
     }
     let mut s = PreFilterState {
-        matches_own_affinity: aff.iter().all(|t| term_matches(t, &pod.namespace, pod, ns_labels)),
+        matches_own_affinity: aff
+            .iter()
+            .all(|t| term_matches(t, &pod.namespace, pod, ns_labels)),
         ..Default::default()
     };
     for node in nodes {
         for existing in &node.pods {
             if node.pods_with_affinity > 0 {
                 for t in required_anti_affinity(existing) {
-                    if let Some(v) = node.labels.get(&t.topology_key) {
-                        if term_matches(t, &existing.namespace, pod, ns_labels) {
-                            *s.existing_anti_affinity.entry((t.topology_key.clone(), v.clone())).or_default() += 1;
-                        }
+                    if let Some(v) = node.labels.get(&t.topology_key)
+                        && term_matches(t, &existing.namespace, pod, ns_labels)
+                    {
+                        *s.existing_anti_affinity
+                            .entry((t.topology_key.clone(), v.clone()))
+                            .or_default() += 1;
                     }
                 }
             }
-            if !aff.is_empty() && aff.iter().all(|t| term_matches(t, &pod.namespace, existing, ns_labels)) {
+            if !aff.is_empty()
+                && aff
+                    .iter()
+                    .all(|t| term_matches(t, &pod.namespace, existing, ns_labels))
+            {
                 for t in aff {
                     if let Some(v) = node.labels.get(&t.topology_key) {
-                        *s.affinity.entry((t.topology_key.clone(), v.clone())).or_default() += 1;
+                        *s.affinity
+                            .entry((t.topology_key.clone(), v.clone()))
+                            .or_default() += 1;
                     }
                 }
             }
             for t in anti {
-                if let Some(v) = node.labels.get(&t.topology_key) {
-                    if term_matches(t, &pod.namespace, existing, ns_labels) {
-                        *s.anti_affinity.entry((t.topology_key.clone(), v.clone())).or_default() += 1;
-                    }
+                if let Some(v) = node.labels.get(&t.topology_key)
+                    && term_matches(t, &pod.namespace, existing, ns_labels)
+                {
+                    *s.anti_affinity
+                        .entry((t.topology_key.clone(), v.clone()))
+                        .or_default() += 1;
                 }
             }
         }
@@ -151,7 +185,11 @@ pub fn pre_score<'a>(
     let mut s = PreScoreState::default();
     let mut add = |node: &NodeInfo, key: &str, w: i64| {
         if let Some(v) = node.labels.get(key) {
-            *s.topology_score.entry(key.to_string()).or_default().entry(v.clone()).or_default() += w;
+            *s.topology_score
+                .entry(key.to_string())
+                .or_default()
+                .entry(v.clone())
+                .or_default() += w;
         }
     };
     for node in nodes {
@@ -163,7 +201,11 @@ pub fn pre_score<'a>(
             }
             for t in pref_anti {
                 if term_matches(&t.pod_affinity_term, &pod.namespace, existing, ns_labels) {
-                    add(node, &t.pod_affinity_term.topology_key, -i64::from(t.weight));
+                    add(
+                        node,
+                        &t.pod_affinity_term.topology_key,
+                        -i64::from(t.weight),
+                    );
                 }
             }
             if node.pods_with_affinity == 0 || !existing.has_pod_affinity() {
@@ -182,7 +224,11 @@ pub fn pre_score<'a>(
             }
             for t in preferred_anti_affinity(existing) {
                 if term_matches(&t.pod_affinity_term, &existing.namespace, pod, ns_labels) {
-                    add(node, &t.pod_affinity_term.topology_key, -i64::from(t.weight));
+                    add(
+                        node,
+                        &t.pod_affinity_term.topology_key,
+                        -i64::from(t.weight),
+                    );
                 }
             }
         }
@@ -198,7 +244,9 @@ impl FilterPlugin for InterPodAffinity {
         "InterPodAffinity"
     }
     fn filter(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Result<(), Status> {
-        let Some(s) = &state.inter_pod_affinity else { return Ok(()) };
+        let Some(s) = &state.inter_pod_affinity else {
+            return Ok(());
+        };
         // Affinity: every topology key present, and a matching pod in each domain.
         let aff = required_affinity(pod);
         if !aff.is_empty() {
@@ -207,25 +255,40 @@ impl FilterPlugin for InterPodAffinity {
                 let Some(v) = node.labels.get(&t.topology_key) else {
                     return Err(Status::unresolvable(ERR_AFFINITY));
                 };
-                if s.affinity.get(&(t.topology_key.clone(), v.clone())).copied().unwrap_or(0) <= 0 {
+                if s.affinity
+                    .get(&(t.topology_key.clone(), v.clone()))
+                    .copied()
+                    .unwrap_or(0)
+                    <= 0
+                {
                     pods_exist = false;
                 }
             }
             // The first pod of a group that has affinity to itself may go anywhere.
-            if !pods_exist && !(s.affinity.is_empty() && s.matches_own_affinity) {
+            let first_of_group = s.affinity.is_empty() && s.matches_own_affinity;
+            if !(pods_exist || first_of_group) {
                 return Err(Status::unresolvable(ERR_AFFINITY));
             }
         }
         for t in required_anti_affinity(pod) {
-            if let Some(v) = node.labels.get(&t.topology_key) {
-                if s.anti_affinity.get(&(t.topology_key.clone(), v.clone())).copied().unwrap_or(0) > 0 {
-                    return Err(Status::unschedulable(ERR_ANTI_AFFINITY));
-                }
+            if let Some(v) = node.labels.get(&t.topology_key)
+                && s.anti_affinity
+                    .get(&(t.topology_key.clone(), v.clone()))
+                    .copied()
+                    .unwrap_or(0)
+                    > 0
+            {
+                return Err(Status::unschedulable(ERR_ANTI_AFFINITY));
             }
         }
         if !s.existing_anti_affinity.is_empty() {
             for (k, v) in &node.labels {
-                if s.existing_anti_affinity.get(&(k.clone(), v.clone())).copied().unwrap_or(0) > 0 {
+                if s.existing_anti_affinity
+                    .get(&(k.clone(), v.clone()))
+                    .copied()
+                    .unwrap_or(0)
+                    > 0
+                {
                     return Err(Status::unschedulable(ERR_EXISTING_ANTI_AFFINITY));
                 }
             }
@@ -242,7 +305,9 @@ impl ScorePlugin for InterPodAffinity {
         2
     }
     fn score(&self, state: &CycleState, _: &PodInfo, node: &NodeInfo) -> i64 {
-        let Some(s) = &state.inter_pod_affinity_score else { return 0 };
+        let Some(s) = &state.inter_pod_affinity_score else {
+            return 0;
+        };
         s.topology_score
             .iter()
             .filter_map(|(key, vals)| node.labels.get(key).and_then(|v| vals.get(v)))
@@ -252,17 +317,27 @@ impl ScorePlugin for InterPodAffinity {
         if state.inter_pod_affinity_score.is_none() {
             return;
         }
-        let (min, max) = scores.iter().fold((i64::MAX, i64::MIN), |(a, b), s| (a.min(*s), b.max(*s)));
+        let (min, max) = scores
+            .iter()
+            .fold((i64::MAX, i64::MIN), |(a, b), s| (a.min(*s), b.max(*s)));
         let diff = max - min;
         for s in scores.iter_mut() {
-            *s = if diff > 0 { MAX_NODE_SCORE * (*s - min) / diff } else { 0 };
+            *s = if diff > 0 {
+                MAX_NODE_SCORE * (*s - min) / diff
+            } else {
+                0
+            };
         }
     }
 }
 
 /// Topology keys used by any of a pod's terms (for tests and diagnostics).
 pub fn topology_keys(p: &PodInfo) -> HashSet<String> {
-    required_affinity(p).iter().chain(required_anti_affinity(p)).map(|t| t.topology_key.clone()).collect()
+    required_affinity(p)
+        .iter()
+        .chain(required_anti_affinity(p))
+        .map(|t| t.topology_key.clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -282,14 +357,23 @@ mod tests {
 
     fn run(pod: &PodInfo, nodes: &[NodeInfo]) -> Vec<Result<(), Status>> {
         let any = nodes.iter().any(|n| n.pods_with_affinity > 0);
-        let state = CycleState { inter_pod_affinity: pre_filter(pod, nodes.iter(), any, &Default::default()), ..Default::default() };
-        nodes.iter().map(|n| InterPodAffinity.filter(&state, pod, n)).collect()
+        let state = CycleState {
+            inter_pod_affinity: pre_filter(pod, nodes.iter(), any, &Default::default()),
+            ..Default::default()
+        };
+        nodes
+            .iter()
+            .map(|n| InterPodAffinity.filter(&state, pod, n))
+            .collect()
     }
 
     #[test]
     fn anti_affinity_spreads_replicas() {
         let mut nodes = vec![plain_node("a"), plain_node("b"), plain_node("c")];
-        place(&mut nodes[0], pod_labeled("web-1", json!({"app": "web"}), anti("web")));
+        place(
+            &mut nodes[0],
+            pod_labeled("web-1", json!({"app": "web"}), anti("web")),
+        );
         let p = pod_labeled("web-2", json!({"app": "web"}), anti("web"));
         let r = run(&p, &nodes);
         assert_eq!(r[0], Err(Status::unschedulable(ERR_ANTI_AFFINITY)));
@@ -299,7 +383,10 @@ mod tests {
     #[test]
     fn existing_pods_anti_affinity_is_symmetric() {
         let mut nodes = vec![plain_node("a"), plain_node("b")];
-        place(&mut nodes[0], pod_labeled("db", json!({"app": "db"}), anti("web")));
+        place(
+            &mut nodes[0],
+            pod_labeled("db", json!({"app": "db"}), anti("web")),
+        );
         let p = pod_labeled("web", json!({"app": "web"}), json!({}));
         let r = run(&p, &nodes);
         assert_eq!(r[0], Err(Status::unschedulable(ERR_EXISTING_ANTI_AFFINITY)));
@@ -314,7 +401,10 @@ mod tests {
             node("c", json!({"zone": "z2"}), json!({}), json!({})),
             node("d", json!({}), json!({}), json!({})),
         ];
-        place(&mut nodes[0], pod_labeled("cache", json!({"app": "cache"}), json!({})));
+        place(
+            &mut nodes[0],
+            pod_labeled("cache", json!({"app": "cache"}), json!({})),
+        );
         let p = pod_labeled("web", json!({"app": "web"}), aff("cache", "zone"));
         let r = run(&p, &nodes);
         assert!(r[0].is_ok() && r[1].is_ok());
@@ -329,12 +419,25 @@ mod tests {
 
     #[test]
     fn preferred_affinity_scores() {
-        let mut nodes = vec![plain_node("a"), plain_node("b")];
-        place(&mut nodes[1], pod_labeled("cache", json!({"app": "cache"}), json!({})));
-        let p = pod_labeled("web", json!({}), json!({"affinity": {"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
-            {"weight": 50, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "kubernetes.io/hostname"}}]}}}));
-        let state = CycleState { inter_pod_affinity_score: pre_score(&p, nodes.iter(), false, &Default::default()), ..Default::default() };
-        let mut scores: Vec<i64> = nodes.iter().map(|n| InterPodAffinity.score(&state, &p, n)).collect();
+        let mut nodes = [plain_node("a"), plain_node("b")];
+        place(
+            &mut nodes[1],
+            pod_labeled("cache", json!({"app": "cache"}), json!({})),
+        );
+        let p = pod_labeled(
+            "web",
+            json!({}),
+            json!({"affinity": {"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 50, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "kubernetes.io/hostname"}}]}}}),
+        );
+        let state = CycleState {
+            inter_pod_affinity_score: pre_score(&p, nodes.iter(), false, &Default::default()),
+            ..Default::default()
+        };
+        let mut scores: Vec<i64> = nodes
+            .iter()
+            .map(|n| InterPodAffinity.score(&state, &p, n))
+            .collect();
         assert_eq!(scores, vec![0, 50]);
         InterPodAffinity.normalize(&state, &mut scores);
         assert_eq!(scores, vec![0, 100]);

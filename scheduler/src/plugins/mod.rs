@@ -47,10 +47,10 @@ pub fn default_scores() -> Vec<Box<dyn ScorePlugin>> {
 
 /// `metav1.LabelSelectorAsSelector` semantics: an empty selector matches everything.
 pub fn label_selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    if let Some(ml) = &sel.match_labels {
-        if ml.iter().any(|(k, v)| labels.get(k) != Some(v)) {
-            return false;
-        }
+    if let Some(ml) = &sel.match_labels
+        && ml.iter().any(|(k, v)| labels.get(k) != Some(v))
+    {
+        return false;
     }
     for e in sel.match_expressions.iter().flatten() {
         let val = labels.get(&e.key);
@@ -78,9 +78,17 @@ pub fn node_requirement_matches(r: &NodeSelectorRequirement, value: Option<&Stri
         "Exists" => value.is_some(),
         "DoesNotExist" => value.is_none(),
         "Gt" | "Lt" => {
-            let (Some(v), [bound]) = (value, values) else { return false };
-            let (Ok(v), Ok(bound)) = (v.parse::<i64>(), bound.parse::<i64>()) else { return false };
-            if r.operator == "Gt" { v > bound } else { v < bound }
+            let (Some(v), [bound]) = (value, values) else {
+                return false;
+            };
+            let (Ok(v), Ok(bound)) = (v.parse::<i64>(), bound.parse::<i64>()) else {
+                return false;
+            };
+            if r.operator == "Gt" {
+                v > bound
+            } else {
+                v < bound
+            }
         }
         _ => false,
     }
@@ -88,10 +96,10 @@ pub fn node_requirement_matches(r: &NodeSelectorRequirement, value: Option<&Stri
 
 /// `Toleration.ToleratesTaint`.
 pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = t.effect.as_deref().filter(|e| !e.is_empty()) {
-        if effect != taint.effect {
-            return false;
-        }
+    if let Some(effect) = t.effect.as_deref().filter(|e| !e.is_empty())
+        && effect != taint.effect
+    {
+        return false;
     }
     let key = t.key.as_deref().unwrap_or("");
     if !key.is_empty() && key != taint.key {
@@ -147,7 +155,12 @@ pub(crate) mod testutil {
     }
 
     pub fn plain_node(name: &str) -> NodeInfo {
-        node(name, json!({"kubernetes.io/hostname": name}), json!({}), json!({"cpu": "4", "memory": "8Gi", "pods": "110"}))
+        node(
+            name,
+            json!({"kubernetes.io/hostname": name}),
+            json!({}),
+            json!({"cpu": "4", "memory": "8Gi", "pods": "110"}),
+        )
     }
 
     pub fn place(node: &mut NodeInfo, pod: PodInfo) {

@@ -32,7 +32,14 @@ mod tests {
         let p = pod(json!({"nodeName": "a"}));
         let s = CycleState::default();
         assert!(NodeName.filter(&s, &p, &plain_node("a")).is_ok());
-        assert_eq!(NodeName.filter(&s, &p, &plain_node("b")), Err(Status::unresolvable(ERR_REASON)));
-        assert!(NodeName.filter(&s, &pod(json!({})), &plain_node("b")).is_ok());
+        assert_eq!(
+            NodeName.filter(&s, &p, &plain_node("b")),
+            Err(Status::unresolvable(ERR_REASON))
+        );
+        assert!(
+            NodeName
+                .filter(&s, &pod(json!({})), &plain_node("b"))
+                .is_ok()
+        );
     }
 }

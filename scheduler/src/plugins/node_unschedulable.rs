@@ -25,7 +25,11 @@ impl FilterPlugin for NodeUnschedulable {
             effect: "NoSchedule".into(),
             ..Default::default()
         };
-        if tolerated(&pod.tolerations, &taint) { Ok(()) } else { Err(Status::unresolvable(ERR_REASON)) }
+        if tolerated(&pod.tolerations, &taint) {
+            Ok(())
+        } else {
+            Err(Status::unresolvable(ERR_REASON))
+        }
     }
 }
 
@@ -39,9 +43,18 @@ mod tests {
     fn cordoned_nodes_reject_unless_tolerated() {
         let n = node("a", json!({}), json!({"unschedulable": true}), json!({}));
         let s = CycleState::default();
-        assert_eq!(NodeUnschedulable.filter(&s, &pod(json!({})), &n), Err(Status::unresolvable(ERR_REASON)));
-        let tol = pod(json!({"tolerations": [{"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}]}));
+        assert_eq!(
+            NodeUnschedulable.filter(&s, &pod(json!({})), &n),
+            Err(Status::unresolvable(ERR_REASON))
+        );
+        let tol = pod(
+            json!({"tolerations": [{"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}]}),
+        );
         assert!(NodeUnschedulable.filter(&s, &tol, &n).is_ok());
-        assert!(NodeUnschedulable.filter(&s, &pod(json!({})), &plain_node("b")).is_ok());
+        assert!(
+            NodeUnschedulable
+                .filter(&s, &pod(json!({})), &plain_node("b"))
+                .is_ok()
+        );
     }
 }

@@ -7,12 +7,15 @@ use k8s_openapi::api::core::v1::TopologySpreadConstraint;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
 use super::{label_selector_matches, node_affinity, tolerated};
-use crate::framework::{CycleState, FilterPlugin, MAX_NODE_SCORE, NodeInfo, PodInfo, ScorePlugin, Status};
+use crate::framework::{
+    CycleState, FilterPlugin, MAX_NODE_SCORE, NodeInfo, PodInfo, ScorePlugin, Status,
+};
 
 /// Reason when the skew would exceed maxSkew.
 pub const ERR_CONSTRAINTS: &str = "node(s) didn't match pod topology spread constraints";
 /// Reason when the node lacks a constraint's topology key.
-pub const ERR_MISSING_LABEL: &str = "node(s) didn't match pod topology spread constraints (missing required label)";
+pub const ERR_MISSING_LABEL: &str =
+    "node(s) didn't match pod topology spread constraints (missing required label)";
 
 /// A constraint with its selector completed by matchLabelKeys.
 #[derive(Debug, Clone)]
@@ -33,11 +36,14 @@ fn constraints(pod: &PodInfo, hard: bool) -> Vec<Constraint> {
             let mut selector = c.label_selector.clone().unwrap_or_default();
             for k in c.match_label_keys.iter().flatten() {
                 if let Some(v) = pod.labels.get(k) {
-                    selector.match_expressions.get_or_insert_with(Vec::new).push(LabelSelectorRequirement {
-                        key: k.clone(),
-                        operator: "In".into(),
-                        values: Some(vec![v.clone()]),
-                    });
+                    selector
+                        .match_expressions
+                        .get_or_insert_with(Vec::new)
+                        .push(LabelSelectorRequirement {
+                            key: k.clone(),
+                            operator: "In".into(),
+                            values: Some(vec![v.clone()]),
+                        });
                 }
             }
             Constraint {
@@ -45,7 +51,14 @@ fn constraints(pod: &PodInfo, hard: bool) -> Vec<Constraint> {
                 max_skew: i64::from(c.max_skew),
                 min_domains: i64::from(c.min_domains.unwrap_or(1)),
                 // A missing labelSelector selects nothing.
-                selector: if c.label_selector.is_some() { selector } else { LabelSelector { match_labels: Some([("\0".into(), "\0".into())].into()), ..Default::default() } },
+                selector: if c.label_selector.is_some() {
+                    selector
+                } else {
+                    LabelSelector {
+                        match_labels: Some([("\0".into(), "\0".into())].into()),
+                        ..Default::default()
+                    }
+                },
                 honor_affinity: c.node_affinity_policy.as_deref() != Some("Ignore"),
                 honor_taints: c.node_taints_policy.as_deref() == Some("Honor"),
             }
@@ -58,10 +71,9 @@ fn node_counts(c: &Constraint, pod: &PodInfo, node: &NodeInfo) -> bool {
         return false;
     }
     if c.honor_taints
-        && node
-            .taints
-            .iter()
-            .any(|t| (t.effect == "NoSchedule" || t.effect == "NoExecute") && !tolerated(&pod.tolerations, t))
+        && node.taints.iter().any(|t| {
+            (t.effect == "NoSchedule" || t.effect == "NoExecute") && !tolerated(&pod.tolerations, t)
+        })
     {
         return false;
     }
@@ -84,7 +96,10 @@ pub struct PreFilterState {
 }
 
 /// Builds the PreFilter state from all nodes; `None` without hard constraints.
-pub fn pre_filter<'a>(pod: &PodInfo, nodes: impl Iterator<Item = &'a NodeInfo>) -> Option<PreFilterState> {
+pub fn pre_filter<'a>(
+    pod: &PodInfo,
+    nodes: impl Iterator<Item = &'a NodeInfo>,
+) -> Option<PreFilterState> {
     let cs = constraints(pod, true);
     if cs.is_empty() {
         return None;
@@ -106,9 +121,19 @@ pub fn pre_filter<'a>(pod: &PodInfo, nodes: impl Iterator<Item = &'a NodeInfo>) 
     let min_match = cs
         .iter()
         .zip(&counts)
-        .map(|(c, m)| if (m.len() as i64) < c.min_domains { 0 } else { m.values().copied().min().unwrap_or(0) })
+        .map(|(c, m)| {
+            if (m.len() as i64) < c.min_domains {
+                0
+            } else {
+                m.values().copied().min().unwrap_or(0)
+            }
+        })
         .collect();
-    Some(PreFilterState { constraints: cs, counts, min_match })
+    Some(PreFilterState {
+        constraints: cs,
+        counts,
+        min_match,
+    })
 }
 
 /// Soft-constraint counts over the feasible nodes' domains.
@@ -150,8 +175,15 @@ pub fn pre_score<'a>(
             *counts[i].entry(v.clone()).or_default() += count_matching(c, pod, node);
         }
     }
-    let weights = domains.iter().map(|d| ((d.len() + 2) as f64).ln()).collect();
-    Some(PreScoreState { constraints: cs, counts, weights })
+    let weights = domains
+        .iter()
+        .map(|d| ((d.len() + 2) as f64).ln())
+        .collect();
+    Some(PreScoreState {
+        constraints: cs,
+        counts,
+        weights,
+    })
 }
 
 /// The PodTopologySpread filter and score.
@@ -162,7 +194,9 @@ impl FilterPlugin for PodTopologySpread {
         "PodTopologySpread"
     }
     fn filter(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Result<(), Status> {
-        let Some(s) = &state.topology_spread else { return Ok(()) };
+        let Some(s) = &state.topology_spread else {
+            return Ok(());
+        };
         for (i, c) in s.constraints.iter().enumerate() {
             let Some(v) = node.labels.get(&c.key) else {
                 return Err(Status::unresolvable(ERR_MISSING_LABEL));
@@ -188,8 +222,13 @@ impl ScorePlugin for PodTopologySpread {
         2
     }
     fn score(&self, state: &CycleState, _: &PodInfo, node: &NodeInfo) -> i64 {
-        let Some(s) = &state.topology_spread_score else { return 0 };
-        if s.constraints.iter().any(|c| !node.labels.contains_key(&c.key)) {
+        let Some(s) = &state.topology_spread_score else {
+            return 0;
+        };
+        if s.constraints
+            .iter()
+            .any(|c| !node.labels.contains_key(&c.key))
+        {
             return IGNORED;
         }
         let mut score = 0.0;
@@ -235,7 +274,10 @@ mod tests {
             node("b", json!({"zone": "z2"}), json!({}), json!({})),
             node("c", json!({}), json!({}), json!({})),
         ];
-        place(&mut nodes[0], pod_labeled("w1", json!({"app": "web"}), json!({})));
+        place(
+            &mut nodes[0],
+            pod_labeled("w1", json!({"app": "web"}), json!({})),
+        );
         nodes
     }
 
@@ -243,12 +285,24 @@ mod tests {
     fn hard_constraint_skew() {
         let nodes = zoned();
         let p = pod_labeled("w2", json!({"app": "web"}), spread("DoNotSchedule", 1));
-        let state = CycleState { topology_spread: pre_filter(&p, nodes.iter()), ..Default::default() };
-        assert_eq!(PodTopologySpread.filter(&state, &p, &nodes[0]), Err(Status::unschedulable(ERR_CONSTRAINTS)));
+        let state = CycleState {
+            topology_spread: pre_filter(&p, nodes.iter()),
+            ..Default::default()
+        };
+        assert_eq!(
+            PodTopologySpread.filter(&state, &p, &nodes[0]),
+            Err(Status::unschedulable(ERR_CONSTRAINTS))
+        );
         assert!(PodTopologySpread.filter(&state, &p, &nodes[1]).is_ok());
-        assert_eq!(PodTopologySpread.filter(&state, &p, &nodes[2]), Err(Status::unresolvable(ERR_MISSING_LABEL)));
+        assert_eq!(
+            PodTopologySpread.filter(&state, &p, &nodes[2]),
+            Err(Status::unresolvable(ERR_MISSING_LABEL))
+        );
         let loose = pod_labeled("w2", json!({"app": "web"}), spread("DoNotSchedule", 2));
-        let state = CycleState { topology_spread: pre_filter(&loose, nodes.iter()), ..Default::default() };
+        let state = CycleState {
+            topology_spread: pre_filter(&loose, nodes.iter()),
+            ..Default::default()
+        };
         assert!(PodTopologySpread.filter(&state, &loose, &nodes[0]).is_ok());
     }
 
@@ -257,9 +311,18 @@ mod tests {
         let nodes = zoned();
         let p = pod_labeled("w2", json!({"app": "web"}), spread("ScheduleAnyway", 1));
         let feasible: Vec<&NodeInfo> = nodes.iter().collect();
-        let state = CycleState { topology_spread_score: pre_score(&p, &feasible, nodes.iter()), ..Default::default() };
-        assert!(PodTopologySpread.filter(&state, &p, &nodes[0]).is_ok(), "soft constraints never filter");
-        let mut scores: Vec<i64> = nodes.iter().map(|n| PodTopologySpread.score(&state, &p, n)).collect();
+        let state = CycleState {
+            topology_spread_score: pre_score(&p, &feasible, nodes.iter()),
+            ..Default::default()
+        };
+        assert!(
+            PodTopologySpread.filter(&state, &p, &nodes[0]).is_ok(),
+            "soft constraints never filter"
+        );
+        let mut scores: Vec<i64> = nodes
+            .iter()
+            .map(|n| PodTopologySpread.score(&state, &p, n))
+            .collect();
         PodTopologySpread.normalize(&state, &mut scores);
         assert!(scores[1] > scores[0], "{scores:?}");
         assert_eq!(scores[2], 0);

@@ -2,7 +2,9 @@
 //! PreferNoSchedule taints score higher.
 
 use super::tolerated;
-use crate::framework::{CycleState, FilterPlugin, NodeInfo, PodInfo, ScorePlugin, Status, default_normalize};
+use crate::framework::{
+    CycleState, FilterPlugin, NodeInfo, PodInfo, ScorePlugin, Status, default_normalize,
+};
 
 /// The TaintToleration filter and score.
 pub struct TaintToleration;
@@ -40,10 +42,18 @@ impl ScorePlugin for TaintToleration {
         let tols: Vec<_> = pod
             .tolerations
             .iter()
-            .filter(|t| matches!(t.effect.as_deref(), None | Some("") | Some("PreferNoSchedule")))
+            .filter(|t| {
+                matches!(
+                    t.effect.as_deref(),
+                    None | Some("") | Some("PreferNoSchedule")
+                )
+            })
             .cloned()
             .collect();
-        node.taints.iter().filter(|t| t.effect == "PreferNoSchedule" && !tolerated(&tols, t)).count() as i64
+        node.taints
+            .iter()
+            .filter(|t| t.effect == "PreferNoSchedule" && !tolerated(&tols, t))
+            .count() as i64
     }
     fn normalize(&self, _: &CycleState, scores: &mut [i64]) {
         default_normalize(scores, true);
@@ -62,15 +72,22 @@ mod tests {
 
     #[test]
     fn untolerated_taint_message() {
-        let n = tainted(json!([{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]));
+        let n = tainted(
+            json!([{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]),
+        );
         let s = CycleState::default();
         assert_eq!(
             TaintToleration.filter(&s, &pod(json!({})), &n),
-            Err(Status::unresolvable("node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }"))
+            Err(Status::unresolvable(
+                "node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }"
+            ))
         );
         let n = tainted(json!([{"key": "dedicated", "value": "gpu", "effect": "NoExecute"}]));
         assert_eq!(
-            TaintToleration.filter(&s, &pod(json!({})), &n).unwrap_err().reasons[0],
+            TaintToleration
+                .filter(&s, &pod(json!({})), &n)
+                .unwrap_err()
+                .reasons[0],
             "node(s) had untolerated taint {dedicated: gpu}"
         );
     }
@@ -85,14 +102,24 @@ mod tests {
             json!({"operator": "Exists"}),
             json!({"key": "dedicated", "operator": "Equal", "value": "gpu"}),
         ] {
-            assert!(TaintToleration.filter(&s, &pod(json!({"tolerations": [tol.clone()]})), &n).is_ok(), "{tol}");
+            assert!(
+                TaintToleration
+                    .filter(&s, &pod(json!({"tolerations": [tol.clone()]})), &n)
+                    .is_ok(),
+                "{tol}"
+            );
         }
         for tol in [
             json!({"key": "dedicated", "value": "cpu"}),
             json!({"key": "dedicated", "operator": "Exists", "effect": "NoExecute"}),
             json!({"key": "other", "operator": "Exists"}),
         ] {
-            assert!(TaintToleration.filter(&s, &pod(json!({"tolerations": [tol.clone()]})), &n).is_err(), "{tol}");
+            assert!(
+                TaintToleration
+                    .filter(&s, &pod(json!({"tolerations": [tol.clone()]})), &n)
+                    .is_err(),
+                "{tol}"
+            );
         }
         // PreferNoSchedule never filters.
         let soft = tainted(json!([{"key": "k", "effect": "PreferNoSchedule"}]));
@@ -103,10 +130,15 @@ mod tests {
     fn prefer_no_schedule_scores_lower() {
         let s = CycleState::default();
         let p = pod(json!({}));
-        let a = tainted(json!([{"key": "k", "effect": "PreferNoSchedule"}, {"key": "j", "effect": "PreferNoSchedule"}]));
+        let a = tainted(
+            json!([{"key": "k", "effect": "PreferNoSchedule"}, {"key": "j", "effect": "PreferNoSchedule"}]),
+        );
         let b = tainted(json!([{"key": "k", "effect": "PreferNoSchedule"}]));
         let c = plain_node("c");
-        let mut scores: Vec<i64> = [&a, &b, &c].iter().map(|n| TaintToleration.score(&s, &p, n)).collect();
+        let mut scores: Vec<i64> = [&a, &b, &c]
+            .iter()
+            .map(|n| TaintToleration.score(&s, &p, n))
+            .collect();
         TaintToleration.normalize(&s, &mut scores);
         assert_eq!(scores, vec![0, 50, 100]);
     }
