@@ -25,7 +25,10 @@ pub struct ServiceAllocator {
 impl ServiceAllocator {
     /// An allocator for `cidr` (e.g. 10.96.0.0/12).
     pub fn new(cidr: Ipv4Net) -> Self {
-        ServiceAllocator { cidr, lock: Mutex::new(()) }
+        ServiceAllocator {
+            cidr,
+            lock: Mutex::new(()),
+        }
     }
 
     /// The service CIDR.
@@ -40,23 +43,40 @@ impl ServiceAllocator {
 
     /// Fills `spec.clusterIP(s)` and node ports of `svc`; the returned guard must be held until
     /// the service is stored.
-    pub async fn allocate<'a>(&'a self, state: &AppState, def: &ResourceDef, svc: &mut Value, old: Option<&Value>) -> ApiResult<MutexGuard<'a, ()>> {
+    pub async fn allocate<'a>(
+        &'a self,
+        state: &AppState,
+        def: &ResourceDef,
+        svc: &mut Value,
+        old: Option<&Value>,
+    ) -> ApiResult<MutexGuard<'a, ()>> {
         let guard = self.lock.lock().await;
         let name = fields::name(svc).to_string();
         let me = (fields::namespace(svc).to_string(), name.clone());
         let (used_ips, used_ports) = self.in_use(state, &me).await?;
-        let svc_type = fields::str_at(svc, &["spec", "type"]).unwrap_or("ClusterIP").to_string();
+        let svc_type = fields::str_at(svc, &["spec", "type"])
+            .unwrap_or("ClusterIP")
+            .to_string();
         let mut errs = Vec::new();
         if svc_type != "ExternalName" {
-            let mut ip = fields::str_at(svc, &["spec", "clusterIP"]).unwrap_or("").to_string();
+            let mut ip = fields::str_at(svc, &["spec", "clusterIP"])
+                .unwrap_or("")
+                .to_string();
             if ip.is_empty()
                 && let Some(o) = old
             {
-                ip = fields::str_at(o, &["spec", "clusterIP"]).unwrap_or("").to_string();
+                ip = fields::str_at(o, &["spec", "clusterIP"])
+                    .unwrap_or("")
+                    .to_string();
             }
             let old_ip = old.and_then(|o| fields::str_at(o, &["spec", "clusterIP"]));
             if ip.is_empty() {
-                ip = self.pick_ip(&used_ips).ok_or_else(|| ApiError::internal("failed to allocate a serviceIP: range is full"))?.to_string();
+                ip = self
+                    .pick_ip(&used_ips)
+                    .ok_or_else(|| {
+                        ApiError::internal("failed to allocate a serviceIP: range is full")
+                    })?
+                    .to_string();
             } else if ip != "None" && old_ip != Some(ip.as_str()) {
                 match ip.parse::<Ipv4Addr>() {
                     Ok(a) if !self.cidr.contains(&a) => errs.push(FieldError::invalid(
@@ -98,14 +118,22 @@ impl ServiceAllocator {
                     } else if np == 0 {
                         match pick_port(&taken) {
                             Some(x) => x,
-                            None => return Err(ApiError::internal("failed to allocate a nodePort: range is full")),
+                            None => {
+                                return Err(ApiError::internal(
+                                    "failed to allocate a nodePort: range is full",
+                                ));
+                            }
                         }
                     } else {
                         if np != old_np {
                             if !NODE_PORT_RANGE.contains(&np) {
                                 errs.push(FieldError::invalid(format!("spec.ports[{i}].nodePort"), &json!(np), "provided port is not in the valid range. The range of valid ports is 30000-32767"));
                             } else if taken.contains(&np) {
-                                errs.push(FieldError::invalid(format!("spec.ports[{i}].nodePort"), &json!(np), "provided port is already allocated"));
+                                errs.push(FieldError::invalid(
+                                    format!("spec.ports[{i}].nodePort"),
+                                    &json!(np),
+                                    "provided port is already allocated",
+                                ));
                             }
                         }
                         np
@@ -138,21 +166,36 @@ impl ServiceAllocator {
             .find(|a| !used.contains(a))
     }
 
-    async fn in_use(&self, state: &AppState, me: &(String, String)) -> ApiResult<(HashSet<Ipv4Addr>, HashSet<i64>)> {
+    async fn in_use(
+        &self,
+        state: &AppState,
+        me: &(String, String),
+    ) -> ApiResult<(HashSet<Ipv4Addr>, HashSet<i64>)> {
         let cacher = state.cacher(&crate::registry::resources::SERVICES)?;
         cacher.wait_fresh().await?;
-        let all = cacher.list("/registry/services/specs/", None, 0, &|_| true).await;
+        let all = cacher
+            .list("/registry/services/specs/", None, 0, &|_| true)
+            .await;
         let mut ips = HashSet::new();
         let mut ports = HashSet::new();
         for o in all.items {
             if o.namespace == me.0 && o.name == me.1 {
                 continue;
             }
-            let Ok(v) = serde_json::from_slice::<Value>(&o.raw) else { continue };
-            if let Some(ip) = fields::str_at(&v, &["spec", "clusterIP"]).and_then(|s| s.parse().ok()) {
+            let Ok(v) = serde_json::from_slice::<Value>(&o.raw) else {
+                continue;
+            };
+            if let Some(ip) =
+                fields::str_at(&v, &["spec", "clusterIP"]).and_then(|s| s.parse().ok())
+            {
                 ips.insert(ip);
             }
-            for p in v.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
+            for p in v
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if let Some(np) = p.get("nodePort").and_then(Value::as_i64) {
                     ports.insert(np);
                 }
@@ -165,5 +208,7 @@ impl ServiceAllocator {
 fn pick_port(taken: &HashSet<i64>) -> Option<i64> {
     let n = NODE_PORT_RANGE.end() - NODE_PORT_RANGE.start() + 1;
     let start = (rand::random::<u32>() as i64) % n;
-    (0..n).map(|i| NODE_PORT_RANGE.start() + (start + i) % n).find(|p| !taken.contains(p))
+    (0..n)
+        .map(|i| NODE_PORT_RANGE.start() + (start + i) % n)
+        .find(|p| !taken.contains(p))
 }

@@ -42,18 +42,29 @@ pub struct CachedObject {
 
 impl CachedObject {
     /// Decodes a stored value, injecting `resourceVersion`.
-    pub fn decode(def: &ResourceDef, key: &str, value: &[u8], rv: Revision) -> Result<Self, String> {
-        let mut obj: Value = serde_json::from_slice(value).map_err(|e| format!("corrupt object at {key}: {e}"))?;
+    pub fn decode(
+        def: &ResourceDef,
+        key: &str,
+        value: &[u8],
+        rv: Revision,
+    ) -> Result<Self, String> {
+        let mut obj: Value =
+            serde_json::from_slice(value).map_err(|e| format!("corrupt object at {key}: {e}"))?;
         Ok(Self::from_value(def, key, &mut obj, rv))
     }
 
     /// Builds a cached object from a decoded value (sets its `resourceVersion`).
     pub fn from_value(def: &ResourceDef, key: &str, obj: &mut Value, rv: Revision) -> Self {
-        fields::ensure_object(obj, &["metadata"]).insert("resourceVersion".into(), Value::String(rv.to_string()));
+        fields::ensure_object(obj, &["metadata"])
+            .insert("resourceVersion".into(), Value::String(rv.to_string()));
         let labels = obj
             .pointer("/metadata/labels")
             .and_then(Value::as_object)
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
             .unwrap_or_default();
         let fields_vals = def
             .selectable_fields
@@ -76,7 +87,11 @@ impl CachedObject {
         match f {
             "metadata.name" => Some(self.name.clone()),
             "metadata.namespace" => Some(self.namespace.clone()),
-            _ => self.fields.iter().find(|(k, _)| *k == f).map(|(_, v)| v.clone()),
+            _ => self
+                .fields
+                .iter()
+                .find(|(k, _)| *k == f)
+                .map(|(_, v)| v.clone()),
         }
     }
 }
@@ -133,7 +148,11 @@ pub enum WatchStart {
     /// Replay these events (revision > requested), then follow the receiver.
     Replay(Vec<Arc<CacheEvent>>, broadcast::Receiver<Broadcast>),
     /// Send the current state as ADDED events (at `Revision`), then follow the receiver.
-    Snapshot(Vec<Arc<CachedObject>>, Revision, broadcast::Receiver<Broadcast>),
+    Snapshot(
+        Vec<Arc<CachedObject>>,
+        Revision,
+        broadcast::Receiver<Broadcast>,
+    ),
 }
 
 /// A snapshot list from the cache.
@@ -190,7 +209,11 @@ impl CacheHub {
                 })
             })
             .collect();
-        let hub = Arc::new(CacheHub { storage, caches, rev_tx });
+        let hub = Arc::new(CacheHub {
+            storage,
+            caches,
+            rev_tx,
+        });
         let h = hub.clone();
         tokio::spawn(async move { h.run().await });
         let h = hub.clone();
@@ -244,7 +267,11 @@ impl CacheHub {
         while let Some(ev) = stream.next().await {
             let ev = ev?;
             let rev = ev.kv.mod_revision;
-            for c in self.caches.iter().filter(|c| ev.kv.key.starts_with(&c.prefix)) {
+            for c in self
+                .caches
+                .iter()
+                .filter(|c| ev.kv.key.starts_with(&c.prefix))
+            {
                 c.apply(ev.event_type, &ev.kv).await;
             }
             self.rev_tx.send_replace(rev);
@@ -256,7 +283,11 @@ impl CacheHub {
 impl Cacher {
     async fn relist(&self, revision: Revision) -> Result<(), StorageError> {
         let mut objects = BTreeMap::new();
-        let mut opts = ListOptions { revision: Some(revision), limit: Some(1000), ..Default::default() };
+        let mut opts = ListOptions {
+            revision: Some(revision),
+            limit: Some(1000),
+            ..Default::default()
+        };
         loop {
             let page = self.storage.list(&self.prefix, opts.clone()).await?;
             let last = page.items.last().map(|kv| kv.key.clone());
@@ -271,7 +302,11 @@ impl Cacher {
             if !page.more || last.is_none() {
                 break;
             }
-            opts = ListOptions { revision: Some(revision), start_after: last, limit: Some(1000) };
+            opts = ListOptions {
+                revision: Some(revision),
+                start_after: last,
+                limit: Some(1000),
+            };
         }
         let mut st = self.state.write().await;
         let was_ready = st.ready;
@@ -298,14 +333,20 @@ impl Cacher {
         let mut st = self.state.write().await;
         let prev = match event_type {
             EventType::Delete => st.objects.remove(&kv.key),
-            EventType::Create | EventType::Update => st.objects.insert(kv.key.clone(), object.clone()),
+            EventType::Create | EventType::Update => {
+                st.objects.insert(kv.key.clone(), object.clone())
+            }
         };
         let event_type = match (event_type, &prev) {
             (EventType::Delete, _) => CacheEventType::Deleted,
             (_, Some(_)) => CacheEventType::Modified,
             (_, None) => CacheEventType::Added,
         };
-        let ev = Arc::new(CacheEvent { event_type, object, prev });
+        let ev = Arc::new(CacheEvent {
+            event_type,
+            object,
+            prev,
+        });
         st.ring.push_back(ev.clone());
         while st.ring.len() > RING_CAPACITY {
             if let Some(old) = st.ring.pop_front() {
@@ -334,7 +375,11 @@ impl Cacher {
             .await
             .map_err(|e| crate::error::ApiError::internal(e.to_string()))?;
         self.wait_for(current).await.map_err(|_| {
-            crate::error::ApiError::new(504, "Timeout", "Timeout: Too large resource version: the watch cache did not catch up in time")
+            crate::error::ApiError::new(
+                504,
+                "Timeout",
+                "Timeout: Too large resource version: the watch cache did not catch up in time",
+            )
         })?;
         Ok(current)
     }
@@ -372,8 +417,13 @@ impl Cacher {
         let mut items = Vec::new();
         let mut more = false;
         let range = match start_after {
-            Some(s) => st.objects.range::<str, _>((std::ops::Bound::Excluded(s), std::ops::Bound::Unbounded)),
-            None => st.objects.range::<str, _>((std::ops::Bound::Included(key_prefix), std::ops::Bound::Unbounded)),
+            Some(s) => st
+                .objects
+                .range::<str, _>((std::ops::Bound::Excluded(s), std::ops::Bound::Unbounded)),
+            None => st.objects.range::<str, _>((
+                std::ops::Bound::Included(key_prefix),
+                std::ops::Bound::Unbounded,
+            )),
         };
         for (k, o) in range {
             if !k.starts_with(key_prefix) {
@@ -388,7 +438,11 @@ impl Cacher {
             }
             items.push(o.clone());
         }
-        CacheList { items, revision, more }
+        CacheList {
+            items,
+            revision,
+            more,
+        }
     }
 
     /// Starts a watch after revision `after` (None: from the current state as ADDED events).
@@ -396,16 +450,26 @@ impl Cacher {
         if let Some(rv) = after
             && self.wait_for(rv).await.is_err()
         {
-            return Err(WatchFromError::TooLarge { requested: rv, current: *self.hub_rev.borrow() });
+            return Err(WatchFromError::TooLarge {
+                requested: rv,
+                current: *self.hub_rev.borrow(),
+            });
         }
         let st = self.state.read().await;
         let rx = self.tx.subscribe();
         let revision = st.revision.max(*self.hub_rev.borrow());
         match after {
-            None => Ok(WatchStart::Snapshot(st.objects.values().cloned().collect(), revision, rx)),
+            None => Ok(WatchStart::Snapshot(
+                st.objects.values().cloned().collect(),
+                revision,
+                rx,
+            )),
             Some(rv) => {
                 if rv < st.window_start {
-                    return Err(WatchFromError::TooOld { requested: rv, oldest: st.window_start + 1 });
+                    return Err(WatchFromError::TooOld {
+                        requested: rv,
+                        oldest: st.window_start + 1,
+                    });
                 }
                 let replay = st.ring.iter().filter(|e| e.rv() > rv).cloned().collect();
                 Ok(WatchStart::Replay(replay, rx))

@@ -5,12 +5,23 @@ use serde_json::{Value, json};
 
 use crate::registry::{self, ResourceDef, Subresource};
 
-const MAIN_VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const MAIN_VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 /// Verbs Kubernetes reports for a subresource.
 pub fn subresource_verbs(s: Subresource) -> &'static [&'static str] {
     match s {
-        Subresource::Status | Subresource::Scale | Subresource::EphemeralContainers => &["get", "patch", "update"],
+        Subresource::Status | Subresource::Scale | Subresource::EphemeralContainers => {
+            &["get", "patch", "update"]
+        }
         Subresource::Binding | Subresource::Eviction | Subresource::Token => &["create"],
         Subresource::Log => &["get"],
         Subresource::Exec | Subresource::PortForward => &["create", "get"],
@@ -19,7 +30,10 @@ pub fn subresource_verbs(s: Subresource) -> &'static [&'static str] {
 }
 
 /// The kind a subresource responds with: (group, version, kind).
-fn subresource_kind(def: &ResourceDef, s: Subresource) -> (&'static str, &'static str, &'static str) {
+fn subresource_kind(
+    def: &ResourceDef,
+    s: Subresource,
+) -> (&'static str, &'static str, &'static str) {
     match s {
         Subresource::Scale => ("autoscaling", "v1", "Scale"),
         Subresource::Binding => ("", "v1", "Binding"),
@@ -138,8 +152,14 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         }
     }
     resources.extend(extra);
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
 }
 
 fn aggregated_resource(d: &ResourceDef) -> Value {
@@ -175,7 +195,11 @@ fn aggregated_resource(d: &ResourceDef) -> Value {
 /// Aggregated discovery document for `/api` (core=true) or `/apis`; `api_version` is
 /// `apidiscovery.k8s.io/v2` or `apidiscovery.k8s.io/v2beta1`.
 pub fn aggregated(core: bool, api_version: &str) -> Value {
-    let group_names: Vec<(&str, Vec<&str>)> = if core { vec![("", vec!["v1"])] } else { groups() };
+    let group_names: Vec<(&str, Vec<&str>)> = if core {
+        vec![("", vec!["v1"])]
+    } else {
+        groups()
+    };
     let items: Vec<Value> = group_names
         .iter()
         .map(|(g, vs)| {

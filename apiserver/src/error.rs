@@ -38,7 +38,12 @@ fn details(name: &str, group: &str, kind: &str) -> Value {
 impl ApiError {
     /// A generic error with the given code and reason.
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError { code, reason, message: message.into(), details: None }
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
     }
 
     /// 404 `pods "x" not found`.
@@ -48,7 +53,11 @@ impl ApiError {
 
     /// 404 for a group/resource and name.
     pub fn not_found_gr(group: &str, resource: &str, name: &str) -> Self {
-        let gr = if group.is_empty() { resource.to_string() } else { format!("{resource}.{group}") };
+        let gr = if group.is_empty() {
+            resource.to_string()
+        } else {
+            format!("{resource}.{group}")
+        };
         ApiError {
             code: 404,
             reason: "NotFound",
@@ -91,7 +100,10 @@ impl ApiError {
         ApiError {
             code: 409,
             reason: "Conflict",
-            message: format!("Operation cannot be fulfilled on {} \"{name}\": {why}", def.group_resource()),
+            message: format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {why}",
+                def.group_resource()
+            ),
             details: Some(details(name, def.group, def.plural)),
         }
     }
@@ -106,7 +118,13 @@ impl ApiError {
         let joined = if errs.len() == 1 {
             errs[0].message.clone()
         } else {
-            format!("[{}]", errs.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join(", "))
+            format!(
+                "[{}]",
+                errs.iter()
+                    .map(|e| e.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         };
         let causes: Vec<Value> = errs
             .iter()
@@ -150,7 +168,11 @@ impl ApiError {
 
     /// 405 MethodNotAllowed.
     pub fn method_not_allowed() -> Self {
-        Self::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
     }
 
     /// 410 Expired (too old resourceVersion).
@@ -160,7 +182,11 @@ impl ApiError {
 
     /// 413 RequestEntityTooLarge.
     pub fn too_large(limit: usize) -> Self {
-        Self::new(413, "RequestEntityTooLarge", format!("Request entity too large: limit is {limit}"))
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {limit}"),
+        )
     }
 
     /// 415 UnsupportedMediaType.
@@ -170,14 +196,22 @@ impl ApiError {
             "UnsupportedMediaType",
             format!(
                 "the body of the request was in an unknown format - accepted media types include: {}",
-                if accepted.is_empty() { content_type.to_string() } else { accepted.join(", ") }
+                if accepted.is_empty() {
+                    content_type.to_string()
+                } else {
+                    accepted.join(", ")
+                }
             ),
         )
     }
 
     /// 500 InternalError.
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, "InternalError", format!("Internal error occurred: {}", message.into()))
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {}", message.into()),
+        )
     }
 
     /// 504 Timeout for a resourceVersion newer than the server has.
@@ -186,7 +220,9 @@ impl ApiError {
             code: 504,
             reason: "Timeout",
             message: format!("Too large resource version: {requested}, current: {current}"),
-            details: Some(json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1})),
+            details: Some(
+                json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1}),
+            ),
         }
     }
 
@@ -196,10 +232,15 @@ impl ApiError {
             StorageError::AlreadyExists { .. } => Self::already_exists(def, name),
             StorageError::NotFound { .. } => Self::not_found(def, name),
             StorageError::Conflict { .. } => Self::conflict(def, name),
-            StorageError::Compacted { requested, compacted } => {
-                Self::expired(format!("too old resource version: {requested} ({compacted})"))
+            StorageError::Compacted {
+                requested,
+                compacted,
+            } => Self::expired(format!(
+                "too old resource version: {requested} ({compacted})"
+            )),
+            StorageError::FutureRevision { requested, current } => {
+                Self::too_large_resource_version(requested, current)
             }
-            StorageError::FutureRevision { requested, current } => Self::too_large_resource_version(requested, current),
             StorageError::Backend(msg) => Self::internal(msg),
         }
     }
@@ -227,8 +268,10 @@ impl IntoResponse for ApiError {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&self.status()).unwrap_or_default();
         let mut resp = (code, body).into_response();
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         resp
     }
 }

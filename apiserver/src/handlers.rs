@@ -27,7 +27,10 @@ pub fn object_key(def: &ResourceDef, namespace: Option<&str>, name: &str) -> Str
 /// A JSON response with the given status.
 pub fn json_response(code: StatusCode, body: Vec<u8>) -> Response {
     let mut r = (code, body).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -48,7 +51,12 @@ pub fn add_warnings(r: &mut Response, warnings: &[String]) {
 }
 
 /// Reads the current object from storage with its resourceVersion set.
-pub async fn get_current(state: &AppState, def: &ResourceDef, ns: Option<&str>, name: &str) -> ApiResult<(Value, Revision)> {
+pub async fn get_current(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+) -> ApiResult<(Value, Revision)> {
     let key = object_key(def, ns, name);
     let kv = state
         .storage
@@ -56,24 +64,38 @@ pub async fn get_current(state: &AppState, def: &ResourceDef, ns: Option<&str>, 
         .await
         .map_err(|e| ApiError::from_storage(e, def, name))?
         .ok_or_else(|| ApiError::not_found(def, name))?;
-    let mut obj: Value = serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(format!("corrupt object {key}: {e}")))?;
+    let mut obj: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("corrupt object {key}: {e}")))?;
     set_rv(&mut obj, kv.mod_revision);
     Ok((obj, kv.mod_revision))
 }
 
 /// Sets `metadata.resourceVersion`.
 pub fn set_rv(obj: &mut Value, rv: Revision) {
-    fields::ensure_object(obj, &["metadata"]).insert("resourceVersion".into(), Value::String(rv.to_string()));
+    fields::ensure_object(obj, &["metadata"])
+        .insert("resourceVersion".into(), Value::String(rv.to_string()));
 }
 
 fn now_rfc3339() -> String {
     let now = jiff::Timestamp::now();
-    jiff::Timestamp::from_second(now.as_second()).unwrap_or(now).to_string()
+    jiff::Timestamp::from_second(now.as_second())
+        .unwrap_or(now)
+        .to_string()
 }
 
 /// Resources whose `metadata.generation` tracks spec changes.
 fn tracks_generation(def: &ResourceDef) -> bool {
-    matches!(def.kind, "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" | "NetworkPolicy" | "ResourceQuota" | "CronJob")
+    matches!(
+        def.kind,
+        "Deployment"
+            | "ReplicaSet"
+            | "StatefulSet"
+            | "DaemonSet"
+            | "Job"
+            | "NetworkPolicy"
+            | "ResourceQuota"
+            | "CronJob"
+    )
 }
 
 /// The request context every handler gets.
@@ -125,7 +147,11 @@ async fn get(ctx: &Ctx<'_>, name: &str) -> ApiResult<Response> {
             let t = table::build(def, std::slice::from_ref(&obj), ctx.query, None, None, true);
             Ok(value_response(StatusCode::OK, &t, &[]))
         }
-        ResponseFormat::Metadata => Ok(value_response(StatusCode::OK, &table::partial_metadata(&obj), &[])),
+        ResponseFormat::Metadata => Ok(value_response(
+            StatusCode::OK,
+            &table::partial_metadata(&obj),
+            &[],
+        )),
         ResponseFormat::Json => Ok(value_response(StatusCode::OK, &obj, &[])),
     }
 }
@@ -136,11 +162,24 @@ pub fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 }
 
 /// Decodes a body into the resource's typed schema, applying `fieldValidation`.
-pub fn decode_typed(def: &ResourceDef, mut obj: Value, fv: FieldValidation, warnings: &mut Vec<String>) -> ApiResult<Value> {
+pub fn decode_typed(
+    def: &ResourceDef,
+    mut obj: Value,
+    fv: FieldValidation,
+    warnings: &mut Vec<String>,
+) -> ApiResult<Value> {
     // apiVersion/kind: fill when absent, reject a mismatch.
     let want_av = def.api_version();
-    let av = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
-    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
+    let av = obj
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let kind = obj
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if (!av.is_empty() && av != want_av) || (!kind.is_empty() && kind != def.kind) {
         return Err(ApiError::bad_request(format!(
             "the API version in the data ({av}) does not match the expected API version ({want_av})"
@@ -151,13 +190,23 @@ pub fn decode_typed(def: &ResourceDef, mut obj: Value, fv: FieldValidation, warn
         m.insert("apiVersion".into(), Value::String(want_av));
         m.insert("kind".into(), Value::String(def.kind.to_string()));
     }
-    let prefix = format!("{} in version \"{}\" cannot be handled as a {}", def.kind, def.version, def.kind);
+    let prefix = format!(
+        "{} in version \"{}\" cannot be handled as a {}",
+        def.kind, def.version, def.kind
+    );
     let n = (def.normalize)(&obj).map_err(|e| ApiError::bad_request(format!("{prefix}: {e}")))?;
     if !n.unknown_fields.is_empty() {
-        let msgs: Vec<String> = n.unknown_fields.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+        let msgs: Vec<String> = n
+            .unknown_fields
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
         match fv {
             FieldValidation::Strict => {
-                return Err(ApiError::bad_request(format!("{prefix}: strict decoding error: {}", msgs.join(", "))));
+                return Err(ApiError::bad_request(format!(
+                    "{prefix}: strict decoding error: {}",
+                    msgs.join(", ")
+                )));
             }
             FieldValidation::Warn => warnings.extend(msgs),
             FieldValidation::Ignore => {}
@@ -184,7 +233,9 @@ const GENERATE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 fn generate_suffix() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    (0..5).map(|_| GENERATE_ALPHABET[rng.random_range(0..GENERATE_ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| GENERATE_ALPHABET[rng.random_range(0..GENERATE_ALPHABET.len())] as char)
+        .collect()
 }
 
 /// Validates `metadata` (name rule, namespace, labels, annotations) for create or update.
@@ -192,7 +243,10 @@ pub fn validate_metadata(def: &ResourceDef, obj: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let name = fields::name(obj);
     if name.is_empty() {
-        errs.push(FieldError::required("metadata.name", "name or generateName is required"));
+        errs.push(FieldError::required(
+            "metadata.name",
+            "name or generateName is required",
+        ));
     } else {
         let problems = match def.name_rule {
             NameRule::Subdomain => validation::dns1123_subdomain(name),
@@ -201,7 +255,11 @@ pub fn validate_metadata(def: &ResourceDef, obj: &Value) -> Vec<FieldError> {
             NameRule::PathSegment => validation::path_segment(name),
         };
         for p in problems {
-            errs.push(FieldError::invalid("metadata.name", &Value::String(name.to_string()), &p));
+            errs.push(FieldError::invalid(
+                "metadata.name",
+                &Value::String(name.to_string()),
+                &p,
+            ));
         }
     }
     if def.namespaced {
@@ -213,26 +271,45 @@ pub fn validate_metadata(def: &ResourceDef, obj: &Value) -> Vec<FieldError> {
     if let Some(labels) = obj.pointer("/metadata/labels").and_then(Value::as_object) {
         for (k, v) in labels {
             for p in validation::qualified_name(k) {
-                errs.push(FieldError::invalid("metadata.labels", &Value::String(k.clone()), &p));
+                errs.push(FieldError::invalid(
+                    "metadata.labels",
+                    &Value::String(k.clone()),
+                    &p,
+                ));
             }
             let s = v.as_str().unwrap_or_default();
             for p in validation::label_value(s) {
-                errs.push(FieldError::invalid("metadata.labels", &Value::String(s.to_string()), &p));
+                errs.push(FieldError::invalid(
+                    "metadata.labels",
+                    &Value::String(s.to_string()),
+                    &p,
+                ));
             }
         }
     }
-    if let Some(ann) = obj.pointer("/metadata/annotations").and_then(Value::as_object) {
-        let total: usize = ann.iter().map(|(k, v)| k.len() + v.as_str().map(str::len).unwrap_or(0)).sum();
+    if let Some(ann) = obj
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+    {
+        let total: usize = ann
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().map(str::len).unwrap_or(0))
+            .sum();
         if total > 256 * 1024 {
             errs.push(FieldError {
                 reason: "FieldValueTooLong",
                 field: "metadata.annotations".into(),
-                message: "metadata.annotations: Too long: may not be more than 262144 bytes".to_string(),
+                message: "metadata.annotations: Too long: may not be more than 262144 bytes"
+                    .to_string(),
             });
         }
         for k in ann.keys() {
             for p in validation::qualified_name(k) {
-                errs.push(FieldError::invalid("metadata.annotations", &Value::String(k.clone()), &p));
+                errs.push(FieldError::invalid(
+                    "metadata.annotations",
+                    &Value::String(k.clone()),
+                    &p,
+                ));
             }
         }
     }
@@ -240,14 +317,21 @@ pub fn validate_metadata(def: &ResourceDef, obj: &Value) -> Vec<FieldError> {
 }
 
 /// Checks that a namespaced object's namespace exists and is not terminating.
-pub async fn admit_namespace(state: &AppState, def: &ResourceDef, ns: &str, name: &str) -> ApiResult<()> {
+pub async fn admit_namespace(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: &str,
+    name: &str,
+) -> ApiResult<()> {
     let ns_def = &crate::registry::resources::NAMESPACES;
     match get_current(state, ns_def, None, ns).await {
         Ok((nsobj, _)) => {
             let terminating = nsobj.pointer("/metadata/deletionTimestamp").is_some()
                 || nsobj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating");
             if terminating {
-                let why = format!("unable to create new content in namespace {ns} because it is being terminated");
+                let why = format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                );
                 let mut e = ApiError::forbidden(def, name, &why);
                 if let Some(Value::Object(d)) = &mut e.details {
                     d.insert(
@@ -275,7 +359,10 @@ fn prepare_status_for_create(def: &ResourceDef, obj: &mut Value) {
         "Pod" => {
             let qos = crate::validation::pod_qos_class(obj);
             if let Value::Object(m) = obj {
-                m.insert("status".into(), json!({"phase": "Pending", "qosClass": qos}));
+                m.insert(
+                    "status".into(),
+                    json!({"phase": "Pending", "qosClass": qos}),
+                );
             }
         }
         _ => {
@@ -293,7 +380,16 @@ async fn create(ctx: &Ctx<'_>, body: Bytes) -> ApiResult<Response> {
     let raw = request::decode_object(header_str(ctx.headers, header::CONTENT_TYPE), &body)?;
     let mut warnings = Vec::new();
     let obj = decode_typed(def, raw, fv, &mut warnings)?;
-    let (obj, _) = create_object(ctx.state, def, ctx.rp.namespace.as_deref(), obj, dry_run, ctx.query.get("fieldManager"), "Update").await?;
+    let (obj, _) = create_object(
+        ctx.state,
+        def,
+        ctx.rp.namespace.as_deref(),
+        obj,
+        dry_run,
+        ctx.query.get("fieldManager"),
+        "Update",
+    )
+    .await?;
     Ok(value_response(StatusCode::CREATED, &obj, &warnings))
 }
 
@@ -310,7 +406,11 @@ pub async fn create_object(
     let meta = fields::ensure_object(&mut obj, &["metadata"]);
     // namespace
     if def.namespaced {
-        let body_ns = meta.get("namespace").and_then(Value::as_str).unwrap_or("").to_string();
+        let body_ns = meta
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         match url_ns {
             Some(ns) => {
                 if !body_ns.is_empty() && body_ns != ns {
@@ -326,18 +426,33 @@ pub async fn create_object(
         meta.remove("namespace");
     }
     // name / generateName
-    let name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+    let name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if name.is_empty()
         && let Some(gen_name) = meta.get("generateName").and_then(Value::as_str)
         && !gen_name.is_empty()
     {
         let base: String = gen_name.chars().take(58).collect();
-        meta.insert("name".into(), Value::String(format!("{base}{}", generate_suffix())));
+        meta.insert(
+            "name".into(),
+            Value::String(format!("{base}{}", generate_suffix())),
+        );
     }
     // server-set metadata
-    meta.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
+    meta.insert(
+        "uid".into(),
+        Value::String(uuid::Uuid::new_v4().to_string()),
+    );
     meta.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
-    for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+    for k in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "selfLink",
+    ] {
         meta.remove(k);
     }
     if tracks_generation(def) {
@@ -346,12 +461,16 @@ pub async fn create_object(
         meta.remove("generation");
     }
     meta.remove("managedFields");
-    if let Some(mgr) = field_manager {
-        let fm = crate::managed::entry(mgr, operation, def, &obj);
-        fields::ensure_object(&mut obj, &["metadata"]).insert("managedFields".into(), json!([fm]));
-    }
+    // An applier owns what it applied; any other creator owns the defaulted object.
+    let apply_entry = field_manager
+        .filter(|_| operation == "Apply")
+        .map(|mgr| crate::managed::entry(mgr, operation, def, &obj));
     prepare_status_for_create(def, &mut obj);
     (def.defaults)(&mut obj);
+    if let Some(mgr) = field_manager {
+        let fm = apply_entry.unwrap_or_else(|| crate::managed::entry(mgr, operation, def, &obj));
+        fields::ensure_object(&mut obj, &["metadata"]).insert("managedFields".into(), json!([fm]));
+    }
     let name = fields::name(&obj).to_string();
     let mut errs = validate_metadata(def, &obj);
     errs.extend((def.validate)(&obj, None));
@@ -368,13 +487,23 @@ pub async fn create_object(
     };
     let key = object_key(def, url_ns, &name);
     if dry_run {
-        if state.storage.get(&key).await.map_err(|e| ApiError::from_storage(e, def, &name))?.is_some() {
+        if state
+            .storage
+            .get(&key)
+            .await
+            .map_err(|e| ApiError::from_storage(e, def, &name))?
+            .is_some()
+        {
             return Err(ApiError::already_exists(def, &name));
         }
         return Ok((obj, 0));
     }
     let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?;
-    let rev = state.storage.create(&key, bytes).await.map_err(|e| ApiError::from_storage(e, def, &name))?;
+    let rev = state
+        .storage
+        .create(&key, bytes)
+        .await
+        .map_err(|e| ApiError::from_storage(e, def, &name))?;
     set_rv(&mut obj, rev);
     Ok((obj, rev))
 }
@@ -388,7 +517,12 @@ pub enum UpdateScope {
     Status,
 }
 
-async fn update(ctx: &Ctx<'_>, name: &str, body: Bytes, scope: Option<UpdateScope>) -> ApiResult<Response> {
+async fn update(
+    ctx: &Ctx<'_>,
+    name: &str,
+    body: Bytes,
+    scope: Option<UpdateScope>,
+) -> ApiResult<Response> {
     let def = ctx.rp.def;
     let fv = FieldValidation::from_query(ctx.query)?;
     let dry_run = ctx.query.dry_run()?;
@@ -411,7 +545,10 @@ async fn update(ctx: &Ctx<'_>, name: &str, body: Bytes, scope: Option<UpdateScop
     }
     let precondition = fields::str_at(&new, &["metadata", "resourceVersion"])
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<Revision>().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {s:?}"))))
+        .map(|s| {
+            s.parse::<Revision>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {s:?}")))
+        })
         .transpose()?;
     let (old, old_rv) = get_current(ctx.state, def, ctx.rp.namespace.as_deref(), name).await?;
     if let Some(p) = precondition
@@ -420,7 +557,20 @@ async fn update(ctx: &Ctx<'_>, name: &str, body: Bytes, scope: Option<UpdateScop
         return Err(ApiError::conflict(def, name));
     }
     let scope = scope.unwrap_or(UpdateScope::Main);
-    let (obj, code) = write_update(ctx.state, def, ctx.rp.namespace.as_deref(), name, old, old_rv, new, scope, dry_run, ctx.query.get("fieldManager"), "Update").await?;
+    let (obj, code) = write_update(
+        ctx.state,
+        def,
+        ctx.rp.namespace.as_deref(),
+        name,
+        old,
+        old_rv,
+        new,
+        scope,
+        dry_run,
+        ctx.query.get("fieldManager"),
+        "Update",
+    )
+    .await?;
     Ok(value_response(code, &obj, &warnings))
 }
 
@@ -444,7 +594,15 @@ pub async fn write_update(
     {
         let old_meta = old.get("metadata").cloned().unwrap_or(Value::Null);
         let meta = fields::ensure_object(&mut new, &["metadata"]);
-        for k in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+        for k in [
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ] {
             match old_meta.get(k) {
                 Some(v) => {
                     meta.insert(k.into(), v.clone());
@@ -513,7 +671,12 @@ pub async fn write_update(
         return Err(ApiError::invalid(def, name, &errs));
     }
     let _alloc_guard = if def.kind == "Service" {
-        Some(state.alloc.allocate(state, def, &mut new, Some(&old)).await?)
+        Some(
+            state
+                .alloc
+                .allocate(state, def, &mut new, Some(&old))
+                .await?,
+        )
     } else {
         None
     };
@@ -543,12 +706,20 @@ pub async fn write_update(
         return Ok((new, StatusCode::OK));
     }
     if deleting && finalizers_empty && !is_graceful_pending(def, &new) {
-        let (rev, _) = state.storage.delete(&key, old_rv).await.map_err(|e| ApiError::from_storage(e, def, name))?;
+        let (rev, _) = state
+            .storage
+            .delete(&key, old_rv)
+            .await
+            .map_err(|e| ApiError::from_storage(e, def, name))?;
         set_rv(&mut new, rev);
         return Ok((new, StatusCode::OK));
     }
     let bytes = serde_json::to_vec(&new).map_err(|e| ApiError::internal(e.to_string()))?;
-    let rev = state.storage.update(&key, old_rv, bytes).await.map_err(|e| ApiError::from_storage(e, def, name))?;
+    let rev = state
+        .storage
+        .update(&key, old_rv, bytes)
+        .await
+        .map_err(|e| ApiError::from_storage(e, def, name))?;
     set_rv(&mut new, rev);
     Ok((new, StatusCode::OK))
 }
@@ -568,17 +739,27 @@ fn strip_managed_time(v: &Value) -> Value {
 /// A namespace is only removed once its `spec.finalizers` (the namespace controller's
 /// `kubernetes` finalizer) are gone too.
 fn namespace_finalizers_pending(def: &ResourceDef, obj: &Value) -> bool {
-    def.kind == "Namespace" && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty())
+    def.kind == "Namespace"
+        && obj
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
 }
 
 /// Pods with a pending graceful deletion stay until the kubelet confirms (grace 0).
 fn is_graceful_pending(def: &ResourceDef, obj: &Value) -> bool {
-    def.kind == "Pod" && fields::i64_at(obj, &["metadata", "deletionGracePeriodSeconds"]).unwrap_or(0) > 0
+    def.kind == "Pod"
+        && fields::i64_at(obj, &["metadata", "deletionGracePeriodSeconds"]).unwrap_or(0) > 0
 }
 
 /// PATCH on the main resource or a subresource scope; retries on conflicts unless the patch
 /// carries a resourceVersion precondition (Kubernetes' GuaranteedUpdate).
-pub async fn patch(ctx: &Ctx<'_>, name: &str, body: Bytes, scope: Option<UpdateScope>) -> ApiResult<Response> {
+pub async fn patch(
+    ctx: &Ctx<'_>,
+    name: &str,
+    body: Bytes,
+    scope: Option<UpdateScope>,
+) -> ApiResult<Response> {
     let def = ctx.rp.def;
     let pt = patch::PatchType::from_content_type(header_str(ctx.headers, header::CONTENT_TYPE))?;
     let fv = FieldValidation::from_query(ctx.query)?;
@@ -588,7 +769,9 @@ pub async fn patch(ctx: &Ctx<'_>, name: &str, body: Bytes, scope: Option<UpdateS
     let scope = scope.unwrap_or(UpdateScope::Main);
     let field_manager = ctx.query.get("fieldManager");
     if pt == patch::PatchType::Apply && field_manager.is_none_or(str::is_empty) {
-        return Err(ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
+        return Err(ApiError::bad_request(
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+        ));
     }
     let mut attempts = 0;
     loop {
@@ -597,30 +780,73 @@ pub async fn patch(ctx: &Ctx<'_>, name: &str, body: Bytes, scope: Option<UpdateS
         let mut warnings = Vec::new();
         let (old, old_rv) = match current {
             Ok(c) => c,
-            Err(e) if e.code == 404 && pt == patch::PatchType::Apply && scope == UpdateScope::Main => {
+            Err(e)
+                if e.code == 404 && pt == patch::PatchType::Apply && scope == UpdateScope::Main =>
+            {
                 // Server-side apply creates missing objects.
                 let obj = decode_typed(def, patch_doc.clone(), fv, &mut warnings)?;
-                let (obj, _) = create_object(ctx.state, def, ns, with_name(obj, name), dry_run, field_manager, "Apply").await?;
+                let (obj, _) = create_object(
+                    ctx.state,
+                    def,
+                    ns,
+                    with_name(obj, name),
+                    dry_run,
+                    field_manager,
+                    "Apply",
+                )
+                .await?;
                 return Ok(value_response(StatusCode::CREATED, &obj, &warnings));
             }
             Err(e) => return Err(e),
         };
-        let precondition = fields::str_at(&patch_doc, &["metadata", "resourceVersion"]).map(str::to_string);
+        let precondition =
+            fields::str_at(&patch_doc, &["metadata", "resourceVersion"]).map(str::to_string);
         if let Some(p) = &precondition
             && p != &old_rv.to_string()
         {
             return Err(ApiError::conflict(def, name));
         }
         let patched = if pt == patch::PatchType::Apply {
-            crate::managed::apply(def, &old, &patch_doc, field_manager.unwrap_or_default(), ctx.query.flag("force"))?
+            crate::managed::apply(
+                def,
+                &old,
+                &patch_doc,
+                field_manager.unwrap_or_default(),
+                ctx.query.flag("force"),
+            )?
         } else {
             patch::apply(pt, def, &old, &patch_doc)?
         };
         let new = decode_typed(def, patched, fv, &mut warnings)?;
-        let op = if pt == patch::PatchType::Apply { "Apply" } else { "Update" };
-        match write_update(ctx.state, def, ns, name, old, old_rv, new, scope, dry_run, field_manager, op).await {
+        let op = if pt == patch::PatchType::Apply {
+            "Apply"
+        } else {
+            "Update"
+        };
+        match write_update(
+            ctx.state,
+            def,
+            ns,
+            name,
+            old,
+            old_rv,
+            new,
+            scope,
+            dry_run,
+            field_manager,
+            op,
+        )
+        .await
+        {
             Ok((obj, code)) => return Ok(value_response(code, &obj, &warnings)),
-            Err(e) if e.code == 409 && e.reason == "Conflict" && precondition.is_none() && attempts < 10 => continue,
+            Err(e)
+                if e.code == 409
+                    && e.reason == "Conflict"
+                    && precondition.is_none()
+                    && attempts < 10 =>
+            {
+                continue;
+            }
             Err(e) => return Err(e),
         }
     }
@@ -628,7 +854,11 @@ pub async fn patch(ctx: &Ctx<'_>, name: &str, body: Bytes, scope: Option<UpdateS
 
 fn with_name(mut obj: Value, name: &str) -> Value {
     let meta = fields::ensure_object(&mut obj, &["metadata"]);
-    if meta.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
+    if meta
+        .get("name")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
         meta.insert("name".into(), Value::String(name.to_string()));
     }
     obj
@@ -660,7 +890,8 @@ fn delete_opts(query: &Query, body: &Bytes) -> ApiResult<DeleteOpts> {
         o.propagation = Some("Orphan".into());
     }
     if !body.is_empty() {
-        let b: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?;
+        let b: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?;
         if let Some(p) = b.get("propagationPolicy").and_then(Value::as_str) {
             o.propagation = Some(p.to_string());
         }
@@ -670,8 +901,14 @@ fn delete_opts(query: &Query, body: &Bytes) -> ApiResult<DeleteOpts> {
         if let Some(g) = b.get("gracePeriodSeconds").and_then(Value::as_i64) {
             o.grace = Some(g);
         }
-        o.uid = b.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string);
-        o.rv = b.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string);
+        o.uid = b
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        o.rv = b
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         if let Some(Value::Array(dr)) = b.get("dryRun") {
             o.dry_run |= dr.iter().any(|v| v == "All");
         }
@@ -682,7 +919,9 @@ fn delete_opts(query: &Query, body: &Bytes) -> ApiResult<DeleteOpts> {
         return Err(ApiError::new(
             422,
             "Invalid",
-            format!("DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""),
+            format!(
+                "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+            ),
         ));
     }
     if let Some(g) = o.grace
@@ -695,13 +934,26 @@ fn delete_opts(query: &Query, body: &Bytes) -> ApiResult<DeleteOpts> {
 
 async fn delete(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Response> {
     let opts = delete_opts(ctx.query, &body)?;
-    let (obj, code) = delete_object(ctx.state, ctx.rp.def, ctx.rp.namespace.as_deref(), name, &opts).await?;
+    let (obj, code) = delete_object(
+        ctx.state,
+        ctx.rp.def,
+        ctx.rp.namespace.as_deref(),
+        name,
+        &opts,
+    )
+    .await?;
     Ok(value_response(code, &obj, &[]))
 }
 
 /// Deletes one object honouring finalizers, graceful deletion and propagation policy. Returns
 /// the body to send (the object, or a Success Status) and the HTTP code.
-pub async fn delete_object(state: &AppState, def: &'static ResourceDef, ns: Option<&str>, name: &str, opts: &DeleteOpts) -> ApiResult<(Value, StatusCode)> {
+pub async fn delete_object(
+    state: &AppState,
+    def: &'static ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    opts: &DeleteOpts,
+) -> ApiResult<(Value, StatusCode)> {
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -709,17 +961,34 @@ pub async fn delete_object(state: &AppState, def: &'static ResourceDef, ns: Opti
         if let Some(uid) = &opts.uid
             && fields::str_at(&obj, &["metadata", "uid"]) != Some(uid.as_str())
         {
-            return Err(ApiError::conflict_msg(def, name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", fields::str_at(&obj, &["metadata", "uid"]).unwrap_or(""))));
+            return Err(ApiError::conflict_msg(
+                def,
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    fields::str_at(&obj, &["metadata", "uid"]).unwrap_or("")
+                ),
+            ));
         }
         if let Some(prv) = &opts.rv
             && prv != &rv.to_string()
         {
-            return Err(ApiError::conflict_msg(def, name, &format!("Precondition failed: ResourceVersion in precondition: {prv}, ResourceVersion in object meta: {rv}")));
+            return Err(ApiError::conflict_msg(
+                def,
+                name,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {prv}, ResourceVersion in object meta: {rv}"
+                ),
+            ));
         }
         let mut finalizers: Vec<String> = obj
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         match opts.propagation.as_deref() {
             Some("Foreground") if !finalizers.iter().any(|f| f == "foregroundDeletion") => {
@@ -736,9 +1005,14 @@ pub async fn delete_object(state: &AppState, def: &'static ResourceDef, ns: Opti
         // Graceful deletion of pods bound to a node: the kubelet finishes it.
         let graceful = def.kind == "Pod"
             && fields::str_at(&obj, &["spec", "nodeName"]).is_some_and(|n| !n.is_empty())
-            && !matches!(fields::str_at(&obj, &["status", "phase"]), Some("Succeeded") | Some("Failed"));
+            && !matches!(
+                fields::str_at(&obj, &["status", "phase"]),
+                Some("Succeeded") | Some("Failed")
+            );
         let grace = if graceful {
-            opts.grace.unwrap_or_else(|| fields::i64_at(&obj, &["spec", "terminationGracePeriodSeconds"]).unwrap_or(30))
+            opts.grace.unwrap_or_else(|| {
+                fields::i64_at(&obj, &["spec", "terminationGracePeriodSeconds"]).unwrap_or(30)
+            })
         } else {
             0
         };
@@ -751,7 +1025,9 @@ pub async fn delete_object(state: &AppState, def: &'static ResourceDef, ns: Opti
             match state.storage.delete(&key, rv).await {
                 Ok((drev, _)) => {
                     set_rv(&mut obj, drev);
-                    let uid = fields::str_at(&obj, &["metadata", "uid"]).unwrap_or("").to_string();
+                    let uid = fields::str_at(&obj, &["metadata", "uid"])
+                        .unwrap_or("")
+                        .to_string();
                     if def.kind == "Pod" {
                         return Ok((obj, StatusCode::OK));
                     }
@@ -769,11 +1045,16 @@ pub async fn delete_object(state: &AppState, def: &'static ResourceDef, ns: Opti
         let meta = fields::ensure_object(&mut obj, &["metadata"]);
         if !already_deleting {
             let ts = jiff::Timestamp::now().as_second() + grace;
-            let ts = jiff::Timestamp::from_second(ts).map(|t| t.to_string()).unwrap_or_else(|_| now_rfc3339());
+            let ts = jiff::Timestamp::from_second(ts)
+                .map(|t| t.to_string())
+                .unwrap_or_else(|_| now_rfc3339());
             meta.insert("deletionTimestamp".into(), Value::String(ts));
             meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
         } else if graceful {
-            let cur = meta.get("deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(grace);
+            let cur = meta
+                .get("deletionGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(grace);
             if grace < cur {
                 meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
             }

@@ -30,14 +30,24 @@ impl Selection {
     /// Parses `labelSelector`/`fieldSelector` (400 when malformed or unsupported).
     pub fn from_ctx(ctx: &Ctx<'_>) -> ApiResult<Self> {
         let def = ctx.rp.def;
-        let labels = LabelSelector::parse(ctx.query.get("labelSelector").unwrap_or(""))
-            .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}").replace("unable to parse requirement: unable to parse requirement:", "unable to parse requirement:")))?;
+        let labels =
+            LabelSelector::parse(ctx.query.get("labelSelector").unwrap_or("")).map_err(|e| {
+                ApiError::bad_request(format!("unable to parse requirement: {e}").replace(
+                    "unable to parse requirement: unable to parse requirement:",
+                    "unable to parse requirement:",
+                ))
+            })?;
         let fields = FieldSelector::parse(ctx.query.get("fieldSelector").unwrap_or(""))
             .map_err(|e| ApiError::bad_request(e.0))?;
         for r in &fields.0 {
             let f = r.field.as_str();
-            if f != "metadata.name" && f != "metadata.namespace" && !def.selectable_fields.contains(&f) {
-                return Err(ApiError::bad_request(format!("field label not supported: {f}")));
+            if f != "metadata.name"
+                && f != "metadata.namespace"
+                && !def.selectable_fields.contains(&f)
+            {
+                return Err(ApiError::bad_request(format!(
+                    "field label not supported: {f}"
+                )));
             }
         }
         let mut key_prefix = match &ctx.rp.namespace {
@@ -51,7 +61,11 @@ impl Selection {
         {
             key_prefix = format!("/registry/{}/{}/", def.storage_prefix, ns);
         }
-        Ok(Selection { labels, fields, key_prefix })
+        Ok(Selection {
+            labels,
+            fields,
+            key_prefix,
+        })
     }
 
     /// Whether an object passes the selectors.
@@ -68,12 +82,20 @@ struct ContinueToken {
 }
 
 fn encode_continue(rv: Revision, last_key: &str) -> String {
-    let t = ContinueToken { v: "meta.k8s.io/v1".into(), rv, start: last_key.to_string() };
+    let t = ContinueToken {
+        v: "meta.k8s.io/v1".into(),
+        rv,
+        start: last_key.to_string(),
+    };
     base64::engine::general_purpose::URL_SAFE.encode(serde_json::to_vec(&t).unwrap_or_default())
 }
 
 fn decode_continue(s: &str, key_prefix: &str) -> ApiResult<ContinueToken> {
-    let bad = || ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)");
+    let bad = || {
+        ApiError::bad_request(
+            "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+        )
+    };
     let bytes = base64::engine::general_purpose::URL_SAFE
         .decode(s)
         .or_else(|_| base64::engine::general_purpose::STANDARD.decode(s))
@@ -96,10 +118,20 @@ pub struct Page {
 }
 
 /// Reads a page from storage at `rev`, filtering until `limit` matches are found.
-async fn storage_page(ctx: &Ctx<'_>, sel: &Selection, rev: Option<Revision>, start_after: Option<String>, limit: usize) -> ApiResult<Page> {
+async fn storage_page(
+    ctx: &Ctx<'_>,
+    sel: &Selection,
+    rev: Option<Revision>,
+    start_after: Option<String>,
+    limit: usize,
+) -> ApiResult<Page> {
     let def = ctx.rp.def;
     let mut items = Vec::new();
-    let mut opts = ListOptions { revision: rev, start_after, limit: if limit > 0 { Some(limit.max(1)) } else { None } };
+    let mut opts = ListOptions {
+        revision: rev,
+        start_after,
+        limit: if limit > 0 { Some(limit.max(1)) } else { None },
+    };
     loop {
         let res = ctx.state.storage.list(&sel.key_prefix, opts.clone()).await.map_err(|e| match e {
             StorageError::Compacted { .. } if opts.start_after.is_some() => ApiError::expired(
@@ -110,20 +142,37 @@ async fn storage_page(ctx: &Ctx<'_>, sel: &Selection, rev: Option<Revision>, sta
         let revision = res.revision;
         let last_key = res.items.last().map(|kv| kv.key.clone());
         for kv in res.items {
-            let o = CachedObject::decode(def, &kv.key, &kv.value, kv.mod_revision).map_err(ApiError::internal)?;
+            let o = CachedObject::decode(def, &kv.key, &kv.value, kv.mod_revision)
+                .map_err(ApiError::internal)?;
             if sel.matches(&o) {
                 items.push(Arc::new(o));
             }
         }
         let full = limit > 0 && items.len() >= limit;
         if !res.more || last_key.is_none() {
-            return Ok(Page { items, revision, cont: None });
+            return Ok(Page {
+                items,
+                revision,
+                cont: None,
+            });
         }
         if full {
-            let last = items.last().map(|o| o.key.clone()).or(last_key).unwrap_or_default();
-            return Ok(Page { items, revision, cont: Some(encode_continue(revision, &last)) });
+            let last = items
+                .last()
+                .map(|o| o.key.clone())
+                .or(last_key)
+                .unwrap_or_default();
+            return Ok(Page {
+                items,
+                revision,
+                cont: Some(encode_continue(revision, &last)),
+            });
         }
-        opts = ListOptions { revision: Some(revision), start_after: last_key, limit: opts.limit };
+        opts = ListOptions {
+            revision: Some(revision),
+            start_after: last_key,
+            limit: opts.limit,
+        };
     }
 }
 
@@ -131,17 +180,25 @@ async fn storage_page(ctx: &Ctx<'_>, sel: &Selection, rev: Option<Revision>, sta
 pub async fn select(ctx: &Ctx<'_>, sel: &Selection) -> ApiResult<Page> {
     let limit = ctx.query.int("limit")?.unwrap_or(0).max(0) as usize;
     let rv = ctx.query.get("resourceVersion").filter(|s| !s.is_empty());
-    let rv_match = ctx.query.get("resourceVersionMatch").filter(|s| !s.is_empty());
+    let rv_match = ctx
+        .query
+        .get("resourceVersionMatch")
+        .filter(|s| !s.is_empty());
     if let Some(c) = ctx.query.get("continue").filter(|s| !s.is_empty()) {
         if rv.is_some() && rv != Some("0") {
-            return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
+            return Err(ApiError::bad_request(
+                "specifying resource version is not allowed when using continue",
+            ));
         }
         let t = decode_continue(c, &sel.key_prefix)?;
         return storage_page(ctx, sel, Some(t.rv), Some(t.start), limit).await;
     }
     let rv_num = match rv {
         None => None,
-        Some(s) => Some(s.parse::<Revision>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {s}")))?),
+        Some(s) => Some(
+            s.parse::<Revision>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {s}")))?,
+        ),
     };
     match (rv_num, rv_match) {
         (None, Some(_)) => Err(ApiError::new(
@@ -173,8 +230,16 @@ pub async fn select(ctx: &Ctx<'_>, sel: &Selection) -> ApiResult<Page> {
             }
             let filter = |o: &CachedObject| sel.matches(o);
             let l = cacher.list(&sel.key_prefix, None, limit, &filter).await;
-            let cont = if l.more { l.items.last().map(|o| encode_continue(l.revision, &o.key)) } else { None };
-            Ok(Page { items: l.items, revision: l.revision, cont })
+            let cont = if l.more {
+                l.items.last().map(|o| encode_continue(l.revision, &o.key))
+            } else {
+                None
+            };
+            Ok(Page {
+                items: l.items,
+                revision: l.revision,
+                cont,
+            })
         }
     }
 }
@@ -183,7 +248,11 @@ pub async fn select(ctx: &Ctx<'_>, sel: &Selection) -> ApiResult<Page> {
 pub async fn select_all(ctx: &Ctx<'_>) -> ApiResult<Vec<Value>> {
     let sel = Selection::from_ctx(ctx)?;
     let page = select(ctx, &sel).await?;
-    Ok(page.items.iter().filter_map(|o| serde_json::from_slice(&o.raw).ok()).collect())
+    Ok(page
+        .items
+        .iter()
+        .filter_map(|o| serde_json::from_slice(&o.raw).ok())
+        .collect())
 }
 
 /// Serves a LIST.
@@ -194,9 +263,23 @@ pub async fn serve(ctx: &Ctx<'_>) -> ApiResult<Response> {
     match response_format(header_str(ctx.headers, header::ACCEPT)) {
         ResponseFormat::Json => Ok(json_response(StatusCode::OK, list_bytes(def, &page))),
         ResponseFormat::Table => {
-            let objs: Vec<Value> = page.items.iter().filter_map(|o| serde_json::from_slice(&o.raw).ok()).collect();
-            let t = crate::table::build(def, &objs, ctx.query, Some(page.revision.to_string()), page.cont.clone(), true);
-            Ok(json_response(StatusCode::OK, serde_json::to_vec(&t).unwrap_or_default()))
+            let objs: Vec<Value> = page
+                .items
+                .iter()
+                .filter_map(|o| serde_json::from_slice(&o.raw).ok())
+                .collect();
+            let t = crate::table::build(
+                def,
+                &objs,
+                ctx.query,
+                Some(page.revision.to_string()),
+                page.cont.clone(),
+                true,
+            );
+            Ok(json_response(
+                StatusCode::OK,
+                serde_json::to_vec(&t).unwrap_or_default(),
+            ))
         }
         ResponseFormat::Metadata => {
             let items: Vec<Value> = page
@@ -210,7 +293,10 @@ pub async fn serve(ctx: &Ctx<'_>) -> ApiResult<Response> {
                 m.insert("continue".into(), Value::String(c.clone()));
             }
             let l = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items});
-            Ok(json_response(StatusCode::OK, serde_json::to_vec(&l).unwrap_or_default()))
+            Ok(json_response(
+                StatusCode::OK,
+                serde_json::to_vec(&l).unwrap_or_default(),
+            ))
         }
     }
 }

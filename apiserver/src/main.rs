@@ -32,7 +32,11 @@ struct Args {
     #[arg(long, env = "LOTSE_ETCD_SERVERS", value_delimiter = ',')]
     etcd_servers: Vec<String>,
     /// CIDR from which Service ClusterIPs are allocated.
-    #[arg(long, env = "LOTSE_SERVICE_CLUSTER_IP_RANGE", default_value = "10.96.0.0/12")]
+    #[arg(
+        long,
+        env = "LOTSE_SERVICE_CLUSTER_IP_RANGE",
+        default_value = "10.96.0.0/12"
+    )]
     service_cluster_ip_range: ipnet::Ipv4Net,
     /// Extra subject alternative names (hostnames or IPs) for the serving certificate.
     #[arg(long, env = "LOTSE_TLS_SAN", value_delimiter = ',')]
@@ -45,7 +49,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -53,21 +59,32 @@ async fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir,
         bind_address: args.bind_address,
         secure_port: args.secure_port,
-        etcd_servers: args.etcd_servers.into_iter().filter(|s| !s.is_empty()).collect(),
+        etcd_servers: args
+            .etcd_servers
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect(),
         service_cluster_ip_range: args.service_cluster_ip_range,
         extra_sans: args.tls_san,
         compaction_interval: Duration::from_secs(args.compaction_interval_seconds.max(1)),
     };
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
         }
     };
-    let running = apiserver::server::start(cfg, shutdown).await.context("starting the apiserver")?;
+    let running = apiserver::server::start(cfg, shutdown)
+        .await
+        .context("starting the apiserver")?;
     tracing::info!(addr = %running.addr, kubeconfig = %running.admin_kubeconfig.display(), "apiserver ready");
     println!("export KUBECONFIG={}", running.admin_kubeconfig.display());
-    running.task.await.context("server task")?.context("serving")?;
+    running
+        .task
+        .await
+        .context("server task")?
+        .context("serving")?;
     Ok(())
 }

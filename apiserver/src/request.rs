@@ -29,7 +29,10 @@ pub struct ResourcePath {
 pub fn parse_resource_path(group: &str, version: &str, segs: &[&str]) -> ApiResult<ResourcePath> {
     let mut namespace = None;
     let mut parts = segs;
-    if parts.first() == Some(&"namespaces") && parts.len() > 2 && !matches!(parts[2], "status" | "finalize") {
+    if parts.first() == Some(&"namespaces")
+        && parts.len() > 2
+        && !matches!(parts[2], "status" | "finalize")
+    {
         namespace = Some(parts[1].to_string());
         parts = &parts[2..];
     }
@@ -50,7 +53,12 @@ pub fn parse_resource_path(group: &str, version: &str, segs: &[&str]) -> ApiResu
     {
         return Err(ApiError::no_such_resource());
     }
-    Ok(ResourcePath { def, namespace, name, subresource })
+    Ok(ResourcePath {
+        def,
+        namespace,
+        name,
+        subresource,
+    })
 }
 
 /// Query parameters, first value wins.
@@ -83,10 +91,9 @@ impl Query {
     pub fn int(&self, k: &str) -> ApiResult<Option<i64>> {
         match self.get(k) {
             None | Some("") => Ok(None),
-            Some(v) => v
-                .parse()
-                .map(Some)
-                .map_err(|_| ApiError::bad_request(format!("invalid value for {k}: {v:?}: must be an integer"))),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                ApiError::bad_request(format!("invalid value for {k}: {v:?}: must be an integer"))
+            }),
         }
     }
 
@@ -176,14 +183,19 @@ pub fn media_type(content_type: Option<&str>) -> String {
 pub fn decode_object(content_type: Option<&str>, body: &Bytes) -> ApiResult<Value> {
     let mt = media_type(content_type);
     let value: Value = match mt.as_str() {
-        "application/json" | "" | "*/*" => serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}")))?,
+        "application/json" | "" | "*/*" => serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
+        })?,
         "application/yaml" | "application/x-yaml" | "text/yaml" => decode_yaml(body)?,
         "application/vnd.kubernetes.protobuf" => crate::protobuf::decode_object(body)?,
         other => {
             return Err(ApiError::unsupported_media_type(
                 other,
-                &["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"],
+                &[
+                    "application/json",
+                    "application/yaml",
+                    "application/vnd.kubernetes.protobuf",
+                ],
             ));
         }
     };
@@ -219,13 +231,20 @@ pub fn response_format(accept: Option<&str>) -> ResponseFormat {
     };
     for part in accept.split(',') {
         let p = part.replace(' ', "");
-        if p.contains("as=Table") && p.contains("g=meta.k8s.io") && (p.contains("v=v1;") || p.ends_with("v=v1") || p.contains("v=v1beta1")) {
+        if p.contains("as=Table")
+            && p.contains("g=meta.k8s.io")
+            && (p.contains("v=v1;") || p.ends_with("v=v1") || p.contains("v=v1beta1"))
+        {
             return ResponseFormat::Table;
         }
         if p.contains("as=PartialObjectMetadata") {
             return ResponseFormat::Metadata;
         }
-        if p.starts_with("application/json") || p.starts_with("*/*") || p.starts_with("application/vnd.kubernetes.protobuf") || p.starts_with("application/yaml") {
+        if p.starts_with("application/json")
+            || p.starts_with("*/*")
+            || p.starts_with("application/vnd.kubernetes.protobuf")
+            || p.starts_with("application/yaml")
+        {
             return ResponseFormat::Json;
         }
     }
@@ -238,7 +257,8 @@ mod tests {
 
     #[test]
     fn parses_namespaced_and_cluster_paths() {
-        let p = parse_resource_path("", "v1", &["namespaces", "default", "configmaps", "x"]).unwrap();
+        let p =
+            parse_resource_path("", "v1", &["namespaces", "default", "configmaps", "x"]).unwrap();
         assert_eq!(p.def.plural, "configmaps");
         assert_eq!(p.namespace.as_deref(), Some("default"));
         assert_eq!(p.name.as_deref(), Some("x"));
@@ -251,7 +271,9 @@ mod tests {
 
     #[test]
     fn decodes_query_strings() {
-        let q = Query::parse(Some("labelSelector=app%3Dweb%2Ctier+in+(a)&limit=500&watch=1"));
+        let q = Query::parse(Some(
+            "labelSelector=app%3Dweb%2Ctier+in+(a)&limit=500&watch=1",
+        ));
         assert_eq!(q.get("labelSelector"), Some("app=web,tier in (a)"));
         assert!(q.flag("watch"));
         assert_eq!(q.int("limit").unwrap(), Some(500));
@@ -262,6 +284,9 @@ mod tests {
     fn picks_table_format() {
         let a = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
         assert_eq!(response_format(Some(a)), ResponseFormat::Table);
-        assert_eq!(response_format(Some("application/json")), ResponseFormat::Json);
+        assert_eq!(
+            response_format(Some("application/json")),
+            ResponseFormat::Json
+        );
     }
 }

@@ -41,7 +41,11 @@ fn valid_label_key(k: &str) -> bool {
         None => (None, k),
     };
     if let Some(p) = prefix
-        && (p.is_empty() || p.len() > 253 || !p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'))
+        && (p.is_empty()
+            || p.len() > 253
+            || !p
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'))
     {
         return false;
     }
@@ -60,7 +64,8 @@ pub fn valid_label_value(v: &str) -> bool {
     let alnum = |c: u8| c.is_ascii_alphanumeric();
     alnum(b[0])
         && alnum(b[b.len() - 1])
-        && b.iter().all(|&c| alnum(c) || c == b'-' || c == b'_' || c == b'.')
+        && b.iter()
+            .all(|&c| alnum(c) || c == b'-' || c == b'_' || c == b'.')
 }
 
 /// Splits on commas that are not inside parentheses.
@@ -88,11 +93,17 @@ fn parse_set(rest: &str, whole: &str) -> Result<Vec<String>, SelectorError> {
     let inner = rest
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
-        .ok_or_else(|| SelectorError(format!("unable to parse requirement: found '{rest}', expected: '('")))?;
+        .ok_or_else(|| {
+            SelectorError(format!(
+                "unable to parse requirement: found '{rest}', expected: '('"
+            ))
+        })?;
     let vals: Vec<String> = inner.split(',').map(|v| v.trim().to_string()).collect();
     for v in &vals {
         if !valid_label_value(v) {
-            return Err(SelectorError(format!("unable to parse requirement: values[0][{whole}]: Invalid value: \"{v}\"")));
+            return Err(SelectorError(format!(
+                "unable to parse requirement: values[0][{whole}]: Invalid value: \"{v}\""
+            )));
         }
     }
     Ok(vals)
@@ -108,7 +119,9 @@ impl LabelSelector {
         for part in split_top(s) {
             let p = part.trim();
             if p.is_empty() {
-                return Err(SelectorError(format!("unable to parse requirement: found '', expected: identifier in \"{s}\"")));
+                return Err(SelectorError(format!(
+                    "unable to parse requirement: found '', expected: identifier in \"{s}\""
+                )));
             }
             let req = if let Some(k) = p.strip_prefix('!') {
                 LabelRequirement::DoesNotExist(k.trim().to_string())
@@ -173,8 +186,14 @@ impl LabelSelector {
             LabelRequirement::NotIn(k, vs) => labels.get(k).is_none_or(|x| !vs.contains(x)),
             LabelRequirement::Exists(k) => labels.contains_key(k),
             LabelRequirement::DoesNotExist(k) => !labels.contains_key(k),
-            LabelRequirement::Gt(k, n) => labels.get(k).and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x > *n),
-            LabelRequirement::Lt(k, n) => labels.get(k).and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x < *n),
+            LabelRequirement::Gt(k, n) => labels
+                .get(k)
+                .and_then(|x| x.parse::<i64>().ok())
+                .is_some_and(|x| x > *n),
+            LabelRequirement::Lt(k, n) => labels
+                .get(k)
+                .and_then(|x| x.parse::<i64>().ok())
+                .is_some_and(|x| x < *n),
         })
     }
 }
@@ -210,9 +229,15 @@ impl FieldSelector {
             } else if let Some((f, v)) = p.split_once('=') {
                 (f, v, false)
             } else {
-                return Err(SelectorError(format!("invalid selector: '{s}'; can't understand '{p}'")));
+                return Err(SelectorError(format!(
+                    "invalid selector: '{s}'; can't understand '{p}'"
+                )));
             };
-            reqs.push(FieldRequirement { field: field.trim().to_string(), value: value.trim().to_string(), negate });
+            reqs.push(FieldRequirement {
+                field: field.trim().to_string(),
+                value: value.trim().to_string(),
+                negate,
+            });
         }
         Ok(FieldSelector(reqs))
     }
@@ -232,7 +257,10 @@ impl FieldSelector {
 
     /// The value required for `field` by an `=` requirement, if any (used to narrow lists).
     pub fn required_value(&self, field: &str) -> Option<&str> {
-        self.0.iter().find(|r| r.field == field && !r.negate).map(|r| r.value.as_str())
+        self.0
+            .iter()
+            .find(|r| r.field == field && !r.negate)
+            .map(|r| r.value.as_str())
     }
 }
 
@@ -241,15 +269,24 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn parses_and_matches_label_selectors() {
-        let s = LabelSelector::parse("app=web,tier!=db,env in (prod, staging),!legacy,team").unwrap();
+        let s =
+            LabelSelector::parse("app=web,tier!=db,env in (prod, staging),!legacy,team").unwrap();
         assert!(s.matches(&labels(&[("app", "web"), ("env", "prod"), ("team", "a")])));
         assert!(!s.matches(&labels(&[("app", "web"), ("env", "dev"), ("team", "a")])));
-        assert!(!s.matches(&labels(&[("app", "web"), ("env", "prod"), ("team", "a"), ("legacy", "")])));
+        assert!(!s.matches(&labels(&[
+            ("app", "web"),
+            ("env", "prod"),
+            ("team", "a"),
+            ("legacy", "")
+        ])));
         let n = LabelSelector::parse("env notin (prod)").unwrap();
         assert!(n.matches(&labels(&[])));
         assert!(!n.matches(&labels(&[("env", "prod")])));

@@ -6,7 +6,9 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, ApiResult};
-use crate::handlers::{Ctx, UpdateScope, get_current, header_str, json_response, object_key, set_rv, write_update};
+use crate::handlers::{
+    Ctx, UpdateScope, get_current, header_str, json_response, object_key, set_rv, write_update,
+};
 use crate::registry::{Subresource, fields};
 use crate::request;
 
@@ -15,7 +17,13 @@ fn respond(code: StatusCode, v: &Value) -> Response {
 }
 
 /// Dispatches `/<resource>/<name>/<sub>`.
-pub async fn handle(ctx: &Ctx<'_>, method: &Method, name: &str, sub: &str, body: Bytes) -> ApiResult<Response> {
+pub async fn handle(
+    ctx: &Ctx<'_>,
+    method: &Method,
+    name: &str,
+    sub: &str,
+    body: Bytes,
+) -> ApiResult<Response> {
     let def = ctx.rp.def;
     let Some(s) = def.subresources.iter().copied().find(|s| s.name() == sub) else {
         return Err(ApiError::no_such_resource());
@@ -26,33 +34,53 @@ pub async fn handle(ctx: &Ctx<'_>, method: &Method, name: &str, sub: &str, body:
             Ok(respond(StatusCode::OK, &obj))
         }
         (Subresource::Status, Method::PUT) => status_put(ctx, name, body).await,
-        (Subresource::Status, Method::PATCH) => crate::handlers::patch(ctx, name, body, Some(UpdateScope::Status)).await,
+        (Subresource::Status, Method::PATCH) => {
+            crate::handlers::patch(ctx, name, body, Some(UpdateScope::Status)).await
+        }
         (Subresource::Scale, Method::GET) => {
             let (obj, _) = get_current(ctx.state, def, ctx.rp.namespace.as_deref(), name).await?;
             Ok(respond(StatusCode::OK, &scale_of(&obj)))
         }
-        (Subresource::Scale, Method::PUT) | (Subresource::Scale, Method::PATCH) => scale_write(ctx, method, name, body).await,
+        (Subresource::Scale, Method::PUT) | (Subresource::Scale, Method::PATCH) => {
+            scale_write(ctx, method, name, body).await
+        }
         (Subresource::Binding, Method::POST) => bind(ctx, name, body).await,
         (Subresource::Eviction, Method::POST) => {
             let opts = crate::handlers::DeleteOpts::default();
-            crate::handlers::delete_object(ctx.state, def, ctx.rp.namespace.as_deref(), name, &opts).await?;
-            Ok(respond(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
+            crate::handlers::delete_object(
+                ctx.state,
+                def,
+                ctx.rp.namespace.as_deref(),
+                name,
+                &opts,
+            )
+            .await?;
+            Ok(respond(
+                StatusCode::CREATED,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+            ))
         }
         (Subresource::Finalize, Method::PUT) => finalize(ctx, name, body).await,
         (Subresource::Token, Method::POST) => crate::tokenrequest::create(ctx, name, body).await,
-        (Subresource::Log | Subresource::Exec | Subresource::PortForward, _) => crate::proxy::pod_proxy(ctx, method, name, sub).await,
+        (Subresource::Log | Subresource::Exec | Subresource::PortForward, _) => {
+            crate::proxy::pod_proxy(ctx, method, name, sub).await
+        }
         _ => Err(ApiError::method_not_allowed()),
     }
 }
 
 async fn status_put(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Response> {
     let def = ctx.rp.def;
-    let raw = request::decode_object(header_str(ctx.headers, axum::http::header::CONTENT_TYPE), &body)?;
+    let raw = request::decode_object(
+        header_str(ctx.headers, axum::http::header::CONTENT_TYPE),
+        &body,
+    )?;
     let mut warnings = Vec::new();
     let fv = request::FieldValidation::from_query(ctx.query)?;
     let new = crate::handlers::decode_typed(def, raw, fv, &mut warnings)?;
     let (old, old_rv) = get_current(ctx.state, def, ctx.rp.namespace.as_deref(), name).await?;
-    if let Some(p) = fields::str_at(&new, &["metadata", "resourceVersion"]).filter(|s| !s.is_empty())
+    if let Some(p) =
+        fields::str_at(&new, &["metadata", "resourceVersion"]).filter(|s| !s.is_empty())
         && p != old_rv.to_string()
     {
         return Err(ApiError::conflict(def, name));
@@ -93,7 +121,11 @@ pub fn selector_string(sel: Option<&Value>) -> String {
                 .and_then(Value::as_array)
                 .map(|a| a.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
-            match e.get("operator").and_then(Value::as_str).unwrap_or_default() {
+            match e
+                .get("operator")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+            {
                 "In" => parts.push(format!("{key} in ({})", vals.join(","))),
                 "NotIn" => parts.push(format!("{key} notin ({})", vals.join(","))),
                 "Exists" => parts.push(key.to_string()),
@@ -125,19 +157,31 @@ fn scale_of(obj: &Value) -> Value {
     })
 }
 
-async fn scale_write(ctx: &Ctx<'_>, method: &Method, name: &str, body: Bytes) -> ApiResult<Response> {
+async fn scale_write(
+    ctx: &Ctx<'_>,
+    method: &Method,
+    name: &str,
+    body: Bytes,
+) -> ApiResult<Response> {
     let def = ctx.rp.def;
     let ns = ctx.rp.namespace.as_deref();
     let (old, old_rv) = get_current(ctx.state, def, ns, name).await?;
     let current_scale = scale_of(&old);
     let new_scale = if *method == Method::PUT {
-        request::decode_object(header_str(ctx.headers, axum::http::header::CONTENT_TYPE), &body)?
+        request::decode_object(
+            header_str(ctx.headers, axum::http::header::CONTENT_TYPE),
+            &body,
+        )?
     } else {
-        let pt = crate::patch::PatchType::from_content_type(header_str(ctx.headers, axum::http::header::CONTENT_TYPE))?;
+        let pt = crate::patch::PatchType::from_content_type(header_str(
+            ctx.headers,
+            axum::http::header::CONTENT_TYPE,
+        ))?;
         let p = crate::patch::parse_patch(pt, &body)?;
         crate::patch::apply(pt, def, &current_scale, &p)?
     };
-    if let Some(p) = fields::str_at(&new_scale, &["metadata", "resourceVersion"]).filter(|s| !s.is_empty())
+    if let Some(p) =
+        fields::str_at(&new_scale, &["metadata", "resourceVersion"]).filter(|s| !s.is_empty())
         && p != old_rv.to_string()
     {
         return Err(ApiError::conflict(def, name));
@@ -148,41 +192,75 @@ async fn scale_write(ctx: &Ctx<'_>, method: &Method, name: &str, body: Bytes) ->
             return Err(ApiError::new(
                 422,
                 "Invalid",
-                format!("Scale.autoscaling \"{name}\" is invalid: spec.replicas: Invalid value: {}: must be greater than or equal to 0", crate::registry::render_value(v)),
+                format!(
+                    "Scale.autoscaling \"{name}\" is invalid: spec.replicas: Invalid value: {}: must be greater than or equal to 0",
+                    crate::registry::render_value(v)
+                ),
             ));
         }
         None => 0,
     };
     let mut new = old.clone();
     fields::ensure_object(&mut new, &["spec"]).insert("replicas".into(), json!(replicas));
-    let (obj, _) = write_update(ctx.state, def, ns, name, old, old_rv, new, UpdateScope::Main, ctx.query.dry_run()?, ctx.query.get("fieldManager"), "Update").await?;
+    let (obj, _) = write_update(
+        ctx.state,
+        def,
+        ns,
+        name,
+        old,
+        old_rv,
+        new,
+        UpdateScope::Main,
+        ctx.query.dry_run()?,
+        ctx.query.get("fieldManager"),
+        "Update",
+    )
+    .await?;
     Ok(respond(StatusCode::OK, &scale_of(&obj)))
 }
 
 async fn bind(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Response> {
     let def = ctx.rp.def;
     let ns = ctx.rp.namespace.as_deref();
-    let binding = request::decode_object(header_str(ctx.headers, axum::http::header::CONTENT_TYPE), &body)?;
-    let node = fields::str_at(&binding, &["target", "name"]).unwrap_or("").to_string();
+    let binding = request::decode_object(
+        header_str(ctx.headers, axum::http::header::CONTENT_TYPE),
+        &body,
+    )?;
+    let node = fields::str_at(&binding, &["target", "name"])
+        .unwrap_or("")
+        .to_string();
     if node.is_empty() {
-        return Err(ApiError::new(422, "Invalid", format!("Binding \"{name}\" is invalid: target.name: Required value")));
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            format!("Binding \"{name}\" is invalid: target.name: Required value"),
+        ));
     }
     let dry_run = ctx.query.dry_run()?;
     for _ in 0..10 {
         let (mut pod, rv) = get_current(ctx.state, def, ns, name).await?;
         if pod.pointer("/metadata/deletionTimestamp").is_some() {
-            return Err(ApiError::conflict_msg(def, name, "pod is being deleted, cannot be assigned to a host"));
+            return Err(ApiError::conflict_msg(
+                def,
+                name,
+                "pod is being deleted, cannot be assigned to a host",
+            ));
         }
         if let Some(cur) = fields::str_at(&pod, &["spec", "nodeName"]).filter(|n| !n.is_empty()) {
             return Err(ApiError::new(
                 409,
                 "Conflict",
-                format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{cur}\""),
+                format!(
+                    "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{cur}\""
+                ),
             ));
         }
-        fields::ensure_object(&mut pod, &["spec"]).insert("nodeName".into(), Value::String(node.clone()));
+        fields::ensure_object(&mut pod, &["spec"])
+            .insert("nodeName".into(), Value::String(node.clone()));
         let now = jiff::Timestamp::now();
-        let ts = jiff::Timestamp::from_second(now.as_second()).unwrap_or(now).to_string();
+        let ts = jiff::Timestamp::from_second(now.as_second())
+            .unwrap_or(now)
+            .to_string();
         let status = fields::ensure_object(&mut pod, &["status"]);
         let conds = status.entry("conditions").or_insert_with(|| json!([]));
         if let Value::Array(cs) = conds {
@@ -204,16 +282,38 @@ async fn bind(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Response> {
             Err(e) => return Err(ApiError::from_storage(e, def, name)),
         }
     }
-    Ok(respond(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
+    Ok(respond(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
 }
 
 async fn finalize(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Response> {
     let def = ctx.rp.def;
-    let new = request::decode_object(header_str(ctx.headers, axum::http::header::CONTENT_TYPE), &body)?;
+    let new = request::decode_object(
+        header_str(ctx.headers, axum::http::header::CONTENT_TYPE),
+        &body,
+    )?;
     let (old, old_rv) = get_current(ctx.state, def, None, name).await?;
     let mut obj = old.clone();
-    let fins = new.pointer("/spec/finalizers").cloned().unwrap_or_else(|| json!([]));
+    let fins = new
+        .pointer("/spec/finalizers")
+        .cloned()
+        .unwrap_or_else(|| json!([]));
     fields::ensure_object(&mut obj, &["spec"]).insert("finalizers".into(), fins);
-    let (obj, code) = write_update(ctx.state, def, None, name, old, old_rv, obj, UpdateScope::Main, ctx.query.dry_run()?, None, "Update").await?;
+    let (obj, code) = write_update(
+        ctx.state,
+        def,
+        None,
+        name,
+        old,
+        old_rv,
+        obj,
+        UpdateScope::Main,
+        ctx.query.dry_run()?,
+        None,
+        "Update",
+    )
+    .await?;
     Ok(respond(code, &obj))
 }

@@ -44,7 +44,14 @@ pub fn row(def: &ResourceDef, obj: &Value, query: &Query) -> Value {
 
 /// A Table of `objects`; `with_columns` false omits columnDefinitions (watch events after the
 /// first).
-pub fn build(def: &ResourceDef, objects: &[Value], query: &Query, rv: Option<String>, cont: Option<String>, with_columns: bool) -> Value {
+pub fn build(
+    def: &ResourceDef,
+    objects: &[Value],
+    query: &Query,
+    rv: Option<String>,
+    cont: Option<String>,
+    with_columns: bool,
+) -> Value {
     let mut meta = Map::new();
     if let Some(rv) = rv {
         meta.insert("resourceVersion".into(), Value::String(rv));
@@ -62,7 +69,11 @@ pub fn build(def: &ResourceDef, objects: &[Value], query: &Query, rv: Option<Str
     if let Value::Object(m) = &mut t {
         m.insert(
             "columnDefinitions".into(),
-            if with_columns { column_definitions(def) } else { Value::Array(vec![]) },
+            if with_columns {
+                column_definitions(def)
+            } else {
+                Value::Array(vec![])
+            },
         );
     }
     t

@@ -10,7 +10,8 @@ const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alp
 fn is_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -97,7 +98,9 @@ pub fn label_value(s: &str) -> Vec<String> {
     if s.len() > 63 {
         out.push("must be no more than 63 characters".to_string());
     }
-    if !crate::selectors::valid_label_value(&s[..s.len().min(63)]) || (s.len() <= 63 && !crate::selectors::valid_label_value(s)) {
+    if !crate::selectors::valid_label_value(&s[..s.len().min(63)])
+        || (s.len() <= 63 && !crate::selectors::valid_label_value(s))
+    {
         out.push("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')".to_string());
     }
     out
@@ -115,7 +118,9 @@ pub fn pod_qos_class(pod: &Value) -> &'static str {
     for c in &containers {
         let req = c.pointer("/resources/requests").and_then(Value::as_object);
         let lim = c.pointer("/resources/limits").and_then(Value::as_object);
-        let has = |m: Option<&serde_json::Map<String, Value>>| m.is_some_and(|m| m.contains_key("cpu") || m.contains_key("memory"));
+        let has = |m: Option<&serde_json::Map<String, Value>>| {
+            m.is_some_and(|m| m.contains_key("cpu") || m.contains_key("memory"))
+        };
         if has(req) || has(lim) {
             any = true;
         }

@@ -14,7 +14,9 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::cacher::{Broadcast, CacheEvent, CacheEventType, CachedObject, WatchFromError, WatchStart};
+use crate::cacher::{
+    Broadcast, CacheEvent, CacheEventType, CachedObject, WatchFromError, WatchStart,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::handlers::{Ctx, header_str};
 use crate::list::Selection;
@@ -32,7 +34,12 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn line(&mut self, event_type: &str, obj: &CachedObject, rv_override: Option<Revision>) -> Bytes {
+    fn line(
+        &mut self,
+        event_type: &str,
+        obj: &CachedObject,
+        rv_override: Option<Revision>,
+    ) -> Bytes {
         if !self.table && rv_override.is_none() {
             let mut out = Vec::with_capacity(obj.raw.len() + 32);
             out.extend_from_slice(b"{\"type\":\"");
@@ -49,7 +56,14 @@ impl Encoder {
         let object = if self.table {
             let with_cols = !self.sent_columns;
             self.sent_columns = true;
-            crate::table::build(self.def, std::slice::from_ref(&v), &self.query, None, None, with_cols)
+            crate::table::build(
+                self.def,
+                std::slice::from_ref(&v),
+                &self.query,
+                None,
+                None,
+                with_cols,
+            )
         } else {
             v
         };
@@ -59,7 +73,10 @@ impl Encoder {
     fn bookmark(&self, rv: Revision, initial_end: bool) -> Bytes {
         let mut meta = json!({"resourceVersion": rv.to_string(), "creationTimestamp": null});
         if initial_end && let Value::Object(m) = &mut meta {
-            m.insert("annotations".into(), json!({"k8s.io/initial-events-end": "true"}));
+            m.insert(
+                "annotations".into(),
+                json!({"k8s.io/initial-events-end": "true"}),
+            );
         }
         let obj = if self.table {
             json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv.to_string()}, "columnDefinitions": [], "rows": []})
@@ -71,7 +88,8 @@ impl Encoder {
 }
 
 fn encode_event(event_type: &str, object: &Value) -> Bytes {
-    let mut out = serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap_or_default();
+    let mut out =
+        serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap_or_default();
     out.push(b'\n');
     Bytes::from(out)
 }
@@ -82,14 +100,19 @@ fn error_event(e: &ApiError) -> Bytes {
 
 /// Converts a cache event for a watcher with selectors (ADDED/MODIFIED/DELETED transitions as
 /// Kubernetes' cacheWatcher does).
-fn convert<'a>(ev: &'a CacheEvent, sel: &Selection) -> Option<(&'static str, &'a CachedObject, Option<Revision>)> {
+fn convert<'a>(
+    ev: &'a CacheEvent,
+    sel: &Selection,
+) -> Option<(&'static str, &'a CachedObject, Option<Revision>)> {
     let cur = sel.matches(&ev.object);
     let prev = ev.prev.as_deref().map(|p| sel.matches(p)).unwrap_or(false);
     match ev.event_type {
         CacheEventType::Added if cur => Some(("ADDED", &ev.object, None)),
         CacheEventType::Modified if cur && prev => Some(("MODIFIED", &ev.object, None)),
         CacheEventType::Modified if cur => Some(("ADDED", &ev.object, None)),
-        CacheEventType::Modified if prev => ev.prev.as_deref().map(|p| ("DELETED", p, Some(ev.rv()))),
+        CacheEventType::Modified if prev => {
+            ev.prev.as_deref().map(|p| ("DELETED", p, Some(ev.rv())))
+        }
         CacheEventType::Deleted if cur => Some(("DELETED", &ev.object, None)),
         _ => None,
     }
@@ -109,9 +132,15 @@ pub async fn serve(ctx: &Ctx<'_>) -> ApiResult<Response> {
     let rv = q.get("resourceVersion").filter(|s| !s.is_empty());
     let rv_num = match rv {
         None => None,
-        Some(s) => Some(s.parse::<Revision>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {s}")))?),
+        Some(s) => Some(
+            s.parse::<Revision>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {s}")))?,
+        ),
     };
-    if send_initial.is_some() && (!bookmarks || q.get("resourceVersionMatch") != Some("NotOlderThan")) && send_initial == Some(true) {
+    if send_initial.is_some()
+        && (!bookmarks || q.get("resourceVersionMatch") != Some("NotOlderThan"))
+        && send_initial == Some(true)
+    {
         return Err(ApiError::new(
             422,
             "Invalid",
@@ -141,7 +170,12 @@ pub async fn serve(ctx: &Ctx<'_>) -> ApiResult<Response> {
         cacher.watch_from(Some(rv_num.unwrap_or(0).max(0))).await
     };
     let table = response_format(header_str(ctx.headers, header::ACCEPT)) == ResponseFormat::Table;
-    let mut enc = Encoder { def, table, query: q.clone(), sent_columns: false };
+    let mut enc = Encoder {
+        def,
+        table,
+        query: q.clone(),
+        sent_columns: false,
+    };
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(256);
     let start = match start {
         Ok(s) => s,
@@ -158,7 +192,16 @@ pub async fn serve(ctx: &Ctx<'_>) -> ApiResult<Response> {
     let metrics = ctx.state.metrics.clone();
     tokio::spawn(async move {
         metrics.watchers_inc(def.plural, 1);
-        run(start, sel, &mut enc, tx, timeout, bookmarks, send_initial == Some(true)).await;
+        run(
+            start,
+            sel,
+            &mut enc,
+            tx,
+            timeout,
+            bookmarks,
+            send_initial == Some(true),
+        )
+        .await;
         metrics.watchers_inc(def.plural, -1);
     });
     Ok(stream_response(rx))
@@ -167,8 +210,14 @@ pub async fn serve(ctx: &Ctx<'_>) -> ApiResult<Response> {
 fn stream_response(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Response {
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
     let mut r = (StatusCode::OK, Body::from_stream(stream)).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
     r
 }
 
@@ -184,7 +233,10 @@ async fn run(
     let deadline = tokio::time::Instant::now() + timeout;
     let (mut rx, mut last_rv) = match start {
         WatchStart::Snapshot(objects, rev, rx) => {
-            for o in objects.iter().filter(|o| in_prefix(o, &sel) && sel.matches(o)) {
+            for o in objects
+                .iter()
+                .filter(|o| in_prefix(o, &sel) && sel.matches(o))
+            {
                 if tx.send(Ok(enc.line("ADDED", o, None))).await.is_err() {
                     return;
                 }
@@ -243,4 +295,3 @@ async fn run(
         }
     }
 }
-

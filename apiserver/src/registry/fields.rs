@@ -32,7 +32,10 @@ pub fn i64_at(obj: &Value, path: &[&str]) -> Option<i64> {
 }
 
 /// Mutable object at a path, creating empty objects on the way.
-pub fn ensure_object<'a>(obj: &'a mut Value, path: &[&str]) -> &'a mut serde_json::Map<String, Value> {
+pub fn ensure_object<'a>(
+    obj: &'a mut Value,
+    path: &[&str],
+) -> &'a mut serde_json::Map<String, Value> {
     let mut cur = obj;
     for p in path {
         if !cur.is_object() {
@@ -42,7 +45,9 @@ pub fn ensure_object<'a>(obj: &'a mut Value, path: &[&str]) -> &'a mut serde_jso
             Value::Object(m) => m,
             _ => unreachable!("just made an object"),
         };
-        cur = map.entry(p.to_string()).or_insert_with(|| Value::Object(Default::default()));
+        cur = map
+            .entry(p.to_string())
+            .or_insert_with(|| Value::Object(Default::default()));
     }
     if !cur.is_object() {
         *cur = Value::Object(Default::default());
@@ -85,7 +90,11 @@ pub fn human_duration(secs: i64) -> String {
     let m = s / 60;
     if m < 10 {
         let rs = s % 60;
-        return if rs == 0 { format!("{m}m") } else { format!("{m}m{rs}s") };
+        return if rs == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{rs}s")
+        };
     }
     if m < 60 * 3 {
         return format!("{m}m");
@@ -93,7 +102,11 @@ pub fn human_duration(secs: i64) -> String {
     let h = s / 3600;
     if h < 8 {
         let rm = (s / 60) % 60;
-        return if rm == 0 { format!("{h}h") } else { format!("{h}h{rm}m") };
+        return if rm == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{rm}m")
+        };
     }
     if h < 48 {
         return format!("{h}h");
@@ -101,7 +114,11 @@ pub fn human_duration(secs: i64) -> String {
     if h < 24 * 8 {
         let rh = h % 24;
         let d = h / 24;
-        return if rh == 0 { format!("{d}d") } else { format!("{d}d{rh}h") };
+        return if rh == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{rh}h")
+        };
     }
     if h < 24 * 365 * 2 {
         return format!("{}d", h / 24);
@@ -110,7 +127,11 @@ pub fn human_duration(secs: i64) -> String {
         let d = h / 24;
         let y = d / 365;
         let rd = d % 365;
-        return if rd == 0 { format!("{y}y") } else { format!("{y}y{rd}d") };
+        return if rd == 0 {
+            format!("{y}y")
+        } else {
+            format!("{y}y{rd}d")
+        };
     }
     format!("{}y", h / 24 / 365)
 }
@@ -121,7 +142,11 @@ pub fn unknown_fields(raw: &Value, decoded: &Value, prefix: &str, out: &mut Vec<
     match (raw, decoded) {
         (Value::Object(r), Value::Object(d)) => {
             for (k, rv) in r {
-                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 match d.get(k) {
                     Some(dv) => unknown_fields(rv, dv, &path, out),
                     None if rv.is_null() => {}
@@ -161,6 +186,9 @@ mod tests {
         let decoded = json!({"spec": {"template": {"spec": {"containers": [{"name": "a"}]}}}});
         let mut out = Vec::new();
         unknown_fields(&raw, &decoded, "", &mut out);
-        assert_eq!(out, vec!["spec.replicaz", "spec.template.spec.containers[0].imagez"]);
+        assert_eq!(
+            out,
+            vec!["spec.replicaz", "spec.template.spec.containers[0].imagez"]
+        );
     }
 }

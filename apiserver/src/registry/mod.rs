@@ -90,36 +90,63 @@ impl FieldError {
         } else {
             format!("{field}: Required value: {detail}")
         };
-        FieldError { reason: "FieldValueRequired", field, message }
+        FieldError {
+            reason: "FieldValueRequired",
+            field,
+            message,
+        }
     }
 
     /// `Invalid value` error; `value` is rendered as Kubernetes does (strings quoted).
     pub fn invalid(field: impl Into<String>, value: &Value, detail: &str) -> Self {
         let field = field.into();
         let message = format!("{field}: Invalid value: {}: {detail}", render_value(value));
-        FieldError { reason: "FieldValueInvalid", field, message }
+        FieldError {
+            reason: "FieldValueInvalid",
+            field,
+            message,
+        }
     }
 
     /// `Unsupported value` error listing the supported values.
     pub fn not_supported(field: impl Into<String>, value: &Value, supported: &[&str]) -> Self {
         let field = field.into();
-        let list = supported.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
-        let message = format!("{field}: Unsupported value: {}: supported values: {list}", render_value(value));
-        FieldError { reason: "FieldValueNotSupported", field, message }
+        let list = supported
+            .iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let message = format!(
+            "{field}: Unsupported value: {}: supported values: {list}",
+            render_value(value)
+        );
+        FieldError {
+            reason: "FieldValueNotSupported",
+            field,
+            message,
+        }
     }
 
     /// `Duplicate value` error.
     pub fn duplicate(field: impl Into<String>, value: &Value) -> Self {
         let field = field.into();
         let message = format!("{field}: Duplicate value: {}", render_value(value));
-        FieldError { reason: "FieldValueDuplicate", field, message }
+        FieldError {
+            reason: "FieldValueDuplicate",
+            field,
+            message,
+        }
     }
 
     /// `Forbidden` error.
     pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
         let field = field.into();
         let message = format!("{field}: Forbidden: {detail}");
-        FieldError { reason: "FieldValueForbidden", field, message }
+        FieldError {
+            reason: "FieldValueForbidden",
+            field,
+            message,
+        }
     }
 }
 
@@ -245,11 +272,16 @@ where
     let object = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
     let mut unknown_fields = Vec::new();
     fields::unknown_fields(value, &object, "", &mut unknown_fields);
-    Ok(Normalized { object, unknown_fields })
+    Ok(Normalized {
+        object,
+        unknown_fields,
+    })
 }
 
 /// Schema function for a k8s-openapi type.
-pub fn schema_of<K: schemars::JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+pub fn schema_of<K: schemars::JsonSchema>(
+    generator: &mut schemars::SchemaGenerator,
+) -> schemars::Schema {
     generator.subschema_for::<K>()
 }
 
@@ -289,7 +321,10 @@ pub const AGE_COLUMN: Column = Column {
 
 /// Cells for [`NAME_AGE`].
 pub fn name_age_cells(obj: &Value) -> Vec<Value> {
-    vec![Value::String(fields::name(obj).to_string()), Value::String(fields::age(obj))]
+    vec![
+        Value::String(fields::name(obj).to_string()),
+        Value::String(fields::age(obj)),
+    ]
 }
 
 /// All served resources, in discovery order.
