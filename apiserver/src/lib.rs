@@ -15,6 +15,7 @@ pub mod list;
 pub mod managed;
 pub mod metrics;
 pub mod openapi;
+pub mod openapi_v2;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;

@@ -223,8 +223,15 @@ fn item_key(item: &Value, keys: &[&str]) -> String {
     let mut sorted: Vec<&&str> = keys.iter().collect();
     sorted.sort();
     for k in sorted {
-        if let Some(v) = item.get(*k) {
-            m.insert((*k).to_string(), v.clone());
+        match item.get(*k) {
+            Some(v) => {
+                m.insert((*k).to_string(), v.clone());
+            }
+            // Map keys with a Kubernetes default (`+default="TCP"`) identify items without them.
+            None if *k == "protocol" => {
+                m.insert("protocol".into(), Value::from("TCP"));
+            }
+            None => {}
         }
     }
     format!("k:{}", Value::Object(m))

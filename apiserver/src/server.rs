@@ -181,7 +181,18 @@ async fn dispatch_inner(state: &Arc<AppState>, req: Request, labels: &mut Reques
         }
         "/apis" => return Ok(discovery_response(&accept, false, discovery::api_group_list)),
         "/openapi/v3" => return Ok(value(&openapi::v3_index())),
-        "/openapi/v2" | "/swagger-2.0.0.pb-v1" | "/swagger.json" => {
+        "/openapi/v2" => {
+            let proto = accept.contains("protobuf");
+            let (body, ct) = if proto {
+                (crate::openapi_v2::protobuf(), crate::openapi_v2::PROTOBUF_MEDIA_TYPE)
+            } else {
+                (crate::openapi_v2::json(), "application/json")
+            };
+            let mut r = Response::new(axum::body::Body::from(body));
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            return Ok(r);
+        }
+        "/swagger-2.0.0.pb-v1" | "/swagger.json" => {
             return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
         }
         _ => {}

@@ -1,0 +1,767 @@
+//! OpenAPI v2 (Swagger 2.0) as a gnostic `openapi.v2.Document` protobuf, served at
+//! `/openapi/v2` for kubectl 1.27/1.28 (Accept
+//! `application/com.github.proto-openapi.spec.v2@v1.0+protobuf`) and as JSON otherwise.
+//!
+//! kubectl reads it for two things: whether the PATCH operation of a kind (found by its
+//! `x-kubernetes-group-version-kind`) has the `fieldValidation` query parameter (so the server
+//! validates), and the definitions with `x-kubernetes-patch-strategy` /
+//! `x-kubernetes-patch-merge-key` for client-side apply. The document is converted from the
+//! OpenAPI v3 documents of [`crate::openapi`], so both always describe the same API.
+//!
+//! The message types below are the subset of gnostic's `OpenAPIv2.proto` (package
+//! `openapi.v2`) that Lotse fills, with the field numbers of that file.
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use prost::Message;
+use serde_json::{Map, Value, json};
+
+use crate::openapi;
+
+/// Content-Type of the protobuf document as kube-openapi serves it (clients ask for
+/// `...spec.v2@v1.0+protobuf`, which Go's media type parser rejects in a response).
+pub const PROTOBUF_MEDIA_TYPE: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
+#[allow(missing_docs)]
+pub mod pb {
+    //! gnostic `openapi.v2` messages (subset).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Document {
+        #[prost(string, tag = "1")]
+        pub swagger: String,
+        #[prost(message, optional, tag = "2")]
+        pub info: Option<Info>,
+        #[prost(string, repeated, tag = "7")]
+        pub produces: Vec<String>,
+        #[prost(message, optional, tag = "8")]
+        pub paths: Option<Paths>,
+        #[prost(message, optional, tag = "9")]
+        pub definitions: Option<Definitions>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Info {
+        #[prost(string, tag = "1")]
+        pub title: String,
+        #[prost(string, tag = "2")]
+        pub version: String,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Any {
+        #[prost(string, tag = "2")]
+        pub yaml: String,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NamedAny {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(message, optional, tag = "2")]
+        pub value: Option<Any>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Paths {
+        #[prost(message, repeated, tag = "2")]
+        pub path: Vec<NamedPathItem>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NamedPathItem {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(message, optional, tag = "2")]
+        pub value: Option<PathItem>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PathItem {
+        #[prost(message, optional, tag = "2")]
+        pub get: Option<Operation>,
+        #[prost(message, optional, tag = "3")]
+        pub put: Option<Operation>,
+        #[prost(message, optional, tag = "4")]
+        pub post: Option<Operation>,
+        #[prost(message, optional, tag = "5")]
+        pub delete: Option<Operation>,
+        #[prost(message, optional, tag = "8")]
+        pub patch: Option<Operation>,
+        #[prost(message, repeated, tag = "9")]
+        pub parameters: Vec<ParametersItem>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Operation {
+        #[prost(string, repeated, tag = "1")]
+        pub tags: Vec<String>,
+        #[prost(string, tag = "3")]
+        pub description: String,
+        #[prost(string, tag = "5")]
+        pub operation_id: String,
+        #[prost(string, repeated, tag = "6")]
+        pub produces: Vec<String>,
+        #[prost(string, repeated, tag = "7")]
+        pub consumes: Vec<String>,
+        #[prost(message, repeated, tag = "8")]
+        pub parameters: Vec<ParametersItem>,
+        #[prost(message, optional, tag = "9")]
+        pub responses: Option<Responses>,
+        #[prost(string, repeated, tag = "10")]
+        pub schemes: Vec<String>,
+        #[prost(message, repeated, tag = "13")]
+        pub vendor_extension: Vec<NamedAny>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ParametersItem {
+        #[prost(message, optional, tag = "1")]
+        pub parameter: Option<Parameter>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Parameter {
+        #[prost(message, optional, tag = "1")]
+        pub body_parameter: Option<BodyParameter>,
+        #[prost(message, optional, tag = "2")]
+        pub non_body_parameter: Option<NonBodyParameter>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct BodyParameter {
+        #[prost(string, tag = "1")]
+        pub description: String,
+        #[prost(string, tag = "2")]
+        pub name: String,
+        #[prost(string, tag = "3")]
+        pub r#in: String,
+        #[prost(bool, tag = "4")]
+        pub required: bool,
+        #[prost(message, optional, tag = "5")]
+        pub schema: Option<Schema>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NonBodyParameter {
+        #[prost(message, optional, tag = "3")]
+        pub query_parameter_sub_schema: Option<QueryParameterSubSchema>,
+        #[prost(message, optional, tag = "4")]
+        pub path_parameter_sub_schema: Option<PathParameterSubSchema>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct QueryParameterSubSchema {
+        #[prost(bool, tag = "1")]
+        pub required: bool,
+        #[prost(string, tag = "2")]
+        pub r#in: String,
+        #[prost(string, tag = "3")]
+        pub description: String,
+        #[prost(string, tag = "4")]
+        pub name: String,
+        #[prost(string, tag = "6")]
+        pub r#type: String,
+        #[prost(bool, tag = "20")]
+        pub unique_items: bool,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PathParameterSubSchema {
+        #[prost(bool, tag = "1")]
+        pub required: bool,
+        #[prost(string, tag = "2")]
+        pub r#in: String,
+        #[prost(string, tag = "3")]
+        pub description: String,
+        #[prost(string, tag = "4")]
+        pub name: String,
+        #[prost(string, tag = "5")]
+        pub r#type: String,
+        #[prost(bool, tag = "19")]
+        pub unique_items: bool,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Responses {
+        #[prost(message, repeated, tag = "1")]
+        pub response_code: Vec<NamedResponseValue>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NamedResponseValue {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(message, optional, tag = "2")]
+        pub value: Option<ResponseValue>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResponseValue {
+        #[prost(message, optional, tag = "1")]
+        pub response: Option<Response>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Response {
+        #[prost(string, tag = "1")]
+        pub description: String,
+        #[prost(message, optional, tag = "2")]
+        pub schema: Option<SchemaItem>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct SchemaItem {
+        #[prost(message, optional, tag = "1")]
+        pub schema: Option<Schema>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Definitions {
+        #[prost(message, repeated, tag = "1")]
+        pub additional_properties: Vec<NamedSchema>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NamedSchema {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(message, optional, tag = "2")]
+        pub value: Option<Schema>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Properties {
+        #[prost(message, repeated, tag = "1")]
+        pub additional_properties: Vec<NamedSchema>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct AdditionalPropertiesItem {
+        #[prost(message, optional, boxed, tag = "1")]
+        pub schema: Option<Box<Schema>>,
+        #[prost(bool, optional, tag = "2")]
+        pub boolean: Option<bool>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TypeItem {
+        #[prost(string, repeated, tag = "1")]
+        pub value: Vec<String>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ItemsItem {
+        #[prost(message, repeated, tag = "1")]
+        pub schema: Vec<Schema>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Schema {
+        #[prost(string, tag = "1")]
+        pub r#ref: String,
+        #[prost(string, tag = "2")]
+        pub format: String,
+        #[prost(string, tag = "4")]
+        pub description: String,
+        #[prost(string, repeated, tag = "19")]
+        pub required: Vec<String>,
+        #[prost(message, optional, boxed, tag = "21")]
+        pub additional_properties: Option<Box<AdditionalPropertiesItem>>,
+        #[prost(message, optional, tag = "22")]
+        pub r#type: Option<TypeItem>,
+        #[prost(message, optional, tag = "23")]
+        pub items: Option<ItemsItem>,
+        #[prost(message, optional, tag = "25")]
+        pub properties: Option<Properties>,
+        #[prost(message, repeated, tag = "31")]
+        pub vendor_extension: Vec<NamedAny>,
+    }
+}
+
+struct Built {
+    json: Bytes,
+    protobuf: Bytes,
+}
+
+fn built() -> &'static Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let doc = document_json();
+        let protobuf = to_proto(&doc).encode_to_vec();
+        Built {
+            json: Bytes::from(serde_json::to_vec(&doc).unwrap_or_default()),
+            protobuf: Bytes::from(protobuf),
+        }
+    })
+}
+
+/// The document as gnostic protobuf.
+pub fn protobuf() -> Bytes {
+    built().protobuf.clone()
+}
+
+/// The document as Swagger 2.0 JSON.
+pub fn json() -> Bytes {
+    built().json.clone()
+}
+
+/// `#/components/schemas/X` → `#/definitions/X`.
+fn v2_ref(r: &str) -> String {
+    format!("#/definitions/{}", r.rsplit('/').next().unwrap_or(r))
+}
+
+/// Converts a v3 schema (schemars OpenAPI 3.0 output) into Swagger 2.0 JSON schema.
+fn schema_v2(s: &Value) -> Value {
+    let Value::Object(m) = s else {
+        return json!({});
+    };
+    let mut out = Map::new();
+    // `allOf: [{$ref}]` with siblings is how v3 writes a described reference.
+    if let Some(Value::Array(all)) = m.get("allOf")
+        && let [only] = all.as_slice()
+        && let Some(r) = only.get("$ref").and_then(Value::as_str)
+    {
+        out.insert("$ref".into(), Value::from(v2_ref(r)));
+    }
+    for (k, v) in m {
+        match k.as_str() {
+            "$ref" => {
+                out.insert(
+                    "$ref".into(),
+                    Value::from(v2_ref(v.as_str().unwrap_or_default())),
+                );
+            }
+            "type" | "format" | "description" | "required" => {
+                out.insert(k.clone(), v.clone());
+            }
+            "items" => {
+                out.insert(k.clone(), schema_v2(v));
+            }
+            "additionalProperties" => {
+                out.insert(
+                    k.clone(),
+                    if v.is_object() {
+                        schema_v2(v)
+                    } else {
+                        v.clone()
+                    },
+                );
+            }
+            "properties" => {
+                let props: Map<String, Value> = v
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(n, p)| (n.clone(), schema_v2(p)))
+                    .collect();
+                out.insert(k.clone(), Value::Object(props));
+            }
+            x if x.starts_with("x-kubernetes-") => {
+                out.insert(k.clone(), v.clone());
+            }
+            _ => {}
+        }
+    }
+    // Swagger arrays need items; a v3 array without them holds anything.
+    if out.get("type").and_then(Value::as_str) == Some("array") && !out.contains_key("items") {
+        out.insert("items".into(), json!({}));
+    }
+    Value::Object(out)
+}
+
+fn parameter_v2(p: &Value) -> Value {
+    let mut out = json!({
+        "name": p.get("name").cloned().unwrap_or_default(),
+        "in": p.get("in").cloned().unwrap_or_default(),
+        "description": p.get("description").cloned().unwrap_or_default(),
+    });
+    if p.get("required").and_then(Value::as_bool) == Some(true) {
+        out["required"] = Value::Bool(true);
+    }
+    out["type"] = p
+        .pointer("/schema/type")
+        .cloned()
+        .unwrap_or_else(|| Value::from("string"));
+    out["uniqueItems"] = Value::Bool(true);
+    out
+}
+
+fn operation_v2(op: &Value) -> Value {
+    let mut out = Map::new();
+    for k in ["description", "operationId", "tags"] {
+        if let Some(v) = op.get(k) {
+            out.insert(k.into(), v.clone());
+        }
+    }
+    out.insert("schemes".into(), json!(["https"]));
+    let mut consumes = Vec::new();
+    let mut params: Vec<Value> = op
+        .get("parameters")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(parameter_v2)
+        .collect();
+    if let Some(Value::Object(content)) = op.pointer("/requestBody/content") {
+        consumes = content.keys().cloned().collect();
+        let schema = content
+            .values()
+            .next()
+            .and_then(|c| c.get("schema"))
+            .map(schema_v2)
+            .unwrap_or_else(|| json!({}));
+        params.insert(
+            0,
+            json!({"name": "body", "in": "body", "required": true, "schema": schema}),
+        );
+    }
+    if !consumes.is_empty() {
+        out.insert("consumes".into(), json!(consumes));
+    }
+    out.insert(
+        "produces".into(),
+        json!([
+            "application/json",
+            "application/yaml",
+            "application/vnd.kubernetes.protobuf"
+        ]),
+    );
+    out.insert("parameters".into(), Value::Array(params));
+    let mut responses = Map::new();
+    for (code, r) in op
+        .get("responses")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        let mut resp = json!({"description": r.get("description").cloned().unwrap_or_default()});
+        if let Some(s) = r.pointer("/content/application~1json/schema") {
+            resp["schema"] = schema_v2(s);
+        }
+        responses.insert(code.clone(), resp);
+    }
+    out.insert("responses".into(), Value::Object(responses));
+    for (k, v) in op.as_object().into_iter().flatten() {
+        if k.starts_with("x-kubernetes-") {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    Value::Object(out)
+}
+
+/// The whole API as one Swagger 2.0 document, from the per-group-version v3 documents.
+fn document_json() -> Value {
+    let mut definitions = Map::new();
+    let mut paths = Map::new();
+    let index = openapi::v3_index();
+    for gv in index
+        .get("paths")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, _)| k)
+    {
+        let Some((bytes, _)) = openapi::v3_document(gv) else {
+            continue;
+        };
+        let Ok(doc) = serde_json::from_slice::<Value>(&bytes) else {
+            continue;
+        };
+        for (name, s) in doc
+            .pointer("/components/schemas")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            definitions
+                .entry(name.clone())
+                .or_insert_with(|| schema_v2(s));
+        }
+        for (path, item) in doc
+            .get("paths")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let mut out = Map::new();
+            for (method, op) in item.as_object().into_iter().flatten() {
+                if method == "parameters" {
+                    let ps: Vec<Value> = op
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(parameter_v2)
+                        .collect();
+                    out.insert("parameters".into(), Value::Array(ps));
+                } else {
+                    out.insert(method.clone(), operation_v2(op));
+                }
+            }
+            paths.insert(path.clone(), Value::Object(out));
+        }
+    }
+    json!({
+        "swagger": "2.0",
+        "info": {"title": "Kubernetes", "version": format!("lotse-{}", env!("CARGO_PKG_VERSION"))},
+        "paths": paths,
+        "definitions": definitions,
+    })
+}
+
+/// A vendor extension value as gnostic stores it: YAML text (JSON is YAML).
+fn named_any(name: &str, v: &Value) -> pb::NamedAny {
+    pb::NamedAny {
+        name: name.to_string(),
+        value: Some(pb::Any {
+            yaml: format!("{v}\n"),
+        }),
+    }
+}
+
+fn extensions(m: &Map<String, Value>) -> Vec<pb::NamedAny> {
+    m.iter()
+        .filter(|(k, _)| k.starts_with("x-"))
+        .map(|(k, v)| named_any(k, v))
+        .collect()
+}
+
+fn str_of(v: &Value, k: &str) -> String {
+    v.get(k)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn schema_pb(s: &Value) -> pb::Schema {
+    let empty = Map::new();
+    let m = s.as_object().unwrap_or(&empty);
+    pb::Schema {
+        r#ref: str_of(s, "$ref"),
+        format: str_of(s, "format"),
+        description: str_of(s, "description"),
+        required: m
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        additional_properties: match m.get("additionalProperties") {
+            Some(Value::Bool(b)) => Some(Box::new(pb::AdditionalPropertiesItem {
+                schema: None,
+                boolean: Some(*b),
+            })),
+            Some(v @ Value::Object(_)) => Some(Box::new(pb::AdditionalPropertiesItem {
+                schema: Some(Box::new(schema_pb(v))),
+                boolean: None,
+            })),
+            _ => None,
+        },
+        r#type: m.get("type").and_then(Value::as_str).map(|t| pb::TypeItem {
+            value: vec![t.to_string()],
+        }),
+        items: m.get("items").map(|i| pb::ItemsItem {
+            schema: vec![schema_pb(i)],
+        }),
+        properties: m
+            .get("properties")
+            .and_then(Value::as_object)
+            .map(|p| pb::Properties {
+                additional_properties: p
+                    .iter()
+                    .map(|(n, v)| pb::NamedSchema {
+                        name: n.clone(),
+                        value: Some(schema_pb(v)),
+                    })
+                    .collect(),
+            }),
+        vendor_extension: extensions(m),
+    }
+}
+
+fn parameter_pb(p: &Value) -> pb::ParametersItem {
+    let required = p.get("required").and_then(Value::as_bool).unwrap_or(false);
+    let parameter = match p.get("in").and_then(Value::as_str) {
+        Some("body") => pb::Parameter {
+            body_parameter: Some(pb::BodyParameter {
+                description: str_of(p, "description"),
+                name: str_of(p, "name"),
+                r#in: "body".into(),
+                required,
+                schema: p.get("schema").map(schema_pb),
+            }),
+            non_body_parameter: None,
+        },
+        Some("path") => pb::Parameter {
+            body_parameter: None,
+            non_body_parameter: Some(pb::NonBodyParameter {
+                query_parameter_sub_schema: None,
+                path_parameter_sub_schema: Some(pb::PathParameterSubSchema {
+                    required: true,
+                    r#in: "path".into(),
+                    description: str_of(p, "description"),
+                    name: str_of(p, "name"),
+                    r#type: str_of(p, "type"),
+                    unique_items: true,
+                }),
+            }),
+        },
+        _ => pb::Parameter {
+            body_parameter: None,
+            non_body_parameter: Some(pb::NonBodyParameter {
+                query_parameter_sub_schema: Some(pb::QueryParameterSubSchema {
+                    required,
+                    r#in: "query".into(),
+                    description: str_of(p, "description"),
+                    name: str_of(p, "name"),
+                    r#type: str_of(p, "type"),
+                    unique_items: true,
+                }),
+                path_parameter_sub_schema: None,
+            }),
+        },
+    };
+    pb::ParametersItem {
+        parameter: Some(parameter),
+    }
+}
+
+fn strings(v: &Value, k: &str) -> Vec<String> {
+    v.get(k)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect()
+}
+
+fn operation_pb(op: Option<&Value>) -> Option<pb::Operation> {
+    let op = op?;
+    let empty = Map::new();
+    Some(pb::Operation {
+        tags: strings(op, "tags"),
+        description: str_of(op, "description"),
+        operation_id: str_of(op, "operationId"),
+        produces: strings(op, "produces"),
+        consumes: strings(op, "consumes"),
+        parameters: op
+            .get("parameters")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(parameter_pb)
+            .collect(),
+        responses: Some(pb::Responses {
+            response_code: op
+                .get("responses")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(code, r)| pb::NamedResponseValue {
+                    name: code.clone(),
+                    value: Some(pb::ResponseValue {
+                        response: Some(pb::Response {
+                            description: str_of(r, "description"),
+                            schema: r.get("schema").map(|s| pb::SchemaItem {
+                                schema: Some(schema_pb(s)),
+                            }),
+                        }),
+                    }),
+                })
+                .collect(),
+        }),
+        schemes: strings(op, "schemes"),
+        vendor_extension: extensions(op.as_object().unwrap_or(&empty)),
+    })
+}
+
+fn to_proto(doc: &Value) -> pb::Document {
+    let paths = doc
+        .get("paths")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(name, item)| pb::NamedPathItem {
+            name: name.clone(),
+            value: Some(pb::PathItem {
+                get: operation_pb(item.get("get")),
+                put: operation_pb(item.get("put")),
+                post: operation_pb(item.get("post")),
+                delete: operation_pb(item.get("delete")),
+                patch: operation_pb(item.get("patch")),
+                parameters: item
+                    .get("parameters")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(parameter_pb)
+                    .collect(),
+            }),
+        })
+        .collect();
+    let definitions = doc
+        .get("definitions")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(name, s)| pb::NamedSchema {
+            name: name.clone(),
+            value: Some(schema_pb(s)),
+        })
+        .collect();
+    pb::Document {
+        swagger: "2.0".into(),
+        info: Some(pb::Info {
+            title: "Kubernetes".into(),
+            version: str_of(doc.get("info").unwrap_or(&Value::Null), "version"),
+        }),
+        produces: vec![],
+        paths: Some(pb::Paths { path: paths }),
+        definitions: Some(pb::Definitions {
+            additional_properties: definitions,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deployment_patch_has_field_validation_and_gvk() {
+        let doc = pb::Document::decode(protobuf().as_ref()).expect("decodes");
+        let paths = doc.paths.expect("paths").path;
+        let item = paths
+            .iter()
+            .find(|p| p.name == "/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+            .and_then(|p| p.value.clone())
+            .expect("deployment path");
+        let patch = item.patch.expect("patch op");
+        let gvk = patch
+            .vendor_extension
+            .iter()
+            .find(|e| e.name == "x-kubernetes-group-version-kind")
+            .expect("gvk");
+        let yaml: Value =
+            serde_yaml::from_str(&gvk.value.clone().expect("value").yaml).expect("yaml");
+        assert_eq!(
+            yaml,
+            json!({"group": "apps", "kind": "Deployment", "version": "v1"})
+        );
+        assert!(patch.parameters.iter().any(|p| {
+            p.parameter
+                .as_ref()
+                .and_then(|p| p.non_body_parameter.as_ref())
+                .and_then(|n| n.query_parameter_sub_schema.as_ref())
+                .is_some_and(|q| q.name == "fieldValidation")
+        }));
+    }
+
+    #[test]
+    fn definitions_carry_merge_keys_and_refs_resolve() {
+        let doc: Value = serde_json::from_slice(&json()).expect("json");
+        let defs = doc["definitions"].as_object().expect("definitions");
+        let containers = &defs["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
+        assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");
+        assert_eq!(
+            containers["items"]["$ref"],
+            "#/definitions/io.k8s.api.core.v1.Container"
+        );
+        fn refs(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(r)) = m.get("$ref") {
+                        out.push(r.clone());
+                    }
+                    m.values().for_each(|c| refs(c, out));
+                }
+                Value::Array(a) => a.iter().for_each(|c| refs(c, out)),
+                _ => {}
+            }
+        }
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        for r in all {
+            let name = r.trim_start_matches("#/definitions/");
+            assert!(defs.contains_key(name), "{r} does not resolve");
+        }
+    }
+}
