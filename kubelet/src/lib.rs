@@ -1,1 +1,266 @@
-//! Lotse kubelet (skeleton; see its issue).
+//! Lotse kubelet: runs the pods bound to its node through containerd's CRI and reports them.
+//!
+//! [`run`] registers the Node and renews its Lease, imports the airgapped image archives, and
+//! keeps one [`pods::worker`] per pod bound to the node. containerd is either given
+//! (`--container-runtime-endpoint`) or started and supervised by the kubelet with Lotse's
+//! configuration ([`runtime::Containerd`]).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod events;
+pub mod node;
+pub mod pods;
+pub mod probe;
+pub mod runtime;
+pub mod spec;
+pub mod volumes;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::watcher;
+use tokio::sync::watch;
+
+/// How the kubelet runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Node name (`--node-name`).
+    pub node_name: String,
+    /// Root directory: images/, pods/, logs/, containerd/ and cni/ live under it.
+    pub root_dir: PathBuf,
+    /// CRI endpoint; `None` starts and supervises a containerd under the root dir.
+    pub container_runtime_endpoint: Option<String>,
+    /// The node's pod CIDR (`--pod-cidr`), used by lotse-cni's IPAM.
+    pub pod_cidr: Option<String>,
+    /// The node's InternalIP.
+    pub node_ip: String,
+    /// Port the kubelet reports in `status.daemonEndpoints` (10250).
+    pub port: u16,
+    /// `pods` capacity.
+    pub max_pods: u32,
+}
+
+/// Errors of the kubelet.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The container runtime failed or could not be started.
+    #[error("container runtime: {0}")]
+    Runtime(String),
+    /// The apiserver refused or failed a request.
+    #[error("apiserver: {0}")]
+    Api(#[from] kube::Error),
+}
+
+/// Shared state of a running kubelet.
+pub struct Kubelet {
+    /// Configuration.
+    pub config: Config,
+    /// API client (the node's identity).
+    pub client: kube::Client,
+    /// CRI connection.
+    pub cri: runtime::Cri,
+    /// Cluster CA (PEM), for projected `ca.crt`.
+    pub ca_pem: String,
+}
+
+impl Kubelet {
+    /// The runtime layout under the root dir.
+    pub fn layout(&self) -> runtime::Layout {
+        runtime::Layout {
+            root: self.config.root_dir.clone(),
+        }
+    }
+}
+
+/// The default pod CIDR of a single node (first /24 of the default cluster CIDR).
+pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/24";
+
+/// Runs the kubelet until `shutdown` resolves. Pods keep running when it stops (containerd's
+/// shims own them); a restarted kubelet adopts them.
+pub async fn run(
+    mut config: Config,
+    client: kube::Client,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    let layout = runtime::Layout {
+        root: config.root_dir.clone(),
+    };
+    std::fs::create_dir_all(layout.images())
+        .map_err(|e| Error::Runtime(format!("create {}: {e}", layout.images().display())))?;
+    let pod_cidr = config
+        .pod_cidr
+        .clone()
+        .unwrap_or_else(|| DEFAULT_POD_CIDR.to_string());
+    config.pod_cidr = Some(pod_cidr.clone());
+    let mut containerd = None;
+    let endpoint = match &config.container_runtime_endpoint {
+        Some(e) => e.clone(),
+        None => {
+            runtime::setup_cni(&layout, &pod_cidr)?;
+            containerd = Some(runtime::Containerd::start(&layout).await?);
+            layout.socket().to_string_lossy().into_owned()
+        }
+    };
+    let cri = runtime::connect(&endpoint)?;
+    for (f, e) in runtime::import_images(&cri.socket, &layout.images()).await {
+        tracing::warn!(archive = %f.display(), error = %e, "image import failed");
+    }
+    let ca_pem = ca_from_client(&client).await;
+    let k = Arc::new(Kubelet {
+        config: config.clone(),
+        client: client.clone(),
+        cri,
+        ca_pem,
+    });
+
+    let since = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+    let (health, version) = runtime_health(&k).await;
+    let node = node::register(
+        &client,
+        &config,
+        node::node_status(&config, health, &since, &version),
+    )
+    .await?;
+    tracing::info!(node = %config.node_name, "node registered");
+    let hb = tokio::spawn(heartbeat(k.clone(), node, since));
+    let pods = tokio::spawn(pod_loop(k.clone()));
+    let supervise = async {
+        match containerd.as_mut() {
+            Some(c) => {
+                let st = c.wait().await;
+                tracing::error!(status = ?st, "containerd exited");
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = shutdown => tracing::info!("kubelet shutting down"),
+        _ = supervise => {}
+    }
+    hb.abort();
+    pods.abort();
+    if let Some(c) = containerd {
+        c.stop().await;
+    }
+    Ok(())
+}
+
+async fn ca_from_client(client: &kube::Client) -> String {
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "kube-system");
+    api.get_opt("kube-root-ca.crt")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|c| c.data.and_then(|d| d.get("ca.crt").cloned()))
+        .unwrap_or_default()
+}
+
+async fn runtime_health(k: &Kubelet) -> (Result<(), String>, String) {
+    let mut rt = k.cri.rt.clone();
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        rt.version(k8s_cri::v1::VersionRequest {
+            version: "v1".into(),
+        }),
+    )
+    .await
+    {
+        Ok(Ok(v)) => {
+            let v = v.into_inner();
+            (
+                Ok(()),
+                format!("{}://{}", v.runtime_name, v.runtime_version),
+            )
+        }
+        Ok(Err(e)) => (Err(e.message().to_string()), String::new()),
+        Err(_) => (Err("CRI Version timed out".into()), String::new()),
+    }
+}
+
+async fn heartbeat(
+    k: Arc<Kubelet>,
+    node: k8s_openapi::api::core::v1::Node,
+    mut since: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) {
+    let mut last_ok = true;
+    loop {
+        if let Err(e) = node::renew_lease(&k.client, &node).await {
+            tracing::warn!(error = %e, "lease renewal");
+        }
+        let (health, version) = runtime_health(&k).await;
+        if health.is_ok() != last_ok {
+            since = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+            last_ok = health.is_ok();
+        }
+        let status = node::node_status(&k.config, health, &since, &version);
+        if let Err(e) = node::patch_status(&k.client, &k.config.node_name, &status).await {
+            tracing::warn!(error = %e, "node status");
+        }
+        tokio::time::sleep(node::LEASE_RENEW).await;
+    }
+}
+
+/// Watches the pods bound to this node and keeps one worker per pod UID.
+async fn pod_loop(k: Arc<Kubelet>) {
+    let api: Api<Pod> = Api::all(k.client.clone());
+    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", k.config.node_name));
+    let mut stream = watcher(api, cfg).boxed();
+    let mut workers: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
+    let mut seen_in_relist: Option<std::collections::HashSet<String>> = None;
+    while let Some(ev) = stream.next().await {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::warn!(error = %e, "pod watch");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let upsert = |pod: Pod, workers: &mut HashMap<String, watch::Sender<Option<Pod>>>| {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            match workers.get(&uid) {
+                Some(tx) if !tx.is_closed() => {
+                    let _ = tx.send(Some(pod));
+                }
+                _ => {
+                    let (tx, rx) = watch::channel(Some(pod));
+                    tokio::spawn(pods::worker(k.clone(), rx));
+                    workers.insert(uid, tx);
+                }
+            }
+        };
+        match ev {
+            watcher::Event::Apply(pod) => upsert(pod, &mut workers),
+            watcher::Event::Delete(pod) => {
+                if let Some(tx) = workers.remove(pod.metadata.uid.as_deref().unwrap_or("")) {
+                    let _ = tx.send(None);
+                }
+            }
+            watcher::Event::Init => seen_in_relist = Some(Default::default()),
+            watcher::Event::InitApply(pod) => {
+                if let Some(s) = seen_in_relist.as_mut() {
+                    s.insert(pod.metadata.uid.clone().unwrap_or_default());
+                }
+                upsert(pod, &mut workers)
+            }
+            watcher::Event::InitDone => {
+                let seen = seen_in_relist.take().unwrap_or_default();
+                workers.retain(|uid, tx| {
+                    if seen.contains(uid) {
+                        true
+                    } else {
+                        let _ = tx.send(None);
+                        false
+                    }
+                });
+            }
+        }
+        workers.retain(|_, tx| !tx.is_closed());
+    }
+}

@@ -1,0 +1,1363 @@
+//! The pod worker: one task per pod bound to this node drives it through its lifecycle against
+//! the CRI and reports its status, level-triggered (every pass re-reads the runtime's state, so
+//! a restarted kubelet adopts what is running).
+//!
+//! Lifecycle per pass: `Sandbox` (volumes, RunPodSandbox) → `InitContainers` (one at a time, in
+//! order) → `Containers` (start, restart with back-off per restartPolicy, probes) → status; a pod
+//! with a deletionTimestamp goes `Terminating` (preStop, StopContainer with the grace period,
+//! StopPodSandbox, RemovePodSandbox, volumes removed) and is then deleted with grace 0.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodIP, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::events::Recorder;
+use crate::spec::{self, EnvSources};
+use crate::{Kubelet, volumes};
+
+const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
+const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
+const LABEL_POD_NS: &str = "io.kubernetes.pod.namespace";
+const LABEL_CONTAINER: &str = "io.kubernetes.container.name";
+
+const BACKOFF_START: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+fn ts(nanos: i64) -> Option<Time> {
+    if nanos <= 0 {
+        return None;
+    }
+    jiff::Timestamp::from_nanosecond(nanos as i128)
+        .ok()
+        .map(|t| Time(jiff::Timestamp::from_second(t.as_second()).unwrap_or(t)))
+}
+
+fn now() -> Time {
+    Time(
+        jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
+            .unwrap_or_else(|_| jiff::Timestamp::now()),
+    )
+}
+
+/// Per-container memory of the worker: back-off and probe results.
+#[derive(Default)]
+struct ContainerMemo {
+    backoff: Option<Duration>,
+    next_start: Option<Instant>,
+    image_error: Option<(String, String)>,
+    config_error: Option<String>,
+    ready: bool,
+    liveness_failures: i32,
+    readiness_last: Option<Instant>,
+    liveness_last: Option<Instant>,
+    last_started_id: String,
+}
+
+/// What a pass decided about the pod.
+enum Phase {
+    /// Keep going.
+    Live,
+    /// The pod is gone from the node: stop the worker.
+    Done,
+}
+
+/// Runs one pod until it is deleted. `rx` carries the latest Pod object (None: gone from the API).
+pub async fn worker(k: Arc<Kubelet>, mut rx: watch::Receiver<Option<Pod>>) {
+    let mut memo: HashMap<String, ContainerMemo> = HashMap::new();
+    let mut last_status = serde_json::Value::Null;
+    let mut sandbox_error: Option<String> = None;
+    loop {
+        let pod = rx.borrow_and_update().clone();
+        let phase = match pod {
+            None => {
+                if let Some(uid) = current_uid(&rx) {
+                    terminate(&k, &uid, None, 0).await;
+                }
+                Phase::Done
+            }
+            Some(pod) if pod.metadata.deletion_timestamp.is_some() => {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30);
+                terminate(&k, &uid, Some(&pod), grace).await;
+                let api: Api<Pod> = Api::namespaced(
+                    k.client.clone(),
+                    pod.metadata.namespace.as_deref().unwrap_or("default"),
+                );
+                let dp = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    preconditions: Some(Preconditions {
+                        uid: Some(uid),
+                        resource_version: None,
+                    }),
+                    ..Default::default()
+                };
+                match api
+                    .delete(pod.metadata.name.as_deref().unwrap_or(""), &dp)
+                    .await
+                {
+                    Ok(_) => Phase::Done,
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Phase::Done,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "delete terminated pod");
+                        Phase::Live
+                    }
+                }
+            }
+            Some(pod) => {
+                match sync(&k, &pod, &mut memo, &mut sandbox_error).await {
+                    Ok(status) => {
+                        let v = serde_json::to_value(&status).unwrap_or_default();
+                        if v != last_status {
+                            let api: Api<Pod> = Api::namespaced(
+                                k.client.clone(),
+                                pod.metadata.namespace.as_deref().unwrap_or("default"),
+                            );
+                            let name = pod.metadata.name.clone().unwrap_or_default();
+                            match api
+                                .patch_status(
+                                    &name,
+                                    &PatchParams::default(),
+                                    &Patch::Merge(json!({ "status": v })),
+                                )
+                                .await
+                            {
+                                Ok(_) => last_status = v,
+                                Err(e) => tracing::warn!(pod = %name, error = %e, "status update"),
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "pod sync"),
+                }
+                Phase::Live
+            }
+        };
+        if matches!(phase, Phase::Done) {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+        if rx.has_changed().is_err() && rx.borrow().is_none() {
+            // Sender dropped and last value says gone: one more pass tears down.
+            continue;
+        }
+    }
+}
+
+fn current_uid(rx: &watch::Receiver<Option<Pod>>) -> Option<String> {
+    rx.borrow().as_ref().and_then(|p| p.metadata.uid.clone())
+}
+
+async fn sandboxes(k: &Kubelet, uid: &str) -> Vec<cri::PodSandbox> {
+    let filter = cri::PodSandboxFilter {
+        label_selector: [(LABEL_POD_UID.to_string(), uid.to_string())].into(),
+        ..Default::default()
+    };
+    let mut rt = k.cri.rt.clone();
+    rt.list_pod_sandbox(cri::ListPodSandboxRequest {
+        filter: Some(filter),
+    })
+    .await
+    .map(|r| r.into_inner().items)
+    .unwrap_or_default()
+}
+
+async fn containers(k: &Kubelet, sandbox: &str) -> Vec<cri::Container> {
+    let filter = cri::ContainerFilter {
+        pod_sandbox_id: sandbox.into(),
+        ..Default::default()
+    };
+    let mut rt = k.cri.rt.clone();
+    rt.list_containers(cri::ListContainersRequest {
+        filter: Some(filter),
+    })
+    .await
+    .map(|r| r.into_inner().containers)
+    .unwrap_or_default()
+}
+
+async fn container_status(k: &Kubelet, id: &str) -> Option<cri::ContainerStatus> {
+    let mut rt = k.cri.rt.clone();
+    rt.container_status(cri::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .ok()?
+    .into_inner()
+    .status
+}
+
+/// Stops and removes everything the runtime has for pod `uid`.
+pub async fn terminate(k: &Kubelet, uid: &str, pod: Option<&Pod>, grace: i64) {
+    let rec = pod.map(|p| Recorder::new(k.client.clone(), p, &k.config.node_name));
+    let mut rt = k.cri.rt.clone();
+    for sb in sandboxes(k, uid).await {
+        for c in containers(k, &sb.id).await {
+            if c.state == cri::ContainerState::ContainerRunning as i32 {
+                let name = c
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.name.clone())
+                    .unwrap_or_default();
+                let spec = pod
+                    .and_then(|p| p.spec.as_ref())
+                    .and_then(|s| s.containers.iter().find(|x| x.name == name).cloned());
+                if let Some(r) = &rec {
+                    r.normal("Killing", &format!("Stopping container {name}"))
+                        .await;
+                }
+                if let Some(h) = spec
+                    .as_ref()
+                    .and_then(|s| s.lifecycle.as_ref())
+                    .and_then(|l| l.pre_stop.as_ref())
+                    && let Some(e) = &h.exec
+                {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(grace.max(1) as u64),
+                        rt.exec_sync(cri::ExecSyncRequest {
+                            container_id: c.id.clone(),
+                            cmd: e.command.clone().unwrap_or_default(),
+                            timeout: grace.max(1),
+                        }),
+                    )
+                    .await;
+                }
+                let _ = rt
+                    .stop_container(cri::StopContainerRequest {
+                        container_id: c.id.clone(),
+                        timeout: grace,
+                    })
+                    .await;
+            }
+            let _ = rt
+                .remove_container(cri::RemoveContainerRequest {
+                    container_id: c.id.clone(),
+                })
+                .await;
+        }
+        let _ = rt
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: sb.id.clone(),
+            })
+            .await;
+        let _ = rt
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: sb.id.clone(),
+            })
+            .await;
+    }
+    volumes::teardown(&k.config.root_dir, uid);
+}
+
+fn sandbox_config(k: &Kubelet, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig {
+    let m = &pod.metadata;
+    let uid = m.uid.clone().unwrap_or_default();
+    let name = m.name.clone().unwrap_or_default();
+    let ns = m.namespace.clone().unwrap_or_else(|| "default".into());
+    let spec = pod.spec.clone().unwrap_or_default();
+    let mut labels: HashMap<String, String> =
+        m.labels.clone().unwrap_or_default().into_iter().collect();
+    labels.insert(LABEL_POD_UID.into(), uid.clone());
+    labels.insert(LABEL_POD_NAME.into(), name.clone());
+    labels.insert(LABEL_POD_NS.into(), ns.clone());
+    let port_mappings = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.host_port.is_some())
+        .map(|p| cri::PortMapping {
+            protocol: match p.protocol.as_deref() {
+                Some("UDP") => 1,
+                Some("SCTP") => 2,
+                _ => 0,
+            },
+            container_port: p.container_port,
+            host_port: p.host_port.unwrap_or(0),
+            host_ip: p.host_ip.clone().unwrap_or_default(),
+        })
+        .collect();
+    let host_network = spec.host_network == Some(true);
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.clone(),
+            uid: uid.clone(),
+            namespace: ns.clone(),
+            attempt,
+        }),
+        hostname: spec.hostname.clone().unwrap_or_else(|| {
+            if host_network {
+                k.config.node_name.clone()
+            } else {
+                name.clone()
+            }
+        }),
+        log_directory: k
+            .config
+            .root_dir
+            .join("logs")
+            .join(format!("{ns}_{name}_{uid}"))
+            .to_string_lossy()
+            .into_owned(),
+        labels,
+        annotations: m
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        port_mappings,
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: format!("/kubepods/pod{uid}"),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: if host_network { 2 } else { 0 },
+                    pid: 1,
+                    ipc: 0,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Whether the image is present in containerd; on a miss, re-imports the archive directory once.
+async fn ensure_image(k: &Kubelet, c: &Container) -> Result<String, (String, String)> {
+    let image = c.image.clone().unwrap_or_default();
+    let policy = c.image_pull_policy.clone().unwrap_or_else(|| {
+        if image.ends_with(":latest") || !image.rsplit('/').next().unwrap_or("").contains(':') {
+            "Always".into()
+        } else {
+            "IfNotPresent".into()
+        }
+    });
+    let spec_ref = cri::ImageSpec {
+        image: spec::normalize_image(&image),
+        ..Default::default()
+    };
+    let present = |img: Option<cri::Image>| img.map(|i| i.id);
+    let mut is = k.cri.img.clone();
+    let found = is
+        .image_status(cri::ImageStatusRequest {
+            image: Some(spec_ref.clone()),
+            verbose: false,
+        })
+        .await
+        .ok()
+        .and_then(|r| present(r.into_inner().image));
+    if let Some(id) = found {
+        return Ok(id);
+    }
+    if policy == "Never" {
+        return Err((
+            "ErrImageNeverPull".into(),
+            format!("Container image \"{image}\" is not present with pull policy of Never"),
+        ));
+    }
+    let dir = k.layout().images();
+    let _ = crate::runtime::import_images(&k.cri.socket, &dir).await;
+    let found = is
+        .image_status(cri::ImageStatusRequest {
+            image: Some(spec_ref),
+            verbose: false,
+        })
+        .await
+        .ok()
+        .and_then(|r| present(r.into_inner().image));
+    found.ok_or_else(|| {
+        (
+            "ErrImagePull".into(),
+            format!(
+                "Failed to pull image \"{image}\": no registry is reachable and the image is not in the node's image store; put an OCI archive of it into {} (e.g. `lotse images build`)",
+                dir.display()
+            ),
+        )
+    })
+}
+
+async fn start_container(
+    k: &Kubelet,
+    pod: &Pod,
+    c: &Container,
+    sandbox_id: &str,
+    sb_cfg: &cri::PodSandboxConfig,
+    attempt: u32,
+    src: &EnvSources,
+    rec: &Recorder,
+    memo: &mut ContainerMemo,
+) -> bool {
+    let image_id = match ensure_image(k, c).await {
+        Ok(id) => {
+            memo.image_error = None;
+            id
+        }
+        Err((reason, msg)) => {
+            let first = memo.image_error.is_none();
+            memo.image_error = Some((reason.clone(), msg.clone()));
+            if first {
+                rec.warning("Failed", &msg).await;
+                rec.warning("Failed", &format!("Error: {reason}")).await;
+            }
+            let backoff = bump(memo);
+            rec.normal(
+                "BackOff",
+                &format!(
+                    "Back-off pulling image \"{}\"",
+                    c.image.clone().unwrap_or_default()
+                ),
+            )
+            .await;
+            let _ = backoff;
+            return false;
+        }
+    };
+    if attempt == 0 || memo.last_started_id.is_empty() {
+        rec.normal(
+            "Pulled",
+            &format!(
+                "Container image \"{}\" already present on machine",
+                c.image.clone().unwrap_or_default()
+            ),
+        )
+        .await;
+    }
+    let env = match spec::environment(pod, c, src, &k.config.node_ip) {
+        Ok(e) => e,
+        Err(msg) => {
+            if memo.config_error.as_deref() != Some(&msg) {
+                rec.warning("Failed", &format!("Error: {msg}")).await;
+            }
+            memo.config_error = Some(msg);
+            return false;
+        }
+    };
+    memo.config_error = None;
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let vars: HashMap<String, String> = env.iter().cloned().collect();
+    let cfg = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: c.name.clone(),
+            attempt,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image_id,
+            ..Default::default()
+        }),
+        command: c
+            .command
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .map(|s| spec::expand(s, &vars))
+            .collect(),
+        args: c
+            .args
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .map(|s| spec::expand(s, &vars))
+            .collect(),
+        working_dir: c.working_dir.clone().unwrap_or_default(),
+        envs: env
+            .into_iter()
+            .map(|(key, value)| cri::KeyValue { key, value })
+            .collect(),
+        mounts: volumes::mounts(&k.config.root_dir, pod, c),
+        labels: [
+            (LABEL_POD_UID.to_string(), uid),
+            (LABEL_CONTAINER.to_string(), c.name.clone()),
+        ]
+        .into(),
+        log_path: format!("{}/{attempt}.log", c.name),
+        stdin: c.stdin.unwrap_or(false),
+        stdin_once: c.stdin_once.unwrap_or(false),
+        tty: c.tty.unwrap_or(false),
+        linux: Some(cri::LinuxContainerConfig {
+            resources: Some(spec::resources(c)),
+            security_context: Some(spec::security(pod, c)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut rt = k.cri.rt.clone();
+    let created = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox_id.into(),
+            config: Some(cfg),
+            sandbox_config: Some(sb_cfg.clone()),
+        })
+        .await;
+    let id = match created {
+        Ok(r) => r.into_inner().container_id,
+        Err(e) => {
+            rec.warning("Failed", &format!("Error: {}", e.message()))
+                .await;
+            memo.config_error = Some(e.message().to_string());
+            bump(memo);
+            return false;
+        }
+    };
+    rec.normal("Created", &format!("Created container: {}", c.name))
+        .await;
+    if let Err(e) = rt
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+    {
+        rec.warning(
+            "Failed",
+            &format!(
+                "Error: failed to start container \"{}\": {}",
+                c.name,
+                e.message()
+            ),
+        )
+        .await;
+        bump(memo);
+        return false;
+    }
+    rec.normal("Started", &format!("Started container {}", c.name))
+        .await;
+    memo.last_started_id = id;
+    memo.ready = false;
+    memo.liveness_failures = 0;
+    true
+}
+
+/// Doubles the back-off (10 s → 5 min) and schedules the next attempt.
+fn bump(memo: &mut ContainerMemo) -> Duration {
+    let b = match memo.backoff {
+        None => BACKOFF_START,
+        Some(b) => (b * 2).min(BACKOFF_MAX),
+    };
+    memo.backoff = Some(b);
+    memo.next_start = Some(Instant::now() + b);
+    b
+}
+
+struct Seen {
+    latest: Option<(cri::Container, cri::ContainerStatus)>,
+    previous: Option<cri::ContainerStatus>,
+}
+
+async fn seen(k: &Kubelet, all: &[cri::Container], name: &str) -> Seen {
+    let mut mine: Vec<&cri::Container> = all
+        .iter()
+        .filter(|c| c.metadata.as_ref().map(|m| m.name.as_str()) == Some(name))
+        .collect();
+    mine.sort_by_key(|c| std::cmp::Reverse(c.metadata.as_ref().map(|m| m.attempt).unwrap_or(0)));
+    let latest = match mine.first() {
+        Some(c) => container_status(k, &c.id).await.map(|s| ((*c).clone(), s)),
+        None => None,
+    };
+    let previous = match mine.get(1) {
+        Some(c) => container_status(k, &c.id).await,
+        None => None,
+    };
+    // Keep only the last two attempts (the previous one serves lastState and `logs --previous`).
+    let mut rt = k.cri.rt.clone();
+    for old in mine.iter().skip(2) {
+        let _ = rt
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: old.id.clone(),
+            })
+            .await;
+    }
+    Seen { latest, previous }
+}
+
+fn terminated(s: &cri::ContainerStatus, id_prefix: &str) -> ContainerStateTerminated {
+    let reason = if !s.reason.is_empty() {
+        s.reason.clone()
+    } else if s.exit_code == 0 {
+        "Completed".into()
+    } else {
+        "Error".into()
+    };
+    ContainerStateTerminated {
+        exit_code: s.exit_code,
+        reason: Some(reason),
+        message: Some(s.message.clone()).filter(|m| !m.is_empty()),
+        started_at: ts(s.started_at),
+        finished_at: ts(s.finished_at),
+        container_id: Some(format!("{id_prefix}{}", s.id)),
+        signal: None,
+    }
+}
+
+async fn sync(
+    k: &Kubelet,
+    pod: &Pod,
+    memo: &mut HashMap<String, ContainerMemo>,
+    sandbox_error: &mut Option<String>,
+) -> Result<PodStatus, crate::Error> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let rec = Recorder::new(k.client.clone(), pod, &k.config.node_name);
+    let restart_policy = spec
+        .restart_policy
+        .clone()
+        .unwrap_or_else(|| "Always".into());
+    let mut rt = k.cri.rt.clone();
+    let old = pod.status.clone().unwrap_or_default();
+    let start_time = old.start_time.clone().unwrap_or_else(now);
+
+    // Sandbox
+    let all_sb = sandboxes(k, &uid).await;
+    let ready_sb = all_sb
+        .iter()
+        .filter(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
+        .max_by_key(|s| s.created_at)
+        .cloned();
+    let attempt = all_sb
+        .iter()
+        .filter_map(|s| s.metadata.as_ref().map(|m| m.attempt + 1))
+        .max()
+        .unwrap_or(0);
+    let src = EnvSources::fetch(&k.client, pod).await?;
+    if let Err(msg) = volumes::setup(&k.config.root_dir, &k.client, pod, &src, &k.ca_pem).await {
+        if sandbox_error.as_deref() != Some(&msg) {
+            rec.warning("FailedMount", &format!("MountVolume.SetUp failed: {msg}"))
+                .await;
+        }
+        *sandbox_error = Some(msg);
+        return Ok(pending_status(
+            pod,
+            &start_time,
+            k,
+            "ContainerCreating",
+            None,
+        ));
+    }
+    let all_done =
+        |phase: &Option<String>| matches!(phase.as_deref(), Some("Succeeded") | Some("Failed"));
+    let sb = match ready_sb {
+        Some(s) => s,
+        None if all_done(&old.phase) => return Ok(old),
+        None => {
+            // Remove NOTREADY leftovers: a failed RunPodSandbox keeps its name reserved.
+            for s in &all_sb {
+                let _ = rt
+                    .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                        pod_sandbox_id: s.id.clone(),
+                    })
+                    .await;
+                let _ = rt
+                    .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                        pod_sandbox_id: s.id.clone(),
+                    })
+                    .await;
+            }
+            let cfg = sandbox_config(k, pod, attempt);
+            let _ = std::fs::create_dir_all(&cfg.log_directory);
+            match rt
+                .run_pod_sandbox(cri::RunPodSandboxRequest {
+                    config: Some(cfg),
+                    runtime_handler: String::new(),
+                })
+                .await
+            {
+                Ok(_) => {
+                    *sandbox_error = None;
+                    let s = sandboxes(k, &uid).await;
+                    match s
+                        .into_iter()
+                        .find(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
+                    {
+                        Some(s) => s,
+                        None => {
+                            return Ok(pending_status(
+                                pod,
+                                &start_time,
+                                k,
+                                "ContainerCreating",
+                                None,
+                            ));
+                        }
+                    }
+                }
+                Err(e) => {
+                    let msg = format!("Failed to create pod sandbox: {}", e.message());
+                    if sandbox_error.as_deref() != Some(&msg) {
+                        rec.warning("FailedCreatePodSandBox", &msg).await;
+                    }
+                    *sandbox_error = Some(msg);
+                    return Ok(pending_status(
+                        pod,
+                        &start_time,
+                        k,
+                        "ContainerCreating",
+                        None,
+                    ));
+                }
+            }
+        }
+    };
+    let sb_cfg = sandbox_config(k, pod, sb.metadata.as_ref().map(|m| m.attempt).unwrap_or(0));
+    let pod_ip = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: sb.id.clone(),
+            verbose: false,
+        })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().status)
+        .and_then(|s| s.network)
+        .map(|n| n.ip)
+        .filter(|ip| !ip.is_empty())
+        .unwrap_or_else(|| {
+            if spec.host_network == Some(true) {
+                k.config.node_ip.clone()
+            } else {
+                String::new()
+            }
+        });
+    let ctrs = containers(k, &sb.id).await;
+
+    // Init containers, in order.
+    let mut init_statuses = Vec::new();
+    let mut initialized = true;
+    for c in spec.init_containers.iter().flatten() {
+        let m = memo.entry(format!("init:{}", c.name)).or_default();
+        let s = seen(k, &ctrs, &c.name).await;
+        let (status, done) = match &s.latest {
+            Some((ctr, st))
+                if st.state == cri::ContainerState::ContainerExited as i32 && st.exit_code == 0 =>
+            {
+                (
+                    container_status_of(c, Some((ctr, st)), s.previous.as_ref(), false, None),
+                    true,
+                )
+            }
+            Some((ctr, st))
+                if st.state == cri::ContainerState::ContainerRunning as i32
+                    || st.state == cri::ContainerState::ContainerCreated as i32 =>
+            {
+                (
+                    container_status_of(c, Some((ctr, st)), s.previous.as_ref(), false, None),
+                    false,
+                )
+            }
+            latest => {
+                let failed = latest.is_some();
+                let attempt_next = latest
+                    .as_ref()
+                    .map(|(c, _)| c.metadata.as_ref().map(|m| m.attempt + 1).unwrap_or(1))
+                    .unwrap_or(0);
+                let waiting = if failed && restart_policy == "Never" {
+                    None
+                } else if m.next_start.map(|t| Instant::now() < t).unwrap_or(false) {
+                    Some(("CrashLoopBackOff".to_string(), backoff_msg(m, c, pod)))
+                } else {
+                    if failed {
+                        rec.warning(
+                            "BackOff",
+                            &format!(
+                                "Back-off restarting failed container {} in pod {}",
+                                c.name,
+                                pod_ref(pod)
+                            ),
+                        )
+                        .await;
+                    }
+                    if start_container(k, pod, c, &sb.id, &sb_cfg, attempt_next, &src, &rec, m)
+                        .await
+                    {
+                        if failed {
+                            bump(m);
+                        }
+                        None
+                    } else {
+                        m.image_error.clone().or(m
+                            .config_error
+                            .clone()
+                            .map(|e| ("CreateContainerConfigError".into(), e)))
+                    }
+                };
+                (
+                    container_status_of(
+                        c,
+                        latest.as_ref().map(|(a, b)| (a, b)),
+                        s.previous.as_ref(),
+                        false,
+                        waiting,
+                    ),
+                    false,
+                )
+            }
+        };
+        init_statuses.push(status);
+        if !done {
+            initialized = false;
+            break;
+        }
+    }
+    // Pad statuses of init containers not reached yet.
+    for c in spec
+        .init_containers
+        .iter()
+        .flatten()
+        .skip(init_statuses.len())
+    {
+        init_statuses.push(container_status_of(
+            c,
+            None,
+            None,
+            false,
+            Some(("PodInitializing".into(), String::new())),
+        ));
+    }
+
+    let mut statuses = Vec::new();
+    for c in &spec.containers {
+        if !initialized {
+            statuses.push(container_status_of(
+                c,
+                None,
+                None,
+                false,
+                Some(("PodInitializing".into(), String::new())),
+            ));
+            continue;
+        }
+        let m = memo.entry(c.name.clone()).or_default();
+        let s = seen(k, &ctrs, &c.name).await;
+        let mut waiting = None;
+        match &s.latest {
+            None => {
+                if m.next_start.map(|t| Instant::now() < t).unwrap_or(false) {
+                    let reason = if m.image_error.is_some() {
+                        "ImagePullBackOff"
+                    } else {
+                        "CreateContainerConfigError"
+                    };
+                    let msg = m
+                        .image_error
+                        .clone()
+                        .map(|e| {
+                            format!(
+                                "Back-off pulling image \"{}\": {}",
+                                c.image.clone().unwrap_or_default(),
+                                e.1
+                            )
+                        })
+                        .or(m.config_error.clone())
+                        .unwrap_or_default();
+                    waiting = Some((reason.to_string(), msg));
+                } else if !start_container(k, pod, c, &sb.id, &sb_cfg, 0, &src, &rec, m).await {
+                    waiting = m.image_error.clone().or(m
+                        .config_error
+                        .clone()
+                        .map(|e| ("CreateContainerConfigError".into(), e)));
+                }
+            }
+            Some((ctr, st)) if st.state == cri::ContainerState::ContainerExited as i32 => {
+                let restart = match restart_policy.as_str() {
+                    "Always" => true,
+                    "OnFailure" => st.exit_code != 0,
+                    _ => false,
+                };
+                if restart {
+                    let next = ctr.metadata.as_ref().map(|m| m.attempt + 1).unwrap_or(1);
+                    if m.last_started_id == ctr.id || m.next_start.is_none() {
+                        // First time this exit is seen: schedule the restart after the back-off.
+                        if m.last_started_id == ctr.id || m.backoff.is_none() {
+                            bump(m);
+                            m.last_started_id = format!("exited:{}", ctr.id);
+                        }
+                    }
+                    if m.next_start.map(|t| Instant::now() < t).unwrap_or(false) {
+                        waiting = Some(("CrashLoopBackOff".to_string(), backoff_msg(m, c, pod)));
+                        if m.last_started_id == format!("exited:{}", ctr.id) {
+                            rec.warning(
+                                "BackOff",
+                                &format!(
+                                    "Back-off restarting failed container {} in pod {}",
+                                    c.name,
+                                    pod_ref(pod)
+                                ),
+                            )
+                            .await;
+                            m.last_started_id = format!("reported:{}", ctr.id);
+                        }
+                    } else {
+                        start_container(k, pod, c, &sb.id, &sb_cfg, next, &src, &rec, m).await;
+                    }
+                }
+            }
+            Some((ctr, st)) if st.state == cri::ContainerState::ContainerRunning as i32 => {
+                if m.last_started_id.is_empty() {
+                    m.last_started_id = ctr.id.clone();
+                }
+                // A container that ran 10 minutes resets its back-off, as Kubernetes does.
+                if st.started_at > 0
+                    && (jiff::Timestamp::now().as_nanosecond() as i64 - st.started_at)
+                        > 600_000_000_000
+                {
+                    m.backoff = None;
+                }
+                probes(k, pod, c, ctr, st, m, &rec).await;
+            }
+            _ => {}
+        }
+        // Re-read after any start so the status reflects what runs now.
+        let s = if waiting.is_none()
+            && !matches!(&s.latest, Some((_, st)) if st.state == cri::ContainerState::ContainerRunning as i32)
+        {
+            let ctrs = containers(k, &sb.id).await;
+            seen(k, &ctrs, &c.name).await
+        } else {
+            s
+        };
+        let ready = m.ready;
+        statuses.push(container_status_of(
+            c,
+            s.latest.as_ref().map(|(a, b)| (a, b)),
+            s.previous.as_ref(),
+            ready,
+            waiting,
+        ));
+    }
+
+    Ok(build_status(
+        pod,
+        &start_time,
+        k,
+        initialized,
+        init_statuses,
+        statuses,
+        &pod_ip,
+        &restart_policy,
+    ))
+}
+
+fn pod_ref(pod: &Pod) -> String {
+    format!(
+        "{}_{}({})",
+        pod.metadata.name.clone().unwrap_or_default(),
+        pod.metadata.namespace.clone().unwrap_or_default(),
+        pod.metadata.uid.clone().unwrap_or_default()
+    )
+}
+
+fn backoff_msg(m: &ContainerMemo, c: &Container, pod: &Pod) -> String {
+    let secs = m.backoff.unwrap_or(BACKOFF_START).as_secs();
+    let b = if secs >= 60 {
+        format!("{}m{}s", secs / 60, secs % 60)
+    } else {
+        format!("{secs}s")
+    };
+    format!(
+        "back-off {b} restarting failed container={} pod={}",
+        c.name,
+        pod_ref(pod)
+    )
+}
+
+async fn probes(
+    k: &Kubelet,
+    pod: &Pod,
+    c: &Container,
+    ctr: &cri::Container,
+    st: &cri::ContainerStatus,
+    m: &mut ContainerMemo,
+    rec: &Recorder,
+) {
+    let started_for = Duration::from_nanos(
+        (jiff::Timestamp::now().as_nanosecond() as i64 - st.started_at).max(0) as u64,
+    );
+    let ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .unwrap_or_default();
+    if let Some(p) = &c.readiness_probe {
+        let delay = Duration::from_secs(p.initial_delay_seconds.unwrap_or(0) as u64);
+        let period = Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
+        if started_for >= delay
+            && m.readiness_last
+                .map(|t| t.elapsed() >= period)
+                .unwrap_or(true)
+        {
+            m.readiness_last = Some(Instant::now());
+            match crate::probe::run(k, p, &ctr.id, &ip).await {
+                Ok(()) => m.ready = true,
+                Err(e) => {
+                    if m.ready || m.readiness_last.is_some() {
+                        rec.warning("Unhealthy", &format!("Readiness probe failed: {e}"))
+                            .await;
+                    }
+                    m.ready = false;
+                }
+            }
+        }
+    } else {
+        m.ready = true;
+    }
+    if let Some(p) = &c.liveness_probe {
+        let delay = Duration::from_secs(p.initial_delay_seconds.unwrap_or(0) as u64);
+        let period = Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
+        if started_for >= delay
+            && m.liveness_last
+                .map(|t| t.elapsed() >= period)
+                .unwrap_or(true)
+        {
+            m.liveness_last = Some(Instant::now());
+            match crate::probe::run(k, p, &ctr.id, &ip).await {
+                Ok(()) => m.liveness_failures = 0,
+                Err(e) => {
+                    m.liveness_failures += 1;
+                    rec.warning("Unhealthy", &format!("Liveness probe failed: {e}"))
+                        .await;
+                    if m.liveness_failures >= p.failure_threshold.unwrap_or(3) {
+                        rec.normal(
+                            "Killing",
+                            &format!(
+                                "Container {} failed liveness probe, will be restarted",
+                                c.name
+                            ),
+                        )
+                        .await;
+                        let grace = pod
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.termination_grace_period_seconds)
+                            .unwrap_or(30);
+                        let mut rt = k.cri.rt.clone();
+                        let _ = rt
+                            .stop_container(cri::StopContainerRequest {
+                                container_id: ctr.id.clone(),
+                                timeout: p.termination_grace_period_seconds.unwrap_or(grace),
+                            })
+                            .await;
+                        m.liveness_failures = 0;
+                        // A liveness restart is immediate the first time (no back-off yet).
+                        m.next_start = None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn container_status_of(
+    c: &Container,
+    latest: Option<(&cri::Container, &cri::ContainerStatus)>,
+    previous: Option<&cri::ContainerStatus>,
+    ready: bool,
+    waiting: Option<(String, String)>,
+) -> ContainerStatus {
+    let prefix = "containerd://";
+    let mut out = ContainerStatus {
+        name: c.name.clone(),
+        image: c.image.clone().unwrap_or_default(),
+        image_id: String::new(),
+        ready: false,
+        restart_count: 0,
+        started: Some(false),
+        ..Default::default()
+    };
+    if let Some((ctr, st)) = latest {
+        out.restart_count = ctr.metadata.as_ref().map(|m| m.attempt as i32).unwrap_or(0);
+        out.container_id = Some(format!("{prefix}{}", st.id));
+        out.image_id = st.image_ref.clone();
+        // Kubernetes reports the fully qualified reference the runtime resolved.
+        out.image = spec::normalize_image(&out.image);
+        match st.state {
+            s if s == cri::ContainerState::ContainerRunning as i32 => {
+                out.state = Some(ContainerState {
+                    running: Some(ContainerStateRunning {
+                        started_at: ts(st.started_at),
+                    }),
+                    ..Default::default()
+                });
+                out.started = Some(true);
+                out.ready = ready;
+            }
+            s if s == cri::ContainerState::ContainerExited as i32 => {
+                out.state = Some(ContainerState {
+                    terminated: Some(terminated(st, prefix)),
+                    ..Default::default()
+                });
+            }
+            _ => {
+                out.state = Some(ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some("ContainerCreating".into()),
+                        message: None,
+                    }),
+                    ..Default::default()
+                });
+            }
+        }
+        if let Some(p) = previous
+            && p.state == cri::ContainerState::ContainerExited as i32
+        {
+            out.last_state = Some(ContainerState {
+                terminated: Some(terminated(p, prefix)),
+                ..Default::default()
+            });
+        }
+    }
+    if let Some((reason, msg)) = waiting {
+        if let Some(ContainerState {
+            terminated: Some(t),
+            ..
+        }) = out.state.take()
+        {
+            out.last_state = Some(ContainerState {
+                terminated: Some(t),
+                ..Default::default()
+            });
+        }
+        out.state = Some(ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some(reason),
+                message: Some(msg).filter(|m| !m.is_empty()),
+            }),
+            ..Default::default()
+        });
+        out.ready = false;
+        out.started = Some(false);
+    }
+    if out.state.is_none() {
+        out.state = Some(ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some("ContainerCreating".into()),
+                message: None,
+            }),
+            ..Default::default()
+        });
+    }
+    out
+}
+
+fn cond(kind: &str, ok: bool, reason: Option<&str>, old: &PodStatus) -> PodCondition {
+    let status = if ok { "True" } else { "False" };
+    let prev = old.conditions.iter().flatten().find(|c| c.type_ == kind);
+    let since = match prev {
+        Some(p) if p.status == status => p.last_transition_time.clone(),
+        _ => Some(now()),
+    };
+    PodCondition {
+        type_: kind.into(),
+        status: status.into(),
+        reason: reason.map(str::to_string),
+        last_transition_time: since,
+        last_probe_time: None,
+        message: None,
+        observed_generation: None,
+    }
+}
+
+fn pending_status(
+    pod: &Pod,
+    start: &Time,
+    k: &Kubelet,
+    reason: &str,
+    _msg: Option<String>,
+) -> PodStatus {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let waiting = Some((reason.to_string(), String::new()));
+    let init: Vec<_> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| container_status_of(c, None, None, false, waiting.clone()))
+        .collect();
+    let main: Vec<_> = spec
+        .containers
+        .iter()
+        .map(|c| container_status_of(c, None, None, false, waiting.clone()))
+        .collect();
+    build_status(
+        pod,
+        start,
+        k,
+        spec.init_containers
+            .as_ref()
+            .map(|v| v.is_empty())
+            .unwrap_or(true),
+        init,
+        main,
+        "",
+        "Always",
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_status(
+    pod: &Pod,
+    start: &Time,
+    k: &Kubelet,
+    initialized: bool,
+    init: Vec<ContainerStatus>,
+    main: Vec<ContainerStatus>,
+    pod_ip: &str,
+    restart_policy: &str,
+) -> PodStatus {
+    let old = pod.status.clone().unwrap_or_default();
+    let running = main
+        .iter()
+        .filter(|s| s.state.as_ref().and_then(|s| s.running.as_ref()).is_some())
+        .count();
+    let terminated: Vec<&ContainerStateTerminated> = main
+        .iter()
+        .filter_map(|s| s.state.as_ref().and_then(|s| s.terminated.as_ref()))
+        .collect();
+    let waiting_after_run = main
+        .iter()
+        .filter(|s| {
+            s.state.as_ref().and_then(|s| s.waiting.as_ref()).is_some() && s.last_state.is_some()
+        })
+        .count();
+    let n = main.len();
+    let phase = if !initialized {
+        if init.iter().any(|s| {
+            s.state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .map(|t| t.exit_code != 0)
+                .unwrap_or(false)
+        }) && restart_policy == "Never"
+        {
+            "Failed"
+        } else {
+            "Pending"
+        }
+    } else if terminated.len() == n && n > 0 {
+        if terminated.iter().all(|t| t.exit_code == 0) {
+            if restart_policy == "Always" {
+                "Running"
+            } else {
+                "Succeeded"
+            }
+        } else if restart_policy == "Never" {
+            "Failed"
+        } else {
+            "Running"
+        }
+    } else if running + waiting_after_run + terminated.len() == n
+        && running + waiting_after_run + terminated.len() > 0
+        && (running > 0 || waiting_after_run > 0)
+    {
+        "Running"
+    } else {
+        "Pending"
+    };
+    let all_ready = n > 0 && main.iter().all(|s| s.ready);
+    let reason_ready = if all_ready {
+        None
+    } else {
+        Some("ContainersNotReady")
+    };
+    let done = matches!(phase, "Succeeded" | "Failed");
+    let mut conditions = vec![
+        cond(
+            "PodReadyToStartContainers",
+            !pod_ip.is_empty() || done,
+            None,
+            &old,
+        ),
+        cond(
+            "Initialized",
+            initialized,
+            if initialized {
+                None
+            } else {
+                Some("ContainersNotInitialized")
+            },
+            &old,
+        ),
+        cond(
+            "Ready",
+            all_ready,
+            if done && !all_ready {
+                Some("PodCompleted")
+            } else {
+                reason_ready
+            },
+            &old,
+        ),
+        cond(
+            "ContainersReady",
+            all_ready,
+            if done && !all_ready {
+                Some("PodCompleted")
+            } else {
+                reason_ready
+            },
+            &old,
+        ),
+        cond("PodScheduled", true, None, &old),
+    ];
+    if done {
+        for c in conditions
+            .iter_mut()
+            .filter(|c| c.type_ == "PodReadyToStartContainers")
+        {
+            c.status = "False".into();
+        }
+    }
+    PodStatus {
+        phase: Some(phase.into()),
+        conditions: Some(conditions),
+        host_ip: Some(k.config.node_ip.clone()),
+        host_ips: Some(vec![k8s_openapi::api::core::v1::HostIP {
+            ip: k.config.node_ip.clone(),
+        }]),
+        pod_ip: Some(pod_ip.to_string()).filter(|s| !s.is_empty()),
+        pod_ips: Some(vec![PodIP {
+            ip: pod_ip.to_string(),
+        }])
+        .filter(|_| !pod_ip.is_empty()),
+        start_time: Some(start.clone()),
+        container_statuses: Some(main),
+        init_container_statuses: Some(init).filter(|v| !v.is_empty()),
+        qos_class: old.qos_class.clone().or_else(|| Some(qos_class(pod))),
+        ..Default::default()
+    }
+}
+
+fn qos_class(pod: &Pod) -> String {
+    let cs = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.clone())
+        .unwrap_or_default();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &cs {
+        let r = c.resources.clone().unwrap_or_default();
+        let l = r.limits.unwrap_or_default();
+        let q = r.requests.unwrap_or_default();
+        if !l.is_empty() || !q.is_empty() {
+            any = true;
+        }
+        for k in ["cpu", "memory"] {
+            match (l.get(k), q.get(k).or(l.get(k))) {
+                (Some(a), Some(b)) if a == b => {}
+                _ => guaranteed = false,
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+    .into()
+}

@@ -1,0 +1,249 @@
+//! The container runtime side: starting and supervising containerd with Lotse's configuration,
+//! the CRI gRPC connection, the CNI setup containerd uses, and airgapped image import.
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::Error;
+
+/// containerd configuration template; `@ROOT@` becomes the kubelet's root dir.
+const CONTAINERD_CONFIG: &str = include_str!("containerd.toml");
+
+/// CRI clients sharing one connection.
+#[derive(Clone)]
+pub struct Cri {
+    /// RuntimeService.
+    pub rt: RuntimeServiceClient<Channel>,
+    /// ImageService.
+    pub img: ImageServiceClient<Channel>,
+    /// The socket path.
+    pub socket: PathBuf,
+}
+
+/// Connects to a CRI endpoint (`unix:///path` or a plain path). The connection is lazy: calls
+/// made while the runtime is down fail and later ones reconnect.
+pub fn connect(endpoint: &str) -> Result<Cri, Error> {
+    let socket = PathBuf::from(endpoint.strip_prefix("unix://").unwrap_or(endpoint));
+    let path = socket.clone();
+    let ch = Endpoint::try_from("http://[::]")
+        .map_err(|e| Error::Runtime(format!("CRI endpoint: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+            let p = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
+        }));
+    Ok(Cri {
+        rt: RuntimeServiceClient::new(ch.clone()),
+        img: ImageServiceClient::new(ch),
+        socket,
+    })
+}
+
+/// Paths the kubelet's own containerd and CNI use under the root dir.
+pub struct Layout {
+    /// The root dir.
+    pub root: PathBuf,
+}
+
+impl Layout {
+    /// containerd's socket.
+    pub fn socket(&self) -> PathBuf {
+        self.root.join("containerd/containerd.sock")
+    }
+    /// CNI plugin binaries (lotse-cni and loopback).
+    pub fn cni_bin(&self) -> PathBuf {
+        self.root.join("cni/bin")
+    }
+    /// CNI network configurations.
+    pub fn cni_conf(&self) -> PathBuf {
+        self.root.join("cni/net.d")
+    }
+    /// Image archives imported at start.
+    pub fn images(&self) -> PathBuf {
+        self.root.join("images")
+    }
+}
+
+fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
+    let w = what.to_string();
+    move |e| Error::Runtime(format!("{w}: {e}"))
+}
+
+/// Finds an executable next to the current one, then on PATH, then in `extra` dirs.
+pub fn find_binary(name: &str, extra: &[&str]) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(d) = exe.parent()
+    {
+        dirs.push(d.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&p));
+    }
+    dirs.extend(extra.iter().map(PathBuf::from));
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// Installs the CNI binaries containerd runs (lotse-cni, loopback) into `<root>/cni/bin` and writes
+/// the conflist for the node's podCIDR.
+pub fn setup_cni(layout: &Layout, pod_cidr: &str) -> Result<(), Error> {
+    let bin = layout.cni_bin();
+    std::fs::create_dir_all(&bin).map_err(io_err(format!("create {}", bin.display())))?;
+    let cni = find_binary("lotse-cni", &[]).ok_or_else(|| {
+        Error::Runtime(
+            "lotse-cni not found next to the kubelet or on PATH (cargo build -p cni-plugin)".into(),
+        )
+    })?;
+    let loopback = find_binary("loopback", &["/usr/lib/cni", "/opt/cni/bin"]).ok_or_else(|| {
+        Error::Runtime("CNI 'loopback' plugin not found in /usr/lib/cni or /opt/cni/bin (Debian package containernetworking-plugins)".into())
+    })?;
+    for (src, name) in [(cni, "lotse-cni"), (loopback, "loopback")] {
+        let dst = bin.join(name);
+        let _ = std::fs::remove_file(&dst);
+        std::os::unix::fs::symlink(&src, &dst)
+            .map_err(io_err(format!("symlink {}", dst.display())))?;
+    }
+    let conf = layout.cni_conf();
+    std::fs::create_dir_all(&conf).map_err(io_err(format!("create {}", conf.display())))?;
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "lotse",
+        "plugins": [{
+            "type": "lotse-cni",
+            "bridge": "lotse0",
+            "podCIDR": pod_cidr,
+            "dataDir": layout.root.join("cni/networks"),
+        }]
+    });
+    let path = conf.join("10-lotse.conflist");
+    let text =
+        serde_json::to_string_pretty(&conflist).map_err(|e| Error::Runtime(e.to_string()))?;
+    std::fs::write(&path, text).map_err(io_err(format!("write {}", path.display())))
+}
+
+/// A containerd process started and supervised by the kubelet.
+pub struct Containerd {
+    child: tokio::process::Child,
+}
+
+impl Containerd {
+    /// Writes `<root>/containerd/config.toml` and starts containerd, waiting (bounded) until its
+    /// socket answers. Its log goes to `<root>/containerd/containerd.log`.
+    pub async fn start(layout: &Layout) -> Result<Containerd, Error> {
+        let dir = layout.root.join("containerd");
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        let root = layout.root.to_string_lossy();
+        let config = dir.join("config.toml");
+        std::fs::write(&config, CONTAINERD_CONFIG.replace("@ROOT@", &root))
+            .map_err(io_err("write containerd config"))?;
+        let bin = find_binary("containerd", &["/usr/bin", "/usr/local/bin"]).ok_or_else(|| {
+            Error::Runtime("containerd not found (Debian packages containerd and runc)".into())
+        })?;
+        let log = std::fs::File::create(dir.join("containerd.log"))
+            .map_err(io_err("create containerd.log"))?;
+        let log2 = log.try_clone().map_err(io_err("containerd.log"))?;
+        let socket = layout.socket();
+        let _ = std::fs::remove_file(&socket);
+        let child = tokio::process::Command::new(bin)
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io_err("spawn containerd"))?;
+        let mut c = Containerd { child };
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if UnixStream::connect(&socket).await.is_ok() {
+                tracing::info!(socket = %socket.display(), ms = t0.elapsed().as_millis() as u64, "containerd ready");
+                return Ok(c);
+            }
+            if let Ok(Some(status)) = c.child.try_wait() {
+                return Err(Error::Runtime(format!(
+                    "containerd exited with {status}; see {}",
+                    dir.join("containerd.log").display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(Error::Runtime(
+            "containerd did not open its socket within 20 s".into(),
+        ))
+    }
+
+    /// Waits until containerd exits.
+    pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// Stops containerd (SIGTERM, then SIGKILL after 5 s). Pods keep running in their shims.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+            if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Imports every `*.tar` / `*.tar.gz` / `*.oci` archive in `dir` into containerd's `k8s.io`
+/// namespace with `ctr images import`. Returns the archives that failed, with the reason.
+pub async fn import_images(socket: &Path, dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut failed = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return failed;
+    };
+    let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    let Some(ctr) = find_binary("ctr", &["/usr/bin"]) else {
+        return files
+            .into_iter()
+            .map(|f| (f, "ctr not found (Debian package containerd)".to_string()))
+            .collect();
+    };
+    for f in files {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if !(name.ends_with(".tar")
+            || name.ends_with(".tar.gz")
+            || name.ends_with(".tgz")
+            || name.ends_with(".oci"))
+        {
+            continue;
+        }
+        let t0 = Instant::now();
+        let out = tokio::process::Command::new(&ctr)
+            .arg("-a")
+            .arg(socket)
+            .args(["-n", "k8s.io", "images", "import"])
+            .arg(&f)
+            .output()
+            .await;
+        match out {
+            Ok(o) if o.status.success() => {
+                tracing::info!(archive = %f.display(), ms = t0.elapsed().as_millis() as u64, "imported image archive")
+            }
+            Ok(o) => failed.push((f, String::from_utf8_lossy(&o.stderr).trim().to_string())),
+            Err(e) => failed.push((f, e.to_string())),
+        }
+    }
+    failed
+}

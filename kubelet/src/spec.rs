@@ -1,0 +1,515 @@
+//! Translating a Pod's spec into CRI configurations: environment, mounts, resources, security.
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
+use kube::api::{Api, ListParams};
+
+use crate::Error;
+
+/// Parses a Kubernetes quantity into a number of base units (CPU cores, bytes).
+pub fn parse_quantity(q: &str) -> Option<f64> {
+    let q = q.trim();
+    let split = q.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024f64.powi(4),
+        _ => return None,
+    };
+    Some(n * mult)
+}
+
+/// The CRI resources for a container: CPU request → shares, CPU limit → CFS quota, memory limit.
+pub fn resources(c: &Container) -> cri::LinuxContainerResources {
+    let r = c.resources.clone().unwrap_or_default();
+    let get =
+        |m: &Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+         k: &str| {
+            m.as_ref()
+                .and_then(|m| m.get(k))
+                .and_then(|q| parse_quantity(&q.0))
+        };
+    let mut out = cri::LinuxContainerResources {
+        cpu_period: 100_000,
+        ..Default::default()
+    };
+    let cpu_req = get(&r.requests, "cpu").or(get(&r.limits, "cpu"));
+    out.cpu_shares = cpu_req.map(|c| ((c * 1024.0) as i64).max(2)).unwrap_or(2);
+    if let Some(l) = get(&r.limits, "cpu") {
+        out.cpu_quota = ((l * 100_000.0) as i64).max(1000);
+    }
+    if let Some(m) = get(&r.limits, "memory") {
+        out.memory_limit_in_bytes = m as i64;
+    }
+    out
+}
+
+fn field_ref(pod: &Pod, path: &str, host_ip: &str) -> String {
+    let m = &pod.metadata;
+    let status = pod.status.clone().unwrap_or_default();
+    match path {
+        "metadata.name" => m.name.clone().unwrap_or_default(),
+        "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
+        "metadata.uid" => m.uid.clone().unwrap_or_default(),
+        "spec.nodeName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default(),
+        "spec.serviceAccountName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
+        "status.hostIP" => host_ip.to_string(),
+        "status.podIP" => status.pod_ip.unwrap_or_default(),
+        p => {
+            if let Some(k) = p
+                .strip_prefix("metadata.labels['")
+                .and_then(|k| k.strip_suffix("']"))
+            {
+                return m
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(k).cloned())
+                    .unwrap_or_default();
+            }
+            if let Some(k) = p
+                .strip_prefix("metadata.annotations['")
+                .and_then(|k| k.strip_suffix("']"))
+            {
+                return m
+                    .annotations
+                    .as_ref()
+                    .and_then(|l| l.get(k).cloned())
+                    .unwrap_or_default();
+            }
+            String::new()
+        }
+    }
+}
+
+fn resource_ref(c: &Container, resource: &str, divisor: Option<&str>) -> String {
+    let r = c.resources.clone().unwrap_or_default();
+    let (map, key) = match resource.split_once('.') {
+        Some(("limits", k)) => (r.limits, k),
+        Some(("requests", k)) => (r.requests, k),
+        _ => return String::new(),
+    };
+    let v = map.and_then(|m| m.get(key).and_then(|q| parse_quantity(&q.0)));
+    let div = divisor.and_then(parse_quantity).unwrap_or(1.0);
+    match v {
+        Some(v) => ((v / div).ceil() as i64).to_string(),
+        None if key == "cpu" => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .to_string(),
+        None => String::new(),
+    }
+}
+
+/// Everything environment resolution reads from the API, fetched once per container start.
+pub struct EnvSources {
+    /// ConfigMaps of the pod's namespace by name (only those referenced).
+    pub config_maps: HashMap<String, ConfigMap>,
+    /// Secrets likewise.
+    pub secrets: HashMap<String, Secret>,
+    /// Services of the namespace, for the Docker-link style variables.
+    pub services: Vec<Service>,
+}
+
+impl EnvSources {
+    /// Fetches what `pod` refers to; a missing object is left out (and reported on use).
+    pub async fn fetch(client: &kube::Client, pod: &Pod) -> Result<EnvSources, Error> {
+        let ns = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut cms = Vec::new();
+        let mut secrets = Vec::new();
+        for c in spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+        {
+            for e in c.env.iter().flatten() {
+                if let Some(vf) = &e.value_from {
+                    if let Some(r) = &vf.config_map_key_ref {
+                        cms.push(r.name.clone());
+                    }
+                    if let Some(r) = &vf.secret_key_ref {
+                        secrets.push(r.name.clone());
+                    }
+                }
+            }
+            for ef in c.env_from.iter().flatten() {
+                if let Some(r) = &ef.config_map_ref {
+                    cms.push(r.name.clone());
+                }
+                if let Some(r) = &ef.secret_ref {
+                    secrets.push(r.name.clone());
+                }
+            }
+        }
+        for v in spec.volumes.iter().flatten() {
+            if let Some(c) = &v.config_map {
+                cms.push(c.name.clone());
+            }
+            if let Some(s) = &v.secret {
+                secrets.push(s.secret_name.clone().unwrap_or_default());
+            }
+            for src in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+                if let Some(c) = &src.config_map {
+                    cms.push(c.name.clone());
+                }
+                if let Some(s) = &src.secret {
+                    secrets.push(s.name.clone());
+                }
+            }
+        }
+        let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let sec_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let mut out = EnvSources {
+            config_maps: HashMap::new(),
+            secrets: HashMap::new(),
+            services: Vec::new(),
+        };
+        for n in cms {
+            if !out.config_maps.contains_key(&n)
+                && let Some(cm) = cm_api.get_opt(&n).await?
+            {
+                out.config_maps.insert(n, cm);
+            }
+        }
+        for n in secrets {
+            if !out.secrets.contains_key(&n)
+                && let Some(s) = sec_api.get_opt(&n).await?
+            {
+                out.secrets.insert(n, s);
+            }
+        }
+        if spec.enable_service_links.unwrap_or(true) {
+            let svc: Api<Service> = Api::namespaced(client.clone(), &ns);
+            out.services = svc
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+        }
+        Ok(out)
+    }
+
+    fn cm_value(&self, name: &str, key: &str) -> Option<String> {
+        self.config_maps
+            .get(name)
+            .and_then(|c| c.data.as_ref())
+            .and_then(|d| d.get(key).cloned())
+    }
+
+    fn secret_value(&self, name: &str, key: &str) -> Option<String> {
+        let s = self.secrets.get(name)?;
+        if let Some(v) = s.data.as_ref().and_then(|d| d.get(key)) {
+            return Some(String::from_utf8_lossy(&v.0).into_owned());
+        }
+        s.string_data.as_ref().and_then(|d| d.get(key).cloned())
+    }
+}
+
+fn service_env(services: &[Service]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for s in services {
+        let Some(spec) = &s.spec else { continue };
+        let ip = spec.cluster_ip.clone().unwrap_or_default();
+        if ip.is_empty() || ip == "None" {
+            continue;
+        }
+        let name = s
+            .metadata
+            .name
+            .clone()
+            .unwrap_or_default()
+            .to_uppercase()
+            .replace('-', "_");
+        let ports = spec.ports.clone().unwrap_or_default();
+        let Some(first) = ports.first() else { continue };
+        out.push((format!("{name}_SERVICE_HOST"), ip.clone()));
+        out.push((format!("{name}_SERVICE_PORT"), first.port.to_string()));
+        for p in &ports {
+            if let Some(pn) = &p.name {
+                out.push((
+                    format!(
+                        "{name}_SERVICE_PORT_{}",
+                        pn.to_uppercase().replace('-', "_")
+                    ),
+                    p.port.to_string(),
+                ));
+            }
+        }
+        let proto = first.protocol.clone().unwrap_or_else(|| "TCP".into());
+        out.push((
+            format!("{name}_PORT"),
+            format!("{}://{ip}:{}", proto.to_lowercase(), first.port),
+        ));
+        for p in &ports {
+            let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+            let base = format!("{name}_PORT_{}_{}", p.port, proto.to_uppercase());
+            out.push((
+                base.clone(),
+                format!("{}://{ip}:{}", proto.to_lowercase(), p.port),
+            ));
+            out.push((format!("{base}_PROTO"), proto.to_lowercase()));
+            out.push((format!("{base}_PORT"), p.port.to_string()));
+            out.push((format!("{base}_ADDR"), ip.clone()));
+        }
+    }
+    out
+}
+
+/// Expands `$(VAR)` references against already defined variables, as Kubernetes does; `$$` escapes.
+pub fn expand(s: &str, vars: &HashMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(a) = after.strip_prefix('$') {
+            out.push('$');
+            rest = a;
+        } else if let Some(a) = after.strip_prefix('(')
+            && let Some(end) = a.find(')')
+        {
+            let name = &a[..end];
+            match vars.get(name) {
+                Some(v) => out.push_str(v),
+                None => out.push_str(&format!("$({name})")),
+            }
+            rest = &a[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The container's environment in Kubernetes' order: service variables, `envFrom`, then `env`.
+/// A missing (non-optional) ConfigMap/Secret or key is a `CreateContainerConfigError`.
+pub fn environment(
+    pod: &Pod,
+    c: &Container,
+    src: &EnvSources,
+    host_ip: &str,
+) -> Result<Vec<(String, String)>, String> {
+    let mut vars: Vec<(String, String)> = service_env(&src.services);
+    for ef in c.env_from.iter().flatten() {
+        let prefix = ef.prefix.clone().unwrap_or_default();
+        if let Some(r) = &ef.config_map_ref {
+            match src.config_maps.get(&r.name) {
+                Some(cm) => {
+                    for (k, v) in cm.data.iter().flatten() {
+                        vars.push((format!("{prefix}{k}"), v.clone()));
+                    }
+                }
+                None if r.optional == Some(true) => {}
+                None => return Err(format!("configmap \"{}\" not found", r.name)),
+            }
+        }
+        if let Some(r) = &ef.secret_ref {
+            match src.secrets.get(&r.name) {
+                Some(s) => {
+                    for (k, v) in s.data.iter().flatten() {
+                        vars.push((
+                            format!("{prefix}{k}"),
+                            String::from_utf8_lossy(&v.0).into_owned(),
+                        ));
+                    }
+                }
+                None if r.optional == Some(true) => {}
+                None => return Err(format!("secret \"{}\" not found", r.name)),
+            }
+        }
+    }
+    for e in c.env.iter().flatten() {
+        let defined: HashMap<String, String> = vars.iter().cloned().collect();
+        let value = if let Some(vf) = &e.value_from {
+            if let Some(f) = &vf.field_ref {
+                field_ref(pod, &f.field_path, host_ip)
+            } else if let Some(r) = &vf.resource_field_ref {
+                resource_ref(c, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()))
+            } else if let Some(r) = &vf.config_map_key_ref {
+                match src.cm_value(&r.name, &r.key) {
+                    Some(v) => v,
+                    None if r.optional == Some(true) => continue,
+                    None if src.config_maps.contains_key(&r.name) => {
+                        return Err(format!(
+                            "couldn't find key {} in ConfigMap {}",
+                            r.key, r.name
+                        ));
+                    }
+                    None => return Err(format!("configmap \"{}\" not found", r.name)),
+                }
+            } else if let Some(r) = &vf.secret_key_ref {
+                match src.secret_value(&r.name, &r.key) {
+                    Some(v) => v,
+                    None if r.optional == Some(true) => continue,
+                    None if src.secrets.contains_key(&r.name) => {
+                        return Err(format!("couldn't find key {} in Secret {}", r.key, r.name));
+                    }
+                    None => return Err(format!("secret \"{}\" not found", r.name)),
+                }
+            } else {
+                String::new()
+            }
+        } else {
+            expand(e.value.as_deref().unwrap_or(""), &defined)
+        };
+        vars.retain(|(k, _)| k != &e.name);
+        vars.push((e.name.clone(), value));
+    }
+    Ok(vars)
+}
+
+/// The Linux security settings of a container (pod-level defaults, container overrides).
+pub fn security(pod: &Pod, c: &Container) -> cri::LinuxContainerSecurityContext {
+    let psc = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.clone())
+        .unwrap_or_default();
+    let sc = c.security_context.clone().unwrap_or_default();
+    let mut out = cri::LinuxContainerSecurityContext {
+        privileged: sc.privileged.unwrap_or(false),
+        readonly_rootfs: sc.read_only_root_filesystem.unwrap_or(false),
+        no_new_privs: sc.allow_privilege_escalation == Some(false),
+        namespace_options: Some(cri::NamespaceOption {
+            network: if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+                2
+            } else {
+                0
+            },
+            pid: 1,
+            ipc: 0,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    if let Some(u) = sc.run_as_user.or(psc.run_as_user) {
+        out.run_as_user = Some(cri::Int64Value { value: u });
+    }
+    if let Some(g) = sc.run_as_group.or(psc.run_as_group) {
+        out.run_as_group = Some(cri::Int64Value { value: g });
+    }
+    out.supplemental_groups = psc.supplemental_groups.clone().unwrap_or_default();
+    if let Some(caps) = &sc.capabilities {
+        out.capabilities = Some(cri::Capability {
+            add_capabilities: caps
+                .add
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| cap_name(&c))
+                .collect(),
+            drop_capabilities: caps
+                .drop
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| cap_name(&c))
+                .collect(),
+            ..Default::default()
+        });
+    }
+    out
+}
+
+fn cap_name(c: &str) -> String {
+    if c == "ALL" || c.starts_with("CAP_") {
+        c.to_string()
+    } else {
+        format!("CAP_{c}")
+    }
+}
+
+/// Normalises an image reference as Docker does (`busybox` → `docker.io/library/busybox:latest`).
+pub fn normalize_image(image: &str) -> String {
+    let (name, tag) = match image.rsplit_once('@') {
+        Some(_) => (image.to_string(), String::new()),
+        None => match image.rsplit_once(':') {
+            Some((n, t)) if !t.contains('/') => (n.to_string(), format!(":{t}")),
+            _ => (image.to_string(), ":latest".to_string()),
+        },
+    };
+    let first = name.split('/').next().unwrap_or("");
+    let has_registry =
+        name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    let full = if has_registry {
+        name
+    } else if name.contains('/') {
+        format!("docker.io/{name}")
+    } else {
+        format!("docker.io/library/{name}")
+    };
+    format!("{full}{tag}")
+}
+
+/// Whether a path is safe as a file name inside a volume (no `..`, not absolute).
+pub fn safe_relative(p: &str) -> bool {
+    let path = Path::new(p);
+    !p.is_empty()
+        && !path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_quantity("500m"), Some(0.5));
+        assert_eq!(parse_quantity("64Mi"), Some(64.0 * 1024.0 * 1024.0));
+        assert_eq!(parse_quantity("2"), Some(2.0));
+    }
+
+    #[test]
+    fn images_normalise_like_docker() {
+        assert_eq!(
+            normalize_image("busybox"),
+            "docker.io/library/busybox:latest"
+        );
+        assert_eq!(
+            normalize_image("nginx:1.25"),
+            "docker.io/library/nginx:1.25"
+        );
+        assert_eq!(
+            normalize_image("registry.k8s.io/pause:3.6"),
+            "registry.k8s.io/pause:3.6"
+        );
+        assert_eq!(
+            normalize_image("localhost:5000/x"),
+            "localhost:5000/x:latest"
+        );
+    }
+
+    #[test]
+    fn env_expansion() {
+        let vars: HashMap<String, String> = [("A".to_string(), "1".to_string())].into();
+        assert_eq!(expand("x$(A)y$(B)$$(A)", &vars), "x1y$(B)$(A)");
+    }
+}
