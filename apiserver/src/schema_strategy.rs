@@ -600,6 +600,18 @@ fn schemas() -> &'static Schemas {
     })
 }
 
+/// The JSON property names of an OpenAPI type (empty when the type is not part of a served
+/// kind's schema).
+pub fn property_names(type_name: &str) -> Vec<&'static str> {
+    schemas()
+        .definitions
+        .get(type_name)
+        .and_then(|s| s.get("properties"))
+        .and_then(Value::as_object)
+        .map(|p| p.keys().map(String::as_str).collect())
+        .unwrap_or_default()
+}
+
 /// A position in a kind's schema: the schema there (None where it is unknown) and its OpenAPI
 /// type name (None for inline schemas).
 #[derive(Debug, Clone, Copy)]
