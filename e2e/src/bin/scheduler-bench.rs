@@ -1,0 +1,191 @@
+//! Scheduler benchmark (prints figures, asserts nothing): N Node objects and M pods created
+//! through a real apiserver, scheduled and bound by the real `scheduler` binary.
+//!
+//! `cargo build --release -p apiserver -p scheduler -p e2e && LOTSE_BIN_DIR=target/release target/release/scheduler-bench`
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use e2e::{ApiServer, Backend, bin_dir};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
+
+/// Scheduler throughput benchmark against a real apiserver (embedded SQLite).
+#[derive(Parser)]
+struct Args {
+    /// Simulated nodes (Node objects only).
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Pods to create and schedule.
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+    /// Concurrent create requests.
+    #[arg(long, default_value_t = 64)]
+    create_concurrency: usize,
+    /// Scheduler worker threads.
+    #[arg(long, default_value_t = 2)]
+    parallelism: usize,
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let api = ApiServer::start(Backend::Sqlite).await?;
+    let client = api.client().await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let t = Instant::now();
+    futures::stream::iter(0..args.nodes)
+        .map(|i| {
+            let nodes = nodes.clone();
+            async move {
+                let name = format!("sim-{i:04}");
+                let status = json!({"allocatable": {"cpu": "32", "memory": "128Gi", "pods": "110"},
+                    "capacity": {"cpu": "32", "memory": "128Gi", "pods": "110"}});
+                let node: Node = serde_json::from_value(json!({"metadata": {"name": name,
+                    "labels": {"kubernetes.io/hostname": name, "topology.kubernetes.io/zone": format!("zone-{}", i % 3)}},
+                    "status": status.clone()}))?;
+                nodes.create(&PostParams::default(), &node).await?;
+                nodes.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(args.create_concurrency)
+        .try_collect::<Vec<_>>()
+        .await?;
+    println!(
+        "created {} nodes in {:.1}s",
+        args.nodes,
+        t.elapsed().as_secs_f64()
+    );
+
+    let mut sched = Command::new(bin_dir().join("scheduler"))
+        .arg("--kubeconfig")
+        .arg(api.kubeconfig())
+        .arg("--parallelism")
+        .arg(args.parallelism.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting scheduler")?;
+    let sched_pid = sched.id();
+
+    let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let bound: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    {
+        let bound = bound.clone();
+        let w = watcher::watcher(
+            pods.clone(),
+            watcher::Config::default().fields("spec.nodeName!="),
+        );
+        tokio::spawn(async move {
+            let mut s = w.applied_objects().boxed();
+            while let Some(Ok(p)) = s.next().await {
+                let name = p.metadata.name.unwrap_or_default();
+                bound
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(name)
+                    .or_insert_with(Instant::now);
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let start = Instant::now();
+    let creating = {
+        let created = created.clone();
+        let pods = pods.clone();
+        tokio::spawn(async move {
+            futures::stream::iter(0..args.pods)
+                .map(|i| {
+                    let (pods, created) = (pods.clone(), created.clone());
+                    async move {
+                        let name = format!("bench-{i:05}");
+                        let pod: Pod = serde_json::from_value(
+                            json!({"metadata": {"name": name, "labels": {"app": "bench"}},
+                            "spec": {"containers": [{"name": "c", "image": "pause",
+                                "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}]}}),
+                        )?;
+                        created
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(name, Instant::now());
+                        pods.create(&PostParams::default(), &pod).await?;
+                        anyhow::Ok(())
+                    }
+                })
+                .buffer_unordered(args.create_concurrency)
+                .try_collect::<Vec<_>>()
+                .await
+        })
+    };
+    let mut peak_rss = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        peak_rss = peak_rss.max(rss_kib(sched_pid, "VmRSS:"));
+        let n = bound.lock().unwrap_or_else(|e| e.into_inner()).len();
+        if n >= args.pods || Instant::now() > deadline {
+            break;
+        }
+    }
+    let create_done = creating.await??.len();
+    let elapsed = start.elapsed();
+    let created = created.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let bound = bound.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let last_bound = bound.values().max().copied().unwrap_or(start);
+    let mut lat: Vec<Duration> = bound
+        .iter()
+        .filter_map(|(n, b)| created.get(n).map(|c| b.saturating_duration_since(*c)))
+        .collect();
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "pods created: {create_done}, bound: {} of {}",
+        bound.len(),
+        args.pods
+    );
+    println!(
+        "end to end: {:.0} pods/s scheduled+bound ({:.2}s from first create to last binding)",
+        bound.len() as f64 / last_bound.duration_since(start).as_secs_f64(),
+        last_bound.duration_since(start).as_secs_f64()
+    );
+    println!(
+        "creation->binding latency: p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        lat.last().copied().unwrap_or_default()
+    );
+    println!(
+        "scheduler RSS: {} MiB now, {} MiB peak sampled, VmHWM {} MiB (total wall {:.1}s)",
+        rss_kib(sched_pid, "VmRSS:") / 1024,
+        peak_rss / 1024,
+        rss_kib(sched_pid, "VmHWM:") / 1024,
+        elapsed.as_secs_f64()
+    );
+    let _ = sched.kill();
+    let _ = sched.wait();
+    Ok(())
+}
