@@ -9,6 +9,7 @@ pub mod cacher;
 pub mod components;
 pub mod discovery;
 pub mod error;
+pub mod fuzzing;
 pub mod handlers;
 pub mod impersonation;
 pub mod list;
