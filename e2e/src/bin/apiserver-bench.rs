@@ -1,0 +1,540 @@
+//! `apiserver-bench`: measures the apiserver on SQLite and on etcd, with raw etcd puts as the
+//! baseline, and prints a table of figures next to the goals of issue 2. Figures are printed,
+//! never asserted.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use e2e::{ApiServer, Backend, Etcd, rss_kib};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
+
+/// Benchmarks the Lotse apiserver (release build) on SQLite and etcd against raw etcd puts.
+///
+/// Starts a fresh apiserver per backend (and a throwaway etcd where needed) on free loopback
+/// ports, then measures: create latency and throughput at concurrency 1 and 32, create latency
+/// at a fixed 500 creates/s, GET p99, LIST of N pods, event delivery to M concurrent watchers,
+/// and the apiserver's RSS with N pods stored. Build first:
+///
+///   cargo build --release -p apiserver -p e2e
+///   target/release/apiserver-bench
+#[derive(Parser, Debug)]
+#[command(version, about, long_about, verbatim_doc_comment)]
+struct Args {
+    /// The apiserver binary to measure (default: target/release/apiserver of this workspace).
+    #[arg(long, env = "LOTSE_BENCH_APISERVER")]
+    apiserver: Option<PathBuf>,
+    /// Backends to measure, comma-separated: sqlite, etcd.
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,etcd")]
+    backends: Vec<String>,
+    /// Creates per measurement of create latency/throughput.
+    #[arg(long, default_value_t = 2000)]
+    creates: usize,
+    /// Target rate (creates/s) of the paced create-latency measurement.
+    #[arg(long, default_value_t = 500)]
+    rate: u32,
+    /// Pods stored for the LIST and RSS measurements.
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+    /// Concurrent watchers for the event-delivery measurement.
+    #[arg(long, default_value_t = 1000)]
+    watchers: usize,
+    /// Events delivered to every watcher.
+    #[arg(long, default_value_t = 20)]
+    watch_events: usize,
+}
+
+/// Latency samples of one measurement.
+struct Samples {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Samples {
+    fn pct(&self, q: f64) -> Duration {
+        let mut v = self.latencies.clone();
+        v.sort();
+        if v.is_empty() {
+            return Duration::ZERO;
+        }
+        let idx = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+        v[idx]
+    }
+
+    fn throughput(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Runs `n` operations with `concurrency` in flight, timing each.
+async fn timed<F, Fut>(n: usize, concurrency: usize, op: F) -> anyhow::Result<Samples>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let start = Instant::now();
+    let latencies = futures::stream::iter(0..n)
+        .map(|i| {
+            let fut = op(i);
+            async move {
+                let t = Instant::now();
+                fut.await?;
+                Ok::<_, anyhow::Error>(t.elapsed())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(Samples {
+        latencies,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Runs `n` operations started at a fixed `rate` per second (open loop), timing each.
+async fn paced<F, Fut>(n: usize, rate: u32, op: F) -> anyhow::Result<Samples>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let start = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        tokio::time::sleep_until((start + interval * i as u32).into()).await;
+        let fut = op(i);
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            fut.await?;
+            Ok::<_, anyhow::Error>(t.elapsed())
+        }));
+    }
+    let mut latencies = Vec::with_capacity(n);
+    for t in tasks {
+        latencies.push(t.await??);
+    }
+    Ok(Samples {
+        latencies,
+        elapsed: start.elapsed(),
+    })
+}
+
+fn configmap(name: String) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name),
+            ..Default::default()
+        },
+        data: Some([("payload".to_string(), "x".repeat(256))].into()),
+        ..Default::default()
+    }
+}
+
+fn pod(name: String) -> anyhow::Result<Pod> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "bench", "tier": "load"}},
+        "spec": {"containers": [{
+            "name": "app",
+            "image": "nginx:1.25",
+            "ports": [{"containerPort": 80}],
+            "env": [{"name": "MODE", "value": "bench"}],
+            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}
+        }]}
+    }))?)
+}
+
+async fn create_ns(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    api.create(&PostParams::default(), &ns).await?;
+    Ok(())
+}
+
+/// Figures of one backend.
+#[derive(Default)]
+struct Figures {
+    rows: Vec<(String, String)>,
+    c32_throughput: f64,
+}
+
+impl Figures {
+    fn add(&mut self, name: &str, value: String) {
+        eprintln!("  {name}: {value}");
+        self.rows.push((name.to_string(), value));
+    }
+}
+
+async fn measure_apiserver(
+    args: &Args,
+    binary: &Path,
+    backend: Backend,
+) -> anyhow::Result<Figures> {
+    let server = ApiServer::start_with(binary.to_path_buf(), backend, &[]).await?;
+    let pid = server.pid().context("apiserver pid")?;
+    let client = server.client().await?;
+    let mut f = Figures::default();
+    f.add(
+        "RSS at start",
+        format!("{:.1} MiB", rss_kib(pid)? as f64 / 1024.0),
+    );
+
+    // Create latency and throughput at concurrency 1 and 32.
+    create_ns(&client, "bench-c1").await?;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "bench-c1");
+    let s = timed(args.creates, 1, |i| {
+        let api = api.clone();
+        async move {
+            api.create(&PostParams::default(), &configmap(format!("cm-{i}")))
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    f.add(
+        "create c=1 p50 / p99",
+        format!("{} / {}", ms(s.pct(0.5)), ms(s.pct(0.99))),
+    );
+    f.add("create c=1 throughput", format!("{:.0}/s", s.throughput()));
+
+    create_ns(&client, "bench-paced").await?;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "bench-paced");
+    let s = paced(args.creates, args.rate, |i| {
+        let api = api.clone();
+        async move {
+            api.create(&PostParams::default(), &configmap(format!("cm-{i}")))
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    f.add(
+        &format!("create at {}/s p50 / p99", args.rate),
+        format!(
+            "{} / {} (achieved {:.0}/s)",
+            ms(s.pct(0.5)),
+            ms(s.pct(0.99)),
+            s.throughput()
+        ),
+    );
+
+    create_ns(&client, "bench-c32").await?;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "bench-c32");
+    let s = timed(args.creates, 32, |i| {
+        let api = api.clone();
+        async move {
+            api.create(&PostParams::default(), &configmap(format!("cm-{i}")))
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    f.add(
+        "create c=32 p50 / p99",
+        format!("{} / {}", ms(s.pct(0.5)), ms(s.pct(0.99))),
+    );
+    f.add("create c=32 throughput", format!("{:.0}/s", s.throughput()));
+    f.c32_throughput = s.throughput();
+
+    // GET p99 (sequential, objects from the c=32 run).
+    let n = args.creates;
+    let s = timed(n, 1, |i| {
+        let api = api.clone();
+        async move {
+            api.get(&format!("cm-{}", (i * 7919) % n)).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    f.add(
+        "GET p50 / p99",
+        format!("{} / {}", ms(s.pct(0.5)), ms(s.pct(0.99))),
+    );
+
+    // Store N pods, LIST them, read RSS.
+    create_ns(&client, "bench-pods").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "bench-pods");
+    let s = timed(args.pods, 32, |i| {
+        let pods = pods.clone();
+        async move {
+            pods.create(&PostParams::default(), &pod(format!("pod-{i}"))?)
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    f.add(
+        &format!("create {} pods c=32", args.pods),
+        format!("{:.1} s ({:.0}/s)", s.elapsed.as_secs_f64(), s.throughput()),
+    );
+    for (label, lp) in [
+        ("LIST pods (consistent)", ListParams::default()),
+        (
+            "LIST pods (resourceVersion=0)",
+            ListParams::default().match_any(),
+        ),
+    ] {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            let list = pods.list(&lp).await?;
+            times.push(t.elapsed());
+            if list.items.len() != args.pods {
+                bail!(
+                    "{label} returned {} pods, expected {}",
+                    list.items.len(),
+                    args.pods
+                );
+            }
+        }
+        times.sort();
+        f.add(
+            &format!("{label} of {}: median / min", args.pods),
+            format!("{} / {}", ms(times[2]), ms(times[0])),
+        );
+    }
+    f.add(
+        &format!("RSS with {} pods", args.pods),
+        format!("{:.1} MiB", rss_kib(pid)? as f64 / 1024.0),
+    );
+
+    // Event delivery to M concurrent watchers.
+    let p99 = watch_delivery(&server, args.watchers, args.watch_events).await?;
+    f.add(
+        &format!("watch delivery p50 / p99 ({} watchers)", args.watchers),
+        p99,
+    );
+    f.add(
+        "RSS after watchers",
+        format!("{:.1} MiB", rss_kib(pid)? as f64 / 1024.0),
+    );
+    Ok(f)
+}
+
+/// Opens `watchers` watches on one namespace, creates `events` ConfigMaps, and reports the
+/// p50/p99 of (delivery to a watcher − start of the create request).
+async fn watch_delivery(
+    server: &ApiServer,
+    watchers: usize,
+    events: usize,
+) -> anyhow::Result<String> {
+    let client = server.client().await?;
+    create_ns(&client, "bench-watch").await?;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "bench-watch");
+    let rv = api
+        .list(&ListParams::default().limit(1))
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    // Spread the watches over several clients (connections).
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(Api::<ConfigMap>::namespaced(
+            server.client().await?,
+            "bench-watch",
+        ));
+    }
+    let ready = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let mut tasks = Vec::new();
+    for w in 0..watchers {
+        let api = clients[w % clients.len()].clone();
+        let (ready, tx, rv) = (ready.clone(), tx.clone(), rv.clone());
+        tasks.push(tokio::spawn(async move {
+            let stream = api.watch(&WatchParams::default().timeout(290), &rv).await?;
+            ready.fetch_add(1, Ordering::SeqCst);
+            let mut stream = std::pin::pin!(stream);
+            let mut seen = 0;
+            while let Some(ev) = stream.try_next().await? {
+                if let WatchEvent::Added(cm) = ev {
+                    let now = Instant::now();
+                    let idx = cm
+                        .metadata
+                        .name
+                        .as_deref()
+                        .and_then(|n| n.strip_prefix("w-"))
+                        .and_then(|n| n.parse().ok());
+                    if let Some(idx) = idx {
+                        let _ = tx.send((idx, now));
+                        seen += 1;
+                        if seen == events {
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    drop(tx);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ready.load(Ordering::SeqCst) < watchers {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {watchers} watches started",
+                ready.load(Ordering::SeqCst)
+            );
+        }
+        if let Some(t) = tasks.iter_mut().find(|t| t.is_finished()) {
+            t.await??;
+            bail!("a watch ended early");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut sent = Vec::with_capacity(events);
+    for i in 0..events {
+        sent.push(Instant::now());
+        api.create(&PostParams::default(), &configmap(format!("w-{i}")))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut latencies = Vec::with_capacity(watchers * events);
+    while latencies.len() < watchers * events {
+        match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+            Ok(Some((idx, at))) => latencies.push(at.saturating_duration_since(sent[idx])),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+    let delivered = latencies.len();
+    let s = Samples {
+        latencies,
+        elapsed: Duration::from_secs(1),
+    };
+    Ok(format!(
+        "{} / {} ({delivered} of {} deliveries)",
+        ms(s.pct(0.5)),
+        ms(s.pct(0.99)),
+        watchers * events
+    ))
+}
+
+/// Raw etcd-client puts (same value size as a ConfigMap create) at concurrency 1 and 32.
+async fn measure_raw_etcd(n: usize) -> anyhow::Result<(Figures, f64)> {
+    let etcd = Etcd::start().await?;
+    let client = etcd_client::Client::connect([etcd.endpoint()], None).await?;
+    let value = serde_json::to_vec(&configmap("x".repeat(20)))?;
+    let mut f = Figures::default();
+    let mut c32 = 0.0;
+    for c in [1usize, 32] {
+        let s = timed(n, c, |i| {
+            let mut kv = client.kv_client();
+            let value = value.clone();
+            async move {
+                kv.put(format!("/bench/c{c}/{i}"), value, None).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        f.add(
+            &format!("raw etcd put c={c} p50 / p99"),
+            format!("{} / {}", ms(s.pct(0.5)), ms(s.pct(0.99))),
+        );
+        f.add(
+            &format!("raw etcd put c={c} throughput"),
+            format!("{:.0}/s", s.throughput()),
+        );
+        if c == 32 {
+            c32 = s.throughput();
+        }
+    }
+    Ok((f, c32))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let binary = args.apiserver.clone().unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/apiserver")
+    });
+    if !binary.exists() {
+        bail!(
+            "{} is missing: run `cargo build --release -p apiserver` (or pass --apiserver)",
+            binary.display()
+        );
+    }
+    eprintln!("apiserver binary: {}", binary.display());
+
+    let mut sections: Vec<(String, Figures)> = Vec::new();
+    let mut raw_c32 = None;
+    if args.backends.iter().any(|b| b == "etcd") {
+        eprintln!("raw etcd baseline:");
+        let (f, c32) = measure_raw_etcd(args.creates).await?;
+        raw_c32 = Some(c32);
+        sections.push(("raw etcd-client".into(), f));
+    }
+    for name in &args.backends {
+        let backend = match name.as_str() {
+            "sqlite" => Backend::Sqlite,
+            "etcd" => Backend::Etcd,
+            other => bail!("unknown backend {other:?} (sqlite, etcd)"),
+        };
+        eprintln!("apiserver on {name}:");
+        let mut f = measure_apiserver(&args, &binary, backend)
+            .await
+            .with_context(|| format!("backend {name}"))?;
+        if let (Backend::Etcd, Some(raw)) = (backend, raw_c32) {
+            let ratio = f.c32_throughput / raw;
+            f.add(
+                "create c=32 throughput / raw etcd put c=32",
+                format!("{ratio:.2}x"),
+            );
+        }
+        sections.push((format!("apiserver on {name}"), f));
+    }
+
+    println!();
+    println!("{:<52} {:<44} goal", "measurement", "figure");
+    println!("{}", "-".repeat(130));
+    for (section, f) in &sections {
+        println!("[{section}]");
+        for (name, value) in &f.rows {
+            println!("{name:<52} {value:<44} {}", goal(section, name, args.rate));
+        }
+    }
+    Ok(())
+}
+
+/// The issue-2 goal a row is compared against, if any.
+fn goal(section: &str, row: &str, rate: u32) -> String {
+    let sqlite = section.ends_with("sqlite");
+    let etcd = section.ends_with("etcd");
+    if sqlite && row.starts_with(&format!("create at {rate}/s")) {
+        "p99 <= 5 ms at 500 creates/s".into()
+    } else if etcd && row.starts_with("create c=32 throughput /") {
+        ">= 0.7x raw etcd put throughput".into()
+    } else if row.starts_with("LIST pods") {
+        "<= 100 ms for 10 000 pods".into()
+    } else if row.starts_with("watch delivery") {
+        "p99 <= 50 ms".into()
+    } else if row.starts_with("RSS with") {
+        "<= 150 MiB".into()
+    } else {
+        String::new()
+    }
+}
