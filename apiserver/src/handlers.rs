@@ -480,6 +480,7 @@ pub async fn create_object(
     if def.namespaced {
         admit_namespace(state, def, fields::namespace(&obj), &name).await?;
     }
+    crate::admission::admit(state, def, crate::admission::Operation::Create, &mut obj, None, dry_run).await?;
     let _alloc_guard = if def.kind == "Service" {
         Some(state.alloc.allocate(state, def, &mut obj, None).await?)
     } else {
@@ -670,6 +671,7 @@ pub async fn write_update(
     if !errs.is_empty() {
         return Err(ApiError::invalid(def, name, &errs));
     }
+    crate::admission::admit(state, def, crate::admission::Operation::Update, &mut new, Some(&old), dry_run).await?;
     let _alloc_guard = if def.kind == "Service" {
         Some(
             state

@@ -1,6 +1,7 @@
 //! Lotse's Kubernetes API server: the Kubernetes REST API over an embedded SQLite store or etcd.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod alloc;
 pub mod auth;
 pub mod authn;

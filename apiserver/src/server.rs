@@ -341,7 +341,6 @@ pub async fn start(cfg: Config, shutdown: impl std::future::Future<Output = ()> 
     crate::authn::install(&state, &pki).map_err(|e| ServerError::Config(format!("service-account key: {e}")))?;
     crate::components::start(&state, &pki, &server_url, &cfg.data_dir).map_err(ServerError::Pki)?;
     bootstrap(&state).await;
-    crate::bootstrap_rbac::ensure(&state).await;
     // Build the OpenAPI documents before the first client asks for them.
     let _ = tokio::task::spawn_blocking(openapi::v3_index).await;
     let tls = pki.rustls_server_config()?;
@@ -350,8 +349,10 @@ pub async fn start(cfg: Config, shutdown: impl std::future::Future<Output = ()> 
     Ok(Running { addr, admin_kubeconfig, state, pki, task })
 }
 
-/// Creates the system namespaces and the `kubernetes` service if missing.
+/// Creates the system namespaces, the `kubernetes` service and the bootstrap RBAC policy if
+/// missing.
 pub async fn bootstrap(state: &Arc<AppState>) {
+    crate::bootstrap_rbac::ensure(state).await;
     let ns_def = &registry::resources::NAMESPACES;
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});

@@ -1,0 +1,88 @@
+//! Admission: the plugins Kubernetes runs between decoding and storage, in Kubernetes' order.
+//! NamespaceLifecycle is `handlers::admit_namespace`; the rest run from [`admit`]:
+//! mutating LimitRanger, ServiceAccount and DefaultTolerationSeconds, then validating
+//! LimitRanger, NodeRestriction, PodSecurity, RBAC escalation prevention and ResourceQuota.
+//! A rejection returns before anything is written.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde_json::Value;
+
+use crate::error::ApiResult;
+use crate::registry::ResourceDef;
+use crate::server::AppState;
+
+pub mod default_toleration_seconds;
+pub mod limit_ranger;
+pub mod node_restriction;
+pub mod pod_security;
+pub mod quantity;
+pub mod rbac_escalation;
+pub mod resource_quota;
+pub mod service_account;
+
+/// The write being admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// POST.
+    Create,
+    /// PUT / PATCH (including subresources).
+    Update,
+}
+
+/// Runs every admission plugin on `obj` (mutating it in place). `old` is the stored object on
+/// update. With `dry_run` nothing is charged to quotas.
+///
+/// Boxed because admission can write (quota charges) through the write pipeline that calls it.
+pub fn admit<'a>(
+    state: &'a AppState,
+    def: &'static ResourceDef,
+    op: Operation,
+    obj: &'a mut Value,
+    old: Option<&'a Value>,
+    dry_run: bool,
+) -> Pin<Box<dyn Future<Output = ApiResult<()>> + Send + 'a>> {
+    Box::pin(admit_inner(state, def, op, obj, old, dry_run))
+}
+
+async fn admit_inner(
+    state: &AppState,
+    def: &'static ResourceDef,
+    op: Operation,
+    obj: &mut Value,
+    old: Option<&Value>,
+    dry_run: bool,
+) -> ApiResult<()> {
+    let user = crate::auth::request_user();
+    let is_pod = def.group.is_empty() && def.plural == "pods";
+    // Mutating.
+    if is_pod && op == Operation::Create {
+        limit_ranger::default_pod(state, obj).await?;
+        service_account::admit_pod(state, obj).await?;
+        default_toleration_seconds::admit_pod(obj);
+    }
+    // Validating.
+    if is_pod && op == Operation::Create {
+        limit_ranger::validate_pod(state, obj).await?;
+    }
+    if let Some(u) = &user {
+        node_restriction::admit(state, u, def, op, obj, old).await?;
+        rbac_escalation::admit(state, u, def, obj).await?;
+    }
+    pod_security::admit(state, def, op, obj, old).await?;
+    if op == Operation::Create {
+        resource_quota::admit(state, def, obj, dry_run).await?;
+    }
+    Ok(())
+}
+
+/// The pod spec's containers of all kinds, in Kubernetes' visiting order (init, regular,
+/// ephemeral).
+pub fn all_containers(spec: &Value) -> Vec<&Value> {
+    ["initContainers", "containers", "ephemeralContainers"]
+        .iter()
+        .filter_map(|k| spec.get(*k).and_then(Value::as_array))
+        .flatten()
+        .collect()
+}

@@ -1,0 +1,94 @@
+//! RBAC escalation prevention (Kubernetes does this in the RBAC registry): a user may create or
+//! update a Role/ClusterRole only with rules they already hold (or with `escalate`), and a
+//! binding only to a role whose rules they hold (or with `bind` on it).
+
+use serde_json::Value;
+
+use crate::auth::UserInfo;
+use crate::error::{ApiError, ApiResult};
+use crate::rbac::{Attributes, Decision, PolicyRule, confirm_no_escalation};
+use crate::registry::{ResourceDef, fields};
+use crate::server::AppState;
+
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+async fn allowed(state: &AppState, a: &Attributes) -> ApiResult<bool> {
+    Ok(matches!(
+        state.security.rbac.authorize(state, a).await?,
+        Decision::Allow(_)
+    ))
+}
+
+/// Checks a write of an RBAC object by `user`.
+pub async fn admit(
+    state: &AppState,
+    user: &UserInfo,
+    def: &ResourceDef,
+    obj: &Value,
+) -> ApiResult<()> {
+    if def.group != RBAC_GROUP {
+        return Ok(());
+    }
+    let name = fields::name(obj);
+    let ns = if def.namespaced {
+        fields::namespace(obj)
+    } else {
+        ""
+    };
+    match def.kind {
+        "Role" | "ClusterRole" => {
+            if allowed(
+                state,
+                &Attributes::resource(user, "escalate", RBAC_GROUP, def.plural, "", ns, name),
+            )
+            .await?
+            {
+                return Ok(());
+            }
+            let rules: Vec<PolicyRule> = obj
+                .get("rules")
+                .cloned()
+                .and_then(|r| serde_json::from_value(r).ok())
+                .unwrap_or_default();
+            confirm_no_escalation(state, user, ns, &rules)
+                .await
+                .map_err(|why| ApiError::forbidden(def, name, &why))
+        }
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let kind = obj
+                .pointer("/roleRef/kind")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let role = obj
+                .pointer("/roleRef/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let resource = if kind == "ClusterRole" {
+                "clusterroles"
+            } else {
+                "roles"
+            };
+            if allowed(
+                state,
+                &Attributes::resource(user, "bind", RBAC_GROUP, resource, "", ns, role),
+            )
+            .await?
+            {
+                return Ok(());
+            }
+            let rules = state
+                .security
+                .rbac
+                .role_rules(state, kind, ns, role)
+                .await?
+                .ok_or_else(|| {
+                    let gr = format!("{resource}.{RBAC_GROUP}");
+                    ApiError::forbidden(def, name, &format!("{gr} {role:?} not found"))
+                })?;
+            confirm_no_escalation(state, user, ns, &rules)
+                .await
+                .map_err(|why| ApiError::forbidden(def, name, &why))
+        }
+        _ => Ok(()),
+    }
+}
