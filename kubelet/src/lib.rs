@@ -230,7 +230,7 @@ async fn pod_loop(k: Arc<Kubelet>) {
                 }
                 _ => {
                     let (tx, rx) = watch::channel(Some(pod));
-                    tokio::spawn(pods::worker(k.clone(), rx));
+                    tokio::spawn(pods::worker(k.clone(), uid.clone(), rx));
                     workers.insert(uid, tx);
                 }
             }
@@ -251,6 +251,14 @@ async fn pod_loop(k: Arc<Kubelet>) {
             }
             watcher::Event::InitDone => {
                 let seen = seen_in_relist.take().unwrap_or_default();
+                // Sandboxes of pods that no longer exist (deleted while the kubelet was down).
+                for uid in pods::runtime_pod_uids(&k).await {
+                    if !seen.contains(&uid) && !workers.contains_key(&uid) {
+                        tracing::info!(uid = %uid, "removing orphaned pod sandbox");
+                        let k = k.clone();
+                        tokio::spawn(async move { pods::terminate(&k, &uid, None, 0).await });
+                    }
+                }
                 workers.retain(|uid, tx| {
                     if seen.contains(uid) {
                         true

@@ -71,7 +71,7 @@ enum Phase {
 }
 
 /// Runs one pod until it is deleted. `rx` carries the latest Pod object (None: gone from the API).
-pub async fn worker(k: Arc<Kubelet>, mut rx: watch::Receiver<Option<Pod>>) {
+pub async fn worker(k: Arc<Kubelet>, uid: String, mut rx: watch::Receiver<Option<Pod>>) {
     let mut memo: HashMap<String, ContainerMemo> = HashMap::new();
     let mut last_status = serde_json::Value::Null;
     let mut sandbox_error: Option<String> = None;
@@ -79,9 +79,7 @@ pub async fn worker(k: Arc<Kubelet>, mut rx: watch::Receiver<Option<Pod>>) {
         let pod = rx.borrow_and_update().clone();
         let phase = match pod {
             None => {
-                if let Some(uid) = current_uid(&rx) {
-                    terminate(&k, &uid, None, 0).await;
-                }
+                terminate(&k, &uid, None, 0).await;
                 Phase::Done
             }
             Some(pod) if pod.metadata.deletion_timestamp.is_some() => {
@@ -151,8 +149,18 @@ pub async fn worker(k: Arc<Kubelet>, mut rx: watch::Receiver<Option<Pod>>) {
     }
 }
 
-fn current_uid(rx: &watch::Receiver<Option<Pod>>) -> Option<String> {
-    rx.borrow().as_ref().and_then(|p| p.metadata.uid.clone())
+/// UIDs of every pod the runtime has a sandbox for (adoption and orphan cleanup at start).
+pub async fn runtime_pod_uids(k: &Kubelet) -> std::collections::HashSet<String> {
+    let mut rt = k.cri.rt.clone();
+    let items = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .map(|r| r.into_inner().items)
+        .unwrap_or_default();
+    items
+        .into_iter()
+        .filter_map(|s| s.labels.get(LABEL_POD_UID).cloned())
+        .collect()
 }
 
 async fn sandboxes(k: &Kubelet, uid: &str) -> Vec<cri::PodSandbox> {
@@ -385,6 +393,7 @@ async fn ensure_image(k: &Kubelet, c: &Container) -> Result<String, (String, Str
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn start_container(
     k: &Kubelet,
     pod: &Pod,
@@ -485,7 +494,6 @@ async fn start_container(
         linux: Some(cri::LinuxContainerConfig {
             resources: Some(spec::resources(c)),
             security_context: Some(spec::security(pod, c)),
-            ..Default::default()
         }),
         ..Default::default()
     };
