@@ -478,7 +478,7 @@ pub fn apply(
         let theirs = entry_set(e);
         for p in applied.members() {
             let leaf = value_at(config, &p)
-                .is_some_and(|v| !(v.is_object() && !v.as_object().is_some_and(Map::is_empty)));
+                .is_some_and(|v| !v.is_object() || v.as_object().is_some_and(Map::is_empty));
             if leaf && theirs.contains(&p) && value_at(current, &p) != value_at(config, &p) {
                 conflicts.push((manager_label(e), p));
             }
