@@ -424,6 +424,13 @@ pub fn cluster_roles() -> Vec<Value> {
                 rule(WRITE, &["events.k8s.io"], &["events"]),
                 rule(READ_WRITE, &["coordination.k8s.io"], &["leases"]),
                 rule(&["*"], &["*"], &["*/finalizers"]),
+                // Garbage collector and namespace controller: delete dependents and namespace
+                // content of any kind, and update owner references.
+                rule(
+                    &["delete", "deletecollection", "patch", "update"],
+                    &["*"],
+                    &["*"],
+                ),
                 rule(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
                 rule(
                     &["create"],
@@ -527,13 +534,55 @@ pub fn cluster_role_bindings() -> Vec<Value> {
     ]
 }
 
+/// Brings an existing bootstrap ClusterRole that allows auto-update back to this version's rules
+/// (Kubernetes reconciles them the same way at start).
+async fn reconcile_rules(state: &Arc<AppState>, name: &str, rules: Option<Value>) {
+    let Ok((old, rv)) = handlers::get_current(state, &CLUSTERROLES, None, name).await else {
+        return;
+    };
+    let autoupdate = old
+        .pointer("/metadata/annotations/rbac.authorization.kubernetes.io~1autoupdate")
+        .and_then(Value::as_str)
+        != Some("false");
+    if !autoupdate || old.get("rules") == rules.as_ref() {
+        return;
+    }
+    let mut new = old.clone();
+    if let (Value::Object(m), Some(r)) = (&mut new, rules) {
+        m.insert("rules".into(), r);
+    }
+    match handlers::write_update(
+        state,
+        &CLUSTERROLES,
+        None,
+        name,
+        old,
+        rv,
+        new,
+        handlers::UpdateScope::Main,
+        false,
+        None,
+        "Update",
+    )
+    .await
+    {
+        Ok(_) => tracing::info!(clusterrole = %name, "reconciled bootstrap clusterrole rules"),
+        Err(e) => {
+            tracing::warn!(clusterrole = %name, error = %e, "could not reconcile bootstrap clusterrole")
+        }
+    }
+}
+
 /// Creates missing bootstrap roles and bindings.
 pub async fn ensure(state: &Arc<AppState>) {
     for role in cluster_roles() {
         let name = crate::registry::fields::name(&role).to_string();
+        let rules = role.get("rules").cloned();
+        let aggregated = role.get("aggregationRule").is_some();
         match handlers::create_object(state, &CLUSTERROLES, None, role, false, None, "Update").await
         {
             Ok(_) => tracing::debug!(clusterrole = %name, "created bootstrap clusterrole"),
+            Err(e) if e.code == 409 && !aggregated => reconcile_rules(state, &name, rules).await,
             Err(e) if e.code == 409 => {}
             Err(e) => {
                 tracing::warn!(clusterrole = %name, error = %e, "could not create bootstrap clusterrole")

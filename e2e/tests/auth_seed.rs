@@ -1,0 +1,478 @@
+//! Identity and access against the real apiserver with real kubectl (1.31, which sends JSON
+//! bodies for `create token` and `auth can-i`): the entenhausen seed scenario, quota, pod
+//! security, impersonation and token revocation.
+
+use e2e::{ApiServer, Backend, Kubectl};
+
+const DONALD: &str = "system:serviceaccount:entenhausen:donald";
+
+fn s(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn ok(k: &Kubectl, args: &[&str]) -> String {
+    k.run(args)
+        .and_then(|o| o.success())
+        .map(|o| o.stdout)
+        .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
+}
+
+fn fails(k: &Kubectl, args: &[&str]) -> String {
+    k.run(args)
+        .and_then(|o| o.failure())
+        .map(|o| o.stderr)
+        .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
+}
+
+/// `args` prefixed with `--token <token>`.
+fn as_token(token: &str, args: &[&str]) -> Vec<String> {
+    let mut v = vec!["--token".to_string(), token.to_string()];
+    v.extend(args.iter().map(|s| s.to_string()));
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs built apiserver binary; run via .ci/test"]
+async fn entenhausen_seed_scenario() {
+    let api = ApiServer::start(Backend::Sqlite).await.expect("apiserver");
+    let k = api.kubectl(31);
+    ok(&k, &["create", "namespace", "entenhausen"]);
+    ok(
+        &k,
+        &["create", "serviceaccount", "donald", "-n", "entenhausen"],
+    );
+    ok(
+        &k,
+        &[
+            "create",
+            "rolebinding",
+            "donald-edit",
+            "--clusterrole=edit",
+            "--serviceaccount=entenhausen:donald",
+            "-n",
+            "entenhausen",
+        ],
+    );
+    let token = ok(
+        &k,
+        &[
+            "create",
+            "token",
+            "donald",
+            "-n",
+            "entenhausen",
+            "--duration=1h",
+        ],
+    )
+    .trim()
+    .to_string();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+
+    let who = ok(
+        &k,
+        &as_token(&token, &["auth", "whoami"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(who.contains(DONALD), "{who}");
+    assert!(who.contains("system:serviceaccounts:entenhausen"), "{who}");
+
+    let run = |args: &[&str]| as_token(&token, args);
+    ok(
+        &k,
+        &s(&run(&[
+            "create",
+            "deployment",
+            "web",
+            "--image=nginx",
+            "-n",
+            "entenhausen",
+        ])),
+    );
+    ok(
+        &k,
+        &s(&run(&[
+            "scale",
+            "deployment",
+            "web",
+            "--replicas=3",
+            "-n",
+            "entenhausen",
+        ])),
+    );
+    let pods = ok(&k, &s(&run(&["get", "pods", "-n", "entenhausen"])));
+    assert!(!pods.contains("Forbidden"), "{pods}");
+
+    let err = fails(&k, &s(&run(&["get", "pods", "-n", "kube-system"])));
+    assert!(
+        err.contains(&format!(
+            "Error from server (Forbidden): pods is forbidden: User \"{DONALD}\" cannot list resource \"pods\" in API group \"\" in the namespace \"kube-system\""
+        )),
+        "{err}"
+    );
+    let err = fails(
+        &k,
+        &s(&run(&[
+            "create",
+            "clusterrolebinding",
+            "mine",
+            "--clusterrole=cluster-admin",
+            "--serviceaccount=entenhausen:donald",
+        ])),
+    );
+    assert!(
+        err.contains("clusterrolebindings.rbac.authorization.k8s.io is forbidden"),
+        "{err}"
+    );
+    let err = fails(
+        &k,
+        &s(&run(&[
+            "create",
+            "rolebinding",
+            "mine",
+            "--clusterrole=cluster-admin",
+            "--serviceaccount=entenhausen:donald",
+            "-n",
+            "entenhausen",
+        ])),
+    );
+    assert!(
+        err.contains("cannot create resource \"rolebindings\""),
+        "{err}"
+    );
+
+    // With admin in his namespace he may create bindings, but not to more than he holds.
+    ok(
+        &k,
+        &[
+            "create",
+            "rolebinding",
+            "donald-admin",
+            "--clusterrole=admin",
+            "--serviceaccount=entenhausen:donald",
+            "-n",
+            "entenhausen",
+        ],
+    );
+    let mut err = String::new();
+    for _ in 0..50 {
+        err = fails(
+            &k,
+            &s(&run(&[
+                "create",
+                "rolebinding",
+                "mine",
+                "--clusterrole=cluster-admin",
+                "--serviceaccount=entenhausen:donald",
+                "-n",
+                "entenhausen",
+            ])),
+        );
+        if err.contains("attempting to grant RBAC permissions not currently held") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        err.contains(&format!(
+            "rolebindings.rbac.authorization.k8s.io \"mine\" is forbidden: user \"{DONALD}\""
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("{APIGroups:[\"*\"], Resources:[\"*\"], Verbs:[\"*\"]}"),
+        "{err}"
+    );
+
+    let list = ok(
+        &k,
+        &[
+            "auth",
+            "can-i",
+            "--list",
+            &format!("--as={DONALD}"),
+            "-n",
+            "entenhausen",
+        ],
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("deployments.apps ") && l.contains("create")),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("pods ") && l.contains("list")),
+        "{list}"
+    );
+    assert_eq!(
+        ok(
+            &k,
+            &[
+                "auth",
+                "can-i",
+                "list",
+                "pods",
+                "-n",
+                "entenhausen",
+                &format!("--as={DONALD}")
+            ]
+        )
+        .trim(),
+        "yes"
+    );
+    let no = k
+        .run(&[
+            "auth",
+            "can-i",
+            "list",
+            "pods",
+            "-n",
+            "kube-system",
+            &format!("--as={DONALD}"),
+        ])
+        .expect("kubectl");
+    assert_eq!(no.stdout.trim(), "no");
+
+    // Impersonation needs the impersonate verb.
+    let err = fails(
+        &k,
+        &s(&run(&["get", "pods", "-n", "entenhausen", "--as=dagobert"])),
+    );
+    assert!(
+        err.contains(&format!("users \"dagobert\" is forbidden: User \"{DONALD}\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope")),
+        "{err}"
+    );
+
+    // Garbage and deleted accounts get 401.
+    let err = fails(
+        &k,
+        &["--token", "not.a.token", "get", "pods", "-n", "entenhausen"],
+    );
+    assert!(err.contains("Unauthorized"), "{err}");
+    ok(
+        &k,
+        &["delete", "serviceaccount", "donald", "-n", "entenhausen"],
+    );
+    let mut err = String::new();
+    for _ in 0..50 {
+        let out = k
+            .run(&s(&run(&["get", "pods", "-n", "entenhausen"])))
+            .expect("kubectl");
+        err = out.stderr;
+        if err.contains("Unauthorized") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(err.contains("Unauthorized"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs built apiserver binary; run via .ci/test"]
+async fn quota_and_pod_security() {
+    let api = ApiServer::start(Backend::Sqlite).await.expect("apiserver");
+    let k = api.kubectl(31);
+    ok(&k, &["create", "namespace", "klasse"]);
+    ok(
+        &k,
+        &[
+            "create",
+            "quota",
+            "class-quota",
+            "--hard=requests.cpu=2",
+            "-n",
+            "klasse",
+        ],
+    );
+    let pod = |name: &str| {
+        format!(
+            "{{\"spec\":{{\"containers\":[{{\"name\":\"{name}\",\"image\":\"busybox\",\"resources\":{{\"requests\":{{\"cpu\":\"1\"}}}}}}]}}}}"
+        )
+    };
+    for name in ["p1", "p2"] {
+        ok(
+            &k,
+            &[
+                "run",
+                name,
+                "--image=busybox",
+                "-n",
+                "klasse",
+                &format!("--overrides={}", pod(name)),
+            ],
+        );
+    }
+    let err = fails(
+        &k,
+        &[
+            "run",
+            "p3",
+            "--image=busybox",
+            "-n",
+            "klasse",
+            &format!("--overrides={}", pod("p3")),
+        ],
+    );
+    assert!(
+        err.contains("pods \"p3\" is forbidden: exceeded quota: class-quota, requested: requests.cpu=1, used: requests.cpu=2, limited: requests.cpu=2"),
+        "{err}"
+    );
+    let used = ok(
+        &k,
+        &[
+            "get",
+            "quota",
+            "class-quota",
+            "-n",
+            "klasse",
+            "-o",
+            "jsonpath={.status.used.requests\\.cpu}",
+        ],
+    );
+    assert_eq!(used.trim(), "2");
+    let pods = ok(&k, &["get", "pods", "-n", "klasse", "-o", "name"]);
+    assert!(!pods.contains("p3"), "nothing written on rejection: {pods}");
+    // Deleting a pod frees its share.
+    ok(
+        &k,
+        &[
+            "delete",
+            "pod",
+            "p1",
+            "-n",
+            "klasse",
+            "--wait=false",
+            "--grace-period=0",
+            "--force",
+        ],
+    );
+    let mut used = String::new();
+    for _ in 0..50 {
+        used = ok(
+            &k,
+            &[
+                "get",
+                "quota",
+                "class-quota",
+                "-n",
+                "klasse",
+                "-o",
+                "jsonpath={.status.used.requests\\.cpu}",
+            ],
+        );
+        if used.trim() == "1" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(used.trim(), "1");
+
+    ok(&k, &["create", "namespace", "secure"]);
+    ok(
+        &k,
+        &[
+            "label",
+            "namespace",
+            "secure",
+            "pod-security.kubernetes.io/enforce=restricted",
+        ],
+    );
+    let err = fails(
+        &k,
+        &[
+            "run",
+            "priv",
+            "--image=nginx",
+            "-n",
+            "secure",
+            "--privileged",
+        ],
+    );
+    assert!(
+        err.contains("pods \"priv\" is forbidden: violates PodSecurity \"restricted:latest\": privileged (container \"priv\" must not set securityContext.privileged=true), allowPrivilegeEscalation != false (container \"priv\" must set securityContext.allowPrivilegeEscalation=false)"),
+        "{err}"
+    );
+    let out = k
+        .run(&[
+            "create",
+            "deployment",
+            "web",
+            "--image=nginx",
+            "-n",
+            "secure",
+        ])
+        .expect("kubectl")
+        .success()
+        .expect("deployment allowed");
+    assert!(
+        out.stderr
+            .contains("Warning: would violate PodSecurity \"restricted:latest\""),
+        "{}",
+        out.stderr
+    );
+
+    // ServiceAccount admission mounts the API credentials.
+    ok(&k, &["run", "plain", "--image=busybox", "-n", "default"]);
+    let mounts = ok(
+        &k,
+        &[
+            "get",
+            "pod",
+            "plain",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.spec.containers[0].volumeMounts[0].mountPath}",
+        ],
+    );
+    assert_eq!(
+        mounts.trim(),
+        "/var/run/secrets/kubernetes.io/serviceaccount"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs built apiserver binary; run via .ci/test"]
+async fn component_identities() {
+    let api = ApiServer::start(Backend::Sqlite).await.expect("apiserver");
+    let dir = api.data_dir().to_path_buf();
+    let admin = api.kubectl(31);
+    let as_file = |file: &str| Kubectl::new(31, dir.join(file), dir.join("kubectl-cache"));
+    let sched = as_file("scheduler.kubeconfig");
+    assert!(ok(&sched, &["auth", "whoami"]).contains("system:kube-scheduler"));
+    let err = fails(&sched, &["get", "secrets", "-A"]);
+    assert!(
+        err.contains("User \"system:kube-scheduler\" cannot list resource \"secrets\""),
+        "{err}"
+    );
+    let ctrl = as_file("controllers.kubeconfig");
+    ok(&ctrl, &["get", "pods", "-A"]);
+
+    // A kubelet kubeconfig comes from the API; the kubelet may change its own node only.
+    let (status, body) = api
+        .raw("GET", "/lotse/node-kubeconfig/n1", None, Vec::new())
+        .await
+        .expect("node kubeconfig");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(dir.join("kubelet-n1.kubeconfig").exists());
+    let node = as_file("kubelet-n1.kubeconfig");
+    assert!(ok(&node, &["auth", "whoami"]).contains("system:node:n1"));
+    for n in ["n1", "n2"] {
+        let manifest = format!(
+            "{{\"apiVersion\":\"v1\",\"kind\":\"Node\",\"metadata\":{{\"name\":\"{n}\"}}}}"
+        );
+        admin
+            .run_stdin(&["apply", "--validate=false", "-f", "-"], &manifest)
+            .expect("kubectl")
+            .success()
+            .expect("node created");
+    }
+    ok(&node, &["label", "node", "n1", "a=b"]);
+    let err = fails(&node, &["label", "node", "n2", "a=b"]);
+    assert!(
+        err.contains("node \"n1\" is not allowed to modify node \"n2\""),
+        "{err}"
+    );
+}
