@@ -112,6 +112,19 @@ pub struct Ctx<'a> {
     pub user: &'a crate::auth::UserInfo,
 }
 
+/// The field manager a write is recorded under: `?fieldManager=`, else the first word of the
+/// User-Agent (`kubectl/v1.33.0 (linux/amd64) ...` → `kubectl`), as Kubernetes derives it.
+pub fn field_manager<'a>(query: &'a Query, headers: &'a HeaderMap) -> Option<&'a str> {
+    query.get("fieldManager").filter(|m| !m.is_empty()).or_else(|| {
+        headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|ua| ua.split('/').next())
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+    })
+}
+
 /// Dispatches a resource request by method and path shape.
 pub async fn handle(ctx: Ctx<'_>, method: &Method, body: Bytes) -> ApiResult<Response> {
     let rp = ctx.rp;
@@ -386,7 +399,7 @@ async fn create(ctx: &Ctx<'_>, body: Bytes) -> ApiResult<Response> {
         ctx.rp.namespace.as_deref(),
         obj,
         dry_run,
-        ctx.query.get("fieldManager"),
+        field_manager(ctx.query, ctx.headers),
         "Update",
     )
     .await?;
@@ -568,7 +581,7 @@ async fn update(
         new,
         scope,
         dry_run,
-        ctx.query.get("fieldManager"),
+        field_manager(ctx.query, ctx.headers),
         "Update",
     )
     .await?;
@@ -770,6 +783,7 @@ pub async fn patch(
     let ns = ctx.rp.namespace.as_deref();
     let scope = scope.unwrap_or(UpdateScope::Main);
     let field_manager = ctx.query.get("fieldManager");
+    let recorded_manager = self::field_manager(ctx.query, ctx.headers);
     if pt == patch::PatchType::Apply && field_manager.is_none_or(str::is_empty) {
         return Err(ApiError::bad_request(
             "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
@@ -835,7 +849,7 @@ pub async fn patch(
             new,
             scope,
             dry_run,
-            field_manager,
+            recorded_manager,
             op,
         )
         .await

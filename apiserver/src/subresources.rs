@@ -95,7 +95,7 @@ async fn status_put(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Respons
         new,
         UpdateScope::Status,
         ctx.query.dry_run()?,
-        ctx.query.get("fieldManager"),
+        crate::handlers::field_manager(ctx.query, ctx.headers),
         "Update",
     )
     .await?;
@@ -212,7 +212,7 @@ async fn scale_write(
         new,
         UpdateScope::Main,
         ctx.query.dry_run()?,
-        ctx.query.get("fieldManager"),
+        crate::handlers::field_manager(ctx.query, ctx.headers),
         "Update",
     )
     .await?;
