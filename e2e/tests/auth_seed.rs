@@ -235,6 +235,44 @@ async fn entenhausen_seed_scenario() {
         .expect("kubectl");
     assert_eq!(no.stdout.trim(), "no");
 
+    // kubectl 1.33 sends TokenRequest and access reviews as protobuf.
+    let k33 = api.kubectl(33);
+    let token33 = ok(&k33, &["create", "token", "donald", "-n", "entenhausen"])
+        .trim()
+        .to_string();
+    assert!(ok(&k33, &["--token", &token33, "auth", "whoami"]).contains(DONALD));
+    assert_eq!(
+        ok(
+            &k33,
+            &[
+                "auth",
+                "can-i",
+                "create",
+                "deployments",
+                "-n",
+                "entenhausen",
+                &format!("--as={DONALD}")
+            ]
+        )
+        .trim(),
+        "yes"
+    );
+    let list33 = ok(
+        &k33,
+        &[
+            "auth",
+            "can-i",
+            "--list",
+            &format!("--as={DONALD}"),
+            "-n",
+            "entenhausen",
+        ],
+    );
+    assert!(
+        list33.lines().any(|l| l.starts_with("deployments.apps ")),
+        "{list33}"
+    );
+
     // Impersonation needs the impersonate verb.
     let err = fails(
         &k,
