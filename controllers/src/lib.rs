@@ -1,1 +1,145 @@
-//! Lotse controllers (skeleton; see its issue).
+//! Lotse controllers: the kube-controller-manager equivalents, built on kube-runtime.
+//!
+//! Every controller talks to the apiserver only through its API. [`run`] starts the controllers
+//! named in [`Config::controllers`], behind a Lease-based leader election when asked.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod deployment;
+pub mod events;
+pub mod gc;
+pub mod leader;
+pub mod namespace;
+pub mod replicaset;
+pub mod serviceaccount;
+pub mod util;
+
+use std::time::Duration;
+
+/// Every controller [`run`] knows, by its Kubernetes name.
+pub const ALL_CONTROLLERS: &[&str] = &[
+    "replicaset",
+    "deployment",
+    "namespace",
+    "serviceaccount",
+    "garbagecollector",
+];
+
+/// What the controllers need to know about the cluster and how to behave.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Pod network of the cluster; nodes get their `spec.podCIDR` from it.
+    pub cluster_cidr: String,
+    /// How long a node may go without renewing its Lease before it is marked unhealthy.
+    pub node_monitor_grace_period: Duration,
+    /// Toleration seconds used for pods that do not tolerate `not-ready`/`unreachable` themselves.
+    pub pod_eviction_timeout: Duration,
+    /// Whether to take part in leader election (only the leader runs controllers).
+    pub leader_elect: bool,
+    /// Identity used as the Lease holder; unique per process.
+    pub identity: String,
+    /// Controllers to run; `*` means all of them, `-name` turns one off.
+    pub controllers: Vec<String>,
+    /// PEM of the cluster CA, published as `kube-root-ca.crt` in every namespace.
+    pub root_ca_pem: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            cluster_cidr: "10.244.0.0/16".into(),
+            node_monitor_grace_period: Duration::from_secs(40),
+            pod_eviction_timeout: Duration::from_secs(300),
+            leader_elect: true,
+            identity: default_identity(),
+            controllers: vec!["*".into()],
+            root_ca_pem: None,
+        }
+    }
+}
+
+/// `<hostname>_<random>`, like kube-controller-manager's leader-election identity.
+pub fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "lotse".into());
+    format!("{host}_{:016x}", rand::random::<u64>())
+}
+
+impl Config {
+    /// Whether the controller called `name` is enabled by [`Config::controllers`].
+    pub fn enabled(&self, name: &str) -> bool {
+        if self.controllers.iter().any(|c| c == &format!("-{name}")) {
+            return false;
+        }
+        self.controllers.iter().any(|c| c == "*" || c == name)
+    }
+}
+
+/// Errors of the controllers library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request to the apiserver failed.
+    #[error("apiserver request failed: {0}")]
+    Kube(#[from] kube::Error),
+    /// An object could not be (de)serialized.
+    #[error("serialization: {0}")]
+    Json(#[from] serde_json::Error),
+    /// An object is missing something the controller needs.
+    #[error("invalid object: {0}")]
+    Invalid(String),
+    /// Leadership was lost; the process must stop acting.
+    #[error("leader election lost")]
+    LeadershipLost,
+    /// A controller task ended unexpectedly.
+    #[error("controller {0} stopped")]
+    Stopped(&'static str),
+}
+
+/// Runs the enabled controllers until one of them fails or leadership is lost.
+pub async fn run(config: Config, client: kube::Client) -> Result<(), Error> {
+    if config.leader_elect {
+        let elector = leader::LeaderElector::new(
+            client.clone(),
+            "kube-system",
+            "kube-controller-manager",
+            &config.identity,
+        );
+        elector.acquire().await?;
+        tracing::info!(identity = %config.identity, "became leader");
+        tokio::select! {
+            r = run_controllers(config.clone(), client.clone()) => r,
+            r = elector.keep_renewing() => r,
+        }
+    } else {
+        run_controllers(config, client).await
+    }
+}
+
+async fn run_controllers(config: Config, client: kube::Client) -> Result<(), Error> {
+    let recorder = events::Recorder::new(client.clone());
+    let mut set = tokio::task::JoinSet::new();
+    if config.enabled("replicaset") {
+        set.spawn(replicaset::run(client.clone(), recorder.clone()));
+    }
+    if config.enabled("deployment") {
+        set.spawn(deployment::run(client.clone(), recorder.clone()));
+    }
+    if config.enabled("namespace") {
+        set.spawn(namespace::run(client.clone(), recorder.clone()));
+    }
+    if config.enabled("serviceaccount") {
+        set.spawn(serviceaccount::run(
+            client.clone(),
+            config.root_ca_pem.clone(),
+        ));
+    }
+    if config.enabled("garbagecollector") {
+        set.spawn(gc::run(client.clone()));
+    }
+    match set.join_next().await {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => Err(Error::Invalid(format!("controller task panicked: {e}"))),
+        None => Err(Error::Invalid("no controllers enabled".into())),
+    }
+}

@@ -1,15 +1,118 @@
-use clap::Parser;
+//! `controllers`: the Lotse controller manager (Deployments, ReplicaSets, namespaces,
+//! service accounts, garbage collection), talking to the apiserver through its API.
+use std::path::PathBuf;
+use std::time::Duration;
 
-/// Lotse controllers. Not implemented yet; see the controllers issue.
+use anyhow::Context;
+use base64::Engine;
+use clap::Parser;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// Runs the Lotse controllers (the kube-controller-manager equivalent) against an apiserver.
+///
+/// Example: controllers --kubeconfig /var/lib/lotse/admin.kubeconfig
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, long_about = None)]
 struct Args {
-    /// Path to a kubeconfig for talking to the apiserver.
+    /// Kubeconfig to reach the apiserver with (its CA is also published as kube-root-ca.crt).
     #[arg(long, env = "KUBECONFIG")]
-    kubeconfig: Option<std::path::PathBuf>,
+    kubeconfig: PathBuf,
+    /// Pod network of the cluster; each node gets a podCIDR from it.
+    #[arg(long, env = "LOTSE_CLUSTER_CIDR", default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
+    /// Seconds a node may go without renewing its Lease before it is marked unhealthy.
+    #[arg(long, env = "LOTSE_NODE_MONITOR_GRACE_PERIOD", default_value = "40s", value_parser = parse_duration)]
+    node_monitor_grace_period: Duration,
+    /// Default toleration for not-ready/unreachable taints before pods are evicted.
+    #[arg(long, env = "LOTSE_POD_EVICTION_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
+    pod_eviction_timeout: Duration,
+    /// Take part in leader election; only the holder of the Lease kube-system/kube-controller-manager acts.
+    #[arg(long, env = "LOTSE_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Controllers to run: `*` for all, a name to enable, `-name` to disable
+    /// (replicaset, deployment, namespace, serviceaccount, garbagecollector).
+    #[arg(
+        long,
+        env = "LOTSE_CONTROLLERS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    controllers: Vec<String>,
 }
 
-fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    anyhow::bail!("controllers is not implemented yet")
+/// Parses `40s`, `5m`, `1h` or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, mult) = match s.chars().last() {
+        Some('s') => (&s[..s.len() - 1], 1),
+        Some('m') => (&s[..s.len() - 1], 60),
+        Some('h') => (&s[..s.len() - 1], 3600),
+        _ => (s, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (use e.g. 40s, 5m)"))?;
+    Ok(Duration::from_secs_f64(n * f64::from(mult)))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let kubeconfig = Kubeconfig::read_from(&args.kubeconfig)
+        .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
+    let root_ca_pem = root_ca(&kubeconfig);
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .context("loading kubeconfig")?;
+    let client = kube::Client::try_from(config).context("building client")?;
+    for c in &args.controllers {
+        let name = c.trim_start_matches('-');
+        anyhow::ensure!(
+            name == "*" || controllers::ALL_CONTROLLERS.contains(&name),
+            "unknown controller {name:?}; known: {}",
+            controllers::ALL_CONTROLLERS.join(", ")
+        );
+    }
+    let config = controllers::Config {
+        cluster_cidr: args.cluster_cidr,
+        node_monitor_grace_period: args.node_monitor_grace_period,
+        pod_eviction_timeout: args.pod_eviction_timeout,
+        leader_elect: args.leader_elect,
+        identity: controllers::default_identity(),
+        controllers: args.controllers,
+        root_ca_pem,
+    };
+    controllers::run(config, client)
+        .await
+        .context("controllers stopped")
+}
+
+/// The CA of the current context's cluster, as PEM.
+fn root_ca(kc: &Kubeconfig) -> Option<String> {
+    let ctx_name = kc.current_context.as_deref()?;
+    let ctx = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == ctx_name)?
+        .context
+        .as_ref()?;
+    let cluster = kc
+        .clusters
+        .iter()
+        .find(|c| c.name == ctx.cluster)?
+        .cluster
+        .as_ref()?;
+    if let Some(data) = &cluster.certificate_authority_data {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .ok()?;
+        return String::from_utf8(bytes).ok();
+    }
+    std::fs::read_to_string(cluster.certificate_authority.as_ref()?).ok()
 }

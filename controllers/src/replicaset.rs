@@ -1,0 +1,554 @@
+//! ReplicaSet controller: keeps `spec.replicas` active pods for every ReplicaSet, adopting
+//! matching orphans and releasing pods that no longer match, and fills in `status`.
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use crate::Error;
+use crate::events::{EventType, Recorder};
+use crate::util;
+
+const COMPONENT: &str = "replicaset-controller";
+/// Most pods created or deleted in one sync, as Kubernetes' `BurstReplicas`.
+pub const BURST_REPLICAS: usize = 500;
+/// First batch of the slow start; each successful batch doubles the next one.
+pub const SLOW_START_INITIAL_BATCH: usize = 1;
+
+struct Ctx {
+    client: Client,
+    recorder: Recorder,
+}
+
+/// Runs the ReplicaSet controller until its watch streams end.
+pub async fn run(client: Client, recorder: Recorder) -> Result<(), Error> {
+    let wc = watcher::Config::default();
+    let ctrl = Controller::new(Api::<ReplicaSet>::all(client.clone()), wc.clone());
+    let store = ctrl.store();
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        recorder,
+    });
+    ctrl.watches(Api::<Pod>::all(client), wc, move |pod| {
+        pod_to_replicasets(&store, &pod)
+    })
+    .run(reconcile, error_policy, ctx)
+    .for_each(|r| {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "replicaset reconcile");
+        }
+        futures::future::ready(())
+    })
+    .await;
+    Err(Error::Stopped("replicaset"))
+}
+
+/// The ReplicaSets a pod event concerns: its controller, or, for an orphan, every ReplicaSet
+/// in its namespace whose selector matches (one of them may adopt it).
+fn pod_to_replicasets(store: &Store<ReplicaSet>, pod: &Pod) -> Vec<ObjectRef<ReplicaSet>> {
+    let ns = pod.namespace().unwrap_or_default();
+    if let Some(r) = util::controller_ref(pod) {
+        return if r.kind == "ReplicaSet" {
+            vec![ObjectRef::new(&r.name).within(&ns)]
+        } else {
+            vec![]
+        };
+    }
+    store
+        .state()
+        .iter()
+        .filter(|rs| rs.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|rs| {
+            rs.spec
+                .as_ref()
+                .is_some_and(|s| util::selector_matches(&s.selector, pod.labels()))
+        })
+        .map(|rs| ObjectRef::from_obj(rs.as_ref()))
+        .collect()
+}
+
+fn error_policy(rs: Arc<ReplicaSet>, err: &Error, _ctx: Arc<Ctx>) -> Action {
+    tracing::warn!(replicaset = %rs.name_any(), error = %err, "sync failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let ns = rs.namespace().unwrap_or_default();
+    let name = rs.name_any();
+    let uid = rs.uid().unwrap_or_default();
+    let spec = rs
+        .spec
+        .as_ref()
+        .ok_or_else(|| Error::Invalid("replicaset without spec".into()))?;
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    // A fresh, consistent list: no expectations bookkeeping is needed and a restart at any
+    // moment converges without duplicate pods.
+    let all = pods_api.list(&ListParams::default()).await?.items;
+    let mut owned = Vec::new();
+    for pod in all {
+        let matches = util::selector_matches(&spec.selector, pod.labels());
+        match util::controller_ref(&pod) {
+            Some(r) if r.uid == uid => {
+                if matches || util::is_deleting(&pod) {
+                    owned.push(pod);
+                } else if !util::is_deleting(rs.as_ref()) {
+                    release(&pods_api, &pod, &uid).await?;
+                }
+            }
+            None if matches && !util::is_deleting(&pod) && !util::is_deleting(rs.as_ref()) => {
+                if let Some(p) = adopt(&pods_api, &pod, rs.as_ref()).await? {
+                    owned.push(p);
+                }
+            }
+            _ => {}
+        }
+    }
+    let active: Vec<Pod> = owned.into_iter().filter(util::is_pod_active).collect();
+    let mut failure = None;
+    if !util::is_deleting(rs.as_ref()) {
+        failure = manage_replicas(&ctx, rs.as_ref(), &pods_api, &active).await?;
+    }
+    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+    let now = jiff::Timestamp::now();
+    let status = calculate_status(rs.as_ref(), &active, failure, now);
+    if rs.status.as_ref() != Some(&status) {
+        let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await?;
+    }
+    // Pods that are Ready but not yet available become available by time alone.
+    let next = active
+        .iter()
+        .filter_map(|p| util::seconds_until_available(p, min_ready, now))
+        .min();
+    Ok(match next {
+        Some(s) => Action::requeue(Duration::from_secs(s.unsigned_abs() + 1)),
+        None => Action::requeue(Duration::from_secs(300)),
+    })
+}
+
+async fn adopt(api: &Api<Pod>, pod: &Pod, rs: &ReplicaSet) -> Result<Option<Pod>, Error> {
+    let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
+    refs.push(util::owner_ref(rs));
+    let patch =
+        json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version()}});
+    match api
+        .patch(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
+        Ok(p) => Ok(Some(p)),
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn release(api: &Api<Pod>, pod: &Pod, uid: &str) -> Result<(), Error> {
+    let refs: Vec<_> = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|r| r.uid != uid)
+        .cloned()
+        .collect();
+    let patch =
+        json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version()}});
+    match api
+        .patch(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates or deletes pods so that `active` reaches `spec.replicas`. Returns a creation
+/// failure message for the ReplicaFailure condition.
+async fn manage_replicas(
+    ctx: &Ctx,
+    rs: &ReplicaSet,
+    api: &Api<Pod>,
+    active: &[Pod],
+) -> Result<Option<String>, Error> {
+    let want = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1)
+        .max(0) as usize;
+    let have = active.len();
+    if have < want {
+        let count = (want - have).min(BURST_REPLICAS);
+        let pod = pod_from_template(rs)?;
+        let (created, err) = slow_start(count, SLOW_START_INITIAL_BATCH, || {
+            let pod = pod.clone();
+            async move { api.create(&PostParams::default(), &pod).await }
+        })
+        .await;
+        for p in &created {
+            ctx.recorder
+                .record(
+                    rs,
+                    COMPONENT,
+                    EventType::Normal,
+                    "SuccessfulCreate",
+                    format!("Created pod: {}", p.name_any()),
+                )
+                .await;
+        }
+        if let Some(e) = err {
+            let msg = e.to_string();
+            ctx.recorder
+                .record(
+                    rs,
+                    COMPONENT,
+                    EventType::Warning,
+                    "FailedCreate",
+                    format!("Error creating: {msg}"),
+                )
+                .await;
+            return Ok(Some(msg));
+        }
+    } else if have > want {
+        let count = (have - want).min(BURST_REPLICAS);
+        let victims = pods_to_delete(active, count);
+        let results = futures::future::join_all(victims.iter().map(|p| async move {
+            let r = api.delete(&p.name_any(), &DeleteParams::default()).await;
+            (p, r)
+        }))
+        .await;
+        for (p, r) in results {
+            match r {
+                Ok(_) => {
+                    ctx.recorder
+                        .record(
+                            rs,
+                            COMPONENT,
+                            EventType::Normal,
+                            "SuccessfulDelete",
+                            format!("Deleted pod: {}", p.name_any()),
+                        )
+                        .await
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => {
+                    ctx.recorder
+                        .record(
+                            rs,
+                            COMPONENT,
+                            EventType::Warning,
+                            "FailedDelete",
+                            format!("Error deleting: {e}"),
+                        )
+                        .await;
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Runs `create` `count` times in batches of 1, 2, 4, … (Kubernetes' slowStartBatch): a
+/// failing batch stops the rest, so a broken template costs one request, not hundreds.
+pub async fn slow_start<T, E, F, Fut>(
+    count: usize,
+    initial: usize,
+    create: F,
+) -> (Vec<T>, Option<E>)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut done = Vec::with_capacity(count);
+    let mut batch = initial.max(1).min(count);
+    let mut remaining = count;
+    while remaining > 0 {
+        let results = futures::future::join_all((0..batch).map(|_| create())).await;
+        let mut first_err = None;
+        for r in results {
+            match r {
+                Ok(t) => done.push(t),
+                Err(e) => first_err = first_err.or(Some(e)),
+            }
+        }
+        if first_err.is_some() {
+            return (done, first_err);
+        }
+        remaining -= batch;
+        batch = (batch * 2).min(remaining);
+    }
+    (done, None)
+}
+
+fn pod_from_template(rs: &ReplicaSet) -> Result<Pod, Error> {
+    let template = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.clone())
+        .ok_or_else(|| Error::Invalid("replicaset without pod template".into()))?;
+    let tmeta = template.metadata.unwrap_or_default();
+    Ok(Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-", rs.name_any())),
+            namespace: rs.namespace(),
+            labels: tmeta.labels,
+            annotations: tmeta.annotations,
+            finalizers: tmeta.finalizers,
+            owner_references: Some(vec![util::owner_ref(rs)]),
+            ..Default::default()
+        },
+        spec: template.spec,
+        status: None,
+    })
+}
+
+/// What the delete ordering looks at, so it can be tested without whole pods.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodRank {
+    /// `spec.nodeName` is set.
+    pub assigned: bool,
+    /// Pending = 0, Unknown = 1, Running = 2.
+    pub phase_rank: u8,
+    /// Ready condition True.
+    pub ready: bool,
+    /// `controller.kubernetes.io/pod-deletion-cost` annotation.
+    pub deletion_cost: i32,
+    /// Active pods of this ReplicaSet on the same node.
+    pub colocated: usize,
+    /// When the pod became Ready (seconds).
+    pub ready_since: Option<i64>,
+    /// Sum of container restart counts.
+    pub restarts: i32,
+    /// Creation time (seconds).
+    pub created: Option<i64>,
+}
+
+impl PodRank {
+    fn of(pod: &Pod, colocated: usize) -> Self {
+        let status = pod.status.as_ref();
+        let phase_rank = match status.and_then(|s| s.phase.as_deref()) {
+            Some("Pending") | None => 0,
+            Some("Unknown") => 1,
+            _ => 2,
+        };
+        PodRank {
+            assigned: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .is_some_and(|n| !n.is_empty()),
+            phase_rank,
+            ready: util::is_pod_ready(pod),
+            deletion_cost: pod
+                .annotations()
+                .get("controller.kubernetes.io/pod-deletion-cost")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            colocated,
+            ready_since: util::pod_ready_since(pod).map(|t| t.as_second()),
+            restarts: status
+                .and_then(|s| s.container_statuses.as_ref())
+                .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+                .unwrap_or(0),
+            created: pod
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second()),
+        }
+    }
+}
+
+/// Kubernetes' `ActivePodsWithRanks.Less`: `Less` means "delete first". Unassigned before
+/// assigned, Pending before Unknown before Running, not ready before ready, lower deletion
+/// cost first, more doubled-up first, more recently ready first, more restarts first, newer first.
+pub fn delete_order(a: &PodRank, b: &PodRank) -> Ordering {
+    a.assigned
+        .cmp(&b.assigned)
+        .then(a.phase_rank.cmp(&b.phase_rank))
+        .then(a.ready.cmp(&b.ready))
+        .then(a.deletion_cost.cmp(&b.deletion_cost))
+        .then(b.colocated.cmp(&a.colocated))
+        .then_with(
+            || match (a.ready && b.ready, a.ready_since, b.ready_since) {
+                (true, Some(x), Some(y)) => y.cmp(&x),
+                _ => Ordering::Equal,
+            },
+        )
+        .then(b.restarts.cmp(&a.restarts))
+        .then_with(|| match (a.created, b.created) {
+            (None, Some(_)) => Ordering::Less,
+            (Some(_), None) => Ordering::Greater,
+            (Some(x), Some(y)) => y.cmp(&x),
+            (None, None) => Ordering::Equal,
+        })
+}
+
+/// The `count` pods to delete first.
+pub fn pods_to_delete(active: &[Pod], count: usize) -> Vec<Pod> {
+    let mut per_node: HashMap<&str, usize> = HashMap::new();
+    for p in active {
+        if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+            *per_node.entry(n).or_default() += 1;
+        }
+    }
+    let mut ranked: Vec<(PodRank, &Pod)> = active
+        .iter()
+        .map(|p| {
+            let node = p.spec.as_ref().and_then(|s| s.node_name.as_deref());
+            (
+                PodRank::of(p, node.and_then(|n| per_node.get(n)).copied().unwrap_or(0)),
+                p,
+            )
+        })
+        .collect();
+    ranked.sort_by(|a, b| delete_order(&a.0, &b.0));
+    ranked
+        .into_iter()
+        .take(count)
+        .map(|(_, p)| p.clone())
+        .collect()
+}
+
+fn calculate_status(
+    rs: &ReplicaSet,
+    active: &[Pod],
+    failure: Option<String>,
+    now: jiff::Timestamp,
+) -> ReplicaSetStatus {
+    let spec = rs.spec.as_ref();
+    let min_ready = spec.and_then(|s| s.min_ready_seconds).unwrap_or(0);
+    let template_labels: BTreeMap<String, String> = spec
+        .and_then(|s| s.template.as_ref())
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let fully_labeled = active
+        .iter()
+        .filter(|p| {
+            template_labels
+                .iter()
+                .all(|(k, v)| p.labels().get(k) == Some(v))
+        })
+        .count();
+    let ready = active.iter().filter(|p| util::is_pod_ready(p)).count();
+    let available = active
+        .iter()
+        .filter(|p| util::is_pod_available(p, min_ready, now))
+        .count();
+    let old = rs.status.clone().unwrap_or_default();
+    let mut conditions: Vec<ReplicaSetCondition> = old
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.type_ != "ReplicaFailure")
+        .collect();
+    if let Some(msg) = failure {
+        conditions.push(ReplicaSetCondition {
+            type_: "ReplicaFailure".into(),
+            status: "True".into(),
+            reason: Some("FailedCreate".into()),
+            message: Some(msg),
+            last_transition_time: Some(util::now()),
+        });
+    }
+    ReplicaSetStatus {
+        replicas: active.len() as i32,
+        fully_labeled_replicas: Some(fully_labeled as i32),
+        ready_replicas: Some(ready as i32),
+        available_replicas: Some(available as i32),
+        observed_generation: rs.metadata.generation,
+        conditions: (!conditions.is_empty()).then_some(conditions),
+        terminating_replicas: old.terminating_replicas,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rank(f: impl FnOnce(&mut PodRank)) -> PodRank {
+        let mut r = PodRank {
+            assigned: true,
+            phase_rank: 2,
+            ready: true,
+            ready_since: Some(100),
+            created: Some(50),
+            ..Default::default()
+        };
+        f(&mut r);
+        r
+    }
+
+    #[test]
+    fn delete_order_follows_kubernetes() {
+        let base = rank(|_| {});
+        // Each of these goes before the fully healthy base pod.
+        let earlier = [
+            rank(|r| r.assigned = false),
+            rank(|r| r.phase_rank = 0),
+            rank(|r| r.phase_rank = 1),
+            rank(|r| r.ready = false),
+            rank(|r| r.deletion_cost = -1),
+            rank(|r| r.colocated = 3),
+            rank(|r| r.ready_since = Some(200)),
+            rank(|r| r.restarts = 2),
+            rank(|r| r.created = Some(60)),
+        ];
+        for e in &earlier {
+            assert_eq!(delete_order(e, &base), Ordering::Less, "{e:?}");
+            assert_eq!(delete_order(&base, e), Ordering::Greater, "{e:?}");
+        }
+        // Precedence: unassigned beats everything after it.
+        let unassigned_ready = rank(|r| {
+            r.assigned = false;
+            r.restarts = 0;
+        });
+        let assigned_pending = rank(|r| r.phase_rank = 0);
+        assert_eq!(
+            delete_order(&unassigned_ready, &assigned_pending),
+            Ordering::Less
+        );
+    }
+
+    #[tokio::test]
+    async fn slow_start_doubles_and_stops_on_failure() {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let (ok, err) = slow_start(10, 1, || {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { if n == 4 { Err("boom") } else { Ok(n) } }
+        })
+        .await;
+        // Batches 1, 2, 4: the third batch holds call 4, which fails; nothing after it runs.
+        assert_eq!(err, Some("boom"));
+        assert_eq!(ok.len(), 6);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 7);
+        let (ok, err) = slow_start(10, 1, || async { Ok::<_, ()>(()) }).await;
+        assert_eq!((ok.len(), err), (10, None));
+    }
+}
