@@ -39,12 +39,21 @@ impl UserInfo {
         if !groups.iter().any(|g| g == AUTHENTICATED) {
             groups.push(AUTHENTICATED.to_string());
         }
-        UserInfo { name: common_name, uid: String::new(), groups, extra: BTreeMap::new() }
+        UserInfo {
+            name: common_name,
+            uid: String::new(),
+            groups,
+            extra: BTreeMap::new(),
+        }
     }
 
     /// The anonymous user.
     pub fn anonymous() -> Self {
-        UserInfo { name: ANONYMOUS.into(), groups: vec![UNAUTHENTICATED.into()], ..Default::default() }
+        UserInfo {
+            name: ANONYMOUS.into(),
+            groups: vec![UNAUTHENTICATED.into()],
+            ..Default::default()
+        }
     }
 
     /// A service account user with Kubernetes' groups.
@@ -78,7 +87,9 @@ impl UserInfo {
         if !self.in_group("system:nodes") {
             return None;
         }
-        self.name.strip_prefix("system:node:").filter(|n| !n.is_empty())
+        self.name
+            .strip_prefix("system:node:")
+            .filter(|n| !n.is_empty())
     }
 }
 
@@ -151,6 +162,9 @@ mod tests {
         assert!(u.in_group("system:serviceaccounts:entenhausen"));
         let n = UserInfo::from_cert("system:node:n1".into(), vec!["system:nodes".into()]);
         assert_eq!(n.node_name(), Some("n1"));
-        assert_eq!(UserInfo::from_cert("system:node:n1".into(), vec![]).node_name(), None);
+        assert_eq!(
+            UserInfo::from_cert("system:node:n1".into(), vec![]).node_name(),
+            None
+        );
     }
 }
