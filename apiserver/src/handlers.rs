@@ -115,14 +115,17 @@ pub struct Ctx<'a> {
 /// The field manager a write is recorded under: `?fieldManager=`, else the first word of the
 /// User-Agent (`kubectl/v1.33.0 (linux/amd64) ...` → `kubectl`), as Kubernetes derives it.
 pub fn field_manager<'a>(query: &'a Query, headers: &'a HeaderMap) -> Option<&'a str> {
-    query.get("fieldManager").filter(|m| !m.is_empty()).or_else(|| {
-        headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|ua| ua.split('/').next())
-            .map(str::trim)
-            .filter(|m| !m.is_empty())
-    })
+    query
+        .get("fieldManager")
+        .filter(|m| !m.is_empty())
+        .or_else(|| {
+            headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|ua| ua.split('/').next())
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+        })
 }
 
 /// Dispatches a resource request by method and path shape.
@@ -493,7 +496,15 @@ pub async fn create_object(
     if def.namespaced {
         admit_namespace(state, def, fields::namespace(&obj), &name).await?;
     }
-    crate::admission::admit(state, def, crate::admission::Operation::Create, &mut obj, None, dry_run).await?;
+    crate::admission::admit(
+        state,
+        def,
+        crate::admission::Operation::Create,
+        &mut obj,
+        None,
+        dry_run,
+    )
+    .await?;
     let _alloc_guard = if def.kind == "Service" {
         Some(state.alloc.allocate(state, def, &mut obj, None).await?)
     } else {
@@ -684,7 +695,15 @@ pub async fn write_update(
     if !errs.is_empty() {
         return Err(ApiError::invalid(def, name, &errs));
     }
-    crate::admission::admit(state, def, crate::admission::Operation::Update, &mut new, Some(&old), dry_run).await?;
+    crate::admission::admit(
+        state,
+        def,
+        crate::admission::Operation::Update,
+        &mut new,
+        Some(&old),
+        dry_run,
+    )
+    .await?;
     let _alloc_guard = if def.kind == "Service" {
         Some(
             state

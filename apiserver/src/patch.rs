@@ -47,11 +47,14 @@ pub fn parse_patch(pt: PatchType, body: &Bytes) -> ApiResult<Value> {
         PatchType::Apply => {
             let v = request::decode_yaml(body)?;
             if !v.is_object() {
-                return Err(ApiError::bad_request("error decoding YAML: the apply configuration is not an object"));
+                return Err(ApiError::bad_request(
+                    "error decoding YAML: the apply configuration is not an object",
+                ));
             }
             Ok(v)
         }
-        _ => serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}"))),
+        _ => serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}"))),
     }
 }
 
@@ -62,12 +65,20 @@ pub fn apply(pt: PatchType, def: &ResourceDef, current: &Value, patch: &Value) -
             let p: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| ApiError::bad_request(format!("error decoding JSON patch: {e}")))?;
             let mut doc = current.clone();
-            json_patch::patch(&mut doc, &p).map_err(|e| ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}")))?;
+            json_patch::patch(&mut doc, &p).map_err(|e| {
+                ApiError::new(
+                    422,
+                    "Invalid",
+                    format!("the server rejected our request due to an error in our request: {e}"),
+                )
+            })?;
             Ok(doc)
         }
         PatchType::Merge => {
             if !patch.is_object() {
-                return Err(ApiError::bad_request("error decoding merge patch: the patch is not a JSON object"));
+                return Err(ApiError::bad_request(
+                    "error decoding merge patch: the patch is not a JSON object",
+                ));
             }
             let mut doc = current.clone();
             json_patch::merge(&mut doc, patch);

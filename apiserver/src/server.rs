@@ -72,7 +72,11 @@ pub struct AppState {
 
 impl AppState {
     /// Builds the state and starts one watch cache per resource.
-    pub fn new(storage: Arc<dyn Storage>, service_cidr: Ipv4Net, server_address: String) -> Arc<Self> {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        service_cidr: Ipv4Net,
+        server_address: String,
+    ) -> Arc<Self> {
         let hub = crate::cacher::CacheHub::start(registry::all(), storage.clone());
         let mut caches = HashMap::new();
         for c in hub.caches() {
@@ -90,9 +94,9 @@ impl AppState {
 
     /// The watch cache of a resource.
     pub fn cacher(&self, def: &ResourceDef) -> ApiResult<&Arc<Cacher>> {
-        self.caches
-            .get(&(def.group, def.plural))
-            .ok_or_else(|| ApiError::internal(format!("no watch cache for {}", def.group_resource())))
+        self.caches.get(&(def.group, def.plural)).ok_or_else(|| {
+            ApiError::internal(format!("no watch cache for {}", def.group_resource()))
+        })
     }
 
     /// All watch caches (for compaction notices).
@@ -107,8 +111,17 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version" | "/api" | "/apis" | "/openapi/v2" | "/openapi/v3")
-        || path.starts_with("/healthz/")
+    matches!(
+        path,
+        "/healthz"
+            | "/livez"
+            | "/readyz"
+            | "/version"
+            | "/api"
+            | "/apis"
+            | "/openapi/v2"
+            | "/openapi/v3"
+    ) || path.starts_with("/healthz/")
         || path.starts_with("/livez/")
         || path.starts_with("/readyz/")
         || path.starts_with("/openapi/v3/")
@@ -142,11 +155,17 @@ pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Respo
     if labels.verb.is_empty() {
         labels.verb = "other";
     }
-    state.metrics.observe(&labels, resp.status().as_u16(), started.elapsed());
+    state
+        .metrics
+        .observe(&labels, resp.status().as_u16(), started.elapsed());
     resp
 }
 
-async fn dispatch_inner(state: &Arc<AppState>, req: Request, labels: &mut RequestLabels) -> ApiResult<Response> {
+async fn dispatch_inner(
+    state: &Arc<AppState>,
+    req: Request,
+    labels: &mut RequestLabels,
+) -> ApiResult<Response> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let query = Query::parse(parts.uri.query());
@@ -157,11 +176,23 @@ async fn dispatch_inner(state: &Arc<AppState>, req: Request, labels: &mut Reques
         None => return Err(ApiError::unauthorized()),
     };
     let user = crate::impersonation::impersonate(state, &parts.headers, user).await?;
-    state.security.rbac.require(state, &crate::rbac::request_attributes(&user, &parts.method, &path, &query)).await?;
+    state
+        .security
+        .rbac
+        .require(
+            state,
+            &crate::rbac::request_attributes(&user, &parts.method, &path, &query),
+        )
+        .await?;
     if let Some(node) = path.strip_prefix("/lotse/node-kubeconfig/") {
         return crate::components::node_kubeconfig_response(state, node);
     }
-    let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let accept = parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     match path.as_str() {
         "/healthz" | "/livez" | "/readyz" => return Ok(text(StatusCode::OK, "ok")),
         "/version" => {
@@ -173,27 +204,46 @@ async fn dispatch_inner(state: &Arc<AppState>, req: Request, labels: &mut Reques
         }
         "/metrics" => {
             let mut r = text(StatusCode::OK, &state.metrics.render());
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
             return Ok(r);
         }
         "/api" => {
-            return Ok(discovery_response(&accept, true, || discovery::api_versions(&state.server_address)));
+            return Ok(discovery_response(&accept, true, || {
+                discovery::api_versions(&state.server_address)
+            }));
         }
-        "/apis" => return Ok(discovery_response(&accept, false, discovery::api_group_list)),
+        "/apis" => {
+            return Ok(discovery_response(
+                &accept,
+                false,
+                discovery::api_group_list,
+            ));
+        }
         "/openapi/v3" => return Ok(value(&openapi::v3_index())),
         "/openapi/v2" => {
             let proto = accept.contains("protobuf");
             let (body, ct) = if proto {
-                (crate::openapi_v2::protobuf(), crate::openapi_v2::PROTOBUF_MEDIA_TYPE)
+                (
+                    crate::openapi_v2::protobuf(),
+                    crate::openapi_v2::PROTOBUF_MEDIA_TYPE,
+                )
             } else {
                 (crate::openapi_v2::json(), "application/json")
             };
             let mut r = Response::new(axum::body::Body::from(body));
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
             return Ok(r);
         }
         "/swagger-2.0.0.pb-v1" | "/swagger.json" => {
-            return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ));
         }
         _ => {}
     }
@@ -205,28 +255,48 @@ async fn dispatch_inner(state: &Arc<AppState>, req: Request, labels: &mut Reques
                     r.headers_mut().insert(header::ETAG, h);
                 }
                 if query.get("hash").is_some() {
-                    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, immutable"));
+                    r.headers_mut().insert(
+                        header::CACHE_CONTROL,
+                        HeaderValue::from_static("public, immutable"),
+                    );
                 }
                 Ok(r)
             }
             None => Err(ApiError::no_such_resource()),
         };
     }
-    let segs: Vec<&str> = path.trim_start_matches('/').trim_end_matches('/').split('/').collect();
+    let segs: Vec<&str> = path
+        .trim_start_matches('/')
+        .trim_end_matches('/')
+        .split('/')
+        .collect();
     let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
         ["api", "v1", rest @ ..] => ("", "v1", rest),
         ["apis", g, v, rest @ ..] => (g, v, rest),
         ["apis", g] => {
-            return discovery::api_group(g).map(|v| value(&v)).ok_or_else(ApiError::no_such_resource);
+            return discovery::api_group(g)
+                .map(|v| value(&v))
+                .ok_or_else(ApiError::no_such_resource);
         }
         _ => return Err(ApiError::no_such_resource()),
     };
     if crate::reviews::is_review_path(group, version, rest) {
         let body = body_bytes(body).await?;
-        return crate::reviews::handle(state, &user, &parts.method, &parts.headers, group, rest, body).await;
+        return crate::reviews::handle(
+            state,
+            &user,
+            &parts.method,
+            &parts.headers,
+            group,
+            rest,
+            body,
+        )
+        .await;
     }
     if rest.is_empty() {
-        return discovery::resource_list(group, version).map(|v| value(&v)).ok_or_else(ApiError::no_such_resource);
+        return discovery::resource_list(group, version)
+            .map(|v| value(&v))
+            .ok_or_else(ApiError::no_such_resource);
     }
     let rp = request::parse_resource_path(group, version, rest)?;
     labels.verb = verb_for(&parts.method, rp.name.is_some(), query.flag("watch"));
@@ -235,9 +305,20 @@ async fn dispatch_inner(state: &Arc<AppState>, req: Request, labels: &mut Reques
     labels.resource = rp.def.plural.to_string();
     labels.subresource = rp.subresource.clone().unwrap_or_default();
     let body = body_bytes(body).await?;
-    let scope = Arc::new(crate::auth::RequestScope { user: user.clone(), warnings: Default::default() });
-    let ctx = Ctx { state, rp: &rp, query: &query, headers: &parts.headers, user: &user };
-    let mut resp = crate::auth::with_request(scope.clone(), handlers::handle(ctx, &parts.method, body)).await?;
+    let scope = Arc::new(crate::auth::RequestScope {
+        user: user.clone(),
+        warnings: Default::default(),
+    });
+    let ctx = Ctx {
+        state,
+        rp: &rp,
+        query: &query,
+        headers: &parts.headers,
+        user: &user,
+    };
+    let mut resp =
+        crate::auth::with_request(scope.clone(), handlers::handle(ctx, &parts.method, body))
+            .await?;
     if let Ok(ws) = scope.warnings.lock() {
         handlers::add_warnings(&mut resp, &ws);
     }
@@ -253,7 +334,10 @@ pub async fn body_bytes(body: Body) -> ApiResult<Bytes> {
 
 fn text(code: StatusCode, s: &str) -> Response {
     let mut r = (code, s.to_string()).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -265,19 +349,29 @@ fn discovery_response(accept: &str, core: bool, plain: impl FnOnce() -> Value) -
     for part in accept.split(',') {
         let p = part.replace(' ', "");
         if p.contains("as=APIGroupDiscoveryList") && p.contains("g=apidiscovery.k8s.io") {
-            let version = if p.contains("v=v2beta1") { "v2beta1" } else if p.contains("v=v2") { "v2" } else { continue };
+            let version = if p.contains("v=v2beta1") {
+                "v2beta1"
+            } else if p.contains("v=v2") {
+                "v2"
+            } else {
+                continue;
+            };
             let doc = discovery::aggregated(core, &format!("apidiscovery.k8s.io/{version}"));
             let mut r = json_response(StatusCode::OK, serde_json::to_vec(&doc).unwrap_or_default());
-            let ct = format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList");
+            let ct = format!(
+                "application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList"
+            );
             if let Ok(h) = HeaderValue::from_str(&ct) {
                 r.headers_mut().insert(header::CONTENT_TYPE, h);
             }
-            r.headers_mut().insert("Vary", HeaderValue::from_static("Accept"));
+            r.headers_mut()
+                .insert("Vary", HeaderValue::from_static("Accept"));
             return r;
         }
     }
     let mut r = value(&plain());
-    r.headers_mut().insert("Vary", HeaderValue::from_static("Accept"));
+    r.headers_mut()
+        .insert("Vary", HeaderValue::from_static("Accept"));
     r
 }
 
@@ -315,10 +409,16 @@ pub struct Running {
 }
 
 /// Opens storage, creates PKI and the admin kubeconfig, bootstraps system objects and serves.
-pub async fn start(cfg: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<Running, ServerError> {
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| ServerError::Config(format!("create {}: {e}", cfg.data_dir.display())))?;
+pub async fn start(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Running, ServerError> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| ServerError::Config(format!("create {}: {e}", cfg.data_dir.display())))?;
     let storage: Arc<dyn Storage> = if cfg.etcd_servers.is_empty() {
-        Arc::new(crate::storage::sqlite::SqliteStorage::open(&cfg.data_dir.join("state.db"))?)
+        Arc::new(crate::storage::sqlite::SqliteStorage::open(
+            &cfg.data_dir.join("state.db"),
+        )?)
     } else {
         Arc::new(crate::storage::etcd::EtcdStorage::connect(&cfg.etcd_servers).await?)
     };
@@ -330,15 +430,28 @@ pub async fn start(cfg: Config, shutdown: impl std::future::Future<Output = ()> 
     sans.push(first_ip.to_string());
     let pki = Arc::new(crate::pki::Pki::load_or_create(&cfg.data_dir, &sans)?);
     let addr = SocketAddr::new(cfg.bind_address, cfg.secure_port);
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { addr, source })?;
-    let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr, source })?;
-    let host = if cfg.bind_address.is_unspecified() { "127.0.0.1".to_string() } else { cfg.bind_address.to_string() };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    let host = if cfg.bind_address.is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        cfg.bind_address.to_string()
+    };
     let server_url = format!("https://{host}:{}", addr.port());
     let admin_kubeconfig = pki.write_admin_kubeconfig(&server_url)?;
-    let state = AppState::new(storage.clone(), cfg.service_cluster_ip_range, format!("{host}:{}", addr.port()));
+    let state = AppState::new(
+        storage.clone(),
+        cfg.service_cluster_ip_range,
+        format!("{host}:{}", addr.port()),
+    );
     // As kube-apiserver: each tick compacts to the revision of the previous tick.
     crate::storage::compactor::spawn_compactor(storage.clone(), cfg.compaction_interval, 0);
-    crate::authn::install(&state, &pki).map_err(|e| ServerError::Config(format!("service-account key: {e}")))?;
+    crate::authn::install(&state, &pki)
+        .map_err(|e| ServerError::Config(format!("service-account key: {e}")))?;
     crate::components::start(&state, &pki, &server_url, &cfg.data_dir).map_err(ServerError::Pki)?;
     bootstrap(&state).await;
     // Build the OpenAPI documents before the first client asks for them.
@@ -346,7 +459,13 @@ pub async fn start(cfg: Config, shutdown: impl std::future::Future<Output = ()> 
     let tls = pki.rustls_server_config()?;
     let app = router(state.clone());
     let task = tokio::spawn(crate::tls::serve(listener, app, tls, shutdown));
-    Ok(Running { addr, admin_kubeconfig, state, pki, task })
+    Ok(Running {
+        addr,
+        admin_kubeconfig,
+        state,
+        pki,
+        task,
+    })
 }
 
 /// Creates the system namespaces, the `kubernetes` service and the bootstrap RBAC policy if
@@ -359,7 +478,9 @@ pub async fn bootstrap(state: &Arc<AppState>) {
         match handlers::create_object(state, ns_def, None, obj, false, None, "Update").await {
             Ok(_) => tracing::info!(namespace = ns, "created system namespace"),
             Err(e) if e.code == 409 => {}
-            Err(e) => tracing::warn!(namespace = ns, error = %e, "could not create system namespace"),
+            Err(e) => {
+                tracing::warn!(namespace = ns, error = %e, "could not create system namespace")
+            }
         }
     }
     let svc_def = &registry::resources::SERVICES;
@@ -369,7 +490,8 @@ pub async fn bootstrap(state: &Arc<AppState>) {
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}], "sessionAffinity": "None", "type": "ClusterIP"},
     });
-    match handlers::create_object(state, svc_def, Some("default"), svc, false, None, "Update").await {
+    match handlers::create_object(state, svc_def, Some("default"), svc, false, None, "Update").await
+    {
         Ok(_) | Err(ApiError { code: 409, .. }) => {}
         Err(e) => tracing::warn!(error = %e, "could not create the kubernetes service"),
     }
