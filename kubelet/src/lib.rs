@@ -12,6 +12,7 @@ pub mod node;
 pub mod pods;
 pub mod probe;
 pub mod runtime;
+pub mod server;
 pub mod spec;
 pub mod volumes;
 
@@ -129,6 +130,15 @@ pub async fn run(
     tracing::info!(node = %config.node_name, "node registered");
     let hb = tokio::spawn(heartbeat(k.clone(), node, since));
     let pods = tokio::spawn(pod_loop(k.clone()));
+    let api_addr = std::net::SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), config.port);
+    let api = tokio::spawn({
+        let k = k.clone();
+        async move {
+            if let Err(e) = server::serve(k, api_addr).await {
+                tracing::error!(error = %e, "kubelet API server");
+            }
+        }
+    });
     let supervise = async {
         match containerd.as_mut() {
             Some(c) => {
@@ -144,6 +154,7 @@ pub async fn run(
     }
     hb.abort();
     pods.abort();
+    api.abort();
     if let Some(c) = containerd {
         c.stop().await;
     }

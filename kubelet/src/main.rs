@@ -30,6 +30,9 @@ struct Args {
     /// This node's pod CIDR (pod IPs are allocated from it).
     #[arg(long, env = "LOTSE_POD_CIDR")]
     pod_cidr: Option<String>,
+    /// HTTPS port of the kubelet API (container logs), reported in the Node's daemonEndpoints.
+    #[arg(long, env = "LOTSE_KUBELET_PORT", default_value_t = 10250)]
+    port: u16,
     /// The node's IP (default: the source address of the default route).
     #[arg(long, env = "LOTSE_NODE_IP")]
     node_ip: Option<String>,
@@ -56,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
         container_runtime_endpoint: a.container_runtime_endpoint,
         pod_cidr: a.pod_cidr,
         node_ip: a.node_ip.unwrap_or_else(kubelet::node::host_ip),
-        port: 10250,
+        port: a.port,
         max_pods: 110,
     };
     kubelet::run(config, client, shutdown_signal()).await?;

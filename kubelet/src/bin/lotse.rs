@@ -213,7 +213,8 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         extra_sans: Vec::new(),
         compaction_interval: Duration::from_secs(300),
     };
-    let running = apiserver::server::start(cfg, stopped(stop_rx.clone()))
+    let (api_stop_tx, api_stop_rx) = tokio::sync::watch::channel(false);
+    let running = apiserver::server::start(cfg, stopped(api_stop_rx))
         .await
         .context("starting the apiserver")?;
     let host = if a.bind_address.is_unspecified() {
@@ -283,6 +284,8 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("kubelet did not stop within 15 s"),
         _ => {}
     }
+    // The apiserver goes last, so the kubelet can still report while it stops.
+    let _ = api_stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), running.task).await;
     Ok(())
 }

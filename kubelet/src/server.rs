@@ -1,0 +1,291 @@
+//! The kubelet's HTTPS API on port 10250, which the apiserver proxies `pods/log` to:
+//! `GET /containerLogs/{namespace}/{pod}/{container}?follow=&tailLines=&previous=&timestamps=&limitBytes=`
+//! (as the Kubernetes kubelet serves it), and `GET /healthz`.
+//!
+//! The serving certificate is self-signed (the apiserver, like Kubernetes' without
+//! `--kubelet-certificate-authority`, does not verify it).
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, AsyncSeekExt};
+
+use crate::{Error, Kubelet};
+
+/// Serves the kubelet API on `addr` until the task is aborted.
+pub async fn serve(k: Arc<Kubelet>, addr: std::net::SocketAddr) -> Result<(), Error> {
+    let tls = tls_config(&k.config.node_name, &k.config.node_ip)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Runtime(format!("listen on {addr}: {e}")))?;
+    tracing::info!(%addr, "kubelet API listening");
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+        .with_state(k);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
+
+fn tls_config(node: &str, ip: &str) -> Result<Arc<rustls::ServerConfig>, Error> {
+    let sans = vec![
+        node.to_string(),
+        ip.to_string(),
+        "localhost".into(),
+        "127.0.0.1".into(),
+    ];
+    let cert = rcgen::generate_simple_self_signed(sans)
+        .map_err(|e| Error::Runtime(format!("kubelet serving certificate: {e}")))?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Runtime(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .map_err(|e| Error::Runtime(format!("kubelet TLS: {e}")))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Query parameters of `containerLogs` (Kubernetes' PodLogOptions).
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LogOptions {
+    follow: Option<bool>,
+    tail_lines: Option<i64>,
+    previous: Option<bool>,
+    timestamps: Option<bool>,
+    limit_bytes: Option<i64>,
+}
+
+fn text(code: StatusCode, msg: String) -> Response {
+    (code, [(header::CONTENT_TYPE, "text/plain")], msg).into_response()
+}
+
+/// One line of a CRI log file: `<RFC3339Nano> <stream> <P|F> <message>`.
+fn parse_cri_line(line: &str) -> Option<(&str, bool, &str)> {
+    let mut it = line.splitn(4, ' ');
+    let ts = it.next()?;
+    let _stream = it.next()?;
+    let tag = it.next()?;
+    let msg = it.next().unwrap_or("");
+    Some((ts, tag.starts_with('F'), msg))
+}
+
+fn render(line: &str, timestamps: bool) -> Option<String> {
+    let (ts, full, msg) = parse_cri_line(line.trim_end_matches('\n'))?;
+    let nl = if full { "\n" } else { "" };
+    Some(if timestamps {
+        format!("{ts} {msg}{nl}")
+    } else {
+        format!("{msg}{nl}")
+    })
+}
+
+/// The log files of a container, by attempt (ascending).
+fn log_files(dir: &std::path::Path) -> Vec<(u32, PathBuf)> {
+    let mut v: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n = e
+                        .file_name()
+                        .to_string_lossy()
+                        .strip_suffix(".log")?
+                        .parse::<u32>()
+                        .ok()?;
+                    Some((n, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+async fn running(k: &Kubelet, uid: &str, container: &str) -> bool {
+    let filter = cri::ContainerFilter {
+        label_selector: [
+            ("io.kubernetes.pod.uid".to_string(), uid.to_string()),
+            (
+                "io.kubernetes.container.name".to_string(),
+                container.to_string(),
+            ),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let mut rt = k.cri.rt.clone();
+    rt.list_containers(cri::ListContainersRequest {
+        filter: Some(filter),
+    })
+    .await
+    .map(|r| {
+        r.into_inner()
+            .containers
+            .iter()
+            .any(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+    })
+    .unwrap_or(false)
+}
+
+async fn container_logs(
+    State(k): State<Arc<Kubelet>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    Query(o): Query<LogOptions>,
+) -> Response {
+    let api: Api<Pod> = Api::namespaced(k.client.clone(), &ns);
+    let p = match api.get_opt(&pod).await {
+        Ok(Some(p)) => p,
+        Ok(None) => return text(StatusCode::NOT_FOUND, format!("pod {ns}/{pod} not found")),
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let uid = p.metadata.uid.clone().unwrap_or_default();
+    let dir = k
+        .config
+        .root_dir
+        .join("logs")
+        .join(format!("{ns}_{pod}_{uid}"))
+        .join(&container);
+    let files = log_files(&dir);
+    let chosen = if o.previous.unwrap_or(false) {
+        files.len().checked_sub(2).and_then(|i| files.get(i))
+    } else {
+        files.last()
+    };
+    let Some((attempt, path)) = chosen.cloned() else {
+        let msg = if o.previous.unwrap_or(false) {
+            format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
+        } else {
+            format!(
+                "container \"{container}\" in pod \"{pod}\" is waiting to start: ContainerCreating"
+            )
+        };
+        return text(StatusCode::BAD_REQUEST, msg);
+    };
+    let ts = o.timestamps.unwrap_or(false);
+    let content = tokio::fs::read_to_string(&path).await.unwrap_or_default();
+    let lines: Vec<&str> = content.lines().collect();
+    let skip = match o.tail_lines {
+        Some(n) if n >= 0 => lines.len().saturating_sub(n as usize),
+        _ => 0,
+    };
+    let mut head: String = lines[skip..].iter().filter_map(|l| render(l, ts)).collect();
+    if let Some(limit) = o.limit_bytes.filter(|l| *l > 0) {
+        head.truncate(limit as usize);
+    }
+    let follow = o.follow.unwrap_or(false) && !o.previous.unwrap_or(false);
+    let pos = content.len() as u64;
+    let ok = |body: Body| {
+        Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(body)
+            .unwrap_or_default()
+    };
+    if !follow {
+        return ok(Body::from(head));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
+    tokio::spawn(async move {
+        if tx.send(Ok(head)).await.is_err() {
+            return;
+        }
+        let Ok(mut f) = tokio::fs::File::open(&path).await else {
+            return;
+        };
+        if f.seek(std::io::SeekFrom::Start(pos)).await.is_err() {
+            return;
+        }
+        let mut r = tokio::io::BufReader::new(f);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match r.read_line(&mut line).await {
+                Ok(0) => {
+                    // End of file: stop once the container has exited or been replaced.
+                    let newer = log_files(&dir)
+                        .last()
+                        .map(|(n, _)| *n > attempt)
+                        .unwrap_or(false);
+                    if newer || !running(&k, &uid, &container).await {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(_) if line.ends_with('\n') => {
+                    if let Some(out) = render(&line, ts)
+                        && tx.send(Ok(out)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(_) => {
+                    // A line still being written: wait for its end.
+                    let mut rest = String::new();
+                    while !rest.ends_with('\n') {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        if r.read_line(&mut rest).await.unwrap_or(0) == 0
+                            && !running(&k, &uid, &container).await
+                        {
+                            break;
+                        }
+                    }
+                    line.push_str(&rest);
+                    if let Some(out) = render(&line, ts)
+                        && tx.send(Ok(out)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    ok(Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cri_log_lines() {
+        assert_eq!(
+            render("2026-01-01T00:00:00.1Z stdout F hello world\n", false).as_deref(),
+            Some("hello world\n")
+        );
+        assert_eq!(
+            render("2026-01-01T00:00:00.1Z stderr P part", true).as_deref(),
+            Some("2026-01-01T00:00:00.1Z part")
+        );
+    }
+}
