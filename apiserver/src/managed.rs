@@ -69,6 +69,13 @@ impl FieldSet {
         }
     }
 
+    fn get(&self, path: &[String]) -> Option<&FieldSet> {
+        match path.split_first() {
+            None => Some(self),
+            Some((h, rest)) => self.children.get(h)?.get(rest),
+        }
+    }
+
     fn contains(&self, path: &[String]) -> bool {
         match path.split_first() {
             None => self.member,
@@ -469,18 +476,25 @@ pub fn apply(
     let applied = object_set(config, node, Mode::Apply, true);
     let mut list = entries(current);
 
-    // Conflicts: fields another manager owns whose live value differs from the applied one.
+    let mut out = current.clone();
+    merge(&mut out, config, node, true);
+    // The applied leaves (list items and maps with content are containers, not values) whose
+    // value the apply changes: they conflict with other owners, and leave them when forced.
+    let changed: Vec<Vec<String>> = applied
+        .members()
+        .into_iter()
+        .filter(|p| applied.get(p).is_some_and(|n| n.children.is_empty()))
+        .filter(|p| value_at(current, p) != value_at(&out, p))
+        .collect();
     let mut conflicts: Vec<(String, Vec<String>)> = Vec::new();
     for e in &list {
         if is(e, manager, "Apply") {
             continue;
         }
         let theirs = entry_set(e);
-        for p in applied.members() {
-            let leaf = value_at(config, &p)
-                .is_some_and(|v| !v.is_object() || v.as_object().is_some_and(Map::is_empty));
-            if leaf && theirs.contains(&p) && value_at(current, &p) != value_at(config, &p) {
-                conflicts.push((manager_label(e), p));
+        for p in &changed {
+            if theirs.contains(p) {
+                conflicts.push((manager_label(e), p.clone()));
             }
         }
     }
@@ -493,18 +507,7 @@ pub fn apply(
         .find(|e| is(e, manager, "Apply"))
         .map(entry_set)
         .unwrap_or_default();
-    let mut out = current.clone();
-    merge(&mut out, config, node, true);
-
-    // Forced fields move to the applier; fields set to a different value leave their owners.
-    let others_lose: Vec<Vec<String>> = applied
-        .members()
-        .into_iter()
-        .filter(|p| {
-            value_at(current, p) != value_at(config, p)
-                && value_at(config, p).is_some_and(|v| !v.is_object())
-        })
-        .collect();
+    let others_lose = changed;
     list.retain_mut(|e| {
         if is(e, manager, "Apply") {
             return false;
@@ -823,5 +826,196 @@ mod tests {
                 .code,
             400
         );
+    }
+
+    fn cm(data: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": data})
+    }
+
+    fn cm_def() -> &'static ResourceDef {
+        registry::lookup_kind("", "ConfigMap").expect("configmaps served")
+    }
+
+    /// One step of a server-side apply scenario.
+    enum Step {
+        /// (manager, configuration, force, expected error message or None)
+        Apply(&'static str, Value, bool, Option<&'static str>),
+        /// (manager, object after a plain update)
+        Update(&'static str, Value),
+        /// Expected `data` of the live object.
+        Data(Value),
+    }
+
+    #[test]
+    fn configmap_scenarios() {
+        use Step::*;
+        let scenarios: Vec<(&str, Vec<Step>)> = vec![
+            (
+                "apply creates fields",
+                vec![
+                    Apply("a", cm(json!({"x": "1"})), false, None),
+                    Data(json!({"x": "1"})),
+                ],
+            ),
+            (
+                "dropping a field removes it",
+                vec![
+                    Apply("a", cm(json!({"x": "1", "y": "2"})), false, None),
+                    Apply("a", cm(json!({"x": "1"})), false, None),
+                    Data(json!({"x": "1"})),
+                ],
+            ),
+            (
+                "shared field survives one owner dropping it",
+                vec![
+                    Apply("a", cm(json!({"x": "1"})), false, None),
+                    Apply("b", cm(json!({"x": "1"})), false, None),
+                    Apply("a", cm(json!({})), false, None),
+                    Data(json!({"x": "1"})),
+                    Apply("b", cm(json!({})), false, None),
+                    Data(json!({})),
+                ],
+            ),
+            (
+                "different value conflicts",
+                vec![
+                    Apply("a", cm(json!({"x": "1"})), false, None),
+                    Apply(
+                        "b",
+                        cm(json!({"x": "2"})),
+                        false,
+                        Some("Apply failed with 1 conflict: conflict with \"a\": .data.x"),
+                    ),
+                    Data(json!({"x": "1"})),
+                ],
+            ),
+            (
+                "force takes ownership; the old owner dropping it no longer removes it",
+                vec![
+                    Apply("a", cm(json!({"x": "1"})), false, None),
+                    Apply("b", cm(json!({"x": "2"})), true, None),
+                    Apply("a", cm(json!({})), false, None),
+                    Data(json!({"x": "2"})),
+                ],
+            ),
+            (
+                "an Update manager's field conflicts",
+                vec![
+                    Apply("a", cm(json!({"x": "1"})), false, None),
+                    Update("editor", cm(json!({"x": "9"}))),
+                    Apply(
+                        "a",
+                        cm(json!({"x": "1"})),
+                        false,
+                        Some(
+                            "Apply failed with 1 conflict: conflict with \"editor\" using v1: .data.x",
+                        ),
+                    ),
+                    Apply("a", cm(json!({"x": "1"})), true, None),
+                    Data(json!({"x": "1"})),
+                ],
+            ),
+            (
+                "an update of a field takes it from the applier, which then cannot remove it",
+                vec![
+                    Apply("a", cm(json!({"x": "1", "y": "1"})), false, None),
+                    Update("editor", cm(json!({"x": "1", "y": "5"}))),
+                    Apply("a", cm(json!({"x": "1"})), false, None),
+                    Data(json!({"x": "1", "y": "5"})),
+                ],
+            ),
+            (
+                "multiple conflicting managers are listed by manager",
+                vec![
+                    Apply("a", cm(json!({"x": "1"})), false, None),
+                    Apply("b", cm(json!({"y": "1"})), false, None),
+                    Apply(
+                        "c",
+                        cm(json!({"x": "2", "y": "2"})),
+                        false,
+                        Some(
+                            "Apply failed with 2 conflicts: conflicts with \"a\":\n- .data.x\nconflicts with \"b\":\n- .data.y",
+                        ),
+                    ),
+                ],
+            ),
+        ];
+        for (name, steps) in scenarios {
+            let mut live = cm(json!({}));
+            live["metadata"]["uid"] = json!("u");
+            for step in steps {
+                match step {
+                    Apply(mgr, config, force, want) => {
+                        match (apply(cm_def(), &live, &config, mgr, force), want) {
+                            (Ok(next), None) => live = next,
+                            (Err(e), Some(msg)) => assert_eq!(e.message, msg, "{name}"),
+                            (Ok(_), Some(msg)) => panic!("{name}: expected {msg}"),
+                            (Err(e), None) => panic!("{name}: {}", e.message),
+                        }
+                    }
+                    Update(mgr, mut new) => {
+                        new["metadata"] = live["metadata"].clone();
+                        record(&mut new, &live, mgr, "Update", cm_def());
+                        live = new;
+                    }
+                    Data(want) => assert_eq!(live["data"], want, "{name}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fields_v1_round_trip_and_paths() {
+        let v = json!({"f:metadata": {"f:finalizers": {".": {}, "v:\"x\"": {}}}, "f:spec": {"f:containers": {"k:{\"name\":\"a\"}": {".": {}, "f:image": {}}}}});
+        let s = FieldSet::from_fields_v1(&v);
+        assert_eq!(s.to_fields_v1(), v);
+        let paths: Vec<String> = s.members().iter().map(|p| path_string(p)).collect();
+        assert_eq!(
+            paths,
+            [
+                ".metadata.finalizers",
+                ".metadata.finalizers[=\"x\"]",
+                ".spec.containers[name=\"a\"]",
+                ".spec.containers[name=\"a\"].image"
+            ]
+        );
+    }
+
+    #[test]
+    fn container_only_one_manager_applies_is_removed_when_dropped() {
+        let mut two = cfg(1, "nginx");
+        two["spec"]["template"]["spec"]["containers"] =
+            json!([{"name": "c", "image": "nginx"}, {"name": "side", "image": "s"}]);
+        let obj = apply(deploy(), &live(), &two, "a", false).expect("two containers");
+        let obj = apply(deploy(), &obj, &cfg(1, "nginx"), "a", false).expect("one container");
+        let names: Vec<&str> = obj["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(names, ["c"]);
+    }
+
+    #[test]
+    fn atomic_selector_conflicts_as_a_whole() {
+        let obj = apply(deploy(), &live(), &cfg(1, "nginx"), "a", false).expect("a");
+        let mut other = cfg(1, "nginx");
+        other["spec"]["selector"] = json!({"matchLabels": {"app": "other"}});
+        let err = apply(deploy(), &obj, &other, "b", false).expect_err("conflict");
+        assert_eq!(
+            err.message,
+            "Apply failed with 1 conflict: conflict with \"a\": .spec.selector"
+        );
+    }
+
+    #[test]
+    fn status_and_server_metadata_are_not_applied() {
+        let mut c = cfg(1, "nginx");
+        c["status"] = json!({"replicas": 9});
+        c["metadata"]["uid"] = json!("forged");
+        let obj = apply(deploy(), &live(), &c, "a", false).expect("apply");
+        assert_eq!(obj["metadata"]["uid"], "u");
+        assert!(obj.get("status").is_none());
     }
 }
