@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod deployment;
+pub mod endpoints;
 pub mod events;
 pub mod gc;
 pub mod leader;
@@ -23,6 +24,7 @@ pub const ALL_CONTROLLERS: &[&str] = &[
     "namespace",
     "serviceaccount",
     "garbagecollector",
+    "endpoints",
 ];
 
 /// What the controllers need to know about the cluster and how to behave.
@@ -133,6 +135,9 @@ async fn run_controllers(config: Config, client: kube::Client) -> Result<(), Err
             client.clone(),
             config.root_ca_pem.clone(),
         ));
+    }
+    if config.enabled("endpoints") {
+        set.spawn(endpoints::run(client.clone()));
     }
     if config.enabled("garbagecollector") {
         set.spawn(gc::run(client.clone()));

@@ -184,6 +184,7 @@ impl Drop for Cluster {
 /// Stand-in for a kubelet (none exists yet): marks every pod in `ns` Running and Ready.
 fn fake_kubelet(client: Client, ns: &str) -> tokio::task::JoinHandle<()> {
     let api: Api<Pod> = Api::namespaced(client, ns);
+    let next_ip = std::sync::atomic::AtomicU32::new(0);
     tokio::spawn(async move {
         let stream = watcher(api.clone(), watcher::Config::default())
             .default_backoff()
@@ -206,7 +207,9 @@ fn fake_kubelet(client: Client, ns: &str) -> tokio::task::JoinHandle<()> {
                 continue;
             }
             let now = k8s_openapi::jiff::Timestamp::now().to_string();
-            let status = json!({"status": {"phase": "Running", "conditions": [
+            let n = next_ip.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let ip = format!("10.244.{}.{}", n / 250, n % 250 + 2);
+            let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "conditions": [
                 {"type": "Ready", "status": "True", "lastTransitionTime": now},
                 {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
             ]}});
@@ -743,5 +746,81 @@ async fn controllers_leader_failover() -> Result<()> {
             == 2)
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs built apiserver and controllers binaries"]
+async fn controllers_endpoints_follow_ready_pods() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let client = cluster.client.clone();
+    let ns = "svc";
+    cluster.create_ns(ns).await?;
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec: {{containers: [{{name: web, image: nginx, ports: [{{name: http, containerPort: 8080}}]}}]}}
+"#
+    );
+    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest))?;
+    let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(client.clone(), ns);
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(client.clone(), ns);
+    // Pods exist but nothing is Ready yet: no addresses.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    wait_for("2 pods", 30, || async {
+        Ok(pods.list(&ListParams::default()).await?.items.len() == 2)
+    })
+    .await?;
+    assert!(
+        endpoints
+            .get_opt("web")
+            .await?
+            .and_then(|e| e.subsets)
+            .is_none()
+    );
+    let _kubelet = fake_kubelet(client.clone(), ns);
+    wait_for("2 ready addresses on port 8080", 30, || async {
+        let Some(e) = endpoints.get_opt("web").await? else {
+            return Ok(false);
+        };
+        let subsets = e.subsets.unwrap_or_default();
+        Ok(subsets.len() == 1
+            && subsets[0].addresses.as_ref().map(Vec::len) == Some(2)
+            && subsets[0]
+                .ports
+                .as_ref()
+                .is_some_and(|p| p[0].port == 8080 && p[0].name.as_deref() == Some("http")))
+    })
+    .await?;
+    wait_for("an EndpointSlice with 2 ready endpoints", 30, || async {
+        let l = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+            .await?
+            .items;
+        Ok(l.len() == 1
+            && l[0].endpoints.len() == 2
+            && l[0]
+                .endpoints
+                .iter()
+                .all(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            && l[0].ports.as_ref().is_some_and(|p| p[0].port == Some(8080)))
+    })
+    .await?;
+    let out = cluster.kubectl(&["-n", ns, "get", "endpoints", "web"])?;
+    assert!(out.contains(":8080"), "{out}");
     Ok(())
 }
