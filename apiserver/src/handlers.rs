@@ -715,7 +715,8 @@ pub async fn write_update(
         None
     };
     if let Some(mgr) = field_manager {
-        crate::managed::record(&mut new, &old, mgr, operation, def);
+        let subresource = (scope == UpdateScope::Status).then_some("status");
+        crate::managed::record_for(&mut new, &old, mgr, operation, subresource, def);
     } else if let Some(mf) = old.pointer("/metadata/managedFields").cloned()
         && new.pointer("/metadata/managedFields").is_none()
     {

@@ -132,7 +132,10 @@ fn object_set(obj: &Value, node: Node, mode: Mode, top: bool) -> FieldSet {
     let mut s = FieldSet::default();
     let Value::Object(m) = obj else { return s };
     for (k, v) in m {
-        if top && matches!(k.as_str(), "apiVersion" | "kind" | "status") {
+        if top
+            && (matches!(k.as_str(), "apiVersion" | "kind")
+                || (k == "status" && mode == Mode::Apply))
+        {
             continue;
         }
         if top && k == "metadata" {
@@ -345,11 +348,18 @@ pub fn entry(manager: &str, operation: &str, def: &ResourceDef, obj: &Value) -> 
     } else {
         Mode::Update
     };
+    // Status on create is the server's (reset or initialised), not the creator's.
+    let mut owned = obj.clone();
+    if def.has_status
+        && let Value::Object(m) = &mut owned
+    {
+        m.remove("status");
+    }
     new_entry(
         manager,
         operation,
         &def.api_version(),
-        &object_set(obj, Node::root(def), mode, true),
+        &object_set(&owned, Node::root(def), mode, true),
     )
 }
 
@@ -386,6 +396,19 @@ fn set_entries(obj: &mut Value, list: Vec<Value>) {
 /// Records an update (or non-apply patch) by `manager`: it gains the fields that changed between
 /// `old` and `new`, which every other manager loses.
 pub fn record(new: &mut Value, old: &Value, manager: &str, operation: &str, def: &ResourceDef) {
+    record_for(new, old, manager, operation, None, def);
+}
+
+/// [`record`] for a write through a subresource (`status`, `scale`): the entry carries
+/// `subresource` and is distinct from the same manager's entry for the main resource.
+pub fn record_for(
+    new: &mut Value,
+    old: &Value,
+    manager: &str,
+    operation: &str,
+    subresource: Option<&str>,
+    def: &ResourceDef,
+) {
     let node = Node::root(def);
     let old_set = object_set(old, node, Mode::Update, true);
     let new_set = object_set(new, node, Mode::Update, true);
@@ -411,7 +434,8 @@ pub fn record(new: &mut Value, old: &Value, manager: &str, operation: &str, def:
     let mut mine = FieldSet::default();
     list.retain_mut(|e| {
         let mut s = entry_set(e);
-        if is(e, manager, operation) {
+        if is(e, manager, operation) && e.get("subresource").and_then(Value::as_str) == subresource
+        {
             mine = s;
             return false;
         }
@@ -433,7 +457,11 @@ pub fn record(new: &mut Value, old: &Value, manager: &str, operation: &str, def:
         }
     }
     if !mine.is_empty() {
-        list.push(new_entry(manager, operation, &def.api_version(), &mine));
+        let mut e = new_entry(manager, operation, &def.api_version(), &mine);
+        if let (Some(sub), Value::Object(m)) = (subresource, &mut e) {
+            m.insert("subresource".into(), Value::from(sub));
+        }
+        list.push(e);
     }
     set_entries(new, list);
 }
@@ -1017,5 +1045,29 @@ mod tests {
         let obj = apply(deploy(), &live(), &c, "a", false).expect("apply");
         assert_eq!(obj["metadata"]["uid"], "u");
         assert!(obj.get("status").is_none());
+    }
+
+    #[test]
+    fn status_updates_are_recorded_with_their_subresource() {
+        let obj = apply(deploy(), &live(), &cfg(1, "nginx"), "a", false).expect("a");
+        let mut new = obj.clone();
+        new["status"] = json!({"replicas": 1, "readyReplicas": 1});
+        record_for(
+            &mut new,
+            &obj,
+            "controller",
+            "Update",
+            Some("status"),
+            deploy(),
+        );
+        let e = entries(&new)
+            .into_iter()
+            .find(|e| e["manager"] == "controller")
+            .expect("entry");
+        assert_eq!(e["subresource"], "status");
+        assert_eq!(
+            e["fieldsV1"],
+            json!({"f:status": {"f:readyReplicas": {}, "f:replicas": {}}})
+        );
     }
 }
