@@ -9,6 +9,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
+pub mod job;
 pub mod leader;
 pub mod namespace;
 pub mod replicaset;
@@ -25,6 +26,7 @@ pub const ALL_CONTROLLERS: &[&str] = &[
     "serviceaccount",
     "garbagecollector",
     "endpoints",
+    "job",
 ];
 
 /// What the controllers need to know about the cluster and how to behave.
@@ -135,6 +137,9 @@ async fn run_controllers(config: Config, client: kube::Client) -> Result<(), Err
             client.clone(),
             config.root_ca_pem.clone(),
         ));
+    }
+    if config.enabled("job") {
+        set.spawn(job::run(client.clone(), recorder.clone()));
     }
     if config.enabled("endpoints") {
         set.spawn(endpoints::run(client.clone()));

@@ -824,3 +824,128 @@ spec:
     assert!(out.contains(":8080"), "{out}");
     Ok(())
 }
+
+/// Test stand-in for a kubelet running job pods to completion: every active pod of `job`
+/// gets `phase` (Succeeded or Failed). Returns how many pods were active.
+async fn finish_job_pods(pods: &Api<Pod>, job: &str, phase: &str) -> Result<usize> {
+    let active: Vec<Pod> = pods
+        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded") | Some("Failed")
+                )
+        })
+        .collect();
+    for p in &active {
+        pods.patch_status(
+            &p.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": phase}})),
+        )
+        .await?;
+    }
+    Ok(active.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs built apiserver and controllers binaries"]
+async fn controllers_job_completes_fails_and_expires() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let client = cluster.client.clone();
+    let ns = "jobs";
+    cluster.create_ns(ns).await?;
+    let job = |name: &str, extra: &str| {
+        format!(
+            r#"apiVersion: batch/v1
+kind: Job
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  {extra}
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{{name: c, image: busybox}}]
+"#
+        )
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), ns);
+    cluster.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(&job("work", "completions: 3\n  parallelism: 2")),
+    )?;
+    let max_active = std::sync::atomic::AtomicUsize::new(0);
+    wait_for("job complete", 30, || async {
+        let n = finish_job_pods(&pods, "work", "Succeeded").await?;
+        max_active.fetch_max(n, std::sync::atomic::Ordering::SeqCst);
+        let st = jobs.get("work").await?.status.unwrap_or_default();
+        Ok(st
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Complete" && c.status == "True"))
+    })
+    .await?;
+    let max_active = max_active.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(max_active <= 2, "parallelism 2 exceeded: {max_active}");
+    cluster.kubectl(&[
+        "-n",
+        ns,
+        "wait",
+        "--for=condition=complete",
+        "job/work",
+        "--timeout=10s",
+    ])?;
+    let st = jobs.get("work").await?.status.unwrap_or_default();
+    assert_eq!((st.succeeded, st.active), (Some(3), Some(0)));
+    assert!(st.completion_time.is_some());
+
+    // backoffLimit 1: the second failed pod fails the Job; ttl 2 s then deletes it and its pods.
+    cluster.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(&job(
+            "flaky",
+            "backoffLimit: 1\n  ttlSecondsAfterFinished: 2",
+        )),
+    )?;
+    let saw_failed = std::sync::atomic::AtomicBool::new(false);
+    wait_for("job failed and deleted", 30, || async {
+        finish_job_pods(&pods, "flaky", "Failed").await?;
+        match jobs.get_opt("flaky").await? {
+            Some(j) => {
+                if j.status
+                    .unwrap_or_default()
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| {
+                        c.type_ == "Failed" && c.reason.as_deref() == Some("BackoffLimitExceeded")
+                    })
+                {
+                    saw_failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                Ok(false)
+            }
+            None => Ok(true),
+        }
+    })
+    .await?;
+    wait_for("flaky pods collected", 20, || async {
+        Ok(pods
+            .list(&ListParams::default().labels("job-name=flaky"))
+            .await?
+            .items
+            .is_empty())
+    })
+    .await?;
+    assert!(
+        saw_failed.load(std::sync::atomic::Ordering::SeqCst),
+        "the Failed condition was never observed"
+    );
+    Ok(())
+}
