@@ -309,6 +309,34 @@ async fn measure_apiserver(
             format!("{} / {}", ms(times[2]), ms(times[0])),
         );
     }
+    // The same LIST without client-side decoding into typed Pods (server + TLS + transfer).
+    for (label, query) in [
+        ("consistent", ""),
+        ("resourceVersion=0", "?resourceVersion=0"),
+    ] {
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..5 {
+            let t = Instant::now();
+            let path = format!("/api/v1/namespaces/bench-pods/pods{query}");
+            let (code, body) = e2e::raw_request(&client, "GET", &path, None, vec![]).await?;
+            times.push(t.elapsed());
+            if code != 200 {
+                bail!("raw LIST answered {code}");
+            }
+            bytes = body.len();
+        }
+        times.sort();
+        f.add(
+            &format!("LIST pods raw bytes ({label}): median / min"),
+            format!(
+                "{} / {} ({:.1} MiB)",
+                ms(times[2]),
+                ms(times[0]),
+                bytes as f64 / 1048576.0
+            ),
+        );
+    }
     f.add(
         &format!("RSS with {} pods", args.pods),
         format!("{:.1} MiB", rss_kib(pid)? as f64 / 1024.0),
