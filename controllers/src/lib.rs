@@ -12,6 +12,7 @@ pub mod gc;
 pub mod job;
 pub mod leader;
 pub mod namespace;
+pub mod node;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod util;
@@ -27,6 +28,7 @@ pub const ALL_CONTROLLERS: &[&str] = &[
     "garbagecollector",
     "endpoints",
     "job",
+    "nodelifecycle",
 ];
 
 /// What the controllers need to know about the cluster and how to behave.
@@ -136,6 +138,15 @@ async fn run_controllers(config: Config, client: kube::Client) -> Result<(), Err
         set.spawn(serviceaccount::run(
             client.clone(),
             config.root_ca_pem.clone(),
+        ));
+    }
+    if config.enabled("nodelifecycle") {
+        set.spawn(node::run(
+            client.clone(),
+            recorder.clone(),
+            config.cluster_cidr.clone(),
+            config.node_monitor_grace_period,
+            config.pod_eviction_timeout,
         ));
     }
     if config.enabled("job") {

@@ -104,12 +104,17 @@ impl Cluster {
     }
 
     fn start_controllers(&mut self, leader_elect: bool) -> Result<()> {
+        self.start_controllers_with(leader_elect, &[])
+    }
+
+    fn start_controllers_with(&mut self, leader_elect: bool, extra: &[&str]) -> Result<()> {
         let n = self.started;
         self.started += 1;
         let child = Command::new(bin("controllers"))
             .arg("--kubeconfig")
             .arg(self.kubeconfig())
             .arg(format!("--leader-elect={leader_elect}"))
+            .args(extra)
             .env("RUST_LOG", "info,controllers=debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(
@@ -946,6 +951,122 @@ spec:
     assert!(
         saw_failed.load(std::sync::atomic::Ordering::SeqCst),
         "the Failed condition was never observed"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs built apiserver and controllers binaries"]
+async fn controllers_node_ipam_lease_expiry_taint_and_eviction() -> Result<()> {
+    let mut cluster = Cluster::start().await?;
+    for mut c in cluster.controllers.drain(..) {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    cluster.start_controllers_with(
+        false,
+        &[
+            "--node-monitor-grace-period=2s",
+            "--pod-eviction-timeout=1s",
+        ],
+    )?;
+    let client = cluster.client.clone();
+    cluster.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some("{apiVersion: v1, kind: Node, metadata: {name: n1}}"),
+    )?;
+    // Stand-in for the kubelet's heartbeat: renew the node Lease every 300 ms until stopped.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let beat = {
+        let leases = leases.clone();
+        tokio::spawn(async move {
+            loop {
+                let now = k8s_openapi::jiff::Timestamp::now().to_string();
+                let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "n1"},
+                    "spec": {"holderIdentity": "n1", "leaseDurationSeconds": 40, "renewTime": now}});
+                let _ = leases
+                    .patch(
+                        "n1",
+                        &PatchParams::apply("test-kubelet").force(),
+                        &Patch::Apply(lease),
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    // Stand-in for the kubelet's first status post: Ready=True.
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    nodes
+        .patch_status("n1", &PatchParams::default(), &Patch::Merge(json!({"status": {"conditions": [
+            {"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": now, "lastTransitionTime": now}]}})))
+        .await?;
+    wait_for("podCIDR", 20, || async {
+        Ok(nodes
+            .get("n1")
+            .await?
+            .spec
+            .and_then(|s| s.pod_cidr)
+            .as_deref()
+            == Some("10.244.0.0/24"))
+    })
+    .await?;
+    let pod = |name: &str, secs: &str| {
+        format!(
+            "{{apiVersion: v1, kind: Pod, metadata: {{name: {name}, namespace: default}}, spec: {{nodeName: n1, containers: [{{name: c, image: nginx}}], tolerations: [{{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute{secs}}}]}}}}"
+        )
+    };
+    cluster.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(&pod("brief", ", tolerationSeconds: 2")),
+    )?;
+    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&pod("steadfast", "")))?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let taints = |n: &k8s_openapi::api::core::v1::Node| {
+        n.spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        taints(&nodes.get("n1").await?).is_empty(),
+        "a node renewing its Lease must not be tainted"
+    );
+
+    beat.abort();
+    let stopped = Instant::now();
+    wait_for("unreachable taint and Ready=Unknown", 20, || async {
+        let n = nodes.get("n1").await?;
+        let unknown = n
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "Unknown");
+        let tainted = taints(&nodes.get("n1").await?)
+            .iter()
+            .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute");
+        Ok(unknown && tainted)
+    })
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    wait_for("eviction after tolerationSeconds", 20, || async {
+        Ok(pods
+            .get_opt("brief")
+            .await?
+            .is_none_or(|p| p.metadata.deletion_timestamp.is_some()))
+    })
+    .await?;
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(4),
+        "evicted before grace + tolerationSeconds: {:?}",
+        stopped.elapsed()
+    );
+    let steadfast = pods.get("steadfast").await?;
+    assert!(
+        steadfast.metadata.deletion_timestamp.is_none(),
+        "a pod tolerating forever stays"
     );
     Ok(())
 }
