@@ -96,6 +96,17 @@ impl CachedObject {
     }
 }
 
+/// One watch line: `{"type":"<t>","object":<raw>}` and a newline.
+pub fn watch_line(event_type: &str, raw: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(raw.len() + 32);
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(event_type.as_bytes());
+    out.extend_from_slice(b"\",\"object\":");
+    out.extend_from_slice(raw);
+    out.extend_from_slice(b"}\n");
+    Bytes::from(out)
+}
+
 /// Kind of a cached event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheEventType {
@@ -110,6 +121,9 @@ pub enum CacheEventType {
 /// An event in the ring buffer.
 #[derive(Debug)]
 pub struct CacheEvent {
+    /// The JSON watch line (`{"type":..,"object":..}\n`) for watchers without selectors that
+    /// change the event type, encoded once and shared by every such watcher.
+    pub line: Bytes,
     /// What happened.
     pub event_type: CacheEventType,
     /// The new state (for deletes: the last state, with the delete's revision).
@@ -342,7 +356,16 @@ impl Cacher {
             (_, Some(_)) => CacheEventType::Modified,
             (_, None) => CacheEventType::Added,
         };
+        let line = watch_line(
+            match event_type {
+                CacheEventType::Added => "ADDED",
+                CacheEventType::Modified => "MODIFIED",
+                CacheEventType::Deleted => "DELETED",
+            },
+            &object.raw,
+        );
         let ev = Arc::new(CacheEvent {
+            line,
             event_type,
             object,
             prev,
@@ -475,6 +498,11 @@ impl Cacher {
                 Ok(WatchStart::Replay(replay, rx))
             }
         }
+    }
+
+    /// The cached object under `key`, if any (may lag storage by the watch delay).
+    pub async fn get(&self, key: &str) -> Option<Arc<CachedObject>> {
+        self.state.read().await.objects.get(key).cloned()
     }
 
     /// The resource this cache serves.

@@ -340,7 +340,17 @@ pub async fn admit_namespace(
     name: &str,
 ) -> ApiResult<()> {
     let ns_def = &crate::registry::resources::NAMESPACES;
-    match get_current(state, ns_def, None, ns).await {
+    // The namespace cache answers almost always; a miss (e.g. a namespace created a moment ago)
+    // falls back to a live read, as Kubernetes' lifecycle admission does.
+    let cached = match state.cacher(ns_def) {
+        Ok(c) => c.get(&object_key(ns_def, None, ns)).await,
+        Err(_) => None,
+    };
+    let lookup = match cached.and_then(|o| serde_json::from_slice::<Value>(&o.raw).ok()) {
+        Some(v) => Ok((v, 0)),
+        None => get_current(state, ns_def, None, ns).await,
+    };
+    match lookup {
         Ok((nsobj, _)) => {
             let terminating = nsobj.pointer("/metadata/deletionTimestamp").is_some()
                 || nsobj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating");

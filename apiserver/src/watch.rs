@@ -41,13 +41,7 @@ impl Encoder {
         rv_override: Option<Revision>,
     ) -> Bytes {
         if !self.table && rv_override.is_none() {
-            let mut out = Vec::with_capacity(obj.raw.len() + 32);
-            out.extend_from_slice(b"{\"type\":\"");
-            out.extend_from_slice(event_type.as_bytes());
-            out.extend_from_slice(b"\",\"object\":");
-            out.extend_from_slice(&obj.raw);
-            out.extend_from_slice(b"}\n");
-            return Bytes::from(out);
+            return crate::cacher::watch_line(event_type, &obj.raw);
         }
         let mut v: Value = serde_json::from_slice(&obj.raw).unwrap_or(Value::Null);
         if let Some(rv) = rv_override {
@@ -115,6 +109,26 @@ fn convert<'a>(
         }
         CacheEventType::Deleted if cur => Some(("DELETED", &ev.object, None)),
         _ => None,
+    }
+}
+
+/// The line to send for an event, reusing the event's shared line when the watcher sees the
+/// event unchanged (JSON output, same event type, same object).
+fn encode(enc: &mut Encoder, ev: &CacheEvent, sel: &Selection) -> Option<Bytes> {
+    let (t, o, rvo) = convert(ev, sel)?;
+    let unchanged = !enc.table
+        && rvo.is_none()
+        && std::ptr::eq(o, &*ev.object)
+        && matches!(
+            (t, ev.event_type),
+            ("ADDED", CacheEventType::Added)
+                | ("MODIFIED", CacheEventType::Modified)
+                | ("DELETED", CacheEventType::Deleted)
+        );
+    if unchanged {
+        Some(ev.line.clone())
+    } else {
+        Some(enc.line(t, o, rvo))
     }
 }
 
@@ -253,8 +267,8 @@ async fn run(
                 if !in_prefix(&ev.object, &sel) {
                     continue;
                 }
-                if let Some((t, o, rvo)) = convert(ev, &sel)
-                    && tx.send(Ok(enc.line(t, o, rvo))).await.is_err()
+                if let Some(line) = encode(enc, ev, &sel)
+                    && tx.send(Ok(line)).await.is_err()
                 {
                     return;
                 }
@@ -282,8 +296,8 @@ async fn run(
                     if !in_prefix(&ev.object, &sel) {
                         continue;
                     }
-                    if let Some((t, o, rvo)) = convert(&ev, &sel)
-                        && tx.send(Ok(enc.line(t, o, rvo))).await.is_err()
+                    if let Some(line) = encode(enc, &ev, &sel)
+                        && tx.send(Ok(line)).await.is_err()
                     {
                         return;
                     }

@@ -268,7 +268,7 @@ pub fn normalize_as<K>(value: &Value) -> Result<Normalized, String>
 where
     K: DeserializeOwned + Serialize,
 {
-    let typed: K = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    let typed = K::deserialize(value).map_err(|e| e.to_string())?;
     let object = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
     let mut unknown_fields = Vec::new();
     fields::unknown_fields(value, &object, "", &mut unknown_fields);
