@@ -1,7 +1,7 @@
 //! Pod subresources served by the node's kubelet (`log`, `exec`, `portforward`).
 //!
 //! `pods/log` is proxied to the kubelet's `GET /containerLogs/{ns}/{pod}/{container}` on the
-//! node's InternalIP and `status.daemonEndpoints.kubeletEndpoint.port` (HTTPS; the kubelet's
+//! node's InternalIP and `status.daemonEndpoints.kubeletEndpoint.Port` (HTTPS; the kubelet's
 //! certificate is not verified, as in Kubernetes without `--kubelet-certificate-authority`).
 //! The response body is streamed through, so `follow=true` works.
 
@@ -81,7 +81,9 @@ pub async fn pod_proxy(
         .unwrap_or("127.0.0.1")
         .to_string();
     let port = node_obj
-        .pointer("/status/daemonEndpoints/kubeletEndpoint/port")
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        // The field really is spelled `Port` in the Kubernetes API.
+        .or_else(|| node_obj.pointer("/status/daemonEndpoints/kubeletEndpoint/port"))
         .and_then(Value::as_i64)
         .unwrap_or(10250);
     let mut q: Vec<String> = Vec::new();

@@ -60,6 +60,7 @@ struct ContainerMemo {
     readiness_last: Option<Instant>,
     liveness_last: Option<Instant>,
     last_started_id: String,
+    wait: Option<Duration>,
 }
 
 /// What a pass decided about the pod.
@@ -878,12 +879,24 @@ async fn sync(
                 };
                 if restart {
                     let next = ctr.metadata.as_ref().map(|m| m.attempt + 1).unwrap_or(1);
-                    if m.last_started_id == ctr.id || m.next_start.is_none() {
-                        // First time this exit is seen: schedule the restart after the back-off.
-                        if m.last_started_id == ctr.id || m.backoff.is_none() {
-                            bump(m);
-                            m.last_started_id = format!("exited:{}", ctr.id);
+                    let exit_key = format!("exited:{}", ctr.id);
+                    if m.last_started_id != exit_key
+                        && m.last_started_id != format!("reported:{}", ctr.id)
+                    {
+                        // First time this exit is seen. As in Kubernetes, the first restart is
+                        // immediate, then the back-off waits 10 s, doubling up to 5 min.
+                        match m.backoff {
+                            None => {
+                                m.backoff = Some(BACKOFF_START);
+                                m.next_start = None;
+                            }
+                            Some(b) => {
+                                m.next_start = Some(Instant::now() + b);
+                                m.wait = Some(b);
+                                m.backoff = Some((b * 2).min(BACKOFF_MAX));
+                            }
                         }
+                        m.last_started_id = exit_key;
                     }
                     if m.next_start.map(|t| Instant::now() < t).unwrap_or(false) {
                         waiting = Some(("CrashLoopBackOff".to_string(), backoff_msg(m, c, pod)));
@@ -960,7 +973,7 @@ fn pod_ref(pod: &Pod) -> String {
 }
 
 fn backoff_msg(m: &ContainerMemo, c: &Container, pod: &Pod) -> String {
-    let secs = m.backoff.unwrap_or(BACKOFF_START).as_secs();
+    let secs = m.wait.or(m.backoff).unwrap_or(BACKOFF_START).as_secs();
     let b = if secs >= 60 {
         format!("{}m{}s", secs / 60, secs % 60)
     } else {

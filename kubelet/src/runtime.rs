@@ -148,6 +148,31 @@ impl Containerd {
         let log = std::fs::File::create(dir.join("containerd.log"))
             .map_err(io_err("create containerd.log"))?;
         let log2 = log.try_clone().map_err(io_err("containerd.log"))?;
+        // A containerd left running by a kubelet that was killed (-9) still owns the socket and
+        // state dir: stop it first (its shims, and so the pods, survive).
+        let pid_file = dir.join("containerd.pid");
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&*config.to_string_lossy()) {
+                tracing::info!(
+                    pid,
+                    "stopping the containerd a previous kubelet left running"
+                );
+                let _ = std::process::Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status();
+                let t0 = Instant::now();
+                while std::path::Path::new(&format!("/proc/{pid}")).exists()
+                    && t0.elapsed() < Duration::from_secs(10)
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
         let socket = layout.socket();
         let _ = std::fs::remove_file(&socket);
         let child = tokio::process::Command::new(bin)
@@ -159,6 +184,9 @@ impl Containerd {
             .kill_on_drop(true)
             .spawn()
             .map_err(io_err("spawn containerd"))?;
+        if let Some(pid) = child.id() {
+            let _ = std::fs::write(&pid_file, pid.to_string());
+        }
         let mut c = Containerd { child };
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(20) {

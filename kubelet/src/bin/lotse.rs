@@ -78,6 +78,9 @@ struct UpArgs {
     /// This node's pod CIDR.
     #[arg(long, env = "LOTSE_POD_CIDR", default_value = kubelet::DEFAULT_POD_CIDR)]
     pod_cidr: String,
+    /// HTTPS port of the kubelet API (container logs).
+    #[arg(long, env = "LOTSE_KUBELET_PORT", default_value_t = 10250)]
+    kubelet_port: u16,
     /// Name of the node (default: the host name).
     #[arg(long, env = "LOTSE_NODE_NAME")]
     node_name: Option<String>,
@@ -267,7 +270,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         container_runtime_endpoint: None,
         pod_cidr: Some(a.pod_cidr),
         node_ip: kubelet::node::host_ip(),
-        port: 10250,
+        port: a.kubelet_port,
         max_pods: 110,
     };
     let node_client = client_from(&node_kc).await?;

@@ -1,0 +1,441 @@
+//! The kubelet on a real containerd, driven through `lotse up` and the real kubectl: node
+//! registration, pods scheduled and run, pod IPs reachable over HTTP, configMap volumes, logs,
+//! CrashLoopBackOff, OOMKilled, liveness restarts, ImagePullBackOff, kill -9 and restart
+//! without container restarts, and deletion leaving nothing in containerd.
+//!
+//! Needs root, Debian's `containerd`, `runc` and `containernetworking-plugins`, the built
+//! binaries (`cargo build --workspace --bins`) and the images built by
+//! `target/debug/lotse images build --output target/lotse-images busybox pause`
+//! (or `$LOTSE_IMAGES_DIR`).
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use e2e::{Kubectl, bin_dir, free_port};
+
+fn images_dir() -> PathBuf {
+    match std::env::var_os("LOTSE_IMAGES_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lotse-images"),
+    }
+}
+
+struct Lotse {
+    child: Child,
+    data: PathBuf,
+}
+
+impl Lotse {
+    fn start(data: &Path, args: Vec<String>) -> anyhow::Result<Lotse> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.join("lotse.log"))?;
+        let child = Command::new(bin_dir().join("lotse"))
+            .arg("up")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting lotse (cargo build --workspace --bins)")?;
+        Ok(Lotse {
+            child,
+            data: data.to_path_buf(),
+        })
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data.join("lotse.log")).unwrap_or_default()
+    }
+
+    fn signal(&mut self, sig: &str) -> anyhow::Result<()> {
+        Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(30) {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("lotse did not exit after SIG{sig}")
+    }
+}
+
+impl Drop for Lotse {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // Pods outlive the kubelet (containerd's shims own them): on a failed test, delete
+            // them through the still-running cluster so nothing is left on the machine.
+            let k = Kubectl::new(
+                33,
+                self.data.join("admin.kubeconfig"),
+                self.data.join("kubectl-cache"),
+            );
+            let _ = k.run(&["delete", "pod", "--all", "--force", "--grace-period=0"]);
+            let t0 = Instant::now();
+            while containers_in(&self.data)
+                .map(|c| !c.is_empty())
+                .unwrap_or(false)
+                && t0.elapsed() < Duration::from_secs(20)
+            {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            let _ = self.signal("TERM");
+        }
+    }
+}
+
+/// Polls `kubectl get … -o jsonpath` until `ok` accepts the output.
+fn wait_for(
+    k: &Kubectl,
+    args: &[&str],
+    what: &str,
+    timeout: Duration,
+    ok: impl Fn(&str) -> bool,
+) -> anyhow::Result<String> {
+    let t0 = Instant::now();
+    let mut last = String::new();
+    while t0.elapsed() < timeout {
+        let out = k.run(args)?;
+        last = format!("{}{}", out.stdout, out.stderr);
+        if out.code == 0 && ok(&out.stdout) {
+            return Ok(out.stdout);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    bail!("timed out after {timeout:?} waiting for {what}; last output: {last}")
+}
+
+fn http_get(ip: &str, port: u16) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(
+        &format!("{ip}:{port}").parse()?,
+        Duration::from_secs(3),
+    )?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+fn containers_in(data: &Path) -> anyhow::Result<Vec<String>> {
+    let out = Command::new("ctr")
+        .arg("-a")
+        .arg(data.join("kubelet/containerd/containerd.sock"))
+        .args(["-n", "k8s.io", "containers", "ls", "-q"])
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+const PODS: &str = r#"
+# Normally made by the serviceaccount controller; created here so the test needs only the scheduler.
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: default}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: www}
+data: {index.html: "hello from a configMap volume\n"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec:
+  containers:
+  - name: httpd
+    image: busybox
+    command: ["httpd", "-f", "-p", "8080", "-h", "/www"]
+    ports: [{containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
+    volumeMounts: [{name: www, mountPath: /www}]
+  volumes: [{name: www, configMap: {name: www}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crash}
+spec:
+  containers:
+  - {name: c, image: busybox, command: ["sh", "-c", "echo about to fail; exit 3"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: oom}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "tail /dev/zero"]
+    resources: {limits: {memory: 16Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: live}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "touch /tmp/ok; sleep 2; rm /tmp/ok; sleep 3600"]
+    livenessProbe: {exec: {command: ["cat", "/tmp/ok"]}, periodSeconds: 1, failureThreshold: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: noimage}
+spec:
+  containers:
+  - {name: c, image: "example.com/not-imported:1.0"}
+"#;
+
+#[test]
+#[ignore = "needs containerd and runc (root), built binaries and images (lotse images build)"]
+fn lotse_up_runs_pods_on_containerd() -> anyhow::Result<()> {
+    let images = images_dir();
+    for img in ["busybox.tar", "pause.tar"] {
+        if !images.join(img).is_file() {
+            bail!(
+                "{} missing: run `target/debug/lotse images build --output {} busybox pause`",
+                images.join(img).display(),
+                images.display()
+            );
+        }
+    }
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("kubelet/images"))?;
+    for img in ["busybox.tar", "pause.tar"] {
+        std::fs::copy(images.join(img), data.join("kubelet/images").join(img))?;
+    }
+    let port = free_port()?;
+    let args: Vec<String> = [
+        "--data-dir",
+        &data.to_string_lossy(),
+        "--secure-port",
+        &port.to_string(),
+        "--kubelet-port",
+        &free_port()?.to_string(),
+        "--node-name",
+        "e2e-node",
+        "--pod-cidr",
+        "10.244.231.0/24",
+        "--images=",
+        "--no-install",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let t0 = Instant::now();
+    let mut lotse = Lotse::start(&data, args.clone())?;
+    let k = Kubectl::new(
+        33,
+        data.join("admin.kubeconfig"),
+        tmp.path().join("kubectl-cache"),
+    );
+    let ready = |s: &str| s.trim() == "True";
+    let node_ready = [
+        "get",
+        "node",
+        "e2e-node",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+    ];
+    wait_for(
+        &k,
+        &node_ready,
+        "node Ready",
+        Duration::from_secs(30),
+        ready,
+    )
+    .with_context(|| lotse.log())?;
+    println!("node Ready {:?} after start", t0.elapsed());
+    let node = k
+        .run(&["get", "node", "e2e-node", "-o", "json"])?
+        .success()?
+        .stdout;
+    let node: serde_json::Value = serde_json::from_str(&node)?;
+    assert!(
+        node.pointer("/status/capacity/cpu").is_some(),
+        "capacity: {node}"
+    );
+    assert_eq!(
+        node.pointer("/metadata/labels/kubernetes.io~1hostname")
+            .and_then(|v| v.as_str()),
+        Some("e2e-node")
+    );
+    k.run(&["get", "lease", "-n", "kube-node-lease", "e2e-node"])?
+        .success()?;
+
+    // Published by the controllers (root-ca-cert-publisher) in a full `lotse up`; the injected
+    // kube-api-access volume needs it, and this test runs with the scheduler only.
+    let ca = format!("--from-file=ca.crt={}", data.join("pki/ca.crt").display());
+    let _ = k.run(&["create", "configmap", "kube-root-ca.crt", &ca])?;
+    k.run_stdin(&["apply", "-f", "-"], PODS)?.success()?;
+    let jp = |pod: &str, path: &str| -> Vec<String> {
+        vec![
+            "get".into(),
+            "pod".into(),
+            pod.into(),
+            "-o".into(),
+            format!("jsonpath={path}"),
+        ]
+    };
+
+    // A scheduled pod becomes Ready with an IP, and serves its configMap over HTTP.
+    let web_ready = jp("web", "{.status.conditions[?(@.type==\"Ready\")].status}");
+    let web_ready: Vec<&str> = web_ready.iter().map(String::as_str).collect();
+    wait_for(&k, &web_ready, "web Ready", Duration::from_secs(60), ready)
+        .with_context(|| lotse.log())?;
+    let ip = k
+        .run(&["get", "pod", "web", "-o", "jsonpath={.status.podIP}"])?
+        .success()?
+        .stdout;
+    assert!(
+        ip.starts_with("10.244.231."),
+        "pod IP {ip} outside the podCIDR"
+    );
+    let body = http_get(&ip, 8080)?;
+    assert!(
+        body.contains("hello from a configMap volume"),
+        "HTTP answer: {body}"
+    );
+
+    // CrashLoopBackOff with lastState, exit code and reason.
+    let crash = [
+        "get",
+        "pod",
+        "crash",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
+    ];
+    wait_for(
+        &k,
+        &crash,
+        "crash in CrashLoopBackOff",
+        Duration::from_secs(40),
+        |s| s == "CrashLoopBackOff",
+    )?;
+    let last = k.run(&["get", "pod", "crash", "-o", "jsonpath={.status.containerStatuses[0].lastState.terminated.exitCode}/{.status.containerStatuses[0].lastState.terminated.reason}"])?.stdout;
+    assert_eq!(last, "3/Error");
+    let logs = k.run(&["logs", "crash"])?.success()?.stdout;
+    assert!(logs.contains("about to fail"), "logs: {logs}");
+
+    // The memory limit is enforced and reported.
+    let oom = [
+        "get",
+        "pod",
+        "oom",
+        "-o",
+        "jsonpath={.status.phase}/{.status.containerStatuses[0].state.terminated.reason}",
+    ];
+    wait_for(&k, &oom, "oom OOMKilled", Duration::from_secs(40), |s| {
+        s == "Failed/OOMKilled"
+    })?;
+
+    // A failing liveness probe restarts the container.
+    let live = [
+        "get",
+        "pod",
+        "live",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].restartCount}",
+    ];
+    wait_for(&k, &live, "live restarted", Duration::from_secs(40), |s| {
+        s.parse::<i32>().unwrap_or(0) >= 1
+    })?;
+    let events = k
+        .run(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=live",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ])?
+        .stdout;
+    assert!(
+        events.contains("Unhealthy") && events.contains("Killing"),
+        "events: {events}"
+    );
+
+    // Missing images are never pulled: ImagePullBackOff naming the import directory.
+    let noimg = [
+        "get",
+        "pod",
+        "noimage",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].state.waiting.reason}|{.status.containerStatuses[0].state.waiting.message}",
+    ];
+    let out = wait_for(
+        &k,
+        &noimg,
+        "ImagePullBackOff",
+        Duration::from_secs(30),
+        |s| s.starts_with("ImagePullBackOff|"),
+    )?;
+    assert!(out.contains("kubelet/images"), "message: {out}");
+
+    // kill -9 and restart: the running containers are adopted, not restarted.
+    let web_cid = k
+        .run(&[
+            "get",
+            "pod",
+            "web",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].containerID}",
+        ])?
+        .stdout;
+    lotse.signal("KILL")?;
+    let lotse = Lotse::start(&data, args)?;
+    wait_for(
+        &k,
+        &node_ready,
+        "node Ready after restart",
+        Duration::from_secs(30),
+        ready,
+    )
+    .with_context(|| lotse.log())?;
+    std::thread::sleep(Duration::from_secs(3));
+    let after = k.run(&["get", "pod", "web", "-o", "jsonpath={.status.containerStatuses[0].containerID}/{.status.containerStatuses[0].restartCount}"])?.stdout;
+    assert_eq!(
+        after,
+        format!("{web_cid}/0"),
+        "web was restarted by the kubelet restart"
+    );
+    assert!(
+        http_get(&ip, 8080)?.contains("hello"),
+        "web unreachable after kubelet restart"
+    );
+
+    // Deleting the pods leaves nothing in containerd.
+    k.run(&[
+        "delete",
+        "pod",
+        "--all",
+        "--grace-period=1",
+        "--wait=true",
+        "--timeout=60s",
+    ])?
+    .success()?;
+    let t0 = Instant::now();
+    while !containers_in(&data)?.is_empty() && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        containers_in(&data)?,
+        Vec::<String>::new(),
+        "containers left behind"
+    );
+    let mut lotse = lotse;
+    lotse.signal("TERM")?;
+    Ok(())
+}
