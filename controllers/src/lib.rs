@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod events;
@@ -29,6 +30,7 @@ pub const ALL_CONTROLLERS: &[&str] = &[
     "endpoints",
     "job",
     "nodelifecycle",
+    "daemonset",
 ];
 
 /// What the controllers need to know about the cluster and how to behave.
@@ -148,6 +150,9 @@ async fn run_controllers(config: Config, client: kube::Client) -> Result<(), Err
             config.node_monitor_grace_period,
             config.pod_eviction_timeout,
         ));
+    }
+    if config.enabled("daemonset") {
+        set.spawn(daemonset::run(client.clone(), recorder.clone()));
     }
     if config.enabled("job") {
         set.spawn(job::run(client.clone(), recorder.clone()));

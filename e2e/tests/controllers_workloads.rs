@@ -186,7 +186,8 @@ impl Drop for Cluster {
     }
 }
 
-/// Stand-in for a kubelet (none exists yet): marks every pod in `ns` Running and Ready.
+/// Stand-in for a kubelet (none exists yet): marks every pod in `ns` Running and Ready, and
+/// finishes graceful deletions.
 fn fake_kubelet(client: Client, ns: &str) -> tokio::task::JoinHandle<()> {
     let api: Api<Pod> = Api::namespaced(client, ns);
     let next_ip = std::sync::atomic::AtomicU32::new(0);
@@ -208,7 +209,20 @@ fn fake_kubelet(client: Client, ns: &str) -> tokio::task::JoinHandle<()> {
                 .as_ref()
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            if ready || pod.metadata.deletion_timestamp.is_some() {
+            if pod.metadata.deletion_timestamp.is_some() {
+                // A kubelet confirms graceful deletion once the containers are stopped.
+                let _ = api
+                    .delete(
+                        &pod.name_any(),
+                        &kube::api::DeleteParams {
+                            grace_period_seconds: Some(0),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+                continue;
+            }
+            if ready {
                 continue;
             }
             let now = k8s_openapi::jiff::Timestamp::now().to_string();
@@ -1068,5 +1082,78 @@ async fn controllers_node_ipam_lease_expiry_taint_and_eviction() -> Result<()> {
         steadfast.metadata.deletion_timestamp.is_none(),
         "a pod tolerating forever stays"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs built apiserver and controllers binaries"]
+async fn controllers_daemonset_one_pod_per_eligible_node_and_rolls() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let client = cluster.client.clone();
+    let ns = "ds";
+    cluster.create_ns(ns).await?;
+    cluster.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(
+            "{apiVersion: v1, kind: List, items: [
+              {apiVersion: v1, kind: Node, metadata: {name: a}},
+              {apiVersion: v1, kind: Node, metadata: {name: b}},
+              {apiVersion: v1, kind: Node, metadata: {name: c}, spec: {taints: [{key: gpu, effect: NoSchedule}]}}]}",
+        ),
+    )?;
+    let _kubelet = fake_kubelet(client.clone(), ns);
+    let ds = |image: &str| {
+        format!(
+            "{{apiVersion: apps/v1, kind: DaemonSet, metadata: {{name: agent, namespace: {ns}}}, spec: {{selector: {{matchLabels: {{app: agent}}}}, template: {{metadata: {{labels: {{app: agent}}}}, spec: {{containers: [{{name: a, image: {image}}}]}}}}}}}}"
+        )
+    };
+    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&ds("busybox:1")))?;
+    cluster.kubectl(&[
+        "-n",
+        ns,
+        "rollout",
+        "status",
+        "daemonset/agent",
+        "--timeout=30s",
+    ])?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let nodes_of = || async {
+        let mut v: Vec<String> = pods
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| p.spec.and_then(|s| s.node_name))
+            .collect();
+        v.sort();
+        Ok::<_, anyhow::Error>(v)
+    };
+    assert_eq!(
+        nodes_of().await?,
+        vec!["a", "b"],
+        "one pod per untainted node"
+    );
+    cluster.kubectl(&["-n", ns, "set", "image", "daemonset/agent", "a=busybox:2"])?;
+    cluster.kubectl(&[
+        "-n",
+        ns,
+        "rollout",
+        "status",
+        "daemonset/agent",
+        "--timeout=30s",
+    ])?;
+    wait_for("all pods on the new template", 20, || async {
+        let l = pods.list(&ListParams::default()).await?.items;
+        Ok(l.len() == 2
+            && l.iter().all(|p| {
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.containers[0].image.as_deref())
+                    == Some("busybox:2")
+            }))
+    })
+    .await?;
+    assert_eq!(nodes_of().await?, vec!["a", "b"]);
     Ok(())
 }
