@@ -209,17 +209,17 @@ async fn manage_replicas(
             async move { api.create(&PostParams::default(), &pod).await }
         })
         .await;
-        for p in &created {
-            ctx.recorder
-                .record(
-                    rs,
-                    COMPONENT,
-                    EventType::Normal,
-                    "SuccessfulCreate",
-                    format!("Created pod: {}", p.name_any()),
-                )
-                .await;
-        }
+        // Events are written concurrently: one per pod, they must not serialize a burst.
+        futures::future::join_all(created.iter().map(|p| {
+            ctx.recorder.record(
+                rs,
+                COMPONENT,
+                EventType::Normal,
+                "SuccessfulCreate",
+                format!("Created pod: {}", p.name_any()),
+            )
+        }))
+        .await;
         if let Some(e) = err {
             let msg = e.to_string();
             ctx.recorder

@@ -1157,3 +1157,47 @@ async fn controllers_daemonset_one_pod_per_eligible_node_and_rolls() -> Result<(
     assert_eq!(nodes_of().await?, vec!["a", "b"]);
     Ok(())
 }
+
+/// Benchmark (prints figures, asserts no timings; runs only with `LOTSE_BENCH=1`):
+/// a 1 000-replica Deployment — time until 1 000 pods exist, and until the rollout is
+/// complete with the test's fake kubelet as the simulated status writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run on demand with LOTSE_BENCH=1"]
+async fn controllers_bench_thousand_replicas() -> Result<()> {
+    if std::env::var("LOTSE_BENCH").as_deref() != Ok("1") {
+        eprintln!("benchmark skipped: set LOTSE_BENCH=1 to run it");
+        return Ok(());
+    }
+    let cluster = Cluster::start().await?;
+    let client = cluster.client.clone();
+    let ns = "bench";
+    cluster.create_ns(ns).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let start = Instant::now();
+    cluster.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(&deployment_yaml(ns, "nginx", 1000)),
+    )?;
+    wait_for("1000 pods", 600, || async {
+        Ok(pods.list(&ListParams::default()).await?.items.len() >= 1000)
+    })
+    .await?;
+    let created = start.elapsed();
+    let _kubelet = fake_kubelet(client.clone(), ns);
+    cluster.kubectl(&[
+        "-n",
+        ns,
+        "rollout",
+        "status",
+        "deployment/web",
+        "--timeout=600s",
+    ])?;
+    let complete = start.elapsed();
+    println!(
+        "1000-replica Deployment: pods created in {:.2}s ({:.0} pods/s); rollout complete after {:.2}s",
+        created.as_secs_f64(),
+        1000.0 / created.as_secs_f64(),
+        complete.as_secs_f64()
+    );
+    Ok(())
+}
