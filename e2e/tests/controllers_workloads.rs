@@ -1201,3 +1201,65 @@ async fn controllers_bench_thousand_replicas() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs built apiserver and controllers binaries"]
+async fn controllers_kill_9_mid_rollout_converges_without_duplicates() -> Result<()> {
+    let mut cluster = Cluster::start().await?;
+    let client = cluster.client.clone();
+    let ns = "restart";
+    cluster.create_ns(ns).await?;
+    let _kubelet = fake_kubelet(client.clone(), ns);
+    cluster.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(&deployment_yaml(ns, "nginx:1", 5)),
+    )?;
+    cluster.kubectl(&[
+        "-n",
+        ns,
+        "rollout",
+        "status",
+        "deployment/web",
+        "--timeout=60s",
+    ])?;
+    cluster.kubectl(&["-n", ns, "set", "image", "deployment/web", "web=nginx:2"])?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SIGKILL mid-rollout, then a fresh process picks up from whatever state the API holds.
+    for mut c in cluster.controllers.drain(..) {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    cluster.start_controllers(false)?;
+    cluster.kubectl(&[
+        "-n",
+        ns,
+        "rollout",
+        "status",
+        "deployment/web",
+        "--timeout=60s",
+    ])?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    wait_for("exactly 5 pods, all on the new template", 30, || async {
+        let l: Vec<Pod> = pods
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        Ok(l.len() == 5
+            && l.iter().all(|p| {
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.containers[0].image.as_deref())
+                    == Some("nginx:2")
+            }))
+    })
+    .await?;
+    let rss = Api::<ReplicaSet>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    assert_eq!(rss.len(), 2, "no duplicate ReplicaSets");
+    Ok(())
+}
