@@ -2,8 +2,11 @@
 # Installs the Debian packages Lotse needs to build and test (idempotent).
 # protobuf-compiler: etcd-client and the CRI client compile .proto files at build time.
 # etcd-server: the etcd storage backend's conformance tests start a real etcd.
+# containerd, runc, containernetworking-plugins (loopback), iproute2, util-linux: the kubelet's
+#   container runtime and pod networking.
+# busybox-static, gcc, libc6-dev, jq: `lotse images build` (busybox and the pause binary).
 set -euo pipefail
-pkgs=(protobuf-compiler etcd-server)
+pkgs=(protobuf-compiler etcd-server containerd runc containernetworking-plugins iproute2 util-linux busybox-static gcc libc6-dev jq)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
