@@ -9,14 +9,10 @@ use std::time::Duration;
 use e2e::{ApiServer, Backend, Kubectl, manifest, testdata};
 use serde_json::Value;
 
-/// Flags kubectl 1.27 needs for apply/create -f: it only speaks OpenAPI v2 protobuf, which
-/// Lotse does not serve yet (its own issue).
-fn validate_flags(k: &Kubectl) -> Vec<&'static str> {
-    if k.minor < 29 {
-        vec!["--validate=false"]
-    } else {
-        vec![]
-    }
+/// Extra flags for apply/create -f. None: every kubectl (1.27/1.28 read OpenAPI v2 protobuf,
+/// newer ones v3) validates against the server with the default `--validate`.
+fn validate_flags(_k: &Kubectl) -> Vec<&'static str> {
+    vec![]
 }
 
 fn header(table: &str) -> Vec<String> {
@@ -450,8 +446,9 @@ fn walk_through(server: &ApiServer, minor: u32) {
         "{}",
         out.stderr
     );
-    // Unknown field with --validate=strict → 400 naming the field (1.27 cannot validate).
-    if minor >= 29 {
+    // Unknown field with --validate=strict → 400 naming the field (server-side validation on
+    // every version, 1.27 included).
+    {
         let bad = testdata("unknown-field-deployment.yaml");
         let out = k.run(&[
             "apply",
