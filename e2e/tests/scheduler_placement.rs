@@ -1,38 +1,86 @@
 //! Whole-process tests of the `scheduler` binary against the real `apiserver`: Node objects
 //! and pods are created through the API; the scheduler binds pods with `pods/binding`.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use e2e::{ApiServer, Backend, bin_dir};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-struct Scheduler(Child);
+/// A running `scheduler` process; SIGKILLed on drop.
+struct Scheduler {
+    child: Child,
+    log: PathBuf,
+}
 
 impl Scheduler {
+    /// Starts the scheduler under its own identity (`system:kube-scheduler`, from the
+    /// `scheduler.kubeconfig` the apiserver writes), so missing RBAC rules show up as failures.
     fn start(api: &ApiServer) -> Result<Self> {
+        Self::start_with(api, &[])
+    }
+
+    fn start_with(api: &ApiServer, args: &[&str]) -> Result<Self> {
+        let kubeconfig = api.data_dir().join("scheduler.kubeconfig");
+        let log = api
+            .data_dir()
+            .join(format!("scheduler-{}.log", uuid_suffix()));
         let child = Command::new(bin_dir().join("scheduler"))
             .arg("--kubeconfig")
-            .arg(api.kubeconfig())
+            .arg(&kubeconfig)
+            .args(args)
             .env("RUST_LOG", "scheduler=debug")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(File::create(&log)?)
             .spawn()
             .context("starting target/debug/scheduler (cargo build --bins first)")?;
-        Ok(Scheduler(child))
+        Ok(Scheduler { child, log })
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would end it.
+    fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- scheduler log {} ---\n{}",
+                self.log.display(),
+                self.log()
+            );
+        }
+        self.kill_9();
     }
+}
+
+fn uuid_suffix() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 async fn create_node(
@@ -276,6 +324,333 @@ async fn fits_nowhere_then_scheduled_when_a_node_is_added() -> Result<()> {
         t.elapsed() < Duration::from_secs(5),
         "a node add must retry at once, took {:?}",
         t.elapsed()
+    );
+    Ok(())
+}
+
+/// `pod name -> node name` for every pod in `default` (empty node while pending).
+async fn placements(client: &Client) -> Result<HashMap<String, String>> {
+    let list = Api::<Pod>::namespaced(client.clone(), "default")
+        .list(&ListParams::default())
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .map(|p| {
+            (
+                p.metadata.name.unwrap_or_default(),
+                p.spec.and_then(|s| s.node_name).unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
+/// Waits until every pod whose name starts with `prefix` is bound; returns their placements.
+async fn wait_all_bound(
+    client: &Client,
+    prefix: &str,
+    count: usize,
+    timeout: Duration,
+) -> Result<HashMap<String, String>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let all = placements(client).await?;
+        let ours: HashMap<String, String> = all
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .collect();
+        let bound = ours.values().filter(|n| !n.is_empty()).count();
+        if ours.len() == count && bound == count {
+            return Ok(ours);
+        }
+        if Instant::now() > deadline {
+            bail!("{bound}/{count} {prefix}* pods bound after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `(pod, reportingInstance)` of every `Scheduled` event in `default`.
+async fn scheduled_events(client: &Client) -> Result<Vec<(String, String)>> {
+    let list = Api::<Event>::namespaced(client.clone(), "default")
+        .list(&ListParams::default())
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Scheduled"))
+        .map(|e| {
+            (
+                e.regarding.and_then(|r| r.name).unwrap_or_default(),
+                e.reporting_instance.unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
+/// Waits until the kube-system/kube-scheduler Lease is held by someone other than `not`.
+async fn wait_lease_holder(
+    client: &Client,
+    not: Option<&str>,
+    timeout: Duration,
+) -> Result<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let holder = leases
+            .get_opt("kube-scheduler")
+            .await?
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .filter(|h| !h.is_empty());
+        if let Some(h) = holder
+            && Some(h.as_str()) != not
+        {
+            return Ok(h);
+        }
+        if Instant::now() > deadline {
+            bail!("no new kube-scheduler lease holder within {timeout:?} (previous: {not:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn create_pods(
+    client: &Client,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+    spec: Value,
+) -> Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    futures::stream::iter(range)
+        .map(|i| {
+            let spec = spec.clone();
+            async move {
+                let name = format!("{prefix}{i}");
+                create_pod(
+                    client,
+                    &name,
+                    json!({"app": prefix.trim_end_matches('-')}),
+                    spec,
+                )
+                .await
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+/// Short leases keep the test fast; the protocol is the one the 15 s defaults run.
+const FAST_LEASE: [&str; 7] = [
+    "--leader-elect",
+    "--leader-elect-lease-duration",
+    "4s",
+    "--leader-elect-renew-deadline",
+    "3s",
+    "--leader-elect-retry-period",
+    "500ms",
+];
+
+#[tokio::test]
+#[ignore = "needs built apiserver and scheduler binaries"]
+async fn leader_election_one_binds_and_a_standby_takes_over() -> Result<()> {
+    let api = ApiServer::start(Backend::Sqlite).await?;
+    let client = api.client().await?;
+    create_node(&client, "n1", json!({}), json!({}), "4").await?;
+    create_node(&client, "n2", json!({}), json!({}), "4").await?;
+    let mut leader = Scheduler::start_with(&api, &FAST_LEASE)?;
+    let first = wait_lease_holder(&client, None, Duration::from_secs(20)).await?;
+    let mut standby = Scheduler::start_with(&api, &FAST_LEASE)?;
+
+    create_pods(&client, "a-", 0..10, json!({})).await?;
+    wait_all_bound(&client, "a-", 10, Duration::from_secs(20)).await?;
+    // Every binding came from the leader (events are asynchronous: wait for all ten).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let evs = scheduled_events(&client).await?;
+        if evs.len() >= 10 {
+            assert!(
+                evs.iter().all(|(_, inst)| *inst == first),
+                "a non-leader scheduled pods: {evs:?} (leader {first})"
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {} Scheduled events: {evs:?}", evs.len());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !standby.log().contains("acquired leadership"),
+        "standby took the lease while the leader renewed it:\n{}",
+        standby.log()
+    );
+
+    leader.kill_9();
+    let killed = Instant::now();
+    create_pods(&client, "b-", 0..10, json!({})).await?;
+    let second = wait_lease_holder(&client, Some(&first), Duration::from_secs(15)).await?;
+    wait_all_bound(&client, "b-", 10, Duration::from_secs(15)).await?;
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(15), "takeover took {took:?}");
+    println!("standby took over and bound 10 pending pods {took:?} after the leader was killed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let evs = scheduled_events(&client).await?;
+        let b: Vec<_> = evs.iter().filter(|(p, _)| p.starts_with("b-")).collect();
+        if b.len() >= 10 {
+            assert!(
+                b.iter().all(|(_, inst)| *inst == second),
+                "b-* not all scheduled by the new leader {second}: {b:?}"
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {} Scheduled events for b-*", b.len());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(standby.is_running(), "standby exited:\n{}", standby.log());
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs built apiserver and scheduler binaries"]
+async fn kill_9_with_pending_pods_loses_none_and_binds_none_twice() -> Result<()> {
+    let api = ApiServer::start(Backend::Sqlite).await?;
+    let client = api.client().await?;
+    // 5 x 4 CPUs hold exactly 200 pods of 100m: a lost assigned pod in the rebuilt cache would
+    // overcommit a node, a pod counted twice would leave another pending forever.
+    for i in 0..5 {
+        create_node(&client, &format!("w{i}"), json!({}), json!({}), "4").await?;
+    }
+    let small = json!({"containers": [{"name": "c", "image": "busybox",
+        "resources": {"requests": {"cpu": "100m"}}}]});
+    let mut sched = Scheduler::start(&api)?;
+    create_pods(&client, "p-", 0..100, small.clone()).await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while placements(&client)
+        .await?
+        .values()
+        .filter(|n| !n.is_empty())
+        .count()
+        < 20
+    {
+        if Instant::now() > deadline {
+            bail!(
+                "scheduler bound fewer than 20 pods in 20s:\n{}",
+                sched.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sched.kill_9();
+    create_pods(&client, "p-", 100..200, small).await?;
+    let pending = placements(&client)
+        .await?
+        .values()
+        .filter(|n| n.is_empty())
+        .count();
+    assert!(pending >= 100, "only {pending} pending pods after the kill");
+
+    let _sched = Scheduler::start(&api)?;
+    let placed = wait_all_bound(&client, "p-", 200, Duration::from_secs(30)).await?;
+    let mut per_node: HashMap<&str, usize> = HashMap::new();
+    for node in placed.values() {
+        *per_node.entry(node.as_str()).or_default() += 1;
+    }
+    assert!(
+        per_node.values().all(|n| *n == 40),
+        "nodes must hold exactly 40 pods each: {per_node:?}"
+    );
+    // A pod reported Scheduled twice would mean two bindings were attempted as successes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for (pod, _) in scheduled_events(&client).await? {
+        *counts.entry(pod).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "pods scheduled twice: {twice:?}");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs built apiserver and scheduler binaries"]
+async fn impossible_pods_never_stall_normal_ones() -> Result<()> {
+    let api = ApiServer::start(Backend::Sqlite).await?;
+    let client = api.client().await?;
+    create_node(&client, "n1", json!({}), json!({}), "4").await?;
+    create_node(&client, "n2", json!({}), json!({}), "4").await?;
+    let mut sched = Scheduler::start(&api)?;
+    let c = |res: Value| json!([{"name": "c", "image": "busybox", "resources": res}]);
+    let impossible = [
+        (
+            "huge",
+            json!({"containers": c(json!({"requests": {"cpu": "1000"}}))}),
+        ),
+        (
+            "gpu",
+            json!({"containers": c(json!({"requests": {"example.com/gpu": "1"}, "limits": {"example.com/gpu": "1"}}))}),
+        ),
+        ("selector", json!({"nodeSelector": {"no-such": "label"}})),
+        (
+            "field-affinity",
+            json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["ghost"]}]}]}}}}),
+        ),
+        (
+            "ghost-affinity",
+            json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "ghost"}}, "topologyKey": "kubernetes.io/hostname"}]}}}),
+        ),
+        (
+            "spread-no-key",
+            json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "no.such/zone",
+            "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "spread-no-key"}}}]}),
+        ),
+    ];
+    for (name, spec) in &impossible {
+        create_pod(&client, name, json!({"app": name}), spec.clone()).await?;
+    }
+    let t = Instant::now();
+    create_pods(&client, "ok-", 0..20, json!({})).await?;
+    wait_all_bound(&client, "ok-", 20, Duration::from_secs(10)).await?;
+    println!(
+        "20 normal pods bound {:?} after creation next to 6 impossible ones",
+        t.elapsed()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "normal pods stalled: {:?}",
+        t.elapsed()
+    );
+    for (name, _) in &impossible {
+        let note = failed_scheduling_note(&client, name).await?;
+        assert!(
+            note.starts_with("0/2 nodes are available: "),
+            "{name}: {note}"
+        );
+    }
+    // Retries (node changes flush the unschedulable pool) keep the scheduler alive and pods pending.
+    create_node(&client, "n3", json!({}), json!({}), "4").await?;
+    create_pods(&client, "late-", 0..5, json!({})).await?;
+    wait_all_bound(&client, "late-", 5, Duration::from_secs(10)).await?;
+    let now = placements(&client).await?;
+    for (name, _) in &impossible {
+        assert_eq!(
+            now.get(*name).map(String::as_str),
+            Some(""),
+            "{name} got bound"
+        );
+    }
+    assert!(sched.is_running(), "scheduler exited:\n{}", sched.log());
+    // system:kube-scheduler's RBAC covers everything the scheduler does (watches, events, status).
+    assert!(
+        !sched.log().contains("forbidden"),
+        "scheduler hit 403s:\n{}",
+        sched.log()
     );
     Ok(())
 }

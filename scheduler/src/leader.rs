@@ -1,5 +1,6 @@
-//! Leader election on a `coordination.k8s.io/v1` Lease, with client-go's timings: 15 s lease,
-//! renew every 2 s, give up leadership if renewing fails for 10 s.
+//! Leader election on a `coordination.k8s.io/v1` Lease, with client-go's default timings: 15 s
+//! lease, renew every 2 s, give up leadership if renewing fails for 10 s (all configurable, as
+//! kube-scheduler's `--leader-elect-*` flags are).
 
 use std::time::Duration;
 
@@ -16,20 +17,49 @@ pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 /// Pause between attempts.
 pub const RETRY_PERIOD: Duration = Duration::from_secs(2);
 
+/// How long leases last and how often they are renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    /// How long non-leaders wait after the last renewal before taking over.
+    pub lease_duration: Duration,
+    /// How long the leader keeps trying to renew before it steps down.
+    pub renew_deadline: Duration,
+    /// Pause between acquire or renew attempts.
+    pub retry_period: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            lease_duration: LEASE_DURATION,
+            renew_deadline: RENEW_DEADLINE,
+            retry_period: RETRY_PERIOD,
+        }
+    }
+}
+
 /// A lease-based elector for one identity.
 pub struct LeaderElector {
     api: Api<Lease>,
     name: String,
     identity: String,
+    timings: Timings,
 }
 
 impl LeaderElector {
     /// Elector for lease `namespace/name`.
-    pub fn new(client: Client, namespace: &str, name: &str, identity: &str) -> Self {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        timings: Timings,
+    ) -> Self {
         LeaderElector {
             api: Api::namespaced(client, namespace),
             name: name.into(),
             identity: identity.into(),
+            timings,
         }
     }
 
@@ -53,9 +83,7 @@ impl LeaderElector {
         };
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().unwrap_or_default();
-        let duration = spec
-            .lease_duration_seconds
-            .unwrap_or(LEASE_DURATION.as_secs() as i32);
+        let duration = spec.lease_duration_seconds.unwrap_or(self.lease_seconds());
         let renewed = spec
             .renew_time
             .as_ref()
@@ -85,10 +113,14 @@ impl LeaderElector {
         }
     }
 
+    fn lease_seconds(&self) -> i32 {
+        i32::try_from(self.timings.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX)
+    }
+
     fn spec(&self, acquired: Timestamp, renewed: Timestamp, transitions: i32) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
-            lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
+            lease_duration_seconds: Some(self.lease_seconds()),
             acquire_time: Some(MicroTime(acquired)),
             renew_time: Some(MicroTime(renewed)),
             lease_transitions: Some(transitions),
@@ -107,7 +139,7 @@ impl LeaderElector {
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "leader election attempt failed"),
             }
-            tokio::time::sleep(RETRY_PERIOD).await;
+            tokio::time::sleep(self.timings.retry_period).await;
         }
     }
 
@@ -115,7 +147,7 @@ impl LeaderElector {
     pub async fn hold(&self) {
         let mut last_ok = tokio::time::Instant::now();
         loop {
-            tokio::time::sleep(RETRY_PERIOD).await;
+            tokio::time::sleep(self.timings.retry_period).await;
             match self.try_acquire_or_renew().await {
                 Ok(true) => last_ok = tokio::time::Instant::now(),
                 Ok(false) => {
@@ -124,7 +156,7 @@ impl LeaderElector {
                 }
                 Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
             }
-            if last_ok.elapsed() > RENEW_DEADLINE {
+            if last_ok.elapsed() > self.timings.renew_deadline {
                 tracing::error!("could not renew the lease within the renew deadline");
                 return;
             }

@@ -54,6 +54,8 @@ pub struct Config {
     pub lease_name: String,
     /// Holder identity for the Lease and event reporting instance.
     pub identity: String,
+    /// Lease duration, renew deadline and retry period.
+    pub leader_election: leader::Timings,
 }
 
 impl Default for Config {
@@ -69,6 +71,7 @@ impl Default for Config {
             lease_namespace: "kube-system".into(),
             lease_name: "kube-scheduler".into(),
             identity: format!("{host}_{}", uuid::Uuid::new_v4()),
+            leader_election: leader::Timings::default(),
         }
     }
 }
@@ -116,6 +119,7 @@ pub async fn run(config: Config, client: Client) -> Result<(), Error> {
             &config.lease_namespace,
             &config.lease_name,
             &config.identity,
+            config.leader_election,
         )
     });
     if let Some(e) = &elector {
