@@ -7,7 +7,7 @@ use rand::Rng;
 
 use crate::cache::Cache;
 use crate::framework::{Code, CycleState, FilterPlugin, NodeInfo, PodInfo, ScorePlugin, Status};
-use crate::plugins::{inter_pod_affinity, pod_topology_spread};
+use crate::plugins::{image_locality, inter_pod_affinity, pod_topology_spread};
 
 /// kube-scheduler's message when the cluster has no nodes at all.
 pub const NO_NODES_AVAILABLE: &str = "no nodes available to schedule pods";
@@ -158,6 +158,17 @@ impl Profile {
             return Err(fit_error(Vec::new()));
         }
         let mut state = self.pre_filter(cache, pod);
+        // A nominated node that still fits is taken without looking further (kube-scheduler's
+        // evaluateNominatedNode).
+        if !pod.nominated_node_name.is_empty()
+            && let Some(node) = cache.node(&pod.nominated_node_name)
+            && self.filter_node(&state, pod, node).is_ok()
+        {
+            return Ok(Decision {
+                node: node.name.clone(),
+                next_start: start % n,
+            });
+        }
         let want = num_feasible_nodes_to_find(n);
         let mut feasible: Vec<&NodeInfo> = Vec::with_capacity(want.min(n));
         let mut statuses = Vec::new();
@@ -192,6 +203,7 @@ impl Profile {
             cache.any_pod_affinity(),
             &cache.namespaces,
         );
+        state.image_locality = image_locality::pre_score(pod, cache);
         let mut total = vec![0i64; feasible.len()];
         let mut raw = vec![0i64; feasible.len()];
         for sp in &self.scores {
@@ -341,5 +353,30 @@ mod tests {
         assert_eq!(num_feasible_nodes_to_find(50), 50);
         assert_eq!(num_feasible_nodes_to_find(1000), 420);
         assert_eq!(num_feasible_nodes_to_find(5000), 500);
+    }
+
+    #[test]
+    fn nominated_node_is_taken_while_it_fits() {
+        let nodes = (0..5)
+            .map(|i| json!({"metadata": {"name": format!("n{i}")}, "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}}}))
+            .collect();
+        let c = cache_with(nodes);
+        let mut p =
+            pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]}));
+        p.nominated_node_name = "n3".into();
+        for _ in 0..10 {
+            let d = Profile::default()
+                .schedule(&c, &p, 0, &mut rand::rng())
+                .unwrap();
+            assert_eq!(d.node, "n3");
+        }
+        // A nominated node that no longer fits is ignored; the pod still gets a node.
+        p.requests.milli_cpu = 4000;
+        p.nominated_node_name = "gone".into();
+        assert!(
+            Profile::default()
+                .schedule(&c, &p, 0, &mut rand::rng())
+                .is_ok()
+        );
     }
 }

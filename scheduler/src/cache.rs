@@ -29,6 +29,8 @@ pub struct Cache {
     /// Bumped on every change; a decision taken at the current generation needs no re-check.
     generation: u64,
     pods_with_affinity: usize,
+    /// On how many nodes each image name is present (ImageLocality's spread).
+    image_nodes: HashMap<String, usize>,
 }
 
 impl Cache {
@@ -47,6 +49,24 @@ impl Cache {
         self.generation
     }
 
+    /// Number of nodes whose status.images lists this name.
+    pub fn nodes_with_image(&self, name: &str) -> usize {
+        self.image_nodes.get(name).copied().unwrap_or(0)
+    }
+
+    fn count_images(&mut self, ni_index: usize, add: bool) {
+        for name in self.nodes[ni_index].images.keys() {
+            if add {
+                *self.image_nodes.entry(name.clone()).or_default() += 1;
+            } else if let Some(n) = self.image_nodes.get_mut(name) {
+                *n -= 1;
+                if *n == 0 {
+                    self.image_nodes.remove(name);
+                }
+            }
+        }
+    }
+
     /// True if any placed pod carries pod (anti-)affinity terms.
     pub fn any_pod_affinity(&self) -> bool {
         self.pods_with_affinity > 0
@@ -59,7 +79,7 @@ impl Cache {
         };
         self.generation += 1;
         if let Some(&i) = self.index.get(&name) {
-            let ni = &mut self.nodes[i];
+            let ni = &self.nodes[i];
             let before = (
                 ni.labels.clone(),
                 ni.taints.clone(),
@@ -67,7 +87,10 @@ impl Cache {
                 ni.allocatable.clone(),
                 ni.allowed_pods,
             );
-            ni.set_node(node);
+            self.count_images(i, false);
+            self.nodes[i].set_node(node);
+            self.count_images(i, true);
+            let ni = &self.nodes[i];
             before
                 != (
                     ni.labels.clone(),
@@ -83,6 +106,7 @@ impl Cache {
             }
             self.index.insert(name, self.nodes.len());
             self.nodes.push(ni);
+            self.count_images(self.nodes.len() - 1, true);
             true
         }
     }
@@ -93,6 +117,7 @@ impl Cache {
             return;
         };
         self.generation += 1;
+        self.count_images(i, false);
         let ni = self.nodes.swap_remove(i);
         if i < self.nodes.len() {
             self.index.insert(self.nodes[i].name.clone(), i);

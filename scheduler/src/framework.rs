@@ -2,13 +2,14 @@
 //! filter/score plugin traits. Mirrors kube-scheduler's framework at the level Lotse needs.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
     Affinity, Node, Pod, Taint, Toleration, TopologySpreadConstraint,
 };
 
+use crate::plugins::image_locality;
 use crate::quantity::Quantity;
 
 /// Non-zero default CPU request (milli-cores) used for scoring only, as Kubernetes does.
@@ -157,6 +158,10 @@ pub struct PodInfo {
     pub priority: i32,
     /// spec.preemptionPolicy == Never.
     pub preemption_never: bool,
+    /// Normalized images of init and app containers (pending pods only, for ImageLocality).
+    pub images: Vec<String>,
+    /// status.nominatedNodeName: tried first when it still fits.
+    pub nominated_node_name: String,
 }
 
 impl PodInfo {
@@ -239,6 +244,18 @@ impl PodInfo {
             topology_spread: spec.topology_spread_constraints.unwrap_or_default(),
             priority: spec.priority.unwrap_or(0),
             preemption_never: spec.preemption_policy.as_deref() == Some("Never"),
+            images: spec
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(&spec.containers)
+                .map(|c| image_locality::normalized_image_name(c.image.as_deref().unwrap_or("")))
+                .collect(),
+            nominated_node_name: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.nominated_node_name.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -247,6 +264,8 @@ impl PodInfo {
         self.tolerations = Vec::new();
         self.node_selector = BTreeMap::new();
         self.topology_spread = Vec::new();
+        self.images = Vec::new();
+        self.nominated_node_name = String::new();
         self
     }
 
@@ -304,6 +323,8 @@ pub struct NodeInfo {
     pub pods_with_affinity: usize,
     /// Host ports in use.
     pub used_ports: Vec<HostPort>,
+    /// status.images: size in bytes by every name an image is known by.
+    pub images: HashMap<String, i64>,
 }
 
 impl NodeInfo {
@@ -322,6 +343,7 @@ impl NodeInfo {
             pods: Vec::new(),
             pods_with_affinity: 0,
             used_ports: Vec::new(),
+            images: HashMap::new(),
         };
         ni.set_node(node);
         ni
@@ -341,6 +363,17 @@ impl NodeInfo {
             .and_then(|q| Quantity::parse(&q.0).ok())
             .map(|q| q.value())
             .unwrap_or(0);
+        self.images = node
+            .status
+            .as_ref()
+            .and_then(|s| s.images.as_ref())
+            .into_iter()
+            .flatten()
+            .flat_map(|i| {
+                let size = i.size_bytes.unwrap_or(0);
+                i.names.iter().flatten().map(move |n| (n.clone(), size))
+            })
+            .collect();
     }
 
     /// Accounts a pod on this node.
@@ -422,6 +455,8 @@ pub struct CycleState {
     pub topology_spread_score: Option<crate::plugins::pod_topology_spread::PreScoreState>,
     /// InterPodAffinity's preferred-term topology scores.
     pub inter_pod_affinity_score: Option<crate::plugins::inter_pod_affinity::PreScoreState>,
+    /// ImageLocality's per-image node counts.
+    pub image_locality: Option<crate::plugins::image_locality::PreScoreState>,
 }
 
 /// A plugin that rules nodes out.

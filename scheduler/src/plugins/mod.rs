@@ -2,6 +2,7 @@
 //! selector and toleration helpers they share.
 
 pub mod balanced_allocation;
+pub mod image_locality;
 pub mod inter_pod_affinity;
 pub mod node_affinity;
 pub mod node_name;
@@ -42,6 +43,7 @@ pub fn default_scores() -> Vec<Box<dyn ScorePlugin>> {
         Box::new(pod_topology_spread::PodTopologySpread),
         Box::new(inter_pod_affinity::InterPodAffinity),
         Box::new(balanced_allocation::BalancedAllocation),
+        Box::new(image_locality::ImageLocality),
     ]
 }
 
