@@ -16,6 +16,7 @@ pub mod impersonation;
 pub mod list;
 pub mod managed;
 pub mod metrics;
+pub mod node_authorizer;
 pub mod openapi;
 pub mod openapi_v2;
 pub mod patch;
