@@ -222,6 +222,25 @@ pub async fn cached(
         .and_then(|o| serde_json::from_slice(&o.raw).ok()))
 }
 
+/// An object from the watch cache, or from storage when the cache does not have it (yet): an
+/// object created a moment ago is found, as Kubernetes' live-lookup fallback does.
+pub async fn cached_or_stored(
+    state: &AppState,
+    def: &ResourceDef,
+    namespace: &str,
+    name: &str,
+) -> ApiResult<Option<Value>> {
+    if let Some(o) = cached(state, def, namespace, name).await? {
+        return Ok(Some(o));
+    }
+    let ns = def.namespaced.then_some(namespace);
+    match crate::handlers::get_current(state, def, ns, name).await {
+        Ok((o, _)) => Ok(Some(o)),
+        Err(e) if e.code == 404 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 async fn check_bound(
     state: &AppState,
     def: &ResourceDef,
@@ -239,7 +258,7 @@ async fn check_bound(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let obj = cached(state, def, ns, &name)
+    let obj = cached_or_stored(state, def, ns, &name)
         .await
         .map_err(|e| TokenError::Revoked(e.message))?;
     let Some(obj) = obj else {

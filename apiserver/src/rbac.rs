@@ -584,6 +584,12 @@ impl Authorizer {
         if a.user.in_group(MASTERS) {
             return Ok(Decision::Allow(String::new()));
         }
+        if let Some(d) = crate::node_authorizer::decide(state, a).await? {
+            return Ok(match d {
+                Ok(reason) => Decision::Allow(reason),
+                Err(_) => Decision::Deny,
+            });
+        }
         let snap = self.current(state).await?;
         if let Some(d) = Self::decide(&snap, a) {
             return Ok(d);
@@ -601,10 +607,16 @@ impl Authorizer {
         allowed.then(|| Decision::Allow(allow_reason(snap, a)))
     }
 
-    /// Authorizes or returns the Kubernetes 403 for `a`.
+    /// Authorizes or returns the Kubernetes 403 for `a` (with the Node authorizer's reason when
+    /// it denied a kubelet), then confines kubelets' pod deletes and evictions to their node.
     pub async fn require(&self, state: &AppState, a: &Attributes) -> ApiResult<()> {
+        if !a.user.in_group(MASTERS)
+            && let Some(Err(reason)) = crate::node_authorizer::decide(state, a).await?
+        {
+            return Err(crate::node_authorizer::forbidden(a, &reason));
+        }
         match self.authorize(state, a).await? {
-            Decision::Allow(_) => Ok(()),
+            Decision::Allow(_) => crate::node_authorizer::restrict(state, a).await,
             Decision::Deny => Err(a.forbidden()),
         }
     }

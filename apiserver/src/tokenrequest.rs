@@ -45,6 +45,49 @@ fn invalid(name: &str, errs: &[FieldError]) -> ApiError {
     }
 }
 
+/// NodeRestriction for a kubelet's TokenRequest: the token must be bound to a pod (by name and
+/// UID) that is scheduled on the kubelet's node, with Kubernetes' messages.
+async fn node_restriction(
+    state: &crate::server::AppState,
+    ns: &str,
+    sa: &str,
+    node: &str,
+    spec: &Value,
+) -> ApiResult<()> {
+    let forbid = |why: &str| crate::rbac::forbidden_error("", "serviceaccounts", sa, why);
+    let r = spec.get("boundObjectRef").filter(|v| v.is_object());
+    let field = |k: &str| {
+        r.and_then(|r| r.get(k))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    if r.is_none()
+        || field("apiVersion") != "v1"
+        || field("kind") != "Pod"
+        || field("name").is_empty()
+    {
+        return Err(forbid("node requested token not bound to a pod"));
+    }
+    if field("uid").is_empty() {
+        return Err(forbid(
+            "node requested token with a pod binding without a uid",
+        ));
+    }
+    let (pod, _) = get_current(state, &PODS, Some(ns), field("name")).await?;
+    if pod.pointer("/metadata/uid").and_then(Value::as_str) != Some(field("uid")) {
+        return Err(forbid(&format!(
+            "the UID in the bound object reference ({}) does not match the UID in record. The object might have been deleted and then recreated",
+            field("uid")
+        )));
+    }
+    if pod.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node) {
+        return Err(forbid(
+            "node requested token bound to a pod scheduled on a different node",
+        ));
+    }
+    Ok(())
+}
+
 /// Serves the token subresource.
 pub async fn create(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Response> {
     let state = ctx.state;
@@ -131,6 +174,11 @@ pub async fn create(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Respons
     }
     if !errs.is_empty() {
         return Err(invalid(name, &errs));
+    }
+    if let Some(user) = crate::auth::request_user()
+        && let Some(node) = user.node_name()
+    {
+        node_restriction(state, &ns, name, node, &spec).await?;
     }
     let tokens = state
         .security

@@ -174,15 +174,33 @@ async fn entenhausen_seed_scenario() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    assert!(
-        err.contains(&format!(
-            "rolebindings.rbac.authorization.k8s.io \"mine\" is forbidden: user \"{DONALD}\""
-        )),
-        "{err}"
+    // Kubernetes' exact wording (rbac/validation.ConfirmNoEscalation), missing rules sorted.
+    let want = format!(
+        "rolebindings.rbac.authorization.k8s.io \"mine\" is forbidden: user \"{DONALD}\" (groups=[\"system:serviceaccounts\" \"system:serviceaccounts:entenhausen\" \"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{{APIGroups:[\"*\"], Resources:[\"*\"], Verbs:[\"*\"]}}\n{{NonResourceURLs:[\"*\"], Verbs:[\"*\"]}}\n"
     );
+    assert!(err.contains(&want), "want {want:?}\ngot {err:?}");
+
+    // `auth can-i --list` with donald's own token shows what he holds there.
+    let own = ok(
+        &k,
+        &s(&run(&["auth", "can-i", "--list", "-n", "entenhausen"])),
+    );
+    for (resource, verb) in [
+        ("deployments.apps ", "create"),
+        ("deployments.apps/scale ", "update"),
+        ("pods ", "list"),
+        ("rolebindings.rbac.authorization.k8s.io ", "create"),
+        ("selfsubjectreviews.authentication.k8s.io ", "create"),
+    ] {
+        assert!(
+            own.lines()
+                .any(|l| l.starts_with(resource) && l.contains(verb)),
+            "{resource}{verb}: {own}"
+        );
+    }
     assert!(
-        err.contains("{APIGroups:[\"*\"], Resources:[\"*\"], Verbs:[\"*\"]}"),
-        "{err}"
+        !own.lines().any(|l| l.starts_with("*.* ")),
+        "no cluster-admin: {own}"
     );
 
     let list = ok(
@@ -512,5 +530,96 @@ async fn component_identities() {
     assert!(
         err.contains("node \"n1\" is not allowed to modify node \"n2\""),
         "{err}"
+    );
+
+    // Node authorizer: a kubelet reads only what pods bound to it reference. (No controllers
+    // run here, so the `default` ServiceAccount is created by hand.)
+    ok(&admin, &["create", "serviceaccount", "default", "-n", "default"]);
+    for sec in ["s1", "s2"] {
+        ok(
+            &admin,
+            &["create", "secret", "generic", sec, "--from-literal=k=v"],
+        );
+    }
+    for (pod, node, secret) in [("mine", "n1", "s1"), ("theirs", "n2", "s2")] {
+        let manifest = format!(
+            "{{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{{\"name\":\"{pod}\",\"namespace\":\"default\"}},\"spec\":{{\"nodeName\":\"{node}\",\"containers\":[{{\"name\":\"c\",\"image\":\"busybox\",\"env\":[{{\"name\":\"K\",\"valueFrom\":{{\"secretKeyRef\":{{\"name\":\"{secret}\",\"key\":\"k\"}}}}}}]}}]}}}}"
+        );
+        admin
+            .run_stdin(&["create", "-f", "-"], &manifest)
+            .expect("kubectl")
+            .success()
+            .expect("pod created");
+    }
+    ok(&node, &["get", "secret", "s1", "-n", "default"]);
+    let err = fails(&node, &["get", "secret", "s2", "-n", "default"]);
+    assert!(
+        err.contains("secrets \"s2\" is forbidden: User \"system:node:n1\" cannot get resource \"secrets\" in API group \"\" in the namespace \"default\": no relationship found between node 'n1' and this object"),
+        "{err}"
+    );
+    let err = fails(&node, &["get", "secrets", "-n", "default"]);
+    assert!(
+        err.contains("can only get individual resources of this type"),
+        "{err}"
+    );
+    // NodeRestriction: deletes and token requests only for its own pods.
+    let err = fails(
+        &node,
+        &["delete", "pod", "theirs", "-n", "default", "--wait=false"],
+    );
+    assert!(
+        err.contains("pods \"theirs\" is forbidden: node \"n1\" can only delete pods with spec.nodeName set to itself"),
+        "{err}"
+    );
+    let err = fails(&node, &["create", "token", "default", "-n", "default"]);
+    assert!(
+        err.contains("node requested token not bound to a pod"),
+        "{err}"
+    );
+    let err = fails(
+        &node,
+        &[
+            "create",
+            "token",
+            "default",
+            "-n",
+            "default",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=theirs",
+        ],
+    );
+    assert!(
+        err.contains("node requested token bound to a pod scheduled on a different node")
+            || err.contains("without a uid"),
+        "{err}"
+    );
+    let uid = ok(
+        &admin,
+        &[
+            "get",
+            "pod",
+            "mine",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ],
+    );
+    ok(
+        &node,
+        &[
+            "create",
+            "token",
+            "default",
+            "-n",
+            "default",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=mine",
+            &format!("--bound-object-uid={}", uid.trim()),
+        ],
+    );
+    ok(
+        &node,
+        &["delete", "pod", "mine", "-n", "default", "--wait=false"],
     );
 }

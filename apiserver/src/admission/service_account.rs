@@ -50,7 +50,7 @@ pub async fn admit_pod(state: &AppState, pod: &mut Value) -> ApiResult<()> {
         .to_string();
     spec.insert("serviceAccountName".into(), json!(sa_name));
     spec.insert("serviceAccount".into(), json!(sa_name));
-    let sa = crate::authn::cached(state, &SERVICEACCOUNTS, &ns, &sa_name).await?;
+    let sa = crate::authn::cached_or_stored(state, &SERVICEACCOUNTS, &ns, &sa_name).await?;
     let sa = match sa {
         Some(sa) => Some(sa),
         // The default ServiceAccount is created by the controllers; without them a pod in a new
