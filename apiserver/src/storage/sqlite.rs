@@ -9,7 +9,9 @@
 //! `create_revision`), so watch replay reads only the rows it returns.
 //!
 //! Concurrency: one dedicated writer thread owns the only writing connection, so revisions are
-//! assigned and committed in order and a reader never sees revision N+1 before N. The unique
+//! assigned and committed in order and a reader never sees revision N+1 before N. Writes that
+//! queue up while a transaction commits are committed together in the next one (group commit;
+//! each keeps its own revision and result), and WAL checkpoints run on a separate thread. The unique
 //! index on `(name, prev_revision)` is kine's concurrency guard and stays as a second line of
 //! defence. Reads run on a small pool of read-only connections in `spawn_blocking`; WAL gives
 //! each read a consistent snapshot while the writer keeps writing.
@@ -52,6 +54,10 @@ const COMPACT_BATCH: i64 = 2_000;
 const MAX_IDLE_READERS: usize = 8;
 /// Write requests that may queue for the writer thread.
 const WRITE_QUEUE: usize = 1_024;
+/// How often the checkpoint thread copies the WAL into the database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+/// Queued writes committed together in one transaction (group commit).
+const MAX_BATCH: usize = 64;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS kine (
@@ -106,6 +112,8 @@ const SQL_COMPACTED: &str = "SELECT value FROM meta WHERE key = 'compact_revisio
 /// writes are done, which ends open watches.
 pub struct SqliteStorage {
     writer: mpsc::Sender<WriteRequest>,
+    /// Dropping it stops the checkpoint thread.
+    _stop_checkpoints: std::sync::mpsc::Sender<()>,
     readers: Arc<ReadPool>,
     shared: Arc<Shared>,
     /// A directory removed on drop (for [`SqliteStorage::open_temporary`]).
@@ -179,8 +187,18 @@ impl SqliteStorage {
             .name("sqlite-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| StorageError::Backend(format!("starting writer thread: {e}")))?;
+        let (stop_checkpoints, stopped) = std::sync::mpsc::channel();
+        let checkpointer = Connection::open(path).map_err(db)?;
+        checkpointer
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(db)?;
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, stopped))
+            .map_err(|e| StorageError::Backend(format!("starting checkpoint thread: {e}")))?;
         Ok(Self {
             writer: tx,
+            _stop_checkpoints: stop_checkpoints,
             readers: Arc::new(ReadPool {
                 path: path.to_path_buf(),
                 idle: Mutex::new(Vec::new()),
@@ -411,11 +429,25 @@ fn db(e: rusqlite::Error) -> StorageError {
     StorageError::Backend(format!("sqlite: {e}"))
 }
 
-/// Pragmas for every connection.
+/// Moves WAL content into the database file every [`CHECKPOINT_INTERVAL`] until `stop` is
+/// dropped. Running here rather than as SQLite's auto-checkpoint keeps the checkpoint's copying
+/// and fsyncs off the writer thread, so they don't delay commits.
+fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stop.recv_timeout(CHECKPOINT_INTERVAL)
+    {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            debug!(error = %e, "sqlite checkpoint");
+        }
+    }
+}
+
+/// Pragmas for the writing connection.
 fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
+         PRAGMA wal_autocheckpoint = 0;
          PRAGMA synchronous = NORMAL;
          PRAGMA temp_store = MEMORY;
          PRAGMA cache_size = -32768;
@@ -830,13 +862,27 @@ impl Writer {
                     op: WriteOp::Compact { revision },
                     reply,
                 }) => self.start_compaction(revision, reply),
-                Some(WriteRequest { op, reply }) => {
-                    let result = self.apply(op);
-                    if let Err(e @ StorageError::Backend(_)) = &result {
-                        warn!(error = %e, "sqlite write failed");
+                Some(first) => {
+                    // Group commit: writes queued behind this one share its transaction.
+                    let mut batch = vec![first];
+                    let mut compact = None;
+                    while batch.len() < MAX_BATCH {
+                        match self.rx.try_recv() {
+                            Ok(WriteRequest {
+                                op: WriteOp::Compact { revision },
+                                reply,
+                            }) => {
+                                compact = Some((revision, reply));
+                                break;
+                            }
+                            Ok(r) => batch.push(r),
+                            Err(_) => break,
+                        }
                     }
-                    // The caller may have gone away; the write stands either way.
-                    let _ = reply.send(result);
+                    self.apply_batch(batch);
+                    if let Some((revision, reply)) = compact {
+                        self.start_compaction(revision, reply);
+                    }
                 }
                 None => self.compaction_step(),
             }
@@ -845,110 +891,60 @@ impl Writer {
         debug!("sqlite writer stopped");
     }
 
-    /// Applies one write in its own transaction and publishes its event after commit.
-    fn apply(&mut self, op: WriteOp) -> Result<WriteOutcome> {
-        let rev = self.shared.current.load(Ordering::Acquire) + 1;
-        let tx = self
+    /// Applies queued writes in one transaction, each in its own savepoint so that a refused
+    /// or failed write leaves the others alone; every successful write gets the next revision.
+    /// Events are published and callers answered only after the commit.
+    fn apply_batch(&mut self, batch: Vec<WriteRequest>) {
+        let mut rev = self.shared.current.load(Ordering::Acquire);
+        let mut tx = match self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
-        let (event, outcome) = match op {
-            WriteOp::Create { key, value } => {
-                let prev = latest_row(&tx, &key)?;
-                let prev_revision = match prev {
-                    Some(row) if !row.deleted => {
-                        return Err(StorageError::AlreadyExists { key });
-                    }
-                    Some(tombstone) => tombstone.id,
-                    None => 0,
-                };
-                insert(
-                    &tx,
-                    rev,
-                    &key,
-                    true,
-                    false,
-                    rev,
-                    prev_revision,
-                    &value,
-                    None,
-                )?;
-                let event = Event {
-                    event_type: EventType::Create,
-                    kv: KeyValue {
-                        key,
-                        value,
-                        create_revision: rev,
-                        mod_revision: rev,
-                    },
-                    prev_kv: None,
-                };
-                (event, WriteOutcome::Revision(rev))
-            }
-            WriteOp::Update {
-                key,
-                expected,
-                value,
-            } => {
-                let prev = guard(&tx, &key, expected)?;
-                insert(
-                    &tx,
-                    rev,
-                    &key,
-                    false,
-                    false,
-                    prev.create_revision,
-                    prev.id,
-                    &value,
-                    Some(&prev.value),
-                )?;
-                let create_revision = prev.create_revision;
-                let event = Event {
-                    event_type: EventType::Update,
-                    kv: KeyValue {
-                        key: key.clone(),
-                        value,
-                        create_revision,
-                        mod_revision: rev,
-                    },
-                    prev_kv: Some(prev.into_kv(key)),
-                };
-                (event, WriteOutcome::Revision(rev))
-            }
-            WriteOp::Delete { key, expected } => {
-                let prev = guard(&tx, &key, expected)?;
-                insert(
-                    &tx,
-                    rev,
-                    &key,
-                    false,
-                    true,
-                    prev.create_revision,
-                    prev.id,
-                    &[],
-                    Some(&prev.value),
-                )?;
-                let deleted = prev.into_kv(key);
-                let event = Event {
-                    event_type: EventType::Delete,
-                    kv: KeyValue {
-                        mod_revision: rev,
-                        ..deleted.clone()
-                    },
-                    prev_kv: Some(deleted.clone()),
-                };
-                (event, WriteOutcome::Deleted(rev, deleted))
-            }
-            WriteOp::Compact { .. } => {
-                return Err(StorageError::Backend(
-                    "compaction must go through start_compaction".into(),
-                ));
+        {
+            Ok(tx) => tx,
+            Err(e) => {
+                let message = format!("sqlite: {e}");
+                warn!(error = %message, "sqlite write failed");
+                for r in batch {
+                    let _ = r.reply.send(Err(StorageError::Backend(message.clone())));
+                }
+                return;
             }
         };
-        tx.commit().map_err(db)?;
+        let mut done = Vec::with_capacity(batch.len());
+        for WriteRequest { op, reply } in batch {
+            // A savepoint dropped without commit rolls back only this write.
+            let result = tx.savepoint().map_err(db).and_then(|sp| {
+                let applied = apply_one(&sp, rev + 1, op)?;
+                sp.commit().map_err(db)?;
+                Ok(applied)
+            });
+            match result {
+                Ok((event, outcome)) => {
+                    rev += 1;
+                    done.push((reply, Ok(outcome), Some(event)));
+                }
+                Err(e) => done.push((reply, Err(e), None)),
+            }
+        }
+        if let Err(e) = tx.commit() {
+            let message = format!("sqlite: {e}");
+            warn!(error = %message, "sqlite commit failed");
+            for (reply, result, _) in done {
+                let _ = reply.send(result.and(Err(StorageError::Backend(message.clone()))));
+            }
+            return;
+        }
         self.shared.current.store(rev, Ordering::Release);
-        self.shared.broadcaster.publish(&event);
-        Ok(outcome)
+        for event in done.iter().filter_map(|(_, _, event)| event.as_ref()) {
+            self.shared.broadcaster.publish(event);
+        }
+        for (reply, result, _) in done {
+            if let Err(e @ StorageError::Backend(_)) = &result {
+                warn!(error = %e, "sqlite write failed");
+            }
+            // The caller may have gone away; the write stands either way.
+            let _ = reply.send(result);
+        }
     }
 
     fn start_compaction(
@@ -1057,6 +1053,94 @@ impl Writer {
             }
         }
     }
+}
+
+/// Applies one write at revision `rev` inside the caller's transaction.
+fn apply_one(tx: &Connection, rev: Revision, op: WriteOp) -> Result<(Event, WriteOutcome)> {
+    let applied = match op {
+        WriteOp::Create { key, value } => {
+            let prev = latest_row(tx, &key)?;
+            let prev_revision = match prev {
+                Some(row) if !row.deleted => {
+                    return Err(StorageError::AlreadyExists { key });
+                }
+                Some(tombstone) => tombstone.id,
+                None => 0,
+            };
+            insert(tx, rev, &key, true, false, rev, prev_revision, &value, None)?;
+            let event = Event {
+                event_type: EventType::Create,
+                kv: KeyValue {
+                    key,
+                    value,
+                    create_revision: rev,
+                    mod_revision: rev,
+                },
+                prev_kv: None,
+            };
+            (event, WriteOutcome::Revision(rev))
+        }
+        WriteOp::Update {
+            key,
+            expected,
+            value,
+        } => {
+            let prev = guard(tx, &key, expected)?;
+            insert(
+                tx,
+                rev,
+                &key,
+                false,
+                false,
+                prev.create_revision,
+                prev.id,
+                &value,
+                Some(&prev.value),
+            )?;
+            let create_revision = prev.create_revision;
+            let event = Event {
+                event_type: EventType::Update,
+                kv: KeyValue {
+                    key: key.clone(),
+                    value,
+                    create_revision,
+                    mod_revision: rev,
+                },
+                prev_kv: Some(prev.into_kv(key)),
+            };
+            (event, WriteOutcome::Revision(rev))
+        }
+        WriteOp::Delete { key, expected } => {
+            let prev = guard(tx, &key, expected)?;
+            insert(
+                tx,
+                rev,
+                &key,
+                false,
+                true,
+                prev.create_revision,
+                prev.id,
+                &[],
+                Some(&prev.value),
+            )?;
+            let deleted = prev.into_kv(key);
+            let event = Event {
+                event_type: EventType::Delete,
+                kv: KeyValue {
+                    mod_revision: rev,
+                    ..deleted.clone()
+                },
+                prev_kv: Some(deleted.clone()),
+            };
+            (event, WriteOutcome::Deleted(rev, deleted))
+        }
+        WriteOp::Compact { .. } => {
+            return Err(StorageError::Backend(
+                "compaction must go through start_compaction".into(),
+            ));
+        }
+    };
+    Ok(applied)
 }
 
 /// The newest row of `key` if it is live and at revision `expected`; else NotFound/Conflict.
@@ -1242,6 +1326,43 @@ mod tests {
             }
         }
         assert_eq!(wins, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_commit_keeps_one_revision_and_result_per_write() {
+        let (_dir, store) = temp_store();
+        let mut watch = store.watch("/g/", 0).await.expect("watch");
+        let mut tasks = Vec::new();
+        // 200 creates of 100 keys in flight at once: batches mix winners and refusals.
+        for i in 0..200u32 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let key = format!("/g/{:03}", i % 100);
+                (
+                    key.clone(),
+                    store.create(&key, i.to_be_bytes().to_vec()).await,
+                )
+            }));
+        }
+        let mut revisions = Vec::new();
+        for task in tasks {
+            match task.await.expect("join") {
+                (key, Ok(rev)) => revisions.push((rev, key)),
+                (_, Err(StorageError::AlreadyExists { .. })) => {}
+                (_, Err(e)) => panic!("unexpected error {e}"),
+            }
+        }
+        revisions.sort();
+        assert_eq!(revisions.len(), 100);
+        let first = revisions[0].0;
+        for (i, (rev, key)) in revisions.iter().enumerate() {
+            assert_eq!(*rev, first + i as Revision, "revisions are consecutive");
+            let event = watch.next().await.expect("event").expect("ok");
+            assert_eq!((event.kv.mod_revision, &event.kv.key), (*rev, key));
+            let kv = store.get(key).await.expect("get").expect("stored");
+            assert_eq!(kv.mod_revision, *rev);
+        }
+        assert_eq!(store.current_revision().await.expect("rev"), first + 99);
     }
 
     #[tokio::test]
