@@ -5,6 +5,8 @@
 //! (broadcast events, periodic BOOKMARKs) → `Done` (timeout, client gone, or the watcher fell
 //! behind / the cache re-listed, after which the client re-watches from its last revision).
 
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -12,7 +14,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use crate::cacher::{
     Broadcast, CacheEvent, CacheEventType, CachedObject, WatchFromError, WatchStart,
@@ -20,9 +22,13 @@ use crate::cacher::{
 use crate::error::{ApiError, ApiResult};
 use crate::handlers::{Ctx, header_str};
 use crate::list::Selection;
+use crate::metrics::Metrics;
 use crate::registry::ResourceDef;
 use crate::request::{Query, ResponseFormat, response_format};
 use crate::storage::Revision;
+
+/// How often a live watch that allows bookmarks gets one.
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How the watcher encodes objects.
 #[derive(Clone)]
@@ -184,45 +190,67 @@ pub async fn serve(ctx: &Ctx<'_>) -> ApiResult<Response> {
         cacher.watch_from(Some(rv_num.unwrap_or(0).max(0))).await
     };
     let table = response_format(header_str(ctx.headers, header::ACCEPT)) == ResponseFormat::Table;
-    let mut enc = Encoder {
+    let enc = Encoder {
         def,
         table,
         query: q.clone(),
         sent_columns: false,
     };
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(256);
     let start = match start {
         Ok(s) => s,
         Err(WatchFromError::TooOld { requested, oldest }) => {
             let e = ApiError::expired(format!("too old resource version: {requested} ({oldest})"));
-            let _ = tx.send(Ok(error_event(&e))).await;
-            drop(tx);
-            return Ok(stream_response(rx));
+            return Ok(stream_response(futures::stream::iter([Ok::<
+                _,
+                std::io::Error,
+            >(
+                error_event(&e)
+            )])));
         }
         Err(WatchFromError::TooLarge { requested, current }) => {
             return Err(ApiError::too_large_resource_version(requested, current));
         }
     };
-    let metrics = ctx.state.metrics.clone();
-    tokio::spawn(async move {
-        metrics.watchers_inc(def.plural, 1);
-        run(
-            start,
-            sel,
-            &mut enc,
-            tx,
-            timeout,
-            bookmarks,
-            send_initial == Some(true),
-        )
-        .await;
-        metrics.watchers_inc(def.plural, -1);
+    let (phase, rx) = match start {
+        WatchStart::Snapshot(objects, revision, rx) => (
+            Phase::Snapshot {
+                objects,
+                next: 0,
+                revision,
+                end_bookmark: send_initial == Some(true),
+            },
+            rx,
+        ),
+        WatchStart::Replay(events, rx) => (Phase::Replay { events, next: 0 }, rx),
+    };
+    ctx.state.metrics.watchers_inc(def.plural, 1);
+    let watcher = Watcher {
+        phase,
+        rx,
+        sel,
+        enc,
+        deadline: Box::pin(tokio::time::sleep(timeout)),
+        bookmarks,
+        bookmark_timer: None,
+        last_rv: 0,
+        _open: OpenWatch {
+            metrics: ctx.state.metrics.clone(),
+            resource: def.plural,
+        },
+    };
+    // The body polls the watcher directly (no task and channel per watcher): an event wakes
+    // only the connection's task, and a closed connection drops the watcher.
+    let stream = futures::stream::unfold(watcher, |mut w| async move {
+        let line = w.next_line().await?;
+        Some((Ok::<_, std::io::Error>(line), w))
     });
-    Ok(stream_response(rx))
+    Ok(stream_response(stream))
 }
 
-fn stream_response(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Response {
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+fn stream_response<S>(stream: S) -> Response
+where
+    S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
     let mut r = (StatusCode::OK, Body::from_stream(stream)).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -235,76 +263,140 @@ fn stream_response(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Respons
     r
 }
 
-async fn run(
-    start: WatchStart,
+/// Counts an open watch in the metrics for as long as it lives.
+struct OpenWatch {
+    metrics: Arc<Metrics>,
+    resource: &'static str,
+}
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        self.metrics.watchers_inc(self.resource, -1);
+    }
+}
+
+/// Where a watcher is in the protocol.
+enum Phase {
+    /// Sending the current state as synthetic ADDED events, then (if asked) the
+    /// initial-events-end BOOKMARK at `revision`.
+    Snapshot {
+        objects: Vec<Arc<CachedObject>>,
+        next: usize,
+        revision: Revision,
+        end_bookmark: bool,
+    },
+    /// Replaying buffered events after the requested revision.
+    Replay {
+        events: Vec<Arc<CacheEvent>>,
+        next: usize,
+    },
+    /// Forwarding broadcast events and periodic BOOKMARKs.
+    Live,
+    /// Timed out, fell behind, or the cache re-listed; the client re-watches.
+    Done,
+}
+
+/// One serving watch: its protocol phase, subscription and encoder.
+struct Watcher {
+    phase: Phase,
+    rx: broadcast::Receiver<Broadcast>,
     sel: Selection,
-    enc: &mut Encoder,
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-    timeout: Duration,
+    enc: Encoder,
+    deadline: Pin<Box<tokio::time::Sleep>>,
     bookmarks: bool,
-    initial_end_bookmark: bool,
-) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let (mut rx, mut last_rv) = match start {
-        WatchStart::Snapshot(objects, rev, rx) => {
-            for o in objects
-                .iter()
-                .filter(|o| in_prefix(o, &sel) && sel.matches(o))
-            {
-                if tx.send(Ok(enc.line("ADDED", o, None))).await.is_err() {
-                    return;
+    /// Started when the watch goes live.
+    bookmark_timer: Option<tokio::time::Interval>,
+    last_rv: Revision,
+    _open: OpenWatch,
+}
+
+impl Watcher {
+    /// The next line to send, or `None` when the watch ends.
+    async fn next_line(&mut self) -> Option<Bytes> {
+        loop {
+            match &mut self.phase {
+                Phase::Snapshot {
+                    objects,
+                    next,
+                    revision,
+                    end_bookmark,
+                } => {
+                    while let Some(o) = objects.get(*next) {
+                        *next += 1;
+                        if in_prefix(o, &self.sel) && self.sel.matches(o) {
+                            return Some(self.enc.line("ADDED", o, None));
+                        }
+                    }
+                    let (revision, end_bookmark) = (*revision, *end_bookmark);
+                    self.last_rv = revision;
+                    self.go_live();
+                    if end_bookmark {
+                        return Some(self.enc.bookmark(revision, true));
+                    }
                 }
+                Phase::Replay { events, next } => {
+                    while let Some(ev) = events.get(*next) {
+                        *next += 1;
+                        self.last_rv = ev.rv();
+                        if !in_prefix(&ev.object, &self.sel) {
+                            continue;
+                        }
+                        if let Some(line) = encode(&mut self.enc, ev, &self.sel) {
+                            return Some(line);
+                        }
+                    }
+                    self.go_live();
+                }
+                Phase::Live => {
+                    if let Some(line) = self.live().await {
+                        return Some(line);
+                    }
+                }
+                Phase::Done => return None,
             }
-            if initial_end_bookmark && tx.send(Ok(enc.bookmark(rev, true))).await.is_err() {
-                return;
-            }
-            (rx, rev)
         }
-        WatchStart::Replay(events, rx) => {
-            let mut last = 0;
-            for ev in &events {
-                last = ev.rv();
-                if !in_prefix(&ev.object, &sel) {
-                    continue;
-                }
-                if let Some(line) = encode(enc, ev, &sel)
-                    && tx.send(Ok(line)).await.is_err()
-                {
-                    return;
-                }
-            }
-            (rx, last)
-        }
-    };
-    let mut bookmark_timer = tokio::time::interval(Duration::from_secs(60));
-    bookmark_timer.tick().await;
-    loop {
+    }
+
+    fn go_live(&mut self) {
+        self.phase = Phase::Live;
+        self.bookmark_timer = Some(tokio::time::interval_at(
+            tokio::time::Instant::now() + BOOKMARK_INTERVAL,
+            BOOKMARK_INTERVAL,
+        ));
+    }
+
+    /// Waits for the next live line; `None` with the phase still `Live` means "nothing to
+    /// send for that event", with the phase `Done` that the watch ended.
+    async fn live(&mut self) -> Option<Bytes> {
+        let Some(timer) = self.bookmark_timer.as_mut() else {
+            self.phase = Phase::Done;
+            return None;
+        };
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => return,
-            _ = tx.closed() => return,
-            _ = bookmark_timer.tick(), if bookmarks => {
-                if last_rv > 0 && tx.send(Ok(enc.bookmark(last_rv, false))).await.is_err() {
-                    return;
-                }
+            _ = self.deadline.as_mut() => {
+                self.phase = Phase::Done;
+                None
             }
-            msg = rx.recv() => match msg {
+            _ = timer.tick(), if self.bookmarks => {
+                (self.last_rv > 0).then(|| self.enc.bookmark(self.last_rv, false))
+            }
+            msg = self.rx.recv() => match msg {
                 Ok(Broadcast::Event(ev)) => {
-                    if ev.rv() <= last_rv {
-                        continue;
+                    if ev.rv() <= self.last_rv {
+                        return None;
                     }
-                    last_rv = ev.rv();
-                    if !in_prefix(&ev.object, &sel) {
-                        continue;
+                    self.last_rv = ev.rv();
+                    if !in_prefix(&ev.object, &self.sel) {
+                        return None;
                     }
-                    if let Some(line) = encode(enc, &ev, &sel)
-                        && tx.send(Ok(line)).await.is_err()
-                    {
-                        return;
-                    }
+                    encode(&mut self.enc, &ev, &self.sel)
                 }
                 // Fell behind or the cache re-listed: end the watch; the client re-watches from
                 // its last resourceVersion (and re-lists on 410 if that is too old).
-                Ok(Broadcast::Reset) | Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => return,
+                Ok(Broadcast::Reset) | Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => {
+                    self.phase = Phase::Done;
+                    None
+                }
             }
         }
     }
