@@ -4,8 +4,18 @@
 //! node's InternalIP and `status.daemonEndpoints.kubeletEndpoint.Port` (HTTPS; the kubelet's
 //! certificate is not verified, as in Kubernetes without `--kubelet-certificate-authority`).
 //! The response body is streamed through, so `follow=true` works.
+//!
+//! `pods/exec` (and `attach`) arrive as HTTP upgrades: [`pod_upgrade`] forwards the upgrade
+//! request to the kubelet's `/exec/{ns}/{pod}/{container}` and, once the kubelet answers
+//! `101 Switching Protocols`, splices the two connections byte for byte (the WebSocket channel
+//! protocol `v5.channel.k8s.io`/`v4.channel.k8s.io` is spoken end to end by client and kubelet).
+//! SPDY upgrades (kubectl ≤ 1.29) are refused with a message saying so.
+//!
+//! Towards kubelets the apiserver authenticates with a client certificate issued by the cluster
+//! CA for `kube-apiserver-kubelet-client` in group `system:masters` (Kubernetes'
+//! `--kubelet-client-certificate`); the kubelet serves no one else.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::http::{Method, header};
@@ -16,6 +26,11 @@ use serde_json::Value;
 
 use crate::error::{ApiError, ApiResult};
 use crate::handlers::{Ctx, get_current};
+use crate::request::ResourcePath;
+use crate::server::AppState;
+
+/// The user of the apiserver's kubelet client certificate.
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 
 /// Proxies a pod subresource to the kubelet of the pod's node.
 pub async fn pod_proxy(
@@ -44,7 +59,29 @@ pub async fn pod_proxy(
         ));
     }
     let ns = ctx.rp.namespace.as_deref().unwrap_or("default");
-    let container = match ctx.query.get("container").filter(|c| !c.is_empty()) {
+    let container = container_of(&pod, name, ctx.query.get("container"))?;
+    let (addr, port) = kubelet_address(ctx.state, node).await?;
+    let mut q: Vec<String> = Vec::new();
+    for k in [
+        "follow",
+        "previous",
+        "timestamps",
+        "tailLines",
+        "limitBytes",
+        "sinceSeconds",
+        "sinceTime",
+    ] {
+        if let Some(v) = ctx.query.get(k) {
+            q.push(format!("{k}={v}"));
+        }
+    }
+    let path = format!("/containerLogs/{ns}/{name}/{container}?{}", q.join("&"));
+    kubelet_get(ctx.state, &addr, port, &path, node).await
+}
+
+/// The container a request names (`?container=`), or the pod's only container.
+fn container_of(pod: &Value, name: &str, asked: Option<&str>) -> ApiResult<String> {
+    Ok(match asked.filter(|c| !c.is_empty()) {
         Some(c) => c.to_string(),
         None => {
             let names: Vec<&str> = pod
@@ -66,10 +103,14 @@ pub async fn pod_proxy(
                 }
             }
         }
-    };
+    })
+}
+
+/// The kubelet endpoint of `node`: its InternalIP and `daemonEndpoints.kubeletEndpoint.Port`.
+async fn kubelet_address(state: &Arc<AppState>, node: &str) -> ApiResult<(String, u16)> {
     let nodes = crate::registry::lookup("", "v1", "nodes")
         .ok_or_else(|| ApiError::internal("nodes resource missing"))?;
-    let (node_obj, _) = get_current(ctx.state, nodes, None, node).await?;
+    let (node_obj, _) = get_current(state, nodes, None, node).await?;
     let addr = node_obj
         .pointer("/status/addresses")
         .and_then(Value::as_array)
@@ -86,53 +127,214 @@ pub async fn pod_proxy(
         .or_else(|| node_obj.pointer("/status/daemonEndpoints/kubeletEndpoint/port"))
         .and_then(Value::as_i64)
         .unwrap_or(10250);
-    let mut q: Vec<String> = Vec::new();
-    for k in [
-        "follow",
-        "previous",
-        "timestamps",
-        "tailLines",
-        "limitBytes",
-        "sinceSeconds",
-        "sinceTime",
-    ] {
-        if let Some(v) = ctx.query.get(k) {
-            q.push(format!("{k}={v}"));
-        }
-    }
-    let path = format!("/containerLogs/{ns}/{name}/{container}?{}", q.join("&"));
-    kubelet_get(&addr, port as u16, &path, node).await
+    Ok((addr, port as u16))
 }
 
-/// GET `path` from a kubelet over HTTPS and stream its answer back.
-async fn kubelet_get(host: &str, port: u16, path: &str, node: &str) -> ApiResult<Response> {
-    let unavailable = |e: String| {
+/// The TLS client configuration towards kubelets, with the apiserver's kubelet client
+/// certificate (issued once per cluster CA and cached).
+fn kubelet_tls(state: &AppState) -> ApiResult<Arc<rustls::ClientConfig>> {
+    static CACHE: Mutex<Option<(String, Arc<rustls::ClientConfig>)>> = Mutex::new(None);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NoVerify(provider)));
+    let Some((pki, _, _)) = state.security.issuer.get() else {
+        let mut cfg = builder.with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        return Ok(Arc::new(cfg));
+    };
+    let ca = pki.ca_cert_pem();
+    if let Ok(c) = CACHE.lock()
+        && let Some((cached_ca, cfg)) = c.as_ref()
+        && cached_ca == ca
+    {
+        return Ok(cfg.clone());
+    }
+    let (cert, key) = pki
+        .issue_client_cert(KUBELET_CLIENT_USER, &["system:masters"])
+        .map_err(|e| ApiError::internal(format!("kubelet client certificate: {e}")))?;
+    use rustls::pki_types::pem::PemObject;
+    let chain = vec![
+        CertificateDer::from_pem_slice(cert.as_bytes())
+            .map_err(|e| ApiError::internal(format!("kubelet client certificate: {e}")))?,
+    ];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())
+        .map_err(|e| ApiError::internal(format!("kubelet client key: {e}")))?;
+    let mut cfg = builder
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| ApiError::internal(format!("kubelet client TLS: {e}")))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let cfg = Arc::new(cfg);
+    if let Ok(mut c) = CACHE.lock() {
+        *c = Some((ca.to_string(), cfg.clone()));
+    }
+    Ok(cfg)
+}
+
+fn unavailable(node: &str, host: &str, port: u16) -> impl Fn(String) -> ApiError {
+    let (node, host) = (node.to_string(), host.to_string());
+    move |e: String| {
         ApiError::new(
             503,
             "ServiceUnavailable",
             format!("error talking to the kubelet of node {node:?} at {host}:{port}: {e}"),
         )
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
+}
+
+/// An HTTP/1.1 connection to a kubelet (TLS, client certificate), with upgrades enabled.
+async fn kubelet_conn(
+    state: &AppState,
+    host: &str,
+    port: u16,
+    node: &str,
+) -> ApiResult<hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>> {
+    let unavailable = unavailable(node, host, port);
+    let cfg = kubelet_tls(state)?;
     let tcp = tokio::net::TcpStream::connect((host, port))
         .await
         .map_err(|e| unavailable(e.to_string()))?;
     let name = ServerName::try_from(host.to_string()).map_err(|e| unavailable(e.to_string()))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    let tls = tokio_rustls::TlsConnector::from(cfg)
         .connect(name, tcp)
         .await
         .map_err(|e| unavailable(e.to_string()))?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
         .await
         .map_err(|e| unavailable(e.to_string()))?;
-    tokio::spawn(conn);
+    tokio::spawn(conn.with_upgrades());
+    Ok(send)
+}
+
+/// The kubelet's non-success answer as a Status error.
+async fn kubelet_error(status: http::StatusCode, body: hyper::body::Incoming) -> ApiError {
+    let bytes = http_body_util::BodyExt::collect(body)
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let msg = String::from_utf8_lossy(&bytes).trim().to_string();
+    match status.as_u16() {
+        404 => ApiError::new(404, "NotFound", msg),
+        401 | 403 => ApiError::new(
+            500,
+            "InternalError",
+            format!("the kubelet refused the apiserver ({status}): {msg}"),
+        ),
+        _ => ApiError::bad_request(msg),
+    }
+}
+
+/// Proxies an upgrading `pods/exec` or `pods/attach` request to the kubelet of the pod's node and
+/// splices the upgraded connections. Called before the body is read, with the request's parts
+/// (their extensions carry the client connection's pending upgrade).
+pub async fn pod_upgrade(
+    state: &Arc<AppState>,
+    rp: &ResourcePath,
+    mut parts: http::request::Parts,
+) -> ApiResult<Response> {
+    let name = rp.name.as_deref().unwrap_or("");
+    let sub = rp.subresource.as_deref().unwrap_or("");
+    let upgrade = parts
+        .headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    if !upgrade.eq_ignore_ascii_case("websocket") {
+        return Err(ApiError::bad_request(format!(
+            "pods/{sub} upgrade {upgrade:?} is not supported: Lotse speaks WebSocket (v5.channel.k8s.io, v4.channel.k8s.io; kubectl 1.30 or later), not SPDY"
+        )));
+    }
+    if sub != "exec" {
+        return Err(ApiError::bad_request(format!(
+            "pods/{sub} is not supported by the Lotse kubelet (exec is)"
+        )));
+    }
+    let (pod, _) = get_current(state, rp.def, rp.namespace.as_deref(), name).await?;
+    let node = pod
+        .pointer("/spec/nodeName")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
+    if node.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    }
+    let asked = crate::request::Query::parse(parts.uri.query());
+    let container = container_of(&pod, name, asked.get("container"))?;
+    let ns = rp.namespace.as_deref().unwrap_or("default");
+    let (host, port) = kubelet_address(state, &node).await?;
+    let mut send = kubelet_conn(state, &host, port, &node).await?;
+    let path = format!(
+        "/{sub}/{ns}/{name}/{container}?{}",
+        parts.uri.query().unwrap_or("")
+    );
+    let mut req = http::Request::get(path).header(header::HOST, format!("{host}:{port}"));
+    for h in [
+        header::CONNECTION,
+        header::UPGRADE,
+        header::SEC_WEBSOCKET_KEY,
+        header::SEC_WEBSOCKET_VERSION,
+        header::SEC_WEBSOCKET_PROTOCOL,
+    ] {
+        for v in parts.headers.get_all(&h) {
+            req = req.header(&h, v);
+        }
+    }
+    let req = req
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut resp = send
+        .send_request(req)
+        .await
+        .map_err(|e| unavailable(&node, &host, port)(e.to_string()))?;
+    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        let (p, body) = resp.into_parts();
+        return Err(kubelet_error(p.status, body).await);
+    }
+    let client_up = parts
+        .extensions
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .ok_or_else(|| ApiError::bad_request("connection cannot be upgraded (HTTP/2?)"))?;
+    let kubelet_up = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        match (client_up.await, kubelet_up.await) {
+            (Ok(c), Ok(k)) => {
+                let mut c = hyper_util::rt::TokioIo::new(c);
+                let mut k = hyper_util::rt::TokioIo::new(k);
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut k).await;
+            }
+            (c, k) => tracing::debug!(client = ?c.err(), kubelet = ?k.err(), "exec upgrade failed"),
+        }
+    });
+    let mut out = Response::builder().status(http::StatusCode::SWITCHING_PROTOCOLS);
+    for h in [
+        header::CONNECTION,
+        header::UPGRADE,
+        header::SEC_WEBSOCKET_ACCEPT,
+        header::SEC_WEBSOCKET_PROTOCOL,
+    ] {
+        for v in resp.headers().get_all(&h) {
+            out = out.header(&h, v);
+        }
+    }
+    out.body(Body::empty())
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// GET `path` from a kubelet over HTTPS and stream its answer back.
+async fn kubelet_get(
+    state: &AppState,
+    host: &str,
+    port: u16,
+    path: &str,
+    node: &str,
+) -> ApiResult<Response> {
+    let unavailable = unavailable(node, host, port);
+    let mut send = kubelet_conn(state, host, port, node).await?;
     let req = http::Request::get(path)
         .header(header::HOST, format!("{host}:{port}"))
         .body(http_body_util::Empty::<bytes::Bytes>::new())
@@ -143,15 +345,7 @@ async fn kubelet_get(host: &str, port: u16, path: &str, node: &str) -> ApiResult
         .map_err(|e| unavailable(e.to_string()))?;
     let (parts, body) = resp.into_parts();
     if !parts.status.is_success() {
-        let bytes = http_body_util::BodyExt::collect(body)
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let msg = String::from_utf8_lossy(&bytes).trim().to_string();
-        return Err(match parts.status.as_u16() {
-            404 => ApiError::new(404, "NotFound", msg),
-            _ => ApiError::bad_request(msg),
-        });
+        return Err(kubelet_error(parts.status, body).await);
     }
     Response::builder()
         .status(parts.status)

@@ -304,6 +304,12 @@ async fn dispatch_inner(
     labels.version = version.to_string();
     labels.resource = rp.def.plural.to_string();
     labels.subresource = rp.subresource.clone().unwrap_or_default();
+    if matches!(rp.subresource.as_deref(), Some("exec" | "attach"))
+        && parts.headers.contains_key(header::UPGRADE)
+    {
+        // Streaming subresources are spliced through to the kubelet (crate::proxy).
+        return crate::proxy::pod_upgrade(state, &rp, parts).await;
+    }
     let body = body_bytes(body).await?;
     let scope = Arc::new(crate::auth::RequestScope {
         user: user.clone(),

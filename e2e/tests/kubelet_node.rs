@@ -124,6 +124,66 @@ fn http_get(ip: &str, port: u16) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// Runs `cat /etc/hostname` in `pod` with kube-rs' exec (WebSocket).
+fn exec_kube_rs(kubeconfig: &Path, pod: &str) -> anyhow::Result<String> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, AttachParams};
+    use tokio::io::AsyncReadExt;
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        let pods: Api<Pod> = Api::namespaced(kube::Client::try_from(cfg)?, "default");
+        let mut p = pods
+            .exec(
+                pod,
+                ["cat", "/etc/hostname"],
+                &AttachParams::default().stderr(false),
+            )
+            .await?;
+        let mut out = String::new();
+        if let Some(mut s) = p.stdout() {
+            s.read_to_string(&mut out).await?;
+        }
+        let status = p.take_status();
+        p.join().await?;
+        if let Some(st) = status {
+            let st = st.await;
+            anyhow::ensure!(
+                st.as_ref().and_then(|s| s.status.as_deref()) == Some("Success"),
+                "exec status: {st:?}"
+            );
+        }
+        Ok(out)
+    })
+}
+
+/// The HTTP status the kubelet API answers `path` with, using the client certificate of
+/// `kubeconfig` (None: no certificate).
+fn kubelet_api_status(port: u16, kubeconfig: Option<&Path>, path: &str) -> anyhow::Result<u16> {
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let url: http::Uri = format!("https://127.0.0.1:{port}").parse()?;
+        let mut cfg = match kubeconfig {
+            Some(p) => {
+                let kc = kube::config::Kubeconfig::read_from(p)?;
+                kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+            }
+            None => kube::Config::new(url.clone()),
+        };
+        cfg.cluster_url = url;
+        cfg.root_cert = None;
+        cfg.accept_invalid_certs = true;
+        let client = kube::Client::try_from(cfg)?;
+        match client
+            .request_text(http::Request::get(path).body(Vec::new())?)
+            .await
+        {
+            Ok(_) => Ok(200),
+            Err(kube::Error::Api(s)) => Ok(s.code),
+            Err(e) => Err(e.into()),
+        }
+    })
+}
+
 fn containers_in(data: &Path) -> anyhow::Result<Vec<String>> {
     let out = Command::new("ctr")
         .arg("-a")
@@ -308,6 +368,54 @@ fn lotse_up_runs_pods_on_containerd() -> anyhow::Result<()> {
         body.contains("hello from a configMap volume"),
         "HTTP answer: {body}"
     );
+
+    // exec over WebSocket (v5.channel.k8s.io) through the apiserver, with kubectl 1.30 and 1.33.
+    for minor in [30, 33] {
+        let kx = Kubectl::new(
+            minor,
+            data.join("admin.kubeconfig"),
+            tmp.path().join(format!("kubectl-cache-{minor}")),
+        );
+        let out = kx.run(&["exec", "web", "--", "cat", "/etc/hostname"])?;
+        assert_eq!(
+            (out.code, out.stdout.trim()),
+            (0, "web"),
+            "kubectl 1.{minor} exec: {}",
+            out.stderr
+        );
+        let out = kx.run(&["exec", "web", "--", "sh", "-c", "echo oops >&2; exit 3"])?;
+        assert_eq!(out.code, 3, "kubectl 1.{minor} exit code: {}", out.stderr);
+        assert!(out.stderr.contains("oops"), "stderr: {}", out.stderr);
+        let out = kx.run_stdin(
+            &["exec", "-i", "web", "--", "sh", "-c", "cat; echo done"],
+            "line 1\nline 2\n",
+        )?;
+        assert_eq!(
+            (out.code, out.stdout.as_str()),
+            (0, "line 1\nline 2\ndone\n"),
+            "kubectl 1.{minor} exec -i: {}",
+            out.stderr
+        );
+    }
+    let out = k.run(&["exec", "web", "--", "no-such-binary"])?;
+    assert_ne!(out.code, 0, "exec of a missing binary succeeded");
+    // kube-rs (WebSocket v5 with v4 fallback).
+    let hostname = exec_kube_rs(&data.join("admin.kubeconfig"), "web")?;
+    assert_eq!(hostname.trim(), "web");
+
+    // The kubelet API serves the apiserver only: no client certificate → 401, a certificate of
+    // the cluster CA with another identity (the node's own) → 403.
+    let kubelet_port: u16 =
+        args[args.iter().position(|a| a == "--kubelet-port").unwrap_or(0) + 1].parse()?;
+    let logs_path = "/containerLogs/default/web/httpd";
+    assert_eq!(kubelet_api_status(kubelet_port, None, logs_path)?, 401);
+    let node_kc = data.join("kubelet-e2e-node.kubeconfig");
+    assert_eq!(
+        kubelet_api_status(kubelet_port, Some(&node_kc), logs_path)?,
+        403
+    );
+    // Through the apiserver (which presents its kubelet client certificate) it works.
+    k.run(&["logs", "web"])?.success()?;
 
     // CrashLoopBackOff with lastState, exit code and reason.
     let crash = [

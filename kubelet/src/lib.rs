@@ -8,11 +8,13 @@
 #![warn(missing_docs)]
 
 pub mod events;
+pub mod exec;
 pub mod node;
 pub mod pods;
 pub mod probe;
 pub mod runtime;
 pub mod server;
+pub mod simulated;
 pub mod spec;
 pub mod volumes;
 
@@ -44,6 +46,22 @@ pub struct Config {
     pub port: u16,
     /// `pods` capacity.
     pub max_pods: u32,
+    /// CA certificates (DER) whose client certificates may use the kubelet API
+    /// (`--client-ca-file`; the cluster CA). Empty: every request is refused.
+    pub client_ca_der: Vec<Vec<u8>>,
+    /// What runs the pods (`--runtime`).
+    pub runtime: RuntimeKind,
+}
+
+/// What runs the pods.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// Real containers through containerd's CRI.
+    #[default]
+    Containerd,
+    /// No containers: pods only go through the status transitions ([`simulated`]); for scale
+    /// benchmarks of the control plane, never for tests of real behaviour.
+    Simulated,
 }
 
 /// Errors of the kubelet.
@@ -67,6 +85,10 @@ pub struct Kubelet {
     pub cri: runtime::Cri,
     /// Cluster CA (PEM), for projected `ca.crt`.
     pub ca_pem: String,
+    /// Pod IPs of the simulated runtime (None with containerd: lotse-cni allocates them).
+    pub sim_ipam: Option<Arc<simulated::Ipam>>,
+    /// Why the runtime is down (None: it is up); wakes the heartbeat when it changes.
+    pub runtime_down: watch::Sender<Option<String>>,
 }
 
 impl Kubelet {
@@ -76,6 +98,15 @@ impl Kubelet {
             root: self.config.root_dir.clone(),
         }
     }
+}
+
+/// The certificates (DER) of a PEM bundle; anything else in it is skipped.
+pub fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .filter_map(Result::ok)
+        .map(|c| c.to_vec())
+        .collect()
 }
 
 /// The default pod CIDR of a single node (first /24 of the default cluster CIDR).
@@ -98,8 +129,10 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| DEFAULT_POD_CIDR.to_string());
     config.pod_cidr = Some(pod_cidr.clone());
+    let simulated = config.runtime == RuntimeKind::Simulated;
     let mut containerd = None;
     let endpoint = match &config.container_runtime_endpoint {
+        _ if simulated => layout.socket().to_string_lossy().into_owned(),
         Some(e) => e.clone(),
         None => {
             runtime::setup_cni(&layout, &pod_cidr)?;
@@ -107,16 +140,26 @@ pub async fn run(
             layout.socket().to_string_lossy().into_owned()
         }
     };
+    // Lazy: with the simulated runtime nothing ever connects.
     let cri = runtime::connect(&endpoint)?;
-    for (f, e) in runtime::import_images(&cri.socket, &layout.images()).await {
-        tracing::warn!(archive = %f.display(), error = %e, "image import failed");
+    if !simulated {
+        for (f, e) in runtime::import_images(&cri.socket, &layout.images()).await {
+            tracing::warn!(archive = %f.display(), error = %e, "image import failed");
+        }
     }
     let ca_pem = ca_from_client(&client).await;
+    let sim_ipam = if simulated {
+        Some(Arc::new(simulated::Ipam::new(&pod_cidr)?))
+    } else {
+        None
+    };
     let k = Arc::new(Kubelet {
         config: config.clone(),
         client: client.clone(),
         cri,
         ca_pem,
+        sim_ipam,
+        runtime_down: watch::channel(None).0,
     });
 
     let since = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
@@ -141,10 +184,7 @@ pub async fn run(
     });
     let supervise = async {
         match containerd.as_mut() {
-            Some(c) => {
-                let st = c.wait().await;
-                tracing::error!(status = ?st, "containerd exited");
-            }
+            Some(c) => supervise(&k, &layout, c).await,
             None => std::future::pending::<()>().await,
         }
     };
@@ -161,6 +201,44 @@ pub async fn run(
     Ok(())
 }
 
+/// Keeps the kubelet's containerd running: when it exits the Node turns NotReady at once
+/// (reason `KubeletNotReady`, "container runtime is down: ...") and containerd is restarted
+/// after a back-off (1 s doubling to 30 s, reset after a minute up); pods keep running in their
+/// shims meanwhile and are adopted by the new containerd. Never returns.
+async fn supervise(k: &Kubelet, layout: &runtime::Layout, c: &mut runtime::Containerd) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let up_since = std::time::Instant::now();
+        let st = c.wait().await;
+        let why = match st {
+            Ok(s) => format!("containerd exited ({s})"),
+            Err(e) => format!("containerd: {e}"),
+        };
+        tracing::error!(reason = %why, "container runtime down");
+        k.runtime_down.send_replace(Some(why.clone()));
+        if up_since.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        loop {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            match runtime::Containerd::start(layout).await {
+                Ok(new) => {
+                    *c = new;
+                    tracing::info!("containerd restarted");
+                    k.runtime_down.send_replace(None);
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "restarting containerd");
+                    k.runtime_down
+                        .send_replace(Some(format!("{why}; restart failed: {e}")));
+                }
+            }
+        }
+    }
+}
+
 async fn ca_from_client(client: &kube::Client) -> String {
     let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
         Api::namespaced(client.clone(), "kube-system");
@@ -173,6 +251,12 @@ async fn ca_from_client(client: &kube::Client) -> String {
 }
 
 async fn runtime_health(k: &Kubelet) -> (Result<(), String>, String) {
+    if k.config.runtime == RuntimeKind::Simulated {
+        return (Ok(()), "simulated://lotse".into());
+    }
+    if let Some(why) = k.runtime_down.borrow().clone() {
+        return (Err(why), String::new());
+    }
     let mut rt = k.cri.rt.clone();
     match tokio::time::timeout(
         Duration::from_secs(5),
@@ -200,7 +284,9 @@ async fn heartbeat(
     mut since: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
 ) {
     let mut last_ok = true;
+    let mut down = k.runtime_down.subscribe();
     loop {
+        down.borrow_and_update();
         if let Err(e) = node::renew_lease(&k.client, &node).await {
             tracing::warn!(error = %e, "lease renewal");
         }
@@ -213,7 +299,8 @@ async fn heartbeat(
         if let Err(e) = node::patch_status(&k.client, &k.config.node_name, &status).await {
             tracing::warn!(error = %e, "node status");
         }
-        tokio::time::sleep(node::LEASE_RENEW).await;
+        // Renew on schedule, or at once when the runtime goes down or comes back.
+        let _ = tokio::time::timeout(node::LEASE_RENEW, down.changed()).await;
     }
 }
 
@@ -241,7 +328,15 @@ async fn pod_loop(k: Arc<Kubelet>) {
                 }
                 _ => {
                     let (tx, rx) = watch::channel(Some(pod));
-                    tokio::spawn(pods::worker(k.clone(), uid.clone(), rx));
+                    match &k.sim_ipam {
+                        Some(ipam) => tokio::spawn(simulated::worker(
+                            k.clone(),
+                            ipam.clone(),
+                            uid.clone(),
+                            rx,
+                        )),
+                        None => tokio::spawn(pods::worker(k.clone(), uid.clone(), rx)),
+                    };
                     workers.insert(uid, tx);
                 }
             }
@@ -263,7 +358,12 @@ async fn pod_loop(k: Arc<Kubelet>) {
             watcher::Event::InitDone => {
                 let seen = seen_in_relist.take().unwrap_or_default();
                 // Sandboxes of pods that no longer exist (deleted while the kubelet was down).
-                for uid in pods::runtime_pod_uids(&k).await {
+                let in_runtime = if k.sim_ipam.is_some() {
+                    Default::default()
+                } else {
+                    pods::runtime_pod_uids(&k).await
+                };
+                for uid in in_runtime {
                     if !seen.contains(&uid) && !workers.contains_key(&uid) {
                         tracing::info!(uid = %uid, "removing orphaned pod sandbox");
                         let k = k.clone();

@@ -36,6 +36,15 @@ struct Args {
     /// The node's IP (default: the source address of the default route).
     #[arg(long, env = "LOTSE_NODE_IP")]
     node_ip: Option<String>,
+    /// PEM CA bundle; only clients with a certificate it signed (and an authorized identity:
+    /// group system:masters or user kube-apiserver-kubelet-client) may use the kubelet API.
+    /// Default: the cluster CA of --kubeconfig.
+    #[arg(long, env = "LOTSE_CLIENT_CA_FILE")]
+    client_ca_file: Option<PathBuf>,
+    /// What runs the pods: containerd, or `simulated` (no containers, only status transitions;
+    /// for control-plane scale benchmarks).
+    #[arg(long, env = "LOTSE_RUNTIME", value_enum, default_value_t = kubelet::RuntimeKind::Containerd)]
+    runtime: kubelet::RuntimeKind,
 }
 
 #[tokio::main]
@@ -52,6 +61,13 @@ async fn main() -> anyhow::Result<()> {
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .context("kubeconfig")?;
+    let client_ca_der = match &a.client_ca_file {
+        Some(f) => {
+            let pem = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+            kubelet::pem_certificates(&pem)
+        }
+        None => cfg.root_cert.clone().unwrap_or_default(),
+    };
     let client = kube::Client::try_from(cfg).context("API client")?;
     let config = kubelet::Config {
         node_name: a.node_name.unwrap_or_else(hostname),
@@ -61,6 +77,8 @@ async fn main() -> anyhow::Result<()> {
         node_ip: a.node_ip.unwrap_or_else(kubelet::node::host_ip),
         port: a.port,
         max_pods: 110,
+        runtime: a.runtime,
+        client_ca_der,
     };
     kubelet::run(config, client, shutdown_signal()).await?;
     Ok(())

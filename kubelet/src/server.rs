@@ -1,7 +1,12 @@
 //! The kubelet's HTTPS API on port 10250, which the apiserver proxies `pods/log` to:
 //! `GET /containerLogs/{namespace}/{pod}/{container}?follow=&tailLines=&previous=&timestamps=&limitBytes=`
-//! (as the Kubernetes kubelet serves it), and `GET /healthz`.
+//! (as the Kubernetes kubelet serves it), `GET|POST /exec/{namespace}/{pod}/{container}` (WebSocket,
+//! see [`crate::exec`]) and `GET /healthz`.
 //!
+//! Only the apiserver is served: every request but `/healthz` needs a client certificate signed
+//! by the cluster CA ([`crate::Config::client_ca_der`], Kubernetes' `--client-ca-file`) naming
+//! an authorized identity — group `system:masters` or user `kube-apiserver-kubelet-client`, which
+//! the apiserver presents. Without a certificate the answer is 401, with another identity 403.
 //! The serving certificate is self-signed (the apiserver, like Kubernetes' without
 //! `--kubelet-certificate-authority`, does not verify it).
 use std::path::PathBuf;
@@ -25,7 +30,11 @@ use crate::{Error, Kubelet};
 
 /// Serves the kubelet API on `addr` until the task is aborted.
 pub async fn serve(k: Arc<Kubelet>, addr: std::net::SocketAddr) -> Result<(), Error> {
-    let tls = tls_config(&k.config.node_name, &k.config.node_ip)?;
+    let tls = tls_config(
+        &k.config.node_name,
+        &k.config.node_ip,
+        &k.config.client_ca_der,
+    )?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -34,6 +43,10 @@ pub async fn serve(k: Arc<Kubelet>, addr: std::net::SocketAddr) -> Result<(), Er
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+        .route(
+            "/exec/{ns}/{pod}/{container}",
+            get(crate::exec::exec).post(crate::exec::exec),
+        )
         .with_state(k);
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
@@ -42,18 +55,92 @@ pub async fn serve(k: Arc<Kubelet>, addr: std::net::SocketAddr) -> Result<(), Er
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            else {
                 return;
             };
-            let svc = hyper_util::service::TowerToHyperService::new(app);
+            let identity = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| identity(c.as_ref()));
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let app = app.clone();
+                    let denied = if req.uri().path() == "/healthz" {
+                        None
+                    } else {
+                        authorize(identity.as_ref())
+                    };
+                    async move {
+                        Ok::<_, std::convert::Infallible>(match denied {
+                            Some(r) => r,
+                            None => tower::ServiceExt::oneshot(app, req)
+                                .await
+                                .unwrap_or_else(|never| match never {}),
+                        })
+                    }
+                });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), svc)
+                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                 .await;
         });
     }
 }
 
-fn tls_config(node: &str, ip: &str) -> Result<Arc<rustls::ServerConfig>, Error> {
+/// A client certificate's user (CN) and groups (O).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Identity {
+    /// Common name.
+    pub user: String,
+    /// Organizations.
+    pub groups: Vec<String>,
+}
+
+/// The user the apiserver's kubelet client certificate names (as kubeadm issues it).
+pub const APISERVER_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
+
+fn identity(der: &[u8]) -> Option<Identity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let user = subject
+        .iter_common_name()
+        .find_map(|cn| cn.as_str().ok())?
+        .to_string();
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .collect();
+    Some(Identity { user, groups })
+}
+
+/// `None` when `id` may use the kubelet API, else the 401/403 answer.
+pub fn authorize(id: Option<&Identity>) -> Option<Response> {
+    match id {
+        None => Some(text(StatusCode::UNAUTHORIZED, "Unauthorized".into())),
+        Some(i)
+            if i.user == APISERVER_CLIENT_USER
+                || i.groups.iter().any(|g| g == "system:masters") =>
+        {
+            None
+        }
+        Some(i) => Some(text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "Forbidden (user={}, verb=get, resource=nodes, subresource=proxy)",
+                i.user
+            ),
+        )),
+    }
+}
+
+fn tls_config(
+    node: &str,
+    ip: &str,
+    client_ca_der: &[Vec<u8>],
+) -> Result<Arc<rustls::ServerConfig>, Error> {
     let sans = vec![
         node.to_string(),
         ip.to_string(),
@@ -64,10 +151,28 @@ fn tls_config(node: &str, ip: &str) -> Result<Arc<rustls::ServerConfig>, Error> 
         .map_err(|e| Error::Runtime(format!("kubelet serving certificate: {e}")))?;
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let mut roots = rustls::RootCertStore::empty();
+    for der in client_ca_der {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der.clone()))
+            .map_err(|e| Error::Runtime(format!("client CA: {e}")))?;
+    }
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Runtime(e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| Error::Runtime(e.to_string()))?;
+    // Clients without a certificate still get through the handshake, to be answered 401.
+    let builder = if roots.is_empty() {
+        tracing::warn!("no client CA: every kubelet API request but /healthz is refused");
+        builder.with_no_client_auth()
+    } else {
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| Error::Runtime(format!("client verifier: {e}")))?;
+        builder.with_client_cert_verifier(verifier)
+    };
+    let mut cfg = builder
         .with_single_cert(vec![cert.cert.der().clone()], key)
         .map_err(|e| Error::Runtime(format!("kubelet TLS: {e}")))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];

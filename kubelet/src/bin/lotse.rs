@@ -94,6 +94,10 @@ struct UpArgs {
     /// Don't install missing Debian packages (containerd, runc, ...).
     #[arg(long)]
     no_install: bool,
+    /// What runs the pods: containerd, or `simulated` (no containers, only status transitions;
+    /// for control-plane scale benchmarks).
+    #[arg(long, env = "LOTSE_RUNTIME", value_enum, default_value_t = kubelet::RuntimeKind::Containerd)]
+    runtime: kubelet::RuntimeKind,
 }
 
 const BUILD_SH: &str = include_str!("../../images/build.sh");
@@ -190,13 +194,14 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     let data_dir = std::path::absolute(&a.data_dir)?;
     let root_dir = data_dir.join("kubelet");
     let images_dir = root_dir.join("images");
-    if !a.no_install {
+    let simulated = a.runtime == kubelet::RuntimeKind::Simulated;
+    if !a.no_install && !simulated {
         install_missing()?;
     }
     let has_images = std::fs::read_dir(&images_dir)
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
-    if !has_images && !a.images.is_empty() {
+    if !has_images && !a.images.is_empty() && !simulated {
         eprintln!(
             "lotse: building base images into {} (once)",
             images_dir.display()
@@ -272,6 +277,8 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         node_ip: kubelet::node::host_ip(),
         port: a.kubelet_port,
         max_pods: 110,
+        runtime: a.runtime,
+        client_ca_der: kubelet::pem_certificates(running.pki.ca_cert_pem().as_bytes()),
     };
     let node_client = client_from(&node_kc).await?;
     let kubelet = tokio::spawn(kubelet::run(kcfg, node_client, stopped(stop_rx.clone())));

@@ -1,0 +1,497 @@
+//! `exec` on the kubelet API: `GET|POST /exec/{namespace}/{pod}/{container}?command=..&stdin=&stdout=&stderr=&tty=`
+//! upgraded to a WebSocket speaking Kubernetes' channel protocol (`v5.channel.k8s.io`, or
+//! `v4.channel.k8s.io`), which the apiserver splices through to `kubectl exec` and kube-rs.
+//!
+//! Channel protocol: every binary message starts with a stream byte — 0 stdin, 1 stdout,
+//! 2 stderr, 3 error (one JSON `v1.Status` when the command ends: `Success`, or `Failure` with
+//! reason `NonZeroExitCode` and the exit code in `details.causes[reason=ExitCode]`), 4 resize;
+//! v5 adds 255 "close stream" (`[255, 0]`: the client's stdin reached EOF).
+//!
+//! The process runs through containerd's task exec API (`ctr tasks exec`), which starts it in
+//! the container's namespaces and cgroup with the container's process spec (env, user, working
+//! dir), exactly what CRI `Exec` does inside containerd. CRI `Exec` itself is not used because
+//! containerd 1.6's streaming server speaks only SPDY and WebSocket up to v4, neither of which
+//! can close stdin alone (so `echo x | kubectl exec -i p -- cat` would never end). With `tty`
+//! the process gets a terminal (`script` provides the outer one `ctr --tty` needs); resize
+//! messages are accepted and ignored.
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+use crate::Kubelet;
+
+/// Subprotocols served, best first.
+pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const ERROR: u8 = 3;
+const CLOSE: u8 = 255;
+
+/// What the client asked for (Kubernetes' `PodExecOptions` as query parameters).
+#[derive(Debug, Default, PartialEq)]
+pub struct ExecOptions {
+    /// argv; `command` is repeated once per argument.
+    pub command: Vec<String>,
+    /// Attach the client's stdin.
+    pub stdin: bool,
+    /// Send stdout.
+    pub stdout: bool,
+    /// Send stderr.
+    pub stderr: bool,
+    /// Allocate a terminal (stderr is merged into stdout).
+    pub tty: bool,
+}
+
+impl ExecOptions {
+    /// Parses the query string (`command=sh&command=-c&command=exit%203&stdout=true`).
+    pub fn parse(query: &str) -> ExecOptions {
+        let mut o = ExecOptions::default();
+        let truthy = |v: &str| matches!(v, "true" | "1" | "True" | "TRUE");
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "command" => o.command.push(v.into_owned()),
+                "input" | "stdin" => o.stdin = truthy(&v),
+                "output" | "stdout" => o.stdout = truthy(&v),
+                "error" | "stderr" => o.stderr = truthy(&v),
+                "tty" => o.tty = truthy(&v),
+                _ => {}
+            }
+        }
+        o
+    }
+}
+
+/// The subprotocol to answer with: the first one the client offers that is served.
+pub fn choose_protocol(headers: &HeaderMap) -> Option<&'static str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|p| PROTOCOLS.iter().find(|s| **s == p).copied())
+}
+
+fn is_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.eq_ignore_ascii_case("websocket"))
+        .unwrap_or(false)
+}
+
+fn text(code: StatusCode, msg: String) -> Response {
+    (code, [(header::CONTENT_TYPE, "text/plain")], msg).into_response()
+}
+
+/// The exit status of a finished command as the `v1.Status` sent on the error channel.
+pub fn exit_status(code: Option<i32>, command: &[String]) -> serde_json::Value {
+    match code {
+        Some(0) => json!({"metadata": {}, "status": "Success"}),
+        Some(c) => json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": format!("command terminated with non-zero exit code: error executing command {command:?}, exit code {c}"),
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": c.to_string()}]},
+        }),
+        None => json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": format!("error executing command {command:?}: terminated by a signal"),
+            "reason": "InternalError",
+        }),
+    }
+}
+
+/// The running container `container` of pod `ns/pod`, by CRI container ID.
+async fn running_container(
+    k: &Kubelet,
+    ns: &str,
+    pod: &str,
+    container: &str,
+) -> Result<String, Response> {
+    let api: Api<Pod> = Api::namespaced(k.client.clone(), ns);
+    let p = match api.get_opt(pod).await {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return Err(text(
+                StatusCode::NOT_FOUND,
+                format!("pod {ns}/{pod} not found"),
+            ));
+        }
+        Err(e) => return Err(text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    };
+    let uid = p.metadata.uid.unwrap_or_default();
+    let filter = cri::ContainerFilter {
+        label_selector: [
+            ("io.kubernetes.pod.uid".to_string(), uid),
+            (
+                "io.kubernetes.container.name".to_string(),
+                container.to_string(),
+            ),
+        ]
+        .into(),
+        state: Some(cri::ContainerStateValue {
+            state: cri::ContainerState::ContainerRunning as i32,
+        }),
+        ..Default::default()
+    };
+    let mut rt = k.cri.rt.clone();
+    let found = rt
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(filter),
+        })
+        .await
+        .map_err(|e| text(StatusCode::SERVICE_UNAVAILABLE, e.message().to_string()))?
+        .into_inner()
+        .containers
+        .into_iter()
+        .max_by_key(|c| c.created_at);
+    found.map(|c| c.id).ok_or_else(|| {
+        text(
+            StatusCode::BAD_REQUEST,
+            format!("container {container:?} in pod {pod:?} is not running"),
+        )
+    })
+}
+
+/// The handler: checks the request, answers `101 Switching Protocols` and runs the session on
+/// the upgraded connection.
+pub async fn exec(
+    State(k): State<Arc<Kubelet>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    mut req: Request,
+) -> Response {
+    let opts = ExecOptions::parse(req.uri().query().unwrap_or(""));
+    if !is_websocket(req.headers()) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "exec needs a WebSocket upgrade (v5.channel.k8s.io or v4.channel.k8s.io); SPDY is not supported by the Lotse kubelet".into(),
+        );
+    }
+    let Some(proto) = choose_protocol(req.headers()) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("no supported WebSocket subprotocol offered; supported: {PROTOCOLS:?}"),
+        );
+    };
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key".into());
+    };
+    if opts.command.is_empty() {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "you must specify at least 1 command".into(),
+        );
+    }
+    if !(opts.stdin || opts.stdout || opts.stderr) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "you must specify at least one of stdin, stdout, stderr".into(),
+        );
+    }
+    let cid = match running_container(&k, &ns, &pod, &container).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let socket = k.cri.socket.clone();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(up) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
+                session(ws, proto == PROTOCOLS[0], socket, cid, opts).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "exec upgrade failed"),
+        }
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(proto),
+    );
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+/// A close with code 1000: client-go reads it as the end of every stream (1005 is an error).
+fn normal_close() -> Message {
+    Message::Close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "".into(),
+    }))
+}
+
+/// Quotes `s` for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn command(
+    socket: &std::path::Path,
+    cid: &str,
+    opts: &ExecOptions,
+) -> Option<tokio::process::Command> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let ctr = crate::runtime::find_binary("ctr", &["/usr/bin"])?;
+    let exec_id = format!(
+        "exec-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut argv: Vec<String> = vec![
+        ctr.to_string_lossy().into_owned(),
+        "-a".into(),
+        socket.to_string_lossy().into_owned(),
+        "-n".into(),
+        "k8s.io".into(),
+        "tasks".into(),
+        "exec".into(),
+        "--exec-id".into(),
+        exec_id,
+    ];
+    if opts.tty {
+        argv.push("--tty".into());
+    }
+    argv.push("--".into());
+    argv.push(cid.into());
+    argv.extend(opts.command.iter().cloned());
+    let mut cmd = if opts.tty {
+        // `ctr --tty` needs a terminal on its own stdin: `script` runs it on a fresh pty and
+        // relays our pipes to it (and returns the command's exit code with -e).
+        let line: Vec<String> = argv.iter().map(|a| shell_quote(a)).collect();
+        let script = crate::runtime::find_binary("script", &["/usr/bin"])?;
+        let mut c = tokio::process::Command::new(script);
+        c.args(["-q", "-f", "-e", "-c"])
+            .arg(line.join(" "))
+            .arg("/dev/null");
+        c
+    } else {
+        let mut c = tokio::process::Command::new(&argv[0]);
+        c.args(&argv[1..]);
+        c
+    };
+    cmd.stdin(if opts.stdin || opts.tty {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    Some(cmd)
+}
+
+/// Pumps one output pipe into channel `stream`.
+fn pump(
+    mut r: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    stream: u8,
+    tx: mpsc::Sender<Message>,
+    send: bool,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match r.read(&mut buf[1..]).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if !send {
+                        continue;
+                    }
+                    buf[0] = stream;
+                    let msg = Message::Binary(Bytes::copy_from_slice(&buf[..=n]));
+                    if tx.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// One exec session on an upgraded connection: runs the command, relays stdin/stdout/stderr,
+/// sends the exit status on the error channel and closes.
+async fn session<S>(
+    ws: WebSocketStream<S>,
+    v5: bool,
+    socket: std::path::PathBuf,
+    cid: String,
+    opts: ExecOptions,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut incoming) = ws.split();
+    let (tx, mut rx) = mpsc::channel::<Message>(16);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            let close = matches!(m, Message::Close(_));
+            if sink.send(m).await.is_err() || close {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let error_frame = |status: serde_json::Value| {
+        let mut b = vec![ERROR];
+        b.extend(serde_json::to_vec(&status).unwrap_or_default());
+        Message::Binary(b.into())
+    };
+    let child = command(&socket, &cid, &opts)
+        .ok_or_else(|| "ctr not found (Debian package containerd)".to_string())
+        .and_then(|mut c| c.spawn().map_err(|e| format!("starting ctr: {e}")));
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "exec");
+            let st = json!({"metadata": {}, "status": "Failure", "message": e, "reason": "InternalError"});
+            let _ = tx.send(error_frame(st)).await;
+            let _ = tx.send(normal_close()).await;
+            let _ = writer.await;
+            return;
+        }
+    };
+    let outs = [
+        child
+            .stdout
+            .take()
+            .map(|o| pump(o, STDOUT, tx.clone(), opts.stdout || opts.tty)),
+        child
+            .stderr
+            .take()
+            .map(|e| pump(e, STDERR, tx.clone(), opts.stderr)),
+    ];
+    let mut stdin = child.stdin.take();
+    // With a tty but no stdin, the terminal's input stays open (EOF would end a shell).
+    let _hold = if opts.stdin { None } else { stdin.take() };
+    // Client → process. Ends when the client goes away (Some(true)) or its stdin closes.
+    let reader = async {
+        while let Some(m) = incoming.next().await {
+            match m {
+                Ok(Message::Binary(b)) if !b.is_empty() => match b[0] {
+                    STDIN => {
+                        if let Some(w) = stdin.as_mut()
+                            && w.write_all(&b[1..]).await.is_err()
+                        {
+                            stdin = None;
+                        }
+                    }
+                    CLOSE if v5 && b.get(1) == Some(&STDIN) => stdin = None,
+                    _ => {}
+                },
+                Ok(Message::Close(_)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let pid = child.id();
+    let done = async {
+        for h in outs.into_iter().flatten() {
+            let _ = h.await;
+        }
+        child.wait().await
+    };
+    tokio::pin!(done);
+    let status = tokio::select! {
+        st = &mut done => Some(st),
+        _ = reader => {
+            // The client hung up; the process may still run (it only ended our reading).
+            tokio::select! {
+                st = &mut done => Some(st),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => None,
+            }
+        }
+    };
+    match status {
+        Some(st) => {
+            let code = st.ok().and_then(|s| s.code());
+            let _ = tx.send(error_frame(exit_status(code, &opts.command))).await;
+            let _ = tx.send(normal_close()).await;
+        }
+        None => {
+            // SIGTERM to ctr is forwarded to the process in the container.
+            if let Some(pid) = pid {
+                let _ = tokio::process::Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status()
+                    .await;
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut done).await;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_from_query() {
+        let o = ExecOptions::parse(
+            "command=sh&command=-c&command=exit%203&stdin=true&stdout=true&stderr=true&container=c",
+        );
+        assert_eq!(o.command, ["sh", "-c", "exit 3"]);
+        assert!(o.stdin && o.stdout && o.stderr && !o.tty);
+    }
+
+    #[test]
+    fn protocol_preference() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("v4.channel.k8s.io, channel.k8s.io"),
+        );
+        assert_eq!(choose_protocol(&h), Some("v4.channel.k8s.io"));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("v5.channel.k8s.io,v4.channel.k8s.io"),
+        );
+        assert_eq!(choose_protocol(&h), Some("v5.channel.k8s.io"));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("base64.channel.k8s.io"),
+        );
+        assert_eq!(choose_protocol(&h), None);
+    }
+
+    #[test]
+    fn exit_codes_as_status() {
+        let st = exit_status(Some(3), &["sh".into()]);
+        assert_eq!(st["status"], "Failure");
+        assert_eq!(st["reason"], "NonZeroExitCode");
+        assert_eq!(st["details"]["causes"][0]["reason"], "ExitCode");
+        assert_eq!(st["details"]["causes"][0]["message"], "3");
+        assert_eq!(exit_status(Some(0), &[])["status"], "Success");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}
