@@ -55,6 +55,8 @@ struct ContainerMemo {
     next_start: Option<Instant>,
     image_error: Option<(String, String)>,
     config_error: Option<String>,
+    /// Why the last StartContainer failed (reported once as `RunContainerError`).
+    start_error: Option<String>,
     ready: bool,
     liveness_failures: i32,
     readiness_last: Option<Instant>,
@@ -524,18 +526,13 @@ async fn start_container(
         })
         .await
     {
-        rec.warning(
-            "Failed",
-            &format!(
-                "Error: failed to start container \"{}\": {}",
-                c.name,
-                e.message()
-            ),
-        )
-        .await;
+        let msg = format!("failed to start container \"{}\": {}", c.name, e.message());
+        rec.warning("Failed", &format!("Error: {msg}")).await;
+        memo.start_error = Some(msg);
         bump(memo);
         return false;
     }
+    memo.start_error = None;
     rec.normal("Started", &format!("Started container {}", c.name))
         .await;
     memo.last_started_id = id;
@@ -865,10 +862,17 @@ async fn sync(
                         .unwrap_or_default();
                     waiting = Some((reason.to_string(), msg));
                 } else if !start_container(k, pod, c, &sb.id, &sb_cfg, 0, &src, &rec, m).await {
-                    waiting = m.image_error.clone().or(m
-                        .config_error
+                    waiting = m
+                        .image_error
                         .clone()
-                        .map(|e| ("CreateContainerConfigError".into(), e)));
+                        .or(m
+                            .config_error
+                            .clone()
+                            .map(|e| ("CreateContainerConfigError".into(), e)))
+                        .or(m
+                            .start_error
+                            .clone()
+                            .map(|e| ("RunContainerError".into(), e)));
                 }
             }
             Some((ctr, st)) if st.state == cri::ContainerState::ContainerExited as i32 => {
@@ -912,8 +916,15 @@ async fn sync(
                             .await;
                             m.last_started_id = format!("reported:{}", ctr.id);
                         }
-                    } else {
-                        start_container(k, pod, c, &sb.id, &sb_cfg, next, &src, &rec, m).await;
+                    } else if !start_container(k, pod, c, &sb.id, &sb_cfg, next, &src, &rec, m)
+                        .await
+                    {
+                        // As Kubernetes: RunContainerError for the failed attempt, then
+                        // CrashLoopBackOff while backing off.
+                        waiting = m
+                            .start_error
+                            .clone()
+                            .map(|e| ("RunContainerError".to_string(), e));
                     }
                 }
             }
