@@ -85,14 +85,23 @@ fn daemon_tolerations() -> Vec<Toleration> {
     ]
 }
 
-/// Whether a daemon pod with `node_selector` and `tolerations` belongs on `node`.
+/// Whether a daemon pod with `node_selector`, the template's `node_affinity` (its required
+/// terms) and `tolerations` belongs on `node`.
 pub fn should_run(
     node: &Node,
     node_selector: Option<&BTreeMap<String, String>>,
+    node_affinity: Option<&NodeAffinity>,
     tolerations: &[Toleration],
 ) -> bool {
     if let Some(sel) = node_selector
         && sel.iter().any(|(k, v)| node.labels().get(k) != Some(v))
+    {
+        return false;
+    }
+    if let Some(required) = node_affinity.and_then(|a| {
+        a.required_during_scheduling_ignored_during_execution
+            .as_ref()
+    }) && !node_selector_matches(required, node)
     {
         return false;
     }
@@ -105,6 +114,47 @@ pub fn should_run(
         .iter()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
         .all(|t| tolerations.iter().any(|tol| tolerates(tol, t)))
+}
+
+/// Kubernetes' `NodeSelector` semantics: the terms are ORed, the requirements of a term ANDed;
+/// a term without requirements, or an empty list of terms, matches no node.
+pub fn node_selector_matches(selector: &NodeSelector, node: &Node) -> bool {
+    selector.node_selector_terms.iter().any(|term| {
+        let exprs = term.match_expressions.as_deref().unwrap_or_default();
+        let fields = term.match_fields.as_deref().unwrap_or_default();
+        if exprs.is_empty() && fields.is_empty() {
+            return false;
+        }
+        exprs
+            .iter()
+            .all(|r| requirement_matches(r, node.labels().get(&r.key).map(String::as_str)))
+            && fields.iter().all(|r| {
+                // metadata.name is the only node field selector Kubernetes supports.
+                r.key == "metadata.name"
+                    && matches!(r.operator.as_str(), "In" | "NotIn")
+                    && requirement_matches(r, node.metadata.name.as_deref())
+            })
+    })
+}
+
+fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
+    let values = r.values.as_deref().unwrap_or_default();
+    let as_int = |v: &str| v.parse::<i64>().ok();
+    match r.operator.as_str() {
+        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" | "Lt" => match (
+            value.and_then(as_int),
+            values.first().and_then(|x| as_int(x)),
+        ) {
+            (Some(v), Some(bound)) if r.operator == "Gt" => v > bound,
+            (Some(v), Some(bound)) => v < bound,
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
@@ -160,7 +210,15 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let mut unavailable = 0;
     for node in &nodes {
         let node_name = node.name_any();
-        let wanted = should_run(node, pod_spec.node_selector.as_ref(), &tolerations);
+        let wanted = should_run(
+            node,
+            pod_spec.node_selector.as_ref(),
+            pod_spec
+                .affinity
+                .as_ref()
+                .and_then(|a| a.node_affinity.as_ref()),
+            &tolerations,
+        );
         let mut here = by_node.remove(&node_name).unwrap_or_default();
         if !wanted {
             if !here.is_empty() {
@@ -269,27 +327,21 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             status: None,
         };
         match pods_api.create(&PostParams::default(), &pod).await {
-            Ok(p) => {
-                ctx.recorder
-                    .record(
-                        ds.as_ref(),
-                        COMPONENT,
-                        EventType::Normal,
-                        "SuccessfulCreate",
-                        format!("Created pod: {}", p.name_any()),
-                    )
-                    .await
-            }
+            Ok(p) => ctx.recorder.record(
+                ds.as_ref(),
+                COMPONENT,
+                EventType::Normal,
+                "SuccessfulCreate",
+                format!("Created pod: {}", p.name_any()),
+            ),
             Err(e) => {
-                ctx.recorder
-                    .record(
-                        ds.as_ref(),
-                        COMPONENT,
-                        EventType::Warning,
-                        "FailedCreate",
-                        format!("Error creating: {e}"),
-                    )
-                    .await;
+                ctx.recorder.record(
+                    ds.as_ref(),
+                    COMPONENT,
+                    EventType::Warning,
+                    "FailedCreate",
+                    format!("Error creating: {e}"),
+                );
                 return Err(e.into());
             }
         }
@@ -299,17 +351,13 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             .delete(&p.name_any(), &DeleteParams::background())
             .await
         {
-            Ok(_) => {
-                ctx.recorder
-                    .record(
-                        ds.as_ref(),
-                        COMPONENT,
-                        EventType::Normal,
-                        "SuccessfulDelete",
-                        format!("Deleted pod: {}", p.name_any()),
-                    )
-                    .await
-            }
+            Ok(_) => ctx.recorder.record(
+                ds.as_ref(),
+                COMPONENT,
+                EventType::Normal,
+                "SuccessfulDelete",
+                format!("Deleted pod: {}", p.name_any()),
+            ),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
@@ -358,11 +406,13 @@ mod tests {
         assert!(should_run(
             &node(&[("disk", "ssd")], vec![]),
             Some(&sel),
+            None,
             &[]
         ));
         assert!(!should_run(
             &node(&[("disk", "hdd")], vec![]),
             Some(&sel),
+            None,
             &[]
         ));
         let gpu = Taint {
@@ -373,6 +423,7 @@ mod tests {
         };
         assert!(!should_run(
             &node(&[], vec![gpu.clone()]),
+            None,
             None,
             &daemon_tolerations()
         ));
@@ -385,6 +436,7 @@ mod tests {
         assert!(should_run(
             &node(&[], vec![unreachable]),
             None,
+            None,
             &daemon_tolerations()
         ));
         let tol = Toleration {
@@ -392,6 +444,61 @@ mod tests {
             operator: Some("Exists".into()),
             ..Default::default()
         };
-        assert!(should_run(&node(&[], vec![gpu]), None, &[tol]));
+        assert!(should_run(&node(&[], vec![gpu]), None, None, &[tol]));
+    }
+
+    #[test]
+    fn node_affinity_required_terms_are_ored_and_requirements_anded() {
+        let node = Node {
+            metadata: ObjectMeta {
+                name: Some("n1".into()),
+                labels: Some(
+                    [("zone", "a"), ("cores", "8")]
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let req = |key: &str, op: &str, values: &[&str]| NodeSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: Some(values.iter().map(|v| v.to_string()).collect()),
+        };
+        let affinity = |terms: Vec<NodeSelectorTerm>| NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: terms,
+            }),
+            ..Default::default()
+        };
+        let expr = |reqs: Vec<NodeSelectorRequirement>| NodeSelectorTerm {
+            match_expressions: Some(reqs),
+            match_fields: None,
+        };
+        let run = |a: &NodeAffinity| should_run(&node, None, Some(a), &[]);
+        assert!(run(&affinity(vec![expr(vec![req(
+            "zone",
+            "In",
+            &["a", "b"]
+        )])])));
+        assert!(!run(&affinity(vec![expr(vec![
+            req("zone", "In", &["a"]),
+            req("cores", "Gt", &["8"]),
+        ])])));
+        assert!(run(&affinity(vec![
+            expr(vec![req("zone", "NotIn", &["a"])]),
+            expr(vec![
+                req("cores", "Gt", &["4"]),
+                req("gpu", "DoesNotExist", &[])
+            ]),
+        ])));
+        assert!(run(&affinity(vec![NodeSelectorTerm {
+            match_expressions: None,
+            match_fields: Some(vec![req("metadata.name", "In", &["n1"])]),
+        }])));
+        assert!(!run(&affinity(vec![NodeSelectorTerm::default()])));
+        assert!(!run(&affinity(vec![])));
     }
 }

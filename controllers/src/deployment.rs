@@ -239,15 +239,13 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .as_ref()
         .ok_or_else(|| Error::Invalid("deployment without spec".into()))?;
     if spec.selector == LabelSelector::default() {
-        ctx.recorder
-            .record(
-                d,
-                COMPONENT,
-                EventType::Warning,
-                "SelectingAll",
-                "This deployment is selecting all pods. A non-empty selector is required.".into(),
-            )
-            .await;
+        ctx.recorder.record(
+            d,
+            COMPONENT,
+            EventType::Warning,
+            "SelectingAll",
+            "This deployment is selecting all pods. A non-empty selector is required.".into(),
+        );
         return Ok(Action::await_change());
     }
     let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
@@ -511,16 +509,13 @@ impl Sync<'_> {
         match self.rs_api.create(&PostParams::default(), &rs).await {
             Ok(created) => {
                 if size > 0 {
-                    self.ctx
-                        .recorder
-                        .record(
-                            d,
-                            COMPONENT,
-                            EventType::Normal,
-                            "ScalingReplicaSet",
-                            format!("Scaled up replica set {name} from 0 to {size}"),
-                        )
-                        .await;
+                    self.ctx.recorder.record(
+                        d,
+                        COMPONENT,
+                        EventType::Normal,
+                        "ScalingReplicaSet",
+                        format!("Scaled up replica set {name} from 0 to {size}"),
+                    );
                 }
                 let mut status = d.status.clone().unwrap_or_default();
                 set_condition(
@@ -571,16 +566,13 @@ impl Sync<'_> {
                 )))
             }
             Err(e) => {
-                self.ctx
-                    .recorder
-                    .record(
-                        d,
-                        COMPONENT,
-                        EventType::Warning,
-                        "FailedCreate",
-                        format!("Failed to create new replica set \"{name}\": {e}"),
-                    )
-                    .await;
+                self.ctx.recorder.record(
+                    d,
+                    COMPONENT,
+                    EventType::Warning,
+                    "FailedCreate",
+                    format!("Failed to create new replica set \"{name}\": {e}"),
+                );
                 Err(e.into())
             }
         }
@@ -611,16 +603,13 @@ impl Sync<'_> {
             .await?;
         if from != to {
             let dir = if to > from { "up" } else { "down" };
-            self.ctx
-                .recorder
-                .record(
-                    self.d,
-                    COMPONENT,
-                    EventType::Normal,
-                    "ScalingReplicaSet",
-                    format!("Scaled {dir} replica set {name} from {from} to {to}"),
-                )
-                .await;
+            self.ctx.recorder.record(
+                self.d,
+                COMPONENT,
+                EventType::Normal,
+                "ScalingReplicaSet",
+                format!("Scaled {dir} replica set {name} from {from} to {to}"),
+            );
         }
         if self.new_rs.as_ref().is_some_and(|r| r.name_any() == name) {
             self.new_rs = Some(updated);

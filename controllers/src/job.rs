@@ -182,15 +182,13 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         if let Some((reason, message)) = failure {
             conds.push(condition("FailureTarget", reason, message));
             conds.push(condition("Failed", reason, message));
-            ctx.recorder
-                .record(
-                    job.as_ref(),
-                    COMPONENT,
-                    EventType::Warning,
-                    reason,
-                    message.into(),
-                )
-                .await;
+            ctx.recorder.record(
+                job.as_ref(),
+                COMPONENT,
+                EventType::Warning,
+                reason,
+                message.into(),
+            );
         } else {
             conds.push(condition(
                 "SuccessCriteriaMet",
@@ -203,15 +201,13 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 "Reached expected number of succeeded pods",
             ));
             status.completion_time = Some(util::now());
-            ctx.recorder
-                .record(
-                    job.as_ref(),
-                    COMPONENT,
-                    EventType::Normal,
-                    "Completed",
-                    "Job completed".into(),
-                )
-                .await;
+            ctx.recorder.record(
+                job.as_ref(),
+                COMPONENT,
+                EventType::Normal,
+                "Completed",
+                "Job completed".into(),
+            );
         }
     } else if spec.suspend != Some(true) {
         let want = wanted_active(parallelism, completions, succeeded) as usize;
@@ -240,27 +236,21 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             };
             for _ in active.len()..want {
                 match pods_api.create(&PostParams::default(), &pod).await {
-                    Ok(p) => {
-                        ctx.recorder
-                            .record(
-                                job.as_ref(),
-                                COMPONENT,
-                                EventType::Normal,
-                                "SuccessfulCreate",
-                                format!("Created pod: {}", p.name_any()),
-                            )
-                            .await
-                    }
+                    Ok(p) => ctx.recorder.record(
+                        job.as_ref(),
+                        COMPONENT,
+                        EventType::Normal,
+                        "SuccessfulCreate",
+                        format!("Created pod: {}", p.name_any()),
+                    ),
                     Err(e) => {
-                        ctx.recorder
-                            .record(
-                                job.as_ref(),
-                                COMPONENT,
-                                EventType::Warning,
-                                "FailedCreate",
-                                format!("Error creating: {e}"),
-                            )
-                            .await;
+                        ctx.recorder.record(
+                            job.as_ref(),
+                            COMPONENT,
+                            EventType::Warning,
+                            "FailedCreate",
+                            format!("Error creating: {e}"),
+                        );
                         return Err(e.into());
                     }
                 }

@@ -9,6 +9,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod events;
+pub mod expectations;
 pub mod gc;
 pub mod job;
 pub mod leader;

@@ -154,15 +154,13 @@ async fn monitor_once(
             .is_none_or(str::is_empty)
     }) {
         let Some(cidr) = allocate(cluster, &used) else {
-            recorder
-                .record(
-                    n,
-                    "cidrAllocator",
-                    EventType::Warning,
-                    "CIDRNotAvailable",
-                    format!("Node {} status is now: CIDRNotAvailable", n.name_any()),
-                )
-                .await;
+            recorder.record(
+                n,
+                "cidrAllocator",
+                EventType::Warning,
+                "CIDRNotAvailable",
+                format!("Node {} status is now: CIDRNotAvailable", n.name_any()),
+            );
             continue;
         };
         let cidr = cidr.to_string();
@@ -173,15 +171,13 @@ async fn monitor_once(
                 &Patch::Merge(json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}})),
             )
             .await?;
-        recorder
-            .record(
-                n,
-                "cidrAllocator",
-                EventType::Normal,
-                "CIDRAssignmentSucceeded",
-                format!("Node {} podCIDR is {cidr}", n.name_any()),
-            )
-            .await;
+        recorder.record(
+            n,
+            "cidrAllocator",
+            EventType::Normal,
+            "CIDRAssignmentSucceeded",
+            format!("Node {} podCIDR is {cidr}", n.name_any()),
+        );
         used.insert(cidr);
     }
     drop(used);
@@ -239,15 +235,13 @@ async fn monitor_once(
                     &Patch::Merge(json!({"status": {"conditions": new_conds}})),
                 )
                 .await?;
-            recorder
-                .record(
-                    n,
-                    "node-controller",
-                    EventType::Normal,
-                    "NodeNotReady",
-                    format!("Node {name} status is now: NodeNotReady"),
-                )
-                .await;
+            recorder.record(
+                n,
+                "node-controller",
+                EventType::Normal,
+                "NodeNotReady",
+                format!("Node {name} status is now: NodeNotReady"),
+            );
             ready_status = "Unknown".into();
         }
         let taints = n
@@ -349,17 +343,13 @@ async fn evict(
         let ns = pod.namespace().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
         match api.delete(&pod.name_any(), &DeleteParams::default()).await {
-            Ok(_) => {
-                recorder
-                    .record(
-                        pod,
-                        "taint-eviction-controller",
-                        EventType::Normal,
-                        "TaintManagerEviction",
-                        format!("Marking for deletion Pod {ns}/{}", pod.name_any()),
-                    )
-                    .await
-            }
+            Ok(_) => recorder.record(
+                pod,
+                "taint-eviction-controller",
+                EventType::Normal,
+                "TaintManagerEviction",
+                format!("Marking for deletion Pod {ns}/{}", pod.name_any()),
+            ),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }

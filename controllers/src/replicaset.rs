@@ -1,23 +1,32 @@
 //! ReplicaSet controller: keeps `spec.replicas` active pods for every ReplicaSet, adopting
 //! matching orphans and releasing pods that no longer match, and fills in `status`.
+//!
+//! As kube-controller-manager's, it works from informer caches: reflector stores of all
+//! ReplicaSets and all pods, fed by one watch each. A sync reads the owned pods from the pod
+//! store (by controller ownerReference, and orphans by selector) and never lists the API.
+//! Because the store lags the controller's own writes, every create and delete is recorded in
+//! [`Expectations`]; an owner with unobserved writes does not create or delete again until the
+//! watch has caught up, so a lagging cache never doubles a burst. A restarted process starts
+//! with empty expectations and a freshly listed cache, so it converges without duplicates.
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::Error;
 use crate::events::{EventType, Recorder};
+use crate::expectations::{Cached, Expectations};
 use crate::util;
 
 const COMPONENT: &str = "replicaset-controller";
@@ -29,29 +38,73 @@ pub const SLOW_START_INITIAL_BATCH: usize = 1;
 struct Ctx {
     client: Client,
     recorder: Recorder,
+    pods: Store<Pod>,
+    expectations: Arc<Expectations>,
 }
 
 /// Runs the ReplicaSet controller until its watch streams end.
 pub async fn run(client: Client, recorder: Recorder) -> Result<(), Error> {
     let wc = watcher::Config::default();
-    let ctrl = Controller::new(Api::<ReplicaSet>::all(client.clone()), wc.clone());
-    let store = ctrl.store();
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        recorder,
-    });
-    ctrl.watches(Api::<Pod>::all(client), wc, move |pod| {
-        pod_to_replicasets(&store, &pod)
-    })
-    .run(reconcile, error_policy, ctx)
-    .for_each(|r| {
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "replicaset reconcile");
+    let (rs_store, rs_writer) = reflector::store::<ReplicaSet>();
+    let (pod_store, pod_writer) = reflector::store::<Pod>();
+    let expectations = Arc::new(Expectations::default());
+
+    let exp = expectations.clone();
+    let replicasets = reflector::reflector(
+        rs_writer,
+        watcher(Api::<ReplicaSet>::all(client.clone()), wc.clone()),
+    )
+    .default_backoff()
+    .inspect_ok(move |ev| {
+        if let watcher::Event::Delete(rs) = ev {
+            exp.forget(&rs.uid().unwrap_or_default());
         }
-        futures::future::ready(())
     })
-    .await;
+    .applied_objects();
+    let exp = expectations.clone();
+    let pods = reflector::reflector(pod_writer, watcher(Api::<Pod>::all(client.clone()), wc))
+        .default_backoff()
+        .inspect_ok(move |ev| observe_pod_event(&exp, ev))
+        .touched_objects();
+
+    let ctx = Arc::new(Ctx {
+        client,
+        recorder,
+        pods: pod_store,
+        expectations,
+    });
+    let store = rs_store.clone();
+    Controller::for_stream(replicasets, rs_store)
+        .watches_stream(pods, move |pod| pod_to_replicasets(&store, &pod))
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "replicaset reconcile");
+            }
+            futures::future::ready(())
+        })
+        .await;
     Err(Error::Stopped("replicaset"))
+}
+
+/// Lowers the expectations of a pod's controller when the watch reports the pod (creation
+/// observed) or its deletion (deletion observed), as the informer handlers in Kubernetes do.
+fn observe_pod_event(exp: &Expectations, ev: &watcher::Event<Pod>) {
+    let (pod, cached) = match ev {
+        watcher::Event::Apply(p) | watcher::Event::InitApply(p) => (
+            p,
+            if util::is_deleting(p) {
+                Cached::Terminating
+            } else {
+                Cached::Present
+            },
+        ),
+        watcher::Event::Delete(p) => (p, Cached::Absent),
+        watcher::Event::Init | watcher::Event::InitDone => return,
+    };
+    if let Some(owner) = util::controller_ref(pod) {
+        exp.observe(&owner.uid, &pod.name_any(), cached);
+    }
 }
 
 /// The ReplicaSets a pod event concerns: its controller, or, for an orphan, every ReplicaSet
@@ -84,6 +137,11 @@ fn error_policy(rs: Arc<ReplicaSet>, err: &Error, _ctx: Arc<Ctx>) -> Action {
 }
 
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    // Never act on a half-filled cache: a sync before the first pod list would see no pods.
+    ctx.pods
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::Stopped("replicaset pod informer"))?;
     let ns = rs.namespace().unwrap_or_default();
     let name = rs.name_any();
     let uid = rs.uid().unwrap_or_default();
@@ -92,21 +150,32 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         .as_ref()
         .ok_or_else(|| Error::Invalid("replicaset without spec".into()))?;
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    // A fresh, consistent list: no expectations bookkeeping is needed and a restart at any
-    // moment converges without duplicate pods.
-    let all = pods_api.list(&ListParams::default()).await?.items;
-    let mut owned = Vec::new();
-    for pod in all {
+    // Checked before reading the pods, as Kubernetes does: whatever is observed by now is in
+    // the snapshot below.
+    let lookup = |pod: &str| match ctx.pods.get(&ObjectRef::new(pod).within(&ns)) {
+        None => Cached::Absent,
+        Some(p) if util::is_deleting(p.as_ref()) => Cached::Terminating,
+        Some(_) => Cached::Present,
+    };
+    let expectations_met = ctx.expectations.satisfied(&uid, lookup);
+    let in_namespace = ctx
+        .pods
+        .state_filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()));
+    let mut owned: Vec<Pod> = Vec::new();
+    for pod in in_namespace {
         let matches = util::selector_matches(&spec.selector, pod.labels());
-        match util::controller_ref(&pod) {
+        match util::controller_ref(pod.as_ref()) {
             Some(r) if r.uid == uid => {
-                if matches || util::is_deleting(&pod) {
-                    owned.push(pod);
+                if matches || util::is_deleting(pod.as_ref()) {
+                    owned.push(Pod::clone(&pod));
                 } else if !util::is_deleting(rs.as_ref()) {
                     release(&pods_api, &pod, &uid).await?;
                 }
             }
-            None if matches && !util::is_deleting(&pod) && !util::is_deleting(rs.as_ref()) => {
+            None if matches
+                && !util::is_deleting(pod.as_ref())
+                && !util::is_deleting(rs.as_ref()) =>
+            {
                 if let Some(p) = adopt(&pods_api, &pod, rs.as_ref()).await? {
                     owned.push(p);
                 }
@@ -116,8 +185,13 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     }
     let active: Vec<Pod> = owned.into_iter().filter(util::is_pod_active).collect();
     let mut failure = None;
-    if !util::is_deleting(rs.as_ref()) {
+    if util::is_deleting(rs.as_ref()) {
+        ctx.expectations.forget(&uid);
+    } else if expectations_met {
         failure = manage_replicas(&ctx, rs.as_ref(), &pods_api, &active).await?;
+    } else {
+        let (creates, deletes) = ctx.expectations.pending(&uid);
+        tracing::debug!(replicaset = %name, creates, deletes, "waiting for the pod cache to observe earlier writes");
     }
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let now = jiff::Timestamp::now();
@@ -131,13 +205,16 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         )
         .await?;
     }
-    // Pods that are Ready but not yet available become available by time alone.
+    // Pods that are Ready but not yet available become available by time alone; unobserved
+    // writes are normally released by pod events, the requeue only guards a missed one.
     let next = active
         .iter()
         .filter_map(|p| util::seconds_until_available(p, min_ready, now))
-        .min();
-    Ok(match next {
-        Some(s) => Action::requeue(Duration::from_secs(s.unsigned_abs() + 1)),
+        .min()
+        .map(|s| Duration::from_secs(s.unsigned_abs() + 1));
+    let guard = (!expectations_met).then_some(Duration::from_secs(10));
+    Ok(match next.into_iter().chain(guard).min() {
+        Some(d) => Action::requeue(d),
         None => Action::requeue(Duration::from_secs(300)),
     })
 }
@@ -186,14 +263,15 @@ async fn release(api: &Api<Pod>, pod: &Pod, uid: &str) -> Result<(), Error> {
     }
 }
 
-/// Creates or deletes pods so that `active` reaches `spec.replicas`. Returns a creation
-/// failure message for the ReplicaFailure condition.
+/// Creates or deletes pods so that `active` reaches `spec.replicas`, recording every write in
+/// the expectations. Returns a creation failure message for the ReplicaFailure condition.
 async fn manage_replicas(
     ctx: &Ctx,
     rs: &ReplicaSet,
     api: &Api<Pod>,
     active: &[Pod],
 ) -> Result<Option<String>, Error> {
+    let uid = rs.uid().unwrap_or_default();
     let want = rs
         .spec
         .as_ref()
@@ -209,28 +287,26 @@ async fn manage_replicas(
             async move { api.create(&PostParams::default(), &pod).await }
         })
         .await;
-        // Events are written concurrently: one per pod, they must not serialize a burst.
-        futures::future::join_all(created.iter().map(|p| {
+        ctx.expectations
+            .expect_creations(&uid, created.iter().map(|p| p.name_any()));
+        for p in &created {
             ctx.recorder.record(
                 rs,
                 COMPONENT,
                 EventType::Normal,
                 "SuccessfulCreate",
                 format!("Created pod: {}", p.name_any()),
-            )
-        }))
-        .await;
+            );
+        }
         if let Some(e) = err {
             let msg = e.to_string();
-            ctx.recorder
-                .record(
-                    rs,
-                    COMPONENT,
-                    EventType::Warning,
-                    "FailedCreate",
-                    format!("Error creating: {msg}"),
-                )
-                .await;
+            ctx.recorder.record(
+                rs,
+                COMPONENT,
+                EventType::Warning,
+                "FailedCreate",
+                format!("Error creating: {msg}"),
+            );
             return Ok(Some(msg));
         }
     } else if have > want {
@@ -241,33 +317,36 @@ async fn manage_replicas(
             (p, r)
         }))
         .await;
+        let mut deleted = Vec::new();
+        let mut first_err = None;
         for (p, r) in results {
             match r {
                 Ok(_) => {
-                    ctx.recorder
-                        .record(
-                            rs,
-                            COMPONENT,
-                            EventType::Normal,
-                            "SuccessfulDelete",
-                            format!("Deleted pod: {}", p.name_any()),
-                        )
-                        .await
+                    deleted.push(p.name_any());
+                    ctx.recorder.record(
+                        rs,
+                        COMPONENT,
+                        EventType::Normal,
+                        "SuccessfulDelete",
+                        format!("Deleted pod: {}", p.name_any()),
+                    );
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => {
-                    ctx.recorder
-                        .record(
-                            rs,
-                            COMPONENT,
-                            EventType::Warning,
-                            "FailedDelete",
-                            format!("Error deleting: {e}"),
-                        )
-                        .await;
-                    return Err(e.into());
+                    ctx.recorder.record(
+                        rs,
+                        COMPONENT,
+                        EventType::Warning,
+                        "FailedDelete",
+                        format!("Error deleting: {e}"),
+                    );
+                    first_err = first_err.or(Some(e));
                 }
             }
+        }
+        ctx.expectations.expect_deletions(&uid, deleted);
+        if let Some(e) = first_err {
+            return Err(e.into());
         }
     }
     Ok(None)

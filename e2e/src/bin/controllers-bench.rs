@@ -1,0 +1,212 @@
+//! Controllers benchmark (prints figures, asserts nothing): an N-replica Deployment applied to
+//! a real apiserver, reconciled by the real `controllers` binary under its own identity
+//! (`<data-dir>/controllers.kubeconfig`, user `system:kube-controller-manager`). Reports the
+//! time until N pods exist, and until the rollout is complete with this program playing the
+//! kubelet (marking pods Running/Ready through the status subresource).
+//!
+//! `cargo build --release -p apiserver -p controllers -p e2e && LOTSE_BIN_DIR=target/release target/release/controllers-bench`
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use e2e::{ApiServer, Backend, bin_dir};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+/// Deployment/ReplicaSet controller throughput against a real apiserver (embedded SQLite).
+#[derive(Parser)]
+struct Args {
+    /// Replicas of the benchmark Deployment.
+    #[arg(long, env = "LOTSE_BENCH_REPLICAS", default_value_t = 1000)]
+    replicas: usize,
+    /// Concurrent status writes of the simulated kubelet.
+    #[arg(long, default_value_t = 32)]
+    status_concurrency: usize,
+    /// Give up after this many seconds per phase.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+}
+
+/// Kills the controllers process on every exit path.
+struct Controllers(std::process::Child);
+
+impl Drop for Controllers {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn deployment(replicas: usize) -> Result<Deployment> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": "bench"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "bench"}},
+            "template": {
+                "metadata": {"labels": {"app": "bench"}},
+                "spec": {"containers": [{"name": "c", "image": "nginx"}]},
+            },
+        },
+    }))?)
+}
+
+/// Waits until the namespace's pod watch has shown `n` distinct pods; returns the time taken.
+async fn wait_for_pods(
+    pods: &Api<Pod>,
+    n: usize,
+    start: Instant,
+    timeout: Duration,
+) -> Result<Duration> {
+    let stream = watcher(pods.clone(), watcher::Config::default())
+        .default_backoff()
+        .applied_objects();
+    futures::pin_mut!(stream);
+    let mut seen = HashSet::new();
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    while seen.len() < n {
+        tokio::select! {
+            item = stream.try_next() => match item? {
+                Some(p) => { seen.insert(p.name_any()); }
+                None => bail!("pod watch ended"),
+            },
+            _ = &mut deadline => bail!("only {} of {n} pods after {timeout:?}", seen.len()),
+        }
+    }
+    Ok(start.elapsed())
+}
+
+/// Plays the kubelet: marks every pod of the namespace Running and Ready.
+fn simulated_kubelet(pods: Api<Pod>, concurrency: usize) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let stream = watcher(pods.clone(), watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .filter_map(|p| async move { p.ok() })
+            .filter(|p| {
+                let ready = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                futures::future::ready(!ready && p.metadata.deletion_timestamp.is_none())
+            })
+            .map(|p| {
+                let pods = pods.clone();
+                async move {
+                    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+                    let status = json!({"status": {"phase": "Running", "conditions": [
+                        {"type": "Ready", "status": "True", "lastTransitionTime": now},
+                        {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+                    ]}});
+                    let _ = pods
+                        .patch_status(
+                            &p.name_any(),
+                            &PatchParams::default(),
+                            &Patch::Merge(status),
+                        )
+                        .await;
+                }
+            })
+            .buffer_unordered(concurrency);
+        stream.for_each(|_| futures::future::ready(())).await;
+    })
+}
+
+async fn wait_for_rollout(
+    deploys: &Api<Deployment>,
+    n: usize,
+    start: Instant,
+    timeout: Duration,
+) -> Result<Duration> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let d = deploys.get("bench").await?;
+        let s = d.status.unwrap_or_default();
+        let n = n as i32;
+        if s.updated_replicas == Some(n)
+            && s.available_replicas == Some(n)
+            && s.replicas == Some(n)
+            && s.observed_generation == d.metadata.generation
+        {
+            return Ok(start.elapsed());
+        }
+        if Instant::now() > deadline {
+            bail!("rollout incomplete after {timeout:?}: {s:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let api = ApiServer::start(Backend::Sqlite).await?;
+    let client: Client = api.client().await?;
+    let kubeconfig = api.data_dir().join("controllers.kubeconfig");
+    let log = std::fs::File::create(api.data_dir().join("controllers.log"))?;
+    let _controllers = Controllers(
+        Command::new(bin_dir().join("controllers"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--leader-elect=false")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting controllers (cargo build -p controllers, or set LOTSE_BIN_DIR)")?,
+    );
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "bench"}}))?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "bench");
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), "bench");
+
+    let start = Instant::now();
+    let watching = {
+        let pods = pods.clone();
+        let n = args.replicas;
+        tokio::spawn(async move { wait_for_pods(&pods, n, start, timeout).await })
+    };
+    deploys
+        .create(&PostParams::default(), &deployment(args.replicas)?)
+        .await?;
+    let created = watching.await??;
+    let kubelet = simulated_kubelet(pods.clone(), args.status_concurrency);
+    let complete = wait_for_rollout(&deploys, args.replicas, start, timeout).await?;
+    kubelet.abort();
+    let total = pods.list(&ListParams::default()).await?.items.len();
+
+    let n = args.replicas as f64;
+    println!(
+        "controllers-bench: {}-replica Deployment (apiserver {}, controllers {})",
+        args.replicas,
+        bin_dir().join("apiserver").display(),
+        bin_dir().join("controllers").display()
+    );
+    println!(
+        "  pods created:      {:>8.2} s  ({:.0} pods/s)",
+        created.as_secs_f64(),
+        n / created.as_secs_f64()
+    );
+    println!(
+        "  rollout complete:  {:>8.2} s  (status writer: {} concurrent)",
+        complete.as_secs_f64(),
+        args.status_concurrency
+    );
+    println!(
+        "  pods in namespace: {total:>8}  (duplicates: {})",
+        total.saturating_sub(args.replicas)
+    );
+    Ok(())
+}
