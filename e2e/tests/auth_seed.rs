@@ -534,7 +534,10 @@ async fn component_identities() {
 
     // Node authorizer: a kubelet reads only what pods bound to it reference. (No controllers
     // run here, so the `default` ServiceAccount is created by hand.)
-    ok(&admin, &["create", "serviceaccount", "default", "-n", "default"]);
+    ok(
+        &admin,
+        &["create", "serviceaccount", "default", "-n", "default"],
+    );
     for sec in ["s1", "s2"] {
         ok(
             &admin,
