@@ -259,11 +259,13 @@ impl PodInfo {
         }
     }
 
-    /// A trimmed copy for pods already bound: only what filters and scores of other pods read.
+    /// A trimmed copy for pods already bound: only what filters and scores of other pods read
+    /// (requests, ports, labels, affinity), so the cache of 10k+ assigned pods stays small.
     pub fn for_assigned(mut self) -> Self {
         self.tolerations = Vec::new();
         self.node_selector = BTreeMap::new();
         self.topology_spread = Vec::new();
+        self.resource_version = String::new();
         self.images = Vec::new();
         self.nominated_node_name = String::new();
         self

@@ -351,6 +351,27 @@ fn is_ours(config: &Config, pod: &Pod) -> bool {
         && !matches!(phase, Some("Succeeded") | Some("Failed"))
 }
 
+/// What the queue keeps of a pending pod besides its [`PodInfo`]: the identity that bindings and
+/// events name, and the conditions the `PodScheduled` status patch rewrites. Dropping spec and
+/// the rest keeps thousands of queued pods (and their queued events) small.
+fn slim_pending_pod(pod: Pod) -> Pod {
+    let md = pod.metadata;
+    Pod {
+        metadata: kube::api::ObjectMeta {
+            name: md.name,
+            namespace: md.namespace,
+            uid: md.uid,
+            resource_version: md.resource_version,
+            ..Default::default()
+        },
+        spec: None,
+        status: pod.status.map(|s| k8s_openapi::api::core::v1::PodStatus {
+            conditions: s.conditions,
+            ..Default::default()
+        }),
+    }
+}
+
 async fn watch_pending_pods(shared: Arc<Shared>, client: Client) {
     let api: Api<Pod> = Api::all(client);
     let cfg = watcher::Config::default().fields("spec.nodeName=");
@@ -362,7 +383,9 @@ async fn watch_pending_pods(shared: Arc<Shared>, client: Client) {
                 if is_ours(&shared.config, &pod) {
                     if !shared.cache_read().contains_pod(&uid) {
                         let info = Arc::new(PodInfo::new(&pod));
-                        shared.queue.add_or_update(Arc::new(pod), info);
+                        shared
+                            .queue
+                            .add_or_update(Arc::new(slim_pending_pod(pod)), info);
                     }
                 } else {
                     shared.queue.delete(&uid);
