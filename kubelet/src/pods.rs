@@ -80,6 +80,7 @@ pub async fn worker(k: Arc<Kubelet>, uid: String, mut rx: watch::Receiver<Option
     let mut sandbox_error: Option<String> = None;
     loop {
         let pod = rx.borrow_and_update().clone();
+        let mut interval = Duration::from_secs(1);
         let phase = match pod {
             None => {
                 terminate(&k, &uid, None, 0).await;
@@ -116,6 +117,7 @@ pub async fn worker(k: Arc<Kubelet>, uid: String, mut rx: watch::Receiver<Option
             Some(pod) => {
                 match sync(&k, &pod, &mut memo, &mut sandbox_error).await {
                     Ok(status) => {
+                        interval = resync_interval(&pod, &status);
                         let v = serde_json::to_value(&status).unwrap_or_default();
                         if v != last_status {
                             let api: Api<Pod> = Api::namespaced(
@@ -144,12 +146,38 @@ pub async fn worker(k: Arc<Kubelet>, uid: String, mut rx: watch::Receiver<Option
         if matches!(phase, Phase::Done) {
             return;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+        let _ = tokio::time::timeout(interval, rx.changed()).await;
         if rx.has_changed().is_err() && rx.borrow().is_none() {
             // Sender dropped and last value says gone: one more pass tears down.
             continue;
         }
     }
+}
+
+/// How soon the worker looks at a pod again: every second while anything is in motion; a pod
+/// Running with every container ready is re-checked every 5 s (or its shortest probe period),
+/// which keeps a node with many steady pods cheap.
+fn resync_interval(pod: &Pod, status: &PodStatus) -> Duration {
+    let fast = Duration::from_secs(1);
+    let steady = status.phase.as_deref() == Some("Running")
+        && status
+            .container_statuses
+            .as_ref()
+            .map(|cs| !cs.is_empty() && cs.iter().all(|c| c.ready))
+            .unwrap_or(false);
+    if !steady {
+        return fast;
+    }
+    let shortest_probe = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| [&c.liveness_probe, &c.readiness_probe, &c.startup_probe])
+        .flatten()
+        .map(|p| p.period_seconds.unwrap_or(10).max(1) as u64)
+        .min()
+        .unwrap_or(5);
+    Duration::from_secs(shortest_probe.min(5))
 }
 
 /// UIDs of every pod the runtime has a sandbox for (adoption and orphan cleanup at start).

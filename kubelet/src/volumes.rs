@@ -28,6 +28,10 @@ fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>, mode: u32) -> Resu
             std::fs::create_dir_all(parent)
                 .map_err(|e| format!("create {}: {e}", parent.display()))?;
         }
+        // Unchanged content is left alone (every pod sync refreshes its volumes).
+        if std::fs::read(&p).map(|old| old == *data).unwrap_or(false) {
+            continue;
+        }
         // Write then rename, so a running container never sees a half-written file.
         let tmp = p.with_extension("lotse-tmp");
         std::fs::write(&tmp, data).map_err(|e| format!("write {}: {e}", tmp.display()))?;
@@ -140,11 +144,46 @@ fn downward(
     out
 }
 
+/// Issued projected tokens by (pod UID, audience, expiration): the token and when to renew it.
+type TokenCache = std::sync::Mutex<
+    std::collections::HashMap<(String, Option<String>, i64), (String, std::time::Instant)>,
+>;
+static TOKENS: std::sync::LazyLock<TokenCache> = std::sync::LazyLock::new(Default::default);
+
+/// The pod's projected ServiceAccount token: requested once and renewed after 80 % of its
+/// lifetime (as the Kubernetes kubelet does), not on every sync.
 async fn sa_token(
     client: &kube::Client,
     pod: &Pod,
     audience: Option<String>,
     expiration: Option<i64>,
+) -> Result<String, String> {
+    let ttl = expiration.unwrap_or(3607);
+    let key = (
+        pod.metadata.uid.clone().unwrap_or_default(),
+        audience.clone(),
+        ttl,
+    );
+    if let Ok(cache) = TOKENS.lock()
+        && let Some((token, renew)) = cache.get(&key)
+        && std::time::Instant::now() < *renew
+    {
+        return Ok(token.clone());
+    }
+    let token = request_sa_token(client, pod, audience, ttl).await?;
+    if let Ok(mut cache) = TOKENS.lock() {
+        let renew =
+            std::time::Instant::now() + std::time::Duration::from_secs((ttl as u64) * 4 / 5);
+        cache.insert(key, (token.clone(), renew));
+    }
+    Ok(token)
+}
+
+async fn request_sa_token(
+    client: &kube::Client,
+    pod: &Pod,
+    audience: Option<String>,
+    expiration: i64,
 ) -> Result<String, String> {
     let ns = pod
         .metadata
@@ -160,7 +199,7 @@ async fn sa_token(
     let req = TokenRequest {
         spec: TokenRequestSpec {
             audiences: audience.into_iter().collect(),
-            expiration_seconds: Some(expiration.unwrap_or(3607)),
+            expiration_seconds: Some(expiration),
             bound_object_ref: Some(k8s_openapi::api::authentication::v1::BoundObjectReference {
                 api_version: Some("v1".into()),
                 kind: Some("Pod".into()),
@@ -340,6 +379,9 @@ pub fn mounts(root: &Path, pod: &Pod, c: &Container) -> Vec<cri::Mount> {
 
 /// Removes the pod's directory (unmounting tmpfs emptyDirs first).
 pub fn teardown(root: &Path, uid: &str) {
+    if let Ok(mut cache) = TOKENS.lock() {
+        cache.retain(|(u, _, _), _| u != uid);
+    }
     let vols = root.join("pods").join(uid).join("volumes");
     if let Ok(rd) = std::fs::read_dir(&vols) {
         for e in rd.flatten() {
