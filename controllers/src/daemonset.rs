@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint,
     Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -157,6 +158,104 @@ fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool
     }
 }
 
+/// Keeps the DaemonSet's history as Kubernetes does, so `kubectl rollout history|undo ds`
+/// work: one ControllerRevision `<name>-<hash>` per template, labelled with the template's
+/// labels and `controller-revision-hash`, holding the template as a replace patch in `data`.
+/// The current template's revision is (re)numbered highest; revisions beyond
+/// `revisionHistoryLimit` that no pod runs are deleted, oldest first.
+async fn sync_history(
+    client: &Client,
+    ds: &DaemonSet,
+    hash: &str,
+    live_hashes: &std::collections::BTreeSet<String>,
+) -> Result<i64, Error> {
+    let ns = ds.namespace().unwrap_or_default();
+    let uid = ds.uid().unwrap_or_default();
+    let spec = ds
+        .spec
+        .as_ref()
+        .ok_or_else(|| Error::Invalid("daemonset without spec".into()))?;
+    let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &ns);
+    let mut history: Vec<ControllerRevision> = api
+        .list(&ListParams::default().labels(&util::selector_query(&spec.selector)))
+        .await?
+        .items
+        .into_iter()
+        .filter(|r| util::controller_ref(r).is_some_and(|o| o.uid == uid))
+        .collect();
+    let max = history.iter().map(|r| r.revision).max().unwrap_or(0);
+    let name = format!("{}-{hash}", ds.name_any());
+    let current = match history.iter().find(|r| r.name_any() == name) {
+        Some(r) if r.revision == max => max,
+        Some(_) => {
+            // Rolled back to an older template: it becomes the newest revision again.
+            api.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"revision": max + 1})),
+            )
+            .await?;
+            max + 1
+        }
+        None => {
+            let mut template = serde_json::to_value(&spec.template)?;
+            if let Some(obj) = template.as_object_mut() {
+                obj.insert("$patch".into(), json!("replace"));
+            }
+            let mut labels = spec
+                .template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default();
+            labels.insert(REVISION_HASH.into(), hash.to_string());
+            let revision = ControllerRevision {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(ns.clone()),
+                    labels: Some(labels),
+                    annotations: ds
+                        .annotations()
+                        .get("kubernetes.io/change-cause")
+                        .map(|c| [("kubernetes.io/change-cause".to_string(), c.clone())].into()),
+                    owner_references: Some(vec![util::owner_ref(ds)]),
+                    ..Default::default()
+                },
+                data: Some(RawExtension(json!({"spec": {"template": template}}))),
+                revision: max + 1,
+            };
+            match api.create(&PostParams::default(), &revision).await {
+                Ok(r) => history.push(r),
+                // Written by an earlier sync whose list this one raced; it is ours.
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            max + 1
+        }
+    };
+    let limit = spec.revision_history_limit.unwrap_or(10).max(0) as usize;
+    let mut old: Vec<&ControllerRevision> = history
+        .iter()
+        .filter(|r| r.name_any() != name)
+        .filter(|r| {
+            r.labels()
+                .get(REVISION_HASH)
+                .is_none_or(|h| !live_hashes.contains(h))
+        })
+        .collect();
+    if old.len() > limit {
+        old.sort_by_key(|r| r.revision);
+        for r in &old[..old.len() - limit] {
+            match api.delete(&r.name_any(), &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(current)
+}
+
 async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if util::is_deleting(ds.as_ref()) {
         return Ok(Action::await_change());
@@ -186,6 +285,11 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .into_iter()
         .filter(|p| util::controller_ref(p).is_some_and(|r| r.uid == uid))
         .collect();
+    let live_hashes = pods
+        .iter()
+        .filter_map(|p| p.labels().get(REVISION_HASH).cloned())
+        .collect();
+    sync_history(&ctx.client, ds.as_ref(), &hash, &live_hashes).await?;
     let mut by_node: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
     for p in pods.into_iter().filter(util::is_pod_active) {
         let node = p

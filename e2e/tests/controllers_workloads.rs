@@ -1174,6 +1174,24 @@ async fn controllers_daemonset_one_pod_per_eligible_node_and_rolls() -> Result<(
     })
     .await?;
     assert_eq!(nodes_of().await?, vec!["a", "b"]);
+    // One ControllerRevision per template, numbered in order, as `rollout history` reads them.
+    let history = cluster.kubectl(&["-n", ns, "rollout", "history", "daemonset/agent"])?;
+    let revisions: Vec<&str> = history
+        .lines()
+        .skip_while(|l| !l.starts_with("REVISION"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(revisions, vec!["1", "2"], "{history}");
+    let second = cluster.kubectl(&[
+        "-n",
+        ns,
+        "rollout",
+        "history",
+        "daemonset/agent",
+        "--revision=2",
+    ])?;
+    assert!(second.contains("busybox:2"), "{second}");
     Ok(())
 }
 

@@ -337,6 +337,81 @@ fn validate_deployment(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// controllerrevisions
+
+/// apps/v1 controllerrevisions (DaemonSet and StatefulSet history, read by `kubectl rollout history`).
+pub const CONTROLLERREVISIONS: ResourceDef = ResourceDef {
+    group: "apps",
+    version: "v1",
+    kind: "ControllerRevision",
+    plural: "controllerrevisions",
+    singular: "controllerrevision",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    storage_prefix: "controllerrevisions",
+    name_rule: NameRule::Subdomain,
+    subresources: &[],
+    has_status: false,
+    normalize: normalize_as::<appsv1::ControllerRevision>,
+    defaults: no_defaults,
+    validate: |o, _old| {
+        let mut errs = Vec::new();
+        nonnegative(&mut errs, o, &["revision"], "revision");
+        errs
+    },
+    columns: &[
+        NAME_COLUMN,
+        col(
+            "Controller",
+            "string",
+            0,
+            "The controller owning this revision.",
+        ),
+        col(
+            "Revision",
+            "integer",
+            0,
+            "Revision indicates the revision of the state represented by Data.",
+        ),
+        AGE_COLUMN,
+    ],
+    cells: |o| {
+        let owner = fields::at(o, &["metadata", "ownerReferences"])
+            .and_then(Value::as_array)
+            .and_then(|refs| {
+                refs.iter()
+                    .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+            })
+            .map(|r| {
+                let kind = r.get("kind").and_then(Value::as_str).unwrap_or_default();
+                let group = r
+                    .get("apiVersion")
+                    .and_then(Value::as_str)
+                    .and_then(|v| v.rsplit_once('/').map(|(g, _)| g))
+                    .unwrap_or_default();
+                let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
+                let kind = if group.is_empty() {
+                    kind.to_lowercase()
+                } else {
+                    format!("{}.{group}", kind.to_lowercase())
+                };
+                format!("{kind}/{name}")
+            })
+            .unwrap_or_else(|| "<none>".into());
+        vec![
+            name_cell(o),
+            cell(owner),
+            Value::from(fields::i64_at(o, &["revision"]).unwrap_or(0)),
+            age_cell(o),
+        ]
+    },
+    field: no_fields,
+    selectable_fields: &[],
+    schema: schema_of::<appsv1::ControllerRevision>,
+};
+
+// ---------------------------------------------------------------------------------------------
 // replicasets
 
 /// apps/v1 replicasets.

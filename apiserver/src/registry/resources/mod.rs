@@ -14,7 +14,7 @@ mod pod;
 mod rbac;
 mod util;
 
-pub use self::apps::{DAEMONSETS, DEPLOYMENTS, REPLICASETS, STATEFULSETS};
+pub use self::apps::{CONTROLLERREVISIONS, DAEMONSETS, DEPLOYMENTS, REPLICASETS, STATEFULSETS};
 pub use self::batch::JOBS;
 pub use self::coordination::LEASES;
 pub use self::core::{
@@ -42,6 +42,7 @@ pub static ALL: &[ResourceDef] = &[
     REPLICASETS,
     STATEFULSETS,
     DAEMONSETS,
+    CONTROLLERREVISIONS,
     JOBS,
     NETWORKPOLICIES,
     ROLES,
