@@ -64,29 +64,31 @@ fn dispatch(stdin: &str) -> Result<Option<Value>, CniError> {
     }
     let container_id = env("CNI_CONTAINERID")?;
     let ifname = env("CNI_IFNAME")?;
-    let store = ipam::Store::open(Path::new(&conf.data_dir), &conf.name)?;
+    // The IPAM lock is held only while the store is read or written, not while interfaces are
+    // set up: concurrent ADDs (many pods starting at once) must not queue behind each other.
+    let store = || ipam::Store::open(Path::new(&conf.data_dir), &conf.name);
     let host_veth = net::host_veth_name(&container_id);
     match command.as_str() {
         "ADD" => {
             let netns = env("CNI_NETNS")?;
-            let ip = store.allocate(conf.pod_cidr, &container_id, &ifname)?;
+            let ip = store()?.allocate(conf.pod_cidr, &container_id, &ifname)?;
             match add(&conf, &netns, &ifname, &host_veth, ip) {
                 Ok(result) => Ok(Some(result)),
                 Err(e) => {
                     let _ = net::teardown_veth(&host_veth);
-                    let _ = store.release(&container_id, &ifname);
+                    let _ = store().and_then(|s| s.release(&container_id, &ifname));
                     Err(e)
                 }
             }
         }
         "DEL" => {
             net::teardown_veth(&host_veth)?;
-            store.release(&container_id, &ifname)?;
+            store()?.release(&container_id, &ifname)?;
             Ok(None)
         }
         "CHECK" => {
             let netns = env("CNI_NETNS")?;
-            let ip = store.find(&container_id, &ifname)?.ok_or_else(|| {
+            let ip = store()?.find(&container_id, &ifname)?.ok_or_else(|| {
                 CniError::Other(format!("no address allocated for container {container_id}"))
             })?;
             net::check_veth(&netns, &ifname, with_prefix(ip, conf.pod_cidr))?;

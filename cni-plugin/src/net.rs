@@ -47,8 +47,14 @@ pub fn ensure_bridge(
     }
     let gw = format!("{gateway}/{}", cidr.prefix_len());
     let addrs = run(ip().args(["-4", "-o", "addr", "show", "dev", bridge]))?;
-    if !addrs.contains(&format!(" {gw} ")) {
-        run(ip().args(["addr", "add", &gw, "dev", bridge]))?;
+    if !addrs.contains(&format!(" {gw} "))
+        && let Err(e) = run(ip().args(["addr", "add", &gw, "dev", bridge]))
+    {
+        // A concurrent ADD may have added it between the check and here.
+        let again = run(ip().args(["-4", "-o", "addr", "show", "dev", bridge]))?;
+        if !again.contains(&format!(" {gw} ")) {
+            return Err(e);
+        }
     }
     run(ip().args(["link", "set", bridge, "mtu", &mtu.to_string(), "up"]))?;
     let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
