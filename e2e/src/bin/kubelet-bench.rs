@@ -143,6 +143,29 @@ fn stop(child: &mut Child) {
     let _ = child.kill();
 }
 
+/// Waits (bounded) until containerd at `socket` runs no container: the kubelet tears deleted
+/// pods down asynchronously, and stopping it earlier would leave them running.
+async fn wait_no_containers(socket: &Path) {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(120) {
+        match Command::new("ctr")
+            .arg("-a")
+            .arg(socket)
+            .args(["-n", "k8s.io", "containers", "ls", "-q"])
+            .output()
+        {
+            Ok(out) if out.status.success() && out.stdout.is_empty() => return,
+            Ok(_) => {}
+            Err(_) => return,
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!(
+        "containers still present in {} after 120 s",
+        socket.display()
+    );
+}
+
 fn pid_of(file: &Path) -> Option<u32> {
     std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
@@ -258,18 +281,20 @@ async fn startup_latency(args: &Args, tmp: &Path) -> Result<()> {
         );
         let t = Instant::now();
         delete_pods(&pods).await?;
+        wait_no_containers(&data.join("kubelet/containerd/containerd.sock")).await;
         println!(
-            "  deleting {} pods took {:.1} s",
+            "  deleting {} pods (API and containers) took {:.1} s",
             lat.len(),
             t.elapsed().as_secs_f64()
         );
         Ok::<_, anyhow::Error>(())
     }
     .await;
-    if result.is_err() {
-        if let Ok(c) = client_from(&data.join("admin.kubeconfig")).await {
-            let _ = delete_pods(&Api::namespaced(c, "default")).await;
-        }
+    if result.is_err()
+        && let Ok(c) = client_from(&data.join("admin.kubeconfig")).await
+    {
+        let _ = delete_pods(&Api::namespaced(c, "default")).await;
+        wait_no_containers(&data.join("kubelet/containerd/containerd.sock")).await;
     }
     stop(&mut lotse);
     result
@@ -359,19 +384,7 @@ async fn kubelet_memory(args: &Args, tmp: &Path) -> Result<()> {
     }
     .await;
     let _ = delete_pods(&pods).await;
-    // The kubelet tears the deleted pods down before it is stopped.
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(60) {
-        let out = Command::new("ctr")
-            .arg("-a")
-            .arg(root.join("containerd/containerd.sock"))
-            .args(["-n", "k8s.io", "containers", "ls", "-q"])
-            .output()?;
-        if out.stdout.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_no_containers(&root.join("containerd/containerd.sock")).await;
     stop(&mut kubelet);
     result
 }
