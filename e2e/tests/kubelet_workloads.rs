@@ -314,6 +314,7 @@ fn deployment_faults_and_cleanup_on_containerd() -> anyhow::Result<()> {
         );
     }
 
+    println!("3 replicas serving done at {:?}", t0.elapsed());
     // A bad command: RunContainerError, then CrashLoopBackOff with lastState StartError.
     let (seen, out) = bad_watch.wait_for(Duration::from_secs(20), |s| {
         s.contains("RunContainerError") && s.contains("CrashLoopBackOff")
@@ -330,6 +331,7 @@ fn deployment_faults_and_cleanup_on_containerd() -> anyhow::Result<()> {
         .stdout;
     assert_eq!(last, "StartError/128");
 
+    println!("bad command done at {:?}", t0.elapsed());
     // A configMap volume whose ConfigMap is absent: ContainerCreating and FailedMount, until it
     // is created.
     let nocm = k
@@ -363,6 +365,7 @@ fn deployment_faults_and_cleanup_on_containerd() -> anyhow::Result<()> {
         |s| s == "Running",
     )?;
 
+    println!("absent ConfigMap done at {:?}", t0.elapsed());
     // containerd dies: the Node goes NotReady with a reason, the kubelet restarts containerd,
     // the Node is Ready again, running pods are untouched and new pods start.
     let node_watch = k.spawn(
@@ -421,12 +424,13 @@ fn deployment_faults_and_cleanup_on_containerd() -> anyhow::Result<()> {
         assert!(after.contains(id), "container {id} was replaced: {after}");
     }
 
+    println!("containerd restart done at {:?}", t0.elapsed());
     // Deleting everything leaves nothing in containerd.
     k.run(&["delete", "deployment", "web"])?.success()?;
     k.run(&["delete", "pod", "badcmd", "nocm", "--grace-period=1"])?
         .success()?;
-    let t0 = Instant::now();
-    while !containers_in(&data)?.is_empty() && t0.elapsed() < Duration::from_secs(30) {
+    let t_del = Instant::now();
+    while !containers_in(&data)?.is_empty() && t_del.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert_eq!(
@@ -434,6 +438,7 @@ fn deployment_faults_and_cleanup_on_containerd() -> anyhow::Result<()> {
         Vec::<String>::new(),
         "containers left behind"
     );
+    println!("cleanup done at {:?}", t0.elapsed());
     let pods = k.run(&["get", "pods", "-o", "name"])?.stdout;
     assert_eq!(pods.trim(), "", "pods left");
     lotse.stop()?;
