@@ -397,6 +397,19 @@ fn lotse_up_runs_pods_on_containerd() -> anyhow::Result<()> {
             out.stderr
         );
     }
+    // -it: the command gets a terminal (`script` gives kubectl the terminal it insists on).
+    let cmd = format!(
+        "{}/kubectl.1.33 --kubeconfig {} exec -it web -- sh -c 'tty; exit 5'",
+        e2e::KUBECTL_DIR,
+        data.join("admin.kubeconfig").display()
+    );
+    let out = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "exec -it: {text}");
+    assert!(text.contains("/dev/pts/"), "exec -it: {text}");
     let out = k.run(&["exec", "web", "--", "no-such-binary"])?;
     assert_ne!(out.code, 0, "exec of a missing binary succeeded");
     // kube-rs (WebSocket v5 with v4 fallback).
