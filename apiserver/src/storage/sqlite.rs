@@ -442,7 +442,8 @@ fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
     }
 }
 
-/// Pragmas for the writing connection.
+/// Pragmas for the writing connection. Clean pages are read through the mmap, so an 8 MiB page
+/// cache suffices; a larger one mostly kept copies of written pages, costing ~20 MiB of RSS.
 fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
     conn.execute_batch(
@@ -450,7 +451,7 @@ fn configure(conn: &Connection) -> Result<()> {
          PRAGMA wal_autocheckpoint = 0;
          PRAGMA synchronous = NORMAL;
          PRAGMA temp_store = MEMORY;
-         PRAGMA cache_size = -32768;
+         PRAGMA cache_size = -8192;
          PRAGMA mmap_size = 268435456;",
     )
     .map_err(db)?;
@@ -598,7 +599,7 @@ impl ReadPool {
         .map_err(db)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
         conn.execute_batch(
-            "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -32768; PRAGMA mmap_size = 268435456;",
+            "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -8192; PRAGMA mmap_size = 268435456;",
         )
         .map_err(db)?;
         conn.set_prepared_statement_cache_capacity(32);
