@@ -68,6 +68,8 @@ pub struct AppState {
     pub server_address: String,
     /// Authentication and authorization state (token authority, RBAC authorizer).
     pub security: crate::auth::Security,
+    /// Pod Security admission: exemptions (none by default) and its metrics.
+    pub pod_security: crate::admission::pod_security::PodSecurity,
 }
 
 impl AppState {
@@ -89,6 +91,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             server_address,
             security: crate::auth::Security::default(),
+            pod_security: Default::default(),
         })
     }
 
@@ -203,7 +206,8 @@ async fn dispatch_inner(
             })));
         }
         "/metrics" => {
-            let mut r = text(StatusCode::OK, &state.metrics.render());
+            let body = state.metrics.render() + &state.pod_security.render_metrics();
+            let mut r = text(StatusCode::OK, &body);
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),
