@@ -6,9 +6,10 @@
 //! The response body is streamed through, so `follow=true` works.
 //!
 //! `pods/exec` (and `attach`) arrive as HTTP upgrades: [`pod_upgrade`] forwards the upgrade
-//! request to the kubelet's `/exec/{ns}/{pod}/{container}` and, once the kubelet answers
-//! `101 Switching Protocols`, splices the two connections byte for byte (the WebSocket channel
-//! protocol `v5.channel.k8s.io`/`v4.channel.k8s.io` is spoken end to end by client and kubelet).
+//! request to the kubelet's `/exec/{ns}/{pod}/{container}` (or `/attach/…`) and, once the
+//! kubelet answers `101 Switching Protocols`, splices the two connections byte for byte (the
+//! WebSocket channel protocol `v5.channel.k8s.io`/`v4.channel.k8s.io` is spoken end to end by
+//! client and kubelet).
 //! SPDY upgrades (kubectl ≤ 1.29) are refused with a message saying so.
 //!
 //! Towards kubelets the apiserver authenticates with a client certificate issued by the cluster
@@ -247,9 +248,9 @@ pub async fn pod_upgrade(
             "pods/{sub} upgrade {upgrade:?} is not supported: Lotse speaks WebSocket (v5.channel.k8s.io, v4.channel.k8s.io; kubectl 1.30 or later), not SPDY"
         )));
     }
-    if sub != "exec" {
+    if sub != "exec" && sub != "attach" {
         return Err(ApiError::bad_request(format!(
-            "pods/{sub} is not supported by the Lotse kubelet (exec is)"
+            "pods/{sub} is not supported by the Lotse kubelet (exec and attach are)"
         )));
     }
     let (pod, _) = get_current(state, rp.def, rp.namespace.as_deref(), name).await?;

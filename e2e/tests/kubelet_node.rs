@@ -1,5 +1,6 @@
 //! The kubelet on a real containerd, driven through `lotse up` and the real kubectl: node
 //! registration, pods scheduled and run, pod IPs reachable over HTTP, configMap volumes, logs,
+//! exec and attach,
 //! CrashLoopBackOff, OOMKilled, liveness restarts, ImagePullBackOff, kill -9 and restart
 //! without container restarts, and deletion leaving nothing in containerd.
 //!
@@ -122,6 +123,59 @@ fn http_get(ip: &str, port: u16) -> anyhow::Result<String> {
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out)
+}
+
+/// Runs `kubectl attach` with `args`, writes `input` to its stdin (kept open), and returns its
+/// stdout once `done` accepts it (or after `timeout`); kubectl is killed either way.
+fn attach(
+    kubeconfig: &Path,
+    args: &[&str],
+    input: &str,
+    timeout: Duration,
+    done: impl Fn(&str) -> bool,
+) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut child = Command::new(Path::new(e2e::KUBECTL_DIR).join("kubectl.1.33"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("attach")
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut stdin = child.stdin.take();
+    let mut stdout = child.stdout.take().context("no stdout pipe")?;
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    let mut sent = input.is_empty();
+    while t0.elapsed() < timeout && !done(&String::from_utf8_lossy(&out)) {
+        if !sent && t0.elapsed() > Duration::from_secs(2) {
+            // Once the session is up: the input reaches the container only while attached.
+            if let Some(w) = stdin.as_mut() {
+                w.write_all(input.as_bytes())?;
+                w.flush()?;
+            }
+            sent = true;
+        }
+        if let Ok(b) = rx.recv_timeout(Duration::from_millis(200)) {
+            out.extend(b);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(stdin);
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Runs `cat /etc/hostname` in `pod` with kube-rs' exec (WebSocket).
@@ -248,6 +302,24 @@ spec:
     image: busybox
     command: ["sh", "-c", "touch /tmp/ok; sleep 2; rm /tmp/ok; sleep 3600"]
     livenessProbe: {exec: {command: ["cat", "/tmp/ok"]}, periodSeconds: 1, failureThreshold: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ticker}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 1; done"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: echo}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: busybox, command: ["cat"], stdin: true}
 ---
 apiVersion: v1
 kind: Pod
@@ -415,6 +487,38 @@ fn lotse_up_runs_pods_on_containerd() -> anyhow::Result<()> {
     // kube-rs (WebSocket v5 with v4 fallback).
     let hostname = exec_kube_rs(&data.join("admin.kubeconfig"), "web")?;
     assert_eq!(hostname.trim(), "web");
+
+    // attach: a container's output from now on, and stdin into a `stdin: true` container.
+    for pod in ["ticker", "echo"] {
+        let running = jp(pod, "{.status.phase}");
+        let running: Vec<&str> = running.iter().map(String::as_str).collect();
+        wait_for(&k, &running, pod, Duration::from_secs(60), |s| {
+            s == "Running"
+        })?;
+    }
+    let kc = data.join("admin.kubeconfig");
+    let out = attach(
+        &kc,
+        &["ticker", "-c", "c"],
+        "",
+        Duration::from_secs(15),
+        |o| o.lines().filter(|l| l.starts_with("tick ")).count() >= 2,
+    )?;
+    assert!(
+        out.lines().filter(|l| l.starts_with("tick ")).count() >= 2,
+        "kubectl attach ticker: {out:?}"
+    );
+    let out = attach(
+        &kc,
+        &["-i", "echo", "-c", "c"],
+        "hello attach\n",
+        Duration::from_secs(15),
+        |o| o.contains("hello attach"),
+    )?;
+    assert!(
+        out.contains("hello attach"),
+        "kubectl attach -i echo: {out:?}"
+    );
 
     // The kubelet API serves the apiserver only: no client certificate → 401, a certificate of
     // the cluster CA with another identity (the node's own) → 403.

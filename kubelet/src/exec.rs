@@ -91,7 +91,7 @@ pub fn choose_protocol(headers: &HeaderMap) -> Option<&'static str> {
         .find_map(|p| PROTOCOLS.iter().find(|s| **s == p).copied())
 }
 
-fn is_websocket(headers: &HeaderMap) -> bool {
+pub(crate) fn is_websocket(headers: &HeaderMap) -> bool {
     headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
@@ -99,7 +99,7 @@ fn is_websocket(headers: &HeaderMap) -> bool {
         .unwrap_or(false)
 }
 
-fn text(code: StatusCode, msg: String) -> Response {
+pub(crate) fn text(code: StatusCode, msg: String) -> Response {
     (code, [(header::CONTENT_TYPE, "text/plain")], msg).into_response()
 }
 
@@ -123,13 +123,13 @@ pub fn exit_status(code: Option<i32>, command: &[String]) -> serde_json::Value {
     }
 }
 
-/// The running container `container` of pod `ns/pod`, by CRI container ID.
-async fn running_container(
+/// The running container `container` of pod `ns/pod`: its CRI container ID and the pod's UID.
+pub(crate) async fn running_container(
     k: &Kubelet,
     ns: &str,
     pod: &str,
     container: &str,
-) -> Result<String, Response> {
+) -> Result<(String, String), Response> {
     let api: Api<Pod> = Api::namespaced(k.client.clone(), ns);
     let p = match api.get_opt(pod).await {
         Ok(Some(p)) => p,
@@ -144,7 +144,7 @@ async fn running_container(
     let uid = p.metadata.uid.unwrap_or_default();
     let filter = cri::ContainerFilter {
         label_selector: [
-            ("io.kubernetes.pod.uid".to_string(), uid),
+            ("io.kubernetes.pod.uid".to_string(), uid.clone()),
             (
                 "io.kubernetes.container.name".to_string(),
                 container.to_string(),
@@ -167,7 +167,7 @@ async fn running_container(
         .containers
         .into_iter()
         .max_by_key(|c| c.created_at);
-    found.map(|c| c.id).ok_or_else(|| {
+    found.map(|c| (c.id, uid)).ok_or_else(|| {
         text(
             StatusCode::BAD_REQUEST,
             format!("container {container:?} in pod {pod:?} is not running"),
@@ -211,7 +211,7 @@ pub async fn exec(
         );
     }
     let cid = match running_container(&k, &ns, &pod, &container).await {
-        Ok(c) => c,
+        Ok((c, _)) => c,
         Err(r) => return r,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -226,6 +226,11 @@ pub async fn exec(
             Err(e) => tracing::debug!(error = %e, "exec upgrade failed"),
         }
     });
+    switching_protocols(proto, &key)
+}
+
+/// The `101 Switching Protocols` answer to a WebSocket upgrade with `key`, speaking `proto`.
+pub(crate) fn switching_protocols(proto: &'static str, key: &HeaderValue) -> Response {
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -243,7 +248,7 @@ pub async fn exec(
 }
 
 /// A close with code 1000: client-go reads it as the end of every stream (1005 is an error).
-fn normal_close() -> Message {
+pub(crate) fn normal_close() -> Message {
     Message::Close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
         code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
         reason: "".into(),

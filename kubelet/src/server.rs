@@ -1,7 +1,8 @@
 //! The kubelet's HTTPS API on port 10250, which the apiserver proxies `pods/log` to:
 //! `GET /containerLogs/{namespace}/{pod}/{container}?follow=&tailLines=&previous=&timestamps=&limitBytes=`
 //! (as the Kubernetes kubelet serves it), `GET|POST /exec/{namespace}/{pod}/{container}` (WebSocket,
-//! see [`crate::exec`]) and `GET /healthz`.
+//! see [`crate::exec`]), `GET|POST /attach/{namespace}/{pod}/{container}` (WebSocket, see
+//! [`crate::attach`]) and `GET /healthz`.
 //!
 //! Only the apiserver is served: every request but `/healthz` needs a client certificate signed
 //! by the cluster CA ([`crate::Config::client_ca_der`], Kubernetes' `--client-ca-file`) naming
@@ -46,6 +47,10 @@ pub async fn serve(k: Arc<Kubelet>, addr: std::net::SocketAddr) -> Result<(), Er
         .route(
             "/exec/{ns}/{pod}/{container}",
             get(crate::exec::exec).post(crate::exec::exec),
+        )
+        .route(
+            "/attach/{ns}/{pod}/{container}",
+            get(crate::attach::attach).post(crate::attach::attach),
         )
         .with_state(k);
     loop {
