@@ -223,6 +223,32 @@ async fn containers(k: &Kubelet, sandbox: &str) -> Vec<cri::Container> {
 }
 
 async fn container_status(k: &Kubelet, id: &str) -> Option<cri::ContainerStatus> {
+    let mut st = fetch_container_status(k, id).await?;
+    // containerd 1.6 delivers the task's OOM event independently of its exit event, so right
+    // after a SIGKILL (exit 137) the reason may still be empty and only become "OOMKilled" a
+    // moment later. Give a just-killed container up to 2 s to settle before reporting "Error".
+    for _ in 0..8 {
+        let just_killed = st.state == cri::ContainerState::ContainerExited as i32
+            && st.exit_code == 137
+            && st.reason.is_empty()
+            && now_nanos().saturating_sub(st.finished_at) < 2_000_000_000;
+        if !just_killed {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        st = fetch_container_status(k, id).await?;
+    }
+    Some(st)
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+async fn fetch_container_status(k: &Kubelet, id: &str) -> Option<cri::ContainerStatus> {
     let mut rt = k.cri.rt.clone();
     rt.container_status(cri::ContainerStatusRequest {
         container_id: id.into(),
