@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+pub mod lotse;
+
 /// Where the versioned kubectl binaries live (`kubectl.1.27` … `kubectl.1.33`).
 pub const KUBECTL_DIR: &str = "/usr/lib/google-cloud-sdk/bin";
 /// Debian's etcd (package `etcd-server`).

@@ -8,122 +8,13 @@
 //! binaries (`cargo build --workspace --bins`) and the images built by
 //! `target/debug/lotse images build --output target/lotse-images busybox pause`
 //! (or `$LOTSE_IMAGES_DIR`).
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use e2e::{Kubectl, bin_dir, free_port};
-
-fn images_dir() -> PathBuf {
-    match std::env::var_os("LOTSE_IMAGES_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lotse-images"),
-    }
-}
-
-struct Lotse {
-    child: Child,
-    data: PathBuf,
-}
-
-impl Lotse {
-    fn start(data: &Path, args: Vec<String>) -> anyhow::Result<Lotse> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data.join("lotse.log"))?;
-        let child = Command::new(bin_dir().join("lotse"))
-            .arg("up")
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting lotse (cargo build --workspace --bins)")?;
-        Ok(Lotse {
-            child,
-            data: data.to_path_buf(),
-        })
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.data.join("lotse.log")).unwrap_or_default()
-    }
-
-    fn signal(&mut self, sig: &str) -> anyhow::Result<()> {
-        Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()?;
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(30) {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!("lotse did not exit after SIG{sig}")
-    }
-}
-
-impl Drop for Lotse {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            // Pods outlive the kubelet (containerd's shims own them): on a failed test, delete
-            // them through the still-running cluster so nothing is left on the machine.
-            let k = Kubectl::new(
-                33,
-                self.data.join("admin.kubeconfig"),
-                self.data.join("kubectl-cache"),
-            );
-            let _ = k.run(&["delete", "pod", "--all", "--force", "--grace-period=0"]);
-            let t0 = Instant::now();
-            while containers_in(&self.data)
-                .map(|c| !c.is_empty())
-                .unwrap_or(false)
-                && t0.elapsed() < Duration::from_secs(20)
-            {
-                std::thread::sleep(Duration::from_millis(300));
-            }
-            let _ = self.signal("TERM");
-        }
-    }
-}
-
-/// Polls `kubectl get … -o jsonpath` until `ok` accepts the output.
-fn wait_for(
-    k: &Kubectl,
-    args: &[&str],
-    what: &str,
-    timeout: Duration,
-    ok: impl Fn(&str) -> bool,
-) -> anyhow::Result<String> {
-    let t0 = Instant::now();
-    let mut last = String::new();
-    while t0.elapsed() < timeout {
-        let out = k.run(args)?;
-        last = format!("{}{}", out.stdout, out.stderr);
-        if out.code == 0 && ok(&out.stdout) {
-            return Ok(out.stdout);
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    bail!("timed out after {timeout:?} waiting for {what}; last output: {last}")
-}
-
-fn http_get(ip: &str, port: u16) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(
-        &format!("{ip}:{port}").parse()?,
-        Duration::from_secs(3),
-    )?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
-}
+use e2e::lotse::{Lotse, containers_in, http_get, images_dir, wait_for};
+use e2e::{Kubectl, free_port};
 
 /// Runs `kubectl attach` with `args`, writes `input` to its stdin (kept open), and returns its
 /// stdout once `done` accepts it (or after `timeout`); kubectl is killed either way.
@@ -236,18 +127,6 @@ fn kubelet_api_status(port: u16, kubeconfig: Option<&Path>, path: &str) -> anyho
             Err(e) => Err(e.into()),
         }
     })
-}
-
-fn containers_in(data: &Path) -> anyhow::Result<Vec<String>> {
-    let out = Command::new("ctr")
-        .arg("-a")
-        .arg(data.join("kubelet/containerd/containerd.sock"))
-        .args(["-n", "k8s.io", "containers", "ls", "-q"])
-        .output()?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect())
 }
 
 const PODS: &str = r#"
@@ -367,7 +246,7 @@ fn lotse_up_runs_pods_on_containerd() -> anyhow::Result<()> {
     .map(|s| s.to_string())
     .collect();
     let t0 = Instant::now();
-    let mut lotse = Lotse::start(&data, args.clone())?;
+    let mut lotse = Lotse::start(&data, &args)?;
     let k = Kubectl::new(
         33,
         data.join("admin.kubeconfig"),
@@ -620,7 +499,7 @@ fn lotse_up_runs_pods_on_containerd() -> anyhow::Result<()> {
         ])?
         .stdout;
     lotse.signal("KILL")?;
-    let lotse = Lotse::start(&data, args)?;
+    let lotse = Lotse::start(&data, &args)?;
     wait_for(
         &k,
         &node_ready,

@@ -10,135 +10,13 @@
 //! Needs what `kubelet_node.rs` needs (root, containerd, runc, built binaries, busybox and pause
 //! images). With `nginx.tar` in the images directory (`lotse images build nginx`) the Deployment
 //! runs the real nginx; otherwise busybox's httpd serves the page (said on stdout).
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use e2e::{Kubectl, bin_dir, free_port};
-
-fn images_dir() -> PathBuf {
-    match std::env::var_os("LOTSE_IMAGES_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lotse-images"),
-    }
-}
-
-/// `lotse up` in the background; on drop (a failed test) everything it runs is deleted first.
-struct Lotse {
-    child: Child,
-    data: PathBuf,
-}
-
-impl Lotse {
-    fn start(data: &Path, args: &[String]) -> anyhow::Result<Lotse> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data.join("lotse.log"))?;
-        let child = Command::new(bin_dir().join("lotse"))
-            .arg("up")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting lotse (cargo build --workspace --bins)")?;
-        Ok(Lotse {
-            child,
-            data: data.to_path_buf(),
-        })
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.data.join("lotse.log")).unwrap_or_default()
-    }
-
-    fn stop(&mut self) -> anyhow::Result<()> {
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()?;
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(30) {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        bail!("lotse did not exit after SIGTERM")
-    }
-}
-
-impl Drop for Lotse {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let k = Kubectl::new(
-                33,
-                self.data.join("admin.kubeconfig"),
-                self.data.join("kubectl-cache"),
-            );
-            let _ = k.run(&["delete", "deployment", "--all", "--wait=false"]);
-            let _ = k.run(&["delete", "pod", "--all", "--force", "--grace-period=0"]);
-            let t0 = Instant::now();
-            while containers_in(&self.data)
-                .map(|c| !c.is_empty())
-                .unwrap_or(false)
-                && t0.elapsed() < Duration::from_secs(20)
-            {
-                let _ = k.run(&["delete", "pod", "--all", "--force", "--grace-period=0"]);
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            let _ = self.stop();
-        }
-    }
-}
-
-fn wait_for(
-    k: &Kubectl,
-    args: &[&str],
-    what: &str,
-    timeout: Duration,
-    ok: impl Fn(&str) -> bool,
-) -> anyhow::Result<String> {
-    let t0 = Instant::now();
-    let mut last = String::new();
-    while t0.elapsed() < timeout {
-        let out = k.run(args)?;
-        last = format!("{}{}", out.stdout, out.stderr);
-        if out.code == 0 && ok(&out.stdout) {
-            return Ok(out.stdout);
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    bail!("timed out after {timeout:?} waiting for {what}; last output: {last}")
-}
-
-fn http_get(ip: &str, port: u16) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(
-        &format!("{ip}:{port}").parse()?,
-        Duration::from_secs(3),
-    )?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
-}
-
-fn containers_in(data: &Path) -> anyhow::Result<Vec<String>> {
-    let out = Command::new("ctr")
-        .arg("-a")
-        .arg(data.join("kubelet/containerd/containerd.sock"))
-        .args(["-n", "k8s.io", "containers", "ls", "-q"])
-        .output()?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect())
-}
+use e2e::lotse::{Lotse, containers_in, http_get, images_dir, wait_for};
+use e2e::{Kubectl, free_port};
 
 fn deployment(nginx: bool) -> String {
     let container = if nginx {
