@@ -3,11 +3,14 @@
 //! [`ApiServer`] starts the built `apiserver` binary on a free loopback port with a temporary
 //! data dir, on embedded SQLite or on a real etcd ([`Etcd`]), waits for `/readyz`, and kills
 //! everything on drop. [`Kubectl`] runs one of the versioned kubectl binaries against it.
+//! [`Component`] starts the `controllers` or `scheduler` binary against an [`ApiServer`] under
+//! its own identity, and [`wait_until`] polls a condition until it holds.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 use std::fs::File;
+use std::future::Future;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -349,7 +352,159 @@ impl ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.stop();
+        // LOTSE_E2E_KEEP_LOGS=DIR keeps every data dir's logs (a test returning Err does not panic).
+        if let Some(keep) = std::env::var_os("LOTSE_E2E_KEEP_LOGS") {
+            let to = Path::new(&keep).join(self.data_dir.path().file_name().unwrap_or_default());
+            if std::fs::create_dir_all(&to).is_ok()
+                && let Ok(entries) = std::fs::read_dir(self.data_dir.path())
+            {
+                for e in entries.flatten() {
+                    if e.file_name().to_string_lossy().ends_with(".log") {
+                        let _ = std::fs::copy(e.path(), to.join(e.file_name()));
+                    }
+                }
+            }
+        }
     }
+}
+
+/// A control-plane component binary (`controllers`, `scheduler`) running against an
+/// [`ApiServer`] under its own identity, from the `<data-dir>/<name>.kubeconfig` the apiserver
+/// writes, so a missing RBAC rule shows up as a 403 in its log. Its stderr goes to
+/// `<data-dir>/<name>-<n>.log`; SIGKILLed on drop (its log is printed when a test panics).
+pub struct Component {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Component {
+    /// Starts `bin_dir()/<name> --kubeconfig <data-dir>/<name>.kubeconfig <args>` with
+    /// `RUST_LOG=<rust_log>`.
+    pub fn start(
+        api: &ApiServer,
+        name: &str,
+        rust_log: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let binary = bin_dir().join(name);
+        let kubeconfig = api.data_dir().join(format!("{name}.kubeconfig"));
+        let log = (0..)
+            .map(|n| api.data_dir().join(format!("{name}-{n}.log")))
+            .find(|p| !p.exists())
+            .ok_or_else(|| anyhow!("no free log file name"))?;
+        let child = Command::new(&binary)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", rust_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log)?)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (cargo build --workspace --bins, or set LOTSE_BIN_DIR)",
+                    binary.display()
+                )
+            })?;
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            log,
+        })
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would end it; waits for the exit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {} log {} ---\n{}",
+                self.name,
+                self.log.display(),
+                self.log()
+            );
+        }
+        self.kill();
+    }
+}
+
+/// How often [`wait_until`] polls.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// Polls `check` every [`POLL`] until it returns `Ok(Some(value))`, and returns the value.
+/// `Ok(None)` and `Err` both mean "not yet"; after `timeout` the last error (or, if there was
+/// none, "timed out") is returned, naming `what`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    wait_until_every(what, timeout, POLL, check).await
+}
+
+/// [`wait_until`] polling every `every`.
+pub async fn wait_until_every<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
+        if Instant::now() > deadline {
+            return Err(match last {
+                Some(e) => e.context(format!("timed out after {timeout:?} waiting for {what}")),
+                None => anyhow!("timed out after {timeout:?} waiting for {what}"),
+            });
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// [`wait_until`] for a condition: polls until `check` returns `Ok(true)`.
+pub async fn wait_true<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    wait_until(what, timeout, || {
+        let fut = check();
+        async move { Ok(fut.await?.then_some(())) }
+    })
+    .await
 }
 
 /// Sends one raw request through `client` and returns the HTTP status and the body.
@@ -461,6 +616,34 @@ impl Kubectl {
             .output()
             .with_context(|| format!("running {}", self.binary.display()))?;
         Ok(KubectlOutput::from_output(out))
+    }
+
+    /// Runs kubectl with `args` and returns its stdout; fails (naming `args` and showing both
+    /// streams) unless it exits 0.
+    pub fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        Ok(self
+            .run(args)?
+            .success()
+            .with_context(|| format!("kubectl {args:?}"))?
+            .stdout)
+    }
+
+    /// [`ok`](Self::ok) feeding `stdin` (for `-f -`).
+    pub fn ok_stdin(&self, args: &[&str], stdin: &str) -> anyhow::Result<String> {
+        Ok(self
+            .run_stdin(args, stdin)?
+            .success()
+            .with_context(|| format!("kubectl {args:?}"))?
+            .stdout)
+    }
+
+    /// Runs kubectl with `args` and returns its stderr; fails unless it exits non-zero.
+    pub fn fails(&self, args: &[&str]) -> anyhow::Result<String> {
+        Ok(self
+            .run(args)?
+            .failure()
+            .with_context(|| format!("kubectl {args:?}"))?
+            .stderr)
     }
 
     /// Runs kubectl with `args`, feeding `stdin` (for `-f -`).

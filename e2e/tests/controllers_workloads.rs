@@ -2,12 +2,11 @@
 //! the real kubectl and kube-rs. There is no kubelet yet: where a test needs Ready pods, a
 //! task in the test plays the kubelet's part and marks pods Running/Ready through the API
 //! (`fake_kubelet`); everything else is the real apiserver and the real controllers.
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use e2e::{ApiServer, Backend, Component, Kubectl, wait_true};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -17,148 +16,70 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
-
-/// A built binary: `target/debug/<name>`, or `$LOTSE_BIN_DIR/<name>`.
-fn bin(name: &str) -> PathBuf {
-    e2e::bin_dir().join(name)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(26443)
-}
-
-/// A real apiserver (fresh data dir, free port) plus any number of `controllers` processes.
+/// A real apiserver (fresh data dir, free port) plus any number of `controllers` processes,
+/// driven with kubectl 1.33.
 struct Cluster {
-    dir: tempfile::TempDir,
-    apiserver: Child,
-    controllers: Vec<Child>,
-    /// Controllers processes started so far (names their log files).
-    started: usize,
+    /// Dropped (killed) before the apiserver.
+    controllers: Vec<Component>,
+    api: ApiServer,
+    k: Kubectl,
     client: Client,
 }
 
 impl Cluster {
+    /// The apiserver and one non-electing controllers process.
     async fn start() -> Result<Cluster> {
-        let dir = tempfile::tempdir()?;
-        let port = free_port();
-        let apiserver = Command::new(bin("apiserver"))
-            .args([
-                "--data-dir",
-                &dir.path().display().to_string(),
-                "--secure-port",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("apiserver.log"))?)
-            .spawn()
-            .context("starting target/debug/apiserver (cargo build --workspace --bins)")?;
-        let kubeconfig = dir.path().join("admin.kubeconfig");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let client = loop {
-            if Instant::now() > deadline {
-                bail!("apiserver did not become ready");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if !kubeconfig.exists() || !dir.path().join("controllers.kubeconfig").exists() {
-                continue;
-            }
-            let Ok(kc) = kube::config::Kubeconfig::read_from(&kubeconfig) else {
-                continue;
-            };
-            let Ok(cfg) = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await
-            else {
-                continue;
-            };
-            let Ok(client) = Client::try_from(cfg) else {
-                continue;
-            };
-            if client.apiserver_version().await.is_ok()
-                && Api::<Namespace>::all(client.clone())
-                    .get_opt("default")
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some()
-            {
-                break client;
-            }
-        };
+        let api = ApiServer::start(Backend::Sqlite).await?;
         let mut c = Cluster {
-            dir,
-            apiserver,
             controllers: vec![],
-            started: 0,
-            client,
+            client: api.client().await?,
+            k: api.kubectl(33),
+            api,
         };
-        c.start_controllers(false)?;
+        c.start_controllers(false, &[])?;
         Ok(c)
     }
 
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("admin.kubeconfig")
-    }
-
-    /// `<data-dir>/controllers.kubeconfig`, written by the apiserver at start.
-    fn controllers_kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("controllers.kubeconfig")
-    }
-
-    fn start_controllers(&mut self, leader_elect: bool) -> Result<()> {
-        self.start_controllers_with(leader_elect, &[])
-    }
-
-    fn start_controllers_with(&mut self, leader_elect: bool, extra: &[&str]) -> Result<()> {
-        let n = self.started;
-        self.started += 1;
-        // The controllers run under their own identity (system:kube-controller-manager),
-        // so a missing RBAC rule shows up here as a 403 in the controllers' log.
-        let child = Command::new(bin("controllers"))
-            .arg("--kubeconfig")
-            .arg(self.controllers_kubeconfig())
-            .arg(format!("--leader-elect={leader_elect}"))
-            .args(extra)
-            .env("RUST_LOG", "info,controllers=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(
-                self.dir.path().join(format!("controllers-{n}.log")),
-            )?)
-            .spawn()
-            .context("starting target/debug/controllers")?;
-        self.controllers.push(child);
+    /// Starts one more `controllers` process under its own identity
+    /// (system:kube-controller-manager), so a missing RBAC rule shows up as a 403 in its log.
+    fn start_controllers(&mut self, leader_elect: bool, extra: &[&str]) -> Result<()> {
+        let elect = format!("--leader-elect={leader_elect}");
+        let args: Vec<&str> = std::iter::once(elect.as_str())
+            .chain(extra.iter().copied())
+            .collect();
+        self.controllers.push(Component::start(
+            &self.api,
+            "controllers",
+            "info,controllers=debug",
+            &args,
+        )?);
         Ok(())
     }
 
-    fn kubectl(&self, args: &[&str]) -> Result<String> {
-        self.kubectl_stdin(args, None)
+    /// SIGKILLs every running `controllers` process.
+    fn kill_controllers(&mut self) {
+        self.controllers.clear();
     }
 
-    fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        let mut child = Command::new(KUBECTL)
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running kubectl")?;
-        if let (Some(s), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            use std::io::Write;
-            pipe.write_all(s.as_bytes())?;
-        }
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {args:?} failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    fn kubectl(&self, args: &[&str]) -> Result<String> {
+        self.k.ok(args)
+    }
+
+    /// `kubectl apply -f -` with `manifest` on stdin.
+    fn apply(&self, manifest: &str) -> Result<String> {
+        self.k.ok_stdin(&["apply", "-f", "-"], manifest)
+    }
+
+    /// `kubectl -n <ns> rollout status <what> --timeout=<secs>s`.
+    fn rollout_status(&self, ns: &str, what: &str, secs: u32) -> Result<String> {
+        self.kubectl(&[
+            "-n",
+            ns,
+            "rollout",
+            "status",
+            what,
+            &format!("--timeout={secs}s"),
+        ])
     }
 
     /// Creates a namespace through kube-rs (kubectl 1.32+ would send a protobuf body, which
@@ -169,39 +90,6 @@ impl Cluster {
             .create(&Default::default(), &ns)
             .await?;
         Ok(())
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in self
-            .controllers
-            .iter_mut()
-            .chain(std::iter::once(&mut self.apiserver))
-        {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // LOTSE_E2E_KEEP_LOGS=DIR keeps every cluster's logs (a test that returns Err does not panic).
-        if let Some(keep) = std::env::var_os("LOTSE_E2E_KEEP_LOGS") {
-            let to = Path::new(&keep).join(format!("{}", self.apiserver.id()));
-            if std::fs::create_dir_all(&to).is_ok()
-                && let Ok(entries) = std::fs::read_dir(self.dir.path())
-            {
-                for e in entries.flatten() {
-                    if e.file_name().to_string_lossy().ends_with(".log") {
-                        let _ = std::fs::copy(e.path(), to.join(e.file_name()));
-                    }
-                }
-            }
-        }
-        if std::thread::panicking() {
-            eprintln!("--- controllers log ---\n{}", self.log("controllers-0.log"));
-        }
     }
 }
 
@@ -262,28 +150,6 @@ fn fake_kubelet(client: Client, ns: &str) -> tokio::task::JoinHandle<()> {
     })
 }
 
-async fn wait_for<F, Fut>(what: &str, secs: u64, mut f: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        match f().await {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) if Instant::now() > deadline => {
-                return Err(e.context(format!("waiting for {what}")));
-            }
-            Err(_) => {}
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn deployment_yaml(ns: &str, image: &str, replicas: i32) -> String {
     format!(
         r#"apiVersion: apps/v1
@@ -307,6 +173,14 @@ spec:
         image: {image}
 "#
     )
+}
+
+/// Waits up to 30 s until `pods` lists exactly `n` pods.
+async fn wait_pods(pods: &Api<Pod>, n: usize) -> Result<()> {
+    wait_true(&format!("{n} pods"), Duration::from_secs(30), || async {
+        Ok(pods.list(&ListParams::default()).await?.items.len() == n)
+    })
+    .await
 }
 
 async fn pods_owned_by(client: &Client, ns: &str, rs: &ReplicaSet) -> Result<Vec<Pod>> {
@@ -335,18 +209,8 @@ async fn controllers_deployment_rolls_scales_and_undoes() -> Result<()> {
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
 
-    cluster.kubectl_stdin(
-        &["apply", "-f", "-"],
-        Some(&deployment_yaml(ns, "nginx:1", 5)),
-    )?;
-    cluster.kubectl(&[
-        "-n",
-        ns,
-        "rollout",
-        "status",
-        "deployment/web",
-        "--timeout=60s",
-    ])?;
+    cluster.apply(&deployment_yaml(ns, "nginx:1", 5))?;
+    cluster.rollout_status(ns, "deployment/web", 60)?;
     let d = deploys.get("web").await?;
     let rs_list = rss.list(&ListParams::default()).await?.items;
     assert_eq!(rs_list.len(), 1);
@@ -410,14 +274,7 @@ async fn controllers_deployment_rolls_scales_and_undoes() -> Result<()> {
         }
     });
     cluster.kubectl(&["-n", ns, "set", "image", "deployment/web", "web=nginx:2"])?;
-    cluster.kubectl(&[
-        "-n",
-        ns,
-        "rollout",
-        "status",
-        "deployment/web",
-        "--timeout=60s",
-    ])?;
+    cluster.rollout_status(ns, "deployment/web", 60)?;
     watch_task.abort();
     let observed = seen.lock().map(|v| v.clone()).unwrap_or_default();
     assert!(observed.len() > 2, "watched statuses: {observed:?}");
@@ -441,7 +298,7 @@ async fn controllers_deployment_rolls_scales_and_undoes() -> Result<()> {
     );
     let old_rs = rss.get(&rs1.name_any()).await?;
     assert_eq!(old_rs.spec.as_ref().and_then(|s| s.replicas), Some(0));
-    wait_for("old pods gone", 20, || async {
+    wait_true("old pods gone", Duration::from_secs(20), || async {
         Ok(pods_owned_by(&client, ns, &old_rs).await?.is_empty())
     })
     .await?;
@@ -450,14 +307,7 @@ async fn controllers_deployment_rolls_scales_and_undoes() -> Result<()> {
 
     // Undo goes back to the first template; its ReplicaSet becomes revision 3.
     cluster.kubectl(&["-n", ns, "rollout", "undo", "deployment/web"])?;
-    cluster.kubectl(&[
-        "-n",
-        ns,
-        "rollout",
-        "status",
-        "deployment/web",
-        "--timeout=60s",
-    ])?;
+    cluster.rollout_status(ns, "deployment/web", 60)?;
     let d = deploys.get("web").await?;
     let image = d
         .spec
@@ -481,18 +331,11 @@ async fn controllers_deployment_rolls_scales_and_undoes() -> Result<()> {
 
     // Scale down: the ReplicaSet follows and deletes pods.
     cluster.kubectl(&["-n", ns, "scale", "deployment/web", "--replicas=2"])?;
-    wait_for("2 pods", 30, || async {
+    wait_true("2 pods", Duration::from_secs(30), || async {
         Ok(pods_owned_by(&client, ns, &back).await?.len() == 2)
     })
     .await?;
-    cluster.kubectl(&[
-        "-n",
-        ns,
-        "rollout",
-        "status",
-        "deployment/web",
-        "--timeout=30s",
-    ])?;
+    cluster.rollout_status(ns, "deployment/web", 30)?;
 
     // Pause / resume / restart.
     cluster.kubectl(&["-n", ns, "rollout", "pause", "deployment/web"])?;
@@ -504,23 +347,9 @@ async fn controllers_deployment_rolls_scales_and_undoes() -> Result<()> {
         "a paused deployment must not roll"
     );
     cluster.kubectl(&["-n", ns, "rollout", "resume", "deployment/web"])?;
-    cluster.kubectl(&[
-        "-n",
-        ns,
-        "rollout",
-        "status",
-        "deployment/web",
-        "--timeout=60s",
-    ])?;
+    cluster.rollout_status(ns, "deployment/web", 60)?;
     cluster.kubectl(&["-n", ns, "rollout", "restart", "deployment/web"])?;
-    cluster.kubectl(&[
-        "-n",
-        ns,
-        "rollout",
-        "status",
-        "deployment/web",
-        "--timeout=60s",
-    ])?;
+    cluster.rollout_status(ns, "deployment/web", 60)?;
     assert_eq!(rss.list(&ListParams::default()).await?.items.len(), 4);
     Ok(())
 }
@@ -544,36 +373,44 @@ spec:
     metadata: {labels: {app: rs}}
     spec: {containers: [{name: c, image: nginx}]}
 "#;
-    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(rs_yaml))?;
-    wait_for("3 pods including the adopted one", 30, || async {
-        let all = pods
-            .list(&ListParams::default().labels("app=rs"))
-            .await?
-            .items;
-        let stray_owned = pods
-            .get("stray")
-            .await?
-            .owner_references()
-            .iter()
-            .any(|r| r.name == "rs" && r.controller == Some(true));
-        Ok(all.len() == 3 && stray_owned)
-    })
+    cluster.apply(rs_yaml)?;
+    wait_true(
+        "3 pods including the adopted one",
+        Duration::from_secs(30),
+        || async {
+            let all = pods
+                .list(&ListParams::default().labels("app=rs"))
+                .await?
+                .items;
+            let stray_owned = pods
+                .get("stray")
+                .await?
+                .owner_references()
+                .iter()
+                .any(|r| r.name == "rs" && r.controller == Some(true));
+            Ok(all.len() == 3 && stray_owned)
+        },
+    )
     .await?;
     // Relabelled pods are released and replaced.
     cluster.kubectl(&["label", "pod", "stray", "app=other", "--overwrite"])?;
-    wait_for("stray released and replaced", 30, || async {
-        let released = pods.get("stray").await?.owner_references().is_empty();
-        Ok(released
-            && pods
-                .list(&ListParams::default().labels("app=rs"))
-                .await?
-                .items
-                .len()
-                == 3)
-    })
+    wait_true(
+        "stray released and replaced",
+        Duration::from_secs(30),
+        || async {
+            let released = pods.get("stray").await?.owner_references().is_empty();
+            Ok(released
+                && pods
+                    .list(&ListParams::default().labels("app=rs"))
+                    .await?
+                    .items
+                    .len()
+                    == 3)
+        },
+    )
     .await?;
     let rs: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
-    wait_for("status", 20, || async {
+    wait_true("status", Duration::from_secs(20), || async {
         let s = rs.get("rs").await?.status.unwrap_or_default();
         Ok(s.replicas == 3
             && s.fully_labeled_replicas == Some(3)
@@ -587,7 +424,7 @@ spec:
         .items[0]
         .name_any();
     cluster.kubectl(&["delete", "pod", &victim])?;
-    wait_for("replacement", 20, || async {
+    wait_true("replacement", Duration::from_secs(20), || async {
         let l = pods
             .list(&ListParams::default().labels("app=rs"))
             .await?
@@ -607,27 +444,27 @@ async fn controllers_namespace_and_cascading_deletion() -> Result<()> {
     cluster.create_ns("doomed").await?;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "doomed");
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "doomed");
-    wait_for("default SA and kube-root-ca.crt", 20, || async {
-        let cm = cms.get_opt("kube-root-ca.crt").await?;
-        Ok(sas.get_opt("default").await?.is_some()
-            && cm.and_then(|c| c.data).is_some_and(|d| {
-                d.get("ca.crt")
-                    .is_some_and(|c| c.contains("BEGIN CERTIFICATE"))
-            }))
-    })
+    wait_true(
+        "default SA and kube-root-ca.crt",
+        Duration::from_secs(20),
+        || async {
+            let cm = cms.get_opt("kube-root-ca.crt").await?;
+            Ok(sas.get_opt("default").await?.is_some()
+                && cm.and_then(|c| c.data).is_some_and(|d| {
+                    d.get("ca.crt")
+                        .is_some_and(|c| c.contains("BEGIN CERTIFICATE"))
+                }))
+        },
+    )
     .await?;
 
     // Deleting a namespace removes everything in it, then the namespace.
-    cluster.kubectl_stdin(
-        &["apply", "-f", "-"],
-        Some(&deployment_yaml("doomed", "nginx", 2)),
+    cluster.apply(&deployment_yaml("doomed", "nginx", 2))?;
+    cluster.apply(
+        "{apiVersion: v1, kind: ConfigMap, metadata: {name: cfg, namespace: doomed}, data: {a: b}}",
     )?;
-    cluster.kubectl_stdin(&["apply", "-f", "-"], Some("{apiVersion: v1, kind: ConfigMap, metadata: {name: cfg, namespace: doomed}, data: {a: b}}"))?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "doomed");
-    wait_for("2 pods", 30, || async {
-        Ok(pods.list(&ListParams::default()).await?.items.len() == 2)
-    })
-    .await?;
+    wait_pods(&pods, 2).await?;
     cluster.kubectl(&["delete", "namespace", "doomed", "--timeout=60s"])?;
     let nss: Api<Namespace> = Api::all(client.clone());
     assert!(nss.get_opt("doomed").await?.is_none());
@@ -646,14 +483,8 @@ async fn controllers_namespace_and_cascading_deletion() -> Result<()> {
     cluster.create_ns(ns).await?;
     let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    cluster.kubectl_stdin(
-        &["apply", "-f", "-"],
-        Some(&deployment_yaml(ns, "nginx", 2)),
-    )?;
-    wait_for("2 pods", 30, || async {
-        Ok(pods.list(&ListParams::default()).await?.items.len() == 2)
-    })
-    .await?;
+    cluster.apply(&deployment_yaml(ns, "nginx", 2))?;
+    wait_pods(&pods, 2).await?;
     cluster.kubectl(&[
         "-n",
         ns,
@@ -674,21 +505,15 @@ async fn controllers_namespace_and_cascading_deletion() -> Result<()> {
 
     // Background (default): deleting the ReplicaSet deletes its pods.
     cluster.kubectl(&["-n", ns, "delete", "replicaset", &orphaned[0].name_any()])?;
-    wait_for("pods collected", 30, || async {
+    wait_true("pods collected", Duration::from_secs(30), || async {
         Ok(pods.list(&ListParams::default()).await?.items.is_empty())
     })
     .await?;
 
     // --cascade=foreground: kubectl returns once the deployment is gone, and by then its
     // ReplicaSet and pods are gone too (blockOwnerDeletion).
-    cluster.kubectl_stdin(
-        &["apply", "-f", "-"],
-        Some(&deployment_yaml(ns, "nginx", 2)),
-    )?;
-    wait_for("2 pods", 30, || async {
-        Ok(pods.list(&ListParams::default()).await?.items.len() == 2)
-    })
-    .await?;
+    cluster.apply(&deployment_yaml(ns, "nginx", 2))?;
+    wait_pods(&pods, 2).await?;
     cluster.kubectl(&[
         "-n",
         ns,
@@ -708,12 +533,9 @@ async fn controllers_namespace_and_cascading_deletion() -> Result<()> {
 async fn controllers_leader_failover() -> Result<()> {
     let mut cluster = Cluster::start().await?;
     // Replace the non-electing instance with two candidates.
-    for mut c in cluster.controllers.drain(..) {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    cluster.start_controllers(true)?;
-    cluster.start_controllers(true)?;
+    cluster.kill_controllers();
+    cluster.start_controllers(true, &[])?;
+    cluster.start_controllers(true, &[])?;
     let client = cluster.client.clone();
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
     let holder = || async {
@@ -726,41 +548,26 @@ async fn controllers_leader_failover() -> Result<()> {
                 .unwrap_or_default(),
         )
     };
-    wait_for("a leader", 20, || async { Ok(!holder().await?.is_empty()) }).await?;
+    wait_true("a leader", Duration::from_secs(20), || async {
+        Ok(!holder().await?.is_empty())
+    })
+    .await?;
     let first = holder().await?;
     // Exactly one acts: find which process logged leadership.
     tokio::time::sleep(Duration::from_millis(3000)).await;
-    for c in &cluster.controllers {
-        let pid = c.id();
-        eprintln!(
-            "pid {pid}: {:?} alive={}",
-            std::fs::read_link(format!("/proc/{pid}/fd/2")),
-            Path::new(&format!("/proc/{pid}")).exists()
-        );
-        eprintln!(
-            "{:?}",
-            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-        );
-    }
-    let leaders: Vec<usize> = (1..=2)
-        .filter(|i| {
-            cluster
-                .log(&format!("controllers-{i}.log"))
-                .contains("became leader")
-        })
+    let leaders: Vec<usize> = (0..cluster.controllers.len())
+        .filter(|&i| cluster.controllers[i].log().contains("became leader"))
         .collect();
     assert_eq!(
         leaders.len(),
         1,
         "exactly one leader ({first}): {}\n---\n{}",
-        cluster.log("controllers-1.log"),
-        cluster.log("controllers-2.log")
+        cluster.controllers[0].log(),
+        cluster.controllers[1].log()
     );
-    let idx = leaders[0];
-    let _ = cluster.controllers[idx - 1].kill();
-    let _ = cluster.controllers[idx - 1].wait();
+    cluster.controllers[leaders[0]].kill();
     let killed = Instant::now();
-    wait_for("takeover", 20, || async {
+    wait_true("takeover", Duration::from_secs(20), || async {
         Ok(holder().await? != first && !holder().await?.is_empty())
     })
     .await?;
@@ -770,19 +577,20 @@ async fn controllers_leader_failover() -> Result<()> {
         killed.elapsed()
     );
     // The new leader acts.
-    cluster.kubectl_stdin(
-        &["apply", "-f", "-"],
-        Some(&deployment_yaml("default", "nginx", 2)),
-    )?;
+    cluster.apply(&deployment_yaml("default", "nginx", 2))?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    wait_for("pods from the new leader", 20, || async {
-        Ok(pods
-            .list(&ListParams::default().labels("app=web"))
-            .await?
-            .items
-            .len()
-            == 2)
-    })
+    wait_true(
+        "pods from the new leader",
+        Duration::from_secs(20),
+        || async {
+            Ok(pods
+                .list(&ListParams::default().labels("app=web"))
+                .await?
+                .items
+                .len()
+                == 2)
+        },
+    )
     .await?;
     Ok(())
 }
@@ -813,16 +621,13 @@ spec:
     spec: {{containers: [{{name: web, image: nginx, ports: [{{name: http, containerPort: 8080}}]}}]}}
 "#
     );
-    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest))?;
+    cluster.apply(&manifest)?;
     let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(client.clone(), ns);
     let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
         Api::namespaced(client.clone(), ns);
     // Pods exist but nothing is Ready yet: no addresses.
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    wait_for("2 pods", 30, || async {
-        Ok(pods.list(&ListParams::default()).await?.items.len() == 2)
-    })
-    .await?;
+    wait_pods(&pods, 2).await?;
     assert!(
         endpoints
             .get_opt("web")
@@ -831,32 +636,40 @@ spec:
             .is_none()
     );
     let _kubelet = fake_kubelet(client.clone(), ns);
-    wait_for("2 ready addresses on port 8080", 30, || async {
-        let Some(e) = endpoints.get_opt("web").await? else {
-            return Ok(false);
-        };
-        let subsets = e.subsets.unwrap_or_default();
-        Ok(subsets.len() == 1
-            && subsets[0].addresses.as_ref().map(Vec::len) == Some(2)
-            && subsets[0]
-                .ports
-                .as_ref()
-                .is_some_and(|p| p[0].port == 8080 && p[0].name.as_deref() == Some("http")))
-    })
+    wait_true(
+        "2 ready addresses on port 8080",
+        Duration::from_secs(30),
+        || async {
+            let Some(e) = endpoints.get_opt("web").await? else {
+                return Ok(false);
+            };
+            let subsets = e.subsets.unwrap_or_default();
+            Ok(subsets.len() == 1
+                && subsets[0].addresses.as_ref().map(Vec::len) == Some(2)
+                && subsets[0]
+                    .ports
+                    .as_ref()
+                    .is_some_and(|p| p[0].port == 8080 && p[0].name.as_deref() == Some("http")))
+        },
+    )
     .await?;
-    wait_for("an EndpointSlice with 2 ready endpoints", 30, || async {
-        let l = slices
-            .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
-            .await?
-            .items;
-        Ok(l.len() == 1
-            && l[0].endpoints.len() == 2
-            && l[0]
-                .endpoints
-                .iter()
-                .all(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
-            && l[0].ports.as_ref().is_some_and(|p| p[0].port == Some(8080)))
-    })
+    wait_true(
+        "an EndpointSlice with 2 ready endpoints",
+        Duration::from_secs(30),
+        || async {
+            let l = slices
+                .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+                .await?
+                .items;
+            Ok(l.len() == 1
+                && l[0].endpoints.len() == 2
+                && l[0]
+                    .endpoints
+                    .iter()
+                    .all(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                && l[0].ports.as_ref().is_some_and(|p| p[0].port == Some(8080)))
+        },
+    )
     .await?;
     let out = cluster.kubectl(&["-n", ns, "get", "endpoints", "web"])?;
     assert!(out.contains(":8080"), "{out}");
@@ -913,12 +726,9 @@ spec:
     };
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), ns);
-    cluster.kubectl_stdin(
-        &["apply", "-f", "-"],
-        Some(&job("work", "completions: 3\n  parallelism: 2")),
-    )?;
+    cluster.apply(&job("work", "completions: 3\n  parallelism: 2"))?;
     let max_active = std::sync::atomic::AtomicUsize::new(0);
-    wait_for("job complete", 30, || async {
+    wait_true("job complete", Duration::from_secs(30), || async {
         let n = finish_job_pods(&pods, "work", "Succeeded").await?;
         max_active.fetch_max(n, std::sync::atomic::Ordering::SeqCst);
         let st = jobs.get("work").await?.status.unwrap_or_default();
@@ -944,36 +754,38 @@ spec:
     assert!(st.completion_time.is_some());
 
     // backoffLimit 1: the second failed pod fails the Job; ttl 2 s then deletes it and its pods.
-    cluster.kubectl_stdin(
-        &["apply", "-f", "-"],
-        Some(&job(
-            "flaky",
-            "backoffLimit: 1\n  ttlSecondsAfterFinished: 2",
-        )),
-    )?;
+    cluster.apply(&job(
+        "flaky",
+        "backoffLimit: 1\n  ttlSecondsAfterFinished: 2",
+    ))?;
     let saw_failed = std::sync::atomic::AtomicBool::new(false);
-    wait_for("job failed and deleted", 30, || async {
-        finish_job_pods(&pods, "flaky", "Failed").await?;
-        match jobs.get_opt("flaky").await? {
-            Some(j) => {
-                if j.status
-                    .unwrap_or_default()
-                    .conditions
-                    .iter()
-                    .flatten()
-                    .any(|c| {
-                        c.type_ == "Failed" && c.reason.as_deref() == Some("BackoffLimitExceeded")
-                    })
-                {
-                    saw_failed.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_true(
+        "job failed and deleted",
+        Duration::from_secs(30),
+        || async {
+            finish_job_pods(&pods, "flaky", "Failed").await?;
+            match jobs.get_opt("flaky").await? {
+                Some(j) => {
+                    if j.status
+                        .unwrap_or_default()
+                        .conditions
+                        .iter()
+                        .flatten()
+                        .any(|c| {
+                            c.type_ == "Failed"
+                                && c.reason.as_deref() == Some("BackoffLimitExceeded")
+                        })
+                    {
+                        saw_failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Ok(false)
                 }
-                Ok(false)
+                None => Ok(true),
             }
-            None => Ok(true),
-        }
-    })
+        },
+    )
     .await?;
-    wait_for("flaky pods collected", 20, || async {
+    wait_true("flaky pods collected", Duration::from_secs(20), || async {
         Ok(pods
             .list(&ListParams::default().labels("job-name=flaky"))
             .await?
@@ -992,11 +804,8 @@ spec:
 #[ignore = "needs built apiserver and controllers binaries"]
 async fn controllers_node_ipam_lease_expiry_taint_and_eviction() -> Result<()> {
     let mut cluster = Cluster::start().await?;
-    for mut c in cluster.controllers.drain(..) {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    cluster.start_controllers_with(
+    cluster.kill_controllers();
+    cluster.start_controllers(
         false,
         &[
             "--node-monitor-grace-period=2s",
@@ -1004,10 +813,7 @@ async fn controllers_node_ipam_lease_expiry_taint_and_eviction() -> Result<()> {
         ],
     )?;
     let client = cluster.client.clone();
-    cluster.kubectl_stdin(
-        &["apply", "-f", "-"],
-        Some("{apiVersion: v1, kind: Node, metadata: {name: n1}}"),
-    )?;
+    cluster.apply("{apiVersion: v1, kind: Node, metadata: {name: n1}}")?;
     // Stand-in for the kubelet's heartbeat: renew the node Lease every 300 ms until stopped.
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let beat = {
@@ -1035,7 +841,7 @@ async fn controllers_node_ipam_lease_expiry_taint_and_eviction() -> Result<()> {
         .patch_status("n1", &PatchParams::default(), &Patch::Merge(json!({"status": {"conditions": [
             {"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": now, "lastTransitionTime": now}]}})))
         .await?;
-    wait_for("podCIDR", 20, || async {
+    wait_true("podCIDR", Duration::from_secs(20), || async {
         Ok(nodes
             .get("n1")
             .await?
@@ -1050,11 +856,8 @@ async fn controllers_node_ipam_lease_expiry_taint_and_eviction() -> Result<()> {
             "{{apiVersion: v1, kind: Pod, metadata: {{name: {name}, namespace: default}}, spec: {{nodeName: n1, containers: [{{name: c, image: nginx}}], tolerations: [{{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute{secs}}}]}}}}"
         )
     };
-    cluster.kubectl_stdin(
-        &["apply", "-f", "-"],
-        Some(&pod("brief", ", tolerationSeconds: 2")),
-    )?;
-    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&pod("steadfast", "")))?;
+    cluster.apply(&pod("brief", ", tolerationSeconds: 2"))?;
+    cluster.apply(&pod("steadfast", ""))?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let taints = |n: &k8s_openapi::api::core::v1::Node| {
         n.spec
@@ -1069,27 +872,35 @@ async fn controllers_node_ipam_lease_expiry_taint_and_eviction() -> Result<()> {
 
     beat.abort();
     let stopped = Instant::now();
-    wait_for("unreachable taint and Ready=Unknown", 20, || async {
-        let n = nodes.get("n1").await?;
-        let unknown = n
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "Unknown");
-        let tainted = taints(&nodes.get("n1").await?)
-            .iter()
-            .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute");
-        Ok(unknown && tainted)
-    })
+    wait_true(
+        "unreachable taint and Ready=Unknown",
+        Duration::from_secs(20),
+        || async {
+            let n = nodes.get("n1").await?;
+            let unknown = n
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "Unknown");
+            let tainted = taints(&nodes.get("n1").await?)
+                .iter()
+                .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute");
+            Ok(unknown && tainted)
+        },
+    )
     .await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    wait_for("eviction after tolerationSeconds", 20, || async {
-        Ok(pods
-            .get_opt("brief")
-            .await?
-            .is_none_or(|p| p.metadata.deletion_timestamp.is_some()))
-    })
+    wait_true(
+        "eviction after tolerationSeconds",
+        Duration::from_secs(20),
+        || async {
+            Ok(pods
+                .get_opt("brief")
+                .await?
+                .is_none_or(|p| p.metadata.deletion_timestamp.is_some()))
+        },
+    )
     .await?;
     assert!(
         stopped.elapsed() >= Duration::from_secs(4),
@@ -1111,30 +922,20 @@ async fn controllers_daemonset_one_pod_per_eligible_node_and_rolls() -> Result<(
     let client = cluster.client.clone();
     let ns = "ds";
     cluster.create_ns(ns).await?;
-    cluster.kubectl_stdin(
-        &["apply", "-f", "-"],
-        Some(
+    cluster.apply(
             "{apiVersion: v1, kind: List, items: [
               {apiVersion: v1, kind: Node, metadata: {name: a}},
               {apiVersion: v1, kind: Node, metadata: {name: b}},
               {apiVersion: v1, kind: Node, metadata: {name: c}, spec: {taints: [{key: gpu, effect: NoSchedule}]}}]}",
-        ),
-    )?;
+        )?;
     let _kubelet = fake_kubelet(client.clone(), ns);
     let ds = |image: &str| {
         format!(
             "{{apiVersion: apps/v1, kind: DaemonSet, metadata: {{name: agent, namespace: {ns}}}, spec: {{selector: {{matchLabels: {{app: agent}}}}, template: {{metadata: {{labels: {{app: agent}}}}, spec: {{containers: [{{name: a, image: {image}}}]}}}}}}}}"
         )
     };
-    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&ds("busybox:1")))?;
-    cluster.kubectl(&[
-        "-n",
-        ns,
-        "rollout",
-        "status",
-        "daemonset/agent",
-        "--timeout=30s",
-    ])?;
+    cluster.apply(&ds("busybox:1"))?;
+    cluster.rollout_status(ns, "daemonset/agent", 30)?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let nodes_of = || async {
         let mut v: Vec<String> = pods
@@ -1154,24 +955,21 @@ async fn controllers_daemonset_one_pod_per_eligible_node_and_rolls() -> Result<(
         "one pod per untainted node"
     );
     cluster.kubectl(&["-n", ns, "set", "image", "daemonset/agent", "a=busybox:2"])?;
-    cluster.kubectl(&[
-        "-n",
-        ns,
-        "rollout",
-        "status",
-        "daemonset/agent",
-        "--timeout=30s",
-    ])?;
-    wait_for("all pods on the new template", 20, || async {
-        let l = pods.list(&ListParams::default()).await?.items;
-        Ok(l.len() == 2
-            && l.iter().all(|p| {
-                p.spec
-                    .as_ref()
-                    .and_then(|s| s.containers[0].image.as_deref())
-                    == Some("busybox:2")
-            }))
-    })
+    cluster.rollout_status(ns, "daemonset/agent", 30)?;
+    wait_true(
+        "all pods on the new template",
+        Duration::from_secs(20),
+        || async {
+            let l = pods.list(&ListParams::default()).await?.items;
+            Ok(l.len() == 2
+                && l.iter().all(|p| {
+                    p.spec
+                        .as_ref()
+                        .and_then(|s| s.containers[0].image.as_deref())
+                        == Some("busybox:2")
+                }))
+        },
+    )
     .await?;
     assert_eq!(nodes_of().await?, vec!["a", "b"]);
     // One ControllerRevision per template, numbered in order, as `rollout history` reads them.
@@ -1203,51 +1001,35 @@ async fn controllers_kill_9_mid_rollout_converges_without_duplicates() -> Result
     let ns = "restart";
     cluster.create_ns(ns).await?;
     let _kubelet = fake_kubelet(client.clone(), ns);
-    cluster.kubectl_stdin(
-        &["apply", "-f", "-"],
-        Some(&deployment_yaml(ns, "nginx:1", 5)),
-    )?;
-    cluster.kubectl(&[
-        "-n",
-        ns,
-        "rollout",
-        "status",
-        "deployment/web",
-        "--timeout=60s",
-    ])?;
+    cluster.apply(&deployment_yaml(ns, "nginx:1", 5))?;
+    cluster.rollout_status(ns, "deployment/web", 60)?;
     cluster.kubectl(&["-n", ns, "set", "image", "deployment/web", "web=nginx:2"])?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // SIGKILL mid-rollout, then a fresh process picks up from whatever state the API holds.
-    for mut c in cluster.controllers.drain(..) {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    cluster.start_controllers(false)?;
-    cluster.kubectl(&[
-        "-n",
-        ns,
-        "rollout",
-        "status",
-        "deployment/web",
-        "--timeout=60s",
-    ])?;
+    cluster.kill_controllers();
+    cluster.start_controllers(false, &[])?;
+    cluster.rollout_status(ns, "deployment/web", 60)?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    wait_for("exactly 5 pods, all on the new template", 30, || async {
-        let l: Vec<Pod> = pods
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .collect();
-        Ok(l.len() == 5
-            && l.iter().all(|p| {
-                p.spec
-                    .as_ref()
-                    .and_then(|s| s.containers[0].image.as_deref())
-                    == Some("nginx:2")
-            }))
-    })
+    wait_true(
+        "exactly 5 pods, all on the new template",
+        Duration::from_secs(30),
+        || async {
+            let l: Vec<Pod> = pods
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect();
+            Ok(l.len() == 5
+                && l.iter().all(|p| {
+                    p.spec
+                        .as_ref()
+                        .and_then(|s| s.containers[0].image.as_deref())
+                        == Some("nginx:2")
+                }))
+        },
+    )
     .await?;
     let rss = Api::<ReplicaSet>::namespaced(client.clone(), ns)
         .list(&ListParams::default())
