@@ -29,6 +29,11 @@ struct Cluster {
 impl Cluster {
     /// The apiserver and one non-electing controllers process.
     async fn start() -> Result<Cluster> {
+        Self::start_with(&[]).await
+    }
+
+    /// [`start`](Self::start), the controllers with `extra` flags.
+    async fn start_with(extra: &[&str]) -> Result<Cluster> {
         let api = ApiServer::start(Backend::Sqlite).await?;
         let mut c = Cluster {
             controllers: vec![],
@@ -36,7 +41,14 @@ impl Cluster {
             k: api.kubectl(33),
             api,
         };
-        c.start_controllers(false, &[])?;
+        c.start_controllers(false, extra)?;
+        Ok(c)
+    }
+
+    /// [`start`](Self::start), then creates the namespace `ns`.
+    async fn start_in(ns: &str) -> Result<Cluster> {
+        let c = Self::start().await?;
+        c.create_ns(ns).await?;
         Ok(c)
     }
 
@@ -183,6 +195,21 @@ async fn wait_pods(pods: &Api<Pod>, n: usize) -> Result<()> {
     .await
 }
 
+/// The pods in `pods` that are not being deleted.
+async fn live_pods(pods: &Api<Pod>) -> Result<Vec<Pod>> {
+    let mut l = pods.list(&ListParams::default()).await?.items;
+    l.retain(|p| p.metadata.deletion_timestamp.is_none());
+    Ok(l)
+}
+
+/// The image of a pod's first container.
+fn first_image(p: &Pod) -> Option<&str> {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.as_deref())
+}
+
 async fn pods_owned_by(client: &Client, ns: &str, rs: &ReplicaSet) -> Result<Vec<Pod>> {
     let pods = Api::<Pod>::namespaced(client.clone(), ns)
         .list(&ListParams::default())
@@ -201,10 +228,9 @@ async fn pods_owned_by(client: &Client, ns: &str, rs: &ReplicaSet) -> Result<Vec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs built apiserver and controllers binaries"]
 async fn controllers_deployment_rolls_scales_and_undoes() -> Result<()> {
-    let cluster = Cluster::start().await?;
-    let client = cluster.client.clone();
     let ns = "rollout";
-    cluster.create_ns(ns).await?;
+    let cluster = Cluster::start_in(ns).await?;
+    let client = cluster.client.clone();
     let _kubelet = fake_kubelet(client.clone(), ns);
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
@@ -598,10 +624,9 @@ async fn controllers_leader_failover() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs built apiserver and controllers binaries"]
 async fn controllers_endpoints_follow_ready_pods() -> Result<()> {
-    let cluster = Cluster::start().await?;
-    let client = cluster.client.clone();
     let ns = "svc";
-    cluster.create_ns(ns).await?;
+    let cluster = Cluster::start_in(ns).await?;
+    let client = cluster.client.clone();
     let manifest = format!(
         r#"apiVersion: v1
 kind: Service
@@ -706,10 +731,9 @@ async fn finish_job_pods(pods: &Api<Pod>, job: &str, phase: &str) -> Result<usiz
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs built apiserver and controllers binaries"]
 async fn controllers_job_completes_fails_and_expires() -> Result<()> {
-    let cluster = Cluster::start().await?;
-    let client = cluster.client.clone();
     let ns = "jobs";
-    cluster.create_ns(ns).await?;
+    let cluster = Cluster::start_in(ns).await?;
+    let client = cluster.client.clone();
     let job = |name: &str, extra: &str| {
         format!(
             r#"apiVersion: batch/v1
@@ -803,15 +827,11 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs built apiserver and controllers binaries"]
 async fn controllers_node_ipam_lease_expiry_taint_and_eviction() -> Result<()> {
-    let mut cluster = Cluster::start().await?;
-    cluster.kill_controllers();
-    cluster.start_controllers(
-        false,
-        &[
-            "--node-monitor-grace-period=2s",
-            "--pod-eviction-timeout=1s",
-        ],
-    )?;
+    let cluster = Cluster::start_with(&[
+        "--node-monitor-grace-period=2s",
+        "--pod-eviction-timeout=1s",
+    ])
+    .await?;
     let client = cluster.client.clone();
     cluster.apply("{apiVersion: v1, kind: Node, metadata: {name: n1}}")?;
     // Stand-in for the kubelet's heartbeat: renew the node Lease every 300 ms until stopped.
@@ -918,10 +938,9 @@ async fn controllers_node_ipam_lease_expiry_taint_and_eviction() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs built apiserver and controllers binaries"]
 async fn controllers_daemonset_one_pod_per_eligible_node_and_rolls() -> Result<()> {
-    let cluster = Cluster::start().await?;
-    let client = cluster.client.clone();
     let ns = "ds";
-    cluster.create_ns(ns).await?;
+    let cluster = Cluster::start_in(ns).await?;
+    let client = cluster.client.clone();
     cluster.apply(
             "{apiVersion: v1, kind: List, items: [
               {apiVersion: v1, kind: Node, metadata: {name: a}},
@@ -938,12 +957,9 @@ async fn controllers_daemonset_one_pod_per_eligible_node_and_rolls() -> Result<(
     cluster.rollout_status(ns, "daemonset/agent", 30)?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let nodes_of = || async {
-        let mut v: Vec<String> = pods
-            .list(&ListParams::default())
+        let mut v: Vec<String> = live_pods(&pods)
             .await?
-            .items
             .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
             .filter_map(|p| p.spec.and_then(|s| s.node_name))
             .collect();
         v.sort();
@@ -961,13 +977,7 @@ async fn controllers_daemonset_one_pod_per_eligible_node_and_rolls() -> Result<(
         Duration::from_secs(20),
         || async {
             let l = pods.list(&ListParams::default()).await?.items;
-            Ok(l.len() == 2
-                && l.iter().all(|p| {
-                    p.spec
-                        .as_ref()
-                        .and_then(|s| s.containers[0].image.as_deref())
-                        == Some("busybox:2")
-                }))
+            Ok(l.len() == 2 && l.iter().all(|p| first_image(p) == Some("busybox:2")))
         },
     )
     .await?;
@@ -996,10 +1006,9 @@ async fn controllers_daemonset_one_pod_per_eligible_node_and_rolls() -> Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs built apiserver and controllers binaries"]
 async fn controllers_kill_9_mid_rollout_converges_without_duplicates() -> Result<()> {
-    let mut cluster = Cluster::start().await?;
-    let client = cluster.client.clone();
     let ns = "restart";
-    cluster.create_ns(ns).await?;
+    let mut cluster = Cluster::start_in(ns).await?;
+    let client = cluster.client.clone();
     let _kubelet = fake_kubelet(client.clone(), ns);
     cluster.apply(&deployment_yaml(ns, "nginx:1", 5))?;
     cluster.rollout_status(ns, "deployment/web", 60)?;
@@ -1014,20 +1023,8 @@ async fn controllers_kill_9_mid_rollout_converges_without_duplicates() -> Result
         "exactly 5 pods, all on the new template",
         Duration::from_secs(30),
         || async {
-            let l: Vec<Pod> = pods
-                .list(&ListParams::default())
-                .await?
-                .items
-                .into_iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .collect();
-            Ok(l.len() == 5
-                && l.iter().all(|p| {
-                    p.spec
-                        .as_ref()
-                        .and_then(|s| s.containers[0].image.as_deref())
-                        == Some("nginx:2")
-                }))
+            let l = live_pods(&pods).await?;
+            Ok(l.len() == 5 && l.iter().all(|p| first_image(p) == Some("nginx:2")))
         },
     )
     .await?;
