@@ -63,17 +63,13 @@ async fn admit_inner(
         default_toleration_seconds::admit_pod(obj);
     }
     // Validating.
-    if is_pod && op == Operation::Create {
-        limit_ranger::validate_pod(state, obj).await?;
-    }
+    limit_ranger::validate(state, def, op, obj).await?;
     if let Some(u) = &user {
         node_restriction::admit(state, u, def, op, obj, old).await?;
         rbac_escalation::admit(state, u, def, obj).await?;
     }
     pod_security::admit(state, def, op, obj, old).await?;
-    if op == Operation::Create {
-        resource_quota::admit(state, def, obj, dry_run).await?;
-    }
+    resource_quota::admit(state, def, op, obj, old, dry_run).await?;
     Ok(())
 }
 

@@ -1,7 +1,13 @@
-//! ResourceQuota: object counts and compute requests/limits per namespace. Admission checks
-//! `status.used + requested <= hard` and charges the quota (a guarded status write, so
-//! concurrent creates cannot both take the last unit); a background loop recomputes
-//! `status.used` from the watch caches after every change, as Kubernetes' quota controller does.
+//! ResourceQuota: Kubernetes' quota evaluators (pods, services, persistentvolumeclaims, the
+//! legacy core counts and `count/<resource>.<group>` for every resource), quota scopes
+//! (`spec.scopes` and `spec.scopeSelector`), and admission: `status.used + delta <= hard` for
+//! every matching quota, charged with a guarded status write so concurrent creates cannot both
+//! take the last unit. A background loop recomputes `status.used` from the watch caches after
+//! every change, as Kubernetes' quota controller does.
+//!
+//! Admission evaluates creates of everything and spec updates of services and claims (where
+//! usage can grow: a type change, a resize), charging only the growth. Pods are charged on
+//! create only: their resources change only through `pods/resize`, which Lotse does not serve.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -9,6 +15,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+use super::Operation;
+use super::limit_ranger::{ResourceList, pod_totals, qos_class};
 use super::quantity::Quantity;
 use crate::cacher::{Broadcast, WatchStart};
 use crate::error::{ApiError, ApiResult};
@@ -17,7 +25,24 @@ use crate::registry::resources::RESOURCEQUOTAS;
 use crate::registry::{self, ResourceDef, fields};
 use crate::server::AppState;
 
-const COMPUTE: &[&str] = &[
+/// Quota names the pod evaluator tracks besides hugepages and extended resources.
+const POD_RESOURCES: &[&str] = &[
+    "count/pods",
+    "cpu",
+    "memory",
+    "ephemeral-storage",
+    "requests.cpu",
+    "requests.memory",
+    "requests.ephemeral-storage",
+    "limits.cpu",
+    "limits.memory",
+    "limits.ephemeral-storage",
+    "pods",
+];
+
+/// Quota names that oblige every container to state the resource (Kubernetes keeps this for
+/// backward compatibility, for cpu and memory only).
+const VALIDATION_SET: &[&str] = &[
     "cpu",
     "memory",
     "requests.cpu",
@@ -26,120 +51,359 @@ const COMPUTE: &[&str] = &[
     "limits.memory",
 ];
 
+/// `<storage-class>.storageclass.storage.k8s.io/<resource>` quotas claims per storage class.
+const STORAGE_CLASS_SUFFIX: &str = ".storageclass.storage.k8s.io/";
+
+const ONE: Quantity = Quantity {
+    milli: 1000,
+    binary: false,
+};
+
+fn is_core(def: &ResourceDef, plural: &str) -> bool {
+    def.group.is_empty() && def.plural == plural
+}
+
 fn is_pod(def: &ResourceDef) -> bool {
-    def.group.is_empty() && def.plural == "pods"
+    is_core(def, "pods")
 }
 
-fn terminal(pod: &Value) -> bool {
-    matches!(
-        pod.pointer("/status/phase").and_then(Value::as_str),
-        Some("Succeeded") | Some("Failed")
-    )
+/// `count/<resource>` for core resources, `count/<resource>.<group>` otherwise.
+fn object_count_name(def: &ResourceDef) -> String {
+    if def.group.is_empty() {
+        format!("count/{}", def.plural)
+    } else {
+        format!("count/{}.{}", def.plural, def.group)
+    }
 }
 
-/// Sum of containers' `field` (`requests`/`limits`) for `res`, max'd with each init container.
-fn pod_resource(pod: &Value, field: &str, res: &str) -> Quantity {
-    let get = |c: &Value| {
-        c.pointer(&format!("/resources/{field}/{res}"))
-            .and_then(Quantity::from_json)
-            .unwrap_or_default()
-    };
-    let mut sum = Quantity::default();
-    for c in pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        sum = sum.plus(get(c));
+/// Kubernetes' `IsExtendedResourceName`: a domain-prefixed name outside `kubernetes.io/`.
+fn is_extended(name: &str) -> bool {
+    let native = !name.contains('/') || name.contains("kubernetes.io/");
+    if native || name.starts_with("requests.") {
+        return false;
     }
-    for c in pod
-        .pointer("/spec/initContainers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let v = get(c);
-        if v.milli > sum.milli {
-            sum = v;
-        }
-    }
-    sum
+    let (prefix, rest) = name.split_once('/').unwrap_or(("", name));
+    !prefix.is_empty()
+        && !rest.is_empty()
+        && rest.len() <= 63
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && rest.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && rest.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
-/// What one object adds to quota `key`, or None when the key does not track it.
-fn usage_of(def: &ResourceDef, obj: &Value, key: &str) -> Option<Quantity> {
-    let one = Quantity {
-        milli: 1000,
-        binary: false,
-    };
-    if let Some(r) = key.strip_prefix("count/") {
-        let (plural, group) = r.split_once('.').unwrap_or((r, ""));
-        return (def.plural == plural && def.group == group).then_some(one);
-    }
-    if is_pod(def) {
-        if terminal(obj) {
-            return None;
-        }
-        return match key {
-            "pods" => Some(one),
-            "cpu" | "requests.cpu" => Some(pod_resource(obj, "requests", "cpu")),
-            "memory" | "requests.memory" => Some(pod_resource(obj, "requests", "memory")),
-            "limits.cpu" => Some(pod_resource(obj, "limits", "cpu")),
-            "limits.memory" => Some(pod_resource(obj, "limits", "memory")),
-            _ => None,
-        };
+/// Whether quota key `key` tracks objects of `def` (the evaluators' `MatchingResources`).
+fn matches_resource(def: &ResourceDef, key: &str) -> bool {
+    if key == object_count_name(def) {
+        return true;
     }
     if !def.group.is_empty() {
-        return None;
+        return false;
     }
-    match (key, def.plural) {
-        ("services", "services")
-        | ("configmaps", "configmaps")
-        | ("secrets", "secrets")
-        | ("resourcequotas", "resourcequotas")
-        | ("persistentvolumeclaims", "persistentvolumeclaims")
-        | ("replicationcontrollers", "replicationcontrollers") => Some(one),
-        ("services.loadbalancers", "services") => {
-            (obj.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer"))
-                .then_some(one)
+    match def.plural {
+        "pods" => {
+            POD_RESOURCES.contains(&key)
+                || key.starts_with("hugepages-")
+                || key.starts_with("requests.hugepages-")
+                || key.strip_prefix("requests.").is_some_and(is_extended)
         }
-        ("services.nodeports", "services") => {
-            let t = obj
-                .pointer("/spec/type")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            if !matches!(t, "NodePort" | "LoadBalancer") {
-                return None;
-            }
-            let n = obj
-                .pointer("/spec/ports")
-                .and_then(Value::as_array)
-                .map(|a| a.len())
-                .unwrap_or(0);
-            Some(Quantity {
-                milli: n as i128 * 1000,
-                binary: false,
-            })
+        "services" => matches!(
+            key,
+            "services" | "services.nodeports" | "services.loadbalancers"
+        ),
+        "persistentvolumeclaims" => {
+            matches!(key, "persistentvolumeclaims" | "requests.storage")
+                || ["persistentvolumeclaims", "requests.storage"]
+                    .iter()
+                    .any(|r| key.ends_with(&format!("{STORAGE_CLASS_SUFFIX}{r}")))
         }
-        _ => None,
+        "configmaps" | "secrets" | "resourcequotas" | "replicationcontrollers" => key == def.plural,
+        _ => false,
     }
 }
 
-/// The resource definitions a quota key counts.
-fn defs_for(key: &str) -> Vec<&'static ResourceDef> {
-    let (group, plural) = match key.strip_prefix("count/") {
-        Some(r) => {
-            let (plural, group) = r.split_once('.').unwrap_or((r, ""));
-            (group, plural)
+/// Kubernetes' `QuotaV1Pod`: terminal pods, and pods past their deletion grace period, no
+/// longer use compute quota (they still count in `count/pods`).
+fn pod_uses_compute(pod: &Value) -> bool {
+    if matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded") | Some("Failed")
+    ) {
+        return false;
+    }
+    if let (Some(ts), Some(grace)) = (
+        pod.pointer("/metadata/deletionTimestamp")
+            .and_then(Value::as_str),
+        pod.pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64),
+    ) && let Ok(ts) = ts.parse::<jiff::Timestamp>()
+        && let Ok(deadline) = ts.checked_add(jiff::SignedDuration::from_secs(grace))
+        && jiff::Timestamp::now() > deadline
+    {
+        return false;
+    }
+    true
+}
+
+fn add(u: &mut ResourceList, k: &str, q: Quantity) {
+    let e = u.entry(k.to_string()).or_default();
+    *e = e.plus(q);
+}
+
+/// The pod evaluator's usage (`PodUsageFunc` + `podComputeUsageHelper`).
+fn pod_usage(pod: &Value, u: &mut ResourceList) {
+    if !pod_uses_compute(pod) {
+        return;
+    }
+    let spec = pod.get("spec").unwrap_or(&Value::Null);
+    let mut requests = pod_totals(spec, "requests");
+    let mut limits = pod_totals(spec, "limits");
+    for (k, v) in spec
+        .get("overhead")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(q) = Quantity::from_json(v) {
+            add(&mut requests, k, q);
+            if let Some(l) = limits.get_mut(k) {
+                *l = l.plus(q);
+            }
         }
-        None if key == "pods" || COMPUTE.contains(&key) => ("", "pods"),
-        None => ("", key.split('.').next().unwrap_or(key)),
+    }
+    u.insert("pods".into(), ONE);
+    for res in ["cpu", "memory", "ephemeral-storage"] {
+        if let Some(r) = requests.get(res) {
+            u.insert(res.into(), *r);
+            u.insert(format!("requests.{res}"), *r);
+        }
+        if let Some(l) = limits.get(res) {
+            u.insert(format!("limits.{res}"), *l);
+        }
+    }
+    for (res, r) in &requests {
+        if res.starts_with("hugepages-") {
+            u.insert(res.clone(), *r);
+            u.insert(format!("requests.{res}"), *r);
+        }
+        if is_extended(res) {
+            u.insert(format!("requests.{res}"), *r);
+        }
+    }
+}
+
+/// The service evaluator's usage: node ports by intent (allocated ones may not exist yet).
+fn service_usage(svc: &Value, u: &mut ResourceList) {
+    u.insert("services".into(), ONE);
+    let ports: Vec<&Value> = svc
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let count = |n: usize| Quantity {
+        milli: n as i128 * 1000,
+        binary: false,
     };
-    registry::all()
-        .iter()
-        .filter(|d| d.namespaced && d.group == group && d.plural == plural)
-        .collect()
+    let (mut node_ports, mut lbs) = (Quantity::default(), Quantity::default());
+    match svc.pointer("/spec/type").and_then(Value::as_str) {
+        Some("NodePort") => node_ports = count(ports.len()),
+        Some("LoadBalancer") => {
+            let allocate = svc
+                .pointer("/spec/allocateLoadBalancerNodePorts")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
+            node_ports = if allocate {
+                count(ports.len())
+            } else {
+                count(
+                    ports
+                        .iter()
+                        .filter(|p| p.get("nodePort").and_then(Value::as_i64).unwrap_or(0) != 0)
+                        .count(),
+                )
+            };
+            lbs = ONE;
+        }
+        _ => {}
+    }
+    u.insert("services.nodeports".into(), node_ports);
+    u.insert("services.loadbalancers".into(), lbs);
+}
+
+/// The claim evaluator's usage: the larger of the requested and the allocated size, in whole
+/// bytes, also charged to the claim's storage class.
+fn claim_usage(pvc: &Value, u: &mut ResourceList) {
+    u.insert("persistentvolumeclaims".into(), ONE);
+    let class = pvc
+        .pointer("/metadata/annotations/volume.beta.kubernetes.io~1storage-class")
+        .or_else(|| pvc.pointer("/spec/storageClassName"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !class.is_empty() {
+        u.insert(
+            format!("{class}{STORAGE_CLASS_SUFFIX}persistentvolumeclaims"),
+            ONE,
+        );
+    }
+    let requested = pvc
+        .pointer("/spec/resources/requests/storage")
+        .and_then(Quantity::from_json);
+    let allocated = pvc
+        .pointer("/status/allocatedResources/storage")
+        .and_then(Quantity::from_json);
+    let storage = match (requested, allocated) {
+        (Some(r), Some(a)) if a.milli > r.milli => Some(a),
+        (Some(r), _) => Some(r),
+        (None, a) => a,
+    };
+    if let Some(mut s) = storage {
+        s.milli = (s.milli + 999).div_euclid(1000) * 1000;
+        u.insert("requests.storage".into(), s);
+        if !class.is_empty() {
+            u.insert(format!("{class}{STORAGE_CLASS_SUFFIX}requests.storage"), s);
+        }
+    }
+}
+
+/// What one object uses, by quota name (the evaluators' `Usage`).
+fn usage(def: &ResourceDef, obj: &Value) -> ResourceList {
+    let mut u = ResourceList::new();
+    u.insert(object_count_name(def), ONE);
+    if !def.group.is_empty() {
+        return u;
+    }
+    match def.plural {
+        "pods" => pod_usage(obj, &mut u),
+        "services" => service_usage(obj, &mut u),
+        "persistentvolumeclaims" => claim_usage(obj, &mut u),
+        "configmaps" | "secrets" | "resourcequotas" | "replicationcontrollers" => {
+            u.insert(def.plural.to_string(), ONE);
+        }
+        _ => {}
+    }
+    u
+}
+
+/// One `spec.scopes` entry (operator Exists) or `spec.scopeSelector.matchExpressions` entry.
+#[derive(Debug)]
+struct ScopeSelector {
+    scope: String,
+    operator: String,
+    values: Vec<String>,
+}
+
+fn scope_selectors(quota: &Value) -> Vec<ScopeSelector> {
+    let mut out: Vec<ScopeSelector> = quota
+        .pointer("/spec/scopes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|s| ScopeSelector {
+            scope: s.to_string(),
+            operator: "Exists".into(),
+            values: Vec::new(),
+        })
+        .collect();
+    for e in quota
+        .pointer("/spec/scopeSelector/matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or_default();
+        out.push(ScopeSelector {
+            scope: s("scopeName").to_string(),
+            operator: s("operator").to_string(),
+            values: e
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
+        });
+    }
+    out
+}
+
+fn uses_cross_namespace_affinity(spec: &Value) -> bool {
+    let cross = |term: &Value| {
+        term.get("namespaces")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+            || term.get("namespaceSelector").is_some_and(|s| !s.is_null())
+    };
+    ["podAffinity", "podAntiAffinity"].iter().any(|kind| {
+        let Some(a) = spec.pointer(&format!("/affinity/{kind}")) else {
+            return false;
+        };
+        let required = a
+            .get("requiredDuringSchedulingIgnoredDuringExecution")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten();
+        let preferred = a
+            .get("preferredDuringSchedulingIgnoredDuringExecution")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|w| w.get("podAffinityTerm"));
+        required.chain(preferred).any(cross)
+    })
+}
+
+/// Whether `obj` is in one scope (`podMatchesScopeFunc`); only pods are ever in a scope.
+fn matches_scope(def: &ResourceDef, obj: &Value, sel: &ScopeSelector) -> bool {
+    if !is_pod(def) {
+        return false;
+    }
+    let spec = obj.get("spec").unwrap_or(&Value::Null);
+    let terminating = spec
+        .get("activeDeadlineSeconds")
+        .and_then(Value::as_i64)
+        .is_some_and(|s| s >= 0);
+    let best_effort = || qos_class(spec) == "BestEffort";
+    match sel.scope.as_str() {
+        "Terminating" => terminating,
+        "NotTerminating" => !terminating,
+        "BestEffort" => best_effort(),
+        "NotBestEffort" => !best_effort(),
+        "PriorityClass" => {
+            let class = spec
+                .get("priorityClassName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            // The pod's class is matched as the label `PriorityClass=<class>`, which always
+            // exists (possibly empty) except for the plain Exists test.
+            match sel.operator.as_str() {
+                "Exists" => !class.is_empty(),
+                "In" => sel.values.iter().any(|v| v == class),
+                "NotIn" => !sel.values.iter().any(|v| v == class),
+                _ => false,
+            }
+        }
+        "CrossNamespacePodAffinity" => uses_cross_namespace_affinity(spec),
+        _ => false,
+    }
+}
+
+fn hard_of(quota: &Value) -> Map<String, Value> {
+    quota
+        .pointer("/spec/hard")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Kubernetes' `Matches`: the quota names a resource of `def` and `obj` is in all its scopes.
+fn matches_quota(def: &ResourceDef, obj: &Value, quota: &Value) -> bool {
+    hard_of(quota).keys().any(|k| matches_resource(def, k))
+        && scope_selectors(quota)
+            .iter()
+            .all(|s| matches_scope(def, obj, s))
 }
 
 async fn objects(state: &AppState, def: &ResourceDef, ns: &str) -> ApiResult<Vec<Value>> {
@@ -153,24 +417,31 @@ async fn objects(state: &AppState, def: &ResourceDef, ns: &str) -> ApiResult<Vec
         .collect())
 }
 
-/// Current usage of `hard`'s keys in `ns`, computed from the caches.
-async fn live_usage(
-    state: &AppState,
-    ns: &str,
-    hard: &Map<String, Value>,
-) -> ApiResult<BTreeMap<String, Quantity>> {
-    let mut used = BTreeMap::new();
-    for (key, h) in hard {
-        let binary = Quantity::from_json(h).is_some_and(|q| q.binary);
-        let mut total = Quantity { milli: 0, binary };
-        for def in defs_for(key) {
-            for o in objects(state, def, ns).await? {
-                if let Some(u) = usage_of(def, &o, key) {
-                    total = total.plus(u);
+/// Current usage of `quota`'s hard keys in `ns` (objects in its scopes), from the caches.
+async fn live_usage(state: &AppState, ns: &str, quota: &Value) -> ApiResult<ResourceList> {
+    let hard = hard_of(quota);
+    let mut used: ResourceList = hard
+        .iter()
+        .map(|(k, h)| {
+            let binary = Quantity::from_json(h).is_some_and(|q| q.binary);
+            (k.clone(), Quantity { milli: 0, binary })
+        })
+        .collect();
+    let selectors = scope_selectors(quota);
+    for def in registry::all()
+        .iter()
+        .filter(|d| d.namespaced && hard.keys().any(|k| matches_resource(d, k)))
+    {
+        for o in objects(state, def, ns).await? {
+            if !selectors.iter().all(|s| matches_scope(def, &o, s)) {
+                continue;
+            }
+            for (k, q) in usage(def, &o) {
+                if let Some(total) = used.get_mut(&k) {
+                    *total = total.plus(q);
                 }
             }
         }
-        used.insert(key.clone(), total);
     }
     Ok(used)
 }
@@ -179,35 +450,37 @@ async fn quotas(state: &AppState, ns: &str) -> ApiResult<Vec<Value>> {
     objects(state, &RESOURCEQUOTAS, ns).await
 }
 
-fn pretty(m: &BTreeMap<String, Quantity>) -> String {
+fn pretty(m: &ResourceList) -> String {
     m.iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
 }
 
-/// Kubernetes' pod constraint: quota on cpu/memory requires every container to state it.
+/// Kubernetes' pod constraint: a quota on cpu/memory requires every container to state it
+/// (`must specify limits.cpu for: a,b; requests.memory for: a`).
 fn missing_specs(pod: &Value, hard: &Map<String, Value>) -> Option<String> {
+    let required: Vec<&str> = hard
+        .keys()
+        .map(String::as_str)
+        .filter(|k| VALIDATION_SET.contains(k))
+        .collect();
     let mut missing: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-    for key in hard.keys().filter(|k| COMPUTE.contains(&k.as_str())) {
-        let (field, res) = match key.as_str() {
-            "cpu" | "requests.cpu" => ("requests", "cpu"),
-            "memory" | "requests.memory" => ("requests", "memory"),
-            "limits.cpu" => ("limits", "cpu"),
-            _ => ("limits", "memory"),
-        };
-        for c in ["containers", "initContainers"]
-            .iter()
-            .filter_map(|k| pod.pointer(&format!("/spec/{k}")).and_then(Value::as_array))
-            .flatten()
-        {
+    for c in ["containers", "initContainers"]
+        .iter()
+        .filter_map(|k| pod.pointer(&format!("/spec/{k}")).and_then(Value::as_array))
+        .flatten()
+    {
+        for key in &required {
+            let (field, res) = match *key {
+                "cpu" | "requests.cpu" => ("requests", "cpu"),
+                "memory" | "requests.memory" => ("requests", "memory"),
+                "limits.cpu" => ("limits", "cpu"),
+                _ => ("limits", "memory"),
+            };
             if c.pointer(&format!("/resources/{field}/{res}")).is_none() {
-                let name = c
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                missing.entry(key.as_str()).or_default().insert(name);
+                let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+                missing.entry(key).or_default().insert(name.to_string());
             }
         }
     }
@@ -217,16 +490,14 @@ fn missing_specs(pod: &Value, hard: &Map<String, Value>) -> Option<String> {
     let parts: Vec<String> = missing
         .iter()
         .map(|(k, names)| {
-            format!(
-                "{k} for: {}",
-                names.iter().cloned().collect::<Vec<_>>().join(",")
-            )
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            format!("{k} for: {}", names.join(","))
         })
         .collect();
     Some(format!("must specify {}", parts.join("; ")))
 }
 
-fn used_of(quota: &Value) -> BTreeMap<String, Quantity> {
+fn used_of(quota: &Value) -> ResourceList {
     quota
         .pointer("/status/used")
         .and_then(Value::as_object)
@@ -238,7 +509,7 @@ fn used_of(quota: &Value) -> BTreeMap<String, Quantity> {
         .unwrap_or_default()
 }
 
-fn to_json(m: &BTreeMap<String, Quantity>) -> Value {
+fn to_json(m: &ResourceList) -> Value {
     Value::Object(
         m.iter()
             .map(|(k, v)| (k.clone(), json!(v.to_string())))
@@ -246,83 +517,142 @@ fn to_json(m: &BTreeMap<String, Quantity>) -> Value {
     )
 }
 
-/// Checks every quota of the object's namespace and charges it.
+/// Whether admission evaluates this write (the evaluators' `Handles`): every create; spec
+/// updates of services (a type change adds node ports) and claims (a resize). Status writes
+/// never change the spec, so they are left alone as Kubernetes skips subresources.
+fn handles(def: &ResourceDef, op: Operation, obj: &Value, old: Option<&Value>) -> bool {
+    match op {
+        Operation::Create => true,
+        Operation::Update => {
+            (is_core(def, "services") || is_core(def, "persistentvolumeclaims"))
+                && old.is_some_and(|o| o.get("spec") != obj.get("spec"))
+        }
+    }
+}
+
+/// What the write adds: the object's usage, less the old object's on update (never negative),
+/// without zeros.
+fn delta_usage(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> ResourceList {
+    let mut delta = usage(def, obj);
+    if let Some(old) = old {
+        let prev = usage(def, old);
+        for (k, v) in delta.iter_mut() {
+            let p = prev.get(k).map(|q| q.milli).unwrap_or(0);
+            v.milli = (v.milli - p).max(0);
+        }
+    }
+    delta.retain(|_, v| v.milli != 0);
+    delta
+}
+
+/// Checks `delta` against one quota; Ok(new status.used) or the `exceeded quota` error text.
+async fn charge(
+    state: &AppState,
+    ns: &str,
+    quota: &Value,
+    delta: &ResourceList,
+) -> ApiResult<Result<ResourceList, String>> {
+    let hard = hard_of(quota);
+    let requested: ResourceList = delta
+        .iter()
+        .filter(|(k, _)| hard.contains_key(*k))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    let mut used = used_of(quota);
+    if hard.keys().any(|k| !used.contains_key(k)) {
+        used = live_usage(state, ns, quota).await?;
+    }
+    let mut new_used = used.clone();
+    let (mut f_req, mut f_used, mut f_hard) = (
+        ResourceList::new(),
+        ResourceList::new(),
+        ResourceList::new(),
+    );
+    for (k, r) in &requested {
+        let u = used.get(k).copied().unwrap_or_default();
+        let h = hard
+            .get(k)
+            .and_then(Quantity::from_json)
+            .unwrap_or_default();
+        let n = u.plus(*r);
+        if n.milli > h.milli {
+            f_req.insert(k.clone(), *r);
+            f_used.insert(k.clone(), u);
+            f_hard.insert(k.clone(), h);
+        }
+        new_used.insert(k.clone(), n);
+    }
+    if !f_req.is_empty() {
+        return Ok(Err(format!(
+            "exceeded quota: {}, requested: {}, used: {}, limited: {}",
+            fields::name(quota),
+            pretty(&f_req),
+            pretty(&f_used),
+            pretty(&f_hard)
+        )));
+    }
+    Ok(Ok(new_used))
+}
+
+/// Checks every quota of the object's namespace that matches it and charges them.
 pub async fn admit(
     state: &AppState,
     def: &'static ResourceDef,
+    op: Operation,
     obj: &Value,
+    old: Option<&Value>,
     dry_run: bool,
 ) -> ApiResult<()> {
-    if !def.namespaced {
+    if !def.namespaced || !handles(def, op, obj, old) {
         return Ok(());
     }
     let ns = fields::namespace(obj).to_string();
     let name = fields::name(obj).to_string();
+    let mut matching = Vec::new();
     for quota in quotas(state, &ns).await? {
-        let qname = fields::name(&quota).to_string();
+        if !matches_quota(def, obj, &quota) {
+            continue;
+        }
+        if is_pod(def)
+            && op == Operation::Create
+            && let Some(msg) = missing_specs(obj, &hard_of(&quota))
+        {
+            let why = format!("failed quota: {}: {msg}", fields::name(&quota));
+            return Err(ApiError::forbidden(def, &name, &why));
+        }
+        matching.push(quota);
+    }
+    if matching.is_empty() {
+        return Ok(());
+    }
+    let delta = delta_usage(def, obj, old.filter(|_| op == Operation::Update));
+    if delta.is_empty() {
+        return Ok(());
+    }
+    // Every quota must admit the write before any is charged.
+    for quota in &matching {
+        if let Err(why) = charge(state, &ns, quota, &delta).await? {
+            return Err(ApiError::forbidden(def, &name, &why));
+        }
+    }
+    if dry_run {
+        return Ok(());
+    }
+    for quota in &matching {
+        let qname = fields::name(quota).to_string();
         for _attempt in 0..5 {
             let (current, rv) = match get_current(state, &RESOURCEQUOTAS, Some(&ns), &qname).await {
                 Ok(x) => x,
                 Err(e) if e.code == 404 => break,
                 Err(e) => return Err(e),
             };
-            let hard = current
-                .pointer("/spec/hard")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default();
-            let requested: BTreeMap<String, Quantity> = hard
-                .keys()
-                .filter_map(|k| Some((k.clone(), usage_of(def, obj, k)?)))
-                .collect();
-            if requested.is_empty() {
-                break;
-            }
-            if is_pod(def)
-                && let Some(msg) = missing_specs(obj, &hard)
-            {
-                return Err(ApiError::forbidden(
-                    def,
-                    &name,
-                    &format!("failed quota: {qname}: {msg}"),
-                ));
-            }
-            let mut used = used_of(&current);
-            if requested.keys().any(|k| !used.contains_key(k)) {
-                used = live_usage(state, &ns, &hard).await?;
-            }
-            let mut new_used = used.clone();
-            let (mut f_req, mut f_used, mut f_hard) =
-                (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
-            for (k, r) in &requested {
-                let u = used.get(k).copied().unwrap_or_default();
-                let h = hard
-                    .get(k)
-                    .and_then(Quantity::from_json)
-                    .unwrap_or_default();
-                let n = u.plus(*r);
-                if n.milli > h.milli {
-                    f_req.insert(k.clone(), *r);
-                    f_used.insert(k.clone(), u);
-                    f_hard.insert(k.clone(), h);
-                }
-                new_used.insert(k.clone(), n);
-            }
-            if !f_req.is_empty() {
-                let why = format!(
-                    "exceeded quota: {qname}, requested: {}, used: {}, limited: {}",
-                    pretty(&f_req),
-                    pretty(&f_used),
-                    pretty(&f_hard)
-                );
-                return Err(ApiError::forbidden(def, &name, &why));
-            }
-            if dry_run {
-                break;
-            }
+            let new_used = match charge(state, &ns, &current, &delta).await? {
+                Ok(u) => u,
+                Err(why) => return Err(ApiError::forbidden(def, &name, &why)),
+            };
             let mut updated = current.clone();
             let status = fields::ensure_object(&mut updated, &["status"]);
-            status.insert("hard".into(), Value::Object(hard.clone()));
+            status.insert("hard".into(), Value::Object(hard_of(&current)));
             status.insert("used".into(), to_json(&new_used));
             match write_update(
                 state,
@@ -351,13 +681,8 @@ pub async fn admit(
 async fn recompute_namespace(state: &AppState, ns: &str) -> ApiResult<()> {
     for quota in quotas(state, ns).await? {
         let qname = fields::name(&quota).to_string();
-        let hard = quota
-            .pointer("/spec/hard")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        let used = live_usage(state, ns, &hard).await?;
-        let want = json!({"hard": hard, "used": to_json(&used)});
+        let used = live_usage(state, ns, &quota).await?;
+        let want = json!({"hard": hard_of(&quota), "used": to_json(&used)});
         if quota.get("status") == Some(&want) {
             continue;
         }
@@ -452,30 +777,160 @@ pub fn spawn_usage_loop(state: Arc<AppState>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::resources::PODS;
+    use crate::registry::resources::{PODS, SERVICES};
+
+    fn s(u: &ResourceList, k: &str) -> String {
+        u.get(k).map(|q| q.to_string()).unwrap_or_default()
+    }
 
     #[test]
     fn pod_usage_and_constraints() {
         let pod = json!({"spec": {"containers": [
-            {"name": "a", "resources": {"requests": {"cpu": "500m", "memory": "64Mi"}, "limits": {"cpu": "1"}}},
-            {"name": "b", "resources": {"requests": {"cpu": "1500m"}}}
+            {"name": "a", "resources": {"requests": {"cpu": "500m", "memory": "64Mi", "example.com/gpu": "1"}, "limits": {"cpu": "1"}}},
+            {"name": "b", "resources": {"requests": {"cpu": "1500m", "hugepages-2Mi": "4Mi"}}}
         ]}});
-        assert_eq!(
-            usage_of(&PODS, &pod, "requests.cpu").unwrap().to_string(),
-            "2"
-        );
-        assert_eq!(usage_of(&PODS, &pod, "pods").unwrap().to_string(), "1");
-        assert_eq!(
-            usage_of(&PODS, &pod, "count/pods").unwrap().to_string(),
-            "1"
-        );
+        let u = usage(&PODS, &pod);
+        assert_eq!(s(&u, "requests.cpu"), "2");
+        assert_eq!(s(&u, "cpu"), "2");
+        assert_eq!(s(&u, "limits.cpu"), "1");
+        assert_eq!(s(&u, "pods"), "1");
+        assert_eq!(s(&u, "count/pods"), "1");
+        assert_eq!(s(&u, "requests.example.com/gpu"), "1");
+        assert_eq!(s(&u, "requests.hugepages-2Mi"), "4Mi");
+        assert!(!u.contains_key("limits.memory"));
+        assert!(matches_resource(&PODS, "requests.example.com/gpu"));
+        assert!(!matches_resource(&PODS, "services"));
         let hard = json!({"requests.cpu": "4", "limits.cpu": "4", "requests.memory": "1Gi"});
         assert_eq!(
             missing_specs(&pod, hard.as_object().unwrap()).unwrap(),
             "must specify limits.cpu for: b; requests.memory for: b"
         );
-        let mut m = BTreeMap::new();
+        let done =
+            json!({"spec": {"containers": [{"name": "a"}]}, "status": {"phase": "Succeeded"}});
+        let u = usage(&PODS, &done);
+        assert_eq!(u.keys().collect::<Vec<_>>(), ["count/pods"]);
+        let mut m = ResourceList::new();
         m.insert("requests.cpu".to_string(), Quantity::parse("2").unwrap());
         assert_eq!(pretty(&m), "requests.cpu=2");
+    }
+
+    #[test]
+    fn scopes_select_pods() {
+        let quota = |spec: Value| json!({"spec": spec});
+        let best_effort = json!({"spec": {"containers": [{"name": "a"}]}});
+        let burstable = json!({"spec": {"activeDeadlineSeconds": 30, "priorityClassName": "high",
+            "containers": [{"name": "a", "resources": {"requests": {"cpu": "1"}}}]}});
+        let be = quota(json!({"hard": {"pods": "1"}, "scopes": ["BestEffort"]}));
+        assert!(matches_quota(&PODS, &best_effort, &be));
+        assert!(!matches_quota(&PODS, &burstable, &be));
+        let term =
+            quota(json!({"hard": {"pods": "1"}, "scopes": ["Terminating", "NotBestEffort"]}));
+        assert!(matches_quota(&PODS, &burstable, &term));
+        assert!(!matches_quota(&PODS, &best_effort, &term));
+        let prio = |op: &str, values: Value| {
+            quota(
+                json!({"hard": {"pods": "1"}, "scopeSelector": {"matchExpressions": [
+                {"scopeName": "PriorityClass", "operator": op, "values": values}]}}),
+            )
+        };
+        assert!(matches_quota(
+            &PODS,
+            &burstable,
+            &prio("In", json!(["high"]))
+        ));
+        assert!(!matches_quota(
+            &PODS,
+            &best_effort,
+            &prio("In", json!(["high"]))
+        ));
+        assert!(matches_quota(
+            &PODS,
+            &best_effort,
+            &prio("NotIn", json!(["high"]))
+        ));
+        assert!(matches_quota(&PODS, &burstable, &prio("Exists", json!([]))));
+        assert!(!matches_quota(
+            &PODS,
+            &best_effort,
+            &prio("Exists", json!([]))
+        ));
+        // A scoped quota never matches other resources; an unscoped one does.
+        let svc = json!({"spec": {"type": "ClusterIP"}});
+        assert!(!matches_quota(
+            &SERVICES,
+            &svc,
+            &quota(json!({"hard": {"services": "1"}, "scopes": ["BestEffort"]}))
+        ));
+        assert!(matches_quota(
+            &SERVICES,
+            &svc,
+            &quota(json!({"hard": {"services": "1"}}))
+        ));
+    }
+
+    #[test]
+    fn service_update_charges_only_growth() {
+        let cluster_ip =
+            json!({"spec": {"type": "ClusterIP", "ports": [{"port": 80}, {"port": 443}]}});
+        let node_port =
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 80}, {"port": 443}]}});
+        let lb = json!({"spec": {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false,
+            "ports": [{"port": 80, "nodePort": 30080}, {"port": 443}]}});
+        let d = delta_usage(&SERVICES, &node_port, Some(&cluster_ip));
+        assert_eq!(pretty(&d), "services.nodeports=2");
+        let d = delta_usage(&SERVICES, &lb, Some(&node_port));
+        assert_eq!(pretty(&d), "services.loadbalancers=1");
+        let d = delta_usage(&SERVICES, &cluster_ip, None);
+        assert_eq!(pretty(&d), "count/services=1,services=1");
+        assert!(handles(
+            &SERVICES,
+            Operation::Update,
+            &node_port,
+            Some(&cluster_ip)
+        ));
+        assert!(!handles(
+            &SERVICES,
+            Operation::Update,
+            &cluster_ip,
+            Some(&cluster_ip)
+        ));
+        assert!(!handles(
+            &PODS,
+            Operation::Update,
+            &node_port,
+            Some(&cluster_ip)
+        ));
+    }
+
+    #[test]
+    fn claims_by_storage_class() {
+        let mut def = SERVICES;
+        def.plural = "persistentvolumeclaims";
+        def.kind = "PersistentVolumeClaim";
+        let pvc = json!({"spec": {"storageClassName": "gold", "resources": {"requests": {"storage": "1.5"}}},
+            "status": {"allocatedResources": {"storage": "1"}}});
+        let u = usage(&def, &pvc);
+        assert_eq!(s(&u, "requests.storage"), "2");
+        assert_eq!(
+            s(&u, "gold.storageclass.storage.k8s.io/requests.storage"),
+            "2"
+        );
+        assert_eq!(
+            s(
+                &u,
+                "gold.storageclass.storage.k8s.io/persistentvolumeclaims"
+            ),
+            "1"
+        );
+        assert!(matches_resource(
+            &def,
+            "gold.storageclass.storage.k8s.io/requests.storage"
+        ));
+        let bigger = json!({"spec": {"storageClassName": "gold", "resources": {"requests": {"storage": "5Gi"}}}});
+        let small = json!({"spec": {"storageClassName": "gold", "resources": {"requests": {"storage": "1Gi"}}}});
+        assert_eq!(
+            pretty(&delta_usage(&def, &bigger, Some(&small))),
+            "gold.storageclass.storage.k8s.io/requests.storage=4Gi,requests.storage=4Gi"
+        );
     }
 }
