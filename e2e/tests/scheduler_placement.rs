@@ -1,13 +1,10 @@
 //! Whole-process tests of the `scheduler` binary against the real `apiserver`: Node objects
 //! and pods are created through the API; the scheduler binds pods with `pods/binding`.
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use e2e::{ApiServer, Backend, bin_dir};
+use e2e::{ApiServer, Backend, Component, wait_until, wait_until_every};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::events::v1::Event;
@@ -15,72 +12,10 @@ use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-/// A running `scheduler` process; SIGKILLed on drop.
-struct Scheduler {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Scheduler {
-    /// Starts the scheduler under its own identity (`system:kube-scheduler`, from the
-    /// `scheduler.kubeconfig` the apiserver writes), so missing RBAC rules show up as failures.
-    fn start(api: &ApiServer) -> Result<Self> {
-        Self::start_with(api, &[])
-    }
-
-    fn start_with(api: &ApiServer, args: &[&str]) -> Result<Self> {
-        let kubeconfig = api.data_dir().join("scheduler.kubeconfig");
-        let log = api
-            .data_dir()
-            .join(format!("scheduler-{}.log", uuid_suffix()));
-        let child = Command::new(bin_dir().join("scheduler"))
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(args)
-            .env("RUST_LOG", "scheduler=debug")
-            .stdout(Stdio::null())
-            .stderr(File::create(&log)?)
-            .spawn()
-            .context("starting target/debug/scheduler (cargo build --bins first)")?;
-        Ok(Scheduler { child, log })
-    }
-
-    /// SIGKILL, as a crash or an OOM kill would end it.
-    fn kill_9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Scheduler {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "--- scheduler log {} ---\n{}",
-                self.log.display(),
-                self.log()
-            );
-        }
-        self.kill_9();
-    }
-}
-
-fn uuid_suffix() -> String {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+/// Starts the scheduler under its own identity (`system:kube-scheduler`, from the
+/// `scheduler.kubeconfig` the apiserver writes), so missing RBAC rules show up as failures.
+fn scheduler(api: &ApiServer, args: &[&str]) -> Result<Component> {
+    Component::start(api, "scheduler", "scheduler=debug", args)
 }
 
 async fn create_node(
@@ -125,17 +60,15 @@ async fn create_pod(client: &Client, name: &str, labels: Value, spec: Value) -> 
 
 async fn wait_bound(client: &Client, name: &str) -> Result<String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let p = pods.get(name).await?;
-        if let Some(n) = p.spec.and_then(|s| s.node_name).filter(|n| !n.is_empty()) {
-            return Ok(n);
-        }
-        if Instant::now() > deadline {
-            bail!("pod {name} not bound within 20s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        &format!("pod {name} to be bound"),
+        Duration::from_secs(20),
+        || async {
+            let p = pods.get(name).await?;
+            Ok(p.spec.and_then(|s| s.node_name).filter(|n| !n.is_empty()))
+        },
+    )
+    .await
 }
 
 async fn assert_pending(client: &Client, name: &str, for_: Duration) -> Result<()> {
@@ -152,21 +85,24 @@ async fn assert_pending(client: &Client, name: &str, for_: Duration) -> Result<(
 
 async fn failed_scheduling_note(client: &Client, pod: &str) -> Result<String> {
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let list = events.list(&ListParams::default()).await?;
-        let found = list.items.into_iter().find(|e| {
-            e.reason.as_deref() == Some("FailedScheduling")
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pod)
-        });
-        if let Some(e) = found {
-            return Ok(e.note.unwrap_or_default());
-        }
-        if Instant::now() > deadline {
-            bail!("no FailedScheduling event for {pod}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let what = format!("a FailedScheduling event for {pod}");
+    wait_until_every(
+        &what,
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || async {
+            let list = events.list(&ListParams::default()).await?;
+            Ok(list
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("FailedScheduling")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pod)
+                })
+                .map(|e| e.note.unwrap_or_default()))
+        },
+    )
+    .await
 }
 
 #[tokio::test]
@@ -184,7 +120,7 @@ async fn selector_taints_anti_affinity_and_cordon() -> Result<()> {
     )
     .await?;
     create_node(&client, "n3", json!({}), json!({}), "4").await?;
-    let _sched = Scheduler::start(&api)?;
+    let _sched = scheduler(&api, &[])?;
 
     create_pod(
         &client,
@@ -283,7 +219,7 @@ async fn fits_nowhere_then_scheduled_when_a_node_is_added() -> Result<()> {
         create_pod(&client, &format!("busy-{w}"), json!({}), json!({"nodeName": w,
             "containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "600m"}}}]})).await?;
     }
-    let _sched = Scheduler::start(&api)?;
+    let _sched = scheduler(&api, &[])?;
     create_pod(
         &client,
         "big",
@@ -352,22 +288,23 @@ async fn wait_all_bound(
     count: usize,
     timeout: Duration,
 ) -> Result<HashMap<String, String>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let all = placements(client).await?;
-        let ours: HashMap<String, String> = all
-            .into_iter()
-            .filter(|(name, _)| name.starts_with(prefix))
-            .collect();
-        let bound = ours.values().filter(|n| !n.is_empty()).count();
-        if ours.len() == count && bound == count {
-            return Ok(ours);
-        }
-        if Instant::now() > deadline {
-            bail!("{bound}/{count} {prefix}* pods bound after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        &format!("{count} {prefix}* pods bound"),
+        timeout,
+        || async {
+            let ours: HashMap<String, String> = placements(client)
+                .await?
+                .into_iter()
+                .filter(|(name, _)| name.starts_with(prefix))
+                .collect();
+            let bound = ours.values().filter(|n| !n.is_empty()).count();
+            if ours.len() == count && bound == count {
+                return Ok(Some(ours));
+            }
+            bail!("{bound}/{count} {prefix}* pods bound")
+        },
+    )
+    .await
 }
 
 /// `(pod, reportingInstance)` of every `Scheduled` event in `default`.
@@ -388,6 +325,27 @@ async fn scheduled_events(client: &Client) -> Result<Vec<(String, String)>> {
         .collect())
 }
 
+/// Waits (up to 10 s: events are asynchronous) until at least `n` `Scheduled` events name
+/// pods starting with `prefix`; returns those events.
+async fn wait_scheduled(client: &Client, prefix: &str, n: usize) -> Result<Vec<(String, String)>> {
+    wait_until(
+        &format!("{n} Scheduled events for {prefix}*"),
+        Duration::from_secs(10),
+        || async {
+            let evs: Vec<_> = scheduled_events(client)
+                .await?
+                .into_iter()
+                .filter(|(p, _)| p.starts_with(prefix))
+                .collect();
+            if evs.len() < n {
+                bail!("only {} Scheduled events for {prefix}*: {evs:?}", evs.len());
+            }
+            Ok(Some(evs))
+        },
+    )
+    .await
+}
+
 /// Waits until the kube-system/kube-scheduler Lease is held by someone other than `not`.
 async fn wait_lease_holder(
     client: &Client,
@@ -395,24 +353,17 @@ async fn wait_lease_holder(
     timeout: Duration,
 ) -> Result<String> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
-    let deadline = Instant::now() + timeout;
-    loop {
+    let what = format!("a new kube-scheduler lease holder (previous: {not:?})");
+    wait_until(&what, timeout, || async {
         let holder = leases
             .get_opt("kube-scheduler")
             .await?
             .and_then(|l| l.spec)
             .and_then(|s| s.holder_identity)
             .filter(|h| !h.is_empty());
-        if let Some(h) = holder
-            && Some(h.as_str()) != not
-        {
-            return Ok(h);
-        }
-        if Instant::now() > deadline {
-            bail!("no new kube-scheduler lease holder within {timeout:?} (previous: {not:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok(holder.filter(|h| Some(h.as_str()) != not))
+    })
+    .await
 }
 
 async fn create_pods(
@@ -460,35 +411,25 @@ async fn leader_election_one_binds_and_a_standby_takes_over() -> Result<()> {
     let client = api.client().await?;
     create_node(&client, "n1", json!({}), json!({}), "4").await?;
     create_node(&client, "n2", json!({}), json!({}), "4").await?;
-    let mut leader = Scheduler::start_with(&api, &FAST_LEASE)?;
+    let mut leader = scheduler(&api, &FAST_LEASE)?;
     let first = wait_lease_holder(&client, None, Duration::from_secs(20)).await?;
-    let mut standby = Scheduler::start_with(&api, &FAST_LEASE)?;
+    let mut standby = scheduler(&api, &FAST_LEASE)?;
 
     create_pods(&client, "a-", 0..10, json!({})).await?;
     wait_all_bound(&client, "a-", 10, Duration::from_secs(20)).await?;
     // Every binding came from the leader (events are asynchronous: wait for all ten).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let evs = scheduled_events(&client).await?;
-        if evs.len() >= 10 {
-            assert!(
-                evs.iter().all(|(_, inst)| *inst == first),
-                "a non-leader scheduled pods: {evs:?} (leader {first})"
-            );
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("only {} Scheduled events: {evs:?}", evs.len());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let evs = wait_scheduled(&client, "", 10).await?;
+    assert!(
+        evs.iter().all(|(_, inst)| *inst == first),
+        "a non-leader scheduled pods: {evs:?} (leader {first})"
+    );
     assert!(
         !standby.log().contains("acquired leadership"),
         "standby took the lease while the leader renewed it:\n{}",
         standby.log()
     );
 
-    leader.kill_9();
+    leader.kill();
     let killed = Instant::now();
     create_pods(&client, "b-", 0..10, json!({})).await?;
     let second = wait_lease_holder(&client, Some(&first), Duration::from_secs(15)).await?;
@@ -496,22 +437,11 @@ async fn leader_election_one_binds_and_a_standby_takes_over() -> Result<()> {
     let took = killed.elapsed();
     assert!(took < Duration::from_secs(15), "takeover took {took:?}");
     println!("standby took over and bound 10 pending pods {took:?} after the leader was killed");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let evs = scheduled_events(&client).await?;
-        let b: Vec<_> = evs.iter().filter(|(p, _)| p.starts_with("b-")).collect();
-        if b.len() >= 10 {
-            assert!(
-                b.iter().all(|(_, inst)| *inst == second),
-                "b-* not all scheduled by the new leader {second}: {b:?}"
-            );
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("only {} Scheduled events for b-*", b.len());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let b = wait_scheduled(&client, "b-", 10).await?;
+    assert!(
+        b.iter().all(|(_, inst)| *inst == second),
+        "b-* not all scheduled by the new leader {second}: {b:?}"
+    );
     assert!(standby.is_running(), "standby exited:\n{}", standby.log());
     Ok(())
 }
@@ -528,25 +458,30 @@ async fn kill_9_with_pending_pods_loses_none_and_binds_none_twice() -> Result<()
     }
     let small = json!({"containers": [{"name": "c", "image": "busybox",
         "resources": {"requests": {"cpu": "100m"}}}]});
-    let mut sched = Scheduler::start(&api)?;
+    let mut sched = scheduler(&api, &[])?;
     create_pods(&client, "p-", 0..100, small.clone()).await?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while placements(&client)
-        .await?
-        .values()
-        .filter(|n| !n.is_empty())
-        .count()
-        < 20
-    {
-        if Instant::now() > deadline {
-            bail!(
-                "scheduler bound fewer than 20 pods in 20s:\n{}",
-                sched.log()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    sched.kill_9();
+    // Poll fast: the kill must land while most of the first 100 are still pending.
+    wait_until_every(
+        "20 bound pods",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || async {
+            let bound = placements(&client)
+                .await?
+                .values()
+                .filter(|n| !n.is_empty())
+                .count();
+            Ok((bound >= 20).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "scheduler bound fewer than 20 pods in 20s:\n{}",
+            sched.log()
+        )
+    })?;
+    sched.kill();
     create_pods(&client, "p-", 100..200, small).await?;
     let pending = placements(&client)
         .await?
@@ -555,7 +490,7 @@ async fn kill_9_with_pending_pods_loses_none_and_binds_none_twice() -> Result<()
         .count();
     assert!(pending >= 100, "only {pending} pending pods after the kill");
 
-    let _sched = Scheduler::start(&api)?;
+    let _sched = scheduler(&api, &[])?;
     let placed = wait_all_bound(&client, "p-", 200, Duration::from_secs(30)).await?;
     let mut per_node: HashMap<&str, usize> = HashMap::new();
     for node in placed.values() {
@@ -583,7 +518,7 @@ async fn impossible_pods_never_stall_normal_ones() -> Result<()> {
     let client = api.client().await?;
     create_node(&client, "n1", json!({}), json!({}), "4").await?;
     create_node(&client, "n2", json!({}), json!({}), "4").await?;
-    let mut sched = Scheduler::start(&api)?;
+    let mut sched = scheduler(&api, &[])?;
     let c = |res: Value| json!([{"name": "c", "image": "busybox", "resources": res}]);
     let impossible = [
         (
