@@ -6,29 +6,41 @@ use e2e::{ApiServer, Backend, Kubectl};
 
 const DONALD: &str = "system:serviceaccount:entenhausen:donald";
 
-fn s(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
 fn ok(k: &Kubectl, args: &[&str]) -> String {
-    k.run(args)
-        .and_then(|o| o.success())
-        .map(|o| o.stdout)
-        .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
+    k.ok(args).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn fails(k: &Kubectl, args: &[&str]) -> String {
-    k.run(args)
-        .and_then(|o| o.failure())
-        .map(|o| o.stderr)
-        .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
+    k.fails(args).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// `args` prefixed with `--token <token>`.
-fn as_token(token: &str, args: &[&str]) -> Vec<String> {
-    let mut v = vec!["--token".to_string(), token.to_string()];
-    v.extend(args.iter().map(|s| s.to_string()));
-    v
+fn with_token<'a>(token: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    ["--token", token]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect()
+}
+
+/// Whether `kubectl auth can-i --list` output has a row for `resource` (with its trailing
+/// space) that lists `verb`.
+fn grants(list: &str, resource: &str, verb: &str) -> bool {
+    list.lines()
+        .any(|l| l.starts_with(resource) && l.contains(verb))
+}
+
+/// Runs `f` up to 50 times, 100 ms apart, until `done` accepts its output (changes reach
+/// the authorizer and quota asynchronously); returns the last output.
+fn retry(mut f: impl FnMut() -> String, done: impl Fn(&str) -> bool) -> String {
+    let mut out = String::new();
+    for _ in 0..50 {
+        out = f();
+        if done(&out) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,43 +80,48 @@ async fn entenhausen_seed_scenario() {
     .to_string();
     assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
 
-    let who = ok(
-        &k,
-        &as_token(&token, &["auth", "whoami"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let who = ok(&k, &with_token(&token, &["auth", "whoami"]));
     assert!(who.contains(DONALD), "{who}");
     assert!(who.contains("system:serviceaccounts:entenhausen"), "{who}");
 
-    let run = |args: &[&str]| as_token(&token, args);
     ok(
         &k,
-        &s(&run(&[
-            "create",
-            "deployment",
-            "web",
-            "--image=nginx",
-            "-n",
-            "entenhausen",
-        ])),
+        &with_token(
+            &token,
+            &[
+                "create",
+                "deployment",
+                "web",
+                "--image=nginx",
+                "-n",
+                "entenhausen",
+            ],
+        ),
     );
     ok(
         &k,
-        &s(&run(&[
-            "scale",
-            "deployment",
-            "web",
-            "--replicas=3",
-            "-n",
-            "entenhausen",
-        ])),
+        &with_token(
+            &token,
+            &[
+                "scale",
+                "deployment",
+                "web",
+                "--replicas=3",
+                "-n",
+                "entenhausen",
+            ],
+        ),
     );
-    let pods = ok(&k, &s(&run(&["get", "pods", "-n", "entenhausen"])));
+    let pods = ok(
+        &k,
+        &with_token(&token, &["get", "pods", "-n", "entenhausen"]),
+    );
     assert!(!pods.contains("Forbidden"), "{pods}");
 
-    let err = fails(&k, &s(&run(&["get", "pods", "-n", "kube-system"])));
+    let err = fails(
+        &k,
+        &with_token(&token, &["get", "pods", "-n", "kube-system"]),
+    );
     assert!(
         err.contains(&format!(
             "Error from server (Forbidden): pods is forbidden: User \"{DONALD}\" cannot list resource \"pods\" in API group \"\" in the namespace \"kube-system\""
@@ -113,21 +130,25 @@ async fn entenhausen_seed_scenario() {
     );
     let err = fails(
         &k,
-        &s(&run(&[
-            "create",
-            "clusterrolebinding",
-            "mine",
-            "--clusterrole=cluster-admin",
-            "--serviceaccount=entenhausen:donald",
-        ])),
+        &with_token(
+            &token,
+            &[
+                "create",
+                "clusterrolebinding",
+                "mine",
+                "--clusterrole=cluster-admin",
+                "--serviceaccount=entenhausen:donald",
+            ],
+        ),
     );
     assert!(
         err.contains("clusterrolebindings.rbac.authorization.k8s.io is forbidden"),
         "{err}"
     );
-    let err = fails(
-        &k,
-        &s(&run(&[
+    // Binding himself cluster-admin in his namespace.
+    let mine = with_token(
+        &token,
+        &[
             "create",
             "rolebinding",
             "mine",
@@ -135,8 +156,9 @@ async fn entenhausen_seed_scenario() {
             "--serviceaccount=entenhausen:donald",
             "-n",
             "entenhausen",
-        ])),
+        ],
     );
+    let err = fails(&k, &mine);
     assert!(
         err.contains("cannot create resource \"rolebindings\""),
         "{err}"
@@ -155,25 +177,10 @@ async fn entenhausen_seed_scenario() {
             "entenhausen",
         ],
     );
-    let mut err = String::new();
-    for _ in 0..50 {
-        err = fails(
-            &k,
-            &s(&run(&[
-                "create",
-                "rolebinding",
-                "mine",
-                "--clusterrole=cluster-admin",
-                "--serviceaccount=entenhausen:donald",
-                "-n",
-                "entenhausen",
-            ])),
-        );
-        if err.contains("attempting to grant RBAC permissions not currently held") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let err = retry(
+        || fails(&k, &mine),
+        |err| err.contains("attempting to grant RBAC permissions not currently held"),
+    );
     // Kubernetes' exact wording (rbac/validation.ConfirmNoEscalation), missing rules sorted.
     let want = format!(
         "rolebindings.rbac.authorization.k8s.io \"mine\" is forbidden: user \"{DONALD}\" (groups=[\"system:serviceaccounts\" \"system:serviceaccounts:entenhausen\" \"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{{APIGroups:[\"*\"], Resources:[\"*\"], Verbs:[\"*\"]}}\n{{NonResourceURLs:[\"*\"], Verbs:[\"*\"]}}\n"
@@ -183,7 +190,7 @@ async fn entenhausen_seed_scenario() {
     // `auth can-i --list` with donald's own token shows what he holds there.
     let own = ok(
         &k,
-        &s(&run(&["auth", "can-i", "--list", "-n", "entenhausen"])),
+        &with_token(&token, &["auth", "can-i", "--list", "-n", "entenhausen"]),
     );
     for (resource, verb) in [
         ("deployments.apps ", "create"),
@@ -192,65 +199,31 @@ async fn entenhausen_seed_scenario() {
         ("rolebindings.rbac.authorization.k8s.io ", "create"),
         ("selfsubjectreviews.authentication.k8s.io ", "create"),
     ] {
-        assert!(
-            own.lines()
-                .any(|l| l.starts_with(resource) && l.contains(verb)),
-            "{resource}{verb}: {own}"
-        );
+        assert!(grants(&own, resource, verb), "{resource}{verb}: {own}");
     }
     assert!(
         !own.lines().any(|l| l.starts_with("*.* ")),
         "no cluster-admin: {own}"
     );
 
-    let list = ok(
-        &k,
-        &[
-            "auth",
-            "can-i",
-            "--list",
-            &format!("--as={DONALD}"),
-            "-n",
-            "entenhausen",
-        ],
-    );
-    assert!(
-        list.lines()
-            .any(|l| l.starts_with("deployments.apps ") && l.contains("create")),
-        "{list}"
-    );
-    assert!(
-        list.lines()
-            .any(|l| l.starts_with("pods ") && l.contains("list")),
-        "{list}"
-    );
-    assert_eq!(
-        ok(
-            &k,
-            &[
-                "auth",
-                "can-i",
-                "list",
-                "pods",
-                "-n",
-                "entenhausen",
-                &format!("--as={DONALD}")
-            ]
-        )
-        .trim(),
-        "yes"
-    );
-    let no = k
-        .run(&[
-            "auth",
-            "can-i",
-            "list",
-            "pods",
-            "-n",
-            "kube-system",
-            &format!("--as={DONALD}"),
-        ])
-        .expect("kubectl");
+    // `kubectl auth can-i <args> --as=<donald> -n <ns>` (exit code 0 only for "yes").
+    let as_donald = format!("--as={DONALD}");
+    let can_i = |k: &Kubectl, args: &[&str], ns: &str| {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        all.extend([as_donald.as_str(), "-n", ns]);
+        k.run(&all).expect("kubectl")
+    };
+    let list = can_i(&k, &["--list"], "entenhausen")
+        .success()
+        .expect("can-i --list")
+        .stdout;
+    assert!(grants(&list, "deployments.apps ", "create"), "{list}");
+    assert!(grants(&list, "pods ", "list"), "{list}");
+    let yes = can_i(&k, &["list", "pods"], "entenhausen");
+    assert_eq!(yes.code, 0, "{}", yes.stderr);
+    assert_eq!(yes.stdout.trim(), "yes");
+    let no = can_i(&k, &["list", "pods"], "kube-system");
     assert_eq!(no.stdout.trim(), "no");
 
     // kubectl 1.33 sends TokenRequest and access reviews as protobuf.
@@ -259,42 +232,22 @@ async fn entenhausen_seed_scenario() {
         .trim()
         .to_string();
     assert!(ok(&k33, &["--token", &token33, "auth", "whoami"]).contains(DONALD));
-    assert_eq!(
-        ok(
-            &k33,
-            &[
-                "auth",
-                "can-i",
-                "create",
-                "deployments",
-                "-n",
-                "entenhausen",
-                &format!("--as={DONALD}")
-            ]
-        )
-        .trim(),
-        "yes"
-    );
-    let list33 = ok(
-        &k33,
-        &[
-            "auth",
-            "can-i",
-            "--list",
-            &format!("--as={DONALD}"),
-            "-n",
-            "entenhausen",
-        ],
-    );
-    assert!(
-        list33.lines().any(|l| l.starts_with("deployments.apps ")),
-        "{list33}"
-    );
+    let yes = can_i(&k33, &["create", "deployments"], "entenhausen");
+    assert_eq!(yes.code, 0, "{}", yes.stderr);
+    assert_eq!(yes.stdout.trim(), "yes");
+    let list33 = can_i(&k33, &["--list"], "entenhausen")
+        .success()
+        .expect("can-i --list")
+        .stdout;
+    assert!(grants(&list33, "deployments.apps ", ""), "{list33}");
 
     // Impersonation needs the impersonate verb.
     let err = fails(
         &k,
-        &s(&run(&["get", "pods", "-n", "entenhausen", "--as=dagobert"])),
+        &with_token(
+            &token,
+            &["get", "pods", "-n", "entenhausen", "--as=dagobert"],
+        ),
     );
     assert!(
         err.contains(&format!("users \"dagobert\" is forbidden: User \"{DONALD}\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope")),
@@ -311,17 +264,14 @@ async fn entenhausen_seed_scenario() {
         &k,
         &["delete", "serviceaccount", "donald", "-n", "entenhausen"],
     );
-    let mut err = String::new();
-    for _ in 0..50 {
-        let out = k
-            .run(&s(&run(&["get", "pods", "-n", "entenhausen"])))
-            .expect("kubectl");
-        err = out.stderr;
-        if err.contains("Unauthorized") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let err = retry(
+        || {
+            k.run(&with_token(&token, &["get", "pods", "-n", "entenhausen"]))
+                .expect("kubectl")
+                .stderr
+        },
+        |err| err.contains("Unauthorized"),
+    );
     assert!(err.contains("Unauthorized"), "{err}");
 }
 
@@ -375,18 +325,16 @@ async fn quota_and_pod_security() {
         err.contains("pods \"p3\" is forbidden: exceeded quota: class-quota, requested: requests.cpu=1, used: requests.cpu=2, limited: requests.cpu=2"),
         "{err}"
     );
-    let used = ok(
-        &k,
-        &[
-            "get",
-            "quota",
-            "class-quota",
-            "-n",
-            "klasse",
-            "-o",
-            "jsonpath={.status.used.requests\\.cpu}",
-        ],
-    );
+    let used_cpu = [
+        "get",
+        "quota",
+        "class-quota",
+        "-n",
+        "klasse",
+        "-o",
+        "jsonpath={.status.used.requests\\.cpu}",
+    ];
+    let used = ok(&k, &used_cpu);
     assert_eq!(used.trim(), "2");
     let pods = ok(&k, &["get", "pods", "-n", "klasse", "-o", "name"]);
     assert!(!pods.contains("p3"), "nothing written on rejection: {pods}");
@@ -404,25 +352,7 @@ async fn quota_and_pod_security() {
             "--force",
         ],
     );
-    let mut used = String::new();
-    for _ in 0..50 {
-        used = ok(
-            &k,
-            &[
-                "get",
-                "quota",
-                "class-quota",
-                "-n",
-                "klasse",
-                "-o",
-                "jsonpath={.status.used.requests\\.cpu}",
-            ],
-        );
-        if used.trim() == "1" {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let used = retry(|| ok(&k, &used_cpu), |used| used.trim() == "1");
     assert_eq!(used.trim(), "1");
 
     ok(&k, &["create", "namespace", "secure"]);
