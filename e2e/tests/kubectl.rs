@@ -37,21 +37,19 @@ fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
 fn get_json(k: &Kubectl, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.extend(["-o", "json"]);
-    let out = k
-        .run(&all)
-        .and_then(|o| o.success())
-        .expect("kubectl get -o json");
-    serde_json::from_str(&out.stdout).expect("JSON output")
+    serde_json::from_str(&k.ok(&all).expect("kubectl get -o json")).expect("JSON output")
 }
 
 fn get_yaml(k: &Kubectl, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.extend(["-o", "yaml"]);
-    let out = k
-        .run(&all)
-        .and_then(|o| o.success())
-        .expect("kubectl get -o yaml");
-    serde_yaml::from_str(&out.stdout).expect("YAML output")
+    serde_yaml::from_str(&k.ok(&all).expect("kubectl get -o yaml")).expect("YAML output")
+}
+
+/// Asserts that `text` (kubectl output) contains `want`.
+#[track_caller]
+fn assert_has(text: &str, want: &str) {
+    assert!(text.contains(want), "output lacks {want:?}:\n{text}");
 }
 
 fn in_service_range(ip: &str) -> bool {
@@ -70,7 +68,7 @@ fn walk_through(server: &ApiServer, minor: u32) {
     // apply: one multi-document manifest, five kinds.
     let mut args = vec!["apply", "-f", web_lab];
     args.extend(&v);
-    let out = k.run(&args).and_then(|o| o.success()).expect("apply");
+    let out = k.ok(&args).expect("apply");
     for line in [
         "namespace/web-lab created",
         "serviceaccount/student created",
@@ -78,25 +76,17 @@ fn walk_through(server: &ApiServer, minor: u32) {
         "service/web created",
         "networkpolicy.networking.k8s.io/web-allow-http created",
     ] {
-        assert!(
-            out.stdout.contains(line),
-            "apply output lacks {line:?}:\n{}",
-            out.stdout
-        );
+        assert_has(&out, line);
     }
     // Applying the same manifest again changes nothing.
-    let out = k.run(&args).and_then(|o| o.success()).expect("apply again");
-    assert!(
-        out.stdout.contains("deployment.apps/web unchanged"),
-        "{}",
-        out.stdout
-    );
+    let out = k.ok(&args).expect("apply again");
+    assert_has(&out, "deployment.apps/web unchanged");
 
     // get: tables with the columns Kubernetes prints.
     let ns = |args: &[&str]| {
         let mut all = args.to_vec();
         all.extend(["-n", "web-lab"]);
-        k.run(&all).and_then(|o| o.success()).expect("get").stdout
+        k.ok(&all).expect("get")
     };
     let t = ns(&["get", "deployments"]);
     assert_eq!(
@@ -132,11 +122,7 @@ fn walk_through(server: &ApiServer, minor: u32) {
     let t = ns(&["get", "serviceaccounts"]);
     assert_eq!(header(&t), ["NAME", "SECRETS", "AGE"], "{t}");
     assert_eq!(row(&t, "student")[1], "0", "{t}");
-    let t = k
-        .run(&["get", "namespaces"])
-        .and_then(|o| o.success())
-        .expect("get ns")
-        .stdout;
+    let t = k.ok(&["get", "namespaces"]).expect("get ns");
     assert_eq!(header(&t), ["NAME", "STATUS", "AGE"], "{t}");
     assert_eq!(row(&t, "web-lab")[1], "Active", "{t}");
     assert_eq!(row(&t, "default")[1], "Active", "{t}");
@@ -202,8 +188,8 @@ fn walk_through(server: &ApiServer, minor: u32) {
     assert_eq!(s["spec"]["ports"][0]["targetPort"], 80);
 
     // label: metadata only, generation unchanged.
-    let out = k
-        .run(&[
+    assert_has(
+        &k.ok(&[
             "label",
             "deployment",
             "web",
@@ -211,11 +197,8 @@ fn walk_through(server: &ApiServer, minor: u32) {
             "web-lab",
             "tier=frontend",
         ])
-        .and_then(|o| o.success());
-    assert!(
-        out.expect("label")
-            .stdout
-            .contains("deployment.apps/web labeled")
+        .expect("label"),
+        "deployment.apps/web labeled",
     );
     let d = get_json(&k, &["get", "deployment", "web", "-n", "web-lab"]);
     assert_eq!(d["metadata"]["labels"]["tier"], "frontend");
@@ -244,8 +227,8 @@ fn walk_through(server: &ApiServer, minor: u32) {
         "get -w printed no initial row: {out}\n{}",
         watch.stderr()
     );
-    let out = k
-        .run(&[
+    assert_has(
+        &k.ok(&[
             "scale",
             "deployment",
             "web",
@@ -253,11 +236,8 @@ fn walk_through(server: &ApiServer, minor: u32) {
             "web-lab",
             "--replicas=3",
         ])
-        .and_then(|o| o.success());
-    assert!(
-        out.expect("scale")
-            .stdout
-            .contains("deployment.apps/web scaled")
+        .expect("scale"),
+        "deployment.apps/web scaled",
     );
     let (seen, out) = watch.wait_for(Duration::from_secs(20), |o| o.contains("0/3"));
     assert!(
@@ -271,39 +251,34 @@ fn walk_through(server: &ApiServer, minor: u32) {
     assert_eq!(d["metadata"]["generation"], 2);
 
     // patch --type merge and --type json.
-    let out = k.run(&[
-        "patch",
-        "deployment",
-        "web",
-        "-n",
-        "web-lab",
-        "--type",
+    let patch = |ty: &str, body: &str| {
+        k.run(&[
+            "patch",
+            "deployment",
+            "web",
+            "-n",
+            "web-lab",
+            "--type",
+            ty,
+            "-p",
+            body,
+        ])
+    };
+    let out = patch(
         "merge",
-        "-p",
         r#"{"spec":{"minReadySeconds":5},"metadata":{"annotations":{"lotse.dev/note":"merged"}}}"#,
-    ]);
-    assert!(
-        out.and_then(|o| o.success())
-            .expect("merge patch")
-            .stdout
-            .contains("deployment.apps/web patched")
     );
-    let out = k.run(&[
-        "patch",
-        "deployment",
-        "web",
-        "-n",
-        "web-lab",
-        "--type",
+    assert_has(
+        &out.and_then(|o| o.success()).expect("merge patch").stdout,
+        "deployment.apps/web patched",
+    );
+    let out = patch(
         "json",
-        "-p",
         r#"[{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"nginx:1.26"}]"#,
-    ]);
-    assert!(
-        out.and_then(|o| o.success())
-            .expect("json patch")
-            .stdout
-            .contains("deployment.apps/web patched")
+    );
+    assert_has(
+        &out.and_then(|o| o.success()).expect("json patch").stdout,
+        "deployment.apps/web patched",
     );
     let d = get_json(&k, &["get", "deployment", "web", "-n", "web-lab"]);
     assert_eq!(d["spec"]["minReadySeconds"], 5);
@@ -314,17 +289,10 @@ fn walk_through(server: &ApiServer, minor: u32) {
     );
     assert_eq!(d["metadata"]["generation"], 4);
     // A json patch whose test op fails is refused and changes nothing.
-    let out = k.run(&[
-        "patch",
-        "deployment",
-        "web",
-        "-n",
-        "web-lab",
-        "--type",
+    let out = patch(
         "json",
-        "-p",
         r#"[{"op":"test","path":"/spec/replicas","value":7},{"op":"replace","path":"/spec/replicas","value":9}]"#,
-    ]);
+    );
     out.and_then(|o| o.failure())
         .expect("failed json patch test op");
     assert_eq!(
@@ -338,14 +306,8 @@ fn walk_through(server: &ApiServer, minor: u32) {
     current["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] = "replaced".into();
     let mut replace = vec!["replace", "-f", "-", "-v=6"];
     replace.extend(&v);
-    let out = k
-        .run_stdin(&replace, &current.to_string())
-        .and_then(|o| o.success());
-    assert!(
-        out.expect("replace")
-            .stdout
-            .contains("deployment.apps/web replaced")
-    );
+    let out = k.ok_stdin(&replace, &current.to_string());
+    assert_has(&out.expect("replace"), "deployment.apps/web replaced");
     let d = get_json(&k, &["get", "deployment", "web", "-n", "web-lab"]);
     assert_eq!(
         d["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"],
@@ -355,8 +317,8 @@ fn walk_through(server: &ApiServer, minor: u32) {
     stale["spec"]["replicas"] = 1.into();
     let out = k
         .run_stdin(&replace, &stale.to_string())
-        .and_then(|o| o.failure());
-    let out = out.expect("stale replace");
+        .and_then(|o| o.failure())
+        .expect("stale replace");
     assert!(
         out.stderr.contains("409 Conflict"),
         "stale replace: {}",
@@ -377,10 +339,7 @@ fn walk_through(server: &ApiServer, minor: u32) {
     );
 
     // explain reads the schema from /openapi/v3 (all three versions).
-    let out = k
-        .run(&["explain", "deployment.spec"])
-        .and_then(|o| o.success())
-        .expect("explain");
+    let out = k.ok(&["explain", "deployment.spec"]).expect("explain");
     for want in [
         "KIND:",
         "Deployment",
@@ -389,11 +348,7 @@ fn walk_through(server: &ApiServer, minor: u32) {
         "strategy",
         "template",
     ] {
-        assert!(
-            out.stdout.contains(want),
-            "explain lacks {want:?}:\n{}",
-            out.stdout
-        );
+        assert_has(&out, want);
     }
 
     // Error cases as kubectl shows them.
@@ -407,11 +362,10 @@ fn walk_through(server: &ApiServer, minor: u32) {
         .run_stdin(&create, ns_doc)
         .and_then(|o| o.failure())
         .expect("dup");
-    assert!(out.stderr.contains("409 Conflict"), "{}", out.stderr);
-    assert!(
-        out.stderr.contains("Error from server (AlreadyExists): error when creating \"STDIN\": namespaces \"web-lab\" already exists"),
-        "{}",
-        out.stderr
+    assert_has(&out.stderr, "409 Conflict");
+    assert_has(
+        &out.stderr,
+        "Error from server (AlreadyExists): error when creating \"STDIN\": namespaces \"web-lab\" already exists",
     );
     // Invalid name → 422 Invalid with the field path.
     let cm = |ns: &str, name: &str| {
@@ -421,109 +375,88 @@ fn walk_through(server: &ApiServer, minor: u32) {
     };
     let out = k
         .run_stdin(&create, &cm("web-lab", "Bad_Name"))
-        .and_then(|o| o.failure());
-    let out = out.expect("invalid name");
-    assert!(
-        out.stderr.contains("422 Unprocessable Entity"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains(
-            "The ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\""
-        ),
-        "{}",
-        out.stderr
+        .and_then(|o| o.failure())
+        .expect("invalid name");
+    assert_has(&out.stderr, "422 Unprocessable Entity");
+    assert_has(
+        &out.stderr,
+        "The ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\"",
     );
     // Missing namespace → NotFound for the namespace.
     let out = k
         .run_stdin(&create, &cm("nowhere", "cm"))
-        .and_then(|o| o.failure());
-    let out = out.expect("missing namespace");
-    assert!(out.stderr.contains("404 Not Found"), "{}", out.stderr);
-    assert!(
-        out.stderr.contains("namespaces \"nowhere\" not found"),
-        "{}",
-        out.stderr
-    );
+        .and_then(|o| o.failure())
+        .expect("missing namespace");
+    assert_has(&out.stderr, "404 Not Found");
+    assert_has(&out.stderr, "namespaces \"nowhere\" not found");
     // Unknown field with --validate=strict → 400 naming the field (server-side validation on
     // every version, 1.27 included).
     {
         let bad = testdata("unknown-field-deployment.yaml");
-        let out = k.run(&[
-            "apply",
-            "--validate=strict",
-            "-f",
-            bad.to_str().expect("path"),
-        ]);
-        let out = out.and_then(|o| o.failure()).expect("unknown field");
-        assert!(
-            out.stderr.contains("unknown field \"spec.replicaz\""),
-            "{}",
-            out.stderr
-        );
-        assert!(out.stderr.contains("BadRequest"), "{}", out.stderr);
+        let out = k
+            .run(&[
+                "apply",
+                "--validate=strict",
+                "-f",
+                bad.to_str().expect("path"),
+            ])
+            .and_then(|o| o.failure())
+            .expect("unknown field");
+        assert_has(&out.stderr, "unknown field \"spec.replicaz\"");
+        assert_has(&out.stderr, "BadRequest");
     }
     // Unknown resource → 404.
     let out = k
         .run(&["get", "--raw", "/api/v1/namespaces/web-lab/gizmos"])
-        .and_then(|o| o.failure());
-    let out = out.expect("unknown resource");
-    assert!(out.stderr.contains("(NotFound)"), "{}", out.stderr);
+        .and_then(|o| o.failure())
+        .expect("unknown resource");
+    assert_has(&out.stderr, "(NotFound)");
     let out = k
         .run(&["get", "gizmos"])
         .and_then(|o| o.failure())
         .expect("unknown kind");
-    assert!(
-        out.stderr
-            .contains("the server doesn't have a resource type \"gizmos\""),
-        "{}",
-        out.stderr
+    assert_has(
+        &out.stderr,
+        "the server doesn't have a resource type \"gizmos\"",
     );
     // Malformed JSON body → 400.
-    let out = k.run(&[
-        "create",
-        "--raw",
-        "/api/v1/namespaces/web-lab/configmaps",
-        "-f",
-        testdata("malformed.json").to_str().expect("path"),
-        "-v=6",
-    ]);
-    let out = out.and_then(|o| o.failure()).expect("malformed");
-    assert!(out.stderr.contains("400 Bad Request"), "{}", out.stderr);
+    let out = k
+        .run(&[
+            "create",
+            "--raw",
+            "/api/v1/namespaces/web-lab/configmaps",
+            "-f",
+            testdata("malformed.json").to_str().expect("path"),
+            "-v=6",
+        ])
+        .and_then(|o| o.failure())
+        .expect("malformed");
+    assert_has(&out.stderr, "400 Bad Request");
 
     // delete returns once the object is gone.
-    let out = k
-        .run(&["delete", "deployment", "web", "-n", "web-lab"])
-        .and_then(|o| o.success());
-    assert!(
-        out.expect("delete")
-            .stdout
-            .contains("deployment.apps \"web\" deleted")
+    assert_has(
+        &k.ok(&["delete", "deployment", "web", "-n", "web-lab"])
+            .expect("delete"),
+        "deployment.apps \"web\" deleted",
     );
     let out = k
         .run(&["get", "deployment", "web", "-n", "web-lab"])
         .and_then(|o| o.failure())
         .expect("gone");
-    assert!(
-        out.stderr
-            .contains("Error from server (NotFound): deployments.apps \"web\" not found"),
-        "{}",
-        out.stderr
+    assert_has(
+        &out.stderr,
+        "Error from server (NotFound): deployments.apps \"web\" not found",
     );
-    let out = k
-        .run(&[
+    assert_has(
+        &k.ok(&[
             "delete",
             "-f",
             web_lab,
             "--ignore-not-found",
             "--wait=false",
         ])
-        .and_then(|o| o.success());
-    assert!(
-        out.expect("delete -f")
-            .stdout
-            .contains("service \"web\" deleted")
+        .expect("delete -f"),
+        "service \"web\" deleted",
     );
 }
 
@@ -540,38 +473,22 @@ async fn run(backend: Backend, minor: u32) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs built apiserver binary; run via .ci/test"]
-async fn kubectl_1_27_sqlite() {
-    run(Backend::Sqlite, 27).await;
+/// One test per backend and kubectl minor.
+macro_rules! kubectl_tests {
+    ($($name:ident: $backend:ident, $minor:literal, $why:literal;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[ignore = $why]
+        async fn $name() {
+            run(Backend::$backend, $minor).await;
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs built apiserver binary; run via .ci/test"]
-async fn kubectl_1_30_sqlite() {
-    run(Backend::Sqlite, 30).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs built apiserver binary; run via .ci/test"]
-async fn kubectl_1_33_sqlite() {
-    run(Backend::Sqlite, 33).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs built apiserver binary and etcd (Debian etcd-server); run via .ci/test"]
-async fn kubectl_1_27_etcd() {
-    run(Backend::Etcd, 27).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs built apiserver binary and etcd (Debian etcd-server); run via .ci/test"]
-async fn kubectl_1_30_etcd() {
-    run(Backend::Etcd, 30).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs built apiserver binary and etcd (Debian etcd-server); run via .ci/test"]
-async fn kubectl_1_33_etcd() {
-    run(Backend::Etcd, 33).await;
+kubectl_tests! {
+    kubectl_1_27_sqlite: Sqlite, 27, "needs built apiserver binary; run via .ci/test";
+    kubectl_1_30_sqlite: Sqlite, 30, "needs built apiserver binary; run via .ci/test";
+    kubectl_1_33_sqlite: Sqlite, 33, "needs built apiserver binary; run via .ci/test";
+    kubectl_1_27_etcd: Etcd, 27, "needs built apiserver binary and etcd (Debian etcd-server); run via .ci/test";
+    kubectl_1_30_etcd: Etcd, 30, "needs built apiserver binary and etcd (Debian etcd-server); run via .ci/test";
+    kubectl_1_33_etcd: Etcd, 33, "needs built apiserver binary and etcd (Debian etcd-server); run via .ci/test";
 }
