@@ -31,6 +31,25 @@ async fn status(
     (code, v)
 }
 
+/// Sends a request and asserts the Status' HTTP code and reason; returns the Status.
+async fn expect_status(
+    server: &ApiServer,
+    method: &str,
+    path: &str,
+    ct: Option<&str>,
+    body: Vec<u8>,
+    code: u16,
+    reason: &str,
+) -> Value {
+    let (got, v) = status(server, method, path, ct, body).await;
+    assert_eq!(
+        (got, v["reason"].as_str()),
+        (code, Some(reason)),
+        "{method} {path}: {v}"
+    );
+    v
+}
+
 fn cm(name: &str, data: &str) -> Vec<u8> {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": data}})
         .to_string()
@@ -47,31 +66,32 @@ async fn bad_input(backend: Backend) {
     let json_ct = Some("application/json");
 
     // Malformed JSON → 400 BadRequest.
-    let (code, v) = status(
+    let v = expect_status(
         &server,
         "POST",
         CMS,
         json_ct,
         br#"{"apiVersion":"v1","kind":"ConfigMap","#.to_vec(),
+        400,
+        "BadRequest",
     )
     .await;
-    assert_eq!(
-        (code, v["reason"].as_str()),
-        (400, Some("BadRequest")),
-        "{v}"
-    );
     assert!(
         v["message"].as_str().is_some_and(|m| m.contains("json")),
         "{v}"
     );
     // Malformed YAML → 400 BadRequest.
     let yaml = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [unclosed\n".to_vec();
-    let (code, v) = status(&server, "POST", CMS, Some("application/yaml"), yaml).await;
-    assert_eq!(
-        (code, v["reason"].as_str()),
-        (400, Some("BadRequest")),
-        "{v}"
-    );
+    expect_status(
+        &server,
+        "POST",
+        CMS,
+        Some("application/yaml"),
+        yaml,
+        400,
+        "BadRequest",
+    )
+    .await;
     // A JSON array is not an object → 400.
     let (code, v) = status(&server, "POST", CMS, json_ct, b"[1,2]".to_vec()).await;
     assert_eq!(code, 400, "{v}");
@@ -79,19 +99,16 @@ async fn bad_input(backend: Backend) {
     // Unknown field with fieldValidation=Strict → 400 naming the field; Ignore accepts it.
     let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "strict"}, "dataz": {"a": "b"}});
     let path = format!("{CMS}?fieldValidation=Strict");
-    let (code, v) = status(
+    let v = expect_status(
         &server,
         "POST",
         &path,
         json_ct,
         body.to_string().into_bytes(),
+        400,
+        "BadRequest",
     )
     .await;
-    assert_eq!(
-        (code, v["reason"].as_str()),
-        (400, Some("BadRequest")),
-        "{v}"
-    );
     assert_eq!(
         v["message"],
         "ConfigMap in version \"v1\" cannot be handled as a ConfigMap: strict decoding error: unknown field \"dataz\"",
@@ -111,8 +128,16 @@ async fn bad_input(backend: Backend) {
     assert!(v.get("dataz").is_none(), "unknown field stored: {v}");
 
     // Invalid name → 422 Invalid with the field path in the causes.
-    let (code, v) = status(&server, "POST", CMS, json_ct, cm("Bad_Name", "x")).await;
-    assert_eq!((code, v["reason"].as_str()), (422, Some("Invalid")), "{v}");
+    let v = expect_status(
+        &server,
+        "POST",
+        CMS,
+        json_ct,
+        cm("Bad_Name", "x"),
+        422,
+        "Invalid",
+    )
+    .await;
     let msg = v["message"].as_str().unwrap_or_default();
     assert!(
         msg.starts_with("ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain"),
@@ -130,12 +155,16 @@ async fn bad_input(backend: Backend) {
     // Duplicate create → 409 AlreadyExists.
     let (code, created) = status(&server, "POST", CMS, json_ct, cm("dup", "one")).await;
     assert_eq!(code, 201, "{created}");
-    let (code, v) = status(&server, "POST", CMS, json_ct, cm("dup", "two")).await;
-    assert_eq!(
-        (code, v["reason"].as_str()),
-        (409, Some("AlreadyExists")),
-        "{v}"
-    );
+    let v = expect_status(
+        &server,
+        "POST",
+        CMS,
+        json_ct,
+        cm("dup", "two"),
+        409,
+        "AlreadyExists",
+    )
+    .await;
     assert_eq!(v["message"], "configmaps \"dup\" already exists", "{v}");
     assert_eq!(
         v["details"],
@@ -162,15 +191,16 @@ async fn bad_input(backend: Backend) {
     assert_eq!(code, 200, "{v}");
     let mut stale = created;
     stale["data"]["k"] = "stale".into();
-    let (code, v) = status(
+    let v = expect_status(
         &server,
         "PUT",
         &format!("{CMS}/dup"),
         json_ct,
         stale.to_string().into_bytes(),
+        409,
+        "Conflict",
     )
     .await;
-    assert_eq!((code, v["reason"].as_str()), (409, Some("Conflict")), "{v}");
     assert_eq!(
         v["message"],
         "Operation cannot be fulfilled on configmaps \"dup\": the object has been modified; please apply your changes to the latest version and try again",
@@ -182,13 +212,29 @@ async fn bad_input(backend: Backend) {
     let pre = json!({"preconditions": {"resourceVersion": "1"}})
         .to_string()
         .into_bytes();
-    let (code, v) = status(&server, "DELETE", &format!("{CMS}/dup"), json_ct, pre).await;
-    assert_eq!((code, v["reason"].as_str()), (409, Some("Conflict")), "{v}");
+    expect_status(
+        &server,
+        "DELETE",
+        &format!("{CMS}/dup"),
+        json_ct,
+        pre,
+        409,
+        "Conflict",
+    )
+    .await;
 
     // Missing namespace → 404 NotFound for the namespace.
     let path = "/api/v1/namespaces/nowhere/configmaps";
-    let (code, v) = status(&server, "POST", path, json_ct, cm("cm", "x")).await;
-    assert_eq!((code, v["reason"].as_str()), (404, Some("NotFound")), "{v}");
+    let v = expect_status(
+        &server,
+        "POST",
+        path,
+        json_ct,
+        cm("cm", "x"),
+        404,
+        "NotFound",
+    )
+    .await;
     assert_eq!(v["message"], "namespaces \"nowhere\" not found", "{v}");
     assert_eq!(
         v["details"],
@@ -199,12 +245,16 @@ async fn bad_input(backend: Backend) {
 
     // Body over 3 MiB → 413.
     let big = cm("big", &"x".repeat(3 * 1024 * 1024 + 1));
-    let (code, v) = status(&server, "POST", CMS, json_ct, big).await;
-    assert_eq!(
-        (code, v["reason"].as_str()),
-        (413, Some("RequestEntityTooLarge")),
-        "{v}"
-    );
+    expect_status(
+        &server,
+        "POST",
+        CMS,
+        json_ct,
+        big,
+        413,
+        "RequestEntityTooLarge",
+    )
+    .await;
     assert_absent(&server, &format!("{CMS}/big")).await;
 
     // Unknown resource (and unknown group) → 404.
@@ -213,29 +263,36 @@ async fn bad_input(backend: Backend) {
         "/apis/gizmos.example.com/v1/gizmos",
         "/api/v1/gizmos/x",
     ] {
-        let (code, v) = status(&server, "GET", path, None, vec![]).await;
-        assert_eq!(
-            (code, v["reason"].as_str()),
-            (404, Some("NotFound")),
-            "{path}: {v}"
-        );
+        let v = expect_status(&server, "GET", path, None, vec![], 404, "NotFound").await;
         assert_eq!(
             v["message"], "the server could not find the requested resource",
             "{path}: {v}"
         );
     }
     // Missing object → 404 with details.
-    let (code, v) = status(&server, "GET", &format!("{CMS}/absent"), None, vec![]).await;
-    assert_eq!((code, v["reason"].as_str()), (404, Some("NotFound")), "{v}");
+    let v = expect_status(
+        &server,
+        "GET",
+        &format!("{CMS}/absent"),
+        None,
+        vec![],
+        404,
+        "NotFound",
+    )
+    .await;
     assert_eq!(v["message"], "configmaps \"absent\" not found", "{v}");
 
     // Unsupported media type → 415.
-    let (code, v) = status(&server, "POST", CMS, Some("text/plain"), cm("plain", "x")).await;
-    assert_eq!(
-        (code, v["reason"].as_str()),
-        (415, Some("UnsupportedMediaType")),
-        "{v}"
-    );
+    expect_status(
+        &server,
+        "POST",
+        CMS,
+        Some("text/plain"),
+        cm("plain", "x"),
+        415,
+        "UnsupportedMediaType",
+    )
+    .await;
 
     // The server is still healthy after all of it.
     let (code, _) = server
