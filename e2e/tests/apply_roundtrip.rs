@@ -4,53 +4,26 @@
 //! malformed patches.
 
 use anyhow::Context;
-use e2e::{ApiServer, Backend};
+use e2e::{ApiServer, Backend, Kubectl, KubectlOutput};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
-const V1: &str = r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-  labels: {app: web, tier: front}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers:
-      - name: a
-        image: nginx:1
-        env: [{name: X, value: "1"}, {name: "Y", value: "2"}]
-        ports: [{containerPort: 80}]
-      - name: b
-        image: busybox
-"#;
+/// A Deployment with two containers, labels `app` and `tier`.
+const V1: &str = include_str!("../testdata/apply-web-v1.yaml");
 
 /// Edited: label `tier` removed, env `Y` removed, image changed, containers reordered, port added.
-const V2: &str = r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-  labels: {app: web}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers:
-      - name: b
-        image: busybox
-      - name: a
-        image: nginx:2
-        env: [{name: X, value: "1"}]
-        ports: [{containerPort: 80}, {containerPort: 443}]
-"#;
+const V2: &str = include_str!("../testdata/apply-web-v2.yaml");
+
+/// `kubectl apply --server-side -n <ns> <extra> -f -` with `doc` on stdin.
+fn apply_ssa(k: &Kubectl, ns: &str, extra: &[&str], doc: &str) -> anyhow::Result<KubectlOutput> {
+    let mut args = vec!["apply", "--server-side", "-n", ns];
+    args.extend_from_slice(extra);
+    args.extend(["-f", "-"]);
+    k.run_stdin(&args, doc)
+}
 
 async fn deployment(server: &ApiServer, ns: &str) -> anyhow::Result<Value> {
     let api: Api<Deployment> = Api::namespaced(server.client().await?, ns);
@@ -123,23 +96,9 @@ async fn apply_server_side_conflicts_and_force() -> anyhow::Result<()> {
         let k = server.kubectl(minor);
         let ns = format!("ssa{minor}");
         k.run(&["create", "namespace", &ns])?.success()?;
-        k.run_stdin(&["apply", "--server-side", "-n", &ns, "-f", "-"], V1)?
-            .success()?;
+        apply_ssa(&k, &ns, &[], V1)?.success()?;
         let other = V2.replace("replicas: 2", "replicas: 5");
-        let out = k
-            .run_stdin(
-                &[
-                    "apply",
-                    "--server-side",
-                    "--field-manager=other",
-                    "-n",
-                    &ns,
-                    "-f",
-                    "-",
-                ],
-                &other,
-            )?
-            .failure()?;
+        let out = apply_ssa(&k, &ns, &["--field-manager=other"], &other)?.failure()?;
         assert!(
             out.stderr
                 .contains("Apply failed with 2 conflicts: conflicts with \"kubectl\":"),
@@ -147,17 +106,10 @@ async fn apply_server_side_conflicts_and_force() -> anyhow::Result<()> {
             out.stderr
         );
         assert!(out.stderr.contains("- .spec.replicas"), "{}", out.stderr);
-        k.run_stdin(
-            &[
-                "apply",
-                "--server-side",
-                "--force-conflicts",
-                "--field-manager=other",
-                "-n",
-                &ns,
-                "-f",
-                "-",
-            ],
+        apply_ssa(
+            &k,
+            &ns,
+            &["--force-conflicts", "--field-manager=other"],
             &other,
         )?
         .success()?;
@@ -185,31 +137,15 @@ async fn apply_server_side_conflicts_and_force() -> anyhow::Result<()> {
         // kubectl owns the label `tier` alone; dropping it from its config removes it (forced:
         // its config still sets replicas and the image, which "other" now owns).
         let v1_no_tier = V1.replace("app: web, tier: front", "app: web");
-        let out = k
-            .run_stdin(
-                &["apply", "--server-side", "-n", &ns, "-f", "-"],
-                &v1_no_tier,
-            )?
-            .failure()?;
+        let out = apply_ssa(&k, &ns, &[], &v1_no_tier)?.failure()?;
         assert!(
             out.stderr.contains("conflicts with \"other\":"),
             "{}",
             out.stderr
         );
-        k.run_stdin(
-            &[
-                "apply",
-                "--server-side",
-                "--force-conflicts",
-                "-n",
-                &ns,
-                "-f",
-                "-",
-            ],
-            &v1_no_tier,
-        )?
-        .success()
-        .context("forced apply by kubectl")?;
+        apply_ssa(&k, &ns, &["--force-conflicts"], &v1_no_tier)?
+            .success()
+            .context("forced apply by kubectl")?;
         let d = deployment(&server, &ns).await?;
         assert_eq!(d["metadata"]["labels"], json!({"app": "web"}));
     }
