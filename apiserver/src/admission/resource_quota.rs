@@ -854,6 +854,21 @@ mod tests {
             &best_effort,
             &prio("Exists", json!([]))
         ));
+        let cross = json!({"spec": {"containers": [{"name": "a"}], "affinity": {"podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "podAffinityTerm": {
+                "topologyKey": "kubernetes.io/hostname", "namespaceSelector": {}}}]}}}});
+        let cq = quota(json!({"hard": {"pods": "1"}, "scopes": ["CrossNamespacePodAffinity"]}));
+        assert!(matches_quota(&PODS, &cross, &cq));
+        assert!(!matches_quota(&PODS, &best_effort, &cq));
+        let not_term = quota(json!({"hard": {"pods": "1"}, "scopes": ["NotTerminating"]}));
+        assert!(matches_quota(&PODS, &best_effort, &not_term));
+        assert!(!matches_quota(&PODS, &burstable, &not_term));
+        // A quota naming no pod resource does not match pods.
+        assert!(!matches_quota(
+            &PODS,
+            &best_effort,
+            &quota(json!({"hard": {"services": "1"}}))
+        ));
         // A scoped quota never matches other resources; an unscoped one does.
         let svc = json!({"spec": {"type": "ClusterIP"}});
         assert!(!matches_quota(
