@@ -26,231 +26,133 @@ pub const PROTOBUF_MEDIA_TYPE: &str = "application/com.github.proto-openapi.spec
 #[allow(missing_docs)]
 pub mod pb {
     //! gnostic `openapi.v2` messages (subset).
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Document {
-        #[prost(string, tag = "1")]
-        pub swagger: String,
-        #[prost(message, optional, tag = "2")]
-        pub info: Option<Info>,
-        #[prost(string, repeated, tag = "7")]
-        pub produces: Vec<String>,
-        #[prost(message, optional, tag = "8")]
-        pub paths: Option<Paths>,
-        #[prost(message, optional, tag = "9")]
-        pub definitions: Option<Definitions>,
+
+    /// Declares prost messages, one line per field: `(prost field options) name: Type`.
+    macro_rules! messages {
+        ($($name:ident { $(($($opt:tt)*) $field:ident: $ty:ty),* $(,)? })*) => {$(
+            #[derive(Clone, PartialEq, prost::Message)]
+            pub struct $name {
+                $(#[prost($($opt)*)] pub $field: $ty,)*
+            }
+        )*};
     }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Info {
-        #[prost(string, tag = "1")]
-        pub title: String,
-        #[prost(string, tag = "2")]
-        pub version: String,
+
+    /// Declares gnostic's `Named<X>` pair messages: `name` (1) and `value` (2).
+    macro_rules! named {
+        ($($name:ident => $value:ty),* $(,)?) => {
+            messages! {$(
+                $name {
+                    (string, tag = "1") name: String,
+                    (message, optional, tag = "2") value: Option<$value>,
+                }
+            )*}
+        };
     }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Any {
-        #[prost(string, tag = "2")]
-        pub yaml: String,
+
+    /// Declares the non-body parameter sub-schemas, which differ only in the tags of `type` and
+    /// `uniqueItems`.
+    macro_rules! sub_schemas {
+        ($($name:ident { type: $type_tag:tt, unique_items: $unique_tag:tt }),* $(,)?) => {
+            messages! {$(
+                $name {
+                    (bool, tag = "1") required: bool,
+                    (string, tag = "2") r#in: String,
+                    (string, tag = "3") description: String,
+                    (string, tag = "4") name: String,
+                    (string, tag = $type_tag) r#type: String,
+                    (bool, tag = $unique_tag) unique_items: bool,
+                }
+            )*}
+        };
     }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct NamedAny {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(message, optional, tag = "2")]
-        pub value: Option<Any>,
+
+    sub_schemas! {
+        QueryParameterSubSchema { type: "6", unique_items: "20" },
+        PathParameterSubSchema { type: "5", unique_items: "19" },
     }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Paths {
-        #[prost(message, repeated, tag = "2")]
-        pub path: Vec<NamedPathItem>,
+
+    named! {
+        NamedAny => Any,
+        NamedPathItem => PathItem,
+        NamedResponseValue => ResponseValue,
+        NamedSchema => Schema,
     }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct NamedPathItem {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(message, optional, tag = "2")]
-        pub value: Option<PathItem>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct PathItem {
-        #[prost(message, optional, tag = "2")]
-        pub get: Option<Operation>,
-        #[prost(message, optional, tag = "3")]
-        pub put: Option<Operation>,
-        #[prost(message, optional, tag = "4")]
-        pub post: Option<Operation>,
-        #[prost(message, optional, tag = "5")]
-        pub delete: Option<Operation>,
-        #[prost(message, optional, tag = "8")]
-        pub patch: Option<Operation>,
-        #[prost(message, repeated, tag = "9")]
-        pub parameters: Vec<ParametersItem>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Operation {
-        #[prost(string, repeated, tag = "1")]
-        pub tags: Vec<String>,
-        #[prost(string, tag = "3")]
-        pub description: String,
-        #[prost(string, tag = "5")]
-        pub operation_id: String,
-        #[prost(string, repeated, tag = "6")]
-        pub produces: Vec<String>,
-        #[prost(string, repeated, tag = "7")]
-        pub consumes: Vec<String>,
-        #[prost(message, repeated, tag = "8")]
-        pub parameters: Vec<ParametersItem>,
-        #[prost(message, optional, tag = "9")]
-        pub responses: Option<Responses>,
-        #[prost(string, repeated, tag = "10")]
-        pub schemes: Vec<String>,
-        #[prost(message, repeated, tag = "13")]
-        pub vendor_extension: Vec<NamedAny>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ParametersItem {
-        #[prost(message, optional, tag = "1")]
-        pub parameter: Option<Parameter>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Parameter {
-        #[prost(message, optional, tag = "1")]
-        pub body_parameter: Option<BodyParameter>,
-        #[prost(message, optional, tag = "2")]
-        pub non_body_parameter: Option<NonBodyParameter>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct BodyParameter {
-        #[prost(string, tag = "1")]
-        pub description: String,
-        #[prost(string, tag = "2")]
-        pub name: String,
-        #[prost(string, tag = "3")]
-        pub r#in: String,
-        #[prost(bool, tag = "4")]
-        pub required: bool,
-        #[prost(message, optional, tag = "5")]
-        pub schema: Option<Schema>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct NonBodyParameter {
-        #[prost(message, optional, tag = "3")]
-        pub query_parameter_sub_schema: Option<QueryParameterSubSchema>,
-        #[prost(message, optional, tag = "4")]
-        pub path_parameter_sub_schema: Option<PathParameterSubSchema>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct QueryParameterSubSchema {
-        #[prost(bool, tag = "1")]
-        pub required: bool,
-        #[prost(string, tag = "2")]
-        pub r#in: String,
-        #[prost(string, tag = "3")]
-        pub description: String,
-        #[prost(string, tag = "4")]
-        pub name: String,
-        #[prost(string, tag = "6")]
-        pub r#type: String,
-        #[prost(bool, tag = "20")]
-        pub unique_items: bool,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct PathParameterSubSchema {
-        #[prost(bool, tag = "1")]
-        pub required: bool,
-        #[prost(string, tag = "2")]
-        pub r#in: String,
-        #[prost(string, tag = "3")]
-        pub description: String,
-        #[prost(string, tag = "4")]
-        pub name: String,
-        #[prost(string, tag = "5")]
-        pub r#type: String,
-        #[prost(bool, tag = "19")]
-        pub unique_items: bool,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Responses {
-        #[prost(message, repeated, tag = "1")]
-        pub response_code: Vec<NamedResponseValue>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct NamedResponseValue {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(message, optional, tag = "2")]
-        pub value: Option<ResponseValue>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ResponseValue {
-        #[prost(message, optional, tag = "1")]
-        pub response: Option<Response>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Response {
-        #[prost(string, tag = "1")]
-        pub description: String,
-        #[prost(message, optional, tag = "2")]
-        pub schema: Option<SchemaItem>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct SchemaItem {
-        #[prost(message, optional, tag = "1")]
-        pub schema: Option<Schema>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Definitions {
-        #[prost(message, repeated, tag = "1")]
-        pub additional_properties: Vec<NamedSchema>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct NamedSchema {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(message, optional, tag = "2")]
-        pub value: Option<Schema>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Properties {
-        #[prost(message, repeated, tag = "1")]
-        pub additional_properties: Vec<NamedSchema>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct AdditionalPropertiesItem {
-        #[prost(message, optional, boxed, tag = "1")]
-        pub schema: Option<Box<Schema>>,
-        #[prost(bool, optional, tag = "2")]
-        pub boolean: Option<bool>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct TypeItem {
-        #[prost(string, repeated, tag = "1")]
-        pub value: Vec<String>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ItemsItem {
-        #[prost(message, repeated, tag = "1")]
-        pub schema: Vec<Schema>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Schema {
-        #[prost(string, tag = "1")]
-        pub r#ref: String,
-        #[prost(string, tag = "2")]
-        pub format: String,
-        #[prost(string, tag = "4")]
-        pub description: String,
-        #[prost(string, repeated, tag = "19")]
-        pub required: Vec<String>,
-        #[prost(message, optional, boxed, tag = "21")]
-        pub additional_properties: Option<Box<AdditionalPropertiesItem>>,
-        #[prost(message, optional, tag = "22")]
-        pub r#type: Option<TypeItem>,
-        #[prost(message, optional, tag = "23")]
-        pub items: Option<ItemsItem>,
-        #[prost(message, optional, tag = "25")]
-        pub properties: Option<Properties>,
-        #[prost(message, repeated, tag = "31")]
-        pub vendor_extension: Vec<NamedAny>,
+
+    messages! {
+        Document {
+            (string, tag = "1") swagger: String,
+            (message, optional, tag = "2") info: Option<Info>,
+            (string, repeated, tag = "7") produces: Vec<String>,
+            (message, optional, tag = "8") paths: Option<Paths>,
+            (message, optional, tag = "9") definitions: Option<Definitions>,
+        }
+        Info {
+            (string, tag = "1") title: String,
+            (string, tag = "2") version: String,
+        }
+        Any { (string, tag = "2") yaml: String }
+        Paths { (message, repeated, tag = "2") path: Vec<NamedPathItem> }
+        PathItem {
+            (message, optional, tag = "2") get: Option<Operation>,
+            (message, optional, tag = "3") put: Option<Operation>,
+            (message, optional, tag = "4") post: Option<Operation>,
+            (message, optional, tag = "5") delete: Option<Operation>,
+            (message, optional, tag = "8") patch: Option<Operation>,
+            (message, repeated, tag = "9") parameters: Vec<ParametersItem>,
+        }
+        Operation {
+            (string, repeated, tag = "1") tags: Vec<String>,
+            (string, tag = "3") description: String,
+            (string, tag = "5") operation_id: String,
+            (string, repeated, tag = "6") produces: Vec<String>,
+            (string, repeated, tag = "7") consumes: Vec<String>,
+            (message, repeated, tag = "8") parameters: Vec<ParametersItem>,
+            (message, optional, tag = "9") responses: Option<Responses>,
+            (string, repeated, tag = "10") schemes: Vec<String>,
+            (message, repeated, tag = "13") vendor_extension: Vec<NamedAny>,
+        }
+        ParametersItem { (message, optional, tag = "1") parameter: Option<Parameter> }
+        Parameter {
+            (message, optional, tag = "1") body_parameter: Option<BodyParameter>,
+            (message, optional, tag = "2") non_body_parameter: Option<NonBodyParameter>,
+        }
+        BodyParameter {
+            (string, tag = "1") description: String,
+            (string, tag = "2") name: String,
+            (string, tag = "3") r#in: String,
+            (bool, tag = "4") required: bool,
+            (message, optional, tag = "5") schema: Option<Schema>,
+        }
+        NonBodyParameter {
+            (message, optional, tag = "3") query_parameter_sub_schema: Option<QueryParameterSubSchema>,
+            (message, optional, tag = "4") path_parameter_sub_schema: Option<PathParameterSubSchema>,
+        }
+        Responses { (message, repeated, tag = "1") response_code: Vec<NamedResponseValue> }
+        ResponseValue { (message, optional, tag = "1") response: Option<Response> }
+        Response {
+            (string, tag = "1") description: String,
+            (message, optional, tag = "2") schema: Option<SchemaItem>,
+        }
+        SchemaItem { (message, optional, tag = "1") schema: Option<Schema> }
+        Definitions { (message, repeated, tag = "1") additional_properties: Vec<NamedSchema> }
+        Properties { (message, repeated, tag = "1") additional_properties: Vec<NamedSchema> }
+        AdditionalPropertiesItem {
+            (message, optional, boxed, tag = "1") schema: Option<Box<Schema>>,
+            (bool, optional, tag = "2") boolean: Option<bool>,
+        }
+        TypeItem { (string, repeated, tag = "1") value: Vec<String> }
+        ItemsItem { (message, repeated, tag = "1") schema: Vec<Schema> }
+        Schema {
+            (string, tag = "1") r#ref: String,
+            (string, tag = "2") format: String,
+            (string, tag = "4") description: String,
+            (string, repeated, tag = "19") required: Vec<String>,
+            (message, optional, boxed, tag = "21") additional_properties: Option<Box<AdditionalPropertiesItem>>,
+            (message, optional, tag = "22") r#type: Option<TypeItem>,
+            (message, optional, tag = "23") items: Option<ItemsItem>,
+            (message, optional, tag = "25") properties: Option<Properties>,
+            (message, repeated, tag = "31") vendor_extension: Vec<NamedAny>,
+        }
     }
 }
 
@@ -515,14 +417,7 @@ fn schema_pb(s: &Value) -> pb::Schema {
         r#ref: str_of(s, "$ref"),
         format: str_of(s, "format"),
         description: str_of(s, "description"),
-        required: m
-            .get("required")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .map(str::to_string)
-            .collect(),
+        required: strings(s, "required"),
         additional_properties: match m.get("additionalProperties") {
             Some(Value::Bool(b)) => Some(Box::new(pb::AdditionalPropertiesItem {
                 schema: None,
@@ -544,13 +439,7 @@ fn schema_pb(s: &Value) -> pb::Schema {
             .get("properties")
             .and_then(Value::as_object)
             .map(|p| pb::Properties {
-                additional_properties: p
-                    .iter()
-                    .map(|(n, v)| pb::NamedSchema {
-                        name: n.clone(),
-                        value: Some(schema_pb(v)),
-                    })
-                    .collect(),
+                additional_properties: p.iter().map(|(n, v)| named_schema(n, v)).collect(),
             }),
         vendor_extension: extensions(m),
     }
@@ -558,48 +447,58 @@ fn schema_pb(s: &Value) -> pb::Schema {
 
 fn parameter_pb(p: &Value) -> pb::ParametersItem {
     let required = p.get("required").and_then(Value::as_bool).unwrap_or(false);
+    let (description, name) = (str_of(p, "description"), str_of(p, "name"));
     let parameter = match p.get("in").and_then(Value::as_str) {
         Some("body") => pb::Parameter {
             body_parameter: Some(pb::BodyParameter {
-                description: str_of(p, "description"),
-                name: str_of(p, "name"),
+                description,
+                name,
                 r#in: "body".into(),
                 required,
                 schema: p.get("schema").map(schema_pb),
             }),
-            non_body_parameter: None,
+            ..Default::default()
         },
-        Some("path") => pb::Parameter {
-            body_parameter: None,
-            non_body_parameter: Some(pb::NonBodyParameter {
-                query_parameter_sub_schema: None,
-                path_parameter_sub_schema: Some(pb::PathParameterSubSchema {
-                    required: true,
-                    r#in: "path".into(),
-                    description: str_of(p, "description"),
-                    name: str_of(p, "name"),
-                    r#type: str_of(p, "type"),
-                    unique_items: true,
-                }),
+        Some("path") => non_body(pb::NonBodyParameter {
+            path_parameter_sub_schema: Some(pb::PathParameterSubSchema {
+                required: true,
+                r#in: "path".into(),
+                description,
+                name,
+                r#type: str_of(p, "type"),
+                unique_items: true,
             }),
-        },
-        _ => pb::Parameter {
-            body_parameter: None,
-            non_body_parameter: Some(pb::NonBodyParameter {
-                query_parameter_sub_schema: Some(pb::QueryParameterSubSchema {
-                    required,
-                    r#in: "query".into(),
-                    description: str_of(p, "description"),
-                    name: str_of(p, "name"),
-                    r#type: str_of(p, "type"),
-                    unique_items: true,
-                }),
-                path_parameter_sub_schema: None,
+            ..Default::default()
+        }),
+        _ => non_body(pb::NonBodyParameter {
+            query_parameter_sub_schema: Some(pb::QueryParameterSubSchema {
+                required,
+                r#in: "query".into(),
+                description,
+                name,
+                r#type: str_of(p, "type"),
+                unique_items: true,
             }),
-        },
+            ..Default::default()
+        }),
     };
     pb::ParametersItem {
         parameter: Some(parameter),
+    }
+}
+
+fn non_body(p: pb::NonBodyParameter) -> pb::Parameter {
+    pb::Parameter {
+        non_body_parameter: Some(p),
+        ..Default::default()
+    }
+}
+
+/// A named schema (definitions and properties).
+fn named_schema(name: &str, s: &Value) -> pb::NamedSchema {
+    pb::NamedSchema {
+        name: name.to_string(),
+        value: Some(schema_pb(s)),
     }
 }
 
@@ -682,10 +581,7 @@ fn to_proto(doc: &Value) -> pb::Document {
         .and_then(Value::as_object)
         .into_iter()
         .flatten()
-        .map(|(name, s)| pb::NamedSchema {
-            name: name.clone(),
-            value: Some(schema_pb(s)),
-        })
+        .map(|(name, s)| named_schema(name, s))
         .collect();
     pb::Document {
         swagger: "2.0".into(),
@@ -763,5 +659,81 @@ mod tests {
             let name = r.trim_start_matches("#/definitions/");
             assert!(defs.contains_key(name), "{r} does not resolve");
         }
+    }
+
+    #[test]
+    fn protobuf_matches_json_document() {
+        let bytes = protobuf();
+        let doc = pb::Document::decode(bytes.as_ref()).expect("decodes");
+        // Every field written is a declared one: re-encoding gives the same bytes.
+        assert_eq!(doc.encode_to_vec(), bytes.as_ref());
+        let js: Value = serde_json::from_slice(&json()).expect("json");
+        let paths = &doc.paths.as_ref().expect("paths").path;
+        let defs = &doc
+            .definitions
+            .as_ref()
+            .expect("defs")
+            .additional_properties;
+        assert_eq!(paths.len(), js["paths"].as_object().expect("paths").len());
+        assert_eq!(
+            defs.len(),
+            js["definitions"].as_object().expect("defs").len()
+        );
+        let item = paths
+            .iter()
+            .find(|p| p.name == "/api/v1/namespaces/{namespace}/pods")
+            .and_then(|p| p.value.clone())
+            .expect("pods path");
+        let params = |op: &pb::Operation| -> Vec<pb::Parameter> {
+            op.parameters
+                .iter()
+                .filter_map(|p| p.parameter.clone())
+                .collect()
+        };
+        let post = item.post.expect("post");
+        let body = params(&post)
+            .into_iter()
+            .find_map(|p| p.body_parameter)
+            .expect("body parameter");
+        assert_eq!((body.name.as_str(), body.r#in.as_str()), ("body", "body"));
+        assert!(body.required);
+        assert_eq!(
+            body.schema.expect("schema").r#ref,
+            "#/definitions/io.k8s.api.core.v1.Pod"
+        );
+        let ns = item
+            .parameters
+            .iter()
+            .filter_map(|p| p.parameter.as_ref()?.non_body_parameter.as_ref())
+            .find_map(|n| n.path_parameter_sub_schema.clone())
+            .expect("namespace path parameter");
+        assert_eq!((ns.name.as_str(), ns.r#in.as_str()), ("namespace", "path"));
+        assert!(ns.required && ns.unique_items);
+        let ok = post
+            .responses
+            .expect("responses")
+            .response_code
+            .into_iter()
+            .find(|r| r.name == "200")
+            .and_then(|r| r.value?.response?.schema?.schema)
+            .expect("200 schema");
+        assert_eq!(ok.r#ref, "#/definitions/io.k8s.api.core.v1.Pod");
+        let labels = defs
+            .iter()
+            .find(|d| d.name == "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")
+            .and_then(|d| d.value.clone()?.properties)
+            .and_then(|p| {
+                p.additional_properties
+                    .into_iter()
+                    .find(|p| p.name == "labels")
+            })
+            .and_then(|p| p.value)
+            .expect("ObjectMeta.labels");
+        assert_eq!(labels.r#type.expect("type").value, ["object"]);
+        let ap = labels.additional_properties.expect("additionalProperties");
+        assert_eq!(
+            ap.schema.and_then(|s| s.r#type).map(|t| t.value),
+            Some(vec!["string".to_string()])
+        );
     }
 }
