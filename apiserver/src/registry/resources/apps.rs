@@ -160,11 +160,6 @@ fn selector_immutable(errs: &mut Vec<FieldError>, o: &Value, old: &Value) {
     }
 }
 
-fn template_cells(o: &Value) -> (Value, Value) {
-    let (names, images) = container_cells(arr(o, &["spec", "template", "spec", "containers"]));
-    (cell(names), cell(images))
-}
-
 // ---------------------------------------------------------------------------------------------
 // deployments
 
@@ -185,8 +180,7 @@ pub const DEPLOYMENTS: ResourceDef = ResourceDef {
     normalize: normalize_as::<appsv1::Deployment>,
     defaults: deployment_defaults,
     validate: validate_deployment,
-    columns: &[
-        NAME_COLUMN,
+    columns: workload_columns![
         col("Ready", "string", 0, "Number of the pod with ready state"),
         col(
             "Up-to-date",
@@ -200,27 +194,21 @@ pub const DEPLOYMENTS: ResourceDef = ResourceDef {
             0,
             "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
         ),
-        AGE_COLUMN,
-        col("Containers", "string", 1, CONTAINERS_DESC),
-        col("Images", "string", 1, IMAGES_DESC),
-        col("Selector", "string", 1, SELECTOR_DESC),
     ],
     cells: |o| {
-        let (c, i) = template_cells(o);
-        vec![
-            name_cell(o),
-            cell(format!(
-                "{}/{}",
-                int(o, &["status", "readyReplicas"]),
-                int(o, &["spec", "replicas"])
-            )),
-            Value::from(int(o, &["status", "updatedReplicas"])),
-            Value::from(int(o, &["status", "availableReplicas"])),
-            age_cell(o),
-            c,
-            i,
-            cell(selector_string(fields::at(o, &["spec", "selector"]))),
-        ]
+        workload_cells(
+            o,
+            [
+                cell(format!(
+                    "{}/{}",
+                    int(o, &["status", "readyReplicas"]),
+                    int(o, &["spec", "replicas"])
+                )),
+                Value::from(int(o, &["status", "updatedReplicas"])),
+                Value::from(int(o, &["status", "availableReplicas"])),
+            ],
+            Some(selector_string(fields::at(o, &["spec", "selector"]))),
+        )
     },
     field: no_fields,
     selectable_fields: &[],
@@ -434,8 +422,7 @@ pub const REPLICASETS: ResourceDef = ResourceDef {
         pod::default_template(o, TEMPLATE);
     },
     validate: validate_replicaset,
-    columns: &[
-        NAME_COLUMN,
+    columns: workload_columns![
         col(
             "Desired",
             "integer",
@@ -454,23 +441,17 @@ pub const REPLICASETS: ResourceDef = ResourceDef {
             0,
             "The number of ready replicas for this replica set.",
         ),
-        AGE_COLUMN,
-        col("Containers", "string", 1, CONTAINERS_DESC),
-        col("Images", "string", 1, IMAGES_DESC),
-        col("Selector", "string", 1, SELECTOR_DESC),
     ],
     cells: |o| {
-        let (c, i) = template_cells(o);
-        vec![
-            name_cell(o),
-            Value::from(int(o, &["spec", "replicas"])),
-            Value::from(int(o, &["status", "replicas"])),
-            Value::from(int(o, &["status", "readyReplicas"])),
-            age_cell(o),
-            c,
-            i,
-            cell(format_label_selector(fields::at(o, &["spec", "selector"]))),
-        ]
+        workload_cells(
+            o,
+            [
+                Value::from(int(o, &["spec", "replicas"])),
+                Value::from(int(o, &["status", "replicas"])),
+                Value::from(int(o, &["status", "readyReplicas"])),
+            ],
+            Some(format_label_selector(fields::at(o, &["spec", "selector"]))),
+        )
     },
     field: |o, f| match f {
         "status.replicas" => Some(int(o, &["status", "replicas"]).to_string()),
@@ -517,26 +498,20 @@ pub const STATEFULSETS: ResourceDef = ResourceDef {
     normalize: normalize_as::<appsv1::StatefulSet>,
     defaults: statefulset_defaults,
     validate: validate_statefulset,
-    columns: &[
-        NAME_COLUMN,
+    columns: workload_columns![
+        no_selector,
         col("Ready", "string", 0, "Number of the pod with ready state"),
-        AGE_COLUMN,
-        col("Containers", "string", 1, CONTAINERS_DESC),
-        col("Images", "string", 1, IMAGES_DESC),
     ],
     cells: |o| {
-        let (c, i) = template_cells(o);
-        vec![
-            name_cell(o),
-            cell(format!(
+        workload_cells(
+            o,
+            [cell(format!(
                 "{}/{}",
                 int(o, &["status", "readyReplicas"]),
                 int(o, &["spec", "replicas"])
-            )),
-            age_cell(o),
-            c,
-            i,
-        ]
+            ))],
+            None,
+        )
     },
     field: no_fields,
     selectable_fields: &[],
@@ -707,8 +682,7 @@ pub const DAEMONSETS: ResourceDef = ResourceDef {
     normalize: normalize_as::<appsv1::DaemonSet>,
     defaults: daemonset_defaults,
     validate: validate_daemonset,
-    columns: &[
-        NAME_COLUMN,
+    columns: workload_columns![
         col(
             "Desired",
             "integer",
@@ -745,29 +719,23 @@ pub const DAEMONSETS: ResourceDef = ResourceDef {
             0,
             "NodeSelector is a selector which must be true for the pod to fit on a node.",
         ),
-        AGE_COLUMN,
-        col("Containers", "string", 1, CONTAINERS_DESC),
-        col("Images", "string", 1, IMAGES_DESC),
-        col("Selector", "string", 1, SELECTOR_DESC),
     ],
     cells: |o| {
-        let (c, i) = template_cells(o);
-        vec![
-            name_cell(o),
-            Value::from(int(o, &["status", "desiredNumberScheduled"])),
-            Value::from(int(o, &["status", "currentNumberScheduled"])),
-            Value::from(int(o, &["status", "numberReady"])),
-            Value::from(int(o, &["status", "updatedNumberScheduled"])),
-            Value::from(int(o, &["status", "numberAvailable"])),
-            cell(format_labels(obj(
-                o,
-                &["spec", "template", "spec", "nodeSelector"],
-            ))),
-            age_cell(o),
-            c,
-            i,
-            cell(format_label_selector(fields::at(o, &["spec", "selector"]))),
-        ]
+        workload_cells(
+            o,
+            [
+                Value::from(int(o, &["status", "desiredNumberScheduled"])),
+                Value::from(int(o, &["status", "currentNumberScheduled"])),
+                Value::from(int(o, &["status", "numberReady"])),
+                Value::from(int(o, &["status", "updatedNumberScheduled"])),
+                Value::from(int(o, &["status", "numberAvailable"])),
+                cell(format_labels(obj(
+                    o,
+                    &["spec", "template", "spec", "nodeSelector"],
+                ))),
+            ],
+            Some(format_label_selector(fields::at(o, &["spec", "selector"]))),
+        )
     },
     field: no_fields,
     selectable_fields: &[],

@@ -30,8 +30,7 @@ pub const JOBS: ResourceDef = ResourceDef {
     normalize: normalize_as::<batchv1::Job>,
     defaults: job_defaults,
     validate: validate_job,
-    columns: &[
-        NAME_COLUMN,
+    columns: workload_columns![
         col("Status", "string", 0, "Status of the job."),
         col(
             "Completions",
@@ -45,10 +44,6 @@ pub const JOBS: ResourceDef = ResourceDef {
             0,
             "Time required to complete the job.",
         ),
-        AGE_COLUMN,
-        col("Containers", "string", 1, CONTAINERS_DESC),
-        col("Images", "string", 1, IMAGES_DESC),
-        col("Selector", "string", 1, SELECTOR_DESC),
     ],
     cells: job_cells,
     field: |o, f| match f {
@@ -328,17 +323,11 @@ fn job_cells(o: &Value) -> Vec<Value> {
     } else {
         "Running"
     };
-    let (names, images) = container_cells(arr(o, &["spec", "template", "spec", "containers"]));
-    vec![
-        name_cell(o),
-        cell(status),
-        cell(completions),
-        cell(duration),
-        age_cell(o),
-        cell(names),
-        cell(images),
-        cell(format_label_selector(fields::at(o, &["spec", "selector"]))),
-    ]
+    workload_cells(
+        o,
+        [cell(status), cell(completions), cell(duration)],
+        Some(format_label_selector(fields::at(o, &["spec", "selector"]))),
+    )
 }
 
 #[cfg(test)]

@@ -1133,21 +1133,8 @@ fn validate_secret(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
     }
     if let Some(old) = old {
         immutable(&mut errs, "type", o.get("type"), old.get("type"));
-        if boolean(old, &["immutable"]) {
-            if !boolean(o, &["immutable"]) {
-                errs.push(FieldError::forbidden(
-                    "immutable",
-                    "field is immutable when `immutable` is set",
-                ));
-            }
-            if o.get("data") != old.get("data") {
-                errs.push(FieldError::forbidden(
-                    "data",
-                    "field is immutable when `immutable` is set",
-                ));
-            }
-        }
     }
+    immutable_once_set(&mut errs, o, old, &["data"]);
     errs
 }
 
@@ -1347,14 +1334,10 @@ pub(crate) fn core_event_cells(o: &Value) -> Vec<Value> {
 
 /// Field selector values of a core/v1-shaped event.
 pub(crate) fn core_event_field(o: &Value, f: &str) -> Option<String> {
+    if let Some(v) = object_reference_field(o, "involvedObject", f) {
+        return Some(v.to_string());
+    }
     let v = match f {
-        "involvedObject.kind" => s(o, &["involvedObject", "kind"]),
-        "involvedObject.namespace" => s(o, &["involvedObject", "namespace"]),
-        "involvedObject.name" => s(o, &["involvedObject", "name"]),
-        "involvedObject.uid" => s(o, &["involvedObject", "uid"]),
-        "involvedObject.apiVersion" => s(o, &["involvedObject", "apiVersion"]),
-        "involvedObject.resourceVersion" => s(o, &["involvedObject", "resourceVersion"]),
-        "involvedObject.fieldPath" => s(o, &["involvedObject", "fieldPath"]),
         "reason" => s(o, &["reason"]),
         "reportingComponent" => s(o, &["reportingComponent"]),
         "source" => match s(o, &["source", "component"]) {

@@ -88,14 +88,10 @@ pub fn from_core_event(o: &Value) -> Value {
 }
 
 fn event_v1_field(o: &Value, f: &str) -> Option<String> {
+    if let Some(v) = object_reference_field(o, "regarding", f) {
+        return Some(v.to_string());
+    }
     let v = match f {
-        "regarding.kind" => s(o, &["regarding", "kind"]),
-        "regarding.namespace" => s(o, &["regarding", "namespace"]),
-        "regarding.name" => s(o, &["regarding", "name"]),
-        "regarding.uid" => s(o, &["regarding", "uid"]),
-        "regarding.apiVersion" => s(o, &["regarding", "apiVersion"]),
-        "regarding.resourceVersion" => s(o, &["regarding", "resourceVersion"]),
-        "regarding.fieldPath" => s(o, &["regarding", "fieldPath"]),
         "reason" => s(o, &["reason"]),
         "reportingController" => s(o, &["reportingController"]),
         "type" => s(o, &["type"]),

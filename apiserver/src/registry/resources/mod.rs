@@ -196,28 +196,7 @@ fn validate_configmap(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
             ));
         }
     }
-    if let Some(old) = old
-        && old.get("immutable").and_then(Value::as_bool) == Some(true)
-    {
-        if o.get("immutable").and_then(Value::as_bool) != Some(true) {
-            errs.push(FieldError::forbidden(
-                "immutable",
-                "field is immutable when `immutable` is set",
-            ));
-        }
-        if o.get("data") != old.get("data") {
-            errs.push(FieldError::forbidden(
-                "data",
-                "field is immutable when `immutable` is set",
-            ));
-        }
-        if o.get("binaryData") != old.get("binaryData") {
-            errs.push(FieldError::forbidden(
-                "binaryData",
-                "field is immutable when `immutable` is set",
-            ));
-        }
-    }
+    util::immutable_once_set(&mut errs, o, old, &["data", "binaryData"]);
     errs
 }
 

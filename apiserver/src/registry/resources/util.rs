@@ -28,6 +28,47 @@ pub(crate) const IMAGES_DESC: &str = "Images referenced by each container in the
 /// Description of a label selector column.
 pub(crate) const SELECTOR_DESC: &str = "A label query over pods that should match the replica count. Label keys and values that must match in order to be controlled by this controller. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors";
 
+/// Printer columns of a workload with a pod template: NAME, the given columns, AGE, then the
+/// wide CONTAINERS and IMAGES columns and, unless the first token is `no_selector`, SELECTOR
+/// (rows from [`workload_cells`]).
+macro_rules! workload_columns {
+    (no_selector, $($c:expr),* $(,)?) => {
+        &[
+            NAME_COLUMN,
+            $($c,)*
+            AGE_COLUMN,
+            col("Containers", "string", 1, CONTAINERS_DESC),
+            col("Images", "string", 1, IMAGES_DESC),
+        ]
+    };
+    ($($c:expr),* $(,)?) => {
+        &[
+            NAME_COLUMN,
+            $($c,)*
+            AGE_COLUMN,
+            col("Containers", "string", 1, CONTAINERS_DESC),
+            col("Images", "string", 1, IMAGES_DESC),
+            col("Selector", "string", 1, SELECTOR_DESC),
+        ]
+    };
+}
+pub(crate) use workload_columns;
+
+/// A row for [`workload_columns`]: NAME, `own`, AGE, the pod template's containers and images,
+/// and the `selector` cell when the kind shows one.
+pub(crate) fn workload_cells(
+    o: &Value,
+    own: impl IntoIterator<Item = Value>,
+    selector: Option<String>,
+) -> Vec<Value> {
+    let (names, images) = container_cells(arr(o, &["spec", "template", "spec", "containers"]));
+    let mut row = vec![name_cell(o)];
+    row.extend(own);
+    row.extend([age_cell(o), cell(names), cell(images)]);
+    row.extend(selector.map(cell));
+    row
+}
+
 /// The string at `path`, or "".
 pub(crate) fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
     fields::str_at(v, path).unwrap_or("")
@@ -279,6 +320,48 @@ pub(crate) fn invalid_raw(field: impl Into<String>, rendered: &str, detail: &str
         field,
         message,
     }
+}
+
+/// ConfigMap/Secret `immutable`: once the old object sets it, it must stay set and the `data`
+/// fields must not change.
+pub(crate) fn immutable_once_set(
+    errs: &mut Vec<FieldError>,
+    o: &Value,
+    old: Option<&Value>,
+    data: &[&str],
+) {
+    let Some(old) = old.filter(|old| boolean(old, &["immutable"])) else {
+        return;
+    };
+    if !boolean(o, &["immutable"]) {
+        errs.push(FieldError::forbidden(
+            "immutable",
+            "field is immutable when `immutable` is set",
+        ));
+    }
+    for k in data {
+        if o.get(*k) != old.get(*k) {
+            errs.push(FieldError::forbidden(
+                *k,
+                "field is immutable when `immutable` is set",
+            ));
+        }
+    }
+}
+
+/// Field selector value `<reference>.<field>` of an event's object reference
+/// (`involvedObject` in core/v1, `regarding` in events.k8s.io/v1).
+pub(crate) fn object_reference_field<'a>(
+    o: &'a Value,
+    reference: &str,
+    f: &str,
+) -> Option<&'a str> {
+    let field = f.strip_prefix(reference)?.strip_prefix('.')?;
+    matches!(
+        field,
+        "kind" | "namespace" | "name" | "uid" | "apiVersion" | "resourceVersion" | "fieldPath"
+    )
+    .then(|| s(o, &[reference, field]))
 }
 
 /// `Invalid value ... field is immutable` when `new != old`.
