@@ -42,6 +42,11 @@ pub struct CachedObject {
 
 impl CachedObject {
     /// Decodes a stored value, injecting `resourceVersion`.
+    ///
+    /// Storage holds objects as compact `serde_json` output without `metadata.resourceVersion`
+    /// (writers strip it), so the bytes served are the stored bytes with the field spliced into
+    /// `metadata` where inserting it into the decoded value would put it: one parse per event
+    /// and no re-encoding. Anything laid out otherwise takes the decode-and-encode path.
     pub fn decode(
         def: &ResourceDef,
         key: &str,
@@ -50,13 +55,34 @@ impl CachedObject {
     ) -> Result<Self, String> {
         let mut obj: Value =
             serde_json::from_slice(value).map_err(|e| format!("corrupt object at {key}: {e}"))?;
-        Ok(Self::from_value(def, key, &mut obj, rv))
+        let spliced = obj
+            .pointer("/metadata")
+            .and_then(Value::as_object)
+            .filter(|m| !m.contains_key("resourceVersion"))
+            .and_then(|_| splice_resource_version(value, rv));
+        match spliced {
+            Some(raw) => {
+                set_resource_version(&mut obj, rv);
+                debug_assert_eq!(
+                    raw,
+                    serde_json::to_vec(&obj).unwrap_or_default(),
+                    "spliced resourceVersion differs from re-encoding at {key}"
+                );
+                Ok(Self::with_raw(def, key, &obj, Bytes::from(raw), rv))
+            }
+            None => Ok(Self::from_value(def, key, &mut obj, rv)),
+        }
     }
 
     /// Builds a cached object from a decoded value (sets its `resourceVersion`).
     pub fn from_value(def: &ResourceDef, key: &str, obj: &mut Value, rv: Revision) -> Self {
-        fields::ensure_object(obj, &["metadata"])
-            .insert("resourceVersion".into(), Value::String(rv.to_string()));
+        set_resource_version(obj, rv);
+        let raw = Bytes::from(serde_json::to_vec(obj).unwrap_or_default());
+        Self::with_raw(def, key, obj, raw, rv)
+    }
+
+    /// A cached object serving `raw` (the encoding of `obj`).
+    fn with_raw(def: &ResourceDef, key: &str, obj: &Value, raw: Bytes, rv: Revision) -> Self {
         let labels = obj
             .pointer("/metadata/labels")
             .and_then(Value::as_object)
@@ -73,7 +99,7 @@ impl CachedObject {
             .collect();
         CachedObject {
             key: key.to_string(),
-            raw: Bytes::from(serde_json::to_vec(obj).unwrap_or_default()),
+            raw,
             rv,
             namespace: fields::namespace(obj).to_string(),
             name: fields::name(obj).to_string(),
@@ -92,6 +118,105 @@ impl CachedObject {
                 .iter()
                 .find(|(k, _)| *k == f)
                 .map(|(_, v)| v.clone()),
+        }
+    }
+}
+
+fn set_resource_version(obj: &mut Value, rv: Revision) {
+    fields::ensure_object(obj, &["metadata"])
+        .insert("resourceVersion".into(), Value::String(rv.to_string()));
+}
+
+/// `raw` (a compact JSON object whose top-level `metadata` object has no `resourceVersion`)
+/// with `"resourceVersion":"<rv>"` appended to `metadata`, as `serde_json` with
+/// `preserve_order` encodes the value after inserting it. None when `raw` is not compact JSON
+/// or has no `metadata` object.
+fn splice_resource_version(raw: &[u8], rv: Revision) -> Option<Vec<u8>> {
+    let close = metadata_close(raw)?;
+    let rv = rv.to_string();
+    let mut out = Vec::with_capacity(raw.len() + rv.len() + 22);
+    out.extend_from_slice(&raw[..close]);
+    if raw[close - 1] != b'{' {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"resourceVersion\":\"");
+    out.extend_from_slice(rv.as_bytes());
+    out.push(b'"');
+    out.extend_from_slice(&raw[close..]);
+    Some(out)
+}
+
+/// Index of the `}` closing the top-level `metadata` object of compact JSON `raw`.
+fn metadata_close(raw: &[u8]) -> Option<usize> {
+    if raw.first() != Some(&b'{') {
+        return None;
+    }
+    let mut pos = 1;
+    loop {
+        let key_end = skip_string(raw, pos)?;
+        let key = &raw[pos + 1..key_end - 1];
+        if raw.get(key_end) != Some(&b':') {
+            return None;
+        }
+        let start = key_end + 1;
+        let end = skip_value(raw, start)?;
+        if key == b"metadata" {
+            return (raw[start] == b'{').then_some(end - 1);
+        }
+        match raw.get(end) {
+            Some(b',') => pos = end + 1,
+            _ => return None,
+        }
+    }
+}
+
+/// End (exclusive) of the JSON string starting at `pos`.
+fn skip_string(raw: &[u8], pos: usize) -> Option<usize> {
+    if raw.get(pos) != Some(&b'"') {
+        return None;
+    }
+    let mut i = pos + 1;
+    while let Some(&c) = raw.get(i) {
+        match c {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// End (exclusive) of the compact JSON value starting at `pos`.
+fn skip_value(raw: &[u8], pos: usize) -> Option<usize> {
+    match *raw.get(pos)? {
+        b'"' => skip_string(raw, pos),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = pos;
+            while let Some(&c) = raw.get(i) {
+                match c {
+                    b'"' => {
+                        i = skip_string(raw, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            None
+        }
+        _ => {
+            let len = raw[pos..]
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']'))?;
+            Some(pos + len)
         }
     }
 }
@@ -528,4 +653,73 @@ pub enum WatchFromError {
         /// Current revision.
         current: Revision,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn reencoded(raw: &[u8], rv: Revision) -> Vec<u8> {
+        let mut v: Value = serde_json::from_slice(raw).expect("json");
+        set_resource_version(&mut v, rv);
+        serde_json::to_vec(&v).expect("encode")
+    }
+
+    #[test]
+    fn splice_matches_reencoding() {
+        let objects = [
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "d", "labels": {"x": "}{\"]"}}, "spec": {"containers": [{"name": "c", "args": ["\\", "\"{", "[]"]}]}}),
+            json!({"metadata": {}, "kind": "ConfigMap", "data": {"k": "\u{1}\n\t é"}}),
+            json!({"kind": "X", "n": 1.5, "b": true, "z": null, "arr": [[1, {}], []], "metadata": {"name": "m", "managedFields": [{"f:x": {}}]}, "tail": -3}),
+        ];
+        for o in objects {
+            let raw = serde_json::to_vec(&o).expect("encode");
+            for rv in [1, 42, 1_234_567_890] {
+                let spliced = splice_resource_version(&raw, rv).expect("splices");
+                assert_eq!(
+                    String::from_utf8_lossy(&spliced),
+                    String::from_utf8_lossy(&reencoded(&raw, rv))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn splice_declines_what_it_cannot_place() {
+        for raw in [
+            &b"{\"kind\":\"X\"}"[..],
+            b"{\"metadata\":null}",
+            b"{\"metadata\":[]}",
+            b"{ \"metadata\": {}}",
+            b"[]",
+            b"{\"a\":\"unterminated",
+        ] {
+            assert_eq!(
+                splice_resource_version(raw, 7),
+                None,
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn decode_serves_the_resource_version_either_way() {
+        let def = crate::registry::all()
+            .iter()
+            .find(|d| d.kind == "ConfigMap")
+            .expect("configmaps");
+        for raw in [
+            &br#"{"kind":"ConfigMap","metadata":{"name":"a","namespace":"d"}}"#[..],
+            // Laid out otherwise (whitespace, a stale resourceVersion): decoded and re-encoded.
+            br#"{ "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "d"} }"#,
+            br#"{"kind":"ConfigMap","metadata":{"resourceVersion":"3","name":"a","namespace":"d"}}"#,
+        ] {
+            let o = CachedObject::decode(def, "/registry/configmaps/d/a", raw, 9).expect("decodes");
+            let v: Value = serde_json::from_slice(&o.raw).expect("json");
+            assert_eq!(v["metadata"]["resourceVersion"], "9");
+            assert_eq!((o.name.as_str(), o.namespace.as_str(), o.rv), ("a", "d", 9));
+        }
+    }
 }
