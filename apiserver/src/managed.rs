@@ -697,6 +697,19 @@ mod tests {
         registry::lookup_kind("apps", "Deployment").expect("deployments served")
     }
 
+    /// The managedFields entry of `manager`.
+    fn entry_of(obj: &Value, manager: &str) -> Value {
+        entries(obj)
+            .into_iter()
+            .find(|e| e["manager"] == manager)
+            .unwrap_or_else(|| panic!("no managedFields entry of {manager}"))
+    }
+
+    fn owns_replicas(entry: &Value) -> bool {
+        FieldSet::from_fields_v1(&entry["fieldsV1"])
+            .contains(&["f:spec".into(), "f:replicas".into()])
+    }
+
     fn cfg(replicas: i64, image: &str) -> Value {
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "labels": {"app": "web"}},
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
@@ -746,14 +759,8 @@ mod tests {
         );
         let obj = apply(deploy(), &obj, &cfg(3, "nginx"), "b", true).expect("forced");
         assert_eq!(obj["spec"]["replicas"], 3);
-        let a = entries(&obj)
-            .into_iter()
-            .find(|e| e["manager"] == "a")
-            .expect("a keeps the rest");
-        assert!(
-            !FieldSet::from_fields_v1(&a["fieldsV1"])
-                .contains(&["f:spec".into(), "f:replicas".into()])
-        );
+        let a = entry_of(&obj, "a");
+        assert!(!owns_replicas(&a));
     }
 
     #[test]
@@ -829,19 +836,10 @@ mod tests {
         let mut new = obj.clone();
         new["spec"]["replicas"] = json!(5);
         record(&mut new, &obj, "kubectl-scale", "Update", deploy());
-        let scale = entries(&new)
-            .into_iter()
-            .find(|e| e["manager"] == "kubectl-scale")
-            .expect("entry");
+        let scale = entry_of(&new, "kubectl-scale");
         assert_eq!(scale["fieldsV1"], json!({"f:spec": {"f:replicas": {}}}));
-        let a = entries(&new)
-            .into_iter()
-            .find(|e| e["manager"] == "a")
-            .expect("a");
-        assert!(
-            !FieldSet::from_fields_v1(&a["fieldsV1"])
-                .contains(&["f:spec".into(), "f:replicas".into()])
-        );
+        let a = entry_of(&new, "a");
+        assert!(!owns_replicas(&a));
     }
 
     #[test]
@@ -1060,10 +1058,7 @@ mod tests {
             Some("status"),
             deploy(),
         );
-        let e = entries(&new)
-            .into_iter()
-            .find(|e| e["manager"] == "controller")
-            .expect("entry");
+        let e = entry_of(&new, "controller");
         assert_eq!(e["subresource"], "status");
         assert_eq!(
             e["fieldsV1"],

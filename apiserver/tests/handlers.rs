@@ -68,6 +68,26 @@ impl Api {
         (status, bytes.to_vec(), headers)
     }
 
+    /// POSTs `body` as `content_type` to the default namespace's configmaps.
+    async fn post_configmap(
+        &self,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Vec<u8>, axum::http::HeaderMap) {
+        let uri = "/api/v1/namespaces/default/configmaps";
+        self.call("POST", uri, content_type, body, None).await
+    }
+
+    /// GETs `uri`, raw, with an optional Accept header.
+    async fn get(
+        &self,
+        uri: &str,
+        accept: Option<&str>,
+    ) -> (StatusCode, Vec<u8>, axum::http::HeaderMap) {
+        self.call("GET", uri, "application/json", vec![], accept)
+            .await
+    }
+
     async fn json(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
         let bytes = body
             .map(|b| serde_json::to_vec(&b).expect("encode"))
@@ -250,26 +270,14 @@ async fn errors_are_kubernetes_statuses() {
     assert_eq!(e["kind"], "Status");
     // malformed JSON
     let (s, b, _) = api
-        .call(
-            "POST",
-            "/api/v1/namespaces/default/configmaps",
-            "application/json",
-            b"{not json".to_vec(),
-            None,
-        )
+        .post_configmap("application/json", b"{not json".to_vec())
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let e: Value = serde_json::from_slice(&b).expect("status");
     assert_eq!(e["reason"], "BadRequest");
     // malformed YAML
     let (s, _, _) = api
-        .call(
-            "POST",
-            "/api/v1/namespaces/default/configmaps",
-            "application/yaml",
-            b"a: [b".to_vec(),
-            None,
-        )
+        .post_configmap("application/yaml", b"a: [b".to_vec())
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     // unknown field, strict
@@ -292,13 +300,7 @@ async fn errors_are_kubernetes_statuses() {
     );
     // unknown field, warn (default): created with a Warning header
     let (s, _, h) = api
-        .call(
-            "POST",
-            "/api/v1/namespaces/default/configmaps",
-            "application/json",
-            serde_json::to_vec(&bad).expect("enc"),
-            None,
-        )
+        .post_configmap("application/json", serde_json::to_vec(&bad).expect("enc"))
         .await;
     assert_eq!(s, StatusCode::CREATED);
     assert!(h.get_all(header::WARNING).iter().any(|v| {
@@ -308,15 +310,7 @@ async fn errors_are_kubernetes_statuses() {
     }));
     // body too large
     let big = vec![b' '; 3 * 1024 * 1024 + 10];
-    let (s, b, _) = api
-        .call(
-            "POST",
-            "/api/v1/namespaces/default/configmaps",
-            "application/json",
-            big,
-            None,
-        )
-        .await;
+    let (s, b, _) = api.post_configmap("application/json", big).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
     let e: Value = serde_json::from_slice(&b).expect("status");
     assert_eq!(e["reason"], "RequestEntityTooLarge");
@@ -527,9 +521,7 @@ async fn watch_replays_from_a_revision_and_filters() {
     let uri = format!(
         "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&labelSelector=w%3Dyes&timeoutSeconds=1"
     );
-    let (s, body, _) = api
-        .call("GET", &uri, "application/json", vec![], None)
-        .await;
+    let (s, body, _) = api.get(&uri, None).await;
     assert_eq!(s, StatusCode::OK);
     let events: Vec<Value> = body
         .split(|b| *b == b'\n')
@@ -545,11 +537,8 @@ async fn watch_replays_from_a_revision_and_filters() {
         c.compacted(i64::MAX / 2).await;
     }
     let (s, body, _) = api
-        .call(
-            "GET",
+        .get(
             &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}"),
-            "application/json",
-            vec![],
             None,
         )
         .await;
@@ -572,13 +561,7 @@ async fn table_and_discovery() {
     assert_eq!(created["status"]["phase"], "Pending");
     let accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
     let (s, b, _) = api
-        .call(
-            "GET",
-            "/api/v1/namespaces/default/pods?limit=500",
-            "application/json",
-            vec![],
-            Some(accept),
-        )
+        .get("/api/v1/namespaces/default/pods?limit=500", Some(accept))
         .await;
     assert_eq!(s, StatusCode::OK);
     let t: Value = serde_json::from_slice(&b).expect("table");
@@ -605,7 +588,7 @@ async fn table_and_discovery() {
     assert_eq!(t["rows"][0]["cells"][2], "Pending");
     assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
     let (s, b, h) = api
-        .call("GET", "/apis", "application/json", vec![], Some("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"))
+        .get("/apis", Some("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"))
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(

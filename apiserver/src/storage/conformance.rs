@@ -52,6 +52,13 @@ fn at(revision: Revision) -> ListOptions {
     }
 }
 
+/// Creates `key` with `v1`, updates it to `v2` and returns both revisions.
+async fn create_then_update(store: &dyn Storage, key: &str) -> (Revision, Revision) {
+    let r1 = store.create(key, b"v1".to_vec()).await.expect("create");
+    let r2 = store.update(key, r1, b"v2".to_vec()).await.expect("update");
+    (r1, r2)
+}
+
 async fn next_event(watch: &mut WatchStream) -> Event {
     match tokio::time::timeout(EVENT_TIMEOUT, watch.next()).await {
         Ok(Some(Ok(event))) => event,
@@ -93,11 +100,7 @@ pub async fn get_returns_latest(store: &dyn Storage) {
     let base = base("get");
     let key = format!("{base}a");
     assert_eq!(store.get(&key).await.expect("get missing"), None);
-    let r1 = store.create(&key, b"v1".to_vec()).await.expect("create");
-    let r2 = store
-        .update(&key, r1, b"v2".to_vec())
-        .await
-        .expect("update");
+    let (r1, r2) = create_then_update(store, &key).await;
     let kv = store.get(&key).await.expect("get").expect("present");
     assert_eq!(
         kv,
@@ -117,11 +120,7 @@ pub async fn get_returns_latest(store: &dyn Storage) {
 pub async fn guarded_update(store: &dyn Storage) {
     let base = base("update");
     let key = format!("{base}a");
-    let r1 = store.create(&key, b"v1".to_vec()).await.expect("create");
-    let r2 = store
-        .update(&key, r1, b"v2".to_vec())
-        .await
-        .expect("update");
+    let (r1, r2) = create_then_update(store, &key).await;
     assert!(r2 > r1);
 
     match store.update(&key, r1, b"stale".to_vec()).await {
@@ -158,11 +157,7 @@ pub async fn guarded_update(store: &dyn Storage) {
 pub async fn guarded_delete(store: &dyn Storage) {
     let base = base("delete");
     let key = format!("{base}a");
-    let r1 = store.create(&key, b"v1".to_vec()).await.expect("create");
-    let r2 = store
-        .update(&key, r1, b"v2".to_vec())
-        .await
-        .expect("update");
+    let (r1, r2) = create_then_update(store, &key).await;
 
     match store.delete(&key, r1).await {
         Err(StorageError::Conflict {
