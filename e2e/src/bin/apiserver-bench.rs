@@ -154,6 +154,49 @@ fn pod(name: String) -> anyhow::Result<Pod> {
     }))?)
 }
 
+/// `p50 / p99` of the samples' latencies.
+fn p50_p99(s: &Samples) -> String {
+    format!("{} / {}", ms(s.pct(0.5)), ms(s.pct(0.99)))
+}
+
+/// `median / min` of the timings (sorts them).
+fn median_min(times: &mut [Duration]) -> String {
+    times.sort();
+    format!("{} / {}", ms(times[times.len() / 2]), ms(times[0]))
+}
+
+/// How [`create_configmaps`] issues its creates.
+enum Load {
+    /// With this many requests in flight.
+    Concurrent(usize),
+    /// Started at this many per second (open loop).
+    Paced(u32),
+}
+
+/// Creates namespace `ns`, then `n` ConfigMaps in it, timing each create.
+async fn create_configmaps(
+    client: &kube::Client,
+    ns: &str,
+    n: usize,
+    load: Load,
+) -> anyhow::Result<(Api<ConfigMap>, Samples)> {
+    create_ns(client, ns).await?;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let op = |i: usize| {
+        let api = api.clone();
+        async move {
+            api.create(&PostParams::default(), &configmap(format!("cm-{i}")))
+                .await?;
+            Ok(())
+        }
+    };
+    let s = match load {
+        Load::Concurrent(c) => timed(n, c, op).await?,
+        Load::Paced(rate) => paced(n, rate, op).await?,
+    };
+    Ok((api, s))
+}
+
 async fn create_ns(client: &kube::Client, name: &str) -> anyhow::Result<()> {
     let api: Api<Namespace> = Api::all(client.clone());
     let ns = Namespace {
@@ -196,59 +239,20 @@ async fn measure_apiserver(
     );
 
     // Create latency and throughput at concurrency 1 and 32.
-    create_ns(&client, "bench-c1").await?;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "bench-c1");
-    let s = timed(args.creates, 1, |i| {
-        let api = api.clone();
-        async move {
-            api.create(&PostParams::default(), &configmap(format!("cm-{i}")))
-                .await?;
-            Ok(())
-        }
-    })
-    .await?;
-    f.add(
-        "create c=1 p50 / p99",
-        format!("{} / {}", ms(s.pct(0.5)), ms(s.pct(0.99))),
-    );
+    let (_, s) = create_configmaps(&client, "bench-c1", args.creates, Load::Concurrent(1)).await?;
+    f.add("create c=1 p50 / p99", p50_p99(&s));
     f.add("create c=1 throughput", format!("{:.0}/s", s.throughput()));
 
-    create_ns(&client, "bench-paced").await?;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "bench-paced");
-    let s = paced(args.creates, args.rate, |i| {
-        let api = api.clone();
-        async move {
-            api.create(&PostParams::default(), &configmap(format!("cm-{i}")))
-                .await?;
-            Ok(())
-        }
-    })
-    .await?;
+    let (_, s) =
+        create_configmaps(&client, "bench-paced", args.creates, Load::Paced(args.rate)).await?;
     f.add(
         &format!("create at {}/s p50 / p99", args.rate),
-        format!(
-            "{} / {} (achieved {:.0}/s)",
-            ms(s.pct(0.5)),
-            ms(s.pct(0.99)),
-            s.throughput()
-        ),
+        format!("{} (achieved {:.0}/s)", p50_p99(&s), s.throughput()),
     );
 
-    create_ns(&client, "bench-c32").await?;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "bench-c32");
-    let s = timed(args.creates, 32, |i| {
-        let api = api.clone();
-        async move {
-            api.create(&PostParams::default(), &configmap(format!("cm-{i}")))
-                .await?;
-            Ok(())
-        }
-    })
-    .await?;
-    f.add(
-        "create c=32 p50 / p99",
-        format!("{} / {}", ms(s.pct(0.5)), ms(s.pct(0.99))),
-    );
+    let (api, s) =
+        create_configmaps(&client, "bench-c32", args.creates, Load::Concurrent(32)).await?;
+    f.add("create c=32 p50 / p99", p50_p99(&s));
     f.add("create c=32 throughput", format!("{:.0}/s", s.throughput()));
     f.c32_throughput = s.throughput();
 
@@ -262,10 +266,7 @@ async fn measure_apiserver(
         }
     })
     .await?;
-    f.add(
-        "GET p50 / p99",
-        format!("{} / {}", ms(s.pct(0.5)), ms(s.pct(0.99))),
-    );
+    f.add("GET p50 / p99", p50_p99(&s));
 
     // Store N pods, LIST them, read RSS.
     create_ns(&client, "bench-pods").await?;
@@ -303,10 +304,9 @@ async fn measure_apiserver(
                 );
             }
         }
-        times.sort();
         f.add(
             &format!("{label} of {}: median / min", args.pods),
-            format!("{} / {}", ms(times[2]), ms(times[0])),
+            median_min(&mut times),
         );
     }
     // The same LIST without client-side decoding into typed Pods (server + TLS + transfer).
@@ -326,13 +326,11 @@ async fn measure_apiserver(
             }
             bytes = body.len();
         }
-        times.sort();
         f.add(
             &format!("LIST pods raw bytes ({label}): median / min"),
             format!(
-                "{} / {} ({:.1} MiB)",
-                ms(times[2]),
-                ms(times[0]),
+                "{} ({:.1} MiB)",
+                median_min(&mut times),
                 bytes as f64 / 1048576.0
             ),
         );
