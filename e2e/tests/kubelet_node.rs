@@ -1,6 +1,6 @@
 //! The kubelet on a real containerd, driven through `lotse up` and the real kubectl: node
 //! registration, pods scheduled and run, pod IPs reachable over HTTP, configMap volumes, logs,
-//! exec and attach,
+//! exec and attach (terminal size and resize, stdinOnce), NodeStatus written only on change,
 //! CrashLoopBackOff, OOMKilled, liveness restarts, ImagePullBackOff, kill -9 and restart
 //! without container restarts, and deletion leaving nothing in containerd.
 //!
@@ -99,6 +99,64 @@ fn exec_kube_rs(kubeconfig: &Path, pod: &str) -> anyhow::Result<String> {
             );
         }
         Ok(out)
+    })
+}
+
+/// Runs `sh -c 'sleep 0.5; stty size; read x; stty size'` in `pod` with a terminal through
+/// kube-rs: sends the size 100x40 first, 120x50 after the first answer, then a newline; returns
+/// the terminal output.
+fn exec_tty_resize_kube_rs(kubeconfig: &Path, pod: &str) -> anyhow::Result<String> {
+    use futures::SinkExt;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, AttachParams, TerminalSize};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        let pods: Api<Pod> = Api::namespaced(kube::Client::try_from(cfg)?, "default");
+        let mut p = pods
+            .exec(
+                pod,
+                ["sh", "-c", "sleep 0.5; stty size; read x; stty size"],
+                &AttachParams::interactive_tty(),
+            )
+            .await?;
+        let mut size = p.terminal_size().context("no resize channel")?;
+        size.send(TerminalSize {
+            width: 100,
+            height: 40,
+        })
+        .await?;
+        let mut stdout = p.stdout().context("no stdout")?;
+        let mut stdin = p.stdin().context("no stdin")?;
+        let mut out = Vec::new();
+        let session = async {
+            let mut buf = [0u8; 1024];
+            while !out.contains(&b'\n') {
+                let n = stdout.read(&mut buf).await?;
+                anyhow::ensure!(
+                    n > 0,
+                    "output ended early: {:?}",
+                    String::from_utf8_lossy(&out)
+                );
+                out.extend_from_slice(&buf[..n]);
+            }
+            size.send(TerminalSize {
+                width: 120,
+                height: 50,
+            })
+            .await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            stdin.write_all(b"\n").await?;
+            stdout.read_to_end(&mut out).await?;
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(30), session)
+            .await
+            .context("exec -it session timed out")??;
+        drop(stdin);
+        p.join().await?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
     })
 }
 
@@ -202,6 +260,18 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: once}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "cat; echo EOF-SEEN; sleep 3600"]
+    stdin: true
+    stdinOnce: true
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: noimage}
 spec:
   containers:
@@ -285,6 +355,42 @@ fn lotse_up_runs_pods_on_containerd() -> anyhow::Result<()> {
     );
     k.run(&["get", "lease", "-n", "kube-node-lease", "e2e-node"])?
         .success()?;
+    // The imported images are reported in the status (by the first heartbeat after registering).
+    let images = [
+        "get",
+        "node",
+        "e2e-node",
+        "-o",
+        "jsonpath={.status.images[*].names}",
+    ];
+    wait_for(
+        &k,
+        &images,
+        "busybox in status.images",
+        Duration::from_secs(15),
+        |s| s.contains("busybox"),
+    )?;
+    // From now on nothing about the node changes: its status is not written again (checked
+    // below, after the exec and attach checks) while the Lease keeps being renewed.
+    let heartbeat_jp = [
+        "get",
+        "node",
+        "e2e-node",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].lastHeartbeatTime}",
+    ];
+    let lease_jp = [
+        "get",
+        "lease",
+        "-n",
+        "kube-node-lease",
+        "e2e-node",
+        "-o",
+        "jsonpath={.spec.renewTime}",
+    ];
+    let heartbeat0 = k.run(&heartbeat_jp)?.success()?.stdout;
+    let lease0 = k.run(&lease_jp)?.success()?.stdout;
+    let quiet_since = Instant::now();
 
     // Published by the controllers (root-ca-cert-publisher) in a full `lotse up`; the injected
     // kube-api-access volume needs it, and this test runs with the scheduler only.
@@ -361,6 +467,27 @@ fn lotse_up_runs_pods_on_containerd() -> anyhow::Result<()> {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(5), "exec -it: {text}");
     assert!(text.contains("/dev/pts/"), "exec -it: {text}");
+    // The terminal has kubectl's size (kubectl sends it on the resize channel). The command
+    // waits a little: containerd creates the terminal when the process starts and the size is
+    // applied right after, as with CRI exec in Kubernetes.
+    let cmd = format!(
+        "stty cols 100 rows 40; {}/kubectl.1.33 --kubeconfig {} exec -it web -- sh -c 'sleep 0.5; stty size'",
+        e2e::KUBECTL_DIR,
+        data.join("admin.kubeconfig").display()
+    );
+    let out = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "exec -it stty size: {text}");
+    assert!(text.contains("40 100"), "exec -it stty size: {text:?}");
+    // A resize during the session reaches the process's terminal.
+    let text = exec_tty_resize_kube_rs(&data.join("admin.kubeconfig"), "web")?;
+    assert!(
+        text.contains("40 100") && text.contains("50 120"),
+        "kube-rs exec with resize: {text:?}"
+    );
     let out = k.run(&["exec", "web", "--", "no-such-binary"])?;
     assert_ne!(out.code, 0, "exec of a missing binary succeeded");
     // kube-rs (WebSocket v5 with v4 fallback).
@@ -368,7 +495,7 @@ fn lotse_up_runs_pods_on_containerd() -> anyhow::Result<()> {
     assert_eq!(hostname.trim(), "web");
 
     // attach: a container's output from now on, and stdin into a `stdin: true` container.
-    for pod in ["ticker", "echo"] {
+    for pod in ["ticker", "echo", "once"] {
         let running = jp(pod, "{.status.phase}");
         let running: Vec<&str> = running.iter().map(String::as_str).collect();
         wait_for(&k, &running, pod, Duration::from_secs(60), |s| {
@@ -397,6 +524,37 @@ fn lotse_up_runs_pods_on_containerd() -> anyhow::Result<()> {
     assert!(
         out.contains("hello attach"),
         "kubectl attach -i echo: {out:?}"
+    );
+    // stdinOnce: when the first attach ends, the container's stdin is closed (cat sees EOF).
+    let out = attach(
+        &kc,
+        &["-i", "once", "-c", "c"],
+        "first session\n",
+        Duration::from_secs(15),
+        |o| o.contains("first session"),
+    )?;
+    assert!(
+        out.contains("first session"),
+        "kubectl attach -i once: {out:?}"
+    );
+    wait_for(
+        &k,
+        &["logs", "once"],
+        "EOF-SEEN after the first attach",
+        Duration::from_secs(15),
+        |s| s.contains("EOF-SEEN"),
+    )
+    .with_context(|| lotse.log())?;
+
+    // NodeStatus is written on change only: the heartbeat time stayed while the Lease moved.
+    let wait = Duration::from_secs(21).saturating_sub(quiet_since.elapsed());
+    std::thread::sleep(wait);
+    let heartbeat1 = k.run(&heartbeat_jp)?.success()?.stdout;
+    let lease1 = k.run(&lease_jp)?.success()?.stdout;
+    assert_ne!(lease0, lease1, "the Lease was not renewed");
+    assert_eq!(
+        heartbeat0, heartbeat1,
+        "the node status was written though nothing changed"
     );
 
     // The kubelet API serves the apiserver only: no client certificate → 401, a certificate of

@@ -16,6 +16,17 @@
 //! is written into it. containerd keeps its own end open, so the client's stdin closing does not
 //! close the container's stdin. A container without `stdin: true` ignores channel 0.
 //!
+//! `stdinOnce: true` (without `tty`): when the first attach session with stdin ends, the
+//! container's stdin is closed and its process reads EOF, as in Kubernetes. The writers of the
+//! fifo that must go are containerd's CRI plugin's (which only closes it at the end of a CRI
+//! `Attach` stream of a `stdinOnce` container) and the shim's (which CRI then closes through the
+//! task's CloseIO). So the kubelet opens a CRI `Attach` with stdin only on containerd's
+//! streaming server (WebSocket `v4.channel.k8s.io`, which containerd 1.6 speaks) and ends it at
+//! once; later attaches find no reader on the fifo and get no stdin.
+//!
+//! Resize (channel 4) on a `tty` container sets the size of the task's terminal with
+//! containerd's `Tasks.ResizePty` ([`crate::exec::containerd_tasks`]), as CRI does.
+//!
 //! The session ends when the client goes away (the container keeps running) or when the
 //! container exits (a `Success` status on channel 3, then a normal close).
 use std::path::{Path as FsPath, PathBuf};
@@ -38,14 +49,15 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::Kubelet;
 use crate::exec::{
-    ExecOptions, PROTOCOLS, choose_protocol, is_websocket, normal_close, running_container,
-    switching_protocols, text,
+    ExecOptions, PROTOCOLS, choose_protocol, containerd_tasks, is_websocket, normal_close,
+    parse_resize, running_container, switching_protocols, text,
 };
 
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
 
 /// One line of a CRI log file: `(is_stderr, complete, text)`.
 pub fn parse_log_line(line: &str) -> Option<(bool, bool, &str)> {
@@ -138,10 +150,15 @@ pub async fn attach(
             "you must specify at least one of stdin, stdout, stderr".into(),
         );
     }
-    let (cid, uid) = match running_container(&k, &ns, &pod, &container).await {
-        Ok(c) => c,
+    let (cid, uid, spec) = match running_container(&k, &ns, &pod, &container).await {
+        Ok(c) => (c.id, c.pod_uid, c.spec),
         Err(r) => return r,
     };
+    // Kubernetes closes stdin after the first session only without a tty (with one, the
+    // terminal stays open for the next attach).
+    let stdin_once = spec.as_ref().is_some_and(|c| {
+        c.stdin.unwrap_or(false) && c.stdin_once.unwrap_or(false) && !c.tty.unwrap_or(false)
+    });
     let dir = k
         .config
         .root_dir
@@ -168,7 +185,8 @@ pub async fn attach(
             Ok(up) => {
                 let ws =
                     WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
-                session(ws, k, cid, log, fifo, opts).await;
+                let close_stdin = stdin_once && opts.stdin;
+                session(ws, k, cid, log, fifo, opts, close_stdin).await;
             }
             Err(e) => tracing::debug!(error = %e, "attach upgrade failed"),
         }
@@ -239,6 +257,7 @@ async fn session<S>(
     log: PathBuf,
     fifo: Option<PathBuf>,
     opts: ExecOptions,
+    close_stdin: bool,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -254,9 +273,14 @@ async fn session<S>(
         let _ = sink.close().await;
     });
     let mut stdin = match fifo {
-        // containerd's shim holds the read end, so opening for writing does not block.
-        Some(p) => match tokio::fs::OpenOptions::new().write(true).open(&p).await {
+        // Non-blocking: while the container's stdin is open the shim holds the read end; once
+        // it was closed (stdinOnce) nobody reads, and the open fails with ENXIO.
+        Some(p) => match tokio::net::unix::pipe::OpenOptions::new().open_sender(&p) {
             Ok(f) => Some(f),
+            Err(e) if e.raw_os_error() == Some(6) => {
+                tracing::debug!(%cid, "attach: the container's stdin is closed (stdinOnce)");
+                None
+            }
             Err(e) => {
                 tracing::warn!(error = %e, path = %p.display(), "attach: opening the stdin fifo");
                 None
@@ -264,7 +288,10 @@ async fn session<S>(
         },
         None => None,
     };
-    let reader = async {
+    let had_stdin = stdin.is_some();
+    let (socket, tty) = (k.cri.socket.clone(), opts.tty);
+    let resize_cid = cid.clone();
+    let reader = async move {
         while let Some(m) = incoming.next().await {
             match m {
                 Ok(Message::Binary(b)) if b.first() == Some(&STDIN) => {
@@ -274,12 +301,21 @@ async fn session<S>(
                         stdin = None;
                     }
                 }
+                Ok(Message::Binary(b)) if tty && b.first() == Some(&RESIZE) => {
+                    if let Some(size) = parse_resize(&b[1..])
+                        && let Err(e) =
+                            containerd_tasks::resize_pty(&socket, &resize_cid, "", size).await
+                    {
+                        tracing::debug!(cid = %resize_cid, error = %e.message(), "attach resize");
+                    }
+                }
                 Ok(Message::Close(_)) | Err(_) => return,
                 Ok(_) => {}
             }
         }
+        // Dropping `stdin` here closes the kubelet's end of the fifo.
     };
-    let out = follow(k, cid, log, opts, tx.clone());
+    let out = follow(k.clone(), cid.clone(), log, opts, tx.clone());
     tokio::select! {
         _ = out => {
             let st = json!({"metadata": {}, "status": "Success"});
@@ -288,10 +324,72 @@ async fn session<S>(
             let _ = tx.send(Message::Binary(b.into())).await;
             let _ = tx.send(normal_close()).await;
         }
-        _ = reader => {}
+        _ = reader => {
+            if close_stdin && had_stdin {
+                match close_container_stdin(&k, &cid).await {
+                    Ok(()) => tracing::info!(%cid, "stdinOnce: closed the container's stdin after the first attach"),
+                    Err(e) => tracing::warn!(%cid, error = %e, "stdinOnce: closing the container's stdin"),
+                }
+            }
+        }
     }
     drop(tx);
     let _ = writer.await;
+}
+
+/// Closes the stdin of a `stdinOnce` container: a CRI `Attach` with stdin only, on containerd's
+/// streaming server, ended at once (see the module docs).
+async fn close_container_stdin(k: &Kubelet, cid: &str) -> Result<(), String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
+    let mut rt = k.cri.rt.clone();
+    let url = rt
+        .attach(cri::AttachRequest {
+            container_id: cid.to_string(),
+            stdin: true,
+            tty: false,
+            stdout: false,
+            stderr: false,
+        })
+        .await
+        .map_err(|e| format!("CRI Attach: {}", e.message()))?
+        .into_inner()
+        .url;
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("CRI Attach URL {url:?}: {e}"))?;
+    let host = uri.host().unwrap_or("127.0.0.1").to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let ws_url = match url.strip_prefix("http://") {
+        Some(rest) => format!("ws://{rest}"),
+        None => {
+            return Err(format!(
+                "CRI Attach URL {url:?} is not http:// (TLS streaming)"
+            ));
+        }
+    };
+    let mut req = ws_url
+        .into_client_request()
+        .map_err(|e| format!("CRI Attach URL {url:?}: {e}"))?;
+    req.headers_mut().insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static("v4.channel.k8s.io"),
+    );
+    let run = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("connecting to containerd's streaming server: {e}"))?;
+        let (mut ws, _) = tokio_tungstenite::client_async(req, tcp)
+            .await
+            .map_err(|e| format!("WebSocket to containerd's streaming server: {e}"))?;
+        // The end of the stream is the end of stdin; containerd then closes the container's.
+        let _ = ws.close(None).await;
+        while let Some(Ok(_)) = ws.next().await {}
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .map_err(|_| "containerd's streaming server did not answer".to_string())?
 }
 
 #[cfg(test)]

@@ -12,8 +12,16 @@
 //! dir), exactly what CRI `Exec` does inside containerd. CRI `Exec` itself is not used because
 //! containerd 1.6's streaming server speaks only SPDY and WebSocket up to v4, neither of which
 //! can close stdin alone (so `echo x | kubectl exec -i p -- cat` would never end). With `tty`
-//! the process gets a terminal (`script` provides the outer one `ctr --tty` needs); resize
-//! messages are accepted and ignored.
+//! the process gets a terminal (`script` provides the outer one `ctr --tty` needs).
+//!
+//! Resize (channel 4, `{"Width":..,"Height":..}`, sent by `kubectl exec -it` first thing and on
+//! every SIGWINCH): the size is applied to the exec process's terminal with containerd's
+//! `Tasks.ResizePty` (container ID + exec ID, see [`containerd_tasks`]), as containerd's CRI does.
+//! containerd creates that terminal only when the process starts (a resize before is silently
+//! dropped by the shim), so sizes are applied once the process is running, and the process can
+//! see a 0x0 terminal for its first instants, as with CRI exec in Kubernetes. The first size, if
+//! it arrives within [`FIRST_RESIZE_WAIT`], is also set on `script`'s terminal before `ctr`
+//! starts, so the resize `ctr` itself sends from that terminal agrees with it.
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +38,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -44,7 +52,169 @@ const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
+
+/// How long a `tty` exec waits for the client's first resize before starting the process.
+pub const FIRST_RESIZE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A terminal size from the resize channel (Kubernetes' `remotecommand.TerminalSize`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct TerminalSize {
+    /// Columns.
+    #[serde(rename = "Width", alias = "width")]
+    pub width: u16,
+    /// Rows.
+    #[serde(rename = "Height", alias = "height")]
+    pub height: u16,
+}
+
+/// The size in a resize message's payload (after the channel byte); None when it is not one or
+/// either side is 0 (which the kubelet ignores too).
+pub fn parse_resize(payload: &[u8]) -> Option<TerminalSize> {
+    serde_json::from_slice::<TerminalSize>(payload)
+        .ok()
+        .filter(|s| s.width > 0 && s.height > 0)
+}
+
+/// containerd's own Tasks API (`containerd.services.tasks.v1.Tasks`, served on the same socket
+/// as CRI, namespace `k8s.io`): the calls the kubelet needs that CRI offers only through its
+/// streaming server. Messages are written out here, field numbers as in containerd's
+/// `api/services/tasks/v1/tasks.proto` and `api/types/task/task.proto`.
+pub(crate) mod containerd_tasks {
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use hyper_util::rt::TokioIo;
+    use tonic::codegen::http::uri::PathAndQuery;
+    use tonic::metadata::MetadataValue;
+    use tonic::transport::{Endpoint, Uri};
+
+    /// `ResizePtyRequest`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResizePtyRequest {
+        /// The container (= task) ID.
+        #[prost(string, tag = "1")]
+        pub container_id: String,
+        /// The exec process; empty for the task's init process.
+        #[prost(string, tag = "2")]
+        pub exec_id: String,
+        /// Columns.
+        #[prost(uint32, tag = "3")]
+        pub width: u32,
+        /// Rows.
+        #[prost(uint32, tag = "4")]
+        pub height: u32,
+    }
+
+    /// `GetRequest`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct GetRequest {
+        /// The container (= task) ID.
+        #[prost(string, tag = "1")]
+        pub container_id: String,
+        /// The exec process; empty for the init process.
+        #[prost(string, tag = "2")]
+        pub exec_id: String,
+    }
+
+    /// `GetResponse`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct GetResponse {
+        /// The process.
+        #[prost(message, optional, tag = "1")]
+        pub process: Option<Process>,
+    }
+
+    /// `containerd.v1.types.Process`, the fields read here.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Process {
+        /// PID on the host.
+        #[prost(uint32, tag = "3")]
+        pub pid: u32,
+        /// `Status`: 1 created, 2 running, 3 stopped.
+        #[prost(int32, tag = "4")]
+        pub status: i32,
+    }
+
+    /// `google.protobuf.Empty`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Empty {}
+
+    /// `Status.RUNNING`.
+    pub const RUNNING: i32 = 2;
+
+    async fn call<Req, Resp>(
+        socket: &Path,
+        method: &'static str,
+        req: Req,
+    ) -> Result<Resp, tonic::Status>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let path: PathBuf = socket.to_path_buf();
+        let ch = Endpoint::try_from("http://[::]")
+            .map_err(|e| tonic::Status::internal(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let p = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+                }
+            }))
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut grpc = tonic::client::Grpc::new(ch);
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut r = tonic::Request::new(req);
+        r.metadata_mut()
+            .insert("containerd-namespace", MetadataValue::from_static("k8s.io"));
+        r.set_timeout(Duration::from_secs(10));
+        grpc.unary(
+            r,
+            PathAndQuery::from_static(method),
+            tonic_prost::ProstCodec::<Req, Resp>::default(),
+        )
+        .await
+        .map(tonic::Response::into_inner)
+    }
+
+    /// Sets the terminal size of process `exec_id` (empty: the init process) of task `cid`.
+    pub async fn resize_pty(
+        socket: &Path,
+        cid: &str,
+        exec_id: &str,
+        size: super::TerminalSize,
+    ) -> Result<(), tonic::Status> {
+        let req = ResizePtyRequest {
+            container_id: cid.into(),
+            exec_id: exec_id.into(),
+            width: size.width.into(),
+            height: size.height.into(),
+        };
+        call::<_, Empty>(socket, "/containerd.services.tasks.v1.Tasks/ResizePty", req)
+            .await
+            .map(|_| ())
+    }
+
+    /// The status of process `exec_id` of task `cid` (see [`Process::status`]).
+    pub async fn process_status(
+        socket: &Path,
+        cid: &str,
+        exec_id: &str,
+    ) -> Result<i32, tonic::Status> {
+        let req = GetRequest {
+            container_id: cid.into(),
+            exec_id: exec_id.into(),
+        };
+        let resp: GetResponse =
+            call(socket, "/containerd.services.tasks.v1.Tasks/Get", req).await?;
+        Ok(resp.process.map(|p| p.status).unwrap_or_default())
+    }
+}
 
 /// What the client asked for (Kubernetes' `PodExecOptions` as query parameters).
 #[derive(Debug, Default, PartialEq)]
@@ -123,13 +293,23 @@ pub fn exit_status(code: Option<i32>, command: &[String]) -> serde_json::Value {
     }
 }
 
-/// The running container `container` of pod `ns/pod`: its CRI container ID and the pod's UID.
+/// A running container found for exec or attach.
+pub(crate) struct RunningContainer {
+    /// Its CRI container ID (= containerd task ID).
+    pub id: String,
+    /// The pod's UID.
+    pub pod_uid: String,
+    /// Its spec in the pod, if it is a regular container.
+    pub spec: Option<k8s_openapi::api::core::v1::Container>,
+}
+
+/// The running container `container` of pod `ns/pod`.
 pub(crate) async fn running_container(
     k: &Kubelet,
     ns: &str,
     pod: &str,
     container: &str,
-) -> Result<(String, String), Response> {
+) -> Result<RunningContainer, Response> {
     let api: Api<Pod> = Api::namespaced(k.client.clone(), ns);
     let p = match api.get_opt(pod).await {
         Ok(Some(p)) => p,
@@ -142,6 +322,9 @@ pub(crate) async fn running_container(
         Err(e) => return Err(text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     };
     let uid = p.metadata.uid.unwrap_or_default();
+    let spec = p
+        .spec
+        .and_then(|s| s.containers.into_iter().find(|c| c.name == container));
     let filter = cri::ContainerFilter {
         label_selector: [
             ("io.kubernetes.pod.uid".to_string(), uid.clone()),
@@ -167,12 +350,18 @@ pub(crate) async fn running_container(
         .containers
         .into_iter()
         .max_by_key(|c| c.created_at);
-    found.map(|c| (c.id, uid)).ok_or_else(|| {
-        text(
-            StatusCode::BAD_REQUEST,
-            format!("container {container:?} in pod {pod:?} is not running"),
-        )
-    })
+    found
+        .map(|c| RunningContainer {
+            id: c.id,
+            pod_uid: uid,
+            spec,
+        })
+        .ok_or_else(|| {
+            text(
+                StatusCode::BAD_REQUEST,
+                format!("container {container:?} in pod {pod:?} is not running"),
+            )
+        })
 }
 
 /// The handler: checks the request, answers `101 Switching Protocols` and runs the session on
@@ -211,7 +400,7 @@ pub async fn exec(
         );
     }
     let cid = match running_container(&k, &ns, &pod, &container).await {
-        Ok((c, _)) => c,
+        Ok(c) => c.id,
         Err(r) => return r,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -260,18 +449,16 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// The `ctr tasks exec` command running `opts.command` in container `cid` as process
+/// `exec_id`; with a tty under `script`, whose terminal gets `size` first.
 fn command(
     socket: &std::path::Path,
     cid: &str,
+    exec_id: &str,
     opts: &ExecOptions,
+    size: Option<TerminalSize>,
 ) -> Option<tokio::process::Command> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
     let ctr = crate::runtime::find_binary("ctr", &["/usr/bin"])?;
-    let exec_id = format!(
-        "exec-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    );
     let mut argv: Vec<String> = vec![
         ctr.to_string_lossy().into_owned(),
         "-a".into(),
@@ -281,7 +468,7 @@ fn command(
         "tasks".into(),
         "exec".into(),
         "--exec-id".into(),
-        exec_id,
+        exec_id.into(),
     ];
     if opts.tty {
         argv.push("--tty".into());
@@ -293,11 +480,18 @@ fn command(
         // `ctr --tty` needs a terminal on its own stdin: `script` runs it on a fresh pty and
         // relays our pipes to it (and returns the command's exit code with -e).
         let line: Vec<String> = argv.iter().map(|a| shell_quote(a)).collect();
+        let line = match size {
+            Some(s) => format!(
+                "stty cols {} rows {} 2>/dev/null; exec {}",
+                s.width,
+                s.height,
+                line.join(" ")
+            ),
+            None => line.join(" "),
+        };
         let script = crate::runtime::find_binary("script", &["/usr/bin"])?;
         let mut c = tokio::process::Command::new(script);
-        c.args(["-q", "-f", "-e", "-c"])
-            .arg(line.join(" "))
-            .arg("/dev/null");
+        c.args(["-q", "-f", "-e", "-c"]).arg(line).arg("/dev/null");
         c
     } else {
         let mut c = tokio::process::Command::new(&argv[0]);
@@ -369,7 +563,50 @@ async fn session<S>(
         b.extend(serde_json::to_vec(&status).unwrap_or_default());
         Message::Binary(b.into())
     };
-    let child = command(&socket, &cid, &opts)
+    // kubectl sends the terminal size as soon as it is connected (possibly after some stdin):
+    // wait for it briefly so the terminal has it from the start. What comes before it is
+    // handled, in order, once the process runs.
+    let mut early = Vec::new();
+    let mut first_size = None;
+    let mut gone = false;
+    if opts.tty {
+        let deadline = tokio::time::Instant::now() + FIRST_RESIZE_WAIT;
+        while first_size.is_none() {
+            match tokio::time::timeout_at(deadline, incoming.next()).await {
+                Ok(Some(Ok(Message::Binary(b)))) if b.first() == Some(&RESIZE) => {
+                    first_size = parse_resize(&b[1..]);
+                }
+                Ok(Some(m)) => {
+                    let last = matches!(m, Ok(Message::Close(_)) | Err(_));
+                    early.push(m);
+                    if last {
+                        break;
+                    }
+                }
+                Ok(None) => {
+                    gone = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let exec_id = format!(
+        "exec-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let (sizes, sizes_rx) = watch::channel(first_size);
+    let resizer = opts.tty.then(|| {
+        tokio::spawn(apply_resizes(
+            socket.clone(),
+            cid.clone(),
+            exec_id.clone(),
+            sizes_rx,
+        ))
+    });
+    let child = command(&socket, &cid, &exec_id, &opts, first_size)
         .ok_or_else(|| "ctr not found (Debian package containerd)".to_string())
         .and_then(|mut c| c.spawn().map_err(|e| format!("starting ctr: {e}")));
     let mut child = match child {
@@ -398,6 +635,9 @@ async fn session<S>(
     let _hold = if opts.stdin { None } else { stdin.take() };
     // Client → process. Ends when the client goes away (Some(true)) or its stdin closes.
     let reader = async {
+        let rest = (!gone).then_some(incoming);
+        let mut incoming =
+            futures::stream::iter(early).chain(futures::stream::iter(rest).flatten());
         while let Some(m) = incoming.next().await {
             match m {
                 Ok(Message::Binary(b)) if !b.is_empty() => match b[0] {
@@ -406,6 +646,11 @@ async fn session<S>(
                             && w.write_all(&b[1..]).await.is_err()
                         {
                             stdin = None;
+                        }
+                    }
+                    RESIZE => {
+                        if let Some(size) = parse_resize(&b[1..]) {
+                            sizes.send_replace(Some(size));
                         }
                     }
                     CLOSE if v5 && b.get(1) == Some(&STDIN) => stdin = None,
@@ -452,8 +697,45 @@ async fn session<S>(
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut done).await;
         }
     }
+    if let Some(r) = resizer {
+        r.abort();
+    }
     drop(tx);
     let _ = writer.await;
+}
+
+/// Applies the client's terminal sizes to process `exec_id` of container `cid`: the latest
+/// one once the process runs (before, containerd has no terminal for it), then every change.
+async fn apply_resizes(
+    socket: std::path::PathBuf,
+    cid: String,
+    exec_id: String,
+    mut sizes: watch::Receiver<Option<TerminalSize>>,
+) {
+    let t0 = std::time::Instant::now();
+    loop {
+        match containerd_tasks::process_status(&socket, &cid, &exec_id).await {
+            Ok(containerd_tasks::RUNNING) => break,
+            // Already stopped: nothing to resize.
+            Ok(st) if st > containerd_tasks::RUNNING => return,
+            _ if t0.elapsed() > std::time::Duration::from_secs(10) => {
+                tracing::debug!(%cid, %exec_id, "exec process never ran; resizes dropped");
+                return;
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    loop {
+        let size = *sizes.borrow_and_update();
+        if let Some(size) = size
+            && let Err(e) = containerd_tasks::resize_pty(&socket, &cid, &exec_id, size).await
+        {
+            tracing::debug!(%cid, %exec_id, error = %e.message(), "exec resize");
+        }
+        if sizes.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -498,5 +780,63 @@ mod tests {
         assert_eq!(st["details"]["causes"][0]["message"], "3");
         assert_eq!(exit_status(Some(0), &[])["status"], "Success");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn resize_messages() {
+        // What client-go sends on channel 4 (after the channel byte).
+        assert_eq!(
+            parse_resize(br#"{"Width":100,"Height":40}"#),
+            Some(TerminalSize {
+                width: 100,
+                height: 40
+            })
+        );
+        assert_eq!(
+            parse_resize(br#"{"width":80,"height":24}"#),
+            Some(TerminalSize {
+                width: 80,
+                height: 24
+            })
+        );
+        assert_eq!(parse_resize(br#"{"Width":0,"Height":0}"#), None);
+        assert_eq!(parse_resize(b"not json"), None);
+        assert_eq!(parse_resize(br#"{"Width":-1,"Height":3}"#), None);
+    }
+
+    #[test]
+    fn tty_command_sets_the_first_size() {
+        let opts = ExecOptions {
+            command: vec!["stty".into(), "size".into()],
+            tty: true,
+            ..Default::default()
+        };
+        let size = Some(TerminalSize {
+            width: 100,
+            height: 40,
+        });
+        let Some(cmd) = command(
+            std::path::Path::new("/run/c.sock"),
+            "cid",
+            "e1",
+            &opts,
+            size,
+        ) else {
+            return; // no ctr or script on this machine
+        };
+        let argv: Vec<String> = cmd
+            .as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let line = &argv[4];
+        assert!(
+            line.starts_with("stty cols 100 rows 40 2>/dev/null; exec "),
+            "{line}"
+        );
+        assert!(
+            line.contains("'--exec-id' 'e1' '--tty' '--' 'cid' 'stty' 'size'"),
+            "{line}"
+        );
     }
 }

@@ -1,18 +1,27 @@
 //! The Node object and its Lease: registration with the machine's capacity, heartbeats, and
 //! NodeStatus conditions.
+//!
+//! As in Kubernetes with node leases: the Lease is renewed every [`LEASE_RENEW`] (that is the
+//! node's liveness signal), the status is computed as often but written to `nodes/<name>/status`
+//! only when it changed ([`status_changed`]: conditions' status, reason or message, addresses,
+//! capacity, allocatable, images, daemonEndpoints, nodeInfo) or when the last write is older
+//! than [`NODE_STATUS_REPORT_FREQUENCY`]. Conditions' `lastHeartbeatTime` therefore moves only
+//! when the status is written, and `lastTransitionTime` only when a condition's status flips.
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use k8s_cri::v1 as cri;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
+    ContainerImage, Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use crate::{Config, Error};
+use crate::{Config, Error, Kubelet};
 
 /// The Kubernetes version the kubelet reports.
 pub const KUBELET_VERSION: &str = "v1.33.0-lotse";
@@ -308,3 +317,277 @@ pub async fn renew_lease(client: &kube::Client, node: &Node) -> Result<(), Error
 
 /// How often the Lease is renewed.
 pub const LEASE_RENEW: Duration = Duration::from_secs(10);
+
+/// How often the status is computed (Kubernetes' `nodeStatusUpdateFrequency`).
+pub const NODE_STATUS_UPDATE_FREQUENCY: Duration = Duration::from_secs(10);
+
+/// The longest time between two status writes when nothing changed (Kubernetes'
+/// `nodeStatusReportFrequency`).
+pub const NODE_STATUS_REPORT_FREQUENCY: Duration = Duration::from_secs(5 * 60);
+
+/// At most this many images are reported in `status.images`, largest first (Kubernetes'
+/// `nodeStatusMaxImages`).
+pub const NODE_STATUS_MAX_IMAGES: usize = 50;
+
+/// `status` without what moves on every report (conditions' heartbeat and transition times),
+/// conditions in a fixed order.
+fn comparable(status: &NodeStatus) -> NodeStatus {
+    let mut s = status.clone();
+    if let Some(cs) = s.conditions.as_mut() {
+        for c in cs.iter_mut() {
+            c.last_heartbeat_time = None;
+            c.last_transition_time = None;
+        }
+        cs.sort_by(|a, b| a.type_.cmp(&b.type_));
+    }
+    s
+}
+
+/// Whether `new` differs from `old` in anything but conditions' heartbeat and transition times.
+pub fn status_changed(old: &NodeStatus, new: &NodeStatus) -> bool {
+    comparable(old) != comparable(new)
+}
+
+/// Decides when the computed NodeStatus is written, and keeps conditions' transition times.
+#[derive(Debug, Default)]
+pub struct StatusReporter {
+    /// The last status written, and when.
+    last: Option<(NodeStatus, Instant)>,
+}
+
+impl StatusReporter {
+    /// A reporter whose last write was `status` at `at` (the registration's).
+    pub fn new(status: Option<NodeStatus>, at: Instant) -> StatusReporter {
+        StatusReporter {
+            last: status.map(|s| (s, at)),
+        }
+    }
+
+    /// The last status written.
+    pub fn last(&self) -> Option<&NodeStatus> {
+        self.last.as_ref().map(|(s, _)| s)
+    }
+
+    /// The status to write at `now`, or None when `current` equals the last write (heartbeat
+    /// times aside) and that write is younger than [`NODE_STATUS_REPORT_FREQUENCY`]. A
+    /// condition whose status did not change keeps its last `lastTransitionTime`.
+    pub fn due(&self, mut current: NodeStatus, now: Instant) -> Option<NodeStatus> {
+        let Some((last, at)) = &self.last else {
+            return Some(current);
+        };
+        let last_conditions = last.conditions.as_deref().unwrap_or_default();
+        for c in current.conditions.iter_mut().flatten() {
+            if let Some(prev) = last_conditions
+                .iter()
+                .find(|p| p.type_ == c.type_ && p.status == c.status)
+                && prev.last_transition_time.is_some()
+            {
+                c.last_transition_time = prev.last_transition_time.clone();
+            }
+        }
+        let stale = now.saturating_duration_since(*at) >= NODE_STATUS_REPORT_FREQUENCY;
+        (stale || status_changed(last, &current)).then_some(current)
+    }
+
+    /// Records that `status` was written at `at`.
+    pub fn reported(&mut self, status: NodeStatus, at: Instant) {
+        self.last = Some((status, at));
+    }
+}
+
+/// The images the runtime holds, as `status.images` (largest first, at most
+/// [`NODE_STATUS_MAX_IMAGES`]); None when the runtime does not answer.
+async fn node_images(k: &Kubelet) -> Option<Vec<ContainerImage>> {
+    let mut img = k.cri.img.clone();
+    let list = tokio::time::timeout(
+        Duration::from_secs(5),
+        img.list_images(cri::ListImagesRequest { filter: None }),
+    )
+    .await
+    .ok()?
+    .ok()?
+    .into_inner()
+    .images;
+    Some(images_status(list))
+}
+
+/// CRI images as `status.images`: names are the tags then the digests; nameless images are left
+/// out.
+pub fn images_status(mut list: Vec<cri::Image>) -> Vec<ContainerImage> {
+    list.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.id.cmp(&b.id)));
+    list.into_iter()
+        .filter_map(|i| {
+            let names: Vec<String> = i.repo_tags.into_iter().chain(i.repo_digests).collect();
+            (!names.is_empty()).then(|| ContainerImage {
+                names: Some(names),
+                size_bytes: i64::try_from(i.size).ok(),
+            })
+        })
+        .take(NODE_STATUS_MAX_IMAGES)
+        .collect()
+}
+
+/// Renews the Lease every [`LEASE_RENEW`] and writes the NodeStatus when it changed or is due
+/// (see the module docs); wakes at once when the container runtime goes down or comes back, so
+/// Ready follows it without waiting for the next period. `node` is the registered Node (its
+/// status is the last one written). Never returns.
+pub async fn heartbeat(k: Arc<Kubelet>, node: Node) {
+    let mut reporter = StatusReporter::new(node.status.clone(), Instant::now());
+    let simulated = k.config.runtime == crate::RuntimeKind::Simulated;
+    let mut down = k.runtime_down.subscribe();
+    loop {
+        down.borrow_and_update();
+        if let Err(e) = renew_lease(&k.client, &node).await {
+            tracing::warn!(error = %e, "lease renewal");
+        }
+        let (health, version) = crate::runtime_health(&k).await;
+        let mut status = node_status(&k.config, health, &now(), &version);
+        status.images = if simulated {
+            None
+        } else {
+            match node_images(&k).await {
+                Some(i) => Some(i),
+                // Runtime unreachable: the images are still there.
+                None => reporter.last().and_then(|s| s.images.clone()),
+            }
+        };
+        if let Some(status) = reporter.due(status, Instant::now()) {
+            match patch_status(&k.client, &k.config.node_name, &status).await {
+                Ok(_) => reporter.reported(status, Instant::now()),
+                Err(e) => tracing::warn!(error = %e, "node status"),
+            }
+        }
+        let _ = tokio::time::timeout(NODE_STATUS_UPDATE_FREQUENCY, down.changed()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Time {
+        Time(jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
+    }
+
+    fn status(ready: bool, heartbeat: i64) -> NodeStatus {
+        NodeStatus {
+            capacity: Some([("cpu".to_string(), Quantity("2".into()))].into()),
+            conditions: Some(vec![
+                NodeCondition {
+                    type_: "MemoryPressure".into(),
+                    status: "False".into(),
+                    reason: Some("KubeletHasSufficientMemory".into()),
+                    last_heartbeat_time: Some(at(heartbeat)),
+                    last_transition_time: Some(at(heartbeat)),
+                    ..Default::default()
+                },
+                NodeCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    reason: Some(
+                        if ready {
+                            "KubeletReady"
+                        } else {
+                            "KubeletNotReady"
+                        }
+                        .into(),
+                    ),
+                    last_heartbeat_time: Some(at(heartbeat)),
+                    last_transition_time: Some(at(heartbeat)),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn heartbeat_times_are_not_changes() {
+        assert!(!status_changed(&status(true, 100), &status(true, 200)));
+        let mut reordered = status(true, 300);
+        if let Some(c) = reordered.conditions.as_mut() {
+            c.reverse();
+        }
+        assert!(!status_changed(&status(true, 100), &reordered));
+    }
+
+    #[test]
+    fn condition_capacity_image_and_address_changes_are_changes() {
+        let base = status(true, 100);
+        assert!(status_changed(&base, &status(false, 100)));
+        let mut s = base.clone();
+        if let Some(c) = s.conditions.as_mut() {
+            c[0].message = Some("kubelet has insufficient memory available".into());
+        }
+        assert!(status_changed(&base, &s));
+        let mut s = base.clone();
+        s.capacity = Some([("cpu".to_string(), Quantity("4".into()))].into());
+        assert!(status_changed(&base, &s));
+        let mut s = base.clone();
+        s.images = Some(vec![ContainerImage {
+            names: Some(vec!["docker.io/library/busybox:latest".into()]),
+            size_bytes: Some(1),
+        }]);
+        assert!(status_changed(&base, &s));
+        let mut s = base.clone();
+        s.addresses = Some(vec![NodeAddress {
+            type_: "InternalIP".into(),
+            address: "10.0.0.2".into(),
+        }]);
+        assert!(status_changed(&base, &s));
+    }
+
+    #[test]
+    fn reports_on_change_or_when_due() {
+        let t0 = Instant::now();
+        let mut r = StatusReporter::new(Some(status(true, 100)), t0);
+        // Unchanged within the report frequency: nothing to write.
+        assert_eq!(r.due(status(true, 110), t0 + Duration::from_secs(10)), None);
+        assert_eq!(
+            r.due(status(true, 400), t0 + Duration::from_secs(299)),
+            None
+        );
+        // Unchanged but the last write is 5 minutes old: written, transition times kept.
+        let due = r
+            .due(status(true, 400), t0 + NODE_STATUS_REPORT_FREQUENCY)
+            .expect("due after nodeStatusReportFrequency");
+        let conds = due.conditions.clone().unwrap_or_default();
+        assert!(
+            conds
+                .iter()
+                .all(|c| c.last_transition_time == Some(at(100)))
+        );
+        assert!(conds.iter().all(|c| c.last_heartbeat_time == Some(at(400))));
+        r.reported(due, t0 + NODE_STATUS_REPORT_FREQUENCY);
+        // Ready flips: written at once; only Ready's transition time moves.
+        let later = t0 + NODE_STATUS_REPORT_FREQUENCY + Duration::from_secs(1);
+        let due = r.due(status(false, 401), later).expect("written on change");
+        let conds = due.conditions.clone().unwrap_or_default();
+        assert_eq!(conds[0].last_transition_time, Some(at(100)));
+        assert_eq!(conds[1].last_transition_time, Some(at(401)));
+        assert_eq!(conds[1].status, "False");
+        // Nothing reported yet: always written.
+        assert!(StatusReporter::default().due(status(true, 1), t0).is_some());
+    }
+
+    #[test]
+    fn images_largest_first_and_named() {
+        let img = |id: &str, size: u64, tags: &[&str]| cri::Image {
+            id: id.into(),
+            size,
+            repo_tags: tags.iter().map(|t| t.to_string()).collect(),
+            ..Default::default()
+        };
+        let out = images_status(vec![
+            img("a", 10, &["busybox:latest"]),
+            img("b", 20, &["nginx:latest"]),
+            img("c", 30, &[]),
+        ]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            out[0].names.as_deref(),
+            Some(&["nginx:latest".to_string()][..])
+        );
+        assert_eq!(out[1].size_bytes, Some(10));
+    }
+}
