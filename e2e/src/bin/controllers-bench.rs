@@ -6,12 +6,11 @@
 //!
 //! `cargo build --release -p apiserver -p controllers -p e2e && LOTSE_BIN_DIR=target/release target/release/controllers-bench`
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
-use e2e::{ApiServer, Backend, bin_dir};
+use e2e::{ApiServer, Backend, Component, bin_dir, wait_until_every};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -32,16 +31,6 @@ struct Args {
     /// Give up after this many seconds per phase.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
-}
-
-/// Kills the controllers process on every exit path.
-struct Controllers(std::process::Child);
-
-impl Drop for Controllers {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn deployment(replicas: usize) -> Result<Deployment> {
@@ -127,23 +116,25 @@ async fn wait_for_rollout(
     start: Instant,
     timeout: Duration,
 ) -> Result<Duration> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let d = deploys.get("bench").await?;
-        let s = d.status.unwrap_or_default();
-        let n = n as i32;
-        if s.updated_replicas == Some(n)
-            && s.available_replicas == Some(n)
-            && s.replicas == Some(n)
-            && s.observed_generation == d.metadata.generation
-        {
-            return Ok(start.elapsed());
-        }
-        if Instant::now() > deadline {
-            bail!("rollout incomplete after {timeout:?}: {s:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let n = n as i32;
+    wait_until_every(
+        "rollout complete",
+        timeout,
+        Duration::from_millis(50),
+        || async {
+            let d = deploys.get("bench").await?;
+            let s = d.status.unwrap_or_default();
+            if s.updated_replicas == Some(n)
+                && s.available_replicas == Some(n)
+                && s.replicas == Some(n)
+                && s.observed_generation == d.metadata.generation
+            {
+                return Ok(Some(start.elapsed()));
+            }
+            bail!("rollout incomplete: {s:?}")
+        },
+    )
+    .await
 }
 
 #[tokio::main]
@@ -152,19 +143,8 @@ async fn main() -> Result<()> {
     let timeout = Duration::from_secs(args.timeout_secs);
     let api = ApiServer::start(Backend::Sqlite).await?;
     let client: Client = api.client().await?;
-    let kubeconfig = api.data_dir().join("controllers.kubeconfig");
-    let log = std::fs::File::create(api.data_dir().join("controllers.log"))?;
-    let _controllers = Controllers(
-        Command::new(bin_dir().join("controllers"))
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .arg("--leader-elect=false")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting controllers (cargo build -p controllers, or set LOTSE_BIN_DIR)")?,
-    );
+    // Killed on every exit path.
+    let _controllers = Component::start(&api, "controllers", "warn", &["--leader-elect=false"])?;
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "bench"}}))?;
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &ns)

@@ -3,13 +3,12 @@
 //!
 //! `cargo build --release -p apiserver -p scheduler -p e2e && LOTSE_BIN_DIR=target/release target/release/scheduler-bench`
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
-use e2e::{ApiServer, Backend, bin_dir};
+use e2e::{ApiServer, Backend, Component};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -75,16 +74,14 @@ async fn main() -> Result<()> {
         t.elapsed().as_secs_f64()
     );
 
-    let mut sched = Command::new(bin_dir().join("scheduler"))
-        .arg("--kubeconfig")
-        .arg(api.kubeconfig())
-        .arg("--parallelism")
-        .arg(args.parallelism.to_string())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting scheduler")?;
-    let sched_pid = sched.id();
+    // Under its own identity (system:kube-scheduler), as in a real cluster; killed on drop.
+    let sched = Component::start(
+        &api,
+        "scheduler",
+        "warn",
+        &["--parallelism", &args.parallelism.to_string()],
+    )?;
+    let sched_pid = sched.pid();
 
     let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let bound: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -185,7 +182,6 @@ async fn main() -> Result<()> {
         rss_kib(sched_pid, "VmHWM:") / 1024,
         elapsed.as_secs_f64()
     );
-    let _ = sched.kill();
-    let _ = sched.wait();
+    drop(sched);
     Ok(())
 }
