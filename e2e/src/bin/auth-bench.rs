@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use e2e::{ApiServer, Backend, bin_dir, raw_request};
+use e2e::{ApiServer, Backend, bin_dir, raw_request, wait_until_every};
 use serde_json::{Value, json};
 
 /// Measures what 1 000 RoleBindings and 200 ClusterRoles add to request latency.
@@ -153,36 +153,25 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("starting {}", binary.display()))?;
     let admin = api.client().await?;
 
-    must(
-        &admin,
-        "POST",
-        "/api/v1/namespaces",
-        json!({"metadata": {"name": "bench"}}),
-    )
-    .await?;
-    must(
-        &admin,
-        "POST",
-        "/api/v1/namespaces/bench/serviceaccounts",
-        json!({"metadata": {"name": "student"}}),
-    )
-    .await?;
-    must(
-        &admin,
-        "POST",
-        "/api/v1/namespaces/bench/configmaps",
-        json!({"metadata": {"name": "cm"}, "data": {"k": "v"}}),
-    )
-    .await?;
-    must(
-        &admin,
-        "POST",
-        "/apis/rbac.authorization.k8s.io/v1/namespaces/bench/rolebindings",
-        json!({"metadata": {"name": "student-view"},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
-               "subjects": [{"kind": "ServiceAccount", "name": "student", "namespace": "bench"}]}),
-    )
-    .await?;
+    for (path, body) in [
+        ("/api/v1/namespaces", json!({"metadata": {"name": "bench"}})),
+        (
+            "/api/v1/namespaces/bench/serviceaccounts",
+            json!({"metadata": {"name": "student"}}),
+        ),
+        (
+            "/api/v1/namespaces/bench/configmaps",
+            json!({"metadata": {"name": "cm"}, "data": {"k": "v"}}),
+        ),
+        (
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/bench/rolebindings",
+            json!({"metadata": {"name": "student-view"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "student", "namespace": "bench"}]}),
+        ),
+    ] {
+        must(&admin, "POST", path, body).await?;
+    }
     let tr = must(
         &admin,
         "POST",
@@ -203,25 +192,18 @@ async fn main() -> anyhow::Result<()> {
     let student = kube::Client::try_from(cfg)?;
 
     // `view` is aggregated by the apiserver; wait until it grants configmaps.
-    let mut ready = false;
-    for _ in 0..100 {
-        let (s, _) = raw_request(
-            &student,
-            "GET",
-            "/api/v1/namespaces/bench/configmaps/cm",
-            None,
-            Vec::new(),
-        )
-        .await?;
-        if s == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if !ready {
-        bail!("student never got read access through the view ClusterRole");
-    }
+    wait_until_every(
+        "the student's read access through the view ClusterRole",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let path = "/api/v1/namespaces/bench/configmaps/cm";
+            let (s, _) = raw_request(&student, "GET", path, None, Vec::new()).await?;
+            Ok((s == 200).then_some(()))
+        },
+    )
+    .await
+    .context("student never got read access through the view ClusterRole")?;
 
     let before = measure(&student, &admin, args.requests).await?;
 
