@@ -165,19 +165,10 @@ fn selector_immutable(errs: &mut Vec<FieldError>, o: &Value, old: &Value) {
 
 /// apps/v1 deployments.
 pub const DEPLOYMENTS: ResourceDef = ResourceDef {
-    group: "apps",
-    version: "v1",
-    kind: "Deployment",
-    plural: "deployments",
-    singular: "deployment",
-    namespaced: true,
     short_names: &["deploy"],
     categories: &["all"],
-    storage_prefix: "deployments",
-    name_rule: NameRule::Subdomain,
     subresources: &[Subresource::Status, Subresource::Scale],
     has_status: true,
-    normalize: normalize_as::<appsv1::Deployment>,
     defaults: deployment_defaults,
     validate: validate_deployment,
     columns: workload_columns![
@@ -210,9 +201,7 @@ pub const DEPLOYMENTS: ResourceDef = ResourceDef {
             Some(selector_string(fields::at(o, &["spec", "selector"]))),
         )
     },
-    field: no_fields,
-    selectable_fields: &[],
-    schema: schema_of::<appsv1::Deployment>,
+    ..def_of::<appsv1::Deployment>("apps", "v1", "Deployment", "deployments", "deployment")
 };
 
 fn deployment_defaults(o: &mut Value) {
@@ -329,20 +318,6 @@ fn validate_deployment(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
 
 /// apps/v1 controllerrevisions (DaemonSet and StatefulSet history, read by `kubectl rollout history`).
 pub const CONTROLLERREVISIONS: ResourceDef = ResourceDef {
-    group: "apps",
-    version: "v1",
-    kind: "ControllerRevision",
-    plural: "controllerrevisions",
-    singular: "controllerrevision",
-    namespaced: true,
-    short_names: &[],
-    categories: &[],
-    storage_prefix: "controllerrevisions",
-    name_rule: NameRule::Subdomain,
-    subresources: &[],
-    has_status: false,
-    normalize: normalize_as::<appsv1::ControllerRevision>,
-    defaults: no_defaults,
     validate: |o, _old| {
         let mut errs = Vec::new();
         nonnegative(&mut errs, o, &["revision"], "revision");
@@ -394,9 +369,13 @@ pub const CONTROLLERREVISIONS: ResourceDef = ResourceDef {
             age_cell(o),
         ]
     },
-    field: no_fields,
-    selectable_fields: &[],
-    schema: schema_of::<appsv1::ControllerRevision>,
+    ..def_of::<appsv1::ControllerRevision>(
+        "apps",
+        "v1",
+        "ControllerRevision",
+        "controllerrevisions",
+        "controllerrevision",
+    )
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -404,19 +383,10 @@ pub const CONTROLLERREVISIONS: ResourceDef = ResourceDef {
 
 /// apps/v1 replicasets.
 pub const REPLICASETS: ResourceDef = ResourceDef {
-    group: "apps",
-    version: "v1",
-    kind: "ReplicaSet",
-    plural: "replicasets",
-    singular: "replicaset",
-    namespaced: true,
     short_names: &["rs"],
     categories: &["all"],
-    storage_prefix: "replicasets",
-    name_rule: NameRule::Subdomain,
     subresources: &[Subresource::Status, Subresource::Scale],
     has_status: true,
-    normalize: normalize_as::<appsv1::ReplicaSet>,
     defaults: |o| {
         fields::default_at(o, &["spec"], "replicas", json!(1));
         pod::default_template(o, TEMPLATE);
@@ -458,7 +428,7 @@ pub const REPLICASETS: ResourceDef = ResourceDef {
         _ => None,
     },
     selectable_fields: &["status.replicas"],
-    schema: schema_of::<appsv1::ReplicaSet>,
+    ..def_of::<appsv1::ReplicaSet>("apps", "v1", "ReplicaSet", "replicasets", "replicaset")
 };
 
 fn validate_replicaset(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
@@ -483,19 +453,10 @@ fn validate_replicaset(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
 
 /// apps/v1 statefulsets.
 pub const STATEFULSETS: ResourceDef = ResourceDef {
-    group: "apps",
-    version: "v1",
-    kind: "StatefulSet",
-    plural: "statefulsets",
-    singular: "statefulset",
-    namespaced: true,
     short_names: &["sts"],
     categories: &["all"],
-    storage_prefix: "statefulsets",
-    name_rule: NameRule::Subdomain,
     subresources: &[Subresource::Status, Subresource::Scale],
     has_status: true,
-    normalize: normalize_as::<appsv1::StatefulSet>,
     defaults: statefulset_defaults,
     validate: validate_statefulset,
     columns: workload_columns![
@@ -513,9 +474,7 @@ pub const STATEFULSETS: ResourceDef = ResourceDef {
             None,
         )
     },
-    field: no_fields,
-    selectable_fields: &[],
-    schema: schema_of::<appsv1::StatefulSet>,
+    ..def_of::<appsv1::StatefulSet>("apps", "v1", "StatefulSet", "statefulsets", "statefulset")
 };
 
 fn statefulset_defaults(o: &mut Value) {
@@ -667,19 +626,10 @@ fn validate_statefulset(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
 
 /// apps/v1 daemonsets.
 pub const DAEMONSETS: ResourceDef = ResourceDef {
-    group: "apps",
-    version: "v1",
-    kind: "DaemonSet",
-    plural: "daemonsets",
-    singular: "daemonset",
-    namespaced: true,
     short_names: &["ds"],
     categories: &["all"],
-    storage_prefix: "daemonsets",
-    name_rule: NameRule::Subdomain,
     subresources: &[Subresource::Status],
     has_status: true,
-    normalize: normalize_as::<appsv1::DaemonSet>,
     defaults: daemonset_defaults,
     validate: validate_daemonset,
     columns: workload_columns![
@@ -737,9 +687,7 @@ pub const DAEMONSETS: ResourceDef = ResourceDef {
             Some(format_label_selector(fields::at(o, &["spec", "selector"]))),
         )
     },
-    field: no_fields,
-    selectable_fields: &[],
-    schema: schema_of::<appsv1::DaemonSet>,
+    ..def_of::<appsv1::DaemonSet>("apps", "v1", "DaemonSet", "daemonsets", "daemonset")
 };
 
 fn daemonset_defaults(o: &mut Value) {

@@ -15,19 +15,9 @@ const NAME: &str = "batch.kubernetes.io/job-name";
 
 /// batch/v1 jobs.
 pub const JOBS: ResourceDef = ResourceDef {
-    group: "batch",
-    version: "v1",
-    kind: "Job",
-    plural: "jobs",
-    singular: "job",
-    namespaced: true,
-    short_names: &[],
     categories: &["all"],
-    storage_prefix: "jobs",
-    name_rule: NameRule::Subdomain,
     subresources: &[Subresource::Status],
     has_status: true,
-    normalize: normalize_as::<batchv1::Job>,
     defaults: job_defaults,
     validate: validate_job,
     columns: workload_columns![
@@ -51,7 +41,7 @@ pub const JOBS: ResourceDef = ResourceDef {
         _ => None,
     },
     selectable_fields: &["status.successful"],
-    schema: schema_of::<batchv1::Job>,
+    ..def_of::<batchv1::Job>("batch", "v1", "Job", "jobs", "job")
 };
 
 /// `SetDefaults_Job` plus the job strategy's selector generation (needs `metadata.uid`, which the

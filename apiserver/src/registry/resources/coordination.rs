@@ -8,20 +8,6 @@ use crate::registry::*;
 
 /// coordination.k8s.io/v1 leases.
 pub const LEASES: ResourceDef = ResourceDef {
-    group: "coordination.k8s.io",
-    version: "v1",
-    kind: "Lease",
-    plural: "leases",
-    singular: "lease",
-    namespaced: true,
-    short_names: &[],
-    categories: &[],
-    storage_prefix: "leases",
-    name_rule: NameRule::Subdomain,
-    subresources: &[],
-    has_status: false,
-    normalize: normalize_as::<coordv1::Lease>,
-    defaults: no_defaults,
     validate: validate_lease,
     columns: &[
         NAME_COLUMN,
@@ -40,9 +26,7 @@ pub const LEASES: ResourceDef = ResourceDef {
             age_cell(o),
         ]
     },
-    field: no_fields,
-    selectable_fields: &[],
-    schema: schema_of::<coordv1::Lease>,
+    ..def_of::<coordv1::Lease>("coordination.k8s.io", "v1", "Lease", "leases", "lease")
 };
 
 fn validate_lease(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {

@@ -13,16 +13,8 @@ use crate::registry::*;
 
 /// core/v1 pods.
 pub const PODS: ResourceDef = ResourceDef {
-    group: "",
-    version: "v1",
-    kind: "Pod",
-    plural: "pods",
-    singular: "pod",
-    namespaced: true,
     short_names: &["po"],
     categories: &["all"],
-    storage_prefix: "pods",
-    name_rule: NameRule::Subdomain,
     subresources: &[
         Subresource::Status,
         Subresource::Binding,
@@ -33,7 +25,6 @@ pub const PODS: ResourceDef = ResourceDef {
         Subresource::EphemeralContainers,
     ],
     has_status: true,
-    normalize: normalize_as::<corev1::Pod>,
     defaults: pod::pod_defaults,
     validate: validate_pod,
     columns: &[
@@ -94,7 +85,7 @@ pub const PODS: ResourceDef = ResourceDef {
         "status.podIP",
         "status.nominatedNodeName",
     ],
-    schema: schema_of::<corev1::Pod>,
+    ..def_of::<corev1::Pod>("", "v1", "Pod", "pods", "pod")
 };
 
 fn validate_pod(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
@@ -173,19 +164,11 @@ fn pod_field(o: &Value, f: &str) -> Option<String> {
 
 /// core/v1 nodes (cluster-scoped; stored under `minions` like Kubernetes).
 pub const NODES: ResourceDef = ResourceDef {
-    group: "",
-    version: "v1",
-    kind: "Node",
-    plural: "nodes",
-    singular: "node",
     namespaced: false,
     short_names: &["no"],
-    categories: &[],
     storage_prefix: "minions",
-    name_rule: NameRule::Subdomain,
     subresources: &[Subresource::Status],
     has_status: true,
-    normalize: normalize_as::<corev1::Node>,
     defaults: node_defaults,
     validate: validate_node,
     columns: &[
@@ -236,7 +219,7 @@ pub const NODES: ResourceDef = ResourceDef {
         _ => None,
     },
     selectable_fields: &["spec.unschedulable"],
-    schema: schema_of::<corev1::Node>,
+    ..def_of::<corev1::Node>("", "v1", "Node", "nodes", "node")
 };
 
 fn node_defaults(o: &mut Value) {
@@ -369,19 +352,12 @@ fn node_cells(o: &Value) -> Vec<Value> {
 
 /// core/v1 services (stored under `services/specs` like Kubernetes).
 pub const SERVICES: ResourceDef = ResourceDef {
-    group: "",
-    version: "v1",
-    kind: "Service",
-    plural: "services",
-    singular: "service",
-    namespaced: true,
     short_names: &["svc"],
     categories: &["all"],
     storage_prefix: "services/specs",
     name_rule: NameRule::Label1035,
     subresources: &[Subresource::Status],
     has_status: true,
-    normalize: normalize_as::<corev1::Service>,
     defaults: service_defaults,
     validate: validate_service,
     columns: &[
@@ -425,7 +401,7 @@ pub const SERVICES: ResourceDef = ResourceDef {
         _ => None,
     },
     selectable_fields: &["spec.clusterIP", "spec.type"],
-    schema: schema_of::<corev1::Service>,
+    ..def_of::<corev1::Service>("", "v1", "Service", "services", "service")
 };
 
 fn service_defaults(o: &mut Value) {
@@ -823,19 +799,8 @@ fn service_cells(o: &Value) -> Vec<Value> {
 
 /// core/v1 endpoints (stored under `services/endpoints` like Kubernetes).
 pub const ENDPOINTS: ResourceDef = ResourceDef {
-    group: "",
-    version: "v1",
-    kind: "Endpoints",
-    plural: "endpoints",
-    singular: "endpoints",
-    namespaced: true,
     short_names: &["ep"],
-    categories: &[],
     storage_prefix: "services/endpoints",
-    name_rule: NameRule::Subdomain,
-    subresources: &[],
-    has_status: false,
-    normalize: normalize_as::<corev1::Endpoints>,
     defaults: |o| {
         if let Some(Value::Array(subsets)) = o.get_mut("subsets") {
             for ss in subsets.iter_mut() {
@@ -859,9 +824,7 @@ pub const ENDPOINTS: ResourceDef = ResourceDef {
         AGE_COLUMN,
     ],
     cells: |o| vec![name_cell(o), cell(format_endpoints(o)), age_cell(o)],
-    field: no_fields,
-    selectable_fields: &[],
-    schema: schema_of::<corev1::Endpoints>,
+    ..def_of::<corev1::Endpoints>("", "v1", "Endpoints", "endpoints", "endpoints")
 };
 
 fn validate_endpoints(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
@@ -971,21 +934,8 @@ pub(crate) fn format_endpoints(o: &Value) -> String {
 
 /// core/v1 serviceaccounts.
 pub const SERVICEACCOUNTS: ResourceDef = ResourceDef {
-    group: "",
-    version: "v1",
-    kind: "ServiceAccount",
-    plural: "serviceaccounts",
-    singular: "serviceaccount",
-    namespaced: true,
     short_names: &["sa"],
-    categories: &[],
-    storage_prefix: "serviceaccounts",
-    name_rule: NameRule::Subdomain,
     subresources: &[Subresource::Token],
-    has_status: false,
-    normalize: normalize_as::<corev1::ServiceAccount>,
-    defaults: no_defaults,
-    validate: no_validation,
     columns: &[
         NAME_COLUMN,
         col(
@@ -1003,9 +953,13 @@ pub const SERVICEACCOUNTS: ResourceDef = ResourceDef {
             age_cell(o),
         ]
     },
-    field: no_fields,
-    selectable_fields: &[],
-    schema: schema_of::<corev1::ServiceAccount>,
+    ..def_of::<corev1::ServiceAccount>(
+        "",
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+    )
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1013,19 +967,6 @@ pub const SERVICEACCOUNTS: ResourceDef = ResourceDef {
 
 /// core/v1 secrets.
 pub const SECRETS: ResourceDef = ResourceDef {
-    group: "",
-    version: "v1",
-    kind: "Secret",
-    plural: "secrets",
-    singular: "secret",
-    namespaced: true,
-    short_names: &[],
-    categories: &[],
-    storage_prefix: "secrets",
-    name_rule: NameRule::Subdomain,
-    subresources: &[],
-    has_status: false,
-    normalize: normalize_as::<corev1::Secret>,
     defaults: |o| {
         if let Value::Object(m) = o
             && m.get("type")
@@ -1061,7 +1002,7 @@ pub const SECRETS: ResourceDef = ResourceDef {
         _ => None,
     },
     selectable_fields: &["type"],
-    schema: schema_of::<corev1::Secret>,
+    ..def_of::<corev1::Secret>("", "v1", "Secret", "secrets", "secret")
 };
 
 /// `IsConfigMapKey` messages.
@@ -1144,26 +1085,13 @@ fn validate_secret(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
 /// core/v1 events. Stored under `events` (Kubernetes stores core and events.k8s.io Events as the
 /// same objects; here events.k8s.io has its own prefix, see `events.rs`).
 pub const EVENTS: ResourceDef = ResourceDef {
-    group: "",
-    version: "v1",
-    kind: "Event",
-    plural: "events",
-    singular: "event",
-    namespaced: true,
     short_names: &["ev"],
-    categories: &[],
-    storage_prefix: "events",
-    name_rule: NameRule::Subdomain,
-    subresources: &[],
-    has_status: false,
-    normalize: normalize_as::<corev1::Event>,
-    defaults: no_defaults,
     validate: validate_core_event,
     columns: EVENT_COLUMNS,
     cells: core_event_cells,
     field: core_event_field,
     selectable_fields: EVENT_SELECTABLE,
-    schema: schema_of::<corev1::Event>,
+    ..def_of::<corev1::Event>("", "v1", "Event", "events", "event")
 };
 
 /// The event table columns (shared with events.k8s.io).
@@ -1355,20 +1283,9 @@ pub(crate) fn core_event_field(o: &Value, f: &str) -> Option<String> {
 
 /// core/v1 resourcequotas.
 pub const RESOURCEQUOTAS: ResourceDef = ResourceDef {
-    group: "",
-    version: "v1",
-    kind: "ResourceQuota",
-    plural: "resourcequotas",
-    singular: "resourcequota",
-    namespaced: true,
     short_names: &["quota"],
-    categories: &[],
-    storage_prefix: "resourcequotas",
-    name_rule: NameRule::Subdomain,
     subresources: &[Subresource::Status],
     has_status: true,
-    normalize: normalize_as::<corev1::ResourceQuota>,
-    defaults: no_defaults,
     validate: validate_quota,
     columns: &[
         NAME_COLUMN,
@@ -1387,9 +1304,7 @@ pub const RESOURCEQUOTAS: ResourceDef = ResourceDef {
         AGE_COLUMN,
     ],
     cells: quota_cells,
-    field: no_fields,
-    selectable_fields: &[],
-    schema: schema_of::<corev1::ResourceQuota>,
+    ..def_of::<corev1::ResourceQuota>("", "v1", "ResourceQuota", "resourcequotas", "resourcequota")
 };
 
 fn validate_quota(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
@@ -1463,26 +1378,10 @@ fn quota_cells(o: &Value) -> Vec<Value> {
 
 /// core/v1 limitranges.
 pub const LIMITRANGES: ResourceDef = ResourceDef {
-    group: "",
-    version: "v1",
-    kind: "LimitRange",
-    plural: "limitranges",
-    singular: "limitrange",
-    namespaced: true,
     short_names: &["limits"],
-    categories: &[],
-    storage_prefix: "limitranges",
-    name_rule: NameRule::Subdomain,
-    subresources: &[],
-    has_status: false,
-    normalize: normalize_as::<corev1::LimitRange>,
     defaults: limitrange_defaults,
     validate: validate_limitrange,
-    columns: &[NAME_COLUMN, CREATED_AT_COLUMN],
-    cells: name_created_cells,
-    field: no_fields,
-    selectable_fields: &[],
-    schema: schema_of::<corev1::LimitRange>,
+    ..def_of::<corev1::LimitRange>("", "v1", "LimitRange", "limitranges", "limitrange")
 };
 
 fn limitrange_defaults(o: &mut Value) {

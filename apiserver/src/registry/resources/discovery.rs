@@ -8,19 +8,6 @@ use crate::registry::*;
 
 /// discovery.k8s.io/v1 endpointslices.
 pub const ENDPOINTSLICES: ResourceDef = ResourceDef {
-    group: "discovery.k8s.io",
-    version: "v1",
-    kind: "EndpointSlice",
-    plural: "endpointslices",
-    singular: "endpointslice",
-    namespaced: true,
-    short_names: &[],
-    categories: &[],
-    storage_prefix: "endpointslices",
-    name_rule: NameRule::Subdomain,
-    subresources: &[],
-    has_status: false,
-    normalize: normalize_as::<discv1::EndpointSlice>,
     defaults: |o| {
         if let Some(Value::Array(ports)) = o.get_mut("ports") {
             for p in ports.iter_mut() {
@@ -61,9 +48,13 @@ pub const ENDPOINTSLICES: ResourceDef = ResourceDef {
             age_cell(o),
         ]
     },
-    field: no_fields,
-    selectable_fields: &[],
-    schema: schema_of::<discv1::EndpointSlice>,
+    ..def_of::<discv1::EndpointSlice>(
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        "endpointslice",
+    )
 };
 
 fn list_with_more(list: Vec<String>, count: usize) -> String {

@@ -16,20 +16,8 @@ use crate::registry::*;
 
 /// events.k8s.io/v1 events (own storage prefix; see the module docs).
 pub const EVENTS_V1: ResourceDef = ResourceDef {
-    group: "events.k8s.io",
-    version: "v1",
-    kind: "Event",
-    plural: "events",
-    singular: "event",
-    namespaced: true,
     short_names: &["ev"],
-    categories: &[],
     storage_prefix: "events.k8s.io-events",
-    name_rule: NameRule::Subdomain,
-    subresources: &[],
-    has_status: false,
-    normalize: normalize_as::<eventsv1::Event>,
-    defaults: no_defaults,
     validate: validate_event_v1,
     columns: EVENT_COLUMNS,
     cells: |o| core_event_cells(&to_core_event(o)),
@@ -46,7 +34,7 @@ pub const EVENTS_V1: ResourceDef = ResourceDef {
         "reportingController",
         "type",
     ],
-    schema: schema_of::<eventsv1::Event>,
+    ..def_of::<eventsv1::Event>("events.k8s.io", "v1", "Event", "events", "event")
 };
 
 /// (events.k8s.io/v1 field, core/v1 field) renames.

@@ -56,21 +56,12 @@ pub static ALL: &[ResourceDef] = &[
 
 /// core/v1 namespaces.
 pub const NAMESPACES: ResourceDef = ResourceDef {
-    group: "",
-    version: "v1",
-    kind: "Namespace",
-    plural: "namespaces",
-    singular: "namespace",
     namespaced: false,
     short_names: &["ns"],
-    categories: &[],
-    storage_prefix: "namespaces",
     name_rule: NameRule::Label,
     subresources: &[Subresource::Status, Subresource::Finalize],
     has_status: true,
-    normalize: normalize_as::<corev1::Namespace>,
     defaults: namespace_defaults,
-    validate: no_validation,
     columns: &[
         NAME_COLUMN,
         Column {
@@ -102,7 +93,7 @@ pub const NAMESPACES: ResourceDef = ResourceDef {
         _ => None,
     },
     selectable_fields: &["status.phase"],
-    schema: schema_of::<corev1::Namespace>,
+    ..util::def_of::<corev1::Namespace>("", "v1", "Namespace", "namespaces", "namespace")
 };
 
 fn namespace_defaults(o: &mut Value) {
@@ -123,20 +114,7 @@ fn namespace_defaults(o: &mut Value) {
 
 /// core/v1 configmaps.
 pub const CONFIGMAPS: ResourceDef = ResourceDef {
-    group: "",
-    version: "v1",
-    kind: "ConfigMap",
-    plural: "configmaps",
-    singular: "configmap",
-    namespaced: true,
     short_names: &["cm"],
-    categories: &[],
-    storage_prefix: "configmaps",
-    name_rule: NameRule::Subdomain,
-    subresources: &[],
-    has_status: false,
-    normalize: normalize_as::<corev1::ConfigMap>,
-    defaults: no_defaults,
     validate: validate_configmap,
     columns: &[
         NAME_COLUMN,
@@ -165,9 +143,7 @@ pub const CONFIGMAPS: ResourceDef = ResourceDef {
             Value::String(fields::age(o)),
         ]
     },
-    field: no_fields,
-    selectable_fields: &[],
-    schema: schema_of::<corev1::ConfigMap>,
+    ..util::def_of::<corev1::ConfigMap>("", "v1", "ConfigMap", "configmaps", "configmap")
 };
 
 /// ConfigMap validation: data/binaryData keys (`IsConfigMapKey`), no key in both, and the

@@ -8,19 +8,7 @@ use crate::registry::*;
 
 /// networking.k8s.io/v1 networkpolicies.
 pub const NETWORKPOLICIES: ResourceDef = ResourceDef {
-    group: "networking.k8s.io",
-    version: "v1",
-    kind: "NetworkPolicy",
-    plural: "networkpolicies",
-    singular: "networkpolicy",
-    namespaced: true,
     short_names: &["netpol"],
-    categories: &[],
-    storage_prefix: "networkpolicies",
-    name_rule: NameRule::Subdomain,
-    subresources: &[],
-    has_status: false,
-    normalize: normalize_as::<netv1::NetworkPolicy>,
     defaults: netpol_defaults,
     validate: validate_netpol,
     columns: &[
@@ -43,9 +31,13 @@ pub const NETWORKPOLICIES: ResourceDef = ResourceDef {
             age_cell(o),
         ]
     },
-    field: no_fields,
-    selectable_fields: &[],
-    schema: schema_of::<netv1::NetworkPolicy>,
+    ..def_of::<netv1::NetworkPolicy>(
+        "networking.k8s.io",
+        "v1",
+        "NetworkPolicy",
+        "networkpolicies",
+        "networkpolicy",
+    )
 };
 
 fn default_ports(rules: Option<&mut Value>) {

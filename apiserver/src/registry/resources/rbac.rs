@@ -48,44 +48,15 @@ const CLUSTER_BINDING_COLUMNS: &[Column] = &[
 
 /// rbac.authorization.k8s.io/v1 roles.
 pub const ROLES: ResourceDef = ResourceDef {
-    group: GROUP,
-    version: "v1",
-    kind: "Role",
-    plural: "roles",
-    singular: "role",
-    namespaced: true,
-    short_names: &[],
-    categories: &[],
-    storage_prefix: "roles",
     name_rule: NameRule::PathSegment,
-    subresources: &[],
-    has_status: false,
-    normalize: normalize_as::<rbacv1::Role>,
-    defaults: no_defaults,
     validate: |o, _| validate_rules(o, true),
-    columns: &[NAME_COLUMN, CREATED_AT_COLUMN],
-    cells: name_created_cells,
-    field: no_fields,
-    selectable_fields: &[],
-    schema: schema_of::<rbacv1::Role>,
+    ..def_of::<rbacv1::Role>(GROUP, "v1", "Role", "roles", "role")
 };
 
 /// rbac.authorization.k8s.io/v1 clusterroles.
 pub const CLUSTERROLES: ResourceDef = ResourceDef {
-    group: GROUP,
-    version: "v1",
-    kind: "ClusterRole",
-    plural: "clusterroles",
-    singular: "clusterrole",
     namespaced: false,
-    short_names: &[],
-    categories: &[],
-    storage_prefix: "clusterroles",
     name_rule: NameRule::PathSegment,
-    subresources: &[],
-    has_status: false,
-    normalize: normalize_as::<rbacv1::ClusterRole>,
-    defaults: no_defaults,
     validate: |o, _| {
         let mut errs = validate_rules(o, false);
         if let Some(ar) = o.get("aggregationRule").filter(|v| v.is_object()) {
@@ -106,59 +77,34 @@ pub const CLUSTERROLES: ResourceDef = ResourceDef {
         }
         errs
     },
-    columns: &[NAME_COLUMN, CREATED_AT_COLUMN],
-    cells: name_created_cells,
-    field: no_fields,
-    selectable_fields: &[],
-    schema: schema_of::<rbacv1::ClusterRole>,
+    ..def_of::<rbacv1::ClusterRole>(GROUP, "v1", "ClusterRole", "clusterroles", "clusterrole")
 };
 
 /// rbac.authorization.k8s.io/v1 rolebindings.
 pub const ROLEBINDINGS: ResourceDef = ResourceDef {
-    group: GROUP,
-    version: "v1",
-    kind: "RoleBinding",
-    plural: "rolebindings",
-    singular: "rolebinding",
-    namespaced: true,
-    short_names: &[],
-    categories: &[],
-    storage_prefix: "rolebindings",
     name_rule: NameRule::PathSegment,
-    subresources: &[],
-    has_status: false,
-    normalize: normalize_as::<rbacv1::RoleBinding>,
     defaults: binding_defaults,
     validate: |o, old| validate_binding(o, old, true),
     columns: BINDING_COLUMNS,
     cells: binding_cells,
-    field: no_fields,
-    selectable_fields: &[],
-    schema: schema_of::<rbacv1::RoleBinding>,
+    ..def_of::<rbacv1::RoleBinding>(GROUP, "v1", "RoleBinding", "rolebindings", "rolebinding")
 };
 
 /// rbac.authorization.k8s.io/v1 clusterrolebindings.
 pub const CLUSTERROLEBINDINGS: ResourceDef = ResourceDef {
-    group: GROUP,
-    version: "v1",
-    kind: "ClusterRoleBinding",
-    plural: "clusterrolebindings",
-    singular: "clusterrolebinding",
     namespaced: false,
-    short_names: &[],
-    categories: &[],
-    storage_prefix: "clusterrolebindings",
     name_rule: NameRule::PathSegment,
-    subresources: &[],
-    has_status: false,
-    normalize: normalize_as::<rbacv1::ClusterRoleBinding>,
     defaults: binding_defaults,
     validate: |o, old| validate_binding(o, old, false),
     columns: CLUSTER_BINDING_COLUMNS,
     cells: binding_cells,
-    field: no_fields,
-    selectable_fields: &[],
-    schema: schema_of::<rbacv1::ClusterRoleBinding>,
+    ..def_of::<rbacv1::ClusterRoleBinding>(
+        GROUP,
+        "v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        "clusterrolebinding",
+    )
 };
 
 /// `ValidatePolicyRule` for every rule.

@@ -3,7 +3,10 @@
 
 use serde_json::{Map, Value};
 
-use crate::registry::{Column, FieldError, fields};
+use crate::registry::{
+    Column, FieldError, NAME_COLUMN, NameRule, ResourceDef, fields, no_defaults, no_fields,
+    no_validation, normalize_as, schema_of,
+};
 
 /// A non-name table column.
 pub(crate) const fn col(
@@ -27,6 +30,45 @@ pub(crate) const CONTAINERS_DESC: &str = "Names of each container in the templat
 pub(crate) const IMAGES_DESC: &str = "Images referenced by each container in the template.";
 /// Description of a label selector column.
 pub(crate) const SELECTOR_DESC: &str = "A label query over pods that should match the replica count. Label keys and values that must match in order to be controlled by this controller. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors";
+
+/// The entry for k8s-openapi type `K` served as `group/version` `kind` (`plural`, `singular`,
+/// stored under `plural`) with the settings most entries share: namespaced, DNS-subdomain names,
+/// no short names, categories, subresources or status, no extra defaults, validation or field
+/// selectors, and Kubernetes' default table (NAME, Created At). Entries state what differs and
+/// take the rest with `..def_of::<K>(...)`.
+pub(crate) const fn def_of<K>(
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+) -> ResourceDef
+where
+    K: serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema,
+{
+    ResourceDef {
+        group,
+        version,
+        kind,
+        plural,
+        singular,
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        storage_prefix: plural,
+        name_rule: NameRule::Subdomain,
+        subresources: &[],
+        has_status: false,
+        normalize: normalize_as::<K>,
+        defaults: no_defaults,
+        validate: no_validation,
+        columns: &[NAME_COLUMN, CREATED_AT_COLUMN],
+        cells: name_created_cells,
+        field: no_fields,
+        selectable_fields: &[],
+        schema: schema_of::<K>,
+    }
+}
 
 /// Printer columns of a workload with a pod template: NAME, the given columns, AGE, then the
 /// wide CONTAINERS and IMAGES columns and, unless the first token is `no_selector`, SELECTOR
