@@ -507,6 +507,38 @@ where
     .await
 }
 
+/// Whether the pod's `Ready` condition is `True`.
+pub fn pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Writes what a kubelet reports for a started pod, for tests and benchmarks that run without
+/// one: phase `Running`, `Ready` and `ContainersReady` `True`, and `ip` as the pod IP if given.
+pub async fn mark_pod_ready(
+    pods: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    name: &str,
+    ip: Option<&str>,
+) -> kube::Result<k8s_openapi::api::core::v1::Pod> {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let mut status = serde_json::json!({"phase": "Running", "conditions": [
+        {"type": "Ready", "status": "True", "lastTransitionTime": now},
+        {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+    ]});
+    if let Some(ip) = ip {
+        status["podIP"] = ip.into();
+        status["podIPs"] = serde_json::json!([{ "ip": ip }]);
+    }
+    pods.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({ "status": status })),
+    )
+    .await
+}
+
 /// Sends one raw request through `client` and returns the HTTP status and the body.
 pub async fn raw_request(
     client: &kube::Client,

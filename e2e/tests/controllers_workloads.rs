@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use e2e::{ApiServer, Backend, Component, Kubectl, wait_true};
+use e2e::{ApiServer, Backend, Component, Kubectl, mark_pod_ready, pod_ready, wait_true};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -123,11 +123,6 @@ fn fake_kubelet(client: Client, ns: &str) -> tokio::task::JoinHandle<()> {
                     continue;
                 }
             };
-            let ready = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
             if pod.metadata.deletion_timestamp.is_some() {
                 // A kubelet confirms graceful deletion once the containers are stopped.
                 let _ = api
@@ -141,23 +136,12 @@ fn fake_kubelet(client: Client, ns: &str) -> tokio::task::JoinHandle<()> {
                     .await;
                 continue;
             }
-            if ready {
+            if pod_ready(&pod) {
                 continue;
             }
-            let now = k8s_openapi::jiff::Timestamp::now().to_string();
             let n = next_ip.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let ip = format!("10.244.{}.{}", n / 250, n % 250 + 2);
-            let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "conditions": [
-                {"type": "Ready", "status": "True", "lastTransitionTime": now},
-                {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
-            ]}});
-            let _ = api
-                .patch_status(
-                    &pod.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(status),
-                )
-                .await;
+            let _ = mark_pod_ready(&api, &pod.name_any(), Some(&ip)).await;
         }
     })
 }

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use clap::Parser;
-use e2e::{ApiServer, Backend, Component, bin_dir, wait_until_every};
+use e2e::{ApiServer, Backend, Component, bin_dir, mark_pod_ready, pod_ready, wait_until_every};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -81,28 +81,12 @@ fn simulated_kubelet(pods: Api<Pod>, concurrency: usize) -> tokio::task::JoinHan
             .applied_objects()
             .filter_map(|p| async move { p.ok() })
             .filter(|p| {
-                let ready = p
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                futures::future::ready(!ready && p.metadata.deletion_timestamp.is_none())
+                futures::future::ready(!pod_ready(p) && p.metadata.deletion_timestamp.is_none())
             })
             .map(|p| {
                 let pods = pods.clone();
                 async move {
-                    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-                    let status = json!({"status": {"phase": "Running", "conditions": [
-                        {"type": "Ready", "status": "True", "lastTransitionTime": now},
-                        {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
-                    ]}});
-                    let _ = pods
-                        .patch_status(
-                            &p.name_any(),
-                            &PatchParams::default(),
-                            &Patch::Merge(status),
-                        )
-                        .await;
+                    let _ = mark_pod_ready(&pods, &p.name_any(), None).await;
                 }
             })
             .buffer_unordered(concurrency);
