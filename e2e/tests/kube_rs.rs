@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2e::{ApiServer, Backend, free_port};
+use e2e::{ApiServer, Backend, free_port, wait_until, wait_until_every};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -82,15 +82,20 @@ fn names(store: &Store<Pod>) -> BTreeSet<String> {
 
 async fn wait_store(store: &Store<Pod>, want: &[&str]) {
     let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while names(store) != want {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "store {:?}, want {want:?}",
-            names(store)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_every(
+        "the store",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            let have = names(store);
+            if have != want {
+                anyhow::bail!("store {have:?}, want {want:?}");
+            }
+            Ok(Some(()))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 async fn watcher_survives_compaction(backend: Backend) {
@@ -355,19 +360,13 @@ async fn controller_reconciles(backend: Backend) {
     let wait_child = |want: serde_json::Value| {
         let cms = cms.clone();
         async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            loop {
-                if let Some(child) = cms.get_opt("toy-generated").await.expect("get child")
-                    && serde_json::to_value(&child.data).expect("data") == want
-                {
-                    return child;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "child never became {want}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let what = format!("the child to become {want}");
+            wait_until(&what, Duration::from_secs(30), || async {
+                let child = cms.get_opt("toy-generated").await?;
+                Ok(child.filter(|c| serde_json::to_value(&c.data).ok().as_ref() == Some(&want)))
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
         }
     };
     let child = wait_child(json!({"colour": "blue", "keys": "1"})).await;
