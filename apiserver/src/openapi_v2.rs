@@ -63,6 +63,25 @@ pub mod pb {
                     (bool, tag = $unique_tag) unique_items: bool,
                 }
             )*}
+            $(impl $name {
+                /// A parameter located `r#in`, with `uniqueItems` set as kube-openapi writes it.
+                pub fn new(
+                    required: bool,
+                    r#in: &str,
+                    description: String,
+                    name: String,
+                    r#type: String,
+                ) -> Self {
+                    Self {
+                        required,
+                        r#in: r#in.into(),
+                        description,
+                        name,
+                        r#type,
+                        unique_items: true,
+                    }
+                }
+            })*
         };
     }
 
@@ -460,25 +479,23 @@ fn parameter_pb(p: &Value) -> pb::ParametersItem {
             ..Default::default()
         },
         Some("path") => non_body(pb::NonBodyParameter {
-            path_parameter_sub_schema: Some(pb::PathParameterSubSchema {
-                required: true,
-                r#in: "path".into(),
+            path_parameter_sub_schema: Some(pb::PathParameterSubSchema::new(
+                true,
+                "path",
                 description,
                 name,
-                r#type: str_of(p, "type"),
-                unique_items: true,
-            }),
+                str_of(p, "type"),
+            )),
             ..Default::default()
         }),
         _ => non_body(pb::NonBodyParameter {
-            query_parameter_sub_schema: Some(pb::QueryParameterSubSchema {
+            query_parameter_sub_schema: Some(pb::QueryParameterSubSchema::new(
                 required,
-                r#in: "query".into(),
+                "query",
                 description,
                 name,
-                r#type: str_of(p, "type"),
-                unique_items: true,
-            }),
+                str_of(p, "type"),
+            )),
             ..Default::default()
         }),
     };

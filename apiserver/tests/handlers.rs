@@ -78,6 +78,12 @@ impl Api {
         self.call("POST", uri, content_type, body, None).await
     }
 
+    /// Creates ConfigMap `name` (labels `labels`) in the default namespace.
+    async fn create_cm(&self, name: &str, labels: Value) -> (StatusCode, Value) {
+        let uri = "/api/v1/namespaces/default/configmaps";
+        self.json("POST", uri, Some(cm(name, labels))).await
+    }
+
     /// GETs `uri`, raw, with an optional Accept header.
     async fn get(
         &self,
@@ -106,13 +112,7 @@ fn cm(name: &str, labels: Value) -> Value {
 #[tokio::test]
 async fn create_get_list_with_server_metadata() {
     let api = Api::new().await;
-    let (s, created) = api
-        .json(
-            "POST",
-            "/api/v1/namespaces/default/configmaps",
-            Some(cm("a", json!({"app": "x"}))),
-        )
-        .await;
+    let (s, created) = api.create_cm("a", json!({"app": "x"})).await;
     assert_eq!(s, StatusCode::CREATED, "{created}");
     assert!(
         created["metadata"]["uid"]
@@ -133,12 +133,7 @@ async fn create_get_list_with_server_metadata() {
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(got["metadata"]["resourceVersion"], rv.as_str());
-    api.json(
-        "POST",
-        "/api/v1/namespaces/default/configmaps",
-        Some(cm("b", json!({"app": "y"}))),
-    )
-    .await;
+    api.create_cm("b", json!({"app": "y"})).await;
     let (s, list) = api
         .json(
             "GET",
@@ -166,12 +161,7 @@ async fn create_get_list_with_server_metadata() {
 async fn paging_with_limit_and_continue_is_consistent() {
     let api = Api::new().await;
     for i in 0..7 {
-        api.json(
-            "POST",
-            "/api/v1/namespaces/default/configmaps",
-            Some(cm(&format!("p{i}"), json!({}))),
-        )
-        .await;
+        api.create_cm(&format!("p{i}"), json!({})).await;
     }
     let mut names = Vec::new();
     let mut uri = "/api/v1/namespaces/default/configmaps?limit=3".to_string();
@@ -186,12 +176,7 @@ async fn paging_with_limit_and_continue_is_consistent() {
         if first_rv.is_none() {
             first_rv = Some(rv.clone());
             // A write between pages must not show up in later pages.
-            api.json(
-                "POST",
-                "/api/v1/namespaces/default/configmaps",
-                Some(cm("p9", json!({}))),
-            )
-            .await;
+            api.create_cm("p9", json!({})).await;
         }
         assert_eq!(Some(rv), first_rv);
         names.extend(
@@ -215,30 +200,13 @@ async fn paging_with_limit_and_continue_is_consistent() {
 async fn errors_are_kubernetes_statuses() {
     let api = Api::new().await;
     // duplicate
-    api.json(
-        "POST",
-        "/api/v1/namespaces/default/configmaps",
-        Some(cm("dup", json!({}))),
-    )
-    .await;
-    let (s, e) = api
-        .json(
-            "POST",
-            "/api/v1/namespaces/default/configmaps",
-            Some(cm("dup", json!({}))),
-        )
-        .await;
+    api.create_cm("dup", json!({})).await;
+    let (s, e) = api.create_cm("dup", json!({})).await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert_eq!(e["reason"], "AlreadyExists");
     assert_eq!(e["message"], "configmaps \"dup\" already exists");
     // invalid name
-    let (s, e) = api
-        .json(
-            "POST",
-            "/api/v1/namespaces/default/configmaps",
-            Some(cm("Bad_Name", json!({}))),
-        )
-        .await;
+    let (s, e) = api.create_cm("Bad_Name", json!({})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(e["reason"], "Invalid");
     assert_eq!(e["details"]["causes"][0]["field"], "metadata.name");
@@ -325,13 +293,7 @@ async fn errors_are_kubernetes_statuses() {
 #[tokio::test]
 async fn stale_update_conflicts_and_noop_update_keeps_revision() {
     let api = Api::new().await;
-    let (_, created) = api
-        .json(
-            "POST",
-            "/api/v1/namespaces/default/configmaps",
-            Some(cm("u", json!({}))),
-        )
-        .await;
+    let (_, created) = api.create_cm("u", json!({})).await;
     let mut v1 = created.clone();
     v1["data"] = json!({"k": "v2"});
     let (s, updated) = api
@@ -495,23 +457,12 @@ async fn services_get_cluster_ips_and_node_ports() {
 #[tokio::test]
 async fn watch_replays_from_a_revision_and_filters() {
     let api = Api::new().await;
-    let (_, a) = api
-        .json(
-            "POST",
-            "/api/v1/namespaces/default/configmaps",
-            Some(cm("w1", json!({"w": "yes"}))),
-        )
-        .await;
+    let (_, a) = api.create_cm("w1", json!({"w": "yes"})).await;
     let rv = a["metadata"]["resourceVersion"]
         .as_str()
         .expect("rv")
         .to_string();
-    api.json(
-        "POST",
-        "/api/v1/namespaces/default/configmaps",
-        Some(cm("w2", json!({"w": "no"}))),
-    )
-    .await;
+    api.create_cm("w2", json!({"w": "no"})).await;
     let mut upd = a.clone();
     upd["data"] = json!({"k": "changed"});
     api.json("PUT", "/api/v1/namespaces/default/configmaps/w1", Some(upd))
