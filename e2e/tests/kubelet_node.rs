@@ -102,7 +102,7 @@ fn exec_kube_rs(kubeconfig: &Path, pod: &str) -> anyhow::Result<String> {
     })
 }
 
-/// Runs `sh -c 'sleep 0.5; stty size; read x; stty size'` in `pod` with a terminal through
+/// Runs `sh -c 'sleep 1; stty size; read x; stty size'` in `pod` with a terminal through
 /// kube-rs: sends the size 100x40 first, 120x50 after the first answer, then a newline; returns
 /// the terminal output.
 fn exec_tty_resize_kube_rs(kubeconfig: &Path, pod: &str) -> anyhow::Result<String> {
@@ -117,7 +117,7 @@ fn exec_tty_resize_kube_rs(kubeconfig: &Path, pod: &str) -> anyhow::Result<Strin
         let mut p = pods
             .exec(
                 pod,
-                ["sh", "-c", "sleep 0.5; stty size; read x; stty size"],
+                ["sh", "-c", "sleep 1; stty size; read x; stty size"],
                 &AttachParams::interactive_tty(),
             )
             .await?;
@@ -146,7 +146,7 @@ fn exec_tty_resize_kube_rs(kubeconfig: &Path, pod: &str) -> anyhow::Result<Strin
                 height: 50,
             })
             .await?;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
             stdin.write_all(b"\n").await?;
             stdout.read_to_end(&mut out).await?;
             anyhow::Ok(())
@@ -269,6 +269,18 @@ spec:
     command: ["sh", "-c", "cat; echo EOF-SEEN; sleep 3600"]
     stdin: true
     stdinOnce: true
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: term}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "while true; do stty size; sleep 1; done"]
+    stdin: true
+    tty: true
 ---
 apiVersion: v1
 kind: Pod
@@ -471,7 +483,7 @@ fn lotse_up_runs_pods_on_containerd() -> anyhow::Result<()> {
     // waits a little: containerd creates the terminal when the process starts and the size is
     // applied right after, as with CRI exec in Kubernetes.
     let cmd = format!(
-        "stty cols 100 rows 40; {}/kubectl.1.33 --kubeconfig {} exec -it web -- sh -c 'sleep 0.5; stty size'",
+        "stty cols 100 rows 40; {}/kubectl.1.33 --kubeconfig {} exec -it web -- sh -c 'sleep 1; stty size'",
         e2e::KUBECTL_DIR,
         data.join("admin.kubeconfig").display()
     );
@@ -495,7 +507,7 @@ fn lotse_up_runs_pods_on_containerd() -> anyhow::Result<()> {
     assert_eq!(hostname.trim(), "web");
 
     // attach: a container's output from now on, and stdin into a `stdin: true` container.
-    for pod in ["ticker", "echo", "once"] {
+    for pod in ["ticker", "echo", "once", "term"] {
         let running = jp(pod, "{.status.phase}");
         let running: Vec<&str> = running.iter().map(String::as_str).collect();
         wait_for(&k, &running, pod, Duration::from_secs(60), |s| {
@@ -525,6 +537,18 @@ fn lotse_up_runs_pods_on_containerd() -> anyhow::Result<()> {
         out.contains("hello attach"),
         "kubectl attach -i echo: {out:?}"
     );
+    // attach -it: the container's terminal takes kubectl's size.
+    let cmd = format!(
+        "stty cols 90 rows 30; {}/kubectl.1.33 --kubeconfig {} attach -it term",
+        e2e::KUBECTL_DIR,
+        kc.display()
+    );
+    let out = Command::new("timeout")
+        .args(["6", "script", "-qfec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("30 90"), "attach -it term: {text:?}");
     // stdinOnce: when the first attach ends, the container's stdin is closed (cat sees EOF).
     let out = attach(
         &kc,

@@ -450,13 +450,15 @@ fn shell_quote(s: &str) -> String {
 }
 
 /// The `ctr tasks exec` command running `opts.command` in container `cid` as process
-/// `exec_id`; with a tty under `script`, whose terminal gets `size` first.
+/// `exec_id`; with a tty under `script`, whose terminal gets `size` first, and with `ctr`'s own
+/// messages going to `ctr_log` instead of the terminal.
 fn command(
     socket: &std::path::Path,
     cid: &str,
     exec_id: &str,
     opts: &ExecOptions,
     size: Option<TerminalSize>,
+    ctr_log: &std::path::Path,
 ) -> Option<tokio::process::Command> {
     let ctr = crate::runtime::find_binary("ctr", &["/usr/bin"])?;
     let mut argv: Vec<String> = vec![
@@ -480,14 +482,17 @@ fn command(
         // `ctr --tty` needs a terminal on its own stdin: `script` runs it on a fresh pty and
         // relays our pipes to it (and returns the command's exit code with -e).
         let line: Vec<String> = argv.iter().map(|a| shell_quote(a)).collect();
+        let line = format!(
+            "exec {} 2>{}",
+            line.join(" "),
+            shell_quote(&ctr_log.to_string_lossy())
+        );
         let line = match size {
             Some(s) => format!(
-                "stty cols {} rows {} 2>/dev/null; exec {}",
-                s.width,
-                s.height,
-                line.join(" ")
+                "stty cols {} rows {} 2>/dev/null; {line}",
+                s.width, s.height
             ),
-            None => line.join(" "),
+            None => line,
         };
         let script = crate::runtime::find_binary("script", &["/usr/bin"])?;
         let mut c = tokio::process::Command::new(script);
@@ -606,7 +611,8 @@ async fn session<S>(
             sizes_rx,
         ))
     });
-    let child = command(&socket, &cid, &exec_id, &opts, first_size)
+    let ctr_log = std::env::temp_dir().join(format!("lotse-{exec_id}.log"));
+    let child = command(&socket, &cid, &exec_id, &opts, first_size, &ctr_log)
         .ok_or_else(|| "ctr not found (Debian package containerd)".to_string())
         .and_then(|mut c| c.spawn().map_err(|e| format!("starting ctr: {e}")));
     let mut child = match child {
@@ -682,6 +688,11 @@ async fn session<S>(
     match status {
         Some(st) => {
             let code = st.ok().and_then(|s| s.code());
+            if let Some(msg) = ctr_messages(&ctr_log).await {
+                let mut b = vec![STDOUT];
+                b.extend_from_slice(msg.as_bytes());
+                let _ = tx.send(Message::Binary(b.into())).await;
+            }
             let _ = tx.send(error_frame(exit_status(code, &opts.command))).await;
             let _ = tx.send(normal_close()).await;
         }
@@ -700,8 +711,22 @@ async fn session<S>(
     if let Some(r) = resizer {
         r.abort();
     }
+    let _ = tokio::fs::remove_file(&ctr_log).await;
     drop(tx);
     let _ = writer.await;
+}
+
+/// What `ctr` wrote to `log` (with a tty), without its complaints about resizing a process that
+/// already ended (its own first resize races with the process); the file is removed.
+async fn ctr_messages(log: &std::path::Path) -> Option<String> {
+    let text = tokio::fs::read_to_string(log).await.ok()?;
+    let _ = tokio::fs::remove_file(log).await;
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.contains("resize pty"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    (!kept.is_empty()).then_some(kept)
 }
 
 /// Applies the client's terminal sizes to process `exec_id` of container `cid`: the latest
@@ -821,6 +846,7 @@ mod tests {
             "e1",
             &opts,
             size,
+            std::path::Path::new("/tmp/e1.log"),
         ) else {
             return; // no ctr or script on this machine
         };
@@ -835,7 +861,7 @@ mod tests {
             "{line}"
         );
         assert!(
-            line.contains("'--exec-id' 'e1' '--tty' '--' 'cid' 'stty' 'size'"),
+            line.ends_with("'--exec-id' 'e1' '--tty' '--' 'cid' 'stty' 'size' 2>'/tmp/e1.log'"),
             "{line}"
         );
     }
