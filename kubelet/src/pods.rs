@@ -21,6 +21,8 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::events::Recorder;
+use crate::hooks::{self, pod_ref};
+use crate::probe::Tracker;
 use crate::spec::{self, EnvSources};
 use crate::{Kubelet, volumes};
 
@@ -57,12 +59,34 @@ struct ContainerMemo {
     config_error: Option<String>,
     /// Why the last StartContainer failed (reported once as `RunContainerError`).
     start_error: Option<String>,
+    /// `containerStatuses[].ready`: started and the readiness probe (if any) passes.
     ready: bool,
-    liveness_failures: i32,
-    readiness_last: Option<Instant>,
-    liveness_last: Option<Instant>,
+    /// `containerStatuses[].started`: running and the startup probe (if any) has succeeded.
+    started: bool,
+    /// Probe state of the running container `probes.0` (reset when another container runs).
+    probes: Option<(String, Probes)>,
+    /// Why the postStart hook of the container just started failed (`PostStartHookError`).
+    post_start_error: Option<String>,
     last_started_id: String,
     wait: Option<Duration>,
+}
+
+/// The probe workers' results for one running container.
+struct Probes {
+    startup: Tracker,
+    readiness: Tracker,
+    liveness: Tracker,
+}
+
+impl Default for Probes {
+    /// Kubernetes' initial results: startup unknown, readiness failure, liveness success.
+    fn default() -> Probes {
+        Probes {
+            startup: Tracker::new(None),
+            readiness: Tracker::new(Some(false)),
+            liveness: Tracker::new(Some(true)),
+        }
+    }
 }
 
 /// What a pass decided about the pod.
@@ -260,13 +284,18 @@ async fn fetch_container_status(k: &Kubelet, id: &str) -> Option<cri::ContainerS
     .status
 }
 
-/// Stops and removes everything the runtime has for pod `uid`.
+/// Stops and removes everything the runtime has for pod `uid`: its running containers are
+/// killed in parallel as [`kill_container`] does (preStop hooks first), with `grace` seconds.
 pub async fn terminate(k: &Kubelet, uid: &str, pod: Option<&Pod>, grace: i64) {
     let rec = pod.map(|p| Recorder::new(k.client.clone(), p, &k.config.node_name));
     let mut rt = k.cri.rt.clone();
     for sb in sandboxes(k, uid).await {
-        for c in containers(k, &sb.id).await {
-            if c.state == cri::ContainerState::ContainerRunning as i32 {
+        let pod_ip = sandbox_ip(k, &sb.id).await;
+        let ctrs = containers(k, &sb.id).await;
+        let kills = ctrs
+            .iter()
+            .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+            .map(|c| {
                 let name = c
                     .metadata
                     .as_ref()
@@ -274,34 +303,15 @@ pub async fn terminate(k: &Kubelet, uid: &str, pod: Option<&Pod>, grace: i64) {
                     .unwrap_or_default();
                 let spec = pod
                     .and_then(|p| p.spec.as_ref())
-                    .and_then(|s| s.containers.iter().find(|x| x.name == name).cloned());
-                if let Some(r) = &rec {
-                    r.normal("Killing", &format!("Stopping container {name}"))
-                        .await;
+                    .and_then(|s| s.containers.iter().find(|x| x.name == name));
+                let (rec, pod_ip) = (rec.as_ref(), pod_ip.as_str());
+                async move {
+                    let message = format!("Stopping container {name}");
+                    kill_container(k, pod, spec, &c.id, pod_ip, grace, rec, &message).await
                 }
-                if let Some(h) = spec
-                    .as_ref()
-                    .and_then(|s| s.lifecycle.as_ref())
-                    .and_then(|l| l.pre_stop.as_ref())
-                    && let Some(e) = &h.exec
-                {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(grace.max(1) as u64),
-                        rt.exec_sync(cri::ExecSyncRequest {
-                            container_id: c.id.clone(),
-                            cmd: e.command.clone().unwrap_or_default(),
-                            timeout: grace.max(1),
-                        }),
-                    )
-                    .await;
-                }
-                let _ = rt
-                    .stop_container(cri::StopContainerRequest {
-                        container_id: c.id.clone(),
-                        timeout: grace,
-                    })
-                    .await;
-            }
+            });
+        futures::future::join_all(kills).await;
+        for c in &ctrs {
             let _ = rt
                 .remove_container(cri::RemoveContainerRequest {
                     container_id: c.id.clone(),
@@ -320,6 +330,87 @@ pub async fn terminate(k: &Kubelet, uid: &str, pod: Option<&Pod>, grace: i64) {
             .await;
     }
     volumes::teardown(&k.config.root_dir, uid);
+}
+
+/// Kubernetes' killContainer: the `Killing` event with `message`, the preStop hook (bounded by
+/// the grace period, its duration deducted from it, leaving at least 2 s; a failure is a
+/// `FailedPreStopHook` event and the kill goes on), then StopContainer with what is left.
+#[allow(clippy::too_many_arguments)]
+async fn kill_container(
+    k: &Kubelet,
+    pod: Option<&Pod>,
+    c: Option<&Container>,
+    container_id: &str,
+    pod_ip: &str,
+    grace: i64,
+    rec: Option<&Recorder>,
+    message: &str,
+) {
+    if let Some(r) = rec {
+        r.normal("Killing", message).await;
+    }
+    let mut timeout = grace;
+    if let (Some(pod), Some(c)) = (pod, c)
+        && let Some(h) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref())
+        && grace > 0
+    {
+        let t0 = Instant::now();
+        let hook = hooks::run(k, pod, c, container_id, pod_ip, h);
+        match tokio::time::timeout(Duration::from_secs(grace as u64), hook).await {
+            Ok(Ok(())) => {}
+            Ok(Err(msg)) => {
+                tracing::warn!(container = %c.name, error = %msg, "PreStop hook failed");
+                // As Kubernetes: the message stays out of the event (it may carry secrets).
+                if let Some(r) = rec {
+                    r.warning("FailedPreStopHook", "PreStopHook failed").await;
+                }
+            }
+            Err(_) => {
+                tracing::info!(container = %c.name, grace, "PreStop hook not completed in grace period")
+            }
+        }
+        timeout = hooks::grace_after_pre_stop(grace, t0.elapsed());
+    }
+    let mut rt = k.cri.rt.clone();
+    if let Err(e) = rt
+        .stop_container(cri::StopContainerRequest {
+            container_id: container_id.into(),
+            timeout,
+        })
+        .await
+    {
+        tracing::warn!(container_id, error = %e.message(), "stop container");
+    }
+}
+
+/// The IP of a pod sandbox (empty: none, e.g. host network).
+async fn sandbox_ip(k: &Kubelet, sandbox_id: &str) -> String {
+    let mut rt = k.cri.rt.clone();
+    rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+        pod_sandbox_id: sandbox_id.into(),
+        verbose: false,
+    })
+    .await
+    .ok()
+    .and_then(|r| r.into_inner().status)
+    .and_then(|s| s.network)
+    .map(|n| n.ip)
+    .unwrap_or_default()
+}
+
+/// The grace period of a kill that is not a deletion: the deletion's if one is under way,
+/// else the pod's `terminationGracePeriodSeconds` (30), or `probe_override` for a probe that
+/// sets its own.
+fn kill_grace(pod: &Pod, probe_override: Option<i64>) -> i64 {
+    if let Some(g) = pod.metadata.deletion_grace_period_seconds {
+        return g;
+    }
+    probe_override
+        .or(pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds))
+        .unwrap_or(30)
 }
 
 fn sandbox_config(k: &Kubelet, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig {
@@ -461,6 +552,7 @@ async fn start_container(
     src: &EnvSources,
     rec: &Recorder,
     memo: &mut ContainerMemo,
+    pod_ip: &str,
 ) -> bool {
     let image_id = match ensure_image(k, c).await {
         Ok(id) => {
@@ -589,9 +681,35 @@ async fn start_container(
     memo.start_error = None;
     rec.normal("Started", &format!("Started container {}", c.name))
         .await;
-    memo.last_started_id = id;
+    memo.last_started_id = id.clone();
     memo.ready = false;
-    memo.liveness_failures = 0;
+    memo.started = c.startup_probe.is_none();
+    memo.probes = None;
+    memo.post_start_error = None;
+    if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref())
+        && let Err(msg) = hooks::run(k, pod, c, &id, pod_ip, h).await
+    {
+        tracing::warn!(pod = %pod_ref(pod), container = %c.name, error = %msg, "Failed to execute PostStartHook");
+        // As Kubernetes: the message stays out of the event (it may carry secrets); the
+        // container status carries it (`PostStartHookError`).
+        rec.warning("FailedPostStartHook", "PostStartHook failed")
+            .await;
+        let grace = kill_grace(pod, None);
+        kill_container(
+            k,
+            Some(pod),
+            Some(c),
+            &id,
+            pod_ip,
+            grace,
+            Some(rec),
+            "FailedPostStartHook",
+        )
+        .await;
+        memo.ready = false;
+        memo.started = false;
+        memo.post_start_error = Some(msg);
+    }
     true
 }
 
@@ -796,7 +914,7 @@ async fn sync(
                 if st.state == cri::ContainerState::ContainerExited as i32 && st.exit_code == 0 =>
             {
                 (
-                    container_status_of(c, Some((ctr, st)), s.previous.as_ref(), false, None),
+                    container_status_of(c, Some((ctr, st)), s.previous.as_ref(), false, true, None),
                     true,
                 )
             }
@@ -805,7 +923,7 @@ async fn sync(
                     || st.state == cri::ContainerState::ContainerCreated as i32 =>
             {
                 (
-                    container_status_of(c, Some((ctr, st)), s.previous.as_ref(), false, None),
+                    container_status_of(c, Some((ctr, st)), s.previous.as_ref(), false, true, None),
                     false,
                 )
             }
@@ -831,8 +949,19 @@ async fn sync(
                         )
                         .await;
                     }
-                    if start_container(k, pod, c, &sb.id, &sb_cfg, attempt_next, &src, &rec, m)
-                        .await
+                    if start_container(
+                        k,
+                        pod,
+                        c,
+                        &sb.id,
+                        &sb_cfg,
+                        attempt_next,
+                        &src,
+                        &rec,
+                        m,
+                        &pod_ip,
+                    )
+                    .await
                     {
                         if failed {
                             bump(m);
@@ -851,6 +980,7 @@ async fn sync(
                         latest.as_ref().map(|(a, b)| (a, b)),
                         s.previous.as_ref(),
                         false,
+                        true,
                         waiting,
                     ),
                     false,
@@ -875,6 +1005,7 @@ async fn sync(
             None,
             None,
             false,
+            false,
             Some(("PodInitializing".into(), String::new())),
         ));
     }
@@ -886,6 +1017,7 @@ async fn sync(
                 c,
                 None,
                 None,
+                false,
                 false,
                 Some(("PodInitializing".into(), String::new())),
             ));
@@ -915,7 +1047,9 @@ async fn sync(
                         .or(m.config_error.clone())
                         .unwrap_or_default();
                     waiting = Some((reason.to_string(), msg));
-                } else if !start_container(k, pod, c, &sb.id, &sb_cfg, 0, &src, &rec, m).await {
+                } else if !start_container(k, pod, c, &sb.id, &sb_cfg, 0, &src, &rec, m, &pod_ip)
+                    .await
+                {
                     waiting = m
                         .image_error
                         .clone()
@@ -970,8 +1104,10 @@ async fn sync(
                             .await;
                             m.last_started_id = format!("reported:{}", ctr.id);
                         }
-                    } else if !start_container(k, pod, c, &sb.id, &sb_cfg, next, &src, &rec, m)
-                        .await
+                    } else if !start_container(
+                        k, pod, c, &sb.id, &sb_cfg, next, &src, &rec, m, &pod_ip,
+                    )
+                    .await
                     {
                         // As Kubernetes: RunContainerError for the failed attempt, then
                         // CrashLoopBackOff while backing off.
@@ -993,7 +1129,7 @@ async fn sync(
                 {
                     m.backoff = None;
                 }
-                probes(k, pod, c, ctr, st, m, &rec).await;
+                probes(k, pod, c, ctr, st, m, &rec, &pod_ip).await;
             }
             _ => {}
         }
@@ -1006,12 +1142,17 @@ async fn sync(
         } else {
             s
         };
-        let ready = m.ready;
+        if waiting.is_none()
+            && let Some(e) = m.post_start_error.take()
+        {
+            waiting = Some(("PostStartHookError".to_string(), e));
+        }
         statuses.push(container_status_of(
             c,
             s.latest.as_ref().map(|(a, b)| (a, b)),
             s.previous.as_ref(),
-            ready,
+            m.ready,
+            m.started,
             waiting,
         ));
     }
@@ -1028,15 +1169,6 @@ async fn sync(
     ))
 }
 
-fn pod_ref(pod: &Pod) -> String {
-    format!(
-        "{}_{}({})",
-        pod.metadata.name.clone().unwrap_or_default(),
-        pod.metadata.namespace.clone().unwrap_or_default(),
-        pod.metadata.uid.clone().unwrap_or_default()
-    )
-}
-
 fn backoff_msg(m: &ContainerMemo, c: &Container, pod: &Pod) -> String {
     let secs = m.wait.or(m.backoff).unwrap_or(BACKOFF_START).as_secs();
     let b = if secs >= 60 {
@@ -1051,6 +1183,11 @@ fn backoff_msg(m: &ContainerMemo, c: &Container, pod: &Pod) -> String {
     )
 }
 
+/// One pass of the probe workers for running container `ctr`, as Kubernetes runs them: the
+/// startup probe until it succeeds (liveness and readiness wait for it), then readiness and
+/// liveness; a startup or liveness result of failure kills the container (restarted per
+/// restartPolicy by the next pass).
+#[allow(clippy::too_many_arguments)]
 async fn probes(
     k: &Kubelet,
     pod: &Pod,
@@ -1059,81 +1196,89 @@ async fn probes(
     st: &cri::ContainerStatus,
     m: &mut ContainerMemo,
     rec: &Recorder,
+    pod_ip: &str,
 ) {
-    let started_for = Duration::from_nanos(
+    let running_for = Duration::from_nanos(
         (jiff::Timestamp::now().as_nanosecond() as i64 - st.started_at).max(0) as u64,
     );
-    let ip = pod
-        .status
+    if m.probes
         .as_ref()
-        .and_then(|s| s.pod_ip.clone())
-        .unwrap_or_default();
-    if let Some(p) = &c.readiness_probe {
-        let delay = Duration::from_secs(p.initial_delay_seconds.unwrap_or(0) as u64);
-        let period = Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
-        if started_for >= delay
-            && m.readiness_last
-                .map(|t| t.elapsed() >= period)
-                .unwrap_or(true)
-        {
-            m.readiness_last = Some(Instant::now());
-            match crate::probe::run(k, p, &ctr.id, &ip).await {
-                Ok(()) => m.ready = true,
-                Err(e) => {
-                    if m.ready || m.readiness_last.is_some() {
+        .map(|(id, _)| id != &ctr.id)
+        .unwrap_or(true)
+    {
+        // A new container (or one adopted after a kubelet restart): the probes start over.
+        m.probes = Some((ctr.id.clone(), Probes::default()));
+    }
+    let Some((_, pr)) = m.probes.as_mut() else {
+        return;
+    };
+    let mut kill: Option<(&str, &k8s_openapi::api::core::v1::Probe)> = None;
+    match &c.startup_probe {
+        None => m.started = true,
+        Some(p) => {
+            if pr.startup.result != Some(true) && pr.startup.due(p, running_for, Instant::now()) {
+                let r = crate::probe::run(k, p, c, &ctr.id, pod_ip).await;
+                if let Err(e) = &r {
+                    rec.warning("Unhealthy", &format!("Startup probe failed: {e}"))
+                        .await;
+                }
+                if pr.startup.record(p, r.is_ok(), Instant::now()) == Some(false) {
+                    kill = Some(("startup", p));
+                }
+            }
+            m.started = pr.startup.result == Some(true);
+        }
+    }
+    if m.started && kill.is_none() {
+        match &c.readiness_probe {
+            None => m.ready = true,
+            Some(p) => {
+                if pr.readiness.due(p, running_for, Instant::now()) {
+                    let r = crate::probe::run(k, p, c, &ctr.id, pod_ip).await;
+                    if let Err(e) = &r {
                         rec.warning("Unhealthy", &format!("Readiness probe failed: {e}"))
                             .await;
                     }
-                    m.ready = false;
+                    pr.readiness.record(p, r.is_ok(), Instant::now());
                 }
+                m.ready = pr.readiness.result == Some(true);
+            }
+        }
+        if let Some(p) = &c.liveness_probe
+            && pr.liveness.due(p, running_for, Instant::now())
+        {
+            let r = crate::probe::run(k, p, c, &ctr.id, pod_ip).await;
+            if let Err(e) = &r {
+                rec.warning("Unhealthy", &format!("Liveness probe failed: {e}"))
+                    .await;
+            }
+            if pr.liveness.record(p, r.is_ok(), Instant::now()) == Some(false) {
+                kill = Some(("liveness", p));
             }
         }
     } else {
-        m.ready = true;
+        m.ready = false;
     }
-    if let Some(p) = &c.liveness_probe {
-        let delay = Duration::from_secs(p.initial_delay_seconds.unwrap_or(0) as u64);
-        let period = Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
-        if started_for >= delay
-            && m.liveness_last
-                .map(|t| t.elapsed() >= period)
-                .unwrap_or(true)
-        {
-            m.liveness_last = Some(Instant::now());
-            match crate::probe::run(k, p, &ctr.id, &ip).await {
-                Ok(()) => m.liveness_failures = 0,
-                Err(e) => {
-                    m.liveness_failures += 1;
-                    rec.warning("Unhealthy", &format!("Liveness probe failed: {e}"))
-                        .await;
-                    if m.liveness_failures >= p.failure_threshold.unwrap_or(3) {
-                        rec.normal(
-                            "Killing",
-                            &format!(
-                                "Container {} failed liveness probe, will be restarted",
-                                c.name
-                            ),
-                        )
-                        .await;
-                        let grace = pod
-                            .spec
-                            .as_ref()
-                            .and_then(|s| s.termination_grace_period_seconds)
-                            .unwrap_or(30);
-                        let mut rt = k.cri.rt.clone();
-                        let _ = rt
-                            .stop_container(cri::StopContainerRequest {
-                                container_id: ctr.id.clone(),
-                                timeout: p.termination_grace_period_seconds.unwrap_or(grace),
-                            })
-                            .await;
-                        m.liveness_failures = 0;
-                        // A liveness restart is immediate the first time (no back-off yet).
-                        m.next_start = None;
-                    }
-                }
-            }
-        }
+    if let Some((kind, p)) = kill {
+        let message = format!(
+            "Container {} failed {kind} probe, will be restarted",
+            c.name
+        );
+        let grace = kill_grace(pod, p.termination_grace_period_seconds);
+        kill_container(
+            k,
+            Some(pod),
+            Some(c),
+            &ctr.id,
+            pod_ip,
+            grace,
+            Some(rec),
+            &message,
+        )
+        .await;
+        m.ready = false;
+        // A probe restart is immediate the first time (no back-off yet).
+        m.next_start = None;
     }
 }
 
@@ -1142,6 +1287,7 @@ fn container_status_of(
     latest: Option<(&cri::Container, &cri::ContainerStatus)>,
     previous: Option<&cri::ContainerStatus>,
     ready: bool,
+    started: bool,
     waiting: Option<(String, String)>,
 ) -> ContainerStatus {
     let prefix = "containerd://";
@@ -1168,8 +1314,8 @@ fn container_status_of(
                     }),
                     ..Default::default()
                 });
-                out.started = Some(true);
-                out.ready = ready;
+                out.started = Some(started);
+                out.ready = ready && started;
             }
             s if s == cri::ContainerState::ContainerExited as i32 => {
                 out.state = Some(ContainerState {
@@ -1260,12 +1406,12 @@ fn pending_status(
         .init_containers
         .iter()
         .flatten()
-        .map(|c| container_status_of(c, None, None, false, waiting.clone()))
+        .map(|c| container_status_of(c, None, None, false, false, waiting.clone()))
         .collect();
     let main: Vec<_> = spec
         .containers
         .iter()
-        .map(|c| container_status_of(c, None, None, false, waiting.clone()))
+        .map(|c| container_status_of(c, None, None, false, false, waiting.clone()))
         .collect();
     build_status(
         pod,
@@ -1446,4 +1592,48 @@ fn qos_class(pod: &Pod) -> String {
         "Burstable"
     }
     .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::PodSpec;
+
+    #[test]
+    fn kill_grace_prefers_deletion_then_probe_then_pod() {
+        let mut pod = Pod {
+            spec: Some(PodSpec {
+                termination_grace_period_seconds: Some(7),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(kill_grace(&pod, None), 7);
+        assert_eq!(kill_grace(&pod, Some(3)), 3);
+        pod.metadata.deletion_grace_period_seconds = Some(1);
+        assert_eq!(kill_grace(&pod, Some(3)), 1);
+        assert_eq!(kill_grace(&Pod::default(), None), 30);
+    }
+
+    #[test]
+    fn started_gates_ready_in_the_status() {
+        let c = Container {
+            name: "c".into(),
+            ..Default::default()
+        };
+        let ctr = cri::Container {
+            id: "abc".into(),
+            ..Default::default()
+        };
+        let st = cri::ContainerStatus {
+            id: "abc".into(),
+            state: cri::ContainerState::ContainerRunning as i32,
+            started_at: 1_700_000_000_000_000_000,
+            ..Default::default()
+        };
+        let s = container_status_of(&c, Some((&ctr, &st)), None, true, false, None);
+        assert_eq!((s.started, s.ready), (Some(false), false));
+        let s = container_status_of(&c, Some((&ctr, &st)), None, true, true, None);
+        assert_eq!((s.started, s.ready), (Some(true), true));
+    }
 }
