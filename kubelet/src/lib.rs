@@ -173,7 +173,7 @@ pub async fn run(
     )
     .await?;
     tracing::info!(node = %config.node_name, "node registered");
-    let hb = tokio::spawn(heartbeat(k.clone(), node, since));
+    let hb = tokio::spawn(node::heartbeat(k.clone(), node));
     let pods = tokio::spawn(pod_loop(k.clone()));
     let api_addr = std::net::SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), config.port);
     let api = tokio::spawn({
@@ -252,7 +252,7 @@ async fn ca_from_client(client: &kube::Client) -> String {
         .unwrap_or_default()
 }
 
-async fn runtime_health(k: &Kubelet) -> (Result<(), String>, String) {
+pub(crate) async fn runtime_health(k: &Kubelet) -> (Result<(), String>, String) {
     if k.config.runtime == RuntimeKind::Simulated {
         return (Ok(()), "simulated://lotse".into());
     }
@@ -277,32 +277,6 @@ async fn runtime_health(k: &Kubelet) -> (Result<(), String>, String) {
         }
         Ok(Err(e)) => (Err(e.message().to_string()), String::new()),
         Err(_) => (Err("CRI Version timed out".into()), String::new()),
-    }
-}
-
-async fn heartbeat(
-    k: Arc<Kubelet>,
-    node: k8s_openapi::api::core::v1::Node,
-    mut since: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
-) {
-    let mut last_ok = true;
-    let mut down = k.runtime_down.subscribe();
-    loop {
-        down.borrow_and_update();
-        if let Err(e) = node::renew_lease(&k.client, &node).await {
-            tracing::warn!(error = %e, "lease renewal");
-        }
-        let (health, version) = runtime_health(&k).await;
-        if health.is_ok() != last_ok {
-            since = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
-            last_ok = health.is_ok();
-        }
-        let status = node::node_status(&k.config, health, &since, &version);
-        if let Err(e) = node::patch_status(&k.client, &k.config.node_name, &status).await {
-            tracing::warn!(error = %e, "node status");
-        }
-        // Renew on schedule, or at once when the runtime goes down or comes back.
-        let _ = tokio::time::timeout(node::LEASE_RENEW, down.changed()).await;
     }
 }
 
