@@ -680,6 +680,14 @@ fn lotse_up_runs_pods_on_containerd() -> anyhow::Result<()> {
             "jsonpath={.status.containerStatuses[0].containerID}",
         ])?
         .stdout;
+    let transition_jp = [
+        "get",
+        "node",
+        "e2e-node",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].lastTransitionTime}",
+    ];
+    let ready_since = k.run(&transition_jp)?.success()?.stdout;
     lotse.signal("KILL")?;
     let lotse = Lotse::start(&data, &args)?;
     wait_for(
@@ -690,6 +698,12 @@ fn lotse_up_runs_pods_on_containerd() -> anyhow::Result<()> {
         ready,
     )
     .with_context(|| lotse.log())?;
+    // Ready all along (the Lease did not expire): its transition time stays.
+    assert_eq!(
+        k.run(&transition_jp)?.success()?.stdout,
+        ready_since,
+        "Ready's lastTransitionTime moved across the kubelet restart"
+    );
     std::thread::sleep(Duration::from_secs(3));
     let after = k.run(&["get", "pod", "web", "-o", "jsonpath={.status.containerStatuses[0].containerID}/{.status.containerStatuses[0].restartCount}"])?.stdout;
     assert_eq!(

@@ -216,11 +216,13 @@ fn os_image() -> String {
 }
 
 /// Creates the Node if absent (labels `kubernetes.io/hostname`, `kubernetes.io/os`,
-/// `kubernetes.io/arch`, `node.kubernetes.io/*`), then writes its status.
+/// `kubernetes.io/arch`, `node.kubernetes.io/*`), then writes its status (conditions whose
+/// status is unchanged since the Node's last status keep their transition times, as across a
+/// kubelet restart).
 pub async fn register(
     client: &kube::Client,
     cfg: &Config,
-    status: NodeStatus,
+    mut status: NodeStatus,
 ) -> Result<Node, Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let arch = std::env::consts::ARCH
@@ -253,7 +255,10 @@ pub async fn register(
     match nodes.create(&PostParams::default(), &node).await {
         Ok(_) => tracing::info!(node = %cfg.node_name, "registered node"),
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            tracing::info!(node = %cfg.node_name, "node already registered")
+            tracing::info!(node = %cfg.node_name, "node already registered");
+            if let Some(last) = nodes.get_opt(&cfg.node_name).await?.and_then(|n| n.status) {
+                keep_transition_times(&last, &mut status);
+            }
         }
         Err(e) => return Err(e.into()),
     }
@@ -348,6 +353,21 @@ pub fn status_changed(old: &NodeStatus, new: &NodeStatus) -> bool {
     comparable(old) != comparable(new)
 }
 
+/// Gives each condition of `current` whose status is the same as in `last` the transition time
+/// it has there.
+pub fn keep_transition_times(last: &NodeStatus, current: &mut NodeStatus) {
+    let last_conditions = last.conditions.as_deref().unwrap_or_default();
+    for c in current.conditions.iter_mut().flatten() {
+        if let Some(prev) = last_conditions
+            .iter()
+            .find(|p| p.type_ == c.type_ && p.status == c.status)
+            && prev.last_transition_time.is_some()
+        {
+            c.last_transition_time = prev.last_transition_time.clone();
+        }
+    }
+}
+
 /// Decides when the computed NodeStatus is written, and keeps conditions' transition times.
 #[derive(Debug, Default)]
 pub struct StatusReporter {
@@ -375,16 +395,7 @@ impl StatusReporter {
         let Some((last, at)) = &self.last else {
             return Some(current);
         };
-        let last_conditions = last.conditions.as_deref().unwrap_or_default();
-        for c in current.conditions.iter_mut().flatten() {
-            if let Some(prev) = last_conditions
-                .iter()
-                .find(|p| p.type_ == c.type_ && p.status == c.status)
-                && prev.last_transition_time.is_some()
-            {
-                c.last_transition_time = prev.last_transition_time.clone();
-            }
-        }
+        keep_transition_times(last, &mut current);
         let stale = now.saturating_duration_since(*at) >= NODE_STATUS_REPORT_FREQUENCY;
         (stale || status_changed(last, &current)).then_some(current)
     }
