@@ -58,6 +58,8 @@ const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
+/// Opening a FIFO for writing without a reader, non-blocking (Linux errno).
+const ENXIO: i32 = 6;
 
 /// One line of a CRI log file: `(is_stderr, complete, text)`.
 pub fn parse_log_line(line: &str) -> Option<(bool, bool, &str)> {
@@ -277,7 +279,7 @@ async fn session<S>(
         // it was closed (stdinOnce) nobody reads, and the open fails with ENXIO.
         Some(p) => match tokio::net::unix::pipe::OpenOptions::new().open_sender(&p) {
             Ok(f) => Some(f),
-            Err(e) if e.raw_os_error() == Some(6) => {
+            Err(e) if e.raw_os_error() == Some(ENXIO) => {
                 tracing::debug!(%cid, "attach: the container's stdin is closed (stdinOnce)");
                 None
             }

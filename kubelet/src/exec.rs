@@ -17,11 +17,14 @@
 //! Resize (channel 4, `{"Width":..,"Height":..}`, sent by `kubectl exec -it` first thing and on
 //! every SIGWINCH): the size is applied to the exec process's terminal with containerd's
 //! `Tasks.ResizePty` (container ID + exec ID, see [`containerd_tasks`]), as containerd's CRI does.
-//! containerd creates that terminal only when the process starts (a resize before is silently
-//! dropped by the shim), so sizes are applied once the process is running, and the process can
-//! see a 0x0 terminal for its first instants, as with CRI exec in Kubernetes. The first size, if
-//! it arrives within [`FIRST_RESIZE_WAIT`], is also set on `script`'s terminal before `ctr`
-//! starts, so the resize `ctr` itself sends from that terminal agrees with it.
+//! The shim gets that terminal from runc only once `runc exec` has started the process (a resize
+//! before is silently dropped), so sizes are applied as soon as containerd reports the process
+//! running: a command that reads its size in its first milliseconds can still see 0x0, as with
+//! containerd 1.6's CRI exec, which also resizes only after `Start`. The first size, if it
+//! arrives within [`FIRST_RESIZE_WAIT`], is also set on `script`'s terminal before `ctr` starts,
+//! so the resize `ctr` itself sends from that terminal agrees with it. `ctr`'s own messages go
+//! to a file, not the terminal, and reach the client when the command ends (without the error
+//! `ctr` logs when its first resize comes after a short command has already exited).
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
