@@ -305,8 +305,11 @@ fn install_missing(runtime: bool, images: &[String]) -> anyhow::Result<()> {
     }
     if !images.is_empty() {
         needs.extend(MKIMAGE_NEEDS);
-        for img in images {
-            needs.extend(build_needs(img));
+        for n in images.iter().flat_map(|img| build_needs(img)) {
+            // debian and nginx need the same tools
+            if !needs.iter().any(|m| m.what == n.what) {
+                needs.push(n);
+            }
         }
     }
     let missing = |needs: &[&Need]| -> Vec<(&'static str, &'static str)> {
