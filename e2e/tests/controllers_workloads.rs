@@ -761,6 +761,75 @@ spec:
     assert_eq!((st.succeeded, st.active), (Some(3), Some(0)));
     assert!(st.completion_time.is_some());
 
+    // Indexed: one pod per index, at most two at a time, each with its index as annotation,
+    // label, hostname and JOB_COMPLETION_INDEX; all succeeded completes with indexes 0-2.
+    cluster.apply(&job(
+        "indexed",
+        "completions: 3\n  parallelism: 2\n  completionMode: Indexed",
+    ))?;
+    const INDEX: &str = "batch.kubernetes.io/job-completion-index";
+    let first: Vec<Pod> = e2e::wait_until("two indexed pods", Duration::from_secs(20), || async {
+        let items = pods
+            .list(&ListParams::default().labels("job-name=indexed"))
+            .await?
+            .items;
+        Ok((items.len() >= 2).then_some(items))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = pods
+        .list(&ListParams::default().labels("job-name=indexed"))
+        .await?
+        .items;
+    assert_eq!(again.len(), 2, "parallelism 2 exceeded: {again:?}");
+    let mut seen: Vec<String> = vec![];
+    for p in &first {
+        let ix = p.annotations().get(INDEX).cloned().unwrap_or_default();
+        assert_eq!(p.labels().get(INDEX), Some(&ix), "{p:?}");
+        let spec = p.spec.clone().unwrap_or_default();
+        assert_eq!(spec.hostname, Some(format!("indexed-{ix}")));
+        assert!(
+            p.name_any().starts_with(&format!("indexed-{ix}-")),
+            "{}",
+            p.name_any()
+        );
+        let env = spec.containers[0].env.clone().unwrap_or_default();
+        assert!(
+            env.iter().any(|e| e.name == "JOB_COMPLETION_INDEX"
+                && e.value_from
+                    .as_ref()
+                    .and_then(|v| v.field_ref.as_ref())
+                    .map(|f| f.field_path.as_str())
+                    == Some("metadata.labels['batch.kubernetes.io/job-completion-index']")),
+            "{env:?}"
+        );
+        seen.push(ix);
+    }
+    seen.sort();
+    assert_eq!(seen, ["0", "1"]);
+    wait_true("indexed job complete", Duration::from_secs(30), || async {
+        finish_job_pods(&pods, "indexed", "Succeeded").await?;
+        let st = jobs.get("indexed").await?.status.unwrap_or_default();
+        Ok(st
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Complete" && c.status == "True"))
+    })
+    .await?;
+    let st = jobs.get("indexed").await?.status.unwrap_or_default();
+    assert_eq!(st.completed_indexes.as_deref(), Some("0-2"));
+    assert_eq!((st.succeeded, st.active), (Some(3), Some(0)));
+    let mut all: Vec<String> = pods
+        .list(&ListParams::default().labels("job-name=indexed"))
+        .await?
+        .items
+        .iter()
+        .filter_map(|p| p.annotations().get(INDEX).cloned())
+        .collect();
+    all.sort();
+    assert_eq!(all, ["0", "1", "2"], "one pod per index");
+
     // backoffLimit 1: the second failed pod fails the Job; ttl 2 s then deletes it and its pods.
     cluster.apply(&job(
         "flaky",
