@@ -3,9 +3,11 @@
 //! a restarted kubelet adopts what is running).
 //!
 //! Lifecycle per pass: `Sandbox` (volumes, RunPodSandbox) → `InitContainers` (one at a time, in
-//! order) → `Containers` (start, restart with back-off per restartPolicy, probes) → status; a pod
-//! with a deletionTimestamp goes `Terminating` (preStop, StopContainer with the grace period,
-//! StopPodSandbox, RemovePodSandbox, volumes removed) and is then deleted with grace 0.
+//! order) → `Containers` (start and postStart hook, restart with back-off per restartPolicy,
+//! probes: startup first, then readiness and liveness) → status; a pod with a
+//! deletionTimestamp goes `Terminating` (preStop hooks, StopContainer with what is left of the
+//! grace period, StopPodSandbox, RemovePodSandbox, volumes removed) and is then deleted with
+//! grace 0.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
