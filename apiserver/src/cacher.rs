@@ -41,7 +41,8 @@ pub struct CachedObject {
 }
 
 impl CachedObject {
-    /// Decodes a stored value, injecting `resourceVersion`.
+    /// Decodes a stored value, injecting `resourceVersion` (and converting it when `def` is a
+    /// view of objects stored in another group/version's shape).
     ///
     /// Storage holds objects as compact `serde_json` output without `metadata.resourceVersion`
     /// (writers strip it), so the bytes served are the stored bytes with the field spliced into
@@ -55,6 +56,11 @@ impl CachedObject {
     ) -> Result<Self, String> {
         let mut obj: Value =
             serde_json::from_slice(value).map_err(|e| format!("corrupt object at {key}: {e}"))?;
+        if def.storage_view.is_some() {
+            // Another group/version's view of the stored object: converted, so re-encoded.
+            let mut obj = def.from_storage(obj);
+            return Ok(Self::from_value(def, key, &mut obj, rv));
+        }
         let spliced = obj
             .pointer("/metadata")
             .and_then(Value::as_object)

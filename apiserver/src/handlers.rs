@@ -64,8 +64,9 @@ pub async fn get_current(
         .await
         .map_err(|e| ApiError::from_storage(e, def, name))?
         .ok_or_else(|| ApiError::not_found(def, name))?;
-    let mut obj: Value = serde_json::from_slice(&kv.value)
+    let obj: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| ApiError::internal(format!("corrupt object {key}: {e}")))?;
+    let mut obj = def.from_storage(obj);
     set_rv(&mut obj, kv.mod_revision);
     Ok((obj, kv.mod_revision))
 }
@@ -533,7 +534,9 @@ pub async fn create_object(
         }
         return Ok((obj, 0));
     }
-    let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?;
+    let bytes = def
+        .encode_for_storage(&obj)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let rev = state
         .storage
         .create(&key, bytes)
@@ -759,7 +762,9 @@ pub async fn write_update(
         set_rv(&mut new, rev);
         return Ok((new, StatusCode::OK));
     }
-    let bytes = serde_json::to_vec(&new).map_err(|e| ApiError::internal(e.to_string()))?;
+    let bytes = def
+        .encode_for_storage(&new)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let rev = state
         .storage
         .update(&key, old_rv, bytes)
@@ -1123,7 +1128,9 @@ pub async fn delete_object(
             return Ok((obj, StatusCode::OK));
         }
         let key = object_key(def, ns, name);
-        let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?;
+        let bytes = def
+            .encode_for_storage(&obj)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         match state.storage.update(&key, rv, bytes).await {
             Ok(nrv) => {
                 set_rv(&mut obj, nrv);

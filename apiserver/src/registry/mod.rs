@@ -231,6 +231,19 @@ pub struct ResourceDef {
     /// The OpenAPI (v3) schema name of the kind, e.g. `io.k8s.api.apps.v1.Deployment`, and a
     /// function adding its schema to a generator.
     pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+    /// Set when this resource is another group/version's view of objects stored in that
+    /// resource's shape (events.k8s.io/v1 Events are core/v1 Events in storage).
+    pub storage_view: Option<StorageView>,
+}
+
+/// Conversion between a resource's served shape and the shape it is stored in, for resources
+/// that share storage with another group/version (Kubernetes' "one object, several versions").
+#[derive(Clone, Copy)]
+pub struct StorageView {
+    /// Served shape → stored shape.
+    pub to_storage: fn(&Value) -> Value,
+    /// Stored shape → served shape.
+    pub from_storage: fn(&Value) -> Value,
 }
 
 impl ResourceDef {
@@ -251,6 +264,22 @@ impl ResourceDef {
     /// Whether the resource serves the given subresource.
     pub fn has_subresource(&self, s: Subresource) -> bool {
         self.subresources.contains(&s)
+    }
+
+    /// Converts an object in served shape to the bytes storage holds.
+    pub fn encode_for_storage(&self, obj: &Value) -> Result<Vec<u8>, serde_json::Error> {
+        match &self.storage_view {
+            Some(view) => serde_json::to_vec(&(view.to_storage)(obj)),
+            None => serde_json::to_vec(obj),
+        }
+    }
+
+    /// Converts a stored object to the served shape (a no-op for most resources).
+    pub fn from_storage(&self, obj: Value) -> Value {
+        match &self.storage_view {
+            Some(view) => (view.from_storage)(&obj),
+            None => obj,
+        }
     }
 
     /// Group-resource for messages, e.g. `deployments.apps` or `pods`.

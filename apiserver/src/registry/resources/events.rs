@@ -1,11 +1,12 @@
 //! events.k8s.io/v1 entries: events.
 //!
-//! Kubernetes stores core/v1 and events.k8s.io/v1 Events as the same objects and converts between
-//! the two shapes (`regarding` ↔ `involvedObject`, `note` ↔ `message`, `reportingController` ↔
-//! `reportingComponent`, `deprecated*` ↔ `firstTimestamp`/`lastTimestamp`/`count`/`source`).
-//! [`ResourceDef`] has no conversion hook, so events.k8s.io events get their own storage prefix
-//! (`events.k8s.io-events`); [`to_core_event`] and [`from_core_event`] implement the conversion for
-//! whoever adds a shared view later.
+//! Kubernetes stores core/v1 and events.k8s.io/v1 Events as the same objects (one key,
+//! `/registry/events/<ns>/<name>`) and converts between the two shapes (`regarding` ↔
+//! `involvedObject`, `note` ↔ `message`, `reportingController` ↔ `reportingComponent`,
+//! `deprecatedSource` ↔ `source`, `deprecated*` ↔ `firstTimestamp`/`lastTimestamp`/`count`).
+//! So does Lotse: [`EVENTS_V1`] shares the core prefix and is a [`StorageView`] that stores the
+//! core/v1 shape ([`to_core_event`]) and serves the events.k8s.io/v1 one ([`from_core_event`]),
+//! in handlers and the watch cache alike.
 
 use k8s_openapi::api::events::v1 as eventsv1;
 use serde_json::{Map, Value, json};
@@ -14,10 +15,10 @@ use super::core::{EVENT_COLUMNS, core_event_cells};
 use super::util::*;
 use crate::registry::*;
 
-/// events.k8s.io/v1 events (own storage prefix; see the module docs).
+/// events.k8s.io/v1 events: a view of the core/v1 events in storage (see the module docs).
 pub const EVENTS_V1: ResourceDef = ResourceDef {
     short_names: &["ev"],
-    storage_prefix: "events.k8s.io-events",
+    storage_prefix: "events",
     validate: validate_event_v1,
     columns: EVENT_COLUMNS,
     cells: |o| core_event_cells(&to_core_event(o)),
@@ -34,6 +35,10 @@ pub const EVENTS_V1: ResourceDef = ResourceDef {
         "reportingController",
         "type",
     ],
+    storage_view: Some(StorageView {
+        to_storage: to_core_event,
+        from_storage: from_core_event,
+    }),
     ..def_of::<eventsv1::Event>("events.k8s.io", "v1", "Event", "events", "event")
 };
 
@@ -88,7 +93,38 @@ fn event_v1_field(o: &Value, f: &str) -> Option<String> {
     Some(v.to_string())
 }
 
-fn validate_event_v1(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
+/// events.k8s.io/v1 fields an update may not change, with the (core) path Kubernetes reports
+/// them under (it validates the stored shape).
+const IMMUTABLE: &[(&str, &str)] = &[
+    ("regarding", "involvedObject"),
+    ("reason", "reason"),
+    ("note", "message"),
+    ("deprecatedSource", "source"),
+    ("deprecatedFirstTimestamp", "firstTimestamp"),
+    ("deprecatedLastTimestamp", "lastTimestamp"),
+    ("deprecatedCount", "count"),
+    ("action", "action"),
+    ("related", "related"),
+    ("reportingController", "reportingController"),
+    ("type", "type"),
+];
+
+fn validate_event_v1(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    if let Some(old) = old {
+        // Updates (a series bump) keep what the event reported; the create-time rules are not
+        // re-checked, so events written through core/v1 stay updatable through this view.
+        return IMMUTABLE
+            .iter()
+            .filter(|(f, _)| o.get(*f) != old.get(*f))
+            .map(|(f, path)| {
+                FieldError::invalid(
+                    *path,
+                    o.get(*f).unwrap_or(&Value::Null),
+                    "field is immutable",
+                )
+            })
+            .collect();
+    }
     let mut errs = Vec::new();
     if !present(o, &["eventTime"]) {
         errs.push(FieldError::required("eventTime", ""));

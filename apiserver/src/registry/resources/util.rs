@@ -67,6 +67,7 @@ where
         field: no_fields,
         selectable_fields: &[],
         schema: schema_of::<K>,
+        storage_view: None,
     }
 }
 
