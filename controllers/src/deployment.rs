@@ -2,20 +2,26 @@
 //! `pod-template-hash`), rolls between them (RollingUpdate or Recreate), keeps revision
 //! history and fills `status` the way kube-controller-manager does, so `kubectl rollout`
 //! works unchanged.
+//!
+//! As kube-controller-manager's, it reads ReplicaSets from an informer cache (a reflector store
+//! fed by one watch), never by listing the API on a sync. Writes based on a stale cache carry
+//! the cached `resourceVersion`, so they fail with a conflict and the sync is retried on fresher
+//! data; a new ReplicaSet the cache has not caught up with is found by its name on creation.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -43,17 +49,35 @@ const SKIP_ANNOTATIONS: &[&str] = &[
 struct Ctx {
     client: Client,
     recorder: Recorder,
+    replicasets: Store<ReplicaSet>,
 }
 
 /// Runs the Deployment controller until its watch streams end.
 pub async fn run(client: Client, recorder: Recorder) -> Result<(), Error> {
     let wc = watcher::Config::default();
+    let (d_store, d_writer) = reflector::store::<Deployment>();
+    let (rs_store, rs_writer) = reflector::store::<ReplicaSet>();
+    let deployments = reflector::reflector(
+        d_writer,
+        watcher(Api::<Deployment>::all(client.clone()), wc.clone()),
+    )
+    .default_backoff()
+    .applied_objects();
+    let replicasets = reflector::reflector(
+        rs_writer,
+        watcher(Api::<ReplicaSet>::all(client.clone()), wc),
+    )
+    .default_backoff()
+    .inspect_err(|e| tracing::debug!(error = %e, "replicaset watch"))
+    .touched_objects();
     let ctx = Arc::new(Ctx {
-        client: client.clone(),
+        client,
         recorder,
+        replicasets: rs_store,
     });
-    Controller::new(Api::<Deployment>::all(client.clone()), wc.clone())
-        .owns(Api::<ReplicaSet>::all(client), wc)
+    let store = d_store.clone();
+    Controller::for_stream(deployments, d_store)
+        .watches_stream(replicasets, move |rs| rs_to_deployments(&store, &rs))
         .run(reconcile, error_policy, ctx)
         .for_each(|r| {
             if let Err(e) = r {
@@ -63,6 +87,30 @@ pub async fn run(client: Client, recorder: Recorder) -> Result<(), Error> {
         })
         .await;
     Err(Error::Stopped("deployment"))
+}
+
+/// The Deployments a ReplicaSet event concerns: its controller, or, for an orphan, every
+/// Deployment in its namespace whose selector matches (one of them may adopt it).
+fn rs_to_deployments(store: &Store<Deployment>, rs: &ReplicaSet) -> Vec<ObjectRef<Deployment>> {
+    let ns = rs.namespace().unwrap_or_default();
+    if let Some(r) = util::controller_ref(rs) {
+        return if r.kind == "Deployment" {
+            vec![ObjectRef::new(&r.name).within(&ns)]
+        } else {
+            vec![]
+        };
+    }
+    store
+        .state()
+        .iter()
+        .filter(|d| d.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|d| {
+            d.spec
+                .as_ref()
+                .is_some_and(|s| util::selector_matches(&s.selector, rs.labels()))
+        })
+        .map(|d| ObjectRef::from_obj(d.as_ref()))
+        .collect()
 }
 
 fn error_policy(d: Arc<Deployment>, err: &Error, _ctx: Arc<Ctx>) -> Action {
@@ -229,6 +277,11 @@ struct Sync<'a> {
 }
 
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    // Never act on a half-filled cache: a sync before the first list would see no ReplicaSets.
+    ctx.replicasets
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::Stopped("deployment replicaset informer"))?;
     let d = d.as_ref();
     if util::is_deleting(d) {
         return Ok(Action::await_change());
@@ -251,7 +304,11 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
     let uid = d.uid().unwrap_or_default();
     let mut owned = Vec::new();
-    for rs in rs_api.list(&ListParams::default()).await?.items {
+    let cached = ctx
+        .replicasets
+        .state_filter(|rs| rs.metadata.namespace.as_deref() == Some(ns.as_str()));
+    for rs in cached {
+        let rs = ReplicaSet::clone(&rs);
         let matches = util::selector_matches(&spec.selector, rs.labels());
         match util::controller_ref(&rs) {
             Some(r) if r.uid == uid => {
@@ -266,27 +323,13 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                         .filter(|r| r.uid != uid)
                         .cloned()
                         .collect();
-                    rs_api
-                        .patch(
-                            &rs.name_any(),
-                            &PatchParams::default(),
-                            &Patch::Merge(json!({"metadata": {"ownerReferences": refs}})),
-                        )
-                        .await?;
+                    patch_owners(&rs_api, &rs, refs).await?;
                 }
             }
-            None if matches && !util::is_deleting(&rs) => {
+            None if matches && !util::is_deleting(&rs) && !util::is_deleting(d) => {
                 let mut refs = rs.metadata.owner_references.clone().unwrap_or_default();
                 refs.push(util::owner_ref(d));
-                owned.push(
-                    rs_api
-                        .patch(
-                            &rs.name_any(),
-                            &PatchParams::default(),
-                            &Patch::Merge(json!({"metadata": {"ownerReferences": refs}})),
-                        )
-                        .await?,
-                );
+                owned.extend(patch_owners(&rs_api, &rs, refs).await?);
             }
             _ => {}
         }
@@ -323,6 +366,29 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         s.rollout_rolling().await
     } else {
         s.rollout_recreate().await
+    }
+}
+
+/// Sets a ReplicaSet's ownerReferences (adoption or release), guarded by the cached
+/// `resourceVersion`; a ReplicaSet changed or gone meanwhile is left to the next sync.
+async fn patch_owners(
+    api: &Api<ReplicaSet>,
+    rs: &ReplicaSet,
+    refs: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+) -> Result<Option<ReplicaSet>, Error> {
+    let patch =
+        json!({"metadata": {"ownerReferences": refs, "resourceVersion": rs.resource_version()}});
+    match api
+        .patch(
+            &rs.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
+        Ok(rs) => Ok(Some(rs)),
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -404,6 +470,7 @@ impl Sync<'_> {
                 patch["spec"] = json!({ "minReadySeconds": min_ready });
             }
             if patch != json!({}) {
+                patch["metadata"]["resourceVersion"] = json!(rs.resource_version());
                 let updated = self
                     .rs_api
                     .patch(
@@ -593,8 +660,12 @@ impl Sync<'_> {
         if from == to && ann_ok {
             return Ok(false);
         }
+        // The cached resourceVersion makes a decision taken on stale data fail with a conflict.
         let patch = json!({
-            "metadata": {"annotations": {DESIRED_REPLICAS: want.to_string(), MAX_REPLICAS: (want + surge).to_string()}},
+            "metadata": {
+                "annotations": {DESIRED_REPLICAS: want.to_string(), MAX_REPLICAS: (want + surge).to_string()},
+                "resourceVersion": rs.resource_version(),
+            },
             "spec": {"replicas": to},
         });
         let updated = self
