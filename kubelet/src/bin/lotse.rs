@@ -466,15 +466,33 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         &["system:nodes"],
     )?;
 
-    let controllers =
-        start_controllers(&ctrl_kc, &a.cluster_cidr, running.pki.ca_cert_pem()).await?;
-    let sched_client = client_from(&sched_kc).await?;
-    let scheduler = tokio::spawn(async move {
+    // The controllers and the scheduler run on a runtime of their own: they spawn informer tasks
+    // that outlive their main task, and the apiserver's graceful shutdown would wait for those
+    // watches. Shutting that runtime down ends them all.
+    let components = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("lotse-components")
+        .enable_all()
+        .build()
+        .context("starting the controllers' runtime")?;
+    start_controllers(
+        &components,
+        ctrl_kc,
+        a.cluster_cidr.clone(),
+        running.pki.ca_cert_pem().to_string(),
+    );
+    components.spawn(async move {
         let cfg = scheduler::Config {
             leader_elect: false,
             ..Default::default()
         };
-        if let Err(e) = scheduler::run(cfg, sched_client).await {
+        let res = match client_from(&sched_kc).await {
+            Ok(client) => scheduler::run(cfg, client)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = res {
             tracing::error!(error = %e, "scheduler stopped");
         }
     });
@@ -496,8 +514,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     eprintln!("lotse: stopping");
     let _ = stop_tx.send(true);
-    controllers.abort();
-    scheduler.abort();
+    components.shutdown_background();
     match tokio::time::timeout(Duration::from_secs(15), kubelet).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "kubelet"),
         Err(_) => tracing::warn!("kubelet did not stop within 15 s"),
@@ -510,36 +527,42 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
 }
 
 #[cfg(feature = "with-controllers")]
-async fn start_controllers(
-    kubeconfig: &Path,
-    cluster_cidr: &str,
-    ca_pem: &str,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let cfg = controllers::Config {
-        cluster_cidr: cluster_cidr.to_string(),
-        root_ca_pem: Some(ca_pem.to_string()),
-        leader_elect: false,
-        ..Default::default()
-    };
-    let client = client_from(kubeconfig).await?;
-    Ok(tokio::spawn(async move {
-        if let Err(e) = controllers::run(cfg, client).await {
+fn start_controllers(
+    rt: &tokio::runtime::Runtime,
+    kubeconfig: PathBuf,
+    cluster_cidr: String,
+    ca_pem: String,
+) {
+    rt.spawn(async move {
+        let cfg = controllers::Config {
+            cluster_cidr,
+            root_ca_pem: Some(ca_pem),
+            leader_elect: false,
+            ..Default::default()
+        };
+        let res = match client_from(&kubeconfig).await {
+            Ok(client) => controllers::run(cfg, client)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = res {
             tracing::error!(error = %e, "controllers stopped");
         }
-    }))
+    });
 }
 
 // TODO: drop this fallback (and the feature) once the controllers crate's `run` is committed.
 #[cfg(not(feature = "with-controllers"))]
-async fn start_controllers(
-    _kubeconfig: &Path,
-    _cluster_cidr: &str,
-    _ca_pem: &str,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+fn start_controllers(
+    _rt: &tokio::runtime::Runtime,
+    _kubeconfig: PathBuf,
+    _cluster_cidr: String,
+    _ca_pem: String,
+) {
     tracing::warn!(
         "built without the controllers (feature with-controllers): Deployments and ReplicaSets are not reconciled"
     );
-    Ok(tokio::spawn(async {}))
 }
 
 async fn shutdown_signal() {
