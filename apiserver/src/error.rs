@@ -115,16 +115,18 @@ impl ApiError {
         } else {
             format!("{}.{}", def.kind, def.group)
         };
-        let joined = if errs.len() == 1 {
-            errs[0].message.clone()
+        // Like Kubernetes' `ErrorList.ToAggregate`, the message lists each distinct error once
+        // (the causes keep every one).
+        let mut messages: Vec<&str> = Vec::new();
+        for e in errs {
+            if !messages.contains(&e.message.as_str()) {
+                messages.push(&e.message);
+            }
+        }
+        let joined = if messages.len() == 1 {
+            messages[0].to_string()
         } else {
-            format!(
-                "[{}]",
-                errs.iter()
-                    .map(|e| e.message.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+            format!("[{}]", messages.join(", "))
         };
         let causes: Vec<Value> = errs
             .iter()

@@ -1164,3 +1164,100 @@ async fn delete_collection(ctx: &Ctx<'_>, body: Bytes) -> ApiResult<Response> {
     });
     Ok(value_response(StatusCode::OK, &list, &[]))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::resources::{LIMITRANGES, RESOURCEQUOTAS};
+    use crate::storage::Storage;
+    use crate::storage::sqlite::SqliteStorage;
+
+    async fn state() -> Arc<AppState> {
+        let store: Arc<dyn Storage> = Arc::new(SqliteStorage::open_temporary().expect("sqlite"));
+        let state = AppState::new(
+            store,
+            "10.96.0.0/12".parse().expect("cidr"),
+            "127.0.0.1:6443".into(),
+        );
+        crate::server::bootstrap(&state).await;
+        state
+    }
+
+    #[tokio::test]
+    async fn limitrange_defaults_are_stored_on_create_and_update() {
+        let state = state().await;
+        let lr = json!({"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "lr"},
+            "spec": {"limits": [{"type": "Container", "max": {"cpu": "2"}, "min": {"memory": "64Mi"},
+                "default": {"memory": "256Mi"}}]}});
+        create_object(
+            &state,
+            &LIMITRANGES,
+            Some("default"),
+            lr,
+            false,
+            None,
+            "Update",
+        )
+        .await
+        .expect("created");
+        let (stored, rv) = get_current(&state, &LIMITRANGES, Some("default"), "lr")
+            .await
+            .expect("stored");
+        let item = &stored["spec"]["limits"][0];
+        assert_eq!(item["default"], json!({"memory": "256Mi", "cpu": "2"}));
+        assert_eq!(
+            item["defaultRequest"],
+            json!({"memory": "256Mi", "cpu": "2"})
+        );
+        // An update that drops the defaults gets them back.
+        let mut new = stored.clone();
+        new["spec"]["limits"][0] = json!({"type": "Container", "max": {"memory": "1Gi"}});
+        let (updated, _) = write_update(
+            &state,
+            &LIMITRANGES,
+            Some("default"),
+            "lr",
+            stored,
+            rv,
+            new,
+            UpdateScope::Main,
+            false,
+            None,
+            "Update",
+        )
+        .await
+        .expect("updated");
+        assert_eq!(
+            updated["spec"]["limits"][0]["defaultRequest"],
+            json!({"memory": "1Gi"})
+        );
+    }
+
+    #[tokio::test]
+    async fn quota_scope_errors_are_one_message_per_distinct_error() {
+        let state = state().await;
+        let q = json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "q"},
+            "spec": {"hard": {"requests.cpu": "1", "limits.cpu": "2", "pods": "3"}, "scopes": ["BestEffort"]}});
+        let err = create_object(
+            &state,
+            &RESOURCEQUOTAS,
+            Some("default"),
+            q,
+            false,
+            None,
+            "Update",
+        )
+        .await
+        .expect_err("invalid");
+        assert_eq!(err.code, 422);
+        assert_eq!(
+            err.message,
+            "ResourceQuota \"q\" is invalid: spec.scopes: Invalid value: []core.ResourceQuotaScope{\"BestEffort\"}: unsupported scope applied to resource"
+        );
+        let causes = err
+            .details
+            .as_ref()
+            .and_then(|d| d["causes"].as_array().cloned());
+        assert_eq!(causes.map(|c| c.len()), Some(2));
+    }
+}

@@ -1307,37 +1307,298 @@ pub const RESOURCEQUOTAS: ResourceDef = ResourceDef {
     ..def_of::<corev1::ResourceQuota>("", "v1", "ResourceQuota", "resourcequotas", "resourcequota")
 };
 
-fn validate_quota(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
+/// Resource names Kubernetes' quota system knows (`IsStandardQuotaResourceName`), besides the
+/// `hugepages-*` / `requests.hugepages-*` ones.
+const STANDARD_QUOTA_RESOURCES: &[&str] = &[
+    "cpu",
+    "memory",
+    "ephemeral-storage",
+    "requests.cpu",
+    "requests.memory",
+    "requests.storage",
+    "requests.ephemeral-storage",
+    "limits.cpu",
+    "limits.memory",
+    "limits.ephemeral-storage",
+    "pods",
+    "resourcequotas",
+    "services",
+    "replicationcontrollers",
+    "secrets",
+    "persistentvolumeclaims",
+    "configmaps",
+    "services.nodeports",
+    "services.loadbalancers",
+];
+
+/// Resource names without a `/` that are valid at all (`IsStandardResourceName`); `storage` is
+/// one, but not a quota resource.
+fn is_standard_resource_name(k: &str) -> bool {
+    k == "storage" || is_standard_quota_resource(k)
+}
+
+fn is_standard_quota_resource(k: &str) -> bool {
+    STANDARD_QUOTA_RESOURCES.contains(&k)
+        || k.starts_with("hugepages-")
+        || k.starts_with("requests.hugepages-")
+}
+
+/// The quota scopes Kubernetes knows (`IsStandardResourceQuotaScope`).
+const QUOTA_SCOPES: &[&str] = &[
+    "Terminating",
+    "NotTerminating",
+    "BestEffort",
+    "NotBestEffort",
+    "PriorityClass",
+    "CrossNamespacePodAffinity",
+    "VolumeAttributesClass",
+];
+
+/// Whether a quota scope can constrain a resource (`IsResourceQuotaScopeValidForResource`):
+/// pod scopes only pod counts and compute, BestEffort only the pod count.
+fn scope_valid_for_resource(scope: &str, resource: &str) -> bool {
+    const POD_COMPUTE: &[&str] = &[
+        "cpu",
+        "memory",
+        "limits.cpu",
+        "limits.memory",
+        "requests.cpu",
+        "requests.memory",
+    ];
+    match scope {
+        "Terminating"
+        | "NotTerminating"
+        | "NotBestEffort"
+        | "PriorityClass"
+        | "CrossNamespacePodAffinity" => resource == "pods" || POD_COMPUTE.contains(&resource),
+        "BestEffort" => resource == "pods",
+        "VolumeAttributesClass" => {
+            resource == "persistentvolumeclaims" || resource == "requests.storage"
+        }
+        _ => true,
+    }
+}
+
+/// Go's `%#v` of the internal `[]core.ResourceQuotaScope`.
+fn go_scopes(v: Option<&Value>) -> String {
+    match v.and_then(Value::as_array) {
+        None => "[]core.ResourceQuotaScope(nil)".to_string(),
+        Some(a) => {
+            let body = a
+                .iter()
+                .map(|x| go_quote(x.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("[]core.ResourceQuotaScope{{{body}}}")
+        }
+    }
+}
+
+/// Go's `%#v` of the internal `core.ScopeSelector`.
+fn go_scope_selector(sel: &Value) -> String {
+    let exprs = match sel.get("matchExpressions").and_then(Value::as_array) {
+        None => "[]core.ScopedResourceSelectorRequirement(nil)".to_string(),
+        Some(a) => {
+            let body = a
+                .iter()
+                .map(|e| {
+                    format!(
+                        "core.ScopedResourceSelectorRequirement{{ScopeName:{}, Operator:{}, Values:{}}}",
+                        go_quote(s(e, &["scopeName"])),
+                        go_quote(s(e, &["operator"])),
+                        go_string_slice(e.get("values"))
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("[]core.ScopedResourceSelectorRequirement{{{body}}}")
+        }
+    };
+    format!("core.ScopeSelector{{MatchExpressions:{exprs}}}")
+}
+
+/// Kubernetes' `ValidateResourceQuotaResourceName` for one `hard`/`used` key.
+fn validate_quota_resource_name(errs: &mut Vec<FieldError>, path: &str, k: &str) {
+    if k.contains('/') {
+        return;
+    }
+    let key = json!(k);
+    if !is_standard_resource_name(k) {
+        errs.push(FieldError::invalid(
+            path,
+            &key,
+            "must be a standard resource type or fully qualified",
+        ));
+    }
+    if !is_standard_quota_resource(k) {
+        errs.push(FieldError::invalid(
+            path,
+            &key,
+            "must be a standard resource for quota",
+        ));
+    }
+}
+
+fn validate_quota_resources(errs: &mut Vec<FieldError>, o: &Value, path: &[&str], field: &str) {
+    let Some(list) = obj(o, path) else { return };
+    // Kubernetes walks a Go map (no order); sorted keys keep the messages stable.
+    let mut entries: Vec<(&String, &Value)> = list.iter().collect();
+    entries.sort_unstable_by_key(|(k, _)| k.as_str());
+    for (k, v) in entries {
+        let p = format!("{field}[{k}]");
+        validate_quota_resource_name(errs, &p, k);
+        if v.as_str().is_some_and(|q| q.starts_with('-')) {
+            errs.push(FieldError::invalid(
+                p,
+                v,
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+}
+
+/// Kubernetes' `ValidateResourceQuota`: resource names and quantities in `spec.hard` and the
+/// status, scopes (known, applicable to every standard hard resource, not conflicting) and the
+/// scope selector (the same, plus operator/values rules), with Kubernetes' messages.
+fn validate_quota(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let mut errs = Vec::new();
-    if let Some(hard) = obj(o, &["spec", "hard"]) {
-        for (k, v) in hard {
-            if v.as_str().is_some_and(|q| q.starts_with('-')) {
+    validate_quota_resources(&mut errs, o, &["spec", "hard"], "spec.hard");
+    // Hard resources in sorted order, as Kubernetes iterates them.
+    let mut hard: Vec<&str> = obj(o, &["spec", "hard"])
+        .map(|h| h.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    hard.sort_unstable();
+    let standard_hard: Vec<&str> = hard
+        .into_iter()
+        .filter(|k| is_standard_quota_resource(k))
+        .collect();
+    const CONFLICTS: &[(&str, &str)] = &[
+        ("BestEffort", "NotBestEffort"),
+        ("Terminating", "NotTerminating"),
+    ];
+    let scopes_value = o.pointer("/spec/scopes");
+    let scopes: Vec<&str> = arr(o, &["spec", "scopes"])
+        .iter()
+        .map(|v| v.as_str().unwrap_or(""))
+        .collect();
+    if !scopes.is_empty() {
+        let rendered = go_scopes(scopes_value);
+        for scope in &scopes {
+            if !QUOTA_SCOPES.contains(scope) {
+                errs.push(invalid_raw("spec.scopes", &rendered, "unsupported scope"));
+            }
+            for k in &standard_hard {
+                if !scope_valid_for_resource(scope, k) {
+                    errs.push(invalid_raw(
+                        "spec.scopes",
+                        &rendered,
+                        "unsupported scope applied to resource",
+                    ));
+                }
+            }
+        }
+        for (a, b) in CONFLICTS {
+            if scopes.contains(a) && scopes.contains(b) {
+                errs.push(invalid_raw("spec.scopes", &rendered, "conflicting scopes"));
+            }
+        }
+    }
+    if let Some(sel) = o.pointer("/spec/scopeSelector").filter(|v| !v.is_null()) {
+        let base = "spec.scopeSelector.matchExpressions";
+        let rendered_sel = go_scope_selector(sel);
+        let mut seen = Vec::new();
+        for req in arr(sel, &["matchExpressions"]) {
+            let scope = s(req, &["scopeName"]);
+            let op = s(req, &["operator"]);
+            let values = arr(req, &["values"]);
+            if !QUOTA_SCOPES.contains(&scope) {
                 errs.push(FieldError::invalid(
-                    format!("spec.hard[{k}]"),
-                    v,
-                    "must be greater than or equal to 0",
+                    format!("{base}.scopeName"),
+                    &json!(scope),
+                    "unsupported scope",
+                ));
+            }
+            for k in &standard_hard {
+                if !scope_valid_for_resource(scope, k) {
+                    errs.push(invalid_raw(
+                        base,
+                        &rendered_sel,
+                        "unsupported scope applied to resource",
+                    ));
+                }
+            }
+            if matches!(
+                scope,
+                "BestEffort"
+                    | "NotBestEffort"
+                    | "Terminating"
+                    | "NotTerminating"
+                    | "CrossNamespacePodAffinity"
+            ) && op != "Exists"
+            {
+                errs.push(FieldError::invalid(
+                    format!("{base}.operator"),
+                    &json!(op),
+                    "must be 'Exist' when scope is any of ResourceQuotaScopeTerminating, ResourceQuotaScopeNotTerminating, ResourceQuotaScopeBestEffort, ResourceQuotaScopeNotBestEffort or ResourceQuotaScopeCrossNamespacePodAffinity",
+                ));
+            }
+            match op {
+                "In" | "NotIn" => {
+                    if values.is_empty() {
+                        errs.push(FieldError::required(
+                            format!("{base}.values"),
+                            "must be at least one value when `operator` is 'In' or 'NotIn' for scope selector",
+                        ));
+                    }
+                }
+                "Exists" | "DoesNotExist" => {
+                    if !values.is_empty() {
+                        errs.push(invalid_raw(
+                            format!("{base}.values"),
+                            &go_string_slice(req.get("values")),
+                            "must be no value when `operator` is 'Exist' or 'DoesNotExist' for scope selector",
+                        ));
+                    }
+                }
+                _ => errs.push(FieldError::invalid(
+                    format!("{base}.operator"),
+                    &json!(op),
+                    "not a valid selector operator",
+                )),
+            }
+            seen.push(scope);
+        }
+        for (a, b) in CONFLICTS {
+            if seen.contains(a) && seen.contains(b) {
+                errs.push(invalid_raw(
+                    base,
+                    &go_scopes(scopes_value),
+                    "conflicting scopes",
                 ));
             }
         }
     }
-    for (i, sc) in arr(o, &["spec", "scopes"]).iter().enumerate() {
-        let v = sc.as_str().unwrap_or("");
-        const SCOPES: &[&str] = &[
-            "BestEffort",
-            "CrossNamespacePodAffinity",
-            "NotBestEffort",
-            "NotTerminating",
-            "PriorityClass",
-            "Terminating",
-        ];
-        if !SCOPES.contains(&v) {
-            errs.push(FieldError::not_supported(
-                format!("spec.scopes[{i}]"),
-                sc,
-                SCOPES,
+    if let Some(old) = old {
+        // Scopes are fixed at creation (compared as sets).
+        fn set(v: &Value) -> Vec<&str> {
+            let mut s: Vec<&str> = arr(v, &["spec", "scopes"])
+                .iter()
+                .map(|x| x.as_str().unwrap_or(""))
+                .collect();
+            s.sort_unstable();
+            s.dedup();
+            s
+        }
+        if set(o) != set(old) {
+            errs.push(invalid_raw(
+                "spec.scopes",
+                &go_scopes(scopes_value),
+                "field is immutable",
             ));
         }
     }
+    validate_quota_resources(&mut errs, o, &["status", "hard"], "status.hard");
+    validate_quota_resources(&mut errs, o, &["status", "used"], "status.used");
     errs
 }
 
@@ -1558,6 +1819,67 @@ mod tests {
         assert_eq!(cells[6], "hi");
         assert_eq!(cells[8], 3);
         assert_eq!(core_event_field(&ev, "source").as_deref(), Some("kubelet"));
+    }
+
+    #[test]
+    fn quota_scopes_and_selector_follow_kubernetes() {
+        let ok = json!({"spec": {"hard": {"pods": "5", "count/deployments.apps": "2"}, "scopes": ["BestEffort"]}});
+        assert!(validate_quota(&ok, None).is_empty());
+        let ok = json!({"spec": {"hard": {"requests.cpu": "1", "pods": "3"},
+            "scopeSelector": {"matchExpressions": [{"scopeName": "PriorityClass", "operator": "In", "values": ["high"]}]}}});
+        assert!(validate_quota(&ok, None).is_empty());
+        let best_effort_cpu = json!({"spec": {"hard": {"pods": "5", "requests.cpu": "1", "services": "1"}, "scopes": ["BestEffort", "NotBestEffort"]}});
+        assert_eq!(
+            msgs(&validate_quota(&best_effort_cpu, None)),
+            [
+                "spec.scopes: Invalid value: []core.ResourceQuotaScope{\"BestEffort\", \"NotBestEffort\"}: unsupported scope applied to resource",
+                "spec.scopes: Invalid value: []core.ResourceQuotaScope{\"BestEffort\", \"NotBestEffort\"}: unsupported scope applied to resource",
+                "spec.scopes: Invalid value: []core.ResourceQuotaScope{\"BestEffort\", \"NotBestEffort\"}: unsupported scope applied to resource",
+                "spec.scopes: Invalid value: []core.ResourceQuotaScope{\"BestEffort\", \"NotBestEffort\"}: conflicting scopes",
+            ]
+        );
+        let bad_names = json!({"spec": {"hard": {"foo": "1", "storage": "1Gi", "pods": "-1"}, "scopes": ["Sometimes"]}});
+        assert_eq!(
+            msgs(&validate_quota(&bad_names, None)),
+            [
+                "spec.hard[foo]: Invalid value: \"foo\": must be a standard resource type or fully qualified",
+                "spec.hard[foo]: Invalid value: \"foo\": must be a standard resource for quota",
+                "spec.hard[pods]: Invalid value: \"-1\": must be greater than or equal to 0",
+                "spec.hard[storage]: Invalid value: \"storage\": must be a standard resource for quota",
+                "spec.scopes: Invalid value: []core.ResourceQuotaScope{\"Sometimes\"}: unsupported scope",
+            ]
+        );
+        let selector = json!({"spec": {"hard": {"services": "1"}, "scopeSelector": {"matchExpressions": [
+            {"scopeName": "Terminating", "operator": "In", "values": ["x"]},
+            {"scopeName": "NotTerminating", "operator": "Exists", "values": ["y"]},
+            {"scopeName": "PriorityClass", "operator": "In"},
+            {"scopeName": "Nope", "operator": "Has"}]}}});
+        let sel = "core.ScopeSelector{MatchExpressions:[]core.ScopedResourceSelectorRequirement{core.ScopedResourceSelectorRequirement{ScopeName:\"Terminating\", Operator:\"In\", Values:[]string{\"x\"}}, core.ScopedResourceSelectorRequirement{ScopeName:\"NotTerminating\", Operator:\"Exists\", Values:[]string{\"y\"}}, core.ScopedResourceSelectorRequirement{ScopeName:\"PriorityClass\", Operator:\"In\", Values:[]string(nil)}, core.ScopedResourceSelectorRequirement{ScopeName:\"Nope\", Operator:\"Has\", Values:[]string(nil)}}}";
+        let applied = format!(
+            "spec.scopeSelector.matchExpressions: Invalid value: {sel}: unsupported scope applied to resource"
+        );
+        assert_eq!(
+            msgs(&validate_quota(&selector, None)),
+            [
+                applied.as_str(),
+                "spec.scopeSelector.matchExpressions.operator: Invalid value: \"In\": must be 'Exist' when scope is any of ResourceQuotaScopeTerminating, ResourceQuotaScopeNotTerminating, ResourceQuotaScopeBestEffort, ResourceQuotaScopeNotBestEffort or ResourceQuotaScopeCrossNamespacePodAffinity",
+                applied.as_str(),
+                "spec.scopeSelector.matchExpressions.values: Invalid value: []string{\"y\"}: must be no value when `operator` is 'Exist' or 'DoesNotExist' for scope selector",
+                applied.as_str(),
+                "spec.scopeSelector.matchExpressions.values: Required value: must be at least one value when `operator` is 'In' or 'NotIn' for scope selector",
+                "spec.scopeSelector.matchExpressions.scopeName: Invalid value: \"Nope\": unsupported scope",
+                "spec.scopeSelector.matchExpressions.operator: Invalid value: \"Has\": not a valid selector operator",
+                "spec.scopeSelector.matchExpressions: Invalid value: []core.ResourceQuotaScope(nil): conflicting scopes",
+            ]
+        );
+        let old = json!({"spec": {"hard": {"pods": "1"}, "scopes": ["Terminating"]}});
+        let new = json!({"spec": {"hard": {"pods": "1"}, "scopes": ["NotTerminating"]}});
+        assert_eq!(
+            msgs(&validate_quota(&new, Some(&old))),
+            [
+                "spec.scopes: Invalid value: []core.ResourceQuotaScope{\"NotTerminating\"}: field is immutable"
+            ]
+        );
     }
 
     #[test]
