@@ -132,6 +132,29 @@ pub fn seconds_until_available(
     (left > 0).then_some(left)
 }
 
+/// `v` without nulls, empty objects and empty lists (inside arrays, elements are kept), so that
+/// values Kubernetes' semantic equality calls equal compare equal.
+pub fn pruned(mut v: serde_json::Value) -> serde_json::Value {
+    fn prune(v: &mut serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.retain(|_, x| !prune(x));
+                m.is_empty()
+            }
+            serde_json::Value::Array(a) => {
+                for x in a.iter_mut() {
+                    prune(x);
+                }
+                a.is_empty()
+            }
+            serde_json::Value::Null => true,
+            _ => false,
+        }
+    }
+    prune(&mut v);
+    v
+}
+
 /// Kubernetes' `rand.SafeEncodeString` alphabet: no vowels, no look-alike characters.
 const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 

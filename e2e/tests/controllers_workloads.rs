@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use e2e::{ApiServer, Backend, Component, Kubectl, mark_pod_ready, pod_ready, wait_true};
+use e2e::{
+    ApiServer, Backend, Component, Kubectl, mark_pod_ready, pod_ready, wait_true, wait_until,
+};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -768,7 +770,7 @@ spec:
         "completions: 3\n  parallelism: 2\n  completionMode: Indexed",
     ))?;
     const INDEX: &str = "batch.kubernetes.io/job-completion-index";
-    let first: Vec<Pod> = e2e::wait_until("two indexed pods", Duration::from_secs(20), || async {
+    let first: Vec<Pod> = wait_until("two indexed pods", Duration::from_secs(20), || async {
         let items = pods
             .list(&ListParams::default().labels("job-name=indexed"))
             .await?
@@ -1053,6 +1055,76 @@ async fn controllers_daemonset_one_pod_per_eligible_node_and_rolls() -> Result<(
         "--revision=2",
     ])?;
     assert!(second.contains("busybox:2"), "{second}");
+
+    // Hash collision: in another namespace a foreign ControllerRevision already holds the name
+    // the same template hashes to; the DaemonSet bumps status.collisionCount and names its
+    // revision with the new hash.
+    use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
+    const HASH: &str = "controller-revision-hash";
+    let current = Api::<DaemonSet>::namespaced(client.clone(), ns)
+        .get("agent")
+        .await?;
+    let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), ns);
+    let taken = revisions
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .max_by_key(|r| r.revision)
+        .context("no revision")?;
+    let hash = taken.labels().get(HASH).cloned().context("no hash label")?;
+    assert_eq!(current.status.and_then(|s| s.collision_count), None);
+    let other = "ds-collide";
+    cluster.create_ns(other).await?;
+    let foreign: ControllerRevision = serde_json::from_value(json!({
+        "metadata": {"name": format!("agent-{hash}"), "labels": {"app": "agent", HASH: hash}},
+        "data": {"spec": {"template": {"metadata": {"labels": {"app": "other"}}}}},
+        "revision": 1,
+    }))?;
+    let other_revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), other);
+    other_revisions
+        .create(&Default::default(), &foreign)
+        .await?;
+    cluster.apply(&ds("busybox:2").replace(
+        &format!("namespace: {ns}}}"),
+        &format!("namespace: {other}}}"),
+    ))?;
+    let dss: Api<DaemonSet> = Api::namespaced(client.clone(), other);
+    let own = wait_until("collision resolved", Duration::from_secs(20), || async {
+        let d = dss.get("agent").await?;
+        let count = d.status.as_ref().and_then(|s| s.collision_count);
+        let uid = d.uid();
+        let owned = other_revisions
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .find(|r| {
+                r.owner_references()
+                    .iter()
+                    .any(|o| Some(&o.uid) == uid.as_ref())
+            });
+        Ok(owned.filter(|_| count == Some(1)))
+    })
+    .await?;
+    let own_hash = own.labels().get(HASH).cloned().unwrap_or_default();
+    assert_ne!(own_hash, hash);
+    assert_eq!(own.name_any(), format!("agent-{own_hash}"));
+    let untouched = other_revisions.get(&format!("agent-{hash}")).await?;
+    assert_eq!(
+        untouched.data, foreign.data,
+        "the foreign revision is left alone"
+    );
+    let other_pods: Api<Pod> = Api::namespaced(client.clone(), other);
+    wait_true(
+        "pods carry the new hash",
+        Duration::from_secs(20),
+        || async {
+            let l = other_pods.list(&ListParams::default()).await?.items;
+            Ok(l.len() == 2 && l.iter().all(|p| p.labels().get(HASH) == Some(&own_hash)))
+        },
+    )
+    .await?;
     Ok(())
 }
 
