@@ -1682,11 +1682,229 @@ fn limitrange_defaults(o: &mut Value) {
     }
 }
 
+/// Kubernetes' `validateLimitRangeResourceName` for Container and Pod items: a standard resource
+/// name that containers can request (names with a `/` are not checked here).
+fn validate_limit_resource_name(errs: &mut Vec<FieldError>, ty: &str, path: &str, k: &str) {
+    if k.contains('/') || !matches!(ty, "Container" | "Pod") {
+        return;
+    }
+    let key = json!(k);
+    if !is_standard_resource_name(k) {
+        errs.push(FieldError::invalid(
+            path,
+            &key,
+            "must be a standard resource type or fully qualified",
+        ));
+    }
+    if !matches!(k, "cpu" | "memory" | "ephemeral-storage") && !k.starts_with("hugepages-") {
+        errs.push(FieldError::invalid(
+            path,
+            &key,
+            "must be a standard resource for containers",
+        ));
+    }
+}
+
+/// Kubernetes' `ValidateLimitRange`: known types, one item per type, no defaults for Pod items,
+/// valid resource names, and min ≤ defaultRequest ≤ default ≤ max, ratio ≥ 1 and ≤ max/min.
 fn validate_limitrange(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
+    use crate::admission::quantity::Quantity;
     let mut errs = Vec::new();
+    let mut types: Vec<&str> = Vec::new();
     for (i, item) in arr(o, &["spec", "limits"]).iter().enumerate() {
-        if s(item, &["type"]).is_empty() {
-            errs.push(FieldError::required(format!("spec.limits[{i}].type"), ""));
+        let idx = format!("spec.limits[{i}]");
+        let ty = s(item, &["type"]);
+        if ty.is_empty() {
+            errs.push(FieldError::required(format!("{idx}.type"), ""));
+        } else if !ty.contains('/') && !matches!(ty, "Pod" | "Container" | "PersistentVolumeClaim")
+        {
+            errs.push(FieldError::invalid(
+                format!("{idx}.type"),
+                &json!(ty),
+                "must be a standard limit type or fully qualified",
+            ));
+        }
+        if types.contains(&ty) {
+            errs.push(FieldError::duplicate(format!("{idx}.type"), &json!(ty)));
+        }
+        types.push(ty);
+        // Quantities per section, keys sorted (Kubernetes walks Go maps).
+        let section = |name: &str| -> Vec<(String, Quantity)> {
+            let mut v: Vec<(String, Quantity)> = obj(item, &[name])
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, q)| Some((k.clone(), Quantity::from_json(q)?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let max = section("max");
+        let min = section("min");
+        let mut default = section("default");
+        let mut default_request = section("defaultRequest");
+        let ratio = section("maxLimitRequestRatio");
+        for (name, list) in [("max", &max), ("min", &min)] {
+            for (k, _) in list {
+                validate_limit_resource_name(&mut errs, ty, &format!("{idx}.{name}[{k}]"), k);
+            }
+        }
+        if ty == "Pod" {
+            for name in ["default", "defaultRequest"] {
+                if obj(item, &[name]).is_some_and(|m| !m.is_empty()) {
+                    errs.push(FieldError::forbidden(
+                        format!("{idx}.{name}"),
+                        "may not be specified when `type` is 'Pod'",
+                    ));
+                }
+            }
+            default.clear();
+            default_request.clear();
+        } else {
+            for (name, list) in [("default", &default), ("defaultRequest", &default_request)] {
+                for (k, _) in list {
+                    validate_limit_resource_name(&mut errs, ty, &format!("{idx}.{name}[{k}]"), k);
+                }
+            }
+        }
+        if ty == "PersistentVolumeClaim"
+            && !max.iter().any(|(k, _)| k == "storage")
+            && !min.iter().any(|(k, _)| k == "storage")
+        {
+            errs.push(FieldError::required(
+                format!("{idx}.limits"),
+                "either minimum or maximum storage value is required, but neither was provided",
+            ));
+        }
+        for (k, _) in &ratio {
+            validate_limit_resource_name(
+                &mut errs,
+                ty,
+                &format!("{idx}.maxLimitRequestRatio[{k}]"),
+                k,
+            );
+        }
+        let find = |list: &Vec<(String, Quantity)>, k: &str| {
+            list.iter().find(|(n, _)| n == k).map(|(_, q)| *q)
+        };
+        let mut keys: Vec<&str> = max
+            .iter()
+            .chain(&min)
+            .chain(&default)
+            .chain(&default_request)
+            .chain(&ratio)
+            .map(|(k, _)| k.as_str())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let bad = |errs: &mut Vec<FieldError>, field: &str, k: &str, q: Quantity, msg: String| {
+            errs.push(FieldError::invalid(
+                format!("{idx}.{field}[{k}]"),
+                &json!(q.to_string()),
+                &msg,
+            ));
+        };
+        for k in keys {
+            let (mn, mx) = (find(&min, k), find(&max, k));
+            let (def, req, r) = (
+                find(&default, k),
+                find(&default_request, k),
+                find(&ratio, k),
+            );
+            if let (Some(mn), Some(mx)) = (mn, mx)
+                && mn.milli > mx.milli
+            {
+                bad(
+                    &mut errs,
+                    "min",
+                    k,
+                    mn,
+                    format!("min value {mn} is greater than max value {mx}"),
+                );
+            }
+            if let (Some(req), Some(mn)) = (req, mn)
+                && mn.milli > req.milli
+            {
+                bad(
+                    &mut errs,
+                    "defaultRequest",
+                    k,
+                    req,
+                    format!("min value {mn} is greater than default request value {req}"),
+                );
+            }
+            if let (Some(req), Some(mx)) = (req, mx)
+                && req.milli > mx.milli
+            {
+                bad(
+                    &mut errs,
+                    "defaultRequest",
+                    k,
+                    req,
+                    format!("default request value {req} is greater than max value {mx}"),
+                );
+            }
+            if let (Some(req), Some(def)) = (req, def)
+                && req.milli > def.milli
+            {
+                bad(
+                    &mut errs,
+                    "defaultRequest",
+                    k,
+                    req,
+                    format!(
+                        "default request value {req} is greater than default limit value {def}"
+                    ),
+                );
+            }
+            if let (Some(def), Some(mn)) = (def, mn)
+                && mn.milli > def.milli
+            {
+                bad(
+                    &mut errs,
+                    "default",
+                    k,
+                    def,
+                    format!("min value {mn} is greater than default value {def}"),
+                );
+            }
+            if let (Some(def), Some(mx)) = (def, mx)
+                && def.milli > mx.milli
+            {
+                bad(
+                    &mut errs,
+                    "default",
+                    k,
+                    def,
+                    format!("default value {def} is greater than max value {mx}"),
+                );
+            }
+            if let Some(r) = r {
+                if r.milli < 1000 {
+                    bad(
+                        &mut errs,
+                        "maxLimitRequestRatio",
+                        k,
+                        r,
+                        format!("ratio {r} is less than 1"),
+                    );
+                }
+                if let (Some(mn), Some(mx)) = (mn, mx)
+                    && mn.milli != 0
+                {
+                    let limit = mx.milli as f64 / mn.milli as f64;
+                    if r.milli as f64 / 1000.0 > limit {
+                        bad(
+                            &mut errs,
+                            "maxLimitRequestRatio",
+                            k,
+                            r,
+                            format!("ratio {r} is greater than max/min = {limit:.6}"),
+                        );
+                    }
+                }
+            }
         }
     }
     errs
@@ -1878,6 +2096,43 @@ mod tests {
             msgs(&validate_quota(&new, Some(&old))),
             [
                 "spec.scopes: Invalid value: []core.ResourceQuotaScope{\"NotTerminating\"}: field is immutable"
+            ]
+        );
+    }
+
+    #[test]
+    fn limitrange_validation_after_defaulting() {
+        // The defaulted limit (= max) is below the requested default request.
+        let mut lr = json!({"spec": {"limits": [
+            {"type": "Container", "max": {"cpu": "1"}, "min": {"memory": "1Gi"}, "defaultRequest": {"cpu": "2", "memory": "512Mi"}},
+            {"type": "Pod", "default": {"cpu": "1"}, "max": {"pods": "1"}, "maxLimitRequestRatio": {"cpu": "500m"}},
+            {"type": "Container"},
+            {"type": "Node"},
+            {"type": "PersistentVolumeClaim"}]}});
+        limitrange_defaults(&mut lr);
+        assert_eq!(
+            msgs(&validate_limitrange(&lr, None)),
+            [
+                "spec.limits[0].defaultRequest[cpu]: Invalid value: \"2\": default request value 2 is greater than max value 1",
+                "spec.limits[0].defaultRequest[cpu]: Invalid value: \"2\": default request value 2 is greater than default limit value 1",
+                "spec.limits[0].defaultRequest[memory]: Invalid value: \"512Mi\": min value 1Gi is greater than default request value 512Mi",
+                "spec.limits[1].max[pods]: Invalid value: \"pods\": must be a standard resource for containers",
+                "spec.limits[1].default: Forbidden: may not be specified when `type` is 'Pod'",
+                "spec.limits[1].maxLimitRequestRatio[cpu]: Invalid value: \"500m\": ratio 500m is less than 1",
+                "spec.limits[2].type: Duplicate value: \"Container\"",
+                "spec.limits[3].type: Invalid value: \"Node\": must be a standard limit type or fully qualified",
+                "spec.limits[4].limits: Required value: either minimum or maximum storage value is required, but neither was provided",
+            ]
+        );
+        let ok = json!({"spec": {"limits": [{"type": "Container", "max": {"cpu": "2"}, "min": {"cpu": "100m"},
+            "default": {"cpu": "1"}, "defaultRequest": {"cpu": "500m"}, "maxLimitRequestRatio": {"cpu": "4"}}]}});
+        assert!(validate_limitrange(&ok, None).is_empty());
+        let ratio = json!({"spec": {"limits": [{"type": "Container", "max": {"cpu": "1"}, "min": {"cpu": "500m"},
+            "maxLimitRequestRatio": {"cpu": "3"}}]}});
+        assert_eq!(
+            msgs(&validate_limitrange(&ratio, None)),
+            [
+                "spec.limits[0].maxLimitRequestRatio[cpu]: Invalid value: \"3\": ratio 3 is greater than max/min = 2.000000"
             ]
         );
     }
