@@ -9,7 +9,7 @@
 //! usage can grow: a type change, a resize), charging only the growth. Pods are charged on
 //! create only: their resources change only through `pods/resize`, which Lotse does not serve.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -446,7 +446,11 @@ async fn live_usage(state: &AppState, ns: &str, quota: &Value) -> ApiResult<Reso
     Ok(used)
 }
 
+/// The quotas of `ns`, read from the watch cache once it has caught up with storage (a
+/// consistent read, so a quota or an object created just before is seen, and the usage computed
+/// from the caches right after is current).
 async fn quotas(state: &AppState, ns: &str) -> ApiResult<Vec<Value>> {
+    state.cacher(&RESOURCEQUOTAS)?.wait_fresh().await?;
     objects(state, &RESOURCEQUOTAS, ns).await
 }
 
@@ -638,6 +642,7 @@ pub async fn admit(
     if dry_run {
         return Ok(());
     }
+    note_charge(&ns);
     for quota in &matching {
         let qname = fields::name(quota).to_string();
         for _attempt in 0..5 {
@@ -676,6 +681,32 @@ pub async fn admit(
         }
     }
     Ok(())
+}
+
+/// When each namespace's quotas were last charged by admission. The object being admitted is
+/// stored only after its charge, so for a moment `status.used` is ahead of what the caches hold;
+/// recomputing from the caches then would undo the charge (and let the next create through).
+static LAST_CHARGE: std::sync::LazyLock<std::sync::Mutex<HashMap<String, std::time::Instant>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// How long after a charge the usage loop leaves a namespace alone.
+const CHARGE_SETTLE: Duration = Duration::from_secs(2);
+
+fn note_charge(ns: &str) {
+    if let Ok(mut m) = LAST_CHARGE.lock() {
+        let now = std::time::Instant::now();
+        m.retain(|_, t| now.duration_since(*t) < CHARGE_SETTLE);
+        m.insert(ns.to_string(), now);
+    }
+}
+
+/// Whether `ns` was charged within the last [`CHARGE_SETTLE`].
+fn recently_charged(ns: &str) -> bool {
+    LAST_CHARGE
+        .lock()
+        .ok()
+        .and_then(|m| m.get(ns).map(|t| t.elapsed() < CHARGE_SETTLE))
+        .unwrap_or(false)
 }
 
 async fn recompute_namespace(state: &AppState, ns: &str) -> ApiResult<()> {
@@ -758,6 +789,7 @@ pub fn spawn_usage_loop(state: Arc<AppState>) {
             }
         });
     }
+    let requeue = tx.clone();
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             let mut dirty = BTreeSet::from([first]);
@@ -766,6 +798,15 @@ pub fn spawn_usage_loop(state: Arc<AppState>) {
                 dirty.insert(ns);
             }
             for ns in dirty {
+                if recently_charged(&ns) {
+                    // Come back once the admitted objects have landed in the caches.
+                    let requeue = requeue.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(CHARGE_SETTLE).await;
+                        let _ = requeue.send(ns);
+                    });
+                    continue;
+                }
                 if let Err(e) = recompute_namespace(&state, &ns).await {
                     tracing::warn!(namespace = %ns, error = %e, "recomputing quota usage failed");
                 }
