@@ -832,6 +832,45 @@ spec:
     all.sort();
     assert_eq!(all, ["0", "1", "2"], "one pod per index");
 
+    // podFailurePolicy: exit code 42 of container c fails the Job at once (backoffLimit 6).
+    cluster.apply(&job(
+        "policy",
+        "podFailurePolicy: {rules: [{action: FailJob, onExitCodes: {containerName: c, operator: In, values: [42]}}]}",
+    ))?;
+    let failed = wait_until("policy job failed", Duration::from_secs(30), || async {
+        for p in pods
+            .list(&ListParams::default().labels("job-name=policy"))
+            .await?
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Failed"))
+        {
+            let terminated = json!({"terminated": {"exitCode": 42, "reason": "Error"}});
+            pods.patch_status(
+                &p.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"phase": "Failed", "containerStatuses": [{
+                    "name": "c", "image": "busybox", "imageID": "", "ready": false,
+                    "restartCount": 0, "state": terminated,
+                }]}})),
+            )
+            .await?;
+        }
+        let st = jobs.get("policy").await?.status.unwrap_or_default();
+        Ok(st
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "Failed" && c.status == "True"))
+    })
+    .await?;
+    assert_eq!(failed.reason.as_deref(), Some("PodFailurePolicy"));
+    let message = failed.message.unwrap_or_default();
+    assert!(
+        message.contains("failed with exit code 42 matching FailJob rule at index 0"),
+        "{message}"
+    );
+
     // backoffLimit 1: the second failed pod fails the Job; ttl 2 s then deletes it and its pods.
     cluster.apply(&job(
         "flaky",
