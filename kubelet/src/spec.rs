@@ -100,7 +100,7 @@ fn field_ref(pod: &Pod, path: &str, host_ip: &str) -> String {
     }
 }
 
-fn resource_ref(c: &Container, resource: &str, divisor: Option<&str>) -> String {
+pub(crate) fn resource_ref(c: &Container, resource: &str, divisor: Option<&str>) -> String {
     let r = c.resources.clone().unwrap_or_default();
     let (map, key) = match resource.split_once('.') {
         Some(("limits", k)) => (r.limits, k),

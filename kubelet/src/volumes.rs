@@ -16,44 +16,191 @@ pub fn volume_dir(root: &Path, uid: &str, name: &str) -> PathBuf {
     root.join("pods").join(uid).join("volumes").join(name)
 }
 
-fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>, mode: u32) -> Result<(), String> {
+/// One file of a volume's payload: its content and permission bits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileData {
+    data: Vec<u8>,
+    mode: u32,
+}
+
+/// Files of a configMap/secret/downwardAPI/projected volume by their path in the volume.
+type Payload = BTreeMap<String, FileData>;
+
+/// The symlink naming the directory that holds the volume's current files.
+const DATA_DIR: &str = "..data";
+
+/// Writes `payload` into `dir` the way Kubernetes' AtomicWriter does, so a reader never sees a
+/// half-updated set and keys that disappear from the source disappear from the volume:
+///
+/// 1. the files go into a fresh hidden directory `..<timestamp>.<nanos>`;
+/// 2. each top-level name of the payload is a symlink `name -> ..data/name`;
+/// 3. `..data` (a symlink to the timestamped directory) is replaced by one rename, which
+///    switches the whole set at once;
+/// 4. the previous timestamped directory and the names no longer in the payload are removed.
+///
+/// Nothing is touched when the current files already match (every pod sync calls this). A
+/// volume written by an older kubelet (plain files, no `..data`) is converted on the next
+/// sync, which is how volumes found on disk after a restart are adopted.
+fn write_atomic(dir: &Path, payload: &Payload) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    for (rel, data) in files {
-        if !safe_relative(rel) {
+    let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
+    for rel in payload.keys() {
+        if !safe_relative(rel) || rel.starts_with("..") {
             return Err(format!("invalid path {rel:?} in volume"));
         }
-        let p = dir.join(rel);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("create {}: {e}", parent.display()))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
+    let data_link = dir.join(DATA_DIR);
+    let old_target = std::fs::read_link(&data_link).ok();
+    let top: std::collections::BTreeSet<String> = payload
+        .keys()
+        .filter_map(|k| k.split('/').next().map(str::to_string))
+        .collect();
+    let current = old_target
+        .as_ref()
+        .is_some_and(|t| payload_matches(&dir.join(t), payload));
+    if !current {
+        let ts = jiff::Timestamp::now();
+        let name = format!(
+            "..{}.{:09}",
+            ts.strftime("%Y_%m_%d_%H_%M_%S"),
+            ts.subsec_nanosecond()
+        );
+        let ts_dir = dir.join(&name);
+        std::fs::create_dir(&ts_dir).map_err(|e| io("create", &ts_dir, e))?;
+        let _ = std::fs::set_permissions(&ts_dir, std::fs::Permissions::from_mode(0o755));
+        for (rel, f) in payload {
+            let p = ts_dir.join(rel);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io("create", parent, e))?;
+            }
+            std::fs::write(&p, &f.data).map_err(|e| io("write", &p, e))?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(f.mode))
+                .map_err(|e| io("chmod", &p, e))?;
         }
-        // Unchanged content is left alone (every pod sync refreshes its volumes).
-        if std::fs::read(&p).map(|old| old == *data).unwrap_or(false) {
-            continue;
+        let tmp_link = dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp_link);
+        std::os::unix::fs::symlink(&name, &tmp_link).map_err(|e| io("symlink", &tmp_link, e))?;
+        // The user-visible names point through `..data`; those that are new dangle until the
+        // rename below, exactly as in Kubernetes.
+        for t in &top {
+            link_visible(dir, t)?;
         }
-        // Write then rename, so a running container never sees a half-written file.
-        let tmp = p.with_extension("lotse-tmp");
-        std::fs::write(&tmp, data).map_err(|e| format!("write {}: {e}", tmp.display()))?;
-        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode));
-        std::fs::rename(&tmp, &p).map_err(|e| format!("rename {}: {e}", p.display()))?;
+        std::fs::rename(&tmp_link, &data_link).map_err(|e| io("rename", &data_link, e))?;
+        if let Some(old) = &old_target
+            && old.as_os_str() != name.as_str()
+        {
+            let _ = std::fs::remove_dir_all(dir.join(old));
+        }
+    } else {
+        // Matching data: make sure every visible link is there (a crash between steps).
+        for t in &top {
+            link_visible(dir, t)?;
+        }
+    }
+    // Everything else in the directory is stale: names of removed keys, files of the
+    // pre-`..data` layout, timestamped directories left by a crash.
+    let live = std::fs::read_link(&data_link).ok();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let keep = n == DATA_DIR
+                || top.contains(&n)
+                || live.as_ref().is_some_and(|l| l.as_os_str() == n.as_str());
+            if keep {
+                continue;
+            }
+            let p = e.path();
+            let r = match e.file_type() {
+                Ok(t) if t.is_dir() => std::fs::remove_dir_all(&p),
+                _ => std::fs::remove_file(&p),
+            };
+            if let Err(e) = r {
+                return Err(io("remove", &p, e));
+            }
+        }
     }
     Ok(())
 }
 
+/// Makes `dir/<name>` the symlink `..data/<name>`, replacing whatever is there (one rename for
+/// a file or symlink; a directory of the old layout is removed first).
+fn link_visible(dir: &Path, name: &str) -> Result<(), String> {
+    let p = dir.join(name);
+    let want = Path::new(DATA_DIR).join(name);
+    if std::fs::read_link(&p).is_ok_and(|t| t == want) {
+        return Ok(());
+    }
+    if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+        std::fs::remove_dir_all(&p).map_err(|e| format!("remove {}: {e}", p.display()))?;
+    }
+    let tmp = dir.join(format!("..{name}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&want, &tmp)
+        .map_err(|e| format!("symlink {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &p).map_err(|e| format!("rename {}: {e}", p.display()))
+}
+
+/// Whether the timestamped directory `ts_dir` holds exactly `payload` (contents and modes).
+fn payload_matches(ts_dir: &Path, payload: &Payload) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fn count_files(d: &Path) -> usize {
+        std::fs::read_dir(d)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| match e.file_type() {
+                        Ok(t) if t.is_dir() => count_files(&e.path()),
+                        _ => 1,
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    payload.iter().all(|(rel, f)| {
+        let p = ts_dir.join(rel);
+        std::fs::symlink_metadata(&p)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o7777 == f.mode)
+            && std::fs::read(&p).is_ok_and(|d| d == f.data)
+    }) && count_files(ts_dir) == payload.len()
+}
+
+/// The files of a configMap/secret source: every key (mode `default_mode`), or only `items`,
+/// each at its path with its own mode when given. A missing listed key is an error unless the
+/// source is optional.
 fn select(
     data: BTreeMap<String, Vec<u8>>,
     items: &Option<Vec<KeyToPath>>,
-) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    default_mode: u32,
+    optional: bool,
+) -> Result<Payload, String> {
     match items {
-        None => Ok(data),
+        None => Ok(data
+            .into_iter()
+            .map(|(k, data)| {
+                let f = FileData {
+                    data,
+                    mode: default_mode,
+                };
+                (k, f)
+            })
+            .collect()),
         Some(items) => {
             let mut out = BTreeMap::new();
             for i in items {
-                let v = data
-                    .get(&i.key)
-                    .ok_or_else(|| format!("configmap/secret key {:?} not found", i.key))?;
-                out.insert(i.path.clone(), v.clone());
+                let Some(v) = data.get(&i.key) else {
+                    if optional {
+                        continue;
+                    }
+                    return Err(format!("configmap/secret key {:?} not found", i.key));
+                };
+                let mode = i.mode.map(|m| m as u32).unwrap_or(default_mode);
+                out.insert(
+                    i.path.clone(),
+                    FileData {
+                        data: v.clone(),
+                        mode,
+                    },
+                );
             }
             Ok(out)
         }
@@ -102,10 +249,13 @@ fn secret_data(
     }
 }
 
+/// The files of a downwardAPI source: pod fields and container resources, each with its own
+/// mode or `default_mode`.
 fn downward(
     pod: &Pod,
     items: &[k8s_openapi::api::core::v1::DownwardAPIVolumeFile],
-) -> BTreeMap<String, Vec<u8>> {
+    default_mode: u32,
+) -> Payload {
     let mut out = BTreeMap::new();
     for i in items {
         let v = if let Some(f) = &i.field_ref {
@@ -116,11 +266,14 @@ fn downward(
                     } else {
                         &pod.metadata.annotations
                     };
+                    // `key="value"` lines in key order, values quoted, no final newline
+                    // (Kubernetes' fieldpath.FormatMap).
                     m.clone()
                         .unwrap_or_default()
                         .iter()
-                        .map(|(k, v)| format!("{k}=\"{v}\"\n"))
-                        .collect()
+                        .map(|(k, v)| format!("{k}={v:?}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 }
                 "metadata.name" => pod.metadata.name.clone().unwrap_or_default(),
                 "metadata.namespace" => pod.metadata.namespace.clone().unwrap_or_default(),
@@ -136,10 +289,32 @@ fn downward(
                         .unwrap_or_default()
                 }
             }
+        } else if let Some(r) = &i.resource_field_ref {
+            let container = pod.spec.as_ref().and_then(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+                    .find(|c| Some(&c.name) == r.container_name.as_ref())
+            });
+            match container {
+                Some(c) => crate::spec::resource_ref(
+                    c,
+                    &r.resource,
+                    r.divisor.as_ref().map(|d| d.0.as_str()),
+                ),
+                None => String::new(),
+            }
         } else {
             String::new()
         };
-        out.insert(i.path.clone(), v.into_bytes());
+        let mode = i.mode.map(|m| m as u32).unwrap_or(default_mode);
+        out.insert(
+            i.path.clone(),
+            FileData {
+                data: v.into_bytes(),
+                mode,
+            },
+        );
     }
     out
 }
@@ -257,49 +432,65 @@ pub async fn setup(
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777));
         } else if let Some(cm) = &v.config_map {
-            let data = select(
-                cm_data(src, &cm.name, cm.optional == Some(true))?,
-                &cm.items,
-            )?;
-            write_files(&dir, &data, cm.default_mode.unwrap_or(0o644) as u32)?;
+            let optional = cm.optional == Some(true);
+            let mode = cm.default_mode.unwrap_or(0o644) as u32;
+            let data = select(cm_data(src, &cm.name, optional)?, &cm.items, mode, optional)?;
+            write_atomic(&dir, &data)?;
         } else if let Some(s) = &v.secret {
             let name = s.secret_name.clone().unwrap_or_default();
-            let data = select(secret_data(src, &name, s.optional == Some(true))?, &s.items)?;
-            write_files(&dir, &data, s.default_mode.unwrap_or(0o644) as u32)?;
+            let optional = s.optional == Some(true);
+            let mode = s.default_mode.unwrap_or(0o644) as u32;
+            let data = select(secret_data(src, &name, optional)?, &s.items, mode, optional)?;
+            write_atomic(&dir, &data)?;
         } else if let Some(d) = &v.downward_api {
-            write_files(
+            let mode = d.default_mode.unwrap_or(0o644) as u32;
+            write_atomic(
                 &dir,
-                &downward(pod, d.items.as_deref().unwrap_or(&[])),
-                d.default_mode.unwrap_or(0o644) as u32,
+                &downward(pod, d.items.as_deref().unwrap_or(&[]), mode),
             )?;
         } else if let Some(p) = &v.projected {
+            let mode = p.default_mode.unwrap_or(0o644) as u32;
             let mut files = BTreeMap::new();
             for s in p.sources.clone().unwrap_or_default() {
                 if let Some(cm) = &s.config_map {
+                    let optional = cm.optional == Some(true);
                     files.extend(select(
-                        cm_data(src, &cm.name, cm.optional == Some(true))?,
+                        cm_data(src, &cm.name, optional)?,
                         &cm.items,
+                        mode,
+                        optional,
                     )?);
                 }
                 if let Some(sec) = &s.secret {
+                    let optional = sec.optional == Some(true);
                     files.extend(select(
-                        secret_data(src, &sec.name, sec.optional == Some(true))?,
+                        secret_data(src, &sec.name, optional)?,
                         &sec.items,
+                        mode,
+                        optional,
                     )?);
                 }
                 if let Some(d) = &s.downward_api {
-                    files.extend(downward(pod, d.items.as_deref().unwrap_or(&[])));
+                    files.extend(downward(pod, d.items.as_deref().unwrap_or(&[]), mode));
                 }
                 if let Some(t) = &s.service_account_token {
                     let token =
                         sa_token(client, pod, t.audience.clone(), t.expiration_seconds).await?;
-                    files.insert(t.path.clone(), token.into_bytes());
+                    let f = FileData {
+                        data: token.into_bytes(),
+                        mode,
+                    };
+                    files.insert(t.path.clone(), f);
                 }
                 if let Some(ctb) = &s.cluster_trust_bundle {
-                    files.insert(ctb.path.clone(), ca_pem.as_bytes().to_vec());
+                    let f = FileData {
+                        data: ca_pem.as_bytes().to_vec(),
+                        mode,
+                    };
+                    files.insert(ctb.path.clone(), f);
                 }
             }
-            write_files(&dir, &files, p.default_mode.unwrap_or(0o644) as u32)?;
+            write_atomic(&dir, &files)?;
         } else if let Some(h) = &v.host_path {
             let p = Path::new(&h.path);
             match h.type_.as_deref().unwrap_or("") {
@@ -391,4 +582,140 @@ pub fn teardown(root: &Path, uid: &str) {
         }
     }
     let _ = std::fs::remove_dir_all(root.join("pods").join(uid));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn payload(files: &[(&str, &str, u32)]) -> Payload {
+        files
+            .iter()
+            .map(|(p, d, m)| {
+                let f = FileData {
+                    data: d.as_bytes().to_vec(),
+                    mode: *m,
+                };
+                (p.to_string(), f)
+            })
+            .collect()
+    }
+
+    /// Visible names in `dir` (without the hidden `..` entries), sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with(".."))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn atomic_write_update_and_removal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("vol");
+        write_atomic(
+            &dir,
+            &payload(&[("a", "1", 0o644), ("gone", "x", 0o644), ("d/e", "2", 0o400)]),
+        )
+        .unwrap();
+        assert_eq!(names(&dir), ["a", "d", "gone"]);
+        assert_eq!(std::fs::read_to_string(dir.join("d/e")).unwrap(), "2");
+        let mode = std::fs::metadata(dir.join("d/e"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o400);
+        assert_eq!(
+            std::fs::read_link(dir.join("a")).unwrap(),
+            Path::new("..data/a")
+        );
+        let first = std::fs::read_link(dir.join(DATA_DIR)).unwrap();
+
+        // Unchanged: nothing is rewritten.
+        write_atomic(
+            &dir,
+            &payload(&[("a", "1", 0o644), ("gone", "x", 0o644), ("d/e", "2", 0o400)]),
+        )
+        .unwrap();
+        assert_eq!(std::fs::read_link(dir.join(DATA_DIR)).unwrap(), first);
+
+        // Changed value, added key, removed keys: a new data dir, the old one and the removed
+        // names gone.
+        write_atomic(&dir, &payload(&[("a", "3", 0o644), ("b", "4", 0o644)])).unwrap();
+        assert_eq!(names(&dir), ["a", "b"]);
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "3");
+        assert!(!dir.join(&first).exists());
+        let hidden: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".."))
+            .collect();
+        assert_eq!(hidden.len(), 2, "{hidden:?}");
+
+        // A mode change alone is a change too.
+        write_atomic(&dir, &payload(&[("a", "3", 0o600), ("b", "4", 0o644)])).unwrap();
+        let mode = std::fs::metadata(dir.join("a"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o600);
+    }
+
+    #[test]
+    fn atomic_write_adopts_the_old_plain_layout() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("vol");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("key"), "old").unwrap();
+        std::fs::write(dir.join("sub/x"), "old").unwrap();
+        std::fs::write(dir.join("stale"), "old").unwrap();
+        write_atomic(
+            &dir,
+            &payload(&[("key", "new", 0o644), ("sub/x", "y", 0o644)]),
+        )
+        .unwrap();
+        assert_eq!(names(&dir), ["key", "sub"]);
+        assert_eq!(std::fs::read_to_string(dir.join("key")).unwrap(), "new");
+        assert_eq!(std::fs::read_to_string(dir.join("sub/x")).unwrap(), "y");
+        assert!(std::fs::read_link(dir.join("sub")).is_ok());
+    }
+
+    #[test]
+    fn atomic_write_rejects_escaping_and_hidden_paths() {
+        let tmp = tempfile::tempdir().unwrap();
+        for bad in ["../x", "/etc/x", "..data", "..x"] {
+            assert!(
+                write_atomic(tmp.path(), &payload(&[(bad, "", 0o644)])).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn downward_labels_format() {
+        let mut pod = Pod::default();
+        pod.metadata.labels = Some(BTreeMap::from([
+            ("b".to_string(), "two \"q\"".to_string()),
+            ("a".to_string(), "one".to_string()),
+        ]));
+        let items = vec![k8s_openapi::api::core::v1::DownwardAPIVolumeFile {
+            path: "labels".into(),
+            field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
+                field_path: "metadata.labels".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }];
+        let out = downward(&pod, &items, 0o644);
+        assert_eq!(
+            String::from_utf8_lossy(&out["labels"].data),
+            "a=\"one\"\nb=\"two \\\"q\\\"\""
+        );
+    }
 }
