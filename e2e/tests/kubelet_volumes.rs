@@ -370,6 +370,45 @@ fn pod_volumes_and_their_updates() -> anyhow::Result<()> {
         |s| s == "app=\"vols\"\ntier=\"two\"",
     )?;
 
+    // kill -9 and restart: the pod is adopted with the volumes found on disk (no container
+    // restart, subPath unchanged), and later updates still reach it.
+    let ids = "{.status.containerStatuses[*].containerID}";
+    let before = k.ok(&["get", "pod", "vols", "-o", &format!("jsonpath={ids}")])?;
+    lotse.signal("KILL")?;
+    let mut lotse = Lotse::start(&data, &args)?;
+    wait_for(
+        &k,
+        &[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            "volumes-node",
+            "-o",
+            "jsonpath={.spec.renewTime}",
+        ],
+        "apiserver back",
+        Duration::from_secs(30),
+        |s| !s.is_empty(),
+    )
+    .with_context(|| lotse.log())?;
+    let t_restart = Instant::now();
+    k.ok_stdin(
+        &["apply", "-f", "-"],
+        &UPDATED.replace("color: green", "color: red"),
+    )?;
+    wait_exec(
+        &k,
+        "ls /etc/cfg; cat /etc/cfg/color; cat /etc/color; cat /etc/sec/pass",
+        "configMap update after the kubelet restart",
+        Duration::from_secs(60),
+        |s| s == "color\nshape\nsize\nredbluen3w-pass",
+    )
+    .with_context(|| lotse.log())?;
+    println!("update after restart seen in {:?}", t_restart.elapsed());
+    let after = k.ok(&["get", "pod", "vols", "-o", &format!("jsonpath={ids}")])?;
+    assert_eq!(before, after, "containers restarted by the kubelet restart");
+
     k.ok(&[
         "delete",
         "pod",
