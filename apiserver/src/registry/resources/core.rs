@@ -965,9 +965,41 @@ pub const SERVICEACCOUNTS: ResourceDef = ResourceDef {
 // ---------------------------------------------------------------------------------------------
 // secrets
 
+/// `stringData` is write-only: its entries are base64-encoded into `data` (overriding keys of
+/// the same name) and the field is dropped, as Kubernetes' conversion does on every write.
+fn merge_string_data(o: &mut Value) {
+    use base64::Engine as _;
+    let Value::Object(m) = o else { return };
+    let Some(Value::Object(sd)) = m.remove("stringData") else {
+        return;
+    };
+    if sd.is_empty() {
+        return;
+    }
+    let data = m
+        .entry("data")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if !data.is_object() {
+        *data = Value::Object(Default::default());
+    }
+    if let Value::Object(d) = data {
+        for (k, v) in sd {
+            let text = match v {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            d.insert(
+                k,
+                Value::String(base64::engine::general_purpose::STANDARD.encode(text)),
+            );
+        }
+    }
+}
+
 /// core/v1 secrets.
 pub const SECRETS: ResourceDef = ResourceDef {
     defaults: |o| {
+        merge_string_data(o);
         if let Value::Object(m) = o
             && m.get("type")
                 .and_then(Value::as_str)
@@ -2004,6 +2036,17 @@ mod tests {
             "10.1.0.1:80,10.1.0.2:80,10.1.0.1:443 + 1 more..."
         );
         assert_eq!(format_endpoints(&json!({})), "<none>");
+    }
+
+    #[test]
+    fn secret_string_data_merges_into_data() {
+        let mut secret =
+            json!({"data": {"a": "eA==", "b": "eA=="}, "stringData": {"b": "pw", "c": "hello"}});
+        (SECRETS.defaults)(&mut secret);
+        assert_eq!(
+            secret,
+            json!({"type": "Opaque", "data": {"a": "eA==", "b": "cHc=", "c": "aGVsbG8="}})
+        );
     }
 
     #[test]
