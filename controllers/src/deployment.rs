@@ -50,6 +50,8 @@ struct Ctx {
     client: Client,
     recorder: Recorder,
     replicasets: Store<ReplicaSet>,
+    /// The ReplicaSet store holds its first list (see [`util::Ready`]).
+    replicasets_ready: util::Ready,
 }
 
 /// Runs the Deployment controller until its watch streams end.
@@ -63,17 +65,20 @@ pub async fn run(client: Client, recorder: Recorder) -> Result<(), Error> {
     )
     .default_backoff()
     .applied_objects();
+    let (rs_ready_setter, rs_ready) = util::readiness();
     let replicasets = reflector::reflector(
         rs_writer,
         watcher(Api::<ReplicaSet>::all(client.clone()), wc),
     )
     .default_backoff()
     .inspect_err(|e| tracing::debug!(error = %e, "replicaset watch"))
+    .inspect_ok(move |ev| rs_ready_setter.observe(ev))
     .touched_objects();
     let ctx = Arc::new(Ctx {
         client,
         recorder,
         replicasets: rs_store,
+        replicasets_ready: rs_ready,
     });
     let store = d_store.clone();
     Controller::for_stream(deployments, d_store)
@@ -278,10 +283,9 @@ struct Sync<'a> {
 
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     // Never act on a half-filled cache: a sync before the first list would see no ReplicaSets.
-    ctx.replicasets
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::Stopped("deployment replicaset informer"))?;
+    if !ctx.replicasets_ready.wait().await {
+        return Err(Error::Stopped("deployment replicaset informer"));
+    }
     let d = d.as_ref();
     if util::is_deleting(d) {
         return Ok(Action::await_change());

@@ -39,6 +39,8 @@ struct Ctx {
     client: Client,
     recorder: Recorder,
     pods: Store<Pod>,
+    /// The pod store holds its first list (see [`util::Ready`]).
+    pods_ready: util::Ready,
     expectations: Arc<Expectations>,
 }
 
@@ -62,15 +64,20 @@ pub async fn run(client: Client, recorder: Recorder) -> Result<(), Error> {
     })
     .applied_objects();
     let exp = expectations.clone();
+    let (pods_ready_setter, pods_ready) = util::readiness();
     let pods = reflector::reflector(pod_writer, watcher(Api::<Pod>::all(client.clone()), wc))
         .default_backoff()
-        .inspect_ok(move |ev| observe_pod_event(&exp, ev))
+        .inspect_ok(move |ev| {
+            pods_ready_setter.observe(ev);
+            observe_pod_event(&exp, ev);
+        })
         .touched_objects();
 
     let ctx = Arc::new(Ctx {
         client,
         recorder,
         pods: pod_store,
+        pods_ready,
         expectations,
     });
     let store = rs_store.clone();
@@ -138,10 +145,9 @@ fn error_policy(rs: Arc<ReplicaSet>, err: &Error, _ctx: Arc<Ctx>) -> Action {
 
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     // Never act on a half-filled cache: a sync before the first pod list would see no pods.
-    ctx.pods
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::Stopped("replicaset pod informer"))?;
+    if !ctx.pods_ready.wait().await {
+        return Err(Error::Stopped("replicaset pod informer"));
+    }
     let ns = rs.namespace().unwrap_or_default();
     let name = rs.name_any();
     let uid = rs.uid().unwrap_or_default();
