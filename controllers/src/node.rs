@@ -192,23 +192,27 @@ async fn monitor_once(
             .and_then(|s| s.conditions.clone())
             .unwrap_or_default();
         let ready = conds.iter().find(|c| c.type_ == "Ready");
-        let seen = *first_seen.entry(name.clone()).or_insert(now.as_second());
+        let seen = *first_seen
+            .entry(name.clone())
+            .or_insert(now.as_millisecond());
         let heartbeat = [
             leases
                 .get(&name)
                 .and_then(|l| l.spec.as_ref())
                 .and_then(|s| s.renew_time.as_ref())
-                .map(|t| t.0.as_second()),
+                .map(|t| t.0.as_millisecond()),
             ready
                 .and_then(|c| c.last_heartbeat_time.as_ref())
-                .map(|t| t.0.as_second()),
+                .map(|t| t.0.as_millisecond()),
             Some(seen),
         ]
         .into_iter()
         .flatten()
         .max()
         .unwrap_or(seen);
-        let silent = now.as_second() - heartbeat > grace.as_secs() as i64;
+        // Milliseconds: Lease renewTime is a MicroTime; whole seconds would declare a node
+        // silent up to a second early.
+        let silent = now.as_millisecond() - heartbeat > grace.as_millis() as i64;
         let mut ready_status = ready
             .map(|c| c.status.clone())
             .unwrap_or_else(|| "Unknown".into());
