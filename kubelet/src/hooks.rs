@@ -1,5 +1,7 @@
-//! Container lifecycle hooks (postStart, preStop): exec in the container, HTTP GET, or sleep,
-//! with Kubernetes' failure messages. A handler with only the deprecated `tcpSocket` fails, as
+//! Container lifecycle hooks (postStart, preStop): exec in the container, HTTP(S) GET, or
+//! sleep, with Kubernetes' failure messages. An HTTPS hook skips certificate verification and,
+//! answered in plain HTTP, is retried with HTTP (event `LifecycleHTTPFallback`), as in
+//! Kubernetes. A handler with only the deprecated `tcpSocket` fails, as
 //! in Kubernetes ("lifecycle hooks will fail at runtime when it is specified"); next to another
 //! action it is ignored.
 use std::time::Duration;
@@ -7,6 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod};
 
 use crate::Kubelet;
+use crate::events::Recorder;
 use crate::probe::{self, HttpError};
 
 /// How long an HTTP hook may take: Kubernetes' lifecycle HTTP client has no shorter limit of
@@ -66,12 +69,7 @@ pub async fn run(
                 pod_ref(pod)
             )
         };
-        if g.scheme.as_deref().is_some_and(|s| s != "HTTP") {
-            return Err(fail(format!(
-                "scheme {} is not supported for lifecycle hooks by this kubelet",
-                g.scheme.as_deref().unwrap_or_default()
-            )));
-        }
+        let scheme = probe::Scheme::parse(g.scheme.as_deref()).map_err(&fail)?;
         let host = g
             .host
             .clone()
@@ -84,25 +82,44 @@ pub async fn run(
         }
         let port = probe::resolve_port(&g.port, c).map_err(&fail)?;
         let headers = g.http_headers.clone().unwrap_or_default();
+        let get = |scheme| {
+            probe::http_get(
+                scheme,
+                &host,
+                port,
+                &path,
+                &headers,
+                "kube-lifecycle/1.33",
+                HTTP_TIMEOUT,
+            )
+        };
         // Any HTTP answer counts as success: Kubernetes only checks that the request went
         // through, not the status code.
-        return match probe::http_get(
-            &host,
-            port,
-            &path,
-            &headers,
-            "kube-lifecycle/1.33",
-            HTTP_TIMEOUT,
-        )
-        .await
-        {
+        return match get(scheme).await {
             Ok(_) => Ok(()),
-            Err(HttpError::Io(e)) => Err(fail(format!(
-                "Get \"http://{host}:{port}{path}\": dial tcp {host}:{port}: connect: {e}"
-            ))),
-            Err(HttpError::Timeout) => Err(fail(format!(
-                "Get \"http://{host}:{port}{path}\": context deadline exceeded"
-            ))),
+            // Kubernetes retries an HTTPS hook answered in plain HTTP with HTTP, and records
+            // a warning event when that works.
+            Err(HttpError::PlainHttpAnswer(e)) => match get(probe::Scheme::Http).await {
+                Ok(r) => {
+                    let host_port = r
+                        .url
+                        .split_once("://")
+                        .map(|(_, rest)| rest.split('/').next().unwrap_or(rest))
+                        .unwrap_or_default()
+                        .to_string();
+                    Recorder::new(k.client.clone(), pod, &k.config.node_name)
+                        .warning(
+                            "LifecycleHTTPFallback",
+                            &format!(
+                                "request to HTTPS lifecycle hook {host_port} got HTTP response, retry with HTTP succeeded"
+                            ),
+                        )
+                        .await;
+                    Ok(())
+                }
+                Err(_) => Err(fail(e)),
+            },
+            Err(e) => Err(fail(e.to_string())),
         };
     }
     if let Some(s) = &h.sleep {
