@@ -17,6 +17,7 @@ pub mod namespace;
 pub mod node;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod util;
 
 use std::time::Duration;
@@ -32,6 +33,7 @@ pub const ALL_CONTROLLERS: &[&str] = &[
     "job",
     "nodelifecycle",
     "daemonset",
+    "statefulset",
 ];
 
 /// What the controllers need to know about the cluster and how to behave.
@@ -154,6 +156,9 @@ async fn run_controllers(config: Config, client: kube::Client) -> Result<(), Err
     }
     if config.enabled("daemonset") {
         set.spawn(daemonset::run(client.clone(), recorder.clone()));
+    }
+    if config.enabled("statefulset") {
+        set.spawn(statefulset::run(client.clone(), recorder.clone()));
     }
     if config.enabled("job") {
         set.spawn(job::run(client.clone(), recorder.clone()));

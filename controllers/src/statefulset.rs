@@ -1,0 +1,808 @@
+//! StatefulSet controller: pods with stable identities `<set>-<ordinal>`, created and removed
+//! in ordinal order (`OrderedReady`) or all at once (`Parallel`), rolled highest ordinal first
+//! (`RollingUpdate` with `partition`) or left for the user to delete (`OnDelete`), with the
+//! template history kept in ControllerRevisions as `kubectl rollout history|status` expect.
+//!
+//! Each sync lists the set's pods from the API (pod names are fixed, so a lagging cache could
+//! at worst make a create fail with 409, never duplicate a pod) and acts as Kubernetes'
+//! `updateStatefulSet` does: replace finished pods, create missing ones, delete condemned ones
+//! (ordinals at or beyond `replicas`), then roll outdated ones; in `OrderedReady` mode every
+//! step waits until the pods before it are Running and Ready.
+//!
+//! Lotse does not serve PersistentVolumeClaims. A set with `volumeClaimTemplates` still gets
+//! its pods, shaped as Kubernetes shapes them (a `persistentVolumeClaim` volume per template,
+//! claim `<template>-<pod>`), but no claim is created: a Warning event says so, and the pods
+//! cannot mount those volumes until claims exist.
+//! Not done: adopting orphan pods that match the selector, and `maxUnavailable` (alpha).
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use crate::Error;
+use crate::events::{EventType, Recorder};
+use crate::util;
+
+const COMPONENT: &str = "statefulset-controller";
+/// Label carrying the template revision of a pod.
+pub const REVISION_HASH: &str = "controller-revision-hash";
+/// Label carrying the pod's own name, so a Service can select a single replica.
+pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
+/// Label carrying the pod's ordinal.
+pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
+
+struct Ctx {
+    client: Client,
+    recorder: Recorder,
+}
+
+/// Runs the StatefulSet controller until its watch streams end.
+pub async fn run(client: Client, recorder: Recorder) -> Result<(), Error> {
+    let wc = watcher::Config::default();
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        recorder,
+    });
+    Controller::new(Api::<StatefulSet>::all(client.clone()), wc.clone())
+        .owns(Api::<Pod>::all(client), wc)
+        .run(
+            reconcile,
+            |sts: Arc<StatefulSet>, err: &Error, _| {
+                tracing::warn!(statefulset = %sts.name_any(), error = %err, "statefulset sync failed; retrying");
+                Action::requeue(Duration::from_secs(2))
+            },
+            ctx,
+        )
+        .for_each(|_| futures::future::ready(()))
+        .await;
+    Err(Error::Stopped("statefulset"))
+}
+
+/// The ordinal of `pod_name` if it is a pod name of the set `set_name` (`<set>-<ordinal>`,
+/// the ordinal in canonical decimal form).
+pub fn parse_ordinal(set_name: &str, pod_name: &str) -> Option<i32> {
+    let digits = pod_name.strip_prefix(set_name)?.strip_prefix('-')?;
+    if digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || (digits.len() > 1 && digits.starts_with('0'))
+    {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// What a sync needs to know about one existing pod of the set.
+#[derive(Clone, Debug)]
+pub struct PodView {
+    /// The pod's ordinal.
+    pub ordinal: i32,
+    /// Its `controller-revision-hash`.
+    pub revision: String,
+    /// It has a deletion timestamp.
+    pub terminating: bool,
+    /// Its phase is Failed or Succeeded: it must be replaced.
+    pub finished: bool,
+    /// Running, Ready and available for `minReadySeconds`.
+    pub healthy: bool,
+}
+
+/// The shape of the set that the ordering decisions depend on.
+#[derive(Clone, Debug)]
+pub struct Shape {
+    /// First ordinal (`spec.ordinals.start`).
+    pub start: i32,
+    /// `spec.replicas`.
+    pub replicas: i32,
+    /// `podManagementPolicy: Parallel`.
+    pub parallel: bool,
+    /// `updateStrategy: RollingUpdate` (otherwise OnDelete).
+    pub rolling: bool,
+    /// Ordinals below this are not rolled.
+    pub partition: i32,
+    /// Revision hash of the current template.
+    pub update_revision: String,
+}
+
+/// One write a sync makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Create the pod with this ordinal.
+    Create(i32),
+    /// Delete the pod with this ordinal.
+    Delete(i32),
+}
+
+/// The writes of one sync, in order, as Kubernetes' `updateStatefulSet` decides them. With
+/// `OrderedReady` a sync makes at most one write and none while an earlier pod is unhealthy;
+/// rolling updates always go one pod at a time, highest ordinal first.
+pub fn plan(shape: &Shape, pods: &[PodView]) -> Vec<Step> {
+    let monotonic = !shape.parallel;
+    let end = shape.start + shape.replicas.max(0);
+    let by_ordinal: BTreeMap<i32, &PodView> = pods.iter().map(|p| (p.ordinal, p)).collect();
+    let mut condemned: Vec<&PodView> = pods
+        .iter()
+        .filter(|p| p.ordinal < shape.start || p.ordinal >= end)
+        .collect();
+    condemned.sort_by_key(|p| std::cmp::Reverse(p.ordinal));
+    // The first unhealthy pod: replicas in ascending order, then condemned in descending order.
+    let first_unhealthy = (shape.start..end)
+        .filter_map(|o| by_ordinal.get(&o).copied())
+        .chain(condemned.iter().copied())
+        .find(|p| !p.healthy)
+        .map(|p| p.ordinal);
+    let mut steps = Vec::new();
+    for ordinal in shape.start..end {
+        match by_ordinal.get(&ordinal) {
+            None => {
+                steps.push(Step::Create(ordinal));
+                if monotonic {
+                    return steps;
+                }
+            }
+            Some(p) if p.finished && !p.terminating => {
+                // Replaced once the deletion is observed.
+                steps.push(Step::Delete(ordinal));
+                if monotonic {
+                    return steps;
+                }
+            }
+            Some(p) if monotonic && (p.terminating || !p.healthy) => return steps,
+            Some(_) => {}
+        }
+    }
+    for p in condemned {
+        if p.terminating {
+            if monotonic {
+                return steps;
+            }
+            continue;
+        }
+        if monotonic && !p.healthy && first_unhealthy != Some(p.ordinal) {
+            return steps;
+        }
+        steps.push(Step::Delete(p.ordinal));
+        if monotonic {
+            return steps;
+        }
+    }
+    if !shape.rolling {
+        return steps;
+    }
+    let lowest = shape.partition.max(shape.start);
+    for ordinal in (lowest..end).rev() {
+        let Some(p) = by_ordinal.get(&ordinal) else {
+            // Being created (a Create above); wait for it.
+            return steps;
+        };
+        if p.revision != shape.update_revision && !p.terminating {
+            steps.push(Step::Delete(ordinal));
+            return steps;
+        }
+        if !p.healthy || p.terminating {
+            return steps;
+        }
+    }
+    steps
+}
+
+/// The `data` of the set's ControllerRevision for its current template, as Kubernetes'
+/// `getPatch`: the template as a replace patch under `spec.template`.
+pub fn revision_data(template: &PodTemplateSpec) -> Result<serde_json::Value, Error> {
+    let mut t = serde_json::to_value(template)?;
+    if let Some(obj) = t.as_object_mut() {
+        obj.insert("$patch".into(), json!("replace"));
+    }
+    Ok(json!({"spec": {"template": t}}))
+}
+
+/// The template a ControllerRevision holds.
+pub fn revision_template(revision: &ControllerRevision) -> Option<PodTemplateSpec> {
+    let mut t = revision
+        .data
+        .as_ref()?
+        .0
+        .get("spec")?
+        .get("template")?
+        .clone();
+    if let Some(obj) = t.as_object_mut() {
+        obj.remove("$patch");
+    }
+    serde_json::from_value(t).ok()
+}
+
+fn revision_holds(revision: &ControllerRevision, data: &serde_json::Value) -> bool {
+    revision
+        .data
+        .as_ref()
+        .is_some_and(|d| util::pruned(d.0.clone()) == util::pruned(data.clone()))
+}
+
+fn revision_hash(set: &StatefulSet, r: &ControllerRevision) -> String {
+    r.labels().get(REVISION_HASH).cloned().unwrap_or_else(|| {
+        let name = r.name_any();
+        let prefix = format!("{}-", set.name_any());
+        name.strip_prefix(&prefix).unwrap_or(&name).to_string()
+    })
+}
+
+/// Keeps the set's history as Kubernetes does: one ControllerRevision `<set>-<hash>` per
+/// template (found by its data, renumbered newest when the template returns), hash collisions
+/// resolved through `status.collisionCount`, and revisions beyond `revisionHistoryLimit` that
+/// no pod runs and that are not the current revision deleted, oldest first. Returns the
+/// history and the update revision's hash.
+async fn sync_history(
+    client: &Client,
+    set: &StatefulSet,
+    keep: &BTreeSet<String>,
+) -> Result<(Vec<ControllerRevision>, String), Error> {
+    let ns = set.namespace().unwrap_or_default();
+    let uid = set.uid().unwrap_or_default();
+    let spec = set
+        .spec
+        .as_ref()
+        .ok_or_else(|| Error::Invalid("statefulset without spec".into()))?;
+    let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &ns);
+    let mut history: Vec<ControllerRevision> = api
+        .list(&ListParams::default().labels(&util::selector_query(&spec.selector)))
+        .await?
+        .items
+        .into_iter()
+        .filter(|r| util::controller_ref(r).is_some_and(|o| o.uid == uid))
+        .collect();
+    let max = history.iter().map(|r| r.revision).max().unwrap_or(0);
+    let data = revision_data(&spec.template)?;
+    let existing = history
+        .iter()
+        .filter(|r| revision_holds(r, &data))
+        .max_by_key(|r| r.revision)
+        .cloned();
+    let update = match existing {
+        Some(r) => {
+            if r.revision != max {
+                api.patch(
+                    &r.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"revision": max + 1})),
+                )
+                .await?;
+            }
+            revision_hash(set, &r)
+        }
+        None => {
+            let collision = set.status.as_ref().and_then(|s| s.collision_count);
+            let hash = crate::deployment::template_hash(&spec.template, collision);
+            let name = format!("{}-{hash}", set.name_any());
+            let mut labels = spec
+                .template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default();
+            labels.insert(REVISION_HASH.into(), hash.clone());
+            let revision = ControllerRevision {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(ns.clone()),
+                    labels: Some(labels),
+                    annotations: set
+                        .annotations()
+                        .get("kubernetes.io/change-cause")
+                        .map(|c| [("kubernetes.io/change-cause".to_string(), c.clone())].into()),
+                    owner_references: Some(vec![util::owner_ref(set)]),
+                    ..Default::default()
+                },
+                data: Some(RawExtension(data.clone())),
+                revision: max + 1,
+            };
+            match api.create(&PostParams::default(), &revision).await {
+                Ok(r) => history.push(r),
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    let taken = api.get(&name).await?;
+                    if !revision_holds(&taken, &data) {
+                        bump_collision_count(client, set).await?;
+                        return Err(Error::Invalid(format!(
+                            "controllerrevision {ns}/{name} holds another template; collisionCount bumped"
+                        )));
+                    }
+                    history.push(taken);
+                }
+                Err(e) => return Err(e.into()),
+            }
+            hash
+        }
+    };
+    let limit = spec.revision_history_limit.unwrap_or(10).max(0) as usize;
+    let mut old: Vec<&ControllerRevision> = history
+        .iter()
+        .filter(|r| {
+            let h = revision_hash(set, r);
+            h != update && !keep.contains(&h)
+        })
+        .collect();
+    if old.len() > limit {
+        old.sort_by_key(|r| r.revision);
+        for r in &old[..old.len() - limit] {
+            match api.delete(&r.name_any(), &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok((history, update))
+}
+
+/// Increments `status.collisionCount` after a hash collision, guarded by the resourceVersion
+/// of a fresh read and only when the count the hash used is still the stored one.
+async fn bump_collision_count(client: &Client, set: &StatefulSet) -> Result<(), Error> {
+    let api: Api<StatefulSet> =
+        Api::namespaced(client.clone(), &set.namespace().unwrap_or_default());
+    let fresh = api.get_status(&set.name_any()).await?;
+    let used = set.status.as_ref().and_then(|s| s.collision_count);
+    let stored = fresh.status.as_ref().and_then(|s| s.collision_count);
+    if stored != used {
+        return Err(Error::Invalid(format!(
+            "stale collisionCount {used:?} (stored {stored:?}) for statefulset {}; retrying",
+            set.name_any()
+        )));
+    }
+    api.patch_status(
+        &set.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({
+            "metadata": {"resourceVersion": fresh.resource_version()},
+            "status": {"collisionCount": used.unwrap_or(0) + 1},
+        })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The pod `<set>-<ordinal>` from `template` at revision `hash`, as Kubernetes'
+/// `newVersionedStatefulSetPod` builds it.
+pub fn new_pod(set: &StatefulSet, template: &PodTemplateSpec, hash: &str, ordinal: i32) -> Pod {
+    let set_name = set.name_any();
+    let name = format!("{set_name}-{ordinal}");
+    let tmeta = template.metadata.clone().unwrap_or_default();
+    let mut labels = tmeta.labels.unwrap_or_default();
+    labels.insert(POD_NAME_LABEL.into(), name.clone());
+    labels.insert(POD_INDEX_LABEL.into(), ordinal.to_string());
+    labels.insert(REVISION_HASH.into(), hash.into());
+    let mut spec = template.spec.clone().unwrap_or_default();
+    spec.hostname = Some(name.clone());
+    let service = set
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_name.clone())
+        .filter(|s| !s.is_empty());
+    if service.is_some() {
+        spec.subdomain = service;
+    }
+    // Kubernetes' volume per claim template; the claims themselves are not created (see the
+    // module documentation).
+    let claims = set
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_claim_templates.clone())
+        .unwrap_or_default();
+    if !claims.is_empty() {
+        let volumes = spec.volumes.get_or_insert_with(Vec::new);
+        for c in claims {
+            let claim = c.metadata.name.unwrap_or_default();
+            volumes.retain(|v| v.name != claim);
+            volumes.push(Volume {
+                name: claim.clone(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: format!("{claim}-{name}"),
+                    read_only: None,
+                }),
+                ..Default::default()
+            });
+        }
+    }
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: set.namespace(),
+            labels: Some(labels),
+            annotations: tmeta.annotations,
+            owner_references: Some(vec![util::owner_ref(set)]),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+fn phase(pod: &Pod) -> Option<&str> {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref())
+}
+
+async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if util::is_deleting(set.as_ref()) {
+        return Ok(Action::await_change());
+    }
+    let ns = set.namespace().unwrap_or_default();
+    let name = set.name_any();
+    let uid = set.uid().unwrap_or_default();
+    let spec = set
+        .spec
+        .clone()
+        .ok_or_else(|| Error::Invalid("statefulset without spec".into()))?;
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+    let now = jiff::Timestamp::now();
+
+    let pods: BTreeMap<i32, Pod> = pods_api
+        .list(&ListParams::default().labels(&util::selector_query(&spec.selector)))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| util::controller_ref(p).is_some_and(|r| r.uid == uid))
+        .filter_map(|p| parse_ordinal(&name, &p.name_any()).map(|o| (o, p)))
+        .collect();
+    let old_status = set.status.clone().unwrap_or_default();
+    let mut keep: BTreeSet<String> = pods
+        .values()
+        .filter_map(|p| p.labels().get(REVISION_HASH).cloned())
+        .collect();
+    keep.extend(old_status.current_revision.clone());
+    let (history, update) = sync_history(&ctx.client, set.as_ref(), &keep).await?;
+    let current = old_status
+        .current_revision
+        .clone()
+        .filter(|c| history.iter().any(|r| &revision_hash(set.as_ref(), r) == c))
+        .unwrap_or_else(|| update.clone());
+    let current_template = history
+        .iter()
+        .find(|r| revision_hash(set.as_ref(), r) == current)
+        .and_then(revision_template);
+
+    let strategy = spec.update_strategy.clone().unwrap_or_default();
+    let rolling = strategy.type_.as_deref().unwrap_or("RollingUpdate") == "RollingUpdate";
+    let shape = Shape {
+        start: spec.ordinals.as_ref().and_then(|o| o.start).unwrap_or(0),
+        replicas: spec.replicas.unwrap_or(1),
+        parallel: spec.pod_management_policy.as_deref() == Some("Parallel"),
+        rolling,
+        partition: strategy
+            .rolling_update
+            .as_ref()
+            .and_then(|r| r.partition)
+            .unwrap_or(0),
+        update_revision: update.clone(),
+    };
+    let views: Vec<PodView> = pods
+        .iter()
+        .map(|(o, p)| PodView {
+            ordinal: *o,
+            revision: p.labels().get(REVISION_HASH).cloned().unwrap_or_default(),
+            terminating: util::is_deleting(p),
+            finished: matches!(phase(p), Some("Failed" | "Succeeded")),
+            healthy: phase(p) == Some("Running") && util::is_pod_available(p, min_ready, now),
+        })
+        .collect();
+
+    for step in plan(&shape, &views) {
+        match step {
+            Step::Create(ordinal) => {
+                // Ordinals below the partition stay at the current revision.
+                let (template, hash) = match &current_template {
+                    Some(t) if rolling && ordinal < shape.partition => (t, &current),
+                    _ => (&spec.template, &update),
+                };
+                let pod = new_pod(set.as_ref(), template, hash, ordinal);
+                let pod_name = pod.name_any();
+                match pods_api.create(&PostParams::default(), &pod).await {
+                    Ok(_) => ctx.recorder.record(
+                        set.as_ref(),
+                        COMPONENT,
+                        EventType::Normal,
+                        "SuccessfulCreate",
+                        format!("create Pod {pod_name} in StatefulSet {name} successful"),
+                    ),
+                    // The old pod of that name is still going away; its deletion requeues.
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => {
+                        ctx.recorder.record(
+                            set.as_ref(),
+                            COMPONENT,
+                            EventType::Warning,
+                            "FailedCreate",
+                            format!(
+                                "create Pod {pod_name} in StatefulSet {name} failed error: {e}"
+                            ),
+                        );
+                        return Err(e.into());
+                    }
+                }
+                let claims: Vec<String> = spec
+                    .volume_claim_templates
+                    .iter()
+                    .flatten()
+                    .map(|c| c.name_any())
+                    .collect();
+                if !claims.is_empty() {
+                    ctx.recorder.record(
+                        set.as_ref(),
+                        COMPONENT,
+                        EventType::Warning,
+                        "PersistentVolumeClaimsUnsupported",
+                        format!(
+                            "Lotse does not serve PersistentVolumeClaims: volumeClaimTemplates [{}] of Pod {pod_name} get no claims, so its claim volumes cannot be mounted",
+                            claims.join(", ")
+                        ),
+                    );
+                }
+            }
+            Step::Delete(ordinal) => {
+                let pod_name = format!("{name}-{ordinal}");
+                match pods_api
+                    .delete(&pod_name, &DeleteParams::background())
+                    .await
+                {
+                    Ok(_) => ctx.recorder.record(
+                        set.as_ref(),
+                        COMPONENT,
+                        EventType::Normal,
+                        "SuccessfulDelete",
+                        format!("delete Pod {pod_name} in StatefulSet {name} successful"),
+                    ),
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+
+    let status = compute_status(set.as_ref(), &pods, &current, &update, min_ready, now);
+    if Some(&status) != set.status.as_ref() {
+        let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(if min_ready > 0 {
+        1
+    } else {
+        300
+    })))
+}
+
+/// The set's status from its pods (as listed at the start of the sync; the writes of the sync
+/// requeue it through the pod watch). A finished rolling update makes the update revision
+/// current, as Kubernetes' `completeRollingUpdate`.
+fn compute_status(
+    set: &StatefulSet,
+    pods: &BTreeMap<i32, Pod>,
+    current: &str,
+    update: &str,
+    min_ready: i32,
+    now: jiff::Timestamp,
+) -> StatefulSetStatus {
+    let mut s = StatefulSetStatus {
+        observed_generation: set.metadata.generation,
+        collision_count: set.status.as_ref().and_then(|s| s.collision_count),
+        current_revision: Some(current.to_string()),
+        update_revision: Some(update.to_string()),
+        ..Default::default()
+    };
+    let (mut ready, mut available, mut cur, mut upd) = (0, 0, 0, 0);
+    for p in pods.values().filter(|p| !util::is_deleting(*p)) {
+        s.replicas += 1;
+        if phase(p) == Some("Running") && util::is_pod_ready(p) {
+            ready += 1;
+            if util::is_pod_available(p, min_ready, now) {
+                available += 1;
+            }
+        }
+        let rev = p.labels().get(REVISION_HASH).map(String::as_str);
+        if rev == Some(current) {
+            cur += 1;
+        }
+        if rev == Some(update) {
+            upd += 1;
+        }
+    }
+    let wanted = set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    s.ready_replicas = Some(ready);
+    s.available_replicas = Some(available);
+    s.current_replicas = Some(cur);
+    s.updated_replicas = Some(upd);
+    if current != update && upd == s.replicas && ready == s.replicas && s.replicas == wanted {
+        s.current_revision = Some(update.to_string());
+        s.current_replicas = Some(upd);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(replicas: i32, parallel: bool) -> Shape {
+        Shape {
+            start: 0,
+            replicas,
+            parallel,
+            rolling: true,
+            partition: 0,
+            update_revision: "new".into(),
+        }
+    }
+
+    fn pod(ordinal: i32, revision: &str, healthy: bool) -> PodView {
+        PodView {
+            ordinal,
+            revision: revision.into(),
+            terminating: false,
+            finished: false,
+            healthy,
+        }
+    }
+
+    #[test]
+    fn ordinals_parse_only_from_canonical_names_of_the_set() {
+        assert_eq!(parse_ordinal("web", "web-0"), Some(0));
+        assert_eq!(parse_ordinal("web", "web-12"), Some(12));
+        assert_eq!(parse_ordinal("web", "web-012"), None);
+        assert_eq!(parse_ordinal("web", "web-"), None);
+        assert_eq!(parse_ordinal("web", "web-a"), None);
+        assert_eq!(parse_ordinal("web", "web-+1"), None);
+        assert_eq!(parse_ordinal("web", "webx-1"), None);
+        assert_eq!(parse_ordinal("web", "web-db-1"), None);
+        assert_eq!(parse_ordinal("web-db", "web-db-1"), Some(1));
+        assert_eq!(parse_ordinal("web", "web-99999999999"), None);
+    }
+
+    #[test]
+    fn ordered_ready_creates_one_at_a_time_after_the_previous_is_healthy() {
+        let s = shape(3, false);
+        assert_eq!(plan(&s, &[]), vec![Step::Create(0)]);
+        assert_eq!(plan(&s, &[pod(0, "new", false)]), vec![]);
+        assert_eq!(plan(&s, &[pod(0, "new", true)]), vec![Step::Create(1)]);
+        // A missing lower ordinal is recreated first.
+        assert_eq!(
+            plan(&s, &[pod(1, "new", true), pod(2, "new", true)]),
+            vec![Step::Create(0)]
+        );
+        let mut failed = pod(0, "new", false);
+        failed.finished = true;
+        assert_eq!(plan(&s, &[failed]), vec![Step::Delete(0)]);
+    }
+
+    #[test]
+    fn parallel_creates_and_deletes_everything_at_once() {
+        assert_eq!(
+            plan(&shape(3, true), &[]),
+            vec![Step::Create(0), Step::Create(1), Step::Create(2)]
+        );
+        let pods: Vec<PodView> = (0..4).map(|o| pod(o, "new", false)).collect();
+        assert_eq!(
+            plan(&shape(1, true), &pods),
+            vec![Step::Delete(3), Step::Delete(2), Step::Delete(1)]
+        );
+    }
+
+    #[test]
+    fn ordered_scale_down_goes_from_the_highest_ordinal_one_at_a_time() {
+        let s = shape(1, false);
+        let mut pods: Vec<PodView> = (0..3).map(|o| pod(o, "new", true)).collect();
+        assert_eq!(plan(&s, &pods), vec![Step::Delete(2)]);
+        pods[2].terminating = true;
+        assert_eq!(plan(&s, &pods), vec![], "waits for web-2 to go");
+        pods.pop();
+        assert_eq!(plan(&s, &pods), vec![Step::Delete(1)]);
+        // An unhealthy condemned pod is deleted only if it is the first unhealthy one.
+        let pods = vec![
+            pod(0, "new", true),
+            pod(1, "new", true),
+            pod(2, "new", false),
+        ];
+        assert_eq!(plan(&s, &pods), vec![Step::Delete(2)]);
+        let pods = vec![
+            pod(0, "new", true),
+            pod(1, "new", false),
+            pod(2, "new", true),
+        ];
+        assert_eq!(plan(&s, &pods), vec![Step::Delete(2)]);
+        let pods = vec![pod(0, "new", false), pod(1, "new", true)];
+        assert_eq!(plan(&s, &pods), vec![], "waits for web-0 to be healthy");
+    }
+
+    #[test]
+    fn rolling_update_goes_highest_first_waits_for_health_and_honours_partition() {
+        let s = shape(3, false);
+        let mut pods: Vec<PodView> = (0..3).map(|o| pod(o, "old", true)).collect();
+        assert_eq!(plan(&s, &pods), vec![Step::Delete(2)]);
+        pods[2] = pod(2, "new", false);
+        assert_eq!(plan(&s, &pods), vec![], "waits for web-2 to be Ready");
+        pods[2].healthy = true;
+        assert_eq!(plan(&s, &pods), vec![Step::Delete(1)]);
+        pods[1] = pod(1, "new", true);
+        assert_eq!(plan(&s, &pods), vec![Step::Delete(0)]);
+        pods[0] = pod(0, "new", true);
+        assert_eq!(plan(&s, &pods), vec![]);
+
+        let mut partitioned = shape(3, true);
+        partitioned.partition = 2;
+        let pods: Vec<PodView> = (0..3).map(|o| pod(o, "old", true)).collect();
+        assert_eq!(plan(&partitioned, &pods), vec![Step::Delete(2)]);
+        let pods = vec![
+            pod(0, "old", true),
+            pod(1, "old", true),
+            pod(2, "new", true),
+        ];
+        assert_eq!(plan(&partitioned, &pods), vec![]);
+
+        let mut on_delete = shape(3, false);
+        on_delete.rolling = false;
+        let pods: Vec<PodView> = (0..3).map(|o| pod(o, "old", true)).collect();
+        assert_eq!(plan(&on_delete, &pods), vec![]);
+    }
+
+    #[test]
+    fn pods_carry_identity_labels_hostname_and_subdomain() {
+        let set: StatefulSet = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "ns", "uid": "u1"},
+            "spec": {
+                "serviceName": "nginx",
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "a", "image": "busybox"}]}},
+                "volumeClaimTemplates": [{"metadata": {"name": "data"}}],
+            },
+        }))
+        .unwrap_or_default();
+        let spec = set.spec.clone().unwrap_or_default();
+        let p = new_pod(&set, &spec.template, "abc", 2);
+        assert_eq!(p.name_any(), "web-2");
+        let labels = p.labels();
+        assert_eq!(labels.get("app").map(String::as_str), Some("web"));
+        assert_eq!(
+            labels.get(POD_NAME_LABEL).map(String::as_str),
+            Some("web-2")
+        );
+        assert_eq!(labels.get(POD_INDEX_LABEL).map(String::as_str), Some("2"));
+        assert_eq!(labels.get(REVISION_HASH).map(String::as_str), Some("abc"));
+        let ps = p.spec.unwrap_or_default();
+        assert_eq!(ps.hostname.as_deref(), Some("web-2"));
+        assert_eq!(ps.subdomain.as_deref(), Some("nginx"));
+        let claim = ps
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .find(|v| v.name == "data")
+            .and_then(|v| v.persistent_volume_claim)
+            .map(|c| c.claim_name);
+        assert_eq!(claim.as_deref(), Some("data-web-2"));
+        assert_eq!(
+            p.metadata
+                .owner_references
+                .unwrap_or_default()
+                .first()
+                .map(|o| (o.kind.clone(), o.controller)),
+            Some(("StatefulSet".to_string(), Some(true)))
+        );
+
+        let data = revision_data(&spec.template).unwrap_or_default();
+        let rev = ControllerRevision {
+            data: Some(RawExtension(data)),
+            ..Default::default()
+        };
+        assert_eq!(revision_template(&rev), Some(spec.template));
+    }
+}
