@@ -11,8 +11,9 @@
 //!
 //! Lotse does not serve PersistentVolumeClaims. A set with `volumeClaimTemplates` still gets
 //! its pods, shaped as Kubernetes shapes them (a `persistentVolumeClaim` volume per template,
-//! claim `<template>-<pod>`), but no claim is created: a Warning event says so, and the pods
-//! cannot mount those volumes until claims exist.
+//! claim `<template>-<pod>`), but no claim is created: a Warning event
+//! (`PersistentVolumeClaimsUnsupported`) says so. What backs such a volume is the kubelet's
+//! business (Lotse's gives it a pod-local directory, gone with the pod): it is not persistent.
 //! Not done: adopting orphan pods that match the selector, and `maxUnavailable` (alpha).
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -539,7 +540,7 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
                         EventType::Warning,
                         "PersistentVolumeClaimsUnsupported",
                         format!(
-                            "Lotse does not serve PersistentVolumeClaims: volumeClaimTemplates [{}] of Pod {pod_name} get no claims, so its claim volumes cannot be mounted",
+                            "Lotse does not serve PersistentVolumeClaims: no claims were created for volumeClaimTemplates [{}] of Pod {pod_name}; its claim volumes are not persistent storage",
                             claims.join(", ")
                         ),
                     );
