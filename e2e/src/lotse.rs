@@ -174,3 +174,111 @@ pub fn containers_in(data: &Path) -> anyhow::Result<Vec<String>> {
         .map(str::to_string)
         .collect())
 }
+
+/// A one-node `lotse up` cluster, started and with its Node Ready: what [`Node::start`] hands
+/// to a test. Keep the temporary directory given to `start` alive longer than this (declare it
+/// first) so `lotse up` stops before its data directory goes.
+pub struct Node {
+    /// The running `lotse up`.
+    pub lotse: Lotse,
+    /// kubectl 1.33 with the cluster's admin kubeconfig.
+    pub kubectl: Kubectl,
+    /// `lotse up`'s data directory (`<tmp>/data`).
+    pub data: PathBuf,
+    /// The `lotse up` arguments, to start it again on the same data directory.
+    pub args: Vec<String>,
+    /// The kubelet API's port (`--kubelet-port`).
+    pub kubelet_port: u16,
+    /// When `lotse up` was started.
+    pub started: Instant,
+}
+
+impl Node {
+    /// Links (or copies) `images` (e.g. `busybox.tar`) from [`images_dir`] into
+    /// `<tmp>/data/kubelet/images`, starts `lotse up` with node name `name` and pod CIDR
+    /// `pod_cidr` on free ports, and waits up to 30 s for the Node to be Ready (the error
+    /// carries the log).
+    pub fn start(tmp: &Path, name: &str, pod_cidr: &str, images: &[&str]) -> anyhow::Result<Node> {
+        let dir = require_images(images)?;
+        let data = tmp.join("data");
+        std::fs::create_dir_all(data.join("kubelet/images"))?;
+        for img in images {
+            // A hard link when possible: some archives (nginx) are large.
+            let dst = data.join("kubelet/images").join(img);
+            if std::fs::hard_link(dir.join(img), &dst).is_err() {
+                std::fs::copy(dir.join(img), &dst)?;
+            }
+        }
+        let kubelet_port = crate::free_port()?;
+        let args: Vec<String> = [
+            "--data-dir",
+            &data.to_string_lossy(),
+            "--secure-port",
+            &crate::free_port()?.to_string(),
+            "--kubelet-port",
+            &kubelet_port.to_string(),
+            "--node-name",
+            name,
+            "--pod-cidr",
+            pod_cidr,
+            "--images=",
+            "--no-install",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let started = Instant::now();
+        let lotse = Lotse::start(&data, &args)?;
+        let kubectl = Kubectl::new(33, data.join("admin.kubeconfig"), tmp.join("kubectl-cache"));
+        wait_for(
+            &kubectl,
+            &node_ready_args(name),
+            "node Ready",
+            Duration::from_secs(30),
+            |s| s.trim() == "True",
+        )
+        .with_context(|| lotse.log())?;
+        Ok(Node {
+            lotse,
+            kubectl,
+            data,
+            args,
+            kubelet_port,
+            started,
+        })
+    }
+
+    /// Creates the `kube-root-ca.crt` ConfigMap in `default` from the cluster CA (the
+    /// controllers' root-ca-cert-publisher makes it too; whichever comes first).
+    pub fn publish_root_ca(&self) -> anyhow::Result<()> {
+        let ca = format!(
+            "--from-file=ca.crt={}",
+            self.data.join("pki/ca.crt").display()
+        );
+        let _ = self
+            .kubectl
+            .run(&["create", "configmap", "kube-root-ca.crt", &ca])?;
+        Ok(())
+    }
+}
+
+/// `get node <name> -o jsonpath=<Ready status>`: kubectl arguments printing `True` once the
+/// Node is Ready.
+pub fn node_ready_args(name: &str) -> [&str; 5] {
+    [
+        "get",
+        "node",
+        name,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+    ]
+}
+
+/// A pod CIDR `10.244.<100..=248>.0/24` varied by process id and a free port, so concurrent
+/// test files rarely pick the same one.
+pub fn random_pod_cidr() -> anyhow::Result<String> {
+    Ok(format!(
+        "10.244.{}.0/24",
+        100 + std::process::id() % 100 + u32::from(crate::free_port()? % 50)
+    ))
+}

@@ -10,8 +10,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use e2e::lotse::{Lotse, require_images, wait_for};
-use e2e::{Kubectl, free_port};
+use e2e::Kubectl;
+use e2e::lotse::{Node, random_pod_cidr, wait_for};
 
 /// Every container exits at once on SIGTERM (a shell as PID 1 ignores it otherwise), so the
 /// deletions below take only as long as their hooks.
@@ -137,6 +137,30 @@ fn wait_pod(
     wait_for(k, &args, what, timeout, ok)
 }
 
+/// Waits up to 30 s for the first container of `pod` to be ready.
+fn wait_ready(k: &Kubectl, pod: &str) -> anyhow::Result<String> {
+    wait_pod(
+        k,
+        pod,
+        "{.status.containerStatuses[0].ready}",
+        &format!("{pod} ready"),
+        Duration::from_secs(30),
+        |s| s == "true",
+    )
+}
+
+/// Waits up to 40 s for the first container of `pod` to have restarted at least once.
+fn wait_restarted(k: &Kubectl, pod: &str) -> anyhow::Result<String> {
+    wait_pod(
+        k,
+        pod,
+        "{.status.containerStatuses[0].restartCount}",
+        &format!("{pod} restarted"),
+        Duration::from_secs(40),
+        |s| s.parse::<i32>().unwrap_or(0) >= 1,
+    )
+}
+
 /// `reason: message` of every event about `pod`, one per line.
 fn events(k: &Kubectl, pod: &str) -> anyhow::Result<String> {
     Ok(k.run(&[
@@ -154,57 +178,20 @@ fn events(k: &Kubectl, pod: &str) -> anyhow::Result<String> {
 #[test]
 #[ignore = "needs containerd and runc (root), built binaries and images (lotse images build)"]
 fn probes_and_lifecycle_hooks() -> anyhow::Result<()> {
-    let images = require_images(&["busybox.tar", "pause.tar"])?;
     let tmp = tempfile::tempdir()?;
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(data.join("kubelet/images"))?;
-    for img in ["busybox.tar", "pause.tar"] {
-        std::fs::copy(images.join(img), data.join("kubelet/images").join(img))?;
-    }
-    let cidr = format!(
-        "10.244.{}.0/24",
-        100 + std::process::id() % 100 + u32::from(free_port()? % 50)
-    );
-    let args: Vec<String> = [
-        "--data-dir",
-        &data.to_string_lossy(),
-        "--secure-port",
-        &free_port()?.to_string(),
-        "--kubelet-port",
-        &free_port()?.to_string(),
-        "--node-name",
+    let node = Node::start(
+        tmp.path(),
         "lifecycle-node",
-        "--pod-cidr",
-        &cidr,
-        "--images=",
-        "--no-install",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let t0 = Instant::now();
-    let mut lotse = Lotse::start(&data, &args)?;
-    let k = Kubectl::new(
-        33,
-        data.join("admin.kubeconfig"),
-        tmp.path().join("kubectl-cache"),
-    );
-    wait_for(
-        &k,
-        &[
-            "get",
-            "node",
-            "lifecycle-node",
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-        ],
-        "node Ready",
-        Duration::from_secs(30),
-        |s| s.trim() == "True",
-    )
-    .with_context(|| lotse.log())?;
-    let ca = format!("--from-file=ca.crt={}", data.join("pki/ca.crt").display());
-    let _ = k.run(&["create", "configmap", "kube-root-ca.crt", &ca])?;
+        &random_pod_cidr()?,
+        &["busybox.tar", "pause.tar"],
+    )?;
+    node.publish_root_ca()?;
+    let Node {
+        mut lotse,
+        kubectl: k,
+        started: t0,
+        ..
+    } = node;
     k.run_stdin(&["apply", "-f", "-"], PODS)?.success()?;
 
     // (a) The startup probe holds back liveness (which would fail and restart it) and
@@ -243,14 +230,7 @@ fn probes_and_lifecycle_hooks() -> anyhow::Result<()> {
     );
 
     // (b) A startup probe that never succeeds kills the container, which restarts.
-    wait_pod(
-        &k,
-        "never-starts",
-        "{.status.containerStatuses[0].restartCount}",
-        "never-starts restarted",
-        Duration::from_secs(40),
-        |s| s.parse::<i32>().unwrap_or(0) >= 1,
-    )?;
+    wait_restarted(&k, "never-starts")?;
     let ev = events(&k, "never-starts")?;
     assert!(
         ev.contains("Unhealthy: Startup probe failed")
@@ -269,27 +249,13 @@ fn probes_and_lifecycle_hooks() -> anyhow::Result<()> {
     assert_eq!(started, "false", "never-starts reported started");
 
     // (c) postStart exec runs in the container; a failing one kills and restarts it.
-    wait_pod(
-        &k,
-        "post-start",
-        "{.status.containerStatuses[0].ready}",
-        "post-start ready",
-        Duration::from_secs(30),
-        |s| s == "true",
-    )?;
+    wait_ready(&k, "post-start")?;
     let out = k
         .run(&["exec", "post-start", "--", "cat", "/tmp/post-start"])?
         .success()?
         .stdout;
     assert_eq!(out.trim(), "hooked");
-    wait_pod(
-        &k,
-        "post-start-fails",
-        "{.status.containerStatuses[0].restartCount}",
-        "post-start-fails restarted",
-        Duration::from_secs(40),
-        |s| s.parse::<i32>().unwrap_or(0) >= 1,
-    )?;
+    wait_restarted(&k, "post-start-fails")?;
     let ev = events(&k, "post-start-fails")?;
     assert!(
         ev.contains("FailedPostStartHook: PostStartHook failed")
@@ -298,28 +264,14 @@ fn probes_and_lifecycle_hooks() -> anyhow::Result<()> {
     );
 
     // (d) preStop httpGet reaches pod A's server: its -vv log records the path.
-    wait_pod(
-        &k,
-        "httpd",
-        "{.status.containerStatuses[0].ready}",
-        "httpd ready",
-        Duration::from_secs(30),
-        |s| s == "true",
-    )?;
+    wait_ready(&k, "httpd")?;
     let ip = k
         .run(&["get", "pod", "httpd", "-o", "jsonpath={.status.podIP}"])?
         .success()?
         .stdout;
     k.run_stdin(&["apply", "-f", "-"], &pre_stop_http_pod(&ip))?
         .success()?;
-    wait_pod(
-        &k,
-        "pre-stop-http",
-        "{.status.containerStatuses[0].ready}",
-        "pre-stop-http ready",
-        Duration::from_secs(30),
-        |s| s == "true",
-    )?;
+    wait_ready(&k, "pre-stop-http")?;
     k.run(&[
         "delete",
         "pod",
@@ -335,14 +287,7 @@ fn probes_and_lifecycle_hooks() -> anyhow::Result<()> {
     );
 
     // A preStop sleep delays the deletion by its length (the container itself exits at once).
-    wait_pod(
-        &k,
-        "pre-stop-sleep",
-        "{.status.containerStatuses[0].ready}",
-        "pre-stop-sleep ready",
-        Duration::from_secs(30),
-        |s| s == "true",
-    )?;
+    wait_ready(&k, "pre-stop-sleep")?;
     let t = Instant::now();
     k.run(&[
         "delete",

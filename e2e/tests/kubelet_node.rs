@@ -12,9 +12,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use e2e::lotse::{Lotse, containers_in, http_get, images_dir, wait_for};
-use e2e::{Kubectl, free_port};
+use anyhow::Context;
+use e2e::Kubectl;
+use e2e::lotse::{Lotse, Node, containers_in, http_get, node_ready_args, wait_for};
 
 /// Runs `kubectl attach` with `args`, writes `input` to its stdin (kept open), and returns its
 /// stdout once `done` accepts it (or after `timeout`); kubectl is killed either way.
@@ -293,63 +293,23 @@ spec:
 #[test]
 #[ignore = "needs containerd and runc (root), built binaries and images (lotse images build)"]
 fn lotse_up_runs_pods_on_containerd() -> anyhow::Result<()> {
-    let images = images_dir();
-    for img in ["busybox.tar", "pause.tar"] {
-        if !images.join(img).is_file() {
-            bail!(
-                "{} missing: run `target/debug/lotse images build --output {} busybox pause`",
-                images.join(img).display(),
-                images.display()
-            );
-        }
-    }
     let tmp = tempfile::tempdir()?;
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(data.join("kubelet/images"))?;
-    for img in ["busybox.tar", "pause.tar"] {
-        std::fs::copy(images.join(img), data.join("kubelet/images").join(img))?;
-    }
-    let port = free_port()?;
-    let args: Vec<String> = [
-        "--data-dir",
-        &data.to_string_lossy(),
-        "--secure-port",
-        &port.to_string(),
-        "--kubelet-port",
-        &free_port()?.to_string(),
-        "--node-name",
+    let Node {
+        lotse,
+        kubectl: k,
+        data,
+        args,
+        kubelet_port,
+        started: t0,
+    } = Node::start(
+        tmp.path(),
         "e2e-node",
-        "--pod-cidr",
         "10.244.231.0/24",
-        "--images=",
-        "--no-install",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let t0 = Instant::now();
-    let mut lotse = Lotse::start(&data, &args)?;
-    let k = Kubectl::new(
-        33,
-        data.join("admin.kubeconfig"),
-        tmp.path().join("kubectl-cache"),
-    );
+        &["busybox.tar", "pause.tar"],
+    )?;
+    let mut lotse = lotse;
     let ready = |s: &str| s.trim() == "True";
-    let node_ready = [
-        "get",
-        "node",
-        "e2e-node",
-        "-o",
-        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-    ];
-    wait_for(
-        &k,
-        &node_ready,
-        "node Ready",
-        Duration::from_secs(30),
-        ready,
-    )
-    .with_context(|| lotse.log())?;
+    let node_ready = node_ready_args("e2e-node");
     println!("node Ready {:?} after start", t0.elapsed());
     let node = k
         .run(&["get", "node", "e2e-node", "-o", "json"])?
@@ -583,8 +543,6 @@ fn lotse_up_runs_pods_on_containerd() -> anyhow::Result<()> {
 
     // The kubelet API serves the apiserver only: no client certificate → 401, a certificate of
     // the cluster CA with another identity (the node's own) → 403.
-    let kubelet_port: u16 =
-        args[args.iter().position(|a| a == "--kubelet-port").unwrap_or(0) + 1].parse()?;
     let logs_path = "/containerLogs/default/web/httpd";
     assert_eq!(kubelet_api_status(kubelet_port, None, logs_path)?, 401);
     let node_kc = data.join("kubelet-e2e-node.kubeconfig");

@@ -14,9 +14,9 @@
 //! (or `$LOTSE_IMAGES_DIR`).
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use e2e::lotse::{Lotse, require_images, wait_for};
-use e2e::{Kubectl, free_port};
+use anyhow::Context;
+use e2e::Kubectl;
+use e2e::lotse::{Lotse, Node, random_pod_cidr, wait_for};
 
 const OBJECTS: &str = r#"
 apiVersion: v1
@@ -112,88 +112,39 @@ fn exec(k: &Kubectl, c: &str, script: &str) -> anyhow::Result<String> {
     k.ok(&["exec", "vols", "-c", c, "--", "sh", "-c", script])
 }
 
-/// Polls `script` in the main container until `ok` accepts its output (volume updates arrive
-/// with the pod's next sync).
-fn wait_exec(
-    k: &Kubectl,
-    script: &str,
-    what: &str,
-    timeout: Duration,
-    ok: impl Fn(&str) -> bool,
-) -> anyhow::Result<String> {
+/// Polls `script` in the main container for up to 60 s until it prints `want` (volume updates
+/// arrive with the pod's next sync).
+fn wait_exec(k: &Kubectl, script: &str, what: &str, want: &str) -> anyhow::Result<String> {
     let t0 = Instant::now();
-    let mut last = String::new();
-    while t0.elapsed() < timeout {
-        let out = k.run(&["exec", "vols", "-c", "main", "--", "sh", "-c", script])?;
-        last = format!("{}{}", out.stdout, out.stderr);
-        if out.code == 0 && ok(&out.stdout) {
-            println!("{what} after {:?}", t0.elapsed());
-            return Ok(out.stdout);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    bail!("timed out after {timeout:?} waiting for {what}; last output: {last}")
+    let args = ["exec", "vols", "-c", "main", "--", "sh", "-c", script];
+    let out = wait_for(k, &args, what, Duration::from_secs(60), |s| s == want)?;
+    println!("{what} after {:?}", t0.elapsed());
+    Ok(out)
 }
 
 #[test]
 #[ignore = "needs containerd and runc (root), built binaries and images (lotse images build)"]
 fn pod_volumes_and_their_updates() -> anyhow::Result<()> {
-    let images = require_images(&["busybox.tar", "pause.tar"])?;
     let tmp = tempfile::tempdir()?;
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(data.join("kubelet/images"))?;
-    for img in ["busybox.tar", "pause.tar"] {
-        std::fs::copy(images.join(img), data.join("kubelet/images").join(img))?;
-    }
     let host_dir = tmp.path().join("host");
     std::fs::create_dir_all(&host_dir)?;
     std::fs::write(host_dir.join("from-host.txt"), "host data\n")?;
-    let cidr = format!(
-        "10.244.{}.0/24",
-        100 + std::process::id() % 100 + u32::from(free_port()? % 50)
-    );
-    let args: Vec<String> = [
-        "--data-dir",
-        &data.to_string_lossy(),
-        "--secure-port",
-        &free_port()?.to_string(),
-        "--kubelet-port",
-        &free_port()?.to_string(),
-        "--node-name",
+    let node = Node::start(
+        tmp.path(),
         "volumes-node",
-        "--pod-cidr",
-        &cidr,
-        "--images=",
-        "--no-install",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let t0 = Instant::now();
-    let mut lotse = Lotse::start(&data, &args)?;
-    let k = Kubectl::new(
-        33,
-        data.join("admin.kubeconfig"),
-        tmp.path().join("kubectl-cache"),
-    );
-    wait_for(
-        &k,
-        &[
-            "get",
-            "node",
-            "volumes-node",
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-        ],
-        "node Ready",
-        Duration::from_secs(30),
-        |s| s.trim() == "True",
-    )
-    .with_context(|| lotse.log())?;
-    // Published by the controllers' root-ca-cert-publisher too; whichever comes first.
+        &random_pod_cidr()?,
+        &["busybox.tar", "pause.tar"],
+    )?;
+    node.publish_root_ca()?;
+    let Node {
+        mut lotse,
+        kubectl: k,
+        data,
+        args,
+        started: t0,
+        ..
+    } = node;
     let ca_path = data.join("pki/ca.crt");
-    let ca = format!("--from-file=ca.crt={}", ca_path.display());
-    let _ = k.run(&["create", "configmap", "kube-root-ca.crt", &ca])?;
     k.ok_stdin(&["apply", "-f", "-"], OBJECTS)?;
     // `create`, not `apply`: no last-applied annotation in the downwardAPI annotations file.
     k.ok_stdin(&["create", "-f", "-"], &pod(&host_dir.to_string_lossy()))?;
@@ -336,15 +287,13 @@ fn pod_volumes_and_their_updates() -> anyhow::Result<()> {
         &k,
         "ls /etc/cfg; cat /etc/cfg/color",
         "configMap update",
-        Duration::from_secs(60),
-        |s| s == "color\nshape\nsize\ngreen",
+        "color\nshape\nsize\ngreen",
     )?;
     wait_exec(
         &k,
         "ls /etc/sec; cat /etc/sec/pass; cat /etc/sec/token2",
         "secret update",
-        Duration::from_secs(60),
-        |s| s == "pass\ntoken2\nuser\nn3w-passadded",
+        "pass\ntoken2\nuser\nn3w-passadded",
     )?;
     let out = exec(
         &k,
@@ -366,8 +315,7 @@ fn pod_volumes_and_their_updates() -> anyhow::Result<()> {
         &k,
         "cat /etc/info/labels",
         "downwardAPI labels update",
-        Duration::from_secs(60),
-        |s| s == "app=\"vols\"\ntier=\"two\"",
+        "app=\"vols\"\ntier=\"two\"",
     )?;
 
     // kill -9 and restart: the pod is adopted with the volumes found on disk (no container
@@ -401,8 +349,7 @@ fn pod_volumes_and_their_updates() -> anyhow::Result<()> {
         &k,
         "ls /etc/cfg; cat /etc/cfg/color; cat /etc/color; cat /etc/sec/pass",
         "configMap update after the kubelet restart",
-        Duration::from_secs(60),
-        |s| s == "color\nshape\nsize\nredbluen3w-pass",
+        "color\nshape\nsize\nredbluen3w-pass",
     )
     .with_context(|| lotse.log())?;
     println!("update after restart seen in {:?}", t_restart.elapsed());

@@ -14,9 +14,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use e2e::lotse::{Lotse, containers_in, http_get, images_dir, wait_for};
-use e2e::{Kubectl, free_port};
+use anyhow::Context;
+use e2e::Kubectl;
+use e2e::lotse::{Node, containers_in, http_get, images_dir, node_ready_args, wait_for};
 
 fn deployment(nginx: bool) -> String {
     let container = if nginx {
@@ -60,19 +60,7 @@ spec:
 #[ignore = "needs containerd and runc (root), built binaries and images (lotse images build)"]
 fn deployment_faults_and_cleanup_on_containerd() -> anyhow::Result<()> {
     let images = images_dir();
-    for img in ["busybox.tar", "pause.tar"] {
-        if !images.join(img).is_file() {
-            bail!(
-                "{} missing: run `target/debug/lotse images build --output {} busybox pause`",
-                images.join(img).display(),
-                images.display()
-            );
-        }
-    }
     let nginx = images.join("nginx.tar").is_file();
-    let tmp = tempfile::tempdir()?;
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(data.join("kubelet/images"))?;
     let mut wanted = vec!["busybox.tar", "pause.tar"];
     if nginx {
         wanted.push("nginx.tar");
@@ -82,47 +70,15 @@ fn deployment_faults_and_cleanup_on_containerd() -> anyhow::Result<()> {
             images.display()
         );
     }
-    for img in wanted {
-        // A hard link when possible: the nginx archive is large.
-        let dst = data.join("kubelet/images").join(img);
-        if std::fs::hard_link(images.join(img), &dst).is_err() {
-            std::fs::copy(images.join(img), &dst)?;
-        }
-    }
+    let tmp = tempfile::tempdir()?;
     let node = "e2e-wl";
-    let args: Vec<String> = [
-        "--data-dir",
-        &data.to_string_lossy(),
-        "--secure-port",
-        &free_port()?.to_string(),
-        "--kubelet-port",
-        &free_port()?.to_string(),
-        "--node-name",
-        node,
-        "--pod-cidr",
-        "10.244.232.0/24",
-        "--images=",
-        "--no-install",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let t0 = Instant::now();
-    let mut lotse = Lotse::start(&data, &args)?;
-    let k = Kubectl::new(
-        33,
-        data.join("admin.kubeconfig"),
-        tmp.path().join("kubectl-cache"),
-    );
-    let ready_jp = "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}";
-    wait_for(
-        &k,
-        &["get", "node", node, "-o", ready_jp],
-        "node Ready",
-        Duration::from_secs(30),
-        |s| s.trim() == "True",
-    )
-    .with_context(|| lotse.log())?;
+    let Node {
+        mut lotse,
+        kubectl: k,
+        data,
+        started: t0,
+        ..
+    } = Node::start(tmp.path(), node, "10.244.232.0/24", &wanted)?;
     // The default ServiceAccount comes from the controllers; pods are refused without it.
     wait_for(
         &k,
@@ -277,7 +233,7 @@ fn deployment_faults_and_cleanup_on_containerd() -> anyhow::Result<()> {
     assert!(seen, "Ready condition while containerd is down: {out}");
     wait_for(
         &k,
-        &["get", "node", node, "-o", ready_jp],
+        &node_ready_args(node),
         "node Ready after containerd restart",
         Duration::from_secs(20),
         |s| s.trim() == "True",
