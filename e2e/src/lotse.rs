@@ -248,6 +248,19 @@ impl Node {
         })
     }
 
+    /// [`Node::start`] with the busybox and pause images and a [`random_pod_cidr`], then
+    /// [`Node::publish_root_ca`].
+    pub fn start_with_root_ca(tmp: &Path, name: &str) -> anyhow::Result<Node> {
+        let node = Node::start(
+            tmp,
+            name,
+            &random_pod_cidr()?,
+            &["busybox.tar", "pause.tar"],
+        )?;
+        node.publish_root_ca()?;
+        Ok(node)
+    }
+
     /// Creates the `kube-root-ca.crt` ConfigMap in `default` from the cluster CA (the
     /// controllers' root-ca-cert-publisher makes it too; whichever comes first).
     pub fn publish_root_ca(&self) -> anyhow::Result<()> {
@@ -272,6 +285,21 @@ pub fn node_ready_args(name: &str) -> [&str; 5] {
         "-o",
         "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
     ]
+}
+
+/// Deletes every pod in `default` with a 1 s grace period and waits (up to 60 s) until they
+/// are gone.
+pub fn delete_all_pods(k: &Kubectl) -> anyhow::Result<()> {
+    k.run(&[
+        "delete",
+        "pod",
+        "--all",
+        "--grace-period=1",
+        "--wait=true",
+        "--timeout=60s",
+    ])?
+    .success()?;
+    Ok(())
 }
 
 /// A pod CIDR `10.244.<100..=248>.0/24` varied by process id and a free port, so concurrent

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use e2e::Kubectl;
-use e2e::lotse::{Node, random_pod_cidr, wait_for};
+use e2e::lotse::{Node, delete_all_pods, wait_for};
 
 /// Every container exits at once on SIGTERM (a shell as PID 1 ignores it otherwise), so the
 /// deletions below take only as long as their hooks.
@@ -179,19 +179,12 @@ fn events(k: &Kubectl, pod: &str) -> anyhow::Result<String> {
 #[ignore = "needs containerd and runc (root), built binaries and images (lotse images build)"]
 fn probes_and_lifecycle_hooks() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let node = Node::start(
-        tmp.path(),
-        "lifecycle-node",
-        &random_pod_cidr()?,
-        &["busybox.tar", "pause.tar"],
-    )?;
-    node.publish_root_ca()?;
     let Node {
         mut lotse,
         kubectl: k,
         started: t0,
         ..
-    } = node;
+    } = Node::start_with_root_ca(tmp.path(), "lifecycle-node")?;
     k.run_stdin(&["apply", "-f", "-"], PODS)?.success()?;
 
     // (a) The startup probe holds back liveness (which would fail and restart it) and
@@ -308,15 +301,7 @@ fn probes_and_lifecycle_hooks() -> anyhow::Result<()> {
         "deletion waited for the whole grace period: {took:?}"
     );
 
-    k.run(&[
-        "delete",
-        "pod",
-        "--all",
-        "--grace-period=1",
-        "--wait=true",
-        "--timeout=60s",
-    ])?
-    .success()?;
+    delete_all_pods(&k)?;
     println!("lifecycle checks took {:?}", t0.elapsed());
     lotse.stop()?;
     Ok(())

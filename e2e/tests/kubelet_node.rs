@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use e2e::Kubectl;
-use e2e::lotse::{Lotse, Node, containers_in, http_get, node_ready_args, wait_for};
+use e2e::lotse::{
+    Lotse, Node, containers_in, delete_all_pods, http_get, node_ready_args, wait_for,
+};
 
 /// Runs `kubectl attach` with `args`, writes `input` to its stdin (kept open), and returns its
 /// stdout once `done` accepts it (or after `timeout`); kubectl is killed either way.
@@ -675,15 +677,7 @@ fn lotse_up_runs_pods_on_containerd() -> anyhow::Result<()> {
     );
 
     // Deleting the pods leaves nothing in containerd.
-    k.run(&[
-        "delete",
-        "pod",
-        "--all",
-        "--grace-period=1",
-        "--wait=true",
-        "--timeout=60s",
-    ])?
-    .success()?;
+    delete_all_pods(&k)?;
     let t0 = Instant::now();
     while !containers_in(&data)?.is_empty() && t0.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(300));

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use e2e::Kubectl;
-use e2e::lotse::{Lotse, Node, random_pod_cidr, wait_for};
+use e2e::lotse::{Lotse, Node, wait_for};
 
 const OBJECTS: &str = r#"
 apiVersion: v1
@@ -129,13 +129,6 @@ fn pod_volumes_and_their_updates() -> anyhow::Result<()> {
     let host_dir = tmp.path().join("host");
     std::fs::create_dir_all(&host_dir)?;
     std::fs::write(host_dir.join("from-host.txt"), "host data\n")?;
-    let node = Node::start(
-        tmp.path(),
-        "volumes-node",
-        &random_pod_cidr()?,
-        &["busybox.tar", "pause.tar"],
-    )?;
-    node.publish_root_ca()?;
     let Node {
         mut lotse,
         kubectl: k,
@@ -143,7 +136,7 @@ fn pod_volumes_and_their_updates() -> anyhow::Result<()> {
         args,
         started: t0,
         ..
-    } = node;
+    } = Node::start_with_root_ca(tmp.path(), "volumes-node")?;
     let ca_path = data.join("pki/ca.crt");
     k.ok_stdin(&["apply", "-f", "-"], OBJECTS)?;
     // `create`, not `apply`: no last-applied annotation in the downwardAPI annotations file.
