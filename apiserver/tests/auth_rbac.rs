@@ -11,19 +11,14 @@ use apiserver::rbac::{Attributes, Decision};
 use apiserver::registry::resources::{
     CLUSTERROLEBINDINGS, CLUSTERROLES, NAMESPACES, ROLEBINDINGS, SERVICEACCOUNTS,
 };
-use apiserver::server::{self, AppState};
+use apiserver::server::AppState;
 use apiserver::storage::Storage;
-use apiserver::storage::sqlite::SqliteStorage;
 use serde_json::json;
 
+mod common;
+
 async fn state() -> (Arc<AppState>, Arc<dyn Storage>) {
-    let store: Arc<dyn Storage> = Arc::new(SqliteStorage::open_temporary().expect("sqlite"));
-    let state = AppState::new(
-        store.clone(),
-        "10.96.0.0/12".parse().expect("cidr"),
-        "127.0.0.1:6443".into(),
-    );
-    server::bootstrap(&state).await;
+    let (state, store) = common::state().await;
     state.security.rbac.start(&state);
     apiserver::rbac::spawn_aggregation(state.clone());
     (state, store)

@@ -15,10 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use apiserver::auth::{ClientCertIdentity, UserInfo};
 use apiserver::server::{self, AppState};
-use apiserver::storage::Storage;
-use apiserver::storage::sqlite::SqliteStorage;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
@@ -30,12 +27,7 @@ const WRITERS: usize = 4;
 const WRITE_PHASE: Duration = Duration::from_secs(3);
 const NS_URI: &str = "/apis/apps/v1/namespaces/default/replicasets";
 
-fn admin() -> ClientCertIdentity {
-    ClientCertIdentity(UserInfo::from_cert(
-        "lotse-admin".into(),
-        vec!["system:masters".into()],
-    ))
-}
+mod common;
 
 fn request(method: &str, uri: &str, content_type: &str, body: Vec<u8>) -> Request<Body> {
     let mut req = Request::builder()
@@ -44,7 +36,7 @@ fn request(method: &str, uri: &str, content_type: &str, body: Vec<u8>) -> Reques
         .header(header::CONTENT_TYPE, content_type)
         .body(Body::from(body))
         .expect("request");
-    req.extensions_mut().insert(admin());
+    req.extensions_mut().insert(common::admin());
     req
 }
 
@@ -451,13 +443,7 @@ fn check_watch(per: &HashMap<String, Vec<(i64, i64)>>, w: &WatchSeen) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lists_and_watches_follow_concurrent_writes_exactly() {
-    let store: Arc<dyn Storage> = Arc::new(SqliteStorage::open_temporary().expect("sqlite"));
-    let state = AppState::new(
-        store.clone(),
-        "10.96.0.0/12".parse().expect("cidr"),
-        "127.0.0.1:6443".into(),
-    );
-    server::bootstrap(&state).await;
+    let (state, _store) = common::state().await;
     let history = Arc::new(Mutex::new(History::default()));
     for i in 0..OBJECTS {
         let (s, o) = call(
