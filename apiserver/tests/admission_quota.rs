@@ -6,14 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use apiserver::auth::{ClientCertIdentity, UserInfo};
 use apiserver::server::{self, AppState};
 use apiserver::storage::Storage;
-use apiserver::storage::sqlite::SqliteStorage;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
 use tower::ServiceExt;
+
+mod common;
 
 struct Api {
     state: Arc<AppState>,
@@ -22,13 +22,7 @@ struct Api {
 
 impl Api {
     async fn new() -> Api {
-        let store: Arc<dyn Storage> = Arc::new(SqliteStorage::open_temporary().expect("sqlite"));
-        let state = AppState::new(
-            store.clone(),
-            "10.96.0.0/12".parse().expect("cidr"),
-            "127.0.0.1:6443".into(),
-        );
-        server::bootstrap(&state).await;
+        let (state, store) = common::state().await;
         apiserver::admission::resource_quota::spawn_usage_loop(state.clone());
         Api {
             state,
@@ -46,11 +40,7 @@ impl Api {
             .header(header::CONTENT_TYPE, ct)
             .body(Body::from(bytes))
             .expect("request");
-        req.extensions_mut()
-            .insert(ClientCertIdentity(UserInfo::from_cert(
-                "lotse-admin".into(),
-                vec!["system:masters".into()],
-            )));
+        req.extensions_mut().insert(common::admin());
         let resp = server::router(self.state.clone())
             .oneshot(req)
             .await

@@ -9,11 +9,12 @@ use apiserver::auth::{ClientCertIdentity, UserInfo};
 use apiserver::authn::TokenAuthority;
 use apiserver::server::{self, AppState};
 use apiserver::storage::Storage;
-use apiserver::storage::sqlite::SqliteStorage;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
 use tower::ServiceExt;
+
+mod common;
 
 /// Kubernetes' body for every authentication failure.
 const UNAUTHORIZED: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#;
@@ -44,13 +45,7 @@ fn now() -> i64 {
 
 impl Api {
     async fn new() -> Api {
-        let store: Arc<dyn Storage> = Arc::new(SqliteStorage::open_temporary().expect("sqlite"));
-        let state = AppState::new(
-            store.clone(),
-            "10.96.0.0/12".parse().expect("cidr"),
-            "127.0.0.1:6443".into(),
-        );
-        server::bootstrap(&state).await;
+        let (state, store) = common::state().await;
         state.security.rbac.start(&state);
         apiserver::rbac::spawn_aggregation(state.clone());
         apiserver::admission::resource_quota::spawn_usage_loop(state.clone());
@@ -91,11 +86,7 @@ impl Api {
         let mut req = b.body(Body::from(body)).expect("request");
         match who {
             Who::Admin => {
-                req.extensions_mut()
-                    .insert(ClientCertIdentity(UserInfo::from_cert(
-                        "lotse-admin".into(),
-                        vec!["system:masters".into()],
-                    )));
+                req.extensions_mut().insert(common::admin());
             }
             Who::Cert(u) => {
                 req.extensions_mut().insert(ClientCertIdentity(u));
@@ -238,11 +229,7 @@ async fn bad_tokens_get_a_bare_401() {
             .header(header::AUTHORIZATION, "Bearer not.a.token")
             .body(Body::empty())
             .expect("request");
-        req.extensions_mut()
-            .insert(ClientCertIdentity(UserInfo::from_cert(
-                "lotse-admin".into(),
-                vec!["system:masters".into()],
-            )));
+        req.extensions_mut().insert(common::admin());
         let resp = server::router(api.state.clone())
             .oneshot(req)
             .await

@@ -4,14 +4,14 @@
 
 use std::sync::Arc;
 
-use apiserver::auth::{ClientCertIdentity, UserInfo};
 use apiserver::server::{self, AppState};
 use apiserver::storage::Storage;
-use apiserver::storage::sqlite::SqliteStorage;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
 use tower::ServiceExt;
+
+mod common;
 
 const CORE: &str = "/api/v1/namespaces/default/events";
 const V1: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
@@ -23,13 +23,7 @@ struct Api {
 
 impl Api {
     async fn new() -> Api {
-        let store: Arc<dyn Storage> = Arc::new(SqliteStorage::open_temporary().expect("sqlite"));
-        let state = AppState::new(
-            store.clone(),
-            "10.96.0.0/12".parse().expect("cidr"),
-            "127.0.0.1:6443".into(),
-        );
-        server::bootstrap(&state).await;
+        let (state, store) = common::state().await;
         Api {
             state,
             _store: store,
@@ -52,11 +46,7 @@ impl Api {
             .header(header::CONTENT_TYPE, ct)
             .body(Body::from(bytes))
             .expect("request");
-        req.extensions_mut()
-            .insert(ClientCertIdentity(UserInfo::from_cert(
-                "lotse-admin".into(),
-                vec!["system:masters".into()],
-            )));
+        req.extensions_mut().insert(common::admin());
         let resp = server::router(self.state.clone())
             .oneshot(req)
             .await

@@ -3,36 +3,23 @@
 
 use std::sync::Arc;
 
-use apiserver::auth::{ClientCertIdentity, UserInfo};
 use apiserver::server::{self, AppState};
 use apiserver::storage::Storage;
-use apiserver::storage::sqlite::SqliteStorage;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
 use tower::ServiceExt;
+
+mod common;
 
 struct Api {
     state: Arc<AppState>,
     _store: Arc<dyn Storage>,
 }
 
-fn admin() -> ClientCertIdentity {
-    ClientCertIdentity(UserInfo::from_cert(
-        "lotse-admin".into(),
-        vec!["system:masters".into()],
-    ))
-}
-
 impl Api {
     async fn new() -> Api {
-        let store: Arc<dyn Storage> = Arc::new(SqliteStorage::open_temporary().expect("sqlite"));
-        let state = AppState::new(
-            store.clone(),
-            "10.96.0.0/12".parse().expect("cidr"),
-            "127.0.0.1:6443".into(),
-        );
-        server::bootstrap(&state).await;
+        let (state, store) = common::state().await;
         Api {
             state,
             _store: store,
@@ -55,7 +42,7 @@ impl Api {
             b = b.header(header::ACCEPT, a);
         }
         let mut req = b.body(Body::from(body)).expect("request");
-        req.extensions_mut().insert(admin());
+        req.extensions_mut().insert(common::admin());
         let resp = server::router(self.state.clone())
             .oneshot(req)
             .await
