@@ -64,6 +64,18 @@ async fn call(
     )
 }
 
+/// A merge PATCH of `uri` as the admin.
+async fn merge_patch(state: &Arc<AppState>, uri: &str, patch: Value) -> (StatusCode, Value) {
+    call(
+        state,
+        "PATCH",
+        uri,
+        "application/merge-patch+json",
+        Some(patch),
+    )
+    .await
+}
+
 fn rv_of(v: &Value) -> i64 {
     v.pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
@@ -180,26 +192,12 @@ async fn writer(
             // Merge PATCH of an annotation (no generation bump).
             1 => {
                 let p = json!({"metadata": {"annotations": {"patch": rng.next().to_string()}}});
-                call(
-                    &state,
-                    "PATCH",
-                    &uri,
-                    "application/merge-patch+json",
-                    Some(p),
-                )
-                .await
+                merge_patch(&state, &uri, p).await
             }
             // Merge PATCH of the spec (generation bump).
             2 => {
                 let p = json!({"spec": {"minReadySeconds": rng.below(100)}});
-                call(
-                    &state,
-                    "PATCH",
-                    &uri,
-                    "application/merge-patch+json",
-                    Some(p),
-                )
-                .await
+                merge_patch(&state, &uri, p).await
             }
             // GET then PUT /status guarded by resourceVersion.
             3 => {
