@@ -93,14 +93,7 @@ impl Api {
             }
             Who::Token(_) => {}
         }
-        let resp = server::router(self.state.clone())
-            .oneshot(req)
-            .await
-            .expect("response");
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20)
-            .await
-            .expect("body");
+        let (status, _, bytes) = common::send(&self.state, req).await;
         (status, String::from_utf8_lossy(&bytes).into_owned())
     }
 

@@ -4,12 +4,11 @@
 
 use std::sync::Arc;
 
-use apiserver::server::{self, AppState};
+use apiserver::server::AppState;
 use apiserver::storage::Storage;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 mod common;
 
@@ -47,14 +46,7 @@ impl Api {
             .body(Body::from(bytes))
             .expect("request");
         req.extensions_mut().insert(common::admin());
-        let resp = server::router(self.state.clone())
-            .oneshot(req)
-            .await
-            .expect("response");
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
-            .await
-            .expect("body");
+        let (status, _, bytes) = common::send(&self.state, req).await;
         (status, bytes.to_vec())
     }
 

@@ -29,3 +29,22 @@ pub fn admin() -> ClientCertIdentity {
         vec!["system:masters".into()],
     ))
 }
+
+/// Sends `req` through a fresh `server::router` over `state`: status, headers and body bytes.
+#[allow(dead_code)]
+pub async fn send(
+    state: &Arc<AppState>,
+    req: axum::http::Request<axum::body::Body>,
+) -> (axum::http::StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    use tower::ServiceExt;
+    let resp = server::router(state.clone())
+        .oneshot(req)
+        .await
+        .expect("response");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
+        .await
+        .expect("body");
+    (status, headers, bytes.to_vec())
+}
