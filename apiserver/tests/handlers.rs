@@ -43,16 +43,8 @@ impl Api {
         }
         let mut req = b.body(Body::from(body)).expect("request");
         req.extensions_mut().insert(common::admin());
-        let resp = server::router(self.state.clone())
-            .oneshot(req)
-            .await
-            .expect("response");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
-            .await
-            .expect("body");
-        (status, bytes.to_vec(), headers)
+        let (status, headers, bytes) = common::send(&self.state, req).await;
+        (status, bytes, headers)
     }
 
     /// POSTs `body` as `content_type` to the default namespace's configmaps.
