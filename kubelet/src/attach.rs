@@ -49,8 +49,8 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::Kubelet;
 use crate::exec::{
-    ExecOptions, PROTOCOLS, choose_protocol, containerd_tasks, is_websocket, normal_close,
-    parse_resize, running_container, switching_protocols, text,
+    ExecOptions, containerd_tasks, normal_close, parse_resize, running_container,
+    switching_protocols, text, websocket_upgrade,
 };
 
 const STDIN: u8 = 0;
@@ -131,20 +131,9 @@ pub async fn attach(
     mut req: Request,
 ) -> Response {
     let opts = ExecOptions::parse(req.uri().query().unwrap_or(""));
-    if !is_websocket(req.headers()) {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "attach needs a WebSocket upgrade (v5.channel.k8s.io or v4.channel.k8s.io); SPDY is not supported by the Lotse kubelet".into(),
-        );
-    }
-    let Some(proto) = choose_protocol(req.headers()) else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!("no supported WebSocket subprotocol offered; supported: {PROTOCOLS:?}"),
-        );
-    };
-    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key".into());
+    let (proto, key) = match websocket_upgrade(req.headers(), "attach") {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     if !(opts.stdin || opts.stdout || opts.stderr) {
         return text(

@@ -375,20 +375,9 @@ pub async fn exec(
     mut req: Request,
 ) -> Response {
     let opts = ExecOptions::parse(req.uri().query().unwrap_or(""));
-    if !is_websocket(req.headers()) {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "exec needs a WebSocket upgrade (v5.channel.k8s.io or v4.channel.k8s.io); SPDY is not supported by the Lotse kubelet".into(),
-        );
-    }
-    let Some(proto) = choose_protocol(req.headers()) else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!("no supported WebSocket subprotocol offered; supported: {PROTOCOLS:?}"),
-        );
-    };
-    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key".into());
+    let (proto, key) = match websocket_upgrade(req.headers(), "exec") {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     if opts.command.is_empty() {
         return text(
@@ -422,6 +411,37 @@ pub async fn exec(
 }
 
 /// The `101 Switching Protocols` answer to a WebSocket upgrade with `key`, speaking `proto`.
+/// Checks a streaming request (`verb`: exec or attach) for a WebSocket upgrade with a
+/// channel subprotocol Lotse speaks; the chosen protocol and the client's key, or the 400.
+// The error is the response handed straight back to the client, as in `running_container`.
+#[allow(clippy::result_large_err)]
+pub(crate) fn websocket_upgrade(
+    headers: &HeaderMap,
+    verb: &str,
+) -> Result<(&'static str, HeaderValue), Response> {
+    if !is_websocket(headers) {
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{verb} needs a WebSocket upgrade (v5.channel.k8s.io or v4.channel.k8s.io); SPDY is not supported by the Lotse kubelet"
+            ),
+        ));
+    }
+    let Some(proto) = choose_protocol(headers) else {
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            format!("no supported WebSocket subprotocol offered; supported: {PROTOCOLS:?}"),
+        ));
+    };
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            "missing Sec-WebSocket-Key".into(),
+        ));
+    };
+    Ok((proto, key))
+}
+
 pub(crate) fn switching_protocols(proto: &'static str, key: &HeaderValue) -> Response {
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut r = Response::new(Body::empty());
