@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Lotse needs to build and test (idempotent).
-# protobuf-compiler: etcd-client and the CRI client compile .proto files at build time.
+# protobuf-compiler, libprotobuf-dev: etcd-client and the CRI client compile .proto files at build
+#   time (libprotobuf-dev carries the well-known types, google/protobuf/descriptor.proto).
 # etcd-server: the etcd storage backend's conformance tests start a real etcd.
 # containerd, runc, containernetworking-plugins (loopback), iproute2, util-linux: the kubelet's
 #   container runtime and pod networking.
 # busybox-static, gcc, libc6-dev, jq, debootstrap: `lotse images build` (busybox, the pause
 #   binary, and nginx on a debootstrapped Debian from the machine's own mirror).
 set -euo pipefail
-pkgs=(protobuf-compiler etcd-server containerd runc containernetworking-plugins iproute2 util-linux busybox-static gcc libc6-dev jq debootstrap)
+pkgs=(protobuf-compiler libprotobuf-dev etcd-server containerd runc containernetworking-plugins iproute2 util-linux busybox-static gcc libc6-dev jq debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
