@@ -13,7 +13,7 @@
 //! ends every process in the namespace and with it every mount.
 //!
 //! Needs root, network access to the Debian mirror in /etc/apt/sources.list*, the built
-//! binaries (`cargo build -p kubelet -p cni-plugin --bins`) and
+//! binaries (`cargo build -p lotse -p kubelet -p cni-plugin --bins`) and
 //! `target/lotse-images/{busybox,pause}.tar` (plus `debian.tar` to skip debootstrap:
 //! `target/debug/lotse images build --output target/lotse-images busybox pause debian`).
 use std::path::{Path, PathBuf};
@@ -333,7 +333,7 @@ fn fresh_machine(t0: Instant) -> anyhow::Result<Machine> {
         let src = bin_dir().join(b);
         std::fs::copy(&src, root.join("usr/local/bin").join(b)).with_context(|| {
             format!(
-                "{} (cargo build -p kubelet -p cni-plugin --bins)",
+                "{} (cargo build -p lotse -p kubelet -p cni-plugin --bins)",
                 src.display()
             )
         })?;

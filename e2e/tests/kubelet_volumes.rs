@@ -9,7 +9,7 @@
 //! the pod updates its downwardAPI labels file.
 //!
 //! Needs root, Debian's `containerd`, `runc` and `containernetworking-plugins`, the built
-//! binaries (`cargo build -p kubelet -p cni-plugin --bins`) and the images built by
+//! binaries (`cargo build -p lotse -p kubelet -p cni-plugin --bins`) and the images built by
 //! `target/debug/lotse images build --output target/lotse-images busybox pause`
 //! (or `$LOTSE_IMAGES_DIR`).
 use std::time::{Duration, Instant};

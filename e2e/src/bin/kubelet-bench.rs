@@ -9,7 +9,7 @@
 //!    running `--rss-pods` pods (bound by `spec.nodeName`): VmRSS of the kubelet process and of
 //!    its containerd.
 //!
-//! `cargo build --release -p kubelet -p cni-plugin -p apiserver -p e2e && LOTSE_BIN_DIR=target/release target/release/kubelet-bench`
+//! `cargo build --release -p lotse -p kubelet -p cni-plugin -p apiserver -p e2e && LOTSE_BIN_DIR=target/release target/release/kubelet-bench`
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

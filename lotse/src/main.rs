@@ -1,0 +1,80 @@
+//! `lotse`: the all-in-one launcher.
+mod images;
+mod install;
+mod up;
+
+use clap::{Parser, Subcommand};
+
+use images::BuildArgs;
+use up::UpArgs;
+
+/// Lotse: a Kubernetes-compatible cluster on one machine.
+///
+///   sudo lotse up                 # apiserver + controllers + scheduler + containerd + kubelet
+///   export KUBECONFIG=/var/lib/lotse/admin.kubeconfig
+///   kubectl run web --image=nginx
+///
+/// No container registry is needed: `lotse images build` makes busybox, nginx, debian and the
+/// sandbox image from the machine's Debian packages, and the kubelet imports them at start.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the whole cluster in this process (Ctrl-C stops it; running it again resumes it).
+    Up(UpArgs),
+    /// Image archives for the kubelet's airgapped image store.
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Build base images offline into <root-dir>/images/ (busybox, pause ~1 s each; debian ~70 s; nginx ~15 s more).
+    Build(BuildArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Images {
+            command: ImagesCommand::Build(b),
+        } => {
+            let out = b
+                .output
+                .unwrap_or_else(|| b.data_dir.join("kubelet/images"));
+            if !b.no_install {
+                let all = ["busybox", "pause", "debian", "nginx"].map(String::from);
+                let images = if b.images.is_empty() {
+                    &all[..]
+                } else {
+                    &b.images[..]
+                };
+                // Only what is still to be built (build.sh keeps existing archives).
+                let todo: Vec<String> = images
+                    .iter()
+                    .filter(|i| b.force || !out.join(format!("{i}.tar")).is_file())
+                    .cloned()
+                    .collect();
+                install::install_missing(false, &todo)?;
+            }
+            images::build_images(&out, b.force, &b.images)
+        }
+        Command::Up(a) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            tokio::runtime::Runtime::new()?.block_on(up::up(a))
+        }
+    }
+}

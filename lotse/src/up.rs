@@ -1,0 +1,227 @@
+//! `lotse up`: the whole cluster in one process.
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::images::build_images;
+use crate::install::install_missing;
+
+#[derive(Parser)]
+pub struct UpArgs {
+    /// Directory for the PKI, the embedded database, kubeconfigs and the kubelet's root dir.
+    #[arg(long, env = "LOTSE_DATA_DIR", default_value = "/var/lib/lotse")]
+    data_dir: PathBuf,
+    /// IP address the apiserver listens on.
+    #[arg(long, env = "LOTSE_BIND_ADDRESS", default_value = "127.0.0.1")]
+    bind_address: IpAddr,
+    /// apiserver HTTPS port.
+    #[arg(long, env = "LOTSE_SECURE_PORT", default_value_t = 6443)]
+    secure_port: u16,
+    /// CIDR from which Service ClusterIPs are allocated.
+    #[arg(
+        long,
+        env = "LOTSE_SERVICE_CLUSTER_IP_RANGE",
+        default_value = "10.96.0.0/12"
+    )]
+    service_cluster_ip_range: ipnet::Ipv4Net,
+    /// The cluster's pod network.
+    #[arg(long, env = "LOTSE_CLUSTER_CIDR", default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
+    /// This node's pod CIDR.
+    #[arg(long, env = "LOTSE_POD_CIDR", default_value = kubelet::DEFAULT_POD_CIDR)]
+    pod_cidr: String,
+    /// HTTPS port of the kubelet API (container logs).
+    #[arg(long, env = "LOTSE_KUBELET_PORT", default_value_t = 10250)]
+    kubelet_port: u16,
+    /// Name of the node (default: the host name).
+    #[arg(long, env = "LOTSE_NODE_NAME")]
+    node_name: Option<String>,
+    /// Images built when <data-dir>/kubelet/images has none (empty: build nothing).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "busybox,pause,debian,nginx"
+    )]
+    images: Vec<String>,
+    /// Don't install missing Debian packages. Without it, `lotse up` (as root) installs with
+    /// apt-get what the node runs and lacks: containerd, runc, containernetworking-plugins,
+    /// iproute2, util-linux, procps, mount, bsdutils, coreutils — and, only when the base images
+    /// must be built, busybox-static, gcc, binutils, libc6-dev, debootstrap, jq.
+    #[arg(long, env = "LOTSE_NO_INSTALL")]
+    no_install: bool,
+    /// What runs the pods: containerd, or `simulated` (no containers, only status transitions;
+    /// for control-plane scale benchmarks).
+    #[arg(long, env = "LOTSE_RUNTIME", value_enum, default_value_t = kubelet::RuntimeKind::Containerd)]
+    runtime: kubelet::RuntimeKind,
+}
+
+async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    Ok(kube::Client::try_from(cfg)?)
+}
+
+pub async fn up(a: UpArgs) -> anyhow::Result<()> {
+    let data_dir = std::path::absolute(&a.data_dir)?;
+    let root_dir = data_dir.join("kubelet");
+    let images_dir = root_dir.join("images");
+    let simulated = a.runtime == kubelet::RuntimeKind::Simulated;
+    let has_images = std::fs::read_dir(&images_dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    let build = !has_images && !a.images.is_empty() && !simulated;
+    if !a.no_install && !simulated {
+        install_missing(true, if build { &a.images } else { &[] })?;
+    }
+    if build {
+        eprintln!(
+            "lotse: building base images into {} (once)",
+            images_dir.display()
+        );
+        build_images(&images_dir, false, &a.images)?;
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let cfg = apiserver::server::Config {
+        data_dir: data_dir.clone(),
+        bind_address: a.bind_address,
+        secure_port: a.secure_port,
+        etcd_servers: Vec::new(),
+        service_cluster_ip_range: a.service_cluster_ip_range,
+        extra_sans: Vec::new(),
+        compaction_interval: Duration::from_secs(300),
+    };
+    let (api_stop_tx, api_stop_rx) = tokio::sync::watch::channel(false);
+    let running = apiserver::server::start(cfg, stopped(api_stop_rx))
+        .await
+        .context("starting the apiserver")?;
+    let host = if a.bind_address.is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        a.bind_address.to_string()
+    };
+    let url = format!("https://{host}:{}", running.addr.port());
+    let node_name = a.node_name.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_lowercase())
+            .unwrap_or_else(|_| "node".into())
+    });
+    // Each component gets its own identity, as in a kubeadm cluster.
+    let kubeconfig = |file: &str, user: &str, groups: &[&str]| -> anyhow::Result<PathBuf> {
+        let (cert, key) = running.pki.issue_client_cert(user, groups)?;
+        let path = data_dir.join(file);
+        running
+            .pki
+            .write_kubeconfig(&path, &url, user, &cert, &key)?;
+        Ok(path)
+    };
+    let ctrl_kc = kubeconfig(
+        "controllers.kubeconfig",
+        "system:kube-controller-manager",
+        &[],
+    )?;
+    let sched_kc = kubeconfig("scheduler.kubeconfig", "system:kube-scheduler", &[])?;
+    let node_kc = kubeconfig(
+        &format!("kubelet-{node_name}.kubeconfig"),
+        &format!("system:node:{node_name}"),
+        &["system:nodes"],
+    )?;
+
+    // The controllers and the scheduler run on a runtime of their own: they spawn informer tasks
+    // that outlive their main task, and the apiserver's graceful shutdown would wait for those
+    // watches. Shutting that runtime down ends them all.
+    let components = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("lotse-components")
+        .enable_all()
+        .build()
+        .context("starting the controllers' runtime")?;
+    start_controllers(
+        &components,
+        ctrl_kc,
+        a.cluster_cidr.clone(),
+        running.pki.ca_cert_pem().to_string(),
+    );
+    components.spawn(async move {
+        let cfg = scheduler::Config {
+            leader_elect: false,
+            ..Default::default()
+        };
+        let res = match client_from(&sched_kc).await {
+            Ok(client) => scheduler::run(cfg, client)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = res {
+            tracing::error!(error = %e, "scheduler stopped");
+        }
+    });
+    let kcfg = kubelet::Config {
+        node_name,
+        root_dir,
+        container_runtime_endpoint: None,
+        pod_cidr: Some(a.pod_cidr),
+        node_ip: kubelet::node::host_ip(),
+        port: a.kubelet_port,
+        max_pods: 110,
+        runtime: a.runtime,
+        client_ca_der: kubelet::pem_certificates(running.pki.ca_cert_pem().as_bytes()),
+    };
+    let node_client = client_from(&node_kc).await?;
+    let kubelet = tokio::spawn(kubelet::run(kcfg, node_client, stopped(stop_rx.clone())));
+    println!("export KUBECONFIG={}", running.admin_kubeconfig.display());
+
+    shutdown_signal().await;
+    eprintln!("lotse: stopping");
+    let _ = stop_tx.send(true);
+    components.shutdown_background();
+    match tokio::time::timeout(Duration::from_secs(15), kubelet).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "kubelet"),
+        Err(_) => tracing::warn!("kubelet did not stop within 15 s"),
+        _ => {}
+    }
+    // The apiserver goes last, so the kubelet can still report while it stops.
+    let _ = api_stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), running.task).await;
+    Ok(())
+}
+
+fn start_controllers(
+    rt: &tokio::runtime::Runtime,
+    kubeconfig: PathBuf,
+    cluster_cidr: String,
+    ca_pem: String,
+) {
+    rt.spawn(async move {
+        let cfg = controllers::Config {
+            cluster_cidr,
+            root_ca_pem: Some(ca_pem),
+            leader_elect: false,
+            ..Default::default()
+        };
+        let res = match client_from(&kubeconfig).await {
+            Ok(client) => controllers::run(cfg, client)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = res {
+            tracing::error!(error = %e, "controllers stopped");
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}
