@@ -5,9 +5,13 @@
 //! pods' gateway), and allocates the pod's address from the node's podCIDR in an on-disk store
 //! guarded by a file lock ([`ipam`]). DEL releases everything it finds and succeeds when there is
 //! nothing left (containerd calls it twice: at StopPodSandbox and at RemovePodSandbox).
+//!
+//! The same crate holds the node network agent ([`agent`], binary `lotse-agent`), which programs
+//! Services and pod egress masquerade into nftables.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod ipam;
 pub mod net;
 pub mod types;
