@@ -5,10 +5,11 @@
 # etcd-server: the etcd storage backend's conformance tests start a real etcd.
 # containerd, runc, containernetworking-plugins (loopback), iproute2, util-linux: the kubelet's
 #   container runtime and pod networking.
+# nftables: the node network agent programs Services and pod egress masquerade with nft.
 # busybox-static, gcc, libc6-dev, jq, debootstrap: `lotse images build` (busybox, the pause
 #   binary, and nginx on a debootstrapped Debian from the machine's own mirror).
 set -euo pipefail
-pkgs=(protobuf-compiler libprotobuf-dev etcd-server containerd runc containernetworking-plugins iproute2 util-linux busybox-static gcc libc6-dev jq debootstrap)
+pkgs=(protobuf-compiler libprotobuf-dev etcd-server containerd runc containernetworking-plugins iproute2 util-linux nftables busybox-static gcc libc6-dev jq debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

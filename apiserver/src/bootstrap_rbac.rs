@@ -11,6 +11,9 @@ use crate::handlers;
 use crate::registry::resources::{CLUSTERROLEBINDINGS, CLUSTERROLES};
 use crate::server::AppState;
 
+/// The user the node network agent (kube-proxy's counterpart) authenticates as.
+pub const KUBE_PROXY_USER: &str = "system:kube-proxy";
+
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
 const READ_WRITE: &[&str] = &[
@@ -440,6 +443,38 @@ pub fn cluster_roles() -> Vec<Value> {
             ],
             None,
         ),
+        // kube-proxy's role (Kubernetes' bootstrap policy); Lotse's node network agent runs as
+        // user system:kube-proxy.
+        cluster_role(
+            "system:node-proxier",
+            none.clone(),
+            vec![
+                rule(&["list", "watch"], &[""], &["services", "endpoints"]),
+                rule(READ, &[""], &["nodes"]),
+                rule(
+                    &["create", "update", "patch"],
+                    &["", "events.k8s.io"],
+                    &["events"],
+                ),
+                rule(
+                    &["list", "watch"],
+                    &["discovery.k8s.io"],
+                    &["endpointslices"],
+                ),
+            ],
+            None,
+        ),
+        // The agent's built-in service load balancer (as k3s's ServiceLB) writes LoadBalancer
+        // Services' status.loadBalancer.ingress.
+        cluster_role(
+            "system:lotse:service-lb",
+            none.clone(),
+            vec![
+                rule(READ, &[""], &["services", "nodes"]),
+                rule(&["patch", "update"], &[""], &["services/status"]),
+            ],
+            None,
+        ),
         cluster_role(
             "system:node",
             none.clone(),
@@ -531,6 +566,16 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         // Kubernetes authorizes kubelets with the Node authorizer; Lotse binds the node role to
         // the group and confines each kubelet to its own objects in NodeRestriction admission.
         binding("system:node", "system:node", vec![group("system:nodes")]),
+        binding(
+            "system:node-proxier",
+            "system:node-proxier",
+            vec![user(KUBE_PROXY_USER)],
+        ),
+        binding(
+            "system:lotse:service-lb",
+            "system:lotse:service-lb",
+            vec![user(KUBE_PROXY_USER)],
+        ),
     ]
 }
 

@@ -1,5 +1,6 @@
 //! Identities of Lotse's own components: client-certificate kubeconfigs for the controllers
-//! (`system:kube-controller-manager`), the scheduler (`system:kube-scheduler`) and each
+//! (`system:kube-controller-manager`), the scheduler (`system:kube-scheduler`), the node network
+//! agent (`system:kube-proxy`) and each
 //! kubelet (`system:node:<name>` in group `system:nodes`), written into the data dir, plus the
 //! background loops the apiserver runs for access control (RBAC snapshot, ClusterRole
 //! aggregation, quota usage).
@@ -18,6 +19,9 @@ use crate::server::AppState;
 pub const CONTROLLERS_KUBECONFIG: &str = "controllers.kubeconfig";
 /// File name of the scheduler's kubeconfig in the data dir.
 pub const SCHEDULER_KUBECONFIG: &str = "scheduler.kubeconfig";
+/// File name of the node network agent's kubeconfig in the data dir (user `system:kube-proxy`,
+/// bound to `system:node-proxier`).
+pub const KUBE_PROXY_KUBECONFIG: &str = "kube-proxy.kubeconfig";
 
 /// Path of the kubeconfig of kubelet `node` (`<data-dir>/kubelet-<node>.kubeconfig`).
 pub fn node_kubeconfig_path(data_dir: &Path, node: &str) -> PathBuf {
@@ -62,6 +66,10 @@ pub fn start(
     for (file, user) in [
         (CONTROLLERS_KUBECONFIG, "system:kube-controller-manager"),
         (SCHEDULER_KUBECONFIG, "system:kube-scheduler"),
+        (
+            KUBE_PROXY_KUBECONFIG,
+            crate::bootstrap_rbac::KUBE_PROXY_USER,
+        ),
     ] {
         let (cert, key) = pki.issue_client_cert(user, &[])?;
         let path = data_dir.join(file);

@@ -9,6 +9,7 @@ pub mod bootstrap_rbac;
 pub mod cacher;
 pub mod components;
 pub mod discovery;
+pub mod endpoint_reconciler;
 pub mod error;
 pub mod fuzzing;
 pub mod handlers;

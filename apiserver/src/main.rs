@@ -25,6 +25,10 @@ struct Args {
     /// IP address to listen on (0.0.0.0 for all interfaces).
     #[arg(long, env = "LOTSE_BIND_ADDRESS", default_value = "127.0.0.1")]
     bind_address: IpAddr,
+    /// The address the `kubernetes` Service's endpoints carry (the serving certificate names
+    /// it). Default: --bind-address, or the host's primary address when that is 0.0.0.0.
+    #[arg(long, env = "LOTSE_ADVERTISE_ADDRESS")]
+    advertise_address: Option<IpAddr>,
     /// HTTPS port.
     #[arg(long, env = "LOTSE_SECURE_PORT", default_value_t = 6443)]
     secure_port: u16,
@@ -66,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
             .collect(),
         service_cluster_ip_range: args.service_cluster_ip_range,
         extra_sans: args.tls_san,
+        advertise_address: args.advertise_address,
         compaction_interval: Duration::from_secs(args.compaction_interval_seconds.max(1)),
     };
     let shutdown = async {

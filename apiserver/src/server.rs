@@ -400,6 +400,9 @@ pub struct Config {
     pub service_cluster_ip_range: Ipv4Net,
     /// Extra SANs for the serving certificate.
     pub extra_sans: Vec<String>,
+    /// The address the `kubernetes` Service's endpoints carry (`--advertise-address`; default:
+    /// see [`crate::endpoint_reconciler::advertise_address`]). The serving certificate names it.
+    pub advertise_address: Option<std::net::IpAddr>,
     /// How often storage is compacted.
     pub compaction_interval: Duration,
 }
@@ -416,6 +419,8 @@ pub struct Running {
     pub pki: Arc<crate::pki::Pki>,
     /// Resolves when the server stops.
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The address the `kubernetes` Service's endpoints carry.
+    pub advertise_address: std::net::IpAddr,
 }
 
 /// Opens storage, creates PKI and the admin kubeconfig, bootstraps system objects and serves.
@@ -436,6 +441,9 @@ pub async fn start(
     if !cfg.bind_address.is_unspecified() {
         sans.push(cfg.bind_address.to_string());
     }
+    let advertise =
+        crate::endpoint_reconciler::advertise_address(cfg.advertise_address, cfg.bind_address);
+    sans.push(advertise.to_string());
     let first_ip = ServiceAllocator::new(cfg.service_cluster_ip_range).first_ip();
     sans.push(first_ip.to_string());
     let pki = Arc::new(crate::pki::Pki::load_or_create(&cfg.data_dir, &sans)?);
@@ -464,6 +472,7 @@ pub async fn start(
         .map_err(|e| ServerError::Config(format!("service-account key: {e}")))?;
     crate::components::start(&state, &pki, &server_url, &cfg.data_dir).map_err(ServerError::Pki)?;
     bootstrap(&state).await;
+    crate::endpoint_reconciler::spawn(state.clone(), advertise, addr.port());
     // Build the OpenAPI documents before the first client asks for them.
     let _ = tokio::task::spawn_blocking(openapi::v3_index).await;
     let tls = pki.rustls_server_config()?;
@@ -475,6 +484,7 @@ pub async fn start(
         state,
         pki,
         task,
+        advertise_address: advertise,
     })
 }
 

@@ -15,7 +15,8 @@ const fn need(what: &'static str, pkg: &'static str) -> Need {
 
 /// What the node runs: containerd (with its shim and `ctr` for image import), runc, the CNI
 /// loopback plugin, `ip` + `nsenter` (lotse-cni, node address), `kill` (stopping containerd and
-/// exec sessions), `mount`/`umount` (volumes), `script` (exec with a tty), `df` (node disk).
+/// exec sessions), `mount`/`umount` (volumes), `script` (exec with a tty), `df` (node disk),
+/// `nft` (the node network agent's Service rules).
 const RUNTIME_NEEDS: &[Need] = &[
     need("containerd", "containerd"),
     need("containerd-shim-runc-v2", "containerd"),
@@ -29,6 +30,7 @@ const RUNTIME_NEEDS: &[Need] = &[
     need("umount", "mount"),
     need("script", "bsdutils"),
     need("df", "coreutils"),
+    need("nft", "nftables"),
 ];
 
 const BUSYBOX_NEEDS: &[Need] = &[need("busybox", "busybox-static")];

@@ -14,8 +14,9 @@ pub struct UpArgs {
     /// Directory for the PKI, the embedded database, kubeconfigs and the kubelet's root dir.
     #[arg(long, env = "LOTSE_DATA_DIR", default_value = "/var/lib/lotse")]
     data_dir: PathBuf,
-    /// IP address the apiserver listens on.
-    #[arg(long, env = "LOTSE_BIND_ADDRESS", default_value = "127.0.0.1")]
+    /// IP address the apiserver listens on (all interfaces by default, as k3s: pods reach it
+    /// through the `kubernetes` Service at the host's primary address).
+    #[arg(long, env = "LOTSE_BIND_ADDRESS", default_value = "0.0.0.0")]
     bind_address: IpAddr,
     /// apiserver HTTPS port.
     #[arg(long, env = "LOTSE_SECURE_PORT", default_value_t = 6443)]
@@ -36,6 +37,13 @@ pub struct UpArgs {
     /// HTTPS port of the kubelet API (container logs).
     #[arg(long, env = "LOTSE_KUBELET_PORT", default_value_t = 10250)]
     kubelet_port: u16,
+    /// Don't run the node network agent (Services in nftables, pod egress masquerade).
+    #[arg(long, env = "LOTSE_DISABLE_KUBE_PROXY")]
+    disable_kube_proxy: bool,
+    /// nftables table of the node network agent (one per network namespace; change it only to
+    /// run several clusters side by side, e.g. in tests).
+    #[arg(long, env = "LOTSE_NFTABLES_TABLE", default_value = "lotse")]
+    nftables_table: String,
     /// Name of the node (default: the host name).
     #[arg(long, env = "LOTSE_NODE_NAME")]
     node_name: Option<String>,
@@ -48,8 +56,8 @@ pub struct UpArgs {
     images: Vec<String>,
     /// Don't install missing Debian packages. Without it, `lotse up` (as root) installs with
     /// apt-get what the node runs and lacks: containerd, runc, containernetworking-plugins,
-    /// iproute2, util-linux, procps, mount, bsdutils, coreutils — and, only when the base images
-    /// must be built, busybox-static, gcc, binutils, libc6-dev, debootstrap, jq.
+    /// iproute2, util-linux, procps, mount, bsdutils, coreutils, nftables — and, only when the
+    /// base images must be built, busybox-static, gcc, binutils, libc6-dev, debootstrap, jq.
     #[arg(long, env = "LOTSE_NO_INSTALL")]
     no_install: bool,
     /// What runs the pods: containerd, or `simulated` (no containers, only status transitions;
@@ -95,6 +103,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         etcd_servers: Vec::new(),
         service_cluster_ip_range: a.service_cluster_ip_range,
         extra_sans: Vec::new(),
+        advertise_address: None,
         compaction_interval: Duration::from_secs(300),
     };
     let (api_stop_tx, api_stop_rx) = tokio::sync::watch::channel(false);
@@ -163,6 +172,22 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
             tracing::error!(error = %e, "scheduler stopped");
         }
     });
+    if !a.disable_kube_proxy {
+        let agent_kc = kubeconfig(
+            apiserver::components::KUBE_PROXY_KUBECONFIG,
+            apiserver::bootstrap_rbac::KUBE_PROXY_USER,
+            &[],
+        )?;
+        let mut cfg = cni_plugin::agent::AgentConfig::new(node_name.clone());
+        cfg.cluster_cidr = a.cluster_cidr.parse().context("--cluster-cidr")?;
+        cfg.table = a.nftables_table.clone();
+        components.spawn(async move {
+            let never = std::future::pending::<()>();
+            if let Err(e) = cni_plugin::agent::run_with_kubeconfig(cfg, &agent_kc, never).await {
+                tracing::error!(error = %e, "node network agent stopped");
+            }
+        });
+    }
     let kcfg = kubelet::Config {
         node_name,
         root_dir,

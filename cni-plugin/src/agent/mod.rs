@@ -79,9 +79,32 @@ pub enum AgentError {
     /// Bad configuration.
     #[error("configuration: {0}")]
     Config(String),
-    /// A watch ended for good.
-    #[error("watching {0} ended")]
-    WatchEnded(&'static str),
+    /// The kubeconfig could not be read or used.
+    #[error("kubeconfig {path}: {reason}")]
+    Kubeconfig {
+        /// Its path.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// [`run`] with a client from the kubeconfig at `path` (for launchers such as `lotse up`).
+pub async fn run_with_kubeconfig(
+    cfg: AgentConfig,
+    path: &std::path::Path,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let bad = |reason: String| AgentError::Kubeconfig {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    let client = Client::try_from(config).map_err(|e| bad(e.to_string()))?;
+    run(cfg, client, shutdown).await
 }
 
 /// Counts reflectors that have completed their first list, and wakes the sync loop on every
