@@ -3,10 +3,13 @@
 # which the kubelet imports into containerd at start (<root-dir>/images/).
 #
 # Usage: build.sh OUT_DIR [--force] [IMAGE...]     IMAGE: busybox pause nginx debian (default: all four)
-#   busybox  docker.io/library/busybox:latest  from Debian's busybox-static          (~1 s)
-#   pause    registry.k8s.io/pause:3.6         static C pause (gcc), the sandbox image (~1 s)
-#   debian   docker.io/library/debian:bookworm debootstrap minbase from the machine's Debian mirror (~45 s)
-#   nginx    docker.io/library/nginx:latest    the debian rootfs + nginx from the mirror (~15 s more)
+#   busybox  docker.io/library/busybox:latest, :1.35, :1.35.0 (busybox-static's version)   (~1 s)
+#   pause    registry.k8s.io/pause:3.6   static C pause (gcc), the sandbox image               (~1 s)
+#   debian   docker.io/library/debian:latest, :12, :12.N, :bookworm   debootstrap minbase from the
+#            machine's Debian mirror                                                          (~45 s)
+#   nginx    docker.io/library/nginx:latest, :1.22, :1.22.1 (Debian's nginx version)  the debian
+#            rootfs + nginx from the mirror                                                (~15 s more)
+# Every image carries `latest` and its real version, as the Docker Hub images do.
 # Needs: tar, sha256sum, jq, gzip; busybox-static (busybox), gcc + libc6-dev (pause), debootstrap (debian, nginx).
 # An archive that already exists is kept unless --force. Build output is deterministic for busybox and pause.
 set -euo pipefail
@@ -18,6 +21,9 @@ mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT
 MIRROR=${MIRROR:-$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
+
+# tags REPO TAG... -> "REPO:TAG1,REPO:TAG2,..." (empty tags skipped)
+tags() { local repo=$1 out="" t; shift; for t in "$@"; do [ -n "$t" ] && out="$out${out:+,}$repo:$t"; done; echo "$out"; }
 
 need() { command -v "$1" >/dev/null || { echo "build.sh: '$1' not found; install Debian package '$2'" >&2; exit 1; }; }
 skip() { if [ $FORCE = 0 ] && [ -s "$OUT/$1.tar" ]; then echo "$1: $OUT/$1.tar exists (use --force to rebuild)"; return 0; fi; return 1; }
@@ -51,7 +57,8 @@ for img in "${IMAGES[@]}"; do
     busybox)
       skip busybox && continue
       busybox_rootfs "$WORK/busybox"
-      "$HERE/mkimage.sh" "$WORK/busybox" docker.io/library/busybox:latest "$OUT/busybox.tar" -- sh ;;
+      V=$("$WORK/busybox/bin/busybox" 2>&1 | sed -n '1s/^BusyBox v\([0-9.]*\).*/\1/p')
+      "$HERE/mkimage.sh" "$WORK/busybox" "$(tags docker.io/library/busybox latest "$V" "${V%.*}")" "$OUT/busybox.tar" -- sh ;;
     pause)
       skip pause && continue
       need gcc gcc
@@ -61,7 +68,8 @@ for img in "${IMAGES[@]}"; do
     debian)
       skip debian && continue
       debian_rootfs "$WORK/debian"
-      "$HERE/mkimage.sh" "$WORK/debian" docker.io/library/debian:bookworm "$OUT/debian.tar" --gzip -- bash ;;
+      V=$(cat "$WORK/debian/etc/debian_version")
+      "$HERE/mkimage.sh" "$WORK/debian" "$(tags docker.io/library/debian latest bookworm "$V" "${V%%.*}")" "$OUT/debian.tar" --gzip -- bash ;;
     nginx)
       skip nginx && continue
       debian_rootfs "$WORK/nginx"
@@ -73,7 +81,8 @@ for img in "${IMAGES[@]}"; do
       rm -f "$R/usr/sbin/policy-rc.d" "$R/etc/resolv.conf"; rm -rf "$R"/var/cache/apt/archives/*.deb
       # logs to the container's stdout/stderr, as the Docker Hub image does
       ln -sf /dev/stdout "$R/var/log/nginx/access.log"; ln -sf /dev/stderr "$R/var/log/nginx/error.log"
-      "$HERE/mkimage.sh" "$R" docker.io/library/nginx:latest "$OUT/nginx.tar" --gzip -- nginx -g 'daemon off;' ;;
+      V=$(chroot "$R" dpkg-query -W -f='${Version}' nginx | sed 's/^[0-9]*://; s/-.*//')
+      "$HERE/mkimage.sh" "$R" "$(tags docker.io/library/nginx latest "$V" "${V%.*}")" "$OUT/nginx.tar" --gzip -- nginx -g 'daemon off;' ;;
     *) echo "unknown image '$img' (busybox pause debian nginx)" >&2; exit 2 ;;
   esac
   echo "$img: built $OUT/$img.tar in $(( $(date +%s) - T0 )) s"

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Build a single-layer OCI image archive from a rootfs directory, no registry, no daemon.
-# Usage: mkimage.sh ROOTFS_DIR IMAGE_REF OUT.tar [--gzip] -- CMD [ARGS...]
-#   e.g. mkimage.sh ./rootfs-busybox docker.io/library/busybox:latest busybox.tar -- /bin/sh
+# Usage: mkimage.sh ROOTFS_DIR IMAGE_REF[,IMAGE_REF...] OUT.tar [--gzip] -- CMD [ARGS...]
+#   e.g. mkimage.sh ./rootfs-busybox docker.io/library/busybox:latest,docker.io/library/busybox:1.35 busybox.tar -- /bin/sh
+# Each IMAGE_REF becomes one entry of the index (the same manifest), so the image carries every tag.
 # Then:  ctr -a SOCK -n k8s.io images import OUT.tar
 # Needs: tar, sha256sum, jq, (gzip if --gzip).
 set -euo pipefail
@@ -35,12 +36,13 @@ jq -cn --arg c "sha256:$CDIG" --argjson cs $CSIZE --arg l "sha256:$LDIG" --argjs
   layers:[{mediaType:$lmt, digest:$l, size:$ls}] }' > "$W/manifest.json"
 MDIG=$(sha256sum "$W/manifest.json" | cut -d' ' -f1); MSIZE=$(stat -c %s "$W/manifest.json")
 mv "$W/manifest.json" "$W/blobs/sha256/$MDIG"
-# 4. index + layout; io.containerd.image.name gives the full tag to `ctr images import`
-jq -cn --arg m "sha256:$MDIG" --argjson ms $MSIZE --arg ref "$REF" '{
+# 4. index + layout: one entry per ref; io.containerd.image.name gives `ctr images import` the
+#    full name, org.opencontainers.image.ref.name the tag (skopeo's oci-archive:FILE:TAG)
+jq -cn --arg m "sha256:$MDIG" --argjson ms $MSIZE --arg refs "$REF" '{
   schemaVersion:2, mediaType:"application/vnd.oci.image.index.v1+json",
-  manifests:[{mediaType:"application/vnd.oci.image.manifest.v1+json", digest:$m, size:$ms,
+  manifests:[$refs|split(",")[]|{mediaType:"application/vnd.oci.image.manifest.v1+json", digest:$m, size:$ms,
     platform:{architecture:"amd64", os:"linux"},
-    annotations:{"io.containerd.image.name":$ref, "org.opencontainers.image.ref.name":($ref|split(":")|last)}}] }' > "$W/index.json"
+    annotations:{"io.containerd.image.name":., "org.opencontainers.image.ref.name":(split(":")|last)}}] }' > "$W/index.json"
 echo '{"imageLayoutVersion":"1.0.0"}' > "$W/oci-layout"
 tar -C "$W" -cf "$OUT" oci-layout index.json blobs
 echo "built $OUT ref=$REF manifest=sha256:$MDIG layer=$LSIZE bytes"

@@ -1,4 +1,5 @@
 //! `lotse`: the all-in-one launcher.
+mod down;
 mod images;
 mod install;
 mod up;
@@ -27,6 +28,12 @@ struct Cli {
 enum Command {
     /// Start the whole cluster in this process (Ctrl-C stops it; running it again resumes it).
     Up(UpArgs),
+    /// Stop the node's pods (preStop hooks and grace periods honoured) and the control plane;
+    /// the data stays and `lotse up` resumes the cluster.
+    Down(down::DownArgs),
+    /// Stop the cluster and remove everything it created: containers, mounts, the node bridge,
+    /// nftables tables and the data dir (asks for --yes).
+    Reset(down::ResetArgs),
     /// Image archives for the kubelet's airgapped image store.
     Images {
         #[command(subcommand)]
@@ -38,6 +45,11 @@ enum Command {
 enum ImagesCommand {
     /// Build base images offline into <root-dir>/images/ (busybox, pause ~1 s each; debian ~70 s; nginx ~15 s more).
     Build(BuildArgs),
+    /// Put an image archive (`docker save` or OCI layout, optionally gzipped) into the node's
+    /// image store, under the name it carries or --name.
+    Import(images::ImportArgs),
+    /// List the images in the node's containerd and the archives in its image store.
+    List(images::ListArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,15 +78,33 @@ fn main() -> anyhow::Result<()> {
             }
             images::build_images(&out, b.force, &b.images)
         }
+        Command::Images {
+            command: ImagesCommand::Import(a),
+        } => images::import(a),
+        Command::Images {
+            command: ImagesCommand::List(a),
+        } => tokio::runtime::Runtime::new()?.block_on(images::list(a)),
+        Command::Down(a) => {
+            init_tracing();
+            tokio::runtime::Runtime::new()?.block_on(down::down(a))
+        }
+        Command::Reset(a) => {
+            init_tracing();
+            tokio::runtime::Runtime::new()?.block_on(down::reset(a))
+        }
         Command::Up(a) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
+            init_tracing();
             tokio::runtime::Runtime::new()?.block_on(up::up(a))
         }
     }
+}
+
+/// Logs to stderr, `RUST_LOG` filters (default info).
+fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
 }

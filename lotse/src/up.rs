@@ -66,7 +66,7 @@ pub struct UpArgs {
     runtime: kubelet::RuntimeKind,
 }
 
-async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
+pub(crate) async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(path)
         .with_context(|| format!("reading {}", path.display()))?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
@@ -201,6 +201,10 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
     };
     let node_client = client_from(&node_kc).await?;
     let kubelet = tokio::spawn(kubelet::run(kcfg, node_client, stopped(stop_rx.clone())));
+    // `lotse down` / `lotse reset` find this process through its pid file.
+    let pid_file = data_dir.join(crate::down::PID_FILE);
+    std::fs::write(&pid_file, std::process::id().to_string())
+        .with_context(|| format!("writing {}", pid_file.display()))?;
     println!("export KUBECONFIG={}", running.admin_kubeconfig.display());
 
     shutdown_signal().await;
