@@ -6,10 +6,12 @@
 # containerd, runc, containernetworking-plugins (loopback), iproute2, util-linux: the kubelet's
 #   container runtime and pod networking.
 # nftables: the node network agent programs Services and pod egress masquerade with nft.
+# docker-registry, skopeo, apache2-utils (htpasswd): the image-pull e2e tests and benchmark run a
+#   local registry with TLS and htpasswd auth and push the built archives into it.
 # busybox-static, gcc, libc6-dev, jq, debootstrap: `lotse images build` (busybox, the pause
 #   binary, and nginx on a debootstrapped Debian from the machine's own mirror).
 set -euo pipefail
-pkgs=(protobuf-compiler libprotobuf-dev etcd-server containerd runc containernetworking-plugins iproute2 util-linux nftables busybox-static gcc libc6-dev jq debootstrap)
+pkgs=(protobuf-compiler libprotobuf-dev etcd-server containerd runc containernetworking-plugins iproute2 util-linux nftables busybox-static gcc libc6-dev jq debootstrap docker-registry skopeo apache2-utils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

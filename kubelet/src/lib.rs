@@ -1,6 +1,7 @@
 //! Lotse kubelet: runs the pods bound to its node through containerd's CRI and reports them.
 //!
-//! [`run`] registers the Node and renews its Lease, imports the airgapped image archives, and
+//! [`run`] registers the Node and renews its Lease, imports the airgapped image archives
+//! ([`images`]: pulls, registries, archives, GC), and
 //! keeps one [`pods::worker`] per pod bound to the node. containerd is either given
 //! (`--container-runtime-endpoint`) or started and supervised by the kubelet with Lotse's
 //! configuration ([`runtime::Containerd`]).
@@ -11,6 +12,7 @@ pub mod attach;
 pub mod events;
 pub mod exec;
 pub mod hooks;
+pub mod images;
 pub mod node;
 pub mod pods;
 pub mod probe;
@@ -53,6 +55,8 @@ pub struct Config {
     pub client_ca_der: Vec<Vec<u8>>,
     /// What runs the pods (`--runtime`).
     pub runtime: RuntimeKind,
+    /// Image pulls, registries, airgap archives and image GC.
+    pub images: images::Options,
 }
 
 /// What runs the pods.
@@ -91,6 +95,8 @@ pub struct Kubelet {
     pub sim_ipam: Option<Arc<simulated::Ipam>>,
     /// Why the runtime is down (None: it is up); wakes the heartbeat when it changes.
     pub runtime_down: watch::Sender<Option<String>>,
+    /// The image manager (pulls, airgap archives, GC).
+    pub images: Arc<images::Manager>,
 }
 
 impl Kubelet {
@@ -138,16 +144,23 @@ pub async fn run(
         Some(e) => e.clone(),
         None => {
             runtime::setup_cni(&layout, &pod_cidr)?;
+            images::apply_registry_config(&layout, config.images.registry_config.as_deref())
+                .map_err(|e| Error::Runtime(format!("registry configuration: {e}")))?;
             containerd = Some(runtime::Containerd::start(&layout).await?);
             layout.socket().to_string_lossy().into_owned()
         }
     };
     // Lazy: with the simulated runtime nothing ever connects.
     let cri = runtime::connect(&endpoint)?;
+    let image_manager = Arc::new(images::Manager::new(
+        cri.clone(),
+        client.clone(),
+        &config.node_name,
+        &layout,
+        config.images.clone(),
+    ));
     if !simulated {
-        for (f, e) in runtime::import_images(&cri.socket, &layout.images()).await {
-            tracing::warn!(archive = %f.display(), error = %e, "image import failed");
-        }
+        image_manager.sync_archives(None).await;
     }
     let ca_pem = ca_from_client(&client).await;
     let sim_ipam = if simulated {
@@ -162,6 +175,7 @@ pub async fn run(
         ca_pem,
         sim_ipam,
         runtime_down: watch::channel(None).0,
+        images: image_manager.clone(),
     });
 
     let since = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
@@ -175,6 +189,8 @@ pub async fn run(
     tracing::info!(node = %config.node_name, "node registered");
     let hb = tokio::spawn(node::heartbeat(k.clone(), node));
     let pods = tokio::spawn(pod_loop(k.clone()));
+    let image_gc =
+        (!simulated && containerd.is_some()).then(|| tokio::spawn(image_manager.clone().gc_loop()));
     let api_addr = std::net::SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), config.port);
     let api = tokio::spawn({
         let k = k.clone();
@@ -196,6 +212,9 @@ pub async fn run(
     }
     hb.abort();
     pods.abort();
+    if let Some(gc) = image_gc {
+        gc.abort();
+    }
     api.abort();
     if let Some(c) = containerd {
         c.stop().await;

@@ -9,7 +9,8 @@ use clap::Parser;
 ///
 /// Without --container-runtime-endpoint it starts and supervises its own containerd (Debian
 /// packages `containerd` and `runc`) with everything under --root-dir; image archives in
-/// <root-dir>/images/ are imported at start (no registry is needed; `lotse images build` makes them):
+/// <root-dir>/images/ are imported at start, once per content (`lotse images build` makes them);
+/// other images are pulled from their registries through CRI (--registry-config for mirrors):
 ///
 ///   kubelet --kubeconfig /var/lib/lotse/admin.kubeconfig --node-name node1 --root-dir /var/lib/lotse/kubelet
 #[derive(Parser)]
@@ -45,6 +46,28 @@ struct Args {
     /// for control-plane scale benchmarks).
     #[arg(long, env = "LOTSE_RUNTIME", value_enum, default_value_t = kubelet::RuntimeKind::Containerd)]
     runtime: kubelet::RuntimeKind,
+    /// Pull images one at a time (false: in parallel).
+    #[arg(long, env = "LOTSE_SERIALIZE_IMAGE_PULLS", default_value_t = true, action = clap::ArgAction::Set)]
+    serialize_image_pulls: bool,
+    /// A pull that has not finished after this long fails with ErrImagePull (containerd 1.6 has
+    /// no pull-progress timeout of its own).
+    #[arg(long, env = "LOTSE_IMAGE_PULL_TIMEOUT", default_value = "5m", value_parser = kubelet::images::parse_duration)]
+    image_pull_timeout: std::time::Duration,
+    /// When a pull that policy Always requires fails because no endpoint of the registry is
+    /// reachable (a network error, not 401/403/404) and the image is on the node, start the
+    /// local image and record a Warning event (false: fail as Kubernetes does).
+    #[arg(long, env = "LOTSE_IMAGE_PULL_OFFLINE_FALLBACK", default_value_t = true, action = clap::ArgAction::Set)]
+    image_pull_offline_fallback: bool,
+    /// Registry mirrors, TLS and credentials in k3s's registries.yaml format, applied to the
+    /// kubelet's containerd.
+    #[arg(long, env = "LOTSE_REGISTRY_CONFIG")]
+    registry_config: Option<PathBuf>,
+    /// Image filesystem usage (percent) at which image garbage collection starts.
+    #[arg(long, env = "LOTSE_IMAGE_GC_HIGH_THRESHOLD", default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_high_threshold: u8,
+    /// Image filesystem usage (percent) image garbage collection frees down to.
+    #[arg(long, env = "LOTSE_IMAGE_GC_LOW_THRESHOLD", default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_low_threshold: u8,
 }
 
 #[tokio::main]
@@ -56,6 +79,12 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let a = Args::parse();
+    anyhow::ensure!(
+        a.image_gc_low_threshold < a.image_gc_high_threshold || a.image_gc_high_threshold == 100,
+        "--image-gc-high-threshold ({}) must be greater than --image-gc-low-threshold ({})",
+        a.image_gc_high_threshold,
+        a.image_gc_low_threshold
+    );
     let kc = kube::config::Kubeconfig::read_from(&a.kubeconfig)
         .with_context(|| format!("reading {}", a.kubeconfig.display()))?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
@@ -79,6 +108,15 @@ async fn main() -> anyhow::Result<()> {
         max_pods: 110,
         runtime: a.runtime,
         client_ca_der,
+        images: kubelet::images::Options {
+            serialize_image_pulls: a.serialize_image_pulls,
+            image_pull_timeout: a.image_pull_timeout,
+            offline_fallback: a.image_pull_offline_fallback,
+            registry_config: a.registry_config,
+            image_gc_high_threshold: a.image_gc_high_threshold,
+            image_gc_low_threshold: a.image_gc_low_threshold,
+            ..kubelet::images::Options::from_env()
+        },
     };
     kubelet::run(config, client, shutdown_signal()).await?;
     Ok(())

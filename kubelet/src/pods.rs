@@ -26,7 +26,7 @@ use crate::events::Recorder;
 use crate::hooks::{self, pod_ref};
 use crate::probe::Tracker;
 use crate::spec::{self, EnvSources};
-use crate::{Kubelet, volumes};
+use crate::{Kubelet, images, volumes};
 
 const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
 const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
@@ -57,7 +57,10 @@ fn now() -> Time {
 struct ContainerMemo {
     backoff: Option<Duration>,
     next_start: Option<Instant>,
+    /// Waiting reason and message of the image (`ErrImagePull`, `ImagePullBackOff`, …).
     image_error: Option<(String, String)>,
+    /// Pull in flight and pull back-off ([`images`]).
+    image: images::ContainerImage,
     config_error: Option<String>,
     /// Why the last StartContainer failed (reported once as `RunContainerError`).
     start_error: Option<String>,
@@ -489,60 +492,6 @@ fn sandbox_config(k: &Kubelet, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig
     }
 }
 
-/// Whether the image is present in containerd; on a miss, re-imports the archive directory once.
-async fn ensure_image(k: &Kubelet, c: &Container) -> Result<String, (String, String)> {
-    let image = c.image.clone().unwrap_or_default();
-    let policy = c.image_pull_policy.clone().unwrap_or_else(|| {
-        if image.ends_with(":latest") || !image.rsplit('/').next().unwrap_or("").contains(':') {
-            "Always".into()
-        } else {
-            "IfNotPresent".into()
-        }
-    });
-    let spec_ref = cri::ImageSpec {
-        image: spec::normalize_image(&image),
-        ..Default::default()
-    };
-    let present = |img: Option<cri::Image>| img.map(|i| i.id);
-    let mut is = k.cri.img.clone();
-    let found = is
-        .image_status(cri::ImageStatusRequest {
-            image: Some(spec_ref.clone()),
-            verbose: false,
-        })
-        .await
-        .ok()
-        .and_then(|r| present(r.into_inner().image));
-    if let Some(id) = found {
-        return Ok(id);
-    }
-    if policy == "Never" {
-        return Err((
-            "ErrImageNeverPull".into(),
-            format!("Container image \"{image}\" is not present with pull policy of Never"),
-        ));
-    }
-    let dir = k.layout().images();
-    let _ = crate::runtime::import_images(&k.cri.socket, &dir).await;
-    let found = is
-        .image_status(cri::ImageStatusRequest {
-            image: Some(spec_ref),
-            verbose: false,
-        })
-        .await
-        .ok()
-        .and_then(|r| present(r.into_inner().image));
-    found.ok_or_else(|| {
-        (
-            "ErrImagePull".into(),
-            format!(
-                "Failed to pull image \"{image}\": no registry is reachable and the image is not in the node's image store; put an OCI archive of it into {} (e.g. `lotse images build`)",
-                dir.display()
-            ),
-        )
-    })
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn start_container(
     k: &Kubelet,
@@ -556,41 +505,21 @@ async fn start_container(
     memo: &mut ContainerMemo,
     pod_ip: &str,
 ) -> bool {
-    let image_id = match ensure_image(k, c).await {
-        Ok(id) => {
+    let image_id = match k.images.ensure(pod, c, &mut memo.image, rec).await {
+        images::Ensure::Ready(id) => {
             memo.image_error = None;
             id
         }
-        Err((reason, msg)) => {
-            let first = memo.image_error.is_none();
-            memo.image_error = Some((reason.clone(), msg.clone()));
-            if first {
-                rec.warning("Failed", &msg).await;
-                rec.warning("Failed", &format!("Error: {reason}")).await;
-            }
-            let backoff = bump(memo);
-            rec.normal(
-                "BackOff",
-                &format!(
-                    "Back-off pulling image \"{}\"",
-                    c.image.clone().unwrap_or_default()
-                ),
-            )
-            .await;
-            let _ = backoff;
+        images::Ensure::Pulling => {
+            // Waits in ContainerCreating; the next pass looks at the pull again.
+            memo.image_error = None;
+            return false;
+        }
+        images::Ensure::Failed(reason, msg) => {
+            memo.image_error = Some((reason, msg));
             return false;
         }
     };
-    if attempt == 0 || memo.last_started_id.is_empty() {
-        rec.normal(
-            "Pulled",
-            &format!(
-                "Container image \"{}\" already present on machine",
-                c.image.clone().unwrap_or_default()
-            ),
-        )
-        .await;
-    }
     let env = match spec::environment(pod, c, src, &k.config.node_ip) {
         Ok(e) => e,
         Err(msg) => {
@@ -1030,25 +959,13 @@ async fn sync(
         let mut waiting = None;
         match &s.latest {
             None => {
-                if m.next_start.map(|t| Instant::now() < t).unwrap_or(false) {
-                    let reason = if m.image_error.is_some() {
-                        "ImagePullBackOff"
-                    } else {
-                        "CreateContainerConfigError"
-                    };
-                    let msg = m
-                        .image_error
-                        .clone()
-                        .map(|e| {
-                            format!(
-                                "Back-off pulling image \"{}\": {}",
-                                c.image.clone().unwrap_or_default(),
-                                e.1
-                            )
-                        })
-                        .or(m.config_error.clone())
-                        .unwrap_or_default();
-                    waiting = Some((reason.to_string(), msg));
+                if m.config_error.is_some()
+                    && m.next_start.map(|t| Instant::now() < t).unwrap_or(false)
+                {
+                    waiting = Some((
+                        "CreateContainerConfigError".to_string(),
+                        m.config_error.clone().unwrap_or_default(),
+                    ));
                 } else if !start_container(k, pod, c, &sb.id, &sb_cfg, 0, &src, &rec, m, &pod_ip)
                     .await
                 {
@@ -1112,11 +1029,11 @@ async fn sync(
                     .await
                     {
                         // As Kubernetes: RunContainerError for the failed attempt, then
-                        // CrashLoopBackOff while backing off.
-                        waiting = m
+                        // CrashLoopBackOff while backing off; an image that can't be had says so.
+                        waiting = m.image_error.clone().or(m
                             .start_error
                             .clone()
-                            .map(|e| ("RunContainerError".to_string(), e));
+                            .map(|e| ("RunContainerError".to_string(), e)));
                     }
                 }
             }

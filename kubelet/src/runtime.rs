@@ -1,6 +1,6 @@
 //! The container runtime side: starting and supervising containerd with Lotse's configuration,
-//! the CRI gRPC connection, the CNI setup containerd uses, and airgapped image import.
-use std::path::{Path, PathBuf};
+//! the CRI gRPC connection, and the CNI setup containerd uses (images: [`crate::images`]).
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,14 @@ impl Layout {
     /// Image archives imported at start.
     pub fn images(&self) -> PathBuf {
         self.root.join("images")
+    }
+    /// containerd's registry hosts dir (`config_path`: `<host>/hosts.toml`).
+    pub fn certs_dir(&self) -> PathBuf {
+        self.root.join("containerd/certs.d")
+    }
+    /// Registry credential tables appended to containerd's config.
+    pub fn registry_auth(&self) -> PathBuf {
+        self.root.join("containerd/registry-auth.toml")
     }
 }
 
@@ -140,7 +148,9 @@ impl Containerd {
         std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
         let root = layout.root.to_string_lossy();
         let config = dir.join("config.toml");
-        std::fs::write(&config, CONTAINERD_CONFIG.replace("@ROOT@", &root))
+        // The registry credentials rendered from registries.yaml (images::apply_registry_config).
+        let auth = std::fs::read_to_string(layout.registry_auth()).unwrap_or_default();
+        std::fs::write(&config, CONTAINERD_CONFIG.replace("@ROOT@", &root) + &auth)
             .map_err(io_err("write containerd config"))?;
         let bin = find_binary("containerd", &["/usr/bin", "/usr/local/bin"]).ok_or_else(|| {
             Error::Runtime("containerd not found (Debian packages containerd and runc)".into())
@@ -228,50 +238,4 @@ impl Containerd {
         }
         let _ = self.child.kill().await;
     }
-}
-
-/// Imports every `*.tar` / `*.tar.gz` / `*.oci` archive in `dir` into containerd's `k8s.io`
-/// namespace with `ctr images import`. Returns the archives that failed, with the reason.
-pub async fn import_images(socket: &Path, dir: &Path) -> Vec<(PathBuf, String)> {
-    let mut failed = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return failed;
-    };
-    let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    files.sort();
-    let Some(ctr) = find_binary("ctr", &["/usr/bin"]) else {
-        return files
-            .into_iter()
-            .map(|f| (f, "ctr not found (Debian package containerd)".to_string()))
-            .collect();
-    };
-    for f in files {
-        let name = f
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        if !(name.ends_with(".tar")
-            || name.ends_with(".tar.gz")
-            || name.ends_with(".tgz")
-            || name.ends_with(".oci"))
-        {
-            continue;
-        }
-        let t0 = Instant::now();
-        let out = tokio::process::Command::new(&ctr)
-            .arg("-a")
-            .arg(socket)
-            .args(["-n", "k8s.io", "images", "import"])
-            .arg(&f)
-            .output()
-            .await;
-        match out {
-            Ok(o) if o.status.success() => {
-                tracing::info!(archive = %f.display(), ms = t0.elapsed().as_millis() as u64, "imported image archive")
-            }
-            Ok(o) => failed.push((f, String::from_utf8_lossy(&o.stderr).trim().to_string())),
-            Err(e) => failed.push((f, e.to_string())),
-        }
-    }
-    failed
 }

@@ -64,6 +64,10 @@ pub struct UpArgs {
     /// for control-plane scale benchmarks).
     #[arg(long, env = "LOTSE_RUNTIME", value_enum, default_value_t = kubelet::RuntimeKind::Containerd)]
     runtime: kubelet::RuntimeKind,
+    /// Registry mirrors, TLS and credentials in k3s's registries.yaml format, applied to the
+    /// node's containerd (default: <data-dir>/registries.yaml when present).
+    #[arg(long, env = "LOTSE_REGISTRY_CONFIG")]
+    registry_config: Option<PathBuf>,
 }
 
 pub(crate) async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
@@ -198,6 +202,13 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         max_pods: 110,
         runtime: a.runtime,
         client_ca_der: kubelet::pem_certificates(running.pki.ca_cert_pem().as_bytes()),
+        images: kubelet::images::Options {
+            registry_config: a
+                .registry_config
+                .clone()
+                .or_else(|| Some(data_dir.join("registries.yaml")).filter(|p| p.is_file())),
+            ..kubelet::images::Options::from_env()
+        },
     };
     let node_client = client_from(&node_kc).await?;
     let kubelet = tokio::spawn(kubelet::run(kcfg, node_client, stopped(stop_rx.clone())));

@@ -1,6 +1,7 @@
 //! ServiceAccount admission: pods run as `default` unless they name a ServiceAccount (which must
 //! exist), and get the projected API-access volume (token, `ca.crt`, namespace) mounted at
-//! `/var/run/secrets/kubernetes.io/serviceaccount` unless automounting is off.
+//! `/var/run/secrets/kubernetes.io/serviceaccount` unless automounting is off. A pod that names
+//! no `imagePullSecrets` gets the ServiceAccount's.
 
 use serde_json::{Value, json};
 
@@ -21,6 +22,29 @@ fn random_suffix() -> String {
     (0..5)
         .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
         .collect()
+}
+
+/// As Kubernetes: a pod without `imagePullSecrets` gets the names of the ServiceAccount's
+/// `imagePullSecrets` (only the names; the kubelet reads the secrets).
+fn copy_image_pull_secrets(spec: &mut serde_json::Map<String, Value>, sa: &Value) {
+    let has_own = spec
+        .get("imagePullSecrets")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty());
+    if has_own {
+        return;
+    }
+    let names: Vec<Value> = sa
+        .get("imagePullSecrets")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.get("name").and_then(Value::as_str))
+        .map(|n| json!({ "name": n }))
+        .collect();
+    if !names.is_empty() {
+        spec.insert("imagePullSecrets".into(), Value::Array(names));
+    }
 }
 
 /// Defaults `serviceAccountName`, checks the ServiceAccount, and adds the token volume.
@@ -63,6 +87,9 @@ pub async fn admit_pod(state: &AppState, pod: &mut Value) -> ApiResult<()> {
             return Err(ApiError::forbidden(&PODS, &name, &why));
         }
     };
+    if let Some(sa) = &sa {
+        copy_image_pull_secrets(spec, sa);
+    }
     let automount = spec
         .get("automountServiceAccountToken")
         .and_then(Value::as_bool)
@@ -120,4 +147,35 @@ pub async fn admit_pod(state: &AppState, pod: &mut Value) -> ApiResult<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_account_pull_secrets_go_to_pods_that_name_none() {
+        let sa = json!({"imagePullSecrets": [{"name": "regcred"}, {"name": "other"}]});
+        let mut spec = json!({"containers": []});
+        let m = spec.as_object_mut().map(|m| {
+            copy_image_pull_secrets(m, &sa);
+            m.clone()
+        });
+        assert_eq!(
+            m.and_then(|m| m.get("imagePullSecrets").cloned()),
+            Some(json!([{"name": "regcred"}, {"name": "other"}]))
+        );
+        // The pod's own list wins.
+        let mut spec = json!({"imagePullSecrets": [{"name": "mine"}]});
+        if let Some(m) = spec.as_object_mut() {
+            copy_image_pull_secrets(m, &sa);
+        }
+        assert_eq!(spec["imagePullSecrets"], json!([{"name": "mine"}]));
+        // A ServiceAccount without any leaves the pod alone.
+        let mut spec = json!({});
+        if let Some(m) = spec.as_object_mut() {
+            copy_image_pull_secrets(m, &json!({}));
+        }
+        assert!(spec.get("imagePullSecrets").is_none());
+    }
 }
