@@ -143,7 +143,7 @@ fn walk_through(server: &ApiServer, minor: u32) {
     );
     assert_eq!(
         row(&t, "web")[5..],
-        ["nginx", "nginx:1.25", "app=web"],
+        ["nginx", "nginx:1.22", "app=web"],
         "{t}"
     );
 
