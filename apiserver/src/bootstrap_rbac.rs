@@ -389,10 +389,15 @@ pub fn cluster_roles() -> Vec<Value> {
                         "configmaps",
                         "secrets",
                         "persistentvolumeclaims",
+                        "persistentvolumeclaims/status",
+                        "persistentvolumes",
+                        "persistentvolumes/status",
                         "replicationcontrollers",
                         "replicationcontrollers/status",
                     ],
                 ),
+                // The built-in local-path provisioner's class exists on a new cluster.
+                rule(&["create"], &["storage.k8s.io"], &["storageclasses"]),
                 rule(&["create"], &[""], &["serviceaccounts/token"]),
                 rule(
                     WRITE,
@@ -440,6 +445,20 @@ pub fn cluster_roles() -> Vec<Value> {
                     &["authorization.k8s.io"],
                     &["subjectaccessreviews"],
                 ),
+            ],
+            None,
+        ),
+        // The scheduler's VolumeBinding plugin (Kubernetes' system:volume-scheduler).
+        cluster_role(
+            "system:volume-scheduler",
+            none.clone(),
+            vec![
+                rule(
+                    &["get", "list", "patch", "update", "watch"],
+                    &[""],
+                    &["persistentvolumes", "persistentvolumeclaims"],
+                ),
+                rule(READ, &["storage.k8s.io"], &["storageclasses"]),
             ],
             None,
         ),
@@ -556,6 +575,11 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         binding(
             "system:kube-scheduler",
             "system:kube-scheduler",
+            vec![user("system:kube-scheduler")],
+        ),
+        binding(
+            "system:volume-scheduler",
+            "system:volume-scheduler",
             vec![user("system:kube-scheduler")],
         ),
         binding(

@@ -2,7 +2,7 @@
 //! may read a Secret, ConfigMap, PersistentVolumeClaim or PersistentVolume, and request a token
 //! for a ServiceAccount, only when a pod bound to its node references that object. Kubernetes
 //! keeps a graph for this; Lotse walks the pods of the namespace in the watch cache, which holds
-//! the same edges (pod → secret/configmap/PVC/serviceaccount; PVC → PV once PVCs are served).
+//! the same edges (pod → secret/configmap/PVC/serviceaccount; PVC → PV through `spec.volumeName`).
 //!
 //! Every other request of a kubelet is left to RBAC (the `system:node` ClusterRole). Pod deletes
 //! and evictions are confined to the kubelet's own pods here too (Kubernetes' NodeRestriction
@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::error::{ApiError, ApiResult};
 use crate::rbac::{Attributes, forbidden_error};
-use crate::registry::resources::PODS;
+use crate::registry::resources::{PERSISTENTVOLUMECLAIMS, PODS};
 use crate::server::AppState;
 
 /// The kube-root-ca.crt ConfigMap holds the cluster's public CA certificate. Lotse's kubelet
@@ -109,9 +109,14 @@ pub fn pod_references(pod: &Value) -> PodReferences {
     r
 }
 
-/// Pods in `namespace` bound to `node`.
+/// Pods in `namespace` (every namespace when empty) bound to `node`.
 async fn pods_on(state: &AppState, node: &str, namespace: &str) -> ApiResult<Vec<Value>> {
-    let prefix = format!("/registry/{}/{namespace}/", PODS.storage_prefix);
+    // Cluster-scoped objects (volumes) are reached from pods of every namespace.
+    let prefix = if namespace.is_empty() {
+        format!("/registry/{}/", PODS.storage_prefix)
+    } else {
+        format!("/registry/{}/{namespace}/", PODS.storage_prefix)
+    };
     let cacher = state.cacher(&PODS)?;
     let list = cacher.list(&prefix, None, 0, &|_| true).await;
     Ok(list
@@ -120,6 +125,26 @@ async fn pods_on(state: &AppState, node: &str, namespace: &str) -> ApiResult<Vec
         .filter_map(|o| serde_json::from_slice::<Value>(&o.raw).ok())
         .filter(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node))
         .collect())
+}
+
+/// Whether a claim referenced by one of `pods` is bound to the volume `pv`.
+async fn pv_reachable(state: &AppState, pods: &[Value], pv: &str) -> ApiResult<bool> {
+    for p in pods {
+        let ns = crate::registry::fields::namespace(p);
+        for claim in pod_references(p).pvcs {
+            let pvc =
+                crate::authn::cached_or_stored(state, &PERSISTENTVOLUMECLAIMS, ns, &claim).await?;
+            if pvc
+                .as_ref()
+                .and_then(|c| c.pointer("/spec/volumeName"))
+                .and_then(Value::as_str)
+                == Some(pv)
+            {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 fn no_relationship(node: &str) -> String {
@@ -177,8 +202,8 @@ pub async fn decide(state: &AppState, a: &Attributes) -> ApiResult<Option<Result
         "token" => pods
             .iter()
             .any(|p| pod_references(p).service_account == a.name),
-        // A PV is reachable only through a bound PVC; Lotse serves no PVCs, so none is.
-        _ => false,
+        // A PV is reachable only through a claim of one of the node's pods bound to it.
+        _ => pv_reachable(state, &pods, &a.name).await?,
     };
     if found {
         Ok(Some(Ok(String::new())))

@@ -1,6 +1,7 @@
 //! Admission: the plugins Kubernetes runs between decoding and storage, in Kubernetes' order.
 //! NamespaceLifecycle is `handlers::admit_namespace`; the rest run from [`admit`]:
-//! mutating LimitRanger, ServiceAccount and DefaultTolerationSeconds, then validating
+//! mutating LimitRanger, ServiceAccount, DefaultTolerationSeconds, DefaultStorageClass and
+//! StorageObjectInUseProtection, then validating
 //! LimitRanger, NodeRestriction, PodSecurity, RBAC escalation prevention and ResourceQuota.
 //! A rejection returns before anything is written.
 
@@ -13,6 +14,7 @@ use crate::error::ApiResult;
 use crate::registry::ResourceDef;
 use crate::server::AppState;
 
+pub mod default_storage_class;
 pub mod default_toleration_seconds;
 pub mod limit_ranger;
 pub mod node_restriction;
@@ -61,6 +63,9 @@ async fn admit_inner(
         limit_ranger::default_pod(state, obj).await?;
         service_account::admit_pod(state, obj).await?;
         default_toleration_seconds::admit_pod(obj);
+    }
+    if op == Operation::Create {
+        default_storage_class::admit(state, def, obj).await?;
     }
     // Validating.
     limit_ranger::validate(state, def, op, obj).await?;

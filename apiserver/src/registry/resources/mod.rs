@@ -12,6 +12,7 @@ mod events;
 mod networking;
 mod pod;
 mod rbac;
+mod storage;
 mod util;
 
 pub use self::apps::{CONTROLLERREVISIONS, DAEMONSETS, DEPLOYMENTS, REPLICASETS, STATEFULSETS};
@@ -24,6 +25,10 @@ pub use self::discovery::ENDPOINTSLICES;
 pub use self::events::{EVENTS_V1, from_core_event, to_core_event};
 pub use self::networking::NETWORKPOLICIES;
 pub use self::rbac::{CLUSTERROLEBINDINGS, CLUSTERROLES, ROLEBINDINGS, ROLES};
+pub use self::storage::{
+    BETA_CLASS_ANNOTATION, DEFAULT_CLASS_ANNOTATION, PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES,
+    STORAGECLASSES, is_default_class,
+};
 
 /// Every served resource.
 pub static ALL: &[ResourceDef] = &[
@@ -38,6 +43,8 @@ pub static ALL: &[ResourceDef] = &[
     EVENTS,
     RESOURCEQUOTAS,
     LIMITRANGES,
+    PERSISTENTVOLUMES,
+    PERSISTENTVOLUMECLAIMS,
     DEPLOYMENTS,
     REPLICASETS,
     STATEFULSETS,
@@ -52,6 +59,7 @@ pub static ALL: &[ResourceDef] = &[
     LEASES,
     ENDPOINTSLICES,
     EVENTS_V1,
+    STORAGECLASSES,
 ];
 
 /// core/v1 namespaces.
@@ -230,6 +238,11 @@ mod tests {
             "LimitRange" => {
                 json!({"spec": {"limits": [{"type": "Container", "max": {"cpu": "1"}}]}})
             }
+            "PersistentVolume" => json!({"spec": {"capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"], "hostPath": {"path": "/data"}}}),
+            "PersistentVolumeClaim" => json!({"spec": {"accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}}}}),
+            "StorageClass" => json!({"provisioner": "rancher.io/local-path"}),
             _ => json!({}),
         };
         if let (Value::Object(m), Value::Object(e)) = (&mut o, extra) {

@@ -1,0 +1,153 @@
+//! DefaultStorageClass and StorageObjectInUseProtection admission.
+//!
+//! DefaultStorageClass: a PersistentVolumeClaim created without a class (no
+//! `spec.storageClassName` and no beta class annotation; an explicit `""` is a class) gets the
+//! default StorageClass, the one annotated `storageclass.kubernetes.io/is-default-class: "true"`
+//! — the newest when several are (Kubernetes 1.28+; equal timestamps: the first by name).
+//!
+//! StorageObjectInUseProtection: new claims get the `kubernetes.io/pvc-protection` finalizer and
+//! new volumes `kubernetes.io/pv-protection`; the controllers remove them once no pod uses the
+//! claim / no claim is bound to the volume.
+
+use serde_json::{Value, json};
+
+use crate::error::ApiResult;
+use crate::registry::resources::{BETA_CLASS_ANNOTATION, STORAGECLASSES, is_default_class};
+use crate::registry::{ResourceDef, fields};
+use crate::server::AppState;
+
+/// Finalizer keeping a claim while a pod uses it.
+pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
+/// Finalizer keeping a volume while a claim is bound to it.
+pub const PV_PROTECTION: &str = "kubernetes.io/pv-protection";
+
+fn is_core(def: &ResourceDef, plural: &str) -> bool {
+    def.group.is_empty() && def.plural == plural
+}
+
+/// Whether the claim names a class (`PersistentVolumeClaimHasClass`).
+fn claim_has_class(pvc: &Value) -> bool {
+    pvc.pointer("/spec/storageClassName")
+        .is_some_and(|v| !v.is_null())
+        || fields::at(pvc, &["metadata", "annotations", BETA_CLASS_ANNOTATION]).is_some()
+}
+
+/// The default class among `classes` (`GetDefaultClass`): newest first, then by name.
+pub fn default_class(classes: &[Value]) -> Option<&Value> {
+    let ts = |c: &Value| {
+        fields::str_at(c, &["metadata", "creationTimestamp"])
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    };
+    classes
+        .iter()
+        .filter(|c| is_default_class(c))
+        .min_by(|a, b| {
+            ts(b)
+                .cmp(&ts(a))
+                .then_with(|| fields::name(a).cmp(fields::name(b)))
+        })
+}
+
+/// Sets the default class on a new claim without one.
+pub async fn admit_claim(state: &AppState, pvc: &mut Value) -> ApiResult<()> {
+    if claim_has_class(pvc) {
+        return Ok(());
+    }
+    let cacher = state.cacher(&STORAGECLASSES)?;
+    cacher.wait_fresh().await?;
+    let prefix = format!("/registry/{}/", STORAGECLASSES.storage_prefix);
+    let list = cacher.list(&prefix, None, 0, &|_| true).await;
+    let classes: Vec<Value> = list
+        .items
+        .iter()
+        .filter_map(|o| serde_json::from_slice::<Value>(&o.raw).ok())
+        .collect();
+    if let Some(class) = default_class(&classes) {
+        let name = fields::name(class).to_string();
+        tracing::debug!(class = %name, "defaulting storage class of claim");
+        fields::ensure_object(pvc, &["spec"]).insert("storageClassName".into(), json!(name));
+    }
+    Ok(())
+}
+
+/// Adds the protection finalizer to a new claim or volume.
+pub fn protect(def: &ResourceDef, obj: &mut Value) {
+    let finalizer = if is_core(def, "persistentvolumeclaims") {
+        PVC_PROTECTION
+    } else if is_core(def, "persistentvolumes") {
+        PV_PROTECTION
+    } else {
+        return;
+    };
+    let meta = fields::ensure_object(obj, &["metadata"]);
+    let list = meta.entry("finalizers").or_insert_with(|| json!([]));
+    if !list.is_array() {
+        *list = json!([]);
+    }
+    if let Value::Array(a) = list
+        && !a.iter().any(|f| f.as_str() == Some(finalizer))
+    {
+        a.push(json!(finalizer));
+    }
+}
+
+/// The mutating storage plugins for a create of `def`.
+pub async fn admit(state: &AppState, def: &ResourceDef, obj: &mut Value) -> ApiResult<()> {
+    if is_core(def, "persistentvolumeclaims") {
+        admit_claim(state, obj).await?;
+    }
+    protect(def, obj);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(name: &str, created: &str, default: bool) -> Value {
+        let mut c =
+            json!({"metadata": {"name": name, "creationTimestamp": created}, "provisioner": "p"});
+        if default {
+            c["metadata"]["annotations"] =
+                json!({"storageclass.kubernetes.io/is-default-class": "true"});
+        }
+        c
+    }
+
+    #[test]
+    fn newest_default_class_wins_then_name() {
+        let classes = [
+            class("old", "2024-01-01T00:00:00Z", true),
+            class("new", "2024-06-01T00:00:00Z", true),
+            class("newest-not-default", "2025-01-01T00:00:00Z", false),
+        ];
+        assert_eq!(default_class(&classes).map(fields::name), Some("new"));
+        let tie = [
+            class("b", "2024-01-01T00:00:00Z", true),
+            class("a", "2024-01-01T00:00:00Z", true),
+        ];
+        assert_eq!(default_class(&tie).map(fields::name), Some("a"));
+        assert!(default_class(&classes[2..]).is_none());
+    }
+
+    #[test]
+    fn explicit_empty_class_is_a_class() {
+        assert!(claim_has_class(&json!({"spec": {"storageClassName": ""}})));
+        assert!(!claim_has_class(&json!({"spec": {}})));
+        assert!(claim_has_class(
+            &json!({"metadata": {"annotations": {BETA_CLASS_ANNOTATION: "x"}}, "spec": {}})
+        ));
+    }
+
+    #[test]
+    fn protection_finalizers_are_added_once() {
+        use crate::registry::resources::{PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES};
+        let mut c = json!({"metadata": {"finalizers": ["x"]}});
+        protect(&PERSISTENTVOLUMECLAIMS, &mut c);
+        protect(&PERSISTENTVOLUMECLAIMS, &mut c);
+        assert_eq!(c["metadata"]["finalizers"], json!(["x", PVC_PROTECTION]));
+        let mut v = json!({});
+        protect(&PERSISTENTVOLUMES, &mut v);
+        assert_eq!(v["metadata"]["finalizers"], json!([PV_PROTECTION]));
+    }
+}
