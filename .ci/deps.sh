@@ -7,11 +7,12 @@
 #   container runtime and pod networking.
 # nftables: the node network agent programs Services and pod egress masquerade with nft.
 # docker-registry, skopeo, apache2-utils (htpasswd): the image-pull e2e tests and benchmark run a
-#   local registry with TLS and htpasswd auth and push the built archives into it.
+#   local registry with TLS and htpasswd auth and push the built archives into it; e2fsprogs:
+#   the image GC test loop-mounts a small ext4 image filesystem.
 # busybox-static, gcc, libc6-dev, jq, debootstrap: `lotse images build` (busybox, the pause
 #   binary, and nginx on a debootstrapped Debian from the machine's own mirror).
 set -euo pipefail
-pkgs=(protobuf-compiler libprotobuf-dev etcd-server containerd runc containernetworking-plugins iproute2 util-linux nftables busybox-static gcc libc6-dev jq debootstrap docker-registry skopeo apache2-utils)
+pkgs=(protobuf-compiler libprotobuf-dev etcd-server containerd runc containernetworking-plugins iproute2 util-linux nftables busybox-static gcc libc6-dev jq debootstrap docker-registry skopeo apache2-utils e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -3,7 +3,7 @@
 //! archives with Debian's `skopeo`. One is reached directly with pull secrets; the other is the
 //! node's mirror for `docker.io`, configured through `<data-dir>/registries.yaml` (TLS and
 //! credentials there). Covered: pull by tag and by digest, the pull policies, pull secrets (good,
-//! wrong, missing), the docker.io mirror serving `nginx:1.25`, a name that does not parse, a tag
+//! wrong, missing, and from the pod's ServiceAccount), the docker.io mirror serving `nginx:1.25`, a name that does not parse, a tag
 //! that does not exist, a hanging registry (Lotse's pull timeout), the offline fallback with the
 //! registry stopped, and the airgap archives imported once per content (not again on restart,
 //! again only for an image removed from containerd).
@@ -134,7 +134,7 @@ impl Registry {
             .arg(&certs)
             .arg("--digestfile")
             .arg(&digest_file)
-            .arg(format!("oci-archive:{}", archive.display()))
+            .arg(oci_source(archive))
             .arg(format!("docker://{}/{repo_tag}", self.host()))
             .output()
             .context("skopeo (Debian package skopeo)")?;
@@ -151,6 +151,25 @@ impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `oci-archive:PATH:REF` for skopeo, naming the archive's first image (the archives built by
+/// `lotse images build` carry several tags of one image).
+fn oci_source(archive: &Path) -> String {
+    let index = Command::new("tar")
+        .args(["-xOf"])
+        .arg(archive)
+        .arg("index.json")
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok());
+    let name = index
+        .as_ref()
+        .and_then(|i| i.pointer("/manifests/0/annotations/org.opencontainers.image.ref.name"))
+        .and_then(|v| v.as_str())
+        .map(|r| format!(":{r}"))
+        .unwrap_or_default();
+    format!("oci-archive:{}{name}", archive.display())
 }
 
 /// A TCP server on loopback that accepts connections and never answers (a hanging registry).
@@ -357,8 +376,25 @@ fn registry_pulls_policies_secrets_mirror_timeout_and_offline_fallback() -> anyh
     ])?
     .success()?;
 
+    // A ServiceAccount's imagePullSecrets are copied into pods that name none (admission).
+    k.run(&["create", "serviceaccount", "puller"])?.success()?;
+    k.run(&[
+        "patch",
+        "serviceaccount",
+        "puller",
+        "-p",
+        r#"{"imagePullSecrets":[{"name":"regcred"}]}"#,
+    ])?
+    .success()?;
+
     let t0 = Instant::now();
-    let mut manifest = String::new();
+    let mut manifest = pod(
+        "via-sa",
+        &format!("{a}/lotse/busybox:1.0"),
+        Some("Always"),
+        None,
+    )
+    .replace("spec:\n", "spec:\n  serviceAccountName: puller\n");
     for (name, image, policy, secret) in [
         (
             "by-tag",
@@ -383,6 +419,12 @@ fn registry_pulls_policies_secrets_mirror_timeout_and_offline_fallback() -> anyh
             format!("{a}/lotse/busybox:1.0"),
             Some("Always"),
             None,
+        ),
+        (
+            "absent-secret",
+            format!("{a}/lotse/busybox:1.0"),
+            Some("Always"),
+            Some("nosuch"),
         ),
         (
             "missing-tag",
@@ -414,6 +456,18 @@ fn registry_pulls_policies_secrets_mirror_timeout_and_offline_fallback() -> anyh
     // Pull by tag and by digest, with a dockerconfigjson and a dockercfg secret.
     running(k, "by-tag", &node.lotse)?;
     running(k, "by-digest", &node.lotse)?;
+    running(k, "via-sa", &node.lotse)?;
+    let secrets = k
+        .run(&[
+            "get",
+            "pod",
+            "via-sa",
+            "-o",
+            "jsonpath={.spec.imagePullSecrets[*].name}",
+        ])?
+        .success()?
+        .stdout;
+    assert_eq!(secrets, "regcred");
     let pulled = wait_event(k, "by-tag", "Pulled", |m| {
         m.starts_with("Successfully pulled")
     })?;
@@ -444,13 +498,16 @@ fn registry_pulls_policies_secrets_mirror_timeout_and_offline_fallback() -> anyh
     println!("pulls done {:?} after the pods were created", t0.elapsed());
 
     // Refused credentials: wrong secret and no secret.
-    for name in ["wrong-secret", "no-secret"] {
+    for name in ["wrong-secret", "no-secret", "absent-secret"] {
         let msg = waiting(k, name, &["ErrImagePull", "ImagePullBackOff"])?;
         assert!(msg.contains("401 Unauthorized"), "{name}: {msg}");
         let failed = wait_event(k, name, "Failed", |m| m.starts_with("Failed to pull image"))?;
         assert!(failed.contains("401 Unauthorized"), "{failed}");
         wait_event(k, name, "Failed", |m| m == "Error: ErrImagePull")?;
     }
+    wait_event(k, "absent-secret", "FailedToRetrieveImagePullSecret", |m| {
+        m == "Unable to retrieve some image pull secrets (nosuch); attempting to pull the image may not succeed."
+    })?;
     // Back-off after the failure.
     let msg = waiting(k, "no-secret", &["ImagePullBackOff"])?;
     assert!(

@@ -667,6 +667,16 @@ impl Manager {
             .await;
             return Ok(id);
         }
+        let err = if is_network_error(&err) {
+            // Lotse's hint for airgapped nodes, after the runtime's own words.
+            format!(
+                "{err} (no endpoint of registry {:?} is reachable and the image is not on the node: for an airgapped node put an archive of it into {})",
+                r.registry,
+                self.images_dir.display()
+            )
+        } else {
+            err
+        };
         rec.warning("Failed", &format!("Failed to pull image {image:?}: {err}"))
             .await;
         Err(err)

@@ -69,6 +69,25 @@ fn start_registry(dir: &Path) -> Result<(Registry, u16)> {
     Ok((reg, port))
 }
 
+/// `oci-archive:PATH:REF` for skopeo, naming the archive's first image (the archives built by
+/// `lotse images build` carry several tags of one image).
+fn oci_source(archive: &Path) -> String {
+    let index = Command::new("tar")
+        .args(["-xOf"])
+        .arg(archive)
+        .arg("index.json")
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok());
+    let name = index
+        .as_ref()
+        .and_then(|i| i.pointer("/manifests/0/annotations/org.opencontainers.image.ref.name"))
+        .and_then(|v| v.as_str())
+        .map(|r| format!(":{r}"))
+        .unwrap_or_default();
+    format!("oci-archive:{}{name}", archive.display())
+}
+
 fn ctr(data: &Path, args: &[&str]) -> Result<std::process::Output> {
     Ok(Command::new("ctr")
         .arg("-a")
@@ -97,7 +116,7 @@ fn main() -> Result<()> {
     let image = format!("{host}/bench/image:1");
     let out = Command::new("skopeo")
         .args(["copy", "--quiet", "--dest-tls-verify=false"])
-        .arg(format!("oci-archive:{}", images.join(&a.archive).display()))
+        .arg(oci_source(&images.join(&a.archive)))
         .arg(format!("docker://{image}"))
         .output()
         .context("skopeo (Debian package skopeo)")?;
