@@ -127,13 +127,75 @@ fn down_keeps_the_data_and_reset_leaves_no_trace() -> anyhow::Result<()> {
     ])?;
     assert!(!processes_of_pod(&uid).is_empty(), "the pod runs processes");
 
+    // lotse images import: an archive under a name of the user's choice, usable at once.
+    let data_s = data.to_string_lossy().into_owned();
+    let busybox = e2e::lotse::images_dir().join("busybox.tar");
+    let out = run_lotse(&[
+        "images",
+        "import",
+        "--data-dir",
+        &data_s,
+        "--name",
+        "myapp:1.0",
+        &busybox.to_string_lossy(),
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_lotse(&["images", "list", "--data-dir", &data_s])?;
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        list.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()[..2]
+                == ["docker.io/library/myapp", "1.0"]),
+        "{list}"
+    );
+    k.ok(&[
+        "run",
+        "myapp",
+        "--image=myapp:1.0",
+        "--image-pull-policy=IfNotPresent",
+        "--",
+        "sleep",
+        "3600",
+    ])?;
+    wait_for(
+        &k,
+        &["get", "pod", "myapp", "-o", "jsonpath={.status.phase}"],
+        "the imported image runs",
+        Duration::from_secs(60),
+        |s| s == "Running",
+    )?;
+    k.ok(&["delete", "pod", "myapp", "--grace-period=1", "--wait=true"])?;
+    // A file that is no image archive is refused with a clear message.
+    let junk = tmp.path().join("junk.tar");
+    std::fs::write(&junk, b"no archive")?;
+    let out = run_lotse(&[
+        "images",
+        "import",
+        "--data-dir",
+        &data_s,
+        &junk.to_string_lossy(),
+    ])?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a tar archive")
+            || String::from_utf8_lossy(&out.stderr).contains("neither an OCI"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // lotse down: the preStop hook runs, then SIGTERM reaches the container (its trap writes
     // "term"), lotse up exits, and no process of the pod is left.
-    let data_s = data.to_string_lossy().into_owned();
     let out = run_lotse(&["down", "--data-dir", &data_s])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "lotse down failed: {stderr}");
-    assert!(stderr.contains("stopped 1 pod(s)"), "{stderr}");
+    assert!(
+        stderr.contains("stopped ") && stderr.contains(" pod(s), 1 container(s)"),
+        "{stderr}"
+    );
     let log = std::fs::read_to_string(hostdir.join("log")).unwrap_or_default();
     assert_eq!(log, "prestop\nterm\n", "preStop hook, then SIGTERM");
     // Exited: gone, or a zombie until this test reaps it.
@@ -164,7 +226,11 @@ fn down_keeps_the_data_and_reset_leaves_no_trace() -> anyhow::Result<()> {
         ],
         "the pod running again after lotse up",
         Duration::from_secs(90),
-        |s| s.split(' ').nth(1).is_some_and(|t| !t.is_empty() && t != started),
+        |s| {
+            s.split(' ')
+                .nth(1)
+                .is_some_and(|t| !t.is_empty() && t != started)
+        },
     )
     .with_context(|| lotse.log())?;
     assert!(again.starts_with(&uid), "{again}");

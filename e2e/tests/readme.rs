@@ -60,12 +60,34 @@ fn flags(cmd: &str) -> Vec<&str> {
         .collect()
 }
 
-/// `<program> --help` (or `-h`) lists every flag `cmd` passes to it.
+/// `<program> [subcommand...] --help` lists every flag `cmd` passes to it; the subcommand is
+/// the words between the program and the first flag (`lotse images import --name x f.tar`).
 fn check_flags(program: &Path, cmd: &str) -> anyhow::Result<()> {
+    let name = program
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let words: Vec<&str> = cmd.split_whitespace().collect();
+    let start = words
+        .iter()
+        .position(|w| w.ends_with(&*name))
+        .map_or(words.len(), |i| i + 1);
+    let sub: Vec<&str> = words[start..]
+        .iter()
+        .take_while(|w| !w.starts_with('-') && w.chars().all(|c| c.is_ascii_lowercase()))
+        .copied()
+        .collect();
     let out = Command::new(program)
+        .args(&sub)
         .arg("--help")
         .output()
-        .with_context(|| format!("running {} --help", program.display()))?;
+        .with_context(|| format!("running {} {sub:?} --help", program.display()))?;
+    if !sub.is_empty() && !out.status.success() {
+        bail!(
+            "README: `{cmd}`: {} has no subcommand {sub:?}",
+            program.display()
+        );
+    }
     let help = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
