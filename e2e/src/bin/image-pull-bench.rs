@@ -98,8 +98,27 @@ fn ctr(data: &Path, args: &[&str]) -> Result<std::process::Output> {
 }
 
 /// Removes the image and (synchronously) its content, so the next pull downloads everything.
+/// CRI keeps three references to a pulled image (tag, repo digest, image id): all of them go.
 fn forget(data: &Path, image: &str) -> Result<()> {
-    ctr(data, &["images", "rm", "--sync", image])?;
+    let out = ctr(data, &["images", "ls"])?;
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rows: Vec<Vec<&str>> = listing
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .filter(|r: &Vec<&str>| r.len() >= 3)
+        .collect();
+    let Some(target) = rows.iter().find(|r| r[0] == image).map(|r| r[2]) else {
+        return Ok(());
+    };
+    let refs: Vec<&str> = rows
+        .iter()
+        .filter(|r| r[2] == target)
+        .map(|r| r[0])
+        .collect();
+    let mut args = vec!["images", "rm", "--sync"];
+    args.extend(refs);
+    ctr(data, &args)?;
     Ok(())
 }
 
