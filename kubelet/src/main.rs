@@ -47,7 +47,7 @@ struct Args {
     #[arg(long, env = "LOTSE_RUNTIME", value_enum, default_value_t = kubelet::RuntimeKind::Containerd)]
     runtime: kubelet::RuntimeKind,
     /// Pull images one at a time (false: in parallel).
-    #[arg(long, env = "LOTSE_SERIALIZE_IMAGE_PULLS", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "LOTSE_SERIALIZE_IMAGE_PULLS", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     serialize_image_pulls: bool,
     /// A pull that has not finished after this long fails with ErrImagePull (containerd 1.6 has
     /// no pull-progress timeout of its own).
@@ -56,7 +56,7 @@ struct Args {
     /// When a pull that policy Always requires fails because no endpoint of the registry is
     /// reachable (a network error, not 401/403/404) and the image is on the node, start the
     /// local image and record a Warning event (false: fail as Kubernetes does).
-    #[arg(long, env = "LOTSE_IMAGE_PULL_OFFLINE_FALLBACK", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "LOTSE_IMAGE_PULL_OFFLINE_FALLBACK", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     image_pull_offline_fallback: bool,
     /// Registry mirrors, TLS and credentials in k3s's registries.yaml format, applied to the
     /// kubelet's containerd.
