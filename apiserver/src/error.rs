@@ -249,26 +249,29 @@ impl ApiError {
 
     /// The `Status` object.
     pub fn status(&self) -> Value {
-        let mut s = json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        });
-        if let (Some(d), Value::Object(m)) = (&self.details, &mut s) {
+        // Go's field order of metav1.Status: TypeMeta, metadata, status, message, reason,
+        // details, code (clients compare the bytes).
+        let mut m = serde_json::Map::new();
+        m.insert("kind".into(), "Status".into());
+        m.insert("apiVersion".into(), "v1".into());
+        m.insert("metadata".into(), json!({}));
+        m.insert("status".into(), "Failure".into());
+        m.insert("message".into(), self.message.clone().into());
+        m.insert("reason".into(), self.reason.into());
+        if let Some(d) = &self.details {
             m.insert("details".into(), d.clone());
         }
-        s
+        m.insert("code".into(), self.code.into());
+        Value::Object(m)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::to_vec(&self.status()).unwrap_or_default();
+        let mut body = serde_json::to_vec(&self.status()).unwrap_or_default();
+        // Kubernetes' JSON serializer ends every document with a newline.
+        body.push(b'\n');
         let mut resp = (code, body).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

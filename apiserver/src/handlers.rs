@@ -25,7 +25,11 @@ pub fn object_key(def: &ResourceDef, namespace: Option<&str>, name: &str) -> Str
 }
 
 /// A JSON response with the given status.
-pub fn json_response(code: StatusCode, body: Vec<u8>) -> Response {
+pub fn json_response(code: StatusCode, mut body: Vec<u8>) -> Response {
+    // Kubernetes' JSON serializer ends every document with a newline; clients compare bytes.
+    if body.last().is_some_and(|b| *b != b'\n') {
+        body.push(b'\n');
+    }
     let mut r = (code, body).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -35,7 +39,9 @@ pub fn json_response(code: StatusCode, body: Vec<u8>) -> Response {
 }
 
 fn value_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
-    let mut r = json_response(code, serde_json::to_vec(v).unwrap_or_default());
+    let mut ordered = v.clone();
+    crate::protobuf::go_field_order(&mut ordered);
+    let mut r = json_response(code, serde_json::to_vec(&ordered).unwrap_or_default());
     add_warnings(&mut r, warnings);
     r
 }

@@ -478,6 +478,79 @@ fn type_name_of(api_version: &str, kind: &str) -> String {
     format!("io.k8s.api.{package}.{version}.{kind}")
 }
 
+/// Puts an object's fields in the order Kubernetes writes them (Go's `encoding/json` over the
+/// `k8s.io/api` structs): `kind`, `apiVersion`, then each struct's fields in declaration order —
+/// the order of `generated.proto`, which the field table keeps — with map keys sorted (Go sorts
+/// them). Fields the table does not know keep their relative order after the known ones;
+/// free-form JSON (RawExtension, FieldsV1, custom resources' bodies) is left as it is. Clients
+/// compare response bytes, so this is part of compatibility.
+pub fn go_field_order(obj: &mut Value) {
+    let type_name = match (
+        obj.get("apiVersion").and_then(Value::as_str),
+        obj.get("kind").and_then(Value::as_str),
+    ) {
+        (Some(av), Some(kind)) => type_name_of(av, kind),
+        _ => return,
+    };
+    if layouts().contains_key(type_name.as_str()) {
+        order_message(obj, &type_name, 0);
+    }
+    type_meta_first(obj);
+}
+
+/// `kind` then `apiVersion` at the front (Go's `TypeMeta` comes first in every object).
+fn type_meta_first(obj: &mut Value) {
+    let Value::Object(map) = obj else { return };
+    for key in ["apiVersion", "kind"] {
+        if let Some(v) = map.shift_remove(key) {
+            map.shift_insert(0, key.to_string(), v);
+        }
+    }
+}
+
+fn order_message(v: &mut Value, type_name: &str, depth: usize) {
+    if depth > MAX_DEPTH {
+        return;
+    }
+    let Value::Object(map) = v else { return };
+    let Some(fields) = layouts().get(type_name) else {
+        return;
+    };
+    if !fields.iter().any(|f| map.contains_key(&f.json)) {
+        // Not this struct's JSON form (Quantity, Time, RawExtension, FieldsV1, ...).
+        return;
+    }
+    let mut rest = std::mem::take(map);
+    for f in fields {
+        let Some(mut val) = rest.shift_remove(&f.json) else {
+            continue;
+        };
+        match f.kind {
+            Kind::Message if f.repeated => {
+                if let Value::Array(items) = &mut val {
+                    for item in items {
+                        order_message(item, f.message, depth + 1);
+                    }
+                }
+            }
+            Kind::Message => order_message(&mut val, f.message, depth + 1),
+            Kind::Map(mv) => {
+                if let Value::Object(m) = &mut val {
+                    m.sort_keys();
+                    if mv == MapValue::Message {
+                        for item in m.values_mut() {
+                            order_message(item, f.message, depth + 1);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        map.insert(f.json.clone(), val);
+    }
+    map.extend(rest);
+}
+
 /// Decodes a protobuf-encoded object (`k8s\0` + `runtime.Unknown`) into Kubernetes JSON.
 pub fn decode_object(body: &[u8]) -> ApiResult<Value> {
     let Some(rest) = body.strip_prefix(MAGIC) else {
@@ -537,6 +610,38 @@ pub fn decode_object(body: &[u8]) -> ApiResult<Value> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn objects_are_written_in_go_field_order() {
+        let mut cm = json!({
+            "apiVersion": "v1",
+            "data": {"b": "2", "a": "1"},
+            "kind": "ConfigMap",
+            "metadata": {"uid": "u", "annotations": {"z": "1", "a": "2"}, "name": "c", "namespace": "d",
+                "managedFields": [{"fieldsV1": {"f:data": {"f:b": {}, "f:a": {}}}, "manager": "m", "apiVersion": "v1"}]},
+            "immutable": false,
+        });
+        go_field_order(&mut cm);
+        assert_eq!(
+            serde_json::to_string(&cm).unwrap(),
+            r#"{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"c","namespace":"d","uid":"u","annotations":{"a":"2","z":"1"},"managedFields":[{"manager":"m","apiVersion":"v1","fieldsV1":{"f:data":{"f:b":{},"f:a":{}}}}]},"immutable":false,"data":{"a":"1","b":"2"}}"#
+        );
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "status": {"phase": "Running"},
+            "spec": {"containers": [{"image": "busybox", "name": "c", "resources": {"limits": {"memory": "1Gi", "cpu": "1"}}}]},
+            "metadata": {"name": "p"}, "x-unknown": 1});
+        go_field_order(&mut pod);
+        assert_eq!(
+            serde_json::to_string(&pod).unwrap(),
+            r#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"p"},"spec":{"containers":[{"name":"c","image":"busybox","resources":{"limits":{"cpu":"1","memory":"1Gi"}}}]},"status":{"phase":"Running"},"x-unknown":1}"#
+        );
+        // Unknown kinds: only TypeMeta moves.
+        let mut cr = json!({"apiVersion": "x.io/v1", "spec": {"b": 1, "a": 2}, "kind": "Thing"});
+        go_field_order(&mut cr);
+        assert_eq!(
+            serde_json::to_string(&cr).unwrap(),
+            r#"{"kind":"Thing","apiVersion":"x.io/v1","spec":{"b":1,"a":2}}"#
+        );
+    }
     use k8s_pb::api::apps::v1 as apps;
     use k8s_pb::api::core::v1 as core;
     use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;

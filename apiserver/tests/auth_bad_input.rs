@@ -17,7 +17,8 @@ use tower::ServiceExt;
 mod common;
 
 /// Kubernetes' body for every authentication failure.
-const UNAUTHORIZED: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#;
+/// Kubernetes' exact bytes, newline included.
+const UNAUTHORIZED: &str = "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"Unauthorized\",\"reason\":\"Unauthorized\",\"code\":401}\n";
 
 struct Api {
     state: Arc<AppState>,

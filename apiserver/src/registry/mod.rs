@@ -267,11 +267,15 @@ impl ResourceDef {
     }
 
     /// Converts an object in served shape to the bytes storage holds.
+    /// Fields are stored in Kubernetes' (Go's) order, so every read served from the stored
+    /// bytes has Kubernetes' byte layout.
     pub fn encode_for_storage(&self, obj: &Value) -> Result<Vec<u8>, serde_json::Error> {
-        match &self.storage_view {
-            Some(view) => serde_json::to_vec(&(view.to_storage)(obj)),
-            None => serde_json::to_vec(obj),
-        }
+        let mut stored = match &self.storage_view {
+            Some(view) => (view.to_storage)(obj),
+            None => obj.clone(),
+        };
+        crate::protobuf::go_field_order(&mut stored);
+        serde_json::to_vec(&stored)
     }
 
     /// Converts a stored object to the served shape (a no-op for most resources).
