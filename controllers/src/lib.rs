@@ -19,6 +19,7 @@ pub mod replicaset;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod util;
+pub mod volume;
 
 use std::time::Duration;
 
@@ -34,7 +35,11 @@ pub const ALL_CONTROLLERS: &[&str] = &[
     "nodelifecycle",
     "daemonset",
     "statefulset",
+    "persistentvolume-binder",
 ];
+
+/// Where local-path volumes live by default: `<default data-dir>/storage`, as k3s.
+pub const DEFAULT_LOCAL_PATH_DIR: &str = "/var/lib/lotse/storage";
 
 /// What the controllers need to know about the cluster and how to behave.
 #[derive(Clone, Debug)]
@@ -53,6 +58,11 @@ pub struct Config {
     pub controllers: Vec<String>,
     /// PEM of the cluster CA, published as `kube-root-ca.crt` in every namespace.
     pub root_ca_pem: Option<String>,
+    /// Directory on the nodes under which local-path volumes are created (k3s:
+    /// `<data-dir>/storage`).
+    pub local_path_dir: std::path::PathBuf,
+    /// Image of the local-path provisioner's helper pods (present on every node).
+    pub helper_image: String,
 }
 
 impl Default for Config {
@@ -65,6 +75,8 @@ impl Default for Config {
             identity: default_identity(),
             controllers: vec!["*".into()],
             root_ca_pem: None,
+            local_path_dir: DEFAULT_LOCAL_PATH_DIR.into(),
+            helper_image: "busybox".into(),
         }
     }
 }
@@ -165,6 +177,13 @@ async fn run_controllers(config: Config, client: kube::Client) -> Result<(), Err
     }
     if config.enabled("endpoints") {
         set.spawn(endpoints::run(client.clone()));
+    }
+    if config.enabled("persistentvolume-binder") {
+        let settings = volume::Settings {
+            local_path_dir: config.local_path_dir.clone(),
+            helper_image: config.helper_image.clone(),
+        };
+        set.spawn(volume::run(client.clone(), recorder.clone(), settings));
     }
     if config.enabled("garbagecollector") {
         set.spawn(gc::run(client.clone()));

@@ -30,7 +30,7 @@ struct Args {
     #[arg(long, env = "LOTSE_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
     /// Controllers to run: `*` for all, a name to enable, `-name` to disable
-    /// (replicaset, deployment, namespace, serviceaccount, garbagecollector, endpoints, job, nodelifecycle, daemonset).
+    /// (replicaset, deployment, namespace, serviceaccount, garbagecollector, endpoints, job, nodelifecycle, daemonset, statefulset, persistentvolume-binder).
     #[arg(
         long,
         env = "LOTSE_CONTROLLERS",
@@ -38,6 +38,12 @@ struct Args {
         default_value = "*"
     )]
     controllers: Vec<String>,
+    /// Directory on the nodes where the local-path provisioner puts volumes (k3s's flag).
+    #[arg(long, env = "LOTSE_DEFAULT_LOCAL_STORAGE_PATH", default_value = controllers::DEFAULT_LOCAL_PATH_DIR)]
+    default_local_storage_path: PathBuf,
+    /// Image of the local-path provisioner's helper pods, which remove deleted volumes' directories.
+    #[arg(long, env = "LOTSE_LOCAL_PATH_HELPER_IMAGE", default_value = "busybox")]
+    local_path_helper_image: String,
 }
 
 /// Parses `40s`, `5m`, `1h` or plain seconds.
@@ -87,6 +93,8 @@ async fn main() -> anyhow::Result<()> {
         identity: controllers::default_identity(),
         controllers: args.controllers,
         root_ca_pem,
+        local_path_dir: args.default_local_storage_path,
+        helper_image: args.local_path_helper_image,
     };
     controllers::run(config, client)
         .await

@@ -9,11 +9,13 @@
 //! (ordinals at or beyond `replicas`), then roll outdated ones; in `OrderedReady` mode every
 //! step waits until the pods before it are Running and Ready.
 //!
-//! Lotse does not serve PersistentVolumeClaims. A set with `volumeClaimTemplates` still gets
-//! its pods, shaped as Kubernetes shapes them (a `persistentVolumeClaim` volume per template,
-//! claim `<template>-<pod>`), but no claim is created: a Warning event
-//! (`PersistentVolumeClaimsUnsupported`) says so. What backs such a volume is the kubelet's
-//! business (Lotse's gives it a pod-local directory, gone with the pod): it is not persistent.
+//! Claims: before a pod is created, each `volumeClaimTemplates` entry gets its claim
+//! `<template>-<set>-<ordinal>` (created once, reused by every later pod of that ordinal), and
+//! the pod's volume of that name references it. `persistentVolumeClaimRetentionPolicy` decides
+//! owner references as Kubernetes does: `whenDeleted: Delete` makes the set an owner of its
+//! claims (the garbage collector removes them with the set), `whenScaled: Delete` makes a
+//! condemned pod the owner of its claims when scale-down removes it; Retain (the default for
+//! both) leaves claims without owners.
 //! Not done: adopting orphan pods that match the selector, and `maxUnavailable` (alpha).
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -21,7 +23,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume};
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -389,8 +393,7 @@ pub fn new_pod(set: &StatefulSet, template: &PodTemplateSpec, hash: &str, ordina
     if service.is_some() {
         spec.subdomain = service;
     }
-    // Kubernetes' volume per claim template; the claims themselves are not created (see the
-    // module documentation).
+    // Kubernetes' volume per claim template, referencing the ordinal's claim.
     let claims = set
         .spec
         .as_ref()
@@ -423,6 +426,126 @@ pub fn new_pod(set: &StatefulSet, template: &PodTemplateSpec, hash: &str, ordina
         spec: Some(spec),
         status: None,
     }
+}
+
+/// `persistentVolumeClaimRetentionPolicy` as (whenDeleted, whenScaled), Retain by default.
+pub fn retention(set: &StatefulSet) -> (String, String) {
+    let p = set
+        .spec
+        .as_ref()
+        .and_then(|s| s.persistent_volume_claim_retention_policy.clone())
+        .unwrap_or_default();
+    (
+        p.when_deleted.unwrap_or_else(|| "Retain".into()),
+        p.when_scaled.unwrap_or_else(|| "Retain".into()),
+    )
+}
+
+/// The claims of ordinal `ordinal`, from the set's `volumeClaimTemplates`, as Kubernetes'
+/// `getPersistentVolumeClaims` shapes them: name `<template>-<set>-<ordinal>`, the template's
+/// labels plus the set's `matchLabels`, and the set as owner when `whenDeleted: Delete`.
+pub fn claims_for(set: &StatefulSet, ordinal: i32) -> Vec<PersistentVolumeClaim> {
+    let spec = set.spec.clone().unwrap_or_default();
+    let pod_name = format!("{}-{ordinal}", set.name_any());
+    let owned = retention(set).0 == "Delete";
+    spec.volume_claim_templates
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut c| {
+            let template = c.metadata.name.clone().unwrap_or_default();
+            let mut labels = c.metadata.labels.clone().unwrap_or_default();
+            labels.extend(spec.selector.match_labels.clone().unwrap_or_default());
+            c.metadata = ObjectMeta {
+                name: Some(format!("{template}-{pod_name}")),
+                namespace: set.namespace(),
+                labels: Some(labels),
+                annotations: c.metadata.annotations.clone(),
+                owner_references: owned.then(|| vec![util::owner_ref(set)]),
+                ..Default::default()
+            };
+            c.status = None;
+            c
+        })
+        .collect()
+}
+
+/// Creates the ordinal's missing claims before its pod (Kubernetes' `createPersistentVolumeClaims`).
+async fn create_claims(ctx: &Ctx, set: &StatefulSet, ordinal: i32) -> Result<(), Error> {
+    let api: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &set.namespace().unwrap_or_default());
+    let pod_name = format!("{}-{ordinal}", set.name_any());
+    for claim in claims_for(set, ordinal) {
+        let claim_name = claim.name_any();
+        if api.get_opt(&claim_name).await?.is_some() {
+            continue;
+        }
+        match api.create(&PostParams::default(), &claim).await {
+            Ok(_) => ctx.recorder.record(
+                set,
+                COMPONENT,
+                EventType::Normal,
+                "SuccessfulCreate",
+                format!(
+                    "create Claim {claim_name} Pod {pod_name} in StatefulSet {} success",
+                    set.name_any()
+                ),
+            ),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => {
+                ctx.recorder.record(
+                    set,
+                    COMPONENT,
+                    EventType::Warning,
+                    "FailedCreate",
+                    format!(
+                        "create Claim {claim_name} for Pod {pod_name} in StatefulSet {} failed error: {e}",
+                        set.name_any()
+                    ),
+                );
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Scale-down with `whenScaled: Delete`: the condemned pod becomes an owner of its claims, so
+/// the garbage collector removes them once the pod is gone.
+async fn own_claims_by_pod(
+    ctx: &Ctx,
+    set: &StatefulSet,
+    ordinal: i32,
+    pod: &Pod,
+) -> Result<(), Error> {
+    let api: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &set.namespace().unwrap_or_default());
+    let pod_ref = json!({
+        "apiVersion": "v1", "kind": "Pod", "name": pod.name_any(),
+        "uid": pod.metadata.uid.clone().unwrap_or_default(),
+    });
+    for claim in claims_for(set, ordinal) {
+        let Some(current) = api.get_opt(&claim.name_any()).await? else {
+            continue;
+        };
+        let mut refs: Vec<serde_json::Value> = current
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .filter_map(|r| serde_json::to_value(r).ok())
+            .collect();
+        if refs.iter().any(|r| r["uid"] == pod_ref["uid"]) {
+            continue;
+        }
+        refs.push(pod_ref.clone());
+        api.patch(
+            &claim.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"ownerReferences": refs}})),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 fn phase(pod: &Pod) -> Option<&str> {
@@ -504,6 +627,7 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
                 };
                 let pod = new_pod(set.as_ref(), template, hash, ordinal);
                 let pod_name = pod.name_any();
+                create_claims(&ctx, set.as_ref(), ordinal).await?;
                 match pods_api.create(&PostParams::default(), &pod).await {
                     Ok(_) => ctx.recorder.record(
                         set.as_ref(),
@@ -527,27 +651,16 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
                         return Err(e.into());
                     }
                 }
-                let claims: Vec<String> = spec
-                    .volume_claim_templates
-                    .iter()
-                    .flatten()
-                    .map(|c| c.name_any())
-                    .collect();
-                if !claims.is_empty() {
-                    ctx.recorder.record(
-                        set.as_ref(),
-                        COMPONENT,
-                        EventType::Warning,
-                        "PersistentVolumeClaimsUnsupported",
-                        format!(
-                            "Lotse does not serve PersistentVolumeClaims: no claims were created for volumeClaimTemplates [{}] of Pod {pod_name}; its claim volumes are not persistent storage",
-                            claims.join(", ")
-                        ),
-                    );
-                }
             }
             Step::Delete(ordinal) => {
                 let pod_name = format!("{name}-{ordinal}");
+                let condemned = ordinal < shape.start || ordinal >= shape.start + shape.replicas;
+                if condemned
+                    && retention(set.as_ref()).1 == "Delete"
+                    && let Some(p) = pods.get(&ordinal)
+                {
+                    own_claims_by_pod(&ctx, set.as_ref(), ordinal, p).await?;
+                }
                 match pods_api
                     .delete(&pod_name, &DeleteParams::background())
                     .await
@@ -805,5 +918,45 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(revision_template(&rev), Some(spec.template));
+    }
+
+    #[test]
+    fn claims_are_named_per_ordinal_and_owned_only_with_retention_delete() {
+        let mut set: StatefulSet = serde_json::from_value(json!({
+            "metadata": {"name": "db", "namespace": "ns", "uid": "u1"},
+            "spec": {
+                "serviceName": "db",
+                "selector": {"matchLabels": {"app": "db"}},
+                "template": {"metadata": {"labels": {"app": "db"}},
+                    "spec": {"containers": [{"name": "a", "image": "busybox"}]}},
+                "volumeClaimTemplates": [{"metadata": {"name": "data", "labels": {"tier": "x"}},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}],
+            },
+        }))
+        .unwrap_or_default();
+        let claims = claims_for(&set, 1);
+        assert_eq!(claims.len(), 1);
+        assert_eq!(claims[0].name_any(), "data-db-1");
+        assert_eq!(claims[0].namespace().as_deref(), Some("ns"));
+        let labels = claims[0].labels();
+        assert_eq!(labels.get("app").map(String::as_str), Some("db"));
+        assert_eq!(labels.get("tier").map(String::as_str), Some("x"));
+        assert!(claims[0].metadata.owner_references.is_none());
+        assert_eq!(
+            retention(&set),
+            ("Retain".to_string(), "Retain".to_string())
+        );
+        if let Some(s) = set.spec.as_mut() {
+            s.persistent_volume_claim_retention_policy =
+                serde_json::from_value(json!({"whenDeleted": "Delete", "whenScaled": "Retain"}))
+                    .ok();
+        }
+        let owners = claims_for(&set, 0)[0]
+            .metadata
+            .owner_references
+            .clone()
+            .unwrap_or_default();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].kind, "StatefulSet");
     }
 }

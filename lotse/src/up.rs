@@ -160,6 +160,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         ctrl_kc,
         a.cluster_cidr.clone(),
         running.pki.ca_cert_pem().to_string(),
+        data_dir.join("storage"),
     );
     components.spawn(async move {
         let cfg = scheduler::Config {
@@ -238,11 +239,13 @@ fn start_controllers(
     kubeconfig: PathBuf,
     cluster_cidr: String,
     ca_pem: String,
+    local_path_dir: PathBuf,
 ) {
     rt.spawn(async move {
         let cfg = controllers::Config {
             cluster_cidr,
             root_ca_pem: Some(ca_pem),
+            local_path_dir,
             leader_elect: false,
             ..Default::default()
         };

@@ -1,0 +1,812 @@
+//! The PersistentVolume controller (Kubernetes' `persistentvolume-binder`): one reconcile per
+//! claim and one per volume, level-triggered.
+//!
+//! Claims: an unbound claim gets the smallest matching volume (class, volume mode, capacity ≥
+//! request, access modes ⊇ requested, selector, `volumeName` pre-binding; a volume pre-bound to
+//! the claim through `claimRef` wins). With a `WaitForFirstConsumer` class nothing happens until
+//! the scheduler has chosen a node (`volume.kubernetes.io/selected-node`); then volumes that fit
+//! that node are tried and, failing that, the class's provisioner is asked (the built-in
+//! local-path one provisions right here). Lotse's scheduler only annotates the claim, where
+//! Kubernetes' scheduler would also pre-bind a matching static volume itself; the result is the
+//! same binding.
+//!
+//! Volumes: Available without a claim, Bound while their claim is bound to them, Released once
+//! the claim is gone, then reclaimed: Retain keeps them, Delete removes what the provisioner
+//! made (other volumes go Failed: Lotse has no deleter plugin for them), Recycle is Failed.
+//!
+//! Protection: a deleted claim keeps `kubernetes.io/pvc-protection` while a pod that is not
+//! finished uses it; a deleted volume keeps `kubernetes.io/pv-protection` while Bound.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use super::*;
+use crate::Error;
+use crate::events::{EventType, Recorder};
+
+const COMPONENT: &str = "persistentvolume-controller";
+
+pub(super) struct Ctx {
+    pub(super) client: Client,
+    pub(super) recorder: Recorder,
+    pub(super) settings: Settings,
+}
+
+/// Runs the claim and volume reconcilers until one of their streams ends.
+pub async fn run(client: Client, recorder: Recorder, settings: Settings) -> Result<(), Error> {
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        recorder,
+        settings,
+    });
+    let wc = watcher::Config::default();
+    let claims = Controller::new(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        wc.clone(),
+    )
+    .watches(
+        Api::<PersistentVolume>::all(client.clone()),
+        wc.clone(),
+        |pv| {
+            let r = pv.spec.as_ref()?.claim_ref.as_ref()?;
+            Some(ObjectRef::new(r.name.as_deref()?).within(r.namespace.as_deref()?))
+        },
+    )
+    .watches(Api::<Pod>::all(client.clone()), wc.clone(), |pod| {
+        let ns = pod.namespace().unwrap_or_default();
+        pod_claims(&pod)
+            .into_iter()
+            .map(move |c| ObjectRef::new(&c).within(&ns))
+    })
+    .run(
+        reconcile_claim,
+        |pvc: Arc<PersistentVolumeClaim>, err: &Error, _| {
+            tracing::warn!(claim = %pvc.name_any(), error = %err, "claim sync failed; retrying");
+            Action::requeue(Duration::from_secs(2))
+        },
+        ctx.clone(),
+    )
+    .for_each(|_| futures::future::ready(()));
+    let volumes = Controller::new(Api::<PersistentVolume>::all(client.clone()), wc.clone())
+        .watches(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            wc,
+            |pvc| {
+                let v = pvc.spec.as_ref()?.volume_name.clone()?;
+                (!v.is_empty()).then(|| ObjectRef::new(&v))
+            },
+        )
+        .run(
+            reconcile_volume,
+            |pv: Arc<PersistentVolume>, err: &Error, _| {
+                tracing::warn!(volume = %pv.name_any(), error = %err, "volume sync failed; retrying");
+                Action::requeue(Duration::from_secs(2))
+            },
+            ctx,
+        )
+        .for_each(|_| futures::future::ready(()));
+    tokio::join!(claims, volumes);
+    Err(Error::Stopped("persistentvolume-binder"))
+}
+
+/// Claims a pod's volumes name (`persistentVolumeClaim` and generic ephemeral volumes).
+pub fn pod_claims(pod: &Pod) -> Vec<String> {
+    let pod_name = pod.name_any();
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| {
+            if let Some(c) = &v.persistent_volume_claim {
+                Some(c.claim_name.clone())
+            } else {
+                v.ephemeral
+                    .as_ref()
+                    .map(|_| format!("{pod_name}-{}", v.name))
+            }
+        })
+        .collect()
+}
+
+fn has_finalizer<K: ResourceExt>(o: &K, f: &str) -> bool {
+    o.finalizers().iter().any(|x| x == f)
+}
+
+fn annotation<'a, K: ResourceExt>(o: &'a K, key: &str) -> Option<&'a str> {
+    o.annotations().get(key).map(String::as_str)
+}
+
+fn access_modes_of_claim(pvc: &PersistentVolumeClaim) -> Vec<String> {
+    pvc.spec
+        .as_ref()
+        .and_then(|s| s.access_modes.clone())
+        .unwrap_or_default()
+}
+
+fn volume_phase(pv: &PersistentVolume) -> &str {
+    pv.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+fn claim_phase(pvc: &PersistentVolumeClaim) -> &str {
+    pvc.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+/// Whether the volume's `claimRef` names this claim (by namespace and name, and by UID when
+/// the reference carries one).
+pub fn prebound_to(pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> bool {
+    let Some(r) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
+        return false;
+    };
+    r.name.as_deref() == pvc.metadata.name.as_deref()
+        && r.namespace.as_deref() == pvc.metadata.namespace.as_deref()
+        && r.uid
+            .as_deref()
+            .is_none_or(|u| u.is_empty() || Some(u) == pvc.metadata.uid.as_deref())
+}
+
+/// Kubernetes' `FindMatchingVolume`: the volume to bind `pvc` to, if any. A volume pre-bound
+/// to the claim wins; otherwise the smallest unclaimed volume that satisfies the claim. With
+/// `node` (delayed binding after the scheduler chose a node) only volumes that fit the node
+/// count; with `delayed` and no node, only pre-bound volumes do.
+pub fn find_best_match<'a>(
+    pvc: &PersistentVolumeClaim,
+    volumes: &'a [PersistentVolume],
+    delayed: bool,
+    node: Option<&BTreeMap<String, String>>,
+) -> Option<&'a PersistentVolume> {
+    let spec = pvc.spec.clone().unwrap_or_default();
+    let request = claim_request(pvc);
+    let class = claim_class(pvc);
+    let mode = spec.volume_mode.as_deref().unwrap_or("Filesystem");
+    let wanted_modes = access_modes_of_claim(pvc);
+    let requested_volume = spec.volume_name.as_deref().filter(|v| !v.is_empty());
+    let mut best: Option<&PersistentVolume> = None;
+    for pv in volumes {
+        if pv.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        if requested_volume.is_some_and(|v| Some(v) != pv.metadata.name.as_deref()) {
+            continue;
+        }
+        let pspec = pv.spec.clone().unwrap_or_default();
+        if pspec.volume_mode.as_deref().unwrap_or("Filesystem") != mode {
+            continue;
+        }
+        if let Some(n) = node
+            && !volume_fits_node(pv, n)
+        {
+            continue;
+        }
+        if prebound_to(pv, pvc) {
+            if volume_capacity(pv) >= request {
+                return Some(pv);
+            }
+            continue;
+        }
+        if pspec.claim_ref.is_some() || volume_phase(pv) != "Available" {
+            continue;
+        }
+        if delayed && node.is_none() {
+            continue;
+        }
+        if volume_class(pv) != class {
+            continue;
+        }
+        if let Some(sel) = &spec.selector
+            && !crate::util::selector_matches(
+                sel,
+                pv.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()),
+            )
+        {
+            continue;
+        }
+        let have = pspec.access_modes.unwrap_or_default();
+        if !wanted_modes.iter().all(|m| have.contains(m)) {
+            continue;
+        }
+        let cap = volume_capacity(pv);
+        if cap < request {
+            continue;
+        }
+        if best.is_none_or(|b| cap < volume_capacity(b)) {
+            best = Some(pv);
+        }
+    }
+    best
+}
+
+/// Whether a pod that has not finished uses the claim.
+async fn claim_in_use(ctx: &Ctx, ns: &str, name: &str) -> Result<bool, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(pods
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .any(|p| {
+            let finished = matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            );
+            !finished && pod_claims(p).iter().any(|c| c == name)
+        }))
+}
+
+/// Removes finalizer `f` from the object, guarded by its resourceVersion.
+async fn remove_finalizer<K>(api: &Api<K>, o: &K, f: &str) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let rest: Vec<&String> = o
+        .meta()
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|x| *x != f)
+        .collect();
+    let patch =
+        json!({"metadata": {"finalizers": rest, "resourceVersion": o.meta().resource_version}});
+    match api
+        .patch(
+            o.meta().name.as_deref().unwrap_or_default(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn reconcile_claim(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let ns = pvc.namespace().unwrap_or_default();
+    let name = pvc.name_any();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    if pvc.metadata.deletion_timestamp.is_some() {
+        if has_finalizer(pvc.as_ref(), PVC_PROTECTION) && !claim_in_use(&ctx, &ns, &name).await? {
+            remove_finalizer(&claims, pvc.as_ref(), PVC_PROTECTION).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    let volumes: Vec<PersistentVolume> = Api::<PersistentVolume>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let volume_name = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .unwrap_or_default();
+    if volume_name.is_empty() || claim_phase(&pvc) != "Bound" {
+        // Unbound, or pre-bound by the user to a named volume.
+        if let Some(pv) = volumes
+            .iter()
+            .find(|v| v.name_any() == volume_name)
+            .filter(|_| !volume_name.is_empty())
+        {
+            let claimed_by_other = pv
+                .spec
+                .as_ref()
+                .and_then(|s| s.claim_ref.as_ref())
+                .is_some()
+                && !prebound_to(pv, &pvc);
+            if claimed_by_other {
+                ctx.recorder.record(
+                    pvc.as_ref(),
+                    COMPONENT,
+                    EventType::Warning,
+                    "FailedBinding",
+                    format!("volume \"{volume_name}\" already bound to a different claim."),
+                );
+                return Ok(Action::requeue(Duration::from_secs(30)));
+            }
+            bind(&ctx, pv, &pvc).await?;
+            return Ok(Action::await_change());
+        }
+        if !volume_name.is_empty() {
+            // Pre-bound to a volume that does not exist (yet).
+            return Ok(Action::requeue(Duration::from_secs(15)));
+        }
+        return sync_unbound_claim(&ctx, &pvc, &volumes).await;
+    }
+    // Bound claim: keep it so, or report it lost.
+    match volumes.iter().find(|v| v.name_any() == volume_name) {
+        None => {
+            set_claim_phase(&claims, &pvc, "Lost").await?;
+            ctx.recorder.record(
+                pvc.as_ref(),
+                COMPONENT,
+                EventType::Warning,
+                "ClaimLost",
+                "Bound claim has lost reference to PersistentVolume. Data on the volume is lost!"
+                    .into(),
+            );
+        }
+        Some(pv) if prebound_to(pv, &pvc) => bind(&ctx, pv, &pvc).await?,
+        Some(pv)
+            if pv
+                .spec
+                .as_ref()
+                .and_then(|s| s.claim_ref.as_ref())
+                .is_none() =>
+        {
+            bind(&ctx, pv, &pvc).await?
+        }
+        Some(_) => {
+            set_claim_phase(&claims, &pvc, "Lost").await?;
+            ctx.recorder.record(
+                pvc.as_ref(),
+                COMPONENT,
+                EventType::Warning,
+                "ClaimMisbound",
+                "Two claims are bound to the same volume, this one is bound incorrectly".into(),
+            );
+        }
+    }
+    Ok(Action::await_change())
+}
+
+async fn sync_unbound_claim(
+    ctx: &Ctx,
+    pvc: &PersistentVolumeClaim,
+    volumes: &[PersistentVolume],
+) -> Result<Action, Error> {
+    let class_name = claim_class(pvc);
+    let class = if class_name.is_empty() {
+        None
+    } else {
+        Api::<StorageClass>::all(ctx.client.clone())
+            .get_opt(&class_name)
+            .await?
+    };
+    let delayed = class
+        .as_ref()
+        .is_some_and(|c| c.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer"));
+    let selected = annotation(pvc, ANN_SELECTED_NODE).map(str::to_string);
+    let node_labels = selected.as_deref().map(hostname_labels);
+    let node = if delayed { node_labels.as_ref() } else { None };
+    if let Some(pv) = find_best_match(pvc, volumes, delayed, node) {
+        bind(ctx, pv, pvc).await?;
+        return Ok(Action::await_change());
+    }
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
+    if claim_phase(pvc) != "Pending" {
+        set_claim_phase(&claims, pvc, "Pending").await?;
+    }
+    let Some(class) = class else {
+        let msg = if class_name.is_empty() {
+            "no persistent volumes available for this claim and no storage class is set".to_string()
+        } else {
+            format!("storageclass.storage.k8s.io \"{class_name}\" not found")
+        };
+        let reason = if class_name.is_empty() {
+            "FailedBinding"
+        } else {
+            "ProvisioningFailed"
+        };
+        ctx.recorder
+            .record(pvc, COMPONENT, EventType::Warning, reason, msg);
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    };
+    if delayed && selected.is_none() {
+        ctx.recorder.record(
+            pvc,
+            COMPONENT,
+            EventType::Normal,
+            "WaitForFirstConsumer",
+            "waiting for first consumer to be created before binding".into(),
+        );
+        return Ok(Action::await_change());
+    }
+    if class.provisioner == "kubernetes.io/no-provisioner" {
+        ctx.recorder.record(
+            pvc,
+            COMPONENT,
+            EventType::Normal,
+            "FailedBinding",
+            "no persistent volumes available for this claim and no storage class is set".into(),
+        );
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+    if annotation(pvc, ANN_STORAGE_PROVISIONER) != Some(class.provisioner.as_str()) {
+        claims
+            .patch(&pvc.name_any(), &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {
+                ANN_STORAGE_PROVISIONER: class.provisioner, ANN_BETA_STORAGE_PROVISIONER: class.provisioner}}})))
+            .await?;
+    }
+    ctx.recorder.record(pvc, COMPONENT, EventType::Normal, "ExternalProvisioning",
+        format!("Waiting for a volume to be created either by the external provisioner '{}' or manually by the system administrator. If volume creation is delayed, please verify that the provisioner is running and correctly registered.", class.provisioner));
+    if class.provisioner != LOCAL_PATH_PROVISIONER {
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+    match local_path::provision(ctx, pvc, &class, selected.as_deref()).await? {
+        Some(pv) => {
+            bind(ctx, &pv, pvc).await?;
+            Ok(Action::await_change())
+        }
+        None => Ok(Action::requeue(Duration::from_secs(30))),
+    }
+}
+
+async fn set_claim_phase(
+    claims: &Api<PersistentVolumeClaim>,
+    pvc: &PersistentVolumeClaim,
+    phase: &str,
+) -> Result<(), Error> {
+    if claim_phase(pvc) == phase {
+        return Ok(());
+    }
+    claims
+        .patch_status(
+            &pvc.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": phase}})),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn set_volume_phase(
+    ctx: &Ctx,
+    pv: &PersistentVolume,
+    phase: &str,
+    message: Option<&str>,
+) -> Result<(), Error> {
+    if volume_phase(pv) == phase && message.is_none() {
+        return Ok(());
+    }
+    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let mut status = json!({"phase": phase, "lastPhaseTransitionTime": crate::util::now()});
+    if let Some(m) = message {
+        status["message"] = json!(m);
+    }
+    api.patch_status(
+        &pv.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": status})),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Binds `pv` and `pvc` to each other, completing whatever part is missing (Kubernetes'
+/// `bind`: volume `claimRef` then phase, claim `volumeName` then status), idempotently.
+async fn bind(ctx: &Ctx, pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> Result<(), Error> {
+    let pv_name = pv.name_any();
+    let uid = pvc.metadata.uid.clone().unwrap_or_default();
+    let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let ref_uid = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.claim_ref.as_ref())
+        .and_then(|r| r.uid.clone())
+        .unwrap_or_default();
+    let had_ref = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.claim_ref.as_ref())
+        .is_some();
+    if ref_uid != uid {
+        let mut patch = json!({
+            "metadata": {"resourceVersion": pv.metadata.resource_version},
+            "spec": {"claimRef": {
+                "kind": "PersistentVolumeClaim", "apiVersion": "v1",
+                "namespace": pvc.namespace(), "name": pvc.name_any(), "uid": uid,
+                "resourceVersion": pvc.metadata.resource_version,
+            }},
+        });
+        if !had_ref {
+            patch["metadata"]["annotations"] = json!({ANN_BOUND_BY_CONTROLLER: "yes"});
+        }
+        volumes
+            .patch(&pv_name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+    }
+    set_volume_phase(ctx, pv, "Bound", None).await?;
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
+    let current_volume = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .unwrap_or_default();
+    if current_volume != pv_name || annotation(pvc, ANN_BIND_COMPLETED) != Some("yes") {
+        let mut annotations = json!({ANN_BIND_COMPLETED: "yes"});
+        if current_volume.is_empty() {
+            annotations[ANN_BOUND_BY_CONTROLLER] = json!("yes");
+        }
+        claims
+            .patch(
+                &pvc.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({
+                    "metadata": {"annotations": annotations},
+                    "spec": {"volumeName": pv_name},
+                })),
+            )
+            .await?;
+    }
+    let pspec = pv.spec.clone().unwrap_or_default();
+    let status = json!({
+        "phase": "Bound",
+        "accessModes": pspec.access_modes.unwrap_or_default(),
+        "capacity": pspec.capacity.unwrap_or_default(),
+    });
+    let cur = pvc.status.clone().unwrap_or_default();
+    let same = cur.phase.as_deref() == Some("Bound")
+        && serde_json::to_value(&cur.capacity).ok() == Some(status["capacity"].clone())
+        && serde_json::to_value(&cur.access_modes).ok() == Some(status["accessModes"].clone());
+    if !same {
+        claims
+            .patch_status(
+                &pvc.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
+            .await?;
+    }
+    if current_volume.is_empty() {
+        tracing::info!(claim = %format!("{}/{}", pvc.namespace().unwrap_or_default(), pvc.name_any()), volume = %pv_name, "bound");
+    }
+    Ok(())
+}
+
+async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    if pv.metadata.deletion_timestamp.is_some() {
+        if has_finalizer(pv.as_ref(), PV_PROTECTION) && volume_phase(&pv) != "Bound" {
+            remove_finalizer(&volumes, pv.as_ref(), PV_PROTECTION).await?;
+        }
+        // A bound volume is released when its claim goes; that sync removes the finalizer.
+        if volume_phase(&pv) == "Bound" {
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
+        return Ok(Action::await_change());
+    }
+    let Some(r) = pv.spec.as_ref().and_then(|s| s.claim_ref.clone()) else {
+        set_volume_phase(&ctx, &pv, "Available", None).await?;
+        return Ok(Action::await_change());
+    };
+    let uid = r.uid.clone().unwrap_or_default();
+    if uid.is_empty() {
+        // Pre-bound by the user to a claim that is not bound yet.
+        set_volume_phase(&ctx, &pv, "Available", None).await?;
+        return Ok(Action::await_change());
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(
+        ctx.client.clone(),
+        r.namespace.as_deref().unwrap_or_default(),
+    );
+    let claim = claims
+        .get_opt(r.name.as_deref().unwrap_or_default())
+        .await?
+        .filter(|c| c.metadata.uid.as_deref() == Some(uid.as_str()));
+    match claim {
+        Some(c) => {
+            let bound_to = c
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_name.clone())
+                .unwrap_or_default();
+            if bound_to == pv.name_any() {
+                set_volume_phase(&ctx, &pv, "Bound", None).await?;
+            } else if !bound_to.is_empty() {
+                // The claim is bound to another volume: release this one's reference.
+                volumes
+                    .patch(
+                        &pv.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({
+                            "metadata": {"resourceVersion": pv.metadata.resource_version,
+                                "annotations": {ANN_BOUND_BY_CONTROLLER: null}},
+                            "spec": {"claimRef": null},
+                        })),
+                    )
+                    .await?;
+                set_volume_phase(&ctx, &pv, "Available", None).await?;
+            }
+            Ok(Action::await_change())
+        }
+        None => reclaim(&ctx, &pv).await,
+    }
+}
+
+/// The claim of a bound volume is gone: Released, then the reclaim policy.
+async fn reclaim(ctx: &Ctx, pv: &PersistentVolume) -> Result<Action, Error> {
+    let phase = volume_phase(pv);
+    if phase == "Failed" {
+        return Ok(Action::await_change());
+    }
+    if phase != "Released" {
+        set_volume_phase(ctx, pv, "Released", None).await?;
+    }
+    let policy = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.persistent_volume_reclaim_policy.clone())
+        .unwrap_or_else(|| "Retain".into());
+    match policy.as_str() {
+        "Delete" if annotation(pv, ANN_PROVISIONED_BY) == Some(LOCAL_PATH_PROVISIONER) => {
+            if !local_path::delete_directory(ctx, pv).await? {
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+            let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
+            match volumes
+                .delete(&pv.name_any(), &DeleteParams::default())
+                .await
+            {
+                Ok(_) => tracing::info!(volume = %pv.name_any(), "deleted released volume"),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok(Action::await_change())
+        }
+        "Delete" => {
+            let msg = format!(
+                "error getting deleter volume plugin for volume \"{}\": no deletable volume plugin matched",
+                pv.name_any()
+            );
+            set_volume_phase(ctx, pv, "Failed", Some(&msg)).await?;
+            ctx.recorder
+                .record(pv, COMPONENT, EventType::Warning, "VolumeFailedDelete", msg);
+            Ok(Action::await_change())
+        }
+        "Recycle" => {
+            let msg = "No recycler plugin found for the volume!";
+            set_volume_phase(ctx, pv, "Failed", Some(msg)).await?;
+            ctx.recorder.record(
+                pv,
+                COMPONENT,
+                EventType::Warning,
+                "VolumeFailedRecycle",
+                msg.into(),
+            );
+            Ok(Action::await_change())
+        }
+        _ => Ok(Action::await_change()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pv(name: &str, size: &str, modes: &[&str], class: &str) -> PersistentVolume {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"tier": name}},
+            "spec": {"capacity": {"storage": size}, "accessModes": modes, "storageClassName": class,
+                "hostPath": {"path": format!("/data/{name}")}},
+            "status": {"phase": "Available"}
+        }))
+        .unwrap_or_default()
+    }
+
+    fn pvc(size: &str, modes: &[&str], class: &str) -> PersistentVolumeClaim {
+        serde_json::from_value(json!({
+            "metadata": {"name": "data", "namespace": "default", "uid": "u1"},
+            "spec": {"resources": {"requests": {"storage": size}}, "accessModes": modes, "storageClassName": class}
+        }))
+        .unwrap_or_default()
+    }
+
+    fn names(v: Option<&PersistentVolume>) -> Option<String> {
+        v.map(|v| v.name_any())
+    }
+
+    #[test]
+    fn smallest_satisfying_volume_of_the_class_wins() {
+        let vols = vec![
+            pv("big", "10Gi", &["ReadWriteOnce"], "manual"),
+            pv("small", "1Gi", &["ReadWriteOnce"], "manual"),
+            pv("tiny", "500Mi", &["ReadWriteOnce"], "manual"),
+            pv("other-class", "1Gi", &["ReadWriteOnce"], "fast"),
+            pv("rox", "1Gi", &["ReadOnlyMany"], "manual"),
+        ];
+        let c = pvc("1Gi", &["ReadWriteOnce"], "manual");
+        assert_eq!(
+            names(find_best_match(&c, &vols, false, None)),
+            Some("small".into())
+        );
+        let c = pvc("2Gi", &["ReadWriteOnce"], "manual");
+        assert_eq!(
+            names(find_best_match(&c, &vols, false, None)),
+            Some("big".into())
+        );
+        let c = pvc("20Gi", &["ReadWriteOnce"], "manual");
+        assert_eq!(names(find_best_match(&c, &vols, false, None)), None);
+        let c = pvc("1Gi", &["ReadWriteOnce", "ReadOnlyMany"], "manual");
+        assert_eq!(
+            names(find_best_match(&c, &vols, false, None)),
+            None,
+            "modes must be a superset"
+        );
+        let c = pvc("1Gi", &["ReadWriteOnce"], "");
+        assert_eq!(
+            names(find_best_match(&c, &vols, false, None)),
+            None,
+            "class must be equal"
+        );
+    }
+
+    #[test]
+    fn selector_volume_name_prebinding_and_delayed_binding() {
+        let mut vols = vec![
+            pv("a", "1Gi", &["ReadWriteOnce"], "manual"),
+            pv("b", "2Gi", &["ReadWriteOnce"], "manual"),
+        ];
+        let mut c = pvc("1Gi", &["ReadWriteOnce"], "manual");
+        let spec = c.spec.get_or_insert_default();
+        spec.selector = serde_json::from_value(json!({"matchLabels": {"tier": "b"}})).ok();
+        assert_eq!(
+            names(find_best_match(&c, &vols, false, None)),
+            Some("b".into())
+        );
+        let mut c = pvc("1Gi", &["ReadWriteOnce"], "manual");
+        let spec = c.spec.get_or_insert_default();
+        spec.volume_name = Some("b".into());
+        assert_eq!(
+            names(find_best_match(&c, &vols, false, None)),
+            Some("b".into())
+        );
+        // Delayed binding without a node binds only pre-bound volumes.
+        let c = pvc("1Gi", &["ReadWriteOnce"], "manual");
+        assert_eq!(names(find_best_match(&c, &vols, true, None)), None);
+        let spec = vols[1].spec.get_or_insert_default();
+        spec.claim_ref =
+            serde_json::from_value(json!({"namespace": "default", "name": "data"})).ok();
+        assert_eq!(
+            names(find_best_match(&c, &vols, true, None)),
+            Some("b".into())
+        );
+        // Claimed by another claim: not a candidate.
+        let spec = vols[1].spec.get_or_insert_default();
+        spec.claim_ref =
+            serde_json::from_value(json!({"namespace": "default", "name": "other", "uid": "u2"}))
+                .ok();
+        assert_eq!(
+            names(find_best_match(&c, &vols, false, None)),
+            Some("a".into())
+        );
+        // With a node, volumes must fit it.
+        let spec = vols[0].spec.get_or_insert_default();
+        spec.node_affinity = serde_json::from_value(json!({"required": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["n1"]}]}]}})).ok();
+        assert_eq!(
+            names(find_best_match(
+                &c,
+                &vols,
+                true,
+                Some(&hostname_labels("n2"))
+            )),
+            None
+        );
+        assert_eq!(
+            names(find_best_match(
+                &c,
+                &vols,
+                true,
+                Some(&hostname_labels("n1"))
+            )),
+            Some("a".into())
+        );
+    }
+}

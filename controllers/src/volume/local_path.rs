@@ -1,0 +1,322 @@
+//! The built-in local-path provisioner (rancher's local-path-provisioner, as k3s ships it).
+//!
+//! Provisioning: for a claim of a `rancher.io/local-path` class on the node the scheduler chose,
+//! a `hostPath` volume `pvc-<claim uid>` of type `DirectoryOrCreate` at
+//! `<local-path dir>/<pv>_<namespace>_<claim>` (rancher's folder name) with node affinity to that
+//! node, the class's reclaim policy, and `claimRef` already naming the claim. The directory is
+//! created by the node's kubelet when a pod mounts the volume (rancher uses a helper pod for
+//! this; the kubelet is Lotse's node agent and creates `DirectoryOrCreate` paths anyway).
+//!
+//! Deletion (reclaim policy Delete): as rancher's provisioner, a helper pod
+//! `helper-pod-delete-<pv>` in `kube-system`, placed directly on the volume's node, mounts the
+//! parent directory and removes the volume's directory; once it has succeeded the pod is
+//! removed and the caller deletes the PersistentVolume. Capacity is not enforced: the
+//! directory may grow beyond the claim's request, as with rancher's provisioner.
+
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+
+use super::binder::Ctx;
+use super::*;
+use crate::events::EventType;
+
+/// Namespace of the deletion helper pods (k3s runs the provisioner in kube-system).
+pub const HELPER_NAMESPACE: &str = "kube-system";
+/// Volume annotation recording the node the volume lives on (rancher's).
+pub const ANN_SELECTED_NODE_LOCAL: &str = "local.path.provisioner/selected-node";
+
+const COMPONENT: &str = "rancher.io/local-path_lotse";
+
+/// The volume name for a claim (external-provisioner's `pvc-<uid>`).
+pub fn volume_name(pvc: &PersistentVolumeClaim) -> String {
+    format!("pvc-{}", pvc.metadata.uid.as_deref().unwrap_or_default())
+}
+
+/// The volume's directory: `<dir>/<pv>_<namespace>_<claim>`.
+pub fn volume_path(dir: &Path, pv: &str, pvc: &PersistentVolumeClaim) -> String {
+    dir.join(format!(
+        "{pv}_{}_{}",
+        pvc.namespace().unwrap_or_default(),
+        pvc.name_any()
+    ))
+    .to_string_lossy()
+    .into_owned()
+}
+
+/// The PersistentVolume provisioned for `pvc` on `node`.
+pub fn volume_for(
+    dir: &Path,
+    pvc: &PersistentVolumeClaim,
+    class: &StorageClass,
+    node: &str,
+) -> Result<PersistentVolume, crate::Error> {
+    let name = volume_name(pvc);
+    let spec = pvc.spec.clone().unwrap_or_default();
+    let request = spec
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"))
+        .map(|q| q.0.clone())
+        .unwrap_or_else(|| "0".into());
+    let v = json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {
+            "name": name,
+            "annotations": {
+                ANN_PROVISIONED_BY: LOCAL_PATH_PROVISIONER,
+                ANN_SELECTED_NODE_LOCAL: node,
+            },
+        },
+        "spec": {
+            "accessModes": spec.access_modes.unwrap_or_default(),
+            "capacity": {"storage": request},
+            "claimRef": {
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "namespace": pvc.namespace(), "name": pvc.name_any(),
+                "uid": pvc.metadata.uid, "resourceVersion": pvc.metadata.resource_version,
+            },
+            "hostPath": {"path": volume_path(dir, &name, pvc), "type": "DirectoryOrCreate"},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}},
+            "persistentVolumeReclaimPolicy": class.reclaim_policy.clone().unwrap_or_else(|| "Delete".into()),
+            "storageClassName": class.metadata.name,
+            "volumeMode": spec.volume_mode.unwrap_or_else(|| "Filesystem".into()),
+            "mountOptions": class.mount_options,
+        },
+    });
+    Ok(serde_json::from_value(v)?)
+}
+
+/// Provisions the claim's volume (or finds the one provisioned before). None when it cannot
+/// be provisioned (the claim gets a `ProvisioningFailed` event).
+pub(super) async fn provision(
+    ctx: &Ctx,
+    pvc: &PersistentVolumeClaim,
+    class: &StorageClass,
+    node: Option<&str>,
+) -> Result<Option<PersistentVolume>, crate::Error> {
+    let Some(node) = node else {
+        ctx.recorder.record(
+            pvc,
+            COMPONENT,
+            EventType::Warning,
+            "ProvisioningFailed",
+            "failed to provision volume with StorageClass \"".to_string()
+                + class.metadata.name.as_deref().unwrap_or_default()
+                + "\": configuration error, no node was specified",
+        );
+        return Ok(None);
+    };
+    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let name = volume_name(pvc);
+    if let Some(existing) = api.get_opt(&name).await? {
+        return Ok(Some(existing));
+    }
+    let claim = format!("{}/{}", pvc.namespace().unwrap_or_default(), pvc.name_any());
+    ctx.recorder.record(
+        pvc,
+        COMPONENT,
+        EventType::Normal,
+        "Provisioning",
+        format!("External provisioner is provisioning volume for claim \"{claim}\""),
+    );
+    let pv = volume_for(&ctx.settings.local_path_dir, pvc, class, node)?;
+    let created = match api.create(&PostParams::default(), &pv).await {
+        Ok(v) => v,
+        Err(kube::Error::Api(e)) if e.code == 409 => api.get(&name).await?,
+        Err(e) => {
+            ctx.recorder.record(
+                pvc,
+                COMPONENT,
+                EventType::Warning,
+                "ProvisioningFailed",
+                format!(
+                    "failed to provision volume with StorageClass \"{}\": {e}",
+                    class.metadata.name.as_deref().unwrap_or_default()
+                ),
+            );
+            return Err(e.into());
+        }
+    };
+    tracing::info!(%claim, volume = %name, %node, "provisioned local-path volume");
+    ctx.recorder.record(
+        pvc,
+        COMPONENT,
+        EventType::Normal,
+        "ProvisioningSucceeded",
+        format!("Successfully provisioned volume {name}"),
+    );
+    Ok(Some(created))
+}
+
+/// The node a local-path volume lives on: rancher's annotation, else its node affinity.
+pub fn volume_node(pv: &PersistentVolume) -> Option<String> {
+    if let Some(n) = pv.annotations().get(ANN_SELECTED_NODE_LOCAL) {
+        return Some(n.clone());
+    }
+    let req = pv
+        .spec
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required
+        .as_ref()?;
+    req.node_selector_terms
+        .iter()
+        .flat_map(|t| t.match_expressions.iter().flatten())
+        .find(|e| e.key == "kubernetes.io/hostname" && e.operator == "In")
+        .and_then(|e| e.values.as_ref()?.first().cloned())
+}
+
+/// The helper pod that removes `path` on `node`.
+pub fn delete_helper_pod(
+    pv: &str,
+    node: &str,
+    path: &str,
+    image: &str,
+) -> Result<Pod, crate::Error> {
+    let p = Path::new(path);
+    let parent = p
+        .parent()
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "/".into());
+    let base = p
+        .file_name()
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let v = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": format!("helper-pod-delete-{pv}"),
+            "namespace": HELPER_NAMESPACE,
+            "labels": {"app.kubernetes.io/managed-by": "local-path-provisioner"},
+        },
+        "spec": {
+            "nodeName": node,
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [{
+                "name": "helper-pod",
+                "image": image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["rm", "-rf", format!("/data/{base}")],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            }],
+            "volumes": [{"name": "data", "hostPath": {"path": parent, "type": "DirectoryOrCreate"}}],
+        },
+    });
+    Ok(serde_json::from_value(v)?)
+}
+
+/// Removes a released volume's directory on its node. True once it is gone.
+pub(super) async fn delete_directory(
+    ctx: &Ctx,
+    pv: &PersistentVolume,
+) -> Result<bool, crate::Error> {
+    let path = pv
+        .spec
+        .as_ref()
+        .and_then(|s| {
+            s.host_path
+                .as_ref()
+                .map(|h| h.path.clone())
+                .or_else(|| s.local.as_ref().map(|l| l.path.clone()))
+        })
+        .unwrap_or_default();
+    let Some(node) = volume_node(pv) else {
+        // Nothing says where the directory is; nothing can be removed.
+        return Ok(true);
+    };
+    if path.is_empty() || Path::new(&path).file_name().is_none() {
+        return Ok(true);
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), HELPER_NAMESPACE);
+    let name = format!("helper-pod-delete-{}", pv.name_any());
+    match pods.get_opt(&name).await? {
+        None => {
+            let pod = delete_helper_pod(&pv.name_any(), &node, &path, &ctx.settings.helper_image)?;
+            match pods.create(&PostParams::default(), &pod).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok(false)
+        }
+        Some(p) => match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
+            Some("Succeeded") => {
+                let _ = pods.delete(&name, &DeleteParams::background()).await;
+                Ok(true)
+            }
+            Some("Failed") => {
+                ctx.recorder.record(
+                    pv,
+                    COMPONENT,
+                    EventType::Warning,
+                    "VolumeFailedDelete",
+                    format!(
+                        "failed to delete volume {}: helper pod {name} failed",
+                        pv.name_any()
+                    ),
+                );
+                let _ = pods.delete(&name, &DeleteParams::background()).await;
+                Ok(false)
+            }
+            _ => Ok(false),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provisioned_volume_shape() {
+        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": "data", "namespace": "db", "uid": "1234"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}, "storageClassName": "local-path"}
+        }))
+        .unwrap_or_default();
+        let pv = volume_for(
+            Path::new("/var/lib/lotse/storage"),
+            &pvc,
+            &local_path_class(),
+            "node1",
+        )
+        .unwrap_or_default();
+        assert_eq!(pv.name_any(), "pvc-1234");
+        let spec = pv.spec.clone().unwrap_or_default();
+        let hp = spec.host_path.clone().unwrap_or_default();
+        assert_eq!(hp.path, "/var/lib/lotse/storage/pvc-1234_db_data");
+        assert_eq!(hp.type_.as_deref(), Some("DirectoryOrCreate"));
+        assert_eq!(
+            spec.persistent_volume_reclaim_policy.as_deref(),
+            Some("Delete")
+        );
+        assert_eq!(spec.storage_class_name.as_deref(), Some("local-path"));
+        assert_eq!(spec.claim_ref.and_then(|r| r.uid).as_deref(), Some("1234"));
+        assert_eq!(volume_node(&pv).as_deref(), Some("node1"));
+        assert!(volume_fits_node(&pv, &hostname_labels("node1")));
+        let helper =
+            delete_helper_pod("pvc-1234", "node1", &hp.path, "busybox").unwrap_or_default();
+        let c = helper.spec.clone().unwrap_or_default().containers;
+        assert_eq!(
+            c[0].command.clone().unwrap_or_default(),
+            ["rm", "-rf", "/data/pvc-1234_db_data"]
+        );
+        let vols = helper.spec.unwrap_or_default().volumes.unwrap_or_default();
+        assert_eq!(
+            vols[0].host_path.as_ref().map(|h| h.path.as_str()),
+            Some("/var/lib/lotse/storage")
+        );
+    }
+}
