@@ -1,12 +1,17 @@
 //! Pod volumes materialised on the node under `<root-dir>/pods/<uid>/volumes/<name>` and bind
 //! mounted into containers: emptyDir (tmpfs for `medium: Memory`), configMap, secret, projected
-//! (incl. the ServiceAccount token, `ca.crt` and namespace), downwardAPI, hostPath.
+//! (incl. the ServiceAccount token, `ca.crt` and namespace), downwardAPI, hostPath, and
+//! persistentVolumeClaim: the claim's bound volume (hostPath or local) is resolved through the
+//! API and `<root-dir>/pods/<uid>/volumes/<name>` becomes a symlink to its directory, which
+//! containerd resolves when it bind mounts it (so a claim outlives its pods and the kubelet).
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use k8s_cri::v1 as cri;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    Container, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount,
+};
 use kube::api::{Api, PostParams};
 
 use crate::spec::{EnvSources, safe_relative};
@@ -491,6 +496,19 @@ pub async fn setup(
                 }
             }
             write_atomic(&dir, &files)?;
+        } else if let Some(c) = &v.persistent_volume_claim {
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            let (target, owned) = claim_volume_path(client, &ns, &c.claim_name).await?;
+            link_claim_volume(&dir, &target)?;
+            if owned
+                && let Some(gid) = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.security_context.as_ref())
+                    .and_then(|s| s.fs_group)
+            {
+                apply_fs_group(&target, gid)?;
+            }
         } else if let Some(h) = &v.host_path {
             let p = Path::new(&h.path);
             match h.type_.as_deref().unwrap_or("") {
@@ -516,6 +534,158 @@ pub async fn setup(
         } else {
             std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         }
+    }
+    Ok(())
+}
+
+/// The directory backing claim `ns/claim`: its bound volume's `hostPath` (created when its type
+/// says `DirectoryOrCreate`, mode 0777 as rancher's local-path provisioner makes it) or `local`
+/// path (which must exist), and whether the kubelet manages its ownership (`fsGroup`): local
+/// volumes and the local-path provisioner's, not static hostPath volumes (as Kubernetes, whose
+/// hostPath plugin leaves ownership alone). Errors are worded as the kubelet's volume manager
+/// words them.
+async fn claim_volume_path(
+    client: &kube::Client,
+    ns: &str,
+    claim: &str,
+) -> Result<(PathBuf, bool), String> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let pvc = match claims.get_opt(claim).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return Err(format!(
+                "error processing PVC {ns}/{claim}: failed to fetch PVC from API server: persistentvolumeclaims \"{claim}\" not found"
+            ));
+        }
+        Err(e) => {
+            return Err(format!(
+                "error processing PVC {ns}/{claim}: failed to fetch PVC from API server: {e}"
+            ));
+        }
+    };
+    if pvc.metadata.deletion_timestamp.is_some() {
+        return Err(format!(
+            "error processing PVC {ns}/{claim}: PVC is being deleted"
+        ));
+    }
+    let volume = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .unwrap_or_default();
+    let phase = pvc
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("");
+    if volume.is_empty() || phase != "Bound" {
+        return Err(format!(
+            "error processing PVC {ns}/{claim}: PVC is not bound"
+        ));
+    }
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let pv = match volumes.get_opt(&volume).await {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            return Err(format!(
+                "error processing PVC {ns}/{claim}: failed to fetch PV {volume} from API server: persistentvolumes \"{volume}\" not found"
+            ));
+        }
+        Err(e) => {
+            return Err(format!(
+                "error processing PVC {ns}/{claim}: failed to fetch PV {volume} from API server: {e}"
+            ));
+        }
+    };
+    let provisioned = pv
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("pv.kubernetes.io/provisioned-by"))
+        .is_some_and(|p| p == "rancher.io/local-path");
+    let spec = pv.spec.unwrap_or_default();
+    if let Some(h) = &spec.host_path {
+        let p = PathBuf::from(&h.path);
+        match h.type_.as_deref().unwrap_or("") {
+            "DirectoryOrCreate" if !p.exists() => {
+                std::fs::create_dir_all(&p).map_err(|e| format!("create {}: {e}", p.display()))?;
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777));
+            }
+            "Directory" if !p.is_dir() => {
+                return Err(format!(
+                    "hostPath type check failed: {} is not a directory",
+                    h.path
+                ));
+            }
+            _ => {}
+        }
+        return Ok((p, provisioned));
+    }
+    if let Some(l) = &spec.local {
+        let p = PathBuf::from(&l.path);
+        if !p.exists() {
+            return Err(format!("path \"{}\" does not exist", l.path));
+        }
+        return Ok((p, true));
+    }
+    Err(format!(
+        "persistent volume {volume} of claim {ns}/{claim}: only hostPath and local volumes can be mounted by this kubelet"
+    ))
+}
+
+/// Makes the pod's volume directory a symlink to the claim's directory (replacing an older
+/// link or an empty directory left by an older kubelet).
+fn link_claim_volume(dir: &Path, target: &Path) -> Result<(), String> {
+    if let Ok(cur) = std::fs::read_link(dir) {
+        if cur == target {
+            return Ok(());
+        }
+        std::fs::remove_file(dir).map_err(|e| format!("remove {}: {e}", dir.display()))?;
+    } else if dir.is_dir() {
+        std::fs::remove_dir(dir).map_err(|e| format!("replace {}: {e}", dir.display()))?;
+    }
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
+    }
+    std::os::unix::fs::symlink(target, dir)
+        .map_err(|e| format!("link {} to {}: {e}", dir.display(), target.display()))
+}
+
+/// `securityContext.fsGroup` as Kubernetes' `SetVolumeOwnership` applies it: every file gets
+/// the group, group read/write (and execute where the owner has it), directories the setgid bit.
+/// Skipped when the volume root already carries the group and setgid bit (as the
+/// `OnRootMismatch` policy; a volume is changed once, not on every sync).
+fn apply_fs_group(root: &Path, gid: i64) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let gid = u32::try_from(gid).map_err(|_| format!("invalid fsGroup {gid}"))?;
+    let meta = std::fs::metadata(root).map_err(|e| format!("stat {}: {e}", root.display()))?;
+    if meta.gid() == gid && meta.mode() & 0o2000 != 0 {
+        return Ok(());
+    }
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).map_err(|e| format!("stat {}: {e}", p.display()))?;
+        if m.file_type().is_symlink() {
+            continue;
+        }
+        std::os::unix::fs::lchown(&p, None, Some(gid))
+            .map_err(|e| format!("chown {}: {e}", p.display()))?;
+        let mut mode = m.mode() & 0o7777 | 0o060;
+        if mode & 0o100 != 0 {
+            mode |= 0o010;
+        }
+        if m.is_dir() {
+            mode |= 0o2000;
+            for e in std::fs::read_dir(&p)
+                .map_err(|e| format!("read {}: {e}", p.display()))?
+                .flatten()
+            {
+                stack.push(e.path());
+            }
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("chmod {}: {e}", p.display()))?;
     }
     Ok(())
 }
@@ -554,6 +724,9 @@ pub fn mounts(root: &Path, pod: &Pod, c: &Container) -> Vec<cri::Mount> {
             }
         }
         let ro = m.read_only.unwrap_or(false)
+            || v.persistent_volume_claim
+                .as_ref()
+                .is_some_and(|c| c.read_only == Some(true))
             || v.config_map.is_some()
             || v.secret.is_some()
             || v.projected.is_some()
@@ -717,5 +890,33 @@ mod tests {
             String::from_utf8_lossy(&out["labels"].data),
             "a=\"one\"\nb=\"two \\\"q\\\"\""
         );
+    }
+
+    #[test]
+    fn claim_volume_link_and_fs_group() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = std::env::temp_dir().join(format!("lotse-pvc-{}", std::process::id()));
+        let target = tmp.join("storage/pvc-1_default_data");
+        std::fs::create_dir_all(target.join("sub")).unwrap();
+        std::fs::write(target.join("sub/f"), b"x").unwrap();
+        let dir = tmp.join("pods/uid/volumes/data");
+        link_claim_volume(&dir, &target).unwrap();
+        link_claim_volume(&dir, &target).unwrap();
+        assert_eq!(std::fs::read_link(&dir).unwrap(), target);
+        assert_eq!(std::fs::read(dir.join("sub/f")).unwrap(), b"x");
+        // Our own group: allowed without privileges.
+        let gid = std::fs::metadata(&target).unwrap().gid();
+        apply_fs_group(&target, i64::from(gid)).unwrap();
+        let m = std::fs::metadata(target.join("sub")).unwrap();
+        assert_eq!(m.gid(), gid);
+        assert_ne!(m.mode() & 0o2000, 0, "directories get setgid");
+        assert_ne!(
+            std::fs::metadata(target.join("sub/f")).unwrap().mode() & 0o060,
+            0
+        );
+        // The pod directory goes, the claim's data stays.
+        std::fs::remove_dir_all(tmp.join("pods")).unwrap();
+        assert!(target.join("sub/f").exists());
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 }
