@@ -40,38 +40,25 @@ fn read_meminfo_kib(key: &str) -> Option<u64> {
         .ok()
 }
 
+/// Size of the filesystem holding `path` (statvfs: blocks × fragment size).
 fn disk_bytes(path: &std::path::Path) -> Option<u64> {
-    let out = std::process::Command::new("df")
-        .arg("-B1")
-        .arg("--output=size")
-        .arg(path)
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .nth(1)?
-        .trim()
-        .parse()
-        .ok()
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_blocks.saturating_mul(st.f_frsize))
 }
 
-/// The node's primary IPv4 address: the source address of the default route.
+/// The node's primary IPv4 address: the source address the kernel picks for the default route.
+/// Connecting a UDP socket only asks the routing table — no packet is sent.
 pub fn host_ip() -> String {
-    let out = std::process::Command::new("ip")
-        .args(["-4", "route", "get", "1.1.1.1"])
-        .output();
-    if let Ok(o) = out {
-        let s = String::from_utf8_lossy(&o.stdout).to_string();
-        let mut it = s.split_whitespace();
-        while let Some(w) = it.next() {
-            if w == "src"
-                && let Some(ip) = it.next()
-            {
-                return ip.to_string();
-            }
-        }
-    }
-    "127.0.0.1".into()
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("1.1.1.1:53")?;
+            s.local_addr()
+        })
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified())
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "127.0.0.1".into())
 }
 
 fn capacity(cfg: &Config) -> BTreeMap<String, Quantity> {
@@ -474,6 +461,14 @@ pub async fn heartbeat(k: Arc<Kubelet>, node: Node) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn host_ip_and_disk_size_come_from_the_kernel() {
+        let ip: std::net::Ipv4Addr = host_ip().parse().unwrap();
+        assert!(!ip.is_unspecified());
+        assert!(disk_bytes(std::path::Path::new("/")).unwrap() > 0);
+        assert_eq!(disk_bytes(std::path::Path::new("/no/such/dir")), None);
+    }
     use super::*;
 
     fn at(secs: i64) -> Time {

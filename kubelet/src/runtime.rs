@@ -135,6 +135,16 @@ pub fn setup_cni(layout: &Layout, pod_cidr: &str) -> Result<(), Error> {
     std::fs::write(&path, text).map_err(io_err(format!("write {}", path.display())))
 }
 
+/// Sends SIGTERM to `pid` (a process that is gone is no error here).
+fn terminate(pid: u32) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+}
+
 /// A containerd process started and supervised by the kubelet.
 pub struct Containerd {
     child: tokio::process::Child,
@@ -171,10 +181,7 @@ impl Containerd {
                     pid,
                     "stopping the containerd a previous kubelet left running"
                 );
-                let _ = std::process::Command::new("kill")
-                    .arg("-TERM")
-                    .arg(pid.to_string())
-                    .status();
+                terminate(pid);
                 let t0 = Instant::now();
                 while std::path::Path::new(&format!("/proc/{pid}")).exists()
                     && t0.elapsed() < Duration::from_secs(10)
@@ -225,10 +232,7 @@ impl Containerd {
     /// Stops containerd (SIGTERM, then SIGKILL after 5 s). Pods keep running in their shims.
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
+            terminate(pid);
             if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
                 .await
                 .is_ok()
