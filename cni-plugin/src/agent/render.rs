@@ -811,8 +811,14 @@ add rule ip lotse services ip daddr @nodeport-ips meta l4proto . th dport vmap @
         let one = web_slice(json!([{"addresses": ["10.244.0.5"]}]));
         let two = web_slice(json!([{"addresses": ["10.244.0.5"]}, {"addresses": ["10.244.0.6"]}]));
         let none = web_slice(json!([]));
-        let a = render(&cfg(), &service_ports(std::slice::from_ref(&s), &[one], "n1"));
-        let b = render(&cfg(), &service_ports(std::slice::from_ref(&s), &[two], "n1"));
+        let a = render(
+            &cfg(),
+            &service_ports(std::slice::from_ref(&s), &[one], "n1"),
+        );
+        let b = render(
+            &cfg(),
+            &service_ports(std::slice::from_ref(&s), &[two], "n1"),
+        );
         let c = render(&cfg(), &service_ports(&[s], &[none], "n1"));
         assert_eq!(a.diff_transaction(&a).as_deref(), Some(""));
         assert_eq!(
