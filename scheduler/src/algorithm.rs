@@ -7,7 +7,7 @@ use rand::Rng;
 
 use crate::cache::Cache;
 use crate::framework::{Code, CycleState, FilterPlugin, NodeInfo, PodInfo, ScorePlugin, Status};
-use crate::plugins::{image_locality, inter_pod_affinity, pod_topology_spread};
+use crate::plugins::{image_locality, inter_pod_affinity, pod_topology_spread, volume_binding};
 
 /// kube-scheduler's message when the cluster has no nodes at all.
 pub const NO_NODES_AVAILABLE: &str = "no nodes available to schedule pods";
@@ -21,6 +21,8 @@ pub struct FitError {
     pub statuses: Vec<Status>,
     /// spec.preemptionPolicy == Never.
     pub preemption_never: bool,
+    /// Set when a PreFilter plugin rejected the pod: replaces the per-node reasons.
+    pub pre_filter_msg: Option<String>,
 }
 
 fn histogram<'a>(reasons: impl Iterator<Item = &'a str>) -> String {
@@ -45,11 +47,14 @@ impl FitError {
             return NO_NODES_AVAILABLE.to_string();
         }
         let mut msg = format!("0/{} nodes are available:", self.num_all_nodes);
-        let filter = histogram(
-            self.statuses
-                .iter()
-                .flat_map(|s| s.reasons.iter().map(|r| r.as_ref())),
-        );
+        let filter = match &self.pre_filter_msg {
+            Some(m) => m.clone(),
+            None => histogram(
+                self.statuses
+                    .iter()
+                    .flat_map(|s| s.reasons.iter().map(|r| r.as_ref())),
+            ),
+        };
         if !filter.is_empty() {
             msg.push_str(&format!(" {filter}."));
         }
@@ -114,7 +119,13 @@ pub struct Decision {
 impl Profile {
     /// PreFilter: the cycle state for `pod` against the current cache.
     pub fn pre_filter(&self, cache: &Cache, pod: &PodInfo) -> CycleState {
+        let (volume_binding, pre_filter_rejection) = match volume_binding::pre_filter(cache, pod) {
+            Ok(s) => (s, None),
+            Err(status) => (None, Some(status)),
+        };
         CycleState {
+            volume_binding,
+            pre_filter_rejection,
             inter_pod_affinity: inter_pod_affinity::pre_filter(
                 pod,
                 cache.nodes().iter(),
@@ -133,6 +144,9 @@ impl Profile {
         pod: &PodInfo,
         node: &NodeInfo,
     ) -> Result<(), Status> {
+        if let Some(rejection) = &state.pre_filter_rejection {
+            return Err(rejection.clone());
+        }
         for f in &self.filters {
             f.filter(state, pod, node)?;
         }
@@ -153,11 +167,18 @@ impl Profile {
             num_all_nodes: n,
             statuses,
             preemption_never: pod.preemption_never,
+            pre_filter_msg: None,
         };
         if n == 0 {
             return Err(fit_error(Vec::new()));
         }
         let mut state = self.pre_filter(cache, pod);
+        if let Some(rejection) = &state.pre_filter_rejection {
+            return Err(FitError {
+                pre_filter_msg: Some(rejection.reasons.join(", ")),
+                ..fit_error(vec![rejection.clone(); n])
+            });
+        }
         // A nominated node that still fits is taken without looking further (kube-scheduler's
         // evaluateNominatedNode).
         if !pod.nominated_node_name.is_empty()
@@ -330,10 +351,31 @@ mod tests {
             FitError {
                 num_all_nodes: 0,
                 statuses: vec![],
-                preemption_never: false
+                preemption_never: false,
+                pre_filter_msg: None,
             }
             .message(),
             NO_NODES_AVAILABLE
+        );
+    }
+
+    #[test]
+    fn missing_claim_is_a_prefilter_rejection_worded_as_kubernetes() {
+        let c = cache_with(vec![
+            json!({"metadata": {"name": "n1"}, "status": {"allocatable": {"cpu": "1", "memory": "1Gi", "pods": "110"}}}),
+        ]);
+        let p =
+            pod(json!({"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "x"}}]}));
+        let mut rng = rand::rng();
+        let err = Profile::default()
+            .schedule(&c, &p, 0, &mut rng)
+            .err()
+            .map(|e| e.message());
+        assert_eq!(
+            err.as_deref(),
+            Some(
+                "0/1 nodes are available: persistentvolumeclaim \"x\" not found. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.."
+            )
         );
     }
 

@@ -26,6 +26,8 @@ pub struct Cache {
     orphans: HashMap<String, Vec<Arc<PodInfo>>>,
     /// Labels of namespaces, for pod affinity terms with a namespaceSelector.
     pub namespaces: NamespaceLabels,
+    /// Claims, volumes and classes, for VolumeBinding. Writers call [`Cache::touch`].
+    pub volumes: crate::plugins::volume_binding::VolumeListers,
     /// Bumped on every change; a decision taken at the current generation needs no re-check.
     generation: u64,
     pods_with_affinity: usize,
@@ -47,6 +49,11 @@ impl Cache {
     /// Changes with every mutation.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Records a change made through a public field (volumes), so decisions re-check.
+    pub fn touch(&mut self) {
+        self.generation += 1;
     }
 
     /// Number of nodes whose status.images lists this name.

@@ -162,6 +162,9 @@ pub struct PodInfo {
     pub images: Vec<String>,
     /// status.nominatedNodeName: tried first when it still fits.
     pub nominated_node_name: String,
+    /// Names of the PersistentVolumeClaims the pod's volumes use (claims and generic ephemeral
+    /// volumes' `<pod>-<volume>` claims).
+    pub claims: Vec<String>,
 }
 
 impl PodInfo {
@@ -256,6 +259,20 @@ impl PodInfo {
                 .as_ref()
                 .and_then(|s| s.nominated_node_name.clone())
                 .unwrap_or_default(),
+            claims: spec
+                .volumes
+                .iter()
+                .flatten()
+                .filter_map(|v| match (&v.persistent_volume_claim, &v.ephemeral) {
+                    (Some(c), _) => Some(c.claim_name.clone()),
+                    (None, Some(_)) => Some(format!(
+                        "{}-{}",
+                        md.name.as_deref().unwrap_or_default(),
+                        v.name
+                    )),
+                    _ => None,
+                })
+                .collect(),
         }
     }
 
@@ -459,6 +476,10 @@ pub struct CycleState {
     pub inter_pod_affinity_score: Option<crate::plugins::inter_pod_affinity::PreScoreState>,
     /// ImageLocality's per-image node counts.
     pub image_locality: Option<crate::plugins::image_locality::PreScoreState>,
+    /// VolumeBinding's view of the pod's claims.
+    pub volume_binding: Option<crate::plugins::volume_binding::PreFilterState>,
+    /// A PreFilter rejection (the pod fits no node); its reason is the FailedScheduling message.
+    pub pre_filter_rejection: Option<Status>,
 }
 
 /// A plugin that rules nodes out.

@@ -24,7 +24,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event as WatchEvent};
 use kube::{Api, Client};
@@ -156,6 +157,7 @@ async fn schedule(shared: Arc<Shared>, client: Client) -> Result<(), Error> {
         synced_tx.clone(),
     ));
     let namespaces = tokio::spawn(watch_namespaces(shared.clone(), client.clone()));
+    let storage = tokio::spawn(watch_storage(shared.clone(), client.clone()));
     // Decide nothing before nodes and assigned pods are known (a restart must not overcommit).
     while *synced_rx.borrow() < 2 {
         if synced_rx.changed().await.is_err() {
@@ -226,6 +228,7 @@ async fn schedule(shared: Arc<Shared>, client: Client) -> Result<(), Error> {
         _ = assigned => Err(Error::TaskEnded("assigned pod watch")),
         _ = pending => Err(Error::TaskEnded("pending pod watch")),
         _ = namespaces => Err(Error::TaskEnded("namespace watch")),
+        _ = storage => Err(Error::TaskEnded("storage watches")),
     }
 }
 
@@ -236,6 +239,29 @@ async fn finish_binding(
     qp: QueuedPod,
     node: String,
 ) {
+    // VolumeBinding's PreBind: the pod's unbound WaitForFirstConsumer claims.
+    let delayed: Vec<String> = {
+        let cache = shared.cache_read();
+        qp.info
+            .claims
+            .iter()
+            .filter(|c| {
+                cache
+                    .volumes
+                    .claims
+                    .get(&(qp.info.namespace.clone(), (*c).clone()))
+                    .and_then(|pvc| pvc.spec.as_ref())
+                    .is_some_and(|s| s.volume_name.as_deref().unwrap_or("").is_empty())
+            })
+            .cloned()
+            .collect()
+    };
+    if let Err(e) = binder::bind_volumes(client, &qp.info.namespace, &delayed, &node).await {
+        tracing::warn!(pod = %qp.info.name, error = %e, "binding volumes failed; retrying");
+        shared.cache_write().forget(&qp.info.uid);
+        shared.queue.retry(qp);
+        return;
+    }
     match binder::bind(client, &qp.pod, &node).await {
         BindOutcome::Bound => {
             let note = format!(
@@ -522,6 +548,67 @@ async fn watch_namespaces(shared: Arc<Shared>, client: Client) {
             }
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "namespace watch error"),
+        }
+    }
+}
+
+/// Applies one watch event of a storage object to the cache's volume listers; pending pods are
+/// retried when something changed (a claim appeared or got bound, a volume became available).
+fn apply_storage<K, F>(shared: &Shared, ev: WatchEvent<K>, apply: F)
+where
+    F: Fn(&mut plugins::volume_binding::VolumeListers, K, bool),
+{
+    let (obj, deleted) = match ev {
+        WatchEvent::Apply(o) | WatchEvent::InitApply(o) => (o, false),
+        WatchEvent::Delete(o) => (o, true),
+        WatchEvent::Init | WatchEvent::InitDone => {
+            shared.queue.move_all_to_active_or_backoff();
+            return;
+        }
+    };
+    {
+        let mut cache = shared.cache_write();
+        apply(&mut cache.volumes, obj, deleted);
+        cache.touch();
+    }
+    shared.queue.move_all_to_active_or_backoff();
+}
+
+async fn watch_storage(shared: Arc<Shared>, client: Client) {
+    let cfg = watcher::Config::default;
+    let mut claims = watcher::watcher(Api::<PersistentVolumeClaim>::all(client.clone()), cfg())
+        .default_backoff()
+        .boxed();
+    let mut volumes = watcher::watcher(Api::<PersistentVolume>::all(client.clone()), cfg())
+        .default_backoff()
+        .boxed();
+    let mut classes = watcher::watcher(Api::<StorageClass>::all(client), cfg())
+        .default_backoff()
+        .boxed();
+    loop {
+        tokio::select! {
+            Some(ev) = claims.next() => match ev {
+                Ok(ev) => apply_storage(&shared, ev, |l, c: PersistentVolumeClaim, deleted| {
+                    let key = (c.metadata.namespace.clone().unwrap_or_default(), c.metadata.name.clone().unwrap_or_default());
+                    if deleted { l.claims.remove(&key); } else { l.claims.insert(key, c); }
+                }),
+                Err(e) => tracing::debug!(error = %e, "claim watch error"),
+            },
+            Some(ev) = volumes.next() => match ev {
+                Ok(ev) => apply_storage(&shared, ev, |l, v: PersistentVolume, deleted| {
+                    let key = v.metadata.name.clone().unwrap_or_default();
+                    if deleted { l.volumes.remove(&key); } else { l.volumes.insert(key, v); }
+                }),
+                Err(e) => tracing::debug!(error = %e, "volume watch error"),
+            },
+            Some(ev) = classes.next() => match ev {
+                Ok(ev) => apply_storage(&shared, ev, |l, c: StorageClass, deleted| {
+                    let key = c.metadata.name.clone().unwrap_or_default();
+                    if deleted { l.classes.remove(&key); } else { l.classes.insert(key, c); }
+                }),
+                Err(e) => tracing::debug!(error = %e, "storage class watch error"),
+            },
+            else => return,
         }
     }
 }
