@@ -92,6 +92,7 @@ pub fn setup_veth(
         ]))?;
     }
     run(ip().args(["link", "set", host_veth, "master", bridge, "up"]))?;
+    set_hairpin(host_veth)?;
     run(ip_in(netns).args(["link", "set", "lo", "up"]))?;
     let have = run(ip_in(netns).args(["-4", "-o", "addr", "show", "dev", ifname]))?;
     if !have.contains(&format!(" {addr} ")) {
@@ -110,6 +111,15 @@ pub fn setup_veth(
     let host_mac = mac(None, host_veth)?;
     let pod_mac = mac(Some(netns), ifname)?;
     Ok((host_mac, pod_mac))
+}
+
+/// Turns on hairpin mode on a bridge port, so a pod reaching itself through a Service (DNAT
+/// back to its own address, decided while the frame is being bridged) gets the frame back on
+/// the port it came from (the CNI bridge plugin's `hairpinMode`, the kubelet's hairpin-veth).
+pub fn set_hairpin(port: &str) -> Result<(), CniError> {
+    let path = format!("/sys/class/net/{port}/brport/hairpin_mode");
+    std::fs::write(&path, "1")
+        .map_err(|e| CniError::Other(format!("enable hairpin mode ({path}): {e}")))
 }
 
 fn mac(netns: Option<&str>, ifname: &str) -> Result<String, CniError> {

@@ -56,6 +56,8 @@ pub struct AgentConfig {
     pub min_sync_period: Duration,
     /// Whether to run the service load balancer (LoadBalancer status writer).
     pub service_lb: bool,
+    /// The node bridge the pods are on (lotse-cni's `bridge`): its ports get hairpin mode.
+    pub bridge: String,
 }
 
 impl AgentConfig {
@@ -69,6 +71,7 @@ impl AgentConfig {
             table: "lotse".into(),
             min_sync_period: Duration::from_millis(50),
             service_lb: true,
+            bridge: "lotse0".into(),
         }
     }
 }
@@ -161,6 +164,7 @@ pub async fn run(
         return Err(AgentError::Config("node name is empty".into()));
     }
     sysctl::prepare_node();
+    sysctl::hairpin_bridge_ports(&cfg.bridge);
     let changes = Arc::new(Changes {
         notify: Notify::new(),
         synced: AtomicUsize::new(0),
