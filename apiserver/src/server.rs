@@ -423,6 +423,21 @@ pub struct Running {
     pub advertise_address: std::net::IpAddr,
 }
 
+/// The data dir holds the cluster's keys and every Secret: private to its owner (0700, as k3s
+/// keeps its server dir), repaired with a warning when it is wider.
+fn private_data_dir(dir: &std::path::Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| ServerError::Config(format!("stat {}: {e}", dir.display())))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(path = %dir.display(), mode = format!("{mode:o}"), "data dir readable by others: setting 0700");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| ServerError::Config(format!("chmod {}: {e}", dir.display())))?;
+    }
+    Ok(())
+}
+
 /// Opens storage, creates PKI and the admin kubeconfig, bootstraps system objects and serves.
 pub async fn start(
     cfg: Config,
@@ -430,6 +445,7 @@ pub async fn start(
 ) -> Result<Running, ServerError> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| ServerError::Config(format!("create {}: {e}", cfg.data_dir.display())))?;
+    private_data_dir(&cfg.data_dir)?;
     let storage: Arc<dyn Storage> = if cfg.etcd_servers.is_empty() {
         Arc::new(crate::storage::sqlite::SqliteStorage::open(
             &cfg.data_dir.join("state.db"),

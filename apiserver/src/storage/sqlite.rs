@@ -147,6 +147,7 @@ impl SqliteStorage {
     }
 
     fn open_inner(path: &Path, temp_dir: Option<PathBuf>) -> Result<Self> {
+        make_private(path)?;
         let mut conn = Connection::open(path).map_err(db)?;
         configure(&conn)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
@@ -423,6 +424,38 @@ impl Storage for SqliteStorage {
 
 fn unexpected(outcome: WriteOutcome) -> StorageError {
     StorageError::Backend(format!("sqlite writer answered with {outcome:?}"))
+}
+
+/// The database holds every Secret: it and its WAL and shared-memory files are readable by the
+/// owner only (0600), whatever the umask. SQLite gives the `-wal` and `-shm` files the database
+/// file's mode, so the database is created 0600 before SQLite opens it; existing files with a
+/// wider mode are repaired.
+fn make_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |what: &str, p: &Path, e: std::io::Error| {
+        StorageError::Backend(format!("{what} {}: {e}", p.display()))
+    };
+    if !path.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| err("creating", path, e))?;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let p = PathBuf::from(format!("{}{suffix}", path.display()));
+        let Ok(meta) = std::fs::metadata(&p) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(path = %p.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "database file readable by others: setting 0600");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| err("chmod", &p, e))?;
+        }
+    }
+    Ok(())
 }
 
 fn db(e: rusqlite::Error) -> StorageError {
@@ -1191,6 +1224,25 @@ fn insert(
 mod tests {
     use super::*;
     use crate::storage::conformance;
+
+    #[test]
+    fn database_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.db");
+        let store = SqliteStorage::open(&path).expect("open");
+        drop(store);
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        // A database left readable by others (an older Lotse) is repaired on open.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let _store = SqliteStorage::open(&path).expect("reopen");
+        assert_eq!(mode(&path), 0o600);
+        let wal = dir.path().join("state.db-wal");
+        if wal.exists() {
+            assert_eq!(mode(&wal), 0o600);
+        }
+    }
 
     fn temp_store() -> (tempfile::TempDir, Arc<SqliteStorage>) {
         let dir = tempfile::tempdir().expect("tempdir");
