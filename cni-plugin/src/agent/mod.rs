@@ -208,11 +208,7 @@ pub async fn run(
         )
         .await;
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut syncer = Syncer {
-        cfg: cfg.clone(),
-        applied: None,
-        backoff: INITIAL_BACKOFF,
-    };
+    let mut syncer = Syncer::new(cfg.clone());
     let mut last_sync: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -288,6 +284,10 @@ pub struct Syncer {
     pub cfg: AgentConfig,
     /// The rule set the kernel holds (None: unknown, the next sync replaces the table).
     pub applied: Option<Ruleset>,
+    /// How long the last sync took to render the rules and the transaction.
+    pub last_render: Duration,
+    /// How long the last sync's `nft -f` took.
+    pub last_apply: Duration,
     backoff: Duration,
 }
 
@@ -297,6 +297,8 @@ impl Syncer {
         Syncer {
             cfg,
             applied: None,
+            last_render: Duration::ZERO,
+            last_apply: Duration::ZERO,
             backoff: INITIAL_BACKOFF,
         }
     }
@@ -318,6 +320,8 @@ impl Syncer {
         };
         let ruleset = render::render(&rc, &ports);
         if self.applied.as_ref() == Some(&ruleset) {
+            self.last_render = t0.elapsed();
+            self.last_apply = Duration::ZERO;
             return Ok(());
         }
         let (text, kind) = match self
@@ -329,9 +333,12 @@ impl Syncer {
             None => (ruleset.full_transaction(), "full"),
         };
         let lines = text.lines().count();
+        self.last_render = t0.elapsed();
+        let t1 = Instant::now();
         let result = tokio::task::spawn_blocking(move || nft::apply(&text))
             .await
             .unwrap_or_else(|e| Err(nft::NftError::Io(std::io::Error::other(e.to_string()))));
+        self.last_apply = t1.elapsed();
         match result {
             Ok(()) => {
                 tracing::debug!(kind, lines, service_ports = ports.len(), elapsed = ?t0.elapsed(), "synced nftables rules");
