@@ -1,4 +1,5 @@
 //! `lotse`: the all-in-one launcher.
+mod backup;
 mod down;
 mod images;
 mod install;
@@ -34,6 +35,10 @@ enum Command {
     /// Stop the cluster and remove everything it created: containers, mounts, the node bridge,
     /// nftables tables and the data dir (asks for --yes).
     Reset(down::ResetArgs),
+    /// Write a consistent backup of a (running) cluster: its embedded store and PKI.
+    Backup(backup::BackupArgs),
+    /// Make a new data dir from a backup (then `lotse up --data-dir` on it).
+    Restore(backup::RestoreArgs),
     /// Image archives for the kubelet's airgapped image store.
     Images {
         #[command(subcommand)]
@@ -84,6 +89,8 @@ fn main() -> anyhow::Result<()> {
         Command::Images {
             command: ImagesCommand::List(a),
         } => tokio::runtime::Runtime::new()?.block_on(images::list(a)),
+        Command::Backup(a) => backup::backup(a),
+        Command::Restore(a) => backup::restore(a),
         Command::Down(a) => {
             init_tracing();
             tokio::runtime::Runtime::new()?.block_on(down::down(a))

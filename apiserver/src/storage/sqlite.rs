@@ -426,6 +426,26 @@ fn unexpected(outcome: WriteOutcome) -> StorageError {
     StorageError::Backend(format!("sqlite writer answered with {outcome:?}"))
 }
 
+/// Writes a consistent copy of the SQLite database at `path` to `out` (a new file) while the
+/// apiserver may be writing to it: SQLite's `VACUUM INTO` reads in one transaction, so the copy
+/// holds exactly the writes committed when it began. The copy is private (0600).
+pub fn snapshot(path: &Path, out: &Path) -> Result<()> {
+    if !path.is_file() {
+        return Err(StorageError::Backend(format!(
+            "{} does not exist: no SQLite database to back up",
+            path.display()
+        )));
+    }
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(db)?;
+    conn.busy_timeout(Duration::from_secs(30)).map_err(db)?;
+    let target = out.to_str().ok_or_else(|| {
+        StorageError::Backend(format!("{}: not a UTF-8 path", out.display()))
+    })?;
+    conn.execute("VACUUM INTO ?1", [target]).map_err(db)?;
+    make_private(out)
+}
+
 /// The database holds every Secret: it and its WAL and shared-memory files are readable by the
 /// owner only (0600), whatever the umask. SQLite gives the `-wal` and `-shm` files the database
 /// file's mode, so the database is created 0600 before SQLite opens it; existing files with a
