@@ -439,9 +439,9 @@ pub fn snapshot(path: &Path, out: &Path) -> Result<()> {
     let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(db)?;
     conn.busy_timeout(Duration::from_secs(30)).map_err(db)?;
-    let target = out.to_str().ok_or_else(|| {
-        StorageError::Backend(format!("{}: not a UTF-8 path", out.display()))
-    })?;
+    let target = out
+        .to_str()
+        .ok_or_else(|| StorageError::Backend(format!("{}: not a UTF-8 path", out.display())))?;
     conn.execute("VACUUM INTO ?1", [target]).map_err(db)?;
     make_private(out)
 }
