@@ -409,6 +409,23 @@ fn traffic(c: &mut Cluster) -> anyhow::Result<()> {
     let solo_ip = c.cluster_ip("solo")?;
     assert_eq!(c.wget("solo", &solo_ip, 80)?, "solo");
 
+    step(t0, "Selector-less Service with a hand-made EndpointSlice");
+    let solo_pod_ip = c.get(&["pod", "solo"], "{.status.podIP}")?;
+    c.k.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: manual}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: manual-1, labels: {{kubernetes.io/service-name: manual}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints: [{{addresses: [{solo_pod_ip}]}}]\n"
+        ),
+    )?;
+    let manual_ip = c.cluster_ip("manual")?;
+    eventually("selector-less Service", Duration::from_secs(10), || {
+        let got = c.wget("client", &manual_ip, 80)?;
+        if got != "solo" {
+            bail!("{got}");
+        }
+        Ok(())
+    })?;
+
     step(t0, "ClientIP session affinity");
     // ClientIP session affinity: one client always lands on the same pod.
     let sticky_ip = c.cluster_ip("sticky")?;
@@ -602,4 +619,94 @@ fn traffic(c: &mut Cluster) -> anyhow::Result<()> {
         "--timeout=60s",
     ]);
     Ok(())
+}
+
+/// Bad Services get Kubernetes' own errors from the apiserver (no dataplane needed): a NodePort
+/// already taken, a NodePort outside 30000-32767, a ClusterIP outside the Service range, a port
+/// out of range; a selector-less Service keeps the EndpointSlices written by hand.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_services_get_kubernetes_errors() -> anyhow::Result<()> {
+    let server = e2e::ApiServer::start(e2e::Backend::Sqlite).await?;
+    let k = server.kubectl(33);
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let svc = |name: &str, spec: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {spec}\n")
+        };
+        k.ok_stdin(
+            &["create", "-f", "-"],
+            &svc(
+                "a",
+                "{type: NodePort, ports: [{port: 80, nodePort: 30080}]}",
+            ),
+        )?;
+        let taken = k
+            .run_stdin(
+                &["create", "-f", "-"],
+                &svc(
+                    "b",
+                    "{type: NodePort, ports: [{port: 80, nodePort: 30080}]}",
+                ),
+            )?
+            .failure()?
+            .stderr;
+        assert!(
+            taken.contains("The Service \"b\" is invalid: spec.ports[0].nodePort: Invalid value: 30080: provided port is already allocated"),
+            "{taken}"
+        );
+        let outside = k
+            .run_stdin(
+                &["create", "-f", "-"],
+                &svc("c", "{type: NodePort, ports: [{port: 80, nodePort: 8080}]}"),
+            )?
+            .failure()?
+            .stderr;
+        assert!(
+            outside.contains("spec.ports[0].nodePort: Invalid value: 8080: provided port is not in the valid range. The range of valid ports is 30000-32767"),
+            "{outside}"
+        );
+        let ip = k
+            .run_stdin(
+                &["create", "-f", "-"],
+                &svc("d", "{clusterIP: 10.0.0.5, ports: [{port: 80}]}"),
+            )?
+            .failure()?
+            .stderr;
+        assert!(
+            ip.contains("The Service \"d\" is invalid: spec.clusterIPs")
+                && ip.contains("failed to allocate IP 10.0.0.5: the provided IP (10.0.0.5) is not in the valid range. The range of valid IPs is 10.96.0.0/12"),
+            "{ip}"
+        );
+        let port = k
+            .run_stdin(
+                &["create", "-f", "-"],
+                &svc("e", "{ports: [{port: 70000}]}"),
+            )?
+            .failure()?
+            .stderr;
+        assert!(
+            port.contains(
+                "spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive"
+            ),
+            "{port}"
+        );
+        // Selector-less: the endpoints controller leaves hand-made EndpointSlices alone.
+        k.ok_stdin(
+            &["create", "-f", "-"],
+            &svc("manual", "{ports: [{name: http, port: 80}]}"),
+        )?;
+        k.ok_stdin(
+            &["create", "-f", "-"],
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: manual-1, labels: {kubernetes.io/service-name: manual}}\naddressType: IPv4\nports: [{name: http, port: 8080, protocol: TCP}]\nendpoints: [{addresses: [192.0.2.77]}]\n",
+        )?;
+        let eps = k.ok(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=manual",
+            "-o",
+            "jsonpath={.items[*].endpoints[*].addresses[0]}",
+        ])?;
+        assert_eq!(eps.trim(), "192.0.2.77");
+        Ok(())
+    })
 }
