@@ -259,16 +259,6 @@ async fn round(server: &mut ApiServer, round: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `round-writer-n` of a data value.
-fn parse(data: &str) -> (usize, usize, usize) {
-    let mut it = data.split('-').map(|p| p.parse().unwrap_or(0));
-    (
-        it.next().unwrap_or(0),
-        it.next().unwrap_or(0),
-        it.next().unwrap_or(0),
-    )
-}
-
 async fn kill_rounds(backend: Backend) -> anyhow::Result<()> {
     let mut server = ApiServer::start(backend).await?;
     for r in 0..ROUNDS {
