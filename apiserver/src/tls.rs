@@ -77,11 +77,14 @@ pub async fn serve(
                 if let Some(identity) = &identity {
                     req.extensions_mut().insert(identity.clone());
                 }
+                let (req, held) = hold_request_body(req);
                 async move {
+                    let resp = app
+                        .oneshot(req)
+                        .await
+                        .unwrap_or_else(|never| match never {});
                     Ok::<_, Infallible>(
-                        app.oneshot(req)
-                            .await
-                            .unwrap_or_else(|never| match never {}),
+                        resp.map(|body| axum::body::Body::new(HeldUntilSent { body, held })),
                     )
                 }
             });
@@ -103,6 +106,118 @@ pub async fn serve(
         info!("open connections did not finish in time; closing them");
     }
     Ok(())
+}
+
+/// A request body that a handler dropped unread (an early 401, 403 or 413), kept until the
+/// response has been sent. Over HTTP/2, dropping it first makes h2 reset the stream with CANCEL
+/// before the response goes out, and the client sees no status at all. After the response it
+/// is read to its end in the background (up to [`DRAIN_LIMIT`] bytes and [`DRAIN_TIMEOUT`]), so
+/// the client finishes its upload and the stream ends cleanly; beyond those the stream ends with
+/// RST_STREAM(NO_ERROR), as RFC 9113 §8.1 allows (some clients, e.g. curl 7.x, report that as
+/// an error, hence the drain).
+type HeldBody = Arc<std::sync::Mutex<Option<Incoming>>>;
+
+/// How much of an unread request body is drained after an early response.
+const DRAIN_LIMIT: usize = 16 << 20;
+/// How long an unread request body is drained after an early response.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn drain(mut body: Incoming) {
+    use http_body_util::BodyExt;
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    let mut read = 0usize;
+    while read <= DRAIN_LIMIT {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => read += frame.data_ref().map_or(0, |d| d.len()),
+            _ => break,
+        }
+    }
+}
+
+/// Wraps the request body so that, when the router drops it, it moves into the returned slot.
+fn hold_request_body(req: http::Request<Incoming>) -> (http::Request<KeepUnread>, HeldBody) {
+    let held: HeldBody = Arc::default();
+    let req = req.map(|body| KeepUnread {
+        body: Some(body),
+        slot: held.clone(),
+    });
+    (req, held)
+}
+
+/// The request body as the router sees it; on drop it parks the body in its slot.
+struct KeepUnread {
+    body: Option<Incoming>,
+    slot: HeldBody,
+}
+
+impl Drop for KeepUnread {
+    fn drop(&mut self) {
+        if let (Some(body), Ok(mut slot)) = (self.body.take(), self.slot.lock()) {
+            *slot = Some(body);
+        }
+    }
+}
+
+impl hyper::body::Body for KeepUnread {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        match self.body.as_mut() {
+            Some(b) => std::pin::Pin::new(b).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body
+            .as_ref()
+            .map(|b| b.size_hint())
+            .unwrap_or_default()
+    }
+}
+
+/// A response body that keeps the parked request body alive until it is dropped itself, which
+/// hyper does once the response is complete; then the request body is drained.
+struct HeldUntilSent {
+    body: axum::body::Body,
+    held: HeldBody,
+}
+
+impl Drop for HeldUntilSent {
+    fn drop(&mut self) {
+        let parked = self.held.lock().ok().and_then(|mut s| s.take());
+        if let (Some(body), Ok(rt)) = (parked, tokio::runtime::Handle::try_current()) {
+            rt.spawn(drain(body));
+        }
+    }
+}
+
+impl hyper::body::Body for HeldUntilSent {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Completes the TLS handshake and reads the verified client certificate's identity, if any.
@@ -195,7 +310,10 @@ mod tests {
         let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = axum::Router::new().route("/whoami", get(whoami));
+        let app = axum::Router::new().route("/whoami", get(whoami)).route(
+            "/reject",
+            axum::routing::post(|| async { (http::StatusCode::UNAUTHORIZED, "no") }),
+        );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let tls = pki.rustls_server_config().unwrap();
         let task = tokio::spawn(serve(listener, app, tls, async {
@@ -267,6 +385,38 @@ mod tests {
         let version = response.version();
         let body = response.into_body().collect().await?.to_bytes();
         Ok((version, String::from_utf8(body.to_vec())?))
+    }
+
+    /// An answer sent before the request body is read (401 to an anonymous POST, 413) reaches
+    /// an HTTP/2 client intact, again and again on one connection.
+    #[tokio::test]
+    async fn early_answers_reach_http2_clients() {
+        let mut server = start().await;
+        let ca = server.pki.ca_cert_pem().to_string();
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(client_config(&ca, None, b"h2"))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let uri = format!("https://localhost:{}/reject", server.addr.port());
+        for _ in 0..5 {
+            let body = http_body_util::Full::new(bytes::Bytes::from(vec![b'a'; 2 << 20]));
+            let req = http::Request::post(&uri).body(body).unwrap();
+            let resp = sender
+                .send_request(req)
+                .await
+                .expect("a response, not a reset");
+            assert_eq!(resp.status(), http::StatusCode::UNAUTHORIZED);
+            let text = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&text[..], b"no");
+        }
+        server.stop.take().map(|s| s.send(()));
+        let _ = server.task.await;
     }
 
     #[tokio::test]
