@@ -1085,12 +1085,19 @@ pub async fn delete_object(
                     let uid = fields::str_at(&obj, &["metadata", "uid"])
                         .unwrap_or("")
                         .to_string();
-                    if def.kind == "Pod" {
+                    if def.return_deleted_object {
                         return Ok((obj, StatusCode::OK));
+                    }
+                    // metav1.StatusDetails omits an empty group (core resources).
+                    let mut details = json!({"name": name, "group": def.group, "kind": def.plural, "uid": uid});
+                    if def.group.is_empty()
+                        && let Some(d) = details.as_object_mut()
+                    {
+                        d.shift_remove("group");
                     }
                     let status = json!({
                         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                        "details": {"name": name, "group": def.group, "kind": def.plural, "uid": uid},
+                        "details": details,
                     });
                     return Ok((status, StatusCode::OK));
                 }

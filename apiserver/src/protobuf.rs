@@ -489,6 +489,8 @@ pub fn go_field_order(obj: &mut Value) {
         obj.get("apiVersion").and_then(Value::as_str),
         obj.get("kind").and_then(Value::as_str),
     ) {
+        // Status is the one meta.k8s.io kind served as core v1.
+        (Some("v1"), Some("Status")) => "io.k8s.apimachinery.pkg.apis.meta.v1.Status".to_string(),
         (Some(av), Some(kind)) => type_name_of(av, kind),
         _ => return,
     };

@@ -234,6 +234,9 @@ pub struct ResourceDef {
     /// Set when this resource is another group/version's view of objects stored in that
     /// resource's shape (events.k8s.io/v1 Events are core/v1 Events in storage).
     pub storage_view: Option<StorageView>,
+    /// Kubernetes' `ReturnDeletedObject`: a DELETE that removes the object answers with the
+    /// object (pods, services, ServiceAccounts, PVs, PVCs) instead of a `Success` Status.
+    pub return_deleted_object: bool,
 }
 
 /// Conversion between a resource's served shape and the shape it is stored in, for resources

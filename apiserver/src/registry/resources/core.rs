@@ -14,6 +14,7 @@ use crate::registry::*;
 /// core/v1 pods.
 pub const PODS: ResourceDef = ResourceDef {
     short_names: &["po"],
+    return_deleted_object: true,
     categories: &["all"],
     subresources: &[
         Subresource::Status,
@@ -353,6 +354,7 @@ fn node_cells(o: &Value) -> Vec<Value> {
 /// core/v1 services (stored under `services/specs` like Kubernetes).
 pub const SERVICES: ResourceDef = ResourceDef {
     short_names: &["svc"],
+    return_deleted_object: true,
     categories: &["all"],
     storage_prefix: "services/specs",
     name_rule: NameRule::Label1035,
@@ -405,6 +407,9 @@ pub const SERVICES: ResourceDef = ResourceDef {
 };
 
 fn service_defaults(o: &mut Value) {
+    // ServiceStatus.loadBalancer is not omitempty in Go: every Service carries
+    // `status: {loadBalancer: {}}`, also right after create.
+    fields::ensure_object(o, &["status", "loadBalancer"]);
     let spec = fields::ensure_object(o, &["spec"]);
     let affinity = spec
         .get("sessionAffinity")
@@ -935,6 +940,7 @@ pub(crate) fn format_endpoints(o: &Value) -> String {
 /// core/v1 serviceaccounts.
 pub const SERVICEACCOUNTS: ResourceDef = ResourceDef {
     short_names: &["sa"],
+    return_deleted_object: true,
     subresources: &[Subresource::Token],
     columns: &[
         NAME_COLUMN,

@@ -63,6 +63,7 @@ const PV_SOURCES: &[&str] = &[
 /// core/v1 persistentvolumes (cluster-scoped).
 pub const PERSISTENTVOLUMES: ResourceDef = ResourceDef {
     namespaced: false,
+    return_deleted_object: true,
     short_names: &["pv"],
     subresources: &[Subresource::Status],
     has_status: true,
@@ -135,6 +136,7 @@ pub const PERSISTENTVOLUMES: ResourceDef = ResourceDef {
 /// core/v1 persistentvolumeclaims.
 pub const PERSISTENTVOLUMECLAIMS: ResourceDef = ResourceDef {
     short_names: &["pvc"],
+    return_deleted_object: true,
     subresources: &[Subresource::Status],
     has_status: true,
     defaults: pvc_defaults,

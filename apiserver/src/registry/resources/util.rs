@@ -68,6 +68,7 @@ where
         selectable_fields: &[],
         schema: schema_of::<K>,
         storage_view: None,
+        return_deleted_object: false,
     }
 }
 
