@@ -1089,7 +1089,8 @@ pub async fn delete_object(
                         return Ok((obj, StatusCode::OK));
                     }
                     // metav1.StatusDetails omits an empty group (core resources).
-                    let mut details = json!({"name": name, "group": def.group, "kind": def.plural, "uid": uid});
+                    let mut details =
+                        json!({"name": name, "group": def.group, "kind": def.plural, "uid": uid});
                     if def.group.is_empty()
                         && let Some(d) = details.as_object_mut()
                     {
