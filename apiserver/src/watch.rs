@@ -35,6 +35,8 @@ const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
 struct Encoder {
     def: &'static ResourceDef,
     table: bool,
+    /// `as=PartialObjectMetadata`: objects as `meta.k8s.io/v1` PartialObjectMetadata.
+    metadata: bool,
     query: Query,
     sent_columns: bool,
 }
@@ -46,14 +48,16 @@ impl Encoder {
         obj: &CachedObject,
         rv_override: Option<Revision>,
     ) -> Bytes {
-        if !self.table && rv_override.is_none() {
+        if !self.table && !self.metadata && rv_override.is_none() {
             return crate::cacher::watch_line(event_type, &obj.raw);
         }
         let mut v: Value = serde_json::from_slice(&obj.raw).unwrap_or(Value::Null);
         if let Some(rv) = rv_override {
             crate::handlers::set_rv(&mut v, rv);
         }
-        let object = if self.table {
+        let object = if self.metadata {
+            crate::table::partial_metadata(&v)
+        } else if self.table {
             let with_cols = !self.sent_columns;
             self.sent_columns = true;
             crate::table::build(
@@ -80,6 +84,8 @@ impl Encoder {
         }
         let obj = if self.table {
             json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv.to_string()}, "columnDefinitions": [], "rows": []})
+        } else if self.metadata {
+            json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta})
         } else {
             json!({"kind": self.def.kind, "apiVersion": self.def.api_version(), "metadata": meta})
         };
@@ -123,6 +129,7 @@ fn convert<'a>(
 fn encode(enc: &mut Encoder, ev: &CacheEvent, sel: &Selection) -> Option<Bytes> {
     let (t, o, rvo) = convert(ev, sel)?;
     let unchanged = !enc.table
+        && !enc.metadata
         && rvo.is_none()
         && std::ptr::eq(o, &*ev.object)
         && matches!(
@@ -189,10 +196,11 @@ pub async fn serve(ctx: &Ctx<'_>) -> ApiResult<Response> {
     } else {
         cacher.watch_from(Some(rv_num.unwrap_or(0).max(0))).await
     };
-    let table = response_format(header_str(ctx.headers, header::ACCEPT)) == ResponseFormat::Table;
+    let format = response_format(header_str(ctx.headers, header::ACCEPT));
     let enc = Encoder {
         def,
-        table,
+        table: format == ResponseFormat::Table,
+        metadata: format == ResponseFormat::Metadata,
         query: q.clone(),
         sent_columns: false,
     };
