@@ -28,6 +28,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::Notify;
 
+pub mod conntrack;
 pub mod model;
 pub mod nft;
 pub mod render;
@@ -288,6 +289,9 @@ pub struct Syncer {
     pub last_render: Duration,
     /// How long the last sync's `nft -f` took.
     pub last_apply: Duration,
+    /// The Service ports of the applied rule set (for stale UDP conntrack entries).
+    last_ports: Vec<model::ServicePort>,
+    synced_once: bool,
     backoff: Duration,
 }
 
@@ -299,6 +303,8 @@ impl Syncer {
             applied: None,
             last_render: Duration::ZERO,
             last_apply: Duration::ZERO,
+            last_ports: Vec::new(),
+            synced_once: false,
             backoff: INITIAL_BACKOFF,
         }
     }
@@ -344,6 +350,18 @@ impl Syncer {
                 tracing::debug!(kind, lines, service_ports = ports.len(), elapsed = ?t0.elapsed(), "synced nftables rules");
                 self.applied = Some(ruleset);
                 self.backoff = INITIAL_BACKOFF;
+                // Not after the first sync of a (re)started agent: it knows no earlier state,
+                // and flows that were fine before it started must survive it.
+                let stale = if self.synced_once {
+                    conntrack::stale_entries(&self.last_ports, &ports)
+                } else {
+                    Default::default()
+                };
+                self.synced_once = true;
+                if !stale.is_empty() {
+                    let _ = tokio::task::spawn_blocking(move || conntrack::clear(&stale)).await;
+                }
+                self.last_ports = ports;
                 Ok(())
             }
             Err(e) => {
