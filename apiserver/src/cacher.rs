@@ -56,7 +56,7 @@ impl CachedObject {
     ) -> Result<Self, String> {
         let mut obj: Value =
             serde_json::from_slice(value).map_err(|e| format!("corrupt object at {key}: {e}"))?;
-        if def.storage_view.is_some() {
+        if def.converts() {
             // Another group/version's view of the stored object: converted, so re-encoded.
             let mut obj = def.from_storage(obj);
             return Ok(Self::from_value(def, key, &mut obj, rv));
@@ -329,7 +329,11 @@ pub struct Cacher {
 pub struct CacheHub {
     storage: Arc<dyn Storage>,
     caches: Vec<Arc<Cacher>>,
+    /// Caches added at run time (custom resources); held while an event is applied, so one
+    /// added under the write lock starts exactly at the hub's revision.
+    extra: RwLock<Vec<Arc<Cacher>>>,
     rev_tx: watch::Sender<Revision>,
+    rev_rx: watch::Receiver<Revision>,
 }
 
 impl CacheHub {
@@ -338,28 +342,14 @@ impl CacheHub {
         let (rev_tx, rev_rx) = watch::channel(0);
         let caches = defs
             .iter()
-            .map(|def| {
-                let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
-                Arc::new(Cacher {
-                    def,
-                    prefix: format!("/registry/{}/", def.storage_prefix),
-                    storage: storage.clone(),
-                    state: RwLock::new(State {
-                        objects: BTreeMap::new(),
-                        revision: 0,
-                        ring: VecDeque::new(),
-                        window_start: 0,
-                        ready: false,
-                    }),
-                    tx,
-                    hub_rev: rev_rx.clone(),
-                })
-            })
+            .map(|def| Cacher::new(def, &storage, &rev_rx))
             .collect();
         let hub = Arc::new(CacheHub {
             storage,
             caches,
+            extra: RwLock::new(Vec::new()),
             rev_tx,
+            rev_rx,
         });
         let h = hub.clone();
         tokio::spawn(async move { h.run().await });
@@ -371,6 +361,27 @@ impl CacheHub {
     /// The caches.
     pub fn caches(&self) -> &[Arc<Cacher>] {
         &self.caches
+    }
+
+    /// Adds a cache for a resource served from now on (a custom resource): it lists at the
+    /// hub's current revision and then follows the hub's events like every other cache.
+    pub async fn add(&self, def: &'static ResourceDef) -> Result<Arc<Cacher>, StorageError> {
+        let mut extra = self.extra.write().await;
+        // One cache per group/version/resource for the life of the server: a CRD edited or
+        // re-created with the same names keeps it (its events keep it current).
+        if let Some(c) = extra.iter().find(|c| {
+            c.def.group == def.group && c.def.version == def.version && c.def.plural == def.plural
+        }) {
+            return Ok(c.clone());
+        }
+        let cache = Cacher::new(def, &self.storage, &self.rev_rx);
+        let revision = *self.rev_rx.borrow();
+        // Before the hub's first list (revision 0) the hub lists it with the others.
+        if revision > 0 {
+            cache.relist(revision).await?;
+        }
+        extra.push(cache.clone());
+        Ok(cache)
     }
 
     async fn run(self: Arc<Self>) {
@@ -397,6 +408,9 @@ impl CacheHub {
                     for cache in &self.caches {
                         cache.compacted(c).await;
                     }
+                    for cache in self.extra.read().await.iter() {
+                        cache.compacted(c).await;
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "reading compacted revision"),
@@ -405,11 +419,13 @@ impl CacheHub {
     }
 
     async fn list_and_watch(&self) -> Result<(), StorageError> {
+        let extra = self.extra.read().await;
         let revision = self.storage.current_revision().await?;
-        for c in &self.caches {
+        for c in self.caches.iter().chain(extra.iter()) {
             c.relist(revision).await?;
         }
         self.rev_tx.send_replace(revision);
+        drop(extra);
         let mut stream = self.storage.watch("/registry/", revision).await?;
         while let Some(ev) = stream.next().await {
             let ev = ev?;
@@ -421,13 +437,40 @@ impl CacheHub {
             {
                 c.apply(ev.event_type, &ev.kv).await;
             }
+            let extra = self.extra.read().await;
+            for c in extra.iter().filter(|c| ev.kv.key.starts_with(&c.prefix)) {
+                c.apply(ev.event_type, &ev.kv).await;
+            }
             self.rev_tx.send_replace(rev);
+            drop(extra);
         }
         Ok(())
     }
 }
 
 impl Cacher {
+    fn new(
+        def: &'static ResourceDef,
+        storage: &Arc<dyn Storage>,
+        hub_rev: &watch::Receiver<Revision>,
+    ) -> Arc<Self> {
+        let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
+        Arc::new(Cacher {
+            def,
+            prefix: format!("/registry/{}/", def.storage_prefix),
+            storage: storage.clone(),
+            state: RwLock::new(State {
+                objects: BTreeMap::new(),
+                revision: 0,
+                ring: VecDeque::new(),
+                window_start: 0,
+                ready: false,
+            }),
+            tx,
+            hub_rev: hub_rev.clone(),
+        })
+    }
+
     async fn relist(&self, revision: Revision) -> Result<(), StorageError> {
         let mut objects = BTreeMap::new();
         let mut opts = ListOptions {

@@ -49,7 +49,8 @@ fn subresource_kind(
 /// The non-core groups served, in order, each with its versions.
 pub fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
     let mut out: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
-    for r in registry::all().iter().filter(|r| !r.group.is_empty()) {
+    let served = registry::served();
+    for r in served.iter().filter(|r| !r.group.is_empty()) {
         match out.iter_mut().find(|(g, _)| *g == r.group) {
             Some((_, vs)) => {
                 if !vs.contains(&r.version) {
@@ -57,6 +58,12 @@ pub fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
                 }
             }
             None => out.push((r.group, vec![r.version])),
+        }
+    }
+    // Custom resources' versions in Kubernetes' priority order (the first is preferred).
+    for (g, vs) in &mut out {
+        if served.iter().any(|r| r.group == *g && r.custom.is_some()) {
+            vs.sort_by(|a, b| crate::crd::version_priority(a, b));
         }
     }
     for (g, v) in crate::reviews::extra_groups() {
@@ -107,8 +114,8 @@ pub fn api_group(group: &str) -> Option<Value> {
 
 /// `GET /api/v1` or `/apis/<g>/<v>`.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let defs: Vec<&ResourceDef> = registry::all()
-        .iter()
+    let defs: Vec<&ResourceDef> = registry::served()
+        .into_iter()
         .filter(|r| r.group == group && r.version == version)
         .collect();
     let extra: Vec<Value> = crate::reviews::extra_resources(group, version);
@@ -206,8 +213,8 @@ pub fn aggregated(core: bool, api_version: &str) -> Value {
             let versions: Vec<Value> = vs
                 .iter()
                 .map(|v| {
-                    let mut resources: Vec<Value> = registry::all()
-                        .iter()
+                    let mut resources: Vec<Value> = registry::served()
+                        .into_iter()
                         .filter(|r| r.group == *g && r.version == *v)
                         .map(aggregated_resource)
                         .collect();

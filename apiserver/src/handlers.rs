@@ -92,17 +92,18 @@ fn now_rfc3339() -> String {
 
 /// Resources whose `metadata.generation` tracks spec changes.
 fn tracks_generation(def: &ResourceDef) -> bool {
-    matches!(
-        def.kind,
-        "Deployment"
-            | "ReplicaSet"
-            | "StatefulSet"
-            | "DaemonSet"
-            | "Job"
-            | "NetworkPolicy"
-            | "ResourceQuota"
-            | "CronJob"
-    )
+    def.custom.is_some()
+        || matches!(
+            def.kind,
+            "Deployment"
+                | "ReplicaSet"
+                | "StatefulSet"
+                | "DaemonSet"
+                | "Job"
+                | "NetworkPolicy"
+                | "ResourceQuota"
+                | "CronJob"
+        )
 }
 
 /// The request context every handler gets.
@@ -249,6 +250,18 @@ impl ApiError {
             self
         }
     }
+}
+
+/// Custom resources have no protobuf encoding: Kubernetes answers such a body with 415.
+pub fn reject_protobuf_for_custom(def: &ResourceDef, headers: &HeaderMap) -> ApiResult<()> {
+    let mt = request::media_type(header_str(headers, header::CONTENT_TYPE));
+    if def.custom.is_some() && mt == "application/vnd.kubernetes.protobuf" {
+        return Err(ApiError::unsupported_media_type(
+            &mt,
+            &["application/json", "application/yaml"],
+        ));
+    }
+    Ok(())
 }
 
 const GENERATE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -410,6 +423,7 @@ async fn create(ctx: &Ctx<'_>, body: Bytes) -> ApiResult<Response> {
     let def = ctx.rp.def;
     let fv = FieldValidation::from_query(ctx.query)?;
     let dry_run = ctx.query.dry_run()?;
+    reject_protobuf_for_custom(def, ctx.headers)?;
     let raw = request::decode_object(header_str(ctx.headers, header::CONTENT_TYPE), &body)?;
     let mut warnings = Vec::new();
     let obj = decode_typed(def, raw, fv, &mut warnings)?;
@@ -570,6 +584,7 @@ async fn update(
     let def = ctx.rp.def;
     let fv = FieldValidation::from_query(ctx.query)?;
     let dry_run = ctx.query.dry_run()?;
+    reject_protobuf_for_custom(def, ctx.headers)?;
     let raw = request::decode_object(header_str(ctx.headers, header::CONTENT_TYPE), &body)?;
     let mut warnings = Vec::new();
     let new = decode_typed(def, raw, fv, &mut warnings)?;
@@ -818,6 +833,17 @@ pub async fn patch(
 ) -> ApiResult<Response> {
     let def = ctx.rp.def;
     let pt = patch::PatchType::from_content_type(header_str(ctx.headers, header::CONTENT_TYPE))?;
+    if def.custom.is_some() && pt == patch::PatchType::StrategicMerge {
+        // Custom resources have no strategic merge keys; kubectl falls back to a merge patch.
+        return Err(ApiError::unsupported_media_type(
+            "application/strategic-merge-patch+json",
+            &[
+                "application/json-patch+json",
+                "application/merge-patch+json",
+                "application/apply-patch+yaml",
+            ],
+        ));
+    }
     let fv = FieldValidation::from_query(ctx.query)?;
     let dry_run = ctx.query.dry_run()?;
     let patch_doc = patch::parse_patch(pt, &body)?;

@@ -8,6 +8,7 @@ pub mod authn;
 pub mod bootstrap_rbac;
 pub mod cacher;
 pub mod components;
+pub mod crd;
 pub mod discovery;
 pub mod endpoint_reconciler;
 pub mod error;

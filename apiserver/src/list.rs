@@ -216,7 +216,7 @@ pub async fn select(ctx: &Ctx<'_>, sel: &Selection) -> ApiResult<Page> {
             "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Unsupported value: \"{m}\": supported values: \"Exact\", \"NotOlderThan\", \"\""
         ))),
         (rv_num, _) => {
-            let cacher = ctx.state.cacher(ctx.rp.def)?;
+            let cacher = ctx.state.cacher_for(ctx.rp.def).await?;
             match rv_num {
                 None => {
                     cacher.wait_fresh().await?;

@@ -60,6 +60,7 @@ pub struct AppState {
     /// The storage backend.
     pub storage: Arc<dyn Storage>,
     caches: HashMap<(&'static str, &'static str), Arc<Cacher>>,
+    hub: Arc<crate::cacher::CacheHub>,
     /// Service IP / node port allocator.
     pub alloc: ServiceAllocator,
     /// Metrics.
@@ -84,15 +85,18 @@ impl AppState {
         for c in hub.caches() {
             caches.insert((c.def().group, c.def().plural), c.clone());
         }
-        Arc::new(AppState {
+        let state = Arc::new(AppState {
             storage,
             caches,
+            hub,
             alloc: ServiceAllocator::new(service_cidr),
             metrics: Arc::new(Metrics::default()),
             server_address,
             security: crate::auth::Security::default(),
             pod_security: Default::default(),
-        })
+        });
+        registry::custom::spawn(&state);
+        state
     }
 
     /// The watch cache of a resource.
@@ -100,6 +104,18 @@ impl AppState {
         self.caches.get(&(def.group, def.plural)).ok_or_else(|| {
             ApiError::internal(format!("no watch cache for {}", def.group_resource()))
         })
+    }
+
+    /// The watch cache of any served resource, custom resources included (their caches start
+    /// on first use).
+    pub async fn cacher_for(&self, def: &'static ResourceDef) -> ApiResult<Arc<Cacher>> {
+        if def.custom.is_none() {
+            return self.cacher(def).cloned();
+        }
+        self.hub
+            .add(def)
+            .await
+            .map_err(|e| ApiError::internal(format!("watch cache: {e}")))
     }
 
     /// All watch caches (for compaction notices).
@@ -308,11 +324,13 @@ async fn dispatch_inner(
     labels.version = version.to_string();
     labels.resource = rp.def.plural.to_string();
     labels.subresource = rp.subresource.clone().unwrap_or_default();
-    if matches!(rp.subresource.as_deref(), Some("exec" | "attach"))
-        && parts.headers.contains_key(header::UPGRADE)
+    if matches!(
+        rp.subresource.as_deref(),
+        Some("exec" | "attach" | "portforward")
+    ) && parts.headers.contains_key(header::UPGRADE)
     {
         // Streaming subresources are spliced through to the kubelet (crate::proxy).
-        return crate::proxy::pod_upgrade(state, &rp, parts).await;
+        return crate::proxy::pod_upgrade(state, &rp, &user, parts).await;
     }
     let body = body_bytes(body).await?;
     let scope = Arc::new(crate::auth::RequestScope {

@@ -9,7 +9,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::handlers::{
     Ctx, UpdateScope, get_current, header_str, json_response, object_key, set_rv, write_update,
 };
-use crate::registry::{Subresource, fields};
+use crate::registry::{ResourceDef, Subresource, fields};
 use crate::request;
 
 fn respond(code: StatusCode, v: &Value) -> Response {
@@ -39,7 +39,7 @@ pub async fn handle(
         }
         (Subresource::Scale, Method::GET) => {
             let (obj, _) = get_current(ctx.state, def, ctx.rp.namespace.as_deref(), name).await?;
-            Ok(respond(StatusCode::OK, &scale_of(&obj)))
+            Ok(respond(StatusCode::OK, &scale_of(def, &obj)))
         }
         (Subresource::Scale, Method::PUT) | (Subresource::Scale, Method::PATCH) => {
             scale_write(ctx, method, name, body).await
@@ -137,8 +137,17 @@ pub fn selector_string(sel: Option<&Value>) -> String {
     parts.join(",")
 }
 
-fn scale_of(obj: &Value) -> Value {
+fn scale_of(def: &ResourceDef, obj: &Value) -> Value {
     let meta = obj.get("metadata").cloned().unwrap_or_default();
+    let (spec_replicas, status_replicas, selector) = match def.custom.and_then(|c| c.scale.as_ref())
+    {
+        Some(paths) => paths.read(obj),
+        None => (
+            fields::i64_at(obj, &["spec", "replicas"]).unwrap_or(0),
+            fields::i64_at(obj, &["status", "replicas"]).unwrap_or(0),
+            selector_string(obj.pointer("/spec/selector")),
+        ),
+    };
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -149,11 +158,8 @@ fn scale_of(obj: &Value) -> Value {
             "resourceVersion": meta.get("resourceVersion"),
             "creationTimestamp": meta.get("creationTimestamp"),
         },
-        "spec": {"replicas": fields::i64_at(obj, &["spec", "replicas"]).unwrap_or(0)},
-        "status": {
-            "replicas": fields::i64_at(obj, &["status", "replicas"]).unwrap_or(0),
-            "selector": selector_string(obj.pointer("/spec/selector")),
-        },
+        "spec": {"replicas": spec_replicas},
+        "status": {"replicas": status_replicas, "selector": selector},
     })
 }
 
@@ -166,7 +172,7 @@ async fn scale_write(
     let def = ctx.rp.def;
     let ns = ctx.rp.namespace.as_deref();
     let (old, old_rv) = get_current(ctx.state, def, ns, name).await?;
-    let current_scale = scale_of(&old);
+    let current_scale = scale_of(def, &old);
     let new_scale = if *method == Method::PUT {
         request::decode_object(
             header_str(ctx.headers, axum::http::header::CONTENT_TYPE),
@@ -201,7 +207,12 @@ async fn scale_write(
         None => 0,
     };
     let mut new = old.clone();
-    fields::ensure_object(&mut new, &["spec"]).insert("replicas".into(), json!(replicas));
+    match def.custom.and_then(|c| c.scale.as_ref()) {
+        Some(paths) => paths.set_spec_replicas(&mut new, replicas),
+        None => {
+            fields::ensure_object(&mut new, &["spec"]).insert("replicas".into(), json!(replicas));
+        }
+    }
     let (obj, _) = write_update(
         ctx.state,
         def,
@@ -216,7 +227,7 @@ async fn scale_write(
         "Update",
     )
     .await?;
-    Ok(respond(StatusCode::OK, &scale_of(&obj)))
+    Ok(respond(StatusCode::OK, &scale_of(def, &obj)))
 }
 
 async fn bind(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Response> {

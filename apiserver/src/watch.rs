@@ -178,7 +178,7 @@ pub async fn serve(ctx: &Ctx<'_>) -> ApiResult<Response> {
         Some(t) if t > 0 => Duration::from_secs(t as u64),
         _ => Duration::from_secs(1800 + rand::random::<u64>() % 1800),
     };
-    let cacher = ctx.state.cacher(def)?;
+    let cacher = ctx.state.cacher_for(def).await?;
     // rv unset or 0: start with the current state (synthetic ADDED events), unless the client
     // explicitly asked for no initial events.
     let initial_snapshot = match (rv_num, send_initial) {

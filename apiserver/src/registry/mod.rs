@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub mod custom;
 pub mod fields;
 pub mod resources;
 
@@ -237,6 +238,9 @@ pub struct ResourceDef {
     /// Kubernetes' `ReturnDeletedObject`: a DELETE that removes the object answers with the
     /// object (pods, services, ServiceAccounts, PVs, PVCs) instead of a `Success` Status.
     pub return_deleted_object: bool,
+    /// Set for a custom resource: the served CRD version behind this entry (its schema,
+    /// storage version, printer columns and scale paths).
+    pub custom: Option<&'static crate::crd::Served>,
 }
 
 /// Conversion between a resource's served shape and the shape it is stored in, for resources
@@ -273,9 +277,10 @@ impl ResourceDef {
     /// Fields are stored in Kubernetes' (Go's) order, so every read served from the stored
     /// bytes has Kubernetes' byte layout.
     pub fn encode_for_storage(&self, obj: &Value) -> Result<Vec<u8>, serde_json::Error> {
-        let mut stored = match &self.storage_view {
-            Some(view) => (view.to_storage)(obj),
-            None => obj.clone(),
+        let mut stored = match (&self.storage_view, self.custom) {
+            (Some(view), _) => (view.to_storage)(obj),
+            (None, Some(c)) => custom::with_api_version(obj.clone(), &c.group, &c.storage_version),
+            (None, None) => obj.clone(),
         };
         crate::protobuf::go_field_order(&mut stored);
         serde_json::to_vec(&stored)
@@ -283,10 +288,17 @@ impl ResourceDef {
 
     /// Converts a stored object to the served shape (a no-op for most resources).
     pub fn from_storage(&self, obj: Value) -> Value {
-        match &self.storage_view {
-            Some(view) => (view.from_storage)(&obj),
-            None => obj,
+        match (&self.storage_view, self.custom) {
+            (Some(view), _) => (view.from_storage)(&obj),
+            (None, Some(c)) => custom::with_api_version(obj, &c.group, &c.version),
+            (None, None) => obj,
         }
+    }
+
+    /// True when stored objects are converted before they are served (custom resources: their
+    /// `apiVersion` is the storage version's).
+    pub fn converts(&self) -> bool {
+        self.storage_view.is_some() || self.custom.is_some()
     }
 
     /// Group-resource for messages, e.g. `deployments.apps` or `pods`.
@@ -363,9 +375,22 @@ pub fn name_age_cells(obj: &Value) -> Vec<Value> {
     ]
 }
 
-/// All served resources, in discovery order.
+/// All built-in resources, in discovery order.
 pub fn all() -> &'static [ResourceDef] {
-    resources::ALL
+    static ALL: std::sync::LazyLock<Vec<ResourceDef>> = std::sync::LazyLock::new(|| {
+        let mut all = resources::ALL.to_vec();
+        all.push(custom::CUSTOMRESOURCEDEFINITIONS);
+        all
+    });
+    &ALL
+}
+
+/// Every resource served now: the built-in ones, then the custom resources of established
+/// CRDs (which come and go at run time).
+pub fn served() -> Vec<&'static ResourceDef> {
+    let mut v: Vec<&'static ResourceDef> = all().iter().collect();
+    v.extend(custom::defs());
+    v
 }
 
 /// Looks up a resource by group, version and plural.
@@ -373,9 +398,13 @@ pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static Resou
     all()
         .iter()
         .find(|r| r.group == group && r.version == version && r.plural == plural)
+        .or_else(|| custom::lookup(group, version, plural))
 }
 
 /// Looks up a resource by group and kind (any version).
 pub fn lookup_kind(group: &str, kind: &str) -> Option<&'static ResourceDef> {
-    all().iter().find(|r| r.group == group && r.kind == kind)
+    all()
+        .iter()
+        .find(|r| r.group == group && r.kind == kind)
+        .or_else(|| custom::lookup_kind(group, kind))
 }

@@ -69,6 +69,7 @@ where
         schema: schema_of::<K>,
         storage_view: None,
         return_deleted_object: false,
+        custom: None,
     }
 }
 
