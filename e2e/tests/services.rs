@@ -361,6 +361,24 @@ fn traffic(c: &mut Cluster) -> anyhow::Result<()> {
     })?;
     assert_eq!(seen, pods, "30 requests through the ClusterIP");
 
+    step(t0, "The agent's Starting event on the Node");
+    wait_for(
+        &c.k,
+        &[
+            "get",
+            "events",
+            "-A",
+            "-o",
+            "jsonpath={range .items[*]}{.involvedObject.kind}|{.reason}|{.message}{\"\\n\"}{end}",
+        ],
+        "the agent's Starting event",
+        Duration::from_secs(15),
+        |s| {
+            s.lines()
+                .any(|l| l == "Node|Starting|Starting lotse-agent.")
+        },
+    )?;
+
     step(t0, "ClusterIP and NodePort from the host");
     // ClusterIP and NodePort from the host.
     let from_host = body(&http_get(&web_ip, 80)?);
