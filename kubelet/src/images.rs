@@ -37,6 +37,8 @@ use crate::runtime::Cri;
 /// The sandbox image containerd runs for every pod; never garbage collected.
 pub const SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.6";
 
+/// How long one image GC pass may take before it counts as failed.
+const GC_PASS_TIMEOUT: Duration = Duration::from_secs(60);
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
@@ -720,15 +722,25 @@ impl Manager {
     pub async fn gc_loop(self: Arc<Self>) {
         let mut failed_before = false;
         loop {
-            let r = gc::collect(
-                &self.cri,
-                &self.image_fs,
-                self.opts.image_gc_high_threshold,
-                self.opts.image_gc_low_threshold,
-                &[SANDBOX_IMAGE.to_string()],
-                &self.last_used,
+            // A runtime that stops answering (a full disk can stall containerd) must not stop
+            // the loop silently: the pass fails and is reported like any other failure.
+            let r = tokio::time::timeout(
+                GC_PASS_TIMEOUT,
+                gc::collect(
+                    &self.cri,
+                    &self.image_fs,
+                    self.opts.image_gc_high_threshold,
+                    self.opts.image_gc_low_threshold,
+                    &[SANDBOX_IMAGE.to_string()],
+                    &self.last_used,
+                ),
             )
-            .await;
+            .await
+            .unwrap_or_else(|_| {
+                Err(gc::GcError::Stats(format!(
+                    "the container runtime did not answer within {GC_PASS_TIMEOUT:?}"
+                )))
+            });
             match r {
                 Ok(0) => failed_before = false,
                 Ok(freed) => {

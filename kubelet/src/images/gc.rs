@@ -72,6 +72,14 @@ pub async fn collect(
     let (capacity, available) =
         fs_usage(image_fs).map_err(|e| GcError::Stats(format!("{}: {e}", image_fs.display())))?;
     let to_free = amount_to_free(capacity, available, high, low);
+    if to_free > 0 {
+        tracing::info!(
+            used_percent = (capacity - available.min(capacity)) * 100 / capacity.max(1),
+            high,
+            to_free,
+            "image filesystem past the high threshold: collecting unused images"
+        );
+    }
     let mut is = cri.img.clone();
     let mut rt = cri.rt.clone();
     let images = is
