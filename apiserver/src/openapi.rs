@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use k8s_openapi::api::autoscaling::v1::Scale;
@@ -52,19 +52,50 @@ fn published() -> &'static Published {
     PUBLISHED.get_or_init(|| publish(registry::all()))
 }
 
+/// The documents of the custom resources served now, rebuilt when they change.
+fn custom_published() -> Arc<Published> {
+    static CUSTOM: Mutex<Option<(u64, Arc<Published>)>> = Mutex::new(None);
+    let generation = registry::custom::generation();
+    let Ok(mut cached) = CUSTOM.lock() else {
+        return Arc::new(publish(&[]));
+    };
+    if let Some((g, p)) = cached.as_ref()
+        && *g == generation
+    {
+        return p.clone();
+    }
+    let defs: Vec<ResourceDef> = registry::custom::defs().into_iter().copied().collect();
+    let p = Arc::new(publish(&defs));
+    *cached = Some((generation, p.clone()));
+    p
+}
+
 /// The `/openapi/v3` index: `{"paths":{"apis/apps/v1":{"serverRelativeURL":
-/// "/openapi/v3/apis/apps/v1?hash=<HASH>"},…}}`, one entry per served group-version.
+/// "/openapi/v3/apis/apps/v1?hash=<HASH>"},…}}`, one entry per served group-version
+/// (custom resources' included).
 pub fn v3_index() -> Value {
-    published().index.clone()
+    let mut index = published().index.clone();
+    let custom = custom_published();
+    if let (Some(Value::Object(paths)), Some(Value::Object(extra))) =
+        (index.get_mut("paths"), custom.index.get("paths"))
+    {
+        for (k, v) in extra {
+            paths.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    index
 }
 
 /// The OpenAPI 3.0 document (JSON) of a group-version path (`api/v1`, `apis/<group>/<version>`;
 /// surrounding slashes are ignored) and its hash (use as ETag; it is the `hash` query parameter
 /// of the index's URL). None for a group-version that is not served.
 pub fn v3_document(group_version_path: &str) -> Option<(Bytes, String)> {
-    let doc = published()
-        .documents
-        .get(group_version_path.trim_matches('/'))?;
+    let path = group_version_path.trim_matches('/');
+    if let Some(doc) = published().documents.get(path) {
+        return Some((doc.json.clone(), doc.hash.clone()));
+    }
+    let custom = custom_published();
+    let doc = custom.documents.get(path)?;
     Some((doc.json.clone(), doc.hash.clone()))
 }
 
@@ -205,7 +236,29 @@ fn group_version_document(group: &str, version: &str, defs: &[&ResourceDef]) -> 
         group.split('.').next().unwrap_or(group)
     };
     let mut names = Vec::new();
+    let object_meta = defs
+        .iter()
+        .any(|d| d.custom.is_some())
+        .then(|| generator.subschema_for::<metav1::ObjectMeta>());
     for def in defs {
+        if let Some(custom) = def.custom {
+            // A custom resource's schema is the CRD's, under Kubernetes' name for it.
+            let meta_ref = object_meta
+                .as_ref()
+                .and_then(|m| m.get("$ref"))
+                .and_then(Value::as_str)
+                .unwrap_or("#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta");
+            let kind_schema = custom.schema_name();
+            generator
+                .definitions_mut()
+                .insert(kind_schema.clone(), custom.published_schema(meta_ref));
+            names.push(Names {
+                def,
+                list_schema: format!("{kind_schema}List"),
+                kind_schema,
+            });
+            continue;
+        }
         let schema = (def.schema)(&mut generator);
         let fallback = format!("io.k8s.api.{package}.{version}.{}", def.kind);
         let kind_schema = definition_name(&mut generator, schema, fallback);
@@ -573,9 +626,9 @@ fn body_of(schema: &str) -> Value {
     json!({ "content": { "*/*": { "schema": schema_ref(schema) } }, "required": true })
 }
 
-fn patch_body() -> Value {
+fn patch_body(def: &ResourceDef) -> Value {
     let schema = json!({ "schema": schema_ref("io.k8s.apimachinery.pkg.apis.meta.v1.Patch") });
-    json!({
+    let mut body = json!({
         "content": {
             "application/apply-patch+yaml": schema,
             "application/json-patch+json": schema,
@@ -583,7 +636,14 @@ fn patch_body() -> Value {
             "application/strategic-merge-patch+json": schema,
         },
         "required": true,
-    })
+    });
+    // Custom resources take no strategic merge patches (kubectl then sends a merge patch).
+    if def.custom.is_some()
+        && let Some(Value::Object(content)) = body.get_mut("content")
+    {
+        content.remove("application/strategic-merge-patch+json");
+    }
+    body
 }
 
 fn delete_body() -> Value {
@@ -723,7 +783,7 @@ fn resource_paths(
                 action: "patch",
                 gvk: the_gvk.clone(),
                 parameters: vec![dry_run(), field_manager(true), field_validation(), force()],
-                request_body: Some(patch_body()),
+                request_body: Some(patch_body(def)),
                 responses: vec![kind_ok("200"), kind_created("201")],
             }.into_value(tag),
             "parameters": scope_params(true),
@@ -793,7 +853,7 @@ fn resource_paths(
                     action: "patch",
                     gvk: sub_gvk,
                     parameters: vec![dry_run(), field_manager(true), field_validation(), force()],
-                    request_body: Some(patch_body()),
+                    request_body: Some(patch_body(def)),
                     responses: vec![("200", response("OK", &schema)), ("201", response("Created", &schema))],
                 }.into_value(tag),
                 "parameters": scope_params(true),

@@ -11,7 +11,7 @@
 //! The message types below are the subset of gnostic's `OpenAPIv2.proto` (package
 //! `openapi.v2`) that Lotse fills, with the field numbers of that file.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use prost::Message;
@@ -180,16 +180,29 @@ struct Built {
     protobuf: Bytes,
 }
 
-fn built() -> &'static Built {
-    static BUILT: OnceLock<Built> = OnceLock::new();
-    BUILT.get_or_init(|| {
+/// The document, rebuilt when the served custom resources change.
+fn built() -> Arc<Built> {
+    static BUILT: Mutex<Option<(u64, Arc<Built>)>> = Mutex::new(None);
+    let generation = crate::registry::custom::generation();
+    let build = || {
         let doc = document_json();
         let protobuf = to_proto(&doc).encode_to_vec();
-        Built {
+        Arc::new(Built {
             json: Bytes::from(serde_json::to_vec(&doc).unwrap_or_default()),
             protobuf: Bytes::from(protobuf),
-        }
-    })
+        })
+    };
+    let Ok(mut cached) = BUILT.lock() else {
+        return build();
+    };
+    if let Some((g, b)) = cached.as_ref()
+        && *g == generation
+    {
+        return b.clone();
+    }
+    let b = build();
+    *cached = Some((generation, b.clone()));
+    b
 }
 
 /// The document as gnostic protobuf.

@@ -294,6 +294,36 @@ async fn crd_lifecycle_serves_and_removes_the_resource() {
     assert_eq!(s, StatusCode::CREATED, "{a}");
     assert_eq!(a["metadata"]["managedFields"][0]["manager"], "test");
 
+    // OpenAPI v3 (index + document from the CRD's schema) and v2.
+    let (_, index) = api.get("/openapi/v3").await;
+    let url = index["paths"][format!("apis/{group}/v1")]["serverRelativeURL"]
+        .as_str()
+        .expect("group-version in the OpenAPI v3 index")
+        .to_string();
+    let (s, doc) = api.get(&url).await;
+    assert_eq!(s, StatusCode::OK);
+    let schema_name = "com.example.life.v1.CronTab";
+    let schema = &doc["components"]["schemas"][schema_name];
+    assert_eq!(
+        schema["x-kubernetes-group-version-kind"],
+        json!([{"group": group, "version": "v1", "kind": "CronTab"}])
+    );
+    assert_eq!(
+        schema["properties"]["spec"]["properties"]["replicas"]["type"],
+        "integer"
+    );
+    let patch = &doc["paths"]
+        [format!("/apis/{group}/v1/namespaces/{{namespace}}/crontabs/{{name}}")]["patch"];
+    assert!(patch["requestBody"]["content"]["application/merge-patch+json"].is_object());
+    assert!(patch["requestBody"]["content"]["application/strategic-merge-patch+json"].is_null());
+    assert!(
+        patch["parameters"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["name"] == "fieldValidation"))
+    );
+    let (_, v2) = api.get("/openapi/v2").await;
+    assert!(v2["definitions"][schema_name].is_object());
+
     // Deleting the CRD deletes its objects and stops serving the resource.
     let (s, _, _) = api
         .call(
@@ -320,6 +350,8 @@ async fn crd_lifecycle_serves_and_removes_the_resource() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(gone, "resource still served after its CRD was deleted");
+    let (_, index) = api.get("/openapi/v3").await;
+    assert!(index["paths"][format!("apis/{group}/v1")].is_null());
     let left = api
         .state
         .storage
