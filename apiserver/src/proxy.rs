@@ -5,12 +5,11 @@
 //! certificate is not verified, as in Kubernetes without `--kubelet-certificate-authority`).
 //! The response body is streamed through, so `follow=true` works.
 //!
-//! `pods/exec` (and `attach`) arrive as HTTP upgrades: [`pod_upgrade`] forwards the upgrade
-//! request to the kubelet's `/exec/{ns}/{pod}/{container}` (or `/attach/…`) and, once the
-//! kubelet answers `101 Switching Protocols`, splices the two connections byte for byte (the
-//! WebSocket channel protocol `v5.channel.k8s.io`/`v4.channel.k8s.io` is spoken end to end by
-//! client and kubelet).
-//! SPDY upgrades (kubectl ≤ 1.29) are refused with a message saying so.
+//! `pods/exec`, `pods/attach` and `pods/portforward` arrive as HTTP upgrades (WebSocket, or
+//! SPDY/3.1 from kubectl ≤ 1.30): [`pod_upgrade`] forwards the upgrade request to the kubelet's
+//! `/exec/{ns}/{pod}/{container}` (`/attach/…`, `/portForward/{ns}/{pod}`) with its method and
+//! negotiation headers and, once the kubelet answers `101 Switching Protocols`, splices the two
+//! connections byte for byte (client and kubelet speak the streaming protocol end to end).
 //!
 //! Towards kubelets the apiserver authenticates with a client certificate issued by the cluster
 //! CA for `kube-apiserver-kubelet-client` in group `system:masters` (Kubernetes'
@@ -51,13 +50,8 @@ pub async fn pod_proxy(
         )));
     }
     if sub != "log" {
-        return Err(ApiError::new(
-            503,
-            "ServiceUnavailable",
-            format!(
-                "pods/{sub} is served by the kubelet of node {node:?}, and proxying it is not available in this build"
-            ),
-        ));
+        // exec, attach and portforward are served only as upgrades (see `pod_upgrade`).
+        return Err(ApiError::bad_request("Upgrade request required"));
     }
     let ns = ctx.rp.namespace.as_deref().unwrap_or("default");
     let container = container_of(&pod, name, ctx.query.get("container"))?;
@@ -227,12 +221,67 @@ async fn kubelet_error(status: http::StatusCode, body: hyper::body::Incoming) ->
     }
 }
 
-/// Proxies an upgrading `pods/exec` or `pods/attach` request to the kubelet of the pod's node and
-/// splices the upgraded connections. Called before the body is read, with the request's parts
-/// (their extensions carry the client connection's pending upgrade).
+/// Request headers an upgrade carries to the kubelet: the upgrade itself, WebSocket's
+/// handshake and SPDY's subprotocol negotiation.
+const UPGRADE_REQUEST_HEADERS: [&str; 7] = [
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+    "x-stream-protocol-version",
+];
+
+/// Response headers of the kubelet's answer handed back to the client.
+const UPGRADE_RESPONSE_HEADERS: [&str; 7] = [
+    "connection",
+    "upgrade",
+    "sec-websocket-accept",
+    "sec-websocket-protocol",
+    "x-stream-protocol-version",
+    "x-accepted-stream-protocol-versions",
+    "content-type",
+];
+
+/// The pod checks Kubernetes' pod strategy makes before streaming (`streamLocation`): the pod is
+/// bound, not finished, and the container exists.
+fn check_stream_target(pod: &Value, name: &str, container: &str) -> ApiResult<()> {
+    let phase = pod
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if phase == "Succeeded" || phase == "Failed" {
+        return Err(ApiError::bad_request(format!(
+            "cannot exec into a container in a completed pod; current phase is {phase}"
+        )));
+    }
+    let known = ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .filter_map(|k| pod.pointer(&format!("/spec/{k}")).and_then(Value::as_array))
+        .flatten()
+        .any(|c| c.get("name").and_then(Value::as_str) == Some(container));
+    if !known {
+        return Err(ApiError::bad_request(format!(
+            "container {container} is not valid for pod {name}"
+        )));
+    }
+    Ok(())
+}
+
+/// Proxies an upgrading `pods/exec`, `pods/attach` or `pods/portforward` request (WebSocket, or
+/// SPDY/3.1 from kubectl ≤ 1.30) to the kubelet of the pod's node and splices the upgraded
+/// connections byte for byte, as Kubernetes' upgrade-aware proxy does. Called before the body is
+/// read, with the request's parts (their extensions carry the client connection's pending
+/// upgrade).
+///
+/// A WebSocket upgrade arrives as `GET`, which RBAC checked as `get`; as Kubernetes 1.31+
+/// (`AuthorizePodWebsocketUpgradeCreatePermission`) it must also be allowed to `create` the
+/// subresource, the verb of the SPDY `POST`.
 pub async fn pod_upgrade(
     state: &Arc<AppState>,
     rp: &ResourcePath,
+    user: &crate::auth::UserInfo,
     mut parts: http::request::Parts,
 ) -> ApiResult<Response> {
     let name = rp.name.as_deref().unwrap_or("");
@@ -243,15 +292,21 @@ pub async fn pod_upgrade(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    if !upgrade.eq_ignore_ascii_case("websocket") {
+    let websocket = upgrade.eq_ignore_ascii_case("websocket");
+    if !websocket && !upgrade.eq_ignore_ascii_case("SPDY/3.1") {
         return Err(ApiError::bad_request(format!(
-            "pods/{sub} upgrade {upgrade:?} is not supported: Lotse speaks WebSocket (v5.channel.k8s.io, v4.channel.k8s.io; kubectl 1.30 or later), not SPDY"
+            "unable to upgrade: upgrade {upgrade:?} is not supported (SPDY/3.1 or websocket)"
         )));
     }
-    if sub != "exec" && sub != "attach" {
+    if !matches!(sub, "exec" | "attach" | "portforward") {
         return Err(ApiError::bad_request(format!(
-            "pods/{sub} is not supported by the Lotse kubelet (exec and attach are)"
+            "pods/{sub} cannot be upgraded (exec, attach and portforward can)"
         )));
+    }
+    if parts.method == Method::GET {
+        let query = crate::request::Query::parse(parts.uri.query());
+        let attrs = crate::rbac::request_attributes(user, &Method::POST, parts.uri.path(), &query);
+        state.security.rbac.require(state, &attrs).await?;
     }
     let (pod, _) = get_current(state, rp.def, rp.namespace.as_deref(), name).await?;
     let node = pod
@@ -264,25 +319,25 @@ pub async fn pod_upgrade(
             "pod {name} does not have a host assigned"
         )));
     }
-    let asked = crate::request::Query::parse(parts.uri.query());
-    let container = container_of(&pod, name, asked.get("container"))?;
     let ns = rp.namespace.as_deref().unwrap_or("default");
+    let query = parts.uri.query().unwrap_or("");
+    let path = if sub == "portforward" {
+        format!("/portForward/{ns}/{name}?{query}")
+    } else {
+        let asked = crate::request::Query::parse(parts.uri.query());
+        let container = container_of(&pod, name, asked.get("container"))?;
+        check_stream_target(&pod, name, &container)?;
+        format!("/{sub}/{ns}/{name}/{container}?{query}")
+    };
     let (host, port) = kubelet_address(state, &node).await?;
     let mut send = kubelet_conn(state, &host, port, &node).await?;
-    let path = format!(
-        "/{sub}/{ns}/{name}/{container}?{}",
-        parts.uri.query().unwrap_or("")
-    );
-    let mut req = http::Request::get(path).header(header::HOST, format!("{host}:{port}"));
-    for h in [
-        header::CONNECTION,
-        header::UPGRADE,
-        header::SEC_WEBSOCKET_KEY,
-        header::SEC_WEBSOCKET_VERSION,
-        header::SEC_WEBSOCKET_PROTOCOL,
-    ] {
-        for v in parts.headers.get_all(&h) {
-            req = req.header(&h, v);
+    let mut req = http::Request::builder()
+        .method(parts.method.clone())
+        .uri(path)
+        .header(header::HOST, format!("{host}:{port}"));
+    for h in UPGRADE_REQUEST_HEADERS {
+        for v in parts.headers.get_all(h) {
+            req = req.header(h, v);
         }
     }
     let req = req
@@ -293,8 +348,22 @@ pub async fn pod_upgrade(
         .await
         .map_err(|e| unavailable(&node, &host, port)(e.to_string()))?;
     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        // The kubelet's refusal goes back as it is (its status, headers and text), as
+        // Kubernetes' upgrade-aware proxy hands the backend's response through.
         let (p, body) = resp.into_parts();
-        return Err(kubelet_error(p.status, body).await);
+        let bytes = http_body_util::BodyExt::collect(body)
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let mut out = Response::builder().status(p.status);
+        for h in UPGRADE_RESPONSE_HEADERS.iter().skip(4) {
+            for v in p.headers.get_all(*h) {
+                out = out.header(*h, v);
+            }
+        }
+        return out
+            .body(Body::from(bytes))
+            .map_err(|e| ApiError::internal(e.to_string()));
     }
     let client_up = parts
         .extensions
@@ -308,18 +377,15 @@ pub async fn pod_upgrade(
                 let mut k = hyper_util::rt::TokioIo::new(k);
                 let _ = tokio::io::copy_bidirectional(&mut c, &mut k).await;
             }
-            (c, k) => tracing::debug!(client = ?c.err(), kubelet = ?k.err(), "exec upgrade failed"),
+            (c, k) => {
+                tracing::debug!(client = ?c.err(), kubelet = ?k.err(), "streaming upgrade failed")
+            }
         }
     });
     let mut out = Response::builder().status(http::StatusCode::SWITCHING_PROTOCOLS);
-    for h in [
-        header::CONNECTION,
-        header::UPGRADE,
-        header::SEC_WEBSOCKET_ACCEPT,
-        header::SEC_WEBSOCKET_PROTOCOL,
-    ] {
-        for v in resp.headers().get_all(&h) {
-            out = out.header(&h, v);
+    for h in UPGRADE_RESPONSE_HEADERS.iter().take(5) {
+        for v in resp.headers().get_all(*h) {
+            out = out.header(*h, v);
         }
     }
     out.body(Body::empty())
