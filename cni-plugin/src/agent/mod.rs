@@ -394,3 +394,22 @@ fn nodeport_ips(cfg: &AgentConfig, nodes: &Store<Node>) -> Vec<Ipv4Addr> {
     }
     ips.into_iter().filter(|ip| !ip.is_loopback()).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_rejected_sync_is_an_error_and_forces_a_full_one() {
+        let mut cfg = AgentConfig::new("n1");
+        // Not a valid nft identifier: nft rejects the transaction before touching the kernel.
+        cfg.table = "no such table".into();
+        let mut syncer = Syncer::new(cfg);
+        let err = syncer.sync(&[], &[], vec![]).await.unwrap_err();
+        assert!(
+            matches!(err, nft::NftError::Rejected(_) | nft::NftError::Missing(_)),
+            "{err}"
+        );
+        assert!(syncer.applied.is_none(), "nothing counts as applied");
+    }
+}
