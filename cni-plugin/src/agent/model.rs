@@ -254,7 +254,7 @@ pub fn service_ports(
             out.push(sp);
         }
     }
-    out.sort_by_key(ServicePort::key);
+    out.sort_by_cached_key(ServicePort::key);
     out
 }
 

@@ -225,8 +225,9 @@ fn base(cfg: &RenderConfig) -> Ruleset {
     r
 }
 
-fn endpoint_suffix(sp: &ServicePort, ep: &Endpoint) -> String {
-    format!("{}__{}/{}", sp.key(), ep.ip, ep.port)
+/// `<service port key>__<ip>/<port>`, the name suffix of an endpoint's chain and affinity set.
+fn endpoint_suffix(key: &str, ep: &Endpoint) -> String {
+    format!("{key}__{}/{}", ep.ip, ep.port)
 }
 
 /// Renders the whole rule set for `ports`.
@@ -280,7 +281,7 @@ fn render_service_port(r: &mut Ruleset, cfg: &RenderConfig, sp: &ServicePort) {
         used.extend(local_eps.iter().copied());
     }
     for ep in &used {
-        let suffix = endpoint_suffix(sp, ep);
+        let suffix = endpoint_suffix(&key, ep);
         let mut rules = vec![format!("ip saddr {} jump mark-for-masquerade", ep.ip)];
         if let Some(timeout) = sp.affinity_timeout {
             let set = format!("affinity-{suffix}");
@@ -314,7 +315,7 @@ fn render_service_port(r: &mut Ruleset, cfg: &RenderConfig, sp: &ServicePort) {
             "ip daddr {} ip saddr != {} jump mark-for-masquerade",
             sp.cluster_ip, cfg.cluster_cidr
         )];
-        rules.extend(to_endpoints(sp, &cluster_eps));
+        rules.extend(to_endpoints(sp, &key, &cluster_eps));
         r.chains.insert(
             cluster_chain.clone(),
             Chain {
@@ -328,7 +329,7 @@ fn render_service_port(r: &mut Ruleset, cfg: &RenderConfig, sp: &ServicePort) {
             local_chain.clone(),
             Chain {
                 decl: String::new(),
-                rules: to_endpoints(sp, &local_eps),
+                rules: to_endpoints(sp, &key, &local_eps),
             },
         );
     }
@@ -426,11 +427,11 @@ fn render_service_port(r: &mut Ruleset, cfg: &RenderConfig, sp: &ServicePort) {
 }
 
 /// Session-affinity lookups, then the random choice among `eps`.
-fn to_endpoints(sp: &ServicePort, eps: &[&Endpoint]) -> Vec<String> {
+fn to_endpoints(sp: &ServicePort, key: &str, eps: &[&Endpoint]) -> Vec<String> {
     let mut rules = Vec::new();
     if sp.affinity_timeout.is_some() {
         for ep in eps {
-            let suffix = endpoint_suffix(sp, ep);
+            let suffix = endpoint_suffix(key, ep);
             rules.push(format!(
                 "ip saddr @affinity-{suffix} goto endpoint-{suffix}"
             ));
@@ -439,7 +440,7 @@ fn to_endpoints(sp: &ServicePort, eps: &[&Endpoint]) -> Vec<String> {
     let arms: Vec<String> = eps
         .iter()
         .enumerate()
-        .map(|(i, ep)| format!("{i} : goto endpoint-{}", endpoint_suffix(sp, ep)))
+        .map(|(i, ep)| format!("{i} : goto endpoint-{}", endpoint_suffix(key, ep)))
         .collect();
     rules.push(format!(
         "numgen random mod {} vmap {{ {} }}",

@@ -234,6 +234,32 @@ fn inside(args: Args) -> anyhow::Result<()> {
         args.services * args.endpoints_per_service + 1
     );
 
+    // Where rendering time goes (one pass each, as a sync does them).
+    let t = Instant::now();
+    let ports = cni_plugin::agent::model::service_ports(&services, &slices, "bench");
+    let t_model = t.elapsed();
+    let rc = cni_plugin::agent::RenderConfig {
+        table: "lotse-bench".into(),
+        cluster_cidr: "10.244.0.0/16".parse()?,
+        nodeport_ips: node_ips.clone(),
+    };
+    let t = Instant::now();
+    let ruleset = cni_plugin::agent::render::render(&rc, &ports);
+    let t_render = t.elapsed();
+    let t = Instant::now();
+    let same = syncer.applied.as_ref() == Some(&ruleset);
+    let t_eq = t.elapsed();
+    let t = Instant::now();
+    let diff = syncer
+        .applied
+        .as_ref()
+        .and_then(|a| ruleset.diff_transaction(a));
+    let t_diff = t.elapsed();
+    println!(
+        "one render pass: model {t_model:.1?}, rules {t_render:.1?}, compare {t_eq:.1?} (same: {same}), diff {t_diff:.1?} ({} bytes)",
+        diff.map(|d| d.len()).unwrap_or(0)
+    );
+
     let stop = Arc::new(AtomicBool::new(false));
     let server = serve(SocketAddr::new(PROBE_EP.into(), PROBE_PORT), stop.clone())?;
     let probe = SocketAddr::new(PROBE_IP.into(), 80);
