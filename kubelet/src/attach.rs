@@ -43,21 +43,20 @@ use k8s_cri::v1 as cri;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::Kubelet;
+use crate::channels::{self, Channels};
 use crate::exec::{
-    ExecOptions, containerd_tasks, normal_close, parse_resize, running_container,
-    switching_protocols, text, websocket_upgrade,
+    ExecOptions, containerd_tasks, error_message, normal_close, parse_resize, running_container,
+    text,
 };
 
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
-const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
+const CLOSE: u8 = 255;
 /// Opening a FIFO for writing without a reader, non-blocking (Linux errno).
 const ENXIO: i32 = 6;
 
@@ -131,8 +130,8 @@ pub async fn attach(
     mut req: Request,
 ) -> Response {
     let opts = ExecOptions::parse(req.uri().query().unwrap_or(""));
-    let (proto, key) = match websocket_upgrade(req.headers(), "attach") {
-        Ok(x) => x,
+    let transport = match channels::negotiate(req.headers()) {
+        Ok(t) => t,
         Err(r) => return r,
     };
     if !(opts.stdin || opts.stdout || opts.stderr) {
@@ -171,18 +170,20 @@ pub async fn attach(
         tracing::debug!(%ns, %pod, %container, "attach: the container has no stdin (stdin: true not set); input is ignored");
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let response = transport.switching_protocols();
+    let expect = opts.expect();
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(up) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
-                let close_stdin = stdin_once && opts.stdin;
-                session(ws, k, cid, log, fifo, opts, close_stdin).await;
+                if let Some(ch) = channels::open(TokioIo::new(up), transport, expect).await {
+                    let close_stdin = stdin_once && opts.stdin;
+                    session(ch, k, cid, log, fifo, opts, close_stdin).await;
+                }
             }
             Err(e) => tracing::debug!(error = %e, "attach upgrade failed"),
         }
     });
-    switching_protocols(proto, &key)
+    response
 }
 
 /// Follows `log` from its current end and sends new chunks until the container stops running
@@ -241,18 +242,21 @@ async fn follow(
     }
 }
 
-async fn session<S>(
-    ws: WebSocketStream<S>,
+async fn session(
+    ch: Channels,
     k: Arc<Kubelet>,
     cid: String,
     log: PathBuf,
     fifo: Option<PathBuf>,
     opts: ExecOptions,
     close_stdin: bool,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sink, mut incoming) = ws.split();
+) {
+    let Channels {
+        mut sink,
+        mut incoming,
+        close_signal,
+        json_status,
+    } = ch;
     let (tx, mut rx) = mpsc::channel::<Message>(16);
     let writer = tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
@@ -300,6 +304,9 @@ async fn session<S>(
                         tracing::debug!(cid = %resize_cid, error = %e.message(), "attach resize");
                     }
                 }
+                // The end of the client's stdin (v5 close signal, SPDY FIN) closes the
+                // kubelet's end of the fifo.
+                Ok(Message::Binary(b)) if close_signal && b[..] == [CLOSE, STDIN] => stdin = None,
                 Ok(Message::Close(_)) | Err(_) => return,
                 Ok(_) => {}
             }
@@ -310,9 +317,7 @@ async fn session<S>(
     tokio::select! {
         _ = out => {
             let st = json!({"metadata": {}, "status": "Success"});
-            let mut b = vec![ERROR];
-            b.extend(serde_json::to_vec(&st).unwrap_or_default());
-            let _ = tx.send(Message::Binary(b.into())).await;
+            let _ = tx.send(error_message(&st, json_status)).await;
             let _ = tx.send(normal_close()).await;
         }
         _ = reader => {

@@ -29,10 +29,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
@@ -42,14 +41,10 @@ use kube::api::Api;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::Kubelet;
-
-/// Subprotocols served, best first.
-pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+use crate::channels::{self, Channels};
 
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
@@ -235,6 +230,16 @@ pub struct ExecOptions {
 }
 
 impl ExecOptions {
+    /// The streams the client will open (SPDY).
+    pub fn expect(&self) -> channels::Expect {
+        channels::Expect {
+            stdin: self.stdin,
+            stdout: self.stdout,
+            stderr: self.stderr,
+            tty: self.tty,
+        }
+    }
+
     /// Parses the query string (`command=sh&command=-c&command=exit%203&stdout=true`).
     pub fn parse(query: &str) -> ExecOptions {
         let mut o = ExecOptions::default();
@@ -253,28 +258,7 @@ impl ExecOptions {
     }
 }
 
-/// The subprotocol to answer with: the first one the client offers that is served.
-pub fn choose_protocol(headers: &HeaderMap) -> Option<&'static str> {
-    headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .find_map(|p| PROTOCOLS.iter().find(|s| **s == p).copied())
-}
-
-pub(crate) fn is_websocket(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.eq_ignore_ascii_case("websocket"))
-        .unwrap_or(false)
-}
-
-pub(crate) fn text(code: StatusCode, msg: String) -> Response {
-    (code, [(header::CONTENT_TYPE, "text/plain")], msg).into_response()
-}
+pub(crate) use crate::channels::text;
 
 /// The exit status of a finished command as the `v1.Status` sent on the error channel.
 pub fn exit_status(code: Option<i32>, command: &[String]) -> serde_json::Value {
@@ -375,8 +359,8 @@ pub async fn exec(
     mut req: Request,
 ) -> Response {
     let opts = ExecOptions::parse(req.uri().query().unwrap_or(""));
-    let (proto, key) = match websocket_upgrade(req.headers(), "exec") {
-        Ok(x) => x,
+    let transport = match channels::negotiate(req.headers()) {
+        Ok(t) => t,
         Err(r) => return r,
     };
     if opts.command.is_empty() {
@@ -397,66 +381,31 @@ pub async fn exec(
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let socket = k.cri.socket.clone();
+    let response = transport.switching_protocols();
+    let expect = opts.expect();
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(up) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
-                session(ws, proto == PROTOCOLS[0], socket, cid, opts).await;
+                if let Some(ch) = channels::open(TokioIo::new(up), transport, expect).await {
+                    session(ch, socket, cid, opts).await;
+                }
             }
             Err(e) => tracing::debug!(error = %e, "exec upgrade failed"),
         }
     });
-    switching_protocols(proto, &key)
+    response
 }
 
-/// The `101 Switching Protocols` answer to a WebSocket upgrade with `key`, speaking `proto`.
-/// Checks a streaming request (`verb`: exec or attach) for a WebSocket upgrade with a
-/// channel subprotocol Lotse speaks; the chosen protocol and the client's key, or the 400.
-// The error is the response handed straight back to the client, as in `running_container`.
-#[allow(clippy::result_large_err)]
-pub(crate) fn websocket_upgrade(
-    headers: &HeaderMap,
-    verb: &str,
-) -> Result<(&'static str, HeaderValue), Response> {
-    if !is_websocket(headers) {
-        return Err(text(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "{verb} needs a WebSocket upgrade (v5.channel.k8s.io or v4.channel.k8s.io); SPDY is not supported by the Lotse kubelet"
-            ),
-        ));
+/// The error channel's message for `status`: the JSON `v1.Status` (v4 and later), or its
+/// message as text (older protocols, which send nothing on success). None: nothing to send.
+pub(crate) fn error_message(status: &serde_json::Value, json_status: bool) -> Message {
+    let mut b = vec![ERROR];
+    if json_status {
+        b.extend(serde_json::to_vec(status).unwrap_or_default());
+    } else if status["status"] != "Success" {
+        b.extend_from_slice(status["message"].as_str().unwrap_or("").as_bytes());
     }
-    let Some(proto) = choose_protocol(headers) else {
-        return Err(text(
-            StatusCode::BAD_REQUEST,
-            format!("no supported WebSocket subprotocol offered; supported: {PROTOCOLS:?}"),
-        ));
-    };
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return Err(text(
-            StatusCode::BAD_REQUEST,
-            "missing Sec-WebSocket-Key".into(),
-        ));
-    };
-    Ok((proto, key))
-}
-
-pub(crate) fn switching_protocols(proto: &'static str, key: &HeaderValue) -> Response {
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let mut r = Response::new(Body::empty());
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(proto),
-    );
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    r
+    Message::Binary(b.into())
 }
 
 /// A close with code 1000: client-go reads it as the end of every stream (1005 is an error).
@@ -566,16 +515,13 @@ fn pump(
 
 /// One exec session on an upgraded connection: runs the command, relays stdin/stdout/stderr,
 /// sends the exit status on the error channel and closes.
-async fn session<S>(
-    ws: WebSocketStream<S>,
-    v5: bool,
-    socket: std::path::PathBuf,
-    cid: String,
-    opts: ExecOptions,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sink, mut incoming) = ws.split();
+async fn session(ch: Channels, socket: std::path::PathBuf, cid: String, opts: ExecOptions) {
+    let Channels {
+        mut sink,
+        mut incoming,
+        close_signal,
+        json_status,
+    } = ch;
     let (tx, mut rx) = mpsc::channel::<Message>(16);
     let writer = tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
@@ -586,11 +532,7 @@ async fn session<S>(
         }
         let _ = sink.close().await;
     });
-    let error_frame = |status: serde_json::Value| {
-        let mut b = vec![ERROR];
-        b.extend(serde_json::to_vec(&status).unwrap_or_default());
-        Message::Binary(b.into())
-    };
+    let error_frame = |status: serde_json::Value| error_message(&status, json_status);
     // kubectl sends the terminal size as soon as it is connected (possibly after some stdin):
     // wait for it briefly so the terminal has it from the start. What comes before it is
     // handled, in order, once the process runs.
@@ -682,7 +624,7 @@ async fn session<S>(
                             sizes.send_replace(Some(size));
                         }
                     }
-                    CLOSE if v5 && b.get(1) == Some(&STDIN) => stdin = None,
+                    CLOSE if close_signal && b.get(1) == Some(&STDIN) => stdin = None,
                     _ => {}
                 },
                 Ok(Message::Close(_)) | Err(_) => return,
@@ -797,26 +739,6 @@ mod tests {
         );
         assert_eq!(o.command, ["sh", "-c", "exit 3"]);
         assert!(o.stdin && o.stdout && o.stderr && !o.tty);
-    }
-
-    #[test]
-    fn protocol_preference() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("v4.channel.k8s.io, channel.k8s.io"),
-        );
-        assert_eq!(choose_protocol(&h), Some("v4.channel.k8s.io"));
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("v5.channel.k8s.io,v4.channel.k8s.io"),
-        );
-        assert_eq!(choose_protocol(&h), Some("v5.channel.k8s.io"));
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("base64.channel.k8s.io"),
-        );
-        assert_eq!(choose_protocol(&h), None);
     }
 
     #[test]

@@ -9,16 +9,19 @@
 #![warn(missing_docs)]
 
 pub mod attach;
+pub mod channels;
 pub mod events;
 pub mod exec;
 pub mod hooks;
 pub mod images;
 pub mod node;
 pub mod pods;
+pub mod portforward;
 pub mod probe;
 pub mod runtime;
 pub mod server;
 pub mod simulated;
+pub mod spdy;
 pub mod spec;
 pub mod volumes;
 

@@ -1,8 +1,10 @@
 //! The kubelet's HTTPS API on port 10250, which the apiserver proxies `pods/log` to:
 //! `GET /containerLogs/{namespace}/{pod}/{container}?follow=&tailLines=&previous=&timestamps=&limitBytes=`
-//! (as the Kubernetes kubelet serves it), `GET|POST /exec/{namespace}/{pod}/{container}` (WebSocket,
-//! see [`crate::exec`]), `GET|POST /attach/{namespace}/{pod}/{container}` (WebSocket, see
-//! [`crate::attach`]) and `GET /healthz`.
+//! (as the Kubernetes kubelet serves it), `GET|POST /exec/{namespace}/{pod}/{container}`
+//! (WebSocket or SPDY, see [`crate::exec`] and [`crate::channels`]),
+//! `GET|POST /attach/{namespace}/{pod}/{container}` (see [`crate::attach`]),
+//! `GET|POST /portForward/{namespace}/{pod}` (SPDY, or SPDY tunnelled in WebSocket, see
+//! [`crate::portforward`]) and `GET /healthz`.
 //!
 //! Only the apiserver is served: every request but `/healthz` needs a client certificate signed
 //! by the cluster CA ([`crate::Config::client_ca_der`], Kubernetes' `--client-ca-file`) naming
@@ -51,6 +53,10 @@ pub async fn serve(k: Arc<Kubelet>, addr: std::net::SocketAddr) -> Result<(), Er
         .route(
             "/attach/{ns}/{pod}/{container}",
             get(crate::attach::attach).post(crate::attach::attach),
+        )
+        .route(
+            "/portForward/{ns}/{pod}",
+            get(crate::portforward::port_forward).post(crate::portforward::port_forward),
         )
         .with_state(k);
     loop {
