@@ -154,7 +154,7 @@ fn object_set(obj: &Value, node: Node, mode: Mode, top: bool) -> FieldSet {
             );
             continue;
         }
-        let lt = node.rule(k).and_then(|r| r.list_type);
+        let lt = node.declared_list_type(k);
         s.children
             .insert(format!("f:{k}"), value_set(v, node.child(k), lt, mode));
     }
@@ -604,29 +604,27 @@ fn merge(target: &mut Value, config: &Value, node: Node, top: bool) {
             (Some(tv @ Value::Object(_)), Value::Object(_)) if !child.is_atomic_struct() => {
                 merge(tv, cv, child, false)
             }
-            (Some(Value::Array(tl)), Value::Array(cl)) => match node
-                .rule(k)
-                .and_then(|r| r.list_type)
-                .unwrap_or(ListType::Atomic)
-            {
-                ListType::Atomic => *tl = cl.clone(),
-                ListType::Set => {
-                    for v in cl {
-                        if !tl.contains(v) {
-                            tl.push(v.clone());
+            (Some(Value::Array(tl)), Value::Array(cl)) => {
+                match node.declared_list_type(k).unwrap_or(ListType::Atomic) {
+                    ListType::Atomic => *tl = cl.clone(),
+                    ListType::Set => {
+                        for v in cl {
+                            if !tl.contains(v) {
+                                tl.push(v.clone());
+                            }
+                        }
+                    }
+                    ListType::Map(keys) => {
+                        for item in cl {
+                            let id = item_key(item, keys);
+                            match tl.iter_mut().find(|t| item_key(t, keys) == id) {
+                                Some(t) => merge(t, item, child.items(), false),
+                                None => tl.push(item.clone()),
+                            }
                         }
                     }
                 }
-                ListType::Map(keys) => {
-                    for item in cl {
-                        let id = item_key(item, keys);
-                        match tl.iter_mut().find(|t| item_key(t, keys) == id) {
-                            Some(t) => merge(t, item, child.items(), false),
-                            None => tl.push(item.clone()),
-                        }
-                    }
-                }
-            },
+            }
             _ => {
                 t.insert(k.clone(), cv.clone());
             }

@@ -612,6 +612,26 @@ pub fn property_names(type_name: &str) -> Vec<&'static str> {
         .unwrap_or_default()
 }
 
+/// The map keys of a `&'static` schema as a `&'static` slice, allocated once per schema node.
+fn interned_keys(keys: &'static Value) -> &'static [&'static str] {
+    static INTERNED: std::sync::Mutex<Vec<(usize, &'static [&'static str])>> =
+        std::sync::Mutex::new(Vec::new());
+    let id = keys as *const Value as usize;
+    let Ok(mut table) = INTERNED.lock() else {
+        return &[];
+    };
+    if let Some((_, k)) = table.iter().find(|(i, _)| *i == id) {
+        return k;
+    }
+    let list: Vec<&'static str> = keys
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let leaked: &'static [&'static str] = Box::leak(list.into_boxed_slice());
+    table.push((id, leaked));
+    leaked
+}
+
 /// A position in a kind's schema: the schema there (None where it is unknown) and its OpenAPI
 /// type name (None for inline schemas).
 #[derive(Debug, Clone, Copy)]
@@ -623,6 +643,13 @@ pub struct Node {
 impl Node {
     /// The root of a served kind's schema.
     pub fn root(def: &ResourceDef) -> Node {
+        if let Some(custom) = def.custom {
+            // A custom resource's schema is its CRD's, with list types as extensions.
+            return Node {
+                schema: Some(&custom.openapi_schema),
+                type_name: None,
+            };
+        }
         let s = schemas();
         Node::resolve(s.roots.get(&(def.group.to_string(), def.kind.to_string())))
     }
@@ -691,10 +718,25 @@ impl Node {
         rule(self.type_name?, property)
     }
 
+    /// The list type a property declares: Kubernetes' rule for built-in types, else the
+    /// schema's `x-kubernetes-list-type` / `x-kubernetes-list-map-keys` (custom resources).
+    pub fn declared_list_type(&self, property: &str) -> Option<ListType> {
+        if let Some(lt) = self.rule(property).and_then(|r| r.list_type) {
+            return Some(lt);
+        }
+        let prop = self.schema?.get("properties")?.get(property)?;
+        match prop.get("x-kubernetes-list-type")?.as_str()? {
+            "set" => Some(ListType::Set),
+            "map" => Some(ListType::Map(interned_keys(
+                prop.get("x-kubernetes-list-map-keys")?,
+            ))),
+            _ => Some(ListType::Atomic),
+        }
+    }
+
     /// The list type of a property of this object (untagged lists are atomic).
     pub fn list_type(&self, property: &str) -> ListType {
-        self.rule(property)
-            .and_then(|r| r.list_type)
+        self.declared_list_type(property)
             .unwrap_or(ListType::Atomic)
     }
 

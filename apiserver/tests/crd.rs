@@ -510,3 +510,55 @@ async fn a_second_crd_with_taken_names_is_not_established() {
     let (s, _) = api.get(&format!("/apis/{group}/v1/crons")).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn server_side_apply_merges_list_maps_by_their_keys() {
+    let api = Api::new().await;
+    let group = "ssa.example.com";
+    let mut crd = crontab_crd(group, "Namespaced");
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["ports"] = json!({"type": "array", "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+            "items": {"type": "object", "required": ["name"], "properties": {
+                "name": {"type": "string"}, "port": {"type": "integer"}}}});
+    api.establish(crd).await;
+    let uri = format!("/apis/{group}/v1/namespaces/default/crontabs/web");
+    let apply = |manager: &'static str, port: Value| {
+        let uri = format!("{uri}?fieldManager={manager}");
+        let body = json!({"apiVersion": format!("{group}/v1"), "kind": "CronTab",
+            "metadata": {"name": "web"},
+            "spec": {"cronSpec": "* * * * *", "ports": [port]}});
+        let api = &api;
+        async move {
+            api.call("PATCH", &uri, "application/apply-patch+yaml", body, None)
+                .await
+        }
+    };
+    let (s, v, _) = apply("a", json!({"name": "http", "port": 80})).await;
+    assert!(s.is_success(), "{v}");
+    let (s, v, _) = apply("b", json!({"name": "https", "port": 443})).await;
+    assert!(s.is_success(), "{v}");
+    let names: Vec<&str> = v["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["http", "https"], "{v}");
+    // A third manager changing a's item conflicts on that item only.
+    let (s, v, _) = apply("c", json!({"name": "http", "port": 8080})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    // Duplicate keys are invalid.
+    let (s, v) = api
+        .patch(
+            &uri,
+            "application/merge-patch+json",
+            json!({"spec": {"ports": [{"name": "x", "port": 1}, {"name": "x", "port": 2}]}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(
+        v["message"].as_str().is_some_and(|m| m
+            .contains("spec.ports[1]: Duplicate value: map[string]interface {}{\"name\":\"x\"}")),
+        "{v}"
+    );
+}

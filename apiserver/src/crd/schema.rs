@@ -630,10 +630,21 @@ fn validate_array(a: &[Value], _v: &Value, s: &Schema, path: &str, out: &mut Vec
                 if a[..i].iter().any(|o| key_of(o) == key) {
                     let shown: Map<String, Value> =
                         s.list_map_keys.iter().cloned().zip(key).collect();
-                    out.push(Cause::duplicate(
-                        format!("{path}[{i}]"),
-                        &Value::Object(shown),
-                    ));
+                    // Go's `%#v` of the key map, as Kubernetes prints it.
+                    let mut parts: Vec<String> = shown
+                        .iter()
+                        .map(|(k, v)| format!("\"{k}\":{}", render(v)))
+                        .collect();
+                    parts.sort();
+                    let field = format!("{path}[{i}]");
+                    out.push(Cause {
+                        reason: "FieldValueDuplicate",
+                        message: format!(
+                            "{field}: Duplicate value: map[string]interface {{}}{{{}}}",
+                            parts.join(", ")
+                        ),
+                        field,
+                    });
                 }
             }
         }
@@ -811,7 +822,7 @@ mod tests {
                 &json!({"spec": {"image": "ab", "ports": [{"name": "a"}, {"name": "a"}]}}),
                 &s
             ),
-            vec!["spec.ports[1]: Duplicate value: {\"name\":\"a\"}"]
+            vec!["spec.ports[1]: Duplicate value: map[string]interface {}{\"name\":\"a\"}"]
         );
     }
 
