@@ -261,6 +261,14 @@ fn down_keeps_the_data_and_reset_leaves_no_trace() -> anyhow::Result<()> {
             !Path::new("/sys/class/net/lotse0").exists(),
             "bridge lotse0 left"
         );
+        // The node network agent's nftables table goes too (nft from Debian's nftables).
+        if let Ok(out) = Command::new("nft").args(["list", "tables"]).output() {
+            let tables = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                !tables.lines().any(|l| l.trim() == "table ip lotse"),
+                "nftables table left: {tables}"
+            );
+        }
     }
     let shims = Command::new("pgrep")
         .args(["-f", &format!("containerd-shim.*{data_s}")])
