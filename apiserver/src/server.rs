@@ -350,6 +350,10 @@ async fn dispatch_inner(
     if let Ok(ws) = scope.warnings.lock() {
         handlers::add_warnings(&mut resp, &ws);
     }
+    // A deprecated custom resource version warns on every request, as Kubernetes does.
+    if let Some(w) = rp.def.custom.and_then(|c| c.deprecation_warning.clone()) {
+        handlers::add_warnings(&mut resp, &[w]);
+    }
     Ok(resp)
 }
 

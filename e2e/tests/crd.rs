@@ -378,3 +378,69 @@ async fn crd_kube_rs_sqlite() {
 async fn crd_kube_rs_etcd() {
     kube_rs_run(Backend::Etcd).await;
 }
+
+/// Custom resources are served again after a restart (the CRD controller re-reads the stored
+/// CRDs), and a deprecated version warns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs built apiserver binary; run via .ci/test"]
+async fn crd_survives_restart_sqlite() {
+    let mut server = ApiServer::start(Backend::Sqlite)
+        .await
+        .expect("start apiserver");
+    let k = server.kubectl(33);
+    tokio::task::block_in_place(|| {
+        k.ok(&["apply", "-f", &path("crontab-crd.yaml")])
+            .expect("apply CRD");
+        k.ok(&[
+            "wait",
+            "--for=condition=established",
+            "crd/crontabs.stable.example.com",
+            "--timeout=30s",
+        ])
+        .expect("established");
+        ok_soon(&k, &["apply", "-f", &path("crontab.yaml")]);
+    });
+    server.start_again().await.expect("restart");
+    let k = server.kubectl(33);
+    let out = tokio::task::block_in_place(|| {
+        ok_soon(
+            &k,
+            &[
+                "get",
+                "crontab",
+                "my-cron",
+                "-o",
+                "jsonpath={.spec.cronSpec}",
+            ],
+        )
+    });
+    assert_eq!(out, "* * * * */5", "{}", server.log());
+    // Deprecating v1beta1 makes every request to it warn.
+    let warned = tokio::task::block_in_place(|| {
+        k.ok(&[
+            "patch",
+            "crd",
+            "crontabs.stable.example.com",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/spec/versions/1/deprecated","value":true}]"#,
+        ])
+        .expect("deprecate v1beta1");
+        let mut stderr = String::new();
+        for _ in 0..50 {
+            let o = k
+                .run(&["get", "crontabs.v1beta1.stable.example.com", "my-cron"])
+                .expect("run");
+            stderr = o.stderr;
+            if stderr.contains("deprecated") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        stderr
+    });
+    assert_has(
+        &warned,
+        "Warning: stable.example.com/v1beta1 CronTab is deprecated",
+    );
+}

@@ -371,7 +371,7 @@ pub fn shape_key(s: &Served) -> String {
         })
         .collect();
     format!(
-        "{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{}|{}|{:?}|{:?}",
+        "{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{:?}",
         s.crd_uid,
         s.group,
         s.version,
@@ -384,7 +384,8 @@ pub fn shape_key(s: &Served) -> String {
         s.singular,
         s.status,
         s.scale.as_ref().map(|x| format!("{:?}", x)),
-        cols
+        cols,
+        s.deprecation_warning
     )
 }
 

@@ -286,6 +286,10 @@ async fn run(state: Weak<crate::server::AppState>, owner: u64) {
             return;
         };
         drop(s);
+        // The cache's first list does not wake watchers: start from a cache that has it.
+        if cacher.wait_fresh().await.is_err() {
+            continue;
+        }
         let mut rx = match cacher.watch_from(None).await {
             Ok(crate::cacher::WatchStart::Snapshot(_, _, rx))
             | Ok(crate::cacher::WatchStart::Replay(_, rx)) => rx,
@@ -353,9 +357,11 @@ async fn reconcile_all(
     let mut accepted: Vec<Value> = Vec::new();
     let mut wanted = Vec::new();
     let now = now_rfc3339();
+    let mut deleting = Vec::new();
     for (crd_obj, rv) in &crds {
         let status = crd::definition::status(crd_obj, &accepted, &now);
         let mut current = crd_obj.clone();
+        let mut current_rv = *rv;
         if crd_obj.get("status") != Some(&status) {
             let mut new = crd_obj.clone();
             if let Value::Object(m) = &mut new {
@@ -376,7 +382,12 @@ async fn reconcile_all(
             )
             .await
             {
-                Ok((obj, _)) => current = obj,
+                Ok((obj, _)) => {
+                    current_rv = fields::str_at(&obj, &["metadata", "resourceVersion"])
+                        .and_then(|r| r.parse().ok())
+                        .unwrap_or(current_rv);
+                    current = obj;
+                }
                 Err(e) => {
                     tracing::debug!(crd = fields::name(crd_obj), error = %e, "CRD status update; retrying");
                     settled = false;
@@ -387,12 +398,13 @@ async fn reconcile_all(
             accepted.push(current.clone());
             wanted.extend(Served::all_from(&current));
         }
+        if current.pointer("/metadata/deletionTimestamp").is_some() {
+            deleting.push((current, current_rv));
+        }
     }
     install(owner, wanted);
-    for (crd_obj, rv) in &crds {
-        if crd_obj.pointer("/metadata/deletionTimestamp").is_some()
-            && !finish_deletion(state, crd_obj, *rv).await
-        {
+    for (crd_obj, rv) in &deleting {
+        if !finish_deletion(state, crd_obj, *rv).await {
             settled = false;
         }
     }
