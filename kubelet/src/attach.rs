@@ -286,6 +286,31 @@ async fn session(
     let had_stdin = stdin.is_some();
     let (socket, tty) = (k.cri.socket.clone(), opts.tty);
     let resize_cid = cid.clone();
+    // stdinOnce: the container's stdin is closed when this session's stdin ends (the client's
+    // close signal) or, at the latest, when the session ends.
+    let stdin_closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let close_once = {
+        let (k, cid, done) = (k.clone(), cid.clone(), stdin_closed.clone());
+        move || {
+            let (k, cid, done) = (k.clone(), cid.clone(), done.clone());
+            async move {
+                if !(close_stdin && had_stdin)
+                    || done.swap(true, std::sync::atomic::Ordering::SeqCst)
+                {
+                    return;
+                }
+                match close_container_stdin(&k, &cid).await {
+                    Ok(()) => {
+                        tracing::info!(%cid, "stdinOnce: closed the container's stdin after the first attach")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%cid, error = %e, "stdinOnce: closing the container's stdin")
+                    }
+                }
+            }
+        }
+    };
+    let on_stdin_end = close_once.clone();
     let reader = async move {
         while let Some(m) = incoming.next().await {
             match m {
@@ -305,8 +330,11 @@ async fn session(
                     }
                 }
                 // The end of the client's stdin (v5 close signal, SPDY FIN) closes the
-                // kubelet's end of the fifo.
-                Ok(Message::Binary(b)) if close_signal && b[..] == [CLOSE, STDIN] => stdin = None,
+                // kubelet's end of the fifo, and the container's stdin with stdinOnce.
+                Ok(Message::Binary(b)) if close_signal && b[..] == [CLOSE, STDIN] => {
+                    stdin = None;
+                    tokio::spawn(on_stdin_end());
+                }
                 Ok(Message::Close(_)) | Err(_) => return,
                 Ok(_) => {}
             }
@@ -320,14 +348,7 @@ async fn session(
             let _ = tx.send(error_message(&st, json_status)).await;
             let _ = tx.send(normal_close()).await;
         }
-        _ = reader => {
-            if close_stdin && had_stdin {
-                match close_container_stdin(&k, &cid).await {
-                    Ok(()) => tracing::info!(%cid, "stdinOnce: closed the container's stdin after the first attach"),
-                    Err(e) => tracing::warn!(%cid, error = %e, "stdinOnce: closing the container's stdin"),
-                }
-            }
-        }
+        _ = reader => close_once().await,
     }
     drop(tx);
     let _ = writer.await;
