@@ -9,6 +9,10 @@
 //! backoff as a full transaction. Established connections survive agent restarts: their NAT
 //! state lives in conntrack, and the first sync replaces the table atomically.
 //!
+//! It enforces NetworkPolicies in the same rule set ([`policy`]): it also watches Pods,
+//! Namespaces and NetworkPolicies, and a change to any of them is a sync like the others, so
+//! Service and policy rules always change together in one transaction.
+//!
 //! It also runs the service load balancer ([`servicelb`]): `type: LoadBalancer` Services get
 //! the nodes' addresses as `status.loadBalancer.ingress` (as k3s's ServiceLB).
 use std::collections::BTreeSet;
@@ -20,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -31,6 +36,7 @@ use tokio::sync::Notify;
 pub mod conntrack;
 pub mod model;
 pub mod nft;
+pub mod policy;
 pub mod render;
 pub mod servicelb;
 pub mod sysctl;
@@ -181,7 +187,20 @@ pub async fn run(
         changes.clone(),
     );
     let (nodes, t3) = spawn_reflector(Api::<Node>::all(client.clone()), "nodes", changes.clone());
-    let tasks = [t1, t2, t3];
+    // NetworkPolicy enforcement ([`policy`]) needs the policies, the pods (labels, addresses,
+    // container ports) and the namespaces (labels).
+    let (pods, t4) = spawn_reflector(Api::<Pod>::all(client.clone()), "pods", changes.clone());
+    let (namespaces, t5) = spawn_reflector(
+        Api::<Namespace>::all(client.clone()),
+        "namespaces",
+        changes.clone(),
+    );
+    let (netpols, t6) = spawn_reflector(
+        Api::<NetworkPolicy>::all(client.clone()),
+        "networkpolicies",
+        changes.clone(),
+    );
+    let tasks = [t1, t2, t3, t4, t5, t6];
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -234,8 +253,13 @@ pub async fn run(
             servicelb::sync(&client, &services.state(), &nodes.state()).await;
         }
         let node_ips = nodeport_ips(&cfg, &nodes);
+        let objs = policy::Objects {
+            pods: pods.state(),
+            namespaces: namespaces.state(),
+            policies: netpols.state(),
+        };
         let outcome = syncer
-            .sync(&services.state(), &slices.state(), node_ips)
+            .sync_with_policies(&services.state(), &slices.state(), node_ips, &objs)
             .await;
         if let Err(why) = outcome {
             tracing::warn!(error = %why, retry_in = ?syncer.backoff, "nftables sync failed; the previous rules stay in place");
@@ -309,13 +333,26 @@ impl Syncer {
         }
     }
 
-    /// Renders the rules for these objects and applies what changed. On failure the kernel
-    /// keeps the previous rules and the next sync is a full one.
+    /// [`Syncer::sync_with_policies`] without NetworkPolicies (every pod open).
     pub async fn sync(
         &mut self,
         services: &[Arc<Service>],
         slices: &[Arc<EndpointSlice>],
         nodeport_ips: Vec<Ipv4Addr>,
+    ) -> Result<(), nft::NftError> {
+        self.sync_with_policies(services, slices, nodeport_ips, &policy::Objects::default())
+            .await
+    }
+
+    /// Renders the rules for these objects (Services and NetworkPolicies, one rule set) and
+    /// applies what changed in one transaction. On failure the kernel keeps the previous rules
+    /// and the next sync is a full one.
+    pub async fn sync_with_policies(
+        &mut self,
+        services: &[Arc<Service>],
+        slices: &[Arc<EndpointSlice>],
+        nodeport_ips: Vec<Ipv4Addr>,
+        policies: &policy::Objects,
     ) -> Result<(), nft::NftError> {
         let t0 = Instant::now();
         let ports = model::service_ports(services, slices, &self.cfg.node_name);
@@ -324,7 +361,8 @@ impl Syncer {
             cluster_cidr: self.cfg.cluster_cidr,
             nodeport_ips,
         };
-        let ruleset = render::render(&rc, &ports);
+        let mut ruleset = render::render(&rc, &ports);
+        policy::render(&mut ruleset, &self.cfg.node_name, policies);
         if self.applied.as_ref() == Some(&ruleset) {
             self.last_render = t0.elapsed();
             self.last_apply = Duration::ZERO;
