@@ -889,7 +889,18 @@ pub async fn patch(
         {
             return Err(ApiError::conflict(def, name));
         }
-        let patched = if pt == patch::PatchType::Apply {
+        let patched = if pt == patch::PatchType::Apply && scope == UpdateScope::Status {
+            // Server-side apply through `/status` (controllers reporting status): the applied
+            // status is merged into the live one; the write records it under the status
+            // subresource. (Per-field status conflicts between managers are not detected.)
+            let mut out = old.clone();
+            if let (Value::Object(o), Some(status)) = (&mut out, patch_doc.get("status")) {
+                let mut merged = o.get("status").cloned().unwrap_or_else(|| json!({}));
+                json_patch::merge(&mut merged, status);
+                o.insert("status".into(), merged);
+            }
+            out
+        } else if pt == patch::PatchType::Apply {
             crate::managed::apply(
                 def,
                 &old,

@@ -277,6 +277,19 @@ async fn crd_lifecycle_serves_and_removes_the_resource() {
     assert_eq!(p["status"]["replicas"], 2);
     assert_eq!(p["spec"]["replicas"], 3);
     assert_eq!(p["metadata"]["generation"], 2);
+    // Server-side apply through the status subresource (what a kube-runtime controller does).
+    let (s, p, _) = api
+        .call(
+            "PATCH",
+            &format!("{base}/c1/status?fieldManager=ctl&force=true"),
+            "application/apply-patch+yaml",
+            json!({"apiVersion": format!("{group}/v1"), "kind": "CronTab",
+                "status": {"replicas": 2, "selector": "app=c1"}}),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+    assert_eq!(p["status"]["selector"], "app=c1", "{p}");
     // Scale subresource.
     let (s, sc) = api.get(&format!("{base}/c1/scale")).await;
     assert_eq!(s, StatusCode::OK, "{sc}");
@@ -673,4 +686,37 @@ async fn rbac_applies_to_custom_resources_and_aggregates_into_edit() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(created, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn status_apply_by_a_second_manager_keeps_status() {
+    let api = Api::new().await;
+    let crd: Value = serde_json::from_str(r#"{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition","metadata":{"name":"widgets.derive.example.com"},"spec":{"group":"derive.example.com","names":{"kind":"Widget","plural":"widgets","shortNames":["wd"],"singular":"widget"},"scope":"Namespaced","versions":[{"additionalPrinterColumns":[{"jsonPath":".spec.size","name":"Size","type":"integer"}],"name":"v1","schema":{"openAPIV3Schema":{"description":"x","properties":{"spec":{"properties":{"label":{"nullable":true,"type":"string"},"size":{"format":"int32","type":"integer"},"tags":{"default":[],"items":{"type":"string"},"type":"array"}},"required":["size"],"type":"object"},"status":{"nullable":true,"properties":{"ready":{"type":"boolean"}},"required":["ready"],"type":"object"}},"required":["spec"],"title":"Widget","type":"object"}},"served":true,"storage":true,"subresources":{"status":{}}}]}}"#).expect("crd");
+    api.establish(crd).await;
+    let uri = "/apis/derive.example.com/v1/namespaces/default/widgets/w1";
+    let (s, v, _) = api
+        .call(
+            "PATCH",
+            &format!("{uri}?fieldManager=e2e-test"),
+            "application/apply-patch+yaml",
+            json!({"apiVersion": "derive.example.com/v1", "kind": "Widget",
+                "metadata": {"name": "w1"}, "spec": {"size": 3, "tags": ["a"]}}),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v, _) = api
+        .call(
+            "PATCH",
+            &format!("{uri}/status?fieldManager=widget-controller&force=true"),
+            "application/apply-patch+yaml",
+            json!({"apiVersion": "derive.example.com/v1", "kind": "Widget",
+                "status": {"ready": true}}),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["status"]["ready"], true, "{v}");
+    let (_, got) = api.get(uri).await;
+    assert_eq!(got["status"]["ready"], true, "{got}");
 }

@@ -2,12 +2,14 @@
 //! `#[derive(CustomResource)]` type against the real apiserver binary, on SQLite and etcd. Only
 //! the apiserver is started (no node), so these are quick.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use e2e::{ApiServer, Backend, Kubectl, testdata};
 use futures::StreamExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{WatchStreamExt, conditions, reflector, wait::await_condition, watcher};
 use kube::{CustomResource, CustomResourceExt, ResourceExt};
 use schemars::JsonSchema;
@@ -252,6 +254,29 @@ pub struct WidgetStatus {
     ready: bool,
 }
 
+/// Marks a Widget ready (generation-tracked) through its status subresource.
+async fn reconcile(w: Arc<Widget>, api: Arc<Api<Widget>>) -> Result<Action, kube::Error> {
+    if w.status.as_ref().is_some_and(|s| s.ready) {
+        return Ok(Action::await_change());
+    }
+    let status = serde_json::json!({
+        "apiVersion": "kube.example.com/v1", "kind": "Widget",
+        "status": {"ready": true},
+    });
+    api.patch_status(
+        &w.name_any(),
+        &PatchParams::apply("widget-controller").force(),
+        &Patch::Apply(status),
+    )
+    .await?;
+    Ok(Action::await_change())
+}
+
+fn error_policy(_: Arc<Widget>, e: &kube::Error, _: Arc<Api<Widget>>) -> Action {
+    eprintln!("widget reconcile failed: {e}");
+    Action::requeue(Duration::from_millis(500))
+}
+
 async fn kube_rs_run(backend: Backend) {
     let server = ApiServer::start(backend).await.expect("start apiserver");
     let result = kube_rs_walk(&server).await;
@@ -331,15 +356,15 @@ async fn kube_rs_walk(server: &ApiServer) -> anyhow::Result<()> {
         }
         other => anyhow::bail!("bad widget accepted: {other:?}"),
     }
-    // Status through the status subresource.
-    widgets
-        .patch_status(
-            "w1",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"status": {"ready": true}})),
-        )
-        .await?;
+    // A kube-runtime Controller over the type reconciles it: status through the status
+    // subresource (server-side apply), observed by the watcher above.
+    let controller = tokio::spawn(
+        Controller::new(widgets.clone(), watcher::Config::default())
+            .run(reconcile, error_policy, Arc::new(widgets.clone()))
+            .for_each(|_| async {}),
+    );
     let seen = tokio::time::timeout(Duration::from_secs(20), watch).await??;
+    controller.abort();
     anyhow::ensure!(
         seen.iter().any(|(n, ready)| n == "w1" && *ready),
         "watcher saw {seen:?}"
