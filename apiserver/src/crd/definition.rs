@@ -155,6 +155,13 @@ pub fn validate(crd: &Value, old: Option<&Value>, builtin_groups: &[&str]) -> Ve
             &["Cluster", "Namespaced"],
         )),
     }
+    if spec.get("preserveUnknownFields").and_then(Value::as_bool) == Some(true) {
+        out.push(Cause::invalid(
+            "spec.preserveUnknownFields".into(),
+            &json!(true),
+            "cannot set to true, set x-kubernetes-preserve-unknown-fields to true in spec.versions[*].schema instead",
+        ));
+    }
     validate_names(&spec, &mut out);
     validate_versions(&spec, &mut out);
     match s(&spec, &["conversion", "strategy"]) {
