@@ -494,6 +494,17 @@ pub fn cluster_roles() -> Vec<Value> {
             ],
             None,
         ),
+        // The agent's NetworkPolicy enforcement (as Calico's or kube-router's node agents) reads
+        // the policies, pods and namespaces.
+        cluster_role(
+            "system:lotse:network-policy",
+            none.clone(),
+            vec![
+                rule(READ, &[""], &["pods", "namespaces"]),
+                rule(READ, &["networking.k8s.io"], &["networkpolicies"]),
+            ],
+            None,
+        ),
         cluster_role(
             "system:node",
             none.clone(),
@@ -593,6 +604,11 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         binding(
             "system:node-proxier",
             "system:node-proxier",
+            vec![user(KUBE_PROXY_USER)],
+        ),
+        binding(
+            "system:lotse:network-policy",
+            "system:lotse:network-policy",
             vec![user(KUBE_PROXY_USER)],
         ),
         binding(
