@@ -350,9 +350,7 @@ where
     }
     let deadline = tokio::time::Instant::now() + STREAM_CREATION_TIMEOUT;
     let take = |s: spdy::Stream, ids: &Arc<Mutex<HashMap<u8, u32>>>, in_tx: &mpsc::Sender<_>| {
-        let Some(ch) = spdy::header(&s.headers, "streamType").and_then(channel_of) else {
-            return None;
-        };
+        let ch = spdy::header(&s.headers, "streamType").and_then(channel_of)?;
         if let Ok(mut m) = ids.lock() {
             m.insert(ch, s.id);
         }
@@ -476,19 +474,14 @@ where
     let (mut sink, mut incoming) = ws.split();
     tokio::spawn(async move {
         while let Some(Ok(m)) = incoming.next().await {
-            match m {
-                Message::Binary(b) => {
-                    if wr.write_all(&b).await.is_err() {
-                        break;
-                    }
-                }
-                Message::Text(t) => {
-                    if wr.write_all(t.as_bytes()).await.is_err() {
-                        break;
-                    }
-                }
+            let bytes: &[u8] = match &m {
+                Message::Binary(b) => b,
+                Message::Text(t) => t.as_bytes(),
                 Message::Close(_) => break,
-                _ => {}
+                _ => continue,
+            };
+            if wr.write_all(bytes).await.is_err() {
+                break;
             }
         }
         let _ = wr.shutdown().await;
@@ -577,6 +570,140 @@ mod tests {
             panic!("missing version accepted")
         };
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
+
+    async fn ws_pair(
+        protocol: &'static str,
+    ) -> (Channels, WebSocketStream<tokio::io::DuplexStream>) {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        let server = open(a, Transport::WebSocket { protocol, key }, Expect::default());
+        let client = WebSocketStream::from_raw_socket(b, Role::Client, None);
+        let (server, client) = tokio::join!(server, client);
+        (server.unwrap(), client)
+    }
+
+    #[tokio::test]
+    async fn v4_text_stdin_is_read_like_binary() {
+        // The python client writes str stdin as text messages on v4.channel.k8s.io.
+        let (mut ch, mut client) = ws_pair("v4.channel.k8s.io").await;
+        assert!(ch.json_status && !ch.close_signal);
+        client
+            .send(Message::Text("\u{0}echo hi\n".into()))
+            .await
+            .unwrap();
+        let m = ch.incoming.next().await.unwrap().unwrap();
+        assert_eq!(m, Message::Binary(Bytes::from_static(b"\0echo hi\n")));
+        ch.sink
+            .send(Message::Binary(Bytes::from_static(b"\x01hi\n")))
+            .await
+            .unwrap();
+        let m = client.next().await.unwrap().unwrap();
+        assert_eq!(m, Message::Binary(Bytes::from_static(b"\x01hi\n")));
+    }
+
+    #[tokio::test]
+    async fn base64_channels_both_ways() {
+        let (mut ch, mut client) = ws_pair("base64.channel.k8s.io").await;
+        assert!(!ch.json_status);
+        client
+            .send(Message::Text("0aGVsbG8=".into()))
+            .await
+            .unwrap();
+        let m = ch.incoming.next().await.unwrap().unwrap();
+        assert_eq!(m, Message::Binary(Bytes::from_static(b"\0hello")));
+        ch.sink
+            .send(Message::Binary(Bytes::from_static(b"\x02err")))
+            .await
+            .unwrap();
+        let m = client.next().await.unwrap().unwrap();
+        assert_eq!(m, Message::Text("2ZXJy".into()));
+    }
+
+    #[tokio::test]
+    async fn spdy_streams_become_channels() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let expect = Expect {
+            stdin: true,
+            stdout: true,
+            stderr: false,
+            tty: true,
+        };
+        let server = tokio::spawn(open(
+            a,
+            Transport::Spdy {
+                protocol: "v4.channel.k8s.io",
+            },
+            expect,
+        ));
+        let (mut crd, mut cwr) = tokio::io::split(b);
+        let mut enc = spdy::Encoder::new();
+        let mut wire = bytes::BytesMut::new();
+        for (id, ty) in [(1u32, "error"), (3, "stdin"), (5, "stdout"), (7, "resize")] {
+            let f = spdy::Frame::SynStream {
+                stream_id: id,
+                associated_to: 0,
+                priority: 0,
+                flags: 0,
+                headers: vec![("streamType".into(), ty.into())],
+            };
+            enc.encode(&f, &mut wire).unwrap();
+        }
+        for (id, flags, data) in [
+            (7u32, 0u8, &b"{\"Width\":80,\"Height\":24}\n{\"Wid"[..]),
+            (7, 0, &b"th\":100,\"Height\":40}\n"[..]),
+            (3, spdy::FLAG_FIN, &b"input"[..]),
+        ] {
+            let f = spdy::Frame::Data {
+                stream_id: id,
+                flags,
+                data: Bytes::copy_from_slice(data),
+            };
+            enc.encode(&f, &mut wire).unwrap();
+        }
+        cwr.write_all(&wire).await.unwrap();
+        let mut ch = server.await.unwrap().unwrap();
+        assert!(ch.close_signal && ch.json_status);
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            match ch.incoming.next().await.unwrap().unwrap() {
+                Message::Binary(b) => got.push(b.to_vec()),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(got.contains(&b"\0input".to_vec()), "{got:?}");
+        assert!(got.contains(&vec![CLOSE, STDIN]), "{got:?}");
+        assert!(
+            got.contains(&b"\x04{\"Width\":80,\"Height\":24}".to_vec()),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&b"\x04{\"Width\":100,\"Height\":40}".to_vec()),
+            "{got:?}"
+        );
+        // stdout goes out on stream 5.
+        ch.sink
+            .send(Message::Binary(Bytes::from_static(b"\x01out")))
+            .await
+            .unwrap();
+        let mut dec = spdy::Decoder::new();
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            crd.read_buf(&mut buf).await.unwrap();
+            let mut found = false;
+            while let Some(f) = dec.decode(&mut buf).unwrap() {
+                if let spdy::Frame::Data {
+                    stream_id: 5, data, ..
+                } = f
+                {
+                    assert_eq!(&data[..], b"out");
+                    found = true;
+                }
+            }
+            if found {
+                break;
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `exec` on the kubelet API: `GET|POST /exec/{namespace}/{pod}/{container}?command=..&stdin=&stdout=&stderr=&tty=`
-//! upgraded to a WebSocket speaking Kubernetes' channel protocol (`v5.channel.k8s.io`, or
-//! `v4.channel.k8s.io`), which the apiserver splices through to `kubectl exec` and kube-rs.
+//! upgraded to WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`, the older and base64
+//! variants) or SPDY/3.1 (`v4.channel.k8s.io` …, kubectl ≤ 1.29), which the apiserver splices
+//! through to the client; [`crate::channels`] brings every transport to the same channel
+//! messages.
 //!
 //! Channel protocol: every binary message starts with a stream byte — 0 stdin, 1 stdout,
 //! 2 stderr, 3 error (one JSON `v1.Status` when the command ends: `Success`, or `Failure` with
