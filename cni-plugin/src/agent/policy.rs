@@ -669,6 +669,36 @@ mod tests {
     }
 
     #[test]
+    fn transactions_between_policy_sets_apply_in_order() {
+        let deny = np(json!({"metadata": {"name": "deny", "namespace": "x"},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}}));
+        let allow = np(json!({"metadata": {"name": "allow", "namespace": "x"},
+            "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": "http"}]}],
+                     "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}]}]}}));
+        let none = rendered(&objects(vec![]));
+        let one = rendered(&objects(vec![deny.clone()]));
+        let two = rendered(&objects(vec![deny, allow]));
+        let Some(ns) = crate::agent::nft::tests::TestNetns::new("policy") else {
+            return;
+        };
+        for text in [
+            none.full_transaction(),
+            two.diff_transaction(&none).unwrap(),
+            one.diff_transaction(&two).unwrap(),
+            none.diff_transaction(&one).unwrap(),
+            two.diff_transaction(&none).unwrap(),
+        ] {
+            ns.apply(&text);
+        }
+        let listing = ns.list();
+        assert!(listing.contains("np-x/allow-egress"), "{listing}");
+        assert!(
+            listing.contains("ip daddr 10.0.0.0/8 ip daddr != 10.1.0.0/16 accept"),
+            "{listing}"
+        );
+    }
+
+    #[test]
     fn selectors() {
         let l: BTreeMap<String, String> = [("app".to_string(), "a".to_string())].into();
         let sel = |v: serde_json::Value| serde_json::from_value::<LabelSelector>(v).unwrap();
