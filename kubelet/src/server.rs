@@ -63,6 +63,8 @@ pub async fn serve(k: Arc<Kubelet>, addr: std::net::SocketAddr) -> Result<(), Er
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
         };
+        // Small streaming frames (exec, port-forward) must not wait for Nagle's algorithm.
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
