@@ -365,6 +365,57 @@ async fn crd_lifecycle_serves_and_removes_the_resource() {
     let (_, v2) = api.get("/openapi/v2").await;
     assert!(v2["definitions"][schema_name].is_object());
 
+    // Editing the CRD (a new printer column, a stricter schema) takes effect without a restart.
+    let crd_uri =
+        format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/crontabs.{group}");
+    let (s, v) = api
+        .patch(
+            &crd_uri,
+            "application/json-patch+json",
+            json!([
+                {"op": "add", "path": "/spec/versions/0/additionalPrinterColumns/-",
+                 "value": {"name": "Image", "type": "string", "jsonPath": ".spec.image", "priority": 1}},
+                {"op": "add", "path": "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/image/maxLength",
+                 "value": 3}
+            ]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let mut cols = Vec::new();
+    for _ in 0..100 {
+        let (_, t, _) = api
+            .call(
+                "GET",
+                &base,
+                "application/json",
+                Value::Null,
+                Some("application/json;as=Table;v=v1;g=meta.k8s.io"),
+            )
+            .await;
+        cols = t["columnDefinitions"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c["name"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if cols.len() == 5 {
+            assert_eq!(t["rows"][0]["cells"][4], "my-cron-image");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cols, vec!["Name", "Spec", "Replicas", "Age", "Image"]);
+    let (s, e) = api.post(&base, crontab("c9", group, "v1")).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(
+        e["message"],
+        format!(
+            "CronTab.{group} \"c9\" is invalid: spec.image: Too long: may not be more than 3 bytes"
+        )
+    );
+
     // Deleting the CRD deletes its objects and stops serving the resource.
     let (s, _, _) = api
         .call(
