@@ -8,7 +8,8 @@
 //! rule for the `access` label on the named port), reached directly and through the Service;
 //! a namespaceSelector AND podSelector peer following the namespace's label both ways; egress
 //! default-deny blocking the server's own connections while the return traffic of allowed
-//! ingress flows; an ipBlock with an except; the readiness probe passing throughout.
+//! ingress flows; an ipBlock with an except and an endPort range; the readiness probe passing
+//! throughout; deleting the policies opens everything again.
 //!
 //! Needs root, containerd, runc, nftables, the built binaries and the busybox and pause images.
 //! Each run uses its own Service range and nftables table.
@@ -380,7 +381,7 @@ fn policies(c: &Cluster) -> anyhow::Result<()> {
         ],
     )?;
 
-    // ipBlock with except: the pod network, but not `bad`.
+    // ipBlock with except: the pod network, but not `bad`; a port and a port range.
     let block = format!(
         r#"
 apiVersion: networking.k8s.io/v1
@@ -391,7 +392,7 @@ spec:
   policyTypes: [Ingress]
   ingress:
   - from: [{{ipBlock: {{cidr: 10.244.0.0/16, except: ["{bad}/32"]}}}}]
-    ports: [{{protocol: TCP, port: 8080}}]
+    ports: [{{protocol: TCP, port: 8080}}, {{protocol: TCP, port: 9000, endPort: 9095}}]
 "#
     );
     c.k.ok_stdin(&["apply", "-f", "-"], &block)?;
@@ -400,7 +401,9 @@ spec:
         &[
             ("np-b/stranger", web, 8080, true),
             ("bad", web, 8080, false),
-            ("np-b/stranger", web, 9090, false),
+            ("bad", web, 9090, false),
+            // 9090 is in the endPort range 9000-9095.
+            ("np-b/stranger", web, 9090, true),
         ],
     )?;
 
