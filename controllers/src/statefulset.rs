@@ -509,6 +509,35 @@ async fn create_claims(ctx: &Ctx, set: &StatefulSet, ordinal: i32) -> Result<(),
     Ok(())
 }
 
+/// `whenDeleted: Delete` set after the claims were made: the set becomes their owner too (as
+/// Kubernetes' `updateClaimOwnerRefForSetAndPod` on every sync).
+async fn own_claims_by_set(ctx: &Ctx, set: &StatefulSet, ordinal: i32) -> Result<(), Error> {
+    let api: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &set.namespace().unwrap_or_default());
+    let uid = set.uid().unwrap_or_default();
+    for claim in claims_for(set, ordinal) {
+        let Some(current) = api.get_opt(&claim.name_any()).await? else {
+            continue;
+        };
+        let mut refs = current
+            .metadata
+            .owner_references
+            .clone()
+            .unwrap_or_default();
+        if refs.iter().any(|r| r.uid == uid) {
+            continue;
+        }
+        refs.push(util::owner_ref(set));
+        api.patch(
+            &claim.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"ownerReferences": refs}})),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Scale-down with `whenScaled: Delete`: the condemned pod becomes an owner of its claims, so
 /// the garbage collector removes them once the pod is gone.
 async fn own_claims_by_pod(
@@ -527,17 +556,23 @@ async fn own_claims_by_pod(
         let Some(current) = api.get_opt(&claim.name_any()).await? else {
             continue;
         };
+        // The condemned pod, not the set, owns them now (Kubernetes drops the set's reference).
+        let set_uid = set.uid().unwrap_or_default();
         let mut refs: Vec<serde_json::Value> = current
             .metadata
             .owner_references
             .iter()
             .flatten()
+            .filter(|r| r.uid != set_uid)
             .filter_map(|r| serde_json::to_value(r).ok())
             .collect();
-        if refs.iter().any(|r| r["uid"] == pod_ref["uid"]) {
+        let had_set = refs.len() != current.metadata.owner_references.iter().flatten().count();
+        if !had_set && refs.iter().any(|r| r["uid"] == pod_ref["uid"]) {
             continue;
         }
-        refs.push(pod_ref.clone());
+        if !refs.iter().any(|r| r["uid"] == pod_ref["uid"]) {
+            refs.push(pod_ref.clone());
+        }
         api.patch(
             &claim.name_any(),
             &PatchParams::default(),
@@ -676,6 +711,13 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
                     Err(e) => return Err(e.into()),
                 }
             }
+        }
+    }
+
+    if retention(set.as_ref()).0 == "Delete" {
+        let end = shape.start + shape.replicas;
+        for ordinal in pods.keys().filter(|o| (shape.start..end).contains(*o)) {
+            own_claims_by_set(&ctx, set.as_ref(), *ordinal).await?;
         }
     }
 

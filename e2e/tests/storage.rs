@@ -352,6 +352,38 @@ fn claims_volumes_and_the_local_path_provisioner() -> anyhow::Result<()> {
         "{events}"
     );
 
+    // Retention Delete: scaling down removes the condemned replica's claim (and its volume),
+    // deleting the set removes the rest.
+    let pv1 = get(&k, "pvc", "data-db-1", "{.spec.volumeName}")?;
+    k.ok(&[
+        "patch",
+        "statefulset",
+        "db",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":1,"persistentVolumeClaimRetentionPolicy":{"whenScaled":"Delete","whenDeleted":"Delete"}}}"#,
+    ])?;
+    wait_gone(&k, "pod", "db-1").with_context(log)?;
+    wait_gone(&k, "pvc", "data-db-1").with_context(log)?;
+    wait_gone(&k, "pv", &pv1).with_context(log)?;
+    let pv0 = get(&k, "pvc", "data-db-0", "{.spec.volumeName}")?;
+    wait_for(
+        &k,
+        &[
+            "get",
+            "pvc",
+            "data-db-0",
+            "-o",
+            "jsonpath={.metadata.ownerReferences[*].kind}",
+        ],
+        "set owns data-db-0",
+        LONG,
+        |s| s == "StatefulSet",
+    )?;
+    k.ok(&["delete", "statefulset", "db", "--wait=true"])?;
+    wait_gone(&k, "pvc", "data-db-0").with_context(log)?;
+    wait_gone(&k, "pv", &pv0).with_context(log)?;
+
     // A static hostPath volume binds to a matching claim (selector, class, size).
     let host = tmp.path().join("static");
     std::fs::create_dir_all(&host)?;
