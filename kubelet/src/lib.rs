@@ -60,6 +60,13 @@ pub struct Config {
     pub runtime: RuntimeKind,
     /// Image pulls, registries, airgap archives and image GC.
     pub images: images::Options,
+    /// `--cluster-dns`: the cluster DNS Service's addresses (ClusterFirst pods' nameservers).
+    pub cluster_dns: Vec<String>,
+    /// `--cluster-domain` (`cluster.local`).
+    pub cluster_domain: String,
+    /// `--resolv-conf`: the host resolver file that `dnsPolicy: Default` pods inherit (empty:
+    /// none).
+    pub resolv_conf: String,
 }
 
 /// What runs the pods.

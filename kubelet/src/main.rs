@@ -68,6 +68,17 @@ struct Args {
     /// Image filesystem usage (percent) image garbage collection frees down to.
     #[arg(long, env = "LOTSE_IMAGE_GC_LOW_THRESHOLD", default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
     image_gc_low_threshold: u8,
+    /// Comma-separated IP addresses of the cluster DNS server: the nameservers of pods with
+    /// `dnsPolicy: ClusterFirst`.
+    #[arg(long, env = "LOTSE_CLUSTER_DNS", value_delimiter = ',')]
+    cluster_dns: Vec<String>,
+    /// The cluster's domain: pods' search path gets `<ns>.svc.<domain>`, `svc.<domain>`,
+    /// `<domain>`.
+    #[arg(long, env = "LOTSE_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Resolver configuration file that `dnsPolicy: Default` pods inherit (empty: none).
+    #[arg(long, env = "LOTSE_RESOLV_CONF", default_value = "/etc/resolv.conf")]
+    resolv_conf: String,
 }
 
 #[tokio::main]
@@ -117,6 +128,9 @@ async fn main() -> anyhow::Result<()> {
             image_gc_low_threshold: a.image_gc_low_threshold,
             ..kubelet::images::Options::from_env()
         },
+        cluster_dns: a.cluster_dns,
+        cluster_domain: a.cluster_domain,
+        resolv_conf: a.resolv_conf,
     };
     kubelet::run(config, client, shutdown_signal()).await?;
     Ok(())

@@ -446,6 +446,16 @@ fn sandbox_config(k: &Kubelet, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig
         })
         .collect();
     let host_network = spec.host_network == Some(true);
+    let host_resolv = (!k.config.resolv_conf.is_empty())
+        .then(|| std::fs::read_to_string(&k.config.resolv_conf).unwrap_or_default());
+    let dns_config = spec::pod_dns_config(
+        pod,
+        spec::NodeDns {
+            cluster_dns: &k.config.cluster_dns,
+            cluster_domain: &k.config.cluster_domain,
+            host_resolv_conf: host_resolv.as_deref(),
+        },
+    );
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: name.clone(),
@@ -475,6 +485,7 @@ fn sandbox_config(k: &Kubelet, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig
             .into_iter()
             .collect(),
         port_mappings,
+        dns_config: Some(dns_config),
         linux: Some(cri::LinuxPodSandboxConfig {
             cgroup_parent: format!("/kubepods/pod{uid}"),
             security_context: Some(cri::LinuxSandboxSecurityContext {

@@ -209,6 +209,17 @@ impl EnvSources {
                 .map(|l| l.items)
                 .unwrap_or_default();
         }
+        // As the kubelet: the master Service (`default/kubernetes`) gives every container
+        // KUBERNETES_SERVICE_HOST/PORT, whatever its namespace and enableServiceLinks, and wins
+        // over a namesake in the pod's namespace.
+        if ns != "default" || !spec.enable_service_links.unwrap_or(true) {
+            let api: Api<Service> = Api::namespaced(client.clone(), "default");
+            if let Ok(Some(master)) = api.get_opt("kubernetes").await {
+                out.services
+                    .retain(|s| s.metadata.name.as_deref() != Some("kubernetes"));
+                out.services.push(master);
+            }
+        }
         Ok(out)
     }
 
@@ -383,6 +394,166 @@ pub fn environment(
     Ok(vars)
 }
 
+/// Most search domains a pod's resolv.conf gets (the kubelet's `MaxDNSSearchPaths`).
+const MAX_DNS_SEARCH_PATHS: usize = 32;
+/// Most characters of the search list (the kubelet's `MaxDNSSearchListChars`).
+const MAX_DNS_SEARCH_LIST_CHARS: usize = 2048;
+/// Most nameservers a resolver uses (glibc's `MAXNS`, the kubelet's `validation.MaxDNSNameservers`).
+const MAX_DNS_NAMESERVERS: usize = 3;
+
+/// The node's DNS settings that pods inherit (`--cluster-dns`, `--cluster-domain`, the
+/// `--resolv-conf` file's contents).
+#[derive(Clone, Copy, Debug)]
+pub struct NodeDns<'a> {
+    /// `--cluster-dns`: the cluster DNS Service's addresses.
+    pub cluster_dns: &'a [String],
+    /// `--cluster-domain` (empty: no cluster search domains).
+    pub cluster_domain: &'a str,
+    /// The host's resolv.conf (`--resolv-conf`; `None` when the flag is empty).
+    pub host_resolv_conf: Option<&'a str>,
+}
+
+/// The host resolver's nameservers, search domains and options.
+fn parse_resolv_conf(text: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let (mut servers, mut searches, mut options) = (Vec::new(), Vec::new(), Vec::new());
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        match f.next() {
+            Some("nameserver") => servers.extend(f.next().map(str::to_string)),
+            // The last `search` (or `domain`) line wins, as in the resolver.
+            Some("search") | Some("domain") => {
+                searches = f.map(|d| d.trim_end_matches('.').to_string()).collect();
+            }
+            Some("options") => options = f.map(str::to_string).collect(),
+            _ => {}
+        }
+    }
+    (servers, searches, options)
+}
+
+fn push_unique(list: &mut Vec<String>, items: impl IntoIterator<Item = String>) {
+    for i in items {
+        if !list.contains(&i) {
+            list.push(i);
+        }
+    }
+}
+
+/// `options` merged by name, later values winning (the kubelet's `mergeDNSOptions`).
+fn merge_dns_options(
+    existing: Vec<String>,
+    pod: &[k8s_openapi::api::core::v1::PodDNSConfigOption],
+) -> Vec<String> {
+    let mut merged: Vec<(String, Option<String>)> = Vec::new();
+    let mut set =
+        |name: String, value: Option<String>| match merged.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => merged.push((name, value)),
+        };
+    for o in existing {
+        match o.split_once(':') {
+            Some((n, v)) => set(n.to_string(), Some(v.to_string())),
+            None => set(o, None),
+        }
+    }
+    for o in pod {
+        if let Some(n) = &o.name {
+            set(n.clone(), o.value.clone());
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(n, v)| match v {
+            Some(v) => format!("{n}:{v}"),
+            None => n,
+        })
+        .collect()
+}
+
+/// The pod's resolver configuration by `dnsPolicy` and `dnsConfig`, as the kubelet's
+/// `GetPodDNS`: `ClusterFirst` (the default; `Default` for host-network pods) gives the cluster
+/// DNS, the cluster search path before the host's and `ndots:5`; `ClusterFirstWithHostNet` the
+/// same for host-network pods; `Default` the host's resolv.conf; `None` only `dnsConfig`.
+/// `dnsConfig` is appended (options merged by name). Without `--cluster-dns`, `ClusterFirst`
+/// falls back to `Default`, as the kubelet does.
+pub fn pod_dns_config(pod: &Pod, node: NodeDns<'_>) -> cri::DnsConfig {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let host_network = spec.host_network == Some(true);
+    enum Kind {
+        Cluster,
+        Host,
+        None,
+    }
+    let kind = match spec.dns_policy.as_deref() {
+        Some("None") => Kind::None,
+        Some("ClusterFirstWithHostNet") => Kind::Cluster,
+        Some("Default") => Kind::Host,
+        _ if host_network => Kind::Host,
+        _ => Kind::Cluster,
+    };
+    let kind = match kind {
+        Kind::Cluster if node.cluster_dns.is_empty() => {
+            tracing::warn!(
+                pod = ?pod.metadata.name,
+                "kubelet does not have ClusterDNS IP configured and cannot create Pod using \"ClusterFirst\" policy. Falling back to \"Default\" policy."
+            );
+            Kind::Host
+        }
+        k => k,
+    };
+    let (host_servers, host_searches, host_options) =
+        parse_resolv_conf(node.host_resolv_conf.unwrap_or(""));
+    let ndots = || vec!["ndots:5".to_string()];
+    let mut out = match kind {
+        Kind::None => cri::DnsConfig::default(),
+        Kind::Cluster => {
+            let mut searches = Vec::new();
+            let domain = node.cluster_domain.trim_end_matches('.');
+            if !domain.is_empty() {
+                searches = vec![
+                    format!("{ns}.svc.{domain}"),
+                    format!("svc.{domain}"),
+                    domain.to_string(),
+                ];
+            }
+            push_unique(&mut searches, host_searches);
+            cri::DnsConfig {
+                servers: node.cluster_dns.to_vec(),
+                searches,
+                options: ndots(),
+            }
+        }
+        // `--resolv-conf=""`: the cluster DNS with the default options, as the kubelet does.
+        Kind::Host if node.host_resolv_conf.is_none() => cri::DnsConfig {
+            servers: node.cluster_dns.to_vec(),
+            searches: Vec::new(),
+            options: ndots(),
+        },
+        Kind::Host => cri::DnsConfig {
+            servers: host_servers,
+            searches: host_searches,
+            options: host_options,
+        },
+    };
+    if let Some(dc) = &spec.dns_config {
+        push_unique(&mut out.servers, dc.nameservers.clone().unwrap_or_default());
+        push_unique(&mut out.searches, dc.searches.clone().unwrap_or_default());
+        out.options = merge_dns_options(
+            std::mem::take(&mut out.options),
+            dc.options.as_deref().unwrap_or(&[]),
+        );
+    }
+    out.servers.truncate(MAX_DNS_NAMESERVERS);
+    out.searches.truncate(MAX_DNS_SEARCH_PATHS);
+    while !out.searches.is_empty()
+        && out.searches.iter().map(|s| s.len() + 1).sum::<usize>() - 1 > MAX_DNS_SEARCH_LIST_CHARS
+    {
+        out.searches.pop();
+    }
+    out
+}
+
 /// The Linux security settings of a container (pod-level defaults, container overrides).
 pub fn security(pod: &Pod, c: &Container) -> cri::LinuxContainerSecurityContext {
     let psc = pod
@@ -505,6 +676,114 @@ mod tests {
             normalize_image("localhost:5000/x"),
             "localhost:5000/x:latest"
         );
+    }
+
+    fn dns_pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "team"},
+            "spec": spec,
+        }))
+        .expect("pod")
+    }
+
+    const HOST_RESOLV: &str =
+        "nameserver 10.255.255.53\nsearch corp.example lab.example.\noptions edns0 ndots:2\n";
+
+    fn node_dns(cluster_dns: &[String]) -> NodeDns<'_> {
+        NodeDns {
+            cluster_dns,
+            cluster_domain: "cluster.local",
+            host_resolv_conf: Some(HOST_RESOLV),
+        }
+    }
+
+    #[test]
+    fn dns_cluster_first_is_the_default() {
+        let dns = ["10.96.0.10".to_string()];
+        let c = pod_dns_config(
+            &dns_pod(serde_json::json!({"containers": []})),
+            node_dns(&dns),
+        );
+        assert_eq!(c.servers, ["10.96.0.10"]);
+        assert_eq!(
+            c.searches,
+            [
+                "team.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local",
+                "corp.example",
+                "lab.example"
+            ]
+        );
+        assert_eq!(c.options, ["ndots:5"]);
+    }
+
+    #[test]
+    fn dns_host_network_and_default_policies_use_the_host() {
+        let dns = ["10.96.0.10".to_string()];
+        for spec in [
+            serde_json::json!({"containers": [], "hostNetwork": true}),
+            serde_json::json!({"containers": [], "dnsPolicy": "Default"}),
+            serde_json::json!({"containers": [], "hostNetwork": true, "dnsPolicy": "ClusterFirst"}),
+        ] {
+            let c = pod_dns_config(&dns_pod(spec.clone()), node_dns(&dns));
+            assert_eq!(c.servers, ["10.255.255.53"], "{spec}");
+            assert_eq!(c.searches, ["corp.example", "lab.example"]);
+            assert_eq!(c.options, ["edns0", "ndots:2"]);
+        }
+        let c = pod_dns_config(
+            &dns_pod(serde_json::json!({"containers": [], "hostNetwork": true,
+                "dnsPolicy": "ClusterFirstWithHostNet"})),
+            node_dns(&dns),
+        );
+        assert_eq!(c.servers, ["10.96.0.10"]);
+        assert_eq!(c.options, ["ndots:5"]);
+        // No --cluster-dns: ClusterFirst falls back to Default.
+        let c = pod_dns_config(
+            &dns_pod(serde_json::json!({"containers": []})),
+            node_dns(&[]),
+        );
+        assert_eq!(c.servers, ["10.255.255.53"]);
+    }
+
+    #[test]
+    fn dns_none_takes_only_dns_config_and_dns_config_merges() {
+        let dns = ["10.96.0.10".to_string()];
+        let c = pod_dns_config(
+            &dns_pod(serde_json::json!({"containers": [], "dnsPolicy": "None",
+                "dnsConfig": {"nameservers": ["1.2.3.4"], "searches": ["ns1.svc.cluster-domain.example"],
+                    "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]}})),
+            node_dns(&dns),
+        );
+        assert_eq!(c.servers, ["1.2.3.4"]);
+        assert_eq!(c.searches, ["ns1.svc.cluster-domain.example"]);
+        assert_eq!(c.options, ["ndots:2", "edns0"]);
+        let c = pod_dns_config(
+            &dns_pod(serde_json::json!({"containers": [],
+                "dnsConfig": {"nameservers": ["10.96.0.10", "192.0.2.1"], "searches": ["extra.example", "cluster.local"],
+                    "options": [{"name": "ndots", "value": "1"}, {"name": "timeout", "value": "2"}]}})),
+            node_dns(&dns),
+        );
+        assert_eq!(c.servers, ["10.96.0.10", "192.0.2.1"]);
+        assert_eq!(c.searches.last().map(String::as_str), Some("extra.example"));
+        assert_eq!(
+            c.searches.iter().filter(|s| *s == "cluster.local").count(),
+            1
+        );
+        assert_eq!(c.options, ["ndots:1", "timeout:2"]);
+    }
+
+    #[test]
+    fn dns_limits_nameservers_and_search_paths() {
+        let dns = ["10.96.0.10".to_string()];
+        let searches: Vec<String> = (0..40).map(|i| format!("d{i}.example")).collect();
+        let c = pod_dns_config(
+            &dns_pod(serde_json::json!({"containers": [],
+                "dnsConfig": {"nameservers": ["192.0.2.1", "192.0.2.2", "192.0.2.3"], "searches": searches}})),
+            node_dns(&dns),
+        );
+        assert_eq!(c.servers.len(), 3);
+        assert_eq!(c.searches.len(), 32);
     }
 
     #[test]

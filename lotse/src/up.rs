@@ -210,6 +210,9 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
                 .or_else(|| Some(data_dir.join("registries.yaml")).filter(|p| p.is_file())),
             ..kubelet::images::Options::from_env()
         },
+        cluster_dns: Vec::new(),
+        cluster_domain: "cluster.local".into(),
+        resolv_conf: "/etc/resolv.conf".into(),
     };
     let node_client = client_from(&node_kc).await?;
     let kubelet = tokio::spawn(kubelet::run(kcfg, node_client, stopped(stop_rx.clone())));
