@@ -699,6 +699,38 @@ mod tests {
     }
 
     #[test]
+    fn host_network_finished_and_remote_pods_are_not_targets() {
+        let mut objs = objects(vec![np(
+            json!({"metadata": {"name": "deny", "namespace": "x"},
+            "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": "http", "protocol": "UDP"}, {"port": "nope"}]}]}}),
+        )]);
+        let mut host: Pod = (*objs.pods[0]).clone();
+        host.metadata.name = Some("host".into());
+        if let Some(s) = host.spec.as_mut() {
+            s.host_network = Some(true);
+        }
+        if let Some(s) = host.status.as_mut() {
+            s.pod_ip = Some("192.0.2.9".into());
+        }
+        let mut done: Pod = (*objs.pods[1]).clone();
+        if let Some(s) = done.status.as_mut() {
+            s.phase = Some("Succeeded".into());
+        }
+        objs.pods = vec![
+            objs.pods[0].clone(),
+            Arc::new(host),
+            Arc::new(done),
+            pod("x", "far", json!({}), "10.244.1.9", "n2"),
+        ];
+        let r = rendered(&objs);
+        let pods: Vec<&String> = r.sets["np-x/deny-pods"].elements.keys().collect();
+        assert_eq!(pods, ["10.244.0.2"]);
+        // `http` is TCP on the pods, and no pod has `nope`: both sets are empty.
+        assert!(r.sets["np-x/deny-in-0-port-0"].elements.is_empty());
+        assert!(r.sets["np-x/deny-in-0-port-1"].elements.is_empty());
+    }
+
+    #[test]
     fn selectors() {
         let l: BTreeMap<String, String> = [("app".to_string(), "a".to_string())].into();
         let sel = |v: serde_json::Value| serde_json::from_value::<LabelSelector>(v).unwrap();
