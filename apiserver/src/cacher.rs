@@ -368,9 +368,13 @@ impl CacheHub {
     pub async fn add(&self, def: &'static ResourceDef) -> Result<Arc<Cacher>, StorageError> {
         let mut extra = self.extra.write().await;
         // One cache per group/version/resource for the life of the server: a CRD edited or
-        // re-created with the same names keeps it (its events keep it current).
+        // re-created with the same names keeps it (its events keep it current); a change of
+        // its selectable fields starts a new one (the fields are extracted when cached).
         if let Some(c) = extra.iter().find(|c| {
-            c.def.group == def.group && c.def.version == def.version && c.def.plural == def.plural
+            c.def.group == def.group
+                && c.def.version == def.version
+                && c.def.plural == def.plural
+                && c.def.selectable_fields == def.selectable_fields
         }) {
             return Ok(c.clone());
         }

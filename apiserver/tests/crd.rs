@@ -141,6 +141,7 @@ fn crontab_crd(group: &str, scope: &str) -> Value {
         "names": {"plural": "crontabs", "singular": "crontab", "kind": "CronTab", "shortNames": ["ct"], "categories": ["all"]},
         "versions": [
             {"name": "v1", "served": true, "storage": true,
+             "selectableFields": [{"jsonPath": ".spec.image"}],
              "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas", "labelSelectorPath": ".status.selector"}},
              "additionalPrinterColumns": [
                 {"name": "Spec", "type": "string", "jsonPath": ".spec.cronSpec"},
@@ -232,6 +233,22 @@ async fn crd_lifecycle_serves_and_removes_the_resource() {
         .get(&format!("{base}?fieldSelector=metadata.name%3Dother"))
         .await;
     assert_eq!(l["items"].as_array().map(Vec::len), Some(0));
+
+    // selectableFields work as field selectors; other fields are refused.
+    let (s, l) = api
+        .get(&format!("{base}?fieldSelector=spec.image%3Dmy-cron-image"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{l}");
+    assert_eq!(l["items"].as_array().map(Vec::len), Some(1));
+    let (_, l) = api
+        .get(&format!("{base}?fieldSelector=spec.image%3Dother"))
+        .await;
+    assert_eq!(l["items"].as_array().map(Vec::len), Some(0));
+    let (s, e) = api
+        .get(&format!("{base}?fieldSelector=spec.cronSpec%3Dx"))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(e["message"], "field label not supported: spec.cronSpec");
 
     // Table with printer columns.
     let (_, t, _) = api

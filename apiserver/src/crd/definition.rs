@@ -327,6 +327,37 @@ fn validate_versions(spec: &Value, out: &mut Vec<Cause>) {
                 }
             }
         }
+        if let Some(fields) = v.get("selectableFields").and_then(Value::as_array) {
+            let fp = format!("{base}.selectableFields");
+            if fields.len() > 8 {
+                out.push(Cause {
+                    reason: "FieldValueTooMany",
+                    field: fp.clone(),
+                    message: format!(
+                        "{fp}: Too many: {}: must have at most 8 items",
+                        fields.len()
+                    ),
+                });
+            }
+            let mut seen_paths = Vec::new();
+            for (j, f) in fields.iter().enumerate() {
+                let jp = s(f, &["jsonPath"]);
+                let field = format!("{fp}[{j}].jsonPath");
+                if jp.is_empty() {
+                    out.push(Cause::required(field, ""));
+                } else if JsonPath::parse(jp).is_err() || jp.contains('[') {
+                    out.push(Cause::invalid(
+                        field,
+                        &json!(jp),
+                        "must be a simple json path starting with .",
+                    ));
+                } else if seen_paths.contains(&jp) {
+                    out.push(Cause::duplicate(field, &json!(jp)));
+                } else {
+                    seen_paths.push(jp);
+                }
+            }
+        }
         if let Some(scale) = v.pointer("/subresources/scale") {
             let sp = format!("{base}.subresources.scale");
             let spec_path = s(scale, &["specReplicasPath"]);
@@ -378,7 +409,7 @@ pub fn shape_key(s: &Served) -> String {
         })
         .collect();
     format!(
-        "{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{:?}",
+        "{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{:?}|{:?}",
         s.crd_uid,
         s.group,
         s.version,
@@ -392,7 +423,8 @@ pub fn shape_key(s: &Served) -> String {
         s.status,
         s.scale.as_ref().map(|x| format!("{:?}", x)),
         cols,
-        s.deprecation_warning
+        s.deprecation_warning,
+        s.selectable.iter().map(|(n, _)| n).collect::<Vec<_>>()
     )
 }
 

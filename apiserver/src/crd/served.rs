@@ -103,6 +103,8 @@ pub struct Served {
     pub scale: Option<Scale>,
     /// `deprecated` and the warning clients get.
     pub deprecation_warning: Option<String>,
+    /// `selectableFields`: field-selector names (`spec.color`) and their paths.
+    pub selectable: Vec<(String, JsonPath)>,
 }
 
 fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {
@@ -185,7 +187,21 @@ impl Served {
                     "" => format!("{group}/{name} {kind} is deprecated"),
                     w => w.to_string(),
                 });
+                let selectable = v
+                    .get("selectableFields")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|f| {
+                                let jp = str_at(f, &["jsonPath"]);
+                                let path = JsonPath::parse(jp).ok()?;
+                                Some((jp.trim_start_matches('.').to_string(), path))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 Some(Served {
+                    selectable,
                     crd_name: str_at(crd, &["metadata", "name"]).to_string(),
                     crd_uid: str_at(crd, &["metadata", "uid"]).to_string(),
                     group: group.clone(),
@@ -279,6 +295,16 @@ impl Served {
         let mut out = Vec::new();
         schema::validate(&body, &root, "", &mut out);
         out
+    }
+
+    /// The value of a selectable field for field selectors (scalars as text; missing → "").
+    pub fn field(&self, obj: &Value, name: &str) -> Option<String> {
+        let (_, path) = self.selectable.iter().find(|(n, _)| n == name)?;
+        Some(match path.get(obj) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Null) | None => String::new(),
+            Some(other) => other.to_string(),
+        })
     }
 
     /// The cells of the printer columns (after NAME) for an object.

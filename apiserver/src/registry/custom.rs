@@ -167,6 +167,10 @@ fn cr_validate(obj: &Value, _old: Option<&Value>) -> Vec<FieldError> {
     }
 }
 
+fn cr_field(obj: &Value, name: &str) -> Option<String> {
+    served_of(obj)?.field(obj, name)
+}
+
 fn cr_cells(obj: &Value) -> Vec<Value> {
     let mut cells = vec![json!(fields::name(obj))];
     if let Some(served) = served_of(obj) {
@@ -224,8 +228,14 @@ fn entry_of(served: Served) -> &'static ResourceDef {
         validate: cr_validate,
         columns: Box::leak(columns.into_boxed_slice()),
         cells: cr_cells,
-        field: no_fields,
-        selectable_fields: &[],
+        field: cr_field,
+        selectable_fields: leak_strs(
+            &served
+                .selectable
+                .iter()
+                .map(|(n, _)| n.clone())
+                .collect::<Vec<_>>(),
+        ),
         schema: schema_of::<Value>,
         storage_view: None,
         return_deleted_object: false,
