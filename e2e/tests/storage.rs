@@ -4,7 +4,7 @@
 //! (pvc-protection) until its pod goes, then its volume and directory are removed (reclaim
 //! Delete); a StatefulSet's claims per replica survive pod re-creation; a static hostPath
 //! volume binds to a matching claim; a pod whose claim does not exist is unschedulable with
-//! kube-scheduler's message.
+//! kube-scheduler's message; a claim's data survives `kill -9` of `lotse up` and its restart.
 //!
 //! Needs root, Debian's `containerd`, `runc` and `containernetworking-plugins`, the built
 //! binaries and the images built by
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use e2e::Kubectl;
-use e2e::lotse::{Node, wait_for};
+use e2e::lotse::{Lotse, Node, wait_for};
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -136,12 +136,14 @@ fn sh(k: &Kubectl, pod: &str, script: &str) -> anyhow::Result<String> {
 fn claims_volumes_and_the_local_path_provisioner() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let Node {
-        lotse,
+        mut lotse,
         kubectl: k,
         data,
+        args,
         ..
     } = Node::start_with_root_ca(tmp.path(), "storage-node")?;
-    let log = || lotse.log();
+    let log_of = |l: &Lotse| l.log();
+    let log = || log_of(&lotse);
 
     // The default class, as k3s ships it.
     let sc = wait_for(&k, &["get", "sc"], "local-path class", LONG, |s| {
@@ -442,5 +444,42 @@ fn claims_volumes_and_the_local_path_provisioner() -> anyhow::Result<()> {
         "0/1 nodes are available: persistentvolumeclaim \"nope\" not found. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.."
     );
     assert_eq!(get(&k, "pod", "orphan", "{.status.phase}")?, "Pending");
+
+    // kill -9 `lotse up` and start it again: the claim, its binding and its data are still
+    // there for the next pod.
+    k.ok_stdin(
+        &["apply", "-f", "-"],
+        &CLAIM.replace("name: data", "name: keep"),
+    )?;
+    k.ok_stdin(
+        &["create", "-f", "-"],
+        &pod("keeper", "keep", "echo kept > /data/rows"),
+    )?;
+    wait_ready(&k, "keeper").with_context(log)?;
+    let kept_pv = get(&k, "pvc", "keep", "{.spec.volumeName}")?;
+    lotse.signal("KILL")?;
+    let lotse = Lotse::start(&data, &args)?;
+    let log = || log_of(&lotse);
+    wait_for(
+        &k,
+        &[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            "storage-node",
+            "-o",
+            "jsonpath={.spec.renewTime}",
+        ],
+        "apiserver back",
+        Duration::from_secs(30),
+        |s| !s.is_empty(),
+    )
+    .with_context(log)?;
+    k.ok(&["delete", "pod", "keeper", "--wait=true"])?;
+    k.ok_stdin(&["create", "-f", "-"], &pod("after", "keep", "true"))?;
+    wait_ready(&k, "after").with_context(log)?;
+    assert_eq!(get(&k, "pvc", "keep", "{.spec.volumeName}")?, kept_pv);
+    assert_eq!(sh(&k, "after", "cat /data/rows")?, "kept\n");
     Ok(())
 }
