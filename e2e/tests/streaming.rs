@@ -235,8 +235,16 @@ async fn streaming_with_kubectl_1_27_1_30_1_33() -> anyhow::Result<()> {
     std::fs::create_dir_all(&work)?;
     for minor in [27, 30, 33] {
         let kx = Kubectl::new(minor, kubeconfig.clone(), tmp.path().join("cache"));
-        exec_attach_cp_run(&kx, &work).with_context(|| node.lotse.log())?;
-        port_forward(&kx, &work)?;
+        let checks = exec_attach_cp_run(&kx, &work).and_then(|()| port_forward(&kx, &work));
+        if let Err(e) = checks {
+            let log = node.lotse.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "{e:#}\n--- last lines of lotse.log ---\n{}",
+                tail.join("\n")
+            );
+        }
     }
 
     // Bad input, with Kubernetes' wording.
