@@ -445,6 +445,30 @@ fn claims_volumes_and_the_local_path_provisioner() -> anyhow::Result<()> {
     );
     assert_eq!(get(&k, "pod", "orphan", "{.status.phase}")?, "Pending");
 
+    // A claim of a class that does not exist stays Pending, and its events say why.
+    k.ok_stdin(
+        &["apply", "-f", "-"],
+        &CLAIM
+            .replace("name: data", "name: classless")
+            .replace("accessModes", "storageClassName: missing\n  accessModes"),
+    )?;
+    wait_for(
+        &k,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=classless",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+        "class not found event",
+        LONG,
+        |s| s.contains("storageclass.storage.k8s.io \"missing\" not found"),
+    )
+    .with_context(log)?;
+    assert_eq!(get(&k, "pvc", "classless", "{.status.phase}")?, "Pending");
+
     // kill -9 `lotse up` and start it again: the claim, its binding and its data are still
     // there for the next pod.
     k.ok_stdin(
