@@ -13,6 +13,8 @@ use crate::server::AppState;
 
 /// The user the node network agent (kube-proxy's counterpart) authenticates as.
 pub const KUBE_PROXY_USER: &str = "system:kube-proxy";
+/// The user the cluster DNS server (CoreDNS's counterpart) authenticates as.
+pub const DNS_USER: &str = "system:lotse:dns";
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
@@ -483,6 +485,24 @@ pub fn cluster_roles() -> Vec<Value> {
             ],
             None,
         ),
+        // The cluster DNS server reads what it serves (as kubeadm's `system:coredns`).
+        cluster_role(
+            "system:lotse:dns",
+            none.clone(),
+            vec![
+                rule(
+                    &["list", "watch"],
+                    &[""],
+                    &["services", "endpoints", "pods", "namespaces"],
+                ),
+                rule(
+                    &["list", "watch"],
+                    &["discovery.k8s.io"],
+                    &["endpointslices"],
+                ),
+            ],
+            None,
+        ),
         // The agent's built-in service load balancer (as k3s's ServiceLB) writes LoadBalancer
         // Services' status.loadBalancer.ingress.
         cluster_role(
@@ -616,6 +636,7 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             "system:lotse:service-lb",
             vec![user(KUBE_PROXY_USER)],
         ),
+        binding("system:lotse:dns", "system:lotse:dns", vec![user(DNS_USER)]),
     ]
 }
 

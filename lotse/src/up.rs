@@ -44,6 +44,19 @@ pub struct UpArgs {
     /// run several clusters side by side, e.g. in tests).
     #[arg(long, env = "LOTSE_NFTABLES_TABLE", default_value = "lotse")]
     nftables_table: String,
+    /// Address of the cluster DNS Service `kube-system/kube-dns`, the nameserver of pods
+    /// (default: the tenth address of --service-cluster-ip-range, as kubeadm).
+    #[arg(long, env = "LOTSE_CLUSTER_DNS")]
+    cluster_dns: Option<IpAddr>,
+    /// The cluster's DNS domain.
+    #[arg(long, env = "LOTSE_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Port of the node's DNS server on the node address (kube-dns's port 53 leads to it).
+    #[arg(long, env = "LOTSE_CLUSTER_DNS_PORT", default_value_t = 53)]
+    cluster_dns_port: u16,
+    /// Don't run the cluster DNS (pods then use the host's resolvers).
+    #[arg(long, env = "LOTSE_DISABLE_CLUSTER_DNS")]
+    disable_cluster_dns: bool,
     /// Name of the node (default: the host name).
     #[arg(long, env = "LOTSE_NODE_NAME")]
     node_name: Option<String>,
@@ -193,6 +206,44 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
             }
         });
     }
+    // The cluster DNS runs on the node, behind the kube-dns Service (running it as pods from an
+    // offline-built image, as kubeadm and k3s run CoreDNS, is a follow-up).
+    let cluster_dns = if a.disable_cluster_dns {
+        Vec::new()
+    } else {
+        let ip = a
+            .cluster_dns
+            .unwrap_or_else(|| dns::bootstrap::tenth_address(a.service_cluster_ip_range));
+        let dns_kc = kubeconfig("dns.kubeconfig", apiserver::bootstrap_rbac::DNS_USER, &[])?;
+        let node_ip: IpAddr = kubelet::node::host_ip().parse().context("node address")?;
+        let listen = std::net::SocketAddr::new(node_ip, a.cluster_dns_port);
+        let admin = client_from(&running.admin_kubeconfig).await?;
+        let (node, domain) = (node_name.clone(), a.cluster_domain.clone());
+        components.spawn(async move {
+            for attempt in 1..=30 {
+                match dns::bootstrap::ensure_kube_dns(&admin, ip, listen, &node).await {
+                    Ok(()) => break,
+                    Err(e) if attempt == 30 => tracing::error!(error = %e, "kube-dns Service"),
+                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            }
+            let cfg = dns::Config {
+                cluster_domain: domain,
+                listen,
+                ..Default::default()
+            };
+            let res = match client_from(&dns_kc).await {
+                Ok(c) => dns::run(cfg, c, std::future::pending())
+                    .await
+                    .map_err(Into::into),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = res {
+                tracing::error!(error = %e, "cluster DNS stopped");
+            }
+        });
+        vec![ip.to_string()]
+    };
     let kcfg = kubelet::Config {
         node_name,
         root_dir,
@@ -210,8 +261,8 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
                 .or_else(|| Some(data_dir.join("registries.yaml")).filter(|p| p.is_file())),
             ..kubelet::images::Options::from_env()
         },
-        cluster_dns: Vec::new(),
-        cluster_domain: "cluster.local".into(),
+        cluster_dns,
+        cluster_domain: a.cluster_domain.clone(),
         resolv_conf: "/etc/resolv.conf".into(),
     };
     let node_client = client_from(&node_kc).await?;
