@@ -100,6 +100,9 @@ struct PodEndpoint {
     ready: bool,
     terminating: bool,
     ports: Vec<EndpointPort>,
+    /// The pod's DNS hostname under this Service (`spec.hostname` when `spec.subdomain` names
+    /// the Service, as Kubernetes' endpoint controllers set it: StatefulSet pod names in DNS).
+    hostname: Option<String>,
 }
 
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
@@ -149,12 +152,19 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             })
             .collect();
         let ready = publish_not_ready || (util::is_pod_ready(&pod) && !terminating);
+        let hostname = pod
+            .spec
+            .as_ref()
+            .filter(|s| s.subdomain.as_deref() == svc.metadata.name.as_deref())
+            .and_then(|s| s.hostname.clone())
+            .filter(|h| !h.is_empty());
         eps.push(PodEndpoint {
             pod,
             ip,
             ready,
             terminating,
             ports,
+            hostname,
         });
     }
     eps.sort_by(|a, b| a.ip.cmp(&b.ip));
@@ -190,7 +200,7 @@ fn subsets(eps: &[PodEndpoint]) -> Vec<EndpointSubset> {
             ip: e.ip.clone(),
             node_name: node_name(&e.pod),
             target_ref: Some(target_ref(&e.pod)),
-            hostname: None,
+            hostname: e.hostname.clone(),
         };
         if e.ready {
             subset.addresses.get_or_insert_with(Vec::new).push(addr);
@@ -293,6 +303,7 @@ async fn sync_slices(client: &Client, svc: &Service, eps: &[PodEndpoint]) -> Res
             }),
             node_name: node_name(&e.pod),
             target_ref: Some(target_ref(&e.pod)),
+            hostname: e.hostname.clone(),
             ..Default::default()
         });
     }
