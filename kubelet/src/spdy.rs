@@ -744,6 +744,8 @@ where
                     | Frame::Unknown(_) => {}
                 }
             }
+            // BytesMut only grows by 64 bytes when full: keep room for large reads.
+            buf.reserve(64 * 1024);
             match rd.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
