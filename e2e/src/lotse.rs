@@ -49,7 +49,15 @@ impl Lotse {
             .create(true)
             .append(true)
             .open(data.join("lotse.log"))?;
-        let child = Command::new(bin_dir().join("lotse"))
+        let mut cmd = Command::new(bin_dir().join("lotse"));
+        // The tests' image filesystem is the shared disk of the machine: its fill level (other
+        // builds, other checkouts) must not decide whether image GC removes a test's images.
+        // A high threshold of 100 disables GC, as in Kubernetes; the image GC test sets its own
+        // on a loop-mounted file system.
+        if std::env::var_os("LOTSE_IMAGE_GC_HIGH_THRESHOLD").is_none() {
+            cmd.env("LOTSE_IMAGE_GC_HIGH_THRESHOLD", "100");
+        }
+        let child = cmd
             .arg("up")
             .args(args)
             .stdin(Stdio::null())

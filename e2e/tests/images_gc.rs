@@ -96,7 +96,11 @@ fn image_gc_frees_the_image_filesystem_oldest_unused_first() -> anyhow::Result<(
     let root = data.join("kubelet/containerd/root");
     let _fs = LoopFs::mount(&tmp.path().join("imagefs.img"), &root, 400)?;
     // SAFETY: set before this test starts any process; the only test in this binary.
-    unsafe { std::env::set_var("LOTSE_IMAGE_GC_PERIOD", "2s") };
+    unsafe {
+        std::env::set_var("LOTSE_IMAGE_GC_PERIOD", "2s");
+        // Kubernetes' default; the e2e harness disables GC unless a test sets it.
+        std::env::set_var("LOTSE_IMAGE_GC_HIGH_THRESHOLD", "85");
+    }
     let node = Node::start(
         tmp.path(),
         "gc-node",

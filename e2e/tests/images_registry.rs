@@ -566,10 +566,15 @@ fn registry_pulls_policies_secrets_mirror_timeout_and_offline_fallback() -> anyh
 
     // Airgap archives: imported once each at the first start.
     let imports = |log: &str| log.matches("imported image archive").count();
+    let log = node.lotse.log();
     assert_eq!(
-        imports(&node.lotse.log()),
+        imports(&log),
         2,
-        "busybox.tar and pause.tar once"
+        "busybox.tar and pause.tar once:\n{}",
+        log.lines()
+            .filter(|l| l.contains("kubelet::images") || l.contains("containerd"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert!(node.data.join("kubelet/image-archives.json").is_file());
     k.run(&["delete", "pod", "--all", "--grace-period=0", "--force"])?;

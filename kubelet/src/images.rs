@@ -413,6 +413,7 @@ impl Manager {
             {
                 for n in &e.names {
                     if self.status(n).await.is_none() {
+                        tracing::info!(image = %n, archive = %file.display(), "image of a known archive missing from containerd: importing it again");
                         known = None;
                         break;
                     }
@@ -442,6 +443,7 @@ impl Manager {
             && self.status(name).await.is_none()
         {
             for (digest, file) in fresh.archives_with(name) {
+                tracing::info!(image = name, archive = %file.display(), "image missing from containerd: importing its archive again");
                 match archives::import(&self.cri.socket, &file).await {
                     Ok(names) if !names.is_empty() => {
                         if let Some(e) = fresh.archives.get_mut(&digest) {
