@@ -22,7 +22,9 @@ pub const MANAGER: &str = "lotse.io/up";
 /// The tenth address of a Service range (`10.96.0.10` for `10.96.0.0/12`), kubeadm's choice for
 /// the cluster DNS.
 pub fn tenth_address(range: ipnet::Ipv4Net) -> IpAddr {
-    IpAddr::V4(std::net::Ipv4Addr::from(u32::from(range.network()).saturating_add(10)))
+    IpAddr::V4(std::net::Ipv4Addr::from(
+        u32::from(range.network()).saturating_add(10),
+    ))
 }
 
 /// Creates `kube-system/kube-dns` at `cluster_ip` if absent (an existing one is kept, as kubeadm
