@@ -285,7 +285,7 @@ pub async fn pod_upgrade(
     state: &Arc<AppState>,
     rp: &ResourcePath,
     user: &crate::auth::UserInfo,
-    mut parts: http::request::Parts,
+    parts: http::request::Parts,
 ) -> ApiResult<Response> {
     let name = rp.name.as_deref().unwrap_or("");
     let sub = rp.subresource.as_deref().unwrap_or("");
@@ -332,6 +332,46 @@ pub async fn pod_upgrade(
         check_stream_target(&pod, name, &container)?;
         format!("/{sub}/{ns}/{name}/{container}?{query}")
     };
+    splice_upgrade(state, &node, &path, parts).await
+}
+
+/// `nodes/{name}/proxy/{path}`: the request is proxied to the node's kubelet at `/{path}` (as
+/// Kubernetes does; RBAC checked `nodes/proxy`): upgrades (exec, attach, portForward over
+/// WebSocket or SPDY) are spliced through, other `GET`s answered with the kubelet's response.
+pub async fn node_proxy(
+    state: &Arc<AppState>,
+    node: &str,
+    tail: &[&str],
+    parts: http::request::Parts,
+) -> ApiResult<Response> {
+    let nodes = crate::registry::lookup("", "v1", "nodes")
+        .ok_or_else(|| ApiError::internal("nodes resource missing"))?;
+    // 404 for a node that does not exist.
+    get_current(state, nodes, None, node).await?;
+    let mut path = format!("/{}", tail.join("/"));
+    if let Some(q) = parts.uri.query() {
+        path = format!("{path}?{q}");
+    }
+    if parts.headers.contains_key(header::UPGRADE) {
+        return splice_upgrade(state, node, &path, parts).await;
+    }
+    if parts.method != Method::GET {
+        return Err(ApiError::method_not_allowed());
+    }
+    let (host, port) = kubelet_address(state, node).await?;
+    kubelet_get(state, &host, port, &path, node).await
+}
+
+/// Sends the upgrade request in `parts` to the kubelet of `node` at `path` and, on `101`,
+/// splices the client's and the kubelet's connections; the kubelet's refusal is handed back
+/// as it is.
+async fn splice_upgrade(
+    state: &Arc<AppState>,
+    node: &str,
+    path: &str,
+    mut parts: http::request::Parts,
+) -> ApiResult<Response> {
+    let node = node.to_string();
     let (host, port) = kubelet_address(state, &node).await?;
     let mut send = kubelet_conn(state, &host, port, &node).await?;
     let mut req = http::Request::builder()

@@ -318,6 +318,10 @@ async fn dispatch_inner(
             .map(|v| value(&v))
             .ok_or_else(ApiError::no_such_resource);
     }
+    if let ("", ["nodes", node, "proxy", tail @ ..]) = (group, rest) {
+        // The node's kubelet API, proxied (crate::proxy).
+        return crate::proxy::node_proxy(state, node, tail, parts).await;
+    }
     let rp = request::parse_resource_path(group, version, rest)?;
     labels.verb = verb_for(&parts.method, rp.name.is_some(), query.flag("watch"));
     labels.group = group.to_string();

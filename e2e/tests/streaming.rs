@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use e2e::Kubectl;
 use e2e::lotse::{Node, random_pod_cidr, wait_for};
+use futures::StreamExt;
 
 const WEB: &str = r#"
 apiVersion: v1
@@ -275,6 +276,29 @@ async fn streaming_with_kubectl_1_27_1_30_1_33() -> anyhow::Result<()> {
                 "cannot exec into a container in a completed pod; current phase is Succeeded"
             ),
         "exec into a completed pod: {status} {body}"
+    );
+    // The kubelet API through nodes/{name}/proxy, exec included (WebSocket, kube-rs).
+    let out = k.ok(&["get", "--raw", "/api/v1/nodes/streaming/proxy/healthz"])?;
+    ensure!(out == "ok", "nodes/proxy/healthz: {out:?}");
+    let req = http::Request::get(
+        "/api/v1/nodes/streaming/proxy/exec/default/web/web?command=echo&command=via-node-proxy&output=1",
+    )
+    .body(Vec::new())?;
+    let mut ws = client.connect(req).await?.into_stream();
+    let mut stdout = Vec::new();
+    while let Some(Ok(m)) = ws.next().await {
+        if m.is_close() {
+            break;
+        }
+        let d = m.into_data();
+        if d.first() == Some(&1) {
+            stdout.extend_from_slice(&d[1..]);
+        }
+    }
+    ensure!(
+        stdout == b"via-node-proxy\n",
+        "exec through nodes/proxy: {:?}",
+        String::from_utf8_lossy(&stdout)
     );
     let (status, body) = spdy_upgrade(&client, "web", "v9.channel.k8s.io").await?;
     ensure!(
