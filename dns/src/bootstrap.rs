@@ -17,7 +17,7 @@ pub const SERVICE: &str = "kube-dns";
 pub const SLICE: &str = "kube-dns-node";
 /// `endpointslice.kubernetes.io/managed-by` of that slice (the EndpointSlice controller leaves
 /// slices of other managers alone).
-pub const MANAGER: &str = "lotse.io/up";
+pub const MANAGER: &str = "lotse-up";
 
 /// The tenth address of a Service range (`10.96.0.10` for `10.96.0.0/12`), kubeadm's choice for
 /// the cluster DNS.
@@ -92,5 +92,17 @@ mod tests {
         assert_eq!(tenth_address(r).to_string(), "10.96.0.10");
         let r: ipnet::Ipv4Net = "10.43.0.0/16".parse().expect("cidr");
         assert_eq!(tenth_address(r).to_string(), "10.43.0.10");
+    }
+
+    #[test]
+    fn the_manager_is_a_valid_label_value() {
+        assert!(MANAGER.len() <= 63);
+        assert!(MANAGER.starts_with(|c: char| c.is_ascii_alphanumeric()));
+        assert!(MANAGER.ends_with(|c: char| c.is_ascii_alphanumeric()));
+        assert!(
+            MANAGER
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        );
     }
 }

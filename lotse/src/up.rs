@@ -224,7 +224,10 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
                 match dns::bootstrap::ensure_kube_dns(&admin, ip, listen, &node).await {
                     Ok(()) => break,
                     Err(e) if attempt == 30 => tracing::error!(error = %e, "kube-dns Service"),
-                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kube-dns Service; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await
+                    }
                 }
             }
             let cfg = dns::Config {

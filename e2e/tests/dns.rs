@@ -1,0 +1,298 @@
+//! Cluster DNS on a one-node `lotse up` (issue 14, point 2): pods get the cluster resolver
+//! configuration from the kubelet and resolve Services by name through `kube-system/kube-dns`
+//! (the node's DNS server behind the tenth Service address), checked from real pods with
+//! busybox's `nslookup` and glibc's resolver (debian's `getent`, bash's `/dev/tcp`).
+//!
+//! Needs root, containerd, runc, containernetworking-plugins, nftables, the built binaries
+//! (`cargo build --workspace --bins`) and the busybox, pause and debian images
+//! (`target/debug/lotse images build --output target/lotse-images busybox pause debian`).
+//! Each run uses its own Service range, nftables table and DNS port, so other clusters on the
+//! machine cannot answer for it.
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use e2e::Kubectl;
+use e2e::lotse::{Lotse, node_ready_args, random_pod_cidr, require_images, wait_for};
+
+const MANIFEST: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: busybox
+        command: ["sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www"]
+        ports: [{name: http, containerPort: 8080}]
+        readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{name: peer, port: 7000}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  replicas: 1
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: db
+        image: busybox
+        command: ["sleep", "3600"]
+        ports: [{name: peer, containerPort: 7000}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: client
+    image: busybox
+    command: ["sleep", "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: glibc}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: glibc
+    image: debian
+    command: ["sleep", "3600"]
+"#;
+
+/// A Service range of its own (outside 10.96.0.0/12 and the cluster CIDR).
+fn random_service_range() -> anyhow::Result<(String, String)> {
+    let second = 160 + (std::process::id() + u32::from(e2e::free_port()?)) % 60;
+    Ok((format!("10.{second}.0.0/16"), format!("10.{second}.0.10")))
+}
+
+struct Cluster {
+    lotse: Option<Lotse>,
+    k: Kubectl,
+    table: String,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        drop(self.lotse.take());
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "ip", &self.table])
+            .status();
+    }
+}
+
+/// Polls `f` until it returns Ok (or `timeout`), returning its last error.
+fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let t0 = Instant::now();
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if t0.elapsed() > timeout => {
+                return Err(e.context(format!("{what}: not within {timeout:?}")));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
+    }
+}
+
+fn start(tmp: &Path) -> anyhow::Result<(Cluster, String)> {
+    let images = require_images(&["busybox.tar", "pause.tar", "debian.tar"])?;
+    let data = tmp.join("data");
+    std::fs::create_dir_all(data.join("kubelet/images"))?;
+    for img in ["busybox.tar", "pause.tar", "debian.tar"] {
+        let dst = data.join("kubelet/images").join(img);
+        if std::fs::hard_link(images.join(img), &dst).is_err() {
+            std::fs::copy(images.join(img), &dst)?;
+        }
+    }
+    let table = format!("lotse-dns-{}", std::process::id());
+    let (range, dns_ip) = random_service_range()?;
+    let args: Vec<String> = [
+        "--data-dir",
+        &data.to_string_lossy(),
+        "--secure-port",
+        &e2e::free_port()?.to_string(),
+        "--kubelet-port",
+        &e2e::free_port()?.to_string(),
+        "--node-name",
+        "dns-node",
+        "--pod-cidr",
+        &random_pod_cidr()?,
+        "--service-cluster-ip-range",
+        &range,
+        "--nftables-table",
+        &table,
+        "--cluster-dns-port",
+        &e2e::free_port()?.to_string(),
+        "--images=",
+        "--no-install",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let lotse = Lotse::start(&data, &args)?;
+    let k = Kubectl::new(33, data.join("admin.kubeconfig"), tmp.join("kubectl-cache"));
+    wait_for(
+        &k,
+        &node_ready_args("dns-node"),
+        "node Ready",
+        Duration::from_secs(30),
+        |s| s.trim() == "True",
+    )
+    .with_context(|| lotse.log())?;
+    Ok((
+        Cluster {
+            lotse: Some(lotse),
+            k,
+            table,
+        },
+        dns_ip,
+    ))
+}
+
+impl Cluster {
+    fn sh(&self, pod: &str, script: &str) -> anyhow::Result<String> {
+        self.k.ok(&["exec", pod, "--", "sh", "-c", script])
+    }
+
+    fn log(&self) -> String {
+        self.lotse.as_ref().map(Lotse::log).unwrap_or_default()
+    }
+}
+
+#[test]
+#[ignore = "needs containerd, nftables, root"]
+fn pods_resolve_services_by_name() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (c, dns_ip) = start(tmp.path())?;
+    let t0 = Instant::now();
+    let k = &c.k;
+
+    // The reserved Service exists at the tenth address, with the node's DNS behind it.
+    let ip = eventually("kube-dns Service", Duration::from_secs(20), || {
+        k.ok(&[
+            "get",
+            "svc",
+            "-n",
+            "kube-system",
+            "kube-dns",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+    })
+    .with_context(|| c.log())?;
+    assert_eq!(ip.trim(), dns_ip);
+
+    k.ok_stdin(&["apply", "-f", "-"], MANIFEST)?;
+    k.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod",
+        "--all",
+        "--timeout=90s",
+    ])
+    .with_context(|| c.log())?;
+    eprintln!("[{:?}] pods ready", t0.elapsed());
+    let web_ip = k.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])?;
+    let db_ip = k.ok(&["get", "pod", "db-0", "-o", "jsonpath={.status.podIP}"])?;
+
+    // resolv.conf by dnsPolicy ClusterFirst.
+    let conf = c.sh("client", "cat /etc/resolv.conf")?;
+    assert!(
+        conf.lines()
+            .any(|l| l.trim() == format!("nameserver {dns_ip}")),
+        "{conf}"
+    );
+    assert!(
+        conf.lines().any(|l| l
+            .trim()
+            .starts_with("search default.svc.cluster.local svc.cluster.local cluster.local")),
+        "{conf}"
+    );
+    assert!(conf.contains("ndots:5"), "{conf}");
+
+    // Fully qualified names through busybox's resolver.
+    let out = eventually("web by FQDN", Duration::from_secs(20), || {
+        let out = c.sh("client", "nslookup web.default.svc.cluster.local")?;
+        if !out.contains(&web_ip) {
+            bail!("no {web_ip} in {out}");
+        }
+        Ok(out)
+    })
+    .with_context(|| c.log())?;
+    assert!(out.contains(&dns_ip), "answered by the cluster DNS: {out}");
+    let out = c.sh("client", "nslookup db.default.svc.cluster.local")?;
+    assert!(out.contains(&db_ip), "headless Service → pod IP: {out}");
+    let out = eventually("StatefulSet pod name", Duration::from_secs(20), || {
+        let out = c.sh("client", "nslookup db-0.db.default.svc.cluster.local")?;
+        if !out.contains(&db_ip) {
+            bail!("no {db_ip} in {out}");
+        }
+        Ok(out)
+    })?;
+    assert!(out.contains("db-0.db.default.svc.cluster.local"), "{out}");
+    let r = k.run(&[
+        "exec",
+        "client",
+        "--",
+        "nslookup",
+        "nosuch.default.svc.cluster.local",
+    ])?;
+    assert!(
+        format!("{}{}", r.stdout, r.stderr).contains("NXDOMAIN"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    let out = c.sh(
+        "client",
+        "nslookup -type=SRV _peer._tcp.db.default.svc.cluster.local",
+    )?;
+    assert!(
+        out.contains("7000") && out.contains("db-0.db.default.svc.cluster.local"),
+        "{out}"
+    );
+
+    // Short names through the search path with glibc's resolver, then traffic by name.
+    let out = c.sh("glibc", "getent hosts web")?;
+    assert!(out.contains(&web_ip), "{out}");
+    let out = c.sh("glibc", "getent hosts db-0.db")?;
+    assert!(out.contains(&db_ip), "{out}");
+    let out = c.sh(
+        "glibc",
+        "timeout 10 bash -c 'exec 3<>/dev/tcp/web/80; printf \"GET / HTTP/1.0\\r\\nHost: web\\r\\n\\r\\n\" >&3; cat <&3'",
+    )?;
+    assert!(out.contains("hello-from-web"), "{out}");
+    eprintln!("[{:?}] done", t0.elapsed());
+    Ok(())
+}
