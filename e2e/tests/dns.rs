@@ -293,6 +293,36 @@ fn pods_resolve_services_by_name() -> anyhow::Result<()> {
         "timeout 10 bash -c 'exec 3<>/dev/tcp/web/80; printf \"GET / HTTP/1.0\\r\\nHost: web\\r\\n\\r\\n\" >&3; cat <&3'",
     )?;
     assert!(out.contains("hello-from-web"), "{out}");
+    let out = c.sh("client", "nslookup kubernetes.default.svc.cluster.local")?;
+    let api_ip = k.ok(&[
+        "get",
+        "svc",
+        "kubernetes",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])?;
+    assert!(out.contains(&api_ip), "{out}");
+
+    // A deleted Service is gone from DNS at once (the view follows the watch).
+    k.ok(&["delete", "svc", "web"])?;
+    let deleted = Instant::now();
+    eventually("deleted Service NXDOMAIN", Duration::from_secs(5), || {
+        let r = k.run(&[
+            "exec",
+            "client",
+            "--",
+            "nslookup",
+            "web.default.svc.cluster.local",
+        ])?;
+        if !r.stdout.contains("NXDOMAIN") {
+            bail!("{} {}", r.stdout, r.stderr);
+        }
+        Ok(())
+    })?;
+    eprintln!(
+        "deleted Service answered NXDOMAIN after {:?} (kubectl exec included)",
+        deleted.elapsed()
+    );
     eprintln!("[{:?}] done", t0.elapsed());
     Ok(())
 }
