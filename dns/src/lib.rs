@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod bootstrap;
+pub mod cache;
 pub mod forward;
 pub mod handler;
 pub mod server;

@@ -7,6 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 
+use crate::cache::Cache;
 use crate::forward::Forwarder;
 use crate::handler::{self, Outcome, Transport, Zone};
 use crate::view::ClusterView;
@@ -14,11 +15,15 @@ use crate::view::ClusterView;
 /// A TCP connection idle this long is closed (RFC 7766 suggests seconds).
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
+/// Questions the forwarding cache keeps at most.
+const CACHE_CAPACITY: usize = 10_000;
+
 /// Answers queries from the latest [`ClusterView`].
 pub struct Server {
     view: watch::Receiver<Arc<ClusterView>>,
     zone: Zone,
     forwarder: Forwarder,
+    cache: Cache,
 }
 
 impl Server {
@@ -28,6 +33,7 @@ impl Server {
             view,
             zone,
             forwarder,
+            cache: Cache::new(CACHE_CAPACITY),
         }
     }
 
@@ -44,10 +50,18 @@ impl Server {
         match outcome {
             Outcome::Reply(m) => handler::encode(&m, payload, transport),
             Outcome::Drop => None,
-            Outcome::Forward => match self.forwarder.forward(request, transport).await {
-                Some(bytes) => Some(bytes),
-                None => handler::encode(&handler::servfail(request)?, payload, transport),
-            },
+            Outcome::Forward => {
+                if let Some(bytes) = self.cache.get(request) {
+                    return Some(bytes);
+                }
+                match self.forwarder.forward(request, transport).await {
+                    Some(bytes) => {
+                        self.cache.put(request, &bytes);
+                        Some(bytes)
+                    }
+                    None => handler::encode(&handler::servfail(request)?, payload, transport),
+                }
+            }
         }
     }
 
@@ -154,9 +168,17 @@ mod tests {
         let (_, rx) = watch::channel(Arc::new(view));
         let zone = Zone::new("cluster.local").expect("zone");
         let server = Arc::new(Server::new(rx, zone, Forwarder { upstreams, timeout }));
-        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("udp");
-        let addr = udp.local_addr().expect("addr");
-        let tcp = TcpListener::bind(addr).await.expect("tcp");
+        // A free UDP port whose TCP twin is free too.
+        let mut bound = None;
+        for _ in 0..50 {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.expect("udp");
+            let addr = udp.local_addr().expect("addr");
+            if let Ok(tcp) = TcpListener::bind(addr).await {
+                bound = Some((udp, tcp, addr));
+                break;
+            }
+        }
+        let (udp, tcp, addr) = bound.expect("a free port for UDP and TCP");
         tokio::spawn(server.clone().serve_udp(udp));
         tokio::spawn(server.serve_tcp(tcp));
         addr
@@ -227,9 +249,12 @@ mod tests {
         // A loopback upstream answering every query with 192.0.2.1.
         let upstream = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let up_addr = upstream.local_addr().expect("addr");
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = asked.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             while let Ok((n, peer)) = upstream.recv_from(&mut buf).await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let Ok(q) = Message::from_vec(&buf[..n]) else {
                     continue;
                 };
@@ -249,6 +274,10 @@ mod tests {
         let m = udp_ask(addr, &query("example.org.")).await;
         assert_eq!(m.metadata.response_code, ResponseCode::NoError);
         assert!(matches!(&m.answers[0].data, RData::A(a) if a.0.to_string() == "192.0.2.1"));
+        // The second time from the cache: the upstream was asked once.
+        let m = udp_ask(addr, &query("example.org.")).await;
+        assert!(matches!(&m.answers[0].data, RData::A(a) if a.0.to_string() == "192.0.2.1"));
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]
