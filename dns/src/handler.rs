@@ -1017,6 +1017,31 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_service_answers_a_and_aaaa() {
+        let services = vec![svc(
+            json!({"metadata": {"name": "ds", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.30", "clusterIPs": ["10.96.0.30", "fd00:10:96::30"]}}),
+        )];
+        let v = ClusterView::build(&services, &[], &[]);
+        let m = exchange(
+            &v,
+            &query_bytes("ds.default.svc.cluster.local.", RecordType::AAAA),
+        );
+        assert_eq!(ips(&m), ["fd00:10:96::30"]);
+        let m = exchange(
+            &v,
+            &query_bytes("ds.default.svc.cluster.local.", RecordType::A),
+        );
+        assert_eq!(ips(&m), ["10.96.0.30"]);
+        let rev = "0.3.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.0.1.0.0.0.0.d.f.ip6.arpa.";
+        let m = exchange(&v, &query_bytes(rev, RecordType::PTR));
+        match &m.answers[0].data {
+            RData::PTR(p) => assert_eq!(p.0.to_ascii(), "ds.default.svc.cluster.local."),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn bad_cluster_domains_are_rejected() {
         assert!(Zone::new("").is_err());
         assert!(Zone::new("a..b").is_err());

@@ -236,3 +236,72 @@ fn protocol_label(p: Option<&str>) -> String {
 pub fn dashed(ip: IpAddr) -> String {
     ip.to_string().replace(['.', ':'], "-")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn dual_stack_services_have_both_addresses_and_ptrs() {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "ds", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.30", "clusterIPs": ["10.96.0.30", "fd00:10:96::30"],
+                "ports": [{"name": "http", "port": 80}]}}))
+        .expect("service");
+        let v = ClusterView::build([&svc], [], []);
+        let s = v.service("default", "ds").expect("service");
+        assert_eq!(
+            s.kind,
+            ServiceKind::ClusterIp(vec![
+                "10.96.0.30".parse().expect("ip"),
+                "fd00:10:96::30".parse().expect("ip")
+            ])
+        );
+        assert_eq!(
+            v.ptr("fd00:10:96::30".parse().expect("ip")),
+            ["ds.default.svc"]
+        );
+        assert!(v.namespace_exists("default"));
+        assert_eq!(s.ports[0].protocol, "tcp");
+    }
+
+    #[test]
+    fn slices_of_unknown_services_and_duplicates_are_ignored() {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "h", "namespace": "default"},
+            "spec": {"clusterIP": "None"}}))
+        .expect("service");
+        let slices: Vec<EndpointSlice> = ["h", "h", "gone"]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                serde_json::from_value(json!({
+                    "metadata": {"name": format!("s{i}"), "namespace": "default",
+                        "labels": {"kubernetes.io/service-name": s}},
+                    "addressType": "IPv4",
+                    "endpoints": [{"addresses": ["10.244.0.5"]}, {"addresses": ["not-an-ip"]}]}))
+                .expect("slice")
+            })
+            .collect();
+        let v = ClusterView::build([&svc], &slices, []);
+        let s = v.service("default", "h").expect("service");
+        assert_eq!(s.endpoints.len(), 1);
+        assert_eq!(s.endpoints[0].label, "10-244-0-5");
+        assert!(v.service("default", "gone").is_none());
+        assert_eq!(
+            v.ptr("10.244.0.5".parse().expect("ip")),
+            ["10-244-0-5.h.default.svc"]
+        );
+    }
+
+    #[test]
+    fn services_without_an_address_are_not_served() {
+        let pending: Service = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "default"}, "spec": {}}))
+        .expect("service");
+        let v = ClusterView::build([&pending], [], []);
+        assert!(v.service("default", "p").is_none());
+        assert_eq!(dashed("fd00::5".parse().expect("ip")), "fd00--5");
+    }
+}
