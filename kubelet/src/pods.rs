@@ -463,13 +463,11 @@ fn sandbox_config(k: &Kubelet, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig
             namespace: ns.clone(),
             attempt,
         }),
-        hostname: spec.hostname.clone().unwrap_or_else(|| {
-            if host_network {
-                k.config.node_name.clone()
-            } else {
-                name.clone()
-            }
-        }),
+        hostname: if host_network {
+            k.config.node_name.clone()
+        } else {
+            spec::pod_hostname(pod, &k.config.cluster_domain)
+        },
         log_directory: k
             .config
             .root_dir

@@ -554,6 +554,33 @@ pub fn pod_dns_config(pod: &Pod, node: NodeDns<'_>) -> cri::DnsConfig {
     out
 }
 
+/// The pod's hostname as the kubelet sets it (`GeneratePodHostNameAndDomain`): `spec.hostname`
+/// or the pod name cut to 63 characters (without a trailing `-`/`.`); with
+/// `setHostnameAsFQDN` and a `subdomain`, the fully qualified
+/// `<hostname>.<subdomain>.<ns>.svc.<cluster-domain>`.
+pub fn pod_hostname(pod: &Pod, cluster_domain: &str) -> String {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let mut host = spec
+        .hostname
+        .clone()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| pod.metadata.name.clone().unwrap_or_default());
+    if host.len() > 63 {
+        host.truncate(63);
+        while host.ends_with(['-', '.']) {
+            host.pop();
+        }
+    }
+    let domain = cluster_domain.trim_end_matches('.');
+    match spec.subdomain.as_deref().filter(|s| !s.is_empty()) {
+        Some(sub) if spec.set_hostname_as_fqdn == Some(true) && !domain.is_empty() => {
+            let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+            format!("{host}.{sub}.{ns}.svc.{domain}")
+        }
+        _ => host,
+    }
+}
+
 /// The Linux security settings of a container (pod-level defaults, container overrides).
 pub fn security(pod: &Pod, c: &Container) -> cri::LinuxContainerSecurityContext {
     let psc = pod
@@ -695,6 +722,26 @@ mod tests {
             cluster_domain: "cluster.local",
             host_resolv_conf: Some(HOST_RESOLV),
         }
+    }
+
+    #[test]
+    fn hostname_subdomain_and_fqdn() {
+        let p = dns_pod(serde_json::json!({"containers": []}));
+        assert_eq!(pod_hostname(&p, "cluster.local"), "p");
+        let p =
+            dns_pod(serde_json::json!({"containers": [], "hostname": "db-0", "subdomain": "db"}));
+        assert_eq!(pod_hostname(&p, "cluster.local"), "db-0");
+        let p = dns_pod(serde_json::json!({"containers": [], "hostname": "db-0",
+            "subdomain": "db", "setHostnameAsFQDN": true}));
+        assert_eq!(
+            pod_hostname(&p, "cluster.local"),
+            "db-0.db.team.svc.cluster.local"
+        );
+        let long: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("{}-{}", "a".repeat(62), "b"), "namespace": "team"},
+            "spec": {"containers": []}}))
+        .expect("pod");
+        assert_eq!(pod_hostname(&long, "cluster.local"), "a".repeat(62));
     }
 
     #[test]
