@@ -186,21 +186,16 @@ pub async fn attach(
     response
 }
 
-/// Follows `log` from its current end and sends new chunks until the container stops running
-/// (or a newer attempt's log appears). Returns when the container has exited.
+/// Follows the log file `f` (opened at its end before the client's stdin is read, so output
+/// that stdin causes is never missed) and sends new chunks until the container stops running.
+/// Returns when the container has exited.
 async fn follow(
     k: Arc<Kubelet>,
     cid: String,
-    log: PathBuf,
+    f: tokio::fs::File,
     opts: ExecOptions,
     tx: mpsc::Sender<Message>,
 ) {
-    let Ok(mut f) = tokio::fs::File::open(&log).await else {
-        return;
-    };
-    if f.seek(std::io::SeekFrom::End(0)).await.is_err() {
-        return;
-    }
     let mut r = tokio::io::BufReader::new(f);
     let mut line = String::new();
     let mut idle = 0u32;
@@ -284,6 +279,11 @@ async fn session(
         None => None,
     };
     let had_stdin = stdin.is_some();
+    // Positioned at the log's end before any stdin is written: what stdin provokes follows.
+    let log_end = match tokio::fs::File::open(&log).await {
+        Ok(mut f) => f.seek(std::io::SeekFrom::End(0)).await.ok().map(|_| f),
+        Err(_) => None,
+    };
     let (socket, tty) = (k.cri.socket.clone(), opts.tty);
     let resize_cid = cid.clone();
     // stdinOnce: the container's stdin is closed when this session's stdin ends (the client's
@@ -341,7 +341,11 @@ async fn session(
         }
         // Dropping `stdin` here closes the kubelet's end of the fifo.
     };
-    let out = follow(k.clone(), cid.clone(), log, opts, tx.clone());
+    let out = async {
+        if let Some(f) = log_end {
+            follow(k.clone(), cid.clone(), f, opts, tx.clone()).await;
+        }
+    };
     tokio::select! {
         _ = out => {
             let st = json!({"metadata": {}, "status": "Success"});
