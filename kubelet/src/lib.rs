@@ -23,6 +23,7 @@ pub mod server;
 pub mod simulated;
 pub mod spdy;
 pub mod spec;
+pub mod stats;
 pub mod volumes;
 
 use std::collections::HashMap;
@@ -67,6 +68,20 @@ pub struct Config {
     /// `--resolv-conf`: the host resolver file that `dnsPolicy: Default` pods inherit (empty:
     /// none).
     pub resolv_conf: String,
+    /// `--cgroup-root`: the cgroup under which `kubepods/` holds the pods' cgroups (`/`; the
+    /// nodes of a multi-node cluster on one machine share the host's cgroup tree, so each gets
+    /// its own).
+    pub cgroup_root: String,
+}
+
+impl Config {
+    /// The cgroup parent of pod `uid`: `<cgroup-root>/kubepods/pod<uid>`.
+    pub fn pod_cgroup(&self, uid: &str) -> String {
+        format!(
+            "{}/kubepods/pod{uid}",
+            self.cgroup_root.trim_end_matches('/')
+        )
+    }
 }
 
 /// What runs the pods.
@@ -142,12 +157,15 @@ pub async fn run(
     };
     std::fs::create_dir_all(layout.images())
         .map_err(|e| Error::Runtime(format!("create {}: {e}", layout.images().display())))?;
-    let pod_cidr = config
-        .pod_cidr
-        .clone()
-        .unwrap_or_else(|| DEFAULT_POD_CIDR.to_string());
-    config.pod_cidr = Some(pod_cidr.clone());
     let simulated = config.runtime == RuntimeKind::Simulated;
+    let pod_cidr = match config.pod_cidr.clone() {
+        Some(c) => c,
+        // A simulated node has no network to size.
+        None if simulated => DEFAULT_POD_CIDR.to_string(),
+        // As a kubelet without --pod-cidr: register, then take what node IPAM assigns.
+        None => node::await_pod_cidr(&client, &config).await?,
+    };
+    config.pod_cidr = Some(pod_cidr.clone());
     let mut containerd = None;
     let endpoint = match &config.container_runtime_endpoint {
         _ if simulated => layout.socket().to_string_lossy().into_owned(),

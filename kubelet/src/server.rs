@@ -4,7 +4,8 @@
 //! (WebSocket or SPDY, see [`crate::exec`] and [`crate::channels`]),
 //! `GET|POST /attach/{namespace}/{pod}/{container}` (see [`crate::attach`]),
 //! `GET|POST /portForward/{namespace}/{pod}` (SPDY, or SPDY tunnelled in WebSocket, see
-//! [`crate::portforward`]) and `GET /healthz`.
+//! [`crate::portforward`]), `GET /stats/summary` and `GET /metrics/resource` (see
+//! [`crate::stats`]) and `GET /healthz`.
 //!
 //! Only the apiserver is served: every request but `/healthz` needs a client certificate signed
 //! by the cluster CA ([`crate::Config::client_ca_der`], Kubernetes' `--client-ca-file`) naming
@@ -45,6 +46,8 @@ pub async fn serve(k: Arc<Kubelet>, addr: std::net::SocketAddr) -> Result<(), Er
     tracing::info!(%addr, "kubelet API listening");
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/stats/summary", get(crate::stats::summary))
+        .route("/metrics/resource", get(crate::stats::resource_metrics))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
         .route(
             "/exec/{ns}/{pod}/{container}",
@@ -85,7 +88,7 @@ pub async fn serve(k: Arc<Kubelet>, addr: std::net::SocketAddr) -> Result<(), Er
                     let denied = if req.uri().path() == "/healthz" {
                         None
                     } else {
-                        authorize(identity.as_ref())
+                        authorize(identity.as_ref(), req.method(), req.uri().path())
                     };
                     async move {
                         Ok::<_, std::convert::Infallible>(match denied {
@@ -129,8 +132,38 @@ fn identity(der: &[u8]) -> Option<Identity> {
     Some(Identity { user, groups })
 }
 
+/// The `nodes` subresource and verb a kubelet API request is authorized as (Kubernetes'
+/// kubelet authorizer: `/stats/*` → `nodes/stats`, `/metrics/*` → `nodes/metrics`, `/logs/*` →
+/// `nodes/log`, `/spec/*` → `nodes/spec`, everything else `nodes/proxy`).
+pub fn node_subresource(method: &axum::http::Method, path: &str) -> (&'static str, &'static str) {
+    let under = |p: &str| path == p || path.starts_with(&format!("{p}/"));
+    let sub = if under("/stats") {
+        "stats"
+    } else if under("/metrics") {
+        "metrics"
+    } else if under("/logs") {
+        "log"
+    } else if under("/spec") {
+        "spec"
+    } else {
+        "proxy"
+    };
+    let verb = match *method {
+        axum::http::Method::POST => "create",
+        axum::http::Method::PUT => "update",
+        axum::http::Method::PATCH => "patch",
+        axum::http::Method::DELETE => "delete",
+        _ => "get",
+    };
+    (verb, sub)
+}
+
 /// `None` when `id` may use the kubelet API, else the 401/403 answer.
-pub fn authorize(id: Option<&Identity>) -> Option<Response> {
+pub fn authorize(
+    id: Option<&Identity>,
+    method: &axum::http::Method,
+    path: &str,
+) -> Option<Response> {
     match id {
         None => Some(text(StatusCode::UNAUTHORIZED, "Unauthorized".into())),
         Some(i)
@@ -139,13 +172,16 @@ pub fn authorize(id: Option<&Identity>) -> Option<Response> {
         {
             None
         }
-        Some(i) => Some(text(
-            StatusCode::FORBIDDEN,
-            format!(
-                "Forbidden (user={}, verb=get, resource=nodes, subresource=proxy)",
-                i.user
-            ),
-        )),
+        Some(i) => {
+            let (verb, sub) = node_subresource(method, path);
+            Some(text(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Forbidden (user={}, verb={verb}, resource=nodes, subresource={sub})",
+                    i.user
+                ),
+            ))
+        }
     }
 }
 
@@ -394,6 +430,41 @@ async fn container_logs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_authorized_as_kubernetes_node_subresources() {
+        use axum::http::Method;
+        assert_eq!(
+            node_subresource(&Method::GET, "/stats/summary"),
+            ("get", "stats")
+        );
+        assert_eq!(
+            node_subresource(&Method::GET, "/metrics/resource"),
+            ("get", "metrics")
+        );
+        assert_eq!(
+            node_subresource(&Method::GET, "/metrics"),
+            ("get", "metrics")
+        );
+        assert_eq!(
+            node_subresource(&Method::POST, "/exec/ns/p/c"),
+            ("create", "proxy")
+        );
+        assert_eq!(node_subresource(&Method::GET, "/statsx"), ("get", "proxy"));
+        let other = Identity {
+            user: "alice".into(),
+            groups: vec![],
+        };
+        let r = authorize(Some(&other), &Method::GET, "/stats/summary").expect("refused");
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let apiserver = Identity {
+            user: APISERVER_CLIENT_USER.into(),
+            groups: vec![],
+        };
+        assert!(authorize(Some(&apiserver), &Method::GET, "/metrics/resource").is_none());
+        let r = authorize(None, &Method::GET, "/metrics/resource").expect("refused");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
 
     #[test]
     fn cri_log_lines() {
