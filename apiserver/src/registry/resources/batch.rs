@@ -1,4 +1,4 @@
-//! batch/v1 entries: jobs.
+//! batch/v1 entries: jobs and cronjobs.
 
 use k8s_openapi::api::batch::v1 as batchv1;
 use serde_json::{Value, json};
@@ -141,6 +141,62 @@ fn validate_job(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
             ));
         }
     }
+    errs.extend(validate_job_spec(o));
+    // ValidateJobSpec: selector required and matching the template.
+    match sel {
+        None => errs.push(FieldError::required("spec.selector", "")),
+        Some(sel) => validate_label_selector(&mut errs, sel, "spec.selector"),
+    }
+    let labels = obj(o, &["spec", "template", "metadata", "labels"]);
+    if sel.is_none_or(|sel| !selector_matches(sel, labels)) {
+        errs.push(invalid_raw(
+            "spec.template.metadata.labels",
+            &go_string_map(fields::at(o, &["spec", "template", "metadata", "labels"])),
+            "`selector` does not match template `labels`",
+        ));
+    }
+    if let Some(old) = old {
+        for f in [
+            "completions",
+            "completionMode",
+            "podFailurePolicy",
+            "backoffLimitPerIndex",
+        ] {
+            immutable(
+                &mut errs,
+                &format!("spec.{f}"),
+                fields::at(o, &["spec", f]),
+                fields::at(old, &["spec", f]),
+            );
+        }
+        let new_sel = fields::at(o, &["spec", "selector"]).filter(|v| !v.is_null());
+        if new_sel != fields::at(old, &["spec", "selector"]).filter(|v| !v.is_null()) {
+            let r = new_sel
+                .map(go_label_selector)
+                .unwrap_or_else(|| "null".to_string());
+            errs.push(invalid_raw("spec.selector", &r, "field is immutable"));
+        }
+        // The template is immutable, except for scheduling directives of suspended jobs that never
+        // started.
+        let mutable_scheduling =
+            boolean(old, &["spec", "suspend"]) && !present(old, &["status", "startTime"]);
+        if !mutable_scheduling {
+            immutable(
+                &mut errs,
+                "spec.template",
+                fields::at(o, TEMPLATE),
+                fields::at(old, TEMPLATE),
+            );
+        }
+    }
+    errs
+}
+
+/// `validateJobSpec`: the checks of a Job spec that do not involve its selector (counts,
+/// completion mode, pod replacement policy, the pod template and its restart policy). `o` holds
+/// the spec under `spec`; CronJobs run it on their job template.
+fn validate_job_spec(o: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
     for f in [
         "parallelism",
         "completions",
@@ -214,53 +270,6 @@ fn validate_job(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
             "only \"Never\" is supported when podFailurePolicy is specified",
         ));
     }
-    // ValidateJobSpec: selector required and matching the template.
-    match sel {
-        None => errs.push(FieldError::required("spec.selector", "")),
-        Some(sel) => validate_label_selector(&mut errs, sel, "spec.selector"),
-    }
-    let labels = obj(o, &["spec", "template", "metadata", "labels"]);
-    if sel.is_none_or(|sel| !selector_matches(sel, labels)) {
-        errs.push(invalid_raw(
-            "spec.template.metadata.labels",
-            &go_string_map(fields::at(o, &["spec", "template", "metadata", "labels"])),
-            "`selector` does not match template `labels`",
-        ));
-    }
-    if let Some(old) = old {
-        for f in [
-            "completions",
-            "completionMode",
-            "podFailurePolicy",
-            "backoffLimitPerIndex",
-        ] {
-            immutable(
-                &mut errs,
-                &format!("spec.{f}"),
-                fields::at(o, &["spec", f]),
-                fields::at(old, &["spec", f]),
-            );
-        }
-        let new_sel = fields::at(o, &["spec", "selector"]).filter(|v| !v.is_null());
-        if new_sel != fields::at(old, &["spec", "selector"]).filter(|v| !v.is_null()) {
-            let r = new_sel
-                .map(go_label_selector)
-                .unwrap_or_else(|| "null".to_string());
-            errs.push(invalid_raw("spec.selector", &r, "field is immutable"));
-        }
-        // The template is immutable, except for scheduling directives of suspended jobs that never
-        // started.
-        let mutable_scheduling =
-            boolean(old, &["spec", "suspend"]) && !present(old, &["status", "startTime"]);
-        if !mutable_scheduling {
-            immutable(
-                &mut errs,
-                "spec.template",
-                fields::at(o, TEMPLATE),
-                fields::at(old, TEMPLATE),
-            );
-        }
-    }
     errs
 }
 
@@ -318,6 +327,252 @@ fn job_cells(o: &Value) -> Vec<Value> {
         [cell(status), cell(completions), cell(duration)],
         Some(format_label_selector(fields::at(o, &["spec", "selector"]))),
     )
+}
+
+/// Where a CronJob's job template lives.
+const JOB_TEMPLATE_POD: &[&str] = &["spec", "jobTemplate", "spec", "template"];
+
+/// batch/v1 cronjobs.
+pub const CRONJOBS: ResourceDef = ResourceDef {
+    short_names: &["cj"],
+    categories: &["all"],
+    subresources: &[Subresource::Status],
+    has_status: true,
+    defaults: cronjob_defaults,
+    validate: validate_cronjob,
+    columns: &[
+        NAME_COLUMN,
+        col(
+            "Schedule",
+            "string",
+            0,
+            "The schedule in Cron format, see https://en.wikipedia.org/wiki/Cron.",
+        ),
+        col(
+            "Timezone",
+            "string",
+            0,
+            "The time zone name for the given schedule, see https://en.wikipedia.org/wiki/List_of_tz_database_time_zones. If not specified, this will default to the time zone of the kube-controller-manager process.",
+        ),
+        col(
+            "Suspend",
+            "boolean",
+            0,
+            "This flag tells the controller to suspend subsequent executions, it does not apply to already started executions.  Defaults to false.",
+        ),
+        col(
+            "Active",
+            "integer",
+            0,
+            "A list of pointers to currently running jobs.",
+        ),
+        col(
+            "Last Schedule",
+            "string",
+            0,
+            "Information when was the last time the job was successfully scheduled.",
+        ),
+        AGE_COLUMN,
+        col("Containers", "string", 1, CONTAINERS_DESC),
+        col("Images", "string", 1, IMAGES_DESC),
+        col(
+            "Selector",
+            "string",
+            1,
+            "A label query over pods that should match the pod count. Normally, the system sets this field for you. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors",
+        ),
+    ],
+    cells: cronjob_cells,
+    ..def_of::<batchv1::CronJob>("batch", "v1", "CronJob", "cronjobs", "cronjob")
+};
+
+/// `SetDefaults_CronJob` plus the pod defaults of the job template.
+fn cronjob_defaults(o: &mut Value) {
+    fields::default_at(o, &["spec"], "concurrencyPolicy", json!("Allow"));
+    fields::default_at(o, &["spec"], "suspend", json!(false));
+    fields::default_at(o, &["spec"], "successfulJobsHistoryLimit", json!(3));
+    fields::default_at(o, &["spec"], "failedJobsHistoryLimit", json!(1));
+    pod::default_template(o, JOB_TEMPLATE_POD);
+}
+
+/// `ValidateCronJobCreate`/`ValidateCronJobUpdate`.
+fn validate_cronjob(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let schedule = s(o, &["spec", "schedule"]);
+    let time_zone = fields::at(o, &["spec", "timeZone"]).filter(|v| !v.is_null());
+    if schedule.is_empty() {
+        errs.push(FieldError::required("spec.schedule", ""));
+    } else {
+        if let Err(e) = cron_schedule::parse_standard(schedule) {
+            errs.push(FieldError::invalid(
+                "spec.schedule",
+                &json!(schedule),
+                &e.to_string(),
+            ));
+        }
+        // A TZ= prefix is only tolerated on objects that already had one.
+        let allow_tz = old.is_some_and(|old| s(old, &["spec", "schedule"]).contains("TZ"));
+        if schedule.contains("TZ") {
+            let msg = match (allow_tz, time_zone.is_some()) {
+                (true, true) => {
+                    Some("cannot use both timeZone field and TZ or CRON_TZ in schedule")
+                }
+                (true, false) => None,
+                (false, _) => {
+                    Some("cannot use TZ or CRON_TZ in schedule, use timeZone field instead")
+                }
+            };
+            if let Some(msg) = msg {
+                errs.push(FieldError::invalid("spec.schedule", &json!(schedule), msg));
+            }
+        }
+    }
+    nonnegative(
+        &mut errs,
+        o,
+        &["spec", "startingDeadlineSeconds"],
+        "spec.startingDeadlineSeconds",
+    );
+    let old_zone =
+        old.and_then(|old| fields::at(old, &["spec", "timeZone"]).filter(|v| !v.is_null()));
+    if old.is_none() || old_zone != time_zone {
+        validate_time_zone(&mut errs, time_zone);
+    }
+    match s(o, &["spec", "concurrencyPolicy"]) {
+        "Allow" | "Forbid" | "Replace" => {}
+        "" => errs.push(FieldError::required("spec.concurrencyPolicy", "")),
+        other => errs.push(FieldError::not_supported(
+            "spec.concurrencyPolicy",
+            &json!(other),
+            &["Allow", "Forbid", "Replace"],
+        )),
+    }
+    // ValidateJobTemplateSpec: the Job checks at spec.jobTemplate.spec.
+    let template_spec = fields::at(o, &["spec", "jobTemplate", "spec"])
+        .cloned()
+        .unwrap_or(Value::Null);
+    for e in validate_job_spec(&json!({ "spec": template_spec })) {
+        errs.push(reroot(e, "spec.jobTemplate.spec"));
+    }
+    if let Some(sel) =
+        fields::at(o, &["spec", "jobTemplate", "spec", "selector"]).filter(|v| v.is_object())
+    {
+        errs.push(invalid_raw(
+            "spec.jobTemplate.spec.selector",
+            &go_label_selector(sel),
+            "`selector` will be auto-generated",
+        ));
+    }
+    if boolean(o, &["spec", "jobTemplate", "spec", "manualSelector"]) {
+        errs.push(FieldError::not_supported(
+            "spec.jobTemplate.spec.manualSelector",
+            &json!(true),
+            &["nil", "false"],
+        ));
+    }
+    for f in ["successfulJobsHistoryLimit", "failedJobsHistoryLimit"] {
+        nonnegative(&mut errs, o, &["spec", f], &format!("spec.{f}"));
+    }
+    // The controller appends "-<11 digits>" to name Jobs, and Job names are DNS labels (63).
+    let name = fields::name(o);
+    if old.is_none() && name.len() > 52 {
+        errs.push(FieldError::invalid(
+            "metadata.name",
+            &json!(name),
+            "must be no more than 52 characters",
+        ));
+    }
+    errs
+}
+
+/// Moves an error found at `spec...` of a wrapped Job spec to `root...`.
+fn reroot(mut e: FieldError, root: &str) -> FieldError {
+    if let Some(rest) = e.field.strip_prefix("spec") {
+        e.field = format!("{root}{rest}");
+    }
+    if let Some(rest) = e.message.strip_prefix("spec") {
+        e.message = format!("{root}{rest}");
+    }
+    e
+}
+
+/// `validateTimeZone`: IANA name syntax, not `Local`, and known to the time zone database.
+fn validate_time_zone(errs: &mut Vec<FieldError>, time_zone: Option<&Value>) {
+    let Some(v) = time_zone else { return };
+    let tz = v.as_str().unwrap_or("");
+    if tz.is_empty() {
+        errs.push(FieldError::invalid(
+            "spec.timeZone",
+            v,
+            "timeZone must be nil or non-empty string",
+        ));
+        return;
+    }
+    let part_ok = |p: &str| {
+        p != "."
+            && p != ".."
+            && !p.starts_with('-')
+            && (1..=14).contains(&p.len())
+            && p.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b'+'))
+    };
+    if !tz.split('/').all(part_ok) {
+        errs.push(FieldError::invalid(
+            "spec.timeZone",
+            v,
+            &format!("unknown time zone {tz}"),
+        ));
+        return;
+    }
+    if tz.eq_ignore_ascii_case("Local") {
+        errs.push(FieldError::invalid(
+            "spec.timeZone",
+            v,
+            "timeZone must be an explicit time zone as defined in https://www.iana.org/time-zones",
+        ));
+    }
+    if let Err(e) = cron_schedule::load_location(tz) {
+        errs.push(FieldError::invalid("spec.timeZone", v, &e.to_string()));
+    }
+}
+
+/// kubectl's `printCronJob` row.
+fn cronjob_cells(o: &Value) -> Vec<Value> {
+    let time_zone = fields::str_at(o, &["spec", "timeZone"]).unwrap_or("<none>");
+    let suspend = match fields::at(o, &["spec", "suspend"]).and_then(Value::as_bool) {
+        Some(b) => b.to_string(),
+        None => "<unset>".to_string(),
+    };
+    let last_schedule = match ts(o, &["status", "lastScheduleTime"]) {
+        Some(t) => fields::human_duration((jiff::Timestamp::now().as_second() - t).max(0)),
+        None => "<none>".to_string(),
+    };
+    let (names, images) = container_cells(arr(
+        o,
+        &[
+            "spec",
+            "jobTemplate",
+            "spec",
+            "template",
+            "spec",
+            "containers",
+        ],
+    ));
+    vec![
+        name_cell(o),
+        cell(s(o, &["spec", "schedule"])),
+        cell(time_zone),
+        cell(suspend),
+        Value::from(arr(o, &["status", "active"]).len()),
+        cell(last_schedule),
+        age_cell(o),
+        cell(names),
+        cell(images),
+        cell(format_label_selector(fields::at(
+            o,
+            &["spec", "jobTemplate", "spec", "selector"],
+        ))),
+    ]
 }
 
 #[cfg(test)]
@@ -380,5 +635,123 @@ mod tests {
             .map(|e| e.field)
             .collect();
         assert_eq!(fields, ["spec.completions", "spec.template"]);
+    }
+
+    fn cronjob() -> Value {
+        let mut c = json!({"metadata": {"name": "hello", "uid": "u2"}, "spec": {
+            "schedule": "*/1 * * * *",
+            "jobTemplate": {"spec": {"template": {"spec": {
+                "restartPolicy": "OnFailure", "containers": [{"name": "hello", "image": "busybox"}]}}}}}});
+        cronjob_defaults(&mut c);
+        c
+    }
+
+    fn messages(errs: Vec<FieldError>) -> Vec<String> {
+        errs.into_iter().map(|e| e.message).collect()
+    }
+
+    #[test]
+    fn cronjob_defaults_and_columns() {
+        let c = cronjob();
+        assert_eq!(c["spec"]["concurrencyPolicy"], "Allow");
+        assert_eq!(c["spec"]["suspend"], false);
+        assert_eq!(c["spec"]["successfulJobsHistoryLimit"], 3);
+        assert_eq!(c["spec"]["failedJobsHistoryLimit"], 1);
+        assert!(
+            c["spec"]["jobTemplate"]["spec"]
+                .get("backoffLimit")
+                .is_none()
+        );
+        assert!(
+            validate_cronjob(&c, None).is_empty(),
+            "{:?}",
+            validate_cronjob(&c, None)
+        );
+        let cells = cronjob_cells(&c);
+        assert_eq!(
+            &cells[..6],
+            &[
+                json!("hello"),
+                json!("*/1 * * * *"),
+                json!("<none>"),
+                json!("false"),
+                json!(0),
+                json!("<none>")
+            ]
+        );
+        assert_eq!(
+            &cells[7..],
+            &[json!("hello"), json!("busybox"), json!("<none>")]
+        );
+        let cols: Vec<&str> = CRONJOBS.columns.iter().map(|c| c.name).collect();
+        assert_eq!(
+            cols,
+            [
+                "Name",
+                "Schedule",
+                "Timezone",
+                "Suspend",
+                "Active",
+                "Last Schedule",
+                "Age",
+                "Containers",
+                "Images",
+                "Selector"
+            ]
+        );
+    }
+
+    #[test]
+    fn cronjob_validation_messages() {
+        let mut c = cronjob();
+        c["spec"]["schedule"] = json!("61 * * * *");
+        c["spec"]["timeZone"] = json!("Europe/Pariss");
+        c["spec"]["concurrencyPolicy"] = json!("Sometimes");
+        c["spec"]["successfulJobsHistoryLimit"] = json!(-1);
+        c["spec"]["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"] = json!("Always");
+        assert_eq!(
+            messages(validate_cronjob(&c, None)),
+            [
+                "spec.schedule: Invalid value: \"61 * * * *\": end of range (61) above maximum (59): 61",
+                "spec.timeZone: Invalid value: \"Europe/Pariss\": unknown time zone Europe/Pariss",
+                "spec.concurrencyPolicy: Unsupported value: \"Sometimes\": supported values: \"Allow\", \"Forbid\", \"Replace\"",
+                "spec.jobTemplate.spec.template.spec.restartPolicy: Required value: valid values: \"OnFailure\", \"Never\"",
+                "spec.successfulJobsHistoryLimit: Invalid value: -1: must be greater than or equal to 0",
+            ]
+        );
+        let mut c = cronjob();
+        c["spec"]["schedule"] = json!("CRON_TZ=UTC * * * * *");
+        assert_eq!(
+            messages(validate_cronjob(&c, None)),
+            [
+                "spec.schedule: Invalid value: \"CRON_TZ=UTC * * * * *\": cannot use TZ or CRON_TZ in schedule, use timeZone field instead"
+            ]
+        );
+        // An object that already had TZ= may keep it, but not add timeZone beside it.
+        let old = c.clone();
+        assert!(validate_cronjob(&c, Some(&old)).is_empty());
+        c["spec"]["timeZone"] = json!("UTC");
+        assert_eq!(
+            messages(validate_cronjob(&c, Some(&old))),
+            [
+                "spec.schedule: Invalid value: \"CRON_TZ=UTC * * * * *\": cannot use both timeZone field and TZ or CRON_TZ in schedule"
+            ]
+        );
+        let mut c = cronjob();
+        c["spec"]["schedule"] = json!("");
+        c["spec"]["timeZone"] = json!("Local");
+        c["metadata"]["name"] = json!("x".repeat(53));
+        assert_eq!(
+            messages(validate_cronjob(&c, None)),
+            [
+                "spec.schedule: Required value",
+                "spec.timeZone: Invalid value: \"Local\": timeZone must be an explicit time zone as defined in https://www.iana.org/time-zones",
+                format!(
+                    "metadata.name: Invalid value: \"{}\": must be no more than 52 characters",
+                    "x".repeat(53)
+                )
+                .as_str(),
+            ]
+        );
     }
 }

@@ -16,7 +16,7 @@ mod storage;
 mod util;
 
 pub use self::apps::{CONTROLLERREVISIONS, DAEMONSETS, DEPLOYMENTS, REPLICASETS, STATEFULSETS};
-pub use self::batch::JOBS;
+pub use self::batch::{CRONJOBS, JOBS};
 pub use self::coordination::LEASES;
 pub use self::core::{
     ENDPOINTS, EVENTS, LIMITRANGES, NODES, PODS, RESOURCEQUOTAS, SECRETS, SERVICEACCOUNTS, SERVICES,
@@ -51,6 +51,7 @@ pub static ALL: &[ResourceDef] = &[
     DAEMONSETS,
     CONTROLLERREVISIONS,
     JOBS,
+    CRONJOBS,
     NETWORKPOLICIES,
     ROLES,
     ROLEBINDINGS,
@@ -216,6 +217,11 @@ mod tests {
                 t["spec"]["restartPolicy"] = json!("Never");
                 json!({"spec": {"template": t}})
             }
+            "CronJob" => {
+                let mut t = template.clone();
+                t["spec"]["restartPolicy"] = json!("Never");
+                json!({"spec": {"schedule": "@hourly", "jobTemplate": {"spec": {"template": t}}}})
+            }
             "NetworkPolicy" => json!({"spec": {"podSelector": {}}}),
             "RoleBinding" | "ClusterRoleBinding" => json!({
                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
@@ -338,7 +344,8 @@ mod tests {
                 "replicasets",
                 "statefulsets",
                 "daemonsets",
-                "jobs"
+                "jobs",
+                "cronjobs"
             ]
         );
     }
