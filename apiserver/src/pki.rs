@@ -166,6 +166,11 @@ impl Pki {
         &self.ca_cert_pem
     }
 
+    /// kubeadm's discovery hash of the cluster CA (see [`ca_public_key_hash`]).
+    pub fn ca_public_key_hash(&self) -> Result<String, PkiError> {
+        ca_public_key_hash(&self.ca_cert_pem)
+    }
+
     /// The apiserver serving certificate (PEM).
     pub fn serving_cert_pem(&self) -> &str {
         &self.serving_cert_pem
@@ -272,8 +277,29 @@ impl Pki {
     }
 }
 
+/// kubeadm's `--discovery-token-ca-cert-hash` of a CA certificate (PEM): `sha256:` and the hex
+/// SHA-256 of the certificate's DER-encoded SubjectPublicKeyInfo. A joining node pins the CA it
+/// is offered to this value before it trusts anything the server says.
+pub fn ca_public_key_hash(ca_cert_pem: &str) -> Result<String, PkiError> {
+    let invalid = |reason: String| PkiError::Invalid {
+        path: PathBuf::from("<CA certificate>"),
+        reason,
+    };
+    let der = CertificateDer::from_pem_slice(ca_cert_pem.as_bytes())
+        .map_err(|e| invalid(format!("not a PEM certificate: {e}")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| invalid(format!("not an X.509 certificate: {e}")))?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw);
+    let hex: String = digest
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(format!("sha256:{hex}"))
+}
+
 /// The kubeconfig document (clusters, contexts, users all named as Kubernetes tools expect).
-fn kubeconfig(
+pub fn kubeconfig(
     server_url: &str,
     user: &str,
     ca_pem: &str,
@@ -655,6 +681,19 @@ mod tests {
             "{sans}"
         );
         assert!(extra.rustls_server_config().is_ok());
+    }
+
+    #[test]
+    fn ca_hash_is_sha256_of_the_public_key_info() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
+        let hash = pki.ca_public_key_hash().unwrap();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&pki.ca_key);
+        let want = ring::digest::digest(&ring::digest::SHA256, &spki);
+        let hex: String = want.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hash, format!("sha256:{hex}"));
+        assert_eq!(hash.len(), "sha256:".len() + 64);
+        assert!(ca_public_key_hash("not a certificate").is_err());
     }
 
     #[test]

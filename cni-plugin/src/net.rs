@@ -30,8 +30,15 @@ fn ip_in(netns: &str) -> Command {
     c
 }
 
+/// Whether link `name` exists in this process's network namespace (asked through netlink by
+/// `ip`: /sys/class/net shows the namespace that mounted /sys, which a node in a network
+/// namespace of its own does not).
 fn link_exists(name: &str) -> bool {
-    std::path::Path::new("/sys/class/net").join(name).exists()
+    ip().args(["link", "show", "dev", name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Creates the bridge if absent, gives it the gateway address and enables forwarding.
@@ -117,9 +124,33 @@ pub fn setup_veth(
 /// back to its own address, decided while the frame is being bridged) gets the frame back on
 /// the port it came from (the CNI bridge plugin's `hairpinMode`, the kubelet's hairpin-veth).
 pub fn set_hairpin(port: &str) -> Result<(), CniError> {
-    let path = format!("/sys/class/net/{port}/brport/hairpin_mode");
-    std::fs::write(&path, "1")
-        .map_err(|e| CniError::Other(format!("enable hairpin mode ({path}): {e}")))
+    run(ip().args([
+        "link",
+        "set",
+        "dev",
+        port,
+        "type",
+        "bridge_slave",
+        "hairpin",
+        "on",
+    ]))
+    .map(|_| ())
+    .map_err(|e| CniError::Other(format!("enable hairpin mode on {port}: {e}")))
+}
+
+/// The ports of `bridge` whose hairpin mode is off (`ip -d -o link show master <bridge>`).
+pub fn ports_without_hairpin(bridge: &str) -> Vec<String> {
+    run(ip().args(["-d", "-o", "link", "show", "master", bridge]))
+        .map(|out| parse_ports_without_hairpin(&out))
+        .unwrap_or_default()
+}
+
+fn parse_ports_without_hairpin(out: &str) -> Vec<String> {
+    out.lines()
+        .filter(|l| l.contains(" hairpin off "))
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect()
 }
 
 fn mac(netns: Option<&str>, ifname: &str) -> Result<String, CniError> {
@@ -155,4 +186,14 @@ pub fn teardown_veth(host_veth: &str) -> Result<(), CniError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod hairpin_tests {
+    #[test]
+    fn finds_bridge_ports_without_hairpin() {
+        let out = "7: veth1a2b@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 master lotse0 state UP mode DEFAULT group default \\    link/ether 5a:1b brd ff:ff promiscuity 1 \\    bridge_slave state forwarding priority 32 cost 2 hairpin off guard off \n\
+                   8: veth3c4d@if2: <BROADCAST> mtu 1500 master lotse0 \\    bridge_slave state forwarding priority 32 cost 2 hairpin on guard off \n";
+        assert_eq!(super::parse_ports_without_hairpin(out), vec!["veth1a2b"]);
+    }
 }

@@ -79,6 +79,10 @@ struct Args {
     /// Resolver configuration file that `dnsPolicy: Default` pods inherit (empty: none).
     #[arg(long, env = "LOTSE_RESOLV_CONF", default_value = "/etc/resolv.conf")]
     resolv_conf: String,
+    /// Cgroup under which the pods' `kubepods/` cgroups are made (give each node its own when
+    /// several nodes share one machine).
+    #[arg(long, env = "LOTSE_CGROUP_ROOT", default_value = "/")]
+    cgroup_root: String,
 }
 
 #[tokio::main]
@@ -131,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
         cluster_dns: a.cluster_dns,
         cluster_domain: a.cluster_domain,
         resolv_conf: a.resolv_conf,
+        cgroup_root: a.cgroup_root,
     };
     kubelet::run(config, client, shutdown_signal()).await?;
     Ok(())

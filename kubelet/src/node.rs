@@ -252,6 +252,33 @@ pub async fn register(
     patch_status(client, &cfg.node_name, &status).await
 }
 
+/// For a kubelet started without `--pod-cidr`: registers the Node (its runtime not yet started,
+/// so NotReady) and waits until node IPAM has given it `spec.podCIDR`, which the pod network
+/// (lotse-cni's IPAM) then uses. A Node that already has one (a restart) answers at once.
+pub async fn await_pod_cidr(client: &kube::Client, cfg: &Config) -> Result<String, Error> {
+    let since = Time(jiff::Timestamp::now());
+    let status = node_status(cfg, Err("container runtime is starting".into()), &since, "");
+    register(client, cfg, status).await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut logged = false;
+    loop {
+        let cidr = nodes
+            .get_opt(&cfg.node_name)
+            .await?
+            .and_then(|n| n.spec)
+            .and_then(|s| s.pod_cidr);
+        if let Some(c) = cidr.filter(|c| !c.is_empty()) {
+            tracing::info!(node = %cfg.node_name, pod_cidr = %c, "pod CIDR assigned");
+            return Ok(c);
+        }
+        if !logged {
+            tracing::info!(node = %cfg.node_name, "waiting for node IPAM to assign spec.podCIDR");
+            logged = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
 /// Writes the node's status (merge patch on `nodes/<name>/status`).
 pub async fn patch_status(
     client: &kube::Client,

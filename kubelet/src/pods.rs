@@ -485,7 +485,7 @@ fn sandbox_config(k: &Kubelet, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig
         port_mappings,
         dns_config: Some(dns_config),
         linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: format!("/kubepods/pod{uid}"),
+            cgroup_parent: k.config.pod_cgroup(&uid),
             security_context: Some(cri::LinuxSandboxSecurityContext {
                 namespace_options: Some(cri::NamespaceOption {
                     network: if host_network { 2 } else { 0 },

@@ -94,6 +94,22 @@ pub async fn reset(a: ResetArgs) -> anyhow::Result<()> {
             remove_pod_cgroups(&uids);
         }
         kill_shims(&layout.socket());
+        // The other nodes of `lotse up --nodes N` (stopped with `lotse up`).
+        for dir in std::fs::read_dir(data_dir.join("nodes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let layout = kubelet::runtime::Layout {
+                root: dir.path().join("kubelet"),
+            };
+            if layout.root.join("containerd/config.toml").is_file() {
+                if let Err(e) = remove_all_pods(&layout).await {
+                    tracing::warn!(node = ?dir.file_name(), error = %e, "removing the node's pods");
+                }
+                kill_shims(&layout.socket());
+            }
+        }
         unmount_under(&data_dir)?;
     }
     // The bridge and the nftables tables are per host, not per data dir: another cluster
@@ -105,6 +121,7 @@ pub async fn reset(a: ResetArgs) -> anyhow::Result<()> {
     } else {
         delete_link(BRIDGE);
         delete_nft_tables();
+        crate::nodes::remove_all();
     }
     if data_dir.exists() {
         std::fs::remove_dir_all(&data_dir)

@@ -3,6 +3,8 @@ mod backup;
 mod down;
 mod images;
 mod install;
+mod join;
+mod nodes;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +37,9 @@ enum Command {
     /// Stop the cluster and remove everything it created: containers, mounts, the node bridge,
     /// nftables tables and the data dir (asks for --yes).
     Reset(down::ResetArgs),
+    /// Make this machine a node of a running cluster (`lotse token create
+    /// --print-join-command` on the server prints the command); runs the node until stopped.
+    Join(join::JoinArgs),
     /// Write a consistent backup of a (running) cluster: its embedded store and PKI.
     Backup(backup::BackupArgs),
     /// Make a new data dir from a backup (then `lotse up --data-dir` on it).
@@ -98,6 +103,10 @@ fn main() -> anyhow::Result<()> {
         Command::Reset(a) => {
             init_tracing();
             tokio::runtime::Runtime::new()?.block_on(down::reset(a))
+        }
+        Command::Join(a) => {
+            init_tracing();
+            tokio::runtime::Runtime::new()?.block_on(join::join(a))
         }
         Command::Up(a) => {
             init_tracing();

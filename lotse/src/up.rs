@@ -81,6 +81,15 @@ pub struct UpArgs {
     /// node's containerd (default: <data-dir>/registries.yaml when present).
     #[arg(long, env = "LOTSE_REGISTRY_CONFIG")]
     registry_config: Option<PathBuf>,
+    /// Number of nodes on this machine. This host is the first; each other node is a network
+    /// namespace on the underlay bridge with its own containerd, kubelet and network agent,
+    /// joined with a bootstrap token as a second machine joins (`lotse join`).
+    #[arg(long, env = "LOTSE_NODES", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=250))]
+    nodes: u32,
+    /// The underlay network of the nodes on this machine (with --nodes > 1): the host gets its
+    /// first address, node k its k-th.
+    #[arg(long, env = "LOTSE_NODE_NETWORK", default_value = "10.213.0.0/24")]
+    node_network: ipnet::Ipv4Net,
 }
 
 pub(crate) async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
@@ -109,6 +118,16 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         );
         build_images(&images_dir, false, &a.images)?;
     }
+    // With several nodes, the host's node address is its underlay address: the other nodes'
+    // routes to its pods go through it, and they reach the apiserver there.
+    let underlay = crate::nodes::Underlay {
+        cidr: a.node_network,
+    };
+    let underlay_ip = if a.nodes > 1 {
+        Some(crate::nodes::ensure_bridge(&underlay)?)
+    } else {
+        None
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -119,8 +138,8 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         secure_port: a.secure_port,
         etcd_servers: Vec::new(),
         service_cluster_ip_range: a.service_cluster_ip_range,
-        extra_sans: Vec::new(),
-        advertise_address: None,
+        extra_sans: underlay_ip.iter().map(|ip| ip.to_string()).collect(),
+        advertise_address: underlay_ip.map(IpAddr::V4),
         compaction_interval: Duration::from_secs(300),
     };
     let (api_stop_tx, api_stop_rx) = tokio::sync::watch::channel(false);
@@ -199,6 +218,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         let mut cfg = cni_plugin::agent::AgentConfig::new(node_name.clone());
         cfg.cluster_cidr = a.cluster_cidr.parse().context("--cluster-cidr")?;
         cfg.table = a.nftables_table.clone();
+        cfg.host_gw_routes = a.nodes > 1;
         components.spawn(async move {
             let never = std::future::pending::<()>();
             if let Err(e) = cni_plugin::agent::run_with_kubeconfig(cfg, &agent_kc, never).await {
@@ -247,43 +267,76 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         });
         vec![ip.to_string()]
     };
-    let kcfg = kubelet::Config {
+    let cluster_dns_ip: Option<IpAddr> = cluster_dns.first().and_then(|s| s.parse().ok());
+    let mut kcfg = kubelet_config(NodeSettings {
         node_name,
         root_dir,
-        container_runtime_endpoint: None,
         pod_cidr: Some(a.pod_cidr),
-        node_ip: kubelet::node::host_ip(),
         port: a.kubelet_port,
-        max_pods: 110,
-        runtime: a.runtime,
-        client_ca_der: kubelet::pem_certificates(running.pki.ca_cert_pem().as_bytes()),
-        images: kubelet::images::Options {
-            registry_config: a
-                .registry_config
-                .clone()
-                .or_else(|| Some(data_dir.join("registries.yaml")).filter(|p| p.is_file())),
-            ..kubelet::images::Options::from_env()
-        },
+        ca_pem: running.pki.ca_cert_pem(),
+        registry_config: a
+            .registry_config
+            .clone()
+            .or_else(|| Some(data_dir.join("registries.yaml")).filter(|p| p.is_file())),
         cluster_dns,
         cluster_domain: a.cluster_domain.clone(),
-        resolv_conf: "/etc/resolv.conf".into(),
-    };
+        cgroup_root: "/".into(),
+    });
+    kcfg.runtime = a.runtime;
+    if let Some(ip) = underlay_ip {
+        kcfg.node_ip = ip.to_string();
+    }
     let node_client = client_from(&node_kc).await?;
+    let kcfg_name = kcfg.node_name.clone();
     let kubelet = tokio::spawn(kubelet::run(kcfg, node_client, stopped(stop_rx.clone())));
     // `lotse down` / `lotse reset` find this process through its pid file.
     let pid_file = data_dir.join(crate::down::PID_FILE);
     std::fs::write(&pid_file, std::process::id().to_string())
         .with_context(|| format!("writing {}", pid_file.display()))?;
+    let mut extra_nodes = Vec::new();
+    if let Some(host_ip) = underlay_ip {
+        let join = JoinPlan {
+            data_dir: &data_dir,
+            server: format!("{host_ip}:{}", running.addr.port()),
+            ca_hash: running.pki.ca_public_key_hash()?,
+            host_node: &kcfg_name,
+            cluster_cidr: &a.cluster_cidr,
+            cluster_dns: cluster_dns_ip,
+            cluster_domain: &a.cluster_domain,
+            table: &a.nftables_table,
+        };
+        let admin = client_from(&running.admin_kubeconfig).await?;
+        extra_nodes = join.start(&admin, &underlay, a.nodes).await?;
+    }
     println!("export KUBECONFIG={}", running.admin_kubeconfig.display());
 
     shutdown_signal().await;
     eprintln!("lotse: stopping");
+    for (name, child) in &mut extra_nodes {
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        tracing::info!(node = %name, "stopping node");
+    }
     let _ = stop_tx.send(true);
     components.shutdown_background();
     match tokio::time::timeout(Duration::from_secs(15), kubelet).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "kubelet"),
         Err(_) => tracing::warn!("kubelet did not stop within 15 s"),
         _ => {}
+    }
+    for (name, mut child) in extra_nodes {
+        let t0 = std::time::Instant::now();
+        while matches!(child.try_wait(), Ok(None)) && t0.elapsed() < Duration::from_secs(15) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if matches!(child.try_wait(), Ok(None)) {
+            tracing::warn!(node = %name, "node did not stop within 15 s");
+            let _ = child.kill();
+        }
     }
     // The apiserver goes last, so the kubelet can still report while it stops.
     let _ = api_stop_tx.send(true);
@@ -318,7 +371,127 @@ fn start_controllers(
     });
 }
 
-async fn shutdown_signal() {
+/// What differs between the nodes a launcher runs (`lotse up`'s own, `lotse join`).
+pub(crate) struct NodeSettings<'a> {
+    pub node_name: String,
+    pub root_dir: PathBuf,
+    /// None: the one node IPAM assigns.
+    pub pod_cidr: Option<String>,
+    pub port: u16,
+    /// The cluster CA: the kubelet API accepts client certificates it signed.
+    pub ca_pem: &'a str,
+    pub registry_config: Option<PathBuf>,
+    pub cluster_dns: Vec<String>,
+    pub cluster_domain: String,
+    pub cgroup_root: String,
+}
+
+/// The kubelet configuration of a node run by the launcher (containerd under its root dir).
+pub(crate) fn kubelet_config(n: NodeSettings<'_>) -> kubelet::Config {
+    kubelet::Config {
+        node_name: n.node_name,
+        root_dir: n.root_dir,
+        container_runtime_endpoint: None,
+        pod_cidr: n.pod_cidr,
+        node_ip: kubelet::node::host_ip(),
+        port: n.port,
+        max_pods: 110,
+        runtime: kubelet::RuntimeKind::Containerd,
+        client_ca_der: kubelet::pem_certificates(n.ca_pem.as_bytes()),
+        images: kubelet::images::Options {
+            registry_config: n.registry_config,
+            ..kubelet::images::Options::from_env()
+        },
+        cluster_dns: n.cluster_dns,
+        cluster_domain: n.cluster_domain,
+        resolv_conf: "/etc/resolv.conf".into(),
+        cgroup_root: n.cgroup_root,
+    }
+}
+
+/// How `lotse up --nodes N` joins its other nodes.
+struct JoinPlan<'a> {
+    data_dir: &'a Path,
+    server: String,
+    ca_hash: String,
+    host_node: &'a str,
+    cluster_cidr: &'a str,
+    cluster_dns: Option<IpAddr>,
+    cluster_domain: &'a str,
+    table: &'a str,
+}
+
+impl JoinPlan<'_> {
+    /// Starts nodes 2..=n, each `lotse join` in its network namespace; a node that has joined
+    /// before resumes with its credentials, the others get a fresh one-hour bootstrap token.
+    async fn start(
+        &self,
+        admin: &kube::Client,
+        underlay: &crate::nodes::Underlay,
+        n: u32,
+    ) -> anyhow::Result<Vec<(String, std::process::Child)>> {
+        let names: Vec<String> = (2..=n).map(|k| format!("{}-{k}", self.host_node)).collect();
+        let need_token = names.iter().any(|name| {
+            !crate::nodes::node_data_dir(self.data_dir, name)
+                .join(crate::join::KUBECONFIG)
+                .is_file()
+        });
+        let token = if need_token {
+            Some(crate::nodes::create_token(admin, Duration::from_secs(3600)).await?)
+        } else {
+            None
+        };
+        let exe = std::env::current_exe().context("finding the lotse binary")?;
+        let mut children = Vec::new();
+        for (k, name) in (2..=n).zip(names) {
+            let netns = crate::nodes::ensure_netns(underlay, k)?;
+            let dir = crate::nodes::node_data_dir(self.data_dir, &name);
+            std::fs::create_dir_all(&dir)?;
+            let mut args: Vec<String> = vec![
+                "join".into(),
+                self.server.clone(),
+                "--discovery-token-ca-cert-hash".into(),
+                self.ca_hash.clone(),
+                "--data-dir".into(),
+                dir.to_string_lossy().into_owned(),
+                "--node-name".into(),
+                name.clone(),
+                "--cgroup-root".into(),
+                format!("/lotse/{name}"),
+                "--no-install".into(),
+                "--images-dir".into(),
+                self.data_dir
+                    .join("kubelet/images")
+                    .to_string_lossy()
+                    .into_owned(),
+                "--cluster-cidr".into(),
+                self.cluster_cidr.into(),
+                "--cluster-domain".into(),
+                self.cluster_domain.into(),
+                "--nftables-table".into(),
+                self.table.into(),
+            ];
+            if let Some(dns) = self.cluster_dns {
+                args.extend(["--cluster-dns".into(), dns.to_string()]);
+            }
+            // The token goes by environment, not on the command line everyone can read.
+            let env: Vec<(&str, String)> = token
+                .iter()
+                .map(|t| ("LOTSE_TOKEN", t.to_string()))
+                .collect();
+            let log = dir.join("lotse.log");
+            let child = crate::nodes::spawn_in_netns(&netns, &exe, &args, &env, &log)?;
+            eprintln!(
+                "lotse: node {name} starting in network namespace {netns} (log: {})",
+                dir.join("lotse.log").display()
+            );
+            children.push((name, child));
+        }
+        Ok(children)
+    }
+}
+
+pub(crate) async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -38,6 +38,7 @@ pub mod model;
 pub mod nft;
 pub mod policy;
 pub mod render;
+pub mod routes;
 pub mod servicelb;
 pub mod sysctl;
 
@@ -65,6 +66,9 @@ pub struct AgentConfig {
     pub service_lb: bool,
     /// The node bridge the pods are on (lotse-cni's `bridge`): its ports get hairpin mode.
     pub bridge: String,
+    /// Whether to route the other nodes' podCIDRs through their InternalIPs ([`routes`]:
+    /// flannel's host-gw), for clusters of more than one node.
+    pub host_gw_routes: bool,
 }
 
 impl AgentConfig {
@@ -79,6 +83,7 @@ impl AgentConfig {
             min_sync_period: Duration::from_millis(50),
             service_lb: true,
             bridge: "lotse0".into(),
+            host_gw_routes: false,
         }
     }
 }
@@ -251,6 +256,12 @@ pub async fn run(
         last_sync = Some(Instant::now());
         if cfg.service_lb {
             servicelb::sync(&client, &services.state(), &nodes.state()).await;
+        }
+        if cfg.host_gw_routes {
+            let want = routes::desired(&cfg.node_name, nodes.state().iter().map(|n| &**n));
+            for problem in routes::sync(&want, cfg.cluster_cidr) {
+                tracing::warn!(error = %problem, "pod network route");
+            }
         }
         let node_ips = nodeport_ips(&cfg, &nodes);
         let objs = policy::Objects {

@@ -45,15 +45,8 @@ pub fn prepare_node() {
 /// Turns on hairpin mode on every port of `bridge` that lacks it (pods attached by an older
 /// lotse-cni; new ones get it at CNI ADD).
 pub fn hairpin_bridge_ports(bridge: &str) {
-    let Ok(ports) = std::fs::read_dir(format!("/sys/class/net/{bridge}/brif")) else {
-        return;
-    };
-    for port in ports.flatten() {
-        let name = port.file_name().to_string_lossy().into_owned();
-        let path = format!("/sys/class/net/{name}/brport/hairpin_mode");
-        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0")
-            && let Err(e) = crate::net::set_hairpin(&name)
-        {
+    for name in crate::net::ports_without_hairpin(bridge) {
+        if let Err(e) = crate::net::set_hairpin(&name) {
             tracing::warn!(port = %name, error = %e, "could not enable hairpin mode");
         }
     }

@@ -37,6 +37,10 @@ struct Args {
     /// Don't set LoadBalancer Services' status.loadBalancer.ingress (another load balancer does).
     #[arg(long, env = "LOTSE_DISABLE_SERVICE_LB")]
     disable_service_lb: bool,
+    /// Route the other nodes' podCIDRs through their InternalIPs (flannel's host-gw backend:
+    /// all nodes on one L2 segment). Needed on every node of a multi-node cluster.
+    #[arg(long, env = "LOTSE_HOST_GW_ROUTES")]
+    host_gw_routes: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -82,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.min_sync_period = a.min_sync_period;
     cfg.table = a.nftables_table;
     cfg.service_lb = !a.disable_service_lb;
+    cfg.host_gw_routes = a.host_gw_routes;
     let kc = kube::config::Kubeconfig::read_from(&a.kubeconfig)
         .with_context(|| format!("reading {}", a.kubeconfig.display()))?;
     let kcfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())

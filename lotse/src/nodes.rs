@@ -1,0 +1,250 @@
+//! More nodes on this machine (`lotse up --nodes N`): node k (k ≥ 2) is a network namespace
+//! `lotse-n<k>` with address `<underlay>.k` on the underlay bridge `lotse-ul` in the host
+//! namespace (the host, node 1, is `<underlay>.1`). In it runs `lotse join` — the same path a
+//! second machine takes — with its own data dir, containerd, kubelet, network agent and cgroup
+//! root. The pod network between the nodes is host routes through the underlay (the agents'
+//! host-gw routes).
+//!
+//! Links and addresses are made with iproute2's `ip`, as lotse-cni makes the node bridge and the
+//! pods' veths today (moving all link plumbing to netlink is one change of its own).
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Api;
+use kube::api::PostParams;
+use serde_json::json;
+
+use crate::join::BootstrapToken;
+
+/// The underlay bridge in the host namespace.
+pub const BRIDGE: &str = "lotse-ul";
+/// Prefix of the nodes' network namespaces (`/run/netns/lotse-n<k>`).
+pub const NETNS_PREFIX: &str = "lotse-n";
+
+/// The underlay network: node k has its k-th address.
+#[derive(Clone, Copy, Debug)]
+pub struct Underlay {
+    pub cidr: Ipv4Net,
+}
+
+impl Underlay {
+    /// Address of node `k` (1 = the host).
+    pub fn node_ip(&self, k: u32) -> anyhow::Result<Ipv4Addr> {
+        let ip = Ipv4Addr::from(u32::from(self.cidr.network()) + k);
+        if k == 0 || !self.cidr.contains(&ip) || ip == self.cidr.broadcast() {
+            bail!("--node-network {} has no address for node {k}", self.cidr);
+        }
+        Ok(ip)
+    }
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .with_context(|| format!("running ip {} (Debian package iproute2)", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn link_exists(name: &str, netns: Option<&str>) -> bool {
+    let mut args = vec![];
+    if let Some(ns) = netns {
+        args.extend(["-n", ns]);
+    }
+    args.extend(["link", "show", name]);
+    ip(&args).is_ok()
+}
+
+/// The underlay bridge with the host's address on it.
+pub fn ensure_bridge(u: &Underlay) -> anyhow::Result<Ipv4Addr> {
+    let host = u.node_ip(1)?;
+    if !link_exists(BRIDGE, None) {
+        ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+    }
+    let addr = format!("{host}/{}", u.cidr.prefix_len());
+    if !ip(&["-4", "-o", "addr", "show", "dev", BRIDGE])?.contains(&addr) {
+        ip(&["addr", "replace", &addr, "dev", BRIDGE])?;
+    }
+    ip(&["link", "set", BRIDGE, "up"])?;
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling ip_forward")?;
+    Ok(host)
+}
+
+/// Network namespace of node `k`: made when missing, linked to the underlay, addressed, with a
+/// default route through the host. Returns its name.
+pub fn ensure_netns(u: &Underlay, k: u32) -> anyhow::Result<String> {
+    let ns = format!("{NETNS_PREFIX}{k}");
+    let host = u.node_ip(1)?;
+    let me = u.node_ip(k)?;
+    if !Path::new("/run/netns").join(&ns).exists() {
+        ip(&["netns", "add", &ns])?;
+    }
+    let host_end = format!("lotse-ul{k}");
+    if !link_exists(&host_end, None) {
+        ip(&[
+            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ])?;
+    }
+    ip(&["link", "set", &host_end, "master", BRIDGE, "up"])?;
+    let addr = format!("{me}/{}", u.cidr.prefix_len());
+    ip(&["-n", &ns, "addr", "replace", &addr, "dev", "eth0"])?;
+    ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+    ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+    ip(&[
+        "-n",
+        &ns,
+        "route",
+        "replace",
+        "default",
+        "via",
+        &host.to_string(),
+    ])?;
+    Ok(ns)
+}
+
+/// Removes the nodes' namespaces and the underlay bridge (`lotse reset`).
+pub fn remove_all() {
+    if let Ok(dir) = std::fs::read_dir("/run/netns") {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(NETNS_PREFIX) {
+                let _ = ip(&["netns", "del", &name]);
+            }
+        }
+    }
+    if link_exists(BRIDGE, None) {
+        let _ = ip(&["link", "del", BRIDGE]);
+    }
+}
+
+/// Starts `program args` inside network namespace `netns`. It gets SIGTERM when its parent
+/// dies.
+pub fn spawn_in_netns(
+    netns: &str,
+    program: &Path,
+    args: &[String],
+    env: &[(&str, String)],
+    log: &Path,
+) -> anyhow::Result<Child> {
+    let ns = std::fs::File::open(Path::new("/run/netns").join(netns))
+        .with_context(|| format!("opening network namespace {netns}"))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    // SAFETY: only async-signal-safe system calls run between fork and exec. The node keeps
+    // the host's mount namespace, so its containerd's mounts (pod network namespaces, rootfs)
+    // stay visible to the host and to the next `lotse join` that adopts its pods; Lotse reads
+    // links through netlink (`ip`), not /sys/class/net, which shows the host's namespace.
+    unsafe {
+        cmd.pre_exec(move || {
+            use nix::sched::{CloneFlags, setns};
+            let err = |e: nix::Error| std::io::Error::from_raw_os_error(e as i32);
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(err)?;
+            setns(&ns, CloneFlags::CLONE_NEWNET).map_err(err)?;
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting {} in {netns}", program.display()))
+}
+
+/// A new bootstrap token for joining nodes, valid for `ttl` (a bootstrap-token Secret in
+/// `kube-system`, as `kubeadm token create` makes it).
+pub async fn create_token(admin: &kube::Client, ttl: Duration) -> anyhow::Result<BootstrapToken> {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let mut pick = |n: usize| -> String {
+        (0..n)
+            .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+            .collect()
+    };
+    let token = BootstrapToken {
+        id: pick(6),
+        secret: pick(16),
+    };
+    let expiration = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::try_from(ttl)?)?
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": format!("bootstrap-token-{}", token.id), "namespace": "kube-system"},
+        "type": "bootstrap.kubernetes.io/token",
+        "data": {
+            "description": b64("lotse up: joins the nodes it runs"),
+            "token-id": b64(&token.id),
+            "token-secret": b64(&token.secret),
+            "expiration": b64(&expiration),
+            "usage-bootstrap-authentication": b64("true"),
+            "usage-bootstrap-signing": b64("true"),
+            "auth-extra-groups": b64("system:bootstrappers:kubeadm:default-node-token"),
+        },
+    }))?;
+    Api::<Secret>::namespaced(admin.clone(), "kube-system")
+        .create(&PostParams::default(), &secret)
+        .await
+        .context("creating the bootstrap token")?;
+    // Discovery needs the bootstrap signer's signature for this token in cluster-info.
+    let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "kube-public");
+    let key = format!("jws-kubeconfig-{}", token.id);
+    for _ in 0..120 {
+        if let Ok(cm) = cms.get("cluster-info").await
+            && cm.data.is_some_and(|d| d.contains_key(&key))
+        {
+            return Ok(token);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bail!("the bootstrap signer did not sign cluster-info for the new token within 30 s")
+}
+
+/// Where node `name`'s data lives under the cluster's data dir.
+pub fn node_data_dir(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join("nodes").join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_addresses_come_from_the_underlay() {
+        let u = Underlay {
+            cidr: "10.213.0.0/24".parse().unwrap(),
+        };
+        assert_eq!(u.node_ip(1).unwrap(), Ipv4Addr::new(10, 213, 0, 1));
+        assert_eq!(u.node_ip(3).unwrap(), Ipv4Addr::new(10, 213, 0, 3));
+        assert!(u.node_ip(0).is_err());
+        assert!(u.node_ip(255).is_err());
+        let small = Underlay {
+            cidr: "10.213.0.0/30".parse().unwrap(),
+        };
+        assert!(small.node_ip(2).is_ok());
+        assert!(small.node_ip(3).is_err());
+    }
+}
