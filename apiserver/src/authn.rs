@@ -329,8 +329,9 @@ pub async fn authenticate_token(state: &AppState, token: &str) -> Result<UserInf
     Ok(user)
 }
 
-/// Authenticates a request: a bearer token when one is sent (a bad one is a 401, whatever else
-/// the request carries), else the verified client certificate, else None (anonymous).
+/// Authenticates a request: a bearer token when one is sent (a bootstrap token `<id>.<secret>`
+/// or a service-account JWT; a bad one is a 401, whatever else the request carries), else the
+/// verified client certificate, else None (anonymous).
 pub async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
@@ -347,6 +348,15 @@ pub async fn authenticate(
             .map(str::trim)
             .filter(|t| !t.is_empty());
         if let Some(token) = token {
+            if let Some(r) = crate::bootstrap_token::authenticate(state, token).await {
+                return match r {
+                    Ok(u) => Ok(Some(u)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "bootstrap token rejected");
+                        Err(ApiError::unauthorized())
+                    }
+                };
+            }
             return match authenticate_token(state, token).await {
                 Ok(u) => Ok(Some(u)),
                 Err(e) => {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::handlers;
-use crate::registry::resources::{CLUSTERROLEBINDINGS, CLUSTERROLES};
+use crate::registry::resources::{CLUSTERROLEBINDINGS, CLUSTERROLES, ROLEBINDINGS, ROLES};
 use crate::server::AppState;
 
 /// The user the node network agent (kube-proxy's counterpart) authenticates as.
@@ -447,6 +447,8 @@ pub fn cluster_roles() -> Vec<Value> {
                     &["authorization.k8s.io"],
                     &["subjectaccessreviews"],
                 ),
+                // csrapproving and csrsigning (Kubernetes' certificate-controller role).
+                rule(&["approve", "sign"], &["certificates.k8s.io"], &["signers"]),
             ],
             None,
         ),
@@ -525,6 +527,46 @@ pub fn cluster_roles() -> Vec<Value> {
             ],
             None,
         ),
+        // Node bootstrap (Kubernetes' bootstrap policy): bootstrap tokens may request node
+        // client certificates; the csrapproving controller approves requests whose requester may
+        // create the `nodeclient` (first certificate) or `selfnodeclient` (renewal) subresource.
+        cluster_role(
+            "system:node-bootstrapper",
+            none.clone(),
+            vec![rule(
+                &["create", "get", "list", "watch"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests"],
+            )],
+            None,
+        ),
+        cluster_role(
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            none.clone(),
+            vec![rule(
+                &["create"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/nodeclient"],
+            )],
+            None,
+        ),
+        cluster_role(
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            none.clone(),
+            vec![rule(
+                &["create"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/selfnodeclient"],
+            )],
+            None,
+        ),
+        // kubeadm's: a joining node checks whether a Node of its name exists already.
+        cluster_role(
+            "kubeadm:get-nodes",
+            none.clone(),
+            vec![rule(&["get"], &[""], &["nodes"])],
+            None,
+        ),
         cluster_role(
             "system:node",
             none.clone(),
@@ -580,6 +622,27 @@ pub fn cluster_roles() -> Vec<Value> {
 /// The bootstrap ClusterRoleBindings.
 pub fn cluster_role_bindings() -> Vec<Value> {
     vec![
+        // The bindings kubeadm's bootstrap-token phase creates.
+        binding(
+            "kubeadm:kubelet-bootstrap",
+            "system:node-bootstrapper",
+            vec![group(BOOTSTRAPPERS)],
+        ),
+        binding(
+            "kubeadm:node-autoapprove-bootstrap",
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            vec![group(BOOTSTRAPPERS)],
+        ),
+        binding(
+            "kubeadm:node-autoapprove-certificate-rotation",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            vec![group("system:nodes")],
+        ),
+        binding(
+            "kubeadm:get-nodes",
+            "kubeadm:get-nodes",
+            vec![group(BOOTSTRAPPERS)],
+        ),
         binding(
             "cluster-admin",
             "cluster-admin",
@@ -638,6 +701,51 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         ),
         binding("system:lotse:dns", "system:lotse:dns", vec![user(DNS_USER)]),
     ]
+}
+
+/// The group of bootstrap-token users.
+const BOOTSTRAPPERS: &str = crate::bootstrap_token::BOOTSTRAPPERS_GROUP;
+
+/// kubeadm's `kubeadm:bootstrap-signer-clusterinfo` Role and RoleBinding in `kube-public`:
+/// anonymous users may get the `cluster-info` ConfigMap (joining nodes read it before they have
+/// credentials, and verify it with its JWS signature and the CA hash).
+pub fn cluster_info_role_and_binding() -> (Value, Value) {
+    let name = "kubeadm:bootstrap-signer-clusterinfo";
+    let ns = crate::bootstrap_token::PUBLIC_NAMESPACE;
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": name, "namespace": ns},
+        "rules": [{
+            "verbs": ["get"],
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [crate::bootstrap_token::CLUSTER_INFO],
+        }],
+    });
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": name, "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [user(crate::auth::ANONYMOUS)],
+    });
+    (role, binding)
+}
+
+/// Creates the `kube-public` Role and RoleBinding of [`cluster_info_role_and_binding`] when
+/// missing (after the namespace exists).
+pub async fn ensure_cluster_info_access(state: &Arc<AppState>) {
+    let (role, binding) = cluster_info_role_and_binding();
+    let ns = Some(crate::bootstrap_token::PUBLIC_NAMESPACE);
+    for (def, obj) in [(&ROLES, role), (&ROLEBINDINGS, binding)] {
+        match handlers::create_object(state, def, ns, obj, false, None, "Update").await {
+            Ok(_) | Err(crate::error::ApiError { code: 409, .. }) => {}
+            Err(e) => {
+                tracing::warn!(kind = def.kind, error = %e, "could not create kubeadm:bootstrap-signer-clusterinfo")
+            }
+        }
+    }
 }
 
 /// Brings an existing bootstrap ClusterRole that allows auto-update back to this version's rules

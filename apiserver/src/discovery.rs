@@ -19,9 +19,10 @@ const MAIN_VERBS: &[&str] = &[
 /// Verbs Kubernetes reports for a subresource.
 pub fn subresource_verbs(s: Subresource) -> &'static [&'static str] {
     match s {
-        Subresource::Status | Subresource::Scale | Subresource::EphemeralContainers => {
-            &["get", "patch", "update"]
-        }
+        Subresource::Status
+        | Subresource::Scale
+        | Subresource::EphemeralContainers
+        | Subresource::Approval => &["get", "patch", "update"],
         Subresource::Binding | Subresource::Eviction | Subresource::Token => &["create"],
         Subresource::Log => &["get"],
         Subresource::Exec | Subresource::PortForward => &["create", "get"],

@@ -402,6 +402,10 @@ fn prepare_status_for_create(def: &ResourceDef, obj: &mut Value) {
     match def.kind {
         // Nodes may carry status on create; namespaces get their phase from defaults.
         "Node" | "Namespace" => {}
+        "CertificateSigningRequest" => {
+            let user = crate::auth::request_user();
+            crate::registry::resources::certificates::prepare_for_create(obj, user.as_ref());
+        }
         "Pod" => {
             let qos = crate::validation::pod_qos_class(obj);
             if let Value::Object(m) = obj {

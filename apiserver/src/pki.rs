@@ -290,11 +290,7 @@ pub fn ca_public_key_hash(ca_cert_pem: &str) -> Result<String, PkiError> {
     let (_, cert) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| invalid(format!("not an X.509 certificate: {e}")))?;
     let digest = ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw);
-    let hex: String = digest
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     Ok(format!("sha256:{hex}"))
 }
 

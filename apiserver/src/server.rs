@@ -129,26 +129,6 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new().fallback(dispatch).with_state(state)
 }
 
-fn is_public(path: &str) -> bool {
-    matches!(
-        path,
-        "/healthz"
-            | "/livez"
-            | "/readyz"
-            | "/version"
-            | "/api"
-            | "/apis"
-            | "/openapi/v2"
-            | "/openapi/v3"
-    ) || path.starts_with("/healthz/")
-        || path.starts_with("/livez/")
-        || path.starts_with("/readyz/")
-        || path.starts_with("/openapi/v3/")
-        || path.starts_with("/version/")
-        || path == "/api/v1"
-        || (path.starts_with("/apis/") && path.trim_end_matches('/').matches('/').count() <= 3)
-}
-
 fn verb_for(method: &Method, has_name: bool, watch: bool) -> &'static str {
     match (method.clone(), has_name) {
         (Method::GET, true) => "get",
@@ -191,8 +171,11 @@ async fn dispatch_inner(
     let cert = parts.extensions.get::<ClientCertIdentity>();
     let user = match crate::authn::authenticate(state, &parts.headers, cert).await? {
         Some(u) => u,
-        None if is_public(&path) => UserInfo::anonymous(),
-        None => return Err(ApiError::unauthorized()),
+        // Anonymous requests are authorized like any other (kube-apiserver's default
+        // `--anonymous-auth=true`): RBAC grants `system:unauthenticated` little beyond the public
+        // paths and `kube-public/cluster-info`, which joining nodes read before they have
+        // credentials.
+        None => UserInfo::anonymous(),
     };
     let user = crate::impersonation::impersonate(state, &parts.headers, user).await?;
     state
@@ -514,6 +497,15 @@ pub async fn start(
         .map_err(|e| ServerError::Config(format!("service-account key: {e}")))?;
     crate::components::start(&state, &pki, &server_url, &cfg.data_dir).map_err(ServerError::Pki)?;
     bootstrap(&state).await;
+    // kubeadm's bootstrap-token phase: the public cluster-info joining nodes discover the
+    // cluster from, and anonymous read access to it.
+    crate::bootstrap_rbac::ensure_cluster_info_access(&state).await;
+    crate::bootstrap_token::ensure_cluster_info(
+        &state,
+        pki.ca_cert_pem(),
+        &format!("https://{}", SocketAddr::new(advertise, addr.port())),
+    )
+    .await;
     crate::endpoint_reconciler::spawn(state.clone(), advertise, addr.port());
     // Build the OpenAPI documents before the first client asks for them.
     let _ = tokio::task::spawn_blocking(openapi::v3_index).await;

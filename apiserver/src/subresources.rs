@@ -62,6 +62,11 @@ pub async fn handle(
         }
         (Subresource::Finalize, Method::PUT) => finalize(ctx, name, body).await,
         (Subresource::Token, Method::POST) => crate::tokenrequest::create(ctx, name, body).await,
+        (Subresource::Approval, Method::GET) => {
+            let (obj, _) = get_current(ctx.state, def, ctx.rp.namespace.as_deref(), name).await?;
+            Ok(respond(StatusCode::OK, &obj))
+        }
+        (Subresource::Approval, Method::PUT) => approval_put(ctx, name, body).await,
         (Subresource::Log | Subresource::Exec | Subresource::PortForward, _) => {
             crate::proxy::pod_proxy(ctx, method, name, sub).await
         }
@@ -85,6 +90,47 @@ async fn status_put(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Respons
     {
         return Err(ApiError::conflict(def, name));
     }
+    let (obj, code) = write_update(
+        ctx.state,
+        def,
+        ctx.rp.namespace.as_deref(),
+        name,
+        old,
+        old_rv,
+        new,
+        UpdateScope::Status,
+        ctx.query.dry_run()?,
+        crate::handlers::field_manager(ctx.query, ctx.headers),
+        "Update",
+    )
+    .await?;
+    let mut r = respond(code, &obj);
+    crate::handlers::add_warnings(&mut r, &warnings);
+    Ok(r)
+}
+
+/// `certificatesigningrequests/<name>/approval` (what `kubectl certificate approve|deny`
+/// sends): only the conditions change; spec and certificate stay as stored.
+async fn approval_put(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Response> {
+    let def = ctx.rp.def;
+    let raw = request::decode_object(
+        header_str(ctx.headers, axum::http::header::CONTENT_TYPE),
+        &body,
+    )?;
+    let mut warnings = Vec::new();
+    let fv = request::FieldValidation::from_query(ctx.query)?;
+    let sent = crate::handlers::decode_typed(def, raw, fv, &mut warnings)?;
+    let (old, old_rv) = get_current(ctx.state, def, ctx.rp.namespace.as_deref(), name).await?;
+    if let Some(p) =
+        fields::str_at(&sent, &["metadata", "resourceVersion"]).filter(|s| !s.is_empty())
+        && p != old_rv.to_string()
+    {
+        return Err(ApiError::conflict(def, name));
+    }
+    let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    let new = crate::registry::resources::certificates::approval_update(&old, &sent, &now);
     let (obj, code) = write_update(
         ctx.state,
         def,

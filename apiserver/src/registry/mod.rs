@@ -34,6 +34,8 @@ pub enum Subresource {
     Finalize,
     /// `pods/ephemeralcontainers`.
     EphemeralContainers,
+    /// `certificatesigningrequests/approval`: writes only the Approved/Denied conditions.
+    Approval,
 }
 
 impl Subresource {
@@ -50,6 +52,7 @@ impl Subresource {
             Subresource::Token => "token",
             Subresource::Finalize => "finalize",
             Subresource::EphemeralContainers => "ephemeralcontainers",
+            Subresource::Approval => "approval",
         }
     }
 }

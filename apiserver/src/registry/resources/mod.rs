@@ -5,6 +5,7 @@ use k8s_openapi::api::core::v1 as corev1;
 
 mod apps;
 mod batch;
+pub mod certificates;
 mod coordination;
 mod core;
 mod discovery;
@@ -17,6 +18,7 @@ mod util;
 
 pub use self::apps::{CONTROLLERREVISIONS, DAEMONSETS, DEPLOYMENTS, REPLICASETS, STATEFULSETS};
 pub use self::batch::{CRONJOBS, JOBS};
+pub use self::certificates::CERTIFICATESIGNINGREQUESTS;
 pub use self::coordination::LEASES;
 pub use self::core::{
     ENDPOINTS, EVENTS, LIMITRANGES, NODES, PODS, RESOURCEQUOTAS, SECRETS, SERVICEACCOUNTS, SERVICES,
@@ -61,6 +63,7 @@ pub static ALL: &[ResourceDef] = &[
     ENDPOINTSLICES,
     EVENTS_V1,
     STORAGECLASSES,
+    CERTIFICATESIGNINGREQUESTS,
 ];
 
 /// core/v1 namespaces.
@@ -249,6 +252,7 @@ mod tests {
             "PersistentVolumeClaim" => json!({"spec": {"accessModes": ["ReadWriteOnce"],
                 "resources": {"requests": {"storage": "1Gi"}}}}),
             "StorageClass" => json!({"provisioner": "rancher.io/local-path"}),
+            "CertificateSigningRequest" => json!({"spec": certificates::tests::example_spec()}),
             _ => json!({}),
         };
         if let (Value::Object(m), Value::Object(e)) = (&mut o, extra) {
