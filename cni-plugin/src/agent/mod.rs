@@ -34,6 +34,7 @@ use kube::{Api, Client};
 use tokio::sync::Notify;
 
 pub mod conntrack;
+pub mod hostport;
 pub mod model;
 pub mod nft;
 pub mod policy;
@@ -374,6 +375,8 @@ impl Syncer {
         };
         let mut ruleset = render::render(&rc, &ports);
         policy::render(&mut ruleset, &self.cfg.node_name, policies);
+        let host_ports = hostport::of_pods(&self.cfg.node_name, policies.pods.iter().map(|p| &**p));
+        hostport::render(&mut ruleset, &host_ports);
         if self.applied.as_ref() == Some(&ruleset) {
             self.last_render = t0.elapsed();
             self.last_apply = Duration::ZERO;
