@@ -432,6 +432,7 @@ pub fn cluster_roles() -> Vec<Value> {
                 ),
                 rule(WRITE, &["discovery.k8s.io"], &["endpointslices"]),
                 rule(WRITE, &["events.k8s.io"], &["events"]),
+                rule(&["update"], &["policy"], &["poddisruptionbudgets/status"]),
                 rule(READ_WRITE, &["coordination.k8s.io"], &["leases"]),
                 rule(&["*"], &["*"], &["*/finalizers"]),
                 // Garbage collector and namespace controller: delete dependents and namespace

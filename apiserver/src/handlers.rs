@@ -103,6 +103,7 @@ fn tracks_generation(def: &ResourceDef) -> bool {
                 | "NetworkPolicy"
                 | "ResourceQuota"
                 | "CronJob"
+                | "PodDisruptionBudget"
         )
 }
 
@@ -977,7 +978,8 @@ pub struct DeleteOpts {
     pub dry_run: bool,
 }
 
-fn delete_opts(query: &Query, body: &Bytes) -> ApiResult<DeleteOpts> {
+/// Parses `DeleteOptions` from a DELETE body (or an eviction's `deleteOptions`) and the query.
+pub fn delete_opts(query: &Query, body: &Bytes) -> ApiResult<DeleteOpts> {
     let mut o = DeleteOpts {
         propagation: query.get("propagationPolicy").map(str::to_string),
         grace: query.int("gracePeriodSeconds")?,

@@ -13,6 +13,7 @@ pub mod crd;
 pub mod discovery;
 pub mod endpoint_reconciler;
 pub mod error;
+pub mod eviction;
 pub mod fuzzing;
 pub mod handlers;
 pub mod impersonation;

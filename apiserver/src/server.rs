@@ -537,6 +537,16 @@ pub async fn bootstrap(state: &Arc<AppState>) {
             }
         }
     }
+    // Kubernetes' "scheduling/bootstrap-system-priority-classes" post-start hook.
+    let pc_def = &registry::resources::PRIORITYCLASSES;
+    for c in registry::resources::SYSTEM_PRIORITY_CLASSES {
+        let obj = registry::resources::system_priority_class(c);
+        match handlers::create_object(state, pc_def, None, obj, false, None, "Update").await {
+            Ok(_) => tracing::info!(class = c.name, "created system priority class"),
+            Err(ApiError { code: 409, .. }) => {}
+            Err(e) => tracing::warn!(class = c.name, error = %e, "could not create priority class"),
+        }
+    }
     let svc_def = &registry::resources::SERVICES;
     let ip = state.alloc.first_ip().to_string();
     let svc = json!({

@@ -1,4 +1,5 @@
-//! Subresources: `/status`, `/scale`, `pods/binding`, `pods/eviction`, `namespaces/finalize`.
+//! Subresources: `/status`, `/scale`, `pods/binding`, `pods/eviction` (in `eviction`),
+//! `namespaces/finalize`.
 
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
@@ -45,21 +46,7 @@ pub async fn handle(
             scale_write(ctx, method, name, body).await
         }
         (Subresource::Binding, Method::POST) => bind(ctx, name, body).await,
-        (Subresource::Eviction, Method::POST) => {
-            let opts = crate::handlers::DeleteOpts::default();
-            crate::handlers::delete_object(
-                ctx.state,
-                def,
-                ctx.rp.namespace.as_deref(),
-                name,
-                &opts,
-            )
-            .await?;
-            Ok(respond(
-                StatusCode::CREATED,
-                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-            ))
-        }
+        (Subresource::Eviction, Method::POST) => crate::eviction::evict(ctx, name, body).await,
         (Subresource::Finalize, Method::PUT) => finalize(ctx, name, body).await,
         (Subresource::Token, Method::POST) => crate::tokenrequest::create(ctx, name, body).await,
         (Subresource::Approval, Method::GET) => {

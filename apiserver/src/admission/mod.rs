@@ -1,7 +1,7 @@
 //! Admission: the plugins Kubernetes runs between decoding and storage, in Kubernetes' order.
 //! NamespaceLifecycle is `handlers::admit_namespace`; the rest run from [`admit`]:
-//! mutating LimitRanger, ServiceAccount, DefaultTolerationSeconds, DefaultStorageClass and
-//! StorageObjectInUseProtection, then validating
+//! mutating LimitRanger, ServiceAccount, Priority, DefaultTolerationSeconds,
+//! DefaultStorageClass and StorageObjectInUseProtection, then validating
 //! LimitRanger, NodeRestriction, PodSecurity, RBAC escalation prevention and ResourceQuota.
 //! A rejection returns before anything is written.
 
@@ -19,6 +19,7 @@ pub mod default_toleration_seconds;
 pub mod limit_ranger;
 pub mod node_restriction;
 pub mod pod_security;
+pub mod priority;
 pub mod quantity;
 pub mod rbac_escalation;
 pub mod resource_quota;
@@ -62,6 +63,9 @@ async fn admit_inner(
     if is_pod && op == Operation::Create {
         limit_ranger::default_pod(state, obj).await?;
         service_account::admit_pod(state, obj).await?;
+    }
+    priority::admit(state, def, op, obj).await?;
+    if is_pod && op == Operation::Create {
         default_toleration_seconds::admit_pod(obj);
     }
     if op == Operation::Create {

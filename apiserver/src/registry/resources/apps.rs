@@ -24,7 +24,7 @@ fn go_intstr(v: &Value) -> String {
 }
 
 /// `ValidatePositiveIntOrPercent` + `IsNotMoreThan100Percent` (when `max100`).
-fn validate_int_or_percent(
+pub(super) fn validate_int_or_percent(
     errs: &mut Vec<FieldError>,
     v: Option<&Value>,
     path: &str,

@@ -12,7 +12,9 @@ mod discovery;
 mod events;
 mod networking;
 mod pod;
+mod policy;
 mod rbac;
+mod scheduling;
 mod storage;
 mod util;
 
@@ -26,7 +28,12 @@ pub use self::core::{
 pub use self::discovery::ENDPOINTSLICES;
 pub use self::events::{EVENTS_V1, from_core_event, to_core_event};
 pub use self::networking::NETWORKPOLICIES;
+pub use self::policy::PODDISRUPTIONBUDGETS;
 pub use self::rbac::{CLUSTERROLEBINDINGS, CLUSTERROLES, ROLEBINDINGS, ROLES};
+pub use self::scheduling::{
+    PRIORITYCLASSES, SYSTEM_PRIORITY_CLASSES, system_priority_class,
+};
+pub(crate) use self::util::selector_matches as label_selector_matches;
 pub use self::storage::{
     BETA_CLASS_ANNOTATION, DEFAULT_CLASS_ANNOTATION, PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES,
     STORAGECLASSES, is_default_class,
@@ -64,6 +71,8 @@ pub static ALL: &[ResourceDef] = &[
     EVENTS_V1,
     STORAGECLASSES,
     CERTIFICATESIGNINGREQUESTS,
+    PODDISRUPTIONBUDGETS,
+    PRIORITYCLASSES,
 ];
 
 /// core/v1 namespaces.
@@ -253,6 +262,7 @@ mod tests {
                 "resources": {"requests": {"storage": "1Gi"}}}}),
             "StorageClass" => json!({"provisioner": "rancher.io/local-path"}),
             "CertificateSigningRequest" => json!({"spec": certificates::tests::example_spec()}),
+            "PriorityClass" => json!({"value": 1000}),
             _ => json!({}),
         };
         if let (Value::Object(m), Value::Object(e)) = (&mut o, extra) {
