@@ -137,10 +137,22 @@ async fn approval_put(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Respo
     Ok(r)
 }
 
-/// Renders a label selector object (`matchLabels`/`matchExpressions`) as a selector string.
+/// Renders a label selector object (`matchLabels`/`matchExpressions`) as a selector string; a
+/// plain label map (ReplicationController's `spec.selector`) is rendered as `k=v,...`.
 pub fn selector_string(sel: Option<&Value>) -> String {
     let Some(sel) = sel else { return String::new() };
     let mut parts = Vec::new();
+    if let Some(m) = sel.as_object()
+        && !m.contains_key("matchLabels")
+        && !m.contains_key("matchExpressions")
+    {
+        let mut pairs: Vec<String> = m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect();
+        pairs.sort();
+        return pairs.join(",");
+    }
     if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
         for (k, v) in m {
             parts.push(format!("{k}={}", v.as_str().unwrap_or_default()));

@@ -8,6 +8,7 @@ mod batch;
 pub mod certificates;
 mod coordination;
 mod core;
+mod core_extra;
 mod discovery;
 mod events;
 mod networking;
@@ -22,6 +23,7 @@ pub use self::apps::{CONTROLLERREVISIONS, DAEMONSETS, DEPLOYMENTS, REPLICASETS, 
 pub use self::batch::{CRONJOBS, JOBS};
 pub use self::certificates::CERTIFICATESIGNINGREQUESTS;
 pub use self::coordination::LEASES;
+pub use self::core_extra::{PODTEMPLATES, REPLICATIONCONTROLLERS};
 pub use self::core::{
     ENDPOINTS, EVENTS, LIMITRANGES, NODES, PODS, RESOURCEQUOTAS, SECRETS, SERVICEACCOUNTS, SERVICES,
 };
@@ -52,6 +54,8 @@ pub static ALL: &[ResourceDef] = &[
     EVENTS,
     RESOURCEQUOTAS,
     LIMITRANGES,
+    REPLICATIONCONTROLLERS,
+    PODTEMPLATES,
     PERSISTENTVOLUMES,
     PERSISTENTVOLUMECLAIMS,
     DEPLOYMENTS,
@@ -218,6 +222,10 @@ mod tests {
         let extra = match def.kind {
             "Pod" => json!({"spec": {"containers": [{"name": "c", "image": "nginx"}]}}),
             "Service" => json!({"spec": {"ports": [{"port": 80}], "selector": {"app": "x"}}}),
+            "ReplicationController" => {
+                json!({"spec": {"selector": {"app": "x"}, "template": template}})
+            }
+            "PodTemplate" => json!({"template": template}),
             "Deployment" | "ReplicaSet" | "DaemonSet" => {
                 json!({"spec": {"selector": {"matchLabels": {"app": "x"}}, "template": template}})
             }
@@ -354,6 +362,7 @@ mod tests {
             [
                 "pods",
                 "services",
+                "replicationcontrollers",
                 "deployments",
                 "replicasets",
                 "statefulsets",
