@@ -5,6 +5,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bootstrapsigner;
+pub mod csrapproving;
+pub mod csrsigning;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -18,6 +21,7 @@ pub mod node;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod statefulset;
+pub mod tokencleaner;
 pub mod util;
 pub mod volume;
 
@@ -36,6 +40,10 @@ pub const ALL_CONTROLLERS: &[&str] = &[
     "daemonset",
     "statefulset",
     "persistentvolume-binder",
+    "csrapproving",
+    "csrsigning",
+    "bootstrapsigner",
+    "tokencleaner",
 ];
 
 /// Where local-path volumes live by default: `<default data-dir>/storage`, as k3s.
@@ -63,6 +71,13 @@ pub struct Config {
     pub local_path_dir: std::path::PathBuf,
     /// Image of the local-path provisioner's helper pods (present on every node).
     pub helper_image: String,
+    /// `--cluster-signing-cert-file`: the CA certificate (PEM) csrsigning issues certificates
+    /// with; without it and the key, csrsigning does not run.
+    pub cluster_signing_cert_file: Option<std::path::PathBuf>,
+    /// `--cluster-signing-key-file`: the CA's private key (PEM).
+    pub cluster_signing_key_file: Option<std::path::PathBuf>,
+    /// `--cluster-signing-duration`: the longest validity of an issued certificate.
+    pub cluster_signing_duration: Duration,
 }
 
 impl Default for Config {
@@ -77,6 +92,9 @@ impl Default for Config {
             root_ca_pem: None,
             local_path_dir: DEFAULT_LOCAL_PATH_DIR.into(),
             helper_image: "busybox".into(),
+            cluster_signing_cert_file: None,
+            cluster_signing_key_file: None,
+            cluster_signing_duration: csrsigning::DEFAULT_SIGNING_DURATION,
         }
     }
 }
@@ -184,6 +202,31 @@ async fn run_controllers(config: Config, client: kube::Client) -> Result<(), Err
             helper_image: config.helper_image.clone(),
         };
         set.spawn(volume::run(client.clone(), recorder.clone(), settings));
+    }
+    if config.enabled("csrapproving") {
+        set.spawn(csrapproving::run(client.clone()));
+    }
+    if config.enabled("csrsigning") {
+        match (&config.cluster_signing_cert_file, &config.cluster_signing_key_file) {
+            (Some(cert), Some(key)) => {
+                let ca = csrsigning::Ca::from_files(cert, key).map_err(Error::Invalid)?;
+                let settings = csrsigning::Settings {
+                    ca,
+                    duration: config.cluster_signing_duration,
+                };
+                set.spawn(csrsigning::run(client.clone(), settings));
+            }
+            // As kube-controller-manager: without a signing CA the signer is skipped.
+            _ => tracing::warn!(
+                "csrsigning not started: --cluster-signing-cert-file and --cluster-signing-key-file are not set"
+            ),
+        }
+    }
+    if config.enabled("bootstrapsigner") {
+        set.spawn(bootstrapsigner::run(client.clone()));
+    }
+    if config.enabled("tokencleaner") {
+        set.spawn(tokencleaner::run(client.clone()));
     }
     if config.enabled("garbagecollector") {
         set.spawn(gc::run(client.clone()));

@@ -30,7 +30,7 @@ struct Args {
     #[arg(long, env = "LOTSE_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
     /// Controllers to run: `*` for all, a name to enable, `-name` to disable
-    /// (replicaset, deployment, namespace, serviceaccount, garbagecollector, endpoints, job, nodelifecycle, daemonset, statefulset, persistentvolume-binder).
+    /// (replicaset, deployment, namespace, serviceaccount, garbagecollector, endpoints, job, nodelifecycle, daemonset, statefulset, persistentvolume-binder, csrapproving, csrsigning, bootstrapsigner, tokencleaner).
     #[arg(
         long,
         env = "LOTSE_CONTROLLERS",
@@ -44,6 +44,16 @@ struct Args {
     /// Image of the local-path provisioner's helper pods, which remove deleted volumes' directories.
     #[arg(long, env = "LOTSE_LOCAL_PATH_HELPER_IMAGE", default_value = "busybox")]
     local_path_helper_image: String,
+    /// PEM CA certificate the csrsigning controller issues cluster-scoped certificates with
+    /// (e.g. <data-dir>/pki/ca.crt).
+    #[arg(long, env = "LOTSE_CLUSTER_SIGNING_CERT_FILE")]
+    cluster_signing_cert_file: Option<PathBuf>,
+    /// PEM private key of --cluster-signing-cert-file (e.g. <data-dir>/pki/ca.key).
+    #[arg(long, env = "LOTSE_CLUSTER_SIGNING_KEY_FILE")]
+    cluster_signing_key_file: Option<PathBuf>,
+    /// The longest validity of a signed certificate (a CSR's spec.expirationSeconds may ask for less).
+    #[arg(long, env = "LOTSE_CLUSTER_SIGNING_DURATION", default_value = "8760h", value_parser = parse_duration)]
+    cluster_signing_duration: Duration,
 }
 
 /// Parses `40s`, `5m`, `1h` or plain seconds.
@@ -95,6 +105,9 @@ async fn main() -> anyhow::Result<()> {
         root_ca_pem,
         local_path_dir: args.default_local_storage_path,
         helper_image: args.local_path_helper_image,
+        cluster_signing_cert_file: args.cluster_signing_cert_file,
+        cluster_signing_key_file: args.cluster_signing_key_file,
+        cluster_signing_duration: args.cluster_signing_duration,
     };
     controllers::run(config, client)
         .await
