@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod bootstrapsigner;
+pub mod cronjob;
 pub mod csrapproving;
 pub mod csrsigning;
 pub mod daemonset;
@@ -36,6 +37,7 @@ pub const ALL_CONTROLLERS: &[&str] = &[
     "garbagecollector",
     "endpoints",
     "job",
+    "cronjob",
     "nodelifecycle",
     "daemonset",
     "statefulset",
@@ -192,6 +194,9 @@ async fn run_controllers(config: Config, client: kube::Client) -> Result<(), Err
     }
     if config.enabled("job") {
         set.spawn(job::run(client.clone(), recorder.clone()));
+    }
+    if config.enabled("cronjob") {
+        set.spawn(cronjob::run(client.clone(), recorder.clone()));
     }
     if config.enabled("endpoints") {
         set.spawn(endpoints::run(client.clone()));

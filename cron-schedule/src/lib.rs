@@ -484,6 +484,10 @@ mod tests {
     #[test]
     fn next_activation_times() {
         assert_eq!(
+            next("*/1 * * * *", "2026-12-05T10:01:20Z"),
+            "2026-12-05T10:02:00Z"
+        );
+        assert_eq!(
             next("*/1 * * * *", "2026-12-05T16:30:00Z"),
             "2026-12-05T16:31:00Z"
         );
