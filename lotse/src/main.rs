@@ -5,6 +5,7 @@ mod images;
 mod install;
 mod join;
 mod nodes;
+mod token;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,8 @@ enum Command {
     /// Make this machine a node of a running cluster (`lotse token create
     /// --print-join-command` on the server prints the command); runs the node until stopped.
     Join(join::JoinArgs),
+    /// Bootstrap tokens for joining nodes: create (with --print-join-command), list, delete.
+    Token(token::TokenArgs),
     /// Write a consistent backup of a (running) cluster: its embedded store and PKI.
     Backup(backup::BackupArgs),
     /// Make a new data dir from a backup (then `lotse up --data-dir` on it).
@@ -104,6 +107,7 @@ fn main() -> anyhow::Result<()> {
             init_tracing();
             tokio::runtime::Runtime::new()?.block_on(down::reset(a))
         }
+        Command::Token(a) => tokio::runtime::Runtime::new()?.block_on(token::run(a)),
         Command::Join(a) => {
             init_tracing();
             tokio::runtime::Runtime::new()?.block_on(join::join(a))

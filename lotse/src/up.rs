@@ -193,6 +193,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         a.cluster_cidr.clone(),
         running.pki.ca_cert_pem().to_string(),
         data_dir.join("storage"),
+        running.pki.dir().to_path_buf(),
     );
     components.spawn(async move {
         let cfg = scheduler::Config {
@@ -350,6 +351,7 @@ fn start_controllers(
     cluster_cidr: String,
     ca_pem: String,
     local_path_dir: PathBuf,
+    pki_dir: PathBuf,
 ) {
     rt.spawn(async move {
         let cfg = controllers::Config {
@@ -357,6 +359,10 @@ fn start_controllers(
             root_ca_pem: Some(ca_pem),
             local_path_dir,
             leader_elect: false,
+            // csrsigning issues node certificates from the cluster CA, as kubeadm points
+            // kube-controller-manager's --cluster-signing-*-file at its ca.crt/ca.key.
+            cluster_signing_cert_file: Some(pki_dir.join("ca.crt")),
+            cluster_signing_key_file: Some(pki_dir.join("ca.key")),
             ..Default::default()
         };
         let res = match client_from(&kubeconfig).await {
