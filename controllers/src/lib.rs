@@ -11,6 +11,7 @@ pub mod csrapproving;
 pub mod csrsigning;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod events;
 pub mod expectations;
@@ -46,6 +47,7 @@ pub const ALL_CONTROLLERS: &[&str] = &[
     "csrsigning",
     "bootstrapsigner",
     "tokencleaner",
+    "disruption",
 ];
 
 /// Where local-path volumes live by default: `<default data-dir>/storage`, as k3s.
@@ -207,6 +209,9 @@ async fn run_controllers(config: Config, client: kube::Client) -> Result<(), Err
             helper_image: config.helper_image.clone(),
         };
         set.spawn(volume::run(client.clone(), recorder.clone(), settings));
+    }
+    if config.enabled("disruption") {
+        set.spawn(disruption::run(client.clone(), recorder.clone()));
     }
     if config.enabled("csrapproving") {
         set.spawn(csrapproving::run(client.clone()));

@@ -1,0 +1,249 @@
+//! Disruption budgets on a real one-node `lotse up`, driven by the real kubectl 1.33: a
+//! 2-replica Deployment under a PodDisruptionBudget with `minAvailable: 2` gets its status from
+//! the disruption controller (`kubectl get pdb` columns); an eviction is refused with 429 and
+//! Kubernetes' message; `kubectl drain --ignore-daemonsets` keeps retrying against the budget;
+//! lowered to `minAvailable: 1`, one pod is evicted and the other still waits (the budget is
+//! spent; the replacement cannot start on the cordoned node); once the node is uncordoned the
+//! replacement becomes ready and the drain finishes.
+//!
+//! Needs root, Debian's `containerd`, `runc` and `containernetworking-plugins`, the built
+//! binaries and the images built by
+//! `target/debug/lotse images build --output target/lotse-images busybox pause`.
+use std::time::Duration;
+
+use anyhow::Context;
+use e2e::Kubectl;
+use e2e::lotse::{Node, wait_for};
+
+const LONG: Duration = Duration::from_secs(90);
+
+const WORKLOAD: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: busybox
+        command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web}
+spec:
+  minAvailable: 2
+  selector: {matchLabels: {app: web}}
+"#;
+
+/// Names of the pods of the Deployment that are Ready.
+fn ready_pods(k: &Kubectl) -> anyhow::Result<Vec<String>> {
+    let out = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type==\"Ready\")].status} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
+    ])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 2 && f[1] == "True").then(|| f[0].to_string())
+        })
+        .collect())
+}
+
+fn pdb_status(k: &Kubectl) -> anyhow::Result<String> {
+    k.ok(&[
+        "get",
+        "pdb",
+        "web",
+        "-o",
+        "jsonpath={.status.observedGeneration} {.status.expectedPods} {.status.currentHealthy} {.status.desiredHealthy} {.status.disruptionsAllowed} {.status.conditions[0].reason}",
+    ])
+}
+
+#[test]
+#[ignore = "needs root, containerd and runc, built binaries and images (lotse images build)"]
+fn drain_waits_for_the_disruption_budget() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let node = Node::start_with_root_ca(tmp.path(), "drain-node")?;
+    let k = &node.kubectl;
+    let log = || node.lotse.log();
+
+    k.ok_stdin(&["apply", "-f", "-"], WORKLOAD)?;
+    wait_for(
+        k,
+        &["get", "deploy", "web"],
+        "2 ready replicas",
+        LONG,
+        |_| ready_pods(k).map(|p| p.len() == 2).unwrap_or(false),
+    )
+    .with_context(log)?;
+    let originals = ready_pods(k)?;
+
+    // The controller's view: 2 expected, 2 healthy, 2 desired, nothing to spare.
+    wait_for(k, &["get", "pdb", "web"], "budget status", LONG, |_| {
+        pdb_status(k).is_ok_and(|s| s == "1 2 2 2 0 InsufficientPods")
+    })
+    .with_context(log)?;
+    let table = k.ok(&["get", "pdb"])?;
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "MIN",
+            "AVAILABLE",
+            "MAX",
+            "UNAVAILABLE",
+            "ALLOWED",
+            "DISRUPTIONS",
+            "AGE"
+        ],
+        "{table}"
+    );
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..4], ["web", "2", "N/A", "0"], "{table}");
+
+    // An eviction the budget does not allow: 429 with Kubernetes' message.
+    let eviction = format!(
+        r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{}","namespace":"default"}}}}"#,
+        originals[0]
+    );
+    let refused = k
+        .run_stdin(
+            &[
+                "create",
+                "--raw",
+                &format!("/api/v1/namespaces/default/pods/{}/eviction", originals[0]),
+                "-f",
+                "-",
+            ],
+            &eviction,
+        )?
+        .failure()?;
+    assert!(
+        refused.stderr.contains(
+            "Error from server (TooManyRequests): Cannot evict pod as it would violate the pod's disruption budget."
+        ),
+        "{}",
+        refused.stderr
+    );
+
+    // drain cordons the node and retries the evictions the budget refuses.
+    let drain = k.spawn(
+        &[
+            "drain",
+            "drain-node",
+            "--ignore-daemonsets",
+            "--timeout=150s",
+        ],
+        tmp.path(),
+    )?;
+    let refusal = "Cannot evict pod as it would violate the pod's disruption budget.";
+    let t0 = std::time::Instant::now();
+    while !drain.stderr().contains(refusal) {
+        anyhow::ensure!(
+            t0.elapsed() < LONG,
+            "drain never met the budget:\n{}\n{}",
+            drain.stdout(),
+            drain.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "node",
+            "drain-node",
+            "-o",
+            "jsonpath={.spec.unschedulable}"
+        ])?,
+        "true"
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        ready_pods(k)?,
+        originals,
+        "nothing evicted while the budget holds"
+    );
+    assert!(!drain.stdout().contains("drained"), "{}", drain.stdout());
+
+    // One disruption allowed: one pod goes, the other waits, as its replacement cannot start
+    // on the cordoned node.
+    k.ok(&[
+        "patch",
+        "pdb",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"minAvailable":1}}"#,
+    ])?;
+    let (evicted, out) = drain.wait_for(LONG, |o| o.matches("evicted").count() >= 1);
+    assert!(
+        evicted,
+        "no eviction after lowering the budget:\n{out}\n{}",
+        drain.stderr()
+    );
+    wait_for(k, &["get", "pods"], "one original pod left", LONG, |_| {
+        ready_pods(k).is_ok_and(|p| p.len() == 1 && originals.contains(&p[0]))
+    })
+    .with_context(|| format!("{}\n{}", drain.stdout(), drain.stderr()))?;
+    let errors_before = drain.stderr().matches(refusal).count();
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        drain.stderr().matches(refusal).count() > errors_before,
+        "the second eviction is still refused: {}",
+        drain.stderr()
+    );
+    assert!(!drain.stdout().contains("drained"), "{}", drain.stdout());
+    let pending = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "--field-selector=status.phase=Pending",
+        "-o",
+        "name",
+    ])?;
+    assert_eq!(
+        pending.lines().count(),
+        1,
+        "the replacement waits: {pending}"
+    );
+
+    // Uncordoned, the replacement starts and becomes ready; then the last eviction is allowed
+    // and the drain finishes.
+    k.ok(&["uncordon", "drain-node"])?;
+    let (done, out) = drain.wait_for(LONG, |o| o.contains("node/drain-node drained"));
+    assert!(
+        done,
+        "drain did not finish:\n{out}\n{}\n{}",
+        drain.stderr(),
+        log()
+    );
+    // Every original pod was evicted and the Deployment is whole again on the node.
+    wait_for(k, &["get", "pods"], "two new ready replicas", LONG, |_| {
+        ready_pods(k).is_ok_and(|p| p.len() == 2 && p.iter().all(|n| !originals.contains(n)))
+    })
+    .with_context(log)?;
+    Ok(())
+}
