@@ -4,7 +4,10 @@
 //! Kubernetes' message; `kubectl drain --ignore-daemonsets` keeps retrying against the budget;
 //! lowered to `minAvailable: 1`, one pod is evicted and the other still waits (the budget is
 //! spent; the replacement cannot start on the cordoned node); once the node is uncordoned the
-//! replacement becomes ready and the drain finishes.
+//! replacement becomes ready and the drain finishes. Priority and preemption: the system
+//! PriorityClasses exist; a pod of a `preemptionPolicy: Never` class stays Pending with
+//! kube-scheduler's message, while a higher-priority pod evicts a lower-priority one that holds
+//! the node's CPU (nominatedNodeName, `Preempted` event) and runs in its place.
 //!
 //! Needs root, Debian's `containerd`, `runc` and `containernetworking-plugins`, the built
 //! binaries and the images built by
@@ -245,5 +248,161 @@ fn drain_waits_for_the_disruption_budget() -> anyhow::Result<()> {
         ready_pods(k).is_ok_and(|p| p.len() == 2 && p.iter().all(|n| !originals.contains(n)))
     })
     .with_context(log)?;
+    Ok(())
+}
+
+fn priority_pod(name: &str, class: &str, cpu_milli: i64) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  priorityClassName: {class}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    resources: {{requests: {{cpu: {cpu_milli}m}}}}
+"#
+    )
+}
+
+const CLASSES: &str = r#"
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: low}
+value: 10
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: high}
+value: 1000
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: high-polite}
+value: 1000
+preemptionPolicy: Never
+"#;
+
+/// Milli-cores of a quantity as the node reports it (`2`, `1500m`).
+fn milli(q: &str) -> anyhow::Result<i64> {
+    Ok(match q.strip_suffix('m') {
+        Some(m) => m.parse()?,
+        None => q.parse::<i64>()? * 1000,
+    })
+}
+
+#[test]
+#[ignore = "needs root, containerd and runc, built binaries and images (lotse images build)"]
+fn a_higher_priority_pod_preempts_a_lower_one() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let node = Node::start_with_root_ca(tmp.path(), "preempt-node")?;
+    let k = &node.kubectl;
+    let log = || node.lotse.log();
+
+    // The system classes exist from the start, beside the new ones.
+    k.ok_stdin(&["apply", "-f", "-"], CLASSES)?;
+    let classes = k.ok(&["get", "priorityclasses"])?;
+    for want in [
+        "system-cluster-critical   2000000000",
+        "system-node-critical      2000001000",
+    ] {
+        assert!(classes.contains(want), "{classes}");
+    }
+
+    // A low-priority pod takes all but 300m of the node's CPU.
+    let alloc = milli(&k.ok(&[
+        "get",
+        "node",
+        "preempt-node",
+        "-o",
+        "jsonpath={.status.allocatable.cpu}",
+    ])?)?;
+    k.ok_stdin(
+        &["apply", "-f", "-"],
+        &priority_pod("victim", "low", alloc - 300),
+    )?;
+    wait_for(
+        k,
+        &["get", "pod", "victim", "-o", "jsonpath={.status.phase}"],
+        "victim running",
+        LONG,
+        |s| s == "Running",
+    )
+    .with_context(log)?;
+    assert_eq!(
+        k.ok(&["get", "pod", "victim", "-o", "jsonpath={.spec.priority}"])?,
+        "10"
+    );
+
+    // preemptionPolicy: Never waits instead of preempting.
+    k.ok_stdin(
+        &["apply", "-f", "-"],
+        &priority_pod("polite", "high-polite", 500),
+    )?;
+    let msg = wait_for(
+        k,
+        &[
+            "get",
+            "pod",
+            "polite",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].message}",
+        ],
+        "polite pod unschedulable",
+        LONG,
+        |s| s.contains("preemption"),
+    )
+    .with_context(log)?;
+    assert_eq!(
+        msg,
+        "0/1 nodes are available: 1 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never.."
+    );
+    k.ok(&["delete", "pod", "polite", "--wait=false"])?;
+
+    // The higher-priority pod evicts the victim and runs in its place.
+    k.ok_stdin(&["apply", "-f", "-"], &priority_pod("urgent", "high", 500))?;
+    wait_for(
+        k,
+        &["get", "pod", "urgent", "-o", "jsonpath={.status.phase}"],
+        "preemptor running",
+        LONG,
+        |s| s == "Running",
+    )
+    .with_context(log)?;
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "pod",
+            "urgent",
+            "-o",
+            "jsonpath={.status.nominatedNodeName}"
+        ])?,
+        "preempt-node"
+    );
+    let gone = k.run(&["get", "pod", "victim"])?;
+    assert!(gone.stderr.contains("NotFound"), "{gone:?}");
+    let uid = k.ok(&["get", "pod", "urgent", "-o", "jsonpath={.metadata.uid}"])?;
+    let events = wait_for(
+        k,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=Preempted",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+        "Preempted event",
+        LONG,
+        |s| !s.is_empty(),
+    )?;
+    assert_eq!(
+        events,
+        format!("Preempted by pod {uid} on node preempt-node")
+    );
     Ok(())
 }

@@ -40,9 +40,9 @@ fn histogram<'a>(reasons: impl Iterator<Item = &'a str>) -> String {
 }
 
 impl FitError {
-    /// The FailedScheduling message of Kubernetes 1.33, including the default preemption
-    /// plugin's PostFilter diagnosis (Lotse does not preempt, so no victims are ever found).
-    pub fn message(&self) -> String {
+    /// The FailedScheduling message when preemption found victims: the filter diagnosis alone
+    /// (a successful PostFilter adds nothing).
+    pub fn filter_message(&self) -> String {
         if self.num_all_nodes == 0 {
             return NO_NODES_AVAILABLE.to_string();
         }
@@ -58,6 +58,16 @@ impl FitError {
         if !filter.is_empty() {
             msg.push_str(&format!(" {filter}."));
         }
+        msg
+    }
+
+    /// The FailedScheduling message of Kubernetes 1.33, including the default preemption
+    /// plugin's PostFilter diagnosis when it found no victims.
+    pub fn message(&self) -> String {
+        if self.num_all_nodes == 0 {
+            return NO_NODES_AVAILABLE.to_string();
+        }
+        let mut msg = self.filter_message();
         let post = if self.preemption_never {
             "preemption: not eligible due to preemptionPolicy=Never.".to_string()
         } else {

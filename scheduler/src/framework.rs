@@ -162,6 +162,10 @@ pub struct PodInfo {
     pub images: Vec<String>,
     /// status.nominatedNodeName: tried first when it still fits.
     pub nominated_node_name: String,
+    /// metadata.deletionTimestamp is set (a preemption victim on its way out).
+    pub terminating: bool,
+    /// status.startTime in Unix seconds (0 when not started), for preemption's ordering.
+    pub start_time: i64,
     /// Names of the PersistentVolumeClaims the pod's volumes use (claims and generic ephemeral
     /// volumes' `<pod>-<volume>` claims).
     pub claims: Vec<String>,
@@ -259,6 +263,13 @@ impl PodInfo {
                 .as_ref()
                 .and_then(|s| s.nominated_node_name.clone())
                 .unwrap_or_default(),
+            terminating: md.deletion_timestamp.is_some(),
+            start_time: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .map(|t| t.0.as_second())
+                .unwrap_or(0),
             claims: spec
                 .volumes
                 .iter()

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event as WatchEvent};
@@ -90,8 +91,20 @@ pub enum Error {
 
 /// What a worker decided for one pod.
 enum Outcome {
-    Bind { qp: QueuedPod, node: String },
-    Unschedulable { qp: QueuedPod, message: String },
+    Bind {
+        qp: QueuedPod,
+        node: String,
+    },
+    Unschedulable {
+        qp: QueuedPod,
+        message: String,
+    },
+    /// Unschedulable, but evicting `candidate`'s victims makes room on its node.
+    Preempt {
+        qp: QueuedPod,
+        message: String,
+        candidate: plugins::default_preemption::Candidate,
+    },
 }
 
 struct Shared {
@@ -101,6 +114,8 @@ struct Shared {
     profile: Profile,
     next_start: AtomicUsize,
     stop: AtomicBool,
+    /// Every PodDisruptionBudget, for preemption's choice of victims.
+    pdbs: RwLock<Vec<PodDisruptionBudget>>,
 }
 
 impl Shared {
@@ -133,6 +148,7 @@ pub async fn run(config: Config, client: Client) -> Result<(), Error> {
         profile: Profile::default(),
         next_start: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
+        pdbs: RwLock::new(Vec::new()),
     });
     let result = tokio::select! {
         r = schedule(shared.clone(), client) => r,
@@ -158,6 +174,7 @@ async fn schedule(shared: Arc<Shared>, client: Client) -> Result<(), Error> {
     ));
     let namespaces = tokio::spawn(watch_namespaces(shared.clone(), client.clone()));
     let storage = tokio::spawn(watch_storage(shared.clone(), client.clone()));
+    let budgets = tokio::spawn(watch_pdbs(shared.clone(), client.clone()));
     // Decide nothing before nodes and assigned pods are known (a restart must not overcommit).
     while *synced_rx.borrow() < 2 {
         if synced_rx.changed().await.is_err() {
@@ -201,6 +218,34 @@ async fn schedule(shared: Arc<Shared>, client: Client) -> Result<(), Error> {
                         finish_binding(&shared, &client, &events, qp, node).await;
                     });
                 }
+                Outcome::Preempt {
+                    qp,
+                    message,
+                    candidate,
+                } => {
+                    let (client, events) = (client.clone(), events.clone());
+                    let name = shared.config.scheduler_name.clone();
+                    tokio::spawn(async move {
+                        tracing::info!(pod = %qp.info.name, node = %candidate.node,
+                            victims = candidate.victims.len(), "preempting");
+                        plugins::default_preemption::prepare_candidate(
+                            &client, &events, &name, &qp.pod, &candidate,
+                        )
+                        .await;
+                        if let Err(e) =
+                            events::set_unschedulable_condition(&client, &qp.pod, &message).await
+                        {
+                            tracing::debug!(error = %e, "could not update PodScheduled condition");
+                        }
+                        events.emit(PodEvent {
+                            pod: qp.pod,
+                            type_: "Warning",
+                            reason: "FailedScheduling",
+                            action: "Scheduling",
+                            note: message,
+                        });
+                    });
+                }
                 Outcome::Unschedulable { qp, message } => {
                     let (client, events) = (client.clone(), events.clone());
                     tokio::spawn(async move {
@@ -229,6 +274,7 @@ async fn schedule(shared: Arc<Shared>, client: Client) -> Result<(), Error> {
         _ = pending => Err(Error::TaskEnded("pending pod watch")),
         _ = namespaces => Err(Error::TaskEnded("namespace watch")),
         _ = storage => Err(Error::TaskEnded("storage watches")),
+        _ = budgets => Err(Error::TaskEnded("disruption budget watch")),
     }
 }
 
@@ -301,9 +347,17 @@ fn worker(shared: Arc<Shared>, tx: mpsc::UnboundedSender<Outcome>) {
                 shared.queue.done(&qp.info.uid);
                 Outcome::Bind { qp, node }
             }
-            Err(Some(message)) => {
+            Err(Some((message, None))) => {
                 shared.queue.unschedulable(&qp.info.uid);
                 Outcome::Unschedulable { qp, message }
+            }
+            Err(Some((message, Some(candidate)))) => {
+                shared.queue.unschedulable(&qp.info.uid);
+                Outcome::Preempt {
+                    qp,
+                    message,
+                    candidate,
+                }
             }
             Err(None) => {
                 shared.queue.retry(qp);
@@ -316,12 +370,16 @@ fn worker(shared: Arc<Shared>, tx: mpsc::UnboundedSender<Outcome>) {
     }
 }
 
-/// Ok(node) when assumed; Err(Some(message)) when unschedulable; Err(None) to retry later.
+/// Why a pod was not placed: the FailedScheduling message and, when preemption makes room
+/// somewhere, the victims to evict.
+type Unplaced = (String, Option<plugins::default_preemption::Candidate>);
+
+/// Ok(node) when assumed; Err(Some(..)) when unschedulable; Err(None) to retry later.
 fn decide(
     shared: &Shared,
     qp: &QueuedPod,
     rng: &mut impl rand::Rng,
-) -> Result<String, Option<String>> {
+) -> Result<String, Option<Unplaced>> {
     for _ in 0..3 {
         let start = shared.next_start.load(Ordering::Relaxed);
         let (result, generation) = {
@@ -330,14 +388,27 @@ fn decide(
                 // Already assumed or bound (duplicate event); nothing to do.
                 return Err(None);
             }
-            (
-                shared.profile.schedule(&cache, &qp.info, start, rng),
-                cache.generation(),
-            )
+            let result = shared
+                .profile
+                .schedule(&cache, &qp.info, start, rng)
+                .map_err(|fit| {
+                    // PostFilter: DefaultPreemption.
+                    let pdbs = shared.pdbs.read().unwrap_or_else(|e| e.into_inner());
+                    match plugins::default_preemption::find_candidate(
+                        &shared.profile,
+                        &cache,
+                        &qp.info,
+                        &pdbs,
+                    ) {
+                        Some(c) => (fit.filter_message(), Some(c)),
+                        None => (fit.message(), None),
+                    }
+                });
+            (result, cache.generation())
         };
         let decision = match result {
             Ok(d) => d,
-            Err(fit) => return Err(Some(fit.message())),
+            Err(unplaced) => return Err(Some(unplaced)),
         };
         shared
             .next_start
@@ -522,6 +593,26 @@ async fn watch_nodes(shared: Arc<Shared>, client: Client, synced: Arc<watch::Sen
                     .remove_node(node.metadata.name.as_deref().unwrap_or_default());
             }
             Err(e) => tracing::warn!(error = %e, "node watch error"),
+        }
+    }
+}
+
+async fn watch_pdbs(shared: Arc<Shared>, client: Client) {
+    let api: Api<PodDisruptionBudget> = Api::all(client);
+    let (store, writer) = kube::runtime::reflector::store::<PodDisruptionBudget>();
+    let mut stream = kube::runtime::reflector(
+        writer,
+        watcher::watcher(api, watcher::Config::default()).default_backoff(),
+    )
+    .boxed();
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(_) => {
+                let all: Vec<PodDisruptionBudget> =
+                    store.state().iter().map(|b| b.as_ref().clone()).collect();
+                *shared.pdbs.write().unwrap_or_else(|e| e.into_inner()) = all;
+            }
+            Err(e) => tracing::debug!(error = %e, "disruption budget watch error"),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! selector and toleration helpers they share.
 
 pub mod balanced_allocation;
+pub mod default_preemption;
 pub mod image_locality;
 pub mod inter_pod_affinity;
 pub mod node_affinity;
