@@ -539,7 +539,9 @@ async fn table_and_discovery() {
 }
 
 #[tokio::test]
-async fn unauthenticated_requests_get_401() {
+async fn anonymous_requests_are_authorized_like_any_other() {
+    // kube-apiserver's default --anonymous-auth=true: no credentials is system:anonymous in
+    // system:unauthenticated, and RBAC says no (403, not 401) to what it may not see.
     let api = Api::new().await;
     let req = Request::builder()
         .uri("/api/v1/namespaces")
@@ -549,7 +551,15 @@ async fn unauthenticated_requests_get_401() {
         .oneshot(req)
         .await
         .expect("resp");
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains(r#"User \"system:anonymous\" cannot list resource \"namespaces\""#),
+        "{body}"
+    );
     let req = Request::builder()
         .uri("/healthz")
         .body(Body::empty())
