@@ -335,3 +335,117 @@ async fn budgets_validate_and_guard_evictions() {
     );
     api.ok("GET", &format!("{PODS}/web-c"), None).await;
 }
+
+/// Creates a Running pod that is not Ready.
+async fn unready_pod(api: &Api, name: &str, labels: Value) {
+    api.ok("POST", PODS, Some(pod(name, labels, json!({}))))
+        .await;
+    let mut p = api.ok("GET", &format!("{PODS}/{name}"), None).await;
+    p["status"]["phase"] = json!("Running");
+    p["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+    api.ok("PUT", &format!("{PODS}/{name}/status"), Some(p))
+        .await;
+}
+
+async fn budget(api: &Api, name: &str, app: &str, policy: Option<&str>) {
+    let mut spec = json!({"minAvailable": 2, "selector": {"matchLabels": {"app": app}}});
+    if let Some(p) = policy {
+        spec["unhealthyPodEvictionPolicy"] = json!(p);
+    }
+    api.ok(
+        "POST",
+        PDBS,
+        Some(
+            json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": name}, "spec": spec}),
+        ),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unready_pods_and_dry_runs() {
+    let api = Api::new().await;
+
+    // IfHealthyBudget (the default): an unready pod goes without spending the budget while the
+    // application is healthy, and waits while it is not.
+    budget(&api, "healthy", "healthy", None).await;
+    unready_pod(&api, "healthy-sick", json!({"app": "healthy"})).await;
+    set_budget(&api, "healthy", 0, 2, 2).await;
+    let (code, v) = api
+        .send(
+            "POST",
+            &format!("{PODS}/healthy-sick/eviction"),
+            Some(eviction("healthy-sick")),
+        )
+        .await;
+    assert_eq!(code, 201, "{v}");
+    let b = api.ok("GET", &format!("{PDBS}/healthy"), None).await;
+    assert!(b["status"].get("disruptedPods").is_none(), "{b}");
+
+    budget(&api, "degraded", "degraded", None).await;
+    unready_pod(&api, "degraded-sick", json!({"app": "degraded"})).await;
+    set_budget(&api, "degraded", 0, 1, 2).await;
+    let (code, v) = api
+        .send(
+            "POST",
+            &format!("{PODS}/degraded-sick/eviction"),
+            Some(eviction("degraded-sick")),
+        )
+        .await;
+    assert_eq!(code, 429, "{v}");
+
+    // AlwaysAllow: unready pods always go.
+    budget(&api, "always", "always", Some("AlwaysAllow")).await;
+    unready_pod(&api, "always-sick", json!({"app": "always"})).await;
+    set_budget(&api, "always", 0, 1, 2).await;
+    let (code, v) = api
+        .send(
+            "POST",
+            &format!("{PODS}/always-sick/eviction"),
+            Some(eviction("always-sick")),
+        )
+        .await;
+    assert_eq!(code, 201, "{v}");
+
+    // A dry run decides but changes nothing.
+    running_pod(&api, "dry", json!({"app": "dryrun"})).await;
+    budget(&api, "dryrun", "dryrun", None).await;
+    set_budget(&api, "dryrun", 1, 2, 1).await;
+    let (code, v) = api
+        .send(
+            "POST",
+            &format!("{PODS}/dry/eviction?dryRun=All"),
+            Some(eviction("dry")),
+        )
+        .await;
+    assert_eq!(code, 201, "{v}");
+    api.ok("GET", &format!("{PODS}/dry"), None).await;
+    let b = api.ok("GET", &format!("{PDBS}/dryrun"), None).await;
+    assert_eq!(b["status"]["disruptionsAllowed"], json!(1));
+
+    // A budget changed since the controller last looked asks the client to come back.
+    api.ok(
+        "PUT",
+        &format!("{PDBS}/dryrun"),
+        Some({
+            let mut b = b.clone();
+            b["spec"]["minAvailable"] = json!(1);
+            b
+        }),
+    )
+    .await;
+    let (code, v) = api
+        .send(
+            "POST",
+            &format!("{PODS}/dry/eviction"),
+            Some(eviction("dry")),
+        )
+        .await;
+    assert_eq!(code, 429, "{v}");
+    assert_eq!(
+        v["details"]["causes"][0]["message"],
+        json!("The disruption budget dryrun is still being processed by the server.")
+    );
+    assert_eq!(v["details"]["retryAfterSeconds"], json!(10));
+}
