@@ -329,6 +329,32 @@ pub async fn authenticate_token(state: &AppState, token: &str) -> Result<UserInf
     Ok(user)
 }
 
+/// Authenticates a bearer token that has the bootstrap-token shape against its Secret in
+/// `kube-system`, read through the Secret cache (with a storage fallback for a Secret created a
+/// moment ago). None when the token does not look like a bootstrap token.
+pub async fn authenticate_bootstrap_token(
+    state: &AppState,
+    token: &str,
+) -> Option<Result<UserInfo, TokenError>> {
+    use crate::bootstrap_token::{BootstrapToken, Rejected, TOKEN_NAMESPACE, check_secret};
+    let token = BootstrapToken::parse(token)?;
+    let secret =
+        match cached_or_stored(state, &SECRETS, TOKEN_NAMESPACE, &token.secret_name()).await {
+            Ok(s) => s,
+            Err(e) => return Some(Err(TokenError::Revoked(e.message))),
+        };
+    let now = jiff::Timestamp::now().as_second();
+    Some(match check_secret(&token, secret.as_ref(), now) {
+        Ok(u) => Ok(UserInfo {
+            name: u.name,
+            groups: u.groups,
+            ..Default::default()
+        }),
+        Err(Rejected::Expired) => Err(TokenError::Expired),
+        Err(Rejected::Invalid(why)) => Err(TokenError::Revoked(why)),
+    })
+}
+
 /// Authenticates a request: a bearer token when one is sent (a bootstrap token `<id>.<secret>`
 /// or a service-account JWT; a bad one is a 401, whatever else the request carries), else the
 /// verified client certificate, else None (anonymous).
@@ -338,17 +364,19 @@ pub async fn authenticate(
     cert: Option<&ClientCertIdentity>,
 ) -> ApiResult<Option<UserInfo>> {
     if let Some(auth) = headers.get(header::AUTHORIZATION) {
-        let token = auth
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+        let bytes = auth.as_bytes();
+        let token = bytes
+            .strip_prefix(b"Bearer ")
+            .or_else(|| bytes.strip_prefix(b"bearer "))
+            .map(|t| t.trim_ascii())
             .filter(|t| !t.is_empty());
         if let Some(token) = token {
-            if let Some(r) = crate::bootstrap_token::authenticate(state, token).await {
+            // A bearer token that is not even text is a bad token (401), not an anonymous
+            // request.
+            let Ok(token) = std::str::from_utf8(token) else {
+                return Err(ApiError::unauthorized());
+            };
+            if let Some(r) = authenticate_bootstrap_token(state, token).await {
                 return match r {
                     Ok(u) => Ok(Some(u)),
                     Err(e) => {

@@ -7,8 +7,11 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use crate::bootstrap_token as bt;
 use crate::handlers;
-use crate::registry::resources::{CLUSTERROLEBINDINGS, CLUSTERROLES, ROLEBINDINGS, ROLES};
+use crate::registry::resources::{
+    CLUSTERROLEBINDINGS, CLUSTERROLES, CONFIGMAPS, ROLEBINDINGS, ROLES,
+};
 use crate::server::AppState;
 
 /// The user the node network agent (kube-proxy's counterpart) authenticates as.
@@ -746,6 +749,69 @@ pub async fn ensure_cluster_info_access(state: &Arc<AppState>) {
                 tracing::warn!(kind = def.kind, error = %e, "could not create kubeadm:bootstrap-signer-clusterinfo")
             }
         }
+    }
+}
+
+/// Creates `kube-public/cluster-info` with the CA and `server_url`, or updates its kubeconfig
+/// when the CA or the URL changed (signatures are then recomputed by the bootstrap signer).
+pub async fn ensure_cluster_info(state: &Arc<AppState>, ca_pem: &str, server_url: &str) {
+    let kubeconfig = bt::cluster_info_kubeconfig(ca_pem, server_url);
+    match handlers::get_current(
+        state,
+        &CONFIGMAPS,
+        Some(bt::PUBLIC_NAMESPACE),
+        bt::CLUSTER_INFO,
+    )
+    .await
+    {
+        Ok((old, rv)) => {
+            if old.pointer("/data/kubeconfig").and_then(Value::as_str) == Some(&kubeconfig) {
+                return;
+            }
+            let mut new = old.clone();
+            crate::registry::fields::ensure_object(&mut new, &["data"])
+                .insert(bt::KUBECONFIG_KEY.into(), Value::String(kubeconfig));
+            if let Err(e) = handlers::write_update(
+                state,
+                &CONFIGMAPS,
+                Some(bt::PUBLIC_NAMESPACE),
+                bt::CLUSTER_INFO,
+                old,
+                rv,
+                new,
+                handlers::UpdateScope::Main,
+                false,
+                None,
+                "Update",
+            )
+            .await
+            {
+                tracing::warn!(error = %e, "could not update kube-public/cluster-info");
+            }
+        }
+        Err(crate::error::ApiError { code: 404, .. }) => {
+            let cm = json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": bt::CLUSTER_INFO, "namespace": bt::PUBLIC_NAMESPACE},
+                "data": {bt::KUBECONFIG_KEY: kubeconfig},
+            });
+            match handlers::create_object(
+                state,
+                &CONFIGMAPS,
+                Some(bt::PUBLIC_NAMESPACE),
+                cm,
+                false,
+                None,
+                "Update",
+            )
+            .await
+            {
+                Ok(_) => tracing::info!("created kube-public/cluster-info"),
+                Err(e) if e.code == 409 => {}
+                Err(e) => tracing::warn!(error = %e, "could not create kube-public/cluster-info"),
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read kube-public/cluster-info"),
     }
 }
 

@@ -7,20 +7,14 @@
 //! Also the `cluster-info` ConfigMap in `kube-public` that joining nodes read anonymously (its
 //! `kubeconfig` names the CA and the server; the bootstrap signer adds one JWS per signing
 //! token).
-
-use std::sync::Arc;
+//!
+//! Pure rules only: the authenticator that reads the Secret is `authn`'s, the objects are
+//! created by `bootstrap_rbac` at start.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
-
-use crate::auth::{AUTHENTICATED, UserInfo};
-use crate::authn::TokenError;
-use crate::error::ApiError;
-use crate::handlers;
-use crate::registry::resources::{CONFIGMAPS, SECRETS};
-use crate::server::AppState;
 
 /// The namespace bootstrap-token Secrets live in.
 pub const TOKEN_NAMESPACE: &str = "kube-system";
@@ -187,73 +181,68 @@ pub fn extra_groups(value: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// Checks a presented token against its Secret at time `now`; returns the user on success.
+/// Why a bootstrap token was refused (clients only see 401).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Rejected {
+    /// The Secret is missing, malformed, being deleted, not for authentication, or its secret
+    /// does not match.
+    #[error("{0}")]
+    Invalid(String),
+    /// Past its `expiration`.
+    #[error("bootstrap token expired")]
+    Expired,
+}
+
+/// The user a valid bootstrap token authenticates as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootstrapUser {
+    /// `system:bootstrap:<id>`.
+    pub name: String,
+    /// `system:bootstrappers`, the Secret's extra groups, `system:authenticated`.
+    pub groups: Vec<String>,
+}
+
+/// Checks a presented token against its Secret (`None`: no such Secret) at time `now` (Unix
+/// seconds), as Kubernetes' bootstrap `TokenAuthenticator`.
 pub fn check_secret(
     token: &BootstrapToken,
-    secret: &Value,
+    secret: Option<&Value>,
     now: i64,
-) -> Result<UserInfo, TokenError> {
-    let revoked = |why: &str| Err(TokenError::Revoked(why.to_string()));
+) -> Result<BootstrapUser, Rejected> {
+    let invalid = |why: &str| Err(Rejected::Invalid(why.to_string()));
+    let Some(secret) = secret else {
+        return invalid("no bootstrap token secret");
+    };
     if secret.pointer("/metadata/deletionTimestamp").is_some() {
-        return revoked("bootstrap token secret is being deleted");
+        return invalid("bootstrap token secret is being deleted");
     }
     if secret.get("type").and_then(Value::as_str) != Some(SECRET_TYPE) {
-        return revoked("secret is not of type bootstrap.kubernetes.io/token");
+        return invalid("secret is not of type bootstrap.kubernetes.io/token");
     }
     let stored = secret_value(secret, KEY_TOKEN_SECRET).unwrap_or_default();
     if !bool::from(stored.as_bytes().ct_eq(token.secret.as_bytes())) {
-        return revoked("bootstrap token secret does not match");
+        return invalid("bootstrap token secret does not match");
     }
     if secret_value(secret, KEY_TOKEN_ID).as_deref() != Some(token.id.as_str()) {
-        return revoked("bootstrap token id does not match its secret");
+        return invalid("bootstrap token id does not match its secret");
     }
     if let Some(exp) = secret_value(secret, KEY_EXPIRATION)
         && is_expired(&exp, now)
     {
-        return Err(TokenError::Expired);
+        return Err(Rejected::Expired);
     }
     if secret_value(secret, KEY_USAGE_AUTHENTICATION).as_deref() != Some("true") {
-        return revoked("bootstrap token is not usable for authentication");
+        return invalid("bootstrap token is not usable for authentication");
     }
     let extra = secret_value(secret, KEY_EXTRA_GROUPS).unwrap_or_default();
-    let extra = extra_groups(&extra).map_err(TokenError::Revoked)?;
+    let extra = extra_groups(&extra).map_err(Rejected::Invalid)?;
     let mut groups = vec![BOOTSTRAPPERS_GROUP.to_string()];
     groups.extend(extra.into_iter().filter(|g| g != BOOTSTRAPPERS_GROUP));
-    groups.push(AUTHENTICATED.to_string());
-    Ok(UserInfo {
+    groups.push("system:authenticated".to_string());
+    Ok(BootstrapUser {
         name: format!("{USER_PREFIX}{}", token.id),
         groups,
-        ..Default::default()
     })
-}
-
-/// Authenticates a bearer token that has the bootstrap-token shape against its Secret, read
-/// through the apiserver's Secret cache (with a storage fallback for a Secret created a moment
-/// ago). None when the token does not look like a bootstrap token.
-pub async fn authenticate(state: &AppState, token: &str) -> Option<Result<UserInfo, TokenError>> {
-    let token = BootstrapToken::parse(token)?;
-    let secret = match crate::authn::cached_or_stored(
-        state,
-        &SECRETS,
-        TOKEN_NAMESPACE,
-        &token.secret_name(),
-    )
-    .await
-    {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            return Some(Err(TokenError::Revoked(format!(
-                "no bootstrap token secret {}",
-                token.secret_name()
-            ))));
-        }
-        Err(e) => return Some(Err(TokenError::Revoked(e.message))),
-    };
-    Some(check_secret(
-        &token,
-        &secret,
-        jiff::Timestamp::now().as_second(),
-    ))
 }
 
 /// The `kubeconfig` of `cluster-info`: the cluster (CA and server) only, no users, as kubeadm
@@ -275,62 +264,6 @@ pub fn cluster_info_kubeconfig(ca_pem: &str, server_url: &str) -> String {
         "users": null,
     });
     serde_yaml::to_string(&doc).unwrap_or_default()
-}
-
-/// Creates `kube-public/cluster-info` with the CA and `server_url`, or updates its kubeconfig
-/// when the CA or the URL changed (signatures are then recomputed by the bootstrap signer).
-pub async fn ensure_cluster_info(state: &Arc<AppState>, ca_pem: &str, server_url: &str) {
-    let kubeconfig = cluster_info_kubeconfig(ca_pem, server_url);
-    match handlers::get_current(state, &CONFIGMAPS, Some(PUBLIC_NAMESPACE), CLUSTER_INFO).await {
-        Ok((old, rv)) => {
-            if old.pointer("/data/kubeconfig").and_then(Value::as_str) == Some(&kubeconfig) {
-                return;
-            }
-            let mut new = old.clone();
-            crate::registry::fields::ensure_object(&mut new, &["data"])
-                .insert(KUBECONFIG_KEY.into(), Value::String(kubeconfig));
-            if let Err(e) = handlers::write_update(
-                state,
-                &CONFIGMAPS,
-                Some(PUBLIC_NAMESPACE),
-                CLUSTER_INFO,
-                old,
-                rv,
-                new,
-                handlers::UpdateScope::Main,
-                false,
-                None,
-                "Update",
-            )
-            .await
-            {
-                tracing::warn!(error = %e, "could not update kube-public/cluster-info");
-            }
-        }
-        Err(ApiError { code: 404, .. }) => {
-            let cm = json!({
-                "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": CLUSTER_INFO, "namespace": PUBLIC_NAMESPACE},
-                "data": {KUBECONFIG_KEY: kubeconfig},
-            });
-            match handlers::create_object(
-                state,
-                &CONFIGMAPS,
-                Some(PUBLIC_NAMESPACE),
-                cm,
-                false,
-                None,
-                "Update",
-            )
-            .await
-            {
-                Ok(_) => tracing::info!("created kube-public/cluster-info"),
-                Err(e) if e.code == 409 => {}
-                Err(e) => tracing::warn!(error = %e, "could not create kube-public/cluster-info"),
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "could not read kube-public/cluster-info"),
-    }
 }
 
 #[cfg(test)]
@@ -366,7 +299,7 @@ mod tests {
         let t = BootstrapToken::parse("abcdef.0123456789abcdef").unwrap();
         let now = jiff::Timestamp::now().as_second();
         let s = t.secret(Some("2099-01-01T00:00:00Z"), "test");
-        let u = check_secret(&t, &s, now).unwrap();
+        let u = check_secret(&t, Some(&s), now).unwrap();
         assert_eq!(u.name, "system:bootstrap:abcdef");
         assert_eq!(
             u.groups,
@@ -379,35 +312,40 @@ mod tests {
         // Wrong secret.
         let wrong = BootstrapToken::parse("abcdef.0123456789abcdee").unwrap();
         assert!(matches!(
-            check_secret(&wrong, &s, now),
-            Err(TokenError::Revoked(_))
+            check_secret(&wrong, Some(&s), now),
+            Err(Rejected::Invalid(_))
         ));
         // Expired, and unparsable expiry.
         let s = t.secret(Some("2020-01-01T00:00:00Z"), "");
         assert!(matches!(
-            check_secret(&t, &s, now),
-            Err(TokenError::Expired)
+            check_secret(&t, Some(&s), now),
+            Err(Rejected::Expired)
         ));
         let s = t.secret(Some("tomorrow"), "");
-        assert!(check_secret(&t, &s, now).is_err());
+        assert!(check_secret(&t, Some(&s), now).is_err());
+        // No Secret at all.
+        assert!(matches!(
+            check_secret(&t, None, now),
+            Err(Rejected::Invalid(_))
+        ));
         // No expiry: valid.
-        assert!(check_secret(&t, &t.secret(None, ""), now).is_ok());
+        assert!(check_secret(&t, Some(&t.secret(None, "")), now).is_ok());
         // Not for authentication.
         let mut s = t.secret(None, "");
         s["data"][KEY_USAGE_AUTHENTICATION] = json!(BASE64.encode("false"));
-        assert!(check_secret(&t, &s, now).is_err());
+        assert!(check_secret(&t, Some(&s), now).is_err());
         // Wrong type.
         let mut s = t.secret(None, "");
         s["type"] = json!("Opaque");
-        assert!(check_secret(&t, &s, now).is_err());
+        assert!(check_secret(&t, Some(&s), now).is_err());
         // Extra groups must be system:bootstrappers:*.
         let mut s = t.secret(None, "");
         s["data"][KEY_EXTRA_GROUPS] = json!(BASE64.encode("system:masters"));
-        assert!(check_secret(&t, &s, now).is_err());
+        assert!(check_secret(&t, Some(&s), now).is_err());
         s["data"][KEY_EXTRA_GROUPS] =
             json!(BASE64.encode("system:bootstrappers:a, system:bootstrappers:b-1"));
         assert_eq!(
-            check_secret(&t, &s, now).unwrap().groups,
+            check_secret(&t, Some(&s), now).unwrap().groups,
             vec![
                 "system:bootstrappers",
                 "system:bootstrappers:a",

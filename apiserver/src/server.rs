@@ -500,7 +500,7 @@ pub async fn start(
     // kubeadm's bootstrap-token phase: the public cluster-info joining nodes discover the
     // cluster from, and anonymous read access to it.
     crate::bootstrap_rbac::ensure_cluster_info_access(&state).await;
-    crate::bootstrap_token::ensure_cluster_info(
+    crate::bootstrap_rbac::ensure_cluster_info(
         &state,
         pki.ca_cert_pem(),
         &format!("https://{}", SocketAddr::new(advertise, addr.port())),
