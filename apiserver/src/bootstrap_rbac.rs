@@ -617,6 +617,12 @@ pub fn cluster_roles() -> Vec<Value> {
                     &["leases"],
                 ),
                 rule(READ, &["node.k8s.io"], &["runtimeclasses"]),
+                // Nodes renew their client certificates and ask for serving ones.
+                rule(
+                    &["create", "get", "list", "watch"],
+                    &["certificates.k8s.io"],
+                    &["certificatesigningrequests"],
+                ),
             ],
             None,
         ),

@@ -114,6 +114,19 @@ async fn approval_put(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Respo
     {
         return Err(ApiError::conflict(def, name));
     }
+    // Kubernetes' CertificateApproval admission: approving or denying needs `approve` on the
+    // request's signer (`signers/<signerName>` or `signers/<domain>/*`).
+    let signer = fields::str_at(&old, &["spec", "signerName"]).unwrap_or_default();
+    if let Some(user) = crate::auth::request_user()
+        && !may_use_signer(ctx.state, &user, "approve", signer).await?
+    {
+        return Err(crate::rbac::forbidden_error(
+            def.group,
+            def.plural,
+            name,
+            &format!("user not permitted to approve requests with signerName {signer:?}"),
+        ));
+    }
     let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
         .map(|t| t.to_string())
         .unwrap_or_default();
@@ -135,6 +148,38 @@ async fn approval_put(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Respo
     let mut r = respond(code, &obj);
     crate::handlers::add_warnings(&mut r, &warnings);
     Ok(r)
+}
+
+/// Kubernetes' `IsAuthorizedForSignerName`: `verb` on `certificates.k8s.io` `signers` named
+/// the signer, or its domain wildcard `<domain>/*`.
+async fn may_use_signer(
+    state: &crate::server::AppState,
+    user: &crate::auth::UserInfo,
+    verb: &str,
+    signer: &str,
+) -> ApiResult<bool> {
+    let mut names = vec![signer.to_string()];
+    if let Some((domain, _)) = signer.split_once('/') {
+        names.push(format!("{domain}/*"));
+    }
+    for n in names {
+        let a = crate::rbac::Attributes::resource(
+            user,
+            verb,
+            "certificates.k8s.io",
+            "signers",
+            "",
+            "",
+            &n,
+        );
+        if matches!(
+            state.security.rbac.authorize(state, &a).await?,
+            crate::rbac::Decision::Allow(_)
+        ) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Renders a label selector object (`matchLabels`/`matchExpressions`) as a selector string; a

@@ -429,7 +429,48 @@ async fn token_discovery_csr_approval_and_signing() -> Result<()> {
     let k = api.kubectl(33);
     let out = k.ok(&["certificate", "deny", "jane-denied"])?;
     ensure!(out.contains("denied"), "{out}");
-    let out = k.ok(&["certificate", "approve", "jane-approved"])?;
+    // Approving needs `approve` on the signer besides the approval subresource
+    // (CertificateApproval admission).
+    let roles = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "csr-approver"},
+         "rules": [{"apiGroups": ["certificates.k8s.io"], "verbs": ["get", "list", "update"],
+                    "resources": ["certificatesigningrequests", "certificatesigningrequests/approval"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "csr-approver"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "csr-approver"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "carol"}]},
+    ]});
+    k.ok_stdin(&["create", "-f", "-"], &roles.to_string())?;
+    let refused = k.run(&["--as=carol", "certificate", "approve", "jane-approved"])?;
+    ensure!(
+        refused.code != 0
+            && refused.stderr.contains(
+                "user not permitted to approve requests with signerName \"kubernetes.io/kube-apiserver-client\""
+            ),
+        "{refused:?}"
+    );
+    let signer_role = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "client-signer-approver"},
+         "rules": [{"apiGroups": ["certificates.k8s.io"], "verbs": ["approve"], "resources": ["signers"],
+                    "resourceNames": ["kubernetes.io/kube-apiserver-client"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "client-signer-approver"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "client-signer-approver"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "carol"}]},
+    ]});
+    k.ok_stdin(&["create", "-f", "-"], &signer_role.to_string())?;
+    let out = wait_until("carol may approve", Duration::from_secs(10), || {
+        let k = &k;
+        async move {
+            anyhow::Ok(
+                k.ok(&["--as=carol", "certificate", "approve", "jane-approved"])
+                    .ok(),
+            )
+        }
+    })
+    .await?;
     ensure!(out.contains("approved"), "{out}");
     let approved = wait_until("jane's certificate issued", Duration::from_secs(30), || {
         let c = admin_csrs.clone();
