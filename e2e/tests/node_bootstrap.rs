@@ -426,6 +426,22 @@ async fn token_discovery_csr_approval_and_signing() -> Result<()> {
         )?;
         admin_csrs.create(&PostParams::default(), &csr).await?;
     }
+    // Nobody gets a system:masters certificate from the client signer.
+    let (pem, _) = request("eve", Some("system:masters"))?;
+    let masters = csr_object(
+        "eve",
+        &pem,
+        "kubernetes.io/kube-apiserver-client",
+        &["client auth"],
+    )?;
+    match admin_csrs.create(&PostParams::default(), &masters).await {
+        Err(kube::Error::Api(e)) if e.code == 403 => ensure!(
+            e.message.contains("use of kubernetes.io/kube-apiserver-client signer with system:masters group is not allowed"),
+            "{}",
+            e.message
+        ),
+        other => bail!("system:masters request must be forbidden: {other:?}"),
+    }
     let k = api.kubectl(33);
     let out = k.ok(&["certificate", "deny", "jane-denied"])?;
     ensure!(out.contains("denied"), "{out}");

@@ -2,7 +2,8 @@
 //! NamespaceLifecycle is `handlers::admit_namespace`; the rest run from [`admit`]:
 //! mutating LimitRanger, ServiceAccount, Priority, DefaultTolerationSeconds,
 //! DefaultStorageClass and StorageObjectInUseProtection, then validating
-//! LimitRanger, NodeRestriction, PodSecurity, RBAC escalation prevention and ResourceQuota.
+//! LimitRanger, NodeRestriction, PodSecurity, CertificateSubjectRestriction, RBAC escalation
+//! prevention and ResourceQuota.
 //! A rejection returns before anything is written.
 
 use std::future::Future;
@@ -78,6 +79,19 @@ async fn admit_inner(
         rbac_escalation::admit(state, u, def, obj).await?;
     }
     pod_security::admit(state, def, op, obj, old).await?;
+    if op == Operation::Create
+        && def.group == "certificates.k8s.io"
+        && def.plural == "certificatesigningrequests"
+    {
+        crate::registry::resources::certificates::subject_restriction(obj).map_err(|why| {
+            crate::rbac::forbidden_error(
+                def.group,
+                def.plural,
+                crate::registry::fields::name(obj),
+                &why,
+            )
+        })?;
+    }
     resource_quota::admit(state, def, op, obj, old, dry_run).await?;
     Ok(())
 }

@@ -217,6 +217,34 @@ pub fn parse_request(request_b64: &str) -> Result<Vec<u8>, String> {
     Ok(der)
 }
 
+/// Kubernetes' CertificateSubjectRestriction admission: nobody may ask the
+/// `kubernetes.io/kube-apiserver-client` signer for a `system:masters` certificate. The error
+/// is the reason of a 403.
+pub fn subject_restriction(o: &Value) -> Result<(), String> {
+    if s(o, &["spec", "signerName"]) != "kubernetes.io/kube-apiserver-client" {
+        return Ok(());
+    }
+    // An unparsable request was refused by validation already.
+    let Ok(der) = parse_request(s(o, &["spec", "request"])) else {
+        return Ok(());
+    };
+    use x509_parser::prelude::FromDer;
+    let masters = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
+        .is_ok_and(|(_, csr)| {
+            csr.certification_request_info
+                .subject
+                .iter_organization()
+                .any(|o| o.as_str() == Ok("system:masters"))
+        });
+    if masters {
+        return Err(
+            "use of kubernetes.io/kube-apiserver-client signer with system:masters group is not allowed"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// `ValidateSignerName`: `<domain>/<path>`.
 fn signer_name_errors(errs: &mut Vec<FieldError>, name: &str) {
     let field = "spec.signerName";
@@ -638,6 +666,28 @@ pub(crate) mod tests {
         );
         assert_eq!(o["status"], json!({}));
         assert!(o["spec"].get("uid").is_none());
+    }
+
+    #[test]
+    fn no_system_masters_from_the_client_signer() {
+        let mut o = csr(&csr_pem("x"));
+        assert_eq!(
+            subject_restriction(&o),
+            Ok(()),
+            "kubelet signer: not restricted"
+        );
+        o["spec"]["signerName"] = json!("kubernetes.io/kube-apiserver-client");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "system:masters");
+        let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+        o["spec"]["request"] = json!(BASE64.encode(pem));
+        assert_eq!(
+            subject_restriction(&o).unwrap_err(),
+            "use of kubernetes.io/kube-apiserver-client signer with system:masters group is not allowed"
+        );
     }
 
     #[test]
