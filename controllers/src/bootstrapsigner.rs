@@ -169,7 +169,7 @@ pub async fn run(client: Client) -> Result<(), Error> {
             watcher::Config::default().fields(&format!("type={TOKEN_SECRET_TYPE}")),
         ),
     )
-    .applied_objects()
+    .touched_objects()
     .filter_map(|r| futures::future::ready(r.ok()))
     .map(|_| ObjectRef::<ConfigMap>::new(CLUSTER_INFO).within(PUBLIC_NAMESPACE));
     let ctx = Arc::new(Ctx {

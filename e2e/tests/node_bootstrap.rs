@@ -528,6 +528,30 @@ async fn token_discovery_csr_approval_and_signing() -> Result<()> {
     );
     ensure!(row("jane-denied").ends_with("Denied"), "{table}");
 
+    // A deleted token's signature goes too.
+    let out = run(
+        bin_dir().join("lotse").to_str().unwrap_or("lotse"),
+        &["token", "delete", "--data-dir", &data_dir, token],
+        b"",
+    )?;
+    ensure!(
+        out.trim() == format!("bootstrap token {id:?} deleted"),
+        "{out}"
+    );
+    wait_until(
+        "signature of the deleted token removed",
+        Duration::from_secs(30),
+        || {
+            let public = public.clone();
+            let key = key.clone();
+            async move {
+                let cm = public.get("cluster-info").await?;
+                anyhow::Ok(cm.data.is_some_and(|d| !d.contains_key(&key)).then_some(()))
+            }
+        },
+    )
+    .await?;
+
     // Kubernetes' validation messages reach kubectl.
     let bad = json!({
         "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
