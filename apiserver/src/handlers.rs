@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, ApiResult};
-use crate::registry::{FieldError, NameRule, ResourceDef, fields};
+use crate::registry::{FieldError, NameRule, ResourceDef, Subresource, fields};
 use crate::request::{self, FieldValidation, Query, ResourcePath, ResponseFormat};
 use crate::server::AppState;
 use crate::storage::{Revision, StorageError};
@@ -578,6 +578,9 @@ pub enum UpdateScope {
     Main,
     /// The `/status` subresource: only `.status` (and not metadata that status may not touch).
     Status,
+    /// `certificatesigningrequests/approval`: like `/status`, and the only way to change a
+    /// request's Approved/Denied conditions.
+    Approval,
 }
 
 async fn update(
@@ -677,7 +680,7 @@ pub async fn write_update(
             }
         }
         meta.remove("resourceVersion");
-        if scope == UpdateScope::Status {
+        if scope != UpdateScope::Main {
             for k in ["labels", "annotations", "finalizers", "ownerReferences"] {
                 match old_meta.get(k) {
                     Some(v) => {
@@ -706,7 +709,7 @@ pub async fn write_update(
                     };
                 }
             }
-            UpdateScope::Status => {
+            UpdateScope::Status | UpdateScope::Approval => {
                 // Everything but status (and the few metadata fields above) comes from the old object.
                 let status = new.get("status").cloned();
                 let meta = new.get("metadata").cloned();
@@ -723,6 +726,9 @@ pub async fn write_update(
                 fields::ensure_object(&mut new, &["metadata"]).remove("resourceVersion");
             }
         }
+    }
+    if scope == UpdateScope::Status && def.has_subresource(Subresource::Approval) {
+        crate::subresources::csr_status_update(state, def, name, &old, &mut new).await?;
     }
     (def.defaults)(&mut new);
     if tracks_generation(def) && scope == UpdateScope::Main && new.get("spec") != old.get("spec") {
@@ -754,7 +760,11 @@ pub async fn write_update(
         None
     };
     if let Some(mgr) = field_manager {
-        let subresource = (scope == UpdateScope::Status).then_some("status");
+        let subresource = match scope {
+            UpdateScope::Main => None,
+            UpdateScope::Status => Some("status"),
+            UpdateScope::Approval => Some("approval"),
+        };
         crate::managed::record_for(&mut new, &old, mgr, operation, subresource, def);
     } else if let Some(mf) = old.pointer("/metadata/managedFields").cloned()
         && new.pointer("/metadata/managedFields").is_none()

@@ -139,7 +139,7 @@ async fn approval_put(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Respo
         old,
         old_rv,
         new,
-        UpdateScope::Status,
+        UpdateScope::Approval,
         ctx.query.dry_run()?,
         crate::handlers::field_manager(ctx.query, ctx.headers),
         "Update",
@@ -148,6 +148,33 @@ async fn approval_put(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Respo
     let mut r = respond(code, &obj);
     crate::handlers::add_warnings(&mut r, &warnings);
     Ok(r)
+}
+
+/// A CertificateSigningRequest's `/status` write (PUT or PATCH), as Kubernetes' status strategy
+/// and CertificateSigning admission: Approved/Denied conditions stay as stored (only
+/// `/approval` changes them), and issuing a certificate needs `sign` on the signer.
+pub async fn csr_status_update(
+    state: &crate::server::AppState,
+    def: &ResourceDef,
+    name: &str,
+    old: &Value,
+    new: &mut Value,
+) -> ApiResult<()> {
+    crate::registry::resources::certificates::preserve_approval_conditions(old, new);
+    let cert = |o: &Value| fields::str_at(o, &["status", "certificate"]).map(str::to_string);
+    let signer = fields::str_at(old, &["spec", "signerName"]).unwrap_or_default();
+    if cert(old) != cert(new)
+        && let Some(user) = crate::auth::request_user()
+        && !may_use_signer(state, &user, "sign", signer).await?
+    {
+        return Err(crate::rbac::forbidden_error(
+            def.group,
+            def.plural,
+            name,
+            &format!("user not permitted to sign requests with signerName {signer:?}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Kubernetes' `IsAuthorizedForSignerName`: `verb` on `certificates.k8s.io` `signers` named

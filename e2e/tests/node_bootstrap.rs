@@ -450,8 +450,8 @@ async fn token_discovery_csr_approval_and_signing() -> Result<()> {
     let roles = json!({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
          "metadata": {"name": "csr-approver"},
-         "rules": [{"apiGroups": ["certificates.k8s.io"], "verbs": ["get", "list", "update"],
-                    "resources": ["certificatesigningrequests", "certificatesigningrequests/approval"]}]},
+         "rules": [{"apiGroups": ["certificates.k8s.io"], "verbs": ["get", "list", "update", "patch"],
+                    "resources": ["certificatesigningrequests", "certificatesigningrequests/approval", "certificatesigningrequests/status"]}]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
          "metadata": {"name": "csr-approver"},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "csr-approver"},
@@ -503,6 +503,35 @@ async fn token_discovery_csr_approval_and_signing() -> Result<()> {
     ensure!(
         issued(&denied).is_none(),
         "a denied request is never signed"
+    );
+    // /status cannot approve, and issuing needs `sign` on the signer (CertificateSigning).
+    k.ok(&[
+        "patch", "csr", "jane-denied", "--subresource=status", "--type=json", "-p",
+        r#"[{"op": "add", "path": "/status/conditions/-", "value": {"type": "Approved", "status": "True"}}]"#,
+    ])?;
+    let denied = admin_csrs.get("jane-denied").await?;
+    ensure!(
+        has_condition(&denied, "Approved").is_none() && has_condition(&denied, "Denied").is_some(),
+        "{:?}",
+        denied.status
+    );
+    let cert_patch = json!({"status": {"certificate": B64.encode(&cert_pem)}}).to_string();
+    let refused = k.run(&[
+        "--as=carol",
+        "patch",
+        "csr",
+        "jane-denied",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &cert_patch,
+    ])?;
+    ensure!(
+        refused.code != 0
+            && refused.stderr.contains(
+                "user not permitted to sign requests with signerName \"kubernetes.io/kube-apiserver-client\""
+            ),
+        "{refused:?}"
     );
     let table = k.ok(&["get", "csr"])?;
     let row = |name: &str| {

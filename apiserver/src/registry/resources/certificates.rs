@@ -178,6 +178,32 @@ pub fn approval_update(old: &Value, new: &Value, now: &str) -> Value {
     out
 }
 
+/// Kubernetes' status strategy: a `/status` write keeps the stored Approved and Denied
+/// conditions (in place of whatever it sent for them).
+pub fn preserve_approval_conditions(old: &Value, new: &mut Value) {
+    let is_approval = |c: &Value| {
+        matches!(
+            c.get("type").and_then(Value::as_str),
+            Some(APPROVED | DENIED)
+        )
+    };
+    let mut conditions: Vec<Value> = arr(new, &["status", "conditions"])
+        .iter()
+        .filter(|c| !is_approval(c))
+        .cloned()
+        .collect();
+    let kept: Vec<Value> = arr(old, &["status", "conditions"])
+        .iter()
+        .filter(|c| is_approval(c))
+        .cloned()
+        .collect();
+    if kept.is_empty() && conditions.len() == arr(new, &["status", "conditions"]).len() {
+        return;
+    }
+    conditions.splice(0..0, kept);
+    fields::ensure_object(new, &["status"]).insert("conditions".into(), Value::Array(conditions));
+}
+
 fn populate_condition_timestamps(conditions: &mut [Value], old: &[Value], now: &str) {
     for c in conditions.iter_mut() {
         let Value::Object(m) = c else { continue };
@@ -688,6 +714,28 @@ pub(crate) mod tests {
             subject_restriction(&o).unwrap_err(),
             "use of kubernetes.io/kube-apiserver-client signer with system:masters group is not allowed"
         );
+    }
+
+    #[test]
+    fn status_writes_keep_approval_conditions() {
+        let old = json!({"status": {"conditions": [
+            {"type": "Approved", "status": "True", "reason": "AutoApproved"}]}});
+        let mut new = json!({"status": {"certificate": "Zm9v", "conditions": [
+            {"type": "Denied", "status": "True"}, {"type": "Failed", "status": "True"}]}});
+        preserve_approval_conditions(&old, &mut new);
+        assert_eq!(
+            new["status"]["conditions"],
+            json!([{"type": "Approved", "status": "True", "reason": "AutoApproved"},
+                   {"type": "Failed", "status": "True"}])
+        );
+        // A status write that drops the approval does not drop it.
+        let mut new = json!({"status": {"certificate": "Zm9v"}});
+        preserve_approval_conditions(&old, &mut new);
+        assert_eq!(new["status"]["conditions"][0]["type"], "Approved");
+        // Nothing to keep, nothing sent: untouched.
+        let mut new = json!({"status": {}});
+        preserve_approval_conditions(&json!({}), &mut new);
+        assert_eq!(new, json!({"status": {}}));
     }
 
     #[test]
