@@ -504,6 +504,34 @@ async fn token_discovery_csr_approval_and_signing() -> Result<()> {
         issued(&denied).is_none(),
         "a denied request is never signed"
     );
+    // Older kubectls approve and deny the same way.
+    for minor in [27, 30] {
+        let kv = api.kubectl(minor);
+        for verb in ["approve", "deny"] {
+            let name = format!("jane-{verb}-{minor}");
+            let (pem, _) = request("jane", Some("devs"))?;
+            let csr = csr_object(
+                &name,
+                &pem,
+                "kubernetes.io/kube-apiserver-client",
+                &["client auth"],
+            )?;
+            admin_csrs.create(&PostParams::default(), &csr).await?;
+            kv.ok(&["certificate", verb, &name])?;
+            let got = admin_csrs.get(&name).await?;
+            let t = if verb == "approve" {
+                "Approved"
+            } else {
+                "Denied"
+            };
+            ensure!(
+                has_condition(&got, t).is_some(),
+                "kubectl 1.{minor} {verb}: {:?}",
+                got.status
+            );
+        }
+    }
+
     // /status cannot approve, and issuing needs `sign` on the signer (CertificateSigning).
     k.ok(&[
         "patch", "csr", "jane-denied", "--subresource=status", "--type=json", "-p",
