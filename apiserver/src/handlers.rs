@@ -727,8 +727,19 @@ pub async fn write_update(
             }
         }
     }
-    if scope == UpdateScope::Status && def.has_subresource(Subresource::Approval) {
-        crate::subresources::csr_status_update(state, def, name, &old, &mut new).await?;
+    if def.has_subresource(Subresource::Approval) {
+        match scope {
+            UpdateScope::Status => {
+                crate::subresources::csr_status_update(state, def, name, &old, &mut new).await?
+            }
+            // Kubernetes' CSR update strategy: the request itself never changes.
+            UpdateScope::Main => {
+                if let (Value::Object(m), Some(spec)) = (&mut new, old.get("spec")) {
+                    m.insert("spec".into(), spec.clone());
+                }
+            }
+            UpdateScope::Approval => {}
+        }
     }
     (def.defaults)(&mut new);
     if tracks_generation(def) && scope == UpdateScope::Main && new.get("spec") != old.get("spec") {

@@ -561,6 +561,26 @@ async fn token_discovery_csr_approval_and_signing() -> Result<()> {
             ),
         "{refused:?}"
     );
+    // The request itself never changes; metadata does.
+    k.ok(&["label", "csr", "jane-approved", "team=devs"])?;
+    let replaced = json!({"spec": {"signerName": "example.com/other"}}).to_string();
+    k.ok(&[
+        "patch",
+        "csr",
+        "jane-approved",
+        "--type=merge",
+        "-p",
+        &replaced,
+    ])?;
+    let after = admin_csrs.get("jane-approved").await?;
+    ensure!(
+        after.spec.signer_name == "kubernetes.io/kube-apiserver-client"
+            && after
+                .metadata
+                .labels
+                .is_some_and(|l| l.get("team").is_some_and(|v| v == "devs")),
+        "spec kept, label set"
+    );
     let table = k.ok(&["get", "csr"])?;
     let row = |name: &str| {
         table
