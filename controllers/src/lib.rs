@@ -217,7 +217,10 @@ async fn run_controllers(config: Config, client: kube::Client) -> Result<(), Err
         set.spawn(csrapproving::run(client.clone()));
     }
     if config.enabled("csrsigning") {
-        match (&config.cluster_signing_cert_file, &config.cluster_signing_key_file) {
+        match (
+            &config.cluster_signing_cert_file,
+            &config.cluster_signing_key_file,
+        ) {
             (Some(cert), Some(key)) => {
                 let ca = csrsigning::Ca::from_files(cert, key).map_err(Error::Invalid)?;
                 let settings = csrsigning::Settings {
