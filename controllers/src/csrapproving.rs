@@ -6,6 +6,11 @@
 //! (a node renewing its own certificate) or `certificatesigningrequests/nodeclient` (a bootstrap
 //! token asking for a node's first one). Everything else is left to a human (`kubectl
 //! certificate approve|deny`).
+//!
+//! Opt-in (`--approve-kubelet-serving`; Kubernetes itself approves no serving certificates, the
+//! kubelet-csr-approver add-on does): kubelet serving requests (`kubernetes.io/kubelet-serving`)
+//! that a node makes for itself and that name only the node's own name and the addresses of its
+//! Node object.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +22,17 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestCondition,
 };
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
 use crate::Error;
-use crate::csrsigning::{KUBELET_CLIENT_SIGNER, parse_request, validate_kubelet_client};
+use crate::csrsigning::{
+    KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER, parse_request, validate_kubelet_client,
+    validate_kubelet_serving,
+};
 
 /// Message of an approval for a node's first client certificate.
 pub const NODE_CLIENT_MESSAGE: &str =
@@ -51,6 +60,66 @@ pub fn recognize(csr: &CertificateSigningRequest) -> Vec<(&'static str, &'static
     }
     out.push(("nodeclient", NODE_CLIENT_MESSAGE));
     out
+}
+
+/// Message of an approval of a node's serving certificate.
+pub const SERVING_MESSAGE: &str = "Auto approving kubelet serving certificate: requested by the node for its own name and addresses.";
+
+/// The node a kubelet serving request is for, when it is one this controller may judge: the
+/// requester is the node itself (`system:node:<name>` in `system:nodes`, the subject's name).
+pub fn serving_request_node(csr: &CertificateSigningRequest) -> Option<String> {
+    if csr.spec.signer_name != KUBELET_SERVING_SIGNER {
+        return None;
+    }
+    let (_, info) = parse_request(&csr.spec.request.0).ok()?;
+    let usages = csr.spec.usages.clone().unwrap_or_default();
+    validate_kubelet_serving(&info, &usages).ok()?;
+    let in_nodes = csr
+        .spec
+        .groups
+        .as_ref()
+        .is_some_and(|g| g.iter().any(|g| g == "system:nodes"));
+    if !in_nodes || csr.spec.username.as_deref() != Some(info.common_name.as_str()) {
+        return None;
+    }
+    info.common_name
+        .strip_prefix("system:node:")
+        .map(String::from)
+}
+
+/// Whether every subjectAltName of a serving request is the node's name or one of its Node
+/// object's addresses (Hostname/InternalDNS/ExternalDNS for names, InternalIP/ExternalIP for
+/// addresses); the error says which one is not.
+pub fn serving_names_match(csr: &CertificateSigningRequest, node: &Node) -> Result<(), String> {
+    let (_, info) = parse_request(&csr.spec.request.0)?;
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let addresses = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.clone())
+        .unwrap_or_default();
+    let dns_ok = |d: &str| {
+        d == name
+            || addresses.iter().any(|a| {
+                matches!(a.type_.as_str(), "Hostname" | "InternalDNS" | "ExternalDNS")
+                    && a.address == d
+            })
+    };
+    let ip_ok = |ip: &std::net::IpAddr| {
+        addresses.iter().any(|a| {
+            matches!(a.type_.as_str(), "InternalIP" | "ExternalIP")
+                && a.address.parse::<std::net::IpAddr>().ok() == Some(*ip)
+        })
+    };
+    if let Some(d) = info.dns_names.iter().find(|d| !dns_ok(d)) {
+        return Err(format!("DNS name {d:?} is not an address of node {name:?}"));
+    }
+    if let Some(ip) = info.ip_addresses.iter().find(|ip| !ip_ok(ip)) {
+        return Err(format!(
+            "IP address {ip} is not an address of node {name:?}"
+        ));
+    }
+    Ok(())
 }
 
 fn decided(csr: &CertificateSigningRequest) -> bool {
@@ -89,12 +158,15 @@ pub fn review(csr: &CertificateSigningRequest, subresource: &str) -> SubjectAcce
 
 struct Ctx {
     client: Client,
+    approve_kubelet_serving: bool,
 }
 
-/// Runs the approving controller until its watch ends.
-pub async fn run(client: Client) -> Result<(), Error> {
+/// Runs the approving controller until its watch ends; with `approve_kubelet_serving` it also
+/// approves nodes' own serving certificate requests.
+pub async fn run(client: Client, approve_kubelet_serving: bool) -> Result<(), Error> {
     let ctx = Arc::new(Ctx {
         client: client.clone(),
+        approve_kubelet_serving,
     });
     Controller::new(
         Api::<CertificateSigningRequest>::all(client),
@@ -117,6 +189,22 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Ctx>) -> Result
     if decided(&csr) {
         return Ok(Action::await_change());
     }
+    if ctx.approve_kubelet_serving
+        && let Some(node_name) = serving_request_node(&csr)
+    {
+        let nodes: Api<Node> = Api::all(ctx.client.clone());
+        let Some(node) = nodes.get_opt(&node_name).await? else {
+            // The kubelet registers its Node before it asks; look again shortly.
+            return Ok(Action::requeue(Duration::from_secs(10)));
+        };
+        return match serving_names_match(&csr, &node) {
+            Ok(()) => approve(&ctx, &csr, SERVING_MESSAGE).await,
+            Err(why) => {
+                tracing::info!(csr = %csr.name_any(), %why, "not approving kubelet serving request");
+                Ok(Action::await_change())
+            }
+        };
+    }
     let tried = recognize(&csr);
     if tried.is_empty() {
         return Ok(Action::await_change());
@@ -129,33 +217,7 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Ctx>) -> Result
         if !answer.status.is_some_and(|s| s.allowed) {
             continue;
         }
-        let mut new = (*csr).clone();
-        new.status
-            .get_or_insert_with(Default::default)
-            .conditions
-            .get_or_insert_with(Vec::new)
-            .push(CertificateSigningRequestCondition {
-                type_: "Approved".into(),
-                status: "True".into(),
-                reason: Some("AutoApproved".into()),
-                message: Some((*message).into()),
-                last_update_time: Some(crate::util::now()),
-                ..Default::default()
-            });
-        let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
-        return match api
-            .replace_subresource("approval", &csr.name_any(), &PostParams::default(), &new)
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(csr = %csr.name_any(), requester = ?csr.spec.username, "auto-approved");
-                Ok(Action::await_change())
-            }
-            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
-                Ok(Action::await_change())
-            }
-            Err(e) => Err(e.into()),
-        };
+        return approve(&ctx, &csr, message).await;
     }
     // Kubernetes' IgnorableError: recognized, but the requester may not; a human decides.
     tracing::debug!(
@@ -164,6 +226,39 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Ctx>) -> Result
         tried.iter().map(|t| t.0).collect::<Vec<_>>()
     );
     Ok(Action::await_change())
+}
+
+/// Adds the `Approved` condition (reason `AutoApproved`) through `/approval`.
+async fn approve(
+    ctx: &Ctx,
+    csr: &CertificateSigningRequest,
+    message: &str,
+) -> Result<Action, Error> {
+    let mut new = csr.clone();
+    new.status
+        .get_or_insert_with(Default::default)
+        .conditions
+        .get_or_insert_with(Vec::new)
+        .push(CertificateSigningRequestCondition {
+            type_: "Approved".into(),
+            status: "True".into(),
+            reason: Some("AutoApproved".into()),
+            message: Some(message.into()),
+            last_update_time: Some(crate::util::now()),
+            ..Default::default()
+        });
+    let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
+    match api
+        .replace_subresource("approval", &csr.name_any(), &PostParams::default(), &new)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(csr = %csr.name_any(), requester = ?csr.spec.username, "auto-approved");
+            Ok(Action::await_change())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(Action::await_change()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]
@@ -241,6 +336,63 @@ mod tests {
         );
         c.spec.signer_name = "kubernetes.io/kube-apiserver-client".into();
         assert!(recognize(&c).is_empty());
+    }
+
+    fn serving(cn: &str, sans: &[&str], username: &str) -> CertificateSigningRequest {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "system:nodes");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+        CertificateSigningRequest {
+            spec: CertificateSigningRequestSpec {
+                request: ByteString(pem.into_bytes()),
+                signer_name: KUBELET_SERVING_SIGNER.into(),
+                usages: Some(vec!["digital signature".into(), "server auth".into()]),
+                username: Some(username.into()),
+                groups: Some(vec!["system:nodes".into(), "system:authenticated".into()]),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn serving_requests_name_only_the_nodes_addresses() {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1"},
+            "status": {"addresses": [
+                {"type": "InternalIP", "address": "10.0.0.5"},
+                {"type": "Hostname", "address": "n1.example"},
+            ]},
+        }))
+        .unwrap();
+        let ok = serving(
+            "system:node:n1",
+            &["n1", "n1.example", "10.0.0.5"],
+            "system:node:n1",
+        );
+        assert_eq!(serving_request_node(&ok).as_deref(), Some("n1"));
+        assert_eq!(serving_names_match(&ok, &node), Ok(()));
+        let other_ip = serving("system:node:n1", &["n1", "10.0.0.6"], "system:node:n1");
+        assert_eq!(
+            serving_names_match(&other_ip, &node).unwrap_err(),
+            "IP address 10.0.0.6 is not an address of node \"n1\""
+        );
+        let other_name = serving("system:node:n1", &["apiserver.example"], "system:node:n1");
+        assert!(serving_names_match(&other_name, &node).is_err());
+        // Only the node itself asks for its serving certificate.
+        let by_other = serving("system:node:n1", &["n1"], "system:node:n2");
+        assert_eq!(serving_request_node(&by_other), None);
+        let bootstrap = serving("system:node:n1", &["n1"], "system:bootstrap:abcdef");
+        assert_eq!(serving_request_node(&bootstrap), None);
     }
 
     #[test]

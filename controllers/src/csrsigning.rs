@@ -51,7 +51,7 @@ pub struct RequestInfo {
     /// DNS subjectAltNames.
     pub dns_names: Vec<String>,
     /// IP subjectAltNames.
-    pub ip_addresses: usize,
+    pub ip_addresses: Vec<std::net::IpAddr>,
     /// Email subjectAltNames.
     pub emails: usize,
     /// URI subjectAltNames.
@@ -89,7 +89,13 @@ pub fn parse_request(pem: &[u8]) -> Result<(Vec<u8>, RequestInfo), String> {
             for n in &san.general_names {
                 match n {
                     GeneralName::DNSName(d) => info.dns_names.push(d.to_string()),
-                    GeneralName::IPAddress(_) => info.ip_addresses += 1,
+                    GeneralName::IPAddress(b) => {
+                        if let Ok(v4) = <[u8; 4]>::try_from(*b) {
+                            info.ip_addresses.push(v4.into());
+                        } else if let Ok(v6) = <[u8; 16]>::try_from(*b) {
+                            info.ip_addresses.push(v6.into());
+                        }
+                    }
                     GeneralName::RFC822Name(_) => info.emails += 1,
                     GeneralName::URI(_) => info.uris += 1,
                     _ => {}
@@ -120,7 +126,7 @@ pub fn validate_kubelet_client(req: &RequestInfo, usages: &[String]) -> Result<(
     if req.emails > 0 {
         return Err("Email subjectAltNames are not allowed".into());
     }
-    if req.ip_addresses > 0 {
+    if !req.ip_addresses.is_empty() {
         return Err("IP subjectAltNames are not allowed".into());
     }
     if req.uris > 0 {
@@ -144,7 +150,7 @@ pub fn validate_kubelet_serving(req: &RequestInfo, usages: &[String]) -> Result<
     if req.organizations != ["system:nodes"] {
         return Err("subject organization is not system:nodes".into());
     }
-    if req.dns_names.is_empty() && req.ip_addresses == 0 {
+    if req.dns_names.is_empty() && req.ip_addresses.is_empty() {
         return Err("DNS or IP subjectAltName is required".into());
     }
     if req.emails > 0 {

@@ -82,6 +82,10 @@ pub struct Config {
     pub cluster_signing_key_file: Option<std::path::PathBuf>,
     /// `--cluster-signing-duration`: the longest validity of an issued certificate.
     pub cluster_signing_duration: Duration,
+    /// Lotse's `--approve-kubelet-serving`: csrapproving also approves a node's own kubelet
+    /// serving request naming only its name and Node addresses (Kubernetes leaves those to a
+    /// human or an add-on).
+    pub approve_kubelet_serving: bool,
 }
 
 impl Default for Config {
@@ -99,6 +103,7 @@ impl Default for Config {
             cluster_signing_cert_file: None,
             cluster_signing_key_file: None,
             cluster_signing_duration: csrsigning::DEFAULT_SIGNING_DURATION,
+            approve_kubelet_serving: false,
         }
     }
 }
@@ -214,7 +219,10 @@ async fn run_controllers(config: Config, client: kube::Client) -> Result<(), Err
         set.spawn(disruption::run(client.clone(), recorder.clone()));
     }
     if config.enabled("csrapproving") {
-        set.spawn(csrapproving::run(client.clone()));
+        set.spawn(csrapproving::run(
+            client.clone(),
+            config.approve_kubelet_serving,
+        ));
     }
     if config.enabled("csrsigning") {
         match (

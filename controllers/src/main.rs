@@ -54,6 +54,10 @@ struct Args {
     /// The longest validity of a signed certificate (a CSR's spec.expirationSeconds may ask for less).
     #[arg(long, env = "LOTSE_CLUSTER_SIGNING_DURATION", default_value = "8760h", value_parser = parse_duration)]
     cluster_signing_duration: Duration,
+    /// Approve kubelet serving certificate requests a node makes for its own name and Node
+    /// addresses (off by default, as in Kubernetes, where an add-on does this).
+    #[arg(long, env = "LOTSE_APPROVE_KUBELET_SERVING", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    approve_kubelet_serving: bool,
 }
 
 /// Parses `40s`, `5m`, `1h` or plain seconds.
@@ -108,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
         cluster_signing_cert_file: args.cluster_signing_cert_file,
         cluster_signing_key_file: args.cluster_signing_key_file,
         cluster_signing_duration: args.cluster_signing_duration,
+        approve_kubelet_serving: args.approve_kubelet_serving,
     };
     controllers::run(config, client)
         .await

@@ -273,6 +273,7 @@ async fn token_discovery_csr_approval_and_signing() -> Result<()> {
         &[
             "--leader-elect=false",
             "--controllers=csrapproving,csrsigning,bootstrapsigner,tokencleaner",
+            "--approve-kubelet-serving",
             "--cluster-signing-cert-file",
             ca_path.to_str().unwrap_or_default(),
             "--cluster-signing-key-file",
@@ -400,7 +401,11 @@ async fn token_discovery_csr_approval_and_signing() -> Result<()> {
     .await?;
     let nodes: Api<Node> = Api::all(node_client);
     let node = |name: &str| -> Result<Node> {
-        Ok(serde_json::from_value(json!({"metadata": {"name": name}}))?)
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.5"},
+                                     {"type": "Hostname", "address": name}]},
+        }))?)
     };
     nodes
         .create(&PostParams::default(), &node(NODE)?)
@@ -412,6 +417,60 @@ async fn token_discovery_csr_approval_and_signing() -> Result<()> {
                 .create(&PostParams::default(), &node("someone-else")?)
                 .await
         ) == 403
+    );
+
+    // The node's serving certificate (opt-in approval): its own name and addresses only.
+    let node_csrs: Api<CertificateSigningRequest> = Api::all(nodes.clone().into_client());
+    for (name, sans) in [
+        ("serving-ok", vec![NODE, "10.0.0.5"]),
+        ("serving-foreign", vec![NODE, "10.9.9.9"]),
+    ] {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "system:nodes");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("system:node:{NODE}"));
+        let pem = params.serialize_request(&key)?.pem()?;
+        let csr = csr_object(
+            name,
+            &pem,
+            "kubernetes.io/kubelet-serving",
+            &["digital signature", "key encipherment", "server auth"],
+        )?;
+        node_csrs.create(&PostParams::default(), &csr).await?;
+    }
+    let serving = wait_until(
+        "serving certificate issued",
+        Duration::from_secs(30),
+        || {
+            let c = node_csrs.clone();
+            async move {
+                let csr = c.get("serving-ok").await?;
+                anyhow::Ok(issued(&csr).is_some().then_some(csr))
+            }
+        },
+    )
+    .await?;
+    let text = run(
+        "openssl",
+        &["x509", "-noout", "-ext", "subjectAltName,extendedKeyUsage"],
+        issued(&serving).unwrap_or_default().as_bytes(),
+    )?;
+    ensure!(
+        text.contains("DNS:e2e-n1")
+            && text.contains("IP Address:10.0.0.5")
+            && text.contains("TLS Web Server Authentication"),
+        "{text}"
+    );
+    let foreign = node_csrs.get("serving-foreign").await?;
+    ensure!(
+        has_condition(&foreign, "Approved").is_none() && issued(&foreign).is_none(),
+        "a SAN not of the node is not approved"
     );
 
     // A human decides other requests: deny one, approve another (kubectl certificate …).
