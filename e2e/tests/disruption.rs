@@ -151,8 +151,14 @@ fn drain_waits_for_the_disruption_budget() -> anyhow::Result<()> {
         refused.stderr
     );
 
-    // drain cordons the node and retries the evictions the budget refuses.
-    let drain = k.spawn(
+    // drain cordons the node and retries the evictions the budget refuses (kubectl 1.27, the
+    // oldest kubectl supported, decides from discovery whether it may use evictions at all).
+    let old_kubectl = Kubectl::new(
+        27,
+        node.data.join("admin.kubeconfig"),
+        tmp.path().join("kubectl-27-cache"),
+    );
+    let drain = old_kubectl.spawn(
         &[
             "drain",
             "drain-node",
@@ -248,6 +254,34 @@ fn drain_waits_for_the_disruption_budget() -> anyhow::Result<()> {
         ready_pods(k).is_ok_and(|p| p.len() == 2 && p.iter().all(|n| !originals.contains(n)))
     })
     .with_context(log)?;
+
+    // A percentage is resolved over the Deployment's scale: maxUnavailable 50% of 2 → one
+    // healthy pod desired; scaled to 4 → two.
+    k.ok(&[
+        "patch",
+        "pdb",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"minAvailable":null,"maxUnavailable":"50%"}}"#,
+    ])?;
+    wait_for(
+        k,
+        &["get", "pdb", "web"],
+        "budget over the scale",
+        LONG,
+        |_| pdb_status(k).is_ok_and(|s| s == "3 2 2 1 1 SufficientPods"),
+    )
+    .with_context(|| format!("{:?}", pdb_status(k)))?;
+    k.ok(&["scale", "deploy", "web", "--replicas=4"])?;
+    wait_for(
+        k,
+        &["get", "pdb", "web"],
+        "budget of 4 replicas",
+        LONG,
+        |_| pdb_status(k).is_ok_and(|s| s == "3 4 4 2 2 SufficientPods"),
+    )
+    .with_context(|| format!("{:?}", pdb_status(k)))?;
     Ok(())
 }
 
