@@ -257,7 +257,10 @@ impl ApiError {
         m.insert("metadata".into(), json!({}));
         m.insert("status".into(), "Failure".into());
         m.insert("message".into(), self.message.clone().into());
-        m.insert("reason".into(), self.reason.into());
+        // `reason` is omitempty in Go (a Status built without one, e.g. eviction's 500).
+        if !self.reason.is_empty() {
+            m.insert("reason".into(), self.reason.into());
+        }
         if let Some(d) = &self.details {
             m.insert("details".into(), d.clone());
         }

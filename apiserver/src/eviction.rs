@@ -1,5 +1,6 @@
 //! `pods/eviction`: deletes a pod only when its PodDisruptionBudget allows it, as Kubernetes'
-//! `EvictionREST` does.
+//! `EvictionREST` does. This module decides; the apiserver hands it a narrow [`Store`] (the
+//! pod, its budgets, guarded writes) and turns a [`Refusal`] into a `Status`.
 //!
 //! A pod that is Pending, finished or already terminating is deleted without looking at
 //! budgets. Otherwise the one budget selecting the pod (more than one is refused with 500) must
@@ -17,20 +18,8 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
-use axum::response::Response;
-use bytes::Bytes;
-use serde_json::{Value, json};
-
-use crate::error::{ApiError, ApiResult};
-use crate::handlers::{
-    Ctx, DeleteOpts, UpdateScope, delete_object, delete_opts, get_current, header_str,
-    json_response, object_key, set_rv, write_update,
-};
-use crate::registry::resources::PODDISRUPTIONBUDGETS;
-use crate::registry::{ResourceDef, fields};
-use crate::request;
-use crate::server::AppState;
+use async_trait::async_trait;
+use serde_json::{Map, Value, json};
 
 /// Most entries `status.disruptedPods` may hold before evictions are refused
 /// (`MaxDisruptedPodSize`): that many approved evictions the controller has not seen yet.
@@ -45,50 +34,121 @@ pub const VIOLATION_MESSAGE: &str =
 /// The message of the 500 for a pod selected by several budgets.
 pub const MULTIPLE_BUDGETS_MESSAGE: &str = "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.";
 
-fn respond(code: StatusCode, v: &Value) -> Response {
-    json_response(code, serde_json::to_vec(v).unwrap_or_default())
+/// What the eviction reads and writes, for one pod. Objects carry
+/// `metadata.resourceVersion`; writes are guarded by it.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// The store's error (an API error in the apiserver).
+    type Error: Send;
+    /// Whether `e` is a failed resourceVersion guard (409), worth a retry.
+    fn is_conflict(e: &Self::Error) -> bool;
+    /// The pod being evicted.
+    async fn pod(&self) -> Result<Value, Self::Error>;
+    /// The budgets of the pod's namespace that select it (policy/v1: a missing selector selects
+    /// nothing, an empty one every pod).
+    async fn budgets_selecting(&self, pod: &Value) -> Result<Vec<Value>, Self::Error>;
+    /// One budget of the pod's namespace.
+    async fn budget(&self, name: &str) -> Result<Value, Self::Error>;
+    /// Writes `budget`'s status, guarded by its resourceVersion.
+    async fn write_budget_status(&self, budget: Value) -> Result<(), Self::Error>;
+    /// Writes `pod` (its status), guarded by its resourceVersion; the new resourceVersion.
+    async fn write_pod(&self, pod: Value) -> Result<String, Self::Error>;
+    /// Deletes the pod with the caller's delete options, the resourceVersion precondition
+    /// replaced by `resource_version` when given.
+    async fn delete_pod(&self, resource_version: Option<&str>) -> Result<(), Self::Error>;
 }
 
-/// `429 TooManyRequests` with a `DisruptionBudget` cause (`retry_after` 0 is left out, as
-/// Kubernetes omits it).
-fn too_many_requests(cause: String, retry_after: i64) -> ApiError {
-    let mut details = serde_json::Map::new();
-    details.insert(
-        "causes".into(),
-        json!([{"reason": "DisruptionBudget", "message": cause}]),
-    );
-    if retry_after > 0 {
-        details.insert("retryAfterSeconds".into(), json!(retry_after));
-    }
-    ApiError {
-        code: 429,
-        reason: "TooManyRequests",
-        message: VIOLATION_MESSAGE.to_string(),
-        details: Some(Value::Object(details)),
-    }
+/// The caller's delete options that steer the eviction itself.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `preconditions.uid`.
+    pub uid: Option<String>,
+    /// `preconditions.resourceVersion`.
+    pub resource_version: Option<String>,
+    /// `dryRun=All`.
+    pub dry_run: bool,
+}
+
+/// Why an eviction is refused, in Kubernetes' terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 429 with a `DisruptionBudget` cause and, when positive, a suggested delay.
+    TooManyRequests {
+        /// The cause's message.
+        cause: String,
+        /// `retryAfterSeconds` (0: none).
+        retry_after: i64,
+    },
+    /// 403 about a budget in a state evictions cannot trust.
+    BudgetForbidden {
+        /// The budget.
+        budget: String,
+        /// Why.
+        why: String,
+    },
+    /// 409: the caller's precondition does not hold for the pod.
+    PodConflict {
+        /// The pod.
+        pod: String,
+        /// Why.
+        why: String,
+    },
+    /// 500: several budgets select the pod.
+    MultipleBudgets,
+    /// The conflict retries ran out on a budget.
+    BudgetConflicts(String),
+}
+
+/// An eviction that did not happen.
+#[derive(Debug)]
+pub enum Error<E> {
+    /// Refused by the rules above.
+    Refused(Refusal),
+    /// The store failed.
+    Store(E),
+}
+
+type Outcome<T, E> = Result<T, Error<E>>;
+
+fn refused<T, E>(r: Refusal) -> Outcome<T, E> {
+    Err(Error::Refused(r))
 }
 
 /// `createTooManyRequestsError`: the budget has changes the controller has not processed.
-fn still_processing(pdb_name: &str) -> ApiError {
-    too_many_requests(
-        format!("The disruption budget {pdb_name} is still being processed by the server."),
-        10,
-    )
+fn still_processing(pdb_name: &str) -> Refusal {
+    Refusal::TooManyRequests {
+        cause: format!("The disruption budget {pdb_name} is still being processed by the server."),
+        retry_after: 10,
+    }
 }
 
-/// `403` for a budget in a state evictions cannot trust (`poddisruptionbudget.policy "x" is
-/// forbidden: ...`).
-fn budget_forbidden(pdb_name: &str, why: &str) -> ApiError {
-    ApiError {
-        code: 403,
-        reason: "Forbidden",
-        message: format!("poddisruptionbudget.policy \"{pdb_name}\" is forbidden: {why}"),
-        details: Some(json!({"name": pdb_name, "group": "policy", "kind": "poddisruptionbudget"})),
+fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+fn int_at(v: &Value, pointer: &str) -> i64 {
+    v.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn object_at<'a>(v: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
+    if !v.is_object() {
+        *v = json!({});
+    }
+    let Value::Object(m) = v else {
+        unreachable!("just made an object")
+    };
+    let e = m.entry(key).or_insert_with(|| json!({}));
+    if !e.is_object() {
+        *e = json!({});
+    }
+    match e {
+        Value::Object(m) => m,
+        _ => unreachable!("just made an object"),
     }
 }
 
 fn phase(pod: &Value) -> &str {
-    fields::str_at(pod, &["status", "phase"]).unwrap_or("")
+    str_at(pod, "/status/phase")
 }
 
 fn terminating(pod: &Value) -> bool {
@@ -116,217 +176,103 @@ pub fn is_pod_ready(pod: &Value) -> bool {
         .any(|c| c.get("type") == Some(&json!("Ready")) && c.get("status") == Some(&json!("True")))
 }
 
-/// Whether a budget selects the pod: a missing selector selects nothing, an empty one every
-/// pod of the namespace (policy/v1), and an invalid one nothing.
-pub fn budget_selects(pdb: &Value, pod: &Value) -> bool {
-    let Some(sel) = fields::at(pdb, &["spec", "selector"]).filter(|s| s.is_object()) else {
-        return false;
-    };
-    crate::registry::resources::label_selector_matches(
-        sel,
-        pod.pointer("/metadata/labels").and_then(Value::as_object),
-    )
-}
-
-/// The budgets of the pod's namespace that select it.
-async fn budgets_of(state: &AppState, pod: &Value) -> ApiResult<Vec<Value>> {
-    let def = &PODDISRUPTIONBUDGETS;
-    let cacher = state.cacher(def)?;
-    cacher.wait_fresh().await?;
-    let prefix = format!(
-        "/registry/{}/{}/",
-        def.storage_prefix,
-        fields::namespace(pod)
-    );
-    let list = cacher.list(&prefix, None, 0, &|_| true).await;
-    Ok(list
-        .items
-        .iter()
-        .filter_map(|o| serde_json::from_slice::<Value>(&o.raw).ok())
-        .filter(|pdb| budget_selects(pdb, pod))
-        .collect())
-}
-
-/// Serves `POST pods/<name>/eviction`.
-pub async fn evict(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Response> {
-    let def = ctx.rp.def;
-    let ns = ctx.rp.namespace.as_deref();
-    let eviction = request::decode_object(
-        header_str(ctx.headers, axum::http::header::CONTENT_TYPE),
-        &body,
-    )?;
-    if fields::name(&eviction) != name {
-        return Err(ApiError::bad_request(
-            "name in URL does not match name in Eviction object",
-        ));
-    }
-    let options_body = match eviction.get("deleteOptions").filter(|v| v.is_object()) {
-        Some(o) => {
-            Bytes::from(serde_json::to_vec(o).map_err(|e| ApiError::internal(e.to_string()))?)
-        }
-        None => Bytes::new(),
-    };
-    let opts = delete_opts(ctx.query, &options_body)?;
-    match evict_pod(ctx.state, def, ns, name, &opts).await? {
-        Evicted::Deleted => Ok(respond(
-            StatusCode::CREATED,
-            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-        )),
-        Evicted::MultipleBudgets => Ok(respond(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": MULTIPLE_BUDGETS_MESSAGE, "code": 500}),
-        )),
-    }
-}
-
-/// The outcome of an eviction that did not fail.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Evicted {
-    /// The pod was deleted (or marked for graceful deletion).
-    Deleted,
-    /// More than one budget selects the pod; nothing was done.
-    MultipleBudgets,
-}
-
-/// Evicts one pod honouring its disruption budget (see the module documentation).
-pub async fn evict_pod(
-    state: &AppState,
-    def: &'static ResourceDef,
-    ns: Option<&str>,
-    name: &str,
-    opts: &DeleteOpts,
-) -> ApiResult<Evicted> {
-    let caller_set_rv = opts.rv.is_some();
+/// Evicts the store's pod honouring its disruption budget (see the module documentation):
+/// `Ok` once the pod is deleted (or marked for graceful deletion).
+pub async fn evict<S: Store>(store: &S, opts: &Options) -> Outcome<(), S::Error> {
+    let caller_set_rv = opts.resource_version.is_some();
     // Pods that need no budget are deleted right away (retried on conflict unless the caller
     // gave a resourceVersion precondition).
     let mut attempt = 0;
     let pod = loop {
         attempt += 1;
-        let (pod, rv) = get_current(state, def, ns, name).await?;
+        let pod = store.pod().await.map_err(Error::Store)?;
         if !can_ignore_pdb(&pod) {
             break pod;
         }
-        let mut o = clone_opts(opts);
-        if should_enforce_resource_version(&pod) && !caller_set_rv {
-            o.rv = Some(rv.to_string());
-        }
-        match add_condition_and_delete(state, def, ns, name, &o).await {
-            Ok(()) => return Ok(Evicted::Deleted),
-            Err(e) if e.code == 409 && !caller_set_rv && attempt < RETRY_STEPS => {
+        let rv = (should_enforce_resource_version(&pod) && !caller_set_rv)
+            .then(|| str_at(&pod, "/metadata/resourceVersion").to_string());
+        match add_condition_and_delete(store, opts, rv).await {
+            Ok(()) => return Ok(()),
+            Err(Error::Store(e))
+                if S::is_conflict(&e) && !caller_set_rv && attempt < RETRY_STEPS =>
+            {
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
             Err(e) => return Err(e),
         }
     };
-    let pod_rv = fields::str_at(&pod, &["metadata", "resourceVersion"])
-        .unwrap_or("")
-        .to_string();
-
-    let budgets = budgets_of(state, &pod).await?;
+    let budgets = store.budgets_selecting(&pod).await.map_err(Error::Store)?;
     if budgets.len() > 1 {
-        return Ok(Evicted::MultipleBudgets);
+        return refused(Refusal::MultipleBudgets);
     }
     let mut guard_with_pod_rv = false;
     let mut pdb_name = String::new();
     if let Some(pdb) = budgets.first() {
-        pdb_name = fields::name(pdb).to_string();
+        pdb_name = str_at(pdb, "/metadata/name").to_string();
         if !is_pod_ready(&pod) {
-            let policy = fields::str_at(pdb, &["spec", "unhealthyPodEvictionPolicy"]);
-            let current = fields::i64_at(pdb, &["status", "currentHealthy"]).unwrap_or(0);
-            let desired = fields::i64_at(pdb, &["status", "desiredHealthy"]).unwrap_or(0);
+            let policy = str_at(pdb, "/spec/unhealthyPodEvictionPolicy");
+            let current = int_at(pdb, "/status/currentHealthy");
+            let desired = int_at(pdb, "/status/desiredHealthy");
             // An unready pod counts toward neither figure: deleting it spends no budget when
             // the policy says so or the application is healthy without it.
-            guard_with_pod_rv =
-                policy == Some("AlwaysAllow") || (current >= desired && desired > 0);
+            guard_with_pod_rv = policy == "AlwaysAllow" || (current >= desired && desired > 0);
         }
         if !guard_with_pod_rv {
-            spend_disruption(state, ns, &pdb_name, name, opts.dry_run).await?;
+            let pod_name = str_at(&pod, "/metadata/name");
+            spend_disruption(store, &pdb_name, pod_name, opts.dry_run).await?;
         }
     }
-    let mut o = clone_opts(opts);
-    if guard_with_pod_rv {
-        o.rv = Some(pod_rv);
-    }
-    match add_condition_and_delete(state, def, ns, name, &o).await {
-        Ok(()) => Ok(Evicted::Deleted),
+    let rv = guard_with_pod_rv.then(|| str_at(&pod, "/metadata/resourceVersion").to_string());
+    match add_condition_and_delete(store, opts, rv).await {
+        Ok(()) => Ok(()),
         // The unready pod changed (perhaps became ready) since the decision: let the client
         // come back.
-        Err(e) if e.code == 409 && guard_with_pod_rv && !caller_set_rv => {
-            Err(still_processing(&pdb_name))
+        Err(Error::Store(e)) if S::is_conflict(&e) && guard_with_pod_rv && !caller_set_rv => {
+            refused(still_processing(&pdb_name))
         }
         Err(e) => Err(e),
     }
 }
 
-fn clone_opts(o: &DeleteOpts) -> DeleteOpts {
-    DeleteOpts {
-        propagation: o.propagation.clone(),
-        grace: o.grace,
-        uid: o.uid.clone(),
-        rv: o.rv.clone(),
-        dry_run: o.dry_run,
-    }
-}
-
 /// Decrements the budget's `disruptionsAllowed` and records the pod in `disruptedPods`, guarded
 /// by the budget's resourceVersion and retried on conflict (`checkAndDecrement`).
-async fn spend_disruption(
-    state: &AppState,
-    ns: Option<&str>,
+async fn spend_disruption<S: Store>(
+    store: &S,
     pdb_name: &str,
     pod_name: &str,
     dry_run: bool,
-) -> ApiResult<()> {
-    let def = &PODDISRUPTIONBUDGETS;
+) -> Outcome<(), S::Error> {
     for _ in 0..RETRY_STEPS {
-        let (pdb, rv) = get_current(state, def, ns, pdb_name).await?;
-        let updated = decremented(&pdb, pod_name, jiff::Timestamp::now())?;
+        let pdb = store.budget(pdb_name).await.map_err(Error::Store)?;
+        let updated =
+            decremented(&pdb, pod_name, jiff::Timestamp::now()).map_err(Error::Refused)?;
         if dry_run {
             return Ok(());
         }
-        match write_update(
-            state,
-            def,
-            ns,
-            pdb_name,
-            pdb,
-            rv,
-            updated,
-            UpdateScope::Status,
-            false,
-            None,
-            "Update",
-        )
-        .await
-        {
-            Ok(_) => return Ok(()),
-            Err(e) if e.code == 409 => tokio::time::sleep(RETRY_PAUSE).await,
-            Err(e) => return Err(e),
+        match store.write_budget_status(updated).await {
+            Ok(()) => return Ok(()),
+            Err(e) if S::is_conflict(&e) => tokio::time::sleep(RETRY_PAUSE).await,
+            Err(e) => return Err(Error::Store(e)),
         }
     }
-    Err(ApiError {
-        code: 504,
-        reason: "Timeout",
-        message: format!("couldn't update PodDisruptionBudget \"{pdb_name}\" due to conflicts"),
-        details: Some(json!({"retryAfterSeconds": 10})),
-    })
+    refused(Refusal::BudgetConflicts(pdb_name.to_string()))
 }
 
 /// The budget after one disruption for `pod_name`, or the refusal.
-fn decremented(pdb: &Value, pod_name: &str, now: jiff::Timestamp) -> ApiResult<Value> {
-    let name = fields::name(pdb);
-    let generation = fields::i64_at(pdb, &["metadata", "generation"]).unwrap_or(0);
-    let observed = fields::i64_at(pdb, &["status", "observedGeneration"]).unwrap_or(0);
+fn decremented(pdb: &Value, pod_name: &str, now: jiff::Timestamp) -> Result<Value, Refusal> {
+    let name = str_at(pdb, "/metadata/name");
+    let generation = int_at(pdb, "/metadata/generation");
+    let observed = int_at(pdb, "/status/observedGeneration");
     if observed < generation {
         return Err(still_processing(name));
     }
-    let allowed = fields::i64_at(pdb, &["status", "disruptionsAllowed"]).unwrap_or(0);
+    let allowed = int_at(pdb, "/status/disruptionsAllowed");
+    let forbidden = |why: &str| Refusal::BudgetForbidden {
+        budget: name.to_string(),
+        why: why.to_string(),
+    };
     if allowed < 0 {
-        return Err(budget_forbidden(
-            name,
-            "pdb disruptions allowed is negative",
-        ));
+        return Err(forbidden("pdb disruptions allowed is negative"));
     }
     let disrupted = pdb
         .pointer("/status/disruptedPods")
@@ -334,23 +280,22 @@ fn decremented(pdb: &Value, pod_name: &str, now: jiff::Timestamp) -> ApiResult<V
         .map(|m| m.len())
         .unwrap_or(0);
     if disrupted > MAX_DISRUPTED_POD_SIZE {
-        return Err(budget_forbidden(
-            name,
+        return Err(forbidden(
             "DisruptedPods map too big - too many evictions not confirmed by PDB controller",
         ));
     }
     if allowed == 0 {
-        let desired = fields::i64_at(pdb, &["status", "desiredHealthy"]).unwrap_or(0);
-        let current = fields::i64_at(pdb, &["status", "currentHealthy"]).unwrap_or(0);
-        return Err(too_many_requests(
-            format!(
+        let desired = int_at(pdb, "/status/desiredHealthy");
+        let current = int_at(pdb, "/status/currentHealthy");
+        return Err(Refusal::TooManyRequests {
+            cause: format!(
                 "The disruption budget {name} needs {desired} healthy pods and has {current} currently"
             ),
-            0,
-        ));
+            retry_after: 0,
+        });
     }
     let mut updated = pdb.clone();
-    let status = fields::ensure_object(&mut updated, &["status"]);
+    let status = object_at(&mut updated, "status");
     status.insert("disruptionsAllowed".into(), json!(allowed - 1));
     let ts = jiff::Timestamp::from_second(now.as_second())
         .unwrap_or(now)
@@ -372,8 +317,8 @@ fn decremented(pdb: &Value, pod_name: &str, now: jiff::Timestamp) -> ApiResult<V
 /// disruptions are allowed, False/`InsufficientPods` otherwise; the transition time moves only
 /// when the status flips.
 pub fn set_disruption_allowed_condition(pdb: &mut Value, now: jiff::Timestamp) {
-    let allowed = fields::i64_at(pdb, &["status", "disruptionsAllowed"]).unwrap_or(0);
-    let observed = fields::i64_at(pdb, &["status", "observedGeneration"]).unwrap_or(0);
+    let allowed = int_at(pdb, "/status/disruptionsAllowed");
+    let observed = int_at(pdb, "/status/observedGeneration");
     let (status, reason) = if allowed > 0 {
         ("True", "SufficientPods")
     } else {
@@ -382,7 +327,7 @@ pub fn set_disruption_allowed_condition(pdb: &mut Value, now: jiff::Timestamp) {
     let ts = jiff::Timestamp::from_second(now.as_second())
         .unwrap_or(now)
         .to_string();
-    let st = fields::ensure_object(pdb, &["status"]);
+    let st = object_at(pdb, "status");
     let conds = st.entry("conditions").or_insert_with(|| json!([]));
     if !conds.is_array() {
         *conds = json!([]);
@@ -411,72 +356,47 @@ pub fn set_disruption_allowed_condition(pdb: &mut Value, now: jiff::Timestamp) {
 }
 
 /// `addConditionAndDeletePod`: marks the pod `DisruptionTarget` (unless dry run), checking the
-/// caller's preconditions against the stored pod, then deletes it with the options (a
-/// resourceVersion precondition moves to the version the condition write produced).
-async fn add_condition_and_delete(
-    state: &AppState,
-    def: &'static ResourceDef,
-    ns: Option<&str>,
-    name: &str,
-    opts: &DeleteOpts,
-) -> ApiResult<()> {
-    let mut opts = clone_opts(opts);
+/// caller's preconditions against the stored pod, then deletes it (a resourceVersion
+/// precondition moves to the version the condition write produced).
+async fn add_condition_and_delete<S: Store>(
+    store: &S,
+    opts: &Options,
+    guard_rv: Option<String>,
+) -> Outcome<(), S::Error> {
+    let mut rv = guard_rv.or_else(|| opts.resource_version.clone());
     if !opts.dry_run {
-        let (mut pod, rv) = get_current(state, def, ns, name).await?;
-        let uid = fields::str_at(&pod, &["metadata", "uid"]).unwrap_or("");
+        let mut pod = store.pod().await.map_err(Error::Store)?;
+        let name = str_at(&pod, "/metadata/name").to_string();
+        let uid = str_at(&pod, "/metadata/uid").to_string();
+        let current = str_at(&pod, "/metadata/resourceVersion").to_string();
         if let Some(want) = opts.uid.as_deref().filter(|u| !u.is_empty())
             && want != uid
         {
-            return Err(pod_conflict(
-                name,
-                &format!(
+            return refused(Refusal::PodConflict {
+                pod: name,
+                why: format!(
                     "the UID in the precondition ({want}) does not match the UID in record ({uid}). The object might have been deleted and then recreated"
                 ),
-            ));
+            });
         }
-        if let Some(want) = opts.rv.as_deref().filter(|r| !r.is_empty())
-            && want != rv.to_string()
+        if let Some(want) = rv.as_deref().filter(|r| !r.is_empty())
+            && want != current
         {
-            return Err(pod_conflict(
-                name,
-                &format!(
-                    "the ResourceVersion in the precondition ({want}) does not match the ResourceVersion in record ({rv}). The object might have been modified"
+            return refused(Refusal::PodConflict {
+                pod: name,
+                why: format!(
+                    "the ResourceVersion in the precondition ({want}) does not match the ResourceVersion in record ({current}). The object might have been modified"
                 ),
-            ));
+            });
         }
         if set_disruption_target(&mut pod, jiff::Timestamp::now()) {
-            fields::ensure_object(&mut pod, &["metadata"]).remove("resourceVersion");
-            let bytes = def
-                .encode_for_storage(&pod)
-                .map_err(|e| ApiError::internal(e.to_string()))?;
-            match state
-                .storage
-                .update(&object_key(def, ns, name), rv, bytes)
-                .await
-            {
-                Ok(nrv) => {
-                    set_rv(&mut pod, nrv);
-                    if opts.rv.is_some() {
-                        opts.rv = Some(nrv.to_string());
-                    }
-                }
-                Err(e) => return Err(ApiError::from_storage(e, def, name)),
+            let new_rv = store.write_pod(pod).await.map_err(Error::Store)?;
+            if rv.is_some() {
+                rv = Some(new_rv);
             }
         }
     }
-    delete_object(state, def, ns, name, &opts).await?;
-    Ok(())
-}
-
-/// `Operation cannot be fulfilled on Pod "x": why` (Kubernetes names the group-resource `Pod`
-/// here).
-fn pod_conflict(name: &str, why: &str) -> ApiError {
-    ApiError {
-        code: 409,
-        reason: "Conflict",
-        message: format!("Operation cannot be fulfilled on Pod \"{name}\": {why}"),
-        details: Some(json!({"name": name, "kind": "Pod"})),
-    }
+    store.delete_pod(rv.as_deref()).await.map_err(Error::Store)
 }
 
 /// Sets the `DisruptionTarget` condition (`EvictionByEvictionAPI`); false when it was already
@@ -488,7 +408,7 @@ fn set_disruption_target(pod: &mut Value, now: jiff::Timestamp) -> bool {
     let wanted = json!({"type": "DisruptionTarget", "status": "True", "lastProbeTime": null,
         "lastTransitionTime": ts, "reason": "EvictionByEvictionAPI",
         "message": "Eviction API: evicting"});
-    let status = fields::ensure_object(pod, &["status"]);
+    let status = object_at(pod, "status");
     let conds = status.entry("conditions").or_insert_with(|| json!([]));
     if !conds.is_array() {
         *conds = json!([]);
@@ -536,35 +456,36 @@ mod tests {
     #[test]
     fn zero_allowed_is_429_with_the_budget_cause() {
         let e = decremented(&pdb(0, 1, 1), "p", jiff::Timestamp::now()).unwrap_err();
-        assert_eq!(e.code, 429);
-        assert_eq!(e.reason, "TooManyRequests");
-        assert_eq!(e.message, VIOLATION_MESSAGE);
         assert_eq!(
-            e.details,
-            Some(json!({"causes": [{"reason": "DisruptionBudget",
-                "message": "The disruption budget web needs 2 healthy pods and has 2 currently"}]}))
+            e,
+            Refusal::TooManyRequests {
+                cause: "The disruption budget web needs 2 healthy pods and has 2 currently".into(),
+                retry_after: 0
+            }
         );
     }
 
     #[test]
     fn unobserved_generation_asks_to_come_back() {
         let e = decremented(&pdb(3, 2, 1), "p", jiff::Timestamp::now()).unwrap_err();
-        assert_eq!(e.code, 429);
         assert_eq!(
-            e.details,
-            Some(json!({"causes": [{"reason": "DisruptionBudget",
-                "message": "The disruption budget web is still being processed by the server."}],
-                "retryAfterSeconds": 10}))
+            e,
+            Refusal::TooManyRequests {
+                cause: "The disruption budget web is still being processed by the server.".into(),
+                retry_after: 10
+            }
         );
     }
 
     #[test]
     fn negative_allowed_is_forbidden() {
         let e = decremented(&pdb(-1, 1, 1), "p", jiff::Timestamp::now()).unwrap_err();
-        assert_eq!(e.code, 403);
         assert_eq!(
-            e.message,
-            "poddisruptionbudget.policy \"web\" is forbidden: pdb disruptions allowed is negative"
+            e,
+            Refusal::BudgetForbidden {
+                budget: "web".into(),
+                why: "pdb disruptions allowed is negative".into()
+            }
         );
     }
 
@@ -584,17 +505,6 @@ mod tests {
         let out = decremented(&pdb(2, 1, 1), "q", now).unwrap();
         assert_eq!(out["status"]["disruptionsAllowed"], json!(1));
         assert!(out["status"].get("conditions").is_none());
-    }
-
-    #[test]
-    fn selection_follows_policy_v1() {
-        let pod = json!({"metadata": {"labels": {"app": "web"}}});
-        let mut b = pdb(1, 1, 1);
-        assert!(budget_selects(&b, &pod));
-        b["spec"]["selector"] = json!({});
-        assert!(budget_selects(&b, &pod), "empty selector selects all");
-        b["spec"].as_object_mut().unwrap().remove("selector");
-        assert!(!budget_selects(&b, &pod), "no selector selects nothing");
     }
 
     #[test]

@@ -7,11 +7,15 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, ApiResult};
+use crate::eviction;
+use crate::handlers::DeleteOpts;
 use crate::handlers::{
     Ctx, UpdateScope, get_current, header_str, json_response, object_key, set_rv, write_update,
 };
+use crate::registry::resources::PODDISRUPTIONBUDGETS;
 use crate::registry::{ResourceDef, Subresource, fields};
 use crate::request;
+use crate::server::AppState;
 
 fn respond(code: StatusCode, v: &Value) -> Response {
     json_response(code, serde_json::to_vec(v).unwrap_or_default())
@@ -46,7 +50,7 @@ pub async fn handle(
             scale_write(ctx, method, name, body).await
         }
         (Subresource::Binding, Method::POST) => bind(ctx, name, body).await,
-        (Subresource::Eviction, Method::POST) => crate::eviction::evict(ctx, name, body).await,
+        (Subresource::Eviction, Method::POST) => evict(ctx, name, body).await,
         (Subresource::Finalize, Method::PUT) => finalize(ctx, name, body).await,
         (Subresource::Token, Method::POST) => crate::tokenrequest::create(ctx, name, body).await,
         (Subresource::Approval, Method::GET) => {
@@ -444,4 +448,252 @@ async fn finalize(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Response>
     )
     .await?;
     Ok(respond(code, &obj))
+}
+
+/// The apiserver's side of `pods/eviction`: the pod, its budgets and guarded writes handed to
+/// [`crate::eviction`], which decides.
+struct EvictionStore<'a> {
+    state: &'a AppState,
+    def: &'static ResourceDef,
+    ns: Option<&'a str>,
+    name: &'a str,
+    opts: DeleteOpts,
+}
+
+/// Whether a budget selects the pod: a missing selector selects nothing, an empty one every
+/// pod of the namespace (policy/v1), an invalid one nothing.
+fn budget_selects(pdb: &Value, pod: &Value) -> bool {
+    let Some(sel) = fields::at(pdb, &["spec", "selector"]).filter(|s| s.is_object()) else {
+        return false;
+    };
+    crate::registry::resources::label_selector_matches(
+        sel,
+        pod.pointer("/metadata/labels").and_then(Value::as_object),
+    )
+}
+
+#[async_trait::async_trait]
+impl eviction::Store for EvictionStore<'_> {
+    type Error = ApiError;
+
+    fn is_conflict(e: &ApiError) -> bool {
+        e.code == 409
+    }
+
+    async fn pod(&self) -> ApiResult<Value> {
+        Ok(get_current(self.state, self.def, self.ns, self.name)
+            .await?
+            .0)
+    }
+
+    async fn budgets_selecting(&self, pod: &Value) -> ApiResult<Vec<Value>> {
+        let def = &PODDISRUPTIONBUDGETS;
+        let cacher = self.state.cacher(def)?;
+        cacher.wait_fresh().await?;
+        let prefix = format!(
+            "/registry/{}/{}/",
+            def.storage_prefix,
+            fields::namespace(pod)
+        );
+        let list = cacher.list(&prefix, None, 0, &|_| true).await;
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|o| serde_json::from_slice::<Value>(&o.raw).ok())
+            .filter(|pdb| budget_selects(pdb, pod))
+            .collect())
+    }
+
+    async fn budget(&self, name: &str) -> ApiResult<Value> {
+        Ok(
+            get_current(self.state, &PODDISRUPTIONBUDGETS, self.ns, name)
+                .await?
+                .0,
+        )
+    }
+
+    async fn write_budget_status(&self, budget: Value) -> ApiResult<()> {
+        let def = &PODDISRUPTIONBUDGETS;
+        let name = fields::name(&budget).to_string();
+        let (old, old_rv) = get_current(self.state, def, self.ns, &name).await?;
+        if fields::str_at(&budget, &["metadata", "resourceVersion"]) != Some(&old_rv.to_string()) {
+            return Err(ApiError::conflict(def, &name));
+        }
+        write_update(
+            self.state,
+            def,
+            self.ns,
+            &name,
+            old,
+            old_rv,
+            budget,
+            UpdateScope::Status,
+            false,
+            None,
+            "Update",
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn write_pod(&self, mut pod: Value) -> ApiResult<String> {
+        let rv: crate::storage::Revision = fields::str_at(&pod, &["metadata", "resourceVersion"])
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
+        fields::ensure_object(&mut pod, &["metadata"]).remove("resourceVersion");
+        let bytes = self
+            .def
+            .encode_for_storage(&pod)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let key = object_key(self.def, self.ns, self.name);
+        let new_rv = self
+            .state
+            .storage
+            .update(&key, rv, bytes)
+            .await
+            .map_err(|e| ApiError::from_storage(e, self.def, self.name))?;
+        Ok(new_rv.to_string())
+    }
+
+    async fn delete_pod(&self, resource_version: Option<&str>) -> ApiResult<()> {
+        let opts = DeleteOpts {
+            propagation: self.opts.propagation.clone(),
+            grace: self.opts.grace,
+            uid: self.opts.uid.clone(),
+            rv: resource_version.map(str::to_string),
+            dry_run: self.opts.dry_run,
+        };
+        crate::handlers::delete_object(self.state, self.def, self.ns, self.name, &opts).await?;
+        Ok(())
+    }
+}
+
+/// A refused eviction as Kubernetes' `Status` (the one place the refusals get their codes).
+fn refusal_error(r: eviction::Refusal) -> ApiError {
+    use eviction::Refusal;
+    match r {
+        Refusal::TooManyRequests { cause, retry_after } => {
+            let mut details = serde_json::Map::new();
+            details.insert(
+                "causes".into(),
+                json!([{"reason": "DisruptionBudget", "message": cause}]),
+            );
+            // Kubernetes omits a zero retryAfterSeconds.
+            if retry_after > 0 {
+                details.insert("retryAfterSeconds".into(), json!(retry_after));
+            }
+            ApiError {
+                code: 429,
+                reason: "TooManyRequests",
+                message: eviction::VIOLATION_MESSAGE.to_string(),
+                details: Some(Value::Object(details)),
+            }
+        }
+        Refusal::BudgetForbidden { budget, why } => ApiError {
+            code: 403,
+            reason: "Forbidden",
+            message: format!("poddisruptionbudget.policy \"{budget}\" is forbidden: {why}"),
+            details: Some(
+                json!({"name": budget, "group": "policy", "kind": "poddisruptionbudget"}),
+            ),
+        },
+        Refusal::PodConflict { pod, why } => ApiError {
+            code: 409,
+            reason: "Conflict",
+            message: format!("Operation cannot be fulfilled on Pod \"{pod}\": {why}"),
+            details: Some(json!({"name": pod, "kind": "Pod"})),
+        },
+        Refusal::MultipleBudgets => ApiError {
+            code: 500,
+            reason: "",
+            message: eviction::MULTIPLE_BUDGETS_MESSAGE.to_string(),
+            details: None,
+        },
+        Refusal::BudgetConflicts(budget) => ApiError {
+            code: 504,
+            reason: "Timeout",
+            message: format!("couldn't update PodDisruptionBudget \"{budget}\" due to conflicts"),
+            details: Some(json!({"retryAfterSeconds": 10})),
+        },
+    }
+}
+
+/// `POST pods/<name>/eviction`.
+async fn evict(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Response> {
+    let eviction_obj = request::decode_object(
+        header_str(ctx.headers, axum::http::header::CONTENT_TYPE),
+        &body,
+    )?;
+    if fields::name(&eviction_obj) != name {
+        return Err(ApiError::bad_request(
+            "name in URL does not match name in Eviction object",
+        ));
+    }
+    let options_body = match eviction_obj.get("deleteOptions").filter(|v| v.is_object()) {
+        Some(o) => {
+            Bytes::from(serde_json::to_vec(o).map_err(|e| ApiError::internal(e.to_string()))?)
+        }
+        None => Bytes::new(),
+    };
+    let opts = crate::handlers::delete_opts(ctx.query, &options_body)?;
+    let decision = eviction::Options {
+        uid: opts.uid.clone(),
+        resource_version: opts.rv.clone(),
+        dry_run: opts.dry_run,
+    };
+    let store = EvictionStore {
+        state: ctx.state,
+        def: ctx.rp.def,
+        ns: ctx.rp.namespace.as_deref(),
+        name,
+        opts,
+    };
+    match eviction::evict(&store, &decision).await {
+        Ok(()) => Ok(respond(
+            StatusCode::CREATED,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        )),
+        Err(eviction::Error::Store(e)) => Err(e),
+        Err(eviction::Error::Refused(r)) => Err(refusal_error(r)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_selection_follows_policy_v1() {
+        let pod = json!({"metadata": {"labels": {"app": "web"}}});
+        let mut b = json!({"spec": {"selector": {"matchLabels": {"app": "web"}}}});
+        assert!(budget_selects(&b, &pod));
+        b["spec"]["selector"] = json!({"matchLabels": {"app": "db"}});
+        assert!(!budget_selects(&b, &pod));
+        b["spec"]["selector"] = json!({});
+        assert!(
+            budget_selects(&b, &pod),
+            "an empty selector selects every pod"
+        );
+        b["spec"] = json!({});
+        assert!(!budget_selects(&b, &pod), "no selector selects nothing");
+    }
+
+    #[test]
+    fn refusals_as_statuses() {
+        let e = refusal_error(eviction::Refusal::MultipleBudgets);
+        assert_eq!(e.code, 500);
+        assert_eq!(
+            e.status(),
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": eviction::MULTIPLE_BUDGETS_MESSAGE, "code": 500})
+        );
+        let e = refusal_error(eviction::Refusal::BudgetForbidden {
+            budget: "web".into(),
+            why: "pdb disruptions allowed is negative".into(),
+        });
+        assert_eq!(
+            e.message,
+            "poddisruptionbudget.policy \"web\" is forbidden: pdb disruptions allowed is negative"
+        );
+    }
 }

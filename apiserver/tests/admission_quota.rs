@@ -188,6 +188,13 @@ async fn scoped_quotas_constraints_and_messages() {
         )]),
     );
     high["spec"]["priorityClassName"] = json!("high");
+    // The class must exist: the Priority admission plugin refuses unknown classes first.
+    api.create(
+        "/apis/scheduling.k8s.io/v1/priorityclasses",
+        json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+            "metadata": {"name": "high"}, "value": 1000}),
+    )
+    .await;
     let msg = api.forbidden(&pods, high).await;
     assert_eq!(
         msg,
