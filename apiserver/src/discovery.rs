@@ -120,6 +120,10 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         .filter(|r| r.group == group && r.version == version)
         .collect();
     let extra: Vec<Value> = crate::reviews::extra_resources(group, version);
+    let extra: Vec<Value> = extra
+        .into_iter()
+        .chain(crate::componentstatus::extra_resources(group, version))
+        .collect();
     if defs.is_empty() && extra.is_empty() {
         return None;
     }
@@ -220,6 +224,7 @@ pub fn aggregated(core: bool, api_version: &str) -> Value {
                         .map(aggregated_resource)
                         .collect();
                     resources.extend(crate::reviews::extra_aggregated_resources(g, v));
+                    resources.extend(crate::componentstatus::extra_aggregated_resources(g, v));
                     json!({"version": v, "resources": resources, "freshness": "Current"})
                 })
                 .collect();

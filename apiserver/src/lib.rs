@@ -9,6 +9,7 @@ pub mod bootstrap_token;
 pub mod bootstrap_rbac;
 pub mod cacher;
 pub mod components;
+pub mod componentstatus;
 pub mod crd;
 pub mod discovery;
 pub mod endpoint_reconciler;

@@ -186,6 +186,7 @@ async fn dispatch_inner(
             &crate::rbac::request_attributes(&user, &parts.method, &path, &query),
         )
         .await?;
+    crate::componentstatus::observe_user(&user.name);
     if let Some(node) = path.strip_prefix("/lotse/node-kubeconfig/") {
         return crate::components::node_kubeconfig_response(state, node);
     }
@@ -283,6 +284,10 @@ async fn dispatch_inner(
         }
         _ => return Err(ApiError::no_such_resource()),
     };
+    if crate::componentstatus::is_path(group, version, rest) {
+        return crate::componentstatus::handle(state, &parts.method, &parts.headers, rest, &query)
+            .await;
+    }
     if crate::reviews::is_review_path(group, version, rest) {
         let body = body_bytes(body).await?;
         return crate::reviews::handle(

@@ -32,6 +32,7 @@ use std::time::Duration;
 /// Every controller [`run`] knows, by its Kubernetes name.
 pub const ALL_CONTROLLERS: &[&str] = &[
     "replicaset",
+    "replicationcontroller",
     "deployment",
     "namespace",
     "serviceaccount",
@@ -171,6 +172,12 @@ async fn run_controllers(config: Config, client: kube::Client) -> Result<(), Err
     let mut set = tokio::task::JoinSet::new();
     if config.enabled("replicaset") {
         set.spawn(replicaset::run(client.clone(), recorder.clone()));
+    }
+    if config.enabled("replicationcontroller") {
+        set.spawn(replicaset::run_replication_controllers(
+            client.clone(),
+            recorder.clone(),
+        ));
     }
     if config.enabled("deployment") {
         set.spawn(deployment::run(client.clone(), recorder.clone()));

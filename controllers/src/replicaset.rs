@@ -1,5 +1,7 @@
 //! ReplicaSet controller: keeps `spec.replicas` active pods for every ReplicaSet, adopting
-//! matching orphans and releasing pods that no longer match, and fills in `status`.
+//! matching orphans and releasing pods that no longer match, and fills in `status`. The same
+//! logic runs ReplicationControllers (as Kubernetes' replication manager wraps its ReplicaSet
+//! controller): [`run`] is generic over [`ReplicaOwner`], implemented by both kinds.
 //!
 //! As kube-controller-manager's, it works from informer caches: reflector stores of all
 //! ReplicaSets and all pods, fed by one watch each. A sync reads the owned pods from the pod
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -29,7 +31,111 @@ use crate::events::{EventType, Recorder};
 use crate::expectations::{Cached, Expectations};
 use crate::util;
 
-const COMPONENT: &str = "replicaset-controller";
+/// A workload that keeps a number of pods from a template: ReplicaSets and
+/// ReplicationControllers.
+pub trait ReplicaOwner:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// The event source, e.g. `replicaset-controller`.
+    const COMPONENT: &'static str;
+    /// Whether the selector selects a pod with these labels (an empty selector selects none).
+    fn selects(&self, labels: &BTreeMap<String, String>) -> bool;
+    /// `spec.replicas` (default 1).
+    fn replicas(&self) -> i32;
+    /// `spec.minReadySeconds`.
+    fn min_ready_seconds(&self) -> i32;
+    /// `spec.template`.
+    fn template(&self) -> Option<PodTemplateSpec>;
+    /// `status` in ReplicaSet shape (the two kinds' statuses have the same fields).
+    fn replica_status(&self) -> Option<ReplicaSetStatus>;
+    /// Turns a computed status into this kind's (ReplicationControllers have no
+    /// `terminatingReplicas`).
+    fn own_status(status: ReplicaSetStatus) -> ReplicaSetStatus {
+        status
+    }
+}
+
+impl ReplicaOwner for ReplicaSet {
+    const COMPONENT: &'static str = "replicaset-controller";
+    fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.spec
+            .as_ref()
+            .is_some_and(|s| util::selector_matches(&s.selector, labels))
+    }
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+    fn min_ready_seconds(&self) -> i32 {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0)
+    }
+    fn template(&self) -> Option<PodTemplateSpec> {
+        self.spec.as_ref().and_then(|s| s.template.clone())
+    }
+    fn replica_status(&self) -> Option<ReplicaSetStatus> {
+        self.status.clone()
+    }
+}
+
+impl ReplicaOwner for ReplicationController {
+    const COMPONENT: &'static str = "replication-controller";
+    fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        // labels.SelectorFromSet: every pair must match; an RC without a selector selects none.
+        self.spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .filter(|sel| !sel.is_empty())
+            .is_some_and(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+    }
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+    fn min_ready_seconds(&self) -> i32 {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0)
+    }
+    fn template(&self) -> Option<PodTemplateSpec> {
+        self.spec.as_ref().and_then(|s| s.template.clone())
+    }
+    fn replica_status(&self) -> Option<ReplicaSetStatus> {
+        let s = self.status.as_ref()?;
+        Some(ReplicaSetStatus {
+            replicas: s.replicas,
+            fully_labeled_replicas: s.fully_labeled_replicas,
+            ready_replicas: s.ready_replicas,
+            available_replicas: s.available_replicas,
+            observed_generation: s.observed_generation,
+            conditions: s.conditions.as_ref().map(|cs| {
+                cs.iter()
+                    .map(|c| ReplicaSetCondition {
+                        type_: c.type_.clone(),
+                        status: c.status.clone(),
+                        reason: c.reason.clone(),
+                        message: c.message.clone(),
+                        last_transition_time: c.last_transition_time.clone(),
+                    })
+                    .collect()
+            }),
+            terminating_replicas: None,
+        })
+    }
+    fn own_status(status: ReplicaSetStatus) -> ReplicaSetStatus {
+        ReplicaSetStatus {
+            terminating_replicas: None,
+            ..status
+        }
+    }
+}
 /// Most pods created or deleted in one sync, as Kubernetes' `BurstReplicas`.
 pub const BURST_REPLICAS: usize = 500;
 /// First batch of the slow start; each successful batch doubles the next one.
@@ -46,15 +152,29 @@ struct Ctx {
 
 /// Runs the ReplicaSet controller until its watch streams end.
 pub async fn run(client: Client, recorder: Recorder) -> Result<(), Error> {
+    run_for::<ReplicaSet>(client, recorder, "replicaset").await
+}
+
+/// Runs the ReplicationController controller (the replication manager) until its watch streams
+/// end.
+pub async fn run_replication_controllers(client: Client, recorder: Recorder) -> Result<(), Error> {
+    run_for::<ReplicationController>(client, recorder, "replicationcontroller").await
+}
+
+async fn run_for<K: ReplicaOwner>(
+    client: Client,
+    recorder: Recorder,
+    name: &'static str,
+) -> Result<(), Error> {
     let wc = watcher::Config::default();
-    let (rs_store, rs_writer) = reflector::store::<ReplicaSet>();
+    let (rs_store, rs_writer) = reflector::store::<K>();
     let (pod_store, pod_writer) = reflector::store::<Pod>();
     let expectations = Arc::new(Expectations::default());
 
     let exp = expectations.clone();
     let replicasets = reflector::reflector(
         rs_writer,
-        watcher(Api::<ReplicaSet>::all(client.clone()), wc.clone()),
+        watcher(Api::<K>::all(client.clone()), wc.clone()),
     )
     .default_backoff()
     .inspect_ok(move |ev| {
@@ -86,12 +206,12 @@ pub async fn run(client: Client, recorder: Recorder) -> Result<(), Error> {
         .run(reconcile, error_policy, ctx)
         .for_each(|r| {
             if let Err(e) = r {
-                tracing::debug!(error = %e, "replicaset reconcile");
+                tracing::debug!(error = %e, controller = name, "reconcile");
             }
             futures::future::ready(())
         })
         .await;
-    Err(Error::Stopped("replicaset"))
+    Err(Error::Stopped(name))
 }
 
 /// Lowers the expectations of a pod's controller when the watch reports the pod (creation
@@ -116,10 +236,10 @@ fn observe_pod_event(exp: &Expectations, ev: &watcher::Event<Pod>) {
 
 /// The ReplicaSets a pod event concerns: its controller, or, for an orphan, every ReplicaSet
 /// in its namespace whose selector matches (one of them may adopt it).
-fn pod_to_replicasets(store: &Store<ReplicaSet>, pod: &Pod) -> Vec<ObjectRef<ReplicaSet>> {
+fn pod_to_replicasets<K: ReplicaOwner>(store: &Store<K>, pod: &Pod) -> Vec<ObjectRef<K>> {
     let ns = pod.namespace().unwrap_or_default();
     if let Some(r) = util::controller_ref(pod) {
-        return if r.kind == "ReplicaSet" {
+        return if r.kind == K::kind(&()) {
             vec![ObjectRef::new(&r.name).within(&ns)]
         } else {
             vec![]
@@ -129,21 +249,17 @@ fn pod_to_replicasets(store: &Store<ReplicaSet>, pod: &Pod) -> Vec<ObjectRef<Rep
         .state()
         .iter()
         .filter(|rs| rs.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|rs| {
-            rs.spec
-                .as_ref()
-                .is_some_and(|s| util::selector_matches(&s.selector, pod.labels()))
-        })
+        .filter(|rs| rs.selects(pod.labels()))
         .map(|rs| ObjectRef::from_obj(rs.as_ref()))
         .collect()
 }
 
-fn error_policy(rs: Arc<ReplicaSet>, err: &Error, _ctx: Arc<Ctx>) -> Action {
-    tracing::warn!(replicaset = %rs.name_any(), error = %err, "sync failed; retrying");
+fn error_policy<K: ReplicaOwner>(rs: Arc<K>, err: &Error, _ctx: Arc<Ctx>) -> Action {
+    tracing::warn!(kind = %K::kind(&()), name = %rs.name_any(), error = %err, "sync failed; retrying");
     Action::requeue(Duration::from_secs(2))
 }
 
-async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+async fn reconcile<K: ReplicaOwner>(rs: Arc<K>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     // Never act on a half-filled cache: a sync before the first pod list would see no pods.
     if !ctx.pods_ready.wait().await {
         return Err(Error::Stopped("replicaset pod informer"));
@@ -151,10 +267,6 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     let ns = rs.namespace().unwrap_or_default();
     let name = rs.name_any();
     let uid = rs.uid().unwrap_or_default();
-    let spec = rs
-        .spec
-        .as_ref()
-        .ok_or_else(|| Error::Invalid("replicaset without spec".into()))?;
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     // Checked before reading the pods, as Kubernetes does: whatever is observed by now is in
     // the snapshot below.
@@ -169,7 +281,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         .state_filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()));
     let mut owned: Vec<Pod> = Vec::new();
     for pod in in_namespace {
-        let matches = util::selector_matches(&spec.selector, pod.labels());
+        let matches = rs.selects(pod.labels());
         match util::controller_ref(pod.as_ref()) {
             Some(r) if r.uid == uid => {
                 if matches || util::is_deleting(pod.as_ref()) {
@@ -199,11 +311,11 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         let (creates, deletes) = ctx.expectations.pending(&uid);
         tracing::debug!(replicaset = %name, creates, deletes, "waiting for the pod cache to observe earlier writes");
     }
-    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+    let min_ready = rs.min_ready_seconds();
     let now = jiff::Timestamp::now();
-    let status = calculate_status(rs.as_ref(), &active, failure, now);
-    if rs.status.as_ref() != Some(&status) {
-        let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let status = K::own_status(calculate_status(rs.as_ref(), &active, failure, now));
+    if rs.replica_status().as_ref() != Some(&status) {
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
         api.patch_status(
             &name,
             &PatchParams::default(),
@@ -225,7 +337,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     })
 }
 
-async fn adopt(api: &Api<Pod>, pod: &Pod, rs: &ReplicaSet) -> Result<Option<Pod>, Error> {
+async fn adopt<K: ReplicaOwner>(api: &Api<Pod>, pod: &Pod, rs: &K) -> Result<Option<Pod>, Error> {
     let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
     refs.push(util::owner_ref(rs));
     let patch =
@@ -271,19 +383,14 @@ async fn release(api: &Api<Pod>, pod: &Pod, uid: &str) -> Result<(), Error> {
 
 /// Creates or deletes pods so that `active` reaches `spec.replicas`, recording every write in
 /// the expectations. Returns a creation failure message for the ReplicaFailure condition.
-async fn manage_replicas(
+async fn manage_replicas<K: ReplicaOwner>(
     ctx: &Ctx,
-    rs: &ReplicaSet,
+    rs: &K,
     api: &Api<Pod>,
     active: &[Pod],
 ) -> Result<Option<String>, Error> {
     let uid = rs.uid().unwrap_or_default();
-    let want = rs
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(1)
-        .max(0) as usize;
+    let want = rs.replicas().max(0) as usize;
     let have = active.len();
     if have < want {
         let count = (want - have).min(BURST_REPLICAS);
@@ -298,7 +405,7 @@ async fn manage_replicas(
         for p in &created {
             ctx.recorder.record(
                 rs,
-                COMPONENT,
+                K::COMPONENT,
                 EventType::Normal,
                 "SuccessfulCreate",
                 format!("Created pod: {}", p.name_any()),
@@ -308,7 +415,7 @@ async fn manage_replicas(
             let msg = e.to_string();
             ctx.recorder.record(
                 rs,
-                COMPONENT,
+                K::COMPONENT,
                 EventType::Warning,
                 "FailedCreate",
                 format!("Error creating: {msg}"),
@@ -331,7 +438,7 @@ async fn manage_replicas(
                     deleted.push(p.name_any());
                     ctx.recorder.record(
                         rs,
-                        COMPONENT,
+                        K::COMPONENT,
                         EventType::Normal,
                         "SuccessfulDelete",
                         format!("Deleted pod: {}", p.name_any()),
@@ -341,7 +448,7 @@ async fn manage_replicas(
                 Err(e) => {
                     ctx.recorder.record(
                         rs,
-                        COMPONENT,
+                        K::COMPONENT,
                         EventType::Warning,
                         "FailedDelete",
                         format!("Error deleting: {e}"),
@@ -390,12 +497,10 @@ where
     (done, None)
 }
 
-fn pod_from_template(rs: &ReplicaSet) -> Result<Pod, Error> {
+fn pod_from_template<K: ReplicaOwner>(rs: &K) -> Result<Pod, Error> {
     let template = rs
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.clone())
-        .ok_or_else(|| Error::Invalid("replicaset without pod template".into()))?;
+        .template()
+        .ok_or_else(|| Error::Invalid(format!("{} without pod template", K::kind(&()))))?;
     let tmeta = template.metadata.unwrap_or_default();
     Ok(Pod {
         metadata: ObjectMeta {
@@ -520,16 +625,16 @@ pub fn pods_to_delete(active: &[Pod], count: usize) -> Vec<Pod> {
         .collect()
 }
 
-fn calculate_status(
-    rs: &ReplicaSet,
+fn calculate_status<K: ReplicaOwner>(
+    rs: &K,
     active: &[Pod],
     failure: Option<String>,
     now: jiff::Timestamp,
 ) -> ReplicaSetStatus {
-    let spec = rs.spec.as_ref();
-    let min_ready = spec.and_then(|s| s.min_ready_seconds).unwrap_or(0);
-    let template_labels: BTreeMap<String, String> = spec
-        .and_then(|s| s.template.as_ref())
+    let min_ready = rs.min_ready_seconds();
+    let template_labels: BTreeMap<String, String> = rs
+        .template()
+        .as_ref()
         .and_then(|t| t.metadata.as_ref())
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
@@ -546,7 +651,7 @@ fn calculate_status(
         .iter()
         .filter(|p| util::is_pod_available(p, min_ready, now))
         .count();
-    let old = rs.status.clone().unwrap_or_default();
+    let old = rs.replica_status().unwrap_or_default();
     let mut conditions: Vec<ReplicaSetCondition> = old
         .conditions
         .unwrap_or_default()
@@ -567,7 +672,7 @@ fn calculate_status(
         fully_labeled_replicas: Some(fully_labeled as i32),
         ready_replicas: Some(ready as i32),
         available_replicas: Some(available as i32),
-        observed_generation: rs.metadata.generation,
+        observed_generation: rs.meta().generation,
         conditions: (!conditions.is_empty()).then_some(conditions),
         terminating_replicas: old.terminating_replicas,
     }

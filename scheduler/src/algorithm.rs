@@ -193,7 +193,9 @@ impl Profile {
         // evaluateNominatedNode).
         if !pod.nominated_node_name.is_empty()
             && let Some(node) = cache.node(&pod.nominated_node_name)
-            && self.filter_node(&state, pod, node).is_ok()
+            && self
+                .filter_node(&state, pod, &cache.with_nominated(node, pod))
+                .is_ok()
         {
             return Ok(Decision {
                 node: node.name.clone(),
@@ -207,7 +209,7 @@ impl Profile {
         for i in 0..n {
             let node = &nodes[(start + i) % n];
             processed += 1;
-            match self.filter_node(&state, pod, node) {
+            match self.filter_node(&state, pod, &cache.with_nominated(node, pod)) {
                 Ok(()) => {
                     feasible.push(node);
                     if feasible.len() >= want {

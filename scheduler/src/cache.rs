@@ -33,6 +33,9 @@ pub struct Cache {
     pods_with_affinity: usize,
     /// On how many nodes each image name is present (ImageLocality's spread).
     image_nodes: HashMap<String, usize>,
+    /// Pending pods nominated to a node by preemption, by uid: the room their victims free is
+    /// theirs, so pods of lower priority are filtered as if they were already there.
+    nominated: HashMap<String, Arc<PodInfo>>,
 }
 
 impl Cache {
@@ -177,10 +180,58 @@ impl Cache {
         }
     }
 
+    /// Records a pending pod's `status.nominatedNodeName` (an empty one forgets it).
+    pub fn set_nominated(&mut self, pod: Arc<PodInfo>) {
+        if pod.nominated_node_name.is_empty() {
+            self.remove_nominated(&pod.uid);
+        } else {
+            self.generation += 1;
+            self.nominated.insert(pod.uid.clone(), pod);
+        }
+    }
+
+    /// Forgets every nomination (the pending pod watch lists again).
+    pub fn clear_nominated(&mut self) {
+        self.nominated.clear();
+        self.generation += 1;
+    }
+
+    /// Forgets a nomination (the pod was bound, assumed or deleted).
+    pub fn remove_nominated(&mut self, uid: &str) {
+        if self.nominated.remove(uid).is_some() {
+            self.generation += 1;
+        }
+    }
+
+    /// `node` as filters see it for `pod`: with the pods nominated to it whose priority is at
+    /// least `pod`'s (kube-scheduler's `addNominatedPods`); borrowed when there are none.
+    pub fn with_nominated<'a>(
+        &self,
+        node: &'a NodeInfo,
+        pod: &PodInfo,
+    ) -> std::borrow::Cow<'a, NodeInfo> {
+        let mut extra = self
+            .nominated
+            .values()
+            .filter(|p| {
+                p.nominated_node_name == node.name && p.uid != pod.uid && p.priority >= pod.priority
+            })
+            .peekable();
+        if extra.peek().is_none() {
+            return std::borrow::Cow::Borrowed(node);
+        }
+        let mut n = node.clone();
+        for p in extra {
+            n.add_pod(p.clone());
+        }
+        std::borrow::Cow::Owned(n)
+    }
+
     /// Records a scheduling decision before binding, so later decisions see its resources.
     pub fn assume(&mut self, pod: Arc<PodInfo>, node: &str) {
         self.generation += 1;
         let uid = pod.uid.clone();
+        self.nominated.remove(&uid);
         if let Some(old) = self.pods.remove(&uid) {
             self.detach(&old.node, &uid);
         }

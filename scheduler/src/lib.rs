@@ -480,21 +480,24 @@ async fn watch_pending_pods(shared: Arc<Shared>, client: Client) {
                 if is_ours(&shared.config, &pod) {
                     if !shared.cache_read().contains_pod(&uid) {
                         let info = Arc::new(PodInfo::new(&pod));
+                        shared.cache_write().set_nominated(info.clone());
                         shared
                             .queue
                             .add_or_update(Arc::new(slim_pending_pod(pod)), info);
                     }
                 } else {
                     shared.queue.delete(&uid);
+                    shared.cache_write().remove_nominated(&uid);
                 }
             }
             Ok(WatchEvent::Delete(pod)) => {
                 // Also sent when the pod gets bound (it leaves the field selector).
-                shared
-                    .queue
-                    .delete(pod.metadata.uid.as_deref().unwrap_or_default());
+                let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+                shared.queue.delete(uid);
+                shared.cache_write().remove_nominated(uid);
             }
-            Ok(WatchEvent::Init) | Ok(WatchEvent::InitDone) => {}
+            Ok(WatchEvent::Init) => shared.cache_write().clear_nominated(),
+            Ok(WatchEvent::InitDone) => {}
             Err(e) => tracing::warn!(error = %e, "pending pod watch error"),
         }
     }

@@ -10,6 +10,8 @@
 //!
 //! A pod with `preemptionPolicy: Never` never preempts, and a pod already nominated to a node
 //! where lower-priority pods are still terminating waits for them instead of preempting again.
+//! Pods nominated to a node count there for pods of lower or equal priority (the room their
+//! victims free is theirs), in scheduling and in preemption alike.
 //! Filters run with the pre-filter state of the whole cluster (inter-pod affinity and topology
 //! spread counts still include the victims), which can only make a candidate look worse.
 
@@ -78,11 +80,12 @@ pub fn find_candidate(
     let candidates: Vec<Candidate> = cache
         .nodes()
         .iter()
+        .map(|n| cache.with_nominated(n, pod))
         .filter(|n| match profile.filter_node(&state, pod, n) {
             Ok(()) => false,
             Err(s) => s.code == Code::Unschedulable,
         })
-        .filter_map(|n| select_victims_on_node(profile, &state, pod, n, pdbs))
+        .filter_map(|n| select_victims_on_node(profile, &state, pod, &n, pdbs))
         .collect();
     pick_one_node(candidates)
 }
@@ -416,6 +419,28 @@ mod tests {
         // With the budget allowing a disruption, the lower-priority victim wins.
         let c = find_candidate(&Profile::default(), &cache, &preemptor, &[pdb(1)]).unwrap();
         assert_eq!(c.node, "n1");
+    }
+
+    #[test]
+    fn room_freed_for_a_nominated_pod_is_kept_for_it() {
+        let mut cache = cache_with(&[("n1", "2", vec![pod("running", "1", 1, json!({}))])]);
+        let mut nominated = pod("urgent", "1", 100, json!({}));
+        nominated.nominated_node_name = "n1".into();
+        cache.set_nominated(Arc::new(nominated.clone()));
+        let profile = Profile::default();
+        let mut rng = rand::rng();
+        // A lower-priority pod does not take the nominated pod's place...
+        let low = pod("later", "1", 5, json!({}));
+        assert!(profile.schedule(&cache, &low, 0, &mut rng).is_err());
+        // ...preemption may make room by evicting what is below it, counting the nominated
+        // pod as present.
+        let c = find_candidate(&profile, &cache, &low, &[]);
+        assert!(c.is_some_and(|c| c.victims.iter().all(|v| v.name == "running")));
+        // The nominated pod itself fits.
+        assert!(profile.schedule(&cache, &nominated, 0, &mut rng).is_ok());
+        // Once assumed, the nomination is gone.
+        cache.assume(Arc::new(nominated), "n1");
+        assert!(profile.schedule(&cache, &low, 0, &mut rng).is_err());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! More core/v1 entries: replicationcontrollers and podtemplates.
+//! More core/v1 entries: replicationcontrollers, podtemplates and (for its Table only)
+//! componentstatuses.
 
 use k8s_openapi::api::core::v1 as corev1;
 use serde_json::{Value, json};
@@ -162,6 +163,61 @@ pub const PODTEMPLATES: ResourceDef = ResourceDef {
     },
     ..def_of::<corev1::PodTemplate>("", "v1", "PodTemplate", "podtemplates", "podtemplate")
 };
+
+/// core/v1 componentstatuses: the entry behind the Table of `kubectl get cs` (not in `ALL`:
+/// the objects are computed, never stored; served by `crate::componentstatus`).
+pub const COMPONENTSTATUSES: ResourceDef = ResourceDef {
+    namespaced: false,
+    short_names: &["cs"],
+    columns: &[
+        NAME_COLUMN,
+        col("Status", "string", 0, "Status of the component conditions"),
+        col(
+            "Message",
+            "string",
+            0,
+            "Message of the component conditions",
+        ),
+        col("Error", "string", 0, "Error of the component conditions"),
+    ],
+    cells: status_cells,
+    ..def_of::<corev1::ComponentStatus>(
+        "",
+        "v1",
+        "ComponentStatus",
+        "componentstatuses",
+        "componentstatus",
+    )
+};
+
+/// kubectl's `printComponentStatus` row.
+fn status_cells(o: &Value) -> Vec<Value> {
+    let mut status = "Unknown";
+    let (mut message, mut error) = ("", "");
+    for c in o
+        .get("conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if c.get("type").and_then(Value::as_str) == Some("Healthy") {
+            status = if c.get("status").and_then(Value::as_str) == Some("True") {
+                "Healthy"
+            } else {
+                "Unhealthy"
+            };
+            message = c.get("message").and_then(Value::as_str).unwrap_or("");
+            error = c.get("error").and_then(Value::as_str).unwrap_or("");
+            break;
+        }
+    }
+    vec![
+        json!(fields::name(o)),
+        json!(status),
+        json!(message),
+        json!(error),
+    ]
+}
 
 #[cfg(test)]
 mod tests {
