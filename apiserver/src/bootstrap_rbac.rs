@@ -436,6 +436,13 @@ pub fn cluster_roles() -> Vec<Value> {
                 rule(WRITE, &["discovery.k8s.io"], &["endpointslices"]),
                 rule(WRITE, &["events.k8s.io"], &["events"]),
                 rule(&["update"], &["policy"], &["poddisruptionbudgets/status"]),
+                // The horizontal pod autoscaler: its status and any target's scale.
+                rule(
+                    &["update", "patch"],
+                    &["autoscaling"],
+                    &["horizontalpodautoscalers/status"],
+                ),
+                rule(&["get", "update", "patch"], &["*"], &["*/scale"]),
                 rule(READ_WRITE, &["coordination.k8s.io"], &["leases"]),
                 rule(&["*"], &["*"], &["*/finalizers"]),
                 // Garbage collector and namespace controller: delete dependents and namespace

@@ -67,7 +67,8 @@ pub fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
             vs.sort_by(|a, b| crate::crd::version_priority(a, b));
         }
     }
-    for (g, v) in crate::reviews::extra_groups() {
+    let extra = crate::reviews::extra_groups().iter();
+    for (g, v) in extra.chain(crate::metrics_api::extra_groups()) {
         if !out.iter().any(|(og, _)| og == g) {
             out.push((g, vec![v]));
         }
@@ -119,7 +120,8 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         .into_iter()
         .filter(|r| r.group == group && r.version == version)
         .collect();
-    let extra: Vec<Value> = crate::reviews::extra_resources(group, version);
+    let mut extra: Vec<Value> = crate::reviews::extra_resources(group, version);
+    extra.extend(crate::metrics_api::extra_resources(group, version));
     let extra: Vec<Value> = extra
         .into_iter()
         .chain(crate::componentstatus::extra_resources(group, version))
@@ -225,6 +227,7 @@ pub fn aggregated(core: bool, api_version: &str) -> Value {
                         .collect();
                     resources.extend(crate::reviews::extra_aggregated_resources(g, v));
                     resources.extend(crate::componentstatus::extra_aggregated_resources(g, v));
+                    resources.extend(crate::metrics_api::extra_aggregated_resources(g, v));
                     json!({"version": v, "resources": resources, "freshness": "Current"})
                 })
                 .collect();

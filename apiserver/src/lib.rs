@@ -21,6 +21,7 @@ pub mod impersonation;
 pub mod list;
 pub mod managed;
 pub mod metrics;
+pub mod metrics_api;
 pub mod node_authorizer;
 pub mod openapi;
 pub mod openapi_v2;

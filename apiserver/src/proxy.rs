@@ -102,7 +102,7 @@ fn container_of(pod: &Value, name: &str, asked: Option<&str>) -> ApiResult<Strin
 }
 
 /// The kubelet endpoint of `node`: its InternalIP and `daemonEndpoints.kubeletEndpoint.Port`.
-async fn kubelet_address(state: &Arc<AppState>, node: &str) -> ApiResult<(String, u16)> {
+pub(crate) async fn kubelet_address(state: &Arc<AppState>, node: &str) -> ApiResult<(String, u16)> {
     let nodes = crate::registry::lookup("", "v1", "nodes")
         .ok_or_else(|| ApiError::internal("nodes resource missing"))?;
     let (node_obj, _) = get_current(state, nodes, None, node).await?;
@@ -436,7 +436,7 @@ async fn splice_upgrade(
 }
 
 /// GET `path` from a kubelet over HTTPS and stream its answer back.
-async fn kubelet_get(
+pub(crate) async fn kubelet_get(
     state: &AppState,
     host: &str,
     port: u16,

@@ -59,7 +59,7 @@ pub enum ServerError {
 pub struct AppState {
     /// The storage backend.
     pub storage: Arc<dyn Storage>,
-    caches: HashMap<(&'static str, &'static str), Arc<Cacher>>,
+    caches: HashMap<(&'static str, &'static str, &'static str), Arc<Cacher>>,
     hub: Arc<crate::cacher::CacheHub>,
     /// Service IP / node port allocator.
     pub alloc: ServiceAllocator,
@@ -71,6 +71,8 @@ pub struct AppState {
     pub security: crate::auth::Security,
     /// Pod Security admission: exemptions (none by default) and its metrics.
     pub pod_security: crate::admission::pod_security::PodSecurity,
+    /// The built-in `metrics.k8s.io` API's last kubelet scrapes.
+    pub resource_metrics: Arc<crate::metrics_api::Store>,
 }
 
 impl AppState {
@@ -83,7 +85,7 @@ impl AppState {
         let hub = crate::cacher::CacheHub::start(registry::all(), storage.clone());
         let mut caches = HashMap::new();
         for c in hub.caches() {
-            caches.insert((c.def().group, c.def().plural), c.clone());
+            caches.insert((c.def().group, c.def().version, c.def().plural), c.clone());
         }
         let state = Arc::new(AppState {
             storage,
@@ -94,6 +96,7 @@ impl AppState {
             server_address,
             security: crate::auth::Security::default(),
             pod_security: Default::default(),
+            resource_metrics: Default::default(),
         });
         registry::custom::spawn(&state);
         state
@@ -101,7 +104,7 @@ impl AppState {
 
     /// The watch cache of a resource.
     pub fn cacher(&self, def: &ResourceDef) -> ApiResult<&Arc<Cacher>> {
-        self.caches.get(&(def.group, def.plural)).ok_or_else(|| {
+        self.caches.get(&(def.group, def.version, def.plural)).ok_or_else(|| {
             ApiError::internal(format!("no watch cache for {}", def.group_resource()))
         })
     }
@@ -284,6 +287,11 @@ async fn dispatch_inner(
         }
         _ => return Err(ApiError::no_such_resource()),
     };
+    if group == crate::metrics_api::GROUP {
+        let store = state.resource_metrics.clone();
+        return crate::metrics_api::handle(state, &store, &parts.method, version, rest, &query)
+            .await;
+    }
     if crate::componentstatus::is_path(group, version, rest) {
         return crate::componentstatus::handle(state, &parts.method, &parts.headers, rest, &query)
             .await;
@@ -512,6 +520,7 @@ pub async fn start(
     )
     .await;
     crate::endpoint_reconciler::spawn(state.clone(), advertise, addr.port());
+    crate::metrics_api::spawn(state.clone(), state.resource_metrics.clone());
     // Build the OpenAPI documents before the first client asks for them.
     let _ = tokio::task::spawn_blocking(openapi::v3_index).await;
     let tls = pki.rustls_server_config()?;

@@ -16,6 +16,7 @@ pub mod endpoints;
 pub mod events;
 pub mod expectations;
 pub mod gc;
+pub mod hpa;
 pub mod job;
 pub mod leader;
 pub mod namespace;
@@ -49,6 +50,7 @@ pub const ALL_CONTROLLERS: &[&str] = &[
     "bootstrapsigner",
     "tokencleaner",
     "disruption",
+    "horizontalpodautoscaling",
 ];
 
 /// Where local-path volumes live by default: `<default data-dir>/storage`, as k3s.
@@ -255,6 +257,9 @@ async fn run_controllers(config: Config, client: kube::Client) -> Result<(), Err
     }
     if config.enabled("tokencleaner") {
         set.spawn(tokencleaner::run(client.clone()));
+    }
+    if config.enabled("horizontalpodautoscaling") {
+        set.spawn(hpa::run(client.clone(), recorder.clone()));
     }
     if config.enabled("garbagecollector") {
         set.spawn(gc::run(client.clone()));

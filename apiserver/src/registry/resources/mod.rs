@@ -4,6 +4,7 @@ use super::*;
 use k8s_openapi::api::core::v1 as corev1;
 
 mod apps;
+mod autoscaling;
 mod batch;
 pub mod certificates;
 mod coordination;
@@ -20,6 +21,7 @@ mod storage;
 mod util;
 
 pub use self::apps::{CONTROLLERREVISIONS, DAEMONSETS, DEPLOYMENTS, REPLICASETS, STATEFULSETS};
+pub use self::autoscaling::{HPA_V1, HPA_V2};
 pub use self::batch::{CRONJOBS, JOBS};
 pub use self::certificates::CERTIFICATESIGNINGREQUESTS;
 pub use self::coordination::LEASES;
@@ -63,6 +65,8 @@ pub static ALL: &[ResourceDef] = &[
     STATEFULSETS,
     DAEMONSETS,
     CONTROLLERREVISIONS,
+    HPA_V2,
+    HPA_V1,
     JOBS,
     CRONJOBS,
     NETWORKPOLICIES,
