@@ -401,6 +401,19 @@ fn decide(
                         &pdbs,
                     ) {
                         Some(c) => (fit.filter_message(), Some(c)),
+                        None if plugins::default_preemption::waits_for_victims(
+                            &qp.info, &cache,
+                        ) =>
+                        {
+                            (
+                                format!(
+                                    "{} preemption: {}.",
+                                    fit.filter_message(),
+                                    plugins::default_preemption::WAITING_FOR_VICTIMS
+                                ),
+                                None,
+                            )
+                        }
                         None => (fit.message(), None),
                     }
                 });

@@ -39,21 +39,24 @@ pub struct Candidate {
     pub num_pdb_violations: usize,
 }
 
+/// kube-scheduler's PostFilter message for a pod whose earlier victims are still terminating.
+pub const WAITING_FOR_VICTIMS: &str =
+    "not eligible due to a terminating pod on the nominated node.";
+
+/// Whether the pod is nominated to a node where pods of lower priority (its victims) are still
+/// terminating: it waits for them instead of preempting again.
+pub fn waits_for_victims(pod: &PodInfo, cache: &Cache) -> bool {
+    !pod.nominated_node_name.is_empty()
+        && cache.node(&pod.nominated_node_name).is_some_and(|node| {
+            node.pods
+                .iter()
+                .any(|p| p.terminating && p.priority < pod.priority)
+        })
+}
+
 /// `PodEligibleToPreemptOthers`.
 pub fn eligible(pod: &PodInfo, cache: &Cache) -> bool {
-    if pod.preemption_never {
-        return false;
-    }
-    if !pod.nominated_node_name.is_empty()
-        && let Some(node) = cache.node(&pod.nominated_node_name)
-        && node
-            .pods
-            .iter()
-            .any(|p| p.terminating && p.priority < pod.priority)
-    {
-        return false;
-    }
-    true
+    !pod.preemption_never && !waits_for_victims(pod, cache)
 }
 
 /// `MoreImportantPod`: higher priority first, then the one that started earlier.
