@@ -118,6 +118,14 @@ fn drain_waits_for_the_disruption_budget() -> anyhow::Result<()> {
         ],
         "{table}"
     );
+    let described = k.ok(&["describe", "pdb", "web"])?;
+    for line in [
+        "Min available:  2",
+        "Allowed disruptions:  0",
+        "Current:              2",
+    ] {
+        assert!(described.contains(line), "{described}");
+    }
     let row: Vec<&str> = table
         .lines()
         .nth(1)
