@@ -449,3 +449,30 @@ async fn unready_pods_and_dry_runs() {
     );
     assert_eq!(v["details"]["retryAfterSeconds"], json!(10));
 }
+
+#[tokio::test]
+async fn concurrent_evictions_never_spend_one_disruption_twice() {
+    let api = Api::new().await;
+    budget(&api, "one", "race", None).await;
+    for i in 0..4 {
+        running_pod(&api, &format!("race-{i}"), json!({"app": "race"})).await;
+    }
+    set_budget(&api, "one", 1, 4, 3).await;
+    let uris: Vec<String> = (0..4)
+        .map(|i| format!("{PODS}/race-{i}/eviction"))
+        .collect();
+    let results = futures::future::join_all(
+        (0..4).map(|i| api.send("POST", &uris[i], Some(eviction(&format!("race-{i}"))))),
+    )
+    .await;
+    let mut codes: Vec<u16> = results.iter().map(|(c, _)| *c).collect();
+    codes.sort_unstable();
+    assert_eq!(codes, [201, 429, 429, 429], "{results:?}");
+    let b = api.ok("GET", &format!("{PDBS}/one"), None).await;
+    assert_eq!(b["status"]["disruptionsAllowed"], json!(0));
+    assert_eq!(
+        b["status"]["disruptedPods"].as_object().map(|m| m.len()),
+        Some(1),
+        "{b}"
+    );
+}
