@@ -236,6 +236,17 @@ pub fn cluster_roles() -> Vec<Value> {
             ],
             None,
         ),
+        // metrics-server's role: `kubectl top` for everyone who may view pods.
+        cluster_role(
+            "system:aggregated-metrics-reader",
+            json!({
+                "rbac.authorization.k8s.io/aggregate-to-view": "true",
+                "rbac.authorization.k8s.io/aggregate-to-edit": "true",
+                "rbac.authorization.k8s.io/aggregate-to-admin": "true",
+            }),
+            vec![rule(READ, &["metrics.k8s.io"], &["pods", "nodes"])],
+            None,
+        ),
         cluster_role(
             "system:aggregate-to-view",
             json!({"rbac.authorization.k8s.io/aggregate-to-view": "true"}),

@@ -206,6 +206,19 @@ fn top_and_horizontal_pod_autoscaling() -> anyhow::Result<()> {
             .any(|l| l.starts_with("default ") && l.contains(" burn ")),
         "{all}"
     );
+    // Older kubectl (1.27, 1.30) read the same API.
+    for minor in [27, 30] {
+        let old = Kubectl::new(
+            minor,
+            node.data.join("admin.kubeconfig"),
+            tmp.path().join(format!("kubectl-cache-{minor}")),
+        );
+        let out = old.ok(&["top", "pods", "--containers"])?;
+        assert!(
+            container_cpu(&out, "burn", "loop").is_some(),
+            "kubectl 1.{minor}: {out}"
+        );
+    }
     let labelled = k.ok(&["top", "pods", "-l", "role=burn"])?;
     assert!(
         labelled.contains("burn") && !labelled.contains("idle"),
@@ -229,7 +242,13 @@ fn top_and_horizontal_pod_autoscaling() -> anyhow::Result<()> {
         "patch", "hpa", "web", "--type=merge", "-p",
         r#"{"spec":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":15},"scaleUp":{"stabilizationWindowSeconds":0}}}}"#,
     ])?;
-    k.ok(&[
+    // kubectl 1.27 writes autoscaling/v1.
+    let k27 = Kubectl::new(
+        27,
+        node.data.join("admin.kubeconfig"),
+        tmp.path().join("kubectl-cache-27"),
+    );
+    k27.ok(&[
         "autoscale",
         "deployment",
         "noreq",
