@@ -60,6 +60,23 @@ spec:
         resources: {requests: {cpu: 100m}, limits: {cpu: 200m}}
 "#;
 
+/// An autoscaling/v2 manifest (kubectl validates it against the served OpenAPI) whose target
+/// does not exist.
+const GHOST_HPA: &str = r#"
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: ghost}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: ghost}
+  minReplicas: 1
+  maxReplicas: 2
+  metrics:
+  - type: Resource
+    resource: {name: memory, target: {type: AverageValue, averageValue: 100Mi}}
+  behavior:
+    scaleDown: {stabilizationWindowSeconds: 10, policies: [{type: Pods, value: 1, periodSeconds: 30}]}
+"#;
+
 const NOREQ: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -255,6 +272,7 @@ fn top_and_horizontal_pod_autoscaling() -> anyhow::Result<()> {
         "--cpu-percent=50",
         "--max=2",
     ])?;
+    k.ok_stdin(&["apply", "-f", "-"], GHOST_HPA)?;
     let up = Instant::now();
     wait_for(
         k,
@@ -370,6 +388,16 @@ fn top_and_horizontal_pod_autoscaling() -> anyhow::Result<()> {
         "jsonpath={.status.conditions[?(@.type==\"ScalingActive\")].reason}",
     ])?;
     assert_eq!(active.trim(), "FailedGetResourceMetric");
+    let ghost = k.ok(&[
+        "get", "hpa", "ghost", "-o",
+        "jsonpath={.status.conditions[?(@.type==\"AbleToScale\")].reason} {.spec.behavior.scaleUp.policies[*].type}",
+    ])?;
+    assert_eq!(ghost.trim(), "FailedGetScale Pods Percent", "{ghost}");
+    let describe = k.ok(&["describe", "hpa", "web"])?;
+    assert!(
+        describe.contains("SuccessfulRescale") && describe.contains("Deployment/web"),
+        "{describe}"
+    );
     println!("metrics test took {:?}", t0.elapsed());
     Ok(())
 }
