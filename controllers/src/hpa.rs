@@ -666,8 +666,7 @@ fn behavior_rules(
 }
 
 /// Runs the controller until the process stops.
-pub async fn run(client: Client, recorder: Recorder) -> Result<(), Error> {
-    let s = Settings::default();
+pub async fn run(client: Client, recorder: Recorder, s: Settings) -> Result<(), Error> {
     let mut ctl = Controller {
         client,
         recorder,

@@ -89,6 +89,8 @@ pub struct Config {
     /// serving request naming only its name and Node addresses (Kubernetes leaves those to a
     /// human or an add-on).
     pub approve_kubelet_serving: bool,
+    /// The horizontal pod autoscaler's `--horizontal-pod-autoscaler-*` settings.
+    pub horizontal_pod_autoscaler: hpa::Settings,
 }
 
 impl Default for Config {
@@ -107,6 +109,7 @@ impl Default for Config {
             cluster_signing_key_file: None,
             cluster_signing_duration: csrsigning::DEFAULT_SIGNING_DURATION,
             approve_kubelet_serving: false,
+            horizontal_pod_autoscaler: hpa::Settings::default(),
         }
     }
 }
@@ -259,7 +262,11 @@ async fn run_controllers(config: Config, client: kube::Client) -> Result<(), Err
         set.spawn(tokencleaner::run(client.clone()));
     }
     if config.enabled("horizontalpodautoscaling") {
-        set.spawn(hpa::run(client.clone(), recorder.clone()));
+        set.spawn(hpa::run(
+            client.clone(),
+            recorder.clone(),
+            config.horizontal_pod_autoscaler.clone(),
+        ));
     }
     if config.enabled("garbagecollector") {
         set.spawn(gc::run(client.clone()));

@@ -30,7 +30,7 @@ struct Args {
     #[arg(long, env = "LOTSE_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
     /// Controllers to run: `*` for all, a name to enable, `-name` to disable
-    /// (replicaset, deployment, namespace, serviceaccount, garbagecollector, endpoints, job, nodelifecycle, daemonset, statefulset, persistentvolume-binder, csrapproving, csrsigning, bootstrapsigner, tokencleaner).
+    /// (replicaset, deployment, namespace, serviceaccount, garbagecollector, endpoints, job, nodelifecycle, daemonset, statefulset, persistentvolume-binder, csrapproving, csrsigning, bootstrapsigner, tokencleaner, horizontalpodautoscaling).
     #[arg(
         long,
         env = "LOTSE_CONTROLLERS",
@@ -58,6 +58,22 @@ struct Args {
     /// addresses (off by default, as in Kubernetes, where an add-on does this).
     #[arg(long, env = "LOTSE_APPROVE_KUBELET_SERVING", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     approve_kubelet_serving: bool,
+    /// How often every HorizontalPodAutoscaler is reconciled.
+    #[arg(long, env = "LOTSE_HPA_SYNC_PERIOD", default_value = "15s", value_parser = parse_duration)]
+    horizontal_pod_autoscaler_sync_period: Duration,
+    /// The minimum change (from 1.0) in the desired-to-actual metrics ratio for the autoscaler to scale.
+    #[arg(long, env = "LOTSE_HPA_TOLERANCE", default_value_t = 0.1)]
+    horizontal_pod_autoscaler_tolerance: f64,
+    /// How far back the autoscaler looks for a higher recommendation before it scales down
+    /// (HPAs without `behavior`).
+    #[arg(long, env = "LOTSE_HPA_DOWNSCALE_STABILIZATION", default_value = "5m", value_parser = parse_duration)]
+    horizontal_pod_autoscaler_downscale_stabilization: Duration,
+    /// After a pod starts, how long its CPU samples may be skipped while it is not ready.
+    #[arg(long, env = "LOTSE_HPA_CPU_INITIALIZATION_PERIOD", default_value = "5m", value_parser = parse_duration)]
+    horizontal_pod_autoscaler_cpu_initialization_period: Duration,
+    /// After a pod starts, how long an unready pod is taken as not yet having been ready.
+    #[arg(long, env = "LOTSE_HPA_INITIAL_READINESS_DELAY", default_value = "30s", value_parser = parse_duration)]
+    horizontal_pod_autoscaler_initial_readiness_delay: Duration,
 }
 
 /// Parses `40s`, `5m`, `1h` or plain seconds.
@@ -113,6 +129,13 @@ async fn main() -> anyhow::Result<()> {
         cluster_signing_key_file: args.cluster_signing_key_file,
         cluster_signing_duration: args.cluster_signing_duration,
         approve_kubelet_serving: args.approve_kubelet_serving,
+        horizontal_pod_autoscaler: controllers::hpa::Settings {
+            sync_period: args.horizontal_pod_autoscaler_sync_period,
+            tolerance: args.horizontal_pod_autoscaler_tolerance,
+            downscale_stabilization: args.horizontal_pod_autoscaler_downscale_stabilization,
+            cpu_initialization_period: args.horizontal_pod_autoscaler_cpu_initialization_period,
+            initial_readiness_delay: args.horizontal_pod_autoscaler_initial_readiness_delay,
+        },
     };
     controllers::run(config, client)
         .await
