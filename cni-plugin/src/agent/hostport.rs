@@ -15,10 +15,15 @@ use super::render::{Chain, Ruleset};
 /// One published port: `proto host_ip:host_port` → `pod_ip:container_port`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HostPort {
+    /// `tcp`, `udp` or `sctp`.
     pub proto: String,
+    /// `hostIP`: only this node address (None: every local address).
     pub host_ip: Option<Ipv4Addr>,
+    /// `hostPort`.
     pub host_port: u16,
+    /// The pod's address.
     pub pod_ip: Ipv4Addr,
+    /// `containerPort`.
     pub container_port: u16,
 }
 
