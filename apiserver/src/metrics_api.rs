@@ -431,7 +431,12 @@ pub async fn handle(
     version: &str,
     rest: &[&str],
     query: &Query,
+    accept: &str,
 ) -> ApiResult<Response> {
+    let as_table = matches!(
+        crate::request::response_format(Some(accept)),
+        crate::request::ResponseFormat::Table
+    );
     if version != VERSION {
         return Err(ApiError::no_such_resource());
     }
@@ -478,8 +483,12 @@ pub async fn handle(
                     .next()
                     .ok_or_else(|| ApiError::not_found_gr(GROUP, "nodemetrics", n))?;
                 with_type(&mut item, "NodeMetrics");
+                if as_table {
+                    return Ok(ok(&table(&[item], query)));
+                }
                 Ok(ok(&item))
             }
+            None if as_table => Ok(ok(&table(&items, query))),
             None => Ok(ok(&list("NodeMetricsList", items))),
         };
     }
@@ -491,10 +500,89 @@ pub async fn handle(
                 .next()
                 .ok_or_else(|| ApiError::not_found_gr(GROUP, "podmetrics", n))?;
             with_type(&mut item, "PodMetrics");
+            if as_table {
+                return Ok(ok(&table(&[item], query)));
+            }
             Ok(ok(&item))
         }
+        None if as_table => Ok(ok(&table(&items, query))),
         None => Ok(ok(&list("PodMetricsList", items))),
     }
+}
+
+/// Nanocores of a CPU quantity as [`cpu_quantity`] writes it.
+fn cpu_nanos(q: &str) -> u64 {
+    let (num, mult) = match q.char_indices().last() {
+        Some((i, 'n')) => (&q[..i], 1),
+        Some((i, 'u')) => (&q[..i], 1_000),
+        Some((i, 'm')) => (&q[..i], 1_000_000),
+        _ => (q, 1_000_000_000),
+    };
+    num.parse::<u64>().unwrap_or(0) * mult
+}
+
+/// Bytes of a memory quantity as [`memory_quantity`] writes it.
+fn bytes(q: &str) -> u64 {
+    for (shift, suffix) in [
+        (60, "Ei"),
+        (50, "Pi"),
+        (40, "Ti"),
+        (30, "Gi"),
+        (20, "Mi"),
+        (10, "Ki"),
+    ] {
+        if let Some(n) = q.strip_suffix(suffix) {
+            return n.parse::<u64>().unwrap_or(0) << shift;
+        }
+    }
+    q.parse().unwrap_or(0)
+}
+
+/// metrics-server's Table: Name, one column per resource (cpu, memory; a pod's containers
+/// summed), Window.
+fn table(items: &[Value], query: &Query) -> Value {
+    let columns = json!([
+        {"name": "Name", "type": "string", "format": "name", "description": "Name of the resource", "priority": 0},
+        {"name": "cpu", "type": "string", "format": "quantity", "description": "", "priority": 0},
+        {"name": "memory", "type": "string", "format": "quantity", "description": "", "priority": 0},
+        {"name": "Window", "type": "string", "format": "duration", "description": "", "priority": 0},
+    ]);
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|item| {
+            let usages: Vec<&Value> = match item.get("containers").and_then(Value::as_array) {
+                Some(cs) => cs.iter().filter_map(|c| c.get("usage")).collect(),
+                None => item.get("usage").into_iter().collect(),
+            };
+            let get =
+                |u: &&Value, k: &str| u.get(k).and_then(Value::as_str).unwrap_or("0").to_string();
+            let cpu: u64 = usages.iter().map(|u| cpu_nanos(&get(u, "cpu"))).sum();
+            let memory: u64 = usages.iter().map(|u| bytes(&get(u, "memory"))).sum();
+            let mut row = serde_json::Map::new();
+            row.insert(
+                "cells".into(),
+                json!([
+                    item.pointer("/metadata/name")
+                        .cloned()
+                        .unwrap_or(Value::Null),
+                    cpu_quantity(cpu),
+                    memory_quantity(memory),
+                    item.get("window").cloned().unwrap_or(Value::Null),
+                ]),
+            );
+            match query.get("includeObject") {
+                Some("None") => {}
+                Some("Object") => {
+                    row.insert("object".into(), item.clone());
+                }
+                _ => {
+                    row.insert("object".into(), crate::table::partial_metadata(item));
+                }
+            }
+            Value::Object(row)
+        })
+        .collect();
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {}, "columnDefinitions": columns, "rows": rows})
 }
 
 fn ok(v: &Value) -> Response {
@@ -743,6 +831,32 @@ resource_scrape_error 0
         assert_eq!(memory_quantity(8 << 20), "8Mi");
         assert_eq!(memory_quantity(1000), "1000");
         assert_eq!(memory_quantity(0), "0");
+    }
+
+    #[test]
+    fn tables_sum_a_pods_containers() {
+        let pod = json!({
+            "metadata": {"name": "web", "namespace": "default"}, "window": "15s",
+            "containers": [
+                {"name": "a", "usage": {"cpu": "250m", "memory": "4Mi"}},
+                {"name": "b", "usage": {"cpu": "123456n", "memory": "1000"}},
+            ],
+        });
+        let t = table(&[pod], &Query::default());
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!(["web", "250123456n", "4195304", "15s"])
+        );
+        assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(names, ["Name", "cpu", "memory", "Window"]);
+        assert_eq!(cpu_nanos("2"), 2_000_000_000);
+        assert_eq!(bytes("8Mi"), 8 << 20);
     }
 
     #[test]

@@ -104,9 +104,11 @@ impl AppState {
 
     /// The watch cache of a resource.
     pub fn cacher(&self, def: &ResourceDef) -> ApiResult<&Arc<Cacher>> {
-        self.caches.get(&(def.group, def.version, def.plural)).ok_or_else(|| {
-            ApiError::internal(format!("no watch cache for {}", def.group_resource()))
-        })
+        self.caches
+            .get(&(def.group, def.version, def.plural))
+            .ok_or_else(|| {
+                ApiError::internal(format!("no watch cache for {}", def.group_resource()))
+            })
     }
 
     /// The watch cache of any served resource, custom resources included (their caches start
@@ -289,8 +291,16 @@ async fn dispatch_inner(
     };
     if group == crate::metrics_api::GROUP {
         let store = state.resource_metrics.clone();
-        return crate::metrics_api::handle(state, &store, &parts.method, version, rest, &query)
-            .await;
+        return crate::metrics_api::handle(
+            state,
+            &store,
+            &parts.method,
+            version,
+            rest,
+            &query,
+            &accept,
+        )
+        .await;
     }
     if crate::componentstatus::is_path(group, version, rest) {
         return crate::componentstatus::handle(state, &parts.method, &parts.headers, rest, &query)

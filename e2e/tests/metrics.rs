@@ -192,7 +192,7 @@ fn top_and_horizontal_pod_autoscaling() -> anyhow::Result<()> {
         "kubectl top pods --containers with the burner's figure",
         Duration::from_secs(60),
         |out| {
-            container_cpu(out, "burn", "loop").is_some_and(|c| c >= 150)
+            container_cpu(out, "burn", "loop").is_some_and(|c| c >= 100)
                 && container_cpu(out, "idle", "main").is_some()
         },
     )
@@ -236,6 +236,15 @@ fn top_and_horizontal_pod_autoscaling() -> anyhow::Result<()> {
             "kubectl 1.{minor}: {out}"
         );
     }
+    // metrics-server's Table through kubectl get.
+    let table = k.ok(&["get", "pods.metrics.k8s.io", "burn"])?;
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "CPU", "MEMORY", "WINDOW"], "{table}");
     let labelled = k.ok(&["top", "pods", "-l", "role=burn"])?;
     assert!(
         labelled.contains("burn") && !labelled.contains("idle"),
