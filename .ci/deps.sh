@@ -12,7 +12,7 @@
 # busybox-static, gcc, libc6-dev, jq, debootstrap: `lotse images build` (busybox, the pause
 #   binary, and nginx on a debootstrapped Debian from the machine's own mirror).
 set -euo pipefail
-pkgs=(protobuf-compiler libprotobuf-dev etcd-server containerd runc containernetworking-plugins iproute2 util-linux nftables busybox-static gcc libc6-dev jq debootstrap docker-registry skopeo apache2-utils e2fsprogs tzdata)
+pkgs=(protobuf-compiler libprotobuf-dev etcd-server containerd runc containernetworking-plugins iproute2 util-linux nftables busybox-static gcc libc6-dev jq debootstrap docker-registry skopeo apache2-utils e2fsprogs tzdata openssl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

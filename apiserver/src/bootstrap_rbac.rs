@@ -728,6 +728,18 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             vec![user(KUBE_PROXY_USER)],
         ),
         binding("system:lotse:dns", "system:lotse:dns", vec![user(DNS_USER)]),
+        // A node that joined (`lotse join`) runs its network agent with the node's own
+        // credentials, as k3s's agent runs kube-proxy beside the kubelet.
+        binding(
+            "lotse:node-proxier",
+            "system:node-proxier",
+            vec![group("system:nodes")],
+        ),
+        binding(
+            "lotse:node-network-policy",
+            "system:lotse:network-policy",
+            vec![group("system:nodes")],
+        ),
     ]
 }
 

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use apiserver::bootstrap_token::BootstrapToken;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use clap::Parser;
@@ -96,37 +97,13 @@ pub struct JoinArgs {
     pub csr_timeout: u64,
 }
 
-/// A bootstrap token `<id>.<secret>` (`[a-z0-9]{6}.[a-z0-9]{16}`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct BootstrapToken {
-    pub id: String,
-    pub secret: String,
-}
-
-impl std::str::FromStr for BootstrapToken {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        let ok = |p: &str, n: usize| {
-            p.len() == n
-                && p.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        };
-        match s.split_once('.') {
-            Some((id, secret)) if ok(id, 6) && ok(secret, 16) => Ok(BootstrapToken {
-                id: id.into(),
-                secret: secret.into(),
-            }),
-            _ => bail!(
-                "the bootstrap token {s:?} was not of the form \"^([a-z0-9]{{6}})\\\\.([a-z0-9]{{16}})$\""
-            ),
-        }
-    }
-}
-
-impl std::fmt::Display for BootstrapToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.id, self.secret)
-    }
+/// Parses a bootstrap token `<id>.<secret>`, or says which form it needs (kubeadm's words).
+pub fn parse_token(s: &str) -> anyhow::Result<BootstrapToken> {
+    BootstrapToken::parse(s).with_context(|| {
+        format!(
+            "the bootstrap token {s:?} was not of the form \"^([a-z0-9]{{6}})\\\\.([a-z0-9]{{16}})$\""
+        )
+    })
 }
 
 /// Checks a detached JWS (`<header>..<signature>`, RFC 7515 appendix F) over `content`, HS256
@@ -360,7 +337,7 @@ pub async fn credentials(a: &JoinArgs, node_name: &str) -> anyhow::Result<PathBu
             path.display()
         );
     };
-    let token: BootstrapToken = token.parse()?;
+    let token = parse_token(token)?;
     let url = server_url(&a.server);
     let ca = discover(
         &url,
@@ -409,9 +386,9 @@ pub async fn join(a: JoinArgs) -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
         ..a
     };
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
     let node_name = a.node_name.clone().unwrap_or_else(host_name);
+    // Discovery and the node's certificate first: a refused join installs and leaves nothing.
+    let kubeconfig = credentials(&a, &node_name).await?;
     let root_dir = data_dir.join("kubelet");
     let images_dir = a
         .images_dir
@@ -420,12 +397,13 @@ pub async fn join(a: JoinArgs) -> anyhow::Result<()> {
     let has_images = std::fs::read_dir(&images_dir)
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
-    let build = !has_images && !a.images.is_empty();
+    let images: Vec<String> = a.images.iter().filter(|i| !i.is_empty()).cloned().collect();
+    let build = !has_images && !images.is_empty();
     if !a.no_install {
-        install_missing(true, if build { &a.images } else { &[] })?;
+        install_missing(true, if build { &images } else { &[] })?;
     }
     if build {
-        build_images(&images_dir, false, &a.images)?;
+        build_images(&images_dir, false, &images)?;
     }
     // The kubelet imports what is in <root>/images; a shared archive dir is linked there.
     if a.images_dir.is_some() {
@@ -437,7 +415,6 @@ pub async fn join(a: JoinArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("linking {}", link.display()))?;
         }
     }
-    let kubeconfig = credentials(&a, &node_name).await?;
     let client = crate::up::client_from(&kubeconfig).await?;
     let ca_pem = std::fs::read_to_string(data_dir.join("ca.crt"))
         .with_context(|| format!("reading {}", data_dir.join("ca.crt").display()))?;
@@ -494,7 +471,7 @@ mod tests {
     use super::*;
 
     fn token() -> BootstrapToken {
-        "abcdef.0123456789abcdef".parse().unwrap()
+        parse_token("abcdef.0123456789abcdef").unwrap()
     }
 
     #[test]
@@ -506,7 +483,7 @@ mod tests {
             "abcde.0123456789abcdef",
             "abcdef.0123",
         ] {
-            let e = bad.parse::<BootstrapToken>().unwrap_err().to_string();
+            let e = parse_token(bad).unwrap_err().to_string();
             assert!(e.contains("was not of the form"), "{bad}: {e}");
         }
     }
@@ -527,7 +504,7 @@ mod tests {
         let sig = sign("kubeconfig", &t);
         assert!(verify_detached_jws(&sig, "kubeconfig", &t));
         assert!(!verify_detached_jws(&sig, "kubeconfig2", &t));
-        let other: BootstrapToken = "abcdef.0123456789abcdee".parse().unwrap();
+        let other = parse_token("abcdef.0123456789abcdee").unwrap();
         assert!(!verify_detached_jws(&sig, "kubeconfig", &other));
         // An attached (non-detached) form or garbage is not accepted.
         assert!(!verify_detached_jws(
@@ -537,7 +514,7 @@ mod tests {
         ));
         assert!(!verify_detached_jws("x", "kubeconfig", &t));
         // kid must name this token.
-        let wrong_kid: BootstrapToken = "zzzzzz.0123456789abcdef".parse().unwrap();
+        let wrong_kid = parse_token("zzzzzz.0123456789abcdef").unwrap();
         assert!(!verify_detached_jws(&sig, "kubeconfig", &wrong_kid));
     }
 }

@@ -14,14 +14,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use base64::Engine as _;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::api::PostParams;
-use serde_json::json;
 
-use crate::join::BootstrapToken;
+use apiserver::bootstrap_token::{BootstrapToken, JWS_PREFIX};
 
 /// The underlay bridge in the host namespace.
 pub const BRIDGE: &str = "lotse-ul";
@@ -173,45 +171,21 @@ pub fn spawn_in_netns(
 /// A new bootstrap token for joining nodes, valid for `ttl` (a bootstrap-token Secret in
 /// `kube-system`, as `kubeadm token create` makes it).
 pub async fn create_token(admin: &kube::Client, ttl: Duration) -> anyhow::Result<BootstrapToken> {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::rng();
-    let mut pick = |n: usize| -> String {
-        (0..n)
-            .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-            .collect()
-    };
-    let token = BootstrapToken {
-        id: pick(6),
-        secret: pick(16),
-    };
+    let token = BootstrapToken::generate();
     let expiration = jiff::Timestamp::now()
         .checked_add(jiff::SignedDuration::try_from(ttl)?)?
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let secret: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": format!("bootstrap-token-{}", token.id), "namespace": "kube-system"},
-        "type": "bootstrap.kubernetes.io/token",
-        "data": {
-            "description": b64("lotse up: joins the nodes it runs"),
-            "token-id": b64(&token.id),
-            "token-secret": b64(&token.secret),
-            "expiration": b64(&expiration),
-            "usage-bootstrap-authentication": b64("true"),
-            "usage-bootstrap-signing": b64("true"),
-            "auth-extra-groups": b64("system:bootstrappers:kubeadm:default-node-token"),
-        },
-    }))?;
+    let secret: Secret = serde_json::from_value(
+        token.secret(Some(&expiration), "lotse up: joins the nodes it runs"),
+    )?;
     Api::<Secret>::namespaced(admin.clone(), "kube-system")
         .create(&PostParams::default(), &secret)
         .await
         .context("creating the bootstrap token")?;
     // Discovery needs the bootstrap signer's signature for this token in cluster-info.
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "kube-public");
-    let key = format!("jws-kubeconfig-{}", token.id);
+    let key = format!("{JWS_PREFIX}{}", token.id);
     for _ in 0..120 {
         if let Ok(cm) = cms.get("cluster-info").await
             && cm.data.is_some_and(|d| d.contains_key(&key))

@@ -25,23 +25,21 @@ pub use self::autoscaling::{HPA_V1, HPA_V2};
 pub use self::batch::{CRONJOBS, JOBS};
 pub use self::certificates::CERTIFICATESIGNINGREQUESTS;
 pub use self::coordination::LEASES;
-pub use self::core_extra::{COMPONENTSTATUSES, PODTEMPLATES, REPLICATIONCONTROLLERS};
 pub use self::core::{
     ENDPOINTS, EVENTS, LIMITRANGES, NODES, PODS, RESOURCEQUOTAS, SECRETS, SERVICEACCOUNTS, SERVICES,
 };
+pub use self::core_extra::{COMPONENTSTATUSES, PODTEMPLATES, REPLICATIONCONTROLLERS};
 pub use self::discovery::ENDPOINTSLICES;
 pub use self::events::{EVENTS_V1, from_core_event, to_core_event};
 pub use self::networking::NETWORKPOLICIES;
 pub use self::policy::PODDISRUPTIONBUDGETS;
 pub use self::rbac::{CLUSTERROLEBINDINGS, CLUSTERROLES, ROLEBINDINGS, ROLES};
-pub use self::scheduling::{
-    PRIORITYCLASSES, SYSTEM_PRIORITY_CLASSES, system_priority_class,
-};
-pub(crate) use self::util::selector_matches as label_selector_matches;
+pub use self::scheduling::{PRIORITYCLASSES, SYSTEM_PRIORITY_CLASSES, system_priority_class};
 pub use self::storage::{
     BETA_CLASS_ANNOTATION, DEFAULT_CLASS_ANNOTATION, PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES,
     STORAGECLASSES, is_default_class,
 };
+pub(crate) use self::util::selector_matches as label_selector_matches;
 
 /// Every served resource.
 pub static ALL: &[ResourceDef] = &[
