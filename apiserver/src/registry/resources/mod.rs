@@ -273,6 +273,9 @@ mod tests {
             "StorageClass" => json!({"provisioner": "rancher.io/local-path"}),
             "CertificateSigningRequest" => json!({"spec": certificates::tests::example_spec()}),
             "PriorityClass" => json!({"value": 1000}),
+            "HorizontalPodAutoscaler" => json!({"spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "x"},
+                "maxReplicas": 3}}),
             _ => json!({}),
         };
         if let (Value::Object(m), Value::Object(e)) = (&mut o, extra) {
@@ -340,9 +343,10 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for def in ALL {
             assert!(
-                seen.insert((def.group, def.plural)),
-                "duplicate {}",
-                def.group_resource()
+                seen.insert((def.group, def.version, def.plural)),
+                "duplicate {} {}",
+                def.group_resource(),
+                def.version
             );
         }
         assert!(lookup("apps", "v1", "deployments").is_some());
@@ -354,11 +358,14 @@ mod tests {
             lookup("", "v1", "nodes").map(|d| d.storage_prefix),
             Some("minions")
         );
-        let all_cat: Vec<&str> = ALL
+        // One name per resource: a resource served in two versions (HPA v2 and v1) is in the
+        // category once for kubectl, which resolves the preferred version.
+        let mut all_cat: Vec<&str> = ALL
             .iter()
             .filter(|d| d.categories.contains(&"all"))
             .map(|d| d.plural)
             .collect();
+        all_cat.dedup();
         assert_eq!(
             all_cat,
             [
@@ -369,6 +376,7 @@ mod tests {
                 "replicasets",
                 "statefulsets",
                 "daemonsets",
+                "horizontalpodautoscalers",
                 "jobs",
                 "cronjobs"
             ]
