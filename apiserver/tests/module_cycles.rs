@@ -42,6 +42,10 @@ const KNOWN: &[&str] = &[
     "tls",
     "tokenrequest",
     "watch",
+    // Joined with issue 17 (they take `&AppState` and answer through `handlers`/`table`, and
+    // `server`/`discovery` route to them): to be handed narrow handles like `eviction` (issue 12).
+    "componentstatus",
+    "metrics_api",
 ];
 
 fn rs_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
