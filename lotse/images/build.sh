@@ -2,13 +2,19 @@
 # Builds Lotse's base images offline as OCI archives (no registry): one archive per image in OUT_DIR,
 # which the kubelet imports into containerd at start (<root-dir>/images/).
 #
-# Usage: build.sh OUT_DIR [--force] [IMAGE...]     IMAGE: busybox pause nginx debian (default: all four)
+# Usage: build.sh OUT_DIR [--force] [IMAGE...]     IMAGE: busybox pause debian nginx postgres mariadb
+#                                                  (default: busybox pause debian nginx)
 #   busybox  docker.io/library/busybox:latest, :1.35, :1.35.0 (busybox-static's version)   (~1 s)
 #   pause    registry.k8s.io/pause:3.6   static C pause (gcc), the sandbox image               (~1 s)
 #   debian   docker.io/library/debian:latest, :12, :12.N, :bookworm   debootstrap minbase from the
 #            machine's Debian mirror                                                          (~45 s)
 #   nginx    docker.io/library/nginx:latest, :1.22, :1.22.1 (Debian's nginx version)  the debian
 #            rootfs + nginx from the mirror                                                (~15 s more)
+#   postgres docker.io/library/postgres:latest, :15, :15.N (Debian's PostgreSQL)   the debian rootfs +
+#            postgresql-15; docker-entrypoint.sh as the Docker Hub image's, UID 999     (~25 s more)
+#   mariadb  docker.io/library/mariadb:latest, :10.11, :10.11.N (Debian's MariaDB)  the debian rootfs +
+#            mariadb-server; docker-entrypoint.sh as the Docker Hub image's, UID 999   (~25 s more)
+#   debian, nginx, postgres and mariadb share one debootstrap when built in one run.
 # Every image carries `latest` and its real version, as the Docker Hub images do.
 # Needs: tar, sha256sum, jq, gzip; busybox-static (busybox), gcc + libc6-dev (pause), debootstrap (debian, nginx).
 # An archive that already exists is kept unless --force. Build output is deterministic for busybox and pause.
@@ -51,6 +57,18 @@ debian_rootfs() { # DIR
   rm -rf "$R"; cp -a "$WORK/debian-cache" "$R"
 }
 
+apt_in() { # ROOTFS PKG...: install Debian packages into a debian rootfs (no services started)
+  local R=$1; shift
+  cp /etc/resolv.conf "$R/etc/resolv.conf"
+  printf '#!/bin/sh\nexit 101\n' > "$R/usr/sbin/policy-rc.d"; chmod +x "$R/usr/sbin/policy-rc.d"
+  chroot "$R" /bin/sh -c 'export DEBIAN_FRONTEND=noninteractive; { [ -n "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock)" ] || apt-get update -qq; } &&
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null' sh "$@"
+  rm -f "$R/usr/sbin/policy-rc.d" "$R/etc/resolv.conf"
+}
+apt_clean() { # ROOTFS
+  chroot "$1" apt-get clean; rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/archives/*.deb
+}
+
 for img in "${IMAGES[@]}"; do
   T0=$(date +%s)
   case "$img" in
@@ -83,7 +101,48 @@ for img in "${IMAGES[@]}"; do
       ln -sf /dev/stdout "$R/var/log/nginx/access.log"; ln -sf /dev/stderr "$R/var/log/nginx/error.log"
       V=$(chroot "$R" dpkg-query -W -f='${Version}' nginx | sed 's/^[0-9]*://; s/-.*//')
       "$HERE/mkimage.sh" "$R" "$(tags docker.io/library/nginx latest "$V" "${V%.*}")" "$OUT/nginx.tar" --gzip -- nginx -g 'daemon off;' ;;
-    *) echo "unknown image '$img' (busybox pause debian nginx)" >&2; exit 2 ;;
+    postgres)
+      skip postgres && continue
+      debian_rootfs "$WORK/postgres"
+      R="$WORK/postgres"
+      # UID/GID 999 as the Docker Hub image (created before the packages, which then reuse it)
+      chroot "$R" sh -c 'groupadd -r -g 999 postgres && useradd -r -g postgres -u 999 -d /var/lib/postgresql -s /bin/bash postgres'
+      apt_in "$R" postgresql-common
+      # no cluster of Debian's own: the entrypoint makes one in $PGDATA
+      sed -ri 's/#(create_main_cluster) .*$/\1 = false/' "$R/etc/postgresql-common/createcluster.conf"
+      apt_in "$R" postgresql-15 libnss-wrapper xz-utils
+      apt_clean "$R"
+      PGV=$(chroot "$R" dpkg-query -W -f='${Version}' postgresql-15 | sed 's/^[0-9]*://; s/-.*//')
+      PGM=${PGV%%.*}
+      # listen on every address, as the Docker Hub image
+      sed -ri "s!^#?(listen_addresses)\s*=\s*\S+.*!\1 = '*'!" "$R/usr/share/postgresql/$PGM/postgresql.conf.sample"
+      grep -q "^listen_addresses = '\*'" "$R/usr/share/postgresql/$PGM/postgresql.conf.sample"
+      mkdir -p "$R/run/postgresql" "$R/var/lib/postgresql/data" "$R/docker-entrypoint-initdb.d"
+      chown -R 999:999 "$R/run/postgresql" "$R/var/lib/postgresql"
+      chmod 3777 "$R/run/postgresql"; chmod 1777 "$R/var/lib/postgresql/data"
+      install -m 755 "$HERE/postgres-entrypoint.sh" "$R/usr/local/bin/docker-entrypoint.sh"
+      "$HERE/mkimage.sh" "$R" "$(tags docker.io/library/postgres latest "$PGV" "$PGM")" "$OUT/postgres.tar" --gzip --keep-owners \
+        --env "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/postgresql/$PGM/bin" \
+        --env LANG=C.UTF-8 --env "PG_MAJOR=$PGM" --env "PG_VERSION=$PGV" --env PGDATA=/var/lib/postgresql/data \
+        --entrypoint docker-entrypoint.sh --port 5432/tcp -- postgres ;;
+    mariadb)
+      skip mariadb && continue
+      debian_rootfs "$WORK/mariadb"
+      R="$WORK/mariadb"
+      chroot "$R" sh -c 'groupadd -r -g 999 mysql && useradd -r -g mysql -u 999 -d /var/lib/mysql -s /usr/sbin/nologin mysql'
+      apt_in "$R" mariadb-server mariadb-client xz-utils
+      apt_clean "$R"
+      MV=$(chroot "$R" dpkg-query -W -f='${Version}' mariadb-server | sed 's/^[0-9]*://; s/-.*//')
+      # the package's own database goes: the entrypoint makes one in the (empty) data directory;
+      # listen on every address and skip name resolution, as the Docker Hub image
+      rm -rf "$R/var/lib/mysql"; mkdir -p "$R/var/lib/mysql" "$R/run/mysqld" "$R/docker-entrypoint-initdb.d"
+      chown 999:999 "$R/var/lib/mysql" "$R/run/mysqld"; chmod 1777 "$R/run/mysqld"
+      sed -ri 's/^(bind-address|skip-networking)/#&/' "$R"/etc/mysql/mariadb.conf.d/*.cnf
+      printf '[mariadb]\nhost-cache-size=0\nskip-name-resolve\n' > "$R/etc/mysql/mariadb.conf.d/05-skipcache.cnf"
+      install -m 755 "$HERE/mariadb-entrypoint.sh" "$R/usr/local/bin/docker-entrypoint.sh"
+      "$HERE/mkimage.sh" "$R" "$(tags docker.io/library/mariadb latest "$MV" "${MV%.*}")" "$OUT/mariadb.tar" --gzip --keep-owners \
+        --env LANG=C.UTF-8 --env "MARIADB_VERSION=$MV" --entrypoint docker-entrypoint.sh --port 3306/tcp -- mariadbd ;;
+    *) echo "unknown image '$img' (busybox pause debian nginx postgres mariadb)" >&2; exit 2 ;;
   esac
   echo "$img: built $OUT/$img.tar in $(( $(date +%s) - T0 )) s"
 done

@@ -1,20 +1,36 @@
 #!/bin/bash
 # Build a single-layer OCI image archive from a rootfs directory, no registry, no daemon.
-# Usage: mkimage.sh ROOTFS_DIR IMAGE_REF[,IMAGE_REF...] OUT.tar [--gzip] -- CMD [ARGS...]
+# Usage: mkimage.sh ROOTFS_DIR IMAGE_REF[,IMAGE_REF...] OUT.tar [OPTION...] -- CMD [ARGS...]
+#   --gzip             gzip the layer
+#   --keep-owners      keep the rootfs' file owners (default: every file root-owned, deterministic)
+#   --env K=V          an image Env entry besides PATH (repeatable; a PATH=... entry replaces PATH)
+#   --entrypoint PATH  the image's Entrypoint (CMD then is its default arguments)
+#   --port P/tcp       an ExposedPorts entry (repeatable)
 #   e.g. mkimage.sh ./rootfs-busybox docker.io/library/busybox:latest,docker.io/library/busybox:1.35 busybox.tar -- /bin/sh
 # Each IMAGE_REF becomes one entry of the index (the same manifest), so the image carries every tag.
 # Then:  ctr -a SOCK -n k8s.io images import OUT.tar
 # Needs: tar, sha256sum, jq, (gzip if --gzip).
 set -euo pipefail
 ROOTFS=$1; REF=$2; OUT=$3; shift 3
-GZIP=0; if [ "${1:-}" = "--gzip" ]; then GZIP=1; shift; fi
-[ "${1:-}" = "--" ] && shift
+GZIP=0; KEEP=0; ENV_JSON='["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]'; EP_JSON=null; PORTS='{}'
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --gzip) GZIP=1; shift ;;
+    --keep-owners) KEEP=1; shift ;;
+    --env) ENV_JSON=$(jq -c --arg e "$2" 'if ($e|startswith("PATH=")) then map(select(startswith("PATH=")|not)) else . end + [$e]' <<<"$ENV_JSON"); shift 2 ;;
+    --entrypoint) EP_JSON=$(jq -cn --arg e "$2" '[$e]'); shift 2 ;;
+    --port) PORTS=$(jq -c --arg p "$2" '. + {($p): {}}' <<<"$PORTS"); shift 2 ;;
+    --) shift; break ;;
+    *) break ;;
+  esac
+done
 CMD_JSON=$(jq -cn '$ARGS.positional' --args -- "$@")
 [ "$CMD_JSON" = "[]" ] && CMD_JSON='["/bin/sh"]'
 W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
 mkdir -p "$W/blobs/sha256"
 # 1. layer (deterministic tar of the rootfs)
-tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$ROOTFS" -cf "$W/layer.tar" .
+OWNERS=(--owner=0 --group=0); [ $KEEP = 1 ] && OWNERS=()
+tar --sort=name --mtime=@0 "${OWNERS[@]}" --numeric-owner -C "$ROOTFS" -cf "$W/layer.tar" .
 DIFFID=$(sha256sum "$W/layer.tar" | cut -d' ' -f1)
 if [ $GZIP = 1 ]; then
   gzip -n -1 "$W/layer.tar"; LAYER="$W/layer.tar.gz"; LMT=application/vnd.oci.image.layer.v1.tar+gzip
@@ -22,9 +38,10 @@ else LAYER="$W/layer.tar"; LMT=application/vnd.oci.image.layer.v1.tar; fi
 LDIG=$(sha256sum "$LAYER" | cut -d' ' -f1); LSIZE=$(stat -c %s "$LAYER")
 mv "$LAYER" "$W/blobs/sha256/$LDIG"
 # 2. config
-jq -cn --arg d "sha256:$DIFFID" --argjson cmd "$CMD_JSON" '{
+jq -cn --arg d "sha256:$DIFFID" --argjson cmd "$CMD_JSON" --argjson env "$ENV_JSON" --argjson ep "$EP_JSON" --argjson ports "$PORTS" '{
   architecture:"amd64", os:"linux",
-  config:{Env:["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], Cmd:$cmd, WorkingDir:"/"},
+  config:({Env:$env, Cmd:$cmd, WorkingDir:"/"} + (if $ep then {Entrypoint:$ep} else {} end)
+    + (if $ports == {} then {} else {ExposedPorts:$ports} end)),
   rootfs:{type:"layers", diff_ids:[$d]},
   history:[{created_by:"mkimage.sh"}] }' > "$W/config.json"
 CDIG=$(sha256sum "$W/config.json" | cut -d' ' -f1); CSIZE=$(stat -c %s "$W/config.json")

@@ -15,7 +15,7 @@ pub struct BuildArgs {
     /// Rebuild archives that already exist.
     #[arg(long)]
     pub force: bool,
-    /// Images to build (busybox, pause, debian, nginx); default all.
+    /// Images to build (busybox, pause, debian, nginx, postgres, mariadb); default the first four.
     #[arg(value_delimiter = ',')]
     pub images: Vec<String>,
     /// Don't install missing build tools (as root, the Debian packages busybox-static, gcc,
@@ -27,6 +27,8 @@ pub struct BuildArgs {
 const BUILD_SH: &str = include_str!("../images/build.sh");
 const MKIMAGE_SH: &str = include_str!("../images/mkimage.sh");
 const PAUSE_C: &str = include_str!("../images/pause.c");
+const POSTGRES_ENTRYPOINT: &str = include_str!("../images/postgres-entrypoint.sh");
+const MARIADB_ENTRYPOINT: &str = include_str!("../images/mariadb-entrypoint.sh");
 
 /// Writes the embedded image scripts to a temp dir and runs build.sh.
 pub fn build_images(out: &Path, force: bool, images: &[String]) -> anyhow::Result<()> {
@@ -37,6 +39,8 @@ pub fn build_images(out: &Path, force: bool, images: &[String]) -> anyhow::Resul
         ("build.sh", BUILD_SH),
         ("mkimage.sh", MKIMAGE_SH),
         ("pause.c", PAUSE_C),
+        ("postgres-entrypoint.sh", POSTGRES_ENTRYPOINT),
+        ("mariadb-entrypoint.sh", MARIADB_ENTRYPOINT),
     ] {
         let p = dir.join(name);
         std::fs::write(&p, text)?;

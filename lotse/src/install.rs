@@ -49,7 +49,7 @@ fn build_needs(image: &str) -> &'static [Need] {
     match image {
         "busybox" => BUSYBOX_NEEDS,
         "pause" => PAUSE_NEEDS,
-        "debian" | "nginx" => DEBIAN_NEEDS,
+        "debian" | "nginx" | "postgres" | "mariadb" => DEBIAN_NEEDS,
         _ => &[],
     }
 }
@@ -170,7 +170,7 @@ pub fn install_missing(runtime: bool, images: &[String]) -> anyhow::Result<()> {
     if !images.is_empty() {
         needs.extend(MKIMAGE_NEEDS);
         for n in images.iter().flat_map(|img| build_needs(img)) {
-            // debian and nginx need the same tools
+            // debian, nginx, postgres and mariadb need the same tools
             if !needs.iter().any(|m| m.what == n.what) {
                 needs.push(n);
             }
