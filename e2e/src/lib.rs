@@ -21,6 +21,7 @@ use anyhow::{Context, anyhow, bail};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 pub mod lotse;
+pub mod multinode;
 
 /// Where the versioned kubectl binaries live (`kubectl.1.27` … `kubectl.1.33`).
 pub const KUBECTL_DIR: &str = "/usr/lib/google-cloud-sdk/bin";

@@ -1,19 +1,20 @@
 //! Several nodes on one machine (`lotse up --nodes 3`): each extra node a network namespace on
 //! the underlay bridge with its own containerd, kubelet and network agent, joined with a
 //! bootstrap token through `lotse join`. Checked with traffic and the real kubectl: pods on
-//! every node, pod to pod across nodes (TCP and UDP) without NAT, a ClusterIP Service from a pod
-//! on each node, a NodePort on every node address, cluster DNS from another node, pod egress to
-//! the host, cordon/drain/uncordon, a restart that resumes the same nodes, and joins refused for
-//! a wrong token or CA hash.
+//! every node, pod to pod across nodes (TCP, and UDP with the source address kept) without NAT,
+//! a ClusterIP Service from a pod on each node, a NodePort on every node address, cluster DNS
+//! from another node, pod egress to the host and out of the machine (masqueraded by the pod's
+//! node, and by the host on the way out), cordon/drain/uncordon, a restart that resumes the same
+//! nodes, and joins refused for a wrong token or CA hash. Takes about a minute.
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use e2e::Kubectl;
-use e2e::lotse::{Lotse, require_images, wait_for};
-
-const NODE: &str = "mn";
-const NODES: [&str; 3] = ["mn", "mn-2", "mn-3"];
+use e2e::lotse::{Lotse, wait_for};
+use e2e::multinode::{
+    Cluster, DnsProbe, NODE, NODE_IPS, NODES, Outside, PROBE_ANSWER, PeerRecorder, eventually,
+    pod_netns, step,
+};
 
 /// One web pod per node (required anti-affinity), answering with its pod name on 8080.
 const WEB: &str = r#"
@@ -49,184 +50,6 @@ spec:
   - {name: http, port: 80, targetPort: 8080}
 "#;
 
-struct Cluster {
-    lotse: Option<Lotse>,
-    k: Kubectl,
-    args: Vec<String>,
-    data: std::path::PathBuf,
-    table: String,
-}
-
-impl Cluster {
-    fn start(tmp: &Path) -> anyhow::Result<Cluster> {
-        let images = require_images(&["busybox.tar", "pause.tar"])?;
-        let data = tmp.join("data");
-        std::fs::create_dir_all(data.join("kubelet/images"))?;
-        for img in ["busybox.tar", "pause.tar"] {
-            let dst = data.join("kubelet/images").join(img);
-            if std::fs::hard_link(images.join(img), &dst).is_err() {
-                std::fs::copy(images.join(img), &dst)?;
-            }
-        }
-        let table = format!("lotse-mn-{}", std::process::id());
-        let args: Vec<String> = [
-            "--data-dir",
-            &data.to_string_lossy(),
-            "--secure-port",
-            &e2e::free_port()?.to_string(),
-            "--kubelet-port",
-            &e2e::free_port()?.to_string(),
-            "--node-name",
-            NODE,
-            "--nodes",
-            "3",
-            "--nftables-table",
-            &table,
-            "--images=",
-            "--no-install",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let lotse = Lotse::start(&data, &args)?;
-        let k = Kubectl::new(33, data.join("admin.kubeconfig"), tmp.join("kubectl-cache"));
-        Ok(Cluster {
-            lotse: Some(lotse),
-            k,
-            args,
-            data,
-            table,
-        })
-    }
-
-    fn log(&self) -> String {
-        let mut out = self.lotse.as_ref().map(|l| l.log()).unwrap_or_default();
-        for n in &NODES[1..] {
-            let p = self.data.join("nodes").join(n).join("lotse.log");
-            let text = std::fs::read_to_string(&p).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            out.push_str(&format!("\n--- {n} (last lines) ---\n"));
-            for l in tail.into_iter().rev() {
-                out.push_str(l);
-                out.push('\n');
-            }
-        }
-        out
-    }
-
-    fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
-        wait_for(
-            &self.k,
-            &[
-                "get",
-                "nodes",
-                "-o",
-                "jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type==\"Ready\")].status} {end}",
-            ],
-            "three Ready nodes",
-            timeout,
-            |s| NODES.iter().all(|n| s.contains(&format!("{n}=True"))),
-        )
-        .map(|_| ())
-        .with_context(|| self.log())
-    }
-
-    fn sh(&self, pod: &str, script: &str) -> anyhow::Result<String> {
-        self.k.ok(&["exec", pod, "--", "sh", "-c", script])
-    }
-
-    fn wget(&self, pod: &str, ip: &str, port: u16) -> anyhow::Result<String> {
-        Ok(self
-            .sh(pod, &format!("timeout 5 wget -q -O- http://{ip}:{port}/"))?
-            .trim()
-            .to_string())
-    }
-
-    /// (pod name, node, pod IP) of the `app=web` pods, once all three run.
-    fn web_pods(&self) -> anyhow::Result<Vec<(String, String, String)>> {
-        let out = wait_for(
-            &self.k,
-            &[
-                "get",
-                "pods",
-                "-l",
-                "app=web",
-                "--field-selector=status.phase=Running",
-                "-o",
-                "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP}{\"\\n\"}{end}",
-            ],
-            "three running web pods",
-            Duration::from_secs(120),
-            |s| s.lines().filter(|l| l.split(' ').count() == 3).count() == 3,
-        )
-        .with_context(|| self.log())?;
-        Ok(out
-            .lines()
-            .filter_map(|l| {
-                let mut w = l.split(' ');
-                Some((
-                    w.next()?.to_string(),
-                    w.next()?.to_string(),
-                    w.next()?.to_string(),
-                ))
-            })
-            .collect())
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if self.lotse.is_some() {
-            let _ = self.k.run(&[
-                "delete",
-                "deployment,pod",
-                "--all",
-                "--grace-period=1",
-                "--wait=true",
-                "--timeout=60s",
-            ]);
-        }
-        drop(self.lotse.take());
-        // The agents leave their rules in place when they stop (as kube-proxy); this run's
-        // tables go with the run, in the host's and the nodes' namespaces.
-        for ns in [None, Some("lotse-n2"), Some("lotse-n3")] {
-            let mut cmd = match ns {
-                Some(ns) => {
-                    let mut c = std::process::Command::new("ip");
-                    c.args(["netns", "exec", ns, "nft"]);
-                    c
-                }
-                None => std::process::Command::new("nft"),
-            };
-            let _ = cmd
-                .args(["delete", "table", "ip", &self.table])
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
-}
-
-fn step(t0: Instant, what: &str) {
-    eprintln!("[{:?}] {what}", t0.elapsed());
-}
-
-fn eventually<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let t0 = Instant::now();
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(e) if t0.elapsed() > timeout => {
-                return Err(e.context(format!("{what}: not within {timeout:?}")));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(300)),
-        }
-    }
-}
-
 /// `lotse join` from this host (where discovery fails before anything is installed).
 fn join(args: &[&str]) -> anyhow::Result<(bool, String)> {
     let out = std::process::Command::new(e2e::bin_dir().join("lotse"))
@@ -248,7 +71,7 @@ fn join(args: &[&str]) -> anyhow::Result<(bool, String)> {
 fn three_nodes_carry_pod_and_service_traffic() -> anyhow::Result<()> {
     let t0 = Instant::now();
     let tmp = tempfile::tempdir()?;
-    let mut c = Cluster::start(tmp.path())?;
+    let mut c = Cluster::start(tmp.path(), &[])?;
     c.wait_ready(Duration::from_secs(180))?;
     step(t0, "three nodes Ready");
     eprintln!(
@@ -258,7 +81,7 @@ fn three_nodes_carry_pod_and_service_traffic() -> anyhow::Result<()> {
 
     // Every node has its own InternalIP on the underlay and its own podCIDR.
     let wide = c.k.ok(&["get", "nodes", "-o", "wide"])?;
-    for ip in ["10.213.0.1", "10.213.0.2", "10.213.0.3"] {
+    for ip in NODE_IPS {
         assert!(wide.contains(ip), "{ip} missing from\n{wide}");
     }
     let cidrs =
@@ -299,6 +122,73 @@ fn three_nodes_carry_pod_and_service_traffic() -> anyhow::Result<()> {
     }
     step(t0, "pod to pod across nodes (TCP)");
 
+    // Pod to pod across nodes, UDP, in both directions of every node pair's ring (0→1, 1→2,
+    // 2→0): the client is busybox's nslookup in one pod, the server a tiny DNS responder the test
+    // runs inside the other pod's network namespace (busybox has no UDP server). The answer
+    // coming back proves the datagrams crossed both ways; the source address the server saw is
+    // the client pod's own (no NAT between pods).
+    for i in 0..pods.len() {
+        let (from, from_node, from_ip) = &pods[i];
+        let (to, to_node, to_ip) = &pods[(i + 1) % pods.len()];
+        assert_ne!(from_node, to_node);
+        let probe = DnsProbe::start(&pod_netns(&c.data, to_ip)?, Duration::from_secs(30))?;
+        let answer = eventually("pod to pod over UDP", Duration::from_secs(20), || {
+            let out = c.sh(from, &format!("nslookup probe.lotse.test {to_ip}"))?;
+            if !out.contains(PROBE_ANSWER) {
+                bail!("no answer: {out}");
+            }
+            Ok(out)
+        })?;
+        let sources: Vec<String> = probe.sources().iter().map(|a| a.ip().to_string()).collect();
+        assert!(
+            !sources.is_empty() && sources.iter().all(|s| s == from_ip),
+            "{from} ({from_ip}) → {to} ({to_ip}) over UDP: the server saw {sources:?}\n{answer}"
+        );
+    }
+    step(t0, "pod to pod across nodes (UDP), source addresses kept");
+
+    // Egress to the host: a pod on a joined node reaches an address on the host, masqueraded
+    // to its node's address by its node (the pod's own address means nothing off the pod
+    // network).
+    let host = PeerRecorder::start(None, Duration::from_secs(60))?;
+    for (from, node, _) in pods.iter().filter(|p| p.1 != NODE) {
+        let k = NODES.iter().position(|n| n == node).context("node")?;
+        let got = eventually("egress to the host", Duration::from_secs(20), || {
+            c.sh(
+                from,
+                &format!("timeout 5 nc 10.213.0.1 {} </dev/null", host.port),
+            )
+        })?;
+        assert_eq!(got.trim(), "hello", "{from}");
+        let peers: Vec<String> = host.peers().iter().map(|a| a.ip().to_string()).collect();
+        assert!(
+            !peers.is_empty() && peers.iter().all(|p| p == NODE_IPS[k]),
+            "{from} on {node}: the host saw {peers:?}"
+        );
+    }
+    // Egress out of the machine: to a network namespace standing for the world outside, which
+    // knows no route back to the nodes or the pods. Every node's pods get answers: the pod's
+    // node masquerades to its underlay address, and the host, the nodes' router, masquerades
+    // the underlay's traffic leaving the machine to its own address there.
+    let outside = Outside::create()?;
+    let world = PeerRecorder::start(Some(&outside.path()), Duration::from_secs(60))?;
+    for (from, node, _) in &pods {
+        let got = eventually("egress out of the machine", Duration::from_secs(20), || {
+            c.sh(
+                from,
+                &format!("timeout 5 nc {} {} </dev/null", Outside::IP, world.port),
+            )
+        })?;
+        assert_eq!(got.trim(), "hello", "{from} on {node}");
+    }
+    let peers: Vec<String> = world.peers().iter().map(|a| a.ip().to_string()).collect();
+    assert!(
+        peers.len() >= 3 && peers.iter().all(|p| p == "198.51.100.1"),
+        "the outside saw {peers:?}"
+    );
+    drop(outside);
+    step(t0, "egress to the host and out of the machine, masqueraded");
+
     // ClusterIP from a pod on each node.
     let cip =
         c.k.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])?;
@@ -325,7 +215,7 @@ fn three_nodes_carry_pod_and_service_traffic() -> anyhow::Result<()> {
         ])?
         .trim()
         .parse()?;
-    for ip in ["10.213.0.1", "10.213.0.2", "10.213.0.3"] {
+    for ip in NODE_IPS {
         let resp = eventually("NodePort", Duration::from_secs(20), || {
             e2e::lotse::http_get(ip, np)
         })?;
@@ -337,10 +227,7 @@ fn three_nodes_carry_pod_and_service_traffic() -> anyhow::Result<()> {
     step(t0, "NodePort on every node");
 
     // hostPort 8081 on each node's address leads to that node's own web pod.
-    for (k, ip) in ["10.213.0.1", "10.213.0.2", "10.213.0.3"]
-        .iter()
-        .enumerate()
-    {
+    for (k, ip) in NODE_IPS.iter().enumerate() {
         let resp = eventually("hostPort", Duration::from_secs(20), || {
             e2e::lotse::http_get(ip, 8081)
         })?;
@@ -353,8 +240,8 @@ fn three_nodes_carry_pod_and_service_traffic() -> anyhow::Result<()> {
     }
     step(t0, "hostPort on every node");
 
-    // UDP across nodes: cluster DNS (kube-dns's ClusterIP, answered on the host) from a pod on
-    // every node. (busybox has no UDP server for a pod-to-pod UDP check.)
+    // UDP through a ClusterIP across nodes: cluster DNS (kube-dns's ClusterIP, answered on the
+    // host) from a pod on every node.
     for (from, _, _) in &pods {
         let dns = eventually("cluster DNS", Duration::from_secs(30), || {
             c.sh(from, "nslookup web.default.svc.cluster.local")

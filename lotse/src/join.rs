@@ -89,6 +89,16 @@ pub struct JoinArgs {
     /// nftables table of the node network agent.
     #[arg(long, env = "LOTSE_NFTABLES_TABLE", default_value = "lotse")]
     pub nftables_table: String,
+    /// How pods reach the other nodes' pods (k3s's flag): `host-gw` (routes through the nodes'
+    /// addresses, one L2 segment) or `vxlan` (encapsulated, VNI 1, UDP 8472). Every node of a
+    /// cluster must use the same.
+    #[arg(
+        long,
+        env = "LOTSE_FLANNEL_BACKEND",
+        value_enum,
+        default_value = "host-gw"
+    )]
+    pub flannel_backend: cni_plugin::agent::routes::Backend,
     /// Don't install missing Debian packages (see `lotse up --help`).
     #[arg(long, env = "LOTSE_NO_INSTALL")]
     pub no_install: bool,
@@ -422,7 +432,7 @@ pub async fn join(a: JoinArgs) -> anyhow::Result<()> {
     let mut agent = cni_plugin::agent::AgentConfig::new(node_name.clone());
     agent.cluster_cidr = a.cluster_cidr;
     agent.table = a.nftables_table.clone();
-    agent.host_gw_routes = true;
+    agent.flannel_backend = Some(a.flannel_backend);
     // The server's agent writes LoadBalancer status; one writer is enough.
     agent.service_lb = false;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

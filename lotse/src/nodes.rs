@@ -3,7 +3,13 @@
 //! namespace (the host, node 1, is `<underlay>.1`). In it runs `lotse join` — the same path a
 //! second machine takes — with its own data dir, containerd, kubelet, network agent and cgroup
 //! root. The pod network between the nodes is host routes through the underlay (the agents'
-//! host-gw routes).
+//! host-gw routes) or VXLAN (`--flannel-backend=vxlan`).
+//!
+//! The host is the nodes' router to the world, as a home router or a cloud's NAT gateway is to
+//! machines on a private network: each node masquerades its pods' egress to its own underlay
+//! address (the agent's rule), and the host masquerades the underlay's traffic that leaves the
+//! machine ([`UNDERLAY_TABLE`]), so replies find their way back. Traffic between the nodes and to
+//! the pod network keeps its source address.
 //!
 //! Links and addresses are made with iproute2's `ip`, as lotse-cni makes the node bridge and the
 //! pods' veths today (moving all link plumbing to netlink is one change of its own).
@@ -25,6 +31,9 @@ use apiserver::bootstrap_token::{BootstrapToken, JWS_PREFIX};
 pub const BRIDGE: &str = "lotse-ul";
 /// Prefix of the nodes' network namespaces (`/run/netns/lotse-n<k>`).
 pub const NETNS_PREFIX: &str = "lotse-n";
+/// The host's nftables table (family `ip`) that masquerades the underlay's traffic leaving the
+/// machine.
+pub const UNDERLAY_TABLE: &str = "lotse-underlay";
 
 /// The underlay network: node k has its k-th address.
 #[derive(Clone, Copy, Debug)]
@@ -67,8 +76,25 @@ fn link_exists(name: &str, netns: Option<&str>) -> bool {
     ip(&args).is_ok()
 }
 
-/// The underlay bridge with the host's address on it.
-pub fn ensure_bridge(u: &Underlay) -> anyhow::Result<Ipv4Addr> {
+/// The nft transaction that (re)makes [`UNDERLAY_TABLE`]: traffic from the underlay to anywhere
+/// but the underlay and the pod network is masqueraded on its way out of the machine.
+fn underlay_masquerade(u: &Underlay, cluster_cidr: Ipv4Net) -> String {
+    let (t, c) = (UNDERLAY_TABLE, "postrouting");
+    format!(
+        "add table ip {t}\n\
+         delete table ip {t}\n\
+         add table ip {t}\n\
+         add chain ip {t} {c} {{ type nat hook postrouting priority srcnat ; }}\n\
+         add rule ip {t} {c} ip saddr {u} ip daddr != {{ {u}, {cc} }} oifname != \"{BRIDGE}\" \
+         masquerade comment \"the nodes' traffic leaving the machine\"\n",
+        u = u.cidr.trunc(),
+        cc = cluster_cidr.trunc(),
+    )
+}
+
+/// The underlay bridge with the host's address on it, and the masquerade of the underlay's
+/// traffic that leaves the machine.
+pub fn ensure_bridge(u: &Underlay, cluster_cidr: Ipv4Net) -> anyhow::Result<Ipv4Addr> {
     let host = u.node_ip(1)?;
     if !link_exists(BRIDGE, None) {
         ip(&["link", "add", BRIDGE, "type", "bridge"])?;
@@ -79,6 +105,9 @@ pub fn ensure_bridge(u: &Underlay) -> anyhow::Result<Ipv4Addr> {
     }
     ip(&["link", "set", BRIDGE, "up"])?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling ip_forward")?;
+    // nft, as the agent programs its rules: one atomic transaction in nft's own grammar.
+    cni_plugin::agent::nft::apply(&underlay_masquerade(u, cluster_cidr))
+        .context("masquerading the underlay's traffic that leaves the machine")?;
     Ok(host)
 }
 
@@ -127,6 +156,8 @@ pub fn remove_all() {
     if link_exists(BRIDGE, None) {
         let _ = ip(&["link", "del", BRIDGE]);
     }
+    let t = UNDERLAY_TABLE;
+    let _ = cni_plugin::agent::nft::apply(&format!("add table ip {t}\ndelete table ip {t}\n"));
 }
 
 /// Starts `program args` inside network namespace `netns`. It gets SIGTERM when its parent
@@ -220,5 +251,28 @@ mod tests {
         };
         assert!(small.node_ip(2).is_ok());
         assert!(small.node_ip(3).is_err());
+    }
+
+    #[test]
+    fn the_underlay_is_masqueraded_only_when_it_leaves_the_machine() {
+        let u = Underlay {
+            cidr: "10.213.0.0/24".parse().unwrap(),
+        };
+        let t = underlay_masquerade(&u, "10.244.0.0/16".parse().unwrap());
+        assert!(t.starts_with("add table ip lotse-underlay\ndelete table ip lotse-underlay\n"));
+        assert!(t.contains(
+            "ip saddr 10.213.0.0/24 ip daddr != { 10.213.0.0/24, 10.244.0.0/16 } oifname != \"lotse-ul\" masquerade"
+        ), "{t}");
+        if nft_usable() {
+            cni_plugin::agent::nft::check(&t).unwrap();
+        }
+    }
+
+    /// Whether this process may talk to nftables (root with nft installed).
+    fn nft_usable() -> bool {
+        Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .is_ok_and(|o| o.status.success())
     }
 }

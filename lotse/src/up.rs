@@ -90,6 +90,20 @@ pub struct UpArgs {
     /// first address, node k its k-th.
     #[arg(long, env = "LOTSE_NODE_NETWORK", default_value = "10.213.0.0/24")]
     node_network: ipnet::Ipv4Net,
+    /// How pods reach the other nodes' pods (k3s's flag): `host-gw` (routes through the nodes'
+    /// addresses, one L2 segment) or `vxlan` (encapsulated, VNI 1, UDP 8472, for nodes with
+    /// routers between them). Nodes joined by --nodes use the same.
+    #[arg(
+        long,
+        env = "LOTSE_FLANNEL_BACKEND",
+        value_enum,
+        default_value = "host-gw"
+    )]
+    flannel_backend: cni_plugin::agent::routes::Backend,
+    /// How long a node may go without renewing its Lease before it is marked NotReady
+    /// (unreachable) and its pods' tolerations start to count (kube-controller-manager's flag).
+    #[arg(long, env = "LOTSE_NODE_MONITOR_GRACE_PERIOD", default_value = "40s", value_parser = kubelet::images::parse_duration)]
+    node_monitor_grace_period: Duration,
 }
 
 pub(crate) async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
@@ -124,7 +138,8 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         cidr: a.node_network,
     };
     let underlay_ip = if a.nodes > 1 {
-        Some(crate::nodes::ensure_bridge(&underlay)?)
+        let cluster_cidr = a.cluster_cidr.parse().context("--cluster-cidr")?;
+        Some(crate::nodes::ensure_bridge(&underlay, cluster_cidr)?)
     } else {
         None
     };
@@ -194,6 +209,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         running.pki.ca_cert_pem().to_string(),
         data_dir.join("storage"),
         running.pki.dir().to_path_buf(),
+        a.node_monitor_grace_period,
     );
     components.spawn(async move {
         let cfg = scheduler::Config {
@@ -219,7 +235,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         let mut cfg = cni_plugin::agent::AgentConfig::new(node_name.clone());
         cfg.cluster_cidr = a.cluster_cidr.parse().context("--cluster-cidr")?;
         cfg.table = a.nftables_table.clone();
-        cfg.host_gw_routes = a.nodes > 1;
+        cfg.flannel_backend = (a.nodes > 1).then_some(a.flannel_backend);
         components.spawn(async move {
             let never = std::future::pending::<()>();
             if let Err(e) = cni_plugin::agent::run_with_kubeconfig(cfg, &agent_kc, never).await {
@@ -305,6 +321,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
             cluster_dns: cluster_dns_ip,
             cluster_domain: &a.cluster_domain,
             table: &a.nftables_table,
+            flannel_backend: a.flannel_backend,
         };
         let admin = client_from(&running.admin_kubeconfig).await?;
         extra_nodes = join.start(&admin, &underlay, a.nodes).await?;
@@ -352,6 +369,7 @@ fn start_controllers(
     ca_pem: String,
     local_path_dir: PathBuf,
     pki_dir: PathBuf,
+    node_monitor_grace_period: Duration,
 ) {
     rt.spawn(async move {
         let cfg = controllers::Config {
@@ -359,6 +377,7 @@ fn start_controllers(
             root_ca_pem: Some(ca_pem),
             local_path_dir,
             leader_elect: false,
+            node_monitor_grace_period,
             // csrsigning issues node certificates from the cluster CA, as kubeadm points
             // kube-controller-manager's --cluster-signing-*-file at its ca.crt/ca.key.
             cluster_signing_cert_file: Some(pki_dir.join("ca.crt")),
@@ -425,6 +444,7 @@ struct JoinPlan<'a> {
     cluster_dns: Option<IpAddr>,
     cluster_domain: &'a str,
     table: &'a str,
+    flannel_backend: cni_plugin::agent::routes::Backend,
 }
 
 impl JoinPlan<'_> {
@@ -476,6 +496,12 @@ impl JoinPlan<'_> {
                 self.cluster_domain.into(),
                 "--nftables-table".into(),
                 self.table.into(),
+                "--flannel-backend".into(),
+                match self.flannel_backend {
+                    cni_plugin::agent::routes::Backend::HostGw => "host-gw",
+                    cni_plugin::agent::routes::Backend::Vxlan => "vxlan",
+                }
+                .into(),
             ];
             if let Some(dns) = self.cluster_dns {
                 args.extend(["--cluster-dns".into(), dns.to_string()]);

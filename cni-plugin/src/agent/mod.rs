@@ -42,6 +42,7 @@ pub mod render;
 pub mod routes;
 pub mod servicelb;
 pub mod sysctl;
+pub mod vxlan;
 
 pub use render::{RenderConfig, Ruleset};
 
@@ -67,9 +68,9 @@ pub struct AgentConfig {
     pub service_lb: bool,
     /// The node bridge the pods are on (lotse-cni's `bridge`): its ports get hairpin mode.
     pub bridge: String,
-    /// Whether to route the other nodes' podCIDRs through their InternalIPs ([`routes`]:
-    /// flannel's host-gw), for clusters of more than one node.
-    pub host_gw_routes: bool,
+    /// How to route the other nodes' podCIDRs ([`routes`]: flannel's host-gw or vxlan), for
+    /// clusters of more than one node; None: no routes (one node).
+    pub flannel_backend: Option<routes::Backend>,
 }
 
 impl AgentConfig {
@@ -84,7 +85,7 @@ impl AgentConfig {
             min_sync_period: Duration::from_millis(50),
             service_lb: true,
             bridge: "lotse0".into(),
-            host_gw_routes: false,
+            flannel_backend: None,
         }
     }
 }
@@ -258,11 +259,8 @@ pub async fn run(
         if cfg.service_lb {
             servicelb::sync(&client, &services.state(), &nodes.state()).await;
         }
-        if cfg.host_gw_routes {
-            let want = routes::desired(&cfg.node_name, nodes.state().iter().map(|n| &**n));
-            for problem in routes::sync(&want, cfg.cluster_cidr) {
-                tracing::warn!(error = %problem, "pod network route");
-            }
+        if let Some(backend) = cfg.flannel_backend {
+            sync_pod_network(&cfg, backend, &nodes.state());
         }
         let node_ips = nodeport_ips(&cfg, &nodes);
         let objs = policy::Objects {
@@ -299,6 +297,35 @@ pub async fn run(
         t.abort();
     }
     Ok(())
+}
+
+/// Routes (and with VXLAN the device and its peers) to the other nodes' pods.
+fn sync_pod_network(cfg: &AgentConfig, backend: routes::Backend, nodes: &[Arc<Node>]) {
+    let peers = routes::desired(&cfg.node_name, nodes.iter().map(|n| &**n));
+    let mut problems = Vec::new();
+    match backend {
+        routes::Backend::Vxlan => {
+            let me = nodes
+                .iter()
+                .find(|n| n.metadata.name.as_deref() == Some(cfg.node_name.as_str()))
+                .and_then(|n| routes::pod_cidr_and_address(n));
+            // Until this node has its podCIDR and address there is no tunnel end to route to.
+            let Some((pod_cidr, local)) = me else { return };
+            if let Err(e) = vxlan::ensure_device(local, pod_cidr) {
+                tracing::warn!(error = %e, "VXLAN device");
+                return;
+            }
+            problems.extend(vxlan::sync_peers(&peers));
+        }
+        routes::Backend::HostGw => vxlan::remove_device(),
+    }
+    problems.extend(routes::sync(
+        &routes::routes_for(backend, &peers),
+        cfg.cluster_cidr,
+    ));
+    for problem in problems {
+        tracing::warn!(error = %problem, "pod network");
+    }
 }
 
 const INITIAL_BACKOFF: Duration = Duration::from_secs(1);

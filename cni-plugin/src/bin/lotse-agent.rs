@@ -37,10 +37,12 @@ struct Args {
     /// Don't set LoadBalancer Services' status.loadBalancer.ingress (another load balancer does).
     #[arg(long, env = "LOTSE_DISABLE_SERVICE_LB")]
     disable_service_lb: bool,
-    /// Route the other nodes' podCIDRs through their InternalIPs (flannel's host-gw backend:
-    /// all nodes on one L2 segment). Needed on every node of a multi-node cluster.
-    #[arg(long, env = "LOTSE_HOST_GW_ROUTES")]
-    host_gw_routes: bool,
+    /// Route the other nodes' podCIDRs, as flannel's backend of this name: `host-gw` (through
+    /// their InternalIPs; all nodes on one L2 segment) or `vxlan` (encapsulated to their
+    /// InternalIPs, VNI 1, UDP 8472). Needed on every node of a multi-node cluster; unset: no
+    /// routes (one node).
+    #[arg(long, env = "LOTSE_FLANNEL_BACKEND", value_enum)]
+    flannel_backend: Option<agent::routes::Backend>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -86,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.min_sync_period = a.min_sync_period;
     cfg.table = a.nftables_table;
     cfg.service_lb = !a.disable_service_lb;
-    cfg.host_gw_routes = a.host_gw_routes;
+    cfg.flannel_backend = a.flannel_backend;
     let kc = kube::config::Kubeconfig::read_from(&a.kubeconfig)
         .with_context(|| format!("reading {}", a.kubeconfig.display()))?;
     let kcfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
