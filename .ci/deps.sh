@@ -2,7 +2,8 @@
 # Installs the Debian packages Lotse needs to build and test (idempotent).
 # protobuf-compiler, libprotobuf-dev: etcd-client and the CRI client compile .proto files at build
 #   time (libprotobuf-dev carries the well-known types, google/protobuf/descriptor.proto).
-# etcd-server: the etcd storage backend's conformance tests start a real etcd.
+# etcd-server, etcd-client (etcdctl): the etcd storage backend's conformance tests and the etcd
+#   cluster e2e test start real etcd members; etcdctl inspects a cluster (README).
 # containerd, runc, containernetworking-plugins (loopback), iproute2, util-linux: the kubelet's
 #   container runtime and pod networking.
 # nftables: the node network agent programs Services and pod egress masquerade with nft.
@@ -12,7 +13,7 @@
 # busybox-static, gcc, libc6-dev, jq, debootstrap: `lotse images build` (busybox, the pause
 #   binary, and nginx on a debootstrapped Debian from the machine's own mirror).
 set -euo pipefail
-pkgs=(protobuf-compiler libprotobuf-dev etcd-server containerd runc containernetworking-plugins iproute2 util-linux nftables busybox-static gcc libc6-dev jq debootstrap docker-registry skopeo apache2-utils e2fsprogs tzdata openssl)
+pkgs=(protobuf-compiler libprotobuf-dev etcd-server etcd-client containerd runc containernetworking-plugins iproute2 util-linux nftables busybox-static gcc libc6-dev jq debootstrap docker-registry skopeo apache2-utils e2fsprogs tzdata openssl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

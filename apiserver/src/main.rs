@@ -35,6 +35,15 @@ struct Args {
     /// Comma-separated etcd client URLs (e.g. http://127.0.0.1:2379). Empty: embedded SQLite.
     #[arg(long, env = "LOTSE_ETCD_SERVERS", value_delimiter = ',')]
     etcd_servers: Vec<String>,
+    /// SSL Certificate Authority file used to secure etcd communication.
+    #[arg(long, env = "LOTSE_ETCD_CAFILE")]
+    etcd_cafile: Option<PathBuf>,
+    /// SSL certification file used to secure etcd communication.
+    #[arg(long, env = "LOTSE_ETCD_CERTFILE")]
+    etcd_certfile: Option<PathBuf>,
+    /// SSL key file used to secure etcd communication.
+    #[arg(long, env = "LOTSE_ETCD_KEYFILE")]
+    etcd_keyfile: Option<PathBuf>,
     /// CIDR from which Service ClusterIPs are allocated.
     #[arg(
         long,
@@ -81,7 +90,12 @@ async fn main() -> anyhow::Result<()> {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
         }
     };
-    let running = apiserver::server::start(cfg, shutdown)
+    let etcd_tls = apiserver::storage::etcd::EtcdTls {
+        ca_file: args.etcd_cafile,
+        cert_file: args.etcd_certfile,
+        key_file: args.etcd_keyfile,
+    };
+    let running = apiserver::server::start_with_etcd_tls(cfg, etcd_tls, shutdown)
         .await
         .context("starting the apiserver")?;
     tracing::info!(addr = %running.addr, kubeconfig = %running.admin_kubeconfig.display(), "apiserver ready");

@@ -475,6 +475,15 @@ pub async fn start(
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Running, ServerError> {
+    start_with_etcd_tls(cfg, crate::storage::etcd::EtcdTls::default(), shutdown).await
+}
+
+/// [`start`], with TLS to etcd (`--etcd-cafile`, `--etcd-certfile`, `--etcd-keyfile`).
+pub async fn start_with_etcd_tls(
+    cfg: Config,
+    etcd_tls: crate::storage::etcd::EtcdTls,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Running, ServerError> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| ServerError::Config(format!("create {}: {e}", cfg.data_dir.display())))?;
     private_data_dir(&cfg.data_dir)?;
@@ -483,7 +492,9 @@ pub async fn start(
             &cfg.data_dir.join("state.db"),
         )?)
     } else {
-        Arc::new(crate::storage::etcd::EtcdStorage::connect(&cfg.etcd_servers).await?)
+        Arc::new(
+            crate::storage::etcd::EtcdStorage::connect_with(&cfg.etcd_servers, &etcd_tls).await?,
+        )
     };
     let mut sans = cfg.extra_sans.clone();
     if !cfg.bind_address.is_unspecified() {

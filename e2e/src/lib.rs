@@ -63,21 +63,17 @@ impl Etcd {
         let endpoint = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
         let log = File::create(dir.path().join("etcd.log"))?;
-        let child = Command::new(ETCD_BIN)
-            .args(["--name", "lotse-e2e"])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &endpoint])
-            .args(["--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("lotse-e2e={peer}")])
-            .args(["--initial-cluster-state", "new"])
-            .args(["--logger", "zap", "--log-outputs", "stderr"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("spawning etcd")?;
+        let child = etcd_command(
+            "lotse-e2e",
+            &dir.path().join("data"),
+            &endpoint,
+            &peer,
+            &format!("lotse-e2e={peer}"),
+        )
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("spawning etcd")?;
         let mut etcd = Self {
             child,
             endpoint,
@@ -124,6 +120,353 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// etcd's command line for member `name` of a new cluster (`initial_cluster`: `name=peer-url,…`).
+fn etcd_command(
+    name: &str,
+    data_dir: &Path,
+    client_url: &str,
+    peer_url: &str,
+    initial_cluster: &str,
+) -> Command {
+    let mut cmd = Command::new(ETCD_BIN);
+    cmd.args(["--name", name])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen-client-urls", client_url])
+        .args(["--advertise-client-urls", client_url])
+        .args(["--listen-peer-urls", peer_url])
+        .args(["--initial-advertise-peer-urls", peer_url])
+        .args(["--initial-cluster", initial_cluster])
+        .args(["--initial-cluster-state", "new"])
+        .args(["--logger", "zap", "--log-outputs", "stderr"]);
+    cmd
+}
+
+/// PEM files of a test CA, a certificate every etcd member serves and peers with (127.0.0.1 and
+/// localhost, server and client use), and a client certificate for the apiserver.
+#[derive(Debug, Clone)]
+pub struct EtcdPki {
+    /// The CA certificate (`--trusted-ca-file`, `--etcd-cafile`).
+    pub ca: PathBuf,
+    /// The members' certificate and key.
+    pub member_cert: PathBuf,
+    /// The members' key.
+    pub member_key: PathBuf,
+    /// The client certificate (`--etcd-certfile`).
+    pub client_cert: PathBuf,
+    /// The client key (`--etcd-keyfile`).
+    pub client_key: PathBuf,
+}
+
+impl EtcdPki {
+    /// Generates the CA and certificates into `dir`.
+    pub fn generate(dir: &Path) -> anyhow::Result<Self> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose, SanType,
+        };
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.distinguished_name
+            .push(DnType::CommonName, "lotse-e2e-etcd-ca");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issuer = Issuer::from_ca_cert_der(ca_cert.der(), &ca_key)?;
+        let pki = Self {
+            ca: dir.join("ca.crt"),
+            member_cert: dir.join("member.crt"),
+            member_key: dir.join("member.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+        };
+        std::fs::write(&pki.ca, ca_cert.pem())?;
+        let leaf = |cn: &str, sans: Vec<String>, server: bool, cert: &Path, key_path: &Path| {
+            let key = KeyPair::generate()?;
+            let mut params = CertificateParams::new(sans)?;
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            if server {
+                params
+                    .subject_alt_names
+                    .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+                params
+                    .extended_key_usages
+                    .push(ExtendedKeyUsagePurpose::ServerAuth);
+            }
+            let signed = params.signed_by(&key, &issuer)?;
+            std::fs::write(cert, signed.pem())?;
+            std::fs::write(key_path, key.serialize_pem())?;
+            anyhow::Ok(())
+        };
+        leaf(
+            "etcd-member",
+            vec!["localhost".into()],
+            true,
+            &pki.member_cert,
+            &pki.member_key,
+        )?;
+        leaf(
+            "kube-apiserver-etcd-client",
+            Vec::new(),
+            false,
+            &pki.client_cert,
+            &pki.client_key,
+        )?;
+        Ok(pki)
+    }
+
+    /// etcd client TLS options with the CA and the client certificate.
+    pub fn client_tls(&self) -> anyhow::Result<etcd_client::TlsOptions> {
+        Ok(etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(&self.ca)?))
+            .identity(etcd_client::Identity::from_pem(
+                std::fs::read(&self.client_cert)?,
+                std::fs::read(&self.client_key)?,
+            )))
+    }
+}
+
+/// One member of an [`EtcdCluster`].
+struct EtcdMember {
+    name: String,
+    client_url: String,
+    command: Command,
+    child: Option<Child>,
+}
+
+/// A throwaway etcd cluster of several members on free loopback ports, optionally TLS-only
+/// (clients and peers, with client-certificate auth); killed on drop.
+pub struct EtcdCluster {
+    members: Vec<EtcdMember>,
+    pki: Option<EtcdPki>,
+    dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members (`https://` with certificates from [`EtcdPki`] when `tls`) and
+    /// waits until every member answers.
+    pub async fn start(size: usize, tls: bool) -> anyhow::Result<Self> {
+        if !Path::new(ETCD_BIN).exists() {
+            bail!("{ETCD_BIN} is missing: install Debian's etcd-server package (.ci/deps.sh does)");
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("lotse-e2e-etcd-cluster")
+            .tempdir()?;
+        let pki = if tls {
+            Some(EtcdPki::generate(dir.path())?)
+        } else {
+            None
+        };
+        let scheme = if tls { "https" } else { "http" };
+        let mut urls = Vec::new();
+        for i in 0..size {
+            let client = format!("{scheme}://127.0.0.1:{}", free_port()?);
+            let peer = format!("{scheme}://127.0.0.1:{}", free_port()?);
+            urls.push((format!("member{i}"), client, peer));
+        }
+        let initial_cluster = urls
+            .iter()
+            .map(|(name, _, peer)| format!("{name}={peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self {
+            members: Vec::new(),
+            pki,
+            dir,
+        };
+        for (name, client_url, peer_url) in urls {
+            let mut cmd = etcd_command(
+                &name,
+                &cluster.dir.path().join(&name),
+                &client_url,
+                &peer_url,
+                &initial_cluster,
+            );
+            if let Some(pki) = &cluster.pki {
+                cmd.arg("--cert-file")
+                    .arg(&pki.member_cert)
+                    .arg("--key-file")
+                    .arg(&pki.member_key)
+                    .arg("--trusted-ca-file")
+                    .arg(&pki.ca)
+                    .arg("--client-cert-auth")
+                    .arg("--peer-cert-file")
+                    .arg(&pki.member_cert)
+                    .arg("--peer-key-file")
+                    .arg(&pki.member_key)
+                    .arg("--peer-trusted-ca-file")
+                    .arg(&pki.ca)
+                    .arg("--peer-client-cert-auth");
+            }
+            cmd.stdout(Stdio::null());
+            cluster.members.push(EtcdMember {
+                name,
+                client_url,
+                command: cmd,
+                child: None,
+            });
+            cluster.spawn(cluster.members.len() - 1)?;
+        }
+        for i in 0..size {
+            cluster.wait_answers(i).await?;
+        }
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(&self.members[i].name))?;
+        let member = &mut self.members[i];
+        member.command.stderr(log);
+        member.child = Some(member.command.spawn().context("spawning etcd")?);
+        Ok(())
+    }
+
+    /// Starts member `i` again on its data dir (after [`kill`](Self::kill)) and waits until it
+    /// answers.
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i);
+        self.spawn(i)?;
+        self.wait_answers(i).await
+    }
+
+    async fn wait_answers(&mut self, i: usize) -> anyhow::Result<()> {
+        let cluster = self;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        {
+            loop {
+                if let Some(child) = cluster.members[i].child.as_mut()
+                    && let Some(status) = child.try_wait()?
+                {
+                    bail!(
+                        "etcd {} exited with {status}:\n{}",
+                        cluster.members[i].name,
+                        cluster.log(i)
+                    );
+                }
+                let answered = tokio::time::timeout(Duration::from_secs(3), async {
+                    let mut c = cluster.client(&[i]).await?;
+                    c.status().await?;
+                    anyhow::Ok(())
+                })
+                .await;
+                if let Ok(Ok(())) = answered {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "etcd {} did not answer within {READY_TIMEOUT:?}:\n{}",
+                        cluster.members[i].name,
+                        cluster.log(i)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// Member `i`'s log so far.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log_path(&self.members[i].name)).unwrap_or_default()
+    }
+
+    /// The client URLs of all members, in order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// The CA and certificates, when the cluster is TLS-only.
+    pub fn pki(&self) -> Option<&EtcdPki> {
+        self.pki.as_ref()
+    }
+
+    /// The apiserver flags for this cluster: `--etcd-servers` with every member, and
+    /// `--etcd-cafile/--etcd-certfile/--etcd-keyfile` when it is TLS-only.
+    pub fn apiserver_args(&self) -> Vec<String> {
+        let mut args = vec!["--etcd-servers".to_string(), self.endpoints().join(",")];
+        if let Some(pki) = &self.pki {
+            for (flag, path) in [
+                ("--etcd-cafile", &pki.ca),
+                ("--etcd-certfile", &pki.client_cert),
+                ("--etcd-keyfile", &pki.client_key),
+            ] {
+                args.push(flag.to_string());
+                args.push(path.display().to_string());
+            }
+        }
+        args
+    }
+
+    /// A client of members `which` (with the client certificate when TLS-only).
+    pub async fn client(&self, which: &[usize]) -> anyhow::Result<etcd_client::Client> {
+        let endpoints: Vec<&str> = which
+            .iter()
+            .map(|&i| self.members[i].client_url.as_str())
+            .collect();
+        let mut options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5));
+        if let Some(pki) = &self.pki {
+            options = options.with_tls(pki.client_tls()?);
+        }
+        Ok(etcd_client::Client::connect(endpoints, Some(options)).await?)
+    }
+
+    /// Whether member `i` runs.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.members[i].child.is_some()
+    }
+
+    /// The index of the current leader, asked of the running members.
+    pub async fn leader(&self) -> anyhow::Result<usize> {
+        let mut ids = Vec::new();
+        let mut leader = None;
+        for i in 0..self.members.len() {
+            if !self.is_running(i) {
+                ids.push(None);
+                continue;
+            }
+            let status = self.client(&[i]).await?.status().await?;
+            let id = status.header().map(|h| h.member_id());
+            ids.push(id);
+            if status.leader() != 0 {
+                leader = Some(status.leader());
+            }
+        }
+        let leader = leader.ok_or_else(|| anyhow!("no member knows a leader"))?;
+        ids.iter()
+            .position(|id| *id == Some(leader))
+            .ok_or_else(|| anyhow!("leader {leader:x} is not a running member"))
+    }
+
+    /// Kills member `i` with SIGKILL and waits for it to exit.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
     }
 }
 

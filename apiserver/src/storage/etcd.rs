@@ -14,17 +14,21 @@
 //! also notices compactions done by other clients.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions,
-    EventType as EtcdEventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Certificate, Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions,
+    EventType as EtcdEventType, GetOptions, Identity, TlsOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions,
 };
 use futures::StreamExt;
-use tracing::{debug, info};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
 use super::{
     Event, EventType, KeyValue, ListOptions, ListResult, Result, Revision, Storage, StorageError,
@@ -35,11 +39,218 @@ use super::{
 const ERR_COMPACTED: &str = "required revision has been compacted";
 /// etcd's message for a read above the current revision.
 const ERR_FUTURE: &str = "required revision is a future revision";
+/// etcd's answer, before it touches the request, when the member has no leader and the client
+/// asked for one (`hasleader` metadata, which every request here carries).
+const ERR_NO_LEADER: &str = "etcdserver: no leader";
+
+/// How long one call to one member may take before the next member is tried (reads) or the
+/// write is reported as timed out (its outcome is unknown, as with etcd's own
+/// "request timed out").
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request keeps failing over between members (the time an election may take, with
+/// a wide margin) before the error goes back to the caller; well inside Kubernetes' 60 s
+/// request timeout.
+const FAILOVER_BUDGET: Duration = Duration::from_secs(20);
+/// First pause between failover rounds (doubling up to [`MAX_BACKOFF`]).
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// A watch stream that lasted this long counts as having worked, even without events.
+const HEALTHY_WATCH: Duration = Duration::from_secs(5);
+
+/// TLS to etcd, kube-apiserver's `--etcd-cafile`, `--etcd-certfile` and `--etcd-keyfile`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// CA bundle that verifies the members' serving certificates (else the system roots).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's `--client-cert-auth`.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+}
+
+impl EtcdTls {
+    /// Whether any TLS option is set.
+    pub fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
+
+    fn options(&self) -> Result<TlsOptions> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| {
+                StorageError::Backend(format!("reading etcd TLS file {}: {e}", path.display()))
+            })
+        };
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &self.ca_file {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(StorageError::Backend(
+                    "--etcd-certfile and --etcd-keyfile must be given together".into(),
+                ));
+            }
+        }
+        Ok(tls)
+    }
+}
+
+/// How a failed call may be retried on another member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Reads, and writes that are idempotent (compaction): any unavailability.
+    Idempotent,
+    /// Guarded writes: only when the member certainly did not process the request (no
+    /// connection, or refused for want of a leader) — etcd's clientv3 rule for mutations. A
+    /// write cut off in flight may have been applied, so its error goes back to the caller.
+    Mutation,
+}
+
+/// One client per member, so a dead member is skipped instead of being balanced onto (a
+/// single tonic balanced channel keeps routing to an endpoint whose connection failed), and a
+/// preferred member that the next request starts from.
+struct Members {
+    clients: Vec<(String, Client)>,
+    preferred: AtomicUsize,
+}
+
+impl Members {
+    /// Runs `call` against the preferred member, failing over to the others (round after round,
+    /// with backoff) while the error allows it and [`FAILOVER_BUDGET`] lasts.
+    async fn run<T, F, Fut>(
+        &self,
+        retry: Retry,
+        call: F,
+    ) -> std::result::Result<T, etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + FAILOVER_BUDGET;
+        let n = self.clients.len();
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let first = self.preferred.load(Ordering::Acquire) % n;
+            let mut last = None;
+            for i in 0..n {
+                let idx = (first + i) % n;
+                let (endpoint, client) = &self.clients[idx];
+                let outcome = tokio::time::timeout(CALL_TIMEOUT, call(client.clone())).await;
+                let error = match outcome {
+                    Ok(Ok(value)) => {
+                        if idx != first {
+                            self.prefer(first, idx);
+                        }
+                        return Ok(value);
+                    }
+                    Ok(Err(e)) => e,
+                    Err(_) => etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded(
+                        format!("etcd member {endpoint} did not answer within {CALL_TIMEOUT:?}"),
+                    )),
+                };
+                let timed_out = outcome_timed_out(&error);
+                if !retryable(&error, retry) || (timed_out && retry == Retry::Mutation) {
+                    if is_unavailable(&error) {
+                        // Start the next request elsewhere.
+                        self.prefer(idx, (idx + 1) % n);
+                    }
+                    return Err(error);
+                }
+                debug!(endpoint, error = %error, "etcd member unavailable, trying the next");
+                last = Some(error);
+            }
+            let error =
+                last.unwrap_or_else(|| etcd_client::Error::InvalidArgs("no etcd members".into()));
+            if Instant::now() + backoff > deadline {
+                warn!(error = %error, "no etcd member answered within {FAILOVER_BUDGET:?}");
+                return Err(error);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Moves the preferred member from `from` to `to` (unless another request already moved it).
+    fn prefer(&self, from: usize, to: usize) {
+        if self
+            .preferred
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            info!(endpoint = %self.clients[to].0, "using etcd member");
+        }
+    }
+}
+
+/// Whether `e` says the member (or the way to it) is unavailable rather than that the request
+/// was wrong.
+fn is_unavailable(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            matches!(
+                s.code(),
+                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted
+            ) || (s.code() == Code::Unknown && !s.message().starts_with("etcdserver:"))
+        }
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
+fn outcome_timed_out(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::DeadlineExceeded)
+}
+
+/// Whether a call that failed with `e` may be sent to another member.
+fn retryable(e: &etcd_client::Error, retry: Retry) -> bool {
+    if !is_unavailable(e) {
+        return false;
+    }
+    match retry {
+        Retry::Idempotent => true,
+        Retry::Mutation => not_sent(e),
+    }
+}
+
+/// Whether the member certainly did not process the request: it was never connected, or it
+/// refused the request because it has no leader.
+fn not_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => {
+            let chain = error_chain(s);
+            s.message().contains(ERR_NO_LEADER)
+                || chain.contains("error trying to connect")
+                || chain.contains("tcp connect error")
+                || chain.contains("Connection refused")
+                || chain.contains("client error (Connect)")
+        }
+        _ => false,
+    }
+}
+
+/// The status message with its sources (tonic keeps the transport error as the source).
+fn error_chain(s: &tonic::Status) -> String {
+    use std::error::Error as _;
+    let mut text = s.message().to_owned();
+    let mut source = s.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
 
 /// A [`Storage`] backed by an etcd v3 cluster.
 #[derive(Clone)]
 pub struct EtcdStorage {
-    client: Client,
+    members: Arc<Members>,
     /// Highest compacted revision seen so far (a lower bound of etcd's real one).
     compacted: Arc<AtomicI64>,
 }
@@ -47,6 +258,15 @@ pub struct EtcdStorage {
 impl std::fmt::Debug for EtcdStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdStorage")
+            .field(
+                "endpoints",
+                &self
+                    .members
+                    .clients
+                    .iter()
+                    .map(|(e, _)| e)
+                    .collect::<Vec<_>>(),
+            )
             .field("compacted", &self.compacted.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
@@ -56,15 +276,48 @@ impl EtcdStorage {
     /// Connects to the cluster at `endpoints` (e.g. `http://127.0.0.1:2379`) and checks that it
     /// answers.
     pub async fn connect(endpoints: &[String]) -> Result<Self> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            .with_keep_alive_while_idle(true);
-        let client = Client::connect(endpoints, Some(options))
-            .await
-            .map_err(|e| StorageError::Backend(format!("connecting to etcd {endpoints:?}: {e}")))?;
+        Self::connect_with(endpoints, &EtcdTls::default()).await
+    }
+
+    /// Connects to the cluster at `endpoints` (`https://` ones with `tls`) and checks that one
+    /// member answers. Requests go to one member at a time and fail over to the next when it
+    /// is unavailable or has lost its leader.
+    pub async fn connect_with(endpoints: &[String], tls: &EtcdTls) -> Result<Self> {
+        if endpoints.is_empty() {
+            return Err(StorageError::Backend("no etcd endpoints".into()));
+        }
+        let tls_options = if tls.is_set() {
+            Some(tls.options()?)
+        } else {
+            None
+        };
+        let mut clients = Vec::with_capacity(endpoints.len());
+        for endpoint in endpoints {
+            let mut options = ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(5))
+                .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+                .with_keep_alive_while_idle(true)
+                // A member cut off from the others refuses requests (and ends watches) at
+                // once instead of stalling them; the request then goes to another member.
+                .with_require_leader(true);
+            if let Some(tls) = &tls_options
+                && !endpoint.starts_with("http://")
+            {
+                options = options.with_tls(tls.clone());
+            }
+            // Connecting is lazy: a member that is down now is dialled again on use.
+            let client = Client::connect([endpoint.as_str()], Some(options))
+                .await
+                .map_err(|e| {
+                    StorageError::Backend(format!("connecting to etcd {endpoint}: {e}"))
+                })?;
+            clients.push((endpoint.clone(), client));
+        }
         let store = Self {
-            client,
+            members: Arc::new(Members {
+                clients,
+                preferred: AtomicUsize::new(0),
+            }),
             compacted: Arc::new(AtomicI64::new(0)),
         };
         let revision = store.current_revision().await?;
@@ -72,8 +325,29 @@ impl EtcdStorage {
         Ok(store)
     }
 
-    fn kv(&self) -> etcd_client::KvClient {
-        self.client.kv_client()
+    /// Runs a KV call with failover (see [`Members::run`]).
+    async fn kv<T, F, Fut>(
+        &self,
+        retry: Retry,
+        call: F,
+    ) -> std::result::Result<T, etcd_client::Error>
+    where
+        F: Fn(etcd_client::KvClient) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        self.members
+            .run(retry, |client| call(client.kv_client()))
+            .await
+    }
+
+    /// Runs a guarded write transaction (retried on another member only when not sent).
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse> {
+        self.kv(Retry::Mutation, |mut kv| {
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await
+        .map_err(backend)
     }
 
     fn note_compacted(&self, revision: Revision) {
@@ -103,7 +377,13 @@ impl EtcdStorage {
     /// Whether a read at `revision` is refused as compacted.
     async fn is_compacted(&self, revision: Revision) -> Result<bool> {
         let options = GetOptions::new().with_revision(revision).with_count_only();
-        match self.kv().get("/", Some(options)).await {
+        let read = self
+            .kv(Retry::Idempotent, |mut kv| {
+                let options = options.clone();
+                async move { kv.get("/", Some(options)).await }
+            })
+            .await;
+        match read {
             Ok(_) => Ok(false),
             Err(e) if e.to_string().contains(ERR_COMPACTED) => Ok(true),
             Err(e) => Err(backend(e)),
@@ -112,7 +392,12 @@ impl EtcdStorage {
 
     /// Reads the newest value of `key` (for a refused guard).
     async fn get_latest(&self, key: &str) -> Result<Option<KeyValue>> {
-        let resp = self.kv().get(key, None).await.map_err(backend)?;
+        let resp = self
+            .kv(Retry::Idempotent, |mut kv| async move {
+                kv.get(key, None).await
+            })
+            .await
+            .map_err(backend)?;
         resp.kvs().first().map(convert_kv).transpose()
     }
 
@@ -137,7 +422,7 @@ impl Storage for EtcdStorage {
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, None)]);
-        let resp = self.kv().txn(txn).await.map_err(backend)?;
+        let resp = self.txn(txn).await?;
         if !resp.succeeded() {
             return Err(StorageError::AlreadyExists {
                 key: key.to_owned(),
@@ -159,7 +444,7 @@ impl Storage for EtcdStorage {
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::put(key, value, None)])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.kv().txn(txn).await.map_err(backend)?;
+        let resp = self.txn(txn).await?;
         if resp.succeeded() {
             return header_revision(resp.header());
         }
@@ -183,7 +468,7 @@ impl Storage for EtcdStorage {
                 Some(DeleteOptions::new().with_prev_key()),
             )])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.kv().txn(txn).await.map_err(backend)?;
+        let resp = self.txn(txn).await?;
         if !resp.succeeded() {
             return Err(Self::refused(
                 key,
@@ -220,7 +505,13 @@ impl Storage for EtcdStorage {
         if let Some(limit) = opts.limit.filter(|l| *l > 0) {
             options = options.with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
         }
-        let resp = match self.kv().get(start, Some(options)).await {
+        let read = self
+            .kv(Retry::Idempotent, |mut kv| {
+                let (start, options) = (start.clone(), options.clone());
+                async move { kv.get(start, Some(options)).await }
+            })
+            .await;
+        let resp = match read {
             Ok(resp) => resp,
             Err(e) => return Err(self.read_error(e, requested).await),
         };
@@ -244,6 +535,9 @@ impl Storage for EtcdStorage {
         })
     }
 
+    /// The watch survives the loss of the member serving it: it is re-established on another
+    /// member from the revision after the last event delivered, so its consumer sees neither a
+    /// gap nor a duplicate (or `Compacted` when that revision is gone meanwhile, and re-lists).
     async fn watch(&self, prefix: &str, after_revision: Revision) -> Result<WatchStream> {
         let start = after_revision.max(0) + 1;
         let known = self.compacted.load(Ordering::Acquire);
@@ -253,24 +547,21 @@ impl Storage for EtcdStorage {
                 compacted: known,
             });
         }
-        let options = WatchOptions::new()
-            .with_range(prefix_end(prefix))
-            .with_start_revision(start)
-            .with_prev_key();
-        let stream = self
-            .client
-            .watch_client()
-            .watch(prefix, Some(options))
-            .await
-            .map_err(backend)?;
-        debug!(prefix, start, "etcd watch started");
-        let watch = EtcdWatch {
-            stream,
+        let mut watch = EtcdWatch {
+            members: self.members.clone(),
+            prefix: prefix.to_owned(),
+            stream: None,
+            member: None,
             buffered: VecDeque::new(),
             start,
+            next: start,
+            failing_since: None,
+            opened_at: Instant::now(),
             compacted: self.compacted.clone(),
             done: false,
         };
+        watch.open().await?;
+        debug!(prefix, start, "etcd watch started");
         Ok(futures::stream::unfold(watch, |mut w| async move {
             let item = w.next_event().await?;
             Some((item, w))
@@ -280,8 +571,9 @@ impl Storage for EtcdStorage {
 
     async fn current_revision(&self) -> Result<Revision> {
         let resp = self
-            .kv()
-            .get("/", Some(GetOptions::new().with_count_only()))
+            .kv(Retry::Idempotent, |mut kv| async move {
+                kv.get("/", Some(GetOptions::new().with_count_only())).await
+            })
             .await
             .map_err(backend)?;
         header_revision(resp.header())
@@ -290,8 +582,15 @@ impl Storage for EtcdStorage {
     /// Compacting at or below the already compacted revision is a no-op. Waits until etcd has
     /// applied the compaction physically.
     async fn compact(&self, revision: Revision) -> Result<()> {
-        let options = CompactionOptions::new().with_physical();
-        match self.kv().compact(revision, Some(options)).await {
+        // Compacting twice is harmless (the second one reports "compacted"), so a compaction
+        // cut off in flight may be sent to another member.
+        let compacted = self
+            .kv(Retry::Idempotent, |mut kv| async move {
+                kv.compact(revision, Some(CompactionOptions::new().with_physical()))
+                    .await
+            })
+            .await;
+        match compacted {
             Ok(_) => {
                 info!(revision, "compacted etcd");
                 self.note_compacted(revision);
@@ -329,17 +628,101 @@ impl Storage for EtcdStorage {
     }
 }
 
-/// One etcd watch turned into a stream of [`Event`]s.
+/// One etcd watch turned into a stream of [`Event`]s, re-established on another member when
+/// the one serving it goes away.
 struct EtcdWatch {
-    stream: etcd_client::WatchStream,
+    members: Arc<Members>,
+    prefix: String,
+    stream: Option<etcd_client::WatchStream>,
+    /// Index of the member serving `stream`.
+    member: Option<usize>,
     /// Events of the last response not yet handed out.
     buffered: VecDeque<Event>,
+    /// The revision the watch was asked to start from.
     start: Revision,
+    /// The revision to resume from: one past the last event received.
+    next: Revision,
+    /// Since when re-establishing has not produced a working stream.
+    failing_since: Option<Instant>,
+    /// When `stream` was opened.
+    opened_at: Instant,
     compacted: Arc<AtomicI64>,
     done: bool,
 }
 
 impl EtcdWatch {
+    /// Opens the watch from `next` on the member after the one that failed (or the preferred
+    /// one), cycling through the members with backoff until [`FAILOVER_BUDGET`] is spent.
+    async fn open(&mut self) -> Result<()> {
+        let n = self.members.clients.len();
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        let mut idx = match self.member.take() {
+            Some(failed) => (failed + 1) % n,
+            None => self.members.preferred.load(Ordering::Acquire) % n,
+        };
+        let mut backoff = MIN_BACKOFF;
+        let mut last_error = String::new();
+        loop {
+            for _ in 0..n {
+                let (endpoint, client) = &self.members.clients[idx];
+                let options = WatchOptions::new()
+                    .with_range(prefix_end(&self.prefix))
+                    .with_start_revision(self.next)
+                    .with_prev_key();
+                let mut watch_client = client.watch_client();
+                let opened = tokio::time::timeout(
+                    CALL_TIMEOUT,
+                    watch_client.watch(self.prefix.as_str(), Some(options)),
+                )
+                .await;
+                match opened {
+                    Ok(Ok(stream)) => {
+                        if self.next != self.start {
+                            info!(endpoint, prefix = %self.prefix, from = self.next, "etcd watch re-established");
+                        }
+                        self.stream = Some(stream);
+                        self.member = Some(idx);
+                        self.opened_at = Instant::now();
+                        return Ok(());
+                    }
+                    Ok(Err(e)) if !is_unavailable(&e) => return Err(backend(e)),
+                    Ok(Err(e)) => last_error = e.to_string(),
+                    Err(_) => last_error = format!("{endpoint} did not answer"),
+                }
+                idx = (idx + 1) % n;
+            }
+            if since.elapsed() + backoff > FAILOVER_BUDGET {
+                return Err(StorageError::Backend(format!(
+                    "etcd: no member accepted the watch within {FAILOVER_BUDGET:?}: {last_error}"
+                )));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Drops the broken stream and opens it again elsewhere (after a pause when the last
+    /// attempts failed too).
+    async fn reopen(&mut self, reason: &str) -> Result<()> {
+        self.stream = None;
+        let endpoint = self
+            .member
+            .map(|m| self.members.clients[m].0.as_str())
+            .unwrap_or_default();
+        warn!(endpoint, prefix = %self.prefix, from = self.next, reason, "etcd watch broken, re-establishing");
+        if self.opened_at.elapsed() > HEALTHY_WATCH {
+            // The stream worked for a while: this is a new failure, not the last one going on.
+            self.failing_since = None;
+        }
+        if let Some(since) = self.failing_since {
+            if since.elapsed() > FAILOVER_BUDGET {
+                return Err(StorageError::Backend(format!("etcd watch: {reason}")));
+            }
+            tokio::time::sleep(MIN_BACKOFF * 4).await;
+        }
+        self.open().await
+    }
+
     async fn next_event(&mut self) -> Option<Result<Event>> {
         loop {
             if let Some(event) = self.buffered.pop_front() {
@@ -348,11 +731,25 @@ impl EtcdWatch {
             if self.done {
                 return None;
             }
-            let resp = match self.stream.message().await {
+            let message = match self.stream.as_mut() {
+                Some(stream) => stream.message().await,
+                None => Ok(None),
+            };
+            let resp = match message {
                 Ok(Some(resp)) => resp,
                 Ok(None) => {
-                    self.done = true;
-                    return Some(Err(StorageError::Backend("etcd closed the watch".into())));
+                    if let Err(e) = self.reopen("etcd closed the watch").await {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                    continue;
+                }
+                Err(e) if is_unavailable(&e) => {
+                    if let Err(e) = self.reopen(&e.to_string()).await {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                    continue;
                 }
                 Err(e) => {
                     self.done = true;
@@ -360,24 +757,37 @@ impl EtcdWatch {
                 }
             };
             if resp.canceled() {
-                self.done = true;
                 let compacted = resp.compact_revision();
                 if compacted > 0 {
+                    self.done = true;
                     self.compacted.fetch_max(compacted, Ordering::AcqRel);
                     return Some(Err(StorageError::Compacted {
-                        requested: self.start,
+                        requested: self.next,
                         compacted,
                     }));
                 }
-                return Some(Err(StorageError::Backend(format!(
-                    "etcd cancelled the watch: {}",
-                    resp.cancel_reason()
-                ))));
+                let reason = format!("etcd cancelled the watch: {}", resp.cancel_reason());
+                if resp.cancel_reason().contains(ERR_NO_LEADER) {
+                    if let Err(e) = self.reopen(&reason).await {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                    continue;
+                }
+                self.done = true;
+                return Some(Err(StorageError::Backend(reason)));
+            }
+            if !resp.created() {
+                // A working stream again (created responses come before any failure shows).
+                self.failing_since = None;
             }
             // Created and progress responses carry no events.
             for event in resp.events() {
                 match convert_event(event) {
-                    Ok(event) => self.buffered.push_back(event),
+                    Ok(event) => {
+                        self.next = self.next.max(event.kv.mod_revision + 1);
+                        self.buffered.push_back(event);
+                    }
                     Err(e) => {
                         self.done = true;
                         self.buffered.clear();
