@@ -187,14 +187,15 @@ fn readme_commands_name_real_scripts_binaries_and_flags() -> anyhow::Result<()> 
 }
 
 #[test]
-#[ignore = "needs root, containerd, runc and the busybox, pause and nginx image archives"]
+#[ignore = "needs root, containerd, runc and the busybox, pause, nginx and postgres image archives"]
 fn readme_quick_start_and_example_manifests_run_as_written() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let node = Node::start(
         tmp.path(),
         "readme-node",
         &random_pod_cidr()?,
-        &["busybox.tar", "pause.tar", "nginx.tar"],
+        // postgres: the db-lab example's database and its web client
+        &["busybox.tar", "pause.tar", "nginx.tar", "postgres.tar"],
     )?;
     let k = &node.kubectl;
     let kubeconfig = node.data.join("admin.kubeconfig");

@@ -99,6 +99,9 @@ for img in "${IMAGES[@]}"; do
       rm -f "$R/usr/sbin/policy-rc.d" "$R/etc/resolv.conf"; rm -rf "$R"/var/cache/apt/archives/*.deb
       # logs to the container's stdout/stderr, as the Docker Hub image does
       ln -sf /dev/stdout "$R/var/log/nginx/access.log"; ln -sf /dev/stderr "$R/var/log/nginx/error.log"
+      # serves /usr/share/nginx/html (Debian's welcome page is there too), as the Docker Hub image
+      sed -ri 's#^(\s*root) /var/www/html;#\1 /usr/share/nginx/html;#' "$R/etc/nginx/sites-available/default"
+      grep -q 'root /usr/share/nginx/html;' "$R/etc/nginx/sites-available/default"
       V=$(chroot "$R" dpkg-query -W -f='${Version}' nginx | sed 's/^[0-9]*://; s/-.*//')
       "$HERE/mkimage.sh" "$R" "$(tags docker.io/library/nginx latest "$V" "${V%.*}")" "$OUT/nginx.tar" --gzip -- nginx -g 'daemon off;' ;;
     postgres)
