@@ -136,6 +136,10 @@ pub struct Security {
     pub issuer: OnceLock<(Arc<crate::pki::Pki>, String, std::path::PathBuf)>,
     /// The RBAC authorizer over the apiserver's own watch caches.
     pub rbac: crate::rbac::Authorizer,
+    /// `--kubelet-certificate-authority`: the CA certificates (PEM) that must have signed each
+    /// kubelet's serving certificate for the proxy to talk to it; unset, kubelets are not
+    /// verified (Kubernetes' default).
+    pub kubelet_ca: OnceLock<String>,
 }
 
 impl Security {

@@ -32,6 +32,10 @@ struct Args {
     /// HTTPS port.
     #[arg(long, env = "LOTSE_SECURE_PORT", default_value_t = 6443)]
     secure_port: u16,
+    /// Path to a cert file for the certificate authority: kubelets' serving certificates must
+    /// be signed by it (logs, exec, attach, port-forward, metrics). Unset: not verified.
+    #[arg(long, env = "LOTSE_KUBELET_CERTIFICATE_AUTHORITY")]
+    kubelet_certificate_authority: Option<PathBuf>,
     /// Comma-separated etcd client URLs (e.g. http://127.0.0.1:2379). Empty: embedded SQLite.
     #[arg(long, env = "LOTSE_ETCD_SERVERS", value_delimiter = ',')]
     etcd_servers: Vec<String>,
@@ -98,6 +102,11 @@ async fn main() -> anyhow::Result<()> {
     let running = apiserver::server::start_with_etcd_tls(cfg, etcd_tls, shutdown)
         .await
         .context("starting the apiserver")?;
+    if let Some(path) = &args.kubelet_certificate_authority {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("--kubelet-certificate-authority {}", path.display()))?;
+        let _ = running.state.security.kubelet_ca.set(pem);
+    }
     tracing::info!(addr = %running.addr, kubeconfig = %running.admin_kubeconfig.display(), "apiserver ready");
     println!("export KUBECONFIG={}", running.admin_kubeconfig.display());
     running

@@ -130,20 +130,46 @@ pub(crate) async fn kubelet_address(state: &Arc<AppState>, node: &str) -> ApiRes
 fn kubelet_tls(state: &AppState) -> ApiResult<Arc<rustls::ClientConfig>> {
     static CACHE: Mutex<Option<(String, Arc<rustls::ClientConfig>)>> = Mutex::new(None);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let kubelet_ca = state.security.kubelet_ca.get();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NoVerify(provider)));
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let builder = match kubelet_ca {
+        // --kubelet-certificate-authority: each kubelet's serving certificate must chain to
+        // it and name the address dialed.
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            use rustls::pki_types::pem::PemObject;
+            for der in CertificateDer::pem_slice_iter(pem.as_bytes()).filter_map(Result::ok) {
+                roots.add(der).map_err(|e| {
+                    ApiError::internal(format!("--kubelet-certificate-authority: {e}"))
+                })?;
+            }
+            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| ApiError::internal(format!("--kubelet-certificate-authority: {e}")))?;
+            builder.with_webpki_verifier(verifier)
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider))),
+    };
     let Some((pki, _, _)) = state.security.issuer.get() else {
         let mut cfg = builder.with_no_client_auth();
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         return Ok(Arc::new(cfg));
     };
-    let ca = pki.ca_cert_pem();
+    let ca = format!(
+        "{}{}",
+        pki.ca_cert_pem(),
+        kubelet_ca.map_or("", |s| s.as_str())
+    );
     if let Ok(c) = CACHE.lock()
         && let Some((cached_ca, cfg)) = c.as_ref()
-        && cached_ca == ca
+        && *cached_ca == ca
     {
         return Ok(cfg.clone());
     }
@@ -163,7 +189,7 @@ fn kubelet_tls(state: &AppState) -> ApiResult<Arc<rustls::ClientConfig>> {
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let cfg = Arc::new(cfg);
     if let Ok(mut c) = CACHE.lock() {
-        *c = Some((ca.to_string(), cfg.clone()));
+        *c = Some((ca, cfg.clone()));
     }
     Ok(cfg)
 }

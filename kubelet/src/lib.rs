@@ -20,6 +20,7 @@ pub mod portforward;
 pub mod probe;
 pub mod runtime;
 pub mod server;
+pub mod serving_cert;
 pub mod simulated;
 pub mod spdy;
 pub mod spec;
@@ -72,6 +73,10 @@ pub struct Config {
     /// nodes of a multi-node cluster on one machine share the host's cgroup tree, so each gets
     /// its own).
     pub cgroup_root: String,
+    /// `--rotate-server-certificates`: serve with a certificate from the cluster CA, asked for
+    /// through the `kubernetes.io/kubelet-serving` signer and renewed before it expires
+    /// ([`serving_cert`]); else a self-signed one.
+    pub rotate_server_certificates: bool,
 }
 
 impl Config {

@@ -83,6 +83,12 @@ struct Args {
     /// several nodes share one machine).
     #[arg(long, env = "LOTSE_CGROUP_ROOT", default_value = "/")]
     cgroup_root: String,
+    /// Ask the cluster CA for the serving certificate (a CertificateSigningRequest to the
+    /// kubernetes.io/kubelet-serving signer, renewed before it expires) instead of serving a
+    /// self-signed one; an approver must approve the requests (`controllers
+    /// --approve-kubelet-serving`, or `kubectl certificate approve`).
+    #[arg(long, env = "LOTSE_ROTATE_SERVER_CERTIFICATES")]
+    rotate_server_certificates: bool,
 }
 
 #[tokio::main]
@@ -136,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
         cluster_domain: a.cluster_domain,
         resolv_conf: a.resolv_conf,
         cgroup_root: a.cgroup_root,
+        rotate_server_certificates: a.rotate_server_certificates,
     };
     kubelet::run(config, client, shutdown_signal()).await?;
     Ok(())

@@ -11,8 +11,9 @@
 //! by the cluster CA ([`crate::Config::client_ca_der`], Kubernetes' `--client-ca-file`) naming
 //! an authorized identity — group `system:masters` or user `kube-apiserver-kubelet-client`, which
 //! the apiserver presents. Without a certificate the answer is 401, with another identity 403.
-//! The serving certificate is self-signed (the apiserver, like Kubernetes' without
-//! `--kubelet-certificate-authority`, does not verify it).
+//! The serving certificate is the cluster CA's with `--rotate-server-certificates`
+//! ([`crate::serving_cert`]; what `lotse up` and `lotse join` run), else self-signed (an
+//! apiserver without `--kubelet-certificate-authority` does not verify it, as Kubernetes').
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,11 +35,26 @@ use crate::{Error, Kubelet};
 
 /// Serves the kubelet API on `addr` until the task is aborted.
 pub async fn serve(k: Arc<Kubelet>, addr: std::net::SocketAddr) -> Result<(), Error> {
-    let tls = tls_config(
-        &k.config.node_name,
-        &k.config.node_ip,
-        &k.config.client_ca_der,
-    )?;
+    let sans = vec![
+        k.config.node_name.clone(),
+        k.config.node_ip.clone(),
+        "localhost".into(),
+        "127.0.0.1".into(),
+    ];
+    let serving =
+        crate::serving_cert::ServingCert::new(&k.config.root_dir, &sans, &k.config.node_ip)?;
+    if k.config.rotate_server_certificates {
+        // The CA-signed certificate names only the node's own addresses (the csrapproving
+        // controller checks them against the Node).
+        tokio::spawn(serving.clone().rotate(
+            k.client.clone(),
+            k.config.root_dir.clone(),
+            k.config.node_name.clone(),
+            sans[..2].to_vec(),
+            k.config.node_ip.clone(),
+        ));
+    }
+    let tls = tls_config(serving, &k.config.client_ca_der)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -186,19 +202,9 @@ pub fn authorize(
 }
 
 fn tls_config(
-    node: &str,
-    ip: &str,
+    serving: Arc<crate::serving_cert::ServingCert>,
     client_ca_der: &[Vec<u8>],
 ) -> Result<Arc<rustls::ServerConfig>, Error> {
-    let sans = vec![
-        node.to_string(),
-        ip.to_string(),
-        "localhost".into(),
-        "127.0.0.1".into(),
-    ];
-    let cert = rcgen::generate_simple_self_signed(sans)
-        .map_err(|e| Error::Runtime(format!("kubelet serving certificate: {e}")))?;
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for der in client_ca_der {
@@ -221,9 +227,7 @@ fn tls_config(
                 .map_err(|e| Error::Runtime(format!("client verifier: {e}")))?;
         builder.with_client_cert_verifier(verifier)
     };
-    let mut cfg = builder
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .map_err(|e| Error::Runtime(format!("kubelet TLS: {e}")))?;
+    let mut cfg = builder.with_cert_resolver(serving);
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

@@ -161,6 +161,13 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
     let running = apiserver::server::start(cfg, stopped(api_stop_rx))
         .await
         .context("starting the apiserver")?;
+    // Kubelets serve with certificates from the cluster CA (kubelet-serving signer, approved by
+    // the controllers), and the apiserver verifies them (--kubelet-certificate-authority).
+    let _ = running
+        .state
+        .security
+        .kubelet_ca
+        .set(running.pki.ca_cert_pem().to_string());
     let host = if a.bind_address.is_unspecified() {
         "127.0.0.1".to_string()
     } else {
@@ -382,6 +389,10 @@ fn start_controllers(
             // kube-controller-manager's --cluster-signing-*-file at its ca.crt/ca.key.
             cluster_signing_cert_file: Some(pki_dir.join("ca.crt")),
             cluster_signing_key_file: Some(pki_dir.join("ca.key")),
+            // The nodes' serving certificate requests, checked against their Node's addresses
+            // (k3s signs kubelet serving certificates itself; Kubernetes leaves it to an
+            // approver such as kubelet-csr-approver).
+            approve_kubelet_serving: true,
             ..Default::default()
         };
         let res = match client_from(&kubeconfig).await {
@@ -431,6 +442,7 @@ pub(crate) fn kubelet_config(n: NodeSettings<'_>) -> kubelet::Config {
         cluster_domain: n.cluster_domain,
         resolv_conf: "/etc/resolv.conf".into(),
         cgroup_root: n.cgroup_root,
+        rotate_server_certificates: true,
     }
 }
 
