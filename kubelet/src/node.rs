@@ -418,6 +418,27 @@ impl StatusReporter {
     pub fn reported(&mut self, status: NodeStatus, at: Instant) {
         self.last = Some((status, at));
     }
+
+    /// Compares the next status with the conditions the API holds now (`status` as read back),
+    /// as Kubernetes' kubelet compares with the Node it reads: when another writer — the node
+    /// lifecycle controller marking a silent node Unknown — changed the Ready condition, the
+    /// next status differs, so a node that comes back reports Ready at once instead of at the
+    /// next report period. Only the conditions are taken, and only then: the rest is this
+    /// kubelet's alone, and the API's rendering of it (quantities, order) must not cause writes.
+    pub fn observed(&mut self, status: NodeStatus) {
+        if let Some((last, _)) = &mut self.last {
+            let ready = |s: &NodeStatus| {
+                s.conditions
+                    .iter()
+                    .flatten()
+                    .find(|c| c.type_ == "Ready")
+                    .map(|c| c.status.clone())
+            };
+            if ready(last) != ready(&status) {
+                last.conditions = status.conditions;
+            }
+        }
+    }
 }
 
 /// The images the runtime holds, as `status.images` (largest first, at most
@@ -476,6 +497,14 @@ pub async fn heartbeat(k: Arc<Kubelet>, node: Node) {
                 None => reporter.last().and_then(|s| s.images.clone()),
             }
         };
+        let nodes: Api<Node> = Api::all(k.client.clone());
+        if let Ok(Some(Node {
+            status: Some(stored),
+            ..
+        })) = nodes.get_opt(&k.config.node_name).await
+        {
+            reporter.observed(stored);
+        }
         if let Some(status) = reporter.due(status, Instant::now()) {
             match patch_status(&k.client, &k.config.node_name, &status).await {
                 Ok(_) => reporter.reported(status, Instant::now()),
@@ -568,6 +597,22 @@ mod tests {
             address: "10.0.0.2".into(),
         }]);
         assert!(status_changed(&base, &s));
+    }
+
+    #[test]
+    fn reports_again_when_another_writer_changed_the_stored_status() {
+        let t0 = Instant::now();
+        let mut r = StatusReporter::new(Some(status(true, 100)), t0);
+        assert!(r.due(status(true, 100), t0).is_none());
+        // The node lifecycle controller marked the node Unknown meanwhile.
+        let mut unknown = status(true, 100);
+        for c in unknown.conditions.iter_mut().flatten() {
+            if c.type_ == "Ready" {
+                c.status = "Unknown".into();
+            }
+        }
+        r.observed(unknown);
+        assert!(r.due(status(true, 100), t0).is_some());
     }
 
     #[test]
