@@ -54,6 +54,9 @@ const FAILOVER_BUDGET: Duration = Duration::from_secs(20);
 /// First pause between failover rounds (doubling up to [`MAX_BACKOFF`]).
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Largest response accepted from etcd (clientv3's default, `math.MaxInt32`, which
+/// kube-apiserver keeps; gRPC's own default of 4 MiB would fail a list page of large objects).
+const MAX_RECV_BYTES: usize = i32::MAX as usize;
 /// A watch stream that lasted this long counts as having worked, even without events.
 const HEALTHY_WATCH: Duration = Duration::from_secs(5);
 
@@ -336,7 +339,9 @@ impl EtcdStorage {
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         self.members
-            .run(retry, |client| call(client.kv_client()))
+            .run(retry, |client| {
+                call(client.kv_client().max_decoding_message_size(MAX_RECV_BYTES))
+            })
             .await
     }
 
@@ -669,7 +674,9 @@ impl EtcdWatch {
                     .with_range(prefix_end(&self.prefix))
                     .with_start_revision(self.next)
                     .with_prev_key();
-                let mut watch_client = client.watch_client();
+                let mut watch_client = client
+                    .watch_client()
+                    .max_decoding_message_size(MAX_RECV_BYTES);
                 let opened = tokio::time::timeout(
                     CALL_TIMEOUT,
                     watch_client.watch(self.prefix.as_str(), Some(options)),
@@ -799,8 +806,19 @@ impl EtcdWatch {
     }
 }
 
+/// etcd's own error text as kube-apiserver passes it on: etcd's message
+/// (`etcdserver: request is too large`, `etcdserver: request timed out`, …) as is, other gRPC
+/// failures as grpc-go words them (`rpc error: code = Unavailable desc = …`).
 fn backend(e: etcd_client::Error) -> StorageError {
-    StorageError::Backend(format!("etcd: {e}"))
+    StorageError::Backend(match &e {
+        etcd_client::Error::GRpcStatus(s) if s.message().starts_with("etcdserver:") => {
+            s.message().to_owned()
+        }
+        etcd_client::Error::GRpcStatus(s) => {
+            format!("rpc error: code = {:?} desc = {}", s.code(), error_chain(s))
+        }
+        _ => format!("etcd: {e}"),
+    })
 }
 
 fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<Revision> {
@@ -1017,6 +1035,61 @@ mod tests {
             Err(StorageError::NotFound { .. })
         ));
         assert_eq!(store.get("/t/missing").await.expect("get"), None);
+    }
+
+    #[tokio::test]
+    #[ignore = "needs etcd (Debian etcd-server); .ci/run provides it"]
+    async fn etcd_large_values_get_etcds_error_and_large_lists_are_read() {
+        let (_etcd, store) = EtcdProcess::start().await;
+        // etcd's default --max-request-bytes is 1.5 MiB; its gRPC server takes 512 KiB more
+        // and refuses larger messages before etcd sees them.
+        match store.create("/t/big", vec![b'x'; 1700 << 10]).await {
+            Err(StorageError::Backend(msg)) => {
+                assert_eq!(msg, "etcdserver: request is too large")
+            }
+            res => panic!("expected etcd's request-too-large error, got {res:?}"),
+        }
+        match store.create("/t/bigger", vec![b'x'; 2500 << 10]).await {
+            Err(StorageError::Backend(msg)) => assert!(
+                msg.starts_with(
+                    "rpc error: code = ResourceExhausted desc = grpc: received message larger than max"
+                ),
+                "{msg}"
+            ),
+            res => panic!("expected gRPC's message-too-large error, got {res:?}"),
+        }
+        // Six values of 1 MiB: one list response beyond gRPC's default 4 MiB limit.
+        for i in 0..6 {
+            store
+                .create(&format!("/t/mib-{i}"), vec![b'y'; 1 << 20])
+                .await
+                .expect("create 1 MiB");
+        }
+        let list = store
+            .list("/t/mib-", ListOptions::default())
+            .await
+            .expect("list 6 MiB");
+        assert_eq!(list.items.len(), 6);
+    }
+
+    #[tokio::test]
+    #[ignore = "needs etcd (Debian etcd-server); .ci/run provides it"]
+    async fn etcd_first_endpoint_down_fails_over() {
+        let (etcd, _) = EtcdProcess::start().await;
+        // The first named member refuses connections: requests go to the next one.
+        let dead = format!("http://127.0.0.1:{}", free_port());
+        let store = EtcdStorage::connect(&[dead, etcd.endpoint.clone()])
+            .await
+            .expect("connect past a dead first endpoint");
+        let rev = store.create("/t/a", b"1".to_vec()).await.expect("create");
+        assert_eq!(
+            store
+                .get("/t/a")
+                .await
+                .expect("get")
+                .map(|kv| kv.mod_revision),
+            Some(rev)
+        );
     }
 
     #[test]
