@@ -538,6 +538,45 @@ pub fn cluster_roles() -> Vec<Value> {
             ],
             None,
         ),
+        // The Classroom controller (controllers/src/classroom.rs, run by the controller
+        // manager's identity): installs its CRD, creates the student namespaces and their
+        // quota, limits, policies, ServiceAccount and `edit` RoleBinding (`bind` on `edit`
+        // only), and applies the labs impersonating the student's ServiceAccount.
+        cluster_role(
+            "system:controller:classroom",
+            none.clone(),
+            vec![
+                rule(
+                    &["create", "get", "list", "watch", "update", "patch"],
+                    &["apiextensions.k8s.io"],
+                    &["customresourcedefinitions"],
+                ),
+                rule(
+                    &["get", "list", "watch", "update", "patch"],
+                    &["lotse.dev"],
+                    &["classrooms", "classrooms/status"],
+                ),
+                rule(
+                    &["create"],
+                    &[""],
+                    &[
+                        "namespaces",
+                        "resourcequotas",
+                        "limitranges",
+                        "serviceaccounts",
+                    ],
+                ),
+                rule(&["create"], &["networking.k8s.io"], &["networkpolicies"]),
+                rule(
+                    &["create"],
+                    &["rbac.authorization.k8s.io"],
+                    &["rolebindings"],
+                ),
+                json!({"verbs": ["bind"], "apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "resourceNames": ["edit"]}),
+                rule(&["impersonate"], &[""], &["serviceaccounts"]),
+            ],
+            None,
+        ),
         // The agent's NetworkPolicy enforcement (as Calico's or kube-router's node agents) reads
         // the policies, pods and namespaces.
         cluster_role(
@@ -707,6 +746,11 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         binding(
             "system:kube-controller-manager",
             "system:kube-controller-manager",
+            vec![user("system:kube-controller-manager")],
+        ),
+        binding(
+            "system:controller:classroom",
+            "system:controller:classroom",
             vec![user("system:kube-controller-manager")],
         ),
         // Kubernetes authorizes kubelets with the Node authorizer; Lotse binds the node role to

@@ -241,13 +241,28 @@ async fn owner_absent(
     n: &Node,
     r: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
 ) -> Result<bool, Error> {
-    let Some(res) = kinds.get(&(r.api_version.clone(), r.kind.clone())) else {
-        // An owner kind the apiserver does not serve cannot exist.
-        return Ok(true);
+    let (ar, namespaced) = match kinds.get(&(r.api_version.clone(), r.kind.clone())) {
+        Some(res) => (res.ar.clone(), res.namespaced),
+        None => {
+            // A kind discovered after the last discovery pass (a new CRD): ask the apiserver.
+            // As Kubernetes' GC, an owner whose kind cannot be resolved is never taken as gone.
+            let (group, version) = r
+                .api_version
+                .split_once('/')
+                .unwrap_or(("", &r.api_version));
+            let gvk = kube::api::GroupVersionKind::gvk(group, version, &r.kind);
+            match kube::discovery::pinned_kind(client, &gvk).await {
+                Ok((ar, caps)) => (ar, caps.scope == Scope::Namespaced),
+                Err(e) => {
+                    tracing::debug!(owner = %r.kind, error = %e, "owner kind not resolvable; keeping the dependent");
+                    return Ok(false);
+                }
+            }
+        }
     };
     let api: Api<DynamicObject> = match n.obj.namespace() {
-        Some(ns) if res.namespaced => Api::namespaced_with(client.clone(), &ns, &res.ar),
-        _ => Api::all_with(client.clone(), &res.ar),
+        Some(ns) if namespaced => Api::namespaced_with(client.clone(), &ns, &ar),
+        _ => Api::all_with(client.clone(), &ar),
     };
     Ok(match api.get_opt(&r.name).await? {
         None => true,

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod bootstrapsigner;
+pub mod classroom;
 pub mod cronjob;
 pub mod csrapproving;
 pub mod csrsigning;
@@ -51,6 +52,7 @@ pub const ALL_CONTROLLERS: &[&str] = &[
     "tokencleaner",
     "disruption",
     "horizontalpodautoscaling",
+    "classroom",
 ];
 
 /// Where local-path volumes live by default: `<default data-dir>/storage`, as k3s.
@@ -267,6 +269,9 @@ async fn run_controllers(config: Config, client: kube::Client) -> Result<(), Err
             recorder.clone(),
             config.horizontal_pod_autoscaler.clone(),
         ));
+    }
+    if config.enabled("classroom") {
+        set.spawn(classroom::run(client.clone()));
     }
     if config.enabled("garbagecollector") {
         set.spawn(gc::run(client.clone()));

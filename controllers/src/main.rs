@@ -30,7 +30,7 @@ struct Args {
     #[arg(long, env = "LOTSE_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
     /// Controllers to run: `*` for all, a name to enable, `-name` to disable
-    /// (replicaset, deployment, namespace, serviceaccount, garbagecollector, endpoints, job, nodelifecycle, daemonset, statefulset, persistentvolume-binder, csrapproving, csrsigning, bootstrapsigner, tokencleaner, horizontalpodautoscaling).
+    /// (replicaset, deployment, namespace, serviceaccount, garbagecollector, endpoints, job, nodelifecycle, daemonset, statefulset, persistentvolume-binder, csrapproving, csrsigning, bootstrapsigner, tokencleaner, horizontalpodautoscaling, classroom).
     #[arg(
         long,
         env = "LOTSE_CONTROLLERS",

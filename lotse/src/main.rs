@@ -1,5 +1,6 @@
 //! `lotse`: the all-in-one launcher.
 mod backup;
+mod classroom;
 mod down;
 mod images;
 mod install;
@@ -47,6 +48,8 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Make a new data dir from a backup (then `lotse up --data-dir` on it).
     Restore(backup::RestoreArgs),
+    /// Students' credentials of a Classroom: kubeconfigs (time-bound tokens), revoke.
+    Classroom(classroom::ClassroomArgs),
     /// Image archives for the kubelet's airgapped image store.
     Images {
         #[command(subcommand)]
@@ -108,6 +111,7 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()?.block_on(down::reset(a))
         }
         Command::Token(a) => tokio::runtime::Runtime::new()?.block_on(token::run(a)),
+        Command::Classroom(a) => tokio::runtime::Runtime::new()?.block_on(classroom::run(a)),
         Command::Join(a) => {
             init_tracing();
             tokio::runtime::Runtime::new()?.block_on(join::join(a))

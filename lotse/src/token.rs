@@ -198,7 +198,7 @@ pub async fn run(a: TokenArgs) -> anyhow::Result<()> {
 
 /// The server URL and CA that joining nodes see: `kube-public/cluster-info` (the advertised
 /// address, as kubeadm prints), else the admin kubeconfig's.
-async fn cluster_info(
+pub(crate) async fn cluster_info(
     client: &kube::Client,
     kubeconfig: &std::path::Path,
 ) -> anyhow::Result<(String, String)> {
