@@ -40,7 +40,8 @@ spec:
         command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
 "#;
 
-/// One pod per node, for pod-to-pod traffic over VXLAN.
+/// One pod per node, for pod-to-pod traffic over VXLAN (a page of 512 KiB: full-size packets
+/// must get through the tunnel's smaller MTU).
 const SPREAD: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -60,7 +61,7 @@ spec:
       containers:
       - name: web
         image: busybox
-        command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
+        command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && dd if=/dev/zero of=/www/big bs=1024 count=512 && exec httpd -f -p 8080 -h /www"]
 "#;
 
 fn ip(args: &[&str]) -> anyhow::Result<String> {
@@ -151,6 +152,11 @@ fn vxlan_carries_pods_and_a_cut_off_node_loses_then_takes_pods() -> anyhow::Resu
                 c.wget(from, ip, 8080)
             })?;
             assert_eq!(&got, to, "{from} ({from_node}) → {to} ({to_node}, {ip})");
+            let size = c.sh(
+                from,
+                &format!("timeout 10 wget -q -O- http://{ip}:8080/big | wc -c"),
+            )?;
+            assert_eq!(size.trim(), "524288", "{from} → {to}: 512 KiB over VXLAN");
         }
     }
     c.k.ok(&["delete", "deployment", "web", "--wait=false"])?;

@@ -1,4 +1,4 @@
-//! DefaultStorageClass and StorageObjectInUseProtection admission.
+//! DefaultStorageClass, DefaultIngressClass and StorageObjectInUseProtection admission.
 //!
 //! DefaultStorageClass: a PersistentVolumeClaim created without a class (no
 //! `spec.storageClassName` and no beta class annotation; an explicit `""` is a class) gets the
@@ -12,7 +12,10 @@
 use serde_json::{Value, json};
 
 use crate::error::ApiResult;
-use crate::registry::resources::{BETA_CLASS_ANNOTATION, STORAGECLASSES, is_default_class};
+use crate::registry::resources::{
+    BETA_CLASS_ANNOTATION, INGRESSCLASSES, STORAGECLASSES, is_default_class,
+    is_default_ingress_class,
+};
 use crate::registry::{ResourceDef, fields};
 use crate::server::AppState;
 
@@ -34,18 +37,20 @@ fn claim_has_class(pvc: &Value) -> bool {
 
 /// The default class among `classes` (`GetDefaultClass`): newest first, then by name.
 pub fn default_class(classes: &[Value]) -> Option<&Value> {
+    newest(classes.iter().filter(|c| is_default_class(c)))
+}
+
+/// The newest of `classes`, then the first by name.
+fn newest<'a>(classes: impl IntoIterator<Item = &'a Value>) -> Option<&'a Value> {
     let ts = |c: &Value| {
         fields::str_at(c, &["metadata", "creationTimestamp"])
             .and_then(|t| t.parse::<jiff::Timestamp>().ok())
     };
-    classes
-        .iter()
-        .filter(|c| is_default_class(c))
-        .min_by(|a, b| {
-            ts(b)
-                .cmp(&ts(a))
-                .then_with(|| fields::name(a).cmp(fields::name(b)))
-        })
+    classes.into_iter().min_by(|a, b| {
+        ts(b)
+            .cmp(&ts(a))
+            .then_with(|| fields::name(a).cmp(fields::name(b)))
+    })
 }
 
 /// Sets the default class on a new claim without one.
@@ -91,10 +96,46 @@ pub fn protect(def: &ResourceDef, obj: &mut Value) {
     }
 }
 
-/// The mutating storage plugins for a create of `def`.
+/// DefaultIngressClass: an Ingress created without `spec.ingressClassName` (and without the
+/// legacy `kubernetes.io/ingress.class` annotation) gets the IngressClass annotated
+/// `ingressclass.kubernetes.io/is-default-class: "true"` (the newest; equal timestamps: the
+/// first by name).
+pub async fn admit_ingress(state: &AppState, ing: &mut Value) -> ApiResult<()> {
+    if ing
+        .pointer("/spec/ingressClassName")
+        .is_some_and(|v| !v.is_null())
+        || fields::at(
+            ing,
+            &["metadata", "annotations", "kubernetes.io/ingress.class"],
+        )
+        .is_some()
+    {
+        return Ok(());
+    }
+    let cacher = state.cacher(&INGRESSCLASSES)?;
+    cacher.wait_fresh().await?;
+    let prefix = format!("/registry/{}/", INGRESSCLASSES.storage_prefix);
+    let list = cacher.list(&prefix, None, 0, &|_| true).await;
+    let classes: Vec<Value> = list
+        .items
+        .iter()
+        .filter_map(|o| serde_json::from_slice::<Value>(&o.raw).ok())
+        .filter(is_default_ingress_class)
+        .collect();
+    if let Some(class) = newest(classes.iter()) {
+        let name = fields::name(class).to_string();
+        fields::ensure_object(ing, &["spec"]).insert("ingressClassName".into(), json!(name));
+    }
+    Ok(())
+}
+
+/// The mutating storage plugins (and DefaultIngressClass) for a create of `def`.
 pub async fn admit(state: &AppState, def: &ResourceDef, obj: &mut Value) -> ApiResult<()> {
     if is_core(def, "persistentvolumeclaims") {
         admit_claim(state, obj).await?;
+    }
+    if def.group == "networking.k8s.io" && def.plural == "ingresses" {
+        admit_ingress(state, obj).await?;
     }
     protect(def, obj);
     Ok(())

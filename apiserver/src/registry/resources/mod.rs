@@ -31,7 +31,10 @@ pub use self::core::{
 pub use self::core_extra::{COMPONENTSTATUSES, PODTEMPLATES, REPLICATIONCONTROLLERS};
 pub use self::discovery::ENDPOINTSLICES;
 pub use self::events::{EVENTS_V1, from_core_event, to_core_event};
-pub use self::networking::NETWORKPOLICIES;
+pub use self::networking::{
+    DEFAULT_INGRESS_CLASS_ANNOTATION, INGRESSCLASSES, INGRESSES, NETWORKPOLICIES,
+    is_default_ingress_class,
+};
 pub use self::policy::PODDISRUPTIONBUDGETS;
 pub use self::rbac::{CLUSTERROLEBINDINGS, CLUSTERROLES, ROLEBINDINGS, ROLES};
 pub use self::scheduling::{PRIORITYCLASSES, SYSTEM_PRIORITY_CLASSES, system_priority_class};
@@ -68,6 +71,8 @@ pub static ALL: &[ResourceDef] = &[
     JOBS,
     CRONJOBS,
     NETWORKPOLICIES,
+    INGRESSES,
+    INGRESSCLASSES,
     ROLES,
     ROLEBINDINGS,
     CLUSTERROLES,
@@ -245,6 +250,10 @@ mod tests {
                 json!({"spec": {"schedule": "@hourly", "jobTemplate": {"spec": {"template": t}}}})
             }
             "NetworkPolicy" => json!({"spec": {"podSelector": {}}}),
+            "Ingress" => {
+                json!({"spec": {"defaultBackend": {"service": {"name": "x", "port": {"number": 80}}}}})
+            }
+            "IngressClass" => json!({"spec": {"controller": "lotse.dev/ingress"}}),
             "RoleBinding" | "ClusterRoleBinding" => json!({
                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
                 "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "default"}]

@@ -1,4 +1,4 @@
-//! networking.k8s.io/v1 entries: networkpolicies.
+//! networking.k8s.io/v1 entries: networkpolicies, ingresses, ingressclasses.
 
 use k8s_openapi::api::networking::v1 as netv1;
 use serde_json::{Value, json};
@@ -163,6 +163,424 @@ fn validate_netpol(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
             "spec.policyTypes",
             &go_string_slice(fields::at(o, &["spec", "policyTypes"])),
             "may not specify more than two policyTypes",
+        ));
+    }
+    errs
+}
+
+/// The annotation marking the default IngressClass (`networkingv1.AnnotationIsDefaultIngressClass`).
+pub const DEFAULT_INGRESS_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
+
+/// Whether an IngressClass carries the default-class annotation set to "true".
+pub fn is_default_ingress_class(c: &Value) -> bool {
+    s(
+        c,
+        &["metadata", "annotations", DEFAULT_INGRESS_CLASS_ANNOTATION],
+    ) == "true"
+}
+
+/// networking.k8s.io/v1 ingresses.
+pub const INGRESSES: ResourceDef = ResourceDef {
+    short_names: &["ing"],
+    subresources: &[Subresource::Status],
+    has_status: true,
+    validate: validate_ingress,
+    columns: &[
+        NAME_COLUMN,
+        col(
+            "Class",
+            "string",
+            0,
+            "The name of the IngressClass resource that should be used for additional configuration",
+        ),
+        col(
+            "Hosts",
+            "string",
+            0,
+            "Hosts that incoming requests are matched against before the ingress rule",
+        ),
+        col(
+            "Address",
+            "string",
+            0,
+            "Address is a list containing ingress points for the load-balancer",
+        ),
+        col(
+            "Ports",
+            "string",
+            0,
+            "Ports of TLS configurations that open",
+        ),
+        AGE_COLUMN,
+    ],
+    cells: ingress_cells,
+    ..def_of::<netv1::Ingress>("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress")
+};
+
+/// networking.k8s.io/v1 ingressclasses (cluster-scoped).
+pub const INGRESSCLASSES: ResourceDef = ResourceDef {
+    namespaced: false,
+    validate: validate_ingress_class,
+    columns: &[
+        NAME_COLUMN,
+        col(
+            "Controller",
+            "string",
+            0,
+            "Controller that is responsible for handling this class",
+        ),
+        col(
+            "Parameters",
+            "string",
+            0,
+            "A reference to a resource with additional parameters",
+        ),
+        AGE_COLUMN,
+    ],
+    cells: |o| {
+        let params = match fields::at(o, &["spec", "parameters"]) {
+            Some(p) if p.is_object() => {
+                let mut out = s(p, &["kind"]).to_string();
+                if let Some(g) = fields::str_at(p, &["apiGroup"]) {
+                    out = format!("{out}.{g}");
+                }
+                format!("{out}/{}", s(p, &["name"]))
+            }
+            _ => "<none>".to_string(),
+        };
+        vec![
+            name_cell(o),
+            cell(s(o, &["spec", "controller"])),
+            cell(params),
+            age_cell(o),
+        ]
+    },
+    ..def_of::<netv1::IngressClass>(
+        "networking.k8s.io",
+        "v1",
+        "IngressClass",
+        "ingressclasses",
+        "ingressclass",
+    )
+};
+
+/// The ingress printer's cells (`printIngress`).
+fn ingress_cells(o: &Value) -> Vec<Value> {
+    let class = fields::str_at(o, &["spec", "ingressClassName"])
+        .or_else(|| {
+            fields::str_at(
+                o,
+                &["metadata", "annotations", "kubernetes.io/ingress.class"],
+            )
+        })
+        .unwrap_or("<none>");
+    let rules = arr(o, &["spec", "rules"]);
+    let hosts: Vec<&str> = rules
+        .iter()
+        .map(|r| s(r, &["host"]))
+        .filter(|h| !h.is_empty())
+        .collect();
+    let hosts = match hosts.len() {
+        0 => "*".to_string(),
+        n if n > 4 => format!("{} + {} more...", hosts[..4].join(","), n - 4),
+        _ => hosts.join(","),
+    };
+    let addrs: Vec<&str> = arr(o, &["status", "loadBalancer", "ingress"])
+        .iter()
+        .filter_map(|i| {
+            fields::str_at(i, &["ip"])
+                .filter(|s| !s.is_empty())
+                .or_else(|| fields::str_at(i, &["hostname"]).filter(|s| !s.is_empty()))
+        })
+        .collect();
+    let mut address = addrs.join(",");
+    if address.len() > 16 {
+        address = format!("{}...", &address[..13]);
+    }
+    let ports = if arr(o, &["spec", "tls"]).is_empty() {
+        "80"
+    } else {
+        "80, 443"
+    };
+    vec![
+        name_cell(o),
+        cell(class),
+        cell(hosts),
+        cell(address),
+        cell(ports),
+        age_cell(o),
+    ]
+}
+
+/// `IsWildcardDNS1123Subdomain`.
+fn wildcard_dns1123_errors(v: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if v.len() > 253 {
+        out.push(max_len_error(253));
+    }
+    let ok = v
+        .strip_prefix("*.")
+        .is_some_and(|rest| dns1123_subdomain_errors(rest).is_empty());
+    if !ok {
+        out.push("a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain, which must consist of lower case alphanumeric characters, '-' or '.' and end with an alphanumeric character (e.g. '*.example.com', regex used for validation is '\\*\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".to_string());
+    }
+    out
+}
+
+fn host_errors(host: &str) -> Vec<String> {
+    if host.contains('*') {
+        wildcard_dns1123_errors(host)
+    } else {
+        dns1123_subdomain_errors(host)
+    }
+}
+
+/// `validateIngressBackend`.
+fn validate_backend(errs: &mut Vec<FieldError>, b: &Value, path: &str) {
+    let has_resource = fields::at(b, &["resource"]).is_some_and(|v| !v.is_null());
+    let has_service = fields::at(b, &["service"]).is_some_and(|v| !v.is_null());
+    match (has_resource, has_service) {
+        (true, true) => errs.push(FieldError::invalid(
+            path,
+            &json!(""),
+            "cannot set both resource and service backends",
+        )),
+        (true, false) => {
+            let rp = format!("{path}.resource");
+            if s(b, &["resource", "kind"]).is_empty() {
+                errs.push(FieldError::required(format!("{rp}.kind"), ""));
+            }
+            if s(b, &["resource", "name"]).is_empty() {
+                errs.push(FieldError::required(format!("{rp}.name"), ""));
+            }
+        }
+        (false, true) => {
+            let name = s(b, &["service", "name"]);
+            if name.is_empty() {
+                errs.push(FieldError::required(format!("{path}.service.name"), ""));
+            } else {
+                push_invalid_all(
+                    errs,
+                    &format!("{path}.service.name"),
+                    &json!(name),
+                    crate::validation::dns1035_label(name),
+                );
+            }
+            let port_name = s(b, &["service", "port", "name"]);
+            let port_num = int(b, &["service", "port", "number"]);
+            if !port_name.is_empty() && port_num != 0 {
+                errs.push(FieldError::invalid(
+                    path,
+                    &json!(""),
+                    "cannot set both port name & port number",
+                ));
+            } else if !port_name.is_empty() {
+                push_invalid_all(
+                    errs,
+                    &format!("{path}.service.port.name"),
+                    &json!(port_name),
+                    port_name_errors(port_name),
+                );
+            } else if port_num != 0 {
+                push_invalid_all(
+                    errs,
+                    &format!("{path}.service.port.number"),
+                    &json!(port_num),
+                    port_num_errors(port_num),
+                );
+            } else {
+                errs.push(FieldError::required(
+                    path,
+                    "port name or number is required",
+                ));
+            }
+        }
+        (false, false) => errs.push(FieldError::invalid(
+            path,
+            &json!(""),
+            "resource or service backend is required",
+        )),
+    }
+}
+
+/// `validateHTTPIngressPath`.
+fn validate_path(errs: &mut Vec<FieldError>, p: &Value, path: &str) {
+    let Some(kind) = fields::str_at(p, &["pathType"]) else {
+        errs.push(FieldError::required(
+            format!("{path}.pathType"),
+            "pathType must be specified",
+        ));
+        return;
+    };
+    let value = s(p, &["path"]);
+    let pf = format!("{path}.path");
+    match kind {
+        "Exact" | "Prefix" => {
+            if !value.starts_with('/') {
+                errs.push(FieldError::invalid(
+                    &pf,
+                    &json!(value),
+                    "must be an absolute path",
+                ));
+            }
+            if !value.is_empty() {
+                for seq in ["//", "/./", "/../", "%2f", "%2F"] {
+                    if value.contains(seq) {
+                        errs.push(FieldError::invalid(
+                            &pf,
+                            &json!(value),
+                            &format!("must not contain '{seq}'"),
+                        ));
+                    }
+                }
+                for suf in ["/..", "/."] {
+                    if value.ends_with(suf) {
+                        errs.push(FieldError::invalid(
+                            &pf,
+                            &json!(value),
+                            &format!("cannot end with '{suf}'"),
+                        ));
+                    }
+                }
+            }
+        }
+        "ImplementationSpecific" => {
+            if !value.is_empty() && !value.starts_with('/') {
+                errs.push(FieldError::invalid(
+                    &pf,
+                    &json!(value),
+                    "must be an absolute path",
+                ));
+            }
+        }
+        other => errs.push(FieldError::not_supported(
+            format!("{path}.pathType"),
+            &json!(other),
+            &["Exact", "ImplementationSpecific", "Prefix"],
+        )),
+    }
+    if let Some(b) = fields::at(p, &["backend"]) {
+        validate_backend(errs, b, &format!("{path}.backend"));
+    } else {
+        validate_backend(errs, &json!({}), &format!("{path}.backend"));
+    }
+}
+
+/// `ValidateIngressSpec` (with the status rules of `ValidateIngressLoadBalancerStatus` left to
+/// the type check).
+fn validate_ingress(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let rules = arr(o, &["spec", "rules"]);
+    let default_backend = fields::at(o, &["spec", "defaultBackend"]).filter(|v| !v.is_null());
+    if rules.is_empty() && default_backend.is_none() {
+        errs.push(invalid_raw(
+            "spec",
+            "null",
+            "either `defaultBackend` or `rules` must be specified",
+        ));
+    }
+    if let Some(b) = default_backend {
+        validate_backend(&mut errs, b, "spec.defaultBackend");
+    }
+    for (i, r) in rules.iter().enumerate() {
+        let rp = format!("spec.rules[{i}]");
+        let host = s(r, &["host"]);
+        if !host.is_empty() {
+            if host.parse::<std::net::IpAddr>().is_ok() {
+                errs.push(FieldError::invalid(
+                    format!("{rp}.host"),
+                    &json!(host),
+                    "must be a DNS name, not an IP address",
+                ));
+            }
+            push_invalid_all(
+                &mut errs,
+                &format!("{rp}.host"),
+                &json!(host),
+                host_errors(host),
+            );
+        }
+        if let Some(http) = fields::at(r, &["http"]).filter(|v| !v.is_null()) {
+            let paths = arr(http, &["paths"]);
+            if paths.is_empty() {
+                errs.push(FieldError::required(format!("{rp}.http.paths"), ""));
+            }
+            for (j, p) in paths.iter().enumerate() {
+                validate_path(&mut errs, p, &format!("{rp}.http.paths[{j}]"));
+            }
+        }
+    }
+    for (i, t) in arr(o, &["spec", "tls"]).iter().enumerate() {
+        for (j, h) in arr(t, &["hosts"]).iter().enumerate() {
+            let h = h.as_str().unwrap_or("");
+            push_invalid_all(
+                &mut errs,
+                &format!("spec.tls[{i}].hosts[{j}]"),
+                &json!(h),
+                host_errors(h),
+            );
+        }
+        let secret = s(t, &["secretName"]);
+        if !secret.is_empty() {
+            push_invalid_all(
+                &mut errs,
+                &format!("spec.tls[{i}].secretName"),
+                &json!(secret),
+                dns1123_subdomain_errors(secret),
+            );
+        }
+    }
+    if let Some(class) = fields::str_at(o, &["spec", "ingressClassName"]) {
+        push_invalid_all(
+            &mut errs,
+            "spec.ingressClassName",
+            &json!(class),
+            dns1123_subdomain_errors(class),
+        );
+    }
+    errs
+}
+
+/// `ValidateIngressClass`: the controller is a domain-prefixed path of at most 250 characters,
+/// immutable.
+fn validate_ingress_class(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let controller = s(o, &["spec", "controller"]);
+    let f = "spec.controller";
+    if controller.len() > 250 {
+        errs.push(FieldError {
+            reason: "FieldValueTooLong",
+            field: f.into(),
+            message: format!("{f}: Too long: may not be more than 250 bytes"),
+        });
+    }
+    if controller.is_empty() {
+        errs.push(FieldError::required(f, ""));
+    } else {
+        match controller.split_once('/') {
+            Some((host, p)) if !host.is_empty() && !p.is_empty() => {
+                push_invalid_all(&mut errs, f, &json!(host), dns1123_subdomain_errors(host));
+                let ok = p
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "/-._~%!$&'()*+,;=:".contains(c));
+                if !ok {
+                    errs.push(FieldError::invalid(f, &json!(p), "must be a valid path"));
+                }
+            }
+            _ => errs.push(FieldError::invalid(
+                f,
+                &json!(controller),
+                "must be a domain-prefixed path (such as \"acme.io/foo\")",
+            )),
+        }
+    }
+    if let Some(old) = old
+        && s(old, &["spec", "controller"]) != controller
+    {
+        errs.push(FieldError::invalid(
+            f,
+            &json!(controller),
+            "field is immutable",
         ));
     }
     errs
