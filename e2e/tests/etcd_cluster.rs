@@ -39,7 +39,7 @@ struct History {
 #[derive(Default)]
 struct Record {
     objects: BTreeMap<String, History>,
-    /// (seconds since start, latency, outcome) per request.
+    /// (seconds from the test's start to the request's, latency, outcome) per request.
     requests: Vec<(f64, Duration, Result<(), String>)>,
 }
 
@@ -133,7 +133,7 @@ async fn writer(
             }
         };
         rec.requests
-            .push((start.elapsed().as_secs_f64(), latency, outcome));
+            .push(((t0 - start).as_secs_f64(), latency, outcome));
         drop(rec);
         if result.is_err() {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -236,6 +236,14 @@ fn successes_after(rec: &Record, since: f64) -> usize {
         .count()
 }
 
+/// The leader's index, once the running members agree there is one.
+async fn leader(etcd: &EtcdCluster) -> anyhow::Result<usize> {
+    e2e::wait_until("an etcd leader", Duration::from_secs(20), || async {
+        Ok(etcd.leader().await.ok())
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs etcd (Debian etcd-server) and the built apiserver; .ci/run provides them"]
 async fn etcd_cluster_failover_keeps_acknowledged_writes() -> anyhow::Result<()> {
@@ -276,7 +284,7 @@ async fn etcd_cluster_failover_keeps_acknowledged_writes() -> anyhow::Result<()>
 
     // Load, then kill the member named first in --etcd-servers.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let first_was_leader = etcd.leader().await? == 0;
+    let first_was_leader = leader(&etcd).await? == 0;
     let t_kill_first = start.elapsed().as_secs_f64();
     etcd.kill(0);
     eprintln!(
@@ -288,7 +296,7 @@ async fn etcd_cluster_failover_keeps_acknowledged_writes() -> anyhow::Result<()>
     etcd.restart(0).await?;
     eprintln!("restarted member0 at {:.1}s", start.elapsed().as_secs_f64());
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let leader = etcd.leader().await?;
+    let leader = leader(&etcd).await?;
     let t_kill_leader = start.elapsed().as_secs_f64();
     etcd.kill(leader);
     eprintln!("killed the leader member{leader} at {t_kill_leader:.1}s");
@@ -439,9 +447,12 @@ async fn etcd_cluster_failover_keeps_acknowledged_writes() -> anyhow::Result<()>
             );
         }
     }
+    let log = server.log();
     println!(
-        "watch: {} events, {relists} relists; {acked_total} acknowledged writes checked; test took {:.1}s",
+        "watch: {} events, {relists} relists, storage watch re-established {} times; \
+         {acked_total} acknowledged writes checked; test took {:.1}s",
         seen.len(),
+        log.matches("etcd watch re-established").count(),
         test_start.elapsed().as_secs_f64()
     );
     drop(server);
