@@ -68,6 +68,24 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: lb-local}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  ports: [{name: http, port: 8082, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lb-local-empty}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: none-such}
+  ports: [{name: http, port: 8083, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: nothing}
 spec:
   selector: {app: none-such}
@@ -471,6 +489,36 @@ fn traffic(c: &mut Cluster) -> anyhow::Result<()> {
     assert_eq!(ingress.trim(), node_ip);
     let via_lb = body(&http_get(&node_ip, 8081)?);
     assert!(pods.contains(&via_lb), "{via_lb:?}");
+
+    step(t0, "health check node ports");
+    // externalTrafficPolicy: Local on a LoadBalancer: the apiserver allocates a
+    // healthCheckNodePort and the node answers kube-proxy's health check on it: 200 with the
+    // number of local ready endpoints, 503 without any.
+    for (svc, want_status, want_count) in [
+        ("lb-local", "200", pods.len()),
+        ("lb-local-empty", "503", 0),
+    ] {
+        let hc: u16 = c
+            .get(&["svc", svc], "{.spec.healthCheckNodePort}")?
+            .trim()
+            .parse()
+            .with_context(|| format!("{svc} has no healthCheckNodePort"))?;
+        assert!((30000..=32767).contains(&hc), "{svc}: {hc}");
+        let resp = eventually("health check node port", Duration::from_secs(10), || {
+            let r = http_get(&node_ip, hc)?;
+            if !r.starts_with(&format!("HTTP/1.0 {want_status}")) {
+                bail!("{r}");
+            }
+            Ok(r)
+        })?;
+        let lower = resp.to_lowercase();
+        assert!(
+            lower.contains(&format!("x-load-balancing-endpoint-weight: {want_count}"))
+                && resp.contains(&format!("\"name\": \"{svc}\""))
+                && resp.contains(&format!("\"localEndpoints\": {want_count}")),
+            "{resp}"
+        );
+    }
 
     step(t0, "Pod egress to the host");
     // Pod egress to the host (not masqueraded: the host is not outside the cluster's reach).

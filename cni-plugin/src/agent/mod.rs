@@ -34,6 +34,7 @@ use kube::{Api, Client};
 use tokio::sync::Notify;
 
 pub mod conntrack;
+pub mod healthcheck;
 pub mod hostport;
 pub mod model;
 pub mod nft;
@@ -236,6 +237,7 @@ pub async fn run(
         .await;
     let mut shutdown = std::pin::pin!(shutdown);
     let mut syncer = Syncer::new(cfg.clone());
+    let mut health = healthcheck::HealthServers::default();
     let mut last_sync: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -271,6 +273,11 @@ pub async fn run(
         let outcome = syncer
             .sync_with_policies(&services.state(), &slices.state(), node_ips, &objs)
             .await;
+        health.sync(&healthcheck::desired(
+            &services.state(),
+            &slices.state(),
+            &cfg.node_name,
+        ));
         if let Err(why) = outcome {
             tracing::warn!(error = %why, retry_in = ?syncer.backoff, "nftables sync failed; the previous rules stay in place");
             let _ = recorder
