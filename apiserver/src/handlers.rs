@@ -581,6 +581,9 @@ pub enum UpdateScope {
     /// `certificatesigningrequests/approval`: like `/status`, and the only way to change a
     /// request's Approved/Denied conditions.
     Approval,
+    /// `pods/ephemeralcontainers`: only `spec.ephemeralContainers` (Kubernetes'
+    /// `dropNonEphemeralContainerUpdates`).
+    EphemeralContainers,
 }
 
 async fn update(
@@ -725,7 +728,14 @@ pub async fn write_update(
                 }
                 fields::ensure_object(&mut new, &["metadata"]).remove("resourceVersion");
             }
+            UpdateScope::EphemeralContainers => {
+                new = crate::registry::resources::pod::keep_only_ephemeral_containers(&old, new);
+            }
         }
+    }
+    if scope == UpdateScope::Main && def.kind == "Pod" && def.group.is_empty() {
+        // Ephemeral containers change only through `pods/ephemeralcontainers`.
+        crate::registry::resources::pod::keep_ephemeral_containers(&old, &mut new);
     }
     if def.has_subresource(Subresource::Approval) {
         match scope {
@@ -738,7 +748,7 @@ pub async fn write_update(
                     m.insert("spec".into(), spec.clone());
                 }
             }
-            UpdateScope::Approval => {}
+            UpdateScope::Approval | UpdateScope::EphemeralContainers => {}
         }
     }
     (def.defaults)(&mut new);
@@ -775,6 +785,7 @@ pub async fn write_update(
             UpdateScope::Main => None,
             UpdateScope::Status => Some("status"),
             UpdateScope::Approval => Some("approval"),
+            UpdateScope::EphemeralContainers => Some("ephemeralcontainers"),
         };
         crate::managed::record_for(&mut new, &old, mgr, operation, subresource, def);
     } else if let Some(mf) = old.pointer("/metadata/managedFields").cloned()

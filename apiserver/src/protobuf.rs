@@ -83,6 +83,10 @@ struct Field {
     kind: Kind,
     repeated: bool,
     message: &'static str,
+    /// A Go struct embedded with `json:",inline"` (`Volume.VolumeSource`,
+    /// `Probe.ProbeHandler`, `EphemeralContainer.EphemeralContainerCommon`, ...): its fields
+    /// are the parent's in JSON.
+    inline: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -154,17 +158,21 @@ fn layouts() -> &'static Layouts {
                         _ => continue,
                     };
                     let flat = rust.replace('_', "");
-                    let json = names
-                        .iter()
-                        .find(|n| n.eq_ignore_ascii_case(&flat))
+                    let known = names.iter().find(|n| n.eq_ignore_ascii_case(&flat));
+                    let json = known
                         .map(|n| n.to_string())
                         .unwrap_or_else(|| snake_to_camel(rust));
+                    let repeated = *rep == "r";
                     out.entry(cur).or_default().push(Field {
                         tag,
                         json,
                         kind,
-                        repeated: *rep == "r",
+                        repeated,
                         message: msg,
+                        inline: kind == Kind::Message
+                            && !repeated
+                            && known.is_none()
+                            && !names.is_empty(),
                     });
                 }
                 _ => {}
@@ -400,6 +408,14 @@ fn message(type_name: &str, buf: &[u8], depth: usize) -> ApiResult<Option<Value>
                 Wire::Fixed64(v) => Some(Value::from(f64::from_bits(v))),
                 _ => return Err(bad(format!("{}: expected a double", what()))),
             },
+            Kind::Message if f.inline => {
+                if let Some(Value::Object(m)) =
+                    message(f.message, bytes_of(&w, &what())?, depth + 1)?
+                {
+                    out.extend(m);
+                }
+                continue;
+            }
             Kind::Message => message(f.message, bytes_of(&w, &what())?, depth + 1)?,
             Kind::Map(vt) => {
                 let entry = bytes_of(&w, &what())?;
@@ -680,6 +696,50 @@ mod tests {
             labels: [("app".to_string(), "web".to_string())].into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn inline_structs_are_the_parents_fields() {
+        let pod = core::Pod {
+            metadata: Some(meta("p")),
+            spec: Some(core::PodSpec {
+                containers: vec![core::Container {
+                    name: Some("c".into()),
+                    readiness_probe: Some(core::Probe {
+                        handler: Some(core::ProbeHandler {
+                            exec: Some(core::ExecAction {
+                                command: vec!["true".into()],
+                            }),
+                            ..Default::default()
+                        }),
+                        period_seconds: Some(3),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                volumes: vec![core::Volume {
+                    name: Some("host-root".into()),
+                    volume_source: Some(core::VolumeSource {
+                        host_path: Some(core::HostPathVolumeSource {
+                            path: Some("/".into()),
+                            r#type: None,
+                        }),
+                        ..Default::default()
+                    }),
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let v = decode_object(&wrap("v1", "Pod", pod.encode_to_vec())).expect("decodes");
+        assert_eq!(
+            v["spec"]["volumes"],
+            json!([{"name": "host-root", "hostPath": {"path": "/"}}])
+        );
+        assert_eq!(
+            v["spec"]["containers"][0]["readinessProbe"],
+            json!({"exec": {"command": ["true"]}, "periodSeconds": 3})
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Subresources: `/status`, `/scale`, `pods/binding`, `pods/eviction` (in `eviction`),
-//! `namespaces/finalize`.
+//! `pods/ephemeralcontainers`, `namespaces/finalize`.
 
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
@@ -38,7 +38,9 @@ pub async fn handle(
             let (obj, _) = get_current(ctx.state, def, ctx.rp.namespace.as_deref(), name).await?;
             Ok(respond(StatusCode::OK, &obj))
         }
-        (Subresource::Status, Method::PUT) => status_put(ctx, name, body).await,
+        (Subresource::Status, Method::PUT) => {
+            scoped_put(ctx, name, body, UpdateScope::Status).await
+        }
         (Subresource::Status, Method::PATCH) => {
             crate::handlers::patch(ctx, name, body, Some(UpdateScope::Status)).await
         }
@@ -48,6 +50,18 @@ pub async fn handle(
         }
         (Subresource::Scale, Method::PUT) | (Subresource::Scale, Method::PATCH) => {
             scale_write(ctx, method, name, body).await
+        }
+        // `pods/ephemeralcontainers` reads and writes the whole Pod; a write changes only
+        // `spec.ephemeralContainers` (Kubernetes' EphemeralContainersREST).
+        (Subresource::EphemeralContainers, Method::GET) => {
+            let (obj, _) = get_current(ctx.state, def, ctx.rp.namespace.as_deref(), name).await?;
+            Ok(respond(StatusCode::OK, &obj))
+        }
+        (Subresource::EphemeralContainers, Method::PUT) => {
+            scoped_put(ctx, name, body, UpdateScope::EphemeralContainers).await
+        }
+        (Subresource::EphemeralContainers, Method::PATCH) => {
+            crate::handlers::patch(ctx, name, body, Some(UpdateScope::EphemeralContainers)).await
         }
         (Subresource::Binding, Method::POST) => bind(ctx, name, body).await,
         (Subresource::Eviction, Method::POST) => evict(ctx, name, body).await,
@@ -65,7 +79,14 @@ pub async fn handle(
     }
 }
 
-async fn status_put(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Response> {
+/// PUT on a subresource that writes part of the object (`/status`,
+/// `pods/ephemeralcontainers`).
+async fn scoped_put(
+    ctx: &Ctx<'_>,
+    name: &str,
+    body: Bytes,
+    scope: UpdateScope,
+) -> ApiResult<Response> {
     let def = ctx.rp.def;
     let raw = request::decode_object(
         header_str(ctx.headers, axum::http::header::CONTENT_TYPE),
@@ -89,7 +110,7 @@ async fn status_put(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Respons
         old,
         old_rv,
         new,
-        UpdateScope::Status,
+        scope,
         ctx.query.dry_run()?,
         crate::handlers::field_manager(ctx.query, ctx.headers),
         "Update",

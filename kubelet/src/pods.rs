@@ -463,8 +463,10 @@ fn sandbox_config(k: &Kubelet, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig
             namespace: ns.clone(),
             attempt,
         }),
+        // As Kubernetes' generatePodSandboxConfig: a pod on the node's network keeps the node's
+        // UTS namespace, so no hostname is set (runc refuses one without a private UTS).
         hostname: if host_network {
-            k.config.node_name.clone()
+            String::new()
         } else {
             spec::pod_hostname(pod, &k.config.cluster_domain)
         },
@@ -487,12 +489,7 @@ fn sandbox_config(k: &Kubelet, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig
         linux: Some(cri::LinuxPodSandboxConfig {
             cgroup_parent: k.config.pod_cgroup(&uid),
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: if host_network { 2 } else { 0 },
-                    pid: 1,
-                    ipc: 0,
-                    ..Default::default()
-                }),
+                namespace_options: Some(spec::namespace_options(pod)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -513,6 +510,7 @@ async fn start_container(
     rec: &Recorder,
     memo: &mut ContainerMemo,
     pod_ip: &str,
+    target_id: Option<&str>,
 ) -> bool {
     let image_id = match k.images.ensure(pod, c, &mut memo.image, rec).await {
         images::Ensure::Ready(id) => {
@@ -542,6 +540,15 @@ async fn start_container(
     memo.config_error = None;
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let vars: HashMap<String, String> = env.iter().cloned().collect();
+    let mut security = spec::security(pod, c);
+    // An ephemeral container with a target joins that container's PID namespace (unless the
+    // pod shares one PID namespace anyway), as Kubernetes' kuberuntime does.
+    if let (Some(target), Some(ns)) = (target_id, security.namespace_options.as_mut())
+        && ns.pid == spec::ns_mode::CONTAINER
+    {
+        ns.pid = spec::ns_mode::TARGET;
+        ns.target_id = target.to_string();
+    }
     let cfg = cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: c.name.clone(),
@@ -582,7 +589,7 @@ async fn start_container(
         tty: c.tty.unwrap_or(false),
         linux: Some(cri::LinuxContainerConfig {
             resources: Some(spec::resources(c)),
-            security_context: Some(spec::security(pod, c)),
+            security_context: Some(security),
         }),
         ..Default::default()
     };
@@ -900,6 +907,7 @@ async fn sync(
                         &rec,
                         m,
                         &pod_ip,
+                        None,
                     )
                     .await
                     {
@@ -975,8 +983,10 @@ async fn sync(
                         "CreateContainerConfigError".to_string(),
                         m.config_error.clone().unwrap_or_default(),
                     ));
-                } else if !start_container(k, pod, c, &sb.id, &sb_cfg, 0, &src, &rec, m, &pod_ip)
-                    .await
+                } else if !start_container(
+                    k, pod, c, &sb.id, &sb_cfg, 0, &src, &rec, m, &pod_ip, None,
+                )
+                .await
                 {
                     waiting = m
                         .image_error
@@ -1033,7 +1043,7 @@ async fn sync(
                             m.last_started_id = format!("reported:{}", ctr.id);
                         }
                     } else if !start_container(
-                        k, pod, c, &sb.id, &sb_cfg, next, &src, &rec, m, &pod_ip,
+                        k, pod, c, &sb.id, &sb_cfg, next, &src, &rec, m, &pod_ip, None,
                     )
                     .await
                     {
@@ -1085,7 +1095,8 @@ async fn sync(
         ));
     }
 
-    Ok(build_status(
+    let ephemeral = ephemeral_containers(k, pod, &sb.id, &sb_cfg, &src, &rec, memo, &pod_ip).await;
+    let mut status = build_status(
         pod,
         &start_time,
         k,
@@ -1094,7 +1105,102 @@ async fn sync(
         statuses,
         &pod_ip,
         &restart_policy,
-    ))
+    );
+    status.ephemeral_container_statuses = Some(ephemeral).filter(|v| !v.is_empty());
+    Ok(status)
+}
+
+/// Ephemeral containers (`kubectl debug`): each is started once in the running sandbox (in its
+/// target's PID namespace if it names one) and never restarted; a failed creation is retried
+/// after the back-off, as Kubernetes does for a container that never ran.
+#[allow(clippy::too_many_arguments)]
+async fn ephemeral_containers(
+    k: &Kubelet,
+    pod: &Pod,
+    sandbox_id: &str,
+    sb_cfg: &cri::PodSandboxConfig,
+    src: &EnvSources,
+    rec: &Recorder,
+    memo: &mut HashMap<String, ContainerMemo>,
+    pod_ip: &str,
+) -> Vec<ContainerStatus> {
+    let list = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.ephemeral_containers.clone())
+        .unwrap_or_default();
+    if list.is_empty() {
+        return Vec::new();
+    }
+    let mut ctrs = containers(k, sandbox_id).await;
+    let mut out = Vec::new();
+    for ec in &list {
+        let c = spec::ephemeral_container(ec);
+        let m = memo.entry(format!("ephemeral:{}", c.name)).or_default();
+        let mut s = seen(k, &ctrs, &c.name).await;
+        let mut waiting = None;
+        if s.latest.is_none() {
+            let retry_later = m.next_start.is_some_and(|t| Instant::now() < t);
+            let target_id = ec
+                .target_container_name
+                .as_deref()
+                .and_then(|t| latest_container_id(&ctrs, t));
+            if !retry_later
+                && start_container(
+                    k,
+                    pod,
+                    &c,
+                    sandbox_id,
+                    sb_cfg,
+                    0,
+                    src,
+                    rec,
+                    m,
+                    pod_ip,
+                    target_id.as_deref(),
+                )
+                .await
+            {
+                ctrs = containers(k, sandbox_id).await;
+                s = seen(k, &ctrs, &c.name).await;
+            } else {
+                if !retry_later && m.config_error.is_some() {
+                    bump(m);
+                }
+                waiting = m
+                    .image_error
+                    .clone()
+                    .or(m
+                        .config_error
+                        .clone()
+                        .map(|e| ("CreateContainerConfigError".into(), e)))
+                    .or(m
+                        .start_error
+                        .clone()
+                        .map(|e| ("RunContainerError".into(), e)));
+            }
+        }
+        let mut status = container_status_of(
+            &c,
+            s.latest.as_ref().map(|(a, b)| (a, b)),
+            None,
+            false,
+            false,
+            waiting,
+        );
+        // Ephemeral containers have no startup probe: Kubernetes leaves `started` unset.
+        status.started = None;
+        out.push(status);
+    }
+    out
+}
+
+/// The ID of the newest container named `name` (the target of an ephemeral container).
+fn latest_container_id(all: &[cri::Container], name: &str) -> Option<String> {
+    all.iter()
+        .filter(|c| c.metadata.as_ref().map(|m| m.name.as_str()) == Some(name))
+        .max_by_key(|c| c.metadata.as_ref().map(|m| m.attempt).unwrap_or(0))
+        .map(|c| c.id.clone())
 }
 
 fn backoff_msg(m: &ContainerMemo, c: &Container, pod: &Pod) -> String {

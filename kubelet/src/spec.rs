@@ -581,6 +581,72 @@ pub fn pod_hostname(pod: &Pod, cluster_domain: &str) -> String {
     }
 }
 
+/// CRI's `NamespaceMode`: the pod's, the container's own, the node's, another container's.
+pub mod ns_mode {
+    /// `POD`.
+    pub const POD: i32 = 0;
+    /// `CONTAINER`.
+    pub const CONTAINER: i32 = 1;
+    /// `NODE`.
+    pub const NODE: i32 = 2;
+    /// `TARGET` (with `target_id`).
+    pub const TARGET: i32 = 3;
+}
+
+/// The namespaces of a pod's sandbox and containers (Kubernetes' `namespacesForPod`):
+/// `hostNetwork`, `hostPID`, `hostIPC` share the node's; `shareProcessNamespace` one PID
+/// namespace for the pod; otherwise each container has its own PID namespace.
+pub fn namespace_options(pod: &Pod) -> cri::NamespaceOption {
+    let spec = pod.spec.as_ref();
+    let set = |f: fn(&k8s_openapi::api::core::v1::PodSpec) -> Option<bool>| {
+        spec.and_then(f) == Some(true)
+    };
+    cri::NamespaceOption {
+        network: if set(|s| s.host_network) {
+            ns_mode::NODE
+        } else {
+            ns_mode::POD
+        },
+        pid: if set(|s| s.host_pid) {
+            ns_mode::NODE
+        } else if set(|s| s.share_process_namespace) {
+            ns_mode::POD
+        } else {
+            ns_mode::CONTAINER
+        },
+        ipc: if set(|s| s.host_ipc) {
+            ns_mode::NODE
+        } else {
+            ns_mode::POD
+        },
+        ..Default::default()
+    }
+}
+
+/// An ephemeral container as the container it runs as (`EphemeralContainerCommon` is
+/// `Container`'s field set).
+pub fn ephemeral_container(ec: &k8s_openapi::api::core::v1::EphemeralContainer) -> Container {
+    Container {
+        name: ec.name.clone(),
+        image: ec.image.clone(),
+        image_pull_policy: ec.image_pull_policy.clone(),
+        command: ec.command.clone(),
+        args: ec.args.clone(),
+        working_dir: ec.working_dir.clone(),
+        env: ec.env.clone(),
+        env_from: ec.env_from.clone(),
+        volume_mounts: ec.volume_mounts.clone(),
+        volume_devices: ec.volume_devices.clone(),
+        security_context: ec.security_context.clone(),
+        stdin: ec.stdin,
+        stdin_once: ec.stdin_once,
+        tty: ec.tty,
+        termination_message_path: ec.termination_message_path.clone(),
+        termination_message_policy: ec.termination_message_policy.clone(),
+        ..Default::default()
+    }
+}
+
 /// The Linux security settings of a container (pod-level defaults, container overrides).
 pub fn security(pod: &Pod, c: &Container) -> cri::LinuxContainerSecurityContext {
     let psc = pod
@@ -593,16 +659,7 @@ pub fn security(pod: &Pod, c: &Container) -> cri::LinuxContainerSecurityContext 
         privileged: sc.privileged.unwrap_or(false),
         readonly_rootfs: sc.read_only_root_filesystem.unwrap_or(false),
         no_new_privs: sc.allow_privilege_escalation == Some(false),
-        namespace_options: Some(cri::NamespaceOption {
-            network: if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
-                2
-            } else {
-                0
-            },
-            pid: 1,
-            ipc: 0,
-            ..Default::default()
-        }),
+        namespace_options: Some(namespace_options(pod)),
         ..Default::default()
     };
     if let Some(u) = sc.run_as_user.or(psc.run_as_user) {

@@ -92,8 +92,9 @@ pub const PODS: ResourceDef = ResourceDef {
 fn validate_pod(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let spec = o.get("spec").cloned().unwrap_or(Value::Null);
     let mut errs = pod::validate_pod_spec(&spec, "spec");
-    if let Some(old) = old {
-        errs.extend(pod::validate_pod_update(o, old));
+    match old {
+        Some(old) => errs.extend(pod::validate_pod_update(o, old)),
+        None => errs.extend(pod::validate_pod_create(o)),
     }
     errs
 }

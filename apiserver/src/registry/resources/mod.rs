@@ -13,7 +13,7 @@ mod core_extra;
 mod discovery;
 mod events;
 mod networking;
-mod pod;
+pub(crate) mod pod;
 mod policy;
 mod rbac;
 mod scheduling;

@@ -522,6 +522,7 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<FieldError> {
             ));
         }
     }
+    validate_ephemeral_containers(&mut errs, spec, path, &vol_names);
     match s(spec, &["restartPolicy"]) {
         "Always" | "OnFailure" | "Never" => {}
         "" => errs.push(FieldError::required(format!("{path}.restartPolicy"), "")),
@@ -614,7 +615,14 @@ pub(crate) fn validate_template(o: &Value, template_path: &[&str], path: &str) -
         return vec![FieldError::required(path.to_string(), "")];
     };
     let spec = t.get("spec").cloned().unwrap_or(Value::Null);
-    validate_pod_spec(&spec, &format!("{path}.spec"))
+    let mut errs = validate_pod_spec(&spec, &format!("{path}.spec"));
+    if !arr(&spec, &["ephemeralContainers"]).is_empty() {
+        errs.push(FieldError::forbidden(
+            format!("{path}.spec.ephemeralContainers"),
+            "ephemeral containers not allowed in pod template",
+        ));
+    }
+    errs
 }
 
 const POD_UPDATABLE: &str = "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";
@@ -653,10 +661,163 @@ fn simple_diff(old: &Value, new: &Value) -> String {
     out.join("\n")
 }
 
+/// The fields an ephemeral container may not set, in Go field order
+/// (`allowedEphemeralContainerFields` is the complement).
+const EPHEMERAL_FORBIDDEN_FIELDS: &[&str] = &[
+    "ports",
+    "resources",
+    "resizePolicy",
+    "restartPolicy",
+    "livenessProbe",
+    "readinessProbe",
+    "startupProbe",
+    "lifecycle",
+];
+
+/// Go's zero value: absent, null, empty object/array/string.
+fn is_zero(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => true,
+        Some(Value::Object(m)) => m.values().all(|v| is_zero(Some(v))),
+        Some(Value::Array(a)) => a.is_empty(),
+        Some(Value::String(s)) => s.is_empty(),
+        Some(Value::Bool(b)) => !b,
+        Some(Value::Number(n)) => n.as_f64() == Some(0.0),
+    }
+}
+
+/// `validateEphemeralContainers`: the common container rules, names unique across every
+/// container of the pod, `targetContainerName` naming an init or regular container, and
+/// none of the fields that make a container part of the workload.
+fn validate_ephemeral_containers(
+    errs: &mut Vec<FieldError>,
+    spec: &Value,
+    path: &str,
+    volumes: &HashSet<String>,
+) {
+    let ephemeral = arr(spec, &["ephemeralContainers"]);
+    if ephemeral.is_empty() {
+        return;
+    }
+    let others: HashSet<&str> = arr(spec, &["containers"])
+        .iter()
+        .chain(arr(spec, &["initContainers"]))
+        .map(|c| s(c, &["name"]))
+        .collect();
+    let mut all = others.clone();
+    for (i, ec) in ephemeral.iter().enumerate() {
+        let ip = format!("{path}.ephemeralContainers[{i}]");
+        validate_container(errs, ec, &ip, volumes, false);
+        let name = s(ec, &["name"]);
+        if !all.insert(name) {
+            errs.push(FieldError::duplicate(format!("{ip}.name"), &json!(name)));
+        }
+        let target = s(ec, &["targetContainerName"]);
+        if !target.is_empty() && !others.contains(target) {
+            let field = format!("{ip}.targetContainerName");
+            let message = format!("{field}: Not found: {}", go_quote(target));
+            errs.push(FieldError {
+                reason: "FieldValueNotFound",
+                field,
+                message,
+            });
+        }
+        for f in EPHEMERAL_FORBIDDEN_FIELDS {
+            if !is_zero(ec.get(*f)) {
+                errs.push(FieldError::forbidden(
+                    format!("{ip}.{f}"),
+                    "cannot be set for an Ephemeral Container",
+                ));
+            }
+        }
+        for (j, m) in arr(ec, &["volumeMounts"]).iter().enumerate() {
+            for f in ["subPath", "subPathExpr"] {
+                if !s(m, &[f]).is_empty() {
+                    errs.push(FieldError::forbidden(
+                        format!("{ip}.volumeMounts[{j}].{f}"),
+                        "cannot be set for an Ephemeral Container",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// `ValidatePodCreate`: ephemeral containers are only added through the subresource.
+pub(crate) fn validate_pod_create(pod: &Value) -> Vec<FieldError> {
+    if arr(pod, &["spec", "ephemeralContainers"]).is_empty() {
+        Vec::new()
+    } else {
+        vec![FieldError::forbidden(
+            "spec.ephemeralContainers",
+            "cannot be set on create",
+        )]
+    }
+}
+
+/// The second half of `ValidatePodEphemeralContainersUpdate`: existing ephemeral containers
+/// are neither removed nor changed (matched by name: patches don't keep the order).
+fn validate_ephemeral_update(new: &Value, old: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let new_list = arr(new, &["spec", "ephemeralContainers"]);
+    for oc in arr(old, &["spec", "ephemeralContainers"]) {
+        let name = s(oc, &["name"]);
+        match new_list.iter().find(|c| s(c, &["name"]) == name) {
+            None => errs.push(FieldError::forbidden(
+                "spec.ephemeralContainers",
+                &format!(
+                    "existing ephemeral containers {} may not be removed\n",
+                    go_quote(name)
+                ),
+            )),
+            Some(nc) if strip_nulls(nc) != strip_nulls(oc) => errs.push(FieldError::forbidden(
+                "spec.ephemeralContainers",
+                &format!(
+                    "existing ephemeral containers {} may not be changed\n{}",
+                    go_quote(name),
+                    simple_diff(oc, nc)
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
+    errs
+}
+
+/// `dropNonEphemeralContainerUpdates`: a write through `pods/ephemeralcontainers` takes only
+/// `spec.ephemeralContainers` (and the metadata the caller may touch) from `new`.
+pub(crate) fn keep_only_ephemeral_containers(old: &Value, new: Value) -> Value {
+    let mut out = old.clone();
+    if let Value::Object(m) = &mut out {
+        if let Some(meta) = new.get("metadata") {
+            m.insert("metadata".into(), meta.clone());
+        }
+        if let Some(Value::Object(spec)) = m.get_mut("spec") {
+            match new.pointer("/spec/ephemeralContainers") {
+                Some(v) if !v.is_null() => spec.insert("ephemeralContainers".into(), v.clone()),
+                _ => spec.remove("ephemeralContainers"),
+            };
+        }
+    }
+    fields::ensure_object(&mut out, &["metadata"]).remove("resourceVersion");
+    out
+}
+
+/// A write of the pod itself keeps the stored ephemeral containers: they change only through
+/// `pods/ephemeralcontainers`.
+pub(crate) fn keep_ephemeral_containers(old: &Value, new: &mut Value) {
+    if let Some(Value::Object(spec)) = new.get_mut("spec") {
+        match old.pointer("/spec/ephemeralContainers") {
+            Some(v) => spec.insert("ephemeralContainers".into(), v.clone()),
+            None => spec.remove("ephemeralContainers"),
+        };
+    }
+}
+
 /// `ValidatePodUpdate`'s spec rules: only images, activeDeadlineSeconds, toleration additions,
 /// terminationGracePeriodSeconds (negative to 1) and scheduling gate removals may change.
 pub(crate) fn validate_pod_update(new: &Value, old: &Value) -> Vec<FieldError> {
-    let mut errs = Vec::new();
+    let mut errs = validate_ephemeral_update(new, old);
     let new_spec = strip_nulls(new.get("spec").unwrap_or(&Value::Null));
     let old_spec = strip_nulls(old.get("spec").unwrap_or(&Value::Null));
     // activeDeadlineSeconds: may be set or decreased, never unset or increased.
@@ -1016,6 +1177,77 @@ mod tests {
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].field, "spec");
         assert!(errs[0].message.starts_with("spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)\n"));
+    }
+
+    #[test]
+    fn ephemeral_containers_are_validated_like_kubernetes() {
+        let mut pod = json!({"spec": {
+            "containers": [{"name": "main", "image": "busybox"}],
+            "ephemeralContainers": [
+                {"name": "dbg", "image": "busybox", "targetContainerName": "main", "resources": {}},
+                {"name": "main", "image": "busybox", "targetContainerName": "nope",
+                 "ports": [{"containerPort": 80}],
+                 "readinessProbe": {"exec": {"command": ["true"]}},
+                 "lifecycle": {"preStop": {"exec": {"command": ["true"]}}}},
+            ],
+        }});
+        pod_defaults(&mut pod);
+        let errs = validate_pod_spec(&pod["spec"], "spec");
+        let m = msgs(&errs);
+        for want in [
+            "spec.ephemeralContainers[1].name: Duplicate value: \"main\"",
+            "spec.ephemeralContainers[1].targetContainerName: Not found: \"nope\"",
+            "spec.ephemeralContainers[1].ports: Forbidden: cannot be set for an Ephemeral Container",
+            "spec.ephemeralContainers[1].readinessProbe: Forbidden: cannot be set for an Ephemeral Container",
+            "spec.ephemeralContainers[1].lifecycle: Forbidden: cannot be set for an Ephemeral Container",
+        ] {
+            assert!(m.contains(&want), "{want} missing in {m:?}");
+        }
+        assert!(
+            !m.iter().any(|e| e.contains("ephemeralContainers[0]")),
+            "{m:?}"
+        );
+        assert_eq!(
+            msgs(&validate_pod_create(&pod)),
+            ["spec.ephemeralContainers: Forbidden: cannot be set on create"]
+        );
+    }
+
+    #[test]
+    fn existing_ephemeral_containers_are_neither_changed_nor_removed() {
+        let mut old = json!({"spec": {"containers": [{"name": "c", "image": "x"}],
+            "ephemeralContainers": [{"name": "a", "image": "busybox"}, {"name": "b", "image": "busybox"}]}});
+        pod_defaults(&mut old);
+        // Added through the subresource: only the new list is taken.
+        let mut sent = old.clone();
+        sent["spec"]["containers"][0]["image"] = json!("changed-elsewhere");
+        if let Some(a) = sent["spec"]["ephemeralContainers"].as_array_mut() {
+            a.push(json!({"name": "c2", "image": "busybox"}));
+        }
+        let new = keep_only_ephemeral_containers(&old, sent);
+        assert_eq!(new["spec"]["containers"], old["spec"]["containers"]);
+        assert_eq!(
+            new["spec"]["ephemeralContainers"].as_array().map(Vec::len),
+            Some(3)
+        );
+        assert!(validate_pod_update(&new, &old).is_empty());
+        // Removing `a` and changing `b`.
+        let mut bad = old.clone();
+        bad["spec"]["ephemeralContainers"] = json!([{"name": "b", "image": "other"}]);
+        let errs = validate_pod_update(&bad, &old);
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert_eq!(
+            errs[0].message,
+            "spec.ephemeralContainers: Forbidden: existing ephemeral containers \"a\" may not be removed\n"
+        );
+        assert!(errs[1].message.starts_with(
+            "spec.ephemeralContainers: Forbidden: existing ephemeral containers \"b\" may not be changed\n"
+        ));
+        // A write of the pod itself keeps them.
+        let mut main = old.clone();
+        main["spec"]["ephemeralContainers"] = json!([]);
+        keep_ephemeral_containers(&old, &mut main);
+        assert_eq!(main, old);
     }
 
     fn status_of(pod: Value) -> (String, String, i64) {
