@@ -57,6 +57,15 @@ pub struct UpArgs {
     /// Don't run the cluster DNS (pods then use the host's resolvers).
     #[arg(long, env = "LOTSE_DISABLE_CLUSTER_DNS")]
     disable_cluster_dns: bool,
+    /// Don't run the built-in ingress controller (IngressClass `lotse`, the default class).
+    #[arg(long, env = "LOTSE_DISABLE_INGRESS")]
+    disable_ingress: bool,
+    /// HTTP port of the ingress controller on every address of the node.
+    #[arg(long, env = "LOTSE_INGRESS_HTTP_PORT", default_value_t = 80)]
+    ingress_http_port: u16,
+    /// HTTPS port of the ingress controller on every address of the node.
+    #[arg(long, env = "LOTSE_INGRESS_HTTPS_PORT", default_value_t = 443)]
+    ingress_https_port: u16,
     /// Name of the node (default: the host name).
     #[arg(long, env = "LOTSE_NODE_NAME")]
     node_name: Option<String>,
@@ -291,6 +300,29 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         });
         vec![ip.to_string()]
     };
+    // The ingress controller (class `lotse`, the default) runs in-process on the node, as the
+    // cluster DNS does (running it as pods is a follow-up).
+    if !a.disable_ingress {
+        let admin = client_from(&running.admin_kubeconfig).await?;
+        let cfg = ingress::Config {
+            http: (std::net::Ipv4Addr::UNSPECIFIED, a.ingress_http_port).into(),
+            https: (std::net::Ipv4Addr::UNSPECIFIED, a.ingress_https_port).into(),
+            class: "lotse".into(),
+            addresses: vec![kubelet::node::host_ip()],
+        };
+        components.spawn(async move {
+            for attempt in 1..=30 {
+                match ingress::ensure_class(&admin, &cfg.class).await {
+                    Ok(()) => break,
+                    Err(e) if attempt == 30 => tracing::error!(error = %e, "IngressClass lotse"),
+                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            }
+            if let Err(e) = ingress::run(cfg, admin, std::future::pending()).await {
+                tracing::error!(error = %e, "ingress controller stopped");
+            }
+        });
+    }
     let cluster_dns_ip: Option<IpAddr> = cluster_dns.first().and_then(|s| s.parse().ok());
     let mut kcfg = kubelet_config(NodeSettings {
         node_name,
