@@ -6,6 +6,8 @@
 //!   password auth over TCP; rows written with psql survive deleting the pod, scaling to 0 and
 //!   back, and `kill -9` of `lotse up` and its restart; the claim is Bound to a local-path
 //!   volume on the pod's node.
+//! - `postgres:latest` with the image's defaults (no volume, no init scripts), started as root:
+//!   the entrypoint makes the database and drops to UID 999.
 //! - MariaDB 10.11 as a Deployment with a claim, started as root (the entrypoint owns the data
 //!   directory to UID 999 and drops to it): `MARIADB_ROOT_PASSWORD`, the `MYSQL_DATABASE`
 //!   alias, `MARIADB_USER`/`MARIADB_PASSWORD` and an init script; a row written survives the
@@ -123,6 +125,22 @@ spec:
       - {name: init, configMap: {name: maria-init}}
 "#;
 
+/// The image's defaults: started as root, default `PGDATA`, no init scripts, no volume.
+const POSTGRES_BARE: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: bare, labels: {app: bare}}
+spec:
+  terminationGracePeriodSeconds: 10
+  containers:
+  - name: postgres
+    image: postgres:latest
+    env: [{name: POSTGRES_PASSWORD, value: bare}]
+    readinessProbe:
+      exec: {command: [pg_isready, -h, 127.0.0.1]}
+      periodSeconds: 1
+"#;
+
 fn get(k: &Kubectl, kind: &str, name: &str, path: &str) -> anyhow::Result<String> {
     k.ok(&["get", kind, name, "-o", &format!("jsonpath={path}")])
 }
@@ -205,8 +223,25 @@ fn postgres_and_mariadb_keep_their_data() -> anyhow::Result<()> {
         tmp.path(),
         "db-node",
         &random_pod_cidr()?,
-        &["busybox.tar", "pause.tar", "postgres.tar", "mariadb.tar"],
+        &["busybox.tar", "pause.tar"],
     )?;
+    // The database archives are large (~15 s each to import): `lotse images import` puts them
+    // into the running node's containerd, so the node registers first.
+    let images = e2e::lotse::require_images(&["postgres.tar", "mariadb.tar"])?;
+    let imports: Vec<std::process::Child> = ["postgres.tar", "mariadb.tar"]
+        .iter()
+        .map(|img| {
+            std::process::Command::new(e2e::bin_dir().join("lotse"))
+                .args(["images", "import", "--data-dir"])
+                .arg(&data)
+                .arg(images.join(img))
+                .stdout(std::process::Stdio::null())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    for mut c in imports {
+        anyhow::ensure!(c.wait()?.success(), "lotse images import failed");
+    }
     let pods = |k: &Kubectl| {
         let p = k
             .run(&["get", "pods", "-o", "wide"])
@@ -225,6 +260,7 @@ fn postgres_and_mariadb_keep_their_data() -> anyhow::Result<()> {
 
     k.ok_stdin(&["apply", "-f", "-"], POSTGRES)?;
     k.ok_stdin(&["apply", "-f", "-"], MARIADB)?;
+    k.ok_stdin(&["apply", "-f", "-"], POSTGRES_BARE)?;
 
     // PostgreSQL: the database made by the entrypoint, with both init scripts run once.
     let (pg, uid) = wait_one_ready(&k, "pg", "").with_context(|| pods(&k))?;
@@ -334,6 +370,44 @@ fn postgres_and_mariadb_keep_their_data() -> anyhow::Result<()> {
     let (pg, _) = wait_one_ready(&k, "pg", &uid).with_context(|| pods(&k))?;
     assert_eq!(psql(&k, &pg, count)?, "102");
     psql(&k, &pg, "INSERT INTO rows (v) VALUES ('before-kill')")?;
+
+    // The image's defaults: started as root, it drops to UID 999, which owns the default PGDATA.
+    wait_one_ready(&k, "bare", "").with_context(|| pods(&k))?;
+    let status = k.ok(&["exec", "bare", "--", "cat", "/proc/1/status"])?;
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("999")),
+        "{status}"
+    );
+    assert_eq!(
+        k.ok(&[
+            "exec",
+            "bare",
+            "--",
+            "stat",
+            "-c",
+            "%U %a",
+            "/var/lib/postgresql/data"
+        ])?
+        .trim(),
+        "postgres 700"
+    );
+    assert_eq!(
+        k.ok(&[
+            "exec",
+            "bare",
+            "--",
+            "psql",
+            "-U",
+            "postgres",
+            "-tAc",
+            "SELECT current_database()"
+        ])?
+        .trim(),
+        "postgres"
+    );
+    k.ok(&["delete", "pod", "bare", "--wait=false"])?;
 
     // MariaDB: root password, the MYSQL_DATABASE alias, the user and the init scripts.
     let (maria, muid) = wait_one_ready(&k, "maria", "").with_context(|| pods(&k))?;

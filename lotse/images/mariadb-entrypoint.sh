@@ -43,7 +43,7 @@ run_initdb_d() {
       *.sql) echo "$0: running $f"; mysql_client ${MARIADB_DATABASE:+--database="$MARIADB_DATABASE"} <"$f"; echo ;;
       *.sql.gz) echo "$0: running $f"; gunzip -c "$f" | mysql_client ${MARIADB_DATABASE:+--database="$MARIADB_DATABASE"}; echo ;;
       *.sql.xz) echo "$0: running $f"; xzcat "$f" | mysql_client ${MARIADB_DATABASE:+--database="$MARIADB_DATABASE"}; echo ;;
-      *) [ -e "$f" ] && echo "$0: ignoring $f" ;;
+      *) if [ -e "$f" ]; then echo "$0: ignoring $f"; fi ;;
     esac
   done
 }

@@ -49,7 +49,7 @@ run_initdb_d() {
       *.sql) echo "$0: running $f"; psql_init --dbname "$POSTGRES_DB" -f "$f"; echo ;;
       *.sql.gz) echo "$0: running $f"; gunzip -c "$f" | psql_init --dbname "$POSTGRES_DB"; echo ;;
       *.sql.xz) echo "$0: running $f"; xzcat "$f" | psql_init --dbname "$POSTGRES_DB"; echo ;;
-      *) [ -e "$f" ] && echo "$0: ignoring $f" ;;
+      *) if [ -e "$f" ]; then echo "$0: ignoring $f"; fi ;;
     esac
   done
 }
