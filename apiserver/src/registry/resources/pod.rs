@@ -760,6 +760,17 @@ pub(crate) fn validate_pod_create(pod: &Value) -> Vec<FieldError> {
 fn validate_ephemeral_update(new: &Value, old: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let new_list = arr(new, &["spec", "ephemeralContainers"]);
+    // Static pods don't support ephemeral containers (kubernetes#113935).
+    if new_list != arr(old, &["spec", "ephemeralContainers"])
+        && old
+            .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
+            .is_some()
+    {
+        return vec![FieldError::forbidden(
+            "",
+            "static pods do not support ephemeral containers",
+        )];
+    }
     for oc in arr(old, &["spec", "ephemeralContainers"]) {
         let name = s(oc, &["name"]);
         match new_list.iter().find(|c| s(c, &["name"]) == name) {
@@ -1243,6 +1254,16 @@ mod tests {
         assert!(errs[1].message.starts_with(
             "spec.ephemeralContainers: Forbidden: existing ephemeral containers \"b\" may not be changed\n"
         ));
+        // Not on static pods.
+        let mut mirror = old.clone();
+        mirror["metadata"] = json!({"annotations": {"kubernetes.io/config.mirror": "x"}});
+        let mut added = mirror.clone();
+        added["spec"]["ephemeralContainers"] = json!([]);
+        assert_eq!(
+            msgs(&validate_pod_update(&added, &mirror)),
+            [": Forbidden: static pods do not support ephemeral containers"]
+        );
+        assert!(validate_pod_update(&mirror, &mirror).is_empty());
         // A write of the pod itself keeps them.
         let mut main = old.clone();
         main["spec"]["ephemeralContainers"] = json!([]);
