@@ -2,16 +2,17 @@
 //! node cut off from the others. Checked with traffic and the real kubectl:
 //!
 //! - VXLAN: every node routes the other nodes' podCIDRs through `lotse.vxlan` (VNI 1, UDP 8472),
-//!   and pods reach pods on every other node through it. The nodes share one underlay bridge
-//!   here, so this proves the encapsulated path works, not that it crosses a router (two bridges
-//!   and a router namespace between them are not built).
+//!   and pods reach pods on every other node through it. Then a fourth node joins (`lotse
+//!   join`, as from another machine) from an underlay of its own, 10.214.0.0/24 behind a router
+//!   namespace (so it is not on-link for the others, which host-gw would need), and pods on
+//!   the first nodes reach its pod through the tunnel.
 //! - Link cut (`ip link set lotse-ul3 down` on the host): the node goes NotReady (Unknown) after
 //!   `--node-monitor-grace-period` (16 s here), its pod with a 2 s `tolerationSeconds` for
 //!   `node.kubernetes.io/unreachable` is replaced on another node; with the link back the node
 //!   is Ready again, its old pod goes, the replacement stays where it is, and the node takes
 //!   new pods.
 //!
-//! Takes about 75 s.
+//! Takes about 85 s.
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,195 @@ spec:
         image: busybox
         command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && dd if=/dev/zero of=/www/big bs=1024 count=512 && exec httpd -f -p 8080 -h /www"]
 "#;
+
+/// The node behind the router.
+const FAR: &str = "mn-far";
+
+/// A pod on the far node.
+const FAR_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: far, labels: {app: far}}
+spec:
+  nodeName: mn-far
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: busybox
+    command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
+"#;
+
+/// A node on an underlay of its own: network namespace `lotse-far<id>` (10.214.0.2/24), linked
+/// to a router namespace `lotse-rt<id>` (10.214.0.1/24) whose other leg is on the cluster's
+/// underlay bridge (10.213.0.254/24); the host routes 10.214.0.0/24 through the router, the
+/// other nodes reach it through the host. In it runs `lotse join` with a token from `lotse
+/// token create --print-join-command`. Stopped and unwired on drop.
+struct FarNode {
+    child: std::process::Child,
+    router: String,
+    node: String,
+    log: std::path::PathBuf,
+}
+
+impl FarNode {
+    fn join(c: &Cluster, tmp: &std::path::Path) -> anyhow::Result<FarNode> {
+        let id = std::process::id() % 100_000;
+        let (router, node) = (format!("lotse-rt{id}"), format!("lotse-far{id}"));
+        let bridge_leg = format!("lotse-r{id}");
+        ip(&["netns", "add", &router])?;
+        ip(&["netns", "add", &node])?;
+        let mut far = FarNode {
+            child: Command::new("true").spawn()?,
+            router: router.clone(),
+            node: node.clone(),
+            log: tmp.join("far.log"),
+        };
+        ip(&[
+            "link",
+            "add",
+            &bridge_leg,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "up0",
+            "netns",
+            &router,
+        ])?;
+        ip(&["link", "set", &bridge_leg, "master", "lotse-ul", "up"])?;
+        ip(&[
+            "-n",
+            &router,
+            "addr",
+            "add",
+            "10.213.0.254/24",
+            "dev",
+            "up0",
+        ])?;
+        ip(&[
+            "-n", &router, "link", "add", "down0", "type", "veth", "peer", "name", "eth0", "netns",
+            &node,
+        ])?;
+        ip(&[
+            "-n",
+            &router,
+            "addr",
+            "add",
+            "10.214.0.1/24",
+            "dev",
+            "down0",
+        ])?;
+        for (ns, dev) in [
+            (&router, "up0"),
+            (&router, "down0"),
+            (&router, "lo"),
+            (&node, "eth0"),
+            (&node, "lo"),
+        ] {
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        let fwd = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &router,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ])
+            .status()?;
+        if !fwd.success() {
+            bail!("enabling forwarding in the router namespace");
+        }
+        ip(&["-n", &node, "addr", "add", "10.214.0.2/24", "dev", "eth0"])?;
+        ip(&["-n", &node, "route", "add", "default", "via", "10.214.0.1"])?;
+        ip(&["route", "replace", "10.214.0.0/24", "via", "10.213.0.254"])?;
+
+        let lotse = e2e::bin_dir().join("lotse");
+        let out = Command::new(&lotse)
+            .args(["token", "create", "--print-join-command", "--data-dir"])
+            .arg(&c.data)
+            .output()?;
+        let line = String::from_utf8_lossy(&out.stdout).to_string();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(
+            [
+                "lotse",
+                "join",
+                server,
+                "--token",
+                token,
+                "--discovery-token-ca-cert-hash",
+                hash,
+            ],
+        ) = words
+            .get(..7)
+            .map(|w| <[&str; 7]>::try_from(w).unwrap_or_default())
+        else {
+            bail!(
+                "lotse token create --print-join-command: {line}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let dir = tmp.join("far");
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::File::create(&far.log)?;
+        // nsenter keeps the host's mount namespace, as `lotse up --nodes` runs its nodes.
+        far.child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{node}"))
+            .arg(&lotse)
+            .args([
+                "join",
+                server,
+                "--token",
+                token,
+                "--discovery-token-ca-cert-hash",
+                hash,
+            ])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args([
+                "--node-name",
+                FAR,
+                "--cgroup-root",
+                "/lotse/mn-far",
+                "--no-install",
+            ])
+            .arg("--images-dir")
+            .arg(c.data.join("kubelet/images"))
+            .args(["--nftables-table", &c.table, "--flannel-backend", "vxlan"])
+            .args(["--cluster-dns", "10.150.0.10"])
+            // As e2e's `lotse up`: the machine's shared disk must not make image GC remove
+            // the test's images.
+            .env("LOTSE_IMAGE_GC_HIGH_THRESHOLD", "100")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        Ok(far)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for FarNode {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let t0 = Instant::now();
+        while matches!(self.child.try_wait(), Ok(None)) && t0.elapsed() < Duration::from_secs(15) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = ip(&["route", "del", "10.214.0.0/24"]);
+        // The veth pairs go with the namespaces.
+        let _ = ip(&["netns", "del", &self.node]);
+        let _ = ip(&["netns", "del", &self.router]);
+    }
+}
 
 fn ip(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("ip").args(args).output()?;
@@ -159,8 +349,53 @@ fn vxlan_carries_pods_and_a_cut_off_node_loses_then_takes_pods() -> anyhow::Resu
             assert_eq!(size.trim(), "524288", "{from} → {to}: 512 KiB over VXLAN");
         }
     }
-    c.k.ok(&["delete", "deployment", "web", "--wait=false"])?;
     step(t0, "pod to pod across nodes over VXLAN");
+
+    let far = FarNode::join(&c, tmp.path())?;
+    wait_for(
+        &c.k,
+        &[
+            "get",
+            "node",
+            FAR,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ],
+        "the far node Ready",
+        Duration::from_secs(90),
+        |s| s == "True",
+    )
+    .with_context(|| far.log())?;
+    c.k.ok_stdin(&["apply", "-f", "-"], FAR_POD)?;
+    let far_pod = c.running_pods("app=far", 1, Duration::from_secs(90))?;
+    let far_cidr =
+        c.k.ok(&["get", "node", FAR, "-o", "jsonpath={.spec.podCIDR}"])?;
+    let route = ip(&["-4", "route", "show", far_cidr.trim()])?;
+    assert!(route.contains("dev lotse.vxlan"), "{route}");
+    for (from, from_node, _) in pods.iter().filter(|p| p.1 != NODES[2]) {
+        let got = eventually(
+            "pod to pod across a router over VXLAN",
+            Duration::from_secs(30),
+            || c.wget(from, &far_pod[0].2, 8080),
+        )
+        .with_context(|| far.log())?;
+        assert_eq!(
+            got, far_pod[0].0,
+            "{from} ({from_node}) → the far node's pod"
+        );
+    }
+    c.k.ok(&[
+        "delete",
+        "pod",
+        "-l",
+        "app=far",
+        "--grace-period=1",
+        "--wait=true",
+    ])?;
+    drop(far);
+    c.k.ok(&["delete", "node", FAR])?;
+    c.k.ok(&["delete", "deployment", "web", "--wait=false"])?;
+    step(t0, "a node behind a router: pod to pod over VXLAN");
 
     // A pod on mn-3 (the other nodes cordoned while it is placed).
     let cut_node = "mn-3";
