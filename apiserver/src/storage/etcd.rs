@@ -241,10 +241,16 @@ fn not_sent(e: &etcd_client::Error) -> bool {
 fn error_chain(s: &tonic::Status) -> String {
     use std::error::Error as _;
     let mut text = s.message().to_owned();
+    let mut last = text.clone();
     let mut source = s.source();
     while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
+        let part = e.to_string();
+        // Wrappers often repeat their source's or their own text ("transport error").
+        if part != last && !last.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        last = part;
         source = e.source();
     }
     text
