@@ -59,6 +59,32 @@ fn host_of(req: &Request<Incoming>) -> String {
     h.to_ascii_lowercase()
 }
 
+/// Removes the hop-by-hop headers (RFC 9110 7.6.1) and those the Connection header names.
+fn strip_hop_by_hop(h: &mut http::HeaderMap) {
+    let named: Vec<String> = h
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for n in named {
+        h.remove(n.as_str());
+    }
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        h.remove(n);
+    }
+}
+
 impl Proxy {
     /// A proxy reading `table`.
     pub fn new(table: Arc<ArcSwap<Table>>) -> Self {
@@ -120,8 +146,13 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&host) {
             h.insert("x-forwarded-host", v);
         }
+        strip_hop_by_hop(req.headers_mut());
         match self.client.request(req).await {
-            Ok(resp) => Ok(resp.map(|b| b.boxed())),
+            Ok(mut resp) => {
+                // The backend's `Connection: close` ends its own connection, not the client's.
+                strip_hop_by_hop(resp.headers_mut());
+                Ok(resp.map(|b| b.boxed()))
+            }
             Err(e) => {
                 tracing::debug!(backend = %backend.name, %addr, error = %e, "backend request failed");
                 Ok(text(StatusCode::BAD_GATEWAY, "502 Bad Gateway"))

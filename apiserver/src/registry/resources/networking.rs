@@ -405,7 +405,8 @@ fn validate_backend(errs: &mut Vec<FieldError>, b: &Value, path: &str) {
 
 /// `validateHTTPIngressPath`.
 fn validate_path(errs: &mut Vec<FieldError>, p: &Value, path: &str) {
-    let Some(kind) = fields::str_at(p, &["pathType"]) else {
+    // The typed round trip turns an absent pathType into "".
+    let Some(kind) = fields::str_at(p, &["pathType"]).filter(|k| !k.is_empty()) else {
         errs.push(FieldError::required(
             format!("{path}.pathType"),
             "pathType must be specified",
