@@ -810,11 +810,19 @@ fn resource_paths(
         );
     }
 
-    // Subresources with the get/put/patch shape: /status (the kind itself) and /scale
-    // (autoscaling/v1 Scale).
+    // Subresources with the get/put/patch shape: /status and pods/ephemeralcontainers (the
+    // kind itself) and /scale (autoscaling/v1 Scale).
     let mut subresources = Vec::new();
     if def.has_subresource(Subresource::Status) {
         subresources.push(("status", "Status", the_gvk.clone(), n.kind_schema.clone()));
+    }
+    if def.has_subresource(Subresource::EphemeralContainers) {
+        subresources.push((
+            "ephemeralcontainers",
+            "Ephemeralcontainers",
+            the_gvk.clone(),
+            n.kind_schema.clone(),
+        ));
     }
     if def.has_subresource(Subresource::Scale) {
         subresources.push((
@@ -884,7 +892,7 @@ mod tests {
         kind: "Pod",
         plural: "pods",
         singular: "pod",
-        subresources: &[Subresource::Status],
+        subresources: &[Subresource::Status, Subresource::EphemeralContainers],
         schema: schema_of::<Pod>,
         ..CONFIGMAPS
     };
@@ -1028,6 +1036,12 @@ mod tests {
             doc["paths"]["/api/v1/namespaces/{namespace}/pods"]["get"]["operationId"],
             "listCoreV1NamespacedPod"
         );
+        let ec = &doc["paths"]["/api/v1/namespaces/{namespace}/pods/{name}/ephemeralcontainers"];
+        assert_eq!(
+            ec["patch"]["operationId"],
+            "patchCoreV1NamespacedPodEphemeralcontainers"
+        );
+        assert_eq!(ec["get"]["x-kubernetes-group-version-kind"]["kind"], "Pod");
     }
 
     #[test]
