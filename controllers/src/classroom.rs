@@ -505,18 +505,13 @@ struct Ctx {
 
 /// Installs the CRD, then reconciles Classrooms until the watch ends.
 pub async fn run(client: Client) -> Result<(), Error> {
-    // The apiserver may still be starting its CRD controller: retry a little.
-    let mut tries = 0;
-    loop {
-        match install_crd(&client).await {
-            Ok(()) => break,
-            Err(e) if tries < 30 => {
-                tries += 1;
-                tracing::warn!(error = %e, "installing the Classroom CRD; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(e),
-        }
+    // The apiserver may still be starting its CRD controller: retry (never give up, so the
+    // other controllers keep running whatever happens here).
+    let mut delay = Duration::from_millis(500);
+    while let Err(e) = install_crd(&client).await {
+        tracing::warn!(error = %e, "installing the Classroom CRD; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
     }
     let classrooms: Api<Classroom> = Api::all(client.clone());
     let namespaces: Api<Namespace> = Api::all(client.clone());

@@ -390,8 +390,39 @@ fn walk(node: &Node, tmp: &Path) -> anyhow::Result<()> {
     );
     ann.ok(&["get", "pods"])?;
 
-    // Removing cat removes exactly lab-cat.
-    k.ok_stdin(&["apply", "-f", "-"], &class(&["ann", "ben"]))?;
+    // Removing cat removes exactly lab-cat; the budget edit updates the quotas in place.
+    let quota_uid = |ns: &str| {
+        k.ok(&[
+            "get",
+            "resourcequota",
+            "budget",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+    };
+    let ann_quota = quota_uid("lab-ann")?;
+    k.ok_stdin(
+        &["apply", "-f", "-"],
+        &class(&["ann", "ben"]).replace("pods: 3", "pods: 4"),
+    )?;
+    wait_for(
+        k,
+        &[
+            "get",
+            "resourcequota",
+            "budget",
+            "-n",
+            "lab-ann",
+            "-o",
+            "jsonpath={.spec.hard.pods}",
+        ],
+        "lab-ann's quota raised to 4 pods",
+        Duration::from_secs(30),
+        |s| s == "4",
+    )?;
+    assert_eq!(quota_uid("lab-ann")?, ann_quota, "the quota was replaced");
     wait_for(
         k,
         &["get", "ns", "-l", "lotse.dev/classroom=lab", "-o", "name"],
