@@ -565,6 +565,26 @@ mod tests {
     }
 
     #[test]
+    fn embedded_scripts_parse() {
+        for (name, text) in [
+            ("build.sh", BUILD_SH),
+            ("mkimage.sh", MKIMAGE_SH),
+            ("postgres-entrypoint.sh", POSTGRES_ENTRYPOINT),
+            ("mariadb-entrypoint.sh", MARIADB_ENTRYPOINT),
+        ] {
+            let out = std::process::Command::new("bash")
+                .args(["-n", "-c", text])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    #[test]
     fn sizes_read_as_crictl_prints_them() {
         assert_eq!(human_size(999), "999B");
         assert_eq!(human_size(2_140_160), "2.140MB");

@@ -296,6 +296,8 @@ mod tests {
         assert_eq!(pkgs("busybox"), ["busybox-static"]);
         assert!(pkgs("pause").contains(&"libc6-dev"));
         assert!(pkgs("nginx").contains(&"debootstrap"));
+        assert!(pkgs("postgres").contains(&"debootstrap"));
+        assert!(pkgs("mariadb").contains(&"debootstrap"));
         assert!(pkgs("unknown").is_empty());
         assert!(
             RUNTIME_NEEDS
