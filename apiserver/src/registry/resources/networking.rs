@@ -586,3 +586,91 @@ fn validate_ingress_class(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
     }
     errs
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msgs(errs: Vec<FieldError>) -> Vec<String> {
+        errs.into_iter().map(|e| e.message).collect()
+    }
+
+    fn svc(name: &str, port: Value) -> Value {
+        json!({"service": {"name": name, "port": port}})
+    }
+
+    #[test]
+    fn ingress_validation_messages() {
+        let ing = json!({"spec": {
+            "rules": [
+                {"host": "1.2.3.4", "http": {"paths": [
+                    {"path": "api", "pathType": "Prefix", "backend": svc("a", json!({"number": 80}))},
+                    {"path": "/x", "backend": svc("a", json!({"number": 80}))},
+                    {"path": "/a//b", "pathType": "Exact", "backend": svc("a", json!({"name": "http", "number": 80}))},
+                    {"path": "/", "pathType": "Regex", "backend": {}},
+                ]}},
+                {"host": "*.ok.example", "http": {"paths": [
+                    {"path": "/", "pathType": "Prefix", "backend": svc("a", json!({}))},
+                ]}},
+                {"host": "a.*.example"},
+            ],
+            "tls": [{"hosts": ["Bad_Host"]}],
+            "ingressClassName": "Lotse",
+        }});
+        assert_eq!(
+            msgs(validate_ingress(&ing, None)),
+            [
+                "spec.rules[0].host: Invalid value: \"1.2.3.4\": must be a DNS name, not an IP address",
+                "spec.rules[0].http.paths[0].path: Invalid value: \"api\": must be an absolute path",
+                "spec.rules[0].http.paths[1].pathType: Required value: pathType must be specified",
+                "spec.rules[0].http.paths[2].path: Invalid value: \"/a//b\": must not contain '//'",
+                "spec.rules[0].http.paths[2].backend: Invalid value: \"\": cannot set both port name & port number",
+                "spec.rules[0].http.paths[3].pathType: Unsupported value: \"Regex\": supported values: \"Exact\", \"ImplementationSpecific\", \"Prefix\"",
+                "spec.rules[0].http.paths[3].backend: Invalid value: \"\": resource or service backend is required",
+                "spec.rules[1].http.paths[0].backend: Required value: port name or number is required",
+                "spec.rules[2].host: Invalid value: \"a.*.example\": a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain, which must consist of lower case alphanumeric characters, '-' or '.' and end with an alphanumeric character (e.g. '*.example.com', regex used for validation is '\\*\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+                "spec.tls[0].hosts[0]: Invalid value: \"Bad_Host\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+                "spec.ingressClassName: Invalid value: \"Lotse\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+            ]
+        );
+        assert_eq!(
+            msgs(validate_ingress(&json!({"spec": {}}), None)),
+            ["spec: Invalid value: null: either `defaultBackend` or `rules` must be specified"]
+        );
+    }
+
+    #[test]
+    fn ingress_class_controller_rules() {
+        let c = |ctl: &str| json!({"spec": {"controller": ctl}});
+        assert!(validate_ingress_class(&c("lotse.dev/ingress"), None).is_empty());
+        assert_eq!(
+            msgs(validate_ingress_class(&c("lotse"), None)),
+            [
+                "spec.controller: Invalid value: \"lotse\": must be a domain-prefixed path (such as \"acme.io/foo\")"
+            ]
+        );
+        assert_eq!(
+            msgs(validate_ingress_class(&c("a.io/x"), Some(&c("b.io/x")))),
+            ["spec.controller: Invalid value: \"a.io/x\": field is immutable"]
+        );
+    }
+
+    #[test]
+    fn ingress_cells_as_kubectl_prints_them() {
+        let ing = json!({"metadata": {"name": "web", "creationTimestamp": "2024-01-01T00:00:00Z"},
+            "spec": {"ingressClassName": "lotse", "tls": [{"hosts": ["a"]}],
+                "rules": [{"host": "a"}, {"host": "b"}, {"host": "c"}, {"host": "d"}, {"host": "e"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}]}}});
+        let cells = ingress_cells(&ing);
+        assert_eq!(cells[1], json!("lotse"));
+        assert_eq!(cells[2], json!("a,b,c,d + 1 more..."));
+        assert_eq!(cells[3], json!("10.0.0.1,10.0..."));
+        assert_eq!(cells[4], json!("80, 443"));
+        let bare = json!({"metadata": {"name": "x"}, "spec": {}});
+        let cells = ingress_cells(&bare);
+        assert_eq!(
+            cells[1..5],
+            [json!("<none>"), json!("*"), json!(""), json!("80")]
+        );
+    }
+}
