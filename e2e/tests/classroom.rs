@@ -196,6 +196,29 @@ fn walk(node: &Node, tmp: &Path) -> anyhow::Result<()> {
         .stderr;
     assert_has(&memory, "spec.budget.memory in body should match");
 
+    // A lab that does not parse passes the schema but is reported, and nothing is applied.
+    k.ok_stdin(
+        &["apply", "-f", "-"],
+        &bad("  students: [{name: ann}]\n  labs: [\"kind: [\"]\n"),
+    )?;
+    let message = wait_for(
+        k,
+        &[
+            "get",
+            "classroom",
+            "bad",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Valid\")].message}",
+        ],
+        "the bad lab reported",
+        Duration::from_secs(30),
+        |s| !s.is_empty(),
+    )?;
+    assert_has(&message, "spec.labs[0]: the manifest does not parse");
+    let none = k.ok(&["get", "ns", "-l", "lotse.dev/classroom=bad", "-o", "name"])?;
+    assert_eq!(none.trim(), "", "a bad Classroom created namespaces");
+    k.ok(&["delete", "classroom", "bad"])?;
+
     // One manifest, three students.
     k.ok_stdin(&["apply", "-f", "-"], &class(&["ann", "ben", "cat"]))?;
     wait_for(
