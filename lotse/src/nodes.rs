@@ -156,6 +156,11 @@ pub fn remove_all() {
     if link_exists(BRIDGE, None) {
         let _ = ip(&["link", "del", BRIDGE]);
     }
+    // The host's VXLAN device (`--flannel-backend vxlan`); the nodes' went with their namespaces.
+    let vxlan = cni_plugin::agent::vxlan::DEVICE;
+    if link_exists(vxlan, None) {
+        let _ = ip(&["link", "del", vxlan]);
+    }
     let t = UNDERLAY_TABLE;
     let _ = cni_plugin::agent::nft::apply(&format!("add table ip {t}\ndelete table ip {t}\n"));
 }
