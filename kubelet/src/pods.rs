@@ -1139,6 +1139,19 @@ async fn ephemeral_containers(
         let m = memo.entry(format!("ephemeral:{}", c.name)).or_default();
         let mut s = seen(k, &ctrs, &c.name).await;
         let mut waiting = None;
+        // Started once already (in an earlier sandbox): never again, as Kubernetes.
+        let reported = pod
+            .status
+            .as_ref()
+            .and_then(|st| st.ephemeral_container_statuses.as_ref())
+            .and_then(|l| l.iter().find(|st| st.name == c.name))
+            .filter(|st| st.container_id.is_some());
+        if s.latest.is_none()
+            && let Some(old) = reported
+        {
+            out.push(old.clone());
+            continue;
+        }
         if s.latest.is_none() {
             let retry_later = m.next_start.is_some_and(|t| Instant::now() < t);
             let target_id = ec
