@@ -355,4 +355,62 @@ mod tests {
         assert_eq!(be.pick(), Some(e[0]));
         assert_eq!(Backend::new("y".into(), vec![]).pick(), None);
     }
+
+    #[test]
+    fn backends_resolve_service_ports_to_ready_slice_endpoints() {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "ns"},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+        }))
+        .unwrap();
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-abc", "namespace": "ns",
+                "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.0.0.2"], "conditions": {"ready": true}},
+                {"addresses": ["10.0.0.3"], "conditions": {"ready": false}},
+                {"addresses": ["10.0.0.1"]}
+            ]
+        }))
+        .unwrap();
+        let ing: Ingress = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "i", "namespace": "ns"},
+            "spec": {"rules": [{"host": "a", "http": {"paths": [
+                {"path": "/", "pathType": "Prefix",
+                 "backend": {"service": {"name": "web", "port": {"number": 80}}}},
+                {"path": "/n", "pathType": "Prefix",
+                 "backend": {"service": {"name": "web", "port": {"name": "http"}}}},
+                {"path": "/gone", "pathType": "Exact",
+                 "backend": {"service": {"name": "gone", "port": {"number": 80}}}}
+            ]}}]}
+        }))
+        .unwrap();
+        let secrets = HashMap::new();
+        let t = Snapshot {
+            ingresses: vec![&ing],
+            services: vec![&svc],
+            slices: vec![&slice],
+            secrets: &secrets,
+        }
+        .build();
+        let want: Vec<SocketAddr> = vec![
+            "10.0.0.1:8080".parse().unwrap(),
+            "10.0.0.2:8080".parse().unwrap(),
+        ];
+        for path in ["/", "/n"] {
+            let Decision::Backend(b) = t.route("a", path) else {
+                panic!("{path} not routed")
+            };
+            assert_eq!(b.endpoints, want, "{path}");
+        }
+        let Decision::Backend(b) = t.route("a", "/gone") else {
+            panic!("/gone not routed")
+        };
+        assert!(
+            b.pick().is_none(),
+            "a missing Service has no endpoints (503)"
+        );
+    }
 }
