@@ -204,7 +204,7 @@ pub struct Node {
 impl Node {
     /// Links (or copies) `images` (e.g. `busybox.tar`) from [`images_dir`] into
     /// `<tmp>/data/kubelet/images`, starts `lotse up` with node name `name` and pod CIDR
-    /// `pod_cidr` on free ports, and waits up to 30 s for the Node to be Ready (the error
+    /// `pod_cidr` on free ports, and waits up to 90 s for the Node to be Ready (the error
     /// carries the log).
     pub fn start(tmp: &Path, name: &str, pod_cidr: &str, images: &[&str]) -> anyhow::Result<Node> {
         let dir = require_images(images)?;
@@ -242,7 +242,9 @@ impl Node {
             &kubectl,
             &node_ready_args(name),
             "node Ready",
-            Duration::from_secs(30),
+            // Archives are imported before the Node registers (the database images take
+            // 12-15 s each on a loaded machine).
+            Duration::from_secs(90),
             |s| s.trim() == "True",
         )
         .with_context(|| lotse.log())?;

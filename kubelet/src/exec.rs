@@ -645,10 +645,12 @@ async fn session(ch: Channels, socket: std::path::PathBuf, cid: String, opts: Ex
     let status = tokio::select! {
         st = &mut done => Some(st),
         _ = reader => {
-            // The client hung up; the process may still run (it only ended our reading).
+            // The client's side ended; the process may still run (it only ended our
+            // reading). A short command still being started by `ctr` on a loaded node gets
+            // time to finish and report (seen: 200 ms lost a `kubectl exec … cat` under load).
             tokio::select! {
                 st = &mut done => Some(st),
-                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => None,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => None,
             }
         }
     };
