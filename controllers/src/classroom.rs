@@ -428,7 +428,12 @@ pub fn limit_range(namespace: &str) -> Value {
 }
 
 /// The NetworkPolicies of one student namespace.
-pub fn network_policies(classroom: &str, namespace: &str, spec: &ClassroomSpec) -> Vec<Value> {
+pub fn network_policies(
+    classroom: &str,
+    namespace: &str,
+    spec: &ClassroomSpec,
+    cluster_cidr: &str,
+) -> Vec<Value> {
     let policy = |name: &str, from: Value| {
         json!({
             "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -461,6 +466,42 @@ pub fn network_policies(classroom: &str, namespace: &str, spec: &ClassroomSpec) 
             .collect();
         out.push(policy("classroom-access", Value::Array(blocks)));
     }
+    // Egress: the namespace itself, DNS anywhere, everything outside the pod network (the
+    // node, the apiserver, the internet), and the namespaces ingress admits from.
+    let mut egress = vec![
+        json!({"to": [{"podSelector": {}}]}),
+        json!({"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}),
+    ];
+    match cluster_cidr.parse::<ipnet::IpNet>() {
+        Ok(ipnet::IpNet::V4(net)) => {
+            egress.push(json!({"to": [
+                {"ipBlock": {"cidr": "0.0.0.0/0", "except": [net.trunc().to_string()]}},
+                {"ipBlock": {"cidr": "::/0"}},
+            ]}));
+        }
+        Ok(ipnet::IpNet::V6(net)) => {
+            egress.push(json!({"to": [
+                {"ipBlock": {"cidr": "0.0.0.0/0"}},
+                {"ipBlock": {"cidr": "::/0", "except": [net.trunc().to_string()]}},
+            ]}));
+        }
+        Err(_) => egress.push(
+            json!({"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}]}),
+        ),
+    }
+    if spec.students_can_reach_each_other {
+        egress.push(
+            json!({"to": [{"namespaceSelector": {"matchLabels": {CLASSROOM_LABEL: classroom}}}]}),
+        );
+    }
+    if let Some(t) = &spec.teacher_namespace {
+        egress.push(json!({"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": t}}}]}));
+    }
+    out.push(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "classroom-egress", "namespace": namespace},
+        "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": egress},
+    }));
     out
 }
 
@@ -470,6 +511,7 @@ const POLICY_NAMES: &[&str] = &[
     "classroom-classmates",
     "classroom-teacher",
     "classroom-access",
+    "classroom-egress",
 ];
 
 /// Installs (creates or updates) the Classroom CRD and waits until it is Established.
@@ -501,10 +543,13 @@ pub async fn install_crd(client: &Client) -> Result<(), Error> {
 
 struct Ctx {
     client: Client,
+    cluster_cidr: String,
 }
 
 /// Installs the CRD, then reconciles Classrooms until the watch ends.
-pub async fn run(client: Client) -> Result<(), Error> {
+/// `cluster_cidr` is the pod network: student pods reach everything outside it, and inside it
+/// only their own namespace (and classmates or the teacher when the spec says so).
+pub async fn run(client: Client, cluster_cidr: String) -> Result<(), Error> {
     // The apiserver may still be starting its CRD controller: retry (never give up, so the
     // other controllers keep running whatever happens here).
     let mut delay = Duration::from_millis(500);
@@ -517,6 +562,7 @@ pub async fn run(client: Client) -> Result<(), Error> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ctx = Arc::new(Ctx {
         client: client.clone(),
+        cluster_cidr,
     });
     Controller::new(classrooms, watcher::Config::default())
         .owns(
@@ -593,7 +639,8 @@ async fn reconcile(c: Arc<Classroom>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             let c = c.clone();
             let client = client.clone();
             let kinds = kinds.clone();
-            async move { reconcile_student(&client, &c, &student, &owner, &kinds).await }
+            let cidr = ctx.cluster_cidr.clone();
+            async move { reconcile_student(&client, &c, &student, &owner, &kinds, &cidr).await }
         })
         .buffered(8)
         .collect()
@@ -724,6 +771,7 @@ async fn reconcile_student(
     student: &str,
     owner: &Value,
     kinds: &Kinds,
+    cluster_cidr: &str,
 ) -> StudentStatus {
     let classroom = c.name_any();
     let ns = student_namespace(&classroom, student);
@@ -732,7 +780,8 @@ async fn reconcile_student(
         namespace: ns.clone(),
         ..Default::default()
     };
-    let result = match reconcile_student_objects(client, c, student, &ns, owner).await {
+    let result = match reconcile_student_objects(client, c, student, &ns, owner, cluster_cidr).await
+    {
         Ok(used) => apply_labs(client, c, student, &ns, kinds)
             .await
             .map(|()| used),
@@ -754,6 +803,7 @@ async fn reconcile_student_objects(
     student: &str,
     ns: &str,
     owner: &Value,
+    cluster_cidr: &str,
 ) -> Result<BTreeMap<String, String>, String> {
     let classroom = c.name_any();
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -811,7 +861,7 @@ async fn reconcile_student_objects(
             "spec": {"hard": hard},
         }));
     }
-    let policies = network_policies(&classroom, ns, &c.spec);
+    let policies = network_policies(&classroom, ns, &c.spec, cluster_cidr);
     let wanted_policies: BTreeSet<String> = policies
         .iter()
         .filter_map(|p| p.pointer("/metadata/name")?.as_str().map(str::to_string))
@@ -1055,15 +1105,19 @@ mod tests {
     #[test]
     fn policies_follow_the_spec() {
         let mut s = spec(&["a"], vec![]);
-        assert_eq!(network_policies("c", "c-a", &s).len(), 1);
+        assert_eq!(network_policies("c", "c-a", &s, "10.244.0.0/16").len(), 2);
         s.students_can_reach_each_other = true;
         s.teacher_namespace = Some("teacher".into());
         s.access = Access {
             mode: AccessMode::NodePort,
             allowed_cidrs: vec!["192.0.2.0/24".into()],
         };
-        let p = network_policies("c", "c-a", &s);
-        assert_eq!(p.len(), 4);
+        let p = network_policies("c", "c-a", &s, "10.244.0.0/16");
+        assert_eq!(p.len(), 5);
+        assert_eq!(
+            p[4]["spec"]["egress"][2]["to"][0]["ipBlock"]["except"][0],
+            "10.244.0.0/16"
+        );
         assert_eq!(
             p[3]["spec"]["ingress"][0]["from"][0]["ipBlock"]["cidr"],
             "192.0.2.0/24"

@@ -271,7 +271,7 @@ async fn run_controllers(config: Config, client: kube::Client) -> Result<(), Err
         ));
     }
     if config.enabled("classroom") {
-        set.spawn(classroom::run(client.clone()));
+        set.spawn(classroom::run(client.clone(), config.cluster_cidr.clone()));
     }
     if config.enabled("garbagecollector") {
         set.spawn(gc::run(client.clone()));
