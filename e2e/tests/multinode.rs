@@ -2,7 +2,8 @@
 //! the underlay bridge with its own containerd, kubelet and network agent, joined with a
 //! bootstrap token through `lotse join`. Checked with traffic and the real kubectl: pods on
 //! every node, pod to pod across nodes (TCP, and UDP with the source address kept) without NAT,
-//! a ClusterIP Service from a pod on each node, a NodePort on every node address, cluster DNS
+//! a ClusterIP Service from a pod on each node, a NodePort on every node address (and with
+//! `externalTrafficPolicy: Local` only where an endpoint is, keeping the client's address), cluster DNS
 //! from another node, pod egress to the host and out of the machine (masqueraded by the pod's
 //! node, and by the host on the way out), cordon/drain/uncordon, a restart that resumes the same
 //! nodes, and joins refused for a wrong token or CA hash. Takes about a minute.
@@ -239,6 +240,69 @@ fn three_nodes_carry_pod_and_service_traffic() -> anyhow::Result<()> {
         );
     }
     step(t0, "hostPort on every node");
+
+    // externalTrafficPolicy: Local: the NodePort of a node with a local endpoint leads to it
+    // and the endpoint sees the client's own address (no SNAT); a node without one does not
+    // pass the connection on to another node.
+    let (target, _, target_ip) = pods
+        .iter()
+        .find(|p| p.1 == NODES[1])
+        .context("a web pod on the second node")?
+        .clone();
+    let rec = PeerRecorder::start(
+        Some(&pod_netns(&c.data, &target_ip)?),
+        Duration::from_secs(60),
+    )?;
+    c.k.ok(&["label", "pod", &target, "etp=local"])?;
+    let svc = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: etp-local}}\nspec:\n  type: NodePort\n  externalTrafficPolicy: Local\n  selector: {{etp: local}}\n  ports: [{{port: 80, targetPort: {}}}]\n",
+        rec.port
+    );
+    c.k.ok_stdin(&["apply", "-f", "-"], &svc)?;
+    let lnp: u16 =
+        c.k.ok(&[
+            "get",
+            "svc",
+            "etp-local",
+            "-o",
+            "jsonpath={.spec.ports[0].nodePort}",
+        ])?
+        .trim()
+        .parse()?;
+    let read_from = |ip: &str, wait: Duration| -> anyhow::Result<String> {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect_timeout(&format!("{ip}:{lnp}").parse()?, wait)?;
+        s.set_read_timeout(Some(wait))?;
+        let mut got = String::new();
+        s.read_to_string(&mut got)?;
+        Ok(got)
+    };
+    eventually(
+        "externalTrafficPolicy: Local NodePort",
+        Duration::from_secs(20),
+        || {
+            let got = read_from(NODE_IPS[1], Duration::from_secs(3))?;
+            if got.trim() != "hello" {
+                bail!("{got:?}");
+            }
+            Ok(())
+        },
+    )?;
+    let peers: Vec<String> = rec.peers().iter().map(|a| a.ip().to_string()).collect();
+    assert!(
+        !peers.is_empty() && peers.iter().all(|p| p == NODE_IPS[0]),
+        "externalTrafficPolicy: Local: the endpoint saw {peers:?}, not the client {}",
+        NODE_IPS[0]
+    );
+    let elsewhere = read_from(NODE_IPS[2], Duration::from_secs(2));
+    assert!(
+        !elsewhere.as_deref().is_ok_and(|b| b.contains("hello")),
+        "a node without a local endpoint passed the connection on: {elsewhere:?}"
+    );
+    step(
+        t0,
+        "externalTrafficPolicy: Local keeps the client's address, local endpoints only",
+    );
 
     // UDP through a ClusterIP across nodes: cluster DNS (kube-dns's ClusterIP, answered on the
     // host) from a pod on every node.
