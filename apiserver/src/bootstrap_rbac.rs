@@ -18,6 +18,8 @@ use crate::server::AppState;
 pub const KUBE_PROXY_USER: &str = "system:kube-proxy";
 /// The user the cluster DNS server (CoreDNS's counterpart) authenticates as.
 pub const DNS_USER: &str = "system:lotse:dns";
+/// The built-in ingress controller's user (`lotse up` runs it with this identity).
+pub const INGRESS_USER: &str = "system:lotse:ingress";
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
@@ -527,6 +529,27 @@ pub fn cluster_roles() -> Vec<Value> {
             ],
             None,
         ),
+        // The built-in ingress controller reads its routes and certificates and publishes
+        // the addresses it serves on (as k3s's Traefik's ClusterRole).
+        cluster_role(
+            "system:lotse:ingress",
+            none.clone(),
+            vec![
+                rule(READ, &[""], &["services", "secrets"]),
+                rule(READ, &["discovery.k8s.io"], &["endpointslices"]),
+                rule(
+                    READ,
+                    &["networking.k8s.io"],
+                    &["ingresses", "ingressclasses"],
+                ),
+                rule(
+                    &["update", "patch"],
+                    &["networking.k8s.io"],
+                    &["ingresses/status"],
+                ),
+            ],
+            None,
+        ),
         // The agent's built-in service load balancer (as k3s's ServiceLB) writes LoadBalancer
         // Services' status.loadBalancer.ingress.
         cluster_role(
@@ -772,6 +795,11 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             vec![user(KUBE_PROXY_USER)],
         ),
         binding("system:lotse:dns", "system:lotse:dns", vec![user(DNS_USER)]),
+        binding(
+            "system:lotse:ingress",
+            "system:lotse:ingress",
+            vec![user(INGRESS_USER)],
+        ),
         // A node that joined (`lotse join`) runs its network agent with the node's own
         // credentials, as k3s's agent runs kube-proxy beside the kubelet.
         binding(

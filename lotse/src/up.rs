@@ -303,7 +303,15 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
     // The ingress controller (class `lotse`, the default) runs in-process on the node, as the
     // cluster DNS does (running it as pods is a follow-up).
     if !a.disable_ingress {
+        // The IngressClass is made once with the launcher's admin rights (as the DNS Service);
+        // the controller itself runs as its own user with only its role.
         let admin = client_from(&running.admin_kubeconfig).await?;
+        let ingress_kc = kubeconfig(
+            "ingress.kubeconfig",
+            apiserver::bootstrap_rbac::INGRESS_USER,
+            &[],
+        )?;
+        let ingress_client = client_from(&ingress_kc).await?;
         let cfg = ingress::Config {
             http: (std::net::Ipv4Addr::UNSPECIFIED, a.ingress_http_port).into(),
             https: (std::net::Ipv4Addr::UNSPECIFIED, a.ingress_https_port).into(),
@@ -318,7 +326,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
                     Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
                 }
             }
-            if let Err(e) = ingress::run(cfg, admin, std::future::pending()).await {
+            if let Err(e) = ingress::run(cfg, ingress_client, std::future::pending()).await {
                 tracing::error!(error = %e, "ingress controller stopped");
             }
         });
