@@ -1127,3 +1127,27 @@ pub fn manifest(name: &str) -> PathBuf {
         .join("../manifests")
         .join(name)
 }
+
+/// Prints how long a test has run at each step (`[12.3s] what`).
+pub fn step(t0: std::time::Instant, what: &str) {
+    eprintln!("[{:?}] {what}", t0.elapsed());
+}
+
+/// Retries `f` every 300 ms until it succeeds or `timeout` has passed; the last error, with
+/// `what` and the timeout, otherwise.
+pub fn eventually<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut f: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let t0 = std::time::Instant::now();
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if t0.elapsed() > timeout => {
+                return Err(e.context(format!("{what}: not within {timeout:?}")));
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(300)),
+        }
+    }
+}

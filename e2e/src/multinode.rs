@@ -239,28 +239,7 @@ impl Drop for Cluster {
     }
 }
 
-/// Prints how long the test has run at each step.
-pub fn step(t0: Instant, what: &str) {
-    eprintln!("[{:?}] {what}", t0.elapsed());
-}
-
-/// Retries `f` every 300 ms until it succeeds or `timeout` has passed.
-pub fn eventually<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let t0 = Instant::now();
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(e) if t0.elapsed() > timeout => {
-                return Err(e.context(format!("{what}: not within {timeout:?}")));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(300)),
-        }
-    }
-}
+pub use crate::{eventually, step};
 
 /// The network namespace file of the pod with address `ip`: containerd keeps its pods'
 /// namespaces under its state dir (`netns_mounts_under_state_dir`), one containerd per node

@@ -12,8 +12,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use e2e::Kubectl;
 use e2e::lotse::{Lotse, node_ready_args, random_pod_cidr, require_images, wait_for};
+use e2e::{Kubectl, eventually};
 
 const MANIFEST: &str = r#"
 apiVersion: apps/v1
@@ -104,24 +104,6 @@ impl Drop for Cluster {
         let _ = std::process::Command::new("nft")
             .args(["delete", "table", "ip", &self.table])
             .status();
-    }
-}
-
-/// Polls `f` until it returns Ok (or `timeout`), returning its last error.
-fn eventually<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let t0 = Instant::now();
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(e) if t0.elapsed() > timeout => {
-                return Err(e.context(format!("{what}: not within {timeout:?}")));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(300)),
-        }
     }
 }
 

@@ -20,8 +20,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use e2e::Kubectl;
 use e2e::lotse::{Lotse, http_get, node_ready_args, random_pod_cidr, require_images, wait_for};
+use e2e::{Kubectl, eventually, step};
 
 const WEB: &str = r#"
 apiVersion: apps/v1
@@ -243,11 +243,6 @@ impl Drop for Cluster {
     }
 }
 
-/// Logs the start of a step with the time since `t0`.
-fn step(t0: Instant, what: &str) {
-    eprintln!("[{:?}] {what}", t0.elapsed());
-}
-
 /// The body of an HTTP/1.0 response.
 fn body(resp: &str) -> String {
     resp.split("\r\n\r\n")
@@ -255,24 +250,6 @@ fn body(resp: &str) -> String {
         .unwrap_or("")
         .trim()
         .to_string()
-}
-
-/// Polls `f` until it returns Ok (or `timeout`), returning its last error.
-fn eventually<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let t0 = Instant::now();
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(e) if t0.elapsed() > timeout => {
-                return Err(e.context(format!("{what}: not within {timeout:?}")));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(300)),
-        }
-    }
 }
 
 /// Lists the pods of `default` through `https://<api_ip>:443` with `token` (kube-rs, the
