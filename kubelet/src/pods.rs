@@ -76,6 +76,24 @@ struct ContainerMemo {
     wait: Option<Duration>,
 }
 
+impl ContainerMemo {
+    /// Why a container that did not start is waiting, in Kubernetes' order: the image
+    /// (`ErrImagePull`, …), its configuration (`CreateContainerConfigError`), the start
+    /// (`RunContainerError`).
+    fn waiting_reason(&self) -> Option<(String, String)> {
+        self.image_error
+            .clone()
+            .or(self
+                .config_error
+                .clone()
+                .map(|e| ("CreateContainerConfigError".into(), e)))
+            .or(self
+                .start_error
+                .clone()
+                .map(|e| ("RunContainerError".into(), e)))
+    }
+}
+
 /// The probe workers' results for one running container.
 struct Probes {
     startup: Tracker,
@@ -988,17 +1006,7 @@ async fn sync(
                 )
                 .await
                 {
-                    waiting = m
-                        .image_error
-                        .clone()
-                        .or(m
-                            .config_error
-                            .clone()
-                            .map(|e| ("CreateContainerConfigError".into(), e)))
-                        .or(m
-                            .start_error
-                            .clone()
-                            .map(|e| ("RunContainerError".into(), e)));
+                    waiting = m.waiting_reason();
                 }
             }
             Some((ctr, st)) if st.state == cri::ContainerState::ContainerExited as i32 => {
@@ -1180,17 +1188,7 @@ async fn ephemeral_containers(
                 if !retry_later && m.config_error.is_some() {
                     bump(m);
                 }
-                waiting = m
-                    .image_error
-                    .clone()
-                    .or(m
-                        .config_error
-                        .clone()
-                        .map(|e| ("CreateContainerConfigError".into(), e)))
-                    .or(m
-                        .start_error
-                        .clone()
-                        .map(|e| ("RunContainerError".into(), e)));
+                waiting = m.waiting_reason();
             }
         }
         let mut status = container_status_of(
