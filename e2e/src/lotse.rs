@@ -285,6 +285,28 @@ impl Node {
     }
 }
 
+/// Waits (up to 30 s) until node `node`'s Lease can be read again: the apiserver of a
+/// restarted `lotse up` answers. The error carries `log()`.
+pub fn wait_api_back(k: &Kubectl, node: &str, log: impl Fn() -> String) -> anyhow::Result<()> {
+    wait_for(
+        k,
+        &[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            node,
+            "-o",
+            "jsonpath={.spec.renewTime}",
+        ],
+        "apiserver back",
+        Duration::from_secs(30),
+        |s| !s.is_empty(),
+    )
+    .with_context(log)?;
+    Ok(())
+}
+
 /// `get node <name> -o jsonpath=<Ready status>`: kubectl arguments printing `True` once the
 /// Node is Ready.
 pub fn node_ready_args(name: &str) -> [&str; 5] {

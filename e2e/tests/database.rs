@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use e2e::Kubectl;
-use e2e::lotse::{Lotse, Node, random_pod_cidr, wait_for};
+use e2e::lotse::{Lotse, Node, random_pod_cidr, wait_api_back, wait_for};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -465,22 +465,7 @@ fn postgres_and_mariadb_keep_their_data() -> anyhow::Result<()> {
     // kill -9 `lotse up` and start it again: the rows are still there, also for a new pod.
     lotse.signal("KILL")?;
     let lotse = Lotse::start(&data, &args)?;
-    wait_for(
-        &k,
-        &[
-            "get",
-            "lease",
-            "-n",
-            "kube-node-lease",
-            "db-node",
-            "-o",
-            "jsonpath={.spec.renewTime}",
-        ],
-        "apiserver back",
-        Duration::from_secs(30),
-        |s| !s.is_empty(),
-    )
-    .with_context(|| lotse.log())?;
+    wait_api_back(&k, "db-node", || lotse.log())?;
     let (pg, uid) = wait_one_ready(&k, "pg", "").with_context(|| pods(&k))?;
     k.ok(&["delete", "pod", &pg, "--wait=false"])?;
     let (pg, _) = wait_one_ready(&k, "pg", &uid).with_context(|| pods(&k))?;

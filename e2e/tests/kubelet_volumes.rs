@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use e2e::Kubectl;
-use e2e::lotse::{Lotse, Node, wait_for};
+use e2e::lotse::{Lotse, Node, wait_api_back, wait_for};
 
 const OBJECTS: &str = r#"
 apiVersion: v1
@@ -317,22 +317,7 @@ fn pod_volumes_and_their_updates() -> anyhow::Result<()> {
     let before = k.ok(&["get", "pod", "vols", "-o", &format!("jsonpath={ids}")])?;
     lotse.signal("KILL")?;
     let mut lotse = Lotse::start(&data, &args)?;
-    wait_for(
-        &k,
-        &[
-            "get",
-            "lease",
-            "-n",
-            "kube-node-lease",
-            "volumes-node",
-            "-o",
-            "jsonpath={.spec.renewTime}",
-        ],
-        "apiserver back",
-        Duration::from_secs(30),
-        |s| !s.is_empty(),
-    )
-    .with_context(|| lotse.log())?;
+    wait_api_back(&k, "volumes-node", || lotse.log())?;
     let t_restart = Instant::now();
     k.ok_stdin(
         &["apply", "-f", "-"],

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use e2e::Kubectl;
-use e2e::lotse::{Lotse, Node, wait_for};
+use e2e::lotse::{Lotse, Node, wait_api_back, wait_for};
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -484,22 +484,7 @@ fn claims_volumes_and_the_local_path_provisioner() -> anyhow::Result<()> {
     lotse.signal("KILL")?;
     let lotse = Lotse::start(&data, &args)?;
     let log = || log_of(&lotse);
-    wait_for(
-        &k,
-        &[
-            "get",
-            "lease",
-            "-n",
-            "kube-node-lease",
-            "storage-node",
-            "-o",
-            "jsonpath={.spec.renewTime}",
-        ],
-        "apiserver back",
-        Duration::from_secs(30),
-        |s| !s.is_empty(),
-    )
-    .with_context(log)?;
+    wait_api_back(&k, "storage-node", log)?;
     k.ok(&["delete", "pod", "keeper", "--wait=true"])?;
     k.ok_stdin(&["create", "-f", "-"], &pod("after", "keep", "true"))?;
     wait_ready(&k, "after").with_context(log)?;
