@@ -7,9 +7,13 @@
 //! Service is blocked; `lotse classroom revoke` makes a kubeconfig fail with 401; removing a
 //! student removes exactly their namespace; invalid Classrooms are refused at admission with
 //! the apiserver's schema wording; deleting the Classroom removes the namespaces.
+//! `lotse classroom kubeconfigs --secret` stores the kubeconfigs in a Secret of the teacher's
+//! namespace that a student's kubeconfig cannot read (403). A second Classroom's PostgreSQL lab
+//! (StatefulSet with a claim, Service `db`): each of its 2 students reaches their own database
+//! by Service name with psql from a pod of their own, and not the classmate's (NetworkPolicy).
 //!
-//! Needs root, containerd, runc, nftables, the built binaries and the busybox and pause
-//! images. About 60 s.
+//! Needs root, containerd, runc, nftables, the built binaries and the busybox, pause and
+//! postgres images. About 90 s.
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -38,6 +42,7 @@ spec:
     pods: 3
     services: 2
   podSecurity: baseline
+  teacherNamespace: teacher
   labs:
     - |
       apiVersion: apps/v1
@@ -70,6 +75,74 @@ spec:
 "#
     )
 }
+
+/// A class of two whose lab is a PostgreSQL StatefulSet (its own claim) behind the Service `db`;
+/// each student's database user is their name.
+const DB_CLASS: &str = r#"apiVersion: lotse.dev/v1alpha1
+kind: Classroom
+metadata:
+  name: db
+spec:
+  students: [{name: ann}, {name: ben}]
+  budget: {pods: 3, persistentvolumeclaims: 1, storage: 1Gi}
+  podSecurity: baseline
+  labs:
+    - |
+      apiVersion: v1
+      kind: Service
+      metadata: {name: db}
+      spec:
+        selector: {app: db}
+        ports: [{port: 5432}]
+      ---
+      apiVersion: apps/v1
+      kind: StatefulSet
+      metadata: {name: db}
+      spec:
+        serviceName: db
+        replicas: 1
+        selector: {matchLabels: {app: db}}
+        template:
+          metadata: {labels: {app: db}}
+          spec:
+            terminationGracePeriodSeconds: 1
+            automountServiceAccountToken: false
+            securityContext: {runAsUser: 999, fsGroup: 999}
+            containers:
+            - name: postgres
+              image: postgres:15
+              env:
+              - {name: POSTGRES_USER, value: "{{student}}"}
+              - {name: POSTGRES_DB, value: lab}
+              - {name: POSTGRES_PASSWORD, value: s3cret}
+              - {name: PGDATA, value: /var/lib/postgresql/data/pgdata}
+              resources: {requests: {memory: 64Mi}, limits: {memory: 512Mi}}
+              readinessProbe:
+                exec: {command: [pg_isready, -h, 127.0.0.1, -U, "{{student}}", -d, lab]}
+                periodSeconds: 1
+              volumeMounts: [{name: data, mountPath: /var/lib/postgresql/data}]
+        volumeClaimTemplates:
+        - metadata: {name: data}
+          spec:
+            accessModes: [ReadWriteOnce]
+            resources: {requests: {storage: 256Mi}}
+"#;
+
+/// The psql client a student runs in their own namespace.
+const PSQL_CLIENT: &str = r#"apiVersion: v1
+kind: Pod
+metadata: {name: psql}
+spec:
+  terminationGracePeriodSeconds: 1
+  automountServiceAccountToken: false
+  containers:
+  - name: psql
+    image: postgres:15
+    command: [sleep, "3600"]
+    env:
+    - {name: PGPASSWORD, value: s3cret}
+    - {name: PGCONNECT_TIMEOUT, value: "3"}
+"#;
 
 fn bad(spec: &str) -> String {
     format!(
@@ -116,8 +189,18 @@ fn classroom_isolation() {
         &["busybox.tar", "pause.tar"],
     )
     .expect("start lotse up");
+    // The postgres archive is large (12–15 s to import): it goes into the running node's
+    // containerd while the first class is built.
+    let images = e2e::lotse::require_images(&["postgres.tar"]).expect("postgres image");
+    let import = Command::new(e2e::bin_dir().join("lotse"))
+        .args(["images", "import", "--data-dir"])
+        .arg(&node.data)
+        .arg(images.join("postgres.tar"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("lotse images import");
     let started = std::time::Instant::now();
-    if let Err(e) = walk(&node, tmp.path()) {
+    if let Err(e) = walk(&node, tmp.path(), import) {
         let k = &node.kubectl;
         let status = k
             .run(&["get", "classrooms", "-o", "yaml"])
@@ -135,8 +218,9 @@ fn classroom_isolation() {
     eprintln!("classroom walk-through: {:?}", started.elapsed());
 }
 
-fn walk(node: &Node, tmp: &Path) -> anyhow::Result<()> {
+fn walk(node: &Node, tmp: &Path, mut import: std::process::Child) -> anyhow::Result<()> {
     let k = &node.kubectl;
+    k.ok(&["create", "namespace", "teacher"])?;
     // The controllers install the CRD at start.
     wait_for(
         k,
@@ -273,7 +357,11 @@ fn walk(node: &Node, tmp: &Path) -> anyhow::Result<()> {
         )?;
     }
 
-    // Each student's kubeconfig.
+    // The PostgreSQL class starts now; it is checked at the end.
+    anyhow::ensure!(import.wait()?.success(), "lotse images import failed");
+    k.ok_stdin(&["apply", "-f", "-"], DB_CLASS)?;
+
+    // Each student's kubeconfig, in files and in the teacher's Secret.
     let out = tmp.join("kubeconfigs");
     let written = lotse_classroom(
         &node.data,
@@ -284,9 +372,43 @@ fn walk(node: &Node, tmp: &Path) -> anyhow::Result<()> {
             &out.to_string_lossy(),
             "--duration",
             "1h",
+            "--secret",
         ],
     )?;
     assert_has(&written, "ann.kubeconfig");
+    assert_has(&written, "secret/lab-kubeconfigs -n teacher");
+    let stored = k.ok(&[
+        "get",
+        "secret",
+        "lab-kubeconfigs",
+        "-n",
+        "teacher",
+        "-o",
+        "jsonpath={.type} {.data}",
+    ])?;
+    assert!(stored.starts_with("Opaque "), "{stored}");
+    for s in ["ann", "ben", "cat"] {
+        assert_has(&stored, &format!(r#""{s}.kubeconfig":"#));
+    }
+    // ben's kubeconfig from the Secret works as the file does.
+    let ben_b64 = k.ok(&[
+        "get",
+        "secret",
+        "lab-kubeconfigs",
+        "-n",
+        "teacher",
+        "-o",
+        "jsonpath={.data.ben\\.kubeconfig}",
+    ])?;
+    let ben_yaml =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, ben_b64.trim())?;
+    std::fs::write(tmp.join("ben-from-secret.kubeconfig"), ben_yaml)?;
+    let ben = Kubectl::new(
+        33,
+        tmp.join("ben-from-secret.kubeconfig"),
+        tmp.join("kubectl-cache-ben"),
+    );
+    assert_has(&ben.ok(&["get", "pods", "-o", "name"])?, "pod/web-");
     let student = |s: &str| {
         Kubectl::new(
             33,
@@ -297,6 +419,11 @@ fn walk(node: &Node, tmp: &Path) -> anyhow::Result<()> {
     let (ann, cat) = (student("ann"), student("cat"));
     let own = ann.ok(&["get", "pods", "-o", "name"])?;
     assert_has(&own, "pod/web-");
+    let secret = ann.fails(&["get", "secret", "lab-kubeconfigs", "-n", "teacher"])?;
+    assert_has(
+        &secret,
+        r#"Error from server (Forbidden): secrets "lab-kubeconfigs" is forbidden: User "system:serviceaccount:lab-ann:student" cannot get resource "secrets" in API group "" in the namespace "teacher""#,
+    );
     let denied = ann.fails(&["get", "pods", "-n", "lab-ben"])?;
     assert_has(
         &denied,
@@ -469,6 +596,8 @@ fn walk(node: &Node, tmp: &Path) -> anyhow::Result<()> {
     ann.ok(&["get", "pod", "client"])
         .context("ann's pod survived the removal of cat")?;
 
+    db_lab(node, tmp)?;
+
     // Deleting the Classroom lets the garbage collector remove the namespaces.
     k.ok(&["delete", "classroom", "lab", "--wait=false"])?;
     wait_for(
@@ -485,5 +614,86 @@ fn walk(node: &Node, tmp: &Path) -> anyhow::Result<()> {
         Duration::from_secs(30),
         |s| s.split_whitespace().all(|p| p.ends_with("=Terminating")),
     )?;
+    Ok(())
+}
+
+/// The PostgreSQL class (applied earlier): each student reaches their own database by Service
+/// name from a pod of their own, and not the classmate's.
+fn db_lab(node: &Node, tmp: &Path) -> anyhow::Result<()> {
+    let k = &node.kubectl;
+    let out = tmp.join("db-kubeconfigs");
+    lotse_classroom(
+        &node.data,
+        &["kubeconfigs", "db", "--out", &out.to_string_lossy()],
+    )?;
+    let student = |s: &str| {
+        Kubectl::new(
+            33,
+            out.join(format!("{s}.kubeconfig")),
+            tmp.join(format!("kubectl-cache-db-{s}")),
+        )
+    };
+    let students = [("ann", student("ann")), ("ben", student("ben"))];
+    for (_, kc) in &students {
+        kc.ok_stdin(&["apply", "-f", "-"], PSQL_CLIENT)?;
+    }
+    for (s, kc) in &students {
+        wait_for(
+            k,
+            &[
+                "get",
+                "statefulset",
+                "db",
+                "-n",
+                &format!("db-{s}"),
+                "-o",
+                "jsonpath={.status.readyReplicas}",
+            ],
+            &format!("db-{s}'s database ready"),
+            Duration::from_secs(90),
+            |r| r == "1",
+        )?;
+        kc.ok(&["wait", "--for=condition=Ready", "pod/psql", "--timeout=60s"])?;
+    }
+    let psql = |kc: &Kubectl, host: &str, user: &str| {
+        kc.run(&[
+            "exec",
+            "psql",
+            "--",
+            "psql",
+            "-h",
+            host,
+            "-U",
+            user,
+            "-d",
+            "lab",
+            "-tAc",
+            "SELECT current_user || '@' || current_database()",
+        ])
+    };
+    for (s, kc) in &students {
+        let mut got = String::new();
+        for _ in 0..20 {
+            let o = psql(kc, "db", s)?;
+            got = format!("{}{}", o.stdout, o.stderr);
+            if o.code == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert_eq!(
+            got.trim(),
+            format!("{s}@lab"),
+            "{s} reaching their database"
+        );
+    }
+    let (_, ann) = &students[0];
+    let blocked = psql(ann, "db.db-ben", "ben")?;
+    assert_ne!(
+        blocked.code, 0,
+        "ann reached ben's database: {}{}",
+        blocked.stdout, blocked.stderr
+    );
+    assert_has(&blocked.stderr, "psql: error: connection to server at");
     Ok(())
 }

@@ -4,7 +4,11 @@
 //! `kubeconfigs` writes `<out>/<student>.kubeconfig` for every student: a time-bound token of
 //! the student's ServiceAccount (TokenRequest, bound to the ServiceAccount object), the student
 //! namespace preset, and the apiserver address students can reach (the advertised address from
-//! `kube-public/cluster-info`, else the admin kubeconfig's) with the cluster CA. `revoke`
+//! `kube-public/cluster-info`, else the admin kubeconfig's) with the cluster CA. With `--secret`
+//! the same kubeconfigs go into the Opaque Secret `<classroom>-kubeconfigs` (one key
+//! `<student>.kubeconfig` each) in the Classroom's `spec.teacherNamespace`: only who may read
+//! Secrets there (the teacher, the admins) reads it; students hold `edit` in their own namespace
+//! only. `revoke`
 //! deletes and recreates the student's ServiceAccount: every token bound to the old object is
 //! refused from then on.
 
@@ -14,10 +18,14 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use base64::Engine;
 use clap::{Args, Subcommand};
-use controllers::classroom::{Classroom, STUDENT_SERVICE_ACCOUNT, student_namespace};
+use controllers::classroom::{
+    CLASSROOM_LABEL, Classroom, STUDENT_SERVICE_ACCOUNT, student_namespace,
+};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::{Api, DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// `lotse classroom …`.
@@ -45,8 +53,12 @@ enum ClassroomCommand {
         /// The Classroom.
         name: String,
         /// Directory to write the kubeconfigs to (created when missing).
+        #[arg(long, required_unless_present = "secret")]
+        out: Option<PathBuf>,
+        /// Also (or instead) store them in the Secret `<name>-kubeconfigs` in the Classroom's
+        /// `spec.teacherNamespace`, one key `<student>.kubeconfig` per student.
         #[arg(long)]
-        out: PathBuf,
+        secret: bool,
         /// How long the tokens are valid (`24h`, `90m`, `1h30m`; at least 10m).
         #[arg(long, default_value = "24h", value_parser = crate::token::parse_ttl)]
         duration: Duration,
@@ -81,6 +93,7 @@ pub async fn run(a: ClassroomArgs) -> anyhow::Result<()> {
         ClassroomCommand::Kubeconfigs {
             name,
             out,
+            secret,
             duration,
         } => {
             if duration < Duration::from_secs(600) {
@@ -90,8 +103,19 @@ pub async fn run(a: ClassroomArgs) -> anyhow::Result<()> {
                 .get(&name)
                 .await
                 .with_context(|| format!("reading Classroom {name:?}"))?;
+            let teacher_ns = match (secret, &class.spec.teacher_namespace) {
+                (false, _) => None,
+                (true, Some(t)) => Some(t.clone()),
+                (true, None) => bail!(
+                    "Classroom {name:?} has no spec.teacherNamespace: --secret stores the kubeconfigs there"
+                ),
+            };
             let (server, ca_pem) = crate::token::cluster_info(&client, &kubeconfig_path).await?;
-            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            if let Some(out) = &out {
+                std::fs::create_dir_all(out)
+                    .with_context(|| format!("creating {}", out.display()))?;
+            }
+            let mut files = std::collections::BTreeMap::new();
             for s in &class.spec.students {
                 let ns = student_namespace(&name, &s.name);
                 let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
@@ -114,12 +138,45 @@ pub async fn run(a: ClassroomArgs) -> anyhow::Result<()> {
                     .status
                     .context("the TokenRequest has no status")?
                     .token;
-                let path = out.join(format!("{}.kubeconfig", s.name));
-                write_private(
-                    &path,
-                    &kubeconfig_yaml(&name, &s.name, &ns, &server, &ca_pem, &token),
-                )?;
-                println!("{}", path.display());
+                let yaml = kubeconfig_yaml(&name, &s.name, &ns, &server, &ca_pem, &token);
+                if let Some(out) = &out {
+                    let path = out.join(format!("{}.kubeconfig", s.name));
+                    write_private(&path, &yaml)?;
+                    println!("{}", path.display());
+                }
+                files.insert(
+                    format!("{}.kubeconfig", s.name),
+                    ByteString(yaml.into_bytes()),
+                );
+            }
+            if let Some(t) = teacher_ns {
+                let secret_name = secret_name(&name);
+                let secrets: Api<Secret> = Api::namespaced(client.clone(), &t);
+                let mut labels = std::collections::BTreeMap::new();
+                labels.insert(CLASSROOM_LABEL.to_string(), name.clone());
+                let s = Secret {
+                    metadata: ObjectMeta {
+                        name: Some(secret_name.clone()),
+                        labels: Some(labels),
+                        ..Default::default()
+                    },
+                    type_: Some("Opaque".into()),
+                    data: Some(files),
+                    ..Default::default()
+                };
+                secrets
+                    .patch(
+                        &secret_name,
+                        &PatchParams::apply("lotse-classroom").force(),
+                        &Patch::Apply(&s),
+                    )
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "writing Secret {t}/{secret_name} (does the namespace {t:?} exist?)"
+                        )
+                    })?;
+                println!("secret/{secret_name} -n {t}");
             }
         }
         ClassroomCommand::Revoke { name, student } => {
@@ -168,6 +225,11 @@ pub async fn run(a: ClassroomArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The Secret (in the teacher's namespace) holding a Classroom's kubeconfigs.
+fn secret_name(classroom: &str) -> String {
+    format!("{classroom}-kubeconfigs")
 }
 
 /// A student's kubeconfig.
