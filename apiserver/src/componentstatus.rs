@@ -8,21 +8,17 @@
 //! component's user (`system:kube-scheduler`, `system:kube-controller-manager`) within the last
 //! [`SEEN_WINDOW`] (their informers re-list or re-watch at least every 290 s). `etcd-0` is a
 //! read of the storage backend (etcd or SQLite).
+//!
+//! This module decides and builds the objects; the apiserver hands it a narrow [`Probe`] (read
+//! a Lease, read the storage backend) and turns an [`Answer`] or a [`Refusal`] into the HTTP
+//! response (JSON or Table, with the [`DEPRECATION`] warning), as `eviction` does.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, Method, StatusCode, header};
-use axum::response::Response;
+use async_trait::async_trait;
 use serde_json::{Value, json};
-
-use crate::error::{ApiError, ApiResult};
-use crate::handlers::json_response;
-use crate::registry::fields;
-use crate::registry::resources::{COMPONENTSTATUSES, LEASES};
-use crate::request::{Query, ResponseFormat};
-use crate::server::AppState;
 
 /// How recent a component's last request must be for it to count as healthy.
 pub const SEEN_WINDOW: Duration = Duration::from_secs(300);
@@ -38,7 +34,57 @@ const COMPONENTS: &[(&str, &str, &str)] = &[
 ];
 const ETCD: &str = "etcd-0";
 /// The Warning header Kubernetes sends with every componentstatuses response.
-const DEPRECATION: &str = "v1 ComponentStatus is deprecated in v1.19+";
+pub const DEPRECATION: &str = "v1 ComponentStatus is deprecated in v1.19+";
+
+/// What the statuses are judged from.
+#[async_trait]
+pub trait Probe: Send + Sync {
+    /// The Lease `kube-system/<name>`, when it exists and can be read.
+    async fn lease(&self, name: &str) -> Option<Value>;
+    /// A read of the storage backend: `Err` with the error's text when it fails.
+    async fn storage(&self) -> Result<(), String>;
+}
+
+/// What a `GET` under `componentstatuses` answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// `componentstatuses`: every component.
+    List(Vec<Value>),
+    /// `componentstatuses/<name>`.
+    One(Value),
+}
+
+impl Answer {
+    /// The objects (the rows of a Table).
+    pub fn items(&self) -> &[Value] {
+        match self {
+            Answer::List(items) => items,
+            Answer::One(obj) => std::slice::from_ref(obj),
+        }
+    }
+
+    /// The JSON body: a `ComponentStatusList` or the one object.
+    pub fn into_json(self) -> Value {
+        match self {
+            Answer::List(items) => json!({
+                "kind": "ComponentStatusList",
+                "apiVersion": "v1",
+                "metadata": {},
+                "items": items,
+            }),
+            Answer::One(obj) => obj,
+        }
+    }
+}
+
+/// Why a `GET` is not answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// An unknown component: Kubernetes answers with a plain error (500) and this message.
+    UnknownComponent(String),
+    /// A path below a component (404 as for any unknown resource).
+    NoSuchResource,
+}
 
 static SEEN: LazyLock<Mutex<HashMap<String, Instant>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
@@ -90,7 +136,8 @@ pub fn extra_aggregated_resources(group: &str, version: &str) -> Vec<Value> {
     })]
 }
 
-fn object(name: &str, healthy: Result<(), String>) -> Value {
+/// A ComponentStatus with its one `Healthy` condition (`Err` carries the error text).
+pub fn object(name: &str, healthy: Result<(), String>) -> Value {
     let condition = match healthy {
         Ok(()) => json!({"type": "Healthy", "status": "True", "message": "ok"}),
         Err(e) => json!({"type": "Healthy", "status": "False", "error": e}),
@@ -103,33 +150,26 @@ fn object(name: &str, healthy: Result<(), String>) -> Value {
     })
 }
 
-/// Whether the Lease `kube-system/<name>` was renewed within its duration.
-async fn lease_fresh(state: &AppState, name: &str) -> bool {
-    let key = crate::handlers::object_key(&LEASES, Some("kube-system"), name);
-    let Ok(Some(kv)) = state.storage.get(&key).await else {
-        return false;
-    };
-    let Ok(lease) = serde_json::from_slice::<Value>(&kv.value) else {
-        return false;
-    };
-    let renewed = fields::str_at(&lease, &["spec", "renewTime"])
+/// Whether `lease` was renewed within its duration.
+fn lease_fresh(lease: &Value) -> bool {
+    let renewed = lease
+        .pointer("/spec/renewTime")
+        .and_then(Value::as_str)
         .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-    let duration = fields::i64_at(&lease, &["spec", "leaseDurationSeconds"]).unwrap_or(15);
+    let duration = lease
+        .pointer("/spec/leaseDurationSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(15);
     renewed.is_some_and(|t| jiff::Timestamp::now().as_second() - t.as_second() <= duration)
 }
 
-async fn check(state: &AppState, name: &str) -> Option<Value> {
+async fn check(probe: &dyn Probe, name: &str) -> Option<Value> {
     if name == ETCD {
-        let healthy = state
-            .storage
-            .current_revision()
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string());
-        return Some(object(name, healthy));
+        return Some(object(name, probe.storage().await));
     }
     let (_, user, lease) = COMPONENTS.iter().find(|(n, _, _)| *n == name)?;
-    let healthy = if lease_fresh(state, lease).await || seen_within(user, SEEN_WINDOW).is_some() {
+    let fresh = probe.lease(lease).await.is_some_and(|l| lease_fresh(&l));
+    let healthy = if fresh || seen_within(user, SEEN_WINDOW).is_some() {
         Ok(())
     } else {
         Err(format!(
@@ -140,92 +180,95 @@ async fn check(state: &AppState, name: &str) -> Option<Value> {
     Some(object(name, healthy))
 }
 
-/// Serves `GET /api/v1/componentstatuses[/<name>]` (JSON or Table); other verbs are refused.
-pub async fn handle(
-    state: &Arc<AppState>,
-    method: &Method,
-    headers: &HeaderMap,
-    rest: &[&str],
-    query: &Query,
-) -> ApiResult<Response> {
-    if method != Method::GET {
-        return Err(ApiError::method_not_allowed());
-    }
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let format = crate::request::response_format(accept);
-    let body = match rest {
+/// Answers `GET /api/v1/<rest>` (`rest` starts with `componentstatuses`).
+pub async fn get(probe: &dyn Probe, rest: &[&str]) -> Result<Answer, Refusal> {
+    match rest {
         ["componentstatuses"] => {
             let mut items = Vec::new();
             for name in COMPONENTS.iter().map(|(n, _, _)| *n).chain([ETCD]) {
-                items.extend(check(state, name).await);
+                items.extend(check(probe, name).await);
             }
-            match format {
-                ResponseFormat::Table => {
-                    crate::table::build(&COMPONENTSTATUSES, &items, query, None, None, true)
-                }
-                _ => json!({
-                    "kind": "ComponentStatusList",
-                    "apiVersion": "v1",
-                    "metadata": {},
-                    "items": items,
-                }),
-            }
+            Ok(Answer::List(items))
         }
-        ["componentstatuses", name] => {
-            let obj = check(state, name).await.ok_or_else(|| {
-                // Kubernetes answers an unknown component with a plain error (500).
-                ApiError::internal(format!("Component not found: {name}"))
-            })?;
-            match format {
-                ResponseFormat::Table => crate::table::build(
-                    &COMPONENTSTATUSES,
-                    std::slice::from_ref(&obj),
-                    query,
-                    None,
-                    None,
-                    true,
-                ),
-                _ => obj,
-            }
-        }
-        _ => return Err(ApiError::no_such_resource()),
-    };
-    let mut r = json_response(
-        StatusCode::OK,
-        serde_json::to_vec(&body).unwrap_or_default(),
-    );
-    // As Kubernetes since 1.19.
-    crate::handlers::add_warnings(&mut r, &[DEPRECATION.to_string()]);
-    Ok(r)
+        ["componentstatuses", name] => check(probe, name)
+            .await
+            .map(Answer::One)
+            .ok_or_else(|| Refusal::UnknownComponent(format!("Component not found: {name}"))),
+        _ => Err(Refusal::NoSuchResource),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn status_cells(o: &Value) -> Vec<Value> {
-        (COMPONENTSTATUSES.cells)(o)
+    /// A backend with (or without) a Lease renewed `age_s` seconds ago and a storage result.
+    struct Fake {
+        lease_age_s: Option<i64>,
+        storage: Result<(), String>,
+    }
+
+    #[async_trait]
+    impl Probe for Fake {
+        async fn lease(&self, _name: &str) -> Option<Value> {
+            let age = self.lease_age_s?;
+            let renewed =
+                jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - age).ok()?;
+            Some(json!({"spec": {"renewTime": renewed.to_string(), "leaseDurationSeconds": 15}}))
+        }
+        async fn storage(&self) -> Result<(), String> {
+            self.storage.clone()
+        }
     }
 
     #[test]
-    fn rows_as_kubectl_prints_them() {
+    fn objects_carry_one_healthy_condition() {
         let ok = object("scheduler", Ok(()));
-        assert_eq!(
-            status_cells(&ok),
-            [json!("scheduler"), json!("Healthy"), json!("ok"), json!("")]
-        );
-        let bad = object("etcd-0", Err("connection refused".into()));
-        assert_eq!(
-            status_cells(&bad),
-            [
-                json!("etcd-0"),
-                json!("Unhealthy"),
-                json!(""),
-                json!("connection refused")
-            ]
-        );
         assert_eq!(ok["conditions"][0]["message"], "ok");
+        assert_eq!(ok["conditions"][0]["status"], "True");
         assert!(ok["conditions"][0].get("error").is_none());
+        let bad = object("etcd-0", Err("connection refused".into()));
+        assert_eq!(bad["conditions"][0]["status"], "False");
+        assert_eq!(bad["conditions"][0]["error"], "connection refused");
+    }
+
+    #[tokio::test]
+    async fn fresh_leases_and_storage_make_healthy_components() {
+        let fake = Fake {
+            lease_age_s: Some(2),
+            storage: Err("connection refused".into()),
+        };
+        let Ok(Answer::List(items)) = get(&fake, &["componentstatuses"]).await else {
+            panic!("a list");
+        };
+        let names: Vec<&str> = items
+            .iter()
+            .filter_map(|o| o["metadata"]["name"].as_str())
+            .collect();
+        assert_eq!(names, ["scheduler", "controller-manager", "etcd-0"]);
+        assert_eq!(items[1]["conditions"][0]["status"], "True");
+        assert_eq!(items[2]["conditions"][0]["error"], "connection refused");
+        let stale = Fake {
+            lease_age_s: Some(60),
+            storage: Ok(()),
+        };
+        let Ok(Answer::One(cm)) = get(&stale, &["componentstatuses", "controller-manager"]).await
+        else {
+            panic!("one object");
+        };
+        assert_eq!(cm["conditions"][0]["status"], "False");
+        assert_eq!(
+            get(&stale, &["componentstatuses", "kubelet"]).await,
+            Err(Refusal::UnknownComponent(
+                "Component not found: kubelet".into()
+            ))
+        );
+        assert_eq!(
+            get(&stale, &["componentstatuses", "etcd-0", "x"]).await,
+            Err(Refusal::NoSuchResource)
+        );
+        let list = Answer::List(Vec::new()).into_json();
+        assert_eq!(list["kind"], "ComponentStatusList");
     }
 
     #[test]

@@ -303,8 +303,7 @@ async fn dispatch_inner(
         .await;
     }
     if crate::componentstatus::is_path(group, version, rest) {
-        return crate::componentstatus::handle(state, &parts.method, &parts.headers, rest, &query)
-            .await;
+        return component_statuses(state, &parts.method, &parts.headers, rest, &query).await;
     }
     if crate::reviews::is_review_path(group, version, rest) {
         let body = body_bytes(body).await?;
@@ -594,4 +593,65 @@ pub async fn bootstrap(state: &Arc<AppState>) {
         Ok(_) | Err(ApiError { code: 409, .. }) => {}
         Err(e) => tracing::warn!(error = %e, "could not create the kubernetes service"),
     }
+}
+
+/// `componentstatus`'s view of the apiserver: Leases and the storage backend.
+struct StatusProbe<'a>(&'a AppState);
+
+#[async_trait::async_trait]
+impl crate::componentstatus::Probe for StatusProbe<'_> {
+    async fn lease(&self, name: &str) -> Option<Value> {
+        let key = handlers::object_key(&registry::resources::LEASES, Some("kube-system"), name);
+        let kv = self.0.storage.get(&key).await.ok()??;
+        serde_json::from_slice(&kv.value).ok()
+    }
+
+    async fn storage(&self) -> Result<(), String> {
+        self.0
+            .storage
+            .current_revision()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Serves `GET /api/v1/componentstatuses[/<name>]` (JSON or Table) from what
+/// [`crate::componentstatus`] decides; other verbs are refused.
+async fn component_statuses(
+    state: &AppState,
+    method: &Method,
+    headers: &axum::http::HeaderMap,
+    rest: &[&str],
+    query: &Query,
+) -> ApiResult<Response> {
+    use crate::componentstatus::{self as cs, Refusal};
+    if method != Method::GET {
+        return Err(ApiError::method_not_allowed());
+    }
+    let answer = cs::get(&StatusProbe(state), rest)
+        .await
+        .map_err(|r| match r {
+            Refusal::UnknownComponent(message) => ApiError::internal(message),
+            Refusal::NoSuchResource => ApiError::no_such_resource(),
+        })?;
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let body = match request::response_format(accept) {
+        request::ResponseFormat::Table => crate::table::build(
+            &registry::resources::COMPONENTSTATUSES,
+            answer.items(),
+            query,
+            None,
+            None,
+            true,
+        ),
+        _ => answer.into_json(),
+    };
+    let mut r = json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&body).unwrap_or_default(),
+    );
+    // As Kubernetes since 1.19.
+    handlers::add_warnings(&mut r, &[cs::DEPRECATION.to_string()]);
+    Ok(r)
 }

@@ -42,9 +42,9 @@ const KNOWN: &[&str] = &[
     "tls",
     "tokenrequest",
     "watch",
-    // Joined with issue 17 (they take `&AppState` and answer through `handlers`/`table`, and
-    // `server`/`discovery` route to them): to be handed narrow handles like `eviction` (issue 12).
-    "componentstatus",
+    // Joined with issue 17 (it takes `&AppState` and answers through `handlers`/`table`, and
+    // `server`/`discovery` route to it): to be handed narrow handles like `eviction` and
+    // `componentstatus` (issue 12).
     "metrics_api",
 ];
 

@@ -223,6 +223,25 @@ fn status_cells(o: &Value) -> Vec<Value> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn component_status_rows_as_kubectl_prints_them() {
+        let ok = crate::componentstatus::object("scheduler", Ok(()));
+        assert_eq!(
+            status_cells(&ok),
+            [json!("scheduler"), json!("Healthy"), json!("ok"), json!("")]
+        );
+        let bad = crate::componentstatus::object("etcd-0", Err("connection refused".into()));
+        assert_eq!(
+            status_cells(&bad),
+            [
+                json!("etcd-0"),
+                json!("Unhealthy"),
+                json!(""),
+                json!("connection refused")
+            ]
+        );
+    }
+
     fn rc() -> Value {
         let mut o = json!({"metadata": {"name": "web"}, "spec": {"template": {
             "metadata": {"labels": {"app": "web"}},
