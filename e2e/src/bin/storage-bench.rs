@@ -121,11 +121,18 @@ async fn main() -> anyhow::Result<()> {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
     let scheduled: Seen = Arc::default();
     let bound: Seen = Arc::default();
+    let selected: Seen = Arc::default();
     let w1 = watch_for(pods.clone(), scheduled.clone(), |p| {
         p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
     });
     let w2 = watch_for(claims.clone(), bound.clone(), |c| {
         c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+    });
+    let w3 = watch_for(claims.clone(), selected.clone(), |c| {
+        c.metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key("volume.kubernetes.io/selected-node"))
     });
     // The service account the pods need exists once the controllers have made it.
     let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
@@ -147,33 +154,69 @@ async fn main() -> anyhow::Result<()> {
     }
     let floor = delays("pods scheduled", &plain, &scheduled).await?;
 
+    let claim = |name: &str| -> anyhow::Result<PersistentVolumeClaim> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Mi"}}}
+        }))?)
+    };
+    // Each claim with its pod right after it: the pod often reaches the scheduler before its
+    // claim does, is unschedulable ("persistentvolumeclaim ... not found") and waits out the
+    // 1 s initial backoff once the claim arrives, as in Kubernetes.
     let mut made = HashMap::new();
     for i in 0..args.claims {
-        let claim = format!("data-{i}");
-        let c: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": claim},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Mi"}}}
-        }))?;
-        claims.create(&pp, &c).await.context("creating a claim")?;
-        made.insert(claim.clone(), Instant::now());
-        pods.create(&pp, &pod(&format!("user-{i}"), Some(&claim))?)
+        let name = format!("data-{i}");
+        claims
+            .create(&pp, &claim(&name)?)
+            .await
+            .context("creating a claim")?;
+        made.insert(name.clone(), Instant::now());
+        pods.create(&pp, &pod(&format!("user-{i}"), Some(&name))?)
             .await?;
     }
     let to_bound = delays("claims Bound", &made, &bound).await?;
+    let to_selected = delays("claims given a node", &made, &selected).await?;
+    // Claims first, then their pods (as a StatefulSet's controller creates them): each time
+    // runs from its pod's creation, when the WaitForFirstConsumer claim can start binding.
+    let mut waiting = HashMap::new();
+    for i in 0..args.claims {
+        let name = format!("early-{i}");
+        claims
+            .create(&pp, &claim(&name)?)
+            .await
+            .context("creating a claim")?;
+    }
+    for i in 0..args.claims {
+        let name = format!("early-{i}");
+        pods.create(&pp, &pod(&format!("early-user-{i}"), Some(&name))?)
+            .await?;
+        waiting.insert(name, Instant::now());
+    }
+    let early_bound = delays("early claims Bound", &waiting, &bound).await?;
+    let early_selected = delays("early claims given a node", &waiting, &selected).await?;
     w1.abort();
     w2.abort();
+    w3.abort();
 
-    let (b50, b99) = percentiles(to_bound);
     let (f50, f99) = percentiles(floor);
+    let n = args.claims;
+    let (b50, b99) = percentiles(early_bound);
+    let (s50, s99) = percentiles(early_selected);
     println!(
-        "claim created -> Bound (local-path, WaitForFirstConsumer, {} claims with their pods): p50 {b50:?}  p99 {b99:?}  (goal p99 <= 1 s)",
-        args.claims
+        "claims created first, then their pods: pod created -> claim Bound (local-path, WaitForFirstConsumer, {n} claims): p50 {b50:?}  p99 {b99:?}  (goal p99 <= 1 s)"
     );
     println!(
-        "floor: pod created -> scheduled, no claim ({} pods): p50 {f50:?}  p99 {f99:?}; p99 ratio {:.2}x",
-        args.claims,
-        b99.as_secs_f64() / f99.as_secs_f64().max(1e-6)
+        "  of which pod created -> selected-node set by the scheduler: p50 {s50:?}  p99 {s99:?}"
     );
+    let (b50, b99) = percentiles(to_bound);
+    let (s50, s99) = percentiles(to_selected);
+    println!(
+        "each claim with its pod right after it: claim created -> Bound ({n} claims): p50 {b50:?}  p99 {b99:?}"
+    );
+    println!(
+        "  of which claim created -> selected-node set by the scheduler: p50 {s50:?}  p99 {s99:?} (a pod that beats its claim into the scheduler's cache waits the 1 s initial backoff)"
+    );
+    println!("floor: pod created -> scheduled, no claim ({n} pods): p50 {f50:?}  p99 {f99:?}");
     // Where time goes: the binder's failed syncs are retried after 2 s.
     let log = node.lotse.log();
     println!(
