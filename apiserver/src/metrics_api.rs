@@ -2,7 +2,7 @@
 //! apiserver as k3s bundles metrics-server.
 //!
 //! As metrics-server does, a scraper fetches every node kubelet's `/metrics/resource` once per
-//! [`RESOLUTION`] (through the apiserver's kubelet client, [`crate::proxy`]) and keeps the last
+//! [`RESOLUTION`] (through the apiserver's kubelet client) and keeps the last
 //! two points of each node and container. CPU usage is the rate of the cumulative counter
 //! between those two points (`window` is the time between them); memory is the latest working
 //! set. A container first seen within a resolution of its start counts from its start time
@@ -14,22 +14,95 @@
 //! `…/pods`, `…/namespaces/<ns>/pods[/<name>]` with `labelSelector` and `fieldSelector`
 //! (`metadata.name`, `metadata.namespace`), the labels being the Node's or Pod's own; and the
 //! group's discovery entries, so `kubectl top` finds it.
+//!
+//! This module scrapes, keeps and answers; the apiserver hands it a narrow [`Cluster`] (list
+//! nodes and pods from the watch caches, fetch a kubelet's `/metrics/resource`) and turns the
+//! answer or a [`Refusal`] into the HTTP response, as `eviction` does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{Method, StatusCode};
-use axum::response::Response;
+use async_trait::async_trait;
 use serde_json::{Value, json};
 use tokio::sync::RwLock;
 
-use crate::error::{ApiError, ApiResult};
-use crate::handlers::json_response;
-use crate::registry::resources::{NODES, PODS};
-use crate::request::Query;
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::server::AppState;
+
+/// A Node or Pod as the watch cache holds it: what the metrics are served for.
+pub struct Object {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace` (empty for a node).
+    pub namespace: String,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Which objects a list keeps: (name, namespace, labels).
+pub type Keep<'a> = &'a (dyn Fn(&str, &str, &BTreeMap<String, String>) -> bool + Sync);
+
+/// What the metrics API reads of the cluster.
+#[async_trait]
+pub trait Cluster: Send + Sync {
+    /// The apiserver's error.
+    type Error: Send + std::fmt::Display;
+    /// The Nodes that `keep` selects.
+    async fn nodes(&self, keep: Keep<'_>) -> Result<Vec<Object>, Self::Error>;
+    /// The Pods of `namespace` (all namespaces when `None`) that `keep` selects.
+    async fn pods(
+        &self,
+        namespace: Option<&str>,
+        keep: Keep<'_>,
+    ) -> Result<Vec<Object>, Self::Error>;
+    /// The body of `node`'s kubelet `/metrics/resource`.
+    async fn scrape(&self, node: &str) -> Result<String, Self::Error>;
+}
+
+/// Why a request is not answered.
+#[derive(Debug)]
+pub enum Refusal<E> {
+    /// The cluster's error.
+    Cluster(E),
+    /// An unknown path (404).
+    NoSuchResource,
+    /// 405 `MethodNotAllowed` with this message.
+    MethodNotAllowed(String),
+    /// 400 with this message (a malformed selector).
+    BadRequest(String),
+    /// The named Node (`nodes`) or Pod (`pods`) does not exist (404).
+    NotFound {
+        /// `nodes` or `pods`.
+        resource: &'static str,
+        /// The name asked for.
+        name: String,
+    },
+    /// The object exists but has no metrics: 404 for `nodemetrics`/`podmetrics` of [`GROUP`].
+    NoMetrics {
+        /// `nodemetrics` or `podmetrics`.
+        resource: &'static str,
+        /// The name asked for.
+        name: String,
+    },
+}
+
+/// A request under `/apis/metrics.k8s.io/v1beta1/` (not its discovery, `rest` not empty).
+pub struct Request<'a> {
+    /// The HTTP method (`GET`, …).
+    pub method: &'a str,
+    /// The path after the version.
+    pub rest: &'a [&'a str],
+    /// `?watch=true`.
+    pub watch: bool,
+    /// `?labelSelector`.
+    pub label_selector: &'a str,
+    /// `?fieldSelector`.
+    pub field_selector: &'a str,
+    /// Whether a Table is asked for.
+    pub as_table: bool,
+    /// `?includeObject` of a Table.
+    pub include_object: Option<&'a str>,
+}
 
 /// The API group.
 pub const GROUP: &str = "metrics.k8s.io";
@@ -105,27 +178,27 @@ pub struct Store {
 }
 
 /// Starts the scraper: every [`RESOLUTION`], every node's kubelet.
-pub fn spawn(state: Arc<AppState>, store: Arc<Store>) {
+pub fn spawn<C: Cluster + 'static>(cluster: Arc<C>, store: Arc<Store>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(RESOLUTION);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            scrape_all(&state, &store).await;
+            scrape_all(cluster.as_ref(), &store).await;
         }
     });
 }
 
-async fn scrape_all(state: &Arc<AppState>, store: &Store) {
-    let nodes = match node_names(state).await {
-        Ok(n) => n,
+async fn scrape_all<C: Cluster>(cluster: &C, store: &Store) {
+    let nodes = match cluster.nodes(&|_, _, _| true).await {
+        Ok(n) => n.into_iter().map(|o| o.name).collect::<Vec<_>>(),
         Err(e) => {
             tracing::warn!(error = %e, "metrics: listing nodes");
             return;
         }
     };
     let scrapes = futures::future::join_all(nodes.iter().map(|n| async move {
-        let r = tokio::time::timeout(SCRAPE_TIMEOUT, fetch(state, n)).await;
+        let r = tokio::time::timeout(SCRAPE_TIMEOUT, cluster.scrape(n)).await;
         (n.clone(), r)
     }))
     .await;
@@ -144,28 +217,6 @@ async fn scrape_all(state: &Arc<AppState>, store: &Store) {
         }
     }
     *all = next;
-}
-
-async fn node_names(state: &Arc<AppState>) -> ApiResult<Vec<String>> {
-    let cache = state.cacher(&NODES)?;
-    let list = cache
-        .list(
-            &format!("/registry/{}/", NODES.storage_prefix),
-            None,
-            0,
-            &|_| true,
-        )
-        .await;
-    Ok(list.items.iter().map(|o| o.name.clone()).collect())
-}
-
-async fn fetch(state: &Arc<AppState>, node: &str) -> ApiResult<String> {
-    let (addr, port) = crate::proxy::kubelet_address(state, node).await?;
-    let resp = crate::proxy::kubelet_get(state, &addr, port, "/metrics/resource", node).await?;
-    let body = axum::body::to_bytes(resp.into_body(), 64 << 20)
-        .await
-        .map_err(|e| ApiError::internal(format!("reading /metrics/resource of {node}: {e}")))?;
-    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 fn now_ms() -> i64 {
@@ -423,90 +474,73 @@ pub fn extra_aggregated_resources(group: &str, version: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Serves `/apis/metrics.k8s.io/<version>/<rest>`.
-pub async fn handle(
-    state: &Arc<AppState>,
+/// Answers a request under `/apis/metrics.k8s.io/v1beta1/` (the version checked and the
+/// discovery list served by the caller).
+pub async fn get<C: Cluster>(
+    cluster: &C,
     store: &Store,
-    method: &Method,
-    version: &str,
-    rest: &[&str],
-    query: &Query,
-    accept: &str,
-) -> ApiResult<Response> {
-    let as_table = matches!(
-        crate::request::response_format(Some(accept)),
-        crate::request::ResponseFormat::Table
-    );
-    if version != VERSION {
-        return Err(ApiError::no_such_resource());
-    }
-    if rest.is_empty() {
-        let list = crate::discovery::resource_list(GROUP, VERSION)
-            .ok_or_else(ApiError::no_such_resource)?;
-        return Ok(ok(&list));
-    }
-    let (namespace, resource, name) = match rest {
+    req: Request<'_>,
+) -> Result<Value, Refusal<C::Error>> {
+    let as_table = req.as_table;
+    let (namespace, resource, name) = match req.rest {
         ["nodes"] => (None, "nodes", None),
         ["nodes", n] => (None, "nodes", Some(*n)),
         ["pods"] => (None, "pods", None),
         ["namespaces", ns, "pods"] => (Some(*ns), "pods", None),
         ["namespaces", ns, "pods", n] => (Some(*ns), "pods", Some(*n)),
-        _ => return Err(ApiError::no_such_resource()),
+        _ => return Err(Refusal::NoSuchResource),
     };
-    if method != Method::GET && method != Method::HEAD {
-        let verb = method.as_str().to_ascii_lowercase();
-        return Err(ApiError::new(
-            405,
-            "MethodNotAllowed",
-            format!("{verb} is not supported on resources of kind \"{resource}.{GROUP}\""),
-        ));
+    if req.method != "GET" && req.method != "HEAD" {
+        let verb = req.method.to_ascii_lowercase();
+        return Err(Refusal::MethodNotAllowed(format!(
+            "{verb} is not supported on resources of kind \"{resource}.{GROUP}\""
+        )));
     }
-    if query.flag("watch") {
-        return Err(ApiError::new(
-            405,
-            "MethodNotAllowed",
-            format!("watch is not supported on resources of kind \"{resource}.{GROUP}\""),
-        ));
+    if req.watch {
+        return Err(Refusal::MethodNotAllowed(format!(
+            "watch is not supported on resources of kind \"{resource}.{GROUP}\""
+        )));
     }
-    let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or(""))
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or(""))
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let labels =
+        LabelSelector::parse(req.label_selector).map_err(|e| Refusal::BadRequest(e.to_string()))?;
+    let fields =
+        FieldSelector::parse(req.field_selector).map_err(|e| Refusal::BadRequest(e.to_string()))?;
+    let include = req.include_object;
     let nodes = store.nodes.read().await;
     let now = now_ms();
     if resource == "nodes" {
-        let items = node_items(state, &nodes, name, &labels, &fields, now).await?;
+        let items = node_items(cluster, &nodes, name, &labels, &fields, now).await?;
         return match name {
             Some(n) => {
-                let mut item = items
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| ApiError::not_found_gr(GROUP, "nodemetrics", n))?;
+                let mut item = items.into_iter().next().ok_or_else(|| Refusal::NoMetrics {
+                    resource: "nodemetrics",
+                    name: n.to_string(),
+                })?;
                 with_type(&mut item, "NodeMetrics");
                 if as_table {
-                    return Ok(ok(&table(&[item], query)));
+                    return Ok(table(&[item], include));
                 }
-                Ok(ok(&item))
+                Ok(item)
             }
-            None if as_table => Ok(ok(&table(&items, query))),
-            None => Ok(ok(&list("NodeMetricsList", items))),
+            None if as_table => Ok(table(&items, include)),
+            None => Ok(list("NodeMetricsList", items)),
         };
     }
-    let items = pod_items(state, &nodes, namespace, name, &labels, &fields, now).await?;
+    let items = pod_items(cluster, &nodes, namespace, name, &labels, &fields, now).await?;
     match name {
         Some(n) => {
-            let mut item = items
-                .into_iter()
-                .next()
-                .ok_or_else(|| ApiError::not_found_gr(GROUP, "podmetrics", n))?;
+            let mut item = items.into_iter().next().ok_or_else(|| Refusal::NoMetrics {
+                resource: "podmetrics",
+                name: n.to_string(),
+            })?;
             with_type(&mut item, "PodMetrics");
             if as_table {
-                return Ok(ok(&table(&[item], query)));
+                return Ok(table(&[item], include));
             }
-            Ok(ok(&item))
+            Ok(item)
         }
-        None if as_table => Ok(ok(&table(&items, query))),
-        None => Ok(ok(&list("PodMetricsList", items))),
+        None if as_table => Ok(table(&items, include)),
+        None => Ok(list("PodMetricsList", items)),
     }
 }
 
@@ -540,7 +574,7 @@ fn bytes(q: &str) -> u64 {
 
 /// metrics-server's Table: Name, one column per resource (cpu, memory; a pod's containers
 /// summed), Window.
-fn table(items: &[Value], query: &Query) -> Value {
+fn table(items: &[Value], include_object: Option<&str>) -> Value {
     let columns = json!([
         {"name": "Name", "type": "string", "format": "name", "description": "Name of the resource", "priority": 0},
         {"name": "cpu", "type": "string", "format": "quantity", "description": "", "priority": 0},
@@ -570,23 +604,27 @@ fn table(items: &[Value], query: &Query) -> Value {
                     item.get("window").cloned().unwrap_or(Value::Null),
                 ]),
             );
-            match query.get("includeObject") {
+            match include_object {
                 Some("None") => {}
                 Some("Object") => {
                     row.insert("object".into(), item.clone());
                 }
                 _ => {
-                    row.insert("object".into(), crate::table::partial_metadata(item));
+                    // PartialObjectMetadata, as every Table row.
+                    row.insert(
+                        "object".into(),
+                        json!({
+                            "kind": "PartialObjectMetadata",
+                            "apiVersion": "meta.k8s.io/v1",
+                            "metadata": item.get("metadata").cloned().unwrap_or_else(|| json!({})),
+                        }),
+                    );
                 }
             }
             Value::Object(row)
         })
         .collect();
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {}, "columnDefinitions": columns, "rows": rows})
-}
-
-fn ok(v: &Value) -> Response {
-    json_response(StatusCode::OK, serde_json::to_vec(v).unwrap_or_default())
 }
 
 fn list(kind: &str, items: Vec<Value>) -> Value {
@@ -637,28 +675,29 @@ fn selected(
         })
 }
 
-async fn node_items(
-    state: &Arc<AppState>,
+async fn node_items<C: Cluster>(
+    cluster: &C,
     scrapes: &HashMap<String, NodeScrape>,
     name: Option<&str>,
     labels: &LabelSelector,
     fields: &FieldSelector,
     now: i64,
-) -> ApiResult<Vec<Value>> {
-    let cache = state.cacher(&NODES)?;
-    let prefix = format!("/registry/{}/", NODES.storage_prefix);
-    let nodes = cache
-        .list(&prefix, None, 0, &|o| {
-            name.is_none_or(|n| o.name == n) && selected(labels, fields, &o.name, "", &o.labels)
+) -> Result<Vec<Value>, Refusal<C::Error>> {
+    let nodes = cluster
+        .nodes(&|o_name, _, o_labels| {
+            name.is_none_or(|n| o_name == n) && selected(labels, fields, o_name, "", o_labels)
         })
-        .await;
+        .await
+        .map_err(Refusal::Cluster)?;
     if let Some(n) = name
-        && nodes.items.is_empty()
+        && nodes.is_empty()
     {
-        return Err(ApiError::not_found(&NODES, n));
+        return Err(Refusal::NotFound {
+            resource: "nodes",
+            name: n.to_string(),
+        });
     }
     Ok(nodes
-        .items
         .iter()
         .filter_map(|o| {
             let u = scrapes.get(&o.name)?.node.usage()?;
@@ -672,30 +711,29 @@ async fn node_items(
         .collect())
 }
 
-async fn pod_items(
-    state: &Arc<AppState>,
+async fn pod_items<C: Cluster>(
+    cluster: &C,
     scrapes: &HashMap<String, NodeScrape>,
     namespace: Option<&str>,
     name: Option<&str>,
     labels: &LabelSelector,
     fields: &FieldSelector,
     now: i64,
-) -> ApiResult<Vec<Value>> {
-    let cache = state.cacher(&PODS)?;
-    let prefix = match namespace {
-        Some(ns) => format!("/registry/{}/{ns}/", PODS.storage_prefix),
-        None => format!("/registry/{}/", PODS.storage_prefix),
-    };
-    let pods = cache
-        .list(&prefix, None, 0, &|o| {
-            name.is_none_or(|n| o.name == n)
-                && selected(labels, fields, &o.name, &o.namespace, &o.labels)
+) -> Result<Vec<Value>, Refusal<C::Error>> {
+    let pods = cluster
+        .pods(namespace, &|o_name, o_namespace, o_labels| {
+            name.is_none_or(|n| o_name == n)
+                && selected(labels, fields, o_name, o_namespace, o_labels)
         })
-        .await;
+        .await
+        .map_err(Refusal::Cluster)?;
     if let Some(n) = name
-        && pods.items.is_empty()
+        && pods.is_empty()
     {
-        return Err(ApiError::not_found(&PODS, n));
+        return Err(Refusal::NotFound {
+            resource: "pods",
+            name: n.to_string(),
+        });
     }
     let mut by_pod: HashMap<(&str, &str), &BTreeMap<String, Series>> = HashMap::new();
     for s in scrapes.values() {
@@ -704,7 +742,6 @@ async fn pod_items(
         }
     }
     Ok(pods
-        .items
         .iter()
         .filter_map(|o| {
             let containers = by_pod.get(&(o.namespace.as_str(), o.name.as_str()))?;
@@ -842,7 +879,7 @@ resource_scrape_error 0
                 {"name": "b", "usage": {"cpu": "123456n", "memory": "1000"}},
             ],
         });
-        let t = table(&[pod], &Query::default());
+        let t = table(&[pod], None);
         assert_eq!(
             t["rows"][0]["cells"],
             json!(["web", "250123456n", "4195304", "15s"])

@@ -290,17 +290,7 @@ async fn dispatch_inner(
         _ => return Err(ApiError::no_such_resource()),
     };
     if group == crate::metrics_api::GROUP {
-        let store = state.resource_metrics.clone();
-        return crate::metrics_api::handle(
-            state,
-            &store,
-            &parts.method,
-            version,
-            rest,
-            &query,
-            &accept,
-        )
-        .await;
+        return resource_metrics(state, &parts.method, version, rest, &query, &accept).await;
     }
     if crate::componentstatus::is_path(group, version, rest) {
         return component_statuses(state, &parts.method, &parts.headers, rest, &query).await;
@@ -540,7 +530,10 @@ pub async fn start_with_etcd_tls(
     )
     .await;
     crate::endpoint_reconciler::spawn(state.clone(), advertise, addr.port());
-    crate::metrics_api::spawn(state.clone(), state.resource_metrics.clone());
+    crate::metrics_api::spawn(
+        Arc::new(MetricsCluster(state.clone())),
+        state.resource_metrics.clone(),
+    );
     // Build the OpenAPI documents before the first client asks for them.
     let _ = tokio::task::spawn_blocking(openapi::v3_index).await;
     let tls = pki.rustls_server_config()?;
@@ -654,4 +647,123 @@ async fn component_statuses(
     // As Kubernetes since 1.19.
     handlers::add_warnings(&mut r, &[cs::DEPRECATION.to_string()]);
     Ok(r)
+}
+
+/// `metrics_api`'s view of the apiserver: Nodes and Pods from the watch caches, and the
+/// kubelets' `/metrics/resource` through the kubelet client.
+struct MetricsCluster(Arc<AppState>);
+
+impl MetricsCluster {
+    async fn list(
+        &self,
+        def: &ResourceDef,
+        prefix: &str,
+        keep: crate::metrics_api::Keep<'_>,
+    ) -> ApiResult<Vec<crate::metrics_api::Object>> {
+        let list = self
+            .0
+            .cacher(def)?
+            .list(prefix, None, 0, &|o| keep(&o.name, &o.namespace, &o.labels))
+            .await;
+        Ok(list
+            .items
+            .iter()
+            .map(|o| crate::metrics_api::Object {
+                name: o.name.clone(),
+                namespace: o.namespace.clone(),
+                labels: o.labels.clone(),
+            })
+            .collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::metrics_api::Cluster for MetricsCluster {
+    type Error = ApiError;
+
+    async fn nodes(
+        &self,
+        keep: crate::metrics_api::Keep<'_>,
+    ) -> ApiResult<Vec<crate::metrics_api::Object>> {
+        let nodes = &registry::resources::NODES;
+        let prefix = format!("/registry/{}/", nodes.storage_prefix);
+        self.list(nodes, &prefix, keep).await
+    }
+
+    async fn pods(
+        &self,
+        namespace: Option<&str>,
+        keep: crate::metrics_api::Keep<'_>,
+    ) -> ApiResult<Vec<crate::metrics_api::Object>> {
+        let pods = &registry::resources::PODS;
+        let prefix = match namespace {
+            Some(ns) => format!("/registry/{}/{ns}/", pods.storage_prefix),
+            None => format!("/registry/{}/", pods.storage_prefix),
+        };
+        self.list(pods, &prefix, keep).await
+    }
+
+    async fn scrape(&self, node: &str) -> ApiResult<String> {
+        let (addr, port) = crate::proxy::kubelet_address(&self.0, node).await?;
+        let resp =
+            crate::proxy::kubelet_get(&self.0, &addr, port, "/metrics/resource", node).await?;
+        let body = axum::body::to_bytes(resp.into_body(), 64 << 20)
+            .await
+            .map_err(|e| ApiError::internal(format!("reading /metrics/resource of {node}: {e}")))?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+/// Serves `/apis/metrics.k8s.io/<version>/<rest>` from what [`crate::metrics_api`] answers.
+async fn resource_metrics(
+    state: &Arc<AppState>,
+    method: &Method,
+    version: &str,
+    rest: &[&str],
+    query: &Query,
+    accept: &str,
+) -> ApiResult<Response> {
+    use crate::metrics_api::{self as metrics, Refusal};
+    let ok = |v: &Value| json_response(StatusCode::OK, serde_json::to_vec(v).unwrap_or_default());
+    if version != metrics::VERSION {
+        return Err(ApiError::no_such_resource());
+    }
+    if rest.is_empty() {
+        let list = discovery::resource_list(metrics::GROUP, metrics::VERSION)
+            .ok_or_else(ApiError::no_such_resource)?;
+        return Ok(ok(&list));
+    }
+    let req = metrics::Request {
+        method: method.as_str(),
+        rest,
+        watch: query.flag("watch"),
+        label_selector: query.get("labelSelector").unwrap_or(""),
+        field_selector: query.get("fieldSelector").unwrap_or(""),
+        as_table: matches!(
+            request::response_format(Some(accept)),
+            request::ResponseFormat::Table
+        ),
+        include_object: query.get("includeObject"),
+    };
+    let cluster = MetricsCluster(state.clone());
+    let body = metrics::get(&cluster, &state.resource_metrics, req)
+        .await
+        .map_err(|r| match r {
+            Refusal::Cluster(e) => e,
+            Refusal::NoSuchResource => ApiError::no_such_resource(),
+            Refusal::MethodNotAllowed(message) => ApiError::new(405, "MethodNotAllowed", message),
+            Refusal::BadRequest(message) => ApiError::bad_request(message),
+            Refusal::NotFound { resource, name } => {
+                let def = if resource == "nodes" {
+                    &registry::resources::NODES
+                } else {
+                    &registry::resources::PODS
+                };
+                ApiError::not_found(def, &name)
+            }
+            Refusal::NoMetrics { resource, name } => {
+                ApiError::not_found_gr(metrics::GROUP, resource, &name)
+            }
+        })?;
+    Ok(ok(&body))
 }

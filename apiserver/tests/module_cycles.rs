@@ -42,10 +42,6 @@ const KNOWN: &[&str] = &[
     "tls",
     "tokenrequest",
     "watch",
-    // Joined with issue 17 (it takes `&AppState` and answers through `handlers`/`table`, and
-    // `server`/`discovery` route to it): to be handed narrow handles like `eviction` and
-    // `componentstatus` (issue 12).
-    "metrics_api",
 ];
 
 fn rs_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
