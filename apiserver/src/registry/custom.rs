@@ -368,22 +368,34 @@ async fn reconcile_all(
     let mut wanted = Vec::new();
     let now = now_rfc3339();
     let mut deleting = Vec::new();
+    // The routes of every established CRD are installed before its `Established` condition is
+    // written: a client that waits for the condition (kubectl wait, kube-rs await_condition)
+    // must find the resource served.
+    let mut computed = Vec::new();
     for (crd_obj, rv) in &crds {
         let status = crd::definition::status(crd_obj, &accepted, &now);
+        let mut with_status = crd_obj.clone();
+        if let Value::Object(m) = &mut with_status {
+            m.insert("status".into(), status.clone());
+        }
+        if crd::definition::is_established(&with_status) {
+            accepted.push(with_status.clone());
+            wanted.extend(Served::all_from(&with_status));
+        }
+        computed.push((crd_obj, *rv, status, with_status));
+    }
+    install(owner, wanted);
+    for (crd_obj, rv, status, new) in computed {
         let mut current = crd_obj.clone();
-        let mut current_rv = *rv;
+        let mut current_rv = rv;
         if crd_obj.get("status") != Some(&status) {
-            let mut new = crd_obj.clone();
-            if let Value::Object(m) = &mut new {
-                m.insert("status".into(), status.clone());
-            }
             match crate::handlers::write_update(
                 state,
                 &CUSTOMRESOURCEDEFINITIONS,
                 None,
                 fields::name(crd_obj),
                 crd_obj.clone(),
-                *rv,
+                rv,
                 new,
                 crate::handlers::UpdateScope::Status,
                 false,
@@ -404,15 +416,10 @@ async fn reconcile_all(
                 }
             }
         }
-        if crd::definition::is_established(&current) {
-            accepted.push(current.clone());
-            wanted.extend(Served::all_from(&current));
-        }
         if current.pointer("/metadata/deletionTimestamp").is_some() {
             deleting.push((current, current_rv));
         }
     }
-    install(owner, wanted);
     for (crd_obj, rv) in &deleting {
         if !finish_deletion(state, crd_obj, *rv).await {
             settled = false;
