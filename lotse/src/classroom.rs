@@ -26,24 +26,14 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// `lotse classroom …`.
 #[derive(Args, Debug)]
 pub struct ClassroomArgs {
     #[command(subcommand)]
     command: ClassroomCommand,
-    /// The data directory of the cluster (its admin.kubeconfig is used).
-    #[arg(
-        long,
-        env = "LOTSE_DATA_DIR",
-        default_value = "/var/lib/lotse",
-        global = true
-    )]
-    data_dir: PathBuf,
-    /// Kubeconfig to reach the cluster with (default: <data-dir>/admin.kubeconfig).
-    #[arg(long, global = true)]
-    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    access: crate::access::ClusterAccess,
 }
 
 #[derive(Subcommand, Debug)]
@@ -74,20 +64,8 @@ enum ClassroomCommand {
 
 /// Runs `lotse classroom …`.
 pub async fn run(a: ClassroomArgs) -> anyhow::Result<()> {
-    let kubeconfig_path = a
-        .kubeconfig
-        .clone()
-        .unwrap_or_else(|| a.data_dir.join("admin.kubeconfig"));
-    let kubeconfig = Kubeconfig::read_from(&kubeconfig_path).with_context(|| {
-        format!(
-            "reading {} (is the cluster's data dir right? --data-dir)",
-            kubeconfig_path.display()
-        )
-    })?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .context("loading the kubeconfig")?;
-    let client = kube::Client::try_from(config).context("building the client")?;
+    let kubeconfig_path = a.access.kubeconfig_path();
+    let client = a.access.client().await?;
     let classrooms: Api<Classroom> = Api::all(client.clone());
     match a.command {
         ClassroomCommand::Kubeconfigs {
@@ -283,7 +261,7 @@ mod tests {
             "PEM",
             "tok",
         );
-        let kc = Kubeconfig::from_yaml(&y).unwrap();
+        let kc = kube::config::Kubeconfig::from_yaml(&y).unwrap();
         assert_eq!(kc.current_context.as_deref(), Some("ada@math"));
         let ctx = kc.contexts[0].context.as_ref().unwrap();
         assert_eq!(ctx.namespace.as_deref(), Some("math-ada"));

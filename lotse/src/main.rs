@@ -1,4 +1,5 @@
 //! `lotse`: the all-in-one launcher.
+mod access;
 mod backup;
 mod classroom;
 mod down;

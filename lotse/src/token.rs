@@ -4,7 +4,6 @@
 //! runs: the server from `kube-public/cluster-info` (the advertised address), the token and the
 //! CA's public-key hash that the node pins.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -17,24 +16,15 @@ use base64::Engine;
 use clap::{Args, Subcommand};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::Kubeconfig;
 
 /// `lotse token …`.
 #[derive(Args, Debug)]
 pub struct TokenArgs {
     #[command(subcommand)]
     command: TokenCommand,
-    /// The data directory of the cluster (its admin.kubeconfig is used).
-    #[arg(
-        long,
-        env = "LOTSE_DATA_DIR",
-        default_value = "/var/lib/lotse",
-        global = true
-    )]
-    data_dir: PathBuf,
-    /// Kubeconfig to reach the cluster with (default: <data-dir>/admin.kubeconfig).
-    #[arg(long, global = true)]
-    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    access: crate::access::ClusterAccess,
 }
 
 #[derive(Subcommand, Debug)]
@@ -103,20 +93,8 @@ pub fn join_command(server: &str, token: &BootstrapToken, ca_hash: &str) -> Stri
 
 /// Runs `lotse token …`.
 pub async fn run(a: TokenArgs) -> anyhow::Result<()> {
-    let kubeconfig_path = a
-        .kubeconfig
-        .clone()
-        .unwrap_or_else(|| a.data_dir.join("admin.kubeconfig"));
-    let kubeconfig = Kubeconfig::read_from(&kubeconfig_path).with_context(|| {
-        format!(
-            "reading {} (is the cluster's data dir right? --data-dir)",
-            kubeconfig_path.display()
-        )
-    })?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .context("loading the kubeconfig")?;
-    let client = kube::Client::try_from(config).context("building the client")?;
+    let kubeconfig_path = a.access.kubeconfig_path();
+    let client = a.access.client().await?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), TOKEN_NAMESPACE);
     match a.command {
         TokenCommand::Create {
