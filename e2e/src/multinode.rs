@@ -39,10 +39,20 @@ pub struct Cluster {
 impl Cluster {
     /// `lotse up --nodes 3` with the busybox and pause images, plus `extra` arguments.
     pub fn start(tmp: &Path, extra: &[&str]) -> anyhow::Result<Cluster> {
-        let images = require_images(&["busybox.tar", "pause.tar"])?;
+        Cluster::start_with_images(tmp, extra, &["busybox.tar", "pause.tar"])
+    }
+
+    /// [`Cluster::start`] with the image archives `images` (e.g. `debian.tar`; include
+    /// `pause.tar`) of [`crate::lotse::images_dir`] on every node.
+    pub fn start_with_images(
+        tmp: &Path,
+        extra: &[&str],
+        image_names: &[&str],
+    ) -> anyhow::Result<Cluster> {
+        let images = require_images(image_names)?;
         let data = tmp.join("data");
         std::fs::create_dir_all(data.join("kubelet/images"))?;
-        for img in ["busybox.tar", "pause.tar"] {
+        for img in image_names {
             let dst = data.join("kubelet/images").join(img);
             if std::fs::hard_link(images.join(img), &dst).is_err() {
                 std::fs::copy(images.join(img), &dst)?;
