@@ -795,8 +795,12 @@ pub async fn write_update(
     }
     let mut old_cmp = old.clone();
     fields::ensure_object(&mut old_cmp, &["metadata"]).remove("resourceVersion");
-    if strip_managed_time(&new) == strip_managed_time(&old_cmp) {
-        // No-op update: nothing is written and no watch event is produced.
+    let key = object_key(def, ns, name);
+    // No-op update: nothing is written and no watch event is produced — unless the stored form
+    // is stale (encrypted with an older key), which a rewrite re-encrypts.
+    if strip_managed_time(&new) == strip_managed_time(&old_cmp)
+        && !state.storage.stale(&key).await.unwrap_or(false)
+    {
         return Ok((old, StatusCode::OK));
     }
     // An object being deleted whose last finalizer is gone is removed now.
@@ -806,7 +810,6 @@ pub async fn write_update(
         .and_then(Value::as_array)
         .is_none_or(|a| a.is_empty())
         && !namespace_finalizers_pending(def, &new);
-    let key = object_key(def, ns, name);
     if dry_run {
         set_rv(&mut new, old_rv);
         return Ok((new, StatusCode::OK));

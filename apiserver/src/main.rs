@@ -48,6 +48,11 @@ struct Args {
     /// SSL key file used to secure etcd communication.
     #[arg(long, env = "LOTSE_ETCD_KEYFILE")]
     etcd_keyfile: Option<PathBuf>,
+    /// File with an apiserver.config.k8s.io/v1 EncryptionConfiguration: which resources are
+    /// encrypted at rest and with which keys (providers aescbc, aesgcm, secretbox, identity;
+    /// the first provider encrypts, all of them decrypt).
+    #[arg(long, env = "LOTSE_ENCRYPTION_PROVIDER_CONFIG")]
+    encryption_provider_config: Option<PathBuf>,
     /// CIDR from which Service ClusterIPs are allocated.
     #[arg(
         long,
@@ -94,12 +99,15 @@ async fn main() -> anyhow::Result<()> {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
         }
     };
-    let etcd_tls = apiserver::storage::etcd::EtcdTls {
-        ca_file: args.etcd_cafile,
-        cert_file: args.etcd_certfile,
-        key_file: args.etcd_keyfile,
+    let opts = apiserver::server::StorageOptions {
+        etcd_tls: apiserver::storage::etcd::EtcdTls {
+            ca_file: args.etcd_cafile,
+            cert_file: args.etcd_certfile,
+            key_file: args.etcd_keyfile,
+        },
+        encryption_provider_config: args.encryption_provider_config,
     };
-    let running = apiserver::server::start_with_etcd_tls(cfg, etcd_tls, shutdown)
+    let running = apiserver::server::start_with(cfg, opts, shutdown)
         .await
         .context("starting the apiserver")?;
     if let Some(path) = &args.kubelet_certificate_authority {

@@ -459,32 +459,79 @@ fn private_data_dir(dir: &std::path::Path) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// The SQLite database (and its WAL and shared-memory files, which SQLite creates with the
+/// database's mode) holds every Secret: readable by its owner only (0600).
+fn private_files(db: &std::path::Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let path = std::path::PathBuf::from(name);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| ServerError::Config(format!("chmod {}: {e}", path.display())))?;
+        }
+    }
+    Ok(())
+}
+
 /// Opens storage, creates PKI and the admin kubeconfig, bootstraps system objects and serves.
 pub async fn start(
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Running, ServerError> {
-    start_with_etcd_tls(cfg, crate::storage::etcd::EtcdTls::default(), shutdown).await
+    start_with(cfg, StorageOptions::default(), shutdown).await
 }
 
-/// [`start`], with TLS to etcd (`--etcd-cafile`, `--etcd-certfile`, `--etcd-keyfile`).
-pub async fn start_with_etcd_tls(
+/// How the apiserver reaches and protects its store, beyond [`Config`].
+#[derive(Debug, Default)]
+pub struct StorageOptions {
+    /// TLS to etcd (`--etcd-cafile`, `--etcd-certfile`, `--etcd-keyfile`).
+    pub etcd_tls: crate::storage::etcd::EtcdTls,
+    /// `--encryption-provider-config`: an `EncryptionConfiguration` file (encryption at rest).
+    pub encryption_provider_config: Option<std::path::PathBuf>,
+}
+
+/// [`start`], with TLS to etcd and encryption at rest.
+pub async fn start_with(
     cfg: Config,
-    etcd_tls: crate::storage::etcd::EtcdTls,
+    opts: StorageOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Running, ServerError> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| ServerError::Config(format!("create {}: {e}", cfg.data_dir.display())))?;
     private_data_dir(&cfg.data_dir)?;
-    let storage: Arc<dyn Storage> = if cfg.etcd_servers.is_empty() {
-        Arc::new(crate::storage::sqlite::SqliteStorage::open(
-            &cfg.data_dir.join("state.db"),
-        )?)
+    // Refuse a bad encryption configuration before anything is written.
+    let encryption = match &opts.encryption_provider_config {
+        Some(path) => Some(
+            crate::storage::encryption::EncryptionConfig::load(path)
+                .map_err(|e| ServerError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let mut storage: Arc<dyn Storage> = if cfg.etcd_servers.is_empty() {
+        let db = cfg.data_dir.join("state.db");
+        let store = crate::storage::sqlite::SqliteStorage::open(&db)?;
+        private_files(&db)?;
+        Arc::new(store)
     } else {
         Arc::new(
-            crate::storage::etcd::EtcdStorage::connect_with(&cfg.etcd_servers, &etcd_tls).await?,
+            crate::storage::etcd::EtcdStorage::connect_with(&cfg.etcd_servers, &opts.etcd_tls)
+                .await?,
         )
     };
+    if let Some(config) = encryption {
+        tracing::info!(
+            encrypting = config.encrypts(),
+            "encryption at rest configured (--encryption-provider-config)"
+        );
+        storage = Arc::new(crate::storage::encryption::EncryptedStorage::new(
+            storage, config,
+        ));
+    }
     let mut sans = cfg.extra_sans.clone();
     if !cfg.bind_address.is_unspecified() {
         sans.push(cfg.bind_address.to_string());

@@ -13,6 +13,7 @@ use futures::stream::BoxStream;
 
 pub mod compactor;
 pub mod conformance;
+pub mod encryption;
 pub mod etcd;
 pub mod sqlite;
 
@@ -184,4 +185,11 @@ pub trait Storage: Send + Sync + 'static {
 
     /// The oldest revision that can still be read or watched from.
     async fn compacted_revision(&self) -> Result<Revision>;
+
+    /// Whether `key`'s stored form is stale: written by an encryption provider or key other
+    /// than the one that writes now, so an update must rewrite it even if the object is
+    /// unchanged (Kubernetes' `stale` from `TransformFromStorage`). Plain stores: never.
+    async fn stale(&self, _key: &str) -> Result<bool> {
+        Ok(false)
+    }
 }
