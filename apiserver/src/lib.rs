@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod endpoint_reconciler;
 pub mod error;
 pub mod eviction;
+pub mod flowcontrol;
 pub mod fuzzing;
 pub mod handlers;
 pub mod impersonation;

@@ -63,9 +63,28 @@ struct Args {
     /// Extra subject alternative names (hostnames or IPs) for the serving certificate.
     #[arg(long, env = "LOTSE_TLS_SAN", value_delimiter = ',')]
     tls_san: Vec<String>,
+    /// Requests (other than mutating ones) the server runs at once; with
+    /// --max-mutating-requests-inflight the total concurrency, shared among priority levels
+    /// (API Priority and Fairness' default shares, one fair queue per user within a level).
+    #[arg(long, env = "LOTSE_MAX_REQUESTS_INFLIGHT", default_value_t = apiserver::flowcontrol::DEFAULT_MAX_REQUESTS_INFLIGHT)]
+    max_requests_inflight: usize,
+    /// Mutating requests the server runs at once (added to --max-requests-inflight).
+    #[arg(long, env = "LOTSE_MAX_MUTATING_REQUESTS_INFLIGHT", default_value_t = apiserver::flowcontrol::DEFAULT_MAX_MUTATING_REQUESTS_INFLIGHT)]
+    max_mutating_requests_inflight: usize,
+    /// How long a request may take before it gets 504 (watches, exec, logs and proxies
+    /// excepted); queued requests wait at most a quarter of it. A Go duration: 60s, 1m, 1m30s.
+    #[arg(long, env = "LOTSE_REQUEST_TIMEOUT", default_value = "1m0s", value_parser = parse_timeout)]
+    request_timeout: Duration,
     /// Seconds between storage compactions (Kubernetes: 300).
     #[arg(long, env = "LOTSE_COMPACTION_INTERVAL", default_value_t = 300)]
     compaction_interval_seconds: u64,
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match apiserver::flowcontrol::parse_go_duration(s) {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("invalid duration {s:?} (e.g. 60s, 1m, 1m30s)")),
+    }
 }
 
 #[tokio::main]
@@ -110,6 +129,11 @@ async fn main() -> anyhow::Result<()> {
     let running = apiserver::server::start_with(cfg, opts, shutdown)
         .await
         .context("starting the apiserver")?;
+    running.state.flow_control.configure(
+        args.max_requests_inflight,
+        args.max_mutating_requests_inflight,
+        args.request_timeout,
+    );
     if let Some(path) = &args.kubelet_certificate_authority {
         let pem = std::fs::read_to_string(path)
             .with_context(|| format!("--kubelet-certificate-authority {}", path.display()))?;

@@ -73,6 +73,9 @@ pub struct AppState {
     pub pod_security: crate::admission::pod_security::PodSecurity,
     /// The built-in `metrics.k8s.io` API's last kubelet scrapes.
     pub resource_metrics: Arc<crate::metrics_api::Store>,
+    /// Overload protection (`--max-requests-inflight`, per-user fair queuing) and the request
+    /// timeout.
+    pub flow_control: crate::flowcontrol::FlowControl,
 }
 
 impl AppState {
@@ -97,6 +100,7 @@ impl AppState {
             security: crate::auth::Security::default(),
             pod_security: Default::default(),
             resource_metrics: Default::default(),
+            flow_control: Default::default(),
         });
         registry::custom::spawn(&state);
         state
@@ -148,14 +152,51 @@ fn verb_for(method: &Method, has_name: bool, watch: bool) -> &'static str {
     }
 }
 
-/// The single entry point: authentication, routing, body limits, metrics.
+/// The single entry point: authentication, routing, body limits, metrics, and — for all but
+/// long-running requests — flow control and the request timeout.
 pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
-    let mut labels = RequestLabels::default();
-    let resp = match dispatch_inner(&state, req, &mut labels).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+    let query = Query::parse(req.uri().query());
+    let long_running = crate::flowcontrol::is_long_running(req.uri().path(), query.flag("watch"));
+    let (resp, labels) = if long_running {
+        let mut labels = RequestLabels::default();
+        let resp = match dispatch_inner(&state, req, &mut labels, true).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+        (resp, labels)
+    } else {
+        // As Go's handlers, the request runs on when its caller stops waiting: a write that
+        // was under way completes (the client got 504 and may find it done).
+        let timeout = request_timeout(&state, &query);
+        let task_state = state.clone();
+        let task = tokio::spawn(async move {
+            let mut labels = RequestLabels::default();
+            let resp = match dispatch_inner(&task_state, req, &mut labels, false).await {
+                Ok(r) => r,
+                Err(e) => e.into_response(),
+            };
+            (resp, labels)
+        });
+        match tokio::time::timeout(timeout, task).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => (
+                ApiError::internal(format!("request handler failed: {e}")).into_response(),
+                RequestLabels::default(),
+            ),
+            Err(_) => (
+                ApiError {
+                    code: 504,
+                    reason: "Timeout",
+                    message: "Timeout: request did not complete within requested timeout - context deadline exceeded".into(),
+                    details: Some(json!({})),
+                }
+                .into_response(),
+                RequestLabels::default(),
+            ),
+        }
     };
+    let mut labels = labels;
     if labels.verb.is_empty() {
         labels.verb = "other";
     }
@@ -165,10 +206,23 @@ pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Respo
     resp
 }
 
+/// `--request-timeout`, or the client's shorter `?timeout=` (Go duration, e.g. `32s`).
+fn request_timeout(state: &AppState, query: &Query) -> std::time::Duration {
+    let limit = state.flow_control.request_timeout();
+    match query
+        .get("timeout")
+        .and_then(crate::flowcontrol::parse_go_duration)
+    {
+        Some(t) if !t.is_zero() && t < limit => t,
+        _ => limit,
+    }
+}
+
 async fn dispatch_inner(
     state: &Arc<AppState>,
     req: Request,
     labels: &mut RequestLabels,
+    long_running: bool,
 ) -> ApiResult<Response> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
@@ -183,6 +237,15 @@ async fn dispatch_inner(
         None => UserInfo::anonymous(),
     };
     let user = crate::impersonation::impersonate(state, &parts.headers, user).await?;
+    // API Priority and Fairness comes after impersonation, before authorization.
+    let _seat = if long_running || matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
+        None
+    } else {
+        match state.flow_control.acquire(&user.name, &user.groups).await {
+            Ok(seat) => seat,
+            Err(_) => return Ok(crate::flowcontrol::too_many_requests()),
+        }
+    };
     state
         .security
         .rbac
@@ -211,7 +274,9 @@ async fn dispatch_inner(
             })));
         }
         "/metrics" => {
-            let body = state.metrics.render() + &state.pod_security.render_metrics();
+            let body = state.metrics.render()
+                + &state.pod_security.render_metrics()
+                + &state.flow_control.render_metrics();
             let mut r = text(StatusCode::OK, &body);
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -528,8 +593,11 @@ pub async fn start_with(
             encrypting = config.encrypts(),
             "encryption at rest configured (--encryption-provider-config)"
         );
+        let resources = registry::all()
+            .iter()
+            .map(|d| (d.storage_prefix, (d.group, d.plural)));
         storage = Arc::new(crate::storage::encryption::EncryptedStorage::new(
-            storage, config,
+            storage, config, resources,
         ));
     }
     let mut sans = cfg.extra_sans.clone();

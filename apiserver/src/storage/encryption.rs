@@ -519,12 +519,14 @@ pub struct EncryptedStorage {
 }
 
 impl EncryptedStorage {
-    /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn Storage>, config: EncryptionConfig) -> EncryptedStorage {
-        let prefixes = crate::registry::all()
-            .iter()
-            .map(|d| (d.storage_prefix, (d.group, d.plural)))
-            .collect();
+    /// Wraps `inner`. `resources` maps each built-in resource's storage prefix (`secrets`,
+    /// `services/specs`, …) to its group and resource name.
+    pub fn new(
+        inner: Arc<dyn Storage>,
+        config: EncryptionConfig,
+        resources: impl IntoIterator<Item = (&'static str, (&'static str, &'static str))>,
+    ) -> EncryptedStorage {
+        let prefixes = resources.into_iter().collect();
         EncryptedStorage {
             inner,
             t: Arc::new(Transformer { config, prefixes }),
@@ -700,10 +702,18 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    fn builtin() -> Vec<(&'static str, (&'static str, &'static str))> {
+        vec![
+            ("secrets", ("", "secrets")),
+            ("configmaps", ("", "configmaps")),
+            ("services/specs", ("", "services")),
+        ]
+    }
+
     fn store(cfg: EncryptionConfig) -> (tempfile::TempDir, Arc<dyn Storage>, EncryptedStorage) {
         let dir = tempfile::tempdir().unwrap();
         let raw: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&dir.path().join("db")).unwrap());
-        let enc = EncryptedStorage::new(raw.clone(), cfg);
+        let enc = EncryptedStorage::new(raw.clone(), cfg, builtin());
         (dir, raw, enc)
     }
 
@@ -791,6 +801,7 @@ mod tests {
             config(&format!(
                 "  - aescbc:\n      keys:\n      - name: key1\n        secret: {K32A}\n  - identity: {{}}\n"
             )),
+            builtin(),
         );
         assert_eq!(first.get(k).await.unwrap().unwrap().value, b"{\"a\":1}");
         assert!(
@@ -805,6 +816,7 @@ mod tests {
             config(&format!(
                 "  - aescbc:\n      keys:\n      - name: key2\n        secret: {K32B}\n      - name: key1\n        secret: {K32A}\n"
             )),
+            builtin(),
         );
         let kv = second.get(k).await.unwrap().unwrap();
         assert_eq!(kv.value, b"{\"a\":1}");
@@ -825,11 +837,12 @@ mod tests {
             config(&format!(
                 "  - secretbox:\n      keys:\n      - name: key3\n        secret: {K32B}\n"
             )),
+            builtin(),
         );
         let err = third.get(k).await.unwrap_err().to_string();
         assert!(err.contains("no matching prefix found"), "{err}");
         // Encryption removed from the configuration: identity refuses encrypted data.
-        let plain = EncryptedStorage::new(raw.clone(), config("  - identity: {}\n"));
+        let plain = EncryptedStorage::new(raw.clone(), config("  - identity: {}\n"), builtin());
         let err = plain.get(k).await.unwrap_err().to_string();
         assert!(
             err.contains("identity transformer tried to read encrypted data"),
@@ -868,7 +881,8 @@ mod tests {
             "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: ['*.*']\n  providers:\n  - aesgcm:\n      keys:\n      - name: k\n        secret: {K32A}\n"
         ))
         .unwrap();
-        crate::storage::conformance::run_all(Arc::new(EncryptedStorage::new(raw, cfg))).await;
+        crate::storage::conformance::run_all(Arc::new(EncryptedStorage::new(raw, cfg, builtin())))
+            .await;
     }
 
     #[test]
