@@ -20,6 +20,12 @@ const RING_CAPACITY: usize = 16 * 1024;
 const BROADCAST_CAPACITY: usize = 8 * 1024;
 /// How often the caches check whether storage was compacted.
 const COMPACTION_POLL: Duration = Duration::from_secs(2);
+/// On (re)start the replay windows are filled with up to this many revisions of storage history
+/// (never beyond compaction), so a watcher resuming from a resourceVersion it saw before an
+/// apiserver restart continues without a gap instead of re-listing.
+const BACKFILL_REVISIONS: Revision = 10_000;
+/// How long the history read at start may take; beyond it the windows start at the list.
+const BACKFILL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One object as the cache holds it: the JSON bytes served to clients plus what filters need.
 #[derive(Debug)]
@@ -428,6 +434,12 @@ impl CacheHub {
         for c in self.caches.iter().chain(extra.iter()) {
             c.relist(revision).await?;
         }
+        match tokio::time::timeout(BACKFILL_TIMEOUT, self.backfill(revision, &extra)).await {
+            Ok(Ok(n)) if n > 0 => tracing::debug!(events = n, "watch caches backfilled"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "watch cache history not read"),
+            Err(_) => tracing::warn!("watch cache history not read in time"),
+        }
         self.rev_tx.send_replace(revision);
         drop(extra);
         let mut stream = self.storage.watch("/registry/", revision).await?;
@@ -452,7 +464,80 @@ impl CacheHub {
     }
 }
 
+impl CacheHub {
+    /// Fills the caches' replay windows (just relisted at `revision`, empty) with the events
+    /// of storage history up to `revision`; returns how many. All-or-nothing per run: the
+    /// windows change only once the whole history read succeeded.
+    async fn backfill(
+        &self,
+        revision: Revision,
+        extra: &[Arc<Cacher>],
+    ) -> Result<usize, StorageError> {
+        let compacted = self.storage.compacted_revision().await?;
+        let from = compacted.max(revision - BACKFILL_REVISIONS).max(0);
+        if from >= revision {
+            return Ok(0);
+        }
+        let caches: Vec<&Arc<Cacher>> = self.caches.iter().chain(extra.iter()).collect();
+        let mut history: Vec<Vec<Arc<CacheEvent>>> = vec![Vec::new(); caches.len()];
+        let mut stream = self.storage.watch("/registry/", from).await?;
+        let mut n = 0;
+        while let Some(ev) = stream.next().await {
+            let ev = ev?;
+            let rev = ev.kv.mod_revision;
+            if rev > revision {
+                break;
+            }
+            if let Some(i) = caches.iter().position(|c| ev.kv.key.starts_with(&c.prefix))
+                && let Some(e) = caches[i].history_event(&ev)
+            {
+                history[i].push(e);
+                n += 1;
+            }
+            if rev == revision {
+                break;
+            }
+        }
+        for (c, events) in caches.iter().zip(history) {
+            let mut st = c.state.write().await;
+            if st.revision != revision || !st.ring.is_empty() {
+                continue;
+            }
+            let keep = events.len().saturating_sub(RING_CAPACITY);
+            st.window_start = if keep > 0 {
+                events[keep - 1].rv()
+            } else {
+                from
+            };
+            st.ring = events.into_iter().skip(keep).collect();
+        }
+        Ok(n)
+    }
+}
+
 impl Cacher {
+    /// A storage history event as the watch cache would have recorded it.
+    fn history_event(&self, ev: &crate::storage::Event) -> Option<Arc<CacheEvent>> {
+        let rev = ev.kv.mod_revision;
+        let object = Arc::new(CachedObject::decode(self.def, &ev.kv.key, &ev.kv.value, rev).ok()?);
+        let prev = ev.prev_kv.as_ref().and_then(|p| {
+            CachedObject::decode(self.def, &p.key, &p.value, p.mod_revision)
+                .ok()
+                .map(Arc::new)
+        });
+        let (event_type, name) = match ev.event_type {
+            EventType::Delete => (CacheEventType::Deleted, "DELETED"),
+            EventType::Update => (CacheEventType::Modified, "MODIFIED"),
+            EventType::Create => (CacheEventType::Added, "ADDED"),
+        };
+        Some(Arc::new(CacheEvent {
+            line: watch_line(name, &object.raw),
+            event_type,
+            object,
+            prev,
+        }))
+    }
+
     fn new(
         def: &'static ResourceDef,
         storage: &Arc<dyn Storage>,
