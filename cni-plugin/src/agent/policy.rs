@@ -22,8 +22,13 @@
 //! - those chains hand the packet to every policy selecting the pod (`ip saddr @np-…-pods jump
 //!   np-…-egress`), whose rules `accept` what the policy allows; what no policy allows falls
 //!   through to `drop` (the union of all policies);
-//! - pod peers are sets of pod addresses per rule (`np-<ns>/<name>-in-<i>`), named ports are
-//!   sets of `pod address . protocol . port` resolved from the pods' container ports.
+//! - a pod peer is a set of pod addresses (`np-peers-<hash of the peer's selectors>`) shared by
+//!   every rule of every policy with the same peer, so that "all namespaces" or "namespace
+//!   team=x" is one set however many policies name it, and a label change is a small change of
+//!   it; a named port is the set `np-port-<proto>-<name>` of `pod address . protocol . port`
+//!   resolved from the pods' container ports;
+//! - a policy's own chains and sets are named `np-<ns>/<name>-…`, shortened with a hash when a
+//!   long namespace and name would break the kernel's 255-byte name limit.
 //!
 //! The node itself may always reach its pods (kubelet probes): its traffic leaves through the
 //! output hook, not forward, and packets the forward hook sees from one of the node's own
@@ -60,12 +65,14 @@ pub struct Objects {
 #[derive(Debug, Clone)]
 struct PodInfo<'a> {
     namespace: &'a str,
-    labels: BTreeMap<String, String>,
+    labels: &'a BTreeMap<String, String>,
     ip: Ipv4Addr,
     local: bool,
     /// Container ports: (name, protocol, port).
     ports: Vec<(&'a str, Protocol, u16)>,
 }
+
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
 fn pod_info<'a>(pod: &'a Pod, node_name: &str) -> Option<PodInfo<'a>> {
     let spec = pod.spec.as_ref()?;
@@ -97,7 +104,7 @@ fn pod_info<'a>(pod: &'a Pod, node_name: &str) -> Option<PodInfo<'a>> {
         .collect();
     Some(PodInfo {
         namespace: pod.metadata.namespace.as_deref().unwrap_or(""),
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        labels: pod.metadata.labels.as_ref().unwrap_or(&NO_LABELS),
         ip,
         local: spec.node_name.as_deref() == Some(node_name),
         ports,
@@ -138,12 +145,6 @@ impl Dir {
         match self {
             Dir::Ingress => "ingress",
             Dir::Egress => "egress",
-        }
-    }
-    fn short(self) -> &'static str {
-        match self {
-            Dir::Ingress => "in",
-            Dir::Egress => "out",
         }
     }
     /// The address of the peer (the other end) of a packet.
@@ -201,13 +202,63 @@ fn new_chain(r: &mut Ruleset, name: &str, decl: &str, rules: Vec<String>) {
 const ADDR_SET: &str = "type ipv4_addr ;";
 const NAMED_PORT_SET: &str = "type ipv4_addr . inet_proto . inet_service ;";
 
+/// The kernel's limit on set and chain names is 255 bytes (`NFT_SET_MAXNAMELEN`,
+/// `NFT_CHAIN_MAXNAMELEN` 256 with the NUL); names are kept well below it, with room for the
+/// suffixes added to a policy's key.
+const MAX_KEY_LEN: usize = 200;
+
+/// FNV-1a, 64 bits: stable names for shared sets and shortened keys (the same input gives the
+/// same name in every sync and every agent, so diffs stay small).
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// `np-<ns>/<name>`, the prefix of a policy's chains and sets; shortened with a hash when a
+/// long namespace and policy name (up to 63 + 253 characters) would break the kernel's limit.
+fn policy_key(ns: &str, name: &str) -> String {
+    let key = format!("np-{ns}/{name}");
+    if key.len() <= MAX_KEY_LEN {
+        return key;
+    }
+    let mut cut = MAX_KEY_LEN - 17;
+    while !key.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    // `_` is never part of a Kubernetes name, so no short key looks like a shortened one.
+    format!("{}_{:016x}", &key[..cut], fnv1a(&key))
+}
+
+/// The pods and namespaces of one render, indexed for selection.
+struct World<'a> {
+    /// Pods by namespace.
+    by_ns: BTreeMap<&'a str, Vec<PodInfo<'a>>>,
+    /// Namespace labels (with [`NAMESPACE_NAME_LABEL`]).
+    ns_labels: BTreeMap<&'a str, BTreeMap<String, String>>,
+}
+
+/// Sets shared by all policies of a render: pod peers by selector (identical peers in many
+/// policies — "all namespaces", "namespace team=x" — are one set, and a label change is a
+/// small change of that one set), named ports by name and protocol.
+#[derive(Default)]
+struct SharedSets {
+    /// Peer key → set name.
+    peers: BTreeMap<String, String>,
+}
+
+impl World<'_> {
+    fn pods(&self) -> impl Iterator<Item = &PodInfo<'_>> {
+        self.by_ns.values().flatten()
+    }
+}
+
 /// Adds the policy chains and sets for `objs` to `r` (the rule set of node `node_name`).
 pub fn render(r: &mut Ruleset, node_name: &str, objs: &Objects) {
-    let pods: Vec<PodInfo> = objs
-        .pods
-        .iter()
-        .filter_map(|p| pod_info(p, node_name))
-        .collect();
+    let mut by_ns: BTreeMap<&str, Vec<PodInfo>> = BTreeMap::new();
+    for p in objs.pods.iter().filter_map(|p| pod_info(p, node_name)) {
+        by_ns.entry(p.namespace).or_default().push(p);
+    }
     let ns_labels: BTreeMap<&str, BTreeMap<String, String>> = objs
         .namespaces
         .iter()
@@ -220,10 +271,13 @@ pub fn render(r: &mut Ruleset, node_name: &str, objs: &Objects) {
             Some((name, labels))
         })
         .collect();
+    let world = World { by_ns, ns_labels };
+    let mut shared = SharedSets::default();
     let mut isolated: [BTreeSet<String>; 2] = Default::default();
     let mut dispatch: [Vec<String>; 2] = Default::default();
     let mut policies: Vec<&NetworkPolicy> = objs.policies.iter().map(|p| p.as_ref()).collect();
     policies.sort_by_key(|p| (p.metadata.namespace.clone(), p.metadata.name.clone()));
+    let empty = LabelSelector::default();
     for np in policies {
         let (Some(ns), Some(name), Some(spec)) = (
             np.metadata.namespace.as_deref(),
@@ -232,17 +286,19 @@ pub fn render(r: &mut Ruleset, node_name: &str, objs: &Objects) {
         ) else {
             continue;
         };
-        let key = format!("np-{ns}/{name}");
-        let empty = LabelSelector::default();
         let selector = spec.pod_selector.as_ref().unwrap_or(&empty);
-        let targets: Vec<&PodInfo> = pods
-            .iter()
-            .filter(|p| p.local && p.namespace == ns && selector_matches(selector, &p.labels))
+        let targets: Vec<&PodInfo> = world
+            .by_ns
+            .get(ns)
+            .into_iter()
+            .flatten()
+            .filter(|p| p.local && selector_matches(selector, p.labels))
             .collect();
         if targets.is_empty() {
             // Nothing of this node is selected: no rules needed here.
             continue;
         }
+        let key = policy_key(ns, name);
         let (ingress, egress) = policy_types(np);
         let target_ips: BTreeSet<String> = targets.iter().map(|p| p.ip.to_string()).collect();
         new_set(r, &format!("{key}-pods"), ADDR_SET, target_ips.clone());
@@ -281,16 +337,9 @@ pub fn render(r: &mut Ruleset, node_name: &str, objs: &Objects) {
                     })
                     .collect(),
             };
-            for (j, (peers, ports)) in rule_list.into_iter().enumerate() {
-                let rule_key = format!("{key}-{}-{j}", dir.short());
-                let peer_alts = peer_matches(r, &rule_key, dir, ns, peers, &pods, &ns_labels);
-                // Named ports resolve on the selected pods (ingress) or on the destination
-                // pods (egress).
-                let port_pods: Vec<&PodInfo> = match dir {
-                    Dir::Ingress => targets.clone(),
-                    Dir::Egress => pods.iter().collect(),
-                };
-                let port_alts = port_matches(r, &rule_key, ports, &port_pods);
+            for (peers, ports) in rule_list {
+                let peer_alts = peer_matches(r, &mut shared, dir, ns, peers, &world);
+                let port_alts = port_matches(r, ports, &world);
                 for peer in &peer_alts {
                     for port in &port_alts {
                         let m = [peer.as_str(), port.as_str()]
@@ -349,23 +398,21 @@ pub fn render(r: &mut Ruleset, node_name: &str, objs: &Objects) {
 }
 
 /// The match texts of a rule's peers, one per alternative (OR); `[""]` (anything) when the
-/// rule names no peers. Pod peers share one address set.
+/// rule names no peers. Each pod peer is a set shared by every rule with the same peer.
 fn peer_matches(
     r: &mut Ruleset,
-    rule_key: &str,
+    shared: &mut SharedSets,
     dir: Dir,
     policy_ns: &str,
     peers: &[NetworkPolicyPeer],
-    pods: &[PodInfo],
-    ns_labels: &BTreeMap<&str, BTreeMap<String, String>>,
+    world: &World,
 ) -> Vec<String> {
     if peers.is_empty() {
         return vec![String::new()];
     }
     let addr = dir.peer_addr();
     let mut alts = Vec::new();
-    let mut pod_ips: BTreeSet<String> = BTreeSet::new();
-    let mut any_pod_peer = false;
+    let all = LabelSelector::default();
     for peer in peers {
         if let Some(block) = &peer.ip_block {
             // An unparsable (or IPv6) block matches no IPv4 packet.
@@ -389,42 +436,52 @@ fn peer_matches(
         if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
             continue;
         }
-        any_pod_peer = true;
-        let all = LabelSelector::default();
         let pod_sel = peer.pod_selector.as_ref().unwrap_or(&all);
-        for p in pods {
-            let ns_ok = match &peer.namespace_selector {
-                None => p.namespace == policy_ns,
-                Some(sel) => ns_labels
-                    .get(p.namespace)
-                    .is_some_and(|l| selector_matches(sel, l)),
-            };
-            if ns_ok && selector_matches(pod_sel, &p.labels) {
-                pod_ips.insert(p.ip.to_string());
+        // Without a namespaceSelector the peer is in the policy's namespace.
+        let peer_key = match &peer.namespace_selector {
+            None => format!("ns={policy_ns} pods={pod_sel:?}"),
+            Some(ns_sel) => format!("namespaces={ns_sel:?} pods={pod_sel:?}"),
+        };
+        let set = match shared.peers.get(&peer_key) {
+            Some(set) => set.clone(),
+            None => {
+                let set = format!("np-peers-{:016x}", fnv1a(&peer_key));
+                let namespaces: Vec<&str> = match &peer.namespace_selector {
+                    None => vec![policy_ns],
+                    Some(sel) => world
+                        .ns_labels
+                        .iter()
+                        .filter(|(_, l)| selector_matches(sel, l))
+                        .map(|(n, _)| *n)
+                        .collect(),
+                };
+                let ips: BTreeSet<String> = namespaces
+                    .iter()
+                    .filter_map(|n| world.by_ns.get(n))
+                    .flatten()
+                    .filter(|p| selector_matches(pod_sel, p.labels))
+                    .map(|p| p.ip.to_string())
+                    .collect();
+                new_set(r, &set, ADDR_SET, ips);
+                shared.peers.insert(peer_key, set.clone());
+                set
             }
-        }
-    }
-    if any_pod_peer {
-        let set = format!("{rule_key}-peers");
-        new_set(r, &set, ADDR_SET, pod_ips);
-        alts.insert(0, format!("{addr} @{set}"));
+        };
+        alts.push(format!("{addr} @{set}"));
     }
     alts
 }
 
 /// The match texts of a rule's ports, one per alternative (OR); `[""]` (any port) when the
-/// rule names none. A named port becomes a set of `pod address . protocol . port`.
-fn port_matches(
-    r: &mut Ruleset,
-    rule_key: &str,
-    ports: &[NetworkPolicyPort],
-    port_pods: &[&PodInfo],
-) -> Vec<String> {
+/// rule names none. A named port is the set `np-port-<proto>-<name>` of `pod address .
+/// protocol . port` of every pod declaring it: the destination of the packet is a selected
+/// pod (ingress) or any pod (egress), and the port is resolved on it.
+fn port_matches(r: &mut Ruleset, ports: &[NetworkPolicyPort], world: &World) -> Vec<String> {
     if ports.is_empty() {
         return vec![String::new()];
     }
     let mut alts = Vec::new();
-    for (k, p) in ports.iter().enumerate() {
+    for p in ports {
         let Some(proto) = Protocol::parse(p.protocol.as_deref()) else {
             continue;
         };
@@ -443,17 +500,29 @@ fn port_matches(
                 });
             }
             Some(IntOrString::String(name)) => {
-                let set = format!("{rule_key}-port-{k}");
-                let elements: BTreeSet<String> = port_pods
-                    .iter()
-                    .flat_map(|pod| {
-                        pod.ports
-                            .iter()
-                            .filter(|(pn, pp, _)| pn == name && *pp == proto)
-                            .map(move |(_, _, port)| format!("{} . {l4} . {port}", pod.ip))
-                    })
-                    .collect();
-                new_set(r, &set, NAMED_PORT_SET, elements);
+                // A valid port name (IANA_SVC_NAME: at most 15 of a-z, 0-9 and `-`) is a
+                // valid part of a set name; anything else matches no pod's port.
+                let valid = !name.is_empty()
+                    && name.len() <= 15
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                if !valid {
+                    continue;
+                }
+                let set = format!("np-port-{l4}-{name}");
+                if !r.sets.contains_key(&set) {
+                    let elements: BTreeSet<String> = world
+                        .pods()
+                        .flat_map(|pod| {
+                            pod.ports
+                                .iter()
+                                .filter(|(pn, pp, _)| pn == name && *pp == proto)
+                                .map(move |(_, _, port)| format!("{} . {l4} . {port}", pod.ip))
+                        })
+                        .collect();
+                    new_set(r, &set, NAMED_PORT_SET, elements);
+                }
                 alts.push(format!("ip daddr . meta l4proto . th dport @{set}"));
             }
         }
@@ -522,6 +591,34 @@ mod tests {
             .collect()
     }
 
+    /// `lines` with each shared peer set's hashed name replaced by `np-peers-#<n>`, numbered
+    /// in order of first appearance.
+    fn normalized(lines: &[String]) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        lines
+            .iter()
+            .map(|l| {
+                let mut out = String::new();
+                let mut rest = l.as_str();
+                while let Some(i) = rest.find("np-peers-") {
+                    let name = &rest[i..(i + 25).min(rest.len())];
+                    let n = match names.iter().position(|x| x == name) {
+                        Some(n) => n,
+                        None => {
+                            names.push(name.to_string());
+                            names.len() - 1
+                        }
+                    };
+                    out.push_str(&rest[..i]);
+                    out.push_str(&format!("np-peers-#{}", n + 1));
+                    rest = &rest[(i + 25).min(rest.len())..];
+                }
+                out.push_str(rest);
+                out
+            })
+            .collect()
+    }
+
     fn check_with_nft(text: &str) {
         match crate::agent::nft::check(text) {
             Ok(()) => {}
@@ -567,9 +664,12 @@ mod tests {
                           {"ipBlock": {"cidr": "192.0.2.0/24", "except": ["192.0.2.128/25"]}}],
                  "ports": [{"port": 8080}, {"port": "http"}, {"protocol": "UDP", "port": 1000, "endPort": 1010}]}]}}));
         let r = rendered(&objects(vec![deny, allow]));
+        // #1: app=b in x (x/b); #2: app=c in namespaces team=blue (y/c). The named port's set
+        // holds every pod's `http`: the rule only sees packets to the policy's pods.
         let expected = [
-            "add set ip lotse np-x/allow-in-0-peers { type ipv4_addr ; }",
-            "add set ip lotse np-x/allow-in-0-port-1 { type ipv4_addr . inet_proto . inet_service ; }",
+            "add set ip lotse np-peers-#1 { type ipv4_addr ; }",
+            "add set ip lotse np-peers-#2 { type ipv4_addr ; }",
+            "add set ip lotse np-port-tcp-http { type ipv4_addr . inet_proto . inet_service ; }",
             "add set ip lotse np-x/allow-pods { type ipv4_addr ; }",
             "add set ip lotse np-x/deny-pods { type ipv4_addr ; }",
             "add set ip lotse policy-egress-isolated { type ipv4_addr ; comment \"pods of this node selected by an Egress policy\" ; }",
@@ -580,19 +680,25 @@ mod tests {
             "add chain ip lotse policy-egress-hook { type filter hook forward priority filter + 5 ; }",
             "add chain ip lotse policy-ingress",
             "add chain ip lotse policy-ingress-hook { type filter hook forward priority filter + 10 ; }",
-            "add element ip lotse np-x/allow-in-0-peers { 10.244.0.3 }",
-            "add element ip lotse np-x/allow-in-0-peers { 10.244.1.5 }",
-            "add element ip lotse np-x/allow-in-0-port-1 { 10.244.0.2 . tcp . 8080 }",
+            "add element ip lotse np-peers-#1 { 10.244.0.3 }",
+            "add element ip lotse np-peers-#2 { 10.244.1.5 }",
+            "add element ip lotse np-port-tcp-http { 10.244.0.2 . tcp . 8080 }",
+            "add element ip lotse np-port-tcp-http { 10.244.0.3 . tcp . 8080 }",
+            "add element ip lotse np-port-tcp-http { 10.244.0.4 . tcp . 8080 }",
+            "add element ip lotse np-port-tcp-http { 10.244.1.5 . tcp . 8080 }",
             "add element ip lotse np-x/allow-pods { 10.244.0.2 }",
             "add element ip lotse np-x/deny-pods { 10.244.0.2 }",
             "add element ip lotse np-x/deny-pods { 10.244.0.3 }",
             "add element ip lotse policy-ingress-isolated { 10.244.0.2 }",
             "add element ip lotse policy-ingress-isolated { 10.244.0.3 }",
-            "add rule ip lotse np-x/allow-ingress ip saddr @np-x/allow-in-0-peers meta l4proto tcp th dport 8080 accept",
-            "add rule ip lotse np-x/allow-ingress ip saddr @np-x/allow-in-0-peers ip daddr . meta l4proto . th dport @np-x/allow-in-0-port-1 accept",
-            "add rule ip lotse np-x/allow-ingress ip saddr @np-x/allow-in-0-peers meta l4proto udp th dport 1000-1010 accept",
+            "add rule ip lotse np-x/allow-ingress ip saddr @np-peers-#1 meta l4proto tcp th dport 8080 accept",
+            "add rule ip lotse np-x/allow-ingress ip saddr @np-peers-#1 ip daddr . meta l4proto . th dport @np-port-tcp-http accept",
+            "add rule ip lotse np-x/allow-ingress ip saddr @np-peers-#1 meta l4proto udp th dport 1000-1010 accept",
+            "add rule ip lotse np-x/allow-ingress ip saddr @np-peers-#2 meta l4proto tcp th dport 8080 accept",
+            "add rule ip lotse np-x/allow-ingress ip saddr @np-peers-#2 ip daddr . meta l4proto . th dport @np-port-tcp-http accept",
+            "add rule ip lotse np-x/allow-ingress ip saddr @np-peers-#2 meta l4proto udp th dport 1000-1010 accept",
             "add rule ip lotse np-x/allow-ingress ip saddr 192.0.2.0/24 ip saddr != { 192.0.2.128/25 } meta l4proto tcp th dport 8080 accept",
-            "add rule ip lotse np-x/allow-ingress ip saddr 192.0.2.0/24 ip saddr != { 192.0.2.128/25 } ip daddr . meta l4proto . th dport @np-x/allow-in-0-port-1 accept",
+            "add rule ip lotse np-x/allow-ingress ip saddr 192.0.2.0/24 ip saddr != { 192.0.2.128/25 } ip daddr . meta l4proto . th dport @np-port-tcp-http accept",
             "add rule ip lotse np-x/allow-ingress ip saddr 192.0.2.0/24 ip saddr != { 192.0.2.128/25 } meta l4proto udp th dport 1000-1010 accept",
             "add rule ip lotse policy-egress drop",
             "add rule ip lotse policy-egress-hook ct state established,related accept",
@@ -604,7 +710,7 @@ mod tests {
             "add rule ip lotse policy-ingress-hook fib saddr type local accept comment \"the node may always reach its pods\"",
             "add rule ip lotse policy-ingress-hook ip daddr @policy-ingress-isolated jump policy-ingress",
         ];
-        assert_eq!(policy_lines(&r), expected);
+        assert_eq!(normalized(&policy_lines(&r)), expected);
         check_with_nft(&r.full_transaction());
     }
 
@@ -625,15 +731,10 @@ mod tests {
         let r = rendered(&objects(vec![p]));
         let lines = policy_lines(&r);
         for want in [
-            "add element ip lotse np-y/e-out-0-peers { 10.244.0.2 }",
-            "add element ip lotse np-y/e-out-0-peers { 10.244.0.3 }",
-            "add element ip lotse np-y/e-out-0-peers { 10.244.1.5 }",
-            "add element ip lotse np-y/e-out-0-port-0 { 10.244.0.2 . udp . 53 }",
+            "add element ip lotse np-port-udp-dns { 10.244.0.2 . udp . 53 }",
             "add element ip lotse np-y/e-pods { 10.244.0.4 }",
             "add element ip lotse policy-egress-isolated { 10.244.0.4 }",
             "add element ip lotse policy-ingress-isolated { 10.244.0.4 }",
-            "add rule ip lotse np-y/e-egress ip daddr @np-y/e-out-0-peers ip daddr . meta l4proto . th dport @np-y/e-out-0-port-0 accept",
-            "add rule ip lotse np-y/e-egress ip daddr @np-y/e-out-0-peers meta l4proto sctp th dport 9 accept",
             "add rule ip lotse policy-egress ip saddr @np-y/e-pods jump np-y/e-egress",
             "add rule ip lotse policy-ingress ip daddr @np-y/e-pods jump np-y/e-ingress",
         ] {
@@ -642,11 +743,27 @@ mod tests {
                 "missing {want}\n{lines:#?}"
             );
         }
-        // y/a itself (10.244.0.4) is not in the peers: it is app=a in team=blue, not app=c.
-        assert!(
-            !lines
-                .iter()
-                .any(|l| l == "add element ip lotse np-y/e-out-0-peers { 10.244.0.4 }")
+        // Two peers (OR) × two ports (OR).
+        let egress = &r.chains["np-y/e-egress"].rules;
+        assert_eq!(egress.len(), 4, "{egress:#?}");
+        for rule in egress {
+            assert!(
+                rule.starts_with("ip daddr @np-peers-")
+                    && (rule
+                        .ends_with(" ip daddr . meta l4proto . th dport @np-port-udp-dns accept")
+                        || rule.ends_with(" meta l4proto sctp th dport 9 accept")),
+                "{rule}"
+            );
+        }
+        let peers: BTreeSet<Vec<&str>> = egress
+            .iter()
+            .filter_map(|rule| rule.split_whitespace().nth(2)?.strip_prefix('@'))
+            .map(|set| r.sets[set].elements.keys().map(String::as_str).collect())
+            .collect();
+        // y/a itself (10.244.0.4) is not among them: it is app=a in team=blue, not app=c.
+        assert_eq!(
+            peers,
+            [vec!["10.244.0.2", "10.244.0.3"], vec!["10.244.1.5"]].into()
         );
         // The ingress chain of the policy exists and has no rules: ingress is denied.
         assert!(r.chains["np-y/e-ingress"].rules.is_empty());
@@ -661,10 +778,16 @@ mod tests {
         let mut objs = objects(vec![allow]);
         objs.namespaces[1] = ns("y", json!({"team": "red"}));
         let after = rendered(&objs);
+        let diff: Vec<String> = after
+            .diff_transaction(&before)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
         assert_eq!(
-            after.diff_transaction(&before).unwrap(),
-            "delete element ip lotse np-x/allow-in-0-peers { 10.244.0.4 }\n\
-             delete element ip lotse np-x/allow-in-0-peers { 10.244.1.5 }\n"
+            normalized(&diff).join("\n") + "\n",
+            "delete element ip lotse np-peers-#1 { 10.244.0.4 }\n\
+             delete element ip lotse np-peers-#1 { 10.244.1.5 }\n"
         );
     }
 
@@ -726,8 +849,82 @@ mod tests {
         let pods: Vec<&String> = r.sets["np-x/deny-pods"].elements.keys().collect();
         assert_eq!(pods, ["10.244.0.2"]);
         // `http` is TCP on the pods, and no pod has `nope`: both sets are empty.
-        assert!(r.sets["np-x/deny-in-0-port-0"].elements.is_empty());
-        assert!(r.sets["np-x/deny-in-0-port-1"].elements.is_empty());
+        assert!(r.sets["np-port-udp-http"].elements.is_empty());
+        assert!(r.sets["np-port-tcp-nope"].elements.is_empty());
+    }
+
+    #[test]
+    fn identical_peers_share_one_set() {
+        // Three policies allow "all pods of all namespaces" and two "app=b of my namespace"
+        // (x and y): two sets for the first (one) and the others (per namespace).
+        let all = |ns: &str, name: &str| {
+            np(json!({"metadata": {"name": name, "namespace": ns},
+                "spec": {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {}}]}]}}))
+        };
+        let b = |ns: &str| {
+            np(json!({"metadata": {"name": "b", "namespace": ns},
+                "spec": {"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "b"}}}]}]}}))
+        };
+        let r = rendered(&objects(vec![
+            all("x", "one"),
+            all("x", "two"),
+            all("y", "three"),
+            b("x"),
+            b("y"),
+        ]));
+        let peer_sets: Vec<(&String, Vec<&String>)> = r
+            .sets
+            .iter()
+            .filter(|(n, _)| n.starts_with("np-peers-"))
+            .map(|(n, s)| (n, s.elements.keys().collect()))
+            .collect();
+        let mut contents: Vec<Vec<&str>> = peer_sets
+            .iter()
+            .map(|(_, e)| e.iter().map(|s| s.as_str()).collect())
+            .collect();
+        contents.sort();
+        assert_eq!(
+            contents,
+            [
+                vec![],
+                vec!["10.244.0.2", "10.244.0.3", "10.244.0.4", "10.244.1.5"],
+                vec!["10.244.0.3"],
+            ],
+            "{peer_sets:#?}"
+        );
+        check_with_nft(&r.full_transaction());
+    }
+
+    #[test]
+    fn long_names_stay_within_the_kernel_limit() {
+        let ns_name = "n".repeat(63);
+        let policy_name = format!("{}.{}", "p".repeat(200), "q".repeat(52));
+        let mut objs = objects(vec![np(
+            json!({"metadata": {"name": policy_name, "namespace": ns_name},
+                "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"],
+                         "ingress": [{"from": [{"podSelector": {}}], "ports": [{"port": "http"}]}]}}),
+        )]);
+        objs.pods
+            .push(pod(&ns_name, "long", json!({}), "10.244.0.9", "n1"));
+        objs.namespaces.push(ns(&ns_name, json!({})));
+        let r = rendered(&objs);
+        for name in r.sets.keys().chain(r.chains.keys()) {
+            assert!(name.len() < 256, "{name} is {} bytes", name.len());
+        }
+        let key = policy_key(&ns_name, &policy_name);
+        assert!(key.len() <= MAX_KEY_LEN, "{key}");
+        assert_eq!(r.sets[&format!("{key}-pods")].elements.len(), 1);
+        assert!(r.chains.contains_key(&format!("{key}-ingress")));
+        assert!(r.chains.contains_key(&format!("{key}-egress")));
+        // Two long names that differ only at their end stay apart.
+        assert_ne!(
+            key,
+            policy_key(&ns_name, &format!("{}.{}", "p".repeat(200), "r".repeat(52)))
+        );
+        assert_eq!(policy_key("x", "short"), "np-x/short");
+        if let Some(netns) = crate::agent::nft::tests::TestNetns::new("longnames") {
+            netns.apply(&r.full_transaction());
+        }
     }
 
     #[test]
