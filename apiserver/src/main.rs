@@ -53,6 +53,10 @@ struct Args {
     /// the first provider encrypts, all of them decrypt).
     #[arg(long, env = "LOTSE_ENCRYPTION_PROVIDER_CONFIG")]
     encryption_provider_config: Option<PathBuf>,
+    /// SQLite's durability: `normal` (default) keeps every acknowledged write through any
+    /// process crash; `full` fsyncs each commit so it survives power loss too (slower writes).
+    #[arg(long, env = "LOTSE_SQLITE_SYNCHRONOUS", default_value = "normal", value_parser = ["normal", "full"])]
+    sqlite_synchronous: String,
     /// CIDR from which Service ClusterIPs are allocated.
     #[arg(
         long,
@@ -125,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
             key_file: args.etcd_keyfile,
         },
         encryption_provider_config: args.encryption_provider_config,
+        sqlite_sync_full: args.sqlite_synchronous == "full",
     };
     let running = apiserver::server::start_with(cfg, opts, shutdown)
         .await

@@ -524,25 +524,6 @@ fn private_data_dir(dir: &std::path::Path) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// The SQLite database (and its WAL and shared-memory files, which SQLite creates with the
-/// database's mode) holds every Secret: readable by its owner only (0600).
-fn private_files(db: &std::path::Path) -> Result<(), ServerError> {
-    use std::os::unix::fs::PermissionsExt;
-    for suffix in ["", "-wal", "-shm"] {
-        let mut name = db.as_os_str().to_owned();
-        name.push(suffix);
-        let path = std::path::PathBuf::from(name);
-        let Ok(meta) = std::fs::metadata(&path) else {
-            continue;
-        };
-        if meta.permissions().mode() & 0o077 != 0 {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| ServerError::Config(format!("chmod {}: {e}", path.display())))?;
-        }
-    }
-    Ok(())
-}
-
 /// Opens storage, creates PKI and the admin kubeconfig, bootstraps system objects and serves.
 pub async fn start(
     cfg: Config,
@@ -558,6 +539,8 @@ pub struct StorageOptions {
     pub etcd_tls: crate::storage::etcd::EtcdTls,
     /// `--encryption-provider-config`: an `EncryptionConfiguration` file (encryption at rest).
     pub encryption_provider_config: Option<std::path::PathBuf>,
+    /// `--sqlite-synchronous=full`: fsync every commit (survives power loss).
+    pub sqlite_sync_full: bool,
 }
 
 /// [`start`], with TLS to etcd and encryption at rest.
@@ -578,10 +561,10 @@ pub async fn start_with(
         None => None,
     };
     let mut storage: Arc<dyn Storage> = if cfg.etcd_servers.is_empty() {
-        let db = cfg.data_dir.join("state.db");
-        let store = crate::storage::sqlite::SqliteStorage::open(&db)?;
-        private_files(&db)?;
-        Arc::new(store)
+        Arc::new(crate::storage::sqlite::SqliteStorage::open_with_sync(
+            &cfg.data_dir.join("state.db"),
+            opts.sqlite_sync_full,
+        )?)
     } else {
         Arc::new(
             crate::storage::etcd::EtcdStorage::connect_with(&cfg.etcd_servers, &opts.etcd_tls)

@@ -259,8 +259,8 @@ async fn round(server: &mut ApiServer, round: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn kill_rounds(backend: Backend) -> anyhow::Result<()> {
-    let mut server = ApiServer::start(backend).await?;
+async fn kill_rounds(backend: Backend, args: &[&str]) -> anyhow::Result<()> {
+    let mut server = ApiServer::start_with(e2e::bin_dir().join("apiserver"), backend, args).await?;
     for r in 0..ROUNDS {
         round(&mut server, r).await?;
     }
@@ -270,11 +270,18 @@ async fn kill_rounds(backend: Backend) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs the built apiserver binary"]
 async fn acknowledged_writes_survive_kill_9_on_sqlite() -> anyhow::Result<()> {
-    kill_rounds(Backend::Sqlite).await
+    kill_rounds(Backend::Sqlite, &[]).await
+}
+
+/// The power-loss setting (every commit fsynced) under the same kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the built apiserver binary"]
+async fn acknowledged_writes_survive_kill_9_on_sqlite_synchronous_full() -> anyhow::Result<()> {
+    kill_rounds(Backend::Sqlite, &["--sqlite-synchronous", "full"]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs the built apiserver binary and etcd (Debian etcd-server)"]
 async fn acknowledged_writes_survive_kill_9_on_etcd() -> anyhow::Result<()> {
-    kill_rounds(Backend::Etcd).await
+    kill_rounds(Backend::Etcd, &[]).await
 }

@@ -132,7 +132,14 @@ struct Shared {
 impl SqliteStorage {
     /// Opens (creating if needed) the database at `path`, sets WAL mode and starts the writer.
     pub fn open(path: &Path) -> Result<Self> {
-        Self::open_inner(path, None)
+        Self::open_inner(path, None, false)
+    }
+
+    /// [`open`](Self::open) with `PRAGMA synchronous = FULL` when `full`: every commit is
+    /// fsynced before it is acknowledged, so it survives power loss too (NORMAL, the default,
+    /// survives any process crash; a power cut may lose the last commits, never corrupt).
+    pub fn open_with_sync(path: &Path, full: bool) -> Result<Self> {
+        Self::open_inner(path, None, full)
     }
 
     /// Opens a fresh database in a new directory under the system temp dir, removed when the
@@ -143,13 +150,17 @@ impl SqliteStorage {
             StorageError::Backend(format!("creating temp dir {}: {e}", dir.display()))
         })?;
         let path = dir.join("state.db");
-        Self::open_inner(&path, Some(dir))
+        Self::open_inner(&path, Some(dir), false)
     }
 
-    fn open_inner(path: &Path, temp_dir: Option<PathBuf>) -> Result<Self> {
+    fn open_inner(path: &Path, temp_dir: Option<PathBuf>, sync_full: bool) -> Result<Self> {
         make_private(path)?;
         let mut conn = Connection::open(path).map_err(db)?;
         configure(&conn)?;
+        if sync_full {
+            conn.execute_batch("PRAGMA synchronous = FULL;")
+                .map_err(db)?;
+        }
         conn.execute_batch(SCHEMA).map_err(db)?;
         let (current, compacted) = {
             let tx = conn.transaction().map_err(db)?;
