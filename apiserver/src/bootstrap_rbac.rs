@@ -16,8 +16,6 @@ use crate::server::AppState;
 
 /// The user the node network agent (kube-proxy's counterpart) authenticates as.
 pub const KUBE_PROXY_USER: &str = "system:kube-proxy";
-/// The user the cluster DNS server (CoreDNS's counterpart) authenticates as.
-pub const DNS_USER: &str = "system:lotse:dns";
 /// The built-in ingress controller's user (`lotse up` runs it with this identity).
 pub const INGRESS_USER: &str = "system:lotse:ingress";
 
@@ -511,24 +509,6 @@ pub fn cluster_roles() -> Vec<Value> {
             ],
             None,
         ),
-        // The cluster DNS server reads what it serves (as kubeadm's `system:coredns`).
-        cluster_role(
-            "system:lotse:dns",
-            none.clone(),
-            vec![
-                rule(
-                    &["list", "watch"],
-                    &[""],
-                    &["services", "endpoints", "pods", "namespaces"],
-                ),
-                rule(
-                    &["list", "watch"],
-                    &["discovery.k8s.io"],
-                    &["endpointslices"],
-                ),
-            ],
-            None,
-        ),
         // The built-in ingress controller reads its routes and certificates and publishes
         // the addresses it serves on (as k3s's Traefik's ClusterRole).
         cluster_role(
@@ -794,7 +774,6 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             "system:lotse:service-lb",
             vec![user(KUBE_PROXY_USER)],
         ),
-        binding("system:lotse:dns", "system:lotse:dns", vec![user(DNS_USER)]),
         binding(
             "system:lotse:ingress",
             "system:lotse:ingress",

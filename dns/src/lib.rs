@@ -1,13 +1,15 @@
 //! Lotse's cluster DNS: serves the Kubernetes DNS specification for the cluster domain from the
 //! API's Services, EndpointSlices and Namespaces (as CoreDNS's `kubernetes` plugin), and forwards
-//! every other name to the node's upstream resolvers.
+//! every other name to the upstream resolvers of its resolv.conf. It runs as the pods of the
+//! `kube-system/coredns` Deployment behind the `kube-dns` Service (`lotse up` applies them), with
+//! CoreDNS's health and readiness endpoints.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod bootstrap;
 pub mod cache;
 pub mod forward;
 pub mod handler;
+pub mod health;
 pub mod server;
 pub mod view;
 
@@ -50,6 +52,11 @@ pub struct Config {
     pub resolv_conf: std::path::PathBuf,
     /// Deadline of one forwarded query.
     pub forward_timeout: Duration,
+    /// Liveness endpoint `/health` (CoreDNS's `health` plugin, `:8080`); None: not served.
+    pub health: Option<SocketAddr>,
+    /// Readiness endpoint `/ready` (CoreDNS's `ready` plugin, `:8181`), `200` once the first
+    /// lists are in; None: not served.
+    pub ready: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -59,6 +66,8 @@ impl Default for Config {
             listen: ([0, 0, 0, 0], 53).into(),
             resolv_conf: "/etc/resolv.conf".into(),
             forward_timeout: Duration::from_secs(2),
+            health: Some(([0, 0, 0, 0], 8080).into()),
+            ready: Some(([0, 0, 0, 0], 8181).into()),
         }
     }
 }
@@ -133,7 +142,8 @@ pub async fn watch_cluster(client: kube::Client) -> watch::Receiver<Arc<ClusterV
     rx
 }
 
-/// Serves DNS on `cfg.listen` (UDP and TCP) until `shutdown` resolves.
+/// Serves DNS on `cfg.listen` (UDP and TCP), and the health and readiness endpoints, until
+/// `shutdown` resolves.
 pub async fn run(
     cfg: Config,
     client: kube::Client,
@@ -148,13 +158,29 @@ pub async fn run(
         String::new()
     });
     let forwarder = Forwarder::from_resolv_conf(&resolv, &[cfg.listen], cfg.forward_timeout);
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    // Alive as soon as the process serves; ready once the cluster's names are known.
+    let (always, _) = watch::channel(true);
+    for (addr, path, rx) in [
+        (cfg.health, "/health", always.subscribe()),
+        (cfg.ready, "/ready", ready_rx),
+    ] {
+        if let Some(addr) = addr {
+            let listener = health::bind(addr).await?;
+            tasks.push(tokio::spawn(health::serve(listener, path, rx)));
+        }
+    }
     tracing::info!(listen = %cfg.listen, zone = %cfg.cluster_domain, upstreams = ?forwarder.upstreams, "cluster DNS starting");
     let view = watch_cluster(client).await;
     let server = Arc::new(Server::new(view, zone, forwarder));
-    let u = tokio::spawn(server.clone().serve_udp(udp));
-    let t = tokio::spawn(server.serve_tcp(tcp));
+    tasks.push(tokio::spawn(server.clone().serve_udp(udp)));
+    tasks.push(tokio::spawn(server.serve_tcp(tcp)));
+    let _ = ready_tx.send(true);
+    tracing::info!("cluster DNS ready");
     shutdown.await;
-    u.abort();
-    t.abort();
+    for t in tasks {
+        t.abort();
+    }
     Ok(())
 }

@@ -34,7 +34,7 @@ pub fn require_images(names: &[&str]) -> anyhow::Result<PathBuf> {
 }
 
 /// `lotse up` in the background, logging to `<data>/lotse.log`. On drop (a failed test) the
-/// Deployments and pods it runs are deleted first — pods outlive the kubelet because
+/// Deployments and pods it runs (in every namespace, the cluster DNS's too) are deleted first — pods outlive the kubelet because
 /// containerd's shims own them — and then it is stopped with SIGTERM.
 pub struct Lotse {
     child: Child,
@@ -116,16 +116,25 @@ impl Drop for Lotse {
                 "delete",
                 "deployment,daemonset,job",
                 "--all",
+                "--all-namespaces",
                 "--wait=false",
             ]);
-            let _ = k.run(&["delete", "pod", "--all", "--force", "--grace-period=0"]);
+            let delete_pods = [
+                "delete",
+                "pod",
+                "--all",
+                "--all-namespaces",
+                "--force",
+                "--grace-period=0",
+            ];
+            let _ = k.run(&delete_pods);
             let t0 = Instant::now();
             while containers_in(&self.data)
                 .map(|c| !c.is_empty())
                 .unwrap_or(false)
                 && t0.elapsed() < Duration::from_secs(20)
             {
-                let _ = k.run(&["delete", "pod", "--all", "--force", "--grace-period=0"]);
+                let _ = k.run(&delete_pods);
                 std::thread::sleep(Duration::from_millis(500));
             }
             let _ = self.stop();
@@ -204,7 +213,7 @@ pub struct Node {
 impl Node {
     /// Links (or copies) `images` (e.g. `busybox.tar`) from [`images_dir`] into
     /// `<tmp>/data/kubelet/images`, starts `lotse up` with node name `name` and pod CIDR
-    /// `pod_cidr` on free ports, and waits up to 90 s for the Node to be Ready (the error
+    /// `pod_cidr` on free ports (without cluster DNS), and waits up to 90 s for the Node to be Ready (the error
     /// carries the log).
     pub fn start(tmp: &Path, name: &str, pod_cidr: &str, images: &[&str]) -> anyhow::Result<Node> {
         let dir = require_images(images)?;
@@ -231,6 +240,8 @@ impl Node {
             pod_cidr,
             "--images=",
             "--no-install",
+            // No test of this harness resolves names; the DNS pod would only cost CPU.
+            "--disable-cluster-dns",
         ]
         .iter()
         .map(|s| s.to_string())

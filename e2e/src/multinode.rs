@@ -73,12 +73,9 @@ impl Cluster {
             "--nftables-table",
             &table,
             // Other clusters on this machine (other tests) share the host's network namespace:
-            // ClusterIPs of a range of its own and a DNS port of its own (the cluster DNS
-            // listens on the host's primary address) keep their rules and servers apart.
+            // ClusterIPs of a range of its own keep their rules apart.
             "--service-cluster-ip-range",
             "10.150.0.0/16",
-            "--cluster-dns-port",
-            &crate::free_port()?.to_string(),
             "--images=",
             "--no-install",
         ]

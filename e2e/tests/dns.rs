@@ -1,13 +1,16 @@
 //! Cluster DNS on a one-node `lotse up` (issue 14, point 2): pods get the cluster resolver
 //! configuration from the kubelet and resolve Services by name through `kube-system/kube-dns`
-//! (the node's DNS server behind the tenth Service address), checked from real pods with
-//! busybox's `nslookup` and glibc's resolver (debian's `getent`, bash's `/dev/tcp`).
+//! (the tenth Service address, in front of the `coredns` Deployment's `lotse-dns` pods labelled
+//! `k8s-app: kube-dns`, image built by `lotse up` from the `lotse-dns` binary), checked from real
+//! pods with busybox's `nslookup` and glibc's resolver (debian's `getent`, bash's `/dev/tcp`);
+//! and a NetworkPolicy written for Kubernetes (egress to `k8s-app: kube-dns` in `kube-system`)
+//! admits DNS while default-deny egress without it blocks it. ~60 s.
 //!
 //! Needs root, containerd, runc, containernetworking-plugins, nftables, the built binaries
-//! (`cargo build --workspace --bins`) and the busybox, pause and debian images
-//! (`target/debug/lotse images build --output target/lotse-images busybox pause debian`).
-//! Each run uses its own Service range, nftables table and DNS port, so other clusters on the
-//! machine cannot answer for it.
+//! (`cargo build --workspace --bins`, lotse-dns included) and the busybox, pause and debian
+//! images (`target/debug/lotse images build --output target/lotse-images busybox pause debian`).
+//! Each run uses its own Service range and nftables table, so other clusters on the machine
+//! cannot answer for it.
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -86,6 +89,52 @@ spec:
     command: ["sleep", "3600"]
 "#;
 
+const NETPOL: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: dns-policy}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny-egress, namespace: dns-policy}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-dns, namespace: dns-policy}
+spec:
+  podSelector:
+    matchLabels: {dns: allowed}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - namespaceSelector:
+        matchLabels: {kubernetes.io/metadata.name: kube-system}
+      podSelector:
+        matchLabels: {k8s-app: kube-dns}
+    ports:
+    - {protocol: UDP, port: 53}
+    - {protocol: TCP, port: 53}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: allowed, namespace: dns-policy, labels: {dns: allowed}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: busybox, command: ["sleep", "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: denied, namespace: dns-policy}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: busybox, command: ["sleep", "3600"]}
+"#;
+
 /// A Service range of its own (outside 10.96.0.0/12 and the cluster CIDR).
 fn random_service_range() -> anyhow::Result<(String, String)> {
     let second = 160 + (std::process::id() + u32::from(e2e::free_port()?)) % 60;
@@ -134,8 +183,7 @@ fn start(tmp: &Path) -> anyhow::Result<(Cluster, String)> {
         &range,
         "--nftables-table",
         &table,
-        "--cluster-dns-port",
-        &e2e::free_port()?.to_string(),
+        "--disable-ingress",
         "--images=",
         "--no-install",
     ]
@@ -170,6 +218,26 @@ impl Cluster {
     fn log(&self) -> String {
         self.lotse.as_ref().map(Lotse::log).unwrap_or_default()
     }
+
+    /// The DNS pods' logs (this run's and the previous container's).
+    fn dns_log(&self) -> String {
+        let mut out = String::new();
+        for prev in ["--previous=false", "--previous=true"] {
+            if let Ok(r) = self.k.run(&[
+                "-n",
+                "kube-system",
+                "logs",
+                "-l",
+                "k8s-app=kube-dns",
+                "--tail=30",
+                prev,
+            ]) {
+                out.push_str(&r.stdout);
+                out.push_str(&r.stderr);
+            }
+        }
+        out
+    }
 }
 
 #[test]
@@ -180,7 +248,7 @@ fn pods_resolve_services_by_name() -> anyhow::Result<()> {
     let t0 = Instant::now();
     let k = &c.k;
 
-    // The reserved Service exists at the tenth address, with the node's DNS behind it.
+    // The reserved Service exists at the tenth address, selecting the DNS pods.
     let ip = eventually("kube-dns Service", Duration::from_secs(20), || {
         k.ok(&[
             "get",
@@ -189,11 +257,24 @@ fn pods_resolve_services_by_name() -> anyhow::Result<()> {
             "kube-system",
             "kube-dns",
             "-o",
-            "jsonpath={.spec.clusterIP}",
+            "jsonpath={.spec.clusterIP} {.spec.selector.k8s-app}",
         ])
     })
     .with_context(|| c.log())?;
-    assert_eq!(ip.trim(), dns_ip);
+    assert_eq!(ip.trim(), format!("{dns_ip} kube-dns"));
+    // The DNS runs as a Ready pod of the coredns Deployment (as kubeadm's CoreDNS).
+    eventually("a Ready kube-dns pod", Duration::from_secs(90), || {
+        let out = k.ok(&["-n", "kube-system", "get", "pods", "-l", "k8s-app=kube-dns"])?;
+        if !out
+            .lines()
+            .any(|l| l.starts_with("coredns-") && l.contains(" 1/1 ") && l.contains("Running"))
+        {
+            bail!("{out}");
+        }
+        Ok(())
+    })
+    .with_context(|| format!("{}\n--- DNS pod log ---\n{}", c.log(), c.dns_log()))?;
+    eprintln!("[{:?}] DNS pod Ready", t0.elapsed());
 
     k.ok_stdin(&["apply", "-f", "-"], MANIFEST)?;
     k.ok(&[
@@ -304,6 +385,57 @@ fn pods_resolve_services_by_name() -> anyhow::Result<()> {
     eprintln!(
         "deleted Service answered NXDOMAIN after {:?} (kubectl exec included)",
         deleted.elapsed()
+    );
+
+    // NetworkPolicies as written for Kubernetes: default-deny egress, plus DNS to the kube-dns
+    // pods in kube-system for the pods labelled dns=allowed.
+    k.ok_stdin(&["apply", "-f", "-"], NETPOL)?;
+    k.ok(&[
+        "-n",
+        "dns-policy",
+        "wait",
+        "--for=condition=Ready",
+        "pod",
+        "--all",
+        "--timeout=60s",
+    ])
+    .with_context(|| c.log())?;
+    let probe = |pod: &'static str| {
+        let k = k.clone();
+        std::thread::spawn(move || {
+            k.run(&[
+                "-n",
+                "dns-policy",
+                "exec",
+                pod,
+                "--",
+                "timeout",
+                "4",
+                "nslookup",
+                "kubernetes.default.svc.cluster.local",
+            ])
+        })
+    };
+    // Policies take effect within a second; the allowed pod resolves at once after that.
+    std::thread::sleep(Duration::from_secs(1));
+    let (allowed, denied) = (probe("allowed"), probe("denied"));
+    let allowed = allowed
+        .join()
+        .map_err(|_| anyhow::anyhow!("probe panicked"))??;
+    let denied = denied
+        .join()
+        .map_err(|_| anyhow::anyhow!("probe panicked"))??;
+    assert!(
+        allowed.code == 0 && allowed.stdout.contains(&api_ip),
+        "egress to k8s-app=kube-dns admits DNS: {} {}",
+        allowed.stdout,
+        allowed.stderr
+    );
+    assert!(
+        denied.code != 0 && !denied.stdout.contains(&api_ip),
+        "default-deny egress blocks DNS: {} {}",
+        denied.stdout,
+        denied.stderr
     );
     eprintln!("[{:?}] done", t0.elapsed());
     Ok(())

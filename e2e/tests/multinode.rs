@@ -304,8 +304,8 @@ fn three_nodes_carry_pod_and_service_traffic() -> anyhow::Result<()> {
         "externalTrafficPolicy: Local keeps the client's address, local endpoints only",
     );
 
-    // UDP through a ClusterIP across nodes: cluster DNS (kube-dns's ClusterIP, answered on the
-    // host) from a pod on every node.
+    // UDP through a ClusterIP across nodes: cluster DNS (kube-dns's ClusterIP, answered by the
+    // coredns pod on whichever node it runs) from a pod on every node.
     for (from, _, _) in &pods {
         let dns = eventually("cluster DNS", Duration::from_secs(30), || {
             c.sh(from, "nslookup web.default.svc.cluster.local")

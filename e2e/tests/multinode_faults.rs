@@ -287,6 +287,7 @@ fn vxlan_carries_pods_and_a_cut_off_node_loses_then_takes_pods() -> anyhow::Resu
             "vxlan",
             "--node-monitor-grace-period",
             "16s",
+            "--disable-cluster-dns",
         ],
     )?;
     c.wait_ready(Duration::from_secs(180))?;

@@ -176,6 +176,7 @@ impl Cluster {
             &table,
             "--images=",
             "--no-install",
+            "--disable-cluster-dns",
         ]
         .iter()
         .map(|s| s.to_string())

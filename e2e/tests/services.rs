@@ -182,6 +182,7 @@ impl Cluster {
             &table,
             "--images=",
             "--no-install",
+            "--disable-cluster-dns",
         ]
         .iter()
         .map(|s| s.to_string())

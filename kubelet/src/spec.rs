@@ -669,34 +669,16 @@ pub fn security(pod: &Pod, c: &Container) -> cri::LinuxContainerSecurityContext 
         out.run_as_group = Some(cri::Int64Value { value: g });
     }
     out.supplemental_groups = psc.supplemental_groups.clone().unwrap_or_default();
+    // Names go to the runtime as written (`NET_BIND_SERVICE`), as the kubelet passes them:
+    // containerd prefixes `CAP_` itself, so a prefixed name would name no capability.
     if let Some(caps) = &sc.capabilities {
         out.capabilities = Some(cri::Capability {
-            add_capabilities: caps
-                .add
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|c| cap_name(&c))
-                .collect(),
-            drop_capabilities: caps
-                .drop
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|c| cap_name(&c))
-                .collect(),
+            add_capabilities: caps.add.clone().unwrap_or_default(),
+            drop_capabilities: caps.drop.clone().unwrap_or_default(),
             ..Default::default()
         });
     }
     out
-}
-
-fn cap_name(c: &str) -> String {
-    if c == "ALL" || c.starts_with("CAP_") {
-        c.to_string()
-    } else {
-        format!("CAP_{c}")
-    }
 }
 
 /// Normalises an image reference as Docker does (`busybox` → `docker.io/library/busybox:latest`).

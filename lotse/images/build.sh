@@ -2,7 +2,7 @@
 # Builds Lotse's base images offline as OCI archives (no registry): one archive per image in OUT_DIR,
 # which the kubelet imports into containerd at start (<root-dir>/images/).
 #
-# Usage: build.sh OUT_DIR [--force] [IMAGE...]     IMAGE: busybox pause debian nginx postgres mariadb
+# Usage: build.sh OUT_DIR [--force] [IMAGE...]     IMAGE: busybox pause debian nginx postgres mariadb dns
 #                                                  (default: busybox pause debian nginx)
 #   busybox  docker.io/library/busybox:latest, :1.35, :1.35.0 (busybox-static's version)   (~1 s)
 #   pause    registry.k8s.io/pause:3.6   static C pause (gcc), the sandbox image               (~1 s)
@@ -14,9 +14,14 @@
 #            postgresql-15; docker-entrypoint.sh as the Docker Hub image's, UID 999     (~25 s more)
 #   mariadb  docker.io/library/mariadb:latest, :10.11, :10.11.N (Debian's MariaDB)  the debian rootfs +
 #            mariadb-server; docker-entrypoint.sh as the Docker Hub image's, UID 999   (~25 s more)
+#   dns      $LOTSE_DNS_IMAGE (docker.io/lotse/dns:<lotse version>): the cluster DNS pods' image, Lotse's
+#            own $LOTSE_DNS_BINARY (lotse-dns) and exactly the shared libraries it needs (ldd), debug info
+#            stripped; rebuilt only when the binary changed (its sha256 is the index annotation
+#            dev.lotse.binary.sha256). `lotse up` and `lotse join` build it on every start.       (~1 s)
 #   debian, nginx, postgres and mariadb share one debootstrap when built in one run.
 # Every image carries `latest` and its real version, as the Docker Hub images do.
-# Needs: tar, sha256sum, jq, gzip; busybox-static (busybox), gcc + libc6-dev (pause), debootstrap (debian, nginx).
+# Needs: tar, sha256sum, jq, gzip; busybox-static (busybox), gcc + libc6-dev (pause), debootstrap (debian, nginx),
+#        ldd (dns; strip from binutils when present).
 # An archive that already exists is kept unless --force. Build output is deterministic for busybox and pause.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -145,7 +150,31 @@ for img in "${IMAGES[@]}"; do
       install -m 755 "$HERE/mariadb-entrypoint.sh" "$R/usr/local/bin/docker-entrypoint.sh"
       "$HERE/mkimage.sh" "$R" "$(tags docker.io/library/mariadb latest "$MV" "${MV%.*}")" "$OUT/mariadb.tar" --gzip --keep-owners \
         --env LANG=C.UTF-8 --env "MARIADB_VERSION=$MV" --entrypoint docker-entrypoint.sh --port 3306/tcp -- mariadbd ;;
-    *) echo "unknown image '$img' (busybox pause debian nginx postgres mariadb)" >&2; exit 2 ;;
+    dns)
+      BIN=${LOTSE_DNS_BINARY:?dns: set LOTSE_DNS_BINARY to the lotse-dns binary (lotse images build dns does)}
+      REF=${LOTSE_DNS_IMAGE:?dns: set LOTSE_DNS_IMAGE to the image name, e.g. docker.io/lotse/dns:0.1.0}
+      need ldd libc-bin
+      SUM=$(sha256sum "$BIN" | cut -d' ' -f1)
+      if [ $FORCE = 0 ] && [ -s "$OUT/dns.tar" ] &&
+        [ "$(tar -xOf "$OUT/dns.tar" index.json 2>/dev/null | jq -r '.manifests[0].annotations | "\(.["io.containerd.image.name"]) \(.["dev.lotse.binary.sha256"])"' 2>/dev/null)" = "$REF $SUM" ]; then
+        echo "dns: $OUT/dns.tar is current ($REF, lotse-dns sha256 ${SUM:0:12})"; continue
+      fi
+      R="$WORK/dns"; rm -rf "$R"; mkdir -p "$R"/{usr/local/bin,etc,tmp,proc,sys,dev}
+      cp "$BIN" "$R/usr/local/bin/lotse-dns"
+      # debug info is most of a debug build's size
+      if command -v strip >/dev/null; then strip --strip-debug "$R/usr/local/bin/lotse-dns"; fi
+      for lib in $(ldd "$BIN" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+        mkdir -p "$R$(dirname "$lib")"; cp -L "$lib" "$R$lib"
+      done
+      printf 'root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n' > "$R/etc/passwd"
+      printf 'root:x:0:\nnogroup:x:65534:\n' > "$R/etc/group"
+      : > "$R/etc/hosts"; : > "$R/etc/resolv.conf"; : > "$R/etc/hostname"
+      chmod 1777 "$R/tmp"
+      # written beside and renamed: a kubelet reading the dir never sees half an archive
+      "$HERE/mkimage.sh" "$R" "$REF" "$OUT/.dns.tar.tmp" --annotation "dev.lotse.binary.sha256=$SUM" \
+        --port 53/udp --port 53/tcp --entrypoint /usr/local/bin/lotse-dns --
+      mv "$OUT/.dns.tar.tmp" "$OUT/dns.tar" ;;
+    *) echo "unknown image '$img' (busybox pause debian nginx postgres mariadb dns)" >&2; exit 2 ;;
   esac
   echo "$img: built $OUT/$img.tar in $(( $(date +%s) - T0 )) s"
 done

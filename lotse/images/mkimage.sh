@@ -6,13 +6,15 @@
 #   --env K=V          an image Env entry besides PATH (repeatable; a PATH=... entry replaces PATH)
 #   --entrypoint PATH  the image's Entrypoint (CMD then is its default arguments)
 #   --port P/tcp       an ExposedPorts entry (repeatable)
+#   --annotation K=V   an annotation of the index's entries (repeatable), e.g. what the image was
+#                      built from
 #   e.g. mkimage.sh ./rootfs-busybox docker.io/library/busybox:latest,docker.io/library/busybox:1.35 busybox.tar -- /bin/sh
 # Each IMAGE_REF becomes one entry of the index (the same manifest), so the image carries every tag.
 # Then:  ctr -a SOCK -n k8s.io images import OUT.tar
 # Needs: tar, sha256sum, jq, (gzip if --gzip).
 set -euo pipefail
 ROOTFS=$1; REF=$2; OUT=$3; shift 3
-GZIP=0; KEEP=0; ENV_JSON='["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]'; EP_JSON=null; PORTS='{}'
+GZIP=0; KEEP=0; ENV_JSON='["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]'; EP_JSON=null; PORTS='{}'; ANN='{}'
 while [ $# -gt 0 ]; do
   case "$1" in
     --gzip) GZIP=1; shift ;;
@@ -20,12 +22,14 @@ while [ $# -gt 0 ]; do
     --env) ENV_JSON=$(jq -c --arg e "$2" 'if ($e|startswith("PATH=")) then map(select(startswith("PATH=")|not)) else . end + [$e]' <<<"$ENV_JSON"); shift 2 ;;
     --entrypoint) EP_JSON=$(jq -cn --arg e "$2" '[$e]'); shift 2 ;;
     --port) PORTS=$(jq -c --arg p "$2" '. + {($p): {}}' <<<"$PORTS"); shift 2 ;;
+    --annotation) ANN=$(jq -c --arg a "$2" '. + {($a|split("=")[0]): ($a|split("=")[1:]|join("="))}' <<<"$ANN"); shift 2 ;;
     --) shift; break ;;
     *) break ;;
   esac
 done
 CMD_JSON=$(jq -cn '$ARGS.positional' --args -- "$@")
-[ "$CMD_JSON" = "[]" ] && CMD_JSON='["/bin/sh"]'
+# no CMD: a shell, unless an entrypoint runs without arguments
+[ "$CMD_JSON" = "[]" ] && [ "$EP_JSON" = null ] && CMD_JSON='["/bin/sh"]'
 W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
 mkdir -p "$W/blobs/sha256"
 # 1. layer (deterministic tar of the rootfs)
@@ -55,11 +59,11 @@ MDIG=$(sha256sum "$W/manifest.json" | cut -d' ' -f1); MSIZE=$(stat -c %s "$W/man
 mv "$W/manifest.json" "$W/blobs/sha256/$MDIG"
 # 4. index + layout: one entry per ref; io.containerd.image.name gives `ctr images import` the
 #    full name, org.opencontainers.image.ref.name the tag (skopeo's oci-archive:FILE:TAG)
-jq -cn --arg m "sha256:$MDIG" --argjson ms $MSIZE --arg refs "$REF" '{
+jq -cn --arg m "sha256:$MDIG" --argjson ms $MSIZE --arg refs "$REF" --argjson ann "$ANN" '{
   schemaVersion:2, mediaType:"application/vnd.oci.image.index.v1+json",
   manifests:[$refs|split(",")[]|{mediaType:"application/vnd.oci.image.manifest.v1+json", digest:$m, size:$ms,
     platform:{architecture:"amd64", os:"linux"},
-    annotations:{"io.containerd.image.name":., "org.opencontainers.image.ref.name":(split(":")|last)}}] }' > "$W/index.json"
+    annotations:($ann + {"io.containerd.image.name":., "org.opencontainers.image.ref.name":(split(":")|last)})}] }' > "$W/index.json"
 echo '{"imageLayoutVersion":"1.0.0"}' > "$W/oci-layout"
 tar -C "$W" -cf "$OUT" oci-layout index.json blobs
 echo "built $OUT ref=$REF manifest=sha256:$MDIG layer=$LSIZE bytes"

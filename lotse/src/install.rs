@@ -44,11 +44,15 @@ const DEBIAN_NEEDS: &[Need] = &[
     need("chroot", "coreutils"),
 ];
 
+/// The cluster DNS image: the binary's shared libraries (`strip` is used when present).
+const DNS_NEEDS: &[Need] = &[need("ldd", "libc-bin")];
+
 /// What kubelet/images/build.sh runs for `image` (besides [`MKIMAGE_NEEDS`]).
 fn build_needs(image: &str) -> &'static [Need] {
     match image {
         "busybox" => BUSYBOX_NEEDS,
         "pause" => PAUSE_NEEDS,
+        "dns" => DNS_NEEDS,
         "debian" | "nginx" | "postgres" | "mariadb" => DEBIAN_NEEDS,
         _ => &[],
     }
@@ -298,6 +302,7 @@ mod tests {
         assert!(pkgs("nginx").contains(&"debootstrap"));
         assert!(pkgs("postgres").contains(&"debootstrap"));
         assert!(pkgs("mariadb").contains(&"debootstrap"));
+        assert_eq!(pkgs("dns"), ["libc-bin"]);
         assert!(pkgs("unknown").is_empty());
         assert!(
             RUNTIME_NEEDS

@@ -11,7 +11,9 @@
 //!    `system:nodes`), which the csrapproving controller approves and the signer signs.
 //! 3. **Run**: the kubelet (with its own containerd) and the node network agent run with that
 //!    identity until the process is stopped; running `lotse join` again resumes the node with the
-//!    credentials it already has.
+//!    credentials it already has. The cluster DNS is no business of the node's beyond its image:
+//!    `docker.io/lotse/dns:<version>` is built into the node's image dir from the `lotse-dns`
+//!    beside `lotse`, for the `coredns` pods the scheduler may place here.
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -410,10 +412,19 @@ pub async fn join(a: JoinArgs) -> anyhow::Result<()> {
     let images: Vec<String> = a.images.iter().filter(|i| !i.is_empty()).cloned().collect();
     let build = !has_images && !images.is_empty();
     if !a.no_install {
-        install_missing(true, if build { &images } else { &[] })?;
+        let mut tools = if build { images.clone() } else { Vec::new() };
+        tools.push("dns".into());
+        install_missing(true, &tools)?;
     }
     if build {
         build_images(&images_dir, false, &images)?;
+    }
+    // The cluster DNS pods may be scheduled here: their image comes from the lotse-dns beside
+    // this binary, as on the server (no registry).
+    if let Err(e) = crate::images::ensure_dns_image(&images_dir) {
+        eprintln!(
+            "lotse: warning: no cluster DNS image on node {node_name}, its DNS pods cannot start: {e:#}"
+        );
     }
     // The kubelet imports what is in <root>/images; a shared archive dir is linked there.
     if a.images_dir.is_some() {

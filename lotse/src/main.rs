@@ -7,6 +7,7 @@ mod images;
 mod install;
 mod join;
 mod nodes;
+mod system;
 mod token;
 mod up;
 

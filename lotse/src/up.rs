@@ -45,16 +45,16 @@ pub struct UpArgs {
     #[arg(long, env = "LOTSE_NFTABLES_TABLE", default_value = "lotse")]
     nftables_table: String,
     /// Address of the cluster DNS Service `kube-system/kube-dns`, the nameserver of pods
-    /// (default: the tenth address of --service-cluster-ip-range, as kubeadm).
+    /// (default: the tenth address of --service-cluster-ip-range, as kubeadm). The DNS itself
+    /// runs as pods (Deployment `kube-system/coredns`, image `docker.io/lotse/dns:<version>`
+    /// built from the `lotse-dns` beside this binary at every start when it changed).
     #[arg(long, env = "LOTSE_CLUSTER_DNS")]
     cluster_dns: Option<IpAddr>,
     /// The cluster's DNS domain.
     #[arg(long, env = "LOTSE_CLUSTER_DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
-    /// Port of the node's DNS server on the node address (kube-dns's port 53 leads to it).
-    #[arg(long, env = "LOTSE_CLUSTER_DNS_PORT", default_value_t = 53)]
-    cluster_dns_port: u16,
-    /// Don't run the cluster DNS (pods then use the host's resolvers).
+    /// Don't run the cluster DNS (the `kube-system/coredns` Deployment behind the `kube-dns`
+    /// Service is not created, no DNS image is built; pods then use the host's resolvers).
     #[arg(long, env = "LOTSE_DISABLE_CLUSTER_DNS")]
     disable_cluster_dns: bool,
     /// Don't run the built-in ingress controller (IngressClass `lotse`, the default class).
@@ -131,8 +131,13 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
     let build = !has_images && !a.images.is_empty() && !simulated;
+    let cluster_dns_pods = !a.disable_cluster_dns && !simulated;
     if !a.no_install && !simulated {
-        install_missing(true, if build { &a.images } else { &[] })?;
+        let mut tools: Vec<String> = if build { a.images.clone() } else { Vec::new() };
+        if cluster_dns_pods {
+            tools.push("dns".into());
+        }
+        install_missing(true, &tools)?;
     }
     if build {
         eprintln!(
@@ -140,6 +145,11 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
             images_dir.display()
         );
         build_images(&images_dir, false, &a.images)?;
+    }
+    // The cluster DNS pods' image, from the lotse-dns beside this binary (rebuilt when it
+    // changed), so the node needs no registry for it.
+    if cluster_dns_pods {
+        crate::images::ensure_dns_image(&images_dir)?;
     }
     // With several nodes, the host's node address is its underlay address: the other nodes'
     // routes to its pods go through it, and they reach the apiserver there.
@@ -259,51 +269,44 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
             }
         });
     }
-    // The cluster DNS runs on the node, behind the kube-dns Service (running it as pods from an
-    // offline-built image, as kubeadm and k3s run CoreDNS, is a follow-up).
+    // The cluster DNS runs as pods (a Deployment in kube-system, as kubeadm's and k3s's
+    // CoreDNS) behind the kube-dns Service; the launcher only creates the objects, with its admin
+    // rights, as kubeadm applies its addons.
     let cluster_dns = if a.disable_cluster_dns {
         Vec::new()
     } else {
         let ip = a
             .cluster_dns
-            .unwrap_or_else(|| dns::bootstrap::tenth_address(a.service_cluster_ip_range));
-        let dns_kc = kubeconfig("dns.kubeconfig", apiserver::bootstrap_rbac::DNS_USER, &[])?;
-        let node_ip: IpAddr = kubelet::node::host_ip().parse().context("node address")?;
-        let listen = std::net::SocketAddr::new(node_ip, a.cluster_dns_port);
+            .unwrap_or_else(|| crate::system::tenth_address(a.service_cluster_ip_range));
         let admin = client_from(&running.admin_kubeconfig).await?;
-        let (node, domain) = (node_name.clone(), a.cluster_domain.clone());
+        let domain = a.cluster_domain.clone();
+        // The node DNS server of earlier versions had its own identity.
+        let _ = std::fs::remove_file(data_dir.join("dns.kubeconfig"));
         components.spawn(async move {
             for attempt in 1..=30 {
-                match dns::bootstrap::ensure_kube_dns(&admin, ip, listen, &node).await {
+                match crate::system::ensure_cluster_dns(
+                    &admin,
+                    ip,
+                    &domain,
+                    crate::images::DNS_IMAGE,
+                )
+                .await
+                {
                     Ok(()) => break,
-                    Err(e) if attempt == 30 => tracing::error!(error = %e, "kube-dns Service"),
+                    Err(e) if attempt == 30 => tracing::error!(error = %e, "cluster DNS objects"),
                     Err(e) => {
-                        tracing::warn!(error = %e, "kube-dns Service; retrying");
+                        tracing::warn!(error = %e, "cluster DNS objects; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await
                     }
                 }
             }
-            let cfg = dns::Config {
-                cluster_domain: domain,
-                listen,
-                ..Default::default()
-            };
-            let res = match client_from(&dns_kc).await {
-                Ok(c) => dns::run(cfg, c, std::future::pending())
-                    .await
-                    .map_err(Into::into),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = res {
-                tracing::error!(error = %e, "cluster DNS stopped");
-            }
         });
         vec![ip.to_string()]
     };
-    // The ingress controller (class `lotse`, the default) runs in-process on the node, as the
-    // cluster DNS does (running it as pods is a follow-up).
+    // The ingress controller (class `lotse`, the default) runs in-process on the node (running
+    // it as pods is a follow-up).
     if !a.disable_ingress {
-        // The IngressClass is made once with the launcher's admin rights (as the DNS Service);
+        // The IngressClass is made once with the launcher's admin rights (as the DNS objects);
         // the controller itself runs as its own user with only its role.
         let admin = client_from(&running.admin_kubeconfig).await?;
         let ingress_kc = kubeconfig(

@@ -1,0 +1,202 @@
+//! The cluster's system objects that `lotse up` creates, as kubeadm's addons: the cluster DNS
+//! (`manifests/system/coredns.yaml`: ServiceAccount and RBAC `system:coredns`, the `coredns`
+//! Deployment of `lotse-dns` pods labelled `k8s-app: kube-dns`, and the `kube-dns` Service at
+//! the tenth address of the Service range). Each object is created when absent and otherwise
+//! left as it is (a user's edits survive restarts); the selectorless `kube-dns` Service of
+//! earlier versions, whose EndpointSlice named the node, is replaced.
+use std::net::IpAddr;
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+
+/// The cluster DNS objects, with `${CLUSTER_DNS_IP}`, `${CLUSTER_DOMAIN}` and `${DNS_IMAGE}`.
+const COREDNS: &str = include_str!("../../manifests/system/coredns.yaml");
+
+/// Namespace of the cluster DNS.
+pub const DNS_NAMESPACE: &str = "kube-system";
+/// Name of the cluster DNS Service (kubeadm's and k3s's name).
+pub const DNS_SERVICE: &str = "kube-dns";
+/// The EndpointSlice that earlier versions' `lotse up` wrote for the selectorless `kube-dns`
+/// Service (the DNS server ran on the node).
+const OLD_NODE_SLICE: &str = "kube-dns-node";
+
+/// The tenth address of a Service range (`10.96.0.10` for `10.96.0.0/12`), kubeadm's choice for
+/// the cluster DNS (the ClusterIP allocator never hands it out).
+pub fn tenth_address(range: ipnet::Ipv4Net) -> IpAddr {
+    IpAddr::V4(std::net::Ipv4Addr::from(
+        u32::from(range.network()).saturating_add(10),
+    ))
+}
+
+/// The cluster DNS objects for Service address `ip`, domain `domain` and image `image`.
+pub fn coredns_objects(
+    ip: IpAddr,
+    domain: &str,
+    image: &str,
+) -> anyhow::Result<Vec<DynamicObject>> {
+    let text = COREDNS
+        .replace("${CLUSTER_DNS_IP}", &ip.to_string())
+        .replace("${CLUSTER_DOMAIN}", domain)
+        .replace("${DNS_IMAGE}", image);
+    parse_documents(&text)
+}
+
+fn parse_documents(text: &str) -> anyhow::Result<Vec<DynamicObject>> {
+    use serde::Deserialize;
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let v = serde_json::Value::deserialize(doc).context("system manifest")?;
+        if v.is_null() {
+            continue;
+        }
+        out.push(serde_json::from_value(v).context("system manifest object")?);
+    }
+    Ok(out)
+}
+
+fn api_for(client: &kube::Client, obj: &DynamicObject) -> anyhow::Result<Api<DynamicObject>> {
+    let types = obj
+        .types
+        .as_ref()
+        .context("object without apiVersion/kind")?;
+    let gvk = GroupVersionKind::try_from(types)?;
+    let ar = ApiResource::from_gvk(&gvk);
+    Ok(match obj.metadata.namespace.as_deref() {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    })
+}
+
+/// Creates each of `objects` that does not exist yet.
+pub async fn create_absent(client: &kube::Client, objects: &[DynamicObject]) -> anyhow::Result<()> {
+    for obj in objects {
+        let api = api_for(client, obj)?;
+        let name = obj.metadata.name.as_deref().unwrap_or_default();
+        match api.create(&PostParams::default(), obj).await {
+            Ok(_) => tracing::info!(kind = ?obj.types.as_ref().map(|t| &t.kind), name, "created"),
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {name}")),
+        }
+    }
+    Ok(())
+}
+
+/// Replaces an earlier version's `kube-dns` Service without selector (and its node
+/// EndpointSlice) so the one selecting the DNS pods can be created.
+async fn migrate_node_dns(client: &kube::Client) -> anyhow::Result<()> {
+    let services: Api<Service> = Api::namespaced(client.clone(), DNS_NAMESPACE);
+    let Some(svc) = services.get_opt(DNS_SERVICE).await? else {
+        return Ok(());
+    };
+    let selectorless = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .is_none_or(|s| s.is_empty());
+    if !selectorless {
+        return Ok(());
+    }
+    tracing::info!("replacing the selectorless kube-dns Service of the node DNS server");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), DNS_NAMESPACE);
+    match slices
+        .delete(OLD_NODE_SLICE, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e).context("deleting the kube-dns-node EndpointSlice"),
+    }
+    match services.delete(DNS_SERVICE, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e).context("deleting the old kube-dns Service"),
+    }
+    Ok(())
+}
+
+/// The cluster DNS: the old node-DNS Service migrated, then every object created if absent.
+pub async fn ensure_cluster_dns(
+    client: &kube::Client,
+    ip: IpAddr,
+    domain: &str,
+    image: &str,
+) -> anyhow::Result<()> {
+    let objects = coredns_objects(ip, domain, image)?;
+    migrate_node_dns(client).await?;
+    create_absent(client, &objects).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tenth_address_of_the_service_range() {
+        let r: ipnet::Ipv4Net = "10.96.0.0/12".parse().unwrap();
+        assert_eq!(tenth_address(r).to_string(), "10.96.0.10");
+        let r: ipnet::Ipv4Net = "10.43.0.0/16".parse().unwrap();
+        assert_eq!(tenth_address(r).to_string(), "10.43.0.10");
+    }
+
+    #[test]
+    fn coredns_objects_are_kubeadms_with_our_values() {
+        let objs = coredns_objects(
+            "10.43.0.10".parse().unwrap(),
+            "example.test",
+            "docker.io/lotse/dns:9.9.9",
+        )
+        .unwrap();
+        let kinds: Vec<String> = objs
+            .iter()
+            .map(|o| o.types.as_ref().unwrap().kind.clone())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Deployment",
+                "Service"
+            ]
+        );
+        let text = serde_json::to_string(&objs).unwrap();
+        assert!(!text.contains("${"), "a placeholder is left: {text}");
+        let dep = &objs[3].data["spec"]["template"];
+        assert_eq!(dep["metadata"]["labels"]["k8s-app"], "kube-dns");
+        assert_eq!(dep["spec"]["dnsPolicy"], "Default");
+        assert_eq!(dep["spec"]["priorityClassName"], "system-cluster-critical");
+        assert_eq!(dep["spec"]["serviceAccountName"], "coredns");
+        let c = &dep["spec"]["containers"][0];
+        assert_eq!(c["image"], "docker.io/lotse/dns:9.9.9");
+        assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(c["args"][0], "--cluster-domain=example.test");
+        assert_eq!(c["readinessProbe"]["httpGet"]["port"], 8181);
+        assert_eq!(c["livenessProbe"]["httpGet"]["port"], 8080);
+        let svc = &objs[4];
+        assert_eq!(svc.metadata.name.as_deref(), Some(DNS_SERVICE));
+        assert_eq!(svc.metadata.namespace.as_deref(), Some(DNS_NAMESPACE));
+        assert_eq!(svc.data["spec"]["clusterIP"], "10.43.0.10");
+        assert_eq!(svc.data["spec"]["selector"]["k8s-app"], "kube-dns");
+        let ports: Vec<(String, String)> = svc.data["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["name"].to_string(), p["protocol"].to_string()))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("\"dns\"".into(), "\"UDP\"".into()),
+                ("\"dns-tcp\"".into(), "\"TCP\"".into())
+            ]
+        );
+        // kubeadm's rules for system:coredns.
+        let rules = &objs[1].data["rules"];
+        assert_eq!(rules[0]["verbs"], serde_json::json!(["list", "watch"]));
+        assert_eq!(rules[1]["resources"][0], "endpointslices");
+    }
+}
