@@ -25,8 +25,9 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::WatchStreamExt as _;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -41,52 +42,80 @@ pub(super) struct Ctx {
     pub(super) client: Client,
     pub(super) recorder: Recorder,
     pub(super) settings: Settings,
+    /// The volume reconciler's watch cache: claim syncs read volumes here instead of listing
+    /// them (Kubernetes' PV controller works from its informers' caches too).
+    pub(super) volumes: Store<PersistentVolume>,
+    /// The claim reconciler's watch cache.
+    pub(super) claims: Store<PersistentVolumeClaim>,
+    /// All pods (which wait for a claim to be bound).
+    pub(super) pods: Store<Pod>,
 }
 
 /// Runs the claim and volume reconcilers until one of their streams ends.
 pub async fn run(client: Client, recorder: Recorder, settings: Settings) -> Result<(), Error> {
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        recorder,
-        settings,
-    });
     let wc = watcher::Config::default();
-    let claims = Controller::new(
-        Api::<PersistentVolumeClaim>::all(client.clone()),
-        wc.clone(),
-    )
-    .watches(
-        Api::<PersistentVolume>::all(client.clone()),
-        wc.clone(),
-        |pv| {
-            let r = pv.spec.as_ref()?.claim_ref.as_ref()?;
-            Some(ObjectRef::new(r.name.as_deref()?).within(r.namespace.as_deref()?))
-        },
-    )
-    .watches(Api::<Pod>::all(client.clone()), wc.clone(), |pod| {
-        let ns = pod.namespace().unwrap_or_default();
-        pod_claims(&pod)
-            .into_iter()
-            .map(move |c| ObjectRef::new(&c).within(&ns))
-    })
-    .run(
-        reconcile_claim,
-        |pvc: Arc<PersistentVolumeClaim>, err: &Error, _| {
-            tracing::warn!(claim = %pvc.name_any(), error = %err, "claim sync failed; retrying");
-            Action::requeue(Duration::from_secs(2))
-        },
-        ctx.clone(),
-    )
-    .for_each(|_| futures::future::ready(()));
     let volumes = Controller::new(Api::<PersistentVolume>::all(client.clone()), wc.clone())
         .watches(
             Api::<PersistentVolumeClaim>::all(client.clone()),
-            wc,
+            wc.clone(),
             |pvc| {
                 let v = pvc.spec.as_ref()?.volume_name.clone()?;
                 (!v.is_empty()).then(|| ObjectRef::new(&v))
             },
+        );
+    let claims = Controller::new(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        wc.clone(),
+    );
+    let claim_store = claims.store();
+    let (pod_store, pod_writer) = reflector::store::<Pod>();
+    let pods = reflector::reflector(
+        pod_writer,
+        watcher(Api::<Pod>::all(client.clone()), wc.clone()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        recorder,
+        settings,
+        volumes: volumes.store(),
+        claims: claim_store.clone(),
+        pods: pod_store,
+    });
+    let claims = claims
+        .watches(
+            Api::<PersistentVolume>::all(client.clone()),
+            wc.clone(),
+            |pv| {
+                let r = pv.spec.as_ref()?.claim_ref.as_ref()?;
+                Some(ObjectRef::new(r.name.as_deref()?).within(r.namespace.as_deref()?))
+            },
         )
+        // Pods matter to a claim only while it is being deleted (pvc-protection waits for
+        // them); binding is driven by the claim itself (the scheduler's selected-node).
+        .watches_stream(pods, move |pod| {
+            let ns = pod.namespace().unwrap_or_default();
+            let store = claim_store.clone();
+            pod_claims(&pod)
+                .into_iter()
+                .map(move |c| ObjectRef::new(&c).within(&ns))
+                .filter(move |r| {
+                    store
+                        .get(r)
+                        .is_some_and(|c| c.metadata.deletion_timestamp.is_some())
+                })
+        })
+        .run(
+            reconcile_claim,
+            |pvc: Arc<PersistentVolumeClaim>, err: &Error, _| {
+                tracing::warn!(claim = %pvc.name_any(), error = %err, "claim sync failed; retrying");
+                Action::requeue(Duration::from_secs(2))
+            },
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+    let volumes = volumes
         .run(
             reconcile_volume,
             |pv: Arc<PersistentVolume>, err: &Error, _| {
@@ -98,6 +127,24 @@ pub async fn run(client: Client, recorder: Recorder, settings: Settings) -> Resu
         .for_each(|_| futures::future::ready(()));
     tokio::join!(claims, volumes);
     Err(Error::Stopped("persistentvolume-binder"))
+}
+
+/// Volume `name` from the watch cache, else (not seen yet, e.g. just created) from the
+/// apiserver.
+async fn volume_by_name(ctx: &Ctx, name: &str) -> Result<Option<PersistentVolume>, Error> {
+    if let Some(v) = ctx.volumes.get(&ObjectRef::new(name)) {
+        return Ok(Some(v.as_ref().clone()));
+    }
+    Ok(Api::<PersistentVolume>::all(ctx.client.clone())
+        .get_opt(name)
+        .await?)
+}
+
+/// Volume `name` as the apiserver has it now.
+async fn fresh_volume(ctx: &Ctx, name: &str) -> Result<Option<PersistentVolume>, Error> {
+    Ok(Api::<PersistentVolume>::all(ctx.client.clone())
+        .get_opt(name)
+        .await?)
 }
 
 /// Claims a pod's volumes name (`persistentVolumeClaim` and generic ephemeral volumes).
@@ -166,7 +213,7 @@ pub fn prebound_to(pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> bool {
 /// count; with `delayed` and no node, only pre-bound volumes do.
 pub fn find_best_match<'a>(
     pvc: &PersistentVolumeClaim,
-    volumes: &'a [PersistentVolume],
+    volumes: impl IntoIterator<Item = &'a PersistentVolume>,
     delayed: bool,
     node: Option<&BTreeMap<String, String>>,
 ) -> Option<&'a PersistentVolume> {
@@ -286,49 +333,57 @@ async fn reconcile_claim(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
         }
         return Ok(Action::await_change());
     }
-    let volumes: Vec<PersistentVolume> = Api::<PersistentVolume>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
+    // The caches hold their first lists before anything is decided from them.
+    let _ = ctx.volumes.wait_until_ready().await;
     let volume_name = pvc
         .spec
         .as_ref()
         .and_then(|s| s.volume_name.clone())
         .unwrap_or_default();
     if volume_name.is_empty() || claim_phase(&pvc) != "Bound" {
-        // Unbound, or pre-bound by the user to a named volume.
-        if let Some(pv) = volumes
-            .iter()
-            .find(|v| v.name_any() == volume_name)
-            .filter(|_| !volume_name.is_empty())
-        {
-            let claimed_by_other = pv
-                .spec
+        if volume_name.is_empty() {
+            let volumes = ctx.volumes.state();
+            return sync_unbound_claim(&ctx, &pvc, volumes.iter().map(AsRef::as_ref)).await;
+        }
+        // Pre-bound by the user to a named volume, or bound with the status not written yet.
+        let Some(mut pv) = volume_by_name(&ctx, &volume_name).await? else {
+            // Pre-bound to a volume that does not exist (yet).
+            return Ok(Action::requeue(Duration::from_secs(15)));
+        };
+        let claimed_by_other = |pv: &PersistentVolume| {
+            pv.spec
                 .as_ref()
                 .and_then(|s| s.claim_ref.as_ref())
                 .is_some()
-                && !prebound_to(pv, &pvc);
-            if claimed_by_other {
-                ctx.recorder.record(
-                    pvc.as_ref(),
-                    COMPONENT,
-                    EventType::Warning,
-                    "FailedBinding",
-                    format!("volume \"{volume_name}\" already bound to a different claim."),
-                );
-                return Ok(Action::requeue(Duration::from_secs(30)));
+                && !prebound_to(pv, &pvc)
+        };
+        if claimed_by_other(&pv) {
+            // The cache may be behind the apiserver; decide on the volume as it is now.
+            match fresh_volume(&ctx, &volume_name).await? {
+                Some(v) => pv = v,
+                None => return Ok(Action::requeue(Duration::from_secs(15))),
             }
-            bind(&ctx, pv, &pvc).await?;
-            return Ok(Action::await_change());
         }
-        if !volume_name.is_empty() {
-            // Pre-bound to a volume that does not exist (yet).
-            return Ok(Action::requeue(Duration::from_secs(15)));
+        if claimed_by_other(&pv) {
+            ctx.recorder.record(
+                pvc.as_ref(),
+                COMPONENT,
+                EventType::Warning,
+                "FailedBinding",
+                format!("volume \"{volume_name}\" already bound to a different claim."),
+            );
+            return Ok(Action::requeue(Duration::from_secs(30)));
         }
-        return sync_unbound_claim(&ctx, &pvc, &volumes).await;
+        bind(&ctx, &pv, &pvc, None).await?;
+        return Ok(Action::await_change());
     }
-    // Bound claim: keep it so, or report it lost.
-    match volumes.iter().find(|v| v.name_any() == volume_name) {
+    // Bound claim: keep it so, or report it lost. What the cache says against the binding is
+    // checked with the apiserver first (a volume just created or bound may not be cached yet).
+    let mut pv = volume_by_name(&ctx, &volume_name).await?;
+    if pv.as_ref().is_some_and(|v| !prebound_to(v, &pvc)) {
+        pv = fresh_volume(&ctx, &volume_name).await?;
+    }
+    match pv {
         None => {
             set_claim_phase(&claims, &pvc, "Lost").await?;
             ctx.recorder.record(
@@ -340,7 +395,7 @@ async fn reconcile_claim(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
                     .into(),
             );
         }
-        Some(pv) if prebound_to(pv, &pvc) => bind(&ctx, pv, &pvc).await?,
+        Some(pv) if prebound_to(&pv, &pvc) => bind(&ctx, &pv, &pvc, None).await?,
         Some(pv)
             if pv
                 .spec
@@ -348,7 +403,7 @@ async fn reconcile_claim(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
                 .and_then(|s| s.claim_ref.as_ref())
                 .is_none() =>
         {
-            bind(&ctx, pv, &pvc).await?
+            bind(&ctx, &pv, &pvc, None).await?
         }
         Some(_) => {
             set_claim_phase(&claims, &pvc, "Lost").await?;
@@ -364,10 +419,10 @@ async fn reconcile_claim(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
     Ok(Action::await_change())
 }
 
-async fn sync_unbound_claim(
+async fn sync_unbound_claim<'a>(
     ctx: &Ctx,
     pvc: &PersistentVolumeClaim,
-    volumes: &[PersistentVolume],
+    volumes: impl IntoIterator<Item = &'a PersistentVolume>,
 ) -> Result<Action, Error> {
     let class_name = claim_class(pvc);
     let class = if class_name.is_empty() {
@@ -384,7 +439,7 @@ async fn sync_unbound_claim(
     let node_labels = selected.as_deref().map(hostname_labels);
     let node = if delayed { node_labels.as_ref() } else { None };
     if let Some(pv) = find_best_match(pvc, volumes, delayed, node) {
-        bind(ctx, pv, pvc).await?;
+        bind(ctx, pv, pvc, None).await?;
         return Ok(Action::await_change());
     }
     let claims: Api<PersistentVolumeClaim> =
@@ -392,59 +447,131 @@ async fn sync_unbound_claim(
     if claim_phase(pvc) != "Pending" {
         set_claim_phase(&claims, pvc, "Pending").await?;
     }
-    let Some(class) = class else {
-        let msg = if class_name.is_empty() {
-            "no persistent volumes available for this claim and no storage class is set".to_string()
-        } else {
-            format!("storageclass.storage.k8s.io \"{class_name}\" not found")
-        };
-        let reason = if class_name.is_empty() {
-            "FailedBinding"
-        } else {
-            "ProvisioningFailed"
-        };
-        ctx.recorder
-            .record(pvc, COMPONENT, EventType::Warning, reason, msg);
-        return Ok(Action::requeue(Duration::from_secs(30)));
+    let waiting_for_node = delayed && selected.is_none();
+    let unscheduled = if waiting_for_node {
+        unscheduled_pods_of(&ctx.pods, pvc)
+    } else {
+        Vec::new()
     };
-    if delayed && selected.is_none() {
-        ctx.recorder.record(
-            pvc,
-            COMPONENT,
-            EventType::Normal,
-            "WaitForFirstConsumer",
-            "waiting for first consumer to be created before binding".into(),
-        );
-        return Ok(Action::await_change());
-    }
-    if class.provisioner == "kubernetes.io/no-provisioner" {
-        ctx.recorder.record(
-            pvc,
-            COMPONENT,
-            EventType::Normal,
-            "FailedBinding",
-            "no persistent volumes available for this claim and no storage class is set".into(),
-        );
-        return Ok(Action::requeue(Duration::from_secs(30)));
-    }
-    if annotation(pvc, ANN_STORAGE_PROVISIONER) != Some(class.provisioner.as_str()) {
+    let (kind, reason, msg) =
+        unmatched_claim_event(&class_name, class.as_ref(), waiting_for_node, &unscheduled);
+    let provisions = class
+        .as_ref()
+        .is_some_and(|c| c.provisioner == LOCAL_PATH_PROVISIONER)
+        && !waiting_for_node;
+    let Some(class) =
+        class.filter(|c| !waiting_for_node && !c.provisioner.starts_with("kubernetes.io/"))
+    else {
+        ctx.recorder.record(pvc, COMPONENT, kind, reason, msg);
+        // A delayed claim moves on when the scheduler annotates it; the others are retried
+        // on Kubernetes' 15 s resync (a class or volume may appear meanwhile).
+        return Ok(if waiting_for_node {
+            Action::await_change()
+        } else {
+            Action::requeue(Duration::from_secs(15))
+        });
+    };
+    let annotated = annotation(pvc, ANN_STORAGE_PROVISIONER) == Some(class.provisioner.as_str());
+    // The built-in provisioner binds right away: the annotation goes with the binding's write.
+    if !annotated && class.provisioner != LOCAL_PATH_PROVISIONER {
         claims
             .patch(&pvc.name_any(), &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {
                 ANN_STORAGE_PROVISIONER: class.provisioner, ANN_BETA_STORAGE_PROVISIONER: class.provisioner}}})))
             .await?;
     }
-    ctx.recorder.record(pvc, COMPONENT, EventType::Normal, "ExternalProvisioning",
-        format!("Waiting for a volume to be created either by the external provisioner '{}' or manually by the system administrator. If volume creation is delayed, please verify that the provisioner is running and correctly registered.", class.provisioner));
-    if class.provisioner != LOCAL_PATH_PROVISIONER {
+    ctx.recorder.record(pvc, COMPONENT, kind, reason, msg);
+    if !provisions {
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
     match local_path::provision(ctx, pvc, &class, selected.as_deref()).await? {
         Some(pv) => {
-            bind(ctx, &pv, pvc).await?;
+            let provisioner = (!annotated).then_some(LOCAL_PATH_PROVISIONER);
+            bind(ctx, &pv, pvc, provisioner).await?;
             Ok(Action::await_change())
         }
         None => Ok(Action::requeue(Duration::from_secs(30))),
     }
+}
+
+/// Names of the pods using the claim that are not scheduled yet (Kubernetes'
+/// `findNonScheduledPodsByPVC`), sorted.
+fn unscheduled_pods_of(pods: &Store<Pod>, pvc: &PersistentVolumeClaim) -> Vec<String> {
+    let ns = pvc.namespace().unwrap_or_default();
+    let name = pvc.name_any();
+    let mut out: Vec<String> = pods
+        .state()
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_none()))
+        .filter(|p| pod_claims(p).contains(&name))
+        .map(|p| p.name_any())
+        .collect();
+    out.sort();
+    out
+}
+
+/// The event telling why an unbound claim that no volume matches is not bound yet, as
+/// Kubernetes' `syncUnboundClaim` / `provisionClaimOperation` words it: no class, a class that
+/// does not exist, a delayed class waiting for its pod (`unscheduled`: its pods not scheduled
+/// yet), a `kubernetes.io/` provisioner without a plugin (`kubernetes.io/no-provisioner`: only
+/// static volumes, none of which fits), or an external provisioner (incl. local-path).
+pub fn unmatched_claim_event(
+    class_name: &str,
+    class: Option<&StorageClass>,
+    waiting_for_node: bool,
+    unscheduled: &[String],
+) -> (EventType, &'static str, String) {
+    if class_name.is_empty() {
+        return (
+            EventType::Normal,
+            "FailedBinding",
+            "no persistent volumes available for this claim and no storage class is set".into(),
+        );
+    }
+    let Some(class) = class else {
+        return (
+            EventType::Warning,
+            "ProvisioningFailed",
+            format!("storageclass.storage.k8s.io \"{class_name}\" not found"),
+        );
+    };
+    if waiting_for_node {
+        return match unscheduled {
+            [] => (
+                EventType::Normal,
+                "WaitForFirstConsumer",
+                "waiting for first consumer to be created before binding".into(),
+            ),
+            [one] => (
+                EventType::Normal,
+                "WaitForPodScheduled",
+                format!("waiting for pod {one} to be scheduled"),
+            ),
+            many => (
+                EventType::Normal,
+                "WaitForPodScheduled",
+                format!(
+                    "waiting for one of pods {} to be scheduled",
+                    many.join(", ")
+                ),
+            ),
+        };
+    }
+    if class.provisioner.starts_with("kubernetes.io/") {
+        return (
+            EventType::Warning,
+            "ProvisioningFailed",
+            format!("no volume plugin matched name: {}", class.provisioner),
+        );
+    }
+    (
+        EventType::Normal,
+        "ExternalProvisioning",
+        format!(
+            "Waiting for a volume to be created either by the external provisioner '{}' or manually by the system administrator. If volume creation is delayed, please verify that the provisioner is running and correctly registered.",
+            class.provisioner
+        ),
+    )
 }
 
 async fn set_claim_phase(
@@ -474,13 +601,23 @@ async fn set_volume_phase(
     if volume_phase(pv) == phase && message.is_none() {
         return Ok(());
     }
+    write_volume_phase(ctx, &pv.name_any(), phase, message).await
+}
+
+/// Writes a volume's phase (and message) with the transition time.
+async fn write_volume_phase(
+    ctx: &Ctx,
+    name: &str,
+    phase: &str,
+    message: Option<&str>,
+) -> Result<(), Error> {
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let mut status = json!({"phase": phase, "lastPhaseTransitionTime": crate::util::now()});
     if let Some(m) = message {
         status["message"] = json!(m);
     }
     api.patch_status(
-        &pv.name_any(),
+        name,
         &PatchParams::default(),
         &Patch::Merge(json!({"status": status})),
     )
@@ -489,8 +626,14 @@ async fn set_volume_phase(
 }
 
 /// Binds `pv` and `pvc` to each other, completing whatever part is missing (Kubernetes'
-/// `bind`: volume `claimRef` then phase, claim `volumeName` then status), idempotently.
-async fn bind(ctx: &Ctx, pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> Result<(), Error> {
+/// `bind`: volume `claimRef` then phase, claim `volumeName` then status), idempotently. With
+/// `provisioner`, the claim's storage-provisioner annotations are written with its binding.
+async fn bind(
+    ctx: &Ctx,
+    pv: &PersistentVolume,
+    pvc: &PersistentVolumeClaim,
+    provisioner: Option<&str>,
+) -> Result<(), Error> {
     let pv_name = pv.name_any();
     let uid = pvc.metadata.uid.clone().unwrap_or_default();
     let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
@@ -505,6 +648,7 @@ async fn bind(ctx: &Ctx, pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> 
         .as_ref()
         .and_then(|s| s.claim_ref.as_ref())
         .is_some();
+    let mut pv_phase = volume_phase(pv).to_string();
     if ref_uid != uid {
         let mut patch = json!({
             "metadata": {"resourceVersion": pv.metadata.resource_version},
@@ -517,11 +661,11 @@ async fn bind(ctx: &Ctx, pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> 
         if !had_ref {
             patch["metadata"]["annotations"] = json!({ANN_BOUND_BY_CONTROLLER: "yes"});
         }
-        volumes
+        let updated = volumes
             .patch(&pv_name, &PatchParams::default(), &Patch::Merge(patch))
             .await?;
+        pv_phase = volume_phase(&updated).to_string();
     }
-    set_volume_phase(ctx, pv, "Bound", None).await?;
     let claims: Api<PersistentVolumeClaim> =
         Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
     let current_volume = pvc
@@ -529,22 +673,40 @@ async fn bind(ctx: &Ctx, pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> 
         .as_ref()
         .and_then(|s| s.volume_name.clone())
         .unwrap_or_default();
-    if current_volume != pv_name || annotation(pvc, ANN_BIND_COMPLETED) != Some("yes") {
-        let mut annotations = json!({ANN_BIND_COMPLETED: "yes"});
-        if current_volume.is_empty() {
-            annotations[ANN_BOUND_BY_CONTROLLER] = json!("yes");
+    // The volume's phase and the claim's volumeName are independent writes: both at once.
+    let volume_phase_write = async {
+        if pv_phase != "Bound" {
+            write_volume_phase(ctx, &pv_name, "Bound", None).await?;
         }
-        claims
-            .patch(
-                &pvc.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({
-                    "metadata": {"annotations": annotations},
-                    "spec": {"volumeName": pv_name},
-                })),
-            )
-            .await?;
-    }
+        Ok::<(), Error>(())
+    };
+    let claim_write = async {
+        if current_volume != pv_name
+            || annotation(pvc, ANN_BIND_COMPLETED) != Some("yes")
+            || provisioner.is_some()
+        {
+            let mut annotations = json!({ANN_BIND_COMPLETED: "yes"});
+            if current_volume.is_empty() {
+                annotations[ANN_BOUND_BY_CONTROLLER] = json!("yes");
+            }
+            if let Some(p) = provisioner {
+                annotations[ANN_STORAGE_PROVISIONER] = json!(p);
+                annotations[ANN_BETA_STORAGE_PROVISIONER] = json!(p);
+            }
+            claims
+                .patch(
+                    &pvc.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({
+                        "metadata": {"annotations": annotations},
+                        "spec": {"volumeName": pv_name},
+                    })),
+                )
+                .await?;
+        }
+        Ok::<(), Error>(())
+    };
+    tokio::try_join!(volume_phase_write, claim_write)?;
     let pspec = pv.spec.clone().unwrap_or_default();
     let status = json!({
         "phase": "Bound",
@@ -592,14 +754,21 @@ async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Ac
         set_volume_phase(&ctx, &pv, "Available", None).await?;
         return Ok(Action::await_change());
     }
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(
-        ctx.client.clone(),
-        r.namespace.as_deref().unwrap_or_default(),
-    );
-    let claim = claims
-        .get_opt(r.name.as_deref().unwrap_or_default())
-        .await?
+    let ns = r.namespace.as_deref().unwrap_or_default();
+    let name = r.name.as_deref().unwrap_or_default();
+    let _ = ctx.claims.wait_until_ready().await;
+    let cached = ctx
+        .claims
+        .get(&ObjectRef::new(name).within(ns))
         .filter(|c| c.metadata.uid.as_deref() == Some(uid.as_str()));
+    let claim = match cached {
+        Some(c) => Some(c.as_ref().clone()),
+        // Not cached (yet): as Kubernetes, ask the apiserver before releasing the volume.
+        None => Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), ns)
+            .get_opt(name)
+            .await?
+            .filter(|c| c.metadata.uid.as_deref() == Some(uid.as_str())),
+    };
     match claim {
         Some(c) => {
             let bound_to = c
@@ -808,5 +977,78 @@ mod tests {
             )),
             Some("a".into())
         );
+    }
+
+    fn class(provisioner: &str) -> StorageClass {
+        StorageClass {
+            provisioner: provisioner.into(),
+            ..Default::default()
+        }
+    }
+
+    fn event(
+        class_name: &str,
+        class: Option<&StorageClass>,
+        waiting: bool,
+        pods: &[&str],
+    ) -> (String, &'static str, String) {
+        let pods: Vec<String> = pods.iter().map(|p| p.to_string()).collect();
+        let (kind, reason, msg) = unmatched_claim_event(class_name, class, waiting, &pods);
+        (format!("{kind:?}"), reason, msg)
+    }
+
+    #[test]
+    fn unmatched_claims_are_explained_in_kubernetes_words() {
+        // A class that does not exist: the claim stays Pending, the event says so.
+        assert_eq!(
+            event("fast", None, false, &[]),
+            (
+                "Warning".into(),
+                "ProvisioningFailed",
+                "storageclass.storage.k8s.io \"fast\" not found".into()
+            )
+        );
+        // No class and no volume big enough.
+        assert_eq!(
+            event("", None, false, &[]),
+            (
+                "Normal".into(),
+                "FailedBinding",
+                "no persistent volumes available for this claim and no storage class is set".into()
+            )
+        );
+        // Static volumes only (no-provisioner), none big enough.
+        let static_only = class("kubernetes.io/no-provisioner");
+        assert_eq!(
+            event("local", Some(&static_only), false, &[]),
+            (
+                "Warning".into(),
+                "ProvisioningFailed",
+                "no volume plugin matched name: kubernetes.io/no-provisioner".into()
+            )
+        );
+        // Delayed binding: before its pod exists, and while its pods are unschedulable.
+        assert_eq!(
+            event("local", Some(&static_only), true, &[]).2,
+            "waiting for first consumer to be created before binding"
+        );
+        assert_eq!(
+            event("local", Some(&static_only), true, &["db-0"]),
+            (
+                "Normal".into(),
+                "WaitForPodScheduled",
+                "waiting for pod db-0 to be scheduled".into()
+            )
+        );
+        assert_eq!(
+            event("local", Some(&static_only), true, &["a", "b"]).2,
+            "waiting for one of pods a, b to be scheduled"
+        );
+        // An external provisioner (local-path is one, as in k3s).
+        let (_, reason, msg) = event("local-path", Some(&local_path_class()), false, &[]);
+        assert_eq!(reason, "ExternalProvisioning");
+        assert!(msg.starts_with(
+            "Waiting for a volume to be created either by the external provisioner 'rancher.io/local-path' or manually"
+        ));
     }
 }

@@ -7,14 +7,21 @@
 //! created by the node's kubelet when a pod mounts the volume (rancher uses a helper pod for
 //! this; the kubelet is Lotse's node agent and creates `DirectoryOrCreate` paths anyway).
 //!
+//! Where on the node: rancher's `nodePathMap` in the ConfigMap `local-path-config`
+//! (`kube-system`, key `config.json`) when it exists — the first path of the node's entry, else
+//! of `DEFAULT_PATH_FOR_NON_LISTED_NODES` — else the controllers' local-path directory (k3s:
+//! `<data-dir>/storage`). Nodes whose data dir differs (a `lotse join --data-dir`) get an entry
+//! of their own there.
+//!
 //! Deletion (reclaim policy Delete): as rancher's provisioner, a helper pod
 //! `helper-pod-delete-<pv>` in `kube-system`, placed directly on the volume's node, mounts the
 //! parent directory and removes the volume's directory; once it has succeeded the pod is
 //! removed and the caller deletes the PersistentVolume. Capacity is not enforced: the
 //! directory may grow beyond the claim's request, as with rancher's provisioner.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::ResourceExt;
@@ -31,6 +38,48 @@ pub const HELPER_NAMESPACE: &str = "kube-system";
 pub const ANN_SELECTED_NODE_LOCAL: &str = "local.path.provisioner/selected-node";
 
 const COMPONENT: &str = "rancher.io/local-path_lotse";
+
+/// Rancher's configuration ConfigMap (in [`HELPER_NAMESPACE`], as k3s deploys it).
+pub const CONFIG_MAP: &str = "local-path-config";
+/// The `nodePathMap` entry for nodes without one of their own.
+pub const DEFAULT_NODE: &str = "DEFAULT_PATH_FOR_NON_LISTED_NODES";
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Config {
+    #[serde(default)]
+    node_path_map: Vec<NodePath>,
+}
+
+#[derive(serde::Deserialize)]
+struct NodePath {
+    node: String,
+    #[serde(default)]
+    paths: Vec<String>,
+}
+
+/// The directory for volumes on `node` from rancher's `config.json` (None: no config, so the
+/// built-in directory), or rancher's error when the config has no path for the node.
+pub fn configured_dir(config_json: Option<&str>, node: &str) -> Result<Option<PathBuf>, String> {
+    let Some(text) = config_json else {
+        return Ok(None);
+    };
+    let config: Config =
+        serde_json::from_str(text).map_err(|e| format!("invalid {CONFIG_MAP} config.json: {e}"))?;
+    let entry = config
+        .node_path_map
+        .iter()
+        .find(|e| e.node == node)
+        .or_else(|| config.node_path_map.iter().find(|e| e.node == DEFAULT_NODE))
+        .ok_or_else(|| {
+            format!("config doesn't contain node {node}, and no {DEFAULT_NODE} available")
+        })?;
+    entry
+        .paths
+        .first()
+        .map(|p| Some(PathBuf::from(p)))
+        .ok_or_else(|| format!("no local path available on node {node}"))
+}
 
 /// The volume name for a claim (external-provisioner's `pvc-<uid>`).
 pub fn volume_name(pvc: &PersistentVolumeClaim) -> String {
@@ -116,8 +165,12 @@ pub(super) async fn provision(
     };
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let name = volume_name(pvc);
-    if let Some(existing) = api.get_opt(&name).await? {
-        return Ok(Some(existing));
+    // Provisioned before: the watch cache has it (else the create below answers 409).
+    if let Some(existing) = ctx
+        .volumes
+        .get(&kube::runtime::reflector::ObjectRef::new(&name))
+    {
+        return Ok(Some(existing.as_ref().clone()));
     }
     let claim = format!("{}/{}", pvc.namespace().unwrap_or_default(), pvc.name_any());
     ctx.recorder.record(
@@ -127,7 +180,31 @@ pub(super) async fn provision(
         "Provisioning",
         format!("External provisioner is provisioning volume for claim \"{claim}\""),
     );
-    let pv = volume_for(&ctx.settings.local_path_dir, pvc, class, node)?;
+    let config = Api::<ConfigMap>::namespaced(ctx.client.clone(), HELPER_NAMESPACE)
+        .get_opt(CONFIG_MAP)
+        .await?;
+    let config_json = config
+        .as_ref()
+        .and_then(|c| c.data.as_ref())
+        .and_then(|d| d.get("config.json"))
+        .map(String::as_str);
+    let dir = match configured_dir(config_json, node) {
+        Ok(dir) => dir.unwrap_or_else(|| ctx.settings.local_path_dir.clone()),
+        Err(e) => {
+            ctx.recorder.record(
+                pvc,
+                COMPONENT,
+                EventType::Warning,
+                "ProvisioningFailed",
+                format!(
+                    "failed to provision volume with StorageClass \"{}\": {e}",
+                    class.metadata.name.as_deref().unwrap_or_default()
+                ),
+            );
+            return Ok(None);
+        }
+    };
+    let pv = volume_for(&dir, pvc, class, node)?;
     let created = match api.create(&PostParams::default(), &pv).await {
         Ok(v) => v,
         Err(kube::Error::Api(e)) if e.code == 409 => api.get(&name).await?,
@@ -318,5 +395,34 @@ mod tests {
             vols[0].host_path.as_ref().map(|h| h.path.as_str()),
             Some("/var/lib/lotse/storage")
         );
+    }
+
+    #[test]
+    fn node_path_map_as_rancher_reads_it() {
+        let cfg = r#"{"nodePathMap":[
+            {"node":"DEFAULT_PATH_FOR_NON_LISTED_NODES","paths":["/var/lib/lotse/storage"]},
+            {"node":"mn-2","paths":["/data/nodes/mn-2/storage","/other"]},
+            {"node":"full","paths":[]}]}"#;
+        assert_eq!(configured_dir(None, "n1"), Ok(None));
+        assert_eq!(
+            configured_dir(Some(cfg), "mn-2"),
+            Ok(Some(PathBuf::from("/data/nodes/mn-2/storage")))
+        );
+        assert_eq!(
+            configured_dir(Some(cfg), "mn-3"),
+            Ok(Some(PathBuf::from("/var/lib/lotse/storage")))
+        );
+        assert_eq!(
+            configured_dir(Some(cfg), "full"),
+            Err("no local path available on node full".into())
+        );
+        assert_eq!(
+            configured_dir(Some(r#"{"nodePathMap":[]}"#), "n1"),
+            Err(
+                "config doesn't contain node n1, and no DEFAULT_PATH_FOR_NON_LISTED_NODES available"
+                    .into()
+            )
+        );
+        assert!(configured_dir(Some("{"), "n1").is_err());
     }
 }
