@@ -374,6 +374,9 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
             flannel_backend: a.flannel_backend,
         };
         let admin = client_from(&running.admin_kubeconfig).await?;
+        // The host's Node first: it brings its own podCIDR, which IPAM must not hand to a
+        // joined node that registers before it (its kubelet imports the images first).
+        wait_for_node(&admin, &kcfg_name, Duration::from_secs(60)).await;
         extra_nodes = join.start(&admin, &underlay, a.nodes).await?;
     }
     println!("export KUBECONFIG={}", running.admin_kubeconfig.display());
@@ -487,6 +490,22 @@ pub(crate) fn kubelet_config(n: NodeSettings<'_>) -> kubelet::Config {
         cgroup_root: n.cgroup_root,
         rotate_server_certificates: true,
     }
+}
+
+/// Waits until Node `name` is registered (at most `timeout`; a warning after it).
+async fn wait_for_node(client: &kube::Client, name: &str, timeout: Duration) {
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < timeout {
+        if let Ok(Some(_)) = nodes.get_opt(name).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tracing::warn!(
+        node = name,
+        "not registered within {timeout:?}; joining the other nodes"
+    );
 }
 
 /// How `lotse up --nodes N` joins its other nodes.

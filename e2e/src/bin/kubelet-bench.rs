@@ -182,7 +182,7 @@ async fn startup_latency(args: &Args, tmp: &Path) -> Result<()> {
         .args(["--secure-port", &free_port()?.to_string()])
         .args(["--kubelet-port", &free_port()?.to_string()])
         .args(["--node-name", node, "--pod-cidr", "10.244.234.0/24"])
-        .args(["--images=", "--no-install"])
+        .args(["--images=", "--no-install", "--disable-cluster-dns"])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
