@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::WatchStreamExt as _;
@@ -49,6 +49,10 @@ pub(super) struct Ctx {
     pub(super) claims: Store<PersistentVolumeClaim>,
     /// All pods (which wait for a claim to be bound).
     pub(super) pods: Store<Pod>,
+    /// All StorageClasses.
+    pub(super) classes: Store<StorageClass>,
+    /// Rancher's `local-path-config` ConfigMap, when it exists.
+    pub(super) local_path_config: Store<ConfigMap>,
 }
 
 /// Runs the claim and volume reconcilers until one of their streams ends.
@@ -75,6 +79,23 @@ pub async fn run(client: Client, recorder: Recorder, settings: Settings) -> Resu
     )
     .default_backoff()
     .touched_objects();
+    let (class_store, class_writer) = reflector::store::<StorageClass>();
+    let classes = reflector::reflector(
+        class_writer,
+        watcher(Api::<StorageClass>::all(client.clone()), wc.clone()),
+    )
+    .default_backoff()
+    .for_each(|_| futures::future::ready(()));
+    let (config_store, config_writer) = reflector::store::<ConfigMap>();
+    let configs = reflector::reflector(
+        config_writer,
+        watcher(
+            Api::<ConfigMap>::namespaced(client.clone(), local_path::HELPER_NAMESPACE),
+            watcher::Config::default().fields(&format!("metadata.name={}", local_path::CONFIG_MAP)),
+        ),
+    )
+    .default_backoff()
+    .for_each(|_| futures::future::ready(()));
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         recorder,
@@ -82,6 +103,8 @@ pub async fn run(client: Client, recorder: Recorder, settings: Settings) -> Resu
         volumes: volumes.store(),
         claims: claim_store.clone(),
         pods: pod_store,
+        classes: class_store,
+        local_path_config: config_store,
     });
     let claims = claims
         .watches(
@@ -125,7 +148,7 @@ pub async fn run(client: Client, recorder: Recorder, settings: Settings) -> Resu
             ctx,
         )
         .for_each(|_| futures::future::ready(()));
-    tokio::join!(claims, volumes);
+    tokio::join!(claims, volumes, classes, configs);
     Err(Error::Stopped("persistentvolume-binder"))
 }
 
@@ -365,14 +388,12 @@ async fn reconcile_claim(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
             }
         }
         if claimed_by_other(&pv) {
-            ctx.recorder.record(
-                pvc.as_ref(),
-                COMPONENT,
-                EventType::Warning,
-                "FailedBinding",
-                format!("volume \"{volume_name}\" already bound to a different claim."),
-            );
-            return Ok(Action::requeue(Duration::from_secs(30)));
+            // E.g. a Retain volume whose claim was deleted: Released, its claimRef kept.
+            let (kind, reason, msg) = bound_elsewhere_event(&volume_name);
+            ctx.recorder
+                .record(pvc.as_ref(), COMPONENT, kind, reason, msg);
+            set_claim_phase(&claims, &pvc, "Pending").await?;
+            return Ok(Action::requeue(Duration::from_secs(15)));
         }
         bind(&ctx, &pv, &pvc, None).await?;
         return Ok(Action::await_change());
@@ -428,9 +449,16 @@ async fn sync_unbound_claim<'a>(
     let class = if class_name.is_empty() {
         None
     } else {
-        Api::<StorageClass>::all(ctx.client.clone())
-            .get_opt(&class_name)
-            .await?
+        let _ = ctx.classes.wait_until_ready().await;
+        match ctx.classes.get(&ObjectRef::new(&class_name)) {
+            Some(c) => Some(c.as_ref().clone()),
+            // Not cached: maybe just created; the apiserver has the last word.
+            None => {
+                Api::<StorageClass>::all(ctx.client.clone())
+                    .get_opt(&class_name)
+                    .await?
+            }
+        }
     };
     let delayed = class
         .as_ref()
@@ -491,6 +519,16 @@ async fn sync_unbound_claim<'a>(
         }
         None => Ok(Action::requeue(Duration::from_secs(30))),
     }
+}
+
+/// The event of a claim asking (`volumeName`) for a volume bound to another claim, as
+/// Kubernetes' `syncUnboundClaim` words it.
+pub fn bound_elsewhere_event(volume: &str) -> (EventType, &'static str, String) {
+    (
+        EventType::Warning,
+        "FailedBinding",
+        format!("volume \"{volume}\" already bound to a different claim."),
+    )
 }
 
 /// Names of the pods using the claim that are not scheduled yet (Kubernetes'
@@ -1050,5 +1088,35 @@ mod tests {
         assert!(msg.starts_with(
             "Waiting for a volume to be created either by the external provisioner 'rancher.io/local-path' or manually"
         ));
+    }
+
+    #[test]
+    fn a_retained_volume_still_bound_to_its_deleted_claim_is_explained() {
+        // The claim was deleted; the Retain volume is Released and still names it.
+        let mut released = pv("kept", "1Gi", &["ReadWriteOnce"], "manual");
+        let spec = released.spec.get_or_insert_default();
+        spec.persistent_volume_reclaim_policy = Some("Retain".into());
+        spec.claim_ref =
+            serde_json::from_value(json!({"namespace": "default", "name": "old", "uid": "u-old"}))
+                .ok();
+        released.status.get_or_insert_default().phase = Some("Released".into());
+        let vols = vec![released];
+        // A new claim does not get it...
+        let c = pvc("1Gi", &["ReadWriteOnce"], "manual");
+        assert_eq!(names(find_best_match(&c, &vols, false, None)), None);
+        // ...not even by name, and is told why.
+        let mut c = pvc("1Gi", &["ReadWriteOnce"], "manual");
+        c.spec.get_or_insert_default().volume_name = Some("kept".into());
+        assert!(!prebound_to(&vols[0], &c));
+        assert_eq!(names(find_best_match(&c, &vols, false, None)), None);
+        let (kind, reason, msg) = bound_elsewhere_event("kept");
+        assert_eq!(
+            (format!("{kind:?}"), reason, msg.as_str()),
+            (
+                "Warning".into(),
+                "FailedBinding",
+                "volume \"kept\" already bound to a different claim."
+            )
+        );
     }
 }

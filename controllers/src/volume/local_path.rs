@@ -21,7 +21,6 @@
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::ResourceExt;
@@ -180,9 +179,10 @@ pub(super) async fn provision(
         "Provisioning",
         format!("External provisioner is provisioning volume for claim \"{claim}\""),
     );
-    let config = Api::<ConfigMap>::namespaced(ctx.client.clone(), HELPER_NAMESPACE)
-        .get_opt(CONFIG_MAP)
-        .await?;
+    let _ = ctx.local_path_config.wait_until_ready().await;
+    let config = ctx
+        .local_path_config
+        .get(&kube::runtime::reflector::ObjectRef::new(CONFIG_MAP).within(HELPER_NAMESPACE));
     let config_json = config
         .as_ref()
         .and_then(|c| c.data.as_ref())

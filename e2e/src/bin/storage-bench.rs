@@ -60,7 +60,9 @@ fn pod(name: &str, claim: Option<&str>) -> anyhow::Result<Pod> {
         "metadata": {"name": name},
         "spec": {
             "terminationGracePeriodSeconds": 0,
-            "containers": [{"name": "main", "image": "busybox", "command": ["sleep", "3600"]}]
+            // The image is on the node: no pull attempt (busybox is `:latest`, pulled Always).
+            "containers": [{"name": "main", "image": "busybox", "imagePullPolicy": "IfNotPresent",
+                "command": ["sleep", "3600"]}]
         }
     });
     if let Some(c) = claim {
