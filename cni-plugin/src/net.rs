@@ -34,6 +34,10 @@ fn ip_in(netns: &str) -> Command {
 /// `ip`: /sys/class/net shows the namespace that mounted /sys, which a node in a network
 /// namespace of its own does not).
 fn link_exists(name: &str) -> bool {
+    link_exists_with(&ip, name)
+}
+
+fn link_exists_with(ip: &dyn Fn() -> Command, name: &str) -> bool {
     ip().args(["link", "show", "dev", name])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -41,14 +45,28 @@ fn link_exists(name: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Creates the bridge if absent, gives it the gateway address and enables forwarding.
+/// Creates the bridge if absent, gives it the gateway address, makes sure the pod network's
+/// route leads to it and enables forwarding.
 pub fn ensure_bridge(
     bridge: &str,
     gateway: Ipv4Addr,
     cidr: Ipv4Net,
     mtu: u32,
 ) -> Result<(), CniError> {
-    if !link_exists(bridge) {
+    ensure_bridge_with(&ip, bridge, gateway, cidr, mtu)?;
+    let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
+    Ok(())
+}
+
+/// [`ensure_bridge`] with `ip` commands from `ip` (tests run them in a namespace of their own).
+fn ensure_bridge_with(
+    ip: &dyn Fn() -> Command,
+    bridge: &str,
+    gateway: Ipv4Addr,
+    cidr: Ipv4Net,
+    mtu: u32,
+) -> Result<(), CniError> {
+    if !link_exists_with(ip, bridge) {
         // Another ADD may create it concurrently; the second create fails and is harmless.
         let _ = run(ip().args(["link", "add", bridge, "type", "bridge"]));
     }
@@ -64,7 +82,24 @@ pub fn ensure_bridge(
         }
     }
     run(ip().args(["link", "set", bridge, "mtu", &mtu.to_string(), "up"]))?;
-    let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
+    // The kernel makes this route with the address, but it can be gone while the address
+    // stays: a node's network namespace kept from an earlier run, in which this podCIDR was
+    // another node's, so the node network agent routed it to that node and later removed
+    // that route as the node's. Without it the node cannot reach its own pods (the kubelet's
+    // probes time out). `replace` is idempotent and safe under concurrent ADDs.
+    run(ip().args([
+        "route",
+        "replace",
+        &cidr.trunc().to_string(),
+        "dev",
+        bridge,
+        "proto",
+        "kernel",
+        "scope",
+        "link",
+        "src",
+        &gateway.to_string(),
+    ]))?;
     Ok(())
 }
 
@@ -195,5 +230,50 @@ mod hairpin_tests {
         let out = "7: veth1a2b@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 master lotse0 state UP mode DEFAULT group default \\    link/ether 5a:1b brd ff:ff promiscuity 1 \\    bridge_slave state forwarding priority 32 cost 2 hairpin off guard off \n\
                    8: veth3c4d@if2: <BROADCAST> mtu 1500 master lotse0 \\    bridge_slave state forwarding priority 32 cost 2 hairpin on guard off \n";
         assert_eq!(super::parse_ports_without_hairpin(out), vec!["veth1a2b"]);
+    }
+}
+
+#[cfg(test)]
+mod bridge_tests {
+    use super::*;
+
+    #[test]
+    fn the_pod_network_route_comes_back() {
+        let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        });
+        let ns = format!("lotse-test-bridge-{}", std::process::id());
+        if !root
+            || !Command::new("ip")
+                .args(["netns", "add", &ns])
+                .status()
+                .is_ok_and(|s| s.success())
+        {
+            eprintln!("not root or no network namespaces: skipped");
+            return;
+        }
+        let ip_ns = || {
+            let mut c = Command::new("ip");
+            c.args(["-n", &ns]);
+            c
+        };
+        let cidr: Ipv4Net = "10.244.7.0/24".parse().unwrap();
+        let gw: Ipv4Addr = "10.244.7.1".parse().unwrap();
+        let route = || run(ip_ns().args(["-4", "route", "show", "10.244.7.0/24"])).unwrap();
+        let result = std::panic::catch_unwind(|| {
+            ensure_bridge_with(&ip_ns, "lotsetest0", gw, cidr, 1500).unwrap();
+            assert!(route().contains("dev lotsetest0"), "{}", route());
+            // Gone while the address stays (as after another run's agent routed it away).
+            run(ip_ns().args(["route", "del", "10.244.7.0/24"])).unwrap();
+            assert_eq!(route().trim(), "");
+            ensure_bridge_with(&ip_ns, "lotsetest0", gw, cidr, 1500).unwrap();
+            assert!(route().contains("dev lotsetest0"), "{}", route());
+            assert!(route().contains("src 10.244.7.1"), "{}", route());
+        });
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        if let Err(e) = result {
+            std::panic::resume_unwind(e);
+        }
     }
 }
