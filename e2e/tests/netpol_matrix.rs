@@ -19,8 +19,8 @@
 //!
 //! Needs root, containerd, runc, nftables, network namespaces, the built binaries and the
 //! busybox, pause, debian and nginx images. Takes about three minutes (160 s on a quiet
-//! machine, 210 s at load 20: 30–50 s to three Ready nodes, 100–130 s for the 37 checks of 24
-//! policy cases, 4 s for the course example, 10–20 s to tear down).
+//! machine, 210 s at load 20: 30–50 s to three Ready nodes, 100–130 s for the 37 checks (30
+//! policy cases and 7 changes within them), 4 s for the course example, 10–20 s to tear down).
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
