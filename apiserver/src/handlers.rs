@@ -407,6 +407,7 @@ fn prepare_status_for_create(def: &ResourceDef, obj: &mut Value) {
             let user = crate::auth::request_user();
             crate::registry::resources::certificates::prepare_for_create(obj, user.as_ref());
         }
+        "APIService" => crate::registry::resources::apiregistration::prepare_for_create(obj),
         "Pod" => {
             let qos = crate::validation::pod_qos_class(obj);
             if let Value::Object(m) = obj {

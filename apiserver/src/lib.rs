@@ -5,6 +5,7 @@ pub mod admission;
 pub mod alloc;
 pub mod auth;
 pub mod authn;
+pub mod autoregister;
 pub mod bootstrap_rbac;
 pub mod bootstrap_token;
 pub mod cacher;

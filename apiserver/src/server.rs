@@ -618,6 +618,7 @@ pub async fn start_with(
         .map_err(|e| ServerError::Config(format!("service-account key: {e}")))?;
     crate::components::start(&state, &pki, &server_url, &cfg.data_dir).map_err(ServerError::Pki)?;
     bootstrap(&state).await;
+    crate::autoregister::start(&state).await;
     // kubeadm's bootstrap-token phase: the public cluster-info joining nodes discover the
     // cluster from, and anonymous read access to it.
     crate::bootstrap_rbac::ensure_cluster_info_access(&state).await;

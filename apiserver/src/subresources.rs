@@ -72,6 +72,7 @@ pub async fn handle(
             Ok(respond(StatusCode::OK, &obj))
         }
         (Subresource::Approval, Method::PUT) => approval_put(ctx, name, body).await,
+        (Subresource::Approval, Method::PATCH) => approval_patch(ctx, name, body).await,
         (Subresource::Log | Subresource::Exec | Subresource::PortForward, _) => {
             crate::proxy::pod_proxy(ctx, method, name, sub).await
         }
@@ -133,6 +134,62 @@ async fn approval_put(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Respo
     let fv = request::FieldValidation::from_query(ctx.query)?;
     let sent = crate::handlers::decode_typed(def, raw, fv, &mut warnings)?;
     let (old, old_rv) = get_current(ctx.state, def, ctx.rp.namespace.as_deref(), name).await?;
+    let (obj, code) = approval_write(ctx, name, sent, old, old_rv).await?;
+    let mut r = respond(code, &obj);
+    crate::handlers::add_warnings(&mut r, &warnings);
+    Ok(r)
+}
+
+/// PATCH on `certificatesigningrequests/<name>/approval` (what client libraries send): a JSON,
+/// merge or strategic merge patch applied to the stored request, then the checks and write of
+/// a PUT. A write that lost a race is retried unless the patch names a resourceVersion.
+async fn approval_patch(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Response> {
+    use crate::patch::{self, PatchType};
+    let def = ctx.rp.def;
+    let pt =
+        PatchType::from_content_type(header_str(ctx.headers, axum::http::header::CONTENT_TYPE))?;
+    if pt == PatchType::Apply {
+        return Err(ApiError::unsupported_media_type(
+            "application/apply-patch+yaml",
+            &[
+                "application/json-patch+json",
+                "application/merge-patch+json",
+                "application/strategic-merge-patch+json",
+            ],
+        ));
+    }
+    let fv = request::FieldValidation::from_query(ctx.query)?;
+    let patch_doc = patch::parse_patch(pt, &body)?;
+    let pinned = fields::str_at(&patch_doc, &["metadata", "resourceVersion"]).is_some();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let (old, old_rv) = get_current(ctx.state, def, ctx.rp.namespace.as_deref(), name).await?;
+        let patched = patch::apply(pt, def, &old, &patch_doc)?;
+        let mut warnings = Vec::new();
+        let sent = crate::handlers::decode_typed(def, patched, fv, &mut warnings)?;
+        match approval_write(ctx, name, sent, old, old_rv).await {
+            Ok((obj, code)) => {
+                let mut r = respond(code, &obj);
+                crate::handlers::add_warnings(&mut r, &warnings);
+                return Ok(r);
+            }
+            Err(e) if e.code == 409 && e.reason == "Conflict" && !pinned && attempts < 10 => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The approval write shared by PUT and PATCH: `sent` is the request as the client wants it;
+/// only its conditions (and metadata) are kept.
+async fn approval_write(
+    ctx: &Ctx<'_>,
+    name: &str,
+    sent: Value,
+    old: Value,
+    old_rv: crate::storage::Revision,
+) -> ApiResult<(Value, StatusCode)> {
+    let def = ctx.rp.def;
     if let Some(p) =
         fields::str_at(&sent, &["metadata", "resourceVersion"]).filter(|s| !s.is_empty())
         && p != old_rv.to_string()
@@ -156,7 +213,7 @@ async fn approval_put(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Respo
         .map(|t| t.to_string())
         .unwrap_or_default();
     let new = crate::registry::resources::certificates::approval_update(&old, &sent, &now);
-    let (obj, code) = write_update(
+    write_update(
         ctx.state,
         def,
         ctx.rp.namespace.as_deref(),
@@ -169,10 +226,7 @@ async fn approval_put(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Respo
         crate::handlers::field_manager(ctx.query, ctx.headers),
         "Update",
     )
-    .await?;
-    let mut r = respond(code, &obj);
-    crate::handlers::add_warnings(&mut r, &warnings);
-    Ok(r)
+    .await
 }
 
 /// A CertificateSigningRequest's `/status` write (PUT or PATCH), as Kubernetes' status strategy

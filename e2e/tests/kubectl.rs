@@ -492,3 +492,272 @@ kubectl_tests! {
     kubectl_1_30_etcd: Etcd, 30, "needs built apiserver binary and etcd (Debian etcd-server); run via .ci/test";
     kubectl_1_33_etcd: Etcd, 33, "needs built apiserver binary and etcd (Debian etcd-server); run via .ci/test";
 }
+
+const RUNTIME_CLASS: &str = r#"
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {name: sandboxed}
+handler: runsc
+overhead:
+  podFixed: {cpu: 250m, memory: 120Mi}
+scheduling:
+  nodeSelector: {runtime: sandboxed}
+  tolerations:
+  - {key: runtime, operator: Equal, value: sandboxed, effect: NoSchedule}
+"#;
+
+fn pod_yaml(name: &str, class: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  runtimeClassName: {class}\n  automountServiceAccountToken: false\n  containers: [{{name: c, image: busybox}}]\n{extra}"
+    )
+}
+
+/// A pending kubelet client certificate request named `name`, as JSON.
+fn csr_json(name: &str) -> String {
+    use base64::Engine;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("system:node:{name}"));
+    let pem = params
+        .serialize_request(&key)
+        .and_then(|r| r.pem())
+        .expect("csr");
+    serde_json::json!({
+        "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {"name": name},
+        "spec": {"request": base64::engine::general_purpose::STANDARD.encode(pem),
+            "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+            "usages": ["digital signature", "client auth"]},
+    })
+    .to_string()
+}
+
+/// The rest of the everyday API (issue 17 point 6) with kubectl 1.33 against the apiserver
+/// alone: the APIServices kube-apiserver registers for its group versions (`kubectl get
+/// apiservices`: SERVICE Local, AVAILABLE True) and an aggregated one reported unavailable;
+/// RuntimeClass (api-resources, explain, NAME/HANDLER/AGE, immutable handler) and its admission
+/// (overhead and scheduling set on the pod, a missing class or another overhead refused with
+/// Kubernetes' messages); PATCH (merge and JSON) on `certificatesigningrequests/<name>/approval`.
+/// About 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs built apiserver binary; run via .ci/test"]
+async fn apiservices_runtimeclasses_and_csr_approval_patch() {
+    let server = ApiServer::start(Backend::Sqlite)
+        .await
+        .expect("start apiserver");
+    let k = server.kubectl(33);
+    let result = tokio::task::block_in_place(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| everyday_api(&k)))
+    });
+    if let Err(panic) = result {
+        eprintln!("--- apiserver log ---\n{}", server.log());
+        std::panic::resume_unwind(panic);
+    }
+    // PATCH on the approval subresource, as client libraries send it.
+    k.ok_stdin(&["create", "-f", "-"], &csr_json("n1"))
+        .expect("create csr n1");
+    k.ok_stdin(&["create", "-f", "-"], &csr_json("n2"))
+        .expect("create csr n2");
+    let path = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+    let approve = serde_json::json!({"spec": {"signerName": "example.com/changed"},
+        "status": {"conditions": [{"type": "Approved", "status": "True",
+        "reason": "PatchApproved", "message": "approved by a merge patch"}]}});
+    let (code, body) = server
+        .raw(
+            "PATCH",
+            &format!("{path}/n1/approval"),
+            Some("application/merge-patch+json"),
+            approve.to_string().into_bytes(),
+        )
+        .await
+        .expect("patch approval");
+    let body = String::from_utf8_lossy(&body).to_string();
+    assert_eq!(code, 200, "{body}");
+    let deny = serde_json::json!([{"op": "add", "path": "/status", "value": {"conditions": [
+        {"type": "Denied", "status": "True", "reason": "PatchDenied", "message": "no"}]}}]);
+    let (code, body) = server
+        .raw(
+            "PATCH",
+            &format!("{path}/n2/approval"),
+            Some("application/json-patch+json"),
+            deny.to_string().into_bytes(),
+        )
+        .await
+        .expect("patch approval");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let both = serde_json::json!({"status": {"conditions": [
+        {"type": "Approved", "status": "True", "reason": "A"},
+        {"type": "Denied", "status": "True", "reason": "D"}]}});
+    let (code, body) = server
+        .raw(
+            "PATCH",
+            &format!("{path}/n2/approval"),
+            Some("application/merge-patch+json"),
+            both.to_string().into_bytes(),
+        )
+        .await
+        .expect("patch approval");
+    assert_eq!(code, 422, "{}", String::from_utf8_lossy(&body));
+    let table = k.ok(&["get", "csr"]).expect("get csr");
+    assert_eq!(row(&table, "n1").last(), Some(&"Approved"), "{table}");
+    assert_eq!(row(&table, "n2").last(), Some(&"Denied"), "{table}");
+    let signer = k
+        .ok(&["get", "csr", "n1", "-o", "jsonpath={.spec.signerName}"])
+        .expect("signer");
+    assert_eq!(signer, "kubernetes.io/kube-apiserver-client-kubelet");
+}
+
+fn everyday_api(k: &Kubectl) {
+    // The APIServices of the served group versions.
+    let table = k.ok(&["get", "apiservices"]).expect("get apiservices");
+    assert_eq!(
+        header(&table),
+        ["NAME", "SERVICE", "AVAILABLE", "AGE"],
+        "{table}"
+    );
+    for name in [
+        "v1.",
+        "v1.apps",
+        "v1.batch",
+        "v2.autoscaling",
+        "v1.autoscaling",
+        "v1.node.k8s.io",
+        "v1.apiregistration.k8s.io",
+        "v1beta1.metrics.k8s.io",
+    ] {
+        assert_eq!(
+            row(&table, name)[1..3],
+            ["Local", "True"],
+            "{name}: {table}"
+        );
+    }
+    let apps = get_json(k, &["get", "apiservice", "v1.apps"]);
+    assert_eq!(apps["spec"]["groupPriorityMinimum"], 17800, "{apps}");
+    assert_eq!(apps["spec"]["versionPriority"], 15, "{apps}");
+    assert!(apps["spec"].get("service").is_none(), "{apps}");
+    assert_eq!(
+        apps["metadata"]["labels"]["kube-aggregator.kubernetes.io/automanaged"],
+        "onstart"
+    );
+    assert_eq!(apps["status"]["conditions"][0]["reason"], "Local", "{apps}");
+    // An aggregated API is stored, and reported unavailable: Lotse does not proxy it.
+    k.ok_stdin(
+        &["create", "-f", "-"],
+        "apiVersion: apiregistration.k8s.io/v1\nkind: APIService\nmetadata: {name: v1beta1.custom.metrics.k8s.io}\nspec:\n  group: custom.metrics.k8s.io\n  version: v1beta1\n  groupPriorityMinimum: 100\n  versionPriority: 100\n  insecureSkipTLSVerify: true\n  service: {namespace: monitoring, name: adapter}\n",
+    )
+    .expect("create apiservice");
+    let table = e2e::eventually(
+        "aggregated APIService reported",
+        Duration::from_secs(30),
+        || {
+            let t = k.ok(&["get", "apiservices"])?;
+            anyhow::ensure!(
+                row(&t, "v1beta1.custom.metrics.k8s.io")[1..3] == ["monitoring/adapter", "False"],
+                "{t}"
+            );
+            Ok(t)
+        },
+    )
+    .expect("availability");
+    assert_eq!(
+        row(&table, "v1beta1.custom.metrics.k8s.io")[3],
+        "(AggregationNotSupported)",
+        "{table}"
+    );
+
+    // RuntimeClass: discovery, explain, table, validation.
+    let resources = k.ok(&["api-resources"]).expect("api-resources");
+    let rc_row = row(&resources, "runtimeclasses");
+    assert_eq!(
+        rc_row,
+        ["runtimeclasses", "node.k8s.io/v1", "false", "RuntimeClass"]
+    );
+    let as_row = row(&resources, "apiservices");
+    assert_eq!(
+        as_row,
+        [
+            "apiservices",
+            "apiregistration.k8s.io/v1",
+            "false",
+            "APIService"
+        ]
+    );
+    let explain = k.ok(&["explain", "runtimeclass"]).expect("explain");
+    assert_has(&explain, "RuntimeClass");
+    assert_has(&explain, "handler");
+    k.ok_stdin(&["create", "-f", "-"], RUNTIME_CLASS)
+        .expect("create runtimeclass");
+    let table = k.ok(&["get", "runtimeclass"]).expect("get runtimeclass");
+    assert_eq!(header(&table), ["NAME", "HANDLER", "AGE"], "{table}");
+    assert_eq!(
+        row(&table, "sandboxed")[..2],
+        ["sandboxed", "runsc"],
+        "{table}"
+    );
+    let err = k
+        .fails(&[
+            "patch",
+            "runtimeclass",
+            "sandboxed",
+            "--type=merge",
+            "-p",
+            r#"{"handler":"kata"}"#,
+        ])
+        .expect("immutable handler");
+    assert_has(
+        &err,
+        "The RuntimeClass \"sandboxed\" is invalid: handler: Invalid value: \"kata\": field is immutable",
+    );
+
+    // RuntimeClass admission.
+    k.ok(&["create", "serviceaccount", "default"]).ok();
+    k.ok_stdin(
+        &["create", "-f", "-"],
+        &pod_yaml("sandboxed", "sandboxed", "  nodeSelector: {disk: ssd}\n"),
+    )
+    .expect("create pod");
+    let pod = get_json(k, &["get", "pod", "sandboxed"]);
+    assert_eq!(
+        pod["spec"]["overhead"],
+        serde_json::json!({"cpu": "250m", "memory": "120Mi"}),
+        "{pod}"
+    );
+    assert_eq!(
+        pod["spec"]["nodeSelector"],
+        serde_json::json!({"disk": "ssd", "runtime": "sandboxed"}),
+        "{pod}"
+    );
+    assert!(
+        pod["spec"]["tolerations"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["value"] == "sandboxed")),
+        "{pod}"
+    );
+    let err = k
+        .run_stdin(&["create", "-f", "-"], &pod_yaml("lost", "missing", ""))
+        .and_then(|o| o.failure())
+        .expect("missing class refused")
+        .stderr;
+    assert_has(
+        &err,
+        "Error from server (Forbidden): error when creating \"STDIN\": pods \"lost\" is forbidden: pod rejected: RuntimeClass \"missing\" not found",
+    );
+    let err = k
+        .run_stdin(
+            &["create", "-f", "-"],
+            &pod_yaml("greedy", "sandboxed", "  overhead: {cpu: '1'}\n"),
+        )
+        .and_then(|o| o.failure())
+        .expect("other overhead refused")
+        .stderr;
+    assert_has(
+        &err,
+        "pods \"greedy\" is forbidden: pod rejected: Pod's Overhead doesn't match RuntimeClass's defined Overhead",
+    );
+}

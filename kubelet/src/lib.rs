@@ -395,7 +395,12 @@ async fn pod_loop(k: Arc<Kubelet>) {
                     if !seen.contains(&uid) && !workers.contains_key(&uid) {
                         tracing::info!(uid = %uid, "removing orphaned pod sandbox");
                         let k = k.clone();
-                        tokio::spawn(async move { pods::terminate(&k, &uid, None, 0).await });
+                        tokio::spawn(async move {
+                            // Until the runtime confirms (it may be restarting).
+                            while !pods::terminate(&k, &uid, None, 0).await {
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                            }
+                        });
                     }
                 }
                 workers.retain(|uid, tx| {

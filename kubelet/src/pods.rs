@@ -130,13 +130,25 @@ pub async fn worker(k: Arc<Kubelet>, uid: String, mut rx: watch::Receiver<Option
         let mut interval = Duration::from_secs(1);
         let phase = match pod {
             None => {
-                terminate(&k, &uid, None, 0).await;
-                Phase::Done
+                if terminate(&k, &uid, None, 0).await {
+                    Phase::Done
+                } else {
+                    // The runtime did not answer (containerd restarting): try again, so no
+                    // container outlives its pod.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
             }
             Some(pod) if pod.metadata.deletion_timestamp.is_some() => {
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
                 let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30);
-                terminate(&k, &uid, Some(&pod), grace).await;
+                // As Kubernetes, the pod object goes only once its containers and sandbox are
+                // gone; until then the next pass tries again.
+                if !terminate(&k, &uid, Some(&pod), grace).await {
+                    tracing::warn!(uid = %uid, "pod not yet torn down in the runtime; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
                 let api: Api<Pod> = Api::namespaced(
                     k.client.clone(),
                     pod.metadata.namespace.as_deref().unwrap_or("default"),
@@ -242,6 +254,11 @@ pub async fn runtime_pod_uids(k: &Kubelet) -> std::collections::HashSet<String> 
 }
 
 async fn sandboxes(k: &Kubelet, uid: &str) -> Vec<cri::PodSandbox> {
+    list_sandboxes(k, uid).await.unwrap_or_default()
+}
+
+/// The runtime's sandboxes of pod `uid`, or the runtime's error.
+async fn list_sandboxes(k: &Kubelet, uid: &str) -> Result<Vec<cri::PodSandbox>, tonic::Status> {
     let filter = cri::PodSandboxFilter {
         label_selector: [(LABEL_POD_UID.to_string(), uid.to_string())].into(),
         ..Default::default()
@@ -252,7 +269,6 @@ async fn sandboxes(k: &Kubelet, uid: &str) -> Vec<cri::PodSandbox> {
     })
     .await
     .map(|r| r.into_inner().items)
-    .unwrap_or_default()
 }
 
 async fn containers(k: &Kubelet, sandbox: &str) -> Vec<cri::Container> {
@@ -309,10 +325,15 @@ async fn fetch_container_status(k: &Kubelet, id: &str) -> Option<cri::ContainerS
 
 /// Stops and removes everything the runtime has for pod `uid`: its running containers are
 /// killed in parallel as [`kill_container`] does (preStop hooks first), with `grace` seconds.
-pub async fn terminate(k: &Kubelet, uid: &str, pod: Option<&Pod>, grace: i64) {
+/// Returns whether the runtime then holds no sandbox of the pod (false also when it could not
+/// be asked, e.g. while containerd restarts).
+pub async fn terminate(k: &Kubelet, uid: &str, pod: Option<&Pod>, grace: i64) -> bool {
     let rec = pod.map(|p| Recorder::new(k.client.clone(), p, &k.config.node_name));
     let mut rt = k.cri.rt.clone();
-    for sb in sandboxes(k, uid).await {
+    let Ok(found) = list_sandboxes(k, uid).await else {
+        return false;
+    };
+    for sb in found {
         let pod_ip = sandbox_ip(k, &sb.id).await;
         let ctrs = containers(k, &sb.id).await;
         let kills = ctrs
@@ -352,7 +373,11 @@ pub async fn terminate(k: &Kubelet, uid: &str, pod: Option<&Pod>, grace: i64) {
             })
             .await;
     }
-    volumes::teardown(&k.config.root_dir, uid);
+    let gone = matches!(list_sandboxes(k, uid).await, Ok(left) if left.is_empty());
+    if gone {
+        volumes::teardown(&k.config.root_dir, uid);
+    }
+    gone
 }
 
 /// Kubernetes' killContainer: the `Killing` event with `message`, the preStop hook (bounded by
@@ -406,6 +431,35 @@ async fn kill_container(
     }
 }
 
+/// A container created but never started (its start was cut off, e.g. by a containerd or
+/// kubelet restart), or in an unknown state: Kubernetes' `ShouldContainerBeRestarted` always
+/// replaces such a container, whatever the restart policy.
+fn never_started(st: &cri::ContainerStatus) -> bool {
+    st.state == cri::ContainerState::ContainerCreated as i32
+        || st.state == cri::ContainerState::ContainerUnknown as i32
+}
+
+/// Stops (an unknown one might run: never two instances) and removes a [`never_started`]
+/// container; returns the attempt number of its replacement.
+async fn discard_unstarted(k: &Kubelet, ctr: &cri::Container) -> u32 {
+    let mut rt = k.cri.rt.clone();
+    let _ = rt
+        .stop_container(cri::StopContainerRequest {
+            container_id: ctr.id.clone(),
+            timeout: 0,
+        })
+        .await;
+    if let Err(e) = rt
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: ctr.id.clone(),
+        })
+        .await
+    {
+        tracing::warn!(container_id = %ctr.id, error = %e.message(), "removing a container that never started");
+    }
+    ctr.metadata.as_ref().map(|m| m.attempt + 1).unwrap_or(1)
+}
+
 /// The IP of a pod sandbox (empty: none, e.g. host network).
 async fn sandbox_ip(k: &Kubelet, sandbox_id: &str) -> String {
     let mut rt = k.cri.rt.clone();
@@ -434,6 +488,22 @@ fn kill_grace(pod: &Pod, probe_override: Option<i64>) -> i64 {
             .as_ref()
             .and_then(|s| s.termination_grace_period_seconds))
         .unwrap_or(30)
+}
+
+/// The CRI runtime handler of a pod's RuntimeClass (`LookupRuntimeHandler`): "" (the default
+/// handler) without a class.
+async fn runtime_handler(k: &Kubelet, class: Option<&str>) -> Result<String, String> {
+    let Some(class) = class.filter(|c| !c.is_empty()) else {
+        return Ok(String::new());
+    };
+    let api: Api<k8s_openapi::api::node::v1::RuntimeClass> = Api::all(k.client.clone());
+    match api.get(class).await {
+        Ok(rc) => Ok(rc.handler),
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            Err(format!("runtimeclasses.node.k8s.io \"{class}\" not found"))
+        }
+        Err(e) => Err(format!("failed to lookup RuntimeClass {class}: {e}")),
+    }
 }
 
 fn sandbox_config(k: &Kubelet, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig {
@@ -804,13 +874,17 @@ async fn sync(
             }
             let cfg = sandbox_config(k, pod, attempt);
             let _ = std::fs::create_dir_all(&cfg.log_directory);
-            match rt
-                .run_pod_sandbox(cri::RunPodSandboxRequest {
-                    config: Some(cfg),
-                    runtime_handler: String::new(),
-                })
-                .await
-            {
+            let created = match runtime_handler(k, spec.runtime_class_name.as_deref()).await {
+                Ok(runtime_handler) => rt
+                    .run_pod_sandbox(cri::RunPodSandboxRequest {
+                        config: Some(cfg),
+                        runtime_handler,
+                    })
+                    .await
+                    .map_err(|e| e.message().to_string()),
+                Err(e) => Err(e),
+            };
+            match created {
                 Ok(_) => {
                     *sandbox_error = None;
                     let s = sandboxes(k, &uid).await;
@@ -831,7 +905,7 @@ async fn sync(
                     }
                 }
                 Err(e) => {
-                    let msg = format!("Failed to create pod sandbox: {}", e.message());
+                    let msg = format!("Failed to create pod sandbox: {e}");
                     if sandbox_error.as_deref() != Some(&msg) {
                         rec.warning("FailedCreatePodSandBox", &msg).await;
                     }
@@ -883,12 +957,23 @@ async fn sync(
                     true,
                 )
             }
-            Some((ctr, st))
-                if st.state == cri::ContainerState::ContainerRunning as i32
-                    || st.state == cri::ContainerState::ContainerCreated as i32 =>
-            {
+            Some((ctr, st)) if st.state == cri::ContainerState::ContainerRunning as i32 => (
+                container_status_of(c, Some((ctr, st)), s.previous.as_ref(), false, true, None),
+                false,
+            ),
+            Some((ctr, st)) if never_started(st) => {
+                let next = discard_unstarted(k, ctr).await;
+                let waiting = if start_container(
+                    k, pod, c, &sb.id, &sb_cfg, next, &src, &rec, m, &pod_ip, None,
+                )
+                .await
+                {
+                    None
+                } else {
+                    m.waiting_reason()
+                };
                 (
-                    container_status_of(c, Some((ctr, st)), s.previous.as_ref(), false, true, None),
+                    container_status_of(c, None, None, false, true, waiting),
                     false,
                 )
             }
@@ -1076,6 +1161,16 @@ async fn sync(
                     m.backoff = None;
                 }
                 probes(k, pod, c, ctr, st, m, &rec, &pod_ip).await;
+            }
+            Some((ctr, st)) if never_started(st) => {
+                let next = discard_unstarted(k, ctr).await;
+                if !start_container(
+                    k, pod, c, &sb.id, &sb_cfg, next, &src, &rec, m, &pod_ip, None,
+                )
+                .await
+                {
+                    waiting = m.waiting_reason();
+                }
             }
             _ => {}
         }

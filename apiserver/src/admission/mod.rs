@@ -1,9 +1,9 @@
 //! Admission: the plugins Kubernetes runs between decoding and storage, in Kubernetes' order.
 //! NamespaceLifecycle is `handlers::admit_namespace`; the rest run from [`admit`]:
 //! mutating LimitRanger, ServiceAccount, Priority, DefaultTolerationSeconds,
-//! DefaultStorageClass and StorageObjectInUseProtection, then validating
-//! LimitRanger, NodeRestriction, PodSecurity, CertificateSubjectRestriction, RBAC escalation
-//! prevention and ResourceQuota.
+//! DefaultStorageClass, StorageObjectInUseProtection and RuntimeClass, then validating
+//! LimitRanger, NodeRestriction, PodSecurity, RuntimeClass, CertificateSubjectRestriction, RBAC
+//! escalation prevention and ResourceQuota.
 //! A rejection returns before anything is written.
 
 use std::future::Future;
@@ -24,6 +24,7 @@ pub mod priority;
 pub mod quantity;
 pub mod rbac_escalation;
 pub mod resource_quota;
+pub mod runtime_class;
 pub mod service_account;
 
 /// The write being admitted.
@@ -72,6 +73,7 @@ async fn admit_inner(
     if op == Operation::Create {
         default_storage_class::admit(state, def, obj).await?;
     }
+    runtime_class::admit(state, def, op, obj).await?;
     // Validating.
     limit_ranger::validate(state, def, op, obj).await?;
     if let Some(u) = &user {
@@ -79,6 +81,7 @@ async fn admit_inner(
         rbac_escalation::admit(state, u, def, obj).await?;
     }
     pod_security::admit(state, def, op, obj, old).await?;
+    runtime_class::validate(state, def, op, obj).await?;
     if op == Operation::Create
         && def.group == "certificates.k8s.io"
         && def.plural == "certificatesigningrequests"

@@ -3,6 +3,7 @@
 use super::*;
 use k8s_openapi::api::core::v1 as corev1;
 
+pub mod apiregistration;
 mod apps;
 mod autoscaling;
 mod batch;
@@ -13,6 +14,7 @@ mod core_extra;
 mod discovery;
 mod events;
 mod networking;
+mod node;
 pub(crate) mod pod;
 mod policy;
 mod rbac;
@@ -20,6 +22,7 @@ mod scheduling;
 mod storage;
 mod util;
 
+pub use self::apiregistration::APISERVICES;
 pub use self::apps::{CONTROLLERREVISIONS, DAEMONSETS, DEPLOYMENTS, REPLICASETS, STATEFULSETS};
 pub use self::autoscaling::{HPA_V1, HPA_V2};
 pub use self::batch::{CRONJOBS, JOBS};
@@ -35,6 +38,7 @@ pub use self::networking::{
     DEFAULT_INGRESS_CLASS_ANNOTATION, INGRESSCLASSES, INGRESSES, NETWORKPOLICIES,
     is_default_ingress_class,
 };
+pub use self::node::RUNTIMECLASSES;
 pub use self::policy::PODDISRUPTIONBUDGETS;
 pub use self::rbac::{CLUSTERROLEBINDINGS, CLUSTERROLES, ROLEBINDINGS, ROLES};
 pub use self::scheduling::{PRIORITYCLASSES, SYSTEM_PRIORITY_CLASSES, system_priority_class};
@@ -61,6 +65,7 @@ pub static ALL: &[ResourceDef] = &[
     PODTEMPLATES,
     PERSISTENTVOLUMES,
     PERSISTENTVOLUMECLAIMS,
+    APISERVICES,
     DEPLOYMENTS,
     REPLICASETS,
     STATEFULSETS,
@@ -84,6 +89,7 @@ pub static ALL: &[ResourceDef] = &[
     CERTIFICATESIGNINGREQUESTS,
     PODDISRUPTIONBUDGETS,
     PRIORITYCLASSES,
+    RUNTIMECLASSES,
 ];
 
 /// core/v1 namespaces.
@@ -282,6 +288,10 @@ mod tests {
             "StorageClass" => json!({"provisioner": "rancher.io/local-path"}),
             "CertificateSigningRequest" => json!({"spec": certificates::tests::example_spec()}),
             "PriorityClass" => json!({"value": 1000}),
+            "RuntimeClass" => json!({"handler": "runc"}),
+            "APIService" => json!({"metadata": {"name": "v1.x", "uid": "0000-1111",
+                "creationTimestamp": "2024-01-01T00:00:00Z"}, "spec": {"group": "x", "version": "v1",
+                "groupPriorityMinimum": 1000, "versionPriority": 100}}),
             "HorizontalPodAutoscaler" => json!({"spec": {
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "x"},
                 "maxReplicas": 3}}),

@@ -578,8 +578,18 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<FieldError> {
             dns1123_subdomain_errors(sa),
         );
     }
-    for (i, t) in arr(spec, &["tolerations"]).iter().enumerate() {
-        let tp = format!("{path}.tolerations[{i}]");
+    validate_tolerations(
+        &mut errs,
+        arr(spec, &["tolerations"]),
+        &format!("{path}.tolerations"),
+    );
+    errs
+}
+
+/// `ValidateTolerations`: operators and effects of the tolerations at `path`.
+pub(crate) fn validate_tolerations(errs: &mut Vec<FieldError>, tolerations: &[Value], path: &str) {
+    for (i, t) in tolerations.iter().enumerate() {
+        let tp = format!("{path}[{i}]");
         match s(t, &["operator"]) {
             "" | "Equal" => {}
             "Exists" => {
@@ -606,7 +616,6 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<FieldError> {
             )),
         }
     }
-    errs
 }
 
 /// `ValidatePodTemplateSpec` for a workload template at `path` (e.g. `spec.template`).
