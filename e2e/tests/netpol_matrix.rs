@@ -19,8 +19,9 @@
 //!
 //! Needs root, containerd, runc, nftables, network namespaces, the built binaries and the
 //! busybox, pause, debian and nginx images. Takes about three minutes (160 s on a quiet
-//! machine, 210 s at load 20: 30–50 s to three Ready nodes, 100–130 s for the 37 checks (30
-//! policy cases and 7 changes within them), 4 s for the course example, 10–20 s to tear down).
+//! machine, 210 s at load 20: 30–50 s to three Ready nodes, 100–130 s for the 39 checks (31
+//! policy cases and 8 changes within them: policy updates, pod and namespace labels, a pod
+//! re-created with a new address), 4 s for the course example, 10–20 s to tear down).
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -139,6 +140,32 @@ struct Suite<'a> {
     dumped_rules: bool,
 }
 
+/// The matrix pod `ns/pod` (indices into [`NAMESPACES`] and [`PODS`]): each node holds one
+/// pod of each namespace.
+fn pod_manifest(i: usize, j: usize) -> serde_json::Value {
+    let (ns, pod) = (NAMESPACES[i], PODS[j]);
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod, "namespace": ns, "labels": {"pod": pod, "netpol": "matrix"}},
+        "spec": {
+            "nodeName": NODES[(i + j) % NODES.len()],
+            "terminationGracePeriodSeconds": 0,
+            "automountServiceAccountToken": false,
+            "containers": [{
+                "name": "serve", "image": "debian",
+                "command": ["perl", "-e", SERVER],
+                "ports": [
+                    {"name": "serve-80-tcp", "containerPort": 80, "protocol": "TCP"},
+                    {"name": "serve-81-tcp", "containerPort": 81, "protocol": "TCP"},
+                    {"name": "serve-80-udp", "containerPort": 80, "protocol": "UDP"},
+                    {"name": "serve-81-udp", "containerPort": 81, "protocol": "UDP"}
+                ],
+                "readinessProbe": {"tcpSocket": {"port": 80}, "periodSeconds": 1}
+            }]
+        }
+    })
+}
+
 fn pod_manifests() -> String {
     let mut items = Vec::new();
     for (i, ns) in NAMESPACES.iter().enumerate() {
@@ -146,29 +173,8 @@ fn pod_manifests() -> String {
             "apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": ns, "labels": {"ns": ns}}
         }));
-        for (j, pod) in PODS.iter().enumerate() {
-            // Each node holds one pod of each namespace.
-            let node = NODES[(i + j) % NODES.len()];
-            items.push(serde_json::json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": pod, "namespace": ns, "labels": {"pod": pod, "netpol": "matrix"}},
-                "spec": {
-                    "nodeName": node,
-                    "terminationGracePeriodSeconds": 0,
-                    "automountServiceAccountToken": false,
-                    "containers": [{
-                        "name": "serve", "image": "debian",
-                        "command": ["perl", "-e", SERVER],
-                        "ports": [
-                            {"name": "serve-80-tcp", "containerPort": 80, "protocol": "TCP"},
-                            {"name": "serve-81-tcp", "containerPort": 81, "protocol": "TCP"},
-                            {"name": "serve-80-udp", "containerPort": 80, "protocol": "UDP"},
-                            {"name": "serve-81-udp", "containerPort": 81, "protocol": "UDP"}
-                        ],
-                        "readinessProbe": {"tcpSocket": {"port": 80}, "periodSeconds": 1}
-                    }]
-                }
-            }));
+        for j in 0..PODS.len() {
+            items.push(pod_manifest(i, j));
         }
     }
     serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
@@ -423,6 +429,51 @@ impl Suite<'_> {
                 false
             }
         }
+    }
+
+    /// Deletes `ns/pod` and creates it again (same name, labels and node): its address
+    /// changes, and the policies must follow.
+    fn recreate(&mut self, ns: &str, pod: &str) -> anyhow::Result<()> {
+        let (Some(i), Some(j)) = (
+            NAMESPACES.iter().position(|n| *n == ns),
+            PODS.iter().position(|p| *p == pod),
+        ) else {
+            bail!("no matrix pod {ns}/{pod}");
+        };
+        let k = &self.c.k;
+        k.ok(&[
+            "-n",
+            ns,
+            "delete",
+            "pod",
+            pod,
+            "--grace-period=0",
+            "--wait=true",
+        ])?;
+        k.ok_stdin(&["apply", "-f", "-"], &pod_manifest(i, j).to_string())?;
+        k.ok(&[
+            "-n",
+            ns,
+            "wait",
+            "--for=condition=Ready",
+            &format!("pod/{pod}"),
+            "--timeout=90s",
+        ])?;
+        let ip = k.ok(&[
+            "-n",
+            ns,
+            "get",
+            "pod",
+            pod,
+            "-o",
+            "jsonpath={.status.podIP}",
+        ])?;
+        let ip = ip.trim().to_string();
+        if let Some(p) = self.pods.iter_mut().find(|p| p.peer.is(ns, pod)) {
+            eprintln!("[case] {ns}/{pod} re-created: {} -> {ip}", p.ip);
+            p.ip = ip;
+        }
+        Ok(())
     }
 
     fn pod(&self, ns: &str, pod: &str) -> &MatrixPod {
@@ -929,6 +980,21 @@ fn matrix_cases(s: &mut Suite, cidr2: &str, cidr3: &str) {
     }
     if s.kubectl("namespace label", &["label", "namespace", "z", "team-"]) {
         s.check("namespace z's team label removed", &|_, t, _| !xa(t));
+    }
+    // A pod's address changes: z/c is re-created (the address a pod gets back may be its
+    // old one; the policy has to follow either way).
+    s.case(
+        "x/a allows z/c only",
+        &[np(
+            "x",
+            "zc",
+            "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: \"z\"}}, podSelector: {matchLabels: {pod: c}}}]}]}",
+        )],
+        &|f, t, _| !xa(t) || f.is("z", "c"),
+    );
+    match s.recreate("z", "c") {
+        Ok(()) => s.check("z/c re-created", &|f, t, _| !xa(t) || f.is("z", "c")),
+        Err(e) => s.failures.push(format!("re-creating z/c: {e:#}")),
     }
     s.case("policies deleted: everything open", &[], &|_, _, _| true);
     let mut sorted = s.timings.clone();
