@@ -618,7 +618,7 @@ pub async fn start_with(
         .map_err(|e| ServerError::Config(format!("service-account key: {e}")))?;
     crate::components::start(&state, &pki, &server_url, &cfg.data_dir).map_err(ServerError::Pki)?;
     bootstrap(&state).await;
-    crate::autoregister::start(&state).await;
+    crate::autoregister::start(Arc::new(ApiServiceStore(state.clone()))).await;
     // kubeadm's bootstrap-token phase: the public cluster-info joining nodes discover the
     // cluster from, and anonymous read access to it.
     crate::bootstrap_rbac::ensure_cluster_info_access(&state).await;
@@ -684,6 +684,90 @@ pub async fn bootstrap(state: &Arc<AppState>) {
     {
         Ok(_) | Err(ApiError { code: 409, .. }) => {}
         Err(e) => tracing::warn!(error = %e, "could not create the kubernetes service"),
+    }
+}
+
+/// The autoregister controller's view of the apiserver: the served group versions and the
+/// APIServices, written as API requests of the apiserver itself would be.
+struct ApiServiceStore(Arc<AppState>);
+
+#[async_trait::async_trait]
+impl crate::autoregister::ApiServiceStore for ApiServiceStore {
+    fn served(&self) -> Vec<(String, String, bool)> {
+        let served = registry::served();
+        let mut out = vec![(String::new(), "v1".to_string(), false)];
+        for (g, vs) in crate::discovery::groups() {
+            let custom = served.iter().any(|r| r.group == g && r.custom.is_some());
+            out.extend(vs.iter().map(|v| (g.to_string(), v.to_string(), custom)));
+        }
+        out
+    }
+
+    async fn list(&self) -> Vec<Value> {
+        let def = &registry::resources::APISERVICES;
+        let Ok(cacher) = self.0.cacher(def) else {
+            return Vec::new();
+        };
+        if cacher.wait_fresh().await.is_err() {
+            return Vec::new();
+        }
+        let prefix = format!("/registry/{}/", def.storage_prefix);
+        let list = cacher.list(&prefix, None, 0, &|_| true).await;
+        list.items
+            .iter()
+            .filter_map(|o| serde_json::from_slice::<Value>(&o.raw).ok())
+            .collect()
+    }
+
+    async fn create(&self, obj: Value) -> Result<(), String> {
+        let def = &registry::resources::APISERVICES;
+        match handlers::create_object(&self.0, def, None, obj, false, None, "Update").await {
+            Ok(_) | Err(ApiError { code: 409, .. }) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn update(&self, current: &Value, new: Value, status: bool) -> Result<(), String> {
+        let def = &registry::resources::APISERVICES;
+        let name = registry::fields::name(current).to_string();
+        let rv = registry::fields::str_at(current, &["metadata", "resourceVersion"])
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let scope = if status {
+            handlers::UpdateScope::Status
+        } else {
+            handlers::UpdateScope::Main
+        };
+        let r = handlers::write_update(
+            &self.0,
+            def,
+            None,
+            &name,
+            current.clone(),
+            rv,
+            new,
+            scope,
+            false,
+            None,
+            "Update",
+        )
+        .await;
+        match r {
+            Ok(_)
+            | Err(ApiError {
+                code: 404 | 409, ..
+            }) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), String> {
+        let def = &registry::resources::APISERVICES;
+        let opts = handlers::DeleteOpts::default();
+        match handlers::delete_object(&self.0, def, None, name, &opts).await {
+            Ok(_) | Err(ApiError { code: 404, .. }) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 
