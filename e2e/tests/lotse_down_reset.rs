@@ -214,7 +214,11 @@ fn down_keeps_the_data_and_reset_leaves_no_trace() -> anyhow::Result<()> {
 
     // lotse up again: the same cluster, the same pod; its sandbox and container, stopped by
     // `down`, are started again by the kubelet, as after a node reboot.
-    let mut lotse = Lotse::start(&data, &args)?;
+    // This time with automatic backups every second, two kept (k3s's scheduled snapshots).
+    let mut with_backups = args.clone();
+    with_backups
+        .extend(["--backup-schedule", "@every 1s", "--backup-retention", "2"].map(String::from));
+    let mut lotse = Lotse::start(&data, &with_backups)?;
     let again = wait_for(
         &k,
         &[
@@ -235,6 +239,35 @@ fn down_keeps_the_data_and_reset_leaves_no_trace() -> anyhow::Result<()> {
     .with_context(|| lotse.log())?;
     assert!(again.starts_with(&uid), "{again}");
     assert!(!processes_of_pod(&uid).is_empty(), "the pod runs again");
+    // The automatic backups: at least three taken by now, the two newest kept, each a backup
+    // `lotse restore` accepts.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut backups: Vec<std::path::PathBuf> = std::fs::read_dir(data.join("backups"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    backups.sort();
+    assert_eq!(backups.len(), 2, "retention 2: {backups:?}");
+    assert!(
+        backups
+            .iter()
+            .all(|b| b.file_name().and_then(|n| n.to_str()).is_some_and(|n| n
+                .starts_with("lotse-backup-down-node-")
+                && n.ends_with(".tar.gz"))),
+        "{backups:?}"
+    );
+    let restored = tmp.path().join("restored");
+    let out = run_lotse(&[
+        "restore",
+        "--data-dir",
+        &restored.to_string_lossy(),
+        &backups[1].to_string_lossy(),
+    ])?;
+    assert!(
+        out.status.success(),
+        "lotse restore of an automatic backup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(restored.join("state.db").is_file());
 
     // lotse reset without --yes removes nothing.
     let out = run_lotse(&["reset", "--data-dir", &data_s])?;

@@ -38,6 +38,21 @@ pub struct RestoreArgs {
 
 /// Writes a backup of the cluster in `data_dir` to `file`.
 pub fn backup(a: BackupArgs) -> anyhow::Result<()> {
+    let size = write_backup(&a.data_dir, &a.file)?;
+    println!(
+        "backup of {} written to {} ({size} bytes)",
+        a.data_dir.display(),
+        a.file.display(),
+    );
+    Ok(())
+}
+
+/// Writes a backup of the cluster in `data_dir` to `file`; returns its size.
+fn write_backup(data_dir: &Path, file: &Path) -> anyhow::Result<u64> {
+    let a = BackupArgs {
+        data_dir: data_dir.to_path_buf(),
+        file: file.to_path_buf(),
+    };
     let db = a.data_dir.join("state.db");
     let pki = a.data_dir.join("pki");
     if !db.is_file() {
@@ -89,13 +104,91 @@ pub fn backup(a: BackupArgs) -> anyhow::Result<()> {
     std::fs::rename(&tmp_out, &a.file)
         .or_else(|_| std::fs::copy(&tmp_out, &a.file).map(|_| ()))
         .with_context(|| format!("writing {}", a.file.display()))?;
-    println!(
-        "backup of {} written to {} ({} bytes)",
-        a.data_dir.display(),
-        a.file.display(),
-        std::fs::metadata(&a.file).map(|m| m.len()).unwrap_or(0)
-    );
-    Ok(())
+    Ok(std::fs::metadata(&a.file).map(|m| m.len()).unwrap_or(0))
+}
+
+/// Automatic backups of a running `lotse up`, as k3s's scheduled etcd snapshots
+/// (`--etcd-snapshot-schedule-cron`, `--etcd-snapshot-retention`, `--etcd-snapshot-dir`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ScheduleArgs {
+    /// When to take automatic backups: a cron schedule (5 fields, the host's time zone, as
+    /// k3s's --etcd-snapshot-schedule-cron; `@every 6h` and `@daily` work too).
+    #[arg(long, env = "LOTSE_BACKUP_SCHEDULE", default_value = "0 */12 * * *")]
+    pub backup_schedule: String,
+    /// How many automatic backups to keep; older ones are removed.
+    #[arg(long, env = "LOTSE_BACKUP_RETENTION", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub backup_retention: u32,
+    /// Directory of the automatic backups (default: <data-dir>/backups).
+    #[arg(long, env = "LOTSE_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// Take no automatic backups.
+    #[arg(long, env = "LOTSE_DISABLE_BACKUPS")]
+    pub disable_backups: bool,
+}
+
+/// File names of automatic backups: `lotse-backup-<node>-<unix seconds>.tar.gz`.
+const AUTO_PREFIX: &str = "lotse-backup-";
+
+/// Starts the automatic backups of the cluster in `data_dir` (checks the schedule first).
+pub fn spawn_scheduled(
+    data_dir: &Path,
+    node: &str,
+    a: &ScheduleArgs,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    if a.disable_backups {
+        return Ok(None);
+    }
+    let schedule = cron_schedule::parse_standard(&a.backup_schedule)
+        .map_err(|e| anyhow::anyhow!("--backup-schedule {:?}: {e}", a.backup_schedule))?;
+    let dir = a
+        .backup_dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join("backups"));
+    let (data_dir, node, keep) = (data_dir.to_path_buf(), node.to_string(), a.backup_retention);
+    Ok(Some(tokio::spawn(async move {
+        let zone = jiff::tz::TimeZone::system();
+        loop {
+            let Some(next) = schedule.next(jiff::Timestamp::now(), &zone) else {
+                return;
+            };
+            let wait = jiff::Timestamp::now().duration_until(next);
+            tokio::time::sleep(wait.try_into().unwrap_or_default()).await;
+            let (d, n, b) = (data_dir.clone(), node.clone(), dir.clone());
+            match tokio::task::spawn_blocking(move || take_scheduled(&d, &b, &n, keep)).await {
+                Ok(Ok(file)) => tracing::info!(file = %file.display(), "automatic backup written"),
+                Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "automatic backup failed"),
+                Err(e) => tracing::error!(error = %e, "automatic backup task"),
+            }
+        }
+    })))
+}
+
+/// One automatic backup into `dir`, then the oldest beyond `keep` removed.
+fn take_scheduled(data_dir: &Path, dir: &Path, node: &str, keep: u32) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let file = dir.join(format!(
+        "{AUTO_PREFIX}{node}-{:010}.tar.gz",
+        jiff::Timestamp::now().as_second()
+    ));
+    if !file.exists() {
+        write_backup(data_dir, &file)?;
+    }
+    let mut ours: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with(&format!("{AUTO_PREFIX}{node}-")) && n.ends_with(".tar.gz")
+            })
+        })
+        .collect();
+    ours.sort();
+    let excess = ours.len().saturating_sub(keep as usize);
+    for old in &ours[..excess] {
+        std::fs::remove_file(old).with_context(|| format!("removing {}", old.display()))?;
+    }
+    Ok(file)
 }
 
 /// Makes a data dir from a backup.
@@ -180,4 +273,54 @@ pub fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         a.data_dir.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn automatic_backups_are_kept_up_to_the_retention() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        drop(apiserver::storage::sqlite::SqliteStorage::open(&data.join("state.db")).unwrap());
+        let dir = tmp.path().join("backups");
+        std::fs::create_dir_all(&dir).unwrap();
+        for t in 1..=3 {
+            std::fs::write(dir.join(format!("{AUTO_PREFIX}n1-{t:010}.tar.gz")), b"old").unwrap();
+        }
+        // Another node's and a hand-made backup are not ours to remove.
+        std::fs::write(dir.join(format!("{AUTO_PREFIX}n2-0000000001.tar.gz")), b"x").unwrap();
+        std::fs::write(dir.join("before-upgrade.tar.gz"), b"x").unwrap();
+        let file = take_scheduled(&data, &dir, "n1", 2).unwrap();
+        assert!(std::fs::metadata(&file).unwrap().len() > 100);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let newest = file.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(
+            left,
+            [
+                "before-upgrade.tar.gz".to_string(),
+                format!("{AUTO_PREFIX}n1-0000000003.tar.gz"),
+                newest,
+                format!("{AUTO_PREFIX}n2-0000000001.tar.gz"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_schedule_is_refused_at_start() {
+        let a = ScheduleArgs {
+            backup_schedule: "every tuesday".into(),
+            backup_retention: 5,
+            backup_dir: None,
+            disable_backups: false,
+        };
+        let err = spawn_scheduled(Path::new("/nonexistent"), "n", &a).unwrap_err();
+        assert!(err.to_string().contains("--backup-schedule"), "{err}");
+    }
 }

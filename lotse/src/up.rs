@@ -113,6 +113,16 @@ pub struct UpArgs {
     /// (unreachable) and its pods' tolerations start to count (kube-controller-manager's flag).
     #[arg(long, env = "LOTSE_NODE_MONITOR_GRACE_PERIOD", default_value = "40s", value_parser = kubelet::images::parse_duration)]
     node_monitor_grace_period: Duration,
+    /// File with an apiserver.config.k8s.io/v1 EncryptionConfiguration (Secrets encrypted at
+    /// rest, as kube-apiserver's flag; see README).
+    #[arg(long, env = "LOTSE_ENCRYPTION_PROVIDER_CONFIG")]
+    encryption_provider_config: Option<PathBuf>,
+    /// SQLite's durability: `normal` keeps every acknowledged write through any process crash;
+    /// `full` fsyncs each commit so it survives power loss too (slower writes).
+    #[arg(long, env = "LOTSE_SQLITE_SYNCHRONOUS", default_value = "normal", value_parser = ["normal", "full"])]
+    sqlite_synchronous: String,
+    #[command(flatten)]
+    backups: crate::backup::ScheduleArgs,
 }
 
 pub(crate) async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
@@ -177,7 +187,12 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         compaction_interval: Duration::from_secs(300),
     };
     let (api_stop_tx, api_stop_rx) = tokio::sync::watch::channel(false);
-    let running = apiserver::server::start(cfg, stopped(api_stop_rx))
+    let storage = apiserver::server::StorageOptions {
+        encryption_provider_config: a.encryption_provider_config.clone(),
+        sqlite_sync_full: a.sqlite_synchronous == "full",
+        ..Default::default()
+    };
+    let running = apiserver::server::start_with(cfg, storage, stopped(api_stop_rx))
         .await
         .context("starting the apiserver")?;
     // Kubelets serve with certificates from the cluster CA (kubelet-serving signer, approved by
@@ -198,6 +213,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
             .map(|s| s.trim().to_lowercase())
             .unwrap_or_else(|_| "node".into())
     });
+    let _backups = crate::backup::spawn_scheduled(&data_dir, &node_name, &a.backups)?;
     // Each component gets its own identity, as in a kubeadm cluster.
     let kubeconfig = |file: &str, user: &str, groups: &[&str]| -> anyhow::Result<PathBuf> {
         let (cert, key) = running.pki.issue_client_cert(user, groups)?;
