@@ -2,14 +2,17 @@
 //! (`manifests/system/coredns.yaml`: ServiceAccount and RBAC `system:coredns`, the `coredns`
 //! Deployment of `lotse-dns` pods labelled `k8s-app: kube-dns`, and the `kube-dns` Service at
 //! the tenth address of the Service range). Each object is created when absent and otherwise
-//! left as it is (a user's edits survive restarts); the selectorless `kube-dns` Service of
-//! earlier versions, whose EndpointSlice named the node, is replaced.
+//! left as it is (a user's edits survive restarts), except the DNS image of another Lotse
+//! version, which is moved to this version's (as `kubeadm upgrade` moves CoreDNS's); the
+//! selectorless `kube-dns` Service of earlier versions, whose EndpointSlice named the node, is
+//! replaced.
 use std::net::IpAddr;
 
 use anyhow::Context;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 
 /// The cluster DNS objects, with `${CLUSTER_DNS_IP}`, `${CLUSTER_DOMAIN}` and `${DNS_IMAGE}`.
@@ -117,7 +120,47 @@ async fn migrate_node_dns(client: &kube::Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The cluster DNS: the old node-DNS Service migrated, then every object created if absent.
+/// Name of the cluster DNS Deployment and of its container (kubeadm's).
+const DNS_DEPLOYMENT: &str = "coredns";
+
+/// Whether `current` is Lotse's DNS image of another version than `wanted` (a user's own image
+/// is kept).
+fn other_version(current: &str, wanted: &str) -> bool {
+    let repo = |r: &str| r.rsplit_once(':').map(|(repo, _)| repo.to_string());
+    current != wanted && repo(current).is_some() && repo(current) == repo(wanted)
+}
+
+/// Moves the DNS Deployment to `image` when it runs Lotse's DNS image of another version (the
+/// node's image dir holds only this version's).
+async fn upgrade_dns_image(client: &kube::Client, image: &str) -> anyhow::Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), DNS_NAMESPACE);
+    let Some(d) = deployments.get_opt(DNS_DEPLOYMENT).await? else {
+        return Ok(());
+    };
+    let current = d
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.into_iter().find(|c| c.name == DNS_DEPLOYMENT))
+        .and_then(|c| c.image);
+    let Some(current) = current.filter(|c| other_version(c, image)) else {
+        return Ok(());
+    };
+    tracing::info!(from = %current, to = image, "moving the cluster DNS to this version's image");
+    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+        {"name": DNS_DEPLOYMENT, "image": image}]}}}});
+    deployments
+        .patch(
+            DNS_DEPLOYMENT,
+            &PatchParams::default(),
+            &Patch::Strategic(patch),
+        )
+        .await
+        .context("updating the coredns Deployment's image")?;
+    Ok(())
+}
+
+/// The cluster DNS: the old node-DNS Service migrated, then every object created if absent and
+/// the DNS image moved to this version's.
 pub async fn ensure_cluster_dns(
     client: &kube::Client,
     ip: IpAddr,
@@ -126,7 +169,8 @@ pub async fn ensure_cluster_dns(
 ) -> anyhow::Result<()> {
     let objects = coredns_objects(ip, domain, image)?;
     migrate_node_dns(client).await?;
-    create_absent(client, &objects).await
+    create_absent(client, &objects).await?;
+    upgrade_dns_image(client, image).await
 }
 
 #[cfg(test)]
@@ -139,6 +183,18 @@ mod tests {
         assert_eq!(tenth_address(r).to_string(), "10.96.0.10");
         let r: ipnet::Ipv4Net = "10.43.0.0/16".parse().unwrap();
         assert_eq!(tenth_address(r).to_string(), "10.43.0.10");
+    }
+
+    #[test]
+    fn only_lotse_dns_images_of_other_versions_are_upgraded() {
+        let wanted = "docker.io/lotse/dns:0.2.0";
+        assert!(other_version("docker.io/lotse/dns:0.1.0", wanted));
+        assert!(!other_version(wanted, wanted));
+        assert!(!other_version(
+            "registry.k8s.io/coredns/coredns:v1.11.1",
+            wanted
+        ));
+        assert!(!other_version("docker.io/lotse/dns", wanted));
     }
 
     #[test]
