@@ -13,8 +13,10 @@
 //!
 //! Resource metrics (`Resource` and `ContainerResource`, utilization and average value) are
 //! supported; `Pods`, `Object` and `External` metrics need a custom or external metrics API,
-//! which Lotse does not serve: they are reported as invalid metrics as Kubernetes reports an
-//! unavailable metrics API.
+//! which Lotse does not serve: the controller asks the apiserver as Kubernetes' metrics clients
+//! do and reports the missing API as Kubernetes does (`ScalingActive=False` with
+//! `FailedGetPodsMetric`, `FailedGetObjectMetric` or `FailedGetExternalMetric`, the event, and
+//! `FailedComputeMetricsReplicas`).
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -1055,6 +1057,7 @@ impl Controller {
         let (mut replicas, mut name) = (0, String::new());
         let mut invalid = 0;
         let mut first: Option<MetricFailure> = None;
+        let mut first_wrapped = String::new();
         for spec in specs {
             match self.compute_metric(&ns, spec, current, selector).await {
                 Ok(r) => {
@@ -1073,7 +1076,11 @@ impl Controller {
                     self.recorder
                         .record(hpa, COMPONENT, EventType::Warning, f.reason, raw);
                     if first.is_none() {
-                        first = Some(f);
+                        first = Some(MetricFailure {
+                            reason: f.reason,
+                            error: f.error.clone(),
+                        });
+                        first_wrapped = wrap_error(spec, &f.error);
                     }
                     invalid += 1;
                 }
@@ -1096,7 +1103,7 @@ impl Controller {
             return Err(format!(
                 "invalid metrics ({invalid} invalid out of {}), first error is: {}",
                 specs.len(),
-                wrapped(spec_name(specs, &first), &f.error)
+                first_wrapped
             ));
         }
         set_condition(
@@ -1119,16 +1126,31 @@ impl Controller {
         let (resource, container, target) = match spec.type_.as_str() {
             "Resource" => match &spec.resource {
                 Some(r) => (r.name.clone(), None, r.target.clone()),
-                None => return Err(failure("FailedGetResourceMetric", "invalid resource metric source".into())),
+                None => {
+                    return Err(failure(
+                        "FailedGetResourceMetric",
+                        "invalid resource metric source".into(),
+                    ));
+                }
             },
             "ContainerResource" => match &spec.container_resource {
                 Some(r) => (r.name.clone(), Some(r.container.clone()), r.target.clone()),
-                None => return Err(failure("FailedGetContainerResourceMetric", "invalid container resource metric source".into())),
+                None => {
+                    return Err(failure(
+                        "FailedGetContainerResourceMetric",
+                        "invalid container resource metric source".into(),
+                    ));
+                }
             },
-            "Pods" => return Err(failure("FailedGetPodsMetric", "unable to get metric: no custom metrics API (custom.metrics.k8s.io) is served".into())),
-            "Object" => return Err(failure("FailedGetObjectMetric", "unable to get metric: no custom metrics API (custom.metrics.k8s.io) is served".into())),
-            "External" => return Err(failure("FailedGetExternalMetric", "unable to get external metric: no external metrics API (external.metrics.k8s.io) is served".into())),
-            other => return Err(failure("InvalidMetricSourceType", format!("unknown metric source type {other:?}"))),
+            "Pods" | "Object" | "External" => {
+                return Err(self.custom_or_external(ns, spec).await);
+            }
+            other => {
+                return Err(failure(
+                    "InvalidMetricSourceType",
+                    format!("unknown metric source type {other:?}"),
+                ));
+            }
         };
         let reason = if container.is_some() {
             "FailedGetContainerResourceMetric"
@@ -1199,6 +1221,37 @@ impl Controller {
         })
     }
 
+    /// A Pods, Object or External metric: the custom metrics client's discovery of
+    /// `custom.metrics.k8s.io` and the external metrics client's request, both made against the
+    /// apiserver, fail (Lotse serves neither API).
+    async fn custom_or_external(&self, ns: &str, spec: &MetricSpec) -> MetricFailure {
+        let custom_api = match self.client.list_api_groups().await {
+            Ok(g) if g.groups.iter().any(|g| g.name == "custom.metrics.k8s.io") => {
+                "the server could not find the requested resource".to_string()
+            }
+            Ok(_) => "no custom metrics API (custom.metrics.k8s.io) registered".to_string(),
+            Err(e) => format!("unable to fetch API groups: {}", api_message(&e)),
+        };
+        let mut external_api = String::new();
+        if let Some(e) = &spec.external {
+            let name = &e.metric.name;
+            let path = format!("/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{name}");
+            external_api = match http::Request::get(path).body(Vec::new()) {
+                Ok(req) => match self.client.request_text(req).await {
+                    Err(kube::Error::Api(s)) if s.code == 404 => format!(
+                        "the server could not find the requested resource (get {name}.external.metrics.k8s.io)"
+                    ),
+                    Err(e) => api_message(&e),
+                    Ok(_) => {
+                        "no external metrics API (external.metrics.k8s.io) is supported".to_string()
+                    }
+                },
+                Err(e) => e.to_string(),
+            };
+        }
+        unserved_metric_failure(ns, spec, &custom_api, &external_api)
+    }
+
     /// The selected pods and their usage from `metrics.k8s.io` (the metrics client's
     /// `GetResourceMetric`).
     async fn pods_and_metrics(
@@ -1248,26 +1301,140 @@ fn failure(reason: &'static str, error: String) -> MetricFailure {
     MetricFailure { reason, error }
 }
 
-/// The first failed metric's name for `computeReplicasForMetric`'s wrapping.
-fn spec_name(specs: &[MetricSpec], _first: &Option<MetricFailure>) -> Option<(String, String)> {
-    specs.iter().find_map(|s| match s.type_.as_str() {
-        "Resource" => s
-            .resource
-            .as_ref()
-            .map(|r| ("resource".to_string(), r.name.clone())),
-        "ContainerResource" => s
-            .container_resource
-            .as_ref()
-            .map(|r| ("container resource".to_string(), r.name.clone())),
-        _ => None,
-    })
+/// A metric's error as `computeReplicasForMetric` wraps it.
+fn wrap_error(spec: &MetricSpec, error: &str) -> String {
+    match spec.type_.as_str() {
+        "Resource" => match &spec.resource {
+            Some(r) => format!("failed to get {} resource metric value: {error}", r.name),
+            None => error.to_string(),
+        },
+        "ContainerResource" => match &spec.container_resource {
+            Some(r) => format!(
+                "failed to get {} container resource metric value: {error}",
+                r.name
+            ),
+            None => error.to_string(),
+        },
+        "Pods" => format!("failed to get pods metric value: {error}"),
+        "Object" => format!("failed to get object metric value: {error}"),
+        "External" => {
+            let name = spec
+                .external
+                .as_ref()
+                .map(|e| e.metric.name.as_str())
+                .unwrap_or_default();
+            format!(
+                "failed to get {name} external metric value: failed to get {name} external metric: {error}"
+            )
+        }
+        _ => error.to_string(),
+    }
 }
 
-/// `failed to get <name> <kind> metric value: <error>` as `computeReplicasForMetric` wraps it.
-fn wrapped(name: Option<(String, String)>, error: &str) -> String {
-    match name {
-        Some((kind, n)) => format!("failed to get {n} {kind} metric value: {error}"),
-        None => error.to_string(),
+/// Go's `%+v` of a `*metav1.LabelSelector` (its generated `String()`), `nil` when absent.
+fn go_label_selector(
+    sel: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+) -> String {
+    let Some(sel) = sel else {
+        return "nil".to_string();
+    };
+    let labels: String = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}: {v},"))
+        .collect();
+    let exprs: String = sel
+        .match_expressions
+        .iter()
+        .flatten()
+        .map(|e| {
+            let values: String = e.values.iter().flatten().map(|v| format!("{v},")).collect();
+            format!(
+                "LabelSelectorRequirement{{Key:{},Operator:{},Values:[]string{{{values}}},}},",
+                e.key, e.operator
+            )
+        })
+        .collect();
+    format!(
+        "&LabelSelector{{MatchLabels:map[string]string{{{labels}}},MatchExpressions:[]LabelSelectorRequirement{{{exprs}}},}}"
+    )
+}
+
+/// The error of a Pods, Object or External metric: no custom or external metrics API is served
+/// (Lotse serves none and does not proxy aggregated APIs), worded as Kubernetes' replica
+/// calculator and metrics clients word it. `custom_api` is the custom metrics client's
+/// discovery error; `external_api` the external metrics API's answer to the metric's request.
+fn unserved_metric_failure(
+    ns: &str,
+    spec: &MetricSpec,
+    custom_api: &str,
+    external_api: &str,
+) -> MetricFailure {
+    match spec.type_.as_str() {
+        "Pods" => {
+            let name = spec
+                .pods
+                .as_ref()
+                .map(|p| p.metric.name.as_str())
+                .unwrap_or_default();
+            failure(
+                "FailedGetPodsMetric",
+                format!(
+                    "unable to get metric {name}: unable to fetch metrics from custom metrics API: {custom_api}"
+                ),
+            )
+        }
+        "Object" => {
+            let Some(o) = &spec.object else {
+                return failure(
+                    "FailedGetObjectMetric",
+                    "invalid object metric source".into(),
+                );
+            };
+            let t = &o.target;
+            if !(t.type_ == "Value" && t.value.is_some()
+                || t.type_ == "AverageValue" && t.average_value.is_some())
+            {
+                return failure(
+                    "FailedGetObjectMetric",
+                    "invalid object metric source: neither a value target nor an average value target was set".into(),
+                );
+            }
+            // `GetObjectMetricReplicas`' format string puts the object after the metric name.
+            failure(
+                "FailedGetObjectMetric",
+                format!(
+                    "unable to get metric {}: {} on {ns} {}/unable to fetch metrics from custom metrics API: {custom_api}",
+                    o.metric.name, o.described_object.kind, o.described_object.name
+                ),
+            )
+        }
+        _ => {
+            let Some(e) = &spec.external else {
+                return failure(
+                    "FailedGetExternalMetric",
+                    "invalid external metric source".into(),
+                );
+            };
+            let t = &e.target;
+            if !(t.type_ == "Value" && t.value.is_some()
+                || t.type_ == "AverageValue" && t.average_value.is_some())
+            {
+                return failure(
+                    "FailedGetExternalMetric",
+                    "invalid external metric source: neither a value target nor an average value target was set".into(),
+                );
+            }
+            failure(
+                "FailedGetExternalMetric",
+                format!(
+                    "unable to get external metric {ns}/{}/{}: unable to fetch metrics from external metrics API: {external_api}",
+                    e.metric.name,
+                    go_label_selector(e.metric.selector.as_ref())
+                ),
+            )
+        }
     }
 }
 
@@ -1724,5 +1891,71 @@ mod tests {
         assert_eq!(m["p"].window, 15);
         let m = pod_metrics(std::slice::from_ref(&item), "cpu", Some("b"));
         assert_eq!(m["p"].value, 50);
+    }
+
+    fn spec(v: Value) -> MetricSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn pods_object_and_external_metrics_fail_as_without_their_apis() {
+        let custom = "no custom metrics API (custom.metrics.k8s.io) registered";
+        let external =
+            "the server could not find the requested resource (get queue.external.metrics.k8s.io)";
+        let pods = spec(json!({"type": "Pods", "pods": {"metric": {"name": "rps"},
+            "target": {"type": "AverageValue", "averageValue": "10"}}}));
+        let f = unserved_metric_failure("default", &pods, custom, external);
+        assert_eq!(f.reason, "FailedGetPodsMetric");
+        assert_eq!(
+            f.error,
+            "unable to get metric rps: unable to fetch metrics from custom metrics API: no custom metrics API (custom.metrics.k8s.io) registered"
+        );
+        assert_eq!(
+            wrap_error(&pods, &f.error),
+            format!("failed to get pods metric value: {}", f.error)
+        );
+        let object = spec(
+            json!({"type": "Object", "object": {"metric": {"name": "hits"},
+            "describedObject": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "name": "main"},
+            "target": {"type": "Value", "value": "2k"}}}),
+        );
+        let f = unserved_metric_failure("default", &object, custom, external);
+        assert_eq!(f.reason, "FailedGetObjectMetric");
+        assert_eq!(
+            f.error,
+            "unable to get metric hits: Ingress on default main/unable to fetch metrics from custom metrics API: no custom metrics API (custom.metrics.k8s.io) registered"
+        );
+        let ext = spec(
+            json!({"type": "External", "external": {"metric": {"name": "queue",
+            "selector": {"matchLabels": {"type": "prometheus"}}},
+            "target": {"type": "AverageValue", "averageValue": "30"}}}),
+        );
+        let f = unserved_metric_failure("default", &ext, custom, external);
+        assert_eq!(f.reason, "FailedGetExternalMetric");
+        assert_eq!(
+            f.error,
+            "unable to get external metric default/queue/&LabelSelector{MatchLabels:map[string]string{type: prometheus,},MatchExpressions:[]LabelSelectorRequirement{},}: unable to fetch metrics from external metrics API: the server could not find the requested resource (get queue.external.metrics.k8s.io)"
+        );
+        assert!(
+            wrap_error(&ext, &f.error)
+                .starts_with("failed to get queue external metric value: failed to get queue external metric: unable to get external metric default/queue/&LabelSelector")
+        );
+        let no_sel = spec(
+            json!({"type": "External", "external": {"metric": {"name": "queue"},
+            "target": {"type": "Value", "value": "1"}}}),
+        );
+        assert!(
+            unserved_metric_failure("ns", &no_sel, custom, external)
+                .error
+                .starts_with("unable to get external metric ns/queue/nil: ")
+        );
+        let bad = spec(
+            json!({"type": "External", "external": {"metric": {"name": "queue"},
+            "target": {"type": "Utilization", "averageUtilization": 5}}}),
+        );
+        assert_eq!(
+            unserved_metric_failure("ns", &bad, custom, external).error,
+            "invalid external metric source: neither a value target nor an average value target was set"
+        );
     }
 }
