@@ -671,6 +671,24 @@ fn everyday_api(k: &Kubectl) {
         "{table}"
     );
 
+    // Neither a custom nor an external metrics API is served (the HPA controller reports it).
+    let err = k
+        .fails(&[
+            "get",
+            "--raw",
+            "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/queue",
+        ])
+        .expect("no external metrics API");
+    assert_has(
+        &err,
+        "Error from server (NotFound): the server could not find the requested resource",
+    );
+    assert!(
+        !k.ok(&["api-versions"])
+            .expect("api-versions")
+            .contains("custom.metrics.k8s.io")
+    );
+
     // RuntimeClass: discovery, explain, table, validation.
     let resources = k.ok(&["api-resources"]).expect("api-resources");
     let rc_row = row(&resources, "runtimeclasses");
