@@ -494,7 +494,9 @@ pub fn pod_dns_config(pod: &Pod, node: NodeDns<'_>) -> cri::DnsConfig {
     };
     let kind = match kind {
         Kind::Cluster if node.cluster_dns.is_empty() => {
-            tracing::warn!(
+            // Every sync builds the sandbox config: at debug level, or a node without cluster
+            // DNS logs this for every pod every second.
+            tracing::debug!(
                 pod = ?pod.metadata.name,
                 "kubelet does not have ClusterDNS IP configured and cannot create Pod using \"ClusterFirst\" policy. Falling back to \"Default\" policy."
             );
