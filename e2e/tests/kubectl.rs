@@ -543,8 +543,8 @@ fn csr_json(name: &str) -> String {
 /// apiservices`: SERVICE Local, AVAILABLE True) and an aggregated one reported unavailable;
 /// RuntimeClass (api-resources, explain, NAME/HANDLER/AGE, immutable handler) and its admission
 /// (overhead and scheduling set on the pod, a missing class or another overhead refused with
-/// Kubernetes' messages); PATCH (merge and JSON) on `certificatesigningrequests/<name>/approval`.
-/// About 10 s.
+/// Kubernetes' messages); PATCH (merge and JSON) on `certificatesigningrequests/<name>/approval`;
+/// a CRD's group versions registered and unregistered. About 20 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs built apiserver binary; run via .ci/test"]
 async fn apiservices_runtimeclasses_and_csr_approval_patch() {
@@ -670,6 +670,37 @@ fn everyday_api(k: &Kubectl) {
         "(AggregationNotSupported)",
         "{table}"
     );
+
+    // A CRD's group versions get APIServices while it exists (the crdRegistrationController).
+    let crd = testdata("crd/crontab-crd.yaml");
+    let crd = crd.to_str().unwrap_or_default();
+    k.ok(&["apply", "-f", crd]).expect("apply crd");
+    for v in ["v1", "v1beta1"] {
+        let name = format!("{v}.stable.example.com");
+        let got = e2e::eventually("CRD APIService", Duration::from_secs(30), || {
+            let out = k.ok(&[
+                "get",
+                "apiservice",
+                &name,
+                "-o",
+                "jsonpath={.spec.groupPriorityMinimum} {.spec.versionPriority} {.metadata.labels}",
+            ])?;
+            anyhow::ensure!(!out.is_empty());
+            Ok(out)
+        })
+        .expect("CRD APIService");
+        assert_eq!(
+            got,
+            r#"1000 100 {"kube-aggregator.kubernetes.io/automanaged":"true"}"#
+        );
+    }
+    k.ok(&["delete", "-f", crd]).expect("delete crd");
+    e2e::eventually("CRD APIService gone", Duration::from_secs(30), || {
+        let out = k.run(&["get", "apiservice", "v1.stable.example.com"])?;
+        anyhow::ensure!(out.code != 0, "still there");
+        Ok(())
+    })
+    .expect("CRD APIService removed");
 
     // Neither a custom nor an external metrics API is served (the HPA controller reports it).
     let err = k
