@@ -121,6 +121,11 @@ pub fn ensure_netns(u: &Underlay, k: u32) -> anyhow::Result<String> {
         ip(&["netns", "add", &ns])?;
     }
     let host_end = format!("lotse-ul{k}");
+    // A host end whose peer is gone (its network namespace was deleted and made anew) leads
+    // nowhere: made again with the namespace's end.
+    if link_exists(&host_end, None) && !link_exists("eth0", Some(&ns)) {
+        ip(&["link", "del", &host_end])?;
+    }
     if !link_exists(&host_end, None) {
         ip(&[
             "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns,

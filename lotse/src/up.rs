@@ -393,7 +393,14 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         // The host's Node first: it brings its own podCIDR, which IPAM must not hand to a
         // joined node that registers before it (its kubelet imports the images first).
         wait_for_node(&admin, &kcfg_name, Duration::from_secs(60)).await;
-        extra_nodes = join.start(&admin, &underlay, a.nodes).await?;
+        extra_nodes = match join.start(&admin, &underlay, a.nodes).await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                // The components' runtime cannot be dropped inside this one.
+                components.shutdown_background();
+                return Err(e.context("starting the other nodes"));
+            }
+        };
     }
     println!("export KUBECONFIG={}", running.admin_kubeconfig.display());
 
