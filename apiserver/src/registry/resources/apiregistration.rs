@@ -251,4 +251,41 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn stored_in_go_field_order() {
+        let mut o = json!({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+            "metadata": {"name": "v1.x.io"},
+            "spec": {"caBundle": "AAAA", "group": "x.io", "groupPriorityMinimum": 100,
+                "service": {"port": 443, "name": "a", "namespace": "b"}, "version": "v1",
+                "versionPriority": 10},
+            "status": {"conditions": [{"message": "m", "reason": "r", "status": "False",
+                "type": "Available"}]}});
+        crate::protobuf::go_field_order(&mut o);
+        let keys = |v: &Value| -> Vec<String> {
+            v.as_object()
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            keys(&o),
+            ["kind", "apiVersion", "metadata", "spec", "status"]
+        );
+        assert_eq!(
+            keys(&o["spec"]),
+            [
+                "service",
+                "group",
+                "version",
+                "caBundle",
+                "groupPriorityMinimum",
+                "versionPriority"
+            ]
+        );
+        assert_eq!(keys(&o["spec"]["service"]), ["namespace", "name", "port"]);
+        assert_eq!(
+            keys(&o["status"]["conditions"][0]),
+            ["type", "status", "reason", "message"]
+        );
+    }
 }
