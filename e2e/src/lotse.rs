@@ -216,6 +216,27 @@ impl Node {
     /// `pod_cidr` on free ports (without cluster DNS), and waits up to 90 s for the Node to be Ready (the error
     /// carries the log).
     pub fn start(tmp: &Path, name: &str, pod_cidr: &str, images: &[&str]) -> anyhow::Result<Node> {
+        Node::start_opts(tmp, name, pod_cidr, images, false)
+    }
+
+    /// [`Node::start`] with the cluster DNS (the `coredns` Deployment of `lotse-dns` pods behind
+    /// the `kube-dns` Service), for tests whose pods reach Services by name.
+    pub fn start_with_dns(
+        tmp: &Path,
+        name: &str,
+        pod_cidr: &str,
+        images: &[&str],
+    ) -> anyhow::Result<Node> {
+        Node::start_opts(tmp, name, pod_cidr, images, true)
+    }
+
+    fn start_opts(
+        tmp: &Path,
+        name: &str,
+        pod_cidr: &str,
+        images: &[&str],
+        cluster_dns: bool,
+    ) -> anyhow::Result<Node> {
         let dir = require_images(images)?;
         let data = tmp.join("data");
         std::fs::create_dir_all(data.join("kubelet/images"))?;
@@ -227,7 +248,7 @@ impl Node {
             }
         }
         let kubelet_port = crate::free_port()?;
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "--data-dir",
             &data.to_string_lossy(),
             "--secure-port",
@@ -240,12 +261,14 @@ impl Node {
             pod_cidr,
             "--images=",
             "--no-install",
-            // No test of this harness resolves names; the DNS pod would only cost CPU.
-            "--disable-cluster-dns",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if !cluster_dns {
+            // Tests that never resolve names: the DNS pod would only cost CPU.
+            args.push("--disable-cluster-dns".into());
+        }
         let started = Instant::now();
         let lotse = Lotse::start(&data, &args)?;
         let kubectl = Kubectl::new(33, data.join("admin.kubeconfig"), tmp.join("kubectl-cache"));
