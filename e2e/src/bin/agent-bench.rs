@@ -191,27 +191,42 @@ async fn list_bytes(api: &ApiServer, path: &str) -> anyhow::Result<usize> {
     Ok(body.len())
 }
 
+fn report(what: &str, r: &Run) {
+    println!(
+        "agent, {what}: programmed {:.2?} after its start ({} Service ports, {} service chains in nftables; its sync {}), VmRSS {} (VmHWM {})",
+        r.programmed,
+        r.service_ports,
+        r.service_chains,
+        r.sync,
+        mib(r.rss_kib),
+        mib(r.hwm_kib)
+    );
+}
+
 async fn inside(args: Args) -> anyhow::Result<()> {
     sh("ip", &["link", "set", "lo", "up"])?;
     let api = ApiServer::start_with(bin_dir().join("apiserver"), Backend::Sqlite, &[]).await?;
     let settle = Duration::from_secs(args.settle);
-
-    let idle = run_agent(&api, settle, 0)?;
-    println!(
-        "agent against an empty cluster: programmed {:.0?} after its start ({} Service ports; sync {}), VmRSS {}, VmHWM {}",
-        idle.programmed,
-        idle.service_ports,
-        idle.sync,
-        mib(idle.rss_kib),
-        mib(idle.hwm_kib)
-    );
-
     let client = api.client().await?;
     let namespaces = args.pods.div_ceil(100).max(1);
+
+    let idle = run_agent(&api, settle, 0)?;
+    report("empty cluster", &idle);
+
     let t0 = Instant::now();
     sim::create_namespaces(&client, namespaces).await?;
     let services = sim::services(args.services, namespaces, args.endpoints_per_service, 0);
     sim::create_services(&client, &services).await?;
+    println!(
+        "created {} Services with {} endpoints each in {namespaces} namespaces: {:.1?}",
+        args.services,
+        args.endpoints_per_service,
+        t0.elapsed()
+    );
+    let with_services = run_agent(&api, settle, 1)?;
+    report(&format!("{} Services", args.services), &with_services);
+
+    let t0 = Instant::now();
     let nodes: Vec<String> = (0..NODES)
         .map(|i| {
             if i == 0 {
@@ -223,48 +238,36 @@ async fn inside(args: Args) -> anyhow::Result<()> {
         .collect();
     sim::create_pods(&client, args.pods, namespaces, &nodes).await?;
     println!(
-        "created {} Pods over {NODES} nodes, {} Services with {} endpoints each, in {namespaces} namespaces: {:.1?}",
+        "created {} Pods over {NODES} nodes ({} on this one): {:.1?}",
         args.pods,
-        args.services,
-        args.endpoints_per_service,
+        args.pods.div_ceil(NODES),
         t0.elapsed()
     );
-    let mut sizes = Vec::new();
-    for (what, path) in [
-        ("Pods", "/api/v1/pods"),
-        ("Services", "/api/v1/services"),
-        ("EndpointSlices", "/apis/discovery.k8s.io/v1/endpointslices"),
-    ] {
-        sizes.push((what, list_bytes(&api, path).await?));
-    }
-    let total: usize = sizes.iter().map(|(_, b)| b).sum();
+    let full = run_agent(&api, settle, 2)?;
+    report(
+        &format!("{} Services and {} Pods", args.services, args.pods),
+        &full,
+    );
 
-    let full = run_agent(&api, settle, 1)?;
+    let pods_json = list_bytes(&api, "/api/v1/pods").await? as u64;
+    let services_json = list_bytes(&api, "/api/v1/services").await? as u64
+        + list_bytes(&api, "/apis/discovery.k8s.io/v1/endpointslices").await? as u64;
+    let growth = |from: &Run, to: &Run| to.rss_kib.saturating_sub(from.rss_kib);
+    let pods_kib = growth(&with_services, &full);
+    let services_kib = growth(&idle, &with_services);
     println!(
-        "agent with {} Pods and {} Services: programmed {:.0?} after its start ({} Service ports, {} service chains in nftables; sync {})",
+        "VmRSS with {} Pods and {} Services: {} vs {} idle (empty cluster); the Pods add {} ({:.1} KiB each, {:.1}x their JSON list of {}), the Services and EndpointSlices {} ({:.1}x their JSON lists of {}); no goal in the issue (nodes-bench's for 1 000 Services without Pods: <= 30 MiB)",
         args.pods,
         args.services,
-        full.programmed,
-        full.service_ports,
-        full.service_chains,
-        full.sync
-    );
-    println!(
-        "  VmRSS {} (VmHWM {}) vs {} idle against an empty cluster: +{}; the objects as JSON lists: {} ({})",
         mib(full.rss_kib),
-        mib(full.hwm_kib),
         mib(idle.rss_kib),
-        mib(full.rss_kib.saturating_sub(idle.rss_kib)),
-        mib(total as u64 / 1024),
-        sizes
-            .iter()
-            .map(|(w, b)| format!("{w} {}", mib(*b as u64 / 1024)))
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
-    println!(
-        "  growth / JSON size: {:.2}x (no goal in the issue; nodes-bench's goal for the agent with 1 000 Services and no Pods: ≤ 30 MiB)",
-        full.rss_kib.saturating_sub(idle.rss_kib) as f64 / (total as f64 / 1024.0)
+        mib(pods_kib),
+        pods_kib as f64 / f64::from(args.pods.max(1)),
+        pods_kib as f64 * 1024.0 / pods_json.max(1) as f64,
+        mib(pods_json / 1024),
+        mib(services_kib),
+        services_kib as f64 * 1024.0 / services_json.max(1) as f64,
+        mib(services_json / 1024),
     );
     Ok(())
 }

@@ -10,7 +10,9 @@
 //! format, pinned to the same core. Each figure is printed beside that responder's, measured in
 //! the same run with the same client: the ceiling of dnsperf + kernel + DNS parsing on this
 //! machine. Two runs per target and kind of name: throughput (`--outstanding` queries in
-//! flight) and latency at a steady `--rate` (p50/p99 from dnsperf's per-query report).
+//! flight) and latency at a steady `--rate` (p50/p99 from dnsperf's per-query report), each
+//! `--rounds` times alternating between the targets; the medians are printed, with each round's
+//! figure (on a shared VM the tail varies from run to run, for the responder as much).
 //!
 //! Figures are printed, never asserted. Root is needed for port 53 of the upstream.
 //!
@@ -44,6 +46,9 @@ struct Args {
     /// Steady rate of the latency runs, queries/s.
     #[arg(long, default_value_t = 20_000)]
     rate: u32,
+    /// Rounds of each run (the median is printed).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
     /// Queries in flight in the throughput runs (dnsperf -q).
     #[arg(long, default_value_t = 100)]
     outstanding: u32,
@@ -228,6 +233,46 @@ impl Perf {
             return Duration::ZERO;
         }
         v[(((v.len() - 1) as f64) * p).round() as usize]
+    }
+}
+
+/// The rounds of one target and load: medians, each round's figure, losses in all.
+struct Summary {
+    qps: f64,
+    qps_rounds: String,
+    p50: Duration,
+    p99: Duration,
+    p99_rounds: String,
+    lost: u64,
+    sent: u64,
+}
+
+fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> Option<T> {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.get(v.len() / 2).copied()
+}
+
+impl Summary {
+    fn of(runs: &[Perf]) -> Summary {
+        let qps: Vec<f64> = runs.iter().map(|r| r.qps).collect();
+        let p99: Vec<Duration> = runs.iter().map(|r| r.percentile(0.99)).collect();
+        Summary {
+            qps: median(qps.clone()).unwrap_or_default(),
+            qps_rounds: qps
+                .iter()
+                .map(|q| grouped(*q))
+                .collect::<Vec<_>>()
+                .join(" / "),
+            p50: median(runs.iter().map(|r| r.percentile(0.5)).collect()).unwrap_or_default(),
+            p99: median(p99.clone()).unwrap_or_default(),
+            p99_rounds: p99
+                .iter()
+                .map(|d| format!("{:.2}", d.as_secs_f64() * 1000.0))
+                .collect::<Vec<_>>()
+                .join(" / "),
+            lost: runs.iter().map(|r| r.lost).sum(),
+            sent: runs.iter().map(|r| r.sent).sum(),
+        }
     }
 }
 
@@ -452,18 +497,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
             false,
         ),
     ] {
-        let dns_max = bench.dnsperf(server, queries, Load::Max(args.outstanding))?;
-        let ref_max = bench.dnsperf(upstream, queries, Load::Max(args.outstanding))?;
-        let dns_rate = bench.dnsperf(server, queries, Load::Rate(args.rate))?;
-        let ref_rate = bench.dnsperf(upstream, queries, Load::Rate(args.rate))?;
-        println!("{kind}:");
+        // Rounds alternate between the targets, so both see the same moments of the machine.
+        let mut runs: [Vec<Perf>; 4] = Default::default();
+        for _ in 0..args.rounds {
+            runs[0].push(bench.dnsperf(server, queries, Load::Max(args.outstanding))?);
+            runs[1].push(bench.dnsperf(upstream, queries, Load::Max(args.outstanding))?);
+            runs[2].push(bench.dnsperf(server, queries, Load::Rate(args.rate))?);
+            runs[3].push(bench.dnsperf(upstream, queries, Load::Rate(args.rate))?);
+        }
+        let [dns_max, ref_max, dns_rate, ref_rate] = runs.map(|r| Summary::of(&r));
+        println!("{kind}, median of {} rounds:", args.rounds);
         println!(
-            "  throughput ({} in flight): lotse-dns {} queries/s (lost {} of {}) vs {} queries/s for the fixed-table responder on the same core: {:.2}x{}",
+            "  throughput ({} in flight): lotse-dns {} queries/s (rounds {}; lost {} of {}) vs {} queries/s for the fixed-table responder on the same core (rounds {}): {:.2}x{}",
             args.outstanding,
             grouped(dns_max.qps),
+            dns_max.qps_rounds,
             dns_max.lost,
             dns_max.sent,
             grouped(ref_max.qps),
+            ref_max.qps_rounds,
             dns_max.qps / ref_max.qps.max(1.0),
             if goal {
                 " (goal >= 20 000 queries/s)"
@@ -472,15 +524,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             },
         );
         println!(
-            "  latency at {} queries/s: lotse-dns p50 {}, p99 {} ({} answered, {} lost) vs responder p50 {}, p99 {} ({} lost){}",
+            "  latency at {} queries/s: lotse-dns p50 {}, p99 {} (rounds {}; lost {} of {}) vs responder p50 {}, p99 {} (rounds {}; lost {}): p99 {:.2}x{}",
             grouped(f64::from(args.rate)),
-            ms(dns_rate.percentile(0.5)),
-            ms(dns_rate.percentile(0.99)),
-            dns_rate.latencies.len(),
+            ms(dns_rate.p50),
+            ms(dns_rate.p99),
+            dns_rate.p99_rounds,
             dns_rate.lost,
-            ms(ref_rate.percentile(0.5)),
-            ms(ref_rate.percentile(0.99)),
+            dns_rate.sent,
+            ms(ref_rate.p50),
+            ms(ref_rate.p99),
+            ref_rate.p99_rounds,
             ref_rate.lost,
+            dns_rate.p99.as_secs_f64() / ref_rate.p99.as_secs_f64().max(1e-9),
             if goal { " (goal p99 <= 1 ms)" } else { "" },
         );
     }
@@ -508,6 +563,21 @@ mod tests {
             [Duration::from_micros(120), Duration::from_micros(300)]
         );
         assert_eq!(p.percentile(0.99), Duration::from_micros(300));
+    }
+
+    #[test]
+    fn rounds_are_summarized_by_their_medians() {
+        let run = |qps: f64, ms: &[u64]| Perf {
+            qps,
+            sent: 10,
+            lost: 1,
+            latencies: ms.iter().map(|m| Duration::from_millis(*m)).collect(),
+        };
+        let s = Summary::of(&[run(3.0, &[1, 9]), run(1.0, &[2, 3]), run(2.0, &[1, 1])]);
+        assert_eq!(s.qps, 2.0);
+        assert_eq!(s.p99, Duration::from_millis(3));
+        assert_eq!(s.p99_rounds, "9.00 / 3.00 / 1.00");
+        assert_eq!((s.lost, s.sent), (3, 30));
     }
 
     #[test]
