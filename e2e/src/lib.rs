@@ -39,6 +39,19 @@ pub fn bin_dir() -> PathBuf {
     }
 }
 
+/// Runs `cmd args` (e.g. `ip`, `nft` in a bench's setup) and fails with its stderr unless it
+/// exits 0.
+pub fn sh(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(cmd).args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// A loopback TCP port that was free a moment ago.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

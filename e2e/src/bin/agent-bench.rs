@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use e2e::{ApiServer, Backend, bin_dir, sim};
+use e2e::{ApiServer, Backend, bin_dir, sh, sim};
 
 /// lotse-agent RSS and programming time with many Pods and Services, beside an empty cluster.
 #[derive(Parser)]
@@ -43,17 +43,6 @@ struct Args {
 const NODE: &str = "bench";
 const TABLE: &str = "lotse-agent-bench";
 const NODES: u32 = 100;
-
-fn sh(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(cmd).args(args).output()?;
-    if !out.status.success() {
-        bail!(
-            "{cmd} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();

@@ -28,6 +28,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use cni_plugin::agent::policy::Objects;
 use cni_plugin::agent::{AgentConfig, Syncer};
+use e2e::sh;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::json;
@@ -63,17 +64,6 @@ const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
 const PORT: u16 = 8080;
 const TABLE: &str = "lotse-npbench";
-
-fn sh(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(cmd).args(args).output()?;
-    if !out.status.success() {
-        bail!(
-            "{cmd} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use cni_plugin::agent::{AgentConfig, Syncer};
+use e2e::sh;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
@@ -57,17 +58,6 @@ const PROBE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 255, 1);
 const NODE_IP: &str = "192.0.2.10";
 /// The clients' source address (in the cluster CIDR).
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 254, 1);
-
-fn sh(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(cmd).args(args).output()?;
-    if !out.status.success() {
-        bail!(
-            "{cmd} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
