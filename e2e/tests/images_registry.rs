@@ -388,6 +388,20 @@ fn registry_pulls_policies_secrets_mirror_timeout_and_offline_fallback() -> anyh
     .success()?;
 
     let t0 = Instant::now();
+    // `by-tag` (IfNotPresent) goes first and alone: with parallel pulls, a pod of the same image
+    // created beside it (via-sa, Always) may finish its pull first, and by-tag would then rightly
+    // find the image present instead of pulling it.
+    k.run_stdin(
+        &["apply", "-f", "-"],
+        &pod(
+            "by-tag",
+            &format!("{a}/lotse/busybox:1.0"),
+            None,
+            Some("regcred"),
+        ),
+    )?
+    .success()?;
+    running(k, "by-tag", &node.lotse)?;
     let mut manifest = pod(
         "via-sa",
         &format!("{a}/lotse/busybox:1.0"),
@@ -396,12 +410,6 @@ fn registry_pulls_policies_secrets_mirror_timeout_and_offline_fallback() -> anyh
     )
     .replace("spec:\n", "spec:\n  serviceAccountName: puller\n");
     for (name, image, policy, secret) in [
-        (
-            "by-tag",
-            format!("{a}/lotse/busybox:1.0"),
-            None,
-            Some("regcred"),
-        ),
         (
             "by-digest",
             format!("{a}/lotse/busybox@{digest}"),
@@ -454,7 +462,6 @@ fn registry_pulls_policies_secrets_mirror_timeout_and_offline_fallback() -> anyh
     k.run_stdin(&["apply", "-f", "-"], &manifest)?.success()?;
 
     // Pull by tag and by digest, with a dockerconfigjson and a dockercfg secret.
-    running(k, "by-tag", &node.lotse)?;
     running(k, "by-digest", &node.lotse)?;
     running(k, "via-sa", &node.lotse)?;
     let secrets = k
