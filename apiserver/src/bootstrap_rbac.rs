@@ -16,8 +16,6 @@ use crate::server::AppState;
 
 /// The user the node network agent (kube-proxy's counterpart) authenticates as.
 pub const KUBE_PROXY_USER: &str = "system:kube-proxy";
-/// The built-in ingress controller's user (`lotse up` runs it with this identity).
-pub const INGRESS_USER: &str = "system:lotse:ingress";
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
@@ -510,12 +508,15 @@ pub fn cluster_roles() -> Vec<Value> {
             None,
         ),
         // The built-in ingress controller reads its routes and certificates and publishes
-        // the addresses it serves on (as k3s's Traefik's ClusterRole).
+        // the addresses it serves on, the nodes' (as k3s's Traefik's ClusterRole). `lotse up`
+        // binds it to the ServiceAccount `kube-system/lotse-ingress` of the controller's pods
+        // (manifests/system/ingress.yaml).
         cluster_role(
             "system:lotse:ingress",
             none.clone(),
             vec![
                 rule(READ, &[""], &["services", "secrets"]),
+                rule(&["list", "watch"], &[""], &["nodes"]),
                 rule(READ, &["discovery.k8s.io"], &["endpointslices"]),
                 rule(
                     READ,
@@ -773,11 +774,6 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             "system:lotse:service-lb",
             "system:lotse:service-lb",
             vec![user(KUBE_PROXY_USER)],
-        ),
-        binding(
-            "system:lotse:ingress",
-            "system:lotse:ingress",
-            vec![user(INGRESS_USER)],
         ),
         // A node that joined (`lotse join`) runs its network agent with the node's own
         // credentials, as k3s's agent runs kube-proxy beside the kubelet.

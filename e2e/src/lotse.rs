@@ -57,6 +57,12 @@ impl Lotse {
         if std::env::var_os("LOTSE_IMAGE_GC_HIGH_THRESHOLD").is_none() {
             cmd.env("LOTSE_IMAGE_GC_HIGH_THRESHOLD", "100");
         }
+        // The ingress controller's pods listen on ports 80 and 443 of the node, the host's for
+        // a one-node `lotse up`: two tests running side by side would contend for them, and
+        // only the ingress tests use them (they set LOTSE_DISABLE_INGRESS=false).
+        if std::env::var_os("LOTSE_DISABLE_INGRESS").is_none() {
+            cmd.env("LOTSE_DISABLE_INGRESS", "true");
+        }
         let child = cmd
             .arg("up")
             .args(args)

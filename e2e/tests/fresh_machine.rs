@@ -488,8 +488,10 @@ fn lotse_up_on_a_fresh_debian_machine() -> anyhow::Result<()> {
         format!("10.244.{net}.0/24"),
         "--node-name".into(),
         node.clone(),
-        // The machine gets lotse and lotse-cni only (no lotse-dns for the DNS pods' image).
+        // The machine gets lotse and lotse-cni only (no lotse-dns or lotse-ingress for the DNS
+        // and ingress pods' images).
         "--disable-cluster-dns".into(),
+        "--disable-ingress".into(),
     ];
     let k = Kubectl::new(
         33,

@@ -1,5 +1,6 @@
-//! The built-in ingress controller on a one-node `lotse up` (issue 14, point 4), driven by the
-//! real kubectl and checked with real HTTP and TLS from the test process: two hosts and two
+//! The built-in ingress controller on a one-node `lotse up` (issue 14, point 4), running as the
+//! host-network pod of the `kube-system/lotse-ingress` DaemonSet, driven by the real kubectl
+//! and checked with real HTTP and TLS from the test process: two hosts and two
 //! paths to two Services, Exact before Prefix, a backend without endpoints answering 503, an
 //! unknown host 404 until a default backend is added, TLS by SNI from a `kubernetes.io/tls`
 //! Secret signed by a test CA, the node address in `kubectl get ingress`, and route changes
@@ -231,6 +232,8 @@ fn ingress_routes_by_host_and_path() -> anyhow::Result<()> {
     unsafe {
         std::env::set_var("LOTSE_INGRESS_HTTP_PORT", http_port.to_string());
         std::env::set_var("LOTSE_INGRESS_HTTPS_PORT", https_port.to_string());
+        // The harness disables the ingress controller for the other node tests.
+        std::env::set_var("LOTSE_DISABLE_INGRESS", "false");
     }
     let tmp = tempfile::tempdir()?;
     let node = Node::start(
@@ -291,6 +294,41 @@ fn ingress_routes_by_host_and_path() -> anyhow::Result<()> {
     for col in ["CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"] {
         assert!(table.contains(col), "{table}");
     }
+    // The controller runs as a host-network pod of the lotse-ingress DaemonSet, one per node.
+    wait_for(
+        k,
+        &[
+            "get",
+            "daemonset",
+            "-n",
+            "kube-system",
+            "lotse-ingress",
+            "-o",
+            "jsonpath={.status.numberReady}/{.status.desiredNumberScheduled}",
+        ],
+        "the lotse-ingress DaemonSet's pod ready",
+        Duration::from_secs(60),
+        |out| out.trim() == "1/1",
+    )
+    .with_context(log)?;
+    let pod = k.ok(&[
+        "get",
+        "pod",
+        "-n",
+        "kube-system",
+        "-l",
+        "app.kubernetes.io/name=lotse-ingress",
+        "-o",
+        "jsonpath={.items[0].spec.hostNetwork} {.items[0].status.podIP} {.items[0].spec.containers[0].image}",
+    ])?;
+    assert_eq!(
+        pod.trim(),
+        format!(
+            "true {ip} docker.io/lotse/ingress:{}",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "{pod}"
+    );
     let addr = format!("{ip}:{http_port}");
     // Host and path routing, once the pods are ready.
     until("a.test /", (200, "alpha"), || get(&addr, "a.test", "/")).with_context(log)?;

@@ -4,7 +4,7 @@
 //! every node, pod to pod across nodes (TCP, and UDP with the source address kept) without NAT,
 //! a ClusterIP Service from a pod on each node, a NodePort on every node address (and with
 //! `externalTrafficPolicy: Local` only where an endpoint is, keeping the client's address), cluster DNS
-//! from another node, pod egress to the host and out of the machine (masqueraded by the pod's
+//! from another node, the ingress controller on every node, pod egress to the host and out of the machine (masqueraded by the pod's
 //! node, and by the host on the way out), cordon/drain/uncordon, a restart that resumes the same
 //! nodes, and joins refused for a wrong token or CA hash. Takes about a minute.
 use std::path::Path;
@@ -51,6 +51,32 @@ spec:
   - {name: http, port: 80, targetPort: 8080}
 "#;
 
+/// An Ingress of the default class without host: every request to `web`.
+const INGRESS: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: web}
+spec:
+  rules:
+  - http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}
+"#;
+
+/// `GET /` with a Host header through the ingress controller at `ip:port`.
+fn ingress_get(ip: &str, port: u16) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(
+        &format!("{ip}:{port}").parse()?,
+        Duration::from_secs(3),
+    )?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
 /// `lotse join` from this host (where discovery fails before anything is installed).
 fn join(args: &[&str]) -> anyhow::Result<(bool, String)> {
     let out = std::process::Command::new(e2e::bin_dir().join("lotse"))
@@ -72,6 +98,15 @@ fn join(args: &[&str]) -> anyhow::Result<(bool, String)> {
 fn three_nodes_carry_pod_and_service_traffic() -> anyhow::Result<()> {
     let t0 = Instant::now();
     let tmp = tempfile::tempdir()?;
+    // The ingress controller's pods (the harness disables them for other tests) on a port of
+    // the test's own: the host node shares the host's network namespace with other tests.
+    let ingress_port = e2e::free_port()?;
+    // SAFETY: the only test of this binary; set before any thread reads the environment.
+    unsafe {
+        std::env::set_var("LOTSE_DISABLE_INGRESS", "false");
+        std::env::set_var("LOTSE_INGRESS_HTTP_PORT", ingress_port.to_string());
+        std::env::set_var("LOTSE_INGRESS_HTTPS_PORT", e2e::free_port()?.to_string());
+    }
     let mut c = Cluster::start(tmp.path(), &[])?;
     c.wait_ready(Duration::from_secs(180))?;
     step(t0, "three nodes Ready");
@@ -240,6 +275,38 @@ fn three_nodes_carry_pod_and_service_traffic() -> anyhow::Result<()> {
         );
     }
     step(t0, "hostPort on every node");
+
+    // The ingress controller listens on every node (a host-network DaemonSet pod on each) and
+    // publishes all three node addresses.
+    c.k.ok_stdin(&["apply", "-f", "-"], INGRESS)?;
+    for ip in NODE_IPS {
+        let resp = eventually("ingress", Duration::from_secs(60), || {
+            let resp = ingress_get(ip, ingress_port)?;
+            if !resp.starts_with("HTTP/1.1 200 ") {
+                bail!("{resp}");
+            }
+            Ok(resp)
+        })?;
+        assert!(
+            resp.starts_with("HTTP/1.1 200 OK") && names.contains(&body(&resp).as_str()),
+            "ingress on {ip}:{ingress_port}: {resp}"
+        );
+    }
+    let published = eventually("ingress status", Duration::from_secs(30), || {
+        let out = c.k.ok(&[
+            "get",
+            "ingress",
+            "web",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[*].ip}",
+        ])?;
+        if out.split_whitespace().count() < 3 {
+            bail!("published so far: {out}");
+        }
+        Ok(out)
+    })?;
+    assert_eq!(published.trim(), NODE_IPS.join(" "));
+    step(t0, "ingress on every node");
 
     // externalTrafficPolicy: Local: the NodePort of a node with a local endpoint leads to it
     // and the endpoint sees the client's own address (no SNAT); a node without one does not

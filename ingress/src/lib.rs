@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::Api;
@@ -57,7 +57,9 @@ pub struct Config {
     pub https: SocketAddr,
     /// The IngressClass name served.
     pub class: String,
-    /// Addresses written to `status.loadBalancer.ingress` of served Ingresses.
+    /// Addresses written to `status.loadBalancer.ingress` of served Ingresses; empty: the
+    /// InternalIP of every Node (the controller runs on every node, as k3s's Traefik behind
+    /// ServiceLB, whose load-balancer status lists the nodes' addresses).
     pub addresses: Vec<String>,
 }
 
@@ -203,10 +205,16 @@ async fn watch(cfg: Config, client: kube::Client, table: Arc<ArcSwap<Table>>) {
             tracing::warn!("a reflector stopped before its first list");
         }
     }
+    let published = if cfg.addresses.is_empty() {
+        Published::Nodes(spawn_node_addresses(client.clone(), changed.clone()))
+    } else {
+        Published::Fixed(cfg.addresses.clone())
+    };
     // Parsed certificates by `<namespace>/<name>@<resourceVersion>`, so unchanged Secrets are
     // not parsed again.
     let mut parsed: HashMap<String, Option<Arc<CertifiedKey>>> = HashMap::new();
     loop {
+        let addresses = published.current();
         let cls = classes.state();
         let ings: Vec<Arc<Ingress>> = ingresses
             .state()
@@ -243,8 +251,9 @@ async fn watch(cfg: Config, client: kube::Client, table: Arc<ArcSwap<Table>>) {
             secrets: &certs,
         };
         table.store(Arc::new(snap.build()));
-        for ing in &ings {
-            if let Err(e) = set_status(&client, ing, &cfg.addresses).await {
+        // Before the first list of the Nodes, the served Ingresses' status is left as it is.
+        for ing in ings.iter().filter(|_| !addresses.is_empty()) {
+            if let Err(e) = set_status(&client, ing, &addresses).await {
                 tracing::warn!(ingress = ?ing.metadata.name, error = %e, "updating ingress status");
             }
         }
@@ -252,6 +261,76 @@ async fn watch(cfg: Config, client: kube::Client, table: Arc<ArcSwap<Table>>) {
         // Coalesce bursts (a rollout changes several objects at once).
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Where the addresses of `status.loadBalancer.ingress` come from.
+enum Published {
+    /// `--publish-address`.
+    Fixed(Vec<String>),
+    /// The nodes' InternalIPs, kept current by [`spawn_node_addresses`].
+    Nodes(Arc<ArcSwap<Vec<String>>>),
+}
+
+impl Published {
+    fn current(&self) -> Vec<String> {
+        match self {
+            Published::Fixed(a) => a.clone(),
+            Published::Nodes(a) => a.load().as_ref().clone(),
+        }
+    }
+}
+
+/// The first InternalIP of each Node, sorted and without repeats (the same list on every node,
+/// so the controllers of several nodes never undo each other's status).
+pub fn node_addresses<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Vec<String> {
+    let mut out: Vec<String> = nodes
+        .into_iter()
+        .filter_map(|n| {
+            n.status
+                .as_ref()?
+                .addresses
+                .as_ref()?
+                .iter()
+                .find(|a| a.type_ == "InternalIP")
+                .map(|a| a.address.clone())
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Watches the Nodes and keeps their [`node_addresses`] in the returned cell, notifying
+/// `changed` only when that list changes (not at every node heartbeat).
+fn spawn_node_addresses(client: kube::Client, changed: Arc<Notify>) -> Arc<ArcSwap<Vec<String>>> {
+    let cell = Arc::new(ArcSwap::from_pointee(Vec::new()));
+    let out = cell.clone();
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(Api::<Node>::all(client), watcher::Config::default()),
+    )
+    .default_backoff();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(what = "nodes", error = %e, "watch failed; retrying");
+                    continue;
+                }
+            }
+            let now = node_addresses(reader.state().iter().map(|n| n.as_ref()));
+            if *cell.load().as_ref() != now {
+                tracing::info!(addresses = ?now, "published node addresses");
+                cell.store(Arc::new(now));
+                changed.notify_one();
+            }
+        }
+    });
+    out
 }
 
 /// Sets `status.loadBalancer.ingress` to the node addresses unless it already is.
@@ -302,5 +381,32 @@ pub async fn ensure_class(client: &kube::Client, name: &str) -> Result<(), Error
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(addresses: &[(&str, &str)]) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n"},
+            "status": {"addresses": addresses.iter()
+                .map(|(t, a)| serde_json::json!({"type": t, "address": a}))
+                .collect::<Vec<_>>()},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn node_addresses_are_the_sorted_internal_ips() {
+        let nodes = [
+            node(&[("Hostname", "b"), ("InternalIP", "10.213.0.3")]),
+            node(&[("InternalIP", "10.213.0.2"), ("InternalIP", "10.213.0.9")]),
+            node(&[("Hostname", "c")]),
+            node(&[("InternalIP", "10.213.0.2")]),
+        ];
+        assert_eq!(node_addresses(&nodes), ["10.213.0.2", "10.213.0.3"]);
+        assert!(node_addresses(&[]).is_empty());
     }
 }

@@ -2,7 +2,7 @@
 # Builds Lotse's base images offline as OCI archives (no registry): one archive per image in OUT_DIR,
 # which the kubelet imports into containerd at start (<root-dir>/images/).
 #
-# Usage: build.sh OUT_DIR [--force] [IMAGE...]     IMAGE: busybox pause debian nginx postgres mariadb dns
+# Usage: build.sh OUT_DIR [--force] [IMAGE...]     IMAGE: busybox pause debian nginx postgres mariadb dns ingress
 #                                                  (default: busybox pause debian nginx)
 #   busybox  docker.io/library/busybox:latest, :1.35, :1.35.0 (busybox-static's version)   (~1 s)
 #   pause    registry.k8s.io/pause:3.6   static C pause (gcc), the sandbox image               (~1 s)
@@ -18,6 +18,8 @@
 #            own $LOTSE_DNS_BINARY (lotse-dns) and exactly the shared libraries it needs (ldd), debug info
 #            stripped; rebuilt only when the binary changed (its sha256 is the index annotation
 #            dev.lotse.binary.sha256). `lotse up` and `lotse join` build it on every start.       (~1 s)
+#   ingress  $LOTSE_INGRESS_IMAGE (docker.io/lotse/ingress:<lotse version>): the ingress controller pods'
+#            image from $LOTSE_INGRESS_BINARY (lotse-ingress), built the same way as dns.          (~1 s)
 #   debian, nginx, postgres and mariadb share one debootstrap when built in one run.
 # Every image carries `latest` and its real version, as the Docker Hub images do.
 # Needs: tar, sha256sum, jq, gzip; busybox-static (busybox), gcc + libc6-dev (pause), debootstrap (debian, nginx),
@@ -72,6 +74,38 @@ apt_in() { # ROOTFS PKG...: install Debian packages into a debian rootfs (no ser
 }
 apt_clean() { # ROOTFS
   chroot "$1" apt-get clean; rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/archives/*.deb
+}
+
+# binary_image NAME BINARY REF PROGRAM PORT...: an image of one of Lotse's own programs (the
+# binary as /usr/local/bin/PROGRAM, exactly the shared libraries it needs, debug info stripped),
+# rebuilt only when the binary changed (its sha256 is the index annotation dev.lotse.binary.sha256).
+# Sets BUILT=0 when the archive is current (nothing built), else BUILT=1.
+binary_image() {
+  local name=$1 bin=$2 ref=$3 prog=$4; shift 4
+  need ldd libc-bin
+  local sum; sum=$(sha256sum "$bin" | cut -d' ' -f1)
+  if [ $FORCE = 0 ] && [ -s "$OUT/$name.tar" ] &&
+    [ "$(tar -xOf "$OUT/$name.tar" index.json 2>/dev/null | jq -r '.manifests[0].annotations | "\(.["io.containerd.image.name"]) \(.["dev.lotse.binary.sha256"])"' 2>/dev/null)" = "$ref $sum" ]; then
+    echo "$name: $OUT/$name.tar is current ($ref, $prog sha256 ${sum:0:12})"; BUILT=0; return 0
+  fi
+  local R="$WORK/$name" lib p ports=()
+  rm -rf "$R"; mkdir -p "$R"/{usr/local/bin,etc,tmp,proc,sys,dev}
+  cp "$bin" "$R/usr/local/bin/$prog"
+  # debug info is most of a debug build's size
+  if command -v strip >/dev/null; then strip --strip-debug "$R/usr/local/bin/$prog"; fi
+  for lib in $(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+    mkdir -p "$R$(dirname "$lib")"; cp -L "$lib" "$R$lib"
+  done
+  printf 'root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n' > "$R/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\n' > "$R/etc/group"
+  : > "$R/etc/hosts"; : > "$R/etc/resolv.conf"; : > "$R/etc/hostname"
+  chmod 1777 "$R/tmp"
+  for p in "$@"; do ports+=(--port "$p"); done
+  # written beside and renamed: a kubelet reading the dir never sees half an archive
+  "$HERE/mkimage.sh" "$R" "$ref" "$OUT/.$name.tar.tmp" --annotation "dev.lotse.binary.sha256=$sum" \
+    "${ports[@]}" --entrypoint "/usr/local/bin/$prog" --
+  mv "$OUT/.$name.tar.tmp" "$OUT/$name.tar"
+  BUILT=1
 }
 
 for img in "${IMAGES[@]}"; do
@@ -151,30 +185,14 @@ for img in "${IMAGES[@]}"; do
       "$HERE/mkimage.sh" "$R" "$(tags docker.io/library/mariadb latest "$MV" "${MV%.*}")" "$OUT/mariadb.tar" --gzip --keep-owners \
         --env LANG=C.UTF-8 --env "MARIADB_VERSION=$MV" --entrypoint docker-entrypoint.sh --port 3306/tcp -- mariadbd ;;
     dns)
-      BIN=${LOTSE_DNS_BINARY:?dns: set LOTSE_DNS_BINARY to the lotse-dns binary (lotse images build dns does)}
-      REF=${LOTSE_DNS_IMAGE:?dns: set LOTSE_DNS_IMAGE to the image name, e.g. docker.io/lotse/dns:0.1.0}
-      need ldd libc-bin
-      SUM=$(sha256sum "$BIN" | cut -d' ' -f1)
-      if [ $FORCE = 0 ] && [ -s "$OUT/dns.tar" ] &&
-        [ "$(tar -xOf "$OUT/dns.tar" index.json 2>/dev/null | jq -r '.manifests[0].annotations | "\(.["io.containerd.image.name"]) \(.["dev.lotse.binary.sha256"])"' 2>/dev/null)" = "$REF $SUM" ]; then
-        echo "dns: $OUT/dns.tar is current ($REF, lotse-dns sha256 ${SUM:0:12})"; continue
-      fi
-      R="$WORK/dns"; rm -rf "$R"; mkdir -p "$R"/{usr/local/bin,etc,tmp,proc,sys,dev}
-      cp "$BIN" "$R/usr/local/bin/lotse-dns"
-      # debug info is most of a debug build's size
-      if command -v strip >/dev/null; then strip --strip-debug "$R/usr/local/bin/lotse-dns"; fi
-      for lib in $(ldd "$BIN" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
-        mkdir -p "$R$(dirname "$lib")"; cp -L "$lib" "$R$lib"
-      done
-      printf 'root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n' > "$R/etc/passwd"
-      printf 'root:x:0:\nnogroup:x:65534:\n' > "$R/etc/group"
-      : > "$R/etc/hosts"; : > "$R/etc/resolv.conf"; : > "$R/etc/hostname"
-      chmod 1777 "$R/tmp"
-      # written beside and renamed: a kubelet reading the dir never sees half an archive
-      "$HERE/mkimage.sh" "$R" "$REF" "$OUT/.dns.tar.tmp" --annotation "dev.lotse.binary.sha256=$SUM" \
-        --port 53/udp --port 53/tcp --entrypoint /usr/local/bin/lotse-dns --
-      mv "$OUT/.dns.tar.tmp" "$OUT/dns.tar" ;;
-    *) echo "unknown image '$img' (busybox pause debian nginx postgres mariadb dns)" >&2; exit 2 ;;
+      binary_image dns "${LOTSE_DNS_BINARY:?dns: set LOTSE_DNS_BINARY to the lotse-dns binary (lotse images build dns does)}" \
+        "${LOTSE_DNS_IMAGE:?dns: set LOTSE_DNS_IMAGE to the image name, e.g. docker.io/lotse/dns:0.1.0}" \
+        lotse-dns 53/udp 53/tcp; [ "$BUILT" = 1 ] || continue ;;
+    ingress)
+      binary_image ingress "${LOTSE_INGRESS_BINARY:?ingress: set LOTSE_INGRESS_BINARY to the lotse-ingress binary (lotse images build ingress does)}" \
+        "${LOTSE_INGRESS_IMAGE:?ingress: set LOTSE_INGRESS_IMAGE to the image name, e.g. docker.io/lotse/ingress:0.1.0}" \
+        lotse-ingress 80/tcp 443/tcp; [ "$BUILT" = 1 ] || continue ;;
+    *) echo "unknown image '$img' (busybox pause debian nginx postgres mariadb dns ingress)" >&2; exit 2 ;;
   esac
   echo "$img: built $OUT/$img.tar in $(( $(date +%s) - T0 )) s"
 done

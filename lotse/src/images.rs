@@ -15,9 +15,11 @@ pub struct BuildArgs {
     /// Rebuild archives that already exist.
     #[arg(long)]
     pub force: bool,
-    /// Images to build (busybox, pause, debian, nginx, postgres, mariadb, dns); default the first
-    /// four. `dns` is the cluster DNS pods' image (DNS_IMAGE) from the `lotse-dns` beside this
-    /// binary; `lotse up` and `lotse join` build it themselves.
+    /// Images to build (busybox, pause, debian, nginx, postgres, mariadb, dns, ingress); default
+    /// the first four. `dns` and `ingress` are the cluster DNS's and the ingress controller's
+    /// pod images (docker.io/lotse/dns:<version>, docker.io/lotse/ingress:<version>) from the
+    /// `lotse-dns` and `lotse-ingress` beside this binary; `lotse up` and `lotse join` build
+    /// them themselves.
     #[arg(value_delimiter = ',')]
     pub images: Vec<String>,
     /// Don't install missing build tools (as root, the Debian packages busybox-static, gcc,
@@ -35,29 +37,75 @@ const MARIADB_ENTRYPOINT: &str = include_str!("../images/mariadb-entrypoint.sh")
 /// The cluster DNS pods' image (`lotse images build dns`, from the `lotse-dns` binary beside
 /// `lotse`): one name per Lotse version, imported from the node's image dir (no registry).
 pub const DNS_IMAGE: &str = concat!("docker.io/lotse/dns:", env!("CARGO_PKG_VERSION"));
+/// The ingress controller pods' image (`lotse images build ingress`, from `lotse-ingress`).
+pub const INGRESS_IMAGE: &str = concat!("docker.io/lotse/ingress:", env!("CARGO_PKG_VERSION"));
 
-/// The `lotse-dns` binary beside the running `lotse` (as `cargo build` and an installation put
-/// them).
-pub fn dns_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("finding the lotse binary")?;
-    let bin = exe.with_file_name("lotse-dns");
-    if !bin.is_file() {
-        bail!(
-            "{} not found: the cluster DNS image is built from the lotse-dns binary beside lotse \
-             (cargo build --release -p dns --bin lotse-dns, then copy it next to {}); \
-             or run without cluster DNS (--disable-cluster-dns)",
-            bin.display(),
-            exe.display()
-        );
-    }
-    Ok(bin)
+/// An image of one of Lotse's own programs, built from the binary beside `lotse`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SystemImage {
+    /// The image's name for `lotse images build` (and its archive, `<name>.tar`).
+    pub name: &'static str,
+    /// The program it runs, beside `lotse`.
+    pub program: &'static str,
+    /// Its image reference.
+    pub image: &'static str,
+    /// build.sh's environment variables for the binary and the reference.
+    env: (&'static str, &'static str),
+    /// The `lotse up` flag that does without it.
+    disable_flag: &'static str,
+    /// `cargo build` arguments that make the program.
+    cargo: &'static str,
 }
 
-/// Builds the cluster DNS image into `dir` unless the archive there is of the same binary
-/// (build.sh compares the binary's sha256 with the archive's annotation): ~1 s when built,
-/// ~0.5 s when current.
-pub fn ensure_dns_image(dir: &Path) -> anyhow::Result<()> {
-    build_images(dir, false, &["dns".to_string()])
+/// The cluster DNS (`coredns` Deployment).
+pub const DNS: SystemImage = SystemImage {
+    name: "dns",
+    program: "lotse-dns",
+    image: DNS_IMAGE,
+    env: ("LOTSE_DNS_BINARY", "LOTSE_DNS_IMAGE"),
+    disable_flag: "--disable-cluster-dns",
+    cargo: "-p dns --bin lotse-dns",
+};
+
+/// The ingress controller (`lotse-ingress` DaemonSet).
+pub const INGRESS: SystemImage = SystemImage {
+    name: "ingress",
+    program: "lotse-ingress",
+    image: INGRESS_IMAGE,
+    env: ("LOTSE_INGRESS_BINARY", "LOTSE_INGRESS_IMAGE"),
+    disable_flag: "--disable-ingress",
+    cargo: "-p ingress --bin lotse-ingress",
+};
+
+const SYSTEM_IMAGES: [SystemImage; 2] = [DNS, INGRESS];
+
+impl SystemImage {
+    /// The program's binary beside the running `lotse` (as `cargo build` and an installation
+    /// put them).
+    pub fn binary(&self) -> anyhow::Result<PathBuf> {
+        let exe = std::env::current_exe().context("finding the lotse binary")?;
+        let bin = exe.with_file_name(self.program);
+        if !bin.is_file() {
+            bail!(
+                "{} not found: the {} image is built from the {} binary beside lotse \
+                 (cargo build --release {}, then copy it next to {}); or run without it ({})",
+                bin.display(),
+                self.name,
+                self.program,
+                self.cargo,
+                exe.display(),
+                self.disable_flag,
+            );
+        }
+        Ok(bin)
+    }
+
+    /// Builds the image into `dir` unless the archive there is of the same binary (build.sh
+    /// compares the binary's sha256 with the archive's annotation): ~1 s when built, ~0.5 s
+    /// when current.
+    pub fn ensure(&self, dir: &Path) -> anyhow::Result<()> {
+        build_images(dir, false, &[self.name.to_string()])
+    }
 }
 
 /// Writes the embedded image scripts to a temp dir and runs build.sh.
@@ -82,9 +130,10 @@ pub fn build_images(out: &Path, force: bool, images: &[String]) -> anyhow::Resul
         cmd.arg("--force");
     }
     cmd.args(images);
-    if images.iter().any(|i| i == "dns") {
-        cmd.env("LOTSE_DNS_BINARY", dns_binary()?)
-            .env("LOTSE_DNS_IMAGE", DNS_IMAGE);
+    for sys in SYSTEM_IMAGES {
+        if images.iter().any(|i| i == sys.name) {
+            cmd.env(sys.env.0, sys.binary()?).env(sys.env.1, sys.image);
+        }
     }
     let st = cmd.status().context("running bash")?;
     let _ = std::fs::remove_dir_all(&dir);

@@ -44,7 +44,8 @@ const DEBIAN_NEEDS: &[Need] = &[
     need("chroot", "coreutils"),
 ];
 
-/// The cluster DNS image: the binary's shared libraries (`strip` is used when present).
+/// The cluster DNS's and the ingress controller's images: the binary's shared libraries
+/// (`strip` is used when present).
 const DNS_NEEDS: &[Need] = &[need("ldd", "libc-bin")];
 
 /// What kubelet/images/build.sh runs for `image` (besides [`MKIMAGE_NEEDS`]).
@@ -52,7 +53,7 @@ fn build_needs(image: &str) -> &'static [Need] {
     match image {
         "busybox" => BUSYBOX_NEEDS,
         "pause" => PAUSE_NEEDS,
-        "dns" => DNS_NEEDS,
+        "dns" | "ingress" => DNS_NEEDS,
         "debian" | "nginx" | "postgres" | "mariadb" => DEBIAN_NEEDS,
         _ => &[],
     }
@@ -303,6 +304,7 @@ mod tests {
         assert!(pkgs("postgres").contains(&"debootstrap"));
         assert!(pkgs("mariadb").contains(&"debootstrap"));
         assert_eq!(pkgs("dns"), ["libc-bin"]);
+        assert_eq!(pkgs("ingress"), ["libc-bin"]);
         assert!(pkgs("unknown").is_empty());
         assert!(
             RUNTIME_NEEDS

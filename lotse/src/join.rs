@@ -11,9 +11,11 @@
 //!    `system:nodes`), which the csrapproving controller approves and the signer signs.
 //! 3. **Run**: the kubelet (with its own containerd) and the node network agent run with that
 //!    identity until the process is stopped; running `lotse join` again resumes the node with the
-//!    credentials it already has. The cluster DNS is no business of the node's beyond its image:
-//!    `docker.io/lotse/dns:<version>` is built into the node's image dir from the `lotse-dns`
-//!    beside `lotse`, for the `coredns` pods the scheduler may place here.
+//!    credentials it already has. The cluster DNS and the ingress controller are no business of
+//!    the node's beyond their images: `docker.io/lotse/dns:<version>` and
+//!    `docker.io/lotse/ingress:<version>` are built into the node's image dir from the
+//!    `lotse-dns` and `lotse-ingress` beside `lotse`, for the `coredns` pods the scheduler may
+//!    place here and the `lotse-ingress` DaemonSet's pod.
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -414,17 +416,24 @@ pub async fn join(a: JoinArgs) -> anyhow::Result<()> {
     if !a.no_install {
         let mut tools = if build { images.clone() } else { Vec::new() };
         tools.push("dns".into());
+        tools.push("ingress".into());
         install_missing(true, &tools)?;
     }
     if build {
         build_images(&images_dir, false, &images)?;
     }
-    // The cluster DNS pods may be scheduled here: their image comes from the lotse-dns beside
-    // this binary, as on the server (no registry).
-    if let Err(e) = crate::images::ensure_dns_image(&images_dir) {
-        eprintln!(
-            "lotse: warning: no cluster DNS image on node {node_name}, its DNS pods cannot start: {e:#}"
-        );
+    // The cluster DNS pods may be scheduled here and the ingress controller's run on every
+    // node: their images come from the lotse-dns and lotse-ingress beside this binary, as on
+    // the server (no registry).
+    for (image, what) in [
+        (crate::images::DNS, "cluster DNS"),
+        (crate::images::INGRESS, "ingress controller"),
+    ] {
+        if let Err(e) = image.ensure(&images_dir) {
+            eprintln!(
+                "lotse: warning: no {what} image on node {node_name}, its pods cannot start: {e:#}"
+            );
+        }
     }
     // The kubelet imports what is in <root>/images; a shared archive dir is linked there.
     if a.images_dir.is_some() {

@@ -148,6 +148,14 @@ pub fn ensure_netns(u: &Underlay, k: u32) -> anyhow::Result<String> {
     Ok(ns)
 }
 
+/// Removes the network namespace of node `k` (with its links and routes) when it exists.
+pub fn remove_netns(k: u32) {
+    let ns = format!("{NETNS_PREFIX}{k}");
+    if Path::new("/run/netns").join(&ns).exists() {
+        let _ = ip(&["netns", "del", &ns]);
+    }
+}
+
 /// Removes the nodes' namespaces and the underlay bridge (`lotse reset`).
 pub fn remove_all() {
     if let Ok(dir) = std::fs::read_dir("/run/netns") {

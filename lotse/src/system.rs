@@ -5,7 +5,10 @@
 //! left as it is (a user's edits survive restarts), except the DNS image of another Lotse
 //! version, which is moved to this version's (as `kubeadm upgrade` moves CoreDNS's); the
 //! selectorless `kube-dns` Service of earlier versions, whose EndpointSlice named the node, is
-//! replaced.
+//! replaced. The ingress controller likewise (`manifests/system/ingress.yaml`: ServiceAccount
+//! `lotse-ingress` bound to the bootstrap ClusterRole `system:lotse:ingress`, the default
+//! IngressClass `lotse`, and the `lotse-ingress` DaemonSet of host-network pods on every node),
+//! except that the DaemonSet's image and ports always follow `lotse up`'s.
 use std::net::IpAddr;
 
 use anyhow::Context;
@@ -45,6 +48,81 @@ pub fn coredns_objects(
         .replace("${CLUSTER_DOMAIN}", domain)
         .replace("${DNS_IMAGE}", image);
     parse_documents(&text)
+}
+
+/// The ingress controller objects, with `${INGRESS_IMAGE}`, `${HTTP_PORT}` and `${HTTPS_PORT}`.
+const INGRESS: &str = include_str!("../../manifests/system/ingress.yaml");
+
+/// Name of the ingress controller's DaemonSet (in [`DNS_NAMESPACE`], kube-system).
+pub const INGRESS_DAEMONSET: &str = "lotse-ingress";
+/// Name of the ingress controller's container.
+const INGRESS_CONTAINER: &str = "ingress";
+
+/// The ingress controller objects for image `image` listening on `http` and `https`.
+pub fn ingress_objects(image: &str, http: u16, https: u16) -> anyhow::Result<Vec<DynamicObject>> {
+    let text = INGRESS
+        .replace("${INGRESS_IMAGE}", image)
+        .replace("${HTTP_PORT}", &http.to_string())
+        .replace("${HTTPS_PORT}", &https.to_string());
+    parse_documents(&text)
+}
+
+/// The ingress controller: every object created if absent, then the DaemonSet's container
+/// image, arguments and probe ports moved to `lotse up`'s (a restart with other ports or a new
+/// version rolls the pods).
+pub async fn ensure_ingress(
+    client: &kube::Client,
+    image: &str,
+    http: u16,
+    https: u16,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    let objects = ingress_objects(image, http, https)?;
+    create_absent(client, &objects).await?;
+    let wanted = objects
+        .iter()
+        .find(|o| o.types.as_ref().is_some_and(|t| t.kind == "DaemonSet"))
+        .context("the ingress manifest has no DaemonSet")?;
+    let wanted_container = &wanted.data["spec"]["template"]["spec"]["containers"][0];
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), DNS_NAMESPACE);
+    let Some(ds) = daemonsets.get_opt(INGRESS_DAEMONSET).await? else {
+        return Ok(());
+    };
+    let current = ds
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| {
+            s.containers
+                .into_iter()
+                .find(|c| c.name == INGRESS_CONTAINER)
+        })
+        .map(|c| serde_json::to_value(c).unwrap_or_default())
+        .unwrap_or_default();
+    // Compared field by field: the stored probes carry the apiserver's defaults besides.
+    let port = |c: &serde_json::Value, probe: &str| c[probe]["tcpSocket"]["port"].clone();
+    let same = current["image"] == wanted_container["image"]
+        && current["args"] == wanted_container["args"]
+        && ["readinessProbe", "livenessProbe"]
+            .iter()
+            .all(|p| port(&current, p) == port(wanted_container, p));
+    if same {
+        return Ok(());
+    }
+    let mut container = serde_json::json!({"name": INGRESS_CONTAINER});
+    for k in ["image", "args", "readinessProbe", "livenessProbe"] {
+        container[k] = wanted_container[k].clone();
+    }
+    tracing::info!(%image, http, https, "moving the ingress controller to this start's image and ports");
+    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [container]}}}});
+    daemonsets
+        .patch(
+            INGRESS_DAEMONSET,
+            &PatchParams::default(),
+            &Patch::Strategic(patch),
+        )
+        .await
+        .context("updating the lotse-ingress DaemonSet")?;
+    Ok(())
 }
 
 fn parse_documents(text: &str) -> anyhow::Result<Vec<DynamicObject>> {
@@ -195,6 +273,51 @@ mod tests {
             wanted
         ));
         assert!(!other_version("docker.io/lotse/dns", wanted));
+    }
+
+    #[test]
+    fn ingress_objects_run_on_every_node_with_the_given_ports() {
+        let objs = ingress_objects("docker.io/lotse/ingress:9.9.9", 8080, 8443).unwrap();
+        let kinds: Vec<String> = objs
+            .iter()
+            .map(|o| o.types.as_ref().unwrap().kind.clone())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "ServiceAccount",
+                "ClusterRoleBinding",
+                "IngressClass",
+                "DaemonSet"
+            ]
+        );
+        let text = serde_json::to_string(&objs).unwrap();
+        assert!(!text.contains("${"), "a placeholder is left: {text}");
+        let class = &objs[2];
+        assert_eq!(class.metadata.name.as_deref(), Some("lotse"));
+        assert_eq!(class.data["spec"]["controller"], ingress::CONTROLLER);
+        assert_eq!(
+            class.metadata.annotations.as_ref().unwrap()[ingress::DEFAULT_CLASS_ANNOTATION],
+            "true"
+        );
+        let ds = &objs[3];
+        assert_eq!(ds.metadata.name.as_deref(), Some(INGRESS_DAEMONSET));
+        assert_eq!(ds.metadata.namespace.as_deref(), Some(DNS_NAMESPACE));
+        let pod = &ds.data["spec"]["template"]["spec"];
+        assert_eq!(pod["hostNetwork"], true);
+        assert_eq!(pod["dnsPolicy"], "ClusterFirstWithHostNet");
+        assert_eq!(pod["tolerations"][0]["operator"], "Exists");
+        assert_eq!(pod["serviceAccountName"], "lotse-ingress");
+        let c = &pod["containers"][0];
+        assert_eq!(c["name"], INGRESS_CONTAINER);
+        assert_eq!(c["image"], "docker.io/lotse/ingress:9.9.9");
+        assert_eq!(
+            c["args"],
+            serde_json::json!(["--http-port=8080", "--https-port=8443"])
+        );
+        assert_eq!(c["readinessProbe"]["tcpSocket"]["port"], 8080);
+        assert_eq!(objs[1].data["roleRef"]["name"], "system:lotse:ingress");
+        assert_eq!(objs[1].data["subjects"][0]["name"], "lotse-ingress");
     }
 
     #[test]

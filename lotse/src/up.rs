@@ -57,13 +57,15 @@ pub struct UpArgs {
     /// Service is not created, no DNS image is built; pods then use the host's resolvers).
     #[arg(long, env = "LOTSE_DISABLE_CLUSTER_DNS")]
     disable_cluster_dns: bool,
-    /// Don't run the built-in ingress controller (IngressClass `lotse`, the default class).
+    /// Don't run the built-in ingress controller (the `kube-system/lotse-ingress` DaemonSet of
+    /// host-network pods, image `docker.io/lotse/ingress:<version>` built from the
+    /// `lotse-ingress` beside this binary, and the default IngressClass `lotse` are not created).
     #[arg(long, env = "LOTSE_DISABLE_INGRESS")]
     disable_ingress: bool,
-    /// HTTP port of the ingress controller on every address of the node.
+    /// HTTP port of the ingress controller on every address of every node.
     #[arg(long, env = "LOTSE_INGRESS_HTTP_PORT", default_value_t = 80)]
     ingress_http_port: u16,
-    /// HTTPS port of the ingress controller on every address of the node.
+    /// HTTPS port of the ingress controller on every address of every node.
     #[arg(long, env = "LOTSE_INGRESS_HTTPS_PORT", default_value_t = 443)]
     ingress_https_port: u16,
     /// Name of the node (default: the host name).
@@ -142,10 +144,14 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         .unwrap_or(false);
     let build = !has_images && !a.images.is_empty() && !simulated;
     let cluster_dns_pods = !a.disable_cluster_dns && !simulated;
+    let ingress_pods = !a.disable_ingress && !simulated;
     if !a.no_install && !simulated {
         let mut tools: Vec<String> = if build { a.images.clone() } else { Vec::new() };
         if cluster_dns_pods {
             tools.push("dns".into());
+        }
+        if ingress_pods {
+            tools.push("ingress".into());
         }
         install_missing(true, &tools)?;
     }
@@ -159,7 +165,11 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
     // The cluster DNS pods' image, from the lotse-dns beside this binary (rebuilt when it
     // changed), so the node needs no registry for it.
     if cluster_dns_pods {
-        crate::images::ensure_dns_image(&images_dir)?;
+        crate::images::DNS.ensure(&images_dir)?;
+    }
+    // The same for the ingress controller's pods (lotse-ingress).
+    if ingress_pods {
+        crate::images::INGRESS.ensure(&images_dir)?;
     }
     // With several nodes, the host's node address is its underlay address: the other nodes'
     // routes to its pods go through it, and they reach the apiserver there.
@@ -319,34 +329,32 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         });
         vec![ip.to_string()]
     };
-    // The ingress controller (class `lotse`, the default) runs in-process on the node (running
-    // it as pods is a follow-up).
-    if !a.disable_ingress {
-        // The IngressClass is made once with the launcher's admin rights (as the DNS objects);
-        // the controller itself runs as its own user with only its role.
+    // The ingress controller (class `lotse`, the default) runs as pods on every node (a
+    // host-network DaemonSet in kube-system, as k3s's Traefik); the launcher creates the objects.
+    if ingress_pods {
         let admin = client_from(&running.admin_kubeconfig).await?;
-        let ingress_kc = kubeconfig(
-            "ingress.kubeconfig",
-            apiserver::bootstrap_rbac::INGRESS_USER,
-            &[],
-        )?;
-        let ingress_client = client_from(&ingress_kc).await?;
-        let cfg = ingress::Config {
-            http: (std::net::Ipv4Addr::UNSPECIFIED, a.ingress_http_port).into(),
-            https: (std::net::Ipv4Addr::UNSPECIFIED, a.ingress_https_port).into(),
-            class: "lotse".into(),
-            addresses: vec![kubelet::node::host_ip()],
-        };
+        let (http, https) = (a.ingress_http_port, a.ingress_https_port);
+        // The in-process controller of earlier versions had its own identity.
+        let _ = std::fs::remove_file(data_dir.join("ingress.kubeconfig"));
         components.spawn(async move {
             for attempt in 1..=30 {
-                match ingress::ensure_class(&admin, &cfg.class).await {
+                match crate::system::ensure_ingress(
+                    &admin,
+                    crate::images::INGRESS_IMAGE,
+                    http,
+                    https,
+                )
+                .await
+                {
                     Ok(()) => break,
-                    Err(e) if attempt == 30 => tracing::error!(error = %e, "IngressClass lotse"),
-                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                    Err(e) if attempt == 30 => {
+                        tracing::error!(error = %e, "ingress controller objects")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ingress controller objects; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await
+                    }
                 }
-            }
-            if let Err(e) = ingress::run(cfg, ingress_client, std::future::pending()).await {
-                tracing::error!(error = %e, "ingress controller stopped");
             }
         });
     }
@@ -567,8 +575,14 @@ impl JoinPlan<'_> {
         let exe = std::env::current_exe().context("finding the lotse binary")?;
         let mut children = Vec::new();
         for (k, name) in (2..=n).zip(names) {
-            let netns = crate::nodes::ensure_netns(underlay, k)?;
             let dir = crate::nodes::node_data_dir(self.data_dir, &name);
+            // A node new to this data dir gets a new network namespace: one left by another
+            // cluster (another data dir, not reset) carries its pod bridge's addresses and
+            // routes, which would capture this cluster's traffic to other nodes' pods.
+            if !dir.exists() {
+                crate::nodes::remove_netns(k);
+            }
+            let netns = crate::nodes::ensure_netns(underlay, k)?;
             std::fs::create_dir_all(&dir)?;
             let mut args: Vec<String> = vec![
                 "join".into(),

@@ -29,7 +29,7 @@ struct Args {
     #[arg(long, env = "LOTSE_INGRESS_CLASS", default_value = "lotse")]
     ingress_class: String,
     /// Addresses written to the served Ingresses' `status.loadBalancer.ingress` (comma
-    /// separated).
+    /// separated; default: the InternalIP of every Node, as when it runs on every node).
     #[arg(long, env = "LOTSE_INGRESS_PUBLISH_ADDRESS", value_delimiter = ',')]
     publish_address: Vec<String>,
 }
