@@ -67,27 +67,28 @@ pub struct Etcd {
 impl Etcd {
     /// Starts etcd and waits until its client port accepts requests.
     pub async fn start() -> anyhow::Result<Self> {
+        let peer = format!("http://127.0.0.1:{}", free_port()?);
+        Self::start_member(None, "lotse-e2e", &peer).await
+    }
+
+    /// Starts member `name` with peer URL `peer` on `data` (e.g. a data dir that `etcdctl
+    /// snapshot restore` made with the same name and peer URL; default: a new one) and a free
+    /// client port, and waits until it accepts requests.
+    pub async fn start_member(data: Option<&Path>, name: &str, peer: &str) -> anyhow::Result<Self> {
         if !Path::new(ETCD_BIN).exists() {
             bail!("{ETCD_BIN} is missing: install Debian's etcd-server package (.ci/deps.sh does)");
         }
         let dir = tempfile::Builder::new()
             .prefix("lotse-e2e-etcd")
             .tempdir()?;
-        let (client_port, peer_port) = (free_port()?, free_port()?);
-        let endpoint = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
+        let endpoint = format!("http://127.0.0.1:{}", free_port()?);
         let log = File::create(dir.path().join("etcd.log"))?;
-        let child = etcd_command(
-            "lotse-e2e",
-            &dir.path().join("data"),
-            &endpoint,
-            &peer,
-            &format!("lotse-e2e={peer}"),
-        )
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("spawning etcd")?;
+        let data = data.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
+        let child = etcd_command(name, &data, &endpoint, peer, &format!("{name}={peer}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawning etcd")?;
         let mut etcd = Self {
             child,
             endpoint,

@@ -1,12 +1,15 @@
-//! `lotse backup` and `lotse restore`: a consistent snapshot of a running cluster's embedded
-//! store together with its PKI (cluster CA, service-account signing key), and a new data dir
-//! made from one — k3s's `etcd-snapshot` for Lotse's SQLite store.
+//! `lotse backup` and `lotse restore`: a consistent snapshot of a running cluster's store
+//! together with its PKI (cluster CA, service-account signing key), and a new data dir made
+//! from one — k3s's `etcd-snapshot`, for the embedded SQLite store and for etcd.
 //!
-//! A backup is a gzip-compressed tar holding `backup.json` (format and time), `state.db` (taken
-//! with SQLite's `VACUUM INTO` while the apiserver keeps writing: exactly the writes committed
-//! when it began) and `pki/` (without them a restored cluster would have a new CA, and every
-//! kubeconfig and ServiceAccount token issued before would stop working). Kubeconfigs are not
-//! kept: the apiserver writes them anew at each start.
+//! A backup is a gzip-compressed tar holding `backup.json` (format, time, store), the store and
+//! `pki/` (without them a restored cluster would have a new CA, and every kubeconfig and
+//! ServiceAccount token issued before would stop working). The store is `state.db` (taken with
+//! SQLite's `VACUUM INTO` while the apiserver keeps writing: exactly the writes committed when
+//! it began) or, with `--etcd-servers`, `etcd.db`: the snapshot etcd's maintenance API streams
+//! (what `etcdctl snapshot save` writes). Restoring an etcd backup makes `<data-dir>/etcd`, a
+//! new one-member etcd data dir, as `etcdctl snapshot restore` does. Kubeconfigs are not kept:
+//! the apiserver writes them anew at each start.
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -18,11 +21,32 @@ const FORMAT: u64 = 1;
 /// `lotse backup`.
 #[derive(Parser)]
 pub struct BackupArgs {
-    /// The data directory of the cluster (it may be running).
+    /// The data directory of the cluster (it may be running): its PKI, and its embedded store
+    /// unless --etcd-servers is given.
     #[arg(long, env = "LOTSE_DATA_DIR", default_value = "/var/lib/lotse")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// The backup file to write (a .tar.gz; must not exist yet).
     pub file: PathBuf,
+}
+
+/// The etcd cluster a cluster's apiserver stores into (the apiserver's flags and variables).
+#[derive(Parser, Clone, Debug, Default)]
+pub struct EtcdArgs {
+    /// Comma-separated etcd client URLs: back up etcd's keyspace (a snapshot through its
+    /// maintenance API, from the first member that answers) instead of the embedded store.
+    #[arg(long, env = "LOTSE_ETCD_SERVERS", value_delimiter = ',')]
+    pub etcd_servers: Vec<String>,
+    /// SSL Certificate Authority file used to secure etcd communication.
+    #[arg(long, env = "LOTSE_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// SSL certification file used to secure etcd communication.
+    #[arg(long, env = "LOTSE_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// SSL key file used to secure etcd communication.
+    #[arg(long, env = "LOTSE_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<PathBuf>,
 }
 
 /// `lotse restore`.
@@ -32,13 +56,23 @@ pub struct RestoreArgs {
     /// `lotse up --data-dir` on the same path.
     #[arg(long, env = "LOTSE_DATA_DIR", default_value = "/var/lib/lotse")]
     pub data_dir: PathBuf,
+    /// For an etcd backup: the name of the restored etcd member (start etcd with the same
+    /// `--name`), as `etcdctl snapshot restore --name`.
+    #[arg(long, default_value = "default")]
+    pub etcd_name: String,
+    /// For an etcd backup: the restored member's `--initial-cluster` (`name=peer-url`).
+    #[arg(long, default_value = "default=http://localhost:2380")]
+    pub etcd_initial_cluster: String,
+    /// For an etcd backup: the restored member's `--initial-advertise-peer-urls`.
+    #[arg(long, default_value = "http://localhost:2380")]
+    pub etcd_initial_advertise_peer_urls: String,
     /// The backup file `lotse backup` wrote.
     pub file: PathBuf,
 }
 
 /// Writes a backup of the cluster in `data_dir` to `file`.
 pub fn backup(a: BackupArgs) -> anyhow::Result<()> {
-    let size = write_backup(&a.data_dir, &a.file)?;
+    let size = write_backup(&a.data_dir, &a.etcd, &a.file)?;
     println!(
         "backup of {} written to {} ({size} bytes)",
         a.data_dir.display(),
@@ -48,16 +82,18 @@ pub fn backup(a: BackupArgs) -> anyhow::Result<()> {
 }
 
 /// Writes a backup of the cluster in `data_dir` to `file`; returns its size.
-fn write_backup(data_dir: &Path, file: &Path) -> anyhow::Result<u64> {
+fn write_backup(data_dir: &Path, etcd: &EtcdArgs, file: &Path) -> anyhow::Result<u64> {
     let a = BackupArgs {
         data_dir: data_dir.to_path_buf(),
+        etcd: etcd.clone(),
         file: file.to_path_buf(),
     };
+    let on_etcd = !a.etcd.etcd_servers.is_empty();
     let db = a.data_dir.join("state.db");
     let pki = a.data_dir.join("pki");
-    if !db.is_file() {
+    if !on_etcd && !db.is_file() {
         bail!(
-            "{} has no embedded store (state.db); a cluster on etcd is backed up with `etcdctl snapshot save`",
+            "{} has no embedded store (state.db); for a cluster on etcd, give its --etcd-servers",
             a.data_dir.display()
         );
     }
@@ -73,12 +109,20 @@ fn write_backup(data_dir: &Path, file: &Path) -> anyhow::Result<u64> {
                 .unwrap_or(Path::new(".")),
         )
         .context("creating a temporary directory beside the backup file")?;
-    let snap = work.path().join("state.db");
-    apiserver::storage::sqlite::snapshot(&db, &snap).context("snapshotting the store")?;
+    let (snap, store) = if on_etcd {
+        let snap = work.path().join(ETCD_DB);
+        snapshot_etcd(&a.etcd, &snap)?;
+        (snap, "etcd")
+    } else {
+        let snap = work.path().join("state.db");
+        apiserver::storage::sqlite::snapshot(&db, &snap).context("snapshotting the store")?;
+        (snap, "sqlite")
+    };
     let meta = serde_json::json!({
         "format": FORMAT,
         "created": jiff::Timestamp::now().to_string(),
         "source": a.data_dir.display().to_string(),
+        "store": store,
     });
     let tmp_out = work.path().join("backup.tar.gz");
     {
@@ -92,7 +136,7 @@ fn write_backup(data_dir: &Path, file: &Path) -> anyhow::Result<u64> {
         h.set_mtime(jiff::Timestamp::now().as_second().max(0) as u64);
         h.set_cksum();
         tar.append_data(&mut h, "backup.json", &meta_bytes[..])?;
-        tar.append_path_with_name(&snap, "state.db")?;
+        tar.append_path_with_name(&snap, if on_etcd { ETCD_DB } else { "state.db" })?;
         if pki.is_dir() {
             tar.append_dir_all("pki", &pki)?;
         }
@@ -105,6 +149,58 @@ fn write_backup(data_dir: &Path, file: &Path) -> anyhow::Result<u64> {
         .or_else(|_| std::fs::copy(&tmp_out, &a.file).map(|_| ()))
         .with_context(|| format!("writing {}", a.file.display()))?;
     Ok(std::fs::metadata(&a.file).map(|m| m.len()).unwrap_or(0))
+}
+
+/// The etcd snapshot's name in a backup.
+const ETCD_DB: &str = "etcd.db";
+
+/// Saves a snapshot of the etcd cluster of `etcd` into `path`.
+fn snapshot_etcd(etcd: &EtcdArgs, path: &Path) -> anyhow::Result<u64> {
+    let tls = apiserver::storage::etcd::EtcdTls {
+        ca_file: etcd.etcd_cafile.clone(),
+        cert_file: etcd.etcd_certfile.clone(),
+        key_file: etcd.etcd_keyfile.clone(),
+    };
+    let mut out =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    tokio::runtime::Runtime::new()?
+        .block_on(apiserver::storage::etcd::save_snapshot(
+            &etcd.etcd_servers,
+            &tls,
+            &mut out,
+        ))
+        .context("snapshotting etcd")
+}
+
+/// Makes `<staging>/etcd`, a one-member etcd data dir, from the snapshot `<staging>/etcd.db`
+/// (then removed). A child process: no Rust crate writes etcd's bbolt database and WAL, and
+/// Debian's etcd 3.4 has no `etcdutl`; its `etcdctl snapshot restore` is the tool for this
+/// (package etcd-client), and it checks the snapshot's sha256 too.
+fn restore_etcd(staging: &Path, a: &RestoreArgs) -> anyhow::Result<()> {
+    let snap = staging.join(ETCD_DB);
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "restore"])
+        .arg(&snap)
+        .arg("--data-dir")
+        .arg(staging.join("etcd"))
+        .args(["--name", &a.etcd_name])
+        .args(["--initial-cluster", &a.etcd_initial_cluster])
+        .args([
+            "--initial-advertise-peer-urls",
+            &a.etcd_initial_advertise_peer_urls,
+        ])
+        .output()
+        .context("running etcdctl (Debian package etcd-client) to restore the etcd snapshot")?;
+    if !out.status.success() {
+        bail!(
+            "etcdctl snapshot restore failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::remove_file(&snap)?;
+    Ok(())
 }
 
 /// Automatic backups of a running `lotse up`, as k3s's scheduled etcd snapshots
@@ -173,7 +269,7 @@ fn take_scheduled(data_dir: &Path, dir: &Path, node: &str, keep: u32) -> anyhow:
         jiff::Timestamp::now().as_second()
     ));
     if !file.exists() {
-        write_backup(data_dir, &file)?;
+        write_backup(data_dir, &EtcdArgs::default(), &file)?;
     }
     let mut ours: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -213,6 +309,7 @@ pub fn restore(a: RestoreArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&staging)?;
     let mut seen_meta = None;
     let mut seen_db = false;
+    let mut seen_etcd = false;
     let entries = archive
         .entries()
         .with_context(|| format!("{}: not a Lotse backup (tar.gz)", a.file.display()))?;
@@ -223,6 +320,7 @@ pub fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         // Only what a backup holds; nothing may land outside the new data dir.
         let allowed = path == Path::new("backup.json")
             || path == Path::new("state.db")
+            || path == Path::new(ETCD_DB)
             || path.starts_with("pki");
         if !allowed
             || path
@@ -239,6 +337,7 @@ pub fn restore(a: RestoreArgs) -> anyhow::Result<()> {
             continue;
         }
         seen_db |= path == Path::new("state.db");
+        seen_etcd |= path == Path::new(ETCD_DB);
         e.unpack_in(&staging)?;
     }
     let Some(meta) = seen_meta else {
@@ -251,27 +350,52 @@ pub fn restore(a: RestoreArgs) -> anyhow::Result<()> {
             meta["format"]
         );
     }
-    if !seen_db {
-        bail!("{}: the backup holds no state.db", a.file.display());
+    if seen_db == seen_etcd {
+        bail!(
+            "{}: the backup holds {} (state.db or {ETCD_DB})",
+            a.file.display(),
+            if seen_db { "two stores" } else { "no store" }
+        );
     }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))?;
-    std::fs::set_permissions(
-        staging.join("state.db"),
-        std::fs::Permissions::from_mode(0o600),
-    )?;
+    if seen_db {
+        std::fs::set_permissions(
+            staging.join("state.db"),
+            std::fs::Permissions::from_mode(0o600),
+        )?;
+    } else if let Err(e) = restore_etcd(&staging, &a) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
     if a.data_dir.exists() {
         std::fs::remove_dir(&a.data_dir)?;
     }
     std::fs::rename(&staging, &a.data_dir)
         .with_context(|| format!("moving the restored data into {}", a.data_dir.display()))?;
-    println!(
-        "restored the backup of {} (taken {}) into {}; start it with `lotse up --data-dir {}`",
+    let from = format!(
+        "restored the backup of {} (taken {}) into {}",
         meta["source"].as_str().unwrap_or("?"),
         meta["created"].as_str().unwrap_or("?"),
         a.data_dir.display(),
-        a.data_dir.display()
     );
+    if seen_db {
+        println!(
+            "{from}; start it with `lotse up --data-dir {}`",
+            a.data_dir.display()
+        );
+    } else {
+        println!(
+            "{from}; start etcd with `etcd --data-dir {etcd} --name {name} --initial-cluster {cluster} \
+             --initial-advertise-peer-urls {peers}` (and its client URLs), then the apiserver or \
+             `lotse up` with `--data-dir {dir} --etcd-servers <those client URLs>`",
+            etcd = a.data_dir.join("etcd").display(),
+            name = a.etcd_name,
+            cluster = a.etcd_initial_cluster,
+            peers = a.etcd_initial_advertise_peer_urls,
+            dir = a.data_dir.display(),
+        );
+    }
     Ok(())
 }
 

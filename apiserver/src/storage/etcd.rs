@@ -900,6 +900,64 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
+/// Streams a snapshot of the whole etcd keyspace — the maintenance API's `Snapshot`, exactly
+/// what `etcdctl snapshot save` writes, etcd's trailing sha256 included, so `etcdctl snapshot
+/// restore` accepts it — from the first member of `endpoints` that delivers one, into `out`
+/// (truncated first, and again before trying the next member). Returns the bytes written.
+pub async fn save_snapshot(
+    endpoints: &[String],
+    tls: &EtcdTls,
+    out: &mut std::fs::File,
+) -> Result<u64> {
+    use std::io::{Seek, Write};
+    if endpoints.is_empty() {
+        return Err(StorageError::Backend("no etcd endpoints".into()));
+    }
+    let tls_options = if tls.is_set() {
+        Some(tls.options()?)
+    } else {
+        None
+    };
+    let io = |e: std::io::Error| StorageError::Backend(format!("writing the snapshot: {e}"));
+    let mut errors = Vec::new();
+    for endpoint in endpoints {
+        out.set_len(0).map_err(io)?;
+        out.rewind().map_err(io)?;
+        let mut options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5));
+        if let Some(tls) = &tls_options
+            && !endpoint.starts_with("http://")
+        {
+            options = options.with_tls(tls.clone());
+        }
+        let streamed: std::result::Result<u64, String> = async {
+            let mut client = Client::connect([endpoint.as_str()], Some(options))
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut stream = client.snapshot().await.map_err(|e| e.to_string())?;
+            let mut n = 0u64;
+            while let Some(msg) = stream.message().await.map_err(|e| e.to_string())? {
+                out.write_all(msg.blob())
+                    .map_err(|e| format!("writing the snapshot: {e}"))?;
+                n += msg.blob().len() as u64;
+            }
+            Ok(n)
+        }
+        .await;
+        match streamed {
+            Ok(n) if n > 0 => {
+                out.sync_all().map_err(io)?;
+                return Ok(n);
+            }
+            Ok(_) => errors.push(format!("{endpoint}: empty snapshot")),
+            Err(e) => errors.push(format!("{endpoint}: {e}")),
+        }
+    }
+    Err(StorageError::Backend(format!(
+        "no etcd member delivered a snapshot: {}",
+        errors.join("; ")
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::TcpListener;
