@@ -1,7 +1,7 @@
 //! Storage on three nodes (`lotse up --nodes 3`), with the real kubectl 1.33 and busybox:
 //! a WaitForFirstConsumer claim is provisioned on the node the scheduler chose (the volume's
 //! node affinity names it, its directory is under that node's data dir, per rancher's
-//! `local-path-config` nodePathMap) and a re-created pod of the claim goes back to that node;
+//! `local-path-config` nodePathMap, which `lotse up --nodes` writes) and a re-created pod of the claim goes back to that node;
 //! a claim in use on another node is kept (pvc-protection) until its pod goes, then its
 //! directory is removed on that node; StatefulSet claims spread over the nodes are removed with
 //! their directories by `persistentVolumeClaimRetentionPolicy` Delete on scale-down and on set
@@ -18,19 +18,13 @@ use e2e::multinode::{Cluster, NODE, eventually, step};
 const LONG: Duration = Duration::from_secs(90);
 
 /// Host node volumes under `<data>/storage` (the default), the joined nodes' under their own
-/// data dirs, as an administrator maps nodes with other data dirs.
-fn path_config(data: &Path) -> String {
-    let cfg = serde_json::json!({"nodePathMap": [
+/// data dirs: the `config.json` of the `local-path-config` that `lotse up --nodes` writes.
+fn path_config(data: &Path) -> serde_json::Value {
+    serde_json::json!({"nodePathMap": [
         {"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": [data.join("storage")]},
         {"node": "mn-2", "paths": [node_dir("mn-2", data).join("storage")]},
         {"node": "mn-3", "paths": [node_dir("mn-3", data).join("storage")]},
-    ]});
-    serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "local-path-config", "namespace": "kube-system"},
-        "data": {"config.json": cfg.to_string()},
-    })
-    .to_string()
+    ]})
 }
 
 /// A node's data dir: the cluster's for the host, `nodes/<name>` for the joined ones.
@@ -189,7 +183,18 @@ fn volumes_live_on_the_scheduled_node() -> anyhow::Result<()> {
     let mut c = Cluster::start(tmp.path(), &[])?;
     c.wait_ready(Duration::from_secs(180))?;
     step(t0, "three nodes Ready");
-    c.k.ok_stdin(&["apply", "-f", "-"], &path_config(&c.data))?;
+    // `lotse up --nodes` wrote the nodes' local-path-config.
+    let have = c.k.ok(&[
+        "get",
+        "configmap",
+        "-n",
+        "kube-system",
+        "local-path-config",
+        "-o",
+        "jsonpath={.data.config\\.json}",
+    ])?;
+    let have: serde_json::Value = serde_json::from_str(&have).context("config.json")?;
+    assert_eq!(have, path_config(&c.data), "local-path-config");
 
     // Everything at once: a claim with its pod pinned to mn-3, a set that removes its claims
     // and one that keeps them, the quotas.

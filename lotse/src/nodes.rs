@@ -251,9 +251,49 @@ pub fn node_data_dir(data_dir: &Path, name: &str) -> PathBuf {
     data_dir.join("nodes").join(name)
 }
 
+/// Rancher's `local-path-config` ConfigMap (kube-system, key `config.json`) for `lotse up
+/// --nodes n` with host node `host`: each joined node's volumes under its own data dir
+/// (`<data-dir>/nodes/<name>/storage`), every other node's (the host's) under
+/// `<data-dir>/storage`, the local-path provisioner's default.
+pub fn local_path_config(data_dir: &Path, host: &str, n: u32) -> serde_json::Value {
+    let mut map = vec![serde_json::json!({
+        "node": "DEFAULT_PATH_FOR_NON_LISTED_NODES",
+        "paths": [data_dir.join("storage")],
+    })];
+    for k in 2..=n {
+        let name = format!("{host}-{k}");
+        let dir = node_data_dir(data_dir, &name).join("storage");
+        map.push(serde_json::json!({"node": name, "paths": [dir]}));
+    }
+    let config = serde_json::json!({"nodePathMap": map});
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "local-path-config", "namespace": "kube-system"},
+        "data": {"config.json": serde_json::to_string_pretty(&config).unwrap_or_default()},
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn joined_nodes_keep_their_volumes_under_their_own_data_dirs() {
+        let cm = local_path_config(Path::new("/d"), "mn", 3);
+        assert_eq!(cm["metadata"]["name"], "local-path-config");
+        assert_eq!(cm["metadata"]["namespace"], "kube-system");
+        let cfg: serde_json::Value =
+            serde_json::from_str(cm["data"]["config.json"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            cfg,
+            serde_json::json!({"nodePathMap": [
+                {"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": ["/d/storage"]},
+                {"node": "mn-2", "paths": ["/d/nodes/mn-2/storage"]},
+                {"node": "mn-3", "paths": ["/d/nodes/mn-3/storage"]},
+            ]})
+        );
+    }
 
     #[test]
     fn node_addresses_come_from_the_underlay() {

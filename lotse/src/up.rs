@@ -401,6 +401,13 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         // The host's Node first: it brings its own podCIDR, which IPAM must not hand to a
         // joined node that registers before it (its kubelet imports the images first).
         wait_for_node(&admin, &kcfg_name, Duration::from_secs(60)).await;
+        // Each joined node's volumes under its own data dir (rancher's local-path-config, as
+        // an administrator writes it for nodes with their own data dirs); kept when it exists.
+        let config = crate::nodes::local_path_config(&data_dir, &kcfg_name, a.nodes);
+        let config: kube::api::DynamicObject = serde_json::from_value(config)?;
+        if let Err(e) = crate::system::create_absent(&admin, &[config]).await {
+            tracing::warn!(error = format!("{e:#}"), "local-path-config");
+        }
         extra_nodes = match join.start(&admin, &underlay, a.nodes).await {
             Ok(nodes) => nodes,
             Err(e) => {
