@@ -1,5 +1,6 @@
 //! `attach` on the kubelet API: `GET|POST /attach/{namespace}/{pod}/{container}?stdin=&stdout=&stderr=&tty=`
-//! upgraded to a WebSocket speaking the same channel protocol as [`crate::exec`]
+//! upgraded to a WebSocket speaking the same channel protocol as [`crate::exec`] (the session
+//! plumbing shared with it is [`crate::stream`])
 //! (`v5.channel.k8s.io` or `v4.channel.k8s.io`), connected to the container's main process.
 //!
 //! Output: the container's stdout and stderr are what containerd writes to the CRI log file
@@ -25,7 +26,7 @@
 //! once; later attaches find no reader on the fifo and get no stdin.
 //!
 //! Resize (channel 4) on a `tty` container sets the size of the task's terminal with
-//! containerd's `Tasks.ResizePty` ([`crate::exec::containerd_tasks`]), as CRI does.
+//! containerd's `Tasks.ResizePty` ([`crate::containerd_tasks`]), as CRI does.
 //!
 //! The session ends when the client goes away (the container keeps running) or when the
 //! container exits (a `Success` status on channel 3, then a normal close).
@@ -37,8 +38,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
-use hyper_util::rt::TokioIo;
+use futures::StreamExt;
 use k8s_cri::v1 as cri;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -46,17 +46,9 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::Kubelet;
-use crate::channels::{self, Channels};
-use crate::exec::{
-    ExecOptions, containerd_tasks, error_message, normal_close, parse_resize, running_container,
-    text,
-};
-
-const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const RESIZE: u8 = 4;
-const CLOSE: u8 = 255;
+use crate::channels::{CLOSE, Channels, RESIZE, STDERR, STDIN, STDOUT, text};
+use crate::containerd_tasks;
+use crate::stream::{self, ExecOptions, parse_resize, running_container};
 /// Opening a FIFO for writing without a reader, non-blocking (Linux errno).
 const ENXIO: i32 = 6;
 
@@ -73,20 +65,7 @@ pub fn parse_log_line(line: &str) -> Option<(bool, bool, &str)> {
 
 /// The latest log file (highest attempt) in a container's log directory.
 fn latest_log(dir: &FsPath) -> Option<PathBuf> {
-    std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let n = e
-                .file_name()
-                .to_string_lossy()
-                .strip_suffix(".log")?
-                .parse::<u32>()
-                .ok()?;
-            Some((n, e.path()))
-        })
-        .max_by_key(|(n, _)| *n)
-        .map(|(_, p)| p)
+    crate::server::log_files(dir).pop().map(|(_, p)| p)
 }
 
 /// The stdin fifo containerd created for container `cid`, if it has one.
@@ -129,16 +108,12 @@ pub async fn attach(
     Path((ns, pod, container)): Path<(String, String, String)>,
     mut req: Request,
 ) -> Response {
-    let opts = ExecOptions::parse(req.uri().query().unwrap_or(""));
-    let transport = match channels::negotiate(req.headers()) {
-        Ok(t) => t,
+    let (opts, transport) = match stream::negotiate(&req) {
+        Ok(o) => o,
         Err(r) => return r,
     };
-    if !(opts.stdin || opts.stdout || opts.stderr) {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "you must specify at least one of stdin, stdout, stderr".into(),
-        );
+    if let Err(r) = opts.require_a_stream() {
+        return r;
     }
     let (cid, uid, spec) = match running_container(&k, &ns, &pod, &container).await {
         Ok(c) => (c.id, c.pod_uid, c.spec),
@@ -149,12 +124,7 @@ pub async fn attach(
     let stdin_once = spec.as_ref().is_some_and(|c| {
         c.stdin.unwrap_or(false) && c.stdin_once.unwrap_or(false) && !c.tty.unwrap_or(false)
     });
-    let dir = k
-        .config
-        .root_dir
-        .join("logs")
-        .join(format!("{ns}_{pod}_{uid}"))
-        .join(&container);
+    let dir = k.layout().pod_logs(&ns, &pod, &uid).join(&container);
     let Some(log) = latest_log(&dir) else {
         return text(
             StatusCode::BAD_REQUEST,
@@ -169,21 +139,11 @@ pub async fn attach(
     if opts.stdin && fifo.is_none() {
         tracing::debug!(%ns, %pod, %container, "attach: the container has no stdin (stdin: true not set); input is ignored");
     }
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let response = transport.switching_protocols();
     let expect = opts.expect();
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(up) => {
-                if let Some(ch) = channels::open(TokioIo::new(up), transport, expect).await {
-                    let close_stdin = stdin_once && opts.stdin;
-                    session(ch, k, cid, log, fifo, opts, close_stdin).await;
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "attach upgrade failed"),
-        }
-    });
-    response
+    let close_stdin = stdin_once && opts.stdin;
+    stream::upgrade(&mut req, transport, expect, "attach", move |ch| {
+        session(ch, k, cid, log, fifo, opts, close_stdin)
+    })
 }
 
 /// Follows the log file `f` (opened at its end before the client's stdin is read, so output
@@ -247,21 +207,12 @@ async fn session(
     close_stdin: bool,
 ) {
     let Channels {
-        mut sink,
+        sink,
         mut incoming,
         close_signal,
         json_status,
     } = ch;
-    let (tx, mut rx) = mpsc::channel::<Message>(16);
-    let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            let close = matches!(m, Message::Close(_));
-            if sink.send(m).await.is_err() || close {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
+    let (tx, writer) = stream::spawn_writer(sink);
     let mut stdin = match fifo {
         // Non-blocking: while the container's stdin is open the shim holds the read end; once
         // it was closed (stdinOnce) nobody reads, and the open fails with ENXIO.
@@ -349,8 +300,7 @@ async fn session(
     tokio::select! {
         _ = out => {
             let st = json!({"metadata": {}, "status": "Success"});
-            let _ = tx.send(error_message(&st, json_status)).await;
-            let _ = tx.send(normal_close()).await;
+            stream::finish(&tx, &st, json_status).await;
         }
         _ = reader => close_once().await,
     }

@@ -53,12 +53,18 @@ pub const SPDY_PROTOCOLS: [&str; 4] = [
     "channel.k8s.io",
 ];
 
-const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const ERROR: u8 = 3;
-const RESIZE: u8 = 4;
-const CLOSE: u8 = 255;
+/// Channel 0: the client's stdin.
+pub const STDIN: u8 = 0;
+/// Channel 1: stdout.
+pub const STDOUT: u8 = 1;
+/// Channel 2: stderr.
+pub const STDERR: u8 = 2;
+/// Channel 3: the error channel (the final status).
+pub const ERROR: u8 = 3;
+/// Channel 4: terminal resizes.
+pub const RESIZE: u8 = 4;
+/// Channel 255 (v5): close signal, `[255, <channel>]` ends that channel.
+pub const CLOSE: u8 = 255;
 
 /// A plain-text answer.
 pub fn text(code: StatusCode, msg: String) -> Response {
@@ -502,7 +508,7 @@ where
                 }
             }
         }
-        let _ = sink.send(crate::exec::normal_close()).await;
+        let _ = sink.send(crate::stream::normal_close()).await;
         let _ = sink.close().await;
     });
     ours

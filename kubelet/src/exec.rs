@@ -2,7 +2,7 @@
 //! upgraded to WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`, the older and base64
 //! variants) or SPDY/3.1 (`v4.channel.k8s.io` …, kubectl ≤ 1.29), which the apiserver splices
 //! through to the client; [`crate::channels`] brings every transport to the same channel
-//! messages.
+//! messages, and [`crate::stream`] holds the session plumbing exec shares with attach.
 //!
 //! Channel protocol: every binary message starts with a stream byte — 0 stdin, 1 stdout,
 //! 2 stderr, 3 error (one JSON `v1.Status` when the command ends: `Success`, or `Failure` with
@@ -18,7 +18,7 @@
 //!
 //! Resize (channel 4, `{"Width":..,"Height":..}`, sent by `kubectl exec -it` first thing and on
 //! every SIGWINCH): the size is applied to the exec process's terminal with containerd's
-//! `Tasks.ResizePty` (container ID + exec ID, see [`containerd_tasks`]), as containerd's CRI does.
+//! `Tasks.ResizePty` (container ID + exec ID, see [`crate::containerd_tasks`]), as containerd's CRI does.
 //! The shim gets that terminal from runc only once `runc exec` has started the process (a resize
 //! before is silently dropped), so sizes are applied as soon as containerd reports the process
 //! running: a command that reads its size in its first milliseconds can still see 0x0, as with
@@ -35,232 +35,20 @@ use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
-use hyper_util::rt::TokioIo;
-use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::Api;
+use futures::StreamExt;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::Kubelet;
-use crate::channels::{self, Channels};
-
-const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const ERROR: u8 = 3;
-const RESIZE: u8 = 4;
-const CLOSE: u8 = 255;
+use crate::channels::{CLOSE, Channels, RESIZE, STDERR, STDIN, STDOUT, text};
+use crate::containerd_tasks;
+use crate::stream::{self, running_container};
+pub use crate::stream::{ExecOptions, TerminalSize, parse_resize};
 
 /// How long a `tty` exec waits for the client's first resize before starting the process.
 pub const FIRST_RESIZE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// A terminal size from the resize channel (Kubernetes' `remotecommand.TerminalSize`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-pub struct TerminalSize {
-    /// Columns.
-    #[serde(rename = "Width", alias = "width")]
-    pub width: u16,
-    /// Rows.
-    #[serde(rename = "Height", alias = "height")]
-    pub height: u16,
-}
-
-/// The size in a resize message's payload (after the channel byte); None when it is not one or
-/// either side is 0 (which the kubelet ignores too).
-pub fn parse_resize(payload: &[u8]) -> Option<TerminalSize> {
-    serde_json::from_slice::<TerminalSize>(payload)
-        .ok()
-        .filter(|s| s.width > 0 && s.height > 0)
-}
-
-/// containerd's own Tasks API (`containerd.services.tasks.v1.Tasks`, served on the same socket
-/// as CRI, namespace `k8s.io`): the calls the kubelet needs that CRI offers only through its
-/// streaming server. Messages are written out here, field numbers as in containerd's
-/// `api/services/tasks/v1/tasks.proto` and `api/types/task/task.proto`.
-pub(crate) mod containerd_tasks {
-    use std::path::{Path, PathBuf};
-    use std::time::Duration;
-
-    use hyper_util::rt::TokioIo;
-    use tonic::codegen::http::uri::PathAndQuery;
-    use tonic::metadata::MetadataValue;
-    use tonic::transport::{Endpoint, Uri};
-
-    /// `ResizePtyRequest`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ResizePtyRequest {
-        /// The container (= task) ID.
-        #[prost(string, tag = "1")]
-        pub container_id: String,
-        /// The exec process; empty for the task's init process.
-        #[prost(string, tag = "2")]
-        pub exec_id: String,
-        /// Columns.
-        #[prost(uint32, tag = "3")]
-        pub width: u32,
-        /// Rows.
-        #[prost(uint32, tag = "4")]
-        pub height: u32,
-    }
-
-    /// `GetRequest`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct GetRequest {
-        /// The container (= task) ID.
-        #[prost(string, tag = "1")]
-        pub container_id: String,
-        /// The exec process; empty for the init process.
-        #[prost(string, tag = "2")]
-        pub exec_id: String,
-    }
-
-    /// `GetResponse`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct GetResponse {
-        /// The process.
-        #[prost(message, optional, tag = "1")]
-        pub process: Option<Process>,
-    }
-
-    /// `containerd.v1.types.Process`, the fields read here.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Process {
-        /// PID on the host.
-        #[prost(uint32, tag = "3")]
-        pub pid: u32,
-        /// `Status`: 1 created, 2 running, 3 stopped.
-        #[prost(int32, tag = "4")]
-        pub status: i32,
-    }
-
-    /// `google.protobuf.Empty`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Empty {}
-
-    /// `Status.RUNNING`.
-    pub const RUNNING: i32 = 2;
-
-    async fn call<Req, Resp>(
-        socket: &Path,
-        method: &'static str,
-        req: Req,
-    ) -> Result<Resp, tonic::Status>
-    where
-        Req: prost::Message + Send + Sync + 'static,
-        Resp: prost::Message + Default + Send + Sync + 'static,
-    {
-        let path: PathBuf = socket.to_path_buf();
-        let ch = Endpoint::try_from("http://[::]")
-            .map_err(|e| tonic::Status::internal(e.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let p = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
-                }
-            }))
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let mut grpc = tonic::client::Grpc::new(ch);
-        grpc.ready()
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let mut r = tonic::Request::new(req);
-        r.metadata_mut()
-            .insert("containerd-namespace", MetadataValue::from_static("k8s.io"));
-        r.set_timeout(Duration::from_secs(10));
-        grpc.unary(
-            r,
-            PathAndQuery::from_static(method),
-            tonic_prost::ProstCodec::<Req, Resp>::default(),
-        )
-        .await
-        .map(tonic::Response::into_inner)
-    }
-
-    /// Sets the terminal size of process `exec_id` (empty: the init process) of task `cid`.
-    pub async fn resize_pty(
-        socket: &Path,
-        cid: &str,
-        exec_id: &str,
-        size: super::TerminalSize,
-    ) -> Result<(), tonic::Status> {
-        let req = ResizePtyRequest {
-            container_id: cid.into(),
-            exec_id: exec_id.into(),
-            width: size.width.into(),
-            height: size.height.into(),
-        };
-        call::<_, Empty>(socket, "/containerd.services.tasks.v1.Tasks/ResizePty", req)
-            .await
-            .map(|_| ())
-    }
-
-    /// The status of process `exec_id` of task `cid` (see [`Process::status`]).
-    pub async fn process_status(
-        socket: &Path,
-        cid: &str,
-        exec_id: &str,
-    ) -> Result<i32, tonic::Status> {
-        let req = GetRequest {
-            container_id: cid.into(),
-            exec_id: exec_id.into(),
-        };
-        let resp: GetResponse =
-            call(socket, "/containerd.services.tasks.v1.Tasks/Get", req).await?;
-        Ok(resp.process.map(|p| p.status).unwrap_or_default())
-    }
-}
-
-/// What the client asked for (Kubernetes' `PodExecOptions` as query parameters).
-#[derive(Debug, Default, PartialEq)]
-pub struct ExecOptions {
-    /// argv; `command` is repeated once per argument.
-    pub command: Vec<String>,
-    /// Attach the client's stdin.
-    pub stdin: bool,
-    /// Send stdout.
-    pub stdout: bool,
-    /// Send stderr.
-    pub stderr: bool,
-    /// Allocate a terminal (stderr is merged into stdout).
-    pub tty: bool,
-}
-
-impl ExecOptions {
-    /// The streams the client will open (SPDY).
-    pub fn expect(&self) -> channels::Expect {
-        channels::Expect {
-            stdin: self.stdin,
-            stdout: self.stdout,
-            stderr: self.stderr,
-            tty: self.tty,
-        }
-    }
-
-    /// Parses the query string (`command=sh&command=-c&command=exit%203&stdout=true`).
-    pub fn parse(query: &str) -> ExecOptions {
-        let mut o = ExecOptions::default();
-        let truthy = |v: &str| matches!(v, "true" | "1" | "True" | "TRUE");
-        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-            match &*k {
-                "command" => o.command.push(v.into_owned()),
-                "input" | "stdin" => o.stdin = truthy(&v),
-                "output" | "stdout" => o.stdout = truthy(&v),
-                "error" | "stderr" => o.stderr = truthy(&v),
-                "tty" => o.tty = truthy(&v),
-                _ => {}
-            }
-        }
-        o
-    }
-}
-
-pub(crate) use crate::channels::text;
 
 /// The exit status of a finished command as the `v1.Status` sent on the error channel.
 pub fn exit_status(code: Option<i32>, command: &[String]) -> serde_json::Value {
@@ -282,77 +70,6 @@ pub fn exit_status(code: Option<i32>, command: &[String]) -> serde_json::Value {
     }
 }
 
-/// A running container found for exec or attach.
-pub(crate) struct RunningContainer {
-    /// Its CRI container ID (= containerd task ID).
-    pub id: String,
-    /// The pod's UID.
-    pub pod_uid: String,
-    /// Its spec in the pod, if it is a regular container.
-    pub spec: Option<k8s_openapi::api::core::v1::Container>,
-}
-
-/// The running container `container` of pod `ns/pod`.
-pub(crate) async fn running_container(
-    k: &Kubelet,
-    ns: &str,
-    pod: &str,
-    container: &str,
-) -> Result<RunningContainer, Response> {
-    let api: Api<Pod> = Api::namespaced(k.client.clone(), ns);
-    let p = match api.get_opt(pod).await {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            return Err(text(
-                StatusCode::NOT_FOUND,
-                format!("pod {ns}/{pod} not found"),
-            ));
-        }
-        Err(e) => return Err(text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-    };
-    let uid = p.metadata.uid.unwrap_or_default();
-    let spec = p
-        .spec
-        .and_then(|s| s.containers.into_iter().find(|c| c.name == container));
-    let filter = cri::ContainerFilter {
-        label_selector: [
-            ("io.kubernetes.pod.uid".to_string(), uid.clone()),
-            (
-                "io.kubernetes.container.name".to_string(),
-                container.to_string(),
-            ),
-        ]
-        .into(),
-        state: Some(cri::ContainerStateValue {
-            state: cri::ContainerState::ContainerRunning as i32,
-        }),
-        ..Default::default()
-    };
-    let mut rt = k.cri.rt.clone();
-    let found = rt
-        .list_containers(cri::ListContainersRequest {
-            filter: Some(filter),
-        })
-        .await
-        .map_err(|e| text(StatusCode::SERVICE_UNAVAILABLE, e.message().to_string()))?
-        .into_inner()
-        .containers
-        .into_iter()
-        .max_by_key(|c| c.created_at);
-    found
-        .map(|c| RunningContainer {
-            id: c.id,
-            pod_uid: uid,
-            spec,
-        })
-        .ok_or_else(|| {
-            text(
-                StatusCode::BAD_REQUEST,
-                format!("container {container:?} in pod {pod:?} is not running"),
-            )
-        })
-}
-
 /// The handler: checks the request, answers `101 Switching Protocols` and runs the session on
 /// the upgraded connection.
 pub async fn exec(
@@ -360,9 +77,8 @@ pub async fn exec(
     Path((ns, pod, container)): Path<(String, String, String)>,
     mut req: Request,
 ) -> Response {
-    let opts = ExecOptions::parse(req.uri().query().unwrap_or(""));
-    let transport = match channels::negotiate(req.headers()) {
-        Ok(t) => t,
+    let (opts, transport) = match stream::negotiate(&req) {
+        Ok(o) => o,
         Err(r) => return r,
     };
     if opts.command.is_empty() {
@@ -371,51 +87,18 @@ pub async fn exec(
             "you must specify at least 1 command".into(),
         );
     }
-    if !(opts.stdin || opts.stdout || opts.stderr) {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "you must specify at least one of stdin, stdout, stderr".into(),
-        );
+    if let Err(r) = opts.require_a_stream() {
+        return r;
     }
     let cid = match running_container(&k, &ns, &pod, &container).await {
         Ok(c) => c.id,
         Err(r) => return r,
     };
-    let on_upgrade = hyper::upgrade::on(&mut req);
     let socket = k.cri.socket.clone();
-    let response = transport.switching_protocols();
     let expect = opts.expect();
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(up) => {
-                if let Some(ch) = channels::open(TokioIo::new(up), transport, expect).await {
-                    session(ch, socket, cid, opts).await;
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "exec upgrade failed"),
-        }
-    });
-    response
-}
-
-/// The error channel's message for `status`: the JSON `v1.Status` (v4 and later), or its
-/// message as text (older protocols, which send nothing on success). None: nothing to send.
-pub(crate) fn error_message(status: &serde_json::Value, json_status: bool) -> Message {
-    let mut b = vec![ERROR];
-    if json_status {
-        b.extend(serde_json::to_vec(status).unwrap_or_default());
-    } else if status["status"] != "Success" {
-        b.extend_from_slice(status["message"].as_str().unwrap_or("").as_bytes());
-    }
-    Message::Binary(b.into())
-}
-
-/// A close with code 1000: client-go reads it as the end of every stream (1005 is an error).
-pub(crate) fn normal_close() -> Message {
-    Message::Close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
-        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
-        reason: "".into(),
-    }))
+    stream::upgrade(&mut req, transport, expect, "exec", move |ch| {
+        session(ch, socket, cid, opts)
+    })
 }
 
 /// Quotes `s` for a POSIX shell.
@@ -426,6 +109,10 @@ fn shell_quote(s: &str) -> String {
 /// The `ctr tasks exec` command running `opts.command` in container `cid` as process
 /// `exec_id`; with a tty under `script`, whose terminal gets `size` first, and with `ctr`'s own
 /// messages going to `ctr_log` instead of the terminal.
+///
+/// A child process on purpose: `ctr` is containerd's own client (same package and version),
+/// and its task exec relays the process's stdio through FIFOs it sets up with the shim, which
+/// no Rust crate implements (see the module docs for why CRI `Exec` is not used).
 fn command(
     socket: &std::path::Path,
     cid: &str,
@@ -519,22 +206,12 @@ fn pump(
 /// sends the exit status on the error channel and closes.
 async fn session(ch: Channels, socket: std::path::PathBuf, cid: String, opts: ExecOptions) {
     let Channels {
-        mut sink,
+        sink,
         mut incoming,
         close_signal,
         json_status,
     } = ch;
-    let (tx, mut rx) = mpsc::channel::<Message>(16);
-    let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            let close = matches!(m, Message::Close(_));
-            if sink.send(m).await.is_err() || close {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
-    let error_frame = |status: serde_json::Value| error_message(&status, json_status);
+    let (tx, writer) = stream::spawn_writer(sink);
     // kubectl sends the terminal size as soon as it is connected (possibly after some stdin):
     // wait for it briefly so the terminal has it from the start. What comes before it is
     // handled, in order, once the process runs.
@@ -587,8 +264,7 @@ async fn session(ch: Channels, socket: std::path::PathBuf, cid: String, opts: Ex
         Err(e) => {
             tracing::warn!(error = %e, "exec");
             let st = json!({"metadata": {}, "status": "Failure", "message": e, "reason": "InternalError"});
-            let _ = tx.send(error_frame(st)).await;
-            let _ = tx.send(normal_close()).await;
+            stream::finish(&tx, &st, json_status).await;
             let _ = writer.await;
             return;
         }
@@ -662,17 +338,12 @@ async fn session(ch: Channels, socket: std::path::PathBuf, cid: String, opts: Ex
                 b.extend_from_slice(msg.as_bytes());
                 let _ = tx.send(Message::Binary(b.into())).await;
             }
-            let _ = tx.send(error_frame(exit_status(code, &opts.command))).await;
-            let _ = tx.send(normal_close()).await;
+            stream::finish(&tx, &exit_status(code, &opts.command), json_status).await;
         }
         None => {
             // SIGTERM to ctr is forwarded to the process in the container.
             if let Some(pid) = pid {
-                let _ = tokio::process::Command::new("kill")
-                    .arg("-TERM")
-                    .arg(pid.to_string())
-                    .status()
-                    .await;
+                crate::runtime::terminate(pid);
             }
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut done).await;
         }
@@ -737,15 +408,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn options_from_query() {
-        let o = ExecOptions::parse(
-            "command=sh&command=-c&command=exit%203&stdin=true&stdout=true&stderr=true&container=c",
-        );
-        assert_eq!(o.command, ["sh", "-c", "exit 3"]);
-        assert!(o.stdin && o.stdout && o.stderr && !o.tty);
-    }
-
-    #[test]
     fn exit_codes_as_status() {
         let st = exit_status(Some(3), &["sh".into()]);
         assert_eq!(st["status"], "Failure");
@@ -754,28 +416,6 @@ mod tests {
         assert_eq!(st["details"]["causes"][0]["message"], "3");
         assert_eq!(exit_status(Some(0), &[])["status"], "Success");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
-    }
-
-    #[test]
-    fn resize_messages() {
-        // What client-go sends on channel 4 (after the channel byte).
-        assert_eq!(
-            parse_resize(br#"{"Width":100,"Height":40}"#),
-            Some(TerminalSize {
-                width: 100,
-                height: 40
-            })
-        );
-        assert_eq!(
-            parse_resize(br#"{"width":80,"height":24}"#),
-            Some(TerminalSize {
-                width: 80,
-                height: 24
-            })
-        );
-        assert_eq!(parse_resize(br#"{"Width":0,"Height":0}"#), None);
-        assert_eq!(parse_resize(b"not json"), None);
-        assert_eq!(parse_resize(br#"{"Width":-1,"Height":3}"#), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod attach;
 pub mod channels;
+pub(crate) mod containerd_tasks;
 pub mod events;
 pub mod exec;
 pub mod hooks;
@@ -25,6 +26,7 @@ pub mod simulated;
 pub mod spdy;
 pub mod spec;
 pub mod stats;
+pub mod stream;
 pub mod volumes;
 
 use std::collections::HashMap;

@@ -29,8 +29,6 @@ use axum::response::Response;
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::Api;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::Kubelet;
@@ -124,17 +122,7 @@ fn negotiate(headers: &HeaderMap) -> Result<channels::Transport, Response> {
 /// The sandbox of pod `ns/name` and its network namespace.
 #[allow(clippy::result_large_err)]
 async fn target(k: &Kubelet, ns: &str, name: &str) -> Result<Target, Response> {
-    let api: Api<Pod> = Api::namespaced(k.client.clone(), ns);
-    let pod = match api.get_opt(name).await {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            return Err(text(
-                StatusCode::NOT_FOUND,
-                format!("pod {ns}/{name} not found"),
-            ));
-        }
-        Err(e) => return Err(text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-    };
+    let pod = crate::stream::get_pod(k, ns, name).await?;
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let filter = cri::PodSandboxFilter {
         label_selector: [("io.kubernetes.pod.uid".to_string(), uid)].into(),

@@ -64,6 +64,11 @@ impl Layout {
     pub fn cni_conf(&self) -> PathBuf {
         self.root.join("cni/net.d")
     }
+    /// The log directory of pod `ns/name` (`<root>/logs/<ns>_<name>_<uid>`, one directory per
+    /// container below it, one `<attempt>.log` per attempt).
+    pub fn pod_logs(&self, ns: &str, name: &str, uid: &str) -> PathBuf {
+        self.root.join("logs").join(format!("{ns}_{name}_{uid}"))
+    }
     /// Image archives imported at start.
     pub fn images(&self) -> PathBuf {
         self.root.join("images")
@@ -136,7 +141,7 @@ pub fn setup_cni(layout: &Layout, pod_cidr: &str) -> Result<(), Error> {
 }
 
 /// Sends SIGTERM to `pid` (a process that is gone is no error here).
-fn terminate(pid: u32) {
+pub(crate) fn terminate(pid: u32) {
     if let Some(pid) = i32::try_from(pid)
         .ok()
         .and_then(rustix::process::Pid::from_raw)
@@ -192,6 +197,8 @@ impl Containerd {
         }
         let socket = layout.socket();
         let _ = std::fs::remove_file(&socket);
+        // A child process on purpose: containerd is the container runtime itself (a long-lived
+        // daemon with its shims), not something a library call can replace.
         let child = tokio::process::Command::new(bin)
             .arg("--config")
             .arg(&config)

@@ -22,15 +22,14 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::Api;
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt};
 
+use crate::channels::text;
 use crate::{Error, Kubelet};
 
 /// Serves the kubelet API on `addr` until the task is aborted.
@@ -243,10 +242,6 @@ pub struct LogOptions {
     limit_bytes: Option<i64>,
 }
 
-fn text(code: StatusCode, msg: String) -> Response {
-    (code, [(header::CONTENT_TYPE, "text/plain")], msg).into_response()
-}
-
 /// One line of a CRI log file: `<RFC3339Nano> <stream> <P|F> <message>`.
 fn parse_cri_line(line: &str) -> Option<(&str, bool, &str)> {
     let mut it = line.splitn(4, ' ');
@@ -268,7 +263,7 @@ fn render(line: &str, timestamps: bool) -> Option<String> {
 }
 
 /// The log files of a container, by attempt (ascending).
-fn log_files(dir: &std::path::Path) -> Vec<(u32, PathBuf)> {
+pub(crate) fn log_files(dir: &std::path::Path) -> Vec<(u32, PathBuf)> {
     let mut v: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
@@ -289,17 +284,7 @@ fn log_files(dir: &std::path::Path) -> Vec<(u32, PathBuf)> {
 }
 
 async fn running(k: &Kubelet, uid: &str, container: &str) -> bool {
-    let filter = cri::ContainerFilter {
-        label_selector: [
-            ("io.kubernetes.pod.uid".to_string(), uid.to_string()),
-            (
-                "io.kubernetes.container.name".to_string(),
-                container.to_string(),
-            ),
-        ]
-        .into(),
-        ..Default::default()
-    };
+    let filter = crate::stream::container_filter(uid, container);
     let mut rt = k.cri.rt.clone();
     rt.list_containers(cri::ListContainersRequest {
         filter: Some(filter),
@@ -319,19 +304,12 @@ async fn container_logs(
     Path((ns, pod, container)): Path<(String, String, String)>,
     Query(o): Query<LogOptions>,
 ) -> Response {
-    let api: Api<Pod> = Api::namespaced(k.client.clone(), &ns);
-    let p = match api.get_opt(&pod).await {
-        Ok(Some(p)) => p,
-        Ok(None) => return text(StatusCode::NOT_FOUND, format!("pod {ns}/{pod} not found")),
-        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    let p = match crate::stream::get_pod(&k, &ns, &pod).await {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     let uid = p.metadata.uid.clone().unwrap_or_default();
-    let dir = k
-        .config
-        .root_dir
-        .join("logs")
-        .join(format!("{ns}_{pod}_{uid}"))
-        .join(&container);
+    let dir = k.layout().pod_logs(&ns, &pod, &uid).join(&container);
     let files = log_files(&dir);
     let chosen = if o.previous.unwrap_or(false) {
         files.len().checked_sub(2).and_then(|i| files.get(i))

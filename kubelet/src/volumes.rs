@@ -416,23 +416,13 @@ pub async fn setup(
         if let Some(ed) = &v.empty_dir {
             std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
             if ed.medium.as_deref() == Some("Memory") && !is_mountpoint(&dir) {
-                let mut args = vec!["-t".to_string(), "tmpfs".into()];
-                if let Some(l) = ed
+                let size = ed
                     .size_limit
                     .as_ref()
                     .and_then(|q| crate::spec::parse_quantity(&q.0))
-                {
-                    args.push("-o".into());
-                    args.push(format!("size={}", l as u64));
-                }
-                let st = std::process::Command::new("mount")
-                    .args(&args)
-                    .arg("tmpfs")
-                    .arg(&dir)
-                    .status();
-                if !matches!(st, Ok(s) if s.success()) {
-                    return Err(format!("mount tmpfs on {}", dir.display()));
-                }
+                    .map(|l| l as u64);
+                mount_tmpfs(&dir, size)
+                    .map_err(|e| format!("mount tmpfs on {}: {e}", dir.display()))?;
             }
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777));
@@ -690,6 +680,17 @@ fn apply_fs_group(root: &Path, gid: i64) -> Result<(), String> {
     Ok(())
 }
 
+/// Mounts a tmpfs on `dir` (mount(2), as `mount -t tmpfs [-o size=N] tmpfs <dir>` does: no
+/// flags, the size as the only option).
+fn mount_tmpfs(dir: &Path, size: Option<u64>) -> std::io::Result<()> {
+    use rustix::mount::{MountFlags, mount};
+    let data = size
+        .map(|s| std::ffi::CString::new(format!("size={s}")))
+        .transpose()?;
+    mount("tmpfs", dir, "tmpfs", MountFlags::empty(), data.as_deref())?;
+    Ok(())
+}
+
 fn is_mountpoint(dir: &Path) -> bool {
     let d = dir.to_string_lossy();
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -743,14 +744,18 @@ pub fn mounts(root: &Path, pod: &Pod, c: &Container) -> Vec<cri::Mount> {
 
 /// Removes the pod's directory (unmounting tmpfs emptyDirs first).
 pub fn teardown(root: &Path, uid: &str) {
+    use rustix::mount::{UnmountFlags, unmount};
     if let Ok(mut cache) = TOKENS.lock() {
         cache.retain(|(u, _, _), _| u != uid);
     }
     let vols = root.join("pods").join(uid).join("volumes");
     if let Ok(rd) = std::fs::read_dir(&vols) {
         for e in rd.flatten() {
-            if is_mountpoint(&e.path()) {
-                let _ = std::process::Command::new("umount").arg(e.path()).status();
+            let path = e.path();
+            if is_mountpoint(&path)
+                && let Err(err) = unmount(&path, UnmountFlags::empty())
+            {
+                tracing::warn!(path = %path.display(), error = %err, "unmounting an emptyDir");
             }
         }
     }
