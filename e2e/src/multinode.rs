@@ -303,9 +303,20 @@ pub struct DnsProbe {
 }
 
 impl DnsProbe {
-    /// Serves for `lifetime` inside `netns`.
+    /// Serves on port 53 of every address for `lifetime` inside `netns`.
     pub fn start(netns: &Path, lifetime: Duration) -> anyhow::Result<DnsProbe> {
-        let socket = in_netns(netns, || Ok(UdpSocket::bind("0.0.0.0:53")?))?;
+        Self::start_at(netns, ([0, 0, 0, 0], 53).into(), lifetime)
+    }
+
+    /// Serves on `addr` for `lifetime` inside `netns`. Bound to one address, its answers come
+    /// from that address (a client's connected UDP socket drops answers from any other, which
+    /// a socket on 0.0.0.0 of a host with several addresses may send).
+    pub fn start_at(
+        netns: &Path,
+        addr: SocketAddr,
+        lifetime: Duration,
+    ) -> anyhow::Result<DnsProbe> {
+        let socket = in_netns(netns, move || Ok(UdpSocket::bind(addr)?))?;
         socket.set_read_timeout(Some(Duration::from_millis(200)))?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {

@@ -4,7 +4,8 @@
 //! `k8s-app: kube-dns`, image built by `lotse up` from the `lotse-dns` binary), checked from real
 //! pods with busybox's `nslookup` and glibc's resolver (debian's `getent`, bash's `/dev/tcp`);
 //! and a NetworkPolicy written for Kubernetes (egress to `k8s-app: kube-dns` in `kube-system`)
-//! admits DNS while default-deny egress without it blocks it. ~60 s.
+//! admits DNS while default-deny egress without it blocks it; other names are forwarded to the
+//! node's upstream resolver (`--resolv-conf`: a DnsProbe of the test) and cached. ~60 s.
 //!
 //! Needs root, containerd, runc, containernetworking-plugins, nftables, the built binaries
 //! (`cargo build --workspace --bins`, lotse-dns included) and the busybox, pause and debian
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use e2e::lotse::{Lotse, node_ready_args, random_pod_cidr, require_images, wait_for};
+use e2e::multinode::{DnsProbe, PROBE_ANSWER};
 use e2e::{Kubectl, eventually};
 
 const MANIFEST: &str = r#"
@@ -168,6 +170,9 @@ fn start(tmp: &Path) -> anyhow::Result<(Cluster, String)> {
     }
     let table = format!("lotse-dns-{}", std::process::id());
     let (range, dns_ip) = random_service_range()?;
+    // The node's upstream resolver: the test's DnsProbe on the node's address.
+    let resolv = tmp.join("resolv.conf");
+    std::fs::write(&resolv, format!("nameserver {}\n", host_ip()?))?;
     let args: Vec<String> = [
         "--data-dir",
         &data.to_string_lossy(),
@@ -184,6 +189,8 @@ fn start(tmp: &Path) -> anyhow::Result<(Cluster, String)> {
         "--nftables-table",
         &table,
         "--disable-ingress",
+        "--resolv-conf",
+        &resolv.to_string_lossy(),
         "--images=",
         "--no-install",
     ]
@@ -238,6 +245,14 @@ impl Cluster {
         }
         out
     }
+}
+
+/// The source address of the default route: the node address `lotse up` picks.
+fn host_ip() -> anyhow::Result<std::net::IpAddr> {
+    // connect() on UDP only chooses the route; nothing is sent.
+    let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    s.connect("1.1.1.1:53")?;
+    Ok(s.local_addr()?.ip())
 }
 
 #[test]
@@ -344,6 +359,32 @@ fn pods_resolve_services_by_name() -> anyhow::Result<()> {
     assert!(
         out.contains("7000") && out.contains("db-0.db.default.svc.cluster.local"),
         "{out}"
+    );
+
+    // Other names go to the node's upstream resolver (the probe), and the answer is cached.
+    let upstream = DnsProbe::start_at(
+        Path::new("/proc/self/ns/net"),
+        (host_ip()?, 53).into(),
+        Duration::from_secs(120),
+    )?;
+    let mut asked = Vec::new();
+    let out = eventually("an upstream name", Duration::from_secs(20), || {
+        let out = c.sh("client", "nslookup -type=a upstream.lotse.test.");
+        asked.extend(upstream.sources());
+        let out = out.with_context(|| format!("the upstream saw queries from {asked:?}"))?;
+        if !out.contains(PROBE_ANSWER) {
+            bail!("no {PROBE_ANSWER} in {out}");
+        }
+        Ok(out)
+    })
+    .with_context(|| c.dns_log())?;
+    assert!(out.contains(&dns_ip), "answered by the cluster DNS: {out}");
+    assert!(!asked.is_empty(), "the upstream was asked");
+    let out = c.sh("client", "nslookup -type=a upstream.lotse.test.")?;
+    assert!(out.contains(PROBE_ANSWER), "{out}");
+    assert!(
+        upstream.sources().is_empty(),
+        "the second answer came from the cache"
     );
 
     // Short names through the search path with glibc's resolver, then traffic by name.

@@ -53,6 +53,10 @@ pub struct UpArgs {
     /// The cluster's DNS domain.
     #[arg(long, env = "LOTSE_CLUSTER_DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
+    /// Resolver configuration file that `dnsPolicy: Default` pods inherit — the cluster DNS
+    /// pods too, whose upstreams its nameservers are (empty: none), as the kubelet's flag.
+    #[arg(long, env = "LOTSE_RESOLV_CONF", default_value = "/etc/resolv.conf")]
+    resolv_conf: String,
     /// Don't run the cluster DNS (the `kube-system/coredns` Deployment behind the `kube-dns`
     /// Service is not created, no DNS image is built; pods then use the host's resolvers).
     #[arg(long, env = "LOTSE_DISABLE_CLUSTER_DNS")]
@@ -374,6 +378,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         cgroup_root: "/".into(),
     });
     kcfg.runtime = a.runtime;
+    kcfg.resolv_conf = a.resolv_conf.clone();
     if let Some(ip) = underlay_ip {
         kcfg.node_ip = ip.to_string();
     }
