@@ -150,6 +150,26 @@ pub(crate) fn terminate(pid: u32) {
     }
 }
 
+/// OCI runtimes besides runc that the node may have, each offered to pods as a RuntimeClass
+/// handler of its own name through containerd's runc shim (as k3s detects crun and youki).
+const EXTRA_RUNTIMES: &[&str] = &["crun", "youki"];
+
+/// containerd runtime tables (appended to the configuration) for those of [`EXTRA_RUNTIMES`]
+/// that `find` locates: handler `<name>` runs `runtime_type` io.containerd.runc.v2 with
+/// `BinaryName` set to the binary, cgroupfs as runc.
+fn extra_runtimes(find: impl Fn(&str) -> Option<PathBuf>) -> String {
+    let mut out = String::new();
+    for name in EXTRA_RUNTIMES {
+        let Some(bin) = find(name) else { continue };
+        let table = format!("plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{name}");
+        out.push_str(&format!(
+            "\n[{table}]\n  runtime_type = \"io.containerd.runc.v2\"\n[{table}.options]\n  BinaryName = {:?}\n  SystemdCgroup = false\n",
+            bin.to_string_lossy()
+        ));
+    }
+    out
+}
+
 /// A containerd process started and supervised by the kubelet.
 pub struct Containerd {
     child: tokio::process::Child,
@@ -165,8 +185,12 @@ impl Containerd {
         let config = dir.join("config.toml");
         // The registry credentials rendered from registries.yaml (images::apply_registry_config).
         let auth = std::fs::read_to_string(layout.registry_auth()).unwrap_or_default();
-        std::fs::write(&config, CONTAINERD_CONFIG.replace("@ROOT@", &root) + &auth)
-            .map_err(io_err("write containerd config"))?;
+        let runtimes = extra_runtimes(|name| find_binary(name, &["/usr/bin", "/usr/local/bin"]));
+        std::fs::write(
+            &config,
+            CONTAINERD_CONFIG.replace("@ROOT@", &root) + &auth + &runtimes,
+        )
+        .map_err(io_err("write containerd config"))?;
         let bin = find_binary("containerd", &["/usr/bin", "/usr/local/bin"]).ok_or_else(|| {
             Error::Runtime("containerd not found (Debian packages containerd and runc)".into())
         })?;
@@ -248,5 +272,26 @@ impl Containerd {
             }
         }
         let _ = self.child.kill().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtimes_found_on_the_node_become_handlers() {
+        let none = extra_runtimes(|_| None);
+        assert!(none.is_empty());
+        let crun = extra_runtimes(|n| (n == "crun").then(|| PathBuf::from("/usr/bin/crun")));
+        assert_eq!(
+            crun,
+            "\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.crun]\n  \
+             runtime_type = \"io.containerd.runc.v2\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.crun.options]\n  \
+             BinaryName = \"/usr/bin/crun\"\n  SystemdCgroup = false\n"
+        );
+        // The template defines runc only; an appended table must not collide with it.
+        assert!(!CONTAINERD_CONFIG.contains("runtimes.crun"));
     }
 }
