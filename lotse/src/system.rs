@@ -275,15 +275,20 @@ mod tests {
         assert!(!other_version("docker.io/lotse/dns", wanted));
     }
 
+    /// The kinds of `objs`, after checking that no `${…}` placeholder is left in them.
+    fn filled_kinds(objs: &[DynamicObject]) -> Vec<String> {
+        let text = serde_json::to_string(objs).unwrap();
+        assert!(!text.contains("${"), "a placeholder is left: {text}");
+        objs.iter()
+            .map(|o| o.types.as_ref().unwrap().kind.clone())
+            .collect()
+    }
+
     #[test]
     fn ingress_objects_run_on_every_node_with_the_given_ports() {
         let objs = ingress_objects("docker.io/lotse/ingress:9.9.9", 8080, 8443).unwrap();
-        let kinds: Vec<String> = objs
-            .iter()
-            .map(|o| o.types.as_ref().unwrap().kind.clone())
-            .collect();
         assert_eq!(
-            kinds,
+            filled_kinds(&objs),
             [
                 "ServiceAccount",
                 "ClusterRoleBinding",
@@ -291,8 +296,6 @@ mod tests {
                 "DaemonSet"
             ]
         );
-        let text = serde_json::to_string(&objs).unwrap();
-        assert!(!text.contains("${"), "a placeholder is left: {text}");
         let class = &objs[2];
         assert_eq!(class.metadata.name.as_deref(), Some("lotse"));
         assert_eq!(class.data["spec"]["controller"], ingress::CONTROLLER);
@@ -328,12 +331,8 @@ mod tests {
             "docker.io/lotse/dns:9.9.9",
         )
         .unwrap();
-        let kinds: Vec<String> = objs
-            .iter()
-            .map(|o| o.types.as_ref().unwrap().kind.clone())
-            .collect();
         assert_eq!(
-            kinds,
+            filled_kinds(&objs),
             [
                 "ServiceAccount",
                 "ClusterRole",
@@ -342,8 +341,6 @@ mod tests {
                 "Service"
             ]
         );
-        let text = serde_json::to_string(&objs).unwrap();
-        assert!(!text.contains("${"), "a placeholder is left: {text}");
         let dep = &objs[3].data["spec"]["template"];
         assert_eq!(dep["metadata"]["labels"]["k8s-app"], "kube-dns");
         assert_eq!(dep["spec"]["dnsPolicy"], "Default");

@@ -302,18 +302,17 @@ impl EtcdStorage {
         };
         let mut clients = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
-            let mut options = ConnectOptions::new()
-                .with_connect_timeout(Duration::from_secs(5))
-                .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-                .with_keep_alive_while_idle(true)
-                // A member cut off from the others refuses requests (and ends watches) at
-                // once instead of stalling them; the request then goes to another member.
-                .with_require_leader(true);
-            if let Some(tls) = &tls_options
-                && !endpoint.starts_with("http://")
-            {
-                options = options.with_tls(tls.clone());
-            }
+            let options = with_tls(
+                endpoint,
+                tls_options.as_ref(),
+                ConnectOptions::new()
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+                    .with_keep_alive_while_idle(true)
+                    // A member cut off from the others refuses requests (and ends watches) at
+                    // once instead of stalling them; the request then goes to another member.
+                    .with_require_leader(true),
+            );
             // Connecting is lazy: a member that is down now is dialled again on use.
             let client = Client::connect([endpoint.as_str()], Some(options))
                 .await
@@ -900,6 +899,14 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
+/// `options` with `tls` for an endpoint that is not plain `http://`.
+fn with_tls(endpoint: &str, tls: Option<&TlsOptions>, options: ConnectOptions) -> ConnectOptions {
+    match tls {
+        Some(tls) if !endpoint.starts_with("http://") => options.with_tls(tls.clone()),
+        _ => options,
+    }
+}
+
 /// Streams a snapshot of the whole etcd keyspace — the maintenance API's `Snapshot`, exactly
 /// what `etcdctl snapshot save` writes, etcd's trailing sha256 included, so `etcdctl snapshot
 /// restore` accepts it — from the first member of `endpoints` that delivers one, into `out`
@@ -923,12 +930,11 @@ pub async fn save_snapshot(
     for endpoint in endpoints {
         out.set_len(0).map_err(io)?;
         out.rewind().map_err(io)?;
-        let mut options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5));
-        if let Some(tls) = &tls_options
-            && !endpoint.starts_with("http://")
-        {
-            options = options.with_tls(tls.clone());
-        }
+        let options = with_tls(
+            endpoint,
+            tls_options.as_ref(),
+            ConnectOptions::new().with_connect_timeout(Duration::from_secs(5)),
+        );
         let streamed: std::result::Result<u64, String> = async {
             let mut client = Client::connect([endpoint.as_str()], Some(options))
                 .await
