@@ -866,7 +866,7 @@ pub async fn ensure_cluster_info(state: &Arc<AppState>, ca_pem: &str, server_url
                 old,
                 rv,
                 new,
-                handlers::UpdateScope::Main,
+                crate::writer::UpdateScope::Main,
                 false,
                 None,
                 "Update",
@@ -927,7 +927,7 @@ async fn reconcile_rules(state: &Arc<AppState>, name: &str, rules: Option<Value>
         old,
         rv,
         new,
-        handlers::UpdateScope::Main,
+        crate::writer::UpdateScope::Main,
         false,
         None,
         "Update",
@@ -976,7 +976,7 @@ pub async fn ensure(state: &Arc<AppState>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rbac::PolicyRule;
+    use crate::authorization::rbac::PolicyRule;
 
     #[test]
     fn bootstrap_objects_decode_and_aggregate() {
@@ -989,7 +989,7 @@ mod tests {
             .iter()
             .find(|r| r["metadata"]["name"] == "edit")
             .unwrap();
-        let rules = crate::rbac::aggregated_rules(edit, &roles).unwrap();
+        let rules = crate::authorization::rbac::aggregated_rules(edit, &roles).unwrap();
         assert!(
             rules
                 .iter()

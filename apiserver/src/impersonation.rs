@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use axum::http::HeaderMap;
 
 use crate::auth::{ANONYMOUS, AUTHENTICATED, UNAUTHENTICATED, UserInfo};
+use crate::authorization::{Attributes, chain};
 use crate::error::{ApiError, ApiResult};
-use crate::rbac::Attributes;
 use crate::server::AppState;
 
 fn percent_decode(s: &str) -> String {
@@ -83,8 +83,7 @@ pub async fn impersonate(
     let Some(mut target) = requested(headers)? else {
         return Ok(user);
     };
-    let rbac = &state.security.rbac;
-    let check = |a: Attributes| async move { rbac.require(state, &a).await };
+    let check = |a: Attributes| async move { chain::require(state, &a).await };
     let sa = target
         .service_account_parts()
         .map(|(ns, n)| (ns.to_string(), n.to_string()));

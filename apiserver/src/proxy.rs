@@ -334,8 +334,9 @@ pub async fn pod_upgrade(
     }
     if parts.method == Method::GET {
         let query = crate::request::Query::parse(parts.uri.query());
-        let attrs = crate::rbac::request_attributes(user, &Method::POST, parts.uri.path(), &query);
-        state.security.rbac.require(state, &attrs).await?;
+        let attrs =
+            crate::authorization::request_attributes(user, &Method::POST, parts.uri.path(), &query);
+        crate::authorization::chain::require(state, &attrs).await?;
     }
     let (pod, _) = get_current(state, rp.def, rp.namespace.as_deref(), name).await?;
     let node = pod

@@ -246,14 +246,11 @@ async fn dispatch_inner(
             Err(_) => return Ok(crate::flowcontrol::too_many_requests()),
         }
     };
-    state
-        .security
-        .rbac
-        .require(
-            state,
-            &crate::rbac::request_attributes(&user, &parts.method, &path, &query),
-        )
-        .await?;
+    crate::authorization::chain::require(
+        state,
+        &crate::authorization::request_attributes(&user, &parts.method, &path, &query),
+    )
+    .await?;
     crate::componentstatus::observe_user(&user.name);
     if let Some(node) = path.strip_prefix("/lotse/node-kubeconfig/") {
         return crate::components::node_kubeconfig_response(state, node);
@@ -734,9 +731,9 @@ impl crate::autoregister::ApiServiceStore for ApiServiceStore {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         let scope = if status {
-            handlers::UpdateScope::Status
+            crate::writer::UpdateScope::Status
         } else {
-            handlers::UpdateScope::Main
+            crate::writer::UpdateScope::Main
         };
         let r = handlers::write_update(
             &self.0,

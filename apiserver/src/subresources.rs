@@ -10,12 +10,13 @@ use crate::error::{ApiError, ApiResult};
 use crate::eviction;
 use crate::handlers::DeleteOpts;
 use crate::handlers::{
-    Ctx, UpdateScope, get_current, header_str, json_response, object_key, set_rv, write_update,
+    Ctx, get_current, header_str, json_response, object_key, set_rv, write_update,
 };
 use crate::registry::resources::PODDISRUPTIONBUDGETS;
 use crate::registry::{ResourceDef, Subresource, fields};
 use crate::request;
 use crate::server::AppState;
+use crate::writer::UpdateScope;
 
 fn respond(code: StatusCode, v: &Value) -> Response {
     json_response(code, serde_json::to_vec(v).unwrap_or_default())
@@ -202,7 +203,7 @@ async fn approval_write(
     if let Some(user) = crate::auth::request_user()
         && !may_use_signer(ctx.state, &user, "approve", signer).await?
     {
-        return Err(crate::rbac::forbidden_error(
+        return Err(crate::authorization::forbidden_error(
             def.group,
             def.plural,
             name,
@@ -246,7 +247,7 @@ pub async fn csr_status_update(
         && let Some(user) = crate::auth::request_user()
         && !may_use_signer(state, &user, "sign", signer).await?
     {
-        return Err(crate::rbac::forbidden_error(
+        return Err(crate::authorization::forbidden_error(
             def.group,
             def.plural,
             name,
@@ -269,7 +270,7 @@ async fn may_use_signer(
         names.push(format!("{domain}/*"));
     }
     for n in names {
-        let a = crate::rbac::Attributes::resource(
+        let a = crate::authorization::Attributes::resource(
             user,
             verb,
             "certificates.k8s.io",
@@ -279,8 +280,8 @@ async fn may_use_signer(
             &n,
         );
         if matches!(
-            state.security.rbac.authorize(state, &a).await?,
-            crate::rbac::Decision::Allow(_)
+            crate::authorization::chain::authorize(state, &a).await?,
+            crate::authorization::Decision::Allow(_)
         ) {
             return Ok(true);
         }

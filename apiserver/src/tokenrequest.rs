@@ -54,7 +54,7 @@ async fn node_restriction(
     node: &str,
     spec: &Value,
 ) -> ApiResult<()> {
-    let forbid = |why: &str| crate::rbac::forbidden_error("", "serviceaccounts", sa, why);
+    let forbid = |why: &str| crate::authorization::forbidden_error("", "serviceaccounts", sa, why);
     let r = spec.get("boundObjectRef").filter(|v| v.is_object());
     let field = |k: &str| {
         r.and_then(|r| r.get(k))

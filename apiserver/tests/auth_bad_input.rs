@@ -48,7 +48,7 @@ impl Api {
     async fn new() -> Api {
         let (state, store) = common::state().await;
         state.security.rbac.start(&state);
-        apiserver::rbac::spawn_aggregation(state.clone());
+        apiserver::authorization::rbac::spawn_aggregation(state.clone());
         apiserver::admission::resource_quota::spawn_usage_loop(state.clone());
         let tokens = Arc::new(authority());
         state.security.set_tokens(tokens.clone());

@@ -5,7 +5,7 @@
 //! the circles it finds, with the imports that close them).
 //!
 //! - A unit of the graph is a top-level module of `src/` (`handlers`, `crd`, …), except inside
-//!   `registry/`, `storage/` and `admission/`, where every file is its own unit
+//!   `registry/`, `storage/`, `admission/` and `authorization/`, where every file is its own unit
 //!   (`admission::resource_quota`, `registry::resources::core`).
 //! - An import is a path to another unit: `use` trees (`use crate::a::{b, c::d}`), inline paths
 //!   (`crate::x::f()`), `super::`/`self::` paths resolved against the file's module (and inline
@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Directories whose files are each their own unit.
-const PER_FILE: &[&str] = &["admission", "registry", "storage"];
+const PER_FILE: &[&str] = &["admission", "authorization", "registry", "storage"];
 
 /// The circles there were when this check was written; a circle found must be a subset of one.
 const KNOWN: &[&[&str]] = &[&[
@@ -39,6 +39,10 @@ const KNOWN: &[&[&str]] = &[&[
     "alloc",
     "auth",
     "authn",
+    "authorization",
+    "authorization::chain",
+    "authorization::node",
+    "authorization::rbac",
     "bootstrap_rbac",
     "cacher",
     "components",
@@ -49,13 +53,11 @@ const KNOWN: &[&[&str]] = &[&[
     "impersonation",
     "list",
     "managed",
-    "node_authorizer",
     "openapi",
     "openapi_v2",
     "patch",
     "protobuf",
     "proxy",
-    "rbac",
     "registry",
     "registry::custom",
     "registry::resources",
@@ -87,34 +89,35 @@ const KNOWN: &[&[&str]] = &[&[
     "tls",
     "tokenrequest",
     "watch",
+    "writer",
 ]];
 
 /// Top-level modules that imported each other directly when this check was written.
 const KNOWN_MUTUAL: &[(&str, &str)] = &[
-    ("admission", "handlers"),
     ("admission", "registry"),
     ("admission", "server"),
     ("alloc", "server"),
     ("auth", "authn"),
-    ("auth", "rbac"),
+    ("auth", "authorization"),
     ("authn", "server"),
     ("bootstrap_rbac", "server"),
     ("cacher", "registry"),
     ("components", "server"),
     ("endpoint_reconciler", "server"),
     ("handlers", "list"),
-    ("handlers", "registry"),
     ("handlers", "server"),
     ("handlers", "subresources"),
     ("handlers", "watch"),
     ("impersonation", "server"),
-    ("node_authorizer", "rbac"),
     ("protobuf", "registry"),
     ("proxy", "server"),
-    ("rbac", "server"),
-    ("rbac", "subresources"),
+    ("authorization", "server"),
+    ("authorization", "subresources"),
     ("registry", "server"),
     ("reviews", "server"),
+    // The CRD controller (`registry/custom.rs`) updates CRDs through the write handle, whose
+    // signatures name `registry::ResourceDef` (was `handlers <-> registry`).
+    ("registry", "writer"),
 ];
 
 /// A token of Rust source, enough to follow paths.

@@ -108,7 +108,7 @@ struct Pod<'a> {
 
 impl<'a> Pod<'a> {
     fn containers(&self) -> Vec<&'a Value> {
-        super::all_containers(self.spec)
+        crate::registry::resources::pod::all_containers(self.spec)
     }
 
     fn names(&self, mut pred: impl FnMut(&Value) -> bool) -> Vec<String> {

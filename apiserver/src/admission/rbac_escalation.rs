@@ -5,8 +5,9 @@
 use serde_json::Value;
 
 use crate::auth::UserInfo;
+use crate::authorization::rbac::{PolicyRule, confirm_no_escalation};
+use crate::authorization::{Attributes, Decision, chain};
 use crate::error::{ApiError, ApiResult};
-use crate::rbac::{Attributes, Decision, PolicyRule, confirm_no_escalation};
 use crate::registry::{ResourceDef, fields};
 use crate::server::AppState;
 
@@ -14,7 +15,7 @@ const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 async fn allowed(state: &AppState, a: &Attributes) -> ApiResult<bool> {
     Ok(matches!(
-        state.security.rbac.authorize(state, a).await?,
+        chain::authorize(state, a).await?,
         Decision::Allow(_)
     ))
 }

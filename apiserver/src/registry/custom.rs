@@ -18,6 +18,7 @@ use super::{
     no_fields, normalize_as, schema_of,
 };
 use crate::crd::{self, Served};
+use crate::writer::{ObjectWriter, UpdateScope};
 
 /// `apiextensions.k8s.io/v1` customresourcedefinitions.
 pub const CUSTOMRESOURCEDEFINITIONS: ResourceDef = ResourceDef {
@@ -389,22 +390,19 @@ async fn reconcile_all(
         let mut current = crd_obj.clone();
         let mut current_rv = rv;
         if crd_obj.get("status") != Some(&status) {
-            match crate::handlers::write_update(
-                state,
+            match ObjectWriter::update_object(
+                state.as_ref(),
                 &CUSTOMRESOURCEDEFINITIONS,
                 None,
                 fields::name(crd_obj),
                 crd_obj.clone(),
                 rv,
                 new,
-                crate::handlers::UpdateScope::Status,
-                false,
-                None,
-                "Update",
+                UpdateScope::Status,
             )
             .await
             {
-                Ok((obj, _)) => {
+                Ok(obj) => {
                     current_rv = fields::str_at(&obj, &["metadata", "resourceVersion"])
                         .and_then(|r| r.parse().ok())
                         .unwrap_or(current_rv);
@@ -473,13 +471,10 @@ async fn finish_deletion(
                     Some(def) => {
                         let ns = fields::namespace(&obj);
                         let ns = (!ns.is_empty()).then_some(ns);
-                        let opts = crate::handlers::DeleteOpts {
-                            propagation: Some("Background".into()),
-                            ..Default::default()
-                        };
-                        crate::handlers::delete_object(state, def, ns, fields::name(&obj), &opts)
+                        let writer: &dyn ObjectWriter = state.as_ref();
+                        writer
+                            .delete_in_background(def, ns, fields::name(&obj))
                             .await
-                            .map(|_| ())
                             .map_err(|e| e.to_string())
                     }
                     None => state
@@ -503,18 +498,15 @@ async fn finish_deletion(
         .filter(|f| f != crd::CLEANUP_FINALIZER)
         .collect();
     fields::ensure_object(&mut new, &["metadata"]).insert("finalizers".into(), json!(remaining));
-    crate::handlers::write_update(
-        state,
+    ObjectWriter::update_object(
+        state.as_ref(),
         &CUSTOMRESOURCEDEFINITIONS,
         None,
         fields::name(crd_obj),
         crd_obj.clone(),
         rv,
         new,
-        crate::handlers::UpdateScope::Main,
-        false,
-        None,
-        "Update",
+        UpdateScope::Main,
     )
     .await
     .is_ok()

@@ -12,8 +12,8 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
+use super::{Attributes, forbidden_error};
 use crate::error::{ApiError, ApiResult};
-use crate::rbac::{Attributes, forbidden_error};
 use crate::registry::resources::{PERSISTENTVOLUMECLAIMS, PODS};
 use crate::server::AppState;
 
@@ -91,7 +91,7 @@ pub fn pod_references(pod: &Value) -> PodReferences {
             }
         }
     }
-    for c in crate::admission::all_containers(spec) {
+    for c in crate::registry::resources::pod::all_containers(spec) {
         for ef in c
             .get("envFrom")
             .and_then(Value::as_array)
