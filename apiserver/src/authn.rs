@@ -19,7 +19,7 @@ use crate::auth::{ClientCertIdentity, UserInfo};
 use crate::error::{ApiError, ApiResult};
 use crate::registry::ResourceDef;
 use crate::registry::resources::{PODS, SECRETS, SERVICEACCOUNTS};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The issuer (and default audience) of service-account tokens, as Kubernetes' default.
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";

@@ -12,7 +12,7 @@ use crate::handlers;
 use crate::registry::resources::{
     CLUSTERROLEBINDINGS, CLUSTERROLES, CONFIGMAPS, ROLEBINDINGS, ROLES,
 };
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The user the node network agent (kube-proxy's counterpart) authenticates as.
 pub const KUBE_PROXY_USER: &str = "system:kube-proxy";

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::{ApiError, ApiResult};
 use crate::pki::{Pki, PkiError};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// File name of the controllers' kubeconfig in the data dir.
 pub const CONTROLLERS_KUBECONFIG: &str = "controllers.kubeconfig";

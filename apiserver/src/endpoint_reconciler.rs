@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::handlers;
 use crate::registry::ResourceDef;
 use crate::registry::resources::{ENDPOINTS, ENDPOINTSLICES, SERVICES};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::writer::UpdateScope;
 
 /// How often the objects are checked (kube-apiserver's endpoint reconciler interval).

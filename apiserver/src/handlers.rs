@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::error::{ApiError, ApiResult};
 use crate::registry::{FieldError, NameRule, ResourceDef, Subresource, fields};
 use crate::request::{self, FieldValidation, Query, ResourcePath, ResponseFormat};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::storage::{Revision, StorageError};
 use crate::writer::{ObjectWriter, UpdateScope};
 use crate::{list, patch, table, validation};

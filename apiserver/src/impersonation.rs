@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use crate::auth::{ANONYMOUS, AUTHENTICATED, UNAUTHENTICATED, UserInfo};
 use crate::authorization::{Attributes, chain};
 use crate::error::{ApiError, ApiResult};
-use crate::server::AppState;
+use crate::state::AppState;
 
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();

@@ -37,6 +37,7 @@ pub mod reviews;
 pub mod schema_strategy;
 pub mod selectors;
 pub mod server;
+pub mod state;
 pub mod storage;
 pub mod strategic;
 pub mod subresources;

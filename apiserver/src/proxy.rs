@@ -27,7 +27,7 @@ use serde_json::Value;
 use crate::error::{ApiError, ApiResult};
 use crate::handlers::{Ctx, get_current};
 use crate::request::ResourcePath;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The user of the apiserver's kubelet client certificate.
 pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";

@@ -15,7 +15,7 @@ use crate::authorization::rbac::PolicyRule;
 use crate::authorization::{Attributes, Decision, chain};
 use crate::error::{ApiError, ApiResult};
 use crate::handlers::json_response;
-use crate::server::AppState;
+use crate::state::AppState;
 
 const AUTHN: &str = "authentication.k8s.io";
 const AUTHZ: &str = "authorization.k8s.io";

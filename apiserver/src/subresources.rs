@@ -15,7 +15,7 @@ use crate::handlers::{
 use crate::registry::resources::PODDISRUPTIONBUDGETS;
 use crate::registry::{ResourceDef, Subresource, fields};
 use crate::request;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::writer::UpdateScope;
 
 fn respond(code: StatusCode, v: &Value) -> Response {
@@ -234,7 +234,7 @@ async fn approval_write(
 /// and CertificateSigning admission: Approved/Denied conditions stay as stored (only
 /// `/approval` changes them), and issuing a certificate needs `sign` on the signer.
 pub async fn csr_status_update(
-    state: &crate::server::AppState,
+    state: &crate::state::AppState,
     def: &ResourceDef,
     name: &str,
     old: &Value,
@@ -260,7 +260,7 @@ pub async fn csr_status_update(
 /// Kubernetes' `IsAuthorizedForSignerName`: `verb` on `certificates.k8s.io` `signers` named
 /// the signer, or its domain wildcard `<domain>/*`.
 async fn may_use_signer(
-    state: &crate::server::AppState,
+    state: &crate::state::AppState,
     user: &crate::auth::UserInfo,
     verb: &str,
     signer: &str,

@@ -48,7 +48,7 @@ fn invalid(name: &str, errs: &[FieldError]) -> ApiError {
 /// NodeRestriction for a kubelet's TokenRequest: the token must be bound to a pod (by name and
 /// UID) that is scheduled on the kubelet's node, with Kubernetes' messages.
 async fn node_restriction(
-    state: &crate::server::AppState,
+    state: &crate::state::AppState,
     ns: &str,
     sa: &str,
     node: &str,

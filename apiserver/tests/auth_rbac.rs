@@ -11,7 +11,7 @@ use apiserver::handlers::create_object;
 use apiserver::registry::resources::{
     CLUSTERROLEBINDINGS, CLUSTERROLES, NAMESPACES, ROLEBINDINGS, SERVICEACCOUNTS,
 };
-use apiserver::server::AppState;
+use apiserver::state::AppState;
 use apiserver::storage::Storage;
 use serde_json::json;
 

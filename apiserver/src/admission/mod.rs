@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::error::ApiResult;
 use crate::registry::ResourceDef;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::writer::ObjectWriter;
 
 pub mod default_storage_class;

@@ -19,7 +19,7 @@ use super::Operation;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::resources::NAMESPACES;
 use crate::registry::{ResourceDef, fields};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// A Pod Security Standards level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

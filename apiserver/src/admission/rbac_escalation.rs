@@ -9,7 +9,7 @@ use crate::authorization::rbac::{PolicyRule, confirm_no_escalation};
 use crate::authorization::{Attributes, Decision, chain};
 use crate::error::{ApiError, ApiResult};
 use crate::registry::{ResourceDef, fields};
-use crate::server::AppState;
+use crate::state::AppState;
 
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 

@@ -22,7 +22,7 @@ use crate::cacher::{Broadcast, WatchStart};
 use crate::error::{ApiError, ApiResult};
 use crate::registry::resources::RESOURCEQUOTAS;
 use crate::registry::{self, ResourceDef, fields};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::writer::{ObjectWriter, UpdateScope};
 
 /// Quota names the pod evaluator tracks besides hugepages and extended resources.

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::error::{ApiError, ApiResult};
 use crate::registry::fields;
 use crate::registry::resources::{PODS, SERVICEACCOUNTS};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Where the API credentials are mounted.
 pub const MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";

@@ -6,7 +6,7 @@
 use super::{Attributes, Decision, node};
 use crate::auth::MASTERS;
 use crate::error::ApiResult;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Decides a request: `system:masters` is always allowed, a kubelet's request for a guarded
 /// object is the Node authorizer's, otherwise some bound RBAC rule must allow it.

@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::{Attributes, forbidden_error};
 use crate::error::{ApiError, ApiResult};
 use crate::registry::resources::{PERSISTENTVOLUMECLAIMS, PODS};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The kube-root-ca.crt ConfigMap holds the cluster's public CA certificate. Lotse's kubelet
 /// reads it from kube-system at start (Kubernetes' kubelet reads it through pods' projected

@@ -21,7 +21,7 @@ use crate::cacher::{Broadcast, WatchStart};
 use crate::error::{ApiError, ApiResult};
 use crate::registry::ResourceDef;
 use crate::registry::resources::{CLUSTERROLEBINDINGS, CLUSTERROLES, ROLEBINDINGS, ROLES};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::writer::{ObjectWriter, UpdateScope};
 
 /// One RBAC rule (`rbac.authorization.k8s.io/v1` PolicyRule).

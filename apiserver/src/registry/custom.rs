@@ -281,7 +281,7 @@ fn install(owner: u64, wanted: Vec<Served>) {
 /// Starts the CRD controller of a server: it follows the stored CRDs (through their watch
 /// cache), writes their status, serves their resources and, when a CRD is deleted, deletes its
 /// objects before removing the cleanup finalizer.
-pub fn spawn(state: &Arc<crate::server::AppState>) {
+pub fn spawn(state: &Arc<crate::state::AppState>) {
     let weak = Arc::downgrade(state);
     let owner = OWNERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     tokio::spawn(async move {
@@ -290,7 +290,7 @@ pub fn spawn(state: &Arc<crate::server::AppState>) {
     });
 }
 
-async fn run(state: Weak<crate::server::AppState>, owner: u64) {
+async fn run(state: Weak<crate::state::AppState>, owner: u64) {
     loop {
         let Some(s) = state.upgrade() else { return };
         let Ok(cacher) = s.cacher(&CUSTOMRESOURCEDEFINITIONS).map(Arc::clone) else {
@@ -339,7 +339,7 @@ async fn run(state: Weak<crate::server::AppState>, owner: u64) {
 
 /// One pass over all CRDs; false when something must be retried.
 async fn reconcile_all(
-    state: &Arc<crate::server::AppState>,
+    state: &Arc<crate::state::AppState>,
     cacher: &Arc<crate::cacher::Cacher>,
     owner: u64,
 ) -> bool {
@@ -436,7 +436,7 @@ fn now_rfc3339() -> String {
 /// Deletes the objects of a CRD being deleted, then removes its cleanup finalizer (storage then
 /// removes the CRD, and the next pass stops serving it). False when something must be retried.
 async fn finish_deletion(
-    state: &Arc<crate::server::AppState>,
+    state: &Arc<crate::state::AppState>,
     crd_obj: &Value,
     rv: crate::storage::Revision,
 ) -> bool {
