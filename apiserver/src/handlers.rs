@@ -10,20 +10,13 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, ApiResult};
-use crate::registry::{FieldError, NameRule, ResourceDef, Subresource, fields};
+use crate::registry::fields::set_rv;
+use crate::registry::{FieldError, NameRule, ResourceDef, Subresource, fields, object_key};
 use crate::request::{self, FieldValidation, Query, ResourcePath, ResponseFormat};
 use crate::state::AppState;
 use crate::storage::{Revision, StorageError};
 use crate::writer::{ObjectWriter, UpdateScope};
 use crate::{list, patch, table, validation};
-
-/// Storage key of an object.
-pub fn object_key(def: &ResourceDef, namespace: Option<&str>, name: &str) -> String {
-    match namespace {
-        Some(ns) if def.namespaced => format!("/registry/{}/{}/{}", def.storage_prefix, ns, name),
-        _ => format!("/registry/{}/{}", def.storage_prefix, name),
-    }
-}
 
 /// A JSON response with the given status.
 pub fn json_response(code: StatusCode, mut body: Vec<u8>) -> Response {
@@ -64,24 +57,7 @@ pub async fn get_current(
     ns: Option<&str>,
     name: &str,
 ) -> ApiResult<(Value, Revision)> {
-    let key = object_key(def, ns, name);
-    let kv = state
-        .storage
-        .get(&key)
-        .await
-        .map_err(|e| ApiError::from_storage(e, def, name))?
-        .ok_or_else(|| ApiError::not_found(def, name))?;
-    let obj: Value = serde_json::from_slice(&kv.value)
-        .map_err(|e| ApiError::internal(format!("corrupt object {key}: {e}")))?;
-    let mut obj = def.from_storage(obj);
-    set_rv(&mut obj, kv.mod_revision);
-    Ok((obj, kv.mod_revision))
-}
-
-/// Sets `metadata.resourceVersion`.
-pub fn set_rv(obj: &mut Value, rv: Revision) {
-    fields::ensure_object(obj, &["metadata"])
-        .insert("resourceVersion".into(), Value::String(rv.to_string()));
+    state.reader.stored(def, ns, name).await
 }
 
 fn now_rfc3339() -> String {

@@ -9,6 +9,7 @@ pub mod authorization;
 pub mod autoregister;
 pub mod bootstrap_rbac;
 pub mod bootstrap_token;
+pub mod cache_reader;
 pub mod cacher;
 pub mod components;
 pub mod componentstatus;

@@ -695,7 +695,7 @@ struct StatusProbe<'a>(&'a AppState);
 #[async_trait::async_trait]
 impl crate::componentstatus::Probe for StatusProbe<'_> {
     async fn lease(&self, name: &str) -> Option<Value> {
-        let key = handlers::object_key(&registry::resources::LEASES, Some("kube-system"), name);
+        let key = registry::object_key(&registry::resources::LEASES, Some("kube-system"), name);
         let kv = self.0.storage.get(&key).await.ok()??;
         serde_json::from_slice(&kv.value).ok()
     }

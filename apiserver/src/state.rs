@@ -3,14 +3,14 @@
 //! configuration, metrics and flow control. Built once by the server assembly (`server.rs`),
 //! which routes requests; the modules that serve them receive it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 
 use crate::alloc::ServiceAllocator;
+use crate::cache_reader::CacheReader;
 use crate::cacher::Cacher;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::metrics::Metrics;
 use crate::registry::{self, ResourceDef};
 use crate::storage::Storage;
@@ -19,8 +19,8 @@ use crate::storage::Storage;
 pub struct AppState {
     /// The storage backend.
     pub storage: Arc<dyn Storage>,
-    caches: HashMap<(&'static str, &'static str, &'static str), Arc<Cacher>>,
-    hub: Arc<crate::cacher::CacheHub>,
+    /// The read handle on the watch caches (and storage for live lookups).
+    pub reader: CacheReader,
     /// Service IP / node port allocator.
     pub alloc: ServiceAllocator,
     /// Metrics.
@@ -45,15 +45,9 @@ impl AppState {
         service_cidr: Ipv4Net,
         server_address: String,
     ) -> Arc<Self> {
-        let hub = crate::cacher::CacheHub::start(registry::all(), storage.clone());
-        let mut caches = HashMap::new();
-        for c in hub.caches() {
-            caches.insert((c.def().group, c.def().version, c.def().plural), c.clone());
-        }
         let state = Arc::new(AppState {
+            reader: CacheReader::start(storage.clone()),
             storage,
-            caches,
-            hub,
             alloc: ServiceAllocator::new(service_cidr),
             metrics: Arc::new(Metrics::default()),
             server_address,
@@ -68,27 +62,17 @@ impl AppState {
 
     /// The watch cache of a resource.
     pub fn cacher(&self, def: &ResourceDef) -> ApiResult<&Arc<Cacher>> {
-        self.caches
-            .get(&(def.group, def.version, def.plural))
-            .ok_or_else(|| {
-                ApiError::internal(format!("no watch cache for {}", def.group_resource()))
-            })
+        self.reader.cacher(def)
     }
 
     /// The watch cache of any served resource, custom resources included (their caches start
     /// on first use).
     pub async fn cacher_for(&self, def: &'static ResourceDef) -> ApiResult<Arc<Cacher>> {
-        if def.custom.is_none() {
-            return self.cacher(def).cloned();
-        }
-        self.hub
-            .add(def)
-            .await
-            .map_err(|e| ApiError::internal(format!("watch cache: {e}")))
+        self.reader.cacher_for(def).await
     }
 
     /// All watch caches (for compaction notices).
     pub fn caches(&self) -> impl Iterator<Item = &Arc<Cacher>> {
-        self.caches.values()
+        self.reader.all()
     }
 }

@@ -9,11 +9,10 @@ use serde_json::{Value, json};
 use crate::error::{ApiError, ApiResult};
 use crate::eviction;
 use crate::handlers::DeleteOpts;
-use crate::handlers::{
-    Ctx, get_current, header_str, json_response, object_key, set_rv, write_update,
-};
+use crate::handlers::{Ctx, get_current, header_str, json_response, write_update};
+use crate::registry::fields::set_rv;
 use crate::registry::resources::PODDISRUPTIONBUDGETS;
-use crate::registry::{ResourceDef, Subresource, fields};
+use crate::registry::{ResourceDef, Subresource, fields, object_key};
 use crate::request;
 use crate::state::AppState;
 use crate::writer::UpdateScope;

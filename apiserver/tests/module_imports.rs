@@ -43,6 +43,7 @@ const KNOWN: &[&[&str]] = &[&[
     "authorization::chain",
     "authorization::node",
     "authorization::rbac",
+    "cache_reader",
     "cacher",
     "error",
     "handlers",

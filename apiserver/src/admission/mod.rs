@@ -68,7 +68,7 @@ async fn admit_inner(
     // Mutating.
     if is_pod && op == Operation::Create {
         limit_ranger::default_pod(state, obj).await?;
-        service_account::admit_pod(state, obj).await?;
+        service_account::admit_pod(&state.reader, obj).await?;
     }
     priority::admit(state, def, op, obj).await?;
     if is_pod && op == Operation::Create {

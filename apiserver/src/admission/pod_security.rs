@@ -784,7 +784,9 @@ pub async fn admit(
         audit_annotation(&ctx, EXEMPT_ANNOTATION, reason);
         return Ok(());
     }
-    let Some(nsobj) = crate::authn::cached(state, &NAMESPACES, "", ns)
+    let Some(nsobj) = state
+        .reader
+        .cached(&NAMESPACES, "", ns)
         .await
         .ok()
         .flatten()

@@ -14,7 +14,7 @@ pub async fn authorize(state: &AppState, a: &Attributes) -> ApiResult<Decision> 
     if a.user.in_group(MASTERS) {
         return Ok(Decision::Allow(String::new()));
     }
-    if let Some(d) = node::decide(state, a).await? {
+    if let Some(d) = node::decide(&state.reader, a).await? {
         return Ok(match d {
             Ok(reason) => Decision::Allow(reason),
             Err(_) => Decision::Deny,
@@ -27,12 +27,12 @@ pub async fn authorize(state: &AppState, a: &Attributes) -> ApiResult<Decision> 
 /// denied a kubelet), then confines kubelets' pod deletes and evictions to their node.
 pub async fn require(state: &AppState, a: &Attributes) -> ApiResult<()> {
     if !a.user.in_group(MASTERS)
-        && let Some(Err(reason)) = node::decide(state, a).await?
+        && let Some(Err(reason)) = node::decide(&state.reader, a).await?
     {
         return Err(node::forbidden(a, &reason));
     }
     match authorize(state, a).await? {
-        Decision::Allow(_) => node::restrict(state, a).await,
+        Decision::Allow(_) => node::restrict(&state.reader, a).await,
         Decision::Deny => Err(a.forbidden()),
     }
 }
