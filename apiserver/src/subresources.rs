@@ -288,51 +288,6 @@ async fn may_use_signer(
     Ok(false)
 }
 
-/// Renders a label selector object (`matchLabels`/`matchExpressions`) as a selector string; a
-/// plain label map (ReplicationController's `spec.selector`) is rendered as `k=v,...`.
-pub fn selector_string(sel: Option<&Value>) -> String {
-    let Some(sel) = sel else { return String::new() };
-    let mut parts = Vec::new();
-    if let Some(m) = sel.as_object()
-        && !m.contains_key("matchLabels")
-        && !m.contains_key("matchExpressions")
-    {
-        let mut pairs: Vec<String> = m
-            .iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-            .collect();
-        pairs.sort();
-        return pairs.join(",");
-    }
-    if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
-        for (k, v) in m {
-            parts.push(format!("{k}={}", v.as_str().unwrap_or_default()));
-        }
-    }
-    if let Some(exprs) = sel.get("matchExpressions").and_then(Value::as_array) {
-        for e in exprs {
-            let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
-            let vals: Vec<&str> = e
-                .get("values")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            match e
-                .get("operator")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-            {
-                "In" => parts.push(format!("{key} in ({})", vals.join(","))),
-                "NotIn" => parts.push(format!("{key} notin ({})", vals.join(","))),
-                "Exists" => parts.push(key.to_string()),
-                "DoesNotExist" => parts.push(format!("!{key}")),
-                _ => {}
-            }
-        }
-    }
-    parts.join(",")
-}
-
 fn scale_of(def: &ResourceDef, obj: &Value) -> Value {
     let meta = obj.get("metadata").cloned().unwrap_or_default();
     let (spec_replicas, status_replicas, selector) = match def.custom.and_then(|c| c.scale.as_ref())
@@ -341,7 +296,7 @@ fn scale_of(def: &ResourceDef, obj: &Value) -> Value {
         None => (
             fields::i64_at(obj, &["spec", "replicas"]).unwrap_or(0),
             fields::i64_at(obj, &["status", "replicas"]).unwrap_or(0),
-            selector_string(obj.pointer("/spec/selector")),
+            crate::selectors::selector_string(obj.pointer("/spec/selector")),
         ),
     };
     json!({

@@ -680,8 +680,7 @@ pub fn aggregated_rules(role: &Value, all: &[Value]) -> Option<Vec<PolicyRule>> 
     let sels: Vec<crate::selectors::LabelSelector> = selectors
         .iter()
         .filter_map(|s| {
-            crate::selectors::LabelSelector::parse(&crate::subresources::selector_string(Some(s)))
-                .ok()
+            crate::selectors::LabelSelector::parse(&crate::selectors::selector_string(Some(s))).ok()
         })
         .collect();
     let me = crate::registry::fields::name(role);
