@@ -9,7 +9,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::error::{ApiError, ApiResult};
 use crate::registry::{FieldError, ResourceDef, fields};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The NodePort range.
 pub const NODE_PORT_RANGE: std::ops::RangeInclusive<i64> = 30000..=32767;

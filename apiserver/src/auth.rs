@@ -135,7 +135,7 @@ pub struct Security {
     /// Where component kubeconfigs are issued from: the PKI, the server URL and the data dir.
     pub issuer: OnceLock<(Arc<crate::pki::Pki>, String, std::path::PathBuf)>,
     /// The RBAC authorizer over the apiserver's own watch caches.
-    pub rbac: crate::rbac::Authorizer,
+    pub rbac: crate::authorization::rbac::Authorizer,
     /// `--kubelet-certificate-authority`: the CA certificates (PEM) that must have signed each
     /// kubelet's serving certificate for the proxy to talk to it; unset, kubelets are not
     /// verified (Kubernetes' default).

@@ -19,7 +19,7 @@ use crate::auth::{ClientCertIdentity, UserInfo};
 use crate::error::{ApiError, ApiResult};
 use crate::registry::ResourceDef;
 use crate::registry::resources::{PODS, SECRETS, SERVICEACCOUNTS};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The issuer (and default audience) of service-account tokens, as Kubernetes' default.
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -206,41 +206,6 @@ impl TokenAuthority {
     }
 }
 
-/// An object from the watch cache, if present.
-pub async fn cached(
-    state: &AppState,
-    def: &ResourceDef,
-    namespace: &str,
-    name: &str,
-) -> ApiResult<Option<Value>> {
-    let key = crate::handlers::object_key(def, Some(namespace), name);
-    let cacher = state.cacher(def)?;
-    let list = cacher.list(&key, None, 0, &|o| o.key == key).await;
-    Ok(list
-        .items
-        .first()
-        .and_then(|o| serde_json::from_slice(&o.raw).ok()))
-}
-
-/// An object from the watch cache, or from storage when the cache does not have it (yet): an
-/// object created a moment ago is found, as Kubernetes' live-lookup fallback does.
-pub async fn cached_or_stored(
-    state: &AppState,
-    def: &ResourceDef,
-    namespace: &str,
-    name: &str,
-) -> ApiResult<Option<Value>> {
-    if let Some(o) = cached(state, def, namespace, name).await? {
-        return Ok(Some(o));
-    }
-    let ns = def.namespaced.then_some(namespace);
-    match crate::handlers::get_current(state, def, ns, name).await {
-        Ok((o, _)) => Ok(Some(o)),
-        Err(e) if e.code == 404 => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 async fn check_bound(
     state: &AppState,
     def: &ResourceDef,
@@ -258,7 +223,9 @@ async fn check_bound(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let obj = cached_or_stored(state, def, ns, &name)
+    let obj = state
+        .reader
+        .cached_or_stored(def, ns, &name)
         .await
         .map_err(|e| TokenError::Revoked(e.message))?;
     let Some(obj) = obj else {
@@ -338,11 +305,14 @@ pub async fn authenticate_bootstrap_token(
 ) -> Option<Result<UserInfo, TokenError>> {
     use crate::bootstrap_token::{BootstrapToken, Rejected, TOKEN_NAMESPACE, check_secret};
     let token = BootstrapToken::parse(token)?;
-    let secret =
-        match cached_or_stored(state, &SECRETS, TOKEN_NAMESPACE, &token.secret_name()).await {
-            Ok(s) => s,
-            Err(e) => return Some(Err(TokenError::Revoked(e.message))),
-        };
+    let secret = match state
+        .reader
+        .cached_or_stored(&SECRETS, TOKEN_NAMESPACE, &token.secret_name())
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return Some(Err(TokenError::Revoked(e.message))),
+    };
     let now = jiff::Timestamp::now().as_second();
     Some(match check_secret(&token, secret.as_ref(), now) {
         Ok(u) => Ok(UserInfo {

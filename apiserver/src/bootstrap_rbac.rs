@@ -12,7 +12,7 @@ use crate::handlers;
 use crate::registry::resources::{
     CLUSTERROLEBINDINGS, CLUSTERROLES, CONFIGMAPS, ROLEBINDINGS, ROLES,
 };
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The user the node network agent (kube-proxy's counterpart) authenticates as.
 pub const KUBE_PROXY_USER: &str = "system:kube-proxy";
@@ -862,7 +862,7 @@ pub async fn ensure_cluster_info(state: &Arc<AppState>, ca_pem: &str, server_url
                 old,
                 rv,
                 new,
-                handlers::UpdateScope::Main,
+                crate::writer::UpdateScope::Main,
                 false,
                 None,
                 "Update",
@@ -923,7 +923,7 @@ async fn reconcile_rules(state: &Arc<AppState>, name: &str, rules: Option<Value>
         old,
         rv,
         new,
-        handlers::UpdateScope::Main,
+        crate::writer::UpdateScope::Main,
         false,
         None,
         "Update",
@@ -972,7 +972,7 @@ pub async fn ensure(state: &Arc<AppState>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rbac::PolicyRule;
+    use crate::authorization::rbac::PolicyRule;
 
     #[test]
     fn bootstrap_objects_decode_and_aggregate() {
@@ -985,7 +985,7 @@ mod tests {
             .iter()
             .find(|r| r["metadata"]["name"] == "edit")
             .unwrap();
-        let rules = crate::rbac::aggregated_rules(edit, &roles).unwrap();
+        let rules = crate::authorization::rbac::aggregated_rules(edit, &roles).unwrap();
         assert!(
             rules
                 .iter()

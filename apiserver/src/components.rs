@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::{ApiError, ApiResult};
 use crate::pki::{Pki, PkiError};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// File name of the controllers' kubeconfig in the data dir.
 pub const CONTROLLERS_KUBECONFIG: &str = "controllers.kubeconfig";
@@ -82,7 +82,7 @@ pub fn start(
             .issuer
             .set((pki.clone(), server_url.to_string(), data_dir.to_path_buf()));
     state.security.rbac.start(state);
-    crate::rbac::spawn_aggregation(state.clone());
+    crate::authorization::rbac::spawn_aggregation(state.clone());
     crate::admission::resource_quota::spawn_usage_loop(state.clone());
     Ok(())
 }

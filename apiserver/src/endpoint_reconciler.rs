@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::handlers::{self, UpdateScope};
+use crate::handlers;
 use crate::registry::ResourceDef;
 use crate::registry::resources::{ENDPOINTS, ENDPOINTSLICES, SERVICES};
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::writer::UpdateScope;
 
 /// How often the objects are checked (kube-apiserver's endpoint reconciler interval).
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(10);

@@ -10,19 +10,13 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, ApiResult};
-use crate::registry::{FieldError, NameRule, ResourceDef, Subresource, fields};
+use crate::registry::fields::set_rv;
+use crate::registry::{FieldError, NameRule, ResourceDef, Subresource, fields, object_key};
 use crate::request::{self, FieldValidation, Query, ResourcePath, ResponseFormat};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::storage::{Revision, StorageError};
+use crate::writer::{ObjectWriter, UpdateScope};
 use crate::{list, patch, table, validation};
-
-/// Storage key of an object.
-pub fn object_key(def: &ResourceDef, namespace: Option<&str>, name: &str) -> String {
-    match namespace {
-        Some(ns) if def.namespaced => format!("/registry/{}/{}/{}", def.storage_prefix, ns, name),
-        _ => format!("/registry/{}/{}", def.storage_prefix, name),
-    }
-}
 
 /// A JSON response with the given status.
 pub fn json_response(code: StatusCode, mut body: Vec<u8>) -> Response {
@@ -63,24 +57,7 @@ pub async fn get_current(
     ns: Option<&str>,
     name: &str,
 ) -> ApiResult<(Value, Revision)> {
-    let key = object_key(def, ns, name);
-    let kv = state
-        .storage
-        .get(&key)
-        .await
-        .map_err(|e| ApiError::from_storage(e, def, name))?
-        .ok_or_else(|| ApiError::not_found(def, name))?;
-    let obj: Value = serde_json::from_slice(&kv.value)
-        .map_err(|e| ApiError::internal(format!("corrupt object {key}: {e}")))?;
-    let mut obj = def.from_storage(obj);
-    set_rv(&mut obj, kv.mod_revision);
-    Ok((obj, kv.mod_revision))
-}
-
-/// Sets `metadata.resourceVersion`.
-pub fn set_rv(obj: &mut Value, rv: Revision) {
-    fields::ensure_object(obj, &["metadata"])
-        .insert("resourceVersion".into(), Value::String(rv.to_string()));
+    state.reader.stored(def, ns, name).await
 }
 
 fn now_rfc3339() -> String {
@@ -535,6 +512,7 @@ pub async fn create_object(
     }
     crate::admission::admit(
         state,
+        state,
         def,
         crate::admission::Operation::Create,
         &mut obj,
@@ -570,21 +548,6 @@ pub async fn create_object(
         .map_err(|e| ApiError::from_storage(e, def, &name))?;
     set_rv(&mut obj, rev);
     Ok((obj, rev))
-}
-
-/// What part of the object an update may change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpdateScope {
-    /// The main resource: everything except `.status` (when the resource has a status split).
-    Main,
-    /// The `/status` subresource: only `.status` (and not metadata that status may not touch).
-    Status,
-    /// `certificatesigningrequests/approval`: like `/status`, and the only way to change a
-    /// request's Approved/Denied conditions.
-    Approval,
-    /// `pods/ephemeralcontainers`: only `spec.ephemeralContainers` (Kubernetes'
-    /// `dropNonEphemeralContainerUpdates`).
-    EphemeralContainers,
 }
 
 async fn update(
@@ -764,6 +727,7 @@ pub async fn write_update(
     }
     crate::admission::admit(
         state,
+        state,
         def,
         crate::admission::Operation::Update,
         &mut new,
@@ -834,6 +798,50 @@ pub async fn write_update(
         .map_err(|e| ApiError::from_storage(e, def, name))?;
     set_rv(&mut new, rev);
     Ok((new, StatusCode::OK))
+}
+
+/// The write pipeline as the handle admission and background loops write through.
+#[async_trait::async_trait]
+impl ObjectWriter for AppState {
+    async fn get_stored(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> ApiResult<(Value, Revision)> {
+        get_current(self, def, namespace, name).await
+    }
+
+    async fn update_object(
+        &self,
+        def: &'static ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        old: Value,
+        old_rv: Revision,
+        new: Value,
+        scope: UpdateScope,
+    ) -> ApiResult<Value> {
+        let (obj, _) = write_update(
+            self, def, namespace, name, old, old_rv, new, scope, false, None, "Update",
+        )
+        .await?;
+        Ok(obj)
+    }
+
+    async fn delete_in_background(
+        &self,
+        def: &'static ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> ApiResult<()> {
+        let opts = DeleteOpts {
+            propagation: Some("Background".into()),
+            ..Default::default()
+        };
+        delete_object(self, def, namespace, name, &opts).await?;
+        Ok(())
+    }
 }
 
 fn strip_managed_time(v: &Value) -> Value {

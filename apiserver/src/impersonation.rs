@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use axum::http::HeaderMap;
 
 use crate::auth::{ANONYMOUS, AUTHENTICATED, UNAUTHENTICATED, UserInfo};
+use crate::authorization::{Attributes, chain};
 use crate::error::{ApiError, ApiResult};
-use crate::rbac::Attributes;
-use crate::server::AppState;
+use crate::state::AppState;
 
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
@@ -83,8 +83,7 @@ pub async fn impersonate(
     let Some(mut target) = requested(headers)? else {
         return Ok(user);
     };
-    let rbac = &state.security.rbac;
-    let check = |a: Attributes| async move { rbac.require(state, &a).await };
+    let check = |a: Attributes| async move { chain::require(state, &a).await };
     let sa = target
         .service_account_parts()
         .map(|(ns, n)| (ns.to_string(), n.to_string()));

@@ -27,7 +27,7 @@ use serde_json::Value;
 use crate::error::{ApiError, ApiResult};
 use crate::handlers::{Ctx, get_current};
 use crate::request::ResourcePath;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The user of the apiserver's kubelet client certificate.
 pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
@@ -334,8 +334,9 @@ pub async fn pod_upgrade(
     }
     if parts.method == Method::GET {
         let query = crate::request::Query::parse(parts.uri.query());
-        let attrs = crate::rbac::request_attributes(user, &Method::POST, parts.uri.path(), &query);
-        state.security.rbac.require(state, &attrs).await?;
+        let attrs =
+            crate::authorization::request_attributes(user, &Method::POST, parts.uri.path(), &query);
+        crate::authorization::chain::require(state, &attrs).await?;
     }
     let (pod, _) = get_current(state, rp.def, rp.namespace.as_deref(), name).await?;
     let node = pod

@@ -11,10 +11,11 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::auth::UserInfo;
+use crate::authorization::rbac::PolicyRule;
+use crate::authorization::{Attributes, Decision, chain};
 use crate::error::{ApiError, ApiResult};
 use crate::handlers::json_response;
-use crate::rbac::{Attributes, Decision, PolicyRule};
-use crate::server::AppState;
+use crate::state::AppState;
 
 const AUTHN: &str = "authentication.k8s.io";
 const AUTHZ: &str = "authorization.k8s.io";
@@ -174,7 +175,7 @@ fn subject_of(spec: &Value) -> UserInfo {
 }
 
 async fn access_status(state: &AppState, a: &Attributes) -> ApiResult<Value> {
-    Ok(match state.security.rbac.authorize(state, a).await? {
+    Ok(match chain::authorize(state, a).await? {
         Decision::Allow(reason) if reason.is_empty() => json!({"allowed": true}),
         Decision::Allow(reason) => json!({"allowed": true, "reason": reason}),
         Decision::Deny => json!({"allowed": false}),
@@ -221,14 +222,11 @@ pub async fn handle(
         return Err(ApiError::method_not_allowed());
     }
     let ns = url_ns.clone().unwrap_or_default();
-    state
-        .security
-        .rbac
-        .require(
-            state,
-            &Attributes::resource(user, "create", group, plural, "", &ns, ""),
-        )
-        .await?;
+    chain::require(
+        state,
+        &Attributes::resource(user, "create", group, plural, "", &ns, ""),
+    )
+    .await?;
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use serde_json::Value;
+
 /// One label requirement.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LabelRequirement {
@@ -262,6 +264,51 @@ impl FieldSelector {
             .find(|r| r.field == field && !r.negate)
             .map(|r| r.value.as_str())
     }
+}
+
+/// Renders a label selector object (`matchLabels`/`matchExpressions`) as a selector string; a
+/// plain label map (ReplicationController's `spec.selector`) is rendered as `k=v,...`.
+pub fn selector_string(sel: Option<&Value>) -> String {
+    let Some(sel) = sel else { return String::new() };
+    let mut parts = Vec::new();
+    if let Some(m) = sel.as_object()
+        && !m.contains_key("matchLabels")
+        && !m.contains_key("matchExpressions")
+    {
+        let mut pairs: Vec<String> = m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect();
+        pairs.sort();
+        return pairs.join(",");
+    }
+    if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
+        for (k, v) in m {
+            parts.push(format!("{k}={}", v.as_str().unwrap_or_default()));
+        }
+    }
+    if let Some(exprs) = sel.get("matchExpressions").and_then(Value::as_array) {
+        for e in exprs {
+            let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
+            let vals: Vec<&str> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            match e
+                .get("operator")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+            {
+                "In" => parts.push(format!("{key} in ({})", vals.join(","))),
+                "NotIn" => parts.push(format!("{key} notin ({})", vals.join(","))),
+                "Exists" => parts.push(key.to_string()),
+                "DoesNotExist" => parts.push(format!("!{key}")),
+                _ => {}
+            }
+        }
+    }
+    parts.join(",")
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
-//! Server assembly: configuration, shared state, routing, authentication gate, metrics, and
+//! Server assembly: configuration, routing, authentication gate, metrics, and
 //! start-up (PKI, storage backend, watch caches, bootstrap objects).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,12 +17,12 @@ use serde_json::{Value, json};
 
 use crate::alloc::ServiceAllocator;
 use crate::auth::{ClientCertIdentity, UserInfo};
-use crate::cacher::Cacher;
 use crate::error::{ApiError, ApiResult};
 use crate::handlers::{self, Ctx, json_response};
-use crate::metrics::{Metrics, RequestLabels};
+use crate::metrics::RequestLabels;
 use crate::registry::{self, ResourceDef};
 use crate::request::{self, Query};
+use crate::state::AppState;
 use crate::storage::Storage;
 use crate::{discovery, openapi};
 
@@ -53,84 +52,6 @@ pub enum ServerError {
     /// Bad configuration.
     #[error("configuration: {0}")]
     Config(String),
-}
-
-/// Shared state of a running apiserver.
-pub struct AppState {
-    /// The storage backend.
-    pub storage: Arc<dyn Storage>,
-    caches: HashMap<(&'static str, &'static str, &'static str), Arc<Cacher>>,
-    hub: Arc<crate::cacher::CacheHub>,
-    /// Service IP / node port allocator.
-    pub alloc: ServiceAllocator,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Address advertised in `/api` discovery.
-    pub server_address: String,
-    /// Authentication and authorization state (token authority, RBAC authorizer).
-    pub security: crate::auth::Security,
-    /// Pod Security admission: exemptions (none by default) and its metrics.
-    pub pod_security: crate::admission::pod_security::PodSecurity,
-    /// The built-in `metrics.k8s.io` API's last kubelet scrapes.
-    pub resource_metrics: Arc<crate::metrics_api::Store>,
-    /// Overload protection (`--max-requests-inflight`, per-user fair queuing) and the request
-    /// timeout.
-    pub flow_control: crate::flowcontrol::FlowControl,
-}
-
-impl AppState {
-    /// Builds the state and starts one watch cache per resource.
-    pub fn new(
-        storage: Arc<dyn Storage>,
-        service_cidr: Ipv4Net,
-        server_address: String,
-    ) -> Arc<Self> {
-        let hub = crate::cacher::CacheHub::start(registry::all(), storage.clone());
-        let mut caches = HashMap::new();
-        for c in hub.caches() {
-            caches.insert((c.def().group, c.def().version, c.def().plural), c.clone());
-        }
-        let state = Arc::new(AppState {
-            storage,
-            caches,
-            hub,
-            alloc: ServiceAllocator::new(service_cidr),
-            metrics: Arc::new(Metrics::default()),
-            server_address,
-            security: crate::auth::Security::default(),
-            pod_security: Default::default(),
-            resource_metrics: Default::default(),
-            flow_control: Default::default(),
-        });
-        registry::custom::spawn(&state);
-        state
-    }
-
-    /// The watch cache of a resource.
-    pub fn cacher(&self, def: &ResourceDef) -> ApiResult<&Arc<Cacher>> {
-        self.caches
-            .get(&(def.group, def.version, def.plural))
-            .ok_or_else(|| {
-                ApiError::internal(format!("no watch cache for {}", def.group_resource()))
-            })
-    }
-
-    /// The watch cache of any served resource, custom resources included (their caches start
-    /// on first use).
-    pub async fn cacher_for(&self, def: &'static ResourceDef) -> ApiResult<Arc<Cacher>> {
-        if def.custom.is_none() {
-            return self.cacher(def).cloned();
-        }
-        self.hub
-            .add(def)
-            .await
-            .map_err(|e| ApiError::internal(format!("watch cache: {e}")))
-    }
-
-    /// All watch caches (for compaction notices).
-    pub fn caches(&self) -> impl Iterator<Item = &Arc<Cacher>> {
-        self.caches.values()
-    }
 }
 
 /// The HTTP router: everything goes through [`dispatch`].
@@ -246,14 +167,11 @@ async fn dispatch_inner(
             Err(_) => return Ok(crate::flowcontrol::too_many_requests()),
         }
     };
-    state
-        .security
-        .rbac
-        .require(
-            state,
-            &crate::rbac::request_attributes(&user, &parts.method, &path, &query),
-        )
-        .await?;
+    crate::authorization::chain::require(
+        state,
+        &crate::authorization::request_attributes(&user, &parts.method, &path, &query),
+    )
+    .await?;
     crate::componentstatus::observe_user(&user.name);
     if let Some(node) = path.strip_prefix("/lotse/node-kubeconfig/") {
         return crate::components::node_kubeconfig_response(state, node);
@@ -734,9 +652,9 @@ impl crate::autoregister::ApiServiceStore for ApiServiceStore {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         let scope = if status {
-            handlers::UpdateScope::Status
+            crate::writer::UpdateScope::Status
         } else {
-            handlers::UpdateScope::Main
+            crate::writer::UpdateScope::Main
         };
         let r = handlers::write_update(
             &self.0,
@@ -777,7 +695,7 @@ struct StatusProbe<'a>(&'a AppState);
 #[async_trait::async_trait]
 impl crate::componentstatus::Probe for StatusProbe<'_> {
     async fn lease(&self, name: &str) -> Option<Value> {
-        let key = handlers::object_key(&registry::resources::LEASES, Some("kube-system"), name);
+        let key = registry::object_key(&registry::resources::LEASES, Some("kube-system"), name);
         let kv = self.0.storage.get(&key).await.ok()??;
         serde_json::from_slice(&kv.value).ok()
     }

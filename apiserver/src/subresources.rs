@@ -9,13 +9,13 @@ use serde_json::{Value, json};
 use crate::error::{ApiError, ApiResult};
 use crate::eviction;
 use crate::handlers::DeleteOpts;
-use crate::handlers::{
-    Ctx, UpdateScope, get_current, header_str, json_response, object_key, set_rv, write_update,
-};
+use crate::handlers::{Ctx, get_current, header_str, json_response, write_update};
+use crate::registry::fields::set_rv;
 use crate::registry::resources::PODDISRUPTIONBUDGETS;
-use crate::registry::{ResourceDef, Subresource, fields};
+use crate::registry::{ResourceDef, Subresource, fields, object_key};
 use crate::request;
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::writer::UpdateScope;
 
 fn respond(code: StatusCode, v: &Value) -> Response {
     json_response(code, serde_json::to_vec(v).unwrap_or_default())
@@ -202,7 +202,7 @@ async fn approval_write(
     if let Some(user) = crate::auth::request_user()
         && !may_use_signer(ctx.state, &user, "approve", signer).await?
     {
-        return Err(crate::rbac::forbidden_error(
+        return Err(crate::authorization::forbidden_error(
             def.group,
             def.plural,
             name,
@@ -233,7 +233,7 @@ async fn approval_write(
 /// and CertificateSigning admission: Approved/Denied conditions stay as stored (only
 /// `/approval` changes them), and issuing a certificate needs `sign` on the signer.
 pub async fn csr_status_update(
-    state: &crate::server::AppState,
+    state: &crate::state::AppState,
     def: &ResourceDef,
     name: &str,
     old: &Value,
@@ -246,7 +246,7 @@ pub async fn csr_status_update(
         && let Some(user) = crate::auth::request_user()
         && !may_use_signer(state, &user, "sign", signer).await?
     {
-        return Err(crate::rbac::forbidden_error(
+        return Err(crate::authorization::forbidden_error(
             def.group,
             def.plural,
             name,
@@ -259,7 +259,7 @@ pub async fn csr_status_update(
 /// Kubernetes' `IsAuthorizedForSignerName`: `verb` on `certificates.k8s.io` `signers` named
 /// the signer, or its domain wildcard `<domain>/*`.
 async fn may_use_signer(
-    state: &crate::server::AppState,
+    state: &crate::state::AppState,
     user: &crate::auth::UserInfo,
     verb: &str,
     signer: &str,
@@ -269,7 +269,7 @@ async fn may_use_signer(
         names.push(format!("{domain}/*"));
     }
     for n in names {
-        let a = crate::rbac::Attributes::resource(
+        let a = crate::authorization::Attributes::resource(
             user,
             verb,
             "certificates.k8s.io",
@@ -279,58 +279,13 @@ async fn may_use_signer(
             &n,
         );
         if matches!(
-            state.security.rbac.authorize(state, &a).await?,
-            crate::rbac::Decision::Allow(_)
+            crate::authorization::chain::authorize(state, &a).await?,
+            crate::authorization::Decision::Allow(_)
         ) {
             return Ok(true);
         }
     }
     Ok(false)
-}
-
-/// Renders a label selector object (`matchLabels`/`matchExpressions`) as a selector string; a
-/// plain label map (ReplicationController's `spec.selector`) is rendered as `k=v,...`.
-pub fn selector_string(sel: Option<&Value>) -> String {
-    let Some(sel) = sel else { return String::new() };
-    let mut parts = Vec::new();
-    if let Some(m) = sel.as_object()
-        && !m.contains_key("matchLabels")
-        && !m.contains_key("matchExpressions")
-    {
-        let mut pairs: Vec<String> = m
-            .iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-            .collect();
-        pairs.sort();
-        return pairs.join(",");
-    }
-    if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
-        for (k, v) in m {
-            parts.push(format!("{k}={}", v.as_str().unwrap_or_default()));
-        }
-    }
-    if let Some(exprs) = sel.get("matchExpressions").and_then(Value::as_array) {
-        for e in exprs {
-            let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
-            let vals: Vec<&str> = e
-                .get("values")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            match e
-                .get("operator")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-            {
-                "In" => parts.push(format!("{key} in ({})", vals.join(","))),
-                "NotIn" => parts.push(format!("{key} notin ({})", vals.join(","))),
-                "Exists" => parts.push(key.to_string()),
-                "DoesNotExist" => parts.push(format!("!{key}")),
-                _ => {}
-            }
-        }
-    }
-    parts.join(",")
 }
 
 fn scale_of(def: &ResourceDef, obj: &Value) -> Value {
@@ -341,7 +296,7 @@ fn scale_of(def: &ResourceDef, obj: &Value) -> Value {
         None => (
             fields::i64_at(obj, &["spec", "replicas"]).unwrap_or(0),
             fields::i64_at(obj, &["status", "replicas"]).unwrap_or(0),
-            selector_string(obj.pointer("/spec/selector")),
+            crate::selectors::selector_string(obj.pointer("/spec/selector")),
         ),
     };
     json!({

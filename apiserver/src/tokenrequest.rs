@@ -48,13 +48,13 @@ fn invalid(name: &str, errs: &[FieldError]) -> ApiError {
 /// NodeRestriction for a kubelet's TokenRequest: the token must be bound to a pod (by name and
 /// UID) that is scheduled on the kubelet's node, with Kubernetes' messages.
 async fn node_restriction(
-    state: &crate::server::AppState,
+    state: &crate::state::AppState,
     ns: &str,
     sa: &str,
     node: &str,
     spec: &Value,
 ) -> ApiResult<()> {
-    let forbid = |why: &str| crate::rbac::forbidden_error("", "serviceaccounts", sa, why);
+    let forbid = |why: &str| crate::authorization::forbidden_error("", "serviceaccounts", sa, why);
     let r = spec.get("boundObjectRef").filter(|v| v.is_object());
     let field = |k: &str| {
         r.and_then(|r| r.get(k))

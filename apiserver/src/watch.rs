@@ -53,7 +53,7 @@ impl Encoder {
         }
         let mut v: Value = serde_json::from_slice(&obj.raw).unwrap_or(Value::Null);
         if let Some(rv) = rv_override {
-            crate::handlers::set_rv(&mut v, rv);
+            crate::registry::fields::set_rv(&mut v, rv);
         }
         let object = if self.metadata {
             crate::table::partial_metadata(&v)

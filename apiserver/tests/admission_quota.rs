@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use apiserver::server::AppState;
+use apiserver::state::AppState;
 use apiserver::storage::Storage;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};

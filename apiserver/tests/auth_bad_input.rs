@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use apiserver::auth::{ClientCertIdentity, UserInfo};
 use apiserver::authn::TokenAuthority;
-use apiserver::server::{self, AppState};
+use apiserver::server;
+use apiserver::state::AppState;
 use apiserver::storage::Storage;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -48,7 +49,7 @@ impl Api {
     async fn new() -> Api {
         let (state, store) = common::state().await;
         state.security.rbac.start(&state);
-        apiserver::rbac::spawn_aggregation(state.clone());
+        apiserver::authorization::rbac::spawn_aggregation(state.clone());
         apiserver::admission::resource_quota::spawn_usage_loop(state.clone());
         let tokens = Arc::new(authority());
         state.security.set_tokens(tokens.clone());

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use apiserver::auth::UserInfo;
+use apiserver::authorization::{Attributes, Decision, chain};
 use apiserver::handlers::create_object;
-use apiserver::rbac::{Attributes, Decision};
 use apiserver::registry::resources::{
     CLUSTERROLEBINDINGS, CLUSTERROLES, NAMESPACES, ROLEBINDINGS, SERVICEACCOUNTS,
 };
-use apiserver::server::AppState;
+use apiserver::state::AppState;
 use apiserver::storage::Storage;
 use serde_json::json;
 
@@ -20,7 +20,7 @@ mod common;
 async fn state() -> (Arc<AppState>, Arc<dyn Storage>) {
     let (state, store) = common::state().await;
     state.security.rbac.start(&state);
-    apiserver::rbac::spawn_aggregation(state.clone());
+    apiserver::authorization::rbac::spawn_aggregation(state.clone());
     (state, store)
 }
 
@@ -30,12 +30,7 @@ fn sa(ns: &str, name: &str) -> UserInfo {
 
 async fn allowed(state: &AppState, a: &Attributes) -> bool {
     matches!(
-        state
-            .security
-            .rbac
-            .authorize(state, a)
-            .await
-            .expect("authorize"),
+        chain::authorize(state, a).await.expect("authorize"),
         Decision::Allow(_)
     )
 }
@@ -203,12 +198,7 @@ async fn authorization_cost_with_many_bindings() {
         let mut samples = Vec::with_capacity(5000);
         for _ in 0..5000 {
             let t = Instant::now();
-            let _ = state
-                .security
-                .rbac
-                .authorize(&state, req)
-                .await
-                .expect("authorize");
+            let _ = chain::authorize(&state, req).await.expect("authorize");
             samples.push(t.elapsed());
         }
         samples.sort();

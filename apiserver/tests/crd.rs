@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use apiserver::server::AppState;
+use apiserver::state::AppState;
 use apiserver::storage::Storage;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -676,7 +676,7 @@ async fn server_side_apply_merges_list_maps_by_their_keys() {
 async fn rbac_applies_to_custom_resources_and_aggregates_into_edit() {
     let api = Api::new().await;
     api.state.security.rbac.start(&api.state);
-    apiserver::rbac::spawn_aggregation(api.state.clone());
+    apiserver::authorization::rbac::spawn_aggregation(api.state.clone());
     let group = "rbac.example.com";
     api.establish(crontab_crd(group, "Namespaced")).await;
     let base = format!("/apis/{group}/v1/namespaces/default/crontabs");

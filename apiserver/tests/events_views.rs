@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use apiserver::server::AppState;
+use apiserver::state::AppState;
 use apiserver::storage::Storage;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};

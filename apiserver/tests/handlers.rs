@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use apiserver::server::{self, AppState};
+use apiserver::server;
+use apiserver::state::AppState;
 use apiserver::storage::Storage;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};

@@ -28,7 +28,7 @@ fn text(b: &[u8]) -> String {
 
 /// One request as the cluster admin: status and body text.
 async fn call(
-    state: &std::sync::Arc<apiserver::server::AppState>,
+    state: &std::sync::Arc<apiserver::state::AppState>,
     method: Method,
     uri: &str,
     accept: Option<&str>,

@@ -17,7 +17,7 @@ use crate::registry::resources::{
     is_default_ingress_class,
 };
 use crate::registry::{ResourceDef, fields};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Finalizer keeping a claim while a pod uses it.
 pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";

@@ -14,7 +14,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::registry::ResourceDef;
 use crate::registry::fields;
 use crate::registry::resources::LIMITRANGES;
-use crate::server::AppState;
+use crate::state::AppState;
 
 use super::Operation;
 

@@ -13,7 +13,8 @@ use serde_json::Value;
 
 use crate::error::ApiResult;
 use crate::registry::ResourceDef;
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::writer::ObjectWriter;
 
 pub mod default_storage_class;
 pub mod default_toleration_seconds;
@@ -37,22 +38,25 @@ pub enum Operation {
 }
 
 /// Runs every admission plugin on `obj` (mutating it in place). `old` is the stored object on
-/// update. With `dry_run` nothing is charged to quotas.
+/// update. With `dry_run` nothing is charged to quotas; quota charges are written through
+/// `writer`, the handle the write pipeline gives.
 ///
 /// Boxed because admission can write (quota charges) through the write pipeline that calls it.
 pub fn admit<'a>(
     state: &'a AppState,
+    writer: &'a dyn ObjectWriter,
     def: &'static ResourceDef,
     op: Operation,
     obj: &'a mut Value,
     old: Option<&'a Value>,
     dry_run: bool,
 ) -> Pin<Box<dyn Future<Output = ApiResult<()>> + Send + 'a>> {
-    Box::pin(admit_inner(state, def, op, obj, old, dry_run))
+    Box::pin(admit_inner(state, writer, def, op, obj, old, dry_run))
 }
 
 async fn admit_inner(
     state: &AppState,
+    writer: &dyn ObjectWriter,
     def: &'static ResourceDef,
     op: Operation,
     obj: &mut Value,
@@ -64,7 +68,7 @@ async fn admit_inner(
     // Mutating.
     if is_pod && op == Operation::Create {
         limit_ranger::default_pod(state, obj).await?;
-        service_account::admit_pod(state, obj).await?;
+        service_account::admit_pod(&state.reader, obj).await?;
     }
     priority::admit(state, def, op, obj).await?;
     if is_pod && op == Operation::Create {
@@ -87,7 +91,7 @@ async fn admit_inner(
         && def.plural == "certificatesigningrequests"
     {
         crate::registry::resources::certificates::subject_restriction(obj).map_err(|why| {
-            crate::rbac::forbidden_error(
+            crate::authorization::forbidden_error(
                 def.group,
                 def.plural,
                 crate::registry::fields::name(obj),
@@ -95,16 +99,6 @@ async fn admit_inner(
             )
         })?;
     }
-    resource_quota::admit(state, def, op, obj, old, dry_run).await?;
+    resource_quota::admit(state, writer, def, op, obj, old, dry_run).await?;
     Ok(())
-}
-
-/// The pod spec's containers of all kinds, in Kubernetes' visiting order (init, regular,
-/// ephemeral).
-pub fn all_containers(spec: &Value) -> Vec<&Value> {
-    ["initContainers", "containers", "ephemeralContainers"]
-        .iter()
-        .filter_map(|k| spec.get(*k).and_then(Value::as_array))
-        .flatten()
-        .collect()
 }

@@ -7,7 +7,7 @@ use super::Operation;
 use crate::auth::UserInfo;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::{ResourceDef, fields};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Rejects node and pod writes of a kubelet outside its own node.
 pub async fn admit(

@@ -19,7 +19,7 @@ use super::Operation;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::resources::NAMESPACES;
 use crate::registry::{ResourceDef, fields};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// A Pod Security Standards level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -108,7 +108,7 @@ struct Pod<'a> {
 
 impl<'a> Pod<'a> {
     fn containers(&self) -> Vec<&'a Value> {
-        super::all_containers(self.spec)
+        crate::registry::resources::pod::all_containers(self.spec)
     }
 
     fn names(&self, mut pred: impl FnMut(&Value) -> bool) -> Vec<String> {
@@ -784,7 +784,9 @@ pub async fn admit(
         audit_annotation(&ctx, EXEMPT_ANNOTATION, reason);
         return Ok(());
     }
-    let Some(nsobj) = crate::authn::cached(state, &NAMESPACES, "", ns)
+    let Some(nsobj) = state
+        .reader
+        .cached(&NAMESPACES, "", ns)
         .await
         .ok()
         .flatten()

@@ -9,7 +9,7 @@ use super::Operation;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::resources::PRIORITYCLASSES;
 use crate::registry::{ResourceDef, fields};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Priority of pods when no class is the global default
 /// (`DefaultPriorityWhenNoDefaultClassExists`).

@@ -5,16 +5,17 @@
 use serde_json::Value;
 
 use crate::auth::UserInfo;
+use crate::authorization::rbac::{PolicyRule, confirm_no_escalation};
+use crate::authorization::{Attributes, Decision, chain};
 use crate::error::{ApiError, ApiResult};
-use crate::rbac::{Attributes, Decision, PolicyRule, confirm_no_escalation};
 use crate::registry::{ResourceDef, fields};
-use crate::server::AppState;
+use crate::state::AppState;
 
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 async fn allowed(state: &AppState, a: &Attributes) -> ApiResult<bool> {
     Ok(matches!(
-        state.security.rbac.authorize(state, a).await?,
+        chain::authorize(state, a).await?,
         Decision::Allow(_)
     ))
 }

@@ -20,10 +20,10 @@ use super::limit_ranger::{ResourceList, pod_totals, qos_class};
 use super::quantity::Quantity;
 use crate::cacher::{Broadcast, WatchStart};
 use crate::error::{ApiError, ApiResult};
-use crate::handlers::{UpdateScope, get_current, write_update};
 use crate::registry::resources::RESOURCEQUOTAS;
 use crate::registry::{self, ResourceDef, fields};
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::writer::{ObjectWriter, UpdateScope};
 
 /// Quota names the pod evaluator tracks besides hugepages and extended resources.
 const POD_RESOURCES: &[&str] = &[
@@ -601,6 +601,7 @@ async fn charge(
 /// Checks every quota of the object's namespace that matches it and charges them.
 pub async fn admit(
     state: &AppState,
+    writer: &dyn ObjectWriter,
     def: &'static ResourceDef,
     op: Operation,
     obj: &Value,
@@ -646,7 +647,7 @@ pub async fn admit(
     for quota in &matching {
         let qname = fields::name(quota).to_string();
         for _attempt in 0..5 {
-            let (current, rv) = match get_current(state, &RESOURCEQUOTAS, Some(&ns), &qname).await {
+            let (current, rv) = match writer.get_stored(&RESOURCEQUOTAS, Some(&ns), &qname).await {
                 Ok(x) => x,
                 Err(e) if e.code == 404 => break,
                 Err(e) => return Err(e),
@@ -659,20 +660,17 @@ pub async fn admit(
             let status = fields::ensure_object(&mut updated, &["status"]);
             status.insert("hard".into(), Value::Object(hard_of(&current)));
             status.insert("used".into(), to_json(&new_used));
-            match write_update(
-                state,
-                &RESOURCEQUOTAS,
-                Some(&ns),
-                &qname,
-                current,
-                rv,
-                updated,
-                UpdateScope::Status,
-                false,
-                None,
-                "Update",
-            )
-            .await
+            match writer
+                .update_object(
+                    &RESOURCEQUOTAS,
+                    Some(&ns),
+                    &qname,
+                    current,
+                    rv,
+                    updated,
+                    UpdateScope::Status,
+                )
+                .await
             {
                 Ok(_) => break,
                 Err(e) if e.code == 409 => continue,
@@ -709,7 +707,11 @@ fn recently_charged(ns: &str) -> bool {
         .unwrap_or(false)
 }
 
-async fn recompute_namespace(state: &AppState, ns: &str) -> ApiResult<()> {
+async fn recompute_namespace(
+    state: &AppState,
+    writer: &dyn ObjectWriter,
+    ns: &str,
+) -> ApiResult<()> {
     for quota in quotas(state, ns).await? {
         let qname = fields::name(&quota).to_string();
         let used = live_usage(state, ns, &quota).await?;
@@ -717,7 +719,7 @@ async fn recompute_namespace(state: &AppState, ns: &str) -> ApiResult<()> {
         if quota.get("status") == Some(&want) {
             continue;
         }
-        let (current, rv) = match get_current(state, &RESOURCEQUOTAS, Some(ns), &qname).await {
+        let (current, rv) = match writer.get_stored(&RESOURCEQUOTAS, Some(ns), &qname).await {
             Ok(x) => x,
             Err(e) if e.code == 404 => continue,
             Err(e) => return Err(e),
@@ -726,20 +728,17 @@ async fn recompute_namespace(state: &AppState, ns: &str) -> ApiResult<()> {
         if let Value::Object(m) = &mut updated {
             m.insert("status".into(), want);
         }
-        match write_update(
-            state,
-            &RESOURCEQUOTAS,
-            Some(ns),
-            &qname,
-            current,
-            rv,
-            updated,
-            UpdateScope::Status,
-            false,
-            None,
-            "Update",
-        )
-        .await
+        match writer
+            .update_object(
+                &RESOURCEQUOTAS,
+                Some(ns),
+                &qname,
+                current,
+                rv,
+                updated,
+                UpdateScope::Status,
+            )
+            .await
         {
             Ok(_) | Err(ApiError { code: 409, .. }) | Err(ApiError { code: 404, .. }) => {}
             Err(e) => return Err(e),
@@ -807,7 +806,7 @@ pub fn spawn_usage_loop(state: Arc<AppState>) {
                     });
                     continue;
                 }
-                if let Err(e) = recompute_namespace(&state, &ns).await {
+                if let Err(e) = recompute_namespace(&state, state.as_ref(), &ns).await {
                     tracing::warn!(namespace = %ns, error = %e, "recomputing quota usage failed");
                 }
             }

@@ -10,7 +10,7 @@ use super::quantity::Quantity;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::resources::RUNTIMECLASSES;
 use crate::registry::{ResourceDef, fields};
-use crate::server::AppState;
+use crate::state::AppState;
 
 const OVERHEAD_MISMATCH: &str =
     "pod rejected: Pod's Overhead doesn't match RuntimeClass's defined Overhead";

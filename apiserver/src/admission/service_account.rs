@@ -5,10 +5,10 @@
 
 use serde_json::{Value, json};
 
+use crate::cache_reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::fields;
 use crate::registry::resources::{PODS, SERVICEACCOUNTS};
-use crate::server::AppState;
 
 /// Where the API credentials are mounted.
 pub const MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -48,7 +48,7 @@ fn copy_image_pull_secrets(spec: &mut serde_json::Map<String, Value>, sa: &Value
 }
 
 /// Defaults `serviceAccountName`, checks the ServiceAccount, and adds the token volume.
-pub async fn admit_pod(state: &AppState, pod: &mut Value) -> ApiResult<()> {
+pub async fn admit_pod(reader: &CacheReader, pod: &mut Value) -> ApiResult<()> {
     // Mirror pods (created by kubelets from static manifests) get no service account.
     if pod
         .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
@@ -74,7 +74,9 @@ pub async fn admit_pod(state: &AppState, pod: &mut Value) -> ApiResult<()> {
         .to_string();
     spec.insert("serviceAccountName".into(), json!(sa_name));
     spec.insert("serviceAccount".into(), json!(sa_name));
-    let sa = crate::authn::cached_or_stored(state, &SERVICEACCOUNTS, &ns, &sa_name).await?;
+    let sa = reader
+        .cached_or_stored(&SERVICEACCOUNTS, &ns, &sa_name)
+        .await?;
     let sa = match sa {
         Some(sa) => Some(sa),
         // The default ServiceAccount is created by the controllers; without them a pod in a new

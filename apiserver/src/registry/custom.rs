@@ -18,6 +18,7 @@ use super::{
     no_fields, normalize_as, schema_of,
 };
 use crate::crd::{self, Served};
+use crate::writer::{ObjectWriter, UpdateScope};
 
 /// `apiextensions.k8s.io/v1` customresourcedefinitions.
 pub const CUSTOMRESOURCEDEFINITIONS: ResourceDef = ResourceDef {
@@ -280,7 +281,7 @@ fn install(owner: u64, wanted: Vec<Served>) {
 /// Starts the CRD controller of a server: it follows the stored CRDs (through their watch
 /// cache), writes their status, serves their resources and, when a CRD is deleted, deletes its
 /// objects before removing the cleanup finalizer.
-pub fn spawn(state: &Arc<crate::server::AppState>) {
+pub fn spawn(state: &Arc<crate::state::AppState>) {
     let weak = Arc::downgrade(state);
     let owner = OWNERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     tokio::spawn(async move {
@@ -289,7 +290,7 @@ pub fn spawn(state: &Arc<crate::server::AppState>) {
     });
 }
 
-async fn run(state: Weak<crate::server::AppState>, owner: u64) {
+async fn run(state: Weak<crate::state::AppState>, owner: u64) {
     loop {
         let Some(s) = state.upgrade() else { return };
         let Ok(cacher) = s.cacher(&CUSTOMRESOURCEDEFINITIONS).map(Arc::clone) else {
@@ -338,7 +339,7 @@ async fn run(state: Weak<crate::server::AppState>, owner: u64) {
 
 /// One pass over all CRDs; false when something must be retried.
 async fn reconcile_all(
-    state: &Arc<crate::server::AppState>,
+    state: &Arc<crate::state::AppState>,
     cacher: &Arc<crate::cacher::Cacher>,
     owner: u64,
 ) -> bool {
@@ -389,22 +390,19 @@ async fn reconcile_all(
         let mut current = crd_obj.clone();
         let mut current_rv = rv;
         if crd_obj.get("status") != Some(&status) {
-            match crate::handlers::write_update(
-                state,
+            match ObjectWriter::update_object(
+                state.as_ref(),
                 &CUSTOMRESOURCEDEFINITIONS,
                 None,
                 fields::name(crd_obj),
                 crd_obj.clone(),
                 rv,
                 new,
-                crate::handlers::UpdateScope::Status,
-                false,
-                None,
-                "Update",
+                UpdateScope::Status,
             )
             .await
             {
-                Ok((obj, _)) => {
+                Ok(obj) => {
                     current_rv = fields::str_at(&obj, &["metadata", "resourceVersion"])
                         .and_then(|r| r.parse().ok())
                         .unwrap_or(current_rv);
@@ -438,7 +436,7 @@ fn now_rfc3339() -> String {
 /// Deletes the objects of a CRD being deleted, then removes its cleanup finalizer (storage then
 /// removes the CRD, and the next pass stops serving it). False when something must be retried.
 async fn finish_deletion(
-    state: &Arc<crate::server::AppState>,
+    state: &Arc<crate::state::AppState>,
     crd_obj: &Value,
     rv: crate::storage::Revision,
 ) -> bool {
@@ -473,13 +471,10 @@ async fn finish_deletion(
                     Some(def) => {
                         let ns = fields::namespace(&obj);
                         let ns = (!ns.is_empty()).then_some(ns);
-                        let opts = crate::handlers::DeleteOpts {
-                            propagation: Some("Background".into()),
-                            ..Default::default()
-                        };
-                        crate::handlers::delete_object(state, def, ns, fields::name(&obj), &opts)
+                        let writer: &dyn ObjectWriter = state.as_ref();
+                        writer
+                            .delete_in_background(def, ns, fields::name(&obj))
                             .await
-                            .map(|_| ())
                             .map_err(|e| e.to_string())
                     }
                     None => state
@@ -503,18 +498,15 @@ async fn finish_deletion(
         .filter(|f| f != crd::CLEANUP_FINALIZER)
         .collect();
     fields::ensure_object(&mut new, &["metadata"]).insert("finalizers".into(), json!(remaining));
-    crate::handlers::write_update(
-        state,
+    ObjectWriter::update_object(
+        state.as_ref(),
         &CUSTOMRESOURCEDEFINITIONS,
         None,
         fields::name(crd_obj),
         crd_obj.clone(),
         rv,
         new,
-        crate::handlers::UpdateScope::Main,
-        false,
-        None,
-        "Update",
+        UpdateScope::Main,
     )
     .await
     .is_ok()

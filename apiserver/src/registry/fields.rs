@@ -163,6 +163,12 @@ pub fn unknown_fields(raw: &Value, decoded: &Value, prefix: &str, out: &mut Vec<
     }
 }
 
+/// Sets `metadata.resourceVersion`.
+pub fn set_rv(obj: &mut Value, rv: crate::storage::Revision) {
+    ensure_object(obj, &["metadata"])
+        .insert("resourceVersion".into(), Value::String(rv.to_string()));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -378,6 +378,14 @@ pub fn name_age_cells(obj: &Value) -> Vec<Value> {
     ]
 }
 
+/// Storage key of an object.
+pub fn object_key(def: &ResourceDef, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) if def.namespaced => format!("/registry/{}/{}/{}", def.storage_prefix, ns, name),
+        _ => format!("/registry/{}/{}", def.storage_prefix, name),
+    }
+}
+
 /// All built-in resources, in discovery order.
 pub fn all() -> &'static [ResourceDef] {
     static ALL: std::sync::LazyLock<Vec<ResourceDef>> = std::sync::LazyLock::new(|| {

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use apiserver::auth::{ClientCertIdentity, UserInfo};
-use apiserver::server::{self, AppState};
+use apiserver::server;
+use apiserver::state::AppState;
 use apiserver::storage::Storage;
 use apiserver::storage::sqlite::SqliteStorage;
 

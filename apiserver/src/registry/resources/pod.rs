@@ -804,6 +804,16 @@ fn validate_ephemeral_update(new: &Value, old: &Value) -> Vec<FieldError> {
     errs
 }
 
+/// The pod spec's containers of all kinds, in Kubernetes' visiting order (init, regular,
+/// ephemeral).
+pub fn all_containers(spec: &Value) -> Vec<&Value> {
+    ["initContainers", "containers", "ephemeralContainers"]
+        .iter()
+        .filter_map(|k| spec.get(*k).and_then(Value::as_array))
+        .flatten()
+        .collect()
+}
+
 /// `dropNonEphemeralContainerUpdates`: a write through `pods/ephemeralcontainers` takes only
 /// `spec.ephemeralContainers` (and the metadata the caller may touch) from `new`.
 pub(crate) fn keep_only_ephemeral_containers(old: &Value, new: Value) -> Value {

@@ -12,10 +12,10 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
+use super::{Attributes, forbidden_error};
+use crate::cache_reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
-use crate::rbac::{Attributes, forbidden_error};
 use crate::registry::resources::{PERSISTENTVOLUMECLAIMS, PODS};
-use crate::server::AppState;
 
 /// The kube-root-ca.crt ConfigMap holds the cluster's public CA certificate. Lotse's kubelet
 /// reads it from kube-system at start (Kubernetes' kubelet reads it through pods' projected
@@ -91,7 +91,7 @@ pub fn pod_references(pod: &Value) -> PodReferences {
             }
         }
     }
-    for c in crate::admission::all_containers(spec) {
+    for c in crate::registry::resources::pod::all_containers(spec) {
         for ef in c
             .get("envFrom")
             .and_then(Value::as_array)
@@ -110,14 +110,14 @@ pub fn pod_references(pod: &Value) -> PodReferences {
 }
 
 /// Pods in `namespace` (every namespace when empty) bound to `node`.
-async fn pods_on(state: &AppState, node: &str, namespace: &str) -> ApiResult<Vec<Value>> {
+async fn pods_on(reader: &CacheReader, node: &str, namespace: &str) -> ApiResult<Vec<Value>> {
     // Cluster-scoped objects (volumes) are reached from pods of every namespace.
     let prefix = if namespace.is_empty() {
         format!("/registry/{}/", PODS.storage_prefix)
     } else {
         format!("/registry/{}/{namespace}/", PODS.storage_prefix)
     };
-    let cacher = state.cacher(&PODS)?;
+    let cacher = reader.cacher(&PODS)?;
     let list = cacher.list(&prefix, None, 0, &|_| true).await;
     Ok(list
         .items
@@ -128,12 +128,13 @@ async fn pods_on(state: &AppState, node: &str, namespace: &str) -> ApiResult<Vec
 }
 
 /// Whether a claim referenced by one of `pods` is bound to the volume `pv`.
-async fn pv_reachable(state: &AppState, pods: &[Value], pv: &str) -> ApiResult<bool> {
+async fn pv_reachable(reader: &CacheReader, pods: &[Value], pv: &str) -> ApiResult<bool> {
     for p in pods {
         let ns = crate::registry::fields::namespace(p);
         for claim in pod_references(p).pvcs {
-            let pvc =
-                crate::authn::cached_or_stored(state, &PERSISTENTVOLUMECLAIMS, ns, &claim).await?;
+            let pvc = reader
+                .cached_or_stored(&PERSISTENTVOLUMECLAIMS, ns, &claim)
+                .await?;
             if pvc
                 .as_ref()
                 .and_then(|c| c.pointer("/spec/volumeName"))
@@ -154,7 +155,10 @@ fn no_relationship(node: &str) -> String {
 /// Kubernetes' Node authorizer for the request `a` when it comes from a kubelet and concerns an
 /// object the node graph guards: `Some(Ok(reason))` allows, `Some(Err(reason))` denies, `None`
 /// leaves the decision to RBAC.
-pub async fn decide(state: &AppState, a: &Attributes) -> ApiResult<Option<Result<String, String>>> {
+pub async fn decide(
+    reader: &CacheReader,
+    a: &Attributes,
+) -> ApiResult<Option<Result<String, String>>> {
     let Some(node) = a.user.node_name() else {
         return Ok(None);
     };
@@ -188,7 +192,7 @@ pub async fn decide(state: &AppState, a: &Attributes) -> ApiResult<Option<Result
     if kind == "configmap" && a.name == ROOT_CA_CONFIGMAP {
         return Ok(Some(Ok(String::new())));
     }
-    let pods = pods_on(state, node, &a.namespace).await?;
+    let pods = pods_on(reader, node, &a.namespace).await?;
     let found = match kind {
         "secret" => pods
             .iter()
@@ -203,7 +207,7 @@ pub async fn decide(state: &AppState, a: &Attributes) -> ApiResult<Option<Result
             .iter()
             .any(|p| pod_references(p).service_account == a.name),
         // A PV is reachable only through a claim of one of the node's pods bound to it.
-        _ => pv_reachable(state, &pods, &a.name).await?,
+        _ => pv_reachable(reader, &pods, &a.name).await?,
     };
     if found {
         Ok(Some(Ok(String::new())))
@@ -225,7 +229,7 @@ pub fn forbidden(a: &Attributes, reason: &str) -> ApiError {
 
 /// NodeRestriction for requests without an object to admit: a kubelet may delete or evict only
 /// pods bound to its node.
-pub async fn restrict(state: &AppState, a: &Attributes) -> ApiResult<()> {
+pub async fn restrict(reader: &CacheReader, a: &Attributes) -> ApiResult<()> {
     let Some(node) = a.user.node_name() else {
         return Ok(());
     };
@@ -237,7 +241,9 @@ pub async fn restrict(state: &AppState, a: &Attributes) -> ApiResult<()> {
         ("create", "eviction") => "evict",
         _ => return Ok(()),
     };
-    let Some(pod) = crate::authn::cached_or_stored(state, &PODS, &a.namespace, &a.name).await?
+    let Some(pod) = reader
+        .cached_or_stored(&PODS, &a.namespace, &a.name)
+        .await?
     else {
         // Not found: the handler answers 404 as it would for anyone allowed to ask.
         return Ok(());

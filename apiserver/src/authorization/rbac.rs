@@ -15,12 +15,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::{Attributes, Decision};
 use crate::auth::{MASTERS, UserInfo};
 use crate::cacher::{Broadcast, WatchStart};
 use crate::error::{ApiError, ApiResult};
 use crate::registry::ResourceDef;
 use crate::registry::resources::{CLUSTERROLEBINDINGS, CLUSTERROLES, ROLEBINDINGS, ROLES};
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::writer::{ObjectWriter, UpdateScope};
 
 /// One RBAC rule (`rbac.authorization.k8s.io/v1` PolicyRule).
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -72,194 +74,6 @@ impl PolicyRule {
             parts.push(format!("Verbs:{}", q(&self.verbs)));
         }
         format!("{{{}}}", parts.join(", "))
-    }
-}
-
-/// What a request asks to do (Kubernetes' `authorizer.Attributes`).
-#[derive(Clone, Debug, Default)]
-pub struct Attributes {
-    /// The user.
-    pub user: UserInfo,
-    /// Verb: get, list, watch, create, update, patch, delete, deletecollection, impersonate, ...
-    pub verb: String,
-    /// True for resource requests, false for non-resource paths.
-    pub resource_request: bool,
-    /// Namespace ("" for cluster scope).
-    pub namespace: String,
-    /// API group ("" for core).
-    pub api_group: String,
-    /// API version.
-    pub api_version: String,
-    /// Resource (plural).
-    pub resource: String,
-    /// Subresource.
-    pub subresource: String,
-    /// Object name.
-    pub name: String,
-    /// The URL path (non-resource requests).
-    pub path: String,
-}
-
-impl Attributes {
-    /// A resource request.
-    pub fn resource(
-        user: &UserInfo,
-        verb: &str,
-        group: &str,
-        resource: &str,
-        subresource: &str,
-        namespace: &str,
-        name: &str,
-    ) -> Self {
-        Attributes {
-            user: user.clone(),
-            verb: verb.into(),
-            resource_request: true,
-            namespace: namespace.into(),
-            api_group: group.into(),
-            resource: resource.into(),
-            subresource: subresource.into(),
-            name: name.into(),
-            ..Default::default()
-        }
-    }
-
-    /// Kubernetes' forbidden message (`responsewriters.forbiddenMessage`).
-    pub fn forbidden_message(&self) -> String {
-        let user = &self.user.name;
-        if !self.resource_request {
-            return format!("User {user:?} cannot {} path {:?}", self.verb, self.path);
-        }
-        let mut resource = self.resource.clone();
-        if !self.subresource.is_empty() {
-            resource = format!("{resource}/{}", self.subresource);
-        }
-        if self.namespace.is_empty() {
-            format!(
-                "User {user:?} cannot {} resource {resource:?} in API group {:?} at the cluster scope",
-                self.verb, self.api_group
-            )
-        } else {
-            format!(
-                "User {user:?} cannot {} resource {resource:?} in API group {:?} in the namespace {:?}",
-                self.verb, self.api_group, self.namespace
-            )
-        }
-    }
-
-    /// The 403 a denied request gets (`apierrors.NewForbidden` around the message).
-    pub fn forbidden(&self) -> ApiError {
-        forbidden_error(
-            &self.api_group,
-            &self.resource,
-            &self.name,
-            &self.forbidden_message(),
-        )
-    }
-}
-
-/// The authorization attributes of an HTTP request (Kubernetes' `RequestInfoFactory`):
-/// `/api/v1/...` and `/apis/<g>/<v>/...` below the group-version are resource requests,
-/// everything else (discovery, health, version, OpenAPI) is a non-resource request.
-pub fn request_attributes(
-    user: &UserInfo,
-    method: &axum::http::Method,
-    path: &str,
-    query: &crate::request::Query,
-) -> Attributes {
-    use axum::http::Method;
-    let segs: Vec<&str> = path
-        .trim_start_matches('/')
-        .trim_end_matches('/')
-        .split('/')
-        .collect();
-    let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
-        ["api", v, rest @ ..] if !rest.is_empty() => ("", v, rest),
-        ["apis", g, v, rest @ ..] if !rest.is_empty() => (g, v, rest),
-        _ => {
-            let verb = method.as_str().to_ascii_lowercase();
-            return Attributes {
-                user: user.clone(),
-                verb,
-                path: path.to_string(),
-                ..Default::default()
-            };
-        }
-    };
-    let mut parts = rest;
-    let mut namespace = "";
-    if parts.first() == Some(&"namespaces") && parts.len() > 1 {
-        namespace = parts[1];
-        if parts.len() > 2 && !matches!(parts[2], "status" | "finalize") {
-            parts = &parts[2..];
-        }
-    }
-    let resource = parts.first().copied().unwrap_or_default();
-    let mut name = parts.get(1).copied().unwrap_or_default().to_string();
-    let subresource = parts.get(2).copied().unwrap_or_default();
-    let watch = query.flag("watch");
-    let verb = match *method {
-        Method::GET | Method::HEAD if watch => "watch",
-        Method::GET | Method::HEAD if name.is_empty() => "list",
-        Method::GET | Method::HEAD => "get",
-        Method::POST => "create",
-        Method::PUT => "update",
-        Method::PATCH => "patch",
-        Method::DELETE if name.is_empty() => "deletecollection",
-        Method::DELETE => "delete",
-        _ => "",
-    };
-    if matches!(verb, "list" | "watch" | "deletecollection")
-        && name.is_empty()
-        && let Some(fs) = query.get("fieldSelector")
-        && let Ok(sel) = crate::selectors::FieldSelector::parse(fs)
-        && let Some(n) = sel.required_value("metadata.name")
-    {
-        name = n.to_string();
-    }
-    Attributes {
-        user: user.clone(),
-        verb: verb.to_string(),
-        resource_request: true,
-        namespace: namespace.to_string(),
-        api_group: group.to_string(),
-        api_version: version.to_string(),
-        resource: resource.to_string(),
-        subresource: subresource.to_string(),
-        name,
-        path: path.to_string(),
-    }
-}
-
-/// `apierrors.NewForbidden(groupResource, name, err)`.
-pub fn forbidden_error(group: &str, resource: &str, name: &str, why: &str) -> ApiError {
-    let gr = match (group.is_empty(), resource.is_empty()) {
-        (_, true) => String::new(),
-        (true, false) => resource.to_string(),
-        (false, false) => format!("{resource}.{group}"),
-    };
-    let message = if gr.is_empty() {
-        format!("forbidden: {why}")
-    } else if name.is_empty() {
-        format!("{gr} is forbidden: {why}")
-    } else {
-        format!("{gr} {name:?} is forbidden: {why}")
-    };
-    let mut details = serde_json::Map::new();
-    if !name.is_empty() {
-        details.insert("name".into(), name.into());
-    }
-    if !group.is_empty() {
-        details.insert("group".into(), group.into());
-    }
-    if !resource.is_empty() {
-        details.insert("kind".into(), resource.into());
-    }
-    ApiError {
-        code: 403,
-        reason: "Forbidden",
-        message,
-        details: Some(Value::Object(details)),
     }
 }
 
@@ -482,15 +296,6 @@ impl Snapshot {
     }
 }
 
-/// The outcome of an authorization check.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// Allowed; the string names why (for reviews' `reason`).
-    Allow(String),
-    /// Not allowed by any rule.
-    Deny,
-}
-
 /// RBAC authorizer over the watch caches.
 pub struct Authorizer {
     snapshot: RwLock<Arc<Snapshot>>,
@@ -578,18 +383,9 @@ impl Authorizer {
         self.current(state).await
     }
 
-    /// Decides a request: `system:masters` is always allowed, otherwise some bound rule must
-    /// allow it.
+    /// RBAC's decision on a request: some bound rule must allow it. (The chain in
+    /// [`super::chain`] asks it after `system:masters` and the Node authorizer.)
     pub async fn authorize(&self, state: &AppState, a: &Attributes) -> ApiResult<Decision> {
-        if a.user.in_group(MASTERS) {
-            return Ok(Decision::Allow(String::new()));
-        }
-        if let Some(d) = crate::node_authorizer::decide(state, a).await? {
-            return Ok(match d {
-                Ok(reason) => Decision::Allow(reason),
-                Err(_) => Decision::Deny,
-            });
-        }
         let snap = self.current(state).await?;
         if let Some(d) = Self::decide(&snap, a) {
             return Ok(d);
@@ -605,20 +401,6 @@ impl Authorizer {
             allowed
         });
         allowed.then(|| Decision::Allow(allow_reason(snap, a)))
-    }
-
-    /// Authorizes or returns the Kubernetes 403 for `a` (with the Node authorizer's reason when
-    /// it denied a kubelet), then confines kubelets' pod deletes and evictions to their node.
-    pub async fn require(&self, state: &AppState, a: &Attributes) -> ApiResult<()> {
-        if !a.user.in_group(MASTERS)
-            && let Some(Err(reason)) = crate::node_authorizer::decide(state, a).await?
-        {
-            return Err(crate::node_authorizer::forbidden(a, &reason));
-        }
-        match self.authorize(state, a).await? {
-            Decision::Allow(_) => crate::node_authorizer::restrict(state, a).await,
-            Decision::Deny => Err(a.forbidden()),
-        }
     }
 
     /// Every rule that applies to `user` in `namespace` (SelfSubjectRulesReview), in binding
@@ -898,8 +680,7 @@ pub fn aggregated_rules(role: &Value, all: &[Value]) -> Option<Vec<PolicyRule>> 
     let sels: Vec<crate::selectors::LabelSelector> = selectors
         .iter()
         .filter_map(|s| {
-            crate::selectors::LabelSelector::parse(&crate::subresources::selector_string(Some(s)))
-                .ok()
+            crate::selectors::LabelSelector::parse(&crate::selectors::selector_string(Some(s))).ok()
         })
         .collect();
     let me = crate::registry::fields::name(role);
@@ -924,6 +705,7 @@ pub fn aggregated_rules(role: &Value, all: &[Value]) -> Option<Vec<PolicyRule>> 
 }
 
 async fn aggregate_once(state: &Arc<AppState>) -> ApiResult<()> {
+    let writer: &dyn ObjectWriter = state.as_ref();
     let (mut all, _) = list_objects(state, &CLUSTERROLES).await?;
     // Aggregated roles may select other aggregated roles (admin ⊇ edit ⊇ view): iterate to a
     // fixed point, bounded in case of a cycle.
@@ -939,30 +721,26 @@ async fn aggregate_once(state: &Arc<AppState>) -> ApiResult<()> {
             let rules_json =
                 serde_json::to_value(&rules).map_err(|e| ApiError::internal(e.to_string()))?;
             let name = crate::registry::fields::name(&all[i]).to_string();
-            let (old, old_rv) =
-                match crate::handlers::get_current(state, &CLUSTERROLES, None, &name).await {
-                    Ok(x) => x,
-                    Err(e) if e.code == 404 => continue,
-                    Err(e) => return Err(e),
-                };
+            let (old, old_rv) = match writer.get_stored(&CLUSTERROLES, None, &name).await {
+                Ok(x) => x,
+                Err(e) if e.code == 404 => continue,
+                Err(e) => return Err(e),
+            };
             let mut new = old.clone();
             if let Value::Object(m) = &mut new {
                 m.insert("rules".into(), rules_json.clone());
             }
-            match crate::handlers::write_update(
-                state,
-                &CLUSTERROLES,
-                None,
-                &name,
-                old,
-                old_rv,
-                new,
-                crate::handlers::UpdateScope::Main,
-                false,
-                None,
-                "Update",
-            )
-            .await
+            match writer
+                .update_object(
+                    &CLUSTERROLES,
+                    None,
+                    &name,
+                    old,
+                    old_rv,
+                    new,
+                    UpdateScope::Main,
+                )
+                .await
             {
                 Ok(_) => tracing::debug!(clusterrole = %name, "aggregated rules updated"),
                 Err(e) if e.code == 409 => {}
@@ -1054,100 +832,6 @@ mod tests {
         assert!(rule_allows(&a, &urls));
         a.path = "/apis".into();
         assert!(!rule_allows(&a, &urls));
-    }
-
-    #[test]
-    fn forbidden_message_is_kubernetes_wording() {
-        let user = UserInfo::service_account("entenhausen", "donald", "");
-        let a = Attributes::resource(&user, "list", "", "pods", "", "kube-system", "");
-        assert_eq!(
-            a.forbidden().message,
-            "pods is forbidden: User \"system:serviceaccount:entenhausen:donald\" cannot list resource \"pods\" in API group \"\" in the namespace \"kube-system\""
-        );
-        let a = Attributes::resource(&user, "get", "apps", "deployments", "scale", "", "web");
-        assert_eq!(
-            a.forbidden().message,
-            "deployments.apps \"web\" is forbidden: User \"system:serviceaccount:entenhausen:donald\" cannot get resource \"deployments/scale\" in API group \"apps\" at the cluster scope"
-        );
-        let a = Attributes {
-            user: UserInfo::anonymous(),
-            verb: "get".into(),
-            path: "/api".into(),
-            ..Default::default()
-        };
-        assert_eq!(
-            a.forbidden().message,
-            "forbidden: User \"system:anonymous\" cannot get path \"/api\""
-        );
-    }
-
-    #[test]
-    fn request_attributes_follow_request_info() {
-        use crate::request::Query;
-        let u = UserInfo::default();
-        let a = request_attributes(
-            &u,
-            &axum::http::Method::GET,
-            "/api/v1/namespaces/ns/pods",
-            &Query::parse(Some("watch=1")),
-        );
-        assert_eq!(
-            (a.verb.as_str(), a.namespace.as_str(), a.resource.as_str()),
-            ("watch", "ns", "pods")
-        );
-        let a = request_attributes(
-            &u,
-            &axum::http::Method::GET,
-            "/api/v1/namespaces/ns",
-            &Query::default(),
-        );
-        assert_eq!(
-            (
-                a.verb.as_str(),
-                a.namespace.as_str(),
-                a.resource.as_str(),
-                a.name.as_str()
-            ),
-            ("get", "ns", "namespaces", "ns")
-        );
-        let a = request_attributes(
-            &u,
-            &axum::http::Method::PUT,
-            "/api/v1/namespaces/ns/finalize",
-            &Query::default(),
-        );
-        assert_eq!(
-            (a.resource.as_str(), a.subresource.as_str()),
-            ("namespaces", "finalize")
-        );
-        let a = request_attributes(
-            &u,
-            &axum::http::Method::POST,
-            "/apis/apps/v1/namespaces/ns/deployments/web/scale",
-            &Query::default(),
-        );
-        assert_eq!(
-            (
-                a.verb.as_str(),
-                a.api_group.as_str(),
-                a.subresource.as_str()
-            ),
-            ("create", "apps", "scale")
-        );
-        let a = request_attributes(
-            &u,
-            &axum::http::Method::GET,
-            "/apis/apps/v1",
-            &Query::default(),
-        );
-        assert!(!a.resource_request);
-        let a = request_attributes(
-            &u,
-            &axum::http::Method::GET,
-            "/api/v1/namespaces/ns/pods",
-            &Query::parse(Some("fieldSelector=metadata.name%3Dp")),
-        );
-        assert_eq!(a.name, "p");
     }
 
     #[test]

@@ -1,0 +1,62 @@
+//! The write handle for code that updates objects on the apiserver's own behalf — admission
+//! (quota charges), background loops (quota usage, ClusterRole aggregation, the CRD
+//! controller): read an object, update it through the write pipeline (defaulting, validation,
+//! admission, the storage precondition). The pipeline (`handlers`) implements [`ObjectWriter`]
+//! and hands it out, so these callers never import the HTTP handlers that call them.
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::error::ApiResult;
+use crate::registry::ResourceDef;
+use crate::storage::Revision;
+
+/// What part of the object an update may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateScope {
+    /// The main resource: everything except `.status` (when the resource has a status split).
+    Main,
+    /// The `/status` subresource: only `.status` (and not metadata that status may not touch).
+    Status,
+    /// `certificatesigningrequests/approval`: like `/status`, and the only way to change a
+    /// request's Approved/Denied conditions.
+    Approval,
+    /// `pods/ephemeralcontainers`: only `spec.ephemeralContainers` (Kubernetes'
+    /// `dropNonEphemeralContainerUpdates`).
+    EphemeralContainers,
+}
+
+/// Reads and updates objects as the apiserver itself (no field manager, never a dry run).
+#[async_trait]
+pub trait ObjectWriter: Send + Sync {
+    /// The stored object with its `resourceVersion` set; 404 when absent.
+    async fn get_stored(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> ApiResult<(Value, Revision)>;
+
+    /// Updates `name` from `old` (read at `old_rv`) to `new` within `scope`, as a PUT would;
+    /// 409 when the object changed since `old_rv`. Returns the stored object.
+    #[allow(clippy::too_many_arguments)]
+    async fn update_object(
+        &self,
+        def: &'static ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        old: Value,
+        old_rv: Revision,
+        new: Value,
+        scope: UpdateScope,
+    ) -> ApiResult<Value>;
+
+    /// Deletes `name` as a DELETE with `propagationPolicy: Background` would (finalizers and
+    /// graceful deletion apply).
+    async fn delete_in_background(
+        &self,
+        def: &'static ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> ApiResult<()>;
+}
