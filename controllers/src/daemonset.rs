@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -298,25 +298,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             spec: Some(spec_for_node),
             status: None,
         };
-        match pods_api.create(&PostParams::default(), &pod).await {
-            Ok(p) => ctx.recorder.record(
-                ds.as_ref(),
-                COMPONENT,
-                EventType::Normal,
-                "SuccessfulCreate",
-                format!("Created pod: {}", p.name_any()),
-            ),
-            Err(e) => {
-                ctx.recorder.record(
-                    ds.as_ref(),
-                    COMPONENT,
-                    EventType::Warning,
-                    "FailedCreate",
-                    format!("Error creating: {e}"),
-                );
-                return Err(e.into());
-            }
-        }
+        util::create_pod(&pods_api, &pod, &ctx.recorder, ds.as_ref(), COMPONENT).await?;
     }
     for p in to_delete {
         match pods_api

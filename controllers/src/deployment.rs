@@ -197,22 +197,6 @@ fn created(rs: &ReplicaSet) -> i64 {
 /// lists and nulls pruned, so that templates Kubernetes' semantic equality calls equal (say,
 /// `resources: {}` against no `resources`) compare equal here too.
 fn normalized(template: &PodTemplateSpec) -> serde_json::Value {
-    fn prune(v: &mut serde_json::Value) -> bool {
-        match v {
-            serde_json::Value::Object(m) => {
-                m.retain(|_, x| !prune(x));
-                m.is_empty()
-            }
-            serde_json::Value::Array(a) => {
-                for x in a.iter_mut() {
-                    prune(x);
-                }
-                a.is_empty()
-            }
-            serde_json::Value::Null => true,
-            _ => false,
-        }
-    }
     let mut v = serde_json::to_value(template).unwrap_or_default();
     if let Some(labels) = v
         .pointer_mut("/metadata/labels")
@@ -220,8 +204,7 @@ fn normalized(template: &PodTemplateSpec) -> serde_json::Value {
     {
         labels.remove(POD_TEMPLATE_HASH);
     }
-    prune(&mut v);
-    v
+    util::pruned(v)
 }
 
 /// The pod-template-hash of a template: FNV-32a over its canonical JSON and the collision

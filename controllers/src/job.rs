@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec, JobStatus, PodFailurePolicy};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 
@@ -266,25 +266,8 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                     let failures =
                         per_index_limit.map(|_| ix.and_then(|i| tally.index_failures.get(&i)));
                     let pod = pod_for(job.as_ref(), &spec, ix, failures.map(|f| *f.unwrap_or(&0)));
-                    match pods_api.create(&PostParams::default(), &pod).await {
-                        Ok(p) => ctx.recorder.record(
-                            job.as_ref(),
-                            COMPONENT,
-                            EventType::Normal,
-                            "SuccessfulCreate",
-                            format!("Created pod: {}", p.name_any()),
-                        ),
-                        Err(e) => {
-                            ctx.recorder.record(
-                                job.as_ref(),
-                                COMPONENT,
-                                EventType::Warning,
-                                "FailedCreate",
-                                format!("Error creating: {e}"),
-                            );
-                            return Err(e.into());
-                        }
-                    }
+                    util::create_pod(&pods_api, &pod, &ctx.recorder, job.as_ref(), COMPONENT)
+                        .await?;
                 }
             } else if active.len() > want {
                 let mut extra: Vec<&Pod> = active.clone();

@@ -8,7 +8,7 @@ use futures::{StreamExt, TryFuture};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::Error;
-use crate::events::Recorder;
+use crate::events::{EventType, Recorder};
 
 /// Runs `controller` (kube-runtime's reconcile loop) until its watch streams end: each failed
 /// sync of the controller `name` is logged and retried after `retry`. Returns
@@ -156,6 +156,40 @@ where
         .filter(|o| selects(o))
         .map(|o| ObjectRef::from_obj(o.as_ref()))
         .collect()
+}
+
+/// Creates a pod for `owner` and records `SuccessfulCreate` or `FailedCreate` on the owner in
+/// Kubernetes' words (`RealPodControl.CreatePods`).
+pub async fn create_pod<K: Resource<DynamicType = ()>>(
+    api: &Api<Pod>,
+    pod: &Pod,
+    recorder: &Recorder,
+    owner: &K,
+    component: &str,
+) -> Result<Pod, Error> {
+    match api.create(&PostParams::default(), pod).await {
+        Ok(p) => {
+            let name = p.metadata.name.as_deref().unwrap_or_default();
+            recorder.record(
+                owner,
+                component,
+                EventType::Normal,
+                "SuccessfulCreate",
+                format!("Created pod: {name}"),
+            );
+            Ok(p)
+        }
+        Err(e) => {
+            recorder.record(
+                owner,
+                component,
+                EventType::Warning,
+                "FailedCreate",
+                format!("Error creating: {e}"),
+            );
+            Err(e.into())
+        }
+    }
 }
 
 /// Adds a controller reference to `owner` to the object's ownerReferences (Kubernetes'
