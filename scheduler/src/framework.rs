@@ -1,5 +1,6 @@
-//! The scheduling framework: what a plugin sees (pod and node views), what it returns, and the
-//! filter/score plugin traits. Mirrors kube-scheduler's framework at the level Lotse needs.
+//! The scheduling framework: what a plugin sees (pod and node views), what it returns, the
+//! keyed per-cycle state plugins leave for themselves, and the filter/score plugin traits.
+//! Mirrors kube-scheduler's framework at the level Lotse needs; it knows no plugin.
 
 use std::any::Any;
 use std::borrow::Cow;
