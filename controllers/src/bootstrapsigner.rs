@@ -20,6 +20,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use crate::Error;
+use crate::util;
 
 /// Namespace of the signed ConfigMap.
 pub const PUBLIC_NAMESPACE: &str = "kube-public";
@@ -177,22 +178,18 @@ pub async fn run(client: Client) -> Result<(), Error> {
         secrets: reader,
     });
     let cms: Api<ConfigMap> = Api::namespaced(client, PUBLIC_NAMESPACE);
-    Controller::new(
-        cms,
-        watcher::Config::default().fields(&format!("metadata.name={CLUSTER_INFO}")),
-    )
-    .reconcile_on(secret_stream)
-    .run(
+    util::run_controller(
+        Controller::new(
+            cms,
+            watcher::Config::default().fields(&format!("metadata.name={CLUSTER_INFO}")),
+        )
+        .reconcile_on(secret_stream),
         reconcile,
-        |_, err: &Error, _| {
-            tracing::warn!(error = %err, "bootstrap signer sync failed; retrying");
-            Action::requeue(Duration::from_secs(2))
-        },
         ctx,
+        "bootstrapsigner",
+        Duration::from_secs(2),
     )
-    .for_each(|_| futures::future::ready(()))
-    .await;
-    Err(Error::Stopped("bootstrapsigner"))
+    .await
 }
 
 async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Ctx>) -> Result<Action, Error> {

@@ -11,15 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cron_schedule::Schedule;
-use futures::StreamExt;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -35,31 +33,18 @@ const NEXT_SCHEDULE_DELTA: Duration = Duration::from_millis(100);
 /// More missed start times than this are not replayed but reported (`TooManyMissedTimes`).
 const MANY_MISSED: i64 = 100;
 
-struct Ctx {
-    client: Client,
-    recorder: Recorder,
-}
+type Ctx = util::Context;
 
 /// Runs the CronJob controller until its watch streams end.
 pub async fn run(client: Client, recorder: Recorder) -> Result<(), Error> {
-    let wc = watcher::Config::default();
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
+    util::run_owning::<CronJob, Job, _>(
+        client,
         recorder,
-    });
-    Controller::new(Api::<CronJob>::all(client.clone()), wc.clone())
-        .owns(Api::<Job>::all(client), wc)
-        .run(
-            reconcile,
-            |cj, err: &Error, _| {
-                tracing::warn!(cronjob = %cj.name_any(), error = %err, "cronjob sync failed; retrying");
-                Action::requeue(Duration::from_secs(5))
-            },
-            ctx,
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await;
-    Err(Error::Stopped("cronjob"))
+        reconcile,
+        "cronjob",
+        Duration::from_secs(5),
+    )
+    .await
 }
 
 /// How many schedule times were missed since the last one run (Kubernetes' `missedSchedulesType`).

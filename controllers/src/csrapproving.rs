@@ -15,7 +15,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -33,6 +32,7 @@ use crate::csrsigning::{
     KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER, parse_request, validate_kubelet_client,
     validate_kubelet_serving,
 };
+use crate::util;
 
 /// Message of an approval for a node's first client certificate.
 pub const NODE_CLIENT_MESSAGE: &str =
@@ -168,21 +168,17 @@ pub async fn run(client: Client, approve_kubelet_serving: bool) -> Result<(), Er
         client: client.clone(),
         approve_kubelet_serving,
     });
-    Controller::new(
-        Api::<CertificateSigningRequest>::all(client),
-        watcher::Config::default(),
-    )
-    .run(
+    util::run_controller(
+        Controller::new(
+            Api::<CertificateSigningRequest>::all(client),
+            watcher::Config::default(),
+        ),
         reconcile,
-        |_, err: &Error, _| {
-            tracing::warn!(error = %err, "csrapproving sync failed; retrying");
-            Action::requeue(Duration::from_secs(5))
-        },
         ctx,
+        "csrapproving",
+        Duration::from_secs(5),
     )
-    .for_each(|_| futures::future::ready(()))
-    .await;
-    Err(Error::Stopped("csrapproving"))
+    .await
 }
 
 async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Ctx>) -> Result<Action, Error> {

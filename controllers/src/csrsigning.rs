@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestCondition,
 };
@@ -28,6 +27,7 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
 use crate::Error;
+use crate::util;
 
 /// Signer of kubelet client certificates (`system:node:<name>` in `system:nodes`).
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
@@ -364,21 +364,17 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         client: client.clone(),
         settings,
     });
-    Controller::new(
-        Api::<CertificateSigningRequest>::all(client),
-        watcher::Config::default(),
-    )
-    .run(
+    util::run_controller(
+        Controller::new(
+            Api::<CertificateSigningRequest>::all(client),
+            watcher::Config::default(),
+        ),
         reconcile,
-        |_, err: &Error, _| {
-            tracing::warn!(error = %err, "csrsigning sync failed; retrying");
-            Action::requeue(Duration::from_secs(2))
-        },
         ctx,
+        "csrsigning",
+        Duration::from_secs(2),
     )
-    .for_each(|_| futures::future::ready(()))
-    .await;
-    Err(Error::Stopped("csrsigning"))
+    .await
 }
 
 async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Ctx>) -> Result<Action, Error> {

@@ -4,35 +4,29 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint,
     Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use serde_json::json;
 
 use crate::Error;
 use crate::events::{EventType, Recorder};
+use crate::history::{self, REVISION_HASH};
 use crate::node::tolerates;
 use crate::util;
+use scheduler::plugins::node_requirement_matches;
 
 const COMPONENT: &str = "daemonset-controller";
-/// Label carrying the template revision of a daemon pod.
-pub const REVISION_HASH: &str = "controller-revision-hash";
 
-struct Ctx {
-    client: Client,
-    recorder: Recorder,
-}
+type Ctx = util::Context;
 
 fn all_daemonsets(store: &Store<DaemonSet>) -> Vec<ObjectRef<DaemonSet>> {
     store
@@ -51,21 +45,17 @@ pub async fn run(client: Client, recorder: Recorder) -> Result<(), Error> {
         client: client.clone(),
         recorder,
     });
-    ctrl.owns(Api::<Pod>::all(client.clone()), wc.clone())
-        .watches(Api::<Node>::all(client), wc, move |_node: Node| {
-            all_daemonsets(&ds_store)
-        })
-        .run(
-            reconcile,
-            |_, err: &Error, _| {
-                tracing::warn!(error = %err, "daemonset sync failed; retrying");
-                Action::requeue(Duration::from_secs(2))
-            },
-            ctx,
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await;
-    Err(Error::Stopped("daemonset"))
+    util::run_controller(
+        ctrl.owns(Api::<Pod>::all(client.clone()), wc.clone())
+            .watches(Api::<Node>::all(client), wc, move |_node: Node| {
+                all_daemonsets(&ds_store)
+            }),
+        reconcile,
+        ctx,
+        "daemonset",
+        Duration::from_secs(2),
+    )
+    .await
 }
 
 /// The tolerations Kubernetes adds to every daemon pod.
@@ -128,202 +118,14 @@ pub fn node_selector_matches(selector: &NodeSelector, node: &Node) -> bool {
         }
         exprs
             .iter()
-            .all(|r| requirement_matches(r, node.labels().get(&r.key).map(String::as_str)))
+            .all(|r| node_requirement_matches(r, node.labels().get(&r.key)))
             && fields.iter().all(|r| {
                 // metadata.name is the only node field selector Kubernetes supports.
                 r.key == "metadata.name"
                     && matches!(r.operator.as_str(), "In" | "NotIn")
-                    && requirement_matches(r, node.metadata.name.as_deref())
+                    && node_requirement_matches(r, node.metadata.name.as_ref())
             })
     })
-}
-
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    let as_int = |v: &str| v.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => match (
-            value.and_then(as_int),
-            values.first().and_then(|x| as_int(x)),
-        ) {
-            (Some(v), Some(bound)) if r.operator == "Gt" => v > bound,
-            (Some(v), Some(bound)) => v < bound,
-            _ => false,
-        },
-        _ => false,
-    }
-}
-
-/// The `data` of the DaemonSet's ControllerRevision for its current template, as Kubernetes'
-/// `getPatch`: the template as a replace patch under `spec.template`.
-pub fn revision_data(ds: &DaemonSet) -> Result<serde_json::Value, Error> {
-    let spec = ds
-        .spec
-        .as_ref()
-        .ok_or_else(|| Error::Invalid("daemonset without spec".into()))?;
-    let mut template = serde_json::to_value(&spec.template)?;
-    if let Some(obj) = template.as_object_mut() {
-        obj.insert("$patch".into(), json!("replace"));
-    }
-    Ok(json!({"spec": {"template": template}}))
-}
-
-/// Whether a ControllerRevision holds `data` (nulls, empty objects and empty lists aside, so
-/// that a round trip through the apiserver does not make the same template look different).
-fn revision_holds(revision: &ControllerRevision, data: &serde_json::Value) -> bool {
-    revision
-        .data
-        .as_ref()
-        .is_some_and(|d| util::pruned(d.0.clone()) == util::pruned(data.clone()))
-}
-
-/// Keeps the DaemonSet's history as Kubernetes does, so `kubectl rollout history|undo ds`
-/// work: one ControllerRevision `<name>-<hash>` per template, labelled with the template's
-/// labels and `controller-revision-hash`, holding the template as a replace patch in `data`.
-/// The revision holding the current template is found by its data, whatever its name, and is
-/// (re)numbered highest. A different revision already holding the name is a hash collision:
-/// `status.collisionCount` is incremented (the hash includes it) and the sync retried.
-/// Revisions beyond `revisionHistoryLimit` that no pod runs are deleted, oldest first.
-/// Returns the current revision's hash, the `controller-revision-hash` of up-to-date pods.
-async fn sync_history(
-    client: &Client,
-    ds: &DaemonSet,
-    live_hashes: &std::collections::BTreeSet<String>,
-) -> Result<String, Error> {
-    let ns = ds.namespace().unwrap_or_default();
-    let uid = ds.uid().unwrap_or_default();
-    let spec = ds
-        .spec
-        .as_ref()
-        .ok_or_else(|| Error::Invalid("daemonset without spec".into()))?;
-    let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &ns);
-    let mut history: Vec<ControllerRevision> = api
-        .list(&ListParams::default().labels(&util::selector_query(&spec.selector)))
-        .await?
-        .items
-        .into_iter()
-        .filter(|r| util::controller_ref(r).is_some_and(|o| o.uid == uid))
-        .collect();
-    let max = history.iter().map(|r| r.revision).max().unwrap_or(0);
-    let data = revision_data(ds)?;
-    let existing = history
-        .iter()
-        .filter(|r| revision_holds(r, &data))
-        .max_by_key(|r| r.revision)
-        .cloned();
-    let current = match existing {
-        Some(r) => {
-            if r.revision != max {
-                // Rolled back to an older template: it becomes the newest revision again.
-                api.patch(
-                    &r.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"revision": max + 1})),
-                )
-                .await?;
-            }
-            r.labels().get(REVISION_HASH).cloned().unwrap_or_else(|| {
-                let name = r.name_any();
-                let prefix = format!("{}-", ds.name_any());
-                name.strip_prefix(&prefix).unwrap_or(&name).to_string()
-            })
-        }
-        None => {
-            let collision = ds.status.as_ref().and_then(|s| s.collision_count);
-            let hash = crate::deployment::template_hash(&spec.template, collision);
-            let name = format!("{}-{hash}", ds.name_any());
-            let mut labels = spec
-                .template
-                .metadata
-                .as_ref()
-                .and_then(|m| m.labels.clone())
-                .unwrap_or_default();
-            labels.insert(REVISION_HASH.into(), hash.clone());
-            let revision = ControllerRevision {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    namespace: Some(ns.clone()),
-                    labels: Some(labels),
-                    annotations: ds
-                        .annotations()
-                        .get("kubernetes.io/change-cause")
-                        .map(|c| [("kubernetes.io/change-cause".to_string(), c.clone())].into()),
-                    owner_references: Some(vec![util::owner_ref(ds)]),
-                    ..Default::default()
-                },
-                data: Some(RawExtension(data.clone())),
-                revision: max + 1,
-            };
-            match api.create(&PostParams::default(), &revision).await {
-                Ok(r) => history.push(r),
-                Err(kube::Error::Api(e)) if e.code == 409 => {
-                    let taken = api.get(&name).await?;
-                    if !revision_holds(&taken, &data) {
-                        bump_collision_count(client, ds, &name).await?;
-                        return Err(Error::Invalid(format!(
-                            "controllerrevision {ns}/{name} holds another template; collisionCount bumped"
-                        )));
-                    }
-                    // Written by an earlier sync whose list this one raced.
-                }
-                Err(e) => return Err(e.into()),
-            }
-            hash
-        }
-    };
-    let limit = spec.revision_history_limit.unwrap_or(10).max(0) as usize;
-    let mut old: Vec<&ControllerRevision> = history
-        .iter()
-        .filter(|r| r.labels().get(REVISION_HASH) != Some(&current))
-        .filter(|r| {
-            r.labels()
-                .get(REVISION_HASH)
-                .is_none_or(|h| !live_hashes.contains(h))
-        })
-        .collect();
-    if old.len() > limit {
-        old.sort_by_key(|r| r.revision);
-        for r in &old[..old.len() - limit] {
-            match api.delete(&r.name_any(), &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    Ok(current)
-}
-
-/// Increments `status.collisionCount` after a hash collision on `name`, as Kubernetes does:
-/// only when the count the hash was computed with is still the stored one (read fresh from
-/// the apiserver, and the write guarded by its resourceVersion).
-async fn bump_collision_count(client: &Client, ds: &DaemonSet, name: &str) -> Result<(), Error> {
-    let api: Api<DaemonSet> = Api::namespaced(client.clone(), &ds.namespace().unwrap_or_default());
-    let fresh = api.get_status(&ds.name_any()).await?;
-    let used = ds.status.as_ref().and_then(|s| s.collision_count);
-    let stored = fresh.status.as_ref().and_then(|s| s.collision_count);
-    if stored != used {
-        return Err(Error::Invalid(format!(
-            "stale collisionCount {used:?} (stored {stored:?}) for daemonset {}; retrying",
-            ds.name_any()
-        )));
-    }
-    let count = used.unwrap_or(0) + 1;
-    api.patch_status(
-        &ds.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({
-            "metadata": {"resourceVersion": fresh.resource_version()},
-            "status": {"collisionCount": count},
-        })),
-    )
-    .await?;
-    tracing::info!(daemonset = %ds.name_any(), revision = name, collision_count = count, "hash collision; bumped collisionCount");
-    Ok(())
 }
 
 async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
@@ -355,7 +157,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .iter()
         .filter_map(|p| p.labels().get(REVISION_HASH).cloned())
         .collect();
-    let hash = sync_history(&ctx.client, ds.as_ref(), &live_hashes).await?;
+    let (_, hash) = history::sync(&ctx.client, ds.as_ref(), &live_hashes).await?;
     let mut by_node: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
     for p in pods.into_iter().filter(util::is_pod_active) {
         let node = p
@@ -496,25 +298,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             spec: Some(spec_for_node),
             status: None,
         };
-        match pods_api.create(&PostParams::default(), &pod).await {
-            Ok(p) => ctx.recorder.record(
-                ds.as_ref(),
-                COMPONENT,
-                EventType::Normal,
-                "SuccessfulCreate",
-                format!("Created pod: {}", p.name_any()),
-            ),
-            Err(e) => {
-                ctx.recorder.record(
-                    ds.as_ref(),
-                    COMPONENT,
-                    EventType::Warning,
-                    "FailedCreate",
-                    format!("Error creating: {e}"),
-                );
-                return Err(e.into());
-            }
-        }
+        util::create_pod(&pods_api, &pod, &ctx.recorder, ds.as_ref(), COMPONENT).await?;
     }
     for p in to_delete {
         match pods_api
@@ -533,13 +317,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
     }
     if Some(&status) != ds.status.as_ref() {
-        let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ns);
-        api.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await?;
+        util::patch_status(&ctx.client, ds.as_ref(), &status).await?;
     }
     Ok(Action::requeue(Duration::from_secs(if min_ready > 0 {
         1
@@ -670,41 +448,5 @@ mod tests {
         }])));
         assert!(!run(&affinity(vec![NodeSelectorTerm::default()])));
         assert!(!run(&affinity(vec![])));
-    }
-    #[test]
-    fn revision_hash_includes_collision_count_and_data_matches_semantically() {
-        let ds: DaemonSet = serde_json::from_value(json!({
-            "metadata": {"name": "agent", "namespace": "ns"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "agent"}},
-                "template": {"metadata": {"labels": {"app": "agent"}},
-                    "spec": {"containers": [{"name": "a", "image": "busybox"}]}},
-            },
-        }))
-        .unwrap_or_default();
-        let template = ds.spec.clone().unwrap_or_default().template;
-        let hashes = [None, Some(0), Some(1), Some(2)]
-            .map(|c| crate::deployment::template_hash(&template, c));
-        let distinct: std::collections::BTreeSet<&String> = hashes.iter().collect();
-        assert_eq!(distinct.len(), 4, "{hashes:?}");
-        assert_eq!(
-            hashes[2],
-            crate::deployment::template_hash(&template, Some(1)),
-            "stable"
-        );
-
-        let data = revision_data(&ds).unwrap_or_default();
-        assert_eq!(data["spec"]["template"]["$patch"], "replace");
-        let mut stored = data.clone();
-        stored["spec"]["template"]["spec"]["volumes"] = json!([]);
-        stored["spec"]["template"]["metadata"]["annotations"] = json!(null);
-        let revision = |d: serde_json::Value| ControllerRevision {
-            data: Some(RawExtension(d)),
-            ..Default::default()
-        };
-        assert!(revision_holds(&revision(stored), &data));
-        let mut other = data.clone();
-        other["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx");
-        assert!(!revision_holds(&revision(other), &data));
     }
 }

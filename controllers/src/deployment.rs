@@ -97,25 +97,11 @@ pub async fn run(client: Client, recorder: Recorder) -> Result<(), Error> {
 /// The Deployments a ReplicaSet event concerns: its controller, or, for an orphan, every
 /// Deployment in its namespace whose selector matches (one of them may adopt it).
 fn rs_to_deployments(store: &Store<Deployment>, rs: &ReplicaSet) -> Vec<ObjectRef<Deployment>> {
-    let ns = rs.namespace().unwrap_or_default();
-    if let Some(r) = util::controller_ref(rs) {
-        return if r.kind == "Deployment" {
-            vec![ObjectRef::new(&r.name).within(&ns)]
-        } else {
-            vec![]
-        };
-    }
-    store
-        .state()
-        .iter()
-        .filter(|d| d.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|d| {
-            d.spec
-                .as_ref()
-                .is_some_and(|s| util::selector_matches(&s.selector, rs.labels()))
-        })
-        .map(|d| ObjectRef::from_obj(d.as_ref()))
-        .collect()
+    util::controllers_of(store, rs, |d| {
+        d.spec
+            .as_ref()
+            .is_some_and(|s| util::selector_matches(&s.selector, rs.labels()))
+    })
 }
 
 fn error_policy(d: Arc<Deployment>, err: &Error, _ctx: Arc<Ctx>) -> Action {
@@ -211,22 +197,6 @@ fn created(rs: &ReplicaSet) -> i64 {
 /// lists and nulls pruned, so that templates Kubernetes' semantic equality calls equal (say,
 /// `resources: {}` against no `resources`) compare equal here too.
 fn normalized(template: &PodTemplateSpec) -> serde_json::Value {
-    fn prune(v: &mut serde_json::Value) -> bool {
-        match v {
-            serde_json::Value::Object(m) => {
-                m.retain(|_, x| !prune(x));
-                m.is_empty()
-            }
-            serde_json::Value::Array(a) => {
-                for x in a.iter_mut() {
-                    prune(x);
-                }
-                a.is_empty()
-            }
-            serde_json::Value::Null => true,
-            _ => false,
-        }
-    }
     let mut v = serde_json::to_value(template).unwrap_or_default();
     if let Some(labels) = v
         .pointer_mut("/metadata/labels")
@@ -234,8 +204,7 @@ fn normalized(template: &PodTemplateSpec) -> serde_json::Value {
     {
         labels.remove(POD_TEMPLATE_HASH);
     }
-    prune(&mut v);
-    v
+    util::pruned(v)
 }
 
 /// The pod-template-hash of a template: FNV-32a over its canonical JSON and the collision
@@ -319,21 +288,11 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 if matches {
                     owned.push(rs);
                 } else {
-                    let refs: Vec<_> = rs
-                        .metadata
-                        .owner_references
-                        .iter()
-                        .flatten()
-                        .filter(|r| r.uid != uid)
-                        .cloned()
-                        .collect();
-                    patch_owners(&rs_api, &rs, refs).await?;
+                    util::release(&rs_api, &rs, &uid).await?;
                 }
             }
             None if matches && !util::is_deleting(&rs) && !util::is_deleting(d) => {
-                let mut refs = rs.metadata.owner_references.clone().unwrap_or_default();
-                refs.push(util::owner_ref(d));
-                owned.extend(patch_owners(&rs_api, &rs, refs).await?);
+                owned.extend(util::adopt(&rs_api, &rs, d).await?);
             }
             _ => {}
         }
@@ -370,29 +329,6 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         s.rollout_rolling().await
     } else {
         s.rollout_recreate().await
-    }
-}
-
-/// Sets a ReplicaSet's ownerReferences (adoption or release), guarded by the cached
-/// `resourceVersion`; a ReplicaSet changed or gone meanwhile is left to the next sync.
-async fn patch_owners(
-    api: &Api<ReplicaSet>,
-    rs: &ReplicaSet,
-    refs: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
-) -> Result<Option<ReplicaSet>, Error> {
-    let patch =
-        json!({"metadata": {"ownerReferences": refs, "resourceVersion": rs.resource_version()}});
-    match api
-        .patch(
-            &rs.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await
-    {
-        Ok(rs) => Ok(Some(rs)),
-        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(None),
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -1089,14 +1025,7 @@ impl Sync<'_> {
             }
         }
         if Some(&status) != d.status.as_ref() {
-            let api: Api<Deployment> =
-                Api::namespaced(self.ctx.client.clone(), &d.namespace().unwrap_or_default());
-            api.patch_status(
-                &d.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
-            )
-            .await?;
+            util::patch_status(&self.ctx.client, d, &status).await?;
         }
         Ok(match requeue {
             Some(s) => Action::requeue(Duration::from_secs(s.max(1) as u64)),

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
 };
@@ -40,20 +39,16 @@ pub async fn run(client: Client) -> Result<(), Error> {
     let ctx = Arc::new(Ctx {
         client: client.clone(),
     });
-    ctrl.watches(Api::<Pod>::all(client), wc, move |pod| {
-        services_of(&store, &pod)
-    })
-    .run(
+    util::run_controller(
+        ctrl.watches(Api::<Pod>::all(client), wc, move |pod| {
+            services_of(&store, &pod)
+        }),
         reconcile,
-        |_, err: &Error, _| {
-            tracing::warn!(error = %err, "endpoints sync failed; retrying");
-            Action::requeue(Duration::from_secs(2))
-        },
         ctx,
+        "endpoints",
+        Duration::from_secs(2),
     )
-    .for_each(|_| futures::future::ready(()))
-    .await;
-    Err(Error::Stopped("endpoints"))
+    .await
 }
 
 fn services_of(store: &Store<Service>, pod: &Pod) -> Vec<ObjectRef<Service>> {

@@ -10,17 +10,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec, JobStatus, PodFailurePolicy};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
-use serde_json::json;
 
 use crate::Error;
 use crate::events::{EventType, Recorder};
@@ -36,31 +33,12 @@ const COMPLETION_INDEX_ENV: &str = "JOB_COMPLETION_INDEX";
 /// Longest `generateName` prefix the apiserver keeps (63 minus the 5 random characters).
 const MAX_GENERATED_NAME_LENGTH: usize = 58;
 
-struct Ctx {
-    client: Client,
-    recorder: Recorder,
-}
+type Ctx = util::Context;
 
 /// Runs the Job controller until its watch streams end.
 pub async fn run(client: Client, recorder: Recorder) -> Result<(), Error> {
-    let wc = watcher::Config::default();
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        recorder,
-    });
-    Controller::new(Api::<Job>::all(client.clone()), wc.clone())
-        .owns(Api::<Pod>::all(client), wc)
-        .run(
-            reconcile,
-            |_, err: &Error, _| {
-                tracing::warn!(error = %err, "job sync failed; retrying");
-                Action::requeue(Duration::from_secs(2))
-            },
-            ctx,
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await;
-    Err(Error::Stopped("job"))
+    util::run_owning::<Job, Pod, _>(client, recorder, reconcile, "job", Duration::from_secs(2))
+        .await
 }
 
 /// How many pods should be running: `parallelism`, capped by the completions still missing.
@@ -288,25 +266,8 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                     let failures =
                         per_index_limit.map(|_| ix.and_then(|i| tally.index_failures.get(&i)));
                     let pod = pod_for(job.as_ref(), &spec, ix, failures.map(|f| *f.unwrap_or(&0)));
-                    match pods_api.create(&PostParams::default(), &pod).await {
-                        Ok(p) => ctx.recorder.record(
-                            job.as_ref(),
-                            COMPONENT,
-                            EventType::Normal,
-                            "SuccessfulCreate",
-                            format!("Created pod: {}", p.name_any()),
-                        ),
-                        Err(e) => {
-                            ctx.recorder.record(
-                                job.as_ref(),
-                                COMPONENT,
-                                EventType::Warning,
-                                "FailedCreate",
-                                format!("Error creating: {e}"),
-                            );
-                            return Err(e.into());
-                        }
-                    }
+                    util::create_pod(&pods_api, &pod, &ctx.recorder, job.as_ref(), COMPONENT)
+                        .await?;
                 }
             } else if active.len() > want {
                 let mut extra: Vec<&Pod> = active.clone();
@@ -329,12 +290,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
     }
     if Some(&status) != job.status.as_ref() {
-        jobs.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await?;
+        util::patch_status(&ctx.client, job.as_ref(), &status).await?;
     }
     Ok(match spec.active_deadline_seconds {
         Some(d) => Action::requeue(Duration::from_secs(
@@ -665,6 +621,7 @@ pub fn match_failure_policy(policy: Option<&PodFailurePolicy>, pod: &Pod) -> Fai
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn parallelism_capped_by_remaining_completions() {

@@ -17,6 +17,7 @@ pub mod endpoints;
 pub mod events;
 pub mod expectations;
 pub mod gc;
+pub mod history;
 pub mod hpa;
 pub mod job;
 pub mod leader;

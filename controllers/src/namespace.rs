@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, NamespaceCondition};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::{Discovery, Scope, verbs};
@@ -15,6 +14,7 @@ use serde_json::json;
 
 use crate::Error;
 use crate::events::Recorder;
+use crate::util;
 
 /// The finalizer the namespace controller owns in `spec.finalizers`.
 pub const FINALIZER: &str = "kubernetes";
@@ -28,18 +28,14 @@ pub async fn run(client: Client, _recorder: Recorder) -> Result<(), Error> {
     let ctx = Arc::new(Ctx {
         client: client.clone(),
     });
-    Controller::new(Api::<Namespace>::all(client), watcher::Config::default())
-        .run(
-            reconcile,
-            |_, err: &Error, _| {
-                tracing::warn!(error = %err, "namespace sync failed; retrying");
-                Action::requeue(Duration::from_secs(2))
-            },
-            ctx,
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await;
-    Err(Error::Stopped("namespace"))
+    util::run_controller(
+        Controller::new(Api::<Namespace>::all(client), watcher::Config::default()),
+        reconcile,
+        ctx,
+        "namespace",
+        Duration::from_secs(2),
+    )
+    .await
 }
 
 async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {

@@ -19,12 +19,11 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use serde_json::json;
 
 use crate::Error;
 use crate::events::{EventType, Recorder};
@@ -237,21 +236,7 @@ fn observe_pod_event(exp: &Expectations, ev: &watcher::Event<Pod>) {
 /// The ReplicaSets a pod event concerns: its controller, or, for an orphan, every ReplicaSet
 /// in its namespace whose selector matches (one of them may adopt it).
 fn pod_to_replicasets<K: ReplicaOwner>(store: &Store<K>, pod: &Pod) -> Vec<ObjectRef<K>> {
-    let ns = pod.namespace().unwrap_or_default();
-    if let Some(r) = util::controller_ref(pod) {
-        return if r.kind == K::kind(&()) {
-            vec![ObjectRef::new(&r.name).within(&ns)]
-        } else {
-            vec![]
-        };
-    }
-    store
-        .state()
-        .iter()
-        .filter(|rs| rs.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|rs| rs.selects(pod.labels()))
-        .map(|rs| ObjectRef::from_obj(rs.as_ref()))
-        .collect()
+    util::controllers_of(store, pod, |rs| rs.selects(pod.labels()))
 }
 
 fn error_policy<K: ReplicaOwner>(rs: Arc<K>, err: &Error, _ctx: Arc<Ctx>) -> Action {
@@ -287,14 +272,14 @@ async fn reconcile<K: ReplicaOwner>(rs: Arc<K>, ctx: Arc<Ctx>) -> Result<Action,
                 if matches || util::is_deleting(pod.as_ref()) {
                     owned.push(Pod::clone(&pod));
                 } else if !util::is_deleting(rs.as_ref()) {
-                    release(&pods_api, &pod, &uid).await?;
+                    util::release(&pods_api, pod.as_ref(), &uid).await?;
                 }
             }
             None if matches
                 && !util::is_deleting(pod.as_ref())
                 && !util::is_deleting(rs.as_ref()) =>
             {
-                if let Some(p) = adopt(&pods_api, &pod, rs.as_ref()).await? {
+                if let Some(p) = util::adopt(&pods_api, pod.as_ref(), rs.as_ref()).await? {
                     owned.push(p);
                 }
             }
@@ -315,13 +300,7 @@ async fn reconcile<K: ReplicaOwner>(rs: Arc<K>, ctx: Arc<Ctx>) -> Result<Action,
     let now = jiff::Timestamp::now();
     let status = K::own_status(calculate_status(rs.as_ref(), &active, failure, now));
     if rs.replica_status().as_ref() != Some(&status) {
-        let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-        api.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await?;
+        util::patch_status(&ctx.client, rs.as_ref(), &status).await?;
     }
     // Pods that are Ready but not yet available become available by time alone; unobserved
     // writes are normally released by pod events, the requeue only guards a missed one.
@@ -335,50 +314,6 @@ async fn reconcile<K: ReplicaOwner>(rs: Arc<K>, ctx: Arc<Ctx>) -> Result<Action,
         Some(d) => Action::requeue(d),
         None => Action::requeue(Duration::from_secs(300)),
     })
-}
-
-async fn adopt<K: ReplicaOwner>(api: &Api<Pod>, pod: &Pod, rs: &K) -> Result<Option<Pod>, Error> {
-    let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
-    refs.push(util::owner_ref(rs));
-    let patch =
-        json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version()}});
-    match api
-        .patch(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await
-    {
-        Ok(p) => Ok(Some(p)),
-        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-async fn release(api: &Api<Pod>, pod: &Pod, uid: &str) -> Result<(), Error> {
-    let refs: Vec<_> = pod
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .filter(|r| r.uid != uid)
-        .cloned()
-        .collect();
-    let patch =
-        json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version()}});
-    match api
-        .patch(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Creates or deletes pods so that `active` reaches `spec.replicas`, recording every write in

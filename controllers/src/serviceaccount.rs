@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -14,6 +13,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::Error;
+use crate::util;
 
 /// Name of the ConfigMap that publishes the cluster CA in every namespace.
 pub const ROOT_CA_CONFIGMAP: &str = "kube-root-ca.crt";
@@ -30,30 +30,26 @@ pub async fn run(client: Client, root_ca: Option<String>) -> Result<(), Error> {
         root_ca,
     });
     let wc = watcher::Config::default();
-    Controller::new(Api::<Namespace>::all(client.clone()), wc.clone())
-        .watches(
-            Api::<ServiceAccount>::all(client.clone()),
-            wc.clone(),
-            |sa| {
-                (sa.name_any() == "default")
-                    .then(|| ObjectRef::new(&sa.namespace().unwrap_or_default()))
-            },
-        )
-        .watches(Api::<ConfigMap>::all(client), wc, |cm| {
-            (cm.name_any() == ROOT_CA_CONFIGMAP)
-                .then(|| ObjectRef::new(&cm.namespace().unwrap_or_default()))
-        })
-        .run(
-            reconcile,
-            |_, err: &Error, _| {
-                tracing::warn!(error = %err, "serviceaccount sync failed; retrying");
-                Action::requeue(Duration::from_secs(2))
-            },
-            ctx,
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await;
-    Err(Error::Stopped("serviceaccount"))
+    util::run_controller(
+        Controller::new(Api::<Namespace>::all(client.clone()), wc.clone())
+            .watches(
+                Api::<ServiceAccount>::all(client.clone()),
+                wc.clone(),
+                |sa| {
+                    (sa.name_any() == "default")
+                        .then(|| ObjectRef::new(&sa.namespace().unwrap_or_default()))
+                },
+            )
+            .watches(Api::<ConfigMap>::all(client), wc, |cm| {
+                (cm.name_any() == ROOT_CA_CONFIGMAP)
+                    .then(|| ObjectRef::new(&cm.namespace().unwrap_or_default()))
+            }),
+        reconcile,
+        ctx,
+        "serviceaccount",
+        Duration::from_secs(2),
+    )
+    .await
 }
 
 fn ignore_conflict<T>(r: Result<T, kube::Error>) -> Result<(), Error> {

@@ -21,56 +21,39 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::Error;
 use crate::events::{EventType, Recorder};
+use crate::history::{self, REVISION_HASH, revision_hash};
 use crate::util;
 
 const COMPONENT: &str = "statefulset-controller";
-/// Label carrying the template revision of a pod.
-pub const REVISION_HASH: &str = "controller-revision-hash";
 /// Label carrying the pod's own name, so a Service can select a single replica.
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 /// Label carrying the pod's ordinal.
 pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
-struct Ctx {
-    client: Client,
-    recorder: Recorder,
-}
+type Ctx = util::Context;
 
 /// Runs the StatefulSet controller until its watch streams end.
 pub async fn run(client: Client, recorder: Recorder) -> Result<(), Error> {
-    let wc = watcher::Config::default();
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
+    util::run_owning::<StatefulSet, Pod, _>(
+        client,
         recorder,
-    });
-    Controller::new(Api::<StatefulSet>::all(client.clone()), wc.clone())
-        .owns(Api::<Pod>::all(client), wc)
-        .run(
-            reconcile,
-            |sts: Arc<StatefulSet>, err: &Error, _| {
-                tracing::warn!(statefulset = %sts.name_any(), error = %err, "statefulset sync failed; retrying");
-                Action::requeue(Duration::from_secs(2))
-            },
-            ctx,
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await;
-    Err(Error::Stopped("statefulset"))
+        reconcile,
+        "statefulset",
+        Duration::from_secs(2),
+    )
+    .await
 }
 
 /// The ordinal of `pod_name` if it is a pod name of the set `set_name` (`<set>-<ordinal>`,
@@ -198,179 +181,6 @@ pub fn plan(shape: &Shape, pods: &[PodView]) -> Vec<Step> {
         }
     }
     steps
-}
-
-/// The `data` of the set's ControllerRevision for its current template, as Kubernetes'
-/// `getPatch`: the template as a replace patch under `spec.template`.
-pub fn revision_data(template: &PodTemplateSpec) -> Result<serde_json::Value, Error> {
-    let mut t = serde_json::to_value(template)?;
-    if let Some(obj) = t.as_object_mut() {
-        obj.insert("$patch".into(), json!("replace"));
-    }
-    Ok(json!({"spec": {"template": t}}))
-}
-
-/// The template a ControllerRevision holds.
-pub fn revision_template(revision: &ControllerRevision) -> Option<PodTemplateSpec> {
-    let mut t = revision
-        .data
-        .as_ref()?
-        .0
-        .get("spec")?
-        .get("template")?
-        .clone();
-    if let Some(obj) = t.as_object_mut() {
-        obj.remove("$patch");
-    }
-    serde_json::from_value(t).ok()
-}
-
-fn revision_holds(revision: &ControllerRevision, data: &serde_json::Value) -> bool {
-    revision
-        .data
-        .as_ref()
-        .is_some_and(|d| util::pruned(d.0.clone()) == util::pruned(data.clone()))
-}
-
-fn revision_hash(set: &StatefulSet, r: &ControllerRevision) -> String {
-    r.labels().get(REVISION_HASH).cloned().unwrap_or_else(|| {
-        let name = r.name_any();
-        let prefix = format!("{}-", set.name_any());
-        name.strip_prefix(&prefix).unwrap_or(&name).to_string()
-    })
-}
-
-/// Keeps the set's history as Kubernetes does: one ControllerRevision `<set>-<hash>` per
-/// template (found by its data, renumbered newest when the template returns), hash collisions
-/// resolved through `status.collisionCount`, and revisions beyond `revisionHistoryLimit` that
-/// no pod runs and that are not the current revision deleted, oldest first. Returns the
-/// history and the update revision's hash.
-async fn sync_history(
-    client: &Client,
-    set: &StatefulSet,
-    keep: &BTreeSet<String>,
-) -> Result<(Vec<ControllerRevision>, String), Error> {
-    let ns = set.namespace().unwrap_or_default();
-    let uid = set.uid().unwrap_or_default();
-    let spec = set
-        .spec
-        .as_ref()
-        .ok_or_else(|| Error::Invalid("statefulset without spec".into()))?;
-    let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &ns);
-    let mut history: Vec<ControllerRevision> = api
-        .list(&ListParams::default().labels(&util::selector_query(&spec.selector)))
-        .await?
-        .items
-        .into_iter()
-        .filter(|r| util::controller_ref(r).is_some_and(|o| o.uid == uid))
-        .collect();
-    let max = history.iter().map(|r| r.revision).max().unwrap_or(0);
-    let data = revision_data(&spec.template)?;
-    let existing = history
-        .iter()
-        .filter(|r| revision_holds(r, &data))
-        .max_by_key(|r| r.revision)
-        .cloned();
-    let update = match existing {
-        Some(r) => {
-            if r.revision != max {
-                api.patch(
-                    &r.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"revision": max + 1})),
-                )
-                .await?;
-            }
-            revision_hash(set, &r)
-        }
-        None => {
-            let collision = set.status.as_ref().and_then(|s| s.collision_count);
-            let hash = crate::deployment::template_hash(&spec.template, collision);
-            let name = format!("{}-{hash}", set.name_any());
-            let mut labels = spec
-                .template
-                .metadata
-                .as_ref()
-                .and_then(|m| m.labels.clone())
-                .unwrap_or_default();
-            labels.insert(REVISION_HASH.into(), hash.clone());
-            let revision = ControllerRevision {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    namespace: Some(ns.clone()),
-                    labels: Some(labels),
-                    annotations: set
-                        .annotations()
-                        .get("kubernetes.io/change-cause")
-                        .map(|c| [("kubernetes.io/change-cause".to_string(), c.clone())].into()),
-                    owner_references: Some(vec![util::owner_ref(set)]),
-                    ..Default::default()
-                },
-                data: Some(RawExtension(data.clone())),
-                revision: max + 1,
-            };
-            match api.create(&PostParams::default(), &revision).await {
-                Ok(r) => history.push(r),
-                Err(kube::Error::Api(e)) if e.code == 409 => {
-                    let taken = api.get(&name).await?;
-                    if !revision_holds(&taken, &data) {
-                        bump_collision_count(client, set).await?;
-                        return Err(Error::Invalid(format!(
-                            "controllerrevision {ns}/{name} holds another template; collisionCount bumped"
-                        )));
-                    }
-                    history.push(taken);
-                }
-                Err(e) => return Err(e.into()),
-            }
-            hash
-        }
-    };
-    let limit = spec.revision_history_limit.unwrap_or(10).max(0) as usize;
-    let mut old: Vec<&ControllerRevision> = history
-        .iter()
-        .filter(|r| {
-            let h = revision_hash(set, r);
-            h != update && !keep.contains(&h)
-        })
-        .collect();
-    if old.len() > limit {
-        old.sort_by_key(|r| r.revision);
-        for r in &old[..old.len() - limit] {
-            match api.delete(&r.name_any(), &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    Ok((history, update))
-}
-
-/// Increments `status.collisionCount` after a hash collision, guarded by the resourceVersion
-/// of a fresh read and only when the count the hash used is still the stored one.
-async fn bump_collision_count(client: &Client, set: &StatefulSet) -> Result<(), Error> {
-    let api: Api<StatefulSet> =
-        Api::namespaced(client.clone(), &set.namespace().unwrap_or_default());
-    let fresh = api.get_status(&set.name_any()).await?;
-    let used = set.status.as_ref().and_then(|s| s.collision_count);
-    let stored = fresh.status.as_ref().and_then(|s| s.collision_count);
-    if stored != used {
-        return Err(Error::Invalid(format!(
-            "stale collisionCount {used:?} (stored {stored:?}) for statefulset {}; retrying",
-            set.name_any()
-        )));
-    }
-    api.patch_status(
-        &set.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({
-            "metadata": {"resourceVersion": fresh.resource_version()},
-            "status": {"collisionCount": used.unwrap_or(0) + 1},
-        })),
-    )
-    .await?;
-    Ok(())
 }
 
 /// The pod `<set>-<ordinal>` from `template` at revision `hash`, as Kubernetes'
@@ -616,16 +426,16 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
         .filter_map(|p| p.labels().get(REVISION_HASH).cloned())
         .collect();
     keep.extend(old_status.current_revision.clone());
-    let (history, update) = sync_history(&ctx.client, set.as_ref(), &keep).await?;
+    let (history, update) = history::sync(&ctx.client, set.as_ref(), &keep).await?;
     let current = old_status
         .current_revision
         .clone()
-        .filter(|c| history.iter().any(|r| &revision_hash(set.as_ref(), r) == c))
+        .filter(|c| history.iter().any(|r| &revision_hash(&name, r) == c))
         .unwrap_or_else(|| update.clone());
     let current_template = history
         .iter()
-        .find(|r| revision_hash(set.as_ref(), r) == current)
-        .and_then(revision_template);
+        .find(|r| revision_hash(&name, r) == current)
+        .and_then(history::revision_template);
 
     let strategy = spec.update_strategy.clone().unwrap_or_default();
     let rolling = strategy.type_.as_deref().unwrap_or("RollingUpdate") == "RollingUpdate";
@@ -723,13 +533,7 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
 
     let status = compute_status(set.as_ref(), &pods, &current, &update, min_ready, now);
     if Some(&status) != set.status.as_ref() {
-        let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
-        api.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await?;
+        util::patch_status(&ctx.client, set.as_ref(), &status).await?;
     }
     Ok(Action::requeue(Duration::from_secs(if min_ready > 0 {
         1
@@ -953,13 +757,6 @@ mod tests {
                 .map(|o| (o.kind.clone(), o.controller)),
             Some(("StatefulSet".to_string(), Some(true)))
         );
-
-        let data = revision_data(&spec.template).unwrap_or_default();
-        let rev = ControllerRevision {
-            data: Some(RawExtension(data)),
-            ..Default::default()
-        };
-        assert_eq!(revision_template(&rev), Some(spec.template));
     }
 
     #[test]

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
@@ -15,6 +14,7 @@ use kube::{Client, ResourceExt};
 
 use crate::Error;
 use crate::bootstrapsigner::{TOKEN_NAMESPACE, TOKEN_SECRET_TYPE, time_left};
+use crate::util;
 
 struct Ctx {
     client: Client,
@@ -26,21 +26,17 @@ pub async fn run(client: Client) -> Result<(), Error> {
         client: client.clone(),
     });
     let api: Api<Secret> = Api::namespaced(client, TOKEN_NAMESPACE);
-    Controller::new(
-        api,
-        watcher::Config::default().fields(&format!("type={TOKEN_SECRET_TYPE}")),
-    )
-    .run(
+    util::run_controller(
+        Controller::new(
+            api,
+            watcher::Config::default().fields(&format!("type={TOKEN_SECRET_TYPE}")),
+        ),
         reconcile,
-        |_, err: &Error, _| {
-            tracing::warn!(error = %err, "tokencleaner sync failed; retrying");
-            Action::requeue(Duration::from_secs(5))
-        },
         ctx,
+        "tokencleaner",
+        Duration::from_secs(5),
     )
-    .for_each(|_| futures::future::ready(()))
-    .await;
-    Err(Error::Stopped("tokencleaner"))
+    .await
 }
 
 async fn reconcile(secret: Arc<Secret>, ctx: Arc<Ctx>) -> Result<Action, Error> {

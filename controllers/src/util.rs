@@ -1,39 +1,93 @@
-//! Helpers shared by controllers: label selectors, pod readiness and availability, owner references.
-use std::collections::BTreeMap;
+//! Helpers shared by controllers: running a reconcile loop, label selectors, pod readiness and
+//! availability, owner references (adoption and release).
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
 
+use futures::{StreamExt, TryFuture};
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
-use kube::Resource;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::Error;
+use crate::events::{EventType, Recorder};
+
+/// Runs `controller` (kube-runtime's reconcile loop) until its watch streams end: each failed
+/// sync of the controller `name` is logged and retried after `retry`. Returns
+/// `Error::Stopped(name)`, since a controller that stops is an error for its supervisor.
+pub async fn run_controller<K, Ctx, Fut>(
+    controller: Controller<K>,
+    reconcile: impl FnMut(Arc<K>, Arc<Ctx>) -> Fut,
+    ctx: Arc<Ctx>,
+    name: &'static str,
+    retry: Duration,
+) -> Result<(), Error>
+where
+    K: Clone + Resource<DynamicType = ()> + DeserializeOwned + Debug + Send + Sync + 'static,
+    Fut: TryFuture<Ok = Action, Error = Error> + Send + 'static,
+{
+    controller
+        .run(
+            reconcile,
+            move |obj: Arc<K>, err: &Error, _| {
+                let object = obj.meta().name.as_deref().unwrap_or_default();
+                tracing::warn!(%object, error = %err, "{name} sync failed; retrying");
+                Action::requeue(retry)
+            },
+            ctx,
+        )
+        .for_each(|_| futures::future::ready(()))
+        .await;
+    Err(Error::Stopped(name))
+}
+
+/// What the reconcile of a controller that needs no cache of its own reads: the client and the
+/// event recorder.
+pub struct Context {
+    /// Client of the controller's identity.
+    pub client: Client,
+    /// Records the controller's Events.
+    pub recorder: Recorder,
+}
+
+/// Runs the controller `name` over every `P`, woken also when a `C` that a `P` controls changes
+/// (kube-runtime's `Controller::owns`), as [`run_controller`] does.
+pub async fn run_owning<P, C, Fut>(
+    client: Client,
+    recorder: Recorder,
+    reconcile: impl FnMut(Arc<P>, Arc<Context>) -> Fut,
+    name: &'static str,
+    retry: Duration,
+) -> Result<(), Error>
+where
+    P: Clone + Resource<DynamicType = ()> + DeserializeOwned + Debug + Send + Sync + 'static,
+    C: Clone + Resource<DynamicType = ()> + DeserializeOwned + Debug + Send + Sync + 'static,
+    Fut: TryFuture<Ok = Action, Error = Error> + Send + 'static,
+{
+    let wc = watcher::Config::default();
+    let controller = Controller::new(Api::<P>::all(client.clone()), wc.clone())
+        .owns(Api::<C>::all(client.clone()), wc);
+    let ctx = Arc::new(Context { client, recorder });
+    run_controller(controller, reconcile, ctx, name, retry).await
+}
 
 /// The current time as a Kubernetes `Time`.
 pub fn now() -> Time {
     Time(jiff::Timestamp::now())
 }
 
-/// Whether `labels` satisfy `selector` (matchLabels and matchExpressions). An empty selector
-/// matches everything, as in Kubernetes' `LabelSelectorAsSelector`.
-pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    if let Some(ml) = &selector.match_labels
-        && ml.iter().any(|(k, v)| labels.get(k) != Some(v))
-    {
-        return false;
-    }
-    for e in selector.match_expressions.iter().flatten() {
-        let val = labels.get(&e.key);
-        let values = e.values.as_deref().unwrap_or_default();
-        let ok = match e.operator.as_str() {
-            "In" => val.is_some_and(|v| values.contains(v)),
-            "NotIn" => val.is_none_or(|v| !values.contains(v)),
-            "Exists" => val.is_some(),
-            "DoesNotExist" => val.is_none(),
-            _ => false,
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
-}
+/// Whether `labels` satisfy a label selector (matchLabels and matchExpressions; an empty
+/// selector matches everything, as Kubernetes' `LabelSelectorAsSelector`): the scheduler's
+/// matcher, so controllers and scheduler select the same pods.
+pub use scheduler::plugins::label_selector_matches as selector_matches;
 
 /// The selector as a `labelSelector` query string.
 pub fn selector_query(selector: &LabelSelector) -> String {
@@ -74,6 +128,142 @@ pub fn owner_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
         controller: Some(true),
         block_owner_deletion: Some(true),
     }
+}
+
+/// The controllers of kind `O` an event of `child` concerns: its controller if that is an `O`,
+/// or, for an orphan, every `O` in its namespace that `selects` it (one of them may adopt it).
+pub fn controllers_of<O, C>(
+    store: &Store<O>,
+    child: &C,
+    selects: impl Fn(&O) -> bool,
+) -> Vec<ObjectRef<O>>
+where
+    O: Resource<DynamicType = ()> + Clone,
+    C: Resource,
+{
+    let ns = child.meta().namespace.as_deref().unwrap_or_default();
+    if let Some(r) = controller_ref(child) {
+        return if r.kind == O::kind(&()) {
+            vec![ObjectRef::new(&r.name).within(ns)]
+        } else {
+            vec![]
+        };
+    }
+    store
+        .state()
+        .iter()
+        .filter(|o| o.meta().namespace.as_deref() == Some(ns))
+        .filter(|o| selects(o))
+        .map(|o| ObjectRef::from_obj(o.as_ref()))
+        .collect()
+}
+
+/// Creates a pod for `owner` and records `SuccessfulCreate` or `FailedCreate` on the owner in
+/// Kubernetes' words (`RealPodControl.CreatePods`).
+pub async fn create_pod<K: Resource<DynamicType = ()>>(
+    api: &Api<Pod>,
+    pod: &Pod,
+    recorder: &Recorder,
+    owner: &K,
+    component: &str,
+) -> Result<Pod, Error> {
+    match api.create(&PostParams::default(), pod).await {
+        Ok(p) => {
+            let name = p.metadata.name.as_deref().unwrap_or_default();
+            recorder.record(
+                owner,
+                component,
+                EventType::Normal,
+                "SuccessfulCreate",
+                format!("Created pod: {name}"),
+            );
+            Ok(p)
+        }
+        Err(e) => {
+            recorder.record(
+                owner,
+                component,
+                EventType::Warning,
+                "FailedCreate",
+                format!("Error creating: {e}"),
+            );
+            Err(e.into())
+        }
+    }
+}
+
+/// Adds a controller reference to `owner` to the object's ownerReferences (Kubernetes'
+/// `ControllerRefManager` adoption). `None` when the object changed or went away meanwhile: the
+/// next sync decides again.
+pub async fn adopt<K, O>(api: &Api<K>, obj: &K, owner: &O) -> Result<Option<K>, Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+    O: Resource<DynamicType = ()>,
+{
+    let mut refs = obj.meta().owner_references.clone().unwrap_or_default();
+    refs.push(owner_ref(owner));
+    patch_owner_refs(api, obj, refs).await
+}
+
+/// Removes the owner `owner_uid` from the object's ownerReferences (Kubernetes'
+/// `ControllerRefManager` release). `None` when the object changed or went away meanwhile.
+pub async fn release<K>(api: &Api<K>, obj: &K, owner_uid: &str) -> Result<Option<K>, Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let refs: Vec<OwnerReference> = obj
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|r| r.uid != owner_uid)
+        .cloned()
+        .collect();
+    patch_owner_refs(api, obj, refs).await
+}
+
+/// Sets the object's ownerReferences, guarded by its cached `resourceVersion`.
+async fn patch_owner_refs<K>(
+    api: &Api<K>,
+    obj: &K,
+    refs: Vec<OwnerReference>,
+) -> Result<Option<K>, Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": obj.meta().resource_version}});
+    let name = obj.meta().name.clone().unwrap_or_default();
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(o) => Ok(Some(o)),
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes `status` to the object's status subresource (a merge patch of `status`).
+pub async fn patch_status<K, S>(client: &Client, obj: &K, status: &S) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+    S: Serialize,
+{
+    let api: Api<K> = Api::namespaced(
+        client.clone(),
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+    );
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Whether the object has a deletion timestamp.
@@ -181,6 +371,7 @@ pub fn fnv32a(data: &[u8]) -> u32 {
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use std::collections::BTreeMap;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

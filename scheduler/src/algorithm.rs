@@ -129,22 +129,19 @@ pub struct Decision {
 impl Profile {
     /// PreFilter: the cycle state for `pod` against the current cache.
     pub fn pre_filter(&self, cache: &Cache, pod: &PodInfo) -> CycleState {
-        let (volume_binding, pre_filter_rejection) = match volume_binding::pre_filter(cache, pod) {
-            Ok(s) => (s, None),
-            Err(status) => (None, Some(status)),
-        };
-        CycleState {
-            volume_binding,
-            pre_filter_rejection,
-            inter_pod_affinity: inter_pod_affinity::pre_filter(
-                pod,
-                cache.nodes().iter(),
-                cache.any_pod_affinity(),
-                &cache.namespaces,
-            ),
-            topology_spread: pod_topology_spread::pre_filter(pod, cache.nodes().iter()),
-            ..Default::default()
+        let mut state = CycleState::default();
+        if let Err(rejection) = volume_binding::pre_filter(&mut state, cache, pod) {
+            state.pre_filter_rejection = Some(rejection);
         }
+        inter_pod_affinity::pre_filter(
+            &mut state,
+            pod,
+            cache.nodes().iter(),
+            cache.any_pod_affinity(),
+            &cache.namespaces,
+        );
+        pod_topology_spread::pre_filter(&mut state, pod, cache.nodes().iter());
+        state
     }
 
     /// Runs the filters in order; the first failure is the node's status.
@@ -229,14 +226,15 @@ impl Profile {
                 next_start,
             });
         }
-        state.topology_spread_score = pod_topology_spread::pre_score(pod, &feasible, nodes.iter());
-        state.inter_pod_affinity_score = inter_pod_affinity::pre_score(
+        pod_topology_spread::pre_score(&mut state, pod, &feasible, nodes.iter());
+        inter_pod_affinity::pre_score(
+            &mut state,
             pod,
             nodes.iter(),
             cache.any_pod_affinity(),
             &cache.namespaces,
         );
-        state.image_locality = image_locality::pre_score(pod, cache);
+        image_locality::pre_score(&mut state, pod, cache);
         let mut total = vec![0i64; feasible.len()];
         let mut raw = vec![0i64; feasible.len()];
         for sp in &self.scores {

@@ -1,6 +1,8 @@
-//! The scheduling framework: what a plugin sees (pod and node views), what it returns, and the
-//! filter/score plugin traits. Mirrors kube-scheduler's framework at the level Lotse needs.
+//! The scheduling framework: what a plugin sees (pod and node views), what it returns, the
+//! keyed per-cycle state plugins leave for themselves, and the filter/score plugin traits.
+//! Mirrors kube-scheduler's framework at the level Lotse needs; it knows no plugin.
 
+use std::any::Any;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -9,7 +11,6 @@ use k8s_openapi::api::core::v1::{
     Affinity, Node, Pod, Taint, Toleration, TopologySpreadConstraint,
 };
 
-use crate::plugins::image_locality;
 use crate::quantity::Quantity;
 
 /// Non-zero default CPU request (milli-cores) used for scoring only, as Kubernetes does.
@@ -256,7 +257,7 @@ impl PodInfo {
                 .iter()
                 .flatten()
                 .chain(&spec.containers)
-                .map(|c| image_locality::normalized_image_name(c.image.as_deref().unwrap_or("")))
+                .map(|c| normalized_image_name(c.image.as_deref().unwrap_or("")))
                 .collect(),
             nominated_node_name: pod
                 .status
@@ -316,6 +317,18 @@ impl PodInfo {
                     .as_ref()
             })
             .is_some_and(|t| !t.is_empty())
+    }
+}
+
+/// kube-scheduler's `normalizedImageName`: a reference without a tag gets `:latest`, so a pod's
+/// images compare equal to the names nodes report in `status.images`.
+pub fn normalized_image_name(name: &str) -> String {
+    let colon = name.rfind(':').map_or(-1, |i| i as isize);
+    let slash = name.rfind('/').map_or(-1, |i| i as isize);
+    if colon <= slash {
+        format!("{name}:latest")
+    } else {
+        name.to_string()
     }
 }
 
@@ -474,23 +487,51 @@ impl Status {
     }
 }
 
-/// Pre-computed per-pod state shared by plugins during one scheduling cycle (PreFilter/PreScore).
-#[derive(Debug, Default)]
+/// The key a plugin stores one of its states under (kube-scheduler's `StateKey`, for example
+/// `"PreFilterInterPodAffinity"`).
+pub type StateKey = &'static str;
+
+/// Per-pod state shared by the plugins during one scheduling cycle, keyed as kube-scheduler's
+/// `CycleState`: PreFilter and PreScore write what they computed under their own key, Filter and
+/// Score read it back. Each plugin defines its state types and keys; the framework knows neither.
+#[derive(Default)]
 pub struct CycleState {
-    /// InterPodAffinity's counts over all placed pods.
-    pub inter_pod_affinity: Option<crate::plugins::inter_pod_affinity::PreFilterState>,
-    /// PodTopologySpread's hard constraint counts.
-    pub topology_spread: Option<crate::plugins::pod_topology_spread::PreFilterState>,
-    /// PodTopologySpread's soft constraint counts.
-    pub topology_spread_score: Option<crate::plugins::pod_topology_spread::PreScoreState>,
-    /// InterPodAffinity's preferred-term topology scores.
-    pub inter_pod_affinity_score: Option<crate::plugins::inter_pod_affinity::PreScoreState>,
-    /// ImageLocality's per-image node counts.
-    pub image_locality: Option<crate::plugins::image_locality::PreScoreState>,
-    /// VolumeBinding's view of the pod's claims.
-    pub volume_binding: Option<crate::plugins::volume_binding::PreFilterState>,
+    /// Plugin states by key. A cycle holds a handful, so a linear scan beats hashing the key.
+    states: Vec<(StateKey, Box<dyn Any + Send + Sync>)>,
     /// A PreFilter rejection (the pod fits no node); its reason is the FailedScheduling message.
     pub pre_filter_rejection: Option<Status>,
+}
+
+impl CycleState {
+    /// Stores `state` under `key`, replacing what was there.
+    pub fn write<T: Any + Send + Sync>(&mut self, key: StateKey, state: T) {
+        let state: Box<dyn Any + Send + Sync> = Box::new(state);
+        match self.states.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, slot)) => *slot = state,
+            None => self.states.push((key, state)),
+        }
+    }
+
+    /// The state stored under `key`; `None` when nothing was written there or it is of another
+    /// type.
+    pub fn read<T: Any>(&self, key: StateKey) -> Option<&T> {
+        self.states
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, s)| s.downcast_ref())
+    }
+}
+
+impl std::fmt::Debug for CycleState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CycleState")
+            .field(
+                "keys",
+                &self.states.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("pre_filter_rejection", &self.pre_filter_rejection)
+            .finish()
+    }
 }
 
 /// A plugin that rules nodes out.
@@ -567,6 +608,32 @@ mod tests {
         assert_eq!(
             p.non_zero_memory,
             (1 << 30).max(DEFAULT_MEMORY_REQUEST + 64 * 1024 * 1024)
+        );
+    }
+
+    #[test]
+    fn cycle_state_reads_what_was_written_under_its_key_and_type() {
+        let mut s = CycleState::default();
+        assert_eq!(s.read::<i64>("A"), None);
+        s.write("A", 1i64);
+        s.write("B", String::from("b"));
+        s.write("A", 2i64);
+        assert_eq!(s.read::<i64>("A"), Some(&2));
+        assert_eq!(s.read::<String>("A"), None, "another type under the key");
+        assert_eq!(s.read::<String>("B").map(String::as_str), Some("b"));
+    }
+
+    #[test]
+    fn image_names_without_tag_get_latest() {
+        assert_eq!(normalized_image_name("busybox"), "busybox:latest");
+        assert_eq!(
+            normalized_image_name("localhost:5000/app"),
+            "localhost:5000/app:latest"
+        );
+        assert_eq!(normalized_image_name("nginx:1.25"), "nginx:1.25");
+        assert_eq!(
+            normalized_image_name("nginx@sha256:abc"),
+            "nginx@sha256:abc"
         );
     }
 

@@ -2,7 +2,7 @@
 //! by how widely each image is spread so one popular node does not attract every pod.
 
 use crate::cache::Cache;
-use crate::framework::{CycleState, MAX_NODE_SCORE, NodeInfo, PodInfo, ScorePlugin};
+use crate::framework::{CycleState, MAX_NODE_SCORE, NodeInfo, PodInfo, ScorePlugin, StateKey};
 
 const MB: i64 = 1024 * 1024;
 /// Below this sum the score is 0 (small images are cheap to pull anyway).
@@ -10,16 +10,8 @@ const MIN_THRESHOLD: i64 = 23 * MB;
 /// Per container, above this sum the score is maximal.
 const MAX_CONTAINER_THRESHOLD: i64 = 1000 * MB;
 
-/// kube-scheduler's `normalizedImageName`: a reference without a tag gets `:latest`.
-pub fn normalized_image_name(name: &str) -> String {
-    let colon = name.rfind(':').map_or(-1, |i| i as isize);
-    let slash = name.rfind('/').map_or(-1, |i| i as isize);
-    if colon <= slash {
-        format!("{name}:latest")
-    } else {
-        name.to_string()
-    }
-}
+/// Where PreScore leaves the [`PreScoreState`].
+const PRE_SCORE_KEY: StateKey = "PreScoreImageLocality";
 
 /// Per pod image: on how many of all nodes it is present.
 #[derive(Debug, Default)]
@@ -30,17 +22,24 @@ pub struct PreScoreState {
     pub total_nodes: usize,
 }
 
-/// None when no node reports any of the pod's images (every node scores 0).
-pub fn pre_score(pod: &PodInfo, cache: &Cache) -> Option<PreScoreState> {
+/// PreScore: stores the image spread, or nothing when no node reports any of the pod's images
+/// (every node scores 0).
+pub fn pre_score(state: &mut CycleState, pod: &PodInfo, cache: &Cache) {
     let spread: Vec<(String, usize)> = pod
         .images
         .iter()
         .map(|i| (i.clone(), cache.nodes_with_image(i)))
         .collect();
-    spread.iter().any(|(_, n)| *n > 0).then(|| PreScoreState {
-        spread,
-        total_nodes: cache.nodes().len(),
-    })
+    if spread.iter().any(|(_, n)| *n > 0) {
+        let total_nodes = cache.nodes().len();
+        state.write(
+            PRE_SCORE_KEY,
+            PreScoreState {
+                spread,
+                total_nodes,
+            },
+        );
+    }
 }
 
 fn calculate_priority(sum: i64, num_containers: usize) -> i64 {
@@ -60,7 +59,7 @@ impl ScorePlugin for ImageLocality {
         1
     }
     fn score(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> i64 {
-        let Some(st) = &state.image_locality else {
+        let Some(st) = state.read::<PreScoreState>(PRE_SCORE_KEY) else {
             return 0;
         };
         let total = st.total_nodes.max(1) as f64;
@@ -81,20 +80,6 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::Node;
     use serde_json::json;
-
-    #[test]
-    fn names_without_tag_get_latest() {
-        assert_eq!(normalized_image_name("busybox"), "busybox:latest");
-        assert_eq!(
-            normalized_image_name("localhost:5000/app"),
-            "localhost:5000/app:latest"
-        );
-        assert_eq!(normalized_image_name("nginx:1.25"), "nginx:1.25");
-        assert_eq!(
-            normalized_image_name("nginx@sha256:abc"),
-            "nginx@sha256:abc"
-        );
-    }
 
     fn node(name: &str, images: serde_json::Value) -> Node {
         serde_json::from_value(json!({"metadata": {"name": name},
@@ -118,10 +103,8 @@ mod tests {
         let pod = crate::plugins::testutil::pod(
             json!({"containers": [{"name": "x", "image": "big:1"}, {"name": "y", "image": "small"}]}),
         );
-        let state = CycleState {
-            image_locality: pre_score(&pod, &c),
-            ..Default::default()
-        };
+        let mut state = CycleState::default();
+        pre_score(&mut state, &pod, &c);
         // big:1 on 2 of 4 nodes: 250 MB scaled; small on 1 of 4: 2.5 MB.
         let want = 100 * (250 * MB + (10 * MB) / 4 - MIN_THRESHOLD) / (2000 * MB - MIN_THRESHOLD);
         assert_eq!(
@@ -139,6 +122,8 @@ mod tests {
         assert_eq!(c.nodes_with_image("big:1"), 1);
         c.upsert_node(&node("a", json!([])));
         assert_eq!(c.nodes_with_image("big:1"), 0);
-        assert!(pre_score(&pod, &c).is_none());
+        let mut state = CycleState::default();
+        pre_score(&mut state, &pod, &c);
+        assert!(state.read::<PreScoreState>(PRE_SCORE_KEY).is_none());
     }
 }

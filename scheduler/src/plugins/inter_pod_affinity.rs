@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{PodAffinityTerm, WeightedPodAffinityTerm};
 
 use super::label_selector_matches;
 use crate::framework::{
-    CycleState, FilterPlugin, MAX_NODE_SCORE, NodeInfo, PodInfo, ScorePlugin, Status,
+    CycleState, FilterPlugin, MAX_NODE_SCORE, NodeInfo, PodInfo, ScorePlugin, StateKey, Status,
 };
 
 /// Reason when the pod's required affinity finds no matching pods in the node's domain.
@@ -97,6 +97,11 @@ fn preferred_anti_affinity(p: &PodInfo) -> &[WeightedPodAffinityTerm] {
         .unwrap_or_default()
 }
 
+/// Where PreFilter leaves the [`PreFilterState`].
+const PRE_FILTER_KEY: StateKey = "PreFilterInterPodAffinity";
+/// Where PreScore leaves the [`PreScoreState`].
+const PRE_SCORE_KEY: StateKey = "PreScoreInterPodAffinity";
+
 /// Counts computed once per scheduling cycle over every placed pod.
 #[derive(Debug, Default)]
 pub struct PreFilterState {
@@ -106,8 +111,20 @@ pub struct PreFilterState {
     matches_own_affinity: bool,
 }
 
-/// Builds the PreFilter state; `None` when neither side has any terms (the common case).
+/// PreFilter: stores the counts, or nothing when neither side has any terms (the common case).
 pub fn pre_filter<'a>(
+    state: &mut CycleState,
+    pod: &PodInfo,
+    nodes: impl Iterator<Item = &'a NodeInfo>,
+    any_placed_affinity: bool,
+    ns_labels: &NamespaceLabels,
+) {
+    if let Some(s) = pre_filter_state(pod, nodes, any_placed_affinity, ns_labels) {
+        state.write(PRE_FILTER_KEY, s);
+    }
+}
+
+fn pre_filter_state<'a>(
     pod: &PodInfo,
     nodes: impl Iterator<Item = &'a NodeInfo>,
     any_placed_affinity: bool,
@@ -170,8 +187,20 @@ pub struct PreScoreState {
     topology_score: HashMap<String, HashMap<String, i64>>,
 }
 
-/// Builds the PreScore state; `None` if nothing could contribute.
+/// PreScore: stores the topology scores, or nothing if nothing could contribute.
 pub fn pre_score<'a>(
+    state: &mut CycleState,
+    pod: &PodInfo,
+    nodes: impl Iterator<Item = &'a NodeInfo>,
+    any_placed_affinity: bool,
+    ns_labels: &NamespaceLabels,
+) {
+    if let Some(s) = pre_score_state(pod, nodes, any_placed_affinity, ns_labels) {
+        state.write(PRE_SCORE_KEY, s);
+    }
+}
+
+fn pre_score_state<'a>(
     pod: &PodInfo,
     nodes: impl Iterator<Item = &'a NodeInfo>,
     any_placed_affinity: bool,
@@ -244,7 +273,7 @@ impl FilterPlugin for InterPodAffinity {
         "InterPodAffinity"
     }
     fn filter(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Result<(), Status> {
-        let Some(s) = &state.inter_pod_affinity else {
+        let Some(s) = state.read::<PreFilterState>(PRE_FILTER_KEY) else {
             return Ok(());
         };
         // Affinity: every topology key present, and a matching pod in each domain.
@@ -305,7 +334,7 @@ impl ScorePlugin for InterPodAffinity {
         2
     }
     fn score(&self, state: &CycleState, _: &PodInfo, node: &NodeInfo) -> i64 {
-        let Some(s) = &state.inter_pod_affinity_score else {
+        let Some(s) = state.read::<PreScoreState>(PRE_SCORE_KEY) else {
             return 0;
         };
         s.topology_score
@@ -314,7 +343,7 @@ impl ScorePlugin for InterPodAffinity {
             .sum()
     }
     fn normalize(&self, state: &CycleState, scores: &mut [i64]) {
-        if state.inter_pod_affinity_score.is_none() {
+        if state.read::<PreScoreState>(PRE_SCORE_KEY).is_none() {
             return;
         }
         let (min, max) = scores
@@ -357,10 +386,8 @@ mod tests {
 
     fn run(pod: &PodInfo, nodes: &[NodeInfo]) -> Vec<Result<(), Status>> {
         let any = nodes.iter().any(|n| n.pods_with_affinity > 0);
-        let state = CycleState {
-            inter_pod_affinity: pre_filter(pod, nodes.iter(), any, &Default::default()),
-            ..Default::default()
-        };
+        let mut state = CycleState::default();
+        pre_filter(&mut state, pod, nodes.iter(), any, &Default::default());
         nodes
             .iter()
             .map(|n| InterPodAffinity.filter(&state, pod, n))
@@ -430,10 +457,8 @@ mod tests {
             json!({"affinity": {"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
             {"weight": 50, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "kubernetes.io/hostname"}}]}}}),
         );
-        let state = CycleState {
-            inter_pod_affinity_score: pre_score(&p, nodes.iter(), false, &Default::default()),
-            ..Default::default()
-        };
+        let mut state = CycleState::default();
+        pre_score(&mut state, &p, nodes.iter(), false, &Default::default());
         let mut scores: Vec<i64> = nodes
             .iter()
             .map(|n| InterPodAffinity.score(&state, &p, n))

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 
 use super::{label_selector_matches, node_affinity, tolerated};
 use crate::framework::{
-    CycleState, FilterPlugin, MAX_NODE_SCORE, NodeInfo, PodInfo, ScorePlugin, Status,
+    CycleState, FilterPlugin, MAX_NODE_SCORE, NodeInfo, PodInfo, ScorePlugin, StateKey, Status,
 };
 
 /// Reason when the skew would exceed maxSkew.
@@ -87,6 +87,11 @@ fn count_matching(c: &Constraint, pod: &PodInfo, node: &NodeInfo) -> i64 {
         .count() as i64
 }
 
+/// Where PreFilter leaves the [`PreFilterState`].
+const PRE_FILTER_KEY: StateKey = "PreFilterPodTopologySpread";
+/// Where PreScore leaves the [`PreScoreState`].
+const PRE_SCORE_KEY: StateKey = "PreScorePodTopologySpread";
+
 /// Hard-constraint counts per topology domain.
 #[derive(Debug, Default)]
 pub struct PreFilterState {
@@ -95,8 +100,18 @@ pub struct PreFilterState {
     min_match: Vec<i64>,
 }
 
-/// Builds the PreFilter state from all nodes; `None` without hard constraints.
+/// PreFilter: stores the counts over all nodes, or nothing without hard constraints.
 pub fn pre_filter<'a>(
+    state: &mut CycleState,
+    pod: &PodInfo,
+    nodes: impl Iterator<Item = &'a NodeInfo>,
+) {
+    if let Some(s) = pre_filter_state(pod, nodes) {
+        state.write(PRE_FILTER_KEY, s);
+    }
+}
+
+fn pre_filter_state<'a>(
     pod: &PodInfo,
     nodes: impl Iterator<Item = &'a NodeInfo>,
 ) -> Option<PreFilterState> {
@@ -144,8 +159,20 @@ pub struct PreScoreState {
     weights: Vec<f64>,
 }
 
-/// Builds the PreScore state; `None` without soft constraints.
+/// PreScore: stores the counts over the feasible nodes' domains, or nothing without soft
+/// constraints.
 pub fn pre_score<'a>(
+    state: &mut CycleState,
+    pod: &PodInfo,
+    feasible: &[&NodeInfo],
+    all: impl Iterator<Item = &'a NodeInfo>,
+) {
+    if let Some(s) = pre_score_state(pod, feasible, all) {
+        state.write(PRE_SCORE_KEY, s);
+    }
+}
+
+fn pre_score_state<'a>(
     pod: &PodInfo,
     feasible: &[&NodeInfo],
     all: impl Iterator<Item = &'a NodeInfo>,
@@ -194,7 +221,7 @@ impl FilterPlugin for PodTopologySpread {
         "PodTopologySpread"
     }
     fn filter(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Result<(), Status> {
-        let Some(s) = &state.topology_spread else {
+        let Some(s) = state.read::<PreFilterState>(PRE_FILTER_KEY) else {
             return Ok(());
         };
         for (i, c) in s.constraints.iter().enumerate() {
@@ -222,7 +249,7 @@ impl ScorePlugin for PodTopologySpread {
         2
     }
     fn score(&self, state: &CycleState, _: &PodInfo, node: &NodeInfo) -> i64 {
-        let Some(s) = &state.topology_spread_score else {
+        let Some(s) = state.read::<PreScoreState>(PRE_SCORE_KEY) else {
             return 0;
         };
         if s.constraints
@@ -239,7 +266,7 @@ impl ScorePlugin for PodTopologySpread {
         score.round() as i64
     }
     fn normalize(&self, state: &CycleState, scores: &mut [i64]) {
-        if state.topology_spread_score.is_none() {
+        if state.read::<PreScoreState>(PRE_SCORE_KEY).is_none() {
             return;
         }
         let valid = scores.iter().copied().filter(|s| *s != IGNORED);
@@ -285,10 +312,8 @@ mod tests {
     fn hard_constraint_skew() {
         let nodes = zoned();
         let p = pod_labeled("w2", json!({"app": "web"}), spread("DoNotSchedule", 1));
-        let state = CycleState {
-            topology_spread: pre_filter(&p, nodes.iter()),
-            ..Default::default()
-        };
+        let mut state = CycleState::default();
+        pre_filter(&mut state, &p, nodes.iter());
         assert_eq!(
             PodTopologySpread.filter(&state, &p, &nodes[0]),
             Err(Status::unschedulable(ERR_CONSTRAINTS))
@@ -299,10 +324,8 @@ mod tests {
             Err(Status::unresolvable(ERR_MISSING_LABEL))
         );
         let loose = pod_labeled("w2", json!({"app": "web"}), spread("DoNotSchedule", 2));
-        let state = CycleState {
-            topology_spread: pre_filter(&loose, nodes.iter()),
-            ..Default::default()
-        };
+        let mut state = CycleState::default();
+        pre_filter(&mut state, &loose, nodes.iter());
         assert!(PodTopologySpread.filter(&state, &loose, &nodes[0]).is_ok());
     }
 
@@ -311,10 +334,8 @@ mod tests {
         let nodes = zoned();
         let p = pod_labeled("w2", json!({"app": "web"}), spread("ScheduleAnyway", 1));
         let feasible: Vec<&NodeInfo> = nodes.iter().collect();
-        let state = CycleState {
-            topology_spread_score: pre_score(&p, &feasible, nodes.iter()),
-            ..Default::default()
-        };
+        let mut state = CycleState::default();
+        pre_score(&mut state, &p, &feasible, nodes.iter());
         assert!(
             PodTopologySpread.filter(&state, &p, &nodes[0]).is_ok(),
             "soft constraints never filter"

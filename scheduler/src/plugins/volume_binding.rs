@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 
 use crate::cache::Cache;
-use crate::framework::{CycleState, FilterPlugin, NodeInfo, PodInfo, Status};
+use crate::framework::{CycleState, FilterPlugin, NodeInfo, PodInfo, StateKey, Status};
 use crate::quantity::Quantity;
 
 /// Claims, volumes and classes as the scheduler last saw them.
@@ -29,6 +29,9 @@ pub struct VolumeListers {
     /// StorageClasses by name.
     pub classes: HashMap<String, StorageClass>,
 }
+
+/// Where PreFilter leaves the [`PreFilterState`].
+const PRE_FILTER_KEY: StateKey = "PreFilterVolumeBinding";
 
 /// What VolumeBinding's PreFilter found for the pod.
 #[derive(Debug, Default)]
@@ -80,9 +83,16 @@ pub fn volume_fits(pv: &PersistentVolume, labels: &BTreeMap<String, String>) -> 
     })
 }
 
-/// PreFilter of VolumeBinding and VolumeRestrictions. `Err` makes the pod unschedulable on
-/// every node.
-pub fn pre_filter(cache: &Cache, pod: &PodInfo) -> Result<Option<PreFilterState>, Status> {
+/// PreFilter of VolumeBinding and VolumeRestrictions: stores the view of the pod's claims (nothing
+/// for a pod without claims). `Err` makes the pod unschedulable on every node.
+pub fn pre_filter(state: &mut CycleState, cache: &Cache, pod: &PodInfo) -> Result<(), Status> {
+    if let Some(s) = pre_filter_state(cache, pod)? {
+        state.write(PRE_FILTER_KEY, s);
+    }
+    Ok(())
+}
+
+fn pre_filter_state(cache: &Cache, pod: &PodInfo) -> Result<Option<PreFilterState>, Status> {
     if pod.claims.is_empty() {
         return Ok(None);
     }
@@ -189,7 +199,7 @@ pub struct VolumeBinding;
 
 /// VolumeBinding's Filter against the PreFilter state.
 pub fn filter(state: &CycleState, node: &NodeInfo) -> Result<(), Status> {
-    let Some(s) = &state.volume_binding else {
+    let Some(s) = state.read::<PreFilterState>(PRE_FILTER_KEY) else {
         return Ok(());
     };
     if s.bound.iter().any(|pv| !volume_fits(pv, &node.labels)) {
@@ -265,14 +275,14 @@ mod tests {
         let mut cache = Cache::default();
         cache.volumes = listers();
         assert_eq!(
-            msg(pre_filter(&cache, &pod_with(&["missing"]))),
+            msg(pre_filter_state(&cache, &pod_with(&["missing"]))),
             "persistentvolumeclaim \"missing\" not found"
         );
         assert_eq!(
-            msg(pre_filter(&cache, &pod_with(&["immediate"]))),
+            msg(pre_filter_state(&cache, &pod_with(&["immediate"]))),
             "pod has unbound immediate PersistentVolumeClaims"
         );
-        let s = pre_filter(&cache, &pod_with(&["wait", "bound"]))
+        let s = pre_filter_state(&cache, &pod_with(&["wait", "bound"]))
             .ok()
             .flatten()
             .unwrap_or_default();
@@ -283,10 +293,8 @@ mod tests {
     fn bound_volumes_pin_the_node_and_rwop_claims_are_exclusive() {
         let mut cache = Cache::default();
         cache.volumes = listers();
-        let state = CycleState {
-            volume_binding: pre_filter(&cache, &pod_with(&["bound"])).ok().flatten(),
-            ..Default::default()
-        };
+        let mut state = CycleState::default();
+        assert!(pre_filter(&mut state, &cache, &pod_with(&["bound"])).is_ok());
         assert!(filter(&state, &testutil::plain_node("n1")).is_ok());
         assert_eq!(
             filter(&state, &testutil::plain_node("n2")).map_err(|s| s.reasons.join(",")),
@@ -298,6 +306,9 @@ mod tests {
         let mut other = pod_with(&["solo"]);
         other.uid = "other".into();
         cache.assume(std::sync::Arc::new(other), "n1");
-        assert_eq!(msg(pre_filter(&cache, &pod_with(&["solo"]))), ERR_RWOP);
+        assert_eq!(
+            msg(pre_filter_state(&cache, &pod_with(&["solo"]))),
+            ERR_RWOP
+        );
     }
 }
