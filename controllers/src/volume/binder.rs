@@ -770,6 +770,9 @@ async fn bind(
     Ok(())
 }
 
+/// The PV controller's periodic resync (kube-controller-manager's `--pvclaimbinder-sync-period`).
+const RESYNC: Duration = Duration::from_secs(15);
+
 async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
     if pv.metadata.deletion_timestamp.is_some() {
@@ -831,7 +834,10 @@ async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Ac
                     .await?;
                 set_volume_phase(&ctx, &pv, "Available", None).await?;
             }
-            Ok(Action::await_change())
+            // Kubernetes' 15 s resync of every volume: the claim's deletion triggers this sync
+            // through another watch than the claim cache read above, which may not have seen
+            // the deletion yet; the next sync then finds the claim gone and releases the volume.
+            Ok(Action::requeue(RESYNC))
         }
         None => reclaim(&ctx, &pv).await,
     }
