@@ -148,11 +148,16 @@ pub fn ensure_netns(u: &Underlay, k: u32) -> anyhow::Result<String> {
     Ok(ns)
 }
 
-/// Removes the network namespace of node `k` (with its links and routes) when it exists.
-pub fn remove_netns(k: u32) {
+/// The pod bridge of a node's network namespace (the CNI plugin's default).
+const POD_BRIDGE: &str = "lotse0";
+
+/// Removes the pod bridge that another cluster left in node `k`'s network namespace, with its
+/// gateway addresses (the CNI plugin makes it again for the first pod). The namespace itself
+/// and its underlay link stay as they are.
+pub fn remove_stale_pod_bridge(k: u32) {
     let ns = format!("{NETNS_PREFIX}{k}");
-    if Path::new("/run/netns").join(&ns).exists() {
-        let _ = ip(&["netns", "del", &ns]);
+    if Path::new("/run/netns").join(&ns).exists() && link_exists(POD_BRIDGE, Some(&ns)) {
+        let _ = ip(&["-n", &ns, "link", "del", POD_BRIDGE]);
     }
 }
 

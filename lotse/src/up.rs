@@ -588,11 +588,11 @@ impl JoinPlan<'_> {
         let mut children = Vec::new();
         for (k, name) in (2..=n).zip(names) {
             let dir = crate::nodes::node_data_dir(self.data_dir, &name);
-            // A node new to this data dir gets a new network namespace: one left by another
-            // cluster (another data dir, not reset) carries its pod bridge's addresses and
-            // routes, which would capture this cluster's traffic to other nodes' pods.
+            // A node new to this data dir gets a new pod bridge: one left in the namespace by
+            // another cluster (another data dir, not reset) carries gateway addresses of other
+            // pod CIDRs, which would capture this cluster's traffic to other nodes' pods.
             if !dir.exists() {
-                crate::nodes::remove_netns(k);
+                crate::nodes::remove_stale_pod_bridge(k);
             }
             let netns = crate::nodes::ensure_netns(underlay, k)?;
             std::fs::create_dir_all(&dir)?;
