@@ -360,30 +360,6 @@ async fn set_status(client: &kube::Client, ing: &Ingress, addrs: &[String]) -> R
     Ok(())
 }
 
-/// Creates (or keeps) the IngressClass `name` of this controller, annotated as the cluster's
-/// default class, as k3s ships Traefik's.
-pub async fn ensure_class(client: &kube::Client, name: &str) -> Result<(), Error> {
-    let api = Api::<IngressClass>::all(client.clone());
-    let one = |k: &str, v: &str| std::collections::BTreeMap::from([(k.to_string(), v.to_string())]);
-    let class = IngressClass {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.to_string()),
-            annotations: Some(one(DEFAULT_CLASS_ANNOTATION, "true")),
-            labels: Some(one("app.kubernetes.io/managed-by", "lotse")),
-            ..Default::default()
-        },
-        spec: Some(k8s_openapi::api::networking::v1::IngressClassSpec {
-            controller: Some(CONTROLLER.to_string()),
-            parameters: None,
-        }),
-    };
-    match api.create(&Default::default(), &class).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
