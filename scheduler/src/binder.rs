@@ -1,7 +1,7 @@
 //! Binding: `POST pods/{name}/binding` with many requests in flight at once, after VolumeBinding's
 //! PreBind has had the pod's `WaitForFirstConsumer` claims bound on the chosen node.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Binding, ObjectReference, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -14,32 +14,59 @@ pub const ANN_SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
 /// `bindTimeoutSeconds` is 600; a local provisioner answers in well under a second).
 pub const VOLUME_BIND_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// What PreBind needs to know of a claim, from the scheduler's cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimState {
+    /// `spec.volumeName` is set.
+    pub has_volume: bool,
+    /// `status.phase` is `Bound`.
+    pub bound: bool,
+    /// The `volume.kubernetes.io/selected-node` annotation.
+    pub selected_node: Option<String>,
+}
+
+impl ClaimState {
+    /// The state of `claim`.
+    pub fn of(claim: &PersistentVolumeClaim) -> Self {
+        ClaimState {
+            has_volume: claim
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_name.as_deref())
+                .is_some_and(|v| !v.is_empty()),
+            bound: claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"),
+            selected_node: claim
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANN_SELECTED_NODE))
+                .cloned(),
+        }
+    }
+}
+
 /// VolumeBinding's PreBind: writes `node` onto each unbound claim as its selected node, then
-/// waits until every claim is bound. An error is the reason to retry the pod later.
+/// waits until every claim is bound. `state` reads a claim from the scheduler's watch cache
+/// (None: not there) and `changed` ticks whenever that cache's claims or volumes change, so
+/// the wait costs the apiserver nothing (kube-scheduler polls its cache every second; waking on
+/// the change itself answers sooner). An error is the reason to retry the pod later.
 pub async fn bind_volumes(
     client: &Client,
     namespace: &str,
     claims: &[String],
     node: &str,
+    state: impl Fn(&str) -> Option<ClaimState>,
+    mut changed: tokio::sync::watch::Receiver<u64>,
 ) -> Result<(), String> {
     if claims.is_empty() {
         return Ok(());
     }
     let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
     for c in claims {
-        let current = api.get(c).await.map_err(|e| e.to_string())?;
-        let bound = current
-            .spec
-            .as_ref()
-            .and_then(|s| s.volume_name.as_deref())
-            .is_some_and(|v| !v.is_empty());
-        let selected = current
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(ANN_SELECTED_NODE))
-            .map(String::as_str);
-        if bound || selected == Some(node) {
+        let Some(current) = state(c) else {
+            return Err(format!("persistentvolumeclaim \"{c}\" not found"));
+        };
+        if current.has_volume || current.selected_node.as_deref() == Some(node) {
             continue;
         }
         let patch = serde_json::json!({"metadata": {"annotations": {ANN_SELECTED_NODE: node}}});
@@ -47,30 +74,30 @@ pub async fn bind_volumes(
             .await
             .map_err(|e| e.to_string())?;
     }
-    let deadline = Instant::now() + VOLUME_BIND_TIMEOUT;
-    let mut pending: Vec<&String> = claims.iter().collect();
-    while !pending.is_empty() {
-        let mut still = Vec::new();
-        for c in pending {
-            let claim = api.get(c).await.map_err(|e| e.to_string())?;
-            let phase = claim.status.as_ref().and_then(|s| s.phase.as_deref());
-            if phase != Some("Bound") {
-                still.push(c);
+    let pending = |state: &dyn Fn(&str) -> Option<ClaimState>| -> Vec<String> {
+        claims
+            .iter()
+            .filter(|c| !state(c).is_some_and(|s| s.bound))
+            .cloned()
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + VOLUME_BIND_TIMEOUT;
+    loop {
+        changed.borrow_and_update();
+        let waiting = pending(&state);
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        match tokio::time::timeout_at(deadline, changed.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err("the scheduler's storage cache is gone".into()),
+            Err(_) => {
+                return Err(format!(
+                    "binding volumes: timed out waiting for the condition (claims {waiting:?})"
+                ));
             }
         }
-        pending = still;
-        if pending.is_empty() {
-            break;
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "binding volumes: timed out waiting for the condition (claims {:?})",
-                pending
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(())
 }
 
 /// What the API said about a binding.

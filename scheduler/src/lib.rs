@@ -116,6 +116,9 @@ struct Shared {
     stop: AtomicBool,
     /// Every PodDisruptionBudget, for preemption's choice of victims.
     pdbs: RwLock<Vec<PodDisruptionBudget>>,
+    /// Bumped after each change to the cache's claims and volumes: VolumeBinding's PreBind
+    /// waits on it for the PV controller's binding instead of asking the apiserver.
+    storage_changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -149,6 +152,7 @@ pub async fn run(config: Config, client: Client) -> Result<(), Error> {
         next_start: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
         pdbs: RwLock::new(Vec::new()),
+        storage_changed: tokio::sync::watch::Sender::new(0),
     });
     let result = tokio::select! {
         r = schedule(shared.clone(), client) => r,
@@ -302,7 +306,25 @@ async fn finish_binding(
             .cloned()
             .collect()
     };
-    if let Err(e) = binder::bind_volumes(client, &qp.info.namespace, &delayed, &node).await {
+    let claim_state = |name: &str| {
+        let cache = shared.cache_read();
+        cache
+            .volumes
+            .claims
+            .get(&(qp.info.namespace.clone(), name.to_string()))
+            .map(binder::ClaimState::of)
+    };
+    let changed = shared.storage_changed.subscribe();
+    if let Err(e) = binder::bind_volumes(
+        client,
+        &qp.info.namespace,
+        &delayed,
+        &node,
+        claim_state,
+        changed,
+    )
+    .await
+    {
         tracing::warn!(pod = %qp.info.name, error = %e, "binding volumes failed; retrying");
         shared.cache_write().forget(&qp.info.uid);
         shared.queue.retry(qp);
@@ -678,6 +700,9 @@ where
         apply(&mut cache.volumes, obj, deleted);
         cache.touch();
     }
+    shared
+        .storage_changed
+        .send_modify(|n| *n = n.wrapping_add(1));
     shared.queue.move_all_to_active_or_backoff();
 }
 
