@@ -20,7 +20,6 @@ pub mod gc;
 pub mod history;
 pub mod hpa;
 pub mod job;
-pub mod leader;
 pub mod namespace;
 pub mod node;
 pub mod replicaset;
@@ -68,10 +67,16 @@ pub struct Config {
     pub node_monitor_grace_period: Duration,
     /// Toleration seconds used for pods that do not tolerate `not-ready`/`unreachable` themselves.
     pub pod_eviction_timeout: Duration,
-    /// Whether to take part in leader election (only the leader runs controllers).
+    /// `--leader-elect`: take part in leader election (only the leader runs controllers).
     pub leader_elect: bool,
+    /// `--leader-elect-resource-namespace`: namespace of the Lease.
+    pub lease_namespace: String,
+    /// `--leader-elect-resource-name`: name of the Lease.
+    pub lease_name: String,
     /// Identity used as the Lease holder; unique per process.
     pub identity: String,
+    /// `--leader-elect-lease-duration`, `-renew-deadline`, `-retry-period`.
+    pub leader_election: client_tools::leaderelection::Timings,
     /// Controllers to run; `*` means all of them, `-name` turns one off.
     pub controllers: Vec<String>,
     /// PEM of the cluster CA, published as `kube-root-ca.crt` in every namespace.
@@ -103,7 +108,10 @@ impl Default for Config {
             node_monitor_grace_period: Duration::from_secs(40),
             pod_eviction_timeout: Duration::from_secs(300),
             leader_elect: true,
+            lease_namespace: "kube-system".into(),
+            lease_name: "kube-controller-manager".into(),
             identity: default_identity(),
+            leader_election: client_tools::leaderelection::Timings::default(),
             controllers: vec!["*".into()],
             root_ca_pem: None,
             local_path_dir: DEFAULT_LOCAL_PATH_DIR.into(),
@@ -150,6 +158,9 @@ pub enum Error {
     /// Leadership was lost; the process must stop acting.
     #[error("leader election lost")]
     LeadershipLost,
+    /// Leader election could not start (e.g. timings client-go refuses).
+    #[error("leader election: {0}")]
+    LeaderElection(#[source] client_tools::Error),
     /// A controller task ended unexpectedly.
     #[error("controller {0} stopped")]
     Stopped(&'static str),
@@ -157,26 +168,30 @@ pub enum Error {
 
 /// Runs the enabled controllers until one of them fails or leadership is lost.
 pub async fn run(config: Config, client: kube::Client) -> Result<(), Error> {
-    if config.leader_elect {
-        let elector = leader::LeaderElector::new(
-            client.clone(),
-            "kube-system",
-            "kube-controller-manager",
-            &config.identity,
-        );
-        elector.acquire().await?;
+    if !config.leader_elect {
+        return run_controllers(config, client).await;
+    }
+    let elector = client_tools::leaderelection::LeaderElector::new(
+        client.clone(),
+        &config.lease_namespace,
+        &config.lease_name,
+        &config.identity,
+        config.leader_election,
+    )
+    .map_err(Error::LeaderElection)?;
+    let work = async {
         tracing::info!(identity = %config.identity, "became leader");
-        tokio::select! {
-            r = run_controllers(config.clone(), client.clone()) => r,
-            r = elector.keep_renewing() => r,
-        }
-    } else {
-        run_controllers(config, client).await
+        run_controllers(config.clone(), client.clone()).await
+    };
+    match elector.run(work).await {
+        Ok(result) => result,
+        Err(client_tools::Error::LeadershipLost) => Err(Error::LeadershipLost),
+        Err(e) => Err(Error::LeaderElection(e)),
     }
 }
 
 async fn run_controllers(config: Config, client: kube::Client) -> Result<(), Error> {
-    let recorder = events::Recorder::new(client.clone());
+    let recorder = events::recorder(client.clone());
     let mut set = tokio::task::JoinSet::new();
     if config.enabled("replicaset") {
         set.spawn(replicaset::run(client.clone(), recorder.clone()));

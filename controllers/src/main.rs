@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use base64::Engine;
 use clap::Parser;
+use client_tools::parse_duration;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// Runs the Lotse controllers (the kube-controller-manager equivalent) against an apiserver.
@@ -26,9 +27,33 @@ struct Args {
     /// Default toleration for not-ready/unreachable taints before pods are evicted.
     #[arg(long, env = "LOTSE_POD_EVICTION_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
     pod_eviction_timeout: Duration,
-    /// Take part in leader election; only the holder of the Lease kube-system/kube-controller-manager acts.
-    #[arg(long, env = "LOTSE_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    /// Take part in leader election; only the holder of the Lease (--leader-elect-resource-namespace/name) acts.
+    #[arg(long, env = "LOTSE_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     leader_elect: bool,
+    /// How long other candidates wait after the leader's last renewal before taking over
+    /// (Go-style duration: 15s, 500ms, 1m).
+    #[arg(long, env = "LOTSE_LEADER_ELECT_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    leader_elect_lease_duration: Duration,
+    /// How long the leader keeps retrying a failed renewal before it exits.
+    #[arg(long, env = "LOTSE_LEADER_ELECT_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    leader_elect_renew_deadline: Duration,
+    /// Pause between attempts to acquire or renew the Lease.
+    #[arg(long, env = "LOTSE_LEADER_ELECT_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    leader_elect_retry_period: Duration,
+    /// Namespace of the leader election Lease.
+    #[arg(
+        long,
+        env = "LOTSE_LEADER_ELECT_RESOURCE_NAMESPACE",
+        default_value = "kube-system"
+    )]
+    leader_elect_resource_namespace: String,
+    /// Name of the leader election Lease.
+    #[arg(
+        long,
+        env = "LOTSE_LEADER_ELECT_RESOURCE_NAME",
+        default_value = "kube-controller-manager"
+    )]
+    leader_elect_resource_name: String,
     /// Controllers to run: `*` for all, a name to enable, `-name` to disable
     /// (replicaset, deployment, namespace, serviceaccount, garbagecollector, endpoints, job, nodelifecycle, daemonset, statefulset, persistentvolume-binder, csrapproving, csrsigning, bootstrapsigner, tokencleaner, horizontalpodautoscaling, classroom).
     #[arg(
@@ -76,20 +101,6 @@ struct Args {
     horizontal_pod_autoscaler_initial_readiness_delay: Duration,
 }
 
-/// Parses `40s`, `5m`, `1h` or plain seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, mult) = match s.chars().last() {
-        Some('s') => (&s[..s.len() - 1], 1),
-        Some('m') => (&s[..s.len() - 1], 60),
-        Some('h') => (&s[..s.len() - 1], 3600),
-        _ => (s, 1),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (use e.g. 40s, 5m)"))?;
-    Ok(Duration::from_secs_f64(n * f64::from(mult)))
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -120,7 +131,14 @@ async fn main() -> anyhow::Result<()> {
         node_monitor_grace_period: args.node_monitor_grace_period,
         pod_eviction_timeout: args.pod_eviction_timeout,
         leader_elect: args.leader_elect,
+        lease_namespace: args.leader_elect_resource_namespace,
+        lease_name: args.leader_elect_resource_name,
         identity: controllers::default_identity(),
+        leader_election: client_tools::leaderelection::Timings {
+            lease_duration: args.leader_elect_lease_duration,
+            renew_deadline: args.leader_elect_renew_deadline,
+            retry_period: args.leader_elect_retry_period,
+        },
         controllers: args.controllers,
         root_ca_pem,
         local_path_dir: args.default_local_storage_path,

@@ -59,7 +59,7 @@ fn controllers(api: &ApiServer) -> anyhow::Result<Component> {
 }
 
 fn scheduler(api: &ApiServer) -> anyhow::Result<Component> {
-    Component::start(api, "scheduler", "info", &[])
+    Component::start(api, "scheduler", "info", &["--leader-elect=false"])
 }
 
 impl ControlPlane {

@@ -544,10 +544,16 @@ async fn controllers_namespace_and_cascading_deletion() -> Result<()> {
 #[ignore = "needs built apiserver and controllers binaries"]
 async fn controllers_leader_failover() -> Result<()> {
     let mut cluster = Cluster::start().await?;
-    // Replace the non-electing instance with two candidates.
+    // Replace the non-electing instance with two candidates, on short leases to keep the test
+    // fast (the protocol is the one the 15 s defaults run).
     cluster.kill_controllers();
-    cluster.start_controllers(true, &[])?;
-    cluster.start_controllers(true, &[])?;
+    let fast_lease = [
+        "--leader-elect-lease-duration=4s",
+        "--leader-elect-renew-deadline=3s",
+        "--leader-elect-retry-period=500ms",
+    ];
+    cluster.start_controllers(true, &fast_lease)?;
+    cluster.start_controllers(true, &fast_lease)?;
     let client = cluster.client.clone();
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
     let holder = || async {

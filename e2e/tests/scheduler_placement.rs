@@ -14,8 +14,17 @@ use serde_json::{Value, json};
 
 /// Starts the scheduler under its own identity (`system:kube-scheduler`, from the
 /// `scheduler.kubeconfig` the apiserver writes), so missing RBAC rules show up as failures.
+/// Without `--leader-elect` in `args` it runs alone (`--leader-elect=false`: a restarted
+/// scheduler must not wait for its predecessor's Lease to expire).
 fn scheduler(api: &ApiServer, args: &[&str]) -> Result<Component> {
-    Component::start(api, "scheduler", "scheduler=debug", args)
+    let alone = ["--leader-elect=false"];
+    let elect = args.iter().any(|a| a.starts_with("--leader-elect"));
+    let args: Vec<&str> = if elect { &[][..] } else { &alone[..] }
+        .iter()
+        .chain(args)
+        .copied()
+        .collect();
+    Component::start(api, "scheduler", "scheduler=debug", &args)
 }
 
 async fn create_node(

@@ -1,81 +1,54 @@
-//! Pod events (`core/v1` Events, source `kubelet` on the node), as `kubectl describe` shows them.
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, PostParams};
+//! Pod events (`core/v1` Events, source `kubelet` on the node), as `kubectl describe` shows them,
+//! written through the kubelet's one client-tools [`client_tools::record::Recorder`].
+use client_tools::record::{EventType, NewEvent, Reporter, Sink, object_reference};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+
+/// The kubelet's recorder: `core/v1` Events from component `kubelet` on host `node`.
+pub fn node_recorder(client: kube::Client, node: &str) -> client_tools::record::Recorder {
+    let reporter = Reporter {
+        instance: Some(node.to_string()),
+        host: Some(node.to_string()),
+    };
+    client_tools::record::Recorder::new(client, Sink::CoreV1, reporter)
+}
 
 /// Records events about one pod.
 pub struct Recorder {
-    client: kube::Client,
+    events: client_tools::record::Recorder,
     object: ObjectReference,
-    node: String,
 }
 
 impl Recorder {
-    /// A recorder for `pod`, reporting from `node`.
-    pub fn new(client: kube::Client, pod: &Pod, node: &str) -> Recorder {
-        let object = ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Pod".into()),
-            name: pod.metadata.name.clone(),
-            namespace: pod.metadata.namespace.clone(),
-            uid: pod.metadata.uid.clone(),
-            resource_version: pod.metadata.resource_version.clone(),
-            ..Default::default()
-        };
+    /// A recorder for `pod`, writing through the node's `events` recorder.
+    pub fn new(events: &client_tools::record::Recorder, pod: &Pod) -> Recorder {
         Recorder {
-            client,
-            object,
-            node: node.to_string(),
+            events: events.clone(),
+            object: object_reference(pod),
         }
     }
 
     /// A `Normal` event.
     pub async fn normal(&self, reason: &str, message: &str) {
-        self.emit("Normal", reason, message).await
+        self.emit(EventType::Normal, reason, message).await
     }
 
     /// A `Warning` event.
     pub async fn warning(&self, reason: &str, message: &str) {
-        self.emit("Warning", reason, message).await
+        self.emit(EventType::Warning, reason, message).await
     }
 
-    async fn emit(&self, kind: &str, reason: &str, message: &str) {
-        let ns = self
-            .object
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let now = Time(jiff::Timestamp::now());
-        let name = format!(
-            "{}.{:x}",
-            self.object.name.clone().unwrap_or_default(),
-            jiff::Timestamp::now().as_nanosecond()
-        );
-        let ev = Event {
-            metadata: ObjectMeta {
-                name: Some(name),
-                namespace: Some(ns.clone()),
-                ..Default::default()
-            },
-            involved_object: self.object.clone(),
-            reason: Some(reason.into()),
-            message: Some(message.into()),
-            type_: Some(kind.into()),
-            count: Some(1),
-            first_timestamp: Some(now.clone()),
-            last_timestamp: Some(now),
-            source: Some(EventSource {
-                component: Some("kubelet".into()),
-                host: Some(self.node.clone()),
-            }),
-            reporting_component: Some("kubelet".into()),
-            reporting_instance: Some(self.node.clone()),
-            ..Default::default()
-        };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-        if let Err(e) = api.create(&PostParams::default(), &ev).await {
-            tracing::debug!(error = %e, reason, "event not recorded");
-        }
+    /// Written before it returns: the pod worker's steps and their events stay in order.
+    async fn emit(&self, type_: EventType, reason: &str, message: &str) {
+        self.events
+            .publish_now(NewEvent {
+                regarding: self.object.clone(),
+                component: "kubelet".into(),
+                type_,
+                reason: reason.into(),
+                action: None,
+                note: message.into(),
+            })
+            .await;
         tracing::info!(pod = ?self.object.name, reason, message, "event");
     }
 }

@@ -107,7 +107,7 @@ pub async fn run(
                         .map(|(_, rest)| rest.split('/').next().unwrap_or(rest))
                         .unwrap_or_default()
                         .to_string();
-                    Recorder::new(k.client.clone(), pod, &k.config.node_name)
+                    Recorder::new(&k.events, pod)
                         .warning(
                             "LifecycleHTTPFallback",
                             &format!(

@@ -314,6 +314,8 @@ impl Drop for ContainerImage {
 pub struct Manager {
     cri: Cri,
     client: kube::Client,
+    /// The node's event recorder (Pulling, Pulled, Failed, OfflineFallback).
+    events: client_tools::record::Recorder,
     node: String,
     opts: Options,
     images_dir: PathBuf,
@@ -329,6 +331,7 @@ impl Manager {
     pub fn new(
         cri: Cri,
         client: kube::Client,
+        events: client_tools::record::Recorder,
         node: &str,
         layout: &crate::runtime::Layout,
         opts: Options,
@@ -341,6 +344,7 @@ impl Manager {
         Manager {
             cri,
             client,
+            events,
             node: node.to_string(),
             images_dir: layout.images(),
             record_path: layout.root.join("image-archives.json"),
@@ -620,7 +624,7 @@ impl Manager {
 
     /// One pull: events `Pulling`, then `Pulled` or `Failed` (or `OfflineFallback`).
     async fn pull_task(self: Arc<Self>, pod: Pod, image: String, r: ImageRef) -> Outcome {
-        let rec = Recorder::new(self.client.clone(), &pod, &self.node);
+        let rec = Recorder::new(&self.events, &pod);
         rec.normal("Pulling", &format!("Pulling image {image:?}"))
             .await;
         let enqueued = Instant::now();

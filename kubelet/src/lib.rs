@@ -129,6 +129,8 @@ pub struct Kubelet {
     pub runtime_down: watch::Sender<Option<String>>,
     /// The image manager (pulls, airgap archives, GC).
     pub images: Arc<images::Manager>,
+    /// The node's event recorder (`core/v1`, source `kubelet` on this node).
+    pub events: client_tools::record::Recorder,
 }
 
 impl Kubelet {
@@ -187,9 +189,11 @@ pub async fn run(
     };
     // Lazy: with the simulated runtime nothing ever connects.
     let cri = runtime::connect(&endpoint)?;
+    let events = events::node_recorder(client.clone(), &config.node_name);
     let image_manager = Arc::new(images::Manager::new(
         cri.clone(),
         client.clone(),
+        events.clone(),
         &config.node_name,
         &layout,
         config.images.clone(),
@@ -211,6 +215,7 @@ pub async fn run(
         sim_ipam,
         runtime_down: watch::channel(None).0,
         images: image_manager.clone(),
+        events,
     });
 
     let since = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());

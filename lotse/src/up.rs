@@ -269,6 +269,8 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
     );
     components.spawn(async move {
         let cfg = scheduler::Config {
+            // One `lotse up` runs one scheduler: nothing to elect (kube-scheduler's default,
+            // and the library's, is to elect).
             leader_elect: false,
             ..Default::default()
         };
@@ -472,6 +474,8 @@ fn start_controllers(
             cluster_cidr,
             root_ca_pem: Some(ca_pem),
             local_path_dir,
+            // One `lotse up` runs one controller manager: nothing to elect (the library's
+            // default, as kube-controller-manager's, is to elect).
             leader_elect: false,
             node_monitor_grace_period,
             // csrsigning issues node certificates from the cluster CA, as kubeadm points

@@ -1,17 +1,17 @@
-//! Scheduling events (`events.k8s.io/v1`, as kube-scheduler's recorder writes them) and the
-//! `PodScheduled` condition of pods that fit nowhere. Event delivery is best effort: a bounded
-//! channel drops events under overload instead of slowing scheduling down.
+//! Scheduling events (`events.k8s.io/v1`, as kube-scheduler's recorder writes them, through
+//! client-tools' recorder) and the `PodScheduled` condition of pods that fit nowhere. Event
+//! delivery is best effort: a bounded queue drops events under overload instead of slowing
+//! scheduling down.
 
 use std::sync::Arc;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodCondition};
-use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+pub use client_tools::record::EventType;
+use client_tools::record::{NewEvent, Recorder, Reporter, Sink, object_reference};
+use k8s_openapi::api::core::v1::{Pod, PodCondition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use tokio::sync::mpsc;
+use kube::api::{Api, Patch, PatchParams};
 
 /// One event about a pod.
 #[derive(Debug, Clone)]
@@ -19,7 +19,7 @@ pub struct PodEvent {
     /// The pod it is about.
     pub pod: Arc<Pod>,
     /// `Normal` or `Warning`.
-    pub type_: &'static str,
+    pub type_: EventType,
     /// `Scheduled` / `FailedScheduling`.
     pub reason: &'static str,
     /// `Binding` / `Scheduling`.
@@ -28,94 +28,38 @@ pub struct PodEvent {
     pub note: String,
 }
 
-/// Queues events for asynchronous delivery.
+/// Queues events for asynchronous delivery (client-tools' `events.k8s.io/v1` recorder).
 #[derive(Clone)]
 pub struct EventSink {
-    tx: mpsc::Sender<PodEvent>,
+    recorder: Recorder,
+    controller: String,
 }
 
 impl EventSink {
-    /// Starts the delivery task.
+    /// Starts the delivery task; events name `controller` as `reportingController` and
+    /// `instance` as `reportingInstance`.
     pub fn start(client: Client, controller: String, instance: String) -> Self {
-        let (tx, rx) = mpsc::channel::<PodEvent>(4096);
-        tokio::spawn(async move {
-            tokio_stream_from(rx)
-                .for_each_concurrent(16, |ev| {
-                    let client = client.clone();
-                    let controller = controller.clone();
-                    let instance = instance.clone();
-                    async move {
-                        if let Err(e) = publish(&client, &controller, &instance, &ev).await {
-                            tracing::debug!(error = %e, reason = ev.reason, "event not recorded");
-                        }
-                    }
-                })
-                .await;
-        });
-        EventSink { tx }
+        let reporter = Reporter {
+            instance: Some(instance),
+            host: None,
+        };
+        EventSink {
+            recorder: Recorder::new(client, Sink::EventsV1, reporter),
+            controller,
+        }
     }
 
     /// Queues an event; drops it if the backlog is full.
     pub fn emit(&self, ev: PodEvent) {
-        if self.tx.try_send(ev).is_err() {
-            tracing::debug!("event backlog full; event dropped");
-        }
+        self.recorder.publish(NewEvent {
+            regarding: object_reference(ev.pod.as_ref()),
+            component: self.controller.clone(),
+            type_: ev.type_,
+            reason: ev.reason.into(),
+            action: Some(ev.action.into()),
+            note: ev.note,
+        });
     }
-}
-
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-/// Reference to a pod as events carry it.
-pub fn pod_reference(pod: &Pod) -> ObjectReference {
-    ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Pod".into()),
-        name: pod.metadata.name.clone(),
-        namespace: pod.metadata.namespace.clone(),
-        uid: pod.metadata.uid.clone(),
-        resource_version: pod.metadata.resource_version.clone(),
-        field_path: None,
-    }
-}
-
-async fn publish(
-    client: &Client,
-    controller: &str,
-    instance: &str,
-    ev: &PodEvent,
-) -> Result<(), kube::Error> {
-    let now = Timestamp::now();
-    let ns = ev
-        .pod
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let name = ev.pod.metadata.name.clone().unwrap_or_default();
-    let event = Event {
-        metadata: ObjectMeta {
-            name: Some(format!("{name}.{:x}", now.as_nanosecond())),
-            namespace: Some(ns.clone()),
-            ..Default::default()
-        },
-        event_time: Some(MicroTime(now)),
-        action: Some(ev.action.into()),
-        reason: Some(ev.reason.into()),
-        note: Some(ev.note.clone()),
-        type_: Some(ev.type_.into()),
-        regarding: Some(pod_reference(&ev.pod)),
-        reporting_controller: Some(controller.into()),
-        reporting_instance: Some(instance.into()),
-        ..Default::default()
-    };
-    Api::<Event>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &event)
-        .await
-        .map(|_| ())
 }
 
 /// Sets `PodScheduled=False, reason=Unschedulable` with the FailedScheduling message, unless the

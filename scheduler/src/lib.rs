@@ -13,7 +13,6 @@ pub mod binder;
 pub mod cache;
 pub mod events;
 pub mod framework;
-pub mod leader;
 pub mod plugins;
 pub mod quantity;
 pub mod queue;
@@ -35,7 +34,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use crate::algorithm::Profile;
 use crate::binder::BindOutcome;
 use crate::cache::Cache;
-use crate::events::{EventSink, PodEvent};
+use crate::events::{EventSink, EventType, PodEvent};
 use crate::framework::PodInfo;
 use crate::queue::{QueuedPod, SchedulingQueue};
 
@@ -48,7 +47,7 @@ pub struct Config {
     pub parallelism: usize,
     /// Maximum binding requests in flight.
     pub bind_concurrency: usize,
-    /// Run only while holding the Lease.
+    /// Run only while holding the Lease (kube-scheduler's `--leader-elect`, default true).
     pub leader_elect: bool,
     /// Namespace of the Lease.
     pub lease_namespace: String,
@@ -57,7 +56,7 @@ pub struct Config {
     /// Holder identity for the Lease and event reporting instance.
     pub identity: String,
     /// Lease duration, renew deadline and retry period.
-    pub leader_election: leader::Timings,
+    pub leader_election: client_tools::leaderelection::Timings,
 }
 
 impl Default for Config {
@@ -69,11 +68,11 @@ impl Default for Config {
             scheduler_name: "default-scheduler".into(),
             parallelism: 2,
             bind_concurrency: 256,
-            leader_elect: false,
+            leader_elect: true,
             lease_namespace: "kube-system".into(),
             lease_name: "kube-scheduler".into(),
             identity: format!("{host}_{}", uuid::Uuid::new_v4()),
-            leader_election: leader::Timings::default(),
+            leader_election: client_tools::leaderelection::Timings::default(),
         }
     }
 }
@@ -84,6 +83,9 @@ pub enum Error {
     /// Leadership was lost; the process should exit so another replica takes over.
     #[error("lost leader election lease")]
     LeadershipLost,
+    /// Leader election could not start (e.g. timings client-go refuses).
+    #[error("leader election: {0}")]
+    LeaderElection(#[source] client_tools::Error),
     /// A background task ended unexpectedly.
     #[error("scheduler task ended: {0}")]
     TaskEnded(&'static str),
@@ -132,18 +134,20 @@ impl Shared {
 
 /// Runs the scheduler until leadership is lost (or forever).
 pub async fn run(config: Config, client: Client) -> Result<(), Error> {
-    let elector = config.leader_elect.then(|| {
-        leader::LeaderElector::new(
-            client.clone(),
-            &config.lease_namespace,
-            &config.lease_name,
-            &config.identity,
-            config.leader_election,
+    let elector = if config.leader_elect {
+        Some(
+            client_tools::leaderelection::LeaderElector::new(
+                client.clone(),
+                &config.lease_namespace,
+                &config.lease_name,
+                &config.identity,
+                config.leader_election,
+            )
+            .map_err(Error::LeaderElection)?,
         )
-    });
-    if let Some(e) = &elector {
-        e.acquire().await;
-    }
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
         config: config.clone(),
         cache: RwLock::new(Cache::default()),
@@ -154,9 +158,14 @@ pub async fn run(config: Config, client: Client) -> Result<(), Error> {
         pdbs: RwLock::new(Vec::new()),
         storage_changed: tokio::sync::watch::Sender::new(0),
     });
-    let result = tokio::select! {
-        r = schedule(shared.clone(), client) => r,
-        _ = async { match &elector { Some(e) => e.hold().await, None => futures::future::pending().await } } => Err(Error::LeadershipLost),
+    let work = schedule(shared.clone(), client);
+    let result = match &elector {
+        Some(e) => match e.run(work).await {
+            Ok(result) => result,
+            Err(client_tools::Error::LeadershipLost) => Err(Error::LeadershipLost),
+            Err(e) => Err(Error::LeaderElection(e)),
+        },
+        None => work.await,
     };
     shared.stop.store(true, Ordering::SeqCst);
     shared.queue.close();
@@ -243,7 +252,7 @@ async fn schedule(shared: Arc<Shared>, client: Client) -> Result<(), Error> {
                         }
                         events.emit(PodEvent {
                             pod: qp.pod,
-                            type_: "Warning",
+                            type_: EventType::Warning,
                             reason: "FailedScheduling",
                             action: "Scheduling",
                             note: message,
@@ -261,7 +270,7 @@ async fn schedule(shared: Arc<Shared>, client: Client) -> Result<(), Error> {
                         }
                         events.emit(PodEvent {
                             pod: qp.pod,
-                            type_: "Warning",
+                            type_: EventType::Warning,
                             reason: "FailedScheduling",
                             action: "Scheduling",
                             note: message,
@@ -338,7 +347,7 @@ async fn finish_binding(
             );
             events.emit(PodEvent {
                 pod: qp.pod,
-                type_: "Normal",
+                type_: EventType::Normal,
                 reason: "Scheduled",
                 action: "Binding",
                 note,

@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use client_tools::parse_duration;
 
 /// Lotse scheduler: watches pending pods and binds each to a node that fits it, following
 /// kube-scheduler's default filters and scores (resources, node selector/affinity, taints,
@@ -14,8 +15,9 @@ struct Args {
     /// apiserver writes for user system:kube-scheduler (admin.kubeconfig works too).
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<std::path::PathBuf>,
-    /// Only schedule while holding the kube-system/kube-scheduler Lease (for several replicas).
-    #[arg(long, env = "LOTSE_SCHEDULER_LEADER_ELECT")]
+    /// Only schedule while holding the Lease (--leader-elect-resource-namespace/name), as
+    /// kube-scheduler does by default (`--leader-elect=false` for a single replica).
+    #[arg(long, env = "LOTSE_SCHEDULER_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     leader_elect: bool,
     /// Schedule pods whose spec.schedulerName is this.
     #[arg(
@@ -56,37 +58,6 @@ struct Args {
     leader_elect_resource_name: String,
 }
 
-/// Parses `1m30s`, `15s`, `500ms` or a bare number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    if let Ok(secs) = s.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("{s:?}: missing unit (h, m, s or ms)"))?;
-        let value: f64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{s:?}: bad number"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 0.001,
-            u => return Err(format!("{s:?}: unknown unit {u:?}")),
-        };
-        rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(value * scale).map_err(|e| e.to_string())?;
-    }
-    Ok(total)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -111,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
         leader_elect: args.leader_elect,
         lease_namespace: args.leader_elect_resource_namespace,
         lease_name: args.leader_elect_resource_name,
-        leader_election: scheduler::leader::Timings {
+        leader_election: client_tools::leaderelection::Timings {
             lease_duration: args.leader_elect_lease_duration,
             renew_deadline: args.leader_elect_renew_deadline,
             retry_period: args.leader_elect_retry_period,
@@ -120,19 +91,4 @@ async fn main() -> anyhow::Result<()> {
     };
     scheduler::run(config, client).await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_like_go() {
-        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("s").is_err());
-    }
 }

@@ -153,7 +153,7 @@ async fn remove(k: &Kubelet, sandbox_id: &str) {
 /// Returns whether the runtime then holds no sandbox of the pod (false also when it could not
 /// be asked, e.g. while containerd restarts).
 pub async fn terminate(k: &Kubelet, uid: &str, pod: Option<&Pod>, grace: i64) -> bool {
-    let rec = pod.map(|p| Recorder::new(k.client.clone(), p, &k.config.node_name));
+    let rec = pod.map(|p| Recorder::new(&k.events, p));
     let mut rt = k.cri.rt.clone();
     let Ok(found) = list_sandboxes(k, uid).await else {
         return false;

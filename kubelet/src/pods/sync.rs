@@ -33,7 +33,7 @@ pub(super) async fn sync(
 ) -> Result<PodStatus, crate::Error> {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
-    let rec = Recorder::new(k.client.clone(), pod, &k.config.node_name);
+    let rec = Recorder::new(&k.events, pod);
     let restart_policy = spec
         .restart_policy
         .clone()

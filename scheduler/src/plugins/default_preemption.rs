@@ -24,7 +24,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
 use crate::algorithm::Profile;
 use crate::cache::Cache;
-use crate::events::{EventSink, PodEvent};
+use crate::events::{EventSink, EventType, PodEvent};
 use crate::framework::{Code, CycleState, NodeInfo, PodInfo};
 use crate::plugins::label_selector_matches;
 
@@ -287,7 +287,7 @@ pub async fn prepare_candidate(
         }
         events.emit(PodEvent {
             pod: Arc::new(pod_ref(v)),
-            type_: "Normal",
+            type_: EventType::Normal,
             reason: "Preempted",
             action: "Preempting",
             note: format!(

@@ -1,0 +1,79 @@
+//! Client-side helpers shared by Lotse's components (controllers, scheduler, kubelet), as
+//! client-go's `tools/` packages: [`leaderelection`] (one active replica behind a
+//! `coordination.k8s.io/v1` Lease), [`record`] (the event recorder) and [`parse_duration`]
+//! (Go durations, as the components' `--*-duration`/`--*-period` flags take them).
+//!
+//! Only API clients live here: nothing in this crate touches storage or another component.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod leaderelection;
+pub mod record;
+
+use std::time::Duration;
+
+/// Errors of the client tools.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request to the apiserver failed.
+    #[error("apiserver request failed: {0}")]
+    Kube(#[from] kube::Error),
+    /// Leader election timings client-go would refuse (its `NewLeaderElector` checks).
+    #[error("invalid leader election timings: {0}")]
+    InvalidTimings(&'static str),
+    /// The leader could not renew its Lease within the renew deadline, or another candidate
+    /// holds it now: the caller must stop acting.
+    #[error("leader election lost")]
+    LeadershipLost,
+}
+
+/// Parses a duration as Go's `time.ParseDuration` does for the units flags use (`1m30s`,
+/// `15s`, `500ms`, `8760h`), plus a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("{s:?}: missing unit (h, m, s or ms)"))?;
+        let value: f64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{s:?}: bad number"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            u => return Err(format!("{s:?}: unknown unit {u:?}")),
+        };
+        rest = &rest[unit_len..];
+        total += Duration::try_from_secs_f64(value * scale).map_err(|e| e.to_string())?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_go() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(
+            parse_duration("8760h"),
+            Ok(Duration::from_secs(8760 * 3600))
+        );
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}
