@@ -4,14 +4,16 @@
 //! so no root is needed). While a Deployment rolls out, the controllers or the scheduler is
 //! killed with SIGKILL at a random moment and started again, in a varying order over six
 //! rounds. After each round the rollout completes with exactly the declared replicas, all on
-//! the node and of the new template; throughout, the Deployment never has more pods than
-//! `replicas + maxSurge` that are not being deleted, and never more than one new ReplicaSet
+//! the node and of the new template; throughout, the Deployment's ReplicaSets never ask for
+//! more than `replicas + maxSurge` pods together (the bound Kubernetes' deployment controller
+//! keeps: a scaled-down set's pods may still be on their way out while the new set's come),
+//! no ReplicaSet ever has more pods that are not being deleted than it ever asked for (no
+//! duplicates from a restarted controller), and there is never more than one new ReplicaSet
 //! per template. `LOTSE_FAULTS_SEED` replays a run's order and delays.
 //!
 //! Needs the built apiserver, controllers, scheduler and kubelet binaries (~40 s).
-use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -107,19 +109,86 @@ fn live(pods: &[Pod]) -> usize {
         .count()
 }
 
-/// Watches the Deployment's pods and records the most that were ever live at once.
-fn watch_surge(api: Api<Pod>, most: Arc<AtomicUsize>) -> tokio::task::JoinHandle<()> {
+/// What the watches saw over the whole run.
+#[derive(Default)]
+struct Surge {
+    /// The most pods the Deployment's ReplicaSets asked for together.
+    most_asked: usize,
+    /// Per ReplicaSet (uid): the most replicas it ever asked for, and the most of its pods
+    /// that were live at once.
+    per_set: BTreeMap<String, (usize, usize)>,
+    /// The most live pods at once (for the report; may exceed `replicas + maxSurge` while a
+    /// scaled-down set's pods are being deleted, as in Kubernetes).
+    most_live: usize,
+}
+
+impl Surge {
+    /// ReplicaSets whose live pods outnumbered anything they asked for: (uid, asked, live).
+    fn duplicates(&self) -> Vec<(String, usize, usize)> {
+        self.per_set
+            .iter()
+            .filter(|(_, (asked, live))| live > asked)
+            .map(|(uid, (asked, live))| (uid.clone(), *asked, *live))
+            .collect()
+    }
+}
+
+/// Watches the Deployment's ReplicaSets and pods and records into `surge` what they asked for
+/// and what was live. Maxima over the whole run, so the order in which the two watches deliver
+/// does not matter.
+fn watch_surge(
+    pods: Api<Pod>,
+    sets: Api<ReplicaSet>,
+    surge: Arc<Mutex<Surge>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let (reader, writer) = kube::runtime::reflector::store();
-        let stream = kube::runtime::reflector::reflector(
-            writer,
-            watcher(api, watcher::Config::default().labels("app=web")),
-        )
-        .default_backoff();
-        let mut stream = std::pin::pin!(stream);
-        while stream.next().await.is_some() {
-            let pods: Vec<Pod> = reader.state().iter().map(|p| (**p).clone()).collect();
-            most.fetch_max(live(&pods), Ordering::Relaxed);
+        let (pod_reader, pod_writer) = kube::runtime::reflector::store();
+        let (set_reader, set_writer) = kube::runtime::reflector::store();
+        let cfg = || watcher::Config::default().labels("app=web");
+        let pod_events = kube::runtime::reflector::reflector(pod_writer, watcher(pods, cfg()))
+            .default_backoff()
+            .map(|_| ());
+        let set_events = kube::runtime::reflector::reflector(set_writer, watcher(sets, cfg()))
+            .default_backoff()
+            .map(|_| ());
+        let mut events = std::pin::pin!(futures::stream::select(pod_events, set_events));
+        while events.next().await.is_some() {
+            let Ok(mut s) = surge.lock() else { return };
+            let mut asked_now = 0;
+            for rs in set_reader.state() {
+                let asked = rs
+                    .spec
+                    .as_ref()
+                    .and_then(|sp| sp.replicas)
+                    .unwrap_or(0)
+                    .max(0) as usize;
+                asked_now += asked;
+                let uid = rs.metadata.uid.clone().unwrap_or_default();
+                let e = s.per_set.entry(uid).or_default();
+                e.0 = e.0.max(asked);
+            }
+            s.most_asked = s.most_asked.max(asked_now);
+            let pods: Vec<Pod> = pod_reader.state().iter().map(|p| (**p).clone()).collect();
+            s.most_live = s.most_live.max(live(&pods));
+            let mut live_per_set: BTreeMap<String, usize> = BTreeMap::new();
+            for p in pods
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+            {
+                if let Some(owner) = p
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .find(|o| o.controller == Some(true))
+                {
+                    *live_per_set.entry(owner.uid.clone()).or_default() += 1;
+                }
+            }
+            for (uid, n) in live_per_set {
+                let e = s.per_set.entry(uid).or_default();
+                e.1 = e.1.max(n);
+            }
         }
     })
 }
@@ -194,8 +263,8 @@ async fn scenario(api: &ApiServer, cp: &mut ControlPlane) -> anyhow::Result<()> 
     let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
     k.ok_stdin(&["apply", "-f", "-"], DEPLOYMENT)?;
     converged(&deployments, &pods, "start", Duration::from_secs(60)).await?;
-    let most = Arc::new(AtomicUsize::new(0));
-    let watch = watch_surge(pods.clone(), most.clone());
+    let surge = Arc::new(Mutex::new(Surge::default()));
+    let watch = watch_surge(pods.clone(), sets.clone(), surge.clone());
 
     // LOTSE_FAULTS_SEED replays a failed run's order and delays (printed below).
     let seed = std::env::var("LOTSE_FAULTS_SEED")
@@ -241,11 +310,20 @@ async fn scenario(api: &ApiServer, cp: &mut ControlPlane) -> anyhow::Result<()> 
         templates.insert(value);
     }
     watch.abort();
-    let most = most.load(Ordering::Relaxed);
+    let (most_asked, most_live, duplicates) = {
+        let s = surge
+            .lock()
+            .map_err(|_| anyhow::anyhow!("surge record poisoned"))?;
+        (s.most_asked, s.most_live, s.duplicates())
+    };
     anyhow::ensure!(
-        most <= REPLICAS + MAX_SURGE,
-        "at most {} live pods allowed at once, saw {most}",
+        most_asked <= REPLICAS + MAX_SURGE,
+        "the ReplicaSets may ask for at most {} pods together, asked for {most_asked}",
         REPLICAS + MAX_SURGE
+    );
+    anyhow::ensure!(
+        duplicates.is_empty(),
+        "ReplicaSets with more live pods than they ever asked for (uid, asked, live): {duplicates:?}"
     );
     // One ReplicaSet per template: a restarted controller adopted the one it had made.
     let rs = sets
@@ -275,7 +353,7 @@ async fn scenario(api: &ApiServer, cp: &mut ControlPlane) -> anyhow::Result<()> 
         .count();
     anyhow::ensure!(with_pods == 1, "only the newest ReplicaSet keeps replicas");
     eprintln!(
-        "six rounds converged; at most {most} live pods at once (limit {})",
+        "six rounds converged; the ReplicaSets asked for at most {most_asked} pods together (limit {}), at most {most_live} live pods at once",
         REPLICAS + MAX_SURGE
     );
     Ok(())
