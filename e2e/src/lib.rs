@@ -22,6 +22,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 pub mod lotse;
 pub mod multinode;
+pub mod report;
 pub mod sim;
 
 /// Where the versioned kubectl binaries live (`kubectl.1.27` … `kubectl.1.33`).

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use e2e::report::figure;
 use e2e::{ApiServer, Backend, bin_dir, sh, sim};
 
 /// lotse-agent RSS and programming time with many Pods and Services, beside an empty cluster.
@@ -258,6 +259,31 @@ async fn inside(args: Args) -> anyhow::Result<()> {
         services_kib as f64 * 1024.0 / services_json.max(1) as f64,
         mib(services_json / 1024),
     );
+    let world = format!("{} Pods and {} Services", args.pods, args.services);
+    let in_mib = |kib: u64| kib as f64 / 1024.0;
+    figure(
+        format!("lotse-agent VmRSS with {world}"),
+        in_mib(full.rss_kib),
+        "MiB",
+    )
+    .vs("the same agent, empty cluster", in_mib(idle.rss_kib))
+    .record()?;
+    figure(
+        format!("lotse-agent VmRSS per Pod, {world}"),
+        pods_kib as f64 / f64::from(args.pods.max(1)),
+        "KiB",
+    )
+    .record()?;
+    figure(
+        format!("lotse-agent start -> rules in nftables, {world}"),
+        full.programmed.as_secs_f64(),
+        "s",
+    )
+    .vs(
+        format!("the same with the {} Services only", args.services),
+        with_services.programmed.as_secs_f64(),
+    )
+    .record()?;
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use e2e::report::{figure, ms as in_ms};
 use e2e::{ApiServer, Backend, Etcd, rss_kib};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
@@ -228,7 +229,12 @@ async fn measure_apiserver(
     args: &Args,
     binary: &Path,
     backend: Backend,
+    raw: Option<&RawEtcd>,
 ) -> anyhow::Result<Figures> {
+    let b = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Etcd => "etcd",
+    };
     let server = ApiServer::start_with(binary.to_path_buf(), backend, &[]).await?;
     let pid = server.pid().context("apiserver pid")?;
     let client = server.client().await?;
@@ -242,6 +248,16 @@ async fn measure_apiserver(
     let (_, s) = create_configmaps(&client, "bench-c1", args.creates, Load::Concurrent(1)).await?;
     f.add("create c=1 p50 / p99", p50_p99(&s));
     f.add("create c=1 throughput", format!("{:.0}/s", s.throughput()));
+    let c1 = figure(
+        format!("{b}: create p99, one client"),
+        in_ms(s.pct(0.99)),
+        "ms",
+    );
+    match raw {
+        Some(raw) => c1.vs("raw etcd put p99, one client", in_ms(raw.c1_p99)),
+        None => c1,
+    }
+    .record()?;
 
     let (_, s) =
         create_configmaps(&client, "bench-paced", args.creates, Load::Paced(args.rate)).await?;
@@ -249,12 +265,31 @@ async fn measure_apiserver(
         &format!("create at {}/s p50 / p99", args.rate),
         format!("{} (achieved {:.0}/s)", p50_p99(&s), s.throughput()),
     );
+    figure(
+        format!("{b}: create p99 at {}/s", args.rate),
+        in_ms(s.pct(0.99)),
+        "ms",
+    )
+    .goal_if(backend == Backend::Sqlite, "p99 <= 5 ms at 500 creates/s")
+    .record()?;
 
     let (api, s) =
         create_configmaps(&client, "bench-c32", args.creates, Load::Concurrent(32)).await?;
     f.add("create c=32 p50 / p99", p50_p99(&s));
     f.add("create c=32 throughput", format!("{:.0}/s", s.throughput()));
     f.c32_throughput = s.throughput();
+    let c32 = figure(
+        format!("{b}: create throughput, 32 clients"),
+        s.throughput(),
+        "1/s",
+    );
+    match raw {
+        Some(raw) => c32
+            .vs("raw etcd puts, 32 clients", raw.c32_throughput)
+            .goal(">= 0.7x baseline"),
+        None => c32,
+    }
+    .record()?;
 
     // GET p99 (sequential, objects from the c=32 run).
     let n = args.creates;
@@ -267,6 +302,7 @@ async fn measure_apiserver(
     })
     .await?;
     f.add("GET p50 / p99", p50_p99(&s));
+    figure(format!("{b}: GET p99"), in_ms(s.pct(0.99)), "ms").record()?;
 
     // Store N pods, LIST them, read RSS.
     create_ns(&client, "bench-pods").await?;
@@ -284,6 +320,7 @@ async fn measure_apiserver(
         &format!("create {} pods c=32", args.pods),
         format!("{:.1} s ({:.0}/s)", s.elapsed.as_secs_f64(), s.throughput()),
     );
+    let mut decoded_median = Duration::ZERO;
     for (label, lp) in [
         ("LIST pods (consistent)", ListParams::default()),
         (
@@ -308,6 +345,9 @@ async fn measure_apiserver(
             &format!("{label} of {}: median / min", args.pods),
             median_min(&mut times),
         );
+        if label == "LIST pods (consistent)" {
+            decoded_median = times[times.len() / 2];
+        }
     }
     // The same LIST without client-side decoding into typed Pods (server + TLS + transfer).
     for (label, query) in [
@@ -334,18 +374,49 @@ async fn measure_apiserver(
                 bytes as f64 / 1048576.0
             ),
         );
+        if query.is_empty() {
+            let raw_median = times[times.len() / 2];
+            figure(
+                format!(
+                    "{b}: LIST {} pods, server side (raw bytes), median",
+                    args.pods
+                ),
+                in_ms(raw_median),
+                "ms",
+            )
+            .goal("<= 100 ms for 10 000 pods")
+            .record()?;
+            figure(
+                format!("{b}: LIST {} pods decoded by kube-rs, median", args.pods),
+                in_ms(decoded_median),
+                "ms",
+            )
+            .vs("the same LIST as raw bytes", in_ms(raw_median))
+            .record()?;
+        }
     }
+    let rss = rss_kib(pid)? as f64 / 1024.0;
     f.add(
         &format!("RSS with {} pods", args.pods),
-        format!("{:.1} MiB", rss_kib(pid)? as f64 / 1024.0),
+        format!("{rss:.1} MiB"),
     );
+    figure(format!("{b}: RSS with {} pods", args.pods), rss, "MiB")
+        .goal("<= 150 MiB")
+        .record()?;
 
     // Event delivery to M concurrent watchers.
-    let p99 = watch_delivery(&server, args.watchers, args.watch_events).await?;
+    let (text, delivery) = watch_delivery(&server, args.watchers, args.watch_events).await?;
     f.add(
         &format!("watch delivery p50 / p99 ({} watchers)", args.watchers),
-        p99,
+        text,
     );
+    figure(
+        format!("{b}: watch delivery p99, {} watchers", args.watchers),
+        in_ms(delivery.pct(0.99)),
+        "ms",
+    )
+    .goal("p99 <= 50 ms")
+    .record()?;
     f.add(
         "RSS after watchers",
         format!("{:.1} MiB", rss_kib(pid)? as f64 / 1024.0),
@@ -354,12 +425,12 @@ async fn measure_apiserver(
 }
 
 /// Opens `watchers` watches on one namespace, creates `events` ConfigMaps, and reports the
-/// p50/p99 of (delivery to a watcher − start of the create request).
+/// p50/p99 of (delivery to a watcher − start of the create request), as text and samples.
 async fn watch_delivery(
     server: &ApiServer,
     watchers: usize,
     events: usize,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, Samples)> {
     let client = server.client().await?;
     create_ns(&client, "bench-watch").await?;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), "bench-watch");
@@ -446,21 +517,31 @@ async fn watch_delivery(
         latencies,
         elapsed: Duration::from_secs(1),
     };
-    Ok(format!(
+    let text = format!(
         "{} / {} ({delivered} of {} deliveries)",
         ms(s.pct(0.5)),
         ms(s.pct(0.99)),
         watchers * events
-    ))
+    );
+    Ok((text, s))
+}
+
+/// The raw etcd baseline figures the apiserver's creates on etcd are compared with.
+struct RawEtcd {
+    c1_p99: Duration,
+    c32_throughput: f64,
 }
 
 /// Raw etcd-client puts (same value size as a ConfigMap create) at concurrency 1 and 32.
-async fn measure_raw_etcd(n: usize) -> anyhow::Result<(Figures, f64)> {
+async fn measure_raw_etcd(n: usize) -> anyhow::Result<(Figures, RawEtcd)> {
     let etcd = Etcd::start().await?;
     let client = etcd_client::Client::connect([etcd.endpoint()], None).await?;
     let value = serde_json::to_vec(&configmap("x".repeat(20)))?;
     let mut f = Figures::default();
-    let mut c32 = 0.0;
+    let mut raw = RawEtcd {
+        c1_p99: Duration::ZERO,
+        c32_throughput: 0.0,
+    };
     for c in [1usize, 32] {
         let s = timed(n, c, |i| {
             let mut kv = client.kv_client();
@@ -480,10 +561,12 @@ async fn measure_raw_etcd(n: usize) -> anyhow::Result<(Figures, f64)> {
             format!("{:.0}/s", s.throughput()),
         );
         if c == 32 {
-            c32 = s.throughput();
+            raw.c32_throughput = s.throughput();
+        } else {
+            raw.c1_p99 = s.pct(0.99);
         }
     }
-    Ok((f, c32))
+    Ok((f, raw))
 }
 
 #[tokio::main]
@@ -507,11 +590,11 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("apiserver binary: {}", binary.display());
 
     let mut sections: Vec<(String, Figures)> = Vec::new();
-    let mut raw_c32 = None;
+    let mut raw_etcd = None;
     if args.backends.iter().any(|b| b == "etcd") {
         eprintln!("raw etcd baseline:");
-        let (f, c32) = measure_raw_etcd(args.creates).await?;
-        raw_c32 = Some(c32);
+        let (f, raw) = measure_raw_etcd(args.creates).await?;
+        raw_etcd = Some(raw);
         sections.push(("raw etcd-client".into(), f));
     }
     for name in &args.backends {
@@ -521,11 +604,12 @@ async fn main() -> anyhow::Result<()> {
             other => bail!("unknown backend {other:?} (sqlite, etcd)"),
         };
         eprintln!("apiserver on {name}:");
-        let mut f = measure_apiserver(&args, &binary, backend)
+        let raw = raw_etcd.as_ref().filter(|_| backend == Backend::Etcd);
+        let mut f = measure_apiserver(&args, &binary, backend, raw)
             .await
             .with_context(|| format!("backend {name}"))?;
-        if let (Backend::Etcd, Some(raw)) = (backend, raw_c32) {
-            let ratio = f.c32_throughput / raw;
+        if let Some(raw) = raw {
+            let ratio = f.c32_throughput / raw.c32_throughput;
             f.add(
                 "create c=32 throughput / raw etcd put c=32",
                 format!("{ratio:.2}x"),

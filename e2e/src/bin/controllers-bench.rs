@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use clap::Parser;
+use e2e::report::figure;
 use e2e::{ApiServer, Backend, Component, bin_dir, mark_pod_ready, pod_ready, wait_until_every};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -172,5 +173,19 @@ async fn main() -> Result<()> {
         "  pods in namespace: {total:>8}  (duplicates: {})",
         total.saturating_sub(args.replicas)
     );
+    let what = format!("{}-replica Deployment", args.replicas);
+    figure(
+        format!("{what}: pods created"),
+        n / created.as_secs_f64(),
+        "pods/s",
+    )
+    .goal(">= 2000 pods/s (issue 19)")
+    .record()?;
+    figure(
+        format!("{what}: rollout complete"),
+        complete.as_secs_f64(),
+        "s",
+    )
+    .record()?;
     Ok(())
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use clap::Parser;
+use e2e::report::{figure, ms};
 use e2e::{ApiServer, Backend, raw_request};
 use serde_json::json;
 
@@ -120,5 +121,17 @@ async fn main() -> Result<()> {
         args.crds
     );
     println!("floor: LIST round trip of a served resource: p50 {f50:?}  p99 {f99:?}");
+    for (q, served, floor) in [("p50", s50, f50), ("p99", s99, f99)] {
+        figure(
+            format!(
+                "{store}: CRD created -> resource served {q}, {} CRDs",
+                args.crds
+            ),
+            ms(served),
+            "ms",
+        )
+        .vs(format!("LIST round trip {q}"), ms(floor))
+        .record()?;
+    }
     Ok(())
 }

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use e2e::report::{figure, ms as in_ms};
 use e2e::sim::{self, SimService};
 use e2e::{ApiServer, Backend, bin_dir, rss_kib};
 use hickory_proto::op::{Message, Query, ResponseCode};
@@ -538,6 +539,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
             dns_rate.p99.as_secs_f64() / ref_rate.p99.as_secs_f64().max(1e-9),
             if goal { " (goal p99 <= 1 ms)" } else { "" },
         );
+        let names = if goal {
+            "cluster names"
+        } else {
+            "cached upstream names"
+        };
+        figure(
+            format!(
+                "lotse-dns on one core, {names}: queries/s, median of {}",
+                args.rounds
+            ),
+            dns_max.qps,
+            "1/s",
+        )
+        .vs("fixed-table responder on the same core", ref_max.qps)
+        .goal_if(goal, ">= 20 000 queries/s")
+        .record()?;
+        figure(
+            format!(
+                "lotse-dns, {names}: p99 at a steady {} queries/s",
+                args.rate
+            ),
+            in_ms(dns_rate.p99),
+            "ms",
+        )
+        .vs("fixed-table responder p99", in_ms(ref_rate.p99))
+        .goal_if(goal, "p99 <= 1 ms")
+        .record()?;
     }
     println!(
         "lotse-dns RSS after the runs: {:.1} MiB",

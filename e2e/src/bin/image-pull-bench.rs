@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use e2e::lotse::{Node, wait_for};
+use e2e::report::figure;
 
 /// Lotse (CRI PullImage through the kubelet) vs `ctr images pull`.
 #[derive(Parser)]
@@ -241,5 +242,16 @@ fn main() -> Result<()> {
         secs(c),
         secs(l) / secs(c).max(1e-9)
     );
+    figure(
+        format!(
+            "image pull, {} MB archive: pod create -> Pulled, median of {}",
+            size / 1_000_000,
+            a.rounds
+        ),
+        secs(l),
+        "s",
+    )
+    .vs("ctr images pull on the same containerd, median", secs(c))
+    .record()?;
     Ok(())
 }

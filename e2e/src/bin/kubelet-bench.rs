@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use e2e::report::{figure, ms};
 use e2e::{ApiServer, Backend, bin_dir, free_port, rss_kib};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
@@ -272,6 +273,14 @@ async fn startup_latency(args: &Args, tmp: &Path) -> Result<()> {
             percentile(&lat, 99.0).as_millis(),
             lat.last().copied().unwrap_or_default().as_millis()
         );
+        let what = format!("pod create -> Running, {} pods at {}/s", args.pods, args.rate);
+        figure(format!("{what}, p50"), ms(percentile(&lat, 50.0)), "ms").record()?;
+        figure(format!("{what}, p99"), ms(percentile(&lat, 99.0)), "ms")
+            .goal("p99 <= 1.5 s")
+            .record()?;
+        figure(format!("{what}: pods Running"), lat.len() as f64, "pods")
+            .vs("pods created", args.pods as f64)
+            .record()?;
         let ctrd = pid_of(&data.join("kubelet/containerd/containerd.pid"));
         println!(
             "  with {} pods: lotse (apiserver+controllers+scheduler+kubelet) RSS {} MiB, containerd RSS {} MiB",
@@ -364,12 +373,14 @@ async fn kubelet_memory(args: &Args, tmp: &Path) -> Result<()> {
         // Let probes, status updates and the first heartbeat settle.
         tokio::time::sleep(Duration::from_secs(12)).await;
         let ctrd = pid_of(&root.join("containerd/containerd.pid"));
+        let busy = rss_kib(kubelet.id()).unwrap_or(0);
+        let ctrd_rss = ctrd.and_then(|p| rss_kib(p).ok()).unwrap_or(0);
         println!("kubelet memory (kubelet binary with its own containerd):");
         println!(
             "  kubelet RSS idle {} MiB, with {} running pods {} MiB (peak {} MiB); containerd {} MiB",
             idle / 1024,
             args.rss_pods,
-            rss_kib(kubelet.id()).unwrap_or(0) / 1024,
+            busy / 1024,
             std::fs::read_to_string(format!("/proc/{}/status", kubelet.id()))
                 .ok()
                 .and_then(|s| s
@@ -378,8 +389,23 @@ async fn kubelet_memory(args: &Args, tmp: &Path) -> Result<()> {
                     .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
                 .unwrap_or(0)
                 / 1024,
-            ctrd.and_then(|p| rss_kib(p).ok()).unwrap_or(0) / 1024
+            ctrd_rss / 1024
         );
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        figure(
+            format!("kubelet RSS with {} running pods", args.rss_pods),
+            mib(busy),
+            "MiB",
+        )
+        .vs("kubelet RSS idle", mib(idle))
+        .goal("<= 30 MiB")
+        .record()?;
+        figure(
+            format!("its containerd's RSS with {} running pods", args.rss_pods),
+            mib(ctrd_rss),
+            "MiB",
+        )
+        .record()?;
         Ok::<_, anyhow::Error>(())
     }
     .await;

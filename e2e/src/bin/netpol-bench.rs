@@ -28,6 +28,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use cni_plugin::agent::policy::Objects;
 use cni_plugin::agent::{AgentConfig, Syncer};
+use e2e::report::{figure, ms};
 use e2e::sh;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -353,6 +354,16 @@ fn inside(args: Args) -> anyhow::Result<()> {
         syncer.last_render,
         syncer.last_apply,
     );
+    figure(
+        format!(
+            "full sync, {} policies over {} pods ({lines}-line table)",
+            args.policies, args.pods
+        ),
+        ms(full),
+        "ms",
+    )
+    .vs("of which nft -f", ms(syncer.last_apply))
+    .record()?;
     if prober.connects(Duration::from_millis(300)) {
         bail!("the client gets through default-deny");
     }
@@ -421,6 +432,7 @@ fn inside(args: Args) -> anyhow::Result<()> {
     for v in by_kind.iter_mut().chain([&mut render, &mut apply]) {
         v.sort();
     }
+    let scale = format!("{} policies over {} pods", args.policies, args.pods);
     for (kind, v) in ["policy change", "label change"].iter().zip(&by_kind) {
         println!(
             "{kind} -> in force for real connections ({} changes): p50 {:.1?}  p99 {:.1?}  (goal p99 <= 1 s)",
@@ -428,6 +440,14 @@ fn inside(args: Args) -> anyhow::Result<()> {
             percentile(v, 0.5),
             percentile(v, 0.99),
         );
+        figure(
+            format!("{scale}: {kind} -> in force p99"),
+            ms(percentile(v, 0.99)),
+            "ms",
+        )
+        .vs("of which nft -f p99", ms(percentile(&apply, 0.99)))
+        .goal("p99 <= 1 s")
+        .record()?;
     }
     println!(
         "of which rendering p50 {:.1?} p99 {:.1?}, nft -f p50 {:.1?} p99 {:.1?}",
@@ -493,6 +513,17 @@ fn inside(args: Args) -> anyhow::Result<()> {
         percentile(without_lat, 0.99),
         with / without.max(1.0),
     );
+    figure(
+        format!(
+            "new TCP connections to a pod with {} policies selecting it",
+            args.data_path_policies
+        ),
+        *with,
+        "1/s",
+    )
+    .vs("no policies", *without)
+    .goal(">= 0.9x baseline")
+    .record()?;
     stop.store(true, Ordering::Relaxed);
     let _ = prober.connects(Duration::from_millis(200));
     let _ = server_thread.join();

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use e2e::multinode::Cluster;
+use e2e::report::figure;
 use e2e::{ApiServer, Backend, bin_dir, rss_kib};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Service};
@@ -161,6 +162,19 @@ fn measure_agent(api: &ApiServer, table: &str, services: u32) -> anyhow::Result<
         "agent RSS with {services} Services: {:.1} MiB (goal ≤ 30 MiB)",
         rss as f64 / 1024.0
     );
+    figure(
+        format!("lotse-agent: {services} Services programmed after its start"),
+        synced.as_secs_f64(),
+        "s",
+    )
+    .record()?;
+    figure(
+        format!("lotse-agent RSS with {services} Services"),
+        rss as f64 / 1024.0,
+        "MiB",
+    )
+    .goal("<= 30 MiB")
+    .record()?;
     Ok(())
 }
 
@@ -170,10 +184,14 @@ fn nodes_up() -> anyhow::Result<()> {
     // The nodes only (the figure predates the cluster DNS pods).
     let c = Cluster::start(tmp.path(), &["--disable-cluster-dns"])?;
     c.wait_ready(Duration::from_secs(300))?;
-    println!(
-        "lotse up --nodes 3 to three Ready nodes: {:?} (no goal; printed)",
-        t0.elapsed()
-    );
+    let up = t0.elapsed();
+    println!("lotse up --nodes 3 to three Ready nodes: {up:?} (no goal; printed)");
+    figure(
+        "lotse up --nodes 3 to three Ready nodes",
+        up.as_secs_f64(),
+        "s",
+    )
+    .record()?;
     // Its drop stops it and removes its nftables tables, before the data dir goes.
     drop(c);
     Ok(())

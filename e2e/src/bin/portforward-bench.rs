@@ -18,6 +18,7 @@ use anyhow::{Context, bail, ensure};
 use clap::Parser;
 use e2e::Kubectl;
 use e2e::lotse::{Node, random_pod_cidr, wait_for};
+use e2e::report::{figure, ms as in_ms};
 
 /// Port-forward throughput and connection setup vs exec and direct TCP.
 #[derive(Parser, Debug)]
@@ -233,6 +234,34 @@ fn main() -> anyhow::Result<()> {
         pf_tp / direct_tp * 100.0,
         pf_tp / exec_tp
     );
+    let kubectl = format!("kubectl 1.{}", args.kubectl_minor);
+    figure(
+        format!(
+            "{kubectl} port-forward throughput, best of {}",
+            args.samples
+        ),
+        pf_tp,
+        "MiB/s",
+    )
+    .vs("direct TCP to the pod IP", direct_tp)
+    .record()?;
+    figure(
+        format!("{kubectl} exec -- dd throughput, best of {}", args.samples),
+        exec_tp,
+        "MiB/s",
+    )
+    .vs("direct TCP to the pod IP", direct_tp)
+    .record()?;
+    figure(
+        format!("{kubectl} port-forward connection setup p99"),
+        in_ms(percentile(&mut forwarded, 0.99)),
+        "ms",
+    )
+    .vs(
+        "direct TCP to the pod IP",
+        in_ms(percentile(&mut direct, 0.99)),
+    )
+    .record()?;
     drop(pf);
     let _ = k.run(&["delete", "pod", "bench", "--grace-period=1", "--wait=true"]);
     Ok(())

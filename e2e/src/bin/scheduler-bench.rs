@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
+use e2e::report::{figure, ms};
 use e2e::{ApiServer, Backend, Component};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -182,6 +183,23 @@ async fn main() -> Result<()> {
         rss_kib(sched_pid, "VmHWM:") / 1024,
         elapsed.as_secs_f64()
     );
+    let what = format!("{} pods on {} nodes", args.pods, args.nodes);
+    let span = last_bound.duration_since(start).as_secs_f64();
+    figure(
+        format!("{what}: scheduled+bound end to end"),
+        bound.len() as f64 / span,
+        "pods/s",
+    )
+    .goal(">= 2000 pods/s (issue 19)")
+    .record()?;
+    figure(format!("{what}: create -> bound p99"), ms(pct(0.99)), "ms").record()?;
+    figure(
+        format!("{what}: scheduler VmHWM"),
+        rss_kib(sched_pid, "VmHWM:") as f64 / 1024.0,
+        "MiB",
+    )
+    .goal("<= 100 MiB")
+    .record()?;
     drop(sched);
     Ok(())
 }

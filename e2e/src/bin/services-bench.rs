@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use cni_plugin::agent::{AgentConfig, Syncer};
+use e2e::report::{figure, ms};
 use e2e::sh;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -289,6 +290,18 @@ fn inside(args: Args) -> anyhow::Result<()> {
         percentile(&sync_times, 0.5),
         percentile(&sync_times, 0.99),
     );
+    let world = format!(
+        "{} Services x {} endpoints",
+        args.services, args.endpoints_per_service
+    );
+    figure(
+        format!("{world}: EndpointSlice change -> rule active p99"),
+        ms(percentile(&active_times, 0.99)),
+        "ms",
+    )
+    .vs("of which nft -f p99", ms(percentile(&sync_times, 0.99)))
+    .goal("p99 <= 100 ms")
+    .record()?;
 
     // Data path: connections per second through the ClusterIP vs straight to the endpoint.
     let direct = SocketAddr::new(PROBE_EP.into(), PROBE_PORT);
@@ -314,10 +327,25 @@ fn inside(args: Args) -> anyhow::Result<()> {
         percentile(straight_lat, 0.99),
         via / straight.max(1.0),
     );
+    figure(
+        format!("{world}: new TCP connections through a ClusterIP"),
+        *via,
+        "1/s",
+    )
+    .vs("straight to the endpoint", *straight)
+    .goal(">= 0.9x baseline")
+    .record()?;
     println!(
         "benchmark process RSS (objects + last rule set held as the agent holds them): {} MiB (goal for the agent <= 30 MiB)",
         rss_kib() / 1024
     );
+    figure(
+        format!("{world}: bench process RSS, objects + rule set as the agent holds them"),
+        rss_kib() as f64 / 1024.0,
+        "MiB",
+    )
+    .goal("<= 30 MiB")
+    .record()?;
     stop.store(true, Ordering::Relaxed);
     let _ = TcpStream::connect_timeout(&direct, Duration::from_millis(200));
     let _ = server.join();

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Parser;
+use e2e::report::figure;
 use e2e::{ApiServer, Backend, rss_kib};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -338,5 +339,36 @@ async fn main() -> anyhow::Result<()> {
         (last / first.max(1e-3) - 1.0) * 100.0
     );
     println!("database max {db_max:.1} MiB (bounded by compaction)");
+    let what = format!(
+        "{} s, {} writers, {} watchers",
+        args.duration_secs, args.clients, args.watchers
+    );
+    figure(
+        format!("soak {what}: operations/s"),
+        c.ops.load(Ordering::Relaxed) as f64 / args.duration_secs.max(1) as f64,
+        "1/s",
+    )
+    .record()?;
+    for (name, n) in [
+        ("5xx answers", c.server_errors.load(Ordering::Relaxed)),
+        (
+            "watch events out of order",
+            c.out_of_order.load(Ordering::Relaxed),
+        ),
+        ("incomplete watchers", incomplete),
+    ] {
+        figure(format!("soak {what}: {name}"), n as f64, "count")
+            .goal("0")
+            .record()?;
+    }
+    figure(
+        format!("soak {what}: apiserver RSS, last quarter"),
+        last,
+        "MiB",
+    )
+    .vs("first quarter", first)
+    .goal("flat (1.0x)")
+    .record()?;
+    figure(format!("soak {what}: database max"), db_max, "MiB").record()?;
     Ok(())
 }
