@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -327,6 +328,8 @@ pub struct Cacher {
     tx: broadcast::Sender<Broadcast>,
     /// The hub's revision: every event up to it has been applied to every cache.
     hub_rev: watch::Receiver<Revision>,
+    /// Objects in the cache (read without the lock, e.g. to estimate a LIST's work).
+    count: AtomicUsize,
 }
 
 /// Feeds every watch cache from ONE storage watch on `/registry/`, in global revision order, so
@@ -557,6 +560,7 @@ impl Cacher {
             }),
             tx,
             hub_rev: hub_rev.clone(),
+            count: AtomicUsize::new(0),
         })
     }
 
@@ -590,6 +594,7 @@ impl Cacher {
         let mut st = self.state.write().await;
         let was_ready = st.ready;
         st.objects = objects;
+        self.count.store(st.objects.len(), Ordering::Relaxed);
         st.revision = revision;
         st.ring.clear();
         st.window_start = revision;
@@ -616,6 +621,7 @@ impl Cacher {
                 st.objects.insert(kv.key.clone(), object.clone())
             }
         };
+        self.count.store(st.objects.len(), Ordering::Relaxed);
         let event_type = match (event_type, &prev) {
             (EventType::Delete, _) => CacheEventType::Deleted,
             (_, Some(_)) => CacheEventType::Modified,
@@ -768,6 +774,16 @@ impl Cacher {
     /// The cached object under `key`, if any (may lag storage by the watch delay).
     pub async fn get(&self, key: &str) -> Option<Arc<CachedObject>> {
         self.state.read().await.objects.get(key).cloned()
+    }
+
+    /// How many objects the cache holds (all namespaces), without waiting for its lock.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Whether the cache holds no object.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The resource this cache serves.

@@ -15,9 +15,13 @@
 //! | `global-default` | 20     | every other authenticated user                             |
 //! | `catch-all`      | 5      | unauthenticated requests                                   |
 //!
-//! Within a level, each user is one flow with its own queue; when the level's seats are taken,
-//! requests wait in their flow's queue and freed seats go round-robin across the flows that
-//! wait, so a user flooding the server waits behind its own requests, not in front of others'.
+//! Within a level, each user is one flow with its own queue. A request takes one seat, a LIST
+//! one per hundred objects of its resource (at most ten, as Kubernetes' list work estimator),
+//! so a big LIST holds as many seats as the work it does. When the seats are
+//! taken, requests wait in their flow's queue and freed seats go to the flow that has been
+//! given the fewest seats (start-time fair queuing on a virtual clock charged with each
+//! request's width); a wide request at the head is never passed by narrower ones. So a user
+//! flooding the server waits behind its own requests, not in front of others'.
 //! A flow's queue holds at most [`QUEUE_LENGTH_LIMIT`] requests and a request waits at most a
 //! quarter of the request timeout; beyond either it gets 429 with `Retry-After` (Kubernetes'
 //! plain-text answer). Long-running requests (watch, exec, attach, port-forward, proxy, log)
@@ -71,12 +75,53 @@ impl Rejection {
     }
 }
 
+/// A request waiting for seats.
+struct Waiter {
+    tx: oneshot::Sender<Seat>,
+    width: usize,
+}
+
+/// One flow (one user) of a level: its waiting requests and its virtual finish time.
+#[derive(Default)]
+struct Flow {
+    waiting: VecDeque<Waiter>,
+    /// Virtual time at which the work dispatched for this flow ends: each dispatch charges its
+    /// width (start-time fair queuing), so a flow that has taken many seats goes after a flow
+    /// that has taken few.
+    finish: f64,
+}
+
 struct LevelState {
-    executing: usize,
-    /// Waiting requests per flow (user name).
-    queues: HashMap<String, VecDeque<oneshot::Sender<Seat>>>,
-    /// Flows with waiting requests, in round-robin order.
-    order: VecDeque<String>,
+    /// Seats held by executing requests.
+    seats: usize,
+    /// Executing requests.
+    requests: usize,
+    /// Waiting requests, all flows.
+    waiting: usize,
+    flows: HashMap<String, Flow>,
+    /// Virtual clock: the start tag of the last dispatched request.
+    clock: f64,
+}
+
+impl LevelState {
+    /// Charges a dispatch of `width` seats to `flow` and takes the seats.
+    fn charge(&mut self, flow: &str, width: usize) {
+        let clock = self.clock;
+        let f = self.flows.entry(flow.to_string()).or_default();
+        let start = clock.max(f.finish);
+        f.finish = start + width as f64;
+        self.clock = start;
+        self.seats += width;
+        self.requests += 1;
+    }
+
+    /// Forgets flows with nothing waiting whose charge the clock has passed (they would start
+    /// at the clock anyway).
+    fn prune(&mut self) {
+        let clock = self.clock;
+        self.flows
+            .retain(|_, f| !f.waiting.is_empty() || f.finish > clock);
+    }
 }
 
 struct Level {
@@ -90,42 +135,75 @@ struct Level {
 }
 
 impl Level {
-    /// Frees one seat and hands it to the next waiting flow.
-    fn release(self: &Arc<Self>) {
+    /// Frees a request's seats and hands them to waiting requests.
+    fn release(self: &Arc<Self>, width: usize) {
         let Ok(mut st) = self.state.lock() else {
             return;
         };
-        st.executing = st.executing.saturating_sub(1);
+        st.seats = st.seats.saturating_sub(width);
+        st.requests = st.requests.saturating_sub(1);
         self.dispatch(&mut st);
     }
 
-    /// Gives free seats to waiting requests, one flow after another.
+    /// A request's width on this level: at least one seat, at most all of them.
+    fn width(&self, width: usize) -> usize {
+        width.clamp(1, self.limit.load(Ordering::Relaxed).max(1))
+    }
+
+    /// Gives free seats to waiting requests: always the head of the flow with the earliest
+    /// virtual start; when that request does not fit in the free seats, nothing else goes
+    /// ahead of it (a wide request is never starved by narrow ones).
     fn dispatch(self: &Arc<Self>, st: &mut LevelState) {
-        while st.executing < self.limit.load(Ordering::Relaxed) {
-            let Some(flow) = st.order.pop_front() else {
+        loop {
+            let clock = st.clock;
+            let next = st
+                .flows
+                .iter()
+                .filter(|(_, f)| !f.waiting.is_empty())
+                .map(|(name, f)| (clock.max(f.finish), name))
+                .min_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)))
+                .map(|(_, name)| name.clone());
+            let Some(name) = next else {
+                st.prune();
                 return;
             };
-            let Some(queue) = st.queues.get_mut(&flow) else {
-                continue;
+            let Some((closed, width)) = st
+                .flows
+                .get(&name)
+                .and_then(|f| f.waiting.front())
+                .map(|w| (w.tx.is_closed(), w.width))
+            else {
+                return;
             };
-            let next = queue.pop_front();
-            if queue.is_empty() {
-                st.queues.remove(&flow);
-            } else {
-                st.order.push_back(flow);
+            if closed {
+                // The waiter gave up (timed out or disconnected).
+                if let Some(f) = st.flows.get_mut(&name) {
+                    f.waiting.pop_front();
+                }
+                st.waiting -= 1;
+                continue;
             }
-            let Some(tx) = next else { continue };
-            st.executing += 1;
-            match tx.send(Seat {
+            let width = self.width(width);
+            if st.seats + width > self.limit.load(Ordering::Relaxed) {
+                return;
+            }
+            let Some(head) = st.flows.get_mut(&name).and_then(|f| f.waiting.pop_front()) else {
+                return;
+            };
+            st.waiting -= 1;
+            st.charge(&name, width);
+            match head.tx.send(Seat {
                 level: Some(self.clone()),
+                width,
             }) {
                 Ok(()) => {
                     self.dispatched.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(mut seat) => {
-                    // The waiter gave up (timed out or disconnected): the seat stays free.
+                    // Gave up just now: the seats stay free.
                     seat.level = None;
-                    st.executing -= 1;
+                    st.seats -= width;
+                    st.requests -= 1;
                 }
             }
         }
@@ -135,27 +213,42 @@ impl Level {
         self.state
             .lock()
             .map(|st| {
-                st.queues
+                st.flows
                     .values()
-                    .flatten()
-                    .filter(|tx| !tx.is_closed())
+                    .flat_map(|f| &f.waiting)
+                    .filter(|w| !w.tx.is_closed())
                     .count()
             })
             .unwrap_or(0)
     }
 }
 
-/// A seat held by an executing request; dropping it frees the seat.
+/// The seats held by an executing request; dropping it frees them.
 pub struct Seat {
     level: Option<Arc<Level>>,
+    width: usize,
 }
 
 impl Drop for Seat {
     fn drop(&mut self) {
         if let Some(level) = self.level.take() {
-            level.release();
+            level.release(self.width);
         }
     }
+}
+
+/// Objects one seat stands for when a LIST's width is estimated (Kubernetes'
+/// `objectsPerSeat`).
+pub const OBJECTS_PER_SEAT: usize = 100;
+
+/// The most seats one request takes (Kubernetes' `maximumSeats`).
+pub const MAXIMUM_SEATS: usize = 10;
+
+/// The seats a LIST that goes through `objects` objects takes, as Kubernetes' list work
+/// estimator: one per [`OBJECTS_PER_SEAT`] objects, at least 1, at most [`MAXIMUM_SEATS`]
+/// (and never more than the request's priority level has).
+pub fn list_width(objects: usize) -> usize {
+    objects.div_ceil(OBJECTS_PER_SEAT).clamp(1, MAXIMUM_SEATS)
 }
 
 /// The server's flow control.
@@ -192,9 +285,11 @@ impl FlowControl {
                         schema,
                         limit: AtomicUsize::new(seats(total, shares)),
                         state: Mutex::new(LevelState {
-                            executing: 0,
-                            queues: HashMap::new(),
-                            order: VecDeque::new(),
+                            seats: 0,
+                            requests: 0,
+                            waiting: 0,
+                            flows: HashMap::new(),
+                            clock: 0.0,
                         }),
                         dispatched: AtomicU64::new(0),
                         rejected_queue_full: AtomicU64::new(0),
@@ -256,34 +351,46 @@ impl FlowControl {
         self.levels.iter().find(|l| l.name == name)
     }
 
-    /// Waits for a seat for a request of `user` in `groups` (`None` = exempt, nothing to
-    /// hold), or refuses it.
-    pub async fn acquire(&self, user: &str, groups: &[String]) -> Result<Option<Seat>, Rejection> {
+    /// Waits for the seats of a request of `user` in `groups` that takes `width` seats (1 for
+    /// most requests, [`list_width`] for a LIST; `None` = exempt, nothing to hold), or
+    /// refuses it.
+    pub async fn acquire(
+        &self,
+        user: &str,
+        groups: &[String],
+        width: usize,
+    ) -> Result<Option<Seat>, Rejection> {
         let Some(level) = self.classify(user, groups) else {
             return Ok(None);
         };
+        let width = level.width(width);
         let rx = {
             let Ok(mut st) = level.state.lock() else {
                 return Ok(None);
             };
-            if st.executing < level.limit.load(Ordering::Relaxed) && st.order.is_empty() {
-                st.executing += 1;
+            if st.waiting == 0 && st.seats + width <= level.limit.load(Ordering::Relaxed) {
+                st.charge(user, width);
                 level.dispatched.fetch_add(1, Ordering::Relaxed);
                 return Ok(Some(Seat {
                     level: Some(level.clone()),
+                    width,
                 }));
             }
-            let queue = st.queues.entry(user.to_string()).or_default();
-            queue.retain(|tx| !tx.is_closed());
-            if queue.len() >= QUEUE_LENGTH_LIMIT {
+            let flow = st.flows.entry(user.to_string()).or_default();
+            let before = flow.waiting.len();
+            flow.waiting.retain(|w| !w.tx.is_closed());
+            let gone = before - flow.waiting.len();
+            if flow.waiting.len() >= QUEUE_LENGTH_LIMIT {
+                st.waiting -= gone;
                 level.rejected_queue_full.fetch_add(1, Ordering::Relaxed);
                 return Err(Rejection::QueueFull);
             }
             let (tx, rx) = oneshot::channel();
-            queue.push_back(tx);
-            if !st.order.iter().any(|f| f == user) {
-                st.order.push_back(user.to_string());
-            }
+            flow.waiting.push_back(Waiter { tx, width });
+            st.waiting = st.waiting - gone + 1;
+            // Seats may be free while a wider request waits for more: this one may fit first
+            // if its flow is due.
+            level.dispatch(&mut st);
             rx
         };
         let wait = self
@@ -356,7 +463,19 @@ impl FlowControl {
             self.levels
                 .iter()
                 .map(|l| {
-                    let n = l.state.lock().map(|s| s.executing).unwrap_or(0);
+                    let n = l.state.lock().map(|s| s.requests).unwrap_or(0);
+                    (labels(l), n.to_string())
+                })
+                .collect(),
+        );
+        section(
+            "apiserver_flowcontrol_current_executing_seats",
+            "Concurrency (number of seats) occupied by the currently executing (initial stage for a WATCH, any stage otherwise) requests in the API Priority and Fairness subsystem",
+            "gauge",
+            self.levels
+                .iter()
+                .map(|l| {
+                    let n = l.state.lock().map(|s| s.seats).unwrap_or(0);
                     (labels(l), n.to_string())
                 })
                 .collect(),
@@ -564,14 +683,14 @@ mod tests {
         let run = |u: User| {
             let (fc, order) = (fc.clone(), order.clone());
             tokio::spawn(async move {
-                let seat = fc.acquire(&u.name, &u.groups).await;
+                let seat = fc.acquire(&u.name, &u.groups, 1).await;
                 if let Ok(mut o) = order.lock() {
                     o.push(u.name.clone());
                 }
                 seat.map(|s| s.is_some())
             })
         };
-        let held = fc.acquire(&flood.name, &flood.groups).await.unwrap();
+        let held = fc.acquire(&flood.name, &flood.groups, 1).await.unwrap();
         // The flood fills its own queue…
         let waiting: Vec<_> = (0..QUEUE_LENGTH_LIMIT)
             .map(|_| run(flood.clone()))
@@ -579,7 +698,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         // …and the next one is refused at once.
         assert_eq!(
-            fc.acquire(&flood.name, &flood.groups).await.err(),
+            fc.acquire(&flood.name, &flood.groups, 1).await.err(),
             Some(Rejection::QueueFull)
         );
         // The victim queues behind 50 of the flood's requests, but flows take turns.
@@ -593,7 +712,7 @@ mod tests {
         let order = order.lock().unwrap().clone();
         let pos = order.iter().position(|n| n == "victim").unwrap();
         assert!(
-            pos <= 1,
+            pos == 0,
             "the victim ran as request {pos} of {}",
             order.len()
         );
@@ -603,19 +722,71 @@ mod tests {
         ), "{text}");
     }
 
+    #[test]
+    fn lists_are_as_wide_as_their_objects() {
+        assert_eq!(list_width(0), 1);
+        assert_eq!(list_width(100), 1);
+        assert_eq!(list_width(101), 2);
+        assert_eq!(list_width(350), 4);
+        assert_eq!(list_width(1_000_000), MAXIMUM_SEATS);
+    }
+
+    #[tokio::test]
+    async fn wide_lists_hold_several_seats_and_other_flows_still_take_turns() {
+        // 235 shares over 47 seats: global-default gets 4.
+        let fc = Arc::new(FlowControl::new(47, Duration::from_secs(5)));
+        let flood = user("flood", &["system:authenticated"]);
+        let victim = user("victim", &["system:authenticated"]);
+        // A LIST as wide as the level takes it whole (a wider one is cut to it).
+        let list = fc.acquire(&flood.name, &flood.groups, 10).await.unwrap();
+        assert!(fc.render_metrics().contains(
+            "apiserver_flowcontrol_current_executing_seats{flow_schema=\"global-default\",priority_level=\"global-default\"} 4"
+        ));
+        // The flood queues more LISTs of 3 seats; the victim's GET queues after them.
+        let flood_lists: Vec<_> = (0..3)
+            .map(|_| {
+                let (fc, u) = (fc.clone(), flood.clone());
+                tokio::spawn(async move { fc.acquire(&u.name, &u.groups, 3).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let v = {
+            let (fc, u) = (fc.clone(), victim.clone());
+            tokio::spawn(async move { fc.acquire(&u.name, &u.groups, 1).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(list);
+        // The victim's flow has taken nothing yet, so it goes first; one flood LIST fits
+        // beside it (1 + 3 of 4 seats), the next waits.
+        let v = v.await.unwrap().unwrap();
+        assert!(v.is_some());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let text = fc.render_metrics();
+        assert!(text.contains(
+            "apiserver_flowcontrol_current_executing_seats{flow_schema=\"global-default\",priority_level=\"global-default\"} 4"
+        ), "{text}");
+        assert!(text.contains(
+            "apiserver_flowcontrol_current_inqueue_requests{flow_schema=\"global-default\",priority_level=\"global-default\"} 2"
+        ), "{text}");
+        drop(v);
+        for l in flood_lists {
+            assert!(l.await.unwrap().unwrap().is_some());
+        }
+    }
+
     #[tokio::test]
     async fn a_request_that_waits_too_long_is_refused() {
         let fc = FlowControl::new(1, Duration::from_millis(50));
         let u = user("alice", &["system:authenticated"]);
-        let _held = fc.acquire(&u.name, &u.groups).await.unwrap();
+        let _held = fc.acquire(&u.name, &u.groups, 1).await.unwrap();
         assert_eq!(
-            fc.acquire(&u.name, &u.groups).await.err(),
+            fc.acquire(&u.name, &u.groups, 1).await.err(),
             Some(Rejection::TimedOut)
         );
         // Exempt users never wait.
         let admin = user("admin", &["system:masters"]);
         assert!(
-            fc.acquire(&admin.name, &admin.groups)
+            fc.acquire(&admin.name, &admin.groups, 1)
                 .await
                 .unwrap()
                 .is_none()

@@ -139,6 +139,34 @@ fn request_timeout(state: &AppState, query: &Query) -> std::time::Duration {
     }
 }
 
+/// The seats a request takes in flow control: a LIST one per hundred objects of its resource
+/// (or of its `limit`), as Kubernetes' list work estimator counts them; any other request one.
+fn request_width(state: &AppState, method: &Method, path: &str, query: &Query) -> usize {
+    if method != Method::GET {
+        return 1;
+    }
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", v, rest),
+        ["apis", g, v, rest @ ..] => (g, v, rest),
+        _ => return 1,
+    };
+    let Ok(rp) = request::parse_resource_path(group, version, rest) else {
+        return 1;
+    };
+    if rp.name.is_some() {
+        return 1;
+    }
+    let Ok(cacher) = state.cacher(rp.def) else {
+        return 1;
+    };
+    let objects = match query.int("limit") {
+        Ok(Some(limit)) if limit > 0 => cacher.len().min(limit as usize),
+        _ => cacher.len(),
+    };
+    crate::flowcontrol::list_width(objects)
+}
+
 async fn dispatch_inner(
     state: &Arc<AppState>,
     req: Request,
@@ -162,7 +190,12 @@ async fn dispatch_inner(
     let _seat = if long_running || matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
         None
     } else {
-        match state.flow_control.acquire(&user.name, &user.groups).await {
+        let width = request_width(state, &parts.method, &path, &query);
+        match state
+            .flow_control
+            .acquire(&user.name, &user.groups, width)
+            .await
+        {
             Ok(seat) => seat,
             Err(_) => return Ok(crate::flowcontrol::too_many_requests()),
         }
