@@ -391,28 +391,17 @@ mod tests {
     #[test]
     fn clears_the_matching_entries_through_ctnetlink() {
         use crate::netlink::{self, NetlinkError, request, testns::TestNetns};
-        use std::io::Write;
-        use std::process::{Command, Stdio};
         let Some(ns) = TestNetns::new() else { return };
-        // Test-only: the DNAT rules through the nft program, entered with nsenter.
         let rules = "table ip t {\n chain out { type nat hook output priority -100;\n\
                      ip daddr 10.96.0.10 udp sport 40001 dnat to 127.0.0.5\n\
                      ip daddr 10.96.0.10 udp sport 40002 dnat to 127.0.0.6; }\n}\n";
-        let nft = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path().display()))
-            .args(["nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                c.stdin.take().map(|mut i| i.write_all(rules.as_bytes()));
-                c.wait()
-            });
-        match nft {
-            Ok(status) => assert!(status.success(), "nft rejected the test rules"),
-            Err(e) => {
-                eprintln!("nft or nsenter missing ({e}): skipped");
+        match crate::agent::nft::apply_in(ns.path(), rules) {
+            Ok(()) => {}
+            Err(e @ crate::agent::nft::NftError::Missing(_)) => {
+                eprintln!("{e}: skipped");
                 return;
             }
+            Err(e) => panic!("nft rejected the test rules: {e}"),
         }
         let flows = netlink::in_netns(ns.path(), |h| async move {
             let lo = netlink::require_link(&h, "lo").await?;
