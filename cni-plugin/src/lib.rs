@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod ipam;
 pub mod net;
+pub mod netlink;
 pub mod types;
 
 pub use types::{CniError, NetConf};

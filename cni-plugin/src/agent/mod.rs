@@ -105,6 +105,9 @@ pub enum AgentError {
         /// What is wrong.
         reason: String,
     },
+    /// No netlink connection to the node's network stack.
+    #[error(transparent)]
+    Netlink(#[from] crate::netlink::NetlinkError),
 }
 
 /// [`run`] with a client from the kubeconfig at `path` (for launchers such as `lotse up`).
@@ -179,7 +182,8 @@ pub async fn run(
         return Err(AgentError::Config("node name is empty".into()));
     }
     sysctl::prepare_node();
-    sysctl::hairpin_bridge_ports(&cfg.bridge);
+    let netlink = crate::netlink::connect()?;
+    sysctl::hairpin_bridge_ports(&netlink, &cfg.bridge).await;
     let changes = Arc::new(Changes {
         notify: Notify::new(),
         synced: AtomicUsize::new(0),
@@ -262,9 +266,9 @@ pub async fn run(
             servicelb::sync(&client, &services.state(), &nodes.state()).await;
         }
         if let Some(backend) = cfg.flannel_backend {
-            sync_pod_network(&cfg, backend, &nodes.state());
+            sync_pod_network(&netlink, &cfg, backend, &nodes.state()).await;
         }
-        let node_ips = nodeport_ips(&cfg, &nodes);
+        let node_ips = nodeport_ips(&netlink, &cfg, &nodes).await;
         let objs = policy::Objects {
             pods: pods.state(),
             namespaces: namespaces.state(),
@@ -307,7 +311,12 @@ pub async fn run(
 }
 
 /// Routes (and with VXLAN the device and its peers) to the other nodes' pods.
-fn sync_pod_network(cfg: &AgentConfig, backend: routes::Backend, nodes: &[Arc<Node>]) {
+async fn sync_pod_network(
+    netlink: &crate::netlink::Handle,
+    cfg: &AgentConfig,
+    backend: routes::Backend,
+    nodes: &[Arc<Node>],
+) {
     let peers = routes::desired(&cfg.node_name, nodes.iter().map(|n| &**n));
     let mut problems = Vec::new();
     match backend {
@@ -318,18 +327,22 @@ fn sync_pod_network(cfg: &AgentConfig, backend: routes::Backend, nodes: &[Arc<No
                 .and_then(|n| routes::pod_cidr_and_address(n));
             // Until this node has its podCIDR and address there is no tunnel end to route to.
             let Some((pod_cidr, local)) = me else { return };
-            if let Err(e) = vxlan::ensure_device(local, pod_cidr) {
+            if let Err(e) = vxlan::ensure_device(netlink, local, pod_cidr).await {
                 tracing::warn!(error = %e, "VXLAN device");
                 return;
             }
-            problems.extend(vxlan::sync_peers(&peers));
+            problems.extend(vxlan::sync_peers(netlink, &peers).await);
         }
-        routes::Backend::HostGw => vxlan::remove_device(),
+        routes::Backend::HostGw => vxlan::remove_device(netlink).await,
     }
-    problems.extend(routes::sync(
-        &routes::routes_for(backend, &peers),
-        cfg.cluster_cidr,
-    ));
+    problems.extend(
+        routes::sync(
+            netlink,
+            &routes::routes_for(backend, &peers),
+            cfg.cluster_cidr,
+        )
+        .await,
+    );
     for problem in problems {
         tracing::warn!(error = %problem, "pod network");
     }
@@ -461,7 +474,11 @@ impl Syncer {
 /// The addresses NodePorts are open on: with `--nodeport-addresses`, this host's addresses in
 /// those CIDRs; otherwise this node's InternalIPs (kube-proxy's `primary`). Never loopback:
 /// nftables mode has no localhost NodePorts.
-fn nodeport_ips(cfg: &AgentConfig, nodes: &Store<Node>) -> Vec<Ipv4Addr> {
+async fn nodeport_ips(
+    netlink: &crate::netlink::Handle,
+    cfg: &AgentConfig,
+    nodes: &Store<Node>,
+) -> Vec<Ipv4Addr> {
     let mut ips = BTreeSet::new();
     if cfg.nodeport_addresses.is_empty() {
         let node = nodes
@@ -472,7 +489,7 @@ fn nodeport_ips(cfg: &AgentConfig, nodes: &Store<Node>) -> Vec<Ipv4Addr> {
             ips.extend(servicelb::node_addresses(&n, "InternalIP"));
         }
     } else {
-        for ip in sysctl::local_ipv4_addresses() {
+        for ip in sysctl::local_ipv4_addresses(netlink).await {
             if cfg.nodeport_addresses.iter().any(|c| c.contains(&ip)) {
                 ips.insert(ip);
             }

@@ -4,8 +4,10 @@
 //! kube-proxy's nftables mode does (through knftables): `nft -f` sends the whole text as ONE
 //! netlink batch, which the kernel applies atomically or not at all, and the rule grammar is
 //! nft's own. No Rust crate offers that grammar over netlink (the netlink crates build
-//! expressions by hand), so shelling out is the dependable way to get atomic transactions.
+//! expressions by hand), so shelling out is the dependable way to get atomic transactions. This
+//! is the one program the agent runs; links, routes and conntrack go over netlink.
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// Why an nft transaction failed.
@@ -22,11 +24,11 @@ pub enum NftError {
     Rejected(String),
 }
 
-fn run(args: &[&str], netns: Option<&str>, stdin: &str) -> Result<String, NftError> {
+fn run(args: &[&str], netns: Option<&Path>, stdin: &str) -> Result<String, NftError> {
     let mut cmd = match netns {
         Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, "nft"]);
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display())).arg("nft");
             c
         }
         None => Command::new("nft"),
@@ -59,9 +61,9 @@ pub fn apply(transaction: &str) -> Result<(), NftError> {
     run(&["-f", "-"], None, transaction).map(|_| ())
 }
 
-/// Applies `transaction` inside the named network namespace (`ip netns`), for benchmarks and
-/// tests.
-pub fn apply_in(netns: &str, transaction: &str) -> Result<(), NftError> {
+/// Applies `transaction` inside the network namespace at `netns` (nft run under `nsenter`), for
+/// benchmarks and tests.
+pub fn apply_in(netns: &Path, transaction: &str) -> Result<(), NftError> {
     run(&["-f", "-"], Some(netns), transaction).map(|_| ())
 }
 
@@ -79,48 +81,32 @@ pub fn list_table(table: &str) -> Result<String, NftError> {
 pub(crate) mod tests {
     use super::*;
 
-    /// A scratch network namespace (deleted on drop); `None` when not root or nft is missing.
-    pub(crate) struct TestNetns(String);
+    /// A scratch network namespace (gone on drop); `None` when not root or nft is missing.
+    pub(crate) struct TestNetns(crate::netlink::testns::TestNetns);
 
     impl TestNetns {
         pub(crate) fn new(tag: &str) -> Option<TestNetns> {
-            let root = std::fs::read_to_string("/proc/self/status")
-                .ok()?
-                .lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-            if !root || Command::new("nft").arg("--version").output().is_err() {
-                eprintln!("not root or nft missing: netns check skipped");
+            if Command::new("nft").arg("--version").output().is_err() {
+                eprintln!("nft missing: netns check {tag} skipped");
                 return None;
             }
-            let name = format!("lotse-test-{tag}-{}", std::process::id());
-            let ok = Command::new("ip")
-                .args(["netns", "add", &name])
-                .status()
-                .ok()?
-                .success();
-            ok.then_some(TestNetns(name))
+            crate::netlink::testns::TestNetns::new().map(TestNetns)
         }
 
         pub(crate) fn apply(&self, text: &str) {
-            if let Err(e) = apply_in(&self.0, text) {
+            if let Err(e) = apply_in(self.0.path(), text) {
                 panic!("nft rejected the transaction: {e}\n{text}");
             }
         }
 
         pub(crate) fn list(&self) -> String {
-            run(&["list", "ruleset"], Some(&self.0), "").unwrap()
+            run(&["list", "ruleset"], Some(self.0.path()), "").unwrap()
         }
 
         /// The ruleset after replacing everything with `full`.
         pub(crate) fn list_after(&self, full: &str) -> String {
             self.apply(full);
             self.list()
-        }
-    }
-
-    impl Drop for TestNetns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
         }
     }
 
@@ -132,7 +118,7 @@ pub(crate) mod tests {
         ns.apply("add table ip t\nadd chain ip t c\nadd rule ip t c accept\n");
         let before = ns.list();
         let err = apply_in(
-            &ns.0,
+            ns.0.path(),
             "flush chain ip t c\nadd rule ip t c ip daddr nonsense accept\n",
         )
         .unwrap_err();

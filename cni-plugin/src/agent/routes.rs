@@ -12,17 +12,22 @@
 //! The routes carry their own protocol number ([`PROTO`]), so a sync replaces exactly the routes
 //! it made and removes those of nodes that are gone, leaving every other route alone.
 //!
-//! Routes go through iproute2's `ip`, as the rest of lotse-cni's link plumbing ([`crate::net`])
-//! does today (moving all of it to netlink is one change of its own).
+//! Routes go to the kernel over netlink ([`crate::netlink`]).
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::process::Command;
 
+use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
+use rtnetlink::RouteMessageBuilder;
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
+};
+
+use crate::netlink::{self, Handle, NetlinkError, request};
 
 /// `proto` of the routes this agent makes (an unassigned number in iproute2's rt_protos).
-pub const PROTO: &str = "77";
+pub const PROTO: u8 = 77;
 
 /// How packets reach the other nodes' pods (k3s's `--flannel-backend` values).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -98,90 +103,112 @@ pub fn routes_for(
         .collect()
 }
 
-/// Parses `ip -4 route show proto 77` into destination → route.
-pub fn parse_routes(text: &str) -> BTreeMap<Ipv4Net, Route> {
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let Some(dst) = words.next() else { continue };
-        let dst = match dst.parse::<Ipv4Net>() {
-            Ok(n) => n,
-            Err(_) => match dst.parse::<Ipv4Addr>() {
-                Ok(a) => Ipv4Net::from(a),
-                Err(_) => continue,
-            },
-        };
-        let (mut gw, mut dev, mut onlink) = (None, None, false);
-        while let Some(w) = words.next() {
-            match w {
-                "via" => gw = words.next().and_then(|g| g.parse::<Ipv4Addr>().ok()),
-                "dev" => dev = words.next().map(String::from),
-                "onlink" => onlink = true,
-                _ => {}
-            }
-        }
-        if let Some(via) = gw {
-            // Only onlink routes name their device as part of what they are (host-gw routes
-            // find theirs by the gateway).
-            let dev = dev.filter(|_| onlink);
-            out.insert(dst, Route { via, dev });
+/// The agent's route in `msg` (a main-table IPv4 route of protocol [`PROTO`] with a gateway),
+/// with its device named from `names` (interface index → name), as destination → route.
+pub fn agent_route(msg: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<(Ipv4Net, Route)> {
+    let h = &msg.header;
+    if h.protocol != RouteProtocol::Other(PROTO) || h.table != RouteHeader::RT_TABLE_MAIN {
+        return None;
+    }
+    let (mut dst, mut via, mut oif) = (Ipv4Addr::UNSPECIFIED, None, None);
+    for a in &msg.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => via = Some(*g),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            _ => {}
         }
     }
-    out
+    let dst = Ipv4Net::new(dst, h.destination_prefix_length).ok()?;
+    // Only onlink routes name their device as part of what they are (host-gw routes find
+    // theirs by the gateway).
+    let dev = oif
+        .filter(|_| h.flags.contains(RouteFlags::Onlink))
+        .and_then(|i| names.get(&i).cloned());
+    Some((dst, Route { via: via?, dev }))
 }
 
-fn ip(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+/// The agent's routes now (`ip -4 route show proto 77`), each with the message that made it
+/// (to delete it by).
+async fn current(h: &Handle) -> Result<BTreeMap<Ipv4Net, (Route, RouteMessage)>, NetlinkError> {
+    let names: BTreeMap<u32, String> = netlink::links(h)
+        .await?
+        .iter()
+        .filter_map(|l| Some((l.header.index, netlink::link_name(l)?.to_string())))
+        .collect();
+    let msgs: Vec<RouteMessage> = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(request(format!("-4 route show proto {PROTO}")))?;
+    Ok(msgs
+        .into_iter()
+        .filter_map(|m| agent_route(&m, &names).map(|(dst, r)| (dst, (r, m))))
+        .collect())
+}
+
+/// `ip -4 route replace DST via VIA [dev DEV onlink] proto 77`.
+async fn replace(h: &Handle, dst: Ipv4Net, route: &Route) -> Result<(), NetlinkError> {
+    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst.network(), dst.prefix_len())
+        .gateway(route.via)
+        .protocol(RouteProtocol::Other(PROTO));
+    if let Some(dev) = &route.dev {
+        b = b
+            .output_interface(netlink::require_link(h, dev).await?)
+            .onlink();
     }
+    let mut op = format!("-4 route replace {dst} via {}", route.via);
+    if let Some(dev) = &route.dev {
+        op.push_str(&format!(" dev {dev} onlink"));
+    }
+    op.push_str(&format!(" proto {PROTO}"));
+    h.route()
+        .add(b.build())
+        .replace()
+        .execute()
+        .await
+        .map_err(request(op))
 }
 
 /// Makes the node's routes what `want` says: replaces changed ones, adds missing ones, removes
 /// the agent's routes into `cluster_cidr` to nodes that are gone. Returns the problems (one per
 /// route that failed); the other routes are still applied.
-pub fn sync(want: &BTreeMap<Ipv4Net, Route>, cluster_cidr: Ipv4Net) -> Vec<String> {
-    let have = match ip(&["-4", "route", "show", "proto", PROTO]) {
-        Ok(t) => parse_routes(&t),
-        Err(e) => return vec![e],
+pub async fn sync(
+    h: &Handle,
+    want: &BTreeMap<Ipv4Net, Route>,
+    cluster_cidr: Ipv4Net,
+) -> Vec<String> {
+    let have = match current(h).await {
+        Ok(t) => t,
+        Err(e) => return vec![e.to_string()],
     };
     let mut problems = Vec::new();
     for (dst, route) in want {
-        if have.get(dst) == Some(route) {
+        if have.get(dst).map(|(r, _)| r) == Some(route) {
             continue;
         }
-        let (d, g) = (dst.to_string(), route.via.to_string());
-        let mut args = vec!["-4", "route", "replace", &d, "via", &g];
-        if let Some(dev) = &route.dev {
-            args.extend(["dev", dev, "onlink"]);
-        }
-        args.extend(["proto", PROTO]);
-        if let Err(e) = ip(&args) {
+        let g = route.via;
+        if let Err(e) = replace(h, *dst, route).await {
             problems.push(match route.dev {
                 None => format!("{e} (host-gw needs the node {g} on a directly connected network)"),
-                Some(_) => e,
+                Some(_) => e.to_string(),
             });
         } else {
-            tracing::info!(pod_cidr = %d, via = %g, dev = ?route.dev, "route to a node's pods");
+            tracing::info!(pod_cidr = %dst, via = %g, dev = ?route.dev, "route to a node's pods");
         }
     }
     let stale = have
-        .keys()
-        .filter(|d| !want.contains_key(d) && cluster_cidr.contains(*d));
-    for dst in stale {
-        let d = dst.to_string();
-        match ip(&["-4", "route", "del", &d, "proto", PROTO]) {
-            Ok(_) => tracing::info!(pod_cidr = %d, "removed the route to a node that is gone"),
-            Err(e) => problems.push(e),
+        .into_iter()
+        .filter(|(d, _)| !want.contains_key(d) && cluster_cidr.contains(d));
+    for (dst, (_, msg)) in stale {
+        match h.route().del(msg).execute().await {
+            Ok(()) => tracing::info!(pod_cidr = %dst, "removed the route to a node that is gone"),
+            Err(e) => {
+                problems.push(request(format!("-4 route del {dst} proto {PROTO}"))(e).to_string())
+            }
         }
     }
     problems
@@ -240,27 +267,137 @@ mod tests {
         );
     }
 
+    fn message(dst: [u8; 4], via: [u8; 4], oif: u32, onlink: bool, proto: u8) -> RouteMessage {
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.into(), 24)
+            .gateway(via.into())
+            .output_interface(oif)
+            .protocol(RouteProtocol::Other(proto));
+        if onlink {
+            b = b.onlink();
+        }
+        b.build()
+    }
+
     #[test]
-    fn parses_ip_route_output() {
-        let text = "10.244.1.0/24 via 10.213.0.2 dev lotse-ul proto 77 \n\
-                    10.244.2.0/24 via 10.213.0.3 dev lotse-ul proto 77 onlink \n\
-                    10.9.9.9 via 10.213.0.4 dev x proto 77\n\
-                    blackhole 10.1.0.0/16 proto 77\n";
-        let got = parse_routes(text);
-        assert_eq!(got.len(), 3);
-        assert_eq!(
-            got[&"10.244.2.0/24".parse::<Ipv4Net>().unwrap()],
-            Route {
-                via: "10.213.0.3".parse().unwrap(),
-                dev: Some("lotse-ul".into())
-            }
+    fn reads_the_agents_routes_from_netlink_messages() {
+        let names: BTreeMap<u32, String> = [(3, "lotse-ul".to_string())].into();
+        let host_gw = agent_route(
+            &message([10, 244, 1, 0], [10, 213, 0, 2], 3, false, 77),
+            &names,
         );
         assert_eq!(
-            got[&"10.244.1.0/24".parse::<Ipv4Net>().unwrap()].dev,
-            None,
+            host_gw,
+            Some((
+                "10.244.1.0/24".parse().unwrap(),
+                Route {
+                    via: "10.213.0.2".parse().unwrap(),
+                    dev: None
+                }
+            )),
             "host-gw routes are known by their gateway"
         );
-        assert!(got.contains_key(&"10.9.9.9/32".parse::<Ipv4Net>().unwrap()));
+        let onlink = agent_route(
+            &message([10, 244, 2, 0], [10, 213, 0, 3], 3, true, 77),
+            &names,
+        );
+        assert_eq!(onlink.unwrap().1.dev.as_deref(), Some("lotse-ul"));
+        assert_eq!(
+            agent_route(
+                &message([10, 244, 3, 0], [10, 213, 0, 4], 3, false, 4),
+                &names
+            ),
+            None,
+            "another protocol's route is not the agent's"
+        );
+    }
+
+    /// Sync in a throwaway namespace: routes made, read back as equal (no churn), removed when
+    /// their node goes, other routes left alone, an unreachable host-gw gateway reported.
+    #[test]
+    fn sync_makes_reads_back_and_removes_routes() {
+        use crate::netlink::testns::TestNetns;
+        use rtnetlink::{LinkBridge, LinkUnspec};
+        let Some(ns) = TestNetns::new() else { return };
+        netlink::in_netns(ns.path(), |h| async move {
+            for (name, addr) in [
+                ("lotse-ul", "10.213.0.1/24"),
+                ("lotse.vxlan", "10.244.0.0/32"),
+            ] {
+                h.link()
+                    .add(LinkBridge::new(name).build())
+                    .execute()
+                    .await
+                    .unwrap();
+                let i = netlink::require_link(&h, name).await?;
+                let a: Ipv4Net = addr.parse().unwrap();
+                netlink::ensure_ipv4_address(&h, i, name, a).await?;
+                h.link()
+                    .set(LinkUnspec::new_with_index(i).up().build())
+                    .execute()
+                    .await
+                    .unwrap();
+            }
+            let cluster: Ipv4Net = "10.244.0.0/16".parse().unwrap();
+            let peers: BTreeMap<Ipv4Net, Ipv4Addr> = [
+                (
+                    "10.244.1.0/24".parse().unwrap(),
+                    "10.213.0.2".parse().unwrap(),
+                ),
+                (
+                    "10.244.2.0/24".parse().unwrap(),
+                    "10.213.0.3".parse().unwrap(),
+                ),
+            ]
+            .into();
+            let mut vxlan = routes_for(Backend::Vxlan, &peers);
+            let host_gw = routes_for(Backend::HostGw, &peers);
+            let outside: Ipv4Net = "10.99.0.0/24".parse().unwrap();
+            let outside_route = Route {
+                via: "10.213.0.9".parse().unwrap(),
+                dev: None,
+            };
+            replace(&h, outside, &outside_route).await?;
+            for want in [&host_gw, &vxlan] {
+                assert_eq!(sync(&h, want, cluster).await, Vec::<String>::new());
+                let have: BTreeMap<_, _> = current(&h)
+                    .await?
+                    .into_iter()
+                    .map(|(d, (r, _))| (d, r))
+                    .collect();
+                let mut expected = want.clone();
+                expected.insert(outside, outside_route.clone());
+                assert_eq!(have, expected);
+            }
+            vxlan.remove(&"10.244.2.0/24".parse().unwrap());
+            assert_eq!(sync(&h, &vxlan, cluster).await, Vec::<String>::new());
+            let have: Vec<Ipv4Net> = current(&h).await?.into_keys().collect();
+            assert_eq!(
+                have,
+                vec![
+                    "10.99.0.0/24".parse().unwrap(),
+                    "10.244.1.0/24".parse().unwrap()
+                ]
+            );
+            let far: BTreeMap<Ipv4Net, Route> = [(
+                "10.244.5.0/24".parse().unwrap(),
+                Route {
+                    via: "192.0.2.7".parse().unwrap(),
+                    dev: None,
+                },
+            )]
+            .into();
+            let problems = sync(&h, &far, cluster).await;
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].ends_with(
+                    "(host-gw needs the node 192.0.2.7 on a directly connected network)"
+                ),
+                "{problems:?}"
+            );
+            Ok::<_, NetlinkError>(())
+        })
+        .unwrap();
     }
 
     #[test]
@@ -280,8 +417,5 @@ mod tests {
         );
         let r = routes_for(Backend::HostGw, &peers);
         assert_eq!(r.values().next().unwrap().via.to_string(), "10.213.0.2");
-        // What `ip route show` prints for them parses back to the same routes.
-        let text = "10.244.1.0/24 via 10.244.1.0 dev lotse.vxlan proto 77 onlink \n";
-        assert_eq!(parse_routes(text), routes_for(Backend::Vxlan, &peers));
     }
 }

@@ -1,6 +1,8 @@
 //! Kernel settings the Service dataplane needs, written straight to `/proc/sys` (no `sysctl`
-//! program), and the host's addresses.
+//! program), hairpin mode on the node bridge's ports, and the host's addresses (netlink).
 use std::net::Ipv4Addr;
+
+use crate::netlink::{self, Handle};
 
 /// `(path under /proc/sys, value, why)` the agent sets at start.
 const SETTINGS: &[(&str, &str, &str)] = &[
@@ -44,48 +46,29 @@ pub fn prepare_node() {
 
 /// Turns on hairpin mode on every port of `bridge` that lacks it (pods attached by an older
 /// lotse-cni; new ones get it at CNI ADD).
-pub fn hairpin_bridge_ports(bridge: &str) {
-    for name in crate::net::ports_without_hairpin(bridge) {
-        if let Err(e) = crate::net::set_hairpin(&name) {
+pub async fn hairpin_bridge_ports(h: &Handle, bridge: &str) {
+    let ports = match crate::net::ports_without_hairpin(h, bridge).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(bridge, error = %e, "could not list the bridge's ports");
+            return;
+        }
+    };
+    for (index, name) in ports {
+        if let Err(e) = crate::net::set_hairpin(h, index, &name).await {
             tracing::warn!(port = %name, error = %e, "could not enable hairpin mode");
         }
     }
 }
 
-/// The IPv4 addresses on this host's interfaces (`ip -4 -o addr show`: iproute2 is already a
-/// node dependency of the CNI plugin, and std has no interface enumeration).
-pub fn local_ipv4_addresses() -> Vec<Ipv4Addr> {
-    let out = match std::process::Command::new("ip")
-        .args(["-4", "-o", "addr", "show"])
-        .output()
-    {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-        _ => return Vec::new(),
-    };
-    parse_ip_addr(&out)
-}
-
-fn parse_ip_addr(text: &str) -> Vec<Ipv4Addr> {
-    text.lines()
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            words.find(|w| *w == "inet")?;
-            words.next()?.split('/').next()?.parse().ok()
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_ip_addr_output() {
-        let text = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever\n\
-2: eth0    inet 192.0.2.2/24 brd 192.0.2.255 scope global eth0\\       valid_lft forever preferred_lft forever\n";
-        assert_eq!(
-            parse_ip_addr(text),
-            [Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(192, 0, 2, 2)]
-        );
+/// The IPv4 addresses on this host's interfaces (`ip -4 addr show`, asked through netlink);
+/// none when they cannot be listed (logged).
+pub async fn local_ipv4_addresses(h: &Handle) -> Vec<Ipv4Addr> {
+    match netlink::ipv4_addresses(h, None).await {
+        Ok(addrs) => addrs.into_iter().map(|(_, a)| a.addr()).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list the host's addresses");
+            Vec::new()
+        }
     }
 }

@@ -13,20 +13,28 @@
 //! random one in a Node annotation: every node can compute every other node's MAC, so the agent
 //! needs no write access to Nodes and there is no window in which a node's annotation is missing.
 //!
-//! Links, neighbours and FDB entries go through iproute2's `ip` and `bridge`, as the host-gw
-//! routes and lotse-cni's veths do (moving all link plumbing to netlink is one change of its own).
+//! The link, its neighbours and its FDB entries go to the kernel over netlink
+//! ([`crate::netlink`]).
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
-use std::process::Command;
+use std::net::{IpAddr, Ipv4Addr};
 
+use futures::TryStreamExt;
 use ipnet::Ipv4Net;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::{LinkUnspec, LinkVxlan};
+
+use crate::netlink::{self, Handle, NetlinkError, request};
 
 /// The VXLAN device (flannel's is `flannel.1`).
 pub const DEVICE: &str = "lotse.vxlan";
 /// The VXLAN network identifier (flannel's default).
-pub const VNI: &str = "1";
+pub const VNI: u32 = 1;
 /// The UDP port of the tunnel (flannel's default, the Linux kernel's historical VXLAN port).
-pub const DST_PORT: &str = "8472";
+pub const DST_PORT: u16 = 8472;
 
 /// The VTEP address of the node with pod CIDR `cidr`: its first address.
 pub fn vtep_address(cidr: Ipv4Net) -> Ipv4Addr {
@@ -36,159 +44,207 @@ pub fn vtep_address(cidr: Ipv4Net) -> Ipv4Addr {
 /// The VTEP MAC of the node with InternalIP `ip`: `0e:4c:` and the address's four bytes (a
 /// locally administered unicast address, unique as long as the node addresses are).
 pub fn vtep_mac(ip: Ipv4Addr) -> String {
+    netlink::format_mac(&vtep_mac_bytes(ip))
+}
+
+fn vtep_mac_bytes(ip: Ipv4Addr) -> [u8; 6] {
     let [a, b, c, d] = ip.octets();
-    format!("0e:4c:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+    [0x0e, 0x4c, a, b, c, d]
 }
 
-fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program).args(args).output().map_err(|e| {
-        format!(
-            "{program} {}: {e} (Debian package iproute2)",
-            args.join(" ")
-        )
-    })?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+/// The interface holding `ip` (the tunnel's underlay device), by index.
+async fn device_with(h: &Handle, ip: Ipv4Addr) -> Result<Option<u32>, NetlinkError> {
+    Ok(netlink::ipv4_addresses(h, None)
+        .await?
+        .into_iter()
+        .find(|(_, a)| a.addr() == ip)
+        .map(|(index, _)| index))
 }
 
-/// The interface holding `ip` (the tunnel's underlay device).
-fn device_with(ip: Ipv4Addr) -> Option<String> {
-    let text = run("ip", &["-4", "-o", "addr", "show"]).ok()?;
-    let needle = format!("inet {ip}/");
-    text.lines()
-        .find(|l| l.contains(&needle))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .map(String::from)
+/// Whether the existing device `link` has local end `local` and MAC `mac`.
+fn is_current(link: &LinkMessage, local: Ipv4Addr, mac: &[u8]) -> bool {
+    let has_local = link.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| match i {
+            LinkInfo::Data(InfoData::Vxlan(v)) => v.contains(&InfoVxlan::Local(local)),
+            _ => false,
+        }),
+        _ => false,
+    });
+    has_local
+        && link
+            .attributes
+            .contains(&LinkAttribute::Address(mac.to_vec()))
 }
 
 /// Makes the device for this node (InternalIP `local`, pod CIDR `pod_cidr`): created when
 /// missing or when its local end changed, MAC and `/32` VTEP address set, up.
-pub fn ensure_device(local: Ipv4Addr, pod_cidr: Ipv4Net) -> Result<(), String> {
-    let mac = vtep_mac(local);
-    let details = run("ip", &["-d", "link", "show", DEVICE]).ok();
-    let current = details
-        .as_deref()
-        .is_some_and(|d| d.contains(&format!("local {local} ")) && d.contains(&mac));
-    if details.is_some() && !current {
-        run("ip", &["link", "del", DEVICE])?;
+pub async fn ensure_device(
+    h: &Handle,
+    local: Ipv4Addr,
+    pod_cidr: Ipv4Net,
+) -> Result<(), NetlinkError> {
+    let mac = vtep_mac_bytes(local);
+    let existing = netlink::link(h, DEVICE).await?;
+    let current = existing
+        .as_ref()
+        .is_some_and(|l| is_current(l, local, &mac));
+    if let Some(link) = existing.as_ref().filter(|_| !current) {
+        h.link()
+            .del(link.header.index)
+            .execute()
+            .await
+            .map_err(request(format!("link del {DEVICE}")))?;
     }
     if !current {
-        let (l, dev) = (local.to_string(), device_with(local));
-        let mut args = vec![
-            "link",
-            "add",
-            DEVICE,
-            "address",
-            &mac,
-            "type",
-            "vxlan",
-            "id",
-            VNI,
-            "local",
-            &l,
-            "dstport",
-            DST_PORT,
-            "nolearning",
-        ];
-        if let Some(dev) = &dev {
-            args.extend(["dev", dev]);
+        let mut vxlan = LinkVxlan::new(DEVICE, VNI)
+            .address(mac.to_vec())
+            .local(local)
+            .port(DST_PORT)
+            .learning(false);
+        let underlay = device_with(h, local).await?;
+        if let Some(dev) = underlay {
+            vxlan = vxlan.dev(dev);
         }
-        run("ip", &args)?;
-        tracing::info!(device = DEVICE, local = %local, mac = %mac, "created the VXLAN device");
+        h.link()
+            .add(vxlan.build())
+            .execute()
+            .await
+            .map_err(request(format!(
+                "link add {DEVICE} address {} type vxlan id {VNI} local {local} dstport {DST_PORT} nolearning",
+                netlink::format_mac(&mac)
+            )))?;
+        tracing::info!(device = DEVICE, local = %local, mac = %netlink::format_mac(&mac), "created the VXLAN device");
     }
-    let addr = format!("{}/32", vtep_address(pod_cidr));
-    run("ip", &["addr", "replace", &addr, "dev", DEVICE])?;
-    run("ip", &["link", "set", DEVICE, "up"])?;
-    Ok(())
+    let index = netlink::require_link(h, DEVICE).await?;
+    let vtep = vtep_address(pod_cidr);
+    h.address()
+        .add(index, IpAddr::V4(vtep), 32)
+        .replace()
+        .execute()
+        .await
+        .map_err(request(format!("addr replace {vtep}/32 dev {DEVICE}")))?;
+    h.link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(request(format!("link set {DEVICE} up")))
 }
 
 /// Removes the device (the node switched to host-gw), if there is one.
-pub fn remove_device() {
-    if run("ip", &["link", "show", DEVICE]).is_ok() {
-        match run("ip", &["link", "del", DEVICE]) {
-            Ok(_) => tracing::info!(device = DEVICE, "removed the VXLAN device"),
-            Err(e) => tracing::warn!(error = %e, "removing the VXLAN device"),
+pub async fn remove_device(h: &Handle) {
+    let index = match netlink::link_index(h, DEVICE).await {
+        Ok(Some(i)) => i,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "looking for the VXLAN device");
+            return;
+        }
+    };
+    match h.link().del(index).execute().await {
+        Ok(()) => tracing::info!(device = DEVICE, "removed the VXLAN device"),
+        Err(e) => {
+            tracing::warn!(error = %request(format!("link del {DEVICE}"))(e), "removing the VXLAN device")
         }
     }
 }
 
-/// Parses `ip neigh show dev lotse.vxlan` into address → MAC.
-pub fn parse_neighbours(text: &str) -> BTreeMap<Ipv4Addr, String> {
-    text.lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            let ip = w.next()?.parse().ok()?;
-            let mac = w.skip_while(|x| *x != "lladdr").nth(1)?;
-            Some((ip, mac.to_string()))
-        })
-        .collect()
+/// The IPv4 neighbour entry in `msg` as address → MAC (`ip neigh show`: entries without a MAC,
+/// such as FAILED ones, are none).
+pub fn neighbour_entry(msg: &NeighbourMessage) -> Option<(Ipv4Addr, String)> {
+    let mut ip = None;
+    let mut mac = None;
+    for a in &msg.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => ip = Some(*d),
+            // FDB entries (AF_BRIDGE) carry the tunnel destination as bare bytes.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                ip = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+            }
+            NeighbourAttribute::LinkLayerAddress(l) => mac = Some(netlink::format_mac(l)),
+            _ => {}
+        }
+    }
+    Some((ip?, mac?))
 }
 
-/// Parses `bridge fdb show dev lotse.vxlan` into MAC → tunnel destination.
-pub fn parse_fdb(text: &str) -> BTreeMap<String, Ipv4Addr> {
-    text.lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            let mac = w.next()?.to_string();
-            let dst = w.skip_while(|x| *x != "dst").nth(1)?.parse().ok()?;
-            Some((mac, dst))
-        })
-        .collect()
+/// The FDB entry in `msg` as MAC → tunnel destination (`bridge fdb show`: entries without a
+/// destination are none).
+pub fn fdb_entry(msg: &NeighbourMessage) -> Option<(String, Ipv4Addr)> {
+    let (dst, mac) = neighbour_entry(msg)?;
+    Some((mac, dst))
+}
+
+/// The device's neighbour (`AddressFamily::Inet`) or FDB (`AddressFamily::Bridge`) entries.
+async fn entries(
+    h: &Handle,
+    family: AddressFamily,
+    index: u32,
+) -> Result<Vec<NeighbourMessage>, NetlinkError> {
+    let all: Vec<NeighbourMessage> = h
+        .neighbours()
+        .get()
+        .set_address_family(family)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(request(match family {
+            AddressFamily::Bridge => format!("fdb show dev {DEVICE}"),
+            _ => format!("-4 neigh show dev {DEVICE}"),
+        }))?;
+    Ok(all
+        .into_iter()
+        .filter(|m| m.header.ifindex == index && m.header.family == family)
+        .collect())
 }
 
 /// Makes the neighbour and FDB entries of the device what `peers` (podCIDR → InternalIP of
 /// every other node) need, removing those of nodes that are gone. Returns the problems.
-pub fn sync_peers(peers: &BTreeMap<Ipv4Net, Ipv4Addr>) -> Vec<String> {
+pub async fn sync_peers(h: &Handle, peers: &BTreeMap<Ipv4Net, Ipv4Addr>) -> Vec<String> {
+    let index = match netlink::require_link(h, DEVICE).await {
+        Ok(i) => i,
+        Err(e) => return vec![e.to_string()],
+    };
     let mut problems = Vec::new();
-    let neigh = run("ip", &["-4", "neigh", "show", "dev", DEVICE])
-        .map(|t| parse_neighbours(&t))
+    let neigh_msgs = entries(h, AddressFamily::Inet, index)
+        .await
         .unwrap_or_default();
-    let fdb = run("bridge", &["fdb", "show", "dev", DEVICE])
-        .map(|t| parse_fdb(&t))
+    let fdb_msgs = entries(h, AddressFamily::Bridge, index)
+        .await
         .unwrap_or_default();
+    let neigh: BTreeMap<Ipv4Addr, String> = neigh_msgs.iter().filter_map(neighbour_entry).collect();
+    let fdb: BTreeMap<String, Ipv4Addr> = fdb_msgs.iter().filter_map(fdb_entry).collect();
     let mut want_neigh = BTreeSet::new();
     let mut want_fdb = BTreeSet::new();
     for (cidr, node) in peers {
         let (vtep, mac) = (vtep_address(*cidr), vtep_mac(*node));
+        let mac_bytes = vtep_mac_bytes(*node);
         if neigh.get(&vtep) != Some(&mac) {
-            let v = vtep.to_string();
-            let args = [
-                "neigh",
-                "replace",
-                &v,
-                "lladdr",
-                &mac,
-                "dev",
-                DEVICE,
-                "nud",
-                "permanent",
-            ];
-            if let Err(e) = run("ip", &args) {
-                problems.push(e);
+            let added = h
+                .neighbours()
+                .add(index, IpAddr::V4(vtep))
+                .link_layer_address(&mac_bytes)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await;
+            if let Err(e) = added {
+                let op = format!("neigh replace {vtep} lladdr {mac} dev {DEVICE} nud permanent");
+                problems.push(request(op)(e).to_string());
             }
         }
         if fdb.get(&mac) != Some(node) {
-            let n = node.to_string();
-            let args = [
-                "fdb",
-                "replace",
-                &mac,
-                "dev",
-                DEVICE,
-                "dst",
-                &n,
-                "self",
-                "permanent",
-            ];
-            if let Err(e) = run("bridge", &args) {
-                problems.push(e);
+            let added = h
+                .neighbours()
+                .add_bridge(index, &mac_bytes)
+                .destination(IpAddr::V4(*node))
+                .flags(NeighbourFlags::Own)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await;
+            if let Err(e) = added {
+                let op = format!("fdb replace {mac} dev {DEVICE} dst {node} self permanent");
+                problems.push(request(op)(e).to_string());
             } else {
                 tracing::info!(node = %node, mac = %mac, vtep = %vtep, "VXLAN peer");
             }
@@ -196,19 +252,25 @@ pub fn sync_peers(peers: &BTreeMap<Ipv4Net, Ipv4Addr>) -> Vec<String> {
         want_neigh.insert(vtep);
         want_fdb.insert(mac);
     }
-    for vtep in neigh.keys().filter(|v| !want_neigh.contains(*v)) {
-        let v = vtep.to_string();
-        if let Err(e) = run("ip", &["neigh", "del", &v, "dev", DEVICE]) {
-            problems.push(e);
+    for msg in neigh_msgs {
+        let Some((vtep, _)) = neighbour_entry(&msg) else {
+            continue;
+        };
+        if !want_neigh.contains(&vtep)
+            && let Err(e) = h.neighbours().del(msg).execute().await
+        {
+            problems.push(request(format!("neigh del {vtep} dev {DEVICE}"))(e).to_string());
         }
     }
-    for (mac, dst) in fdb.iter().filter(|(m, _)| !want_fdb.contains(*m)) {
-        let d = dst.to_string();
-        if let Err(e) = run(
-            "bridge",
-            &["fdb", "del", mac, "dev", DEVICE, "dst", &d, "self"],
-        ) {
-            problems.push(e);
+    for msg in fdb_msgs {
+        let Some((mac, dst)) = fdb_entry(&msg) else {
+            continue;
+        };
+        if !want_fdb.contains(&mac)
+            && let Err(e) = h.neighbours().del(msg).execute().await
+        {
+            let op = format!("fdb del {mac} dev {DEVICE} dst {dst} self");
+            problems.push(request(op)(e).to_string());
         }
     }
     problems
@@ -227,21 +289,133 @@ mod tests {
         );
     }
 
+    /// The device, its peers and their removal, in a throwaway network namespace.
     #[test]
-    fn parses_neighbours_and_fdb_entries() {
-        let n =
-            parse_neighbours("10.244.1.0 lladdr 0e:4c:0a:d5:00:02 PERMANENT\n10.244.2.0 FAILED\n");
-        assert_eq!(n.len(), 1);
-        assert_eq!(n[&"10.244.1.0".parse().unwrap()], "0e:4c:0a:d5:00:02");
-        let f = parse_fdb(
-            "0e:4c:0a:d5:00:02 dst 10.213.0.2 self permanent\n\
-             00:00:00:00:00:00 dst 10.213.0.9 self permanent\n\
-             33:33:00:00:00:01 self permanent\n",
-        );
-        assert_eq!(f.len(), 2);
-        assert_eq!(
-            f["0e:4c:0a:d5:00:02"],
-            "10.213.0.2".parse::<Ipv4Addr>().unwrap()
-        );
+    fn device_and_peers_are_made_kept_and_removed() {
+        use crate::netlink::testns::TestNetns;
+        use rtnetlink::LinkBridge;
+        let Some(ns) = TestNetns::new() else { return };
+        netlink::in_netns(ns.path(), |h| async move {
+            h.link()
+                .add(LinkBridge::new("underlay").build())
+                .execute()
+                .await
+                .unwrap();
+            let ul = netlink::require_link(&h, "underlay").await?;
+            for a in ["10.213.0.1/24", "10.213.0.11/24"] {
+                netlink::ensure_ipv4_address(&h, ul, "underlay", a.parse().unwrap()).await?;
+            }
+            h.link()
+                .set(LinkUnspec::new_with_index(ul).up().build())
+                .execute()
+                .await
+                .unwrap();
+            let local: Ipv4Addr = "10.213.0.1".parse().unwrap();
+            let pod_cidr: Ipv4Net = "10.244.0.0/24".parse().unwrap();
+            ensure_device(&h, local, pod_cidr).await?;
+            let dev = netlink::link(&h, DEVICE).await?.unwrap();
+            assert!(is_current(&dev, local, &vtep_mac_bytes(local)));
+            assert_eq!(netlink::link_mac(&dev), "0e:4c:0a:d5:00:01");
+            assert_eq!(
+                netlink::ipv4_addresses(&h, Some(dev.header.index)).await?,
+                vec![(dev.header.index, "10.244.0.0/32".parse().unwrap())]
+            );
+            let vxlan_info = dev.attributes.iter().find_map(|a| match a {
+                LinkAttribute::LinkInfo(i) => i.iter().find_map(|i| match i {
+                    LinkInfo::Data(InfoData::Vxlan(v)) => Some(v.clone()),
+                    _ => None,
+                }),
+                _ => None,
+            });
+            let v = vxlan_info.unwrap();
+            for want in [
+                InfoVxlan::Id(1),
+                InfoVxlan::Port(8472),
+                InfoVxlan::Learning(false),
+                InfoVxlan::Link(ul),
+            ] {
+                assert!(v.contains(&want), "{want:?} not in {v:?}");
+            }
+            // Unchanged: kept as it is.
+            ensure_device(&h, local, pod_cidr).await?;
+            assert_eq!(netlink::require_link(&h, DEVICE).await?, dev.header.index);
+
+            let peers: BTreeMap<Ipv4Net, Ipv4Addr> = [
+                (
+                    "10.244.1.0/24".parse().unwrap(),
+                    "10.213.0.2".parse().unwrap(),
+                ),
+                (
+                    "10.244.2.0/24".parse().unwrap(),
+                    "10.213.0.3".parse().unwrap(),
+                ),
+            ]
+            .into();
+            assert_eq!(sync_peers(&h, &peers).await, Vec::<String>::new());
+            let index = dev.header.index;
+            let neigh = |h: Handle| async move {
+                let n: BTreeMap<Ipv4Addr, String> = entries(&h, AddressFamily::Inet, index)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .filter_map(neighbour_entry)
+                    .collect();
+                let f: BTreeMap<String, Ipv4Addr> = entries(&h, AddressFamily::Bridge, index)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .filter_map(fdb_entry)
+                    .collect();
+                (n, f)
+            };
+            let (n, f) = neigh(h.clone()).await;
+            assert_eq!(
+                n,
+                [
+                    (
+                        "10.244.1.0".parse().unwrap(),
+                        "0e:4c:0a:d5:00:02".to_string()
+                    ),
+                    (
+                        "10.244.2.0".parse().unwrap(),
+                        "0e:4c:0a:d5:00:03".to_string()
+                    )
+                ]
+                .into()
+            );
+            assert_eq!(
+                f,
+                [
+                    (
+                        "0e:4c:0a:d5:00:02".to_string(),
+                        "10.213.0.2".parse().unwrap()
+                    ),
+                    (
+                        "0e:4c:0a:d5:00:03".to_string(),
+                        "10.213.0.3".parse().unwrap()
+                    )
+                ]
+                .into()
+            );
+            let one: BTreeMap<Ipv4Net, Ipv4Addr> = [(
+                "10.244.1.0/24".parse().unwrap(),
+                "10.213.0.2".parse().unwrap(),
+            )]
+            .into();
+            assert_eq!(sync_peers(&h, &one).await, Vec::<String>::new());
+            let (n, f) = neigh(h.clone()).await;
+            assert_eq!(n.len(), 1, "{n:?}");
+            assert_eq!(f.len(), 1, "{f:?}");
+
+            // A new local end: the device is made anew.
+            let moved: Ipv4Addr = "10.213.0.11".parse().unwrap();
+            ensure_device(&h, moved, pod_cidr).await?;
+            let dev2 = netlink::link(&h, DEVICE).await?.unwrap();
+            assert!(is_current(&dev2, moved, &vtep_mac_bytes(moved)));
+            remove_device(&h).await;
+            assert_eq!(netlink::link_index(&h, DEVICE).await?, None);
+            Ok::<_, NetlinkError>(())
+        })
+        .unwrap();
     }
 }
