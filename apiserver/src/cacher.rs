@@ -2,7 +2,7 @@
 //! recent events, from which `resourceVersion=0` lists, consistent lists and all watches are
 //! served, so N watchers cost one storage watch.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -273,6 +273,29 @@ pub struct CacheEvent {
 }
 
 impl CacheEvent {
+    /// An event whose object's bytes are a slice of its watch line: one allocation holds both
+    /// (the ring and the cache would otherwise keep every recent object twice).
+    pub fn new(
+        event_type: CacheEventType,
+        mut object: CachedObject,
+        prev: Option<Arc<CachedObject>>,
+    ) -> Self {
+        let name = match event_type {
+            CacheEventType::Added => "ADDED",
+            CacheEventType::Modified => "MODIFIED",
+            CacheEventType::Deleted => "DELETED",
+        };
+        let line = watch_line(name, &object.raw);
+        let start = line.len() - object.raw.len() - 2;
+        object.raw = line.slice(start..line.len() - 2);
+        CacheEvent {
+            line,
+            event_type,
+            object: Arc::new(object),
+            prev,
+        }
+    }
+
     /// The event's revision.
     pub fn rv(&self) -> Revision {
         self.object.rv
@@ -485,6 +508,7 @@ impl CacheHub {
         let mut history: Vec<Vec<Arc<CacheEvent>>> = vec![Vec::new(); caches.len()];
         let mut stream = self.storage.watch("/registry/", from).await?;
         let mut n = 0;
+        let mut last = HashMap::new();
         while let Some(ev) = stream.next().await {
             let ev = ev?;
             let rev = ev.kv.mod_revision;
@@ -492,7 +516,7 @@ impl CacheHub {
                 break;
             }
             if let Some(i) = caches.iter().position(|c| ev.kv.key.starts_with(&c.prefix))
-                && let Some(e) = caches[i].history_event(&ev)
+                && let Some(e) = caches[i].history_event(&ev, &mut last)
             {
                 history[i].push(e);
                 n += 1;
@@ -513,6 +537,19 @@ impl CacheHub {
                 from
             };
             st.ring = events.into_iter().skip(keep).collect();
+            // The newest event of an unchanged object carries the same bytes as the relisted
+            // object: keep one copy (the event's, which shares its watch line).
+            let State { objects, ring, .. } = &mut *st;
+            for ev in ring
+                .iter()
+                .filter(|e| e.event_type != CacheEventType::Deleted)
+            {
+                if let Some(o) = objects.get_mut(&ev.object.key)
+                    && o.rv == ev.object.rv
+                {
+                    *o = ev.object.clone();
+                }
+            }
         }
         Ok(n)
     }
@@ -520,25 +557,29 @@ impl CacheHub {
 
 impl Cacher {
     /// A storage history event as the watch cache would have recorded it.
-    fn history_event(&self, ev: &crate::storage::Event) -> Option<Arc<CacheEvent>> {
+    /// `last` holds each key's newest object of the history read so far: a previous state found
+    /// there is shared, not decoded again.
+    fn history_event(
+        &self,
+        ev: &crate::storage::Event,
+        last: &mut HashMap<String, Arc<CachedObject>>,
+    ) -> Option<Arc<CacheEvent>> {
         let rev = ev.kv.mod_revision;
-        let object = Arc::new(CachedObject::decode(self.def, &ev.kv.key, &ev.kv.value, rev).ok()?);
-        let prev = ev.prev_kv.as_ref().and_then(|p| {
-            CachedObject::decode(self.def, &p.key, &p.value, p.mod_revision)
+        let object = CachedObject::decode(self.def, &ev.kv.key, &ev.kv.value, rev).ok()?;
+        let prev = ev.prev_kv.as_ref().and_then(|p| match last.get(&p.key) {
+            Some(o) if o.rv == p.mod_revision => Some(o.clone()),
+            _ => CachedObject::decode(self.def, &p.key, &p.value, p.mod_revision)
                 .ok()
-                .map(Arc::new)
+                .map(Arc::new),
         });
-        let (event_type, name) = match ev.event_type {
-            EventType::Delete => (CacheEventType::Deleted, "DELETED"),
-            EventType::Update => (CacheEventType::Modified, "MODIFIED"),
-            EventType::Create => (CacheEventType::Added, "ADDED"),
+        let event_type = match ev.event_type {
+            EventType::Delete => CacheEventType::Deleted,
+            EventType::Update => CacheEventType::Modified,
+            EventType::Create => CacheEventType::Added,
         };
-        Some(Arc::new(CacheEvent {
-            line: watch_line(name, &object.raw),
-            event_type,
-            object,
-            prev,
-        }))
+        let ev = Arc::new(CacheEvent::new(event_type, object, prev));
+        last.insert(ev.object.key.clone(), ev.object.clone());
+        Some(ev)
     }
 
     fn new(
@@ -608,39 +649,30 @@ impl Cacher {
     async fn apply(&self, event_type: EventType, kv: &KeyValue) {
         let rev = kv.mod_revision;
         let object = match CachedObject::decode(self.def, &kv.key, &kv.value, rev) {
-            Ok(o) => Arc::new(o),
+            Ok(o) => o,
             Err(e) => {
                 tracing::error!(error = %e, "skipping undecodable event");
                 return;
             }
         };
         let mut st = self.state.write().await;
-        let prev = match event_type {
-            EventType::Delete => st.objects.remove(&kv.key),
-            EventType::Create | EventType::Update => {
-                st.objects.insert(kv.key.clone(), object.clone())
+        let event_type = match event_type {
+            EventType::Delete => CacheEventType::Deleted,
+            EventType::Create | EventType::Update if st.objects.contains_key(&kv.key) => {
+                CacheEventType::Modified
             }
+            EventType::Create | EventType::Update => CacheEventType::Added,
         };
+        let prev = if event_type == CacheEventType::Deleted {
+            st.objects.remove(&kv.key)
+        } else {
+            st.objects.get(&kv.key).cloned()
+        };
+        let ev = Arc::new(CacheEvent::new(event_type, object, prev));
+        if event_type != CacheEventType::Deleted {
+            st.objects.insert(kv.key.clone(), ev.object.clone());
+        }
         self.count.store(st.objects.len(), Ordering::Relaxed);
-        let event_type = match (event_type, &prev) {
-            (EventType::Delete, _) => CacheEventType::Deleted,
-            (_, Some(_)) => CacheEventType::Modified,
-            (_, None) => CacheEventType::Added,
-        };
-        let line = watch_line(
-            match event_type {
-                CacheEventType::Added => "ADDED",
-                CacheEventType::Modified => "MODIFIED",
-                CacheEventType::Deleted => "DELETED",
-            },
-            &object.raw,
-        );
-        let ev = Arc::new(CacheEvent {
-            line,
-            event_type,
-            object,
-            prev,
-        });
         st.ring.push_back(ev.clone());
         while st.ring.len() > RING_CAPACITY {
             if let Some(old) = st.ring.pop_front() {

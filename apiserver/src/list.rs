@@ -263,14 +263,13 @@ pub async fn serve(ctx: &Ctx<'_>) -> ApiResult<Response> {
     match response_format(header_str(ctx.headers, header::ACCEPT)) {
         ResponseFormat::Json => Ok(json_response(StatusCode::OK, list_bytes(def, &page))),
         ResponseFormat::Table => {
-            let objs: Vec<Value> = page
+            let objs = page
                 .items
                 .iter()
-                .filter_map(|o| serde_json::from_slice(&o.raw).ok())
-                .collect();
+                .filter_map(|o| serde_json::from_slice::<Value>(&o.raw).ok());
             let t = crate::table::build(
                 def,
-                &objs,
+                objs,
                 ctx.query,
                 Some(page.revision.to_string()),
                 page.cont.clone(),

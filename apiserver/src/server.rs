@@ -565,6 +565,7 @@ pub async fn start_with(
     );
     // As kube-apiserver: each tick compacts to the revision of the previous tick.
     crate::storage::compactor::spawn_compactor(storage.clone(), cfg.compaction_interval, 0);
+    crate::memory::spawn_trimmer();
     crate::authn::install(&state, &pki)
         .map_err(|e| ServerError::Config(format!("service-account key: {e}")))?;
     crate::components::start(&state, &pki, &server_url, &cfg.data_dir).map_err(ServerError::Pki)?;

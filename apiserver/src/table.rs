@@ -43,10 +43,11 @@ pub fn row(def: &ResourceDef, obj: &Value, query: &Query) -> Value {
 }
 
 /// A Table of `objects`; `with_columns` false omits columnDefinitions (watch events after the
-/// first).
-pub fn build(
+/// first). Objects may be decoded as they are consumed: each becomes its (much smaller) row
+/// before the next is read, so a LIST of many never holds them all decoded.
+pub fn build<V: std::borrow::Borrow<Value>>(
     def: &ResourceDef,
-    objects: &[Value],
+    objects: impl IntoIterator<Item = V>,
     query: &Query,
     rv: Option<String>,
     cont: Option<String>,
@@ -59,7 +60,10 @@ pub fn build(
     if let Some(c) = cont {
         meta.insert("continue".into(), Value::String(c));
     }
-    let rows: Vec<Value> = objects.iter().map(|o| row(def, o, query)).collect();
+    let rows: Vec<Value> = objects
+        .into_iter()
+        .map(|o| row(def, o.borrow(), query))
+        .collect();
     let mut t = json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",

@@ -11,8 +11,9 @@
 //! machine ([`UNDERLAY_TABLE`]), so replies find their way back. Traffic between the nodes and to
 //! the pod network keeps its source address.
 //!
-//! Links and addresses are made with iproute2's `ip`, as lotse-cni makes the node bridge and the
-//! pods' veths today (moving all link plumbing to netlink is one change of its own).
+//! Links, addresses and the node namespaces are still made with iproute2's `ip` here (lotse-cni
+//! and the node agent use netlink, `cni_plugin::netlink`); moving this launcher-side plumbing
+//! to netlink is left for a change of its own.
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

@@ -545,7 +545,7 @@ fn configure(conn: &Connection) -> Result<()> {
          PRAGMA synchronous = NORMAL;
          PRAGMA temp_store = MEMORY;
          PRAGMA cache_size = -8192;
-         PRAGMA mmap_size = 268435456;",
+         PRAGMA mmap_size = 0;",
     )
     .map_err(db)?;
     conn.set_prepared_statement_cache_capacity(32);
@@ -692,7 +692,7 @@ impl ReadPool {
         .map_err(db)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
         conn.execute_batch(
-            "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -8192; PRAGMA mmap_size = 268435456;",
+            "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -8192; PRAGMA mmap_size = 0;",
         )
         .map_err(db)?;
         conn.set_prepared_statement_cache_capacity(32);
