@@ -3,6 +3,7 @@
 //! Kubernetes' claims. A token stops working when its ServiceAccount (or bound pod or secret)
 //! is deleted or replaced by a new object of the same name.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, header};
@@ -53,7 +54,15 @@ pub struct TokenAuthority {
     public: Vec<u8>,
     key_id: String,
     rng: SystemRandom,
+    /// Claims of tokens whose signature verified, by the token's SHA-256: a client sends the
+    /// same token with every request, and the signature check is most of a request's
+    /// authentication cost. Issuer, audience, time and the bound objects are still checked
+    /// on every request, so revocation is as immediate as without it.
+    verified: std::sync::Mutex<HashMap<[u8; 32], Arc<Value>>>,
 }
+
+/// Verified tokens remembered at most (the memory is dropped whole when full).
+const VERIFIED_TOKENS: usize = 4096;
 
 impl std::fmt::Debug for TokenAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -94,6 +103,7 @@ impl TokenAuthority {
             public,
             key_id,
             rng,
+            verified: Default::default(),
         })
     }
 
@@ -116,7 +126,29 @@ impl TokenAuthority {
     }
 
     /// Verifies signature, issuer, audience and time; returns the claims.
-    pub fn verify(&self, token: &str, now: i64) -> Result<Value, TokenError> {
+    pub fn verify(&self, token: &str, now: i64) -> Result<Arc<Value>, TokenError> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut id = [0u8; 32];
+        id.copy_from_slice(digest.as_ref());
+        let known = self.verified.lock().ok().and_then(|m| m.get(&id).cloned());
+        let claims = match known {
+            Some(c) => c,
+            None => {
+                let c = Arc::new(self.verify_signature(token)?);
+                if let Ok(mut m) = self.verified.lock() {
+                    if m.len() >= VERIFIED_TOKENS {
+                        m.clear();
+                    }
+                    m.insert(id, c.clone());
+                }
+                c
+            }
+        };
+        Self::check_claims(claims, now)
+    }
+
+    /// Checks the JWT's shape and ES256 signature; returns its claims.
+    fn verify_signature(&self, token: &str) -> Result<Value, TokenError> {
         let mut parts = token.split('.');
         let (Some(h), Some(c), Some(s), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -137,11 +169,15 @@ impl TokenAuthority {
         UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &self.public)
             .verify(format!("{h}.{c}").as_bytes(), &sig)
             .map_err(|_| TokenError::Signature)?;
-        let claims: Value = URL_SAFE_NO_PAD
+        URL_SAFE_NO_PAD
             .decode(c)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(TokenError::Malformed)?;
+            .ok_or(TokenError::Malformed)
+    }
+
+    /// Issuer, audience and validity time of verified claims.
+    fn check_claims(claims: Arc<Value>, now: i64) -> Result<Arc<Value>, TokenError> {
         if claims.get("iss").and_then(Value::as_str) != Some(ISSUER) {
             return Err(TokenError::Audience);
         }
