@@ -154,12 +154,42 @@ pub fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
 /// The default pod CIDR of a single node (first /24 of the default cluster CIDR).
 pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/24";
 
+/// Starts the kubelet's own containerd (after writing the CNI configuration and registry
+/// settings it reads) ahead of [`run_with`], so that a launcher can overlap containerd's start
+/// with its apiserver's.
+pub async fn start_containerd(
+    root_dir: &std::path::Path,
+    pod_cidr: &str,
+    registry_config: Option<&std::path::Path>,
+) -> Result<runtime::Containerd, Error> {
+    let layout = runtime::Layout {
+        root: root_dir.to_path_buf(),
+    };
+    std::fs::create_dir_all(layout.images())
+        .map_err(|e| Error::Runtime(format!("create {}: {e}", layout.images().display())))?;
+    runtime::setup_cni(&layout, pod_cidr)?;
+    images::apply_registry_config(&layout, registry_config)
+        .map_err(|e| Error::Runtime(format!("registry configuration: {e}")))?;
+    runtime::Containerd::start(&layout).await
+}
+
 /// Runs the kubelet until `shutdown` resolves. Pods keep running when it stops (containerd's
 /// shims own them); a restarted kubelet adopts them.
 pub async fn run(
+    config: Config,
+    client: kube::Client,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    run_with(config, client, shutdown, None).await
+}
+
+/// [`run`] with a containerd already started by [`start_containerd`] (for the same root dir
+/// and pod CIDR), which it then supervises as its own.
+pub async fn run_with(
     mut config: Config,
     client: kube::Client,
     shutdown: impl std::future::Future<Output = ()>,
+    started: Option<runtime::Containerd>,
 ) -> Result<(), Error> {
     let layout = runtime::Layout {
         root: config.root_dir.clone(),
@@ -180,10 +210,17 @@ pub async fn run(
         _ if simulated => layout.socket().to_string_lossy().into_owned(),
         Some(e) => e.clone(),
         None => {
-            runtime::setup_cni(&layout, &pod_cidr)?;
-            images::apply_registry_config(&layout, config.images.registry_config.as_deref())
-                .map_err(|e| Error::Runtime(format!("registry configuration: {e}")))?;
-            containerd = Some(runtime::Containerd::start(&layout).await?);
+            containerd = Some(match started {
+                Some(c) => c,
+                None => {
+                    start_containerd(
+                        &config.root_dir,
+                        &pod_cidr,
+                        config.images.registry_config.as_deref(),
+                    )
+                    .await?
+                }
+            });
             layout.socket().to_string_lossy().into_owned()
         }
     };

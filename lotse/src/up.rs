@@ -186,6 +186,22 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let registry_config = a
+        .registry_config
+        .clone()
+        .or_else(|| Some(data_dir.join("registries.yaml")).filter(|p| p.is_file()));
+    // containerd needs nothing from the apiserver: it starts while the apiserver does, and the
+    // kubelet takes it over once the API is up.
+    let containerd = (!simulated).then(|| {
+        let (root, cidr, registries) = (
+            root_dir.clone(),
+            a.pod_cidr.clone(),
+            registry_config.clone(),
+        );
+        tokio::spawn(
+            async move { kubelet::start_containerd(&root, &cidr, registries.as_deref()).await },
+        )
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -371,10 +387,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         pod_cidr: Some(a.pod_cidr),
         port: a.kubelet_port,
         ca_pem: running.pki.ca_cert_pem(),
-        registry_config: a
-            .registry_config
-            .clone()
-            .or_else(|| Some(data_dir.join("registries.yaml")).filter(|p| p.is_file())),
+        registry_config,
         cluster_dns,
         cluster_domain: a.cluster_domain.clone(),
         cgroup_root: "/".into(),
@@ -386,7 +399,21 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
     }
     let node_client = client_from(&node_kc).await?;
     let kcfg_name = kcfg.node_name.clone();
-    let kubelet = tokio::spawn(kubelet::run(kcfg, node_client, stopped(stop_rx.clone())));
+    let containerd = match containerd {
+        Some(started) => Some(
+            started
+                .await
+                .context("starting containerd")?
+                .context("starting containerd")?,
+        ),
+        None => None,
+    };
+    let kubelet = tokio::spawn(kubelet::run_with(
+        kcfg,
+        node_client,
+        stopped(stop_rx.clone()),
+        containerd,
+    ));
     // `lotse down` / `lotse reset` find this process through its pid file.
     let pid_file = data_dir.join(crate::down::PID_FILE);
     std::fs::write(&pid_file, std::process::id().to_string())

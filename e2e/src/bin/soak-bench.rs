@@ -58,6 +58,8 @@ struct Counters {
     other_errors: AtomicU64,
     out_of_order: AtomicU64,
     relists: AtomicU64,
+    /// Watch events and re-lists seen by all watchers (to tell when they have caught up).
+    seen: AtomicU64,
 }
 
 fn cm(name: &str, v: u64) -> ConfigMap {
@@ -142,6 +144,7 @@ async fn watcher(
         if rv.is_empty() {
             match api.list(&ListParams::default()).await {
                 Ok(list) => {
+                    c.seen.fetch_add(1, Ordering::Relaxed);
                     view = list
                         .items
                         .iter()
@@ -166,6 +169,7 @@ async fn watcher(
                 n = stream.next() => n,
                 _ = async { let mut s = stop.clone(); let _ = s.wait_for(|v| *v).await; } => break 'outer,
             };
+            c.seen.fetch_add(1, Ordering::Relaxed);
             match next {
                 None => continue 'outer,
                 Some(Ok(WatchEvent::Added(o) | WatchEvent::Modified(o))) => {
@@ -281,8 +285,23 @@ async fn main() -> anyhow::Result<()> {
     for w in writers {
         let _ = w.await;
     }
-    // Let the watchers catch up, then compare their views with the final state.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Let the watchers catch up (nothing new for 5 s, at most 5 minutes: a loaded machine may
+    // leave them far behind the writers), then compare their views with the final state.
+    let caught_up = Instant::now();
+    let (mut last_seen, mut quiet_since) = (u64::MAX, Instant::now());
+    while caught_up.elapsed() < Duration::from_secs(300) {
+        let seen = counters.seen.load(Ordering::Relaxed);
+        if seen != last_seen {
+            (last_seen, quiet_since) = (seen, Instant::now());
+        } else if quiet_since.elapsed() >= Duration::from_secs(5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!(
+        "watchers caught up {:.1} s after the writers stopped",
+        caught_up.elapsed().as_secs_f64() - 5.0
+    );
     let _ = stop_tx.send(true);
     let truth: BTreeMap<String, u64> = api
         .list(&ListParams::default())
