@@ -61,7 +61,26 @@ pub async fn worker(k: Arc<Kubelet>, uid: String, mut rx: watch::Receiver<Option
             }
             Phase::Live => {}
         }
-        let _ = tokio::time::timeout(interval, rx.changed()).await;
+        // Until the pod changes, an image pull of this pass ends, or the resync interval.
+        let pulls: Vec<_> = memory
+            .containers
+            .values()
+            .filter_map(|m| m.image.pull_in_flight())
+            .collect();
+        let pulled = async {
+            if pulls.is_empty() {
+                std::future::pending::<()>().await
+            } else {
+                futures::future::select_all(pulls.iter().map(|n| Box::pin(n.notified()))).await;
+            }
+        };
+        let _ = tokio::time::timeout(interval, async {
+            tokio::select! {
+                _ = rx.changed() => {}
+                _ = pulled => {}
+            }
+        })
+        .await;
         if rx.has_changed().is_err() && rx.borrow().is_none() {
             // Sender dropped and last value says gone: one more pass tears down.
             continue;
