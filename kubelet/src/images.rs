@@ -294,11 +294,21 @@ type Outcome = Result<String, String>;
 #[derive(Default)]
 pub struct ContainerImage {
     pull: Option<(String, tokio::task::JoinHandle<Outcome>)>,
+    /// Notified when a pull task ends, so that the worker looks again at once (Kubernetes'
+    /// SyncPod creates the container right after its pull) instead of at its next resync.
+    pulled: Arc<tokio::sync::Notify>,
     backoff: Option<Duration>,
     retry_at: Option<Instant>,
     last_error: String,
     backoff_reported: bool,
     reported: Option<String>,
+}
+
+impl ContainerImage {
+    /// With a pull in flight, what its end notifies (a permit is kept if nobody waits yet).
+    pub fn pull_in_flight(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.pull.as_ref().map(|_| self.pulled.clone())
+    }
 }
 
 impl Drop for ContainerImage {
@@ -583,7 +593,12 @@ impl Manager {
         let me = self.clone();
         let pod = pod.clone();
         let task_image = image.clone();
-        let h = tokio::spawn(async move { me.pull_task(pod, task_image, r).await });
+        let pulled = st.pulled.clone();
+        let h = tokio::spawn(async move {
+            let outcome = me.pull_task(pod, task_image, r).await;
+            pulled.notify_one();
+            outcome
+        });
         st.pull = Some((image, h));
         Ensure::Pulling
     }

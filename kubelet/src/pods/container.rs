@@ -12,7 +12,7 @@ use crate::events::Recorder;
 use crate::hooks::{self, pod_ref};
 use crate::probe::Tracker;
 use crate::spec::{self, EnvSources};
-use crate::{Kubelet, images, volumes};
+use crate::{Config, Kubelet, images, volumes};
 
 /// The first restart back-off after an immediate restart.
 pub(super) const BACKOFF_START: Duration = Duration::from_secs(10);
@@ -163,8 +163,6 @@ pub(super) async fn start_container(
         }
     };
     memo.config_error = None;
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let vars: HashMap<String, String> = env.iter().cloned().collect();
     let mut security = spec::security(pod, c);
     // An ephemeral container with a target joins that container's PID namespace (unless the
     // pod shares one PID namespace anyway), as Kubernetes' kuberuntime does.
@@ -174,51 +172,10 @@ pub(super) async fn start_container(
         ns.pid = spec::ns_mode::TARGET;
         ns.target_id = target.to_string();
     }
-    let cfg = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: c.name.clone(),
-            attempt,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image_id,
-            ..Default::default()
-        }),
-        command: c
-            .command
-            .clone()
-            .unwrap_or_default()
-            .iter()
-            .map(|s| spec::expand(s, &vars))
-            .collect(),
-        args: c
-            .args
-            .clone()
-            .unwrap_or_default()
-            .iter()
-            .map(|s| spec::expand(s, &vars))
-            .collect(),
-        working_dir: c.working_dir.clone().unwrap_or_default(),
-        envs: env
-            .into_iter()
-            .map(|(key, value)| cri::KeyValue { key, value })
-            .collect(),
-        mounts: volumes::mounts(&k.config.root_dir, pod, c),
-        labels: [
-            (LABEL_POD_UID.to_string(), uid),
-            (LABEL_CONTAINER.to_string(), c.name.clone()),
-        ]
-        .into(),
-        log_path: format!("{}/{attempt}.log", c.name),
-        stdin: c.stdin.unwrap_or(false),
-        stdin_once: c.stdin_once.unwrap_or(false),
-        tty: c.tty.unwrap_or(false),
-        linux: Some(cri::LinuxContainerConfig {
-            resources: Some(spec::resources(c)),
-            security_context: Some(security),
-        }),
-        ..Default::default()
-    };
+    let cfg = container_config(&k.config, pod, c, attempt, image_id, env, security);
     let mut rt = k.cri.rt.clone();
+    let t0 = Instant::now();
+    tracing::debug!(pod = %pod_ref(pod), container = %c.name, "image and config ready");
     let created = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: sandbox_id.clone(),
@@ -236,8 +193,10 @@ pub(super) async fn start_container(
             return false;
         }
     };
+    tracing::debug!(pod = %pod_ref(pod), container = %c.name, ms = t0.elapsed().as_millis() as u64, "CreateContainer");
     rec.normal("Created", &format!("Created container: {}", c.name))
         .await;
+    let t0 = Instant::now();
     if let Err(e) = rt
         .start_container(cri::StartContainerRequest {
             container_id: id.clone(),
@@ -251,6 +210,7 @@ pub(super) async fn start_container(
         return false;
     }
     memo.start_error = None;
+    tracing::debug!(pod = %pod_ref(pod), container = %c.name, ms = t0.elapsed().as_millis() as u64, "StartContainer");
     rec.normal("Started", &format!("Started container {}", c.name))
         .await;
     memo.last_started_id = id.clone();
@@ -283,6 +243,67 @@ pub(super) async fn start_container(
         memo.post_start_error = Some(msg);
     }
     true
+}
+
+/// The CRI config of container `c` of `pod` as attempt `attempt` (Kubernetes'
+/// `generateContainerConfig`) on the node `config` describes: `image` is the image's ID, `env`
+/// the container's resolved environment, `security` its security context. Public so that a
+/// bench can send the kubelet's exact container to the runtime without it.
+pub fn container_config(
+    config: &Config,
+    pod: &Pod,
+    c: &Container,
+    attempt: u32,
+    image: String,
+    env: Vec<(String, String)>,
+    security: cri::LinuxContainerSecurityContext,
+) -> cri::ContainerConfig {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let vars: HashMap<String, String> = env.iter().cloned().collect();
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: c.name.clone(),
+            attempt,
+        }),
+        image: Some(cri::ImageSpec {
+            image,
+            ..Default::default()
+        }),
+        command: c
+            .command
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .map(|s| spec::expand(s, &vars))
+            .collect(),
+        args: c
+            .args
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .map(|s| spec::expand(s, &vars))
+            .collect(),
+        working_dir: c.working_dir.clone().unwrap_or_default(),
+        envs: env
+            .into_iter()
+            .map(|(key, value)| cri::KeyValue { key, value })
+            .collect(),
+        mounts: volumes::mounts(&config.root_dir, pod, c),
+        labels: [
+            (LABEL_POD_UID.to_string(), uid),
+            (LABEL_CONTAINER.to_string(), c.name.clone()),
+        ]
+        .into(),
+        log_path: format!("{}/{attempt}.log", c.name),
+        stdin: c.stdin.unwrap_or(false),
+        stdin_once: c.stdin_once.unwrap_or(false),
+        tty: c.tty.unwrap_or(false),
+        linux: Some(cri::LinuxContainerConfig {
+            resources: Some(spec::resources(c)),
+            security_context: Some(security),
+        }),
+        ..Default::default()
+    }
 }
 
 /// Doubles the back-off (10 s → 5 min) and schedules the next attempt.

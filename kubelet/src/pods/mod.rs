@@ -15,7 +15,8 @@ mod status;
 mod sync;
 mod worker;
 
-pub use sandbox::{runtime_pod_uids, terminate};
+pub use container::container_config;
+pub use sandbox::{runtime_pod_uids, sandbox_config, terminate};
 pub use worker::worker;
 
 /// The CRI label naming a sandbox's or container's pod UID.

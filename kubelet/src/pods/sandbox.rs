@@ -10,7 +10,7 @@ use kube::api::Api;
 use super::container::{containers, kill_container};
 use super::{LABEL_POD_NAME, LABEL_POD_NS, LABEL_POD_UID};
 use crate::events::Recorder;
-use crate::{Kubelet, spec, volumes};
+use crate::{Config, Kubelet, runtime, spec, volumes};
 
 /// UIDs of every pod the runtime has a sandbox for (adoption and orphan cleanup at start).
 pub async fn runtime_pod_uids(k: &Kubelet) -> std::collections::HashSet<String> {
@@ -116,7 +116,7 @@ pub(super) async fn ensure(
 
 /// RunPodSandbox with the pod's config and RuntimeClass handler.
 async fn create(k: &Kubelet, pod: &Pod, attempt: u32) -> Result<(), String> {
-    let cfg = sandbox_config(k, pod, attempt);
+    let cfg = sandbox_config(&k.config, pod, attempt);
     let _ = std::fs::create_dir_all(&cfg.log_directory);
     let class = pod
         .spec
@@ -227,8 +227,10 @@ async fn runtime_handler(k: &Kubelet, class: Option<&str>) -> Result<String, Str
     }
 }
 
-/// The CRI config of the pod's sandbox (Kubernetes' `generatePodSandboxConfig`).
-pub(super) fn sandbox_config(k: &Kubelet, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig {
+/// The CRI config of the pod's sandbox on the node `config` describes (Kubernetes'
+/// `generatePodSandboxConfig`); public so that a bench can send the kubelet's exact sandbox to
+/// the runtime without it.
+pub fn sandbox_config(config: &Config, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig {
     let m = &pod.metadata;
     let uid = m.uid.clone().unwrap_or_default();
     let name = m.name.clone().unwrap_or_default();
@@ -256,13 +258,13 @@ pub(super) fn sandbox_config(k: &Kubelet, pod: &Pod, attempt: u32) -> cri::PodSa
         })
         .collect();
     let host_network = spec.host_network == Some(true);
-    let host_resolv = (!k.config.resolv_conf.is_empty())
-        .then(|| std::fs::read_to_string(&k.config.resolv_conf).unwrap_or_default());
+    let host_resolv = (!config.resolv_conf.is_empty())
+        .then(|| std::fs::read_to_string(&config.resolv_conf).unwrap_or_default());
     let dns_config = spec::pod_dns_config(
         pod,
         spec::NodeDns {
-            cluster_dns: &k.config.cluster_dns,
-            cluster_domain: &k.config.cluster_domain,
+            cluster_dns: &config.cluster_dns,
+            cluster_domain: &config.cluster_domain,
             host_resolv_conf: host_resolv.as_deref(),
         },
     );
@@ -278,13 +280,14 @@ pub(super) fn sandbox_config(k: &Kubelet, pod: &Pod, attempt: u32) -> cri::PodSa
         hostname: if host_network {
             String::new()
         } else {
-            spec::pod_hostname(pod, &k.config.cluster_domain)
+            spec::pod_hostname(pod, &config.cluster_domain)
         },
-        log_directory: k
-            .layout()
-            .pod_logs(&ns, &name, &uid)
-            .to_string_lossy()
-            .into_owned(),
+        log_directory: runtime::Layout {
+            root: config.root_dir.clone(),
+        }
+        .pod_logs(&ns, &name, &uid)
+        .to_string_lossy()
+        .into_owned(),
         labels,
         annotations: m
             .annotations
@@ -295,7 +298,7 @@ pub(super) fn sandbox_config(k: &Kubelet, pod: &Pod, attempt: u32) -> cri::PodSa
         port_mappings,
         dns_config: Some(dns_config),
         linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: k.config.pod_cgroup(&uid),
+            cgroup_parent: config.pod_cgroup(&uid),
             security_context: Some(cri::LinuxSandboxSecurityContext {
                 namespace_options: Some(spec::namespace_options(pod)),
                 ..Default::default()

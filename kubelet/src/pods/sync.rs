@@ -52,7 +52,11 @@ pub(super) async fn sync(
         *sandbox_error = Some(msg);
         return Ok(creating());
     }
-    let sb = match sandbox::ensure(k, pod, found, &rec, sandbox_error).await {
+    let t0 = std::time::Instant::now();
+    tracing::debug!(pod = ?pod.metadata.name, "volumes ready");
+    let sb = sandbox::ensure(k, pod, found, &rec, sandbox_error).await;
+    tracing::debug!(pod = ?pod.metadata.name, ms = t0.elapsed().as_millis() as u64, "sandbox");
+    let sb = match sb {
         Sandbox::Ready(sb) => *sb,
         Sandbox::Finished => return Ok(old),
         Sandbox::Creating => return Ok(creating()),
@@ -91,7 +95,7 @@ async fn ready_sandbox<'a>(
     recorder: Recorder,
 ) -> ReadySandbox<'a> {
     let attempt = sb.metadata.as_ref().map(|m| m.attempt).unwrap_or(0);
-    let config = sandbox::sandbox_config(k, pod, attempt);
+    let config = sandbox::sandbox_config(&k.config, pod, attempt);
     let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
     let pod_ip = Some(sandbox::sandbox_ip(k, &sb.id).await)
         .filter(|ip| !ip.is_empty())

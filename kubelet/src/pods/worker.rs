@@ -61,7 +61,26 @@ pub async fn worker(k: Arc<Kubelet>, uid: String, mut rx: watch::Receiver<Option
             }
             Phase::Live => {}
         }
-        let _ = tokio::time::timeout(interval, rx.changed()).await;
+        // Until the pod changes, an image pull of this pass ends, or the resync interval.
+        let pulls: Vec<_> = memory
+            .containers
+            .values()
+            .filter_map(|m| m.image.pull_in_flight())
+            .collect();
+        let pulled = async {
+            if pulls.is_empty() {
+                std::future::pending::<()>().await
+            } else {
+                futures::future::select_all(pulls.iter().map(|n| Box::pin(n.notified()))).await;
+            }
+        };
+        let _ = tokio::time::timeout(interval, async {
+            tokio::select! {
+                _ = rx.changed() => {}
+                _ = pulled => {}
+            }
+        })
+        .await;
         if rx.has_changed().is_err() && rx.borrow().is_none() {
             // Sender dropped and last value says gone: one more pass tears down.
             continue;
@@ -113,6 +132,7 @@ async fn deleting(k: &Kubelet, pod: &Pod) -> Phase {
 
 /// One sync pass and its status write; returns when to look again (None: the pass failed).
 async fn pass(k: &Kubelet, pod: &Pod, memory: &mut Memory) -> Option<Duration> {
+    let t0 = std::time::Instant::now();
     let status = match sync(k, pod, &mut memory.containers, &mut memory.sandbox_error).await {
         Ok(status) => status,
         Err(e) => {
@@ -121,9 +141,12 @@ async fn pass(k: &Kubelet, pod: &Pod, memory: &mut Memory) -> Option<Duration> {
         }
     };
     let interval = resync_interval(pod, &status);
+    let synced = t0.elapsed();
     let v = serde_json::to_value(&status).unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    tracing::debug!(pod = %name, phase = ?status.phase, ms = synced.as_millis() as u64, "sync pass");
     if v != memory.last_status {
-        let name = pod.metadata.name.clone().unwrap_or_default();
+        let t1 = std::time::Instant::now();
         match pod_api(k, pod)
             .patch_status(
                 &name,
@@ -135,6 +158,7 @@ async fn pass(k: &Kubelet, pod: &Pod, memory: &mut Memory) -> Option<Duration> {
             Ok(_) => memory.last_status = v,
             Err(e) => tracing::warn!(pod = %name, error = %e, "status update"),
         }
+        tracing::debug!(pod = %name, ms = t1.elapsed().as_millis() as u64, "status written");
     }
     Some(interval)
 }
