@@ -33,6 +33,19 @@ pub fn require_images(names: &[&str]) -> anyhow::Result<PathBuf> {
     Ok(images)
 }
 
+/// Puts the image archives `names` of `images` into `<data>/kubelet/images`, where `lotse up`
+/// imports them from (hard links when possible: some archives are large).
+pub fn link_images(data: &Path, images: &Path, names: &[&str]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data.join("kubelet/images"))?;
+    for img in names {
+        let dst = data.join("kubelet/images").join(img);
+        if std::fs::hard_link(images.join(img), &dst).is_err() {
+            std::fs::copy(images.join(img), &dst)?;
+        }
+    }
+    Ok(())
+}
+
 /// `lotse up` in the background, logging to `<data>/lotse.log`. On drop (a failed test) the
 /// Deployments and pods it runs (in every namespace, the cluster DNS's too) are deleted first — pods outlive the kubelet because
 /// containerd's shims own them — and then it is stopped with SIGTERM.
@@ -245,14 +258,7 @@ impl Node {
     ) -> anyhow::Result<Node> {
         let dir = require_images(images)?;
         let data = tmp.join("data");
-        std::fs::create_dir_all(data.join("kubelet/images"))?;
-        for img in images {
-            // A hard link when possible: some archives (nginx) are large.
-            let dst = data.join("kubelet/images").join(img);
-            if std::fs::hard_link(dir.join(img), &dst).is_err() {
-                std::fs::copy(dir.join(img), &dst)?;
-            }
-        }
+        link_images(&data, &dir, images)?;
         let kubelet_port = crate::free_port()?;
         let mut args: Vec<String> = [
             "--data-dir",

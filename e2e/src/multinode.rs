@@ -51,13 +51,7 @@ impl Cluster {
     ) -> anyhow::Result<Cluster> {
         let images = require_images(image_names)?;
         let data = tmp.join("data");
-        std::fs::create_dir_all(data.join("kubelet/images"))?;
-        for img in image_names {
-            let dst = data.join("kubelet/images").join(img);
-            if std::fs::hard_link(images.join(img), &dst).is_err() {
-                std::fs::copy(images.join(img), &dst)?;
-            }
-        }
+        crate::lotse::link_images(&data, &images, image_names)?;
         let table = format!("lotse-mn-{}", std::process::id());
         let mut args: Vec<String> = [
             "--data-dir",

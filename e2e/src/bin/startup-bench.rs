@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
-use e2e::lotse::{Lotse, random_pod_cidr, require_images};
+use e2e::lotse::{Lotse, link_images, random_pod_cidr, require_images};
 use e2e::report::figure;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, PostParams};
@@ -214,13 +214,7 @@ async fn main() -> anyhow::Result<()> {
     let images = require_images(&["busybox.tar", "pause.tar"])?;
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("data");
-    std::fs::create_dir_all(data.join("kubelet/images"))?;
-    for img in ["busybox.tar", "pause.tar"] {
-        let dst = data.join("kubelet/images").join(img);
-        if std::fs::hard_link(images.join(img), &dst).is_err() {
-            std::fs::copy(images.join(img), &dst)?;
-        }
-    }
+    link_images(&data, &images, &["busybox.tar", "pause.tar"])?;
     let args: Vec<String> = [
         "--data-dir",
         &data.to_string_lossy(),
