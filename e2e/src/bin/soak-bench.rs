@@ -58,7 +58,8 @@ struct Counters {
     other_errors: AtomicU64,
     out_of_order: AtomicU64,
     relists: AtomicU64,
-    /// Watch events and re-lists seen by all watchers (to tell when they have caught up).
+    /// Watch events (not stream ends) and re-lists seen by all watchers (to tell when they
+    /// have caught up).
     seen: AtomicU64,
 }
 
@@ -169,7 +170,14 @@ async fn watcher(
                 n = stream.next() => n,
                 _ = async { let mut s = stop.clone(); let _ = s.wait_for(|v| *v).await; } => break 'outer,
             };
-            c.seen.fetch_add(1, Ordering::Relaxed);
+            if matches!(
+                next,
+                Some(Ok(WatchEvent::Added(_)
+                    | WatchEvent::Modified(_)
+                    | WatchEvent::Deleted(_)))
+            ) {
+                c.seen.fetch_add(1, Ordering::Relaxed);
+            }
             match next {
                 None => continue 'outer,
                 Some(Ok(WatchEvent::Added(o) | WatchEvent::Modified(o))) => {
