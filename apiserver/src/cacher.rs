@@ -656,17 +656,14 @@ impl Cacher {
             }
         };
         let mut st = self.state.write().await;
-        let event_type = match event_type {
-            EventType::Delete => CacheEventType::Deleted,
-            EventType::Create | EventType::Update if st.objects.contains_key(&kv.key) => {
-                CacheEventType::Modified
-            }
-            EventType::Create | EventType::Update => CacheEventType::Added,
+        let prev = match event_type {
+            EventType::Delete => st.objects.remove(&kv.key),
+            EventType::Create | EventType::Update => st.objects.get(&kv.key).cloned(),
         };
-        let prev = if event_type == CacheEventType::Deleted {
-            st.objects.remove(&kv.key)
-        } else {
-            st.objects.get(&kv.key).cloned()
+        let event_type = match (event_type, &prev) {
+            (EventType::Delete, _) => CacheEventType::Deleted,
+            (_, Some(_)) => CacheEventType::Modified,
+            (_, None) => CacheEventType::Added,
         };
         let ev = Arc::new(CacheEvent::new(event_type, object, prev));
         if event_type != CacheEventType::Deleted {

@@ -107,9 +107,22 @@ impl LevelState {
     /// Charges a dispatch of `width` seats to `flow` and takes the seats.
     fn charge(&mut self, flow: &str, width: usize) {
         let clock = self.clock;
-        let f = self.flows.entry(flow.to_string()).or_default();
-        let start = clock.max(f.finish);
-        f.finish = start + width as f64;
+        // The flow's name is copied only for a flow not seen yet (the hot path allocates nothing).
+        let start = match self.flows.get_mut(flow) {
+            Some(f) => {
+                let start = clock.max(f.finish);
+                f.finish = start + width as f64;
+                start
+            }
+            None => {
+                let f = Flow {
+                    finish: clock + width as f64,
+                    ..Default::default()
+                };
+                self.flows.insert(flow.to_string(), f);
+                clock
+            }
+        };
         self.clock = start;
         self.seats += width;
         self.requests += 1;

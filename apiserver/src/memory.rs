@@ -50,6 +50,12 @@ pub fn configure() -> bool {
 /// Fixes the mmap threshold and starts the background trimmer (a plain thread: a trim holds allocator locks for a few
 /// milliseconds and must not occupy an async worker).
 pub fn spawn_trimmer() {
+    // Once per process: several servers in one process (tests) share one allocator.
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(start_trimmer);
+}
+
+fn start_trimmer() {
     configure();
     let spawned = std::thread::Builder::new()
         .name("malloc-trim".into())
