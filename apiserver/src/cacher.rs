@@ -13,6 +13,7 @@ use serde_json::Value;
 use tokio::sync::{RwLock, broadcast, watch};
 
 use crate::registry::{ResourceDef, fields};
+use crate::storage::marks::WriteMarks;
 use crate::storage::{EventType, KeyValue, ListOptions, Revision, Storage, StorageError};
 
 /// How many recent events each resource keeps for watch replay.
@@ -351,6 +352,8 @@ pub struct Cacher {
     tx: broadcast::Sender<Broadcast>,
     /// The hub's revision: every event up to it has been applied to every cache.
     hub_rev: watch::Receiver<Revision>,
+    /// This apiserver's last writes per resource (see [`Cacher::wait_local`]).
+    marks: Arc<WriteMarks>,
     /// Objects in the cache (read without the lock, e.g. to estimate a LIST's work).
     count: AtomicUsize,
 }
@@ -360,6 +363,7 @@ pub struct Cacher {
 /// from memory.
 pub struct CacheHub {
     storage: Arc<dyn Storage>,
+    marks: Arc<WriteMarks>,
     caches: Vec<Arc<Cacher>>,
     /// Caches added at run time (custom resources); held while an event is applied, so one
     /// added under the write lock starts exactly at the hub's revision.
@@ -370,14 +374,20 @@ pub struct CacheHub {
 
 impl CacheHub {
     /// Creates one cache per resource and starts the storage watch loop.
-    pub fn start(defs: &'static [ResourceDef], storage: Arc<dyn Storage>) -> Arc<Self> {
+    /// `marks` are the writes made through `storage` (a [`crate::storage::marks::Marking`]).
+    pub fn start(
+        defs: &'static [ResourceDef],
+        storage: Arc<dyn Storage>,
+        marks: Arc<WriteMarks>,
+    ) -> Arc<Self> {
         let (rev_tx, rev_rx) = watch::channel(0);
         let caches = defs
             .iter()
-            .map(|def| Cacher::new(def, &storage, &rev_rx))
+            .map(|def| Cacher::new(def, &storage, &rev_rx, &marks))
             .collect();
         let hub = Arc::new(CacheHub {
             storage,
+            marks,
             caches,
             extra: RwLock::new(Vec::new()),
             rev_tx,
@@ -410,7 +420,7 @@ impl CacheHub {
         }) {
             return Ok(c.clone());
         }
-        let cache = Cacher::new(def, &self.storage, &self.rev_rx);
+        let cache = Cacher::new(def, &self.storage, &self.rev_rx, &self.marks);
         let revision = *self.rev_rx.borrow();
         // Before the hub's first list (revision 0) the hub lists it with the others.
         if revision > 0 {
@@ -586,12 +596,14 @@ impl Cacher {
         def: &'static ResourceDef,
         storage: &Arc<dyn Storage>,
         hub_rev: &watch::Receiver<Revision>,
+        marks: &Arc<WriteMarks>,
     ) -> Arc<Self> {
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
         Arc::new(Cacher {
             def,
             prefix: format!("/registry/{}/", def.storage_prefix),
             storage: storage.clone(),
+            marks: marks.clone(),
             state: RwLock::new(State {
                 objects: BTreeMap::new(),
                 revision: 0,
@@ -688,6 +700,23 @@ impl Cacher {
             Ok(Ok(_)) => Ok(()),
             _ => Err(*self.hub_rev.borrow()),
         }
+    }
+
+    /// Waits until the cache holds every write this apiserver made to its resource (read your
+    /// own writes, without a storage round trip; see [`crate::storage::marks`]). Writes by
+    /// another apiserver on the same etcd are seen when their events arrive.
+    pub async fn wait_local(&self) -> Result<(), crate::error::ApiError> {
+        let last = self.marks.last(&self.prefix);
+        if *self.hub_rev.borrow() >= last {
+            return Ok(());
+        }
+        self.wait_for(last).await.map_err(|_| {
+            crate::error::ApiError::new(
+                504,
+                "Timeout",
+                "Timeout: Too large resource version: the watch cache did not catch up in time",
+            )
+        })
     }
 
     /// Waits until the cache is at least as fresh as storage (consistent read from cache).

@@ -45,8 +45,12 @@ impl AppState {
         service_cidr: Ipv4Net,
         server_address: String,
     ) -> Arc<Self> {
+        // Every write is marked, so admission reads its own writes from the caches.
+        let marks = Arc::new(crate::storage::marks::WriteMarks::default());
+        let storage: Arc<dyn Storage> =
+            Arc::new(crate::storage::marks::Marking::new(storage, marks.clone()));
         let state = Arc::new(AppState {
-            reader: CacheReader::start(storage.clone()),
+            reader: CacheReader::start(storage.clone(), marks),
             storage,
             alloc: ServiceAllocator::new(service_cidr),
             metrics: Arc::new(Metrics::default()),

@@ -519,7 +519,7 @@ impl eviction::Store for EvictionStore<'_> {
     async fn budgets_selecting(&self, pod: &Value) -> ApiResult<Vec<Value>> {
         let def = &PODDISRUPTIONBUDGETS;
         let cacher = self.state.cacher(def)?;
-        cacher.wait_fresh().await?;
+        cacher.wait_local().await?;
         let prefix = format!(
             "/registry/{}/{}/",
             def.storage_prefix,

@@ -59,7 +59,7 @@ pub async fn admit_claim(state: &AppState, pvc: &mut Value) -> ApiResult<()> {
         return Ok(());
     }
     let cacher = state.cacher(&STORAGECLASSES)?;
-    cacher.wait_fresh().await?;
+    cacher.wait_local().await?;
     let prefix = format!("/registry/{}/", STORAGECLASSES.storage_prefix);
     let list = cacher.list(&prefix, None, 0, &|_| true).await;
     let classes: Vec<Value> = list
@@ -113,7 +113,7 @@ pub async fn admit_ingress(state: &AppState, ing: &mut Value) -> ApiResult<()> {
         return Ok(());
     }
     let cacher = state.cacher(&INGRESSCLASSES)?;
-    cacher.wait_fresh().await?;
+    cacher.wait_local().await?;
     let prefix = format!("/registry/{}/", INGRESSCLASSES.storage_prefix);
     let list = cacher.list(&prefix, None, 0, &|_| true).await;
     let classes: Vec<Value> = list

@@ -24,8 +24,8 @@ pub(crate) type ResourceList = BTreeMap<String, Quantity>;
 /// The `spec.limits` of every LimitRange in `ns`, one entry per LimitRange.
 async fn limit_ranges(state: &AppState, ns: &str) -> ApiResult<Vec<Vec<Value>>> {
     let cacher = state.cacher(&LIMITRANGES)?;
-    // A consistent read from the cache: a LimitRange created just before applies.
-    cacher.wait_fresh().await?;
+    // Read your own writes: a LimitRange created just before applies.
+    cacher.wait_local().await?;
     let prefix = format!("/registry/{}/{ns}/", LIMITRANGES.storage_prefix);
     let list = cacher.list(&prefix, None, 0, &|_| true).await;
     Ok(list

@@ -15,10 +15,10 @@ use crate::state::AppState;
 /// (`DefaultPriorityWhenNoDefaultClassExists`).
 pub const DEFAULT_PRIORITY_WHEN_NO_DEFAULT_CLASS_EXISTS: i64 = 0;
 
-/// Every PriorityClass, read from the watch cache after it has caught up with storage.
+/// Every PriorityClass, read from the watch cache once it holds this apiserver's own writes.
 async fn priority_classes(state: &AppState) -> ApiResult<Vec<Value>> {
     let cacher = state.cacher(&PRIORITYCLASSES)?;
-    cacher.wait_fresh().await?;
+    cacher.wait_local().await?;
     let prefix = format!("/registry/{}/", PRIORITYCLASSES.storage_prefix);
     let list = cacher.list(&prefix, None, 0, &|_| true).await;
     Ok(list

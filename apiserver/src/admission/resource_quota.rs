@@ -408,6 +408,8 @@ fn matches_quota(def: &ResourceDef, obj: &Value, quota: &Value) -> bool {
 
 async fn objects(state: &AppState, def: &ResourceDef, ns: &str) -> ApiResult<Vec<Value>> {
     let cacher = state.cacher(def)?;
+    // An object created just before through this apiserver counts.
+    cacher.wait_local().await?;
     let prefix = format!("/registry/{}/{ns}/", def.storage_prefix);
     let list = cacher.list(&prefix, None, 0, &|_| true).await;
     Ok(list
@@ -446,11 +448,10 @@ async fn live_usage(state: &AppState, ns: &str, quota: &Value) -> ApiResult<Reso
     Ok(used)
 }
 
-/// The quotas of `ns`, read from the watch cache once it has caught up with storage (a
-/// consistent read, so a quota or an object created just before is seen, and the usage computed
-/// from the caches right after is current).
+/// The quotas of `ns`, read from the watch cache once it holds this apiserver's own writes (a
+/// quota created just before is seen; charges re-read each quota from storage).
 async fn quotas(state: &AppState, ns: &str) -> ApiResult<Vec<Value>> {
-    state.cacher(&RESOURCEQUOTAS)?.wait_fresh().await?;
+    state.cacher(&RESOURCEQUOTAS)?.wait_local().await?;
     objects(state, &RESOURCEQUOTAS, ns).await
 }
 

@@ -33,13 +33,13 @@ fn is_pod_create(def: &ResourceDef, op: Operation) -> bool {
 }
 
 /// `prepareObjects`: the pod's RuntimeClass (None without `runtimeClassName`), read from the
-/// watch cache after it has caught up with storage; a missing class is refused.
+/// watch cache once it holds this apiserver's own writes; a missing class is refused.
 async fn class_of(state: &AppState, def: &ResourceDef, pod: &Value) -> ApiResult<Option<Value>> {
     let Some(class) = fields::str_at(pod, &["spec", "runtimeClassName"]) else {
         return Ok(None);
     };
     let cacher = state.cacher(&RUNTIMECLASSES)?;
-    cacher.wait_fresh().await?;
+    cacher.wait_local().await?;
     let key = format!("/registry/{}/{class}", RUNTIMECLASSES.storage_prefix);
     let list = cacher.list(&key, None, 0, &|_| true).await;
     let found = list

@@ -15,6 +15,7 @@ pub mod compactor;
 pub mod conformance;
 pub mod encryption;
 pub mod etcd;
+pub mod marks;
 pub mod sqlite;
 
 /// A global storage revision (etcd's `revision`). Starts at 1 for an empty store's first write.

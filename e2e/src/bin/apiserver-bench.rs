@@ -225,6 +225,57 @@ impl Figures {
     }
 }
 
+/// CPU used by the processes of one phase: the apiserver (if any), etcd (if any), this bench
+/// (the client) and the whole machine, to say where a phase's time went.
+#[derive(Clone, Copy)]
+struct CpuSplit {
+    apiserver: Option<u32>,
+    etcd: Option<u32>,
+    at: [f64; 4],
+}
+
+impl CpuSplit {
+    fn start(apiserver: Option<u32>, etcd: Option<u32>) -> Self {
+        let mut s = Self {
+            apiserver,
+            etcd,
+            at: [0.0; 4],
+        };
+        s.at = s.read();
+        s
+    }
+
+    fn read(&self) -> [f64; 4] {
+        [
+            self.apiserver.map_or(0.0, |p| e2e::cpu_seconds(Some(p))),
+            self.etcd.map_or(0.0, |p| e2e::cpu_seconds(Some(p))),
+            e2e::cpu_seconds(Some(std::process::id())),
+            e2e::machine_busy_seconds(),
+        ]
+    }
+
+    /// `apiserver 120 µs, etcd 80 µs, client 60 µs per op; machine 85 % busy` for `ops`
+    /// operations over `wall`.
+    fn per_op(&self, ops: usize, wall: Duration) -> String {
+        let now = self.read();
+        let us = |i: usize| (now[i] - self.at[i]) * 1e6 / ops.max(1) as f64;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let busy = (now[3] - self.at[3]) / (wall.as_secs_f64() * cpus).max(1e-9) * 100.0;
+        let mut parts = Vec::new();
+        if self.apiserver.is_some() {
+            parts.push(format!("apiserver {:.0} µs", us(0)));
+        }
+        if self.etcd.is_some() {
+            parts.push(format!("etcd {:.0} µs", us(1)));
+        }
+        parts.push(format!("client {:.0} µs", us(2)));
+        format!(
+            "{} CPU per op; machine {busy:.0} % busy ({cpus} CPUs)",
+            parts.join(", ")
+        )
+    }
+}
+
 async fn measure_apiserver(
     args: &Args,
     binary: &Path,
@@ -273,10 +324,12 @@ async fn measure_apiserver(
     .goal_if(backend == Backend::Sqlite, "p99 <= 5 ms at 500 creates/s")
     .record()?;
 
+    let cpu = CpuSplit::start(Some(pid), server.etcd().map(|e| e.pid()));
     let (api, s) =
         create_configmaps(&client, "bench-c32", args.creates, Load::Concurrent(32)).await?;
     f.add("create c=32 p50 / p99", p50_p99(&s));
     f.add("create c=32 throughput", format!("{:.0}/s", s.throughput()));
+    f.add("create c=32 CPU", cpu.per_op(args.creates, s.elapsed));
     f.c32_throughput = s.throughput();
     let c32 = figure(
         format!("{b}: create throughput, 32 clients"),
@@ -530,6 +583,7 @@ async fn watch_delivery(
 struct RawEtcd {
     c1_p99: Duration,
     c32_throughput: f64,
+    c32_txn_throughput: f64,
 }
 
 /// Raw etcd-client puts (same value size as a ConfigMap create) at concurrency 1 and 32.
@@ -541,8 +595,10 @@ async fn measure_raw_etcd(n: usize) -> anyhow::Result<(Figures, RawEtcd)> {
     let mut raw = RawEtcd {
         c1_p99: Duration::ZERO,
         c32_throughput: 0.0,
+        c32_txn_throughput: 0.0,
     };
     for c in [1usize, 32] {
+        let cpu = CpuSplit::start(None, Some(etcd.pid()));
         let s = timed(n, c, |i| {
             let mut kv = client.kv_client();
             let value = value.clone();
@@ -561,11 +617,41 @@ async fn measure_raw_etcd(n: usize) -> anyhow::Result<(Figures, RawEtcd)> {
             format!("{:.0}/s", s.throughput()),
         );
         if c == 32 {
+            f.add("raw etcd put c=32 CPU", cpu.per_op(n, s.elapsed));
             raw.c32_throughput = s.throughput();
         } else {
             raw.c1_p99 = s.pct(0.99);
         }
     }
+    // The same guarded create the apiserver sends ("if mod_revision == 0 then put"), 32 clients.
+    let cpu = CpuSplit::start(None, Some(etcd.pid()));
+    let s = timed(n, 32, |i| {
+        let mut kv = client.kv_client();
+        let value = value.clone();
+        async move {
+            let key = format!("/bench/txn/{i}");
+            let txn = etcd_client::Txn::new()
+                .when([etcd_client::Compare::mod_revision(
+                    key.as_str(),
+                    etcd_client::CompareOp::Equal,
+                    0,
+                )])
+                .and_then([etcd_client::TxnOp::put(key.as_str(), value, None)]);
+            kv.txn(txn).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    f.add(
+        "raw etcd guarded create (txn) c=32 p50 / p99",
+        format!("{} / {}", ms(s.pct(0.5)), ms(s.pct(0.99))),
+    );
+    f.add(
+        "raw etcd guarded create (txn) c=32 throughput",
+        format!("{:.0}/s", s.throughput()),
+    );
+    f.add("raw etcd txn c=32 CPU", cpu.per_op(n, s.elapsed));
+    raw.c32_txn_throughput = s.throughput();
     Ok((f, raw))
 }
 
@@ -613,6 +699,10 @@ async fn main() -> anyhow::Result<()> {
             f.add(
                 "create c=32 throughput / raw etcd put c=32",
                 format!("{ratio:.2}x"),
+            );
+            f.add(
+                "create c=32 throughput / raw etcd guarded create c=32",
+                format!("{:.2}x", f.c32_throughput / raw.c32_txn_throughput),
             );
         }
         sections.push((format!("apiserver on {name}"), f));
