@@ -162,12 +162,41 @@ fn splice_resource_version(raw: &[u8], rv: Revision) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Index of the `}` closing the top-level `metadata` object of compact JSON `raw`.
-fn metadata_close(raw: &[u8]) -> Option<usize> {
-    if raw.first() != Some(&b'{') {
+/// `raw` (compact JSON of an object with a top-level `metadata` object) with metadata's
+/// `resourceVersion` set to `rv`, as re-encoding the decoded value after setting it would give
+/// (replaced in place, or appended to `metadata`). None when `raw` is not laid out so.
+pub fn replace_resource_version(raw: &[u8], rv: Revision) -> Option<Vec<u8>> {
+    let (open, close) = member(raw, 0, b"metadata")?;
+    if raw[open] != b'{' {
         return None;
     }
-    let mut pos = 1;
+    let Some((start, end)) = member(raw, open, b"resourceVersion") else {
+        return splice_resource_version(raw, rv);
+    };
+    let rv = rv.to_string();
+    let mut out = Vec::with_capacity(raw.len() + rv.len());
+    out.extend_from_slice(&raw[..start]);
+    out.push(b'"');
+    out.extend_from_slice(rv.as_bytes());
+    out.push(b'"');
+    out.extend_from_slice(&raw[end..]);
+    debug_assert!(close <= raw.len());
+    Some(out)
+}
+
+/// Index of the `}` closing the top-level `metadata` object of compact JSON `raw`.
+fn metadata_close(raw: &[u8]) -> Option<usize> {
+    let (start, end) = member(raw, 0, b"metadata")?;
+    (raw[start] == b'{').then_some(end - 1)
+}
+
+/// The span (start, end exclusive) of member `name`'s value in the compact JSON object that
+/// starts at `object` in `raw`. None when absent or when `raw` is not compact JSON.
+fn member(raw: &[u8], object: usize, name: &[u8]) -> Option<(usize, usize)> {
+    if raw.get(object) != Some(&b'{') || raw.get(object + 1) == Some(&b'}') {
+        return None;
+    }
+    let mut pos = object + 1;
     loop {
         let key_end = skip_string(raw, pos)?;
         let key = &raw[pos + 1..key_end - 1];
@@ -176,8 +205,8 @@ fn metadata_close(raw: &[u8]) -> Option<usize> {
         }
         let start = key_end + 1;
         let end = skip_value(raw, start)?;
-        if key == b"metadata" {
-            return (raw[start] == b'{').then_some(end - 1);
+        if key == name {
+            return Some((start, end));
         }
         match raw.get(end) {
             Some(b',') => pos = end + 1,
@@ -897,6 +926,34 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn replacing_the_resource_version_matches_reencoding() {
+        let objects = [
+            json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "a", "resourceVersion": "12", "labels": {"resourceVersion": "x"}}, "involvedObject": {"resourceVersion": "3"}}),
+            json!({"kind": "X", "metadata": {"resourceVersion": "5"}, "tail": [1, {"a": "}"}]}),
+            json!({"kind": "X", "metadata": {"name": "no-rv", "annotations": {"k": "\"resourceVersion\":\"1\""}}}),
+            json!({"metadata": {}, "kind": "ConfigMap"}),
+        ];
+        for o in objects {
+            let raw = serde_json::to_vec(&o).expect("encode");
+            for rv in [1, 42, 1_234_567_890] {
+                let replaced = replace_resource_version(&raw, rv);
+                let want = reencoded(&raw, rv);
+                if o["metadata"].as_object().is_some_and(|m| m.is_empty()) {
+                    // `{}` has no member to replace and is appended to by the splice.
+                    assert_eq!(replaced.as_deref(), Some(want.as_slice()));
+                    continue;
+                }
+                assert_eq!(
+                    String::from_utf8_lossy(&replaced.expect("replaces")),
+                    String::from_utf8_lossy(&want)
+                );
+            }
+        }
+        assert_eq!(replace_resource_version(b"{\"metadata\":[]}", 1), None);
+        assert_eq!(replace_resource_version(b"{ \"metadata\": {}}", 1), None);
     }
 
     #[test]

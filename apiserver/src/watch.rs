@@ -48,8 +48,17 @@ impl Encoder {
         obj: &CachedObject,
         rv_override: Option<Revision>,
     ) -> Bytes {
-        if !self.table && !self.metadata && rv_override.is_none() {
-            return crate::cacher::watch_line(event_type, &obj.raw);
+        if !self.table && !self.metadata {
+            match rv_override {
+                None => return crate::cacher::watch_line(event_type, &obj.raw),
+                // The previous object with the event's revision (an object leaving a selector):
+                // the revision is replaced in the bytes, not by decoding and re-encoding.
+                Some(rv) => {
+                    if let Some(raw) = crate::cacher::replace_resource_version(&obj.raw, rv) {
+                        return crate::cacher::watch_line(event_type, &raw);
+                    }
+                }
+            }
         }
         let mut v: Value = serde_json::from_slice(&obj.raw).unwrap_or(Value::Null);
         if let Some(rv) = rv_override {

@@ -435,6 +435,48 @@ async fn services_get_cluster_ips_and_node_ports() {
 }
 
 #[tokio::test]
+async fn an_object_leaving_a_selector_is_deleted_at_the_new_revision() {
+    let api = Api::new().await;
+    let (_, a) = api.create_cm("leaver", json!({"w": "yes"})).await;
+    let rv = a["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_string();
+    let mut upd = a.clone();
+    upd["metadata"]["labels"] = json!({"w": "no"});
+    let (s, updated) = api
+        .json(
+            "PUT",
+            "/api/v1/namespaces/default/configmaps/leaver",
+            Some(upd),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{updated}");
+    let uri = format!(
+        "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&labelSelector=w%3Dyes&timeoutSeconds=1"
+    );
+    let (s, body, _) = api.get(&uri, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let events: Vec<Value> = body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("event"))
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    // Kubernetes' cacheWatcher: the last state that matched, at the update's revision.
+    assert_eq!(events[0]["type"], "DELETED");
+    let obj = &events[0]["object"];
+    assert_eq!(obj["metadata"]["labels"]["w"], "yes");
+    assert_eq!(
+        obj["metadata"]["resourceVersion"],
+        updated["metadata"]["resourceVersion"]
+    );
+    let mut want = a.clone();
+    want["metadata"]["resourceVersion"] = updated["metadata"]["resourceVersion"].clone();
+    assert_eq!(obj, &want);
+}
+
+#[tokio::test]
 async fn watch_replays_from_a_revision_and_filters() {
     let api = Api::new().await;
     let (_, a) = api.create_cm("w1", json!({"w": "yes"})).await;

@@ -225,12 +225,26 @@ async fn main() -> Result<()> {
     let drained =
         |bound: &HashMap<String, Instant>| bound.keys().filter(|n| n.starts_with("drain-")).count();
     let start = Instant::now();
+    // Without leader election: the first scheduler's Lease would hold this one off for its
+    // whole lease duration.
     let sched = Component::start(
         &api,
         "scheduler",
         "warn",
-        &["--parallelism", &args.parallelism.to_string()],
+        &[
+            "--parallelism",
+            &args.parallelism.to_string(),
+            "--leader-elect=false",
+        ],
     )?;
+    let cpu_at = |pid: u32| e2e::cpu_seconds(Some(pid));
+    let api_pid = api.pid().unwrap_or(0);
+    let (sched_cpu, api_cpu, own_cpu, busy) = (
+        cpu_at(sched.pid()),
+        cpu_at(api_pid),
+        cpu_at(std::process::id()),
+        e2e::machine_busy_seconds(),
+    );
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -249,6 +263,17 @@ async fn main() -> Result<()> {
         anyhow::bail!("the restarted scheduler bound no pods within 300 s");
     };
     let rate = times.len() as f64 / last.duration_since(*first).as_secs_f64().max(1e-3);
+    let per_pod = |now: f64, then: f64| (now - then) * 1e6 / times.len().max(1) as f64;
+    let wall = start.elapsed().as_secs_f64();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!(
+        "scheduler alone, CPU per pod from its start: scheduler {:.0} µs, apiserver {:.0} µs, \
+         bench client {:.0} µs; machine {:.0} % busy",
+        per_pod(cpu_at(sched.pid()), sched_cpu),
+        per_pod(cpu_at(api_pid), api_cpu),
+        per_pod(cpu_at(std::process::id()), own_cpu),
+        (e2e::machine_busy_seconds() - busy) / (wall * cpus) * 100.0,
+    );
     println!(
         "scheduler alone: {} pending pods bound in {:.2}s after its start (first binding after \
          {:.2}s): {rate:.0} pods/s; the same client created them at {create_rate:.0} pods/s",
