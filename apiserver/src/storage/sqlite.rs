@@ -52,6 +52,12 @@ const REPLAY_PAGE: usize = 1_000;
 const COMPACT_BATCH: i64 = 2_000;
 /// Idle reader connections kept open.
 const MAX_IDLE_READERS: usize = 8;
+/// Page cache of each reader connection, in KiB (SQLite's negative `cache_size`). Readers serve
+/// paginated LISTs, history replays and compaction scans, each reading a page about once, and
+/// any write invalidates what they cached; the OS's file cache serves re-reads just as well. At
+/// 8 MiB each, eight idle readers held up to 64 MiB of RSS once a long run had touched enough
+/// of a large database (a 30-minute soak's RSS rose 23 % while they filled).
+const READER_CACHE_KIB: i64 = 2 * 1024;
 /// Write requests that may queue for the writer thread.
 const WRITE_QUEUE: usize = 1_024;
 /// How often the checkpoint thread copies the WAL into the database file.
@@ -693,9 +699,9 @@ impl ReadPool {
         )
         .map_err(db)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
-        conn.execute_batch(
-            "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -8192; PRAGMA mmap_size = 0;",
-        )
+        conn.execute_batch(&format!(
+            "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -{READER_CACHE_KIB}; PRAGMA mmap_size = 0;"
+        ))
         .map_err(db)?;
         conn.set_prepared_statement_cache_capacity(32);
         Ok(conn)
