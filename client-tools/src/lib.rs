@@ -27,36 +27,19 @@ pub enum Error {
     LeadershipLost,
 }
 
-/// Parses a duration as Go's `time.ParseDuration` does for the units flags use (`1m30s`,
-/// `15s`, `500ms`, `8760h`), plus a bare number of seconds.
+/// Parses a duration as Kubernetes' flags write them (Go's `time.ParseDuration`: `1m30s`,
+/// `15s`, `500ms`, `8760h`), plus a bare number of seconds. The one parser every component's
+/// flags use.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
     if let Ok(secs) = s.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|e| format!("invalid duration {s:?}: {e}"));
     }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("{s:?}: missing unit (h, m, s or ms)"))?;
-        let value: f64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{s:?}: bad number"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 0.001,
-            u => return Err(format!("{s:?}: unknown unit {u:?}")),
-        };
-        rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(value * scale).map_err(|e| e.to_string())?;
-    }
-    Ok(total)
+    let d: jiff::SignedDuration = s
+        .parse()
+        .map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+    Duration::try_from(d).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
 #[cfg(test)]

@@ -131,14 +131,7 @@ impl Options {
     }
 }
 
-/// A duration as Kubernetes flags write it (`90s`, `2m`, `1m30s`, `500ms`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: jiff::SignedDuration = s
-        .trim()
-        .parse()
-        .map_err(|e| format!("invalid duration {s:?}: {e}"))?;
-    Duration::try_from(d).map_err(|e| format!("invalid duration {s:?}: {e}"))
-}
+pub use client_tools::parse_duration;
 
 /// A parsed image reference.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -29,7 +29,7 @@ struct Args {
     #[arg(long, env = "LOTSE_NODEPORT_ADDRESSES", value_delimiter = ',')]
     nodeport_addresses: Vec<String>,
     /// Minimum interval between two rule syncs (a burst of changes is one transaction).
-    #[arg(long, env = "LOTSE_MIN_SYNC_PERIOD", default_value = "50ms", value_parser = parse_duration)]
+    #[arg(long, env = "LOTSE_MIN_SYNC_PERIOD", default_value = "50ms", value_parser = client_tools::parse_duration)]
     min_sync_period: Duration,
     /// Name of the agent's nftables table (family ip).
     #[arg(long, env = "LOTSE_NFTABLES_TABLE", default_value = "lotse")]
@@ -43,20 +43,6 @@ struct Args {
     /// routes (one node).
     #[arg(long, env = "LOTSE_FLANNEL_BACKEND", value_enum)]
     flannel_backend: Option<agent::routes::Backend>,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "s"));
-    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("bad duration {s:?} (use ms, s or m)")),
-    }
 }
 
 #[tokio::main]
