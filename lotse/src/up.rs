@@ -268,12 +268,14 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
     // The controllers and the scheduler run on a runtime of their own: they spawn informer tasks
     // that outlive their main task, and the apiserver's graceful shutdown would wait for those
     // watches. Shutting that runtime down ends them all.
-    let components = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("lotse-components")
-        .enable_all()
-        .build()
-        .context("starting the controllers' runtime")?;
+    let components = ComponentsRuntime::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("lotse-components")
+            .enable_all()
+            .build()
+            .context("starting the controllers' runtime")?,
+    );
     start_controllers(
         &components,
         ctrl_kc,
@@ -444,11 +446,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         }
         extra_nodes = match join.start(&admin, &underlay, a.nodes).await {
             Ok(nodes) => nodes,
-            Err(e) => {
-                // The components' runtime cannot be dropped inside this one.
-                components.shutdown_background();
-                return Err(e.context("starting the other nodes"));
-            }
+            Err(e) => return Err(e.context("starting the other nodes")),
         };
     }
     println!("export KUBECONFIG={}", running.admin_kubeconfig.display());
@@ -465,7 +463,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         tracing::info!(node = %name, "stopping node");
     }
     let _ = stop_tx.send(true);
-    components.shutdown_background();
+    drop(components);
     match tokio::time::timeout(Duration::from_secs(15), kubelet).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "kubelet"),
         Err(_) => tracing::warn!("kubelet did not stop within 15 s"),
@@ -487,8 +485,41 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The controllers' and scheduler's runtime, shut down in the background when dropped: a
+/// runtime dropped inside another runtime's task panics, and on an early return (an error
+/// while starting) that panic hid the error.
+struct ComponentsRuntime {
+    handle: tokio::runtime::Handle,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl ComponentsRuntime {
+    fn new(runtime: tokio::runtime::Runtime) -> Self {
+        Self {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        }
+    }
+}
+
+impl std::ops::Deref for ComponentsRuntime {
+    type Target = tokio::runtime::Handle;
+
+    fn deref(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+}
+
+impl Drop for ComponentsRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 fn start_controllers(
-    rt: &tokio::runtime::Runtime,
+    rt: &tokio::runtime::Handle,
     kubeconfig: PathBuf,
     cluster_cidr: String,
     ca_pem: String,

@@ -209,6 +209,57 @@ async fn start_once(data: &Path, args: &[String], pod: &str, round: &str) -> any
     Ok(lotse)
 }
 
+/// The processes `pid` started (its threads' children).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// `lotse up`'s RSS once idle (one node, the busybox pod running, no cluster DNS), beside the
+/// containerd it started (a process of its own, as on k3s).
+async fn idle_rss(lotse: &Lotse) -> anyhow::Result<()> {
+    // Past the start-up's peaks and one 10-second trim of freed heap memory.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let mib = |pid: u32| e2e::rss_kib(pid).map(|k| k as f64 / 1024.0);
+    let lotse_mib = mib(lotse.pid())?;
+    let containerd: f64 = children(lotse.pid())
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "containerd")
+        })
+        .filter_map(|p| mib(p).ok())
+        .sum();
+    println!("idle, 20 s after the restart's pod ran:");
+    println!(
+        "  {:<28} {lotse_mib:>7.1} MiB",
+        "lotse up (apiserver, controllers, scheduler, kubelet, agent)"
+    );
+    println!(
+        "  {:<28} {containerd:>7.1} MiB",
+        "containerd (its own process)"
+    );
+    figure(
+        "lotse up idle RSS, one node, one pod (one process)",
+        lotse_mib,
+        "MiB",
+    )
+    .vs("containerd beside it", containerd)
+    .goal("<= 50 MiB (issue 19)")
+    .record()?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let images = require_images(&["busybox.tar", "pause.tar"])?;
@@ -237,6 +288,7 @@ async fn main() -> anyhow::Result<()> {
     let mut lotse = start_once(&data, &args, "first", "fresh data dir").await?;
     lotse.stop()?;
     let lotse = start_once(&data, &args, "second", "restart").await?;
+    idle_rss(&lotse).await?;
     // Its drop deletes the pods and stops it.
     drop(lotse);
     Ok(())
