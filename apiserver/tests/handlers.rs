@@ -64,6 +64,16 @@ impl Api {
         self.json("POST", uri, Some(cm(name, labels))).await
     }
 
+    /// The events of a watch `uri` that ends by itself (`timeoutSeconds`).
+    async fn watch_events(&self, uri: &str) -> Vec<Value> {
+        let (s, body, _) = self.get(uri, None).await;
+        assert_eq!(s, StatusCode::OK);
+        body.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).expect("event"))
+            .collect()
+    }
+
     /// GETs `uri`, raw, with an optional Accept header.
     async fn get(
         &self,
@@ -455,13 +465,7 @@ async fn an_object_leaving_a_selector_is_deleted_at_the_new_revision() {
     let uri = format!(
         "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&labelSelector=w%3Dyes&timeoutSeconds=1"
     );
-    let (s, body, _) = api.get(&uri, None).await;
-    assert_eq!(s, StatusCode::OK);
-    let events: Vec<Value> = body
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).expect("event"))
-        .collect();
+    let events = api.watch_events(&uri).await;
     assert_eq!(events.len(), 1, "{events:?}");
     // Kubernetes' cacheWatcher: the last state that matched, at the update's revision.
     assert_eq!(events[0]["type"], "DELETED");
@@ -494,13 +498,7 @@ async fn watch_replays_from_a_revision_and_filters() {
     let uri = format!(
         "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&labelSelector=w%3Dyes&timeoutSeconds=1"
     );
-    let (s, body, _) = api.get(&uri, None).await;
-    assert_eq!(s, StatusCode::OK);
-    let events: Vec<Value> = body
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).expect("event"))
-        .collect();
+    let events = api.watch_events(&uri).await;
     let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(types, vec!["MODIFIED", "DELETED"]);
     assert_eq!(events[0]["object"]["data"]["k"], "changed");
