@@ -138,7 +138,9 @@ pub(crate) async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
     Ok(kube::Client::try_from(cfg)?)
 }
 
-pub async fn up(a: UpArgs) -> anyhow::Result<()> {
+pub async fn up(mut a: UpArgs) -> anyhow::Result<()> {
+    // `--images=` (nothing) parses as one empty name.
+    a.images.retain(|i| !i.trim().is_empty());
     let data_dir = std::path::absolute(&a.data_dir)?;
     let root_dir = data_dir.join("kubelet");
     let images_dir = root_dir.join("images");
