@@ -21,7 +21,10 @@
 //! taken, requests wait in their flow's queue and freed seats go to the flow that has been
 //! given the fewest seats (start-time fair queuing on a virtual clock charged with each
 //! request's width); a wide request at the head is never passed by narrower ones. So a user
-//! flooding the server waits behind its own requests, not in front of others'.
+//! flooding the server waits behind its own requests, not in front of others'. While other
+//! flows of the level are active (seen within the last second), one flow holds at most the
+//! level's seats minus one per other active flow (at most half kept back): a flood whose
+//! requests stall on a slow write cannot hold every seat when another tenant's request comes.
 //! A flow's queue holds at most [`QUEUE_LENGTH_LIMIT`] requests and a request waits at most a
 //! quarter of the request timeout; beyond either it gets 429 with `Retry-After` (Kubernetes'
 //! plain-text answer). Long-running requests (watch, exec, attach, port-forward, proxy, log)
@@ -30,7 +33,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -81,14 +84,39 @@ struct Waiter {
     width: usize,
 }
 
+/// How long a flow counts as active after its last request arrived: while another flow of the
+/// level is active, one flow may not hold every seat (see [`LevelState::fits`]).
+const ACTIVE_WINDOW: Duration = Duration::from_secs(1);
+
 /// One flow (one user) of a level: its waiting requests and its virtual finish time.
-#[derive(Default)]
 struct Flow {
+    /// The flow's name, shared with the seats it holds (no allocation per request).
+    name: Arc<str>,
     waiting: VecDeque<Waiter>,
     /// Virtual time at which the work dispatched for this flow ends: each dispatch charges its
     /// width (start-time fair queuing), so a flow that has taken many seats goes after a flow
     /// that has taken few.
     finish: f64,
+    /// Seats its executing requests hold.
+    held: usize,
+    /// When its last request arrived.
+    seen: Instant,
+}
+
+impl Flow {
+    fn new(name: &str, now: Instant) -> Flow {
+        Flow {
+            name: Arc::from(name),
+            waiting: VecDeque::new(),
+            finish: 0.0,
+            held: 0,
+            seen: now,
+        }
+    }
+
+    fn active(&self, now: Instant) -> bool {
+        self.held > 0 || !self.waiting.is_empty() || now.duration_since(self.seen) < ACTIVE_WINDOW
+    }
 }
 
 struct LevelState {
@@ -104,36 +132,59 @@ struct LevelState {
 }
 
 impl LevelState {
-    /// Charges a dispatch of `width` seats to `flow` and takes the seats.
-    fn charge(&mut self, flow: &str, width: usize) {
+    /// The flow named `name`, created if it is new (its name is copied only then: the hot path
+    /// allocates nothing), marked as seen `now`.
+    fn flow(&mut self, name: &str, now: Instant) -> &mut Flow {
+        if !self.flows.contains_key(name) {
+            self.flows.insert(name.to_string(), Flow::new(name, now));
+        }
+        let f = self
+            .flows
+            .get_mut(name)
+            .unwrap_or_else(|| unreachable!("inserted above"));
+        f.seen = now;
+        f
+    }
+
+    /// Charges a dispatch of `width` seats to `flow` and takes the seats; returns the flow's
+    /// name for the seat.
+    fn charge(&mut self, flow: &str, width: usize, now: Instant) -> Arc<str> {
         let clock = self.clock;
-        // The flow's name is copied only for a flow not seen yet (the hot path allocates nothing).
-        let start = match self.flows.get_mut(flow) {
-            Some(f) => {
-                let start = clock.max(f.finish);
-                f.finish = start + width as f64;
-                start
-            }
-            None => {
-                let f = Flow {
-                    finish: clock + width as f64,
-                    ..Default::default()
-                };
-                self.flows.insert(flow.to_string(), f);
-                clock
-            }
-        };
+        let f = self.flow(flow, now);
+        let start = clock.max(f.finish);
+        f.finish = start + width as f64;
+        f.held += width;
+        let name = f.name.clone();
         self.clock = start;
         self.seats += width;
         self.requests += 1;
+        name
     }
 
-    /// Forgets flows with nothing waiting whose charge the clock has passed (they would start
-    /// at the clock anyway).
-    fn prune(&mut self) {
+    /// Whether `flow` may take `width` more seats of `limit`, free seats aside: while other
+    /// flows of the level are active (waiting, executing, or seen within [`ACTIVE_WINDOW`]),
+    /// one flow may hold at most `limit` minus one seat per other active flow (at most half of
+    /// them kept back), so that a flood whose requests stall (a slow write, a big LIST) cannot
+    /// hold every seat when another tenant's request comes. A flow that holds nothing may
+    /// always take its request's width.
+    fn fits(&self, flow: &str, width: usize, limit: usize, now: Instant) -> bool {
+        let held = self.flows.get(flow).map_or(0, |f| f.held);
+        if held == 0 {
+            return true;
+        }
+        let others = self
+            .flows
+            .iter()
+            .filter(|(name, f)| name.as_str() != flow && f.active(now))
+            .count();
+        held + width <= limit - others.min(limit / 2)
+    }
+
+    /// Forgets flows that hold nothing, have nothing waiting, are no longer active and whose
+    /// charge the clock has passed (they would start at the clock anyway).
+    fn prune(&mut self, now: Instant) {
         let clock = self.clock;
-        self.flows
-            .retain(|_, f| !f.waiting.is_empty() || f.finish > clock);
+        self.flows.retain(|_, f| f.active(now) || f.finish > clock);
     }
 }
 
@@ -149,12 +200,15 @@ struct Level {
 
 impl Level {
     /// Frees a request's seats and hands them to waiting requests.
-    fn release(self: &Arc<Self>, width: usize) {
+    fn release(self: &Arc<Self>, flow: &str, width: usize) {
         let Ok(mut st) = self.state.lock() else {
             return;
         };
         st.seats = st.seats.saturating_sub(width);
         st.requests = st.requests.saturating_sub(1);
+        if let Some(f) = st.flows.get_mut(flow) {
+            f.held = f.held.saturating_sub(width);
+        }
         self.dispatch(&mut st);
     }
 
@@ -164,20 +218,26 @@ impl Level {
     }
 
     /// Gives free seats to waiting requests: always the head of the flow with the earliest
-    /// virtual start; when that request does not fit in the free seats, nothing else goes
-    /// ahead of it (a wide request is never starved by narrow ones).
+    /// virtual start among the flows that may take more seats ([`LevelState::fits`]); when
+    /// that request does not fit in the free seats, nothing else goes ahead of it (a wide
+    /// request is never starved by narrow ones).
     fn dispatch(self: &Arc<Self>, st: &mut LevelState) {
+        let now = Instant::now();
+        let limit = self.limit.load(Ordering::Relaxed);
         loop {
             let clock = st.clock;
             let next = st
                 .flows
                 .iter()
-                .filter(|(_, f)| !f.waiting.is_empty())
-                .map(|(name, f)| (clock.max(f.finish), name))
+                .filter_map(|(name, f)| {
+                    let head = f.waiting.front()?;
+                    (head.tx.is_closed() || st.fits(name, self.width(head.width), limit, now))
+                        .then(|| (clock.max(f.finish), name))
+                })
                 .min_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)))
                 .map(|(_, name)| name.clone());
             let Some(name) = next else {
-                st.prune();
+                st.prune(now);
                 return;
             };
             let Some((closed, width)) = st
@@ -197,16 +257,17 @@ impl Level {
                 continue;
             }
             let width = self.width(width);
-            if st.seats + width > self.limit.load(Ordering::Relaxed) {
+            if st.seats + width > limit {
                 return;
             }
             let Some(head) = st.flows.get_mut(&name).and_then(|f| f.waiting.pop_front()) else {
                 return;
             };
             st.waiting -= 1;
-            st.charge(&name, width);
+            let flow = st.charge(&name, width, now);
             match head.tx.send(Seat {
                 level: Some(self.clone()),
+                flow,
                 width,
             }) {
                 Ok(()) => {
@@ -217,6 +278,9 @@ impl Level {
                     seat.level = None;
                     st.seats -= width;
                     st.requests -= 1;
+                    if let Some(f) = st.flows.get_mut(&name) {
+                        f.held = f.held.saturating_sub(width);
+                    }
                 }
             }
         }
@@ -239,13 +303,14 @@ impl Level {
 /// The seats held by an executing request; dropping it frees them.
 pub struct Seat {
     level: Option<Arc<Level>>,
+    flow: Arc<str>,
     width: usize,
 }
 
 impl Drop for Seat {
     fn drop(&mut self) {
         if let Some(level) = self.level.take() {
-            level.release(self.width);
+            level.release(&self.flow, self.width);
         }
     }
 }
@@ -377,19 +442,22 @@ impl FlowControl {
             return Ok(None);
         };
         let width = level.width(width);
+        let now = Instant::now();
         let rx = {
             let Ok(mut st) = level.state.lock() else {
                 return Ok(None);
             };
-            if st.waiting == 0 && st.seats + width <= level.limit.load(Ordering::Relaxed) {
-                st.charge(user, width);
+            let limit = level.limit.load(Ordering::Relaxed);
+            if st.waiting == 0 && st.seats + width <= limit && st.fits(user, width, limit, now) {
+                let flow = st.charge(user, width, now);
                 level.dispatched.fetch_add(1, Ordering::Relaxed);
                 return Ok(Some(Seat {
                     level: Some(level.clone()),
+                    flow,
                     width,
                 }));
             }
-            let flow = st.flows.entry(user.to_string()).or_default();
+            let flow = st.flow(user, now);
             let before = flow.waiting.len();
             flow.waiting.retain(|w| !w.tx.is_closed());
             let gone = before - flow.waiting.len();
@@ -784,6 +852,55 @@ mod tests {
         drop(v);
         for l in flood_lists {
             assert!(l.await.unwrap().unwrap().is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flow_whose_requests_stall_leaves_a_seat_to_another_active_flow() {
+        // 235 shares over 47 seats: global-default gets 4.
+        let fc = Arc::new(FlowControl::new(47, Duration::from_secs(5)));
+        let flood = user("flood", &["system:authenticated"]);
+        let victim = user("victim", &["system:authenticated"]);
+        // The victim was here a moment ago.
+        drop(fc.acquire(&victim.name, &victim.groups, 1).await.unwrap());
+        // The flood's requests stall (a slow write): three of the four seats, the fourth
+        // request waits although a seat is free.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(fc.acquire(&flood.name, &flood.groups, 1).await.unwrap());
+        }
+        let fourth = {
+            let (fc, u) = (fc.clone(), flood.clone());
+            tokio::spawn(async move { fc.acquire(&u.name, &u.groups, 1).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!fourth.is_finished());
+        // The victim's next request finds the seat at once, and when it is done the seat is
+        // kept for it still.
+        let v = tokio::time::timeout(
+            Duration::from_millis(100),
+            fc.acquire(&victim.name, &victim.groups, 1),
+        )
+        .await
+        .expect("the victim got a seat at once");
+        assert!(v.unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!fourth.is_finished());
+        // One of the flood's own requests ends: its fourth goes.
+        held.pop();
+        assert!(fourth.await.unwrap().unwrap().is_some());
+        // A user alone in its level takes every seat.
+        let alone = user("system:serviceaccount:x:y", &["system:authenticated"]);
+        let seats = seats(47, 100);
+        let mut all = Vec::new();
+        for _ in 0..seats {
+            let s = tokio::time::timeout(
+                Duration::from_millis(100),
+                fc.acquire(&alone.name, &alone.groups, 1),
+            )
+            .await
+            .expect("a seat at once");
+            all.push(s.unwrap());
         }
     }
 

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+pub mod fairness;
 pub mod lotse;
 pub mod multinode;
 pub mod report;

@@ -14,48 +14,11 @@
 //! Needs the built apiserver binary (~25 s).
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use e2e::{ApiServer, Backend, raw_request};
-use kube::config::{AuthInfo, Kubeconfig};
-
-async fn token_client(kubeconfig: &Path, token: &str) -> anyhow::Result<kube::Client> {
-    let mut kc = Kubeconfig::read_from(kubeconfig)?;
-    for a in &mut kc.auth_infos {
-        a.auth_info = Some(AuthInfo {
-            token: Some(token.to_string().into()),
-            ..Default::default()
-        });
-    }
-    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    // See every answer (kube-rs retries 429 by itself otherwise).
-    cfg.default_retry = false;
-    Ok(kube::Client::try_from(cfg)?)
-}
-
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// `n` sequential GETs by `client`: (latencies, statuses that were not 200).
-async fn probe(client: &kube::Client, path: &str, n: usize) -> (Vec<Duration>, Vec<u16>) {
-    let mut lat = Vec::new();
-    let mut bad = Vec::new();
-    for _ in 0..n {
-        let t = Instant::now();
-        match raw_request(client, "GET", path, None, Vec::new()).await {
-            Ok((200, _)) => lat.push(t.elapsed()),
-            Ok((code, _)) => bad.push(code),
-            Err(_) => bad.push(0),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (lat, bad)
-}
+use e2e::fairness::{self, Flood, VICTIM_PATH, percentile, probe};
+use e2e::{ApiServer, Backend};
 
 #[tokio::test]
 #[ignore = "needs the built apiserver binary"]
@@ -73,99 +36,22 @@ async fn a_flooding_tenant_is_refused_while_others_are_served() -> anyhow::Resul
         ],
     )
     .await?;
-    let k = server.kubectl(33);
-    for ns in ["tenant-a", "tenant-b"] {
-        k.ok(&["create", "namespace", ns])?;
-    }
-    k.ok(&["-n", "tenant-a", "create", "serviceaccount", "flood"])?;
-    k.ok(&["-n", "tenant-b", "create", "serviceaccount", "victim"])?;
-    k.ok(&["-n", "kube-system", "create", "serviceaccount", "operator"])?;
-    for (name, sa) in [
-        ("flood", "tenant-a:flood"),
-        ("victim", "tenant-b:victim"),
-        ("operator", "kube-system:operator"),
-    ] {
-        let sa_flag = format!("--serviceaccount={sa}");
-        k.ok(&[
-            "create",
-            "clusterrolebinding",
-            name,
-            "--clusterrole=cluster-admin",
-            &sa_flag,
-        ])?;
-    }
-    let flood_token = k.ok(&["-n", "tenant-a", "create", "token", "flood"])?;
-    let victim_token = k.ok(&["-n", "tenant-b", "create", "token", "victim"])?;
-    let operator_token = k.ok(&["-n", "kube-system", "create", "token", "operator"])?;
-
-    let victim = token_client(&server.kubeconfig(), victim_token.trim()).await?;
-    let operator = token_client(&server.kubeconfig(), operator_token.trim()).await?;
-    let admin = server.client().await?;
-
-    // 300 ConfigMaps of 1 KiB make each LIST of them real work.
-    let payload = "x".repeat(1024);
-    let mut creates = Vec::new();
-    for i in 0..300 {
-        let admin = admin.clone();
-        let body = serde_json::to_vec(&serde_json::json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": format!("cm-{i}")}, "data": {"d": payload}
-        }))?;
-        creates.push(tokio::spawn(async move {
-            raw_request(
-                &admin,
-                "POST",
-                "/api/v1/namespaces/tenant-a/configmaps",
-                Some("application/json"),
-                body,
-            )
-            .await
-        }));
-    }
-    for c in creates {
-        let (code, body) = c.await??;
-        anyhow::ensure!(
-            code == 201,
-            "seed create: {code} {}",
-            String::from_utf8_lossy(&body)
-        );
-    }
-    k.ok(&[
-        "-n",
-        "tenant-b",
-        "create",
-        "configmap",
-        "mine",
-        "--from-literal=a=b",
-    ])?;
-    let victim_path = "/api/v1/namespaces/tenant-b/configmaps/mine";
-    let (mut idle, bad) = probe(&victim, victim_path, 30).await;
+    let t = fairness::setup(&server).await?;
+    let gap = Duration::from_millis(20);
+    let (mut idle, bad) = probe(&t.victim, VICTIM_PATH, 30, gap).await;
     anyhow::ensure!(bad.is_empty(), "victim idle answers: {bad:?}");
 
-    // The flood: 200 looping LISTs and a create storm, for ~4 s, from its own thread and
-    // runtime so that the flood's client work does not delay the probes' own polling (the
-    // probes measure the server, not this process's scheduler).
-    let deadline = Instant::now() + Duration::from_secs(4);
-    let flood_thread = std::thread::spawn({
-        let kubeconfig = server.kubeconfig();
-        let token = flood_token.trim().to_string();
-        move || -> anyhow::Result<Vec<(u16, String, String)>> {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?;
-            rt.block_on(flood_run(&kubeconfig, &token, deadline))
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The flood: 200 looping LISTs and 40 looping creates while the three probe.
+    let flood = Flood::start(&t, 200, 40, 1, true);
+    flood
+        .wait_refused(&t.admin, Duration::from_secs(30))
+        .await?;
     let (victim_run, operator_run, admin_run) = tokio::join!(
-        probe(&victim, victim_path, 30),
-        probe(&operator, victim_path, 30),
-        probe(&admin, victim_path, 30),
+        probe(&t.victim, VICTIM_PATH, 30, gap),
+        probe(&t.operator, VICTIM_PATH, 30, gap),
+        probe(&t.admin, VICTIM_PATH, 30, gap),
     );
-    let codes = tokio::task::spawn_blocking(move || flood_thread.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the flood thread panicked"))??;
+    let codes = flood.stop().await?;
     let refused: Vec<_> = codes.iter().filter(|c| c.0 == 429).collect();
     let served = codes.iter().filter(|c| c.0 == 200 || c.0 == 201).count();
     eprintln!(
@@ -174,7 +60,7 @@ async fn a_flooding_tenant_is_refused_while_others_are_served() -> anyhow::Resul
         refused.len()
     );
     if refused.is_empty() {
-        let (_, m) = raw_request(&admin, "GET", "/metrics", None, Vec::new()).await?;
+        let (_, m) = e2e::raw_request(&t.admin, "GET", "/metrics", None, Vec::new()).await?;
         let m = String::from_utf8_lossy(&m);
         for l in m.lines().filter(|l| l.starts_with("apiserver_flowcontrol")) {
             eprintln!("{l}");
@@ -200,24 +86,15 @@ async fn a_flooding_tenant_is_refused_while_others_are_served() -> anyhow::Resul
         "victim GET p99: idle {idle_p99:?}, during the flood {flood_p99:?} ({:.1}x; goal <= 2x)",
         flood_p99.as_secs_f64() / idle_p99.as_secs_f64().max(1e-6)
     );
-    let (code, metrics) = raw_request(&admin, "GET", "/metrics", None, Vec::new()).await?;
-    assert_eq!(code, 200);
-    let metrics = String::from_utf8_lossy(&metrics);
-    let line = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("apiserver_flowcontrol_rejected_requests_total{flow_schema=\"service-accounts\",priority_level=\"workload-low\",reason=\"queue-full\"}")
-        })
-        .context("rejected counter missing")?;
-    let n: u64 = line.rsplit(' ').next().unwrap_or("0").parse()?;
-    anyhow::ensure!(n > 0, "{line}");
+    let rejected = fairness::metric(&t.admin, fairness::REJECTED).await?;
+    anyhow::ensure!(rejected > 0.0, "no queue-full rejection counted");
 
     // A body that never comes: 504 after the request timeout, with Kubernetes' Status.
     let started = Instant::now();
     let answer = tokio::task::spawn_blocking({
         let ca = server.data_dir().join("pki/ca.crt");
         let port = server.port();
-        let token = victim_token.trim().to_string();
+        let token = t.victim_token.clone();
         move || stalled_upload(&ca, port, &token)
     })
     .await??;
@@ -228,65 +105,6 @@ async fn a_flooding_tenant_is_refused_while_others_are_served() -> anyhow::Resul
         "{answer}"
     );
     Ok(())
-}
-
-/// 200 looping LISTs of all ConfigMaps and 40 looping creates by the flooding ServiceAccount
-/// until `deadline`: every answer's (status, Retry-After, body of a 429).
-async fn flood_run(
-    kubeconfig: &Path,
-    token: &str,
-    deadline: Instant,
-) -> anyhow::Result<Vec<(u16, String, String)>> {
-    let flood = token_client(kubeconfig, token).await?;
-    let codes = Arc::new(std::sync::Mutex::new(Vec::<(u16, String, String)>::new()));
-    let mut flooders = Vec::new();
-    for i in 0..240 {
-        let flood = flood.clone();
-        let codes = codes.clone();
-        flooders.push(tokio::spawn(async move {
-            let mut n = 0;
-            while Instant::now() < deadline {
-                let req = if i < 200 {
-                    http::Request::get("/api/v1/configmaps").body(Vec::new())
-                } else {
-                    n += 1;
-                    http::Request::post("/api/v1/namespaces/tenant-a/configmaps")
-                        .header("content-type", "application/json")
-                        .body(
-                            serde_json::to_vec(&serde_json::json!({
-                                "apiVersion": "v1", "kind": "ConfigMap",
-                                "metadata": {"name": format!("storm-{i}-{n}")}
-                            }))
-                            .unwrap_or_default(),
-                        )
-                };
-                let Ok(req) = req else { break };
-                let Ok(resp) = flood.send(req.map(kube::client::Body::from)).await else {
-                    continue;
-                };
-                let code = resp.status().as_u16();
-                let retry = resp
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
-                let body = resp
-                    .into_body()
-                    .collect_bytes()
-                    .await
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
-                if let Ok(mut c) = codes.lock() {
-                    c.push((code, retry, if code == 429 { body } else { String::new() }));
-                }
-            }
-        }));
-    }
-    for f in flooders {
-        let _ = f.await;
-    }
-    Ok(codes.lock().map(|c| c.clone()).unwrap_or_default())
 }
 
 /// Sends a POST's headers announcing 100 bytes, then nothing; returns what the server answers.
