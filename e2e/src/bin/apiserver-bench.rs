@@ -48,6 +48,10 @@ struct Args {
     /// Events delivered to every watcher.
     #[arg(long, default_value_t = 20)]
     watch_events: usize,
+    /// Idle watchers opened over HTTP/2 (100 streams per connection, as many kubelets'
+    /// watches share connections) for the memory-per-watcher figure; 0 skips it.
+    #[arg(long, default_value_t = 10_000)]
+    idle_watchers: usize,
 }
 
 /// Latency samples of one measurement.
@@ -513,7 +517,157 @@ async fn measure_apiserver(
         "RSS after watchers",
         format!("{:.1} MiB", rss_kib(pid)? as f64 / 1024.0),
     );
+    if args.idle_watchers > 0 {
+        // A fresh apiserver: the heap this one freed after its LISTs and watchers would hold
+        // the new watchers without growing.
+        drop(server);
+        let fresh = ApiServer::start_with(binary.to_path_buf(), backend, &[]).await?;
+        let m = idle_watchers(&fresh, args.idle_watchers).await?;
+        let per = m.rss_growth_kib / args.idle_watchers as f64;
+        f.add(
+            &format!("{} idle watchers over HTTP/2", args.idle_watchers),
+            format!(
+                "{per:.1} KiB each (fresh apiserver: RSS {:.1} -> {:.1} MiB, {} connections); one event to all of them: p50 {}, last {}",
+                m.rss_before_kib / 1024.0,
+                (m.rss_before_kib + m.rss_growth_kib) / 1024.0,
+                m.connections,
+                ms(m.fanout_p50),
+                ms(m.fanout_last)
+            ),
+        );
+        figure(
+            format!(
+                "{b}: apiserver memory per idle watcher, {} watchers",
+                args.idle_watchers
+            ),
+            per,
+            "KiB",
+        )
+        .goal("<= 20 KiB")
+        .record()?;
+        figure(
+            format!(
+                "{b}: one event delivered to {} watchers, last delivery",
+                args.idle_watchers
+            ),
+            in_ms(m.fanout_last),
+            "ms",
+        )
+        .record()?;
+    }
     Ok(f)
+}
+
+/// What [`idle_watchers`] measured.
+struct IdleWatchers {
+    /// The apiserver's RSS before the watches, and its growth from opening them.
+    rss_before_kib: f64,
+    rss_growth_kib: f64,
+    connections: usize,
+    /// One event's delivery to the watchers: median and last (from the create request's start).
+    fanout_p50: Duration,
+    fanout_last: Duration,
+}
+
+/// Streams per HTTP/2 connection of [`idle_watchers`] (the server allows 200).
+const STREAMS_PER_CONNECTION: usize = 100;
+
+/// Opens `n` watches of one namespace over HTTP/2 connections of the admin's identity, waits
+/// until every one is answered, and measures the apiserver's RSS growth; then creates one
+/// ConfigMap there and times its delivery to every watcher.
+async fn idle_watchers(server: &ApiServer, n: usize) -> anyhow::Result<IdleWatchers> {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use kube::client::ConfigExt;
+
+    let pid = server.pid();
+    let client = server.client().await?;
+    let ns = "bench-idle-watch";
+    create_ns(&client, ns).await?;
+    let kc = kube::config::Kubeconfig::read_from(server.kubeconfig())?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let mut tls = cfg.rustls_client_config()?;
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let port = server.port();
+    let uri = format!(
+        "https://127.0.0.1:{port}/api/v1/namespaces/{ns}/configmaps?watch=true&timeoutSeconds=600"
+    );
+    // Let the server settle (freed buffers returned) before the baseline.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rss_kib(pid.context("apiserver pid")?)? as f64;
+    let connections = n.div_ceil(STREAMS_PER_CONNECTION);
+    let mut bodies = Vec::with_capacity(n);
+    for c in 0..connections {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+        let tls = connector.connect(name, tcp).await?;
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        let streams = STREAMS_PER_CONNECTION.min(n - c * STREAMS_PER_CONNECTION);
+        let opened = futures::stream::iter(0..streams)
+            .map(|_| {
+                let mut sender = sender.clone();
+                let uri = uri.clone();
+                async move {
+                    let req = http::Request::get(uri)
+                        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+                    let resp = sender.send_request(req).await?;
+                    anyhow::ensure!(resp.status() == 200, "watch answered {}", resp.status());
+                    anyhow::Ok(resp.into_body())
+                }
+            })
+            .buffer_unordered(STREAMS_PER_CONNECTION)
+            .try_collect::<Vec<_>>()
+            .await?;
+        bodies.extend(opened);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid.context("apiserver pid")?)? as f64;
+
+    // One event to all of them: each waits for its first data frame.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let mut tasks = Vec::with_capacity(n);
+    for mut body in bodies {
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(frame) = body.frame().await {
+                if frame.map(|f| f.is_data()).unwrap_or(false) {
+                    let _ = tx.send(Instant::now());
+                    break;
+                }
+            }
+        }));
+    }
+    drop(tx);
+    let api: Api<ConfigMap> = Api::namespaced(client, ns);
+    let sent = Instant::now();
+    api.create(&PostParams::default(), &configmap("fanout".into()))
+        .await?;
+    let mut delivered = Vec::with_capacity(n);
+    while delivered.len() < n {
+        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+            Ok(Some(at)) => delivered.push(at.saturating_duration_since(sent)),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+    anyhow::ensure!(
+        delivered.len() == n,
+        "the event reached {} of {n} watchers",
+        delivered.len()
+    );
+    delivered.sort();
+    Ok(IdleWatchers {
+        rss_before_kib: before,
+        rss_growth_kib: after - before,
+        connections,
+        fanout_p50: delivered[n / 2],
+        fanout_last: delivered[n - 1],
+    })
 }
 
 /// Opens `watchers` watches on one namespace, creates `events` ConfigMaps, and reports the
