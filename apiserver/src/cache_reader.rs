@@ -97,6 +97,26 @@ impl CacheReader {
         }
     }
 
+    /// The object as the watch cache holds it, with its `resourceVersion`, or from storage when
+    /// the cache does not have it (yet): the starting point of a guarded update, as
+    /// kube-apiserver's cacher hands its copy to `GuaranteedUpdate`. A copy that lags storage
+    /// makes the write's resourceVersion precondition fail; the caller then reads
+    /// [`Self::stored`] and tries again.
+    pub async fn cached_then_stored(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+    ) -> ApiResult<(Value, Revision)> {
+        let key = object_key(def, ns, name);
+        if let Some(o) = self.cacher(def)?.get(&key).await
+            && let Ok(obj) = serde_json::from_slice(&o.raw)
+        {
+            return Ok((obj, o.rv));
+        }
+        self.stored(def, ns, name).await
+    }
+
     /// The current object from storage with its `resourceVersion` set; 404 when absent.
     pub async fn stored(
         &self,

@@ -399,8 +399,14 @@ async fn bind(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Response> {
         ));
     }
     let dry_run = ctx.query.dry_run()?;
-    for _ in 0..10 {
-        let (mut pod, rv) = get_current(ctx.state, def, ns, name).await?;
+    for attempt in 0..10 {
+        // The first try starts from the watch cache's copy (the scheduler binds pods it has
+        // just seen there); a conflict means the copy lagged, and the next try reads storage.
+        let (mut pod, rv) = if attempt == 0 {
+            ctx.state.reader.cached_then_stored(def, ns, name).await?
+        } else {
+            get_current(ctx.state, def, ns, name).await?
+        };
         if pod.pointer("/metadata/deletionTimestamp").is_some() {
             return Err(ApiError::conflict_msg(
                 def,
