@@ -15,6 +15,7 @@ pub mod agent;
 pub mod ipam;
 pub mod net;
 pub mod netlink;
+pub mod netns;
 pub mod types;
 
 pub use types::{CniError, NetConf};

@@ -32,7 +32,9 @@ pub fn ensure_bridge(
     cidr: Ipv4Net,
     mtu: u32,
 ) -> Result<(), CniError> {
-    netlink::block_on(|h| async move { ensure_bridge_with(&h, bridge, gateway, cidr, mtu).await })?;
+    netlink::run_in(None, |h| async move {
+        ensure_bridge_with(&h, bridge, gateway, cidr, mtu).await
+    })?;
     let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
     Ok(())
 }
@@ -291,13 +293,26 @@ pub fn check_veth(netns: &str, ifname: &str, addr: Ipv4Net) -> Result<(), CniErr
 
 /// Deletes the veth pair if it still exists (deleting one end removes both); absent is success.
 pub fn teardown_veth(host_veth: &str) -> Result<(), CniError> {
-    Ok(netlink::block_on(|h| async move {
-        teardown_veth_with(&h, host_veth).await
+    delete_link(None, host_veth)
+}
+
+/// Deletes link `name` in the network namespace at `netns` (`None`: this thread's) if it
+/// exists (`ip [-n NS] link del NAME`); absent is success.
+pub fn delete_link(netns: Option<&Path>, name: &str) -> Result<(), CniError> {
+    Ok(netlink::run_in(netns, |h| async move {
+        delete_link_with(&h, name).await
     })?)
 }
 
-async fn teardown_veth_with(h: &Handle, host_veth: &str) -> Result<(), NetlinkError> {
-    let Some(index) = netlink::link_index(h, host_veth).await? else {
+/// Whether link `name` exists in the network namespace at `netns` (`None`: this thread's).
+pub fn link_exists(netns: Option<&Path>, name: &str) -> Result<bool, CniError> {
+    Ok(netlink::run_in(netns, |h| async move {
+        Ok::<_, NetlinkError>(netlink::link_index(&h, name).await?.is_some())
+    })?)
+}
+
+async fn delete_link_with(h: &Handle, name: &str) -> Result<(), NetlinkError> {
+    let Some(index) = netlink::link_index(h, name).await? else {
         return Ok(());
     };
     let deleted = h
@@ -305,10 +320,10 @@ async fn teardown_veth_with(h: &Handle, host_veth: &str) -> Result<(), NetlinkEr
         .del(index)
         .execute()
         .await
-        .map_err(request(format!("link del {host_veth}")));
+        .map_err(request(format!("link del {name}")));
     // Gone meanwhile (the pod's namespace went, taking the pair with it) is success too.
     match deleted {
-        Err(e) if netlink::link_index(h, host_veth).await?.is_some() => Err(e),
+        Err(e) if netlink::link_index(h, name).await?.is_some() => Err(e),
         _ => Ok(()),
     }
 }
@@ -466,9 +481,9 @@ mod tests {
 
         // DEL removes both ends, and a second DEL finds nothing and succeeds.
         netlink::in_netns(node.path(), |h| async move {
-            teardown_veth_with(&h, "vethtest1").await?;
+            delete_link_with(&h, "vethtest1").await?;
             assert_eq!(netlink::link_index(&h, "vethtest1").await?, None);
-            teardown_veth_with(&h, "vethtest1").await
+            delete_link_with(&h, "vethtest1").await
         })
         .unwrap();
         netlink::in_netns(pod.path(), |h| async move {

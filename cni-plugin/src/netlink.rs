@@ -152,6 +152,14 @@ where
 {
     match netns {
         Some(ns) => in_netns(ns, work),
+        // Called from async code (the `lotse` CLI): a runtime cannot be started on a thread
+        // that runs one, so the work gets a thread of its own (in this thread's namespace, which
+        // a new thread inherits).
+        None if tokio::runtime::Handle::try_current().is_ok() => std::thread::scope(|s| {
+            s.spawn(|| block_on(work))
+                .join()
+                .unwrap_or_else(|_| Err(NetlinkError::Thread("this namespace".into()).into()))
+        }),
         None => block_on(work),
     }
 }

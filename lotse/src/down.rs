@@ -541,14 +541,9 @@ fn delete_link(name: &str) {
     if !Path::new("/sys/class/net").join(name).exists() {
         return;
     }
-    // `ip` (iproute2, a dependency of every node) is the one tool that deletes links here; the
-    // CNI plugin creates this bridge with it too.
-    match std::process::Command::new("ip")
-        .args(["link", "delete", name])
-        .status()
-    {
-        Ok(s) if s.success() => {}
-        other => tracing::warn!(link = name, result = ?other, "deleting link"),
+    // Over netlink, as the CNI plugin made it.
+    if let Err(e) = cni_plugin::net::delete_link(None, name) {
+        tracing::warn!(link = name, error = %e, "deleting link");
     }
 }
 

@@ -53,28 +53,10 @@ impl Underlay {
     }
 }
 
-fn ip(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .with_context(|| format!("running ip {} (Debian package iproute2)", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
+/// Whether link `name` exists in the named network namespace `netns` (`None`: the host's).
 fn link_exists(name: &str, netns: Option<&str>) -> bool {
-    let mut args = vec![];
-    if let Some(ns) = netns {
-        args.extend(["-n", ns]);
-    }
-    args.extend(["link", "show", name]);
-    ip(&args).is_ok()
+    let path = netns.map(cni_plugin::netns::path);
+    cni_plugin::net::link_exists(path.as_deref(), name).unwrap_or(false)
 }
 
 /// The nft transaction that (re)makes [`UNDERLAY_TABLE`]: traffic from the underlay to anywhere
@@ -97,14 +79,10 @@ fn underlay_masquerade(u: &Underlay, cluster_cidr: Ipv4Net) -> String {
 /// traffic that leaves the machine.
 pub fn ensure_bridge(u: &Underlay, cluster_cidr: Ipv4Net) -> anyhow::Result<Ipv4Addr> {
     let host = u.node_ip(1)?;
-    if !link_exists(BRIDGE, None) {
-        ip(&["link", "add", BRIDGE, "type", "bridge"])?;
-    }
-    let addr = format!("{host}/{}", u.cidr.prefix_len());
-    if !ip(&["-4", "-o", "addr", "show", "dev", BRIDGE])?.contains(&addr) {
-        ip(&["addr", "replace", &addr, "dev", BRIDGE])?;
-    }
-    ip(&["link", "set", BRIDGE, "up"])?;
+    // Over netlink, as the CNI plugin makes a node's pod bridge: the bridge, the host's address
+    // on it, up.
+    cni_plugin::net::ensure_bridge(BRIDGE, host, u.cidr, UNDERLAY_MTU)
+        .with_context(|| format!("making the underlay bridge {BRIDGE}"))?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling ip_forward")?;
     // nft, as the agent programs its rules: one atomic transaction in nft's own grammar.
     cni_plugin::agent::nft::apply(&underlay_masquerade(u, cluster_cidr))
@@ -118,36 +96,34 @@ pub fn ensure_netns(u: &Underlay, k: u32) -> anyhow::Result<String> {
     let ns = format!("{NETNS_PREFIX}{k}");
     let host = u.node_ip(1)?;
     let me = u.node_ip(k)?;
-    if !Path::new("/run/netns").join(&ns).exists() {
-        ip(&["netns", "add", &ns])?;
+    if !cni_plugin::netns::exists(&ns) {
+        cni_plugin::netns::create(&ns)?;
     }
     let host_end = format!("lotse-ul{k}");
     // A host end whose peer is gone (its network namespace was deleted and made anew) leads
     // nowhere: made again with the namespace's end.
     if link_exists(&host_end, None) && !link_exists("eth0", Some(&ns)) {
-        ip(&["link", "del", &host_end])?;
+        cni_plugin::net::delete_link(None, &host_end)?;
     }
-    if !link_exists(&host_end, None) {
-        ip(&[
-            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-        ])?;
-    }
-    ip(&["link", "set", &host_end, "master", BRIDGE, "up"])?;
-    let addr = format!("{me}/{}", u.cidr.prefix_len());
-    ip(&["-n", &ns, "addr", "replace", &addr, "dev", "eth0"])?;
-    ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-    ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-    ip(&[
-        "-n",
-        &ns,
-        "route",
-        "replace",
-        "default",
-        "via",
-        &host.to_string(),
-    ])?;
+    // The veth pair between the underlay bridge and the namespace's eth0, addressed, with the
+    // default route through the host: what the CNI plugin makes for a pod.
+    let addr = Ipv4Net::new(me, u.cidr.prefix_len())?;
+    let path = cni_plugin::netns::path(&ns);
+    cni_plugin::net::setup_veth(
+        &path.to_string_lossy(),
+        "eth0",
+        &host_end,
+        BRIDGE,
+        addr,
+        host,
+        UNDERLAY_MTU,
+    )
+    .with_context(|| format!("linking network namespace {ns} to the underlay"))?;
     Ok(ns)
 }
+
+/// The underlay links' MTU (Ethernet's).
+const UNDERLAY_MTU: u32 = 1500;
 
 /// The pod bridge of a node's network namespace (the CNI plugin's default).
 const POD_BRIDGE: &str = "lotse0";
@@ -157,28 +133,29 @@ const POD_BRIDGE: &str = "lotse0";
 /// and its underlay link stay as they are.
 pub fn remove_stale_pod_bridge(k: u32) {
     let ns = format!("{NETNS_PREFIX}{k}");
-    if Path::new("/run/netns").join(&ns).exists() && link_exists(POD_BRIDGE, Some(&ns)) {
-        let _ = ip(&["-n", &ns, "link", "del", POD_BRIDGE]);
+    if cni_plugin::netns::exists(&ns) {
+        let _ = cni_plugin::net::delete_link(Some(&cni_plugin::netns::path(&ns)), POD_BRIDGE);
     }
 }
 
 /// Removes the nodes' namespaces and the underlay bridge (`lotse reset`).
 pub fn remove_all() {
-    if let Ok(dir) = std::fs::read_dir("/run/netns") {
+    if let Ok(dir) = std::fs::read_dir(cni_plugin::netns::RUN_DIR) {
         for e in dir.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(NETNS_PREFIX) {
-                let _ = ip(&["netns", "del", &name]);
+            if name.starts_with(NETNS_PREFIX)
+                && let Err(e) = cni_plugin::netns::delete(&name)
+            {
+                tracing::warn!(error = %e, "removing a node's network namespace");
             }
         }
     }
-    if link_exists(BRIDGE, None) {
-        let _ = ip(&["link", "del", BRIDGE]);
-    }
-    // The host's VXLAN device (`--flannel-backend vxlan`); the nodes' went with their namespaces.
-    let vxlan = cni_plugin::agent::vxlan::DEVICE;
-    if link_exists(vxlan, None) {
-        let _ = ip(&["link", "del", vxlan]);
+    // The underlay bridge, and the host's VXLAN device (`--flannel-backend vxlan`); the nodes'
+    // went with their namespaces.
+    for link in [BRIDGE, cni_plugin::agent::vxlan::DEVICE] {
+        if let Err(e) = cni_plugin::net::delete_link(None, link) {
+            tracing::warn!(error = %e, link, "deleting a link");
+        }
     }
     let t = UNDERLAY_TABLE;
     let _ = cni_plugin::agent::nft::apply(&format!("add table ip {t}\ndelete table ip {t}\n"));
