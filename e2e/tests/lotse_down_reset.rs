@@ -241,11 +241,22 @@ fn down_keeps_the_data_and_reset_leaves_no_trace() -> anyhow::Result<()> {
     assert!(!processes_of_pod(&uid).is_empty(), "the pod runs again");
     // The automatic backups: at least three taken by now, the two newest kept, each a backup
     // `lotse restore` accepts.
+    // A backup is written every second: a listing may meet one being written (its temporary
+    // directory beside the finished files) or one finished a moment before the oldest goes, so
+    // the finished files are listed again until the retention holds.
     std::thread::sleep(Duration::from_secs(3));
-    let mut backups: Vec<std::path::PathBuf> = std::fs::read_dir(data.join("backups"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    backups.sort();
+    let mut backups: Vec<std::path::PathBuf> = Vec::new();
+    for _ in 0..20 {
+        backups = std::fs::read_dir(data.join("backups"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        backups.sort();
+        if backups.len() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(backups.len(), 2, "retention 2: {backups:?}");
     assert!(
         backups
