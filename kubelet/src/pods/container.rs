@@ -323,19 +323,34 @@ pub(super) struct Seen {
     pub previous: Option<cri::ContainerStatus>,
 }
 
-/// The latest two attempts of container `name` among `all`; older ones are removed.
-pub(super) async fn seen(k: &Kubelet, all: &[cri::Container], name: &str) -> Seen {
+/// The latest two attempts of container `c` among `all`; older ones are removed.
+pub(super) async fn seen(k: &Kubelet, all: &[cri::Container], c: &Container) -> Seen {
+    let name = c.name.as_str();
+    // A container with a memory limit that got SIGKILL was most likely OOM-killed: its reason
+    // is worth waiting for longer (containerd's OOM event can lag its exit event on a busy node).
+    let memory_limited = c
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .is_some_and(|l| l.contains_key("memory"));
+    let settle = if memory_limited {
+        OOM_SETTLE_LIMITED
+    } else {
+        OOM_SETTLE
+    };
     let mut mine: Vec<&cri::Container> = all
         .iter()
         .filter(|c| c.metadata.as_ref().map(|m| m.name.as_str()) == Some(name))
         .collect();
     mine.sort_by_key(|c| std::cmp::Reverse(c.metadata.as_ref().map(|m| m.attempt).unwrap_or(0)));
     let latest = match mine.first() {
-        Some(c) => container_status(k, &c.id).await.map(|s| ((*c).clone(), s)),
+        Some(c) => container_status(k, &c.id, settle)
+            .await
+            .map(|s| ((*c).clone(), s)),
         None => None,
     };
     let previous = match mine.get(1) {
-        Some(c) => container_status(k, &c.id).await,
+        Some(c) => container_status(k, &c.id, settle).await,
         None => None,
     };
     // Keep only the last two attempts (the previous one serves lastState and `logs --previous`).
@@ -365,16 +380,24 @@ pub(super) async fn containers(k: &Kubelet, sandbox: &str) -> Vec<cri::Container
     .unwrap_or_default()
 }
 
-async fn container_status(k: &Kubelet, id: &str) -> Option<cri::ContainerStatus> {
+/// How long after its exit a SIGKILLed container (exit 137, no reason yet) may still turn out
+/// OOM-killed, see [`container_status`].
+const OOM_SETTLE: Duration = Duration::from_secs(2);
+/// The same for a container with a memory limit.
+const OOM_SETTLE_LIMITED: Duration = Duration::from_secs(6);
+
+async fn container_status(k: &Kubelet, id: &str, settle: Duration) -> Option<cri::ContainerStatus> {
     let mut st = fetch_container_status(k, id).await?;
     // containerd 1.6 delivers the task's OOM event independently of its exit event, so right
     // after a SIGKILL (exit 137) the reason may still be empty and only become "OOMKilled" a
-    // moment later. Give a just-killed container up to 2 s to settle before reporting "Error".
-    for _ in 0..8 {
+    // moment later. Give a just-killed container up to `settle` after its exit before
+    // reporting "Error".
+    let settle_nanos = settle.as_nanos() as i64;
+    for _ in 0..(settle.as_millis() / 250) {
         let just_killed = st.state == cri::ContainerState::ContainerExited as i32
             && st.exit_code == 137
             && st.reason.is_empty()
-            && now_nanos().saturating_sub(st.finished_at) < 2_000_000_000;
+            && now_nanos().saturating_sub(st.finished_at) < settle_nanos;
         if !just_killed {
             break;
         }

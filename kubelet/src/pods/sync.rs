@@ -161,7 +161,7 @@ async fn init_container(
     m: &mut ContainerMemo,
     restart_policy: &str,
 ) -> (ContainerStatus, bool) {
-    let s = seen(run.k, ctrs, &c.name).await;
+    let s = seen(run.k, ctrs, c).await;
     let seen_status = |waiting| {
         let latest = s.latest.as_ref().map(|(a, b)| (a, b));
         container_status_of(c, latest, s.previous.as_ref(), false, true, waiting)
@@ -241,7 +241,7 @@ async fn app_container(
     m: &mut ContainerMemo,
     restart_policy: &str,
 ) -> ContainerStatus {
-    let s = seen(run.k, ctrs, &c.name).await;
+    let s = seen(run.k, ctrs, c).await;
     let mut waiting = match &s.latest {
         None => first_start(run, c, m).await,
         Some((ctr, st)) if is_exited(st) => {
@@ -264,7 +264,7 @@ async fn app_container(
     // Re-read after any start so the status reflects what runs now.
     let s = if waiting.is_none() && !matches!(&s.latest, Some((_, st)) if is_running(st)) {
         let ctrs = containers(run.k, &run.id).await;
-        seen(run.k, &ctrs, &c.name).await
+        seen(run.k, &ctrs, c).await
     } else {
         s
     };
@@ -391,7 +391,7 @@ async fn ephemeral_containers(run: &ReadySandbox<'_>, memo: &mut Memo) -> Vec<Co
     for ec in &list {
         let c = spec::ephemeral_container(ec);
         let m = memo.entry(format!("ephemeral:{}", c.name)).or_default();
-        let mut s = seen(run.k, &ctrs, &c.name).await;
+        let mut s = seen(run.k, &ctrs, &c).await;
         let mut waiting = None;
         // Started once already (in an earlier sandbox): never again, as Kubernetes.
         let reported = pod
@@ -414,7 +414,7 @@ async fn ephemeral_containers(run: &ReadySandbox<'_>, memo: &mut Memo) -> Vec<Co
                 .and_then(|t| latest_container_id(&ctrs, t));
             if !retry_later && start_container(run, &c, 0, m, target_id.as_deref()).await {
                 ctrs = containers(run.k, &run.id).await;
-                s = seen(run.k, &ctrs, &c.name).await;
+                s = seen(run.k, &ctrs, &c).await;
             } else {
                 if !retry_later && m.config_error.is_some() {
                     bump(m);
