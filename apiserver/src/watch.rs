@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::cacher::{
-    Broadcast, CacheEvent, CacheEventType, CachedObject, WatchFromError, WatchStart,
+    Broadcast, CacheEvent, CacheEventType, CachedObject, Cacher, WatchFromError, WatchStart,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::handlers::{Ctx, header_str};
@@ -240,16 +240,23 @@ pub async fn serve(ctx: &Ctx<'_>) -> ApiResult<Response> {
         ),
         WatchStart::Replay(events, rx) => (Phase::Replay { events, next: 0 }, rx),
     };
+    // Where a catch-up after falling behind starts (the snapshot's revision once it is sent).
+    let last_rv = if initial_snapshot {
+        0
+    } else {
+        rv_num.unwrap_or(0).max(0)
+    };
     ctx.state.metrics.watchers_inc(def.plural, 1);
     let watcher = Watcher {
         phase,
         rx,
+        cacher,
         sel,
         enc,
         deadline: Box::pin(tokio::time::sleep(timeout)),
         bookmarks,
         bookmark_timer: None,
-        last_rv: 0,
+        last_rv,
         _open: OpenWatch {
             metrics: ctx.state.metrics.clone(),
             resource: def.plural,
@@ -317,6 +324,8 @@ enum Phase {
 struct Watcher {
     phase: Phase,
     rx: broadcast::Receiver<Broadcast>,
+    /// Where events missed by a lagging receiver are replayed from.
+    cacher: Arc<Cacher>,
     sel: Selection,
     enc: Encoder,
     deadline: Pin<Box<tokio::time::Sleep>>,
@@ -408,9 +417,23 @@ impl Watcher {
                     }
                     encode(&mut self.enc, &ev, &self.sel)
                 }
-                // Fell behind or the cache re-listed: end the watch; the client re-watches from
-                // its last resourceVersion (and re-lists on 410 if that is too old).
-                Ok(Broadcast::Reset) | Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => {
+                // Fell behind the broadcast: catch up from the cache's event ring after the last
+                // revision this watcher saw, as a client re-watching from it would, without
+                // ending the stream. Only when the ring no longer reaches back that far does the
+                // watch end (the client re-watches and gets 410 Gone).
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.phase = match self.cacher.watch_from(Some(self.last_rv)).await {
+                        Ok(WatchStart::Replay(events, rx)) => {
+                            self.rx = rx;
+                            Phase::Replay { events, next: 0 }
+                        }
+                        _ => Phase::Done,
+                    };
+                    None
+                }
+                // The cache re-listed: end the watch; the client re-watches from its last
+                // resourceVersion (and re-lists on 410 if that is too old).
+                Ok(Broadcast::Reset) | Err(broadcast::error::RecvError::Closed) => {
                     self.phase = Phase::Done;
                     None
                 }

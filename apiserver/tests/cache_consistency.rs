@@ -584,3 +584,63 @@ async fn lists_and_watches_follow_concurrent_writes_exactly() {
         }
     }
 }
+
+/// A watcher that falls further behind than the live broadcast holds (its client did not read
+/// while many writes happened) catches up from the watch cache's event ring: every event
+/// arrives once, in order, and the stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_falls_far_behind_catches_up_without_a_gap() {
+    const WRITES: usize = 1500; // more than the broadcast's 1 024 slots
+    let uri = "/api/v1/namespaces/default/configmaps";
+    let (state, _store) = common::state().await;
+    let (s, l) = call(&state, "GET", uri, "application/json", None).await;
+    assert_eq!(s, StatusCode::OK, "{l}");
+    let rv = l["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_string();
+    let resp = server::router(state.clone())
+        .oneshot(request(
+            "GET",
+            &format!("{uri}?watch=true&resourceVersion={rv}&timeoutSeconds=60"),
+            "application/json",
+            vec![],
+        ))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Nothing reads the watch while the writes happen.
+    for i in 0..WRITES {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("cm-{i}")}});
+        let (s, o) = call(&state, "POST", uri, "application/json", Some(cm)).await;
+        assert_eq!(s, StatusCode::CREATED, "{o}");
+    }
+    let mut body = resp.into_body();
+    let (mut buf, mut seen, mut last_rv) = (Vec::new(), 0usize, 0i64);
+    while seen < WRITES {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("no event after {seen} of {WRITES}"))
+            .unwrap_or_else(|| panic!("the watch ended after {seen} of {WRITES} events"))
+            .expect("frame");
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+        }
+        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let ev: Value = serde_json::from_slice(&line).expect("event json");
+            assert_eq!(ev["type"], "ADDED", "{ev}");
+            assert_eq!(
+                name_of(&ev["object"]),
+                format!("cm-{seen}"),
+                "events in order, once"
+            );
+            let rv = rv_of(&ev["object"]);
+            assert!(
+                rv > last_rv,
+                "resourceVersions increase: {rv} after {last_rv}"
+            );
+            (seen, last_rv) = (seen + 1, rv);
+        }
+    }
+}

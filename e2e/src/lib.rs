@@ -1119,15 +1119,20 @@ impl Drop for Background {
 
 /// Reads `VmRSS` of a process from `/proc/<pid>/status`, in KiB.
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// One `kB` figure of `/proc/<pid>/status` (`VmRSS`, `RssAnon`, `RssFile`, ...).
+pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .ok_or_else(|| anyhow!("no VmRSS for {pid}"))?;
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
+        .ok_or_else(|| anyhow!("no {field} for {pid}"))?;
     Ok(line
         .split_whitespace()
         .nth(1)
-        .ok_or_else(|| anyhow!("bad VmRSS line"))?
+        .ok_or_else(|| anyhow!("bad {field} line"))?
         .parse()?)
 }
 

@@ -148,30 +148,99 @@ pub struct ImageRef {
     pub digest: Option<String>,
 }
 
-/// Parses an image name by the distribution reference grammar, as Kubernetes does before a pull.
+/// The distribution reference grammar (`github.com/distribution/reference`'s anchored
+/// `ReferenceRegexp`): a name (an optional `host[:port]/` domain, then lowercase path
+/// components), an optional tag and an optional digest. Go's `\w` is ASCII, so it is spelled out:
+/// the Unicode classes (`oci-spec`'s copy of this grammar uses them) made the compiled automaton
+/// 7 MiB of the kubelet's heap.
+const REFERENCE: &str = concat!(
+    r"^((?:(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])",
+    r"(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*",
+    r"|\[[a-fA-F0-9:]+\])(?::[0-9]+)?/)?",
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)",
+    r"(?::([A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?",
+    r"(?:@([A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}))?$",
+);
+
+/// A name's longest length (`NameTotalLengthMax`).
+const NAME_MAX: usize = 255;
+
+/// Parses an image name by the distribution reference grammar and normalizes it as Docker does
+/// (`docker.io/library/` for bare names, `latest` when neither tag nor digest is given), as
+/// Kubernetes does before a pull.
 pub fn parse_image(image: &str) -> Result<ImageRef, String> {
-    use oci_spec::distribution::{ParseError, Reference};
-    let r: Reference = image.parse().map_err(|e: ParseError| match e {
-        ParseError::ReferenceInvalidFormat => "invalid reference format".to_string(),
-        ParseError::NameContainsUppercase => {
-            "invalid reference format: repository name must be lowercase".to_string()
-        }
-        other => format!("invalid reference format: {other}"),
-    })?;
-    if image.chars().any(|c| c.is_ascii_uppercase())
-        && !image
+    static RE: std::sync::LazyLock<Result<regex::Regex, regex::Error>> =
+        std::sync::LazyLock::new(|| regex::Regex::new(REFERENCE));
+    const INVALID: &str = "invalid reference format";
+    let re = RE.as_ref().map_err(|e| format!("{INVALID}: {e}"))?;
+    let Some(caps) = re.captures(image) else {
+        let lowercased = image.to_ascii_lowercase();
+        return Err(if lowercased != image && re.is_match(&lowercased) {
+            format!("{INVALID}: repository name must be lowercase")
+        } else {
+            INVALID.to_string()
+        });
+    };
+    let name = caps.get(1).map_or("", |m| m.as_str());
+    // An uppercase first component is not taken for a registry host unless it looks like one.
+    if name.chars().any(|c| c.is_ascii_uppercase())
+        && !name
             .split_once('/')
-            .map(|(h, _)| h.contains('.') || h.contains(':'))
-            .unwrap_or(false)
+            .is_some_and(|(host, _)| host.contains(['.', ':']))
     {
-        return Err("invalid reference format: repository name must be lowercase".into());
+        return Err(format!("{INVALID}: repository name must be lowercase"));
+    }
+    if name.len() > NAME_MAX {
+        return Err(format!(
+            "{INVALID}: repository name must not be more than {NAME_MAX} characters"
+        ));
+    }
+    let digest = caps.get(3).map(|m| m.as_str().to_string());
+    if let Some(d) = &digest {
+        let hex_len = match d.split_once(':') {
+            Some(("sha256", hex)) => (hex.len(), 64),
+            Some(("sha384", hex)) => (hex.len(), 96),
+            Some(("sha512", hex)) => (hex.len(), 128),
+            _ => return Err(format!("{INVALID}: unsupported digest algorithm")),
+        };
+        if hex_len.0 != hex_len.1 {
+            return Err(format!("{INVALID}: invalid checksum digest length"));
+        }
+    }
+    let tag = match (caps.get(2), &digest) {
+        (Some(t), _) => Some(t.as_str().to_string()),
+        (None, None) => Some("latest".to_string()),
+        (None, Some(_)) => None,
+    };
+    // Docker's splitDockerDomain: the first component is a registry only if it looks like a
+    // host (a dot, a port or `localhost`); Docker Hub's official images live under `library/`.
+    let (mut registry, mut repository) = match name.split_once('/') {
+        Some((host, rest)) if host.contains(['.', ':']) || host == "localhost" => {
+            (host.to_string(), rest.to_string())
+        }
+        _ => ("docker.io".to_string(), name.to_string()),
+    };
+    if registry == "index.docker.io" {
+        registry = "docker.io".to_string();
+    }
+    if registry == "docker.io" && !repository.contains('/') {
+        repository = format!("library/{repository}");
+    }
+    let mut whole = format!("{registry}/{repository}");
+    if let Some(t) = &tag {
+        whole.push(':');
+        whole.push_str(t);
+    }
+    if let Some(d) = &digest {
+        whole.push('@');
+        whole.push_str(d);
     }
     Ok(ImageRef {
-        name: r.whole(),
-        registry: r.registry().to_string(),
-        repository: r.repository().to_string(),
-        tag: r.tag().map(str::to_string),
-        digest: r.digest().map(str::to_string),
+        name: whole,
+        registry,
+        repository,
+        tag,
+        digest,
     })
 }
 
@@ -844,7 +913,89 @@ mod tests {
     }
 
     #[test]
+    fn references_split_as_docker_splits_them() {
+        let ff = "f".repeat(64);
+        let cases = [
+            (
+                "busybox",
+                "docker.io",
+                "library/busybox",
+                Some("latest"),
+                None,
+            ),
+            (
+                "test.com:tag",
+                "docker.io",
+                "library/test.com",
+                Some("tag"),
+                None,
+            ),
+            ("test.com/repo:tag", "test.com", "repo", Some("tag"), None),
+            ("test:5000/repo", "test:5000", "repo", Some("latest"), None),
+            ("localhost/repo", "localhost", "repo", Some("latest"), None),
+            (
+                "index.docker.io/nginx",
+                "docker.io",
+                "library/nginx",
+                Some("latest"),
+                None,
+            ),
+            (
+                "lowercase:Uppercase",
+                "docker.io",
+                "library/lowercase",
+                Some("Uppercase"),
+                None,
+            ),
+            (
+                "foo/foo_bar.com:8080",
+                "docker.io",
+                "foo/foo_bar.com",
+                Some("8080"),
+                None,
+            ),
+            ("a.b/x--y__z/w.v:t", "a.b", "x--y__z/w.v", Some("t"), None),
+            ("[::1]:5000/app:v1", "[::1]:5000", "app", Some("v1"), None),
+        ];
+        for (input, registry, repository, tag, digest) in cases {
+            let r = parse_image(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(
+                (
+                    r.registry.as_str(),
+                    r.repository.as_str(),
+                    r.tag.as_deref(),
+                    r.digest.as_deref()
+                ),
+                (registry, repository, tag, digest),
+                "{input}"
+            );
+        }
+        let both = format!("test:5000/repo:tag@sha256:{ff}");
+        let r = parse_image(&both).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (r.name.as_str(), r.tag.as_deref()),
+            (both.as_str(), Some("tag"))
+        );
+    }
+
+    #[test]
     fn bad_names_are_invalid_reference_formats() {
+        let ff = "f".repeat(64);
+        for bad in [
+            ":justtag".to_string(),
+            format!("@sha256:{ff}"),
+            format!("repo@sha256:{}", "f".repeat(34)),
+            format!("validname@invaliddigest:{ff}"),
+            "Uppercase:tag".into(),
+            "test:5000/Uppercase/lowercase:tag".into(),
+            "a".repeat(256),
+            "aa/asdf$$^/aa".into(),
+            "nginx:ümlaut".into(),
+            "nginx:-tag".into(),
+        ] {
+            let e = parse_image(&bad).err().unwrap_or_default();
+            assert!(e.starts_with("invalid reference format"), "{bad:?}: {e:?}");
+        }
         for bad in ["", "nginx:", "UPPER/case", "a b", "nginx@sha256:123", "-x"] {
             let e = parse_image(bad).err().unwrap_or_default();
             assert!(e.starts_with("invalid reference format"), "{bad:?}: {e:?}");

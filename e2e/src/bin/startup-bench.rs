@@ -240,11 +240,15 @@ async fn idle_rss(lotse: &Lotse) -> anyhow::Result<()> {
         })
         .filter_map(|p| mib(p).ok())
         .sum();
+    let part = |field: &str| e2e::status_kib(lotse.pid(), field).map(|k| k as f64 / 1024.0);
+    let (anon, file) = (part("RssAnon")?, part("RssFile")?);
     println!("idle, 20 s after the restart's pod ran:");
     println!(
         "  {:<28} {lotse_mib:>7.1} MiB",
         "lotse up (apiserver, controllers, scheduler, kubelet, agent)"
     );
+    println!("    {:<26} {anon:>7.1} MiB", "heap and stacks (RssAnon)");
+    println!("    {:<26} {file:>7.1} MiB", "its binary's pages (RssFile)");
     println!(
         "  {:<28} {containerd:>7.1} MiB",
         "containerd (its own process)"
@@ -256,6 +260,13 @@ async fn idle_rss(lotse: &Lotse) -> anyhow::Result<()> {
     )
     .vs("containerd beside it", containerd)
     .goal("<= 50 MiB (issue 19)")
+    .record()?;
+    figure(
+        "lotse up idle RSS without its binary's mapped pages (RssAnon)",
+        anon,
+        "MiB",
+    )
+    .vs("the binary's pages (RssFile)", file)
     .record()?;
     Ok(())
 }
