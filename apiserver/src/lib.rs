@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod metrics_api;
 pub mod openapi;
 pub mod openapi_v2;
+pub mod packed;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;

@@ -21,7 +21,6 @@ use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use bytes::Bytes;
 use k8s_openapi::api::autoscaling::v1::Scale;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
 use schemars::SchemaGenerator;
@@ -29,13 +28,15 @@ use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 use tracing::{debug, error};
 
+use crate::packed::Packed;
 use crate::registry::{self, ResourceDef, Subresource};
 
 const SCHEMA_PREFIX: &str = "#/components/schemas/";
 
-/// One published group-version document.
+/// One published group-version document (its JSON, ending in a newline as Kubernetes'
+/// serializer ends documents, kept compressed).
 struct Document {
-    json: Bytes,
+    json: Packed,
     hash: String,
 }
 
@@ -86,10 +87,10 @@ pub fn v3_index() -> Value {
     index
 }
 
-/// The OpenAPI 3.0 document (JSON) of a group-version path (`api/v1`, `apis/<group>/<version>`;
-/// surrounding slashes are ignored) and its hash (use as ETag; it is the `hash` query parameter
-/// of the index's URL). None for a group-version that is not served.
-pub fn v3_document(group_version_path: &str) -> Option<(Bytes, String)> {
+/// The OpenAPI 3.0 document (JSON, compressed) of a group-version path (`api/v1`,
+/// `apis/<group>/<version>`; surrounding slashes are ignored) and its hash (use as ETag; it is
+/// the `hash` query parameter of the index's URL). None for a group-version that is not served.
+pub fn v3_document(group_version_path: &str) -> Option<(Packed, String)> {
     let path = group_version_path.trim_matches('/');
     if let Some(doc) = published().documents.get(path) {
         return Some((doc.json.clone(), doc.hash.clone()));
@@ -127,6 +128,8 @@ fn publish(resources: &[ResourceDef]) -> Published {
         };
         let hash = content_hash(&document);
         debug!(%path, bytes = document.len(), %hash, "built OpenAPI v3 document");
+        let mut document = document;
+        document.push(b'\n');
         index.insert(
             path.clone(),
             json!({ "serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}") }),
@@ -134,7 +137,7 @@ fn publish(resources: &[ResourceDef]) -> Published {
         documents.insert(
             path,
             Document {
-                json: Bytes::from(document),
+                json: Packed::new(&document),
                 hash,
             },
         );
@@ -902,7 +905,7 @@ mod tests {
     }
 
     fn doc(published: &Published, path: &str) -> Value {
-        serde_json::from_slice(&published.documents[path].json).unwrap()
+        serde_json::from_slice(&published.documents[path].json.plain().unwrap()).unwrap()
     }
 
     fn collect_refs(v: &Value, out: &mut Vec<String>) {
@@ -943,7 +946,8 @@ mod tests {
                 "{path} missing from index"
             );
             let (json, hash) = v3_document(&format!("/{path}")).unwrap();
-            assert_eq!(hash, content_hash(&json));
+            let json = json.plain().unwrap();
+            assert_eq!(hash, content_hash(json.strip_suffix(b"\n").unwrap()));
         }
         assert!(v3_document("apis/nope/v1").is_none());
     }

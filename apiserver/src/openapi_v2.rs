@@ -13,11 +13,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use prost::Message;
 use serde_json::{Map, Value, json};
 
 use crate::openapi;
+use crate::packed::Packed;
 
 /// Content-Type of the protobuf document as kube-openapi serves it (clients ask for
 /// `...spec.v2@v1.0+protobuf`, which Go's media type parser rejects in a response).
@@ -175,9 +175,10 @@ pub mod pb {
     }
 }
 
+/// Both encodings, kept compressed.
 struct Built {
-    json: Bytes,
-    protobuf: Bytes,
+    json: Packed,
+    protobuf: Packed,
 }
 
 /// The document, rebuilt when the served custom resources change.
@@ -188,8 +189,8 @@ fn built() -> Arc<Built> {
         let doc = document_json();
         let protobuf = to_proto(&doc).encode_to_vec();
         Arc::new(Built {
-            json: Bytes::from(serde_json::to_vec(&doc).unwrap_or_default()),
-            protobuf: Bytes::from(protobuf),
+            json: Packed::new(&serde_json::to_vec(&doc).unwrap_or_default()),
+            protobuf: Packed::new(&protobuf),
         })
     };
     let Ok(mut cached) = BUILT.lock() else {
@@ -206,12 +207,12 @@ fn built() -> Arc<Built> {
 }
 
 /// The document as gnostic protobuf.
-pub fn protobuf() -> Bytes {
+pub fn protobuf() -> Packed {
     built().protobuf.clone()
 }
 
 /// The document as Swagger 2.0 JSON.
-pub fn json() -> Bytes {
+pub fn json() -> Packed {
     built().json.clone()
 }
 
@@ -371,7 +372,7 @@ fn document_json() -> Value {
         .flatten()
         .map(|(k, _)| k)
     {
-        let Some((bytes, _)) = openapi::v3_document(gv) else {
+        let Some(bytes) = openapi::v3_document(gv).and_then(|(doc, _)| doc.plain().ok()) else {
             continue;
         };
         let Ok(doc) = serde_json::from_slice::<Value>(&bytes) else {
@@ -633,7 +634,8 @@ mod tests {
 
     #[test]
     fn deployment_patch_has_field_validation_and_gvk() {
-        let doc = pb::Document::decode(protobuf().as_ref()).expect("decodes");
+        let doc =
+            pb::Document::decode(protobuf().plain().expect("plain").as_ref()).expect("decodes");
         let paths = doc.paths.expect("paths").path;
         let item = paths
             .iter()
@@ -663,7 +665,7 @@ mod tests {
 
     #[test]
     fn definitions_carry_merge_keys_and_refs_resolve() {
-        let doc: Value = serde_json::from_slice(&json()).expect("json");
+        let doc: Value = serde_json::from_slice(&json().plain().expect("plain")).expect("json");
         let defs = doc["definitions"].as_object().expect("definitions");
         let containers = &defs["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
         assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");
@@ -693,11 +695,11 @@ mod tests {
 
     #[test]
     fn protobuf_matches_json_document() {
-        let bytes = protobuf();
+        let bytes = protobuf().plain().expect("plain");
         let doc = pb::Document::decode(bytes.as_ref()).expect("decodes");
         // Every field written is a declared one: re-encoding gives the same bytes.
         assert_eq!(doc.encode_to_vec(), bytes.as_ref());
-        let js: Value = serde_json::from_slice(&json()).expect("json");
+        let js: Value = serde_json::from_slice(&json().plain().expect("plain")).expect("json");
         let paths = &doc.paths.as_ref().expect("paths").path;
         let defs = &doc
             .definitions

@@ -258,10 +258,7 @@ async fn dispatch_inner(
             } else {
                 (crate::openapi_v2::json(), "application/json")
             };
-            let mut r = Response::new(axum::body::Body::from(body));
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-            return Ok(r);
+            return Ok(body.response(&parts.headers, ct));
         }
         "/swagger-2.0.0.pb-v1" | "/swagger.json" => {
             return Err(ApiError::new(
@@ -274,8 +271,8 @@ async fn dispatch_inner(
     }
     if let Some(gv) = path.strip_prefix("/openapi/v3/") {
         return match openapi::v3_document(gv) {
-            Some((bytes, etag)) => {
-                let mut r = json_response(StatusCode::OK, bytes.to_vec());
+            Some((doc, etag)) => {
+                let mut r = doc.response(&parts.headers, "application/json");
                 if let Ok(h) = HeaderValue::from_str(&format!("\"{etag}\"")) {
                     r.headers_mut().insert(header::ETAG, h);
                 }
