@@ -1,5 +1,6 @@
 //! Client-side helpers shared by Lotse's components (controllers, scheduler, kubelet), as
-//! client-go's `tools/` packages: [`leaderelection`] (one active replica behind a
+//! client-go's `tools/` packages: [`http2`] (a kube client sharing one HTTP/2 connection, as
+//! client-go's transport), [`leaderelection`] (one active replica behind a
 //! `coordination.k8s.io/v1` Lease), [`record`] (the event recorder) and [`parse_duration`]
 //! (Go durations, as the components' `--*-duration`/`--*-period` flags take them).
 //!
@@ -7,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod http2;
 pub mod leaderelection;
 pub mod record;
 

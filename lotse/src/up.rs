@@ -131,11 +131,13 @@ pub struct UpArgs {
     backups: crate::backup::ScheduleArgs,
 }
 
+/// A client for the component whose kubeconfig is `path`, over one HTTP/2 connection (see
+/// [`client_tools::http2`]).
 pub(crate) async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(path)
         .with_context(|| format!("reading {}", path.display()))?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    Ok(kube::Client::try_from(cfg)?)
+    Ok(client_tools::http2::client(cfg)?)
 }
 
 pub async fn up(mut a: UpArgs) -> anyhow::Result<()> {
