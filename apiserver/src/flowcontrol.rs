@@ -99,7 +99,8 @@ struct Flow {
     finish: f64,
     /// Seats its executing requests hold.
     held: usize,
-    /// When its last request arrived.
+    /// When its last request arrived or was dispatched (a flow that waited counts as active
+    /// for a second after its dispatch too).
     seen: Instant,
 }
 
