@@ -17,6 +17,12 @@ use tower::{BoxError, ServiceBuilder};
 const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a ping may go unanswered before the connection is closed.
 const PING_TIMEOUT: Duration = Duration::from_secs(15);
+/// Flow-control windows as Go's HTTP/2 transport sets them: 4 MiB per stream, 1 GiB for the
+/// connection, so a watch whose events are not being read holds back only its own stream,
+/// never the other requests sharing the connection (hyper's 5 MiB connection default would
+/// let two such streams stall everything).
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 1 << 30;
 
 /// A client for `config` that negotiates HTTP/2 (falling back to HTTP/1.1) over TLS, with the
 /// same authentication, impersonation headers and base URI as `kube::Client::try_from(config)`.
@@ -41,6 +47,8 @@ pub fn client(config: kube::Config) -> Result<kube::Client, kube::Error> {
         .timer(TokioTimer::new())
         .http2_keep_alive_interval(READ_IDLE_TIMEOUT)
         .http2_keep_alive_timeout(PING_TIMEOUT)
+        .http2_initial_stream_window_size(STREAM_WINDOW)
+        .http2_initial_connection_window_size(CONNECTION_WINDOW)
         .build(https);
     let service = ServiceBuilder::new()
         .layer(config.base_uri_layer())

@@ -173,6 +173,9 @@ fn cluster_doc(server: &str, ca_pem: Option<&str>, token: Option<&str>) -> serde
     })
 }
 
+/// How long discovery waits for `cluster-info` to carry the token's signature.
+const SIGNATURE_WAIT: Duration = Duration::from_secs(5);
+
 /// Discovery: the cluster CA (PEM) that `cluster-info` carries, once its signature and pin are
 /// verified. Every refusal names which check failed.
 pub async fn discover(
@@ -194,25 +197,35 @@ pub async fn discover(
     }
     let insecure = client(cluster_doc(server_url, None, None)).await?;
     let cms: Api<ConfigMap> = Api::namespaced(insecure, "kube-public");
-    let cm = match cms.get("cluster-info").await {
-        Ok(cm) => cm,
-        Err(kube::Error::Api(s)) if s.code == 404 => {
-            bail!("the cluster-info ConfigMap was not found in kube-public on {server_url}")
+    // A token created a moment ago is signed by the controllers' bootstrap signer shortly
+    // after: like kubeadm, look again for a while before calling the token unknown.
+    let deadline = tokio::time::Instant::now() + SIGNATURE_WAIT;
+    let (data, sig) = loop {
+        let cm = match cms.get("cluster-info").await {
+            Ok(cm) => cm,
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                bail!("the cluster-info ConfigMap was not found in kube-public on {server_url}")
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading cluster-info from {server_url}"));
+            }
+        };
+        let data = cm.data.unwrap_or_default();
+        if let Some(sig) = data.get(&format!("jws-kubeconfig-{}", token.id)).cloned() {
+            break (data, sig);
         }
-        Err(e) => {
-            return Err(e).with_context(|| format!("reading cluster-info from {server_url}"));
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "token id {:?} is invalid for this cluster or it has expired. Use \"lotse token create\" on the server to create a new valid token",
+                token.id
+            );
         }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    let data = cm.data.unwrap_or_default();
+    let sig = &sig;
     let kubeconfig = data
         .get("kubeconfig")
         .context("cluster-info has no kubeconfig")?;
-    let Some(sig) = data.get(&format!("jws-kubeconfig-{}", token.id)) else {
-        bail!(
-            "token id {:?} is invalid for this cluster or it has expired. Use \"lotse token create\" on the server to create a new valid token",
-            token.id
-        );
-    };
     if !verify_detached_jws(sig, kubeconfig, token) {
         bail!(
             "failed to verify JWS signature of received cluster info object, can't trust this API Server (wrong token secret)"
