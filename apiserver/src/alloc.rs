@@ -7,9 +7,9 @@ use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, MutexGuard};
 
+use crate::cache_reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::{FieldError, ResourceDef, fields};
-use crate::state::AppState;
 
 /// The NodePort range.
 pub const NODE_PORT_RANGE: std::ops::RangeInclusive<i64> = 30000..=32767;
@@ -45,7 +45,7 @@ impl ServiceAllocator {
     /// the service is stored.
     pub async fn allocate<'a>(
         &'a self,
-        state: &AppState,
+        reader: &CacheReader,
         def: &ResourceDef,
         svc: &mut Value,
         old: Option<&Value>,
@@ -53,7 +53,7 @@ impl ServiceAllocator {
         let guard = self.lock.lock().await;
         let name = fields::name(svc).to_string();
         let me = (fields::namespace(svc).to_string(), name.clone());
-        let (used_ips, used_ports) = self.in_use(state, &me).await?;
+        let (used_ips, used_ports) = self.in_use(reader, &me).await?;
         let svc_type = fields::str_at(svc, &["spec", "type"])
             .unwrap_or("ClusterIP")
             .to_string();
@@ -183,10 +183,10 @@ impl ServiceAllocator {
 
     async fn in_use(
         &self,
-        state: &AppState,
+        reader: &CacheReader,
         me: &(String, String),
     ) -> ApiResult<(HashSet<Ipv4Addr>, HashSet<i64>)> {
-        let cacher = state.cacher(&crate::registry::resources::SERVICES)?;
+        let cacher = reader.cacher(&crate::registry::resources::SERVICES)?;
         cacher.wait_fresh().await?;
         let all = cacher
             .list("/registry/services/specs/", None, 0, &|_| true)

@@ -3,7 +3,7 @@
 //! requesting user and add warnings without threading them through every write function.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 /// Group every authenticated user is in.
 pub const AUTHENTICATED: &str = "system:authenticated";
@@ -125,33 +125,6 @@ pub fn add_warning(w: impl Into<String>) {
             ws.push(w);
         }
     });
-}
-
-/// Security state of a running apiserver: the service-account token authority (set once the
-/// PKI is loaded) and the RBAC authorizer.
-#[derive(Default)]
-pub struct Security {
-    tokens: OnceLock<Arc<crate::authn::TokenAuthority>>,
-    /// Where component kubeconfigs are issued from: the PKI, the server URL and the data dir.
-    pub issuer: OnceLock<(Arc<crate::pki::Pki>, String, std::path::PathBuf)>,
-    /// The RBAC authorizer over the apiserver's own watch caches.
-    pub rbac: crate::authorization::rbac::Authorizer,
-    /// `--kubelet-certificate-authority`: the CA certificates (PEM) that must have signed each
-    /// kubelet's serving certificate for the proxy to talk to it; unset, kubelets are not
-    /// verified (Kubernetes' default).
-    pub kubelet_ca: OnceLock<String>,
-}
-
-impl Security {
-    /// Installs the token authority (once; later calls are ignored).
-    pub fn set_tokens(&self, t: Arc<crate::authn::TokenAuthority>) {
-        let _ = self.tokens.set(t);
-    }
-
-    /// The token authority, if installed.
-    pub fn tokens(&self) -> Option<&Arc<crate::authn::TokenAuthority>> {
-        self.tokens.get()
-    }
 }
 
 #[cfg(test)]

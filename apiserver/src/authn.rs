@@ -17,10 +17,10 @@ use ring::signature::{
 use serde_json::{Value, json};
 
 use crate::auth::{ClientCertIdentity, UserInfo};
+use crate::cache_reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::ResourceDef;
 use crate::registry::resources::{PODS, SECRETS, SERVICEACCOUNTS};
-use crate::state::AppState;
 
 /// The issuer (and default audience) of service-account tokens, as Kubernetes' default.
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -243,7 +243,7 @@ impl TokenAuthority {
 }
 
 async fn check_bound(
-    state: &AppState,
+    reader: &CacheReader,
     def: &ResourceDef,
     ns: &str,
     claim: Option<&Value>,
@@ -259,8 +259,7 @@ async fn check_bound(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let obj = state
-        .reader
+    let obj = reader
         .cached_or_stored(def, ns, &name)
         .await
         .map_err(|e| TokenError::Revoked(e.message))?;
@@ -286,10 +285,12 @@ async fn check_bound(
 }
 
 /// Validates a service-account JWT against the current state and returns its user.
-pub async fn authenticate_token(state: &AppState, token: &str) -> Result<UserInfo, TokenError> {
-    let tokens = state
-        .security
-        .tokens()
+pub async fn authenticate_token(
+    auth: Authenticator<'_>,
+    token: &str,
+) -> Result<UserInfo, TokenError> {
+    let tokens = auth
+        .tokens
         .ok_or(TokenError::Key("no token authority".into()))?;
     let claims = tokens.verify(token, jiff::Timestamp::now().as_second())?;
     let k8s = claims.get("kubernetes.io").ok_or(TokenError::Malformed)?;
@@ -298,7 +299,7 @@ pub async fn authenticate_token(state: &AppState, token: &str) -> Result<UserInf
         .and_then(Value::as_str)
         .ok_or(TokenError::Malformed)?;
     let sa = k8s.get("serviceaccount").ok_or(TokenError::Malformed)?;
-    let (sa_name, sa_uid) = check_bound(state, &SERVICEACCOUNTS, ns, Some(sa))
+    let (sa_name, sa_uid) = check_bound(auth.reader, &SERVICEACCOUNTS, ns, Some(sa))
         .await?
         .ok_or(TokenError::Malformed)?;
     if claims.get("sub").and_then(Value::as_str)
@@ -306,8 +307,8 @@ pub async fn authenticate_token(state: &AppState, token: &str) -> Result<UserInf
     {
         return Err(TokenError::Malformed);
     }
-    let pod = check_bound(state, &PODS, ns, k8s.get("pod")).await?;
-    check_bound(state, &SECRETS, ns, k8s.get("secret")).await?;
+    let pod = check_bound(auth.reader, &PODS, ns, k8s.get("pod")).await?;
+    check_bound(auth.reader, &SECRETS, ns, k8s.get("secret")).await?;
     let mut user = UserInfo::service_account(ns, &sa_name, &sa_uid);
     if let Some(jti) = claims.get("jti").and_then(Value::as_str) {
         user.extra.insert(
@@ -336,13 +337,12 @@ pub async fn authenticate_token(state: &AppState, token: &str) -> Result<UserInf
 /// `kube-system`, read through the Secret cache (with a storage fallback for a Secret created a
 /// moment ago). None when the token does not look like a bootstrap token.
 pub async fn authenticate_bootstrap_token(
-    state: &AppState,
+    reader: &CacheReader,
     token: &str,
 ) -> Option<Result<UserInfo, TokenError>> {
     use crate::bootstrap_token::{BootstrapToken, Rejected, TOKEN_NAMESPACE, check_secret};
     let token = BootstrapToken::parse(token)?;
-    let secret = match state
-        .reader
+    let secret = match reader
         .cached_or_stored(&SECRETS, TOKEN_NAMESPACE, &token.secret_name())
         .await
     {
@@ -365,7 +365,7 @@ pub async fn authenticate_bootstrap_token(
 /// or a service-account JWT; a bad one is a 401, whatever else the request carries), else the
 /// verified client certificate, else None (anonymous).
 pub async fn authenticate(
-    state: &AppState,
+    authn: Authenticator<'_>,
     headers: &HeaderMap,
     cert: Option<&ClientCertIdentity>,
 ) -> ApiResult<Option<UserInfo>> {
@@ -382,7 +382,7 @@ pub async fn authenticate(
             let Ok(token) = std::str::from_utf8(token) else {
                 return Err(ApiError::unauthorized());
             };
-            if let Some(r) = authenticate_bootstrap_token(state, token).await {
+            if let Some(r) = authenticate_bootstrap_token(authn.reader, token).await {
                 return match r {
                     Ok(u) => Ok(Some(u)),
                     Err(e) => {
@@ -391,7 +391,7 @@ pub async fn authenticate(
                     }
                 };
             }
-            return match authenticate_token(state, token).await {
+            return match authenticate_token(authn, token).await {
                 Ok(u) => Ok(Some(u)),
                 Err(e) => {
                     tracing::debug!(error = %e, "bearer token rejected");
@@ -403,11 +403,19 @@ pub async fn authenticate(
     Ok(cert.map(|c| c.0.clone()))
 }
 
-/// Installs the token authority from the PKI's service-account key.
-pub fn install(state: &AppState, pki: &crate::pki::Pki) -> Result<(), TokenError> {
-    let t = TokenAuthority::from_pem(pki.sa_private_key_pem())?;
-    state.security.set_tokens(Arc::new(t));
-    Ok(())
+/// The token authority of the PKI's service-account key.
+pub fn authority(pki: &crate::pki::Pki) -> Result<TokenAuthority, TokenError> {
+    TokenAuthority::from_pem(pki.sa_private_key_pem())
+}
+
+/// What authentication reads: the watch caches (bootstrap-token Secrets and the objects a
+/// service-account token is bound to) and the token authority, once installed.
+#[derive(Clone, Copy)]
+pub struct Authenticator<'a> {
+    /// The read handle on the watch caches.
+    pub reader: &'a CacheReader,
+    /// The service-account token authority (None until the PKI is loaded).
+    pub tokens: Option<&'a Arc<TokenAuthority>>,
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ pub struct CacheReader {
 impl CacheReader {
     /// Starts one watch cache per built-in resource over `storage`.
     pub fn start(storage: Arc<dyn Storage>, marks: Arc<crate::storage::marks::WriteMarks>) -> Self {
-        let hub = CacheHub::start(registry::all(), storage.clone(), marks);
+        let hub = CacheHub::start(registry::catalog::all(), storage.clone(), marks);
         let mut caches = HashMap::new();
         for c in hub.caches() {
             caches.insert((c.def().group, c.def().version, c.def().plural), c.clone());

@@ -978,7 +978,7 @@ mod tests {
 
     #[test]
     fn decode_serves_the_resource_version_either_way() {
-        let def = crate::registry::all()
+        let def = crate::registry::catalog::all()
             .iter()
             .find(|d| d.kind == "ConfigMap")
             .expect("configmaps");

@@ -81,9 +81,7 @@ pub fn start(
             .security
             .issuer
             .set((pki.clone(), server_url.to_string(), data_dir.to_path_buf()));
-    state.security.rbac.start(state);
-    crate::authorization::rbac::spawn_aggregation(state.clone());
-    crate::admission::resource_quota::spawn_usage_loop(state.clone());
+    state.start_loops();
     Ok(())
 }
 

@@ -50,7 +50,7 @@ fn subresource_kind(
 /// The non-core groups served, in order, each with its versions.
 pub fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
     let mut out: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
-    let served = registry::served();
+    let served = registry::catalog::served();
     for r in served.iter().filter(|r| !r.group.is_empty()) {
         match out.iter_mut().find(|(g, _)| *g == r.group) {
             Some((_, vs)) => {
@@ -116,7 +116,7 @@ pub fn api_group(group: &str) -> Option<Value> {
 
 /// `GET /api/v1` or `/apis/<g>/<v>`.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let defs: Vec<&ResourceDef> = registry::served()
+    let defs: Vec<&ResourceDef> = registry::catalog::served()
         .into_iter()
         .filter(|r| r.group == group && r.version == version)
         .collect();
@@ -220,7 +220,7 @@ pub fn aggregated(core: bool, api_version: &str) -> Value {
             let versions: Vec<Value> = vs
                 .iter()
                 .map(|v| {
-                    let mut resources: Vec<Value> = registry::served()
+                    let mut resources: Vec<Value> = registry::catalog::served()
                         .into_iter()
                         .filter(|r| r.group == *g && r.version == *v)
                         .map(aggregated_resource)

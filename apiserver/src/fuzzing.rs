@@ -28,7 +28,7 @@ pub fn sample_deployment() -> Value {
 
 /// Applies `body` as every patch type to [`sample_deployment`]; returns the errors.
 pub fn patch_bytes(body: &[u8]) -> Vec<ApiError> {
-    let Some(def) = registry::lookup_kind("apps", "Deployment") else {
+    let Some(def) = registry::catalog::lookup_kind("apps", "Deployment") else {
         return Vec::new();
     };
     let current = sample_deployment();
@@ -56,7 +56,7 @@ pub fn patch_bytes(body: &[u8]) -> Vec<ApiError> {
 
 /// Applies a JSON value as a strategic merge patch and as an apply configuration.
 pub fn patch_value(doc: &Value) -> Vec<ApiError> {
-    let Some(def) = registry::lookup_kind("apps", "Deployment") else {
+    let Some(def) = registry::catalog::lookup_kind("apps", "Deployment") else {
         return Vec::new();
     };
     let current = sample_deployment();

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -16,7 +16,7 @@ use crate::request::{self, FieldValidation, Query, ResourcePath, ResponseFormat}
 use crate::state::AppState;
 use crate::storage::{Revision, StorageError};
 use crate::writer::{ObjectWriter, UpdateScope};
-use crate::{list, patch, table, validation};
+use crate::{patch, table, validation};
 
 /// A JSON response with the given status.
 pub fn json_response(code: StatusCode, mut body: Vec<u8>) -> Response {
@@ -32,7 +32,7 @@ pub fn json_response(code: StatusCode, mut body: Vec<u8>) -> Response {
     r
 }
 
-fn value_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
+pub(crate) fn value_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
     let mut ordered = v.clone();
     crate::protobuf::go_field_order(&mut ordered);
     let mut r = json_response(code, serde_json::to_vec(&ordered).unwrap_or_default());
@@ -114,34 +114,7 @@ pub fn field_manager<'a>(query: &'a Query, headers: &'a HeaderMap) -> Option<&'a
         })
 }
 
-/// Dispatches a resource request by method and path shape.
-pub async fn handle(ctx: Ctx<'_>, method: &Method, body: Bytes) -> ApiResult<Response> {
-    let rp = ctx.rp;
-    match (&rp.name, rp.subresource.as_deref()) {
-        (None, _) => match *method {
-            Method::GET => {
-                if ctx.query.flag("watch") {
-                    crate::watch::serve(&ctx).await
-                } else {
-                    list::serve(&ctx).await
-                }
-            }
-            Method::POST => create(&ctx, body).await,
-            Method::DELETE => delete_collection(&ctx, body).await,
-            _ => Err(ApiError::method_not_allowed()),
-        },
-        (Some(name), None) => match *method {
-            Method::GET => get(&ctx, name).await,
-            Method::PUT => update(&ctx, name, body, None).await,
-            Method::PATCH => patch(&ctx, name, body, None).await,
-            Method::DELETE => delete(&ctx, name, body).await,
-            _ => Err(ApiError::method_not_allowed()),
-        },
-        (Some(name), Some(sub)) => crate::subresources::handle(&ctx, method, name, sub, body).await,
-    }
-}
-
-async fn get(ctx: &Ctx<'_>, name: &str) -> ApiResult<Response> {
+pub(crate) async fn get(ctx: &Ctx<'_>, name: &str) -> ApiResult<Response> {
     let def = ctx.rp.def;
     let (obj, _) = get_current(ctx.state, def, ctx.rp.namespace.as_deref(), name).await?;
     match request::response_format(header_str(ctx.headers, header::ACCEPT)) {
@@ -402,7 +375,7 @@ fn prepare_status_for_create(def: &ResourceDef, obj: &mut Value) {
     }
 }
 
-async fn create(ctx: &Ctx<'_>, body: Bytes) -> ApiResult<Response> {
+pub(crate) async fn create(ctx: &Ctx<'_>, body: Bytes) -> ApiResult<Response> {
     let def = ctx.rp.def;
     let fv = FieldValidation::from_query(ctx.query)?;
     let dry_run = ctx.query.dry_run()?;
@@ -510,9 +483,8 @@ pub async fn create_object(
     if def.namespaced {
         admit_namespace(state, def, fields::namespace(&obj), &name).await?;
     }
-    crate::admission::admit(
-        state,
-        state,
+    crate::admission::chain::admit(
+        state.admission(state),
         def,
         crate::admission::Operation::Create,
         &mut obj,
@@ -521,7 +493,12 @@ pub async fn create_object(
     )
     .await?;
     let _alloc_guard = if def.kind == "Service" {
-        Some(state.alloc.allocate(state, def, &mut obj, None).await?)
+        Some(
+            state
+                .alloc
+                .allocate(&state.reader, def, &mut obj, None)
+                .await?,
+        )
     } else {
         None
     };
@@ -538,8 +515,7 @@ pub async fn create_object(
         }
         return Ok((obj, 0));
     }
-    let bytes = def
-        .encode_for_storage(&obj)
+    let bytes = crate::protobuf::encode_for_storage(def, &obj)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let rev = state
         .storage
@@ -550,7 +526,7 @@ pub async fn create_object(
     Ok((obj, rev))
 }
 
-async fn update(
+pub(crate) async fn update(
     ctx: &Ctx<'_>,
     name: &str,
     body: Bytes,
@@ -704,7 +680,7 @@ pub async fn write_update(
     if def.has_subresource(Subresource::Approval) {
         match scope {
             UpdateScope::Status => {
-                crate::subresources::csr_status_update(state, def, name, &old, &mut new).await?
+                crate::csr::csr_status_update(state.authz(), def, name, &old, &mut new).await?
             }
             // Kubernetes' CSR update strategy: the request itself never changes.
             UpdateScope::Main => {
@@ -725,9 +701,8 @@ pub async fn write_update(
     if !errs.is_empty() {
         return Err(ApiError::invalid(def, name, &errs));
     }
-    crate::admission::admit(
-        state,
-        state,
+    crate::admission::chain::admit(
+        state.admission(state),
         def,
         crate::admission::Operation::Update,
         &mut new,
@@ -739,7 +714,7 @@ pub async fn write_update(
         Some(
             state
                 .alloc
-                .allocate(state, def, &mut new, Some(&old))
+                .allocate(&state.reader, def, &mut new, Some(&old))
                 .await?,
         )
     } else {
@@ -788,8 +763,7 @@ pub async fn write_update(
         set_rv(&mut new, rev);
         return Ok((new, StatusCode::OK));
     }
-    let bytes = def
-        .encode_for_storage(&new)
+    let bytes = crate::protobuf::encode_for_storage(def, &new)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let rev = state
         .storage
@@ -1076,7 +1050,7 @@ pub fn delete_opts(query: &Query, body: &Bytes) -> ApiResult<DeleteOpts> {
     Ok(o)
 }
 
-async fn delete(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Response> {
+pub(crate) async fn delete(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Response> {
     let opts = delete_opts(ctx.query, &body)?;
     let (obj, code) = delete_object(
         ctx.state,
@@ -1229,8 +1203,7 @@ pub async fn delete_object(
             return Ok((obj, StatusCode::OK));
         }
         let key = object_key(def, ns, name);
-        let bytes = def
-            .encode_for_storage(&obj)
+        let bytes = crate::protobuf::encode_for_storage(def, &obj)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         match state.storage.update(&key, rv, bytes).await {
             Ok(nrv) => {
@@ -1241,29 +1214,6 @@ pub async fn delete_object(
             Err(e) => return Err(ApiError::from_storage(e, def, name)),
         }
     }
-}
-
-async fn delete_collection(ctx: &Ctx<'_>, body: Bytes) -> ApiResult<Response> {
-    let def = ctx.rp.def;
-    if def.namespaced && ctx.rp.namespace.is_none() {
-        return Err(ApiError::method_not_allowed());
-    }
-    let opts = delete_opts(ctx.query, &body)?;
-    let items = list::select_all(ctx).await?;
-    let mut deleted = Vec::new();
-    for obj in items {
-        let name = fields::name(&obj).to_string();
-        match delete_object(ctx.state, def, ctx.rp.namespace.as_deref(), &name, &opts).await {
-            Ok((o, _)) => deleted.push(o),
-            Err(e) if e.code == 404 => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let list = json!({
-        "kind": def.list_kind(), "apiVersion": def.api_version(),
-        "metadata": {}, "items": deleted,
-    });
-    Ok(value_response(StatusCode::OK, &list, &[]))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use axum::http::HeaderMap;
 
 use crate::auth::{ANONYMOUS, AUTHENTICATED, UNAUTHENTICATED, UserInfo};
-use crate::authorization::{Attributes, chain};
+use crate::authorization::Attributes;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -83,7 +83,7 @@ pub async fn impersonate(
     let Some(mut target) = requested(headers)? else {
         return Ok(user);
     };
-    let check = |a: Attributes| async move { chain::require(state, &a).await };
+    let check = |a: Attributes| async move { state.authz().require(&a).await };
     let sa = target
         .service_account_parts()
         .map(|(ns, n)| (ns.to_string(), n.to_string()));

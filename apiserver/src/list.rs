@@ -1,5 +1,6 @@
 //! LIST: from the watch cache (consistent or `resourceVersion=0`) or from storage at a revision,
-//! with selectors, `limit`/`continue`, and JSON, Table or metadata-only output.
+//! with selectors, `limit`/`continue`, and JSON, Table or metadata-only output; DELETE on a
+//! collection.
 
 use std::sync::Arc;
 
@@ -8,10 +9,12 @@ use axum::response::Response;
 use base64::Engine;
 use serde_json::{Value, json};
 
+use bytes::Bytes;
+
 use crate::cacher::CachedObject;
 use crate::error::{ApiError, ApiResult};
 use crate::handlers::{Ctx, header_str, json_response};
-use crate::registry::ResourceDef;
+use crate::registry::{ResourceDef, fields};
 use crate::request::{ResponseFormat, response_format};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::storage::{ListOptions, Revision, StorageError};
@@ -324,4 +327,36 @@ pub fn list_bytes(def: &ResourceDef, page: &Page) -> Vec<u8> {
     }
     out.extend_from_slice(b"]}");
     out
+}
+
+/// DELETE on a collection: deletes every selected object, answers with the deleted ones.
+pub async fn delete_collection(ctx: &Ctx<'_>, body: Bytes) -> ApiResult<Response> {
+    let def = ctx.rp.def;
+    if def.namespaced && ctx.rp.namespace.is_none() {
+        return Err(ApiError::method_not_allowed());
+    }
+    let opts = crate::handlers::delete_opts(ctx.query, &body)?;
+    let items = select_all(ctx).await?;
+    let mut deleted = Vec::new();
+    for obj in items {
+        let name = fields::name(&obj).to_string();
+        match crate::handlers::delete_object(
+            ctx.state,
+            def,
+            ctx.rp.namespace.as_deref(),
+            &name,
+            &opts,
+        )
+        .await
+        {
+            Ok((o, _)) => deleted.push(o),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let list = json!({
+        "kind": def.list_kind(), "apiVersion": def.api_version(),
+        "metadata": {}, "items": deleted,
+    });
+    Ok(crate::handlers::value_response(StatusCode::OK, &list, &[]))
 }

@@ -692,7 +692,7 @@ mod tests {
     use crate::registry;
 
     fn deploy() -> &'static ResourceDef {
-        registry::lookup_kind("apps", "Deployment").expect("deployments served")
+        registry::catalog::lookup_kind("apps", "Deployment").expect("deployments served")
     }
 
     /// The managedFields entry of `manager`.
@@ -857,7 +857,7 @@ mod tests {
     }
 
     fn cm_def() -> &'static ResourceDef {
-        registry::lookup_kind("", "ConfigMap").expect("configmaps served")
+        registry::catalog::lookup_kind("", "ConfigMap").expect("configmaps served")
     }
 
     /// One step of a server-side apply scenario.

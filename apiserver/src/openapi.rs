@@ -13,7 +13,7 @@
 //!   `additionalProperties`. Schemas are generated with schemars' OpenAPI 3.0 settings, which
 //!   (like Kubernetes) wrap a `$ref` that has siblings such as `description` in `allOf`.
 //!
-//! Documents are built once, on first use, from [`crate::registry::all`], and cached with their
+//! Documents are built once, on first use, from [`crate::registry::catalog::all`], and cached with their
 //! hash. Building never panics the caller: a group-version whose schemas fail to build is logged
 //! and left out.
 
@@ -50,7 +50,7 @@ struct Published {
 static PUBLISHED: OnceLock<Published> = OnceLock::new();
 
 fn published() -> &'static Published {
-    PUBLISHED.get_or_init(|| publish(registry::all()))
+    PUBLISHED.get_or_init(|| publish(registry::catalog::all()))
 }
 
 /// The documents of the custom resources served now, rebuilt when they change.
@@ -939,7 +939,7 @@ mod tests {
     #[test]
     fn served_registry_is_published() {
         let index = v3_index();
-        for r in registry::all() {
+        for r in registry::catalog::all() {
             let path = gv_path(r.group, r.version);
             assert!(
                 index["paths"].get(&path).is_some(),

@@ -481,7 +481,7 @@ fn message(type_name: &str, buf: &[u8], depth: usize) -> ApiResult<Option<Value>
 /// The OpenAPI type name of a kind (`io.k8s.api.apps.v1.Deployment`).
 fn type_name_of(api_version: &str, kind: &str) -> String {
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    if let Some(def) = registry::lookup_kind(group, kind)
+    if let Some(def) = registry::catalog::lookup_kind(group, kind)
         && let Some(t) = Node::root(def).type_name()
     {
         return t.to_string();
@@ -492,6 +492,22 @@ fn type_name_of(api_version: &str, kind: &str) -> String {
         group.split('.').next().unwrap_or(group)
     };
     format!("io.k8s.api.{package}.{version}.{kind}")
+}
+
+/// Converts an object in served shape to the bytes storage holds.
+/// Fields are stored in Kubernetes' (Go's) order, so every read served from the stored
+/// bytes has Kubernetes' byte layout.
+pub fn encode_for_storage(
+    def: &registry::ResourceDef,
+    obj: &Value,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let mut stored = match (&def.storage_view, def.custom) {
+        (Some(view), _) => (view.to_storage)(obj),
+        (None, Some(c)) => registry::with_api_version(obj.clone(), &c.group, &c.storage_version),
+        (None, None) => obj.clone(),
+    };
+    go_field_order(&mut stored);
+    serde_json::to_vec(&stored)
 }
 
 /// Puts an object's fields in the order Kubernetes writes them (Go's `encoding/json` over the

@@ -103,7 +103,7 @@ fn container_of(pod: &Value, name: &str, asked: Option<&str>) -> ApiResult<Strin
 
 /// The kubelet endpoint of `node`: its InternalIP and `daemonEndpoints.kubeletEndpoint.Port`.
 pub(crate) async fn kubelet_address(state: &Arc<AppState>, node: &str) -> ApiResult<(String, u16)> {
-    let nodes = crate::registry::lookup("", "v1", "nodes")
+    let nodes = crate::registry::catalog::lookup("", "v1", "nodes")
         .ok_or_else(|| ApiError::internal("nodes resource missing"))?;
     let (node_obj, _) = get_current(state, nodes, None, node).await?;
     let addr = node_obj
@@ -336,7 +336,7 @@ pub async fn pod_upgrade(
         let query = crate::request::Query::parse(parts.uri.query());
         let attrs =
             crate::authorization::request_attributes(user, &Method::POST, parts.uri.path(), &query);
-        crate::authorization::chain::require(state, &attrs).await?;
+        state.authz().require(&attrs).await?;
     }
     let (pod, _) = get_current(state, rp.def, rp.namespace.as_deref(), name).await?;
     let node = pod
@@ -371,7 +371,7 @@ pub async fn node_proxy(
     tail: &[&str],
     parts: http::request::Parts,
 ) -> ApiResult<Response> {
-    let nodes = crate::registry::lookup("", "v1", "nodes")
+    let nodes = crate::registry::catalog::lookup("", "v1", "nodes")
         .ok_or_else(|| ApiError::internal("nodes resource missing"))?;
     // 404 for a node that does not exist.
     get_current(state, nodes, None, node).await?;

@@ -39,7 +39,8 @@ pub fn parse_resource_path(group: &str, version: &str, segs: &[&str]) -> ApiResu
     let Some(resource) = parts.first() else {
         return Err(ApiError::no_such_resource());
     };
-    let def = registry::lookup(group, version, resource).ok_or_else(ApiError::no_such_resource)?;
+    let def = registry::catalog::lookup(group, version, resource)
+        .ok_or_else(ApiError::no_such_resource)?;
     if parts.len() > 3 {
         return Err(ApiError::no_such_resource());
     }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::auth::UserInfo;
 use crate::authorization::rbac::PolicyRule;
-use crate::authorization::{Attributes, Decision, chain};
+use crate::authorization::{Attributes, Decision};
 use crate::error::{ApiError, ApiResult};
 use crate::handlers::json_response;
 use crate::state::AppState;
@@ -175,7 +175,7 @@ fn subject_of(spec: &Value) -> UserInfo {
 }
 
 async fn access_status(state: &AppState, a: &Attributes) -> ApiResult<Value> {
-    Ok(match chain::authorize(state, a).await? {
+    Ok(match state.authz().authorize(a).await? {
         Decision::Allow(reason) if reason.is_empty() => json!({"allowed": true}),
         Decision::Allow(reason) => json!({"allowed": true, "reason": reason}),
         Decision::Deny => json!({"allowed": false}),
@@ -222,11 +222,12 @@ pub async fn handle(
         return Err(ApiError::method_not_allowed());
     }
     let ns = url_ns.clone().unwrap_or_default();
-    chain::require(
-        state,
-        &Attributes::resource(user, "create", group, plural, "", &ns, ""),
-    )
-    .await?;
+    state
+        .authz()
+        .require(&Attributes::resource(
+            user, "create", group, plural, "", &ns, "",
+        ))
+        .await?;
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
@@ -236,7 +237,7 @@ pub async fn handle(
         "SelfSubjectReview" => json!({"userInfo": user_json(user)}),
         "TokenReview" => {
             let token = str_field(&spec, "token");
-            match crate::authn::authenticate_token(state, &token).await {
+            match crate::authn::authenticate_token(state.authenticator(), &token).await {
                 Ok(u) => {
                     json!({"authenticated": true, "user": user_json(&u), "audiences": [crate::authn::ISSUER]})
                 }
@@ -267,7 +268,7 @@ pub async fn handle(
                 &state
                     .security
                     .rbac
-                    .rules_for(state, user, &rules_ns)
+                    .rules_for(&state.reader, user, &rules_ns)
                     .await?,
             )
         }

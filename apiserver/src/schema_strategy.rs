@@ -582,7 +582,7 @@ fn schemas() -> &'static Schemas {
     SCHEMAS.get_or_init(|| {
         let mut generator = SchemaSettings::openapi3().into_generator();
         let mut roots = HashMap::new();
-        for def in registry::all() {
+        for def in registry::catalog::all() {
             let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 (def.schema)(&mut generator)
             }));
@@ -759,7 +759,7 @@ mod tests {
     use super::*;
 
     fn def(group: &str, kind: &str) -> &'static ResourceDef {
-        registry::lookup_kind(group, kind).expect("served kind")
+        registry::catalog::lookup_kind(group, kind).expect("served kind")
     }
 
     #[test]

@@ -177,7 +177,8 @@ async fn dispatch_inner(
     let path = parts.uri.path().to_string();
     let query = Query::parse(parts.uri.query());
     let cert = parts.extensions.get::<ClientCertIdentity>();
-    let user = match crate::authn::authenticate(state, &parts.headers, cert).await? {
+    let user = match crate::authn::authenticate(state.authenticator(), &parts.headers, cert).await?
+    {
         Some(u) => u,
         // Anonymous requests are authorized like any other (kube-apiserver's default
         // `--anonymous-auth=true`): RBAC grants `system:unauthenticated` little beyond the public
@@ -200,11 +201,15 @@ async fn dispatch_inner(
             Err(_) => return Ok(crate::flowcontrol::too_many_requests()),
         }
     };
-    crate::authorization::chain::require(
-        state,
-        &crate::authorization::request_attributes(&user, &parts.method, &path, &query),
-    )
-    .await?;
+    state
+        .authz()
+        .require(&crate::authorization::request_attributes(
+            &user,
+            &parts.method,
+            &path,
+            &query,
+        ))
+        .await?;
     crate::componentstatus::observe_user(&user.name);
     if let Some(node) = path.strip_prefix("/lotse/node-kubeconfig/") {
         return crate::components::node_kubeconfig_response(state, node);
@@ -356,9 +361,11 @@ async fn dispatch_inner(
         headers: &parts.headers,
         user: &user,
     };
-    let mut resp =
-        crate::auth::with_request(scope.clone(), handlers::handle(ctx, &parts.method, body))
-            .await?;
+    let mut resp = crate::auth::with_request(
+        scope.clone(),
+        crate::dispatch::handle(ctx, &parts.method, body),
+    )
+    .await?;
     if let Ok(ws) = scope.warnings.lock() {
         handlers::add_warnings(&mut resp, &ws);
     }
@@ -524,7 +531,7 @@ pub async fn start_with(
             encrypting = config.encrypts(),
             "encryption at rest configured (--encryption-provider-config)"
         );
-        let resources = registry::all()
+        let resources = registry::catalog::all()
             .iter()
             .map(|d| (d.storage_prefix, (d.group, d.plural)));
         storage = Arc::new(crate::storage::encryption::EncryptedStorage::new(
@@ -560,11 +567,13 @@ pub async fn start_with(
         cfg.service_cluster_ip_range,
         format!("{host}:{}", addr.port()),
     );
+    crate::crd_controller::spawn(&state);
     // As kube-apiserver: each tick compacts to the revision of the previous tick.
     crate::storage::compactor::spawn_compactor(storage.clone(), cfg.compaction_interval, 0);
     crate::memory::spawn_trimmer();
-    crate::authn::install(&state, &pki)
+    let tokens = crate::authn::authority(&pki)
         .map_err(|e| ServerError::Config(format!("service-account key: {e}")))?;
+    state.security.set_tokens(Arc::new(tokens));
     crate::components::start(&state, &pki, &server_url, &cfg.data_dir).map_err(ServerError::Pki)?;
     bootstrap(&state).await;
     crate::autoregister::start(Arc::new(ApiServiceStore(state.clone()))).await;
@@ -643,7 +652,7 @@ struct ApiServiceStore(Arc<AppState>);
 #[async_trait::async_trait]
 impl crate::autoregister::ApiServiceStore for ApiServiceStore {
     fn served(&self) -> Vec<(String, String, bool)> {
-        let served = registry::served();
+        let served = registry::catalog::served();
         let mut out = vec![(String::new(), "v1".to_string(), false)];
         for (g, vs) in crate::discovery::groups() {
             let custom = served.iter().any(|r| r.group == g && r.custom.is_some());

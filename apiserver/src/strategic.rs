@@ -336,7 +336,7 @@ mod tests {
     use crate::registry;
 
     fn deploy() -> &'static ResourceDef {
-        registry::lookup_kind("apps", "Deployment").expect("deployments served")
+        registry::catalog::lookup_kind("apps", "Deployment").expect("deployments served")
     }
 
     fn smp(cur: Value, patch: Value) -> Value {
@@ -484,7 +484,7 @@ mod tests {
 
     #[test]
     fn service_ports_merge_by_port() {
-        let svc = registry::lookup_kind("", "Service").expect("services served");
+        let svc = registry::catalog::lookup_kind("", "Service").expect("services served");
         let cur = json!({"spec": {"ports": [{"port": 80, "name": "http"}]}});
         let p = json!({"spec": {"ports": [{"port": 443, "name": "https"}]}});
         assert_eq!(

@@ -200,7 +200,7 @@ async fn approval_write(
     // request's signer (`signers/<signerName>` or `signers/<domain>/*`).
     let signer = fields::str_at(&old, &["spec", "signerName"]).unwrap_or_default();
     if let Some(user) = crate::auth::request_user()
-        && !may_use_signer(ctx.state, &user, "approve", signer).await?
+        && !crate::csr::may_use_signer(ctx.state.authz(), &user, "approve", signer).await?
     {
         return Err(crate::authorization::forbidden_error(
             def.group,
@@ -227,65 +227,6 @@ async fn approval_write(
         "Update",
     )
     .await
-}
-
-/// A CertificateSigningRequest's `/status` write (PUT or PATCH), as Kubernetes' status strategy
-/// and CertificateSigning admission: Approved/Denied conditions stay as stored (only
-/// `/approval` changes them), and issuing a certificate needs `sign` on the signer.
-pub async fn csr_status_update(
-    state: &crate::state::AppState,
-    def: &ResourceDef,
-    name: &str,
-    old: &Value,
-    new: &mut Value,
-) -> ApiResult<()> {
-    crate::registry::resources::certificates::preserve_approval_conditions(old, new);
-    let cert = |o: &Value| fields::str_at(o, &["status", "certificate"]).map(str::to_string);
-    let signer = fields::str_at(old, &["spec", "signerName"]).unwrap_or_default();
-    if cert(old) != cert(new)
-        && let Some(user) = crate::auth::request_user()
-        && !may_use_signer(state, &user, "sign", signer).await?
-    {
-        return Err(crate::authorization::forbidden_error(
-            def.group,
-            def.plural,
-            name,
-            &format!("user not permitted to sign requests with signerName {signer:?}"),
-        ));
-    }
-    Ok(())
-}
-
-/// Kubernetes' `IsAuthorizedForSignerName`: `verb` on `certificates.k8s.io` `signers` named
-/// the signer, or its domain wildcard `<domain>/*`.
-async fn may_use_signer(
-    state: &crate::state::AppState,
-    user: &crate::auth::UserInfo,
-    verb: &str,
-    signer: &str,
-) -> ApiResult<bool> {
-    let mut names = vec![signer.to_string()];
-    if let Some((domain, _)) = signer.split_once('/') {
-        names.push(format!("{domain}/*"));
-    }
-    for n in names {
-        let a = crate::authorization::Attributes::resource(
-            user,
-            verb,
-            "certificates.k8s.io",
-            "signers",
-            "",
-            "",
-            &n,
-        );
-        if matches!(
-            crate::authorization::chain::authorize(state, &a).await?,
-            crate::authorization::Decision::Allow(_)
-        ) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 fn scale_of(def: &ResourceDef, obj: &Value) -> Value {
@@ -577,9 +518,7 @@ impl eviction::Store for EvictionStore<'_> {
             .and_then(|r| r.parse().ok())
             .unwrap_or(0);
         fields::ensure_object(&mut pod, &["metadata"]).remove("resourceVersion");
-        let bytes = self
-            .def
-            .encode_for_storage(&pod)
+        let bytes = crate::protobuf::encode_for_storage(self.def, &pod)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         let key = object_key(self.def, self.ns, self.name);
         let new_rv = self

@@ -22,7 +22,7 @@ struct Api {
 impl Api {
     async fn new() -> Api {
         let (state, store) = common::state().await;
-        apiserver::admission::resource_quota::spawn_usage_loop(state.clone());
+        state.start_loops();
         Api {
             state,
             _store: store,

@@ -48,9 +48,7 @@ fn now() -> i64 {
 impl Api {
     async fn new() -> Api {
         let (state, store) = common::state().await;
-        state.security.rbac.start(&state);
-        apiserver::authorization::rbac::spawn_aggregation(state.clone());
-        apiserver::admission::resource_quota::spawn_usage_loop(state.clone());
+        state.start_loops();
         let tokens = Arc::new(authority());
         state.security.set_tokens(tokens.clone());
         Api {

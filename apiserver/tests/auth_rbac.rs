@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use apiserver::auth::UserInfo;
-use apiserver::authorization::{Attributes, Decision, chain};
+use apiserver::authorization::{Attributes, Decision};
 use apiserver::handlers::create_object;
 use apiserver::registry::resources::{
     CLUSTERROLEBINDINGS, CLUSTERROLES, NAMESPACES, ROLEBINDINGS, SERVICEACCOUNTS,
@@ -19,8 +19,7 @@ mod common;
 
 async fn state() -> (Arc<AppState>, Arc<dyn Storage>) {
     let (state, store) = common::state().await;
-    state.security.rbac.start(&state);
-    apiserver::authorization::rbac::spawn_aggregation(state.clone());
+    state.start_loops();
     (state, store)
 }
 
@@ -30,7 +29,7 @@ fn sa(ns: &str, name: &str) -> UserInfo {
 
 async fn allowed(state: &AppState, a: &Attributes) -> bool {
     matches!(
-        chain::authorize(state, a).await.expect("authorize"),
+        state.authz().authorize(a).await.expect("authorize"),
         Decision::Allow(_)
     )
 }
@@ -198,7 +197,7 @@ async fn authorization_cost_with_many_bindings() {
         let mut samples = Vec::with_capacity(5000);
         for _ in 0..5000 {
             let t = Instant::now();
-            let _ = chain::authorize(&state, req).await.expect("authorize");
+            let _ = state.authz().authorize(req).await.expect("authorize");
             samples.push(t.elapsed());
         }
         samples.sort();

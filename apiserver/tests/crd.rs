@@ -675,8 +675,7 @@ async fn server_side_apply_merges_list_maps_by_their_keys() {
 #[tokio::test]
 async fn rbac_applies_to_custom_resources_and_aggregates_into_edit() {
     let api = Api::new().await;
-    api.state.security.rbac.start(&api.state);
-    apiserver::authorization::rbac::spawn_aggregation(api.state.clone());
+    api.state.start_loops();
     let group = "rbac.example.com";
     api.establish(crontab_crd(group, "Namespaced")).await;
     let base = format!("/apis/{group}/v1/namespaces/default/crontabs");

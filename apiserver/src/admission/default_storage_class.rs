@@ -11,13 +11,13 @@
 
 use serde_json::{Value, json};
 
+use crate::cache_reader::CacheReader;
 use crate::error::ApiResult;
 use crate::registry::resources::{
     BETA_CLASS_ANNOTATION, INGRESSCLASSES, STORAGECLASSES, is_default_class,
     is_default_ingress_class,
 };
 use crate::registry::{ResourceDef, fields};
-use crate::state::AppState;
 
 /// Finalizer keeping a claim while a pod uses it.
 pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
@@ -54,11 +54,11 @@ fn newest<'a>(classes: impl IntoIterator<Item = &'a Value>) -> Option<&'a Value>
 }
 
 /// Sets the default class on a new claim without one.
-pub async fn admit_claim(state: &AppState, pvc: &mut Value) -> ApiResult<()> {
+pub async fn admit_claim(reader: &CacheReader, pvc: &mut Value) -> ApiResult<()> {
     if claim_has_class(pvc) {
         return Ok(());
     }
-    let cacher = state.cacher(&STORAGECLASSES)?;
+    let cacher = reader.cacher(&STORAGECLASSES)?;
     cacher.wait_local().await?;
     let prefix = format!("/registry/{}/", STORAGECLASSES.storage_prefix);
     let list = cacher.list(&prefix, None, 0, &|_| true).await;
@@ -100,7 +100,7 @@ pub fn protect(def: &ResourceDef, obj: &mut Value) {
 /// legacy `kubernetes.io/ingress.class` annotation) gets the IngressClass annotated
 /// `ingressclass.kubernetes.io/is-default-class: "true"` (the newest; equal timestamps: the
 /// first by name).
-pub async fn admit_ingress(state: &AppState, ing: &mut Value) -> ApiResult<()> {
+pub async fn admit_ingress(reader: &CacheReader, ing: &mut Value) -> ApiResult<()> {
     if ing
         .pointer("/spec/ingressClassName")
         .is_some_and(|v| !v.is_null())
@@ -112,7 +112,7 @@ pub async fn admit_ingress(state: &AppState, ing: &mut Value) -> ApiResult<()> {
     {
         return Ok(());
     }
-    let cacher = state.cacher(&INGRESSCLASSES)?;
+    let cacher = reader.cacher(&INGRESSCLASSES)?;
     cacher.wait_local().await?;
     let prefix = format!("/registry/{}/", INGRESSCLASSES.storage_prefix);
     let list = cacher.list(&prefix, None, 0, &|_| true).await;
@@ -130,12 +130,12 @@ pub async fn admit_ingress(state: &AppState, ing: &mut Value) -> ApiResult<()> {
 }
 
 /// The mutating storage plugins (and DefaultIngressClass) for a create of `def`.
-pub async fn admit(state: &AppState, def: &ResourceDef, obj: &mut Value) -> ApiResult<()> {
+pub async fn admit(reader: &CacheReader, def: &ResourceDef, obj: &mut Value) -> ApiResult<()> {
     if is_core(def, "persistentvolumeclaims") {
-        admit_claim(state, obj).await?;
+        admit_claim(reader, obj).await?;
     }
     if def.group == "networking.k8s.io" && def.plural == "ingresses" {
-        admit_ingress(state, obj).await?;
+        admit_ingress(reader, obj).await?;
     }
     protect(def, obj);
     Ok(())

@@ -10,11 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Map, Value, json};
 
 use super::quantity::Quantity;
+use crate::cache_reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::ResourceDef;
 use crate::registry::fields;
 use crate::registry::resources::LIMITRANGES;
-use crate::state::AppState;
 
 use super::Operation;
 
@@ -22,8 +22,8 @@ use super::Operation;
 pub(crate) type ResourceList = BTreeMap<String, Quantity>;
 
 /// The `spec.limits` of every LimitRange in `ns`, one entry per LimitRange.
-async fn limit_ranges(state: &AppState, ns: &str) -> ApiResult<Vec<Vec<Value>>> {
-    let cacher = state.cacher(&LIMITRANGES)?;
+async fn limit_ranges(reader: &CacheReader, ns: &str) -> ApiResult<Vec<Vec<Value>>> {
+    let cacher = reader.cacher(&LIMITRANGES)?;
     // Read your own writes: a LimitRange created just before applies.
     cacher.wait_local().await?;
     let prefix = format!("/registry/{}/{ns}/", LIMITRANGES.storage_prefix);
@@ -132,10 +132,10 @@ fn merge_container(
 
 /// Applies container defaults (regular containers, then init containers) and records what was
 /// set in the `kubernetes.io/limit-ranger` annotation; recomputes `status.qosClass`.
-pub async fn default_pod(state: &AppState, pod: &mut Value) -> ApiResult<()> {
+pub async fn default_pod(reader: &CacheReader, pod: &mut Value) -> ApiResult<()> {
     let ns = fields::namespace(pod).to_string();
     let mut changed = false;
-    for limits in limit_ranges(state, &ns).await? {
+    for limits in limit_ranges(reader, &ns).await? {
         let (lim, req) = container_defaults(&limits);
         if lim.is_empty() && req.is_empty() {
             continue;
@@ -450,7 +450,7 @@ fn aggregate(errs: Vec<String>) -> Option<String> {
 /// Enforces the namespace's LimitRanges on pods (create) and PersistentVolumeClaims (create
 /// and update).
 pub async fn validate(
-    state: &AppState,
+    reader: &CacheReader,
     def: &ResourceDef,
     op: Operation,
     obj: &Value,
@@ -464,7 +464,7 @@ pub async fn validate(
         _ => return Ok(()),
     };
     let mut errs = Vec::new();
-    for limits in limit_ranges(state, fields::namespace(obj)).await? {
+    for limits in limit_ranges(reader, fields::namespace(obj)).await? {
         errs.extend(check(&limits, obj));
     }
     match aggregate(errs) {

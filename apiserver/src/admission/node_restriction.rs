@@ -7,11 +7,9 @@ use super::Operation;
 use crate::auth::UserInfo;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::{ResourceDef, fields};
-use crate::state::AppState;
 
 /// Rejects node and pod writes of a kubelet outside its own node.
 pub async fn admit(
-    _state: &AppState,
     user: &UserInfo,
     def: &ResourceDef,
     op: Operation,

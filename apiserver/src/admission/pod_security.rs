@@ -16,10 +16,10 @@ use std::sync::Mutex;
 use serde_json::Value;
 
 use super::Operation;
+use crate::cache_reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::resources::NAMESPACES;
 use crate::registry::{ResourceDef, fields};
-use crate::state::AppState;
 
 /// A Pod Security Standards level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -746,7 +746,8 @@ fn audit_annotation(ctx: &AuditContext<'_>, key: &str, value: &str) {
 /// Enforces (pods), audits and warns (pods and workload templates) according to the
 /// namespace's labels, unless the request is exempt.
 pub async fn admit(
-    state: &AppState,
+    reader: &CacheReader,
+    psa: &PodSecurity,
     def: &ResourceDef,
     op: Operation,
     obj: &Value,
@@ -776,7 +777,6 @@ pub async fn admit(
         namespace: ns,
         name: fields::name(obj),
     };
-    let psa = &state.pod_security;
     // Namespace and user exemptions come before the namespace lookup, the runtime class one
     // after it (Kubernetes' order).
     if let Some(reason) = psa.exemptions.reason(ns, user_name, &Value::Null) {
@@ -784,13 +784,7 @@ pub async fn admit(
         audit_annotation(&ctx, EXEMPT_ANNOTATION, reason);
         return Ok(());
     }
-    let Some(nsobj) = state
-        .reader
-        .cached(&NAMESPACES, "", ns)
-        .await
-        .ok()
-        .flatten()
-    else {
+    let Some(nsobj) = reader.cached(&NAMESPACES, "", ns).await.ok().flatten() else {
         return Ok(());
     };
     let policy = Policy::from_labels(|k| {

@@ -6,18 +6,18 @@
 use serde_json::{Value, json};
 
 use super::Operation;
+use crate::cache_reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::resources::PRIORITYCLASSES;
 use crate::registry::{ResourceDef, fields};
-use crate::state::AppState;
 
 /// Priority of pods when no class is the global default
 /// (`DefaultPriorityWhenNoDefaultClassExists`).
 pub const DEFAULT_PRIORITY_WHEN_NO_DEFAULT_CLASS_EXISTS: i64 = 0;
 
 /// Every PriorityClass, read from the watch cache once it holds this apiserver's own writes.
-async fn priority_classes(state: &AppState) -> ApiResult<Vec<Value>> {
-    let cacher = state.cacher(&PRIORITYCLASSES)?;
+async fn priority_classes(reader: &CacheReader) -> ApiResult<Vec<Value>> {
+    let cacher = reader.cacher(&PRIORITYCLASSES)?;
     cacher.wait_local().await?;
     let prefix = format!("/registry/{}/", PRIORITYCLASSES.storage_prefix);
     let list = cacher.list(&prefix, None, 0, &|_| true).await;
@@ -50,17 +50,17 @@ fn forbidden(def: &ResourceDef, name: &str, why: &str) -> ApiError {
 
 /// Runs the plugin on pods (create) and PriorityClasses (create and update).
 pub async fn admit(
-    state: &AppState,
+    reader: &CacheReader,
     def: &'static ResourceDef,
     op: Operation,
     obj: &mut Value,
 ) -> ApiResult<()> {
     if def.group.is_empty() && def.plural == "pods" && op == Operation::Create {
-        let classes = priority_classes(state).await?;
+        let classes = priority_classes(reader).await?;
         return resolve_pod_priority(def, obj, &classes);
     }
     if def.group == PRIORITYCLASSES.group && def.plural == PRIORITYCLASSES.plural {
-        let classes = priority_classes(state).await?;
+        let classes = priority_classes(reader).await?;
         return check_single_default(def, op, obj, &classes);
     }
     Ok(())

@@ -5,24 +5,21 @@
 use serde_json::Value;
 
 use crate::auth::UserInfo;
+use crate::authorization::chain::Authz;
 use crate::authorization::rbac::{PolicyRule, confirm_no_escalation};
-use crate::authorization::{Attributes, Decision, chain};
+use crate::authorization::{Attributes, Decision};
 use crate::error::{ApiError, ApiResult};
 use crate::registry::{ResourceDef, fields};
-use crate::state::AppState;
 
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
-async fn allowed(state: &AppState, a: &Attributes) -> ApiResult<bool> {
-    Ok(matches!(
-        chain::authorize(state, a).await?,
-        Decision::Allow(_)
-    ))
+async fn allowed(authz: Authz<'_>, a: &Attributes) -> ApiResult<bool> {
+    Ok(matches!(authz.authorize(a).await?, Decision::Allow(_)))
 }
 
 /// Checks a write of an RBAC object by `user`.
 pub async fn admit(
-    state: &AppState,
+    authz: Authz<'_>,
     user: &UserInfo,
     def: &ResourceDef,
     obj: &Value,
@@ -39,7 +36,7 @@ pub async fn admit(
     match def.kind {
         "Role" | "ClusterRole" => {
             if allowed(
-                state,
+                authz,
                 &Attributes::resource(user, "escalate", RBAC_GROUP, def.plural, "", ns, name),
             )
             .await?
@@ -51,7 +48,7 @@ pub async fn admit(
                 .cloned()
                 .and_then(|r| serde_json::from_value(r).ok())
                 .unwrap_or_default();
-            confirm_no_escalation(state, user, ns, &rules)
+            confirm_no_escalation(authz.rbac, authz.reader, user, ns, &rules)
                 .await
                 .map_err(|why| ApiError::forbidden(def, name, &why))
         }
@@ -70,23 +67,22 @@ pub async fn admit(
                 "roles"
             };
             if allowed(
-                state,
+                authz,
                 &Attributes::resource(user, "bind", RBAC_GROUP, resource, "", ns, role),
             )
             .await?
             {
                 return Ok(());
             }
-            let rules = state
-                .security
+            let rules = authz
                 .rbac
-                .role_rules(state, kind, ns, role)
+                .role_rules(authz.reader, kind, ns, role)
                 .await?
                 .ok_or_else(|| {
                     let gr = format!("{resource}.{RBAC_GROUP}");
                     ApiError::forbidden(def, name, &format!("{gr} {role:?} not found"))
                 })?;
-            confirm_no_escalation(state, user, ns, &rules)
+            confirm_no_escalation(authz.rbac, authz.reader, user, ns, &rules)
                 .await
                 .map_err(|why| ApiError::forbidden(def, name, &why))
         }

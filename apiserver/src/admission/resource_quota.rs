@@ -18,11 +18,11 @@ use serde_json::{Map, Value, json};
 use super::Operation;
 use super::limit_ranger::{ResourceList, pod_totals, qos_class};
 use super::quantity::Quantity;
+use crate::cache_reader::CacheReader;
 use crate::cacher::{Broadcast, WatchStart};
 use crate::error::{ApiError, ApiResult};
 use crate::registry::resources::RESOURCEQUOTAS;
 use crate::registry::{self, ResourceDef, fields};
-use crate::state::AppState;
 use crate::writer::{ObjectWriter, UpdateScope};
 
 /// Quota names the pod evaluator tracks besides hugepages and extended resources.
@@ -406,8 +406,8 @@ fn matches_quota(def: &ResourceDef, obj: &Value, quota: &Value) -> bool {
             .all(|s| matches_scope(def, obj, s))
 }
 
-async fn objects(state: &AppState, def: &ResourceDef, ns: &str) -> ApiResult<Vec<Value>> {
-    let cacher = state.cacher(def)?;
+async fn objects(reader: &CacheReader, def: &ResourceDef, ns: &str) -> ApiResult<Vec<Value>> {
+    let cacher = reader.cacher(def)?;
     // An object created just before through this apiserver counts.
     cacher.wait_local().await?;
     let prefix = format!("/registry/{}/{ns}/", def.storage_prefix);
@@ -420,7 +420,7 @@ async fn objects(state: &AppState, def: &ResourceDef, ns: &str) -> ApiResult<Vec
 }
 
 /// Current usage of `quota`'s hard keys in `ns` (objects in its scopes), from the caches.
-async fn live_usage(state: &AppState, ns: &str, quota: &Value) -> ApiResult<ResourceList> {
+async fn live_usage(reader: &CacheReader, ns: &str, quota: &Value) -> ApiResult<ResourceList> {
     let hard = hard_of(quota);
     let mut used: ResourceList = hard
         .iter()
@@ -430,11 +430,11 @@ async fn live_usage(state: &AppState, ns: &str, quota: &Value) -> ApiResult<Reso
         })
         .collect();
     let selectors = scope_selectors(quota);
-    for def in registry::all()
+    for def in registry::catalog::all()
         .iter()
         .filter(|d| d.namespaced && hard.keys().any(|k| matches_resource(d, k)))
     {
-        for o in objects(state, def, ns).await? {
+        for o in objects(reader, def, ns).await? {
             if !selectors.iter().all(|s| matches_scope(def, &o, s)) {
                 continue;
             }
@@ -450,9 +450,9 @@ async fn live_usage(state: &AppState, ns: &str, quota: &Value) -> ApiResult<Reso
 
 /// The quotas of `ns`, read from the watch cache once it holds this apiserver's own writes (a
 /// quota created just before is seen; charges re-read each quota from storage).
-async fn quotas(state: &AppState, ns: &str) -> ApiResult<Vec<Value>> {
-    state.cacher(&RESOURCEQUOTAS)?.wait_local().await?;
-    objects(state, &RESOURCEQUOTAS, ns).await
+async fn quotas(reader: &CacheReader, ns: &str) -> ApiResult<Vec<Value>> {
+    reader.cacher(&RESOURCEQUOTAS)?.wait_local().await?;
+    objects(reader, &RESOURCEQUOTAS, ns).await
 }
 
 fn pretty(m: &ResourceList) -> String {
@@ -552,7 +552,7 @@ fn delta_usage(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> ResourceL
 
 /// Checks `delta` against one quota; Ok(new status.used) or the `exceeded quota` error text.
 async fn charge(
-    state: &AppState,
+    reader: &CacheReader,
     ns: &str,
     quota: &Value,
     delta: &ResourceList,
@@ -565,7 +565,7 @@ async fn charge(
         .collect();
     let mut used = used_of(quota);
     if hard.keys().any(|k| !used.contains_key(k)) {
-        used = live_usage(state, ns, quota).await?;
+        used = live_usage(reader, ns, quota).await?;
     }
     let mut new_used = used.clone();
     let (mut f_req, mut f_used, mut f_hard) = (
@@ -601,7 +601,7 @@ async fn charge(
 
 /// Checks every quota of the object's namespace that matches it and charges them.
 pub async fn admit(
-    state: &AppState,
+    reader: &CacheReader,
     writer: &dyn ObjectWriter,
     def: &'static ResourceDef,
     op: Operation,
@@ -615,7 +615,7 @@ pub async fn admit(
     let ns = fields::namespace(obj).to_string();
     let name = fields::name(obj).to_string();
     let mut matching = Vec::new();
-    for quota in quotas(state, &ns).await? {
+    for quota in quotas(reader, &ns).await? {
         if !matches_quota(def, obj, &quota) {
             continue;
         }
@@ -637,7 +637,7 @@ pub async fn admit(
     }
     // Every quota must admit the write before any is charged.
     for quota in &matching {
-        if let Err(why) = charge(state, &ns, quota, &delta).await? {
+        if let Err(why) = charge(reader, &ns, quota, &delta).await? {
             return Err(ApiError::forbidden(def, &name, &why));
         }
     }
@@ -653,7 +653,7 @@ pub async fn admit(
                 Err(e) if e.code == 404 => break,
                 Err(e) => return Err(e),
             };
-            let new_used = match charge(state, &ns, &current, &delta).await? {
+            let new_used = match charge(reader, &ns, &current, &delta).await? {
                 Ok(u) => u,
                 Err(why) => return Err(ApiError::forbidden(def, &name, &why)),
             };
@@ -709,13 +709,13 @@ fn recently_charged(ns: &str) -> bool {
 }
 
 async fn recompute_namespace(
-    state: &AppState,
+    reader: &CacheReader,
     writer: &dyn ObjectWriter,
     ns: &str,
 ) -> ApiResult<()> {
-    for quota in quotas(state, ns).await? {
+    for quota in quotas(reader, ns).await? {
         let qname = fields::name(&quota).to_string();
-        let used = live_usage(state, ns, &quota).await?;
+        let used = live_usage(reader, ns, &quota).await?;
         let want = json!({"hard": hard_of(&quota), "used": to_json(&used)});
         if quota.get("status") == Some(&want) {
             continue;
@@ -749,9 +749,9 @@ async fn recompute_namespace(
 }
 
 /// Keeps every quota's `status.used` current: any change in a namespace recomputes its quotas.
-pub fn spawn_usage_loop(state: Arc<AppState>) {
+pub fn spawn_usage_loop(reader: Arc<CacheReader>, writer: Arc<dyn ObjectWriter>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    for cacher in state.caches() {
+    for cacher in reader.all() {
         let def = cacher.def();
         if !def.namespaced {
             continue;
@@ -807,7 +807,7 @@ pub fn spawn_usage_loop(state: Arc<AppState>) {
                     });
                     continue;
                 }
-                if let Err(e) = recompute_namespace(&state, state.as_ref(), &ns).await {
+                if let Err(e) = recompute_namespace(&reader, writer.as_ref(), &ns).await {
                     tracing::warn!(namespace = %ns, error = %e, "recomputing quota usage failed");
                 }
             }

@@ -7,10 +7,10 @@ use serde_json::{Map, Value};
 
 use super::Operation;
 use super::quantity::Quantity;
+use crate::cache_reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::resources::RUNTIMECLASSES;
 use crate::registry::{ResourceDef, fields};
-use crate::state::AppState;
 
 const OVERHEAD_MISMATCH: &str =
     "pod rejected: Pod's Overhead doesn't match RuntimeClass's defined Overhead";
@@ -34,11 +34,15 @@ fn is_pod_create(def: &ResourceDef, op: Operation) -> bool {
 
 /// `prepareObjects`: the pod's RuntimeClass (None without `runtimeClassName`), read from the
 /// watch cache once it holds this apiserver's own writes; a missing class is refused.
-async fn class_of(state: &AppState, def: &ResourceDef, pod: &Value) -> ApiResult<Option<Value>> {
+async fn class_of(
+    reader: &CacheReader,
+    def: &ResourceDef,
+    pod: &Value,
+) -> ApiResult<Option<Value>> {
     let Some(class) = fields::str_at(pod, &["spec", "runtimeClassName"]) else {
         return Ok(None);
     };
-    let cacher = state.cacher(&RUNTIMECLASSES)?;
+    let cacher = reader.cacher(&RUNTIMECLASSES)?;
     cacher.wait_local().await?;
     let key = format!("/registry/{}/{class}", RUNTIMECLASSES.storage_prefix);
     let list = cacher.list(&key, None, 0, &|_| true).await;
@@ -63,7 +67,7 @@ fn go_quote(s: &str) -> String {
 
 /// The mutating half (`Admit`), run with the other mutating plugins.
 pub async fn admit(
-    state: &AppState,
+    reader: &CacheReader,
     def: &ResourceDef,
     op: Operation,
     pod: &mut Value,
@@ -71,13 +75,13 @@ pub async fn admit(
     if !is_pod_create(def, op) {
         return Ok(());
     }
-    let class = class_of(state, def, pod).await?;
+    let class = class_of(reader, def, pod).await?;
     mutate(def, pod, class.as_ref())
 }
 
 /// The validating half (`Validate`), run with the other validating plugins.
 pub async fn validate(
-    state: &AppState,
+    reader: &CacheReader,
     def: &ResourceDef,
     op: Operation,
     pod: &Value,
@@ -85,7 +89,7 @@ pub async fn validate(
     if !is_pod_create(def, op) {
         return Ok(());
     }
-    let class = class_of(state, def, pod).await?;
+    let class = class_of(reader, def, pod).await?;
     check_overhead(def, pod, class.as_ref())
 }
 

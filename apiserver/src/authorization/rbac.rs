@@ -17,11 +17,11 @@ use serde_json::Value;
 
 use super::{Attributes, Decision};
 use crate::auth::{MASTERS, UserInfo};
-use crate::cacher::{Broadcast, WatchStart};
+use crate::cache_reader::CacheReader;
+use crate::cacher::{Broadcast, Cacher, WatchStart};
 use crate::error::{ApiError, ApiResult};
 use crate::registry::ResourceDef;
 use crate::registry::resources::{CLUSTERROLEBINDINGS, CLUSTERROLES, ROLEBINDINGS, ROLES};
-use crate::state::AppState;
 use crate::writer::{ObjectWriter, UpdateScope};
 
 /// One RBAC rule (`rbac.authorization.k8s.io/v1` PolicyRule).
@@ -206,8 +206,11 @@ fn binding_of(obj: &Value, namespace: &str) -> Option<Binding> {
     })
 }
 
-async fn list_objects(state: &AppState, def: &ResourceDef) -> ApiResult<(Vec<Value>, i64)> {
-    let cacher = state.cacher(def)?;
+async fn list_objects(reader: &CacheReader, def: &ResourceDef) -> ApiResult<(Vec<Value>, i64)> {
+    list_cached(reader.cacher(def)?, def).await
+}
+
+async fn list_cached(cacher: &Cacher, def: &ResourceDef) -> ApiResult<(Vec<Value>, i64)> {
     let prefix = format!("/registry/{}/", def.storage_prefix);
     let list = cacher.list(&prefix, None, 0, &|_| true).await;
     let objs = list
@@ -219,9 +222,9 @@ async fn list_objects(state: &AppState, def: &ResourceDef) -> ApiResult<(Vec<Val
 }
 
 impl Snapshot {
-    async fn build(state: &AppState) -> ApiResult<Snapshot> {
+    async fn build(reader: &CacheReader) -> ApiResult<Snapshot> {
         let mut s = Snapshot::default();
-        let (crs, rev) = list_objects(state, &CLUSTERROLES).await?;
+        let (crs, rev) = list_objects(reader, &CLUSTERROLES).await?;
         s.revision = rev;
         for o in crs {
             s.cluster_roles.insert(
@@ -229,19 +232,19 @@ impl Snapshot {
                 Arc::new(rules_of(&o)),
             );
         }
-        for o in list_objects(state, &ROLES).await?.0 {
+        for o in list_objects(reader, &ROLES).await?.0 {
             let key = (
                 crate::registry::fields::namespace(&o).to_string(),
                 crate::registry::fields::name(&o).to_string(),
             );
             s.roles.insert(key, Arc::new(rules_of(&o)));
         }
-        for o in list_objects(state, &CLUSTERROLEBINDINGS).await?.0 {
+        for o in list_objects(reader, &CLUSTERROLEBINDINGS).await?.0 {
             if let Some(b) = binding_of(&o, "") {
                 s.cluster_bindings.push(b);
             }
         }
-        for o in list_objects(state, &ROLEBINDINGS).await?.0 {
+        for o in list_objects(reader, &ROLEBINDINGS).await?.0 {
             let ns = crate::registry::fields::namespace(&o).to_string();
             if let Some(b) = binding_of(&o, &ns) {
                 s.bindings.entry(ns).or_default().push(b);
@@ -315,12 +318,12 @@ impl Default for Authorizer {
 
 impl Authorizer {
     /// Subscribes to the four RBAC caches so the snapshot is rebuilt after changes.
-    pub fn start(&self, state: &Arc<AppState>) {
+    pub fn start(&self, reader: &CacheReader) {
         if self.started.swap(true, Ordering::SeqCst) {
             return;
         }
         for def in [&CLUSTERROLES, &ROLES, &CLUSTERROLEBINDINGS, &ROLEBINDINGS] {
-            let Ok(cacher) = state.cacher(def) else {
+            let Ok(cacher) = reader.cacher(def) else {
                 continue;
             };
             let cacher = cacher.clone();
@@ -349,9 +352,9 @@ impl Authorizer {
         }
     }
 
-    async fn current(&self, state: &AppState) -> ApiResult<Arc<Snapshot>> {
+    async fn current(&self, reader: &CacheReader) -> ApiResult<Arc<Snapshot>> {
         if self.dirty.swap(false, Ordering::SeqCst) {
-            match Snapshot::build(state).await {
+            match Snapshot::build(reader).await {
                 Ok(s) => {
                     let s = Arc::new(s);
                     if let Ok(mut w) = self.snapshot.write() {
@@ -372,25 +375,25 @@ impl Authorizer {
     }
 
     /// A snapshot at least as fresh as storage (used before denying).
-    async fn fresh(&self, state: &AppState) -> ApiResult<Arc<Snapshot>> {
-        let cacher = state.cacher(&CLUSTERROLES)?;
+    async fn fresh(&self, reader: &CacheReader) -> ApiResult<Arc<Snapshot>> {
+        let cacher = reader.cacher(&CLUSTERROLES)?;
         let rev = cacher.wait_fresh().await?;
-        let snap = self.current(state).await?;
+        let snap = self.current(reader).await?;
         if snap.revision >= rev {
             return Ok(snap);
         }
         self.dirty.store(true, Ordering::SeqCst);
-        self.current(state).await
+        self.current(reader).await
     }
 
     /// RBAC's decision on a request: some bound rule must allow it. (The chain in
     /// [`super::chain`] asks it after `system:masters` and the Node authorizer.)
-    pub async fn authorize(&self, state: &AppState, a: &Attributes) -> ApiResult<Decision> {
-        let snap = self.current(state).await?;
+    pub async fn authorize(&self, reader: &CacheReader, a: &Attributes) -> ApiResult<Decision> {
+        let snap = self.current(reader).await?;
         if let Some(d) = Self::decide(&snap, a) {
             return Ok(d);
         }
-        let snap = self.fresh(state).await?;
+        let snap = self.fresh(reader).await?;
         Ok(Self::decide(&snap, a).unwrap_or(Decision::Deny))
     }
 
@@ -407,11 +410,11 @@ impl Authorizer {
     /// order. `system:masters` gets cluster-admin's rules.
     pub async fn rules_for(
         &self,
-        state: &AppState,
+        reader: &CacheReader,
         user: &UserInfo,
         namespace: &str,
     ) -> ApiResult<Vec<PolicyRule>> {
-        let snap = self.fresh(state).await?;
+        let snap = self.fresh(reader).await?;
         let mut out: Vec<PolicyRule> = Vec::new();
         if user.in_group(MASTERS) {
             out.push(PolicyRule {
@@ -438,12 +441,12 @@ impl Authorizer {
     /// The rules a ClusterRole or Role currently grants (for binding escalation checks).
     pub async fn role_rules(
         &self,
-        state: &AppState,
+        reader: &CacheReader,
         kind: &str,
         namespace: &str,
         name: &str,
     ) -> ApiResult<Option<Vec<PolicyRule>>> {
-        let snap = self.fresh(state).await?;
+        let snap = self.fresh(reader).await?;
         Ok(match kind {
             "ClusterRole" => snap.cluster_roles.get(name).map(|r| r.as_ref().clone()),
             "Role" => snap
@@ -596,7 +599,8 @@ fn compact(rules: Vec<PolicyRule>) -> Vec<PolicyRule> {
 /// Kubernetes' `ConfirmNoEscalation` message for `user` trying to grant `rules` in
 /// `namespace`: Ok when the user holds them all.
 pub async fn confirm_no_escalation(
-    state: &AppState,
+    rbac: &Authorizer,
+    reader: &CacheReader,
     user: &UserInfo,
     namespace: &str,
     rules: &[PolicyRule],
@@ -604,10 +608,8 @@ pub async fn confirm_no_escalation(
     if user.in_group(MASTERS) {
         return Ok(());
     }
-    let owner = state
-        .security
-        .rbac
-        .rules_for(state, user, namespace)
+    let owner = rbac
+        .rules_for(reader, user, namespace)
         .await
         .map_err(|e| e.message)?;
     let missing = missing_rules(&owner, rules);
@@ -629,12 +631,9 @@ pub async fn confirm_no_escalation(
 
 /// Keeps aggregated ClusterRoles' rules equal to the union of the rules of the ClusterRoles
 /// their `aggregationRule` selects (Kubernetes' clusterrole-aggregation controller).
-pub fn spawn_aggregation(state: Arc<AppState>) {
+pub fn spawn_aggregation(cacher: Arc<Cacher>, writer: Arc<dyn ObjectWriter>) {
     tokio::spawn(async move {
         loop {
-            let Ok(cacher) = state.cacher(&CLUSTERROLES).map(Arc::clone) else {
-                return;
-            };
             let mut rx = match cacher.watch_from(None).await {
                 Ok(WatchStart::Snapshot(_, _, rx)) | Ok(WatchStart::Replay(_, rx)) => rx,
                 Err(_) => {
@@ -643,7 +642,7 @@ pub fn spawn_aggregation(state: Arc<AppState>) {
                 }
             };
             loop {
-                if let Err(e) = aggregate_once(&state).await {
+                if let Err(e) = aggregate_once(&cacher, writer.as_ref()).await {
                     tracing::warn!(error = %e, "clusterrole aggregation failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
@@ -704,9 +703,8 @@ pub fn aggregated_rules(role: &Value, all: &[Value]) -> Option<Vec<PolicyRule>> 
     Some(rules)
 }
 
-async fn aggregate_once(state: &Arc<AppState>) -> ApiResult<()> {
-    let writer: &dyn ObjectWriter = state.as_ref();
-    let (mut all, _) = list_objects(state, &CLUSTERROLES).await?;
+async fn aggregate_once(cacher: &Cacher, writer: &dyn ObjectWriter) -> ApiResult<()> {
+    let (mut all, _) = list_cached(cacher, &CLUSTERROLES).await?;
     // Aggregated roles may select other aggregated roles (admin ⊇ edit ⊇ view): iterate to a
     // fixed point, bounded in case of a cycle.
     for _ in 0..8 {

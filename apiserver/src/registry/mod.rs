@@ -1,12 +1,15 @@
 //! The resource registry: one entry per served resource with its Kubernetes behaviour
 //! (type, scope, defaulting, validation, spec/status split, table columns, field selectors).
 //!
-//! Adding a resource is adding one [`ResourceDef`] to [`all`] (entries live in `resources/`).
+//! This module holds the types every part of the apiserver names (it imports none of them);
+//! the served set is [`catalog`]. Adding a resource is adding one [`ResourceDef`] to
+//! `resources::ALL` (entries live in `resources/`).
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub mod catalog;
 pub mod custom;
 pub mod fields;
 pub mod resources;
@@ -276,24 +279,11 @@ impl ResourceDef {
         self.subresources.contains(&s)
     }
 
-    /// Converts an object in served shape to the bytes storage holds.
-    /// Fields are stored in Kubernetes' (Go's) order, so every read served from the stored
-    /// bytes has Kubernetes' byte layout.
-    pub fn encode_for_storage(&self, obj: &Value) -> Result<Vec<u8>, serde_json::Error> {
-        let mut stored = match (&self.storage_view, self.custom) {
-            (Some(view), _) => (view.to_storage)(obj),
-            (None, Some(c)) => custom::with_api_version(obj.clone(), &c.group, &c.storage_version),
-            (None, None) => obj.clone(),
-        };
-        crate::protobuf::go_field_order(&mut stored);
-        serde_json::to_vec(&stored)
-    }
-
     /// Converts a stored object to the served shape (a no-op for most resources).
     pub fn from_storage(&self, obj: Value) -> Value {
         match (&self.storage_view, self.custom) {
             (Some(view), _) => (view.from_storage)(&obj),
-            (None, Some(c)) => custom::with_api_version(obj, &c.group, &c.version),
+            (None, Some(c)) => with_api_version(obj, &c.group, &c.version),
             (None, None) => obj,
         }
     }
@@ -386,36 +376,13 @@ pub fn object_key(def: &ResourceDef, namespace: Option<&str>, name: &str) -> Str
     }
 }
 
-/// All built-in resources, in discovery order.
-pub fn all() -> &'static [ResourceDef] {
-    static ALL: std::sync::LazyLock<Vec<ResourceDef>> = std::sync::LazyLock::new(|| {
-        let mut all = resources::ALL.to_vec();
-        all.push(custom::CUSTOMRESOURCEDEFINITIONS);
-        all
-    });
-    &ALL
-}
-
-/// Every resource served now: the built-in ones, then the custom resources of established
-/// CRDs (which come and go at run time).
-pub fn served() -> Vec<&'static ResourceDef> {
-    let mut v: Vec<&'static ResourceDef> = all().iter().collect();
-    v.extend(custom::defs());
-    v
-}
-
-/// Looks up a resource by group, version and plural.
-pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {
-    all()
-        .iter()
-        .find(|r| r.group == group && r.version == version && r.plural == plural)
-        .or_else(|| custom::lookup(group, version, plural))
-}
-
-/// Looks up a resource by group and kind (any version).
-pub fn lookup_kind(group: &str, kind: &str) -> Option<&'static ResourceDef> {
-    all()
-        .iter()
-        .find(|r| r.group == group && r.kind == kind)
-        .or_else(|| custom::lookup_kind(group, kind))
+/// `obj` with `apiVersion` set to `group/version` (a custom resource's served or stored version).
+pub fn with_api_version(mut obj: Value, group: &str, version: &str) -> Value {
+    if let Value::Object(m) = &mut obj {
+        m.insert(
+            "apiVersion".into(),
+            Value::String(format!("{group}/{version}")),
+        );
+    }
+    obj
 }

@@ -217,6 +217,7 @@ fn validate_configmap(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::catalog::lookup;
     use serde_json::json;
 
     fn minimal(def: &ResourceDef) -> Value {
