@@ -67,23 +67,6 @@ fn now_rfc3339() -> String {
         .to_string()
 }
 
-/// Resources whose `metadata.generation` tracks spec changes.
-fn tracks_generation(def: &ResourceDef) -> bool {
-    def.custom.is_some()
-        || matches!(
-            def.kind,
-            "Deployment"
-                | "ReplicaSet"
-                | "StatefulSet"
-                | "DaemonSet"
-                | "Job"
-                | "NetworkPolicy"
-                | "ResourceQuota"
-                | "CronJob"
-                | "PodDisruptionBudget"
-        )
-}
-
 /// The request context every handler gets.
 pub struct Ctx<'a> {
     /// Shared server state.
@@ -346,35 +329,6 @@ pub async fn admit_namespace(
 }
 
 /// Status a resource gets on create (Kubernetes' PrepareForCreate).
-fn prepare_status_for_create(def: &ResourceDef, obj: &mut Value) {
-    if !def.has_status {
-        return;
-    }
-    match def.kind {
-        // Nodes may carry status on create; namespaces get their phase from defaults.
-        "Node" | "Namespace" => {}
-        "CertificateSigningRequest" => {
-            let user = crate::auth::request_user();
-            crate::registry::resources::certificates::prepare_for_create(obj, user.as_ref());
-        }
-        "APIService" => crate::registry::resources::apiregistration::prepare_for_create(obj),
-        "Pod" => {
-            let qos = crate::validation::pod_qos_class(obj);
-            if let Value::Object(m) = obj {
-                m.insert(
-                    "status".into(),
-                    json!({"phase": "Pending", "qosClass": qos}),
-                );
-            }
-        }
-        _ => {
-            if let Value::Object(m) = obj {
-                m.remove("status");
-            }
-        }
-    }
-}
-
 pub(crate) async fn create(ctx: &Ctx<'_>, body: Bytes) -> ApiResult<Response> {
     let def = ctx.rp.def;
     let fv = FieldValidation::from_query(ctx.query)?;
@@ -458,7 +412,7 @@ pub async fn create_object(
     ] {
         meta.remove(k);
     }
-    if tracks_generation(def) {
+    if def.strategy.tracks_generation {
         meta.insert("generation".into(), json!(1));
     } else {
         meta.remove("generation");
@@ -468,7 +422,9 @@ pub async fn create_object(
     let apply_entry = field_manager
         .filter(|_| operation == "Apply")
         .map(|mgr| crate::managed::entry(mgr, operation, def, &obj));
-    prepare_status_for_create(def, &mut obj);
+    if def.has_status {
+        (def.strategy.prepare_for_create)(&mut obj);
+    }
     (def.defaults)(&mut obj);
     if let Some(mgr) = field_manager {
         let fm = apply_entry.unwrap_or_else(|| crate::managed::entry(mgr, operation, def, &obj));
@@ -492,7 +448,7 @@ pub async fn create_object(
         dry_run,
     )
     .await?;
-    let _alloc_guard = if def.kind == "Service" {
+    let _alloc_guard = if def.strategy.allocates_service_addresses {
         Some(
             state
                 .alloc
@@ -668,31 +624,19 @@ pub async fn write_update(
                 }
                 fields::ensure_object(&mut new, &["metadata"]).remove("resourceVersion");
             }
-            UpdateScope::EphemeralContainers => {
-                new = crate::registry::resources::pod::keep_only_ephemeral_containers(&old, new);
-            }
+            // The resource's strategy keeps everything but the ephemeral containers.
+            UpdateScope::EphemeralContainers => {}
         }
     }
-    if scope == UpdateScope::Main && def.kind == "Pod" && def.group.is_empty() {
-        // Ephemeral containers change only through `pods/ephemeralcontainers`.
-        crate::registry::resources::pod::keep_ephemeral_containers(&old, &mut new);
-    }
-    if def.has_subresource(Subresource::Approval) {
-        match scope {
-            UpdateScope::Status => {
-                crate::csr::csr_status_update(state.authz(), def, name, &old, &mut new).await?
-            }
-            // Kubernetes' CSR update strategy: the request itself never changes.
-            UpdateScope::Main => {
-                if let (Value::Object(m), Some(spec)) = (&mut new, old.get("spec")) {
-                    m.insert("spec".into(), spec.clone());
-                }
-            }
-            UpdateScope::Approval | UpdateScope::EphemeralContainers => {}
-        }
+    (def.strategy.prepare_for_update)(&old, &mut new, scope);
+    if def.has_subresource(Subresource::Approval) && scope == UpdateScope::Status {
+        crate::csr::csr_status_update(state.authz(), def, name, &old, &mut new).await?
     }
     (def.defaults)(&mut new);
-    if tracks_generation(def) && scope == UpdateScope::Main && new.get("spec") != old.get("spec") {
+    if def.strategy.tracks_generation
+        && scope == UpdateScope::Main
+        && new.get("spec") != old.get("spec")
+    {
         let g = fields::i64_at(&old, &["metadata", "generation"]).unwrap_or(0) + 1;
         fields::ensure_object(&mut new, &["metadata"]).insert("generation".into(), json!(g));
     }
@@ -710,7 +654,7 @@ pub async fn write_update(
         dry_run,
     )
     .await?;
-    let _alloc_guard = if def.kind == "Service" {
+    let _alloc_guard = if def.strategy.allocates_service_addresses {
         Some(
             state
                 .alloc
@@ -749,7 +693,7 @@ pub async fn write_update(
         .pointer("/metadata/finalizers")
         .and_then(Value::as_array)
         .is_none_or(|a| a.is_empty())
-        && !namespace_finalizers_pending(def, &new);
+        && !(def.strategy.finalizers_pending)(&new);
     if dry_run {
         set_rv(&mut new, old_rv);
         return Ok((new, StatusCode::OK));
@@ -830,19 +774,9 @@ fn strip_managed_time(v: &Value) -> Value {
     v
 }
 
-/// A namespace is only removed once its `spec.finalizers` (the namespace controller's
-/// `kubernetes` finalizer) are gone too.
-fn namespace_finalizers_pending(def: &ResourceDef, obj: &Value) -> bool {
-    def.kind == "Namespace"
-        && obj
-            .pointer("/spec/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|a| !a.is_empty())
-}
-
-/// Pods with a pending graceful deletion stay until the kubelet confirms (grace 0).
+/// Objects with a pending graceful deletion (pods) stay until the kubelet confirms (grace 0).
 fn is_graceful_pending(def: &ResourceDef, obj: &Value) -> bool {
-    def.kind == "Pod"
+    def.strategy.graceful_delete.is_some()
         && fields::i64_at(obj, &["metadata", "deletionGracePeriodSeconds"]).unwrap_or(0) > 0
 }
 
@@ -1120,22 +1054,12 @@ pub async fn delete_object(
             Some("Background") => finalizers.retain(|f| f != "orphan" && f != "foregroundDeletion"),
             _ => {}
         }
-        // Graceful deletion of pods bound to a node: the kubelet finishes it.
-        let graceful = def.kind == "Pod"
-            && fields::str_at(&obj, &["spec", "nodeName"]).is_some_and(|n| !n.is_empty())
-            && !matches!(
-                fields::str_at(&obj, &["status", "phase"]),
-                Some("Succeeded") | Some("Failed")
-            );
-        let grace = if graceful {
-            opts.grace.unwrap_or_else(|| {
-                fields::i64_at(&obj, &["spec", "terminationGracePeriodSeconds"]).unwrap_or(30)
-            })
-        } else {
-            0
-        };
+        // Graceful deletion (pods bound to a node: the kubelet finishes it).
+        let default_grace = def.strategy.graceful_delete.and_then(|g| g(&obj));
+        let graceful = default_grace.is_some();
+        let grace = default_grace.map_or(0, |d| opts.grace.unwrap_or(d));
         let already_deleting = obj.pointer("/metadata/deletionTimestamp").is_some();
-        if finalizers.is_empty() && grace == 0 && !namespace_finalizers_pending(def, &obj) {
+        if finalizers.is_empty() && grace == 0 && !(def.strategy.finalizers_pending)(&obj) {
             if opts.dry_run {
                 return Ok((obj, StatusCode::OK));
             }
@@ -1190,14 +1114,7 @@ pub async fn delete_object(
             meta.remove("finalizers");
         }
         meta.remove("resourceVersion");
-        if def.kind == "Namespace"
-            && let Value::Object(m) = &mut obj
-        {
-            let status = m.entry("status").or_insert_with(|| json!({}));
-            if let Value::Object(s) = status {
-                s.insert("phase".into(), Value::String("Terminating".into()));
-            }
-        }
+        (def.strategy.prepare_for_delete)(&mut obj);
         if opts.dry_run {
             set_rv(&mut obj, rv);
             return Ok((obj, StatusCode::OK));

@@ -9,22 +9,8 @@ use serde_json::Value;
 
 use crate::error::ApiResult;
 use crate::registry::ResourceDef;
+pub use crate::registry::UpdateScope;
 use crate::storage::Revision;
-
-/// What part of the object an update may change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpdateScope {
-    /// The main resource: everything except `.status` (when the resource has a status split).
-    Main,
-    /// The `/status` subresource: only `.status` (and not metadata that status may not touch).
-    Status,
-    /// `certificatesigningrequests/approval`: like `/status`, and the only way to change a
-    /// request's Approved/Denied conditions.
-    Approval,
-    /// `pods/ephemeralcontainers`: only `spec.ephemeralContainers` (Kubernetes'
-    /// `dropNonEphemeralContainerUpdates`).
-    EphemeralContainers,
-}
 
 /// Reads and updates objects as the apiserver itself (no field manager, never a dry run).
 #[async_trait]

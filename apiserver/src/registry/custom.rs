@@ -13,8 +13,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext
 use serde_json::{Value, json};
 
 use super::{
-    Column, FieldError, NAME_COLUMN, NameRule, Normalized, ResourceDef, Subresource, fields,
-    no_fields, normalize_as, schema_of,
+    Column, FieldError, NAME_COLUMN, NameRule, Normalized, ResourceDef, Strategy, Subresource,
+    fields, no_fields, normalize_as, schema_of,
 };
 use crate::crd::{self, Served};
 
@@ -43,6 +43,7 @@ pub const CUSTOMRESOURCEDEFINITIONS: ResourceDef = ResourceDef {
     storage_view: None,
     return_deleted_object: false,
     custom: None,
+    strategy: Strategy::DEFAULT,
 };
 
 const CREATED_AT: Column = Column {
@@ -240,6 +241,10 @@ fn entry_of(served: Served) -> &'static ResourceDef {
         storage_view: None,
         return_deleted_object: false,
         custom: Some(served),
+        strategy: Strategy {
+            tracks_generation: true,
+            ..Strategy::DEFAULT
+        },
     }))
 }
 

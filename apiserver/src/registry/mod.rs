@@ -190,6 +190,78 @@ pub enum NameRule {
     PathSegment,
 }
 
+/// What part of the object an update may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateScope {
+    /// The main resource: everything except `.status` (when the resource has a status split).
+    Main,
+    /// The `/status` subresource: only `.status` (and not metadata that status may not touch).
+    Status,
+    /// `certificatesigningrequests/approval`: like `/status`, and the only way to change a
+    /// request's Approved/Denied conditions.
+    Approval,
+    /// `pods/ephemeralcontainers`: only `spec.ephemeralContainers` (Kubernetes'
+    /// `dropNonEphemeralContainerUpdates`).
+    EphemeralContainers,
+}
+
+/// A resource's own behaviour on writes (Kubernetes' per-resource REST strategy:
+/// `PrepareForCreate`, `PrepareForUpdate`, `CheckGracefulDelete`, …), so the generic handlers
+/// hold no checks of the kind. Entries take [`Strategy::DEFAULT`] and state what differs.
+#[derive(Clone, Copy)]
+pub struct Strategy {
+    /// `PrepareForCreate` for a resource with a status split, after the server has set
+    /// metadata and before defaults: the status a new object starts with. Default: none.
+    pub prepare_for_create: fn(&mut Value),
+    /// `PrepareForUpdate`: what an update in `scope` may not change, after the generic
+    /// spec/status split has been applied to `new` (old first, then new).
+    pub prepare_for_update: fn(&Value, &mut Value, UpdateScope),
+    /// `metadata.generation` starts at 1 and counts changes of `.spec`.
+    pub tracks_generation: bool,
+    /// `CheckGracefulDelete`: the grace period a delete waits by default (before the client's
+    /// `gracePeriodSeconds`), or None when the object goes at once. Resources without it are
+    /// never deleted gracefully.
+    pub graceful_delete: Option<fn(&Value) -> Option<i64>>,
+    /// Whether something besides `metadata.finalizers` still holds a marked object (namespaces:
+    /// `spec.finalizers`).
+    pub finalizers_pending: fn(&Value) -> bool,
+    /// The status an object gets when it is marked for deletion (namespaces: `Terminating`).
+    pub prepare_for_delete: fn(&mut Value),
+    /// ClusterIPs and NodePorts are allocated on create and update (Services).
+    pub allocates_service_addresses: bool,
+}
+
+impl Strategy {
+    /// No behaviour beyond the generic handlers'.
+    pub const DEFAULT: Strategy = Strategy {
+        prepare_for_create: drop_status,
+        prepare_for_update: no_update_rules,
+        tracks_generation: false,
+        graceful_delete: None,
+        finalizers_pending: no_finalizers_pending,
+        prepare_for_delete: no_defaults,
+        allocates_service_addresses: false,
+    };
+}
+
+/// A new object's status is the server's: the client's is dropped.
+pub fn drop_status(obj: &mut Value) {
+    if let Value::Object(m) = obj {
+        m.remove("status");
+    }
+}
+
+/// A new object keeps the status it was sent with (nodes; namespaces get theirs from defaults).
+pub fn keep_status(_: &mut Value) {}
+
+/// No update rules beyond the spec/status split.
+pub fn no_update_rules(_: &Value, _: &mut Value, _: UpdateScope) {}
+
+/// Nothing but `metadata.finalizers` holds a marked object.
+pub fn no_finalizers_pending(_: &Value) -> bool {
+    false
+}
+
 /// Everything the apiserver knows about one resource.
 #[derive(Clone, Copy)]
 pub struct ResourceDef {
@@ -247,6 +319,8 @@ pub struct ResourceDef {
     /// Set for a custom resource: the served CRD version behind this entry (its schema,
     /// storage version, printer columns and scale paths).
     pub custom: Option<&'static crate::crd::Served>,
+    /// The resource's behaviour on create, update and delete.
+    pub strategy: Strategy,
 }
 
 /// Conversion between a resource's served shape and the shape it is stored in, for resources

@@ -52,6 +52,10 @@ pub const APISERVICES: ResourceDef = ResourceDef {
         };
         vec![name_cell(o), cell(service), cell(available), age_cell(o)]
     },
+    strategy: Strategy {
+        prepare_for_create,
+        ..Strategy::DEFAULT
+    },
     ..def_of::<regv1::APIService>(
         "apiregistration.k8s.io",
         "v1",

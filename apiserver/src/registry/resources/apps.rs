@@ -201,6 +201,10 @@ pub const DEPLOYMENTS: ResourceDef = ResourceDef {
             Some(selector_string(fields::at(o, &["spec", "selector"]))),
         )
     },
+    strategy: Strategy {
+        tracks_generation: true,
+        ..Strategy::DEFAULT
+    },
     ..def_of::<appsv1::Deployment>("apps", "v1", "Deployment", "deployments", "deployment")
 };
 
@@ -428,6 +432,10 @@ pub const REPLICASETS: ResourceDef = ResourceDef {
         _ => None,
     },
     selectable_fields: &["status.replicas"],
+    strategy: Strategy {
+        tracks_generation: true,
+        ..Strategy::DEFAULT
+    },
     ..def_of::<appsv1::ReplicaSet>("apps", "v1", "ReplicaSet", "replicasets", "replicaset")
 };
 
@@ -473,6 +481,10 @@ pub const STATEFULSETS: ResourceDef = ResourceDef {
             ))],
             None,
         )
+    },
+    strategy: Strategy {
+        tracks_generation: true,
+        ..Strategy::DEFAULT
     },
     ..def_of::<appsv1::StatefulSet>("apps", "v1", "StatefulSet", "statefulsets", "statefulset")
 };
@@ -686,6 +698,10 @@ pub const DAEMONSETS: ResourceDef = ResourceDef {
             ],
             Some(format_label_selector(fields::at(o, &["spec", "selector"]))),
         )
+    },
+    strategy: Strategy {
+        tracks_generation: true,
+        ..Strategy::DEFAULT
     },
     ..def_of::<appsv1::DaemonSet>("apps", "v1", "DaemonSet", "daemonsets", "daemonset")
 };

@@ -41,6 +41,10 @@ pub const JOBS: ResourceDef = ResourceDef {
         _ => None,
     },
     selectable_fields: &["status.successful"],
+    strategy: Strategy {
+        tracks_generation: true,
+        ..Strategy::DEFAULT
+    },
     ..def_of::<batchv1::Job>("batch", "v1", "Job", "jobs", "job")
 };
 
@@ -383,6 +387,10 @@ pub const CRONJOBS: ResourceDef = ResourceDef {
         ),
     ],
     cells: cronjob_cells,
+    strategy: Strategy {
+        tracks_generation: true,
+        ..Strategy::DEFAULT
+    },
     ..def_of::<batchv1::CronJob>("batch", "v1", "CronJob", "cronjobs", "cronjob")
 };
 

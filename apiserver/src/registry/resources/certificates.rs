@@ -106,6 +106,11 @@ pub const CERTIFICATESIGNINGREQUESTS: ResourceDef = ResourceDef {
         _ => None,
     },
     selectable_fields: &["spec.signerName"],
+    strategy: Strategy {
+        prepare_for_create: |o| prepare_for_create(o, crate::auth::request_user().as_ref()),
+        prepare_for_update: prepare_for_update,
+        ..Strategy::DEFAULT
+    },
     ..def_of::<certv1::CertificateSigningRequest>(
         "certificates.k8s.io",
         "v1",
@@ -136,6 +141,15 @@ pub fn condition_summary(o: &Value) -> String {
         out.push_str(",Issued");
     }
     out
+}
+
+/// Kubernetes' CSR update strategy: the request itself (`spec`) never changes.
+fn prepare_for_update(old: &Value, new: &mut Value, scope: UpdateScope) {
+    if scope == UpdateScope::Main
+        && let (Value::Object(m), Some(spec)) = (new, old.get("spec"))
+    {
+        m.insert("spec".into(), spec.clone());
+    }
 }
 
 /// Kubernetes' create strategy: the requester fields come from the authenticated user, never

@@ -86,6 +86,12 @@ pub const PODS: ResourceDef = ResourceDef {
         "status.podIP",
         "status.nominatedNodeName",
     ],
+    strategy: Strategy {
+        prepare_for_create: pod::prepare_for_create,
+        prepare_for_update: pod::prepare_for_update,
+        graceful_delete: Some(pod::graceful_delete),
+        ..Strategy::DEFAULT
+    },
     ..def_of::<corev1::Pod>("", "v1", "Pod", "pods", "pod")
 };
 
@@ -221,6 +227,10 @@ pub const NODES: ResourceDef = ResourceDef {
         _ => None,
     },
     selectable_fields: &["spec.unschedulable"],
+    strategy: Strategy {
+        prepare_for_create: keep_status,
+        ..Strategy::DEFAULT
+    },
     ..def_of::<corev1::Node>("", "v1", "Node", "nodes", "node")
 };
 
@@ -404,6 +414,10 @@ pub const SERVICES: ResourceDef = ResourceDef {
         _ => None,
     },
     selectable_fields: &["spec.clusterIP", "spec.type"],
+    strategy: Strategy {
+        allocates_service_addresses: true,
+        ..Strategy::DEFAULT
+    },
     ..def_of::<corev1::Service>("", "v1", "Service", "services", "service")
 };
 
@@ -1343,6 +1357,10 @@ pub const RESOURCEQUOTAS: ResourceDef = ResourceDef {
         AGE_COLUMN,
     ],
     cells: quota_cells,
+    strategy: Strategy {
+        tracks_generation: true,
+        ..Strategy::DEFAULT
+    },
     ..def_of::<corev1::ResourceQuota>("", "v1", "ResourceQuota", "resourcequotas", "resourcequota")
 };
 

@@ -131,6 +131,12 @@ pub const NAMESPACES: ResourceDef = ResourceDef {
         _ => None,
     },
     selectable_fields: &["status.phase"],
+    strategy: Strategy {
+        prepare_for_create: keep_status,
+        finalizers_pending: namespace_finalizers_pending,
+        prepare_for_delete: namespace_terminating,
+        ..Strategy::DEFAULT
+    },
     ..util::def_of::<corev1::Namespace>("", "v1", "Namespace", "namespaces", "namespace")
 };
 
@@ -147,6 +153,24 @@ fn namespace_defaults(o: &mut Value) {
     if !name.is_empty() {
         fields::ensure_object(o, &["metadata", "labels"])
             .insert("kubernetes.io/metadata.name".into(), Value::String(name));
+    }
+}
+
+/// A namespace is only removed once its `spec.finalizers` (the namespace controller's
+/// `kubernetes` finalizer) are gone too.
+fn namespace_finalizers_pending(obj: &Value) -> bool {
+    obj.pointer("/spec/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty())
+}
+
+/// A namespace marked for deletion is `Terminating`.
+fn namespace_terminating(obj: &mut Value) {
+    if let Value::Object(m) = obj {
+        let status = m.entry("status").or_insert_with(|| serde_json::json!({}));
+        if let Value::Object(s) = status {
+            s.insert("phase".into(), Value::String("Terminating".into()));
+        }
     }
 }
 
@@ -219,6 +243,54 @@ mod tests {
     use super::*;
     use crate::registry::catalog::lookup;
     use serde_json::json;
+
+    #[test]
+    fn strategies_carry_the_kind_specific_write_behaviour() {
+        let generation: Vec<&str> = ALL
+            .iter()
+            .filter(|d| d.strategy.tracks_generation)
+            .map(|d| d.kind)
+            .collect();
+        assert_eq!(
+            generation,
+            [
+                "ResourceQuota",
+                "Deployment",
+                "ReplicaSet",
+                "StatefulSet",
+                "DaemonSet",
+                "Job",
+                "CronJob",
+                "NetworkPolicy",
+                "PodDisruptionBudget"
+            ]
+        );
+        let graceful = (PODS.strategy.graceful_delete).expect("pods delete gracefully");
+        let pod = |node: &str, phase: &str| json!({"spec": {"nodeName": node, "terminationGracePeriodSeconds": 5}, "status": {"phase": phase}});
+        assert_eq!(graceful(&pod("n1", "Running")), Some(5));
+        assert_eq!(graceful(&pod("", "Pending")), None);
+        assert_eq!(graceful(&pod("n1", "Succeeded")), None);
+        assert!(
+            ALL.iter()
+                .filter(|d| d.strategy.graceful_delete.is_some())
+                .count()
+                == 1
+        );
+        let mut ns = json!({"spec": {"finalizers": ["kubernetes"]}});
+        assert!((NAMESPACES.strategy.finalizers_pending)(&ns));
+        (NAMESPACES.strategy.prepare_for_delete)(&mut ns);
+        assert_eq!(ns["status"]["phase"], "Terminating");
+        let mut created = json!({"spec": {"containers": [{"name": "c", "image": "i"}]}, "status": {"phase": "Running"}});
+        (PODS.strategy.prepare_for_create)(&mut created);
+        assert_eq!(
+            created["status"],
+            json!({"phase": "Pending", "qosClass": "BestEffort"})
+        );
+        let mut svc = json!({"status": {"loadBalancer": {}}});
+        (SERVICES.strategy.prepare_for_create)(&mut svc);
+        assert!(svc.get("status").is_none());
+        assert!(SERVICES.strategy.allocates_service_addresses);
+    }
 
     fn minimal(def: &ResourceDef) -> Value {
         let template = json!({

@@ -31,6 +31,10 @@ pub const NETWORKPOLICIES: ResourceDef = ResourceDef {
             age_cell(o),
         ]
     },
+    strategy: Strategy {
+        tracks_generation: true,
+        ..Strategy::DEFAULT
+    },
     ..def_of::<netv1::NetworkPolicy>(
         "networking.k8s.io",
         "v1",

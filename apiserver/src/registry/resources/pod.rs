@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use serde_json::{Map, Value, json};
 
 use super::util::*;
-use crate::registry::{FieldError, fields};
+use crate::registry::{FieldError, UpdateScope, fields};
 
 /// Sets `key` on an object value if absent or null.
 fn set_default(m: &mut Map<String, Value>, key: &str, v: Value) {
@@ -814,9 +814,44 @@ pub fn all_containers(spec: &Value) -> Vec<&Value> {
         .collect()
 }
 
+/// The pod create strategy (`PrepareForCreate`): a new pod is `Pending` with its QoS class.
+pub(crate) fn prepare_for_create(obj: &mut Value) {
+    let qos = crate::validation::pod_qos_class(obj);
+    if let Value::Object(m) = obj {
+        m.insert(
+            "status".into(),
+            json!({"phase": "Pending", "qosClass": qos}),
+        );
+    }
+}
+
+/// The pod update strategy: ephemeral containers change only through
+/// `pods/ephemeralcontainers`, and that subresource changes nothing else.
+pub(crate) fn prepare_for_update(old: &Value, new: &mut Value, scope: UpdateScope) {
+    match scope {
+        UpdateScope::Main => keep_ephemeral_containers(old, new),
+        UpdateScope::EphemeralContainers => {
+            *new = keep_only_ephemeral_containers(old, std::mem::take(new));
+        }
+        UpdateScope::Status | UpdateScope::Approval => {}
+    }
+}
+
+/// `CheckGracefulDelete`: a pod bound to a node and not finished is deleted gracefully (the
+/// kubelet stops it and confirms), by default after `spec.terminationGracePeriodSeconds` (30).
+pub(crate) fn graceful_delete(obj: &Value) -> Option<i64> {
+    let bound = fields::str_at(obj, &["spec", "nodeName"]).is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        fields::str_at(obj, &["status", "phase"]),
+        Some("Succeeded") | Some("Failed")
+    );
+    (bound && !finished)
+        .then(|| fields::i64_at(obj, &["spec", "terminationGracePeriodSeconds"]).unwrap_or(30))
+}
+
 /// `dropNonEphemeralContainerUpdates`: a write through `pods/ephemeralcontainers` takes only
 /// `spec.ephemeralContainers` (and the metadata the caller may touch) from `new`.
-pub(crate) fn keep_only_ephemeral_containers(old: &Value, new: Value) -> Value {
+fn keep_only_ephemeral_containers(old: &Value, new: Value) -> Value {
     let mut out = old.clone();
     if let Value::Object(m) = &mut out {
         if let Some(meta) = new.get("metadata") {
@@ -835,7 +870,7 @@ pub(crate) fn keep_only_ephemeral_containers(old: &Value, new: Value) -> Value {
 
 /// A write of the pod itself keeps the stored ephemeral containers: they change only through
 /// `pods/ephemeralcontainers`.
-pub(crate) fn keep_ephemeral_containers(old: &Value, new: &mut Value) {
+fn keep_ephemeral_containers(old: &Value, new: &mut Value) {
     if let Some(Value::Object(spec)) = new.get_mut("spec") {
         match old.pointer("/spec/ephemeralContainers") {
             Some(v) => spec.insert("ephemeralContainers".into(), v.clone()),

@@ -51,6 +51,10 @@ pub const PODDISRUPTIONBUDGETS: ResourceDef = ResourceDef {
             age_cell(o),
         ]
     },
+    strategy: Strategy {
+        tracks_generation: true,
+        ..Strategy::DEFAULT
+    },
     ..def_of::<policyv1::PodDisruptionBudget>(
         "policy",
         "v1",

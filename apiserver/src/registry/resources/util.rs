@@ -4,8 +4,8 @@
 use serde_json::{Map, Value};
 
 use crate::registry::{
-    Column, FieldError, NAME_COLUMN, NameRule, ResourceDef, fields, no_defaults, no_fields,
-    no_validation, normalize_as, schema_of,
+    Column, FieldError, NAME_COLUMN, NameRule, ResourceDef, Strategy, fields, no_defaults,
+    no_fields, no_validation, normalize_as, schema_of,
 };
 
 /// A non-name table column.
@@ -70,6 +70,7 @@ where
         storage_view: None,
         return_deleted_object: false,
         custom: None,
+        strategy: Strategy::DEFAULT,
     }
 }
 
