@@ -3,16 +3,13 @@
 //! and self-review roles, and the roles of Lotse's own components, created at start when
 //! missing.
 
-use std::sync::Arc;
-
 use serde_json::{Value, json};
 
 use crate::bootstrap_token as bt;
-use crate::handlers;
 use crate::registry::resources::{
     CLUSTERROLEBINDINGS, CLUSTERROLES, CONFIGMAPS, ROLEBINDINGS, ROLES,
 };
-use crate::state::AppState;
+use crate::writer::ObjectWriter;
 
 /// The user the node network agent (kube-proxy's counterpart) authenticates as.
 pub const KUBE_PROXY_USER: &str = "system:kube-proxy";
@@ -822,11 +819,11 @@ pub fn cluster_info_role_and_binding() -> (Value, Value) {
 
 /// Creates the `kube-public` Role and RoleBinding of [`cluster_info_role_and_binding`] when
 /// missing (after the namespace exists).
-pub async fn ensure_cluster_info_access(state: &Arc<AppState>) {
+pub async fn ensure_cluster_info_access(writer: &dyn ObjectWriter) {
     let (role, binding) = cluster_info_role_and_binding();
     let ns = Some(crate::bootstrap_token::PUBLIC_NAMESPACE);
     for (def, obj) in [(&ROLES, role), (&ROLEBINDINGS, binding)] {
-        match handlers::create_object(state, def, ns, obj, false, None, "Update").await {
+        match writer.create_object(def, ns, obj).await {
             Ok(_) | Err(crate::error::ApiError { code: 409, .. }) => {}
             Err(e) => {
                 tracing::warn!(kind = def.kind, error = %e, "could not create kubeadm:bootstrap-signer-clusterinfo")
@@ -837,15 +834,11 @@ pub async fn ensure_cluster_info_access(state: &Arc<AppState>) {
 
 /// Creates `kube-public/cluster-info` with the CA and `server_url`, or updates its kubeconfig
 /// when the CA or the URL changed (signatures are then recomputed by the bootstrap signer).
-pub async fn ensure_cluster_info(state: &Arc<AppState>, ca_pem: &str, server_url: &str) {
+pub async fn ensure_cluster_info(writer: &dyn ObjectWriter, ca_pem: &str, server_url: &str) {
     let kubeconfig = bt::cluster_info_kubeconfig(ca_pem, server_url);
-    match handlers::get_current(
-        state,
-        &CONFIGMAPS,
-        Some(bt::PUBLIC_NAMESPACE),
-        bt::CLUSTER_INFO,
-    )
-    .await
+    match writer
+        .get_stored(&CONFIGMAPS, Some(bt::PUBLIC_NAMESPACE), bt::CLUSTER_INFO)
+        .await
     {
         Ok((old, rv)) => {
             if old.pointer("/data/kubeconfig").and_then(Value::as_str) == Some(&kubeconfig) {
@@ -854,20 +847,17 @@ pub async fn ensure_cluster_info(state: &Arc<AppState>, ca_pem: &str, server_url
             let mut new = old.clone();
             crate::registry::fields::ensure_object(&mut new, &["data"])
                 .insert(bt::KUBECONFIG_KEY.into(), Value::String(kubeconfig));
-            if let Err(e) = handlers::write_update(
-                state,
-                &CONFIGMAPS,
-                Some(bt::PUBLIC_NAMESPACE),
-                bt::CLUSTER_INFO,
-                old,
-                rv,
-                new,
-                crate::writer::UpdateScope::Main,
-                false,
-                None,
-                "Update",
-            )
-            .await
+            if let Err(e) = writer
+                .update_object(
+                    &CONFIGMAPS,
+                    Some(bt::PUBLIC_NAMESPACE),
+                    bt::CLUSTER_INFO,
+                    old,
+                    rv,
+                    new,
+                    crate::writer::UpdateScope::Main,
+                )
+                .await
             {
                 tracing::warn!(error = %e, "could not update kube-public/cluster-info");
             }
@@ -878,16 +868,9 @@ pub async fn ensure_cluster_info(state: &Arc<AppState>, ca_pem: &str, server_url
                 "metadata": {"name": bt::CLUSTER_INFO, "namespace": bt::PUBLIC_NAMESPACE},
                 "data": {bt::KUBECONFIG_KEY: kubeconfig},
             });
-            match handlers::create_object(
-                state,
-                &CONFIGMAPS,
-                Some(bt::PUBLIC_NAMESPACE),
-                cm,
-                false,
-                None,
-                "Update",
-            )
-            .await
+            match writer
+                .create_object(&CONFIGMAPS, Some(bt::PUBLIC_NAMESPACE), cm)
+                .await
             {
                 Ok(_) => tracing::info!("created kube-public/cluster-info"),
                 Err(e) if e.code == 409 => {}
@@ -900,8 +883,8 @@ pub async fn ensure_cluster_info(state: &Arc<AppState>, ca_pem: &str, server_url
 
 /// Brings an existing bootstrap ClusterRole that allows auto-update back to this version's rules
 /// (Kubernetes reconciles them the same way at start).
-async fn reconcile_rules(state: &Arc<AppState>, name: &str, rules: Option<Value>) {
-    let Ok((old, rv)) = handlers::get_current(state, &CLUSTERROLES, None, name).await else {
+async fn reconcile_rules(writer: &dyn ObjectWriter, name: &str, rules: Option<Value>) {
+    let Ok((old, rv)) = writer.get_stored(&CLUSTERROLES, None, name).await else {
         return;
     };
     let autoupdate = old
@@ -915,20 +898,17 @@ async fn reconcile_rules(state: &Arc<AppState>, name: &str, rules: Option<Value>
     if let (Value::Object(m), Some(r)) = (&mut new, rules) {
         m.insert("rules".into(), r);
     }
-    match handlers::write_update(
-        state,
-        &CLUSTERROLES,
-        None,
-        name,
-        old,
-        rv,
-        new,
-        crate::writer::UpdateScope::Main,
-        false,
-        None,
-        "Update",
-    )
-    .await
+    match writer
+        .update_object(
+            &CLUSTERROLES,
+            None,
+            name,
+            old,
+            rv,
+            new,
+            crate::writer::UpdateScope::Main,
+        )
+        .await
     {
         Ok(_) => tracing::info!(clusterrole = %name, "reconciled bootstrap clusterrole rules"),
         Err(e) => {
@@ -938,15 +918,14 @@ async fn reconcile_rules(state: &Arc<AppState>, name: &str, rules: Option<Value>
 }
 
 /// Creates missing bootstrap roles and bindings.
-pub async fn ensure(state: &Arc<AppState>) {
+pub async fn ensure(writer: &dyn ObjectWriter) {
     for role in cluster_roles() {
         let name = crate::registry::fields::name(&role).to_string();
         let rules = role.get("rules").cloned();
         let aggregated = role.get("aggregationRule").is_some();
-        match handlers::create_object(state, &CLUSTERROLES, None, role, false, None, "Update").await
-        {
+        match writer.create_object(&CLUSTERROLES, None, role).await {
             Ok(_) => tracing::debug!(clusterrole = %name, "created bootstrap clusterrole"),
-            Err(e) if e.code == 409 && !aggregated => reconcile_rules(state, &name, rules).await,
+            Err(e) if e.code == 409 && !aggregated => reconcile_rules(writer, &name, rules).await,
             Err(e) if e.code == 409 => {}
             Err(e) => {
                 tracing::warn!(clusterrole = %name, error = %e, "could not create bootstrap clusterrole")
@@ -955,9 +934,7 @@ pub async fn ensure(state: &Arc<AppState>) {
     }
     for b in cluster_role_bindings() {
         let name = crate::registry::fields::name(&b).to_string();
-        match handlers::create_object(state, &CLUSTERROLEBINDINGS, None, b, false, None, "Update")
-            .await
-        {
+        match writer.create_object(&CLUSTERROLEBINDINGS, None, b).await {
             Ok(_) => {
                 tracing::debug!(clusterrolebinding = %name, "created bootstrap clusterrolebinding")
             }

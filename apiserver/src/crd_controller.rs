@@ -9,16 +9,22 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::cache_reader::CacheReader;
 use crate::crd::{self, Served};
 use crate::registry::custom;
 use crate::registry::fields;
+use crate::storage::Storage;
 use crate::writer::{ObjectWriter, UpdateScope};
 
 /// Starts the CRD controller of a server: it follows the stored CRDs (through their watch
 /// cache), writes their status, serves their resources and, when a CRD is deleted, deletes its
 /// objects before removing the cleanup finalizer.
-pub fn spawn(state: &Arc<crate::state::AppState>) {
-    let weak = Arc::downgrade(state);
+pub fn spawn(reader: &Arc<CacheReader>, storage: &Arc<dyn Storage>, writer: Arc<dyn ObjectWriter>) {
+    let weak = Handles {
+        reader: Arc::downgrade(reader),
+        storage: Arc::downgrade(storage),
+        writer: Arc::downgrade(&writer),
+    };
     let owner = custom::new_owner();
     tokio::spawn(async move {
         run(weak, owner).await;
@@ -26,9 +32,33 @@ pub fn spawn(state: &Arc<crate::state::AppState>) {
     });
 }
 
-async fn run(state: Weak<crate::state::AppState>, owner: u64) {
+/// The server's handles, held weakly so the controllers end with their server.
+struct Handles {
+    reader: Weak<CacheReader>,
+    storage: Weak<dyn Storage>,
+    writer: Weak<dyn ObjectWriter>,
+}
+
+/// The handles of a running server.
+struct Live {
+    storage: Arc<dyn Storage>,
+    writer: Arc<dyn ObjectWriter>,
+}
+
+impl Handles {
+    fn live(&self) -> Option<Live> {
+        Some(Live {
+            storage: self.storage.upgrade()?,
+            writer: self.writer.upgrade()?,
+        })
+    }
+}
+
+async fn run(server: Handles, owner: u64) {
     loop {
-        let Some(s) = state.upgrade() else { return };
+        let Some(s) = server.reader.upgrade() else {
+            return;
+        };
         let Ok(cacher) = s.cacher(&custom::CUSTOMRESOURCEDEFINITIONS).map(Arc::clone) else {
             return;
         };
@@ -47,7 +77,7 @@ async fn run(state: Weak<crate::state::AppState>, owner: u64) {
         };
         // Level-triggered: every wake-up reconciles every CRD; a failed write retries soon.
         loop {
-            let Some(s) = state.upgrade() else { return };
+            let Some(s) = server.live() else { return };
             let settled = reconcile_all(&s, &cacher, owner).await;
             drop(s);
             // Lagged still means "something changed"; only a closed channel ends the watch.
@@ -74,11 +104,7 @@ async fn run(state: Weak<crate::state::AppState>, owner: u64) {
 }
 
 /// One pass over all CRDs; false when something must be retried.
-async fn reconcile_all(
-    state: &Arc<crate::state::AppState>,
-    cacher: &Arc<crate::cacher::Cacher>,
-    owner: u64,
-) -> bool {
+async fn reconcile_all(server: &Live, cacher: &Arc<crate::cacher::Cacher>, owner: u64) -> bool {
     let listed = cacher.list("", None, 0, &|_| true).await;
     let mut crds: Vec<(Value, crate::storage::Revision)> = listed
         .items
@@ -127,7 +153,7 @@ async fn reconcile_all(
         let mut current_rv = rv;
         if crd_obj.get("status") != Some(&status) {
             match ObjectWriter::update_object(
-                state.as_ref(),
+                server.writer.as_ref(),
                 &custom::CUSTOMRESOURCEDEFINITIONS,
                 None,
                 fields::name(crd_obj),
@@ -155,7 +181,7 @@ async fn reconcile_all(
         }
     }
     for (crd_obj, rv) in &deleting {
-        if !finish_deletion(state, crd_obj, *rv).await {
+        if !finish_deletion(server, crd_obj, *rv).await {
             settled = false;
         }
     }
@@ -171,11 +197,7 @@ fn now_rfc3339() -> String {
 
 /// Deletes the objects of a CRD being deleted, then removes its cleanup finalizer (storage then
 /// removes the CRD, and the next pass stops serving it). False when something must be retried.
-async fn finish_deletion(
-    state: &Arc<crate::state::AppState>,
-    crd_obj: &Value,
-    rv: crate::storage::Revision,
-) -> bool {
+async fn finish_deletion(server: &Live, crd_obj: &Value, rv: crate::storage::Revision) -> bool {
     let finalizers: Vec<Value> = crd_obj
         .pointer("/metadata/finalizers")
         .and_then(Value::as_array)
@@ -189,7 +211,7 @@ async fn finish_deletion(
     if !group.is_empty() && !plural.is_empty() {
         let def = custom::lookup_storage_def(group, plural);
         let prefix = format!("/registry/{group}/{plural}/");
-        let page = match state
+        let page = match server
             .storage
             .list(&prefix, crate::storage::ListOptions::default())
             .await
@@ -207,13 +229,13 @@ async fn finish_deletion(
                     Some(def) => {
                         let ns = fields::namespace(&obj);
                         let ns = (!ns.is_empty()).then_some(ns);
-                        let writer: &dyn ObjectWriter = state.as_ref();
-                        writer
+                        server
+                            .writer
                             .delete_in_background(def, ns, fields::name(&obj))
                             .await
                             .map_err(|e| e.to_string())
                     }
-                    None => state
+                    None => server
                         .storage
                         .delete(&kv.key, kv.mod_revision)
                         .await
@@ -235,7 +257,7 @@ async fn finish_deletion(
         .collect();
     fields::ensure_object(&mut new, &["metadata"]).insert("finalizers".into(), json!(remaining));
     ObjectWriter::update_object(
-        state.as_ref(),
+        server.writer.as_ref(),
         &custom::CUSTOMRESOURCEDEFINITIONS,
         None,
         fields::name(crd_obj),

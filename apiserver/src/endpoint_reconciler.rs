@@ -11,11 +11,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::handlers;
 use crate::registry::ResourceDef;
 use crate::registry::resources::{ENDPOINTS, ENDPOINTSLICES, SERVICES};
-use crate::state::AppState;
-use crate::writer::UpdateScope;
+use crate::writer::{ObjectWriter, UpdateScope};
 
 /// How often the objects are checked (kube-apiserver's endpoint reconciler interval).
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
@@ -66,8 +64,13 @@ fn endpoint_slice(ip: IpAddr, port: u16) -> Value {
 }
 
 /// Creates `want` or brings the `fields` of the stored object to `want`'s values.
-async fn ensure(state: &Arc<AppState>, def: &'static ResourceDef, want: Value, fields: &[&str]) {
-    match handlers::get_current(state, def, Some(NAMESPACE), NAME).await {
+async fn ensure(
+    writer: &dyn ObjectWriter,
+    def: &'static ResourceDef,
+    want: Value,
+    fields: &[&str],
+) {
+    match writer.get_stored(def, Some(NAMESPACE), NAME).await {
         Ok((old, rv)) => {
             if fields.iter().all(|f| old.get(*f) == want.get(*f)) {
                 return;
@@ -80,20 +83,9 @@ async fn ensure(state: &Arc<AppState>, def: &'static ResourceDef, want: Value, f
                     }
                 }
             }
-            let r = handlers::write_update(
-                state,
-                def,
-                Some(NAMESPACE),
-                NAME,
-                old,
-                rv,
-                new,
-                UpdateScope::Main,
-                false,
-                None,
-                "Update",
-            )
-            .await;
+            let r = writer
+                .update_object(def, Some(NAMESPACE), NAME, old, rv, new, UpdateScope::Main)
+                .await;
             match r {
                 Ok(_) => tracing::info!(
                     kind = def.kind,
@@ -104,16 +96,12 @@ async fn ensure(state: &Arc<AppState>, def: &'static ResourceDef, want: Value, f
                 }
             }
         }
-        Err(e) if e.code == 404 => {
-            match handlers::create_object(state, def, Some(NAMESPACE), want, false, None, "Update")
-                .await
-            {
-                Ok(_) | Err(crate::error::ApiError { code: 409, .. }) => {}
-                Err(e) => {
-                    tracing::warn!(kind = def.kind, error = %e, "could not create the kubernetes service's endpoints")
-                }
+        Err(e) if e.code == 404 => match writer.create_object(def, Some(NAMESPACE), want).await {
+            Ok(_) | Err(crate::error::ApiError { code: 409, .. }) => {}
+            Err(e) => {
+                tracing::warn!(kind = def.kind, error = %e, "could not create the kubernetes service's endpoints")
             }
-        }
+        },
         Err(e) => {
             tracing::warn!(kind = def.kind, error = %e, "could not read the kubernetes service's endpoints")
         }
@@ -121,8 +109,8 @@ async fn ensure(state: &Arc<AppState>, def: &'static ResourceDef, want: Value, f
 }
 
 /// Points the `kubernetes` Service's `https` port at `port` (it is created with 6443).
-async fn ensure_target_port(state: &Arc<AppState>, port: u16) {
-    let Ok((old, rv)) = handlers::get_current(state, &SERVICES, Some(NAMESPACE), NAME).await else {
+async fn ensure_target_port(writer: &dyn ObjectWriter, port: u16) {
+    let Ok((old, rv)) = writer.get_stored(&SERVICES, Some(NAMESPACE), NAME).await else {
         return;
     };
     let mut new = old.clone();
@@ -141,31 +129,28 @@ async fn ensure_target_port(state: &Arc<AppState>, port: u16) {
     if !changed {
         return;
     }
-    if let Err(e) = handlers::write_update(
-        state,
-        &SERVICES,
-        Some(NAMESPACE),
-        NAME,
-        old,
-        rv,
-        new,
-        UpdateScope::Main,
-        false,
-        None,
-        "Update",
-    )
-    .await
+    if let Err(e) = writer
+        .update_object(
+            &SERVICES,
+            Some(NAMESPACE),
+            NAME,
+            old,
+            rv,
+            new,
+            UpdateScope::Main,
+        )
+        .await
     {
         tracing::warn!(error = %e, "could not update the kubernetes service's target port");
     }
 }
 
 /// One pass: the Service's target port, the Endpoints and the EndpointSlice.
-pub async fn reconcile(state: &Arc<AppState>, ip: IpAddr, port: u16) {
-    ensure_target_port(state, port).await;
-    ensure(state, &ENDPOINTS, endpoints(ip, port), &["subsets"]).await;
+pub async fn reconcile(writer: &dyn ObjectWriter, ip: IpAddr, port: u16) {
+    ensure_target_port(writer, port).await;
+    ensure(writer, &ENDPOINTS, endpoints(ip, port), &["subsets"]).await;
     ensure(
-        state,
+        writer,
         &ENDPOINTSLICES,
         endpoint_slice(ip, port),
         &["addressType", "endpoints", "ports"],
@@ -174,11 +159,11 @@ pub async fn reconcile(state: &Arc<AppState>, ip: IpAddr, port: u16) {
 }
 
 /// Runs [`reconcile`] now and every [`RECONCILE_INTERVAL`] on a background task.
-pub fn spawn(state: Arc<AppState>, ip: IpAddr, port: u16) {
+pub fn spawn(writer: Arc<dyn ObjectWriter>, ip: IpAddr, port: u16) {
     tokio::spawn(async move {
         tracing::info!(%ip, port, "kubernetes service endpoints point at the advertise address");
         loop {
-            reconcile(&state, ip, port).await;
+            reconcile(writer.as_ref(), ip, port).await;
             tokio::time::sleep(RECONCILE_INTERVAL).await;
         }
     });

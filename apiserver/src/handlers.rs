@@ -730,6 +730,16 @@ impl ObjectWriter for AppState {
         get_current(self, def, namespace, name).await
     }
 
+    async fn create_object(
+        &self,
+        def: &'static ResourceDef,
+        namespace: Option<&str>,
+        obj: Value,
+    ) -> ApiResult<Value> {
+        let (obj, _) = create_object(self, def, namespace, obj, false, None, "Update").await?;
+        Ok(obj)
+    }
+
     async fn update_object(
         &self,
         def: &'static ResourceDef,

@@ -7,8 +7,8 @@ use axum::http::HeaderMap;
 
 use crate::auth::{ANONYMOUS, AUTHENTICATED, UNAUTHENTICATED, UserInfo};
 use crate::authorization::Attributes;
+use crate::authorization::chain::Authz;
 use crate::error::{ApiError, ApiResult};
-use crate::state::AppState;
 
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
@@ -76,14 +76,14 @@ fn requested(headers: &HeaderMap) -> ApiResult<Option<UserInfo>> {
 /// Applies impersonation headers: checks that `user` may impersonate each requested attribute
 /// and returns the impersonated user (or `user` unchanged when no header is present).
 pub async fn impersonate(
-    state: &AppState,
+    authz: Authz<'_>,
     headers: &HeaderMap,
     user: UserInfo,
 ) -> ApiResult<UserInfo> {
     let Some(mut target) = requested(headers)? else {
         return Ok(user);
     };
-    let check = |a: Attributes| async move { state.authz().require(&a).await };
+    let check = |a: Attributes| async move { authz.require(&a).await };
     let sa = target
         .service_account_parts()
         .map(|(ns, n)| (ns.to_string(), n.to_string()));

@@ -186,7 +186,7 @@ async fn dispatch_inner(
         // credentials.
         None => UserInfo::anonymous(),
     };
-    let user = crate::impersonation::impersonate(state, &parts.headers, user).await?;
+    let user = crate::impersonation::impersonate(state.authz(), &parts.headers, user).await?;
     // API Priority and Fairness comes after impersonation, before authorization.
     let _seat = if long_running || matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
         None
@@ -567,7 +567,7 @@ pub async fn start_with(
         cfg.service_cluster_ip_range,
         format!("{host}:{}", addr.port()),
     );
-    crate::crd_controller::spawn(&state);
+    crate::crd_controller::spawn(&state.reader, &state.storage, state.clone());
     // As kube-apiserver: each tick compacts to the revision of the previous tick.
     crate::storage::compactor::spawn_compactor(storage.clone(), cfg.compaction_interval, 0);
     crate::memory::spawn_trimmer();
@@ -579,9 +579,9 @@ pub async fn start_with(
     crate::autoregister::start(Arc::new(ApiServiceStore(state.clone()))).await;
     // kubeadm's bootstrap-token phase: the public cluster-info joining nodes discover the
     // cluster from, and anonymous read access to it.
-    crate::bootstrap_rbac::ensure_cluster_info_access(&state).await;
+    crate::bootstrap_rbac::ensure_cluster_info_access(state.as_ref()).await;
     crate::bootstrap_rbac::ensure_cluster_info(
-        &state,
+        state.as_ref(),
         pki.ca_cert_pem(),
         &format!("https://{}", SocketAddr::new(advertise, addr.port())),
     )
@@ -609,7 +609,7 @@ pub async fn start_with(
 /// Creates the system namespaces, the `kubernetes` service and the bootstrap RBAC policy if
 /// missing.
 pub async fn bootstrap(state: &Arc<AppState>) {
-    crate::bootstrap_rbac::ensure(state).await;
+    crate::bootstrap_rbac::ensure(state.as_ref()).await;
     let ns_def = &registry::resources::NAMESPACES;
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});

@@ -48,7 +48,7 @@ fn invalid(name: &str, errs: &[FieldError]) -> ApiError {
 /// NodeRestriction for a kubelet's TokenRequest: the token must be bound to a pod (by name and
 /// UID) that is scheduled on the kubelet's node, with Kubernetes' messages.
 async fn node_restriction(
-    state: &crate::state::AppState,
+    reader: &crate::cache_reader::CacheReader,
     ns: &str,
     sa: &str,
     node: &str,
@@ -73,7 +73,7 @@ async fn node_restriction(
             "node requested token with a pod binding without a uid",
         ));
     }
-    let (pod, _) = get_current(state, &PODS, Some(ns), field("name")).await?;
+    let (pod, _) = reader.stored(&PODS, Some(ns), field("name")).await?;
     if pod.pointer("/metadata/uid").and_then(Value::as_str) != Some(field("uid")) {
         return Err(forbid(&format!(
             "the UID in the bound object reference ({}) does not match the UID in record. The object might have been deleted and then recreated",
@@ -178,7 +178,7 @@ pub async fn create(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Respons
     if let Some(user) = crate::auth::request_user()
         && let Some(node) = user.node_name()
     {
-        node_restriction(state, &ns, name, node, &spec).await?;
+        node_restriction(&state.reader, &ns, name, node, &spec).await?;
     }
     let tokens = state
         .security

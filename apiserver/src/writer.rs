@@ -1,8 +1,9 @@
-//! The write handle for code that updates objects on the apiserver's own behalf — admission
-//! (quota charges), background loops (quota usage, ClusterRole aggregation, the CRD
-//! controller): read an object, update it through the write pipeline (defaulting, validation,
-//! admission, the storage precondition). The pipeline (`handlers`) implements [`ObjectWriter`]
-//! and hands it out, so these callers never import the HTTP handlers that call them.
+//! The write handle for code that writes objects on the apiserver's own behalf — admission
+//! (quota charges) and the background loops (quota usage, ClusterRole aggregation, the CRD
+//! controllers, the `kubernetes` Service's endpoints, bootstrap RBAC and cluster-info): read an
+//! object, create or update it through the write pipeline (defaulting, validation, admission,
+//! the storage precondition). The pipeline (`handlers`) implements [`ObjectWriter`] and hands
+//! it out, so these callers never import the HTTP handlers that call them.
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -22,6 +23,15 @@ pub trait ObjectWriter: Send + Sync {
         namespace: Option<&str>,
         name: &str,
     ) -> ApiResult<(Value, Revision)>;
+
+    /// Creates `obj` as a POST would (defaulting, validation, admission); 409 when it exists.
+    /// Returns the stored object.
+    async fn create_object(
+        &self,
+        def: &'static ResourceDef,
+        namespace: Option<&str>,
+        obj: Value,
+    ) -> ApiResult<Value>;
 
     /// Updates `name` from `old` (read at `old_rv`) to `new` within `scope`, as a PUT would;
     /// 409 when the object changed since `old_rv`. Returns the stored object.

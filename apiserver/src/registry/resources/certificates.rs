@@ -108,7 +108,7 @@ pub const CERTIFICATESIGNINGREQUESTS: ResourceDef = ResourceDef {
     selectable_fields: &["spec.signerName"],
     strategy: Strategy {
         prepare_for_create: |o| prepare_for_create(o, crate::auth::request_user().as_ref()),
-        prepare_for_update: prepare_for_update,
+        prepare_for_update,
         ..Strategy::DEFAULT
     },
     ..def_of::<certv1::CertificateSigningRequest>(

@@ -289,7 +289,12 @@ mod tests {
         let mut svc = json!({"status": {"loadBalancer": {}}});
         (SERVICES.strategy.prepare_for_create)(&mut svc);
         assert!(svc.get("status").is_none());
-        assert!(SERVICES.strategy.allocates_service_addresses);
+        let allocating: Vec<&str> = ALL
+            .iter()
+            .filter(|d| d.strategy.allocates_service_addresses)
+            .map(|d| d.kind)
+            .collect();
+        assert_eq!(allocating, ["Service"]);
     }
 
     fn minimal(def: &ResourceDef) -> Value {
