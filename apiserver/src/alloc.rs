@@ -7,7 +7,7 @@ use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::cache_reader::CacheReader;
+use crate::cache::reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::{FieldError, ResourceDef, fields};
 

@@ -7,9 +7,9 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::patch::{self, PatchType};
 use crate::registry;
 use crate::selectors::{FieldSelector, LabelSelector};
+use crate::write::patch::{self, PatchType};
 
 /// The live object patches are applied to.
 pub fn sample_deployment() -> Value {
@@ -42,8 +42,8 @@ pub fn patch_bytes(body: &[u8]) -> Vec<ApiError> {
     ] {
         let result = patch::parse_patch(pt, &bytes).and_then(|doc| match pt {
             PatchType::Apply => {
-                crate::managed::apply(def, &current, &doc, "fuzz", false)?;
-                crate::managed::apply(def, &current, &doc, "fuzz", true)
+                crate::write::managed::apply(def, &current, &doc, "fuzz", false)?;
+                crate::write::managed::apply(def, &current, &doc, "fuzz", true)
             }
             _ => patch::apply(pt, def, &current, &doc),
         });
@@ -62,9 +62,9 @@ pub fn patch_value(doc: &Value) -> Vec<ApiError> {
     let current = sample_deployment();
     let mut errors = Vec::new();
     for r in [
-        crate::strategic::apply(def, &current, doc),
-        crate::managed::apply(def, &current, doc, "fuzz", false),
-        crate::managed::apply(def, &current, doc, "fuzz", true),
+        crate::write::strategic::apply(def, &current, doc),
+        crate::write::managed::apply(def, &current, doc, "fuzz", false),
+        crate::write::managed::apply(def, &current, doc, "fuzz", true),
     ] {
         if let Err(e) = r {
             errors.push(e);

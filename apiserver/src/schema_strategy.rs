@@ -3,8 +3,8 @@
 //! over the served kinds' OpenAPI schemas that tells, at any field path of an object, which rule
 //! applies.
 //!
-//! One table serves strategic merge patch ([`crate::strategic`]), server-side apply
-//! ([`crate::managed`]) and the published OpenAPI documents (`x-kubernetes-patch-strategy`,
+//! One table serves strategic merge patch ([`crate::write::strategic`]), server-side apply
+//! ([`crate::write::managed`]) and the published OpenAPI documents (`x-kubernetes-patch-strategy`,
 //! `x-kubernetes-patch-merge-key`, `x-kubernetes-list-type`, `x-kubernetes-list-map-keys`).
 //! Rules are keyed by OpenAPI type name and property, so `ports` of a `Container` (merged by
 //! `containerPort`) differs from `ports` of a `ServiceSpec` (merged by `port`). Lists not in the

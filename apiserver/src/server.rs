@@ -17,14 +17,14 @@ use serde_json::{Value, json};
 
 use crate::alloc::ServiceAllocator;
 use crate::auth::{ClientCertIdentity, UserInfo};
+use crate::endpoints::handlers::{self, Ctx, json_response};
+use crate::endpoints::{discovery, openapi};
 use crate::error::{ApiError, ApiResult};
-use crate::handlers::{self, Ctx, json_response};
 use crate::metrics::RequestLabels;
 use crate::registry::{self, ResourceDef};
 use crate::request::{self, Query};
 use crate::state::AppState;
 use crate::storage::Storage;
-use crate::{discovery, openapi};
 
 /// The Kubernetes version Lotse reports (the minor of the k8s-openapi feature it is built with).
 pub const KUBERNETES_MINOR: &str = "33";
@@ -186,7 +186,8 @@ async fn dispatch_inner(
         // credentials.
         None => UserInfo::anonymous(),
     };
-    let user = crate::impersonation::impersonate(state.authz(), &parts.headers, user).await?;
+    let user =
+        crate::endpoints::impersonation::impersonate(state.authz(), &parts.headers, user).await?;
     // API Priority and Fairness comes after impersonation, before authorization.
     let _seat = if long_running || matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
         None
@@ -210,9 +211,9 @@ async fn dispatch_inner(
             &query,
         ))
         .await?;
-    crate::componentstatus::observe_user(&user.name);
+    crate::endpoints::componentstatus::observe_user(&user.name);
     if let Some(node) = path.strip_prefix("/lotse/node-kubeconfig/") {
-        return crate::components::node_kubeconfig_response(state, node);
+        return crate::endpoints::components::node_kubeconfig_response(state, node);
     }
     let accept = parts
         .headers
@@ -257,11 +258,11 @@ async fn dispatch_inner(
             let proto = accept.contains("protobuf");
             let (body, ct) = if proto {
                 (
-                    crate::openapi_v2::protobuf(),
-                    crate::openapi_v2::PROTOBUF_MEDIA_TYPE,
+                    crate::endpoints::openapi_v2::protobuf(),
+                    crate::endpoints::openapi_v2::PROTOBUF_MEDIA_TYPE,
                 )
             } else {
-                (crate::openapi_v2::json(), "application/json")
+                (crate::endpoints::openapi_v2::json(), "application/json")
             };
             return Ok(body.response(&parts.headers, ct));
         }
@@ -310,12 +311,12 @@ async fn dispatch_inner(
     if group == crate::metrics_api::GROUP {
         return resource_metrics(state, &parts.method, version, rest, &query, &accept).await;
     }
-    if crate::componentstatus::is_path(group, version, rest) {
+    if crate::endpoints::componentstatus::is_path(group, version, rest) {
         return component_statuses(state, &parts.method, &parts.headers, rest, &query).await;
     }
-    if crate::reviews::is_review_path(group, version, rest) {
+    if crate::endpoints::reviews::is_review_path(group, version, rest) {
         let body = body_bytes(body).await?;
-        return crate::reviews::handle(
+        return crate::endpoints::reviews::handle(
             state,
             &user,
             &parts.method,
@@ -332,8 +333,8 @@ async fn dispatch_inner(
             .ok_or_else(ApiError::no_such_resource);
     }
     if let ("", ["nodes", node, "proxy", tail @ ..]) = (group, rest) {
-        // The node's kubelet API, proxied (crate::proxy).
-        return crate::proxy::node_proxy(state, node, tail, parts).await;
+        // The node's kubelet API, proxied (crate::endpoints::proxy).
+        return crate::endpoints::proxy::node_proxy(state, node, tail, parts).await;
     }
     let rp = request::parse_resource_path(group, version, rest)?;
     labels.verb = verb_for(&parts.method, rp.name.is_some(), query.flag("watch"));
@@ -346,8 +347,8 @@ async fn dispatch_inner(
         Some("exec" | "attach" | "portforward")
     ) && parts.headers.contains_key(header::UPGRADE)
     {
-        // Streaming subresources are spliced through to the kubelet (crate::proxy).
-        return crate::proxy::pod_upgrade(state, &rp, &user, parts).await;
+        // Streaming subresources are spliced through to the kubelet (crate::endpoints::proxy).
+        return crate::endpoints::proxy::pod_upgrade(state, &rp, &user, parts).await;
     }
     let body = body_bytes(body).await?;
     let scope = Arc::new(crate::auth::RequestScope {
@@ -363,7 +364,7 @@ async fn dispatch_inner(
     };
     let mut resp = crate::auth::with_request(
         scope.clone(),
-        crate::dispatch::handle(ctx, &parts.method, body),
+        crate::endpoints::handle(ctx, &parts.method, body),
     )
     .await?;
     if let Ok(ws) = scope.warnings.lock() {
@@ -442,7 +443,7 @@ pub struct Config {
     /// Extra SANs for the serving certificate.
     pub extra_sans: Vec<String>,
     /// The address the `kubernetes` Service's endpoints carry (`--advertise-address`; default:
-    /// see [`crate::endpoint_reconciler::advertise_address`]). The serving certificate names it.
+    /// see [`crate::loops::endpoint_reconciler::advertise_address`]). The serving certificate names it.
     pub advertise_address: Option<std::net::IpAddr>,
     /// How often storage is compacted.
     pub compaction_interval: Duration,
@@ -542,8 +543,10 @@ pub async fn start_with(
     if !cfg.bind_address.is_unspecified() {
         sans.push(cfg.bind_address.to_string());
     }
-    let advertise =
-        crate::endpoint_reconciler::advertise_address(cfg.advertise_address, cfg.bind_address);
+    let advertise = crate::loops::endpoint_reconciler::advertise_address(
+        cfg.advertise_address,
+        cfg.bind_address,
+    );
     sans.push(advertise.to_string());
     let first_ip = ServiceAllocator::new(cfg.service_cluster_ip_range).first_ip();
     sans.push(first_ip.to_string());
@@ -567,26 +570,27 @@ pub async fn start_with(
         cfg.service_cluster_ip_range,
         format!("{host}:{}", addr.port()),
     );
-    crate::crd_controller::spawn(&state.reader, &state.storage, state.clone());
+    crate::loops::crd_controller::spawn(&state.reader, &state.storage, state.clone());
     // As kube-apiserver: each tick compacts to the revision of the previous tick.
     crate::storage::compactor::spawn_compactor(storage.clone(), cfg.compaction_interval, 0);
     crate::memory::spawn_trimmer();
     let tokens = crate::authn::authority(&pki)
         .map_err(|e| ServerError::Config(format!("service-account key: {e}")))?;
     state.security.set_tokens(Arc::new(tokens));
-    crate::components::start(&state, &pki, &server_url, &cfg.data_dir).map_err(ServerError::Pki)?;
+    crate::endpoints::components::start(&state, &pki, &server_url, &cfg.data_dir)
+        .map_err(ServerError::Pki)?;
     bootstrap(&state).await;
-    crate::autoregister::start(Arc::new(ApiServiceStore(state.clone()))).await;
+    crate::loops::autoregister::start(Arc::new(ApiServiceStore(state.clone()))).await;
     // kubeadm's bootstrap-token phase: the public cluster-info joining nodes discover the
     // cluster from, and anonymous read access to it.
-    crate::bootstrap_rbac::ensure_cluster_info_access(state.as_ref()).await;
-    crate::bootstrap_rbac::ensure_cluster_info(
+    crate::loops::bootstrap_rbac::ensure_cluster_info_access(state.as_ref()).await;
+    crate::loops::bootstrap_rbac::ensure_cluster_info(
         state.as_ref(),
         pki.ca_cert_pem(),
         &format!("https://{}", SocketAddr::new(advertise, addr.port())),
     )
     .await;
-    crate::endpoint_reconciler::spawn(state.clone(), advertise, addr.port());
+    crate::loops::endpoint_reconciler::spawn(state.clone(), advertise, addr.port());
     crate::metrics_api::spawn(
         Arc::new(MetricsCluster(state.clone())),
         state.resource_metrics.clone(),
@@ -609,7 +613,7 @@ pub async fn start_with(
 /// Creates the system namespaces, the `kubernetes` service and the bootstrap RBAC policy if
 /// missing.
 pub async fn bootstrap(state: &Arc<AppState>) {
-    crate::bootstrap_rbac::ensure(state.as_ref()).await;
+    crate::loops::bootstrap_rbac::ensure(state.as_ref()).await;
     let ns_def = &registry::resources::NAMESPACES;
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
@@ -650,11 +654,11 @@ pub async fn bootstrap(state: &Arc<AppState>) {
 struct ApiServiceStore(Arc<AppState>);
 
 #[async_trait::async_trait]
-impl crate::autoregister::ApiServiceStore for ApiServiceStore {
+impl crate::loops::autoregister::ApiServiceStore for ApiServiceStore {
     fn served(&self) -> Vec<(String, String, bool)> {
         let served = registry::catalog::served();
         let mut out = vec![(String::new(), "v1".to_string(), false)];
-        for (g, vs) in crate::discovery::groups() {
+        for (g, vs) in crate::endpoints::discovery::groups() {
             let custom = served.iter().any(|r| r.group == g && r.custom.is_some());
             out.extend(vs.iter().map(|v| (g.to_string(), v.to_string(), custom)));
         }
@@ -692,9 +696,9 @@ impl crate::autoregister::ApiServiceStore for ApiServiceStore {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         let scope = if status {
-            crate::writer::UpdateScope::Status
+            crate::write::UpdateScope::Status
         } else {
-            crate::writer::UpdateScope::Main
+            crate::write::UpdateScope::Main
         };
         let r = handlers::write_update(
             &self.0,
@@ -733,7 +737,7 @@ impl crate::autoregister::ApiServiceStore for ApiServiceStore {
 struct StatusProbe<'a>(&'a AppState);
 
 #[async_trait::async_trait]
-impl crate::componentstatus::Probe for StatusProbe<'_> {
+impl crate::endpoints::componentstatus::Probe for StatusProbe<'_> {
     async fn lease(&self, name: &str) -> Option<Value> {
         let key = registry::object_key(&registry::resources::LEASES, Some("kube-system"), name);
         let kv = self.0.storage.get(&key).await.ok()??;
@@ -751,7 +755,7 @@ impl crate::componentstatus::Probe for StatusProbe<'_> {
 }
 
 /// Serves `GET /api/v1/componentstatuses[/<name>]` (JSON or Table) from what
-/// [`crate::componentstatus`] decides; other verbs are refused.
+/// [`crate::endpoints::componentstatus`] decides; other verbs are refused.
 async fn component_statuses(
     state: &AppState,
     method: &Method,
@@ -759,7 +763,7 @@ async fn component_statuses(
     rest: &[&str],
     query: &Query,
 ) -> ApiResult<Response> {
-    use crate::componentstatus::{self as cs, Refusal};
+    use crate::endpoints::componentstatus::{self as cs, Refusal};
     if method != Method::GET {
         return Err(ApiError::method_not_allowed());
     }
@@ -771,7 +775,7 @@ async fn component_statuses(
         })?;
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let body = match request::response_format(accept) {
-        request::ResponseFormat::Table => crate::table::build(
+        request::ResponseFormat::Table => crate::endpoints::table::build(
             &registry::resources::COMPONENTSTATUSES,
             answer.items(),
             query,
@@ -845,9 +849,10 @@ impl crate::metrics_api::Cluster for MetricsCluster {
     }
 
     async fn scrape(&self, node: &str) -> ApiResult<String> {
-        let (addr, port) = crate::proxy::kubelet_address(&self.0, node).await?;
+        let (addr, port) = crate::endpoints::proxy::kubelet_address(&self.0, node).await?;
         let resp =
-            crate::proxy::kubelet_get(&self.0, &addr, port, "/metrics/resource", node).await?;
+            crate::endpoints::proxy::kubelet_get(&self.0, &addr, port, "/metrics/resource", node)
+                .await?;
         let body = axum::body::to_bytes(resp.into_body(), 64 << 20)
             .await
             .map_err(|e| ApiError::internal(format!("reading /metrics/resource of {node}: {e}")))?;

@@ -8,8 +8,8 @@ use std::sync::{Arc, OnceLock};
 use ipnet::Ipv4Net;
 
 use crate::alloc::ServiceAllocator;
-use crate::cache_reader::CacheReader;
-use crate::cacher::Cacher;
+use crate::cache::cacher::Cacher;
+use crate::cache::reader::CacheReader;
 use crate::error::ApiResult;
 use crate::metrics::Metrics;
 use crate::registry::ResourceDef;
@@ -92,7 +92,7 @@ impl AppState {
     /// Admission's handles, with quota charges written through `writer`.
     pub fn admission<'a>(
         &'a self,
-        writer: &'a dyn crate::writer::ObjectWriter,
+        writer: &'a dyn crate::write::ObjectWriter,
     ) -> crate::admission::chain::Handles<'a> {
         crate::admission::chain::Handles {
             reader: &self.reader,

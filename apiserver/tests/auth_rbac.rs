@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use apiserver::auth::UserInfo;
 use apiserver::authorization::{Attributes, Decision};
-use apiserver::handlers::create_object;
+use apiserver::endpoints::handlers::create_object;
 use apiserver::registry::resources::{
     CLUSTERROLEBINDINGS, CLUSTERROLES, NAMESPACES, ROLEBINDINGS, SERVICEACCOUNTS,
 };

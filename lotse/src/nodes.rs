@@ -26,7 +26,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::api::PostParams;
 
-use apiserver::bootstrap_token::{BootstrapToken, JWS_PREFIX};
+use apiserver::authn::bootstrap_token::{BootstrapToken, JWS_PREFIX};
 
 /// The underlay bridge in the host namespace.
 pub const BRIDGE: &str = "lotse-ul";

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use apiserver::bootstrap_token::{
+use apiserver::authn::bootstrap_token::{
     BootstrapToken, CLUSTER_INFO, KEY_DESCRIPTION, KEY_EXPIRATION, KEY_EXTRA_GROUPS,
     KEY_TOKEN_SECRET, KEY_USAGE_AUTHENTICATION, KEY_USAGE_SIGNING, PUBLIC_NAMESPACE, SECRET_PREFIX,
     SECRET_TYPE, TOKEN_NAMESPACE,

@@ -308,8 +308,8 @@ pub async fn up(mut a: UpArgs) -> anyhow::Result<()> {
     });
     if !a.disable_kube_proxy {
         let agent_kc = kubeconfig(
-            apiserver::components::KUBE_PROXY_KUBECONFIG,
-            apiserver::bootstrap_rbac::KUBE_PROXY_USER,
+            apiserver::endpoints::components::KUBE_PROXY_KUBECONFIG,
+            apiserver::loops::bootstrap_rbac::KUBE_PROXY_USER,
             &[],
         )?;
         let mut cfg = cni_plugin::agent::AgentConfig::new(node_name.clone());

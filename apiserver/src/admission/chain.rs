@@ -11,10 +11,10 @@ use super::{
     pod_security, priority, rbac_escalation, resource_quota, runtime_class, service_account,
 };
 use crate::authorization::chain::Authz;
-use crate::cache_reader::CacheReader;
+use crate::cache::reader::CacheReader;
 use crate::error::ApiResult;
 use crate::registry::ResourceDef;
-use crate::writer::ObjectWriter;
+use crate::write::ObjectWriter;
 
 /// What admission reads and writes through: the handles the write pipeline gives it.
 #[derive(Clone, Copy)]

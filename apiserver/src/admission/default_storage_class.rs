@@ -11,7 +11,7 @@
 
 use serde_json::{Value, json};
 
-use crate::cache_reader::CacheReader;
+use crate::cache::reader::CacheReader;
 use crate::error::ApiResult;
 use crate::registry::resources::{
     BETA_CLASS_ANNOTATION, INGRESSCLASSES, STORAGECLASSES, is_default_class,

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Map, Value, json};
 
 use super::quantity::Quantity;
-use crate::cache_reader::CacheReader;
+use crate::cache::reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::ResourceDef;
 use crate::registry::fields;

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use serde_json::Value;
 
 use super::Operation;
-use crate::cache_reader::CacheReader;
+use crate::cache::reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::resources::NAMESPACES;
 use crate::registry::{ResourceDef, fields};

@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use super::Operation;
-use crate::cache_reader::CacheReader;
+use crate::cache::reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::resources::PRIORITYCLASSES;
 use crate::registry::{ResourceDef, fields};

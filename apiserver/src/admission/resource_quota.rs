@@ -18,12 +18,12 @@ use serde_json::{Map, Value, json};
 use super::Operation;
 use super::limit_ranger::{ResourceList, pod_totals, qos_class};
 use super::quantity::Quantity;
-use crate::cache_reader::CacheReader;
-use crate::cacher::{Broadcast, WatchStart};
+use crate::cache::cacher::{Broadcast, WatchStart};
+use crate::cache::reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::resources::RESOURCEQUOTAS;
 use crate::registry::{self, ResourceDef, fields};
-use crate::writer::{ObjectWriter, UpdateScope};
+use crate::write::{ObjectWriter, UpdateScope};
 
 /// Quota names the pod evaluator tracks besides hugepages and extended resources.
 const POD_RESOURCES: &[&str] = &[

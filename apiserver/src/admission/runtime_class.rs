@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::Operation;
 use super::quantity::Quantity;
-use crate::cache_reader::CacheReader;
+use crate::cache::reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::resources::RUNTIMECLASSES;
 use crate::registry::{ResourceDef, fields};

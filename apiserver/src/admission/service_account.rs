@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::cache_reader::CacheReader;
+use crate::cache::reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::fields;
 use crate::registry::resources::{PODS, SERVICEACCOUNTS};

@@ -6,7 +6,7 @@
 use super::rbac::Authorizer;
 use super::{Attributes, Decision, node};
 use crate::auth::MASTERS;
-use crate::cache_reader::CacheReader;
+use crate::cache::reader::CacheReader;
 use crate::error::ApiResult;
 
 /// The chain's handles: the watch caches (the node graph's objects) and RBAC's authorizer.

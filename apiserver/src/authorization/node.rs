@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::{Attributes, forbidden_error};
-use crate::cache_reader::CacheReader;
+use crate::cache::reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::resources::{PERSISTENTVOLUMECLAIMS, PODS};
 

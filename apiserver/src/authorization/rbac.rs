@@ -17,12 +17,12 @@ use serde_json::Value;
 
 use super::{Attributes, Decision};
 use crate::auth::{MASTERS, UserInfo};
-use crate::cache_reader::CacheReader;
-use crate::cacher::{Broadcast, Cacher, WatchStart};
+use crate::cache::cacher::{Broadcast, Cacher, WatchStart};
+use crate::cache::reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::ResourceDef;
 use crate::registry::resources::{CLUSTERROLEBINDINGS, CLUSTERROLES, ROLEBINDINGS, ROLES};
-use crate::writer::{ObjectWriter, UpdateScope};
+use crate::write::{ObjectWriter, UpdateScope};
 
 /// One RBAC rule (`rbac.authorization.k8s.io/v1` PolicyRule).
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -1,5 +1,5 @@
 //! Registry entries that come and go at run time: the custom resources of established CRDs
-//! (`apiextensions.k8s.io/v1`); the CRD controller (`crate::crd_controller`) keeps them in step
+//! (`apiextensions.k8s.io/v1`); the CRD controller (`crate::loops::crd_controller`) keeps them in step
 //! with the stored CRDs.
 //!
 //! Entries are process-wide like the built-in registry. Each served CRD version becomes a

@@ -18,7 +18,7 @@ pub async fn state() -> (Arc<AppState>, Arc<dyn Storage>) {
         "10.96.0.0/12".parse().expect("cidr"),
         "127.0.0.1:6443".into(),
     );
-    apiserver::crd_controller::spawn(&state.reader, &state.storage, state.clone());
+    apiserver::loops::crd_controller::spawn(&state.reader, &state.storage, state.clone());
     server::bootstrap(&state).await;
     (state, store)
 }

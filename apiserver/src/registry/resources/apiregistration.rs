@@ -6,7 +6,6 @@ use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as regv1;
 use serde_json::{Value, json};
 
 use super::util::*;
-use crate::autoregister::{available_condition, local_available, now};
 use crate::registry::*;
 
 /// apiregistration.k8s.io/v1 apiservices.
@@ -186,6 +185,27 @@ fn validate_apiservice(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
     errs
 }
 
+/// Now, as Kubernetes' condition timestamps (whole seconds).
+pub fn now() -> String {
+    jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// `NewLocalAvailableAPIServiceCondition`.
+pub fn local_available(now: &str) -> Value {
+    json!({"type": "Available", "status": "True", "lastTransitionTime": now,
+        "reason": "Local", "message": "Local APIServices are always available"})
+}
+
+/// The `Available` condition of an APIService, if it has one.
+pub fn available_condition(o: &Value) -> Option<&Value> {
+    o.pointer("/status/conditions")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some("Available"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,8 +219,8 @@ mod tests {
 
     #[test]
     fn built_in_ones_are_valid() {
-        for (g, v, _, _) in crate::autoregister::API_VERSION_PRIORITIES {
-            let mut o = crate::autoregister::desired(g, v, false).unwrap();
+        for (g, v, _, _) in crate::loops::autoregister::API_VERSION_PRIORITIES {
+            let mut o = crate::loops::autoregister::desired(g, v, false).unwrap();
             apiservice_defaults(&mut o);
             assert!(messages(&o).is_empty(), "{g}/{v}: {:?}", messages(&o));
         }
@@ -208,7 +228,7 @@ mod tests {
 
     #[test]
     fn local_ones_are_available_remote_ones_are_not() {
-        let mut o = crate::autoregister::desired("apps", "v1", false).unwrap();
+        let mut o = crate::loops::autoregister::desired("apps", "v1", false).unwrap();
         prepare_for_create(&mut o);
         let row = (APISERVICES.cells)(&o);
         assert_eq!(row[1], "Local");
@@ -223,7 +243,7 @@ mod tests {
         prepare_for_create(&mut remote);
         assert!(remote.get("status").is_none());
         assert_eq!((APISERVICES.cells)(&remote)[2], "Unknown");
-        let c = crate::autoregister::wanted_available(&remote, "2026-01-01T00:00:00Z");
+        let c = crate::loops::autoregister::wanted_available(&remote, "2026-01-01T00:00:00Z");
         remote["status"] = json!({"conditions": [c]});
         let row = (APISERVICES.cells)(&remote);
         assert_eq!(row[1], "monitoring/adapter");

@@ -165,7 +165,7 @@ pub const PODTEMPLATES: ResourceDef = ResourceDef {
 };
 
 /// core/v1 componentstatuses: the entry behind the Table of `kubectl get cs` (not in `ALL`:
-/// the objects are computed, never stored; served by `crate::componentstatus`).
+/// the objects are computed, never stored; served by `crate::endpoints::componentstatus`).
 pub const COMPONENTSTATUSES: ResourceDef = ResourceDef {
     namespaced: false,
     short_names: &["cs"],
@@ -225,12 +225,13 @@ mod tests {
 
     #[test]
     fn component_status_rows_as_kubectl_prints_them() {
-        let ok = crate::componentstatus::object("scheduler", Ok(()));
+        let ok = crate::endpoints::componentstatus::object("scheduler", Ok(()));
         assert_eq!(
             status_cells(&ok),
             [json!("scheduler"), json!("Healthy"), json!("ok"), json!("")]
         );
-        let bad = crate::componentstatus::object("etcd-0", Err("connection refused".into()));
+        let bad =
+            crate::endpoints::componentstatus::object("etcd-0", Err("connection refused".into()));
         assert_eq!(
             status_cells(&bad),
             [

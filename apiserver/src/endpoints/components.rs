@@ -68,7 +68,7 @@ pub fn start(
         (SCHEDULER_KUBECONFIG, "system:kube-scheduler"),
         (
             KUBE_PROXY_KUBECONFIG,
-            crate::bootstrap_rbac::KUBE_PROXY_USER,
+            crate::loops::bootstrap_rbac::KUBE_PROXY_USER,
         ),
     ] {
         let (cert, key) = pki.issue_client_cert(user, &[])?;

@@ -9,14 +9,16 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use super::table;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::fields::set_rv;
 use crate::registry::{FieldError, NameRule, ResourceDef, Subresource, fields, object_key};
 use crate::request::{self, FieldValidation, Query, ResourcePath, ResponseFormat};
 use crate::state::AppState;
 use crate::storage::{Revision, StorageError};
-use crate::writer::{ObjectWriter, UpdateScope};
-use crate::{patch, table, validation};
+use crate::validation;
+use crate::write::patch;
+use crate::write::{ObjectWriter, UpdateScope};
 
 /// A JSON response with the given status.
 pub fn json_response(code: StatusCode, mut body: Vec<u8>) -> Response {
@@ -421,13 +423,14 @@ pub async fn create_object(
     // An applier owns what it applied; any other creator owns the defaulted object.
     let apply_entry = field_manager
         .filter(|_| operation == "Apply")
-        .map(|mgr| crate::managed::entry(mgr, operation, def, &obj));
+        .map(|mgr| crate::write::managed::entry(mgr, operation, def, &obj));
     if def.has_status {
         (def.strategy.prepare_for_create)(&mut obj);
     }
     (def.defaults)(&mut obj);
     if let Some(mgr) = field_manager {
-        let fm = apply_entry.unwrap_or_else(|| crate::managed::entry(mgr, operation, def, &obj));
+        let fm =
+            apply_entry.unwrap_or_else(|| crate::write::managed::entry(mgr, operation, def, &obj));
         fields::ensure_object(&mut obj, &["metadata"]).insert("managedFields".into(), json!([fm]));
     }
     let name = fields::name(&obj).to_string();
@@ -630,7 +633,7 @@ pub async fn write_update(
     }
     (def.strategy.prepare_for_update)(&old, &mut new, scope);
     if def.has_subresource(Subresource::Approval) && scope == UpdateScope::Status {
-        crate::csr::csr_status_update(state.authz(), def, name, &old, &mut new).await?
+        crate::endpoints::csr::csr_status_update(state.authz(), def, name, &old, &mut new).await?
     }
     (def.defaults)(&mut new);
     if def.strategy.tracks_generation
@@ -671,7 +674,7 @@ pub async fn write_update(
             UpdateScope::Approval => Some("approval"),
             UpdateScope::EphemeralContainers => Some("ephemeralcontainers"),
         };
-        crate::managed::record_for(&mut new, &old, mgr, operation, subresource, def);
+        crate::write::managed::record_for(&mut new, &old, mgr, operation, subresource, def);
     } else if let Some(mf) = old.pointer("/metadata/managedFields").cloned()
         && new.pointer("/metadata/managedFields").is_none()
     {
@@ -868,7 +871,7 @@ pub async fn patch(
             }
             out
         } else if pt == patch::PatchType::Apply {
-            crate::managed::apply(
+            crate::write::managed::apply(
                 def,
                 &old,
                 &patch_doc,

@@ -6,7 +6,7 @@
 //! `x-kubernetes-group-version-kind`) has the `fieldValidation` query parameter (so the server
 //! validates), and the definitions with `x-kubernetes-patch-strategy` /
 //! `x-kubernetes-patch-merge-key` for client-side apply. The document is converted from the
-//! OpenAPI v3 documents of [`crate::openapi`], so both always describe the same API.
+//! OpenAPI v3 documents of [`crate::endpoints::openapi`], so both always describe the same API.
 //!
 //! The message types below are the subset of gnostic's `OpenAPIv2.proto` (package
 //! `openapi.v2`) that Lotse fills, with the field numbers of that file.
@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use prost::Message;
 use serde_json::{Map, Value, json};
 
-use crate::openapi;
-use crate::packed::Packed;
+use crate::endpoints::openapi;
+use crate::endpoints::packed::Packed;
 
 /// Content-Type of the protobuf document as kube-openapi serves it (clients ask for
 /// `...spec.v2@v1.0+protobuf`, which Go's media type parser rejects in a response).

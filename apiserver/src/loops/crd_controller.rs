@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::cache_reader::CacheReader;
+use crate::cache::reader::CacheReader;
 use crate::crd::{self, Served};
 use crate::registry::custom;
 use crate::registry::fields;
 use crate::storage::Storage;
-use crate::writer::{ObjectWriter, UpdateScope};
+use crate::write::{ObjectWriter, UpdateScope};
 
 /// Starts the CRD controller of a server: it follows the stored CRDs (through their watch
 /// cache), writes their status, serves their resources and, when a CRD is deleted, deletes its
@@ -68,8 +68,8 @@ async fn run(server: Handles, owner: u64) {
             continue;
         }
         let mut rx = match cacher.watch_from(None).await {
-            Ok(crate::cacher::WatchStart::Snapshot(_, _, rx))
-            | Ok(crate::cacher::WatchStart::Replay(_, rx)) => rx,
+            Ok(crate::cache::cacher::WatchStart::Snapshot(_, _, rx))
+            | Ok(crate::cache::cacher::WatchStart::Replay(_, rx)) => rx,
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
@@ -104,7 +104,11 @@ async fn run(server: Handles, owner: u64) {
 }
 
 /// One pass over all CRDs; false when something must be retried.
-async fn reconcile_all(server: &Live, cacher: &Arc<crate::cacher::Cacher>, owner: u64) -> bool {
+async fn reconcile_all(
+    server: &Live,
+    cacher: &Arc<crate::cache::cacher::Cacher>,
+    owner: u64,
+) -> bool {
     let listed = cacher.list("", None, 0, &|_| true).await;
     let mut crds: Vec<(Value, crate::storage::Revision)> = listed
         .items

@@ -24,8 +24,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use serde_json::Value;
 
+use crate::endpoints::handlers::{Ctx, get_current};
 use crate::error::{ApiError, ApiResult};
-use crate::handlers::{Ctx, get_current};
 use crate::request::ResourcePath;
 use crate::state::AppState;
 

@@ -28,7 +28,7 @@ use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 use tracing::{debug, error};
 
-use crate::packed::Packed;
+use crate::endpoints::packed::Packed;
 use crate::registry::{self, ResourceDef, Subresource};
 
 const SCHEMA_PREFIX: &str = "#/components/schemas/";

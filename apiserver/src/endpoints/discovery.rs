@@ -67,7 +67,7 @@ pub fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
             vs.sort_by(|a, b| crate::crd::version_priority(a, b));
         }
     }
-    let extra = crate::reviews::extra_groups().iter();
+    let extra = crate::endpoints::reviews::extra_groups().iter();
     for (g, v) in extra.chain(crate::metrics_api::extra_groups()) {
         if !out.iter().any(|(og, _)| og == g) {
             out.push((g, vec![v]));
@@ -120,11 +120,13 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         .into_iter()
         .filter(|r| r.group == group && r.version == version)
         .collect();
-    let mut extra: Vec<Value> = crate::reviews::extra_resources(group, version);
+    let mut extra: Vec<Value> = crate::endpoints::reviews::extra_resources(group, version);
     extra.extend(crate::metrics_api::extra_resources(group, version));
     let extra: Vec<Value> = extra
         .into_iter()
-        .chain(crate::componentstatus::extra_resources(group, version))
+        .chain(crate::endpoints::componentstatus::extra_resources(
+            group, version,
+        ))
         .collect();
     if defs.is_empty() && extra.is_empty() {
         return None;
@@ -225,8 +227,10 @@ pub fn aggregated(core: bool, api_version: &str) -> Value {
                         .filter(|r| r.group == *g && r.version == *v)
                         .map(aggregated_resource)
                         .collect();
-                    resources.extend(crate::reviews::extra_aggregated_resources(g, v));
-                    resources.extend(crate::componentstatus::extra_aggregated_resources(g, v));
+                    resources.extend(crate::endpoints::reviews::extra_aggregated_resources(g, v));
+                    resources.extend(
+                        crate::endpoints::componentstatus::extra_aggregated_resources(g, v),
+                    );
                     resources.extend(crate::metrics_api::extra_aggregated_resources(g, v));
                     json!({"version": v, "resources": resources, "freshness": "Current"})
                 })

@@ -5,11 +5,11 @@
 
 use serde_json::{Value, json};
 
-use crate::bootstrap_token as bt;
+use crate::authn::bootstrap_token as bt;
 use crate::registry::resources::{
     CLUSTERROLEBINDINGS, CLUSTERROLES, CONFIGMAPS, ROLEBINDINGS, ROLES,
 };
-use crate::writer::ObjectWriter;
+use crate::write::ObjectWriter;
 
 /// The user the node network agent (kube-proxy's counterpart) authenticates as.
 pub const KUBE_PROXY_USER: &str = "system:kube-proxy";
@@ -788,14 +788,14 @@ pub fn cluster_role_bindings() -> Vec<Value> {
 }
 
 /// The group of bootstrap-token users.
-const BOOTSTRAPPERS: &str = crate::bootstrap_token::BOOTSTRAPPERS_GROUP;
+const BOOTSTRAPPERS: &str = crate::authn::bootstrap_token::BOOTSTRAPPERS_GROUP;
 
 /// kubeadm's `kubeadm:bootstrap-signer-clusterinfo` Role and RoleBinding in `kube-public`:
 /// anonymous users may get the `cluster-info` ConfigMap (joining nodes read it before they have
 /// credentials, and verify it with its JWS signature and the CA hash).
 pub fn cluster_info_role_and_binding() -> (Value, Value) {
     let name = "kubeadm:bootstrap-signer-clusterinfo";
-    let ns = crate::bootstrap_token::PUBLIC_NAMESPACE;
+    let ns = crate::authn::bootstrap_token::PUBLIC_NAMESPACE;
     let role = json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
@@ -804,7 +804,7 @@ pub fn cluster_info_role_and_binding() -> (Value, Value) {
             "verbs": ["get"],
             "apiGroups": [""],
             "resources": ["configmaps"],
-            "resourceNames": [crate::bootstrap_token::CLUSTER_INFO],
+            "resourceNames": [crate::authn::bootstrap_token::CLUSTER_INFO],
         }],
     });
     let binding = json!({
@@ -821,7 +821,7 @@ pub fn cluster_info_role_and_binding() -> (Value, Value) {
 /// missing (after the namespace exists).
 pub async fn ensure_cluster_info_access(writer: &dyn ObjectWriter) {
     let (role, binding) = cluster_info_role_and_binding();
-    let ns = Some(crate::bootstrap_token::PUBLIC_NAMESPACE);
+    let ns = Some(crate::authn::bootstrap_token::PUBLIC_NAMESPACE);
     for (def, obj) in [(&ROLES, role), (&ROLEBINDINGS, binding)] {
         match writer.create_object(def, ns, obj).await {
             Ok(_) | Err(crate::error::ApiError { code: 409, .. }) => {}
@@ -855,7 +855,7 @@ pub async fn ensure_cluster_info(writer: &dyn ObjectWriter, ca_pem: &str, server
                     old,
                     rv,
                     new,
-                    crate::writer::UpdateScope::Main,
+                    crate::write::UpdateScope::Main,
                 )
                 .await
             {
@@ -906,7 +906,7 @@ async fn reconcile_rules(writer: &dyn ObjectWriter, name: &str, rules: Option<Va
             old,
             rv,
             new,
-            crate::writer::UpdateScope::Main,
+            crate::write::UpdateScope::Main,
         )
         .await
     {

@@ -84,7 +84,7 @@ pub fn apply(pt: PatchType, def: &ResourceDef, current: &Value, patch: &Value) -
             json_patch::merge(&mut doc, patch);
             Ok(doc)
         }
-        PatchType::StrategicMerge => crate::strategic::apply(def, current, patch),
+        PatchType::StrategicMerge => crate::write::strategic::apply(def, current, patch),
         PatchType::Apply => {
             let mut doc = current.clone();
             json_patch::merge(&mut doc, patch);

@@ -11,9 +11,9 @@ use serde_json::{Value, json};
 
 use bytes::Bytes;
 
-use crate::cacher::CachedObject;
+use crate::cache::cacher::CachedObject;
+use crate::endpoints::handlers::{Ctx, header_str, json_response};
 use crate::error::{ApiError, ApiResult};
-use crate::handlers::{Ctx, header_str, json_response};
 use crate::registry::{ResourceDef, fields};
 use crate::request::{ResponseFormat, response_format};
 use crate::selectors::{FieldSelector, LabelSelector};
@@ -270,7 +270,7 @@ pub async fn serve(ctx: &Ctx<'_>) -> ApiResult<Response> {
                 .items
                 .iter()
                 .filter_map(|o| serde_json::from_slice::<Value>(&o.raw).ok());
-            let t = crate::table::build(
+            let t = crate::endpoints::table::build(
                 def,
                 objs,
                 ctx.query,
@@ -288,7 +288,7 @@ pub async fn serve(ctx: &Ctx<'_>) -> ApiResult<Response> {
                 .items
                 .iter()
                 .filter_map(|o| serde_json::from_slice::<Value>(&o.raw).ok())
-                .map(|v| crate::table::partial_metadata(&v))
+                .map(|v| crate::endpoints::table::partial_metadata(&v))
                 .collect();
             let mut meta = json!({"resourceVersion": page.revision.to_string()});
             if let (Some(c), Value::Object(m)) = (&page.cont, &mut meta) {
@@ -335,12 +335,12 @@ pub async fn delete_collection(ctx: &Ctx<'_>, body: Bytes) -> ApiResult<Response
     if def.namespaced && ctx.rp.namespace.is_none() {
         return Err(ApiError::method_not_allowed());
     }
-    let opts = crate::handlers::delete_opts(ctx.query, &body)?;
+    let opts = crate::endpoints::handlers::delete_opts(ctx.query, &body)?;
     let items = select_all(ctx).await?;
     let mut deleted = Vec::new();
     for obj in items {
         let name = fields::name(&obj).to_string();
-        match crate::handlers::delete_object(
+        match crate::endpoints::handlers::delete_object(
             ctx.state,
             def,
             ctx.rp.namespace.as_deref(),
@@ -358,5 +358,9 @@ pub async fn delete_collection(ctx: &Ctx<'_>, body: Bytes) -> ApiResult<Response
         "kind": def.list_kind(), "apiVersion": def.api_version(),
         "metadata": {}, "items": deleted,
     });
-    Ok(crate::handlers::value_response(StatusCode::OK, &list, &[]))
+    Ok(crate::endpoints::handlers::value_response(
+        StatusCode::OK,
+        &list,
+        &[],
+    ))
 }

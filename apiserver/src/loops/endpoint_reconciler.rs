@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::registry::ResourceDef;
 use crate::registry::resources::{ENDPOINTS, ENDPOINTSLICES, SERVICES};
-use crate::writer::{ObjectWriter, UpdateScope};
+use crate::write::{ObjectWriter, UpdateScope};
 
 /// How often the objects are checked (kube-apiserver's endpoint reconciler interval).
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(10);

@@ -16,12 +16,12 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use crate::cacher::{
+use crate::cache::cacher::{
     Broadcast, CacheEvent, CacheEventType, CachedObject, Cacher, WatchFromError, WatchStart,
 };
+use crate::endpoints::handlers::{Ctx, header_str};
+use crate::endpoints::list::Selection;
 use crate::error::{ApiError, ApiResult};
-use crate::handlers::{Ctx, header_str};
-use crate::list::Selection;
 use crate::metrics::Metrics;
 use crate::registry::ResourceDef;
 use crate::request::{Query, ResponseFormat, response_format};
@@ -50,12 +50,13 @@ impl Encoder {
     ) -> Bytes {
         if !self.table && !self.metadata {
             match rv_override {
-                None => return crate::cacher::watch_line(event_type, &obj.raw),
+                None => return crate::cache::cacher::watch_line(event_type, &obj.raw),
                 // The previous object with the event's revision (an object leaving a selector):
                 // the revision is replaced in the bytes, not by decoding and re-encoding.
                 Some(rv) => {
-                    if let Some(raw) = crate::cacher::replace_resource_version(&obj.raw, rv) {
-                        return crate::cacher::watch_line(event_type, &raw);
+                    if let Some(raw) = crate::cache::cacher::replace_resource_version(&obj.raw, rv)
+                    {
+                        return crate::cache::cacher::watch_line(event_type, &raw);
                     }
                 }
             }
@@ -65,11 +66,11 @@ impl Encoder {
             crate::registry::fields::set_rv(&mut v, rv);
         }
         let object = if self.metadata {
-            crate::table::partial_metadata(&v)
+            crate::endpoints::table::partial_metadata(&v)
         } else if self.table {
             let with_cols = !self.sent_columns;
             self.sent_columns = true;
-            crate::table::build(
+            crate::endpoints::table::build(
                 self.def,
                 std::slice::from_ref(&v),
                 &self.query,

@@ -3,6 +3,8 @@
 //! Kubernetes' claims. A token stops working when its ServiceAccount (or bound pod or secret)
 //! is deleted or replaced by a new object of the same name.
 
+pub mod bootstrap_token;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -17,7 +19,7 @@ use ring::signature::{
 use serde_json::{Value, json};
 
 use crate::auth::{ClientCertIdentity, UserInfo};
-use crate::cache_reader::CacheReader;
+use crate::cache::reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::ResourceDef;
 use crate::registry::resources::{PODS, SECRETS, SERVICEACCOUNTS};
@@ -340,7 +342,7 @@ pub async fn authenticate_bootstrap_token(
     reader: &CacheReader,
     token: &str,
 ) -> Option<Result<UserInfo, TokenError>> {
-    use crate::bootstrap_token::{BootstrapToken, Rejected, TOKEN_NAMESPACE, check_secret};
+    use crate::authn::bootstrap_token::{BootstrapToken, Rejected, TOKEN_NAMESPACE, check_secret};
     let token = BootstrapToken::parse(token)?;
     let secret = match reader
         .cached_or_stored(&SECRETS, TOKEN_NAMESPACE, &token.secret_name())

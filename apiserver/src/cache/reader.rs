@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::cacher::{CacheHub, Cacher};
+use crate::cache::cacher::{CacheHub, Cacher};
 use crate::error::{ApiError, ApiResult};
 use crate::registry::{self, ResourceDef, fields, object_key};
 use crate::storage::{Revision, Storage};

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::authn::BoundObject;
+use crate::endpoints::handlers::{Ctx, get_current, header_str, json_response};
 use crate::error::{ApiError, ApiResult};
-use crate::handlers::{Ctx, get_current, header_str, json_response};
 use crate::registry::FieldError;
 use crate::registry::resources::{NODES, PODS, SECRETS, SERVICEACCOUNTS};
 
@@ -48,7 +48,7 @@ fn invalid(name: &str, errs: &[FieldError]) -> ApiError {
 /// NodeRestriction for a kubelet's TokenRequest: the token must be bound to a pod (by name and
 /// UID) that is scheduled on the kubelet's node, with Kubernetes' messages.
 async fn node_restriction(
-    reader: &crate::cache_reader::CacheReader,
+    reader: &crate::cache::reader::CacheReader,
     ns: &str,
     sa: &str,
     node: &str,

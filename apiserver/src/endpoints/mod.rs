@@ -1,15 +1,37 @@
+//! The HTTP endpoints of the Kubernetes API: the resource router (below), the object handlers,
+//! LIST and WATCH, subresources, the node proxy, reviews, discovery and OpenAPI, Table output.
+//! They receive the server's state per request (kube-apiserver's request scope); everything
+//! below them receives narrow handles.
+//!
 //! The resource endpoints' router: a request for a resource path goes to LIST or WATCH
-//! ([`crate::list`], [`crate::watch`]), to the object handlers ([`crate::handlers`]) or to a
-//! subresource ([`crate::subresources`]) by method and path shape (Kubernetes'
+//! ([`crate::endpoints::list`], [`crate::endpoints::watch`]), to the object handlers ([`crate::endpoints::handlers`]) or to a
+//! subresource ([`crate::endpoints::subresources`]) by method and path shape (Kubernetes'
 //! `endpoints/installer`).
+
+pub mod components;
+pub mod componentstatus;
+pub mod csr;
+pub mod discovery;
+pub mod eviction;
+pub mod handlers;
+pub mod impersonation;
+pub mod list;
+pub mod openapi;
+pub mod openapi_v2;
+pub mod packed;
+pub mod proxy;
+pub mod reviews;
+pub mod subresources;
+pub mod table;
+pub mod tokenrequest;
+pub mod watch;
 
 use axum::http::Method;
 use axum::response::Response;
 use bytes::Bytes;
 
 use crate::error::{ApiError, ApiResult};
-use crate::handlers::{self, Ctx};
-use crate::{list, subresources, watch};
+use handlers::Ctx;
 
 /// Dispatches a resource request by method and path shape.
 pub async fn handle(ctx: Ctx<'_>, method: &Method, body: Bytes) -> ApiResult<Response> {

@@ -5,6 +5,10 @@
 //! the storage precondition). The pipeline (`handlers`) implements [`ObjectWriter`] and hands
 //! it out, so these callers never import the HTTP handlers that call them.
 
+pub mod managed;
+pub mod patch;
+pub mod strategic;
+
 use async_trait::async_trait;
 use serde_json::Value;
 

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::registry::resources::apiregistration::{available_condition, local_available, now};
+
 /// The label of APIServices the apiserver manages (`AutoRegisterManagedLabel`).
 pub const AUTOMANAGED_LABEL: &str = "kube-aggregator.kubernetes.io/automanaged";
 /// Label value of built-in group versions, registered at start (`manageOnStart`).
@@ -89,27 +91,6 @@ fn label(o: &Value) -> &str {
 
 fn has_service(o: &Value) -> bool {
     o.pointer("/spec/service").is_some_and(Value::is_object)
-}
-
-/// Now, as Kubernetes' condition timestamps (whole seconds).
-pub fn now() -> String {
-    jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
-        .map(|t| t.to_string())
-        .unwrap_or_default()
-}
-
-/// `NewLocalAvailableAPIServiceCondition`.
-pub fn local_available(now: &str) -> Value {
-    json!({"type": "Available", "status": "True", "lastTransitionTime": now,
-        "reason": "Local", "message": "Local APIServices are always available"})
-}
-
-/// The `Available` condition of an APIService, if it has one.
-pub fn available_condition(o: &Value) -> Option<&Value> {
-    o.pointer("/status/conditions")
-        .and_then(Value::as_array)?
-        .iter()
-        .find(|c| c.get("type").and_then(Value::as_str) == Some("Available"))
 }
 
 /// The `Available` condition Lotse reports for an APIService: local ones are available; one

@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use crate::auth::UserInfo;
 use crate::authorization::rbac::PolicyRule;
 use crate::authorization::{Attributes, Decision};
+use crate::endpoints::handlers::json_response;
 use crate::error::{ApiError, ApiResult};
-use crate::handlers::json_response;
 use crate::state::AppState;
 
 const AUTHN: &str = "authentication.k8s.io";

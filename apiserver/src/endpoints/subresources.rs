@@ -6,16 +6,16 @@ use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use crate::endpoints::eviction;
+use crate::endpoints::handlers::DeleteOpts;
+use crate::endpoints::handlers::{Ctx, get_current, header_str, json_response, write_update};
 use crate::error::{ApiError, ApiResult};
-use crate::eviction;
-use crate::handlers::DeleteOpts;
-use crate::handlers::{Ctx, get_current, header_str, json_response, write_update};
 use crate::registry::fields::set_rv;
 use crate::registry::resources::PODDISRUPTIONBUDGETS;
 use crate::registry::{ResourceDef, Subresource, fields, object_key};
 use crate::request;
 use crate::state::AppState;
-use crate::writer::UpdateScope;
+use crate::write::UpdateScope;
 
 fn respond(code: StatusCode, v: &Value) -> Response {
     json_response(code, serde_json::to_vec(v).unwrap_or_default())
@@ -42,7 +42,7 @@ pub async fn handle(
             scoped_put(ctx, name, body, UpdateScope::Status).await
         }
         (Subresource::Status, Method::PATCH) => {
-            crate::handlers::patch(ctx, name, body, Some(UpdateScope::Status)).await
+            crate::endpoints::handlers::patch(ctx, name, body, Some(UpdateScope::Status)).await
         }
         (Subresource::Scale, Method::GET) => {
             let (obj, _) = get_current(ctx.state, def, ctx.rp.namespace.as_deref(), name).await?;
@@ -61,12 +61,20 @@ pub async fn handle(
             scoped_put(ctx, name, body, UpdateScope::EphemeralContainers).await
         }
         (Subresource::EphemeralContainers, Method::PATCH) => {
-            crate::handlers::patch(ctx, name, body, Some(UpdateScope::EphemeralContainers)).await
+            crate::endpoints::handlers::patch(
+                ctx,
+                name,
+                body,
+                Some(UpdateScope::EphemeralContainers),
+            )
+            .await
         }
         (Subresource::Binding, Method::POST) => bind(ctx, name, body).await,
         (Subresource::Eviction, Method::POST) => evict(ctx, name, body).await,
         (Subresource::Finalize, Method::PUT) => finalize(ctx, name, body).await,
-        (Subresource::Token, Method::POST) => crate::tokenrequest::create(ctx, name, body).await,
+        (Subresource::Token, Method::POST) => {
+            crate::endpoints::tokenrequest::create(ctx, name, body).await
+        }
         (Subresource::Approval, Method::GET) => {
             let (obj, _) = get_current(ctx.state, def, ctx.rp.namespace.as_deref(), name).await?;
             Ok(respond(StatusCode::OK, &obj))
@@ -74,7 +82,7 @@ pub async fn handle(
         (Subresource::Approval, Method::PUT) => approval_put(ctx, name, body).await,
         (Subresource::Approval, Method::PATCH) => approval_patch(ctx, name, body).await,
         (Subresource::Log | Subresource::Exec | Subresource::PortForward, _) => {
-            crate::proxy::pod_proxy(ctx, method, name, sub).await
+            crate::endpoints::proxy::pod_proxy(ctx, method, name, sub).await
         }
         _ => Err(ApiError::method_not_allowed()),
     }
@@ -95,7 +103,7 @@ async fn scoped_put(
     )?;
     let mut warnings = Vec::new();
     let fv = request::FieldValidation::from_query(ctx.query)?;
-    let new = crate::handlers::decode_typed(def, raw, fv, &mut warnings)?;
+    let new = crate::endpoints::handlers::decode_typed(def, raw, fv, &mut warnings)?;
     let (old, old_rv) = get_current(ctx.state, def, ctx.rp.namespace.as_deref(), name).await?;
     if let Some(p) =
         fields::str_at(&new, &["metadata", "resourceVersion"]).filter(|s| !s.is_empty())
@@ -113,12 +121,12 @@ async fn scoped_put(
         new,
         scope,
         ctx.query.dry_run()?,
-        crate::handlers::field_manager(ctx.query, ctx.headers),
+        crate::endpoints::handlers::field_manager(ctx.query, ctx.headers),
         "Update",
     )
     .await?;
     let mut r = respond(code, &obj);
-    crate::handlers::add_warnings(&mut r, &warnings);
+    crate::endpoints::handlers::add_warnings(&mut r, &warnings);
     Ok(r)
 }
 
@@ -132,11 +140,11 @@ async fn approval_put(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Respo
     )?;
     let mut warnings = Vec::new();
     let fv = request::FieldValidation::from_query(ctx.query)?;
-    let sent = crate::handlers::decode_typed(def, raw, fv, &mut warnings)?;
+    let sent = crate::endpoints::handlers::decode_typed(def, raw, fv, &mut warnings)?;
     let (old, old_rv) = get_current(ctx.state, def, ctx.rp.namespace.as_deref(), name).await?;
     let (obj, code) = approval_write(ctx, name, sent, old, old_rv).await?;
     let mut r = respond(code, &obj);
-    crate::handlers::add_warnings(&mut r, &warnings);
+    crate::endpoints::handlers::add_warnings(&mut r, &warnings);
     Ok(r)
 }
 
@@ -144,7 +152,7 @@ async fn approval_put(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Respo
 /// merge or strategic merge patch applied to the stored request, then the checks and write of
 /// a PUT. A write that lost a race is retried unless the patch names a resourceVersion.
 async fn approval_patch(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Response> {
-    use crate::patch::{self, PatchType};
+    use crate::write::patch::{self, PatchType};
     let def = ctx.rp.def;
     let pt =
         PatchType::from_content_type(header_str(ctx.headers, axum::http::header::CONTENT_TYPE))?;
@@ -167,11 +175,11 @@ async fn approval_patch(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Res
         let (old, old_rv) = get_current(ctx.state, def, ctx.rp.namespace.as_deref(), name).await?;
         let patched = patch::apply(pt, def, &old, &patch_doc)?;
         let mut warnings = Vec::new();
-        let sent = crate::handlers::decode_typed(def, patched, fv, &mut warnings)?;
+        let sent = crate::endpoints::handlers::decode_typed(def, patched, fv, &mut warnings)?;
         match approval_write(ctx, name, sent, old, old_rv).await {
             Ok((obj, code)) => {
                 let mut r = respond(code, &obj);
-                crate::handlers::add_warnings(&mut r, &warnings);
+                crate::endpoints::handlers::add_warnings(&mut r, &warnings);
                 return Ok(r);
             }
             Err(e) if e.code == 409 && e.reason == "Conflict" && !pinned && attempts < 10 => {}
@@ -200,7 +208,8 @@ async fn approval_write(
     // request's signer (`signers/<signerName>` or `signers/<domain>/*`).
     let signer = fields::str_at(&old, &["spec", "signerName"]).unwrap_or_default();
     if let Some(user) = crate::auth::request_user()
-        && !crate::csr::may_use_signer(ctx.state.authz(), &user, "approve", signer).await?
+        && !crate::endpoints::csr::may_use_signer(ctx.state.authz(), &user, "approve", signer)
+            .await?
     {
         return Err(crate::authorization::forbidden_error(
             def.group,
@@ -223,7 +232,7 @@ async fn approval_write(
         new,
         UpdateScope::Approval,
         ctx.query.dry_run()?,
-        crate::handlers::field_manager(ctx.query, ctx.headers),
+        crate::endpoints::handlers::field_manager(ctx.query, ctx.headers),
         "Update",
     )
     .await
@@ -271,12 +280,12 @@ async fn scale_write(
             &body,
         )?
     } else {
-        let pt = crate::patch::PatchType::from_content_type(header_str(
+        let pt = crate::write::patch::PatchType::from_content_type(header_str(
             ctx.headers,
             axum::http::header::CONTENT_TYPE,
         ))?;
-        let p = crate::patch::parse_patch(pt, &body)?;
-        crate::patch::apply(pt, def, &current_scale, &p)?
+        let p = crate::write::patch::parse_patch(pt, &body)?;
+        crate::write::patch::apply(pt, def, &current_scale, &p)?
     };
     if let Some(p) =
         fields::str_at(&new_scale, &["metadata", "resourceVersion"]).filter(|s| !s.is_empty())
@@ -315,7 +324,7 @@ async fn scale_write(
         new,
         UpdateScope::Main,
         ctx.query.dry_run()?,
-        crate::handlers::field_manager(ctx.query, ctx.headers),
+        crate::endpoints::handlers::field_manager(ctx.query, ctx.headers),
         "Update",
     )
     .await?;
@@ -428,7 +437,7 @@ async fn finalize(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Response>
 }
 
 /// The apiserver's side of `pods/eviction`: the pod, its budgets and guarded writes handed to
-/// [`crate::eviction`], which decides.
+/// [`crate::endpoints::eviction`], which decides.
 struct EvictionStore<'a> {
     state: &'a AppState,
     def: &'static ResourceDef,
@@ -538,7 +547,8 @@ impl eviction::Store for EvictionStore<'_> {
             rv: resource_version.map(str::to_string),
             dry_run: self.opts.dry_run,
         };
-        crate::handlers::delete_object(self.state, self.def, self.ns, self.name, &opts).await?;
+        crate::endpoints::handlers::delete_object(self.state, self.def, self.ns, self.name, &opts)
+            .await?;
         Ok(())
     }
 }
@@ -610,7 +620,7 @@ async fn evict(ctx: &Ctx<'_>, name: &str, body: Bytes) -> ApiResult<Response> {
         }
         None => Bytes::new(),
     };
-    let opts = crate::handlers::delete_opts(ctx.query, &options_body)?;
+    let opts = crate::endpoints::handlers::delete_opts(ctx.query, &options_body)?;
     let decision = eviction::Options {
         uid: opts.uid.clone(),
         resource_version: opts.rv.clone(),
