@@ -1,8 +1,6 @@
 //! Kubernetes' name and label validators with their exact messages, and small helpers
 //! shared by registry entries and handlers.
 
-use serde_json::Value;
-
 const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
 const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
@@ -106,45 +104,9 @@ pub fn label_value(s: &str) -> Vec<String> {
     out
 }
 
-/// The pod's QoS class (Guaranteed, Burstable, BestEffort) from its containers' resources.
-pub fn pod_qos_class(pod: &Value) -> &'static str {
-    let containers: Vec<&Value> = ["containers", "initContainers"]
-        .iter()
-        .filter_map(|k| pod.pointer(&format!("/spec/{k}")).and_then(Value::as_array))
-        .flatten()
-        .collect();
-    let mut any = false;
-    let mut guaranteed = !containers.is_empty();
-    for c in &containers {
-        let req = c.pointer("/resources/requests").and_then(Value::as_object);
-        let lim = c.pointer("/resources/limits").and_then(Value::as_object);
-        let has = |m: Option<&serde_json::Map<String, Value>>| {
-            m.is_some_and(|m| m.contains_key("cpu") || m.contains_key("memory"))
-        };
-        if has(req) || has(lim) {
-            any = true;
-        }
-        for r in ["cpu", "memory"] {
-            let l = lim.and_then(|m| m.get(r));
-            let q = req.and_then(|m| m.get(r)).or(l);
-            if l.is_none() || q != l {
-                guaranteed = false;
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn names() {
@@ -157,15 +119,5 @@ mod tests {
         assert!(!path_segment("a/b").is_empty());
         assert!(qualified_name("app.kubernetes.io/name").is_empty());
         assert!(!qualified_name("bad key").is_empty());
-    }
-
-    #[test]
-    fn qos() {
-        let be = json!({"spec": {"containers": [{"name": "a"}]}});
-        assert_eq!(pod_qos_class(&be), "BestEffort");
-        let g = json!({"spec": {"containers": [{"name": "a", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}});
-        assert_eq!(pod_qos_class(&g), "Guaranteed");
-        let b = json!({"spec": {"containers": [{"name": "a", "resources": {"requests": {"cpu": "1"}}}]}});
-        assert_eq!(pod_qos_class(&b), "Burstable");
     }
 }

@@ -1565,7 +1565,7 @@ fn pod_info(p: &Pod, resource: &str, container: Option<&str>) -> PodInfo {
 
 /// A quantity in milli-units (rounded up, as `MilliValue`).
 fn milli(q: &str) -> Result<i64, String> {
-    scheduler::quantity::Quantity::parse(q)
+    lotse_core::Quantity::parse(q)
         .map(|q| q.milli_value())
         .map_err(|e| e.to_string())
 }

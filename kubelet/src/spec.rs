@@ -5,32 +5,12 @@ use std::path::Path;
 use k8s_cri::v1 as cri;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
 use kube::api::{Api, ListParams};
+use lotse_core::Quantity;
 
 use crate::Error;
 
-/// Parses a Kubernetes quantity into a number of base units (CPU cores, bytes).
-pub fn parse_quantity(q: &str) -> Option<f64> {
-    let q = q.trim();
-    let split = q.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024f64.powi(4),
-        _ => return None,
-    };
-    Some(n * mult)
-}
-
-/// The CRI resources for a container: CPU request → shares, CPU limit → CFS quota, memory limit.
+/// The CRI resources for a container: CPU request → shares, CPU limit → CFS quota, memory limit
+/// (as the kubelet's `MilliCPUToShares` and `MilliCPUToQuota` with a 100 ms period).
 pub fn resources(c: &Container) -> cri::LinuxContainerResources {
     let r = c.resources.clone().unwrap_or_default();
     let get =
@@ -38,19 +18,21 @@ pub fn resources(c: &Container) -> cri::LinuxContainerResources {
          k: &str| {
             m.as_ref()
                 .and_then(|m| m.get(k))
-                .and_then(|q| parse_quantity(&q.0))
+                .and_then(|q| Quantity::parse(&q.0).ok())
         };
     let mut out = cri::LinuxContainerResources {
         cpu_period: 100_000,
         ..Default::default()
     };
     let cpu_req = get(&r.requests, "cpu").or(get(&r.limits, "cpu"));
-    out.cpu_shares = cpu_req.map(|c| ((c * 1024.0) as i64).max(2)).unwrap_or(2);
+    out.cpu_shares = cpu_req
+        .map(|c| (c.milli_value().saturating_mul(1024) / 1000).max(2))
+        .unwrap_or(2);
     if let Some(l) = get(&r.limits, "cpu") {
-        out.cpu_quota = ((l * 100_000.0) as i64).max(1000);
+        out.cpu_quota = l.milli_value().saturating_mul(100).max(1000);
     }
     if let Some(m) = get(&r.limits, "memory") {
-        out.memory_limit_in_bytes = m as i64;
+        out.memory_limit_in_bytes = m.value();
     }
     out
 }
@@ -107,16 +89,28 @@ pub(crate) fn resource_ref(c: &Container, resource: &str, divisor: Option<&str>)
         Some(("requests", k)) => (r.requests, k),
         _ => return String::new(),
     };
-    let v = map.and_then(|m| m.get(key).and_then(|q| parse_quantity(&q.0)));
-    let div = divisor.and_then(parse_quantity).unwrap_or(1.0);
-    match v {
-        Some(v) => ((v / div).ceil() as i64).to_string(),
-        None if key == "cpu" => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .to_string(),
-        None => String::new(),
-    }
+    let v = map.and_then(|m| m.get(key).and_then(|q| Quantity::parse(&q.0).ok()));
+    // A zero (unset) divisor is 1.
+    let div = divisor
+        .and_then(|d| Quantity::parse(d).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(Quantity {
+            milli: 1000,
+            binary: false,
+        });
+    // Kubernetes' convertResourceCPUToString (milli-units) and convertResourceMemoryToString.
+    let (v, div) = match v {
+        Some(v) if key == "cpu" => (v.milli_value(), div.milli_value()),
+        Some(v) => (v.value(), div.value()),
+        None if key == "cpu" => {
+            return std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .to_string();
+        }
+        None => return String::new(),
+    };
+    ((v as f64 / div as f64).ceil() as i64).to_string()
 }
 
 /// Everything environment resolution reads from the API, fetched once per container start.
@@ -721,9 +715,29 @@ mod tests {
 
     #[test]
     fn quantities() {
-        assert_eq!(parse_quantity("500m"), Some(0.5));
-        assert_eq!(parse_quantity("64Mi"), Some(64.0 * 1024.0 * 1024.0));
-        assert_eq!(parse_quantity("2"), Some(2.0));
+        let q = |s: &str| k8s_openapi::apimachinery::pkg::api::resource::Quantity(s.into());
+        let c = Container {
+            name: "c".into(),
+            resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
+                requests: Some(BTreeMap::from([("cpu".into(), q("500m"))])),
+                limits: Some(BTreeMap::from([
+                    ("cpu".into(), q("2")),
+                    ("memory".into(), q("64Mi")),
+                ])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let r = resources(&c);
+        assert_eq!(
+            (r.cpu_shares, r.cpu_quota, r.memory_limit_in_bytes),
+            (512, 200_000, 64 << 20)
+        );
+        assert_eq!(resource_ref(&c, "requests.cpu", Some("1m")), "500");
+        assert_eq!(resource_ref(&c, "requests.cpu", None), "1");
+        assert_eq!(resource_ref(&c, "limits.cpu", Some("0")), "2");
+        assert_eq!(resource_ref(&c, "limits.memory", Some("1Mi")), "64");
+        assert_eq!(resource_ref(&c, "limits.memory", Some("1M")), "68");
     }
 
     #[test]

@@ -419,8 +419,8 @@ pub async fn setup(
                 let size = ed
                     .size_limit
                     .as_ref()
-                    .and_then(|q| crate::spec::parse_quantity(&q.0))
-                    .map(|l| l as u64);
+                    .and_then(|q| lotse_core::Quantity::parse(&q.0).ok())
+                    .map(|l| u64::try_from(l.value()).unwrap_or(0));
                 mount_tmpfs(&dir, size)
                     .map_err(|e| format!("mount tmpfs on {}: {e}", dir.display()))?;
             }

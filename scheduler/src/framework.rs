@@ -10,8 +10,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{
     Affinity, Node, Pod, Taint, Toleration, TopologySpreadConstraint,
 };
-
-use crate::quantity::Quantity;
+use lotse_core::Quantity;
 
 /// Non-zero default CPU request (milli-cores) used for scoring only, as Kubernetes does.
 pub const DEFAULT_MILLI_CPU_REQUEST: i64 = 100;

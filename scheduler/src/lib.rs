@@ -14,7 +14,6 @@ pub mod cache;
 pub mod events;
 pub mod framework;
 pub mod plugins;
-pub mod quantity;
 pub mod queue;
 
 use std::collections::HashSet;

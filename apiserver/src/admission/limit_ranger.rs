@@ -7,9 +7,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use lotse_core::Quantity;
+use lotse_core::qos::pod_qos_class;
 use serde_json::{Map, Value, json};
 
-use super::quantity::Quantity;
 use crate::cache::reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::ResourceDef;
@@ -163,7 +164,7 @@ pub async fn default_pod(reader: &CacheReader, pod: &mut Value) -> ApiResult<()>
         }
     }
     if changed && pod.pointer("/status/qosClass").is_some() {
-        let qos = qos_class(pod.get("spec").unwrap_or(&Value::Null));
+        let qos = pod_qos_class(pod.get("spec").unwrap_or(&Value::Null)).as_str();
         fields::ensure_object(pod, &["status"]).insert("qosClass".into(), json!(qos));
     }
     Ok(())
@@ -174,40 +175,6 @@ fn containers<'a>(spec: &'a Value, key: &str) -> impl Iterator<Item = &'a Value>
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-}
-
-/// Kubernetes' `GetPodQOS` over regular and init containers (cpu and memory only).
-pub(crate) fn qos_class(spec: &Value) -> &'static str {
-    let (mut requests, mut limits) = (ResourceList::new(), ResourceList::new());
-    let mut guaranteed = true;
-    for c in containers(spec, "containers").chain(containers(spec, "initContainers")) {
-        let req = list_of(c.pointer("/resources/requests"));
-        let lim = list_of(c.pointer("/resources/limits"));
-        let mut limits_found = 0;
-        for r in ["cpu", "memory"] {
-            if let Some(q) = req.get(r).filter(|q| q.milli > 0) {
-                add_to(&mut requests, r, *q);
-            }
-            if let Some(q) = lim.get(r).filter(|q| q.milli > 0) {
-                add_to(&mut limits, r, *q);
-                limits_found += 1;
-            }
-        }
-        if limits_found < 2 {
-            guaranteed = false;
-        }
-    }
-    if requests.is_empty() && limits.is_empty() {
-        return "BestEffort";
-    }
-    let matching = requests
-        .iter()
-        .all(|(k, v)| limits.get(k).is_some_and(|l| l.milli == v.milli));
-    if guaranteed && matching && requests.len() == limits.len() {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
 }
 
 fn add_to(list: &mut ResourceList, k: &str, q: Quantity) {
@@ -569,18 +536,5 @@ mod tests {
             "[a, b]"
         );
         assert_eq!(aggregate(vec!["a".into(), "a".into()]).unwrap(), "a");
-    }
-
-    #[test]
-    fn qos() {
-        assert_eq!(
-            qos_class(&json!({"containers": [{"name": "a"}]})),
-            "BestEffort"
-        );
-        let g = json!({"containers": [{"name": "a", "resources": {
-            "limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "1", "memory": "1Gi"}}}]});
-        assert_eq!(qos_class(&g), "Guaranteed");
-        let b = json!({"containers": [{"name": "a", "resources": {"requests": {"cpu": "1"}}}]});
-        assert_eq!(qos_class(&b), "Burstable");
     }
 }

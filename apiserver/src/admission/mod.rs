@@ -13,7 +13,6 @@ pub mod limit_ranger;
 pub mod node_restriction;
 pub mod pod_security;
 pub mod priority;
-pub mod quantity;
 pub mod rbac_escalation;
 pub mod resource_quota;
 pub mod runtime_class;

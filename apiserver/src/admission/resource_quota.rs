@@ -13,11 +13,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use lotse_core::Quantity;
+use lotse_core::qos::{QosClass, pod_qos_class};
 use serde_json::{Map, Value, json};
 
 use super::Operation;
-use super::limit_ranger::{ResourceList, pod_totals, qos_class};
-use super::quantity::Quantity;
+use super::limit_ranger::{ResourceList, pod_totals};
 use crate::cache::cacher::{Broadcast, WatchStart};
 use crate::cache::reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
@@ -365,7 +366,7 @@ fn matches_scope(def: &ResourceDef, obj: &Value, sel: &ScopeSelector) -> bool {
         .get("activeDeadlineSeconds")
         .and_then(Value::as_i64)
         .is_some_and(|s| s >= 0);
-    let best_effort = || qos_class(spec) == "BestEffort";
+    let best_effort = || pod_qos_class(spec) == QosClass::BestEffort;
     match sel.scope.as_str() {
         "Terminating" => terminating,
         "NotTerminating" => !terminating,

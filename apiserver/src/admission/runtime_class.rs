@@ -3,10 +3,10 @@
 //! sets another overhead, or an overhead without such a class, is refused) and its
 //! `scheduling` nodeSelector and tolerations are merged into the pod's.
 
+use lotse_core::Quantity;
 use serde_json::{Map, Value};
 
 use super::Operation;
-use super::quantity::Quantity;
 use crate::cache::reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::resources::RUNTIMECLASSES;

@@ -1,11 +1,15 @@
 //! The Pod status a pass reports: each container's status from what the runtime says of its
 //! latest two attempts, the pod's phase and conditions from those, and its QoS class.
+use std::collections::BTreeMap;
+
 use k8s_cri::v1 as cri;
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
     ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodIP, PodStatus,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use lotse_core::qos::{self, ContainerResources, CpuMemory};
 
 use crate::{Kubelet, spec};
 
@@ -314,35 +318,29 @@ pub(super) fn build_status(
 
 /// The pod's QoS class (BestEffort, Burstable or Guaranteed) from its containers' resources.
 fn qos_class(pod: &Pod) -> String {
-    let cs = pod
+    let list = |l: Option<&BTreeMap<String, Quantity>>| {
+        CpuMemory::from_pairs(
+            l.into_iter()
+                .flatten()
+                .map(|(k, q)| (k.as_str(), q.0.as_str())),
+        )
+    };
+    let containers = pod
         .spec
-        .as_ref()
-        .map(|s| s.containers.clone())
-        .unwrap_or_default();
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in &cs {
-        let r = c.resources.clone().unwrap_or_default();
-        let l = r.limits.unwrap_or_default();
-        let q = r.requests.unwrap_or_default();
-        if !l.is_empty() || !q.is_empty() {
-            any = true;
-        }
-        for k in ["cpu", "memory"] {
-            match (l.get(k), q.get(k).or(l.get(k))) {
-                (Some(a), Some(b)) if a == b => {}
-                _ => guaranteed = false,
+        .iter()
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        })
+        .map(|c| {
+            let r = c.resources.as_ref();
+            ContainerResources {
+                requests: list(r.and_then(|r| r.requests.as_ref())),
+                limits: list(r.and_then(|r| r.limits.as_ref())),
             }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
-    .into()
+        });
+    qos::qos_class(containers).as_str().into()
 }
 
 #[cfg(test)]

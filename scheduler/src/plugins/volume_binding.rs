@@ -14,10 +14,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
+use lotse_core::Quantity;
 
 use crate::cache::Cache;
 use crate::framework::{CycleState, FilterPlugin, NodeInfo, PodInfo, StateKey, Status};
-use crate::quantity::Quantity;
 
 /// Claims, volumes and classes as the scheduler last saw them.
 #[derive(Debug, Default)]

@@ -87,7 +87,6 @@ pub const PODS: ResourceDef = ResourceDef {
         "status.nominatedNodeName",
     ],
     strategy: Strategy {
-        prepare_for_create: pod::prepare_for_create,
         prepare_for_update: pod::prepare_for_update,
         graceful_delete: Some(pod::graceful_delete),
         ..Strategy::DEFAULT
@@ -1765,7 +1764,7 @@ fn validate_limit_resource_name(errs: &mut Vec<FieldError>, ty: &str, path: &str
 /// Kubernetes' `ValidateLimitRange`: known types, one item per type, no defaults for Pod items,
 /// valid resource names, and min ≤ defaultRequest ≤ default ≤ max, ratio ≥ 1 and ≤ max/min.
 fn validate_limitrange(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
-    use crate::admission::quantity::Quantity;
+    use lotse_core::Quantity;
     let mut errs = Vec::new();
     let mut types: Vec<&str> = Vec::new();
     for (i, item) in arr(o, &["spec", "limits"]).iter().enumerate() {

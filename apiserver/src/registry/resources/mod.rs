@@ -282,6 +282,8 @@ mod tests {
         assert_eq!(ns["status"]["phase"], "Terminating");
         let mut created = json!({"spec": {"containers": [{"name": "c", "image": "i"}]}, "status": {"phase": "Running"}});
         (PODS.strategy.prepare_for_create)(&mut created);
+        assert!(created.get("status").is_none());
+        (PODS.defaults)(&mut created);
         assert_eq!(
             created["status"],
             json!({"phase": "Pending", "qosClass": "BestEffort"})

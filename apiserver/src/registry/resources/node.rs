@@ -2,10 +2,10 @@
 //! NAME/HANDLER/AGE table). The RuntimeClass admission is `admission/runtime_class.rs`.
 
 use k8s_openapi::api::node::v1 as nodev1;
+use lotse_core::Quantity;
 use serde_json::{Value, json};
 
 use super::util::*;
-use crate::admission::quantity::Quantity;
 use crate::registry::*;
 
 /// node.k8s.io/v1 runtimeclasses.

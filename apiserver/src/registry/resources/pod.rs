@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 
+use lotse_core::qos::pod_qos_class;
 use serde_json::{Map, Value, json};
 
 use super::util::*;
@@ -235,44 +236,15 @@ pub(crate) fn default_template(o: &mut Value, template_path: &[&str]) {
     }
 }
 
-/// `GetPodQOS` (simplified: requests were defaulted from limits).
-pub(crate) fn qos_class(spec: &Value) -> &'static str {
-    let containers: Vec<&Value> = arr(spec, &["containers"])
-        .iter()
-        .chain(arr(spec, &["initContainers"]))
-        .collect();
-    let mut any = false;
-    let mut guaranteed = !containers.is_empty();
-    for c in &containers {
-        let req = obj(c, &["resources", "requests"]);
-        let lim = obj(c, &["resources", "limits"]);
-        for r in ["cpu", "memory"] {
-            let rq = req.and_then(|m| m.get(r));
-            let lm = lim.and_then(|m| m.get(r));
-            if rq.is_some() || lm.is_some() {
-                any = true;
-            }
-            if lm.is_none() || rq.is_some_and(|x| Some(x) != lm) {
-                guaranteed = false;
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
-}
-
 /// Pod defaults: spec defaults plus the status Kubernetes' pod strategy sets on create
 /// (phase Pending, qosClass, the SchedulingGated condition).
 pub(crate) fn pod_defaults(o: &mut Value) {
     if let Some(spec) = o.get_mut("spec") {
         default_pod_spec(spec, true);
     }
-    let qos = o.get("spec").map(qos_class).unwrap_or("BestEffort");
+    let qos = o
+        .get("spec")
+        .map_or("BestEffort", |s| pod_qos_class(s).as_str());
     let gated = !arr(o, &["spec", "schedulingGates"]).is_empty();
     let status = fields::ensure_object(o, &["status"]);
     set_default(status, "phase", json!("Pending"));
@@ -812,17 +784,6 @@ pub fn all_containers(spec: &Value) -> Vec<&Value> {
         .filter_map(|k| spec.get(*k).and_then(Value::as_array))
         .flatten()
         .collect()
-}
-
-/// The pod create strategy (`PrepareForCreate`): a new pod is `Pending` with its QoS class.
-pub(crate) fn prepare_for_create(obj: &mut Value) {
-    let qos = crate::validation::pod_qos_class(obj);
-    if let Value::Object(m) = obj {
-        m.insert(
-            "status".into(),
-            json!({"phase": "Pending", "qosClass": qos}),
-        );
-    }
 }
 
 /// The pod update strategy: ephemeral containers change only through

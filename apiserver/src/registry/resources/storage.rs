@@ -6,10 +6,10 @@
 
 use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::api::storage::v1 as storagev1;
+use lotse_core::Quantity;
 use serde_json::{Map, Value, json};
 
 use super::util::*;
-use crate::admission::quantity::Quantity;
 use crate::registry::*;
 
 /// The annotation marking the default StorageClass.

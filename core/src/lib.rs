@@ -1,0 +1,8 @@
+//! Pure helpers shared by Lotse's components (apiserver, scheduler, kubelet, controllers): one
+//! copy of each Kubernetes rule that more than one component needs. No I/O, no async, no
+//! component types.
+
+pub mod qos;
+pub mod quantity;
+
+pub use quantity::{Quantity, QuantityError};
