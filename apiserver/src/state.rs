@@ -30,7 +30,9 @@ pub struct AppState {
     /// Authentication and authorization state (token authority, RBAC authorizer).
     pub security: Security,
     /// Pod Security admission: exemptions (none by default) and its metrics.
-    pub pod_security: crate::admission::pod_security::PodSecurity,
+    pub pod_security: Arc<crate::admission::pod_security::PodSecurity>,
+    /// The admission chain (its PodSecurity plugin shares `pod_security`).
+    pub admission: crate::admission::chain::Chain,
     /// The built-in `metrics.k8s.io` API's last kubelet scrapes.
     pub resource_metrics: Arc<crate::metrics_api::Store>,
     /// Overload protection (`--max-requests-inflight`, per-user fair queuing) and the request
@@ -49,6 +51,7 @@ impl AppState {
         let marks = Arc::new(crate::storage::marks::WriteMarks::default());
         let storage: Arc<dyn Storage> =
             Arc::new(crate::storage::marks::Marking::new(storage, marks.clone()));
+        let pod_security: Arc<crate::admission::pod_security::PodSecurity> = Arc::default();
         Arc::new(AppState {
             reader: Arc::new(CacheReader::start(storage.clone(), marks)),
             storage,
@@ -56,7 +59,8 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             server_address,
             security: Security::default(),
-            pod_security: Default::default(),
+            admission: crate::admission::chain::Chain::new(pod_security.clone()),
+            pod_security,
             resource_metrics: Default::default(),
             flow_control: Default::default(),
         })
@@ -90,15 +94,14 @@ impl AppState {
     }
 
     /// Admission's handles, with quota charges written through `writer`.
-    pub fn admission<'a>(
+    pub fn admission_handles<'a>(
         &'a self,
         writer: &'a dyn crate::write::ObjectWriter,
-    ) -> crate::admission::chain::Handles<'a> {
-        crate::admission::chain::Handles {
+    ) -> crate::admission::Handles<'a> {
+        crate::admission::Handles {
             reader: &self.reader,
             writer,
             authz: self.authz(),
-            pod_security: &self.pod_security,
         }
     }
 

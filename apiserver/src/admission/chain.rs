@@ -1,94 +1,118 @@
-//! The admission chain: the plugins in Kubernetes' order over the handles the write pipeline
-//! gives ([`Handles`]). The one place that knows the order.
+//! The admission chain: the plugins in Kubernetes' order, built once with their configuration,
+//! run by the write pipeline over the handles it gives ([`Handles`]). The one place that knows
+//! the order.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{
-    Operation, default_storage_class, default_toleration_seconds, limit_ranger, node_restriction,
-    pod_security, priority, rbac_escalation, resource_quota, runtime_class, service_account,
-};
-use crate::authorization::chain::Authz;
-use crate::cache::reader::CacheReader;
+use super::certificate_subject_restriction::CertificateSubjectRestriction;
+use super::default_storage_class::DefaultStorageClass;
+use super::default_toleration_seconds::DefaultTolerationSeconds;
+use super::limit_ranger::LimitRanger;
+use super::node_restriction::NodeRestriction;
+use super::pod_security::{PodSecurity, PodSecurityAdmission};
+use super::priority::Priority;
+use super::rbac_escalation::RbacEscalation;
+use super::resource_quota::ResourceQuota;
+use super::runtime_class::RuntimeClass;
+use super::service_account::ServiceAccount;
+use super::{Admit, Handles, Operation, Request};
 use crate::error::ApiResult;
 use crate::registry::ResourceDef;
-use crate::write::ObjectWriter;
 
-/// What admission reads and writes through: the handles the write pipeline gives it.
-#[derive(Clone, Copy)]
-pub struct Handles<'a> {
-    /// The read handle on the watch caches (limit ranges, quotas, classes, namespaces).
-    pub reader: &'a CacheReader,
-    /// Where quota charges are written (the write pipeline that called admission).
-    pub writer: &'a dyn ObjectWriter,
-    /// The authorizer chain (RBAC escalation checks).
-    pub authz: Authz<'a>,
-    /// Pod Security admission's configuration and counters.
-    pub pod_security: &'a pod_security::PodSecurity,
+/// The enabled plugins, in order: mutating runs LimitRanger, ServiceAccount, Priority,
+/// DefaultTolerationSeconds, DefaultStorageClass, RuntimeClass; validating runs LimitRanger,
+/// NodeRestriction, RBAC escalation prevention, PodSecurity, RuntimeClass,
+/// CertificateSubjectRestriction, ResourceQuota (last, so only admitted writes are charged).
+pub struct Chain {
+    plugins: Vec<Box<dyn Admit>>,
 }
 
-/// Runs every admission plugin on `obj` (mutating it in place). `old` is the stored object on
-/// update. With `dry_run` nothing is charged to quotas; quota charges are written through
-/// `h.writer`, the handle the write pipeline gives.
-///
-/// Boxed because admission can write (quota charges) through the write pipeline that calls it.
-pub fn admit<'a>(
-    h: Handles<'a>,
-    def: &'static ResourceDef,
-    op: Operation,
-    obj: &'a mut Value,
-    old: Option<&'a Value>,
-    dry_run: bool,
-) -> Pin<Box<dyn Future<Output = ApiResult<()>> + Send + 'a>> {
-    Box::pin(admit_inner(h, def, op, obj, old, dry_run))
+impl Chain {
+    /// The default plugins; PodSecurity with `pod_security`'s exemptions and counters.
+    pub fn new(pod_security: Arc<PodSecurity>) -> Chain {
+        Chain {
+            plugins: vec![
+                Box::new(LimitRanger),
+                Box::new(ServiceAccount),
+                Box::new(Priority),
+                Box::new(DefaultTolerationSeconds),
+                Box::new(DefaultStorageClass),
+                Box::new(NodeRestriction),
+                Box::new(RbacEscalation),
+                Box::new(PodSecurityAdmission(pod_security)),
+                Box::new(RuntimeClass),
+                Box::new(CertificateSubjectRestriction),
+                Box::new(ResourceQuota),
+            ],
+        }
+    }
+
+    /// The plugins' names, in order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.plugins.iter().map(|p| p.name()).collect()
+    }
+
+    /// Runs every plugin's mutating phase on `obj` (changing it in place), then every
+    /// validating phase. `old` is the stored object on update. With `dry_run` nothing is
+    /// charged to quotas; quota charges are written through `h.writer`, the handle the write
+    /// pipeline gives.
+    ///
+    /// Boxed because admission can write (quota charges) through the write pipeline that calls
+    /// it.
+    pub fn admit<'a>(
+        &'a self,
+        h: Handles<'a>,
+        def: &'static ResourceDef,
+        op: Operation,
+        obj: &'a mut Value,
+        old: Option<&'a Value>,
+        dry_run: bool,
+    ) -> Pin<Box<dyn Future<Output = ApiResult<()>> + Send + 'a>> {
+        Box::pin(async move {
+            let user = crate::auth::request_user();
+            let r = Request {
+                def,
+                op,
+                old,
+                user: user.as_ref(),
+                dry_run,
+            };
+            for p in &self.plugins {
+                p.admit(h, &r, obj).await?;
+            }
+            for p in &self.plugins {
+                p.validate(h, &r, obj).await?;
+            }
+            Ok(())
+        })
+    }
 }
 
-async fn admit_inner(
-    h: Handles<'_>,
-    def: &'static ResourceDef,
-    op: Operation,
-    obj: &mut Value,
-    old: Option<&Value>,
-    dry_run: bool,
-) -> ApiResult<()> {
-    let user = crate::auth::request_user();
-    let is_pod = def.group.is_empty() && def.plural == "pods";
-    // Mutating.
-    if is_pod && op == Operation::Create {
-        limit_ranger::default_pod(h.reader, obj).await?;
-        service_account::admit_pod(h.reader, obj).await?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugins_run_in_kubernetes_order() {
+        assert_eq!(
+            Chain::new(Arc::default()).names(),
+            [
+                "LimitRanger",
+                "ServiceAccount",
+                "Priority",
+                "DefaultTolerationSeconds",
+                "DefaultStorageClass",
+                "NodeRestriction",
+                "RBACEscalation",
+                "PodSecurity",
+                "RuntimeClass",
+                "CertificateSubjectRestriction",
+                "ResourceQuota"
+            ]
+        );
     }
-    priority::admit(h.reader, def, op, obj).await?;
-    if is_pod && op == Operation::Create {
-        default_toleration_seconds::admit_pod(obj);
-    }
-    if op == Operation::Create {
-        default_storage_class::admit(h.reader, def, obj).await?;
-    }
-    runtime_class::admit(h.reader, def, op, obj).await?;
-    // Validating.
-    limit_ranger::validate(h.reader, def, op, obj).await?;
-    if let Some(u) = &user {
-        node_restriction::admit(u, def, op, obj, old).await?;
-        rbac_escalation::admit(h.authz, u, def, obj).await?;
-    }
-    pod_security::admit(h.reader, h.pod_security, def, op, obj, old).await?;
-    runtime_class::validate(h.reader, def, op, obj).await?;
-    if op == Operation::Create
-        && def.group == "certificates.k8s.io"
-        && def.plural == "certificatesigningrequests"
-    {
-        crate::registry::resources::certificates::subject_restriction(obj).map_err(|why| {
-            crate::authorization::forbidden_error(
-                def.group,
-                def.plural,
-                crate::registry::fields::name(obj),
-                &why,
-            )
-        })?;
-    }
-    resource_quota::admit(h.reader, h.writer, def, op, obj, old, dry_run).await?;
-    Ok(())
 }

@@ -11,6 +11,7 @@
 
 use serde_json::{Value, json};
 
+use super::{Admit, Handles, Operation, Request};
 use crate::cache::reader::CacheReader;
 use crate::error::ApiResult;
 use crate::registry::resources::{
@@ -18,6 +19,7 @@ use crate::registry::resources::{
     is_default_ingress_class,
 };
 use crate::registry::{ResourceDef, fields};
+use async_trait::async_trait;
 
 /// Finalizer keeping a claim while a pod uses it.
 pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
@@ -139,6 +141,23 @@ pub async fn admit(reader: &CacheReader, def: &ResourceDef, obj: &mut Value) -> 
     }
     protect(def, obj);
     Ok(())
+}
+
+/// The DefaultStorageClass plugin: new claims (and ingresses, their class) get the default class.
+pub struct DefaultStorageClass;
+
+#[async_trait]
+impl Admit for DefaultStorageClass {
+    fn name(&self) -> &'static str {
+        "DefaultStorageClass"
+    }
+
+    async fn admit(&self, h: Handles<'_>, r: &Request<'_>, obj: &mut Value) -> ApiResult<()> {
+        if r.op == Operation::Create {
+            admit(h.reader, r.def, obj).await?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,11 @@
 //! DefaultTolerationSeconds: pods tolerate `not-ready` and `unreachable` NoExecute taints for
 //! 300 seconds unless they say otherwise.
 
+use async_trait::async_trait;
 use serde_json::{Value, json};
+
+use super::{Admit, Handles, Request};
+use crate::error::ApiResult;
 
 /// Kubernetes' default (`--default-not-ready-toleration-seconds`).
 pub const DEFAULT_SECONDS: i64 = 300;
@@ -30,6 +34,24 @@ pub fn admit_pod(pod: &mut Value) {
         if !has {
             list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": DEFAULT_SECONDS}));
         }
+    }
+}
+
+/// The DefaultTolerationSeconds plugin: a new pod tolerates `not-ready` and `unreachable`
+/// for 300 s unless it says otherwise.
+pub struct DefaultTolerationSeconds;
+
+#[async_trait]
+impl Admit for DefaultTolerationSeconds {
+    fn name(&self) -> &'static str {
+        "DefaultTolerationSeconds"
+    }
+
+    async fn admit(&self, _h: Handles<'_>, r: &Request<'_>, obj: &mut Value) -> ApiResult<()> {
+        if r.is_pod_create() {
+            admit_pod(obj);
+        }
+        Ok(())
     }
 }
 

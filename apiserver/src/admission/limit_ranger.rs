@@ -18,6 +18,8 @@ use crate::registry::fields;
 use crate::registry::resources::LIMITRANGES;
 
 use super::Operation;
+use super::{Admit, Handles, Request};
+use async_trait::async_trait;
 
 /// A resource list (`cpu` → `500m`).
 pub(crate) type ResourceList = BTreeMap<String, Quantity>;
@@ -437,6 +439,28 @@ pub async fn validate(
     match aggregate(errs) {
         None => Ok(()),
         Some(why) => Err(ApiError::forbidden(def, fields::name(obj), &why)),
+    }
+}
+
+/// The LimitRanger plugin: a new pod's resources default from its namespace's LimitRanges, and
+/// every write is checked against them.
+pub struct LimitRanger;
+
+#[async_trait]
+impl Admit for LimitRanger {
+    fn name(&self) -> &'static str {
+        "LimitRanger"
+    }
+
+    async fn admit(&self, h: Handles<'_>, r: &Request<'_>, obj: &mut Value) -> ApiResult<()> {
+        if r.is_pod_create() {
+            default_pod(h.reader, obj).await?;
+        }
+        Ok(())
+    }
+
+    async fn validate(&self, h: Handles<'_>, r: &Request<'_>, obj: &Value) -> ApiResult<()> {
+        validate(h.reader, r.def, r.op, obj).await
     }
 }
 

@@ -4,9 +4,11 @@
 use serde_json::Value;
 
 use super::Operation;
+use super::{Admit, Handles, Request};
 use crate::auth::UserInfo;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::{ResourceDef, fields};
+use async_trait::async_trait;
 
 /// Rejects node and pod writes of a kubelet outside its own node.
 pub async fn admit(
@@ -70,5 +72,22 @@ pub async fn admit(
             }
         }
         _ => Ok(()),
+    }
+}
+
+/// The NodeRestriction plugin: a kubelet writes only its own Node and its node's pods.
+pub struct NodeRestriction;
+
+#[async_trait]
+impl Admit for NodeRestriction {
+    fn name(&self) -> &'static str {
+        "NodeRestriction"
+    }
+
+    async fn validate(&self, _h: Handles<'_>, r: &Request<'_>, obj: &Value) -> ApiResult<()> {
+        match r.user {
+            Some(u) => admit(u, r.def, r.op, obj, r.old).await,
+            None => Ok(()),
+        }
     }
 }

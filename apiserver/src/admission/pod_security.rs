@@ -16,10 +16,12 @@ use std::sync::Mutex;
 use serde_json::Value;
 
 use super::Operation;
+use super::{Admit, Handles, Request};
 use crate::cache::reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::resources::NAMESPACES;
 use crate::registry::{ResourceDef, fields};
+use async_trait::async_trait;
 
 /// A Pod Security Standards level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -819,6 +821,20 @@ pub async fn admit(
         crate::auth::add_warning(w);
     }
     Ok(())
+}
+
+/// The PodSecurity plugin with its configuration (exemptions) and counters.
+pub struct PodSecurityAdmission(pub std::sync::Arc<PodSecurity>);
+
+#[async_trait]
+impl Admit for PodSecurityAdmission {
+    fn name(&self) -> &'static str {
+        "PodSecurity"
+    }
+
+    async fn validate(&self, h: Handles<'_>, r: &Request<'_>, obj: &Value) -> ApiResult<()> {
+        admit(h.reader, &self.0, r.def, r.op, obj, r.old).await
+    }
 }
 
 #[cfg(test)]

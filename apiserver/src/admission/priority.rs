@@ -6,10 +6,12 @@
 use serde_json::{Value, json};
 
 use super::Operation;
+use super::{Admit, Handles, Request};
 use crate::cache::reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::resources::PRIORITYCLASSES;
 use crate::registry::{ResourceDef, fields};
+use async_trait::async_trait;
 
 /// Priority of pods when no class is the global default
 /// (`DefaultPriorityWhenNoDefaultClassExists`).
@@ -162,6 +164,20 @@ pub fn check_single_default(
         ));
     }
     Ok(())
+}
+
+/// The Priority plugin: pods get their PriorityClass's value and preemption policy.
+pub struct Priority;
+
+#[async_trait]
+impl Admit for Priority {
+    fn name(&self) -> &'static str {
+        "Priority"
+    }
+
+    async fn admit(&self, h: Handles<'_>, r: &Request<'_>, obj: &mut Value) -> ApiResult<()> {
+        admit(h.reader, r.def, r.op, obj).await
+    }
 }
 
 #[cfg(test)]

@@ -4,12 +4,14 @@
 
 use serde_json::Value;
 
+use crate::admission::{Admit, Handles, Request};
 use crate::auth::UserInfo;
 use crate::authorization::chain::Authz;
 use crate::authorization::rbac::{PolicyRule, confirm_no_escalation};
 use crate::authorization::{Attributes, Decision};
 use crate::error::{ApiError, ApiResult};
 use crate::registry::{ResourceDef, fields};
+use async_trait::async_trait;
 
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
@@ -87,5 +89,23 @@ pub async fn admit(
                 .map_err(|why| ApiError::forbidden(def, name, &why))
         }
         _ => Ok(()),
+    }
+}
+
+/// RBAC escalation prevention (in Kubernetes the RBAC registry's, run before validating
+/// admission): roles and bindings grant only what their writer holds.
+pub struct RbacEscalation;
+
+#[async_trait]
+impl Admit for RbacEscalation {
+    fn name(&self) -> &'static str {
+        "RBACEscalation"
+    }
+
+    async fn validate(&self, h: Handles<'_>, r: &Request<'_>, obj: &Value) -> ApiResult<()> {
+        match r.user {
+            Some(u) => admit(h.authz, u, r.def, obj).await,
+            None => Ok(()),
+        }
     }
 }

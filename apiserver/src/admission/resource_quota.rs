@@ -19,12 +19,14 @@ use serde_json::{Map, Value, json};
 
 use super::Operation;
 use super::limit_ranger::{ResourceList, pod_totals};
+use super::{Admit, Handles, Request};
 use crate::cache::cacher::{Broadcast, WatchStart};
 use crate::cache::reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::resources::RESOURCEQUOTAS;
 use crate::registry::{self, ResourceDef, fields};
 use crate::write::{ObjectWriter, UpdateScope};
+use async_trait::async_trait;
 
 /// Quota names the pod evaluator tracks besides hugepages and extended resources.
 const POD_RESOURCES: &[&str] = &[
@@ -814,6 +816,21 @@ pub fn spawn_usage_loop(reader: Arc<CacheReader>, writer: Arc<dyn ObjectWriter>)
             }
         }
     });
+}
+
+/// The ResourceQuota plugin: a write that would exceed a quota of its namespace is refused;
+/// an admitted one is charged to the quotas' `status.used` at once.
+pub struct ResourceQuota;
+
+#[async_trait]
+impl Admit for ResourceQuota {
+    fn name(&self) -> &'static str {
+        "ResourceQuota"
+    }
+
+    async fn validate(&self, h: Handles<'_>, r: &Request<'_>, obj: &Value) -> ApiResult<()> {
+        admit(h.reader, h.writer, r.def, r.op, obj, r.old, r.dry_run).await
+    }
 }
 
 #[cfg(test)]

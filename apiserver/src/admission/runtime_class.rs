@@ -7,10 +7,12 @@ use lotse_core::Quantity;
 use serde_json::{Map, Value};
 
 use super::Operation;
+use super::{Admit, Handles, Request};
 use crate::cache::reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::resources::RUNTIMECLASSES;
 use crate::registry::{ResourceDef, fields};
+use async_trait::async_trait;
 
 const OVERHEAD_MISMATCH: &str =
     "pod rejected: Pod's Overhead doesn't match RuntimeClass's defined Overhead";
@@ -242,6 +244,25 @@ pub fn merge_tolerations(first: &[Value], second: &[Value]) -> Vec<Value> {
         merged.push((*t).clone());
     }
     merged
+}
+
+/// The RuntimeClass plugin: pods get their RuntimeClass's overhead and scheduling, and are
+/// refused when the class is missing or the overhead was set by hand.
+pub struct RuntimeClass;
+
+#[async_trait]
+impl Admit for RuntimeClass {
+    fn name(&self) -> &'static str {
+        "RuntimeClass"
+    }
+
+    async fn admit(&self, h: Handles<'_>, r: &Request<'_>, obj: &mut Value) -> ApiResult<()> {
+        admit(h.reader, r.def, r.op, obj).await
+    }
+
+    async fn validate(&self, h: Handles<'_>, r: &Request<'_>, obj: &Value) -> ApiResult<()> {
+        validate(h.reader, r.def, r.op, obj).await
+    }
 }
 
 #[cfg(test)]

@@ -5,10 +5,12 @@
 
 use serde_json::{Value, json};
 
+use super::{Admit, Handles, Request};
 use crate::cache::reader::CacheReader;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::fields;
 use crate::registry::resources::{PODS, SERVICEACCOUNTS};
+use async_trait::async_trait;
 
 /// Where the API credentials are mounted.
 pub const MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -149,6 +151,23 @@ pub async fn admit_pod(reader: &CacheReader, pod: &mut Value) -> ApiResult<()> {
         }
     }
     Ok(())
+}
+
+/// The ServiceAccount plugin: a new pod gets its ServiceAccount and token volume.
+pub struct ServiceAccount;
+
+#[async_trait]
+impl Admit for ServiceAccount {
+    fn name(&self) -> &'static str {
+        "ServiceAccount"
+    }
+
+    async fn admit(&self, h: Handles<'_>, r: &Request<'_>, obj: &mut Value) -> ApiResult<()> {
+        if r.is_pod_create() {
+            admit_pod(h.reader, obj).await?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -442,15 +442,17 @@ pub async fn create_object(
     if def.namespaced {
         admit_namespace(state, def, fields::namespace(&obj), &name).await?;
     }
-    crate::admission::chain::admit(
-        state.admission(state),
-        def,
-        crate::admission::Operation::Create,
-        &mut obj,
-        None,
-        dry_run,
-    )
-    .await?;
+    state
+        .admission
+        .admit(
+            state.admission_handles(state),
+            def,
+            crate::admission::Operation::Create,
+            &mut obj,
+            None,
+            dry_run,
+        )
+        .await?;
     let _alloc_guard = if def.strategy.allocates_service_addresses {
         Some(
             state
@@ -648,15 +650,17 @@ pub async fn write_update(
     if !errs.is_empty() {
         return Err(ApiError::invalid(def, name, &errs));
     }
-    crate::admission::chain::admit(
-        state.admission(state),
-        def,
-        crate::admission::Operation::Update,
-        &mut new,
-        Some(&old),
-        dry_run,
-    )
-    .await?;
+    state
+        .admission
+        .admit(
+            state.admission_handles(state),
+            def,
+            crate::admission::Operation::Update,
+            &mut new,
+            Some(&old),
+            dry_run,
+        )
+        .await?;
     let _alloc_guard = if def.strategy.allocates_service_addresses {
         Some(
             state
