@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::cache::cacher::{CacheHub, Cacher};
+use crate::cache::cacher::Cacher;
+use crate::cache::hub::CacheHub;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::{self, ResourceDef, fields, object_key};
 use crate::storage::{Revision, Storage};

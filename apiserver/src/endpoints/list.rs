@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use bytes::Bytes;
 
-use crate::cache::cacher::CachedObject;
+use crate::cache::object::CachedObject;
 use crate::endpoints::handlers::{Ctx, header_str, json_response};
 use crate::error::{ApiError, ApiResult};
 use crate::registry::{ResourceDef, fields};

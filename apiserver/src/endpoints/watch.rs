@@ -16,9 +16,8 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use crate::cache::cacher::{
-    Broadcast, CacheEvent, CacheEventType, CachedObject, Cacher, WatchFromError, WatchStart,
-};
+use crate::cache::cacher::{Broadcast, Cacher, WatchFromError, WatchStart};
+use crate::cache::object::{CacheEvent, CacheEventType, CachedObject};
 use crate::endpoints::handlers::{Ctx, header_str};
 use crate::endpoints::list::Selection;
 use crate::error::{ApiError, ApiResult};
@@ -50,13 +49,13 @@ impl Encoder {
     ) -> Bytes {
         if !self.table && !self.metadata {
             match rv_override {
-                None => return crate::cache::cacher::watch_line(event_type, &obj.raw),
+                None => return crate::cache::object::watch_line(event_type, &obj.raw),
                 // The previous object with the event's revision (an object leaving a selector):
                 // the revision is replaced in the bytes, not by decoding and re-encoding.
                 Some(rv) => {
-                    if let Some(raw) = crate::cache::cacher::replace_resource_version(&obj.raw, rv)
+                    if let Some(raw) = crate::cache::object::replace_resource_version(&obj.raw, rv)
                     {
-                        return crate::cache::cacher::watch_line(event_type, &raw);
+                        return crate::cache::object::watch_line(event_type, &raw);
                     }
                 }
             }
