@@ -248,26 +248,13 @@ pub async fn up(mut a: UpArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|_| "node".into())
     });
     let _backups = crate::backup::spawn_scheduled(&data_dir, &node_name, &a.backups)?;
-    // Each component gets its own identity, as in a kubeadm cluster.
-    let kubeconfig = |file: &str, user: &str, groups: &[&str]| -> anyhow::Result<PathBuf> {
-        let (cert, key) = running.pki.issue_client_cert(user, groups)?;
-        let path = data_dir.join(file);
-        running
-            .pki
-            .write_kubeconfig(&path, &url, user, &cert, &key)?;
-        Ok(path)
-    };
-    let ctrl_kc = kubeconfig(
-        "controllers.kubeconfig",
-        "system:kube-controller-manager",
-        &[],
-    )?;
-    let sched_kc = kubeconfig("scheduler.kubeconfig", "system:kube-scheduler", &[])?;
-    let node_kc = kubeconfig(
-        &format!("kubelet-{node_name}.kubeconfig"),
-        &format!("system:node:{node_name}"),
-        &["system:nodes"],
-    )?;
+    // Each component has its own identity, as in a kubeadm cluster: the apiserver wrote the
+    // controllers', scheduler's and node network agent's kubeconfigs into the data dir when it
+    // started; the node's is issued the way `lotse join` asks for it.
+    use apiserver::endpoints::components as identities;
+    let ctrl_kc = data_dir.join(identities::CONTROLLERS_KUBECONFIG);
+    let sched_kc = data_dir.join(identities::SCHEDULER_KUBECONFIG);
+    let node_kc = identities::write_node_kubeconfig(&running.pki, &url, &data_dir, &node_name)?;
 
     // The controllers and the scheduler run on a runtime of their own: they spawn informer tasks
     // that outlive their main task, and the apiserver's graceful shutdown would wait for those
@@ -307,11 +294,7 @@ pub async fn up(mut a: UpArgs) -> anyhow::Result<()> {
         }
     });
     if !a.disable_kube_proxy {
-        let agent_kc = kubeconfig(
-            apiserver::endpoints::components::KUBE_PROXY_KUBECONFIG,
-            apiserver::loops::bootstrap_rbac::KUBE_PROXY_USER,
-            &[],
-        )?;
+        let agent_kc = data_dir.join(identities::KUBE_PROXY_KUBECONFIG);
         let mut cfg = cni_plugin::agent::AgentConfig::new(node_name.clone());
         cfg.cluster_cidr = a.cluster_cidr.parse().context("--cluster-cidr")?;
         cfg.table = a.nftables_table.clone();
