@@ -4,11 +4,11 @@
 //! panics and that every error is a 4xx.
 
 use bytes::Bytes;
+use lotse_core::selectors::{FieldSelector, LabelSelector};
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::registry;
-use crate::selectors::{FieldSelector, LabelSelector};
 use crate::write::patch::{self, PatchType};
 
 /// The live object patches are applied to.

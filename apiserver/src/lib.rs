@@ -21,7 +21,6 @@ pub mod protobuf;
 pub mod registry;
 pub mod request;
 pub mod schema_strategy;
-pub mod selectors;
 pub mod server;
 pub mod state;
 pub mod storage;

@@ -24,10 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use lotse_core::selectors::{FieldSelector, LabelSelector};
 use serde_json::{Value, json};
 use tokio::sync::RwLock;
-
-use crate::selectors::{FieldSelector, LabelSelector};
 
 /// A Node or Pod as the watch cache holds it: what the metrics are served for.
 pub struct Object {

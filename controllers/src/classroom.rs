@@ -267,16 +267,6 @@ pub fn student_namespace(classroom: &str, student: &str) -> String {
     format!("{classroom}-{student}")
 }
 
-/// Whether `s` is a DNS label (RFC 1123).
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 /// Replaces the placeholders in a lab text.
 fn substitute(text: &str, classroom: &str, student: &str, namespace: &str) -> String {
     text.replace("{{student}}", student)
@@ -359,10 +349,12 @@ pub fn lab_objects(
 pub fn validate(name: &str, spec: &ClassroomSpec) -> Result<(), String> {
     let mut seen = BTreeSet::new();
     for (i, s) in spec.students.iter().enumerate() {
-        if !is_dns_label(&s.name) {
+        let problems = lotse_core::names::dns1123_label(&s.name);
+        if !problems.is_empty() {
             return Err(format!(
-                "spec.students[{i}].name: Invalid value: {:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character",
-                s.name
+                "spec.students[{i}].name: Invalid value: {:?}: {}",
+                s.name,
+                problems.join("; ")
             ));
         }
         if !seen.insert(&s.name) {
@@ -1068,6 +1060,8 @@ mod tests {
         assert!(dup.contains("Duplicate value"), "{dup}");
         let bad = validate("c", &spec(&["Not_A_Label"], vec![])).unwrap_err();
         assert!(bad.contains("RFC 1123"), "{bad}");
+        let dotted = validate("c", &spec(&["a.b"], vec![])).unwrap_err();
+        assert!(dotted.ends_with(": must not contain dots"), "{dotted}");
         let lab = validate("c", &spec(&["a"], vec![json!("kind: [")])).unwrap_err();
         assert!(
             lab.contains("spec.labs[0]: the manifest does not parse"),

@@ -16,13 +16,13 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
+use lotse_core::selectors::node_requirement_matches;
 
 use crate::Error;
 use crate::events::{EventType, Recorder};
 use crate::history::{self, REVISION_HASH};
 use crate::node::tolerates;
 use crate::util;
-use scheduler::plugins::node_requirement_matches;
 
 const COMPONENT: &str = "daemonset-controller";
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryFuture};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -85,29 +85,12 @@ pub fn now() -> Time {
 }
 
 /// Whether `labels` satisfy a label selector (matchLabels and matchExpressions; an empty
-/// selector matches everything, as Kubernetes' `LabelSelectorAsSelector`): the scheduler's
+/// selector matches everything, as Kubernetes' `LabelSelectorAsSelector`): lotse-core's
 /// matcher, so controllers and scheduler select the same pods.
-pub use scheduler::plugins::label_selector_matches as selector_matches;
+pub use lotse_core::selectors::label_selector_matches as selector_matches;
 
-/// The selector as a `labelSelector` query string.
-pub fn selector_query(selector: &LabelSelector) -> String {
-    let mut parts: Vec<String> = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    for e in selector.match_expressions.iter().flatten() {
-        let values = e.values.as_deref().unwrap_or_default().join(",");
-        parts.push(match e.operator.as_str() {
-            "In" => format!("{} in ({values})", e.key),
-            "NotIn" => format!("{} notin ({values})", e.key),
-            "Exists" => e.key.clone(),
-            _ => format!("!{}", e.key),
-        });
-    }
-    parts.join(",")
-}
+/// The selector as a `labelSelector` query string (`LabelSelectorAsSelector(...).String()`).
+pub use lotse_core::selectors::label_selector_string as selector_query;
 
 /// The owner reference with `controller: true`, if any.
 pub fn controller_ref<K: Resource>(obj: &K) -> Option<&OwnerReference> {
@@ -370,7 +353,7 @@ pub fn fnv32a(data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
     use std::collections::BTreeMap;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

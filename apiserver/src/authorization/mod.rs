@@ -152,7 +152,7 @@ pub fn request_attributes(
     if matches!(verb, "list" | "watch" | "deletecollection")
         && name.is_empty()
         && let Some(fs) = query.get("fieldSelector")
-        && let Ok(sel) = crate::selectors::FieldSelector::parse(fs)
+        && let Ok(sel) = lotse_core::selectors::FieldSelector::parse(fs)
         && let Some(n) = sel.required_value("metadata.name")
     {
         name = n.to_string();

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use lotse_core::selectors::{LabelSelector, selector_string};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -676,11 +677,9 @@ pub fn aggregated_rules(role: &Value, all: &[Value]) -> Option<Vec<PolicyRule>> 
     let selectors = role
         .pointer("/aggregationRule/clusterRoleSelectors")?
         .as_array()?;
-    let sels: Vec<crate::selectors::LabelSelector> = selectors
+    let sels: Vec<LabelSelector> = selectors
         .iter()
-        .filter_map(|s| {
-            crate::selectors::LabelSelector::parse(&crate::selectors::selector_string(Some(s))).ok()
-        })
+        .filter_map(|s| LabelSelector::parse(&selector_string(Some(s))).ok())
         .collect();
     let me = crate::registry::fields::name(role);
     let mut sources: Vec<&Value> = all

@@ -2,13 +2,13 @@
 //! Kubernetes' `ValidateCustomResourceDefinition` and `…Update`) and the status the CRD
 //! controller reports (`NamesAccepted`, `Established`, `acceptedNames`, `storedVersions`).
 
+use lotse_core::names;
 use serde_json::{Map, Value, json};
 
 use super::printer::JsonPath;
 use super::schema::check_structural;
 use super::served::Served;
 use super::{CLEANUP_FINALIZER, Cause};
-use crate::validation;
 
 fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
     let mut cur = v;
@@ -70,7 +70,7 @@ pub fn defaults(crd: &mut Value) {
 }
 
 fn dns1035(field: &str, value: &str, out: &mut Vec<Cause>) {
-    let problems = validation::dns1035_label(value);
+    let problems = names::dns1035_label(value);
     if !problems.is_empty() {
         out.push(Cause::invalid(
             field.to_string(),
@@ -81,7 +81,7 @@ fn dns1035(field: &str, value: &str, out: &mut Vec<Cause>) {
 }
 
 fn kind_like(field: &str, value: &str, out: &mut Vec<Cause>) {
-    let problems = validation::dns1035_label(&value.to_lowercase());
+    let problems = names::dns1035_label(&value.to_lowercase());
     if !problems.is_empty() {
         out.push(Cause::invalid(
             field.to_string(),
@@ -124,7 +124,7 @@ pub fn validate(crd: &Value, old: Option<&Value>, builtin_groups: &[&str]) -> Ve
     if group.is_empty() {
         out.push(Cause::required("spec.group".into(), ""));
     } else {
-        let problems = validation::dns1123_subdomain(group);
+        let problems = names::dns1123_subdomain(group);
         if !problems.is_empty() {
             out.push(Cause::invalid(
                 "spec.group".into(),

@@ -30,15 +30,7 @@ pub fn node_kubeconfig_path(data_dir: &Path, node: &str) -> PathBuf {
 
 /// Whether `node` is a valid node name (RFC 1123 subdomain).
 fn valid_node_name(node: &str) -> bool {
-    !node.is_empty()
-        && node.len() <= 253
-        && node.split('.').all(|l| {
-            !l.is_empty()
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
+    lotse_core::names::dns1123_subdomain(node).is_empty()
 }
 
 /// Issues a kubelet certificate (`system:node:<node>`, group `system:nodes`) and writes its

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use lotse_core::names;
 use serde_json::{Value, json};
 
 use super::table;
@@ -221,9 +222,9 @@ pub fn validate_metadata(def: &ResourceDef, obj: &Value) -> Vec<FieldError> {
         ));
     } else {
         let problems = match def.name_rule {
-            NameRule::Subdomain => validation::dns1123_subdomain(name),
-            NameRule::Label => validation::dns1123_label(name),
-            NameRule::Label1035 => validation::dns1035_label(name),
+            NameRule::Subdomain => names::dns1123_subdomain(name),
+            NameRule::Label => names::dns1123_label(name),
+            NameRule::Label1035 => names::dns1035_label(name),
             NameRule::PathSegment => validation::path_segment(name),
         };
         for p in problems {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use base64::Engine;
+use lotse_core::selectors::{FieldSelector, LabelSelector};
 use serde_json::{Value, json};
 
 use bytes::Bytes;
@@ -16,7 +17,6 @@ use crate::endpoints::handlers::{Ctx, header_str, json_response};
 use crate::error::{ApiError, ApiResult};
 use crate::registry::{ResourceDef, fields};
 use crate::request::{ResponseFormat, response_format};
-use crate::selectors::{FieldSelector, LabelSelector};
 use crate::storage::{ListOptions, Revision, StorageError};
 
 /// Parsed selectors and the key prefix of a list or watch.

@@ -246,7 +246,7 @@ fn scale_of(def: &ResourceDef, obj: &Value) -> Value {
         None => (
             fields::i64_at(obj, &["spec", "replicas"]).unwrap_or(0),
             fields::i64_at(obj, &["status", "replicas"]).unwrap_or(0),
-            crate::selectors::selector_string(obj.pointer("/spec/selector")),
+            lotse_core::selectors::selector_string(obj.pointer("/spec/selector")),
         ),
     };
     json!({
@@ -452,7 +452,7 @@ fn budget_selects(pdb: &Value, pod: &Value) -> bool {
     let Some(sel) = fields::at(pdb, &["spec", "selector"]).filter(|s| s.is_object()) else {
         return false;
     };
-    crate::registry::resources::label_selector_matches(
+    lotse_core::selectors::selector_value_matches(
         sel,
         pod.pointer("/metadata/labels").and_then(Value::as_object),
     )

@@ -42,6 +42,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use lotse_core::selectors::label_selector_matches;
 
 use super::model::Protocol;
 use super::render::{Chain, Ruleset, Set};
@@ -109,28 +110,6 @@ fn pod_info<'a>(pod: &'a Pod, node_name: &str) -> Option<PodInfo<'a>> {
         local: spec.node_name.as_deref() == Some(node_name),
         ports,
     })
-}
-
-/// Whether `sel` selects an object with `labels` (matchLabels and matchExpressions ANDed; an
-/// empty selector selects everything; an invalid operator selects nothing).
-pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    labels_ok
-        && sel.match_expressions.iter().flatten().all(|e| {
-            let values = e.values.as_deref().unwrap_or(&[]);
-            let have = labels.get(&e.key);
-            match e.operator.as_str() {
-                "In" => have.is_some_and(|v| values.contains(v)),
-                "NotIn" => have.is_none_or(|v| !values.contains(v)),
-                "Exists" => have.is_some(),
-                "DoesNotExist" => have.is_none(),
-                _ => false,
-            }
-        })
 }
 
 /// Which way a rule looks.
@@ -292,7 +271,7 @@ pub fn render(r: &mut Ruleset, node_name: &str, objs: &Objects) {
             .get(ns)
             .into_iter()
             .flatten()
-            .filter(|p| p.local && selector_matches(selector, p.labels))
+            .filter(|p| p.local && label_selector_matches(selector, p.labels))
             .collect();
         if targets.is_empty() {
             // Nothing of this node is selected: no rules needed here.
@@ -451,7 +430,7 @@ fn peer_matches(
                     Some(sel) => world
                         .ns_labels
                         .iter()
-                        .filter(|(_, l)| selector_matches(sel, l))
+                        .filter(|(_, l)| label_selector_matches(sel, l))
                         .map(|(n, _)| *n)
                         .collect(),
                 };
@@ -459,7 +438,7 @@ fn peer_matches(
                     .iter()
                     .filter_map(|n| world.by_ns.get(n))
                     .flatten()
-                    .filter(|p| selector_matches(pod_sel, p.labels))
+                    .filter(|p| label_selector_matches(pod_sel, p.labels))
                     .map(|p| p.ip.to_string())
                     .collect();
                 new_set(r, &set, ADDR_SET, ips);
@@ -931,24 +910,24 @@ mod tests {
     fn selectors() {
         let l: BTreeMap<String, String> = [("app".to_string(), "a".to_string())].into();
         let sel = |v: serde_json::Value| serde_json::from_value::<LabelSelector>(v).unwrap();
-        assert!(selector_matches(&sel(json!({})), &l));
-        assert!(selector_matches(
+        assert!(label_selector_matches(&sel(json!({})), &l));
+        assert!(label_selector_matches(
             &sel(json!({"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]})),
             &l
         ));
-        assert!(selector_matches(
+        assert!(label_selector_matches(
             &sel(
                 json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["b"]}]})
             ),
             &l
         ));
-        assert!(!selector_matches(
+        assert!(!label_selector_matches(
             &sel(
                 json!({"matchExpressions": [{"key": "app", "operator": "Exists"}], "matchLabels": {"x": "y"}})
             ),
             &l
         ));
-        assert!(!selector_matches(
+        assert!(!label_selector_matches(
             &sel(json!({"matchExpressions": [{"key": "app", "operator": "Bogus"}]})),
             &l
         ));

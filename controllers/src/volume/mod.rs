@@ -202,17 +202,10 @@ pub fn volume_fits_node(pv: &PersistentVolume, node_labels: &BTreeMap<String, St
         return true;
     };
     req.node_selector_terms.iter().any(|t| {
-        let exprs_ok = t.match_expressions.iter().flatten().all(|e| {
-            let v = node_labels.get(&e.key);
-            let vals = e.values.as_deref().unwrap_or_default();
-            match e.operator.as_str() {
-                "In" => v.is_some_and(|v| vals.contains(v)),
-                "NotIn" => v.is_none_or(|v| !vals.contains(v)),
-                "Exists" => v.is_some(),
-                "DoesNotExist" => v.is_none(),
-                _ => false,
-            }
-        });
+        let exprs_ok =
+            t.match_expressions.iter().flatten().all(|e| {
+                lotse_core::selectors::node_requirement_matches(e, node_labels.get(&e.key))
+            });
         // A term with neither expressions nor fields selects nothing (Kubernetes' semantics).
         let has_any = t.match_expressions.as_ref().is_some_and(|e| !e.is_empty())
             || t.match_fields.as_ref().is_some_and(|f| !f.is_empty());

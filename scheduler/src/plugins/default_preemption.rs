@@ -21,12 +21,12 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use lotse_core::selectors::label_selector_matches;
 
 use crate::algorithm::Profile;
 use crate::cache::Cache;
 use crate::events::{EventSink, EventType, PodEvent};
 use crate::framework::{Code, CycleState, NodeInfo, PodInfo};
-use crate::plugins::label_selector_matches;
 
 /// The pods to remove from one node and how many budgets that violates.
 #[derive(Debug, Clone)]

@@ -1,5 +1,5 @@
 //! The filter and score plugins of the default Kubernetes profile, one file per plugin, plus the
-//! selector and toleration helpers they share.
+//! toleration helpers they share (label and node selector matching is `lotse_core::selectors`).
 
 pub mod balanced_allocation;
 pub mod default_preemption;
@@ -14,10 +14,7 @@ pub mod pod_topology_spread;
 pub mod taint_toleration;
 pub mod volume_binding;
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::core::v1::{NodeSelectorRequirement, Taint, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::api::core::v1::{Taint, Toleration};
 
 use crate::framework::{FilterPlugin, ScorePlugin};
 
@@ -48,55 +45,6 @@ pub fn default_scores() -> Vec<Box<dyn ScorePlugin>> {
         Box::new(balanced_allocation::BalancedAllocation),
         Box::new(image_locality::ImageLocality),
     ]
-}
-
-/// `metav1.LabelSelectorAsSelector` semantics: an empty selector matches everything.
-pub fn label_selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    if let Some(ml) = &sel.match_labels
-        && ml.iter().any(|(k, v)| labels.get(k) != Some(v))
-    {
-        return false;
-    }
-    for e in sel.match_expressions.iter().flatten() {
-        let val = labels.get(&e.key);
-        let values = e.values.as_deref().unwrap_or_default();
-        let ok = match e.operator.as_str() {
-            "In" => val.is_some_and(|v| values.contains(v)),
-            "NotIn" => val.is_none_or(|v| !values.contains(v)),
-            "Exists" => val.is_some(),
-            "DoesNotExist" => val.is_none(),
-            _ => false,
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
-}
-
-/// One node selector requirement against a value (label value or field value).
-pub fn node_requirement_matches(r: &NodeSelectorRequirement, value: Option<&String>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), [bound]) = (value, values) else {
-                return false;
-            };
-            let (Ok(v), Ok(bound)) = (v.parse::<i64>(), bound.parse::<i64>()) else {
-                return false;
-            };
-            if r.operator == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
 }
 
 /// `Toleration.ToleratesTaint`.

@@ -2,8 +2,8 @@
 //! (score).
 
 use k8s_openapi::api::core::v1::NodeSelectorTerm;
+use lotse_core::selectors::node_requirement_matches;
 
-use super::node_requirement_matches;
 use crate::framework::{
     CycleState, FilterPlugin, NodeInfo, PodInfo, ScorePlugin, Status, default_normalize,
 };

@@ -5,8 +5,9 @@ use std::collections::{HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::TopologySpreadConstraint;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use lotse_core::selectors::label_selector_matches;
 
-use super::{label_selector_matches, node_affinity, tolerated};
+use super::{node_affinity, tolerated};
 use crate::framework::{
     CycleState, FilterPlugin, MAX_NODE_SCORE, NodeInfo, PodInfo, ScorePlugin, StateKey, Status,
 };

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use lotse_core::Quantity;
+use lotse_core::selectors::node_requirement_matches;
 
 use crate::cache::Cache;
 use crate::framework::{CycleState, FilterPlugin, NodeInfo, PodInfo, StateKey, Status};
@@ -79,7 +80,7 @@ pub fn volume_fits(pv: &PersistentVolume, labels: &BTreeMap<String, String>) -> 
         !exprs.is_empty()
             && exprs
                 .iter()
-                .all(|e| super::node_requirement_matches(e, labels.get(&e.key)))
+                .all(|e| node_requirement_matches(e, labels.get(&e.key)))
     })
 }
 

@@ -3,6 +3,7 @@
 //! `autoregister.rs`.
 
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as regv1;
+use lotse_core::names::{dns1035_label, dns1123_subdomain};
 use serde_json::{Value, json};
 
 use super::util::*;
@@ -117,14 +118,14 @@ fn validate_apiservice(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
             &mut errs,
             "spec.group",
             &json!(group),
-            dns1123_subdomain_errors(group),
+            dns1123_subdomain(group),
         );
     }
     push_invalid_all(
         &mut errs,
         "spec.version",
         &json!(version),
-        crate::validation::dns1035_label(version),
+        dns1035_label(version),
     );
     let gp = int(o, &["spec", "groupPriorityMinimum"]);
     if gp <= 0 || gp > 20000 {

@@ -1,6 +1,7 @@
 //! apps/v1 entries: deployments, replicasets, statefulsets, daemonsets.
 
 use k8s_openapi::api::apps::v1 as appsv1;
+use lotse_core::selectors::{selector_string, selector_value_matches};
 use serde_json::{Value, json};
 
 use super::pod;
@@ -100,7 +101,7 @@ fn validate_selector_and_template(
     // A nil selector selects nothing; an empty one everything (and is reported above).
     let mismatch = match sel {
         None => true,
-        Some(sel) => !selector_is_empty(sel) && !selector_matches(sel, labels),
+        Some(sel) => !selector_is_empty(sel) && !selector_value_matches(sel, labels),
     };
     if mismatch {
         errs.push(invalid_raw(

@@ -1,6 +1,7 @@
 //! batch/v1 entries: jobs and cronjobs.
 
 use k8s_openapi::api::batch::v1 as batchv1;
+use lotse_core::selectors::selector_value_matches;
 use serde_json::{Value, json};
 
 use super::pod;
@@ -137,7 +138,7 @@ fn validate_job(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
         validate_has_label(&mut errs, o, UID, uid);
         validate_has_label(&mut errs, o, NAME, name);
         let expected = json!({LEGACY_UID: uid, LEGACY_NAME: name, UID: uid, NAME: name});
-        if !selector_matches(sel, expected.as_object()) {
+        if !selector_value_matches(sel, expected.as_object()) {
             errs.push(invalid_raw(
                 "spec.selector",
                 &go_label_selector(sel),
@@ -152,7 +153,7 @@ fn validate_job(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
         Some(sel) => validate_label_selector(&mut errs, sel, "spec.selector"),
     }
     let labels = obj(o, &["spec", "template", "metadata", "labels"]);
-    if sel.is_none_or(|sel| !selector_matches(sel, labels)) {
+    if sel.is_none_or(|sel| !selector_value_matches(sel, labels)) {
         errs.push(invalid_raw(
             "spec.template.metadata.labels",
             &go_string_map(fields::at(o, &["spec", "template", "metadata", "labels"])),

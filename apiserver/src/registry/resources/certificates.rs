@@ -5,6 +5,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::api::certificates::v1 as certv1;
+use lotse_core::names::{dns1123_label, dns1123_subdomain};
 use serde_json::{Map, Value, json};
 
 use super::util::*;
@@ -304,7 +305,7 @@ fn signer_name_errors(errs: &mut Vec<FieldError>, name: &str) {
     let labels: Vec<&str> = domain.split('.').collect();
     if let Some((lbl, e)) = labels
         .iter()
-        .find_map(|l| dns1123_label_errors(l).into_iter().next().map(|e| (l, e)))
+        .find_map(|l| dns1123_label(l).into_iter().next().map(|e| (l, e)))
     {
         errs.push(FieldError::invalid(
             field,
@@ -319,12 +320,10 @@ fn signer_name_errors(errs: &mut Vec<FieldError>, name: &str) {
             "should be a domain with at least two segments separated by dots",
         ));
     }
-    if let Some((lbl, e)) = path.split('.').find_map(|l| {
-        dns1123_subdomain_errors(l)
-            .into_iter()
-            .next()
-            .map(|e| (l, e))
-    }) {
+    if let Some((lbl, e)) = path
+        .split('.')
+        .find_map(|l| dns1123_subdomain(l).into_iter().next().map(|e| (l, e)))
+    {
         errs.push(FieldError::invalid(
             field,
             &json!(path),

@@ -2,6 +2,7 @@
 //! resourcequotas, limitranges (namespaces and configmaps live in `mod.rs`).
 
 use k8s_openapi::api::core::v1 as corev1;
+use lotse_core::names::{dns1123_label, dns1123_subdomain, max_len_error};
 use serde_json::{Value, json};
 
 use super::pod;
@@ -588,7 +589,7 @@ fn validate_service(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
                 &mut errs,
                 "spec.externalName",
                 &json!(en),
-                dns1123_subdomain_errors(en.trim_end_matches('.')),
+                dns1123_subdomain(en.trim_end_matches('.')),
             );
         }
     }
@@ -621,7 +622,7 @@ fn validate_service(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
                 &mut errs,
                 &format!("{pp}.name"),
                 &json!(name),
-                dns1123_label_errors(name),
+                dns1123_label(name),
             );
             if !names.insert(name.to_string()) {
                 errs.push(FieldError::duplicate(format!("{pp}.name"), &json!(name)));
@@ -875,7 +876,7 @@ fn validate_endpoints(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
                     &mut errs,
                     &format!("{pp}.name"),
                     &json!(name),
-                    dns1123_label_errors(name),
+                    dns1123_label(name),
                 );
             }
             let port = int(p, &["port"]);

@@ -1,6 +1,7 @@
 //! discovery.k8s.io/v1 entries: endpointslices.
 
 use k8s_openapi::api::discovery::v1 as discv1;
+use lotse_core::names::dns1123_subdomain;
 use serde_json::{Value, json};
 
 use super::util::*;
@@ -126,7 +127,7 @@ fn validate_endpointslice(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
             let ok = match at {
                 "IPv4" => a.parse::<std::net::Ipv4Addr>().is_ok(),
                 "IPv6" => a.parse::<std::net::Ipv6Addr>().is_ok(),
-                _ => dns1123_subdomain_errors(a).is_empty(),
+                _ => dns1123_subdomain(a).is_empty(),
             };
             if !ok {
                 let detail = match at {

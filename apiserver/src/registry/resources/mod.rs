@@ -46,7 +46,6 @@ pub use self::storage::{
     BETA_CLASS_ANNOTATION, DEFAULT_CLASS_ANNOTATION, PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES,
     STORAGECLASSES, is_default_class,
 };
-pub(crate) use self::util::selector_matches as label_selector_matches;
 
 /// Every served resource.
 pub static ALL: &[ResourceDef] = &[

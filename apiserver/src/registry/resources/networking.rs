@@ -1,6 +1,7 @@
 //! networking.k8s.io/v1 entries: networkpolicies, ingresses, ingressclasses.
 
 use k8s_openapi::api::networking::v1 as netv1;
+use lotse_core::names::{dns1035_label, dns1123_subdomain, max_len_error};
 use serde_json::{Value, json};
 
 use super::util::*;
@@ -324,7 +325,7 @@ fn wildcard_dns1123_errors(v: &str) -> Vec<String> {
     }
     let ok = v
         .strip_prefix("*.")
-        .is_some_and(|rest| dns1123_subdomain_errors(rest).is_empty());
+        .is_some_and(|rest| dns1123_subdomain(rest).is_empty());
     if !ok {
         out.push("a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain, which must consist of lower case alphanumeric characters, '-' or '.' and end with an alphanumeric character (e.g. '*.example.com', regex used for validation is '\\*\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".to_string());
     }
@@ -335,7 +336,7 @@ fn host_errors(host: &str) -> Vec<String> {
     if host.contains('*') {
         wildcard_dns1123_errors(host)
     } else {
-        dns1123_subdomain_errors(host)
+        dns1123_subdomain(host)
     }
 }
 
@@ -367,7 +368,7 @@ fn validate_backend(errs: &mut Vec<FieldError>, b: &Value, path: &str) {
                     errs,
                     &format!("{path}.service.name"),
                     &json!(name),
-                    crate::validation::dns1035_label(name),
+                    dns1035_label(name),
                 );
             }
             let port_name = s(b, &["service", "port", "name"]);
@@ -531,7 +532,7 @@ fn validate_ingress(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
                 &mut errs,
                 &format!("spec.tls[{i}].secretName"),
                 &json!(secret),
-                dns1123_subdomain_errors(secret),
+                dns1123_subdomain(secret),
             );
         }
     }
@@ -540,7 +541,7 @@ fn validate_ingress(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
             &mut errs,
             "spec.ingressClassName",
             &json!(class),
-            dns1123_subdomain_errors(class),
+            dns1123_subdomain(class),
         );
     }
     errs
@@ -564,7 +565,7 @@ fn validate_ingress_class(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
     } else {
         match controller.split_once('/') {
             Some((host, p)) if !host.is_empty() && !p.is_empty() => {
-                push_invalid_all(&mut errs, f, &json!(host), dns1123_subdomain_errors(host));
+                push_invalid_all(&mut errs, f, &json!(host), dns1123_subdomain(host));
                 let ok = p
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "/-._~%!$&'()*+,;=:".contains(c));

@@ -3,6 +3,7 @@
 
 use k8s_openapi::api::node::v1 as nodev1;
 use lotse_core::Quantity;
+use lotse_core::names::dns1123_label;
 use serde_json::{Value, json};
 
 use super::util::*;
@@ -40,7 +41,7 @@ fn validate_runtime_class(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
         &mut errs,
         "handler",
         &json!(handler),
-        dns1123_label_errors(handler),
+        dns1123_label(handler),
     );
     if let Some(fixed) = obj(o, &["overhead", "podFixed"]) {
         // `validateOverhead` reuses ValidateResourceRequirements with the overhead as limits.

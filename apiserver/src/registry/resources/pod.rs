@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 
+use lotse_core::names::{dns1123_label, dns1123_subdomain};
 use lotse_core::qos::pod_qos_class;
 use serde_json::{Map, Value, json};
 
@@ -372,7 +373,7 @@ fn validate_container(
             errs,
             &format!("{path}.name"),
             &json!(name),
-            dns1123_label_errors(name),
+            dns1123_label(name),
         );
     }
     if s(c, &["image"]).is_empty() {
@@ -456,7 +457,7 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<FieldError> {
         if name.is_empty() {
             errs.push(FieldError::required(vp, ""));
         } else {
-            push_invalid_all(&mut errs, &vp, &json!(name), dns1123_label_errors(name));
+            push_invalid_all(&mut errs, &vp, &json!(name), dns1123_label(name));
             if !vol_names.insert(name.to_string()) {
                 errs.push(FieldError::duplicate(vp, &json!(name)));
             }
@@ -537,7 +538,7 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<FieldError> {
                 &mut errs,
                 &format!("{path}.{key}"),
                 &json!(v),
-                dns1123_label_errors(v),
+                dns1123_label(v),
             );
         }
     }
@@ -547,7 +548,7 @@ pub(crate) fn validate_pod_spec(spec: &Value, path: &str) -> Vec<FieldError> {
             &mut errs,
             &format!("{path}.serviceAccountName"),
             &json!(sa),
-            dns1123_subdomain_errors(sa),
+            dns1123_subdomain(sa),
         );
     }
     validate_tolerations(

@@ -1,6 +1,7 @@
 //! rbac.authorization.k8s.io/v1 entries: roles, rolebindings, clusterroles, clusterrolebindings.
 
 use k8s_openapi::api::rbac::v1 as rbacv1;
+use lotse_core::names::dns1123_subdomain;
 use serde_json::{Value, json};
 
 use super::util::*;
@@ -228,7 +229,7 @@ fn validate_binding(o: &Value, old: Option<&Value>, namespaced: bool) -> Vec<Fie
                         &mut errs,
                         &format!("{p}.name"),
                         &json!(sname),
-                        dns1123_subdomain_errors(sname),
+                        dns1123_subdomain(sname),
                     );
                 }
                 if !sg.is_empty() {

@@ -7,6 +7,7 @@
 use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::api::storage::v1 as storagev1;
 use lotse_core::Quantity;
+use lotse_core::names::dns1123_subdomain;
 use serde_json::{Map, Value, json};
 
 use super::util::*;
@@ -402,7 +403,7 @@ fn validate_access_modes(
 
 fn validate_class_name(errs: &mut Vec<FieldError>, o: &Value, field: &str) {
     if let Some(c) = fields::str_at(o, &["spec", "storageClassName"]).filter(|c| !c.is_empty()) {
-        push_invalid_all(errs, field, &json!(c), dns1123_subdomain_errors(c));
+        push_invalid_all(errs, field, &json!(c), dns1123_subdomain(c));
     }
 }
 

@@ -1,6 +1,9 @@
 //! Shared helpers for the registry entries: JSON accessors, table cells, Go-style value rendering
-//! (as Kubernetes prints values in field errors), label selectors and name/port validation.
+//! (as Kubernetes prints values in field errors), label selector checks and port validation (label
+//! selector strings and matching, and the DNS name checks, are `lotse_core`'s).
 
+use lotse_core::names::max_len_error;
+use lotse_core::selectors::selector_string;
 use serde_json::{Map, Value};
 
 use crate::registry::{
@@ -206,41 +209,6 @@ pub(crate) fn format_labels(m: Option<&Map<String, Value>>) -> String {
         .join(",")
 }
 
-/// `labels.Selector.String()` of a `metav1.LabelSelector` ("" for nil or empty selectors).
-pub(crate) fn selector_string(sel: Option<&Value>) -> String {
-    let Some(sel) = sel.filter(|v| v.is_object()) else {
-        return String::new();
-    };
-    let mut reqs: Vec<(String, String)> = Vec::new();
-    if let Some(m) = obj(sel, &["matchLabels"]) {
-        for (k, v) in m {
-            reqs.push((k.clone(), format!("{k}={}", v.as_str().unwrap_or(""))));
-        }
-    }
-    for e in arr(sel, &["matchExpressions"]) {
-        let key = s(e, &["key"]);
-        let mut vals: Vec<&str> = arr(e, &["values"])
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        vals.sort_unstable();
-        vals.dedup();
-        let r = match s(e, &["operator"]) {
-            "In" => format!("{key} in ({})", vals.join(",")),
-            "NotIn" => format!("{key} notin ({})", vals.join(",")),
-            "Exists" => key.to_string(),
-            "DoesNotExist" => format!("!{key}"),
-            _ => continue,
-        };
-        reqs.push((key.to_string(), r));
-    }
-    reqs.sort_by(|a, b| a.0.cmp(&b.0));
-    reqs.into_iter()
-        .map(|(_, r)| r)
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// `metav1.FormatLabelSelector`: like [`selector_string`] but `<none>` when empty.
 pub(crate) fn format_label_selector(sel: Option<&Value>) -> String {
     let s = selector_string(sel);
@@ -255,37 +223,6 @@ pub(crate) fn format_label_selector(sel: Option<&Value>) -> String {
 pub(crate) fn selector_is_empty(sel: &Value) -> bool {
     obj(sel, &["matchLabels"]).is_none_or(|m| m.is_empty())
         && arr(sel, &["matchExpressions"]).is_empty()
-}
-
-/// Whether a `metav1.LabelSelector` matches a label set (`LabelSelectorAsSelector` semantics:
-/// an empty selector matches everything).
-pub(crate) fn selector_matches(sel: &Value, labels: Option<&Map<String, Value>>) -> bool {
-    let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
-    if let Some(m) = obj(sel, &["matchLabels"]) {
-        for (k, v) in m {
-            if get(k) != v.as_str() {
-                return false;
-            }
-        }
-    }
-    for e in arr(sel, &["matchExpressions"]) {
-        let key = s(e, &["key"]);
-        let vals: Vec<&str> = arr(e, &["values"])
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        let ok = match s(e, &["operator"]) {
-            "In" => get(key).is_some_and(|v| vals.contains(&v)),
-            "NotIn" => get(key).is_none_or(|v| !vals.contains(&v)),
-            "Exists" => get(key).is_some(),
-            "DoesNotExist" => get(key).is_none(),
-            _ => false,
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
 }
 
 /// Go's `%q` of a string (close enough: JSON string escaping).
@@ -438,51 +375,6 @@ pub(crate) fn nonnegative(errs: &mut Vec<FieldError>, v: &Value, path: &[&str], 
             "must be greater than or equal to 0",
         ));
     }
-}
-
-/// Kubernetes' "must be no more than N characters" message.
-pub(crate) fn max_len_error(n: usize) -> String {
-    format!("must be no more than {n} characters")
-}
-
-fn is_label_char(c: char) -> bool {
-    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
-}
-
-fn matches_dns1123_label(v: &str) -> bool {
-    !v.is_empty() && v.chars().all(is_label_char) && !v.starts_with('-') && !v.ends_with('-')
-}
-
-fn matches_dns1123_subdomain(v: &str) -> bool {
-    v.split('.').all(matches_dns1123_label)
-}
-
-/// `validation.IsDNS1123Label` error messages.
-pub(crate) fn dns1123_label_errors(v: &str) -> Vec<String> {
-    let mut errs = Vec::new();
-    if v.len() > 63 {
-        errs.push(max_len_error(63));
-    }
-    if !matches_dns1123_label(v) {
-        if matches_dns1123_subdomain(v) {
-            errs.push("must not contain dots".to_string());
-        } else {
-            errs.push("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')".to_string());
-        }
-    }
-    errs
-}
-
-/// `validation.IsDNS1123Subdomain` error messages.
-pub(crate) fn dns1123_subdomain_errors(v: &str) -> Vec<String> {
-    let mut errs = Vec::new();
-    if v.len() > 253 {
-        errs.push(max_len_error(253));
-    }
-    if !matches_dns1123_subdomain(v) {
-        errs.push("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".to_string());
-    }
-    errs
 }
 
 /// `validation.IsValidPortNum` messages.
