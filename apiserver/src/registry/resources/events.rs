@@ -1,4 +1,4 @@
-//! events.k8s.io/v1 entries: events.
+//! Events: core/v1 events and their events.k8s.io/v1 view.
 //!
 //! Kubernetes stores core/v1 and events.k8s.io/v1 Events as the same objects (one key,
 //! `/registry/events/<ns>/<name>`) and converts between the two shapes (`regarding` ↔
@@ -8,10 +8,10 @@
 //! core/v1 shape ([`to_core_event`]) and serves the events.k8s.io/v1 one ([`from_core_event`]),
 //! in handlers and the watch cache alike.
 
+use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::api::events::v1 as eventsv1;
 use serde_json::{Map, Value, json};
 
-use super::core::{EVENT_COLUMNS, core_event_cells};
 use super::util::*;
 use crate::registry::*;
 
@@ -189,6 +189,205 @@ fn validate_event_v1(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
     errs
 }
 
+// ---------------------------------------------------------------------------------------------
+// events (core/v1)
+
+/// core/v1 events. Stored under `events` (Kubernetes stores core and events.k8s.io Events as the
+/// same objects; here events.k8s.io has its own prefix, see `events.rs`).
+pub const EVENTS: ResourceDef = ResourceDef {
+    short_names: &["ev"],
+    validate: validate_core_event,
+    columns: EVENT_COLUMNS,
+    cells: core_event_cells,
+    field: core_event_field,
+    selectable_fields: EVENT_SELECTABLE,
+    ..def_of::<corev1::Event>("", "v1", "Event", "events", "event")
+};
+
+/// The event table columns (shared with events.k8s.io).
+pub(crate) const EVENT_COLUMNS: &[Column] = &[
+    col(
+        "Last Seen",
+        "string",
+        0,
+        "The time at which the most recent occurrence of this event was recorded.",
+    ),
+    col(
+        "Type",
+        "string",
+        0,
+        "Type of this event (Normal, Warning), new types could be added in the future",
+    ),
+    col(
+        "Reason",
+        "string",
+        0,
+        "This should be a short, machine understandable string that gives the reason for the transition into the object's current status.",
+    ),
+    col(
+        "Object",
+        "string",
+        0,
+        "The object that this event is about.",
+    ),
+    col(
+        "Subobject",
+        "string",
+        1,
+        "If referring to a piece of an object instead of an entire object, this string should contain a valid JSON/Go field access statement.",
+    ),
+    col(
+        "Source",
+        "string",
+        1,
+        "The component reporting this event. Should be a short machine understandable string.",
+    ),
+    col(
+        "Message",
+        "string",
+        0,
+        "A human-readable description of the status of this operation.",
+    ),
+    col(
+        "First Seen",
+        "string",
+        1,
+        "The time at which the event was first recorded. (Time of server receipt is in TypeMeta.)",
+    ),
+    col(
+        "Count",
+        "string",
+        1,
+        "The number of times this event has occurred.",
+    ),
+    Column {
+        priority: 1,
+        ..NAME_COLUMN
+    },
+];
+
+/// Field selectors of core/v1 events.
+pub(crate) const EVENT_SELECTABLE: &[&str] = &[
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
+];
+
+fn validate_core_event(o: &Value, _old: Option<&Value>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let ns = fields::namespace(o);
+    let ino = s(o, &["involvedObject", "namespace"]);
+    if !ns.is_empty() && !ino.is_empty() && ns != ino {
+        errs.push(FieldError::invalid(
+            "involvedObject.namespace",
+            &json!(ino),
+            "does not match event.namespace",
+        ));
+    }
+    let ty = s(o, &["type"]);
+    if (!s(o, &["reportingComponent"]).is_empty() || present(o, &["eventTime"]))
+        && ty != "Normal"
+        && ty != "Warning"
+    {
+        errs.push(FieldError::invalid(
+            "type",
+            &json!(ty),
+            "has invalid value: expected Normal or Warning",
+        ));
+    }
+    errs
+}
+
+fn since(ts: &str) -> String {
+    match ts.parse::<jiff::Timestamp>() {
+        Ok(t) => {
+            fields::human_duration((jiff::Timestamp::now().as_second() - t.as_second()).max(0))
+        }
+        Err(_) => "<unknown>".to_string(),
+    }
+}
+
+/// The event row from core/v1-shaped fields (`printEvent`).
+pub(crate) fn core_event_cells(o: &Value) -> Vec<Value> {
+    let first_ts = s(o, &["firstTimestamp"]);
+    let first = if first_ts.is_empty() {
+        since(s(o, &["eventTime"]))
+    } else {
+        since(first_ts)
+    };
+    let last_ts = s(o, &["lastTimestamp"]);
+    let mut last = if last_ts.is_empty() {
+        first.clone()
+    } else {
+        since(last_ts)
+    };
+    let mut count = int(o, &["count"]);
+    if present(o, &["series"]) {
+        last = since(s(o, &["series", "lastObservedTime"]));
+        count = int(o, &["series", "count"]);
+    } else if count == 0 {
+        count = 1;
+    }
+    let kind = lower(s(o, &["involvedObject", "kind"]));
+    let name = s(o, &["involvedObject", "name"]);
+    let target = if name.is_empty() {
+        kind
+    } else {
+        format!("{kind}/{name}")
+    };
+    let component = match s(o, &["source", "component"]) {
+        "" => s(o, &["reportingComponent"]),
+        c => c,
+    };
+    let host = match s(o, &["source", "host"]) {
+        "" => s(o, &["reportingInstance"]),
+        h => h,
+    };
+    let source = if host.is_empty() {
+        component.to_string()
+    } else {
+        format!("{component}, {host}")
+    };
+    vec![
+        cell(last),
+        cell(s(o, &["type"])),
+        cell(s(o, &["reason"])),
+        cell(target),
+        cell(s(o, &["involvedObject", "fieldPath"])),
+        cell(source),
+        cell(s(o, &["message"]).trim()),
+        cell(first),
+        Value::from(count),
+        name_cell(o),
+    ]
+}
+
+/// Field selector values of a core/v1-shaped event.
+pub(crate) fn core_event_field(o: &Value, f: &str) -> Option<String> {
+    if let Some(v) = object_reference_field(o, "involvedObject", f) {
+        return Some(v.to_string());
+    }
+    let v = match f {
+        "reason" => s(o, &["reason"]),
+        "reportingComponent" => s(o, &["reportingComponent"]),
+        "source" => match s(o, &["source", "component"]) {
+            "" => s(o, &["reportingComponent"]),
+            c => c,
+        },
+        "type" => s(o, &["type"]),
+        _ => return None,
+    };
+    Some(v.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +414,18 @@ mod tests {
             .collect();
         assert_eq!(msgs[0], "eventTime: Required value");
         assert_eq!(msgs[1], "type: Invalid value: \"\": has invalid value: Bad");
+    }
+
+    #[test]
+    fn core_event_cells_and_fields() {
+        let ev = json!({"metadata": {"name": "e", "namespace": "default"}, "involvedObject": {"kind": "Pod", "name": "p"},
+            "reason": "Started", "message": " hi ", "type": "Normal", "count": 3,
+            "source": {"component": "kubelet", "host": "n1"}});
+        let cells = core_event_cells(&ev);
+        assert_eq!(cells[3], "pod/p");
+        assert_eq!(cells[5], "kubelet, n1");
+        assert_eq!(cells[6], "hi");
+        assert_eq!(cells[8], 3);
+        assert_eq!(core_event_field(&ev, "source").as_deref(), Some("kubelet"));
     }
 }

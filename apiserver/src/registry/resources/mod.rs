@@ -17,8 +17,11 @@ mod networking;
 mod node;
 pub(crate) mod pod;
 mod policy;
+mod quota;
 mod rbac;
 mod scheduling;
+mod secrets;
+mod services;
 mod storage;
 mod util;
 
@@ -28,20 +31,21 @@ pub use self::autoscaling::{HPA_V1, HPA_V2};
 pub use self::batch::{CRONJOBS, JOBS};
 pub use self::certificates::CERTIFICATESIGNINGREQUESTS;
 pub use self::coordination::LEASES;
-pub use self::core::{
-    ENDPOINTS, EVENTS, LIMITRANGES, NODES, PODS, RESOURCEQUOTAS, SECRETS, SERVICEACCOUNTS, SERVICES,
-};
+pub use self::core::{NODES, PODS};
 pub use self::core_extra::{COMPONENTSTATUSES, PODTEMPLATES, REPLICATIONCONTROLLERS};
 pub use self::discovery::ENDPOINTSLICES;
-pub use self::events::{EVENTS_V1, from_core_event, to_core_event};
+pub use self::events::{EVENTS, EVENTS_V1, from_core_event, to_core_event};
 pub use self::networking::{
     DEFAULT_INGRESS_CLASS_ANNOTATION, INGRESSCLASSES, INGRESSES, NETWORKPOLICIES,
     is_default_ingress_class,
 };
 pub use self::node::RUNTIMECLASSES;
 pub use self::policy::PODDISRUPTIONBUDGETS;
+pub use self::quota::{LIMITRANGES, RESOURCEQUOTAS};
 pub use self::rbac::{CLUSTERROLEBINDINGS, CLUSTERROLES, ROLEBINDINGS, ROLES};
 pub use self::scheduling::{PRIORITYCLASSES, SYSTEM_PRIORITY_CLASSES, system_priority_class};
+pub use self::secrets::{SECRETS, SERVICEACCOUNTS};
+pub use self::services::{ENDPOINTS, SERVICES};
 pub use self::storage::{
     BETA_CLASS_ANNOTATION, DEFAULT_CLASS_ANNOTATION, PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES,
     STORAGECLASSES, is_default_class,
@@ -215,7 +219,7 @@ fn validate_configmap(o: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let binary = o.get("binaryData").and_then(Value::as_object);
     for (field, m) in [("data", data), ("binaryData", binary)] {
         for k in m.into_iter().flat_map(|m| m.keys()) {
-            for msg in self::core::config_key_errors(k) {
+            for msg in self::secrets::config_key_errors(k) {
                 errs.push(FieldError::invalid(
                     format!("{field}[{k}]"),
                     &Value::String(k.clone()),
