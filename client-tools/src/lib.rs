@@ -1,6 +1,7 @@
 //! Client-side helpers shared by Lotse's components (controllers, scheduler, kubelet), as
 //! client-go's `tools/` packages: [`http2`] (a kube client sharing one HTTP/2 connection, as
-//! client-go's transport), [`leaderelection`] (one active replica behind a
+//! client-go's transport), [`informer`] (store readiness many tasks can await),
+//! [`leaderelection`] (one active replica behind a
 //! `coordination.k8s.io/v1` Lease), [`record`] (the event recorder) and [`parse_duration`]
 //! (Go durations, as the components' `--*-duration`/`--*-period` flags take them).
 //!
@@ -9,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod http2;
+pub mod informer;
 pub mod leaderelection;
 pub mod record;
 
