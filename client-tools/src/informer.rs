@@ -4,13 +4,8 @@
 //! kube-runtime 5's `Store::wait_until_ready` keeps the waker of only one waiting task (its
 //! one-shot receiver holds a single waker): with two reconciles waiting at once, one is never
 //! woken, and since its object's slot stays busy its controller never syncs that object again.
-//! Components await a [`Ready`] instead: fed by the reflector stream ([`readiness`] and
-//! [`ReadySetter::observe`]) where the caller owns the stream, or by one task that is the
-//! store's only waiter ([`store_ready`]) where a `Controller` owns it.
-
-use std::hash::Hash;
-
-use kube::runtime::reflector::{Lookup, Store};
+//! Components await a [`Ready`] instead, fed by the reflector stream ([`readiness`] and
+//! [`ReadySetter::observe`]).
 
 /// Whether a reflector's first list is in its store, awaitable by any number of tasks at once.
 ///
@@ -44,23 +39,6 @@ impl Ready {
         let mut rx = self.0.clone();
         rx.wait_for(|ready| *ready).await.is_ok()
     }
-}
-
-/// The readiness of `store`, awaitable by many: one spawned task is the store's only
-/// `wait_until_ready` waiter. Never ready if the store's writer is dropped first.
-pub fn store_ready<K>(store: &Store<K>) -> Ready
-where
-    K: Lookup + Clone + Send + Sync + 'static,
-    K::DynamicType: Eq + Hash + Clone + Send + Sync,
-{
-    let (setter, ready) = readiness();
-    let store = store.clone();
-    tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            setter.0.send_replace(true);
-        }
-    });
-    ready
 }
 
 #[cfg(test)]

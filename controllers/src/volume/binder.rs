@@ -21,7 +21,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use client_tools::informer::{Ready, store_ready};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -54,16 +53,6 @@ pub(super) struct Ctx {
     pub(super) classes: Store<StorageClass>,
     /// Rancher's `local-path-config` ConfigMap, when it exists.
     pub(super) local_path_config: Store<ConfigMap>,
-    /// Whether each store above holds its first list (many reconciles may wait at once).
-    pub(super) ready: StoresReady,
-}
-
-/// Readiness of the binder's stores (see [`client_tools::informer`]).
-pub(super) struct StoresReady {
-    pub(super) volumes: Ready,
-    pub(super) claims: Ready,
-    pub(super) classes: Ready,
-    pub(super) local_path_config: Ready,
 }
 
 /// Runs the claim and volume reconcilers until one of their streams ends.
@@ -107,23 +96,15 @@ pub async fn run(client: Client, recorder: Recorder, settings: Settings) -> Resu
     )
     .default_backoff()
     .for_each(|_| futures::future::ready(()));
-    let volume_store = volumes.store();
-    let ready = StoresReady {
-        volumes: store_ready(&volume_store),
-        claims: store_ready(&claim_store),
-        classes: store_ready(&class_store),
-        local_path_config: store_ready(&config_store),
-    };
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         recorder,
         settings,
-        volumes: volume_store,
+        volumes: volumes.store(),
         claims: claim_store.clone(),
         pods: pod_store,
         classes: class_store,
         local_path_config: config_store,
-        ready,
     });
     let claims = claims
         .watches(
@@ -376,7 +357,7 @@ async fn reconcile_claim(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
         return Ok(Action::await_change());
     }
     // The caches hold their first lists before anything is decided from them.
-    ctx.ready.volumes.wait().await;
+    let _ = ctx.volumes.wait_until_ready().await;
     let volume_name = pvc
         .spec
         .as_ref()
@@ -468,7 +449,7 @@ async fn sync_unbound_claim<'a>(
     let class = if class_name.is_empty() {
         None
     } else {
-        ctx.ready.classes.wait().await;
+        let _ = ctx.classes.wait_until_ready().await;
         match ctx.classes.get(&ObjectRef::new(&class_name)) {
             Some(c) => Some(c.as_ref().clone()),
             // Not cached: maybe just created; the apiserver has the last word.
@@ -816,7 +797,7 @@ async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Ac
     }
     let ns = r.namespace.as_deref().unwrap_or_default();
     let name = r.name.as_deref().unwrap_or_default();
-    ctx.ready.claims.wait().await;
+    let _ = ctx.claims.wait_until_ready().await;
     let cached = ctx
         .claims
         .get(&ObjectRef::new(name).within(ns))
