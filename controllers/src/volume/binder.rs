@@ -21,7 +21,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use client_tools::informer::{Ready, readiness};
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -53,25 +54,54 @@ pub(super) struct Ctx {
     pub(super) classes: Store<StorageClass>,
     /// Rancher's `local-path-config` ConfigMap, when it exists.
     pub(super) local_path_config: Store<ConfigMap>,
+    /// Whether each store above holds its first list (many reconciles may wait at once).
+    pub(super) ready: StoresReady,
+}
+
+/// Readiness of the binder's stores (see [`client_tools::informer`]).
+pub(super) struct StoresReady {
+    pub(super) volumes: Ready,
+    pub(super) claims: Ready,
+    pub(super) classes: Ready,
+    pub(super) local_path_config: Ready,
 }
 
 /// Runs the claim and volume reconcilers until one of their streams ends.
 pub async fn run(client: Client, recorder: Recorder, settings: Settings) -> Result<(), Error> {
     let wc = watcher::Config::default();
-    let volumes = Controller::new(Api::<PersistentVolume>::all(client.clone()), wc.clone())
-        .watches(
-            Api::<PersistentVolumeClaim>::all(client.clone()),
-            wc.clone(),
-            |pvc| {
-                let v = pvc.spec.as_ref()?.volume_name.clone()?;
-                (!v.is_empty()).then(|| ObjectRef::new(&v))
-            },
-        );
-    let claims = Controller::new(
+    // The stores are fed by streams the binder owns, so their readiness ([`Ready`]) can be
+    // awaited by any number of reconciles: kube-runtime's `Store::wait_until_ready` wakes only
+    // one waiter, and each `Controller` already is one on its own store.
+    let (volume_store, volume_writer) = reflector::store::<PersistentVolume>();
+    let (volumes_ready_setter, volumes_ready) = readiness();
+    let volume_events = reflector::reflector(
+        volume_writer,
+        watcher(Api::<PersistentVolume>::all(client.clone()), wc.clone()),
+    )
+    .default_backoff()
+    .inspect_ok(move |ev| volumes_ready_setter.observe(ev))
+    .applied_objects();
+    let volumes = Controller::for_stream(volume_events, volume_store.clone()).watches(
         Api::<PersistentVolumeClaim>::all(client.clone()),
         wc.clone(),
+        |pvc| {
+            let v = pvc.spec.as_ref()?.volume_name.clone()?;
+            (!v.is_empty()).then(|| ObjectRef::new(&v))
+        },
     );
-    let claim_store = claims.store();
+    let (claim_store, claim_writer) = reflector::store::<PersistentVolumeClaim>();
+    let (claims_ready_setter, claims_ready) = readiness();
+    let claim_events = reflector::reflector(
+        claim_writer,
+        watcher(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            wc.clone(),
+        ),
+    )
+    .default_backoff()
+    .inspect_ok(move |ev| claims_ready_setter.observe(ev))
+    .applied_objects();
+    let claims = Controller::for_stream(claim_events, claim_store.clone());
     let (pod_store, pod_writer) = reflector::store::<Pod>();
     let pods = reflector::reflector(
         pod_writer,
@@ -80,13 +110,16 @@ pub async fn run(client: Client, recorder: Recorder, settings: Settings) -> Resu
     .default_backoff()
     .touched_objects();
     let (class_store, class_writer) = reflector::store::<StorageClass>();
+    let (classes_ready_setter, classes_ready) = readiness();
     let classes = reflector::reflector(
         class_writer,
         watcher(Api::<StorageClass>::all(client.clone()), wc.clone()),
     )
     .default_backoff()
+    .inspect_ok(move |ev| classes_ready_setter.observe(ev))
     .for_each(|_| futures::future::ready(()));
     let (config_store, config_writer) = reflector::store::<ConfigMap>();
+    let (config_ready_setter, config_ready) = readiness();
     let configs = reflector::reflector(
         config_writer,
         watcher(
@@ -95,16 +128,23 @@ pub async fn run(client: Client, recorder: Recorder, settings: Settings) -> Resu
         ),
     )
     .default_backoff()
+    .inspect_ok(move |ev| config_ready_setter.observe(ev))
     .for_each(|_| futures::future::ready(()));
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         recorder,
         settings,
-        volumes: volumes.store(),
+        volumes: volume_store,
         claims: claim_store.clone(),
         pods: pod_store,
         classes: class_store,
         local_path_config: config_store,
+        ready: StoresReady {
+            volumes: volumes_ready,
+            claims: claims_ready,
+            classes: classes_ready,
+            local_path_config: config_ready,
+        },
     });
     let claims = claims
         .watches(
@@ -357,7 +397,7 @@ async fn reconcile_claim(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
         return Ok(Action::await_change());
     }
     // The caches hold their first lists before anything is decided from them.
-    let _ = ctx.volumes.wait_until_ready().await;
+    ctx.ready.volumes.wait().await;
     let volume_name = pvc
         .spec
         .as_ref()
@@ -449,7 +489,7 @@ async fn sync_unbound_claim<'a>(
     let class = if class_name.is_empty() {
         None
     } else {
-        let _ = ctx.classes.wait_until_ready().await;
+        ctx.ready.classes.wait().await;
         match ctx.classes.get(&ObjectRef::new(&class_name)) {
             Some(c) => Some(c.as_ref().clone()),
             // Not cached: maybe just created; the apiserver has the last word.
@@ -797,7 +837,7 @@ async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Ac
     }
     let ns = r.namespace.as_deref().unwrap_or_default();
     let name = r.name.as_deref().unwrap_or_default();
-    let _ = ctx.claims.wait_until_ready().await;
+    ctx.ready.claims.wait().await;
     let cached = ctx
         .claims
         .get(&ObjectRef::new(name).within(ns))

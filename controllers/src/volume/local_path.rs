@@ -179,7 +179,7 @@ pub(super) async fn provision(
         "Provisioning",
         format!("External provisioner is provisioning volume for claim \"{claim}\""),
     );
-    let _ = ctx.local_path_config.wait_until_ready().await;
+    ctx.ready.local_path_config.wait().await;
     let config = ctx
         .local_path_config
         .get(&kube::runtime::reflector::ObjectRef::new(CONFIG_MAP).within(HELPER_NAMESPACE));
