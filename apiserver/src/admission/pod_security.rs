@@ -746,10 +746,12 @@ fn audit_annotation(ctx: &AuditContext<'_>, key: &str, value: &str) {
 }
 
 /// Enforces (pods), audits and warns (pods and workload templates) according to the
-/// namespace's labels, unless the request is exempt.
+/// namespace's labels, unless the request (by `user`; None for the apiserver's own writes) is
+/// exempt.
 pub async fn admit(
     reader: &CacheReader,
     psa: &PodSecurity,
+    user: Option<&crate::auth::UserInfo>,
     def: &ResourceDef,
     op: Operation,
     obj: &Value,
@@ -770,8 +772,7 @@ pub async fn admit(
     };
     let resource = if is_pod { "pod" } else { "controller" };
     let ns = fields::namespace(obj);
-    let user = crate::auth::request_user();
-    let user_name = user.as_ref().map(|u| u.name.as_str());
+    let user_name = user.map(|u| u.name.as_str());
     let ctx = AuditContext {
         user: user_name.unwrap_or_default(),
         verb,
@@ -833,7 +834,7 @@ impl Admit for PodSecurityAdmission {
     }
 
     async fn validate(&self, h: Handles<'_>, r: &Request<'_>, obj: &Value) -> ApiResult<()> {
-        admit(h.reader, &self.0, r.def, r.op, obj, r.old).await
+        admit(h.reader, &self.0, r.user, r.def, r.op, obj, r.old).await
     }
 }
 
